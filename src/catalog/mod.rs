@@ -1,0 +1,326 @@
+//! The catalog: topics, their partitions and configs (AMQP topology will join it).
+//!
+//! Single writer: shard 0 owns the `CatalogWriter`, which validates a change, persists it
+//! (see `store.rs`), builds the next immutable `CatalogState` and broadcasts it to every
+//! shard. Every shard keeps a read-only `Replica` of the latest state it has seen, so
+//! routing and metadata reads never leave the shard. States are whole and versioned, so a
+//! shard that receives them out of order keeps the newest.
+
+pub mod store;
+pub mod writer;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::runtime::notify::Notify;
+use crate::storage::LogSettings;
+
+/// Why a catalog change was refused; the Kafka layer maps each to an error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    #[error("invalid topic name '{0}': {1}")]
+    InvalidTopic(String, &'static str),
+    #[error("invalid partition count {0}")]
+    InvalidPartitions(i32),
+    #[error("invalid config {0}: {1}")]
+    InvalidConfig(String, String),
+    #[error("topic deletion is disabled")]
+    DeleteDisabled,
+    #[error("catalog storage error: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct Topic {
+    pub name: String,
+    pub id: [u8; 16],
+    pub partitions: i32,
+    /// Topic-level overrides (`retention.ms`, …) as Kafka names them.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One immutable version of the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct CatalogState {
+    pub version: u64,
+    pub topics: BTreeMap<String, Topic>,
+}
+
+/// One persisted mutation.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub enum Change {
+    CreateTopic(Topic),
+    DeleteTopic(String),
+    SetPartitions(String, i32),
+    SetConfigs(String, BTreeMap<String, String>),
+}
+
+impl CatalogState {
+    /// Applies a change that `CatalogWriter::check` has accepted.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::CreateTopic(t) => {
+                self.topics.insert(t.name.clone(), t.clone());
+            }
+            Change::DeleteTopic(name) => {
+                self.topics.remove(name);
+            }
+            Change::SetPartitions(name, n) => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.partitions = *n;
+                }
+            }
+            Change::SetConfigs(name, configs) => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.configs = configs.clone();
+                }
+            }
+        }
+        self.version += 1;
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Topic> {
+        self.topics.values().find(|t| &t.id == id)
+    }
+}
+
+/// Kafka's rules for topic names.
+pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
+    let bad = |why| Err(CatalogError::InvalidTopic(name.to_owned(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    {
+        return bad("only ASCII alphanumerics, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Topic configs Portask understands, with their broker-level defaults.
+pub const TOPIC_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "flush.messages",
+    "flush.ms",
+    "index.interval.bytes",
+    "delete.retention.ms",
+    "min.insync.replicas",
+    "compression.type",
+];
+
+/// The broker default of a topic config, as a string.
+pub fn default_config(config: &Config, name: &str) -> Option<String> {
+    let k = &config.kafka;
+    Some(match name {
+        "cleanup.policy" => "delete".into(),
+        "retention.ms" => k.retention_ms.to_string(),
+        "retention.bytes" => k.retention_bytes.to_string(),
+        "segment.bytes" => k.segment_bytes.to_string(),
+        "segment.ms" => k.segment_ms.to_string(),
+        "max.message.bytes" => k.max_message_bytes.to_string(),
+        "message.timestamp.type" => k.message_timestamp_type.clone(),
+        "flush.messages" => k.flush_messages.to_string(),
+        "flush.ms" => {
+            if k.flush_ms < 0 {
+                i64::MAX.to_string()
+            } else {
+                k.flush_ms.to_string()
+            }
+        }
+        "index.interval.bytes" => k.index_interval_bytes.to_string(),
+        "delete.retention.ms" => "86400000".into(),
+        "min.insync.replicas" => "1".into(),
+        "compression.type" => "producer".into(),
+        _ => return None,
+    })
+}
+
+/// Checks one topic config value.
+pub fn validate_config(name: &str, value: &str) -> Result<(), CatalogError> {
+    let bad = |why: &str| Err(CatalogError::InvalidConfig(name.to_owned(), why.to_owned()));
+    let int = |min: i64| -> Result<(), CatalogError> {
+        match value.parse::<i64>() {
+            Ok(v) if v >= min => Ok(()),
+            _ => Err(CatalogError::InvalidConfig(
+                name.to_owned(),
+                format!("'{value}' is not an integer >= {min}"),
+            )),
+        }
+    };
+    match name {
+        "cleanup.policy" => {
+            if value
+                .split(',')
+                .all(|p| matches!(p.trim(), "delete" | "compact"))
+            {
+                Ok(())
+            } else {
+                bad("must be delete, compact or both")
+            }
+        }
+        "retention.ms" | "retention.bytes" => int(-1),
+        "segment.bytes" => int(1024),
+        "segment.ms" | "flush.messages" | "flush.ms" | "min.insync.replicas" => int(1),
+        "max.message.bytes" => int(0),
+        "index.interval.bytes" | "delete.retention.ms" => int(0),
+        "message.timestamp.type" => match value {
+            "CreateTime" | "LogAppendTime" => Ok(()),
+            _ => bad("must be CreateTime or LogAppendTime"),
+        },
+        "compression.type" => match value {
+            "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
+            _ => bad("unknown compression type"),
+        },
+        _ => bad("unknown config"),
+    }
+}
+
+/// The effective log settings of a topic.
+pub fn log_settings(config: &Config, topic: &Topic) -> LogSettings {
+    let get = |name: &str| -> i64 {
+        topic
+            .configs
+            .get(name)
+            .cloned()
+            .or_else(|| default_config(config, name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let flush_ms = get("flush.ms");
+    LogSettings {
+        segment_bytes: get("segment.bytes"),
+        segment_ms: get("segment.ms"),
+        retention_ms: get("retention.ms"),
+        retention_bytes: get("retention.bytes"),
+        max_message_bytes: get("max.message.bytes"),
+        log_append_time: topic
+            .configs
+            .get("message.timestamp.type")
+            .map(String::as_str)
+            .unwrap_or(config.kafka.message_timestamp_type.as_str())
+            == "LogAppendTime",
+        flush_messages: get("flush.messages").max(1),
+        flush_ms: if flush_ms == i64::MAX { -1 } else { flush_ms },
+        index_interval_bytes: get("index.interval.bytes").clamp(1, u32::MAX as i64) as u32,
+    }
+}
+
+/// A shard's read-only view of the catalog.
+pub struct Replica {
+    state: RefCell<Arc<CatalogState>>,
+    /// Fired whenever a newer state is installed.
+    pub changed: Notify,
+}
+
+impl Replica {
+    pub fn new(state: Arc<CatalogState>) -> Self {
+        Replica {
+            state: RefCell::new(state),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The current state; cheap (one reference count), never held across an await by
+    /// callers that need the latest.
+    pub fn current(&self) -> Arc<CatalogState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.state.borrow().version
+    }
+
+    /// Installs `state` if it is newer; returns whether it was.
+    pub fn install(&self, state: Arc<CatalogState>) -> bool {
+        let newer = state.version > self.state.borrow().version;
+        if newer {
+            *self.state.borrow_mut() = state;
+            self.changed.notify();
+        }
+        newer
+    }
+}
+
+/// Generates a topic id: 16 random-enough bytes from the clock, the name and the process.
+pub fn new_topic_id(name: &str) -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(name.as_bytes());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    }
+    // A version-4 UUID layout, as Kafka's are.
+    out[6] = (out[6] & 0x0f) | 0x40;
+    out[8] = (out[8] & 0x3f) | 0x80;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_x-2").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("bad name").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn configs_validate_and_apply() {
+        assert!(validate_config("retention.ms", "-1").is_ok());
+        assert!(validate_config("retention.ms", "soon").is_err());
+        assert!(validate_config("no.such", "1").is_err());
+        let config = Config::default();
+        let mut t = Topic {
+            name: "t".into(),
+            id: new_topic_id("t"),
+            partitions: 1,
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(log_settings(&config, &t).segment_bytes, 1 << 30);
+        t.configs.insert("segment.bytes".into(), "2048".into());
+        t.configs
+            .insert("message.timestamp.type".into(), "LogAppendTime".into());
+        let s = log_settings(&config, &t);
+        assert_eq!(s.segment_bytes, 2048);
+        assert!(s.log_append_time);
+        assert_eq!(s.flush_ms, -1);
+    }
+}

@@ -1,0 +1,211 @@
+//! Catalog persistence under `<data_dir>/0/catalog/`: `snapshot` (one rkyv `CatalogState`)
+//! and `log` (rkyv `Change` records appended after it). Every record is framed as
+//! `len u32 | crc32 u32 | payload` (crc32fast over the payload), so a torn last record is
+//! detected and dropped on load.
+//!
+//! Loaded once in `main` before the shards start; afterwards only shard 0's writer appends,
+//! from a blocking-pool thread (`spawn_blocking`) so the reactor never waits on fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{CatalogError, CatalogState, Change};
+
+const SNAPSHOT: &str = "snapshot";
+const LOG: &str = "log";
+/// Log records after which the writer folds the log into a new snapshot.
+const SNAPSHOT_EVERY: usize = 256;
+
+pub struct CatalogStore {
+    dir: PathBuf,
+    log: File,
+    records: usize,
+}
+
+fn storage(e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Storage(e.to_string())
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits framed records; stops at the first short or corrupt one and reports where.
+fn unframe(data: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while data.len() - at >= 8 {
+        let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        let crc = u32::from_be_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        let Some(payload) = data.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        out.push(payload);
+        at += 8 + len;
+    }
+    (out, at)
+}
+
+fn decode<T>(payload: &[u8]) -> Result<T, CatalogError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).map_err(storage)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl CatalogStore {
+    /// Opens (creating if needed) the catalog in `dir` and returns its latest state.
+    pub fn open(dir: &Path) -> Result<(CatalogStore, CatalogState), CatalogError> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let mut state = CatalogState::default();
+        if let Ok(data) = std::fs::read(dir.join(SNAPSHOT)) {
+            let (records, _) = unframe(&data);
+            match records.first() {
+                Some(p) => state = decode(p)?,
+                None if !data.is_empty() => {
+                    return Err(CatalogError::Storage(format!(
+                        "{}: snapshot is corrupt",
+                        dir.join(SNAPSHOT).display()
+                    )))
+                }
+                None => {}
+            }
+        }
+        let log_path = dir.join(LOG);
+        let mut data = Vec::new();
+        if let Ok(mut f) = File::open(&log_path) {
+            f.read_to_end(&mut data).map_err(storage)?;
+        }
+        let (records, valid) = unframe(&data);
+        let mut count = 0;
+        for payload in &records {
+            let (version, change): (u64, Change) = decode(payload)?;
+            if version > state.version {
+                state.apply(&change);
+                if state.version != version {
+                    return Err(CatalogError::Storage(format!(
+                        "catalog log out of sequence at version {version}"
+                    )));
+                }
+            }
+            count += 1;
+        }
+        if valid < data.len() {
+            log::warn!(
+                "catalog log: dropping a torn tail of {} bytes at byte {valid}",
+                data.len() - valid
+            );
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(storage)?;
+        log.set_len(valid as u64).map_err(storage)?;
+        Ok((
+            CatalogStore {
+                dir: dir.to_owned(),
+                log,
+                records: count,
+            },
+            state,
+        ))
+    }
+
+    /// Appends changes, each with the version it produced, and syncs once; `state` is the
+    /// state after the last. Folds the log into a snapshot every `SNAPSHOT_EVERY` records.
+    pub fn append(
+        &mut self,
+        records: &[(u64, Change)],
+        state: &CatalogState,
+    ) -> Result<(), CatalogError> {
+        let mut buf = Vec::new();
+        for record in records {
+            let payload = rkyv::to_bytes::<rkyv::rancor::Error>(record).map_err(storage)?;
+            buf.extend_from_slice(&frame(&payload));
+        }
+        self.log.write_all(&buf).map_err(storage)?;
+        self.log.sync_data().map_err(storage)?;
+        self.records += records.len();
+        if self.records >= SNAPSHOT_EVERY {
+            self.snapshot(state)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `state` as the new snapshot (temp file, fsync, rename) and empties the log.
+    pub fn snapshot(&mut self, state: &CatalogState) -> Result<(), CatalogError> {
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(state).map_err(storage)?;
+        let tmp = self.dir.join("snapshot.tmp");
+        let mut f = File::create(&tmp).map_err(storage)?;
+        f.write_all(&frame(&payload)).map_err(storage)?;
+        f.sync_all().map_err(storage)?;
+        std::fs::rename(&tmp, self.dir.join(SNAPSHOT)).map_err(storage)?;
+        sync_dir(&self.dir);
+        self.log.set_len(0).map_err(storage)?;
+        self.log.sync_all().map_err(storage)?;
+        self.records = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Topic;
+    use std::collections::BTreeMap;
+
+    fn topic(name: &str) -> Topic {
+        Topic {
+            name: name.into(),
+            id: [7; 16],
+            partitions: 3,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut state) = CatalogStore::open(dir.path()).unwrap();
+        for name in ["a", "b"] {
+            let c = Change::CreateTopic(topic(name));
+            state.apply(&c);
+            store.append(&[(state.version, c)], &state).unwrap();
+        }
+        drop(store);
+        // A torn record at the end is dropped.
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(LOG)).unwrap();
+        f.write_all(&[0, 0, 0, 50, 1, 2, 3]).unwrap();
+        drop(f);
+        let (mut store, mut reopened) = CatalogStore::open(dir.path()).unwrap();
+        assert_eq!(reopened, state);
+        reopened.apply(&Change::DeleteTopic("a".into()));
+        store.snapshot(&reopened).unwrap();
+        let c = Change::SetPartitions("b".into(), 5);
+        reopened.apply(&c);
+        store.append(&[(reopened.version, c)], &reopened).unwrap();
+        let (_, again) = CatalogStore::open(dir.path()).unwrap();
+        assert_eq!(again, reopened);
+        assert_eq!(again.topics["b"].partitions, 5);
+        assert!(!again.topics.contains_key("a"));
+    }
+}

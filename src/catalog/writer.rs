@@ -1,0 +1,138 @@
+//! `CatalogWriter`: the catalog's single writer, on shard 0.
+//!
+//! Changes arrive from any shard (over the mesh, or directly on shard 0), are checked
+//! against the current state one request at a time, persisted with one fsync per request,
+//! installed on shard 0 and broadcast to every other shard. The requester installs the
+//! returned state before answering its client (read-your-writes).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::sync::Semaphore;
+
+use super::store::CatalogStore;
+use super::{validate_config, validate_topic_name, CatalogError, CatalogState, Change};
+use crate::config::Config;
+use crate::runtime::mesh::CatalogReply;
+
+pub struct CatalogWriter {
+    store: RefCell<Option<CatalogStore>>,
+    one_at_a_time: Semaphore,
+}
+
+/// Checks one change against `state`.
+pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(), CatalogError> {
+    let configs_ok = |configs: &std::collections::BTreeMap<String, String>| {
+        configs
+            .iter()
+            .try_for_each(|(k, v)| validate_config(k, v))
+    };
+    match change {
+        Change::CreateTopic(t) => {
+            validate_topic_name(&t.name)?;
+            if state.topics.contains_key(&t.name) {
+                return Err(CatalogError::TopicExists(t.name.clone()));
+            }
+            if t.partitions < 1 || t.partitions > 100_000 {
+                return Err(CatalogError::InvalidPartitions(t.partitions));
+            }
+            configs_ok(&t.configs)
+        }
+        Change::DeleteTopic(name) => {
+            if !config.kafka.delete_topic_enable {
+                return Err(CatalogError::DeleteDisabled);
+            }
+            if !state.topics.contains_key(name) {
+                return Err(CatalogError::UnknownTopic(name.clone()));
+            }
+            Ok(())
+        }
+        Change::SetPartitions(name, n) => {
+            let t = state
+                .topics
+                .get(name)
+                .ok_or_else(|| CatalogError::UnknownTopic(name.clone()))?;
+            if *n <= t.partitions || *n > 100_000 {
+                return Err(CatalogError::InvalidPartitions(*n));
+            }
+            Ok(())
+        }
+        Change::SetConfigs(name, configs) => {
+            if !state.topics.contains_key(name) {
+                return Err(CatalogError::UnknownTopic(name.clone()));
+            }
+            configs_ok(configs)
+        }
+    }
+}
+
+impl CatalogWriter {
+    pub fn new(store: CatalogStore) -> Self {
+        CatalogWriter {
+            store: RefCell::new(Some(store)),
+            one_at_a_time: Semaphore::new(1),
+        }
+    }
+
+    /// Checks, persists and returns the new state; `current` gives the latest state
+    /// (shard 0's replica) at the moment the request's turn comes.
+    pub async fn apply(
+        &self,
+        config: &Rc<Config>,
+        current: impl Fn() -> Arc<CatalogState>,
+        changes: Vec<Change>,
+        validate_only: bool,
+    ) -> CatalogReply {
+        let _turn = self.one_at_a_time.acquire(1).await;
+        let base = current();
+        let mut state = (*base).clone();
+        let mut results = Vec::with_capacity(changes.len());
+        let mut records = Vec::new();
+        for change in changes {
+            let r = check(config, &state, &change);
+            if r.is_ok() && !validate_only {
+                state.apply(&change);
+                records.push((state.version, change));
+            }
+            results.push(r);
+        }
+        if records.is_empty() {
+            return CatalogReply {
+                results,
+                state: base,
+            };
+        }
+        let Some(mut store) = self.store.borrow_mut().take() else {
+            let e = CatalogError::Storage("catalog store unavailable".into());
+            return CatalogReply {
+                results: results.into_iter().map(|_| Err(e.clone())).collect(),
+                state: base,
+            };
+        };
+        let snapshot = state.clone();
+        let (store, persisted) = glommio::executor()
+            .spawn_blocking(move || {
+                let r = store.append(&records, &snapshot);
+                (store, r)
+            })
+            .await;
+        *self.store.borrow_mut() = Some(store);
+        match persisted {
+            Ok(()) => CatalogReply {
+                results,
+                state: Arc::new(state),
+            },
+            Err(e) => {
+                log::error!("persisting catalog change: {e}");
+                CatalogReply {
+                    results: results
+                        .into_iter()
+                        .map(|r| r.and(Err(e.clone())))
+                        .collect(),
+                    state: base,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! The broker's configuration: one `Config` with embedded defaults, layered with a TOML
+//! file, `PORTASK_*` environment variables and command-line flags, in that order.
+//!
+//! Built once in `main` before any shard starts, then cloned into every shard (it is plain
+//! data). Every key has a default here; an unknown key or a bad value is a startup error
+//! that names the key. `Provenance` remembers where each effective value came from so
+//! `--print-config` can say it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors building a configuration; each names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where the shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// One shard pinned to each core of the process's affinity mask.
+    Pinned,
+    /// Shards float over the affinity mask (tests, shared machines).
+    Unpinned,
+}
+
+/// How `acks=1` / unconfirmed writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fdatasync only for `acks=all` and on `flush_messages` / `flush_ms`.
+    OnDemand,
+    /// fdatasync after every write round, whatever the client asked for.
+    Always,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of all data: `<data_dir>/<shard>/...`.
+    pub data_dir: PathBuf,
+    /// Number of shards; 0 means one per core of the affinity mask.
+    pub shards: usize,
+    pub placement: Placement,
+    /// The broker id reported in Kafka metadata.
+    pub node_id: i32,
+    pub kafka: KafkaConfig,
+    pub amqp: AmqpConfig,
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub addr: String,
+    /// Host advertised in Metadata; empty means the address the client connected to.
+    pub advertised_host: String,
+    /// `auto.create.topics.enable`
+    pub auto_create_topics: bool,
+    /// `num.partitions`: partitions of an auto-created topic.
+    pub num_partitions: i32,
+    /// `message.max.bytes`: default `max.message.bytes` of a topic (one record batch).
+    pub max_message_bytes: i64,
+    /// `socket.request.max.bytes`: the largest request frame accepted.
+    pub max_request_bytes: usize,
+    /// Requests a connection may have in flight before the broker stops reading it.
+    pub max_inflight_requests: usize,
+    /// `log.segment.bytes`
+    pub segment_bytes: i64,
+    /// `log.roll.ms`
+    pub segment_ms: i64,
+    /// `log.retention.ms` (-1: forever)
+    pub retention_ms: i64,
+    /// `log.retention.bytes` (-1: unbounded)
+    pub retention_bytes: i64,
+    /// `log.retention.check.interval.ms`
+    pub retention_check_interval_ms: u64,
+    /// `log.flush.interval.messages`: fdatasync after this many unsynced messages.
+    pub flush_messages: i64,
+    /// `log.flush.interval.ms`: fdatasync data older than this (-1: never by time).
+    pub flush_ms: i64,
+    /// `log.message.timestamp.type`: CreateTime or LogAppendTime.
+    pub message_timestamp_type: String,
+    /// `log.index.interval.bytes`
+    pub index_interval_bytes: u32,
+    /// `delete.topic.enable`
+    pub delete_topic_enable: bool,
+    pub cluster_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub addr: String,
+    /// Largest message body accepted (RabbitMQ's default is 128 MiB).
+    pub max_message_bytes: usize,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_secs: u16,
+    pub default_prefetch: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Bytes of recent record batches each partition keeps in memory for tailing consumers.
+    pub tail_cache_bytes: usize,
+    pub fsync: FsyncPolicy,
+    /// Largest single write submitted to the disk, in bytes.
+    pub max_write_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections_per_shard: usize,
+    /// Request bytes a connection may have in flight before the broker stops reading it.
+    pub connection_inflight_bytes: usize,
+    /// Request bytes all connections of a shard may have in flight.
+    pub shard_inflight_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub tcp_nodelay: bool,
+    /// SO_SNDBUF for accepted sockets; 0 leaves the kernel default.
+    pub socket_send_buffer_bytes: usize,
+    /// SO_RCVBUF for accepted sockets; 0 leaves the kernel default.
+    pub socket_receive_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./shards"),
+            shards: 0,
+            placement: Placement::Pinned,
+            node_id: 0,
+            kafka: KafkaConfig::default(),
+            amqp: AmqpConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            addr: "0.0.0.0:9092".into(),
+            advertised_host: String::new(),
+            auto_create_topics: true,
+            num_partitions: 1,
+            max_message_bytes: 1_048_588,
+            max_request_bytes: 104_857_600,
+            max_inflight_requests: 256,
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            retention_check_interval_ms: 300_000,
+            flush_messages: i64::MAX,
+            flush_ms: -1,
+            message_timestamp_type: "CreateTime".into(),
+            index_interval_bytes: 4096,
+            delete_topic_enable: true,
+            cluster_id: "portask-cluster".into(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            addr: "0.0.0.0:5672".into(),
+            max_message_bytes: 128 << 20,
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            default_prefetch: 0,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            tail_cache_bytes: 8 << 20,
+            fsync: FsyncPolicy::OnDemand,
+            max_write_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections_per_shard: 10_000,
+            connection_inflight_bytes: 64 << 20,
+            shard_inflight_bytes: 512 << 20,
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            tcp_nodelay: true,
+            socket_send_buffer_bytes: 0,
+            socket_receive_buffer_bytes: 0,
+        }
+    }
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "env",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+/// The source of every key that did not keep its default.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance(BTreeMap<String, Source>);
+
+impl Provenance {
+    pub fn source_of(&self, key: &str) -> Source {
+        self.0.get(key).copied().unwrap_or(Source::Default)
+    }
+}
+
+/// The configuration as layers of TOML values, merged then checked in one place.
+pub struct ConfigBuilder {
+    table: toml::Table,
+    provenance: Provenance,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        ConfigBuilder {
+            table: toml::Table::new(),
+            provenance: Provenance::default(),
+        }
+    }
+
+    /// Layers a TOML file over what is there.
+    pub fn file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut keys = Vec::new();
+        collect_keys("", &table, &mut keys);
+        for key in keys {
+            self.provenance.0.insert(key, Source::File);
+        }
+        merge(&mut self.table, table);
+        // Catch a misspelt key now, naming the file.
+        self.check().map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(self)
+    }
+
+    /// Layers `PORTASK_<SECTION>__<KEY>` (or `PORTASK_<KEY>` for top-level keys) variables.
+    pub fn env<I: IntoIterator<Item = (String, String)>>(mut self, vars: I) -> Result<Self, ConfigError> {
+        for (var, value) in vars {
+            let Some(rest) = var.strip_prefix("PORTASK_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            self.set(&key, &value, Source::Env).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        Ok(self)
+    }
+
+    /// Sets one dotted key from a command-line flag.
+    pub fn flag(mut self, key: &str, value: &str) -> Result<Self, ConfigError> {
+        self.set(key, value, Source::Flag).map_err(ConfigError::Invalid)?;
+        Ok(self)
+    }
+
+    fn set(&mut self, key: &str, raw: &str, source: Source) -> Result<(), String> {
+        // A value is parsed as TOML when it can be (numbers, booleans), else taken as a string.
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().ok_or_else(|| "empty key".to_owned())?;
+        let mut table = &mut self.table;
+        for part in parts {
+            let entry = table
+                .entry(part.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("`{part}` is not a section"))?;
+        }
+        table.insert(last.to_owned(), value);
+        self.provenance.0.insert(key.to_owned(), source);
+        self.check().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<Config, ConfigError> {
+        let config: Config = toml::Value::Table(self.table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn build(self) -> Result<(Config, Provenance), ConfigError> {
+        let config = self.check()?;
+        Ok((config, self.provenance))
+    }
+}
+
+fn collect_keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => collect_keys(&key, t, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Checks values a type cannot: ranges and enumerated strings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if self.kafka.num_partitions < 1 {
+            return bad("kafka.num_partitions", "must be at least 1");
+        }
+        if self.kafka.segment_bytes < 1024 {
+            return bad("kafka.segment_bytes", "must be at least 1024");
+        }
+        if self.kafka.max_message_bytes < 64 {
+            return bad("kafka.max_message_bytes", "must be at least 64");
+        }
+        if self.kafka.max_request_bytes < 1024 {
+            return bad("kafka.max_request_bytes", "must be at least 1024");
+        }
+        if self.kafka.max_inflight_requests == 0 {
+            return bad("kafka.max_inflight_requests", "must be at least 1");
+        }
+        if self.kafka.flush_messages < 1 {
+            return bad("kafka.flush_messages", "must be at least 1");
+        }
+        if !matches!(
+            self.kafka.message_timestamp_type.as_str(),
+            "CreateTime" | "LogAppendTime"
+        ) {
+            return bad(
+                "kafka.message_timestamp_type",
+                "must be CreateTime or LogAppendTime",
+            );
+        }
+        for (key, addr) in [
+            ("kafka.addr", &self.kafka.addr),
+            ("amqp.addr", &self.amqp.addr),
+            ("http.addr", &self.http.addr),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(key, "must be an address like 0.0.0.0:9092");
+            }
+        }
+        if self.limits.max_connections_per_shard == 0 {
+            return bad("limits.max_connections_per_shard", "must be at least 1");
+        }
+        if self.storage.max_write_bytes < 4096 {
+            return bad("storage.max_write_bytes", "must be at least 4096");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, each key annotated with its source.
+    pub fn render(&self, provenance: &Provenance) -> String {
+        let value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(toml::Table::new()));
+        let mut out = String::new();
+        if let toml::Value::Table(table) = value {
+            render_table("", &table, provenance, &mut out);
+        }
+        out
+    }
+}
+
+fn render_table(prefix: &str, table: &toml::Table, provenance: &Provenance, out: &mut String) {
+    let mut sections = Vec::new();
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => sections.push((key, t)),
+            other => out.push_str(&format!(
+                "{k} = {other}    # {}\n",
+                provenance.source_of(&key).as_str()
+            )),
+        }
+    }
+    for (key, t) in sections {
+        out.push_str(&format!("\n[{key}]\n"));
+        render_table(&key, t, provenance, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let (config, _) = ConfigBuilder::new().build().unwrap();
+        assert_eq!(config.kafka.addr, "0.0.0.0:9092");
+        assert_eq!(config.data_dir, PathBuf::from("./shards"));
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = ConfigBuilder::new()
+            .env([("PORTASK_KAFKA__NOPE".to_owned(), "1".to_owned())])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("PORTASK_KAFKA__NOPE"), "{err}");
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_and_flag_layer_with_provenance() {
+        let (config, prov) = ConfigBuilder::new()
+            .env([("PORTASK_KAFKA__NUM_PARTITIONS".to_owned(), "6".to_owned())])
+            .unwrap()
+            .flag("shards", "2")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.kafka.num_partitions, 6);
+        assert_eq!(config.shards, 2);
+        assert_eq!(prov.source_of("kafka.num_partitions"), Source::Env);
+        assert_eq!(prov.source_of("shards"), Source::Flag);
+        assert_eq!(prov.source_of("kafka.addr"), Source::Default);
+        let text = config.render(&prov);
+        assert!(text.contains("num_partitions = 6    # env"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = ConfigBuilder::new()
+            .flag("kafka.num_partitions", "0")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("kafka.num_partitions"), "{err}");
+        let err = ConfigBuilder::new()
+            .flag("kafka.addr", "nowhere")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("kafka.addr"), "{err}");
+    }
+}

@@ -1,0 +1,130 @@
+//! Kafka request framing: a 4-byte big-endian size, then the request header and body.
+//! Decodes the header with the version its API key and version call for, and encodes
+//! responses with the matching response header.
+//!
+//! Pure functions, used by each connection on its own shard and by the fuzz target. Any
+//! input — truncated, oversize, unknown API, bad version — gives a `CodecError`, never a
+//! panic.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("frame of {0} bytes is outside the accepted range (8..={1})")]
+    FrameSize(i64, usize),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("{api:?} version {version} is not supported")]
+    UnsupportedVersion { api: ApiKey, version: i16 },
+    #[error("malformed {0}: {1}")]
+    Malformed(&'static str, String),
+}
+
+/// Checks a frame's size prefix against the broker's limit.
+pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, CodecError> {
+    let len = i32::from_be_bytes(prefix) as i64;
+    if len < 8 || len as u64 > max as u64 {
+        return Err(CodecError::FrameSize(len, max));
+    }
+    Ok(len as usize)
+}
+
+/// A decoded request header with the rest of the frame left for the API's decoder.
+pub struct Frame {
+    pub api: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+/// The correlation id of a frame, readable even when the rest cannot be decoded.
+pub fn correlation_id(frame: &[u8]) -> Option<i32> {
+    let b = frame.get(4..8)?;
+    Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Splits one frame (without its size prefix) into header and body.
+pub fn decode_frame(mut frame: Bytes) -> Result<Frame, CodecError> {
+    if frame.len() < 8 {
+        return Err(CodecError::Malformed("request header", "too short".into()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|_| CodecError::UnknownApi(key))?;
+    let range = api.valid_versions();
+    if version < range.min || version > range.max {
+        return Err(CodecError::UnsupportedVersion { api, version });
+    }
+    let header_version = api.request_header_version(version);
+    let header = RequestHeader::decode(&mut frame, header_version)
+        .map_err(|e| CodecError::Malformed("request header", e.to_string()))?;
+    Ok(Frame {
+        api,
+        version,
+        header,
+        body: frame,
+    })
+}
+
+/// Decodes a request body of type `R` at `version`; trailing bytes are an error.
+pub fn decode_body<R: Decodable>(
+    what: &'static str,
+    mut body: Bytes,
+    version: i16,
+) -> Result<R, CodecError> {
+    let r = R::decode(&mut body, version).map_err(|e| CodecError::Malformed(what, e.to_string()))?;
+    if body.has_remaining() {
+        return Err(CodecError::Malformed(
+            what,
+            format!("{} trailing bytes", body.remaining()),
+        ));
+    }
+    Ok(r)
+}
+
+/// Encodes a full response frame: size, response header, body.
+pub fn encode_response<R: Encodable + HeaderVersion>(
+    correlation_id: i32,
+    version: i16,
+    response: &R,
+) -> Result<Bytes, CodecError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = R::header_version(version);
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| CodecError::Malformed("response header", e.to_string()))?;
+    response
+        .encode(&mut buf, version)
+        .map_err(|e| CodecError::Malformed("response", e.to_string()))?;
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_are_bounded() {
+        assert!(frame_len(8i32.to_be_bytes(), 100).is_ok());
+        assert!(frame_len((-1i32).to_be_bytes(), 100).is_err());
+        assert!(frame_len(i32::MAX.to_be_bytes(), 100).is_err());
+        assert!(frame_len(3i32.to_be_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for input in [&b"\x7f\x7f\0\0\0\0\0\0"[..], &b"\0\0\0\0\0\0\0\0\x7f"[..], &b"\0\x03\0\x05\0\0\0\x01\xff\xff"[..]] {
+            let _ = decode_frame(Bytes::copy_from_slice(input));
+        }
+        assert_eq!(
+            decode_frame(Bytes::from_static(b"\x7f\x7f\0\0\0\0\0\0")).err(),
+            Some(CodecError::UnknownApi(0x7f7f))
+        );
+    }
+}

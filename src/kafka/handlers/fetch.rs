@@ -1,0 +1,192 @@
+//! Fetch (key 1), v4–v18: read record batches from partitions, long-polling up to
+//! `max_wait_ms` until `min_bytes` have arrived.
+//!
+//! Runs on the connection's shard: each round asks every owner shard for its partitions
+//! (one envelope per owner), and when too little came back, asks the owners to wake it as
+//! soon as any of those partitions grows (`WaitForData`), then reads again. Batches are
+//! returned whole and verbatim; the first batch is returned even if larger than the
+//! limits (KIP-74). Fetch sessions are not kept: the response's session id is 0, which
+//! clients treat as "send full requests".
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{join_all, select_all};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::ResponseError;
+
+use super::{by_owner, frame, Conn, Pending};
+use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
+
+/// One partition of the request as the handler tracks it.
+struct Wanted {
+    topic: Option<String>,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: i16) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let shard = conn.shard.clone();
+        let state = shard.catalog.current();
+        let mut layout: Vec<(TopicName, uuid::Uuid, usize)> = Vec::new();
+        let mut wanted = Vec::new();
+        for t in req.topics {
+            let name = if version >= 13 {
+                state.topic_by_id(t.topic_id.as_bytes()).map(|t| t.name.clone())
+            } else {
+                Some(t.topic.to_string())
+            };
+            layout.push((t.topic, t.topic_id, t.partitions.len()));
+            for p in t.partitions {
+                wanted.push(Wanted {
+                    topic: name.clone(),
+                    partition: p.partition,
+                    offset: p.fetch_offset,
+                    max_bytes: p.partition_max_bytes.max(0) as usize,
+                });
+            }
+        }
+        let unknown = if version >= 13 {
+            ResponseError::UnknownTopicId.code()
+        } else {
+            ResponseError::UnknownTopicOrPartition.code()
+        };
+        let max_bytes = if req.max_bytes <= 0 { i32::MAX as usize } else { req.max_bytes as usize };
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+
+        let results = loop {
+            let results = fetch_round(&shard, &wanted, unknown).await;
+            let total: usize = results.iter().map(|r| r.records.len()).sum();
+            let errors = results.iter().any(|r| r.error != 0);
+            let now = Instant::now();
+            if total >= min_bytes.max(1) || errors || now >= deadline || shard.stopping.get() {
+                break results;
+            }
+            // Too little: wait for any owner to see new data, then read again.
+            let mut waits = Vec::new();
+            let items = wanted
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| Some((i, w.topic.clone()?, w.partition, w.offset)))
+                .collect();
+            for (owner, group) in by_owner(&shard, items) {
+                let parts = group.into_iter().map(|(_, t, p, o)| (t, p, o)).collect();
+                let shard = shard.clone();
+                let max_wait = deadline - now;
+                waits.push(Box::pin(async move {
+                    shard.kafka(owner, Request::WaitForData { parts, max_wait }).await
+                }));
+            }
+            if waits.is_empty() {
+                break results;
+            }
+            let _ = glommio::timer::timeout(deadline - now, async {
+                select_all(waits).await;
+                Ok(())
+            })
+            .await;
+            if Instant::now() >= deadline {
+                // One last read so data that arrived at the deadline is not missed.
+                break fetch_round(&shard, &wanted, unknown).await;
+            }
+        };
+
+        // Assemble in request order, within the response's max_bytes.
+        let mut used = 0usize;
+        let mut results = results.into_iter();
+        let mut wanted = wanted.into_iter();
+        let responses = layout
+            .into_iter()
+            .map(|(name, id, n)| {
+                let partitions = (0..n)
+                    .filter_map(|_| {
+                        let (w, r) = (wanted.next()?, results.next()?);
+                        let mut records = r.records;
+                        if used > 0 && used + records.len() > max_bytes {
+                            records = Bytes::new();
+                        }
+                        used += records.len();
+                        Some(
+                            PartitionData::default()
+                                .with_partition_index(w.partition)
+                                .with_error_code(r.error)
+                                .with_high_watermark(r.high_watermark)
+                                .with_last_stable_offset(r.high_watermark)
+                                .with_log_start_offset(r.log_start_offset)
+                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_preferred_read_replica(BrokerId(-1))
+                                .with_records(Some(records)),
+                        )
+                    })
+                    .collect();
+                FetchableTopicResponse::default()
+                    .with_topic(name)
+                    .with_topic_id(id)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        frame(
+            correlation_id,
+            version,
+            &FetchResponse::default().with_responses(responses),
+        )
+    })
+}
+
+/// Reads every wanted partition once, one envelope per owner shard.
+async fn fetch_round(shard: &Rc<crate::runtime::shard::Shard>, wanted: &[Wanted], unknown: i16) -> Vec<FetchResult> {
+    let mut results: Vec<FetchResult> = wanted
+        .iter()
+        .map(|_| FetchResult {
+            error: unknown,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        })
+        .collect();
+    let items = wanted
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| Some((i, w.topic.clone()?, w.partition, (w.offset, w.max_bytes))))
+        .collect();
+    let mut calls = Vec::new();
+    for (owner, group) in by_owner(shard, items) {
+        let (idx, parts): (Vec<usize>, Vec<FetchPart>) = group
+            .into_iter()
+            .map(|(i, topic, partition, (offset, max_bytes))| {
+                (
+                    i,
+                    FetchPart {
+                        topic,
+                        partition,
+                        offset,
+                        max_bytes,
+                    },
+                )
+            })
+            .unzip();
+        let shard = shard.clone();
+        calls.push(async move { (idx, shard.kafka(owner, Request::Fetch { parts }).await) });
+    }
+    for (idx, reply) in join_all(calls).await {
+        match reply {
+            Reply::Fetch(rs) => {
+                for (i, r) in idx.into_iter().zip(rs) {
+                    results[i] = r;
+                }
+            }
+            _ => {
+                for i in idx {
+                    results[i].error = ResponseError::NotLeaderOrFollower.code();
+                }
+            }
+        }
+    }
+    results
+}

@@ -1,0 +1,97 @@
+//! ListOffsets (key 2), v1–v10: earliest (-2), latest (-1), max timestamp (-3), or the
+//! first offset at or after a timestamp.
+//!
+//! Runs on the connection's shard; each owner shard answers for its partitions (one
+//! envelope per owner).
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use super::{by_owner, frame, Conn, Pending};
+use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
+
+pub fn handle(conn: &Rc<Conn>, req: ListOffsetsRequest, correlation_id: i32, version: i16) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let shard = conn.shard.clone();
+        let mut layout = Vec::new();
+        let mut items = Vec::new();
+        let mut n = 0;
+        for t in req.topics {
+            let mut parts = Vec::new();
+            for p in t.partitions {
+                items.push((n, t.name.to_string(), p.partition_index, p.timestamp));
+                parts.push(p.partition_index);
+                n += 1;
+            }
+            layout.push((t.name, parts));
+        }
+        let mut answers = vec![
+            OffsetAnswer {
+                error: ResponseError::UnknownTopicOrPartition.code(),
+                offset: -1,
+                timestamp: -1,
+            };
+            n
+        ];
+        let mut calls = Vec::new();
+        for (owner, group) in by_owner(&shard, items) {
+            let (idx, parts): (Vec<usize>, Vec<OffsetQuery>) = group
+                .into_iter()
+                .map(|(i, topic, partition, timestamp)| {
+                    (
+                        i,
+                        OffsetQuery {
+                            topic,
+                            partition,
+                            timestamp,
+                        },
+                    )
+                })
+                .unzip();
+            let shard = shard.clone();
+            calls.push(async move { (idx, shard.kafka(owner, Request::ListOffsets { parts }).await) });
+        }
+        for (idx, reply) in join_all(calls).await {
+            if let Reply::ListOffsets(rs) = reply {
+                for (i, r) in idx.into_iter().zip(rs) {
+                    answers[i] = r;
+                }
+            }
+        }
+        let mut answers = answers.into_iter();
+        let topics = layout
+            .into_iter()
+            .map(|(name, parts)| {
+                let partitions = parts
+                    .into_iter()
+                    .filter_map(|p| {
+                        let a = answers.next()?;
+                        Some(
+                            ListOffsetsPartitionResponse::default()
+                                .with_partition_index(p)
+                                .with_error_code(a.error)
+                                .with_offset(a.offset)
+                                .with_timestamp(a.timestamp)
+                                .with_leader_epoch(0),
+                        )
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        frame(
+            correlation_id,
+            version,
+            &ListOffsetsResponse::default().with_topics(topics),
+        )
+    })
+}

@@ -1,0 +1,142 @@
+//! Metadata (key 3), v0–v13: brokers (just this one), topics and their partitions, with
+//! auto-creation when `auto.create.topics.enable` and the client allows it.
+//!
+//! Runs on the connection's shard from its catalog replica; only auto-creation goes to
+//! the catalog writer on shard 0.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+
+use super::{frame, str_bytes, topic_name, uuid, Conn, Pending};
+use crate::catalog::{new_topic_id, validate_topic_name, Change, Topic};
+use crate::kafka::catalog_error_code;
+
+/// Kafka's "authorized operations not requested" marker.
+const OPS_OMITTED: i32 = i32::MIN;
+/// Every topic operation bit (READ..DESCRIBE_CONFIGS/ALTER_CONFIGS); there is no ACL layer.
+const TOPIC_OPS: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+
+/// Host and port clients should use: the configured advertised host, else the address
+/// this client reached.
+pub fn advertised(conn: &Conn) -> (String, i32) {
+    let host = &conn.shard.config.kafka.advertised_host;
+    let host = if host.is_empty() {
+        conn.local.ip().to_string()
+    } else {
+        host.clone()
+    };
+    (host, conn.local.port() as i32)
+}
+
+pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, version: i16) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let shard = &conn.shard;
+        // None: every topic. v0 sends an empty list for "all".
+        let wanted: Option<Vec<(Option<String>, [u8; 16])>> = match req.topics {
+            None => None,
+            Some(t) if t.is_empty() && version == 0 => None,
+            Some(t) => Some(
+                t.into_iter()
+                    .map(|t| (t.name.map(|n| n.to_string()), *t.topic_id.as_bytes()))
+                    .collect(),
+            ),
+        };
+        let auto = shard.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        if auto {
+            if let Some(w) = &wanted {
+                let state = shard.catalog.current();
+                let missing: Vec<Change> = w
+                    .iter()
+                    .filter_map(|(n, _)| n.as_ref())
+                    .filter(|n| state.topic(n).is_none() && validate_topic_name(n).is_ok())
+                    .map(|n| {
+                        Change::CreateTopic(Topic {
+                            name: n.clone(),
+                            id: new_topic_id(n),
+                            partitions: shard.config.kafka.num_partitions,
+                            configs: BTreeMap::new(),
+                        })
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    for r in shard.change_catalog(missing, false).await {
+                        if let Err(e) = r {
+                            if catalog_error_code(&e) != ResponseError::TopicAlreadyExists.code() {
+                                log::warn!("auto-creating topic: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let state = shard.catalog.current();
+        let node = shard.config.node_id;
+        let describe = |t: &Topic| -> MetadataResponseTopic {
+            let partitions = (0..t.partitions)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_leader_id(BrokerId(node))
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![BrokerId(node)])
+                        .with_isr_nodes(vec![BrokerId(node)])
+                })
+                .collect();
+            MetadataResponseTopic::default()
+                .with_name(Some(topic_name(&t.name)))
+                .with_topic_id(uuid(&t.id))
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(if req.include_topic_authorized_operations {
+                    TOPIC_OPS
+                } else {
+                    OPS_OMITTED
+                })
+        };
+        let topics: Vec<MetadataResponseTopic> = match wanted {
+            None => state.topics.values().map(describe).collect(),
+            Some(w) => w
+                .into_iter()
+                .map(|(name, id)| {
+                    let found = match &name {
+                        Some(n) => state.topic(n),
+                        None => state.topic_by_id(&id),
+                    };
+                    match (found, name) {
+                        (Some(t), _) => describe(t),
+                        (None, Some(n)) => {
+                            let code = if validate_topic_name(&n).is_err() {
+                                ResponseError::InvalidTopicException.code()
+                            } else {
+                                ResponseError::UnknownTopicOrPartition.code()
+                            };
+                            MetadataResponseTopic::default()
+                                .with_error_code(code)
+                                .with_name(Some(topic_name(&n)))
+                        }
+                        (None, None) => MetadataResponseTopic::default()
+                            .with_error_code(ResponseError::UnknownTopicId.code())
+                            .with_topic_id(uuid::Uuid::from_bytes(id)),
+                    }
+                })
+                .collect(),
+        };
+        let (host, port) = advertised(&conn);
+        let resp = MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node))
+                .with_host(str_bytes(host))
+                .with_port(port)])
+            .with_cluster_id(Some(str_bytes(shard.config.kafka.cluster_id.clone())))
+            .with_controller_id(BrokerId(node))
+            .with_topics(topics)
+            .with_cluster_authorized_operations(OPS_OMITTED);
+        frame(correlation_id, version, &resp)
+    })
+}

@@ -1,0 +1,115 @@
+//! One file per Kafka API. Each decodes its request, acts, and returns a `Pending`: the
+//! future of its encoded response frame (or `None` when the protocol sends none, as for
+//! produce with acks=0).
+//!
+//! `dispatch` runs on the connection's shard. It is awaited in request order, so whatever a
+//! handler does before returning its `Pending` (the appends of a produce) happens in the
+//! order the client sent the requests; the connection then writes the responses in that
+//! same order.
+
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+
+use super::codec::{self, decode_body, CodecError, Frame};
+use crate::runtime::shard::Shard;
+
+/// What a handler knows of its connection.
+pub struct Conn {
+    pub shard: Rc<Shard>,
+    /// The address the client connected to (advertised back in Metadata by default).
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;
+
+/// The APIs this broker serves, with the versions it accepts.
+pub const SUPPORTED: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::ApiVersions,
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::CreatePartitions,
+];
+
+/// Encodes a response frame; an encoding failure is our bug, logged, and the response
+/// dropped (the client times out rather than reading garbage).
+pub fn frame<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, response: &R) -> Option<Bytes> {
+    match codec::encode_response(correlation_id, version, response) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            log::error!("encoding response (correlation {correlation_id}, v{version}): {e}");
+            None
+        }
+    }
+}
+
+pub fn ready(frame: Option<Bytes>) -> Pending {
+    Box::pin(async move { frame })
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+pub fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+pub fn uuid(id: &[u8; 16]) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(*id)
+}
+
+/// Decodes the request body for `frame.api` and runs its handler.
+pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecError> {
+    let c = frame.header.correlation_id;
+    let v = frame.version;
+    let body = frame.body;
+    Ok(match frame.api {
+        ApiKey::ApiVersions => api_versions::handle(decode_body(
+            "ApiVersions",
+            body,
+            v,
+        )?, c, v),
+        ApiKey::Metadata => metadata::handle(conn, decode_body("Metadata", body, v)?, c, v),
+        ApiKey::Produce => produce::handle(conn, decode_body("Produce", body, v)?, c, v).await,
+        ApiKey::Fetch => fetch::handle(conn, decode_body("Fetch", body, v)?, c, v),
+        ApiKey::ListOffsets => list_offsets::handle(conn, decode_body("ListOffsets", body, v)?, c, v),
+        ApiKey::CreateTopics => create_topics::handle(conn, decode_body("CreateTopics", body, v)?, c, v),
+        ApiKey::DeleteTopics => delete_topics::handle(conn, decode_body("DeleteTopics", body, v)?, c, v),
+        ApiKey::CreatePartitions => {
+            create_partitions::handle(conn, decode_body("CreatePartitions", body, v)?, c, v)
+        }
+        api => return Err(CodecError::UnsupportedVersion { api, version: v }),
+    })
+}
+
+/// Groups items by owner shard, keeping each item's index in the request.
+pub fn by_owner<T>(shard: &Shard, items: Vec<(usize, String, i32, T)>) -> Vec<(usize, Vec<(usize, String, i32, T)>)> {
+    let mut groups: Vec<(usize, Vec<(usize, String, i32, T)>)> = Vec::new();
+    for item in items {
+        let owner = shard.owner_of(&item.1, item.2);
+        match groups.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, g)) => g.push(item),
+            None => groups.push((owner, vec![item])),
+        }
+    }
+    groups
+}

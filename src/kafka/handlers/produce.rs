@@ -1,0 +1,132 @@
+//! Produce (key 0), v3–v13: record batches (magic 2) to partitions, acks 0, 1 or -1.
+//!
+//! Stage one, awaited in request order on the connection's shard: group the partitions by
+//! owner and hand each owner its share (`Shard::kafka_dispatch` — the line where work
+//! crosses shards); the owner appends at once. Stage two, the returned `Pending`: wait
+//! for every owner's answer (after fdatasync for acks=-1) and assemble the response in
+//! request order. With acks=0 no response is sent, as Kafka does.
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+
+use super::{by_owner, frame, ready, str_bytes, Conn, Pending};
+use crate::kafka::owner::{ProducePart, ProduceResult, Reply, Request};
+
+pub async fn handle(conn: &Rc<Conn>, req: ProduceRequest, correlation_id: i32, version: i16) -> Pending {
+    let shard = &conn.shard;
+    let acks = req.acks;
+    let state = shard.catalog.current();
+    // Every partition of the request, in order: (topic label, topic id, partition).
+    let mut layout: Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Vec<i32>)> = Vec::new();
+    let mut results: Vec<ProduceResult> = Vec::new();
+    let mut work = Vec::new();
+    let bad_acks = !matches!(acks, 0 | 1 | -1);
+    for topic in req.topic_data {
+        // v13 names topics by id.
+        let name = if version >= 13 {
+            state
+                .topic_by_id(topic.topic_id.as_bytes())
+                .map(|t| t.name.clone())
+        } else {
+            Some(topic.name.to_string())
+        };
+        let mut parts = Vec::new();
+        for p in topic.partition_data {
+            let i = results.len();
+            parts.push(p.index);
+            let mut r = ProduceResult {
+                error: 0,
+                base_offset: -1,
+                log_append_time: -1,
+                log_start_offset: -1,
+                message: None,
+            };
+            match &name {
+                _ if bad_acks => r.error = ResponseError::InvalidRequiredAcks.code(),
+                None => r.error = ResponseError::UnknownTopicId.code(),
+                Some(n) => work.push((i, n.clone(), p.index, p.records)),
+            }
+            results.push(r);
+        }
+        layout.push((topic.name, topic.topic_id, parts));
+    }
+    // Stage one: one envelope per owner shard, sent in request order.
+    let mut pending = Vec::new();
+    for (owner, group) in by_owner(shard, work) {
+        let (idx, parts): (Vec<usize>, Vec<ProducePart>) = group
+            .into_iter()
+            .map(|(i, topic, partition, records)| {
+                (
+                    i,
+                    ProducePart {
+                        topic,
+                        partition,
+                        records,
+                    },
+                )
+            })
+            .unzip();
+        let done = shard
+            .kafka_dispatch(owner, Request::Produce { acks, parts })
+            .await;
+        pending.push((idx, done));
+    }
+    if acks == 0 {
+        // No response; still let the appends finish in the background of the owners.
+        for (_, done) in pending {
+            glommio::spawn_local(done).detach();
+        }
+        return ready(None);
+    }
+    Box::pin(async move {
+        let (idx, waits): (Vec<Vec<usize>>, Vec<_>) = pending.into_iter().unzip();
+        for (idx, reply) in idx.into_iter().zip(join_all(waits).await) {
+            match reply {
+                Reply::Produce(rs) => {
+                    for (i, r) in idx.into_iter().zip(rs) {
+                        results[i] = r;
+                    }
+                }
+                _ => {
+                    for i in idx {
+                        results[i].error = ResponseError::NotLeaderOrFollower.code();
+                    }
+                }
+            }
+        }
+        let mut results = results.into_iter();
+        let responses = layout
+            .into_iter()
+            .map(|(name, id, parts)| {
+                let partitions = parts
+                    .into_iter()
+                    .filter_map(|p| {
+                        let r = results.next()?;
+                        Some(
+                            PartitionProduceResponse::default()
+                                .with_index(p)
+                                .with_error_code(r.error)
+                                .with_base_offset(r.base_offset)
+                                .with_log_append_time_ms(r.log_append_time)
+                                .with_log_start_offset(r.log_start_offset)
+                                .with_error_message(r.message.map(str_bytes)),
+                        )
+                    })
+                    .collect();
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_topic_id(id)
+                    .with_partition_responses(partitions)
+            })
+            .collect();
+        frame(
+            correlation_id,
+            version,
+            &ProduceResponse::default().with_responses(responses),
+        )
+    })
+}

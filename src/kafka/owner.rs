@@ -1,0 +1,311 @@
+//! Kafka partition work that runs on the partition's owner shard: append, read, offset
+//! lookups and long-poll waits.
+//!
+//! Reached only through `Shard::kafka_dispatch` / `Shard::kafka` (directly when the owner is
+//! the caller's shard, else as one mesh envelope per owner per client request). `start`
+//! does the synchronous part at once — appends happen in the order requests arrive — and
+//! returns a future for the rest (waiting for fdatasync, disk reads).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{join_all, LocalBoxFuture};
+use kafka_protocol::ResponseError;
+
+use crate::catalog;
+use crate::runtime::notify::Listener;
+use crate::runtime::shard::Shard;
+use crate::storage::batch::{self, BatchError};
+use crate::storage::log::{self as plog, LogError};
+use crate::storage::LogRef;
+
+pub struct ProducePart {
+    pub topic: String,
+    pub partition: i32,
+    pub records: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProduceResult {
+    pub error: i16,
+    pub base_offset: i64,
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    pub message: Option<String>,
+}
+
+pub struct FetchPart {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FetchResult {
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+pub struct OffsetQuery {
+    pub topic: String,
+    pub partition: i32,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OffsetAnswer {
+    pub error: i16,
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+pub enum Request {
+    Produce { acks: i16, parts: Vec<ProducePart> },
+    Fetch { parts: Vec<FetchPart> },
+    ListOffsets { parts: Vec<OffsetQuery> },
+    /// Resolves when any partition has data at or past its offset, or after `max_wait`.
+    WaitForData {
+        parts: Vec<(String, i32, i64)>,
+        max_wait: Duration,
+    },
+}
+
+pub enum Reply {
+    Produce(Vec<ProduceResult>),
+    Fetch(Vec<FetchResult>),
+    ListOffsets(Vec<OffsetAnswer>),
+    DataArrived,
+    /// The owner shard could not be reached (stopping).
+    Unavailable,
+}
+
+/// Special ListOffsets timestamps.
+pub const LATEST: i64 = -1;
+pub const EARLIEST: i64 = -2;
+pub const MAX_TIMESTAMP: i64 = -3;
+
+/// The partition's log on this shard, if the catalog knows the partition.
+fn log_for(shard: &Shard, topic: &str, partition: i32) -> Option<LogRef> {
+    let state = shard.catalog.current();
+    let t = state.topic(topic)?;
+    if partition < 0 || partition >= t.partitions {
+        return None;
+    }
+    if let Some(l) = shard.storage.get(topic, partition) {
+        return Some(l);
+    }
+    let settings = catalog::log_settings(&shard.config, t);
+    Some(shard.storage.get_or_create(topic, partition, &settings))
+}
+
+fn unknown() -> i16 {
+    ResponseError::UnknownTopicOrPartition.code()
+}
+
+fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::MessageTooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        LogError::Io(_) => ResponseError::KafkaStorageError.code(),
+    }
+}
+
+/// Serves a request completely (for callers that need no two-stage split).
+pub async fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
+    start(shard, req).await
+}
+
+/// Runs the synchronous part of `req` now and returns the rest.
+pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> {
+    match req {
+        Request::Produce { acks, parts } => produce(shard, acks, parts),
+        Request::Fetch { parts } => {
+            let shard = shard.clone();
+            Box::pin(async move { Reply::Fetch(fetch(&shard, parts).await) })
+        }
+        Request::ListOffsets { parts } => {
+            let shard = shard.clone();
+            Box::pin(async move { Reply::ListOffsets(list_offsets(&shard, parts).await) })
+        }
+        Request::WaitForData { parts, max_wait } => {
+            let listener = Listener::new();
+            let mut ready = false;
+            for (topic, partition, offset) in &parts {
+                if let Some(log) = log_for(shard, topic, *partition) {
+                    let l = log.borrow();
+                    ready |= l.next_offset > *offset || *offset < l.log_start_offset;
+                    listener.listen(&l.appended);
+                }
+            }
+            if ready {
+                return Box::pin(async { Reply::DataArrived });
+            }
+            Box::pin(async move {
+                let _ = glommio::timer::timeout(max_wait, async {
+                    listener.await;
+                    Ok(())
+                })
+                .await;
+                Reply::DataArrived
+            })
+        }
+    }
+}
+
+/// Appends every part now; with acks=all the returned future waits for fdatasync.
+fn produce(shard: &Rc<Shard>, acks: i16, parts: Vec<ProducePart>) -> LocalBoxFuture<'static, Reply> {
+    let mut results = Vec::with_capacity(parts.len());
+    let mut durable = Vec::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        let Some(log) = log_for(shard, &part.topic, part.partition) else {
+            results.push(ProduceResult {
+                error: unknown(),
+                base_offset: -1,
+                log_append_time: -1,
+                log_start_offset: -1,
+                message: None,
+            });
+            continue;
+        };
+        let outcome = match part.records.as_ref().filter(|r| !r.is_empty()) {
+            None => Err((
+                ResponseError::CorruptMessage.code(),
+                "produce request without records".to_owned(),
+            )),
+            Some(records) => batch::split(records).map_err(|e| {
+                let code = match e {
+                    BatchError::Magic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+                    BatchError::Count(..) => ResponseError::InvalidRecord.code(),
+                    _ => ResponseError::CorruptMessage.code(),
+                };
+                (code, e.to_string())
+            }),
+        };
+        let result = match outcome {
+            Err((code, message)) => {
+                log::debug!("produce to {}-{} refused: {message}", part.topic, part.partition);
+                ProduceResult {
+                    error: code,
+                    base_offset: -1,
+                    log_append_time: -1,
+                    log_start_offset: -1,
+                    message: Some(message),
+                }
+            }
+            Ok(batches) => {
+                let appended = log.borrow_mut().append(&batches);
+                match appended {
+                    Ok(a) => {
+                        shard.storage.mark_dirty(&log);
+                        if acks == -1 {
+                            durable.push((i, shard.storage.wait_durable(&log, a.last_offset + 1)));
+                        }
+                        ProduceResult {
+                            error: 0,
+                            base_offset: a.base_offset,
+                            log_append_time: a.log_append_time,
+                            log_start_offset: log.borrow().log_start_offset,
+                            message: None,
+                        }
+                    }
+                    Err(e) => ProduceResult {
+                        error: log_error_code(&e),
+                        base_offset: -1,
+                        log_append_time: -1,
+                        log_start_offset: -1,
+                        message: Some(e.to_string()),
+                    },
+                }
+            }
+        };
+        results.push(result);
+    }
+    if durable.is_empty() {
+        return Box::pin(async move { Reply::Produce(results) });
+    }
+    Box::pin(async move {
+        let (idx, waits): (Vec<usize>, Vec<_>) = durable.into_iter().unzip();
+        for (i, r) in idx.into_iter().zip(join_all(waits).await) {
+            if let Err(e) = r {
+                results[i].error = ResponseError::KafkaStorageError.code();
+                results[i].message = Some(e);
+            }
+        }
+        Reply::Produce(results)
+    })
+}
+
+async fn fetch(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchResult> {
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let Some(log) = log_for(shard, &part.topic, part.partition) else {
+            out.push(FetchResult {
+                error: unknown(),
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Bytes::new(),
+            });
+            continue;
+        };
+        let read = plog::read(&log, part.offset, part.max_bytes).await;
+        let l = log.borrow();
+        out.push(match read {
+            Ok(records) => FetchResult {
+                error: 0,
+                high_watermark: l.high_watermark(),
+                log_start_offset: l.log_start_offset,
+                records,
+            },
+            Err(e) => FetchResult {
+                error: log_error_code(&e),
+                high_watermark: l.high_watermark(),
+                log_start_offset: l.log_start_offset,
+                records: Bytes::new(),
+            },
+        });
+    }
+    out
+}
+
+async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
+    let mut out = Vec::with_capacity(parts.len());
+    for q in parts {
+        let Some(log) = log_for(shard, &q.topic, q.partition) else {
+            out.push(OffsetAnswer {
+                error: unknown(),
+                offset: -1,
+                timestamp: -1,
+            });
+            continue;
+        };
+        let (start, end) = {
+            let l = log.borrow();
+            (l.log_start_offset, l.high_watermark())
+        };
+        let answer = match q.timestamp {
+            LATEST => Ok((end, -1)),
+            EARLIEST => Ok((start, -1)),
+            MAX_TIMESTAMP => plog::max_timestamp_offset(&log).await,
+            ts => plog::offset_for_timestamp(&log, ts)
+                .await
+                .map(|o| o.map(|o| (o, ts)).unwrap_or((-1, -1))),
+        };
+        out.push(match answer {
+            Ok((offset, timestamp)) => OffsetAnswer {
+                error: 0,
+                offset,
+                timestamp,
+            },
+            Err(e) => OffsetAnswer {
+                error: log_error_code(&e),
+                offset: -1,
+                timestamp: -1,
+            },
+        });
+    }
+    out
+}

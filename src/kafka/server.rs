@@ -1,0 +1,197 @@
+//! The Kafka listener of one shard and its connections.
+//!
+//! Every shard binds the Kafka port (glommio sets SO_REUSEPORT, so the kernel spreads
+//! connections); a connection lives on the shard that accepted it. Each connection has a
+//! reader task (frames → `handlers::dispatch`, in order) and a writer task that writes the
+//! responses in request order, so pipelining clients get their answers in sequence.
+//! A malformed or oversize frame, an unknown API or an unsupported version closes that one
+//! connection with a log line.
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{select, Either};
+use futures::io::BufReader;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::task::JoinHandle;
+use kafka_protocol::messages::ApiKey;
+
+use super::codec::{self, CodecError};
+use super::handlers::{self, api_versions, Conn};
+use crate::runtime::notify::Listener;
+use crate::runtime::shard::Shard;
+
+pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
+    TcpListener::bind(shard.config.kafka.addr.as_str()).map_err(std::io::Error::from)
+}
+
+/// Accepts until the shard stops.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stop = Listener::new();
+        stop.listen(&shard.stop);
+        if shard.stopping.get() {
+            break;
+        }
+        let accepted = match select(Box::pin(listener.accept()), stop).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => break,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("kafka accept: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let max = shard.config.limits.max_connections_per_shard;
+        if shard.connections.get() >= max {
+            log::warn!(
+                "shard {}: refusing kafka connection from {:?}: {max} connections already open",
+                shard.id,
+                stream.peer_addr().ok()
+            );
+            drop(stream);
+            continue;
+        }
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            shard.connection_opened();
+            if let Err(e) = connection(&shard, stream).await {
+                log::debug!("kafka connection ended: {e}");
+            }
+            shard.connection_closed();
+        })
+        .detach();
+    }
+}
+
+fn apply_socket_options(shard: &Shard, stream: &TcpStream) {
+    let net = &shard.config.network;
+    let _ = stream.set_nodelay(net.tcp_nodelay);
+    let fd = stream.as_raw_fd();
+    let set = |opt: libc::c_int, value: usize| {
+        if value == 0 {
+            return;
+        }
+        let v = value.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: setsockopt on a socket we own with a pointer to a live c_int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::SO_SNDBUF, net.socket_send_buffer_bytes);
+    set(libc::SO_RCVBUF, net.socket_receive_buffer_bytes);
+}
+
+/// A response on its way: the handler's task, resolving to the frame to write (if any).
+type Outgoing = JoinHandle<Option<Bytes>>;
+
+async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    apply_socket_options(shard, &stream);
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
+    // A second handle on the same socket for the writer task, so reads and writes never
+    // wait on each other.
+    // SAFETY: dup returns a new descriptor we own; it is handed to exactly one TcpStream.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a valid, open socket descriptor owned by nobody else.
+    let mut writer = unsafe { TcpStream::from_raw_fd(dup) };
+    let conn = Rc::new(Conn {
+        shard: shard.clone(),
+        local,
+        peer,
+    });
+    let (tx, rx) = local_channel::new_bounded::<Outgoing>(shard.config.kafka.max_inflight_requests);
+    let write_task = glommio::spawn_local(async move {
+        while let Some(task) = rx.recv().await {
+            let Some(Some(frame)) = task.await else {
+                continue;
+            };
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    let result = read_requests(&conn, stream, &tx).await;
+    if let Err(e) = &result {
+        log::warn!("kafka connection from {peer} closed: {e}");
+    }
+    drop(tx);
+    write_task.await;
+    result.map(|_| ()).or(Ok(()))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads frames until the peer closes, the shard stops, or a frame is bad.
+async fn read_requests(
+    conn: &Rc<Conn>,
+    stream: TcpStream,
+    out: &local_channel::LocalSender<Outgoing>,
+) -> Result<(), ConnectionError> {
+    let shard = &conn.shard;
+    let max = shard.config.kafka.max_request_bytes;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        let stop = Listener::new();
+        stop.listen(&shard.stop);
+        if shard.stopping.get() {
+            return Ok(());
+        }
+        let mut prefix = [0u8; 4];
+        let read = select(Box::pin(reader.read_exact(&mut prefix)), stop).await;
+        match read {
+            Either::Left((Ok(()), _)) => {}
+            Either::Left((Err(e), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Either::Left((Err(e), _)) => return Err(e.into()),
+            Either::Right(_) => return Ok(()),
+        }
+        let len = codec::frame_len(prefix, max)?;
+        let mut buf = BytesMut::zeroed(len);
+        reader.read_exact(&mut buf).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                std::io::Error::new(e.kind(), format!("truncated request: expected {len} bytes"))
+            } else {
+                e
+            }
+        })?;
+        let buf = buf.freeze();
+        let pending = match codec::decode_frame(buf.clone()) {
+            Ok(frame) => handlers::dispatch(conn, frame).await?,
+            Err(CodecError::UnsupportedVersion {
+                api: ApiKey::ApiVersions,
+                ..
+            }) => {
+                // Tell the client which versions we speak (KIP-511), in v0 form.
+                let correlation = codec::correlation_id(&buf).unwrap_or(0);
+                handlers::ready(api_versions::unsupported(correlation))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let task = glommio::spawn_local(pending).detach();
+        if out.send(task).await.is_err() {
+            return Ok(());
+        }
+    }
+}

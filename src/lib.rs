@@ -1,0 +1,12 @@
+//! Portask: one broker binary that Kafka and AMQP 0-9-1 clients use unchanged, built
+//! thread-per-core on glommio/io_uring.
+//!
+//! `runtime` starts one shard per core; `storage` holds each shard's partition logs;
+//! `catalog` is the metadata (single writer on shard 0, replicas everywhere); `kafka` is
+//! the Kafka wire protocol. See `../shared/ARCHITECTURE.md` for the design.
+
+pub mod catalog;
+pub mod config;
+pub mod kafka;
+pub mod runtime;
+pub mod storage;

@@ -1,0 +1,276 @@
+//! The process: one glommio executor (shard) per core of the CPU affinity mask, joined by a
+//! channel mesh; startup (data-dir lock, ownership migration, catalog load, recovery,
+//! listeners) and the clean stop.
+//!
+//! `start` runs on the main thread and blocks until every shard has stopped. Everything
+//! after `LocalExecutorBuilder::spawn` runs on the shard's own thread.
+
+pub mod mesh;
+pub mod notify;
+pub mod shard;
+pub mod shutdown;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement as GlommioPlacement};
+
+use crate::catalog::store::CatalogStore;
+use crate::catalog::writer::CatalogWriter;
+use crate::catalog::{self, CatalogState};
+use crate::config::{Config, Placement};
+use crate::storage::Storage;
+use mesh::Message;
+use shard::{partition_owner, Shard};
+use shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("data directory {0} is in use by another Portask (lock file {1} is held)")]
+    Locked(PathBuf, PathBuf),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("shard {0}: {1}")]
+    Shard(usize, String),
+}
+
+/// How long a clean stop waits for in-flight requests before flushing anyway.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Holds the data directory's lock file for the life of the process.
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Takes an exclusive `flock` on `<data_dir>/.lock`, refusing a second broker.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.to_owned(), e))?;
+    let path = dir.join(".lock");
+    let file = File::create(&path).map_err(|e| StartError::DataDir(dir.to_owned(), e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(StartError::Locked(dir.to_owned(), path));
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+/// Moves partition directories to their owner shard when the shard count changed since
+/// the last run (ownership is a hash onto the shard count).
+fn migrate_ownership(data_dir: &Path, shards: usize) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Ok(());
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let Some(from) = entry.file_name().to_str().and_then(|s| s.parse::<usize>().ok()) else {
+            continue;
+        };
+        let kafka = entry.path().join("kafka");
+        let Ok(parts) = std::fs::read_dir(&kafka) else {
+            continue;
+        };
+        for part in parts.filter_map(|e| e.ok()) {
+            let name = part.file_name();
+            let Some((topic, p)) = name.to_str().and_then(Storage::parse_dir_name) else {
+                continue;
+            };
+            let to = partition_owner(&topic, p, shards);
+            if to != from {
+                let dest_dir = data_dir.join(to.to_string()).join("kafka");
+                std::fs::create_dir_all(&dest_dir)?;
+                log::info!("moving {topic}-{p} from shard {from} to shard {to}");
+                std::fs::rename(part.path(), dest_dir.join(&name))?;
+                // The marker no longer describes the moved files' shard: force recovery.
+                let _ = std::fs::remove_file(data_dir.join(to.to_string()).join(".clean_shutdown"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cores shards run on, and how many shards.
+fn layout(config: &Config) -> (Vec<Option<usize>>, usize) {
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default();
+    let available = cores.len().max(1);
+    let count = if config.shards == 0 {
+        available
+    } else {
+        config.shards
+    };
+    let placement = (0..count)
+        .map(|i| match config.placement {
+            Placement::Pinned if !cores.is_empty() => Some(cores[i % cores.len()]),
+            _ => None,
+        })
+        .collect();
+    (placement, count)
+}
+
+/// Runs the broker until a signal stops it.
+pub fn start(config: Config) -> Result<(), StartError> {
+    let shutdown = Shutdown::new();
+    if let Err(e) = shutdown.install_signals() {
+        log::warn!("cannot install signal handlers: {e}");
+    }
+    run(config, shutdown)
+}
+
+/// Runs the broker until `shutdown` is requested.
+pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
+    let data_dir = config.data_dir.clone();
+    let _lock = lock_data_dir(&data_dir)?;
+    let (placement, count) = layout(&config);
+    if config.placement == Placement::Pinned && count > placement.iter().flatten().count() {
+        log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
+    }
+    migrate_ownership(&data_dir, count).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+    let (store, state) = CatalogStore::open(&data_dir.join("0").join("catalog"))?;
+    let state = Arc::new(state);
+    let mut store = Some(store);
+    let mesh = MeshBuilder::<Message, _>::full(count, 1024);
+
+    let mut handles = Vec::new();
+    for (id, core) in placement.into_iter().enumerate() {
+        let config = config.clone();
+        let state: Arc<CatalogState> = state.clone();
+        let mesh = mesh.clone();
+        let shutdown = shutdown.clone();
+        let store = if id == 0 { store.take() } else { None };
+        let glommio_placement = match core {
+            Some(c) => GlommioPlacement::Fixed(c),
+            None => GlommioPlacement::Unbound,
+        };
+        let handle = LocalExecutorBuilder::new(glommio_placement)
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move {
+                run_shard(id, count, core, config, state, store, mesh, shutdown).await
+            })
+            .map_err(|e| StartError::Shard(id, e.to_string()))?;
+        handles.push(handle);
+    }
+    let mut first_error = None;
+    for (id, h) in handles.into_iter().enumerate() {
+        let r = match h.join() {
+            Ok(r) => r,
+            Err(e) => Err(format!("executor failed: {e}")),
+        };
+        if let Err(e) = r {
+            log::error!("shard {id}: {e}");
+            // One shard failing to start stops the others.
+            shutdown.request();
+            first_error.get_or_insert(StartError::Shard(id, e));
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            log::info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    id: usize,
+    count: usize,
+    core: Option<usize>,
+    config: Config,
+    state: Arc<CatalogState>,
+    store: Option<CatalogStore>,
+    mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>,
+    shutdown: Arc<Shutdown>,
+) -> Result<(), String> {
+    let config = Rc::new(config);
+    let storage = Rc::new(Storage::new(&config, id));
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the mesh".to_owned())?;
+    let writer = store.map(CatalogWriter::new);
+    let shard = Rc::new(Shard::new(
+        id,
+        count,
+        config.clone(),
+        storage.clone(),
+        state.clone(),
+        writer,
+        senders,
+        shutdown.clone(),
+    ));
+
+    // Recovery: every partition directory this shard owns and the catalog knows.
+    let started = Instant::now();
+    let clean = storage
+        .recover(|topic, p| {
+            let t = state.topic(topic)?;
+            (p < t.partitions && partition_owner(topic, p, count) == id)
+                .then(|| catalog::log_settings(&config, t))
+        })
+        .await
+        .map_err(|e| format!("recovery: {e}"))?;
+    let recovered = storage.partitions().len();
+
+    // Mesh: one receiving task per peer.
+    for (_, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                shard.serve(msg);
+            }
+        })
+        .detach();
+    }
+    let flusher = glommio::spawn_local(storage.clone().run_flusher());
+    let retention = {
+        let storage = storage.clone();
+        let every = Duration::from_millis(config.kafka.retention_check_interval_ms.max(10));
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                storage.apply_retention().await;
+            }
+        })
+    };
+
+    let kafka = crate::kafka::server::bind(&shard).map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;
+    log::info!(
+        "shard {id}/{count} on {}: kafka {}, data {}, {recovered} partitions recovered in {:?}{}",
+        core.map(|c| format!("core {c}")).unwrap_or_else(|| "any core".into()),
+        config.kafka.addr,
+        config.data_dir.join(id.to_string()).display(),
+        started.elapsed(),
+        if clean { " (clean start)" } else { " (after unclean stop)" }
+    );
+    let kafka_task = glommio::spawn_local(crate::kafka::server::accept_loop(shard.clone(), kafka));
+
+    // Run until asked to stop.
+    shutdown.wait_requested().await;
+    shard.stopping.set(true);
+    shard.stop.notify();
+    kafka_task.await;
+    // Let in-flight requests finish.
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    while shard.connections.get() > 0 && Instant::now() < deadline {
+        let l = notify::Listener::new();
+        l.listen(&shard.connections_changed);
+        let _ = glommio::timer::timeout(Duration::from_millis(100), async {
+            l.await;
+            Ok(())
+        })
+        .await;
+    }
+    shutdown.drained_barrier(count, deadline).await;
+    retention.cancel().await;
+    storage.stop_flusher();
+    flusher.await;
+    storage.shutdown().await;
+    log::info!("shard {id} stopped: logs flushed and synced");
+    Ok(())
+}

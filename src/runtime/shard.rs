@@ -1,0 +1,262 @@
+//! `Shard`: everything one executor owns — its config copy, storage, catalog replica (and,
+//! on shard 0, the catalog writer), its end of the channel mesh and its connection count.
+//!
+//! Created inside the shard's executor and shared with its tasks by `Rc`. Work for another
+//! shard leaves through `Shard::send`; work from another shard arrives in `Shard::serve`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+
+use super::mesh::{CatalogReply, Message};
+use super::notify::Notify;
+use super::shutdown::Shutdown;
+use crate::catalog::writer::CatalogWriter;
+use crate::catalog::{self, CatalogError, CatalogState, Change, Replica};
+use crate::config::Config;
+use crate::kafka::owner;
+use crate::storage::Storage;
+
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Rc<Config>,
+    pub storage: Rc<Storage>,
+    pub catalog: Replica,
+    writer: Option<CatalogWriter>,
+    senders: Senders<Message>,
+    pub shutdown: Arc<Shutdown>,
+    /// Open client connections on this shard.
+    pub connections: Cell<usize>,
+    pub connections_changed: Notify,
+    /// Set once this shard has begun to stop; listeners stop accepting.
+    pub stopping: Cell<bool>,
+    pub stop: Notify,
+}
+
+/// FNV-1a: a hash that never changes between builds or runs, for ownership.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The owner shard of a topic partition: the topic's hash picks a starting shard and the
+/// partitions of one topic follow round-robin, so a topic spreads evenly.
+pub fn partition_owner(topic: &str, partition: i32, shards: usize) -> usize {
+    ((stable_hash(topic.as_bytes()) % shards as u64 + partition.max(0) as u64) % shards as u64)
+        as usize
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        count: usize,
+        config: Rc<Config>,
+        storage: Rc<Storage>,
+        state: Arc<CatalogState>,
+        writer: Option<CatalogWriter>,
+        senders: Senders<Message>,
+        shutdown: Arc<Shutdown>,
+    ) -> Shard {
+        Shard {
+            id,
+            count,
+            config,
+            storage,
+            catalog: Replica::new(state),
+            writer,
+            senders,
+            shutdown,
+            connections: Cell::new(0),
+            connections_changed: Notify::new(),
+            stopping: Cell::new(false),
+            stop: Notify::new(),
+        }
+    }
+
+    pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        partition_owner(topic, partition, self.count)
+    }
+
+    /// Sends one envelope to another shard: the only place work crosses shards.
+    pub async fn send(&self, to: usize, msg: Message) -> Result<(), CatalogError> {
+        self.senders
+            .send_to(to, msg)
+            .await
+            .map_err(|_| CatalogError::Storage(format!("shard {to} is not reachable")))
+    }
+
+    /// Asks partition work of `owner`, locally or across the mesh.
+    pub async fn kafka(self: &Rc<Self>, owner: usize, req: owner::Request) -> owner::Reply {
+        if owner == self.id {
+            return owner::serve(self, req).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.send(owner, Message::Kafka(req, tx)).await.is_err() {
+            return owner::Reply::Unavailable;
+        }
+        rx.await.unwrap_or(owner::Reply::Unavailable)
+    }
+
+    /// Starts partition work on `owner` and returns its completion; the synchronous part
+    /// (e.g. the append of a produce) has happened, in call order, when this resolves.
+    pub async fn kafka_dispatch(
+        self: &Rc<Self>,
+        owner: usize,
+        req: owner::Request,
+    ) -> futures::future::LocalBoxFuture<'static, owner::Reply> {
+        if owner == self.id {
+            return owner::start(self, req);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.send(owner, Message::Kafka(req, tx)).await.is_err() {
+            return Box::pin(async { owner::Reply::Unavailable });
+        }
+        Box::pin(async move { rx.await.unwrap_or(owner::Reply::Unavailable) })
+    }
+
+    /// Applies catalog changes through shard 0's writer and installs the resulting state
+    /// here before returning (read-your-writes).
+    pub async fn change_catalog(
+        self: &Rc<Self>,
+        changes: Vec<Change>,
+        validate_only: bool,
+    ) -> Vec<Result<(), CatalogError>> {
+        let n = changes.len();
+        let reply = if self.id == 0 {
+            self.write_catalog(changes, validate_only).await
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let sent = self
+                .send(
+                    0,
+                    Message::Catalog {
+                        changes,
+                        validate_only,
+                        reply: tx,
+                    },
+                )
+                .await;
+            match (sent, rx.await) {
+                (Ok(()), Ok(reply)) => reply,
+                _ => {
+                    let e = CatalogError::Storage("catalog writer unreachable".into());
+                    return vec![Err(e); n];
+                }
+            }
+        };
+        self.install_catalog(reply.state);
+        reply.results
+    }
+
+    /// Shard 0 only: runs the writer, installs and broadcasts the new state.
+    async fn write_catalog(self: &Rc<Self>, changes: Vec<Change>, validate_only: bool) -> CatalogReply {
+        let Some(writer) = &self.writer else {
+            let e = CatalogError::Storage("not the catalog writer".into());
+            return CatalogReply {
+                results: vec![Err(e); changes.len()],
+                state: self.catalog.current(),
+            };
+        };
+        let me = self.clone();
+        let reply = writer
+            .apply(&self.config, move || me.catalog.current(), changes, validate_only)
+            .await;
+        if self.install_catalog(reply.state.clone()) {
+            for peer in (0..self.count).filter(|p| *p != self.id) {
+                let _ = self.send(peer, Message::CatalogState(reply.state.clone())).await;
+            }
+        }
+        reply
+    }
+
+    /// Installs a newer catalog state and brings local storage in line with it: partitions
+    /// of deleted (or re-created) topics are removed, changed configs applied.
+    pub fn install_catalog(self: &Rc<Self>, state: Arc<CatalogState>) -> bool {
+        let old = self.catalog.current();
+        if !self.catalog.install(state.clone()) {
+            return false;
+        }
+        for (name, topic) in &old.topics {
+            match state.topics.get(name) {
+                Some(t) if t.id == topic.id => {
+                    if t.configs != topic.configs {
+                        let settings = catalog::log_settings(&self.config, t);
+                        self.storage.update_settings(name, &settings);
+                    }
+                }
+                _ => {
+                    for p in 0..topic.partitions {
+                        if self.owner_of(name, p) == self.id {
+                            let storage = self.storage.clone();
+                            let name = name.clone();
+                            glommio::spawn_local(async move { storage.delete(&name, p).await })
+                                .detach();
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Handles one envelope from another shard.
+    pub fn serve(self: &Rc<Self>, msg: Message) {
+        match msg {
+            Message::Catalog {
+                changes,
+                validate_only,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    let r = me.write_catalog(changes, validate_only).await;
+                    let _ = reply.send(r);
+                })
+                .detach();
+            }
+            Message::CatalogState(state) => {
+                self.install_catalog(state);
+            }
+            Message::Kafka(req, reply) => {
+                // The synchronous part runs now, in arrival order.
+                let done = owner::start(self, req);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(done.await);
+                })
+                .detach();
+            }
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.set(self.connections.get() + 1);
+        self.connections_changed.notify();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.set(self.connections.get().saturating_sub(1));
+        self.connections_changed.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_of_a_topic_spread_over_shards() {
+        let owners: Vec<usize> = (0..6).map(|p| partition_owner("orders", p, 2)).collect();
+        assert_eq!(owners.iter().filter(|o| **o == 0).count(), 3);
+        assert_eq!(partition_owner("orders", 3, 2), partition_owner("orders", 3, 2));
+        assert!((0..100).all(|p| partition_owner("x", p, 1) == 0));
+    }
+}

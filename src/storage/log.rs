@@ -1,0 +1,557 @@
+//! `PartitionLog`: one Kafka partition's segmented log on its owner shard — append, read,
+//! offsets, the tail cache, roll and retention, recovery.
+//!
+//! Only the owner shard holds a `PartitionLog` (`Rc<RefCell<…>>`); other shards reach it
+//! through the mesh. No method keeps a borrow across an `.await`: async reads clone the
+//! segment's file handle, drop the borrow, then read. Disk writes and syncs belong to the
+//! shard's `Flusher` (see `flusher.rs`); appends only queue bytes and wake it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::batch::{self, BatchHeader};
+use super::segment::Segment;
+use super::LogSettings;
+use crate::runtime::notify::Notify;
+
+/// Errors of a partition log, mapped by the Kafka layer to client error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge { size: usize, max: i64 },
+    #[error("offset {offset} out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A recent batch kept in memory for tailing consumers.
+struct CachedBatch {
+    base_offset: i64,
+    last_offset: i64,
+    bytes: Bytes,
+}
+
+/// Offsets assigned to an append.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp when the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+}
+
+pub struct PartitionLog {
+    pub topic: String,
+    pub partition: i32,
+    dir: PathBuf,
+    pub settings: LogSettings,
+    segments: BTreeMap<i64, Segment>,
+    pub log_start_offset: i64,
+    pub next_offset: i64,
+    /// Everything below this offset has been written to the segment files.
+    pub written_offset: i64,
+    /// Everything below this offset has been fdatasync'ed.
+    pub durable_offset: i64,
+    tail: VecDeque<CachedBatch>,
+    tail_bytes: usize,
+    tail_budget: usize,
+    /// Messages appended since the last sync (for `flush.messages`).
+    pub unsynced_messages: i64,
+    pub last_sync_ms: i64,
+    /// Fired on every append; fetch long polls listen here.
+    pub appended: Rc<Notify>,
+    pub deleted: bool,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl PartitionLog {
+    /// A new, empty partition; its directory is created on the first write.
+    pub fn create(
+        dir: PathBuf,
+        topic: &str,
+        partition: i32,
+        settings: LogSettings,
+        tail_budget: usize,
+    ) -> PartitionLog {
+        let mut segments = BTreeMap::new();
+        segments.insert(0, Segment::new(&dir, 0, now_ms()));
+        PartitionLog {
+            topic: topic.to_owned(),
+            partition,
+            dir,
+            settings,
+            segments,
+            log_start_offset: 0,
+            next_offset: 0,
+            written_offset: 0,
+            durable_offset: 0,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_budget,
+            unsynced_messages: 0,
+            last_sync_ms: now_ms(),
+            appended: Rc::new(Notify::new()),
+            deleted: false,
+        }
+    }
+
+    /// Opens a partition directory, recovering its segments: each segment is scanned from
+    /// its last index entry and a torn tail is truncated with a log line.
+    pub async fn open(
+        dir: PathBuf,
+        topic: &str,
+        partition: i32,
+        settings: LogSettings,
+        tail_budget: usize,
+    ) -> Result<PartitionLog, LogError> {
+        let mut bases: Vec<i64> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse::<i64>().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let mut log = PartitionLog::create(dir.clone(), topic, partition, settings, tail_budget);
+        if bases.is_empty() {
+            return Ok(log);
+        }
+        log.segments.clear();
+        let now = now_ms();
+        let interval = log.settings.index_interval_bytes as u64;
+        for (i, base) in bases.iter().enumerate() {
+            let mut seg = Segment::load(&dir, *base, now).await?;
+            let had_index = seg.load_index_files();
+            let scan = seg.scan(interval).await?;
+            if scan.torn_bytes > 0 {
+                let is_last = i + 1 == bases.len();
+                // Zero padding after the last block-aligned write is not damage.
+                if let Some(file) = seg.file.clone() {
+                    let tail = file
+                        .read_at(scan.valid_size, scan.torn_bytes as usize)
+                        .await
+                        .map_err(std::io::Error::from)?;
+                    if tail.iter().any(|b| *b != 0) {
+                        log::warn!(
+                            "{topic}-{partition}: truncating torn tail of segment {base} at byte {} ({} bytes dropped{})",
+                            scan.valid_size,
+                            scan.torn_bytes,
+                            if is_last { "" } else { ", not the active segment" }
+                        );
+                        if had_index {
+                            let _ = std::fs::remove_file(seg.paths()[1].clone());
+                            let _ = std::fs::remove_file(seg.paths()[2].clone());
+                        }
+                    }
+                    file.truncate(scan.valid_size)
+                        .await
+                        .map_err(std::io::Error::from)?;
+                }
+            }
+            seg.load_partial().await?;
+            log.next_offset = log.next_offset.max(scan.next_offset);
+            seg.sealed = i + 1 < bases.len();
+            seg.finalized = seg.sealed;
+            log.segments.insert(*base, seg);
+        }
+        log.log_start_offset = bases[0];
+        log.written_offset = log.next_offset;
+        log.durable_offset = log.next_offset;
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        // A log always has at least one segment (created with it, never all deleted).
+        let base = *self.segments.keys().next_back().unwrap_or(&0);
+        self.segments
+            .entry(base)
+            .or_insert_with(|| Segment::new(&self.dir, base, now_ms()))
+    }
+
+    /// Rolls to a new segment when the active one is full or old.
+    fn maybe_roll(&mut self, incoming: usize, now: i64) {
+        let segment_bytes = self.settings.segment_bytes.max(1) as u64;
+        let segment_ms = self.settings.segment_ms;
+        let next = self.next_offset;
+        let active = self.active();
+        let full = active.size > 0 && active.size + incoming as u64 > segment_bytes;
+        let old = active.size > 0 && segment_ms > 0 && now - active.created_ms >= segment_ms;
+        if full || old {
+            active.sealed = true;
+            let seg = Segment::new(&self.dir, next, now);
+            self.segments.insert(next, seg);
+        }
+    }
+
+    /// Appends validated batches, assigning offsets. Synchronous: the bytes are visible to
+    /// readers at once and queued for the flusher.
+    pub fn append(&mut self, batches: &[(BatchHeader, Bytes)]) -> Result<Appended, LogError> {
+        for (h, _) in batches {
+            if h.size as i64 > self.settings.max_message_bytes {
+                return Err(LogError::MessageTooLarge {
+                    size: h.size,
+                    max: self.settings.max_message_bytes,
+                });
+            }
+        }
+        let now = now_ms();
+        let lat = if self.settings.log_append_time {
+            Some(now)
+        } else {
+            None
+        };
+        let first = self.next_offset;
+        let interval = self.settings.index_interval_bytes as u64;
+        for (h, bytes) in batches {
+            self.maybe_roll(bytes.len(), now);
+            let base = self.next_offset;
+            let stamped = batch::assign(bytes, base, lat);
+            let mut header = *h;
+            header.base_offset = base;
+            if let Some(t) = lat {
+                header.max_timestamp = t;
+            }
+            self.active().push(&header, stamped.clone(), interval);
+            self.next_offset = header.last_offset() + 1;
+            self.unsynced_messages += h.records.max(1) as i64;
+            self.tail_bytes += stamped.len();
+            self.tail.push_back(CachedBatch {
+                base_offset: base,
+                last_offset: header.last_offset(),
+                bytes: stamped,
+            });
+        }
+        self.appended.notify();
+        Ok(Appended {
+            base_offset: first,
+            last_offset: self.next_offset - 1,
+            log_append_time: lat.unwrap_or(-1),
+        })
+    }
+
+    /// Drops cached batches beyond the budget, but never ones not yet on disk.
+    pub fn trim_tail_cache(&mut self) {
+        while self.tail_bytes > self.tail_budget {
+            match self.tail.front() {
+                Some(front) if front.last_offset < self.written_offset => {
+                    self.tail_bytes -= front.bytes.len();
+                    self.tail.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    pub fn check_offset(&self, offset: i64) -> Result<(), LogError> {
+        if offset < self.log_start_offset || offset > self.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset,
+                end: self.next_offset,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whole batches from the tail cache starting at `offset`, if the cache reaches back
+    /// that far. At least one batch is returned even when larger than `max_bytes`.
+    fn read_cached(&self, offset: i64, max_bytes: usize) -> Option<Bytes> {
+        let front = self.tail.front()?;
+        if front.base_offset > offset {
+            return None;
+        }
+        let start = self.tail.partition_point(|b| b.last_offset < offset);
+        let mut out: Option<BytesMut> = None;
+        let mut first: Option<Bytes> = None;
+        for b in self.tail.iter().skip(start) {
+            let len = out.as_ref().map(|o| o.len()).unwrap_or(0)
+                + first.as_ref().map(|f| f.len()).unwrap_or(0);
+            if len > 0 && len + b.bytes.len() > max_bytes {
+                break;
+            }
+            match (&mut out, &first) {
+                (None, None) => first = Some(b.bytes.clone()),
+                (None, Some(f)) => {
+                    let mut m = BytesMut::with_capacity(max_bytes.min(4 << 20));
+                    m.extend_from_slice(f);
+                    m.extend_from_slice(&b.bytes);
+                    out = Some(m);
+                }
+                (Some(m), _) => m.extend_from_slice(&b.bytes),
+            }
+        }
+        Some(match out {
+            Some(m) => m.freeze(),
+            None => first.unwrap_or_default(),
+        })
+    }
+
+    /// Where on disk to read for `offset`: file, start position, and the segment's written
+    /// end.
+    fn disk_location(&self, offset: i64) -> Option<(Rc<glommio::io::DmaFile>, u64, u64)> {
+        let (_, seg) = self.segments.range(..=offset).next_back()?;
+        let seg = if offset >= seg.next_offset {
+            // The offset lies past this segment (a gap): use the next one.
+            self.segments.range(offset + 1..).next().map(|(_, s)| s)?
+        } else {
+            seg
+        };
+        let file = seg.file.clone()?;
+        Some((file, seg.position_for(offset), seg.written))
+    }
+
+    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.values()
+    }
+
+    pub fn segments_mut(&mut self) -> impl Iterator<Item = &mut Segment> {
+        self.segments.values_mut()
+    }
+
+    /// Removes segments wholly past retention (never the active one) and returns their
+    /// files for deletion; moves the log start offset.
+    pub fn apply_retention(&mut self, now: i64) -> Vec<PathBuf> {
+        let mut doomed = Vec::new();
+        let mut total: i64 = self.segments.values().map(|s| s.size as i64).sum();
+        loop {
+            if self.segments.len() <= 1 {
+                break;
+            }
+            let Some((&base, seg)) = self.segments.iter().next() else {
+                break;
+            };
+            if !seg.finalized {
+                break;
+            }
+            let by_time = self.settings.retention_ms >= 0
+                && seg.max_timestamp >= 0
+                && now - seg.max_timestamp > self.settings.retention_ms;
+            let by_size = self.settings.retention_bytes >= 0
+                && total - seg.size as i64 >= self.settings.retention_bytes;
+            if !(by_time || by_size) {
+                break;
+            }
+            total -= seg.size as i64;
+            if let Some(seg) = self.segments.remove(&base) {
+                doomed.extend(seg.paths());
+            }
+        }
+        if let Some((&base, _)) = self.segments.iter().next() {
+            if base > self.log_start_offset {
+                self.log_start_offset = base;
+                let start = base;
+                while self.tail.front().is_some_and(|b| b.last_offset < start) {
+                    if let Some(b) = self.tail.pop_front() {
+                        self.tail_bytes -= b.bytes.len();
+                    }
+                }
+            }
+        }
+        doomed
+    }
+
+    /// Rolls the active segment if it has outlived `segment.ms` without new appends.
+    pub fn roll_if_old(&mut self, now: i64) {
+        self.maybe_roll(0, now);
+    }
+
+    pub fn segment(&self, base: i64) -> Option<&Segment> {
+        self.segments.get(&base)
+    }
+
+    pub fn segment_mut(&mut self, base: i64) -> Option<&mut Segment> {
+        self.segments.get_mut(&base)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+/// Reads whole batches starting at the batch that holds `offset`, up to `max_bytes`
+/// (at least one batch). Serves from the tail cache when it can, else from disk.
+pub async fn read(
+    log: &Rc<std::cell::RefCell<PartitionLog>>,
+    offset: i64,
+    max_bytes: usize,
+) -> Result<Bytes, LogError> {
+    let location = {
+        let l = log.borrow();
+        l.check_offset(offset)?;
+        if offset == l.next_offset {
+            return Ok(Bytes::new());
+        }
+        if let Some(b) = l.read_cached(offset, max_bytes) {
+            return Ok(b);
+        }
+        l.disk_location(offset)
+    };
+    let Some((file, mut pos, end)) = location else {
+        return Ok(Bytes::new());
+    };
+    let mut out = BytesMut::new();
+    while pos < end {
+        let want = (max_bytes.max(batch::HEADER_LEN) as u64)
+            .min(end - pos)
+            .max(batch::HEADER_LEN as u64) as usize;
+        let chunk = file
+            .read_at(pos, want.min((end - pos) as usize))
+            .await
+            .map_err(std::io::Error::from)?;
+        let mut at = 0usize;
+        let mut progressed = false;
+        while let Some(h) = BatchHeader::parse(&chunk[at..]) {
+            if h.last_offset() < offset {
+                at += h.size;
+                progressed = true;
+                if at >= chunk.len() {
+                    break;
+                }
+                continue;
+            }
+            if !out.is_empty() && out.len() + h.size > max_bytes {
+                return Ok(out.freeze());
+            }
+            if at + h.size <= chunk.len() {
+                out.extend_from_slice(&chunk[at..at + h.size]);
+            } else if out.is_empty() {
+                // One batch bigger than the chunk: read it whole.
+                let whole = file
+                    .read_at(pos + at as u64, h.size)
+                    .await
+                    .map_err(std::io::Error::from)?;
+                out.extend_from_slice(&whole[..]);
+            } else {
+                return Ok(out.freeze());
+            }
+            at += h.size;
+            progressed = true;
+            if at >= chunk.len() {
+                break;
+            }
+        }
+        if !progressed || out.len() >= max_bytes {
+            break;
+        }
+        pos += at as u64;
+    }
+    if out.is_empty() {
+        // The offset lies in a later segment (or the tail cache): try again from there.
+        let next = {
+            let l = log.borrow();
+            l.segments
+                .range(offset + 1..)
+                .next()
+                .map(|(b, _)| *b)
+                .filter(|b| *b <= l.next_offset)
+        };
+        if let Some(next_base) = next {
+            if next_base > offset {
+                return Box::pin(read(log, next_base, max_bytes)).await;
+            }
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// The first offset whose record timestamp is at or after `ts`, or `None` past the end.
+pub async fn offset_for_timestamp(
+    log: &Rc<std::cell::RefCell<PartitionLog>>,
+    ts: i64,
+) -> Result<Option<i64>, LogError> {
+    let (start, candidates) = {
+        let l = log.borrow();
+        let c: Vec<i64> = l
+            .segments
+            .values()
+            .filter(|s| s.max_timestamp >= ts)
+            .map(|s| s.base_offset)
+            .collect();
+        (l.log_start_offset, c)
+    };
+    for base in candidates {
+        let from = {
+            let l = log.borrow();
+            let Some(seg) = l.segments.get(&base) else {
+                continue;
+            };
+            let pos = seg.position_for_timestamp(ts);
+            seg.index
+                .iter()
+                .find(|e| e.position == pos)
+                .map(|e| e.offset)
+                .unwrap_or(base)
+                .max(start)
+        };
+        let mut at = from;
+        loop {
+            let data = read(log, at, 1 << 20).await?;
+            if data.is_empty() {
+                break;
+            }
+            let mut pos = 0;
+            let mut last = at;
+            while let Some(h) = BatchHeader::parse(&data[pos..]) {
+                if h.size > data.len() - pos {
+                    break;
+                }
+                if let Some(o) = batch::offset_for_timestamp(&data[pos..pos + h.size], &h, ts) {
+                    if o >= at || h.last_offset() >= at {
+                        return Ok(Some(o.max(at)));
+                    }
+                }
+                last = h.last_offset() + 1;
+                pos += h.size;
+                if pos >= data.len() {
+                    break;
+                }
+            }
+            if last <= at {
+                break;
+            }
+            at = last;
+        }
+    }
+    Ok(None)
+}
+
+/// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
+pub async fn max_timestamp_offset(
+    log: &Rc<std::cell::RefCell<PartitionLog>>,
+) -> Result<(i64, i64), LogError> {
+    let max = log
+        .borrow()
+        .segments()
+        .map(|s| s.max_timestamp)
+        .max()
+        .unwrap_or(-1);
+    if max < 0 {
+        return Ok((-1, -1));
+    }
+    Ok(offset_for_timestamp(log, max)
+        .await?
+        .map(|o| (o, max))
+        .unwrap_or((-1, -1)))
+}

@@ -1,0 +1,522 @@
+//! Per-shard storage: the Kafka partition logs this shard owns, and the `flusher` task that
+//! writes them to disk and fdatasyncs them with group commit.
+//!
+//! One `Storage` per shard, created by the runtime and shared by `Rc` with the shard's
+//! tasks. Only the owner shard of a partition calls into it (other shards come through the
+//! mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/<base>.log|.index|
+//! .timeindex`, documented in `shards/README.md`.
+
+pub mod batch;
+pub mod log;
+pub mod segment;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::join_all;
+
+use crate::config::{Config, FsyncPolicy};
+use crate::runtime::notify::{Listener, Notify};
+use self::log::{now_ms, LogError, PartitionLog};
+
+/// The effective settings of one partition's log: broker defaults overlaid with the
+/// topic's configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i64,
+    pub log_append_time: bool,
+    pub flush_messages: i64,
+    pub flush_ms: i64,
+    pub index_interval_bytes: u32,
+}
+
+pub type LogRef = Rc<RefCell<PartitionLog>>;
+
+/// A producer waiting for its batches to be fdatasync'ed.
+struct SyncWaiter {
+    log: LogRef,
+    offset: i64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+const CLEAN_SHUTDOWN: &str = ".clean_shutdown";
+
+pub struct Storage {
+    root: PathBuf,
+    tail_budget: usize,
+    fsync: FsyncPolicy,
+    max_write_bytes: usize,
+    partitions: RefCell<HashMap<(String, i32), LogRef>>,
+    dirty: RefCell<Vec<LogRef>>,
+    waiters: RefCell<Vec<SyncWaiter>>,
+    wake: Notify,
+    stopping: Cell<bool>,
+    /// Fired each time the flusher finishes a round.
+    pub round_done: Notify,
+}
+
+impl Storage {
+    pub fn new(config: &Config, shard: usize) -> Storage {
+        Storage {
+            root: config.data_dir.join(shard.to_string()),
+            tail_budget: config.storage.tail_cache_bytes,
+            fsync: config.storage.fsync,
+            max_write_bytes: config.storage.max_write_bytes,
+            partitions: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            waiters: RefCell::new(Vec::new()),
+            wake: Notify::new(),
+            stopping: Cell::new(false),
+            round_done: Notify::new(),
+        }
+    }
+
+    pub fn kafka_dir(&self) -> PathBuf {
+        self.root.join("kafka")
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.kafka_dir().join(format!("{topic}-{partition}"))
+    }
+
+    /// Parses a partition directory name back into (topic, partition).
+    pub fn parse_dir_name(name: &str) -> Option<(String, i32)> {
+        let (topic, p) = name.rsplit_once('-')?;
+        Some((topic.to_owned(), p.parse().ok()?))
+    }
+
+    /// Opens every partition directory of this shard that `keep` accepts (the catalog
+    /// knows it), recovering each; removes the others. Returns whether the last stop was
+    /// clean.
+    pub async fn recover(
+        &self,
+        mut keep: impl FnMut(&str, i32) -> Option<LogSettings>,
+    ) -> Result<bool, LogError> {
+        std::fs::create_dir_all(self.kafka_dir())?;
+        let marker = self.root.join(CLEAN_SHUTDOWN);
+        let clean = marker.exists();
+        if clean {
+            std::fs::remove_file(&marker)?;
+        }
+        let mut dirs: Vec<_> = std::fs::read_dir(self.kafka_dir())?
+            .filter_map(|e| e.ok())
+            .collect();
+        dirs.sort_by_key(|e| e.file_name());
+        for entry in dirs {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some((topic, partition)) = Self::parse_dir_name(&name) else {
+                continue;
+            };
+            match keep(&topic, partition) {
+                Some(settings) => {
+                    let log =
+                        PartitionLog::open(entry.path(), &topic, partition, settings, self.tail_budget)
+                            .await?;
+                    ::log::debug!(
+                        "recovered {topic}-{partition}: offsets [{}, {}), {} segments",
+                        log.log_start_offset,
+                        log.next_offset,
+                        log.segment_count()
+                    );
+                    self.partitions
+                        .borrow_mut()
+                        .insert((topic, partition), Rc::new(RefCell::new(log)));
+                }
+                None => {
+                    ::log::info!("removing {name}: its topic is no longer in the catalog");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(clean)
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<LogRef> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// The partition's log, created empty when this shard has none yet.
+    pub fn get_or_create(&self, topic: &str, partition: i32, settings: &LogSettings) -> LogRef {
+        if let Some(l) = self.get(topic, partition) {
+            return l;
+        }
+        let log = PartitionLog::create(
+            self.partition_dir(topic, partition),
+            topic,
+            partition,
+            settings.clone(),
+            self.tail_budget,
+        );
+        let log = Rc::new(RefCell::new(log));
+        self.partitions
+            .borrow_mut()
+            .insert((topic.to_owned(), partition), log.clone());
+        log
+    }
+
+    pub fn partitions(&self) -> Vec<LogRef> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// Applies new settings to every partition of `topic` on this shard.
+    pub fn update_settings(&self, topic: &str, settings: &LogSettings) {
+        for ((t, _), log) in self.partitions.borrow().iter() {
+            if t == topic {
+                log.borrow_mut().settings = settings.clone();
+            }
+        }
+    }
+
+    /// Queues the partition for the flusher after an append.
+    pub fn mark_dirty(&self, log: &LogRef) {
+        self.dirty.borrow_mut().push(log.clone());
+        self.wake.notify();
+    }
+
+    /// Resolves once everything below `offset` in `log` is fdatasync'ed (group commit:
+    /// one sync covers every waiter of the round).
+    pub fn wait_durable(
+        &self,
+        log: &LogRef,
+        offset: i64,
+    ) -> impl std::future::Future<Output = Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        if log.borrow().durable_offset >= offset {
+            let _ = tx.send(Ok(()));
+        } else {
+            self.waiters.borrow_mut().push(SyncWaiter {
+                log: log.clone(),
+                offset,
+                done: tx,
+            });
+            self.wake.notify();
+        }
+        async move { rx.await.unwrap_or_else(|_| Err("broker shutting down".into())) }
+    }
+
+    /// Deletes a partition's log and files.
+    pub async fn delete(&self, topic: &str, partition: i32) {
+        let removed = self
+            .partitions
+            .borrow_mut()
+            .remove(&(topic.to_owned(), partition));
+        let dir = match removed {
+            Some(log) => {
+                let mut l = log.borrow_mut();
+                l.deleted = true;
+                l.appended.notify();
+                l.dir().to_owned()
+            }
+            None => self.partition_dir(topic, partition),
+        };
+        let r = glommio::executor()
+            .spawn_blocking(move || std::fs::remove_dir_all(&dir))
+            .await;
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                ::log::warn!("removing files of {topic}-{partition}: {e}");
+            }
+        }
+    }
+
+    /// The flusher: writes every dirty partition, then fdatasyncs those someone waits on
+    /// or whose flush policy is due, then wakes the waiters. Appends made while a round is
+    /// in flight are taken by the next round, so one sync serves many producers.
+    pub async fn run_flusher(self: Rc<Self>) {
+        while !self.stopping.get() {
+            let listener = Listener::new();
+            listener.listen(&self.wake);
+            let idle = self.dirty.borrow().is_empty() && self.waiters.borrow().is_empty();
+            if idle {
+                // Wake at least every 100 ms so flush.ms and segment.ms apply to idle logs.
+                let _ = glommio::timer::timeout(Duration::from_millis(100), async {
+                    listener.await;
+                    Ok(())
+                })
+                .await;
+            }
+            self.round(false).await;
+            self.round_done.notify();
+        }
+    }
+
+    /// Asks the flusher to finish its current round and exit (await its task after).
+    pub fn stop_flusher(&self) {
+        self.stopping.set(true);
+        self.wake.notify();
+    }
+
+    /// One flusher round; with `sync_all`, every partition is synced (shutdown).
+    pub async fn round(&self, sync_all: bool) {
+        let now = now_ms();
+        let mut dirty: Vec<LogRef> = std::mem::take(&mut *self.dirty.borrow_mut());
+        dirty.sort_by_key(|l| Rc::as_ptr(l) as usize);
+        dirty.dedup_by_key(|l| Rc::as_ptr(l) as usize);
+        join_all(dirty.iter().map(|l| self.write_partition(l))).await;
+
+        // Which partitions need an fdatasync this round.
+        let waiting: Vec<LogRef> = self.waiters.borrow().iter().map(|w| w.log.clone()).collect();
+        let mut to_sync: Vec<LogRef> = if sync_all {
+            self.partitions()
+        } else {
+            self.partitions()
+                .into_iter()
+                .filter(|l| {
+                    let l = l.borrow();
+                    let unsynced = l.durable_offset < l.written_offset;
+                    unsynced
+                        && (self.fsync == FsyncPolicy::Always
+                            || l.unsynced_messages >= l.settings.flush_messages
+                            || (l.settings.flush_ms >= 0 && now - l.last_sync_ms >= l.settings.flush_ms))
+                })
+                .collect()
+        };
+        to_sync.extend(waiting);
+        to_sync.sort_by_key(|l| Rc::as_ptr(l) as usize);
+        to_sync.dedup_by_key(|l| Rc::as_ptr(l) as usize);
+        // Write what waiters need even if their partition was not marked dirty this round.
+        join_all(to_sync.iter().map(|l| self.write_partition(l))).await;
+        join_all(to_sync.iter().map(|l| sync_partition(l))).await;
+
+        // Wake the waiters whose offsets are now durable; keep the rest.
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        let mut keep = Vec::new();
+        for w in waiters {
+            let (durable, deleted) = {
+                let l = w.log.borrow();
+                (l.durable_offset, l.deleted)
+            };
+            if deleted {
+                let _ = w.done.send(Err("partition deleted".into()));
+            } else if durable >= w.offset {
+                let _ = w.done.send(Ok(()));
+            } else {
+                keep.push(w);
+            }
+        }
+        self.waiters.borrow_mut().extend(keep);
+
+        for l in self.partitions() {
+            let mut l = l.borrow_mut();
+            l.roll_if_old(now);
+            l.trim_tail_cache();
+        }
+    }
+
+    /// Writes all pending bytes of one partition, segment by segment, and finalizes
+    /// sealed segments (sync, truncate to size, index files).
+    async fn write_partition(&self, log: &LogRef) {
+        let bases: Vec<i64> = log
+            .borrow()
+            .segments()
+            .filter(|s| !s.pending.is_empty() || (s.sealed && !s.finalized))
+            .map(|s| s.base_offset)
+            .collect();
+        for base in bases {
+            loop {
+                if log.borrow().deleted {
+                    return;
+                }
+                let (job, file, path) = {
+                    let mut l = log.borrow_mut();
+                    let Some(seg) = l.segment_mut(base) else {
+                        break;
+                    };
+                    let job = seg.take_write(self.max_write_bytes);
+                    (job, seg.file.clone(), seg.log_path())
+                };
+                let file = match file {
+                    Some(f) => f,
+                    None => match open_segment_file(&path).await {
+                        Ok(f) => {
+                            let mut l = log.borrow_mut();
+                            if let Some(seg) = l.segment_mut(base) {
+                                seg.file = Some(f.clone());
+                            }
+                            f
+                        }
+                        Err(e) => {
+                            ::log::error!("opening {}: {e}", path.display());
+                            if let Some(job) = job {
+                                put_back(log, base, job);
+                            }
+                            return;
+                        }
+                    },
+                };
+                let Some(job) = job else {
+                    // Nothing left to write: finalize a sealed segment once.
+                    finalize_segment(log, base, &file).await;
+                    break;
+                };
+                let align = file.alignment();
+                let len = job.bytes.len().div_ceil(align as usize) * align as usize;
+                let mut buf = file.alloc_dma_buffer(len);
+                let bytes = buf.as_bytes_mut();
+                bytes[..job.bytes.len()].copy_from_slice(&job.bytes);
+                bytes[job.bytes.len()..].fill(0);
+                match file.write_at(buf, job.position).await {
+                    Ok(_) => {
+                        let mut l = log.borrow_mut();
+                        l.written_offset = l.written_offset.max(job.upto);
+                        if let Some(seg) = l.segment_mut(base) {
+                            seg.complete_write(&job, align);
+                        }
+                    }
+                    Err(e) => {
+                        ::log::error!("writing {}: {e}", path.display());
+                        put_back(log, base, job);
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retention: deletes whole old segments of every partition.
+    pub async fn apply_retention(&self) {
+        let now = now_ms();
+        for log in self.partitions() {
+            let doomed = log.borrow_mut().apply_retention(now);
+            for path in doomed {
+                if let Err(e) = glommio::io::remove(&path).await {
+                    let e = std::io::Error::from(e);
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        ::log::warn!("retention: removing {}: {e}", path.display());
+                    }
+                } else {
+                    ::log::info!("retention: deleted {}", path.display());
+                }
+            }
+        }
+    }
+
+    /// Clean stop: write and sync everything, truncate active segments to their logical
+    /// size, write index files, then the clean-shutdown marker.
+    /// Call only after the flusher task has exited (`stop_flusher`).
+    pub async fn shutdown(&self) {
+        self.round(true).await;
+        for log in self.partitions() {
+            let segs: Vec<(i64, Option<Rc<glommio::io::DmaFile>>, u64, bool)> = log
+                .borrow()
+                .segments()
+                .map(|s| (s.base_offset, s.file.clone(), s.size, s.finalized))
+                .collect();
+            for (base, file, size, finalized) in segs {
+                if finalized {
+                    continue;
+                }
+                if let Some(f) = file {
+                    if let Err(e) = f.truncate(size).await {
+                        ::log::warn!("truncating segment {base}: {e}");
+                    }
+                    let _ = f.fdatasync().await;
+                }
+                write_index_files(&log, base);
+            }
+        }
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters {
+            let _ = w.done.send(Err("broker shutting down".into()));
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.root)
+            .and_then(|_| std::fs::write(self.root.join(CLEAN_SHUTDOWN), b"clean\n"))
+        {
+            ::log::warn!("writing clean-shutdown marker: {e}");
+        }
+    }
+}
+
+async fn open_segment_file(path: &Path) -> std::io::Result<Rc<glommio::io::DmaFile>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(Rc::new(f))
+}
+
+fn put_back(log: &LogRef, base: i64, job: segment::WriteJob) {
+    let mut l = log.borrow_mut();
+    if let Some(seg) = l.segment_mut(base) {
+        seg.fail_write(job);
+    }
+}
+
+async fn sync_partition(log: &LogRef) {
+    let (files, upto) = {
+        let l = log.borrow();
+        let files: Vec<_> = l
+            .segments()
+            .filter(|s| !s.finalized)
+            .filter_map(|s| s.file.clone())
+            .collect();
+        (files, l.written_offset)
+    };
+    let mut ok = true;
+    for f in files {
+        if let Err(e) = f.fdatasync().await {
+            ::log::error!("fdatasync: {e}");
+            ok = false;
+        }
+    }
+    if ok {
+        let mut l = log.borrow_mut();
+        l.durable_offset = l.durable_offset.max(upto);
+        l.unsynced_messages = 0;
+        l.last_sync_ms = now_ms();
+    }
+}
+
+async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFile>) {
+    let size = {
+        let l = log.borrow();
+        match l.segment(base) {
+            Some(s) if s.sealed && !s.finalized && s.pending.is_empty() => s.size,
+            _ => return,
+        }
+    };
+    if let Err(e) = file.fdatasync().await {
+        ::log::error!("fdatasync of sealed segment {base}: {e}");
+        return;
+    }
+    if let Err(e) = file.truncate(size).await {
+        ::log::warn!("truncating sealed segment {base}: {e}");
+    }
+    write_index_files(log, base);
+    let mut l = log.borrow_mut();
+    if let Some(s) = l.segment_mut(base) {
+        s.finalized = true;
+    }
+}
+
+fn write_index_files(log: &LogRef, base: i64) {
+    let files = {
+        let l = log.borrow();
+        l.segment(base).map(|s| s.index_files())
+    };
+    if let Some((ip, idx, tp, tidx)) = files {
+        if let Err(e) = std::fs::write(&ip, idx).and_then(|_| std::fs::write(&tp, tidx)) {
+            ::log::warn!("writing index files of segment {base}: {e}");
+        }
+    }
+}
