@@ -275,6 +275,9 @@ impl Provenance {
     }
 }
 
+/// `PORTASK_*` variables read by the scripts in `scripts/`, not by the broker.
+const TOOL_VARIABLES: &[&str] = &["PORTASK_BIN", "PORTASK_SYS_ROOT", "PORTASK_SYSCTL_ROOT"];
+
 /// The configuration as layers of TOML values, merged then checked in one place.
 pub struct ConfigBuilder {
     table: toml::Table,
@@ -325,6 +328,9 @@ impl ConfigBuilder {
             let Some(rest) = var.strip_prefix("PORTASK_") else {
                 continue;
             };
+            if TOOL_VARIABLES.contains(&var.as_str()) {
+                continue;
+            }
             let key = rest.to_ascii_lowercase().replace("__", ".");
             self.set(&key, &value, Source::Env).map_err(|message| ConfigError::Env {
                 var: var.clone(),
