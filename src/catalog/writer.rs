@@ -84,7 +84,7 @@ impl CatalogWriter {
         changes: Vec<Change>,
         validate_only: bool,
     ) -> CatalogReply {
-        let _turn = self.one_at_a_time.acquire(1).await;
+        let _turn = self.one_at_a_time.acquire_permit(1).await;
         let base = current();
         let mut state = (*base).clone();
         let mut results = Vec::with_capacity(changes.len());

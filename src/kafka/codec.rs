@@ -68,7 +68,9 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Frame, CodecError> {
     })
 }
 
-/// Decodes a request body of type `R` at `version`; trailing bytes are an error.
+/// Decodes a request body of type `R` at `version`. Trailing bytes are tolerated, as the
+/// Java broker does: some clients (librdkafka's Metadata in a few versions) send fields a
+/// version does not define.
 pub fn decode_body<R: Decodable>(
     what: &'static str,
     mut body: Bytes,
@@ -76,10 +78,7 @@ pub fn decode_body<R: Decodable>(
 ) -> Result<R, CodecError> {
     let r = R::decode(&mut body, version).map_err(|e| CodecError::Malformed(what, e.to_string()))?;
     if body.has_remaining() {
-        return Err(CodecError::Malformed(
-            what,
-            format!("{} trailing bytes", body.remaining()),
-        ));
+        log::debug!("{what} v{version}: ignoring {} trailing bytes", body.remaining());
     }
     Ok(r)
 }

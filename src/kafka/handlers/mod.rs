@@ -12,6 +12,7 @@ pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod fetch;
+pub mod find_coordinator;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -43,6 +44,7 @@ pub const SUPPORTED: &[ApiKey] = &[
     ApiKey::Fetch,
     ApiKey::ListOffsets,
     ApiKey::Metadata,
+    ApiKey::FindCoordinator,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
@@ -94,6 +96,9 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
         ApiKey::ListOffsets => list_offsets::handle(conn, decode_body("ListOffsets", body, v)?, c, v),
         ApiKey::CreateTopics => create_topics::handle(conn, decode_body("CreateTopics", body, v)?, c, v),
         ApiKey::DeleteTopics => delete_topics::handle(conn, decode_body("DeleteTopics", body, v)?, c, v),
+        ApiKey::FindCoordinator => {
+            find_coordinator::handle(conn, decode_body("FindCoordinator", body, v)?, c, v)
+        }
         ApiKey::CreatePartitions => {
             create_partitions::handle(conn, decode_body("CreatePartitions", body, v)?, c, v)
         }

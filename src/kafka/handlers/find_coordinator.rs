@@ -1,0 +1,54 @@
+//! FindCoordinator (key 10), v0–v6, single key and the batched form (v4+): this broker is
+//! the coordinator of every group. Transaction coordinators are not offered
+//! (COORDINATOR_NOT_AVAILABLE), since transactions are not supported.
+//!
+//! Runs on the connection's shard; touches no state. (Which shard coordinates a group is
+//! an internal matter of the group layer, not visible to clients.)
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::metadata::advertised;
+use super::{frame, ready, str_bytes, Conn, Pending};
+
+const GROUP: i8 = 0;
+
+pub fn handle(conn: &Rc<Conn>, req: FindCoordinatorRequest, correlation_id: i32, version: i16) -> Pending {
+    let (host, port) = advertised(conn);
+    let node = BrokerId(conn.shard.config.node_id);
+    let supported = req.key_type == GROUP;
+    let error = if supported {
+        0
+    } else {
+        ResponseError::CoordinatorNotAvailable.code()
+    };
+    let message = (!supported).then(|| str_bytes("transactions are not supported"));
+    let resp = if version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key: StrBytes| {
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(if supported { node } else { BrokerId(-1) })
+                    .with_host(if supported { str_bytes(host.clone()) } else { str_bytes("") })
+                    .with_port(if supported { port } else { -1 })
+                    .with_error_code(error)
+                    .with_error_message(message.clone())
+            })
+            .collect();
+        FindCoordinatorResponse::default().with_coordinators(coordinators)
+    } else {
+        FindCoordinatorResponse::default()
+            .with_error_code(error)
+            .with_error_message(message)
+            .with_node_id(if supported { node } else { BrokerId(-1) })
+            .with_host(if supported { str_bytes(host) } else { str_bytes("") })
+            .with_port(if supported { port } else { -1 })
+    };
+    ready(frame(correlation_id, version, &resp))
+}
