@@ -304,10 +304,12 @@ impl ConfigBuilder {
             path: path.to_owned(),
             source,
         })?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         let mut keys = Vec::new();
         collect_keys("", &table, &mut keys);
         for key in keys {
@@ -323,7 +325,10 @@ impl ConfigBuilder {
     }
 
     /// Layers `PORTASK_<SECTION>__<KEY>` (or `PORTASK_<KEY>` for top-level keys) variables.
-    pub fn env<I: IntoIterator<Item = (String, String)>>(mut self, vars: I) -> Result<Self, ConfigError> {
+    pub fn env<I: IntoIterator<Item = (String, String)>>(
+        mut self,
+        vars: I,
+    ) -> Result<Self, ConfigError> {
         for (var, value) in vars {
             let Some(rest) = var.strip_prefix("PORTASK_") else {
                 continue;
@@ -332,17 +337,19 @@ impl ConfigBuilder {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            self.set(&key, &value, Source::Env).map_err(|message| ConfigError::Env {
-                var: var.clone(),
-                message,
-            })?;
+            self.set(&key, &value, Source::Env)
+                .map_err(|message| ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                })?;
         }
         Ok(self)
     }
 
     /// Sets one dotted key from a command-line flag.
     pub fn flag(mut self, key: &str, value: &str) -> Result<Self, ConfigError> {
-        self.set(key, value, Source::Flag).map_err(ConfigError::Invalid)?;
+        self.set(key, value, Source::Flag)
+            .map_err(ConfigError::Invalid)?;
         Ok(self)
     }
 

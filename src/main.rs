@@ -36,7 +36,9 @@ struct Cli {
     print_config: bool,
 }
 
-fn build(cli: &Cli) -> Result<(portask::config::Config, portask::config::Provenance), portask::config::ConfigError> {
+fn build(
+    cli: &Cli,
+) -> Result<(portask::config::Config, portask::config::Provenance), portask::config::ConfigError> {
     let mut b = ConfigBuilder::new();
     if let Some(path) = &cli.config {
         b = b.file(path)?;

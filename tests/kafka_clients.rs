@@ -30,7 +30,10 @@ fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
 }
 
 /// Enqueues a record at once (waiting only while the client's queue is full).
-fn enqueue(p: &FutureProducer, mut record: FutureRecord<'_, str, str>) -> rdkafka::producer::DeliveryFuture {
+fn enqueue(
+    p: &FutureProducer,
+    mut record: FutureRecord<'_, str, str>,
+) -> rdkafka::producer::DeliveryFuture {
     loop {
         match p.send_result(record) {
             Ok(f) => return f,
@@ -75,7 +78,8 @@ fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, 
     for (k, v) in configs {
         t = t.set(k, v);
     }
-    let r = block_on(admin(broker).create_topics(&[t], &AdminOptions::new())).expect("create_topics");
+    let r =
+        block_on(admin(broker).create_topics(&[t], &AdminOptions::new())).expect("create_topics");
     assert!(r[0].is_ok(), "create {name}: {:?}", r[0]);
 }
 
@@ -88,7 +92,12 @@ fn assign_all(c: &BaseConsumer, topic: &str, partitions: i32, offset: Offset) {
 }
 
 /// Polls until `n` messages arrived or `within` passed, handing each to `f`.
-fn consume(c: &BaseConsumer, n: usize, within: Duration, mut f: impl FnMut(&BorrowedMessage<'_>)) -> usize {
+fn consume(
+    c: &BaseConsumer,
+    n: usize,
+    within: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> usize {
     let deadline = Instant::now() + within;
     let mut got = 0;
     while got < n && Instant::now() < deadline {
@@ -159,7 +168,11 @@ fn keyed_messages_round_trip_in_order_with_headers_and_timestamps() {
         assert_eq!(m.timestamp().to_millis(), Some(base_ts + seq as i64));
         assert_eq!(sent_partition[&seq], (m.partition(), m.offset()));
         if let Some(prev) = last_seq.insert(m.partition(), seq) {
-            assert!(prev < seq, "partition {} out of order: {prev} then {seq}", m.partition());
+            assert!(
+                prev < seq,
+                "partition {} out of order: {prev} then {seq}",
+                m.partition()
+            );
         }
     });
     assert_eq!(got, N, "every message consumed");
@@ -173,7 +186,10 @@ fn every_compression_codec_round_trips_and_is_stored_as_produced() {
     for (codec, id) in [("gzip", 1), ("snappy", 2), ("lz4", 3), ("zstd", 4)] {
         let topic = format!("c-{codec}");
         create_topic(&broker, &topic, 1, &[]);
-        let p = producer(&broker, &[("compression.codec", codec), ("linger.ms", "50")]);
+        let p = producer(
+            &broker,
+            &[("compression.codec", codec), ("linger.ms", "50")],
+        );
         let futures: Vec<_> = (0..500)
             .map(|i| {
                 let v = format!("{codec} message {i} {}", "abc".repeat(20));
@@ -199,21 +215,29 @@ fn every_compression_codec_round_trips_and_is_stored_as_produced() {
         let mut codecs = Vec::new();
         let mut at = 0;
         while at + 61 <= bytes.len() {
-            let len = i32::from_be_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]]);
+            let len =
+                i32::from_be_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]]);
             if len <= 0 {
                 break;
             }
             codecs.push(i16::from_be_bytes([bytes[at + 21], bytes[at + 22]]) & 7);
             at += 12 + len as usize;
         }
-        assert!(codecs.contains(&id), "{codec} batches stored as produced: {codecs:?} ({} bytes, parsed to {at})", bytes.len());
+        assert!(
+            codecs.contains(&id),
+            "{codec} batches stored as produced: {codecs:?} ({} bytes, parsed to {at})",
+            bytes.len()
+        );
     }
 }
 
 /// The active `.log` file of a partition, whichever shard owns it.
 pub fn find_segment(data: &std::path::Path, topic: &str, partition: i32) -> std::path::PathBuf {
     for shard in std::fs::read_dir(data).expect("data dir").flatten() {
-        let dir = shard.path().join("kafka").join(format!("{topic}-{partition}"));
+        let dir = shard
+            .path()
+            .join("kafka")
+            .join(format!("{topic}-{partition}"));
         if let Ok(entries) = std::fs::read_dir(&dir) {
             let mut logs: Vec<_> = entries
                 .flatten()
@@ -234,16 +258,24 @@ fn long_poll_returns_as_soon_as_data_arrives() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     create_topic(&broker, "poll", 2, &[]);
-    let c = consumer(&broker, &[("fetch.wait.max.ms", "20000"), ("fetch.min.bytes", "1")]);
+    let c = consumer(
+        &broker,
+        &[("fetch.wait.max.ms", "20000"), ("fetch.min.bytes", "1")],
+    );
     assign_all(&c, "poll", 2, Offset::End);
     // Let the consumer reach its long poll on the empty partitions.
     assert_eq!(consume(&c, 1, Duration::from_secs(2), |_| {}), 0);
     let p = producer(&broker, &[("linger.ms", "0")]);
     let sent = Instant::now();
-    block_on(p.send(
-        FutureRecord::to("poll").key("k").payload("wake up").partition(1),
-        Timeout::After(Duration::from_secs(10)),
-    ))
+    block_on(
+        p.send(
+            FutureRecord::to("poll")
+                .key("k")
+                .payload("wake up")
+                .partition(1),
+            Timeout::After(Duration::from_secs(10)),
+        ),
+    )
     .map_err(|(e, _)| e)
     .expect("delivery");
     let mut payload = Vec::new();
@@ -253,7 +285,11 @@ fn long_poll_returns_as_soon_as_data_arrives() {
     assert_eq!(got, 1);
     assert_eq!(payload, b"wake up");
     // Well before the 20 s max wait: the poll was woken by the append.
-    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        sent.elapsed()
+    );
 }
 
 #[test]
@@ -270,14 +306,22 @@ fn errors_clients_understand() {
         Err((KafkaError::MessageProduction(code), _)) => assert!(
             matches!(
                 code,
-                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::MessageTimedOut
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::MessageTimedOut
             ),
             "{code:?}"
         ),
         other => panic!("expected an error, got {other:?}"),
     }
-    let md = p.client().fetch_metadata(Some("missing"), Duration::from_secs(5)).expect("metadata");
-    assert_eq!(md.topics()[0].error(), Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART));
+    let md = p
+        .client()
+        .fetch_metadata(Some("missing"), Duration::from_secs(5))
+        .expect("metadata");
+    assert_eq!(
+        md.topics()[0].error(),
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+    );
 
     // Too large for the topic's max.message.bytes.
     create_topic(&broker, "small", 1, &[("max.message.bytes", "1000")]);
@@ -299,7 +343,10 @@ fn errors_clients_understand() {
         &AdminOptions::new(),
     ))
     .expect("create_topics");
-    assert_eq!(r[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::InvalidTopic));
+    assert_eq!(
+        r[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::InvalidTopic)
+    );
 
     // Offset out of range with auto.offset.reset=error.
     create_topic(&broker, "short", 1, &[]);
@@ -321,7 +368,8 @@ fn errors_clients_understand() {
     let e = saw.expect("an offset-out-of-range error");
     // librdkafka reports the broker's OFFSET_OUT_OF_RANGE as a reset it may not do.
     assert!(
-        format!("{e:?}").contains("AutoOffsetReset") || format!("{e:?}").contains("OffsetOutOfRange"),
+        format!("{e:?}").contains("AutoOffsetReset")
+            || format!("{e:?}").contains("OffsetOutOfRange"),
         "{e:?}"
     );
 }
@@ -338,7 +386,10 @@ fn admin_create_validate_delete_and_grow_topics() {
     ))
     .expect("create");
     assert!(r[0].is_ok());
-    let md = a.inner().fetch_metadata(None, Duration::from_secs(5)).expect("md");
+    let md = a
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .expect("md");
     assert!(md.topics().iter().all(|t| t.name() != "checked"));
 
     create_topic(&broker, "grow", 2, &[]);
@@ -347,15 +398,24 @@ fn admin_create_validate_delete_and_grow_topics() {
         &AdminOptions::new(),
     ))
     .expect("create");
-    assert_eq!(r[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::TopicAlreadyExists));
+    assert_eq!(
+        r[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::TopicAlreadyExists)
+    );
     let r = block_on(a.create_partitions(&[NewPartitions::new("grow", 5)], &AdminOptions::new()))
         .expect("create partitions");
     assert!(r[0].is_ok(), "{:?}", r[0]);
-    let md = a.inner().fetch_metadata(Some("grow"), Duration::from_secs(5)).expect("md");
+    let md = a
+        .inner()
+        .fetch_metadata(Some("grow"), Duration::from_secs(5))
+        .expect("md");
     assert_eq!(md.topics()[0].partitions().len(), 5);
     let r = block_on(a.create_partitions(&[NewPartitions::new("grow", 3)], &AdminOptions::new()))
         .expect("create partitions");
-    assert_eq!(r[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::InvalidPartitions));
+    assert_eq!(
+        r[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::InvalidPartitions)
+    );
 
     // Produce to a new partition, then delete the topic: its files go.
     let p = producer(&broker, &[]);
@@ -373,8 +433,14 @@ fn admin_create_validate_delete_and_grow_topics() {
     while seg.parent().is_some_and(|d| d.exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!seg.parent().is_some_and(|d| d.exists()), "partition directory removed");
-    let md = a.inner().fetch_metadata(None, Duration::from_secs(5)).expect("md");
+    assert!(
+        !seg.parent().is_some_and(|d| d.exists()),
+        "partition directory removed"
+    );
+    let md = a
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .expect("md");
     assert!(md.topics().iter().all(|t| t.name() != "grow"));
 }
 
@@ -385,18 +451,28 @@ fn offsets_for_times_finds_the_first_record_at_a_timestamp() {
     create_topic(&broker, "times", 1, &[]);
     let p = producer(&broker, &[("linger.ms", "0")]);
     for i in 0..20i64 {
-        block_on(p.send(
-            FutureRecord::to("times").key("k").payload("v").timestamp(1_000_000 + i * 1000),
-            Timeout::After(Duration::from_secs(10)),
-        ))
+        block_on(
+            p.send(
+                FutureRecord::to("times")
+                    .key("k")
+                    .payload("v")
+                    .timestamp(1_000_000 + i * 1000),
+                Timeout::After(Duration::from_secs(10)),
+            ),
+        )
         .map_err(|(e, _)| e)
         .expect("delivery");
     }
     let c = consumer(&broker, &[]);
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("times", 0, Offset::Offset(1_000_000 + 7500)).expect("tpl");
-    let r = c.offsets_for_times(tpl, Duration::from_secs(5)).expect("offsets_for_times");
+    tpl.add_partition_offset("times", 0, Offset::Offset(1_000_000 + 7500))
+        .expect("tpl");
+    let r = c
+        .offsets_for_times(tpl, Duration::from_secs(5))
+        .expect("offsets_for_times");
     assert_eq!(r.elements()[0].offset(), Offset::Offset(8));
-    let (low, high) = c.fetch_watermarks("times", 0, Duration::from_secs(5)).expect("watermarks");
+    let (low, high) = c
+        .fetch_watermarks("times", 0, Duration::from_secs(5))
+        .expect("watermarks");
     assert_eq!((low, high), (0, 20));
 }

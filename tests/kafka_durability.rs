@@ -47,7 +47,9 @@ fn produce(p: &FutureProducer, topic: &str, start: usize, n: usize) -> Vec<(usiz
     for i in start..start + n {
         let value = format!("m{i}");
         let key = format!("k{i}");
-        let mut record = FutureRecord::to(topic).key(key.as_str()).payload(value.as_str());
+        let mut record = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload(value.as_str());
         let f = loop {
             match p.send_result(record) {
                 Ok(f) => break f,
@@ -63,14 +65,22 @@ fn produce(p: &FutureProducer, topic: &str, start: usize, n: usize) -> Vec<(usiz
     pending
         .into_iter()
         .map(|(i, f)| {
-            let d = block_on(f).expect("report").map_err(|(e, _)| e).expect("acked");
+            let d = block_on(f)
+                .expect("report")
+                .map_err(|(e, _)| e)
+                .expect("acked");
             (i, d.partition, d.offset)
         })
         .collect()
 }
 
 /// Reads every message of `topic` from the beginning: (partition, offset, value).
-fn read_all(broker: &Broker, topic: &str, partitions: i32, expect: usize) -> Vec<(i32, i64, String)> {
+fn read_all(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+) -> Vec<(i32, i64, String)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", "unused")
@@ -79,7 +89,8 @@ fn read_all(broker: &Broker, topic: &str, partitions: i32, expect: usize) -> Vec
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
     let mut out = Vec::new();
@@ -117,7 +128,10 @@ fn watermarks(broker: &Broker, topic: &str, partition: i32) -> (i64, i64) {
 
 fn partition_dir(data: &Path, topic: &str, partition: i32) -> PathBuf {
     for shard in std::fs::read_dir(data).expect("data").flatten() {
-        let d = shard.path().join("kafka").join(format!("{topic}-{partition}"));
+        let d = shard
+            .path()
+            .join("kafka")
+            .join(format!("{topic}-{partition}"));
         if d.exists() {
             return d;
         }
@@ -130,7 +144,8 @@ fn batches(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 61 <= bytes.len() {
-        let len = i32::from_be_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]]);
+        let len =
+            i32::from_be_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]]);
         if len <= 0 || at + 12 + len as usize > bytes.len() {
             break;
         }
@@ -155,16 +170,25 @@ fn acks_all_survives_kill_9_and_a_torn_tail_is_dropped() {
     let mut values: Vec<&str> = got.iter().map(|(_, _, v)| v.as_str()).collect();
     values.sort();
     values.dedup();
-    assert_eq!(values.len(), acked.len(), "every acknowledged message is back");
+    assert_eq!(
+        values.len(),
+        acked.len(),
+        "every acknowledged message is back"
+    );
     for (i, part, offset) in &acked {
         assert!(
-            got.iter().any(|(p, o, v)| p == part && o == offset && *v == format!("m{i}")),
+            got.iter()
+                .any(|(p, o, v)| p == part && o == offset && *v == format!("m{i}")),
             "message {i} at {part}/{offset}"
         );
     }
     for part in 0..3 {
         let n = acked.iter().filter(|(_, p, _)| *p == part).count() as i64;
-        assert_eq!(watermarks(&broker, "durable", part), (0, n), "partition {part}");
+        assert_eq!(
+            watermarks(&broker, "durable", part),
+            (0, n),
+            "partition {part}"
+        );
     }
 
     // Tear the last batch of partition 0: cut a few bytes off its end.
@@ -180,7 +204,10 @@ fn acks_all_survives_kill_9_and_a_torn_tail_is_dropped() {
         bytes[last_start + 59],
         bytes[last_start + 60],
     ]) as i64;
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open");
     f.set_len((last_end - 5) as u64).expect("truncate");
     drop(f);
     let (_, before) = {
@@ -198,7 +225,11 @@ fn acks_all_survives_kill_9_and_a_torn_tail_is_dropped() {
     let p = producer(&broker, "all");
     let more = produce(&p, "durable", 10_000, 50);
     assert!(more.iter().all(|(_, _, o)| *o >= 0));
-    let p0: Vec<i64> = more.iter().filter(|(_, p, _)| *p == 0).map(|(_, _, o)| *o).collect();
+    let p0: Vec<i64> = more
+        .iter()
+        .filter(|(_, p, _)| *p == 0)
+        .map(|(_, _, o)| *o)
+        .collect();
     if let Some(min) = p0.iter().min() {
         assert_eq!(*min, before - last_count);
     }
@@ -219,7 +250,11 @@ fn sigterm_stops_cleanly_and_the_restart_needs_no_scan() {
     let dir = partition_dir(&data, "clean", 0);
     let seg = std::fs::read(dir.join("00000000000000000000.log")).expect("segment");
     let b = batches(&seg);
-    assert_eq!(b.last().map(|(_, e)| *e), Some(seg.len()), "no padding after a clean stop");
+    assert_eq!(
+        b.last().map(|(_, e)| *e),
+        Some(seg.len()),
+        "no padding after a clean stop"
+    );
     assert!(dir.join("00000000000000000000.index").exists());
     broker.restart();
     assert!(broker.log().contains("(clean start)"));
@@ -230,7 +265,10 @@ fn sigterm_stops_cleanly_and_the_restart_needs_no_scan() {
 #[test]
 fn retention_deletes_old_segments_and_moves_the_log_start() {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &[("PORTASK_KAFKA__RETENTION_CHECK_INTERVAL_MS", "200")]);
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_KAFKA__RETENTION_CHECK_INTERVAL_MS", "200")],
+    );
     create_topic(
         &broker,
         "short-lived",
@@ -261,7 +299,10 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
             assert_eq!(names[0], low);
             break;
         }
-        assert!(Instant::now() < deadline, "retention did not run: low {low}, {segments} segments");
+        assert!(
+            Instant::now() < deadline,
+            "retention did not run: low {low}, {segments} segments"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Reading from the new start works; reading below it is out of range.

@@ -21,7 +21,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 fn connect(broker: &Broker) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     s
 }
 
@@ -79,14 +80,18 @@ fn bad_frames_close_only_their_connection() {
 
     // Random garbage.
     let mut s = connect(&broker);
-    s.write_all(b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n").expect("write");
+    s.write_all(b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n")
+        .expect("write");
     assert!(closed_by_broker(&mut s), "garbage closes the connection");
     client_still_works(&broker);
 
     // A 2 GiB size prefix.
     let mut s = connect(&broker);
     s.write_all(&0x7fff_ffffu32.to_be_bytes()).expect("write");
-    assert!(closed_by_broker(&mut s), "oversize frame closes the connection");
+    assert!(
+        closed_by_broker(&mut s),
+        "oversize frame closes the connection"
+    );
 
     // A negative size.
     let mut s = connect(&broker);
@@ -115,7 +120,10 @@ fn bad_frames_close_only_their_connection() {
     let len = (f.len() - 4) as i32;
     f[0..4].copy_from_slice(&len.to_be_bytes());
     s.write_all(&f).expect("write");
-    assert!(closed_by_broker(&mut s), "undecodable body closes the connection");
+    assert!(
+        closed_by_broker(&mut s),
+        "undecodable body closes the connection"
+    );
 
     // An unknown API key, and a version out of range.
     let mut s = connect(&broker);
@@ -131,7 +139,12 @@ fn bad_frames_close_only_their_connection() {
 
     // The untouched connection still answers.
     bystander
-        .write_all(&request(ApiKey::ApiVersions, 3, 77, &ApiVersionsRequest::default()))
+        .write_all(&request(
+            ApiKey::ApiVersions,
+            3,
+            77,
+            &ApiVersionsRequest::default(),
+        ))
         .expect("write");
     let mut resp = read_frame(&mut bystander).expect("response");
     assert_eq!(resp.get_i32(), 77);
@@ -155,7 +168,8 @@ fn pipelined_requests_are_answered_in_order() {
                 .with_name(Some(TopicName(StrBytes::from_static_str("piped")))),
         ]))
         .with_allow_auto_topic_creation(true);
-    s.write_all(&request(ApiKey::Metadata, 9, 1, &md)).expect("write");
+    s.write_all(&request(ApiKey::Metadata, 9, 1, &md))
+        .expect("write");
     read_frame(&mut s).expect("metadata");
 
     // A slow long poll, then two fast requests, in one write.
@@ -170,8 +184,18 @@ fn pipelined_requests_are_answered_in_order() {
                 .with_fetch_offset(0)
                 .with_partition_max_bytes(1 << 20)])]);
     let mut all = request(ApiKey::Fetch, 11, 10, &fetch);
-    all.extend(request(ApiKey::ApiVersions, 3, 11, &ApiVersionsRequest::default()));
-    all.extend(request(ApiKey::Metadata, 9, 12, &MetadataRequest::default()));
+    all.extend(request(
+        ApiKey::ApiVersions,
+        3,
+        11,
+        &ApiVersionsRequest::default(),
+    ));
+    all.extend(request(
+        ApiKey::Metadata,
+        9,
+        12,
+        &MetadataRequest::default(),
+    ));
     s.write_all(&all).expect("write");
     let ids: Vec<i32> = (0..3)
         .map(|_| read_frame(&mut s).expect("response").get_i32())
@@ -198,8 +222,13 @@ fn unknown_api_versions_version_gets_the_v0_fallback() {
         .expect("ApiVersions listed");
     assert_eq!((av.min_version, av.max_version), (0, 4));
     // The connection stays usable: ask again with a version we speak.
-    s.write_all(&request(ApiKey::ApiVersions, 3, 6, &ApiVersionsRequest::default()))
-        .expect("write");
+    s.write_all(&request(
+        ApiKey::ApiVersions,
+        3,
+        6,
+        &ApiVersionsRequest::default(),
+    ))
+    .expect("write");
     let mut resp = read_frame(&mut s).expect("response");
     assert_eq!(resp.get_i32(), 6);
 }

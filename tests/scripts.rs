@@ -126,7 +126,10 @@ fn scripts_exist_are_executable_and_have_help() {
         if !name.ends_with(".sh") {
             continue;
         }
-        let mode = fs::metadata(&path).expect("stat script").permissions().mode();
+        let mode = fs::metadata(&path)
+            .expect("stat script")
+            .permissions()
+            .mode();
         assert!(mode & 0o111 != 0, "{} is not executable", path.display());
         let text = fs::read_to_string(&path).expect("read script");
         assert!(
@@ -141,9 +144,20 @@ fn scripts_exist_are_executable_and_have_help() {
         );
         let r = run_script(name, &["--help"], &[]);
         assert_eq!(r.code, Some(0), "{} --help: {}", name, r.describe());
-        assert!(r.stdout.contains("Usage:"), "{} --help: {}", name, r.describe());
+        assert!(
+            r.stdout.contains("Usage:"),
+            "{} --help: {}",
+            name,
+            r.describe()
+        );
         let r = run_script(name, &["--no-such-option"], &[]);
-        assert_ne!(r.code, Some(0), "{} accepted a bad option: {}", name, r.describe());
+        assert_ne!(
+            r.code,
+            Some(0),
+            "{} accepted a bad option: {}",
+            name,
+            r.describe()
+        );
     }
 }
 
@@ -227,7 +241,12 @@ fn sysctl_check_passes_on_a_good_tree() {
     let r = sysctl_check(dir.path());
     assert_eq!(r.code, Some(0), "{}", r.describe());
     for (name, _) in GOOD_SYSCTLS.iter() {
-        assert!(r.stdout.contains(name), "{} not reported: {}", name, r.describe());
+        assert!(
+            r.stdout.contains(name),
+            "{} not reported: {}",
+            name,
+            r.describe()
+        );
     }
     assert!(!r.stdout.contains("LOW"), "{}", r.describe());
     assert!(!r.stdout.contains("HIGH"), "{}", r.describe());
@@ -246,7 +265,10 @@ fn sysctl_check_fails_on_low_somaxconn() {
         .unwrap_or_else(|| panic!("no somaxconn line: {}", r.describe()));
     assert!(line.contains("128") && line.contains("LOW"), "{}", line);
     // Only somaxconn is wrong: every other parameter is reported OK.
-    for (name, _) in GOOD_SYSCTLS.iter().filter(|(n, _)| *n != "net.core.somaxconn") {
+    for (name, _) in GOOD_SYSCTLS
+        .iter()
+        .filter(|(n, _)| *n != "net.core.somaxconn")
+    {
         let l = r
             .stdout
             .lines()
@@ -282,7 +304,10 @@ fn sysctl_check_compares_less_is_better_parameters_the_right_way() {
 fn sysctl_check_judges_tcp_buffers_on_their_max_field() {
     // Large min/default fields but a small max: too low.
     let dir = TempDir::new("sysctl-wmem");
-    fake_sysctl_tree(dir.path(), &[("net.ipv4.tcp_wmem", Some("4194304 4194304 4194304"))]);
+    fake_sysctl_tree(
+        dir.path(),
+        &[("net.ipv4.tcp_wmem", Some("4194304 4194304 4194304"))],
+    );
     let r = sysctl_check(dir.path());
     assert_ne!(r.code, Some(0), "{}", r.describe());
     assert!(r.all().contains("net.ipv4.tcp_wmem"), "{}", r.describe());
@@ -317,10 +342,17 @@ fn sysctl_apply_refuses_a_fake_tree() {
     let r = run_script(
         "sysctl.sh",
         &["--apply", "--conf", conf.to_str().expect("utf-8 path")],
-        &[("PORTASK_SYSCTL_ROOT", dir.path().to_str().expect("utf-8 path"))],
+        &[(
+            "PORTASK_SYSCTL_ROOT",
+            dir.path().to_str().expect("utf-8 path"),
+        )],
     );
     assert_ne!(r.code, Some(0), "{}", r.describe());
-    assert!(!conf.exists(), "--apply wrote {} from a fake tree", conf.display());
+    assert!(
+        !conf.exists(),
+        "--apply wrote {} from a fake tree",
+        conf.display()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -329,8 +361,14 @@ fn sysctl_apply_refuses_a_fake_tree() {
 /// A fake /sys with NUMA node0 = CPUs 0-3 and node1 = CPUs 4-7.
 fn fake_two_node_sys() -> TempDir {
     let dir = TempDir::new("sys");
-    write_file(&dir.path().join("devices/system/node/node0/cpulist"), "0-3\n");
-    write_file(&dir.path().join("devices/system/node/node1/cpulist"), "4-7\n");
+    write_file(
+        &dir.path().join("devices/system/node/node0/cpulist"),
+        "0-3\n",
+    );
+    write_file(
+        &dir.path().join("devices/system/node/node1/cpulist"),
+        "4-7\n",
+    );
     write_file(&dir.path().join("devices/system/node/online"), "0-1\n");
     dir
 }
@@ -368,7 +406,10 @@ fn pin_node_1_binds_node_1() {
 
     let r = pin(sys.path(), &["--node", "1", "--tool", "taskset"]);
     assert_eq!(r.code, Some(0), "{}", r.describe());
-    assert_eq!(command_lines(&r), vec!["taskset -c 4-7 portask".to_string()]);
+    assert_eq!(
+        command_lines(&r),
+        vec!["taskset -c 4-7 portask".to_string()]
+    );
 
     let r = pin(sys.path(), &["--node", "1", "--tool", "numactl"]);
     assert_eq!(r.code, Some(0), "{}", r.describe());
@@ -392,7 +433,13 @@ fn pin_node_1_binds_node_1() {
     // Default node is 0; extra args and PORTASK_BIN are passed through.
     let r = run_script(
         "pin.sh",
-        &["--tool", "taskset", "--", "--config", "/etc/portask/portask.toml"],
+        &[
+            "--tool",
+            "taskset",
+            "--",
+            "--config",
+            "/etc/portask/portask.toml",
+        ],
         &[
             ("PORTASK_SYS_ROOT", sys.path().to_str().expect("utf-8 path")),
             ("PORTASK_BIN", "/opt/portask/bin/portask"),
@@ -401,7 +448,10 @@ fn pin_node_1_binds_node_1() {
     assert_eq!(r.code, Some(0), "{}", r.describe());
     assert_eq!(
         command_lines(&r),
-        vec!["taskset -c 0-3 /opt/portask/bin/portask --config /etc/portask/portask.toml".to_string()]
+        vec![
+            "taskset -c 0-3 /opt/portask/bin/portask --config /etc/portask/portask.toml"
+                .to_string()
+        ]
     );
 
     // A node that does not exist is an error.
@@ -413,27 +463,60 @@ fn pin_node_1_binds_node_1() {
 fn pin_per_node_gives_each_node_its_cpus_ports_and_data_dir() {
     let sys = fake_two_node_sys();
     for tool in ["taskset", "numactl"].iter() {
-        let r = pin(sys.path(), &["--per-node", "--tool", *tool, "--", "--shards", "2"]);
+        let r = pin(
+            sys.path(),
+            &["--per-node", "--tool", *tool, "--", "--shards", "2"],
+        );
         assert_eq!(r.code, Some(0), "{}", r.describe());
         let lines = command_lines(&r);
-        assert_eq!(lines.len(), 2, "want one command per node: {}", r.describe());
+        assert_eq!(
+            lines.len(),
+            2,
+            "want one command per node: {}",
+            r.describe()
+        );
         for (node, line) in lines.iter().enumerate() {
             let prefix = if *tool == "taskset" {
-                format!("taskset -c {} portask ", if node == 0 { "0-3" } else { "4-7" })
+                format!(
+                    "taskset -c {} portask ",
+                    if node == 0 { "0-3" } else { "4-7" }
+                )
             } else {
                 format!("numactl --cpunodebind={0} --membind={0} -- portask ", node)
             };
             assert!(line.starts_with(&prefix), "node {}: {}", node, line);
-            assert_eq!(flag_value(line, "--kafka-addr"), format!("0.0.0.0:{}", 9092 + node));
-            assert_eq!(flag_value(line, "--amqp-addr"), format!("0.0.0.0:{}", 5672 + node));
-            assert_eq!(flag_value(line, "--http-addr"), format!("0.0.0.0:{}", 8080 + node));
-            assert_eq!(flag_value(line, "--data-dir"), format!("./shards-node{}", node));
-            assert!(line.ends_with(" --shards 2"), "extra args not last: {}", line);
+            assert_eq!(
+                flag_value(line, "--kafka-addr"),
+                format!("0.0.0.0:{}", 9092 + node)
+            );
+            assert_eq!(
+                flag_value(line, "--amqp-addr"),
+                format!("0.0.0.0:{}", 5672 + node)
+            );
+            assert_eq!(
+                flag_value(line, "--http-addr"),
+                format!("0.0.0.0:{}", 8080 + node)
+            );
+            assert_eq!(
+                flag_value(line, "--data-dir"),
+                format!("./shards-node{}", node)
+            );
+            assert!(
+                line.ends_with(" --shards 2"),
+                "extra args not last: {}",
+                line
+            );
         }
         // Nothing may be shared between the two instances.
         for flag in ["--kafka-addr", "--amqp-addr", "--http-addr", "--data-dir"].iter() {
             let values: BTreeSet<String> = lines.iter().map(|l| flag_value(l, flag)).collect();
-            assert_eq!(values.len(), 2, "{} shared between nodes: {:?}", flag, lines);
+            assert_eq!(
+                values.len(),
+                2,
+                "{} shared between nodes: {:?}",
+                flag,
+                lines
+            );
         }
     }
 }
@@ -444,7 +527,10 @@ fn pin_without_numa_uses_all_online_cpus() {
     write_file(&dir.path().join("devices/system/cpu/online"), "0-5\n");
     let r = pin(dir.path(), &[]);
     assert_eq!(r.code, Some(0), "{}", r.describe());
-    assert_eq!(command_lines(&r), vec!["taskset -c 0-5 portask".to_string()]);
+    assert_eq!(
+        command_lines(&r),
+        vec!["taskset -c 0-5 portask".to_string()]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -566,7 +652,11 @@ fn healthcheck_names_what_failed() {
     let sick = http_server("503 Service Unavailable");
     let r = healthcheck(kafka_port, amqp.local_addr().expect("addr").port(), sick);
     assert_ne!(r.code, Some(0), "{}", r.describe());
-    assert!(r.stderr.contains("/health") && r.stderr.contains("503"), "{}", r.describe());
+    assert!(
+        r.stderr.contains("/health") && r.stderr.contains("503"),
+        "{}",
+        r.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -604,7 +694,10 @@ fn tuning_profiles_use_only_config_keys() {
     let mut top_keys = BTreeSet::new();
     for (field, ty) in top.iter() {
         if ty.ends_with("Config") {
-            let keys = struct_fields(&src, ty).into_iter().map(|(f, _)| f).collect();
+            let keys = struct_fields(&src, ty)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect();
             known.push((field.clone(), keys));
         } else {
             top_keys.insert(field.clone());
@@ -633,7 +726,13 @@ fn tuning_profiles_use_only_config_keys() {
             }
             if let Some(s) = line.strip_prefix('[') {
                 section = s.trim_end_matches(']').trim().to_string();
-                assert!(keys_of(&section).is_some(), "{}:{}: unknown section [{}]", name, i + 1, section);
+                assert!(
+                    keys_of(&section).is_some(),
+                    "{}:{}: unknown section [{}]",
+                    name,
+                    i + 1,
+                    section
+                );
                 continue;
             }
             let (key, value) = line
@@ -655,10 +754,20 @@ fn tuning_profiles_use_only_config_keys() {
             } else {
                 format!("{}.{}", section, key)
             };
-            assert!(seen.insert(dotted.clone()), "{}:{}: {} set twice", name, i + 1, dotted);
+            assert!(
+                seen.insert(dotted.clone()),
+                "{}:{}: {} set twice",
+                name,
+                i + 1,
+                dotted
+            );
         }
         // default.toml documents every key the broker has.
-        if path.file_name().map(|f| f == "default.toml").unwrap_or(false) {
+        if path
+            .file_name()
+            .map(|f| f == "default.toml")
+            .unwrap_or(false)
+        {
             for (section, keys) in known.iter() {
                 for key in keys.iter() {
                     let dotted = if section.is_empty() {
@@ -666,7 +775,11 @@ fn tuning_profiles_use_only_config_keys() {
                     } else {
                         format!("{}.{}", section, key)
                     };
-                    assert!(seen.contains(&dotted), "tuning/default.toml lacks {}", dotted);
+                    assert!(
+                        seen.contains(&dotted),
+                        "tuning/default.toml lacks {}",
+                        dotted
+                    );
                 }
             }
         }

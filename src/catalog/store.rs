@@ -193,7 +193,10 @@ mod tests {
         }
         drop(store);
         // A torn record at the end is dropped.
-        let mut f = OpenOptions::new().append(true).open(dir.path().join(LOG)).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG))
+            .unwrap();
         f.write_all(&[0, 0, 0, 50, 1, 2, 3]).unwrap();
         drop(f);
         let (mut store, mut reopened) = CatalogStore::open(dir.path()).unwrap();

@@ -24,9 +24,7 @@ pub struct CatalogWriter {
 /// Checks one change against `state`.
 pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(), CatalogError> {
     let configs_ok = |configs: &std::collections::BTreeMap<String, String>| {
-        configs
-            .iter()
-            .try_for_each(|(k, v)| validate_config(k, v))
+        configs.iter().try_for_each(|(k, v)| validate_config(k, v))
     };
     match change {
         Change::CreateTopic(t) => {
@@ -126,10 +124,7 @@ impl CatalogWriter {
             Err(e) => {
                 log::error!("persisting catalog change: {e}");
                 CatalogReply {
-                    results: results
-                        .into_iter()
-                        .map(|r| r.and(Err(e.clone())))
-                        .collect(),
+                    results: results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
                     state: base,
                 }
             }

@@ -76,9 +76,13 @@ pub fn decode_body<R: Decodable>(
     mut body: Bytes,
     version: i16,
 ) -> Result<R, CodecError> {
-    let r = R::decode(&mut body, version).map_err(|e| CodecError::Malformed(what, e.to_string()))?;
+    let r =
+        R::decode(&mut body, version).map_err(|e| CodecError::Malformed(what, e.to_string()))?;
     if body.has_remaining() {
-        log::debug!("{what} v{version}: ignoring {} trailing bytes", body.remaining());
+        log::debug!(
+            "{what} v{version}: ignoring {} trailing bytes",
+            body.remaining()
+        );
     }
     Ok(r)
 }
@@ -118,7 +122,11 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for input in [&b"\x7f\x7f\0\0\0\0\0\0"[..], &b"\0\0\0\0\0\0\0\0\x7f"[..], &b"\0\x03\0\x05\0\0\0\x01\xff\xff"[..]] {
+        for input in [
+            &b"\x7f\x7f\0\0\0\0\0\0"[..],
+            &b"\0\0\0\0\0\0\0\0\x7f"[..],
+            &b"\0\x03\0\x05\0\0\0\x01\xff\xff"[..],
+        ] {
             let _ = decode_frame(Bytes::copy_from_slice(input));
         }
         assert_eq!(

@@ -64,9 +64,16 @@ pub struct OffsetAnswer {
 }
 
 pub enum Request {
-    Produce { acks: i16, parts: Vec<ProducePart> },
-    Fetch { parts: Vec<FetchPart> },
-    ListOffsets { parts: Vec<OffsetQuery> },
+    Produce {
+        acks: i16,
+        parts: Vec<ProducePart>,
+    },
+    Fetch {
+        parts: Vec<FetchPart>,
+    },
+    ListOffsets {
+        parts: Vec<OffsetQuery>,
+    },
     /// Resolves when any partition has data at or past its offset, or after `max_wait`.
     WaitForData {
         parts: Vec<(String, i32, i64)>,
@@ -157,7 +164,11 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
 }
 
 /// Appends every part now; with acks=all the returned future waits for fdatasync.
-fn produce(shard: &Rc<Shard>, acks: i16, parts: Vec<ProducePart>) -> LocalBoxFuture<'static, Reply> {
+fn produce(
+    shard: &Rc<Shard>,
+    acks: i16,
+    parts: Vec<ProducePart>,
+) -> LocalBoxFuture<'static, Reply> {
     let mut results = Vec::with_capacity(parts.len());
     let mut durable = Vec::new();
     for (i, part) in parts.into_iter().enumerate() {
@@ -187,7 +198,11 @@ fn produce(shard: &Rc<Shard>, acks: i16, parts: Vec<ProducePart>) -> LocalBoxFut
         };
         let result = match outcome {
             Err((code, message)) => {
-                log::debug!("produce to {}-{} refused: {message}", part.topic, part.partition);
+                log::debug!(
+                    "produce to {}-{} refused: {message}",
+                    part.topic,
+                    part.partition
+                );
                 ProduceResult {
                     error: code,
                     base_offset: -1,

@@ -163,7 +163,9 @@ async fn read_requests(
         let read = select(Box::pin(reader.read_exact(&mut prefix)), stop).await;
         match read {
             Either::Left((Ok(()), _)) => {}
-            Either::Left((Err(e), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Either::Left((Err(e), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(())
+            }
             Either::Left((Err(e), _)) => return Err(e.into()),
             Either::Right(_) => return Ok(()),
         }

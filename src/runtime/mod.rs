@@ -69,7 +69,11 @@ fn migrate_ownership(data_dir: &Path, shards: usize) -> std::io::Result<()> {
         return Ok(());
     };
     for entry in entries.filter_map(|e| e.ok()) {
-        let Some(from) = entry.file_name().to_str().and_then(|s| s.parse::<usize>().ok()) else {
+        let Some(from) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
             continue;
         };
         let kafka = entry.path().join("kafka");
@@ -192,7 +196,10 @@ async fn run_shard(
 ) -> Result<(), String> {
     let config = Rc::new(config);
     let storage = Rc::new(Storage::new(&config, id));
-    let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the mesh".to_owned())?;
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "joining the mesh".to_owned())?;
     let writer = store.map(CatalogWriter::new);
     let shard = Rc::new(Shard::new(
         id,
@@ -239,14 +246,20 @@ async fn run_shard(
         })
     };
 
-    let kafka = crate::kafka::server::bind(&shard).map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;
+    let kafka = crate::kafka::server::bind(&shard)
+        .map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;
     log::info!(
         "shard {id}/{count} on {}: kafka {}, data {}, {recovered} partitions recovered in {:?}{}",
-        core.map(|c| format!("core {c}")).unwrap_or_else(|| "any core".into()),
+        core.map(|c| format!("core {c}"))
+            .unwrap_or_else(|| "any core".into()),
         config.kafka.addr,
         config.data_dir.join(id.to_string()).display(),
         started.elapsed(),
-        if clean { " (clean start)" } else { " (after unclean stop)" }
+        if clean {
+            " (clean start)"
+        } else {
+            " (after unclean stop)"
+        }
     );
     let kafka_task = glommio::spawn_local(crate::kafka::server::accept_loop(shard.clone(), kafka));
 

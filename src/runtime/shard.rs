@@ -158,7 +158,11 @@ impl Shard {
     }
 
     /// Shard 0 only: runs the writer, installs and broadcasts the new state.
-    async fn write_catalog(self: &Rc<Self>, changes: Vec<Change>, validate_only: bool) -> CatalogReply {
+    async fn write_catalog(
+        self: &Rc<Self>,
+        changes: Vec<Change>,
+        validate_only: bool,
+    ) -> CatalogReply {
         let Some(writer) = &self.writer else {
             let e = CatalogError::Storage("not the catalog writer".into());
             return CatalogReply {
@@ -168,11 +172,18 @@ impl Shard {
         };
         let me = self.clone();
         let reply = writer
-            .apply(&self.config, move || me.catalog.current(), changes, validate_only)
+            .apply(
+                &self.config,
+                move || me.catalog.current(),
+                changes,
+                validate_only,
+            )
             .await;
         if self.install_catalog(reply.state.clone()) {
             for peer in (0..self.count).filter(|p| *p != self.id) {
-                let _ = self.send(peer, Message::CatalogState(reply.state.clone())).await;
+                let _ = self
+                    .send(peer, Message::CatalogState(reply.state.clone()))
+                    .await;
             }
         }
         reply
@@ -243,7 +254,8 @@ impl Shard {
     }
 
     pub fn connection_closed(&self) {
-        self.connections.set(self.connections.get().saturating_sub(1));
+        self.connections
+            .set(self.connections.get().saturating_sub(1));
         self.connections_changed.notify();
     }
 }
@@ -256,7 +268,10 @@ mod tests {
     fn partitions_of_a_topic_spread_over_shards() {
         let owners: Vec<usize> = (0..6).map(|p| partition_owner("orders", p, 2)).collect();
         assert_eq!(owners.iter().filter(|o| **o == 0).count(), 3);
-        assert_eq!(partition_owner("orders", 3, 2), partition_owner("orders", 3, 2));
+        assert_eq!(
+            partition_owner("orders", 3, 2),
+            partition_owner("orders", 3, 2)
+        );
         assert!((0..100).all(|p| partition_owner("x", p, 1) == 0));
     }
 }

@@ -19,9 +19,9 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use futures::future::join_all;
 
+use self::log::{now_ms, LogError, PartitionLog};
 use crate::config::{Config, FsyncPolicy};
 use crate::runtime::notify::{Listener, Notify};
-use self::log::{now_ms, LogError, PartitionLog};
 
 /// The effective settings of one partition's log: broker defaults overlaid with the
 /// topic's configs.
@@ -119,9 +119,14 @@ impl Storage {
             };
             match keep(&topic, partition) {
                 Some(settings) => {
-                    let log =
-                        PartitionLog::open(entry.path(), &topic, partition, settings, self.tail_budget)
-                            .await?;
+                    let log = PartitionLog::open(
+                        entry.path(),
+                        &topic,
+                        partition,
+                        settings,
+                        self.tail_budget,
+                    )
+                    .await?;
                     ::log::debug!(
                         "recovered {topic}-{partition}: offsets [{}, {}), {} segments",
                         log.log_start_offset,
@@ -204,7 +209,10 @@ impl Storage {
             });
             self.wake.notify();
         }
-        async move { rx.await.unwrap_or_else(|_| Err("broker shutting down".into())) }
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err("broker shutting down".into()))
+        }
     }
 
     /// Deletes a partition's log and files.
@@ -268,7 +276,12 @@ impl Storage {
         join_all(dirty.iter().map(|l| self.write_partition(l))).await;
 
         // Which partitions need an fdatasync this round.
-        let waiting: Vec<LogRef> = self.waiters.borrow().iter().map(|w| w.log.clone()).collect();
+        let waiting: Vec<LogRef> = self
+            .waiters
+            .borrow()
+            .iter()
+            .map(|w| w.log.clone())
+            .collect();
         let mut to_sync: Vec<LogRef> = if sync_all {
             self.partitions()
         } else {
@@ -280,7 +293,8 @@ impl Storage {
                     unsynced
                         && (self.fsync == FsyncPolicy::Always
                             || l.unsynced_messages >= l.settings.flush_messages
-                            || (l.settings.flush_ms >= 0 && now - l.last_sync_ms >= l.settings.flush_ms))
+                            || (l.settings.flush_ms >= 0
+                                && now - l.last_sync_ms >= l.settings.flush_ms))
                 })
                 .collect()
         };
@@ -289,7 +303,7 @@ impl Storage {
         to_sync.dedup_by_key(|l| Rc::as_ptr(l) as usize);
         // Write what waiters need even if their partition was not marked dirty this round.
         join_all(to_sync.iter().map(|l| self.write_partition(l))).await;
-        join_all(to_sync.iter().map(|l| sync_partition(l))).await;
+        join_all(to_sync.iter().map(sync_partition)).await;
 
         // Wake the waiters whose offsets are now durable; keep the rest.
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());

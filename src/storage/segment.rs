@@ -199,7 +199,10 @@ impl Segment {
         self.size = pos;
         'outer: while pos < file_size {
             let want = CHUNK.min((file_size - pos) as usize);
-            let chunk = file.read_at(pos, want).await.map_err(std::io::Error::from)?;
+            let chunk = file
+                .read_at(pos, want)
+                .await
+                .map_err(std::io::Error::from)?;
             let mut at = 0usize;
             while at < chunk.len() {
                 let Some(h) = BatchHeader::parse(&chunk[at..]) else {

@@ -38,7 +38,10 @@ impl Broker {
             data: data.to_owned(),
             port: free_port(),
             log_path: data.with_extension("log"),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             shards,
             starts: 0,
         };
@@ -86,10 +89,18 @@ impl Broker {
             if n >= want && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("portask exited early with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "portask did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "portask did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -13,7 +13,12 @@ use super::{frame, str_bytes, Conn, Pending};
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
 
-pub fn handle(conn: &Rc<Conn>, req: CreatePartitionsRequest, correlation_id: i32, version: i16) -> Pending {
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: CreatePartitionsRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
         let shard = conn.shard.clone();
@@ -32,7 +37,10 @@ pub fn handle(conn: &Rc<Conn>, req: CreatePartitionsRequest, correlation_id: i32
                 changes.push(Change::SetPartitions(t.name.to_string(), t.count));
             }
         }
-        let mut outcomes = shard.change_catalog(changes, req.validate_only).await.into_iter();
+        let mut outcomes = shard
+            .change_catalog(changes, req.validate_only)
+            .await
+            .into_iter();
         let results = req
             .topics
             .into_iter()

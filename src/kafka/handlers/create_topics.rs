@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
 
@@ -15,7 +17,12 @@ use super::{frame, str_bytes, uuid, Conn, Pending};
 use crate::catalog::{self, new_topic_id, Change, Topic};
 use crate::kafka::catalog_error_code;
 
-pub fn handle(conn: &Rc<Conn>, req: CreateTopicsRequest, correlation_id: i32, version: i16) -> Pending {
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: CreateTopicsRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
         let shard = conn.shard.clone();
@@ -28,9 +35,14 @@ pub fn handle(conn: &Rc<Conn>, req: CreateTopicsRequest, correlation_id: i32, ve
         for (i, t) in req.topics.iter().enumerate() {
             let name = names[i].clone();
             let refuse = if names.iter().filter(|n| **n == name).count() > 1 {
-                Some((ResponseError::InvalidRequest.code(), "topic named twice in one request".into()))
+                Some((
+                    ResponseError::InvalidRequest.code(),
+                    "topic named twice in one request".into(),
+                ))
             } else if t.replication_factor > 1
-                || t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node))
+                || t.assignments
+                    .iter()
+                    .any(|a| a.broker_ids.iter().any(|b| b.0 != node))
             {
                 Some((
                     ResponseError::InvalidReplicationFactor.code(),
@@ -86,7 +98,9 @@ pub fn handle(conn: &Rc<Conn>, req: CreateTopicsRequest, correlation_id: i32, ve
                     .with_num_partitions(-1)
                     .with_replication_factor(-1);
                 if let Some((code, msg)) = e {
-                    r = r.with_error_code(*code).with_error_message(Some(str_bytes(msg.clone())));
+                    r = r
+                        .with_error_code(*code)
+                        .with_error_message(Some(str_bytes(msg.clone())));
                 }
                 r
             })

@@ -13,7 +13,12 @@ use super::{frame, str_bytes, topic_name, Conn, Pending};
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
 
-pub fn handle(conn: &Rc<Conn>, req: DeleteTopicsRequest, correlation_id: i32, version: i16) -> Pending {
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: DeleteTopicsRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
         let shard = conn.shard.clone();
@@ -25,7 +30,9 @@ pub fn handle(conn: &Rc<Conn>, req: DeleteTopicsRequest, correlation_id: i32, ve
                 .map(|t| {
                     let name = match t.name {
                         Some(n) => Some(n.to_string()),
-                        None => state.topic_by_id(t.topic_id.as_bytes()).map(|t| t.name.clone()),
+                        None => state
+                            .topic_by_id(t.topic_id.as_bytes())
+                            .map(|t| t.name.clone()),
                     };
                     (name, t.topic_id)
                 })

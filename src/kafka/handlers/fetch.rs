@@ -37,7 +37,9 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
         let mut wanted = Vec::new();
         for t in req.topics {
             let name = if version >= 13 {
-                state.topic_by_id(t.topic_id.as_bytes()).map(|t| t.name.clone())
+                state
+                    .topic_by_id(t.topic_id.as_bytes())
+                    .map(|t| t.name.clone())
             } else {
                 Some(t.topic.to_string())
             };
@@ -56,7 +58,11 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
         } else {
             ResponseError::UnknownTopicOrPartition.code()
         };
-        let max_bytes = if req.max_bytes <= 0 { i32::MAX as usize } else { req.max_bytes as usize };
+        let max_bytes = if req.max_bytes <= 0 {
+            i32::MAX as usize
+        } else {
+            req.max_bytes as usize
+        };
         let min_bytes = req.min_bytes.max(0) as usize;
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
 
@@ -80,7 +86,9 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                 let shard = shard.clone();
                 let max_wait = deadline - now;
                 waits.push(Box::pin(async move {
-                    shard.kafka(owner, Request::WaitForData { parts, max_wait }).await
+                    shard
+                        .kafka(owner, Request::WaitForData { parts, max_wait })
+                        .await
                 }));
             }
             if waits.is_empty() {
@@ -140,7 +148,11 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
 }
 
 /// Reads every wanted partition once, one envelope per owner shard.
-async fn fetch_round(shard: &Rc<crate::runtime::shard::Shard>, wanted: &[Wanted], unknown: i16) -> Vec<FetchResult> {
+async fn fetch_round(
+    shard: &Rc<crate::runtime::shard::Shard>,
+    wanted: &[Wanted],
+    unknown: i16,
+) -> Vec<FetchResult> {
     let mut results: Vec<FetchResult> = wanted
         .iter()
         .map(|_| FetchResult {

@@ -17,7 +17,12 @@ use super::{frame, ready, str_bytes, Conn, Pending};
 
 const GROUP: i8 = 0;
 
-pub fn handle(conn: &Rc<Conn>, req: FindCoordinatorRequest, correlation_id: i32, version: i16) -> Pending {
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: FindCoordinatorRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
     let (host, port) = advertised(conn);
     let node = BrokerId(conn.shard.config.node_id);
     let supported = req.key_type == GROUP;
@@ -35,7 +40,11 @@ pub fn handle(conn: &Rc<Conn>, req: FindCoordinatorRequest, correlation_id: i32,
                 Coordinator::default()
                     .with_key(key)
                     .with_node_id(if supported { node } else { BrokerId(-1) })
-                    .with_host(if supported { str_bytes(host.clone()) } else { str_bytes("") })
+                    .with_host(if supported {
+                        str_bytes(host.clone())
+                    } else {
+                        str_bytes("")
+                    })
                     .with_port(if supported { port } else { -1 })
                     .with_error_code(error)
                     .with_error_message(message.clone())
@@ -47,7 +56,11 @@ pub fn handle(conn: &Rc<Conn>, req: FindCoordinatorRequest, correlation_id: i32,
             .with_error_code(error)
             .with_error_message(message)
             .with_node_id(if supported { node } else { BrokerId(-1) })
-            .with_host(if supported { str_bytes(host) } else { str_bytes("") })
+            .with_host(if supported {
+                str_bytes(host)
+            } else {
+                str_bytes("")
+            })
             .with_port(if supported { port } else { -1 })
     };
     ready(frame(correlation_id, version, &resp))

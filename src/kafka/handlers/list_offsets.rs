@@ -16,7 +16,12 @@ use kafka_protocol::ResponseError;
 use super::{by_owner, frame, Conn, Pending};
 use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
 
-pub fn handle(conn: &Rc<Conn>, req: ListOffsetsRequest, correlation_id: i32, version: i16) -> Pending {
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: ListOffsetsRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
         let shard = conn.shard.clone();
@@ -56,7 +61,12 @@ pub fn handle(conn: &Rc<Conn>, req: ListOffsetsRequest, correlation_id: i32, ver
                 })
                 .unzip();
             let shard = shard.clone();
-            calls.push(async move { (idx, shard.kafka(owner, Request::ListOffsets { parts }).await) });
+            calls.push(async move {
+                (
+                    idx,
+                    shard.kafka(owner, Request::ListOffsets { parts }).await,
+                )
+            });
         }
         for (idx, reply) in join_all(calls).await {
             if let Reply::ListOffsets(rs) = reply {

@@ -20,7 +20,8 @@ use crate::kafka::catalog_error_code;
 /// Kafka's "authorized operations not requested" marker.
 const OPS_OMITTED: i32 = i32::MIN;
 /// Every topic operation bit (READ..DESCRIBE_CONFIGS/ALTER_CONFIGS); there is no ACL layer.
-const TOPIC_OPS: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+const TOPIC_OPS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 
 /// Host and port clients should use: the configured advertised host, else the address
 /// this client reached.
@@ -48,7 +49,8 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
                     .collect(),
             ),
         };
-        let auto = shard.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        let auto =
+            shard.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
         if auto {
             if let Some(w) = &wanted {
                 let state = shard.catalog.current();

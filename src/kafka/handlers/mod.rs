@@ -53,7 +53,11 @@ pub const SUPPORTED: &[ApiKey] = &[
 
 /// Encodes a response frame; an encoding failure is our bug, logged, and the response
 /// dropped (the client times out rather than reading garbage).
-pub fn frame<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, response: &R) -> Option<Bytes> {
+pub fn frame<R: Encodable + HeaderVersion>(
+    correlation_id: i32,
+    version: i16,
+    response: &R,
+) -> Option<Bytes> {
     match codec::encode_response(correlation_id, version, response) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -85,17 +89,19 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
     let v = frame.version;
     let body = frame.body;
     Ok(match frame.api {
-        ApiKey::ApiVersions => api_versions::handle(decode_body(
-            "ApiVersions",
-            body,
-            v,
-        )?, c, v),
+        ApiKey::ApiVersions => api_versions::handle(decode_body("ApiVersions", body, v)?, c, v),
         ApiKey::Metadata => metadata::handle(conn, decode_body("Metadata", body, v)?, c, v),
         ApiKey::Produce => produce::handle(conn, decode_body("Produce", body, v)?, c, v).await,
         ApiKey::Fetch => fetch::handle(conn, decode_body("Fetch", body, v)?, c, v),
-        ApiKey::ListOffsets => list_offsets::handle(conn, decode_body("ListOffsets", body, v)?, c, v),
-        ApiKey::CreateTopics => create_topics::handle(conn, decode_body("CreateTopics", body, v)?, c, v),
-        ApiKey::DeleteTopics => delete_topics::handle(conn, decode_body("DeleteTopics", body, v)?, c, v),
+        ApiKey::ListOffsets => {
+            list_offsets::handle(conn, decode_body("ListOffsets", body, v)?, c, v)
+        }
+        ApiKey::CreateTopics => {
+            create_topics::handle(conn, decode_body("CreateTopics", body, v)?, c, v)
+        }
+        ApiKey::DeleteTopics => {
+            delete_topics::handle(conn, decode_body("DeleteTopics", body, v)?, c, v)
+        }
         ApiKey::FindCoordinator => {
             find_coordinator::handle(conn, decode_body("FindCoordinator", body, v)?, c, v)
         }
@@ -106,9 +112,12 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
     })
 }
 
+/// One partition item of a request: (index in the request, topic, partition, payload).
+pub type Item<T> = (usize, String, i32, T);
+
 /// Groups items by owner shard, keeping each item's index in the request.
-pub fn by_owner<T>(shard: &Shard, items: Vec<(usize, String, i32, T)>) -> Vec<(usize, Vec<(usize, String, i32, T)>)> {
-    let mut groups: Vec<(usize, Vec<(usize, String, i32, T)>)> = Vec::new();
+pub fn by_owner<T>(shard: &Shard, items: Vec<Item<T>>) -> Vec<(usize, Vec<Item<T>>)> {
+    let mut groups: Vec<(usize, Vec<Item<T>>)> = Vec::new();
     for item in items {
         let owner = shard.owner_of(&item.1, item.2);
         match groups.iter_mut().find(|(o, _)| *o == owner) {

@@ -16,7 +16,12 @@ use kafka_protocol::ResponseError;
 use super::{by_owner, frame, ready, str_bytes, Conn, Pending};
 use crate::kafka::owner::{ProducePart, ProduceResult, Reply, Request};
 
-pub async fn handle(conn: &Rc<Conn>, req: ProduceRequest, correlation_id: i32, version: i16) -> Pending {
+pub async fn handle(
+    conn: &Rc<Conn>,
+    req: ProduceRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
     let shard = &conn.shard;
     let acks = req.acks;
     let state = shard.catalog.current();
@@ -24,7 +29,7 @@ pub async fn handle(conn: &Rc<Conn>, req: ProduceRequest, correlation_id: i32, v
     let mut layout: Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Vec<i32>)> = Vec::new();
     let mut results: Vec<ProduceResult> = Vec::new();
     let mut work = Vec::new();
-    let bad_acks = !matches!(acks, 0 | 1 | -1);
+    let bad_acks = !(-1..=1).contains(&acks);
     for topic in req.topic_data {
         // v13 names topics by id.
         let name = if version >= 13 {
