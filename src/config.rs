@@ -102,6 +102,12 @@ pub struct KafkaConfig {
     /// `delete.topic.enable`
     pub delete_topic_enable: bool,
     pub cluster_id: String,
+    /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
+    pub group_initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`
+    pub group_min_session_timeout_ms: u64,
+    /// `group.max.session.timeout.ms`
+    pub group_max_session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +196,9 @@ impl Default for KafkaConfig {
             index_interval_bytes: 4096,
             delete_topic_enable: true,
             cluster_id: "portask-cluster".into(),
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
         }
     }
 }

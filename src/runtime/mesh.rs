@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 
 use crate::catalog::{CatalogError, CatalogState, Change};
-use crate::kafka::owner;
+use crate::kafka::{groups, owner};
 
 /// The answer of shard 0's catalog writer: one result per change, and the state after.
 pub struct CatalogReply {
@@ -30,4 +30,6 @@ pub enum Message {
     CatalogState(Arc<CatalogState>),
     /// To a partition's owner shard: Kafka partition work.
     Kafka(owner::Request, oneshot::Sender<owner::Reply>),
+    /// To a consumer group's coordinator shard.
+    Group(groups::Request, oneshot::Sender<groups::Reply>),
 }

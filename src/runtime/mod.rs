@@ -201,11 +201,18 @@ async fn run_shard(
         .await
         .map_err(|_| "joining the mesh".to_owned())?;
     let writer = store.map(CatalogWriter::new);
+    let groups = crate::kafka::groups::Coordinator::open(
+        &config.data_dir.join(id.to_string()).join("groups"),
+        &config,
+    )
+    .map_err(|e| format!("loading committed offsets: {e}"))?;
+    groups.spawn_tasks();
     let shard = Rc::new(Shard::new(
         id,
         count,
         config.clone(),
         storage.clone(),
+        groups,
         state.clone(),
         writer,
         senders,

@@ -17,6 +17,7 @@ use super::shutdown::Shutdown;
 use crate::catalog::writer::CatalogWriter;
 use crate::catalog::{self, CatalogError, CatalogState, Change, Replica};
 use crate::config::Config;
+use crate::kafka::groups::{self, Coordinator};
 use crate::kafka::owner;
 use crate::storage::Storage;
 
@@ -25,6 +26,8 @@ pub struct Shard {
     pub count: usize,
     pub config: Rc<Config>,
     pub storage: Rc<Storage>,
+    /// The consumer groups this shard coordinates.
+    pub groups: Rc<Coordinator>,
     pub catalog: Replica,
     writer: Option<CatalogWriter>,
     senders: Senders<Message>,
@@ -61,6 +64,7 @@ impl Shard {
         count: usize,
         config: Rc<Config>,
         storage: Rc<Storage>,
+        groups: Rc<Coordinator>,
         state: Arc<CatalogState>,
         writer: Option<CatalogWriter>,
         senders: Senders<Message>,
@@ -71,6 +75,7 @@ impl Shard {
             count,
             config,
             storage,
+            groups,
             catalog: Replica::new(state),
             writer,
             senders,
@@ -104,6 +109,24 @@ impl Shard {
             return owner::Reply::Unavailable;
         }
         rx.await.unwrap_or(owner::Reply::Unavailable)
+    }
+
+    /// Asks the coordinator shard of a consumer group, locally or across the mesh.
+    pub async fn group(self: &Rc<Self>, group: &str, req: groups::Request) -> groups::Reply {
+        self.group_on(groups::group_owner(group, self.count), req)
+            .await
+    }
+
+    /// Asks one shard's group coordinator (ListGroups asks them all).
+    pub async fn group_on(self: &Rc<Self>, owner: usize, req: groups::Request) -> groups::Reply {
+        if owner == self.id {
+            return self.groups.start(req).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.send(owner, Message::Group(req, tx)).await.is_err() {
+            return groups::Reply::Unavailable;
+        }
+        rx.await.unwrap_or(groups::Reply::Unavailable)
     }
 
     /// Starts partition work on `owner` and returns its completion; the synchronous part
@@ -236,6 +259,13 @@ impl Shard {
             }
             Message::CatalogState(state) => {
                 self.install_catalog(state);
+            }
+            Message::Group(req, reply) => {
+                let done = self.groups.start(req);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(done.await);
+                })
+                .detach();
             }
             Message::Kafka(req, reply) => {
                 // The synchronous part runs now, in arrival order.

@@ -10,12 +10,22 @@
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
+pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -45,6 +55,16 @@ pub const SUPPORTED: &[ApiKey] = &[
     ApiKey::ListOffsets,
     ApiKey::Metadata,
     ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::SyncGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::ListGroups,
+    ApiKey::DescribeGroups,
+    ApiKey::DeleteGroups,
+    ApiKey::OffsetDelete,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
@@ -86,6 +106,12 @@ pub fn uuid(id: &[u8; 16]) -> uuid::Uuid {
 /// Decodes the request body for `frame.api` and runs its handler.
 pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecError> {
     let c = frame.header.correlation_id;
+    let client_id = frame
+        .header
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     let v = frame.version;
     let body = frame.body;
     Ok(match frame.api {
@@ -104,6 +130,28 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
         }
         ApiKey::FindCoordinator => {
             find_coordinator::handle(conn, decode_body("FindCoordinator", body, v)?, c, v)
+        }
+        ApiKey::JoinGroup => {
+            join_group::handle(conn, decode_body("JoinGroup", body, v)?, client_id, c, v)
+        }
+        ApiKey::SyncGroup => sync_group::handle(conn, decode_body("SyncGroup", body, v)?, c, v),
+        ApiKey::Heartbeat => heartbeat::handle(conn, decode_body("Heartbeat", body, v)?, c, v),
+        ApiKey::LeaveGroup => leave_group::handle(conn, decode_body("LeaveGroup", body, v)?, c, v),
+        ApiKey::OffsetCommit => {
+            offset_commit::handle(conn, decode_body("OffsetCommit", body, v)?, c, v)
+        }
+        ApiKey::OffsetFetch => {
+            offset_fetch::handle(conn, decode_body("OffsetFetch", body, v)?, c, v)
+        }
+        ApiKey::ListGroups => list_groups::handle(conn, decode_body("ListGroups", body, v)?, c, v),
+        ApiKey::DescribeGroups => {
+            describe_groups::handle(conn, decode_body("DescribeGroups", body, v)?, c, v)
+        }
+        ApiKey::DeleteGroups => {
+            delete_groups::handle(conn, decode_body("DeleteGroups", body, v)?, c, v)
+        }
+        ApiKey::OffsetDelete => {
+            offset_delete::handle(conn, decode_body("OffsetDelete", body, v)?, c, v)
         }
         ApiKey::CreatePartitions => {
             create_partitions::handle(conn, decode_body("CreatePartitions", body, v)?, c, v)

@@ -1,0 +1,522 @@
+//! Consumer-group coordination: membership and rebalances (`group.rs`) and committed
+//! offsets (`store.rs`).
+//!
+//! Each group is coordinated by one shard, `group_owner(group id)`; every shard has a
+//! `Coordinator` for the groups that hash to it. Handlers on the connection's shard send
+//! the decoded request to the coordinator shard (`Shard::group`) and encode its answer.
+//! A JoinGroup or SyncGroup that must wait for the rebalance holds its reply channel until
+//! the state machine answers it.
+
+pub mod group;
+pub mod store;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, JoinGroupResponse, SyncGroupResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use self::group::{Group, JoinOutcome, JoinRequest, State, SyncOutcome, Timeouts};
+use self::store::{Committed, OffsetRecord, OffsetStore, Offsets};
+use crate::config::Config;
+use crate::runtime::shard::stable_hash;
+
+/// The shard that coordinates `group`.
+pub fn group_owner(group: &str, shards: usize) -> usize {
+    (stable_hash(group.as_bytes()) % shards as u64) as usize
+}
+
+/// One partition's committed offset as OffsetFetch reports it.
+#[derive(Debug, Clone)]
+pub struct FetchedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub error: i16,
+}
+
+/// A commit of one partition.
+pub struct CommitPart {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+pub enum Request {
+    Join(JoinRequest, String),
+    Sync {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        protocol_type: Option<String>,
+        protocol_name: Option<String>,
+        assignments: Vec<(String, Bytes)>,
+        version: i16,
+    },
+    Heartbeat {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+    },
+    /// (member id, instance id) pairs.
+    Leave {
+        group: String,
+        members: Vec<(String, Option<String>)>,
+    },
+    Commit {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        parts: Vec<CommitPart>,
+    },
+    /// `None`: every committed offset of the group.
+    Fetch {
+        group: String,
+        parts: Option<Vec<(String, i32)>>,
+    },
+    Describe(String),
+    Delete(String),
+    OffsetDelete {
+        group: String,
+        parts: Vec<(String, i32)>,
+    },
+    List,
+}
+
+pub enum Reply {
+    Join(JoinGroupResponse),
+    Sync(SyncGroupResponse),
+    Code(i16),
+    Leave(i16, Vec<i16>),
+    Commit(Vec<i16>),
+    Fetch(i16, Vec<FetchedOffset>),
+    Describe(DescribedGroup),
+    OffsetDelete(i16, Vec<i16>),
+    List(Vec<ListedGroup>),
+    Unavailable,
+}
+
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    offsets: RefCell<Offsets>,
+    store: Rc<OffsetStore>,
+    timeouts: Timeouts,
+    loaded: Cell<bool>,
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_owned())
+}
+
+impl Coordinator {
+    /// Loads the committed offsets of this shard's groups.
+    pub fn open(dir: &Path, config: &Config) -> std::io::Result<Rc<Coordinator>> {
+        let (store, offsets) = OffsetStore::open(dir)?;
+        let k = &config.kafka;
+        Ok(Rc::new(Coordinator {
+            groups: RefCell::new(HashMap::new()),
+            offsets: RefCell::new(offsets),
+            store: Rc::new(store),
+            timeouts: Timeouts {
+                initial_rebalance_delay: Duration::from_millis(k.group_initial_rebalance_delay_ms),
+                min_session: Duration::from_millis(k.group_min_session_timeout_ms),
+                max_session: Duration::from_millis(k.group_max_session_timeout_ms),
+            },
+            loaded: Cell::new(true),
+        }))
+    }
+
+    /// Background work: the offset writer and the session/rebalance clock.
+    pub fn spawn_tasks(self: &Rc<Self>) {
+        let me = self.clone();
+        let store = self.store.clone();
+        glommio::spawn_local(store.run_writer(move || me.live_records())).detach();
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let now = Instant::now();
+                for g in me.groups.borrow_mut().values_mut() {
+                    g.tick(me.timeouts, now);
+                }
+            }
+        })
+        .detach();
+    }
+
+    fn live_records(&self) -> Vec<OffsetRecord> {
+        self.offsets
+            .borrow()
+            .iter()
+            .flat_map(|(group, parts)| {
+                parts
+                    .iter()
+                    .map(move |((topic, partition), value)| OffsetRecord::Commit {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: value.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    fn with_group<R>(&self, id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
+        let mut groups = self.groups.borrow_mut();
+        let g = groups
+            .entry(id.to_owned())
+            .or_insert_with(|| Group::new(id));
+        f(g)
+    }
+
+    fn group_exists(&self, id: &str) -> bool {
+        self.groups
+            .borrow()
+            .get(id)
+            .is_some_and(|g| !g.members.is_empty())
+            || self.offsets.borrow().contains_key(id)
+    }
+
+    /// Starts a request; waiting (for a rebalance or an fsync) happens in the future.
+    pub fn start(self: &Rc<Self>, req: Request) -> LocalBoxFuture<'static, Reply> {
+        if !self.loaded.get() {
+            let code = ResponseError::CoordinatorLoadInProgress.code();
+            return Box::pin(async move { Reply::Code(code) });
+        }
+        let now = Instant::now();
+        let t = self.timeouts;
+        match req {
+            Request::Join(join, group) => match self.with_group(&group, |g| g.join(join, t, now)) {
+                JoinOutcome::Now(r) => Box::pin(async move { Reply::Join(r) }),
+                JoinOutcome::Wait(rx) => Box::pin(async move {
+                    match rx.await {
+                        Ok(r) => Reply::Join(r),
+                        Err(_) => Reply::Join(
+                            JoinGroupResponse::default()
+                                .with_error_code(ResponseError::UnknownMemberId.code())
+                                .with_generation_id(-1),
+                        ),
+                    }
+                }),
+            },
+            Request::Sync {
+                group,
+                member_id,
+                instance_id,
+                generation,
+                protocol_type,
+                protocol_name,
+                assignments,
+                version,
+            } => {
+                let outcome = self.with_group(&group, |g| {
+                    g.sync(
+                        &member_id,
+                        instance_id.as_deref(),
+                        generation,
+                        protocol_type.as_deref(),
+                        protocol_name.as_deref(),
+                        assignments,
+                        version,
+                        now,
+                    )
+                });
+                match outcome {
+                    SyncOutcome::Now(r) => Box::pin(async move { Reply::Sync(r) }),
+                    SyncOutcome::Wait(rx) => Box::pin(async move {
+                        Reply::Sync(rx.await.unwrap_or_else(|_| {
+                            SyncGroupResponse::default()
+                                .with_error_code(ResponseError::RebalanceInProgress.code())
+                        }))
+                    }),
+                }
+            }
+            Request::Heartbeat {
+                group,
+                member_id,
+                instance_id,
+                generation,
+            } => {
+                let code = self.with_group(&group, |g| {
+                    g.heartbeat(&member_id, instance_id.as_deref(), generation, now)
+                });
+                Box::pin(async move { Reply::Code(code) })
+            }
+            Request::Leave { group, members } => {
+                let codes: Vec<i16> = self.with_group(&group, |g| {
+                    members
+                        .iter()
+                        .map(|(m, i)| g.leave(m, i.as_deref(), t, now))
+                        .collect()
+                });
+                Box::pin(async move { Reply::Leave(0, codes) })
+            }
+            Request::Commit {
+                group,
+                member_id,
+                instance_id,
+                generation,
+                parts,
+            } => self.commit(group, member_id, instance_id, generation, parts),
+            Request::Fetch { group, parts } => {
+                let offsets = self.offsets.borrow();
+                let committed = offsets.get(&group);
+                let lookup = |topic: &str, partition: i32| -> FetchedOffset {
+                    let c = committed.and_then(|g| g.get(&(topic.to_owned(), partition)));
+                    FetchedOffset {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset: c.map(|c| c.offset).unwrap_or(-1),
+                        leader_epoch: c.map(|c| c.leader_epoch).unwrap_or(-1),
+                        metadata: Some(c.map(|c| c.metadata.clone()).unwrap_or_default()),
+                        error: 0,
+                    }
+                };
+                let out = match parts {
+                    Some(parts) => parts.iter().map(|(t, p)| lookup(t, *p)).collect(),
+                    None => {
+                        let mut all: Vec<(String, i32)> = committed
+                            .map(|g| g.keys().cloned().collect())
+                            .unwrap_or_default();
+                        all.sort();
+                        all.iter().map(|(t, p)| lookup(t, *p)).collect()
+                    }
+                };
+                Box::pin(async move { Reply::Fetch(0, out) })
+            }
+            Request::Describe(group) => {
+                let d = self.describe(&group);
+                Box::pin(async move { Reply::Describe(d) })
+            }
+            Request::Delete(group) => self.delete(group),
+            Request::OffsetDelete { group, parts } => self.offset_delete(group, parts),
+            Request::List => {
+                let mut ids: Vec<String> = self.groups.borrow().keys().cloned().collect();
+                ids.extend(self.offsets.borrow().keys().cloned());
+                ids.sort();
+                ids.dedup();
+                let groups = self.groups.borrow();
+                let list = ids
+                    .into_iter()
+                    .filter(|id| self.group_exists(id))
+                    .map(|id| {
+                        let (state, ptype) = match groups.get(&id) {
+                            Some(g) if !g.members.is_empty() => {
+                                (g.state.name(), g.protocol_type.clone().unwrap_or_default())
+                            }
+                            _ => ("Empty", "consumer".to_owned()),
+                        };
+                        ListedGroup::default()
+                            .with_group_id(GroupId(s(&id)))
+                            .with_protocol_type(s(&ptype))
+                            .with_group_state(s(state))
+                            .with_group_type(s("classic"))
+                    })
+                    .collect();
+                Box::pin(async move { Reply::List(list) })
+            }
+        }
+    }
+
+    fn commit(
+        self: &Rc<Self>,
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        parts: Vec<CommitPart>,
+    ) -> LocalBoxFuture<'static, Reply> {
+        let check = self.with_group(&group, |g| {
+            g.check_commit(&member_id, instance_id.as_deref(), generation)
+        });
+        if let Err(code) = check {
+            let codes = vec![code; parts.len()];
+            return Box::pin(async move { Reply::Commit(codes) });
+        }
+        let now_ms = crate::storage::log::now_ms();
+        let mut codes = Vec::with_capacity(parts.len());
+        let mut records = Vec::new();
+        for p in parts {
+            if p.metadata.as_ref().is_some_and(|m| m.len() > 4096) {
+                codes.push(ResponseError::OffsetMetadataTooLarge.code());
+                continue;
+            }
+            codes.push(0);
+            records.push(OffsetRecord::Commit {
+                group: group.clone(),
+                topic: p.topic,
+                partition: p.partition,
+                value: Committed {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: p.metadata.unwrap_or_default(),
+                    commit_ms: now_ms,
+                },
+            });
+        }
+        let me = self.clone();
+        Box::pin(async move {
+            if records.is_empty() {
+                return Reply::Commit(codes);
+            }
+            match me.store.append(&records).await {
+                Ok(()) => {
+                    let mut offsets = me.offsets.borrow_mut();
+                    for r in &records {
+                        store::apply(&mut offsets, r);
+                    }
+                    Reply::Commit(codes)
+                }
+                Err(e) => {
+                    log::error!("committing offsets of group {group}: {e}");
+                    let code = ResponseError::CoordinatorNotAvailable.code();
+                    Reply::Commit(
+                        codes
+                            .into_iter()
+                            .map(|c| if c == 0 { code } else { c })
+                            .collect(),
+                    )
+                }
+            }
+        })
+    }
+
+    fn describe(&self, id: &str) -> DescribedGroup {
+        let groups = self.groups.borrow();
+        let base = DescribedGroup::default().with_group_id(GroupId(s(id)));
+        match groups.get(id) {
+            Some(g) if !g.members.is_empty() => base
+                .with_group_state(s(g.state.name()))
+                .with_protocol_type(s(g.protocol_type.as_deref().unwrap_or("")))
+                .with_protocol_data(s(g.protocol.as_deref().unwrap_or("")))
+                .with_members(
+                    g.members
+                        .values()
+                        .map(|m| {
+                            DescribedGroupMember::default()
+                                .with_member_id(s(&m.id))
+                                .with_group_instance_id(m.instance_id.as_deref().map(s))
+                                .with_client_id(s(&m.client_id))
+                                .with_client_host(s(&m.client_host))
+                                .with_member_metadata(g.member_metadata(m))
+                                .with_member_assignment(m.assignment.clone())
+                        })
+                        .collect(),
+                ),
+            _ if self.offsets.borrow().contains_key(id) => base
+                .with_group_state(s("Empty"))
+                .with_protocol_type(s("consumer")),
+            _ => base
+                .with_group_state(s("Dead"))
+                .with_error_code(ResponseError::GroupIdNotFound.code()),
+        }
+    }
+
+    fn delete(self: &Rc<Self>, group: String) -> LocalBoxFuture<'static, Reply> {
+        if !self.group_exists(&group) {
+            let code = ResponseError::GroupIdNotFound.code();
+            return Box::pin(async move { Reply::Code(code) });
+        }
+        if self
+            .groups
+            .borrow()
+            .get(&group)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            let code = ResponseError::NonEmptyGroup.code();
+            return Box::pin(async move { Reply::Code(code) });
+        }
+        let me = self.clone();
+        Box::pin(async move {
+            let record = OffsetRecord::DeleteGroup {
+                group: group.clone(),
+            };
+            match me.store.append(std::slice::from_ref(&record)).await {
+                Ok(()) => {
+                    store::apply(&mut me.offsets.borrow_mut(), &record);
+                    me.groups.borrow_mut().remove(&group);
+                    Reply::Code(0)
+                }
+                Err(_) => Reply::Code(ResponseError::CoordinatorNotAvailable.code()),
+            }
+        })
+    }
+
+    fn offset_delete(
+        self: &Rc<Self>,
+        group: String,
+        parts: Vec<(String, i32)>,
+    ) -> LocalBoxFuture<'static, Reply> {
+        if !self.group_exists(&group) {
+            let code = ResponseError::GroupIdNotFound.code();
+            return Box::pin(async move { Reply::OffsetDelete(code, Vec::new()) });
+        }
+        let subscribed = self
+            .groups
+            .borrow()
+            .get(&group)
+            .filter(|g| !g.members.is_empty() && g.state != State::Empty)
+            .map(|g| g.subscribed_topics())
+            .unwrap_or_default();
+        let mut codes = Vec::with_capacity(parts.len());
+        let mut records = Vec::new();
+        for (topic, partition) in parts {
+            if subscribed.contains(&topic) {
+                codes.push(ResponseError::GroupSubscribedToTopic.code());
+            } else {
+                codes.push(0);
+                records.push(OffsetRecord::Delete {
+                    group: group.clone(),
+                    topic,
+                    partition,
+                });
+            }
+        }
+        let me = self.clone();
+        Box::pin(async move {
+            if records.is_empty() {
+                return Reply::OffsetDelete(0, codes);
+            }
+            match me.store.append(&records).await {
+                Ok(()) => {
+                    let mut offsets = me.offsets.borrow_mut();
+                    for r in &records {
+                        store::apply(&mut offsets, r);
+                    }
+                    Reply::OffsetDelete(0, codes)
+                }
+                Err(_) => Reply::OffsetDelete(ResponseError::CoordinatorNotAvailable.code(), codes),
+            }
+        })
+    }
+
+    /// Committed offsets of every group on this shard (for lag metrics and tests).
+    pub fn committed(&self) -> Vec<(String, String, i32, i64)> {
+        let offsets = self.offsets.borrow();
+        let mut out: Vec<_> = offsets
+            .iter()
+            .flat_map(|(g, parts)| {
+                parts
+                    .iter()
+                    .map(move |((t, p), c)| (g.clone(), t.clone(), *p, c.offset))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}

@@ -1,0 +1,59 @@
+//! DescribeGroups (key 15), v0–v6: state, protocol and members (with their metadata and
+//! assignment) of each group. An unknown group is "Dead" (with GROUP_ID_NOT_FOUND in v6).
+//!
+//! Runs on the connection's shard; each group's coordinator shard answers for it.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_groups_response::DescribedGroup;
+use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+use kafka_protocol::ResponseError;
+
+use super::{frame, Conn, Pending};
+use crate::kafka::groups::{Reply, Request};
+
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: DescribeGroupsRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let mut out = Vec::new();
+        for g in req.groups {
+            let group = g.to_string();
+            let mut d = match conn
+                .shard
+                .group(&group, Request::Describe(group.clone()))
+                .await
+            {
+                Reply::Describe(d) => d,
+                Reply::Code(code) => DescribedGroup::default()
+                    .with_group_id(g)
+                    .with_error_code(code),
+                _ => DescribedGroup::default()
+                    .with_group_id(g)
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+            };
+            if version < 6 && d.error_code == ResponseError::GroupIdNotFound.code() {
+                d.error_code = 0;
+            }
+            if version < 4 {
+                for m in &mut d.members {
+                    m.group_instance_id = None;
+                }
+            }
+            if req.include_authorized_operations && version >= 3 {
+                // No ACLs: every group operation is allowed (READ, DESCRIBE, DELETE).
+                d.authorized_operations = (1 << 3) | (1 << 6) | (1 << 8);
+            }
+            out.push(d);
+        }
+        frame(
+            correlation_id,
+            version,
+            &DescribeGroupsResponse::default().with_groups(out),
+        )
+    })
+}

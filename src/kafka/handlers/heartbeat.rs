@@ -1,0 +1,40 @@
+//! Heartbeat (key 12), v0–v4: a member says it is alive; the answer tells it when to rejoin
+//! (REBALANCE_IN_PROGRESS) or that it is out (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION,
+//! FENCED_INSTANCE_ID).
+//!
+//! Runs on the connection's shard; the state machine runs on the group's coordinator shard.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+use kafka_protocol::ResponseError;
+
+use super::{frame, Conn, Pending};
+use crate::kafka::groups::{Reply, Request};
+
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: HeartbeatRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let group = req.group_id.to_string();
+        let request = Request::Heartbeat {
+            group: group.clone(),
+            member_id: req.member_id.to_string(),
+            instance_id: req.group_instance_id.map(|i| i.to_string()),
+            generation: req.generation_id,
+        };
+        let code = match conn.shard.group(&group, request).await {
+            Reply::Code(code) => code,
+            _ => ResponseError::CoordinatorNotAvailable.code(),
+        };
+        frame(
+            correlation_id,
+            version,
+            &HeartbeatResponse::default().with_error_code(code),
+        )
+    })
+}

@@ -1,0 +1,76 @@
+//! OffsetDelete (key 47), v0: remove a group's committed offsets for some partitions;
+//! GROUP_SUBSCRIBED_TO_TOPIC while an active member subscribes to the topic.
+//!
+//! Runs on the connection's shard; the group's coordinator shard answers.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
+use kafka_protocol::ResponseError;
+
+use super::{frame, Conn, Pending};
+use crate::kafka::groups::{Reply, Request};
+
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: OffsetDeleteRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let group = req.group_id.to_string();
+        let parts: Vec<(String, i32)> = req
+            .topics
+            .iter()
+            .flat_map(|t| {
+                let name = t.name.to_string();
+                t.partitions
+                    .iter()
+                    .map(move |p| (name.clone(), p.partition_index))
+            })
+            .collect();
+        let n = parts.len();
+        let (code, codes) = match conn
+            .shard
+            .group(
+                &group,
+                Request::OffsetDelete {
+                    group: group.clone(),
+                    parts,
+                },
+            )
+            .await
+        {
+            Reply::OffsetDelete(code, codes) => (code, codes),
+            Reply::Code(code) => (code, vec![0; n]),
+            _ => (ResponseError::CoordinatorNotAvailable.code(), vec![0; n]),
+        };
+        let mut codes = codes.into_iter();
+        let topics = req
+            .topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        OffsetDeleteResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(codes.next().unwrap_or(0))
+                    })
+                    .collect();
+                OffsetDeleteResponseTopic::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let resp = OffsetDeleteResponse::default()
+            .with_error_code(code)
+            .with_topics(topics);
+        frame(correlation_id, version, &resp)
+    })
+}
