@@ -180,7 +180,16 @@ async fn read_requests(
         })?;
         let buf = buf.freeze();
         let pending = match codec::decode_frame(buf.clone()) {
-            Ok(frame) => handlers::dispatch(conn, frame).await?,
+            Ok(frame) => {
+                log::trace!(
+                    "{}: {:?} v{} correlation {}",
+                    conn.peer,
+                    frame.api,
+                    frame.version,
+                    frame.header.correlation_id
+                );
+                handlers::dispatch(conn, frame).await?
+            }
             Err(CodecError::UnsupportedVersion {
                 api: ApiKey::ApiVersions,
                 ..
