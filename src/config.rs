@@ -71,6 +71,8 @@ pub struct KafkaConfig {
     pub addr: String,
     /// Host advertised in Metadata; empty means the address the client connected to.
     pub advertised_host: String,
+    /// Port advertised in Metadata; 0 means the port the client connected to.
+    pub advertised_port: u16,
     /// `auto.create.topics.enable`
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of an auto-created topic.
@@ -180,6 +182,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             addr: "0.0.0.0:9092".into(),
             advertised_host: String::new(),
+            advertised_port: 0,
             auto_create_topics: true,
             num_partitions: 1,
             max_message_bytes: 1_048_588,

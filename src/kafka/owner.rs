@@ -117,6 +117,8 @@ fn log_error_code(e: &LogError) -> i16 {
     match e {
         LogError::MessageTooLarge { .. } => ResponseError::MessageTooLarge.code(),
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        LogError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch.code(),
         LogError::Io(_) => ResponseError::KafkaStorageError.code(),
     }
 }
@@ -215,7 +217,9 @@ fn produce(
                 let appended = log.borrow_mut().append(&batches);
                 match appended {
                     Ok(a) => {
-                        shard.storage.mark_dirty(&log);
+                        if !a.duplicate {
+                            shard.storage.mark_dirty(&log);
+                        }
                         if acks == -1 {
                             durable.push((i, shard.storage.wait_durable(&log, a.last_offset + 1)));
                         }

@@ -21,6 +21,8 @@ const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 const BASE_TIMESTAMP_OFFSET: usize = 27;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
 const RECORDS_COUNT_OFFSET: usize = 57;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 const COMPRESSION_MASK: i16 = 0x07;
@@ -64,6 +66,8 @@ pub struct BatchHeader {
     pub max_timestamp: i64,
     pub attributes: i16,
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub records: i32,
 }
 
@@ -86,6 +90,8 @@ impl BatchHeader {
             max_timestamp: i64_at(b, MAX_TIMESTAMP_OFFSET),
             attributes: i16_at(b, ATTRIBUTES_OFFSET),
             producer_id: i64_at(b, PRODUCER_ID_OFFSET),
+            producer_epoch: i16_at(b, PRODUCER_EPOCH_OFFSET),
+            base_sequence: i32_at(b, BASE_SEQUENCE_OFFSET),
             records: i32_at(b, RECORDS_COUNT_OFFSET),
         })
     }

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::{self, BatchHeader};
+use super::producers::{ProducerStates, Verdict};
 use super::segment::Segment;
 use super::LogSettings;
 use crate::runtime::notify::Notify;
@@ -24,6 +25,10 @@ pub enum LogError {
     MessageTooLarge { size: usize, max: i64 },
     #[error("offset {offset} out of range [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("batch sequence {got} does not follow the producer's last sequence")]
+    OutOfOrderSequence { got: i32 },
+    #[error("producer epoch {0} is older than the current one")]
+    InvalidProducerEpoch(i16),
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,6 +47,8 @@ pub struct Appended {
     pub last_offset: i64,
     /// The broker's timestamp when the topic uses LogAppendTime, else -1.
     pub log_append_time: i64,
+    /// A retried batch already in the log: nothing was appended.
+    pub duplicate: bool,
 }
 
 pub struct PartitionLog {
@@ -65,6 +72,8 @@ pub struct PartitionLog {
     /// Fired on every append; fetch long polls listen here.
     pub appended: Rc<Notify>,
     pub deleted: bool,
+    /// Idempotent producers' recent batches.
+    pub producers: ProducerStates,
 }
 
 pub fn now_ms() -> i64 {
@@ -102,6 +111,7 @@ impl PartitionLog {
             last_sync_ms: now_ms(),
             appended: Rc::new(Notify::new()),
             deleted: false,
+            producers: ProducerStates::default(),
         }
     }
 
@@ -129,10 +139,21 @@ impl PartitionLog {
         log.segments.clear();
         let now = now_ms();
         let interval = log.settings.index_interval_bytes as u64;
+        // Producer state: the snapshot of the last clean stop, then every batch after it.
+        let (covered, producers) =
+            ProducerStates::load(&dir).unwrap_or((0, ProducerStates::default()));
+        log.producers = producers;
         for (i, base) in bases.iter().enumerate() {
             let mut seg = Segment::load(&dir, *base, now).await?;
             let had_index = seg.load_index_files();
-            let scan = seg.scan(interval).await?;
+            let states = &mut log.producers;
+            let scan = seg
+                .scan(interval, &mut |h| {
+                    if h.base_offset >= covered {
+                        states.record(h);
+                    }
+                })
+                .await?;
             if scan.torn_bytes > 0 {
                 let is_last = i + 1 == bases.len();
                 // Zero padding after the last block-aligned write is not damage.
@@ -222,6 +243,28 @@ impl PartitionLog {
         } else {
             None
         };
+        // Idempotence: a retried first batch is answered with its original offset.
+        if let Some((h, _)) = batches.first() {
+            match self.producers.check(h) {
+                Verdict::Append => {}
+                Verdict::Duplicate(base) => {
+                    return Ok(Appended {
+                        base_offset: base,
+                        last_offset: base + h.last_offset_delta as i64,
+                        log_append_time: -1,
+                        duplicate: true,
+                    })
+                }
+                Verdict::OutOfOrder => {
+                    return Err(LogError::OutOfOrderSequence {
+                        got: h.base_sequence,
+                    })
+                }
+                Verdict::StaleEpoch => {
+                    return Err(LogError::InvalidProducerEpoch(h.producer_epoch))
+                }
+            }
+        }
         let first = self.next_offset;
         let interval = self.settings.index_interval_bytes as u64;
         for (h, bytes) in batches {
@@ -233,6 +276,7 @@ impl PartitionLog {
             if let Some(t) = lat {
                 header.max_timestamp = t;
             }
+            self.producers.record(&header);
             self.active().push(&header, stamped.clone(), interval);
             self.next_offset = header.last_offset() + 1;
             self.unsynced_messages += h.records.max(1) as i64;
@@ -248,6 +292,7 @@ impl PartitionLog {
             base_offset: first,
             last_offset: self.next_offset - 1,
             log_append_time: lat.unwrap_or(-1),
+            duplicate: false,
         })
     }
 

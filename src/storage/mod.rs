@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod log;
+pub mod producers;
 pub mod segment;
 
 use std::cell::{Cell, RefCell};
@@ -441,6 +442,10 @@ impl Storage {
                     let _ = f.fdatasync().await;
                 }
                 write_index_files(&log, base);
+            }
+            let l = log.borrow();
+            if let Err(e) = l.producers.save(l.dir(), l.next_offset) {
+                ::log::warn!("saving producer state of {}-{}: {e}", l.topic, l.partition);
             }
         }
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());

@@ -176,7 +176,11 @@ impl Segment {
 
     /// Scans the whole file, validating every batch, rebuilding the index; stops at the
     /// first batch that is torn (short, zero length, bad CRC, or out of sequence).
-    pub async fn scan(&mut self, index_interval: u64) -> std::io::Result<Scan> {
+    pub async fn scan(
+        &mut self,
+        index_interval: u64,
+        on_batch: &mut dyn FnMut(&BatchHeader),
+    ) -> std::io::Result<Scan> {
         let file = self.open_file().await?;
         let file_size = file.file_size().await.map_err(std::io::Error::from)?;
         const CHUNK: usize = 1 << 20;
@@ -225,6 +229,7 @@ impl Segment {
                 match batch::validate(&bytes) {
                     Ok(v) if v.base_offset >= expected => {
                         expected = v.last_offset() + 1;
+                        on_batch(&v);
                         self.push(&v, bytes, index_interval);
                         at += v.size;
                     }

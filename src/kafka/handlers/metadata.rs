@@ -23,8 +23,8 @@ const OPS_OMITTED: i32 = i32::MIN;
 const TOPIC_OPS: i32 =
     (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 
-/// Host and port clients should use: the configured advertised host, else the address
-/// this client reached.
+/// Host and port clients should use: the configured advertised host and port, else the
+/// address this client reached.
 pub fn advertised(conn: &Conn) -> (String, i32) {
     let host = &conn.shard.config.kafka.advertised_host;
     let host = if host.is_empty() {
@@ -32,7 +32,11 @@ pub fn advertised(conn: &Conn) -> (String, i32) {
     } else {
         host.clone()
     };
-    (host, conn.local.port() as i32)
+    let port = match conn.shard.config.kafka.advertised_port {
+        0 => conn.local.port(),
+        p => p,
+    };
+    (host, port as i32)
 }
 
 pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, version: i16) -> Pending {

@@ -16,6 +16,7 @@ pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -65,6 +66,7 @@ pub const SUPPORTED: &[ApiKey] = &[
     ApiKey::DescribeGroups,
     ApiKey::DeleteGroups,
     ApiKey::OffsetDelete,
+    ApiKey::InitProducerId,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
@@ -152,6 +154,9 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
         }
         ApiKey::OffsetDelete => {
             offset_delete::handle(conn, decode_body("OffsetDelete", body, v)?, c, v)
+        }
+        ApiKey::InitProducerId => {
+            init_producer_id::handle(conn, decode_body("InitProducerId", body, v)?, c, v)
         }
         ApiKey::CreatePartitions => {
             create_partitions::handle(conn, decode_body("CreatePartitions", body, v)?, c, v)

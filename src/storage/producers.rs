@@ -1,0 +1,210 @@
+//! Idempotent-producer state of one partition: for every producer id, its epoch and the
+//! sequence ranges and offsets of its last five batches. A retried batch is recognised and
+//! answered with its first offset instead of being appended again; a gap in sequence
+//! numbers or a stale epoch is refused with the error the client expects.
+//!
+//! Part of a `PartitionLog` on its owner shard. Saved to `producers.snapshot` at a clean
+//! stop and rebuilt on recovery from that snapshot plus the batches the recovery scan reads.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::batch::BatchHeader;
+
+/// How many recent batches per producer are remembered (Kafka's window).
+const WINDOW: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub batches: VecDeque<BatchRecord>,
+    pub last_timestamp: i64,
+}
+
+/// What to do with a produced batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not idempotent, or the next batch in sequence: append it.
+    Append,
+    /// Already appended: answer with this base offset.
+    Duplicate(i64),
+    OutOfOrder,
+    StaleEpoch,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct ProducerStates {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+fn batch_epoch(h: &BatchHeader) -> i16 {
+    h.producer_epoch
+}
+
+fn last_seq(h: &BatchHeader) -> i32 {
+    h.base_sequence.wrapping_add(h.last_offset_delta)
+}
+
+impl ProducerStates {
+    pub fn check(&self, h: &BatchHeader) -> Verdict {
+        if h.producer_id < 0 || h.base_sequence < 0 {
+            return Verdict::Append;
+        }
+        let Some(entry) = self.producers.get(&h.producer_id) else {
+            return Verdict::Append;
+        };
+        let epoch = batch_epoch(h);
+        if epoch < entry.epoch {
+            return Verdict::StaleEpoch;
+        }
+        if epoch > entry.epoch {
+            // A new epoch starts its sequences again at 0.
+            return if h.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::OutOfOrder
+            };
+        }
+        if let Some(b) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == h.base_sequence && b.last_seq == last_seq(h))
+        {
+            return Verdict::Duplicate(b.base_offset);
+        }
+        match entry.batches.back() {
+            Some(last)
+                if h.base_sequence != last.last_seq.wrapping_add(1)
+                    && !(last.last_seq == i32::MAX && h.base_sequence == 0) =>
+            {
+                Verdict::OutOfOrder
+            }
+            _ => Verdict::Append,
+        }
+    }
+
+    /// Records an appended batch (with its final offsets).
+    pub fn record(&mut self, h: &BatchHeader) {
+        if h.producer_id < 0 || h.base_sequence < 0 {
+            return;
+        }
+        let epoch = batch_epoch(h);
+        let entry = self
+            .producers
+            .entry(h.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch,
+                batches: VecDeque::new(),
+                last_timestamp: -1,
+            });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        let rec = BatchRecord {
+            first_seq: h.base_sequence,
+            last_seq: last_seq(h),
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+        };
+        if entry.batches.iter().any(|b| *b == rec) {
+            return;
+        }
+        entry.batches.push_back(rec);
+        while entry.batches.len() > WINDOW {
+            entry.batches.pop_front();
+        }
+        entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
+    }
+
+    /// (producer id, epoch, last sequence, last timestamp) of every producer.
+    pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
+        let mut out: Vec<_> = self
+            .producers
+            .iter()
+            .map(|(id, e)| {
+                (
+                    *id,
+                    e.epoch,
+                    e.batches.back().map(|b| b.last_seq).unwrap_or(-1),
+                    e.last_timestamp,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Writes the snapshot (state as of `offset`) next to the segments.
+    pub fn save(&self, dir: &Path, offset: i64) -> std::io::Result<()> {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&(offset, self.clone()))
+            .map_err(std::io::Error::other)?;
+        let mut framed = Vec::with_capacity(bytes.len() + 4);
+        framed.extend_from_slice(&crc32fast::hash(&bytes).to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        let tmp = dir.join("producers.snapshot.tmp");
+        std::fs::write(&tmp, framed)?;
+        std::fs::rename(tmp, dir.join("producers.snapshot"))
+    }
+
+    /// Loads the snapshot: the state and the offset it covers; `None` if absent or damaged.
+    pub fn load(dir: &Path) -> Option<(i64, ProducerStates)> {
+        let data = std::fs::read(dir.join("producers.snapshot")).ok()?;
+        let (crc, body) = data.split_at_checked(4)?;
+        if crc32fast::hash(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return None;
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        rkyv::from_bytes::<(i64, ProducerStates), rkyv::rancor::Error>(&aligned).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pid: i64, epoch: i16, seq: i32, n: i32, base: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset: base,
+            size: 100,
+            last_offset_delta: n - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            attributes: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            records: n,
+        }
+    }
+
+    #[test]
+    fn duplicates_gaps_and_epochs() {
+        let mut s = ProducerStates::default();
+        assert_eq!(s.check(&h(7, 0, 0, 3, 0)), Verdict::Append);
+        s.record(&h(7, 0, 0, 3, 10));
+        assert_eq!(s.check(&h(7, 0, 0, 3, 0)), Verdict::Duplicate(10));
+        assert_eq!(s.check(&h(7, 0, 5, 1, 0)), Verdict::OutOfOrder);
+        assert_eq!(s.check(&h(7, 0, 3, 2, 0)), Verdict::Append);
+        s.record(&h(7, 0, 3, 2, 13));
+        assert_eq!(s.check(&h(7, 1, 4, 1, 0)), Verdict::OutOfOrder);
+        assert_eq!(s.check(&h(7, 1, 0, 1, 0)), Verdict::Append);
+        s.record(&h(7, 1, 0, 1, 15));
+        assert_eq!(s.check(&h(7, 0, 5, 1, 0)), Verdict::StaleEpoch);
+        assert_eq!(s.check(&h(-1, -1, -1, 1, 0)), Verdict::Append);
+        let dir = tempfile::tempdir().unwrap();
+        s.save(dir.path(), 16).unwrap();
+        assert_eq!(ProducerStates::load(dir.path()), Some((16, s)));
+    }
+}
