@@ -276,7 +276,11 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
         &[("segment.bytes", "4096"), ("retention.bytes", "8192")],
     );
     let p = producer(&broker, "1");
-    let acked = produce(&p, "short-lived", 0, 2000);
+    // Twenty rounds, so the log holds many batches (a segment never splits a batch).
+    let mut acked = Vec::new();
+    for round in 0..20 {
+        acked.extend(produce(&p, "short-lived", round * 100, 100));
+    }
     let last = acked.iter().map(|(_, _, o)| *o).max().expect("offsets");
     let dir = partition_dir(&data, "short-lived", 0);
     let deadline = Instant::now() + Duration::from_secs(20);

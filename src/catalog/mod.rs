@@ -52,6 +52,9 @@ pub struct Topic {
 pub struct CatalogState {
     pub version: u64,
     pub topics: BTreeMap<String, Topic>,
+    /// Cluster-wide defaults set at run time (AlterConfigs on the broker), by topic config
+    /// name (`retention.ms`, …); they override the configuration file's defaults.
+    pub broker_configs: BTreeMap<String, String>,
 }
 
 /// One persisted mutation.
@@ -61,6 +64,7 @@ pub enum Change {
     DeleteTopic(String),
     SetPartitions(String, i32),
     SetConfigs(String, BTreeMap<String, String>),
+    SetBrokerConfigs(BTreeMap<String, String>),
 }
 
 impl CatalogState {
@@ -82,6 +86,9 @@ impl CatalogState {
                 if let Some(t) = self.topics.get_mut(name) {
                     t.configs = configs.clone();
                 }
+            }
+            Change::SetBrokerConfigs(configs) => {
+                self.broker_configs = configs.clone();
             }
         }
         self.version += 1;
@@ -133,6 +140,32 @@ pub const TOPIC_CONFIGS: &[&str] = &[
     "min.insync.replicas",
     "compression.type",
 ];
+
+/// Broker-level config names (as `kafka-configs --entity-type brokers` uses them) and the
+/// topic config each one is the default of.
+pub const BROKER_CONFIGS: &[(&str, &str)] = &[
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("log.retention.ms", "retention.ms"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("log.roll.ms", "segment.ms"),
+    ("message.max.bytes", "max.message.bytes"),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("log.flush.interval.messages", "flush.messages"),
+    ("log.flush.interval.ms", "flush.ms"),
+    ("log.index.interval.bytes", "index.interval.bytes"),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("compression.type", "compression.type"),
+];
+
+/// The topic config a broker-level name sets, if it is one.
+pub fn topic_config_of_broker(name: &str) -> Option<&'static str> {
+    BROKER_CONFIGS
+        .iter()
+        .find(|(b, _)| *b == name)
+        .map(|(_, t)| *t)
+}
 
 /// The broker default of a topic config, as a string.
 pub fn default_config(config: &Config, name: &str) -> Option<String> {
@@ -201,17 +234,35 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), CatalogError> {
     }
 }
 
+/// A topic config's effective value and where it comes from: the topic's own override,
+/// a run-time broker default, or the configuration file.
+pub fn effective_config(
+    config: &Config,
+    state: &CatalogState,
+    topic: &Topic,
+    name: &str,
+) -> Option<(String, ConfigSource)> {
+    if let Some(v) = topic.configs.get(name) {
+        return Some((v.clone(), ConfigSource::Topic));
+    }
+    if let Some(v) = state.broker_configs.get(name) {
+        return Some((v.clone(), ConfigSource::DynamicBrokerDefault));
+    }
+    default_config(config, name).map(|v| (v, ConfigSource::Default))
+}
+
+/// Kafka's config sources, with their wire values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    Topic = 1,
+    DynamicBrokerDefault = 3,
+    Default = 5,
+}
+
 /// The effective log settings of a topic.
-pub fn log_settings(config: &Config, topic: &Topic) -> LogSettings {
-    let get = |name: &str| -> i64 {
-        topic
-            .configs
-            .get(name)
-            .cloned()
-            .or_else(|| default_config(config, name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1)
-    };
+pub fn log_settings(config: &Config, state: &CatalogState, topic: &Topic) -> LogSettings {
+    let value = |name: &str| effective_config(config, state, topic, name).map(|(v, _)| v);
+    let get = |name: &str| -> i64 { value(name).and_then(|v| v.parse().ok()).unwrap_or(-1) };
     let flush_ms = get("flush.ms");
     LogSettings {
         segment_bytes: get("segment.bytes"),
@@ -219,12 +270,7 @@ pub fn log_settings(config: &Config, topic: &Topic) -> LogSettings {
         retention_ms: get("retention.ms"),
         retention_bytes: get("retention.bytes"),
         max_message_bytes: get("max.message.bytes"),
-        log_append_time: topic
-            .configs
-            .get("message.timestamp.type")
-            .map(String::as_str)
-            .unwrap_or(config.kafka.message_timestamp_type.as_str())
-            == "LogAppendTime",
+        log_append_time: value("message.timestamp.type").as_deref() == Some("LogAppendTime"),
         flush_messages: get("flush.messages").max(1),
         flush_ms: if flush_ms == i64::MAX { -1 } else { flush_ms },
         index_interval_bytes: get("index.interval.bytes").clamp(1, u32::MAX as i64) as u32,
@@ -314,11 +360,16 @@ mod tests {
             partitions: 1,
             configs: BTreeMap::new(),
         };
-        assert_eq!(log_settings(&config, &t).segment_bytes, 1 << 30);
+        let mut state = CatalogState::default();
+        assert_eq!(log_settings(&config, &state, &t).segment_bytes, 1 << 30);
+        state
+            .broker_configs
+            .insert("segment.bytes".into(), "4096".into());
+        assert_eq!(log_settings(&config, &state, &t).segment_bytes, 4096);
         t.configs.insert("segment.bytes".into(), "2048".into());
         t.configs
             .insert("message.timestamp.type".into(), "LogAppendTime".into());
-        let s = log_settings(&config, &t);
+        let s = log_settings(&config, &state, &t);
         assert_eq!(s.segment_bytes, 2048);
         assert!(s.log_append_time);
         assert_eq!(s.flush_ms, -1);

@@ -62,6 +62,7 @@ pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(
             }
             configs_ok(configs)
         }
+        Change::SetBrokerConfigs(configs) => configs_ok(configs),
     }
 }
 

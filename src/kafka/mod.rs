@@ -6,6 +6,7 @@
 //! shard through `Shard::kafka_dispatch` / `Shard::kafka`.
 
 pub mod codec;
+pub mod configs;
 pub mod groups;
 pub mod handlers;
 pub mod owner;

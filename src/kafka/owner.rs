@@ -74,6 +74,15 @@ pub enum Request {
     ListOffsets {
         parts: Vec<OffsetQuery>,
     },
+    /// Moves log start offsets forward (DeleteRecords); offset -1 means the high watermark.
+    DeleteRecords {
+        parts: Vec<(String, i32, i64)>,
+    },
+    /// Size, high watermark and producer state of each partition (None: every partition
+    /// this shard owns).
+    Describe {
+        parts: Option<Vec<(String, i32)>>,
+    },
     /// Resolves when any partition has data at or past its offset, or after `max_wait`.
     WaitForData {
         parts: Vec<(String, i32, i64)>,
@@ -86,8 +95,23 @@ pub enum Reply {
     Fetch(Vec<FetchResult>),
     ListOffsets(Vec<OffsetAnswer>),
     DataArrived,
+    /// (low watermark, error) per partition.
+    DeleteRecords(Vec<(i64, i16)>),
+    Describe(Vec<PartitionInfo>),
     /// The owner shard could not be reached (stopping).
     Unavailable,
+}
+
+/// What DescribeLogDirs, OffsetForLeaderEpoch and DescribeProducers need of a partition.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionInfo {
+    pub topic: String,
+    pub partition: i32,
+    pub error: i16,
+    pub size: u64,
+    pub log_end_offset: i64,
+    /// (producer id, epoch, last sequence, last timestamp)
+    pub producers: Vec<(i64, i16, i32, i64)>,
 }
 
 /// Special ListOffsets timestamps.
@@ -105,7 +129,7 @@ fn log_for(shard: &Shard, topic: &str, partition: i32) -> Option<LogRef> {
     if let Some(l) = shard.storage.get(topic, partition) {
         return Some(l);
     }
-    let settings = catalog::log_settings(&shard.config, t);
+    let settings = catalog::log_settings(&shard.config, &state, t);
     Some(shard.storage.get_or_create(topic, partition, &settings))
 }
 
@@ -139,6 +163,49 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
         Request::ListOffsets { parts } => {
             let shard = shard.clone();
             Box::pin(async move { Reply::ListOffsets(list_offsets(&shard, parts).await) })
+        }
+        Request::DeleteRecords { parts } => {
+            let shard = shard.clone();
+            Box::pin(async move { Reply::DeleteRecords(delete_records(&shard, parts).await) })
+        }
+        Request::Describe { parts } => {
+            let parts = parts.unwrap_or_else(|| {
+                shard
+                    .storage
+                    .partitions()
+                    .iter()
+                    .map(|l| {
+                        let l = l.borrow();
+                        (l.topic.clone(), l.partition)
+                    })
+                    .collect()
+            });
+            let infos = parts
+                .into_iter()
+                .map(
+                    |(topic, partition)| match log_for(shard, &topic, partition) {
+                        Some(log) => {
+                            let l = log.borrow();
+                            PartitionInfo {
+                                topic,
+                                partition,
+                                error: 0,
+                                size: l.size_bytes(),
+                                log_end_offset: l.next_offset,
+                                producers: l.producers.describe(),
+                            }
+                        }
+                        None => PartitionInfo {
+                            topic,
+                            partition,
+                            error: unknown(),
+                            log_end_offset: -1,
+                            ..Default::default()
+                        },
+                    },
+                )
+                .collect();
+            Box::pin(async move { Reply::Describe(infos) })
         }
         Request::WaitForData { parts, max_wait } => {
             let listener = Listener::new();
@@ -325,6 +392,33 @@ async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetA
                 timestamp: -1,
             },
         });
+    }
+    out
+}
+
+async fn delete_records(shard: &Rc<Shard>, parts: Vec<(String, i32, i64)>) -> Vec<(i64, i16)> {
+    let mut out = Vec::with_capacity(parts.len());
+    for (topic, partition, offset) in parts {
+        let Some(log) = log_for(shard, &topic, partition) else {
+            out.push((-1, unknown()));
+            continue;
+        };
+        let moved = log.borrow_mut().delete_records_before(offset);
+        match moved {
+            Ok(low) => {
+                let (dir, start) = {
+                    let l = log.borrow();
+                    (l.dir().to_owned(), l.log_start_offset)
+                };
+                if let Err(e) = plog::save_log_start(&dir, start).await {
+                    log::error!("saving log start offset of {topic}-{partition}: {e}");
+                    out.push((low, ResponseError::KafkaStorageError.code()));
+                } else {
+                    out.push((low, 0));
+                }
+            }
+            Err(e) => out.push((-1, log_error_code(&e))),
+        }
     }
     out
 }

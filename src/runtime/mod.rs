@@ -225,7 +225,7 @@ async fn run_shard(
         .recover(|topic, p| {
             let t = state.topic(topic)?;
             (p < t.partitions && partition_owner(topic, p, count) == id)
-                .then(|| catalog::log_settings(&config, t))
+                .then(|| catalog::log_settings(&config, &state, t))
         })
         .await
         .map_err(|e| format!("recovery: {e}"))?;

@@ -222,8 +222,8 @@ impl Shard {
         for (name, topic) in &old.topics {
             match state.topics.get(name) {
                 Some(t) if t.id == topic.id => {
-                    if t.configs != topic.configs {
-                        let settings = catalog::log_settings(&self.config, t);
+                    if t.configs != topic.configs || state.broker_configs != old.broker_configs {
+                        let settings = catalog::log_settings(&self.config, &state, t);
                         self.storage.update_settings(name, &settings);
                     }
                 }

@@ -76,6 +76,32 @@ pub struct PartitionLog {
     pub producers: ProducerStates,
 }
 
+const LOG_START_FILE: &str = "log-start-offset";
+
+/// The log start offset saved by DeleteRecords, if any.
+fn load_log_start(dir: &Path) -> Option<i64> {
+    std::fs::read_to_string(dir.join(LOG_START_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Persists a log start offset moved by DeleteRecords (temp file, fsync, rename).
+pub async fn save_log_start(dir: &Path, offset: i64) -> std::io::Result<()> {
+    let dir = dir.to_owned();
+    glommio::executor()
+        .spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join("log-start-offset.tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, format!("{offset}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(LOG_START_FILE))
+        })
+        .await
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -185,7 +211,10 @@ impl PartitionLog {
             seg.finalized = seg.sealed;
             log.segments.insert(*base, seg);
         }
-        log.log_start_offset = bases[0];
+        // DeleteRecords may have moved the start past the first segment's base.
+        log.log_start_offset = bases[0]
+            .max(load_log_start(&dir).unwrap_or(0))
+            .min(log.next_offset);
         log.written_offset = log.next_offset;
         log.durable_offset = log.next_offset;
         Ok(log)
@@ -395,7 +424,8 @@ impl PartitionLog {
                 && now - seg.max_timestamp > self.settings.retention_ms;
             let by_size = self.settings.retention_bytes >= 0
                 && total - seg.size as i64 >= self.settings.retention_bytes;
-            if !(by_time || by_size) {
+            let below_start = seg.next_offset <= self.log_start_offset;
+            if !(by_time || by_size || below_start) {
                 break;
             }
             total -= seg.size as i64;
@@ -415,6 +445,32 @@ impl PartitionLog {
             }
         }
         doomed
+    }
+
+    /// DeleteRecords: makes `offset` (-1: the high watermark) the new log start; returns it.
+    /// Whole segments below it go at the next retention pass.
+    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
+        let target = if offset == -1 {
+            self.next_offset
+        } else {
+            offset
+        };
+        if target < 0 || target > self.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset,
+                end: self.next_offset,
+            });
+        }
+        if target > self.log_start_offset {
+            self.log_start_offset = target;
+            while self.tail.front().is_some_and(|b| b.last_offset < target) {
+                if let Some(b) = self.tail.pop_front() {
+                    self.tail_bytes -= b.bytes.len();
+                }
+            }
+        }
+        Ok(self.log_start_offset)
     }
 
     /// Rolls the active segment if it has outlived `segment.ms` without new appends.

@@ -159,6 +159,11 @@ impl Storage {
         if let Some(l) = self.get(topic, partition) {
             return l;
         }
+        ::log::debug!(
+            "creating log {topic}-{partition} (segment.bytes {}, retention.bytes {})",
+            settings.segment_bytes,
+            settings.retention_bytes
+        );
         let log = PartitionLog::create(
             self.partition_dir(topic, partition),
             topic,

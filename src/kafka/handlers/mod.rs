@@ -7,15 +7,22 @@
 //! order the client sent the requests; the connection then writes the responses in that
 //! same order.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
+pub mod describe_producers;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
@@ -25,6 +32,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -67,6 +75,14 @@ pub const SUPPORTED: &[ApiKey] = &[
     ApiKey::DeleteGroups,
     ApiKey::OffsetDelete,
     ApiKey::InitProducerId,
+    ApiKey::DescribeConfigs,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
+    ApiKey::DescribeCluster,
+    ApiKey::DescribeLogDirs,
+    ApiKey::DeleteRecords,
+    ApiKey::OffsetForLeaderEpoch,
+    ApiKey::DescribeProducers,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
@@ -157,6 +173,36 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
         }
         ApiKey::InitProducerId => {
             init_producer_id::handle(conn, decode_body("InitProducerId", body, v)?, c, v)
+        }
+        ApiKey::DescribeConfigs => {
+            describe_configs::handle(conn, decode_body("DescribeConfigs", body, v)?, c, v)
+        }
+        ApiKey::AlterConfigs => {
+            alter_configs::handle(conn, decode_body("AlterConfigs", body, v)?, c, v)
+        }
+        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(
+            conn,
+            decode_body("IncrementalAlterConfigs", body, v)?,
+            c,
+            v,
+        ),
+        ApiKey::DescribeCluster => {
+            describe_cluster::handle(conn, decode_body("DescribeCluster", body, v)?, c, v)
+        }
+        ApiKey::DescribeLogDirs => {
+            describe_log_dirs::handle(conn, decode_body("DescribeLogDirs", body, v)?, c, v)
+        }
+        ApiKey::DeleteRecords => {
+            delete_records::handle(conn, decode_body("DeleteRecords", body, v)?, c, v)
+        }
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(
+            conn,
+            decode_body("OffsetForLeaderEpoch", body, v)?,
+            c,
+            v,
+        ),
+        ApiKey::DescribeProducers => {
+            describe_producers::handle(conn, decode_body("DescribeProducers", body, v)?, c, v)
         }
         ApiKey::CreatePartitions => {
             create_partitions::handle(conn, decode_body("CreatePartitions", body, v)?, c, v)

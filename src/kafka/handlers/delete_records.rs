@@ -1,0 +1,81 @@
+//! DeleteRecords (key 21), v0–v2: move partitions' log start offsets forward (offset -1:
+//! to the high watermark). Records below become unreadable at once; whole segments below
+//! are deleted by the next retention pass. The new start is fsynced before the answer.
+//!
+//! Runs on the connection's shard; each owner shard moves its partitions (one envelope
+//! per owner).
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+use kafka_protocol::ResponseError;
+
+use super::{by_owner, frame, Conn, Pending};
+use crate::kafka::owner::{Reply, Request};
+
+pub fn handle(
+    conn: &Rc<Conn>,
+    req: DeleteRecordsRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let shard = conn.shard.clone();
+        let mut items = Vec::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                items.push((items.len(), t.name.to_string(), p.partition_index, p.offset));
+            }
+        }
+        let mut results = vec![(-1i64, ResponseError::UnknownTopicOrPartition.code()); items.len()];
+        let calls = by_owner(&shard, items).into_iter().map(|(owner, group)| {
+            let shard = shard.clone();
+            async move {
+                let (idx, parts): (Vec<usize>, Vec<(String, i32, i64)>) =
+                    group.into_iter().map(|(i, t, p, o)| (i, (t, p, o))).unzip();
+                (
+                    idx,
+                    shard.kafka(owner, Request::DeleteRecords { parts }).await,
+                )
+            }
+        });
+        for (idx, reply) in join_all(calls).await {
+            if let Reply::DeleteRecords(rs) = reply {
+                for (i, r) in idx.into_iter().zip(rs) {
+                    results[i] = r;
+                }
+            }
+        }
+        let mut results = results.into_iter();
+        let topics = req
+            .topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let (low, code) = results.next().unwrap_or((-1, 0));
+                        DeleteRecordsPartitionResult::default()
+                            .with_partition_index(p.partition_index)
+                            .with_low_watermark(low)
+                            .with_error_code(code)
+                    })
+                    .collect();
+                DeleteRecordsTopicResult::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        frame(
+            correlation_id,
+            version,
+            &DeleteRecordsResponse::default().with_topics(topics),
+        )
+    })
+}
