@@ -133,6 +133,9 @@ pub enum Edit {
     Subtract(String),
 }
 
+/// Maps a client-facing config name to the stored one (None: unknown name).
+type NameMap = fn(&str) -> Option<String>;
+
 /// The catalog change that applies `edits` to a resource; `replace` drops every override
 /// not edited (legacy AlterConfigs).
 pub fn change(
@@ -143,7 +146,7 @@ pub fn change(
     edits: Vec<(String, Edit)>,
     replace: bool,
 ) -> Result<Change, ResourceError> {
-    let (mut current, map_name): (BTreeMap<String, String>, fn(&str) -> Option<String>) =
+    let (mut current, map_name): (BTreeMap<String, String>, NameMap) =
         match resource_type {
             TOPIC => {
                 let t = state.topic(name).ok_or(ResourceError::UnknownTopic)?;
