@@ -104,6 +104,8 @@ pub struct KafkaConfig {
     /// `delete.topic.enable`
     pub delete_topic_enable: bool,
     pub cluster_id: String,
+    /// `log.cleaner.backoff.ms`: pause between compaction passes over compacted topics.
+    pub compaction_interval_ms: u64,
     /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
     pub group_initial_rebalance_delay_ms: u64,
     /// `group.min.session.timeout.ms`
@@ -199,6 +201,7 @@ impl Default for KafkaConfig {
             index_interval_bytes: 4096,
             delete_topic_enable: true,
             cluster_id: "portask-cluster".into(),
+            compaction_interval_ms: 15_000,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,

@@ -264,6 +264,11 @@ pub fn log_settings(config: &Config, state: &CatalogState, topic: &Topic) -> Log
     let value = |name: &str| effective_config(config, state, topic, name).map(|(v, _)| v);
     let get = |name: &str| -> i64 { value(name).and_then(|v| v.parse().ok()).unwrap_or(-1) };
     let flush_ms = get("flush.ms");
+    let policy: Vec<String> = value("cleanup.policy")
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .collect();
     LogSettings {
         segment_bytes: get("segment.bytes"),
         segment_ms: get("segment.ms"),
@@ -274,6 +279,9 @@ pub fn log_settings(config: &Config, state: &CatalogState, topic: &Topic) -> Log
         flush_messages: get("flush.messages").max(1),
         flush_ms: if flush_ms == i64::MAX { -1 } else { flush_ms },
         index_interval_bytes: get("index.interval.bytes").clamp(1, u32::MAX as i64) as u32,
+        delete_policy: policy.iter().any(|p| p == "delete"),
+        compact_policy: policy.iter().any(|p| p == "compact"),
+        delete_retention_ms: get("delete.retention.ms"),
     }
 }
 

@@ -253,6 +253,17 @@ async fn run_shard(
         })
     };
 
+    let compactor = {
+        let storage = storage.clone();
+        let every = Duration::from_millis(config.kafka.compaction_interval_ms.max(10));
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                storage.apply_compaction().await;
+            }
+        })
+    };
+
     let kafka = crate::kafka::server::bind(&shard)
         .map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;
     log::info!(
@@ -288,6 +299,7 @@ async fn run_shard(
     }
     shutdown.drained_barrier(count, deadline).await;
     retention.cancel().await;
+    compactor.cancel().await;
     storage.stop_flusher();
     flusher.await;
     storage.shutdown().await;

@@ -150,6 +150,12 @@ impl PartitionLog {
         settings: LogSettings,
         tail_budget: usize,
     ) -> Result<PartitionLog, LogError> {
+        // A compaction interrupted by a stop leaves its unfinished copy: the original stands.
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.ends_with(".cleaned")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let mut bases: Vec<i64> = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -419,10 +425,12 @@ impl PartitionLog {
             if !seg.finalized {
                 break;
             }
-            let by_time = self.settings.retention_ms >= 0
+            let by_time = self.settings.delete_policy
+                && self.settings.retention_ms >= 0
                 && seg.max_timestamp >= 0
                 && now - seg.max_timestamp > self.settings.retention_ms;
-            let by_size = self.settings.retention_bytes >= 0
+            let by_size = self.settings.delete_policy
+                && self.settings.retention_bytes >= 0
                 && total - seg.size as i64 >= self.settings.retention_bytes;
             let below_start = seg.next_offset <= self.log_start_offset;
             if !(by_time || by_size || below_start) {
@@ -476,6 +484,15 @@ impl PartitionLog {
     /// Rolls the active segment if it has outlived `segment.ms` without new appends.
     pub fn roll_if_old(&mut self, now: i64) {
         self.maybe_roll(0, now);
+    }
+
+    /// Forgets cached batches below `offset` (after the compactor rewrote them on disk).
+    pub fn drop_cached_below(&mut self, offset: i64) {
+        while self.tail.front().is_some_and(|b| b.last_offset < offset && b.last_offset < self.written_offset) {
+            if let Some(b) = self.tail.pop_front() {
+                self.tail_bytes -= b.bytes.len();
+            }
+        }
     }
 
     pub fn segment(&self, base: i64) -> Option<&Segment> {

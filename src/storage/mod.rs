@@ -7,6 +7,7 @@
 //! .timeindex`, documented in `shards/README.md`.
 
 pub mod batch;
+pub mod compaction;
 pub mod log;
 pub mod producers;
 pub mod segment;
@@ -37,6 +38,12 @@ pub struct LogSettings {
     pub flush_messages: i64,
     pub flush_ms: i64,
     pub index_interval_bytes: u32,
+    /// `cleanup.policy` contains `delete`: retention removes old segments.
+    pub delete_policy: bool,
+    /// `cleanup.policy` contains `compact`: the compactor keeps the latest value per key.
+    pub compact_policy: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives the values it deletes.
+    pub delete_retention_ms: i64,
 }
 
 pub type LogRef = Rc<RefCell<PartitionLog>>;
@@ -402,6 +409,32 @@ impl Storage {
                         glommio::timer::sleep(Duration::from_millis(100)).await;
                         return;
                     }
+                }
+            }
+        }
+    }
+
+    /// Compaction: one pass over every partition with `cleanup.policy=compact`.
+    pub async fn apply_compaction(&self) {
+        for log in self.partitions() {
+            if !log.borrow().settings.compact_policy || log.borrow().deleted {
+                continue;
+            }
+            match compaction::compact(&log).await {
+                Ok(pass) if pass.records_removed > 0 => {
+                    let l = log.borrow();
+                    ::log::info!(
+                        "compacted {}-{}: {} superseded records removed from {} segments",
+                        l.topic,
+                        l.partition,
+                        pass.records_removed,
+                        pass.segments_rewritten
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let l = log.borrow();
+                    ::log::warn!("compacting {}-{}: {e}", l.topic, l.partition);
                 }
             }
         }

@@ -367,6 +367,42 @@ impl Segment {
         true
     }
 
+    /// Adopts a rewritten (compacted) file whose contents are `data`: size, index and
+    /// timestamps are rebuilt; `next_offset` stays, so offsets are never renumbered.
+    pub fn adopt(&mut self, file: Rc<DmaFile>, data: &[u8], index_interval: u64) {
+        let next = self.next_offset;
+        self.file = Some(file);
+        self.index.clear();
+        self.bytes_since_index = u64::MAX;
+        self.max_timestamp = -1;
+        let mut at = 0usize;
+        while let Some(h) = BatchHeader::parse(&data[at..]) {
+            if at + h.size > data.len() {
+                break;
+            }
+            self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
+            if self.bytes_since_index >= index_interval {
+                self.index.push(IndexEntry {
+                    offset: h.base_offset,
+                    position: at as u64,
+                    max_timestamp: self.max_timestamp,
+                });
+                self.bytes_since_index = 0;
+            }
+            self.bytes_since_index = self.bytes_since_index.saturating_add(h.size as u64);
+            at += h.size;
+        }
+        self.size = at as u64;
+        self.written = at as u64;
+        self.partial.clear();
+        self.next_offset = next;
+    }
+
+    /// Where the compactor writes a segment's new contents before renaming it into place.
+    pub fn cleaned_path(&self) -> PathBuf {
+        with_ext(&self.stem, "log.cleaned")
+    }
+
     pub fn paths(&self) -> [PathBuf; 3] {
         [
             with_ext(&self.stem, "log"),

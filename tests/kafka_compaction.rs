@@ -1,0 +1,130 @@
+//! Log compaction through librdkafka: keys updated many times and some deleted with
+//! tombstones; after compaction a consumer from offset 0 sees only the latest value of each
+//! key, at its original offset, and no deleted key once delete.retention.ms has passed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{data_dir, Broker};
+use futures::executor::block_on;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Everything a consumer from offset 0 reads: (key, value, offset).
+fn read_from_start(broker: &Broker) -> Vec<(String, Option<String>, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "unused")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("latest", 0, Offset::Beginning).expect("tpl");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+                m.offset(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_KAFKA__COMPACTION_INTERVAL_MS", "300")]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin");
+    let topic = NewTopic::new("latest", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "2048")
+        .set("segment.ms", "1000")
+        .set("delete.retention.ms", "500");
+    let r = block_on(admin.create_topics(&[topic], &AdminOptions::new())).expect("create");
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("compression.codec", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    // Ten versions of twenty keys, one round per version so the log holds many batches.
+    let mut latest: HashMap<String, (String, i64)> = HashMap::new();
+    for version in 0..10 {
+        let futures: Vec<_> = (0..20)
+            .map(|k| {
+                let key = format!("k{k:02}");
+                let value = format!("{key}-v{version}-{}", "x".repeat(40));
+                let f = p
+                    .send_result(FutureRecord::to("latest").key(key.as_str()).payload(value.as_str()))
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue");
+                (key, value, f)
+            })
+            .collect();
+        for (key, value, f) in futures {
+            let d = block_on(f).expect("report").map_err(|(e, _)| e).expect("delivered");
+            latest.insert(key, (value, d.offset));
+        }
+    }
+    // Tombstones for the first five keys.
+    for k in 0..5 {
+        let key = format!("k{k:02}");
+        let f = p
+            .send_result(FutureRecord::<str, str>::to("latest").key(key.as_str()))
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        block_on(f).expect("report").map_err(|(e, _)| e).expect("delivered");
+        latest.remove(&key);
+    }
+    let total_before = read_from_start(&broker).len();
+    assert_eq!(total_before, 205);
+
+    // After segment.ms the active segment rolls and the compactor cleans the sealed ones.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let seen = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let seen = read_from_start(&broker);
+        let tombstones_gone = !seen.iter().any(|(k, _, _)| k.as_str() < "k05");
+        if seen.len() == latest.len() && tombstones_gone {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted: {} records, tombstoned keys present: {}",
+            seen.len(),
+            !tombstones_gone
+        );
+    };
+    for (key, value, offset) in seen {
+        let (want, want_offset) = latest.get(&key).unwrap_or_else(|| panic!("{key} should be gone"));
+        assert_eq!(value.as_deref(), Some(want.as_str()), "{key}");
+        assert_eq!(offset, *want_offset, "{key} keeps its offset");
+    }
+    assert!(broker.log().contains("compacted latest-0"));
+    // New writes keep their offsets after the compacted range.
+    let f = p
+        .send_result(FutureRecord::to("latest").key("k19").payload("after"))
+        .map_err(|(e, _)| e)
+        .expect("enqueue");
+    let d = block_on(f).expect("report").map_err(|(e, _)| e).expect("delivered");
+    assert_eq!(d.offset, 205);
+}
