@@ -146,24 +146,23 @@ pub fn change(
     edits: Vec<(String, Edit)>,
     replace: bool,
 ) -> Result<Change, ResourceError> {
-    let (mut current, map_name): (BTreeMap<String, String>, NameMap) =
-        match resource_type {
-            TOPIC => {
-                let t = state.topic(name).ok_or(ResourceError::UnknownTopic)?;
-                (t.configs.clone(), |n| {
-                    catalog::TOPIC_CONFIGS.contains(&n).then(|| n.to_owned())
-                })
+    let (mut current, map_name): (BTreeMap<String, String>, NameMap) = match resource_type {
+        TOPIC => {
+            let t = state.topic(name).ok_or(ResourceError::UnknownTopic)?;
+            (t.configs.clone(), |n| {
+                catalog::TOPIC_CONFIGS.contains(&n).then(|| n.to_owned())
+            })
+        }
+        BROKER => {
+            if !broker_matches(config, name) {
+                return Err(ResourceError::InvalidBroker);
             }
-            BROKER => {
-                if !broker_matches(config, name) {
-                    return Err(ResourceError::InvalidBroker);
-                }
-                (state.broker_configs.clone(), |n| {
-                    catalog::topic_config_of_broker(n).map(str::to_owned)
-                })
-            }
-            _ => return Err(ResourceError::UnsupportedType),
-        };
+            (state.broker_configs.clone(), |n| {
+                catalog::topic_config_of_broker(n).map(str::to_owned)
+            })
+        }
+        _ => return Err(ResourceError::UnsupportedType),
+    };
     if replace {
         current.clear();
     }

@@ -91,7 +91,8 @@ fn records_of(batch: &Bytes, h: &BatchHeader) -> Result<Vec<RawRecord>, String> 
     let section: Bytes = match h.compression() {
         0 => compressed,
         c => {
-            let take = |b: &mut Bytes| -> anyhow::Result<Bytes> { Ok(b.copy_to_bytes(b.remaining())) };
+            let take =
+                |b: &mut Bytes| -> anyhow::Result<Bytes> { Ok(b.copy_to_bytes(b.remaining())) };
             match c {
                 1 => Gzip::decompress(&mut compressed, take),
                 2 => Snappy::decompress(&mut compressed, take),
@@ -152,7 +153,9 @@ async fn each_batch(log: &LogRef, mut f: impl FnMut(&Bytes, &BatchHeader)) -> Re
         (l.log_start_offset, l.next_offset)
     };
     while at < end {
-        let data = plog::read(log, at, 1 << 20).await.map_err(|e| e.to_string())?;
+        let data = plog::read(log, at, 1 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
         if data.is_empty() {
             break;
         }
@@ -213,7 +216,11 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
             .filter(|s| s.finalized)
             .map(|s| (s.base_offset, s.size, s.file.clone()))
             .collect();
-        (segs, l.settings.index_interval_bytes as u64, l.settings.delete_retention_ms)
+        (
+            segs,
+            l.settings.index_interval_bytes as u64,
+            l.settings.delete_retention_ms,
+        )
     };
     let now = now_ms();
     let mut pass = Pass::default();
@@ -222,7 +229,10 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
         if size == 0 {
             continue;
         }
-        let data = file.read_at(0, size as usize).await.map_err(|e| e.to_string())?;
+        let data = file
+            .read_at(0, size as usize)
+            .await
+            .map_err(|e| e.to_string())?;
         let data = Bytes::copy_from_slice(&data[..]);
         let mut out = BytesMut::with_capacity(data.len());
         let mut removed = 0;
@@ -247,7 +257,9 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
                         None => true,
                         Some(k) => {
                             latest.get(k) == Some(&offset)
-                                && !(r.tombstone && delete_retention >= 0 && now - h.max_timestamp > delete_retention)
+                                && !(r.tombstone
+                                    && delete_retention >= 0
+                                    && now - h.max_timestamp > delete_retention)
                         }
                     }
                 })

@@ -152,7 +152,10 @@ impl PartitionLog {
     ) -> Result<PartitionLog, LogError> {
         // A compaction interrupted by a stop leaves its unfinished copy: the original stands.
         for e in std::fs::read_dir(&dir)?.flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.ends_with(".cleaned")) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".cleaned"))
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -481,14 +484,21 @@ impl PartitionLog {
         Ok(self.log_start_offset)
     }
 
-    /// Rolls the active segment if it has outlived `segment.ms` without new appends.
-    pub fn roll_if_old(&mut self, now: i64) {
+    /// Rolls the active segment if it has outlived `segment.ms` without new appends;
+    /// returns whether it did (the sealed segment then needs finalizing).
+    pub fn roll_if_old(&mut self, now: i64) -> bool {
+        let before = self.segments.len();
         self.maybe_roll(0, now);
+        self.segments.len() > before
     }
 
     /// Forgets cached batches below `offset` (after the compactor rewrote them on disk).
     pub fn drop_cached_below(&mut self, offset: i64) {
-        while self.tail.front().is_some_and(|b| b.last_offset < offset && b.last_offset < self.written_offset) {
+        while self
+            .tail
+            .front()
+            .is_some_and(|b| b.last_offset < offset && b.last_offset < self.written_offset)
+        {
             if let Some(b) = self.tail.pop_front() {
                 self.tail_bytes -= b.bytes.len();
             }

@@ -354,10 +354,16 @@ impl Storage {
         }
         self.waiters.borrow_mut().extend(keep);
 
-        for l in self.partitions() {
-            let mut l = l.borrow_mut();
-            l.roll_if_old(now);
-            l.trim_tail_cache();
+        for log in self.partitions() {
+            let rolled = {
+                let mut l = log.borrow_mut();
+                l.trim_tail_cache();
+                l.roll_if_old(now)
+            };
+            if rolled {
+                // The next round finalizes the sealed segment.
+                self.dirty.borrow_mut().push(log);
+            }
         }
     }
 
