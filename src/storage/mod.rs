@@ -101,6 +101,7 @@ impl Storage {
         mut keep: impl FnMut(&str, i32) -> Option<LogSettings>,
     ) -> Result<bool, LogError> {
         std::fs::create_dir_all(self.kafka_dir())?;
+        self.settle_iopoll_probe().await?;
         let marker = self.root.join(CLEAN_SHUTDOWN);
         let clean = marker.exists();
         if clean {
@@ -144,6 +145,23 @@ impl Storage {
             }
         }
         Ok(clean)
+    }
+
+    /// glommio decides once per block device and thread whether DMA reads and writes go
+    /// to the polled (IOPOLL) ring, by reading one block of the first file opened with
+    /// DMA. When that file is empty the read stops at end-of-file and succeeds even on a
+    /// device that cannot poll (virtio-blk, for one); every later disk read on this shard
+    /// then fails with EOPNOTSUPP, and fetches behind the tail cache get
+    /// KAFKA_STORAGE_ERROR for ever. Opening a file that holds a block of data first makes
+    /// the probe see what the device can do. Must run before any segment is opened.
+    async fn settle_iopoll_probe(&self) -> std::io::Result<()> {
+        let path = self.root.join(".iopoll-probe");
+        std::fs::write(&path, [0x50u8; 4096])?;
+        let file = glommio::io::DmaFile::open(&path)
+            .await
+            .map_err(std::io::Error::from)?;
+        let _ = file.close().await;
+        std::fs::remove_file(&path)
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<LogRef> {
