@@ -337,7 +337,7 @@ if [[ $KAFKA == 1 ]]; then
     kafka "Kafka 1 KiB acks=1, 6 partitions" "${KAFKA_RUN[@]}" --acks 1 --partitions 6
     kafka "Kafka 1 KiB acks=all, 6 partitions" "${KAFKA_RUN[@]}" --acks all --partitions 6
     kafka "Kafka 1 KiB latency at 1000 msg/s, acks=1, linger.ms=0" --rate 1000 \
-        --duration "$LATENCY_DURATION" --acks 1 -X linger.ms=0
+        --duration "$LATENCY_DURATION" --acks 1 -P linger.ms=0
 fi
 
 # ---------------------------------------------------------------------------------------

@@ -453,9 +453,10 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     let expected = progress.acked.load(Ordering::Relaxed) * copies as u64;
     if failure.is_none() {
         let (p, stall) = (progress.clone(), w.drain_timeout);
-        tokio::task::spawn_blocking(move || p.drain(expected, stall))
+        let complete = tokio::task::spawn_blocking(move || p.drain(expected, stall))
             .await
             .map_err(|e| HarnessError::Setup(format!("drain: {e}")))?;
+        progress.complete.store(complete, Ordering::Relaxed);
     }
     progress.stop.store(true, Ordering::Relaxed);
     let mut receipts = Receipts::default();

@@ -43,8 +43,13 @@ fn base_config(args: &KafkaArgs) -> ClientConfig {
     c
 }
 
-fn with_properties(mut c: ClientConfig, args: &KafkaArgs) -> ClientConfig {
-    for (k, v) in &args.properties {
+/// Adds the `-X` properties, then the role's own (`-P` or `-C`), which win.
+fn with_properties(
+    mut c: ClientConfig,
+    args: &KafkaArgs,
+    role: &[(String, String)],
+) -> ClientConfig {
+    for (k, v) in args.properties.iter().chain(role) {
         c.set(k, v);
     }
     c
@@ -178,6 +183,7 @@ fn produce(
             c
         },
         args,
+        &args.producer_properties,
     );
     let producer: BaseProducer<Deliveries> = config
         .create_with_context(context)
@@ -243,6 +249,7 @@ fn produce(
 
 fn consume(
     consumer: BaseConsumer,
+    assigned: Vec<(String, i32, i64)>,
     progress: Arc<Progress>,
     ignore_nth: Option<u64>,
 ) -> (Receipts, Latency) {
@@ -254,7 +261,35 @@ fn consume(
             Some(Err(e)) => progress.error(format!("consume: {e}")),
         }
     }
+    if !progress.complete.load(Ordering::Relaxed) {
+        report_stall(&consumer, &assigned, &progress);
+    }
     (sink.receipts, sink.latency)
+}
+
+/// After an incomplete drain: where each partition's consumer stopped against its high
+/// watermark. librdkafka retries fetch errors (KAFKA_STORAGE_ERROR, …) without telling the
+/// application, so a stall is otherwise silent on the client side.
+fn report_stall(consumer: &BaseConsumer, assigned: &[(String, i32, i64)], progress: &Progress) {
+    let positions = consumer.position().ok();
+    for (topic, partition, start) in assigned {
+        let at = positions
+            .as_ref()
+            .and_then(|tpl| tpl.find_partition(topic, *partition))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(*start);
+        match consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5)) {
+            Ok((_, high)) if at < high => progress.error(format!(
+                "consumer stalled on {topic}-{partition} at offset {at} of {high} \
+                 (librdkafka retries fetch errors silently: check the broker's log)"
+            )),
+            Ok(_) => {}
+            Err(e) => progress.error(format!("watermarks of {topic}-{partition}: {e}")),
+        }
+    }
 }
 
 /// One Kafka run: set-up, producers and consumers, drain, report.
@@ -277,9 +312,12 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
     let mut consumer_threads = Vec::new();
     for c in 0..consumers {
         let mut tpl = TopicPartitionList::new();
+        let mut assigned = Vec::new();
         for p in (0..partitions).filter(|p| *p as u32 % consumers == c) {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(starts[p as usize]))
+            let start = starts[p as usize];
+            tpl.add_partition_offset(&topic, p, Offset::Offset(start))
                 .map_err(|e| kafka_err("assignment", e))?;
+            assigned.push((topic.clone(), p, start));
         }
         let consumer: BaseConsumer = with_properties(
             {
@@ -291,6 +329,7 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
                 cc
             },
             args,
+            &args.consumer_properties,
         )
         .create()
         .map_err(|e| kafka_err("consumer", e))?;
@@ -300,7 +339,7 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
         consumer_threads.push(
             std::thread::Builder::new()
                 .name(format!("consumer-{c}"))
-                .spawn(move || consume(consumer, progress, ignore))?,
+                .spawn(move || consume(consumer, assigned, progress, ignore))?,
         );
     }
 
@@ -326,8 +365,8 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
         }
     }
     let expected = progress.acked.load(Ordering::Relaxed);
-    if failure.is_none() {
-        progress.drain(expected, w.drain_timeout);
+    if failure.is_none() && progress.drain(expected, w.drain_timeout) {
+        progress.complete.store(true, Ordering::Relaxed);
     }
     progress.stop.store(true, Ordering::Relaxed);
     let mut receipts = Receipts::default();
@@ -348,8 +387,14 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
     settings.insert("topic".into(), topic);
     settings.insert("partitions".into(), partitions.to_string());
     settings.insert("acks".into(), args.acks.as_config().into());
-    for (k, v) in &args.properties {
-        settings.insert(format!("X:{k}"), v.clone());
+    for (prefix, props) in [
+        ("X", &args.properties),
+        ("P", &args.producer_properties),
+        ("C", &args.consumer_properties),
+    ] {
+        for (k, v) in props {
+            settings.insert(format!("{prefix}:{k}"), v.clone());
+        }
     }
     Ok(Report::build(Outcome {
         protocol: "kafka",

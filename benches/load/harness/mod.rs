@@ -46,6 +46,8 @@ pub struct Progress {
     pub clock: Clock,
     /// Set by the main thread when consumers should stop.
     pub stop: AtomicBool,
+    /// Set before `stop` when every acknowledged message arrived.
+    pub complete: AtomicBool,
     /// Messages the broker acknowledged, over all producers.
     pub acked: AtomicU64,
     /// Distinct messages received (per consumer), over all consumers.
@@ -60,6 +62,7 @@ impl Progress {
         Arc::new(Progress {
             clock,
             stop: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             received: AtomicU64::new(0),
             last_ack_ns: AtomicU64::new(0),

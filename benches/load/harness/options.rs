@@ -121,9 +121,15 @@ pub struct KafkaArgs {
     pub partitions: i32,
     #[arg(long, value_enum, default_value = "1")]
     pub acks: Acks,
-    /// Extra librdkafka properties for producers and consumers (`-X linger.ms=0`).
+    /// Extra librdkafka property for producers and consumers (`-X socket.nagle.disable=true`).
     #[arg(short = 'X', long = "property", value_parser = parse_key_value)]
     pub properties: Vec<(String, String)>,
+    /// Extra librdkafka property for producers only (`-P linger.ms=0`).
+    #[arg(short = 'P', long = "producer-property", value_parser = parse_key_value)]
+    pub producer_properties: Vec<(String, String)>,
+    /// Extra librdkafka property for consumers only (`-C fetch.wait.max.ms=10`).
+    #[arg(short = 'C', long = "consumer-property", value_parser = parse_key_value)]
+    pub consumer_properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Args)]
