@@ -183,6 +183,8 @@ LOAD=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
 [[ -x $LOAD ]] || die "could not find the load harness binary (cargo bench --bench load --no-run)"
 PORTASK_BIN=$TARGET_DIR/release/portask
 
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
 # ---------------------------------------------------------------------------------------
 # RabbitMQ
 
@@ -359,6 +361,7 @@ meta=(
     --meta "portask=$COMMIT shards=$SHARDS placement=$PLACEMENT"
     --meta "rabbitmq=$RABBIT_VERSION (erlang $ERLANG_VERSION)"
     --meta "quick=$QUICK"
+    --meta "load_average=$LOAD_AT_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end"
 )
 {
     echo "Date:     $DATE"
@@ -367,6 +370,7 @@ meta=(
     echo "Portask:  $COMMIT, --shards $SHARDS --placement $PLACEMENT"
     echo "RabbitMQ: $RABBIT_VERSION (Erlang $ERLANG_VERSION), default configuration"
     echo "Clients:  the load harness on the same machine (cargo bench --bench load)"
+    echo "Load:     1/5/15-min load average $LOAD_AT_START before the runs (build excluded), $(cut -d' ' -f1-3 /proc/loadavg) after"
 } >"$OUT/machine.txt"
 
 echo

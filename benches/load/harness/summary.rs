@@ -111,6 +111,39 @@ impl Table {
         out
     }
 
+    /// One row per run with every figure: produce msg/s and MB/s, consume msg/s,
+    /// latency p50 … max, loss.
+    pub fn detail(&self) -> String {
+        let mut out = String::from(
+            "| Scenario | Broker | Produce msg/s | Produce MB/s | Consume msg/s | p50 | p95 | p99 | p99.9 | max | Lost |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for s in &self.scenarios {
+            for t in &self.targets {
+                let Some(r) = self.get(s, t) else { continue };
+                if r.unavailable.is_some() {
+                    continue;
+                }
+                let l = &r.latency;
+                let _ = writeln!(
+                    out,
+                    "| {s} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    display(t),
+                    r.produce.msg_per_s,
+                    r.produce.mb_per_s,
+                    r.consume.msg_per_s,
+                    fmt_us(l.p50_us),
+                    fmt_us(l.p95_us),
+                    fmt_us(l.p99_us),
+                    fmt_us(l.p999_us),
+                    fmt_us(l.max_us),
+                    r.verdict.lost
+                );
+            }
+        }
+        out
+    }
+
     fn ratio(&self, s: &str, a: &str, b: &str, f: impl Fn(&Report) -> f64) -> String {
         match (self.get(s, a), self.get(s, b)) {
             (Some(x), Some(y)) if x.unavailable.is_none() && y.unavailable.is_none() => {
@@ -284,7 +317,7 @@ pub fn run(args: &ReportArgs) -> Result<String, HarnessError> {
         reports.push(Report::read_json(p)?);
     }
     let table = Table::new(reports);
-    let markdown = table.markdown();
+    let markdown = format!("{}\n{}", table.markdown(), table.detail());
     if let Some(p) = &args.markdown {
         std::fs::write(p, &markdown)?;
     }
@@ -355,6 +388,12 @@ mod tests {
         assert!(md.contains("| 0.25× |"), "{md}");
         let kafka_row = md.lines().find(|l| l.starts_with("| kafka")).unwrap();
         assert!(kafka_row.contains("| — |"), "{kafka_row}");
+        let detail = t.detail();
+        assert!(
+            detail.contains("| both | RabbitMQ | 20000 | 0.0 | 20000 | 0 µs |"),
+            "{detail}"
+        );
+        assert!(!detail.contains("AMQP 1 KiB | Portask"), "{detail}");
         let svg = t.svg("t");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("n/a"));
