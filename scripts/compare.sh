@@ -9,7 +9,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 usage() {
     cat <<EOF
-Usage: $PROG [--out DIR] [--shards N] [--placement pinned|unpinned]
+Usage: $PROG [--out DIR] [--shards N] [--placement pinned|unpinned] [--repeat N]
              [--kafka-only | --amqp-only] [--quick] [--no-install] [--keep]
 
 Builds a release Portask and the load harness (cargo bench --bench load), installs
@@ -29,6 +29,8 @@ Where Portask does not answer AMQP on its port, its AMQP cells read
   --out DIR        where results go (default: \$CARGO_TARGET_DIR/compare/<UTC time>)
   --shards N       Portask shards (default 0: one per core)
   --placement P    pinned (Portask's default) or unpinned
+  --repeat N       run every scenario N times; the table shows the median of each
+                   figure (default 1)
   --kafka-only     skip the AMQP scenarios and RabbitMQ
   --amqp-only      skip the Kafka scenarios
   --quick          about a tenth of the messages and 5 s runs (a smoke test)
@@ -54,11 +56,13 @@ AMQP=1
 QUICK=0
 INSTALL=1
 KEEP=0
+REPEAT=1
 while [[ $# -gt 0 ]]; do
     case $1 in
     --out) OUT=${2:?--out needs a directory}; shift 2 ;;
     --shards) SHARDS=${2:?--shards needs a number}; shift 2 ;;
     --placement) PLACEMENT=${2:?--placement needs pinned or unpinned}; shift 2 ;;
+    --repeat) REPEAT=${2:?--repeat needs a number}; shift 2 ;;
     --kafka-only) AMQP=0; shift ;;
     --amqp-only) KAFKA=0; shift ;;
     --quick) QUICK=1; shift ;;
@@ -69,6 +73,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ $SHARDS =~ ^[0-9]+$ ]] || die "--shards must be a number"
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a number from 1"
 [[ $PLACEMENT == pinned || $PLACEMENT == unpinned ]] || die "--placement must be pinned or unpinned"
 [[ $KAFKA == 1 || $AMQP == 1 ]] || die "--kafka-only and --amqp-only together leave nothing to run"
 
@@ -272,23 +277,29 @@ stub() {
     FILES+=("$1")
 }
 
-# one SCENARIO TARGET PROTOCOL HARNESS-ARGS...: one run of the harness.
+# one SCENARIO TARGET PROTOCOL HARNESS-ARGS...: --repeat runs of the harness.
 one() {
-    local scenario=$1 target=$2 protocol=$3 file rc=0
+    local scenario=$1 target=$2 protocol=$3 file rc run label
     shift 3
-    file=$(printf '%s/%02d-%s.json' "$OUT" "$SEQ" "$target")
-    log "$scenario — $target"
-    "$LOAD" "$protocol" "$@" --scenario "$scenario" --target "$target" --json "$file" \
-        >"${file%.json}.log" 2>&1 || rc=$?
-    sed 's/^/    /' "${file%.json}.log"
-    if [[ $rc != 0 ]]; then
-        FAILED=1
-        if [[ ! -s $file ]]; then
-            stub "$file" "$scenario" "$target" "$protocol" "run failed (exit $rc, see ${file%.json}.log)"
-            return
+    for ((run = 1; run <= REPEAT; run++)); do
+        rc=0
+        file=$(printf '%s/%02d-%s-r%d.json' "$OUT" "$SEQ" "$target" "$run")
+        label=""
+        [[ $REPEAT == 1 ]] || label=" (run $run of $REPEAT)"
+        log "$scenario — $target$label"
+        "$LOAD" "$protocol" "$@" --scenario "$scenario" --target "$target" --json "$file" \
+            >"${file%.json}.log" 2>&1 || rc=$?
+        sed 's/^/    /' "${file%.json}.log"
+        if [[ $rc != 0 ]]; then
+            FAILED=1
+            if [[ ! -s $file ]]; then
+                stub "$file" "$scenario" "$target" "$protocol" \
+                    "run failed (exit $rc, see ${file%.json}.log)"
+                continue
+            fi
         fi
-    fi
-    FILES+=("$file")
+        FILES+=("$file")
+    done
 }
 
 # amqp SCENARIO HARNESS-ARGS...: against RabbitMQ and Portask.
@@ -361,6 +372,7 @@ meta=(
     --meta "portask=$COMMIT shards=$SHARDS placement=$PLACEMENT"
     --meta "rabbitmq=$RABBIT_VERSION (erlang $ERLANG_VERSION)"
     --meta "quick=$QUICK"
+    --meta "repeat=$REPEAT"
     --meta "load_average=$LOAD_AT_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end"
 )
 {
@@ -368,7 +380,10 @@ meta=(
     echo "Machine:  $(nproc) cores ($CPU), kernel $(uname -r)"
     echo "Disk:     $DISK"
     echo "Portask:  $COMMIT, --shards $SHARDS --placement $PLACEMENT"
-    echo "RabbitMQ: $RABBIT_VERSION (Erlang $ERLANG_VERSION), default configuration"
+    echo "Runs:     $REPEAT per scenario and broker (the table shows the median of each figure)"
+    if [[ $AMQP == 1 ]]; then
+        echo "RabbitMQ: $RABBIT_VERSION (Erlang $ERLANG_VERSION), default configuration"
+    fi
     echo "Clients:  the load harness on the same machine (cargo bench --bench load)"
     echo "Load:     1/5/15-min load average $LOAD_AT_START before the runs (build excluded), $(cut -d' ' -f1-3 /proc/loadavg) after"
 } >"$OUT/machine.txt"

@@ -12,11 +12,56 @@ use super::options::ReportArgs;
 use super::report::{fmt_us, Report};
 use super::HarnessError;
 
-/// Results grouped by scenario, scenarios and targets in the order first seen.
+/// Results grouped by scenario, scenarios and targets in the order first seen. Several
+/// runs of one scenario on one target (compare.sh --repeat) are shown as their median.
 pub struct Table {
     pub scenarios: Vec<String>,
     pub targets: Vec<String>,
+    runs: BTreeMap<(String, String), Vec<Report>>,
     results: BTreeMap<(String, String), Report>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// One report standing for several runs: each figure is the median of the runs' figures
+/// (taken separately), losses and failures are summed, so no run's loss is hidden.
+fn combine(runs: &[Report]) -> Report {
+    let mut r = runs[0].clone();
+    if runs.len() == 1 || runs.iter().any(|x| x.unavailable.is_some()) {
+        return r;
+    }
+    let m = |f: &dyn Fn(&Report) -> f64| median(runs.iter().map(f).collect());
+    r.produce.msg_per_s = m(&|x| x.produce.msg_per_s);
+    r.produce.mb_per_s = m(&|x| x.produce.mb_per_s);
+    r.produce.seconds = m(&|x| x.produce.seconds);
+    r.consume.msg_per_s = m(&|x| x.consume.msg_per_s);
+    r.consume.mb_per_s = m(&|x| x.consume.mb_per_s);
+    r.consume.seconds = m(&|x| x.consume.seconds);
+    r.latency.mean_us = m(&|x| x.latency.mean_us);
+    r.latency.p50_us = m(&|x| x.latency.p50_us);
+    r.latency.p95_us = m(&|x| x.latency.p95_us);
+    r.latency.p99_us = m(&|x| x.latency.p99_us);
+    r.latency.p999_us = m(&|x| x.latency.p999_us);
+    r.latency.max_us = m(&|x| x.latency.max_us);
+    r.verdict.lost = runs.iter().map(|x| x.verdict.lost).sum();
+    r.send_failures = runs.iter().map(|x| x.send_failures).sum();
+    r.passed = runs.iter().all(|x| x.passed);
+    r.settings.insert(
+        "runs".into(),
+        format!("{} (median of each figure)", runs.len()),
+    );
+    r
 }
 
 impl Table {
@@ -24,6 +69,7 @@ impl Table {
         let mut t = Table {
             scenarios: Vec::new(),
             targets: Vec::new(),
+            runs: BTreeMap::new(),
             results: BTreeMap::new(),
         };
         for r in reports {
@@ -43,9 +89,19 @@ impl Table {
             if !t.targets.contains(&target) {
                 t.targets.push(target.clone());
             }
-            t.results.insert((scenario, target), r);
+            t.runs.entry((scenario, target)).or_default().push(r);
         }
+        t.results = t
+            .runs
+            .iter()
+            .map(|(key, runs)| (key.clone(), combine(runs)))
+            .collect();
         t
+    }
+
+    /// How many runs stand behind each cell (the largest count over all cells).
+    pub fn repeats(&self) -> usize {
+        self.runs.values().map(Vec::len).max().unwrap_or(0)
     }
 
     pub fn get(&self, scenario: &str, target: &str) -> Option<&Report> {
@@ -115,8 +171,8 @@ impl Table {
     /// latency p50 … max, loss.
     pub fn detail(&self) -> String {
         let mut out = String::from(
-            "| Scenario | Broker | Produce msg/s | Produce MB/s | Consume msg/s | p50 | p95 | p99 | p99.9 | max | Lost |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| Scenario | Broker | Produce msg/s | Produce MB/s | Consume msg/s | p50 | p95 | p99 | p99.9 | max | Lost | Runs |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for s in &self.scenarios {
             for t in &self.targets {
@@ -127,7 +183,7 @@ impl Table {
                 let l = &r.latency;
                 let _ = writeln!(
                     out,
-                    "| {s} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    "| {s} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                     display(t),
                     r.produce.msg_per_s,
                     r.produce.mb_per_s,
@@ -137,7 +193,8 @@ impl Table {
                     fmt_us(l.p99_us),
                     fmt_us(l.p999_us),
                     fmt_us(l.max_us),
-                    r.verdict.lost
+                    r.verdict.lost,
+                    self.runs.get(&(s.clone(), t.clone())).map_or(0, Vec::len)
                 );
             }
         }
@@ -271,7 +328,11 @@ struct Document<'a> {
 #[derive(Serialize)]
 struct ScenarioResults<'a> {
     scenario: &'a str,
+    /// One per target: the run, or the medians of its runs.
     results: Vec<&'a Report>,
+    /// Every run, when a target ran the scenario more than once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    runs: Vec<&'a Report>,
 }
 
 fn display(target: &str) -> String {
@@ -317,7 +378,11 @@ pub fn run(args: &ReportArgs) -> Result<String, HarnessError> {
         reports.push(Report::read_json(p)?);
     }
     let table = Table::new(reports);
-    let markdown = format!("{}\n{}", table.markdown(), table.detail());
+    let note = match table.repeats() {
+        0 | 1 => String::new(),
+        n => format!("Each figure is the median of {n} runs.\n\n"),
+    };
+    let markdown = format!("{note}{}\n{}", table.markdown(), table.detail());
     if let Some(p) = &args.markdown {
         std::fs::write(p, &markdown)?;
     }
@@ -334,6 +399,16 @@ pub fn run(args: &ReportArgs) -> Result<String, HarnessError> {
                         .iter()
                         .filter_map(|t| table.get(s, t))
                         .collect(),
+                    runs: if table.repeats() > 1 {
+                        table
+                            .targets
+                            .iter()
+                            .filter_map(|t| table.runs.get(&(s.clone(), t.clone())))
+                            .flatten()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
         };
@@ -366,6 +441,25 @@ mod tests {
         r.produce.msg_per_s = consume;
         r.latency.p99_us = p99;
         r
+    }
+
+    #[test]
+    fn repeated_runs_show_medians_and_every_loss() {
+        let mut lossy = report("k", "portask", 300.0, 9.0);
+        lossy.verdict.lost = 2;
+        lossy.passed = false;
+        let t = Table::new(vec![
+            report("k", "portask", 100.0, 5.0),
+            lossy,
+            report("k", "portask", 200.0, 1.0),
+        ]);
+        let r = t.get("k", "portask").unwrap();
+        assert_eq!(r.consume.msg_per_s, 200.0);
+        assert_eq!(r.latency.p99_us, 5.0);
+        assert_eq!(r.verdict.lost, 2);
+        assert!(!r.passed);
+        assert_eq!(t.repeats(), 3);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 
     #[test]
