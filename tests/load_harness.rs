@@ -1,0 +1,155 @@
+//! The load harness (benches/load) under `cargo test`: its unit tests (percentile maths,
+//! rate schedule, ledger, report table) run here, and short runs against a real Portask
+//! (the binary, two unpinned shards, ephemeral ports, temp data dir) prove it counts
+//! every message and reports a loss when one goes missing.
+
+mod common;
+
+// The harness modules carry their own unit tests; the bench's command-line paths are
+// unused here.
+#[allow(dead_code)]
+#[path = "../benches/load/harness/mod.rs"]
+mod harness;
+
+use common::{data_dir, Broker};
+use harness::options::{self, Command};
+use harness::report::Report;
+
+fn run(args: &[&str]) -> Report {
+    let cli = options::parse(args.iter().map(|s| s.to_string())).expect("arguments");
+    harness::run(&cli.command).expect("the run completes")
+}
+
+#[test]
+fn kafka_run_counts_every_message() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let bootstrap = broker.bootstrap();
+    let r = run(&[
+        "load",
+        "kafka",
+        "--brokers",
+        &bootstrap,
+        "--partitions",
+        "3",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--messages",
+        "3001",
+        "--message-size",
+        "256",
+        "--acks",
+        "all",
+        "--drain-timeout",
+        "10s",
+    ]);
+    print!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.sent, 3001);
+    assert_eq!(r.produce.messages, 3001);
+    assert_eq!(r.verdict.expected, 3001);
+    assert_eq!(r.verdict.received, 3001);
+    assert_eq!(r.verdict.lost, 0);
+    assert_eq!(r.verdict.duplicates, 0);
+    assert_eq!(r.latency.count, 3001);
+    assert!(r.latency.p50_us > 0.0 && r.latency.p50_us <= r.latency.p99_us);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}
+
+#[test]
+fn kafka_run_reports_a_dropped_message_as_lost() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let bootstrap = broker.bootstrap();
+    // The first consumer throws away the 1000th message it receives, as if the broker had
+    // never delivered it: the ledger must notice, name it and fail the run.
+    let r = run(&[
+        "load",
+        "kafka",
+        "--brokers",
+        &bootstrap,
+        "--partitions",
+        "2",
+        "--messages",
+        "2000",
+        "--message-size",
+        "100",
+        "--rate",
+        "20000",
+        "--drain-timeout",
+        "2s",
+        "--test-ignore-receipt",
+        "1000",
+    ]);
+    print!("{}", r.render());
+    assert!(!r.passed);
+    assert_eq!(r.verdict.expected, 2000);
+    assert_eq!(r.verdict.received, 1999);
+    assert_eq!(r.verdict.lost, 1);
+    assert_eq!(r.verdict.lost_examples.len(), 1);
+    assert!(r.render().contains("FAIL"));
+}
+
+#[test]
+fn kafka_paced_run_keeps_its_schedule() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let bootstrap = broker.bootstrap();
+    // 1000 msg/s for 2 s: 2000 messages, and the sending takes about two seconds.
+    let r = run(&[
+        "load",
+        "kafka",
+        "--brokers",
+        &bootstrap,
+        "--rate",
+        "1000",
+        "--duration",
+        "2s",
+        "--message-size",
+        "64",
+        "-X",
+        "linger.ms=0",
+    ]);
+    print!("{}", r.render());
+    assert!(r.passed);
+    assert_eq!(r.sent, 2000);
+    assert!(
+        (1.9..3.0).contains(&r.produce.seconds),
+        "produce took {} s",
+        r.produce.seconds
+    );
+}
+
+#[test]
+fn json_round_trip_and_report_table() {
+    let (dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let bootstrap = broker.bootstrap();
+    let json = dir.path().join("r.json");
+    let json_s = json.to_str().expect("utf-8 path");
+    let r = run(&[
+        "load",
+        "kafka",
+        "--brokers",
+        &bootstrap,
+        "--messages",
+        "500",
+        "--scenario",
+        "tiny",
+        "--target",
+        "portask",
+        "--json",
+        json_s,
+    ]);
+    r.write_json(&json).expect("write json");
+    let back = Report::read_json(&json).expect("read json");
+    assert_eq!(back.verdict, r.verdict);
+    let cli = options::parse(["load", "report", json_s].map(String::from)).expect("args");
+    let Command::Report(args) = cli.command else {
+        panic!("not report");
+    };
+    let table = harness::summary::run(&args).expect("report");
+    assert!(table.contains("| tiny |"), "{table}");
+}
