@@ -121,6 +121,10 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
             let Some(Some(frame)) = task.await else {
                 continue;
             };
+            if frame.is_empty() {
+                log::warn!("kafka connection closed: a response could not be encoded");
+                break;
+            }
             if writer.write_all(&frame).await.is_err() {
                 break;
             }

@@ -111,8 +111,10 @@ impl Storage {
         std::fs::create_dir_all(self.kafka_dir())?;
         self.settle_iopoll_probe().await?;
         let marker = self.root.join(CLEAN_SHUTDOWN);
-        let clean = marker.exists();
-        if clean {
+        // A shard with no partitions yet has nothing that could be unclean.
+        let fresh = std::fs::read_dir(self.kafka_dir()).map(|mut d| d.next().is_none()).unwrap_or(true);
+        let clean = marker.exists() || fresh;
+        if marker.exists() {
             std::fs::remove_file(&marker)?;
         }
         let mut dirs: Vec<_> = std::fs::read_dir(self.kafka_dir())?

@@ -83,14 +83,16 @@ pub fn handle(
                     .into_iter()
                     .filter_map(|p| {
                         let a = answers.next()?;
-                        Some(
-                            ListOffsetsPartitionResponse::default()
-                                .with_partition_index(p)
-                                .with_error_code(a.error)
-                                .with_offset(a.offset)
-                                .with_timestamp(a.timestamp)
-                                .with_leader_epoch(0),
-                        )
+                        let mut r = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p)
+                            .with_error_code(a.error)
+                            .with_offset(a.offset)
+                            .with_timestamp(a.timestamp);
+                        // The leader epoch exists from v4 on.
+                        if version >= 4 {
+                            r.leader_epoch = 0;
+                        }
+                        Some(r)
                     })
                     .collect();
                 ListOffsetsTopicResponse::default()

@@ -89,8 +89,9 @@ pub const SUPPORTED: &[ApiKey] = &[
     ApiKey::CreatePartitions,
 ];
 
-/// Encodes a response frame; an encoding failure is our bug, logged, and the response
-/// dropped (the client times out rather than reading garbage).
+/// Encodes a response frame. An encoding failure is our bug: it is logged and answered
+/// with an empty frame, on which the connection closes (the client reconnects rather
+/// than waiting for an answer that never comes).
 pub fn frame<R: Encodable + HeaderVersion>(
     correlation_id: i32,
     version: i16,
@@ -100,7 +101,7 @@ pub fn frame<R: Encodable + HeaderVersion>(
         Ok(b) => Some(b),
         Err(e) => {
             log::error!("encoding response (correlation {correlation_id}, v{version}): {e}");
-            None
+            Some(Bytes::new())
         }
     }
 }
