@@ -1,4 +1,5 @@
-//! The catalog: topics, their partitions and configs (AMQP topology will join it).
+//! The catalog: topics, their partitions and configs, and the AMQP topology (vhosts'
+//! exchanges, queues and bindings; see `crate::amqp::topology`).
 //!
 //! Single writer: shard 0 owns the `CatalogWriter`, which validates a change, persists it
 //! (see `store.rs`), builds the next immutable `CatalogState` and broadcasts it to every
@@ -36,6 +37,9 @@ pub enum CatalogError {
     DeleteDisabled,
     #[error("catalog storage error: {0}")]
     Storage(String),
+    /// An AMQP topology refusal, with the reply code the client gets.
+    #[error("{text}")]
+    Amqp { code: u16, text: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -52,6 +56,8 @@ pub struct Topic {
 pub struct CatalogState {
     pub version: u64,
     pub topics: BTreeMap<String, Topic>,
+    /// AMQP topology by vhost name.
+    pub amqp: BTreeMap<String, crate::amqp::topology::VhostTopology>,
 }
 
 /// One persisted mutation.
@@ -61,6 +67,8 @@ pub enum Change {
     DeleteTopic(String),
     SetPartitions(String, i32),
     SetConfigs(String, BTreeMap<String, String>),
+    /// An AMQP topology change (`crate::amqp::topology`).
+    Amqp(crate::amqp::topology::TopologyChange),
 }
 
 impl CatalogState {
@@ -83,6 +91,7 @@ impl CatalogState {
                     t.configs = configs.clone();
                 }
             }
+            Change::Amqp(c) => crate::amqp::topology::apply(&mut self.amqp, c),
         }
         self.version += 1;
     }

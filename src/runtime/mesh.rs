@@ -30,4 +30,9 @@ pub enum Message {
     CatalogState(Arc<CatalogState>),
     /// To a partition's owner shard: Kafka partition work.
     Kafka(owner::Request, oneshot::Sender<owner::Reply>),
+    /// AMQP ops for a shard (queue work for an owner, deliveries for a connection).
+    Amqp(
+        crate::amqp::mesh::Request,
+        oneshot::Sender<crate::amqp::mesh::Reply>,
+    ),
 }

@@ -35,6 +35,8 @@ pub struct Shard {
     /// Set once this shard has begun to stop; listeners stop accepting.
     pub stopping: Cell<bool>,
     pub stop: Notify,
+    /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
+    pub amqp: crate::amqp::ShardAmqp,
 }
 
 /// FNV-1a: a hash that never changes between builds or runs, for ownership.
@@ -66,6 +68,7 @@ impl Shard {
         senders: Senders<Message>,
         shutdown: Arc<Shutdown>,
     ) -> Shard {
+        let amqp = crate::amqp::ShardAmqp::new(&config, id, count);
         Shard {
             id,
             count,
@@ -79,6 +82,7 @@ impl Shard {
             connections_changed: Notify::new(),
             stopping: Cell::new(false),
             stop: Notify::new(),
+            amqp,
         }
     }
 
@@ -121,6 +125,23 @@ impl Shard {
             return Box::pin(async { owner::Reply::Unavailable });
         }
         Box::pin(async move { rx.await.unwrap_or(owner::Reply::Unavailable) })
+    }
+
+    /// AMQP ops for `owner`, locally or across the mesh: the one place AMQP work crosses
+    /// shards (called by the outbox's flush, one envelope per destination).
+    pub async fn amqp(
+        self: &Rc<Self>,
+        owner: usize,
+        req: crate::amqp::mesh::Request,
+    ) -> crate::amqp::mesh::Reply {
+        if owner == self.id {
+            return crate::amqp::owner::serve(self, req);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.send(owner, Message::Amqp(req, tx)).await.is_err() {
+            return crate::amqp::mesh::Reply::Unavailable;
+        }
+        rx.await.unwrap_or(crate::amqp::mesh::Reply::Unavailable)
     }
 
     /// Applies catalog changes through shard 0's writer and installs the resulting state
@@ -216,6 +237,7 @@ impl Shard {
                 }
             }
         }
+        crate::amqp::catalog_installed(self);
         true
     }
 
@@ -236,6 +258,10 @@ impl Shard {
             }
             Message::CatalogState(state) => {
                 self.install_catalog(state);
+            }
+            Message::Amqp(req, reply) => {
+                // Applied now, in arrival order; the ops' own replies travel in them.
+                let _ = reply.send(crate::amqp::owner::serve(self, req));
             }
             Message::Kafka(req, reply) => {
                 // The synchronous part runs now, in arrival order.

@@ -12,6 +12,8 @@ pub struct Broker {
     child: Option<Child>,
     pub data: PathBuf,
     pub port: u16,
+    /// The AMQP port (kept across restarts).
+    pub amqp_port: u16,
     pub log_path: PathBuf,
     env: Vec<(String, String)>,
     shards: usize,
@@ -37,6 +39,7 @@ impl Broker {
             child: None,
             data: data.to_owned(),
             port: free_port(),
+            amqp_port: free_port(),
             log_path: data.with_extension("log"),
             env: env
                 .iter()
@@ -65,7 +68,7 @@ impl Broker {
             .arg("--kafka-addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--amqp-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.amqp_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", free_port()))
             .env("RUST_LOG", "info")
@@ -86,7 +89,10 @@ impl Broker {
         let want = self.shards * self.starts;
         loop {
             let n = self.log().matches("partitions recovered").count();
-            if n >= want && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if n >= want
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok()
+            {
                 return;
             }
             if let Some(status) = self
@@ -103,6 +109,11 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f` for clients.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
     }
 
     pub fn bootstrap(&self) -> String {
@@ -169,3 +180,5 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let data = dir.path().join("data");
     (dir, data)
 }
+
+pub mod amqp;
