@@ -379,6 +379,10 @@ impl QueueState {
                 msg: e.msg.clone(),
                 redelivered: e.redelivered,
             };
+            if e.persisted && !e.redelivered && !c.spec.no_ack {
+                // After a restart it comes back marked redelivered.
+                shard.amqp.store.delivered(&self.qref, e.seq);
+            }
             if c.spec.no_ack {
                 self.forget(shard, &e);
             } else {
@@ -566,6 +570,9 @@ impl QueueState {
         if no_ack {
             self.forget(shard, &e);
         } else {
+            if e.persisted && !e.redelivered {
+                shard.amqp.store.delivered(&self.qref, e.seq);
+            }
             shard.amqp.add_memory(e.msg.size() as isize);
             self.unacked.insert(
                 id,
@@ -657,12 +664,18 @@ impl QueueState {
 
     /// Restores a message recovered from the store (redelivered when it had been
     /// delivered before the restart).
-    pub fn restore(&mut self, shard: &Rc<Shard>, seq: u64, msg: Message, redelivered: bool) {
+    pub fn restore(
+        &mut self,
+        shard: &Rc<Shard>,
+        seq: u64,
+        expires_at: Option<i64>,
+        msg: Message,
+        redelivered: bool,
+    ) {
         self.next_seq = self.next_seq.max(seq + 1);
-        let now = now_ms();
         let entry = Entry {
             seq,
-            expires_at: self.expiry_for(&msg, now),
+            expires_at,
             msg,
             redelivered,
             persisted: true,

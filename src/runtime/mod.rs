@@ -137,6 +137,8 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
         log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
     }
     migrate_ownership(&data_dir, count).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+    crate::amqp::store::migrate(&data_dir, count)
+        .map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
     let (store, mut state) = CatalogStore::open(&data_dir.join("0").join("catalog"))?;
     // Transient AMQP topology (and exclusive queues) does not outlive the process.
     crate::amqp::topology::after_restart(&mut state.amqp);
@@ -294,7 +296,7 @@ async fn run_shard(
     storage.stop_flusher();
     flusher.await;
     storage.shutdown().await;
-    shard.amqp.store.shutdown().await;
+    shard.amqp.store.shutdown(&shard).await;
     log::info!("shard {id} stopped: logs flushed and synced");
     Ok(())
 }
