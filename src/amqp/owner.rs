@@ -14,6 +14,46 @@ use super::{outbox, queue_owner, reply};
 use crate::catalog::Change;
 use crate::runtime::shard::Shard;
 
+/// An envelope from another shard: applied now; the reply (which lets the sender's
+/// outbox send its next envelope) waits while this shard is under memory pressure.
+pub fn serve_remote(
+    shard: &Rc<Shard>,
+    req: Request,
+    reply: futures::channel::oneshot::Sender<Reply>,
+) {
+    let r = serve(shard, req);
+    if !under_pressure(shard) {
+        let _ = reply.send(r);
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        relieve(&shard).await;
+        let _ = reply.send(r);
+    })
+    .detach();
+}
+
+/// Queued message bodies are over twice the shard's memory budget.
+pub fn under_pressure(shard: &Shard) -> bool {
+    shard.amqp.memory() > shard.config.amqp.memory_budget_bytes.saturating_mul(2)
+}
+
+/// Back-pressure for publishers: waits for the store's next round (which pages out what
+/// it can), at most 200 ms, so acks and consumers are never blocked for long.
+pub async fn relieve(shard: &Rc<Shard>) {
+    if !under_pressure(shard) {
+        return;
+    }
+    let l = crate::runtime::notify::Listener::new();
+    l.listen(&shard.amqp.store.round_done);
+    let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
+        l.await;
+        Ok(())
+    })
+    .await;
+}
+
 pub fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
     match req {
         Request::Ops { catalog, ops } => {
@@ -118,8 +158,26 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             no_ack,
             reply,
         } => {
-            let r = queue_for(shard, &queue).and_then(|q| q.borrow_mut().get(shard, no_ack));
-            let _ = reply.send(r);
+            let Some(q) = queue_for(shard, &queue) else {
+                let _ = reply.send(None);
+                return;
+            };
+            if !q.borrow().head_paged() {
+                let r = q.borrow_mut().get(shard, no_ack);
+                let _ = reply.send(r);
+                return;
+            }
+            // The head is on disk: read it back, then answer.
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                QueueState::page_in_head(&shard, queue.id).await;
+                let r = shard
+                    .amqp
+                    .queue(queue.id)
+                    .and_then(|q| q.borrow_mut().get(&shard, no_ack));
+                let _ = reply.send(r);
+            })
+            .detach();
         }
         Op::Stats { queue, reply } => {
             let r = queue_for(shard, &queue).map(|q| {

@@ -18,7 +18,8 @@ use super::message::{dead_letter_cycle, dead_lettered, DeathReason, Message};
 use super::outbox;
 use super::reply;
 use super::routing::QueueRef;
-use super::topology::{Overflow, Queue};
+use super::store::Location;
+use super::topology::{Overflow, Queue, QueueArgs};
 use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
 
@@ -34,6 +35,13 @@ pub struct Entry {
     pub expires_at: Option<i64>,
     /// Written to the queue's message store (persistent message, durable queue).
     pub persisted: bool,
+    /// Body size as published (what prefetch-size and x-max-length-bytes count, also
+    /// while the body is paged out).
+    pub body_len: u64,
+    /// Where the message's record is in the queue's files, if it was written.
+    pub loc: Option<Location>,
+    /// The body is on disk only (paged out past the shard's memory budget).
+    pub paged: bool,
 }
 
 struct Unacked {
@@ -79,6 +87,8 @@ pub struct QueueState {
     had_consumer: bool,
     last_used_ms: i64,
     expiry_timer: Option<i64>,
+    /// A page-in of the head is on its way.
+    paging_in: bool,
     pub deleted: bool,
 }
 
@@ -102,6 +112,7 @@ impl QueueState {
             had_consumer: false,
             last_used_ms: now_ms(),
             expiry_timer: None,
+            paging_in: false,
             deleted: false,
         }
     }
@@ -138,7 +149,7 @@ impl QueueState {
     fn insert_ready(&mut self, shard: &Rc<Shard>, entry: Entry) {
         let level = self.level_of(&entry.msg);
         self.ready_len += 1;
-        self.ready_body_bytes += entry.msg.body.len() as u64;
+        self.ready_body_bytes += entry.body_len;
         shard.amqp.add_memory(entry.msg.size() as isize);
         let q = &mut self.ready[level];
         match q.back() {
@@ -154,14 +165,23 @@ impl QueueState {
         let level = self.ready.iter().rposition(|q| !q.is_empty())?;
         let e = self.ready[level].pop_front()?;
         self.ready_len -= 1;
-        self.ready_body_bytes -= e.msg.body.len() as u64;
+        self.ready_body_bytes -= e.body_len;
         shard.amqp.add_memory(-(e.msg.size() as isize));
         Some(e)
     }
 
-    fn head_size(&self) -> Option<u64> {
+    fn head(&self) -> Option<&Entry> {
         let level = self.ready.iter().rposition(|q| !q.is_empty())?;
-        self.ready[level].front().map(|e| e.msg.body.len() as u64)
+        self.ready[level].front()
+    }
+
+    fn head_size(&self) -> Option<u64> {
+        self.head().map(|e| e.body_len)
+    }
+
+    /// Whether the next message to deliver has its body on disk only.
+    pub fn head_paged(&self) -> bool {
+        self.head().map(|e| e.paged).unwrap_or(false)
     }
 
     /// A message arriving from a publisher (or a dead-letter exchange).
@@ -192,17 +212,35 @@ impl QueueState {
         let seq = self.next_seq;
         self.next_seq += 1;
         let persisted = msg.persistent && self.durable_store();
-        let entry = Entry {
+        // Past the shard's memory budget the body goes to disk (written first, dropped
+        // from memory once the write is done).
+        let page = shard.amqp.memory() + msg.size() > shard.config.amqp.memory_budget_bytes;
+        let mut entry = Entry {
             seq,
             expires_at: self.expiry_for(&msg, now),
+            body_len: msg.body.len() as u64,
             msg,
             redelivered: false,
             persisted,
+            loc: None,
+            paged: false,
         };
-        if persisted {
-            shard.amqp.store.append(shard, &self.qref, &entry, confirm);
-        } else if let Some(c) = confirm {
-            confirm_to(shard, c, true);
+        if persisted || page {
+            let loc = shard.amqp.store.append(
+                &self.qref,
+                &entry,
+                confirm.filter(|_| persisted),
+                !persisted,
+            );
+            if page {
+                shard.amqp.store.page_out_when_written(&self.qref, seq, loc);
+            }
+            entry.loc = Some(loc);
+        }
+        if !persisted {
+            if let Some(c) = confirm {
+                confirm_to(shard, c, true);
+            }
         }
         self.insert_ready(shard, entry);
         self.run(shard);
@@ -236,65 +274,48 @@ impl QueueState {
                 break;
             };
             self.ready_len -= 1;
-            self.ready_body_bytes -= e.msg.body.len() as u64;
+            self.ready_body_bytes -= e.body_len;
             shard.amqp.add_memory(-(e.msg.size() as isize));
-            self.dead_letter(shard, &e.msg, DeathReason::Maxlen);
-            self.forget(shard, &e);
+            self.dead_letter_entry(shard, e, DeathReason::Maxlen);
         }
     }
 
     /// A message leaves the queue for good: its stored copy is acked.
     fn forget(&self, shard: &Rc<Shard>, e: &Entry) {
-        if e.persisted {
+        if e.loc.is_some() {
             shard.amqp.store.ack(&self.qref, e.seq);
         }
     }
 
+    /// Dead-letters (or drops) a message leaving the queue; a paged-out body is read back
+    /// first.
+    fn dead_letter_entry(&self, shard: &Rc<Shard>, e: Entry, reason: DeathReason) {
+        if !e.paged || self.def.args.dead_letter_exchange.is_none() {
+            self.dead_letter(shard, &e.msg, reason);
+            self.forget(shard, &e);
+            return;
+        }
+        let (shard, qref, args) = (shard.clone(), self.qref.clone(), self.def.args.clone());
+        glommio::spawn_local(async move {
+            let Some(loc) = e.loc else {
+                return;
+            };
+            match shard.amqp.store.read(&qref, loc).await {
+                Ok(body) => {
+                    let mut msg = e.msg.clone();
+                    msg.body = body;
+                    dead_letter(&shard, &qref, &args, &msg, reason);
+                }
+                Err(err) => log::error!("reading a paged message of '{}': {err}", qref.name),
+            }
+            shard.amqp.store.ack(&qref, e.seq);
+        })
+        .detach();
+    }
+
     /// Republishes a message to the queue's dead-letter exchange, if it has one.
     fn dead_letter(&self, shard: &Rc<Shard>, msg: &Message, reason: DeathReason) {
-        let Some(dlx) = self.def.args.dead_letter_exchange.as_deref() else {
-            return;
-        };
-        let now_secs = (now_ms() / 1000).max(0) as u64;
-        let m = dead_lettered(
-            msg,
-            reason,
-            &self.qref.name,
-            dlx,
-            self.def.args.dead_letter_routing_key.as_deref(),
-            now_secs,
-        );
-        let router = shard.amqp.router(shard);
-        let rk = String::from_utf8_lossy(&m.routing_key).into_owned();
-        let headers_src = m.properties.clone();
-        let mut headers = move || {
-            super::message::scan_properties(&headers_src)
-                .and_then(|v| v.headers)
-                .map(|h| super::message::decode_headers(&h))
-                .unwrap_or_default()
-        };
-        let Ok(targets) = router.route(&self.qref.vhost, dlx, &rk, &mut headers) else {
-            log::debug!(
-                "dead-letter exchange '{dlx}' of queue '{}' does not exist: message dropped",
-                self.qref.name
-            );
-            return;
-        };
-        for t in targets {
-            if reason != DeathReason::Rejected && dead_letter_cycle(&m, &t.name) {
-                log::debug!("dead-letter cycle to '{}': message dropped", t.name);
-                continue;
-            }
-            outbox::push(
-                shard,
-                t.owner,
-                Op::Publish {
-                    queue: t,
-                    msg: m.clone(),
-                    confirm: None,
-                },
-            );
-        }
+        dead_letter(shard, &self.qref, &self.def.args, msg, reason);
     }
 
     /// Expires messages at the head of each level (RabbitMQ expires only at the head).
@@ -309,10 +330,9 @@ impl QueueState {
                     break;
                 };
                 self.ready_len -= 1;
-                self.ready_body_bytes -= e.msg.body.len() as u64;
+                self.ready_body_bytes -= e.body_len;
                 shard.amqp.add_memory(-(e.msg.size() as isize));
-                self.dead_letter(shard, &e.msg, DeathReason::Expired);
-                self.forget(shard, &e);
+                self.dead_letter_entry(shard, e, DeathReason::Expired);
             }
         }
     }
@@ -362,12 +382,16 @@ impl QueueState {
             let Some(ci) = self.pick(size) else {
                 break;
             };
+            if self.head_paged() {
+                // Read the head back from disk first; delivery resumes after.
+                self.page_in(shard);
+                break;
+            }
             let Some(e) = self.pop_ready(shard) else {
                 break;
             };
             if e.expires_at.map(|t| t <= now).unwrap_or(false) {
-                self.dead_letter(shard, &e.msg, DeathReason::Expired);
-                self.forget(shard, &e);
+                self.dead_letter_entry(shard, e, DeathReason::Expired);
                 continue;
             }
             let id = self.next_delivery;
@@ -522,7 +546,7 @@ impl QueueState {
             let Some(u) = self.unacked.remove(&id) else {
                 continue;
             };
-            let size = u.entry.msg.body.len() as u64;
+            let size = u.entry.body_len;
             shard.amqp.add_memory(-(u.entry.msg.size() as isize));
             if let Some(cid) = u.cid {
                 if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.cid == cid) {
@@ -555,10 +579,14 @@ impl QueueState {
         self.enforce_max_length(shard);
     }
 
+    /// basic.get; `None` when empty (the caller pages the head in first when it is on disk).
     pub fn get(&mut self, shard: &Rc<Shard>, no_ack: bool) -> Option<(Delivery, u32)> {
         self.touch();
         let now = now_ms();
         self.expire_heads(shard, now);
+        if self.head_paged() {
+            return None;
+        }
         let e = self.pop_ready(shard)?;
         let id = self.next_delivery;
         self.next_delivery += 1;
@@ -584,6 +612,135 @@ impl QueueState {
         }
         self.arm_expiry_timer(shard);
         Some((d, self.ready_len as u32))
+    }
+
+    /// Finds a ready entry by sequence number.
+    fn ready_entry(&mut self, seq: u64) -> Option<&mut Entry> {
+        for q in self.ready.iter_mut() {
+            if let Ok(i) = q.binary_search_by_key(&seq, |e| e.seq) {
+                return q.get_mut(i);
+            }
+        }
+        None
+    }
+
+    /// The store wrote these messages: their bodies leave memory (paged out).
+    pub fn drop_bodies(&mut self, shard: &Rc<Shard>, seqs: &[u64]) {
+        let mut freed = 0usize;
+        for seq in seqs {
+            if let Some(e) = self.ready_entry(*seq) {
+                if !e.paged && e.loc.is_some() {
+                    freed += e.msg.body.len();
+                    e.msg.body = bytes::Bytes::new();
+                    e.paged = true;
+                }
+            }
+        }
+        shard.amqp.add_memory(-(freed as isize));
+    }
+
+    /// Starts reading the paged-out messages at the head back into memory (up to 4 MiB
+    /// or 1024 messages at a time); delivery resumes when they are in.
+    fn page_in(&mut self, shard: &Rc<Shard>) {
+        if self.paging_in {
+            return;
+        }
+        let Some(level) = self.ready.iter().rposition(|q| !q.is_empty()) else {
+            return;
+        };
+        let mut want = Vec::new();
+        let mut bytes = 0u64;
+        for e in self.ready[level].iter() {
+            if want.len() >= 1024 || bytes >= 4 << 20 {
+                break;
+            }
+            if let (true, Some(loc)) = (e.paged, e.loc) {
+                want.push((e.seq, loc));
+                bytes += e.body_len;
+            }
+        }
+        if want.is_empty() {
+            return;
+        }
+        log::debug!(
+            "queue '{}': paging in {} messages from seq {}",
+            self.qref.name,
+            want.len(),
+            want[0].0
+        );
+        self.paging_in = true;
+        let shard = shard.clone();
+        let qref = self.qref.clone();
+        glommio::spawn_local(async move {
+            // The first read opens the segment's read handle; the rest share it.
+            let mut reads = Vec::with_capacity(want.len());
+            if let Some((_, first)) = want.first() {
+                reads.push(shard.amqp.store.read(&qref, *first).await);
+            }
+            let rest = want.iter().skip(1);
+            reads.extend(
+                futures::future::join_all(rest.map(|(_, loc)| shard.amqp.store.read(&qref, *loc)))
+                    .await,
+            );
+            let Some(q) = shard.amqp.queue(qref.id) else {
+                return;
+            };
+            let mut q = q.borrow_mut();
+            q.paging_in = false;
+            let mut added = 0usize;
+            let mut lost = Vec::new();
+            for ((seq, _), r) in want.into_iter().zip(reads) {
+                match r {
+                    Ok(body) => {
+                        if let Some(e) = q.ready_entry(seq) {
+                            if e.paged {
+                                added += body.len();
+                                e.msg.body = body;
+                                e.paged = false;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        log::error!("reading paged message {seq} of '{}': {err}", qref.name);
+                        lost.push(seq);
+                    }
+                }
+            }
+            shard.amqp.add_memory(added as isize);
+            // A message whose body cannot be read is dropped rather than delivered empty.
+            for seq in lost {
+                for level in q.ready.iter_mut() {
+                    if let Ok(i) = level.binary_search_by_key(&seq, |e| e.seq) {
+                        if let Some(e) = level.remove(i) {
+                            q.ready_len -= 1;
+                            q.ready_body_bytes -= e.body_len;
+                            shard.amqp.add_memory(-(e.msg.size() as isize));
+                            shard.amqp.store.ack(&qref, e.seq);
+                        }
+                        break;
+                    }
+                }
+            }
+            q.run(&shard);
+        })
+        .detach();
+    }
+
+    /// Reads the head back from disk if it is paged out, and waits for it (basic.get).
+    pub async fn page_in_head(shard: &Rc<Shard>, qid: u64) {
+        for _ in 0..100 {
+            let Some(q) = shard.amqp.queue(qid) else {
+                return;
+            };
+            {
+                let mut q = q.borrow_mut();
+                if !q.head_paged() {
+                    return;
+                }
+                q.page_in(shard);
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     pub fn purge(&mut self, shard: &Rc<Shard>) -> u32 {
@@ -664,17 +821,28 @@ impl QueueState {
 
     /// Restores a message recovered from the store (redelivered when it had been
     /// delivered before the restart).
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &mut self,
         shard: &Rc<Shard>,
         seq: u64,
         expires_at: Option<i64>,
-        msg: Message,
+        mut msg: Message,
         redelivered: bool,
+        loc: Location,
     ) {
         self.next_seq = self.next_seq.max(seq + 1);
+        let body_len = msg.body.len() as u64;
+        // Past the memory budget, recovered bodies stay on disk until delivered.
+        let paged = shard.amqp.memory() + msg.size() > shard.config.amqp.memory_budget_bytes;
+        if paged {
+            msg.body = bytes::Bytes::new();
+        }
         let entry = Entry {
             seq,
+            body_len,
+            loc: Some(loc),
+            paged,
             expires_at,
             msg,
             redelivered,
@@ -698,4 +866,59 @@ pub fn confirm_to(shard: &Rc<Shard>, c: ConfirmTo, ack: bool) {
             ack,
         },
     );
+}
+
+/// Republishes a message to the dead-letter exchange in `args`, if any, routed from this
+/// shard's catalog replica; a route back into a queue the message already expired from
+/// (without a rejection on record) is dropped, RabbitMQ's cycle rule.
+fn dead_letter(
+    shard: &Rc<Shard>,
+    qref: &QueueRef,
+    args: &QueueArgs,
+    msg: &Message,
+    reason: DeathReason,
+) {
+    let Some(dlx) = args.dead_letter_exchange.as_deref() else {
+        return;
+    };
+    let now_secs = (now_ms() / 1000).max(0) as u64;
+    let m = dead_lettered(
+        msg,
+        reason,
+        &qref.name,
+        dlx,
+        args.dead_letter_routing_key.as_deref(),
+        now_secs,
+    );
+    let router = shard.amqp.router(shard);
+    let rk = String::from_utf8_lossy(&m.routing_key).into_owned();
+    let headers_src = m.properties.clone();
+    let mut headers = move || {
+        super::message::scan_properties(&headers_src)
+            .and_then(|v| v.headers)
+            .map(|h| super::message::decode_headers(&h))
+            .unwrap_or_default()
+    };
+    let Ok(targets) = router.route(&qref.vhost, dlx, &rk, &mut headers) else {
+        log::debug!(
+            "dead-letter exchange '{dlx}' of queue '{}' does not exist: message dropped",
+            qref.name
+        );
+        return;
+    };
+    for t in targets {
+        if reason != DeathReason::Rejected && dead_letter_cycle(&m, &t.name) {
+            log::debug!("dead-letter cycle to '{}': message dropped", t.name);
+            continue;
+        }
+        outbox::push(
+            shard,
+            t.owner,
+            Op::Publish {
+                queue: t,
+                msg: m.clone(),
+                confirm: None,
+            },
+        );
+    }
 }

@@ -37,6 +37,17 @@ const META: &str = "queue.meta";
 const REC_MESSAGE: u8 = 1;
 const REC_ACK: u8 = 2;
 const REC_DELIVERED: u8 = 3;
+/// Flag of a message record written only to page a transient message out of memory:
+/// recovery skips it.
+const FLAG_TRANSIENT: u8 = 1;
+
+/// Where a message record is: segment number, byte offset of its frame, frame length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
 
 /// Appends to one file with block-aligned O_DIRECT writes.
 struct Appender {
@@ -135,6 +146,10 @@ struct Segment {
     size: u64,
     /// Messages of this segment not yet acked.
     live: u64,
+    /// Logical bytes of `.msgs` on disk (records below it can be read back).
+    written: u64,
+    /// A read handle for paging messages back in.
+    reader: Option<Rc<DmaFile>>,
 }
 
 impl Segment {
@@ -147,6 +162,8 @@ impl Segment {
             acks: Some(Appender::new(dir.join(format!("{no:020}.acks")))),
             size: 0,
             live: 0,
+            written: 0,
+            reader: None,
         }
     }
 }
@@ -160,6 +177,9 @@ struct QueueLog {
     first_seq: BTreeMap<u64, u64>,
     /// Confirms waiting for the bytes now pending.
     waiters: Vec<ConfirmTo>,
+    /// Messages to drop from memory once written: (seq, where).
+    page_out: Vec<(u64, Location)>,
+    qid: u64,
     deleted: bool,
 }
 
@@ -179,7 +199,7 @@ pub struct Store {
     wake: Notify,
     stopping: Cell<bool>,
     /// Fired after every flusher round.
-    round_done: Notify,
+    pub round_done: Notify,
 }
 
 /// A path component for a vhost or queue name: bytes outside `[A-Za-z0-9._-]` are
@@ -236,9 +256,10 @@ fn unframe(data: &[u8]) -> (Vec<&[u8]>, usize) {
     (out, at)
 }
 
-fn encode_message(seq: u64, expires_at: Option<i64>, m: &Message) -> Vec<u8> {
+fn encode_message(seq: u64, expires_at: Option<i64>, m: &Message, flags: u8) -> Vec<u8> {
     let mut p = Vec::with_capacity(40 + m.size());
     p.put_u8(REC_MESSAGE);
+    p.put_u8(flags);
     p.put_u64(seq);
     p.put_u8(m.priority);
     p.put_i64(expires_at.unwrap_or(-1));
@@ -254,8 +275,8 @@ fn encode_message(seq: u64, expires_at: Option<i64>, m: &Message) -> Vec<u8> {
     p
 }
 
-/// A recovered message: (seq, expires_at, message).
-fn decode_message(mut p: &[u8]) -> Option<(u64, Option<i64>, Message)> {
+/// A recovered message: (flags, seq, expires_at, message).
+fn decode_message(mut p: &[u8]) -> Option<(u8, u64, Option<i64>, Message)> {
     fn take(p: &mut &[u8], n: usize) -> Option<Bytes> {
         if p.len() < n {
             return None;
@@ -264,10 +285,11 @@ fn decode_message(mut p: &[u8]) -> Option<(u64, Option<i64>, Message)> {
         p.advance(n);
         Some(b)
     }
-    if p.len() < 1 + 8 + 1 + 8 + 8 || p[0] != REC_MESSAGE {
+    if p.len() < 2 + 8 + 1 + 8 + 8 || p[0] != REC_MESSAGE {
         return None;
     }
     p.advance(1);
+    let flags = p.get_u8();
     let seq = p.get_u64();
     let priority = p.get_u8();
     let expires_at = p.get_i64();
@@ -293,6 +315,7 @@ fn decode_message(mut p: &[u8]) -> Option<(u64, Option<i64>, Message)> {
     let n = p.get_u32() as usize;
     let body = take(&mut p, n)?;
     Some((
+        flags,
         seq,
         (expires_at >= 0).then_some(expires_at),
         Message {
@@ -362,6 +385,8 @@ impl Store {
             active: 0,
             first_seq,
             waiters: Vec::new(),
+            page_out: Vec::new(),
+            qid: q.id,
             deleted: false,
         }));
         self.logs.borrow_mut().insert(q.id, l.clone());
@@ -373,12 +398,21 @@ impl Store {
         self.wake.notify();
     }
 
-    /// Queues a persistent message for writing; its confirm goes out after fdatasync.
-    pub fn append(&self, _shard: &Rc<Shard>, q: &QueueRef, e: &Entry, confirm: Option<ConfirmTo>) {
+    /// Queues a message for writing: a persistent one (its confirm goes out after
+    /// fdatasync) or, with `transient`, one paged out of memory. Returns where it goes.
+    pub fn append(
+        &self,
+        q: &QueueRef,
+        e: &Entry,
+        confirm: Option<ConfirmTo>,
+        transient: bool,
+    ) -> Location {
         let l = self.log(q);
+        let loc;
         {
             let mut log = l.borrow_mut();
-            let payload = encode_message(e.seq, e.expires_at, &e.msg);
+            let flags = if transient { FLAG_TRANSIENT } else { 0 };
+            let payload = encode_message(e.seq, e.expires_at, &e.msg, flags);
             let active = log.active;
             let roll = log
                 .segments
@@ -405,16 +439,69 @@ impl Store {
                 }
             }
             let no = log.active;
+            let mut at = Location::default();
             if let Some(seg) = log.segments.get_mut(&no) {
+                at = Location {
+                    segment: no,
+                    offset: seg.size,
+                    len: payload.len() as u32 + 8,
+                };
                 frame(&payload, &mut seg.msgs_pending);
                 seg.size += payload.len() as u64 + 8;
                 seg.live += 1;
             }
+            loc = at;
             if let Some(c) = confirm {
                 log.waiters.push(c);
             }
         }
         self.mark_dirty(&l);
+        loc
+    }
+
+    /// Once the message at `loc` is written, its queue drops the body from memory.
+    pub fn page_out_when_written(&self, q: &QueueRef, seq: u64, loc: Location) {
+        if let Some(l) = self.logs.borrow().get(&q.id) {
+            l.borrow_mut().page_out.push((seq, loc));
+        }
+    }
+
+    /// Reads a message body back from disk (paging in).
+    pub async fn read(&self, q: &QueueRef, loc: Location) -> std::io::Result<Bytes> {
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "segment is gone");
+        let l = self.logs.borrow().get(&q.id).cloned().ok_or_else(gone)?;
+        let (reader, path) = {
+            let log = l.borrow();
+            let seg = log.segments.get(&loc.segment).ok_or_else(gone)?;
+            let path = log.dir.join(format!("{:020}.msgs", loc.segment));
+            (seg.reader.clone(), path)
+        };
+        let reader = match reader {
+            Some(r) => r,
+            None => {
+                let f = Rc::new(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .dma_open(&path)
+                        .await
+                        .map_err(std::io::Error::from)?,
+                );
+                if let Some(seg) = l.borrow_mut().segments.get_mut(&loc.segment) {
+                    seg.reader = Some(f.clone());
+                }
+                f
+            }
+        };
+        let data = reader
+            .read_at(loc.offset, loc.len as usize)
+            .await
+            .map_err(std::io::Error::from)?;
+        let (records, _) = unframe(&data);
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt message record");
+        let rec = records.first().ok_or_else(bad)?;
+        let (_, _, _, m) = decode_message(rec).ok_or_else(bad)?;
+        Ok(m.body)
     }
 
     /// A persistent message left the queue.
@@ -618,11 +705,15 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
     let need_sync = sync_all || !waiters.is_empty();
     let mut ok = true;
     let mut back = Vec::new();
+    let mut written: Vec<(u64, u64)> = Vec::new();
     for (no, mut mw, msgs, mut aw, marks) in jobs {
         if let Some(w) = mw.as_mut() {
-            if let Err(e) = w.append(&msgs).await {
-                log::error!("writing {}: {e}", w.path.display());
-                ok = false;
+            match w.append(&msgs).await {
+                Ok(()) => written.push((no, w.written)),
+                Err(e) => {
+                    log::error!("writing {}: {e}", w.path.display());
+                    ok = false;
+                }
             }
             if need_sync {
                 if let Err(e) = w.sync().await {
@@ -641,8 +732,21 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
         }
         back.push((no, mw, aw));
     }
-    {
+    let (qid, paged) = {
         let mut log = l.borrow_mut();
+        for (no, upto) in &written {
+            if let Some(seg) = log.segments.get_mut(no) {
+                seg.written = *upto;
+            }
+        }
+        let requests = std::mem::take(&mut log.page_out);
+        let (done, rest): (Vec<_>, Vec<_>) = requests.into_iter().partition(|(_, loc)| {
+            log.segments
+                .get(&loc.segment)
+                .map(|s| s.written >= loc.offset + loc.len as u64)
+                .unwrap_or(false)
+        });
+        log.page_out = rest;
         for (no, mw, aw) in back {
             match log.segments.get_mut(&no) {
                 Some(seg) => {
@@ -659,14 +763,45 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
                         acks: aw,
                         size: 0,
                         live: 0,
+                        written: 0,
+                        reader: None,
                     });
                 }
             }
+        }
+        let paged: Vec<u64> = done.into_iter().map(|(seq, _)| seq).collect();
+        (log.qid, paged)
+    };
+    if !paged.is_empty() {
+        if let Some(q) = shard.amqp.queue(qid) {
+            q.borrow_mut().drop_bodies(shard, &paged);
         }
     }
     for c in waiters {
         confirm_to(shard, c, ok);
     }
+}
+
+/// Opens a small non-empty file with O_DIRECT before any other DMA file on this shard.
+///
+/// glommio decides per device, on the first DMA open of each thread, whether reads may
+/// use the io_uring poll ring, by reading the first block of that file. When that file is
+/// new and empty, the read succeeds at EOF whatever the device supports, and every later
+/// DMA read on a device without iopoll fails with EOPNOTSUPP (seen on this project's
+/// virtual disks). Probing on a file that has data gives the right answer.
+pub async fn probe_dma(dir: &Path) {
+    let path = dir.join(".dma_probe");
+    let data = vec![0x5a_u8; 4096];
+    if std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&path, &data))
+        .is_err()
+    {
+        return;
+    }
+    if let Ok(f) = OpenOptions::new().read(true).dma_open(&path).await {
+        let _ = f.close().await;
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Recovers this shard's durable queues from disk into their owner state; removes the
@@ -733,7 +868,7 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
     nos.sort_unstable();
     let mut segments = BTreeMap::new();
     let mut first_seq = BTreeMap::new();
-    let mut restored: Vec<(u64, Option<i64>, Message, bool)> = Vec::new();
+    let mut restored: Vec<(u64, Option<i64>, Message, bool, Location)> = Vec::new();
     for no in &nos {
         let mut seg = Segment::new(dir, *no);
         let mut messages = Vec::new();
@@ -766,9 +901,20 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
             }
             if is_msgs {
                 seg.size = valid as u64;
+                seg.written = valid as u64;
+                let mut offset = 0u64;
                 for r in records {
-                    if let Some(m) = decode_message(r) {
-                        messages.push(m);
+                    let loc = Location {
+                        segment: *no,
+                        offset,
+                        len: r.len() as u32 + 8,
+                    };
+                    offset += r.len() as u64 + 8;
+                    match decode_message(r) {
+                        Some((flags, seq, exp, m)) if flags & FLAG_TRANSIENT == 0 => {
+                            messages.push((seq, exp, m, loc));
+                        }
+                        _ => {}
                     }
                 }
             } else {
@@ -792,10 +938,10 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
                 if let Some(first) = messages.first() {
                     first_seq.insert(first.0, *no);
                 }
-                for (seq, exp, m) in messages.drain(..) {
+                for (seq, exp, m, loc) in messages.drain(..) {
                     if !acked.contains(&seq) {
                         seg.live += 1;
-                        restored.push((seq, exp, m, delivered.contains(&seq)));
+                        restored.push((seq, exp, m, delivered.contains(&seq), loc));
                     }
                 }
             }
@@ -823,6 +969,8 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
         active,
         first_seq,
         waiters: Vec::new(),
+        page_out: Vec::new(),
+        qid: qref.id,
         deleted: false,
     }));
     shard.amqp.store.logs.borrow_mut().insert(qref.id, log);
@@ -830,8 +978,8 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
     if let Some(q) = owner::queue_for(shard, qref) {
         let mut q = q.borrow_mut();
         restored.sort_by_key(|r| r.0);
-        for (seq, exp, m, delivered) in restored {
-            q.restore(shard, seq, exp, m, delivered);
+        for (seq, exp, m, delivered, loc) in restored {
+            q.restore(shard, seq, exp, m, delivered, loc);
         }
     }
     Ok(n)
@@ -853,19 +1001,20 @@ mod tests {
             expiration: Some(5),
         };
         let mut file = Vec::new();
-        frame(&encode_message(7, Some(99), &m), &mut file);
-        frame(&encode_message(8, None, &m), &mut file);
+        frame(&encode_message(7, Some(99), &m, 0), &mut file);
+        frame(&encode_message(8, None, &m, FLAG_TRANSIENT), &mut file);
         let good = file.len();
         file.extend_from_slice(&[0, 0, 0, 9, 1, 2, 3, 4, 5]);
         let (records, valid) = unframe(&file);
         assert_eq!(valid, good);
         assert_eq!(records.len(), 2);
-        let (seq, exp, back) = decode_message(records[0]).unwrap();
-        assert_eq!((seq, exp), (7, Some(99)));
+        let (flags, seq, exp, back) = decode_message(records[0]).unwrap();
+        assert_eq!((flags, seq, exp), (0, 7, Some(99)));
         assert_eq!(back.body, m.body);
         assert_eq!(back.priority, 3);
         assert_eq!(back.expiration, Some(5));
-        assert_eq!(decode_message(records[1]).unwrap().1, None);
+        assert_eq!(decode_message(records[1]).unwrap().2, None);
+        assert_eq!(decode_message(records[1]).unwrap().0, FLAG_TRANSIENT);
         // Zero padding ends the file.
         let mut padded = file[..good].to_vec();
         padded.extend_from_slice(&[0; 512]);

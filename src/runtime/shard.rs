@@ -135,7 +135,9 @@ impl Shard {
         req: crate::amqp::mesh::Request,
     ) -> crate::amqp::mesh::Reply {
         if owner == self.id {
-            return crate::amqp::owner::serve(self, req);
+            let r = crate::amqp::owner::serve(self, req);
+            crate::amqp::owner::relieve(self).await;
+            return r;
         }
         let (tx, rx) = oneshot::channel();
         if self.send(owner, Message::Amqp(req, tx)).await.is_err() {
@@ -261,7 +263,7 @@ impl Shard {
             }
             Message::Amqp(req, reply) => {
                 // Applied now, in arrival order; the ops' own replies travel in them.
-                let _ = reply.send(crate::amqp::owner::serve(self, req));
+                crate::amqp::owner::serve_remote(self, req, reply);
             }
             Message::Kafka(req, reply) => {
                 // The synchronous part runs now, in arrival order.

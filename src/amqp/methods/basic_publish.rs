@@ -123,6 +123,9 @@ async fn finish(
     p: PendingPublish,
 ) -> Result<(), AmqpError> {
     let (_, properties) = p.header.unwrap_or((0, Bytes::from_static(&[0, 0])));
+    // A copy: a slice would keep the whole socket read buffer alive as long as the
+    // message lives (also once its body is paged out).
+    let properties = Bytes::copy_from_slice(&properties);
     let body = match p.single {
         Some(b) => b,
         None => p.body.freeze(),
