@@ -269,3 +269,113 @@ async fn confirms_and_transactions() {
     tx.tx_commit().await.expect("commit ack");
     assert!(drain(&ch, "c").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    for q in ["f1", "f2"] {
+        declare(&ch, q, FieldTable::default()).await;
+    }
+    // Channel-wide prefetch of 4 shared by two consumers on different queues.
+    let cch = channel(&conn).await;
+    cch.basic_qos(4, BasicQosOptions { global: true })
+        .await
+        .expect("qos global");
+    let mut c1 = consume(&cch, "f1", false).await;
+    let mut c2 = consume(&cch, "f2", false).await;
+    for i in 0..10u8 {
+        publish(&ch, "", "f1", &[i]).await;
+        publish(&ch, "", "f2", &[i]).await;
+    }
+    let mut held = Vec::new();
+    while let Some(d) = next(&mut c1, 1).await {
+        held.push(d);
+    }
+    while let Some(d) = next(&mut c2, 1).await {
+        held.push(d);
+    }
+    assert_eq!(
+        held.len(),
+        4,
+        "the channel-wide prefetch bounds unacked deliveries"
+    );
+    cch.basic_ack(0, BasicAckOptions { multiple: true })
+        .await
+        .expect("ack all");
+
+    // channel.flow(false) pauses deliveries; flow(true) resumes them.
+    let fch = channel(&conn).await;
+    declare(&fch, "flow", FieldTable::default()).await;
+    let mut fc = consume(&fch, "flow", true).await;
+    assert!(!fch
+        .channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .expect("flow off"));
+    publish(&ch, "", "flow", b"held").await;
+    assert!(
+        next(&mut fc, 1).await.is_none(),
+        "delivered while flow was off"
+    );
+    assert!(fch
+        .channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .expect("flow on"));
+    assert_eq!(next(&mut fc, 5).await.expect("after flow on").data, b"held");
+
+    // Publishing to an internal exchange is refused with 403.
+    let ich = channel(&conn).await;
+    ich.exchange_declare(
+        "inner".into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare internal");
+    ich.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    let r = match ich
+        .basic_publish(
+            "inner".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+    {
+        Ok(c) => c.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(r.err().as_ref().and_then(reply_code), Some(403));
+
+    // tx.rollback undoes the transaction's acks: the message is unacked again and goes
+    // back to the queue when its channel closes.
+    declare(&ch, "txq", FieldTable::default()).await;
+    publish(&ch, "", "txq", b"keep").await;
+    let tch = channel(&conn).await;
+    tch.tx_select().await.expect("tx.select");
+    let m = tch
+        .basic_get("txq".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("message");
+    m.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    tch.tx_rollback().await.expect("rollback");
+    tch.close(200, "done".into()).await.expect("close");
+    let back = get_within(&ch, "txq", 5)
+        .await
+        .expect("requeued after rollback");
+    assert_eq!(back.delivery.data, b"keep");
+    assert!(back.delivery.redelivered);
+}

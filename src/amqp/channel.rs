@@ -26,6 +26,9 @@ use crate::runtime::notify::Notify;
 
 pub type ChannelRef = Rc<RefCell<Channel>>;
 
+/// Deliveries taken by an ack/nack/reject: delivery ids per queue, and their tags.
+pub type Taken = (Vec<(QueueRef, Vec<u64>)>, Vec<u64>);
+
 /// A basic.publish waiting for its content header and body frames.
 pub struct PendingPublish {
     pub exchange: String,
@@ -71,6 +74,8 @@ pub struct Tx {
     pub publishes: Vec<TxPublish>,
     /// (queue, delivery ids, how) settled at commit.
     pub settles: Vec<(QueueRef, Vec<u64>, Settle)>,
+    /// The delivery tags those settles took (restored by rollback).
+    pub tags: Vec<u64>,
 }
 
 pub struct Channel {
@@ -392,12 +397,15 @@ impl Channel {
     }
 
     /// Takes the unacked deliveries an ack/nack/reject names: `tag` alone, every tag up to
-    /// it (`multiple`), or all (`multiple` with tag 0). Unknown tags are a 406.
+    /// it (`multiple`), or all (`multiple` with tag 0). Unknown tags are a 406. Inside a
+    /// transaction (`keep`) the entries stay, marked settled, until commit or rollback;
+    /// the tags taken are returned for that.
     pub fn take_unacked(
         &mut self,
         tag: u64,
         multiple: bool,
-    ) -> Result<Vec<(QueueRef, Vec<u64>)>, AmqpError> {
+        keep: bool,
+    ) -> Result<Taken, AmqpError> {
         let unknown = || {
             AmqpError::channel(
                 reply::PRECONDITION_FAILED,
@@ -405,6 +413,7 @@ impl Channel {
             )
         };
         let mut taken: Vec<(QueueRef, u64)> = Vec::new();
+        let mut tags = Vec::new();
         if multiple {
             if tag != 0 {
                 let found = self
@@ -424,6 +433,7 @@ impl Channel {
                 if !u.settled {
                     u.settled = true;
                     taken.push((u.queue.clone(), u.id));
+                    tags.push(u.tag);
                 }
             }
         } else {
@@ -437,11 +447,28 @@ impl Channel {
             }
             u.settled = true;
             taken.push((u.queue.clone(), u.id));
+            tags.push(u.tag);
         }
+        if !keep {
+            self.compact();
+        }
+        Ok((group(taken), tags))
+    }
+
+    /// Drops settled entries from the front of the unacked list.
+    pub fn compact(&mut self) {
         while self.unacked.front().map(|u| u.settled).unwrap_or(false) {
             self.unacked.pop_front();
         }
-        Ok(group(taken))
+    }
+
+    /// tx.rollback: acks, nacks and rejects of the transaction are undone.
+    pub fn unsettle(&mut self, tags: &[u64]) {
+        for t in tags {
+            if let Ok(i) = self.unacked.binary_search_by_key(t, |u| u.tag) {
+                self.unacked[i].settled = false;
+            }
+        }
     }
 
     /// Every unsettled delivery (recover, channel close).
@@ -547,6 +574,10 @@ impl Channel {
     /// Releases everything: consumers cancelled at their queues, unacked messages
     /// requeued (in that order, so they do not go back to the same consumer).
     pub fn release(&mut self, conn: &Rc<Connection>) {
+        // An uncommitted transaction's acks never happened.
+        if let Some(tx) = self.tx.take() {
+            self.unsettle(&tx.tags);
+        }
         let cids: Vec<u64> = self.consumers.keys().copied().collect();
         for cid in cids {
             if let Some(queue) = self.remove_consumer(conn, cid) {

@@ -73,6 +73,8 @@ pub struct Connection {
     last_send_ms: Cell<i64>,
     /// (class, method) of the method being handled, for the close it may cause.
     pub last_method: Cell<(u16, u16)>,
+    /// The client announced the `connection.blocked` capability.
+    blocked_capable: Cell<bool>,
 }
 
 impl Connection {
@@ -99,6 +101,7 @@ impl Connection {
             last_recv_ms: Cell::new(now_ms()),
             last_send_ms: Cell::new(now_ms()),
             last_method: Cell::new((0, 0)),
+            blocked_capable: Cell::new(false),
         }
     }
 
@@ -396,9 +399,21 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             phase = Phase::Closing;
             close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
         }
-        // Back-pressure: let the outbox drain before reading more publishes.
+        // Back-pressure: let the outbox drain before reading more publishes; a client
+        // that understands it hears connection.blocked if that takes more than 100 ms.
         let limit = conn.shard.config.limits.connection_inflight_bytes;
+        let waiting_since = now_ms();
+        let mut blocked = false;
         while conn.shard.amqp.outbox.bytes() > limit && !conn.dead.get() {
+            if !blocked && conn.blocked_capable.get() && now_ms() - waiting_since > 100 {
+                blocked = true;
+                conn.send_method(
+                    0,
+                    AMQPClass::Connection(conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                        reason: "back-pressure: queues are behind".into(),
+                    })),
+                );
+            }
             let l = Listener::new();
             l.listen(&conn.shard.amqp.outbox.drained);
             let _ = glommio::timer::timeout(Duration::from_millis(50), async {
@@ -406,6 +421,12 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 Ok(())
             })
             .await;
+        }
+        if blocked {
+            conn.send_method(
+                0,
+                AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})),
+            );
         }
         let deadline = match (phase, close_deadline) {
             (Phase::Closing, Some(t)) => {
@@ -499,6 +520,14 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
         }
         (Phase::StartOk, AMQPClass::Connection(conn_m::AMQPMethod::StartOk(ok))) => {
             let mech = ok.mechanism.as_str().to_owned();
+            if let Some(amq_protocol::types::AMQPValue::FieldTable(caps)) =
+                ok.client_properties.inner().get("capabilities")
+            {
+                conn.blocked_capable.set(matches!(
+                    caps.inner().get("connection.blocked"),
+                    Some(amq_protocol::types::AMQPValue::Boolean(true))
+                ));
+            }
             if mech != "PLAIN" && mech != "AMQPLAIN" {
                 return Err(AmqpError::connection(
                     reply::ACCESS_REFUSED,

@@ -26,11 +26,13 @@ fn settle(
     how: Settle,
 ) -> Result<(), AmqpError> {
     let mut c = ch.borrow_mut();
-    let groups = c.take_unacked(tag, multiple)?;
+    let in_tx = c.tx.is_some();
+    let (groups, tags) = c.take_unacked(tag, multiple, in_tx)?;
     if let Some(tx) = c.tx.as_mut() {
         for (queue, ids) in groups {
             tx.settles.push((queue, ids, how));
         }
+        tx.tags.extend(tags);
         return Ok(());
     }
     drop(c);

@@ -4,7 +4,8 @@
 //! In a transaction, publishes and acks/nacks/rejects are buffered on the channel. Commit
 //! routes the publishes, sends them and the settles to the owner shards, and answers once
 //! every queue has taken every message (persistent ones fdatasync'ed) — the same tracking
-//! confirm mode uses, without sending confirms. Rollback drops the buffer.
+//! confirm mode uses, without sending confirms. Rollback drops the buffer; the messages
+//! it acked are unacked again.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -65,6 +66,7 @@ pub async fn commit(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpEr
         let owner = queue.owner;
         outbox::push(&conn.shard, owner, Op::Settle { queue, ids, how });
     }
+    ch.borrow_mut().compact();
     if let Some(seq) = last {
         loop {
             let progress = ch.borrow().confirm_progress.clone();
@@ -101,7 +103,9 @@ pub fn rollback(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpError>
         let Some(tx) = c.tx.as_mut() else {
             return Err(not_tx());
         };
-        *tx = Tx::default();
+        let undone = std::mem::take(tx);
+        // The messages acked in the transaction are unacked again.
+        c.unsettle(&undone.tags);
         c.id
     };
     conn.send_method(
