@@ -211,3 +211,107 @@ fn stopping_the_broker_closes_connections_with_320() {
         assert!(stopper.join().expect("stopper").success());
     });
 }
+
+/// Sends raw frame bytes after a handshake and returns the connection.close reply code.
+fn close_code_after(port: u16, frames: &[Vec<u8>]) -> Option<u16> {
+    let (mut s, mut buf) = handshake(port, 0);
+    for f in frames {
+        s.write_all(f).unwrap();
+    }
+    let close = read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::Close(_)))
+        )
+    })?;
+    match method(&close) {
+        Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => Some(cl.reply_code),
+        _ => None,
+    }
+}
+
+fn encode(f: AMQPFrame) -> Vec<u8> {
+    gen_frame(&f)(Vec::new().into())
+        .expect("encode")
+        .into_inner()
+        .0
+}
+
+/// A method frame with a raw payload.
+fn raw_method(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.push(0xce);
+    out
+}
+
+#[test]
+fn connection_errors_carry_their_reply_codes() {
+    use amq_protocol::protocol::{channel as chan, exchange as ex};
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let port = broker.amqp_port;
+    let open = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})),
+    ));
+    // A method on a channel that was never opened: 504 CHANNEL_ERROR.
+    let declare = |kind: &str| {
+        encode(AMQPFrame::Method(
+            1,
+            AMQPClass::Exchange(ex::AMQPMethod::Declare(ex::Declare {
+                exchange: "e".into(),
+                kind: kind.into(),
+                ..Default::default()
+            })),
+        ))
+    };
+    assert_eq!(close_code_after(port, &[declare("direct")]), Some(504));
+    // An unknown exchange type: 503 COMMAND_INVALID.
+    assert_eq!(
+        close_code_after(port, &[open.clone(), declare("x-nonsense")]),
+        Some(503)
+    );
+    // An unknown class: 540 NOT_IMPLEMENTED.
+    assert_eq!(
+        close_code_after(port, &[open.clone(), raw_method(1, &[0, 99, 0, 10])]),
+        Some(540)
+    );
+    // A known method with truncated arguments: 502 SYNTAX_ERROR.
+    assert_eq!(
+        close_code_after(port, &[open.clone(), raw_method(1, &[0, 40, 0, 10, 0])]),
+        Some(502)
+    );
+    // A content body with no publish before it: 505 UNEXPECTED_FRAME.
+    let body = vec![3, 0, 1, 0, 0, 0, 1, b'x', 0xce];
+    assert_eq!(close_code_after(port, &[open.clone(), body]), Some(505));
+    // A frame larger than the negotiated frame_max (8192): 501 FRAME_ERROR.
+    let mut big = vec![3, 0, 1];
+    big.extend_from_slice(&(20_000u32).to_be_bytes());
+    big.extend(std::iter::repeat_n(0u8, 20_000));
+    big.push(0xce);
+    assert_eq!(close_code_after(port, &[open.clone(), big]), Some(501));
+    // Reusing a consumer tag on a channel: 530 NOT_ALLOWED.
+    use amq_protocol::protocol::{basic, queue as qm};
+    let q = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(qm::AMQPMethod::Declare(qm::Declare {
+            queue: "tagq".into(),
+            ..Default::default()
+        })),
+    ));
+    let consume = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "tagq".into(),
+            consumer_tag: "same".into(),
+            ..Default::default()
+        })),
+    ));
+    assert_eq!(
+        close_code_after(port, &[open, q, consume.clone(), consume]),
+        Some(530)
+    );
+}

@@ -799,7 +799,8 @@ impl QueueState {
                         if q.deleted || q.has_consumers() {
                             return;
                         }
-                        q.last_used_ms + ms as i64
+                        q.last_used_ms
+                            .saturating_add(ms.min(i64::MAX as u64) as i64)
                     }
                     None => return,
                 };
