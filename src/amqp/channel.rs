@@ -179,7 +179,8 @@ impl Channel {
                 codec::put_content(out, id, &d.msg.properties, &d.msg.body, frame_max);
             }
         });
-        conn.count_written(cid, queue, n);
+        let bytes = items.iter().map(|d| d.msg.body.len() as u64).sum();
+        conn.count_written(cid, queue, n, bytes);
         None
     }
 

@@ -60,7 +60,7 @@ pub struct Connection {
     out: RefCell<BytesMut>,
     out_ready: Notify,
     /// Deliveries encoded into `out` per consumer, returned as credit once written.
-    written: RefCell<HashMap<u64, (QueueRef, u32)>>,
+    written: RefCell<HashMap<u64, (QueueRef, u32, u64)>>,
     pub channels: RefCell<HashMap<u16, ChannelRef>>,
     /// Exclusive queues this connection declared: (vhost, name, id).
     pub exclusive: RefCell<Vec<(String, String, u64)>>,
@@ -123,10 +123,11 @@ impl Connection {
     }
 
     /// Counts a delivery written for consumer `cid` (credit goes back after the write).
-    pub fn count_written(&self, cid: u64, queue: &QueueRef, n: u32) {
+    pub fn count_written(&self, cid: u64, queue: &QueueRef, n: u32, bytes: u64) {
         let mut w = self.written.borrow_mut();
-        let e = w.entry(cid).or_insert_with(|| (queue.clone(), 0));
+        let e = w.entry(cid).or_insert_with(|| (queue.clone(), 0, 0));
         e.1 += n;
+        e.2 += bytes;
     }
 
     pub fn channel(&self, id: u16) -> Option<ChannelRef> {
@@ -262,9 +263,18 @@ async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
                 *out = buf;
             }
         }
-        for (cid, (queue, n)) in written {
+        for (cid, (queue, n, bytes)) in written {
             let owner = queue.owner;
-            outbox::push(&conn.shard, owner, Op::Credit { queue, cid, n });
+            outbox::push(
+                &conn.shard,
+                owner,
+                Op::Credit {
+                    queue,
+                    cid,
+                    n,
+                    bytes,
+                },
+            );
         }
     }
     let _ = writer.close().await;

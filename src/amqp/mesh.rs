@@ -89,11 +89,12 @@ pub enum Op {
         ids: Vec<u64>,
         how: Settle,
     },
-    /// The consumer's shard wrote `n` more deliveries to the socket.
+    /// The consumer's shard wrote `n` more deliveries (`bytes` of bodies) to the socket.
     Credit {
         queue: QueueRef,
         cid: u64,
         n: u32,
+        bytes: u64,
     },
     /// New prefetch limits (channel-wide qos changed) or flow state of a consumer.
     Limits {
@@ -204,14 +205,21 @@ impl Op {
                 None
             }
             (
-                Op::Credit { queue, cid, n },
+                Op::Credit {
+                    queue,
+                    cid,
+                    n,
+                    bytes,
+                },
                 Op::Credit {
                     queue: q2,
                     cid: c2,
                     n: n2,
+                    bytes: b2,
                 },
             ) if queue.id == q2.id && *cid == c2 => {
                 *n += n2;
+                *bytes += b2;
                 None
             }
             (_, next) => Some(next),

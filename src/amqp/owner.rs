@@ -136,9 +136,14 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 q.borrow_mut().settle(shard, ids, how);
             }
         }
-        Op::Credit { queue, cid, n } => {
+        Op::Credit {
+            queue,
+            cid,
+            n,
+            bytes,
+        } => {
             if let Some(q) = shard.amqp.queue(queue.id) {
-                q.borrow_mut().credit(shard, cid, n);
+                q.borrow_mut().credit(shard, cid, n, bytes);
             }
         }
         Op::Limits {

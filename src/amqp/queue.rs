@@ -24,8 +24,10 @@ use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
 
 /// Deliveries a consumer may have on their way to its socket before its connection
-/// reports them written (the broker's own flow control, independent of prefetch).
+/// reports them written (the broker's own flow control, independent of prefetch)...
 pub const CONSUMER_WINDOW: u32 = 2000;
+/// ...and body bytes (one message is always allowed when nothing is in flight).
+pub const CONSUMER_WINDOW_BYTES: u64 = 16 << 20;
 
 pub struct Entry {
     /// Position in the queue: requeued messages go back to where they were.
@@ -54,12 +56,16 @@ struct Consumer {
     unacked: u32,
     unacked_bytes: u64,
     window: u32,
+    window_bytes: u64,
     active: bool,
 }
 
 impl Consumer {
     fn can_take(&self, size: u64) -> bool {
         if !self.active || self.window == 0 {
+            return false;
+        }
+        if self.window_bytes < size && self.window_bytes < CONSUMER_WINDOW_BYTES {
             return false;
         }
         if self.spec.no_ack {
@@ -398,6 +404,7 @@ impl QueueState {
             self.next_delivery += 1;
             let c = &mut self.consumers[ci];
             c.window -= 1;
+            c.window_bytes = c.window_bytes.saturating_sub(size);
             let d = Delivery {
                 id,
                 msg: e.msg.clone(),
@@ -499,6 +506,7 @@ impl QueueState {
             unacked: 0,
             unacked_bytes: 0,
             window: CONSUMER_WINDOW,
+            window_bytes: CONSUMER_WINDOW_BYTES,
             active: true,
         });
         self.had_consumer = true;
@@ -525,9 +533,10 @@ impl QueueState {
         false
     }
 
-    pub fn credit(&mut self, shard: &Rc<Shard>, cid: u64, n: u32) {
+    pub fn credit(&mut self, shard: &Rc<Shard>, cid: u64, n: u32, bytes: u64) {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.cid == cid) {
             c.window = (c.window + n).min(CONSUMER_WINDOW);
+            c.window_bytes = (c.window_bytes + bytes).min(CONSUMER_WINDOW_BYTES);
             self.run(shard);
         }
     }
@@ -554,6 +563,7 @@ impl QueueState {
                     c.unacked_bytes = c.unacked_bytes.saturating_sub(size);
                     if how == Settle::Return {
                         c.window = (c.window + 1).min(CONSUMER_WINDOW);
+                        c.window_bytes = (c.window_bytes + size).min(CONSUMER_WINDOW_BYTES);
                     }
                 }
             }
