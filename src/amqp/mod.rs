@@ -89,6 +89,38 @@ impl AmqpError {
     }
 }
 
+/// Yields once: the first poll schedules the task again and returns `Pending`.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Runs `work` as a new task on this shard, after the current task yields.
+///
+/// `glommio::spawn_local` polls a new task right away, inside the caller; AMQP code
+/// spawns while it holds a queue's or a channel's `RefCell` borrow, and the spawned work
+/// may need that same state (an outbox flush delivering to a local channel, an expiry
+/// timer reading its queue), so every AMQP background task starts on a later turn.
+pub fn spawn_later(work: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local(async move {
+        YieldOnce(false).await;
+        work.await;
+    })
+    .detach();
+}
+
 /// The owner shard of a queue: a stable hash of (vhost, name) onto the shard count.
 pub fn queue_owner(vhost: &str, queue: &str, shards: usize) -> usize {
     let mut key = Vec::with_capacity(vhost.len() + queue.len() + 1);

@@ -63,7 +63,7 @@ pub fn push(shard: &Rc<Shard>, to: usize, op: Op) {
         start
     };
     if start {
-        glommio::spawn_local(flush(shard.clone(), to)).detach();
+        super::spawn_later(flush(shard.clone(), to));
     }
 }
 

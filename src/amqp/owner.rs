@@ -27,11 +27,10 @@ pub fn serve_remote(
         return;
     }
     let shard = shard.clone();
-    glommio::spawn_local(async move {
+    super::spawn_later(async move {
         relieve(&shard).await;
         let _ = reply.send(r);
-    })
-    .detach();
+    });
 }
 
 /// Queued message bodies are over twice the shard's memory budget.
@@ -124,10 +123,9 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 let auto_delete = q.borrow_mut().cancel(shard, cid);
                 if auto_delete {
                     let shard = shard.clone();
-                    glommio::spawn_local(async move {
+                    super::spawn_later(async move {
                         delete_queue(&shard, &queue).await;
-                    })
-                    .detach();
+                    });
                 }
             }
         }
@@ -174,15 +172,14 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             }
             // The head is on disk: read it back, then answer.
             let shard = shard.clone();
-            glommio::spawn_local(async move {
+            super::spawn_later(async move {
                 QueueState::page_in_head(&shard, queue.id).await;
                 let r = shard
                     .amqp
                     .queue(queue.id)
                     .and_then(|q| q.borrow_mut().get(&shard, no_ack));
                 let _ = reply.send(r);
-            })
-            .detach();
+            });
         }
         Op::Stats { queue, reply } => {
             let r = queue_for(shard, &queue).map(|q| {
@@ -233,11 +230,10 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 return;
             }
             let shard = shard.clone();
-            glommio::spawn_local(async move {
+            super::spawn_later(async move {
                 let state = delete_queue(&shard, &queue).await;
                 let _ = reply.send(Ok((count, state)));
-            })
-            .detach();
+            });
         }
         Op::Barrier { reply } => {
             let _ = reply.send(());

@@ -302,7 +302,7 @@ impl QueueState {
             return;
         }
         let (shard, qref, args) = (shard.clone(), self.qref.clone(), self.def.args.clone());
-        glommio::spawn_local(async move {
+        super::spawn_later(async move {
             let Some(loc) = e.loc else {
                 return;
             };
@@ -315,8 +315,7 @@ impl QueueState {
                 Err(err) => log::error!("reading a paged message of '{}': {err}", qref.name),
             }
             shard.amqp.store.ack(&qref, e.seq);
-        })
-        .detach();
+        });
     }
 
     /// Republishes a message to the queue's dead-letter exchange, if it has one.
@@ -468,7 +467,7 @@ impl QueueState {
         self.expiry_timer = Some(at);
         let shard = shard.clone();
         let qid = self.qref.id;
-        glommio::spawn_local(async move {
+        super::spawn_later(async move {
             let wait = (at - now_ms()).max(0) as u64;
             glommio::timer::sleep(Duration::from_millis(wait)).await;
             if let Some(q) = shard.amqp.queue(qid) {
@@ -478,8 +477,7 @@ impl QueueState {
                 }
                 q.run(&shard);
             }
-        })
-        .detach();
+        });
     }
 
     pub fn consume(&mut self, shard: &Rc<Shard>, spec: ConsumerSpec) -> Result<(), Refusal> {
@@ -681,7 +679,7 @@ impl QueueState {
         self.paging_in = true;
         let shard = shard.clone();
         let qref = self.qref.clone();
-        glommio::spawn_local(async move {
+        super::spawn_later(async move {
             // The first read opens the segment's read handle; the rest share it.
             let mut reads = Vec::with_capacity(want.len());
             if let Some((_, first)) = want.first() {
@@ -732,8 +730,7 @@ impl QueueState {
                 }
             }
             q.run(&shard);
-        })
-        .detach();
+        });
     }
 
     /// Reads the head back from disk if it is paged out, and waits for it (basic.get).
@@ -801,7 +798,7 @@ impl QueueState {
         };
         let shard = shard.clone();
         let qid = self.qref.id;
-        glommio::spawn_local(async move {
+        super::spawn_later(async move {
             loop {
                 let due = match shard.amqp.queue(qid) {
                     Some(q) => {
@@ -826,8 +823,7 @@ impl QueueState {
             };
             log::debug!("queue '{}' expired (x-expires)", qref.name);
             super::owner::delete_queue(&shard, &qref).await;
-        })
-        .detach();
+        });
     }
 
     /// Restores a message recovered from the store (redelivered when it had been

@@ -561,7 +561,7 @@ impl Store {
             }
             None => return,
         };
-        glommio::spawn_local(async move {
+        super::spawn_later(async move {
             let r = glommio::executor()
                 .spawn_blocking(move || std::fs::remove_dir_all(&dir))
                 .await;
@@ -570,8 +570,7 @@ impl Store {
                     log::warn!("removing queue files: {e}");
                 }
             }
-        })
-        .detach();
+        });
     }
 
     /// The flusher task of this shard's store; ends after `shutdown`.
@@ -662,15 +661,14 @@ pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
 fn delete_segment(seg: Segment) {
     for a in [seg.msgs, seg.acks].into_iter().flatten() {
         let path = a.path.clone();
-        glommio::spawn_local(async move {
+        super::spawn_later(async move {
             if let Err(e) = glommio::io::remove(&path).await {
                 let e = std::io::Error::from(e);
                 if e.kind() != std::io::ErrorKind::NotFound {
                     log::warn!("removing {}: {e}", path.display());
                 }
             }
-        })
-        .detach();
+        });
     }
 }
 
@@ -810,7 +808,7 @@ pub async fn probe_dma(dir: &Path) {
 pub async fn recover(shard: &Rc<Shard>) -> std::io::Result<usize> {
     let store = &shard.amqp.store;
     std::fs::create_dir_all(&store.root)?;
-    glommio::spawn_local(Store::run_flusher(shard.clone())).detach();
+    super::spawn_later(Store::run_flusher(shard.clone()));
     let state = shard.catalog.current();
     let router = shard.amqp.router(shard);
     let mut recovered = 0;
