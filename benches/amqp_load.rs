@@ -152,7 +152,7 @@ async fn flood(url: &str, size: usize, n: u64, persistent: bool) -> (f64, f64) {
             };
             first.get_or_insert_with(Instant::now);
             got += 1;
-            if persistent && got % 100 == 0 {
+            if persistent && got.is_multiple_of(100) {
                 d.ack(BasicAckOptions { multiple: true })
                     .await
                     .expect("ack");
