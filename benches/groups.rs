@@ -123,22 +123,34 @@ fn rebalance_time(a: &Args, round: usize) -> Duration {
     let group = format!("g-{topic}");
     create_topic(&a.brokers, &topic);
     let consumed = Arc::new(AtomicUsize::new(0));
-    let members: Vec<Member> = (0..3).map(|_| member(&a.brokers, &group, &topic, consumed.clone())).collect();
-    wait("three members to share six partitions", Duration::from_secs(60), || {
-        members.iter().all(|m| m.partitions.load(Ordering::SeqCst) == 2)
-    });
+    let members: Vec<Member> = (0..3)
+        .map(|_| member(&a.brokers, &group, &topic, consumed.clone()))
+        .collect();
+    wait(
+        "three members to share six partitions",
+        Duration::from_secs(60),
+        || {
+            members
+                .iter()
+                .all(|m| m.partitions.load(Ordering::SeqCst) == 2)
+        },
+    );
     let started = Instant::now();
     let fourth = member(&a.brokers, &group, &topic, consumed.clone());
     let all = Mutex::new(());
-    wait("four members to hold partitions", Duration::from_secs(60), || {
-        let _g = all.lock();
-        let counts: Vec<usize> = members
-            .iter()
-            .chain(std::iter::once(&fourth))
-            .map(|m| m.partitions.load(Ordering::SeqCst))
-            .collect();
-        counts.iter().all(|n| *n > 0) && counts.iter().sum::<usize>() == 6
-    });
+    wait(
+        "four members to hold partitions",
+        Duration::from_secs(60),
+        || {
+            let _g = all.lock();
+            let counts: Vec<usize> = members
+                .iter()
+                .chain(std::iter::once(&fourth))
+                .map(|m| m.partitions.load(Ordering::SeqCst))
+                .collect();
+            counts.iter().all(|n| *n > 0) && counts.iter().sum::<usize>() == 6
+        },
+    );
     let took = started.elapsed();
     for m in members.into_iter().chain(std::iter::once(fourth)) {
         m.stop.store(true, Ordering::SeqCst);
@@ -174,7 +186,9 @@ fn group_throughput(a: &Args) -> (f64, f64) {
     let consumed = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let group = format!("g-{topic}");
-    let members: Vec<Member> = (0..3).map(|_| member(&a.brokers, &group, &topic, consumed.clone())).collect();
+    let members: Vec<Member> = (0..3)
+        .map(|_| member(&a.brokers, &group, &topic, consumed.clone()))
+        .collect();
     wait("every message consumed", Duration::from_secs(300), || {
         consumed.load(Ordering::SeqCst) >= a.messages
     });

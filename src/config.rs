@@ -124,6 +124,40 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     pub heartbeat_secs: u16,
     pub default_prefetch: u16,
+    /// Users: name and RabbitMQ-style salted SHA-256 password hash.
+    pub users: Vec<AmqpUser>,
+    /// Users that may connect only from a loopback address (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+    pub vhosts: Vec<String>,
+    /// Per-user, per-vhost configure/write/read regular expressions.
+    pub permissions: Vec<AmqpPermission>,
+    /// Bytes of messages the queues of one shard keep in memory; past it, transient
+    /// messages are paged to the queue's files.
+    pub memory_budget_bytes: usize,
+    /// Size at which a queue's message segment file is rolled.
+    pub segment_bytes: u64,
+}
+
+/// One AMQP user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpUser {
+    pub name: String,
+    /// base64(salt(4 bytes) ++ sha256(salt ++ password)), as `rabbitmqctl hash_password`.
+    pub password_hash: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// What one user may do in one vhost (regular expressions over resource names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpPermission {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +252,23 @@ impl Default for AmqpConfig {
             channel_max: 2047,
             heartbeat_secs: 60,
             default_prefetch: 0,
+            users: vec![AmqpUser {
+                name: "guest".into(),
+                // "guest"
+                password_hash: "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe".into(),
+                tags: vec!["administrator".into()],
+            }],
+            loopback_users: vec!["guest".into()],
+            vhosts: vec!["/".into()],
+            permissions: vec![AmqpPermission {
+                user: "guest".into(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            }],
+            memory_budget_bytes: 256 << 20,
+            segment_bytes: 16 << 20,
         }
     }
 }
@@ -469,6 +520,25 @@ impl Config {
         ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return bad(key, "must be an address like 0.0.0.0:9092");
+            }
+        }
+        if self.amqp.frame_max < 4096 {
+            return bad("amqp.frame_max", "must be at least 4096");
+        }
+        if self.amqp.segment_bytes < 4096 {
+            return bad("amqp.segment_bytes", "must be at least 4096");
+        }
+        if self.amqp.vhosts.is_empty() {
+            return bad("amqp.vhosts", "must name at least one vhost");
+        }
+        for p in &self.amqp.permissions {
+            for re in [&p.configure, &p.write, &p.read] {
+                if regex::Regex::new(re).is_err() {
+                    return bad(
+                        "amqp.permissions",
+                        &format!("'{re}' is not a regular expression"),
+                    );
+                }
             }
         }
         if self.limits.max_connections_per_shard == 0 {

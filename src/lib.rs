@@ -3,8 +3,9 @@
 //!
 //! `runtime` starts one shard per core; `storage` holds each shard's partition logs;
 //! `catalog` is the metadata (single writer on shard 0, replicas everywhere); `kafka` is
-//! the Kafka wire protocol. See `../shared/ARCHITECTURE.md` for the design.
+//! the Kafka wire protocol; `amqp` is AMQP 0-9-1. See `../shared/ARCHITECTURE.md` for the design.
 
+pub mod amqp;
 pub mod catalog;
 pub mod config;
 pub mod kafka;

@@ -1,4 +1,5 @@
-//! The catalog: topics, their partitions and configs (AMQP topology will join it).
+//! The catalog: topics, their partitions and configs, and the AMQP topology (vhosts'
+//! exchanges, queues and bindings; see `crate::amqp::topology`).
 //!
 //! Single writer: shard 0 owns the `CatalogWriter`, which validates a change, persists it
 //! (see `store.rs`), builds the next immutable `CatalogState` and broadcasts it to every
@@ -36,6 +37,9 @@ pub enum CatalogError {
     DeleteDisabled,
     #[error("catalog storage error: {0}")]
     Storage(String),
+    /// An AMQP topology refusal, with the reply code the client gets.
+    #[error("{text}")]
+    Amqp { code: u16, text: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -55,6 +59,8 @@ pub struct CatalogState {
     /// Cluster-wide defaults set at run time (AlterConfigs on the broker), by topic config
     /// name (`retention.ms`, …); they override the configuration file's defaults.
     pub broker_configs: BTreeMap<String, String>,
+    /// AMQP topology by vhost name.
+    pub amqp: BTreeMap<String, crate::amqp::topology::VhostTopology>,
 }
 
 /// One persisted mutation.
@@ -65,6 +71,8 @@ pub enum Change {
     SetPartitions(String, i32),
     SetConfigs(String, BTreeMap<String, String>),
     SetBrokerConfigs(BTreeMap<String, String>),
+    /// An AMQP topology change (`crate::amqp::topology`).
+    Amqp(crate::amqp::topology::TopologyChange),
 }
 
 impl CatalogState {
@@ -90,6 +98,7 @@ impl CatalogState {
             Change::SetBrokerConfigs(configs) => {
                 self.broker_configs = configs.clone();
             }
+            Change::Amqp(c) => crate::amqp::topology::apply(&mut self.amqp, c),
         }
         self.version += 1;
     }

@@ -63,6 +63,7 @@ pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(
             configs_ok(configs)
         }
         Change::SetBrokerConfigs(configs) => configs_ok(configs),
+        Change::Amqp(c) => crate::amqp::topology::check(&state.amqp, c),
     }
 }
 
@@ -88,18 +89,33 @@ impl CatalogWriter {
         let mut state = (*base).clone();
         let mut results = Vec::with_capacity(changes.len());
         let mut records = Vec::new();
+        let mut changed = false;
         for change in changes {
             let r = check(config, &state, &change);
             if r.is_ok() && !validate_only {
+                // Transient AMQP topology is replicated but never written.
+                let persist = match &change {
+                    Change::Amqp(c) => crate::amqp::topology::persisted(&state.amqp, c),
+                    _ => true,
+                };
                 state.apply(&change);
-                records.push((state.version, change));
+                changed = true;
+                if persist {
+                    records.push((state.version, change));
+                }
             }
             results.push(r);
+        }
+        if !changed {
+            return CatalogReply {
+                results,
+                state: base,
+            };
         }
         if records.is_empty() {
             return CatalogReply {
                 results,
-                state: base,
+                state: Arc::new(state),
             };
         }
         let Some(mut store) = self.store.borrow_mut().take() else {

@@ -26,5 +26,6 @@ pub fn catalog_error_code(e: &CatalogError) -> i16 {
         CatalogError::InvalidConfig(..) => ResponseError::InvalidConfig.code(),
         CatalogError::DeleteDisabled => ResponseError::TopicDeletionDisabled.code(),
         CatalogError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        CatalogError::Amqp { .. } => ResponseError::UnknownServerError.code(),
     }
 }

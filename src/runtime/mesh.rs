@@ -32,4 +32,9 @@ pub enum Message {
     Kafka(owner::Request, oneshot::Sender<owner::Reply>),
     /// To a consumer group's coordinator shard.
     Group(groups::Request, oneshot::Sender<groups::Reply>),
+    /// AMQP ops for a shard (queue work for an owner, deliveries for a connection).
+    Amqp(
+        crate::amqp::mesh::Request,
+        oneshot::Sender<crate::amqp::mesh::Reply>,
+    ),
 }

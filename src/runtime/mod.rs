@@ -137,7 +137,11 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
         log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
     }
     migrate_ownership(&data_dir, count).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
-    let (store, state) = CatalogStore::open(&data_dir.join("0").join("catalog"))?;
+    crate::amqp::store::migrate(&data_dir, count)
+        .map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+    let (store, mut state) = CatalogStore::open(&data_dir.join("0").join("catalog"))?;
+    // Transient AMQP topology (and exclusive queues) does not outlive the process.
+    crate::amqp::topology::after_restart(&mut state.amqp);
     let state = Arc::new(state);
     let mut store = Some(store);
     let mesh = MeshBuilder::<Message, _>::full(count, 1024);
@@ -195,6 +199,8 @@ async fn run_shard(
     shutdown: Arc<Shutdown>,
 ) -> Result<(), String> {
     let config = Rc::new(config);
+    // First DMA open of this thread: lets glommio detect iopoll support correctly.
+    crate::amqp::store::probe_dma(&config.data_dir.join(id.to_string())).await;
     let storage = Rc::new(Storage::new(&config, id));
     let (senders, mut receivers) = mesh
         .join()
@@ -266,11 +272,17 @@ async fn run_shard(
 
     let kafka = crate::kafka::server::bind(&shard)
         .map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;
+    let amqp_queues = crate::amqp::store::recover(&shard)
+        .await
+        .map_err(|e| format!("amqp recovery: {e}"))?;
+    let amqp = crate::amqp::server::bind(&shard)
+        .map_err(|e| format!("amqp listener {}: {e}", config.amqp.addr))?;
     log::info!(
-        "shard {id}/{count} on {}: kafka {}, data {}, {recovered} partitions recovered in {:?}{}",
+        "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), data {}, {recovered} partitions recovered in {:?}{}",
         core.map(|c| format!("core {c}"))
             .unwrap_or_else(|| "any core".into()),
         config.kafka.addr,
+        config.amqp.addr,
         config.data_dir.join(id.to_string()).display(),
         started.elapsed(),
         if clean {
@@ -280,12 +292,14 @@ async fn run_shard(
         }
     );
     let kafka_task = glommio::spawn_local(crate::kafka::server::accept_loop(shard.clone(), kafka));
+    let amqp_task = glommio::spawn_local(crate::amqp::server::accept_loop(shard.clone(), amqp));
 
     // Run until asked to stop.
     shutdown.wait_requested().await;
     shard.stopping.set(true);
     shard.stop.notify();
     kafka_task.await;
+    amqp_task.await;
     // Let in-flight requests finish.
     let deadline = Instant::now() + DRAIN_DEADLINE;
     while shard.connections.get() > 0 && Instant::now() < deadline {
@@ -303,6 +317,7 @@ async fn run_shard(
     storage.stop_flusher();
     flusher.await;
     storage.shutdown().await;
+    shard.amqp.store.shutdown(&shard).await;
     log::info!("shard {id} stopped: logs flushed and synced");
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct Shard {
     /// Set once this shard has begun to stop; listeners stop accepting.
     pub stopping: Cell<bool>,
     pub stop: Notify,
+    /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
+    pub amqp: crate::amqp::ShardAmqp,
 }
 
 /// FNV-1a: a hash that never changes between builds or runs, for ownership.
@@ -70,6 +72,7 @@ impl Shard {
         senders: Senders<Message>,
         shutdown: Arc<Shutdown>,
     ) -> Shard {
+        let amqp = crate::amqp::ShardAmqp::new(&config, id, count);
         Shard {
             id,
             count,
@@ -84,6 +87,7 @@ impl Shard {
             connections_changed: Notify::new(),
             stopping: Cell::new(false),
             stop: Notify::new(),
+            amqp,
         }
     }
 
@@ -144,6 +148,25 @@ impl Shard {
             return Box::pin(async { owner::Reply::Unavailable });
         }
         Box::pin(async move { rx.await.unwrap_or(owner::Reply::Unavailable) })
+    }
+
+    /// AMQP ops for `owner`, locally or across the mesh: the one place AMQP work crosses
+    /// shards (called by the outbox's flush, one envelope per destination).
+    pub async fn amqp(
+        self: &Rc<Self>,
+        owner: usize,
+        req: crate::amqp::mesh::Request,
+    ) -> crate::amqp::mesh::Reply {
+        if owner == self.id {
+            let r = crate::amqp::owner::serve(self, req);
+            crate::amqp::owner::relieve(self).await;
+            return r;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.send(owner, Message::Amqp(req, tx)).await.is_err() {
+            return crate::amqp::mesh::Reply::Unavailable;
+        }
+        rx.await.unwrap_or(crate::amqp::mesh::Reply::Unavailable)
     }
 
     /// Applies catalog changes through shard 0's writer and installs the resulting state
@@ -239,6 +262,7 @@ impl Shard {
                 }
             }
         }
+        crate::amqp::catalog_installed(self);
         true
     }
 
@@ -266,6 +290,10 @@ impl Shard {
                     let _ = reply.send(done.await);
                 })
                 .detach();
+            }
+            Message::Amqp(req, reply) => {
+                // Applied now, in arrival order; the ops' own replies travel in them.
+                crate::amqp::owner::serve_remote(self, req, reply);
             }
             Message::Kafka(req, reply) => {
                 // The synchronous part runs now, in arrival order.

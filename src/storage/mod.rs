@@ -112,7 +112,9 @@ impl Storage {
         self.settle_iopoll_probe().await?;
         let marker = self.root.join(CLEAN_SHUTDOWN);
         // A shard with no partitions yet has nothing that could be unclean.
-        let fresh = std::fs::read_dir(self.kafka_dir()).map(|mut d| d.next().is_none()).unwrap_or(true);
+        let fresh = std::fs::read_dir(self.kafka_dir())
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
         let clean = marker.exists() || fresh;
         if marker.exists() {
             std::fs::remove_file(&marker)?;

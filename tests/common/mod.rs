@@ -12,6 +12,8 @@ pub struct Broker {
     child: Option<Child>,
     pub data: PathBuf,
     pub port: u16,
+    /// The AMQP port (kept across restarts).
+    pub amqp_port: u16,
     pub log_path: PathBuf,
     env: Vec<(String, String)>,
     shards: usize,
@@ -37,6 +39,7 @@ impl Broker {
             child: None,
             data: data.to_owned(),
             port: free_port(),
+            amqp_port: free_port(),
             log_path: data.with_extension("log"),
             env: env
                 .iter()
@@ -65,7 +68,7 @@ impl Broker {
             .arg("--kafka-addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--amqp-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.amqp_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", free_port()))
             .env("RUST_LOG", "info")
@@ -86,7 +89,10 @@ impl Broker {
         let want = self.shards * self.starts;
         loop {
             let n = self.log().matches("partitions recovered").count();
-            if n >= want && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if n >= want
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok()
+            {
                 return;
             }
             if let Some(status) = self
@@ -105,6 +111,11 @@ impl Broker {
         }
     }
 
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f` for clients.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -115,6 +126,23 @@ impl Broker {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of the broker process in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
     }
 
     /// `kill -9`: no chance to flush anything.
@@ -169,3 +197,5 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let data = dir.path().join("data");
     (dir, data)
 }
+
+pub mod amqp;

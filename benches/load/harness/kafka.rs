@@ -229,7 +229,7 @@ fn produce(
             }
         }
         sent += 1;
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             producer.poll(Duration::ZERO);
         }
     }

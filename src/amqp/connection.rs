@@ -1,0 +1,801 @@
+//! One AMQP connection on the shard that accepted it: the handshake (protocol header,
+//! start/start-ok with PLAIN or AMQPLAIN, tune/tune-ok, open), the frame loop that feeds
+//! channels, heartbeats, the writer task, and the clean-up when it ends (consumers
+//! cancelled, unacked messages requeued, exclusive queues deleted).
+//!
+//! A `Connection` is shared by `Rc` between its reader task, its writer task, its
+//! heartbeat task and the shard's op handler (deliveries and confirms arrive through
+//! `ShardAmqp::connection`). Output is one `BytesMut` the writer drains; the reader never
+//! waits on the writer. No `RefCell` borrow is held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{channel as chan, connection as conn_m, AMQPClass};
+use bytes::BytesMut;
+use futures::future::{select, Either};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::auth::{self, Permissions};
+use super::channel::{Channel, ChannelRef};
+use super::codec::{self, Frame, FrameError};
+use super::mesh::{Delivery, Op};
+use super::routing::QueueRef;
+use super::topology::TopologyChange;
+use super::{methods, outbox, reply, AmqpError};
+use crate::catalog::Change;
+use crate::runtime::notify::{Listener, Notify};
+use crate::runtime::shard::Shard;
+use crate::storage::log::now_ms;
+
+/// How long a client has for the whole handshake, and to answer our connection.close.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    StartOk,
+    TuneOk,
+    Open,
+    Running,
+    /// We sent connection.close and wait for close-ok.
+    Closing,
+}
+
+pub struct Connection {
+    pub id: u64,
+    pub shard: Rc<Shard>,
+    pub peer: SocketAddr,
+    pub user: RefCell<String>,
+    pub vhost: RefCell<String>,
+    pub perms: RefCell<Option<Permissions>>,
+    pub frame_max: Cell<u32>,
+    pub channel_max: Cell<u16>,
+    pub heartbeat: Cell<u16>,
+    out: RefCell<BytesMut>,
+    out_ready: Notify,
+    /// Deliveries encoded into `out` per consumer, returned as credit once written.
+    written: RefCell<HashMap<u64, (QueueRef, u32, u64)>>,
+    pub channels: RefCell<HashMap<u16, ChannelRef>>,
+    /// Exclusive queues this connection declared: (vhost, name, id).
+    pub exclusive: RefCell<Vec<(String, String, u64)>>,
+    /// Set when the reader is done: the writer flushes what is left and stops.
+    finished: Cell<bool>,
+    /// The socket failed or the peer went silent: stop reading.
+    dead: Cell<bool>,
+    kill: Notify,
+    last_recv_ms: Cell<i64>,
+    last_send_ms: Cell<i64>,
+    /// (class, method) of the method being handled, for the close it may cause.
+    pub last_method: Cell<(u16, u16)>,
+    /// The client announced the `connection.blocked` capability.
+    blocked_capable: Cell<bool>,
+}
+
+impl Connection {
+    fn new(shard: &Rc<Shard>, peer: SocketAddr) -> Connection {
+        let cfg = &shard.config.amqp;
+        Connection {
+            id: shard.amqp.next_id(),
+            shard: shard.clone(),
+            peer,
+            user: RefCell::new(String::new()),
+            vhost: RefCell::new(String::new()),
+            perms: RefCell::new(None),
+            frame_max: Cell::new(cfg.frame_max),
+            channel_max: Cell::new(cfg.channel_max),
+            heartbeat: Cell::new(0),
+            out: RefCell::new(BytesMut::with_capacity(64 * 1024)),
+            out_ready: Notify::new(),
+            written: RefCell::new(HashMap::new()),
+            channels: RefCell::new(HashMap::new()),
+            exclusive: RefCell::new(Vec::new()),
+            finished: Cell::new(false),
+            dead: Cell::new(false),
+            kill: Notify::new(),
+            last_recv_ms: Cell::new(now_ms()),
+            last_send_ms: Cell::new(now_ms()),
+            last_method: Cell::new((0, 0)),
+            blocked_capable: Cell::new(false),
+        }
+    }
+
+    pub fn vhost(&self) -> String {
+        self.vhost.borrow().clone()
+    }
+
+    /// Appends to the output and wakes the writer.
+    pub fn write(&self, f: impl FnOnce(&mut BytesMut)) {
+        if self.dead.get() {
+            return;
+        }
+        f(&mut self.out.borrow_mut());
+        self.out_ready.notify();
+    }
+
+    pub fn send_method(&self, channel: u16, method: AMQPClass) {
+        self.write(|out| codec::put_method(out, channel, method));
+    }
+
+    /// Counts a delivery written for consumer `cid` (credit goes back after the write).
+    pub fn count_written(&self, cid: u64, queue: &QueueRef, n: u32, bytes: u64) {
+        let mut w = self.written.borrow_mut();
+        let e = w.entry(cid).or_insert_with(|| (queue.clone(), 0, 0));
+        e.1 += n;
+        e.2 += bytes;
+    }
+
+    pub fn channel(&self, id: u16) -> Option<ChannelRef> {
+        self.channels.borrow().get(&id).cloned()
+    }
+
+    /// Deliveries from a queue's owner for consumer `cid` on `channel`.
+    pub fn deliver(self: &Rc<Self>, channel: u16, cid: u64, queue: QueueRef, items: Vec<Delivery>) {
+        let ch = self.channel(channel);
+        let rest = match ch {
+            Some(ch) => ch.borrow_mut().deliver(self, cid, &queue, items),
+            None => Some(items),
+        };
+        if let Some(items) = rest {
+            let ids = items.into_iter().map(|d| d.id).collect();
+            outbox::push(
+                &self.shard,
+                queue.owner,
+                Op::Settle {
+                    queue,
+                    ids,
+                    how: super::mesh::Settle::Return,
+                },
+            );
+        }
+    }
+
+    pub fn confirmed(self: &Rc<Self>, channel: u16, seqs: Vec<u64>, ack: bool) {
+        if let Some(ch) = self.channel(channel) {
+            ch.borrow_mut().confirmed(self, seqs, ack);
+        }
+    }
+
+    pub fn consumer_cancelled(self: &Rc<Self>, channel: u16, cid: u64) {
+        if let Some(ch) = self.channel(channel) {
+            ch.borrow_mut().server_cancel(self, cid);
+        }
+    }
+
+    fn close_connection(&self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(conn_m::AMQPMethod::Close(conn_m::Close {
+                reply_code: code,
+                reply_text: codec::short(text),
+                class_id,
+                method_id,
+            })),
+        );
+    }
+
+    /// Releases everything the connection holds: each channel's consumers and unacked
+    /// messages, then its exclusive queues.
+    async fn clean_up(self: &Rc<Self>) {
+        let channels: Vec<ChannelRef> =
+            self.channels.borrow_mut().drain().map(|(_, c)| c).collect();
+        for ch in channels {
+            ch.borrow_mut().release(self);
+        }
+        let exclusive = std::mem::take(&mut *self.exclusive.borrow_mut());
+        if !exclusive.is_empty() {
+            let mut by_vhost: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+            for (v, n, id) in exclusive {
+                by_vhost.entry(v).or_default().push((n, id));
+            }
+            let changes = by_vhost
+                .into_iter()
+                .map(|(vhost, queues)| Change::Amqp(TopologyChange::DeleteQueues { vhost, queues }))
+                .collect();
+            self.shard.change_catalog(changes, false).await;
+        }
+    }
+}
+
+/// Runs one accepted connection to its end.
+pub async fn run(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
+    let peer = stream.peer_addr()?;
+    // A second handle on the socket for the writer task.
+    // SAFETY: dup returns a new descriptor we own; it is handed to exactly one TcpStream.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a valid, open socket descriptor owned by nobody else.
+    let writer = unsafe { TcpStream::from_raw_fd(dup) };
+    let conn = Rc::new(Connection::new(&shard, peer));
+    shard.amqp.register(&conn);
+    let write_task = glommio::spawn_local(write_loop(conn.clone(), writer));
+    let result = read_loop(&conn, stream).await;
+    if let Err(e) = &result {
+        log::info!("amqp connection from {peer} closed: {e}");
+    }
+    conn.clean_up().await;
+    conn.finished.set(true);
+    conn.out_ready.notify();
+    let _ = glommio::timer::timeout(CLOSE_TIMEOUT, async {
+        write_task.await;
+        Ok(())
+    })
+    .await;
+    conn.dead.set(true);
+    shard.amqp.unregister(conn.id);
+    Ok(())
+}
+
+async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
+    loop {
+        let l = Listener::new();
+        l.listen(&conn.out_ready);
+        let buf = std::mem::take(&mut *conn.out.borrow_mut());
+        let written = std::mem::take(&mut *conn.written.borrow_mut());
+        if buf.is_empty() {
+            if conn.finished.get() || conn.dead.get() {
+                break;
+            }
+            l.await;
+            continue;
+        }
+        if let Err(e) = writer.write_all(&buf).await {
+            log::debug!("amqp write to {}: {e}", conn.peer);
+            conn.dead.set(true);
+            conn.kill.notify();
+            break;
+        }
+        conn.last_send_ms.set(now_ms());
+        // Reuse the buffer's allocation when nothing new arrived meanwhile.
+        {
+            let mut out = conn.out.borrow_mut();
+            if out.is_empty() && buf.capacity() > out.capacity() {
+                let mut buf = buf;
+                buf.clear();
+                *out = buf;
+            }
+        }
+        for (cid, (queue, n, bytes)) in written {
+            let owner = queue.owner;
+            outbox::push(
+                &conn.shard,
+                owner,
+                Op::Credit {
+                    queue,
+                    cid,
+                    n,
+                    bytes,
+                },
+            );
+        }
+    }
+    let _ = writer.close().await;
+}
+
+/// Reads into `buf` until at least one more byte arrived; false on EOF, stop or kill.
+async fn fill(
+    conn: &Rc<Connection>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    chunk: &mut [u8],
+    deadline: Option<Duration>,
+) -> Result<bool, std::io::Error> {
+    let stop = Listener::new();
+    stop.listen(&conn.shard.stop);
+    stop.listen(&conn.kill);
+    if conn.shard.stopping.get() || conn.dead.get() {
+        return Ok(false);
+    }
+    let read = Box::pin(stream.read(chunk));
+    let r = match deadline {
+        Some(d) => {
+            let timed = Box::pin(glommio::timer::sleep(d));
+            match select(read, select(stop, timed)).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => return Ok(false),
+            }
+        }
+        None => match select(read, stop).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => return Ok(false),
+        },
+    };
+    let n = r?;
+    if n == 0 {
+        return Ok(false);
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    conn.last_recv_ms.set(now_ms());
+    Ok(true)
+}
+
+async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), std::io::Error> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Protocol header.
+    while buf.len() < 8 {
+        if !fill(
+            conn,
+            &mut stream,
+            &mut buf,
+            &mut chunk,
+            Some(HANDSHAKE_TIMEOUT),
+        )
+        .await?
+        {
+            return Ok(());
+        }
+    }
+    if buf[..8] != codec::PROTOCOL_HEADER {
+        log::info!(
+            "amqp connection from {}: unsupported protocol header {:?}",
+            conn.peer,
+            &buf[..8]
+        );
+        conn.write(|out| out.extend_from_slice(&codec::PROTOCOL_HEADER));
+        return Ok(());
+    }
+    let _ = buf.split_to(8);
+    conn.send_method(
+        0,
+        AMQPClass::Connection(conn_m::AMQPMethod::Start(conn_m::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: auth::server_properties(),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+    let mut phase = Phase::StartOk;
+    let started = now_ms();
+    let mut close_deadline: Option<i64> = None;
+    loop {
+        // Every complete frame in the buffer.
+        loop {
+            let frame = match codec::take_frame(&mut buf, conn.frame_max.get()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    if phase == Phase::Closing {
+                        return Ok(());
+                    }
+                    let code = match e {
+                        FrameError::BadType(_)
+                        | FrameError::BadEnd(_)
+                        | FrameError::TooLarge { .. } => reply::FRAME_ERROR,
+                    };
+                    log::info!("amqp connection from {}: {e}", conn.peer);
+                    conn.close_connection(code, &format!("FRAME_ERROR - {e}"), 0, 0);
+                    phase = Phase::Closing;
+                    close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
+                    // The stream cannot be re-synchronised after a bad frame.
+                    buf.clear();
+                    break;
+                }
+            };
+            match handle_frame(conn, &mut phase, frame).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(AmqpError::Connection { code, text }) => {
+                    log::info!("amqp connection from {}: {text}", conn.peer);
+                    let (c, m) = conn.last_method.get();
+                    conn.close_connection(code, &text, c, m);
+                    phase = Phase::Closing;
+                    close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
+                }
+                Err(AmqpError::Channel { code, text }) => {
+                    // Only reached for errors outside a channel's own handling.
+                    conn.close_connection(code, &text, 0, 0);
+                    phase = Phase::Closing;
+                    close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
+                }
+            }
+        }
+        if conn.shard.stopping.get() && phase != Phase::Closing {
+            conn.close_connection(
+                reply::CONNECTION_FORCED,
+                "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+                0,
+                0,
+            );
+            phase = Phase::Closing;
+            close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
+        }
+        // Back-pressure: let the outbox drain before reading more publishes; a client
+        // that understands it hears connection.blocked if that takes more than 100 ms.
+        let limit = conn.shard.config.limits.connection_inflight_bytes;
+        let waiting_since = now_ms();
+        let mut blocked = false;
+        while conn.shard.amqp.outbox.bytes() > limit && !conn.dead.get() {
+            if !blocked && conn.blocked_capable.get() && now_ms() - waiting_since > 100 {
+                blocked = true;
+                conn.send_method(
+                    0,
+                    AMQPClass::Connection(conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                        reason: "back-pressure: queues are behind".into(),
+                    })),
+                );
+            }
+            let l = Listener::new();
+            l.listen(&conn.shard.amqp.outbox.drained);
+            let _ = glommio::timer::timeout(Duration::from_millis(50), async {
+                l.await;
+                Ok(())
+            })
+            .await;
+        }
+        if blocked {
+            conn.send_method(
+                0,
+                AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})),
+            );
+        }
+        let deadline = match (phase, close_deadline) {
+            (Phase::Closing, Some(t)) => {
+                let left = t - now_ms();
+                if left <= 0 {
+                    return Ok(());
+                }
+                Some(Duration::from_millis(left as u64))
+            }
+            (Phase::Running, _) => None,
+            _ => {
+                let left = started + HANDSHAKE_TIMEOUT.as_millis() as i64 - now_ms();
+                if left <= 0 {
+                    log::info!("amqp connection from {}: handshake timed out", conn.peer);
+                    return Ok(());
+                }
+                Some(Duration::from_millis(left as u64))
+            }
+        };
+        let stopping_before = conn.shard.stopping.get();
+        if !fill(conn, &mut stream, &mut buf, &mut chunk, deadline).await? {
+            if conn.shard.stopping.get() && !stopping_before && phase == Phase::Running {
+                // The shard began stopping while we waited: tell the client (next turn).
+                continue;
+            }
+            if phase == Phase::Running && conn.shard.stopping.get() {
+                continue;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Handles one frame; Ok(false) ends the connection.
+async fn handle_frame(
+    conn: &Rc<Connection>,
+    phase: &mut Phase,
+    frame: Frame,
+) -> Result<bool, AmqpError> {
+    if frame.kind == codec::FRAME_HEARTBEAT {
+        return Ok(true);
+    }
+    match *phase {
+        Phase::Closing => {
+            // Only close-ok (or a crossing close) matters now.
+            if frame.kind == codec::FRAME_METHOD && frame.channel == 0 {
+                match codec::decode_method(&frame.payload) {
+                    Some(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => {
+                        return Ok(false)
+                    }
+                    Some(AMQPClass::Connection(conn_m::AMQPMethod::Close(_))) => {
+                        conn.send_method(
+                            0,
+                            AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
+                        );
+                        return Ok(false);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(true)
+        }
+        Phase::StartOk | Phase::TuneOk | Phase::Open => handshake(conn, phase, frame),
+        Phase::Running => running(conn, frame).await,
+    }
+}
+
+fn expect_method(conn: &Connection, frame: &Frame) -> Result<AMQPClass, AmqpError> {
+    if frame.kind != codec::FRAME_METHOD || frame.channel != 0 {
+        return Err(AmqpError::connection(
+            reply::UNEXPECTED_FRAME,
+            "UNEXPECTED_FRAME - expected a method frame on channel 0 during the handshake",
+        ));
+    }
+    conn.last_method.set(codec::method_ids(&frame.payload));
+    codec::decode_method(&frame.payload).ok_or_else(|| {
+        AmqpError::connection(reply::SYNTAX_ERROR, "SYNTAX_ERROR - malformed method frame")
+    })
+}
+
+fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<bool, AmqpError> {
+    let method = expect_method(conn, &frame)?;
+    let cfg = &conn.shard.config.amqp;
+    match (*phase, method) {
+        (_, AMQPClass::Connection(conn_m::AMQPMethod::Close(_))) => {
+            conn.send_method(
+                0,
+                AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
+            );
+            Ok(false)
+        }
+        (Phase::StartOk, AMQPClass::Connection(conn_m::AMQPMethod::StartOk(ok))) => {
+            let mech = ok.mechanism.as_str().to_owned();
+            if let Some(amq_protocol::types::AMQPValue::FieldTable(caps)) =
+                ok.client_properties.inner().get("capabilities")
+            {
+                conn.blocked_capable.set(matches!(
+                    caps.inner().get("connection.blocked"),
+                    Some(amq_protocol::types::AMQPValue::Boolean(true))
+                ));
+            }
+            if mech != "PLAIN" && mech != "AMQPLAIN" {
+                return Err(AmqpError::connection(
+                    reply::ACCESS_REFUSED,
+                    format!("ACCESS_REFUSED - unsupported authentication mechanism '{mech}'"),
+                ));
+            }
+            match auth::authenticate(cfg, &mech, ok.response.as_bytes(), conn.peer) {
+                Ok(user) => *conn.user.borrow_mut() = user,
+                Err(e) => {
+                    log::warn!("amqp login from {} refused: {e}", conn.peer);
+                    // authentication_failure_close: a connection.close with 403.
+                    return Err(AmqpError::connection(reply::ACCESS_REFUSED, e.to_string()));
+                }
+            }
+            conn.send_method(
+                0,
+                AMQPClass::Connection(conn_m::AMQPMethod::Tune(conn_m::Tune {
+                    channel_max: cfg.channel_max,
+                    frame_max: cfg.frame_max,
+                    heartbeat: cfg.heartbeat_secs,
+                })),
+            );
+            *phase = Phase::TuneOk;
+            Ok(true)
+        }
+        (Phase::TuneOk, AMQPClass::Connection(conn_m::AMQPMethod::TuneOk(t))) => {
+            let channel_max = match (t.channel_max, cfg.channel_max) {
+                (0, s) => s,
+                (c, s) => c.min(s),
+            };
+            let frame_max = match t.frame_max {
+                0 => cfg.frame_max,
+                f => f.min(cfg.frame_max),
+            };
+            if frame_max < 4096 {
+                return Err(AmqpError::connection(
+                    reply::NOT_ALLOWED,
+                    format!("NOT_ALLOWED - frame_max={frame_max} < 4096 min size"),
+                ));
+            }
+            conn.channel_max.set(channel_max);
+            conn.frame_max.set(frame_max);
+            conn.heartbeat.set(t.heartbeat);
+            if t.heartbeat > 0 {
+                glommio::spawn_local(heartbeat_loop(conn.clone())).detach();
+            }
+            *phase = Phase::Open;
+            Ok(true)
+        }
+        (Phase::Open, AMQPClass::Connection(conn_m::AMQPMethod::Open(o))) => {
+            let mut vhost = o.virtual_host.as_str().to_owned();
+            // `amqp://host:5672/` names the empty vhost in some clients (lapin): that is
+            // the default one.
+            if vhost.is_empty() {
+                vhost = "/".into();
+            }
+            if !cfg.vhosts.contains(&vhost) {
+                return Err(AmqpError::connection(
+                    reply::NOT_ALLOWED,
+                    format!("NOT_ALLOWED - vhost {vhost} not found"),
+                ));
+            }
+            let user = conn.user.borrow().clone();
+            let Some(perms) = Permissions::of(cfg, &user, &vhost) else {
+                return Err(AmqpError::connection(
+                    reply::NOT_ALLOWED,
+                    format!("NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}'"),
+                ));
+            };
+            *conn.perms.borrow_mut() = Some(perms);
+            *conn.vhost.borrow_mut() = vhost;
+            conn.send_method(
+                0,
+                AMQPClass::Connection(conn_m::AMQPMethod::OpenOk(conn_m::OpenOk {})),
+            );
+            *phase = Phase::Running;
+            Ok(true)
+        }
+        _ => Err(AmqpError::connection(
+            reply::COMMAND_INVALID,
+            "COMMAND_INVALID - unexpected method during the handshake",
+        )),
+    }
+}
+
+async fn heartbeat_loop(conn: Rc<Connection>) {
+    let hb = conn.heartbeat.get() as i64 * 1000;
+    let tick = Duration::from_millis((hb / 2).max(500) as u64);
+    loop {
+        glommio::timer::sleep(tick).await;
+        if conn.finished.get() || conn.dead.get() {
+            return;
+        }
+        let now = now_ms();
+        if now - conn.last_send_ms.get() >= hb / 2 {
+            conn.write(codec::put_heartbeat);
+        }
+        if now - conn.last_recv_ms.get() > 2 * hb {
+            log::info!(
+                "amqp connection from {}: no frames for {} s (heartbeat {} s), closing",
+                conn.peer,
+                (now - conn.last_recv_ms.get()) / 1000,
+                hb / 1000
+            );
+            conn.dead.set(true);
+            conn.kill.notify();
+            return;
+        }
+    }
+}
+
+/// A frame after the handshake.
+async fn running(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError> {
+    if frame.channel == 0 {
+        if frame.kind != codec::FRAME_METHOD {
+            return Err(AmqpError::connection(
+                reply::UNEXPECTED_FRAME,
+                "UNEXPECTED_FRAME - content frame on channel 0",
+            ));
+        }
+        conn.last_method.set(codec::method_ids(&frame.payload));
+        return match codec::decode_method(&frame.payload) {
+            Some(AMQPClass::Connection(conn_m::AMQPMethod::Close(c))) => {
+                log::debug!(
+                    "amqp connection from {} closed by client: {} {}",
+                    conn.peer,
+                    c.reply_code,
+                    c.reply_text
+                );
+                conn.clean_up().await;
+                conn.send_method(
+                    0,
+                    AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
+                );
+                Ok(false)
+            }
+            Some(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => Ok(false),
+            Some(AMQPClass::Connection(conn_m::AMQPMethod::Blocked(_)))
+            | Some(AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(_))) => Ok(true),
+            Some(_) => Err(AmqpError::connection(
+                reply::COMMAND_INVALID,
+                "COMMAND_INVALID - unexpected method on channel 0",
+            )),
+            None => Err(methods::undecodable(&frame.payload)),
+        };
+    }
+    if frame.channel > conn.channel_max.get() {
+        return Err(AmqpError::connection(
+            reply::CHANNEL_ERROR,
+            format!(
+                "CHANNEL_ERROR - channel {} exceeds channel_max {}",
+                frame.channel,
+                conn.channel_max.get()
+            ),
+        ));
+    }
+    let ch = conn.channel(frame.channel);
+    match frame.kind {
+        codec::FRAME_METHOD => {
+            conn.last_method.set(codec::method_ids(&frame.payload));
+            let Some(method) = codec::decode_method(&frame.payload) else {
+                return Err(methods::undecodable(&frame.payload));
+            };
+            let Some(ch) = ch else {
+                if let AMQPClass::Channel(chan::AMQPMethod::Open(_)) = method {
+                    let ch = Channel::new(frame.channel, conn);
+                    conn.channels.borrow_mut().insert(frame.channel, ch);
+                    conn.send_method(
+                        frame.channel,
+                        AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                    );
+                    return Ok(true);
+                }
+                return Err(AmqpError::connection(
+                    reply::CHANNEL_ERROR,
+                    format!(
+                        "CHANNEL_ERROR - expected 'channel.open' on channel {}",
+                        frame.channel
+                    ),
+                ));
+            };
+            let closing = ch.borrow().closing;
+            if closing {
+                match method {
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => {
+                        conn.channels.borrow_mut().remove(&frame.channel);
+                    }
+                    AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                        conn.channels.borrow_mut().remove(&frame.channel);
+                        conn.send_method(
+                            frame.channel,
+                            AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                        );
+                    }
+                    _ => {}
+                }
+                return Ok(true);
+            }
+            if ch.borrow().publish.is_some() {
+                return Err(AmqpError::connection(
+                    reply::UNEXPECTED_FRAME,
+                    "UNEXPECTED_FRAME - expected content header or body, got a method",
+                ));
+            }
+            let r = methods::dispatch(conn, &ch, method, &frame.payload).await;
+            channel_result(conn, &ch, r)?;
+            Ok(true)
+        }
+        codec::FRAME_HEADER | codec::FRAME_BODY => {
+            let Some(ch) = ch else {
+                return Err(AmqpError::connection(
+                    reply::CHANNEL_ERROR,
+                    format!(
+                        "CHANNEL_ERROR - content on channel {} which is not open",
+                        frame.channel
+                    ),
+                ));
+            };
+            if ch.borrow().closing {
+                return Ok(true);
+            }
+            let r = methods::basic_publish::content(conn, &ch, frame).await;
+            channel_result(conn, &ch, r)?;
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
+}
+
+/// A channel error closes only that channel (channel.close, then wait for close-ok);
+/// connection errors pass up.
+fn channel_result(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    r: Result<(), AmqpError>,
+) -> Result<(), AmqpError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(AmqpError::Channel { code, text }) => {
+            let (class_id, method_id) = conn.last_method.get();
+            log::debug!("amqp channel {} of {}: {text}", ch.borrow().id, conn.peer);
+            let id = {
+                let mut c = ch.borrow_mut();
+                c.release(conn);
+                c.closing = true;
+                c.id
+            };
+            conn.send_method(
+                id,
+                AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                    reply_code: code,
+                    reply_text: codec::short(&text),
+                    class_id,
+                    method_id,
+                })),
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,243 @@
+//! What AMQP work looks like when it crosses shards: `Op`s, batched by the `Outbox` into
+//! one `Request::Ops` envelope per destination shard per flush.
+//!
+//! Ops towards a queue's owner shard: publish, consume, cancel, settle (ack / requeue /
+//! reject), credit, limits, get, stats, purge, delete, barrier. Ops towards a connection's
+//! shard: deliver, confirm, cancelled. Each envelope carries the sender's catalog
+//! version (`Arc<CatalogState>`), which the receiver installs first if it is newer, so an
+//! op never names a queue the receiving shard has not heard of yet.
+
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+
+use super::message::Message;
+use super::routing::QueueRef;
+use crate::catalog::CatalogState;
+
+/// An AMQP reply code and text, as a channel or connection close carries them.
+pub type Refusal = (u16, String);
+
+/// A consumer as its queue's owner knows it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Unique across the process (connection shard in the high bits).
+    pub cid: u64,
+    pub shard: usize,
+    pub conn: u64,
+    pub channel: u16,
+    pub tag: Arc<str>,
+    pub no_ack: bool,
+    pub prefetch_count: u32,
+    pub prefetch_bytes: u64,
+    pub priority: i32,
+    pub exclusive: bool,
+}
+
+/// One message handed to a consumer (or a basic.get): `id` is the queue's delivery id,
+/// the handle acks and rejects name.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: u64,
+    pub msg: Message,
+    pub redelivered: bool,
+}
+
+/// What to do with delivered messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// Back to the queue, marked redelivered.
+    Requeue,
+    /// Dead-lettered (reason `rejected`) or dropped.
+    Reject,
+    /// Never reached the client (its consumer or connection was gone): back to the queue
+    /// as it was.
+    Return,
+}
+
+/// Where a publisher confirm goes.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmTo {
+    pub shard: usize,
+    pub conn: u64,
+    pub channel: u16,
+    pub seq: u64,
+}
+
+/// Statistics for queue.declare-ok: (messages ready, consumers).
+pub type QueueStats = (u32, u32);
+
+pub enum Op {
+    // ---- to the queue's owner shard ----
+    Publish {
+        queue: QueueRef,
+        msg: Message,
+        confirm: Option<ConfirmTo>,
+    },
+    Consume {
+        queue: QueueRef,
+        consumer: ConsumerSpec,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Cancel {
+        queue: QueueRef,
+        cid: u64,
+    },
+    Settle {
+        queue: QueueRef,
+        ids: Vec<u64>,
+        how: Settle,
+    },
+    /// The consumer's shard wrote `n` more deliveries (`bytes` of bodies) to the socket.
+    Credit {
+        queue: QueueRef,
+        cid: u64,
+        n: u32,
+        bytes: u64,
+    },
+    /// New prefetch limits (channel-wide qos changed) or flow state of a consumer.
+    Limits {
+        queue: QueueRef,
+        cid: u64,
+        prefetch_count: u32,
+        prefetch_bytes: u64,
+        active: bool,
+    },
+    Get {
+        queue: QueueRef,
+        no_ack: bool,
+        reply: oneshot::Sender<Option<(Delivery, u32)>>,
+    },
+    Stats {
+        queue: QueueRef,
+        reply: oneshot::Sender<Option<QueueStats>>,
+    },
+    Purge {
+        queue: QueueRef,
+        reply: oneshot::Sender<u32>,
+    },
+    Delete {
+        queue: QueueRef,
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<Result<(u32, Arc<CatalogState>), Refusal>>,
+    },
+    /// Answered once every op sent before it to this shard is processed (and persisted).
+    Barrier {
+        reply: oneshot::Sender<()>,
+    },
+
+    // ---- to a connection's shard ----
+    Deliver {
+        conn: u64,
+        channel: u16,
+        cid: u64,
+        queue: QueueRef,
+        items: Vec<Delivery>,
+    },
+    Confirm {
+        conn: u64,
+        channel: u16,
+        seqs: Vec<u64>,
+        ack: bool,
+    },
+    /// The queue went away: the consumer is cancelled by the server.
+    Cancelled {
+        conn: u64,
+        channel: u16,
+        cid: u64,
+    },
+}
+
+impl Op {
+    /// Payload bytes the op carries (for the outbox's back-pressure).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Op::Publish { msg, .. } => msg.size(),
+            Op::Deliver { items, .. } => items.iter().map(|d| d.msg.size()).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Folds `next` into `self` when both say the same thing to the same target
+    /// (deliveries to one consumer, confirms to one channel, settles of one queue),
+    /// so a burst of per-message work becomes one op.
+    pub fn merge(&mut self, next: Op) -> Option<Op> {
+        match (self, next) {
+            (
+                Op::Deliver { cid, items, .. },
+                Op::Deliver {
+                    cid: c2,
+                    items: more,
+                    ..
+                },
+            ) if *cid == c2 => {
+                items.extend(more);
+                None
+            }
+            (
+                Op::Confirm {
+                    conn,
+                    channel,
+                    seqs,
+                    ack,
+                },
+                Op::Confirm {
+                    conn: c2,
+                    channel: ch2,
+                    seqs: more,
+                    ack: a2,
+                },
+            ) if *conn == c2 && *channel == ch2 && *ack == a2 => {
+                seqs.extend(more);
+                None
+            }
+            (
+                Op::Settle { queue, ids, how },
+                Op::Settle {
+                    queue: q2,
+                    ids: more,
+                    how: h2,
+                },
+            ) if queue.id == q2.id && *how == h2 => {
+                ids.extend(more);
+                None
+            }
+            (
+                Op::Credit {
+                    queue,
+                    cid,
+                    n,
+                    bytes,
+                },
+                Op::Credit {
+                    queue: q2,
+                    cid: c2,
+                    n: n2,
+                    bytes: b2,
+                },
+            ) if queue.id == q2.id && *cid == c2 => {
+                *n += n2;
+                *bytes += b2;
+                None
+            }
+            (_, next) => Some(next),
+        }
+    }
+}
+
+/// The envelope: the one AMQP request type of the mesh.
+pub enum Request {
+    Ops {
+        catalog: Arc<CatalogState>,
+        ops: Vec<Op>,
+    },
+}
+
+pub enum Reply {
+    /// The ops were applied (their own replies travel in their oneshots).
+    Done,
+    /// The shard could not be reached (stopping).
+    Unavailable,
+}

@@ -1,0 +1,397 @@
+//! `Message`: one published message as it travels between shards and sits in queues —
+//! exchange, routing key, the publisher's raw property bytes, the body — plus the few
+//! properties the broker acts on, read once at publish.
+//!
+//! Everything is `Bytes`, so a message routed to several queues, or crossing the mesh,
+//! is never copied. Dead-lettering is the one place properties are re-encoded (the
+//! `x-death` header changes).
+
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use bytes::Bytes;
+
+use super::topology::{int_value, str_value};
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    /// Property flags and list exactly as the publisher sent them.
+    pub properties: Bytes,
+    pub body: Bytes,
+    /// delivery-mode 2.
+    pub persistent: bool,
+    pub priority: u8,
+    /// The per-message `expiration` property, in milliseconds.
+    pub expiration: Option<u64>,
+}
+
+impl Message {
+    /// Bytes this message holds in memory.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.properties.len() + self.routing_key.len() + self.exchange.len()
+    }
+}
+
+/// The properties the broker looks at, found by walking the raw bytes without allocating.
+#[derive(Debug, Default, Clone)]
+pub struct PropsView {
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub expiration: Option<Bytes>,
+    pub user_id: Option<Bytes>,
+    /// The encoded header table (with its length prefix), if present.
+    pub headers: Option<Bytes>,
+}
+
+/// Walks property bytes: `None` when they are malformed.
+pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
+    let mut flags: Vec<u16> = Vec::with_capacity(1);
+    let mut at = 0usize;
+    loop {
+        let f = u16::from_be_bytes([*raw.get(at)?, *raw.get(at + 1)?]);
+        at += 2;
+        flags.push(f);
+        if f & 1 == 0 {
+            break;
+        }
+    }
+    let f = flags[0];
+    let mut v = PropsView::default();
+    let short = |at: &mut usize| -> Option<Bytes> {
+        let n = *raw.get(*at)? as usize;
+        let s = raw.get(*at + 1..*at + 1 + n)?;
+        let _ = s;
+        let b = raw.slice(*at + 1..*at + 1 + n);
+        *at += 1 + n;
+        Some(b)
+    };
+    let bit = |i: u32| f & (1 << (15 - i)) != 0;
+    if bit(0) {
+        short(&mut at)?;
+    }
+    if bit(1) {
+        short(&mut at)?;
+    }
+    if bit(2) {
+        let len = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
+        raw.get(at..at + 4 + len)?;
+        v.headers = Some(raw.slice(at..at + 4 + len));
+        at += 4 + len;
+    }
+    if bit(3) {
+        v.delivery_mode = Some(*raw.get(at)?);
+        at += 1;
+    }
+    if bit(4) {
+        v.priority = Some(*raw.get(at)?);
+        at += 1;
+    }
+    if bit(5) {
+        short(&mut at)?;
+    }
+    if bit(6) {
+        short(&mut at)?;
+    }
+    if bit(7) {
+        v.expiration = Some(short(&mut at)?);
+    }
+    if bit(8) {
+        short(&mut at)?;
+    }
+    if bit(9) {
+        raw.get(at..at + 8)?;
+        at += 8;
+    }
+    if bit(10) {
+        short(&mut at)?;
+    }
+    if bit(11) {
+        v.user_id = Some(short(&mut at)?);
+    }
+    if bit(12) {
+        short(&mut at)?;
+    }
+    if bit(13) {
+        short(&mut at)?;
+    }
+    Some(v)
+}
+
+/// Parses the `expiration` property: a non-negative integer of milliseconds.
+pub fn parse_expiration(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+}
+
+pub fn decode_headers(encoded: &[u8]) -> FieldTable {
+    super::topology::decode_table(encoded)
+}
+
+/// Why a message was dead-lettered, as the `x-death` header names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    Maxlen,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+        }
+    }
+}
+
+fn table_str(t: &FieldTable, k: &str) -> Option<String> {
+    t.inner().get(k).and_then(str_value)
+}
+
+/// The message as the dead-letter exchange receives it: an `x-death` entry for
+/// (queue, reason) added or counted up and moved first, `x-first-death-*` set once,
+/// `x-last-death-*` updated, the per-message expiration removed (kept as
+/// `original-expiration`), and the routing key replaced when the queue says so.
+pub fn dead_lettered(
+    msg: &Message,
+    reason: DeathReason,
+    queue: &str,
+    dl_exchange: &str,
+    dl_routing_key: Option<&str>,
+    now_secs: u64,
+) -> Message {
+    let props: AMQPProperties = parse_properties(&msg.properties[..])
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
+    let routing_key = String::from_utf8_lossy(&msg.routing_key).into_owned();
+    let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let mut count = 1i64;
+    let existing = deaths.iter().position(|d| match d {
+        AMQPValue::FieldTable(t) => {
+            table_str(t, "queue").as_deref() == Some(queue)
+                && table_str(t, "reason").as_deref() == Some(reason.as_str())
+        }
+        _ => false,
+    });
+    let mut entry = FieldTable::default();
+    if let Some(i) = existing {
+        if let AMQPValue::FieldTable(t) = deaths.remove(i) {
+            count = t.inner().get("count").and_then(int_value).unwrap_or(0) + 1;
+            entry = t;
+        }
+    } else {
+        entry.insert("queue".into(), AMQPValue::LongString(queue.into()));
+        entry.insert(
+            "reason".into(),
+            AMQPValue::LongString(reason.as_str().into()),
+        );
+        entry.insert(
+            "exchange".into(),
+            AMQPValue::LongString(exchange.clone().into()),
+        );
+        entry.insert(
+            "routing-keys".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(
+                LongString::from(routing_key.clone()),
+            )])),
+        );
+        if let Some(e) = props.expiration() {
+            entry.insert(
+                "original-expiration".into(),
+                AMQPValue::LongString(e.as_str().into()),
+            );
+        }
+    }
+    entry.insert("count".into(), AMQPValue::LongLongInt(count));
+    entry.insert("time".into(), AMQPValue::Timestamp(now_secs));
+    deaths.insert(0, AMQPValue::FieldTable(entry));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
+    if !headers.contains_key("x-first-death-reason") {
+        headers.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString(reason.as_str().into()),
+        );
+        headers.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        headers.insert(
+            "x-first-death-exchange".into(),
+            AMQPValue::LongString(exchange.clone().into()),
+        );
+    }
+    headers.insert(
+        "x-last-death-reason".into(),
+        AMQPValue::LongString(reason.as_str().into()),
+    );
+    headers.insert(
+        "x-last-death-queue".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    headers.insert(
+        "x-last-death-exchange".into(),
+        AMQPValue::LongString(exchange.into()),
+    );
+    let rebuilt = rebuild(&props, headers);
+    let properties = match gen_properties(&rebuilt)(Vec::new().into()) {
+        Ok(ctx) => Bytes::from(ctx.into_inner().0),
+        Err(_) => msg.properties.clone(),
+    };
+    Message {
+        exchange: Bytes::copy_from_slice(dl_exchange.as_bytes()),
+        routing_key: match dl_routing_key {
+            Some(k) => Bytes::copy_from_slice(k.as_bytes()),
+            None => msg.routing_key.clone(),
+        },
+        properties,
+        body: msg.body.clone(),
+        persistent: msg.persistent,
+        priority: msg.priority,
+        expiration: None,
+    }
+}
+
+/// The same properties with new headers and no expiration.
+fn rebuild(p: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
+    let mut out = AMQPProperties::default().with_headers(headers);
+    let s = |v: &Option<ShortString>| v.clone();
+    if let Some(v) = s(p.content_type()) {
+        out = out.with_content_type(v);
+    }
+    if let Some(v) = s(p.content_encoding()) {
+        out = out.with_content_encoding(v);
+    }
+    if let Some(v) = *p.delivery_mode() {
+        out = out.with_delivery_mode(v);
+    }
+    if let Some(v) = *p.priority() {
+        out = out.with_priority(v);
+    }
+    if let Some(v) = s(p.correlation_id()) {
+        out = out.with_correlation_id(v);
+    }
+    if let Some(v) = s(p.reply_to()) {
+        out = out.with_reply_to(v);
+    }
+    if let Some(v) = s(p.message_id()) {
+        out = out.with_message_id(v);
+    }
+    if let Some(v) = *p.timestamp() {
+        out = out.with_timestamp(v);
+    }
+    if let Some(v) = s(p.kind()) {
+        out = out.with_type(v);
+    }
+    if let Some(v) = s(p.user_id()) {
+        out = out.with_user_id(v);
+    }
+    if let Some(v) = s(p.app_id()) {
+        out = out.with_app_id(v);
+    }
+    if let Some(v) = s(p.cluster_id()) {
+        out = out.with_cluster_id(v);
+    }
+    out
+}
+
+/// Whether the dead-letter path would loop: the message already died in `queue` and
+/// every death on record was automatic (no client rejected it), RabbitMQ's cycle rule.
+pub fn dead_letter_cycle(msg: &Message, queue: &str) -> bool {
+    let Some(view) = scan_properties(&msg.properties) else {
+        return false;
+    };
+    let Some(h) = view.headers else {
+        return false;
+    };
+    let headers = decode_headers(&h);
+    let Some(AMQPValue::FieldArray(a)) = headers.inner().get("x-death") else {
+        return false;
+    };
+    let mut seen = false;
+    for d in a.as_slice() {
+        if let AMQPValue::FieldTable(t) = d {
+            if table_str(t, "reason").as_deref() == Some("rejected") {
+                return false;
+            }
+            if table_str(t, "queue").as_deref() == Some(queue) {
+                seen = true;
+            }
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(p: &AMQPProperties) -> Bytes {
+        Bytes::from(gen_properties(p)(Vec::new().into()).unwrap().into_inner().0)
+    }
+
+    #[test]
+    fn scan_finds_what_the_broker_needs() {
+        let mut h = FieldTable::default();
+        h.insert("a".into(), AMQPValue::LongInt(1));
+        let p = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(h)
+            .with_delivery_mode(2)
+            .with_priority(7)
+            .with_expiration("1500".into())
+            .with_timestamp(99)
+            .with_user_id("guest".into())
+            .with_cluster_id("c".into());
+        let v = scan_properties(&props(&p)).unwrap();
+        assert_eq!(v.delivery_mode, Some(2));
+        assert_eq!(v.priority, Some(7));
+        assert_eq!(parse_expiration(&v.expiration.unwrap()), Some(1500));
+        assert_eq!(&v.user_id.unwrap()[..], b"guest");
+        assert_eq!(
+            decode_headers(&v.headers.unwrap()).inner().get("a"),
+            Some(&AMQPValue::LongInt(1))
+        );
+        assert!(scan_properties(&Bytes::from_static(&[0x80])).is_none());
+    }
+
+    #[test]
+    fn x_death_counts_and_detects_cycles() {
+        let p = AMQPProperties::default().with_expiration("10".into());
+        let m = Message {
+            exchange: Bytes::from_static(b"ex"),
+            routing_key: Bytes::from_static(b"rk"),
+            properties: props(&p),
+            body: Bytes::from_static(b"x"),
+            persistent: false,
+            priority: 0,
+            expiration: Some(10),
+        };
+        let d1 = dead_lettered(&m, DeathReason::Expired, "q", "dlx", None, 5);
+        assert!(dead_letter_cycle(&d1, "q"));
+        let d2 = dead_lettered(&d1, DeathReason::Expired, "q", "dlx", Some("k2"), 6);
+        assert_eq!(&d2.routing_key[..], b"k2");
+        let v = scan_properties(&d2.properties).unwrap();
+        assert!(v.expiration.is_none());
+        let h = decode_headers(&v.headers.unwrap());
+        let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
+            panic!()
+        };
+        assert_eq!(a.as_slice().len(), 1);
+        let AMQPValue::FieldTable(t) = &a.as_slice()[0] else {
+            panic!()
+        };
+        assert_eq!(t.inner().get("count").and_then(int_value), Some(2));
+        assert_eq!(table_str(t, "original-expiration").as_deref(), Some("10"));
+    }
+}

@@ -1,0 +1,144 @@
+//! `basic.consume(queue, consumer-tag, no-local, no-ack, exclusive, nowait, arguments)` →
+//! `consume-ok(consumer-tag)`, and `basic.cancel(consumer-tag, nowait)` → `cancel-ok`.
+//!
+//! The consumer is registered on the queue's owner shard, which then delivers to it
+//! round-robin by `x-priority`, honouring the channel's prefetch. An empty tag gets a
+//! server tag `amq.ctag-s<shard>-…`; reusing a tag on the channel is 530 NOT_ALLOWED; an exclusive
+//! consumer on a queue with consumers (or any consumer on a queue with an exclusive one)
+//! is 403. Deliveries that arrive before consume-ok is written wait in the channel.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+use futures::channel::oneshot;
+
+use super::{allowed, lookup_queue, random_suffix};
+use crate::amqp::channel::ChannelRef;
+use crate::amqp::connection::Connection;
+use crate::amqp::mesh::{ConsumerSpec, Op};
+use crate::amqp::topology::int_value;
+use crate::amqp::{outbox, reply, AmqpError};
+
+pub async fn consume(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    c: basic::Consume,
+) -> Result<(), AmqpError> {
+    let queue_name = c.queue.as_str().to_owned();
+    allowed(conn, "read", "queue", &queue_name)?;
+    let (qref, _) = lookup_queue(conn, &queue_name).await?;
+    let mut tag = c.consumer_tag.as_str().to_owned();
+    if tag.is_empty() {
+        // The shard is in the tag so an operator (and the tests) can see where a
+        // consumer's connection lives.
+        tag = format!("amq.ctag-s{}-{}", conn.shard.id, random_suffix(&queue_name));
+    }
+    if ch.borrow().has_tag(&tag) {
+        return Err(AmqpError::connection(
+            reply::NOT_ALLOWED,
+            format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+        ));
+    }
+    let priority = match c.arguments.inner().get("x-priority") {
+        Some(v) => int_value(v).ok_or_else(|| {
+            AmqpError::channel(
+                reply::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED - x-priority must be an integer",
+            )
+        })? as i32,
+        None => 0,
+    };
+    let cid = conn.shard.amqp.next_id();
+    let tag: Arc<str> = Arc::from(tag.as_str());
+    let (channel, limits, active) = {
+        let mut chm = ch.borrow_mut();
+        chm.add_consumer(cid, tag.clone(), qref.clone(), c.no_ack);
+        let limits = chm.initial_limits(cid);
+        (chm.id, limits, chm.flow)
+    };
+    let spec = ConsumerSpec {
+        cid,
+        shard: conn.shard.id,
+        conn: conn.id,
+        channel,
+        tag: tag.clone(),
+        no_ack: c.no_ack,
+        prefetch_count: limits.0,
+        prefetch_bytes: limits.1,
+        priority,
+        exclusive: c.exclusive,
+    };
+    let (tx, rx) = oneshot::channel();
+    let owner = qref.owner;
+    outbox::push(
+        &conn.shard,
+        owner,
+        Op::Consume {
+            queue: qref.clone(),
+            consumer: spec,
+            reply: tx,
+        },
+    );
+    if !active {
+        outbox::push(
+            &conn.shard,
+            owner,
+            Op::Limits {
+                queue: qref.clone(),
+                cid,
+                prefetch_count: limits.0,
+                prefetch_bytes: limits.1,
+                active,
+            },
+        );
+    }
+    let refused = match rx.await {
+        Ok(Ok(())) => None,
+        Ok(Err((code, text))) => Some(AmqpError::from_code(code, text)),
+        Err(_) => Some(AmqpError::connection(
+            reply::INTERNAL_ERROR,
+            "INTERNAL_ERROR - queue owner unreachable",
+        )),
+    };
+    if let Some(e) = refused {
+        ch.borrow_mut().remove_consumer(conn, cid);
+        return Err(e);
+    }
+    if !c.nowait {
+        conn.send_method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.as_ref().into(),
+            })),
+        );
+    }
+    let mut chm = ch.borrow_mut();
+    chm.consumer_ready(conn, cid);
+    chm.share_global_qos(conn);
+    Ok(())
+}
+
+pub fn cancel(conn: &Rc<Connection>, ch: &ChannelRef, c: basic::Cancel) -> Result<(), AmqpError> {
+    let tag = c.consumer_tag.as_str().to_owned();
+    let id = {
+        let mut chm = ch.borrow_mut();
+        if let Some(cid) = chm.cid_of(&tag) {
+            if let Some(queue) = chm.remove_consumer(conn, cid) {
+                let owner = queue.owner;
+                outbox::push(&conn.shard, owner, Op::Cancel { queue, cid });
+            }
+            chm.share_global_qos(conn);
+        }
+        chm.id
+    };
+    if !c.nowait {
+        conn.send_method(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                consumer_tag: tag.as_str().into(),
+            })),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! One file per AMQP method family, each documenting the methods it serves in their
+//! protocol form. `dispatch` runs on the connection's shard for every method frame on an
+//! open channel, in arrival order; a handler either answers at once or awaits the
+//! catalog writer or a queue's owner shard (through the outbox) before answering.
+
+pub mod basic_ack;
+pub mod basic_consume;
+pub mod basic_get;
+pub mod basic_publish;
+pub mod basic_qos;
+pub mod channel;
+pub mod confirm;
+pub mod exchange;
+pub mod queue;
+pub mod tx;
+
+use std::rc::Rc;
+
+use amq_protocol::protocol::{
+    basic, channel as chan, confirm as conf, exchange as ex, queue as qm, tx as txm, AMQPClass,
+};
+use bytes::Bytes;
+
+use super::channel::ChannelRef;
+use super::connection::Connection;
+use super::routing::QueueRef;
+use super::topology::Queue;
+use super::{reply, AmqpError};
+use crate::catalog::{CatalogError, Change};
+
+/// Runs the handler of one method.
+pub async fn dispatch(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    method: AMQPClass,
+    payload: &Bytes,
+) -> Result<(), AmqpError> {
+    match method {
+        AMQPClass::Channel(m) => match m {
+            chan::AMQPMethod::Open(_) => Err(AmqpError::connection(
+                reply::CHANNEL_ERROR,
+                "CHANNEL_ERROR - second 'channel.open' seen",
+            )),
+            chan::AMQPMethod::Flow(f) => channel::flow(conn, ch, f),
+            chan::AMQPMethod::FlowOk(_) => Ok(()),
+            chan::AMQPMethod::Close(_) => channel::close(conn, ch),
+            chan::AMQPMethod::CloseOk(_) => Ok(()),
+            _ => Err(invalid()),
+        },
+        AMQPClass::Exchange(m) => match m {
+            ex::AMQPMethod::Declare(d) => exchange::declare(conn, ch, d).await,
+            ex::AMQPMethod::Delete(d) => exchange::delete(conn, ch, d).await,
+            ex::AMQPMethod::Bind(b) => exchange::bind(conn, ch, b).await,
+            ex::AMQPMethod::Unbind(u) => exchange::unbind(conn, ch, u).await,
+            _ => Err(invalid()),
+        },
+        AMQPClass::Queue(m) => match m {
+            qm::AMQPMethod::Declare(d) => queue::declare(conn, ch, d).await,
+            qm::AMQPMethod::Bind(b) => queue::bind(conn, ch, b).await,
+            qm::AMQPMethod::Unbind(u) => queue::unbind(conn, ch, u).await,
+            qm::AMQPMethod::Purge(p) => queue::purge(conn, ch, p).await,
+            qm::AMQPMethod::Delete(d) => queue::delete(conn, ch, d).await,
+            _ => Err(invalid()),
+        },
+        AMQPClass::Basic(m) => match m {
+            basic::AMQPMethod::Qos(q) => basic_qos::qos(conn, ch, q, payload),
+            basic::AMQPMethod::Consume(c) => basic_consume::consume(conn, ch, c).await,
+            basic::AMQPMethod::Cancel(c) => basic_consume::cancel(conn, ch, c),
+            basic::AMQPMethod::Publish(p) => basic_publish::publish(conn, ch, p),
+            basic::AMQPMethod::Get(g) => basic_get::get(conn, ch, g).await,
+            basic::AMQPMethod::Ack(a) => basic_ack::ack(conn, ch, a),
+            basic::AMQPMethod::Nack(n) => basic_ack::nack(conn, ch, n),
+            basic::AMQPMethod::Reject(r) => basic_ack::reject(conn, ch, r),
+            basic::AMQPMethod::Recover(r) => basic_ack::recover(conn, ch, r.requeue, true),
+            basic::AMQPMethod::RecoverAsync(r) => basic_ack::recover(conn, ch, r.requeue, false),
+            _ => Err(invalid()),
+        },
+        AMQPClass::Confirm(conf::AMQPMethod::Select(s)) => confirm::select(conn, ch, s),
+        AMQPClass::Tx(m) => match m {
+            txm::AMQPMethod::Select(_) => tx::select(conn, ch),
+            txm::AMQPMethod::Commit(_) => tx::commit(conn, ch).await,
+            txm::AMQPMethod::Rollback(_) => tx::rollback(conn, ch),
+            _ => Err(invalid()),
+        },
+        AMQPClass::Access(_) => Err(AmqpError::connection(
+            reply::NOT_IMPLEMENTED,
+            "NOT_IMPLEMENTED - access.request is not supported",
+        )),
+        _ => Err(invalid()),
+    }
+}
+
+fn invalid() -> AmqpError {
+    AmqpError::connection(
+        reply::COMMAND_INVALID,
+        "COMMAND_INVALID - method not valid here",
+    )
+}
+
+/// A method frame that did not decode: unknown class/method ids are NOT_IMPLEMENTED,
+/// known ones with bad arguments SYNTAX_ERROR.
+pub fn undecodable(payload: &[u8]) -> AmqpError {
+    let (c, m) = super::codec::method_ids(payload);
+    let known = matches!(
+        (c, m),
+        (10, 10..=61)
+            | (20, 10..=41)
+            | (30, 10..=11)
+            | (40, 10..=51)
+            | (50, 10..=51)
+            | (60, 10..=120)
+            | (85, 10..=11)
+            | (90, 10..=31)
+    );
+    if known {
+        AmqpError::connection(
+            reply::SYNTAX_ERROR,
+            format!("SYNTAX_ERROR - malformed arguments of method {c}.{m}"),
+        )
+    } else {
+        AmqpError::connection(
+            reply::NOT_IMPLEMENTED,
+            format!("NOT_IMPLEMENTED - unknown method {c}.{m}"),
+        )
+    }
+}
+
+/// A catalog refusal as the client sees it.
+pub fn catalog_error(e: CatalogError) -> AmqpError {
+    match e {
+        CatalogError::Amqp { code, text } => AmqpError::from_code(code, text),
+        other => AmqpError::connection(reply::INTERNAL_ERROR, format!("INTERNAL_ERROR - {other}")),
+    }
+}
+
+/// Applies one catalog change through the writer (read-your-writes on return).
+pub async fn change(conn: &Rc<Connection>, c: Change) -> Result<(), AmqpError> {
+    let r = conn.shard.change_catalog(vec![c], false).await;
+    match r.into_iter().next() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(catalog_error(e)),
+        None => Err(AmqpError::connection(
+            reply::INTERNAL_ERROR,
+            "INTERNAL_ERROR - no answer from the catalog writer",
+        )),
+    }
+}
+
+/// Brings this shard's replica up to the writer's latest version; used before
+/// answering NOT_FOUND, since a change made on another shard may still be on its way.
+pub async fn refresh_catalog(conn: &Rc<Connection>) {
+    if conn.shard.id != 0 {
+        conn.shard.change_catalog(Vec::new(), false).await;
+    }
+}
+
+pub fn access_refused(what: &str, kind: &str, name: &str, conn: &Connection) -> AmqpError {
+    let shown = if name.is_empty() { "amq.default" } else { name };
+    AmqpError::channel(
+        reply::ACCESS_REFUSED,
+        format!(
+            "ACCESS_REFUSED - access to {kind} '{shown}' in vhost '{}' refused for user '{}' ({what})",
+            conn.vhost.borrow(),
+            conn.user.borrow()
+        ),
+    )
+}
+
+/// Checks a permission of the connection's user.
+pub fn allowed(conn: &Connection, what: &str, kind: &str, name: &str) -> Result<(), AmqpError> {
+    let ok = match conn.perms.borrow().as_ref() {
+        Some(p) => match what {
+            "configure" => p.configure(name),
+            "write" => p.write(name),
+            _ => p.read(name),
+        },
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(access_refused(what, kind, name, conn))
+    }
+}
+
+/// A declared queue: its reference for ops and its definition. NOT_FOUND after a
+/// refresh; RESOURCE_LOCKED when it is another connection's exclusive queue.
+pub async fn lookup_queue(
+    conn: &Rc<Connection>,
+    name: &str,
+) -> Result<(QueueRef, Queue), AmqpError> {
+    let vhost = conn.vhost();
+    for attempt in 0..2 {
+        let state = conn.shard.catalog.current();
+        if let Some(def) = state.amqp.get(&vhost).and_then(|t| t.queues.get(name)) {
+            if let Some(owner) = def.exclusive_owner {
+                if owner != conn.id {
+                    return Err(AmqpError::channel(
+                        reply::RESOURCE_LOCKED,
+                        format!(
+                            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+                        ),
+                    ));
+                }
+            }
+            let router = conn.shard.amqp.router(&conn.shard);
+            if let Some(q) = router.queue(&vhost, name) {
+                return Ok((q.clone(), def.clone()));
+            }
+        }
+        if attempt == 0 {
+            refresh_catalog(conn).await;
+        }
+    }
+    Err(AmqpError::channel(
+        reply::NOT_FOUND,
+        format!("NOT_FOUND - no queue '{name}' in vhost '{vhost}'"),
+    ))
+}
+
+/// Whether an exchange exists (refreshing the replica once before saying no).
+pub async fn exchange_exists(conn: &Rc<Connection>, name: &str) -> bool {
+    let vhost = conn.vhost();
+    let has = |conn: &Rc<Connection>| {
+        conn.shard
+            .catalog
+            .current()
+            .amqp
+            .get(&vhost)
+            .map(|t| t.has_exchange(name))
+            .unwrap_or_else(|| super::topology::builtin_exchange(name).is_some())
+    };
+    if has(conn) {
+        return true;
+    }
+    refresh_catalog(conn).await;
+    has(conn)
+}
+
+pub fn no_exchange(conn: &Connection, name: &str) -> AmqpError {
+    AmqpError::channel(
+        reply::NOT_FOUND,
+        format!(
+            "NOT_FOUND - no exchange '{name}' in vhost '{}'",
+            conn.vhost.borrow()
+        ),
+    )
+}
+
+/// A random-looking name suffix for server-named queues and consumer tags.
+pub fn random_suffix(seed: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::catalog::new_topic_id(seed))
+}

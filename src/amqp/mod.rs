@@ -1,0 +1,260 @@
+//! AMQP 0-9-1: the listener and connections (`server`, `connection`, `channel`), one file
+//! per method family (`methods/`), exchange routing (`routing`), the topology in the
+//! catalog (`topology`), queues on their owner shard (`queue`, `owner`), the message
+//! store for persistent messages (`store`), and the ops that cross shards (`mesh`,
+//! `outbox`).
+//!
+//! A connection lives on the shard that accepted it. Routing happens there, from the
+//! shard's catalog replica; the message then goes once to each owner shard of the matched
+//! queues. A queue's ready list, unacked map and consumers live only on its owner
+//! (`queue_owner`); deliveries come back to the consumer's shard in batches, acks go to the
+//! owner in batches, both through the shard's `Outbox`.
+
+pub mod auth;
+pub mod channel;
+pub mod codec;
+pub mod connection;
+pub mod mesh;
+pub mod message;
+pub mod methods;
+pub mod outbox;
+pub mod owner;
+pub mod queue;
+pub mod routing;
+pub mod server;
+pub mod store;
+pub mod topology;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
+use crate::config::Config;
+use crate::runtime::shard::{stable_hash, Shard};
+use connection::Connection;
+use queue::QueueHandle;
+use routing::Router;
+
+/// AMQP reply codes (AMQP 0-9-1 spec, section 1.9 constants).
+pub mod reply {
+    pub const SUCCESS: u16 = 200;
+    pub const NO_ROUTE: u16 = 312;
+    pub const CONNECTION_FORCED: u16 = 320;
+    pub const ACCESS_REFUSED: u16 = 403;
+    pub const NOT_FOUND: u16 = 404;
+    pub const RESOURCE_LOCKED: u16 = 405;
+    pub const PRECONDITION_FAILED: u16 = 406;
+    pub const FRAME_ERROR: u16 = 501;
+    pub const SYNTAX_ERROR: u16 = 502;
+    pub const COMMAND_INVALID: u16 = 503;
+    pub const CHANNEL_ERROR: u16 = 504;
+    pub const UNEXPECTED_FRAME: u16 = 505;
+    pub const RESOURCE_ERROR: u16 = 506;
+    pub const NOT_ALLOWED: u16 = 530;
+    pub const NOT_IMPLEMENTED: u16 = 540;
+    pub const INTERNAL_ERROR: u16 = 541;
+}
+
+/// An error that ends a channel or the whole connection, with its reply code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AmqpError {
+    #[error("channel error {code}: {text}")]
+    Channel { code: u16, text: String },
+    #[error("connection error {code}: {text}")]
+    Connection { code: u16, text: String },
+}
+
+impl AmqpError {
+    pub fn channel(code: u16, text: impl Into<String>) -> AmqpError {
+        AmqpError::Channel {
+            code,
+            text: text.into(),
+        }
+    }
+
+    pub fn connection(code: u16, text: impl Into<String>) -> AmqpError {
+        AmqpError::Connection {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// Hard errors (5xx) always close the connection; soft ones the channel.
+    pub fn from_code(code: u16, text: impl Into<String>) -> AmqpError {
+        if code >= 500 {
+            AmqpError::connection(code, text)
+        } else {
+            AmqpError::channel(code, text)
+        }
+    }
+}
+
+/// Yields once: the first poll schedules the task again and returns `Pending`.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Runs `work` as a new task on this shard, after the current task yields.
+///
+/// `glommio::spawn_local` polls a new task right away, inside the caller; AMQP code
+/// spawns while it holds a queue's or a channel's `RefCell` borrow, and the spawned work
+/// may need that same state (an outbox flush delivering to a local channel, an expiry
+/// timer reading its queue), so every AMQP background task starts on a later turn.
+pub fn spawn_later(work: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local(async move {
+        YieldOnce(false).await;
+        work.await;
+    })
+    .detach();
+}
+
+/// The owner shard of a queue: a stable hash of (vhost, name) onto the shard count.
+pub fn queue_owner(vhost: &str, queue: &str, shards: usize) -> usize {
+    let mut key = Vec::with_capacity(vhost.len() + queue.len() + 1);
+    key.extend_from_slice(vhost.as_bytes());
+    key.push(0);
+    key.extend_from_slice(queue.as_bytes());
+    (stable_hash(&key) % shards.max(1) as u64) as usize
+}
+
+/// One shard's AMQP state: its outbox, the queues it owns, its open connections, its
+/// routing index and its message store. Lives in `Shard::amqp`.
+pub struct ShardAmqp {
+    pub outbox: outbox::Outbox,
+    queues: RefCell<HashMap<u64, QueueHandle>>,
+    connections: RefCell<HashMap<u64, Weak<Connection>>>,
+    router: RefCell<Option<Rc<Router>>>,
+    /// Bytes of messages held in memory by the queues of this shard.
+    memory: Cell<isize>,
+    next_id: Cell<u64>,
+    shard_id: usize,
+    shards: usize,
+    pub store: store::Store,
+}
+
+impl ShardAmqp {
+    pub fn new(config: &Config, shard_id: usize, shards: usize) -> ShardAmqp {
+        ShardAmqp {
+            outbox: outbox::Outbox::new(shards),
+            queues: RefCell::new(HashMap::new()),
+            connections: RefCell::new(HashMap::new()),
+            router: RefCell::new(None),
+            memory: Cell::new(0),
+            next_id: Cell::new(1),
+            shard_id,
+            shards,
+            store: store::Store::new(config, shard_id),
+        }
+    }
+
+    /// An id unique in the process: connection ids and consumer ids.
+    pub fn next_id(&self) -> u64 {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        ((self.shard_id as u64) << 48) | n
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn queue(&self, qid: u64) -> Option<QueueHandle> {
+        self.queues.borrow().get(&qid).cloned()
+    }
+
+    pub fn insert_queue(&self, qid: u64, q: QueueHandle) {
+        self.queues.borrow_mut().insert(qid, q);
+    }
+
+    pub fn remove_queue(&self, qid: u64) -> Option<QueueHandle> {
+        self.queues.borrow_mut().remove(&qid)
+    }
+
+    pub fn queues(&self) -> Vec<QueueHandle> {
+        self.queues.borrow().values().cloned().collect()
+    }
+
+    pub fn add_memory(&self, delta: isize) {
+        self.memory.set(self.memory.get() + delta);
+    }
+
+    pub fn memory(&self) -> usize {
+        self.memory.get().max(0) as usize
+    }
+
+    /// The routing index for the shard's current catalog version.
+    pub fn router(&self, shard: &Shard) -> Rc<Router> {
+        let state = shard.catalog.current();
+        if let Some(r) = self.router.borrow().as_ref() {
+            if r.version == state.version {
+                return r.clone();
+            }
+        }
+        let r = Rc::new(Router::build(&state, self.shards));
+        *self.router.borrow_mut() = Some(r.clone());
+        r
+    }
+
+    pub fn register(&self, conn: &Rc<Connection>) {
+        self.connections
+            .borrow_mut()
+            .insert(conn.id, Rc::downgrade(conn));
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.connections.borrow_mut().remove(&id);
+    }
+
+    pub fn connection(&self, id: u64) -> Option<Rc<Connection>> {
+        self.connections.borrow().get(&id).and_then(Weak::upgrade)
+    }
+
+    pub fn connections(&self) -> Vec<Rc<Connection>> {
+        self.connections
+            .borrow()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+}
+
+/// Called by `Shard::install_catalog` after a newer catalog is installed: queues this
+/// shard owns that the catalog no longer has are dropped (consumers get basic.cancel,
+/// stored messages are deleted).
+pub fn catalog_installed(shard: &Rc<Shard>) {
+    let state = shard.catalog.current();
+    let gone: Vec<QueueHandle> = shard
+        .amqp
+        .queues()
+        .into_iter()
+        .filter(|q| {
+            let q = q.borrow();
+            state
+                .amqp
+                .get(&*q.qref.vhost)
+                .and_then(|t| t.queues.get(&*q.qref.name))
+                .map(|d| d.id != q.qref.id)
+                .unwrap_or(true)
+        })
+        .collect();
+    for q in gone {
+        let qref = q.borrow().qref.clone();
+        shard.amqp.remove_queue(qref.id);
+        q.borrow_mut().drop_all(shard);
+        shard.amqp.store.remove_queue(shard, &qref);
+        log::debug!("queue '{}' in vhost '{}' deleted", qref.name, qref.vhost);
+    }
+}

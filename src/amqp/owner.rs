@@ -1,0 +1,295 @@
+//! Where AMQP envelopes arrive: `serve` applies a batch of `Op`s on this shard — queue
+//! work on the queues it owns, deliveries and confirms for the connections it holds.
+//!
+//! Called synchronously from `Shard::serve` (ops from another shard) and from the outbox's
+//! flush task (ops for this shard), always in the order they were queued.
+
+use std::rc::Rc;
+
+use super::mesh::{Op, Reply, Request, Settle};
+use super::queue::{confirm_to, QueueHandle, QueueState};
+use super::routing::QueueRef;
+use super::topology::TopologyChange;
+use super::{outbox, queue_owner, reply};
+use crate::catalog::Change;
+use crate::runtime::shard::Shard;
+
+/// An envelope from another shard: applied now; the reply (which lets the sender's
+/// outbox send its next envelope) waits while this shard is under memory pressure.
+pub fn serve_remote(
+    shard: &Rc<Shard>,
+    req: Request,
+    reply: futures::channel::oneshot::Sender<Reply>,
+) {
+    let r = serve(shard, req);
+    if !under_pressure(shard) {
+        let _ = reply.send(r);
+        return;
+    }
+    let shard = shard.clone();
+    super::spawn_later(async move {
+        relieve(&shard).await;
+        let _ = reply.send(r);
+    });
+}
+
+/// Queued message bodies are over twice the shard's memory budget.
+pub fn under_pressure(shard: &Shard) -> bool {
+    shard.amqp.memory() > shard.config.amqp.memory_budget_bytes.saturating_mul(2)
+}
+
+/// Back-pressure for publishers: waits for the store's next round (which pages out what
+/// it can), at most 200 ms, so acks and consumers are never blocked for long.
+pub async fn relieve(shard: &Rc<Shard>) {
+    if !under_pressure(shard) {
+        return;
+    }
+    let l = crate::runtime::notify::Listener::new();
+    l.listen(&shard.amqp.store.round_done);
+    let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
+        l.await;
+        Ok(())
+    })
+    .await;
+}
+
+pub fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
+    match req {
+        Request::Ops { catalog, ops } => {
+            shard.install_catalog(catalog);
+            for op in ops {
+                apply(shard, op);
+            }
+            Reply::Done
+        }
+    }
+}
+
+/// The queue's state on its owner, created on first use when the catalog has it.
+pub fn queue_for(shard: &Rc<Shard>, qref: &QueueRef) -> Option<QueueHandle> {
+    if let Some(q) = shard.amqp.queue(qref.id) {
+        let deleted = q.borrow().deleted;
+        return (!deleted).then_some(q);
+    }
+    let state = shard.catalog.current();
+    let def = state.amqp.get(&*qref.vhost)?.queues.get(&*qref.name)?;
+    if def.id != qref.id || queue_owner(&qref.vhost, &qref.name, shard.count) != shard.id {
+        return None;
+    }
+    let q = Rc::new(std::cell::RefCell::new(QueueState::new(
+        qref.clone(),
+        def.clone(),
+    )));
+    shard.amqp.insert_queue(qref.id, q.clone());
+    q.borrow().arm_expires(shard);
+    Some(q)
+}
+
+fn not_found(q: &QueueRef) -> (u16, String) {
+    (
+        reply::NOT_FOUND,
+        format!("NOT_FOUND - no queue '{}' in vhost '{}'", q.name, q.vhost),
+    )
+}
+
+fn apply(shard: &Rc<Shard>, op: Op) {
+    match op {
+        Op::Publish {
+            queue,
+            msg,
+            confirm,
+        } => match queue_for(shard, &queue) {
+            Some(q) => q.borrow_mut().publish(shard, msg, confirm),
+            // The queue went away meanwhile: like an unroutable message, confirmed.
+            None => {
+                if let Some(c) = confirm {
+                    confirm_to(shard, c, true);
+                }
+            }
+        },
+        Op::Consume {
+            queue,
+            consumer,
+            reply,
+        } => {
+            let r = match queue_for(shard, &queue) {
+                Some(q) => q.borrow_mut().consume(shard, consumer),
+                None => Err(not_found(&queue)),
+            };
+            let _ = reply.send(r);
+        }
+        Op::Cancel { queue, cid } => {
+            if let Some(q) = shard.amqp.queue(queue.id) {
+                let auto_delete = q.borrow_mut().cancel(shard, cid);
+                if auto_delete {
+                    let shard = shard.clone();
+                    super::spawn_later(async move {
+                        delete_queue(&shard, &queue).await;
+                    });
+                }
+            }
+        }
+        Op::Settle { queue, ids, how } => {
+            if let Some(q) = shard.amqp.queue(queue.id) {
+                q.borrow_mut().settle(shard, ids, how);
+            }
+        }
+        Op::Credit {
+            queue,
+            cid,
+            n,
+            bytes,
+        } => {
+            if let Some(q) = shard.amqp.queue(queue.id) {
+                q.borrow_mut().credit(shard, cid, n, bytes);
+            }
+        }
+        Op::Limits {
+            queue,
+            cid,
+            prefetch_count,
+            prefetch_bytes,
+            active,
+        } => {
+            if let Some(q) = shard.amqp.queue(queue.id) {
+                q.borrow_mut()
+                    .limits(shard, cid, prefetch_count, prefetch_bytes, active);
+            }
+        }
+        Op::Get {
+            queue,
+            no_ack,
+            reply,
+        } => {
+            let Some(q) = queue_for(shard, &queue) else {
+                let _ = reply.send(None);
+                return;
+            };
+            if !q.borrow().head_paged() {
+                let r = q.borrow_mut().get(shard, no_ack);
+                let _ = reply.send(r);
+                return;
+            }
+            // The head is on disk: read it back, then answer.
+            let shard = shard.clone();
+            super::spawn_later(async move {
+                QueueState::page_in_head(&shard, queue.id).await;
+                let r = shard
+                    .amqp
+                    .queue(queue.id)
+                    .and_then(|q| q.borrow_mut().get(&shard, no_ack));
+                let _ = reply.send(r);
+            });
+        }
+        Op::Stats { queue, reply } => {
+            let r = queue_for(shard, &queue).map(|q| {
+                let mut q = q.borrow_mut();
+                q.touch();
+                q.stats()
+            });
+            let _ = reply.send(r);
+        }
+        Op::Purge { queue, reply } => {
+            let n = queue_for(shard, &queue)
+                .map(|q| q.borrow_mut().purge(shard))
+                .unwrap_or(0);
+            let _ = reply.send(n);
+        }
+        Op::Delete {
+            queue,
+            if_unused,
+            if_empty,
+            reply,
+        } => {
+            let Some(q) = queue_for(shard, &queue) else {
+                let _ = reply.send(Ok((0, shard.catalog.current())));
+                return;
+            };
+            let (count, consumers) = {
+                let q = q.borrow();
+                (q.ready_len() as u32, q.has_consumers())
+            };
+            if if_unused && consumers {
+                let _ = reply.send(Err((
+                    reply::PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - queue '{}' in vhost '{}' in use",
+                        queue.name, queue.vhost
+                    ),
+                )));
+                return;
+            }
+            if if_empty && count > 0 {
+                let _ = reply.send(Err((
+                    reply::PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - queue '{}' in vhost '{}' is not empty",
+                        queue.name, queue.vhost
+                    ),
+                )));
+                return;
+            }
+            let shard = shard.clone();
+            super::spawn_later(async move {
+                let state = delete_queue(&shard, &queue).await;
+                let _ = reply.send(Ok((count, state)));
+            });
+        }
+        Op::Barrier { reply } => {
+            let _ = reply.send(());
+        }
+        Op::Deliver {
+            conn,
+            channel,
+            cid,
+            queue,
+            items,
+        } => match shard.amqp.connection(conn) {
+            Some(c) => c.deliver(channel, cid, queue, items),
+            None => {
+                let ids = items.into_iter().map(|d| d.id).collect();
+                outbox::push(
+                    shard,
+                    queue.owner,
+                    Op::Settle {
+                        queue,
+                        ids,
+                        how: Settle::Return,
+                    },
+                );
+            }
+        },
+        Op::Confirm {
+            conn,
+            channel,
+            seqs,
+            ack,
+        } => {
+            if let Some(c) = shard.amqp.connection(conn) {
+                c.confirmed(channel, seqs, ack);
+            }
+        }
+        Op::Cancelled { conn, channel, cid } => {
+            if let Some(c) = shard.amqp.connection(conn) {
+                c.consumer_cancelled(channel, cid);
+            }
+        }
+    }
+}
+
+/// Deletes a queue through the catalog writer; the install hook then drops its state on
+/// the owner. Returns the catalog state after the change.
+pub async fn delete_queue(
+    shard: &Rc<Shard>,
+    qref: &QueueRef,
+) -> std::sync::Arc<crate::catalog::CatalogState> {
+    let change = Change::Amqp(TopologyChange::DeleteQueues {
+        vhost: qref.vhost.to_string(),
+        queues: vec![(qref.name.to_string(), qref.id)],
+    });
+    let r = shard.change_catalog(vec![change], false).await;
+    if let Some(Err(e)) = r.first() {
+        log::warn!("deleting queue '{}': {e}", qref.name);
+    }
+    shard.catalog.current()
+}

@@ -1,0 +1,466 @@
+//! Exchange routing: which queues a published message goes to, computed on the publishing
+//! connection's shard from its catalog replica (direct, fanout, topic with `*`/`#`,
+//! headers with x-match all/any, exchange-to-exchange bindings, alternate exchanges).
+//!
+//! A `Router` is an index derived from one catalog version (hash maps for direct keys and
+//! queue names, binding lists for the rest). Each shard builds one lazily when it routes
+//! with a newer catalog than its cached router (`ShardAmqp::router`), so routing never
+//! leaves the shard and never locks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use super::queue_owner;
+use super::topology::{decode_table, DestKind, ExchangeKind, BUILTIN_EXCHANGES};
+use crate::catalog::CatalogState;
+
+/// A queue as ops name it: vhost, name, incarnation id and owner shard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueRef {
+    pub vhost: Arc<str>,
+    pub name: Arc<str>,
+    pub id: u64,
+    pub owner: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Dest {
+    Queue(QueueRef),
+    Exchange(Arc<str>),
+}
+
+#[derive(Debug, Clone)]
+struct HeadersPattern {
+    any: bool,
+    fields: Vec<(String, AMQPValue)>,
+}
+
+#[derive(Debug)]
+struct ExchangeRoutes {
+    kind: ExchangeKind,
+    internal: bool,
+    alternate: Option<Arc<str>>,
+    direct: HashMap<String, Vec<Dest>>,
+    fanout: Vec<Dest>,
+    topic: Vec<(Vec<String>, Dest)>,
+    headers: Vec<(HeadersPattern, Dest)>,
+}
+
+#[derive(Debug, Default)]
+struct VhostRoutes {
+    exchanges: HashMap<String, ExchangeRoutes>,
+    queues: HashMap<String, QueueRef>,
+}
+
+/// Why routing could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NoExchange,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    pub version: u64,
+    vhosts: HashMap<String, VhostRoutes>,
+}
+
+/// Splits a topic routing key or binding key into words ("" has none, as in RabbitMQ).
+pub fn topic_words(key: &str) -> Vec<&str> {
+    if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    }
+}
+
+/// Topic matching: `*` is exactly one word, `#` zero or more.
+pub fn topic_match<P: AsRef<str>>(pattern: &[P], key: &[&str]) -> bool {
+    match pattern.first().map(|p| p.as_ref()) {
+        None => key.is_empty(),
+        Some("#") => {
+            // Collapse runs of '#'.
+            let rest = &pattern[1..];
+            (0..=key.len()).any(|skip| topic_match(rest, &key[skip..]))
+        }
+        Some(p) => match key.first() {
+            Some(k) if p == "*" || p == *k => topic_match(&pattern[1..], &key[1..]),
+            _ => false,
+        },
+    }
+}
+
+/// Comparable form of a header value: integers of any width are one class, as are
+/// floats and strings (RabbitMQ compares type classes).
+fn normalize(v: &AMQPValue) -> AMQPValue {
+    if let Some(i) = super::topology::int_value(v) {
+        return AMQPValue::LongLongInt(i);
+    }
+    match v {
+        AMQPValue::Float(f) => AMQPValue::Double(*f as f64),
+        AMQPValue::ShortString(s) => AMQPValue::LongString(s.as_str().into()),
+        other => other.clone(),
+    }
+}
+
+fn headers_pattern(args: &FieldTable) -> HeadersPattern {
+    let mode = args
+        .inner()
+        .get("x-match")
+        .and_then(super::topology::str_value)
+        .unwrap_or_else(|| "all".into());
+    let with_x = mode.ends_with("-with-x");
+    let fields = args
+        .inner()
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k != "x-match" && (with_x || !k.starts_with("x-"))
+        })
+        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .collect();
+    HeadersPattern {
+        any: mode.starts_with("any"),
+        fields,
+    }
+}
+
+/// RabbitMQ's headers-exchange rule: a `void` pattern value only needs the header to be
+/// present; otherwise type class and value must be equal. `all` needs every field, `any`
+/// at least one.
+fn headers_match(p: &HeadersPattern, headers: &FieldTable) -> bool {
+    let field_ok = |(k, v): &(String, AMQPValue)| match headers.inner().get(k.as_str()) {
+        None => false,
+        Some(_) if matches!(v, AMQPValue::Void) => true,
+        Some(h) => normalize(h) == normalize(v),
+    };
+    if p.any {
+        p.fields.iter().any(field_ok)
+    } else {
+        p.fields.iter().all(field_ok)
+    }
+}
+
+impl Router {
+    pub fn build(state: &CatalogState, shards: usize) -> Router {
+        let mut vhosts = HashMap::new();
+        for (vhost, t) in &state.amqp {
+            let vh: Arc<str> = Arc::from(vhost.as_str());
+            let mut v = VhostRoutes::default();
+            for (name, q) in &t.queues {
+                v.queues.insert(
+                    name.clone(),
+                    QueueRef {
+                        vhost: vh.clone(),
+                        name: Arc::from(name.as_str()),
+                        id: q.id,
+                        owner: queue_owner(vhost, name, shards),
+                    },
+                );
+            }
+            let mut add_exchange = |name: &str, kind, internal, alternate: Option<&String>| {
+                v.exchanges.insert(
+                    name.to_owned(),
+                    ExchangeRoutes {
+                        kind,
+                        internal,
+                        alternate: alternate.map(|a| Arc::from(a.as_str())),
+                        direct: HashMap::new(),
+                        fanout: Vec::new(),
+                        topic: Vec::new(),
+                        headers: Vec::new(),
+                    },
+                );
+            };
+            for (name, kind) in BUILTIN_EXCHANGES {
+                add_exchange(name, *kind, false, None);
+            }
+            for (name, e) in &t.exchanges {
+                add_exchange(name, e.kind, e.internal, e.alternate.as_ref());
+            }
+            for b in &t.bindings {
+                let dest = match b.dest_kind {
+                    DestKind::Queue => match v.queues.get(&b.destination) {
+                        Some(q) => Dest::Queue(q.clone()),
+                        None => continue,
+                    },
+                    DestKind::Exchange => Dest::Exchange(Arc::from(b.destination.as_str())),
+                };
+                let Some(ex) = v.exchanges.get_mut(&b.source) else {
+                    continue;
+                };
+                match ex.kind {
+                    ExchangeKind::Direct => ex
+                        .direct
+                        .entry(b.routing_key.clone())
+                        .or_default()
+                        .push(dest),
+                    ExchangeKind::Fanout => ex.fanout.push(dest),
+                    ExchangeKind::Topic => ex.topic.push((
+                        topic_words(&b.routing_key)
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect(),
+                        dest,
+                    )),
+                    ExchangeKind::Headers => ex
+                        .headers
+                        .push((headers_pattern(&decode_table(&b.arguments)), dest)),
+                }
+            }
+            vhosts.insert(vhost.clone(), v);
+        }
+        Router {
+            version: state.version,
+            vhosts,
+        }
+    }
+
+    /// The queue `name` of `vhost`, if declared.
+    pub fn queue(&self, vhost: &str, name: &str) -> Option<&QueueRef> {
+        self.vhosts.get(vhost)?.queues.get(name)
+    }
+
+    /// Whether an exchange exists and is internal (publishing to it is refused).
+    pub fn exchange_internal(&self, vhost: &str, name: &str) -> Option<bool> {
+        match self.vhosts.get(vhost) {
+            Some(v) => v.exchanges.get(name).map(|e| e.internal),
+            None => BUILTIN_EXCHANGES
+                .iter()
+                .any(|(n, _)| *n == name)
+                .then_some(false),
+        }
+    }
+
+    /// The queues a message published to `exchange` with `routing_key` reaches.
+    /// `headers` is decoded only if a headers exchange is on the path.
+    pub fn route(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        headers: &mut dyn FnMut() -> FieldTable,
+    ) -> Result<Vec<QueueRef>, RouteError> {
+        let Some(v) = self.vhosts.get(vhost) else {
+            // A vhost with nothing declared yet: only the builtin exchanges exist, and
+            // they have no bindings.
+            return if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == exchange) {
+                Ok(Vec::new())
+            } else {
+                Err(RouteError::NoExchange)
+            };
+        };
+        if !v.exchanges.contains_key(exchange) {
+            return Err(RouteError::NoExchange);
+        }
+        let mut out: Vec<QueueRef> = Vec::new();
+        let mut seen_queues: HashSet<u64> = HashSet::new();
+        let mut visited: HashSet<&str> = HashSet::new();
+        let mut decoded: Option<FieldTable> = None;
+        let mut stack: Vec<&str> = vec![exchange];
+        let rk_words = topic_words(routing_key);
+        while let Some(name) = stack.pop() {
+            if !visited.insert(name) {
+                continue;
+            }
+            let Some(ex) = v.exchanges.get(name) else {
+                continue;
+            };
+            let before = out.len() + stack.len();
+            let mut dests: Vec<&Dest> = Vec::new();
+            if name.is_empty() {
+                // The default exchange: every queue by its name.
+                if let Some(q) = v.queues.get(routing_key) {
+                    if seen_queues.insert(q.id) {
+                        out.push(q.clone());
+                    }
+                }
+                continue;
+            }
+            match ex.kind {
+                ExchangeKind::Direct => {
+                    if let Some(ds) = ex.direct.get(routing_key) {
+                        dests.extend(ds.iter());
+                    }
+                }
+                ExchangeKind::Fanout => dests.extend(ex.fanout.iter()),
+                ExchangeKind::Topic => dests.extend(
+                    ex.topic
+                        .iter()
+                        .filter(|(p, _)| topic_match(p, &rk_words))
+                        .map(|(_, d)| d),
+                ),
+                ExchangeKind::Headers => {
+                    if !ex.headers.is_empty() {
+                        let h = decoded.get_or_insert_with(&mut *headers);
+                        dests.extend(
+                            ex.headers
+                                .iter()
+                                .filter(|(p, _)| headers_match(p, h))
+                                .map(|(_, d)| d),
+                        );
+                    }
+                }
+            }
+            for d in dests {
+                match d {
+                    Dest::Queue(q) => {
+                        if seen_queues.insert(q.id) {
+                            out.push(q.clone());
+                        }
+                    }
+                    Dest::Exchange(e) => stack.push(e),
+                }
+            }
+            // Nothing matched at this exchange: try its alternate exchange.
+            if out.len() + stack.len() == before {
+                if let Some(ae) = &ex.alternate {
+                    stack.push(ae);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::topology::{
+        apply, encode_table, Binding, Exchange, Queue, QueueArgs, TopologyChange,
+    };
+
+    #[test]
+    fn topic_edge_cases() {
+        let m = |p: &str, k: &str| topic_match(&topic_words(p), &topic_words(k));
+        assert!(m("#", ""));
+        assert!(m("#", "a.b.c"));
+        assert!(m("a.#", "a"));
+        assert!(m("a.#", "a.b.c"));
+        assert!(m("#.c", "c"));
+        assert!(m("a.#.c", "a.c"));
+        assert!(m("a.#.c", "a.b.b.c"));
+        assert!(!m("a.#.c", "a.b.b"));
+        assert!(m("*.b", "a.b"));
+        assert!(!m("*.b", "b"));
+        assert!(!m("*", ""));
+        assert!(m("*", "a"));
+        assert!(!m("*", "a.b"));
+        assert!(m("a.*.#", "a.b"));
+        assert!(!m("a.*.#", "a"));
+        assert!(m("#.#", ""));
+        assert!(m("", ""));
+        assert!(!m("", "a"));
+        assert!(m("a..b", "a..b"));
+        assert!(m("a.*.b", "a..b"));
+    }
+
+    #[test]
+    fn headers_rules() {
+        let mut args = FieldTable::default();
+        args.insert("x-match".into(), AMQPValue::LongString("any".into()));
+        args.insert("a".into(), AMQPValue::LongInt(1));
+        args.insert("b".into(), AMQPValue::Void);
+        let p = headers_pattern(&args);
+        let mut h = FieldTable::default();
+        h.insert("a".into(), AMQPValue::ShortShortInt(1));
+        assert!(headers_match(&p, &h));
+        let mut all = args.clone();
+        all.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        assert!(!headers_match(&headers_pattern(&all), &h));
+        h.insert("b".into(), AMQPValue::LongString("anything".into()));
+        assert!(headers_match(&headers_pattern(&all), &h));
+        let empty_any = headers_pattern(&{
+            let mut t = FieldTable::default();
+            t.insert("x-match".into(), AMQPValue::LongString("any".into()));
+            t
+        });
+        assert!(!headers_match(&empty_any, &h));
+        assert!(headers_match(&headers_pattern(&FieldTable::default()), &h));
+    }
+
+    #[test]
+    fn routes_through_exchanges_and_alternates() {
+        let mut s = CatalogState::default();
+        let v = "/".to_string();
+        let ex = |name: &str, kind, alt: Option<&str>| Exchange {
+            name: name.into(),
+            kind,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments: encode_table(&FieldTable::default()),
+            alternate: alt.map(str::to_owned),
+        };
+        let q = |name: &str, id| Queue {
+            name: name.into(),
+            id,
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: encode_table(&FieldTable::default()),
+            args: QueueArgs::default(),
+        };
+        let bind = |s: &str, d: &str, k: DestKind, rk: &str| Binding {
+            source: s.into(),
+            destination: d.into(),
+            dest_kind: k,
+            routing_key: rk.into(),
+            arguments: encode_table(&FieldTable::default()),
+        };
+        for c in [
+            TopologyChange::DeclareExchange {
+                vhost: v.clone(),
+                exchange: ex("d", ExchangeKind::Direct, Some("ae")),
+            },
+            TopologyChange::DeclareExchange {
+                vhost: v.clone(),
+                exchange: ex("ae", ExchangeKind::Fanout, None),
+            },
+            TopologyChange::DeclareExchange {
+                vhost: v.clone(),
+                exchange: ex("t", ExchangeKind::Topic, None),
+            },
+            TopologyChange::DeclareQueue {
+                vhost: v.clone(),
+                queue: q("q1", 1),
+            },
+            TopologyChange::DeclareQueue {
+                vhost: v.clone(),
+                queue: q("q2", 2),
+            },
+            TopologyChange::Bind {
+                vhost: v.clone(),
+                binding: bind("d", "q1", DestKind::Queue, "k"),
+            },
+            TopologyChange::Bind {
+                vhost: v.clone(),
+                binding: bind("ae", "q2", DestKind::Queue, ""),
+            },
+            TopologyChange::Bind {
+                vhost: v.clone(),
+                binding: bind("t", "d", DestKind::Exchange, "x.*"),
+            },
+        ] {
+            apply(&mut s.amqp, &c);
+        }
+        let r = Router::build(&s, 2);
+        let names = |res: Result<Vec<QueueRef>, RouteError>| -> Vec<String> {
+            res.unwrap()
+                .into_iter()
+                .map(|q| q.name.to_string())
+                .collect()
+        };
+        let mut none = FieldTable::default;
+        assert_eq!(names(r.route("/", "d", "k", &mut none)), vec!["q1"]);
+        assert_eq!(names(r.route("/", "d", "other", &mut none)), vec!["q2"]);
+        assert_eq!(names(r.route("/", "", "q2", &mut none)), vec!["q2"]);
+        assert_eq!(names(r.route("/", "t", "x.y", &mut none)), vec!["q2"]);
+        assert!(names(r.route("/", "t", "z", &mut none)).is_empty());
+        assert_eq!(
+            r.route("/", "nope", "k", &mut none),
+            Err(RouteError::NoExchange)
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! Settling deliveries: prefetch, ack/nack/reject with and without requeue, the
+//! redelivered flag, recover, basic.get, a lost consumer's messages going to another
+//! consumer, server-sent basic.cancel, publisher confirms and transactions.
+
+mod common;
+
+use std::time::Duration;
+
+use common::amqp::*;
+use common::{data_dir, Broker};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_nack_reject_recover_and_redelivered() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "q", FieldTable::default()).await;
+    for i in 0..20u8 {
+        publish(&ch, "", "q", &[i]).await;
+    }
+    let cch = channel(&conn).await;
+    cch.basic_qos(5, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut c = consume(&cch, "q", false).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next(&mut c, 5).await.expect("delivery"));
+    }
+    // Prefetch 5: nothing more until something is settled.
+    assert!(next(&mut c, 1).await.is_none(), "prefetch not honoured");
+    assert!(got.iter().all(|d| !d.redelivered));
+    assert_eq!(
+        got.iter().map(|d| d.data[0]).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+
+    // nack with requeue: comes back, marked redelivered, ahead of newer messages.
+    cch.basic_nack(
+        got[0].delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        },
+    )
+    .await
+    .expect("nack");
+    let d = next(&mut c, 5).await.expect("redelivery");
+    assert_eq!(d.data, vec![0]);
+    assert!(d.redelivered);
+    // reject without requeue: gone (no dead-letter exchange).
+    cch.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    // ack multiple up to the fifth.
+    cch.basic_ack(got[4].delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .expect("ack");
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        batch.push(next(&mut c, 5).await.expect("delivery"));
+    }
+    assert_eq!(
+        batch.iter().map(|d| d.data[0]).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8, 9]
+    );
+    // nack multiple with requeue, then all five come back redelivered, in order.
+    cch.basic_nack(
+        batch[4].delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            multiple: true,
+        },
+    )
+    .await
+    .expect("nack multiple");
+    for i in 5..10u8 {
+        let d = next(&mut c, 5).await.expect("redelivery");
+        assert_eq!(d.data, vec![i]);
+        assert!(d.redelivered);
+        batch.push(d);
+    }
+    // recover: every unacked delivery of the channel goes back, redelivered. (The
+    // consumer is cancelled first: lapin drops deliveries that race its recover-ok.)
+    cch.basic_cancel(c.tag(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    cch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .expect("recover");
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        let m = get_within(&ch, "q", 5).await.expect("after recover");
+        assert!(m.delivery.redelivered);
+        again.push(m.delivery.data[0]);
+    }
+    assert_eq!(again, vec![5, 6, 7, 8, 9]);
+    assert_eq!(drain(&ch, "q").await.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_get_empty() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "g", FieldTable::default()).await;
+    assert!(ch
+        .basic_get("g".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .is_none());
+    for i in 0..3u8 {
+        publish(&ch, "", "g", &[i]).await;
+    }
+    let m = ch
+        .basic_get("g".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("message");
+    assert_eq!(m.delivery.data, vec![0]);
+    assert_eq!(m.message_count, 2);
+    m.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .expect("nack");
+    let m = ch
+        .basic_get("g".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("message");
+    assert_eq!(m.delivery.data, vec![0]);
+    assert!(m.delivery.redelivered);
+    m.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    assert_eq!(drain(&ch, "g").await, vec![vec![1], vec![2]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_consumer_s_messages_go_to_another_consumer() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let url = broker.amqp_url();
+    let pconn = connect(&url).await;
+    let pch = channel(&pconn).await;
+    declare(&pch, "jobs", FieldTable::default()).await;
+    for i in 0..10u8 {
+        publish(&pch, "", "jobs", &[i]).await;
+    }
+    let first = connect(&url).await;
+    let fch = channel(&first).await;
+    fch.basic_qos(4, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut fc = consume(&fch, "jobs", false).await;
+    for i in 0..4u8 {
+        let d = next(&mut fc, 5).await.expect("delivery");
+        assert_eq!(d.data, vec![i]);
+    }
+    let second = connect(&url).await;
+    let sch = channel(&second).await;
+    let mut sc = consume(&sch, "jobs", false).await;
+    // The second consumer gets the rest first...
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let d = next(&mut sc, 5).await.expect("delivery");
+        assert!(!d.redelivered);
+        seen.push(d.data[0]);
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    // ...then the first connection drops without acking: its four come back redelivered.
+    drop(fc);
+    first.close(200, "gone".into()).await.expect("close");
+    for _ in 0..4 {
+        let d = next(&mut sc, 5).await.expect("redelivery");
+        assert!(d.redelivered);
+        seen.push(d.data[0]);
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    seen.sort();
+    assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+    assert!(next(&mut sc, 1).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_cancels_its_consumers() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "doomed", FieldTable::default()).await;
+    let mut c = consume(&ch, "doomed", false).await;
+    let other = connect(&broker.amqp_url()).await;
+    let och = channel(&other).await;
+    och.queue_delete("doomed".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    // The consumer stream ends when the server cancels it.
+    let end = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut c)).await;
+    assert!(matches!(end, Ok(None)), "consumer not cancelled: {end:?}");
+    assert!(ch.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_and_transactions() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "c", FieldTable::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let mut pending = Vec::new();
+    for i in 0..500u32 {
+        let p = ch
+            .basic_publish(
+                "".into(),
+                "c".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        pending.push(p);
+    }
+    for p in pending {
+        assert!(p.await.expect("confirm").is_ack());
+    }
+    assert!(ch.wait_for_confirms().await.expect("wait").is_empty());
+    assert_eq!(drain(&ch, "c").await.len(), 500);
+
+    // Transactions: nothing is visible before commit, nothing after rollback.
+    let tx = channel(&conn).await;
+    tx.tx_select().await.expect("tx.select");
+    publish(&tx, "", "c", b"one").await;
+    publish(&tx, "", "c", b"two").await;
+    assert!(drain(&ch, "c").await.is_empty());
+    tx.tx_commit().await.expect("commit");
+    assert_eq!(
+        drain(&ch, "c").await,
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    publish(&tx, "", "c", b"three").await;
+    tx.tx_rollback().await.expect("rollback");
+    tx.tx_commit().await.expect("empty commit");
+    assert!(drain(&ch, "c").await.is_empty());
+    // Acks in a transaction take effect at commit.
+    publish(&ch, "", "c", b"four").await;
+    let m = tx
+        .basic_get("c".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("msg");
+    m.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    tx.tx_commit().await.expect("commit ack");
+    assert!(drain(&ch, "c").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    for q in ["f1", "f2"] {
+        declare(&ch, q, FieldTable::default()).await;
+    }
+    // Channel-wide prefetch of 4 shared by two consumers on different queues.
+    let cch = channel(&conn).await;
+    cch.basic_qos(4, BasicQosOptions { global: true })
+        .await
+        .expect("qos global");
+    let mut c1 = consume(&cch, "f1", false).await;
+    let mut c2 = consume(&cch, "f2", false).await;
+    for i in 0..10u8 {
+        publish(&ch, "", "f1", &[i]).await;
+        publish(&ch, "", "f2", &[i]).await;
+    }
+    let mut held = Vec::new();
+    while let Some(d) = next(&mut c1, 1).await {
+        held.push(d);
+    }
+    while let Some(d) = next(&mut c2, 1).await {
+        held.push(d);
+    }
+    assert_eq!(
+        held.len(),
+        4,
+        "the channel-wide prefetch bounds unacked deliveries"
+    );
+    cch.basic_ack(0, BasicAckOptions { multiple: true })
+        .await
+        .expect("ack all");
+
+    // channel.flow(false) pauses deliveries; flow(true) resumes them.
+    let fch = channel(&conn).await;
+    declare(&fch, "flow", FieldTable::default()).await;
+    let mut fc = consume(&fch, "flow", true).await;
+    assert!(!fch
+        .channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .expect("flow off"));
+    publish(&ch, "", "flow", b"held").await;
+    assert!(
+        next(&mut fc, 1).await.is_none(),
+        "delivered while flow was off"
+    );
+    assert!(fch
+        .channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .expect("flow on"));
+    assert_eq!(next(&mut fc, 5).await.expect("after flow on").data, b"held");
+
+    // Publishing to an internal exchange is refused with 403.
+    let ich = channel(&conn).await;
+    ich.exchange_declare(
+        "inner".into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare internal");
+    ich.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    let r = match ich
+        .basic_publish(
+            "inner".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+    {
+        Ok(c) => c.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(r.err().as_ref().and_then(reply_code), Some(403));
+
+    // tx.rollback undoes the transaction's acks: the message is unacked again and goes
+    // back to the queue when its channel closes.
+    declare(&ch, "txq", FieldTable::default()).await;
+    publish(&ch, "", "txq", b"keep").await;
+    let tch = channel(&conn).await;
+    tch.tx_select().await.expect("tx.select");
+    let m = tch
+        .basic_get("txq".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("message");
+    m.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    tch.tx_rollback().await.expect("rollback");
+    tch.close(200, "done".into()).await.expect("close");
+    let back = get_within(&ch, "txq", 5)
+        .await
+        .expect("requeued after rollback");
+    assert_eq!(back.delivery.data, b"keep");
+    assert!(back.delivery.redelivered);
+}

@@ -1,0 +1,210 @@
+//! AMQP basics with lapin against the real broker: a work queue shared by three consumers,
+//! publisher and consumer on different shards, properties and bodies delivered unchanged.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::amqp::*;
+use common::{data_dir, Broker};
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_queue_three_consumers_share_30000_acked_messages() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let url = broker.amqp_url();
+    let publisher = connect(&url).await;
+    let pch = channel(&publisher).await;
+    declare(&pch, "work", FieldTable::default()).await;
+
+    const N: usize = 30_000;
+    let mut tasks = Vec::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u32)>();
+    let mut conns = Vec::new();
+    for worker in 0..3 {
+        let conn = connect(&url).await;
+        let ch = channel(&conn).await;
+        ch.basic_qos(10, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = consume(&ch, "work", false).await;
+        let tx = done_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut unacked_peak = 0u32;
+            while let Some(d) = next(&mut consumer, 30).await {
+                let n: u32 = std::str::from_utf8(&d.data).unwrap().parse().unwrap();
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+                unacked_peak = unacked_peak.max(1);
+                if tx.send((worker, n)).is_err() {
+                    break;
+                }
+            }
+        }));
+        conns.push((conn, ch));
+    }
+    drop(done_tx);
+    for i in 0..N {
+        publish(&pch, "", "work", i.to_string().as_bytes()).await;
+    }
+    let mut seen = HashSet::new();
+    let mut per_worker = [0usize; 3];
+    while seen.len() < N {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(30), done_rx.recv())
+            .await
+            .expect("deliveries stalled")
+            .expect("consumers ended");
+        assert!(seen.insert(got.1), "message {} delivered twice", got.1);
+        per_worker[got.0] += 1;
+    }
+    assert_eq!(seen.len(), N);
+    for (w, n) in per_worker.iter().enumerate() {
+        assert!(
+            *n > N / 10,
+            "worker {w} got only {n} of {N}: {per_worker:?}"
+        );
+    }
+    // Nothing left, nothing unacked.
+    let q = pch
+        .queue_declare(
+            "work".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    assert_eq!(q.message_count(), 0);
+    assert_eq!(q.consumer_count(), 3);
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publisher_and_consumer_on_different_shards() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let url = broker.amqp_url();
+    // Open connections until one lands on each shard.
+    let mut by_shard: Vec<Option<(lapin::Connection, lapin::Channel)>> = vec![None, None];
+    for i in 0..64 {
+        let conn = connect(&url).await;
+        let ch = channel(&conn).await;
+        let probe = format!("probe-{i}");
+        declare(&ch, &probe, FieldTable::default()).await;
+        let c = consume(&ch, &probe, true).await;
+        let s = shard_of(&c);
+        ch.queue_delete(probe.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete");
+        if by_shard[s].is_none() {
+            by_shard[s] = Some((conn, ch));
+        }
+        if by_shard.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let (_c0, ch0) = by_shard[0].take().expect("a connection on shard 0");
+    let (_c1, ch1) = by_shard[1].take().expect("a connection on shard 1");
+    // A queue on each shard; publish from one shard, consume on the other, both ways.
+    let names: Vec<String> = (0..2)
+        .map(|shard| {
+            (0..)
+                .map(|i| format!("q{i}"))
+                .find(|n| portask::amqp::queue_owner("/", n, 2) == shard)
+                .unwrap()
+        })
+        .collect();
+    for (publisher, consumer_ch) in [(&ch0, &ch1), (&ch1, &ch0)] {
+        for q in &names {
+            declare(publisher, q, FieldTable::default()).await;
+            let mut c = consume(consumer_ch, q, false).await;
+            for i in 0..100u32 {
+                publish(publisher, "", q, &i.to_be_bytes()).await;
+            }
+            for i in 0..100u32 {
+                let d = next(&mut c, 10).await.expect("delivery");
+                assert_eq!(d.data, i.to_be_bytes(), "per-queue order");
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+            consumer_ch
+                .basic_cancel(c.tag(), BasicCancelOptions::default())
+                .await
+                .expect("cancel");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn properties_headers_and_big_bodies_arrive_unchanged() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_AMQP__MAX_MESSAGE_BYTES", "3000000")]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "props", FieldTable::default()).await;
+    let mut headers = FieldTable::default();
+    headers.insert("str".into(), AMQPValue::LongString("v".into()));
+    headers.insert("int".into(), AMQPValue::LongLongInt(-7));
+    headers.insert("bool".into(), AMQPValue::Boolean(true));
+    let mut nested = FieldTable::default();
+    nested.insert("x".into(), AMQPValue::Double(1.5));
+    headers.insert("table".into(), AMQPValue::FieldTable(nested));
+    let props = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding(ShortString::from("identity"))
+        .with_headers(headers)
+        .with_delivery_mode(1)
+        .with_priority(3)
+        .with_correlation_id(ShortString::from("corr"))
+        .with_reply_to(ShortString::from("replies"))
+        .with_expiration(ShortString::from("60000"))
+        .with_message_id(ShortString::from("mid"))
+        .with_timestamp(1_700_000_000)
+        .with_type(ShortString::from("kind"))
+        .with_user_id(ShortString::from("guest"))
+        .with_app_id(ShortString::from("app"))
+        .with_cluster_id(ShortString::from("cluster"));
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    for body in [&b""[..], &b"small"[..], &big[..]] {
+        ch.basic_publish(
+            "".into(),
+            "props".into(),
+            BasicPublishOptions::default(),
+            body,
+            props.clone(),
+        )
+        .await
+        .expect("publish");
+    }
+    let mut c = consume(&ch, "props", true).await;
+    for body in [&b""[..], &b"small"[..], &big[..]] {
+        let d = next(&mut c, 10).await.expect("delivery");
+        assert_eq!(d.properties, props);
+        assert_eq!(d.data.len(), body.len());
+        assert!(d.data == body);
+    }
+    // Over the configured maximum: 406 closes the channel.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let too_big = vec![0u8; 3_000_001];
+    let r = match ch
+        .basic_publish(
+            "".into(),
+            "props".into(),
+            BasicPublishOptions::default(),
+            &too_big,
+            BasicProperties::default(),
+        )
+        .await
+    {
+        Ok(confirm) => confirm.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
+}

@@ -1,0 +1,317 @@
+//! The connection lifecycle on a raw socket (frames encoded with amq-protocol): the
+//! handshake, server heartbeats, closing a silent peer after two heartbeat intervals,
+//! and connection.close 320 CONNECTION_FORCED when the broker is stopped.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame};
+use amq_protocol::protocol::{connection as c, AMQPClass};
+use common::{data_dir, Broker};
+
+fn send(s: &mut TcpStream, f: AMQPFrame) {
+    let bytes = gen_frame(&f)(Vec::new().into())
+        .expect("encode")
+        .into_inner()
+        .0;
+    s.write_all(&bytes).expect("write");
+}
+
+/// Reads frames until `want` accepts one (or the deadline / EOF); returns it.
+fn read_until(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    secs: u64,
+    want: impl Fn(&AMQPFrame) -> bool,
+) -> Option<AMQPFrame> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    loop {
+        while let Ok((rest, f)) = parse_frame(&buf[..]) {
+            let used = buf.len() - rest.len();
+            buf.drain(..used);
+            if want(&f) {
+                return Some(f);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn method(f: &AMQPFrame) -> Option<&AMQPClass> {
+    match f {
+        AMQPFrame::Method(_, m) => Some(m),
+        _ => None,
+    }
+}
+
+/// Connects and completes the handshake with the given heartbeat.
+fn handshake(port: u16, heartbeat: u16) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut buf = Vec::new();
+    let start = read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::Start(_)))
+        )
+    })
+    .expect("connection.start");
+    if let Some(AMQPClass::Connection(c::AMQPMethod::Start(st))) = method(&start) {
+        let caps = st.server_properties.inner().get("capabilities");
+        assert!(
+            format!("{caps:?}").contains("publisher_confirms"),
+            "{caps:?}"
+        );
+        assert!(st.mechanisms.to_string().contains("AMQPLAIN"));
+    }
+    send(
+        &mut s,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::StartOk(c::StartOk {
+                client_properties: Default::default(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+        ),
+    );
+    read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::Tune(_)))
+        )
+    })
+    .expect("tune");
+    send(
+        &mut s,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::TuneOk(c::TuneOk {
+                channel_max: 16,
+                frame_max: 8192,
+                heartbeat,
+            })),
+        ),
+    );
+    send(
+        &mut s,
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::Open(c::Open {
+                virtual_host: "/".into(),
+            })),
+        ),
+    );
+    read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+        )
+    })
+    .expect("open-ok");
+    (s, buf)
+}
+
+#[test]
+fn heartbeats_are_sent_and_a_silent_peer_is_closed() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let (mut s, mut buf) = handshake(broker.amqp_port, 1);
+    // The broker sends heartbeats while we say nothing...
+    assert!(read_until(&mut s, &mut buf, 3, |f| matches!(f, AMQPFrame::Heartbeat)).is_some());
+    // ...and closes the socket once we have been silent for two intervals.
+    let started = Instant::now();
+    let closed = loop {
+        let mut chunk = [0u8; 256];
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break true,
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+    };
+    assert!(closed, "a silent peer was not closed");
+
+    // A peer that keeps sending heartbeats stays connected.
+    let (mut s, mut buf) = handshake(broker.amqp_port, 1);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        send(&mut s, AMQPFrame::Heartbeat);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    send(
+        &mut s,
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+                Default::default(),
+            )),
+        ),
+    );
+    assert!(
+        read_until(&mut s, &mut buf, 5, |f| matches!(
+            f,
+            AMQPFrame::Method(1, _)
+        ))
+        .is_some(),
+        "connection was closed"
+    );
+}
+
+#[test]
+fn stopping_the_broker_closes_connections_with_320() {
+    let (_d, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    let (mut s, mut buf) = handshake(broker.amqp_port, 0);
+    // SIGTERM (and wait for the exit) on another thread; read the close meanwhile.
+    std::thread::scope(|scope| {
+        let stopper = scope.spawn(|| broker.terminate());
+        let close = read_until(&mut s, &mut buf, 10, |f| {
+            matches!(
+                method(f),
+                Some(AMQPClass::Connection(c::AMQPMethod::Close(_)))
+            )
+        })
+        .expect("connection.close");
+        match method(&close) {
+            Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => assert_eq!(cl.reply_code, 320),
+            other => panic!("{other:?}"),
+        }
+        send(
+            &mut s,
+            AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {})),
+            ),
+        );
+        assert!(stopper.join().expect("stopper").success());
+    });
+}
+
+/// Sends raw frame bytes after a handshake and returns the connection.close reply code.
+fn close_code_after(port: u16, frames: &[Vec<u8>]) -> Option<u16> {
+    let (mut s, mut buf) = handshake(port, 0);
+    for f in frames {
+        s.write_all(f).unwrap();
+    }
+    let close = read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::Close(_)))
+        )
+    })?;
+    match method(&close) {
+        Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => Some(cl.reply_code),
+        _ => None,
+    }
+}
+
+fn encode(f: AMQPFrame) -> Vec<u8> {
+    gen_frame(&f)(Vec::new().into())
+        .expect("encode")
+        .into_inner()
+        .0
+}
+
+/// A method frame with a raw payload.
+fn raw_method(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.push(0xce);
+    out
+}
+
+#[test]
+fn connection_errors_carry_their_reply_codes() {
+    use amq_protocol::protocol::{channel as chan, exchange as ex};
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let port = broker.amqp_port;
+    let open = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})),
+    ));
+    // A method on a channel that was never opened: 504 CHANNEL_ERROR.
+    let declare = |kind: &str| {
+        encode(AMQPFrame::Method(
+            1,
+            AMQPClass::Exchange(ex::AMQPMethod::Declare(ex::Declare {
+                exchange: "e".into(),
+                kind: kind.into(),
+                ..Default::default()
+            })),
+        ))
+    };
+    assert_eq!(close_code_after(port, &[declare("direct")]), Some(504));
+    // An unknown exchange type: 503 COMMAND_INVALID.
+    assert_eq!(
+        close_code_after(port, &[open.clone(), declare("x-nonsense")]),
+        Some(503)
+    );
+    // An unknown class: 540 NOT_IMPLEMENTED.
+    assert_eq!(
+        close_code_after(port, &[open.clone(), raw_method(1, &[0, 99, 0, 10])]),
+        Some(540)
+    );
+    // A known method with truncated arguments: 502 SYNTAX_ERROR.
+    assert_eq!(
+        close_code_after(port, &[open.clone(), raw_method(1, &[0, 40, 0, 10, 0])]),
+        Some(502)
+    );
+    // A content body with no publish before it: 505 UNEXPECTED_FRAME.
+    let body = vec![3, 0, 1, 0, 0, 0, 1, b'x', 0xce];
+    assert_eq!(close_code_after(port, &[open.clone(), body]), Some(505));
+    // A frame larger than the negotiated frame_max (8192): 501 FRAME_ERROR.
+    let mut big = vec![3, 0, 1];
+    big.extend_from_slice(&(20_000u32).to_be_bytes());
+    big.extend(std::iter::repeat_n(0u8, 20_000));
+    big.push(0xce);
+    assert_eq!(close_code_after(port, &[open.clone(), big]), Some(501));
+    // Reusing a consumer tag on a channel: 530 NOT_ALLOWED.
+    use amq_protocol::protocol::{basic, queue as qm};
+    let q = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(qm::AMQPMethod::Declare(qm::Declare {
+            queue: "tagq".into(),
+            ..Default::default()
+        })),
+    ));
+    let consume = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "tagq".into(),
+            consumer_tag: "same".into(),
+            ..Default::default()
+        })),
+    ));
+    assert_eq!(
+        close_code_after(port, &[open, q, consume.clone(), consume]),
+        Some(530)
+    );
+}

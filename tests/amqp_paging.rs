@@ -1,0 +1,115 @@
+//! Transient messages past the memory budget are paged to the queue's files instead of
+//! piling up in RAM, and come back intact and in order when consumed.
+
+mod common;
+
+use common::amqp::*;
+use common::{data_dir, Broker};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+
+fn body(i: u32) -> Vec<u8> {
+    let mut b = vec![(i % 251) as u8; 16 * 1024];
+    b[..4].copy_from_slice(&i.to_be_bytes());
+    b
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                total += dir_bytes(&p);
+            } else if let Ok(m) = p.metadata() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_transient_queue_pages_to_disk() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[
+            ("PORTASK_AMQP__MEMORY_BUDGET_BYTES", "4194304"),
+            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "4194304"),
+        ],
+    );
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "deep", FieldTable::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    const N: u32 = 4000; // 64 MiB of bodies per round
+                         // Two rounds: the first shows the broker's working set, the second that another
+                         // 64 MiB of backlog goes to disk instead of adding to it.
+    let mut rss = Vec::new();
+    for round in 0..2u32 {
+        let mut last = None;
+        for i in round * N..(round + 1) * N {
+            last = Some(
+                ch.basic_publish(
+                    "".into(),
+                    "deep".into(),
+                    BasicPublishOptions::default(),
+                    &body(i),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+        assert!(last.expect("published").await.expect("confirm").is_ack());
+        // Transient confirms do not wait for the page-out write: wait for the files.
+        let want = ((round as u64 + 1) * 56) << 20;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut on_disk = 0;
+        while on_disk <= want && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            on_disk = dir_bytes(&data);
+        }
+        assert!(
+            on_disk > want,
+            "round {round}: only {on_disk} bytes on disk"
+        );
+        rss.push(broker.rss_bytes());
+    }
+    let grown = rss[1].saturating_sub(rss[0]);
+    assert!(
+        grown < 32 << 20,
+        "a second 64 MiB of backlog grew the broker by {grown} bytes ({rss:?})"
+    );
+
+    // Everything comes back, in order, unchanged.
+    let cch = channel(&conn).await;
+    cch.basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut c = consume(&cch, "deep", false).await;
+    for i in 0..2 * N {
+        let d = next(&mut c, 20)
+            .await
+            .unwrap_or_else(|| panic!("message {i} missing"));
+        assert!(d.data == body(i), "message {i} differs");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    assert!(next(&mut c, 1).await.is_none());
+    let q = ch
+        .queue_declare(
+            "deep".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive");
+    assert_eq!(q.message_count(), 0);
+}

@@ -1,0 +1,112 @@
+//! lapin helpers for the AMQP tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+
+pub async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("amqp connect")
+}
+
+pub async fn channel(conn: &Connection) -> Channel {
+    conn.create_channel().await.expect("channel")
+}
+
+pub async fn declare(ch: &Channel, name: &str, args: FieldTable) {
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), args)
+        .await
+        .expect("queue.declare");
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("basic.publish");
+}
+
+pub async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("basic.consume")
+}
+
+/// The shard a consumer's connection lives on (server tags are `amq.ctag-s<shard>-…`).
+pub fn shard_of(consumer: &Consumer) -> usize {
+    let tag = consumer.tag().to_string();
+    tag.strip_prefix("amq.ctag-s")
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected consumer tag {tag}"))
+}
+
+/// The next delivery, or None after `secs` seconds.
+pub async fn next(consumer: &mut Consumer, secs: u64) -> Option<lapin::message::Delivery> {
+    match tokio::time::timeout(Duration::from_secs(secs), consumer.next()).await {
+        Ok(Some(Ok(d))) => Some(d),
+        _ => None,
+    }
+}
+
+/// Bodies of everything `queue` gives to basic.get (auto-ack), in order.
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        out.push(m.delivery.data.clone());
+    }
+    out
+}
+
+/// Polls `basic.get` until `queue` gives a message or `secs` pass.
+pub async fn get_within(
+    ch: &Channel,
+    queue: &str,
+    secs: u64,
+) -> Option<lapin::message::BasicGetMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            return Some(m);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The AMQP reply code a failed lapin call carries, if any.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    use lapin::ErrorKind;
+    match e.kind() {
+        ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
