@@ -38,6 +38,9 @@ Where Portask does not answer AMQP on its port, its AMQP cells read
   --keep           keep the brokers' data and log directories
   -h, --help       this help
 
+The Kafka scenarios write about 4 GB per repetition to a temporary data directory
+(removed at the end); the AMQP ones a few hundred MB to RabbitMQ's.
+
 Exits 0 when every run completed without losing a message, 1 otherwise, 2 on bad
 usage or when a broker does not start.
 EOF
