@@ -6,9 +6,7 @@
 //! the flusher (which is not running here), so this measures the CPU cost of the append
 //! path, not I/O.
 //!
-//! TODO(issue 6): topic-exchange routing with 10 000 bindings. AMQP exchange routing does
-//! not exist on this branch yet (it is being written on the `amqp` branch); add the
-//! benchmark against the real router when it lands rather than against a stand-in.
+//! Also AMQP topic-exchange routing through the real `Router` with 10 000 bindings.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::hint::black_box;
@@ -27,7 +25,11 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use portask::catalog::{log_settings, Topic};
+use portask::amqp::routing::Router;
+use portask::amqp::topology::{
+    Binding, DestKind, Exchange, ExchangeKind, Queue, QueueArgs, VhostTopology,
+};
+use portask::catalog::{log_settings, CatalogState, Topic};
 use portask::config::Config;
 use portask::kafka::codec::{decode_body, decode_frame, encode_response};
 use portask::storage::batch;
@@ -244,5 +246,76 @@ fn log_append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kafka_codec, record_batches, log_append);
+criterion_group!(
+    benches,
+    kafka_codec,
+    record_batches,
+    log_append,
+    topic_routing
+);
 criterion_main!(benches);
+
+/// A topic exchange with 10 000 queues, each bound with its own pattern (a mix of exact
+/// words, `*` and `#`), and the cost of routing one key through the real router.
+fn topic_routing(c: &mut Criterion) {
+    let mut v = VhostTopology::default();
+    v.exchanges.insert(
+        "market".into(),
+        Exchange {
+            name: "market".into(),
+            kind: ExchangeKind::Topic,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: Vec::new(),
+            alternate: None,
+        },
+    );
+    for i in 0..10_000u64 {
+        let name = format!("q{i}");
+        v.queues.insert(
+            name.clone(),
+            Queue {
+                name: name.clone(),
+                id: i + 1,
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: Vec::new(),
+                args: QueueArgs::default(),
+            },
+        );
+        let pattern = match i % 4 {
+            0 => format!("stock.{}.nyse.{i}", i % 100),
+            1 => format!("stock.{}.*.{i}", i % 100),
+            2 => format!("stock.{}.#", i % 100),
+            _ => format!("*.{}.nasdaq.*", i % 100),
+        };
+        v.bindings.push(Binding {
+            source: "market".into(),
+            destination: name,
+            dest_kind: DestKind::Queue,
+            routing_key: pattern,
+            arguments: Vec::new(),
+        });
+    }
+    let mut state = CatalogState::default();
+    state.amqp.insert("/".into(), v);
+    let router = Router::build(&state, 2);
+    let mut group = c.benchmark_group("amqp_topic_routing");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("10000_bindings", |b| {
+        b.iter(|| {
+            let r = router
+                .route(
+                    "/",
+                    "market",
+                    black_box("stock.42.nyse.4242"),
+                    &mut Default::default,
+                )
+                .expect("routes");
+            black_box(r.len())
+        })
+    });
+    group.finish();
+}
