@@ -5,6 +5,7 @@
 //! `start` runs on the main thread and blocks until every shard has stopped. Everything
 //! after `LocalExecutorBuilder::spawn` runs on the shard's own thread.
 
+pub mod listener;
 pub mod mesh;
 pub mod notify;
 pub mod shard;

@@ -7,14 +7,13 @@
 
 use std::rc::Rc;
 
-use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, frame, Conn, Pending};
+use super::{ask_owners, frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
 
 pub fn handle(
@@ -32,25 +31,17 @@ pub fn handle(
                 items.push((items.len(), t.name.to_string(), p.partition_index, p.offset));
             }
         }
-        let mut results = vec![(-1i64, ResponseError::UnknownTopicOrPartition.code()); items.len()];
-        let calls = by_owner(&shard, items).into_iter().map(|(owner, group)| {
-            let shard = shard.clone();
-            async move {
-                let (idx, parts): (Vec<usize>, Vec<(String, i32, i64)>) =
-                    group.into_iter().map(|(i, t, p, o)| (i, (t, p, o))).unzip();
-                (
-                    idx,
-                    shard.kafka(owner, Request::DeleteRecords { parts }).await,
-                )
-            }
-        });
-        for (idx, reply) in join_all(calls).await {
-            if let Reply::DeleteRecords(rs) = reply {
-                for (i, r) in idx.into_iter().zip(rs) {
-                    results[i] = r;
-                }
-            }
-        }
+        let results = ask_owners(
+            &shard,
+            items,
+            (-1i64, ResponseError::UnknownTopicOrPartition.code()),
+            |parts| Request::DeleteRecords { parts },
+            |reply| match reply {
+                Reply::DeleteRecords(rs) => Some(rs),
+                _ => None,
+            },
+        )
+        .await;
         let mut results = results.into_iter();
         let topics = req
             .topics

@@ -5,14 +5,13 @@
 
 use std::rc::Rc;
 
-use futures::future::join_all;
 use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, frame, Conn, Pending};
+use super::{ask_owners, frame, Conn, Pending};
 use crate::kafka::owner::{PartitionInfo, Reply, Request};
 
 pub fn handle(
@@ -30,33 +29,23 @@ pub fn handle(
                 items.push((items.len(), t.name.to_string(), *p, ()));
             }
         }
-        let mut infos: Vec<PartitionInfo> = vec![
-            PartitionInfo {
-                error: ResponseError::UnknownTopicOrPartition.code(),
-                ..Default::default()
-            };
-            items.len()
-        ];
-        let calls = by_owner(&shard, items).into_iter().map(|(owner, group)| {
-            let shard = shard.clone();
-            async move {
-                let (idx, parts): (Vec<usize>, Vec<(String, i32)>) =
-                    group.into_iter().map(|(i, t, p, _)| (i, (t, p))).unzip();
-                (
-                    idx,
-                    shard
-                        .kafka(owner, Request::Describe { parts: Some(parts) })
-                        .await,
-                )
-            }
-        });
-        for (idx, reply) in join_all(calls).await {
-            if let Reply::Describe(rs) = reply {
-                for (i, info) in idx.into_iter().zip(rs) {
-                    infos[i] = info;
-                }
-            }
-        }
+        let missing = PartitionInfo {
+            error: ResponseError::UnknownTopicOrPartition.code(),
+            ..Default::default()
+        };
+        let infos = ask_owners(
+            &shard,
+            items,
+            missing,
+            |parts| Request::Describe {
+                parts: Some(parts.into_iter().map(|(t, p, _)| (t, p)).collect()),
+            },
+            |reply| match reply {
+                Reply::Describe(rs) => Some(rs),
+                _ => None,
+            },
+        )
+        .await;
         let mut infos = infos.into_iter();
         let topics = req
             .topics

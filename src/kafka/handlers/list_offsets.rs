@@ -6,14 +6,13 @@
 
 use std::rc::Rc;
 
-use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, frame, Conn, Pending};
+use super::{ask_owners, frame, Conn, Pending};
 use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
 
 pub fn handle(
@@ -37,44 +36,31 @@ pub fn handle(
             }
             layout.push((t.name, parts));
         }
-        let mut answers = vec![
-            OffsetAnswer {
-                error: ResponseError::UnknownTopicOrPartition.code(),
-                offset: -1,
-                timestamp: -1,
-            };
-            n
-        ];
-        let mut calls = Vec::new();
-        for (owner, group) in by_owner(&shard, items) {
-            let (idx, parts): (Vec<usize>, Vec<OffsetQuery>) = group
-                .into_iter()
-                .map(|(i, topic, partition, timestamp)| {
-                    (
-                        i,
-                        OffsetQuery {
-                            topic,
-                            partition,
-                            timestamp,
-                        },
-                    )
-                })
-                .unzip();
-            let shard = shard.clone();
-            calls.push(async move {
-                (
-                    idx,
-                    shard.kafka(owner, Request::ListOffsets { parts }).await,
-                )
-            });
-        }
-        for (idx, reply) in join_all(calls).await {
-            if let Reply::ListOffsets(rs) = reply {
-                for (i, r) in idx.into_iter().zip(rs) {
-                    answers[i] = r;
-                }
-            }
-        }
+        let missing = OffsetAnswer {
+            error: ResponseError::UnknownTopicOrPartition.code(),
+            offset: -1,
+            timestamp: -1,
+        };
+        let answers = ask_owners(
+            &shard,
+            items,
+            missing,
+            |parts| Request::ListOffsets {
+                parts: parts
+                    .into_iter()
+                    .map(|(topic, partition, timestamp)| OffsetQuery {
+                        topic,
+                        partition,
+                        timestamp,
+                    })
+                    .collect(),
+            },
+            |reply| match reply {
+                Reply::ListOffsets(rs) => Some(rs),
+                _ => None,
+            },
+        )
+        .await;
         let mut answers = answers.into_iter();
         let topics = layout
             .into_iter()

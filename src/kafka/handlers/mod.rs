@@ -227,3 +227,31 @@ pub fn by_owner<T>(shard: &Shard, items: Vec<Item<T>>) -> Vec<(usize, Vec<Item<T
     }
     groups
 }
+
+/// Sends every owner shard its share of `items` as one request (`request`), concurrently,
+/// and places each answer (`answers`) at its item's index; items whose owner gave no
+/// usable answer keep `default`.
+pub async fn ask_owners<T, R: Clone>(
+    shard: &Rc<Shard>,
+    items: Vec<Item<T>>,
+    default: R,
+    request: impl Fn(Vec<(String, i32, T)>) -> crate::kafka::owner::Request,
+    answers: impl Fn(crate::kafka::owner::Reply) -> Option<Vec<R>>,
+) -> Vec<R> {
+    let mut out = vec![default; items.len()];
+    let calls = by_owner(shard, items).into_iter().map(|(owner, group)| {
+        let (idx, parts): (Vec<usize>, Vec<(String, i32, T)>) =
+            group.into_iter().map(|(i, t, p, x)| (i, (t, p, x))).unzip();
+        let req = request(parts);
+        let shard = shard.clone();
+        async move { (idx, shard.kafka(owner, req).await) }
+    });
+    for (idx, reply) in futures::future::join_all(calls).await {
+        if let Some(rs) = answers(reply) {
+            for (i, r) in idx.into_iter().zip(rs) {
+                out[i] = r;
+            }
+        }
+    }
+    out
+}

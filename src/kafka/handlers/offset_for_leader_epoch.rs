@@ -7,14 +7,13 @@
 
 use std::rc::Rc;
 
-use futures::future::join_all;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, frame, Conn, Pending};
+use super::{ask_owners, frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
 
 pub fn handle(
@@ -32,27 +31,24 @@ pub fn handle(
                 items.push((items.len(), t.topic.to_string(), p.partition, ()));
             }
         }
-        let mut ends = vec![(-1i64, ResponseError::UnknownTopicOrPartition.code()); items.len()];
-        let calls = by_owner(&shard, items).into_iter().map(|(owner, group)| {
-            let shard = shard.clone();
-            async move {
-                let (idx, parts): (Vec<usize>, Vec<(String, i32)>) =
-                    group.into_iter().map(|(i, t, p, _)| (i, (t, p))).unzip();
-                (
-                    idx,
-                    shard
-                        .kafka(owner, Request::Describe { parts: Some(parts) })
-                        .await,
-                )
-            }
-        });
-        for (idx, reply) in join_all(calls).await {
-            if let Reply::Describe(infos) = reply {
-                for (i, info) in idx.into_iter().zip(infos) {
-                    ends[i] = (info.log_end_offset, info.error);
-                }
-            }
-        }
+        let ends = ask_owners(
+            &shard,
+            items,
+            (-1i64, ResponseError::UnknownTopicOrPartition.code()),
+            |parts| Request::Describe {
+                parts: Some(parts.into_iter().map(|(t, p, _)| (t, p)).collect()),
+            },
+            |reply| match reply {
+                Reply::Describe(infos) => Some(
+                    infos
+                        .into_iter()
+                        .map(|i| (i.log_end_offset, i.error))
+                        .collect(),
+                ),
+                _ => None,
+            },
+        )
+        .await;
         let mut ends = ends.into_iter();
         let topics = req
             .topics
