@@ -8,6 +8,7 @@
 pub mod listener;
 pub mod mesh;
 pub mod notify;
+pub mod preflight;
 pub mod shard;
 pub mod shutdown;
 
@@ -137,6 +138,15 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
     if config.placement == Placement::Pinned && count > placement.iter().flatten().count() {
         log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
     }
+    let cores: Vec<usize> = placement.iter().flatten().copied().collect();
+    let all_cores: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default();
+    preflight::run(
+        &config,
+        count,
+        if cores.is_empty() { &all_cores } else { &cores },
+    );
     migrate_ownership(&data_dir, count).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
     crate::amqp::store::migrate(&data_dir, count)
         .map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
