@@ -1,0 +1,179 @@
+//! Operating the broker: the connection limit per shard refuses the extra connection while
+//! the others keep working; SIGTERM in the middle of a produce load exits 0, the restart
+//! needs no recovery scan, and nothing acknowledged is lost.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use common::{data_dir, Broker};
+use futures::executor::block_on;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+fn api_versions_frame(correlation: i32) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::ApiVersions as i16)
+        .with_request_api_version(2)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("ops-test")));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, ApiKey::ApiVersions.request_header_version(2))
+        .expect("header");
+    ApiVersionsRequest::default()
+        .encode(&mut buf, 2)
+        .expect("body");
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    buf.to_vec()
+}
+
+/// Sends ApiVersions and reads the answer; false when the broker closed the socket.
+fn answers(s: &mut TcpStream, correlation: i32) -> bool {
+    if s.write_all(&api_versions_frame(correlation)).is_err() {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    if s.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+    s.read_exact(&mut body).is_ok() && body[0..4] == correlation.to_be_bytes()
+}
+
+#[test]
+fn connections_past_the_limit_are_refused_and_the_others_keep_working() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start_with_shards(
+        &data,
+        &[("PORTASK_LIMITS__MAX_CONNECTIONS_PER_SHARD", "2")],
+        1,
+    );
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    };
+    // The harness's readiness probes were connections too: let the broker see them close.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut a = connect();
+    let mut b = connect();
+    assert!(answers(&mut a, 1));
+    assert!(answers(&mut b, 2));
+    let mut c = connect();
+    assert!(!answers(&mut c, 3), "the third connection is refused");
+    assert!(
+        answers(&mut a, 4) && answers(&mut b, 5),
+        "the first two are unaffected"
+    );
+    assert!(
+        broker.log().contains("connections already open"),
+        "{}",
+        broker.log()
+    );
+    // Once one closes, a new connection is accepted again.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = connect();
+        if answers(&mut d, 6) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a freed slot is reused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_during_a_produce_load_loses_nothing_acknowledged() {
+    let (_tmp, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "5000")
+        .set("enable.idempotence", "false")
+        .create()
+        .expect("producer");
+    let acked: Arc<Mutex<Vec<(i32, i64, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let futures: Vec<_> = (0..50)
+                    .filter_map(|_| {
+                        i += 1;
+                        let v = format!("m{i}");
+                        producer
+                            .send_result(FutureRecord::to("load").key("k").payload(v.as_str()))
+                            .ok()
+                            .map(|f| (v, f))
+                    })
+                    .collect();
+                for (v, f) in futures {
+                    if let Ok(Ok(d)) = block_on(f) {
+                        acked.lock().expect("lock").push((d.partition, d.offset, v));
+                    }
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().expect("lock").len() < 500 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = broker.terminate();
+    stop.store(true, Ordering::SeqCst);
+    worker.join().expect("producer thread");
+    assert!(status.success(), "exit status {status}");
+    assert!(broker.log().contains("stopped cleanly"));
+    broker.restart();
+    assert!(
+        broker.log().contains("(clean start)"),
+        "the restart needs no recovery scan"
+    );
+    let acked = acked.lock().expect("lock").clone();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "unused")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("load", 0, Offset::Beginning)
+        .expect("tpl");
+    c.assign(&tpl).expect("assign");
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < acked.len() && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            seen.insert(
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    for (_, offset, v) in &acked {
+        assert_eq!(
+            seen.get(offset),
+            Some(v),
+            "acknowledged message at offset {offset}"
+        );
+    }
+}
