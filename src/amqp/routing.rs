@@ -44,8 +44,59 @@ struct ExchangeRoutes {
     alternate: Option<Arc<str>>,
     direct: HashMap<String, Vec<Dest>>,
     fanout: Vec<Dest>,
-    topic: Vec<(Vec<String>, Dest)>,
+    /// Topic bindings' destinations, indexed by `topic_trie`.
+    topic: Vec<Dest>,
+    topic_trie: TopicTrie,
     headers: Vec<(HeadersPattern, Dest)>,
+}
+
+/// Topic binding patterns as a trie over words, with `*` and `#` as their own edges, so
+/// routing one key costs the key's length and the patterns that share its prefixes, not
+/// the number of bindings.
+#[derive(Debug, Default)]
+struct TopicTrie {
+    words: HashMap<String, TopicTrie>,
+    star: Option<Box<TopicTrie>>,
+    hash: Option<Box<TopicTrie>>,
+    /// Bindings (indices into `ExchangeRoutes::topic`) whose pattern ends here.
+    ends: Vec<usize>,
+}
+
+impl TopicTrie {
+    fn insert(&mut self, pattern: &[String], binding: usize) {
+        match pattern.split_first() {
+            None => self.ends.push(binding),
+            Some((w, rest)) => {
+                let child: &mut TopicTrie = match w.as_str() {
+                    "*" => self.star.get_or_insert_with(Default::default),
+                    "#" => self.hash.get_or_insert_with(Default::default),
+                    _ => self.words.entry(w.clone()).or_default(),
+                };
+                child.insert(rest, binding)
+            }
+        }
+    }
+
+    /// Adds every binding whose pattern matches `key` (may repeat one: callers dedup).
+    fn matches(&self, key: &[&str], out: &mut Vec<usize>) {
+        if let Some(h) = &self.hash {
+            // `#` takes zero or more words.
+            for skip in 0..=key.len() {
+                h.matches(&key[skip..], out);
+            }
+        }
+        match key.split_first() {
+            None => out.extend_from_slice(&self.ends),
+            Some((k, rest)) => {
+                if let Some(c) = self.words.get(*k) {
+                    c.matches(rest, out);
+                }
+                if let Some(c) = &self.star {
+                    c.matches(rest, out);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +220,7 @@ impl Router {
                         direct: HashMap::new(),
                         fanout: Vec::new(),
                         topic: Vec::new(),
+                        topic_trie: TopicTrie::default(),
                         headers: Vec::new(),
                     },
                 );
@@ -197,13 +249,14 @@ impl Router {
                         .or_default()
                         .push(dest),
                     ExchangeKind::Fanout => ex.fanout.push(dest),
-                    ExchangeKind::Topic => ex.topic.push((
-                        topic_words(&b.routing_key)
+                    ExchangeKind::Topic => {
+                        let words: Vec<String> = topic_words(&b.routing_key)
                             .into_iter()
                             .map(str::to_owned)
-                            .collect(),
-                        dest,
-                    )),
+                            .collect();
+                        ex.topic_trie.insert(&words, ex.topic.len());
+                        ex.topic.push(dest);
+                    }
                     ExchangeKind::Headers => ex
                         .headers
                         .push((headers_pattern(&decode_table(&b.arguments)), dest)),
@@ -285,12 +338,13 @@ impl Router {
                     }
                 }
                 ExchangeKind::Fanout => dests.extend(ex.fanout.iter()),
-                ExchangeKind::Topic => dests.extend(
-                    ex.topic
-                        .iter()
-                        .filter(|(p, _)| topic_match(p, &rk_words))
-                        .map(|(_, d)| d),
-                ),
+                ExchangeKind::Topic => {
+                    let mut hits = Vec::new();
+                    ex.topic_trie.matches(&rk_words, &mut hits);
+                    hits.sort_unstable();
+                    hits.dedup();
+                    dests.extend(hits.into_iter().filter_map(|i| ex.topic.get(i)));
+                }
                 ExchangeKind::Headers => {
                     if !ex.headers.is_empty() {
                         let h = decoded.get_or_insert_with(&mut *headers);
@@ -354,6 +408,36 @@ mod tests {
         assert!(!m("", "a"));
         assert!(m("a..b", "a..b"));
         assert!(m("a.*.b", "a..b"));
+    }
+
+    #[test]
+    fn topic_trie_agrees_with_topic_match() {
+        let patterns = [
+            "#", "a.#", "#.c", "a.#.c", "*.b", "*", "a.*.#", "#.#", "", "a..b", "a.*.b", "a.b.c",
+            "#.b.#",
+        ];
+        let keys = [
+            "", "a", "a.b", "a.b.c", "a.c", "a.b.b.c", "a.b.b", "b", "a..b", "c", "x.b.y",
+        ];
+        let mut trie = TopicTrie::default();
+        let words: Vec<Vec<String>> = patterns
+            .iter()
+            .map(|p| topic_words(p).into_iter().map(str::to_owned).collect())
+            .collect();
+        for (i, w) in words.iter().enumerate() {
+            trie.insert(w, i);
+        }
+        for k in keys {
+            let key = topic_words(k);
+            let mut hits = Vec::new();
+            trie.matches(&key, &mut hits);
+            hits.sort_unstable();
+            hits.dedup();
+            let want: Vec<usize> = (0..patterns.len())
+                .filter(|i| topic_match(&words[*i], &key))
+                .collect();
+            assert_eq!(hits, want, "key {k:?}");
+        }
     }
 
     #[test]
