@@ -314,3 +314,36 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
     assert!(!got.is_empty());
     assert!(got[0].1 >= watermarks(&broker, "short-lived", 0).0);
 }
+
+#[test]
+fn changing_the_shard_count_moves_partitions_to_their_new_owners() {
+    let (_tmp, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    create_topic(&broker, "moving", 6, &[]);
+    let p = producer(&broker, "all");
+    let acked = produce(&p, "moving", 0, 600);
+    drop(p);
+    assert!(broker.terminate().success());
+    drop(broker);
+    // One shard now owns every partition: shard 1's directories move to shard 0.
+    let mut one = Broker::start_with_shards(&data, &[], 1);
+    assert!(
+        one.log().contains("from shard 1 to shard 0"),
+        "{}",
+        one.log()
+    );
+    let got = read_all(&one, "moving", 6, acked.len());
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "every message readable after the move"
+    );
+    let left_on_shard_1 = std::fs::read_dir(data.join("1").join("kafka"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        left_on_shard_1, 0,
+        "no partition directory left on the old owner"
+    );
+    assert!(one.terminate().success());
+}

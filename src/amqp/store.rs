@@ -615,18 +615,8 @@ impl Store {
 /// Moves queue directories to their owner shard when the shard count changed (ownership
 /// is a hash onto the shard count). Runs before any shard starts.
 pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return Ok(());
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let Some(from) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        let root = entry.path().join("amqp");
+    for (from, dir) in crate::runtime::shard_dirs(data_dir) {
+        let root = dir.join("amqp");
         let Ok(vdirs) = std::fs::read_dir(&root) else {
             continue;
         };

@@ -64,21 +64,22 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
     Ok(DataDirLock { _file: file })
 }
 
+/// The numbered shard directories under the data root, as (shard id, path).
+pub fn shard_dirs(data_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<usize>().ok()?, e.path())))
+        .collect()
+}
+
 /// Moves partition directories to their owner shard when the shard count changed since
 /// the last run (ownership is a hash onto the shard count).
 fn migrate_ownership(data_dir: &Path, shards: usize) -> std::io::Result<()> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return Ok(());
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let Some(from) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        let kafka = entry.path().join("kafka");
+    for (from, dir) in shard_dirs(data_dir) {
+        let kafka = dir.join("kafka");
         let Ok(parts) = std::fs::read_dir(&kafka) else {
             continue;
         };

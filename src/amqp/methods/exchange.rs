@@ -146,14 +146,7 @@ pub async fn bind(conn: &Rc<Connection>, ch: &ChannelRef, b: ex::Bind) -> Result
         &b.arguments,
     )
     .await?;
-    change(
-        conn,
-        Change::Amqp(TopologyChange::Bind {
-            vhost: conn.vhost(),
-            binding,
-        }),
-    )
-    .await?;
+    super::apply_binding(conn, binding, true).await?;
     reply_to(conn, ch, b.nowait, ex::AMQPMethod::BindOk(ex::BindOk {}));
     Ok(())
 }
@@ -171,14 +164,7 @@ pub async fn unbind(
         &u.arguments,
     )
     .await?;
-    change(
-        conn,
-        Change::Amqp(TopologyChange::Unbind {
-            vhost: conn.vhost(),
-            binding,
-        }),
-    )
-    .await?;
+    super::apply_binding(conn, binding, false).await?;
     reply_to(
         conn,
         ch,

@@ -146,6 +146,23 @@ pub async fn change(conn: &Rc<Connection>, c: Change) -> Result<(), AmqpError> {
     }
 }
 
+/// Adds (`bind`) or removes a binding through the catalog writer: queue.bind/unbind and
+/// exchange.bind/unbind differ only in how they check and build the binding.
+pub async fn apply_binding(
+    conn: &Rc<Connection>,
+    binding: super::topology::Binding,
+    bind: bool,
+) -> Result<(), AmqpError> {
+    use super::topology::TopologyChange;
+    let vhost = conn.vhost();
+    let c = if bind {
+        TopologyChange::Bind { vhost, binding }
+    } else {
+        TopologyChange::Unbind { vhost, binding }
+    };
+    change(conn, Change::Amqp(c)).await
+}
+
 /// Brings this shard's replica up to the writer's latest version; used before
 /// answering NOT_FOUND, since a change made on another shard may still be on its way.
 pub async fn refresh_catalog(conn: &Rc<Connection>) {

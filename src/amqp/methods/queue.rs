@@ -148,14 +148,7 @@ pub async fn bind(conn: &Rc<Connection>, ch: &ChannelRef, b: qm::Bind) -> Result
         &b.arguments,
     )
     .await?;
-    change(
-        conn,
-        Change::Amqp(TopologyChange::Bind {
-            vhost: conn.vhost(),
-            binding,
-        }),
-    )
-    .await?;
+    super::apply_binding(conn, binding, true).await?;
     answer(conn, ch, b.nowait, qm::AMQPMethod::BindOk(qm::BindOk {}));
     Ok(())
 }
@@ -173,14 +166,7 @@ pub async fn unbind(
         &u.arguments,
     )
     .await?;
-    change(
-        conn,
-        Change::Amqp(TopologyChange::Unbind {
-            vhost: conn.vhost(),
-            binding,
-        }),
-    )
-    .await?;
+    super::apply_binding(conn, binding, false).await?;
     answer(conn, ch, false, qm::AMQPMethod::UnbindOk(qm::UnbindOk {}));
     Ok(())
 }
