@@ -195,6 +195,9 @@ pub struct LimitsConfig {
     pub connection_inflight_bytes: usize,
     /// Request bytes all connections of a shard may have in flight.
     pub shard_inflight_bytes: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish before the logs are
+    /// flushed and the process exits anyway.
+    pub drain_deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +316,7 @@ impl Default for LimitsConfig {
             max_connections_per_shard: 10_000,
             connection_inflight_bytes: 64 << 20,
             shard_inflight_bytes: 512 << 20,
+            drain_deadline_ms: 10_000,
         }
     }
 }

@@ -112,6 +112,9 @@ pub struct ProtocolMetrics {
     pub bytes_out: u64,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Times a connection stopped reading (Kafka) or was blocked (AMQP) on its in-flight
+    /// budget.
+    pub throttled: u64,
     pub requests: HashMap<&'static str, u64>,
     pub errors: HashMap<i32, u64>,
     /// Per topic (Kafka) or exchange / queue (AMQP): messages in and out.

@@ -117,6 +117,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     let mut active = BTreeMap::new();
     let mut total = BTreeMap::new();
     let mut requests = BTreeMap::new();
+    let mut throttled = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut publish: BTreeMap<&'static str, Latency> = BTreeMap::new();
     let mut fetch: BTreeMap<&'static str, Latency> = BTreeMap::new();
@@ -148,6 +149,11 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
             ];
             add(&mut active, ps.clone(), m.connections_active as f64);
             add(&mut total, ps, m.connections_total as f64);
+            add(
+                &mut throttled,
+                vec![("protocol", proto.to_owned())],
+                m.throttled as f64,
+            );
             for (api, n) in &m.requests {
                 let l = vec![("protocol", proto.to_owned()), ("api", (*api).to_owned())];
                 add(&mut requests, l, *n as f64);
@@ -219,6 +225,12 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "counter",
         "Client connections accepted.",
         total,
+    );
+    e.summed(
+        "portask_backpressure_total",
+        "counter",
+        "Times a connection waited on its in-flight byte budget (Kafka: stopped reading; AMQP: blocked).",
+        throttled,
     );
     e.summed(
         "portask_requests_total",
