@@ -182,6 +182,9 @@ pub struct HttpConfig {
 pub struct StorageConfig {
     /// Bytes of recent record batches each partition keeps in memory for tailing consumers.
     pub tail_cache_bytes: usize,
+    /// Bytes all the tail caches of one shard may hold together (the shard's memory
+    /// budget for Kafka data); over it every partition's cache is cut to an equal share.
+    pub shard_tail_cache_bytes: usize,
     pub fsync: FsyncPolicy,
     /// Largest single write submitted to the disk, in bytes.
     pub max_write_bytes: usize,
@@ -304,6 +307,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             tail_cache_bytes: 8 << 20,
+            shard_tail_cache_bytes: 256 << 20,
             fsync: FsyncPolicy::OnDemand,
             max_write_bytes: 1 << 20,
         }

@@ -377,6 +377,10 @@ pub struct ShardStats {
     pub committed: Vec<(String, String, i32, i64)>,
     pub groups: Vec<crate::kafka::groups::GroupSummary>,
     pub connections: Vec<ConnectionStats>,
+    /// Bytes of Kafka batches held in the shard's tail caches.
+    pub tail_cache_bytes: u64,
+    /// Bytes of AMQP messages held in memory by the shard's queues.
+    pub amqp_memory_bytes: u64,
 }
 
 /// Copies this shard's metrics and state.
@@ -415,6 +419,8 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         queues,
         committed: shard.groups.committed(),
         groups: shard.groups.summary(),
+        tail_cache_bytes: shard.storage.tail_cache_bytes() as u64,
+        amqp_memory_bytes: shard.amqp.memory() as u64,
         connections,
     })
 }

@@ -348,6 +348,25 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         );
     }
     e.family(
+        "portask_shard_memory_bytes",
+        "gauge",
+        "Message bytes a shard holds in memory: Kafka tail caches, AMQP queues.",
+    );
+    for s in stats {
+        let shard = s.shard.to_string();
+        let l = |kind: &str| vec![("shard", shard.clone()), ("kind", kind.to_owned())];
+        e.sample(
+            "portask_shard_memory_bytes",
+            &l("tail_cache"),
+            s.tail_cache_bytes as f64,
+        );
+        e.sample(
+            "portask_shard_memory_bytes",
+            &l("amqp_queues"),
+            s.amqp_memory_bytes as f64,
+        );
+    }
+    e.family(
         "portask_storage_fsync_duration_seconds",
         "histogram",
         "fdatasync of partition logs.",
