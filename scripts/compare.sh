@@ -10,7 +10,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 usage() {
     cat <<EOF
 Usage: $PROG [--out DIR] [--shards N] [--placement pinned|unpinned] [--repeat N]
-             [--kafka-only | --amqp-only] [--quick] [--no-install] [--keep]
+             [--kafka-only | --amqp-only] [--matrix] [--quick] [--no-install] [--keep]
 
 Builds a release Portask and the load harness (cargo bench --bench load), installs
 RabbitMQ from Debian packages when it is absent (root only), starts both brokers on
@@ -23,6 +23,9 @@ Scenarios (1 KiB messages unless stated; 1 producer and 1 consumer):
          fanout 1 -> 4 queues; latency at a fixed 1000 msg/s
   Kafka  acks=1 and acks=all on 1 and 6 partitions; latency at 1000 msg/s
          (Portask only until a Kafka-compatible peer runs here)
+With --matrix, instead (the baseline grid of tuning/README.md; 1 partition, 1 queue):
+  AMQP   16 B and 1 KiB, each transient and persistent with publisher confirms
+  Kafka  16 B and 1 KiB, each acks=1 and acks=all
 Where Portask does not answer AMQP on its port, its AMQP cells read
 "n/a (Portask AMQP not available)".
 
@@ -33,6 +36,7 @@ Where Portask does not answer AMQP on its port, its AMQP cells read
                    figure (default 1)
   --kafka-only     skip the AMQP scenarios and RabbitMQ
   --amqp-only      skip the Kafka scenarios
+  --matrix         run the size x durability grid above instead of the default scenarios
   --quick          about a tenth of the messages and 5 s runs (a smoke test)
   --no-install     never apt-get install RabbitMQ (its column reads n/a if absent)
   --keep           keep the brokers' data and log directories
@@ -60,6 +64,7 @@ QUICK=0
 INSTALL=1
 KEEP=0
 REPEAT=1
+MATRIX=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --out) OUT=${2:?--out needs a directory}; shift 2 ;;
@@ -68,6 +73,7 @@ while [[ $# -gt 0 ]]; do
     --repeat) REPEAT=${2:?--repeat needs a number}; shift 2 ;;
     --kafka-only) AMQP=0; shift ;;
     --amqp-only) KAFKA=0; shift ;;
+    --matrix) MATRIX=1; shift ;;
     --quick) QUICK=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
@@ -338,7 +344,26 @@ kafka() {
 
 AMQP_RUN=(--messages "$AMQP_MESSAGES" --duration "$DURATION")
 KAFKA_RUN=(--messages "$KAFKA_MESSAGES" --duration "$DURATION")
-if [[ $AMQP == 1 ]]; then
+if [[ $MATRIX == 1 ]]; then
+    if [[ $AMQP == 1 ]]; then
+        for size in 16 1024; do
+            label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
+            amqp "AMQP $label transient, 1→1" "${AMQP_RUN[@]}" --message-size "$size"
+            amqp "AMQP $label persistent + confirms, 1→1" "${AMQP_RUN[@]}" \
+                --message-size "$size" --persistent --confirm
+        done
+    fi
+    if [[ $KAFKA == 1 ]]; then
+        for size in 16 1024; do
+            label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
+            for acks in 1 all; do
+                kafka "Kafka $label acks=$acks, 1 partition" "${KAFKA_RUN[@]}" \
+                    --message-size "$size" --acks "$acks" --partitions 1
+            done
+        done
+    fi
+fi
+if [[ $MATRIX == 0 && $AMQP == 1 ]]; then
     amqp "AMQP 1 KiB transient, 1→1" "${AMQP_RUN[@]}" --message-size 1024
     amqp "AMQP 16 B transient, 1→1" "${AMQP_RUN[@]}" --message-size 16
     amqp "AMQP 1 KiB persistent + confirms, 1→1" "${AMQP_RUN[@]}" --message-size 1024 \
@@ -347,7 +372,7 @@ if [[ $AMQP == 1 ]]; then
     amqp "AMQP 1 KiB latency at 1000 msg/s" --rate 1000 --duration "$LATENCY_DURATION" \
         --message-size 1024
 fi
-if [[ $KAFKA == 1 ]]; then
+if [[ $MATRIX == 0 && $KAFKA == 1 ]]; then
     kafka "Kafka 1 KiB acks=1, 1 partition" "${KAFKA_RUN[@]}" --acks 1 --partitions 1
     kafka "Kafka 1 KiB acks=all, 1 partition" "${KAFKA_RUN[@]}" --acks all --partitions 1
     kafka "Kafka 1 KiB acks=1, 6 partitions" "${KAFKA_RUN[@]}" --acks 1 --partitions 6
