@@ -584,7 +584,10 @@ fn main() {
             println!(
                 "| {label} | {round} | {} | {} | {} | {} | {} |",
                 mib((a.fill_bytes * n * round) as f64),
-                mib(b.metric("portask_partition_size_bytes", &format!("topic=\"{topic}\""))),
+                mib(b.metric(
+                    "portask_partition_size_bytes",
+                    &format!("topic=\"{topic}\"")
+                )),
                 mib(b.metric("portask_shard_memory_bytes", "kind=\"tail_cache\"")),
                 mib(rss as f64),
                 mib(later as f64)

@@ -251,7 +251,10 @@ fn guide() -> String {
 fn every_checked_command_of_the_tuning_guide_runs_as_written() {
     let text = guide();
     let commands: usize = checked_blocks(&text).iter().map(|b| b.commands.len()).sum();
-    assert!(commands >= 20, "only {commands} checked commands in the guide");
+    assert!(
+        commands >= 20,
+        "only {commands} checked commands in the guide"
+    );
     let failures = check(&text);
     assert!(
         failures.is_empty(),
