@@ -18,7 +18,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The NUMA nodes of the fake `/sys` that `scripts/pin.sh` sees, with their CPUs.
