@@ -164,6 +164,17 @@ pub struct AmqpPermission {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: String,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// Read buffer for a request's head (request line and headers); hyper answers 431
+    /// above it. At least 8192.
+    pub max_header_bytes: usize,
+    /// Ask credentials for `/health` and `/health/ready` (open by default, for probes).
+    pub auth_health: bool,
+    /// Ask credentials for `/metrics` (open by default, for Prometheus).
+    pub auth_metrics: bool,
+    /// How long `/health` waits for each shard's executor to answer.
+    pub health_deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,6 +288,11 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: "0.0.0.0:8080".into(),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            auth_health: false,
+            auth_metrics: false,
+            health_deadline_ms: 1000,
         }
     }
 }
@@ -521,6 +537,12 @@ impl Config {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return bad(key, "must be an address like 0.0.0.0:9092");
             }
+        }
+        if self.http.max_header_bytes < 8192 {
+            return bad("http.max_header_bytes", "must be at least 8192");
+        }
+        if self.http.max_body_bytes == 0 {
+            return bad("http.max_body_bytes", "must be at least 1");
         }
         if self.amqp.frame_max < 4096 {
             return bad("amqp.frame_max", "must be at least 4096");

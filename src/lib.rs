@@ -8,6 +8,8 @@
 pub mod amqp;
 pub mod catalog;
 pub mod config;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod runtime;
 pub mod storage;

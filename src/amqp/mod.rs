@@ -231,6 +231,29 @@ impl ShardAmqp {
     }
 }
 
+/// The queues this shard owns, for metrics and the management API.
+pub fn queue_stats(shard: &Shard) -> Vec<crate::metrics::QueueStats> {
+    let mut out: Vec<crate::metrics::QueueStats> = shard
+        .amqp
+        .queues()
+        .iter()
+        .map(|q| {
+            let q = q.borrow();
+            let (ready, consumers) = q.stats();
+            crate::metrics::QueueStats {
+                vhost: q.qref.vhost.to_string(),
+                name: q.qref.name.to_string(),
+                messages_ready: ready as u64,
+                messages_unacknowledged: q.unacked_len() as u64,
+                consumers: consumers as u64,
+                durable: q.def.durable,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+    out
+}
+
 /// Called by `Shard::install_catalog` after a newer catalog is installed: queues this
 /// shard owns that the catalog no longer has are dropped (consumers get basic.cancel,
 /// stored messages are deleted).

@@ -131,6 +131,11 @@ impl QueueState {
         self.ready_len
     }
 
+    /// Messages delivered and not yet acknowledged.
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
     pub fn touch(&mut self) {
         self.last_used_ms = now_ms();
     }

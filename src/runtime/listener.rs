@@ -1,8 +1,15 @@
 //! The accept loop every protocol listener of a shard runs: accept until the shard stops,
 //! refuse connections past `limits.max_connections_per_shard` with a log line, and run each
-//! accepted connection as a task on this shard, counted in `Shard::connections`.
+//! accepted connection as a task on this shard, listed in `Shard::clients`.
+//!
+//! `Clients` is the shard's list of open connections (what `/api/v1/connections` shows); a
+//! connection is closed from outside by shutting its socket down, which its own task sees
+//! as the peer going away and cleans up as usual.
 
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use futures::future::{select, Either};
@@ -42,7 +49,7 @@ pub async fn accept_loop<F, Fut, E>(
             }
         };
         let max = shard.config.limits.max_connections_per_shard;
-        if shard.connections.get() >= max {
+        if shard.clients.len() >= max {
             log::warn!(
                 "shard {}: refusing {protocol} connection from {:?}: {max} connections already open",
                 shard.id,
@@ -54,12 +61,114 @@ pub async fn accept_loop<F, Fut, E>(
         let shard = shard.clone();
         let serve = serve.clone();
         glommio::spawn_local(async move {
-            shard.connection_opened();
+            let id = shard.clients.open(&shard, protocol, &stream);
             if let Err(e) = serve(shard.clone(), stream).await {
                 log::debug!("{protocol} connection ended: {e}");
             }
-            shard.connection_closed();
+            shard.clients.close(&shard, id);
         })
         .detach();
+    }
+}
+
+/// One open connection.
+struct Client {
+    protocol: &'static str,
+    peer: String,
+    local: String,
+    connected_at_ms: i64,
+    /// The socket, for closing it from outside. The entry leaves the map before the
+    /// connection's task drops its stream, so the descriptor is never a reused one.
+    fd: i32,
+}
+
+/// The open connections of one shard.
+pub struct Clients {
+    shard: usize,
+    map: RefCell<BTreeMap<u64, Client>>,
+    next: Cell<u64>,
+}
+
+impl Clients {
+    pub fn new(shard: usize) -> Clients {
+        Clients {
+            shard,
+            map: RefCell::new(BTreeMap::new()),
+            next: Cell::new(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn open(&self, shard: &Shard, protocol: &'static str, stream: &TcpStream) -> u64 {
+        // Shard in the high bits: ids are unique across the process.
+        let id = ((self.shard as u64) << 48) | self.next.get();
+        self.next.set(self.next.get() + 1);
+        let addr =
+            |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        self.map.borrow_mut().insert(
+            id,
+            Client {
+                protocol,
+                peer: addr(stream.peer_addr().map_err(Into::into)),
+                local: addr(stream.local_addr().map_err(Into::into)),
+                connected_at_ms: crate::storage::log::now_ms(),
+                fd: stream.as_raw_fd(),
+            },
+        );
+        if let Some(p) = crate::metrics::Protocol::from_name(protocol) {
+            crate::metrics::with(|m| {
+                let m = m.protocol(p);
+                m.connections_active += 1;
+                m.connections_total += 1;
+            });
+        }
+        shard.connections_changed.notify();
+        id
+    }
+
+    fn close(&self, shard: &Shard, id: u64) {
+        if let Some(c) = self.map.borrow_mut().remove(&id) {
+            if let Some(p) = crate::metrics::Protocol::from_name(c.protocol) {
+                crate::metrics::with(|m| {
+                    let m = m.protocol(p);
+                    m.connections_active = m.connections_active.saturating_sub(1);
+                });
+            }
+        }
+        shard.connections_changed.notify();
+    }
+
+    /// Shuts a connection's socket down; false when it is not open on this shard.
+    pub fn shutdown(&self, id: u64) -> bool {
+        let Some(fd) = self.map.borrow().get(&id).map(|c| c.fd) else {
+            return false;
+        };
+        // SAFETY: the descriptor belongs to a live connection of this shard (its entry is
+        // removed before the socket is closed); shutdown does not close it.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        true
+    }
+
+    pub fn list(&self) -> Vec<crate::metrics::ConnectionStats> {
+        self.map
+            .borrow()
+            .iter()
+            .map(|(id, c)| crate::metrics::ConnectionStats {
+                id: *id,
+                protocol: c.protocol,
+                shard: self.shard,
+                peer: c.peer.clone(),
+                local: c.local.clone(),
+                connected_at_ms: c.connected_at_ms,
+                user: None,
+            })
+            .collect()
     }
 }

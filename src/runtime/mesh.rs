@@ -32,6 +32,12 @@ pub enum Message {
     Kafka(owner::Request, oneshot::Sender<owner::Reply>),
     /// To a consumer group's coordinator shard.
     Group(groups::Request, oneshot::Sender<groups::Reply>),
+    /// Answered at once: the shard's executor is alive (`/health`).
+    Ping(oneshot::Sender<()>),
+    /// A copy of the shard's metrics and state (served by `metrics::snapshot`).
+    Stats(oneshot::Sender<Box<crate::metrics::ShardStats>>),
+    /// Shut down one client connection of the shard; answers whether it was open there.
+    CloseConnection(u64, oneshot::Sender<bool>),
     /// AMQP ops for a shard (queue work for an owner, deliveries for a connection).
     Amqp(
         crate::amqp::mesh::Request,

@@ -237,6 +237,12 @@ async fn run_shard(
         shutdown.clone(),
     ));
 
+    // HTTP first, so /health/ready can say "starting" while recovery runs.
+    let http = crate::http::bind(&shard)
+        .map_err(|e| format!("http listener {}: {e}", config.http.addr))?;
+    let http_task = glommio::spawn_local(crate::http::accept_loop(shard.clone(), http));
+    let ticker = glommio::spawn_local(crate::metrics::run_ticker(shard.clone()));
+
     // Recovery: every partition directory this shard owns and the catalog knows.
     let started = Instant::now();
     let clean = storage
@@ -290,11 +296,12 @@ async fn run_shard(
     let amqp = crate::amqp::server::bind(&shard)
         .map_err(|e| format!("amqp listener {}: {e}", config.amqp.addr))?;
     log::info!(
-        "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), data {}, {recovered} partitions recovered in {:?}{}",
+        "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), http {}, data {}, {recovered} partitions recovered in {:?}{}",
         core.map(|c| format!("core {c}"))
             .unwrap_or_else(|| "any core".into()),
         config.kafka.addr,
         config.amqp.addr,
+        config.http.addr,
         config.data_dir.join(id.to_string()).display(),
         started.elapsed(),
         if clean {
@@ -305,6 +312,7 @@ async fn run_shard(
     );
     let kafka_task = glommio::spawn_local(crate::kafka::server::accept_loop(shard.clone(), kafka));
     let amqp_task = glommio::spawn_local(crate::amqp::server::accept_loop(shard.clone(), amqp));
+    shutdown.mark_ready();
 
     // Run until asked to stop.
     shutdown.wait_requested().await;
@@ -312,9 +320,10 @@ async fn run_shard(
     shard.stop.notify();
     kafka_task.await;
     amqp_task.await;
+    http_task.await;
     // Let in-flight requests finish.
     let deadline = Instant::now() + DRAIN_DEADLINE;
-    while shard.connections.get() > 0 && Instant::now() < deadline {
+    while !shard.clients.is_empty() && Instant::now() < deadline {
         let l = notify::Listener::new();
         l.listen(&shard.connections_changed);
         let _ = glommio::timer::timeout(Duration::from_millis(100), async {
@@ -324,6 +333,7 @@ async fn run_shard(
         .await;
     }
     shutdown.drained_barrier(count, deadline).await;
+    ticker.cancel().await;
     retention.cancel().await;
     compactor.cancel().await;
     storage.stop_flusher();

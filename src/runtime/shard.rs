@@ -33,7 +33,7 @@ pub struct Shard {
     senders: Senders<Message>,
     pub shutdown: Arc<Shutdown>,
     /// Open client connections on this shard.
-    pub connections: Cell<usize>,
+    pub clients: super::listener::Clients,
     pub connections_changed: Notify,
     /// Set once this shard has begun to stop; listeners stop accepting.
     pub stopping: Cell<bool>,
@@ -83,7 +83,7 @@ impl Shard {
             writer,
             senders,
             shutdown,
-            connections: Cell::new(0),
+            clients: super::listener::Clients::new(id),
             connections_changed: Notify::new(),
             stopping: Cell::new(false),
             stop: Notify::new(),
@@ -295,6 +295,15 @@ impl Shard {
                 // Applied now, in arrival order; the ops' own replies travel in them.
                 crate::amqp::owner::serve_remote(self, req, reply);
             }
+            Message::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            Message::Stats(reply) => {
+                let _ = reply.send(Box::new(crate::metrics::snapshot(self)));
+            }
+            Message::CloseConnection(id, reply) => {
+                let _ = reply.send(self.clients.shutdown(id));
+            }
             Message::Kafka(req, reply) => {
                 // The synchronous part runs now, in arrival order.
                 let done = owner::start(self, req);
@@ -306,15 +315,59 @@ impl Shard {
         }
     }
 
-    pub fn connection_opened(&self) {
-        self.connections.set(self.connections.get() + 1);
-        self.connections_changed.notify();
+    /// Gathers every shard's metrics and state, this one's included (the hop of a scrape).
+    pub async fn stats_all(self: &Rc<Self>) -> Vec<crate::metrics::ShardStats> {
+        let asks = (0..self.count).map(|to| async move {
+            if to == self.id {
+                return Some(crate::metrics::snapshot(self));
+            }
+            let (tx, rx) = oneshot::channel();
+            self.send(to, Message::Stats(tx)).await.ok()?;
+            rx.await.ok().map(|b| *b)
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
-    pub fn connection_closed(&self) {
-        self.connections
-            .set(self.connections.get().saturating_sub(1));
-        self.connections_changed.notify();
+    /// Whether shard `to`'s executor answers within `deadline`.
+    pub async fn ping(self: &Rc<Self>, to: usize, deadline: std::time::Duration) -> bool {
+        if to == self.id {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        let ask = async { self.send(to, Message::Ping(tx)).await.is_ok() && rx.await.is_ok() };
+        let timer = glommio::timer::sleep(deadline);
+        match futures::future::select(Box::pin(ask), Box::pin(timer)).await {
+            futures::future::Either::Left((answered, _)) => answered,
+            futures::future::Either::Right(_) => false,
+        }
+    }
+
+    /// Closes the client connection `id` wherever it lives (its shard is in the id).
+    pub async fn close_connection(self: &Rc<Self>, id: u64) -> bool {
+        let to = (id >> 48) as usize;
+        if to == self.id {
+            return self.clients.shutdown(id);
+        }
+        if to >= self.count {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .send(to, Message::CloseConnection(id, tx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    pub fn connection_list(&self) -> Vec<crate::metrics::ConnectionStats> {
+        self.clients.list()
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The signal thread is the only writer; shards read the flag from a timer on the control
 //! path (never on the data path). `drained` counts shards that have finished serving, so
-//! no shard flushes and leaves while another may still send it work.
+//! no shard flushes and leaves while another may still send it work; `ready` counts shards
+//! that have finished starting, for `/health/ready`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use std::time::Duration;
 pub struct Shutdown {
     requested: AtomicBool,
     drained: AtomicUsize,
+    /// Shards that have recovered and bound every listener (`/health/ready`).
+    ready: AtomicUsize,
 }
 
 impl Shutdown {
@@ -38,6 +41,16 @@ impl Shutdown {
                 }
             })?;
         Ok(())
+    }
+
+    /// This shard has recovered and its listeners are bound.
+    pub fn mark_ready(&self) {
+        self.ready.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Every one of `shards` has recovered and bound its listeners.
+    pub fn all_ready(&self, shards: usize) -> bool {
+        self.ready.load(Ordering::SeqCst) >= shards
     }
 
     pub fn request(&self) {

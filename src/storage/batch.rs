@@ -109,6 +109,19 @@ impl BatchHeader {
     }
 }
 
+/// Records in the complete batches of `records` (a produce's or a fetch's record set).
+pub fn record_count(mut records: &[u8]) -> u64 {
+    let mut n = 0u64;
+    while let Some(h) = BatchHeader::parse(records) {
+        if h.size > records.len() {
+            break;
+        }
+        n += h.records.max(0) as u64;
+        records = &records[h.size..];
+    }
+    n
+}
+
 /// Checks magic, length and CRC of the one batch that starts `b` and returns its header.
 pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if b.len() < HEADER_LEN {

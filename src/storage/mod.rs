@@ -559,10 +559,13 @@ async fn sync_partition(log: &LogRef) {
     };
     let mut ok = true;
     for f in files {
+        let started = std::time::Instant::now();
         if let Err(e) = f.fdatasync().await {
             ::log::error!("fdatasync: {e}");
             ok = false;
         }
+        let took = started.elapsed();
+        crate::metrics::with(|m| m.fsync.record(took));
     }
     if ok {
         let mut l = log.borrow_mut();

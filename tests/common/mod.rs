@@ -14,6 +14,8 @@ pub struct Broker {
     pub port: u16,
     /// The AMQP port (kept across restarts).
     pub amqp_port: u16,
+    /// The HTTP port (kept across restarts).
+    pub http_port: u16,
     pub log_path: PathBuf,
     env: Vec<(String, String)>,
     shards: usize,
@@ -40,6 +42,7 @@ impl Broker {
             data: data.to_owned(),
             port: free_port(),
             amqp_port: free_port(),
+            http_port: free_port(),
             log_path: data.with_extension("log"),
             env: env
                 .iter()
@@ -70,7 +73,7 @@ impl Broker {
             .arg("--amqp-addr")
             .arg(format!("127.0.0.1:{}", self.amqp_port))
             .arg("--http-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.http_port))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -92,6 +95,7 @@ impl Broker {
             if n >= want
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", self.http_port)).is_ok()
             {
                 return;
             }
@@ -114,6 +118,11 @@ impl Broker {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` for clients.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// `http://127.0.0.1:<port>` of the HTTP API.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     pub fn bootstrap(&self) -> String {

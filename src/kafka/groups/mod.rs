@@ -111,6 +111,15 @@ pub enum Reply {
     Unavailable,
 }
 
+/// A group as ListGroups and the management API show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub members: usize,
+}
+
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
     offsets: RefCell<Offsets>,
@@ -306,25 +315,14 @@ impl Coordinator {
             Request::Delete(group) => self.delete(group),
             Request::OffsetDelete { group, parts } => self.offset_delete(group, parts),
             Request::List => {
-                let mut ids: Vec<String> = self.groups.borrow().keys().cloned().collect();
-                ids.extend(self.offsets.borrow().keys().cloned());
-                ids.sort();
-                ids.dedup();
-                let groups = self.groups.borrow();
-                let list = ids
+                let list = self
+                    .summary()
                     .into_iter()
-                    .filter(|id| self.group_exists(id))
-                    .map(|id| {
-                        let (state, ptype) = match groups.get(&id) {
-                            Some(g) if !g.members.is_empty() => {
-                                (g.state.name(), g.protocol_type.clone().unwrap_or_default())
-                            }
-                            _ => ("Empty", "consumer".to_owned()),
-                        };
+                    .map(|g| {
                         ListedGroup::default()
-                            .with_group_id(GroupId(s(&id)))
-                            .with_protocol_type(s(&ptype))
-                            .with_group_state(s(state))
+                            .with_group_id(GroupId(s(&g.group)))
+                            .with_protocol_type(s(&g.protocol_type))
+                            .with_group_state(s(g.state))
                             .with_group_type(s("classic"))
                     })
                     .collect();
@@ -503,6 +501,32 @@ impl Coordinator {
                 Err(_) => Reply::OffsetDelete(ResponseError::CoordinatorNotAvailable.code(), codes),
             }
         })
+    }
+
+    /// Every group this shard coordinates (with members or committed offsets), by id.
+    pub fn summary(&self) -> Vec<GroupSummary> {
+        let mut ids: Vec<String> = self.groups.borrow().keys().cloned().collect();
+        ids.extend(self.offsets.borrow().keys().cloned());
+        ids.sort();
+        ids.dedup();
+        let groups = self.groups.borrow();
+        ids.into_iter()
+            .filter(|id| self.group_exists(id))
+            .map(|id| match groups.get(&id) {
+                Some(g) if !g.members.is_empty() => GroupSummary {
+                    state: g.state.name(),
+                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                    members: g.members.len(),
+                    group: id,
+                },
+                _ => GroupSummary {
+                    group: id,
+                    state: "Empty",
+                    protocol_type: "consumer".to_owned(),
+                    members: 0,
+                },
+            })
+            .collect()
     }
 
     /// Committed offsets of every group on this shard (for lag metrics and tests).

@@ -11,6 +11,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Protocol;
+
 use bytes::Bytes;
 use futures::future::{join_all, select_all};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -64,7 +66,8 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
             req.max_bytes as usize
         };
         let min_bytes = req.min_bytes.max(0) as usize;
-        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(req.max_wait_ms.max(0) as u64);
 
         let results = loop {
             let results = fetch_round(&shard, &wanted, unknown).await;
@@ -120,6 +123,13 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                             records = Bytes::new();
                         }
                         used += records.len();
+                        super::count_error(r.error);
+                        if let (Some(topic), false) = (&w.topic, records.is_empty()) {
+                            let n = crate::storage::batch::record_count(&records);
+                            crate::metrics::with(|m| {
+                                m.consumed(Protocol::Kafka, topic, n, records.len() as u64)
+                            });
+                        }
                         Some(
                             PartitionData::default()
                                 .with_partition_index(w.partition)
@@ -139,6 +149,7 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                     .with_partitions(partitions)
             })
             .collect();
+        crate::metrics::with(|m| m.fetch_latency(Protocol::Kafka, started.elapsed()));
         frame(
             correlation_id,
             version,

@@ -45,6 +45,7 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
 
 use super::codec::{self, decode_body, CodecError, Frame};
+use crate::metrics::Protocol;
 use crate::runtime::shard::Shard;
 
 /// What a handler knows of its connection.
@@ -122,6 +123,29 @@ pub fn uuid(id: &[u8; 16]) -> uuid::Uuid {
     uuid::Uuid::from_bytes(*id)
 }
 
+thread_local! {
+    static API_NAMES: std::cell::RefCell<std::collections::HashMap<i16, &'static str>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The API's name for metric labels (`Produce`, `Fetch`, …). Each name is made once per
+/// shard and kept for the life of the process (there are fewer than 100 API keys).
+fn api_name(api: ApiKey) -> &'static str {
+    API_NAMES.with(|names| {
+        *names
+            .borrow_mut()
+            .entry(api as i16)
+            .or_insert_with(|| Box::leak(format!("{api:?}").into_boxed_str()))
+    })
+}
+
+/// Counts a Kafka error code returned to a client (`portask_errors_total`).
+pub fn count_error(code: i16) {
+    if code != 0 {
+        crate::metrics::with(|m| m.error(Protocol::Kafka, code as i32));
+    }
+}
+
 /// Decodes the request body for `frame.api` and runs its handler.
 pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecError> {
     let c = frame.header.correlation_id;
@@ -133,6 +157,7 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
         .unwrap_or_default();
     let v = frame.version;
     let body = frame.body;
+    crate::metrics::with(|m| m.request(Protocol::Kafka, api_name(frame.api)));
     Ok(match frame.api {
         ApiKey::ApiVersions => api_versions::handle(decode_body("ApiVersions", body, v)?, c, v),
         ApiKey::Metadata => metadata::handle(conn, decode_body("Metadata", body, v)?, c, v),

@@ -13,8 +13,29 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, frame, ready, str_bytes, Conn, Pending};
+use super::{by_owner, count_error, frame, ready, str_bytes, Conn, Pending};
 use crate::kafka::owner::{ProducePart, ProduceResult, Reply, Request};
+use crate::metrics::Protocol;
+use crate::storage::batch;
+
+/// Records what was appended (and refused) in the shard's metrics.
+fn count_produced(
+    results: &[ProduceResult],
+    counts: &[(usize, String, u64, u64)],
+    started: std::time::Instant,
+) {
+    for r in results {
+        count_error(r.error);
+    }
+    crate::metrics::with(|m| {
+        for (i, topic, n, bytes) in counts {
+            if results.get(*i).is_some_and(|r| r.error == 0) {
+                m.produced(Protocol::Kafka, topic, *n, *bytes);
+            }
+        }
+        m.publish_latency(Protocol::Kafka, started.elapsed());
+    });
+}
 
 pub async fn handle(
     conn: &Rc<Conn>,
@@ -23,12 +44,15 @@ pub async fn handle(
     version: i16,
 ) -> Pending {
     let shard = &conn.shard;
+    let started = std::time::Instant::now();
     let acks = req.acks;
     let state = shard.catalog.current();
     // Every partition of the request, in order: (topic label, topic id, partition).
     let mut layout: Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Vec<i32>)> = Vec::new();
     let mut results: Vec<ProduceResult> = Vec::new();
     let mut work = Vec::new();
+    // (result index, topic, records, bytes) for the metrics once the answers are in.
+    let mut counts = Vec::new();
     let bad_acks = !(-1..=1).contains(&acks);
     for topic in req.topic_data {
         // v13 names topics by id.
@@ -53,7 +77,14 @@ pub async fn handle(
             match &name {
                 _ if bad_acks => r.error = ResponseError::InvalidRequiredAcks.code(),
                 None => r.error = ResponseError::UnknownTopicId.code(),
-                Some(n) => work.push((i, n.clone(), p.index, p.records)),
+                Some(n) => {
+                    let (count, bytes) = p
+                        .records
+                        .as_ref()
+                        .map_or((0, 0), |r| (batch::record_count(r), r.len() as u64));
+                    counts.push((i, n.clone(), count, bytes));
+                    work.push((i, n.clone(), p.index, p.records))
+                }
             }
             results.push(r);
         }
@@ -85,6 +116,7 @@ pub async fn handle(
         for (_, done) in pending {
             glommio::spawn_local(done).detach();
         }
+        count_produced(&results, &counts, started);
         return ready(None);
     }
     Box::pin(async move {
@@ -103,6 +135,7 @@ pub async fn handle(
                 }
             }
         }
+        count_produced(&results, &counts, started);
         let mut results = results.into_iter();
         let responses = layout
             .into_iter()

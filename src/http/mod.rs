@@ -1,0 +1,474 @@
+//! HTTP/1.1 on every shard: health (`health`), Prometheus metrics (`prometheus`), the REST
+//! management and messaging API under `/api/v1/` and the live dashboard at `/`.
+//!
+//! Every shard binds `http.addr` (SO_REUSEPORT, like the Kafka and AMQP ports) and serves
+//! the connections it accepts with hyper, on glommio (`io`). A request runs on the shard
+//! that accepted it; whatever it needs of other shards it asks through the mesh
+//! (`Shard::stats_all` for metrics and state, `Shard::kafka` / `Shard::amqp` for work on
+//! an owner, `Shard::change_catalog` for topology), never by reaching into their memory.
+//!
+//! Request bodies are read whole, bounded by `http.max_body_bytes` (413 above it); every
+//! error is JSON `{"error": ..., "reason": ...}` with the status a REST client expects.
+
+pub mod amqp;
+pub mod auth;
+pub mod connections;
+pub mod groups;
+pub mod health;
+pub mod io;
+pub mod overview;
+pub mod prometheus;
+pub mod records;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::{select, Either};
+use futures::stream::LocalBoxStream;
+use futures::StreamExt;
+use glommio::net::{TcpListener, TcpStream};
+use http::{header, HeaderMap, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+
+use crate::metrics::Protocol;
+use crate::runtime::notify::Listener;
+use crate::runtime::shard::Shard;
+use auth::User;
+
+pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
+    TcpListener::bind(shard.config.http.addr.as_str()).map_err(std::io::Error::from)
+}
+
+/// Accepts until the shard stops.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    crate::runtime::listener::accept_loop(shard, listener, "http", |shard, stream| async move {
+        connection(shard, stream).await
+    })
+    .await
+}
+
+/// Serves one connection (keep-alive) until the peer leaves or the shard stops.
+async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Error> {
+    let peer = stream.peer_addr().map_err(|_| ()).ok();
+    let _ = stream.set_nodelay(true);
+    let config = &shard.config.http;
+    let service_shard = shard.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let shard = service_shard.clone();
+        async move { Ok::<_, Infallible>(handle(&shard, req, peer).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .timer(io::GlommioTimer)
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(100);
+    let conn = builder.serve_connection(io::Io(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let stop = Listener::new();
+    stop.listen(&shard.stop);
+    if shard.stopping.get() {
+        return Ok(());
+    }
+    match select(conn.as_mut(), stop).await {
+        Either::Left((r, _)) => r,
+        Either::Right(_) => {
+            // Finish the request in progress, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// A request as the API handlers see it: decoded path segments, query, body, the user.
+pub struct Req {
+    pub method: Method,
+    pub path: Vec<String>,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub user: Option<User>,
+}
+
+impl Req {
+    pub fn query_parse<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
+        match self.query.get(key) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::BadRequest(format!("query parameter {key}={v} is not valid"))
+            }),
+        }
+    }
+
+    /// The body as JSON of type `T` (400 naming what is wrong otherwise).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "request body is not valid JSON for this endpoint: {e}"
+            ))
+        })
+    }
+}
+
+/// A response body: whole, or a stream (server-sent events).
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(LocalBoxStream<'static, Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(s) => s.poll_next_unpin(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => hyper::body::SizeHint::with_exact(0),
+            Body::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+pub type Reply = Response<Body>;
+
+/// What an API call can fail with, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("login required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The short name in the body's `error` field.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "not_authorised",
+            ApiError::Forbidden(_) => "not_authorised",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn reply(&self) -> Reply {
+        let mut r = json(
+            self.status(),
+            &serde_json::json!({"error": self.kind(), "reason": self.to_string()}),
+        );
+        if matches!(self, ApiError::Unauthorized) {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"Portask\""),
+            );
+        }
+        r
+    }
+}
+
+pub type ApiResult = Result<Reply, ApiError>;
+
+/// A JSON response.
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(body) => with_type(status, "application/json", body.into()),
+        Err(e) => with_type(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding the response: {e}").into(),
+        ),
+    }
+}
+
+pub fn ok_json<T: serde::Serialize + ?Sized>(value: &T) -> ApiResult {
+    Ok(json(StatusCode::OK, value))
+}
+
+/// 204 No Content.
+pub fn no_content() -> ApiResult {
+    let mut r = Response::new(Body::Full(None));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
+    let mut r = Response::new(Body::Full(Some(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Percent-decoded path segments (`%2F` is the default vhost `/`, as in RabbitMQ's API).
+fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+fn query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// Reads, checks and answers one request, counting it in the metrics.
+async fn handle(
+    shard: &Rc<Shard>,
+    req: http::Request<Incoming>,
+    peer: Option<SocketAddr>,
+) -> Reply {
+    let (parts, body) = req.into_parts();
+    let path = segments(parts.uri.path());
+    let endpoint = endpoint_name(&parts.method, &path);
+    let result = async {
+        let max = shard.config.http.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large(max));
+        }
+        let body = http_body_util::Limited::new(body, max)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large(max)
+                } else {
+                    ApiError::BadRequest(format!("reading the request body: {e}"))
+                }
+            })?
+            .to_bytes();
+        let need = auth::need(&shard.config.http, &parts.method, &path);
+        let user = auth::check(&shard.config.amqp, &parts.headers, peer, need)?;
+        let req = Req {
+            method: parts.method.clone(),
+            path,
+            query: query(parts.uri.query()),
+            headers: parts.headers,
+            body,
+            user,
+        };
+        route(shard, req).await
+    }
+    .await;
+    let reply = result.unwrap_or_else(|e| e.reply());
+    crate::metrics::with(|m| {
+        m.request(Protocol::Http, endpoint);
+        if reply.status().as_u16() >= 400 {
+            m.error(Protocol::Http, reply.status().as_u16() as i32);
+        }
+    });
+    reply
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "request body larger than http.max_body_bytes ({max} bytes)"
+    ))
+}
+
+/// The endpoint's name for `portask_requests_total{protocol="http",api=...}`: the route's
+/// first segments, never a user-chosen name (labels stay few).
+fn endpoint_name(method: &Method, path: &[String]) -> &'static str {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let get = method == Method::GET;
+    match p.as_slice() {
+        [] => "dashboard",
+        ["health"] | ["health", "ready"] => "health",
+        ["metrics"] => "metrics",
+        ["api", "v1", "overview"] => "overview",
+        ["api", "v1", "stream"] => "stream",
+        ["api", "v1", "topics", _, "records"] => "produce",
+        ["api", "v1", "topics", _, "partitions", _, "records"] => "read",
+        ["api", "v1", "topics", ..] if get => "topics.get",
+        ["api", "v1", "topics", ..] => "topics.change",
+        ["api", "v1", "exchanges", _, _, "publish"] => "publish",
+        ["api", "v1", "queues", _, _, "get"] => "get",
+        ["api", "v1", "consumer-groups", ..] => "consumer-groups",
+        ["api", "v1", "queues", ..]
+        | ["api", "v1", "exchanges", ..]
+        | ["api", "v1", "bindings", ..] => {
+            if get {
+                "amqp.get"
+            } else {
+                "amqp.change"
+            }
+        }
+        ["api", "v1", "connections", ..] => "connections",
+        ["api", "v1", "shards"] => "shards",
+        _ => "other",
+    }
+}
+
+/// The dashboard page: one self-contained file, compiled into the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn route(shard: &Rc<Shard>, req: Req) -> ApiResult {
+    let path: Vec<String> = req.path.clone();
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let m = &req.method;
+    match p.as_slice() {
+        ["health"] => {
+            only(m, &[Method::GET, Method::HEAD])?;
+            health::health(shard).await
+        }
+        ["health", "ready"] => {
+            only(m, &[Method::GET, Method::HEAD])?;
+            health::ready(shard)
+        }
+        _ if !shard.shutdown.all_ready(shard.count) => Err(ApiError::Unavailable(
+            "the broker is starting (recovery in progress)".into(),
+        )),
+        [] | ["index.html"] => {
+            only(m, &[Method::GET, Method::HEAD])?;
+            Ok(with_type(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                Bytes::from_static(DASHBOARD.as_bytes()),
+            ))
+        }
+        ["metrics"] => {
+            only(m, &[Method::GET])?;
+            prometheus::scrape(shard).await
+        }
+        ["api", "v1", rest @ ..] => api(shard, &req, rest).await,
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: /{}",
+            path.join("/")
+        ))),
+    }
+}
+
+/// 405 unless the method is one of `allowed`.
+pub fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+async fn api(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
+    let m = &req.method;
+    match rest {
+        ["overview"] => {
+            only(m, &[Method::GET])?;
+            overview::overview(shard).await
+        }
+        ["stream"] => {
+            only(m, &[Method::GET])?;
+            overview::stream(shard)
+        }
+        ["shards"] => {
+            only(m, &[Method::GET])?;
+            overview::shards(shard).await
+        }
+        ["topics", _, "records"] | ["topics", _, "partitions", _, "records"] => {
+            records::route(shard, req, rest).await
+        }
+        ["topics", ..] => topics::route(shard, req, &rest[1..]).await,
+        ["consumer-groups", ..] => groups::route(shard, req, &rest[1..]).await,
+        ["connections", ..] => connections::route(shard, req, &rest[1..]).await,
+        ["queues", ..] | ["exchanges", ..] | ["bindings", ..] | ["vhosts", ..] => {
+            amqp::route(shard, req, rest).await
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: /api/v1/{}",
+            rest.join("/")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(
+            segments("/api/v1/queues/%2F/jobs"),
+            vec!["api", "v1", "queues", "/", "jobs"]
+        );
+        assert_eq!(segments("/"), Vec::<String>::new());
+        let q = query(Some("offset=5&max_records=10&name=a%20b&x"));
+        assert_eq!(q.get("offset").map(String::as_str), Some("5"));
+        assert_eq!(q.get("name").map(String::as_str), Some("a b"));
+        assert_eq!(q.get("x").map(String::as_str), Some(""));
+    }
+}
