@@ -46,7 +46,6 @@ fn the_dashboard_follows_the_live_stream_in_headless_chromium() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     let base = broker.http_url();
-    wait_for_http(broker.http_port);
 
     // The credentials in the URL are what lets the page in: without them it is refused.
     assert_eq!(http_status(broker.http_port, "/api/v1/stream", None), 401);
@@ -123,17 +122,6 @@ impl Shown {
 fn screenshot_path() -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().unwrap_or(tmp).join("dashboard.png")
-}
-
-fn wait_for_http(port: u16) {
-    let deadline = Instant::now() + PATIENCE;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on the HTTP port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The status code of a plain `GET path`, optionally with Basic `user:password`.
@@ -426,8 +414,16 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        // The browser, its zygote and renderers share the process group we gave it.
-        // SAFETY: signalling the process group of our own child.
+        // Ask the browser to close (it then reaps its own helper processes), give it a few
+        // seconds, then kill whatever is left of the process group we gave it.
+        let _ = self
+            .commands
+            .write_all(b"{\"id\":0,\"method\":\"Browser.close\"}\0");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: signalling the process group of our own child (its id is the group id).
         unsafe {
             libc::kill(-(self.child.id() as i32), libc::SIGKILL);
         }
