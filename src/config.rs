@@ -182,6 +182,9 @@ pub struct HttpConfig {
 pub struct StorageConfig {
     /// Bytes of recent record batches each partition keeps in memory for tailing consumers.
     pub tail_cache_bytes: usize,
+    /// Bytes all the tail caches of one shard may hold together (the shard's memory
+    /// budget for Kafka data); over it every partition's cache is cut to an equal share.
+    pub shard_tail_cache_bytes: usize,
     pub fsync: FsyncPolicy,
     /// Largest single write submitted to the disk, in bytes.
     pub max_write_bytes: usize,
@@ -195,6 +198,9 @@ pub struct LimitsConfig {
     pub connection_inflight_bytes: usize,
     /// Request bytes all connections of a shard may have in flight.
     pub shard_inflight_bytes: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish before the logs are
+    /// flushed and the process exits anyway.
+    pub drain_deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +307,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             tail_cache_bytes: 8 << 20,
+            shard_tail_cache_bytes: 256 << 20,
             fsync: FsyncPolicy::OnDemand,
             max_write_bytes: 1 << 20,
         }
@@ -313,6 +320,7 @@ impl Default for LimitsConfig {
             max_connections_per_shard: 10_000,
             connection_inflight_bytes: 64 << 20,
             shard_inflight_bytes: 512 << 20,
+            drain_deadline_ms: 10_000,
         }
     }
 }

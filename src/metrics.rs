@@ -112,6 +112,9 @@ pub struct ProtocolMetrics {
     pub bytes_out: u64,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Times a connection stopped reading (Kafka) or was blocked (AMQP) on its in-flight
+    /// budget.
+    pub throttled: u64,
     pub requests: HashMap<&'static str, u64>,
     pub errors: HashMap<i32, u64>,
     /// Per topic (Kafka) or exchange / queue (AMQP): messages in and out.
@@ -374,6 +377,10 @@ pub struct ShardStats {
     pub committed: Vec<(String, String, i32, i64)>,
     pub groups: Vec<crate::kafka::groups::GroupSummary>,
     pub connections: Vec<ConnectionStats>,
+    /// Bytes of Kafka batches held in the shard's tail caches.
+    pub tail_cache_bytes: u64,
+    /// Bytes of AMQP messages held in memory by the shard's queues.
+    pub amqp_memory_bytes: u64,
 }
 
 /// Copies this shard's metrics and state.
@@ -412,6 +419,8 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         queues,
         committed: shard.groups.committed(),
         groups: shard.groups.summary(),
+        tail_cache_bytes: shard.storage.tail_cache_bytes() as u64,
+        amqp_memory_bytes: shard.amqp.memory() as u64,
         connections,
     })
 }

@@ -121,13 +121,11 @@ fn consumer(b: &Broker, group: &str) -> BaseConsumer {
         .expect("consumer")
 }
 
+/// (partition, offset, key, value, headers) of a consumed message.
+type Consumed = (i32, i64, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
 /// Reads `n` messages from `topic` partitions `0..parts` from the beginning.
-fn read_all(
-    c: &BaseConsumer,
-    topic: &str,
-    parts: i32,
-    n: usize,
-) -> Vec<(i32, i64, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+fn read_all(c: &BaseConsumer, topic: &str, parts: i32, n: usize) -> Vec<Consumed> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

@@ -117,6 +117,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     let mut active = BTreeMap::new();
     let mut total = BTreeMap::new();
     let mut requests = BTreeMap::new();
+    let mut throttled = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut publish: BTreeMap<&'static str, Latency> = BTreeMap::new();
     let mut fetch: BTreeMap<&'static str, Latency> = BTreeMap::new();
@@ -148,6 +149,11 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
             ];
             add(&mut active, ps.clone(), m.connections_active as f64);
             add(&mut total, ps, m.connections_total as f64);
+            add(
+                &mut throttled,
+                vec![("protocol", proto.to_owned())],
+                m.throttled as f64,
+            );
             for (api, n) in &m.requests {
                 let l = vec![("protocol", proto.to_owned()), ("api", (*api).to_owned())];
                 add(&mut requests, l, *n as f64);
@@ -219,6 +225,12 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "counter",
         "Client connections accepted.",
         total,
+    );
+    e.summed(
+        "portask_backpressure_total",
+        "counter",
+        "Times a connection waited on its in-flight byte budget (Kafka: stopped reading; AMQP: blocked).",
+        throttled,
     );
     e.summed(
         "portask_requests_total",
@@ -333,6 +345,25 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
             "portask_shard_busy_ratio",
             &vec![("shard", s.shard.to_string())],
             s.busy_ratio,
+        );
+    }
+    e.family(
+        "portask_shard_memory_bytes",
+        "gauge",
+        "Message bytes a shard holds in memory: Kafka tail caches, AMQP queues.",
+    );
+    for s in stats {
+        let shard = s.shard.to_string();
+        let l = |kind: &str| vec![("shard", shard.clone()), ("kind", kind.to_owned())];
+        e.sample(
+            "portask_shard_memory_bytes",
+            &l("tail_cache"),
+            s.tail_cache_bytes as f64,
+        );
+        e.sample(
+            "portask_shard_memory_bytes",
+            &l("amqp_queues"),
+            s.amqp_memory_bytes as f64,
         );
     }
     e.family(

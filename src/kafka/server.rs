@@ -7,6 +7,7 @@
 //! A malformed or oversize frame, an unknown API or an unsupported version closes that one
 //! connection with a log line.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 
@@ -81,29 +82,79 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
         local,
         peer,
     });
-    let (tx, rx) = local_channel::new_bounded::<Outgoing>(shard.config.kafka.max_inflight_requests);
-    let write_task = glommio::spawn_local(async move {
-        while let Some(task) = rx.recv().await {
-            let Some(Some(frame)) = task.await else {
-                continue;
-            };
-            if frame.is_empty() {
-                log::warn!("kafka connection closed: a response could not be encoded");
-                break;
+    let (tx, rx) =
+        local_channel::new_bounded::<(usize, Outgoing)>(shard.config.kafka.max_inflight_requests);
+    let inflight = Rc::new(Cell::new(0usize));
+    let write_task = {
+        let (shard, inflight) = (shard.clone(), inflight.clone());
+        glommio::spawn_local(async move {
+            while let Some((size, task)) = rx.recv().await {
+                let frame = task.await;
+                release(&shard, &inflight, size);
+                let Some(Some(frame)) = frame else {
+                    continue;
+                };
+                if frame.is_empty() {
+                    log::warn!("kafka connection closed: a response could not be encoded");
+                    break;
+                }
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
             }
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.close().await;
-    });
-    let result = read_requests(&conn, stream, &tx).await;
+            let _ = writer.close().await;
+        })
+    };
+    let result = read_requests(&conn, stream, &tx, &inflight).await;
     if let Err(e) = &result {
         log::warn!("kafka connection from {peer} closed: {e}");
     }
     drop(tx);
     write_task.await;
+    // Requests whose answers were never written (the peer left) hold no budget.
+    let left = inflight.get();
+    release(shard, &inflight, left);
     result.map(|_| ()).or(Ok(()))
+}
+
+/// Gives back `size` request bytes of a connection's and its shard's in-flight budget.
+fn release(shard: &Shard, inflight: &Cell<usize>, size: usize) {
+    inflight.set(inflight.get().saturating_sub(size));
+    shard
+        .kafka_inflight
+        .set(shard.kafka_inflight.get().saturating_sub(size));
+    shard.kafka_released.notify();
+}
+
+/// Waits until a request of `size` bytes fits the connection's and the shard's in-flight
+/// budgets (`limits.connection_inflight_bytes`, `limits.shard_inflight_bytes`), then
+/// takes it. Meanwhile the socket is not read, so a fast producer is slowed by TCP flow
+/// control rather than by the broker's memory. A connection with nothing in flight always
+/// gets its next request, so one larger than a budget still goes through.
+async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize) {
+    let limits = &shard.config.limits;
+    let fits = || {
+        inflight.get() == 0
+            || (inflight.get() + size <= limits.connection_inflight_bytes
+                && shard.kafka_inflight.get() + size <= limits.shard_inflight_bytes)
+    };
+    if !fits() {
+        crate::metrics::with(|m| m.protocol(crate::metrics::Protocol::Kafka).throttled += 1);
+        while !fits() && !shard.stopping.get() {
+            let l = Listener::new();
+            l.listen(&shard.kafka_released);
+            if fits() {
+                break;
+            }
+            let _ = glommio::timer::timeout(std::time::Duration::from_millis(100), async {
+                l.await;
+                Ok(())
+            })
+            .await;
+        }
+    }
+    inflight.set(inflight.get() + size);
+    shard.kafka_inflight.set(shard.kafka_inflight.get() + size);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +169,8 @@ enum ConnectionError {
 async fn read_requests(
     conn: &Rc<Conn>,
     stream: TcpStream,
-    out: &local_channel::LocalSender<Outgoing>,
+    out: &local_channel::LocalSender<(usize, Outgoing)>,
+    inflight: &Cell<usize>,
 ) -> Result<(), ConnectionError> {
     let shard = &conn.shard;
     let max = shard.config.kafka.max_request_bytes;
@@ -140,6 +192,7 @@ async fn read_requests(
             Either::Right(_) => return Ok(()),
         }
         let len = codec::frame_len(prefix, max)?;
+        acquire(shard, inflight, len).await;
         let mut buf = BytesMut::zeroed(len);
         reader.read_exact(&mut buf).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -171,7 +224,7 @@ async fn read_requests(
             Err(e) => return Err(e.into()),
         };
         let task = glommio::spawn_local(pending).detach();
-        if out.send(task).await.is_err() {
+        if out.send((len, task)).await.is_err() {
             return Ok(());
         }
     }

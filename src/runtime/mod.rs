@@ -42,9 +42,6 @@ pub enum StartError {
     Shard(usize, String),
 }
 
-/// How long a clean stop waits for in-flight requests before flushing anyway.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-
 /// Holds the data directory's lock file for the life of the process.
 pub struct DataDirLock {
     _file: File,
@@ -322,7 +319,7 @@ async fn run_shard(
     amqp_task.await;
     http_task.await;
     // Let in-flight requests finish.
-    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let deadline = Instant::now() + Duration::from_millis(config.limits.drain_deadline_ms);
     while !shard.clients.is_empty() && Instant::now() < deadline {
         let l = notify::Listener::new();
         l.listen(&shard.connections_changed);

@@ -35,6 +35,9 @@ pub struct Shard {
     /// Open client connections on this shard.
     pub clients: super::listener::Clients,
     pub connections_changed: Notify,
+    /// Kafka request bytes read and not yet answered, over all connections of the shard.
+    pub kafka_inflight: Cell<usize>,
+    pub kafka_released: Notify,
     /// Set once this shard has begun to stop; listeners stop accepting.
     pub stopping: Cell<bool>,
     pub stop: Notify,
@@ -85,6 +88,8 @@ impl Shard {
             shutdown,
             clients: super::listener::Clients::new(id),
             connections_changed: Notify::new(),
+            kafka_inflight: Cell::new(0),
+            kafka_released: Notify::new(),
             stopping: Cell::new(false),
             stop: Notify::new(),
             amqp,

@@ -336,7 +336,18 @@ impl PartitionLog {
 
     /// Drops cached batches beyond the budget, but never ones not yet on disk.
     pub fn trim_tail_cache(&mut self) {
-        while self.tail_bytes > self.tail_budget {
+        self.trim_tail_cache_to(self.tail_budget);
+    }
+
+    /// Bytes of batches in the tail cache.
+    pub fn tail_cache_bytes(&self) -> usize {
+        self.tail_bytes
+    }
+
+    /// Drops the oldest cached batches until at most `limit` bytes remain (never ones not
+    /// yet on disk).
+    pub fn trim_tail_cache_to(&mut self, limit: usize) {
+        while self.tail_bytes > limit {
             match self.tail.front() {
                 Some(front) if front.last_offset < self.written_offset => {
                     self.tail_bytes -= front.bytes.len();

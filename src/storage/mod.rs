@@ -60,6 +60,8 @@ const CLEAN_SHUTDOWN: &str = ".clean_shutdown";
 pub struct Storage {
     root: PathBuf,
     tail_budget: usize,
+    /// All the shard's tail caches together.
+    shard_tail_budget: usize,
     fsync: FsyncPolicy,
     max_write_bytes: usize,
     partitions: RefCell<HashMap<(String, i32), LogRef>>,
@@ -76,6 +78,7 @@ impl Storage {
         Storage {
             root: config.data_dir.join(shard.to_string()),
             tail_budget: config.storage.tail_cache_bytes,
+            shard_tail_budget: config.storage.shard_tail_cache_bytes,
             fsync: config.storage.fsync,
             max_write_bytes: config.storage.max_write_bytes,
             partitions: RefCell::new(HashMap::new()),
@@ -358,17 +361,42 @@ impl Storage {
         }
         self.waiters.borrow_mut().extend(keep);
 
-        for log in self.partitions() {
+        let partitions = self.partitions();
+        let mut cached = 0usize;
+        for log in &partitions {
             let rolled = {
                 let mut l = log.borrow_mut();
                 l.trim_tail_cache();
+                cached += l.tail_cache_bytes();
                 l.roll_if_old(now)
             };
             if rolled {
                 // The next round finalizes the sealed segment.
-                self.dirty.borrow_mut().push(log);
+                self.dirty.borrow_mut().push(log.clone());
             }
         }
+        self.fit_tail_caches(&partitions, cached);
+    }
+
+    /// Keeps the shard's tail caches together within `storage.shard_tail_cache_bytes`:
+    /// over it, every partition is cut to an equal share (the busiest lose most).
+    fn fit_tail_caches(&self, partitions: &[LogRef], cached: usize) {
+        let budget = self.shard_tail_budget;
+        if cached <= budget || partitions.is_empty() {
+            return;
+        }
+        let share = budget / partitions.len();
+        for log in partitions {
+            log.borrow_mut().trim_tail_cache_to(share);
+        }
+    }
+
+    /// Bytes the shard's partitions hold in their tail caches.
+    pub fn tail_cache_bytes(&self) -> usize {
+        self.partitions()
+            .iter()
+            .map(|l| l.borrow().tail_cache_bytes())
+            .sum()
     }
 
     /// Writes all pending bytes of one partition, segment by segment, and finalizes
