@@ -78,12 +78,12 @@ fn main() {
             .set("Content-Type", "application/json")
             .send_string(body);
     };
-    let _ = post("/api/v1/topics", r#"{"name":"http-bench","partitions":2}"#);
+    post("/api/v1/topics", r#"{"name":"http-bench","partitions":2}"#);
     let many = format!(
         r#"{{"name":"http-bench-many","partitions":{}}}"#,
         a.partitions
     );
-    let _ = post("/api/v1/topics", &many);
+    post("/api/v1/topics", &many);
 
     // REST produce.
     let value = "x".repeat(1024);
