@@ -103,6 +103,13 @@ impl Api {
     }
 }
 
+/// The answer is an error `status` whose reason mentions `what`.
+fn refused(a: &Answer, status: u16, what: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    let reason = a.body["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(what), "'{what}' not in: {reason}");
+}
+
 /// Polls `f` until it is true or `secs` pass.
 fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -162,16 +169,9 @@ async fn get_returns_confirmed_messages_and_ack_modes_behave() {
     let api = guest(&broker);
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    ch.queue_declare(
-        "jobs".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.declare");
+    // Durable, so the persistent messages are confirmed once on disk.
+    let a = api.put("/api/v1/queues/%2F/jobs", json!({"durable": true}));
+    assert_eq!(a.status, 201, "{}", a.body);
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
@@ -397,11 +397,7 @@ async fn topology_declared_over_rest_is_what_amqp_clients_see() {
         orders,
         json!({"durable": true, "arguments": {"x-max-length": 5}}),
     );
-    assert_eq!(a.status, 400, "redeclare with other arguments: {}", a.body);
-    assert!(a.body["reason"]
-        .as_str()
-        .unwrap_or("")
-        .contains("inequivalent"));
+    refused(&a, 400, "inequivalent");
     let a = api.get(orders);
     assert_eq!(a.body["durable"], true);
     assert_eq!(a.body["arguments"], json!({"x-max-length": 100}));
@@ -425,27 +421,12 @@ async fn topology_declared_over_rest_is_what_amqp_clients_see() {
     assert_eq!(api.get(&location).body["destination"], "orders");
 
     // lapin sees all of it, and routing works.
-    ch.queue_declare(
-        "orders".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive queue.declare");
-    ch.exchange_declare(
-        "shop".into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive exchange.declare");
+    passive_queue(&ch, "orders")
+        .await
+        .expect("passive queue.declare");
+    passive_exchange(&ch, "shop", ExchangeKind::Direct)
+        .await
+        .expect("passive exchange.declare");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm.select");
@@ -506,15 +487,7 @@ async fn topology_declared_over_rest_is_what_amqp_clients_see() {
     assert!(names.iter().all(|q| q["name"] != "orders"), "{names:?}");
     assert!(names.iter().any(|q| q["name"] == "audit-log"), "{names:?}");
 
-    let e = ch
-        .queue_declare(
-            "orders".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let e = passive_queue(&ch, "orders")
         .await
         .expect_err("the queue was deleted over REST");
     assert_eq!(reply_code(&e), Some(404));
@@ -522,16 +495,7 @@ async fn topology_declared_over_rest_is_what_amqp_clients_see() {
     assert_eq!(api.delete(shop).status, 204);
     assert_eq!(api.delete(shop).status, 404);
     let ch = channel(&conn).await;
-    let e = ch
-        .exchange_declare(
-            "shop".into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let e = passive_exchange(&ch, "shop", ExchangeKind::Direct)
         .await
         .expect_err("the exchange was deleted over REST");
     assert_eq!(reply_code(&e), Some(404));
@@ -595,8 +559,7 @@ async fn permissions_and_bad_requests_get_the_status_a_user_expects() {
         "/api/v1/exchanges/%2F/amq.default/publish",
         json!({"routing_key": "inbox", "payload": "x", "properties": {}}),
     );
-    assert_eq!(a.status, 403, "{}", a.body);
-    assert!(a.body["reason"].as_str().unwrap_or("").contains("write"));
+    refused(&a, 403, "write");
     assert_eq!(admin.ready("inbox"), 0);
     let a = admin.post(
         "/api/v1/exchanges/%2F/amq.default/publish",
@@ -633,42 +596,19 @@ async fn permissions_and_bad_requests_get_the_status_a_user_expects() {
         "/api/v1/queues/%2F/broken",
         Some("{\"durable\": tru"),
     );
-    assert_eq!(a.status, 400);
-    assert!(
-        a.body["reason"].as_str().unwrap_or("").contains("JSON"),
-        "{}",
-        a.body
-    );
+    refused(&a, 400, "JSON");
     let a = admin.put("/api/v1/queues/%2F/broken", json!({"durabel": true}));
-    assert_eq!(a.status, 400);
-    assert!(
-        a.body["reason"].as_str().unwrap_or("").contains("durabel"),
-        "{}",
-        a.body
-    );
+    refused(&a, 400, "durabel");
     let a = admin.put(
         "/api/v1/queues/%2F/broken",
         json!({"arguments": {"x-max-length": "many"}}),
     );
-    assert_eq!(a.status, 400);
-    assert!(
-        a.body["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("x-max-length"),
-        "{}",
-        a.body
-    );
+    refused(&a, 400, "x-max-length");
     let a = admin.post(
         "/api/v1/queues/%2F/inbox/get",
         json!({"count": 1, "ackmode": "maybe", "encoding": "auto"}),
     );
-    assert_eq!(a.status, 400);
-    assert!(
-        a.body["reason"].as_str().unwrap_or("").contains("ackmode"),
-        "{}",
-        a.body
-    );
+    refused(&a, 400, "ackmode");
     let a = admin.post(
         "/api/v1/exchanges/%2F/amq.default/publish",
         json!({"routing_key": "inbox", "payload": "%%%", "payload_encoding": "base64"}),
@@ -780,15 +720,7 @@ async fn metrics_follow_amqp_publish_and_consume() {
 
     // A channel the broker closes is counted by its reply code.
     let ch2 = channel(&conn).await;
-    let e = ch2
-        .queue_declare(
-            "absent".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let e = passive_queue(&ch2, "absent")
         .await
         .expect_err("no such queue");
     assert_eq!(reply_code(&e), Some(404));

@@ -62,7 +62,8 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match rest {
         ["vhosts"] if get => vhosts(shard, req, None).await,
         ["vhosts", vhost] if get => vhosts(shard, req, Some(vhost)).await,
-        ["vhosts", ..] => Err(ApiError::MethodNotAllowed),
+        // Vhosts come from the configuration (`amqp.vhosts`).
+        ["vhosts"] | ["vhosts", _] => Err(ApiError::MethodNotAllowed),
 
         ["queues"] if get => queues(shard, req, None, None).await,
         ["queues", vhost] if get => queues(shard, req, Some(vhost), None).await,
@@ -139,7 +140,7 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
                 _ => Err(ApiError::MethodNotAllowed),
             }
         }
-        ["bindings", ..] => Err(ApiError::MethodNotAllowed),
+        ["bindings"] | ["bindings", _] => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound(format!(
             "no such endpoint: /api/v1/{}",
             rest.join("/")
@@ -404,12 +405,46 @@ fn encode_properties(p: PropertiesIn) -> Result<Bytes, ApiError> {
             ApiError::BadRequest(format!("properties.{field} is longer than 255 bytes"))
         })
     };
+    let expiration = match p.expiration {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "properties.expiration must be a string of milliseconds".into(),
+            ))
+        }
+    };
+    type Setter = fn(AMQPProperties, ShortString) -> AMQPProperties;
+    let texts: [(&str, Option<String>, Setter); 10] = [
+        (
+            "content_type",
+            p.content_type,
+            AMQPProperties::with_content_type,
+        ),
+        (
+            "content_encoding",
+            p.content_encoding,
+            AMQPProperties::with_content_encoding,
+        ),
+        (
+            "correlation_id",
+            p.correlation_id,
+            AMQPProperties::with_correlation_id,
+        ),
+        ("reply_to", p.reply_to, AMQPProperties::with_reply_to),
+        ("expiration", expiration, AMQPProperties::with_expiration),
+        ("message_id", p.message_id, AMQPProperties::with_message_id),
+        ("type", p.kind, AMQPProperties::with_type),
+        ("user_id", p.user_id, AMQPProperties::with_user_id),
+        ("app_id", p.app_id, AMQPProperties::with_app_id),
+        ("cluster_id", p.cluster_id, AMQPProperties::with_cluster_id),
+    ];
     let mut out = AMQPProperties::default();
-    if let Some(v) = p.content_type {
-        out = out.with_content_type(short("content_type", v)?);
-    }
-    if let Some(v) = p.content_encoding {
-        out = out.with_content_encoding(short("content_encoding", v)?);
+    for (field, value, set) in texts {
+        if let Some(v) = value {
+            out = set(out, short(field, v)?);
+        }
     }
     if let Some(h) = p.headers {
         out = out.with_headers(json_table("properties.headers", &h)?);
@@ -420,39 +455,8 @@ fn encode_properties(p: PropertiesIn) -> Result<Bytes, ApiError> {
     if let Some(v) = p.priority {
         out = out.with_priority(v);
     }
-    if let Some(v) = p.correlation_id {
-        out = out.with_correlation_id(short("correlation_id", v)?);
-    }
-    if let Some(v) = p.reply_to {
-        out = out.with_reply_to(short("reply_to", v)?);
-    }
-    match p.expiration {
-        None => {}
-        Some(Value::String(s)) => out = out.with_expiration(short("expiration", s)?),
-        Some(Value::Number(n)) => out = out.with_expiration(short("expiration", n.to_string())?),
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "properties.expiration must be a string of milliseconds".into(),
-            ))
-        }
-    }
-    if let Some(v) = p.message_id {
-        out = out.with_message_id(short("message_id", v)?);
-    }
     if let Some(v) = p.timestamp {
         out = out.with_timestamp(v);
-    }
-    if let Some(v) = p.kind {
-        out = out.with_type(short("type", v)?);
-    }
-    if let Some(v) = p.user_id {
-        out = out.with_user_id(short("user_id", v)?);
-    }
-    if let Some(v) = p.app_id {
-        out = out.with_app_id(short("app_id", v)?);
-    }
-    if let Some(v) = p.cluster_id {
-        out = out.with_cluster_id(short("cluster_id", v)?);
     }
     let encoded = gen_properties(&out)(Vec::new().into())
         .map(|ctx| Bytes::from(ctx.into_inner().0))
@@ -576,11 +580,21 @@ async fn queues(shard: &Rc<Shard>, req: &Req, vhost: Option<&str>, one: Option<&
             }));
         }
     }
+    one_or_all(rows, "queue", vhost, one)
+}
+
+/// The one row a path names (404 without it), or the list.
+fn one_or_all(
+    mut rows: Vec<Value>,
+    what: &str,
+    vhost: Option<&str>,
+    one: Option<&str>,
+) -> ApiResult {
     match (vhost, one) {
         (Some(v), Some(name)) => match rows.pop() {
             Some(row) => ok_json(&row),
             None => Err(ApiError::NotFound(format!(
-                "no queue '{name}' in vhost '{v}'"
+                "no {what} '{name}' in vhost '{v}'"
             ))),
         },
         _ => ok_json(&rows),
@@ -639,6 +653,11 @@ async fn declare_queue(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) ->
     )
     .await
     .map_err(amqp_error)?;
+    // As queue.declare-ok does: the owner takes the queue up now (and counts the
+    // declare as a use, for x-expires).
+    queue::queue_stats(shard, declared.queue)
+        .await
+        .map_err(amqp_error)?;
     created_or_not(declared.created)
 }
 
@@ -695,15 +714,7 @@ async fn exchanges(
             }));
         }
     }
-    match (vhost, one) {
-        (Some(v), Some(name)) => match rows.pop() {
-            Some(row) => ok_json(&row),
-            None => Err(ApiError::NotFound(format!(
-                "no exchange '{name}' in vhost '{v}'"
-            ))),
-        },
-        _ => ok_json(&rows),
-    }
+    one_or_all(rows, "exchange", vhost, one)
 }
 
 #[derive(Deserialize)]
@@ -732,14 +743,6 @@ fn reserved(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn exchange_known(actor: &Actor<'_>, name: &str) -> Result<(), ApiError> {
-    if methods::exchange_exists(actor, name).await {
-        Ok(())
-    } else {
-        Err(amqp_error(methods::no_exchange(actor, name)))
-    }
-}
-
 /// `PUT /exchanges/{vhost}/{name}`: exchange.declare.
 async fn declare_exchange(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -> ApiResult {
     let who = InVhost::new(shard, req, vhost)?;
@@ -764,7 +767,9 @@ async fn delete_exchange(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) 
     reserved(name)?;
     let if_unused = flag(req, "if-unused")?;
     let actor = who.actor(shard);
-    exchange_known(&actor, name).await?;
+    methods::known_exchange(&actor, name)
+        .await
+        .map_err(amqp_error)?;
     exchange::delete_exchange(&actor, name, if_unused)
         .await
         .map_err(amqp_error)?;

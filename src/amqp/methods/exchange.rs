@@ -16,7 +16,7 @@ use std::rc::Rc;
 use amq_protocol::protocol::{exchange as ex, AMQPClass};
 use amq_protocol::types::FieldTable;
 
-use super::{allowed, apply_binding, change, exchange_exists, no_exchange, Access, Actor};
+use super::{allowed, apply_binding, change, known_exchange, Access, Actor};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::topology::{
@@ -109,9 +109,7 @@ pub async fn declare(
     let actor = conn.actor();
     let name = d.exchange.as_str();
     if d.passive {
-        if !exchange_exists(&actor, name).await {
-            return Err(no_exchange(&actor, name));
-        }
+        known_exchange(&actor, name).await?;
     } else {
         let exchange = new_exchange(
             name,
@@ -159,9 +157,7 @@ pub async fn exchange_binding(
     allowed(actor, Access::Write, "exchange", destination)?;
     allowed(actor, Access::Read, "exchange", source)?;
     for name in [source, destination] {
-        if !exchange_exists(actor, name).await {
-            return Err(no_exchange(actor, name));
-        }
+        known_exchange(actor, name).await?;
     }
     Ok(Binding {
         source: source.to_owned(),

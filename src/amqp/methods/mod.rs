@@ -287,6 +287,15 @@ pub async fn exchange_exists(actor: &Actor<'_>, name: &str) -> bool {
     has()
 }
 
+/// NOT_FOUND unless the exchange exists (refreshing the replica once before saying so).
+pub async fn known_exchange(actor: &Actor<'_>, name: &str) -> Result<(), AmqpError> {
+    if exchange_exists(actor, name).await {
+        Ok(())
+    } else {
+        Err(no_exchange(actor, name))
+    }
+}
+
 pub fn no_exchange(actor: &Actor<'_>, name: &str) -> AmqpError {
     AmqpError::channel(
         reply::NOT_FOUND,

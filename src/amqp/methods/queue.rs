@@ -20,8 +20,7 @@ use amq_protocol::types::FieldTable;
 use futures::channel::oneshot;
 
 use super::{
-    allowed, apply_binding, change, exchange_exists, lookup_queue, no_exchange, random_suffix,
-    Access, Actor,
+    allowed, apply_binding, change, known_exchange, lookup_queue, random_suffix, Access, Actor,
 };
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
@@ -182,9 +181,7 @@ pub async fn queue_binding(
     allowed(actor, Access::Write, "queue", queue)?;
     allowed(actor, Access::Read, "exchange", exchange)?;
     lookup_queue(actor, queue).await?;
-    if !exchange_exists(actor, exchange).await {
-        return Err(no_exchange(actor, exchange));
-    }
+    known_exchange(actor, exchange).await?;
     Ok(Binding {
         source: exchange.to_owned(),
         destination: queue.to_owned(),
