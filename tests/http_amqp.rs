@@ -579,6 +579,15 @@ async fn permissions_and_bad_requests_get_the_status_a_user_expects() {
     assert_eq!(admin.get("/api/v1/queues/%2F/missing").status, 404);
     assert_eq!(admin.get("/api/v1/exchanges/%2F/missing").status, 404);
     assert_eq!(admin.get("/api/v1/vhosts/nowhere").status, 404);
+    assert_eq!(admin.get("/api/v1/queues/%2F/missing/bindings").status, 404);
+    let a = admin.get("/api/v1/bindings/%2F/e/amq.direct/q/missing");
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = admin.post("/api/v1/bindings/%2F/e/amq.direct/q/missing", json!({}));
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(
+        admin.get("/api/v1/bindings/%2F/e/amq.direct/q/inbox").body,
+        json!([])
+    );
     let a = admin.post(
         "/api/v1/queues/%2F/missing/get",
         json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
@@ -733,4 +742,37 @@ async fn metrics_follow_amqp_publish_and_consume() {
         ),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_publish_answered_is_on_disk() {
+    let (_d, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    let api = guest(&broker);
+    assert_eq!(
+        api.put("/api/v1/queues/%2F/ledger", json!({"durable": true}))
+            .status,
+        201
+    );
+    for i in 0..20 {
+        let a = api.post(
+            "/api/v1/exchanges/%2F/amq.default/publish",
+            json!({"routing_key": "ledger", "payload": format!("entry {i}"),
+                   "properties": {"delivery_mode": 2, "message_id": format!("m{i}")}}),
+        );
+        assert_eq!(a.body, json!({"routed": true}));
+    }
+    // No clean shutdown: what was answered must have been fdatasync'ed.
+    broker.kill9();
+    broker.restart();
+    let api = guest(&broker);
+    assert_eq!(api.ready("ledger"), 20);
+    let got = api.take("ledger", 20, "ack_requeue_false");
+    let ids: Vec<&str> = got
+        .iter()
+        .filter_map(|m| m["properties"]["message_id"].as_str())
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(got[19]["payload"], "entry 19");
 }

@@ -80,7 +80,7 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
         }
         ["queues", vhost, name, "bindings"] if get => {
             let (vhost, name) = (*vhost, *name);
-            bindings(shard, req, Some(vhost), &|b| {
+            bindings(shard, req, Some(vhost), &[(DestKind::Queue, name)], &|b| {
                 b.dest_kind == DestKind::Queue && b.destination == name
             })
             .await
@@ -105,21 +105,27 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
         }
         ["exchanges", vhost, name, "bindings", side @ ("source" | "destination")] if get => {
             let (vhost, name, source) = (*vhost, exchange_name(name), *side == "source");
-            bindings(shard, req, Some(vhost), &|b| {
-                if source {
-                    b.source == name
-                } else {
-                    b.dest_kind == DestKind::Exchange && b.destination == name
-                }
-            })
+            bindings(
+                shard,
+                req,
+                Some(vhost),
+                &[(DestKind::Exchange, name)],
+                &|b| {
+                    if source {
+                        b.source == name
+                    } else {
+                        b.dest_kind == DestKind::Exchange && b.destination == name
+                    }
+                },
+            )
             .await
         }
         ["exchanges", _] | ["exchanges", _, _] | ["exchanges", _, _, "publish"] => {
             Err(ApiError::MethodNotAllowed)
         }
 
-        ["bindings"] if get => bindings(shard, req, None, &|_| true).await,
-        ["bindings", vhost] if get => bindings(shard, req, Some(vhost), &|_| true).await,
+        ["bindings"] if get => bindings(shard, req, None, &[], &|_| true).await,
+        ["bindings", vhost] if get => bindings(shard, req, Some(vhost), &[], &|_| true).await,
         ["bindings", vhost, "e", source, kind @ ("q" | "e"), dest, props @ ..]
             if props.len() <= 1 =>
         {
@@ -133,7 +139,13 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
                 destination: exchange_name(dest),
             };
             match props.first() {
-                None if get => bindings(shard, req, Some(vhost), &|b| pair.matches(b)).await,
+                None if get => {
+                    let ends = [
+                        (DestKind::Exchange, pair.source),
+                        (pair.dest_kind, pair.destination),
+                    ];
+                    bindings(shard, req, Some(vhost), &ends, &|b| pair.matches(b)).await
+                }
                 None if m == Method::POST => bind(shard, req, vhost, &pair).await,
                 Some(props) if get => binding(shard, req, vhost, &pair, props).await,
                 Some(props) if m == Method::DELETE => unbind(shard, req, vhost, &pair, props).await,
@@ -837,16 +849,38 @@ fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// The bindings of the vhosts a request sees (or the one it names) that `keep` keeps;
+/// 404 unless the queues and exchanges in `ends` exist.
 async fn bindings(
     shard: &Rc<Shard>,
     req: &Req,
     vhost: Option<&str>,
+    ends: &[(DestKind, &str)],
     keep: &dyn Fn(&Binding) -> bool,
 ) -> ApiResult {
     let user = caller(req)?;
     let names = vhosts_for(shard, user, vhost)?;
     methods::refresh_catalog(shard).await;
     let state = shard.catalog.current();
+    for (kind, name) in ends {
+        let t = names.first().and_then(|v| state.amqp.get(*v));
+        let (found, what) = match kind {
+            DestKind::Queue => (t.is_some_and(|t| t.queues.contains_key(*name)), "queue"),
+            DestKind::Exchange => (
+                t.map_or_else(
+                    || crate::amqp::topology::builtin_exchange(name).is_some(),
+                    |t| t.has_exchange(name),
+                ),
+                "exchange",
+            ),
+        };
+        if !found {
+            return Err(ApiError::NotFound(format!(
+                "no {what} '{name}' in vhost '{}'",
+                vhost.unwrap_or_default()
+            )));
+        }
+    }
     let rows: Vec<Value> = names
         .into_iter()
         .flat_map(|v| {
