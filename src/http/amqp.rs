@@ -24,12 +24,17 @@
 //! - `POST .../publish` waits until every queue the message reached has it (a persistent
 //!   message on a durable queue fdatasync'ed), as a publisher confirm; a queue refusing it
 //!   (`x-overflow` `reject-publish`, a confirm's nack) is 503.
-//! - `POST .../get` takes up to `count` messages (unacked on the owner), then settles them
-//!   all by `ackmode`: `ack_requeue_true` / `reject_requeue_true` put them back marked
-//!   redelivered, `ack_requeue_false` acks them, `reject_requeue_false` rejects them
-//!   (dead-lettered if the queue says so). A request that ends early gives them back.
+//! - `POST .../get` takes up to `count` messages (unacked on the owner; fewer once their
+//!   bodies reach `http.max_body_bytes`), then settles them all by `ackmode`:
+//!   `ack_requeue_true` / `reject_requeue_true` put them back marked redelivered,
+//!   `ack_requeue_false` acks them, `reject_requeue_false` rejects them (dead-lettered if
+//!   the queue says so). A request that ends early gives them back.
 //! - Lists are not paginated; a user without the `monitoring` or `administrator` tag sees
 //!   the vhosts they have permissions in.
+//!
+//! Publishes and gets made here count in the metrics under `protocol="http"` (by exchange,
+//! `amq.default` for the default one, and by queue); the queue's own enqueued/dequeued
+//! figures and depth move on its owner as for AMQP clients.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -275,11 +280,11 @@ impl InVhost {
     }
 }
 
-/// AMQP names are short strings: at most 255 bytes.
+/// AMQP names and routing keys are short strings: at most 255 bytes.
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if name.len() > 255 {
         return Err(ApiError::BadRequest(format!(
-            "{what} name is {} bytes long; AMQP allows 255",
+            "the {what} is {} bytes long; AMQP allows 255",
             name.len()
         )));
     }
@@ -647,7 +652,7 @@ fn created_or_not(created: bool) -> ApiResult {
 /// `PUT /queues/{vhost}/{name}`: queue.declare.
 async fn declare_queue(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -> ApiResult {
     let who = InVhost::new(shard, req, vhost)?;
-    check_name("queue", name)?;
+    check_name("queue name", name)?;
     let q: QueueIn = body(req)?;
     if q.exclusive {
         return Err(ApiError::BadRequest(
@@ -759,7 +764,7 @@ fn reserved(name: &str) -> Result<(), ApiError> {
 async fn declare_exchange(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -> ApiResult {
     let who = InVhost::new(shard, req, vhost)?;
     reserved(name)?;
-    check_name("exchange", name)?;
+    check_name("exchange name", name)?;
     let e: ExchangeIn = req.json()?;
     let args = arguments_table(&e.arguments)?;
     let actor = who.actor(shard);
@@ -1179,6 +1184,7 @@ async fn get_messages(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -> 
         ids: Vec::new(),
     };
     let mut got = Vec::new();
+    let (mut bytes, max) = (0usize, shard.config.http.max_body_bytes);
     for _ in 0..g.count {
         match basic_get::take(shard, &qref, false)
             .await
@@ -1186,17 +1192,21 @@ async fn get_messages(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -> 
         {
             Some((d, left)) => {
                 taken.ids.push(d.id);
+                bytes += d.msg.body.len();
                 got.push((d, left));
             }
             None => break,
+        }
+        // The answer stays within what a request may carry.
+        if bytes >= max {
+            break;
         }
     }
     taken.settle(how);
     // The next get (or list) sees the settle: requeued messages are back when we answer.
     outbox::barrier(shard, qref.owner).await;
-    let bytes: u64 = got.iter().map(|(d, _)| d.msg.body.len() as u64).sum();
     crate::metrics::with(|m| {
-        m.consumed(Protocol::Http, name, got.len() as u64, bytes);
+        m.consumed(Protocol::Http, name, got.len() as u64, bytes as u64);
         m.fetch_latency(Protocol::Http, started.elapsed());
     });
     let rows: Vec<Value> = got
