@@ -42,6 +42,8 @@ use crate::storage::log::now_ms;
 /// How long a client has for the whole handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// On a stop, how long a connection keeps reading what its client had already sent.
+const STOP_DRAIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -313,18 +315,22 @@ async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
     let _ = writer.close().await;
 }
 
-/// Reads into `buf` until at least one more byte arrived; false on EOF, stop or kill.
+/// Reads into `buf` until at least one more byte arrived; false on EOF, deadline, kill or
+/// (with `watch_stop`) the shard stopping.
 async fn fill(
     conn: &Rc<Connection>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     chunk: &mut [u8],
     deadline: Option<Duration>,
+    watch_stop: bool,
 ) -> Result<bool, std::io::Error> {
     let stop = Listener::new();
-    stop.listen(&conn.shard.stop);
+    if watch_stop {
+        stop.listen(&conn.shard.stop);
+    }
     stop.listen(&conn.kill);
-    if conn.shard.stopping.get() || conn.dead.get() {
+    if (watch_stop && conn.shard.stopping.get()) || conn.dead.get() {
         return Ok(false);
     }
     let read = Box::pin(stream.read(chunk));
@@ -361,6 +367,7 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             &mut buf,
             &mut chunk,
             Some(HANDSHAKE_TIMEOUT),
+            true,
         )
         .await?
         {
@@ -390,6 +397,7 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
     let mut phase = Phase::StartOk;
     let started = now_ms();
     let mut close_deadline: Option<i64> = None;
+    let mut stop_drain_until: Option<i64> = None;
     loop {
         // Every complete frame in the buffer.
         loop {
@@ -430,6 +438,24 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                     phase = Phase::Closing;
                     close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
                 }
+            }
+        }
+        if conn.shard.stopping.get() && phase == Phase::Running {
+            // Frames the client sent before the stop (its last acks, say) are still
+            // handled: read whatever is already on its way, briefly, then close.
+            let until = *stop_drain_until.get_or_insert(now_ms() + STOP_DRAIN.as_millis() as i64);
+            if now_ms() < until
+                && fill(
+                    conn,
+                    &mut stream,
+                    &mut buf,
+                    &mut chunk,
+                    Some(Duration::from_millis(10)),
+                    false,
+                )
+                .await?
+            {
+                continue;
             }
         }
         if conn.shard.stopping.get() && phase != Phase::Closing {
@@ -493,7 +519,7 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             }
         };
         let stopping_before = conn.shard.stopping.get();
-        if !fill(conn, &mut stream, &mut buf, &mut chunk, deadline).await? {
+        if !fill(conn, &mut stream, &mut buf, &mut chunk, deadline, true).await? {
             if conn.shard.stopping.get() && !stopping_before && phase == Phase::Running {
                 // The shard began stopping while we waited: tell the client (next turn).
                 continue;
