@@ -6,7 +6,8 @@
 //! the flusher (which is not running here), so this measures the CPU cost of the append
 //! path, not I/O.
 //!
-//! Also AMQP topic-exchange routing through the real `Router` with 10 000 bindings.
+//! Also AMQP topic-exchange routing through the real `Router` with 10 000 bindings, and
+//! the metrics bookkeeping one AMQP message costs on its way through a shard.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::hint::black_box;
@@ -251,7 +252,8 @@ criterion_group!(
     kafka_codec,
     record_batches,
     log_append,
-    topic_routing
+    topic_routing,
+    amqp_message_metrics
 );
 criterion_main!(benches);
 
@@ -317,5 +319,41 @@ fn topic_routing(c: &mut Criterion) {
             black_box(r.len())
         })
     });
+    group.finish();
+}
+
+/// What the shard's metrics cost one AMQP message: the method frame counted
+/// (`basic.publish`), the publish by exchange, enqueue and dequeue on the queue's owner,
+/// the delivery by queue; and in confirm mode the publish-to-confirm latency (two clock
+/// reads and a histogram record). The same calls, on the same thread-local, as the broker
+/// makes.
+fn amqp_message_metrics(c: &mut Criterion) {
+    use portask::metrics::{self, Protocol};
+    let mut group = c.benchmark_group("amqp_metrics");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("counters_per_message", |b| {
+        b.iter(|| {
+            metrics::with(|m| {
+                m.request(Protocol::Amqp, black_box("basic.publish"));
+                m.produced(Protocol::Amqp, black_box("orders"), 1, 1024);
+            });
+            metrics::with(|m| m.enqueued(black_box("/"), black_box("orders.eu"), 1));
+            metrics::with(|m| m.dequeued(black_box("/"), black_box("orders.eu"), 1));
+            metrics::with(|m| m.consumed(Protocol::Amqp, black_box("orders.eu"), 1, 1024));
+        })
+    });
+    group.bench_function("confirm_latency_per_message", |b| {
+        b.iter(|| {
+            let received = std::time::Instant::now();
+            let now = std::time::Instant::now();
+            metrics::with(|m| {
+                m.publish_latency(Protocol::Amqp, now.saturating_duration_since(received))
+            });
+        })
+    });
+    group.bench_function("request_counter", |b| {
+        b.iter(|| metrics::with(|m| m.request(Protocol::Amqp, black_box("basic.publish"))))
+    });
+    group.bench_function("clock_read", |b| b.iter(std::time::Instant::now));
     group.finish();
 }

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,35 @@ impl Latency {
     }
 }
 
+/// FNV-1a, for the maps the per-message counters look names up in (topics, exchanges,
+/// queues, vhosts, API names). Those names are few, short and made by operators or the
+/// broker, not by each request, so a fast hash serves better than SipHash's resistance
+/// to crafted keys: one AMQP message takes several of these lookups.
+#[derive(Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by name, hashed with `NameHasher`.
+pub type Names<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
+
 /// Messages and bytes of one topic (Kafka) or exchange/queue (AMQP).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flow {
@@ -115,10 +145,10 @@ pub struct ProtocolMetrics {
     /// Times a connection stopped reading (Kafka) or was blocked (AMQP) on its in-flight
     /// budget.
     pub throttled: u64,
-    pub requests: HashMap<&'static str, u64>,
+    pub requests: HashMap<&'static str, u64, BuildHasherDefault<NameHasher>>,
     pub errors: HashMap<i32, u64>,
     /// Per topic (Kafka) or exchange / queue (AMQP): messages in and out.
-    pub flows: HashMap<String, Flow>,
+    pub flows: Names<Flow>,
     /// Request to acknowledgement of produce / publish.
     pub publish: Latency,
     /// Fetch / delivery latency.
@@ -148,7 +178,7 @@ pub struct ShardMetrics {
     /// Per (protocol, flow name): messages in and out per second.
     pub flow_rates: HashMap<(Protocol, String), (f64, f64)>,
     /// AMQP queues this shard owns, by vhost then queue: messages enqueued and delivered.
-    queues: HashMap<String, HashMap<String, Flow>>,
+    queues: Names<Names<Flow>>,
     /// Per (vhost, queue): messages enqueued and delivered per second.
     pub queue_rates: HashMap<(String, String), (f64, f64)>,
     pub busy_ratio: f64,
@@ -205,33 +235,34 @@ impl ShardMetrics {
     pub fn produced(&mut self, p: Protocol, flow: &str, n: u64, bytes: u64) {
         let m = self.protocol(p);
         m.bytes_in += bytes;
-        flow_entry(&mut m.flows, flow).messages_in += n;
+        count(&mut m.flows, flow, |f| f.messages_in += n);
     }
 
     /// `n` messages of `bytes` went out of `flow` (a topic, a queue).
     pub fn consumed(&mut self, p: Protocol, flow: &str, n: u64, bytes: u64) {
         let m = self.protocol(p);
         m.bytes_out += bytes;
-        flow_entry(&mut m.flows, flow).messages_out += n;
+        count(&mut m.flows, flow, |f| f.messages_out += n);
     }
 
     /// `n` messages entered the queue `vhost`/`queue` (on its owner shard).
     pub fn enqueued(&mut self, vhost: &str, queue: &str, n: u64) {
-        self.queue(vhost, queue).messages_in += n;
+        self.queue(vhost, queue, |f| f.messages_in += n);
     }
 
     /// `n` messages of the queue went to consumers or basic.get (on its owner shard).
     pub fn dequeued(&mut self, vhost: &str, queue: &str, n: u64) {
-        self.queue(vhost, queue).messages_out += n;
+        self.queue(vhost, queue, |f| f.messages_out += n);
     }
 
-    fn queue(&mut self, vhost: &str, queue: &str) -> &mut Flow {
-        if !self.queues.contains_key(vhost) {
-            self.queues.insert(vhost.to_owned(), HashMap::new());
-        }
+    fn queue(&mut self, vhost: &str, queue: &str, f: impl FnOnce(&mut Flow)) {
         match self.queues.get_mut(vhost) {
-            Some(queues) => flow_entry(queues, queue),
-            None => unreachable!("inserted above"),
+            Some(queues) => count(queues, queue, f),
+            None => {
+                let mut queues = Names::default();
+                count(&mut queues, queue, f);
+                self.queues.insert(vhost.to_owned(), queues);
+            }
         }
     }
 
@@ -302,14 +333,12 @@ impl ShardMetrics {
     }
 }
 
-fn flow_entry<'a>(flows: &'a mut HashMap<String, Flow>, name: &str) -> &'a mut Flow {
-    // Look up by &str first so the common case allocates nothing.
-    if !flows.contains_key(name) {
-        flows.insert(name.to_owned(), Flow::default());
-    }
+/// Applies `f` to the flow `name`: one lookup by `&str` when it exists (the common
+/// case, which allocates nothing), an insert the first time.
+fn count(flows: &mut Names<Flow>, name: &str, f: impl FnOnce(&mut Flow)) {
     match flows.get_mut(name) {
-        Some(f) => f,
-        None => unreachable!("inserted above"),
+        Some(flow) => f(flow),
+        None => f(flows.entry(name.to_owned()).or_default()),
     }
 }
 
@@ -497,6 +526,25 @@ mod tests {
             m.flow_rates.get(&(Protocol::Kafka, "orders".to_string())),
             Some(&(250.0, 125.0))
         );
+    }
+
+    #[test]
+    fn queue_counters_by_vhost_are_forgotten_with_their_queue() {
+        let mut m = ShardMetrics::default();
+        m.enqueued("/", "jobs", 3);
+        m.enqueued("staging", "jobs", 1);
+        m.dequeued("/", "jobs", 2);
+        let t = m.totals();
+        let f = t.queues[&("/".to_string(), "jobs".to_string())];
+        assert_eq!((f.messages_in, f.messages_out), (3, 2));
+        m.queue_deleted("/", "jobs");
+        let t = m.totals();
+        assert!(!t
+            .queues
+            .contains_key(&("/".to_string(), "jobs".to_string())));
+        assert!(t
+            .queues
+            .contains_key(&("staging".to_string(), "jobs".to_string())));
     }
 
     #[test]

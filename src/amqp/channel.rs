@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::BytesMut;
@@ -22,6 +23,7 @@ use super::outbox;
 use super::reply;
 use super::routing::QueueRef;
 use super::AmqpError;
+use crate::metrics::Protocol;
 use crate::runtime::notify::Notify;
 
 pub type ChannelRef = Rc<RefCell<Channel>>;
@@ -38,6 +40,8 @@ pub struct PendingPublish {
     pub header: Option<(u64, bytes::Bytes)>,
     pub body: BytesMut,
     pub single: Option<bytes::Bytes>,
+    /// When basic.publish arrived, on a confirm-mode channel (publish latency).
+    pub received: Option<Instant>,
 }
 
 struct Unacked {
@@ -93,8 +97,10 @@ pub struct Channel {
     pub global_bytes: u64,
     pub confirm: bool,
     pub next_seq: u64,
-    pending_confirms: BTreeMap<u64, (u32, bool)>,
-    done_confirms: BTreeMap<u64, bool>,
+    /// seq → (queues still to confirm, nacked by one, when the publish arrived).
+    pending_confirms: BTreeMap<u64, (u32, bool, Option<Instant>)>,
+    /// seq → (acked, when the publish arrived): complete, not yet written.
+    done_confirms: BTreeMap<u64, (bool, Option<Instant>)>,
     /// Fired when confirms complete (tx.commit waits on it).
     pub confirm_progress: Rc<Notify>,
     pub tx: Option<Tx>,
@@ -181,6 +187,7 @@ impl Channel {
         });
         let bytes = items.iter().map(|d| d.msg.body.len() as u64).sum();
         conn.count_written(cid, queue, n, bytes);
+        crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, n as u64, bytes));
         None
     }
 
@@ -217,6 +224,8 @@ impl Channel {
             );
             codec::put_content(out, id, &d.msg.properties, &d.msg.body, frame_max);
         });
+        let bytes = d.msg.body.len() as u64;
+        crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, 1, bytes));
     }
 
     pub fn add_consumer(&mut self, cid: u64, tag: Arc<str>, queue: QueueRef, no_ack: bool) {
@@ -483,14 +492,15 @@ impl Channel {
         group(taken)
     }
 
-    /// Registers a confirm-mode publish routed to `queues` queues; returns its seq.
-    pub fn track_publish(&mut self, queues: u32) -> u64 {
+    /// Registers a confirm-mode publish routed to `queues` queues, received at
+    /// `received`; returns its seq.
+    pub fn track_publish(&mut self, queues: u32, received: Option<Instant>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         if queues == 0 {
-            self.done_confirms.insert(seq, true);
+            self.done_confirms.insert(seq, (true, received));
         } else {
-            self.pending_confirms.insert(seq, (queues, false));
+            self.pending_confirms.insert(seq, (queues, false, received));
         }
         seq
     }
@@ -502,9 +512,9 @@ impl Channel {
                 p.0 = p.0.saturating_sub(1);
                 p.1 |= !ack;
                 if p.0 == 0 {
-                    let nack = p.1;
+                    let (nack, received) = (p.1, p.2);
                     self.pending_confirms.remove(&seq);
-                    self.done_confirms.insert(seq, !nack);
+                    self.done_confirms.insert(seq, (!nack, received));
                 }
             }
         }
@@ -526,14 +536,15 @@ impl Channel {
     pub fn forget_confirms_through(&mut self, seq: u64) -> bool {
         let mut all_ack = true;
         let keep = self.done_confirms.split_off(&(seq + 1));
-        for (_, ack) in std::mem::replace(&mut self.done_confirms, keep) {
+        for (_, (ack, _)) in std::mem::replace(&mut self.done_confirms, keep) {
             all_ack &= ack;
         }
         all_ack
     }
 
     /// Writes basic.ack/nack for completed publishes: runs below the oldest pending one
-    /// as `multiple`, later ones one by one.
+    /// as `multiple`, later ones one by one. Each publish's time to its confirm goes to
+    /// the publish latency histogram.
     pub fn emit_confirms(&mut self, conn: &Rc<Connection>) {
         if self.done_confirms.is_empty() {
             return;
@@ -544,9 +555,17 @@ impl Channel {
             .map(|(s, _)| *s)
             .unwrap_or(u64::MAX);
         let done = std::mem::take(&mut self.done_confirms);
+        let now = Instant::now();
+        crate::metrics::with(|m| {
+            for (_, received) in done.values() {
+                if let Some(t) = received {
+                    m.publish_latency(Protocol::Amqp, now.saturating_duration_since(*t));
+                }
+            }
+        });
         let mut frames: Vec<(u64, bool, bool)> = Vec::new();
         let mut run: Option<(u64, bool)> = None;
-        for (seq, ack) in done {
+        for (seq, (ack, _)) in done {
             if seq < low {
                 match run {
                     Some((_, a)) if a == ack => run = Some((seq, ack)),

@@ -7,8 +7,12 @@
 //! heartbeat task and the shard's op handler (deliveries and confirms arrive through
 //! `ShardAmqp::connection`). Output is one `BytesMut` the writer drains; the reader never
 //! waits on the writer. No `RefCell` borrow is held across an `.await`.
+//!
+//! Counted in the shard's metrics: every method frame received, by `class.method`
+//! (`portask_requests_total{protocol="amqp"}`), and every channel or connection close
+//! the broker starts, by reply code (`portask_errors_total{protocol="amqp"}`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -25,10 +29,12 @@ use super::auth::{self, Permissions};
 use super::channel::{Channel, ChannelRef};
 use super::codec::{self, Frame, FrameError};
 use super::mesh::{Delivery, Op};
+use super::methods::Actor;
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
 use super::{methods, outbox, reply, AmqpError};
 use crate::catalog::Change;
+use crate::metrics::Protocol;
 use crate::runtime::notify::{Listener, Notify};
 use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
@@ -36,6 +42,8 @@ use crate::storage::log::now_ms;
 /// How long a client has for the whole handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// On a stop, how long a connection keeps reading what its client had already sent.
+const STOP_DRAIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -51,9 +59,10 @@ pub struct Connection {
     pub id: u64,
     pub shard: Rc<Shard>,
     pub peer: SocketAddr,
-    pub user: RefCell<String>,
-    pub vhost: RefCell<String>,
-    pub perms: RefCell<Option<Permissions>>,
+    /// Set once by the handshake (start-ok, then open), read freely after.
+    user: OnceCell<String>,
+    vhost: OnceCell<String>,
+    perms: OnceCell<Permissions>,
     pub frame_max: Cell<u32>,
     pub channel_max: Cell<u16>,
     pub heartbeat: Cell<u16>,
@@ -84,9 +93,9 @@ impl Connection {
             id: shard.amqp.next_id(),
             shard: shard.clone(),
             peer,
-            user: RefCell::new(String::new()),
-            vhost: RefCell::new(String::new()),
-            perms: RefCell::new(None),
+            user: OnceCell::new(),
+            vhost: OnceCell::new(),
+            perms: OnceCell::new(),
             frame_max: Cell::new(cfg.frame_max),
             channel_max: Cell::new(cfg.channel_max),
             heartbeat: Cell::new(0),
@@ -105,8 +114,25 @@ impl Connection {
         }
     }
 
-    pub fn vhost(&self) -> String {
-        self.vhost.borrow().clone()
+    /// The vhost opened by connection.open ("" before it).
+    pub fn vhost(&self) -> &str {
+        self.vhost.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The user logged in by start-ok ("" before it).
+    pub fn user(&self) -> &str {
+        self.user.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The connection as the methods' shared code sees it: shard, vhost, user, permissions.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            shard: &self.shard,
+            vhost: self.vhost(),
+            user: self.user(),
+            perms: self.perms.get(),
+            conn: Some(self.id),
+        }
     }
 
     /// Appends to the output and wakes the writer.
@@ -167,7 +193,16 @@ impl Connection {
         }
     }
 
+    /// A method frame arrived: remembered for the close it may cause, and counted.
+    fn method_received(&self, payload: &[u8]) {
+        let (class, method) = codec::method_ids(payload);
+        self.last_method.set((class, method));
+        crate::metrics::with(|m| m.request(Protocol::Amqp, codec::method_name(class, method)));
+    }
+
+    /// Sends connection.close with an error code (counted among the AMQP errors).
     fn close_connection(&self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        crate::metrics::with(|m| m.error(Protocol::Amqp, code as i32));
         self.send_method(
             0,
             AMQPClass::Connection(conn_m::AMQPMethod::Close(conn_m::Close {
@@ -280,18 +315,22 @@ async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
     let _ = writer.close().await;
 }
 
-/// Reads into `buf` until at least one more byte arrived; false on EOF, stop or kill.
+/// Reads into `buf` until at least one more byte arrived; false on EOF, deadline, kill or
+/// (with `watch_stop`) the shard stopping.
 async fn fill(
     conn: &Rc<Connection>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     chunk: &mut [u8],
     deadline: Option<Duration>,
+    watch_stop: bool,
 ) -> Result<bool, std::io::Error> {
     let stop = Listener::new();
-    stop.listen(&conn.shard.stop);
+    if watch_stop {
+        stop.listen(&conn.shard.stop);
+    }
     stop.listen(&conn.kill);
-    if conn.shard.stopping.get() || conn.dead.get() {
+    if (watch_stop && conn.shard.stopping.get()) || conn.dead.get() {
         return Ok(false);
     }
     let read = Box::pin(stream.read(chunk));
@@ -328,6 +367,7 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             &mut buf,
             &mut chunk,
             Some(HANDSHAKE_TIMEOUT),
+            true,
         )
         .await?
         {
@@ -357,6 +397,7 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
     let mut phase = Phase::StartOk;
     let started = now_ms();
     let mut close_deadline: Option<i64> = None;
+    let mut stop_drain_until: Option<i64> = None;
     loop {
         // Every complete frame in the buffer.
         loop {
@@ -399,6 +440,24 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 }
             }
         }
+        if conn.shard.stopping.get() && phase == Phase::Running {
+            // Frames the client sent before the stop (its last acks, say) are still
+            // handled: read whatever is already on its way, briefly, then close.
+            let until = *stop_drain_until.get_or_insert(now_ms() + STOP_DRAIN.as_millis() as i64);
+            if now_ms() < until
+                && fill(
+                    conn,
+                    &mut stream,
+                    &mut buf,
+                    &mut chunk,
+                    Some(Duration::from_millis(10)),
+                    false,
+                )
+                .await?
+            {
+                continue;
+            }
+        }
         if conn.shard.stopping.get() && phase != Phase::Closing {
             conn.close_connection(
                 reply::CONNECTION_FORCED,
@@ -414,6 +473,9 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
         let limit = conn.shard.config.limits.connection_inflight_bytes;
         let waiting_since = now_ms();
         let mut blocked = false;
+        if conn.shard.amqp.outbox.bytes() > limit {
+            crate::metrics::with(|m| m.protocol(crate::metrics::Protocol::Amqp).throttled += 1);
+        }
         while conn.shard.amqp.outbox.bytes() > limit && !conn.dead.get() {
             if !blocked && conn.blocked_capable.get() && now_ms() - waiting_since > 100 {
                 blocked = true;
@@ -457,7 +519,7 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             }
         };
         let stopping_before = conn.shard.stopping.get();
-        if !fill(conn, &mut stream, &mut buf, &mut chunk, deadline).await? {
+        if !fill(conn, &mut stream, &mut buf, &mut chunk, deadline, true).await? {
             if conn.shard.stopping.get() && !stopping_before && phase == Phase::Running {
                 // The shard began stopping while we waited: tell the client (next turn).
                 continue;
@@ -511,7 +573,7 @@ fn expect_method(conn: &Connection, frame: &Frame) -> Result<AMQPClass, AmqpErro
             "UNEXPECTED_FRAME - expected a method frame on channel 0 during the handshake",
         ));
     }
-    conn.last_method.set(codec::method_ids(&frame.payload));
+    conn.method_received(&frame.payload);
     codec::decode_method(&frame.payload).ok_or_else(|| {
         AmqpError::connection(reply::SYNTAX_ERROR, "SYNTAX_ERROR - malformed method frame")
     })
@@ -545,7 +607,9 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
                 ));
             }
             match auth::authenticate(cfg, &mech, ok.response.as_bytes(), conn.peer) {
-                Ok(user) => *conn.user.borrow_mut() = user,
+                Ok(user) => {
+                    let _ = conn.user.set(user);
+                }
                 Err(e) => {
                     log::warn!("amqp login from {} refused: {e}", conn.peer);
                     // authentication_failure_close: a connection.close with 403.
@@ -600,15 +664,15 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
                     format!("NOT_ALLOWED - vhost {vhost} not found"),
                 ));
             }
-            let user = conn.user.borrow().clone();
-            let Some(perms) = Permissions::of(cfg, &user, &vhost) else {
+            let user = conn.user();
+            let Some(perms) = Permissions::of(cfg, user, &vhost) else {
                 return Err(AmqpError::connection(
                     reply::NOT_ALLOWED,
                     format!("NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}'"),
                 ));
             };
-            *conn.perms.borrow_mut() = Some(perms);
-            *conn.vhost.borrow_mut() = vhost;
+            let _ = conn.perms.set(perms);
+            let _ = conn.vhost.set(vhost);
             conn.send_method(
                 0,
                 AMQPClass::Connection(conn_m::AMQPMethod::OpenOk(conn_m::OpenOk {})),
@@ -658,7 +722,7 @@ async fn running(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError>
                 "UNEXPECTED_FRAME - content frame on channel 0",
             ));
         }
-        conn.last_method.set(codec::method_ids(&frame.payload));
+        conn.method_received(&frame.payload);
         return match codec::decode_method(&frame.payload) {
             Some(AMQPClass::Connection(conn_m::AMQPMethod::Close(c))) => {
                 log::debug!(
@@ -697,7 +761,7 @@ async fn running(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError>
     let ch = conn.channel(frame.channel);
     match frame.kind {
         codec::FRAME_METHOD => {
-            conn.last_method.set(codec::method_ids(&frame.payload));
+            conn.method_received(&frame.payload);
             let Some(method) = codec::decode_method(&frame.payload) else {
                 return Err(methods::undecodable(&frame.payload));
             };
@@ -779,6 +843,7 @@ fn channel_result(
         Err(AmqpError::Channel { code, text }) => {
             let (class_id, method_id) = conn.last_method.get();
             log::debug!("amqp channel {} of {}: {text}", ch.borrow().id, conn.peer);
+            crate::metrics::with(|m| m.error(Protocol::Amqp, code as i32));
             let id = {
                 let mut c = ch.borrow_mut();
                 c.release(conn);

@@ -143,6 +143,59 @@ pub struct ShardAmqp {
     shard_id: usize,
     shards: usize,
     pub store: store::Store,
+    /// Publishes waiting for their confirms without a channel (the HTTP API).
+    pub confirm_waits: ConfirmWaits,
+}
+
+/// Publishes waiting for their queues' confirms outside any channel: the HTTP API's
+/// publish. Each has an id from `ShardAmqp::next_id` that its `ConfirmTo` names in place
+/// of a connection, and waits for one confirm per queue it was routed to.
+#[derive(Default)]
+pub struct ConfirmWaits {
+    waits: RefCell<HashMap<u64, ConfirmWait>>,
+}
+
+struct ConfirmWait {
+    left: usize,
+    ack: bool,
+    done: futures::channel::oneshot::Sender<bool>,
+}
+
+impl ConfirmWaits {
+    /// Starts waiting for `queues` confirms under `id`; the receiver says whether every
+    /// queue acked (false: at least one refused the message).
+    pub fn wait(&self, id: u64, queues: usize) -> futures::channel::oneshot::Receiver<bool> {
+        let (done, rx) = futures::channel::oneshot::channel();
+        if queues == 0 {
+            let _ = done.send(true);
+        } else {
+            self.waits.borrow_mut().insert(
+                id,
+                ConfirmWait {
+                    left: queues,
+                    ack: true,
+                    done,
+                },
+            );
+        }
+        rx
+    }
+
+    /// `n` confirms arrived for `id`.
+    pub fn confirmed(&self, id: u64, n: usize, ack: bool) {
+        let mut waits = self.waits.borrow_mut();
+        let Some(w) = waits.get_mut(&id) else {
+            return;
+        };
+        w.left = w.left.saturating_sub(n);
+        w.ack &= ack;
+        if w.left == 0 {
+            if let Some(w) = waits.remove(&id) {
+                // The waiter may be gone (the HTTP client left): nothing to tell.
+                let _ = w.done.send(w.ack);
+            }
+        }
+    }
 }
 
 impl ShardAmqp {
@@ -157,6 +210,7 @@ impl ShardAmqp {
             shard_id,
             shards,
             store: store::Store::new(config, shard_id),
+            confirm_waits: ConfirmWaits::default(),
         }
     }
 
@@ -277,6 +331,7 @@ pub fn catalog_installed(shard: &Rc<Shard>) {
         let qref = q.borrow().qref.clone();
         shard.amqp.remove_queue(qref.id);
         q.borrow_mut().drop_all(shard);
+        crate::metrics::with(|m| m.queue_deleted(&qref.vhost, &qref.name));
         shard.amqp.store.remove_queue(shard, &qref);
         log::debug!("queue '{}' in vhost '{}' deleted", qref.name, qref.vhost);
     }

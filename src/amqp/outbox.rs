@@ -87,3 +87,11 @@ async fn flush(shard: Rc<Shard>, to: usize) {
         glommio::yield_if_needed().await;
     }
 }
+
+/// Waits until every op queued so far for shard `to` has been applied there (settles
+/// made visible before an answer that depends on them).
+pub async fn barrier(shard: &Rc<Shard>, to: usize) {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    push(shard, to, Op::Barrier { reply: tx });
+    let _ = rx.await;
+}

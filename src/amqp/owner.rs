@@ -167,7 +167,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             };
             if !q.borrow().head_paged() {
                 let r = q.borrow_mut().get(shard, no_ack);
-                let _ = reply.send(r);
+                answer_get(shard, queue.id, reply, r);
                 return;
             }
             // The head is on disk: read it back, then answer.
@@ -178,7 +178,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                     .amqp
                     .queue(queue.id)
                     .and_then(|q| q.borrow_mut().get(&shard, no_ack));
-                let _ = reply.send(r);
+                answer_get(&shard, queue.id, reply, r);
             });
         }
         Op::Stats { queue, reply } => {
@@ -264,15 +264,30 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             channel,
             seqs,
             ack,
-        } => {
-            if let Some(c) = shard.amqp.connection(conn) {
-                c.confirmed(channel, seqs, ack);
-            }
-        }
+        } => match shard.amqp.connection(conn) {
+            Some(c) => c.confirmed(channel, seqs, ack),
+            // Not a connection: a publish waiting without a channel (the HTTP API).
+            None => shard.amqp.confirm_waits.confirmed(conn, seqs.len(), ack),
+        },
         Op::Cancelled { conn, channel, cid } => {
             if let Some(c) = shard.amqp.connection(conn) {
                 c.consumer_cancelled(channel, cid);
             }
+        }
+    }
+}
+
+/// Answers a basic.get; a message nobody waits for any more (the asking task is gone)
+/// goes back to the queue as it was, unless it was taken with no-ack.
+fn answer_get(
+    shard: &Rc<Shard>,
+    qid: u64,
+    reply: futures::channel::oneshot::Sender<Option<(super::mesh::Delivery, u32)>>,
+    got: Option<(super::mesh::Delivery, u32)>,
+) {
+    if let Err(Some((d, _))) = reply.send(got) {
+        if let Some(q) = shard.amqp.queue(qid) {
+            q.borrow_mut().settle(shard, vec![d.id], Settle::Return);
         }
     }
 }

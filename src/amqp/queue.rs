@@ -8,6 +8,9 @@
 //! shards (deliveries, confirms, dead-lettered publishes) is queued in the outbox, and
 //! persistent messages of durable queues are handed to the shard's message store, whose
 //! flusher confirms them after fdatasync.
+//!
+//! Counted in the owner shard's metrics per (vhost, queue): messages enqueued (publishes
+//! the queue accepted) and dequeued (deliveries and basic.get, redeliveries included).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -254,6 +257,7 @@ impl QueueState {
             }
         }
         self.insert_ready(shard, entry);
+        crate::metrics::with(|m| m.enqueued(&self.qref.vhost, &self.qref.name, 1));
         self.run(shard);
         self.enforce_max_length(shard);
     }
@@ -439,6 +443,12 @@ impl QueueState {
             }
             self.expire_heads(shard, now);
         }
+        let delivered: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        if delivered > 0 {
+            crate::metrics::with(|m| {
+                m.dequeued(&self.qref.vhost, &self.qref.name, delivered as u64)
+            });
+        }
         for (ci, items) in batches {
             let s = &self.consumers[ci].spec;
             log::trace!(
@@ -601,6 +611,7 @@ impl QueueState {
             return None;
         }
         let e = self.pop_ready(shard)?;
+        crate::metrics::with(|m| m.dequeued(&self.qref.vhost, &self.qref.name, 1));
         let id = self.next_delivery;
         self.next_delivery += 1;
         let d = Delivery {

@@ -169,7 +169,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     e.summed(
         "portask_messages_produced_total",
         "counter",
-        "Messages taken in: Kafka records appended, AMQP messages published (topic = exchange).",
+        "Messages taken in: Kafka records appended, AMQP messages published (topic = exchange, amq.default for the default exchange).",
         produced,
     );
     e.summed(

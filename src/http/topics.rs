@@ -53,13 +53,7 @@ pub fn catalog_error(e: CatalogError) -> ApiError {
         | CatalogError::InvalidConfig(..) => ApiError::BadRequest(e.to_string()),
         CatalogError::DeleteDisabled => ApiError::Forbidden(e.to_string()),
         CatalogError::Storage(_) => ApiError::Unavailable(e.to_string()),
-        CatalogError::Amqp { code, ref text } => match code {
-            404 => ApiError::NotFound(text.clone()),
-            403 => ApiError::Forbidden(text.clone()),
-            405 => ApiError::Conflict(text.clone()),
-            406 => ApiError::BadRequest(text.clone()),
-            _ => ApiError::Internal(text.clone()),
-        },
+        CatalogError::Amqp { code, text } => super::amqp::refusal(code, text),
     }
 }
 

@@ -110,3 +110,34 @@ pub fn reply_code(e: &lapin::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// queue.declare with `passive`: whether the queue exists, as a client finds out.
+pub async fn passive_queue(ch: &Channel, name: &str) -> Result<lapin::Queue, lapin::Error> {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// exchange.declare with `passive`: whether the exchange exists.
+pub async fn passive_exchange(
+    ch: &Channel,
+    name: &str,
+    kind: lapin::ExchangeKind,
+) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}

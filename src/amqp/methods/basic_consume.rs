@@ -13,7 +13,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{basic, AMQPClass};
 use futures::channel::oneshot;
 
-use super::{allowed, lookup_queue, random_suffix};
+use super::{allowed, lookup_queue, random_suffix, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::{ConsumerSpec, Op};
@@ -26,8 +26,9 @@ pub async fn consume(
     c: basic::Consume,
 ) -> Result<(), AmqpError> {
     let queue_name = c.queue.as_str().to_owned();
-    allowed(conn, "read", "queue", &queue_name)?;
-    let (qref, _) = lookup_queue(conn, &queue_name).await?;
+    let actor = conn.actor();
+    allowed(&actor, Access::Read, "queue", &queue_name)?;
+    let (qref, _) = lookup_queue(&actor, &queue_name).await?;
     let mut tag = c.consumer_tag.as_str().to_owned();
     if tag.is_empty() {
         // The shard is in the tag so an operator (and the tests) can see where a

@@ -1,38 +1,54 @@
 //! `basic.get(queue, no-ack)` → `get-ok(delivery-tag, redelivered, exchange, routing-key,
 //! message-count)` with the content, or `get-empty`. The message is taken on the queue's
 //! owner shard; unless no-ack it stays unacked under the channel's next delivery tag.
+//!
+//! `take` (the hop to the owner) serves the HTTP API's get too.
 
 use std::rc::Rc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use futures::channel::oneshot;
 
-use super::{allowed, lookup_queue};
+use super::{allowed, lookup_queue, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::Op;
+use crate::amqp::mesh::{Delivery, Op};
+use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::runtime::shard::Shard;
 
-pub async fn get(conn: &Rc<Connection>, ch: &ChannelRef, g: basic::Get) -> Result<(), AmqpError> {
-    allowed(conn, "read", "queue", g.queue.as_str())?;
-    let (qref, _) = lookup_queue(conn, g.queue.as_str()).await?;
+/// Takes the next ready message of `queue` on its owner, with the count of ready messages
+/// left; `None` when it is empty. Unless `no_ack` the message waits on the owner, unacked,
+/// for a settle naming its delivery id (and if this future is dropped before the answer
+/// arrives, the owner puts it back).
+pub async fn take(
+    shard: &Rc<Shard>,
+    queue: &QueueRef,
+    no_ack: bool,
+) -> Result<Option<(Delivery, u32)>, AmqpError> {
     let (tx, rx) = oneshot::channel();
-    let owner = qref.owner;
     outbox::push(
-        &conn.shard,
-        owner,
+        shard,
+        queue.owner,
         Op::Get {
-            queue: qref.clone(),
-            no_ack: g.no_ack,
+            queue: queue.clone(),
+            no_ack,
             reply: tx,
         },
     );
-    let got = rx.await.map_err(|_| {
+    rx.await.map_err(|_| {
         AmqpError::connection(
             reply::INTERNAL_ERROR,
             "INTERNAL_ERROR - queue owner unreachable",
         )
-    })?;
+    })
+}
+
+pub async fn get(conn: &Rc<Connection>, ch: &ChannelRef, g: basic::Get) -> Result<(), AmqpError> {
+    let actor = conn.actor();
+    allowed(&actor, Access::Read, "queue", g.queue.as_str())?;
+    let (qref, _) = lookup_queue(&actor, g.queue.as_str()).await?;
+    let got = take(&conn.shard, &qref, g.no_ack).await?;
     let mut c = ch.borrow_mut();
     match got {
         Some((d, count)) if !c.closing => c.deliver_get(conn, &qref, d, g.no_ack, count),

@@ -8,13 +8,19 @@
 //! user is 406; an unroutable mandatory message comes back as basic.return 312 NO_ROUTE.
 //! In confirm mode the publish gets the channel's next sequence number; inside a
 //! transaction it is buffered until tx.commit.
+//!
+//! `message` (the checks on properties), `route` and `enqueue` serve the HTTP API's
+//! publish too. Counted in the shard's metrics: every publish (by exchange, the default
+//! exchange as `amq.default`) with its body bytes, and in confirm mode the time from the
+//! publish to its confirm.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
 
-use super::{allowed, no_exchange, refresh_catalog};
+use super::{allowed, no_exchange, refresh_catalog, Access, Actor};
 use crate::amqp::channel::{ChannelRef, PendingPublish, TxPublish};
 use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
@@ -22,19 +28,25 @@ use crate::amqp::mesh::{ConfirmTo, Op};
 use crate::amqp::message::{decode_headers, parse_expiration, scan_properties, Message};
 use crate::amqp::routing::{QueueRef, RouteError};
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::metrics::Protocol;
+use crate::runtime::shard::Shard;
 
 pub fn publish(
     _conn: &Rc<Connection>,
     ch: &ChannelRef,
     p: basic::Publish,
 ) -> Result<(), AmqpError> {
-    ch.borrow_mut().publish = Some(PendingPublish {
+    let mut c = ch.borrow_mut();
+    // The clock is read only where a confirm will be timed.
+    let received = c.confirm.then(Instant::now);
+    c.publish = Some(PendingPublish {
         exchange: p.exchange.as_str().to_owned(),
         routing_key: p.routing_key.as_str().to_owned(),
         mandatory: p.mandatory,
         header: None,
         body: BytesMut::new(),
         single: None,
+        received,
     });
     Ok(())
 }
@@ -130,6 +142,35 @@ async fn finish(
         Some(b) => b,
         None => p.body.freeze(),
     };
+    let msg = message(&p.exchange, &p.routing_key, properties, body, conn.user())?;
+    write_allowed(conn, ch, &p.exchange)?;
+    if ch.borrow().tx.is_some() {
+        // Routing happens at commit; the exchange must exist now.
+        route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
+        if let Some(tx) = ch.borrow_mut().tx.as_mut() {
+            tx.publishes.push(TxPublish {
+                exchange: p.exchange,
+                routing_key: p.routing_key,
+                mandatory: p.mandatory,
+                msg,
+            });
+        }
+        return Ok(());
+    }
+    let targets = route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
+    send(conn, ch, targets, msg, p.mandatory, true, p.received);
+    Ok(())
+}
+
+/// A message from its parts: the properties must parse, a `user-id` must be the
+/// authenticated user's (406 otherwise), an `expiration` a number of milliseconds (406).
+pub fn message(
+    exchange: &str,
+    routing_key: &str,
+    properties: Bytes,
+    body: Bytes,
+    user: &str,
+) -> Result<Message, AmqpError> {
     let Some(view) = scan_properties(&properties) else {
         return Err(AmqpError::connection(
             reply::FRAME_ERROR,
@@ -137,14 +178,12 @@ async fn finish(
         ));
     };
     if let Some(uid) = &view.user_id {
-        let user = conn.user.borrow();
         if uid[..] != *user.as_bytes() {
             return Err(AmqpError::channel(
                 reply::PRECONDITION_FAILED,
                 format!(
-                    "PRECONDITION_FAILED - user_id property set to '{}' but authenticated user was '{}'",
+                    "PRECONDITION_FAILED - user_id property set to '{}' but authenticated user was '{user}'",
                     String::from_utf8_lossy(uid),
-                    user
                 ),
             ));
         }
@@ -161,32 +200,15 @@ async fn finish(
         })?),
         None => None,
     };
-    let msg = Message {
-        exchange: Bytes::copy_from_slice(p.exchange.as_bytes()),
-        routing_key: Bytes::copy_from_slice(p.routing_key.as_bytes()),
+    Ok(Message {
+        exchange: Bytes::copy_from_slice(exchange.as_bytes()),
+        routing_key: Bytes::copy_from_slice(routing_key.as_bytes()),
         persistent: view.delivery_mode == Some(2),
         priority: view.priority.unwrap_or(0),
         expiration,
         properties,
         body,
-    };
-    write_allowed(conn, ch, &p.exchange)?;
-    if ch.borrow().tx.is_some() {
-        // Routing happens at commit; the exchange must exist now.
-        route(conn, &p.exchange, &p.routing_key, &msg).await?;
-        if let Some(tx) = ch.borrow_mut().tx.as_mut() {
-            tx.publishes.push(TxPublish {
-                exchange: p.exchange,
-                routing_key: p.routing_key,
-                mandatory: p.mandatory,
-                msg,
-            });
-        }
-        return Ok(());
-    }
-    let targets = route(conn, &p.exchange, &p.routing_key, &msg).await?;
-    send(conn, ch, targets, msg, p.mandatory, true);
-    Ok(())
+    })
 }
 
 /// Write permission on the exchange, cached per channel for the last exchange used.
@@ -198,7 +220,7 @@ fn write_allowed(conn: &Rc<Connection>, ch: &ChannelRef, exchange: &str) -> Resu
     let ok = match cached {
         Some(ok) => ok,
         None => {
-            let ok = allowed(conn, "write", "exchange", exchange).is_ok();
+            let ok = allowed(&conn.actor(), Access::Write, "exchange", exchange).is_ok();
             ch.borrow_mut().write_allowed = Some((exchange.to_owned(), ok));
             ok
         }
@@ -206,18 +228,24 @@ fn write_allowed(conn: &Rc<Connection>, ch: &ChannelRef, exchange: &str) -> Resu
     if ok {
         Ok(())
     } else {
-        Err(super::access_refused("write", "exchange", exchange, conn))
+        Err(super::access_refused(
+            &conn.actor(),
+            Access::Write,
+            "exchange",
+            exchange,
+        ))
     }
 }
 
-/// The queues a message reaches; 404 for a missing exchange, 403 for an internal one.
+/// The queues a message reaches (alternate exchanges included); 404 for a missing
+/// exchange, 403 for an internal one.
 pub async fn route(
-    conn: &Rc<Connection>,
+    actor: &Actor<'_>,
     exchange: &str,
     routing_key: &str,
     msg: &Message,
 ) -> Result<Vec<QueueRef>, AmqpError> {
-    let vhost = conn.vhost();
+    let vhost = actor.vhost;
     let props = msg.properties.clone();
     let mut headers = move || {
         scan_properties(&props)
@@ -226,24 +254,86 @@ pub async fn route(
             .unwrap_or_default()
     };
     for attempt in 0..2 {
-        let router = conn.shard.amqp.router(&conn.shard);
-        if router.exchange_internal(&vhost, exchange) == Some(true) {
+        let router = actor.shard.amqp.router(actor.shard);
+        if router.exchange_internal(vhost, exchange) == Some(true) {
             return Err(AmqpError::channel(
                 reply::ACCESS_REFUSED,
                 format!("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
             ));
         }
-        match router.route(&vhost, exchange, routing_key, &mut headers) {
+        match router.route(vhost, exchange, routing_key, &mut headers) {
             Ok(t) => return Ok(t),
-            Err(RouteError::NoExchange) if attempt == 0 => refresh_catalog(conn).await,
+            Err(RouteError::NoExchange) if attempt == 0 => refresh_catalog(actor.shard).await,
             Err(RouteError::NoExchange) => {}
         }
     }
-    Err(no_exchange(conn, exchange))
+    Err(no_exchange(actor, exchange))
+}
+
+/// The flow name an exchange is counted under in the metrics (`amq.default` for "").
+pub fn exchange_label(exchange: &[u8]) -> &str {
+    match std::str::from_utf8(exchange) {
+        Ok("") | Err(_) => "amq.default",
+        Ok(name) => name,
+    }
+}
+
+/// Hands a routed message to each of its queues' owners (one op each, through the
+/// outbox), with the confirm each owner sends once the queue has it.
+pub fn enqueue(
+    shard: &Rc<Shard>,
+    targets: Vec<QueueRef>,
+    msg: Message,
+    confirm: Option<ConfirmTo>,
+) {
+    for q in targets {
+        let owner = q.owner;
+        outbox::push(
+            shard,
+            owner,
+            Op::Publish {
+                queue: q,
+                msg: msg.clone(),
+                confirm,
+            },
+        );
+    }
+}
+
+/// Publishes without a channel (the HTTP API): write permission on the exchange, the
+/// same routing, then waits until every queue it reached has it — a persistent message on
+/// a durable queue once fdatasync'ed — as a publisher confirm would. Returns the queues
+/// reached and whether all of them accepted it (false: one refused it, a nack).
+pub async fn publish_confirmed(
+    actor: &Actor<'_>,
+    exchange: &str,
+    routing_key: &str,
+    msg: Message,
+) -> Result<(usize, bool), AmqpError> {
+    allowed(actor, Access::Write, "exchange", exchange)?;
+    let targets = route(actor, exchange, routing_key, &msg).await?;
+    let reached = targets.len();
+    let wait = actor.shard.amqp.next_id();
+    let confirmed = actor.shard.amqp.confirm_waits.wait(wait, reached);
+    let confirm = ConfirmTo {
+        shard: actor.shard.id,
+        conn: wait,
+        channel: 0,
+        seq: 0,
+    };
+    enqueue(actor.shard, targets, msg, Some(confirm));
+    let acked = confirmed.await.map_err(|_| {
+        AmqpError::connection(
+            reply::INTERNAL_ERROR,
+            "INTERNAL_ERROR - the queues' confirms were lost",
+        )
+    })?;
+    Ok((reached, acked))
 }
 
 /// Sends a routed message to its queues' owners; a mandatory message that reached no
 /// queue comes back as basic.return. With `confirmable`, a confirm-mode channel numbers it.
+#[allow(clippy::too_many_arguments)]
 pub fn send(
     conn: &Rc<Connection>,
     ch: &ChannelRef,
@@ -251,7 +341,16 @@ pub fn send(
     msg: Message,
     mandatory: bool,
     confirmable: bool,
+    received: Option<Instant>,
 ) -> Option<u64> {
+    crate::metrics::with(|m| {
+        m.produced(
+            Protocol::Amqp,
+            exchange_label(&msg.exchange),
+            1,
+            msg.body.len() as u64,
+        )
+    });
     if targets.is_empty() && mandatory {
         let id = ch.borrow().id;
         let frame_max = conn.frame_max.get();
@@ -269,7 +368,10 @@ pub fn send(
     let (seq, id) = {
         let mut c = ch.borrow_mut();
         let track = confirmable && (c.confirm || c.tx.is_some());
-        (track.then(|| c.track_publish(targets.len() as u32)), c.id)
+        (
+            track.then(|| c.track_publish(targets.len() as u32, received)),
+            c.id,
+        )
     };
     let confirm = seq.map(|seq| ConfirmTo {
         shard: conn.shard.id,
@@ -277,18 +379,7 @@ pub fn send(
         channel: id,
         seq,
     });
-    for q in targets {
-        let owner = q.owner;
-        outbox::push(
-            &conn.shard,
-            owner,
-            Op::Publish {
-                queue: q,
-                msg: msg.clone(),
-                confirm,
-            },
-        );
-    }
+    enqueue(&conn.shard, targets, msg, confirm);
     if seq.is_some() && ch.borrow().confirm {
         // Unroutable publishes are confirmed at once (after any basic.return).
         ch.borrow_mut().emit_confirms(conn);

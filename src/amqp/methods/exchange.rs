@@ -7,12 +7,16 @@
 //!   if-unused and it has bindings; 403 on the default and `amq.*` exchanges).
 //! - `exchange.bind/unbind(destination, source, routing-key, nowait, arguments)` →
 //!   `bind-ok`/`unbind-ok`: exchange-to-exchange bindings.
+//!
+//! The checks and changes behind them (`new_exchange`, `declare_exchange`,
+//! `delete_exchange`, `exchange_binding`) take an `Actor`, and serve the HTTP API too.
 
 use std::rc::Rc;
 
 use amq_protocol::protocol::{exchange as ex, AMQPClass};
+use amq_protocol::types::FieldTable;
 
-use super::{allowed, change, exchange_exists, no_exchange};
+use super::{allowed, apply_binding, change, known_exchange, Access, Actor};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::topology::{
@@ -27,28 +31,20 @@ fn reply_to(conn: &Connection, ch: &ChannelRef, nowait: bool, m: ex::AMQPMethod)
     }
 }
 
-pub async fn declare(
-    conn: &Rc<Connection>,
-    ch: &ChannelRef,
-    d: ex::Declare,
-) -> Result<(), AmqpError> {
-    let name = d.exchange.as_str().to_owned();
-    if d.passive {
-        if !exchange_exists(conn, &name).await {
-            return Err(no_exchange(conn, &name));
-        }
-        reply_to(
-            conn,
-            ch,
-            d.nowait,
-            ex::AMQPMethod::DeclareOk(ex::DeclareOk {}),
-        );
-        return Ok(());
-    }
-    let Some(kind) = ExchangeKind::parse(d.kind.as_str()) else {
+/// The exchange a declare describes: an unknown type is 503 COMMAND_INVALID, the
+/// default exchange 403; `alternate-exchange` is taken from the arguments.
+pub fn new_exchange(
+    name: &str,
+    kind: &str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: &FieldTable,
+) -> Result<Exchange, AmqpError> {
+    let Some(kind) = ExchangeKind::parse(kind) else {
         return Err(AmqpError::connection(
             reply::COMMAND_INVALID,
-            format!("COMMAND_INVALID - unknown exchange type '{}'", d.kind),
+            format!("COMMAND_INVALID - unknown exchange type '{kind}'"),
         ));
     };
     if name.is_empty() {
@@ -57,29 +53,74 @@ pub async fn declare(
             "ACCESS_REFUSED - operation not permitted on the default exchange",
         ));
     }
-    allowed(conn, "configure", "exchange", &name)?;
-    let alternate = d
-        .arguments
+    let alternate = arguments
         .inner()
         .get("alternate-exchange")
         .and_then(str_value);
-    let exchange = Exchange {
-        name,
+    Ok(Exchange {
+        name: name.to_owned(),
         kind,
-        durable: d.durable,
-        auto_delete: d.auto_delete,
-        internal: d.internal,
-        arguments: encode_table(&d.arguments),
+        durable,
+        auto_delete,
+        internal,
+        arguments: encode_table(arguments),
         alternate,
-    };
+    })
+}
+
+/// Declares `exchange` (configure permission; the catalog writer refuses `amq.*` and a
+/// redeclare with other properties).
+pub async fn declare_exchange(actor: &Actor<'_>, exchange: Exchange) -> Result<(), AmqpError> {
+    allowed(actor, Access::Configure, "exchange", &exchange.name)?;
     change(
-        conn,
+        actor.shard,
         Change::Amqp(TopologyChange::DeclareExchange {
-            vhost: conn.vhost(),
+            vhost: actor.vhost.to_owned(),
             exchange,
         }),
     )
-    .await?;
+    .await
+}
+
+/// Deletes an exchange (idempotent; 406 when `if_unused` and it is a binding's source,
+/// 403 on the default and `amq.*` exchanges).
+pub async fn delete_exchange(
+    actor: &Actor<'_>,
+    name: &str,
+    if_unused: bool,
+) -> Result<(), AmqpError> {
+    allowed(actor, Access::Configure, "exchange", name)?;
+    change(
+        actor.shard,
+        Change::Amqp(TopologyChange::DeleteExchange {
+            vhost: actor.vhost.to_owned(),
+            name: name.to_owned(),
+            if_unused,
+        }),
+    )
+    .await
+}
+
+pub async fn declare(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    d: ex::Declare,
+) -> Result<(), AmqpError> {
+    let actor = conn.actor();
+    let name = d.exchange.as_str();
+    if d.passive {
+        known_exchange(&actor, name).await?;
+    } else {
+        let exchange = new_exchange(
+            name,
+            d.kind.as_str(),
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            &d.arguments,
+        )?;
+        declare_exchange(&actor, exchange).await?;
+    }
     reply_to(
         conn,
         ch,
@@ -94,17 +135,7 @@ pub async fn delete(
     ch: &ChannelRef,
     d: ex::Delete,
 ) -> Result<(), AmqpError> {
-    let name = d.exchange.as_str().to_owned();
-    allowed(conn, "configure", "exchange", &name)?;
-    change(
-        conn,
-        Change::Amqp(TopologyChange::DeleteExchange {
-            vhost: conn.vhost(),
-            name,
-            if_unused: d.if_unused,
-        }),
-    )
-    .await?;
+    delete_exchange(&conn.actor(), d.exchange.as_str(), d.if_unused).await?;
     reply_to(
         conn,
         ch,
@@ -114,19 +145,19 @@ pub async fn delete(
     Ok(())
 }
 
-async fn binding(
-    conn: &Rc<Connection>,
+/// An exchange-to-exchange binding, checked: write permission on the destination, read
+/// on the source, both existing.
+pub async fn exchange_binding(
+    actor: &Actor<'_>,
     destination: &str,
     source: &str,
     routing_key: &str,
-    arguments: &amq_protocol::types::FieldTable,
+    arguments: &FieldTable,
 ) -> Result<Binding, AmqpError> {
-    allowed(conn, "write", "exchange", destination)?;
-    allowed(conn, "read", "exchange", source)?;
+    allowed(actor, Access::Write, "exchange", destination)?;
+    allowed(actor, Access::Read, "exchange", source)?;
     for name in [source, destination] {
-        if !exchange_exists(conn, name).await {
-            return Err(no_exchange(conn, name));
-        }
+        known_exchange(actor, name).await?;
     }
     Ok(Binding {
         source: source.to_owned(),
@@ -138,15 +169,16 @@ async fn binding(
 }
 
 pub async fn bind(conn: &Rc<Connection>, ch: &ChannelRef, b: ex::Bind) -> Result<(), AmqpError> {
-    let binding = binding(
-        conn,
+    let actor = conn.actor();
+    let binding = exchange_binding(
+        &actor,
         b.destination.as_str(),
         b.source.as_str(),
         b.routing_key.as_str(),
         &b.arguments,
     )
     .await?;
-    super::apply_binding(conn, binding, true).await?;
+    apply_binding(&actor, binding, true).await?;
     reply_to(conn, ch, b.nowait, ex::AMQPMethod::BindOk(ex::BindOk {}));
     Ok(())
 }
@@ -156,15 +188,16 @@ pub async fn unbind(
     ch: &ChannelRef,
     u: ex::Unbind,
 ) -> Result<(), AmqpError> {
-    let binding = binding(
-        conn,
+    let actor = conn.actor();
+    let binding = exchange_binding(
+        &actor,
         u.destination.as_str(),
         u.source.as_str(),
         u.routing_key.as_str(),
         &u.arguments,
     )
     .await?;
-    super::apply_binding(conn, binding, false).await?;
+    apply_binding(&actor, binding, false).await?;
     reply_to(
         conn,
         ch,

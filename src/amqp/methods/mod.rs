@@ -21,12 +21,14 @@ use amq_protocol::protocol::{
 };
 use bytes::Bytes;
 
+use super::auth::Permissions;
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::routing::QueueRef;
 use super::topology::Queue;
 use super::{reply, AmqpError};
 use crate::catalog::{CatalogError, Change};
+use crate::runtime::shard::Shard;
 
 /// Runs the handler of one method.
 pub async fn dispatch(
@@ -125,6 +127,38 @@ pub fn undecodable(payload: &[u8]) -> AmqpError {
     }
 }
 
+/// Who acts on the topology or moves messages, and where: the shard doing the work, the
+/// vhost, the user and their permissions there, and the AMQP connection if there is one
+/// (an exclusive queue belongs to its connection; the HTTP API has none). The shared code
+/// of the methods below takes an `Actor`, so an AMQP method and its HTTP form
+/// (`crate::http::amqp`) run the same checks and the same changes.
+pub struct Actor<'a> {
+    pub shard: &'a Rc<Shard>,
+    pub vhost: &'a str,
+    pub user: &'a str,
+    /// `None`: no permissions at all in this vhost.
+    pub perms: Option<&'a Permissions>,
+    pub conn: Option<u64>,
+}
+
+/// The three kinds of AMQP permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Configure,
+    Write,
+    Read,
+}
+
+impl Access {
+    fn as_str(self) -> &'static str {
+        match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        }
+    }
+}
+
 /// A catalog refusal as the client sees it.
 pub fn catalog_error(e: CatalogError) -> AmqpError {
     match e {
@@ -134,8 +168,8 @@ pub fn catalog_error(e: CatalogError) -> AmqpError {
 }
 
 /// Applies one catalog change through the writer (read-your-writes on return).
-pub async fn change(conn: &Rc<Connection>, c: Change) -> Result<(), AmqpError> {
-    let r = conn.shard.change_catalog(vec![c], false).await;
+pub async fn change(shard: &Rc<Shard>, c: Change) -> Result<(), AmqpError> {
+    let r = shard.change_catalog(vec![c], false).await;
     match r.into_iter().next() {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(catalog_error(e)),
@@ -149,69 +183,68 @@ pub async fn change(conn: &Rc<Connection>, c: Change) -> Result<(), AmqpError> {
 /// Adds (`bind`) or removes a binding through the catalog writer: queue.bind/unbind and
 /// exchange.bind/unbind differ only in how they check and build the binding.
 pub async fn apply_binding(
-    conn: &Rc<Connection>,
+    actor: &Actor<'_>,
     binding: super::topology::Binding,
     bind: bool,
 ) -> Result<(), AmqpError> {
     use super::topology::TopologyChange;
-    let vhost = conn.vhost();
+    let vhost = actor.vhost.to_owned();
     let c = if bind {
         TopologyChange::Bind { vhost, binding }
     } else {
         TopologyChange::Unbind { vhost, binding }
     };
-    change(conn, Change::Amqp(c)).await
+    change(actor.shard, Change::Amqp(c)).await
 }
 
 /// Brings this shard's replica up to the writer's latest version; used before
 /// answering NOT_FOUND, since a change made on another shard may still be on its way.
-pub async fn refresh_catalog(conn: &Rc<Connection>) {
-    if conn.shard.id != 0 {
-        conn.shard.change_catalog(Vec::new(), false).await;
+pub async fn refresh_catalog(shard: &Rc<Shard>) {
+    if shard.id != 0 {
+        shard.change_catalog(Vec::new(), false).await;
     }
 }
 
-pub fn access_refused(what: &str, kind: &str, name: &str, conn: &Connection) -> AmqpError {
+pub fn access_refused(actor: &Actor<'_>, what: Access, kind: &str, name: &str) -> AmqpError {
     let shown = if name.is_empty() { "amq.default" } else { name };
     AmqpError::channel(
         reply::ACCESS_REFUSED,
         format!(
-            "ACCESS_REFUSED - access to {kind} '{shown}' in vhost '{}' refused for user '{}' ({what})",
-            conn.vhost.borrow(),
-            conn.user.borrow()
+            "ACCESS_REFUSED - access to {kind} '{shown}' in vhost '{}' refused for user '{}' ({})",
+            actor.vhost,
+            actor.user,
+            what.as_str()
         ),
     )
 }
 
-/// Checks a permission of the connection's user.
-pub fn allowed(conn: &Connection, what: &str, kind: &str, name: &str) -> Result<(), AmqpError> {
-    let ok = match conn.perms.borrow().as_ref() {
+/// Checks a permission of the acting user.
+pub fn allowed(actor: &Actor<'_>, what: Access, kind: &str, name: &str) -> Result<(), AmqpError> {
+    let ok = match actor.perms {
         Some(p) => match what {
-            "configure" => p.configure(name),
-            "write" => p.write(name),
-            _ => p.read(name),
+            Access::Configure => p.configure(name),
+            Access::Write => p.write(name),
+            Access::Read => p.read(name),
         },
         None => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(access_refused(what, kind, name, conn))
+        Err(access_refused(actor, what, kind, name))
     }
 }
 
 /// A declared queue: its reference for ops and its definition. NOT_FOUND after a
-/// refresh; RESOURCE_LOCKED when it is another connection's exclusive queue.
-pub async fn lookup_queue(
-    conn: &Rc<Connection>,
-    name: &str,
-) -> Result<(QueueRef, Queue), AmqpError> {
-    let vhost = conn.vhost();
+/// refresh; RESOURCE_LOCKED when it is another connection's exclusive queue (every
+/// exclusive queue, for an actor without a connection).
+pub async fn lookup_queue(actor: &Actor<'_>, name: &str) -> Result<(QueueRef, Queue), AmqpError> {
+    let vhost = actor.vhost;
     for attempt in 0..2 {
-        let state = conn.shard.catalog.current();
-        if let Some(def) = state.amqp.get(&vhost).and_then(|t| t.queues.get(name)) {
+        let state = actor.shard.catalog.current();
+        if let Some(def) = state.amqp.get(vhost).and_then(|t| t.queues.get(name)) {
             if let Some(owner) = def.exclusive_owner {
-                if owner != conn.id {
+                if Some(owner) != actor.conn {
                     return Err(AmqpError::channel(
                         reply::RESOURCE_LOCKED,
                         format!(
@@ -220,13 +253,13 @@ pub async fn lookup_queue(
                     ));
                 }
             }
-            let router = conn.shard.amqp.router(&conn.shard);
-            if let Some(q) = router.queue(&vhost, name) {
+            let router = actor.shard.amqp.router(actor.shard);
+            if let Some(q) = router.queue(vhost, name) {
                 return Ok((q.clone(), def.clone()));
             }
         }
         if attempt == 0 {
-            refresh_catalog(conn).await;
+            refresh_catalog(actor.shard).await;
         }
     }
     Err(AmqpError::channel(
@@ -236,30 +269,39 @@ pub async fn lookup_queue(
 }
 
 /// Whether an exchange exists (refreshing the replica once before saying no).
-pub async fn exchange_exists(conn: &Rc<Connection>, name: &str) -> bool {
-    let vhost = conn.vhost();
-    let has = |conn: &Rc<Connection>| {
-        conn.shard
+pub async fn exchange_exists(actor: &Actor<'_>, name: &str) -> bool {
+    let has = || {
+        actor
+            .shard
             .catalog
             .current()
             .amqp
-            .get(&vhost)
+            .get(actor.vhost)
             .map(|t| t.has_exchange(name))
             .unwrap_or_else(|| super::topology::builtin_exchange(name).is_some())
     };
-    if has(conn) {
+    if has() {
         return true;
     }
-    refresh_catalog(conn).await;
-    has(conn)
+    refresh_catalog(actor.shard).await;
+    has()
 }
 
-pub fn no_exchange(conn: &Connection, name: &str) -> AmqpError {
+/// NOT_FOUND unless the exchange exists (refreshing the replica once before saying so).
+pub async fn known_exchange(actor: &Actor<'_>, name: &str) -> Result<(), AmqpError> {
+    if exchange_exists(actor, name).await {
+        Ok(())
+    } else {
+        Err(no_exchange(actor, name))
+    }
+}
+
+pub fn no_exchange(actor: &Actor<'_>, name: &str) -> AmqpError {
     AmqpError::channel(
         reply::NOT_FOUND,
         format!(
             "NOT_FOUND - no exchange '{name}' in vhost '{}'",
-            conn.vhost.borrow()
+            actor.vhost
         ),
     )
 }

@@ -9,21 +9,29 @@
 //! - `queue.purge(queue, nowait)` → `purge-ok(message-count)`.
 //! - `queue.delete(queue, if-unused, if-empty, nowait)` → `delete-ok(message-count)`,
 //!   decided by the owner shard, which knows the queue's consumers and messages.
+//!
+//! The checks and changes behind them (`declare_queue`, `queue_binding`, `purge_queue`,
+//! `delete_queue`, `queue_stats`) take an `Actor`, and serve the HTTP API too.
 
 use std::rc::Rc;
 
 use amq_protocol::protocol::{queue as qm, AMQPClass};
+use amq_protocol::types::FieldTable;
 use futures::channel::oneshot;
 
-use super::{allowed, change, exchange_exists, lookup_queue, no_exchange, random_suffix};
+use super::{
+    allowed, apply_binding, change, known_exchange, lookup_queue, random_suffix, Access, Actor,
+};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::Op;
+use crate::amqp::routing::QueueRef;
 use crate::amqp::topology::{
     encode_table, parse_queue_args, Binding, DestKind, Queue, TopologyChange,
 };
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::catalog::Change;
+use crate::runtime::shard::Shard;
 
 fn answer(conn: &Connection, ch: &ChannelRef, nowait: bool, m: qm::AMQPMethod) {
     if !nowait {
@@ -38,24 +46,36 @@ fn gone() -> AmqpError {
     )
 }
 
-pub async fn declare(
-    conn: &Rc<Connection>,
-    ch: &ChannelRef,
-    d: qm::Declare,
-) -> Result<(), AmqpError> {
-    let vhost = conn.vhost();
-    let mut name = d.queue.as_str().to_owned();
-    if d.passive {
-        let (qref, _) = lookup_queue(conn, &name).await?;
-        let stats = stats(conn, qref).await?;
-        answer(conn, ch, d.nowait, ok(&name, stats));
-        return Ok(());
-    }
-    if name.is_empty() {
-        name = format!("amq.gen-{}", random_suffix(&format!("{}", conn.id)));
-    }
-    allowed(conn, "configure", "queue", &name)?;
-    let args = parse_queue_args(&name, &vhost, &d.arguments)
+/// What a declare did.
+pub struct Declared {
+    pub name: String,
+    pub queue: QueueRef,
+    pub def: Queue,
+    /// This declare made the queue (rather than finding an equivalent one).
+    pub created: bool,
+}
+
+/// Declares a queue: an empty name gets a server name `amq.gen-…`; configure permission;
+/// the arguments validated (406); the catalog writer refuses a redeclare with other
+/// properties (406), another connection's exclusive queue (405) and `amq.*` names (403).
+/// `exclusive` makes the actor's connection the owner.
+pub async fn declare_queue(
+    actor: &Actor<'_>,
+    name: &str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    arguments: &FieldTable,
+) -> Result<Declared, AmqpError> {
+    let vhost = actor.vhost;
+    let name = if name.is_empty() {
+        let seed = format!("{}{:?}", actor.shard.id, actor.conn);
+        format!("amq.gen-{}", random_suffix(&seed))
+    } else {
+        name.to_owned()
+    };
+    allowed(actor, Access::Configure, "queue", &name)?;
+    let args = parse_queue_args(&name, vhost, arguments)
         .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
     let id = u64::from_be_bytes(
         crate::catalog::new_topic_id(&name)[..8]
@@ -65,26 +85,60 @@ pub async fn declare(
     let queue = Queue {
         name: name.clone(),
         id,
-        durable: d.durable,
-        exclusive_owner: d.exclusive.then_some(conn.id),
-        auto_delete: d.auto_delete,
-        arguments: encode_table(&d.arguments),
+        durable,
+        exclusive_owner: if exclusive { actor.conn } else { None },
+        auto_delete,
+        arguments: encode_table(arguments),
         args,
     };
     change(
-        conn,
+        actor.shard,
         Change::Amqp(TopologyChange::DeclareQueue {
-            vhost: vhost.clone(),
+            vhost: vhost.to_owned(),
             queue,
         }),
     )
     .await?;
-    let (qref, def) = lookup_queue(conn, &name).await?;
-    if def.id == id && d.exclusive {
-        conn.exclusive.borrow_mut().push((vhost, name.clone(), id));
+    let (queue, def) = lookup_queue(actor, &name).await?;
+    Ok(Declared {
+        created: def.id == id,
+        name,
+        queue,
+        def,
+    })
+}
+
+pub async fn declare(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    d: qm::Declare,
+) -> Result<(), AmqpError> {
+    let actor = conn.actor();
+    if d.passive {
+        let name = d.queue.as_str();
+        let (qref, _) = lookup_queue(&actor, name).await?;
+        let stats = queue_stats(&conn.shard, qref).await?;
+        answer(conn, ch, d.nowait, ok(name, stats));
+        return Ok(());
     }
-    let stats = stats(conn, qref).await?;
-    answer(conn, ch, d.nowait, ok(&name, stats));
+    let declared = declare_queue(
+        &actor,
+        d.queue.as_str(),
+        d.durable,
+        d.exclusive,
+        d.auto_delete,
+        &d.arguments,
+    )
+    .await?;
+    if declared.created && d.exclusive {
+        conn.exclusive.borrow_mut().push((
+            actor.vhost.to_owned(),
+            declared.name.clone(),
+            declared.def.id,
+        ));
+    }
+    let stats = queue_stats(&conn.shard, declared.queue).await?;
+    answer(conn, ch, d.nowait, ok(&declared.name, stats));
     Ok(())
 }
 
@@ -96,14 +150,12 @@ fn ok(name: &str, (messages, consumers): (u32, u32)) -> qm::AMQPMethod {
     })
 }
 
-async fn stats(
-    conn: &Rc<Connection>,
-    qref: crate::amqp::routing::QueueRef,
-) -> Result<(u32, u32), AmqpError> {
+/// (messages ready, consumers) of a queue, from its owner.
+pub async fn queue_stats(shard: &Rc<Shard>, qref: QueueRef) -> Result<(u32, u32), AmqpError> {
     let (tx, rx) = oneshot::channel();
     let owner = qref.owner;
     outbox::push(
-        &conn.shard,
+        shard,
         owner,
         Op::Stats {
             queue: qref,
@@ -117,19 +169,19 @@ async fn stats(
     }
 }
 
-async fn queue_binding(
-    conn: &Rc<Connection>,
+/// A queue binding, checked: write permission on the queue, read on the exchange, both
+/// existing.
+pub async fn queue_binding(
+    actor: &Actor<'_>,
     queue: &str,
     exchange: &str,
     routing_key: &str,
-    arguments: &amq_protocol::types::FieldTable,
+    arguments: &FieldTable,
 ) -> Result<Binding, AmqpError> {
-    allowed(conn, "write", "queue", queue)?;
-    allowed(conn, "read", "exchange", exchange)?;
-    lookup_queue(conn, queue).await?;
-    if !exchange_exists(conn, exchange).await {
-        return Err(no_exchange(conn, exchange));
-    }
+    allowed(actor, Access::Write, "queue", queue)?;
+    allowed(actor, Access::Read, "exchange", exchange)?;
+    lookup_queue(actor, queue).await?;
+    known_exchange(actor, exchange).await?;
     Ok(Binding {
         source: exchange.to_owned(),
         destination: queue.to_owned(),
@@ -140,15 +192,16 @@ async fn queue_binding(
 }
 
 pub async fn bind(conn: &Rc<Connection>, ch: &ChannelRef, b: qm::Bind) -> Result<(), AmqpError> {
+    let actor = conn.actor();
     let binding = queue_binding(
-        conn,
+        &actor,
         b.queue.as_str(),
         b.exchange.as_str(),
         b.routing_key.as_str(),
         &b.arguments,
     )
     .await?;
-    super::apply_binding(conn, binding, true).await?;
+    apply_binding(&actor, binding, true).await?;
     answer(conn, ch, b.nowait, qm::AMQPMethod::BindOk(qm::BindOk {}));
     Ok(())
 }
@@ -158,33 +211,39 @@ pub async fn unbind(
     ch: &ChannelRef,
     u: qm::Unbind,
 ) -> Result<(), AmqpError> {
+    let actor = conn.actor();
     let binding = queue_binding(
-        conn,
+        &actor,
         u.queue.as_str(),
         u.exchange.as_str(),
         u.routing_key.as_str(),
         &u.arguments,
     )
     .await?;
-    super::apply_binding(conn, binding, false).await?;
+    apply_binding(&actor, binding, false).await?;
     answer(conn, ch, false, qm::AMQPMethod::UnbindOk(qm::UnbindOk {}));
     Ok(())
 }
 
-pub async fn purge(conn: &Rc<Connection>, ch: &ChannelRef, p: qm::Purge) -> Result<(), AmqpError> {
-    allowed(conn, "read", "queue", p.queue.as_str())?;
-    let (qref, _) = lookup_queue(conn, p.queue.as_str()).await?;
+/// Drops a queue's ready messages on its owner (read permission); returns how many.
+pub async fn purge_queue(actor: &Actor<'_>, name: &str) -> Result<u32, AmqpError> {
+    allowed(actor, Access::Read, "queue", name)?;
+    let (qref, _) = lookup_queue(actor, name).await?;
     let (tx, rx) = oneshot::channel();
     let owner = qref.owner;
     outbox::push(
-        &conn.shard,
+        actor.shard,
         owner,
         Op::Purge {
             queue: qref,
             reply: tx,
         },
     );
-    let n = rx.await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+pub async fn purge(conn: &Rc<Connection>, ch: &ChannelRef, p: qm::Purge) -> Result<(), AmqpError> {
+    let n = purge_queue(&conn.actor(), p.queue.as_str()).await?;
     answer(
         conn,
         ch,
@@ -194,53 +253,58 @@ pub async fn purge(conn: &Rc<Connection>, ch: &ChannelRef, p: qm::Purge) -> Resu
     Ok(())
 }
 
-pub async fn delete(
-    conn: &Rc<Connection>,
-    ch: &ChannelRef,
-    d: qm::Delete,
-) -> Result<(), AmqpError> {
-    allowed(conn, "configure", "queue", d.queue.as_str())?;
-    let qref = match lookup_queue(conn, d.queue.as_str()).await {
-        Ok((q, _)) => q,
-        // Deleting a queue that does not exist succeeds, as in RabbitMQ.
-        Err(AmqpError::Channel {
-            code: reply::NOT_FOUND,
-            ..
-        }) => {
-            answer(
-                conn,
-                ch,
-                d.nowait,
-                qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: 0 }),
-            );
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+/// Deletes a queue (configure permission), decided by its owner: 406 when `if_unused`
+/// and it has consumers or `if_empty` and it has messages; 404 when it does not exist.
+/// Returns the ready messages it had.
+pub async fn delete_queue(
+    actor: &Actor<'_>,
+    name: &str,
+    if_unused: bool,
+    if_empty: bool,
+) -> Result<u32, AmqpError> {
+    allowed(actor, Access::Configure, "queue", name)?;
+    let (qref, _) = lookup_queue(actor, name).await?;
     let (tx, rx) = oneshot::channel();
     let owner = qref.owner;
     outbox::push(
-        &conn.shard,
+        actor.shard,
         owner,
         Op::Delete {
             queue: qref,
-            if_unused: d.if_unused,
-            if_empty: d.if_empty,
+            if_unused,
+            if_empty,
             reply: tx,
         },
     );
     match rx.await {
         Ok(Ok((n, state))) => {
-            conn.shard.install_catalog(state);
-            answer(
-                conn,
-                ch,
-                d.nowait,
-                qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n }),
-            );
-            Ok(())
+            actor.shard.install_catalog(state);
+            Ok(n)
         }
         Ok(Err((code, text))) => Err(AmqpError::from_code(code, text)),
         Err(_) => Err(gone()),
     }
+}
+
+pub async fn delete(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    d: qm::Delete,
+) -> Result<(), AmqpError> {
+    let n = match delete_queue(&conn.actor(), d.queue.as_str(), d.if_unused, d.if_empty).await {
+        Ok(n) => n,
+        // Deleting a queue that does not exist succeeds, as in RabbitMQ.
+        Err(AmqpError::Channel {
+            code: reply::NOT_FOUND,
+            ..
+        }) => 0,
+        Err(e) => return Err(e),
+    };
+    answer(
+        conn,
+        ch,
+        d.nowait,
+        qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n }),
+    );
+    Ok(())
 }

@@ -57,8 +57,8 @@ pub async fn commit(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpEr
     };
     let mut last = None;
     for p in work.publishes {
-        let targets = route(conn, &p.exchange, &p.routing_key, &p.msg).await?;
-        if let Some(seq) = send(conn, ch, targets, p.msg, p.mandatory, true) {
+        let targets = route(&conn.actor(), &p.exchange, &p.routing_key, &p.msg).await?;
+        if let Some(seq) = send(conn, ch, targets, p.msg, p.mandatory, true, None) {
             last = Some(seq);
         }
     }

@@ -1,0 +1,167 @@
+//! HTTP figures against a running broker:
+//! - REST produce: `--requests` POSTs of `--batch` 1 KiB records each (acks=all) on one
+//!   keep-alive connection per `--clients` thread; records per second and request p50/p99;
+//! - scrape: `GET /metrics` and `GET /api/v1/overview` with `--partitions` partitions in
+//!   the catalog; median and p99 time per scrape.
+//!
+//! `cargo bench --bench http -- --url http://127.0.0.1:8080 [--user guest:guest]
+//!  [--requests N] [--batch N] [--clients N] [--partitions N]`
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+struct Args {
+    url: String,
+    auth: String,
+    requests: usize,
+    batch: usize,
+    clients: usize,
+    partitions: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        url: "http://127.0.0.1:8080".into(),
+        auth: "guest:guest".into(),
+        requests: 2000,
+        batch: 100,
+        clients: 2,
+        partitions: 100,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned();
+        let num =
+            |v: &Option<String>, d: usize| v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(d);
+        match (argv[i].as_str(), &value) {
+            ("--url", Some(v)) => a.url = v.clone(),
+            ("--user", Some(v)) => a.auth = v.clone(),
+            ("--requests", v) => a.requests = num(v, a.requests),
+            ("--batch", v) => a.batch = num(v, a.batch),
+            ("--clients", v) => a.clients = num(v, a.clients),
+            ("--partitions", v) => a.partitions = num(v, a.partitions),
+            ("--bench", _) => {
+                i += 1;
+                continue;
+            }
+            (other, _) => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    let a = args();
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(&a.auth)
+    );
+    let agent = ureq::AgentBuilder::new().build();
+    // Topic creation answers 201, or 409 when the topic is there from an earlier run.
+    let post = |path: &str, body: &str| {
+        let _ = agent
+            .post(&format!("{}{path}", a.url))
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/json")
+            .send_string(body);
+    };
+    post("/api/v1/topics", r#"{"name":"http-bench","partitions":2}"#);
+    let many = format!(
+        r#"{{"name":"http-bench-many","partitions":{}}}"#,
+        a.partitions
+    );
+    post("/api/v1/topics", &many);
+
+    // REST produce.
+    let value = "x".repeat(1024);
+    let records: Vec<String> = (0..a.batch)
+        .map(|i| format!(r#"{{"key":"k{i}","value":"{value}"}}"#))
+        .collect();
+    let body = format!(r#"{{"acks":"all","records":[{}]}}"#, records.join(","));
+    let started = Instant::now();
+    let per_client = a.requests / a.clients.max(1);
+    let handles: Vec<_> = (0..a.clients.max(1))
+        .map(|_| {
+            let (url, auth, body) = (a.url.clone(), auth.clone(), body.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut times = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let r = agent
+                        .post(&format!("{url}/api/v1/topics/http-bench/records"))
+                        .set("Authorization", &auth)
+                        .set("Content-Type", "application/json")
+                        .send_string(&body);
+                    if let Err(e) = r {
+                        eprintln!("produce: {e}");
+                        std::process::exit(1);
+                    }
+                    times.push(t.elapsed());
+                }
+                times
+            })
+        })
+        .collect();
+    let mut times: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
+    let elapsed = started.elapsed();
+    times.sort();
+    let n = times.len() * a.batch;
+    println!(
+        "REST produce: {n} records of 1 KiB in {} requests of {} ({} clients, acks=all): {:.0} records/s, request p50 {:.2} ms, p99 {:.2} ms",
+        times.len(),
+        a.batch,
+        a.clients,
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+    );
+
+    // Scrapes.
+    for path in ["/metrics", "/api/v1/overview"] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..50 {
+            let t = Instant::now();
+            let r = agent
+                .get(&format!("{}{path}", a.url))
+                .set("Authorization", &auth)
+                .call();
+            match r.map(|r| r.into_string()) {
+                Ok(Ok(text)) => bytes = text.len(),
+                Ok(Err(e)) => {
+                    eprintln!("{path}: {e}");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!("{path}: {e}");
+                    std::process::exit(1);
+                }
+            }
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "GET {path} with {} partitions: {bytes} bytes, median {:.2} ms, p99 {:.2} ms",
+            a.partitions + 2,
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+}
