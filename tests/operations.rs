@@ -340,3 +340,32 @@ fn the_shard_tail_cache_budget_caps_memory_and_reads_still_see_everything() {
         }
     }
 }
+
+#[test]
+fn a_second_broker_on_the_same_ports_is_refused() {
+    let (_d, data) = data_dir();
+    let b = Broker::start(&data, &[]);
+    let (_d2, other) = data_dir();
+    // Another data dir, so the lock does not stop it: the port check must.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portask"))
+        .arg("--data-dir")
+        .arg(&other)
+        .args(["--shards", "1", "--placement", "unpinned"])
+        .arg("--kafka-addr")
+        .arg(b.bootstrap())
+        .arg("--amqp-addr")
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .output()
+        .expect("run second broker");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("kafka.addr") && text.contains("already in use"),
+        "{text}"
+    );
+    // The first one still answers.
+    let mut s = TcpStream::connect(b.bootstrap()).expect("connect");
+    assert!(answers(&mut s, 7));
+}

@@ -40,6 +40,33 @@ pub enum StartError {
     Catalog(#[from] catalog::CatalogError),
     #[error("shard {0}: {1}")]
     Shard(usize, String),
+    #[error("{0} {1} is already in use (another Portask, or another program, listens there): {2}")]
+    AddrInUse(&'static str, String, std::io::Error),
+}
+
+/// Refuses addresses something already listens on. The shards bind with SO_REUSEPORT,
+/// which would let a second Portask share the port silently (the kernel would split the
+/// connections between the two); this probe binds without it, so it fails on any live
+/// listener. Port 0 (any free port) is not probed.
+fn check_addresses_free(config: &Config) -> Result<(), StartError> {
+    for (key, addr) in [
+        ("kafka.addr", &config.kafka.addr),
+        ("amqp.addr", &config.amqp.addr),
+        ("http.addr", &config.http.addr),
+    ] {
+        let Ok(parsed) = addr.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        if parsed.port() == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(parsed) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(StartError::AddrInUse(key, addr.clone(), e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Holds the data directory's lock file for the life of the process.
@@ -132,6 +159,7 @@ pub fn start(config: Config) -> Result<(), StartError> {
 pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
     let data_dir = config.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
+    check_addresses_free(&config)?;
     let (placement, count) = layout(&config);
     if config.placement == Placement::Pinned && count > placement.iter().flatten().count() {
         log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
