@@ -11,7 +11,7 @@
 # loopback ports with 2 unpinned shards, runs each scenario program (each prints
 # PASS/FAIL/SKIP lines), prints a table and exits 1 if any scenario failed.
 # NAMES: pika kafka-python kafka-python-old confluent-kafka amqplib kafkajs amqp091-go
-# sarama java kcat. --keep leaves the broker's data dir and log.
+# sarama sarama-0.11 java kcat. --keep leaves the broker's data dir and log.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,7 +83,7 @@ gobuild() { # dir, output
 }
 javacp=/usr/share/java/amqp-client.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-nop.jar
 if wanted amqp091-go; then (cd "$clients/go-amqp091" && gobuild . "$work/go-amqp091") || log "amqp091-go build failed"; fi
-if wanted sarama; then (cd "$clients/go-sarama" && gobuild . "$work/go-sarama") || log "sarama build failed"; fi
+if wanted sarama || wanted sarama-0.11; then (cd "$clients/go-sarama" && gobuild . "$work/go-sarama") || log "sarama build failed"; fi
 if wanted java; then
     mkdir -p "$work/java"
     javac -d "$work/java" -cp "$javacp" "$clients/JavaAmqp.java" || log "JavaAmqp build failed"
@@ -144,7 +144,7 @@ scenario() { # name, version, command...
         fi
     fi
     grep '^\(PASS\|FAIL\|SKIP\) ' <<<"$out" | while read -r verdict _client scen rest; do
-        echo "$name|$version|$scen|$verdict" >>"$results"
+        echo "$name|$version|${scen%:}|$verdict" >>"$results"
     done
 }
 
@@ -156,7 +156,8 @@ scenario confluent-kafka "$(pyver confluent-kafka) (librdkafka $("$py" -c 'impor
 scenario amqplib "$(npmver amqplib)" node node_amqplib.js "amqp://guest:guest@127.0.0.1:$aport"
 scenario kafkajs "$(npmver kafkajs)" node node_kafkajs.js "$bootstrap"
 scenario amqp091-go "$(debver golang-github-rabbitmq-amqp091-go-dev)" "$work/go-amqp091" "amqp://guest:guest@127.0.0.1:$aport/"
-scenario sarama "$(debver golang-github-shopify-sarama-dev)" "$work/go-sarama" "$bootstrap"
+scenario sarama "$(debver golang-github-shopify-sarama-dev) Version=2.1.0" "$work/go-sarama" "$bootstrap"
+scenario sarama-0.11 "$(debver golang-github-shopify-sarama-dev) Version=0.11.0" "$work/go-sarama" "$bootstrap" 0.11.0.0
 scenario java "$(debver librabbitmq-client-java)" java -cp "$work/java:$javacp" JavaAmqp "amqp://guest:guest@127.0.0.1:$aport/%2f"
 scenario kcat "$(debver kcat)" bash kcat.sh "$bootstrap"
 

@@ -273,6 +273,28 @@ public class JavaAmqp {
             check(cancelled.await(5, TimeUnit.SECONDS), "no basic.cancel from the broker");
             c.close();
         });
+        run("large_message", () -> {
+            byte[] body = new byte[(1 << 20) + 3];
+            for (int i = 0; i < body.length; i++) body[i] = (byte) i;
+            ch.basicPublish(ex, "rk", null, body);
+            GetResponse r = get(ch, q, true);
+            check(Arrays.equals(r.getBody(), body), r.getBody().length + " bytes back of " + body.length);
+        });
+        run("channel_error_recovery", () -> {
+            Channel c = conn.createChannel();
+            try {
+                c.queueDeclarePassive(q + "-missing");
+                throw new AssertionError("passive declare of a missing queue succeeded");
+            } catch (IOException e) {
+                ShutdownSignalException s = (ShutdownSignalException) e.getCause();
+                int code = ((AMQP.Channel.Close) s.getReason()).getReplyCode();
+                check(code == 404, "reply code " + code + ", want 404 NOT_FOUND");
+            }
+            check(conn.isOpen(), "a channel error closed the connection");
+            Channel c2 = conn.createChannel();
+            c2.queueDeclarePassive(q);
+            c2.close();
+        });
         try {
             ch.queueDelete(q);
             ch.exchangeDelete(ex);

@@ -191,6 +191,28 @@ async function main() {
     await c.close();
   });
 
+  await s.run('large_message', async () => {
+    const body = Buffer.concat([Buffer.alloc(1 << 20, 7), Buffer.from('end')]);
+    ch.publish(ex, 'rk', body);
+    const m = await getOne(ch, q, { noAck: true });
+    check(m.content.equals(body), `${m.content.length} bytes back of ${body.length}`);
+  });
+
+  await s.run('channel_error_recovery', async () => {
+    const c = await conn.createChannel();
+    c.on('error', () => {});
+    let code = null;
+    try {
+      await c.checkQueue(unique('al-missing'));
+    } catch (e) {
+      code = e.code;
+    }
+    check(code === 404, `reply code ${code}, want 404 NOT_FOUND`);
+    const c2 = await conn.createChannel();
+    await c2.checkQueue(q);
+    await c2.close();
+  });
+
   await ch.deleteQueue(q);
   await ch.deleteExchange(ex);
   await conn.close();

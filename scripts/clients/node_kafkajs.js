@@ -37,11 +37,15 @@ async function produce({ compression = CompressionTypes.None, n = 20, headers = 
     const m = { key: `key-${i % 4}`, value: `${label}-${i}-${'z'.repeat(200)}` };
     if (headers) m.headers = { trace: `t${i}`, n: String(i) };
     messages.push(m);
-    records.push(m);
   }
-  const res = await p.send({ topic, acks: -1, compression, messages });
-  await p.disconnect();
+  let res;
+  try {
+    res = await p.send({ topic, acks: -1, compression, messages });
+  } finally {
+    await p.disconnect();
+  }
   check(res.every((r) => r.errorCode === 0), `produce errors ${JSON.stringify(res)}`);
+  records.push(...messages);
   return `${n} records`;
 }
 
@@ -71,8 +75,13 @@ async function main() {
   await s.run('produce_keyed_acks_all', () => produce());
   for (const [name, type] of [['gzip', CompressionTypes.GZIP], ['snappy', CompressionTypes.Snappy], ['lz4', CompressionTypes.LZ4], ['zstd', CompressionTypes.ZSTD]]) {
     await s.run(`compression_${name}`, async () => {
-      if (!CompressionCodecs[type]) throw new Skip(`no ${name} codec for kafkajs here (${codecs})`);
-      return produce({ compression: type, label: name });
+      try {
+        return await produce({ compression: type, label: name });
+      } catch (e) {
+        // kafkajs ships gzip only; zstd needs a native codec package that does not build here.
+        if (e.name === 'KafkaJSNotImplemented') throw new Skip(`no ${name} codec for kafkajs here (have ${codecs})`);
+        throw e;
+      }
     });
   }
   await s.run('headers', async () => {

@@ -9,9 +9,9 @@ import sys
 import threading
 import time
 
-from confluent_kafka import (Consumer, KafkaException, OffsetSpec, Producer,
+from confluent_kafka import (Consumer, ConsumerGroupTopicPartitions, KafkaException, Producer,
                              TopicPartition)
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from scenario import Scenarios, check, unique, wait_for
 
@@ -32,7 +32,9 @@ def create_topic():
 
 
 def produce(extra=None, n=20, headers=False, label="none"):
-    conf = {"bootstrap.servers": BOOTSTRAP, "acks": "all", "linger.ms": 5}
+    # murmur2: the Java client's (and kafka-python's) key hash, so both partitions get keys.
+    conf = {"bootstrap.servers": BOOTSTRAP, "acks": "all", "linger.ms": 5,
+            "partitioner": "murmur2_random"}
     conf.update(extra or {})
     p = Producer(conf)
     errors, parts = [], {}
@@ -134,7 +136,6 @@ class Member(threading.Thread):
 
 
 def committed_total():
-    from confluent_kafka import ConsumerGroupTopicPartitions
     res = result(admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)]))
     return sum(tp.offset for r in res.values() for tp in r.topic_partitions if tp.offset >= 0)
 

@@ -45,7 +45,7 @@ def ch_get_last():
 
 
 def publish_properties_headers():
-    headers = {"str": "v", "int": 42, "neg": -7, "big": 2**40, "bool": True, "float": 1.5,
+    headers = {"str": "v", "int": 42, "neg": -7, "big": 2**40, "bool": True,
                "list": [1, "two"], "table": {"inner": "x"}}
     props = pika.BasicProperties(
         content_type="application/json", content_encoding="utf-8", headers=headers,
@@ -238,6 +238,26 @@ def close_clean():
     check(c.is_closed, "connection not closed")
 
 
+def large_message():
+    body = bytes(range(256)) * 4096 + b"end"  # 1 MiB: many body frames
+    ch.basic_publish(ex, "rk", body)
+    _, _, got = wait_for(ch_get_last, 5, "the large message")
+    check(got == body, f"{len(got)} bytes back of {len(body)}")
+
+
+def channel_error_recovery():
+    c = conn.channel()
+    try:
+        c.queue_declare(unique("pk-missing"), passive=True)
+        raise AssertionError("passive declare of a missing queue succeeded")
+    except ChannelClosedByBroker as e:
+        check(e.reply_code == 404, f"reply code {e.reply_code}, want 404 NOT_FOUND")
+    check(conn.is_open, "a channel error closed the connection")
+    c2 = conn.channel()
+    check(c2.queue_declare(q, passive=True).method.queue == q, "new channel unusable")
+    c2.close()
+
+
 def consumer_cancel_notify():
     tmp = unique("pk-cancel")
     c = conn.channel()
@@ -265,6 +285,8 @@ s.run("blocked_capability", blocked_capability)
 s.run("heartbeat_idle", heartbeat_idle)
 s.run("close_clean", close_clean)
 s.run("consumer_cancel_notify", consumer_cancel_notify)
+s.run("large_message", large_message)
+s.run("channel_error_recovery", channel_error_recovery)
 try:
     ch.queue_delete(q)
     ch.exchange_delete(ex)

@@ -480,6 +480,41 @@ func main() {
 		}
 		return nil
 	})
+	run("large_message", func() error {
+		body := append(make([]byte, 1<<20), []byte("end")...)
+		for i := range body[:1<<20] {
+			body[i] = byte(i)
+		}
+		if err := ch.Publish(ex, "rk", false, false, amqp.Publishing{Body: body}); err != nil {
+			return err
+		}
+		d, err := get(ch, q, true)
+		if err != nil {
+			return err
+		}
+		if string(d.Body) != string(body) {
+			return fmt.Errorf("%d bytes back of %d", len(d.Body), len(body))
+		}
+		return nil
+	})
+	run("channel_error_recovery", func() error {
+		c, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		_, err = c.QueueDeclarePassive(q+"-missing", false, false, false, false, nil)
+		var ae *amqp.Error
+		if !errors.As(err, &ae) || ae.Code != 404 {
+			return fmt.Errorf("want 404 NOT_FOUND, got %v", err)
+		}
+		c2, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer c2.Close()
+		_, err = c2.QueueInspect(q)
+		return err
+	})
 	ch.QueueDelete(q, false, false, false)
 	ch.ExchangeDelete(ex, false, false)
 	if err := conn.Close(); err != nil {

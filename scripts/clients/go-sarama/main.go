@@ -3,7 +3,10 @@
 // sends old ones (Produce v3, Fetch v4, Metadata v5, OffsetCommit v2, OffsetFetch v1,
 // JoinGroup v1, ListOffsets v1, CreateTopics v2, DeleteTopics v1, InitProducerId v0).
 //
-// Usage: go-sarama BOOTSTRAP
+// Usage: go-sarama BOOTSTRAP [KAFKA_VERSION]
+// KAFKA_VERSION (default 2.1.0) is Sarama's config.Version; 0.11.0.0 makes it send
+// Metadata v1 as well. Topics are always created with a config of at least 1.0.0, as
+// CreateTopics v1 is one of the versions Kafka 4 removed (KIP-896).
 package main
 
 import (
@@ -19,6 +22,8 @@ import (
 )
 
 var (
+	version   = sarama.V2_1_0_0
+	label     = "sarama"
 	bootstrap []string
 	failed    int
 	topic     = fmt.Sprintf("sa-%d", time.Now().UnixNano()%1e9)
@@ -37,12 +42,12 @@ func run(name string, fn func() (string, error)) {
 		if note != "" {
 			note = " (" + note + ")"
 		}
-		fmt.Printf("PASS sarama %s [%.1fs]%s\n", name, took, note)
+		fmt.Printf("PASS %s %s [%.1fs]%s\n", label, name, took, note)
 	case skip:
-		fmt.Printf("SKIP sarama %s: %s\n", name, string(e))
+		fmt.Printf("SKIP %s %s: %s\n", label, name, string(e))
 	default:
 		failed++
-		fmt.Printf("FAIL sarama %s: %v\n", name, err)
+		fmt.Printf("FAIL %s %s: %v\n", label, name, err)
 	}
 }
 
@@ -50,7 +55,7 @@ func (s skip) Error() string { return string(s) }
 
 func config() *sarama.Config {
 	c := sarama.NewConfig()
-	c.Version = sarama.V2_1_0_0
+	c.Version = version
 	c.ClientID = "compat-sarama"
 	c.Net.DialTimeout = 10 * time.Second
 	c.Metadata.Retry.Backoff = 200 * time.Millisecond
@@ -60,6 +65,9 @@ func config() *sarama.Config {
 	c.Consumer.Return.Errors = true
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
 	c.Consumer.Offsets.CommitInterval = 100 * time.Millisecond
+	// With a retention time Sarama commits with OffsetCommit v2; without one it uses v1,
+	// which Kafka 4 no longer accepts (KIP-896).
+	c.Consumer.Offsets.Retention = 24 * time.Hour
 	return c
 }
 
@@ -222,11 +230,45 @@ func snapshot(m *member) ([]int32, int, error) {
 	return append([]int32(nil), m.assigned...), m.seen, m.err
 }
 
+// topicExists asks for the whole cluster's metadata (Metadata v5). ClusterAdmin.ListTopics
+// is not used: this Sarama follows it with DescribeConfigs v0, which Kafka 4 no longer
+// accepts (KIP-896), and the broker closes the connection as Kafka does.
+func topicExists() bool {
+	client, err := sarama.NewClient(bootstrap, config())
+	if err != nil {
+		return false
+	}
+	defer client.Close()
+	topics, err := client.Topics()
+	if err != nil {
+		return false
+	}
+	for _, t := range topics {
+		if t == topic {
+			return true
+		}
+	}
+	return false
+}
+
 func main() {
 	bootstrap = []string{os.Args[1]}
-	admin, err := sarama.NewClusterAdmin(bootstrap, config())
+	if len(os.Args) > 2 {
+		v, err := sarama.ParseKafkaVersion(os.Args[2])
+		if err != nil {
+			fmt.Printf("FAIL sarama setup: %v\n", err)
+			os.Exit(1)
+		}
+		version = v
+		label = "sarama@" + os.Args[2]
+	}
+	adminConfig := config()
+	if !version.IsAtLeast(sarama.V1_0_0_0) {
+		adminConfig.Version = sarama.V1_0_0_0
+	}
+	admin, err := sarama.NewClusterAdmin(bootstrap, adminConfig)
 	if err != nil {
-		fmt.Printf("FAIL sarama setup: %v\n", err)
+		fmt.Printf("FAIL %s setup: %v\n", label, err)
 		os.Exit(1)
 	}
 
@@ -234,11 +276,7 @@ func main() {
 		if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: 2, ReplicationFactor: 1}, false); err != nil {
 			return "", err
 		}
-		return "", waitFor(10*time.Second, "topic listed", func() bool {
-			ts, err := admin.ListTopics()
-			_, ok := ts[topic]
-			return err == nil && ok
-		})
+		return "", waitFor(10*time.Second, "topic in metadata", func() bool { return topicExists() })
 	})
 	run("produce_keyed_acks_all", func() (string, error) { return produce(sarama.CompressionNone, 20, "none", false, false) })
 	for _, c := range []struct {
@@ -256,8 +294,9 @@ func main() {
 			produced = produced[:len(produced)-5]
 			return "", fmt.Errorf("zstd in Produce v3 was accepted")
 		}
-		if !strings.Contains(err.Error(), "compression") {
-			return "", fmt.Errorf("want UNSUPPORTED_COMPRESSION_TYPE, got %v", err)
+		perrs, ok := err.(sarama.ProducerErrors)
+		if !ok || len(perrs) == 0 || perrs[0].Err != sarama.ErrUnsupportedCompressionType {
+			return "", fmt.Errorf("want UNSUPPORTED_COMPRESSION_TYPE, got %v (%v)", err, perrs)
 		}
 		return "rejected as Kafka does: zstd needs Produce v7", nil
 	})
@@ -416,11 +455,7 @@ func main() {
 		if err := admin.DeleteTopic(topic); err != nil {
 			return "", err
 		}
-		return "", waitFor(10*time.Second, "topic gone", func() bool {
-			ts, err := admin.ListTopics()
-			_, ok := ts[topic]
-			return err == nil && !ok
-		})
+		return "", waitFor(10*time.Second, "topic gone from metadata", func() bool { return !topicExists() })
 	})
 	admin.Close()
 	if failed > 0 {
