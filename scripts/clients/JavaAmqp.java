@@ -295,6 +295,65 @@ public class JavaAmqp {
             c2.queueDeclarePassive(q);
             c2.close();
         });
+        run("precondition_errors", () -> {
+            // Publishing to a missing exchange closes the channel with 404, asynchronously.
+            Channel c = conn.createChannel();
+            CompletableFuture<Integer> closed = new CompletableFuture<>();
+            c.addShutdownListener(e -> closed.complete(((AMQP.Channel.Close) e.getReason()).getReplyCode()));
+            c.basicPublish(ex + "-nowhere", "k", null, b("x"));
+            check(closed.get(5, TimeUnit.SECONDS) == 404, "publish to a missing exchange");
+            Channel c2 = conn.createChannel();
+            try {
+                c2.exchangeDeclare(ex, "fanout");
+                throw new AssertionError("redeclare with another type succeeded");
+            } catch (IOException e) {
+                int code = ((AMQP.Channel.Close) ((ShutdownSignalException) e.getCause()).getReason()).getReplyCode();
+                check(code == 406, "reply code " + code + ", want 406 PRECONDITION_FAILED");
+            }
+            check(conn.isOpen(), "a channel error closed the connection");
+        });
+        run("requeue_on_close", () -> {
+            Channel c = conn.createChannel();
+            ch.basicPublish(ex, "rk", null, b("held"));
+            GetResponse r = get(c, q, false);
+            check(!r.getEnvelope().isRedeliver(), "fresh message redelivered");
+            c.close();
+            GetResponse r2 = get(ch, q, true);
+            check(r2.getEnvelope().isRedeliver(), "requeued message not marked redelivered");
+        });
+        run("basic_recover", () -> {
+            Channel c = conn.createChannel();
+            BlockingQueue<Boolean> redelivered = new LinkedBlockingQueue<>();
+            String tag = c.basicConsume(q, false, new DefaultConsumer(c) {
+                @Override
+                public void handleDelivery(String t, Envelope env, AMQP.BasicProperties p, byte[] body) {
+                    redelivered.add(env.isRedeliver());
+                }
+            });
+            c.basicPublish(ex, "rk", null, b("rec"));
+            Boolean first = redelivered.poll(5, TimeUnit.SECONDS);
+            check(Boolean.FALSE.equals(first), "first delivery " + first);
+            c.basicRecover(true);
+            Boolean again = redelivered.poll(5, TimeUnit.SECONDS);
+            check(Boolean.TRUE.equals(again), "delivery after basic.recover " + again);
+            c.basicCancel(tag);
+            c.close();
+            ch.queuePurge(q);
+        });
+        run("exchange_to_exchange_binding", () -> {
+            String src = ex + "-src";
+            ch.exchangeDeclare(src, "topic");
+            ch.exchangeBind(ex, src, "orders.#");
+            ch.queueBind(q, ex, "orders.eu");  // the routing key travels unchanged
+            ch.basicPublish(src, "orders.eu", null, b("via-e2e"));
+            ch.basicPublish(src, "invoices.eu", null, b("not-bound"));
+            GetResponse r = get(ch, q, true);
+            check(new String(r.getBody(), StandardCharsets.UTF_8).equals("via-e2e"), "routed message");
+            Thread.sleep(200);
+            check(count(q) == 0, "a message the exchange binding does not match was routed");
+            ch.queueUnbind(q, ex, "orders.eu");
+            ch.exchangeDelete(src);
+        });
         try {
             ch.queueDelete(q);
             ch.exchangeDelete(ex);

@@ -258,6 +258,59 @@ def channel_error_recovery():
     c2.close()
 
 
+def expect_channel_error(code, fn):
+    c = conn.channel()
+    try:
+        fn(c)
+        raise AssertionError(f"no channel error (want {code})")
+    except ChannelClosedByBroker as e:
+        check(e.reply_code == code, f"reply code {e.reply_code}, want {code}")
+    check(conn.is_open, "a channel error closed the connection")
+
+
+def precondition_errors():
+    # Publishing to a missing exchange: 404 NOT_FOUND (pika sees it on the next sync call).
+    expect_channel_error(404, lambda c: (c.basic_publish(unique("pk-nowhere"), "k", b"x"),
+                                         c.queue_declare(q, passive=True)))
+    # Redeclaring with another type or other arguments: 406 PRECONDITION_FAILED.
+    expect_channel_error(406, lambda c: c.exchange_declare(ex, "fanout"))
+    expect_channel_error(406, lambda c: c.queue_declare(q, arguments={"x-max-length": 5}))
+    # A reserved name: 403 ACCESS_REFUSED.
+    expect_channel_error(403, lambda c: c.queue_declare("amq.mine"))
+
+
+def requeue_on_close():
+    c1 = conn.channel()
+    ch.basic_publish(ex, "rk", b"held")
+    m = wait_for(lambda: c1.basic_get(q)[0], 5, "get")
+    check(not m.redelivered, "fresh message redelivered")
+    c1.close()  # unacked: back to the queue, marked redelivered
+    m2 = wait_for(lambda: ch.basic_get(q, auto_ack=True)[0], 5, "requeued message")
+    check(m2.redelivered, "message requeued by a closed channel not marked redelivered")
+
+
+def exclusive_consumer():
+    c1, c2 = conn.channel(), conn.channel()
+    c1.basic_consume(q, lambda *a: None, exclusive=True)
+    try:
+        c2.basic_consume(q, lambda *a: None)
+        raise AssertionError("second consumer on an exclusively consumed queue")
+    except ChannelClosedByBroker as e:
+        check(e.reply_code == 403, f"reply code {e.reply_code}, want 403 ACCESS_REFUSED")
+    c1.close()
+
+
+def priority_queue():
+    pq = unique("pk-prio")
+    ch.queue_declare(pq, arguments={"x-max-priority": 10})
+    for prio in (1, 9, 5):
+        ch.basic_publish("", pq, f"p{prio}".encode(), pika.BasicProperties(priority=prio))
+    got = [wait_for(lambda: ch.basic_get(pq, auto_ack=True)[2], 5, "priority message")
+           for _ in range(3)]
+    check(got == [b"p9", b"p5", b"p1"], f"order {got}")
+    ch.queue_delete(pq)
+
+
 def consumer_cancel_notify():
     tmp = unique("pk-cancel")
     c = conn.channel()
@@ -287,6 +340,10 @@ s.run("close_clean", close_clean)
 s.run("consumer_cancel_notify", consumer_cancel_notify)
 s.run("large_message", large_message)
 s.run("channel_error_recovery", channel_error_recovery)
+s.run("precondition_errors", precondition_errors)
+s.run("requeue_on_close", requeue_on_close)
+s.run("exclusive_consumer", exclusive_consumer)
+s.run("priority_queue", priority_queue)
 try:
     ch.queue_delete(q)
     ch.exchange_delete(ex)
