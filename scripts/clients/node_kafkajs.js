@@ -168,6 +168,30 @@ async function main() {
     return `latest ${offs.map((p) => p.high)}`;
   });
 
+  await s.run('configs_and_partitions', async () => {
+    const { ConfigResourceTypes } = require('kafkajs');
+    await admin.alterConfigs({
+      validateOnly: false,
+      resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'retention.ms', value: '86400000' }] }],
+    });
+    const d = await admin.describeConfigs({
+      includeSynonyms: false,
+      resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms'] }],
+    });
+    const e = d.resources[0].configEntries.find((c) => c.configName === 'retention.ms');
+    check(e && e.configValue === '86400000', `retention.ms ${JSON.stringify(e)}`);
+    await admin.createPartitions({ topicPartitions: [{ topic, count: 3 }] });
+    const md = await admin.fetchTopicMetadata({ topics: [topic] });
+    check(md.topics[0].partitions.length === 3, `${md.topics[0].partitions.length} partitions`);
+  });
+
+  await s.run('delete_groups', async () => {
+    const res = await admin.deleteGroups([groupId]);
+    check(res[0].errorCode === 0, `deleteGroups ${JSON.stringify(res)}`);
+    const { groups } = await admin.listGroups();
+    check(!groups.some((g) => g.groupId === groupId), 'deleted group still listed');
+  });
+
   await s.run('delete_topic', async () => {
     await admin.deleteTopics({ topics: [topic] });
     await waitFor(async () => !(await admin.listTopics()).includes(topic), 10000, 'topic gone');

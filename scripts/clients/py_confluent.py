@@ -101,24 +101,31 @@ members = {}
 
 
 class Member(threading.Thread):
-    def __init__(self, name):
+    def __init__(self, name, group_id=None, extra=None):
         super().__init__(daemon=True)
         self.name = name
-        self.consumer = Consumer({
-            "bootstrap.servers": BOOTSTRAP, "group.id": group, "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "heartbeat.interval.ms": 500,
-            "session.timeout.ms": 10000, "client.id": f"member-{name}"})
+        conf = {
+            "bootstrap.servers": BOOTSTRAP, "group.id": group_id or group,
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "heartbeat.interval.ms": 500, "session.timeout.ms": 10000,
+            "client.id": f"member-{name}"}
+        conf.update(extra or {})
+        self.cooperative = conf.get("partition.assignment.strategy") == "cooperative-sticky"
+        self.consumer = Consumer(conf)
         self.assigned = set()
         self.seen = 0
         self.stop = threading.Event()
         self.error = None
 
     def run(self):
+        # Cooperative rebalancing hands out and takes back partitions incrementally.
         def on_assign(c, parts):
-            self.assigned = {p.partition for p in parts}
+            got = {p.partition for p in parts}
+            self.assigned = self.assigned | got if self.cooperative else got
 
         def on_revoke(c, parts):
-            self.assigned = set()
+            lost = {p.partition for p in parts}
+            self.assigned = self.assigned - lost if self.cooperative else set()
 
         try:
             self.consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
@@ -196,6 +203,44 @@ def list_offsets():
     return f"latest {latest}"
 
 
+def cooperative_and_static_members():
+    """cooperative-sticky (KIP-429) with static members (group.instance.id, KIP-345)."""
+    gid = unique("ck-coop")
+    extra = {"partition.assignment.strategy": "cooperative-sticky"}
+    a = Member("ca", gid, dict(extra, **{"group.instance.id": "instance-a"}))
+    b = Member("cb", gid, dict(extra, **{"group.instance.id": "instance-b"}))
+    a.start()
+    b.start()
+    wait_for(lambda: len(a.assigned) == 1 and len(b.assigned) == 1 and a.assigned != b.assigned,
+             30, "one partition each, cooperatively")
+    wait_for(lambda: a.seen + b.seen >= len(records), 30, "everything consumed")
+    d = result(admin.describe_consumer_groups([gid]))[gid]
+    ids = sorted(m.group_instance_id for m in d.members)
+    check(ids == ["instance-a", "instance-b"], f"static member ids {ids}")
+    check(d.partition_assignor == "cooperative-sticky", f"assignor {d.partition_assignor}")
+    note = f"a={sorted(a.assigned)} b={sorted(b.assigned)}"
+    for m in (a, b):
+        m.stop.set()
+        m.join(15)
+        check(m.error is None, f"member {m.name}: {m.error}")
+    return note
+
+
+def configs_and_partitions():
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       NewPartitions, ResourceType)
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    entry = ConfigEntry("retention.ms", "86400000",
+                        incremental_operation=AlterConfigOpType.SET)
+    result(admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, topic,
+                                                           incremental_configs=[entry])]))
+    described = list(result(admin.describe_configs([res])).values())[0]
+    check(described["retention.ms"].value == "86400000", f"retention.ms {described['retention.ms']}")
+    result(admin.create_partitions([NewPartitions(topic, 3)]))
+    wait_for(lambda: len(admin.list_topics(topic, timeout=5).topics[topic].partitions) == 3, 10,
+             "three partitions")
+
+
 def delete_topic():
     result(admin.delete_topics([topic]))
     wait_for(lambda: topic not in admin.list_topics(timeout=5).topics, 10, "topic gone")
@@ -212,5 +257,7 @@ s.run("group_two_members_commit", group_two_members)
 s.run("rebalance_on_leave", rebalance_on_leave)
 s.run("list_describe_groups", list_describe_groups)
 s.run("list_offsets", list_offsets)
+s.run("cooperative_and_static_members", cooperative_and_static_members)
+s.run("configs_and_partitions", configs_and_partitions)
 s.run("delete_topic", delete_topic)
 s.finish()
