@@ -2,17 +2,24 @@
 # Runs the client-compatibility scenarios of scripts/clients/ against a fresh release
 # Portask: Python (pika, kafka-python, confluent-kafka), Node (amqplib, kafkajs), Go
 # (amqp091-go, Sarama from Debian, GOPATH mode), Java (Debian's RabbitMQ client) and kcat.
-#
-#   scripts/client-compat.sh [--no-install] [--only NAME[,NAME...]] [--keep]
-#
-# Installs what is missing: Debian packages with apt-get, the Python clients into a venv
-# and the Node clients into a folder, both under $CARGO_TARGET_DIR (or target/)/client-compat.
-# Builds the broker with `cargo build --release`, starts it in a temp dir on ephemeral
-# loopback ports with 2 unpinned shards, runs each scenario program (each prints
-# PASS/FAIL/SKIP lines), prints a table and exits 1 if any scenario failed.
-# NAMES: pika kafka-python kafka-python-old confluent-kafka amqplib kafkajs amqp091-go
-# sarama sarama-0.11 java kcat. --keep leaves the broker's data dir and log.
-set -uo pipefail
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/client-compat.sh [--no-install] [--only NAME[,NAME...]] [--keep]
+
+Installs what is missing (Debian packages with apt-get; the Python clients into a venv and
+the Node clients into a folder, both under $CARGO_TARGET_DIR or target/, in client-compat/),
+builds the broker with `cargo build --release`, starts it in a temp dir on ephemeral
+loopback ports with 2 unpinned shards, runs each scenario program of scripts/clients/
+(each prints PASS/FAIL/SKIP lines), prints a table and exits 1 if any scenario failed.
+
+  --no-install   use what is installed
+  --only NAMES   run only these: pika kafka-python kafka-python-old confluent-kafka
+                 amqplib kafkajs amqp091-go sarama sarama-0.11 java kcat
+  --keep         keep the broker's data dir, log and per-client stderr
+USAGE
+}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
@@ -24,10 +31,10 @@ keep=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --no-install) install=0 ;;
-        --only) only=$2; shift ;;
+        --only) only=${2:?--only needs a list}; shift ;;
         --keep) keep=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-        *) echo "unknown argument $1" >&2; exit 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
@@ -54,8 +61,11 @@ if [[ $install == 1 ]]; then
     if [[ ${#missing[@]} -gt 0 ]]; then
         log "apt-get install ${missing[*]}"
         SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
-        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \
-            || { echo "apt-get install failed" >&2; exit 2; }
+        if ! { $SUDO apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+            echo "apt-get install failed" >&2
+            exit 2
+        fi
     fi
     if [[ ! -x $work/venv/bin/python ]]; then
         python3 -m venv "$work/venv" || exit 2
@@ -97,8 +107,11 @@ RUST_LOG=${RUST_LOG:-info} "$broker" --data-dir "$data/data" --shards 2 --placem
     --kafka-addr "127.0.0.1:$kport" --amqp-addr "127.0.0.1:$aport" --http-addr "127.0.0.1:$hport" \
     >"$data/broker.log" 2>&1 &
 bpid=$!
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null
+    if kill "$bpid" 2>/dev/null; then
+        wait "$bpid" 2>/dev/null || true
+    fi
     if [[ $keep == 1 ]]; then echo "broker data and log kept in $data" >&2; else rm -rf "$data"; fi
 }
 trap cleanup EXIT
@@ -132,9 +145,8 @@ scenario() { # name, version, command...
     shift 2
     wanted "$name" || return 0
     log "$name $version"
-    local out rc
-    out=$(cd "$clients" && NODE_PATH=$work/node/node_modules timeout 300 "$@" 2>"$data/$name.stderr")
-    rc=$?
+    local out rc=0
+    out=$(cd "$clients" && NODE_PATH=$work/node/node_modules timeout 300 "$@" 2>"$data/$name.stderr") || rc=$?
     echo "$out"
     if ! grep -q '^\(PASS\|FAIL\|SKIP\) ' <<<"$out" || [[ $rc -ne 0 ]]; then
         status=1
@@ -143,9 +155,9 @@ scenario() { # name, version, command...
             echo "$name|$version|(run)|FAIL exit $rc" >>"$results"
         fi
     fi
-    grep '^\(PASS\|FAIL\|SKIP\) ' <<<"$out" | while read -r verdict _client scen rest; do
+    grep '^\(PASS\|FAIL\|SKIP\) ' <<<"$out" | while read -r verdict _client scen _rest; do
         echo "$name|$version|${scen%:}|$verdict" >>"$results"
-    done
+    done || true
 }
 
 scenario pika "$(pyver pika)" "$py" py_pika.py "$amqp_url"
@@ -174,8 +186,10 @@ printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1.
 while IFS='|' read -r c v s r; do
     printf '| %-17s | %-28s | %-28s | %-6s |\n' "$c" "$v" "$s" "$r"
 done <"$results"
-pass=$(grep -c '|PASS$' "$results"); fail=$(grep -c '|FAIL' "$results"); skip=$(grep -c '|SKIP$' "$results")
+pass=$(grep -c '|PASS$' "$results" || true)
+fail=$(grep -c '|FAIL' "$results" || true)
+skip=$(grep -c '|SKIP$' "$results" || true)
 echo
 echo "$pass passed, $fail failed, $skip skipped"
-[[ $fail -gt 0 ]] && status=1
-exit $status
+if [[ $fail -gt 0 ]]; then status=1; fi
+exit "$status"
