@@ -173,12 +173,20 @@ fn record_batches(c: &mut Criterion) {
             |b, one| b.iter(|| batch::validate(black_box(one)).expect("valid")),
         );
         g.bench_with_input(BenchmarkId::new("assign offset", &label), &one, |b, one| {
-            b.iter(|| batch::assign(black_box(one), 42, None))
+            b.iter(|| batch::assign(black_box(one), 42, None, None))
         });
+        g.bench_with_input(
+            BenchmarkId::new("check maxTimestamp (record walk)", &label),
+            &one,
+            |b, one| {
+                let h = batch::validate(one).expect("valid");
+                b.iter(|| batch::create_time_max(black_box(one), &h))
+            },
+        );
         g.bench_with_input(
             BenchmarkId::new("assign offset + LogAppendTime", &label),
             &one,
-            |b, one| b.iter(|| batch::assign(black_box(one), 42, Some(1_700_000_000_000))),
+            |b, one| b.iter(|| batch::assign(black_box(one), 42, Some(1_700_000_000_000), None)),
         );
     }
     // A produce request's records field holding 64 batches (about 1 MiB).

@@ -1,6 +1,8 @@
 //! The Kafka wire edge with raw sockets: bad frames close only their own connection (with
 //! a log line) while a real client keeps working; pipelined requests are answered in order;
-//! an unknown ApiVersions version gets the v0 fallback.
+//! an unknown ApiVersions version gets the v0 fallback; old request versions that clients
+//! in the field still send (Sarama 1.22: Produce v3, Fetch v4, ListOffsets v1) keep their
+//! Kafka semantics.
 
 mod common;
 
@@ -11,11 +13,17 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::{data_dir, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, MetadataRequest, RequestHeader,
-    TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, ProduceRequest, ProduceResponse,
+    RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
@@ -231,4 +239,177 @@ fn unknown_api_versions_version_gets_the_v0_fallback() {
     .expect("write");
     let mut resp = read_frame(&mut s).expect("response");
     assert_eq!(resp.get_i32(), 6);
+}
+
+/// Creates `topic` (one partition) through Metadata auto-creation on connection `s`.
+fn auto_create(s: &mut TcpStream, topic: &'static str) {
+    let md = MetadataRequest::default()
+        .with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str(topic)))),
+        ]))
+        .with_allow_auto_topic_creation(true);
+    s.write_all(&request(ApiKey::Metadata, 9, 900, &md))
+        .expect("write");
+    read_frame(s).expect("metadata");
+}
+
+/// One record batch of `n` records stamped `base_ts`, `base_ts + 10`, …, encoded by
+/// kafka-protocol with `compression`.
+fn record_batch(n: i64, base_ts: i64, compression: Compression) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            // kafka-protocol starts a new batch where offset - sequence changes.
+            sequence: i as i32,
+            timestamp: base_ts + 10 * i,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(format!("value-{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
+/// The batch with its maxTimestamp field set to -1 and its CRC fixed: what Sarama before
+/// 1.23 sends.
+fn without_max_timestamp(batch: &Bytes) -> Bytes {
+    let mut b = BytesMut::from(&batch[..]);
+    b[35..43].copy_from_slice(&(-1i64).to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// Sends one Produce of `records` to partition 0 of `topic` at `version` (acks=-1) and
+/// returns the partition's (error code, base offset).
+fn produce(s: &mut TcpStream, version: i16, topic: &'static str, records: Bytes) -> (i16, i64) {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])]);
+    s.write_all(&request(ApiKey::Produce, version, 1, &req))
+        .expect("write");
+    let mut resp = read_frame(s).expect("produce response");
+    resp.get_i32();
+    let body = ProduceResponse::decode(&mut resp, version).expect("produce body");
+    let p = &body.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// ListOffsets v1 (Sarama's and kafka-python's old form) for partition 0 of `topic`:
+/// (error code, offset, timestamp).
+fn list_offset_v1(s: &mut TcpStream, topic: &'static str, timestamp: i64) -> (i16, i64, i64) {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(timestamp)])]);
+    s.write_all(&request(ApiKey::ListOffsets, 1, 2, &req))
+        .expect("write");
+    let mut resp = read_frame(s).expect("list offsets response");
+    resp.get_i32();
+    let body = ListOffsetsResponse::decode(&mut resp, 1).expect("list offsets body");
+    let p = &body.topics[0].partitions[0];
+    (p.error_code, p.offset, p.timestamp)
+}
+
+/// Zstd needs Produce v7 (KIP-110). Sarama 1.22 sends zstd batches in Produce v3; Kafka
+/// answers UNSUPPORTED_COMPRESSION_TYPE (76) for that partition, and so must we, instead of
+/// storing data that the old client's own Fetch version may not carry.
+#[test]
+fn zstd_before_produce_v7_is_unsupported_compression_type() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    auto_create(&mut s, "zstd-old");
+    let zstd = record_batch(3, 1_000_000, Compression::Zstd);
+    assert_eq!(produce(&mut s, 3, "zstd-old", zstd.clone()).0, 76);
+    assert_eq!(produce(&mut s, 6, "zstd-old", zstd.clone()).0, 76);
+    assert_eq!(produce(&mut s, 7, "zstd-old", zstd), (0, 0));
+    // Other codecs are fine in v3.
+    let gzip = record_batch(3, 1_000_000, Compression::Gzip);
+    assert_eq!(produce(&mut s, 3, "zstd-old", gzip), (0, 3));
+}
+
+/// Sarama before 1.23 leaves a batch's maxTimestamp at -1. Kafka's broker rewrites it from
+/// the records, so ListOffsets by time (v1, as Sarama asks) finds them; it answers the
+/// found record's own timestamp and, in a compressed batch, the exact record.
+#[test]
+fn unset_max_timestamp_is_rewritten_and_list_offsets_by_time_finds_the_record() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    auto_create(&mut s, "by-time");
+    let base = 1_700_000_000_000;
+    let plain = without_max_timestamp(&record_batch(5, base, Compression::None));
+    assert_eq!(produce(&mut s, 3, "by-time", plain), (0, 0));
+    let zipped = without_max_timestamp(&record_batch(5, base + 100, Compression::Gzip));
+    assert_eq!(produce(&mut s, 3, "by-time", zipped), (0, 5));
+
+    assert_eq!(list_offset_v1(&mut s, "by-time", 0), (0, 0, base));
+    assert_eq!(
+        list_offset_v1(&mut s, "by-time", base + 15),
+        (0, 2, base + 20)
+    );
+    // Inside the gzip batch: the record at base + 120 is offset 7, not the batch's 5.
+    assert_eq!(
+        list_offset_v1(&mut s, "by-time", base + 115),
+        (0, 7, base + 120)
+    );
+    assert_eq!(list_offset_v1(&mut s, "by-time", base + 1_000), (0, -1, -1));
+    assert_eq!(list_offset_v1(&mut s, "by-time", -2), (0, 0, -1));
+    assert_eq!(list_offset_v1(&mut s, "by-time", -1), (0, 10, -1));
+
+    // Fetch (v4, Sarama's) returns the batches with the rewritten maxTimestamp and a valid CRC.
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("by-time")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    s.write_all(&request(ApiKey::Fetch, 4, 3, &fetch))
+        .expect("write");
+    let mut resp = read_frame(&mut s).expect("fetch response");
+    resp.get_i32();
+    let body = FetchResponse::decode(&mut resp, 4).expect("fetch body");
+    let mut records = body.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records");
+    let mut max_timestamps = Vec::new();
+    while records.len() >= 61 {
+        let size = 12 + i32::from_be_bytes(records[8..12].try_into().unwrap()) as usize;
+        let one = records.split_to(size);
+        let crc = u32::from_be_bytes(one[17..21].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&one[21..]), "batch CRC");
+        max_timestamps.push(i64::from_be_bytes(one[35..43].try_into().unwrap()));
+    }
+    assert_eq!(max_timestamps, vec![base + 40, base + 140]);
 }

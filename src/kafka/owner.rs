@@ -378,7 +378,7 @@ async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetA
             MAX_TIMESTAMP => plog::max_timestamp_offset(&log).await,
             ts => plog::offset_for_timestamp(&log, ts)
                 .await
-                .map(|o| o.map(|o| (o, ts)).unwrap_or((-1, -1))),
+                .map(|found| found.unwrap_or((-1, -1))),
         };
         out.push(match answer {
             Ok((offset, timestamp)) => OffsetAnswer {

@@ -9,7 +9,8 @@
 //! maxTimestamp i64 | producerId i64 | producerEpoch i16 | baseSequence i32 | records i32.
 //! The CRC covers everything from `attributes` to the end of the batch.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 pub const HEADER_LEN: usize = 61;
 /// baseOffset + batchLength: the part of a batch not counted by batchLength.
@@ -166,18 +167,76 @@ pub fn split(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, BatchError> {
 }
 
 /// Returns a copy of `batch` with baseOffset set; under LogAppendTime also sets the
-/// timestamp type bit and maxTimestamp, and recomputes the CRC (the only bytes changed).
-pub fn assign(batch: &Bytes, base_offset: i64, log_append_time: Option<i64>) -> Bytes {
+/// timestamp type bit and maxTimestamp; with `create_time_max` (see `create_time_max`)
+/// sets maxTimestamp to it. Either recomputes the CRC (the only bytes changed).
+pub fn assign(
+    batch: &Bytes,
+    base_offset: i64,
+    log_append_time: Option<i64>,
+    create_time_max: Option<i64>,
+) -> Bytes {
     let mut b = BytesMut::from(&batch[..]);
     b[0..8].copy_from_slice(&base_offset.to_be_bytes());
-    if let Some(now) = log_append_time {
-        let attributes = i16_at(&b, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
-        b[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
-        b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&now.to_be_bytes());
+    let max = match (log_append_time, create_time_max) {
+        (Some(now), _) => {
+            let attributes = i16_at(&b, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
+            b[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+            Some(now)
+        }
+        (None, max) => max,
+    };
+    if let Some(max) = max {
+        b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     }
     b.freeze()
+}
+
+/// The true largest record timestamp of a CreateTime batch whose maxTimestamp field is
+/// wrong, or `None` when the field is right (or cannot be checked). Kafka's broker always
+/// rewrites maxTimestamp from the records (its LogValidator); some producers leave it unset
+/// (Sarama before 1.23 writes -1), which would hide their batches from ListOffsets by time
+/// and from time-based retention. An uncompressed batch is walked record by record (a
+/// varint scan, no copy); a compressed one is inflated only when its maxTimestamp is below
+/// its baseTimestamp, which no correctly built batch has.
+pub fn create_time_max(batch: &Bytes, h: &BatchHeader) -> Option<i64> {
+    if h.attributes & TIMESTAMP_TYPE_BIT != 0 || h.records <= 0 {
+        return None;
+    }
+    if h.compression() != 0 && h.max_timestamp >= h.base_timestamp {
+        return None;
+    }
+    let records = inflate(batch, h).ok()?;
+    let mut max = i64::MIN;
+    each_record(&records, h.records, |ts_delta, _| {
+        max = max.max(h.base_timestamp.saturating_add(ts_delta));
+        true
+    })?;
+    (max != i64::MIN && max != h.max_timestamp).then_some(max)
+}
+
+/// Calls `f(timestamp delta, offset delta)` for each of the `count` records of an
+/// (inflated) records section until it returns false. `None` when the section is
+/// malformed.
+fn each_record(records: &[u8], count: i32, mut f: impl FnMut(i64, i64) -> bool) -> Option<()> {
+    let mut at = 0;
+    for _ in 0..count {
+        let start = at;
+        let len = varint(records, &mut at)?;
+        let body = at;
+        at += 1; // attributes
+        let ts_delta = varint(records, &mut at)?;
+        let offset_delta = varint(records, &mut at)?;
+        if !f(ts_delta, offset_delta) {
+            return Some(());
+        }
+        at = body.checked_add(usize::try_from(len).ok()?)?;
+        if at <= start {
+            return None;
+        }
+    }
+    Some(())
 }
 
 /// Reads a zig-zag varint (Kafka's record encoding); `None` on a short buffer.
@@ -199,33 +258,50 @@ fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
     Some(((value >> 1) as i64) ^ -((value & 1) as i64))
 }
 
-/// The offset of the first record at or after `target` timestamp in an uncompressed batch;
-/// for a compressed batch (whose records cannot be read without inflating) the batch's base
-/// offset. `None` when no record qualifies.
-pub fn offset_for_timestamp(batch: &[u8], header: &BatchHeader, target: i64) -> Option<i64> {
+/// The records section of a batch (what follows its header), inflated when the batch is
+/// compressed.
+pub fn inflate(batch: &Bytes, h: &BatchHeader) -> Result<Bytes, String> {
+    let mut section = batch.slice(HEADER_LEN.min(batch.len())..h.size.min(batch.len()));
+    let take = |b: &mut Bytes| -> anyhow::Result<Bytes> { Ok(b.copy_to_bytes(b.remaining())) };
+    let inflated = match h.compression() {
+        0 => return Ok(section),
+        1 => Gzip::decompress(&mut section, take),
+        2 => Snappy::decompress(&mut section, take),
+        3 => Lz4::decompress(&mut section, take),
+        4 => Zstd::decompress(&mut section, take),
+        c => return Err(format!("unknown compression {c}")),
+    };
+    inflated.map_err(|e| format!("record batch codec: {e}"))
+}
+
+/// The first record of `batch` whose timestamp is at or after `target`: its offset and
+/// timestamp, as ListOffsets answers them. A compressed batch is inflated to find the exact
+/// record, as Kafka does; under LogAppendTime every record carries the batch's
+/// maxTimestamp. `None` when no record qualifies.
+pub fn offset_for_timestamp(
+    batch: &Bytes,
+    header: &BatchHeader,
+    target: i64,
+) -> Option<(i64, i64)> {
     if header.max_timestamp < target {
         return None;
     }
-    if header.compression() != 0 || header.attributes & TIMESTAMP_TYPE_BIT != 0 {
-        return Some(header.base_offset);
+    let whole_batch = Some((header.base_offset, header.max_timestamp));
+    if header.attributes & TIMESTAMP_TYPE_BIT != 0 {
+        return whole_batch;
     }
-    let mut at = HEADER_LEN;
-    for _ in 0..header.records {
-        let start = at;
-        let len = varint(batch, &mut at)?;
-        let body = at;
-        at += 1; // attributes
-        let ts_delta = varint(batch, &mut at)?;
-        let offset_delta = varint(batch, &mut at)?;
-        if header.base_timestamp + ts_delta >= target {
-            return Some(header.base_offset + offset_delta);
+    let Ok(records) = inflate(batch, header) else {
+        return whole_batch;
+    };
+    let mut found = None;
+    each_record(&records, header.records, |ts_delta, offset_delta| {
+        let ts = header.base_timestamp.saturating_add(ts_delta);
+        if ts >= target {
+            found = Some((header.base_offset + offset_delta, ts));
         }
-        at = body.checked_add(usize::try_from(len).ok()?)?;
-        if at <= start {
-            return None;
-        }
-    }
-    Some(header.base_offset)
+        found.is_none()
+    });
+    found.or(whole_batch)
 }
 
 #[cfg(test)]
@@ -296,10 +372,10 @@ pub(crate) mod tests {
     #[test]
     fn assign_patches_offset_and_log_append_time() {
         let b = make_batch(1000, 2, b"x");
-        let p = assign(&b, 42, None);
+        let p = assign(&b, 42, None, None);
         assert_eq!(validate(&p).unwrap().base_offset, 42);
         assert_eq!(&p[8..], &b[8..]);
-        let p = assign(&b, 7, Some(99_999));
+        let p = assign(&b, 7, Some(99_999), None);
         let h = validate(&p).unwrap();
         assert_eq!(h.max_timestamp, 99_999);
         assert_ne!(h.attributes & TIMESTAMP_TYPE_BIT, 0);
@@ -307,11 +383,79 @@ pub(crate) mod tests {
 
     #[test]
     fn timestamp_lookup_inside_batch() {
-        let b = assign(&make_batch(1000, 5, b"v"), 10, None);
+        let b = assign(&make_batch(1000, 5, b"v"), 10, None, None);
         let h = validate(&b).unwrap();
-        assert_eq!(offset_for_timestamp(&b, &h, 1002), Some(12));
-        assert_eq!(offset_for_timestamp(&b, &h, 0), Some(10));
+        assert_eq!(offset_for_timestamp(&b, &h, 1002), Some((12, 1002)));
+        assert_eq!(offset_for_timestamp(&b, &h, 0), Some((10, 1000)));
         assert_eq!(offset_for_timestamp(&b, &h, 2000), None);
+    }
+
+    /// `batch` with its records section gzip-compressed (attributes, length and CRC fixed).
+    fn gzipped(batch: &Bytes) -> Bytes {
+        use kafka_protocol::compression::Compressor;
+        let mut section = BytesMut::new();
+        Gzip::compress(&mut section, |out: &mut BytesMut| -> anyhow::Result<()> {
+            out.extend_from_slice(&batch[HEADER_LEN..]);
+            Ok(())
+        })
+        .unwrap();
+        let mut b = BytesMut::from(&batch[..HEADER_LEN]);
+        b.extend_from_slice(&section);
+        let length = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&length.to_be_bytes());
+        let attributes = i16_at(&b, ATTRIBUTES_OFFSET) | 1;
+        b[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        b.freeze()
+    }
+
+    /// `batch` with its maxTimestamp field set to `max` (CRC fixed).
+    fn with_max_timestamp(batch: &Bytes, max: i64) -> Bytes {
+        let mut b = BytesMut::from(&batch[..]);
+        b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        b.freeze()
+    }
+
+    /// Sarama before 1.23 sends maxTimestamp -1; the broker puts the records' own maximum
+    /// there, as Kafka's does, and leaves right batches alone.
+    #[test]
+    fn wrong_max_timestamp_is_recomputed() {
+        let good = make_batch(1000, 4, b"v");
+        assert_eq!(create_time_max(&good, &validate(&good).unwrap()), None);
+        let unset = with_max_timestamp(&good, -1);
+        let h = validate(&unset).unwrap();
+        assert_eq!(create_time_max(&unset, &h), Some(1003));
+        let fixed = assign(&unset, 5, None, Some(1003));
+        let h = validate(&fixed).unwrap();
+        assert_eq!((h.base_offset, h.max_timestamp), (5, 1003));
+        assert_eq!(offset_for_timestamp(&fixed, &h, 1001), Some((6, 1001)));
+        let zipped = gzipped(&unset);
+        assert_eq!(
+            create_time_max(&zipped, &validate(&zipped).unwrap()),
+            Some(1003)
+        );
+        // A compressed batch with a plausible maxTimestamp is not inflated.
+        let zipped = gzipped(&good);
+        assert_eq!(create_time_max(&zipped, &validate(&zipped).unwrap()), None);
+    }
+
+    /// Kafka finds the exact record inside a compressed batch and answers its timestamp,
+    /// not the batch's base offset or the timestamp asked for.
+    #[test]
+    fn timestamp_lookup_inside_compressed_batch() {
+        let b = gzipped(&assign(&make_batch(1000, 5, b"v"), 10, None, None));
+        let h = validate(&b).unwrap();
+        assert_eq!(h.compression(), 1);
+        assert_eq!(offset_for_timestamp(&b, &h, 1003), Some((13, 1003)));
+        assert_eq!(offset_for_timestamp(&b, &h, 1), Some((10, 1000)));
+        assert_eq!(offset_for_timestamp(&b, &h, 1005), None);
+        // Under LogAppendTime every record has the batch's maxTimestamp.
+        let lat = assign(&b, 10, Some(5000), None);
+        let h = validate(&lat).unwrap();
+        assert_eq!(offset_for_timestamp(&lat, &h, 4000), Some((10, 5000)));
     }
 
     #[test]

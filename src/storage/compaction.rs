@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
-use super::batch::{BatchHeader, HEADER_LEN};
+use super::batch::{self, BatchHeader, HEADER_LEN};
 use super::log::{self as plog, now_ms};
 use super::LogRef;
 
@@ -87,22 +87,7 @@ fn codec_error(e: impl std::fmt::Display) -> String {
 
 /// The records of a batch (inflating it if compressed).
 fn records_of(batch: &Bytes, h: &BatchHeader) -> Result<Vec<RawRecord>, String> {
-    let mut compressed = batch.slice(HEADER_LEN..h.size);
-    let section: Bytes = match h.compression() {
-        0 => compressed,
-        c => {
-            let take =
-                |b: &mut Bytes| -> anyhow::Result<Bytes> { Ok(b.copy_to_bytes(b.remaining())) };
-            match c {
-                1 => Gzip::decompress(&mut compressed, take),
-                2 => Snappy::decompress(&mut compressed, take),
-                3 => Lz4::decompress(&mut compressed, take),
-                4 => Zstd::decompress(&mut compressed, take),
-                _ => return Err(format!("unknown compression {c}")),
-            }
-            .map_err(codec_error)?
-        }
-    };
+    let section = batch::inflate(batch, h)?;
     split_records(&section, h.records).ok_or_else(|| "malformed records".to_owned())
 }
 

@@ -308,10 +308,15 @@ impl PartitionLog {
         for (h, bytes) in batches {
             self.maybe_roll(bytes.len(), now);
             let base = self.next_offset;
-            let stamped = batch::assign(bytes, base, lat);
+            // Like Kafka, maxTimestamp is the records' own (or the append time).
+            let true_max = match lat {
+                Some(_) => None,
+                None => batch::create_time_max(bytes, h),
+            };
+            let stamped = batch::assign(bytes, base, lat, true_max);
             let mut header = *h;
             header.base_offset = base;
-            if let Some(t) = lat {
+            if let Some(t) = lat.or(true_max) {
                 header.max_timestamp = t;
             }
             self.producers.record(&header);
@@ -615,11 +620,12 @@ pub async fn read(
     Ok(out.freeze())
 }
 
-/// The first offset whose record timestamp is at or after `ts`, or `None` past the end.
+/// The first record whose timestamp is at or after `ts` (its offset and timestamp), or
+/// `None` when there is none.
 pub async fn offset_for_timestamp(
     log: &Rc<std::cell::RefCell<PartitionLog>>,
     ts: i64,
-) -> Result<Option<i64>, LogError> {
+) -> Result<Option<(i64, i64)>, LogError> {
     let (start, candidates) = {
         let l = log.borrow();
         let c: Vec<i64> = l
@@ -656,9 +662,10 @@ pub async fn offset_for_timestamp(
                 if h.size > data.len() - pos {
                     break;
                 }
-                if let Some(o) = batch::offset_for_timestamp(&data[pos..pos + h.size], &h, ts) {
+                let one = data.slice(pos..pos + h.size);
+                if let Some((o, found)) = batch::offset_for_timestamp(&one, &h, ts) {
                     if o >= at || h.last_offset() >= at {
-                        return Ok(Some(o.max(at)));
+                        return Ok(Some((o.max(at), found)));
                     }
                 }
                 last = h.last_offset() + 1;
@@ -689,8 +696,5 @@ pub async fn max_timestamp_offset(
     if max < 0 {
         return Ok((-1, -1));
     }
-    Ok(offset_for_timestamp(log, max)
-        .await?
-        .map(|o| (o, max))
-        .unwrap_or((-1, -1)))
+    Ok(offset_for_timestamp(log, max).await?.unwrap_or((-1, -1)))
 }

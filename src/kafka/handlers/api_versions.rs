@@ -15,7 +15,7 @@ fn versions() -> Vec<ApiVersion> {
     SUPPORTED
         .iter()
         .map(|api| {
-            let r = api.valid_versions();
+            let r = crate::kafka::codec::versions(*api);
             ApiVersion::default()
                 .with_api_key(*api as i16)
                 .with_min_version(r.min)

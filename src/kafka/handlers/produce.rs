@@ -1,4 +1,5 @@
-//! Produce (key 0), v3–v13: record batches (magic 2) to partitions, acks 0, 1 or -1.
+//! Produce (key 0), v3–v13: record batches (magic 2) to partitions, acks 0, 1 or -1;
+//! zstd-compressed batches from v7 on.
 //!
 //! Stage one, awaited in request order on the connection's shard: group the partitions by
 //! owner and hand each owner its share (`Shard::kafka_dispatch` — the line where work
@@ -17,6 +18,14 @@ use super::{by_owner, count_error, frame, ready, str_bytes, Conn, Pending};
 use crate::kafka::owner::{ProducePart, ProduceResult, Reply, Request};
 use crate::metrics::Protocol;
 use crate::storage::batch;
+
+/// Zstd compression (codec 4) needs Produce v7 (KIP-110): like Kafka, an older request
+/// whose batch uses it gets UNSUPPORTED_COMPRESSION_TYPE for that partition.
+fn zstd(records: Option<&bytes::Bytes>) -> bool {
+    records
+        .and_then(|r| batch::BatchHeader::parse(r))
+        .is_some_and(|h| h.compression() == 4)
+}
 
 /// Records what was appended (and refused) in the shard's metrics.
 fn count_produced(
@@ -77,6 +86,12 @@ pub async fn handle(
             match &name {
                 _ if bad_acks => r.error = ResponseError::InvalidRequiredAcks.code(),
                 None => r.error = ResponseError::UnknownTopicId.code(),
+                Some(_) if version < 7 && zstd(p.records.as_ref()) => {
+                    r.error = ResponseError::UnsupportedCompressionType.code();
+                    r.message = Some(format!(
+                        "Produce requests with version {version} are not allowed to use ZStandard compression"
+                    ));
+                }
                 Some(n) => {
                     let (count, bytes) = p
                         .records
