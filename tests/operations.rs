@@ -180,105 +180,33 @@ fn sigterm_during_a_produce_load_loses_nothing_acknowledged() {
     }
 }
 
-#[test]
-fn a_small_inflight_budget_slows_a_pipelining_producer_and_loses_nothing() {
-    let (_d, data) = data_dir();
-    // 4 KiB per connection: librdkafka pipelines produce requests of ~8 KiB, so the broker
-    // must stop reading the socket while one is being synced.
-    let b = Broker::start(
-        &data,
-        &[
-            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "4096"),
-            ("PORTASK_LIMITS__SHARD_INFLIGHT_BYTES", "16384"),
-        ],
-    );
-    let p: FutureProducer = ClientConfig::new()
+/// Produces `n` keyed records of `value` to `topic` (partition `i % partitions`) with
+/// acks=all and waits for every delivery report.
+fn produce_all(
+    b: &Broker,
+    extra: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    value: &[u8],
+) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", b.bootstrap())
         .set("acks", "all")
-        .set("linger.ms", "0")
-        .set("batch.size", "8192")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .expect("producer");
-    const N: usize = 2000;
-    let value = vec![b'v'; 1000];
-    let pending: Vec<_> = (0..N)
+        .set("message.timeout.ms", "60000");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let p: FutureProducer = config.create().expect("producer");
+    let pending: Vec<_> = (0..n)
         .map(|i| {
             let key = i.to_string();
             loop {
-                match p.send_result(FutureRecord::to("budget").key(&key).payload(&value[..])) {
-                    Ok(f) => break f,
-                    Err((_, _)) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        })
-        .collect();
-    for f in pending {
-        block_on(f)
-            .expect("delivery report")
-            .map_err(|(e, _)| e)
-            .expect("delivered");
-    }
-    let metrics = ureq::get(&format!("{}/metrics", b.http_url()))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
-    let throttled: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("portask_backpressure_total{protocol=\"kafka\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("backpressure counter");
-    assert!(throttled > 0.0, "the budget never held a request back");
-
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", "budget-check")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("budget", 0, Offset::Beginning)
-        .expect("tpl");
-    c.assign(&tpl).expect("assign");
-    let mut seen = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < N {
-        assert!(Instant::now() < deadline, "read back {} of {N}", seen.len());
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            seen.insert(m.key().map(<[u8]>::to_vec));
-        }
-    }
-    assert_eq!(seen.len(), N);
-}
-
-#[test]
-fn the_shard_tail_cache_budget_caps_memory_and_reads_still_see_everything() {
-    let (_d, data) = data_dir();
-    let b = Broker::start(
-        &data,
-        &[
-            ("PORTASK_STORAGE__SHARD_TAIL_CACHE_BYTES", "262144"),
-            ("PORTASK_KAFKA__NUM_PARTITIONS", "4"),
-        ],
-    );
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .create()
-        .expect("producer");
-    // 8 MiB over 4 partitions: the per-partition caches (8 MiB each by default) would hold
-    // all of it without the shard budget of 256 KiB.
-    const N: i32 = 1024;
-    let value = vec![b'm'; 8192];
-    let pending: Vec<_> = (0..N)
-        .map(|i| {
-            let key = i.to_string();
-            loop {
-                let r = FutureRecord::to("capped")
+                let r = FutureRecord::to(topic)
                     .key(&key)
-                    .payload(&value[..])
-                    .partition(i % 4);
+                    .payload(value)
+                    .partition(i as i32 % partitions);
                 match p.send_result(r) {
                     Ok(f) => break f,
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -292,15 +220,85 @@ fn the_shard_tail_cache_budget_caps_memory_and_reads_still_see_everything() {
             .map_err(|(e, _)| e)
             .expect("delivered");
     }
+}
+
+/// Reads `topic` from the beginning until `n` distinct keys were seen, each value
+/// `value_len` bytes long.
+fn read_back_keys(b: &Broker, topic: &str, partitions: i32, n: usize, value_len: usize) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", "read-back")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..partitions {
+        tpl.add_partition_offset(topic, part, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < n {
+        assert!(Instant::now() < deadline, "read back {} of {n}", seen.len());
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            assert_eq!(m.payload().map(<[u8]>::len), Some(value_len));
+            seen.insert(m.key().map(<[u8]>::to_vec));
+        }
+    }
+}
+
+/// `/metrics` as text.
+fn metrics_text(b: &Broker) -> String {
+    ureq::get(&format!("{}/metrics", b.http_url()))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text")
+}
+
+#[test]
+fn a_small_inflight_budget_slows_a_pipelining_producer_and_loses_nothing() {
+    let (_d, data) = data_dir();
+    // 4 KiB per connection: librdkafka pipelines produce requests of ~8 KiB, so the broker
+    // must stop reading the socket while one is being synced.
+    let b = Broker::start(
+        &data,
+        &[
+            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "4096"),
+            ("PORTASK_LIMITS__SHARD_INFLIGHT_BYTES", "16384"),
+        ],
+    );
+    const N: usize = 2000;
+    let producer = [("linger.ms", "0"), ("batch.size", "8192")];
+    produce_all(&b, &producer, "budget", 1, N, &[b'v'; 1000]);
+    let throttled: f64 = metrics_text(&b)
+        .lines()
+        .find_map(|l| l.strip_prefix("portask_backpressure_total{protocol=\"kafka\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("backpressure counter");
+    assert!(throttled > 0.0, "the budget never held a request back");
+    read_back_keys(&b, "budget", 1, N, 1000);
+}
+
+#[test]
+fn the_shard_tail_cache_budget_caps_memory_and_reads_still_see_everything() {
+    let (_d, data) = data_dir();
+    let b = Broker::start(
+        &data,
+        &[
+            ("PORTASK_STORAGE__SHARD_TAIL_CACHE_BYTES", "262144"),
+            ("PORTASK_KAFKA__NUM_PARTITIONS", "4"),
+        ],
+    );
+    // 8 MiB over 4 partitions: the per-partition caches (8 MiB each by default) would hold
+    // all of it without the shard budget of 256 KiB.
+    const N: usize = 1024;
+    produce_all(&b, &[("linger.ms", "2")], "capped", 4, N, &[b'm'; 8192]);
     // After the flusher's next rounds every shard is within its budget (plus at most the
     // batches not yet written, which are never dropped).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = ureq::get(&format!("{}/metrics", b.http_url()))
-            .call()
-            .expect("metrics")
-            .into_string()
-            .expect("text");
+        let metrics = metrics_text(&b);
         let cached: Vec<f64> = metrics
             .lines()
             .filter(|l| {
@@ -319,26 +317,7 @@ fn the_shard_tail_cache_budget_caps_memory_and_reads_still_see_everything() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Everything is still there: what left memory is read from disk.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", "capped-check")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..4 {
-        tpl.add_partition_offset("capped", part, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut seen = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < N as usize {
-        assert!(Instant::now() < deadline, "read back {} of {N}", seen.len());
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            assert_eq!(m.payload().map(<[u8]>::len), Some(8192));
-            seen.insert(m.key().map(<[u8]>::to_vec));
-        }
-    }
+    read_back_keys(&b, "capped", 4, N, 8192);
 }
 
 #[test]
