@@ -345,7 +345,10 @@ fn encode_batch<'a>(records: impl Iterator<Item = &'a Outgoing>) -> Result<Bytes
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder keeps records in one batch while offset - sequence stays the
+            // same and takes the batch's base sequence from the first record: -1, as a
+            // batch of a non-idempotent producer has.
+            sequence: i as i32 - 1,
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),
@@ -529,6 +532,24 @@ async fn read(shard: &Rc<Shard>, req: &Req, topic: &str, partition: i32) -> ApiR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_one_partition_go_in_one_batch() {
+        let out: Vec<Outgoing> = (0..3)
+            .map(|i| Outgoing {
+                partition: 0,
+                key: None,
+                value: Some(Bytes::from(format!("v{i}"))),
+                headers: IndexMap::new(),
+                timestamp: 1000 + i,
+            })
+            .collect();
+        let batch = encode_batch(out.iter()).unwrap();
+        let h = crate::storage::batch::validate(&batch).unwrap();
+        assert_eq!(h.size, batch.len());
+        assert_eq!(h.records, 3);
+        assert_eq!(h.base_sequence, -1);
+    }
 
     #[test]
     fn murmur2_matches_the_java_client() {
