@@ -124,6 +124,11 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     pub heartbeat_secs: u16,
     pub default_prefetch: u16,
+    /// Deliveries a consumer may have on their way to its socket (sent by the queue's
+    /// shard, not yet written by its connection's shard), whatever its prefetch...
+    pub consumer_window: u32,
+    /// ...and their body bytes (one message always goes when nothing is in flight).
+    pub consumer_window_bytes: u64,
     /// Users: name and RabbitMQ-style salted SHA-256 password hash.
     pub users: Vec<AmqpUser>,
     /// Users that may connect only from a loopback address (RabbitMQ's `loopback_users`).
@@ -269,6 +274,8 @@ impl Default for AmqpConfig {
             channel_max: 2047,
             heartbeat_secs: 60,
             default_prefetch: 0,
+            consumer_window: 2000,
+            consumer_window_bytes: 16 << 20,
             users: vec![AmqpUser {
                 name: "guest".into(),
                 // "guest"
@@ -554,6 +561,12 @@ impl Config {
         }
         if self.amqp.frame_max < 4096 {
             return bad("amqp.frame_max", "must be at least 4096");
+        }
+        if self.amqp.consumer_window == 0 {
+            return bad("amqp.consumer_window", "must be at least 1");
+        }
+        if self.amqp.consumer_window_bytes == 0 {
+            return bad("amqp.consumer_window_bytes", "must be at least 1");
         }
         if self.amqp.segment_bytes < 4096 {
             return bad("amqp.segment_bytes", "must be at least 4096");

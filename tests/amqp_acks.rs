@@ -288,23 +288,56 @@ async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
     let mut c2 = consume(&cch, "f2", false).await;
     for i in 0..10u8 {
         publish(&ch, "", "f1", &[i]).await;
-        publish(&ch, "", "f2", &[i]).await;
     }
-    let mut held = Vec::new();
+    // One busy consumer may use the whole window (RabbitMQ's channel-wide qos).
+    let mut held1 = Vec::new();
     while let Some(d) = next(&mut c1, 1).await {
-        held.push(d);
-    }
-    while let Some(d) = next(&mut c2, 1).await {
-        held.push(d);
+        held1.push(d);
     }
     assert_eq!(
-        held.len(),
-        4,
-        "the channel-wide prefetch bounds unacked deliveries"
+        held1.iter().map(|d| d.data[0]).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3],
+        "the first consumer gets the whole channel-wide window"
     );
+    for i in 0..10u8 {
+        publish(&ch, "", "f2", &[i]).await;
+    }
+    assert!(
+        next(&mut c2, 1).await.is_none(),
+        "delivered past a full channel-wide window"
+    );
+    // Acking two makes room for two more, wherever they come from; the window holds.
+    cch.basic_ack(held1[1].delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .expect("ack two");
+    let mut seen: Vec<(u8, u8)> = held1.iter().map(|d| (1, d.data[0])).collect();
+    let more = take_both(&mut c1, &mut c2).await;
+    assert_eq!(more.len(), 2, "acks free exactly their room: {more:?}");
+    seen.extend(&more);
+    // A bigger window lets more through at once, to existing consumers too.
+    cch.basic_qos(8, BasicQosOptions { global: true })
+        .await
+        .expect("qos global 8");
+    let after = take_both(&mut c1, &mut c2).await;
+    assert_eq!(after.len(), 4, "widened window: 8 unacked in all");
+    seen.extend(&after);
+    while seen.len() < 20 {
+        cch.basic_ack(0, BasicAckOptions { multiple: true })
+            .await
+            .expect("ack all");
+        let got = take_both(&mut c1, &mut c2).await;
+        assert!(!got.is_empty(), "nothing delivered after acking all");
+        assert!(got.len() <= 8, "window of 8 exceeded: {}", got.len());
+        seen.extend(got);
+    }
+    seen.sort_unstable();
+    let expected: Vec<(u8, u8)> = (1..=2u8)
+        .flat_map(|q| (0..10u8).map(move |i| (q, i)))
+        .collect();
+    assert_eq!(seen, expected, "every message delivered exactly once");
     cch.basic_ack(0, BasicAckOptions { multiple: true })
         .await
-        .expect("ack all");
+        .expect("ack the rest");
 
     // channel.flow(false) pauses deliveries; flow(true) resumes them.
     let fch = channel(&conn).await;
@@ -378,4 +411,22 @@ async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
         .expect("requeued after rollback");
     assert_eq!(back.delivery.data, b"keep");
     assert!(back.delivery.redelivered);
+}
+
+/// Everything the two consumers receive until both are quiet for a second, as
+/// (consumer 1 or 2, first body byte).
+async fn take_both(c1: &mut lapin::Consumer, c2: &mut lapin::Consumer) -> Vec<(u8, u8)> {
+    let mut got = Vec::new();
+    loop {
+        let before = got.len();
+        while let Some(d) = next(c1, 1).await {
+            got.push((1, d.data[0]));
+        }
+        while let Some(d) = next(c2, 1).await {
+            got.push((2, d.data[0]));
+        }
+        if got.len() == before {
+            return got;
+        }
+    }
 }

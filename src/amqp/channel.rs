@@ -5,6 +5,15 @@
 //!
 //! Owned by its `Connection` (`Rc<RefCell<Channel>>`); methods are synchronous and never
 //! awaited with a borrow held. Work for queues leaves through the shard's outbox.
+//!
+//! Prefetch is enforced in two places. Each consumer's own limit (basic.qos global=false)
+//! is counted by the queue's owner shard, which stops delivering at it. The channel-wide
+//! limit (basic.qos global=true) is shared by all the channel's consumers, whatever shard
+//! owns their queues, so it is counted here: an owner may deliver up to the channel-wide
+//! limit to each consumer, and deliveries that would take the channel past it wait in
+//! `held`, in arrival order, until acks make room. Delivery tags are given when a message is
+//! written, so they stay in write order. As in RabbitMQ one busy consumer may use the whole
+//! channel-wide window.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -49,6 +58,16 @@ struct Unacked {
     queue: QueueRef,
     id: u64,
     settled: bool,
+    /// Body bytes, when the delivery counts against the channel-wide prefetch (a consumer
+    /// delivery; basic.get is not limited by prefetch).
+    counted: Option<u64>,
+}
+
+/// A delivery that arrived while the channel-wide prefetch was full (or flow was off).
+struct Held {
+    cid: u64,
+    queue: QueueRef,
+    delivery: Delivery,
 }
 
 pub struct ConsumerInfo {
@@ -61,7 +80,7 @@ pub struct ConsumerInfo {
     /// consume-ok sent: deliveries may be written.
     pub ready: bool,
     buffered: Vec<Delivery>,
-    /// Limits last sent to the owner (channel-wide qos shares).
+    /// Limits last sent to the owner.
     sent_limits: (u32, u64),
 }
 
@@ -95,6 +114,12 @@ pub struct Channel {
     pub prefetch_bytes: u64,
     pub global_count: u32,
     pub global_bytes: u64,
+    /// Consumer deliveries written and not yet settled, and their body bytes (what the
+    /// channel-wide prefetch counts).
+    global_unacked: u32,
+    global_unacked_bytes: u64,
+    /// Deliveries waiting for room in the channel-wide prefetch (or for flow), in order.
+    held: VecDeque<Held>,
     pub confirm: bool,
     pub next_seq: u64,
     /// seq → (queues still to confirm, nacked by one, when the publish arrived).
@@ -123,6 +148,9 @@ impl Channel {
             prefetch_bytes: 0,
             global_count: 0,
             global_bytes: 0,
+            global_unacked: 0,
+            global_unacked_bytes: 0,
+            held: VecDeque::new(),
             confirm: false,
             next_seq: 1,
             pending_confirms: BTreeMap::new(),
@@ -152,6 +180,76 @@ impl Channel {
             c.buffered.extend(items);
             return None;
         }
+        let limited = self.global_count != 0 || self.global_bytes != 0;
+        if !c.no_ack && (limited || !self.held.is_empty() || !self.flow) {
+            self.held.extend(items.into_iter().map(|delivery| Held {
+                cid,
+                queue: queue.clone(),
+                delivery,
+            }));
+            self.release_held(conn);
+        } else {
+            self.write_deliveries(conn, cid, queue, items);
+        }
+        None
+    }
+
+    /// Whether a delivery of `size` body bytes fits in the channel-wide prefetch (one
+    /// always does when nothing is unacked, as for prefetch-size per consumer).
+    fn fits_global(&self, size: u64) -> bool {
+        (self.global_count == 0 || self.global_unacked < self.global_count)
+            && (self.global_bytes == 0
+                || self.global_unacked_bytes == 0
+                || self.global_unacked_bytes + size <= self.global_bytes)
+    }
+
+    /// Writes held deliveries, oldest first, while the channel-wide prefetch has room
+    /// and flow is on.
+    pub fn release_held(&mut self, conn: &Rc<Connection>) {
+        while self.flow && !self.closing {
+            let Some(h) = self.held.front() else {
+                break;
+            };
+            if !self.fits_global(h.delivery.msg.body.len() as u64) {
+                break;
+            }
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            // Consecutive deliveries for the same consumer go out together.
+            let mut items = vec![h.delivery];
+            let mut size = items[0].msg.body.len() as u64;
+            while let Some(next) = self.held.front() {
+                let next_size = next.delivery.msg.body.len() as u64;
+                let room = (self.global_count == 0
+                    || self.global_unacked + (items.len() as u32) < self.global_count)
+                    && (self.global_bytes == 0
+                        || self.global_unacked_bytes + size + next_size <= self.global_bytes);
+                if next.cid != h.cid || !room {
+                    break;
+                }
+                size += next_size;
+                if let Some(n) = self.held.pop_front() {
+                    items.push(n.delivery);
+                }
+            }
+            self.write_deliveries(conn, h.cid, &h.queue, items);
+        }
+    }
+
+    /// Gives delivery tags to `items` for consumer `cid`, records the unacked ones and
+    /// writes basic.deliver with content.
+    fn write_deliveries(
+        &mut self,
+        conn: &Rc<Connection>,
+        cid: u64,
+        queue: &QueueRef,
+        items: Vec<Delivery>,
+    ) {
+        let Some(c) = self.consumers.get(&cid) else {
+            give_back(conn, queue, items);
+            return;
+        };
         let tag = c.tag.clone();
         let no_ack = c.no_ack;
         let n = items.len() as u32;
@@ -163,11 +261,15 @@ impl Channel {
             self.next_tag += 1;
             tags.push(t);
             if !no_ack {
+                let size = d.msg.body.len() as u64;
+                self.global_unacked += 1;
+                self.global_unacked_bytes += size;
                 self.unacked.push_back(Unacked {
                     tag: t,
                     queue: queue.clone(),
                     id: d.id,
                     settled: false,
+                    counted: Some(size),
                 });
             }
         }
@@ -188,7 +290,19 @@ impl Channel {
         let bytes = items.iter().map(|d| d.msg.body.len() as u64).sum();
         conn.count_written(cid, queue, n, bytes);
         crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, n as u64, bytes));
-        None
+    }
+
+    /// A counted delivery left the unacked set (or came back to it, `back`).
+    fn uncount(&mut self, counted: Option<u64>, back: bool) {
+        if let Some(size) = counted {
+            if back {
+                self.global_unacked += 1;
+                self.global_unacked_bytes += size;
+            } else {
+                self.global_unacked = self.global_unacked.saturating_sub(1);
+                self.global_unacked_bytes = self.global_unacked_bytes.saturating_sub(size);
+            }
+        }
     }
 
     /// Records a basic.get-ok delivery and writes it.
@@ -208,6 +322,7 @@ impl Channel {
                 queue: queue.clone(),
                 id: d.id,
                 settled: false,
+                counted: None,
             });
         }
         let frame_max = conn.frame_max.get();
@@ -263,11 +378,20 @@ impl Channel {
         }
     }
 
-    /// Removes a consumer on this side; returns its queue.
+    /// Removes a consumer on this side, handing back what was never written to it;
+    /// returns its queue.
     pub fn remove_consumer(&mut self, conn: &Rc<Connection>, cid: u64) -> Option<QueueRef> {
         let c = self.consumers.remove(&cid)?;
-        if !c.buffered.is_empty() {
-            give_back(conn, &c.queue, c.buffered);
+        let mut unsent = c.buffered;
+        if self.held.iter().any(|h| h.cid == cid) {
+            let (mine, rest): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|h| h.cid == cid);
+            self.held = rest;
+            unsent.extend(mine.into_iter().map(|h| h.delivery));
+        }
+        if !unsent.is_empty() {
+            give_back(conn, &c.queue, unsent);
         }
         Some(c.queue)
     }
@@ -295,91 +419,57 @@ impl Channel {
                 })),
             );
         }
-        self.share_global_qos(conn);
+        self.release_held(conn);
     }
 
-    /// Limits per consumer: its own prefetch, and its share of the channel-wide one
-    /// (split evenly, at least one each) when basic.qos(global) set it.
-    fn effective_limits(&self, c: &ConsumerInfo, share: (u32, u64)) -> (u32, u64) {
+    /// The limits a consumer's owner enforces: its own prefetch, capped by the
+    /// channel-wide one (0 = none).
+    fn owner_limits(&self, c: &ConsumerInfo) -> (u32, u64) {
         let min0 = |a: u64, b: u64| match (a, b) {
             (0, b) => b,
             (a, 0) => a,
             (a, b) => a.min(b),
         };
         (
-            min0(c.prefetch_count as u64, share.0 as u64) as u32,
-            min0(c.prefetch_bytes, share.1),
+            min0(c.prefetch_count as u64, self.global_count as u64) as u32,
+            min0(c.prefetch_bytes, self.global_bytes),
         )
     }
 
-    /// Splits the channel-wide prefetch over the channel's consumers and tells owners
-    /// whose limits changed.
-    pub fn share_global_qos(&mut self, conn: &Rc<Connection>) {
-        let mut cids: Vec<u64> = self
-            .consumers
-            .iter()
-            .filter(|(_, c)| !c.no_ack)
-            .map(|(k, _)| *k)
-            .collect();
-        cids.sort_unstable();
-        let k = cids.len() as u64;
-        if k == 0 {
-            return;
-        }
-        for (i, cid) in cids.iter().enumerate() {
-            let share_count = if self.global_count == 0 {
-                0
-            } else {
-                let base = self.global_count as u64 / k;
-                let extra = ((i as u64) < self.global_count as u64 % k) as u64;
-                (base + extra).max(1) as u32
-            };
-            let share_bytes = if self.global_bytes == 0 {
-                0
-            } else {
-                (self.global_bytes / k).max(1)
-            };
-            let Some(c) = self.consumers.get(cid) else {
-                continue;
-            };
-            let limits = self.effective_limits(c, (share_count, share_bytes));
-            if limits != c.sent_limits {
-                let queue = c.queue.clone();
-                if let Some(c) = self.consumers.get_mut(cid) {
-                    c.sent_limits = limits;
-                }
-                outbox::push(
-                    &conn.shard,
-                    queue.owner,
-                    Op::Limits {
-                        queue,
-                        cid: *cid,
-                        prefetch_count: limits.0,
-                        prefetch_bytes: limits.1,
-                        active: self.flow,
-                    },
-                );
+    /// basic.qos(global) changed: tells owners whose consumers' limits changed, and
+    /// writes held deliveries the new window has room for.
+    pub fn global_qos_changed(&mut self, conn: &Rc<Connection>) {
+        let mut changed = Vec::new();
+        for (cid, c) in &self.consumers {
+            let limits = self.owner_limits(c);
+            if !c.no_ack && limits != c.sent_limits {
+                changed.push((*cid, limits));
             }
         }
+        for (cid, limits) in changed {
+            let Some(c) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
+            c.sent_limits = limits;
+            outbox::push(
+                &conn.shard,
+                c.queue.owner,
+                Op::Limits {
+                    queue: c.queue.clone(),
+                    cid,
+                    prefetch_count: limits.0,
+                    prefetch_bytes: limits.1,
+                    active: self.flow,
+                },
+            );
+        }
+        self.release_held(conn);
     }
 
     /// The limits a new consumer starts with.
     pub fn initial_limits(&mut self, cid: u64) -> (u32, u64) {
-        let k = self.consumers.values().filter(|c| !c.no_ack).count().max(1) as u64;
-        let share = (
-            if self.global_count == 0 {
-                0
-            } else {
-                (self.global_count as u64 / k).max(1) as u32
-            },
-            if self.global_bytes == 0 {
-                0
-            } else {
-                (self.global_bytes / k).max(1)
-            },
-        );
         let limits = match self.consumers.get(&cid) {
-            Some(c) => self.effective_limits(c, share),
+            Some(c) => self.owner_limits(c),
             None => (self.prefetch_count, self.prefetch_bytes),
         };
         if let Some(c) = self.consumers.get_mut(&cid) {
@@ -391,6 +481,7 @@ impl Channel {
     /// channel.flow: pause or resume every consumer of the channel.
     pub fn set_flow(&mut self, conn: &Rc<Connection>, active: bool) {
         self.flow = active;
+        self.release_held(conn);
         for (cid, c) in &self.consumers {
             outbox::push(
                 &conn.shard,
@@ -424,6 +515,7 @@ impl Channel {
         };
         let mut taken: Vec<(QueueRef, u64)> = Vec::new();
         let mut tags = Vec::new();
+        let mut counted = Vec::new();
         if multiple {
             if tag != 0 {
                 let found = self
@@ -444,6 +536,7 @@ impl Channel {
                     u.settled = true;
                     taken.push((u.queue.clone(), u.id));
                     tags.push(u.tag);
+                    counted.push(u.counted);
                 }
             }
         } else {
@@ -458,6 +551,10 @@ impl Channel {
             u.settled = true;
             taken.push((u.queue.clone(), u.id));
             tags.push(u.tag);
+            counted.push(u.counted);
+        }
+        for c in counted {
+            self.uncount(c, false);
         }
         if !keep {
             self.compact();
@@ -476,7 +573,11 @@ impl Channel {
     pub fn unsettle(&mut self, tags: &[u64]) {
         for t in tags {
             if let Ok(i) = self.unacked.binary_search_by_key(t, |u| u.tag) {
-                self.unacked[i].settled = false;
+                if self.unacked[i].settled {
+                    self.unacked[i].settled = false;
+                    let counted = self.unacked[i].counted;
+                    self.uncount(counted, true);
+                }
             }
         }
     }
@@ -489,6 +590,8 @@ impl Channel {
             .filter(|u| !u.settled)
             .map(|u| (u.queue, u.id))
             .collect();
+        self.global_unacked = 0;
+        self.global_unacked_bytes = 0;
         group(taken)
     }
 

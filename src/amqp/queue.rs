@@ -26,12 +26,6 @@ use super::topology::{Overflow, Queue, QueueArgs};
 use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
 
-/// Deliveries a consumer may have on their way to its socket before its connection
-/// reports them written (the broker's own flow control, independent of prefetch)...
-pub const CONSUMER_WINDOW: u32 = 2000;
-/// ...and body bytes (one message is always allowed when nothing is in flight).
-pub const CONSUMER_WINDOW_BYTES: u64 = 16 << 20;
-
 pub struct Entry {
     /// Position in the queue: requeued messages go back to where they were.
     pub seq: u64,
@@ -58,8 +52,13 @@ struct Consumer {
     spec: ConsumerSpec,
     unacked: u32,
     unacked_bytes: u64,
+    /// Deliveries (and body bytes) that may still be sent before the consumer's
+    /// connection reports earlier ones written: the broker's own flow control,
+    /// independent of prefetch (`amqp.consumer_window`, `amqp.consumer_window_bytes`).
     window: u32,
     window_bytes: u64,
+    /// The full window.
+    window_max: (u32, u64),
     active: bool,
 }
 
@@ -68,7 +67,8 @@ impl Consumer {
         if !self.active || self.window == 0 {
             return false;
         }
-        if self.window_bytes < size && self.window_bytes < CONSUMER_WINDOW_BYTES {
+        // One message is always allowed when nothing is in flight.
+        if self.window_bytes < size && self.window_bytes < self.window_max.1 {
             return false;
         }
         if self.spec.no_ack {
@@ -518,8 +518,12 @@ impl QueueState {
             spec,
             unacked: 0,
             unacked_bytes: 0,
-            window: CONSUMER_WINDOW,
-            window_bytes: CONSUMER_WINDOW_BYTES,
+            window: shard.config.amqp.consumer_window,
+            window_bytes: shard.config.amqp.consumer_window_bytes,
+            window_max: (
+                shard.config.amqp.consumer_window,
+                shard.config.amqp.consumer_window_bytes,
+            ),
             active: true,
         });
         self.had_consumer = true;
@@ -548,8 +552,8 @@ impl QueueState {
 
     pub fn credit(&mut self, shard: &Rc<Shard>, cid: u64, n: u32, bytes: u64) {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.spec.cid == cid) {
-            c.window = (c.window + n).min(CONSUMER_WINDOW);
-            c.window_bytes = (c.window_bytes + bytes).min(CONSUMER_WINDOW_BYTES);
+            c.window = (c.window + n).min(c.window_max.0);
+            c.window_bytes = (c.window_bytes + bytes).min(c.window_max.1);
             self.run(shard);
         }
     }
@@ -575,8 +579,8 @@ impl QueueState {
                     c.unacked = c.unacked.saturating_sub(1);
                     c.unacked_bytes = c.unacked_bytes.saturating_sub(size);
                     if how == Settle::Return {
-                        c.window = (c.window + 1).min(CONSUMER_WINDOW);
-                        c.window_bytes = (c.window_bytes + size).min(CONSUMER_WINDOW_BYTES);
+                        c.window = (c.window + 1).min(c.window_max.0);
+                        c.window_bytes = (c.window_bytes + size).min(c.window_max.1);
                     }
                 }
             }

@@ -28,6 +28,7 @@ fn settle(
     let mut c = ch.borrow_mut();
     let in_tx = c.tx.is_some();
     let (groups, tags) = c.take_unacked(tag, multiple, in_tx)?;
+    c.release_held(conn);
     if let Some(tx) = c.tx.as_mut() {
         for (queue, ids) in groups {
             tx.settles.push((queue, ids, how));
@@ -75,7 +76,9 @@ pub fn recover(
 ) -> Result<(), AmqpError> {
     let (groups, id) = {
         let mut c = ch.borrow_mut();
-        (c.take_all_unacked(), c.id)
+        let groups = c.take_all_unacked();
+        c.release_held(conn);
+        (groups, c.id)
     };
     for (queue, ids) in groups {
         log::debug!("recover: requeue {ids:?} of {}", queue.name);

@@ -114,9 +114,7 @@ pub async fn consume(
             })),
         );
     }
-    let mut chm = ch.borrow_mut();
-    chm.consumer_ready(conn, cid);
-    chm.share_global_qos(conn);
+    ch.borrow_mut().consumer_ready(conn, cid);
     Ok(())
 }
 
@@ -129,7 +127,7 @@ pub fn cancel(conn: &Rc<Connection>, ch: &ChannelRef, c: basic::Cancel) -> Resul
                 let owner = queue.owner;
                 outbox::push(&conn.shard, owner, Op::Cancel { queue, cid });
             }
-            chm.share_global_qos(conn);
+            chm.release_held(conn);
         }
         chm.id
     };

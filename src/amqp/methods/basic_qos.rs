@@ -1,10 +1,11 @@
 //! `basic.qos(prefetch-size, prefetch-count, global)` → `qos-ok`.
 //!
 //! global=false sets the limits of consumers created afterwards on this channel (per
-//! consumer, as RabbitMQ does); global=true sets a channel-wide limit, split evenly over
-//! the channel's consumers (at least one message each) and enforced by each queue's owner.
-//! prefetch-size limits unacked body bytes (a message is still delivered when nothing is
-//! unacked). amq-protocol does not surface prefetch-size, so it is read from the payload.
+//! consumer, as RabbitMQ does); global=true sets a limit shared by all the channel's
+//! consumers, existing and new, counted by the channel (see `amqp::channel`). Both apply
+//! when both are set. prefetch-size limits unacked body bytes (a message is still
+//! delivered when nothing is unacked). amq-protocol does not surface prefetch-size, so it
+//! is read from the payload.
 
 use std::rc::Rc;
 
@@ -30,7 +31,7 @@ pub fn qos(
         if q.global {
             c.global_count = q.prefetch_count as u32;
             c.global_bytes = size;
-            c.share_global_qos(conn);
+            c.global_qos_changed(conn);
         } else {
             c.prefetch_count = q.prefetch_count as u32;
             c.prefetch_bytes = size;
