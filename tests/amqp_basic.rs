@@ -1,5 +1,6 @@
 //! AMQP basics with lapin against the real broker: a work queue shared by three consumers,
-//! publisher and consumer on different shards, properties and bodies delivered unchanged.
+//! publisher and consumer on different shards, properties and bodies delivered unchanged,
+//! direct reply-to.
 
 mod common;
 
@@ -89,28 +90,7 @@ async fn work_queue_three_consumers_share_30000_acked_messages() {
 async fn publisher_and_consumer_on_different_shards() {
     let (_d, data) = data_dir();
     let broker = Broker::start(&data, &[]);
-    let url = broker.amqp_url();
-    // Open connections until one lands on each shard.
-    let mut by_shard: Vec<Option<(lapin::Connection, lapin::Channel)>> = vec![None, None];
-    for i in 0..64 {
-        let conn = connect(&url).await;
-        let ch = channel(&conn).await;
-        let probe = format!("probe-{i}");
-        declare(&ch, &probe, FieldTable::default()).await;
-        let c = consume(&ch, &probe, true).await;
-        let s = shard_of(&c);
-        ch.queue_delete(probe.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .expect("delete");
-        if by_shard[s].is_none() {
-            by_shard[s] = Some((conn, ch));
-        }
-        if by_shard.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    let (_c0, ch0) = by_shard[0].take().expect("a connection on shard 0");
-    let (_c1, ch1) = by_shard[1].take().expect("a connection on shard 1");
+    let [(_c0, ch0), (_c1, ch1)] = one_on_each_shard(&broker.amqp_url()).await;
     // A queue on each shard; publish from one shard, consume on the other, both ways.
     let names: Vec<String> = (0..2)
         .map(|shard| {
@@ -207,4 +187,155 @@ async fn properties_headers_and_big_bodies_arrive_unchanged() {
         Err(e) => Err(e),
     };
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
+}
+
+/// RabbitMQ's direct reply-to: a requester consumes (no-ack) from the pseudo queue
+/// `amq.rabbitmq.reply-to`, its requests' `reply-to` is rewritten to a token, and a reply
+/// published to that token reaches it without a queue — from either shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_rpc_across_shards() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let [(_c0, ch0), (_c1, ch1)] = one_on_each_shard(&broker.amqp_url()).await;
+    declare(&ch0, "rpc", FieldTable::default()).await;
+    let mut server = consume(&ch0, "rpc", false).await;
+    for (requester, responder) in [(&ch1, &ch0), (&ch0, &ch0)] {
+        let mut replies = requester
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume from amq.rabbitmq.reply-to");
+        for i in 0..20u32 {
+            requester
+                .basic_publish(
+                    "".into(),
+                    "rpc".into(),
+                    BasicPublishOptions::default(),
+                    &i.to_be_bytes(),
+                    BasicProperties::default()
+                        .with_reply_to("amq.rabbitmq.reply-to".into())
+                        .with_correlation_id(format!("c{i}").into()),
+                )
+                .await
+                .expect("request");
+            let req = next(&mut server, 10).await.expect("request delivered");
+            let reply_to = req
+                .properties
+                .reply_to()
+                .clone()
+                .expect("reply-to kept")
+                .to_string();
+            assert!(
+                reply_to.starts_with("amq.rabbitmq.reply-to.") && reply_to.len() > 22,
+                "reply-to rewritten to a token: {reply_to}"
+            );
+            responder
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &(i * 2).to_be_bytes(),
+                    BasicProperties::default()
+                        .with_correlation_id(req.properties.correlation_id().clone().unwrap()),
+                )
+                .await
+                .expect("reply");
+            req.ack(BasicAckOptions::default()).await.expect("ack");
+            let rep = next(&mut replies, 10).await.expect("reply delivered");
+            assert_eq!(rep.data, (i * 2).to_be_bytes());
+            assert_eq!(
+                rep.properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.to_string()),
+                Some(format!("c{i}"))
+            );
+            assert_eq!(rep.routing_key.as_str(), reply_to);
+            assert!(!rep.redelivered);
+        }
+        requester
+            .basic_cancel(replies.tag(), BasicCancelOptions::default())
+            .await
+            .expect("cancel reply consumer");
+    }
+    // Passive declare of the pseudo queue answers, as RabbitMQ does.
+    let ok = ch1
+        .queue_declare(
+            "amq.rabbitmq.reply-to".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare of the pseudo queue");
+    assert_eq!(ok.message_count(), 0);
+
+    // A reply consumer must be no-ack: 406 closes the channel.
+    let conn = connect(&broker.amqp_url()).await;
+    let bad = channel(&conn).await;
+    let r = bad
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
+    // Asking for a reply without a reply consumer on the channel is 406 too.
+    let bad = channel(&conn).await;
+    bad.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    let r = match bad
+        .basic_publish(
+            "".into(),
+            "rpc".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+    {
+        Ok(c) => c.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
+    // A reply to a requester that has gone is dropped; the broker keeps serving.
+    let gone = ch0
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply consumer");
+    ch0.basic_cancel(gone.tag(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    publish(
+        &ch1,
+        "",
+        "amq.rabbitmq.reply-to.0.1.1.0000000000000001",
+        b"late",
+    )
+    .await;
+    publish(&ch1, "", "rpc", b"still here").await;
+    assert_eq!(
+        next(&mut server, 10).await.expect("served").data,
+        b"still here"
+    );
 }

@@ -354,6 +354,31 @@ public class JavaAmqp {
             ch.queueUnbind(q, ex, "orders.eu");
             ch.exchangeDelete(src);
         });
+        run("rpc_client_direct_reply_to", () -> {
+            // RpcClient's default reply-to is RabbitMQ's direct reply-to pseudo queue.
+            String rq = q + "-rpc";
+            Channel sch = conn.createChannel();
+            sch.queueDeclare(rq, false, false, true, null);
+            StringRpcServer server = new StringRpcServer(sch, rq) {
+                @Override
+                public String handleStringCall(String request) { return request.toUpperCase(); }
+            };
+            Thread t = new Thread(() -> {
+                try { server.mainloop(); } catch (Exception e) { /* closed at the end */ }
+            });
+            t.setDaemon(true);
+            t.start();
+            Channel cch = conn.createChannel();
+            RpcClient client = new RpcClient(cch, "", rq, 5000);
+            for (int i = 0; i < 3; i++) {
+                String reply = client.stringCall("ping" + i);
+                check(("PING" + i).equals(reply), "rpc reply " + reply);
+            }
+            client.close();
+            server.terminateMainloop();
+            sch.close();
+            cch.close();
+        });
         try {
             ch.queueDelete(q);
             ch.exchangeDelete(ex);

@@ -323,6 +323,34 @@ def consumer_cancel_notify():
     c.close()
 
 
+def direct_reply_to():
+    """RabbitMQ's direct reply-to: replies without a reply queue."""
+    rq = unique("pk-rpc")
+    ch.queue_declare(rq)
+    srv = conn.channel()
+
+    def on_request(c, method, props, body):
+        c.basic_publish("", props.reply_to, body.upper(),
+                        pika.BasicProperties(correlation_id=props.correlation_id))
+        c.basic_ack(method.delivery_tag)
+
+    srv.basic_consume(rq, on_request)
+    cl = conn.channel()
+    replies = []
+    cl.basic_consume("amq.rabbitmq.reply-to",
+                     lambda c, m, p, b: replies.append((p.correlation_id, b)), auto_ack=True)
+    for i in range(3):
+        cl.basic_publish("", rq, f"ping{i}".encode(),
+                         pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                              correlation_id=f"r{i}"))
+    wait_for(lambda: conn.process_data_events(0.1) or len(replies) == 3, 5, "direct replies")
+    check(sorted(replies) == [(f"r{i}", f"PING{i}".encode()) for i in range(3)],
+          f"replies {replies}")
+    srv.close()
+    cl.close()
+    ch.queue_delete(rq)
+
+
 s.run("declare_bind", declare_bind)
 s.run("publish_properties_headers", publish_properties_headers)
 s.run("consume_ack", consume_ack)
@@ -344,6 +372,7 @@ s.run("precondition_errors", precondition_errors)
 s.run("requeue_on_close", requeue_on_close)
 s.run("exclusive_consumer", exclusive_consumer)
 s.run("priority_queue", priority_queue)
+s.run("direct_reply_to", direct_reply_to)
 try:
     ch.queue_delete(q)
     ch.exchange_delete(ex)

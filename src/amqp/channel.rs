@@ -131,6 +131,8 @@ pub struct Channel {
     pub tx: Option<Tx>,
     /// The last exchange write permission was checked for, and the answer.
     pub write_allowed: Option<(String, bool)>,
+    /// The direct reply-to consumer: its tag and key (`amqp::direct_reply`).
+    pub direct_reply: Option<(Arc<str>, u64)>,
 }
 
 impl Channel {
@@ -158,6 +160,7 @@ impl Channel {
             confirm_progress: Rc::new(Notify::new()),
             tx: None,
             write_allowed: None,
+            direct_reply: None,
         }))
     }
 
@@ -305,6 +308,26 @@ impl Channel {
         }
     }
 
+    /// Writes a delivery nobody acknowledges (a direct reply) to consumer `tag`.
+    pub fn write_unacked_free(&mut self, conn: &Rc<Connection>, tag: &str, msg: &Message) {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        let frame_max = conn.frame_max.get();
+        let id = self.id;
+        conn.write(|out| {
+            codec::put_deliver(
+                out,
+                id,
+                tag.as_bytes(),
+                t,
+                false,
+                &msg.exchange,
+                &msg.routing_key,
+            );
+            codec::put_content(out, id, &msg.properties, &msg.body, frame_max);
+        });
+    }
+
     /// Records a basic.get-ok delivery and writes it.
     pub fn deliver_get(
         &mut self,
@@ -361,6 +384,7 @@ impl Channel {
 
     pub fn has_tag(&self, tag: &str) -> bool {
         self.consumers.values().any(|c| &*c.tag == tag)
+            || self.direct_reply.as_ref().map(|(t, _)| &**t == tag) == Some(true)
     }
 
     /// consume-ok went out: write what arrived meanwhile.
@@ -722,6 +746,7 @@ impl Channel {
         }
         self.publish = None;
         self.tx = None;
+        self.direct_reply = None;
         self.pending_confirms.clear();
         self.done_confirms.clear();
         self.confirm_progress.notify();

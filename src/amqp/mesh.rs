@@ -148,6 +148,11 @@ pub enum Op {
         channel: u16,
         cid: u64,
     },
+    /// A reply for a direct reply-to consumer (`amqp::direct_reply`).
+    DirectReply {
+        token: super::direct_reply::Token,
+        msg: Message,
+    },
 }
 
 impl Op {
@@ -156,6 +161,7 @@ impl Op {
         match self {
             Op::Publish { msg, .. } => msg.size(),
             Op::Deliver { items, .. } => items.iter().map(|d| d.msg.size()).sum(),
+            Op::DirectReply { msg, .. } => msg.size(),
             _ => 0,
         }
     }

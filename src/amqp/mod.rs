@@ -14,6 +14,7 @@ pub mod auth;
 pub mod channel;
 pub mod codec;
 pub mod connection;
+pub mod direct_reply;
 pub mod mesh;
 pub mod message;
 pub mod methods;

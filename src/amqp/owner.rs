@@ -274,6 +274,11 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 c.consumer_cancelled(channel, cid);
             }
         }
+        Op::DirectReply { token, msg } => {
+            if let Some(c) = shard.amqp.connection(token.conn) {
+                super::direct_reply::deliver(&c, token, msg);
+            }
+        }
     }
 }
 

@@ -59,6 +59,34 @@ pub fn shard_of(consumer: &Consumer) -> usize {
         .unwrap_or_else(|| panic!("unexpected consumer tag {tag}"))
 }
 
+/// A connection (and a channel on it) on each of a two-shard broker's shards: connections
+/// are opened until one lands on each.
+pub async fn one_on_each_shard(url: &str) -> [(Connection, Channel); 2] {
+    let mut by_shard: [Option<(Connection, Channel)>; 2] = [None, None];
+    for i in 0..64 {
+        let conn = connect(url).await;
+        let ch = channel(&conn).await;
+        let probe = format!("probe-{i}");
+        declare(&ch, &probe, FieldTable::default()).await;
+        let c = consume(&ch, &probe, true).await;
+        let s = shard_of(&c);
+        ch.queue_delete(probe.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete");
+        if by_shard[s].is_none() {
+            by_shard[s] = Some((conn, ch));
+        }
+        if by_shard.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [a, b] = by_shard;
+    [
+        a.expect("a connection on shard 0"),
+        b.expect("a connection on shard 1"),
+    ]
+}
+
 /// The next delivery, or None after `secs` seconds.
 pub async fn next(consumer: &mut Consumer, secs: u64) -> Option<lapin::message::Delivery> {
     match tokio::time::timeout(Duration::from_secs(secs), consumer.next()).await {

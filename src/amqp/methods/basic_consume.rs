@@ -16,6 +16,7 @@ use futures::channel::oneshot;
 use super::{allowed, lookup_queue, random_suffix, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
+use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConsumerSpec, Op};
 use crate::amqp::topology::int_value;
 use crate::amqp::{outbox, reply, AmqpError};
@@ -27,8 +28,13 @@ pub async fn consume(
 ) -> Result<(), AmqpError> {
     let queue_name = c.queue.as_str().to_owned();
     let actor = conn.actor();
-    allowed(&actor, Access::Read, "queue", &queue_name)?;
-    let (qref, _) = lookup_queue(&actor, &queue_name).await?;
+    let direct = queue_name == direct_reply::PSEUDO_QUEUE;
+    let qref = if direct {
+        None
+    } else {
+        allowed(&actor, Access::Read, "queue", &queue_name)?;
+        Some(lookup_queue(&actor, &queue_name).await?.0)
+    };
     let mut tag = c.consumer_tag.as_str().to_owned();
     if tag.is_empty() {
         // The shard is in the tag so an operator (and the tests) can see where a
@@ -41,6 +47,19 @@ pub async fn consume(
             format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
         ));
     }
+    let Some(qref) = qref else {
+        direct_reply::consume(conn, ch, &tag, c.no_ack)?;
+        if !c.nowait {
+            let channel = ch.borrow().id;
+            conn.send_method(
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_str().into(),
+                })),
+            );
+        }
+        return Ok(());
+    };
     let priority = match c.arguments.inner().get("x-priority") {
         Some(v) => int_value(v).ok_or_else(|| {
             AmqpError::channel(
@@ -122,6 +141,9 @@ pub fn cancel(conn: &Rc<Connection>, ch: &ChannelRef, c: basic::Cancel) -> Resul
     let tag = c.consumer_tag.as_str().to_owned();
     let id = {
         let mut chm = ch.borrow_mut();
+        if chm.direct_reply.as_ref().map(|(t, _)| **t == *tag) == Some(true) {
+            chm.direct_reply = None;
+        }
         if let Some(cid) = chm.cid_of(&tag) {
             if let Some(queue) = chm.remove_consumer(conn, cid) {
                 let owner = queue.owner;

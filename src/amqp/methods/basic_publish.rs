@@ -24,6 +24,7 @@ use super::{allowed, no_exchange, refresh_catalog, Access, Actor};
 use crate::amqp::channel::{ChannelRef, PendingPublish, TxPublish};
 use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
+use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConfirmTo, Op};
 use crate::amqp::message::{decode_headers, parse_expiration, scan_properties, Message};
 use crate::amqp::routing::{QueueRef, RouteError};
@@ -144,6 +145,7 @@ async fn finish(
     };
     let msg = message(&p.exchange, &p.routing_key, properties, body, conn.user())?;
     write_allowed(conn, ch, &p.exchange)?;
+    let msg = direct_reply::rewrite(conn, ch, msg)?;
     if ch.borrow().tx.is_some() {
         // Routing happens at commit; the exchange must exist now.
         route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
@@ -157,9 +159,37 @@ async fn finish(
         }
         return Ok(());
     }
-    let targets = route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
-    send(conn, ch, targets, msg, p.mandatory, true, p.received);
+    deliver(
+        conn,
+        ch,
+        &p.exchange,
+        &p.routing_key,
+        msg,
+        p.mandatory,
+        p.received,
+    )
+    .await?;
     Ok(())
+}
+
+/// Routes a publish and sends it (at once, or at tx.commit): a direct reply to its
+/// requester, anything else to its queues. Returns its confirm sequence number, if the
+/// channel numbers publishes.
+pub async fn deliver(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    exchange: &str,
+    routing_key: &str,
+    msg: Message,
+    mandatory: bool,
+    received: Option<Instant>,
+) -> Result<Option<u64>, AmqpError> {
+    if direct_reply::route(conn, exchange, routing_key, &msg) {
+        // Confirmed at once, as an unroutable publish is.
+        return Ok(send(conn, ch, Vec::new(), msg, false, true, received));
+    }
+    let targets = route(&conn.actor(), exchange, routing_key, &msg).await?;
+    Ok(send(conn, ch, targets, msg, mandatory, true, received))
 }
 
 /// A message from its parts: the properties must parse, a `user-id` must be the

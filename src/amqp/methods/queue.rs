@@ -114,6 +114,11 @@ pub async fn declare(
     d: qm::Declare,
 ) -> Result<(), AmqpError> {
     let actor = conn.actor();
+    if d.queue.as_str() == crate::amqp::direct_reply::PSEUDO_QUEUE {
+        // RabbitMQ answers for the direct reply-to pseudo queue: always there, empty.
+        answer(conn, ch, d.nowait, ok(d.queue.as_str(), (0, 0)));
+        return Ok(());
+    }
     if d.passive {
         let name = d.queue.as_str();
         let (qref, _) = lookup_queue(&actor, name).await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{tx as txm, AMQPClass};
 
-use super::basic_publish::{route, send};
+use super::basic_publish::deliver;
 use crate::amqp::channel::{ChannelRef, Tx};
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::Op;
@@ -57,9 +57,18 @@ pub async fn commit(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpEr
     };
     let mut last = None;
     for p in work.publishes {
-        let targets = route(&conn.actor(), &p.exchange, &p.routing_key, &p.msg).await?;
-        if let Some(seq) = send(conn, ch, targets, p.msg, p.mandatory, true, None) {
-            last = Some(seq);
+        let seq = deliver(
+            conn,
+            ch,
+            &p.exchange,
+            &p.routing_key,
+            p.msg,
+            p.mandatory,
+            None,
+        )
+        .await?;
+        if seq.is_some() {
+            last = seq;
         }
     }
     for (queue, ids, how) in work.settles {
