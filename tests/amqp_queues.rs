@@ -1,6 +1,7 @@
 //! Queue arguments as RabbitMQ users rely on them: message TTL (queue and per message),
 //! max-length and max-length-bytes with each overflow mode, dead-lettering with x-death,
-//! priorities, single active consumer, consumer priorities, x-expires and auto-delete.
+//! priorities, single active consumer, consumer priorities, x-expires and auto-delete,
+//! quorum queues.
 
 mod common;
 
@@ -394,4 +395,149 @@ async fn x_expires_and_auto_delete() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(gone, "auto-delete queue outlived its last consumer");
+}
+
+/// `x-queue-type: quorum` as RabbitMQ clients declare it: durable only; every message
+/// written (a transient one survives `kill -9` once confirmed); a message requeued more
+/// than `x-delivery-limit` times is dead-lettered with reason `delivery_limit`, and its
+/// redeliveries count up in `x-delivery-count`. Stream queues are refused with 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_keep_rabbitmq_rules() {
+    let (_d, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let quorum = || args(&[("x-queue-type", s("quorum"))]);
+    for (opts, what) in [
+        (QueueDeclareOptions::default(), "non-durable"),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            "exclusive-owner",
+        ),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            "auto-delete",
+        ),
+    ] {
+        let ch = channel(&conn).await;
+        let r = ch.queue_declare("qq-bad".into(), opts, quorum()).await;
+        let e = r
+            .err()
+            .unwrap_or_else(|| panic!("{what} quorum queue accepted"));
+        assert_eq!(reply_code(&e), Some(406), "{what}: {e}");
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    }
+    let ch = channel(&conn).await;
+    let r = ch
+        .queue_declare(
+            "qs".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args(&[("x-queue-type", s("stream"))]),
+        )
+        .await;
+    assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
+
+    let ch = channel(&conn).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("qq-dead".into(), durable, FieldTable::default())
+        .await
+        .expect("dead-letter queue");
+    ch.queue_declare(
+        "qq".into(),
+        durable,
+        args(&[
+            ("x-queue-type", s("quorum")),
+            ("x-delivery-limit", int(2)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("qq-dead")),
+        ]),
+    )
+    .await
+    .expect("quorum queue");
+    // Transient (delivery mode 1) and confirmed: a quorum queue writes it anyway.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    for body in [&b"bounce"[..], b"keep"] {
+        ch.basic_publish(
+            "".into(),
+            "qq".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(1),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    broker.kill9();
+    broker.restart();
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    ch.basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut c = consume(&ch, "qq", false).await;
+    // Delivered three times (the first and two redeliveries), then dead-lettered.
+    for attempt in 0..3i64 {
+        let d = next(&mut c, 10).await.expect("delivery");
+        assert_eq!(d.data, b"bounce", "attempt {attempt}");
+        let count = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned());
+        if attempt == 0 {
+            assert_eq!(count, None);
+        } else {
+            assert_eq!(count, Some(AMQPValue::LongLongInt(attempt)));
+            assert!(d.redelivered);
+        }
+        d.nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .expect("nack");
+    }
+    let d = next(&mut c, 10).await.expect("the next message");
+    assert_eq!(
+        d.data, b"keep",
+        "the bounced message is gone from the queue"
+    );
+    d.ack(BasicAckOptions::default()).await.expect("ack");
+    let dead = get_within(&ch, "qq-dead", 5)
+        .await
+        .expect("dead-lettered after the delivery limit");
+    assert_eq!(dead.delivery.data, b"bounce");
+    let headers = dead
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("no x-death: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
+        panic!("x-death empty");
+    };
+    assert_eq!(
+        first.inner().get("reason"),
+        Some(&AMQPValue::LongString("delivery_limit".into()))
+    );
 }

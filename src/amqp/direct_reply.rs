@@ -12,13 +12,12 @@
 
 use std::rc::Rc;
 
-use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-use bytes::Bytes;
+use amq_protocol::protocol::basic::parse_properties;
 
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::mesh::Op;
-use super::message::Message;
+use super::message::{encode_properties, Message};
 use super::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
 
@@ -119,13 +118,8 @@ pub fn rewrite(conn: &Connection, ch: &ChannelRef, msg: Message) -> Result<Messa
         key,
     };
     props = props.with_reply_to(token.routing_key().into());
-    let properties = encode(&props).unwrap_or(msg.properties.clone());
+    let properties = encode_properties(&props).unwrap_or_else(|| msg.properties.clone());
     Ok(Message { properties, ..msg })
-}
-
-fn encode(props: &AMQPProperties) -> Option<Bytes> {
-    let buf = gen_properties(props)(Vec::new().into()).ok()?;
-    Some(Bytes::from(buf.into_inner().0))
 }
 
 /// A publish to the default exchange with a reply token as routing key is sent to the

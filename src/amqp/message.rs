@@ -135,6 +135,8 @@ pub enum DeathReason {
     Rejected,
     Expired,
     Maxlen,
+    /// Requeued more often than a quorum queue's `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -143,6 +145,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -244,10 +247,7 @@ pub fn dead_lettered(
         AMQPValue::LongString(exchange.into()),
     );
     let rebuilt = rebuild(&props, headers);
-    let properties = match gen_properties(&rebuilt)(Vec::new().into()) {
-        Ok(ctx) => Bytes::from(ctx.into_inner().0),
-        Err(_) => msg.properties.clone(),
-    };
+    let properties = encode_properties(&rebuilt).unwrap_or_else(|| msg.properties.clone());
     Message {
         exchange: Bytes::copy_from_slice(dl_exchange.as_bytes()),
         routing_key: match dl_routing_key {
@@ -260,6 +260,28 @@ pub fn dead_lettered(
         priority: msg.priority,
         expiration: None,
     }
+}
+
+/// The message with header `key` set to `value` (every other property unchanged).
+pub fn with_header(msg: &Message, key: &str, value: AMQPValue) -> Message {
+    let Ok((_, props)) = parse_properties(&msg.properties[..]) else {
+        return msg.clone();
+    };
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(key.into(), value);
+    match encode_properties(&props.with_headers(headers)) {
+        Some(properties) => Message {
+            properties,
+            ..msg.clone()
+        },
+        None => msg.clone(),
+    }
+}
+
+/// Properties as they travel in a content header (flags and list).
+pub fn encode_properties(props: &AMQPProperties) -> Option<Bytes> {
+    let buf = gen_properties(props)(Vec::new().into()).ok()?;
+    Some(Bytes::from(buf.into_inner().0))
 }
 
 /// The same properties with new headers and no expiration.

@@ -17,12 +17,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::mesh::{ConfirmTo, ConsumerSpec, Delivery, Op, QueueStats, Refusal, Settle};
-use super::message::{dead_letter_cycle, dead_lettered, DeathReason, Message};
+use super::message::{dead_letter_cycle, dead_lettered, with_header, DeathReason, Message};
 use super::outbox;
 use super::reply;
 use super::routing::QueueRef;
 use super::store::Location;
-use super::topology::{Overflow, Queue, QueueArgs};
+use super::topology::{decode_table, queue_type, Overflow, Queue, QueueArgs, QueueType};
 use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
 
@@ -41,6 +41,9 @@ pub struct Entry {
     pub loc: Option<Location>,
     /// The body is on disk only (paged out past the shard's memory budget).
     pub paged: bool,
+    /// Times it came back unacknowledged (quorum queues count them; not kept across a
+    /// restart).
+    pub returns: u32,
 }
 
 struct Unacked {
@@ -99,6 +102,8 @@ pub struct QueueState {
     /// A page-in of the head is on its way.
     paging_in: bool,
     pub deleted: bool,
+    /// `x-queue-type` (quorum rules), read from the declared arguments.
+    kind: QueueType,
 }
 
 fn level_count(def: &Queue) -> usize {
@@ -107,7 +112,9 @@ fn level_count(def: &Queue) -> usize {
 
 impl QueueState {
     pub fn new(qref: QueueRef, def: Queue) -> QueueState {
+        let kind = queue_type(&decode_table(&def.arguments));
         QueueState {
+            kind,
             ready: (0..level_count(&def)).map(|_| VecDeque::new()).collect(),
             qref,
             def,
@@ -225,7 +232,7 @@ impl QueueState {
         let now = now_ms();
         let seq = self.next_seq;
         self.next_seq += 1;
-        let persisted = msg.persistent && self.durable_store();
+        let persisted = (msg.persistent || self.kind.quorum) && self.durable_store();
         // Past the shard's memory budget the body goes to disk (written first, dropped
         // from memory once the write is done).
         let page = shard.amqp.memory() + msg.size() > shard.config.amqp.memory_budget_bytes;
@@ -238,6 +245,7 @@ impl QueueState {
             persisted,
             loc: None,
             paged: false,
+            returns: 0,
         };
         if persisted || page {
             let loc = shard.amqp.store.append(
@@ -591,6 +599,10 @@ impl QueueState {
                     self.dead_letter(shard, &e.msg, DeathReason::Rejected);
                     self.forget(shard, &e);
                 }
+                Settle::Requeue if self.over_delivery_limit(&mut e) => {
+                    self.dead_letter(shard, &e.msg, DeathReason::DeliveryLimit);
+                    self.forget(shard, &e);
+                }
                 Settle::Requeue | Settle::Return => {
                     if how == Settle::Requeue {
                         e.redelivered = true;
@@ -604,6 +616,26 @@ impl QueueState {
         }
         self.run(shard);
         self.enforce_max_length(shard);
+    }
+
+    /// A quorum queue counts a message's returns: true when this one takes it past
+    /// `x-delivery-limit`; otherwise the redelivery carries `x-delivery-count`.
+    fn over_delivery_limit(&self, e: &mut Entry) -> bool {
+        if !self.kind.quorum {
+            return false;
+        }
+        e.returns = e.returns.saturating_add(1);
+        if let Some(limit) = self.kind.delivery_limit {
+            if e.returns as u64 > limit {
+                return true;
+            }
+        }
+        e.msg = with_header(
+            &e.msg,
+            "x-delivery-count",
+            amq_protocol::types::AMQPValue::LongLongInt(e.returns as i64),
+        );
+        false
     }
 
     /// basic.get; `None` when empty (the caller pages the head in first when it is on disk).
@@ -874,6 +906,7 @@ impl QueueState {
             msg,
             redelivered,
             persisted: true,
+            returns: 0,
         };
         self.insert_ready(shard, entry);
     }

@@ -583,6 +583,44 @@ pub fn str_value(v: &AMQPValue) -> Option<String> {
     }
 }
 
+/// What `x-queue-type` makes of a queue. Portask keeps every queue on its owner shard
+/// (one node); a `quorum` queue is a durable queue that also keeps RabbitMQ's quorum-queue
+/// rules a client may count on: it must be durable, not exclusive, not auto-delete; every
+/// message is written (whatever its delivery mode); a message requeued more than
+/// `x-delivery-limit` times (20 by default, as RabbitMQ 4; negative = no limit) is
+/// dead-lettered with reason `delivery_limit` (or dropped), and redeliveries carry an
+/// `x-delivery-count` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueType {
+    pub quorum: bool,
+    pub delivery_limit: Option<u64>,
+}
+
+/// RabbitMQ 4's default `x-delivery-limit` of quorum queues.
+pub const QUORUM_DELIVERY_LIMIT: u64 = 20;
+
+/// The queue type its (validated) arguments give.
+pub fn queue_type(table: &FieldTable) -> QueueType {
+    let args = table.inner();
+    let quorum = args
+        .get("x-queue-type")
+        .and_then(str_value)
+        .map(|t| t == "quorum")
+        .unwrap_or(false);
+    if !quorum {
+        return QueueType::default();
+    }
+    let delivery_limit = match args.get("x-delivery-limit").and_then(int_value) {
+        Some(n) if n < 0 => None,
+        Some(n) => Some(n as u64),
+        None => Some(QUORUM_DELIVERY_LIMIT),
+    };
+    QueueType {
+        quorum,
+        delivery_limit,
+    }
+}
+
 /// Parses and validates the queue arguments; the error is the 406 reply text.
 pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<QueueArgs, String> {
     let mut a = QueueArgs::default();
@@ -637,9 +675,16 @@ pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<
                 _ => return Err(bad(k, "not a boolean")),
             },
             "x-queue-type" => match str_value(v).as_deref() {
-                Some("classic") => {}
-                _ => return Err(bad(k, "only 'classic' queues are supported")),
+                Some("classic") | Some("quorum") => {}
+                Some("stream") => return Err(bad(
+                    k,
+                    "stream queues are not supported (use a Kafka topic, or 'classic' or 'quorum')",
+                )),
+                _ => return Err(bad(k, "must be 'classic' or 'quorum'")),
             },
+            "x-delivery-limit" => {
+                int_value(v).ok_or_else(|| bad(k, "not an integer"))?;
+            }
             _ => {}
         }
     }

@@ -27,7 +27,7 @@ use crate::amqp::connection::Connection;
 use crate::amqp::mesh::Op;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::topology::{
-    encode_table, parse_queue_args, Binding, DestKind, Queue, TopologyChange,
+    encode_table, parse_queue_args, queue_type, Binding, DestKind, Queue, TopologyChange,
 };
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::catalog::Change;
@@ -77,6 +77,22 @@ pub async fn declare_queue(
     allowed(actor, Access::Configure, "queue", &name)?;
     let args = parse_queue_args(&name, vhost, arguments)
         .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+    if queue_type(arguments).quorum {
+        // RabbitMQ's rules for quorum queues, with its words.
+        let bad = [
+            (!durable, "non-durable"),
+            (exclusive, "exclusive-owner"),
+            (auto_delete, "auto-delete"),
+        ];
+        if let Some((_, property)) = bad.iter().find(|(b, _)| *b) {
+            return Err(AmqpError::channel(
+                reply::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - invalid property '{property}' for queue '{name}' in vhost '{vhost}'"
+                ),
+            ));
+        }
+    }
     let id = u64::from_be_bytes(
         crate::catalog::new_topic_id(&name)[..8]
             .try_into()
