@@ -311,7 +311,50 @@ fn connection_errors_carry_their_reply_codes() {
         })),
     ));
     assert_eq!(
-        close_code_after(port, &[open, q, consume.clone(), consume]),
+        close_code_after(port, &[open.clone(), q, consume.clone(), consume]),
         Some(530)
+    );
+    // basic.publish with immediate=true: 540, as RabbitMQ (which dropped it in 3.0).
+    let immediate = encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            routing_key: "tagq".into(),
+            immediate: true,
+            ..Default::default()
+        })),
+    ));
+    assert_eq!(
+        close_code_after(port, &[open.clone(), immediate]),
+        Some(540)
+    );
+    // access.request (old clients ask for a ticket first) is answered, as RabbitMQ does.
+    use amq_protocol::protocol::access;
+    let (mut s, mut buf) = handshake(port, 0);
+    s.write_all(&open).unwrap();
+    s.write_all(&encode(AMQPFrame::Method(
+        1,
+        AMQPClass::Access(access::AMQPMethod::Request(access::Request {
+            realm: "/data".into(),
+            exclusive: false,
+            passive: true,
+            active: true,
+            write: true,
+            read: true,
+        })),
+    )))
+    .unwrap();
+    let ok = read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Access(access::AMQPMethod::RequestOk(_)))
+                | Some(AMQPClass::Connection(c::AMQPMethod::Close(_)))
+        )
+    });
+    assert!(
+        matches!(
+            ok.as_ref().and_then(method),
+            Some(AMQPClass::Access(access::AMQPMethod::RequestOk(_)))
+        ),
+        "access.request answered with {ok:?}"
     );
 }

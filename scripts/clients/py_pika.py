@@ -351,6 +351,23 @@ def direct_reply_to():
     ch.queue_delete(rq)
 
 
+def quorum_queue():
+    """x-queue-type quorum: durable only; requeues counted in x-delivery-count."""
+    qq = unique("pk-qq")
+    ch.queue_declare(qq, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.basic_publish("", qq, b"q1")
+    got = wait_for(lambda: (lambda r: r if r[0] else None)(ch.basic_get(qq)), 5, "quorum get")
+    ch.basic_nack(got[0].delivery_tag, requeue=True)
+    again = wait_for(lambda: (lambda r: r if r[0] else None)(ch.basic_get(qq, auto_ack=True)),
+                     5, "quorum redelivery")
+    check(again[2] == b"q1" and again[0].redelivered, f"redelivery {again}")
+    check((again[1].headers or {}).get("x-delivery-count") == 1,
+          f"x-delivery-count {again[1].headers}")
+    ch.queue_delete(qq)
+    expect_channel_error(406, lambda c: c.queue_declare(unique("pk-qq"), durable=False,
+                                                        arguments={"x-queue-type": "quorum"}))
+
+
 s.run("declare_bind", declare_bind)
 s.run("publish_properties_headers", publish_properties_headers)
 s.run("consume_ack", consume_ack)
@@ -373,6 +390,7 @@ s.run("requeue_on_close", requeue_on_close)
 s.run("exclusive_consumer", exclusive_consumer)
 s.run("priority_queue", priority_queue)
 s.run("direct_reply_to", direct_reply_to)
+s.run("quorum_queue", quorum_queue)
 try:
     ch.queue_delete(q)
     ch.exchange_delete(ex)

@@ -37,6 +37,13 @@ pub fn publish(
     ch: &ChannelRef,
     p: basic::Publish,
 ) -> Result<(), AmqpError> {
+    if p.immediate {
+        // RabbitMQ dropped `immediate` in 3.0 and closes the connection, so do we.
+        return Err(AmqpError::connection(
+            reply::NOT_IMPLEMENTED,
+            "NOT_IMPLEMENTED - immediate=true",
+        ));
+    }
     let mut c = ch.borrow_mut();
     // The clock is read only where a confirm will be timed.
     let received = c.confirm.then(Instant::now);

@@ -17,7 +17,8 @@ pub mod tx;
 use std::rc::Rc;
 
 use amq_protocol::protocol::{
-    basic, channel as chan, confirm as conf, exchange as ex, queue as qm, tx as txm, AMQPClass,
+    access, basic, channel as chan, confirm as conf, exchange as ex, queue as qm, tx as txm,
+    AMQPClass,
 };
 use bytes::Bytes;
 
@@ -84,10 +85,15 @@ pub async fn dispatch(
             txm::AMQPMethod::Rollback(_) => tx::rollback(conn, ch),
             _ => Err(invalid()),
         },
-        AMQPClass::Access(_) => Err(AmqpError::connection(
-            reply::NOT_IMPLEMENTED,
-            "NOT_IMPLEMENTED - access.request is not supported",
-        )),
+        // Old clients ask for a ticket first; RabbitMQ answers ticket 1 and ignores it.
+        AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+            let id = ch.borrow().id;
+            conn.send_method(
+                id,
+                AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+            );
+            Ok(())
+        }
         _ => Err(invalid()),
     }
 }
