@@ -1,6 +1,6 @@
 //! Exchange routing as clients see it: direct, fanout, topic (`*`/`#` edge cases),
 //! headers (x-match all/any), exchange-to-exchange bindings, alternate exchanges and
-//! mandatory returns.
+//! mandatory returns, sender-selected distribution (CC/BCC).
 
 mod common;
 
@@ -288,4 +288,58 @@ async fn exchange_to_exchange_alternate_and_mandatory() {
         .await
         .expect("confirm");
     assert!(c.is_ack() && c.take_message().is_none());
+}
+
+/// RabbitMQ's sender-selected distribution: the `CC` and `BCC` headers name more routing
+/// keys; each queue gets one copy, and `BCC` is removed before delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cc_and_bcc_headers_route_too() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    exchange(&ch, "ssd", ExchangeKind::Direct, FieldTable::default()).await;
+    let queues = ["ssd-a", "ssd-b", "ssd-c", "ssd-d"];
+    for q in queues {
+        declare(&ch, q, FieldTable::default()).await;
+        bind(
+            &ch,
+            q,
+            "ssd",
+            q.trim_start_matches("ssd-"),
+            FieldTable::default(),
+        )
+        .await;
+    }
+    let list = |keys: &[&str]| {
+        AMQPValue::FieldArray(
+            keys.iter()
+                .map(|k| AMQPValue::LongString((*k).into()))
+                .collect::<Vec<_>>()
+                .into(),
+        )
+    };
+    let mut headers = FieldTable::default();
+    headers.insert("CC".into(), list(&["b", "a"]));
+    headers.insert("BCC".into(), list(&["c"]));
+    ch.basic_publish(
+        "ssd".into(),
+        "a".into(),
+        BasicPublishOptions::default(),
+        b"hello",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .expect("publish");
+    for q in ["ssd-a", "ssd-b", "ssd-c"] {
+        let m = get_within(&ch, q, 5)
+            .await
+            .unwrap_or_else(|| panic!("{q} not reached"));
+        assert_eq!(m.delivery.data, b"hello");
+        let h = m.delivery.properties.headers().clone().unwrap_or_default();
+        assert!(h.inner().contains_key("CC"), "CC kept: {h:?}");
+        assert!(!h.inner().contains_key("BCC"), "BCC removed: {h:?}");
+        assert!(drain(&ch, q).await.is_empty(), "{q} got it twice");
+    }
+    assert!(drain(&ch, "ssd-d").await.is_empty(), "ssd-d was not named");
 }

@@ -264,11 +264,26 @@ pub fn dead_lettered(
 
 /// The message with header `key` set to `value` (every other property unchanged).
 pub fn with_header(msg: &Message, key: &str, value: AMQPValue) -> Message {
+    edit_headers(msg, |h| {
+        h.insert(key.into(), value);
+    })
+}
+
+/// The message without header `key` (every other property unchanged).
+pub fn without_header(msg: &Message, key: &str) -> Message {
+    edit_headers(msg, |h| {
+        let mut kept = h.inner().clone();
+        kept.remove(key);
+        *h = FieldTable::from(kept);
+    })
+}
+
+fn edit_headers(msg: &Message, edit: impl FnOnce(&mut FieldTable)) -> Message {
     let Ok((_, props)) = parse_properties(&msg.properties[..]) else {
         return msg.clone();
     };
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(key.into(), value);
+    edit(&mut headers);
     match encode_properties(&props.with_headers(headers)) {
         Some(properties) => Message {
             properties,

@@ -26,11 +26,15 @@ use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConfirmTo, Op};
-use crate::amqp::message::{decode_headers, parse_expiration, scan_properties, Message};
+use crate::amqp::message::{
+    decode_headers, parse_expiration, scan_properties, without_header, Message,
+};
 use crate::amqp::routing::{QueueRef, RouteError};
+use crate::amqp::topology::str_value;
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
 use crate::runtime::shard::Shard;
+use amq_protocol::types::AMQPValue;
 
 pub fn publish(
     _conn: &Rc<Connection>,
@@ -196,7 +200,15 @@ pub async fn deliver(
         return Ok(send(conn, ch, Vec::new(), msg, false, true, received));
     }
     let targets = route(&conn.actor(), exchange, routing_key, &msg).await?;
-    Ok(send(conn, ch, targets, msg, mandatory, true, received))
+    Ok(send(
+        conn,
+        ch,
+        targets,
+        without_bcc(msg),
+        mandatory,
+        true,
+        received,
+    ))
 }
 
 /// A message from its parts: the properties must parse, a `user-id` must be the
@@ -275,8 +287,57 @@ fn write_allowed(conn: &Rc<Connection>, ch: &ChannelRef, exchange: &str) -> Resu
 }
 
 /// The queues a message reaches (alternate exchanges included); 404 for a missing
-/// exchange, 403 for an internal one.
+/// exchange, 403 for an internal one. RabbitMQ's sender-selected distribution: the
+/// routing keys in the `CC` and `BCC` headers (arrays of strings) route it too.
 pub async fn route(
+    actor: &Actor<'_>,
+    exchange: &str,
+    routing_key: &str,
+    msg: &Message,
+) -> Result<Vec<QueueRef>, AmqpError> {
+    let mut targets = route_key(actor, exchange, routing_key, msg).await?;
+    for key in sender_selected(msg) {
+        for q in route_key(actor, exchange, &key, msg).await? {
+            if !targets.iter().any(|t| t.id == q.id) {
+                targets.push(q);
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// The routing keys of the `CC` and `BCC` headers; none unless the raw header table
+/// names one of them (so other messages are not decoded).
+fn sender_selected(msg: &Message) -> Vec<String> {
+    let Some(raw) = scan_properties(&msg.properties).and_then(|v| v.headers) else {
+        return Vec::new();
+    };
+    let names = |n: &[u8]| raw.windows(n.len()).any(|w| w == n);
+    if !names(b"\x02CC") && !names(b"\x03BCC") {
+        return Vec::new();
+    }
+    let headers = decode_headers(&raw);
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(name) {
+            keys.extend(a.as_slice().iter().filter_map(str_value));
+        }
+    }
+    keys
+}
+
+/// The message without its `BCC` header (RabbitMQ removes it before delivery).
+pub fn without_bcc(msg: Message) -> Message {
+    let Some(raw) = scan_properties(&msg.properties).and_then(|v| v.headers) else {
+        return msg;
+    };
+    if !raw.windows(4).any(|w| w == b"\x03BCC") {
+        return msg;
+    }
+    without_header(&msg, "BCC")
+}
+
+async fn route_key(
     actor: &Actor<'_>,
     exchange: &str,
     routing_key: &str,
@@ -349,6 +410,7 @@ pub async fn publish_confirmed(
 ) -> Result<(usize, bool), AmqpError> {
     allowed(actor, Access::Write, "exchange", exchange)?;
     let targets = route(actor, exchange, routing_key, &msg).await?;
+    let msg = without_bcc(msg);
     let reached = targets.len();
     let wait = actor.shard.amqp.next_id();
     let confirmed = actor.shard.amqp.confirm_waits.wait(wait, reached);
