@@ -355,6 +355,33 @@ fn zstd_before_produce_v7_is_unsupported_compression_type() {
     assert_eq!(produce(&mut s, 3, "zstd-old", gzip), (0, 3));
 }
 
+/// A Produce (v3+) partition carries one record batch; Kafka refuses more with
+/// INVALID_RECORD (87) and stores none of them.
+#[test]
+fn two_batches_for_one_partition_are_invalid_record() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    auto_create(&mut s, "one-batch");
+    let mut two = BytesMut::new();
+    two.extend_from_slice(&record_batch(2, 1_000_000, Compression::None));
+    two.extend_from_slice(&record_batch(3, 2_000_000, Compression::None));
+    assert_eq!(produce(&mut s, 3, "one-batch", two.freeze()).0, 87);
+    assert_eq!(
+        produce(&mut s, 8, "one-batch", {
+            let mut b = BytesMut::new();
+            b.extend_from_slice(&record_batch(1, 1_000_000, Compression::Gzip));
+            b.extend_from_slice(&record_batch(1, 1_000_000, Compression::Gzip));
+            b.freeze()
+        })
+        .0,
+        87
+    );
+    // Nothing was stored: the next good batch gets offset 0.
+    let one = record_batch(2, 1_000_000, Compression::None);
+    assert_eq!(produce(&mut s, 3, "one-batch", one), (0, 0));
+}
+
 /// Sarama before 1.23 leaves a batch's maxTimestamp at -1. Kafka's broker rewrites it from
 /// the records, so ListOffsets by time (v1, as Sarama asks) finds them; it answers the
 /// found record's own timestamp and, in a compressed batch, the exact record.
@@ -412,4 +439,61 @@ fn unset_max_timestamp_is_rewritten_and_list_offsets_by_time_finds_the_record() 
         max_timestamps.push(i64::from_be_bytes(one[35..43].try_into().unwrap()));
     }
     assert_eq!(max_timestamps, vec![base + 40, base + 140]);
+}
+
+/// Fetch of a topic whose `compression.type` is zstd with an old Fetch (< v10, before
+/// KIP-110): Kafka answers UNSUPPORTED_COMPRESSION_TYPE for that partition rather than
+/// hand the old client batches it cannot read; v10 and later read them.
+#[test]
+fn old_fetch_of_a_zstd_topic_is_unsupported_compression_type() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(5_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("zstd-topic")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("compression.type"))
+                .with_value(Some(StrBytes::from_static_str("zstd")))])]);
+    s.write_all(&request(ApiKey::CreateTopics, 4, 7, &create))
+        .expect("write");
+    let mut resp = read_frame(&mut s).expect("create topics response");
+    resp.get_i32();
+    let created = CreateTopicsResponse::decode(&mut resp, 4).expect("create body");
+    assert_eq!(created.topics[0].error_code, 0);
+    let zstd = record_batch(3, 1_000_000, Compression::Zstd);
+    assert_eq!(produce(&mut s, 7, "zstd-topic", zstd), (0, 0));
+    let fetch = |s: &mut TcpStream, version: i16| {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("zstd-topic")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        s.write_all(&request(ApiKey::Fetch, version, 8, &req))
+            .expect("write");
+        let mut resp = read_frame(s).expect("fetch response");
+        resp.get_i32();
+        let body = FetchResponse::decode(&mut resp, version).expect("fetch body");
+        let p = &body.responses[0].partitions[0];
+        (
+            p.error_code,
+            p.records.as_ref().map(|r| r.len()).unwrap_or(0),
+        )
+    };
+    let (code, len) = fetch(&mut s, 4);
+    assert_eq!((code, len), (76, 0), "Fetch v4 of a zstd topic");
+    let (code, len) = fetch(&mut s, 9);
+    assert_eq!((code, len), (76, 0), "Fetch v9 of a zstd topic");
+    let (code, len) = fetch(&mut s, 10);
+    assert_eq!(code, 0, "Fetch v10 reads zstd");
+    assert!(len > 0, "Fetch v10 returns the batch");
 }

@@ -256,14 +256,27 @@ fn produce(
                 ResponseError::CorruptMessage.code(),
                 "produce request without records".to_owned(),
             )),
-            Some(records) => batch::split(records).map_err(|e| {
-                let code = match e {
-                    BatchError::Magic(_) => ResponseError::UnsupportedForMessageFormat.code(),
-                    BatchError::Count(..) => ResponseError::InvalidRecord.code(),
-                    _ => ResponseError::CorruptMessage.code(),
-                };
-                (code, e.to_string())
-            }),
+            Some(records) => batch::split(records)
+                .map_err(|e| {
+                    let code = match e {
+                        BatchError::Magic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+                        BatchError::Count(..) => ResponseError::InvalidRecord.code(),
+                        _ => ResponseError::CorruptMessage.code(),
+                    };
+                    (code, e.to_string())
+                })
+                .and_then(|batches| {
+                    // Produce v3+ carries magic-2 batches, one per partition (Kafka's
+                    // LogValidator refuses more with INVALID_RECORD).
+                    if batches.len() > 1 {
+                        Err((
+                            ResponseError::InvalidRecord.code(),
+                            "Compressed outer record has more than one batch".to_owned(),
+                        ))
+                    } else {
+                        Ok(batches)
+                    }
+                }),
         };
         let result = match outcome {
             Err((code, message)) => {

@@ -6,7 +6,8 @@
 //! soon as any of those partitions grows (`WaitForData`), then reads again. Batches are
 //! returned whole and verbatim; the first batch is returned even if larger than the
 //! limits (KIP-74). Fetch sessions are not kept: the response's session id is 0, which
-//! clients treat as "send full requests".
+//! clients treat as "send full requests". As in Kafka (KIP-110), a Fetch below v10 of a
+//! topic whose `compression.type` is `zstd` gets UNSUPPORTED_COMPRESSION_TYPE for it.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -20,11 +21,15 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::ResponseError;
 
 use super::{by_owner, frame, Conn, Pending};
+use crate::catalog::effective_config;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
 
 /// One partition of the request as the handler tracks it.
 struct Wanted {
+    /// None: not fetched (unknown topic, or `refused`).
     topic: Option<String>,
+    /// The error this partition gets without being read.
+    refused: Option<i16>,
     partition: i32,
     offset: i64,
     max_bytes: usize,
@@ -46,9 +51,19 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                 Some(t.topic.to_string())
             };
             layout.push((t.topic, t.topic_id, t.partitions.len()));
+            let zstd_only = version < 10
+                && name
+                    .as_deref()
+                    .and_then(|n| state.topic(n))
+                    .and_then(|topic| {
+                        effective_config(&shard.config, &state, topic, "compression.type")
+                    })
+                    .is_some_and(|(v, _)| v == "zstd");
+            let refused = zstd_only.then(|| ResponseError::UnsupportedCompressionType.code());
             for p in t.partitions {
                 wanted.push(Wanted {
-                    topic: name.clone(),
+                    topic: if zstd_only { None } else { name.clone() },
+                    refused,
                     partition: p.partition,
                     offset: p.fetch_offset,
                     max_bytes: p.partition_max_bytes.max(0) as usize,
@@ -166,8 +181,8 @@ async fn fetch_round(
 ) -> Vec<FetchResult> {
     let mut results: Vec<FetchResult> = wanted
         .iter()
-        .map(|_| FetchResult {
-            error: unknown,
+        .map(|w| FetchResult {
+            error: w.refused.unwrap_or(unknown),
             high_watermark: -1,
             log_start_offset: -1,
             records: Bytes::new(),

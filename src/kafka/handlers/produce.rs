@@ -1,5 +1,6 @@
-//! Produce (key 0), v3–v13: record batches (magic 2) to partitions, acks 0, 1 or -1;
-//! zstd-compressed batches from v7 on.
+//! Produce (key 0), v3–v13: one record batch (magic 2) per partition, acks 0, 1 or -1;
+//! zstd-compressed batches from v7 on. More than one batch for a partition is
+//! INVALID_RECORD, as in Kafka (checked by the owner, with the batches' CRCs).
 //!
 //! Stage one, awaited in request order on the connection's shard: group the partitions by
 //! owner and hand each owner its share (`Shard::kafka_dispatch` — the line where work
