@@ -129,6 +129,9 @@ pub struct AmqpConfig {
     pub consumer_window: u32,
     /// ...and their body bytes (one message always goes when nothing is in flight).
     pub consumer_window_bytes: u64,
+    /// A delivery not acknowledged for this long closes its channel with 406 and goes
+    /// back to its queue (RabbitMQ's `consumer_timeout`, 30 minutes); 0 = never.
+    pub consumer_timeout_ms: u64,
     /// Users: name and RabbitMQ-style salted SHA-256 password hash.
     pub users: Vec<AmqpUser>,
     /// Users that may connect only from a loopback address (RabbitMQ's `loopback_users`).
@@ -276,6 +279,7 @@ impl Default for AmqpConfig {
             default_prefetch: 0,
             consumer_window: 2000,
             consumer_window_bytes: 16 << 20,
+            consumer_timeout_ms: 1_800_000,
             users: vec![AmqpUser {
                 name: "guest".into(),
                 // "guest"

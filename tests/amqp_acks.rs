@@ -430,3 +430,43 @@ async fn take_both(c1: &mut lapin::Consumer, c2: &mut lapin::Consumer) -> Vec<(u
         }
     }
 }
+
+/// RabbitMQ's consumer timeout: a delivery left unacknowledged past
+/// `amqp.consumer_timeout_ms` closes its channel with 406 and the message goes to another
+/// consumer, redelivered; a consumer that acks in time is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_delivery_past_the_consumer_timeout_closes_its_channel() {
+    use futures::StreamExt;
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_AMQP__CONSUMER_TIMEOUT_MS", "1000")]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "slow", FieldTable::default()).await;
+    declare(&ch, "quick", FieldTable::default()).await;
+    let stuck = channel(&conn).await;
+    let mut held = consume(&stuck, "slow", false).await;
+    let good = channel(&conn).await;
+    let mut prompt = consume(&good, "quick", false).await;
+    publish(&ch, "", "slow", b"forgotten").await;
+    let d = next(&mut held, 5).await.expect("delivery");
+    assert!(!d.redelivered);
+    // The prompt consumer acks each message at once for longer than the timeout.
+    for i in 0..15u8 {
+        publish(&ch, "", "quick", &[i]).await;
+        let d = next(&mut prompt, 5).await.expect("prompt delivery");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // By now the stuck channel is closed with 406 and its consumer stream ended.
+    let end = tokio::time::timeout(Duration::from_secs(5), held.next()).await;
+    match end {
+        Ok(Some(Err(e))) => assert_eq!(reply_code(&e), Some(406), "{e}"),
+        Ok(None) => {}
+        other => panic!("the stuck consumer was not closed: {other:?}"),
+    }
+    assert!(!stuck.status().connected(), "stuck channel still open");
+    assert!(good.status().connected(), "the acking channel was closed");
+    let again = get_within(&ch, "slow", 5).await.expect("message requeued");
+    assert_eq!(again.delivery.data, b"forgotten");
+    assert!(again.delivery.redelivered);
+}

@@ -34,6 +34,7 @@ use super::routing::QueueRef;
 use super::AmqpError;
 use crate::metrics::Protocol;
 use crate::runtime::notify::Notify;
+use crate::storage::log::now_ms;
 
 pub type ChannelRef = Rc<RefCell<Channel>>;
 
@@ -61,6 +62,8 @@ struct Unacked {
     /// Body bytes, when the delivery counts against the channel-wide prefetch (a consumer
     /// delivery; basic.get is not limited by prefetch).
     counted: Option<u64>,
+    /// When it was written (ms since the epoch): what the consumer timeout looks at.
+    at_ms: i64,
 }
 
 /// A delivery that arrived while the channel-wide prefetch was full (or flow was off).
@@ -259,6 +262,7 @@ impl Channel {
         let frame_max = conn.frame_max.get();
         let id = self.id;
         let mut tags = Vec::with_capacity(items.len());
+        let at_ms = if no_ack { 0 } else { now_ms() };
         for d in &items {
             let t = self.next_tag;
             self.next_tag += 1;
@@ -273,6 +277,7 @@ impl Channel {
                     id: d.id,
                     settled: false,
                     counted: Some(size),
+                    at_ms,
                 });
             }
         }
@@ -346,6 +351,7 @@ impl Channel {
                 id: d.id,
                 settled: false,
                 counted: None,
+                at_ms: now_ms(),
             });
         }
         let frame_max = conn.frame_max.get();
@@ -584,6 +590,11 @@ impl Channel {
             self.compact();
         }
         Ok((group(taken), tags))
+    }
+
+    /// When the oldest delivery still unacknowledged was written (ms since the epoch).
+    pub fn oldest_unacked_ms(&self) -> Option<i64> {
+        self.unacked.iter().find(|u| !u.settled).map(|u| u.at_ms)
     }
 
     /// Drops settled entries from the front of the unacked list.

@@ -646,7 +646,7 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
             conn.frame_max.set(frame_max);
             conn.heartbeat.set(t.heartbeat);
             if t.heartbeat > 0 {
-                glommio::spawn_local(heartbeat_loop(conn.clone())).detach();
+                glommio::spawn_local(heartbeat_loop(Rc::downgrade(conn), t.heartbeat)).detach();
             }
             *phase = Phase::Open;
             Ok(true)
@@ -678,6 +678,10 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
                 AMQPClass::Connection(conn_m::AMQPMethod::OpenOk(conn_m::OpenOk {})),
             );
             *phase = Phase::Running;
+            if cfg.consumer_timeout_ms > 0 {
+                let weak = Rc::downgrade(conn);
+                glommio::spawn_local(consumer_timeout_loop(weak, cfg.consumer_timeout_ms)).detach();
+            }
             Ok(true)
         }
         _ => Err(AmqpError::connection(
@@ -687,11 +691,16 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
     }
 }
 
-async fn heartbeat_loop(conn: Rc<Connection>) {
-    let hb = conn.heartbeat.get() as i64 * 1000;
+/// Sends heartbeats and closes a silent peer. Holds the connection weakly, so a closed
+/// connection is freed at once rather than at the next tick.
+async fn heartbeat_loop(conn: std::rc::Weak<Connection>, heartbeat_secs: u16) {
+    let hb = heartbeat_secs as i64 * 1000;
     let tick = Duration::from_millis((hb / 2).max(500) as u64);
     loop {
         glommio::timer::sleep(tick).await;
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
         if conn.finished.get() || conn.dead.get() {
             return;
         }
@@ -843,24 +852,77 @@ fn channel_result(
         Err(AmqpError::Channel { code, text }) => {
             let (class_id, method_id) = conn.last_method.get();
             log::debug!("amqp channel {} of {}: {text}", ch.borrow().id, conn.peer);
-            crate::metrics::with(|m| m.error(Protocol::Amqp, code as i32));
-            let id = {
-                let mut c = ch.borrow_mut();
-                c.release(conn);
-                c.closing = true;
-                c.id
-            };
-            conn.send_method(
-                id,
-                AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
-                    reply_code: code,
-                    reply_text: codec::short(&text),
-                    class_id,
-                    method_id,
-                })),
-            );
+            close_channel(conn, ch, code, &text, (class_id, method_id));
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Closes a channel from the broker's side: its consumers are cancelled and its unacked
+/// messages requeued at once; channel.close goes out and close-ok is awaited.
+fn close_channel(
+    conn: &Rc<Connection>,
+    ch: &ChannelRef,
+    code: u16,
+    text: &str,
+    method: (u16, u16),
+) {
+    crate::metrics::with(|m| m.error(Protocol::Amqp, code as i32));
+    let id = {
+        let mut c = ch.borrow_mut();
+        c.release(conn);
+        c.closing = true;
+        c.id
+    };
+    conn.send_method(
+        id,
+        AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+            reply_code: code,
+            reply_text: codec::short(text),
+            class_id: method.0,
+            method_id: method.1,
+        })),
+    );
+}
+
+/// RabbitMQ's consumer timeout: a channel whose oldest unacknowledged delivery is older
+/// than `amqp.consumer_timeout_ms` is closed with 406 (its messages go back to their
+/// queues). Checked once a minute, or at a quarter of a shorter timeout. Holds the
+/// connection weakly, so a closed connection is freed at once.
+async fn consumer_timeout_loop(conn: std::rc::Weak<Connection>, timeout: u64) {
+    let tick = Duration::from_millis((timeout / 4).clamp(50, 60_000));
+    loop {
+        glommio::timer::sleep(tick).await;
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        if conn.finished.get() || conn.dead.get() {
+            return;
+        }
+        let now = now_ms();
+        let late: Vec<ChannelRef> = conn
+            .channels
+            .borrow()
+            .values()
+            .filter(|ch| {
+                let c = ch.borrow();
+                !c.closing
+                    && c.oldest_unacked_ms()
+                        .is_some_and(|t| now.saturating_sub(t) > timeout as i64)
+            })
+            .cloned()
+            .collect();
+        for ch in late {
+            let id = ch.borrow().id;
+            log::info!(
+                "amqp connection from {}: channel {id} held a delivery unacknowledged over {timeout} ms, closing the channel",
+                conn.peer
+            );
+            let text = format!(
+                "PRECONDITION_FAILED - delivery acknowledgement on channel {id} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
+            );
+            close_channel(&conn, &ch, reply::PRECONDITION_FAILED, &text, (0, 0));
+        }
     }
 }
