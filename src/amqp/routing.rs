@@ -109,6 +109,8 @@ struct VhostRoutes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
     NoExchange,
+    /// The exchange is internal: only exchange-to-exchange bindings may reach it.
+    Internal,
 }
 
 #[derive(Debug)]
@@ -275,19 +277,9 @@ impl Router {
         self.vhosts.get(vhost)?.queues.get(name)
     }
 
-    /// Whether an exchange exists and is internal (publishing to it is refused).
-    pub fn exchange_internal(&self, vhost: &str, name: &str) -> Option<bool> {
-        match self.vhosts.get(vhost) {
-            Some(v) => v.exchanges.get(name).map(|e| e.internal),
-            None => BUILTIN_EXCHANGES
-                .iter()
-                .any(|(n, _)| *n == name)
-                .then_some(false),
-        }
-    }
-
-    /// The queues a message published to `exchange` with `routing_key` reaches.
-    /// `headers` is decoded only if a headers exchange is on the path.
+    /// The queues a message published to `exchange` with `routing_key` reaches, each once.
+    /// `headers` is decoded only if a headers exchange is on the path. Publishing to an
+    /// internal exchange is `RouteError::Internal`.
     pub fn route(
         &self,
         vhost: &str,
@@ -304,30 +296,35 @@ impl Router {
                 Err(RouteError::NoExchange)
             };
         };
-        if !v.exchanges.contains_key(exchange) {
+        let Some(first) = v.exchanges.get(exchange) else {
             return Err(RouteError::NoExchange);
+        };
+        if first.internal {
+            return Err(RouteError::Internal);
         }
-        let mut out: Vec<QueueRef> = Vec::new();
-        let mut seen_queues: HashSet<u64> = HashSet::new();
-        let mut visited: HashSet<&str> = HashSet::new();
+        if exchange.is_empty() {
+            // The default exchange (the common case): the queue named by the key.
+            return Ok(v.queues.get(routing_key).cloned().into_iter().collect());
+        }
+        let mut out = Reached::default();
+        let mut visited: Vec<&str> = Vec::new();
         let mut decoded: Option<FieldTable> = None;
+        let mut rk_words: Option<Vec<&str>> = None;
         let mut stack: Vec<&str> = vec![exchange];
-        let rk_words = topic_words(routing_key);
         while let Some(name) = stack.pop() {
-            if !visited.insert(name) {
+            if visited.contains(&name) {
                 continue;
             }
+            visited.push(name);
             let Some(ex) = v.exchanges.get(name) else {
                 continue;
             };
             let before = out.len() + stack.len();
             let mut dests: Vec<&Dest> = Vec::new();
             if name.is_empty() {
-                // The default exchange: every queue by its name.
+                // The default exchange as an exchange-to-exchange destination.
                 if let Some(q) = v.queues.get(routing_key) {
-                    if seen_queues.insert(q.id) {
-                        out.push(q.clone());
-                    }
+                    out.push(q);
                 }
                 continue;
             }
@@ -339,8 +336,9 @@ impl Router {
                 }
                 ExchangeKind::Fanout => dests.extend(ex.fanout.iter()),
                 ExchangeKind::Topic => {
+                    let words = rk_words.get_or_insert_with(|| topic_words(routing_key));
                     let mut hits = Vec::new();
-                    ex.topic_trie.matches(&rk_words, &mut hits);
+                    ex.topic_trie.matches(words, &mut hits);
                     hits.sort_unstable();
                     hits.dedup();
                     dests.extend(hits.into_iter().filter_map(|i| ex.topic.get(i)));
@@ -359,11 +357,7 @@ impl Router {
             }
             for d in dests {
                 match d {
-                    Dest::Queue(q) => {
-                        if seen_queues.insert(q.id) {
-                            out.push(q.clone());
-                        }
-                    }
+                    Dest::Queue(q) => out.push(q),
                     Dest::Exchange(e) => stack.push(e),
                 }
             }
@@ -374,7 +368,38 @@ impl Router {
                 }
             }
         }
-        Ok(out)
+        Ok(out.queues)
+    }
+}
+
+/// The queues a route reached, each once: a scan while few, a set past that (fanouts to
+/// many queues).
+#[derive(Default)]
+struct Reached {
+    queues: Vec<QueueRef>,
+    seen: Option<HashSet<u64>>,
+}
+
+impl Reached {
+    fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn push(&mut self, q: &QueueRef) {
+        const SCAN: usize = 16;
+        let new = match &mut self.seen {
+            Some(seen) => seen.insert(q.id),
+            None if self.queues.len() < SCAN => !self.queues.iter().any(|x| x.id == q.id),
+            None => {
+                let mut seen: HashSet<u64> = self.queues.iter().map(|x| x.id).collect();
+                let new = seen.insert(q.id);
+                self.seen = Some(seen);
+                new
+            }
+        };
+        if new {
+            self.queues.push(q.clone());
+        }
     }
 }
 

@@ -353,14 +353,14 @@ async fn route_key(
     };
     for attempt in 0..2 {
         let router = actor.shard.amqp.router(actor.shard);
-        if router.exchange_internal(vhost, exchange) == Some(true) {
-            return Err(AmqpError::channel(
-                reply::ACCESS_REFUSED,
-                format!("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
-            ));
-        }
         match router.route(vhost, exchange, routing_key, &mut headers) {
             Ok(t) => return Ok(t),
+            Err(RouteError::Internal) => {
+                return Err(AmqpError::channel(
+                    reply::ACCESS_REFUSED,
+                    format!("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
+                ))
+            }
             Err(RouteError::NoExchange) if attempt == 0 => refresh_catalog(actor.shard).await,
             Err(RouteError::NoExchange) => {}
         }
