@@ -314,7 +314,7 @@ impl Channel {
     }
 
     /// Writes a delivery nobody acknowledges (a direct reply) to consumer `tag`.
-    pub fn write_unacked_free(&mut self, conn: &Rc<Connection>, tag: &str, msg: &Message) {
+    pub fn write_direct_reply(&mut self, conn: &Rc<Connection>, tag: &str, msg: &Message) {
         let t = self.next_tag;
         self.next_tag += 1;
         let frame_max = conn.frame_max.get();

@@ -151,7 +151,7 @@ pub fn deliver(conn: &Rc<Connection>, token: Token, msg: Message) {
     if key != token.key || c.closing {
         return;
     }
-    c.write_unacked_free(conn, &tag, &msg);
+    c.write_direct_reply(conn, &tag, &msg);
     crate::metrics::with(|m| m.consumed(Protocol::Amqp, PSEUDO_QUEUE, 1, msg.body.len() as u64));
 }
 
