@@ -213,6 +213,45 @@ async function main() {
     await c2.close();
   });
 
+  await s.run('direct_reply_to', async () => {
+    // The RPC pattern of amqplib's tutorials: replies through amq.rabbitmq.reply-to.
+    const rq = unique('al-rpc');
+    const srv = await conn.createChannel();
+    await srv.assertQueue(rq, { durable: false });
+    await srv.consume(rq, (m) => {
+      if (m === null) return; // cancelled by the broker when the queue is deleted below
+      srv.sendToQueue(m.properties.replyTo, Buffer.from(m.content.toString().toUpperCase()),
+        { correlationId: m.properties.correlationId });
+      srv.ack(m);
+    });
+    const cl = await conn.createChannel();
+    const replies = [];
+    await cl.consume('amq.rabbitmq.reply-to',
+      (m) => replies.push(`${m.properties.correlationId}:${m.content}`), { noAck: true });
+    for (let i = 0; i < 3; i++) {
+      cl.sendToQueue(rq, Buffer.from(`ping${i}`),
+        { replyTo: 'amq.rabbitmq.reply-to', correlationId: `r${i}` });
+    }
+    await waitFor(() => replies.length === 3, 5000, '3 direct replies');
+    check(replies.sort().join(',') === 'r0:PING0,r1:PING1,r2:PING2', `replies ${replies}`);
+    await cl.close();
+    await srv.deleteQueue(rq);
+    await srv.close();
+  });
+
+  await s.run('quorum_queue', async () => {
+    const qq = unique('al-qq');
+    await ch.assertQueue(qq, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    ch.sendToQueue(qq, Buffer.from('q1'));
+    const m = await getOne(ch, qq);
+    ch.nack(m, false, true);
+    const again = await getOne(ch, qq, { noAck: true });
+    check(again.fields.redelivered, 'redelivered flag');
+    check(again.properties.headers['x-delivery-count'] === 1,
+      `x-delivery-count ${JSON.stringify(again.properties.headers)}`);
+    await ch.deleteQueue(qq);
+  });
+
   await ch.deleteQueue(q);
   await ch.deleteExchange(ex);
   await conn.close();

@@ -515,6 +515,81 @@ func main() {
 		_, err = c2.QueueInspect(q)
 		return err
 	})
+	run("direct_reply_to", func() error {
+		rq := q + "-rpc"
+		srv, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		if _, err := srv.QueueDeclare(rq, false, true, false, false, nil); err != nil {
+			return err
+		}
+		reqs, err := srv.Consume(rq, "", false, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		go func() {
+			for d := range reqs {
+				srv.Publish("", d.ReplyTo, false, false, amqp.Publishing{
+					CorrelationId: d.CorrelationId, Body: []byte(strings.ToUpper(string(d.Body)))})
+				d.Ack(false)
+			}
+		}()
+		cl, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		replies, err := cl.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < 3; i++ {
+			err := cl.Publish("", rq, false, false, amqp.Publishing{
+				ReplyTo: "amq.rabbitmq.reply-to", CorrelationId: fmt.Sprintf("r%d", i),
+				Body: []byte(fmt.Sprintf("ping%d", i))})
+			if err != nil {
+				return err
+			}
+			select {
+			case d := <-replies:
+				want := fmt.Sprintf("r%d:PING%d", i, i)
+				if got := d.CorrelationId + ":" + string(d.Body); got != want {
+					return fmt.Errorf("reply %q, want %q", got, want)
+				}
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("no direct reply %d", i)
+			}
+		}
+		return nil
+	})
+	run("quorum_queue", func() error {
+		qq := q + "-qq"
+		args := amqp.Table{"x-queue-type": "quorum"}
+		if _, err := ch.QueueDeclare(qq, true, false, false, false, args); err != nil {
+			return err
+		}
+		defer ch.QueueDelete(qq, false, false, false)
+		if err := ch.Publish("", qq, false, false, amqp.Publishing{Body: []byte("q1")}); err != nil {
+			return err
+		}
+		d, err := get(ch, qq, false)
+		if err != nil {
+			return err
+		}
+		if err := d.Nack(false, true); err != nil {
+			return err
+		}
+		again, err := get(ch, qq, true)
+		if err != nil {
+			return err
+		}
+		if !again.Redelivered || fmt.Sprint(again.Headers["x-delivery-count"]) != "1" {
+			return fmt.Errorf("redelivery %v headers %v", again.Redelivered, again.Headers)
+		}
+		return nil
+	})
 	ch.QueueDelete(q, false, false, false)
 	ch.ExchangeDelete(ex, false, false)
 	if err := conn.Close(); err != nil {
