@@ -60,8 +60,12 @@ fn method(f: &AMQPFrame) -> Option<&AMQPClass> {
     }
 }
 
-/// Connects and completes the handshake with the given heartbeat.
+/// Connects and completes the handshake with the given heartbeat (frame_max 8192).
 fn handshake(port: u16, heartbeat: u16) -> (TcpStream, Vec<u8>) {
+    handshake_with(port, heartbeat, 8192)
+}
+
+fn handshake_with(port: u16, heartbeat: u16, frame_max: u32) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
     let mut buf = Vec::new();
@@ -105,7 +109,7 @@ fn handshake(port: u16, heartbeat: u16) -> (TcpStream, Vec<u8>) {
             0,
             AMQPClass::Connection(c::AMQPMethod::TuneOk(c::TuneOk {
                 channel_max: 16,
-                frame_max: 8192,
+                frame_max,
                 heartbeat,
             })),
         ),
@@ -214,7 +218,12 @@ fn stopping_the_broker_closes_connections_with_320() {
 
 /// Sends raw frame bytes after a handshake and returns the connection.close reply code.
 fn close_code_after(port: u16, frames: &[Vec<u8>]) -> Option<u16> {
-    let (mut s, mut buf) = handshake(port, 0);
+    close_code_with(port, 8192, frames)
+}
+
+/// `close_code_after` with another frame_max.
+fn close_code_with(port: u16, frame_max: u32, frames: &[Vec<u8>]) -> Option<u16> {
+    let (mut s, mut buf) = handshake_with(port, 0, frame_max);
     for f in frames {
         s.write_all(f).unwrap();
     }
@@ -357,4 +366,121 @@ fn connection_errors_carry_their_reply_codes() {
         ),
         "access.request answered with {ok:?}"
     );
+}
+
+/// A field table nested `depth` levels deep (with its length prefix).
+fn nested_table(depth: usize) -> Vec<u8> {
+    let mut inner: Vec<u8> = Vec::new();
+    for _ in 1..depth {
+        let mut level = vec![1, b'k', b'F'];
+        level.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        level.extend_from_slice(&inner);
+        inner = level;
+    }
+    let mut out = (inner.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&inner);
+    out
+}
+
+/// A frame of any type with a raw payload.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.push(0xce);
+    out
+}
+
+/// Tables nested thousands deep (which would overflow a recursive parser's stack and take
+/// the whole broker down) are refused with the connection's error, before login too, and
+/// odd frames get the spec's codes; the broker keeps serving a real client throughout.
+#[test]
+fn deep_tables_and_odd_frames_close_only_their_connection() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let port = broker.amqp_port;
+    let deep = nested_table(10_000);
+
+    // connection.start-ok whose client-properties nest 10 000 deep: 502, before login.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::Start(_)))
+        )
+    })
+    .expect("connection.start");
+    let mut start_ok = vec![0, 10, 0, 11];
+    start_ok.extend_from_slice(&deep);
+    start_ok.extend_from_slice(b"\x05PLAIN\x00\x00\x00\x0c\x00guest\x00guest\x05en_US");
+    s.write_all(&raw_frame(1, 0, &start_ok)).unwrap();
+    let close = read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::Close(_)))
+        )
+    });
+    match close.as_ref().and_then(method) {
+        Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => assert_eq!(cl.reply_code, 502),
+        other => panic!("start-ok with deep client-properties answered {other:?}"),
+    }
+
+    let open = raw_frame(1, 1, &[0, 20, 0, 10, 0]);
+    // queue.declare whose arguments nest 10 000 deep: 502.
+    let mut declare = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+    declare.extend_from_slice(&deep);
+    assert_eq!(
+        close_code_with(port, 131_072, &[open.clone(), raw_frame(1, 1, &declare)]),
+        Some(502)
+    );
+    // A message whose headers nest 10 000 deep: 501, malformed properties.
+    let publish = raw_frame(1, 1, &[0, 60, 0, 40, 0, 0, 0, 1, b'q', 0]);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&[0x20, 0x00]); // property flags: headers only
+    header.extend_from_slice(&deep);
+    assert_eq!(
+        close_code_with(
+            port,
+            131_072,
+            &[
+                open.clone(),
+                publish,
+                raw_frame(2, 1, &header),
+                raw_frame(3, 1, b"x")
+            ]
+        ),
+        Some(501)
+    );
+    // Heartbeats belong on channel 0 with no payload (spec 4.2.7): 501 otherwise.
+    assert_eq!(close_code_after(port, &[raw_frame(8, 1, &[])]), Some(501));
+    assert_eq!(
+        close_code_after(port, &[raw_frame(8, 0, b"abcd")]),
+        Some(501)
+    );
+    // A method frame too short to name its method: 501; an unknown method of a known
+    // class: 540.
+    assert_eq!(
+        close_code_after(port, &[raw_frame(1, 0, &[0, 10])]),
+        Some(501)
+    );
+    assert_eq!(
+        close_code_after(port, &[raw_frame(1, 0, &[0, 10, 0, 12])]),
+        Some(540)
+    );
+
+    // The broker is still there for everyone else.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use common::amqp::*;
+        let conn = connect(&broker.amqp_url()).await;
+        let ch = channel(&conn).await;
+        declare(&ch, "alive", Default::default()).await;
+        publish(&ch, "", "alive", b"ok").await;
+        let m = get_within(&ch, "alive", 5).await.expect("served");
+        assert_eq!(m.delivery.data, b"ok");
+    });
 }

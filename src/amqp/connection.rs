@@ -539,6 +539,14 @@ async fn handle_frame(
     frame: Frame,
 ) -> Result<bool, AmqpError> {
     if frame.kind == codec::FRAME_HEARTBEAT {
+        // The spec (4.2.7): a heartbeat on another channel, or with a payload, is a
+        // frame error.
+        if frame.channel != 0 || !frame.payload.is_empty() {
+            return Err(AmqpError::connection(
+                reply::FRAME_ERROR,
+                "FRAME_ERROR - heartbeat frames have channel 0 and no payload",
+            ));
+        }
         return Ok(true);
     }
     match *phase {

@@ -12,12 +12,10 @@
 
 use std::rc::Rc;
 
-use amq_protocol::protocol::basic::parse_properties;
-
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::mesh::Op;
-use super::message::{encode_properties, Message};
+use super::message::{encode_properties, parse_props, Message};
 use super::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
 
@@ -98,7 +96,7 @@ pub fn consume(
 /// A publish on this channel naming the pseudo queue in `reply-to` gets the channel's
 /// token there instead; 406 when the channel has no reply consumer.
 pub fn rewrite(conn: &Connection, ch: &ChannelRef, msg: Message) -> Result<Message, AmqpError> {
-    let Ok((_, mut props)) = parse_properties(&msg.properties[..]) else {
+    let Some(mut props) = parse_props(&msg.properties) else {
         return Ok(msg);
     };
     if props.reply_to().as_ref().map(|r| r.as_str()) != Some(PSEUDO_QUEUE) {

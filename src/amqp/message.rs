@@ -44,7 +44,15 @@ pub struct PropsView {
     pub headers: Option<Bytes>,
 }
 
-/// Walks property bytes: `None` when they are malformed.
+/// Decodes properties with amq-protocol once `scan_properties` accepted them (which
+/// bounds the nesting of the headers table).
+pub fn parse_props(raw: &Bytes) -> Option<AMQPProperties> {
+    scan_properties(raw)?;
+    parse_properties(&raw[..]).ok().map(|(_, p)| p)
+}
+
+/// Walks property bytes: `None` when they are malformed (headers nested deeper than
+/// `nesting::MAX_DEPTH` included).
 pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
     let mut flags: Vec<u16> = Vec::with_capacity(1);
     let mut at = 0usize;
@@ -75,7 +83,10 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
     }
     if bit(2) {
         let len = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
-        raw.get(at..at + 4 + len)?;
+        let table = raw.get(at..at + 4 + len)?;
+        if !super::nesting::table_ok(table) {
+            return None;
+        }
         v.headers = Some(raw.slice(at..at + 4 + len));
         at += 4 + len;
     }
@@ -166,9 +177,7 @@ pub fn dead_lettered(
     dl_routing_key: Option<&str>,
     now_secs: u64,
 ) -> Message {
-    let props: AMQPProperties = parse_properties(&msg.properties[..])
-        .map(|(_, p)| p)
-        .unwrap_or_default();
+    let props: AMQPProperties = parse_props(&msg.properties).unwrap_or_default();
     let mut headers = props.headers().clone().unwrap_or_default();
     let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
     let routing_key = String::from_utf8_lossy(&msg.routing_key).into_owned();
@@ -279,7 +288,7 @@ pub fn without_header(msg: &Message, key: &str) -> Message {
 }
 
 fn edit_headers(msg: &Message, edit: impl FnOnce(&mut FieldTable)) -> Message {
-    let Ok((_, props)) = parse_properties(&msg.properties[..]) else {
+    let Some(props) = parse_props(&msg.properties) else {
         return msg.clone();
     };
     let mut headers = props.headers().clone().unwrap_or_default();

@@ -18,6 +18,7 @@ pub mod direct_reply;
 pub mod mesh;
 pub mod message;
 pub mod methods;
+pub mod nesting;
 pub mod outbox;
 pub mod owner;
 pub mod queue;

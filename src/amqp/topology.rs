@@ -553,8 +553,12 @@ pub fn encode_table(table: &FieldTable) -> Vec<u8> {
     }
 }
 
-/// Decodes `encode_table`'s output; bytes that do not parse give an empty table.
+/// Decodes `encode_table`'s output; bytes that do not parse (or nest deeper than
+/// `nesting::MAX_DEPTH`) give an empty table.
 pub fn decode_table(bytes: &[u8]) -> FieldTable {
+    if !super::nesting::table_ok(bytes) {
+        return FieldTable::default();
+    }
     amq_protocol::types::parsing::parse_field_table(bytes)
         .map(|(_, t)| t)
         .unwrap_or_default()

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use base64::Engine;
 use bytes::Bytes;
@@ -483,7 +483,7 @@ fn encode_properties(p: PropertiesIn) -> Result<Bytes, ApiError> {
 
 /// A message's properties as JSON, the fields it has.
 fn properties_json(raw: &[u8]) -> Value {
-    let Ok((_, p)) = parse_properties(raw) else {
+    let Some(p) = crate::amqp::message::parse_props(&bytes::Bytes::copy_from_slice(raw)) else {
         return json!({});
     };
     let mut out = Map::new();

@@ -92,10 +92,7 @@ pub async fn content(
                 ));
             };
             if h.class_id != 60 {
-                return Err(AmqpError::connection(
-                    reply::FRAME_ERROR,
-                    "FRAME_ERROR - content header of a class other than basic",
-                ));
+                return Err(unexpected("content header of a class other than basic"));
             }
             let max = conn.shard.config.amqp.max_message_bytes as u64;
             if h.body_size > max {

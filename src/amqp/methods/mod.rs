@@ -105,21 +105,21 @@ fn invalid() -> AmqpError {
     )
 }
 
-/// A method frame that did not decode: unknown class/method ids are NOT_IMPLEMENTED,
-/// known ones with bad arguments SYNTAX_ERROR.
+/// A method frame that did not decode: one too short to name its method is a
+/// FRAME_ERROR, unknown class/method ids are NOT_IMPLEMENTED, known ones with bad (or too
+/// deeply nested) arguments SYNTAX_ERROR.
 pub fn undecodable(payload: &[u8]) -> AmqpError {
+    if payload.len() < 4 {
+        return AmqpError::connection(
+            reply::FRAME_ERROR,
+            format!(
+                "FRAME_ERROR - method frame of {} bytes has no class and method ids",
+                payload.len()
+            ),
+        );
+    }
     let (c, m) = super::codec::method_ids(payload);
-    let known = matches!(
-        (c, m),
-        (10, 10..=61)
-            | (20, 10..=41)
-            | (30, 10..=11)
-            | (40, 10..=51)
-            | (50, 10..=51)
-            | (60, 10..=120)
-            | (85, 10..=11)
-            | (90, 10..=31)
-    );
+    let known = super::codec::method_name(c, m) != "unknown";
     if known {
         AmqpError::connection(
             reply::SYNTAX_ERROR,
