@@ -484,3 +484,81 @@ fn deep_tables_and_odd_frames_close_only_their_connection() {
         assert_eq!(m.delivery.data, b"ok");
     });
 }
+
+/// A client that pipelines requests but never reads its socket: the broker stops handling
+/// its requests once `limits.connection_inflight_bytes` of replies wait unwritten, so its
+/// memory stays bounded, and it keeps serving everyone else.
+#[test]
+fn a_client_that_never_reads_does_not_grow_the_broker() {
+    use amq_protocol::protocol::{basic, channel as chan, queue as qm};
+    let (_d, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "4194304")],
+    );
+    let port = broker.amqp_port;
+    let (mut s, _buf) = handshake_with(port, 0, 131_072);
+    let method = |m: AMQPClass| encode(AMQPFrame::Method(1, m));
+    let mut setup = method(AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})));
+    setup.extend(method(AMQPClass::Queue(qm::AMQPMethod::Declare(
+        qm::Declare {
+            queue: "never-read".into(),
+            ..Default::default()
+        },
+    ))));
+    // One 512 KiB message, in body frames under frame_max.
+    let size = 512 * 1024usize;
+    setup.extend(method(AMQPClass::Basic(basic::AMQPMethod::Publish(
+        basic::Publish {
+            routing_key: "never-read".into(),
+            ..Default::default()
+        },
+    ))));
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&(size as u64).to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    setup.extend(raw_frame(2, 1, &header));
+    for chunk in vec![7u8; size].chunks(100_000) {
+        setup.extend(raw_frame(3, 1, chunk));
+    }
+    s.write_all(&setup).unwrap();
+    let before = broker.rss_bytes();
+    // 2 000 gets, each answered with the 512 KiB message, each rejected back: 1 GiB of
+    // replies if the broker kept producing them.
+    let mut requests = Vec::new();
+    for tag in 1..=2000u64 {
+        requests.extend(method(AMQPClass::Basic(basic::AMQPMethod::Get(
+            basic::Get {
+                queue: "never-read".into(),
+                no_ack: false,
+            },
+        ))));
+        requests.extend(method(AMQPClass::Basic(basic::AMQPMethod::Reject(
+            basic::Reject {
+                delivery_tag: tag,
+                requeue: true,
+            },
+        ))));
+    }
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&requests);
+    std::thread::sleep(Duration::from_secs(3));
+    let grown = broker.rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "broker grew {} MiB for a client that does not read",
+        grown >> 20
+    );
+    // Others are served meanwhile.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use common::amqp::*;
+        let conn = connect(&broker.amqp_url()).await;
+        let ch = channel(&conn).await;
+        declare(&ch, "others", Default::default()).await;
+        publish(&ch, "", "others", b"ok").await;
+        let m = get_within(&ch, "others", 5).await.expect("served");
+        assert_eq!(m.delivery.data, b"ok");
+    });
+    drop(s);
+}

@@ -68,6 +68,9 @@ pub struct Connection {
     pub heartbeat: Cell<u16>,
     out: RefCell<BytesMut>,
     out_ready: Notify,
+    /// Fired after each write to the socket (the reader waits on it while the output
+    /// not yet written is over the connection's budget).
+    out_written: Notify,
     /// Deliveries encoded into `out` per consumer, returned as credit once written.
     written: RefCell<HashMap<u64, (QueueRef, u32, u64)>>,
     pub channels: RefCell<HashMap<u16, ChannelRef>>,
@@ -101,6 +104,7 @@ impl Connection {
             heartbeat: Cell::new(0),
             out: RefCell::new(BytesMut::with_capacity(64 * 1024)),
             out_ready: Notify::new(),
+            out_written: Notify::new(),
             written: RefCell::new(HashMap::new()),
             channels: RefCell::new(HashMap::new()),
             exclusive: RefCell::new(Vec::new()),
@@ -289,6 +293,7 @@ async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
             break;
         }
         conn.last_send_ms.set(now_ms());
+        conn.out_written.notify();
         // Reuse the buffer's allocation when nothing new arrived meanwhile.
         {
             let mut out = conn.out.borrow_mut();
@@ -422,6 +427,9 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                     break;
                 }
             };
+            if phase == Phase::Running {
+                wait_for_writer(conn).await;
+            }
             match handle_frame(conn, &mut phase, frame).await {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
@@ -529,6 +537,31 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             }
             return Ok(());
         }
+    }
+}
+
+/// Back-pressure on a client that sends faster than it reads: while more than
+/// `limits.connection_inflight_bytes` of output waits for its socket, the connection's
+/// next request is not handled (and its socket not read), as a TCP peer would be.
+async fn wait_for_writer(conn: &Rc<Connection>) {
+    let limit = conn.shard.config.limits.connection_inflight_bytes;
+    if conn.out.borrow().len() <= limit {
+        return;
+    }
+    crate::metrics::with(|m| m.protocol(crate::metrics::Protocol::Amqp).throttled += 1);
+    while conn.out.borrow().len() > limit
+        && !conn.dead.get()
+        && !conn.finished.get()
+        && !conn.shard.stopping.get()
+    {
+        let l = Listener::new();
+        l.listen(&conn.out_written);
+        l.listen(&conn.kill);
+        let _ = glommio::timer::timeout(Duration::from_millis(100), async {
+            l.await;
+            Ok(())
+        })
+        .await;
     }
 }
 
