@@ -49,7 +49,32 @@ pub enum StartError {
 /// connections between the two), so the listening sockets of the host (`/proc/net/tcp`,
 /// `tcp6`) are checked first. Connections a previous run left closing do not count, and
 /// port 0 (any free port) is not checked.
+///
+/// A Portask killed with `kill -9` releases its data directory at once, but the kernel
+/// tears its io_uring rings down afterwards, and their pending accepts keep its listening
+/// sockets open for a moment (accepting connections nobody serves). A clash is therefore
+/// re-checked for up to `PORT_GRACE` before it is an error.
 fn check_addresses_free(config: &Config) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    loop {
+        match clashing_address(config) {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() >= PORT_GRACE => return Err(e),
+            Err(e) => {
+                if started.elapsed() < PORT_POLL {
+                    log::info!("{e}; waiting up to {PORT_GRACE:?} in case an exiting process still holds it");
+                }
+                std::thread::sleep(PORT_POLL);
+            }
+        }
+    }
+}
+
+/// How long a clash may last before start-up gives up (see `check_addresses_free`).
+const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const PORT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn clashing_address(config: &Config) -> Result<(), StartError> {
     let listening = listening_sockets();
     for (key, addr) in [
         ("kafka.addr", &config.kafka.addr),
