@@ -336,6 +336,34 @@ fn connection_errors_carry_their_reply_codes() {
         close_code_after(port, &[open.clone(), immediate]),
         Some(540)
     );
+    // connection.update-secret (RabbitMQ's credential refresh): the user's password is
+    // accepted with update-secret-ok, anything else is 530.
+    let update = |secret: &str| {
+        encode(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::UpdateSecret(c::UpdateSecret {
+                new_secret: secret.into(),
+                reason: "refresh".into(),
+            })),
+        ))
+    };
+    let (mut s, mut buf) = handshake(port, 0);
+    s.write_all(&update("guest")).unwrap();
+    let ok = read_until(&mut s, &mut buf, 5, |f| {
+        matches!(
+            method(f),
+            Some(AMQPClass::Connection(c::AMQPMethod::UpdateSecretOk(_)))
+                | Some(AMQPClass::Connection(c::AMQPMethod::Close(_)))
+        )
+    });
+    assert!(
+        matches!(
+            ok.as_ref().and_then(method),
+            Some(AMQPClass::Connection(c::AMQPMethod::UpdateSecretOk(_)))
+        ),
+        "update-secret answered with {ok:?}"
+    );
+    assert_eq!(close_code_after(port, &[update("wrong")]), Some(530));
     // access.request (old clients ask for a ticket first) is answered, as RabbitMQ does.
     use amq_protocol::protocol::access;
     let (mut s, mut buf) = handshake(port, 0);
@@ -455,8 +483,9 @@ fn deep_tables_and_odd_frames_close_only_their_connection() {
         ),
         Some(501)
     );
-    // Heartbeats belong on channel 0 with no payload (spec 4.2.7): 501 otherwise.
-    assert_eq!(close_code_after(port, &[raw_frame(8, 1, &[])]), Some(501));
+    // Heartbeats belong on channel 0 with no payload: as RabbitMQ, 505 on another
+    // channel, 501 with a payload.
+    assert_eq!(close_code_after(port, &[raw_frame(8, 1, &[])]), Some(505));
     assert_eq!(
         close_code_after(port, &[raw_frame(8, 0, b"abcd")]),
         Some(501)

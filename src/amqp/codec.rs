@@ -108,6 +108,8 @@ pub fn method_name(class: u16, method: u16) -> &'static str {
         (10, 51) => "connection.close-ok",
         (10, 60) => "connection.blocked",
         (10, 61) => "connection.unblocked",
+        (10, 70) => "connection.update-secret",
+        (10, 71) => "connection.update-secret-ok",
         (20, 10) => "channel.open",
         (20, 11) => "channel.open-ok",
         (20, 20) => "channel.flow",

@@ -572,12 +572,21 @@ async fn handle_frame(
     frame: Frame,
 ) -> Result<bool, AmqpError> {
     if frame.kind == codec::FRAME_HEARTBEAT {
-        // The spec (4.2.7): a heartbeat on another channel, or with a payload, is a
-        // frame error.
-        if frame.channel != 0 || !frame.payload.is_empty() {
+        // As RabbitMQ: a heartbeat with a payload is a frame error, one on another
+        // channel than 0 an unexpected frame.
+        if !frame.payload.is_empty() {
             return Err(AmqpError::connection(
                 reply::FRAME_ERROR,
-                "FRAME_ERROR - heartbeat frames have channel 0 and no payload",
+                "FRAME_ERROR - heartbeat frame with a payload",
+            ));
+        }
+        if frame.channel != 0 {
+            return Err(AmqpError::connection(
+                reply::UNEXPECTED_FRAME,
+                format!(
+                    "UNEXPECTED_FRAME - heartbeat frame on channel {}",
+                    frame.channel
+                ),
             ));
         }
         return Ok(true);
@@ -791,6 +800,37 @@ async fn running(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError>
             Some(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => Ok(false),
             Some(AMQPClass::Connection(conn_m::AMQPMethod::Blocked(_)))
             | Some(AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(_))) => Ok(true),
+            Some(AMQPClass::Connection(conn_m::AMQPMethod::UpdateSecret(u))) => {
+                // RabbitMQ's credential refresh: the new secret must be the user's
+                // password (no token backends here); 530 otherwise.
+                let user = conn.user();
+                let ok = conn
+                    .shard
+                    .config
+                    .amqp
+                    .users
+                    .iter()
+                    .find(|x| x.name == user)
+                    .is_some_and(|x| {
+                        auth::check_password(
+                            &x.password_hash,
+                            &String::from_utf8_lossy(u.new_secret.as_bytes()),
+                        )
+                    });
+                if !ok {
+                    return Err(AmqpError::connection(
+                        reply::NOT_ALLOWED,
+                        format!("NOT_ALLOWED - Secret update was refused for user '{user}'"),
+                    ));
+                }
+                conn.send_method(
+                    0,
+                    AMQPClass::Connection(conn_m::AMQPMethod::UpdateSecretOk(
+                        conn_m::UpdateSecretOk {},
+                    )),
+                );
+                Ok(true)
+            }
             Some(_) => Err(AmqpError::connection(
                 reply::COMMAND_INVALID,
                 "COMMAND_INVALID - unexpected method on channel 0",
