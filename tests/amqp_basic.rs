@@ -200,18 +200,7 @@ async fn direct_reply_to_rpc_across_shards() {
     declare(&ch0, "rpc", FieldTable::default()).await;
     let mut server = consume(&ch0, "rpc", false).await;
     for (requester, responder) in [(&ch1, &ch0), (&ch0, &ch0)] {
-        let mut replies = requester
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume from amq.rabbitmq.reply-to");
+        let mut replies = consume(requester, "amq.rabbitmq.reply-to", true).await;
         for i in 0..20u32 {
             requester
                 .basic_publish(
@@ -311,18 +300,7 @@ async fn direct_reply_to_rpc_across_shards() {
     };
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
     // A reply to a requester that has gone is dropped; the broker keeps serving.
-    let gone = ch0
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply consumer");
+    let gone = consume(&ch0, "amq.rabbitmq.reply-to", true).await;
     ch0.basic_cancel(gone.tag(), BasicCancelOptions::default())
         .await
         .expect("cancel");

@@ -248,12 +248,7 @@ fn encode(f: AMQPFrame) -> Vec<u8> {
 
 /// A method frame with a raw payload.
 fn raw_method(channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![1];
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.push(0xce);
-    out
+    raw_frame(1, channel, payload)
 }
 
 #[test]

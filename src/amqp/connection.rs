@@ -741,6 +741,12 @@ fn handshake(conn: &Rc<Connection>, phase: &mut Phase, frame: Frame) -> Result<b
     }
 }
 
+/// The connection behind a background task's weak handle, while it still runs.
+fn still_running(conn: &std::rc::Weak<Connection>) -> Option<Rc<Connection>> {
+    let conn = conn.upgrade()?;
+    (!conn.finished.get() && !conn.dead.get()).then_some(conn)
+}
+
 /// Sends heartbeats and closes a silent peer. Holds the connection weakly, so a closed
 /// connection is freed at once rather than at the next tick.
 async fn heartbeat_loop(conn: std::rc::Weak<Connection>, heartbeat_secs: u16) {
@@ -748,12 +754,9 @@ async fn heartbeat_loop(conn: std::rc::Weak<Connection>, heartbeat_secs: u16) {
     let tick = Duration::from_millis((hb / 2).max(500) as u64);
     loop {
         glommio::timer::sleep(tick).await;
-        let Some(conn) = conn.upgrade() else {
+        let Some(conn) = still_running(&conn) else {
             return;
         };
-        if conn.finished.get() || conn.dead.get() {
-            return;
-        }
         let now = now_ms();
         if now - conn.last_send_ms.get() >= hb / 2 {
             conn.write(codec::put_heartbeat);
@@ -975,12 +978,9 @@ async fn consumer_timeout_loop(conn: std::rc::Weak<Connection>, timeout: u64) {
     let tick = Duration::from_millis((timeout / 4).clamp(50, 60_000));
     loop {
         glommio::timer::sleep(tick).await;
-        let Some(conn) = conn.upgrade() else {
+        let Some(conn) = still_running(&conn) else {
             return;
         };
-        if conn.finished.get() || conn.dead.get() {
-            return;
-        }
         let now = now_ms();
         let late: Vec<ChannelRef> = conn
             .channels
