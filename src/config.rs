@@ -202,7 +202,8 @@ pub struct StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_connections_per_shard: usize,
-    /// Request bytes a connection may have in flight before the broker stops reading it.
+    /// Request bytes a connection may have in flight before the broker stops reading it
+    /// (AMQP: also its output waiting for the socket).
     pub connection_inflight_bytes: usize,
     /// Request bytes all connections of a shard may have in flight.
     pub shard_inflight_bytes: usize,
