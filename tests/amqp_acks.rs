@@ -311,21 +311,25 @@ async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
         .await
         .expect("ack two");
     let mut seen: Vec<(u8, u8)> = held1.iter().map(|d| (1, d.data[0])).collect();
-    let more = take_both(&mut c1, &mut c2).await;
+    let mut last_tag = held1.iter().map(|d| d.delivery_tag).max().unwrap_or(0);
+    let more = take_both(&mut c1, &mut c2, &mut last_tag).await;
     assert_eq!(more.len(), 2, "acks free exactly their room: {more:?}");
     seen.extend(&more);
     // A bigger window lets more through at once, to existing consumers too.
     cch.basic_qos(8, BasicQosOptions { global: true })
         .await
         .expect("qos global 8");
-    let after = take_both(&mut c1, &mut c2).await;
+    let after = take_both(&mut c1, &mut c2, &mut last_tag).await;
     assert_eq!(after.len(), 4, "widened window: 8 unacked in all");
     seen.extend(&after);
     while seen.len() < 20 {
-        cch.basic_ack(0, BasicAckOptions { multiple: true })
+        // Acked up to the last tag seen, not with tag 0: lapin drops the deliveries it
+        // has buffered but not yet handed out when it sends basic.ack(0, multiple), and
+        // the deliveries this ack frees can reach it first.
+        cch.basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await
             .expect("ack all");
-        let got = take_both(&mut c1, &mut c2).await;
+        let got = take_both(&mut c1, &mut c2, &mut last_tag).await;
         assert!(!got.is_empty(), "nothing delivered after acking all");
         assert!(got.len() <= 8, "window of 8 exceeded: {}", got.len());
         seen.extend(got);
@@ -335,7 +339,7 @@ async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
         .flat_map(|q| (0..10u8).map(move |i| (q, i)))
         .collect();
     assert_eq!(seen, expected, "every message delivered exactly once");
-    cch.basic_ack(0, BasicAckOptions { multiple: true })
+    cch.basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await
         .expect("ack the rest");
 
@@ -414,15 +418,21 @@ async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
 }
 
 /// Everything the two consumers receive until both are quiet for a second, as
-/// (consumer 1 or 2, first body byte).
-async fn take_both(c1: &mut lapin::Consumer, c2: &mut lapin::Consumer) -> Vec<(u8, u8)> {
+/// (consumer 1 or 2, first body byte); `last_tag` is raised to the highest delivery tag.
+async fn take_both(
+    c1: &mut lapin::Consumer,
+    c2: &mut lapin::Consumer,
+    last_tag: &mut u64,
+) -> Vec<(u8, u8)> {
     let mut got = Vec::new();
     loop {
         let before = got.len();
         while let Some(d) = next(c1, 1).await {
+            *last_tag = (*last_tag).max(d.delivery_tag);
             got.push((1, d.data[0]));
         }
         while let Some(d) = next(c2, 1).await {
+            *last_tag = (*last_tag).max(d.delivery_tag);
             got.push((2, d.data[0]));
         }
         if got.len() == before {
