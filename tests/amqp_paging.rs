@@ -113,3 +113,73 @@ async fn a_deep_transient_queue_pages_to_disk() {
         .expect("passive");
     assert_eq!(q.message_count(), 0);
 }
+
+/// A publisher that floods a queue without confirms is held to the speed of the disk:
+/// the broker keeps roughly its budget of bodies in memory while the rest is written out,
+/// instead of taking in the flood and paging it later (which grew it by gigabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_without_confirms_stays_near_the_budget() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[
+            ("PORTASK_AMQP__MEMORY_BUDGET_BYTES", "8388608"),
+            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "8388608"),
+        ],
+    );
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "flood", FieldTable::default()).await;
+    let base = broker.rss_bytes();
+    const N: u32 = 8000; // 8000 × 64 KiB = 500 MiB
+    let body = vec![7u8; 64 * 1024];
+    let mut peak = 0;
+    for i in 0..N {
+        ch.basic_publish(
+            "".into(),
+            "flood".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+        if i % 100 == 0 {
+            peak = peak.max(broker.rss_bytes());
+        }
+    }
+    // Every message is in the queue, and comes back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut count = 0;
+    while count < N && std::time::Instant::now() < deadline {
+        peak = peak.max(broker.rss_bytes());
+        let q = ch
+            .queue_declare(
+                "flood".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive");
+        count = q.message_count();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, N, "messages in the queue");
+    let grown = peak.saturating_sub(base);
+    assert!(
+        grown < 96 << 20,
+        "a 500 MiB flood with an 8 MiB budget grew the broker by {} MiB",
+        grown >> 20
+    );
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, "flood", true).await;
+    for i in 0..N {
+        let d = next(&mut c, 20)
+            .await
+            .unwrap_or_else(|| panic!("message {i} missing"));
+        assert!(d.data == body, "message {i} differs");
+    }
+}

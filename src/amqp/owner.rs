@@ -33,25 +33,38 @@ pub fn serve_remote(
     });
 }
 
-/// Queued message bodies are over twice the shard's memory budget.
+/// Queued message bodies, with the records waiting to be written, are over twice the
+/// shard's memory budget.
 pub fn under_pressure(shard: &Shard) -> bool {
-    shard.amqp.memory() > shard.config.amqp.memory_budget_bytes.saturating_mul(2)
+    shard.amqp.memory() + super::store::pending_bytes()
+        > shard.config.amqp.memory_budget_bytes.saturating_mul(2)
 }
 
-/// Back-pressure for publishers: waits for the store's next round (which pages out what
-/// it can), at most 200 ms, so acks and consumers are never blocked for long.
+/// Back-pressure for publishers: while the shard is over twice its budget and bodies are
+/// on their way to disk, waits for the store's rounds to page them out — so a flood is
+/// held to the speed of the disk instead of piling up in memory. At most
+/// `RELIEVE_MAX_HOLD` in all, and only one round when nothing is being paged out (the
+/// memory is then unacked or unpageable messages that only acks free, and acks travel in
+/// the envelopes this holds), so acks and consumers are never blocked for long.
 pub async fn relieve(shard: &Rc<Shard>) {
-    if !under_pressure(shard) {
-        return;
+    let start = std::time::Instant::now();
+    while under_pressure(shard) {
+        let paging = shard.amqp.store.paging_out();
+        let l = crate::runtime::notify::Listener::new();
+        l.listen(&shard.amqp.store.round_done);
+        let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
+            l.await;
+            Ok(())
+        })
+        .await;
+        if !paging || start.elapsed() >= RELIEVE_MAX_HOLD {
+            break;
+        }
     }
-    let l = crate::runtime::notify::Listener::new();
-    l.listen(&shard.amqp.store.round_done);
-    let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
-        l.await;
-        Ok(())
-    })
-    .await;
 }
+
+/// The longest one envelope's reply is held for memory pressure.
+const RELIEVE_MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
     match req {

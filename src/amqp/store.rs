@@ -112,14 +112,14 @@ impl Appender {
         bytes[..self.partial.len()].copy_from_slice(&self.partial);
         bytes[self.partial.len()..total].copy_from_slice(data);
         bytes[total..].fill(0);
+        // `start` is block-aligned, so the new partial block is the last `total % align`
+        // bytes written.
+        let partial = bytes[total - total % align..total].to_vec();
         file.write_at(buf, start)
             .await
             .map_err(std::io::Error::from)?;
         self.written += data.len() as u64;
-        let keep = (self.written % align as u64) as usize;
-        let mut joined = std::mem::take(&mut self.partial);
-        joined.extend_from_slice(data);
-        self.partial = joined[joined.len() - keep..].to_vec();
+        self.partial = partial;
         self.unsynced = true;
         Ok(())
     }
@@ -137,7 +137,7 @@ impl Appender {
 }
 
 struct Segment {
-    msgs_pending: Vec<u8>,
+    msgs_pending: Pending,
     acks_pending: Vec<u64>,
     delivered_pending: Vec<u64>,
     /// Taken out while the flusher writes.
@@ -155,7 +155,7 @@ struct Segment {
 impl Segment {
     fn new(dir: &Path, no: u64) -> Segment {
         Segment {
-            msgs_pending: Vec::new(),
+            msgs_pending: Pending::default(),
             acks_pending: Vec::new(),
             delivered_pending: Vec::new(),
             msgs: Some(Appender::new(dir.join(format!("{no:020}.msgs")))),
@@ -226,6 +226,45 @@ pub fn dir_name(name: &str) -> String {
         out.push_str(&format!("~{h:016x}"));
     }
     out
+}
+
+thread_local! {
+    /// Bytes of message records this shard's store holds that are not on disk yet
+    /// (queued, or being written): memory the shard's budget must also see.
+    static PENDING_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Framed message records waiting for the flusher; counted in `PENDING_BYTES` from the
+/// append until the buffer is dropped (after its write, or with its segment).
+#[derive(Default)]
+struct Pending(Vec<u8>);
+
+impl Pending {
+    fn push_frame(&mut self, payload: &[u8]) {
+        let before = self.0.len();
+        frame(payload, &mut self.0);
+        let added = self.0.len() - before;
+        PENDING_BYTES.with(|p| p.set(p.get() + added));
+    }
+}
+
+impl std::ops::Deref for Pending {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let n = self.0.len();
+        PENDING_BYTES.with(|p| p.set(p.get().saturating_sub(n)));
+    }
+}
+
+/// Bytes of message records this shard has queued for writing and not yet written.
+pub fn pending_bytes() -> usize {
+    PENDING_BYTES.with(|p| p.get())
 }
 
 fn frame(payload: &[u8], out: &mut Vec<u8>) {
@@ -393,6 +432,15 @@ impl Store {
         l
     }
 
+    /// Whether messages are waiting to be written so their bodies can leave memory
+    /// (a round in progress or to come will bring the shard's queued bytes down).
+    pub fn paging_out(&self) -> bool {
+        self.logs
+            .borrow()
+            .values()
+            .any(|l| !l.borrow().page_out.is_empty())
+    }
+
     fn mark_dirty(&self, l: &LogRef) {
         self.dirty.borrow_mut().push(l.clone());
         self.wake.notify();
@@ -446,7 +494,7 @@ impl Store {
                     offset: seg.size,
                     len: payload.len() as u32 + 8,
                 };
-                frame(&payload, &mut seg.msgs_pending);
+                seg.msgs_pending.push_frame(&payload);
                 seg.size += payload.len() as u64 + 8;
                 seg.live += 1;
             }
@@ -744,7 +792,7 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
                 // Deleted meanwhile (all acked): its files go now.
                 None => {
                     delete_segment(Segment {
-                        msgs_pending: Vec::new(),
+                        msgs_pending: Pending::default(),
                         acks_pending: Vec::new(),
                         delivered_pending: Vec::new(),
                         msgs: mw,

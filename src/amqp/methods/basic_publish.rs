@@ -144,11 +144,12 @@ async fn finish(
     p: PendingPublish,
 ) -> Result<(), AmqpError> {
     let (_, properties) = p.header.unwrap_or((0, Bytes::from_static(&[0, 0])));
-    // A copy: a slice would keep the whole socket read buffer alive as long as the
-    // message lives (also once its body is paged out).
+    // Copies: a slice would keep the socket read buffer it came from (64 KiB or more,
+    // shared with the frames around it) alive as long as the message lives, so queued
+    // messages would cost up to several times what the memory budget counts.
     let properties = Bytes::copy_from_slice(&properties);
     let body = match p.single {
-        Some(b) => b,
+        Some(b) => Bytes::copy_from_slice(&b),
         None => p.body.freeze(),
     };
     let msg = message(&p.exchange, &p.routing_key, properties, body, conn.user())?;
