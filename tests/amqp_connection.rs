@@ -586,3 +586,48 @@ fn a_client_that_never_reads_does_not_grow_the_broker() {
     });
     drop(s);
 }
+
+/// Idle connections are cheap: an open, logged-in connection that sends nothing keeps
+/// small buffers (they grow only for a peer that sends or receives in bulk). Each used to
+/// hold three 64 KiB buffers, ~155 KiB of resident memory.
+#[test]
+fn idle_connections_cost_little_memory() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let port = broker.amqp_port;
+    // One connection first, so the shards' first-connection allocations are not counted.
+    let warm = handshake(port, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let base = broker.rss_bytes();
+    const N: u64 = 200;
+    let conns: Vec<_> = (0..N).map(|_| handshake(port, 0)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let per_conn = broker.rss_bytes().saturating_sub(base) / N;
+    assert!(
+        per_conn < 80 << 10,
+        "an idle AMQP connection costs {} KiB",
+        per_conn >> 10
+    );
+    // They all still work.
+    for (mut s, mut buf) in conns.into_iter().chain([warm]) {
+        send(
+            &mut s,
+            AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(c::AMQPMethod::Close(c::Close {
+                    reply_code: 200,
+                    reply_text: "bye".into(),
+                    class_id: 0,
+                    method_id: 0,
+                })),
+            ),
+        );
+        read_until(&mut s, &mut buf, 5, |f| {
+            matches!(
+                method(f),
+                Some(AMQPClass::Connection(c::AMQPMethod::CloseOk(_)))
+            )
+        })
+        .expect("close-ok");
+    }
+}

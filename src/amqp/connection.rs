@@ -102,7 +102,7 @@ impl Connection {
             frame_max: Cell::new(cfg.frame_max),
             channel_max: Cell::new(cfg.channel_max),
             heartbeat: Cell::new(0),
-            out: RefCell::new(BytesMut::with_capacity(64 * 1024)),
+            out: RefCell::new(BytesMut::with_capacity(FIRST_READ_CHUNK)),
             out_ready: Notify::new(),
             out_written: Notify::new(),
             written: RefCell::new(HashMap::new()),
@@ -326,7 +326,7 @@ async fn fill(
     conn: &Rc<Connection>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    chunk: &mut [u8],
+    chunk: &mut Vec<u8>,
     deadline: Option<Duration>,
     watch_stop: bool,
 ) -> Result<bool, std::io::Error> {
@@ -338,7 +338,7 @@ async fn fill(
     if (watch_stop && conn.shard.stopping.get()) || conn.dead.get() {
         return Ok(false);
     }
-    let read = Box::pin(stream.read(chunk));
+    let read = Box::pin(stream.read(chunk.as_mut_slice()));
     let r = match deadline {
         Some(d) => {
             let timed = Box::pin(glommio::timer::sleep(d));
@@ -357,13 +357,23 @@ async fn fill(
         return Ok(false);
     }
     buf.extend_from_slice(&chunk[..n]);
+    // A read that filled the chunk: the peer sends faster than we read, so read more
+    // at a time (idle and light connections keep the small chunk).
+    if n == chunk.len() && chunk.len() < MAX_READ_CHUNK {
+        chunk.resize(chunk.len() * 2, 0);
+    }
     conn.last_recv_ms.set(now_ms());
     Ok(true)
 }
 
+/// A connection's first socket reads (and output buffer) are this small, so an idle
+/// connection costs little; reads that fill the chunk double it up to `MAX_READ_CHUNK`.
+const FIRST_READ_CHUNK: usize = 4 * 1024;
+const MAX_READ_CHUNK: usize = 64 * 1024;
+
 async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), std::io::Error> {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut buf = BytesMut::with_capacity(FIRST_READ_CHUNK);
+    let mut chunk = vec![0u8; FIRST_READ_CHUNK];
     // Protocol header.
     while buf.len() < 8 {
         if !fill(
