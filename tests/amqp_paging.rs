@@ -30,16 +30,22 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
+/// A broker whose shards keep `budget` bytes of bodies in memory, with connections
+/// allowed as many bytes in flight.
+fn with_budget(data: &std::path::Path, budget: &str) -> Broker {
+    Broker::start(
+        data,
+        &[
+            ("PORTASK_AMQP__MEMORY_BUDGET_BYTES", budget),
+            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", budget),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_transient_queue_pages_to_disk() {
     let (_d, data) = data_dir();
-    let broker = Broker::start(
-        &data,
-        &[
-            ("PORTASK_AMQP__MEMORY_BUDGET_BYTES", "4194304"),
-            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "4194304"),
-        ],
-    );
+    let broker = with_budget(&data, "4194304");
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
     declare(&ch, "deep", FieldTable::default()).await;
@@ -100,17 +106,7 @@ async fn a_deep_transient_queue_pages_to_disk() {
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
     assert!(next(&mut c, 1).await.is_none());
-    let q = ch
-        .queue_declare(
-            "deep".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive");
+    let q = passive_queue(&ch, "deep").await.expect("passive");
     assert_eq!(q.message_count(), 0);
 }
 
@@ -120,13 +116,7 @@ async fn a_deep_transient_queue_pages_to_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_without_confirms_stays_near_the_budget() {
     let (_d, data) = data_dir();
-    let broker = Broker::start(
-        &data,
-        &[
-            ("PORTASK_AMQP__MEMORY_BUDGET_BYTES", "8388608"),
-            ("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "8388608"),
-        ],
-    );
+    let broker = with_budget(&data, "8388608");
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
     declare(&ch, "flood", FieldTable::default()).await;
@@ -153,18 +143,10 @@ async fn a_flood_without_confirms_stays_near_the_budget() {
     let mut count = 0;
     while count < N && std::time::Instant::now() < deadline {
         peak = peak.max(broker.rss_bytes());
-        let q = ch
-            .queue_declare(
-                "flood".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        count = passive_queue(&ch, "flood")
             .await
-            .expect("passive");
-        count = q.message_count();
+            .expect("passive")
+            .message_count();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(count, N, "messages in the queue");
