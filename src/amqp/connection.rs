@@ -102,7 +102,7 @@ impl Connection {
             frame_max: Cell::new(cfg.frame_max),
             channel_max: Cell::new(cfg.channel_max),
             heartbeat: Cell::new(0),
-            out: RefCell::new(BytesMut::with_capacity(FIRST_READ_CHUNK)),
+            out: RefCell::new(BytesMut::with_capacity(FIRST_BUFFER_BYTES)),
             out_ready: Notify::new(),
             out_written: Notify::new(),
             written: RefCell::new(HashMap::new()),
@@ -366,14 +366,15 @@ async fn fill(
     Ok(true)
 }
 
-/// A connection's first socket reads (and output buffer) are this small, so an idle
-/// connection costs little; reads that fill the chunk double it up to `MAX_READ_CHUNK`.
-const FIRST_READ_CHUNK: usize = 4 * 1024;
+/// A connection's read chunk, read buffer and output buffer start this small, so an idle
+/// connection costs little; reads that fill the chunk double it up to `MAX_READ_CHUNK`
+/// (the other two grow as their frames need).
+const FIRST_BUFFER_BYTES: usize = 4 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 
 async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), std::io::Error> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ_CHUNK);
-    let mut chunk = vec![0u8; FIRST_READ_CHUNK];
+    let mut buf = BytesMut::with_capacity(FIRST_BUFFER_BYTES);
+    let mut chunk = vec![0u8; FIRST_BUFFER_BYTES];
     // Protocol header.
     while buf.len() < 8 {
         if !fill(

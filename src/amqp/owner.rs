@@ -36,20 +36,21 @@ pub fn serve_remote(
 /// Queued message bodies, with the records waiting to be written, are over twice the
 /// shard's memory budget.
 pub fn under_pressure(shard: &Shard) -> bool {
-    shard.amqp.memory() + super::store::pending_bytes()
+    shard.amqp.memory() + shard.amqp.store.pending_bytes()
         > shard.config.amqp.memory_budget_bytes.saturating_mul(2)
 }
 
-/// Back-pressure for publishers: while the shard is over twice its budget and bodies are
-/// on their way to disk, waits for the store's rounds to page them out — so a flood is
-/// held to the speed of the disk instead of piling up in memory. At most
-/// `RELIEVE_MAX_HOLD` in all, and only one round when nothing is being paged out (the
-/// memory is then unacked or unpageable messages that only acks free, and acks travel in
-/// the envelopes this holds), so acks and consumers are never blocked for long.
+/// Back-pressure for publishers: while the shard is over twice its budget and records
+/// are waiting to be written (each round that writes them frees their bytes and pages
+/// out the bodies they carry), waits for the store's rounds — so a flood is held to the
+/// speed of the disk instead of piling up in memory. At most `RELIEVE_MAX_HOLD` in all,
+/// and only one round when nothing is waiting (the memory is then unacked or unpageable
+/// messages that only acks free, and acks travel in the envelopes this holds), so acks
+/// and consumers are never blocked for long.
 pub async fn relieve(shard: &Rc<Shard>) {
     let start = std::time::Instant::now();
     while under_pressure(shard) {
-        let paging = shard.amqp.store.paging_out();
+        let paging = shard.amqp.store.pending_bytes() > 0;
         let l = crate::runtime::notify::Listener::new();
         l.listen(&shard.amqp.store.round_done);
         let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {

@@ -153,9 +153,9 @@ struct Segment {
 }
 
 impl Segment {
-    fn new(dir: &Path, no: u64) -> Segment {
+    fn new(dir: &Path, no: u64, pending: &Rc<Cell<usize>>) -> Segment {
         Segment {
-            msgs_pending: Pending::default(),
+            msgs_pending: Pending::new(pending),
             acks_pending: Vec::new(),
             delivered_pending: Vec::new(),
             msgs: Some(Appender::new(dir.join(format!("{no:020}.msgs")))),
@@ -200,6 +200,8 @@ pub struct Store {
     stopping: Cell<bool>,
     /// Fired after every flusher round.
     pub round_done: Notify,
+    /// Bytes of message records appended and not yet written (`Pending` buffers).
+    pending: Rc<Cell<usize>>,
 }
 
 /// A path component for a vhost or queue name: bytes outside `[A-Za-z0-9._-]` are
@@ -228,43 +230,49 @@ pub fn dir_name(name: &str) -> String {
     out
 }
 
-thread_local! {
-    /// Bytes of message records this shard's store holds that are not on disk yet
-    /// (queued, or being written): memory the shard's budget must also see.
-    static PENDING_BYTES: Cell<usize> = const { Cell::new(0) };
+/// Framed message records waiting for the flusher. Their bytes are counted in the
+/// store's `pending` from the append until the buffer is dropped (after its write, or
+/// with its segment): memory the shard's budget must see as well as the queued bodies.
+struct Pending {
+    buf: Vec<u8>,
+    count: Rc<Cell<usize>>,
 }
 
-/// Framed message records waiting for the flusher; counted in `PENDING_BYTES` from the
-/// append until the buffer is dropped (after its write, or with its segment).
-#[derive(Default)]
-struct Pending(Vec<u8>);
-
 impl Pending {
+    fn new(count: &Rc<Cell<usize>>) -> Pending {
+        Pending {
+            buf: Vec::new(),
+            count: count.clone(),
+        }
+    }
+
     fn push_frame(&mut self, payload: &[u8]) {
-        let before = self.0.len();
-        frame(payload, &mut self.0);
-        let added = self.0.len() - before;
-        PENDING_BYTES.with(|p| p.set(p.get() + added));
+        let before = self.buf.len();
+        frame(payload, &mut self.buf);
+        self.count.set(self.count.get() + (self.buf.len() - before));
+    }
+
+    /// The records so far, for the flusher; this one starts empty again.
+    fn take(&mut self) -> Pending {
+        Pending {
+            buf: std::mem::take(&mut self.buf),
+            count: self.count.clone(),
+        }
     }
 }
 
 impl std::ops::Deref for Pending {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.buf
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let n = self.0.len();
-        PENDING_BYTES.with(|p| p.set(p.get().saturating_sub(n)));
+        self.count
+            .set(self.count.get().saturating_sub(self.buf.len()));
     }
-}
-
-/// Bytes of message records this shard has queued for writing and not yet written.
-pub fn pending_bytes() -> usize {
-    PENDING_BYTES.with(|p| p.get())
 }
 
 fn frame(payload: &[u8], out: &mut Vec<u8>) {
@@ -392,7 +400,13 @@ impl Store {
             wake: Notify::new(),
             stopping: Cell::new(false),
             round_done: Notify::new(),
+            pending: Rc::new(Cell::new(0)),
         }
+    }
+
+    /// Bytes of message records queued for writing and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.get()
     }
 
     fn queue_dir(&self, q: &QueueRef) -> PathBuf {
@@ -415,7 +429,7 @@ impl Store {
             log::error!("creating {}: {e}", dir.display());
         }
         let mut segments = BTreeMap::new();
-        segments.insert(0, Segment::new(&dir, 0));
+        segments.insert(0, Segment::new(&dir, 0, &self.pending));
         let mut first_seq = BTreeMap::new();
         first_seq.insert(0, 0);
         let l = Rc::new(RefCell::new(QueueLog {
@@ -430,15 +444,6 @@ impl Store {
         }));
         self.logs.borrow_mut().insert(q.id, l.clone());
         l
-    }
-
-    /// Whether messages are waiting to be written so their bodies can leave memory
-    /// (a round in progress or to come will bring the shard's queued bytes down).
-    pub fn paging_out(&self) -> bool {
-        self.logs
-            .borrow()
-            .values()
-            .any(|l| !l.borrow().page_out.is_empty())
     }
 
     fn mark_dirty(&self, l: &LogRef) {
@@ -469,7 +474,7 @@ impl Store {
                 .unwrap_or(true);
             if roll {
                 let no = active + 1;
-                let seg = Segment::new(&log.dir, no);
+                let seg = Segment::new(&log.dir, no, &self.pending);
                 log.segments.insert(no, seg);
                 log.first_seq.insert(e.seq, no);
                 log.active = no;
@@ -722,7 +727,7 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
         let waiters = std::mem::take(&mut log.waiters);
         let mut jobs = Vec::new();
         for (no, seg) in log.segments.iter_mut() {
-            let msgs = std::mem::take(&mut seg.msgs_pending);
+            let msgs = seg.msgs_pending.take();
             let mut marks = Vec::new();
             encode_marks(REC_ACK, &std::mem::take(&mut seg.acks_pending), &mut marks);
             encode_marks(
@@ -792,7 +797,7 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
                 // Deleted meanwhile (all acked): its files go now.
                 None => {
                     delete_segment(Segment {
-                        msgs_pending: Pending::default(),
+                        msgs_pending: Pending::new(&shard.amqp.store.pending),
                         acks_pending: Vec::new(),
                         delivered_pending: Vec::new(),
                         msgs: mw,
@@ -906,7 +911,7 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
     let mut first_seq = BTreeMap::new();
     let mut restored: Vec<(u64, Option<i64>, Message, bool, Location)> = Vec::new();
     for no in &nos {
-        let mut seg = Segment::new(dir, *no);
+        let mut seg = Segment::new(dir, *no, &shard.amqp.store.pending);
         let mut messages = Vec::new();
         for (is_msgs, path) in [
             (true, dir.join(format!("{no:020}.msgs"))),
@@ -996,7 +1001,7 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
     }
     // New messages go to a fresh segment.
     let active = nos.last().map(|n| n + 1).unwrap_or(0);
-    segments.insert(active, Segment::new(dir, active));
+    segments.insert(active, Segment::new(dir, active, &shard.amqp.store.pending));
     let next_seq = restored.iter().map(|r| r.0 + 1).max().unwrap_or(0);
     first_seq.insert(next_seq, active);
     let log = Rc::new(RefCell::new(QueueLog {
