@@ -7,7 +7,8 @@
 //! (`Shard::stats_all` for metrics and state, `Shard::kafka` / `Shard::amqp` for work on
 //! an owner, `Shard::change_catalog` for topology), never by reaching into their memory.
 //!
-//! Request bodies are read whole, bounded by `http.max_body_bytes` (413 above it); every
+//! Request bodies are read whole, bounded by `http.max_body_bytes` (413 above it, after the
+//! rest of the body is read and dropped, within bounds, so the client hears it); every
 //! error is JSON `{"error": ..., "reason": ...}` with the status a REST client expects.
 
 pub mod amqp;
@@ -294,26 +295,7 @@ async fn handle(
     let path = segments(parts.uri.path());
     let endpoint = endpoint_name(&parts.method, &path);
     let result = async {
-        let max = shard.config.http.max_body_bytes;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return Err(too_large(max));
-        }
-        let body = http_body_util::Limited::new(body, max)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large(max)
-                } else {
-                    ApiError::BadRequest(format!("reading the request body: {e}"))
-                }
-            })?
-            .to_bytes();
+        let body = read_body(body, &parts.headers, shard.config.http.max_body_bytes).await?;
         let need = auth::need(&shard.config.http, &parts.method, &path);
         let user = auth::check(&shard.config.amqp, &parts.headers, peer, need)?;
         let req = Req {
@@ -335,6 +317,73 @@ async fn handle(
         }
     });
     reply
+}
+
+/// How much of a body over the limit is read and thrown away before the 413 goes out, and
+/// for how long. A client that writes its whole request before reading (most do, unless they
+/// send `Expect: 100-continue`) would otherwise meet a closed socket mid-write and report a
+/// broken pipe or a reset instead of the 413: closing with unread bytes makes the kernel send
+/// RST, which can also discard the answer already sent. Past either bound the connection is
+/// closed anyway, so a client cannot make a shard read without end.
+const DISCARD_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The whole request body, or 413 once it is over `max` bytes (declared or counted).
+async fn read_body(mut body: Incoming, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A client that asked `Expect: 100-continue` waits for our word before sending the body;
+    // it gets the 413 at once and sends nothing (hyper sends `100 Continue` only when the
+    // body is read).
+    let waits = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared.is_some_and(|n| n > max as u64) {
+        if !waits {
+            discard(body).await;
+        }
+        return Err(too_large(max));
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        len += data.len();
+        if len > max {
+            discard(body).await;
+            return Err(too_large(max));
+        }
+        chunks.push(data);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
+/// Reads and drops the rest of a body, within `DISCARD_MAX_BYTES` and `DISCARD_MAX_TIME`.
+async fn discard(mut body: Incoming) {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len() as u64;
+                if seen > DISCARD_MAX_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let drain = std::pin::pin!(drain);
+    let limit = std::pin::pin!(glommio::timer::sleep(DISCARD_MAX_TIME));
+    select(drain, limit).await;
 }
 
 fn too_large(max: usize) -> ApiError {
