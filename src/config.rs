@@ -183,6 +183,9 @@ pub struct HttpConfig {
     pub auth_metrics: bool,
     /// How long `/health` waits for each shard's executor to answer.
     pub health_deadline_ms: u64,
+    /// How long a client may send nothing while a request's head or body is due: past it
+    /// the connection is closed (head) or answered 408 and closed (body).
+    pub read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,6 +314,7 @@ impl Default for HttpConfig {
             auth_health: false,
             auth_metrics: false,
             health_deadline_ms: 1000,
+            read_timeout_ms: 30_000,
         }
     }
 }
@@ -563,6 +567,9 @@ impl Config {
         }
         if self.http.max_body_bytes == 0 {
             return bad("http.max_body_bytes", "must be at least 1");
+        }
+        if self.http.read_timeout_ms == 0 {
+            return bad("http.read_timeout_ms", "must be at least 1");
         }
         if self.amqp.frame_max < 4096 {
             return bad("amqp.frame_max", "must be at least 4096");

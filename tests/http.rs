@@ -726,3 +726,38 @@ fn topics_connections_and_the_event_stream() {
     let o: Value = serde_json::from_str(data).expect("overview json");
     assert_eq!(o["shards"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn a_stalled_client_is_timed_out_and_everyone_else_is_served() {
+    let (_d, data) = data_dir();
+    let b = Broker::start(&data, &[("PORTASK_HTTP__READ_TIMEOUT_MS", "500")]);
+    let auth = basic("guest", "guest");
+    let open = || {
+        let s = TcpStream::connect(("127.0.0.1", b.http_port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+    // A body that stops partway: 408, then the connection closes.
+    let mut body = open();
+    body.write_all(
+        format!(
+            "POST /api/v1/topics HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 1000\r\n\r\n{{\"name\": "
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    // Headers that stop partway: the connection closes.
+    let mut head = open();
+    head.write_all(b"GET /health HTT").expect("write");
+    // Others are served meanwhile.
+    assert_eq!(get(&b, "/health").0, 200);
+    let mut answer = Vec::new();
+    body.read_to_end(&mut answer).expect("the broker closes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http.read_timeout_ms"), "{answer}");
+    let mut answer = Vec::new();
+    head.read_to_end(&mut answer).expect("the broker closes");
+    assert_eq!(get(&b, "/health").0, 200);
+}

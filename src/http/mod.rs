@@ -69,7 +69,7 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Er
     builder
         .keep_alive(true)
         .timer(io::GlommioTimer)
-        .header_read_timeout(std::time::Duration::from_secs(30))
+        .header_read_timeout(read_timeout(&shard))
         .max_buf_size(config.max_header_bytes.max(8192))
         .max_headers(100);
     let conn = builder.serve_connection(io::Io(stream), service);
@@ -172,6 +172,8 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -187,6 +189,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -202,6 +205,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -295,7 +299,8 @@ async fn handle(
     let path = segments(parts.uri.path());
     let endpoint = endpoint_name(&parts.method, &path);
     let result = async {
-        let body = read_body(body, &parts.headers, shard.config.http.max_body_bytes).await?;
+        let limits = (shard.config.http.max_body_bytes, read_timeout(shard));
+        let body = read_body(body, &parts.headers, limits).await?;
         let need = auth::need(&shard.config.http, &parts.method, &path);
         let user = auth::check(&shard.config.amqp, &parts.headers, peer, need)?;
         let req = Req {
@@ -328,8 +333,19 @@ async fn handle(
 const DISCARD_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The whole request body, or 413 once it is over `max` bytes (declared or counted).
-async fn read_body(mut body: Incoming, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+/// `http.read_timeout_ms`: how long a client may send nothing while a request's head or
+/// body is due, so that a stalled client cannot hold a connection for ever.
+fn read_timeout(shard: &Shard) -> std::time::Duration {
+    std::time::Duration::from_millis(shard.config.http.read_timeout_ms.max(1))
+}
+
+/// The whole request body; 413 once it is over `max` bytes (declared or counted), 408 when
+/// the client sends nothing of it for `idle`.
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    (max, idle): (usize, std::time::Duration),
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -348,7 +364,20 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap, max: usize) -> Resul
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = std::pin::pin!(body.frame());
+        let stall = std::pin::pin!(glommio::timer::sleep(idle));
+        let frame = match select(next, stall).await {
+            Either::Left((Some(frame), _)) => frame,
+            Either::Left((None, _)) => break,
+            Either::Right(_) => {
+                return Err(ApiError::RequestTimeout(format!(
+                    "the request body stalled: nothing for {} ms after {len} bytes \
+                     (http.read_timeout_ms)",
+                    idle.as_millis()
+                )))
+            }
+        };
         let frame =
             frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
         let Ok(data) = frame.into_data() else {
