@@ -83,6 +83,9 @@ pub struct KafkaConfig {
     pub max_request_bytes: usize,
     /// Requests a connection may have in flight before the broker stops reading it.
     pub max_inflight_requests: usize,
+    /// `connections.max.idle.ms`: a connection that sends nothing for this long, with no
+    /// answer owed to it, is closed (as is one that stalls inside a request frame).
+    pub connections_max_idle_ms: u64,
     /// `log.segment.bytes`
     pub segment_bytes: i64,
     /// `log.roll.ms`
@@ -253,6 +256,7 @@ impl Default for KafkaConfig {
             max_message_bytes: 1_048_588,
             max_request_bytes: 104_857_600,
             max_inflight_requests: 256,
+            connections_max_idle_ms: 600_000,
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
             retention_ms: 7 * 24 * 3600 * 1000,
@@ -540,6 +544,9 @@ impl Config {
         }
         if self.kafka.max_inflight_requests == 0 {
             return bad("kafka.max_inflight_requests", "must be at least 1");
+        }
+        if self.kafka.connections_max_idle_ms == 0 {
+            return bad("kafka.connections_max_idle_ms", "must be at least 1");
         }
         if self.kafka.flush_messages < 1 {
             return bad("kafka.flush_messages", "must be at least 1");

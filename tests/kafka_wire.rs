@@ -61,10 +61,17 @@ fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
     Some(Bytes::from(body))
 }
 
-/// True when the broker closes the socket (EOF or reset) rather than answering.
+/// True when the broker closes the socket (EOF or reset) rather than answering; false when
+/// it answers or stays silent until the read timeout.
 fn closed_by_broker(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
+    match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 /// A real client still gets metadata from the broker.
@@ -496,4 +503,70 @@ fn old_fetch_of_a_zstd_topic_is_unsupported_compression_type() {
     let (code, len) = fetch(&mut s, 10);
     assert_eq!(code, 0, "Fetch v10 reads zstd");
     assert!(len > 0, "Fetch v10 returns the batch");
+}
+
+#[test]
+fn idle_and_stalled_connections_are_closed_but_a_long_poll_is_not() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_KAFKA__CONNECTIONS_MAX_IDLE_MS", "400")]);
+    // A connection that never sends anything.
+    let mut silent = connect(&broker);
+    // One that stops inside a frame: a size prefix promising 100 bytes, and 10 of them.
+    let mut stalled = connect(&broker);
+    stalled.write_all(&100i32.to_be_bytes()).expect("write");
+    stalled.write_all(&[0u8; 10]).expect("write");
+    assert!(
+        closed_by_broker(&mut silent),
+        "an idle connection is closed"
+    );
+    assert!(closed_by_broker(&mut stalled), "a stalled frame is closed");
+
+    // A Fetch that waits longer than the idle limit for data is owed its answer: the
+    // connection stays, and the answer comes when the wait is over.
+    let mut s = connect(&broker);
+    auto_create(&mut s, "long-poll");
+    let req = FetchRequest::default()
+        .with_max_wait_ms(1_500)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("long-poll")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let started = std::time::Instant::now();
+    s.write_all(&request(ApiKey::Fetch, 4, 11, &req))
+        .expect("write");
+    let mut resp = read_frame(&mut s).expect("the long poll is answered");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_000),
+        "the fetch waited for data ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(resp.get_i32(), 11, "correlation id");
+    let body = FetchResponse::decode(&mut resp, 4).expect("fetch body");
+    assert_eq!(body.responses[0].partitions[0].error_code, 0);
+    // librdkafka, left quiet past the limit, reconnects on its own and keeps producing.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    for round in 0..2 {
+        producer
+            .send(rdkafka::producer::BaseRecord::<(), str>::to("long-poll").payload("x"))
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer
+            .flush(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // Long enough for the broker to close the producer's connections as idle.
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+    let mut s = connect(&broker);
+    assert_eq!(
+        list_offset_v1(&mut s, "long-poll", -1).1,
+        2,
+        "both records stored"
+    );
 }

@@ -5,11 +5,14 @@
 //! reader task (frames → `handlers::dispatch`, in order) and a writer task that writes the
 //! responses in request order, so pipelining clients get their answers in sequence.
 //! A malformed or oversize frame, an unknown API or an unsupported version closes that one
-//! connection with a log line.
+//! connection with a log line, as does `kafka.connections_max_idle_ms` of silence (with no
+//! answer owed) or of a stall inside a frame.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
@@ -106,8 +109,12 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
         })
     };
     let result = read_requests(&conn, stream, &tx, &inflight).await;
-    if let Err(e) = &result {
-        log::warn!("kafka connection from {peer} closed: {e}");
+    match &result {
+        Err(e @ ConnectionError::Idle(..)) => {
+            log::info!("kafka connection from {peer} closed: {e}")
+        }
+        Err(e) => log::warn!("kafka connection from {peer} closed: {e}"),
+        Ok(()) => {}
     }
     drop(tx);
     write_task.await;
@@ -163,6 +170,26 @@ enum ConnectionError {
     Codec(#[from] CodecError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("idle for {0} ms (kafka.connections_max_idle_ms){1}")]
+    Idle(u64, &'static str),
+}
+
+/// `read` unless the peer stays silent for `idle` while `owed()` is false (a long-polling
+/// Fetch or a JoinGroup waiting for its rebalance is owed an answer, not idle): `None`
+/// then. The read is never dropped partway, so no bytes it took are lost.
+async fn unless_idle<F: Future + Unpin>(
+    read: &mut F,
+    idle: Duration,
+    owed: impl Fn() -> bool,
+) -> Option<F::Output> {
+    loop {
+        let timer = std::pin::pin!(glommio::timer::sleep(idle));
+        match select(&mut *read, timer).await {
+            Either::Left((out, _)) => return Some(out),
+            Either::Right(_) if owed() => continue,
+            Either::Right(_) => return None,
+        }
+    }
 }
 
 /// Reads frames until the peer closes, the shard stops, or a frame is bad.
@@ -175,6 +202,8 @@ async fn read_requests(
     let shard = &conn.shard;
     let max = shard.config.kafka.max_request_bytes;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
+    let idle = Duration::from_millis(idle_ms);
     loop {
         let stop = Listener::new();
         stop.listen(&shard.stop);
@@ -182,19 +211,25 @@ async fn read_requests(
             return Ok(());
         }
         let mut prefix = [0u8; 4];
-        let read = select(Box::pin(reader.read_exact(&mut prefix)), stop).await;
-        match read {
-            Either::Left((Ok(()), _)) => {}
-            Either::Left((Err(e), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        let mut next = reader.read_exact(&mut prefix);
+        let read = unless_idle(&mut next, idle, || inflight.get() > 0);
+        match select(std::pin::pin!(read), stop).await {
+            Either::Left((Some(Ok(())), _)) => {}
+            Either::Left((Some(Err(e)), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Ok(())
             }
-            Either::Left((Err(e), _)) => return Err(e.into()),
+            Either::Left((Some(Err(e)), _)) => return Err(e.into()),
+            Either::Left((None, _)) => return Err(ConnectionError::Idle(idle_ms, "")),
             Either::Right(_) => return Ok(()),
         }
         let len = codec::frame_len(prefix, max)?;
         acquire(shard, inflight, len).await;
         let mut buf = BytesMut::zeroed(len);
-        reader.read_exact(&mut buf).await.map_err(|e| {
+        let mut body = reader.read_exact(&mut buf);
+        let Some(read) = unless_idle(&mut body, idle, || false).await else {
+            return Err(ConnectionError::Idle(idle_ms, " inside a request frame"));
+        };
+        read.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 std::io::Error::new(e.kind(), format!("truncated request: expected {len} bytes"))
             } else {
