@@ -61,6 +61,20 @@ fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
     Some(Bytes::from(body))
 }
 
+/// A Fetch of partition 0 of `topic` from offset 0, waiting up to `max_wait_ms` for a byte.
+fn fetch_from_start(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
 /// True when the broker closes the socket (EOF or reset) rather than answering; false when
 /// it answers or stays silent until the read timeout.
 fn closed_by_broker(s: &mut TcpStream) -> bool {
@@ -188,16 +202,7 @@ fn pipelined_requests_are_answered_in_order() {
     read_frame(&mut s).expect("metadata");
 
     // A slow long poll, then two fast requests, in one write.
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(800)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str("piped")))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
+    let fetch = fetch_from_start("piped", 800);
     let mut all = request(ApiKey::Fetch, 11, 10, &fetch);
     all.extend(request(
         ApiKey::ApiVersions,
@@ -419,15 +424,7 @@ fn unset_max_timestamp_is_rewritten_and_list_offsets_by_time_finds_the_record() 
     assert_eq!(list_offset_v1(&mut s, "by-time", -1), (0, 10, -1));
 
     // Fetch (v4, Sarama's) returns the batches with the rewritten maxTimestamp and a valid CRC.
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str("by-time")))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
+    let fetch = fetch_from_start("by-time", 0);
     s.write_all(&request(ApiKey::Fetch, 4, 3, &fetch))
         .expect("write");
     let mut resp = read_frame(&mut s).expect("fetch response");
@@ -476,15 +473,7 @@ fn old_fetch_of_a_zstd_topic_is_unsupported_compression_type() {
     let zstd = record_batch(3, 1_000_000, Compression::Zstd);
     assert_eq!(produce(&mut s, 7, "zstd-topic", zstd), (0, 0));
     let fetch = |s: &mut TcpStream, version: i16| {
-        let req = FetchRequest::default()
-            .with_max_wait_ms(0)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str("zstd-topic")))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(0)
-                    .with_partition_max_bytes(1 << 20)])]);
+        let req = fetch_from_start("zstd-topic", 0);
         s.write_all(&request(ApiKey::Fetch, version, 8, &req))
             .expect("write");
         let mut resp = read_frame(s).expect("fetch response");
@@ -525,16 +514,7 @@ fn idle_and_stalled_connections_are_closed_but_a_long_poll_is_not() {
     // connection stays, and the answer comes when the wait is over.
     let mut s = connect(&broker);
     auto_create(&mut s, "long-poll");
-    let req = FetchRequest::default()
-        .with_max_wait_ms(1_500)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str("long-poll")))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
+    let req = fetch_from_start("long-poll", 1_500);
     let started = std::time::Instant::now();
     s.write_all(&request(ApiKey::Fetch, 4, 11, &req))
         .expect("write");
