@@ -84,7 +84,8 @@ pub struct KafkaConfig {
     /// Requests a connection may have in flight before the broker stops reading it.
     pub max_inflight_requests: usize,
     /// `connections.max.idle.ms`: a connection that sends nothing for this long, with no
-    /// answer owed to it, is closed (as is one that stalls inside a request frame).
+    /// answer owed to it, is closed (as is one that stalls inside a request frame, or
+    /// reads none of its answers for this long).
     pub connections_max_idle_ms: u64,
     /// `log.segment.bytes`
     pub segment_bytes: i64,

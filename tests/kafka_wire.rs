@@ -550,3 +550,44 @@ fn idle_and_stalled_connections_are_closed_but_a_long_poll_is_not() {
         "both records stored"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_its_answers_is_closed_as_idle() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_KAFKA__CONNECTIONS_MAX_IDLE_MS", "400")]);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    let value = vec![b'v'; 512 * 1024];
+    for _ in 0..8 {
+        producer
+            .send(rdkafka::producer::BaseRecord::<(), [u8]>::to("unread").payload(&value[..]))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    // Twenty fetches of the whole 4 MiB, and none of the answers read: far more than the
+    // socket buffers hold, so the broker's writes stop making progress.
+    let mut req = fetch_from_start("unread", 0);
+    req.max_bytes = 64 << 20;
+    req.topics[0].partitions[0].partition_max_bytes = 64 << 20;
+    let mut s = connect(&broker);
+    for i in 0..20 {
+        s.write_all(&request(ApiKey::Fetch, 11, i, &req))
+            .expect("write");
+    }
+    // Long enough for the broker to give up on the connection.
+    std::thread::sleep(Duration::from_secs(2));
+    // What the socket buffers held can still be read; then the stream ends, short of the
+    // twenty answers (a broker still waiting would send them all as they are read).
+    let mut answers = 0;
+    while read_frame(&mut s).is_some() {
+        answers += 1;
+    }
+    assert!(
+        answers < 20,
+        "all {answers} answers came: the connection was kept"
+    );
+    client_still_works(&broker);
+}

@@ -6,7 +6,7 @@
 //! responses in request order, so pipelining clients get their answers in sequence.
 //! A malformed or oversize frame, an unknown API or an unsupported version closes that one
 //! connection with a log line, as does `kafka.connections_max_idle_ms` of silence (with no
-//! answer owed) or of a stall inside a frame.
+//! answer owed), of a stall inside a frame, or of answers the peer does not read.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -88,9 +88,14 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
     let (tx, rx) =
         local_channel::new_bounded::<(usize, Outgoing)>(shard.config.kafka.max_inflight_requests);
     let inflight = Rc::new(Cell::new(0usize));
+    // Set when the writer stops (the peer left, or stopped reading): the reader then no
+    // longer waits for budget or answers it will never see released or written.
+    let writer_gone = Rc::new(Cell::new(false));
+    let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let write_task = {
-        let (shard, inflight) = (shard.clone(), inflight.clone());
+        let (shard, inflight, gone) = (shard.clone(), inflight.clone(), writer_gone.clone());
         glommio::spawn_local(async move {
+            let mut stuck = false;
             while let Some((size, task)) = rx.recv().await {
                 let frame = task.await;
                 release(&shard, &inflight, size);
@@ -101,14 +106,30 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
                     log::warn!("kafka connection closed: a response could not be encoded");
                     break;
                 }
-                if writer.write_all(&frame).await.is_err() {
-                    break;
+                match write_unless_stuck(&mut writer, &frame, Duration::from_millis(idle_ms)).await
+                {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break,
+                    None => {
+                        log::info!(
+                            "kafka connection from {peer} closed: it read none of its answers \
+                             for {idle_ms} ms (kafka.connections_max_idle_ms)"
+                        );
+                        stuck = true;
+                        break;
+                    }
                 }
+            }
+            gone.set(true);
+            shard.kafka_released.notify();
+            if stuck {
+                // Wakes the reader too: its next read ends at once.
+                let _ = writer.shutdown(std::net::Shutdown::Both).await;
             }
             let _ = writer.close().await;
         })
     };
-    let result = read_requests(&conn, stream, &tx, &inflight).await;
+    let result = read_requests(&conn, stream, &tx, &inflight, &writer_gone).await;
     match &result {
         Err(e @ ConnectionError::Idle(..)) => {
             log::info!("kafka connection from {peer} closed: {e}")
@@ -138,7 +159,7 @@ fn release(shard: &Shard, inflight: &Cell<usize>, size: usize) {
 /// takes it. Meanwhile the socket is not read, so a fast producer is slowed by TCP flow
 /// control rather than by the broker's memory. A connection with nothing in flight always
 /// gets its next request, so one larger than a budget still goes through.
-async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize) {
+async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize, writer_gone: &Cell<bool>) {
     let limits = &shard.config.limits;
     let fits = || {
         inflight.get() == 0
@@ -147,7 +168,7 @@ async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize) {
     };
     if !fits() {
         crate::metrics::with(|m| m.protocol(crate::metrics::Protocol::Kafka).throttled += 1);
-        while !fits() && !shard.stopping.get() {
+        while !fits() && !shard.stopping.get() && !writer_gone.get() {
             let l = Listener::new();
             l.listen(&shard.kafka_released);
             if fits() {
@@ -192,12 +213,31 @@ async fn unless_idle<F: Future + Unpin>(
     }
 }
 
+/// Writes `frame`, unless the peer takes none of it for `idle` (`None` then): a client that
+/// stopped reading is as idle as one that stopped sending.
+async fn write_unless_stuck(
+    writer: &mut TcpStream,
+    mut frame: &[u8],
+    idle: Duration,
+) -> Option<std::io::Result<()>> {
+    while !frame.is_empty() {
+        let mut write = writer.write(frame);
+        match unless_idle(&mut write, idle, || false).await? {
+            Ok(0) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => frame = &frame[n..],
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(()))
+}
+
 /// Reads frames until the peer closes, the shard stops, or a frame is bad.
 async fn read_requests(
     conn: &Rc<Conn>,
     stream: TcpStream,
     out: &local_channel::LocalSender<(usize, Outgoing)>,
     inflight: &Cell<usize>,
+    writer_gone: &Cell<bool>,
 ) -> Result<(), ConnectionError> {
     let shard = &conn.shard;
     let max = shard.config.kafka.max_request_bytes;
@@ -212,7 +252,7 @@ async fn read_requests(
         }
         let mut prefix = [0u8; 4];
         let mut next = reader.read_exact(&mut prefix);
-        let read = unless_idle(&mut next, idle, || inflight.get() > 0);
+        let read = unless_idle(&mut next, idle, || inflight.get() > 0 && !writer_gone.get());
         match select(std::pin::pin!(read), stop).await {
             Either::Left((Some(Ok(())), _)) => {}
             Either::Left((Some(Err(e)), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -223,7 +263,7 @@ async fn read_requests(
             Either::Right(_) => return Ok(()),
         }
         let len = codec::frame_len(prefix, max)?;
-        acquire(shard, inflight, len).await;
+        acquire(shard, inflight, len, writer_gone).await;
         let mut buf = BytesMut::zeroed(len);
         let mut body = reader.read_exact(&mut buf);
         let Some(read) = unless_idle(&mut body, idle, || false).await else {
