@@ -42,13 +42,22 @@ fn with_budget(data: &std::path::Path, budget: &str) -> Broker {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deep_transient_queue_pages_to_disk() {
-    let (_d, data) = data_dir();
-    let broker = with_budget(&data, "4194304");
+/// A broker `with_budget`, a connection and channel to it, and the queue `name` declared.
+async fn budget_queue(
+    budget: &str,
+    name: &str,
+) -> (tempfile::TempDir, Broker, lapin::Connection, lapin::Channel) {
+    let (d, data) = data_dir();
+    let broker = with_budget(&data, budget);
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    declare(&ch, "deep", FieldTable::default()).await;
+    declare(&ch, name, FieldTable::default()).await;
+    (d, broker, conn, ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_transient_queue_pages_to_disk() {
+    let (_d, broker, conn, ch) = budget_queue("4194304", "deep").await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm");
@@ -78,7 +87,7 @@ async fn a_deep_transient_queue_pages_to_disk() {
         let mut on_disk = 0;
         while on_disk <= want && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            on_disk = dir_bytes(&data);
+            on_disk = dir_bytes(&broker.data);
         }
         assert!(
             on_disk > want,
@@ -115,11 +124,7 @@ async fn a_deep_transient_queue_pages_to_disk() {
 /// instead of taking in the flood and paging it later (which grew it by gigabytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_without_confirms_stays_near_the_budget() {
-    let (_d, data) = data_dir();
-    let broker = with_budget(&data, "8388608");
-    let conn = connect(&broker.amqp_url()).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "flood", FieldTable::default()).await;
+    let (_d, broker, conn, ch) = budget_queue("8388608", "flood").await;
     let base = broker.rss_bytes();
     const N: u32 = 8000; // 8000 × 64 KiB = 500 MiB
     let body = vec![7u8; 64 * 1024];

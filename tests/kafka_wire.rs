@@ -88,12 +88,17 @@ fn closed_by_broker(s: &mut TcpStream) -> bool {
     }
 }
 
-/// A real client still gets metadata from the broker.
-fn client_still_works(broker: &Broker) {
-    let p: BaseProducer = ClientConfig::new()
+/// A librdkafka producer with its defaults.
+fn producer(broker: &Broker) -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .create()
-        .expect("producer");
+        .expect("producer")
+}
+
+/// A real client still gets metadata from the broker.
+fn client_still_works(broker: &Broker) {
+    let p = producer(broker);
     let md = p
         .client()
         .fetch_metadata(None, Duration::from_secs(10))
@@ -528,10 +533,7 @@ fn idle_and_stalled_connections_are_closed_but_a_long_poll_is_not() {
     let body = FetchResponse::decode(&mut resp, 4).expect("fetch body");
     assert_eq!(body.responses[0].partitions[0].error_code, 0);
     // librdkafka, left quiet past the limit, reconnects on its own and keeps producing.
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
+    let producer = producer(&broker);
     for round in 0..2 {
         producer
             .send(rdkafka::producer::BaseRecord::<(), str>::to("long-poll").payload("x"))
@@ -555,10 +557,7 @@ fn idle_and_stalled_connections_are_closed_but_a_long_poll_is_not() {
 fn a_client_that_stops_reading_its_answers_is_closed_as_idle() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, &[("PORTASK_KAFKA__CONNECTIONS_MAX_IDLE_MS", "400")]);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
+    let producer = producer(&broker);
     let value = vec![b'v'; 512 * 1024];
     for _ in 0..8 {
         producer
