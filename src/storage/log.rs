@@ -40,6 +40,20 @@ struct CachedBatch {
     bytes: Bytes,
 }
 
+/// What `PartitionLog::rewind` undid, for the flusher to finish on disk.
+pub struct Rewind {
+    /// The log's end now: offsets from here on are handed out again.
+    pub next_offset: i64,
+    /// Records dropped (not written, or not synced).
+    pub dropped_records: i64,
+    /// Files to cut to their good length (whatever a failed write left past it goes).
+    pub truncate: Vec<(Rc<glommio::io::DmaFile>, u64)>,
+    /// Files of segments begun after the cut point: removed.
+    pub remove: Vec<PathBuf>,
+    /// The segment now last, when its partial block must be read back from the file.
+    pub reload_partial: Option<i64>,
+}
+
 /// Offsets assigned to an append.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -337,6 +351,61 @@ impl PartitionLog {
             log_append_time: lat.unwrap_or(-1),
             duplicate: false,
         })
+    }
+
+    /// Undoes every append past what is on disk (`to_durable`: past what is fdatasync'ed)
+    /// after a write (or sync) failed: those records were never acknowledged as durable,
+    /// their acks=all producers get an error, and they must not reach the file later. The
+    /// next append reuses their offsets. Readers that saw them in the tail cache saw records
+    /// that no longer exist (as with an unclean leader change in Kafka).
+    pub fn rewind(&mut self, to_durable: bool) -> Rewind {
+        let target = if to_durable {
+            self.durable_offset
+        } else {
+            self.written_offset
+        }
+        .min(self.next_offset);
+        let mut plan = Rewind {
+            next_offset: target,
+            dropped_records: self.next_offset - target,
+            truncate: Vec::new(),
+            remove: Vec::new(),
+            reload_partial: None,
+        };
+        let Some(keep) = self.segments.range(..=target).next_back().map(|(b, _)| *b) else {
+            return plan;
+        };
+        let later: Vec<i64> = self.segments.range(keep + 1..).map(|(b, _)| *b).collect();
+        for base in later {
+            if let Some(seg) = self.segments.remove(&base) {
+                if seg.file.is_some() {
+                    plan.remove.extend(seg.paths());
+                }
+            }
+        }
+        if let Some(seg) = self.segments.get_mut(&keep) {
+            let bytes = if to_durable { seg.synced } else { seg.written };
+            let reload = bytes != seg.written;
+            seg.rewind(bytes, target);
+            if let Some(f) = seg.file.clone() {
+                plan.truncate.push((f, bytes));
+                if reload {
+                    plan.reload_partial = Some(keep);
+                }
+            }
+        }
+        self.next_offset = target;
+        self.written_offset = self.written_offset.min(target);
+        self.durable_offset = self.durable_offset.min(target);
+        self.log_start_offset = self.log_start_offset.min(target);
+        while self.tail.back().is_some_and(|b| b.last_offset >= target) {
+            if let Some(b) = self.tail.pop_back() {
+                self.tail_bytes -= b.bytes.len();
+            }
+        }
+        self.producers.forget_from(target);
+        self.appended.notify();
+        plan
     }
 
     /// Drops cached batches beyond the budget, but never ones not yet on disk.

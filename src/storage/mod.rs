@@ -5,9 +5,17 @@
 //! tasks. Only the owner shard of a partition calls into it (other shards come through the
 //! mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/<base>.log|.index|
 //! .timeindex`, documented in `shards/README.md`.
+//!
+//! A write or sync that fails (a full disk, ENOSPC) is an answer, not a retry: the
+//! partition's appends past what is on disk are undone (`PartitionLog::rewind`), the file
+//! is cut back to its good length, and the acks=all producers waiting on them get an
+//! error (KAFKA_STORAGE_ERROR) at once. Nothing answered as failed is written later; the
+//! next produce tries the disk again, so writes resume by themselves when space returns.
+//! `disk::DiskGuard` refuses new data before that point (`storage.min_free_bytes`).
 
 pub mod batch;
 pub mod compaction;
+pub mod disk;
 pub mod log;
 pub mod producers;
 pub mod segment;
@@ -71,6 +79,10 @@ pub struct Storage {
     stopping: Cell<bool>,
     /// Fired each time the flusher finishes a round.
     pub round_done: Notify,
+    /// The free-space watermark of this shard's data directory.
+    pub disk: Rc<disk::DiskGuard>,
+    /// When the last failed write was logged (one line a second at most).
+    last_failure_log_ms: Cell<i64>,
 }
 
 impl Storage {
@@ -87,6 +99,11 @@ impl Storage {
             wake: Notify::new(),
             stopping: Cell::new(false),
             round_done: Notify::new(),
+            disk: Rc::new(disk::DiskGuard::new(
+                config.data_dir.clone(),
+                config.storage.min_free_bytes,
+            )),
+            last_failure_log_ms: Cell::new(i64::MIN / 2),
         }
     }
 
@@ -341,7 +358,13 @@ impl Storage {
         to_sync.dedup_by_key(|l| Rc::as_ptr(l) as usize);
         // Write what waiters need even if their partition was not marked dirty this round.
         join_all(to_sync.iter().map(|l| self.write_partition(l))).await;
-        join_all(to_sync.iter().map(sync_partition)).await;
+        let synced = join_all(to_sync.iter().map(sync_partition)).await;
+        for (log, r) in to_sync.iter().zip(synced) {
+            if let Err(e) = r {
+                let path = log.borrow().dir().to_owned();
+                self.write_failed(log, &path, "fdatasync of", &e, true).await;
+            }
+        }
 
         // Wake the waiters whose offsets are now durable; keep the rest.
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
@@ -432,10 +455,8 @@ impl Storage {
                             f
                         }
                         Err(e) => {
-                            ::log::error!("opening {}: {e}", path.display());
-                            if let Some(job) = job {
-                                put_back(log, base, job);
-                            }
+                            drop(job);
+                            self.write_failed(log, &path, "opening", &e, false).await;
                             return;
                         }
                     },
@@ -451,8 +472,19 @@ impl Storage {
                 let bytes = buf.as_bytes_mut();
                 bytes[..job.bytes.len()].copy_from_slice(&job.bytes);
                 bytes[job.bytes.len()..].fill(0);
-                match file.write_at(buf, job.position).await {
-                    Ok(_) => {
+                let result = match file.write_at(buf, job.position).await {
+                    Ok(n) if n >= len => Ok(()),
+                    // O_DIRECT on a filling disk can write the blocks it could allocate
+                    // and stop: the rest is as missing as if the write had failed.
+                    Ok(n) => Err(std::io::Error::from_raw_os_error(if n == 0 {
+                        libc::EIO
+                    } else {
+                        libc::ENOSPC
+                    })),
+                    Err(e) => Err(std::io::Error::from(e)),
+                };
+                match result {
+                    Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);
                         if let Some(seg) = l.segment_mut(base) {
@@ -460,13 +492,66 @@ impl Storage {
                         }
                     }
                     Err(e) => {
-                        ::log::error!("writing {}: {e}", path.display());
-                        put_back(log, base, job);
-                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                        drop(job);
+                        self.write_failed(log, &path, "writing", &e, false).await;
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// A write (or, with `to_durable`, a sync) of `log` failed: undo its appends past what
+    /// the disk holds, cut the files back, and fail the acks=all producers waiting on the
+    /// undone records now. The next produce tries the disk again.
+    async fn write_failed(
+        &self,
+        log: &LogRef,
+        path: &Path,
+        what: &str,
+        e: &std::io::Error,
+        to_durable: bool,
+    ) {
+        if disk::is_no_space(e) {
+            self.disk.write_failed();
+        }
+        let plan = log.borrow_mut().rewind(to_durable);
+        let now = now_ms();
+        if now - self.last_failure_log_ms.get() >= 1000 {
+            self.last_failure_log_ms.set(now);
+            let l = log.borrow();
+            ::log::error!(
+                "{what} {}: {e}; {}-{}: {} records not written are dropped and their producers answered KAFKA_STORAGE_ERROR (log end back to {})",
+                path.display(),
+                l.topic,
+                l.partition,
+                plan.dropped_records,
+                plan.next_offset
+            );
+        }
+        // Producers of the undone records hear now; those below the cut keep waiting for
+        // their sync.
+        let reason = format!("{what} the partition's log failed: {e}");
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        let mut keep = Vec::with_capacity(waiters.len());
+        for w in waiters {
+            if Rc::ptr_eq(&w.log, log) && w.offset > plan.next_offset {
+                let _ = w.done.send(Err(reason.clone()));
+            } else {
+                keep.push(w);
+            }
+        }
+        self.waiters.borrow_mut().extend(keep);
+        for (file, len) in plan.truncate {
+            if let Err(e) = file.truncate(len).await {
+                ::log::warn!("cutting {} back to {len} bytes: {e}", path.display());
+            }
+        }
+        for p in plan.remove {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(base) = plan.reload_partial {
+            reload_partial(log, base).await;
         }
     }
 
@@ -568,39 +653,69 @@ async fn open_segment_file(path: &Path) -> std::io::Result<Rc<glommio::io::DmaFi
     Ok(Rc::new(f))
 }
 
-fn put_back(log: &LogRef, base: i64, job: segment::WriteJob) {
+/// Reads the last partial block of segment `base` back from its file after a rewind cut
+/// the segment below what had been written.
+async fn reload_partial(log: &LogRef, base: i64) {
+    let (file, written) = {
+        let l = log.borrow();
+        match l.segment(base) {
+            Some(s) => (s.file.clone(), s.written),
+            None => return,
+        }
+    };
+    let Some(file) = file else {
+        return;
+    };
+    let align = file.alignment();
+    let start = written - written % align;
+    let mut partial = Vec::new();
+    if written > start {
+        match file.read_at(start, (written - start) as usize).await {
+            Ok(r) => partial.extend_from_slice(&r[..]),
+            Err(e) => {
+                ::log::error!("reading back segment {base} after a failed sync: {e}");
+                return;
+            }
+        }
+    }
     let mut l = log.borrow_mut();
     if let Some(seg) = l.segment_mut(base) {
-        seg.fail_write(job);
+        if seg.written == written {
+            seg.partial = partial;
+        }
     }
 }
 
-async fn sync_partition(log: &LogRef) {
-    let (files, upto) = {
+/// fdatasyncs the partition's unfinalized segment files; on success everything written
+/// before the call is durable.
+async fn sync_partition(log: &LogRef) -> std::io::Result<()> {
+    let (files, upto, sizes) = {
         let l = log.borrow();
         let files: Vec<_> = l
             .segments()
             .filter(|s| !s.finalized)
             .filter_map(|s| s.file.clone())
             .collect();
-        (files, l.written_offset)
+        let sizes: Vec<(i64, u64)> = l.segments().map(|s| (s.base_offset, s.written)).collect();
+        (files, l.written_offset, sizes)
     };
-    let mut ok = true;
     for f in files {
         let started = std::time::Instant::now();
-        if let Err(e) = f.fdatasync().await {
-            ::log::error!("fdatasync: {e}");
-            ok = false;
-        }
+        let r = f.fdatasync().await;
         let took = started.elapsed();
         crate::metrics::with(|m| m.fsync.record(took));
+        r.map_err(std::io::Error::from)?;
     }
-    if ok {
-        let mut l = log.borrow_mut();
-        l.durable_offset = l.durable_offset.max(upto);
-        l.unsynced_messages = 0;
-        l.last_sync_ms = now_ms();
+    let mut l = log.borrow_mut();
+    l.durable_offset = l.durable_offset.max(upto);
+    l.unsynced_messages = 0;
+    l.last_sync_ms = now_ms();
+    for (base, written) in sizes {
+        if let Some(seg) = l.segment_mut(base) {
+            seg.synced = seg.synced.max(written.min(seg.written));
+        }
     }
+    Ok(())
 }
 
 async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFile>) {
@@ -614,6 +729,9 @@ async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFil
     if let Err(e) = file.fdatasync().await {
         ::log::error!("fdatasync of sealed segment {base}: {e}");
         return;
+    }
+    if let Some(s) = log.borrow_mut().segment_mut(base) {
+        s.synced = s.synced.max(size.min(s.written));
     }
     if let Err(e) = file.truncate(size).await {
         ::log::warn!("truncating sealed segment {base}: {e}");

@@ -93,6 +93,16 @@ impl ProducerStates {
         }
     }
 
+    /// Forgets the batches at and after `offset` (their append was undone: the disk refused
+    /// them), so the producer's retry is appended again instead of being answered as a
+    /// duplicate of records that are gone.
+    pub fn forget_from(&mut self, offset: i64) {
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|b| b.base_offset < offset);
+        }
+        self.producers.retain(|_, e| !e.batches.is_empty());
+    }
+
     /// Records an appended batch (with its final offsets).
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id < 0 || h.base_sequence < 0 {

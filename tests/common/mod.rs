@@ -208,3 +208,4 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 }
 
 pub mod amqp;
+pub mod disk;

