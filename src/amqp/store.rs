@@ -823,26 +823,11 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
     }
 }
 
-/// Opens a small non-empty file with O_DIRECT before any other DMA file on this shard.
-///
-/// glommio decides per device, on the first DMA open of each thread, whether reads may
-/// use the io_uring poll ring, by reading the first block of that file. When that file is
-/// new and empty, the read succeeds at EOF whatever the device supports, and every later
-/// DMA read on a device without iopoll fails with EOPNOTSUPP (seen on this project's
-/// virtual disks). Probing on a file that has data gives the right answer.
+/// Opens a small non-empty file with O_DIRECT before any other DMA file on this shard
+/// (see `storage::probe_dma`: glommio decides iopoll support on the first DMA open of each
+/// thread). Needs no free space.
 pub async fn probe_dma(dir: &Path) {
-    let path = dir.join(".dma_probe");
-    let data = vec![0x5a_u8; 4096];
-    if std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&path, &data))
-        .is_err()
-    {
-        return;
-    }
-    if let Ok(f) = OpenOptions::new().read(true).dma_open(&path).await {
-        let _ = f.close().await;
-    }
-    let _ = std::fs::remove_file(&path);
+    crate::storage::probe_dma(dir).await;
 }
 
 /// Recovers this shard's durable queues from disk into their owner state; removes the

@@ -179,21 +179,11 @@ impl Storage {
         Ok(clean)
     }
 
-    /// glommio decides once per block device and thread whether DMA reads and writes go
-    /// to the polled (IOPOLL) ring, by reading one block of the first file opened with
-    /// DMA. When that file is empty the read stops at end-of-file and succeeds even on a
-    /// device that cannot poll (virtio-blk, for one); every later disk read on this shard
-    /// then fails with EOPNOTSUPP, and fetches behind the tail cache get
-    /// KAFKA_STORAGE_ERROR for ever. Opening a file that holds a block of data first makes
-    /// the probe see what the device can do. Must run before any segment is opened.
+    /// See `probe_dma`: must run before any segment is opened. Never fails: recovery
+    /// needs no free space.
     async fn settle_iopoll_probe(&self) -> std::io::Result<()> {
-        let path = self.root.join(".iopoll-probe");
-        std::fs::write(&path, [0x50u8; 4096])?;
-        let file = glommio::io::DmaFile::open(&path)
-            .await
-            .map_err(std::io::Error::from)?;
-        let _ = file.close().await;
-        std::fs::remove_file(&path)
+        probe_dma(&self.root).await;
+        Ok(())
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<LogRef> {
@@ -637,6 +627,67 @@ impl Storage {
             ::log::warn!("writing clean-shutdown marker: {e}");
         }
     }
+}
+
+/// glommio decides once per block device and thread whether DMA reads and writes go to
+/// the polled (IOPOLL) ring, by reading one block of the first file opened with DMA. When
+/// that file is empty the read stops at end-of-file and succeeds even on a device that
+/// cannot poll (virtio-blk, for one); every later disk read on this shard then fails with
+/// EOPNOTSUPP, and fetches behind the tail cache get KAFKA_STORAGE_ERROR for ever. So the
+/// first DMA open of a shard's thread is of a file that holds a block of data: a probe file
+/// written for it, or — when the disk is full and the probe cannot be written — an
+/// existing file of the shard's data (read only; recovery must not need free space).
+pub async fn probe_dma(dir: &Path) {
+    let path = dir.join(".dma_probe");
+    let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, [0x5au8; 4096]));
+    let target = match written {
+        Ok(()) => Some(path.clone()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            let found = file_with_data(dir, 4);
+            ::log::info!(
+                "{}: cannot write the DMA probe file ({e}); probing {}",
+                dir.display(),
+                found
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "nothing (no file with data yet)".into())
+            );
+            found
+        }
+    };
+    if let Some(target) = target {
+        if let Ok(f) = glommio::io::OpenOptions::new()
+            .read(true)
+            .dma_open(&target)
+            .await
+        {
+            let _ = f.close().await;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A file of at least one 4 KiB block under `dir`, `depth` levels deep at most.
+fn file_with_data(dir: &Path, depth: usize) -> Option<PathBuf> {
+    let mut subdirs = Vec::new();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = e.metadata() else {
+            continue;
+        };
+        if meta.is_file() && meta.len() >= 4096 {
+            return Some(e.path());
+        }
+        if meta.is_dir() {
+            subdirs.push(e.path());
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    subdirs
+        .into_iter()
+        .find_map(|d| file_with_data(&d, depth - 1))
 }
 
 async fn open_segment_file(path: &Path) -> std::io::Result<Rc<glommio::io::DmaFile>> {

@@ -68,9 +68,17 @@ impl SmallDisk {
         })
     }
 
-    /// The broker's data directory on this filesystem.
+    /// The broker's data directory on this filesystem, reached through a symlink beside
+    /// the image, so the broker's log (`<data>.log`, see `Broker`) is written off the
+    /// small filesystem and keeps growing while it is full.
     pub fn data_dir(&self) -> PathBuf {
-        self.mount.join("data")
+        let link = self._dir.path().join("data");
+        if !link.exists() {
+            let real = self.mount.join("data");
+            std::fs::create_dir_all(&real).expect("data dir");
+            std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        }
+        link
     }
 
     pub fn free(&self) -> u64 {
