@@ -277,3 +277,81 @@ async fn publish_persistent(
     .await
     .expect("confirm")
 }
+
+/// On a full disk: deleting a topic works (the catalog's reserve takes the record) and
+/// gives its space back; re-declaring an existing durable queue, exchange and binding
+/// writes nothing and succeeds; deleting a durable queue works.
+#[test]
+fn delete_and_redeclare_work_on_a_full_disk() {
+    let _one = serial();
+    let Some(disk) = SmallDisk::new(64) else {
+        return;
+    };
+    let b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
+    create_topic(&b, "big", 1);
+    create_topic(&b, "other", 1);
+    let p = producer(&b, 5000);
+    for i in 0..40 {
+        let (r, _) = send(&p, "big", &value("big", i, 200_000));
+        assert_eq!(r, Ok(i as i64));
+    }
+    amqp(async {
+        let conn = common::amqp::connect(&b.amqp_url()).await;
+        let ch = common::amqp::channel(&conn).await;
+        declare_topology(&ch).await;
+    });
+    disk.fill();
+    assert!(disk.free() < 64 << 10, "filled: {} free", disk.free());
+
+    // Re-declaring on a full disk: every declare answered, the channel stays open.
+    amqp(async {
+        let conn = common::amqp::connect(&b.amqp_url()).await;
+        let ch = common::amqp::channel(&conn).await;
+        for _ in 0..3 {
+            declare_topology(&ch).await;
+        }
+        assert!(ch.status().connected(), "channel closed by a redeclare");
+        ch.queue_delete("gone-q".into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("queue.delete on a full disk");
+    });
+
+    let before = disk.free();
+    let r = block_on(admin(&b).delete_topics(&["big"], &AdminOptions::new()))
+        .expect("delete_topics");
+    assert!(r[0].is_ok(), "DeleteTopics on a full disk: {:?}", r[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk.free() < before + (4 << 20) {
+        assert!(Instant::now() < deadline, "the topic's space did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Space is back: writes resume without a restart.
+    let (r, _) = send(&p, "other", &value("after", 0, 1000));
+    assert_eq!(r, Ok(0));
+}
+
+/// A durable exchange, two durable queues and a binding.
+async fn declare_topology(ch: &lapin::Channel) {
+    ch.exchange_declare(
+        "orders-x".into(),
+        lapin::ExchangeKind::Direct,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    durable_queue(ch, "orders-q").await;
+    durable_queue(ch, "gone-q").await;
+    ch.queue_bind(
+        "orders-q".into(),
+        "orders-x".into(),
+        "new".into(),
+        lapin::options::QueueBindOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+}

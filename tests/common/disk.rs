@@ -25,7 +25,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Bytes free (for root) on the filesystem holding `path`.
+/// Bytes free on the filesystem holding `path` (what ext4 will allocate to a file).
 pub fn free_bytes(path: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
@@ -33,7 +33,7 @@ pub fn free_bytes(path: &Path) -> u64 {
     unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
         assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0, "statvfs");
-        st.f_bfree as u64 * st.f_frsize as u64
+        st.f_bavail as u64 * st.f_frsize as u64
     }
 }
 
@@ -113,17 +113,23 @@ impl SmallDisk {
         let _ = f.sync_all();
     }
 
-    /// Fills the filesystem completely.
+    /// Fills the filesystem completely (again while blocks freed by a journal commit
+    /// keep turning up).
     pub fn fill(&self) {
-        self.fill_leaving(0);
-        // Metadata blocks can hide a few more: write until refused.
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.filler)
-            .expect("filler");
-        let byte = [0x46u8; 512];
-        while f.write_all(&byte).and_then(|_| f.sync_all()).is_ok() {}
+        for _ in 0..20 {
+            self.fill_leaving(0);
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.filler)
+                .expect("filler");
+            let byte = [0x46u8; 512];
+            while f.write_all(&byte).and_then(|_| f.sync_all()).is_ok() {}
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if self.free() < 16 << 10 {
+                return;
+            }
+        }
     }
 
     /// Removes the filler file: the space comes back.
