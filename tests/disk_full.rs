@@ -260,11 +260,7 @@ async fn durable_queue(ch: &lapin::Channel, name: &str) -> u32 {
 }
 
 /// Publishes a persistent message to `queue` and waits for its confirm.
-async fn publish_persistent(
-    ch: &lapin::Channel,
-    queue: &str,
-    body: &[u8],
-) -> lapin::Confirmation {
+async fn publish_persistent(ch: &lapin::Channel, queue: &str, body: &[u8]) -> lapin::Confirmation {
     ch.basic_publish(
         "".into(),
         queue.into(),
@@ -311,18 +307,24 @@ fn delete_and_redeclare_work_on_a_full_disk() {
             declare_topology(&ch).await;
         }
         assert!(ch.status().connected(), "channel closed by a redeclare");
-        ch.queue_delete("gone-q".into(), lapin::options::QueueDeleteOptions::default())
-            .await
-            .expect("queue.delete on a full disk");
+        ch.queue_delete(
+            "gone-q".into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("queue.delete on a full disk");
     });
 
     let before = disk.free();
-    let r = block_on(admin(&b).delete_topics(&["big"], &AdminOptions::new()))
-        .expect("delete_topics");
+    let r =
+        block_on(admin(&b).delete_topics(&["big"], &AdminOptions::new())).expect("delete_topics");
     assert!(r[0].is_ok(), "DeleteTopics on a full disk: {:?}", r[0]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while disk.free() < before + (4 << 20) {
-        assert!(Instant::now() < deadline, "the topic's space did not come back");
+        assert!(
+            Instant::now() < deadline,
+            "the topic's space did not come back"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Space is back: writes resume without a restart.
@@ -354,4 +356,241 @@ async fn declare_topology(ch: &lapin::Channel) {
     )
     .await
     .expect("queue.bind");
+}
+
+/// A persistent publish the disk refuses is nacked and is not enqueued: the queue holds
+/// only what was confirmed, a consumer gets only that, and so does a restart; publishes
+/// are confirmed again once space is back.
+#[test]
+fn a_nacked_publish_is_not_in_the_queue() {
+    let _one = serial();
+    let Some(disk) = SmallDisk::new(64) else {
+        return;
+    };
+    let mut b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
+    let url = b.amqp_url();
+    amqp(async {
+        let conn = common::amqp::connect(&url).await;
+        let ch = common::amqp::channel(&conn).await;
+        durable_queue(&ch, "jobs").await;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        for i in 0..5 {
+            let c = publish_persistent(&ch, "jobs", &value("ok", i, 1000)).await;
+            assert!(c.is_ack(), "confirm {i}");
+        }
+        disk.fill();
+        let mut nacked = 0;
+        for i in 0..5 {
+            let c = publish_persistent(&ch, "jobs", &value("refused", i, 64 << 10)).await;
+            if c.is_nack() {
+                nacked += 1;
+            }
+        }
+        assert_eq!(nacked, 5, "every publish the disk refused is nacked");
+        assert_eq!(
+            durable_queue(&ch, "jobs").await,
+            5,
+            "nacked messages are not enqueued"
+        );
+        disk.free_filler();
+        // Space is back: confirmed again, without a restart.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = publish_persistent(&ch, "jobs", &value("ok", 5, 1000)).await;
+            if c.is_ack() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "publishes stay nacked after space returned"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(durable_queue(&ch, "jobs").await, 6);
+    });
+    b.kill9();
+    b.restart();
+    let url = b.amqp_url();
+    let bodies = amqp(async {
+        let conn = common::amqp::connect(&url).await;
+        let ch = common::amqp::channel(&conn).await;
+        assert_eq!(durable_queue(&ch, "jobs").await, 6, "after kill -9");
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                "jobs".into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            out.push(m.delivery.data.clone());
+        }
+        out
+    });
+    assert_eq!(bodies.len(), 6);
+    for (i, body) in bodies.iter().enumerate() {
+        assert!(
+            body.starts_with(format!("ok-{i}-").as_bytes()),
+            "message {i}: {:?}",
+            String::from_utf8_lossy(&body[..20.min(body.len())])
+        );
+    }
+}
+
+/// One sample of a gauge from `/metrics`.
+fn gauge(b: &Broker, name: &str) -> Option<f64> {
+    let text = ureq::get(&format!("{}/metrics", b.http_url()))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// REST produce; returns the status.
+fn rest_produce(b: &Broker, topic: &str, acks: &str) -> u16 {
+    let r = ureq::post(&format!("{}/api/v1/topics/{topic}/records", b.http_url()))
+        .set(
+            "Authorization",
+            "Basic Z3Vlc3Q6Z3Vlc3Q=", // guest:guest
+        )
+        .set("Content-Type", "application/json")
+        .send_string(
+            &serde_json::json!({"acks": acks, "records": [{"value": "rest"}]}).to_string(),
+        );
+    match r {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("REST produce: {e}"),
+    }
+}
+
+/// Below `storage.min_free_bytes` (while the disk still has room): the alarm shows in
+/// /metrics, Kafka produce gets KAFKA_STORAGE_ERROR, REST produce 507, an AMQP publisher
+/// is blocked (connection.blocked, its publish not taken) while consumers still read and
+/// ack and topics can be deleted; freeing space lifts it all without a restart.
+#[test]
+fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
+    let _one = serial();
+    let Some(disk) = SmallDisk::new(64) else {
+        return;
+    };
+    let b = Broker::start(
+        &disk.data_dir(),
+        &[("PORTASK_STORAGE__MIN_FREE_BYTES", "16777216")],
+    );
+    create_topic(&b, "w", 1);
+    create_topic(&b, "doomed", 1);
+    let p = producer(&b, 5000);
+    for i in 0..3 {
+        assert_eq!(send(&p, "w", &value("w", i, 1000)).0, Ok(i as i64));
+    }
+    assert_eq!(rest_produce(&b, "w", "all"), 200);
+    assert_eq!(gauge(&b, "portask_disk_alarm"), Some(0.0));
+    assert_eq!(gauge(&b, "portask_disk_min_free_bytes"), Some(16777216.0));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let url = b.amqp_url();
+    let (pub_conn, pub_ch) = rt.block_on(async {
+        let conn = common::amqp::connect(&url).await;
+        let ch = common::amqp::channel(&conn).await;
+        durable_queue(&ch, "wq").await;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        for i in 0..3 {
+            let c = publish_persistent(&ch, "wq", &value("before", i, 100)).await;
+            assert!(c.is_ack());
+        }
+        (conn, ch)
+    });
+
+    disk.fill_leaving(8 << 20);
+    wait_for(5, "the disk alarm", || {
+        gauge(&b, "portask_disk_alarm") == Some(1.0)
+    });
+    let (r, took) = send(&p, "w", &value("refused", 0, 1000));
+    assert_eq!(r, Err(RDKafkaErrorCode::KafkaStorageError));
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+    assert_eq!(rest_produce(&b, "w", "all"), 507);
+    assert_eq!(rest_produce(&b, "w", "0"), 507);
+
+    // The publisher is blocked: its publish is not taken while the alarm lasts.
+    let confirm = rt.block_on(async {
+        let wait = pub_ch
+            .basic_publish(
+                "".into(),
+                "wq".into(),
+                lapin::options::BasicPublishOptions::default(),
+                b"during",
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("basic.publish");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pub_conn.status().blocked() {
+            assert!(Instant::now() < deadline, "no connection.blocked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait
+    });
+    // Readers go on: Kafka fetch, AMQP consume and ack on another connection.
+    assert_eq!(read_all(&b, "w", 4).len(), 4);
+    rt.block_on(async {
+        let conn = common::amqp::connect(&url).await;
+        let ch = common::amqp::channel(&conn).await;
+        for _ in 0..3 {
+            let m = ch
+                .basic_get("wq".into(), lapin::options::BasicGetOptions::default())
+                .await
+                .expect("basic.get")
+                .expect("a message");
+            m.delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+    });
+    // Deleting a topic works below the watermark.
+    let r = block_on(admin(&b).delete_topics(&["doomed"], &AdminOptions::new()))
+        .expect("delete_topics");
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+
+    disk.free_filler();
+    wait_for(5, "the alarm to clear", || {
+        gauge(&b, "portask_disk_alarm") == Some(0.0)
+    });
+    rt.block_on(async {
+        let c = tokio::time::timeout(Duration::from_secs(10), confirm)
+            .await
+            .expect("the blocked publish is confirmed once space is back")
+            .expect("confirm");
+        assert!(c.is_ack());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pub_conn.status().blocked() {
+            assert!(Instant::now() < deadline, "no connection.unblocked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(send(&p, "w", &value("w", 4, 1000)).0, Ok(4));
+    assert_eq!(rest_produce(&b, "w", "all"), 200);
 }

@@ -87,6 +87,9 @@ pub struct Connection {
     pub last_method: Cell<(u16, u16)>,
     /// The client announced the `connection.blocked` capability.
     blocked_capable: Cell<bool>,
+    /// The connection has published: the disk alarm blocks it (RabbitMQ blocks only
+    /// publishing connections, so consumers keep acking).
+    pub published: Cell<bool>,
 }
 
 impl Connection {
@@ -115,6 +118,7 @@ impl Connection {
             last_send_ms: Cell::new(now_ms()),
             last_method: Cell::new((0, 0)),
             blocked_capable: Cell::new(false),
+            published: Cell::new(false),
         }
     }
 
@@ -519,6 +523,9 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})),
             );
         }
+        if phase == Phase::Running {
+            wait_for_disk(conn).await;
+        }
         let deadline = match (phase, close_deadline) {
             (Phase::Closing, Some(t)) => {
                 let left = t - now_ms();
@@ -548,6 +555,40 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             }
             return Ok(());
         }
+    }
+}
+
+/// The disk alarm (`storage.min_free_bytes`, RabbitMQ's `disk_free_limit`): a connection
+/// that has published is not read while free space is below the watermark, and hears
+/// `connection.blocked` ("low on disk", as RabbitMQ says) then `connection.unblocked`.
+async fn wait_for_disk(conn: &Rc<Connection>) {
+    let disk = conn.shard.storage.disk.clone();
+    if !disk.alarm() || !conn.published.get() {
+        return;
+    }
+    if conn.blocked_capable.get() {
+        conn.send_method(
+            0,
+            AMQPClass::Connection(conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                reason: "low on disk".into(),
+            })),
+        );
+    }
+    while disk.alarm() && !conn.dead.get() && !conn.shard.stopping.get() {
+        let l = Listener::new();
+        l.listen(&disk.changed);
+        l.listen(&conn.shard.stop);
+        let _ = glommio::timer::timeout(Duration::from_millis(1000), async {
+            l.await;
+            Ok(())
+        })
+        .await;
+    }
+    if conn.blocked_capable.get() {
+        conn.send_method(
+            0,
+            AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})),
+        );
     }
 }
 

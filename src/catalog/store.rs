@@ -50,8 +50,10 @@ fn make_reserve(dir: &Path) -> bool {
     if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize >= RESERVE_BYTES) {
         return true;
     }
-    let made = File::create(&path)
-        .and_then(|mut f| f.write_all(&vec![0u8; RESERVE_BYTES]).and_then(|_| f.sync_all()));
+    let made = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; RESERVE_BYTES])
+            .and_then(|_| f.sync_all())
+    });
     if made.is_err() {
         let _ = std::fs::remove_file(&path);
     }
@@ -214,10 +216,7 @@ impl CatalogStore {
 
     /// Appends framed records and syncs; on failure cuts the log back to its whole records.
     fn write_records(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let r = self
-            .log
-            .write_all(buf)
-            .and_then(|_| self.log.sync_data());
+        let r = self.log.write_all(buf).and_then(|_| self.log.sync_data());
         match r {
             Ok(()) => {
                 self.log_len += buf.len() as u64;
@@ -288,7 +287,9 @@ mod tests {
         store.snapshot(&reopened).unwrap();
         let c = Change::SetPartitions("b".into(), 5);
         reopened.apply(&c);
-        store.append(&[(reopened.version, c)], &reopened, false).unwrap();
+        store
+            .append(&[(reopened.version, c)], &reopened, false)
+            .unwrap();
         let (_, again) = CatalogStore::open(dir.path()).unwrap();
         assert_eq!(again, reopened);
         assert_eq!(again.topics["b"].partitions, 5);

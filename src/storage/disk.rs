@@ -156,7 +156,9 @@ mod tests {
 
     #[test]
     fn no_space_errors_are_recognised() {
-        assert!(is_no_space(&std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(is_no_space(&std::io::Error::from_raw_os_error(
+            libc::ENOSPC
+        )));
         assert!(!is_no_space(&std::io::Error::from_raw_os_error(libc::EIO)));
     }
 }

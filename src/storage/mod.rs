@@ -352,7 +352,8 @@ impl Storage {
         for (log, r) in to_sync.iter().zip(synced) {
             if let Err(e) = r {
                 let path = log.borrow().dir().to_owned();
-                self.write_failed(log, &path, "fdatasync of", &e, true).await;
+                self.write_failed(log, &path, "fdatasync of", &e, true)
+                    .await;
             }
         }
 

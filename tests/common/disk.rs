@@ -53,7 +53,11 @@ impl SmallDisk {
             run(Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-m", "0"])
                 .arg(&image))?;
-            run(Command::new("mount").arg("-o").arg("loop").arg(&image).arg(&mount))
+            run(Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&image)
+                .arg(&mount))
         })();
         if let Err(e) = made {
             eprintln!("SKIPPED: cannot make a small loop-mounted filesystem here: {e}");

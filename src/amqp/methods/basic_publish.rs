@@ -154,6 +154,8 @@ async fn finish(
     };
     let msg = message(&p.exchange, &p.routing_key, properties, body, conn.user())?;
     write_allowed(conn, ch, &p.exchange)?;
+    // From now on the disk alarm blocks this connection (see `connection::wait_for_disk`).
+    conn.published.set(true);
     let msg = direct_reply::rewrite(conn, ch, msg)?;
     if ch.borrow().tx.is_some() {
         // Routing happens at commit; the exchange must exist now.
