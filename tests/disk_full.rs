@@ -160,6 +160,8 @@ fn kafka_produce_on_a_full_disk_is_answered_and_never_written_later() {
         assert!(took < Duration::from_secs(5), "answered after {took:?}");
         latencies.push(took);
     }
+    // REST with acks all: 507 Insufficient Storage.
+    assert_eq!(rest_produce_sized(&b, "full", "all", 64 << 10), 507);
     latencies.sort();
     eprintln!(
         "MEASURED time to KAFKA_STORAGE_ERROR on a full disk (acks=all, 64 KiB): median {:?}, max {:?}",
@@ -202,8 +204,9 @@ fn a_broker_killed_on_a_full_disk_starts_on_it() {
     let mut b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
     create_topic(&b, "kept", 1);
     let p = producer(&b, 5000);
-    for i in 0..20 {
-        let (r, _) = send(&p, "kept", &value("good", i, 10_000));
+    // 40 MB in the active segment: all of it is scanned after kill -9.
+    for i in 0..200 {
+        let (r, _) = send(&p, "kept", &value("good", i, 200_000));
         assert_eq!(r, Ok(i as i64));
     }
     // A durable queue with persistent messages is recovered too.
@@ -225,11 +228,11 @@ fn a_broker_killed_on_a_full_disk_starts_on_it() {
     let started = Instant::now();
     b.restart();
     eprintln!(
-        "MEASURED restart after kill -9 on a full disk (20 records, 10 messages): ready in {:?}",
+        "MEASURED restart after kill -9 on a full disk (40 MB in one partition's active segment, 10 queued messages): ready in {:?}",
         started.elapsed()
     );
-    let got = read_all(&b, "kept", 20);
-    assert_eq!(got.len(), 20);
+    let got = read_all(&b, "kept", 200);
+    assert_eq!(got.len(), 200);
     let depth = amqp(async {
         let conn = common::amqp::connect(&b.amqp_url()).await;
         let ch = common::amqp::channel(&conn).await;
@@ -240,8 +243,8 @@ fn a_broker_killed_on_a_full_disk_starts_on_it() {
     let (r, _) = send(&p, "kept", &value("refused", 0, 64 << 10));
     assert_eq!(r, Err(RDKafkaErrorCode::KafkaStorageError));
     disk.free_filler();
-    let (r, _) = send(&p, "kept", &value("good", 20, 1000));
-    assert_eq!(r, Ok(20));
+    let (r, _) = send(&p, "kept", &value("good", 200, 1000));
+    assert_eq!(r, Ok(200));
 }
 
 /// Declares the durable queue `name` (or re-declares it) and returns its depth.
@@ -461,17 +464,21 @@ fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// REST produce; returns the status.
+/// REST produce of one small record; returns the status.
 fn rest_produce(b: &Broker, topic: &str, acks: &str) -> u16 {
+    rest_produce_sized(b, topic, acks, 4)
+}
+
+/// REST produce of one record of `len` bytes; returns the status.
+fn rest_produce_sized(b: &Broker, topic: &str, acks: &str, len: usize) -> u16 {
+    let v = "r".repeat(len);
     let r = ureq::post(&format!("{}/api/v1/topics/{topic}/records", b.http_url()))
         .set(
             "Authorization",
             "Basic Z3Vlc3Q6Z3Vlc3Q=", // guest:guest
         )
         .set("Content-Type", "application/json")
-        .send_string(
-            &serde_json::json!({"acks": acks, "records": [{"value": "rest"}]}).to_string(),
-        );
+        .send_string(&serde_json::json!({"acks": acks, "records": [{"value": v}]}).to_string());
     match r {
         Ok(r) => r.status(),
         Err(ureq::Error::Status(s, _)) => s,
@@ -534,6 +541,7 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
     assert_eq!(rest_produce(&b, "w", "0"), 507);
 
     // The publisher is blocked: its publish is not taken while the alarm lasts.
+    #[allow(clippy::async_yields_async)] // the confirm is awaited after the alarm ends
     let confirm = rt.block_on(async {
         let wait = pub_ch
             .basic_publish(
