@@ -767,3 +767,61 @@ pub async fn max_timestamp_offset(
     }
     Ok(offset_for_timestamp(log, max).await?.unwrap_or((-1, -1)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::tests::make_batch;
+
+    fn settings() -> LogSettings {
+        LogSettings {
+            segment_bytes: 1 << 30,
+            segment_ms: i64::MAX,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 1 << 20,
+            log_append_time: false,
+            flush_messages: i64::MAX,
+            flush_ms: -1,
+            index_interval_bytes: 4096,
+            delete_policy: true,
+            compact_policy: false,
+            delete_retention_ms: 0,
+        }
+    }
+
+    fn batches(n: i32) -> Vec<(BatchHeader, Bytes)> {
+        batch::split(&make_batch(1_000, n, b"value")).unwrap()
+    }
+
+    #[test]
+    fn a_rewind_undoes_what_was_not_written_and_reuses_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path().join("t-0"), "t", 0, settings(), 1 << 20);
+        log.append(&batches(3)).unwrap();
+        // The flusher writes the first batch only.
+        let job = log.active().take_write(1).unwrap();
+        assert_eq!(job.upto, 3);
+        log.active().complete_write(&job, 512);
+        log.written_offset = job.upto;
+        let written = log.active().written;
+        log.append(&batches(2)).unwrap();
+        log.append(&batches(4)).unwrap();
+        assert_eq!(log.next_offset, 9);
+
+        let plan = log.rewind(false);
+        assert_eq!((plan.next_offset, plan.dropped_records), (3, 6));
+        assert_eq!(log.next_offset, 3);
+        assert_eq!(log.tail_cache_bytes(), batches(3)[0].1.len());
+        let seg = log.active();
+        assert_eq!(
+            (seg.size, seg.written, seg.next_offset),
+            (written, written, 3)
+        );
+        assert!(seg.pending.is_empty());
+        // The next append takes the undone offsets, right after what is on disk.
+        let a = log.append(&batches(1)).unwrap();
+        assert_eq!((a.base_offset, a.last_offset), (3, 3));
+        assert_eq!(log.active().size, written + batches(1)[0].1.len() as u64);
+    }
+}

@@ -782,9 +782,6 @@ async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFil
         ::log::error!("fdatasync of sealed segment {base}: {e}");
         return;
     }
-    if let Some(s) = log.borrow_mut().segment_mut(base) {
-        s.synced = s.synced.max(size.min(s.written));
-    }
     if let Err(e) = file.truncate(size).await {
         ::log::warn!("truncating sealed segment {base}: {e}");
     }

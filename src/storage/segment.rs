@@ -34,7 +34,9 @@ pub struct Segment {
     pub size: u64,
     /// Logical bytes on disk (written, not necessarily synced).
     pub written: u64,
-    /// Logical bytes known fdatasync'ed.
+    /// Logical bytes fdatasync'ed as of the partition's last `durable_offset` move (the
+    /// position of `durable_offset` in the segment that holds it), where a failed sync
+    /// cuts back to.
     pub synced: u64,
     /// Bytes handed to a write that has not completed yet.
     pub in_flight: u64,
