@@ -121,9 +121,14 @@ impl Appender {
         // `start` is block-aligned, so the new partial block is the last `total % align`
         // bytes written.
         let partial = bytes[total - total % align..total].to_vec();
-        file.write_at(buf, start)
+        let n = file
+            .write_at(buf, start)
             .await
             .map_err(std::io::Error::from)?;
+        if n < len {
+            // O_DIRECT on a filling disk writes the blocks it could allocate and stops.
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.written += data.len() as u64;
         self.partial = partial;
         self.unsynced = true;
