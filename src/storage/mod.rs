@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod compaction;
 pub mod disk;
+pub mod inflate;
 pub mod log;
 pub mod producers;
 pub mod segment;
