@@ -560,6 +560,14 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
         }
         wait
     });
+    // Not taken: the queue still holds only what came before the alarm.
+    let depth = rt.block_on(async {
+        let conn = common::amqp::connect(&url).await;
+        let ch = common::amqp::channel(&conn).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        durable_queue(&ch, "wq").await
+    });
+    assert_eq!(depth, 3, "a publish during the alarm was enqueued");
     // Readers go on: Kafka fetch, AMQP consume and ack on another connection.
     assert_eq!(read_all(&b, "w", 4).len(), 4);
     rt.block_on(async {

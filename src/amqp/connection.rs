@@ -561,7 +561,9 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
 /// The disk alarm (`storage.min_free_bytes`, RabbitMQ's `disk_free_limit`): a connection
 /// that has published is not read while free space is below the watermark, and hears
 /// `connection.blocked` ("low on disk", as RabbitMQ says) then `connection.unblocked`.
-async fn wait_for_disk(conn: &Rc<Connection>) {
+/// Called before reading more from the socket, and by `basic.publish` before a message
+/// completed during the alarm is routed (so it is held, not enqueued, until space returns).
+pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
     let disk = conn.shard.storage.disk.clone();
     if !disk.alarm() || !conn.published.get() {
         return;
