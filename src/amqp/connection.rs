@@ -577,6 +577,9 @@ pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
         );
     }
     while disk.alarm() && !conn.dead.get() && !conn.shard.stopping.get() {
+        // We are the ones not reading: the peer's silence is not its fault (RabbitMQ
+        // pauses its heartbeat monitor for blocked connections too).
+        conn.last_recv_ms.set(now_ms());
         let l = Listener::new();
         l.listen(&disk.changed);
         l.listen(&conn.shard.stop);
@@ -586,6 +589,7 @@ pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
         })
         .await;
     }
+    conn.last_recv_ms.set(now_ms());
     if conn.blocked_capable.get() {
         conn.send_method(
             0,
