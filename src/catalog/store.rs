@@ -292,6 +292,11 @@ mod tests {
             .unwrap();
         let (_, again) = CatalogStore::open(dir.path()).unwrap();
         assert_eq!(again, reopened);
+        // The reserve for deletes on a full disk is in place.
+        assert_eq!(
+            std::fs::metadata(dir.path().join(RESERVE)).unwrap().len() as usize,
+            RESERVE_BYTES
+        );
         assert_eq!(again.topics["b"].partitions, 5);
         assert!(!again.topics.contains_key("a"));
     }

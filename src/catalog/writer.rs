@@ -199,3 +199,75 @@ impl CatalogWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::topology::{
+        encode_table, Binding, DestKind, Queue, QueueArgs, TopologyChange as T,
+    };
+
+    fn queue(name: &str, id: u64) -> Queue {
+        Queue {
+            name: name.into(),
+            id,
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: encode_table(&Default::default()),
+            args: QueueArgs::default(),
+        }
+    }
+
+    fn binding(key: &str) -> Binding {
+        Binding {
+            source: "amq.direct".into(),
+            destination: "jobs".into(),
+            dest_kind: DestKind::Queue,
+            routing_key: key.into(),
+            arguments: encode_table(&Default::default()),
+        }
+    }
+
+    #[test]
+    fn redeclares_and_deletes_of_nothing_change_nothing() {
+        let v = "/".to_string();
+        let mut state = CatalogState::default();
+        let declare = Change::Amqp(T::DeclareQueue {
+            vhost: v.clone(),
+            queue: queue("jobs", 7),
+        });
+        assert!(
+            !changes_nothing(&state, &declare),
+            "a new queue is a change"
+        );
+        state.apply(&declare);
+        assert!(changes_nothing(&state, &declare), "the same declare again");
+        let bind = Change::Amqp(T::Bind {
+            vhost: v.clone(),
+            binding: binding("k"),
+        });
+        assert!(!changes_nothing(&state, &bind));
+        state.apply(&bind);
+        assert!(changes_nothing(&state, &bind));
+        let unbind_other = Change::Amqp(T::Unbind {
+            vhost: v.clone(),
+            binding: binding("other"),
+        });
+        assert!(changes_nothing(&state, &unbind_other));
+        // Deleting another incarnation of the queue changes nothing; this one does.
+        let delete_old = Change::Amqp(T::DeleteQueues {
+            vhost: v.clone(),
+            queues: vec![("jobs".into(), 6)],
+        });
+        assert!(changes_nothing(&state, &delete_old));
+        let delete = Change::Amqp(T::DeleteQueues {
+            vhost: v.clone(),
+            queues: vec![("jobs".into(), 7)],
+        });
+        assert!(!changes_nothing(&state, &delete));
+        assert!(frees_space(&delete) && !frees_space(&declare));
+        // Kafka changes always count.
+        assert!(!changes_nothing(&state, &Change::DeleteTopic("t".into())));
+    }
+}
