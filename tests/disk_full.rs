@@ -610,3 +610,64 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
     assert_eq!(send(&p, "w", &value("w", 4, 1000)).0, Ok(4));
     assert_eq!(rest_produce(&b, "w", "all"), 200);
 }
+
+/// An idempotent producer (librdkafka's defaults: retries until message.timeout.ms) that
+/// writes while the disk is full and space comes back a moment later: every record lands
+/// exactly once, in order, with no gap — the refused batches were undone on the broker
+/// together with their producer state, so their retries append instead of being taken for
+/// duplicates.
+#[test]
+fn an_idempotent_producer_rides_out_a_full_disk() {
+    let _one = serial();
+    let Some(disk) = SmallDisk::new(64) else {
+        return;
+    };
+    let b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
+    create_topic(&b, "idem", 1);
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    for i in 0..3 {
+        let r = block_on(p.send(
+            FutureRecord::<(), [u8]>::to("idem").payload(&value("idem", i, 1000)),
+            Duration::from_secs(30),
+        ));
+        assert_eq!(
+            r.map(|d| d.offset).map_err(|e| e.0.to_string()),
+            Ok(i as i64)
+        );
+    }
+    disk.fill();
+    let sends: Vec<_> = (3..23)
+        .map(|i| {
+            p.send_result(FutureRecord::<(), [u8]>::to("idem").payload(&value("idem", i, 64 << 10)))
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    disk.free_filler();
+    for (i, f) in sends.into_iter().enumerate() {
+        let r = block_on(f).expect("delivery future");
+        assert!(
+            r.is_ok(),
+            "record {} not delivered: {:?}",
+            i + 3,
+            r.err().map(|(e, _)| e)
+        );
+    }
+    let got = read_all(&b, "idem", 23);
+    let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..23).collect::<Vec<i64>>());
+    for (o, v) in &got {
+        assert!(
+            v.starts_with(format!("idem-{o}-").as_bytes()),
+            "offset {o} holds {:?}",
+            String::from_utf8_lossy(&v[..20.min(v.len())])
+        );
+    }
+}
