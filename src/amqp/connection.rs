@@ -8,6 +8,10 @@
 //! `ShardAmqp::connection`). Output is one `BytesMut` the writer drains; the reader never
 //! waits on the writer. No `RefCell` borrow is held across an `.await`.
 //!
+//! Flow control: a connection is not read while the shard's outbox is over its budget
+//! (`connection.blocked`, "back-pressure"), nor, once it has published, while the disk
+//! alarm is on (`wait_for_disk`, "low on disk").
+//!
 //! Counted in the shard's metrics: every method frame received, by `class.method`
 //! (`portask_requests_total{protocol="amqp"}`), and every channel or connection close
 //! the broker starts, by reply code (`portask_errors_total{protocol="amqp"}`).

@@ -866,7 +866,6 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
         let paged: Vec<u64> = done.into_iter().map(|(seq, _)| seq).collect();
         (log.qid, paged)
     };
-
     if !paged.is_empty() {
         if let Some(q) = shard.amqp.queue(qid) {
             q.borrow_mut().drop_bodies(shard, &paged);
