@@ -540,11 +540,20 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
     assert_eq!(rest_produce(&b, "w", "all"), 507);
     assert_eq!(rest_produce(&b, "w", "0"), 507);
 
-    // The publisher is blocked: its publish is not taken while the alarm lasts.
-    #[allow(clippy::async_yields_async)] // the confirm is awaited after the alarm ends
-    let confirm = rt.block_on(async {
-        let wait = pub_ch
-            .basic_publish(
+    // The publisher hears connection.blocked when the alarm starts, idle as it is.
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pub_conn.status().blocked() {
+            assert!(Instant::now() < deadline, "no connection.blocked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Its publish is not taken while the alarm lasts (lapin itself holds publishes while
+    // blocked; the broker would hold one from a client that does not).
+    let confirm = {
+        let ch = pub_ch.clone();
+        rt.spawn(async move {
+            ch.basic_publish(
                 "".into(),
                 "wq".into(),
                 lapin::options::BasicPublishOptions::default(),
@@ -552,14 +561,11 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
                 lapin::BasicProperties::default().with_delivery_mode(2),
             )
             .await
-            .expect("basic.publish");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !pub_conn.status().blocked() {
-            assert!(Instant::now() < deadline, "no connection.blocked");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        wait
-    });
+            .expect("basic.publish")
+            .await
+            .expect("confirm")
+        })
+    };
     // Not taken: the queue still holds only what came before the alarm.
     let depth = rt.block_on(async {
         let conn = common::amqp::connect(&url).await;
@@ -599,7 +605,7 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
         let c = tokio::time::timeout(Duration::from_secs(10), confirm)
             .await
             .expect("the blocked publish is confirmed once space is back")
-            .expect("confirm");
+            .expect("publisher task");
         assert!(c.is_ack());
         let deadline = Instant::now() + Duration::from_secs(5);
         while pub_conn.status().blocked() {

@@ -93,7 +93,9 @@ pub struct Connection {
     blocked_capable: Cell<bool>,
     /// The connection has published: the disk alarm blocks it (RabbitMQ blocks only
     /// publishing connections, so consumers keep acking).
-    pub published: Cell<bool>,
+    published: Cell<bool>,
+    /// `connection.blocked` ("low on disk") was sent and `unblocked` not yet.
+    disk_blocked: Cell<bool>,
 }
 
 impl Connection {
@@ -123,6 +125,7 @@ impl Connection {
             last_method: Cell::new((0, 0)),
             blocked_capable: Cell::new(false),
             published: Cell::new(false),
+            disk_blocked: Cell::new(false),
         }
     }
 
@@ -562,23 +565,59 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
     }
 }
 
+/// Marks the connection as a publisher (on its first publish): from now on the disk alarm
+/// blocks it, and a task tells the client when the alarm starts and ends, whether or not
+/// it is publishing at that moment (as RabbitMQ does).
+pub(crate) fn mark_published(conn: &Rc<Connection>) {
+    if conn.published.replace(true) {
+        return;
+    }
+    glommio::spawn_local(disk_alarm_loop(Rc::downgrade(conn))).detach();
+}
+
+/// Sends `connection.blocked` ("low on disk") when the disk alarm starts and
+/// `connection.unblocked` when it ends, to a client that announced the capability. Holds
+/// the connection weakly.
+async fn disk_alarm_loop(conn: std::rc::Weak<Connection>) {
+    loop {
+        let Some(c) = still_running(&conn) else {
+            return;
+        };
+        let disk = c.shard.storage.disk.clone();
+        let alarm = disk.alarm();
+        if c.blocked_capable.get() && alarm != c.disk_blocked.get() {
+            c.disk_blocked.set(alarm);
+            let method = if alarm {
+                conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                    reason: "low on disk".into(),
+                })
+            } else {
+                conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})
+            };
+            c.send_method(0, AMQPClass::Connection(method));
+        }
+        let l = Listener::new();
+        l.listen(&disk.changed);
+        l.listen(&c.kill);
+        drop(c);
+        // The alarm wakes us; the timeout only notices a connection that ended.
+        let _ = glommio::timer::timeout(Duration::from_secs(10), async {
+            l.await;
+            Ok(())
+        })
+        .await;
+    }
+}
+
 /// The disk alarm (`storage.min_free_bytes`, RabbitMQ's `disk_free_limit`): a connection
-/// that has published is not read while free space is below the watermark, and hears
-/// `connection.blocked` ("low on disk", as RabbitMQ says) then `connection.unblocked`.
-/// Called before reading more from the socket, and by `basic.publish` before a message
-/// completed during the alarm is routed (so it is held, not enqueued, until space returns).
+/// that has published is not read while free space is below the watermark (it hears
+/// `connection.blocked`, "low on disk", from `disk_alarm_loop`). Called before reading
+/// more from the socket, and by `basic.publish` before a message completed during the
+/// alarm is routed (so it is held, not enqueued, until space returns).
 pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
     let disk = conn.shard.storage.disk.clone();
     if !disk.alarm() || !conn.published.get() {
         return;
-    }
-    if conn.blocked_capable.get() {
-        conn.send_method(
-            0,
-            AMQPClass::Connection(conn_m::AMQPMethod::Blocked(conn_m::Blocked {
-                reason: "low on disk".into(),
-            })),
-        );
     }
     while disk.alarm() && !conn.dead.get() && !conn.shard.stopping.get() {
         // We are the ones not reading: the peer's silence is not its fault (RabbitMQ
@@ -587,6 +626,7 @@ pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
         let l = Listener::new();
         l.listen(&disk.changed);
         l.listen(&conn.shard.stop);
+        l.listen(&conn.kill);
         let _ = glommio::timer::timeout(Duration::from_millis(1000), async {
             l.await;
             Ok(())
@@ -594,12 +634,6 @@ pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
         .await;
     }
     conn.last_recv_ms.set(now_ms());
-    if conn.blocked_capable.get() {
-        conn.send_method(
-            0,
-            AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})),
-        );
-    }
 }
 
 /// Back-pressure on a client that sends faster than it reads: while more than

@@ -156,7 +156,7 @@ async fn finish(
     write_allowed(conn, ch, &p.exchange)?;
     // From now on the disk alarm blocks this connection; a publish completed while it is on
     // waits here, not routed, until free space returns (`connection::wait_for_disk`).
-    conn.published.set(true);
+    crate::amqp::connection::mark_published(conn);
     crate::amqp::connection::wait_for_disk(conn).await;
     let msg = direct_reply::rewrite(conn, ch, msg)?;
     if ch.borrow().tx.is_some() {
