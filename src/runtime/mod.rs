@@ -9,6 +9,7 @@ pub mod listener;
 pub mod mesh;
 pub mod notify;
 pub mod preflight;
+pub mod reply;
 pub mod shard;
 pub mod shutdown;
 
@@ -336,6 +337,7 @@ async fn run_shard(
         senders,
         shutdown.clone(),
     ));
+    reply::bind(&shard);
 
     // HTTP first, so /health/ready can say "starting" while recovery runs.
     let http = crate::http::bind(&shard)

@@ -1,0 +1,192 @@
+//! Answers to cross-shard requests, carried back over the channel mesh: `ReplyTo` (what a
+//! request carries), `Awaited` (what the asking task awaits) and `Replies` (the asking
+//! shard's table of tasks waiting for an answer).
+//!
+//! Why not a `futures::channel::oneshot` per request: its receiver, awaited by a glommio
+//! task on the asking shard, hands that task's `Waker` to the sender, which then clones,
+//! wakes and drops it on the answering shard's thread. glommio 0.9 lets a task's waker be
+//! used from another thread ("foreign wakes", `task/raw.rs`), but that path races with the
+//! task being cancelled or finishing on its own thread (its reference count and state are
+//! not updated atomically against it): under consumer-group load this aborted the process
+//! with `free(): double free detected in tcache 2` (issue 13).
+//!
+//! Here no waker ever leaves its thread. A request carries a `ReplyTo` naming the asking
+//! shard and an id in that shard's `Replies`; the answering shard sends the value back as
+//! `Message::Reply` over the mesh, whose shared channels keep every waker on the reactor
+//! that registered it (the remote side only writes an eventfd); the asking shard's
+//! `Shard::serve` hands the value to the waiting task through a oneshot that lives on that
+//! shard alone. A waiter dropped before its answer (the client left, a timeout) removes its
+//! entry; the late answer is then passed to `unclaimed` (a basic.get's message goes back to
+//! its queue) and dropped. A `ReplyTo` dropped unanswered answers "nothing" (`None`), so the
+//! asker does not wait forever.
+//!
+//! Runs on every shard; `bind` ties this thread to its `Shard` once the shard exists, and
+//! `ReplyTo::send` never awaits (a full mesh channel hands the answer to a spawned task), so
+//! the mesh receive loop that calls it never blocks on a send.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
+
+// Only ever used inside one shard: sender (in `Replies`) and receiver (in `Awaited`) are
+// both created, completed and dropped on the asking shard's thread.
+use futures::channel::oneshot;
+
+use super::shard::Shard;
+
+/// An answer in flight: `None` when the request was dropped without one.
+pub type Answer = Option<Box<dyn Any + Send>>;
+
+thread_local! {
+    /// The shard this thread runs, for `ReplyTo::send` and `ReplyTo`'s drop.
+    static SHARD: RefCell<Weak<Shard>> = RefCell::new(Weak::new());
+}
+
+/// Makes `shard` the one this thread's answers leave from (called once per shard thread).
+pub fn bind(shard: &Rc<Shard>) {
+    SHARD.with(|s| *s.borrow_mut() = Rc::downgrade(shard));
+}
+
+fn this_shard() -> Option<Rc<Shard>> {
+    SHARD.try_with(|s| s.borrow().upgrade()).ok().flatten()
+}
+
+/// Where the answer of one request goes: the asking shard and its waiter's id. Carried
+/// inside mesh messages and AMQP ops; plain data, so it may cross threads.
+#[must_use = "an unanswered request is answered with nothing when this drops"]
+pub struct ReplyTo<T> {
+    shard: usize,
+    id: u64,
+    answered: bool,
+    _answer: PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static> ReplyTo<T> {
+    /// Answers the request. Never waits: a full mesh channel leaves the answer to a task.
+    pub fn send(mut self, value: T) {
+        self.answered = true;
+        deliver(self.shard, self.id, Some(Box::new(value)));
+    }
+}
+
+impl<T> ReplyTo<T> {
+    /// The shard that asked.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+}
+
+impl<T> Drop for ReplyTo<T> {
+    fn drop(&mut self) {
+        if !self.answered {
+            deliver(self.shard, self.id, None);
+        }
+    }
+}
+
+/// Hands `answer` to the waiter `id` of shard `to`: directly when that is this shard,
+/// else as a `Message::Reply` over the mesh.
+fn deliver(to: usize, id: u64, answer: Answer) {
+    let Some(shard) = this_shard() else {
+        return; // the shard is gone (its thread is ending): nobody waits any more
+    };
+    if to == shard.id {
+        shard.replies.complete(&shard, id, answer);
+    } else {
+        // A request dropped unanswered while the shard stops may be dropped by the
+        // executor's teardown, when no task can be spawned any more: then only a send
+        // that needs no waiting is tried.
+        let may_wait = answer.is_some() || !shard.stopping.get();
+        shard.post(to, super::mesh::Message::Reply(id, answer), may_wait);
+    }
+}
+
+/// The tasks of this shard waiting for an answer from another shard (or from this one,
+/// for AMQP ops the outbox applies locally).
+#[derive(Default)]
+pub struct Replies {
+    next: Cell<u64>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+}
+
+impl Replies {
+    /// A new waiter on this shard (`me`): the `ReplyTo` to put into the request and the
+    /// future that resolves to its answer.
+    pub fn expect<T: Send + 'static>(self: &Rc<Self>, me: usize) -> (ReplyTo<T>, Awaited<T>) {
+        let id = self.next.get();
+        self.next.set(id.wrapping_add(1));
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, tx);
+        (
+            ReplyTo {
+                shard: me,
+                id,
+                answered: false,
+                _answer: PhantomData,
+            },
+            Awaited {
+                rx,
+                id,
+                table: self.clone(),
+                _answer: PhantomData,
+            },
+        )
+    }
+
+    /// An answer arrived for `id`: wakes its waiter, or, when it is gone, cleans up.
+    pub fn complete(&self, shard: &Rc<Shard>, id: u64, answer: Answer) {
+        let waiter = self.waiting.borrow_mut().remove(&id);
+        let unclaimed = match waiter {
+            Some(tx) => tx.send(answer).err().flatten(),
+            None => answer,
+        };
+        if let Some(answer) = unclaimed {
+            self::unclaimed(shard, answer);
+        }
+    }
+
+    /// Requests waiting for an answer (for tests and metrics).
+    pub fn waiting(&self) -> usize {
+        self.waiting.borrow().len()
+    }
+}
+
+/// An answer nobody waits for any more. Most are dropped as they are; a message taken by
+/// a basic.get whose asker left goes back to its queue.
+fn unclaimed(shard: &Rc<Shard>, answer: Box<dyn Any + Send>) {
+    if let Ok(got) = answer.downcast::<crate::amqp::mesh::GetAnswer>() {
+        crate::amqp::owner::unclaimed_get(shard, *got);
+    }
+}
+
+/// The answer to one request, awaited on the asking shard: `None` when the request was
+/// dropped unanswered. Dropping it withdraws the waiter, so a late answer is discarded.
+pub struct Awaited<T> {
+    rx: oneshot::Receiver<Answer>,
+    id: u64,
+    table: Rc<Replies>,
+    _answer: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static> Future for Awaited<T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(v))) => Poll::Ready(v.downcast::<T>().ok().map(|b| *b)),
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    }
+}
+
+impl<T> Drop for Awaited<T> {
+    fn drop(&mut self) {
+        self.table.waiting.borrow_mut().remove(&self.id);
+    }
+}
