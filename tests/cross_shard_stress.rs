@@ -251,7 +251,7 @@ fn producer(bootstrap: String, stop: Arc<AtomicBool>) {
         let _ = p.send(BaseRecord::to("busy").key(&key).payload(&value));
         p.poll(Duration::ZERO);
         i += 1;
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -365,7 +365,7 @@ async fn amqp_load(url: String, stop: Arc<AtomicBool>) {
                         break;
                     }
                     i += 1;
-                    if i % 20 == 0 {
+                    if i.is_multiple_of(20) {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
@@ -494,13 +494,7 @@ fn assert_serving(broker: &mut Broker) {
             let deadline = Instant::now() + Duration::from_secs(10);
             let got = loop {
                 let g = ch
-                    .basic_get(
-                        q.as_str().into(),
-                        BasicGetOptions {
-                            no_ack: true,
-                            ..Default::default()
-                        },
-                    )
+                    .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
                     .await
                     .expect("basic.get");
                 if let Some(m) = g {

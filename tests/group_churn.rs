@@ -70,18 +70,15 @@ fn run_once() -> Result<f64, String> {
             c.subscribe(&[TOPIC]).map_err(|e| e.to_string())?;
             let mut since_commit = 0;
             while !stop.load(Ordering::Relaxed) {
-                match c.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => {
-                        seen.lock()
-                            .map_err(|_| "lock")?
-                            .insert((m.partition(), m.offset()));
-                        since_commit += 1;
-                        if since_commit >= 500 {
-                            let _ = c.commit_consumer_state(CommitMode::Async);
-                            since_commit = 0;
-                        }
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                    seen.lock()
+                        .map_err(|_| "lock")?
+                        .insert((m.partition(), m.offset()));
+                    since_commit += 1;
+                    if since_commit >= 500 {
+                        let _ = c.commit_consumer_state(CommitMode::Async);
+                        since_commit = 0;
                     }
-                    Some(Err(_)) | None => {}
                 }
             }
             let _ = c.commit_consumer_state(CommitMode::Sync);
@@ -122,7 +119,9 @@ fn run_once() -> Result<f64, String> {
             break;
         }
         if let Some(status) = broker.exited() {
-            result = Err(format!("broker exited with {status} after {n} records consumed"));
+            result = Err(format!(
+                "broker exited with {status} after {n} records consumed"
+            ));
             break;
         }
         if Instant::now() > deadline {
@@ -166,9 +165,6 @@ fn idempotent_producer_and_cooperative_group_runs_without_a_crash() {
             }
         }
     }
-    println!(
-        "group churn: {} of {runs} runs passed",
-        runs - failed.len()
-    );
+    println!("group churn: {} of {runs} runs passed", runs - failed.len());
     assert!(failed.is_empty(), "runs {failed:?} failed");
 }

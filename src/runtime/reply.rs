@@ -44,7 +44,7 @@ pub type Answer = Option<Box<dyn Any + Send>>;
 
 thread_local! {
     /// The shard this thread runs, for `ReplyTo::send` and `ReplyTo`'s drop.
-    static SHARD: RefCell<Weak<Shard>> = RefCell::new(Weak::new());
+    static SHARD: RefCell<Weak<Shard>> = const { RefCell::new(Weak::new()) };
 }
 
 /// Makes `shard` the one this thread's answers leave from (called once per shard thread).
