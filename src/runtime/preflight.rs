@@ -15,7 +15,8 @@ const MEMLOCK_RECOMMENDED: u64 = 512 << 20;
 const SOMAXCONN_RECOMMENDED: u64 = 4096;
 
 fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    // SAFETY: getrlimit writes into the struct we own.
+    // SAFETY: `libc::rlimit` is two integers, so all-zero is a valid value; getrlimit
+    // writes at most one `rlimit` through the pointer, which names our local for the call.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
         (libc::getrlimit(resource, &mut r) == 0).then_some(r.rlim_cur)
