@@ -96,7 +96,9 @@ fn deliver(to: usize, id: u64, answer: Answer) {
         return; // the shard is gone (its thread is ending): nobody waits any more
     };
     if to == shard.id {
-        shard.replies.complete(&shard, id, answer);
+        if let Some(unclaimed) = shard.replies.complete(id, answer) {
+            self::unclaimed(&shard, unclaimed);
+        }
     } else {
         // A request dropped unanswered while the shard stops may be dropped by the
         // executor's teardown, when no task can be spawned any more: then only a send
@@ -138,15 +140,13 @@ impl Replies {
         )
     }
 
-    /// An answer arrived for `id`: wakes its waiter, or, when it is gone, cleans up.
-    pub fn complete(&self, shard: &Rc<Shard>, id: u64, answer: Answer) {
+    /// An answer arrived for `id`: wakes its waiter. Returns the answer when nobody waits
+    /// for it any more (the caller hands it to `unclaimed`).
+    pub fn complete(&self, id: u64, answer: Answer) -> Option<Box<dyn Any + Send>> {
         let waiter = self.waiting.borrow_mut().remove(&id);
-        let unclaimed = match waiter {
+        match waiter {
             Some(tx) => tx.send(answer).err().flatten(),
             None => answer,
-        };
-        if let Some(answer) = unclaimed {
-            self::unclaimed(shard, answer);
         }
     }
 
@@ -158,7 +158,7 @@ impl Replies {
 
 /// An answer nobody waits for any more. Most are dropped as they are; a message taken by
 /// a basic.get whose asker left goes back to its queue.
-fn unclaimed(shard: &Rc<Shard>, answer: Box<dyn Any + Send>) {
+pub fn unclaimed(shard: &Rc<Shard>, answer: Box<dyn Any + Send>) {
     if let Ok(got) = answer.downcast::<crate::amqp::mesh::GetAnswer>() {
         crate::amqp::owner::unclaimed_get(shard, *got);
     }
@@ -188,5 +188,54 @@ impl<T: 'static> Future for Awaited<T> {
 impl<T> Drop for Awaited<T> {
     fn drop(&mut self) {
         self.table.waiting.borrow_mut().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+
+    #[test]
+    fn an_answer_reaches_its_waiter_once() {
+        let replies = Rc::new(Replies::default());
+        let (reply, answer) = replies.expect::<u32>(0);
+        std::mem::forget(reply); // answered by hand below, as `Shard::serve` would
+        assert_eq!(replies.waiting(), 1);
+        assert!(replies.complete(0, Some(Box::new(7u32))).is_none());
+        assert_eq!(block_on(answer), Some(7));
+        assert_eq!(replies.waiting(), 0);
+        // A second answer for the same id finds nobody.
+        assert!(replies.complete(0, Some(Box::new(8u32))).is_some());
+    }
+
+    #[test]
+    fn a_dropped_waiter_leaves_its_answer_unclaimed() {
+        let replies = Rc::new(Replies::default());
+        let (reply, answer) = replies.expect::<String>(0);
+        std::mem::forget(reply);
+        drop(answer);
+        assert_eq!(replies.waiting(), 0, "the guard withdrew the waiter");
+        let late = replies.complete(0, Some(Box::new("late".to_string())));
+        let late = late.and_then(|b| b.downcast::<String>().ok());
+        assert_eq!(late.as_deref().map(String::as_str), Some("late"));
+    }
+
+    #[test]
+    fn a_request_dropped_unanswered_answers_nothing() {
+        let replies = Rc::new(Replies::default());
+        let (reply, answer) = replies.expect::<u32>(0);
+        std::mem::forget(reply);
+        assert!(replies.complete(0, None).is_none());
+        assert_eq!(block_on(answer), None);
+    }
+
+    #[test]
+    fn an_answer_of_another_type_is_nothing() {
+        let replies = Rc::new(Replies::default());
+        let (reply, answer) = replies.expect::<u32>(0);
+        std::mem::forget(reply);
+        assert!(replies.complete(0, Some(Box::new("x"))).is_none());
+        assert_eq!(block_on(answer), None);
     }
 }

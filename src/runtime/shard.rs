@@ -350,7 +350,9 @@ impl Shard {
             }
             Message::Reply(id, answer) => {
                 // Wakes the waiting task of this shard (or cleans up after one that left).
-                self.replies.complete(self, id, answer);
+                if let Some(unclaimed) = self.replies.complete(id, answer) {
+                    super::reply::unclaimed(self, unclaimed);
+                }
             }
         }
     }
