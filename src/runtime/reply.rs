@@ -20,6 +20,19 @@
 //! its queue) and dropped. A `ReplyTo` dropped unanswered answers "nothing" (`None`), so the
 //! asker does not wait forever.
 //!
+//! Everything else that wakes a task was audited for the same fault (issue 13); none wakes
+//! a task from another thread:
+//! - one-shot channels whose two ends stay on one shard: storage's sync waiters (the
+//!   flusher completes them on the partition's shard), the offset store's commit waiters
+//!   and the group state machine's join/sync waiters (on the coordinator shard), the HTTP
+//!   publish's `ConfirmWaits` (on the request's shard), and the waiter table here;
+//! - `spawn_blocking` (catalog, offsets, compaction, deletes): glommio's pool thread
+//!   returns the result through its reactor and an eventfd, never through a waker;
+//! - `Shutdown` (`Arc`, atomics): the signal thread only sets a flag, which shards poll on
+//!   a timer, and the drain barrier is polled too;
+//! - `Notify`, hyper's sleeps (`http::io`, see its SAFETY note), timers and sockets: local
+//!   to the shard by construction (`Rc`, not `Send`).
+//!
 //! Runs on every shard; `bind` ties this thread to its `Shard` once the shard exists, and
 //! `ReplyTo::send` never awaits (a full mesh channel hands the answer to a spawned task), so
 //! the mesh receive loop that calls it never blocks on a send.
