@@ -6,10 +6,13 @@
 //! the mesh). Afterwards the broker must still be running and serve Kafka, AMQP and HTTP,
 //! with no panic in its log.
 //!
-//! Before cross-shard answers travelled back over the mesh, each one woke the asking task
-//! from the answering shard's thread (a `futures` oneshot), racing with that task ending on
-//! its own thread; this workload aborted the process with glibc's `free(): double free
-//! detected in tcache 2` (issue 13). `STRESS_SECS` sets how long the load runs (default 25).
+//! Before cross-shard answers travelled back over the mesh (`runtime::reply`), each one woke
+//! the asking task from the answering shard's thread (a `futures` oneshot), racing with
+//! that task ending on its own thread: issue 13 saw glibc's `free(): double free detected
+//! in tcache 2` under Kafka load. On the 2-vCPU test machine this test did not reproduce
+//! the abort with the old build (0 of 9 runs, debug and release brokers), so it guards the
+//! paths that raced rather than demonstrating the crash. `STRESS_SECS` sets how long the
+//! load runs (default 25); `BROKER_UNDER_TEST` runs it against another build.
 
 mod common;
 
