@@ -17,10 +17,11 @@ usage() {
 Usage: $PROG [--test NAME]... [--all] [--no-load] [--tool asan|valgrind] [--duration D]
 
 Memory-error checks of the broker:
-  asan      (nightly toolchain) RUSTFLAGS=-Zsanitizer=address, cargo +nightly test
-            --target x86_64-unknown-linux-gnu (with -Zbuild-std when the nightly has
-            rust-src), so the broker the tests start is instrumented; a report ends the
-            broker and shows in its log, which the tests check
+  asan      (nightly toolchain) the broker is built with RUSTFLAGS=-Zsanitizer=address,
+            cargo +nightly build --target x86_64-unknown-linux-gnu (with -Zbuild-std when
+            the nightly has rust-src) into target/asan; the tests (built as usual) start
+            it through BROKER_UNDER_TEST; a report ends the broker and shows in its log,
+            which the tests check
   valgrind  (no nightly) the tests start the debug broker under valgrind --error-exitcode
 Then the load harness (cargo bench --bench load -- kafka) runs for --duration against one
 more checked broker, and its log is searched for reports.
@@ -79,38 +80,31 @@ case "$TOOL" in
         else
             echo "$PROG: nightly has no rust-src (rustup component add rust-src --toolchain nightly): the standard library is not instrumented"
         fi
-        export RUSTFLAGS="-Zsanitizer=address"
-        export RUSTDOCFLAGS="-Zsanitizer=address"
+        # Only the broker is instrumented; the tests and the harness (librdkafka, lapin)
+        # are built as usual and drive it through BROKER_UNDER_TEST.
+        RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR="$ROOT/target/asan" \
+            cargo +nightly build "${build_std[@]}" --target "$TARGET" --bin portask
+        BROKER=$ROOT/target/asan/$TARGET/debug/portask
         export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
-        export CARGO_TARGET_DIR="$ROOT/target/asan"
-        cargo_cmd=(cargo +nightly)
-        cargo_opts=("${build_std[@]}" --target "$TARGET")
-        BROKER=$CARGO_TARGET_DIR/$TARGET/debug/portask
         REPORT='AddressSanitizer'
-        "${cargo_cmd[@]}" test "${cargo_opts[@]}" "${test_args[@]}"
         ;;
     valgrind)
         command -v valgrind >/dev/null || { echo "$PROG: valgrind is not installed: nothing checked"; exit 0; }
         cargo build --bin portask
-        wrapper=$(mktemp /tmp/portask-valgrind.XXXXXX)
-        cat >"$wrapper" <<WRAP
+        BROKER=$(mktemp /tmp/portask-valgrind.XXXXXX)
+        cat >"$BROKER" <<WRAP
 #!/usr/bin/env bash
-exec valgrind --quiet --error-exitcode=99 --trace-children=no "$ROOT/target/debug/portask" "\$@"
+exec valgrind --quiet --error-exitcode=99 "$ROOT/target/debug/portask" "\$@"
 WRAP
-        chmod +x "$wrapper"
-        cargo_cmd=(cargo)
-        cargo_opts=()
-        BROKER=$wrapper
+        chmod +x "$BROKER"
         REPORT='Invalid read\|Invalid write\|Invalid free\|Mismatched free'
-        BROKER_UNDER_TEST=$wrapper cargo test "${test_args[@]}"
         ;;
     *) echo "$PROG: unknown tool $TOOL" >&2; exit 2 ;;
 esac
+echo "$PROG: tests against $BROKER ($TOOL)"
+BROKER_UNDER_TEST=$BROKER cargo test "${test_args[@]}"
 
 if [ "$LOAD" = 1 ]; then
-    if [ "$TOOL" = asan ]; then
-        "${cargo_cmd[@]}" build "${cargo_opts[@]}" --bin portask
-    fi
     free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
     data=$(mktemp -d /tmp/portask-sanitize.XXXXXX)
     kafka=$(free_port); amqp=$(free_port); http=$(free_port)
@@ -123,7 +117,7 @@ if [ "$LOAD" = 1 ]; then
         sleep 0.1
     done
     status=0
-    "${cargo_cmd[@]}" bench "${cargo_opts[@]}" --bench load -- kafka \
+    cargo bench --bench load -- kafka \
         --brokers "127.0.0.1:$kafka" --partitions 6 --producers 2 --consumers 2 \
         --duration "$DURATION" || status=$?
     if kill -0 "$pid" 2>/dev/null; then
