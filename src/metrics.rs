@@ -497,7 +497,9 @@ pub fn process(data_dir: &std::path::Path) -> Process {
         });
     }
     if let Ok(path) = std::ffi::CString::new(p.data_dir.as_bytes()) {
-        // SAFETY: statvfs fills the zeroed struct we pass; the path is NUL-terminated.
+        // SAFETY: `libc::statvfs` is plain integers, so all-zero is a valid value; statvfs
+        // reads the NUL-terminated path `path` owns (alive for the call) and writes one
+        // `statvfs` into our local.
         unsafe {
             let mut st: libc::statvfs = std::mem::zeroed();
             if libc::statvfs(path.as_ptr(), &mut st) == 0 {

@@ -17,13 +17,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Tooling variables that must not leak from the developer's shell into a test.
 const TOOL_VARS: [&str; 3] = ["PORTASK_SYSCTL_ROOT", "PORTASK_SYS_ROOT", "PORTASK_BIN"];
 
-const SCRIPTS: [&str; 7] = [
+const SCRIPTS: [&str; 9] = [
     "sysctl.sh",
     "limits.sh",
     "pin.sh",
     "healthcheck.sh",
     "compare.sh",
     "client-compat.sh",
+    "group-churn.sh",
+    "sanitize.sh",
     "portask.service",
 ];
 

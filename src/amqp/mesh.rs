@@ -6,10 +6,14 @@
 //! shard: deliver, confirm, cancelled. Each envelope carries the sender's catalog
 //! version (`Arc<CatalogState>`), which the receiver installs first if it is newer, so an
 //! op never names a queue the receiving shard has not heard of yet.
+//!
+//! An op that is answered (consume, get, stats, purge, delete, barrier) carries a
+//! `ReplyTo`: the answer comes back over the mesh (`runtime::reply`), never through a
+//! channel that would wake the asking task from the owner's thread.
 
 use std::sync::Arc;
 
-use futures::channel::oneshot;
+use crate::runtime::reply::ReplyTo;
 
 use super::message::Message;
 use super::routing::QueueRef;
@@ -65,6 +69,14 @@ pub struct ConfirmTo {
     pub seq: u64,
 }
 
+/// The answer to a basic.get: the message taken (with the count of ready messages left)
+/// from `queue`. If its asker has left when it arrives, the message goes back to the queue
+/// (`owner::unclaimed_get`).
+pub struct GetAnswer {
+    pub queue: QueueRef,
+    pub got: Option<(Delivery, u32)>,
+}
+
 /// Statistics for queue.declare-ok: (messages ready, consumers).
 pub type QueueStats = (u32, u32);
 
@@ -78,7 +90,7 @@ pub enum Op {
     Consume {
         queue: QueueRef,
         consumer: ConsumerSpec,
-        reply: oneshot::Sender<Result<(), Refusal>>,
+        reply: ReplyTo<Result<(), Refusal>>,
     },
     Cancel {
         queue: QueueRef,
@@ -107,25 +119,25 @@ pub enum Op {
     Get {
         queue: QueueRef,
         no_ack: bool,
-        reply: oneshot::Sender<Option<(Delivery, u32)>>,
+        reply: ReplyTo<GetAnswer>,
     },
     Stats {
         queue: QueueRef,
-        reply: oneshot::Sender<Option<QueueStats>>,
+        reply: ReplyTo<Option<QueueStats>>,
     },
     Purge {
         queue: QueueRef,
-        reply: oneshot::Sender<u32>,
+        reply: ReplyTo<u32>,
     },
     Delete {
         queue: QueueRef,
         if_unused: bool,
         if_empty: bool,
-        reply: oneshot::Sender<Result<(u32, Arc<CatalogState>), Refusal>>,
+        reply: ReplyTo<Result<(u32, Arc<CatalogState>), Refusal>>,
     },
     /// Answered once every op sent before it to this shard is processed (and persisted).
     Barrier {
-        reply: oneshot::Sender<()>,
+        reply: ReplyTo<()>,
     },
 
     // ---- to a connection's shard ----
@@ -242,7 +254,7 @@ pub enum Request {
 }
 
 pub enum Reply {
-    /// The ops were applied (their own replies travel in their oneshots).
+    /// The ops were applied (answered ops are answered through their own `ReplyTo`).
     Done,
     /// The shard could not be reached (stopping).
     Unavailable,

@@ -2,11 +2,12 @@
 //! work on the queues it owns, deliveries and confirms for the connections it holds.
 //!
 //! Called synchronously from `Shard::serve` (ops from another shard) and from the outbox's
-//! flush task (ops for this shard), always in the order they were queued.
+//! flush task (ops for this shard), always in the order they were queued. Answers leave
+//! through the ops' `ReplyTo`s, which never wait (`runtime::reply`).
 
 use std::rc::Rc;
 
-use super::mesh::{Op, Reply, Request, Settle};
+use super::mesh::{GetAnswer, Op, Reply, Request, Settle};
 use super::queue::{confirm_to, QueueHandle, QueueState};
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
@@ -16,20 +17,16 @@ use crate::runtime::shard::Shard;
 
 /// An envelope from another shard: applied now; the reply (which lets the sender's
 /// outbox send its next envelope) waits while this shard is under memory pressure.
-pub fn serve_remote(
-    shard: &Rc<Shard>,
-    req: Request,
-    reply: futures::channel::oneshot::Sender<Reply>,
-) {
+pub fn serve_remote(shard: &Rc<Shard>, req: Request, reply: crate::runtime::reply::ReplyTo<Reply>) {
     let r = serve(shard, req);
     if !under_pressure(shard) {
-        let _ = reply.send(r);
+        reply.send(r);
         return;
     }
     let shard = shard.clone();
     super::spawn_later(async move {
         relieve(&shard).await;
-        let _ = reply.send(r);
+        reply.send(r);
     });
 }
 
@@ -130,7 +127,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 Some(q) => q.borrow_mut().consume(shard, consumer),
                 None => Err(not_found(&queue)),
             };
-            let _ = reply.send(r);
+            reply.send(r);
         }
         Op::Cancel { queue, cid } => {
             if let Some(q) = shard.amqp.queue(queue.id) {
@@ -176,12 +173,12 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             reply,
         } => {
             let Some(q) = queue_for(shard, &queue) else {
-                let _ = reply.send(None);
+                reply.send(GetAnswer { queue, got: None });
                 return;
             };
             if !q.borrow().head_paged() {
                 let r = q.borrow_mut().get(shard, no_ack);
-                answer_get(shard, queue.id, reply, r);
+                reply.send(GetAnswer { queue, got: r });
                 return;
             }
             // The head is on disk: read it back, then answer.
@@ -192,7 +189,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                     .amqp
                     .queue(queue.id)
                     .and_then(|q| q.borrow_mut().get(&shard, no_ack));
-                answer_get(&shard, queue.id, reply, r);
+                reply.send(GetAnswer { queue, got: r });
             });
         }
         Op::Stats { queue, reply } => {
@@ -201,13 +198,13 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 q.touch();
                 q.stats()
             });
-            let _ = reply.send(r);
+            reply.send(r);
         }
         Op::Purge { queue, reply } => {
             let n = queue_for(shard, &queue)
                 .map(|q| q.borrow_mut().purge(shard))
                 .unwrap_or(0);
-            let _ = reply.send(n);
+            reply.send(n);
         }
         Op::Delete {
             queue,
@@ -216,7 +213,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             reply,
         } => {
             let Some(q) = queue_for(shard, &queue) else {
-                let _ = reply.send(Ok((0, shard.catalog.current())));
+                reply.send(Ok((0, shard.catalog.current())));
                 return;
             };
             let (count, consumers) = {
@@ -224,7 +221,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 (q.ready_len() as u32, q.has_consumers())
             };
             if if_unused && consumers {
-                let _ = reply.send(Err((
+                reply.send(Err((
                     reply::PRECONDITION_FAILED,
                     format!(
                         "PRECONDITION_FAILED - queue '{}' in vhost '{}' in use",
@@ -234,7 +231,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 return;
             }
             if if_empty && count > 0 {
-                let _ = reply.send(Err((
+                reply.send(Err((
                     reply::PRECONDITION_FAILED,
                     format!(
                         "PRECONDITION_FAILED - queue '{}' in vhost '{}' is not empty",
@@ -246,11 +243,11 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             let shard = shard.clone();
             super::spawn_later(async move {
                 let state = delete_queue(&shard, &queue).await;
-                let _ = reply.send(Ok((count, state)));
+                reply.send(Ok((count, state)));
             });
         }
         Op::Barrier { reply } => {
-            let _ = reply.send(());
+            reply.send(());
         }
         Op::Deliver {
             conn,
@@ -296,18 +293,22 @@ fn apply(shard: &Rc<Shard>, op: Op) {
     }
 }
 
-/// Answers a basic.get; a message nobody waits for any more (the asking task is gone)
-/// goes back to the queue as it was, unless it was taken with no-ack.
-fn answer_get(
-    shard: &Rc<Shard>,
-    qid: u64,
-    reply: futures::channel::oneshot::Sender<Option<(super::mesh::Delivery, u32)>>,
-    got: Option<(super::mesh::Delivery, u32)>,
-) {
-    if let Err(Some((d, _))) = reply.send(got) {
-        if let Some(q) = shard.amqp.queue(qid) {
-            q.borrow_mut().settle(shard, vec![d.id], Settle::Return);
-        }
+/// The answer to a basic.get arrived on the asking shard after its asker left (the
+/// channel closed, the HTTP client went away): the message goes back to its queue as it
+/// was (a no-ack get's message is no longer in the queue's unacked map, so this is then a
+/// no-op on the owner). Runs on the asking shard; the settle travels through the outbox.
+pub fn unclaimed_get(shard: &Rc<Shard>, answer: GetAnswer) {
+    if let Some((d, _)) = answer.got {
+        let owner = answer.queue.owner;
+        outbox::push(
+            shard,
+            owner,
+            Op::Settle {
+                queue: answer.queue,
+                ids: vec![d.id],
+                how: Settle::Return,
+            },
+        );
     }
 }
 

@@ -66,9 +66,14 @@ pub struct GlommioTimer;
 struct GlommioSleep(glommio::timer::Timer);
 
 // SAFETY: hyper asks `Send + Sync` of sleeps because some of its users run connections on
-// work-stealing runtimes. Ours are created and polled inside one connection future that
-// holds a glommio `TcpStream` (itself neither `Send` nor `Sync`), so that future, and the
-// sleeps in it, never leave the shard's thread.
+// work-stealing runtimes. A glommio `Timer` must be polled and dropped on the thread that
+// made it (it registers with that thread's reactor, and its waker is a local task's).
+// Ours are made only by `GlommioTimer`, which `http::connection` hands to one HTTP/1
+// `serve_connection` future; hyper keeps the sleep inside that future's state (an HTTP/1
+// server connection spawns no task and is given no executor). That future holds
+// `Io(TcpStream)` and an `Rc<Shard>` (neither `Send` nor `Sync`), so the compiler keeps it,
+// and the sleeps in it, on the shard's thread where `glommio::spawn_local` runs it: no
+// sleep is ever sent to, shared with or woken from another thread.
 unsafe impl Send for GlommioSleep {}
 // SAFETY: as above: never shared with another thread.
 unsafe impl Sync for GlommioSleep {}

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 
 use futures::future::{select, Either};
@@ -77,9 +77,13 @@ struct Client {
     peer: String,
     local: String,
     connected_at_ms: i64,
-    /// The socket, for closing it from outside. The entry leaves the map before the
-    /// connection's task drops its stream, so the descriptor is never a reused one.
-    fd: i32,
+    /// A descriptor of the connection's socket that this entry owns (a duplicate), for
+    /// shutting the connection down from outside. The connection's own descriptors may
+    /// close before the entry leaves the map (its reader stream is dropped when reading
+    /// ends, while its writer still drains), after which their numbers can name another
+    /// file; this one stays open exactly as long as the entry, so it always names this
+    /// connection's socket. `None` when it could not be duplicated (no descriptors left).
+    fd: Option<OwnedFd>,
 }
 
 /// The open connections of one shard.
@@ -119,7 +123,12 @@ impl Clients {
                 peer: addr(stream.peer_addr().map_err(Into::into)),
                 local: addr(stream.local_addr().map_err(Into::into)),
                 connected_at_ms: crate::storage::log::now_ms(),
-                fd: stream.as_raw_fd(),
+                // SAFETY: `stream` is alive for this whole call, so its descriptor is open
+                // while it is borrowed; the borrow ends with this statement, leaving only
+                // the duplicate we own.
+                fd: unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+                    .try_clone_to_owned()
+                    .ok(),
             },
         );
         if let Some(p) = crate::metrics::Protocol::from_name(protocol) {
@@ -147,12 +156,15 @@ impl Clients {
 
     /// Shuts a connection's socket down; false when it is not open on this shard.
     pub fn shutdown(&self, id: u64) -> bool {
-        let Some(fd) = self.map.borrow().get(&id).map(|c| c.fd) else {
+        let map = self.map.borrow();
+        let Some(fd) = map.get(&id).and_then(|c| c.fd.as_ref()) else {
             return false;
         };
-        // SAFETY: the descriptor belongs to a live connection of this shard (its entry is
-        // removed before the socket is closed); shutdown does not close it.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        // SAFETY: `fd` is the entry's own duplicate of the connection's socket, open while
+        // the entry (borrowed here) exists; shutdown neither closes it nor touches memory.
+        // Shutting down one descriptor of a socket ends it for all of them, so the
+        // connection's tasks see the peer go away and clean up as usual.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
         true
     }
 

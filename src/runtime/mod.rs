@@ -9,6 +9,7 @@ pub mod listener;
 pub mod mesh;
 pub mod notify;
 pub mod preflight;
+pub mod reply;
 pub mod shard;
 pub mod shutdown;
 
@@ -155,7 +156,8 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
     std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.to_owned(), e))?;
     let path = dir.join(".lock");
     let file = File::create(&path).map_err(|e| StartError::DataDir(dir.to_owned(), e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    // SAFETY: flock takes a descriptor and flags, no pointers; `file` is ours and open for
+    // the call (and stays open, holding the lock, as long as `DataDirLock`).
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
         return Err(StartError::Locked(dir.to_owned(), path));
@@ -336,6 +338,7 @@ async fn run_shard(
         senders,
         shutdown.clone(),
     ));
+    reply::bind(&shard);
 
     // HTTP first, so /health/ready can say "starting" while recovery runs.
     let http = crate::http::bind(&shard)

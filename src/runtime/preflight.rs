@@ -15,7 +15,8 @@ const MEMLOCK_RECOMMENDED: u64 = 512 << 20;
 const SOMAXCONN_RECOMMENDED: u64 = 4096;
 
 fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    // SAFETY: getrlimit writes into the struct we own.
+    // SAFETY: `libc::rlimit` is two integers, so all-zero is a valid value; getrlimit
+    // writes at most one `rlimit` through the pointer, which names our local for the call.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
         (libc::getrlimit(resource, &mut r) == 0).then_some(r.rlim_cur)
@@ -42,11 +43,16 @@ pub fn memlock_warning(soft: u64) -> Option<String> {
     })
 }
 
+/// Descriptors one connection holds: its reader's, its writer's (a `dup`, see
+/// `kafka::server`) and the connection list's own duplicate (`runtime::listener`).
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 3;
+
 pub fn nofile_warning(soft: u64, shards: usize, max_connections: usize) -> Option<String> {
-    let need = (shards * max_connections) as u64 + 1024;
+    let need = (shards * max_connections) as u64 * DESCRIPTORS_PER_CONNECTION + 1024;
     (soft != libc::RLIM_INFINITY && soft < need).then(|| {
         format!(
-            "open-file limit is {soft}, below the {need} that {shards} shards × {max_connections} connections need: \
+            "open-file limit is {soft}, below the {need} that {shards} shards × {max_connections} connections \
+             ({DESCRIPTORS_PER_CONNECTION} descriptors each) need: \
              run scripts/limits.sh --apply (or LimitNOFILE=1048576 in the systemd unit)"
         )
     })

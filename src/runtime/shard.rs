@@ -3,16 +3,19 @@
 //!
 //! Created inside the shard's executor and shared with its tasks by `Rc`. Work for another
 //! shard leaves through `Shard::send`; work from another shard arrives in `Shard::serve`.
+//! Answers come back the same way, as `Message::Reply` (see `runtime::reply`): no task's
+//! waker is ever handed to another shard's thread.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
+use glommio::{GlommioError, ResourceType};
 
 use super::mesh::{CatalogReply, Message};
 use super::notify::Notify;
+use super::reply::{Awaited, Replies, ReplyTo};
 use super::shutdown::Shutdown;
 use crate::catalog::writer::CatalogWriter;
 use crate::catalog::{self, CatalogError, CatalogState, Change, Replica};
@@ -43,6 +46,8 @@ pub struct Shard {
     pub stop: Notify,
     /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
     pub amqp: crate::amqp::ShardAmqp,
+    /// Tasks of this shard waiting for an answer from another shard.
+    pub replies: Rc<Replies>,
 }
 
 /// FNV-1a: a hash that never changes between builds or runs, for ownership.
@@ -93,6 +98,7 @@ impl Shard {
             stopping: Cell::new(false),
             stop: Notify::new(),
             amqp,
+            replies: Rc::new(Replies::default()),
         }
     }
 
@@ -108,16 +114,49 @@ impl Shard {
             .map_err(|_| CatalogError::Storage(format!("shard {to} is not reachable")))
     }
 
+    /// Sends without waiting (answers: the mesh receive loop sends them, and must never
+    /// wait for room). When the channel to `to` is full, a task waits for room instead,
+    /// unless `may_wait` is false (then the message is dropped).
+    pub(super) fn post(self: &Rc<Self>, to: usize, msg: Message, may_wait: bool) {
+        match self.senders.try_send_to(to, msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) if may_wait => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = me.senders.send_to(to, msg).await;
+                })
+                .detach();
+            }
+            // The peer has stopped (or cannot take it now): nobody waits for it.
+            Err(_) => {}
+        }
+    }
+
+    /// A waiter for one answer: the `ReplyTo` to carry in the request, and its answer.
+    pub fn expect<T: Send + 'static>(&self) -> (ReplyTo<T>, Awaited<T>) {
+        self.replies.expect(self.id)
+    }
+
+    /// Sends the request `ask` makes to shard `to` and waits for its answer; `None` when
+    /// the shard cannot be reached or drops the request unanswered.
+    pub async fn ask<T: Send + 'static>(
+        self: &Rc<Self>,
+        to: usize,
+        ask: impl FnOnce(ReplyTo<T>) -> Message,
+    ) -> Option<T> {
+        let (reply, answer) = self.expect();
+        self.send(to, ask(reply)).await.ok()?;
+        answer.await
+    }
+
     /// Asks partition work of `owner`, locally or across the mesh.
     pub async fn kafka(self: &Rc<Self>, owner: usize, req: owner::Request) -> owner::Reply {
         if owner == self.id {
             return owner::serve(self, req).await;
         }
-        let (tx, rx) = oneshot::channel();
-        if self.send(owner, Message::Kafka(req, tx)).await.is_err() {
-            return owner::Reply::Unavailable;
-        }
-        rx.await.unwrap_or(owner::Reply::Unavailable)
+        self.ask(owner, |reply| Message::Kafka(req, reply))
+            .await
+            .unwrap_or(owner::Reply::Unavailable)
     }
 
     /// Asks the coordinator shard of a consumer group, locally or across the mesh.
@@ -131,11 +170,9 @@ impl Shard {
         if owner == self.id {
             return self.groups.start(req).await;
         }
-        let (tx, rx) = oneshot::channel();
-        if self.send(owner, Message::Group(req, tx)).await.is_err() {
-            return groups::Reply::Unavailable;
-        }
-        rx.await.unwrap_or(groups::Reply::Unavailable)
+        self.ask(owner, |reply| Message::Group(req, reply))
+            .await
+            .unwrap_or(groups::Reply::Unavailable)
     }
 
     /// Starts partition work on `owner` and returns its completion; the synchronous part
@@ -148,11 +185,11 @@ impl Shard {
         if owner == self.id {
             return owner::start(self, req);
         }
-        let (tx, rx) = oneshot::channel();
-        if self.send(owner, Message::Kafka(req, tx)).await.is_err() {
+        let (reply, answer) = self.expect();
+        if self.send(owner, Message::Kafka(req, reply)).await.is_err() {
             return Box::pin(async { owner::Reply::Unavailable });
         }
-        Box::pin(async move { rx.await.unwrap_or(owner::Reply::Unavailable) })
+        Box::pin(async move { answer.await.unwrap_or(owner::Reply::Unavailable) })
     }
 
     /// AMQP ops for `owner`, locally or across the mesh: the one place AMQP work crosses
@@ -167,11 +204,9 @@ impl Shard {
             crate::amqp::owner::relieve(self).await;
             return r;
         }
-        let (tx, rx) = oneshot::channel();
-        if self.send(owner, Message::Amqp(req, tx)).await.is_err() {
-            return crate::amqp::mesh::Reply::Unavailable;
-        }
-        rx.await.unwrap_or(crate::amqp::mesh::Reply::Unavailable)
+        self.ask(owner, |reply| Message::Amqp(req, reply))
+            .await
+            .unwrap_or(crate::amqp::mesh::Reply::Unavailable)
     }
 
     /// Applies catalog changes through shard 0's writer and installs the resulting state
@@ -185,20 +220,16 @@ impl Shard {
         let reply = if self.id == 0 {
             self.write_catalog(changes, validate_only).await
         } else {
-            let (tx, rx) = oneshot::channel();
-            let sent = self
-                .send(
-                    0,
-                    Message::Catalog {
-                        changes,
-                        validate_only,
-                        reply: tx,
-                    },
-                )
+            let answer = self
+                .ask(0, |reply| Message::Catalog {
+                    changes,
+                    validate_only,
+                    reply,
+                })
                 .await;
-            match (sent, rx.await) {
-                (Ok(()), Ok(reply)) => reply,
-                _ => {
+            match answer {
+                Some(reply) => reply,
+                None => {
                     let e = CatalogError::Storage("catalog writer unreachable".into());
                     return vec![Err(e); n];
                 }
@@ -282,7 +313,7 @@ impl Shard {
                 let me = self.clone();
                 glommio::spawn_local(async move {
                     let r = me.write_catalog(changes, validate_only).await;
-                    let _ = reply.send(r);
+                    reply.send(r);
                 })
                 .detach();
             }
@@ -292,7 +323,7 @@ impl Shard {
             Message::Group(req, reply) => {
                 let done = self.groups.start(req);
                 glommio::spawn_local(async move {
-                    let _ = reply.send(done.await);
+                    reply.send(done.await);
                 })
                 .detach();
             }
@@ -301,21 +332,27 @@ impl Shard {
                 crate::amqp::owner::serve_remote(self, req, reply);
             }
             Message::Ping(reply) => {
-                let _ = reply.send(());
+                reply.send(());
             }
             Message::Stats(reply) => {
-                let _ = reply.send(Box::new(crate::metrics::snapshot(self)));
+                reply.send(Box::new(crate::metrics::snapshot(self)));
             }
             Message::CloseConnection(id, reply) => {
-                let _ = reply.send(self.clients.shutdown(id));
+                reply.send(self.clients.shutdown(id));
             }
             Message::Kafka(req, reply) => {
                 // The synchronous part runs now, in arrival order.
                 let done = owner::start(self, req);
                 glommio::spawn_local(async move {
-                    let _ = reply.send(done.await);
+                    reply.send(done.await);
                 })
                 .detach();
+            }
+            Message::Reply(id, answer) => {
+                // Wakes the waiting task of this shard (or cleans up after one that left).
+                if let Some(unclaimed) = self.replies.complete(id, answer) {
+                    super::reply::unclaimed(self, unclaimed);
+                }
             }
         }
     }
@@ -326,9 +363,7 @@ impl Shard {
             if to == self.id {
                 return Some(crate::metrics::snapshot(self));
             }
-            let (tx, rx) = oneshot::channel();
-            self.send(to, Message::Stats(tx)).await.ok()?;
-            rx.await.ok().map(|b| *b)
+            self.ask(to, Message::Stats).await.map(|b| *b)
         });
         futures::future::join_all(asks)
             .await
@@ -342,8 +377,7 @@ impl Shard {
         if to == self.id {
             return true;
         }
-        let (tx, rx) = oneshot::channel();
-        let ask = async { self.send(to, Message::Ping(tx)).await.is_ok() && rx.await.is_ok() };
+        let ask = async { self.ask(to, Message::Ping).await.is_some() };
         let timer = glommio::timer::sleep(deadline);
         match futures::future::select(Box::pin(ask), Box::pin(timer)).await {
             futures::future::Either::Left((answered, _)) => answered,
@@ -360,15 +394,9 @@ impl Shard {
         if to >= self.count {
             return false;
         }
-        let (tx, rx) = oneshot::channel();
-        if self
-            .send(to, Message::CloseConnection(id, tx))
+        self.ask(to, |reply| Message::CloseConnection(id, reply))
             .await
-            .is_err()
-        {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+            .unwrap_or(false)
     }
 
     pub fn connection_list(&self) -> Vec<crate::metrics::ConnectionStats> {

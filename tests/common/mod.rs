@@ -61,7 +61,11 @@ impl Broker {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portask"));
+        // BROKER_UNDER_TEST runs the tests against another build (e.g. an older one, to
+        // show a test fails there).
+        let bin = std::env::var("BROKER_UNDER_TEST")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_portask").to_owned());
+        let mut cmd = Command::new(bin);
         cmd.arg("--data-dir")
             .arg(&self.data)
             .arg("--shards")
@@ -159,6 +163,13 @@ impl Broker {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
             .unwrap_or(0)
+    }
+
+    /// How the broker process ended, if it has (`None` while it runs).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// `kill -9`: no chance to flush anything.

@@ -11,7 +11,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
-use futures::channel::oneshot;
 
 use super::{allowed, lookup_queue, random_suffix, Access};
 use crate::amqp::channel::ChannelRef;
@@ -89,7 +88,7 @@ pub async fn consume(
         priority,
         exclusive: c.exclusive,
     };
-    let (tx, rx) = oneshot::channel();
+    let (reply, answer) = conn.shard.expect();
     let owner = qref.owner;
     outbox::push(
         &conn.shard,
@@ -97,7 +96,7 @@ pub async fn consume(
         Op::Consume {
             queue: qref.clone(),
             consumer: spec,
-            reply: tx,
+            reply,
         },
     );
     if !active {
@@ -113,10 +112,10 @@ pub async fn consume(
             },
         );
     }
-    let refused = match rx.await {
-        Ok(Ok(())) => None,
-        Ok(Err((code, text))) => Some(AmqpError::from_code(code, text)),
-        Err(_) => Some(AmqpError::connection(
+    let refused = match answer.await {
+        Some(Ok(())) => None,
+        Some(Err((code, text))) => Some(AmqpError::from_code(code, text)),
+        None => Some(AmqpError::connection(
             reply::INTERNAL_ERROR,
             "INTERNAL_ERROR - queue owner unreachable",
         )),

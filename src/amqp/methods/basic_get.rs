@@ -7,12 +7,11 @@
 use std::rc::Rc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
-use futures::channel::oneshot;
 
 use super::{allowed, lookup_queue, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::{Delivery, Op};
+use crate::amqp::mesh::{Delivery, GetAnswer, Op};
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::runtime::shard::Shard;
@@ -26,22 +25,23 @@ pub async fn take(
     queue: &QueueRef,
     no_ack: bool,
 ) -> Result<Option<(Delivery, u32)>, AmqpError> {
-    let (tx, rx) = oneshot::channel();
+    let (reply_to, answer) = shard.expect::<GetAnswer>();
     outbox::push(
         shard,
         queue.owner,
         Op::Get {
             queue: queue.clone(),
             no_ack,
-            reply: tx,
+            reply: reply_to,
         },
     );
-    rx.await.map_err(|_| {
-        AmqpError::connection(
+    match answer.await {
+        Some(a) => Ok(a.got),
+        None => Err(AmqpError::connection(
             reply::INTERNAL_ERROR,
             "INTERNAL_ERROR - queue owner unreachable",
-        )
-    })
+        )),
+    }
 }
 
 pub async fn get(conn: &Rc<Connection>, ch: &ChannelRef, g: basic::Get) -> Result<(), AmqpError> {

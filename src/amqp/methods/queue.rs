@@ -17,7 +17,6 @@ use std::rc::Rc;
 
 use amq_protocol::protocol::{queue as qm, AMQPClass};
 use amq_protocol::types::FieldTable;
-use futures::channel::oneshot;
 
 use super::{
     allowed, apply_binding, change, known_exchange, lookup_queue, random_suffix, Access, Actor,
@@ -173,20 +172,13 @@ fn ok(name: &str, (messages, consumers): (u32, u32)) -> qm::AMQPMethod {
 
 /// (messages ready, consumers) of a queue, from its owner.
 pub async fn queue_stats(shard: &Rc<Shard>, qref: QueueRef) -> Result<(u32, u32), AmqpError> {
-    let (tx, rx) = oneshot::channel();
+    let (reply, answer) = shard.expect();
     let owner = qref.owner;
-    outbox::push(
-        shard,
-        owner,
-        Op::Stats {
-            queue: qref,
-            reply: tx,
-        },
-    );
-    match rx.await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Ok((0, 0)),
-        Err(_) => Err(gone()),
+    outbox::push(shard, owner, Op::Stats { queue: qref, reply });
+    match answer.await {
+        Some(Some(s)) => Ok(s),
+        Some(None) => Ok((0, 0)),
+        None => Err(gone()),
     }
 }
 
@@ -250,17 +242,10 @@ pub async fn unbind(
 pub async fn purge_queue(actor: &Actor<'_>, name: &str) -> Result<u32, AmqpError> {
     allowed(actor, Access::Read, "queue", name)?;
     let (qref, _) = lookup_queue(actor, name).await?;
-    let (tx, rx) = oneshot::channel();
+    let (reply, answer) = actor.shard.expect();
     let owner = qref.owner;
-    outbox::push(
-        actor.shard,
-        owner,
-        Op::Purge {
-            queue: qref,
-            reply: tx,
-        },
-    );
-    rx.await.map_err(|_| gone())
+    outbox::push(actor.shard, owner, Op::Purge { queue: qref, reply });
+    answer.await.ok_or_else(gone)
 }
 
 pub async fn purge(conn: &Rc<Connection>, ch: &ChannelRef, p: qm::Purge) -> Result<(), AmqpError> {
@@ -285,7 +270,7 @@ pub async fn delete_queue(
 ) -> Result<u32, AmqpError> {
     allowed(actor, Access::Configure, "queue", name)?;
     let (qref, _) = lookup_queue(actor, name).await?;
-    let (tx, rx) = oneshot::channel();
+    let (reply, answer) = actor.shard.expect();
     let owner = qref.owner;
     outbox::push(
         actor.shard,
@@ -294,16 +279,16 @@ pub async fn delete_queue(
             queue: qref,
             if_unused,
             if_empty,
-            reply: tx,
+            reply,
         },
     );
-    match rx.await {
-        Ok(Ok((n, state))) => {
+    match answer.await {
+        Some(Ok((n, state))) => {
             actor.shard.install_catalog(state);
             Ok(n)
         }
-        Ok(Err((code, text))) => Err(AmqpError::from_code(code, text)),
-        Err(_) => Err(gone()),
+        Some(Err((code, text))) => Err(AmqpError::from_code(code, text)),
+        None => Err(gone()),
     }
 }
 

@@ -5,7 +5,8 @@
 //! `Coordinator` for the groups that hash to it. Handlers on the connection's shard send
 //! the decoded request to the coordinator shard (`Shard::group`) and encode its answer.
 //! A JoinGroup or SyncGroup that must wait for the rebalance holds its reply channel until
-//! the state machine answers it.
+//! the state machine answers it; that channel never leaves the coordinator shard (the
+//! answer crosses back as a mesh message, `runtime::reply`), so no waker crosses a thread.
 
 pub mod group;
 pub mod store;

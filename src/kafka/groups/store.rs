@@ -112,6 +112,8 @@ fn read_records(data: &[u8]) -> (Vec<OffsetRecord>, usize) {
     (out, at)
 }
 
+/// A commit waiting for its fsync. The sender stays on the coordinator shard (the writer
+/// task completes it there; the blocking thread that writes the file never sees it).
 type Waiter = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 pub struct OffsetStore {

@@ -21,7 +21,9 @@ fn disk_space(path: &std::path::Path) -> (i64, i64) {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return (-1, -1);
     };
-    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+    // SAFETY: `libc::statvfs` is plain integers, so all-zero is a valid value; statvfs
+    // reads the NUL-terminated path `c` owns (alive for the call) and writes one
+    // `statvfs` into our local.
     unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
         if libc::statvfs(c.as_ptr(), &mut st) != 0 {
