@@ -65,13 +65,10 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Er
         let shard = service_shard.clone();
         async move { Ok::<_, Infallible>(handle(&shard, req, peer).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = http1(config);
     builder
-        .keep_alive(true)
         .timer(io::GlommioTimer)
-        .header_read_timeout(read_timeout(&shard))
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(100);
+        .header_read_timeout(read_timeout(&shard));
     let conn = builder.serve_connection(io::Io(stream), service);
     let mut conn = std::pin::pin!(conn);
     let stop = Listener::new();
@@ -86,6 +83,44 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Er
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+    }
+}
+
+/// hyper's HTTP/1 server as every connection uses it, less the glommio timer (which only a
+/// shard has): the fuzz tests parse requests with this same configuration.
+pub fn http1(config: &crate::config::HttpConfig) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(100);
+    builder
+}
+
+/// What the router reads of a request's head before any handler runs: the decoded path
+/// and query, the endpoint's metric name and the credentials it needs, checked. Pure (no
+/// shard), so the fuzz tests drive it with whatever hyper parsed.
+pub struct Head {
+    pub path: Vec<String>,
+    pub query: HashMap<String, String>,
+    pub endpoint: &'static str,
+    pub user: Result<Option<User>, ApiError>,
+}
+
+pub fn head(
+    config: &crate::config::Config,
+    parts: &http::request::Parts,
+    peer: Option<SocketAddr>,
+) -> Head {
+    let path = segments(parts.uri.path());
+    let endpoint = endpoint_name(&parts.method, &path);
+    let need = auth::need(&config.http, &parts.method, &path);
+    let user = auth::check(&config.amqp, &parts.headers, peer, need);
+    Head {
+        query: query(parts.uri.query()),
+        path,
+        endpoint,
+        user,
     }
 }
 
@@ -296,17 +331,20 @@ async fn handle(
     peer: Option<SocketAddr>,
 ) -> Reply {
     let (parts, body) = req.into_parts();
-    let path = segments(parts.uri.path());
-    let endpoint = endpoint_name(&parts.method, &path);
+    let Head {
+        path,
+        query,
+        endpoint,
+        user,
+    } = head(&shard.config, &parts, peer);
     let result = async {
         let limits = (shard.config.http.max_body_bytes, read_timeout(shard));
         let body = read_body(body, &parts.headers, limits).await?;
-        let need = auth::need(&shard.config.http, &parts.method, &path);
-        let user = auth::check(&shard.config.amqp, &parts.headers, peer, need)?;
+        let user = user?;
         let req = Req {
             method: parts.method.clone(),
             path,
-            query: query(parts.uri.query()),
+            query,
             headers: parts.headers,
             body,
             user,
