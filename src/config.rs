@@ -87,6 +87,12 @@ pub struct KafkaConfig {
     /// answer owed to it, is closed (as is one that stalls inside a request frame, or
     /// reads none of its answers for this long).
     pub connections_max_idle_ms: u64,
+    /// A request must arrive whole within this many ms of its first byte (size prefix to
+    /// last byte), or the connection is closed: a client trickling a frame (slowloris)
+    /// cannot hold a connection and its buffer for `connections_max_idle_ms`. Time the
+    /// broker itself holds the read back (in-flight budgets) does not count; a connection
+    /// between requests (a long-poll Fetch included) is not timed by it.
+    pub request_read_timeout_ms: u64,
     /// `log.segment.bytes`
     pub segment_bytes: i64,
     /// `log.roll.ms`
@@ -136,6 +142,11 @@ pub struct AmqpConfig {
     /// A delivery not acknowledged for this long closes its channel with 406 and goes
     /// back to its queue (RabbitMQ's `consumer_timeout`, 30 minutes); 0 = never.
     pub consumer_timeout_ms: u64,
+    /// A frame must arrive whole within this many ms of its first byte, or the connection
+    /// is closed (a client trickling a frame cannot hold a connection and its buffer);
+    /// a connection between frames is bounded by heartbeats instead. During the handshake
+    /// the shorter handshake timeout (10 s) applies.
+    pub frame_read_timeout_ms: u64,
     /// Users: name and RabbitMQ-style salted SHA-256 password hash.
     pub users: Vec<AmqpUser>,
     /// Users that may connect only from a loopback address (RabbitMQ's `loopback_users`).
@@ -209,6 +220,12 @@ pub struct StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_connections_per_shard: usize,
+    /// `max.connections.per.ip`: connections one client address may hold open, over all
+    /// shards and the Kafka, AMQP and HTTP ports together; more are closed at accept.
+    /// 0 (the default) is no limit, as Kafka's default (Integer.MAX_VALUE) is: behind a
+    /// load balancer or NAT every client shows as one address, and a default limit would
+    /// refuse them, while `max_connections_per_shard` and `nofile` already bound the total.
+    pub max_connections_per_ip: usize,
     /// Request bytes a connection may have in flight before the broker stops reading it
     /// (AMQP: also its output waiting for the socket).
     pub connection_inflight_bytes: usize,
@@ -258,6 +275,7 @@ impl Default for KafkaConfig {
             max_request_bytes: 104_857_600,
             max_inflight_requests: 256,
             connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 30_000,
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
             retention_ms: 7 * 24 * 3600 * 1000,
@@ -289,6 +307,7 @@ impl Default for AmqpConfig {
             consumer_window: 2000,
             consumer_window_bytes: 16 << 20,
             consumer_timeout_ms: 1_800_000,
+            frame_read_timeout_ms: 30_000,
             users: vec![AmqpUser {
                 name: "guest".into(),
                 // "guest"
@@ -339,6 +358,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections_per_shard: 10_000,
+            max_connections_per_ip: 0,
             connection_inflight_bytes: 64 << 20,
             shard_inflight_bytes: 512 << 20,
             drain_deadline_ms: 10_000,
@@ -387,7 +407,15 @@ impl Provenance {
 }
 
 /// `PORTASK_*` variables read by the scripts in `scripts/`, not by the broker.
-const TOOL_VARIABLES: &[&str] = &["PORTASK_BIN", "PORTASK_SYS_ROOT", "PORTASK_SYSCTL_ROOT"];
+const TOOL_VARIABLES: &[&str] = &[
+    "PORTASK_BIN",
+    "PORTASK_SYS_ROOT",
+    "PORTASK_SYSCTL_ROOT",
+    // The fuzz tests' duration, seed and case (tests/fuzz/engine.rs).
+    "PORTASK_FUZZ_SECS",
+    "PORTASK_FUZZ_SEED",
+    "PORTASK_FUZZ_CASE",
+];
 
 /// The configuration as layers of TOML values, merged then checked in one place.
 pub struct ConfigBuilder {
@@ -548,6 +576,12 @@ impl Config {
         }
         if self.kafka.connections_max_idle_ms == 0 {
             return bad("kafka.connections_max_idle_ms", "must be at least 1");
+        }
+        if self.kafka.request_read_timeout_ms == 0 {
+            return bad("kafka.request_read_timeout_ms", "must be at least 1");
+        }
+        if self.amqp.frame_read_timeout_ms == 0 {
+            return bad("amqp.frame_read_timeout_ms", "must be at least 1");
         }
         if self.kafka.flush_messages < 1 {
             return bad("kafka.flush_messages", "must be at least 1");

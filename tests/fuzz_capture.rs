@@ -18,16 +18,19 @@ use std::time::Duration;
 use common::{data_dir, Broker};
 use futures::executor::block_on;
 
+/// What one client connection sent, as the proxy saw it.
+type Session = Arc<Mutex<Vec<u8>>>;
+
 /// A TCP proxy to `target` that records every byte each client connection sent.
 struct Recorder {
     port: u16,
-    sessions: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    sessions: Arc<Mutex<Vec<Session>>>,
 }
 
 impl Recorder {
     fn start(listener: TcpListener, target: u16) -> Recorder {
         let port = listener.local_addr().expect("addr").port();
-        let sessions: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
         let all = sessions.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -95,8 +98,8 @@ fn add(seeds: &mut BTreeMap<String, Vec<u8>>, kind: &str, bytes: &[u8], per_kind
     }
     for n in 0..per_kind {
         let name = format!("{kind}-{n}.bin");
-        if !seeds.contains_key(&name) {
-            seeds.insert(name, bytes.to_vec());
+        if let std::collections::btree_map::Entry::Vacant(e) = seeds.entry(name) {
+            e.insert(bytes.to_vec());
             return;
         }
     }

@@ -414,6 +414,10 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
     let started = now_ms();
     let mut close_deadline: Option<i64> = None;
     let mut stop_drain_until: Option<i64> = None;
+    // When the partial frame now in `buf` began: it must be whole within
+    // `amqp.frame_read_timeout_ms`, however its bytes trickle in.
+    let frame_timeout = conn.shard.config.amqp.frame_read_timeout_ms.max(1) as i64;
+    let mut partial_since: Option<i64> = None;
     loop {
         // Every complete frame in the buffer.
         loop {
@@ -459,6 +463,11 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 }
             }
         }
+        partial_since = match (buf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(now_ms()),
+            (false, since) => since,
+        };
         if conn.shard.stopping.get() && phase == Phase::Running {
             // Frames the client sent before the stop (its last acks, say) are still
             // handled: read whatever is already on its way, briefly, then close.
@@ -513,6 +522,10 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             })
             .await;
         }
+        // Time the broker held the read back is not the client's.
+        if let Some(since) = partial_since.as_mut() {
+            *since += now_ms() - waiting_since;
+        }
         if blocked {
             conn.send_method(
                 0,
@@ -527,7 +540,17 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 }
                 Some(Duration::from_millis(left as u64))
             }
-            (Phase::Running, _) => None,
+            (Phase::Running, _) => match partial_since {
+                None => None,
+                Some(since) => {
+                    let left = since + frame_timeout - now_ms();
+                    if left <= 0 {
+                        log_slow_frame(conn, frame_timeout, buf.len());
+                        return Ok(());
+                    }
+                    Some(Duration::from_millis(left as u64))
+                }
+            },
             _ => {
                 let left = started + HANDSHAKE_TIMEOUT.as_millis() as i64 - now_ms();
                 if left <= 0 {
@@ -546,9 +569,22 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             if phase == Phase::Running && conn.shard.stopping.get() {
                 continue;
             }
+            if phase == Phase::Running
+                && partial_since.is_some_and(|since| now_ms() >= since + frame_timeout)
+            {
+                log_slow_frame(conn, frame_timeout, buf.len());
+            }
             return Ok(());
         }
     }
+}
+
+fn log_slow_frame(conn: &Connection, timeout_ms: i64, got: usize) {
+    log::info!(
+        "amqp connection from {} closed: a frame not received whole within {timeout_ms} ms \
+         of its first byte (amqp.frame_read_timeout_ms): {got} bytes of it so far",
+        conn.peer
+    );
 }
 
 /// Back-pressure on a client that sends faster than it reads: while more than
