@@ -479,9 +479,18 @@ async fn read(shard: &Rc<Shard>, req: &Req, topic: &str, partition: i32) -> ApiR
             next = next.max(h.last_offset() + 1);
             continue;
         }
-        let set = RecordBatchDecoder::decode(&mut one).map_err(|e| {
-            ApiError::Internal(format!("decoding a stored batch of '{topic}': {e}"))
-        })?;
+        let set = RecordBatchDecoder::decode_with_custom_compression(
+            &mut one,
+            Some(|section: &mut Bytes, codec: Compression| {
+                let codec = crate::storage::inflate::Codec::from_id(codec as i16)?;
+                Ok(crate::storage::inflate::inflate(
+                    section.split_off(0),
+                    codec,
+                    crate::storage::inflate::MAX_INFLATED_BYTES,
+                )?)
+            }),
+        )
+        .map_err(|e| ApiError::Internal(format!("decoding a stored batch of '{topic}': {e}")))?;
         for r in set.records {
             if r.offset < offset {
                 continue;

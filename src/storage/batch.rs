@@ -9,8 +9,9 @@
 //! maxTimestamp i64 | producerId i64 | producerEpoch i16 | baseSequence i32 | records i32.
 //! The CRC covers everything from `attributes` to the end of the batch.
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::{Bytes, BytesMut};
+
+use super::inflate::{Codec, MAX_INFLATED_BYTES};
 
 pub const HEADER_LEN: usize = 61;
 /// baseOffset + batchLength: the part of a batch not counted by batchLength.
@@ -259,19 +260,12 @@ fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
 }
 
 /// The records section of a batch (what follows its header), inflated when the batch is
-/// compressed.
+/// compressed, to at most `inflate::MAX_INFLATED_BYTES`.
 pub fn inflate(batch: &Bytes, h: &BatchHeader) -> Result<Bytes, String> {
-    let mut section = batch.slice(HEADER_LEN.min(batch.len())..h.size.min(batch.len()));
-    let take = |b: &mut Bytes| -> anyhow::Result<Bytes> { Ok(b.copy_to_bytes(b.remaining())) };
-    let inflated = match h.compression() {
-        0 => return Ok(section),
-        1 => Gzip::decompress(&mut section, take),
-        2 => Snappy::decompress(&mut section, take),
-        3 => Lz4::decompress(&mut section, take),
-        4 => Zstd::decompress(&mut section, take),
-        c => return Err(format!("unknown compression {c}")),
-    };
-    inflated.map_err(|e| format!("record batch codec: {e}"))
+    let section = batch.slice(HEADER_LEN.min(batch.len())..h.size.min(batch.len()));
+    Codec::from_id(h.compression())
+        .and_then(|codec| super::inflate::inflate(section, codec, MAX_INFLATED_BYTES))
+        .map_err(|e| format!("record batch codec: {e}"))
 }
 
 /// The first record of `batch` whose timestamp is at or after `target`: its offset and
@@ -392,7 +386,7 @@ pub(crate) mod tests {
 
     /// `batch` with its records section gzip-compressed (attributes, length and CRC fixed).
     fn gzipped(batch: &Bytes) -> Bytes {
-        use kafka_protocol::compression::Compressor;
+        use kafka_protocol::compression::{Compressor, Gzip};
         let mut section = BytesMut::new();
         Gzip::compress(&mut section, |out: &mut BytesMut| -> anyhow::Result<()> {
             out.extend_from_slice(&batch[HEADER_LEN..]);

@@ -48,7 +48,8 @@ fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
 
 /// Splits an (uncompressed) record section into records.
 fn split_records(section: &Bytes, count: i32) -> Option<Vec<RawRecord>> {
-    let mut out = Vec::with_capacity(count.max(0) as usize);
+    // The count comes from the batch: reserve no more than the section could hold.
+    let mut out = Vec::with_capacity((count.max(0) as usize).min(section.len()));
     let mut at = 0usize;
     for _ in 0..count.max(0) {
         let start = at;

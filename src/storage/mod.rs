@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod compaction;
+pub mod inflate;
 pub mod log;
 pub mod producers;
 pub mod segment;

@@ -142,6 +142,13 @@ impl Broker {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// How the broker process ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Resident memory of the broker process in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
         let Some(pid) = self.pid() else { return 0 };

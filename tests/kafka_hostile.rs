@@ -1,0 +1,322 @@
+//! Requests whose counts and lengths lie: a tiny frame claiming 0x7fffffff elements used to
+//! make kafka-protocol pre-allocate ~200 GB and abort the whole broker. Now every such
+//! request closes only its own connection, and every shard keeps serving; the decoders
+//! refuse such counts for every API and version the broker advertises.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{data_dir, Broker};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::Decodable;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, TopicPartitionList};
+
+/// The request of the report, byte for byte: Fetch v4 whose topic count is 0x7fffffff.
+const FETCH_V4_HUGE_COUNT: &str =
+    "0000002200010004000000010003726570ffffffff000001f40000000100100000007fffffff";
+
+/// A request frame: size, header (v1, or v2 with empty tagged fields when `flexible`), body.
+fn frame(api: ApiKey, version: i16, flexible: bool, body: &[u8]) -> Vec<u8> {
+    let mut f = BytesMut::new();
+    f.put_i32(0);
+    f.put_i16(api as i16);
+    f.put_i16(version);
+    f.put_i32(7);
+    f.put_i16(1);
+    f.put_u8(b'x');
+    if flexible {
+        f.put_u8(0);
+    }
+    f.put_slice(body);
+    let len = (f.len() - 4) as i32;
+    f[0..4].copy_from_slice(&len.to_be_bytes());
+    f.to_vec()
+}
+
+const HUGE: [u8; 4] = 0x7fff_ffffu32.to_be_bytes();
+/// An unsigned varint of u32::MAX: a compact array or string of 4 294 967 294 elements.
+const HUGE_VARINT: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 0x0f];
+
+/// One lying request per API the report named, and a few more, old and flexible versions.
+fn lying_requests() -> Vec<(&'static str, Vec<u8>)> {
+    let cat = |parts: &[&[u8]]| parts.concat();
+    vec![
+        (
+            "Fetch v4 (the report's)",
+            hex(FETCH_V4_HUGE_COUNT).expect("hex"),
+        ),
+        ("Metadata v1", frame(ApiKey::Metadata, 1, false, &HUGE)),
+        (
+            "Metadata v9 (compact)",
+            frame(ApiKey::Metadata, 9, true, &HUGE_VARINT),
+        ),
+        (
+            "DeleteRecords v0",
+            frame(ApiKey::DeleteRecords, 0, false, &HUGE),
+        ),
+        (
+            "DescribeConfigs v0",
+            frame(ApiKey::DescribeConfigs, 0, false, &HUGE),
+        ),
+        (
+            "CreateTopics v0",
+            frame(ApiKey::CreateTopics, 0, false, &HUGE),
+        ),
+        (
+            "DeleteGroups v0",
+            frame(ApiKey::DeleteGroups, 0, false, &HUGE),
+        ),
+        (
+            "Produce v3",
+            frame(
+                ApiKey::Produce,
+                3,
+                false,
+                &cat(&[b"\xff\xff\xff\xff\x00\x00\x13\x88", &HUGE]),
+            ),
+        ),
+        (
+            "ListOffsets v1",
+            frame(
+                ApiKey::ListOffsets,
+                1,
+                false,
+                &cat(&[b"\xff\xff\xff\xff", &HUGE]),
+            ),
+        ),
+        (
+            "OffsetFetch v1",
+            frame(ApiKey::OffsetFetch, 1, false, &cat(&[b"\x00\x01g", &HUGE])),
+        ),
+        (
+            "CreateTopics v0, a topic name of 32767 bytes in a 40-byte frame",
+            frame(ApiKey::CreateTopics, 0, false, b"\x00\x00\x00\x01\x7f\xff"),
+        ),
+    ]
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// True when the broker closes the socket rather than answering.
+fn closed_by_broker(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// ApiVersions v0 on a fresh connection is answered with our correlation id.
+fn answers_api_versions(broker: &Broker) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", broker.port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if s.write_all(&frame(ApiKey::ApiVersions, 0, false, &[]))
+        .is_err()
+    {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    let mut corr = [0u8; 4];
+    s.read_exact(&mut len).is_ok()
+        && s.read_exact(&mut corr).is_ok()
+        && i32::from_be_bytes(corr) == 7
+}
+
+#[test]
+fn lying_counts_close_only_their_connection_and_every_shard_keeps_serving() {
+    let (_tmp, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    // SO_REUSEPORT spreads connections over both shards: several of each request reach each.
+    for round in 0..6 {
+        for (what, bytes) in lying_requests() {
+            let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(&bytes).expect("write");
+            assert!(
+                closed_by_broker(&mut s),
+                "{what} (round {round}): the broker answered instead of closing"
+            );
+            assert!(
+                broker.exit_status().is_none(),
+                "{what} (round {round}) stopped the broker:\n{}",
+                broker.log()
+            );
+        }
+    }
+    for _ in 0..8 {
+        assert!(
+            answers_api_versions(&broker),
+            "a fresh connection is served"
+        );
+    }
+    assert!(
+        broker.log().contains("exceeds the"),
+        "the close is logged with its reason"
+    );
+
+    // Partitions of both shards still take and give records.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let created = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new("after-lies", 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .expect("create topics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for p in 0..4 {
+        let value = format!("v{p}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("after-lies")
+                    .partition(p)
+                    .payload(&value),
+            )
+            .expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "after-lies")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset("after-lies", p, rdkafka::Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 4 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            seen.insert((m.partition(), m.payload().map(|v| v.to_vec())));
+        }
+    }
+    let want: std::collections::BTreeSet<_> = (0..4)
+        .map(|p| (p, Some(format!("v{p}").into_bytes())))
+        .collect();
+    assert_eq!(seen, want);
+    assert!(broker.exit_status().is_none());
+}
+
+/// Calls `$m!(request type, api)` for every API the broker serves.
+macro_rules! every_request {
+    ($m:ident) => {
+        $m!(ProduceRequest, Produce);
+        $m!(FetchRequest, Fetch);
+        $m!(ListOffsetsRequest, ListOffsets);
+        $m!(MetadataRequest, Metadata);
+        $m!(FindCoordinatorRequest, FindCoordinator);
+        $m!(JoinGroupRequest, JoinGroup);
+        $m!(HeartbeatRequest, Heartbeat);
+        $m!(LeaveGroupRequest, LeaveGroup);
+        $m!(SyncGroupRequest, SyncGroup);
+        $m!(OffsetCommitRequest, OffsetCommit);
+        $m!(OffsetFetchRequest, OffsetFetch);
+        $m!(ListGroupsRequest, ListGroups);
+        $m!(DescribeGroupsRequest, DescribeGroups);
+        $m!(DeleteGroupsRequest, DeleteGroups);
+        $m!(OffsetDeleteRequest, OffsetDelete);
+        $m!(InitProducerIdRequest, InitProducerId);
+        $m!(DescribeConfigsRequest, DescribeConfigs);
+        $m!(AlterConfigsRequest, AlterConfigs);
+        $m!(IncrementalAlterConfigsRequest, IncrementalAlterConfigs);
+        $m!(DescribeClusterRequest, DescribeCluster);
+        $m!(DescribeLogDirsRequest, DescribeLogDirs);
+        $m!(DeleteRecordsRequest, DeleteRecords);
+        $m!(OffsetForLeaderEpochRequest, OffsetForLeaderEpoch);
+        $m!(DescribeProducersRequest, DescribeProducers);
+        $m!(ApiVersionsRequest, ApiVersions);
+        $m!(CreateTopicsRequest, CreateTopics);
+        $m!(DeleteTopicsRequest, DeleteTopics);
+        $m!(CreatePartitionsRequest, CreatePartitions);
+    };
+}
+
+/// Every request type at every version the broker advertises, given a body that is zeros
+/// up to some offset and then a count of 0x7fffffff (or a compact count of u32::MAX):
+/// whatever field the lie lands in, decoding fails or succeeds without allocating for the
+/// lie. Before the patch this test aborted its process on the first array it reached.
+#[test]
+fn no_request_version_allocates_for_a_count_it_has_not_received() {
+    let mut decoded = 0usize;
+    let mut refused = 0usize;
+    macro_rules! sweep {
+        ($req:ty, $key:ident) => {
+            let range = portask::kafka::codec::versions(ApiKey::$key);
+            for version in range.min..=range.max {
+                for zeros in 0..48 {
+                    for lie in [&HUGE[..], &HUGE_VARINT[..]] {
+                        let mut body = vec![0u8; zeros];
+                        body.extend_from_slice(lie);
+                        body.extend_from_slice(&[0u8; 16]);
+                        match <$req>::decode(&mut Bytes::from(body), version) {
+                            Ok(_) => decoded += 1,
+                            Err(_) => refused += 1,
+                        }
+                    }
+                }
+            }
+        };
+    }
+    every_request!(sweep);
+    // Each lie of 0x7fffffff elements in at most 68 bytes must be refused at least once
+    // per API; the sweep reached every API's arrays.
+    assert!(refused > 28 * 48, "refused {refused}, decoded {decoded}");
+}
+
+/// A decoded request never keeps more than its frame's worth of elements: the largest
+/// honest count a frame can carry is bounded by the bytes it has.
+#[test]
+fn a_count_the_frame_can_hold_still_decodes() {
+    // Metadata v1 with 3 topics named "a", "b", "c": 4 + 3 × 3 bytes.
+    let mut body = BytesMut::new();
+    body.put_i32(3);
+    for name in [b'a', b'b', b'c'] {
+        body.put_i16(1);
+        body.put_u8(name);
+    }
+    let req = MetadataRequest::decode(&mut body.freeze(), 1).expect("decodes");
+    let names: Vec<String> = req
+        .topics
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    // The same with a count one larger than the elements present is refused.
+    let mut body = BytesMut::new();
+    body.put_i32(4);
+    body.put_i16(1);
+    body.put_u8(b'a');
+    assert!(MetadataRequest::decode(&mut body.freeze(), 1).is_err());
+}
