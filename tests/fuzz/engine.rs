@@ -113,10 +113,12 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8], max_len: usize) {
             input.drain(at..at + n);
         }
         6 if len > 0 => {
-            // Repeat a range: more array elements, more fields, more frames.
+            // Repeat a range, up to 64 times: more array elements, more fields, more
+            // frames, and inputs large enough to show what a decode holds per byte.
             let at = rng.below(len);
             let n = 1 + rng.below((len - at).min(64));
-            let piece = input[at..at + n].to_vec();
+            let times = 1 + rng.below(64);
+            let piece = input[at..at + n].repeat(times);
             let to = rng.below(len + 1);
             input.splice(to..to, piece);
         }
