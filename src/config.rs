@@ -198,8 +198,9 @@ pub struct HttpConfig {
     pub auth_metrics: bool,
     /// How long `/health` waits for each shard's executor to answer.
     pub health_deadline_ms: u64,
-    /// How long a client may send nothing while a request's head or body is due: past it
-    /// the connection is closed (head) or answered 408 and closed (body).
+    /// How long a request's head may take to arrive whole, and then its body: past it the
+    /// connection is closed (head) or answered 408 and closed (body). Whole, not per read,
+    /// so a client trickling a byte at a time cannot hold a connection.
     pub read_timeout_ms: u64,
 }
 

@@ -1,7 +1,7 @@
 //! Connection hygiene over real sockets: a request (Kafka) or frame (AMQP) trickled a byte
 //! at a time is closed once `kafka.request_read_timeout_ms` / `amqp.frame_read_timeout_ms`
-//! pass from its first byte, while normal clients (rdkafka, lapin, a long-polling Fetch)
-//! keep working; and `limits.max_connections_per_ip` refuses the connection past the limit
+//! pass from its first byte, and a trickled HTTP body gets 408 at `http.read_timeout_ms`,
+//! while normal clients (rdkafka, lapin, a long-polling Fetch, HTTP requests) keep working; and `limits.max_connections_per_ip` refuses the connection past the limit
 //! from 127.0.0.1 on the Kafka, AMQP and HTTP ports alike, counts it in `/metrics`, and
 //! accepts again once one closes.
 
@@ -212,6 +212,50 @@ fn a_trickled_amqp_frame_is_closed_while_normal_clients_keep_working() {
     rt.block_on(common::amqp::publish(&ch, "", "hygiene", b"still here"));
     let got = rt.block_on(common::amqp::drain(&ch, "hygiene"));
     assert_eq!(got, vec![b"still here".to_vec()]);
+}
+
+#[test]
+fn a_trickled_http_body_gets_408_while_others_are_served() {
+    let (_dir, data) = data_dir();
+    let b = Broker::start(&data, &[("PORTASK_HTTP__READ_TIMEOUT_MS", "1500")]);
+    let mut slow = TcpStream::connect(("127.0.0.1", b.http_port)).expect("connect");
+    slow.write_all(b"POST /api/v1/topics HTTP/1.1\r\nHost: x\r\nContent-Length: 300\r\n\r\n")
+        .expect("head");
+    // 300 bytes at one per 100 ms: no gap is long, the whole would take 30 s.
+    let started = Instant::now();
+    let body = vec![b' '; 300];
+    let mut answer = Vec::new();
+    for byte in &body {
+        if slow.write_all(&[*byte]).is_err() {
+            break;
+        }
+        slow.set_read_timeout(Some(Duration::from_millis(1)))
+            .expect("timeout");
+        let mut buf = [0u8; 1024];
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() {
+            break;
+        }
+        assert_eq!(
+            ureq::get(&format!("{}/health", b.http_url()))
+                .call()
+                .map(|r| r.status())
+                .ok(),
+            Some(200)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {took:?}: {answer}"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
 }
 
 /// What one connection to `port` gets for `request`: `true` when it is answered, `false`

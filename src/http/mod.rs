@@ -371,18 +371,19 @@ async fn handle(
 const DISCARD_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `http.read_timeout_ms`: how long a client may send nothing while a request's head or
-/// body is due, so that a stalled client cannot hold a connection for ever.
+/// `http.read_timeout_ms`: how long a request's head (hyper's header-read timeout, from its
+/// first byte) and then its body may take to arrive whole, so that a stalled or trickling
+/// client cannot hold a connection for ever.
 fn read_timeout(shard: &Shard) -> std::time::Duration {
     std::time::Duration::from_millis(shard.config.http.read_timeout_ms.max(1))
 }
 
 /// The whole request body; 413 once it is over `max` bytes (declared or counted), 408 when
-/// the client sends nothing of it for `idle`.
+/// it has not all arrived within `limit`.
 async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
-    (max, idle): (usize, std::time::Duration),
+    (max, limit): (usize, std::time::Duration),
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -402,17 +403,21 @@ async fn read_body(
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
+    // The whole body is due within the limit, not each read of it: a client trickling a
+    // byte at a time (slowloris) would otherwise hold the connection for ever.
+    let deadline = std::time::Instant::now() + limit;
     loop {
         let next = std::pin::pin!(body.frame());
-        let stall = std::pin::pin!(glommio::timer::sleep(idle));
-        let frame = match select(next, stall).await {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let late = std::pin::pin!(glommio::timer::sleep(left));
+        let frame = match select(next, late).await {
             Either::Left((Some(frame), _)) => frame,
             Either::Left((None, _)) => break,
             Either::Right(_) => {
                 return Err(ApiError::RequestTimeout(format!(
-                    "the request body stalled: nothing for {} ms after {len} bytes \
-                     (http.read_timeout_ms)",
-                    idle.as_millis()
+                    "the request body was not received whole within {} ms \
+                     (http.read_timeout_ms): {len} bytes of it came",
+                    limit.as_millis()
                 )))
             }
         };

@@ -308,10 +308,15 @@ async fn read_requests(
             got: got.get(),
             len,
         };
-        match within(read_counted(&mut reader, &mut prefix[1..], &got), deadline).await {
+        let read = {
+            let mut rest = std::pin::pin!(read_counted(&mut reader, &mut prefix[1..], &got));
+            within(unless_idle(&mut rest, idle, || false), deadline).await
+        };
+        match read {
             None => return Err(slow(4)),
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Some(r) => r?,
+            Some(None) => return Err(ConnectionError::Idle(idle_ms, " inside a request frame")),
+            Some(Some(Err(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Some(Some(r)) => r?,
         }
         let len = codec::frame_len(prefix, max)?;
         // Time the broker holds the read back for its in-flight budgets is not the client's.
