@@ -215,6 +215,10 @@ pub struct StorageConfig {
     pub fsync: FsyncPolicy,
     /// Largest single write submitted to the disk, in bytes.
     pub max_write_bytes: usize,
+    /// Free bytes the data directory's filesystem must keep (RabbitMQ's
+    /// `disk_free_limit`): below it AMQP publishers are blocked and Kafka/REST produce is
+    /// refused, before the disk is actually full. 0 turns the watermark off.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,6 +355,7 @@ impl Default for StorageConfig {
             shard_tail_cache_bytes: 256 << 20,
             fsync: FsyncPolicy::OnDemand,
             max_write_bytes: 1 << 20,
+            min_free_bytes: 50 << 20,
         }
     }
 }

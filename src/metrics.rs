@@ -468,6 +468,9 @@ pub struct Process {
     pub data_dir: String,
     pub disk_free_bytes: u64,
     pub disk_total_bytes: u64,
+    /// Free space is below `storage.min_free_bytes` (set by the scraping shard).
+    pub disk_alarm: bool,
+    pub disk_min_free_bytes: u64,
 }
 
 thread_local! {

@@ -8,6 +8,10 @@
 //! `ShardAmqp::connection`). Output is one `BytesMut` the writer drains; the reader never
 //! waits on the writer. No `RefCell` borrow is held across an `.await`.
 //!
+//! Flow control: a connection is not read while the shard's outbox is over its budget
+//! (`connection.blocked`, "back-pressure"), nor, once it has published, while the disk
+//! alarm is on (`wait_for_disk`, "low on disk").
+//!
 //! Counted in the shard's metrics: every method frame received, by `class.method`
 //! (`portask_requests_total{protocol="amqp"}`), and every channel or connection close
 //! the broker starts, by reply code (`portask_errors_total{protocol="amqp"}`).
@@ -87,6 +91,11 @@ pub struct Connection {
     pub last_method: Cell<(u16, u16)>,
     /// The client announced the `connection.blocked` capability.
     blocked_capable: Cell<bool>,
+    /// The connection has published: the disk alarm blocks it (RabbitMQ blocks only
+    /// publishing connections, so consumers keep acking).
+    published: Cell<bool>,
+    /// `connection.blocked` ("low on disk") was sent and `unblocked` not yet.
+    disk_blocked: Cell<bool>,
 }
 
 impl Connection {
@@ -115,6 +124,8 @@ impl Connection {
             last_send_ms: Cell::new(now_ms()),
             last_method: Cell::new((0, 0)),
             blocked_capable: Cell::new(false),
+            published: Cell::new(false),
+            disk_blocked: Cell::new(false),
         }
     }
 
@@ -420,9 +431,13 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
     let mut partial_since: Option<i64> = None;
     loop {
         // Every complete frame in the buffer.
+        let mut took_frame = false;
         loop {
             let frame = match codec::take_frame(&mut buf, conn.frame_max.get()) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    took_frame = true;
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     if phase == Phase::Closing {
@@ -463,10 +478,12 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 }
             }
         }
+        // A frame left partial after whole ones were taken is a new frame: its clock starts
+        // now (at the read that brought its first bytes, give or take the handling).
         partial_since = match (buf.is_empty(), partial_since) {
             (true, _) => None,
-            (false, None) => Some(now_ms()),
-            (false, since) => since,
+            (false, Some(since)) if !took_frame => Some(since),
+            (false, _) => Some(now_ms()),
         };
         if conn.shard.stopping.get() && phase == Phase::Running {
             // Frames the client sent before the stop (its last acks, say) are still
@@ -522,15 +539,18 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             })
             .await;
         }
-        // Time the broker held the read back is not the client's.
-        if let Some(since) = partial_since.as_mut() {
-            *since += now_ms() - waiting_since;
-        }
         if blocked {
             conn.send_method(
                 0,
                 AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})),
             );
+        }
+        if phase == Phase::Running {
+            wait_for_disk(conn).await;
+        }
+        // Time the broker held the read back is not the client's.
+        if let Some(since) = partial_since.as_mut() {
+            *since += now_ms() - waiting_since;
         }
         let deadline = match (phase, close_deadline) {
             (Phase::Closing, Some(t)) => {
@@ -585,6 +605,77 @@ fn log_slow_frame(conn: &Connection, timeout_ms: i64, got: usize) {
          of its first byte (amqp.frame_read_timeout_ms): {got} bytes of it so far",
         conn.peer
     );
+}
+
+/// Marks the connection as a publisher (on its first publish): from now on the disk alarm
+/// blocks it, and a task tells the client when the alarm starts and ends, whether or not
+/// it is publishing at that moment (as RabbitMQ does).
+pub(crate) fn mark_published(conn: &Rc<Connection>) {
+    if conn.published.replace(true) {
+        return;
+    }
+    glommio::spawn_local(disk_alarm_loop(Rc::downgrade(conn))).detach();
+}
+
+/// Sends `connection.blocked` ("low on disk") when the disk alarm starts and
+/// `connection.unblocked` when it ends, to a client that announced the capability. Holds
+/// the connection weakly.
+async fn disk_alarm_loop(conn: std::rc::Weak<Connection>) {
+    loop {
+        let Some(c) = still_running(&conn) else {
+            return;
+        };
+        let disk = c.shard.storage.disk.clone();
+        let alarm = disk.alarm();
+        if c.blocked_capable.get() && alarm != c.disk_blocked.get() {
+            c.disk_blocked.set(alarm);
+            let method = if alarm {
+                conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                    reason: "low on disk".into(),
+                })
+            } else {
+                conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})
+            };
+            c.send_method(0, AMQPClass::Connection(method));
+        }
+        let l = Listener::new();
+        l.listen(&disk.changed);
+        l.listen(&c.kill);
+        drop(c);
+        // The alarm wakes us; the timeout only notices a connection that ended.
+        let _ = glommio::timer::timeout(Duration::from_secs(10), async {
+            l.await;
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// The disk alarm (`storage.min_free_bytes`, RabbitMQ's `disk_free_limit`): a connection
+/// that has published is not read while free space is below the watermark (it hears
+/// `connection.blocked`, "low on disk", from `disk_alarm_loop`). Called before reading
+/// more from the socket, and by `basic.publish` before a message completed during the
+/// alarm is routed (so it is held, not enqueued, until space returns).
+pub(crate) async fn wait_for_disk(conn: &Rc<Connection>) {
+    let disk = conn.shard.storage.disk.clone();
+    if !disk.alarm() || !conn.published.get() {
+        return;
+    }
+    while disk.alarm() && !conn.dead.get() && !conn.shard.stopping.get() {
+        // We are the ones not reading: the peer's silence is not its fault (RabbitMQ
+        // pauses its heartbeat monitor for blocked connections too).
+        conn.last_recv_ms.set(now_ms());
+        let l = Listener::new();
+        l.listen(&disk.changed);
+        l.listen(&conn.shard.stop);
+        l.listen(&conn.kill);
+        let _ = glommio::timer::timeout(Duration::from_millis(1000), async {
+            l.await;
+            Ok(())
+        })
+        .await;
+    }
+    conn.last_recv_ms.set(now_ms());
 }
 
 /// Back-pressure on a client that sends faster than it reads: while more than

@@ -684,6 +684,50 @@ impl QueueState {
         None
     }
 
+    /// The store could not write these messages (a full disk) and their publishers were
+    /// nacked: a persistent message leaves the queue (a nacked publish is not enqueued, so
+    /// a publisher that re-sends it makes no duplicate); one already delivered stays with
+    /// its consumer but is no longer stored. A transient message that was only being paged
+    /// out stays, in memory.
+    pub fn store_failed(&mut self, shard: &Rc<Shard>, seqs: &[u64]) {
+        let failed: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        let mut removed = 0usize;
+        let mut freed = 0isize;
+        let mut body_bytes = 0u64;
+        for q in self.ready.iter_mut() {
+            q.retain_mut(|e| {
+                if !failed.contains(&e.seq) {
+                    return true;
+                }
+                e.loc = None;
+                if e.persisted {
+                    removed += 1;
+                    freed += e.msg.size() as isize;
+                    body_bytes += e.body_len;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for u in self.unacked.values_mut() {
+            if failed.contains(&u.entry.seq) {
+                u.entry.loc = None;
+                u.entry.persisted = false;
+            }
+        }
+        self.ready_len -= removed;
+        self.ready_body_bytes -= body_bytes;
+        shard.amqp.add_memory(-freed);
+        if removed > 0 {
+            log::warn!(
+                "queue '{}' in vhost '{}': {removed} persistent messages the disk refused were nacked and removed",
+                self.qref.name,
+                self.qref.vhost
+            );
+        }
+    }
+
     /// The store wrote these messages: their bodies leave memory (paged out).
     pub fn drop_bodies(&mut self, shard: &Rc<Shard>, seqs: &[u64]) {
         let mut freed = 0usize;

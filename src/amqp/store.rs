@@ -13,6 +13,12 @@
 //! bytes and wake the flusher); the flusher writes block-aligned (the last partial block
 //! is kept in memory and rewritten with the next write), syncs the files that publishers
 //! wait on, then sends their confirms through the outbox.
+//!
+//! A write or sync the disk refuses (ENOSPC) is not retried: the round's message files are
+//! cut back to where they were, every publisher waiting on them (and on messages appended
+//! since) gets `basic.nack`, and those persistent messages leave their queue
+//! (`QueueState::store_failed`), so nothing nacked is ever delivered from disk or
+//! recovered later.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -115,9 +121,14 @@ impl Appender {
         // `start` is block-aligned, so the new partial block is the last `total % align`
         // bytes written.
         let partial = bytes[total - total % align..total].to_vec();
-        file.write_at(buf, start)
+        let n = file
+            .write_at(buf, start)
             .await
             .map_err(std::io::Error::from)?;
+        if n < len {
+            // O_DIRECT on a filling disk writes the blocks it could allocate and stops.
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.written += data.len() as u64;
         self.partial = partial;
         self.unsynced = true;
@@ -138,6 +149,8 @@ impl Appender {
 
 struct Segment {
     msgs_pending: Pending,
+    /// Sequence numbers of the messages in `msgs_pending`.
+    pending_seqs: Vec<u64>,
     acks_pending: Vec<u64>,
     delivered_pending: Vec<u64>,
     /// Taken out while the flusher writes.
@@ -156,6 +169,7 @@ impl Segment {
     fn new(dir: &Path, no: u64, pending: &Rc<Cell<usize>>) -> Segment {
         Segment {
             msgs_pending: Pending::new(pending),
+            pending_seqs: Vec::new(),
             acks_pending: Vec::new(),
             delivered_pending: Vec::new(),
             msgs: Some(Appender::new(dir.join(format!("{no:020}.msgs")))),
@@ -500,6 +514,7 @@ impl Store {
                     len: payload.len() as u32 + 8,
                 };
                 seg.msgs_pending.push_frame(&payload);
+                seg.pending_seqs.push(e.seq);
                 seg.size += payload.len() as u64 + 8;
                 seg.live += 1;
             }
@@ -728,6 +743,7 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
         let mut jobs = Vec::new();
         for (no, seg) in log.segments.iter_mut() {
             let msgs = seg.msgs_pending.take();
+            let seqs = std::mem::take(&mut seg.pending_seqs);
             let mut marks = Vec::new();
             encode_marks(REC_ACK, &std::mem::take(&mut seg.acks_pending), &mut marks);
             encode_marks(
@@ -739,7 +755,7 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
             if msgs.is_empty() && marks.is_empty() && !want_sync {
                 continue;
             }
-            jobs.push((*no, seg.msgs.take(), msgs, seg.acks.take(), marks));
+            jobs.push((*no, seg.msgs.take(), msgs, seqs, seg.acks.take(), marks));
         }
         (jobs, waiters)
     };
@@ -747,19 +763,33 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
     let mut ok = true;
     let mut back = Vec::new();
     let mut written: Vec<(u64, u64)> = Vec::new();
-    for (no, mut mw, msgs, mut aw, marks) in jobs {
+    // Message files written this round, with their length and last block before it: a
+    // failure takes them all back, so a nacked message is never in a file.
+    let mut undo: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    let mut round_seqs: Vec<(u64, Vec<u64>)> = Vec::new();
+    for (no, mut mw, msgs, seqs, mut aw, marks) in jobs {
         if let Some(w) = mw.as_mut() {
-            match w.append(&msgs).await {
-                Ok(()) => written.push((no, w.written)),
-                Err(e) => {
-                    log::error!("writing {}: {e}", w.path.display());
-                    ok = false;
+            if ok {
+                let before = (w.written, w.partial.clone());
+                match w.append(&msgs).await {
+                    Ok(()) => written.push((no, w.written)),
+                    Err(e) => {
+                        log::error!("writing {}: {e}", w.path.display());
+                        ok = false;
+                    }
                 }
-            }
-            if need_sync {
-                if let Err(e) = w.sync().await {
-                    log::error!("fdatasync {}: {e}", w.path.display());
-                    ok = false;
+                if !msgs.is_empty() {
+                    undo.push((no, before.0, before.1));
+                }
+                if need_sync && ok {
+                    if let Err(e) = w.sync().await {
+                        log::error!("fdatasync {}: {e}", w.path.display());
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    // Read the free space now: the watermark may have to block publishers.
+                    shard.storage.disk.write_failed();
                 }
             }
         }
@@ -771,7 +801,29 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
                 let _ = w.sync().await;
             }
         }
+        round_seqs.push((no, seqs));
         back.push((no, mw, aw));
+    }
+    if !ok {
+        // Cut every message file of the round back to where it was.
+        written.clear();
+        for (no, len, partial) in &undo {
+            let Some(w) = back
+                .iter_mut()
+                .find(|(n, _, _)| n == no)
+                .and_then(|(_, mw, _)| mw.as_mut())
+            else {
+                continue;
+            };
+            if let Some(f) = &w.file {
+                if let Err(e) = f.truncate(*len).await {
+                    log::error!("cutting {} back to {len} bytes: {e}", w.path.display());
+                }
+            }
+            w.written = *len;
+            w.partial = partial.clone();
+            w.unsynced = true;
+        }
     }
     let (qid, paged) = {
         let mut log = l.borrow_mut();
@@ -798,6 +850,7 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
                 None => {
                     delete_segment(Segment {
                         msgs_pending: Pending::new(&shard.amqp.store.pending),
+                        pending_seqs: Vec::new(),
                         acks_pending: Vec::new(),
                         delivered_pending: Vec::new(),
                         msgs: mw,
@@ -821,28 +874,52 @@ async fn flush_log(shard: &Rc<Shard>, l: &LogRef, sync_all: bool) {
     for c in waiters {
         confirm_to(shard, c, ok);
     }
+    if !ok {
+        fail_round(shard, l, qid, round_seqs);
+    }
 }
 
-/// Opens a small non-empty file with O_DIRECT before any other DMA file on this shard.
-///
-/// glommio decides per device, on the first DMA open of each thread, whether reads may
-/// use the io_uring poll ring, by reading the first block of that file. When that file is
-/// new and empty, the read succeeds at EOF whatever the device supports, and every later
-/// DMA read on a device without iopoll fails with EOPNOTSUPP (seen on this project's
-/// virtual disks). Probing on a file that has data gives the right answer.
+/// A round's message write failed and its files were cut back: the round's messages and
+/// those appended since are not stored. Their publishers are nacked (the round's waiters by
+/// the caller, later ones here), persistent ones leave the queue, and every segment's size
+/// is back to what its file holds, so later messages land where their `Location` says.
+fn fail_round(shard: &Rc<Shard>, l: &LogRef, qid: u64, round_seqs: Vec<(u64, Vec<u64>)>) {
+    let (failed, late) = {
+        let mut log = l.borrow_mut();
+        let mut failed: Vec<u64> = Vec::new();
+        for (no, seqs) in round_seqs {
+            if let Some(seg) = log.segments.get_mut(&no) {
+                seg.live = seg.live.saturating_sub(seqs.len() as u64);
+            }
+            failed.extend(seqs);
+        }
+        for seg in log.segments.values_mut() {
+            let seqs = std::mem::take(&mut seg.pending_seqs);
+            drop(seg.msgs_pending.take());
+            seg.live = seg.live.saturating_sub(seqs.len() as u64);
+            failed.extend(seqs);
+            if let Some(w) = seg.msgs.as_ref() {
+                seg.size = w.written;
+                seg.written = w.written;
+            }
+        }
+        let gone: std::collections::HashSet<u64> = failed.iter().copied().collect();
+        log.page_out.retain(|(seq, _)| !gone.contains(seq));
+        (failed, std::mem::take(&mut log.waiters))
+    };
+    for c in late {
+        confirm_to(shard, c, false);
+    }
+    if let Some(q) = shard.amqp.queue(qid) {
+        q.borrow_mut().store_failed(shard, &failed);
+    }
+}
+
+/// Opens a small non-empty file with O_DIRECT before any other DMA file on this shard
+/// (see `storage::probe_dma`: glommio decides iopoll support on the first DMA open of each
+/// thread). Needs no free space.
 pub async fn probe_dma(dir: &Path) {
-    let path = dir.join(".dma_probe");
-    let data = vec![0x5a_u8; 4096];
-    if std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&path, &data))
-        .is_err()
-    {
-        return;
-    }
-    if let Ok(f) = OpenOptions::new().read(true).dma_open(&path).await {
-        let _ = f.close().await;
-    }
-    let _ = std::fs::remove_file(&path);
+    crate::storage::probe_dma(dir).await;
 }
 
 /// Recovers this shard's durable queues from disk into their owner state; removes the

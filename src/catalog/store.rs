@@ -5,6 +5,15 @@
 //!
 //! Loaded once in `main` before the shards start; afterwards only shard 0's writer appends,
 //! from a blocking-pool thread (`spawn_blocking`) so the reactor never waits on fsync.
+//!
+//! Full disks: loading writes nothing (a torn tail is cut with `set_len`, which frees
+//! space). An append the disk refuses is cut back off the log, so the log never holds a
+//! torn record that would hide the records after it. `reserve` is a small file of zeros
+//! kept beside the log while space allows; when a change that frees space (deleting a
+//! topic, queue or exchange, unbinding) cannot be appended for want of space, the reserve
+//! is deleted and the append retried, so an operator can always free space through the
+//! broker. It is re-created after a later append when space allows. Snapshots are an
+//! optimisation: one that cannot be written leaves the log as it is (already durable).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -14,13 +23,41 @@ use super::{CatalogError, CatalogState, Change};
 
 const SNAPSHOT: &str = "snapshot";
 const LOG: &str = "log";
+const RESERVE: &str = "reserve";
+/// Bytes set aside for catalog appends that free space: many delete records, and the
+/// blocks a filesystem may need to grow the log file.
+const RESERVE_BYTES: usize = 256 << 10;
 /// Log records after which the writer folds the log into a new snapshot.
 const SNAPSHOT_EVERY: usize = 256;
 
 pub struct CatalogStore {
     dir: PathBuf,
     log: File,
+    /// Bytes of whole records in the log.
+    log_len: u64,
     records: usize,
+    /// The reserve file is in place.
+    reserved: bool,
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    crate::storage::disk::is_no_space(e)
+}
+
+/// Writes the reserve file (zeros, synced); false when the disk cannot hold it now.
+fn make_reserve(dir: &Path) -> bool {
+    let path = dir.join(RESERVE);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize >= RESERVE_BYTES) {
+        return true;
+    }
+    let made = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; RESERVE_BYTES])
+            .and_then(|_| f.sync_all())
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    made.is_ok()
 }
 
 fn storage(e: impl std::fmt::Display) -> CatalogError {
@@ -122,11 +159,15 @@ impl CatalogStore {
             .open(&log_path)
             .map_err(storage)?;
         log.set_len(valid as u64).map_err(storage)?;
+        // Made now when space allows; a full disk only means none for now.
+        let reserved = make_reserve(dir);
         Ok((
             CatalogStore {
                 dir: dir.to_owned(),
                 log,
+                log_len: valid as u64,
                 records: count,
+                reserved,
             },
             state,
         ))
@@ -134,23 +175,61 @@ impl CatalogStore {
 
     /// Appends changes, each with the version it produced, and syncs once; `state` is the
     /// state after the last. Folds the log into a snapshot every `SNAPSHOT_EVERY` records.
+    /// With `may_use_reserve` (changes that free space), a full disk gives up the reserve
+    /// for this append. On error the log is as it was before.
     pub fn append(
         &mut self,
         records: &[(u64, Change)],
         state: &CatalogState,
+        may_use_reserve: bool,
     ) -> Result<(), CatalogError> {
         let mut buf = Vec::new();
         for record in records {
             let payload = rkyv::to_bytes::<rkyv::rancor::Error>(record).map_err(storage)?;
             buf.extend_from_slice(&frame(&payload));
         }
-        self.log.write_all(&buf).map_err(storage)?;
-        self.log.sync_data().map_err(storage)?;
+        let mut written = self.write_records(&buf);
+        if let Err(e) = &written {
+            if may_use_reserve && is_no_space(e) && self.reserved {
+                log::warn!(
+                    "catalog: disk full; releasing the {RESERVE_BYTES}-byte reserve for a change that frees space"
+                );
+                let _ = std::fs::remove_file(self.dir.join(RESERVE));
+                self.reserved = false;
+                written = self.write_records(&buf);
+            }
+        }
+        written.map_err(storage)?;
         self.records += records.len();
         if self.records >= SNAPSHOT_EVERY {
-            self.snapshot(state)?;
+            if let Err(e) = self.snapshot(state) {
+                // The records are durable in the log; the fold is retried next time.
+                log::warn!("catalog: snapshot not written ({e}); the log keeps the changes");
+                let _ = std::fs::remove_file(self.dir.join("snapshot.tmp"));
+            }
+        }
+        if !self.reserved {
+            self.reserved = make_reserve(&self.dir);
         }
         Ok(())
+    }
+
+    /// Appends framed records and syncs; on failure cuts the log back to its whole records.
+    fn write_records(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let r = self.log.write_all(buf).and_then(|_| self.log.sync_data());
+        match r {
+            Ok(()) => {
+                self.log_len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(cut) = self.log.set_len(self.log_len) {
+                    log::error!("catalog: cutting a failed append off the log: {cut}");
+                }
+                let _ = self.log.sync_data();
+                Err(e)
+            }
+        }
     }
 
     /// Writes `state` as the new snapshot (temp file, fsync, rename) and empties the log.
@@ -164,6 +243,7 @@ impl CatalogStore {
         sync_dir(&self.dir);
         self.log.set_len(0).map_err(storage)?;
         self.log.sync_all().map_err(storage)?;
+        self.log_len = 0;
         self.records = 0;
         Ok(())
     }
@@ -191,7 +271,7 @@ mod tests {
         for name in ["a", "b"] {
             let c = Change::CreateTopic(topic(name));
             state.apply(&c);
-            store.append(&[(state.version, c)], &state).unwrap();
+            store.append(&[(state.version, c)], &state, false).unwrap();
         }
         drop(store);
         // A torn record at the end is dropped.
@@ -207,9 +287,16 @@ mod tests {
         store.snapshot(&reopened).unwrap();
         let c = Change::SetPartitions("b".into(), 5);
         reopened.apply(&c);
-        store.append(&[(reopened.version, c)], &reopened).unwrap();
+        store
+            .append(&[(reopened.version, c)], &reopened, false)
+            .unwrap();
         let (_, again) = CatalogStore::open(dir.path()).unwrap();
         assert_eq!(again, reopened);
+        // The reserve for deletes on a full disk is in place.
+        assert_eq!(
+            std::fs::metadata(dir.path().join(RESERVE)).unwrap().len() as usize,
+            RESERVE_BYTES
+        );
         assert_eq!(again.topics["b"].partitions, 5);
         assert!(!again.topics.contains_key("a"));
     }

@@ -4,6 +4,12 @@
 //! against the current state one request at a time, persisted with one fsync per request,
 //! installed on shard 0 and broadcast to every other shard. The requester installs the
 //! returned state before answering its client (read-your-writes).
+//!
+//! A change that changes nothing (re-declaring an identical exchange, queue or binding,
+//! unbinding or deleting what is not there) is answered at once and writes nothing: clients
+//! re-declare their topology on every connect, and must not need disk space or an fsync
+//! for it. Changes that free space (deletes, unbinds) may use the store's reserve on a full
+//! disk (`CatalogStore::append`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -67,6 +73,49 @@ pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(
     }
 }
 
+/// Whether `change`, accepted by `check`, would leave `state` as it is (apart from the
+/// version): then nothing is persisted, replicated or versioned.
+pub fn changes_nothing(state: &CatalogState, change: &Change) -> bool {
+    use crate::amqp::topology::{same_binding, TopologyChange as T};
+    let Change::Amqp(c) = change else {
+        return false;
+    };
+    let vhost = match c {
+        T::DeclareExchange { vhost, .. }
+        | T::DeleteExchange { vhost, .. }
+        | T::DeclareQueue { vhost, .. }
+        | T::DeleteQueues { vhost, .. }
+        | T::Bind { vhost, .. }
+        | T::Unbind { vhost, .. } => vhost,
+    };
+    let Some(t) = state.amqp.get(vhost) else {
+        return false;
+    };
+    match c {
+        // `check` accepted it, so an existing one is equivalent (apply keeps the old).
+        T::DeclareExchange { exchange, .. } => t.exchange(&exchange.name).is_some(),
+        T::DeclareQueue { queue, .. } => t.queues.contains_key(&queue.name),
+        T::Bind { binding, .. } => t.bindings.iter().any(|b| same_binding(b, binding)),
+        T::Unbind { binding, .. } => !t.bindings.iter().any(|b| same_binding(b, binding)),
+        T::DeleteExchange { name, .. } => !t.exchanges.contains_key(name),
+        T::DeleteQueues { queues, .. } => queues
+            .iter()
+            .all(|(n, id)| t.queues.get(n).map(|q| q.id) != Some(*id)),
+    }
+}
+
+/// Changes that give space back: they may spend the store's reserve on a full disk.
+fn frees_space(change: &Change) -> bool {
+    use crate::amqp::topology::TopologyChange as T;
+    matches!(
+        change,
+        Change::DeleteTopic(_)
+            | Change::Amqp(T::DeleteExchange { .. })
+            | Change::Amqp(T::DeleteQueues { .. })
+            | Change::Amqp(T::Unbind { .. })
+    )
+}
+
 impl CatalogWriter {
     pub fn new(store: CatalogStore) -> Self {
         CatalogWriter {
@@ -90,9 +139,11 @@ impl CatalogWriter {
         let mut results = Vec::with_capacity(changes.len());
         let mut records = Vec::new();
         let mut changed = false;
+        let mut may_use_reserve = true;
         for change in changes {
             let r = check(config, &state, &change);
-            if r.is_ok() && !validate_only {
+            if r.is_ok() && !validate_only && !changes_nothing(&state, &change) {
+                may_use_reserve &= frees_space(&change);
                 // Transient AMQP topology is replicated but never written.
                 let persist = match &change {
                     Change::Amqp(c) => crate::amqp::topology::persisted(&state.amqp, c),
@@ -128,7 +179,7 @@ impl CatalogWriter {
         let snapshot = state.clone();
         let (store, persisted) = glommio::executor()
             .spawn_blocking(move || {
-                let r = store.append(&records, &snapshot);
+                let r = store.append(&records, &snapshot, may_use_reserve);
                 (store, r)
             })
             .await;
@@ -146,5 +197,77 @@ impl CatalogWriter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::topology::{
+        encode_table, Binding, DestKind, Queue, QueueArgs, TopologyChange as T,
+    };
+
+    fn queue(name: &str, id: u64) -> Queue {
+        Queue {
+            name: name.into(),
+            id,
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: encode_table(&Default::default()),
+            args: QueueArgs::default(),
+        }
+    }
+
+    fn binding(key: &str) -> Binding {
+        Binding {
+            source: "amq.direct".into(),
+            destination: "jobs".into(),
+            dest_kind: DestKind::Queue,
+            routing_key: key.into(),
+            arguments: encode_table(&Default::default()),
+        }
+    }
+
+    #[test]
+    fn redeclares_and_deletes_of_nothing_change_nothing() {
+        let v = "/".to_string();
+        let mut state = CatalogState::default();
+        let declare = Change::Amqp(T::DeclareQueue {
+            vhost: v.clone(),
+            queue: queue("jobs", 7),
+        });
+        assert!(
+            !changes_nothing(&state, &declare),
+            "a new queue is a change"
+        );
+        state.apply(&declare);
+        assert!(changes_nothing(&state, &declare), "the same declare again");
+        let bind = Change::Amqp(T::Bind {
+            vhost: v.clone(),
+            binding: binding("k"),
+        });
+        assert!(!changes_nothing(&state, &bind));
+        state.apply(&bind);
+        assert!(changes_nothing(&state, &bind));
+        let unbind_other = Change::Amqp(T::Unbind {
+            vhost: v.clone(),
+            binding: binding("other"),
+        });
+        assert!(changes_nothing(&state, &unbind_other));
+        // Deleting another incarnation of the queue changes nothing; this one does.
+        let delete_old = Change::Amqp(T::DeleteQueues {
+            vhost: v.clone(),
+            queues: vec![("jobs".into(), 6)],
+        });
+        assert!(changes_nothing(&state, &delete_old));
+        let delete = Change::Amqp(T::DeleteQueues {
+            vhost: v.clone(),
+            queues: vec![("jobs".into(), 7)],
+        });
+        assert!(!changes_nothing(&state, &delete));
+        assert!(frees_space(&delete) && !frees_space(&declare));
+        // Kafka changes always count.
+        assert!(!changes_nothing(&state, &Change::DeleteTopic("t".into())));
     }
 }

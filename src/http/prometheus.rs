@@ -24,7 +24,9 @@ const BUCKETS: &[f64] = &[
 
 pub async fn scrape(shard: &Rc<Shard>) -> ApiResult {
     let stats = shard.stats_all().await;
-    let process = metrics::process(&shard.config.data_dir);
+    let mut process = metrics::process(&shard.config.data_dir);
+    process.disk_alarm = shard.storage.disk.alarm();
+    process.disk_min_free_bytes = shard.storage.disk.min_free();
     let text = render(&stats, &process);
     Ok(with_type(
         StatusCode::OK,
@@ -421,6 +423,26 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "portask_disk_free_bytes",
         &path,
         process.disk_free_bytes as f64,
+    );
+    e.family(
+        "portask_disk_alarm",
+        "gauge",
+        "1 while free space is below storage.min_free_bytes: publishers blocked, produce refused.",
+    );
+    e.sample(
+        "portask_disk_alarm",
+        &path,
+        if process.disk_alarm { 1.0 } else { 0.0 },
+    );
+    e.family(
+        "portask_disk_min_free_bytes",
+        "gauge",
+        "The free-space watermark (storage.min_free_bytes); 0 when off.",
+    );
+    e.sample(
+        "portask_disk_min_free_bytes",
+        &path,
+        process.disk_min_free_bytes as f64,
     );
     e.family(
         "portask_disk_total_bytes",

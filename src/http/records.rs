@@ -8,6 +8,8 @@
 //!   and `acks` in the query. Records without a partition go by the Java client's default
 //!   partitioner (murmur2 of the key), unkeyed ones round-robin. The answer lists each
 //!   record's partition and offset. `acks` defaults to `all` (-1), as Kafka clients do.
+//!   A write the disk cannot take (below `storage.min_free_bytes`, or refused by the disk
+//!   with acks -1) is answered 507 Insufficient Storage.
 //! - `GET /api/v1/topics/{topic}/partitions/{p}/records?offset=&max_records=&max_bytes=`:
 //!   records from an offset (default: the log start), decompressed, keys and values as
 //!   UTF-8 text when they are (else `key_base64` / `value_base64`, or always base64 with
@@ -218,6 +220,21 @@ async fn produce(shard: &Rc<Shard>, req: &Req, topic: &str) -> ApiResult {
     if records.is_empty() {
         return Err(ApiError::BadRequest("no records to produce".into()));
     }
+    // Below the free-space watermark nothing is taken, whatever the acks.
+    if shard.storage.disk.refuse("REST produce") {
+        let why = format!(
+            "disk almost full: {} bytes free, below storage.min_free_bytes {}",
+            shard.storage.disk.free(),
+            shard.storage.disk.min_free()
+        );
+        return Ok(json(
+            StatusCode::INSUFFICIENT_STORAGE,
+            &serde_json::json!({
+                "error": why,
+                "error_code": ResponseError::KafkaStorageError.code(),
+            }),
+        ));
+    }
     let mut outgoing = Vec::with_capacity(records.len());
     for (partition, key, value, headers, timestamp) in records {
         let partition = match (partition, &key) {
@@ -324,6 +341,7 @@ async fn produce(shard: &Rc<Shard>, req: &Req, topic: &str) -> ApiResult {
             StatusCode::PAYLOAD_TOO_LARGE
         }
         Some(ResponseError::UnknownTopicOrPartition) => StatusCode::NOT_FOUND,
+        Some(ResponseError::KafkaStorageError) => StatusCode::INSUFFICIENT_STORAGE,
         Some(ResponseError::InvalidRecord | ResponseError::CorruptMessage) => {
             StatusCode::BAD_REQUEST
         }

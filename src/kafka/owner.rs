@@ -5,6 +5,10 @@
 //! the caller's shard, else as one mesh envelope per owner per client request). `start`
 //! does the synchronous part at once — appends happen in the order requests arrive — and
 //! returns a future for the rest (waiting for fdatasync, disk reads).
+//!
+//! Produce below the free-space watermark (`storage.min_free_bytes`) is refused with
+//! KAFKA_STORAGE_ERROR before anything is appended; a write the disk refuses later fails
+//! its acks=all producers with the same code (see `storage`'s flusher).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -293,6 +297,17 @@ fn produce(
                     message: Some(message),
                 }
             }
+            Ok(_) if shard.storage.disk.refuse("Kafka produce") => ProduceResult {
+                error: ResponseError::KafkaStorageError.code(),
+                base_offset: -1,
+                log_append_time: -1,
+                log_start_offset: -1,
+                message: Some(format!(
+                    "disk almost full: {} bytes free, below storage.min_free_bytes {}",
+                    shard.storage.disk.free(),
+                    shard.storage.disk.min_free()
+                )),
+            },
             Ok(batches) => {
                 let appended = log.borrow_mut().append(&batches);
                 match appended {

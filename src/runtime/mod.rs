@@ -366,6 +366,11 @@ async fn run_shard(
         .detach();
     }
     let flusher = glommio::spawn_local(storage.clone().run_flusher());
+    // The free-space watermark: read every second, refuses writes below it.
+    let disk_guard = {
+        let disk = storage.disk.clone();
+        glommio::spawn_local(async move { disk.run().await })
+    };
     let retention = {
         let storage = storage.clone();
         let every = Duration::from_millis(config.kafka.retention_check_interval_ms.max(10));
@@ -436,6 +441,7 @@ async fn run_shard(
     ticker.cancel().await;
     retention.cancel().await;
     compactor.cancel().await;
+    disk_guard.cancel().await;
     storage.stop_flusher();
     flusher.await;
     storage.shutdown().await;

@@ -269,9 +269,15 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
         let path = cleaned.clone();
         glommio::executor()
             .spawn_blocking(move || -> std::io::Result<()> {
-                let mut f = std::fs::File::create(&path)?;
-                std::io::Write::write_all(&mut f, &to_write)?;
-                f.sync_all()
+                let written = std::fs::File::create(&path).and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, &to_write)?;
+                    f.sync_all()
+                });
+                if written.is_err() {
+                    // A full disk: the partial copy must not hold on to the space left.
+                    let _ = std::fs::remove_file(&path);
+                }
+                written
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -40,6 +40,20 @@ struct CachedBatch {
     bytes: Bytes,
 }
 
+/// What `PartitionLog::rewind` undid, for the flusher to finish on disk.
+pub struct Rewind {
+    /// The log's end now: offsets from here on are handed out again.
+    pub next_offset: i64,
+    /// Records dropped (not written, or not synced).
+    pub dropped_records: i64,
+    /// Files to cut to their good length (whatever a failed write left past it goes).
+    pub truncate: Vec<(Rc<glommio::io::DmaFile>, u64)>,
+    /// Files of segments begun after the cut point: removed.
+    pub remove: Vec<PathBuf>,
+    /// The segment now last, when its partial block must be read back from the file.
+    pub reload_partial: Option<i64>,
+}
+
 /// Offsets assigned to an append.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -337,6 +351,61 @@ impl PartitionLog {
             log_append_time: lat.unwrap_or(-1),
             duplicate: false,
         })
+    }
+
+    /// Undoes every append past what is on disk (`to_durable`: past what is fdatasync'ed)
+    /// after a write (or sync) failed: those records were never acknowledged as durable,
+    /// their acks=all producers get an error, and they must not reach the file later. The
+    /// next append reuses their offsets. Readers that saw them in the tail cache saw records
+    /// that no longer exist (as with an unclean leader change in Kafka).
+    pub fn rewind(&mut self, to_durable: bool) -> Rewind {
+        let target = if to_durable {
+            self.durable_offset
+        } else {
+            self.written_offset
+        }
+        .min(self.next_offset);
+        let mut plan = Rewind {
+            next_offset: target,
+            dropped_records: self.next_offset - target,
+            truncate: Vec::new(),
+            remove: Vec::new(),
+            reload_partial: None,
+        };
+        let Some(keep) = self.segments.range(..=target).next_back().map(|(b, _)| *b) else {
+            return plan;
+        };
+        let later: Vec<i64> = self.segments.range(keep + 1..).map(|(b, _)| *b).collect();
+        for base in later {
+            if let Some(seg) = self.segments.remove(&base) {
+                if seg.file.is_some() {
+                    plan.remove.extend(seg.paths());
+                }
+            }
+        }
+        if let Some(seg) = self.segments.get_mut(&keep) {
+            let bytes = if to_durable { seg.synced } else { seg.written };
+            let reload = bytes != seg.written;
+            seg.rewind(bytes, target);
+            if let Some(f) = seg.file.clone() {
+                plan.truncate.push((f, bytes));
+                if reload {
+                    plan.reload_partial = Some(keep);
+                }
+            }
+        }
+        self.next_offset = target;
+        self.written_offset = self.written_offset.min(target);
+        self.durable_offset = self.durable_offset.min(target);
+        self.log_start_offset = self.log_start_offset.min(target);
+        while self.tail.back().is_some_and(|b| b.last_offset >= target) {
+            if let Some(b) = self.tail.pop_back() {
+                self.tail_bytes -= b.bytes.len();
+            }
+        }
+        self.producers.forget_from(target);
+        self.appended.notify();
+        plan
     }
 
     /// Drops cached batches beyond the budget, but never ones not yet on disk.
@@ -697,4 +766,62 @@ pub async fn max_timestamp_offset(
         return Ok((-1, -1));
     }
     Ok(offset_for_timestamp(log, max).await?.unwrap_or((-1, -1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::tests::make_batch;
+
+    fn settings() -> LogSettings {
+        LogSettings {
+            segment_bytes: 1 << 30,
+            segment_ms: i64::MAX,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_message_bytes: 1 << 20,
+            log_append_time: false,
+            flush_messages: i64::MAX,
+            flush_ms: -1,
+            index_interval_bytes: 4096,
+            delete_policy: true,
+            compact_policy: false,
+            delete_retention_ms: 0,
+        }
+    }
+
+    fn batches(n: i32) -> Vec<(BatchHeader, Bytes)> {
+        batch::split(&make_batch(1_000, n, b"value")).unwrap()
+    }
+
+    #[test]
+    fn a_rewind_undoes_what_was_not_written_and_reuses_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path().join("t-0"), "t", 0, settings(), 1 << 20);
+        log.append(&batches(3)).unwrap();
+        // The flusher writes the first batch only.
+        let job = log.active().take_write(1).unwrap();
+        assert_eq!(job.upto, 3);
+        log.active().complete_write(&job, 512);
+        log.written_offset = job.upto;
+        let written = log.active().written;
+        log.append(&batches(2)).unwrap();
+        log.append(&batches(4)).unwrap();
+        assert_eq!(log.next_offset, 9);
+
+        let plan = log.rewind(false);
+        assert_eq!((plan.next_offset, plan.dropped_records), (3, 6));
+        assert_eq!(log.next_offset, 3);
+        assert_eq!(log.tail_cache_bytes(), batches(3)[0].1.len());
+        let seg = log.active();
+        assert_eq!(
+            (seg.size, seg.written, seg.next_offset),
+            (written, written, 3)
+        );
+        assert!(seg.pending.is_empty());
+        // The next append takes the undone offsets, right after what is on disk.
+        let a = log.append(&batches(1)).unwrap();
+        assert_eq!((a.base_offset, a.last_offset), (3, 3));
+        assert_eq!(log.active().size, written + batches(1)[0].1.len() as u64);
+    }
 }

@@ -5,9 +5,17 @@
 //! tasks. Only the owner shard of a partition calls into it (other shards come through the
 //! mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/<base>.log|.index|
 //! .timeindex`, documented in `shards/README.md`.
+//!
+//! A write or sync that fails (a full disk, ENOSPC) is an answer, not a retry: the
+//! partition's appends past what is on disk are undone (`PartitionLog::rewind`), the file
+//! is cut back to its good length, and the acks=all producers waiting on them get an
+//! error (KAFKA_STORAGE_ERROR) at once. Nothing answered as failed is written later; the
+//! next produce tries the disk again, so writes resume by themselves when space returns.
+//! `disk::DiskGuard` refuses new data before that point (`storage.min_free_bytes`).
 
 pub mod batch;
 pub mod compaction;
+pub mod disk;
 pub mod inflate;
 pub mod log;
 pub mod producers;
@@ -72,6 +80,10 @@ pub struct Storage {
     stopping: Cell<bool>,
     /// Fired each time the flusher finishes a round.
     pub round_done: Notify,
+    /// The free-space watermark of this shard's data directory.
+    pub disk: Rc<disk::DiskGuard>,
+    /// When the last failed write was logged (one line a second at most).
+    last_failure_log_ms: Cell<i64>,
 }
 
 impl Storage {
@@ -88,6 +100,11 @@ impl Storage {
             wake: Notify::new(),
             stopping: Cell::new(false),
             round_done: Notify::new(),
+            disk: Rc::new(disk::DiskGuard::new(
+                config.data_dir.clone(),
+                config.storage.min_free_bytes,
+            )),
+            last_failure_log_ms: Cell::new(i64::MIN / 2),
         }
     }
 
@@ -163,21 +180,11 @@ impl Storage {
         Ok(clean)
     }
 
-    /// glommio decides once per block device and thread whether DMA reads and writes go
-    /// to the polled (IOPOLL) ring, by reading one block of the first file opened with
-    /// DMA. When that file is empty the read stops at end-of-file and succeeds even on a
-    /// device that cannot poll (virtio-blk, for one); every later disk read on this shard
-    /// then fails with EOPNOTSUPP, and fetches behind the tail cache get
-    /// KAFKA_STORAGE_ERROR for ever. Opening a file that holds a block of data first makes
-    /// the probe see what the device can do. Must run before any segment is opened.
+    /// See `probe_dma`: must run before any segment is opened. Never fails: recovery
+    /// needs no free space.
     async fn settle_iopoll_probe(&self) -> std::io::Result<()> {
-        let path = self.root.join(".iopoll-probe");
-        std::fs::write(&path, [0x50u8; 4096])?;
-        let file = glommio::io::DmaFile::open(&path)
-            .await
-            .map_err(std::io::Error::from)?;
-        let _ = file.close().await;
-        std::fs::remove_file(&path)
+        probe_dma(&self.root).await;
+        Ok(())
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<LogRef> {
@@ -342,7 +349,14 @@ impl Storage {
         to_sync.dedup_by_key(|l| Rc::as_ptr(l) as usize);
         // Write what waiters need even if their partition was not marked dirty this round.
         join_all(to_sync.iter().map(|l| self.write_partition(l))).await;
-        join_all(to_sync.iter().map(sync_partition)).await;
+        let synced = join_all(to_sync.iter().map(sync_partition)).await;
+        for (log, r) in to_sync.iter().zip(synced) {
+            if let Err(e) = r {
+                let path = log.borrow().dir().to_owned();
+                self.write_failed(log, &path, "fdatasync of", &e, true)
+                    .await;
+            }
+        }
 
         // Wake the waiters whose offsets are now durable; keep the rest.
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
@@ -433,10 +447,8 @@ impl Storage {
                             f
                         }
                         Err(e) => {
-                            ::log::error!("opening {}: {e}", path.display());
-                            if let Some(job) = job {
-                                put_back(log, base, job);
-                            }
+                            drop(job);
+                            self.write_failed(log, &path, "opening", &e, false).await;
                             return;
                         }
                     },
@@ -452,8 +464,19 @@ impl Storage {
                 let bytes = buf.as_bytes_mut();
                 bytes[..job.bytes.len()].copy_from_slice(&job.bytes);
                 bytes[job.bytes.len()..].fill(0);
-                match file.write_at(buf, job.position).await {
-                    Ok(_) => {
+                let result = match file.write_at(buf, job.position).await {
+                    Ok(n) if n >= len => Ok(()),
+                    // O_DIRECT on a filling disk can write the blocks it could allocate
+                    // and stop: the rest is as missing as if the write had failed.
+                    Ok(n) => Err(std::io::Error::from_raw_os_error(if n == 0 {
+                        libc::EIO
+                    } else {
+                        libc::ENOSPC
+                    })),
+                    Err(e) => Err(std::io::Error::from(e)),
+                };
+                match result {
+                    Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);
                         if let Some(seg) = l.segment_mut(base) {
@@ -461,13 +484,66 @@ impl Storage {
                         }
                     }
                     Err(e) => {
-                        ::log::error!("writing {}: {e}", path.display());
-                        put_back(log, base, job);
-                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                        drop(job);
+                        self.write_failed(log, &path, "writing", &e, false).await;
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// A write (or, with `to_durable`, a sync) of `log` failed: undo its appends past what
+    /// the disk holds, cut the files back, and fail the acks=all producers waiting on the
+    /// undone records now. The next produce tries the disk again.
+    async fn write_failed(
+        &self,
+        log: &LogRef,
+        path: &Path,
+        what: &str,
+        e: &std::io::Error,
+        to_durable: bool,
+    ) {
+        if disk::is_no_space(e) {
+            self.disk.write_failed();
+        }
+        let plan = log.borrow_mut().rewind(to_durable);
+        let now = now_ms();
+        if now - self.last_failure_log_ms.get() >= 1000 {
+            self.last_failure_log_ms.set(now);
+            let l = log.borrow();
+            ::log::error!(
+                "{what} {}: {e}; {}-{}: {} records not written are dropped and their producers answered KAFKA_STORAGE_ERROR (log end back to {})",
+                path.display(),
+                l.topic,
+                l.partition,
+                plan.dropped_records,
+                plan.next_offset
+            );
+        }
+        // Producers of the undone records hear now; those below the cut keep waiting for
+        // their sync.
+        let reason = format!("{what} the partition's log failed: {e}");
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        let mut keep = Vec::with_capacity(waiters.len());
+        for w in waiters {
+            if Rc::ptr_eq(&w.log, log) && w.offset > plan.next_offset {
+                let _ = w.done.send(Err(reason.clone()));
+            } else {
+                keep.push(w);
+            }
+        }
+        self.waiters.borrow_mut().extend(keep);
+        for (file, len) in plan.truncate {
+            if let Err(e) = file.truncate(len).await {
+                ::log::warn!("cutting {} back to {len} bytes: {e}", path.display());
+            }
+        }
+        for p in plan.remove {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(base) = plan.reload_partial {
+            reload_partial(log, base).await;
         }
     }
 
@@ -555,6 +631,67 @@ impl Storage {
     }
 }
 
+/// glommio decides once per block device and thread whether DMA reads and writes go to
+/// the polled (IOPOLL) ring, by reading one block of the first file opened with DMA. When
+/// that file is empty the read stops at end-of-file and succeeds even on a device that
+/// cannot poll (virtio-blk, for one); every later disk read on this shard then fails with
+/// EOPNOTSUPP, and fetches behind the tail cache get KAFKA_STORAGE_ERROR for ever. So the
+/// first DMA open of a shard's thread is of a file that holds a block of data: a probe file
+/// written for it, or — when the disk is full and the probe cannot be written — an
+/// existing file of the shard's data (read only; recovery must not need free space).
+pub async fn probe_dma(dir: &Path) {
+    let path = dir.join(".dma_probe");
+    let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, [0x5au8; 4096]));
+    let target = match written {
+        Ok(()) => Some(path.clone()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            let found = file_with_data(dir, 4);
+            ::log::info!(
+                "{}: cannot write the DMA probe file ({e}); probing {}",
+                dir.display(),
+                found
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "nothing (no file with data yet)".into())
+            );
+            found
+        }
+    };
+    if let Some(target) = target {
+        if let Ok(f) = glommio::io::OpenOptions::new()
+            .read(true)
+            .dma_open(&target)
+            .await
+        {
+            let _ = f.close().await;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A file of at least one 4 KiB block under `dir`, `depth` levels deep at most.
+fn file_with_data(dir: &Path, depth: usize) -> Option<PathBuf> {
+    let mut subdirs = Vec::new();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = e.metadata() else {
+            continue;
+        };
+        if meta.is_file() && meta.len() >= 4096 {
+            return Some(e.path());
+        }
+        if meta.is_dir() {
+            subdirs.push(e.path());
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    subdirs
+        .into_iter()
+        .find_map(|d| file_with_data(&d, depth - 1))
+}
+
 async fn open_segment_file(path: &Path) -> std::io::Result<Rc<glommio::io::DmaFile>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -569,39 +706,69 @@ async fn open_segment_file(path: &Path) -> std::io::Result<Rc<glommio::io::DmaFi
     Ok(Rc::new(f))
 }
 
-fn put_back(log: &LogRef, base: i64, job: segment::WriteJob) {
+/// Reads the last partial block of segment `base` back from its file after a rewind cut
+/// the segment below what had been written.
+async fn reload_partial(log: &LogRef, base: i64) {
+    let (file, written) = {
+        let l = log.borrow();
+        match l.segment(base) {
+            Some(s) => (s.file.clone(), s.written),
+            None => return,
+        }
+    };
+    let Some(file) = file else {
+        return;
+    };
+    let align = file.alignment();
+    let start = written - written % align;
+    let mut partial = Vec::new();
+    if written > start {
+        match file.read_at(start, (written - start) as usize).await {
+            Ok(r) => partial.extend_from_slice(&r[..]),
+            Err(e) => {
+                ::log::error!("reading back segment {base} after a failed sync: {e}");
+                return;
+            }
+        }
+    }
     let mut l = log.borrow_mut();
     if let Some(seg) = l.segment_mut(base) {
-        seg.fail_write(job);
+        if seg.written == written {
+            seg.partial = partial;
+        }
     }
 }
 
-async fn sync_partition(log: &LogRef) {
-    let (files, upto) = {
+/// fdatasyncs the partition's unfinalized segment files; on success everything written
+/// before the call is durable.
+async fn sync_partition(log: &LogRef) -> std::io::Result<()> {
+    let (files, upto, sizes) = {
         let l = log.borrow();
         let files: Vec<_> = l
             .segments()
             .filter(|s| !s.finalized)
             .filter_map(|s| s.file.clone())
             .collect();
-        (files, l.written_offset)
+        let sizes: Vec<(i64, u64)> = l.segments().map(|s| (s.base_offset, s.written)).collect();
+        (files, l.written_offset, sizes)
     };
-    let mut ok = true;
     for f in files {
         let started = std::time::Instant::now();
-        if let Err(e) = f.fdatasync().await {
-            ::log::error!("fdatasync: {e}");
-            ok = false;
-        }
+        let r = f.fdatasync().await;
         let took = started.elapsed();
         crate::metrics::with(|m| m.fsync.record(took));
+        r.map_err(std::io::Error::from)?;
     }
-    if ok {
-        let mut l = log.borrow_mut();
-        l.durable_offset = l.durable_offset.max(upto);
-        l.unsynced_messages = 0;
-        l.last_sync_ms = now_ms();
+    let mut l = log.borrow_mut();
+    l.durable_offset = l.durable_offset.max(upto);
+    l.unsynced_messages = 0;
+    l.last_sync_ms = now_ms();
+    for (base, written) in sizes {
+        if let Some(seg) = l.segment_mut(base) {
+            seg.synced = seg.synced.max(written.min(seg.written));
+        }
     }
+    Ok(())
 }
 
 async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFile>) {

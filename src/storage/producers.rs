@@ -93,6 +93,16 @@ impl ProducerStates {
         }
     }
 
+    /// Forgets the batches at and after `offset` (their append was undone: the disk refused
+    /// them), so the producer's retry is appended again instead of being answered as a
+    /// duplicate of records that are gone.
+    pub fn forget_from(&mut self, offset: i64) {
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|b| b.base_offset < offset);
+        }
+        self.producers.retain(|_, e| !e.batches.is_empty());
+    }
+
     /// Records an appended batch (with its final offsets).
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id < 0 || h.base_sequence < 0 {
@@ -206,5 +216,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         s.save(dir.path(), 16).unwrap();
         assert_eq!(ProducerStates::load(dir.path()), Some((16, s)));
+    }
+
+    #[test]
+    fn forgetting_undone_batches_lets_their_retry_append_again() {
+        let mut s = ProducerStates::default();
+        s.record(&h(7, 0, 0, 3, 10));
+        s.record(&h(7, 0, 3, 2, 13));
+        s.record(&h(8, 0, 0, 1, 15));
+        s.forget_from(13);
+        // Producer 7's second batch is gone: its retry is appended, not a duplicate.
+        assert_eq!(s.check(&h(7, 0, 3, 2, 0)), Verdict::Append);
+        assert_eq!(s.check(&h(7, 0, 0, 3, 0)), Verdict::Duplicate(10));
+        // Producer 8 had nothing below the cut: it is forgotten entirely.
+        assert_eq!(s.check(&h(8, 0, 0, 1, 0)), Verdict::Append);
     }
 }

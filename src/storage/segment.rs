@@ -34,6 +34,10 @@ pub struct Segment {
     pub size: u64,
     /// Logical bytes on disk (written, not necessarily synced).
     pub written: u64,
+    /// Logical bytes fdatasync'ed as of the partition's last `durable_offset` move (the
+    /// position of `durable_offset` in the segment that holds it), where a failed sync
+    /// cuts back to.
+    pub synced: u64,
     /// Bytes handed to a write that has not completed yet.
     pub in_flight: u64,
     /// Appended batches not yet handed to a write, each with the offset after it.
@@ -86,6 +90,7 @@ impl Segment {
             file: None,
             size: 0,
             written: 0,
+            synced: 0,
             in_flight: 0,
             pending: Vec::new(),
             partial: Vec::new(),
@@ -244,6 +249,7 @@ impl Segment {
         // Everything scanned is on disk already.
         self.pending.clear();
         self.written = self.size;
+        self.synced = self.size;
         self.next_offset = expected;
         let torn = file_size.saturating_sub(self.size);
         let valid_size = self.size;
@@ -309,11 +315,21 @@ impl Segment {
             .extend_from_slice(&job.bytes[job.bytes.len() - keep..]);
     }
 
-    /// Puts a failed write's batches back so the next round retries it.
-    pub fn fail_write(&mut self, job: WriteJob) {
-        let body = Bytes::copy_from_slice(&job.bytes[self.partial.len()..]);
-        self.pending.insert(0, (body, job.upto));
+    /// Undoes the appends past `bytes` (where the file's good data ends), which end at
+    /// offset `next_offset`: pending batches and index points past it go. `partial` stays
+    /// right only when `bytes` is `written`; otherwise the caller reloads it.
+    pub fn rewind(&mut self, bytes: u64, next_offset: i64) {
+        self.size = bytes;
+        self.written = self.written.min(bytes);
+        self.synced = self.synced.min(bytes);
+        self.pending.clear();
         self.in_flight = 0;
+        self.index.retain(|e| e.position < bytes);
+        // The next batch gets an index point: the sparse spacing restarts here.
+        self.bytes_since_index = u64::MAX;
+        self.next_offset = next_offset;
+        self.sealed = false;
+        self.finalized = false;
     }
 
     /// Index files in Kafka's layout: `.index` = (relative offset u32, position u32),
@@ -394,6 +410,7 @@ impl Segment {
         }
         self.size = at as u64;
         self.written = at as u64;
+        self.synced = at as u64;
         self.partial.clear();
         self.next_offset = next;
     }

@@ -215,3 +215,4 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 }
 
 pub mod amqp;
+pub mod disk;

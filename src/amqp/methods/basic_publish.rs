@@ -154,6 +154,10 @@ async fn finish(
     };
     let msg = message(&p.exchange, &p.routing_key, properties, body, conn.user())?;
     write_allowed(conn, ch, &p.exchange)?;
+    // From now on the disk alarm blocks this connection; a publish completed while it is on
+    // waits here, not routed, until free space returns (`connection::wait_for_disk`).
+    crate::amqp::connection::mark_published(conn);
+    crate::amqp::connection::wait_for_disk(conn).await;
     let msg = direct_reply::rewrite(conn, ch, msg)?;
     if ch.borrow().tx.is_some() {
         // Routing happens at commit; the exchange must exist now.

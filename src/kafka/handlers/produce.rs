@@ -6,7 +6,10 @@
 //! owner and hand each owner its share (`Shard::kafka_dispatch` — the line where work
 //! crosses shards); the owner appends at once. Stage two, the returned `Pending`: wait
 //! for every owner's answer (after fdatasync for acks=-1) and assemble the response in
-//! request order. With acks=0 no response is sent, as Kafka does.
+//! request order. With acks=0 no response is sent, as Kafka does. An acks=-1 request is
+//! answered within its `timeout_ms`: a partition whose owner has not answered by then gets
+//! REQUEST_TIMED_OUT (as Kafka does when replication is late; its records may still be
+//! written). A disk that refuses the write answers KAFKA_STORAGE_ERROR long before that.
 
 use std::rc::Rc;
 
@@ -56,6 +59,9 @@ pub async fn handle(
     let shard = &conn.shard;
     let started = std::time::Instant::now();
     let acks = req.acks;
+    // acks=all is answered within the request's timeout_ms whatever the disk does.
+    let limit = (acks == -1 && req.timeout_ms > 0)
+        .then(|| std::time::Duration::from_millis(req.timeout_ms as u64));
     let state = shard.catalog.current();
     // Every partition of the request, in order: (topic label, topic id, partition).
     let mut layout: Vec<(kafka_protocol::messages::TopicName, uuid::Uuid, Vec<i32>)> = Vec::new();
@@ -137,9 +143,24 @@ pub async fn handle(
     }
     Box::pin(async move {
         let (idx, waits): (Vec<Vec<usize>>, Vec<_>) = pending.into_iter().unzip();
+        let waits = waits.into_iter().map(|w| async move {
+            match limit {
+                Some(limit) => glommio::timer::timeout(limit, async { Ok(w.await) })
+                    .await
+                    .ok(),
+                None => Some(w.await),
+            }
+        });
         for (idx, reply) in idx.into_iter().zip(join_all(waits).await) {
             match reply {
-                Reply::Produce(rs) => {
+                None => {
+                    for i in idx {
+                        results[i].error = ResponseError::RequestTimedOut.code();
+                        results[i].message =
+                            Some("not durable within the request's timeout_ms".into());
+                    }
+                }
+                Some(Reply::Produce(rs)) => {
                     for (i, r) in idx.into_iter().zip(rs) {
                         results[i] = r;
                     }
