@@ -4,6 +4,8 @@
 //! fuzz/corpus/amqp_frame` from the repository root (see README, "Fuzzing").
 #![no_main]
 
+// Each target calls one of the shared entry points.
+#[allow(dead_code)]
 #[path = "../../tests/fuzz/targets.rs"]
 mod targets;
 

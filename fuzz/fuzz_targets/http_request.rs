@@ -5,6 +5,8 @@
 //! fuzz/corpus/http_request` from the repository root (see README, "Fuzzing").
 #![no_main]
 
+// Each target calls one of the shared entry points.
+#[allow(dead_code)]
 #[path = "../../tests/fuzz/targets.rs"]
 mod targets;
 

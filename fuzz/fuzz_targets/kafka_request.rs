@@ -6,6 +6,8 @@
 //! fuzz/corpus/kafka_request` (see README, "Fuzzing").
 #![no_main]
 
+// Each target calls one of the shared entry points.
+#[allow(dead_code)]
 #[path = "../../tests/fuzz/targets.rs"]
 mod targets;
 
