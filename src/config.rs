@@ -231,6 +231,10 @@ pub struct LimitsConfig {
     /// load balancer or NAT every client shows as one address, and a default limit would
     /// refuse them, while `max_connections_per_shard` and `nofile` already bound the total.
     pub max_connections_per_ip: usize,
+    /// `max.connections.per.ip.overrides`: other limits for some addresses, as Kafka writes
+    /// them: `"10.0.0.5:1000,::1:50"` (address, colon, limit; 0 = none for that address).
+    /// Addresses only, no host names. Empty by default.
+    pub max_connections_per_ip_overrides: String,
     /// Request bytes a connection may have in flight before the broker stops reading it
     /// (AMQP: also its output waiting for the socket).
     pub connection_inflight_bytes: usize,
@@ -360,11 +364,42 @@ impl Default for StorageConfig {
     }
 }
 
+impl LimitsConfig {
+    /// `max_connections_per_ip_overrides`, parsed: (address, limit) pairs.
+    pub fn per_ip_overrides(&self) -> Result<Vec<(std::net::IpAddr, usize)>, String> {
+        self.max_connections_per_ip_overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let parsed = item.rsplit_once(':').and_then(|(ip, n)| {
+                    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                    Some((ip.parse().ok()?, n.trim().parse().ok()?))
+                });
+                parsed.ok_or_else(|| format!("'{item}' is not <address>:<limit>"))
+            })
+            .collect()
+    }
+
+    /// The connection limit for one client address (0: none).
+    pub fn per_ip_limit(&self, ip: std::net::IpAddr) -> usize {
+        if !self.max_connections_per_ip_overrides.is_empty() {
+            if let Ok(overrides) = self.per_ip_overrides() {
+                if let Some((_, n)) = overrides.iter().find(|(a, _)| *a == ip) {
+                    return *n;
+                }
+            }
+        }
+        self.max_connections_per_ip
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections_per_shard: 10_000,
             max_connections_per_ip: 0,
+            max_connections_per_ip_overrides: String::new(),
             connection_inflight_bytes: 64 << 20,
             shard_inflight_bytes: 512 << 20,
             drain_deadline_ms: 10_000,
@@ -647,6 +682,9 @@ impl Config {
         if self.limits.max_connections_per_shard == 0 {
             return bad("limits.max_connections_per_shard", "must be at least 1");
         }
+        if let Err(e) = self.limits.per_ip_overrides() {
+            return bad("limits.max_connections_per_ip_overrides", &e);
+        }
         if self.storage.max_write_bytes < 4096 {
             return bad("storage.max_write_bytes", "must be at least 4096");
         }
@@ -724,6 +762,31 @@ mod tests {
         assert_eq!(prov.source_of("kafka.addr"), Source::Default);
         let text = config.render(&prov);
         assert!(text.contains("num_partitions = 6    # env"), "{text}");
+    }
+
+    #[test]
+    fn per_ip_overrides_parse_as_kafka_writes_them() {
+        let mut limits = LimitsConfig {
+            max_connections_per_ip: 10,
+            max_connections_per_ip_overrides: "10.0.0.5:1000, ::1:0,[fe80::2]:3".into(),
+            ..LimitsConfig::default()
+        };
+        assert_eq!(limits.per_ip_limit("10.0.0.5".parse().unwrap()), 1000);
+        assert_eq!(limits.per_ip_limit("::1".parse().unwrap()), 0);
+        assert_eq!(limits.per_ip_limit("fe80::2".parse().unwrap()), 3);
+        assert_eq!(limits.per_ip_limit("10.0.0.6".parse().unwrap()), 10);
+        limits.max_connections_per_ip_overrides = "broker-host:5".into();
+        assert!(limits.per_ip_overrides().is_err());
+        let err = ConfigBuilder::new()
+            .flag("limits.max_connections_per_ip_overrides", "10.0.0.5")
+            .and_then(|b| b.build())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("limits.max_connections_per_ip_overrides"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Connection hygiene over real sockets: a request (Kafka) or frame (AMQP) trickled a byte
 //! at a time is closed once `kafka.request_read_timeout_ms` / `amqp.frame_read_timeout_ms`
 //! pass from its first byte, and a trickled HTTP body gets 408 at `http.read_timeout_ms`,
-//! while normal clients (rdkafka, lapin, a long-polling Fetch, HTTP requests) keep working; and `limits.max_connections_per_ip` refuses the connection past the limit
-//! from 127.0.0.1 on the Kafka, AMQP and HTTP ports alike, counts it in `/metrics`, and
-//! accepts again once one closes.
+//! while normal clients (rdkafka, lapin, a long-polling Fetch, HTTP requests) keep
+//! working; and `limits.max_connections_per_ip` (here through its override for 127.0.0.1)
+//! refuses the connection past the limit on the Kafka, AMQP and HTTP ports alike, counts it
+//! in `/metrics`, and accepts again once one closes.
 
 mod common;
 
@@ -274,7 +275,17 @@ const HTTP_HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
 #[test]
 fn connections_past_the_per_ip_limit_are_refused_on_every_port_and_counted() {
     let (_dir, data) = data_dir();
-    let b = Broker::start(&data, &[("PORTASK_LIMITS__MAX_CONNECTIONS_PER_IP", "3")]);
+    // One connection per address, but three for 127.0.0.1 (Kafka's overrides form).
+    let b = Broker::start(
+        &data,
+        &[
+            ("PORTASK_LIMITS__MAX_CONNECTIONS_PER_IP", "1"),
+            (
+                "PORTASK_LIMITS__MAX_CONNECTIONS_PER_IP_OVERRIDES",
+                "10.0.0.5:0,127.0.0.1:3",
+            ),
+        ],
+    );
     // Three held connections, one per port (the start-up probes may still hold slots for
     // a moment after closing, hence the retries).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -310,7 +321,8 @@ fn connections_past_the_per_ip_limit_are_refused_on_every_port_and_counted() {
     // The held ones still work.
     assert!(answered(&mut kafka, &API_VERSIONS));
     assert!(
-        b.log().contains("(limits.max_connections_per_ip)"),
+        b.log()
+            .contains("(limits.max_connections_per_ip, or its override)"),
         "{}",
         b.log()
     );

@@ -66,14 +66,15 @@ pub async fn accept_loop<F, Fut, E>(
             drop(stream);
             continue;
         }
-        let per_ip = shard.config.limits.max_connections_per_ip;
-        let slot = match peer.map(|p| IpSlot::take(p.ip(), per_ip)) {
+        let limits = &shard.config.limits;
+        let slot = match peer.map(|p| IpSlot::take(p.ip(), limits.per_ip_limit(canonical(p.ip()))))
+        {
             Some(Err(open)) => {
                 refuse(protocol, Refusal::PerIp, || {
                     format!(
                         "shard {}: refusing {protocol} connection from {peer:?}: {open} \
                          connections from that address already open \
-                         (limits.max_connections_per_ip)",
+                         (limits.max_connections_per_ip, or its override)",
                         shard.id
                     )
                 });
