@@ -200,7 +200,13 @@ impl OffsetStore {
             };
             let (file, result) = glommio::executor()
                 .spawn_blocking(move || {
+                    // A round the disk refuses (ENOSPC) is cut back off the file: a torn
+                    // record left in the middle would hide every later commit on reload.
+                    let start = file.metadata().map(|m| m.len());
                     let r = file.write_all(&buf).and_then(|_| file.sync_data());
+                    if let (Err(_), Ok(start)) = (&r, start) {
+                        let _ = file.set_len(start);
+                    }
                     (file, r)
                 })
                 .await;
@@ -209,7 +215,9 @@ impl OffsetStore {
                 log::error!("writing committed offsets: {e}");
                 e.to_string()
             });
-            self.records.set(self.records.get() + senders.len());
+            if result.is_ok() {
+                self.records.set(self.records.get() + senders.len());
+            }
             for tx in senders {
                 let _ = tx.send(result.clone());
             }
