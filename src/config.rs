@@ -87,6 +87,12 @@ pub struct KafkaConfig {
     /// answer owed to it, is closed (as is one that stalls inside a request frame, or
     /// reads none of its answers for this long).
     pub connections_max_idle_ms: u64,
+    /// A request must arrive whole within this many ms of its first byte (size prefix to
+    /// last byte), or the connection is closed: a client trickling a frame (slowloris)
+    /// cannot hold a connection and its buffer for `connections_max_idle_ms`. Time the
+    /// broker itself holds the read back (in-flight budgets) does not count; a connection
+    /// between requests (a long-poll Fetch included) is not timed by it.
+    pub request_read_timeout_ms: u64,
     /// `log.segment.bytes`
     pub segment_bytes: i64,
     /// `log.roll.ms`
@@ -136,6 +142,11 @@ pub struct AmqpConfig {
     /// A delivery not acknowledged for this long closes its channel with 406 and goes
     /// back to its queue (RabbitMQ's `consumer_timeout`, 30 minutes); 0 = never.
     pub consumer_timeout_ms: u64,
+    /// A frame must arrive whole within this many ms of its first byte, or the connection
+    /// is closed (a client trickling a frame cannot hold a connection and its buffer);
+    /// a connection between frames is bounded by heartbeats instead. During the handshake
+    /// the shorter handshake timeout (10 s) applies.
+    pub frame_read_timeout_ms: u64,
     /// Users: name and RabbitMQ-style salted SHA-256 password hash.
     pub users: Vec<AmqpUser>,
     /// Users that may connect only from a loopback address (RabbitMQ's `loopback_users`).
@@ -187,8 +198,9 @@ pub struct HttpConfig {
     pub auth_metrics: bool,
     /// How long `/health` waits for each shard's executor to answer.
     pub health_deadline_ms: u64,
-    /// How long a client may send nothing while a request's head or body is due: past it
-    /// the connection is closed (head) or answered 408 and closed (body).
+    /// How long a request's head may take to arrive whole, and then its body: past it the
+    /// connection is closed (head) or answered 408 and closed (body). Whole, not per read,
+    /// so a client trickling a byte at a time cannot hold a connection.
     pub read_timeout_ms: u64,
 }
 
@@ -213,6 +225,16 @@ pub struct StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_connections_per_shard: usize,
+    /// `max.connections.per.ip`: connections one client address may hold open, over all
+    /// shards and the Kafka, AMQP and HTTP ports together; more are closed at accept.
+    /// 0 (the default) is no limit, as Kafka's default (Integer.MAX_VALUE) is: behind a
+    /// load balancer or NAT every client shows as one address, and a default limit would
+    /// refuse them, while `max_connections_per_shard` and `nofile` already bound the total.
+    pub max_connections_per_ip: usize,
+    /// `max.connections.per.ip.overrides`: other limits for some addresses, as Kafka writes
+    /// them: `"10.0.0.5:1000,::1:50"` (address, colon, limit; 0 = none for that address).
+    /// Addresses only, no host names. Empty by default.
+    pub max_connections_per_ip_overrides: String,
     /// Request bytes a connection may have in flight before the broker stops reading it
     /// (AMQP: also its output waiting for the socket).
     pub connection_inflight_bytes: usize,
@@ -262,6 +284,7 @@ impl Default for KafkaConfig {
             max_request_bytes: 104_857_600,
             max_inflight_requests: 256,
             connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 30_000,
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
             retention_ms: 7 * 24 * 3600 * 1000,
@@ -293,6 +316,7 @@ impl Default for AmqpConfig {
             consumer_window: 2000,
             consumer_window_bytes: 16 << 20,
             consumer_timeout_ms: 1_800_000,
+            frame_read_timeout_ms: 30_000,
             users: vec![AmqpUser {
                 name: "guest".into(),
                 // "guest"
@@ -340,10 +364,42 @@ impl Default for StorageConfig {
     }
 }
 
+impl LimitsConfig {
+    /// `max_connections_per_ip_overrides`, parsed: (address, limit) pairs.
+    pub fn per_ip_overrides(&self) -> Result<Vec<(std::net::IpAddr, usize)>, String> {
+        self.max_connections_per_ip_overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let parsed = item.rsplit_once(':').and_then(|(ip, n)| {
+                    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                    Some((ip.parse().ok()?, n.trim().parse().ok()?))
+                });
+                parsed.ok_or_else(|| format!("'{item}' is not <address>:<limit>"))
+            })
+            .collect()
+    }
+
+    /// The connection limit for one client address (0: none).
+    pub fn per_ip_limit(&self, ip: std::net::IpAddr) -> usize {
+        if !self.max_connections_per_ip_overrides.is_empty() {
+            if let Ok(overrides) = self.per_ip_overrides() {
+                if let Some((_, n)) = overrides.iter().find(|(a, _)| *a == ip) {
+                    return *n;
+                }
+            }
+        }
+        self.max_connections_per_ip
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections_per_shard: 10_000,
+            max_connections_per_ip: 0,
+            max_connections_per_ip_overrides: String::new(),
             connection_inflight_bytes: 64 << 20,
             shard_inflight_bytes: 512 << 20,
             drain_deadline_ms: 10_000,
@@ -392,7 +448,15 @@ impl Provenance {
 }
 
 /// `PORTASK_*` variables read by the scripts in `scripts/`, not by the broker.
-const TOOL_VARIABLES: &[&str] = &["PORTASK_BIN", "PORTASK_SYS_ROOT", "PORTASK_SYSCTL_ROOT"];
+const TOOL_VARIABLES: &[&str] = &[
+    "PORTASK_BIN",
+    "PORTASK_SYS_ROOT",
+    "PORTASK_SYSCTL_ROOT",
+    // The fuzz tests' duration, seed and case (tests/fuzz/engine.rs).
+    "PORTASK_FUZZ_SECS",
+    "PORTASK_FUZZ_SEED",
+    "PORTASK_FUZZ_CASE",
+];
 
 /// The configuration as layers of TOML values, merged then checked in one place.
 pub struct ConfigBuilder {
@@ -554,6 +618,12 @@ impl Config {
         if self.kafka.connections_max_idle_ms == 0 {
             return bad("kafka.connections_max_idle_ms", "must be at least 1");
         }
+        if self.kafka.request_read_timeout_ms == 0 {
+            return bad("kafka.request_read_timeout_ms", "must be at least 1");
+        }
+        if self.amqp.frame_read_timeout_ms == 0 {
+            return bad("amqp.frame_read_timeout_ms", "must be at least 1");
+        }
         if self.kafka.flush_messages < 1 {
             return bad("kafka.flush_messages", "must be at least 1");
         }
@@ -611,6 +681,9 @@ impl Config {
         }
         if self.limits.max_connections_per_shard == 0 {
             return bad("limits.max_connections_per_shard", "must be at least 1");
+        }
+        if let Err(e) = self.limits.per_ip_overrides() {
+            return bad("limits.max_connections_per_ip_overrides", &e);
         }
         if self.storage.max_write_bytes < 4096 {
             return bad("storage.max_write_bytes", "must be at least 4096");
@@ -689,6 +762,31 @@ mod tests {
         assert_eq!(prov.source_of("kafka.addr"), Source::Default);
         let text = config.render(&prov);
         assert!(text.contains("num_partitions = 6    # env"), "{text}");
+    }
+
+    #[test]
+    fn per_ip_overrides_parse_as_kafka_writes_them() {
+        let mut limits = LimitsConfig {
+            max_connections_per_ip: 10,
+            max_connections_per_ip_overrides: "10.0.0.5:1000, ::1:0,[fe80::2]:3".into(),
+            ..LimitsConfig::default()
+        };
+        assert_eq!(limits.per_ip_limit("10.0.0.5".parse().unwrap()), 1000);
+        assert_eq!(limits.per_ip_limit("::1".parse().unwrap()), 0);
+        assert_eq!(limits.per_ip_limit("fe80::2".parse().unwrap()), 3);
+        assert_eq!(limits.per_ip_limit("10.0.0.6".parse().unwrap()), 10);
+        limits.max_connections_per_ip_overrides = "broker-host:5".into();
+        assert!(limits.per_ip_overrides().is_err());
+        let err = ConfigBuilder::new()
+            .flag("limits.max_connections_per_ip_overrides", "10.0.0.5")
+            .and_then(|b| b.build())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("limits.max_connections_per_ip_overrides"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ pub struct ProtocolMetrics {
     pub bytes_out: u64,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Connections refused at accept: `limits.max_connections_per_shard` reached on the
+    /// shard, `limits.max_connections_per_ip` reached for the client's address.
+    pub refused_per_shard: u64,
+    pub refused_per_ip: u64,
     /// Times a connection stopped reading (Kafka) or was blocked (AMQP) on its in-flight
     /// budget.
     pub throttled: u64,

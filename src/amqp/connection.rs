@@ -434,11 +434,19 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
     let started = now_ms();
     let mut close_deadline: Option<i64> = None;
     let mut stop_drain_until: Option<i64> = None;
+    // When the partial frame now in `buf` began: it must be whole within
+    // `amqp.frame_read_timeout_ms`, however its bytes trickle in.
+    let frame_timeout = conn.shard.config.amqp.frame_read_timeout_ms.max(1) as i64;
+    let mut partial_since: Option<i64> = None;
     loop {
         // Every complete frame in the buffer.
+        let mut took_frame = false;
         loop {
             let frame = match codec::take_frame(&mut buf, conn.frame_max.get()) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    took_frame = true;
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     if phase == Phase::Closing {
@@ -479,6 +487,13 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 }
             }
         }
+        // A frame left partial after whole ones were taken is a new frame: its clock starts
+        // now (at the read that brought its first bytes, give or take the handling).
+        partial_since = match (buf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, Some(since)) if !took_frame => Some(since),
+            (false, _) => Some(now_ms()),
+        };
         if conn.shard.stopping.get() && phase == Phase::Running {
             // Frames the client sent before the stop (its last acks, say) are still
             // handled: read whatever is already on its way, briefly, then close.
@@ -542,6 +557,10 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
         if phase == Phase::Running {
             wait_for_disk(conn).await;
         }
+        // Time the broker held the read back is not the client's.
+        if let Some(since) = partial_since.as_mut() {
+            *since += now_ms() - waiting_since;
+        }
         let deadline = match (phase, close_deadline) {
             (Phase::Closing, Some(t)) => {
                 let left = t - now_ms();
@@ -550,7 +569,17 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
                 }
                 Some(Duration::from_millis(left as u64))
             }
-            (Phase::Running, _) => None,
+            (Phase::Running, _) => match partial_since {
+                None => None,
+                Some(since) => {
+                    let left = since + frame_timeout - now_ms();
+                    if left <= 0 {
+                        log_slow_frame(conn, frame_timeout, buf.len());
+                        return Ok(());
+                    }
+                    Some(Duration::from_millis(left as u64))
+                }
+            },
             _ => {
                 let left = started + HANDSHAKE_TIMEOUT.as_millis() as i64 - now_ms();
                 if left <= 0 {
@@ -569,9 +598,22 @@ async fn read_loop(conn: &Rc<Connection>, mut stream: TcpStream) -> Result<(), s
             if phase == Phase::Running && conn.shard.stopping.get() {
                 continue;
             }
+            if phase == Phase::Running
+                && partial_since.is_some_and(|since| now_ms() >= since + frame_timeout)
+            {
+                log_slow_frame(conn, frame_timeout, buf.len());
+            }
             return Ok(());
         }
     }
+}
+
+fn log_slow_frame(conn: &Connection, timeout_ms: i64, got: usize) {
+    log::info!(
+        "amqp connection from {} closed: a frame not received whole within {timeout_ms} ms \
+         of its first byte (amqp.frame_read_timeout_ms): {got} bytes of it so far",
+        conn.peer
+    );
 }
 
 /// Marks the connection as a publisher (on its first publish): from now on the disk alarm

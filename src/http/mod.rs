@@ -65,13 +65,10 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Er
         let shard = service_shard.clone();
         async move { Ok::<_, Infallible>(handle(&shard, req, peer).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = http1(config);
     builder
-        .keep_alive(true)
         .timer(io::GlommioTimer)
-        .header_read_timeout(read_timeout(&shard))
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_headers(100);
+        .header_read_timeout(read_timeout(&shard));
     let conn = builder.serve_connection(io::Io(stream), service);
     let mut conn = std::pin::pin!(conn);
     let stop = Listener::new();
@@ -86,6 +83,44 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Er
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+    }
+}
+
+/// hyper's HTTP/1 server as every connection uses it, less the glommio timer (which only a
+/// shard has): the fuzz tests parse requests with this same configuration.
+pub fn http1(config: &crate::config::HttpConfig) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(100);
+    builder
+}
+
+/// What the router reads of a request's head before any handler runs: the decoded path
+/// and query, the endpoint's metric name and the credentials it needs, checked. Pure (no
+/// shard), so the fuzz tests drive it with whatever hyper parsed.
+pub struct Head {
+    pub path: Vec<String>,
+    pub query: HashMap<String, String>,
+    pub endpoint: &'static str,
+    pub user: Result<Option<User>, ApiError>,
+}
+
+pub fn head(
+    config: &crate::config::Config,
+    parts: &http::request::Parts,
+    peer: Option<SocketAddr>,
+) -> Head {
+    let path = segments(parts.uri.path());
+    let endpoint = endpoint_name(&parts.method, &path);
+    let need = auth::need(&config.http, &parts.method, &path);
+    let user = auth::check(&config.amqp, &parts.headers, peer, need);
+    Head {
+        query: query(parts.uri.query()),
+        path,
+        endpoint,
+        user,
     }
 }
 
@@ -296,17 +331,20 @@ async fn handle(
     peer: Option<SocketAddr>,
 ) -> Reply {
     let (parts, body) = req.into_parts();
-    let path = segments(parts.uri.path());
-    let endpoint = endpoint_name(&parts.method, &path);
+    let Head {
+        path,
+        query,
+        endpoint,
+        user,
+    } = head(&shard.config, &parts, peer);
     let result = async {
         let limits = (shard.config.http.max_body_bytes, read_timeout(shard));
         let body = read_body(body, &parts.headers, limits).await?;
-        let need = auth::need(&shard.config.http, &parts.method, &path);
-        let user = auth::check(&shard.config.amqp, &parts.headers, peer, need)?;
+        let user = user?;
         let req = Req {
             method: parts.method.clone(),
             path,
-            query: query(parts.uri.query()),
+            query,
             headers: parts.headers,
             body,
             user,
@@ -333,18 +371,19 @@ async fn handle(
 const DISCARD_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `http.read_timeout_ms`: how long a client may send nothing while a request's head or
-/// body is due, so that a stalled client cannot hold a connection for ever.
+/// `http.read_timeout_ms`: how long a request's head (hyper's header-read timeout, from its
+/// first byte) and then its body may take to arrive whole, so that a stalled or trickling
+/// client cannot hold a connection for ever.
 fn read_timeout(shard: &Shard) -> std::time::Duration {
     std::time::Duration::from_millis(shard.config.http.read_timeout_ms.max(1))
 }
 
 /// The whole request body; 413 once it is over `max` bytes (declared or counted), 408 when
-/// the client sends nothing of it for `idle`.
+/// it has not all arrived within `limit`.
 async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
-    (max, idle): (usize, std::time::Duration),
+    (max, limit): (usize, std::time::Duration),
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -364,17 +403,21 @@ async fn read_body(
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
+    // The whole body is due within the limit, not each read of it: a client trickling a
+    // byte at a time (slowloris) would otherwise hold the connection for ever.
+    let deadline = std::time::Instant::now() + limit;
     loop {
         let next = std::pin::pin!(body.frame());
-        let stall = std::pin::pin!(glommio::timer::sleep(idle));
-        let frame = match select(next, stall).await {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let late = std::pin::pin!(glommio::timer::sleep(left));
+        let frame = match select(next, late).await {
             Either::Left((Some(frame), _)) => frame,
             Either::Left((None, _)) => break,
             Either::Right(_) => {
                 return Err(ApiError::RequestTimeout(format!(
-                    "the request body stalled: nothing for {} ms after {len} bytes \
-                     (http.read_timeout_ms)",
-                    idle.as_millis()
+                    "the request body was not received whole within {} ms \
+                     (http.read_timeout_ms): {len} bytes of it came",
+                    limit.as_millis()
                 )))
             }
         };

@@ -120,6 +120,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     let mut total = BTreeMap::new();
     let mut requests = BTreeMap::new();
     let mut throttled = BTreeMap::new();
+    let mut refused = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut publish: BTreeMap<&'static str, Latency> = BTreeMap::new();
     let mut fetch: BTreeMap<&'static str, Latency> = BTreeMap::new();
@@ -156,6 +157,16 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
                 vec![("protocol", proto.to_owned())],
                 m.throttled as f64,
             );
+            for (reason, n) in [
+                ("per_shard", m.refused_per_shard),
+                ("per_ip", m.refused_per_ip),
+            ] {
+                let l = vec![
+                    ("protocol", proto.to_owned()),
+                    ("reason", reason.to_owned()),
+                ];
+                add(&mut refused, l, n as f64);
+            }
             for (api, n) in &m.requests {
                 let l = vec![("protocol", proto.to_owned()), ("api", (*api).to_owned())];
                 add(&mut requests, l, *n as f64);
@@ -227,6 +238,12 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "counter",
         "Client connections accepted.",
         total,
+    );
+    e.summed(
+        "portask_connections_refused_total",
+        "counter",
+        "Client connections closed at accept: reason per_shard (limits.max_connections_per_shard) or per_ip (limits.max_connections_per_ip).",
+        refused,
     );
     e.summed(
         "portask_backpressure_total",

@@ -6,13 +6,15 @@
 //! responses in request order, so pipelining clients get their answers in sequence.
 //! A malformed or oversize frame, an unknown API or an unsupported version closes that one
 //! connection with a log line, as does `kafka.connections_max_idle_ms` of silence (with no
-//! answer owed), of a stall inside a frame, or of answers the peer does not read.
+//! answer owed), of a stall inside a frame, or of answers the peer does not read, and a
+//! request not received whole within `kafka.request_read_timeout_ms` of its first byte
+//! (a client trickling a frame a byte at a time cannot keep resetting a per-read timer).
 
 use std::cell::Cell;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
@@ -140,7 +142,7 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
     };
     let result = read_requests(&conn, stream, &tx, &inflight, &writer_gone).await;
     match &result {
-        Err(e @ ConnectionError::Idle(..)) => {
+        Err(e @ (ConnectionError::Idle(..) | ConnectionError::SlowRequest { .. })) => {
             log::info!("kafka connection from {peer} closed: {e}")
         }
         Err(e) => log::warn!("kafka connection from {peer} closed: {e}"),
@@ -202,6 +204,11 @@ enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("idle for {0} ms (kafka.connections_max_idle_ms){1}")]
     Idle(u64, &'static str),
+    #[error(
+        "request not received whole within {ms} ms of its first byte \
+         (kafka.request_read_timeout_ms): {got} of {len} bytes"
+    )]
+    SlowRequest { ms: u64, got: usize, len: usize },
 }
 
 /// `read` unless the peer stays silent for `idle` while `owed()` is false (a long-polling
@@ -240,6 +247,35 @@ async fn write_unless_stuck(
     Some(Ok(()))
 }
 
+/// `f`, unless `deadline` passes first (`None` then; what `f` had read is lost, which is
+/// fine: the connection closes).
+async fn within<F: Future>(f: F, deadline: Instant) -> Option<F::Output> {
+    let timer = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+    match select(std::pin::pin!(f), std::pin::pin!(timer)).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// Fills `buf` from `reader`, adding each read's length to `got` (for the log line of a
+/// request that did not arrive in time). EOF before the end is `UnexpectedEof`.
+async fn read_counted(
+    reader: &mut BufReader<TcpStream>,
+    buf: &mut [u8],
+    got: &Cell<usize>,
+) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = reader.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+        got.set(got.get() + n);
+    }
+    Ok(())
+}
+
 /// Reads frames until the peer closes, the shard stops, or a frame is bad.
 async fn read_requests(
     conn: &Rc<Conn>,
@@ -253,14 +289,17 @@ async fn read_requests(
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let idle = Duration::from_millis(idle_ms);
+    let request_timeout = Duration::from_millis(shard.config.kafka.request_read_timeout_ms.max(1));
     loop {
         let stop = Listener::new();
         stop.listen(&shard.stop);
         if shard.stopping.get() {
             return Ok(());
         }
+        // Waiting for a request's first byte is idleness (`connections_max_idle_ms`); from
+        // that byte on, the whole frame is due within `request_read_timeout_ms`.
         let mut prefix = [0u8; 4];
-        let mut next = reader.read_exact(&mut prefix);
+        let mut next = reader.read_exact(&mut prefix[..1]);
         let read = unless_idle(&mut next, idle, || inflight.get() > 0 && !writer_gone.get());
         match select(std::pin::pin!(read), stop).await {
             Either::Left((Some(Ok(())), _)) => {}
@@ -271,11 +310,38 @@ async fn read_requests(
             Either::Left((None, _)) => return Err(ConnectionError::Idle(idle_ms, "")),
             Either::Right(_) => return Ok(()),
         }
+        let mut deadline = Instant::now() + request_timeout;
+        let got = Cell::new(1usize);
+        let slow = |len: usize| ConnectionError::SlowRequest {
+            ms: request_timeout.as_millis() as u64,
+            got: got.get(),
+            len,
+        };
+        let read = {
+            let mut rest = std::pin::pin!(read_counted(&mut reader, &mut prefix[1..], &got));
+            within(unless_idle(&mut rest, idle, || false), deadline).await
+        };
+        match read {
+            None => return Err(slow(4)),
+            Some(None) => return Err(ConnectionError::Idle(idle_ms, " inside a request frame")),
+            Some(Some(Err(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Some(Some(r)) => r?,
+        }
         let len = codec::frame_len(prefix, max)?;
+        // Time the broker holds the read back for its in-flight budgets is not the client's.
+        let waiting = Instant::now();
         acquire(shard, inflight, len, writer_gone).await;
+        deadline += waiting.elapsed();
         let mut buf = BytesMut::zeroed(len);
-        let mut body = reader.read_exact(&mut buf);
-        let Some(read) = unless_idle(&mut body, idle, || false).await else {
+        got.set(4);
+        let read = {
+            let mut body = std::pin::pin!(read_counted(&mut reader, &mut buf, &got));
+            within(unless_idle(&mut body, idle, || false), deadline).await
+        };
+        let Some(read) = read else {
+            return Err(slow(len + 4));
+        };
+        let Some(read) = read else {
             return Err(ConnectionError::Idle(idle_ms, " inside a request frame"));
         };
         read.map_err(|e| {

@@ -1,16 +1,21 @@
 //! The accept loop every protocol listener of a shard runs: accept until the shard stops,
-//! refuse connections past `limits.max_connections_per_shard` with a log line, and run each
-//! accepted connection as a task on this shard, listed in `Shard::clients`.
+//! refuse connections past `limits.max_connections_per_shard` (on this shard) or
+//! `limits.max_connections_per_ip` (from one address, across every shard and port of the
+//! process) with a rate-limited log line and a count in `/metrics`
+//! (`portask_connections_refused_total`), and run each accepted connection as a task on
+//! this shard, listed in `Shard::clients`.
 //!
 //! `Clients` is the shard's list of open connections (what `/api/v1/connections` shows); a
 //! connection is closed from outside by shutting its socket down, which its own task sees
 //! as the peer going away and cleans up as usual.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Mutex;
 
 use futures::future::{select, Either};
 use glommio::net::{TcpListener, TcpStream};
@@ -48,16 +53,37 @@ pub async fn accept_loop<F, Fut, E>(
                 continue;
             }
         };
+        let peer = stream.peer_addr().ok();
         let max = shard.config.limits.max_connections_per_shard;
         if shard.clients.len() >= max {
-            log::warn!(
-                "shard {}: refusing {protocol} connection from {:?}: {max} connections already open",
-                shard.id,
-                stream.peer_addr().ok()
-            );
+            refuse(protocol, Refusal::PerShard, || {
+                format!(
+                    "shard {}: refusing {protocol} connection from {peer:?}: {max} connections \
+                     already open (limits.max_connections_per_shard)",
+                    shard.id
+                )
+            });
             drop(stream);
             continue;
         }
+        let limits = &shard.config.limits;
+        let slot = match peer.map(|p| IpSlot::take(p.ip(), limits.per_ip_limit(canonical(p.ip()))))
+        {
+            Some(Err(open)) => {
+                refuse(protocol, Refusal::PerIp, || {
+                    format!(
+                        "shard {}: refusing {protocol} connection from {peer:?}: {open} \
+                         connections from that address already open \
+                         (limits.max_connections_per_ip, or its override)",
+                        shard.id
+                    )
+                });
+                drop(stream);
+                continue;
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
         let shard = shard.clone();
         let serve = serve.clone();
         glommio::spawn_local(async move {
@@ -66,8 +92,102 @@ pub async fn accept_loop<F, Fut, E>(
                 log::debug!("{protocol} connection ended: {e}");
             }
             shard.clients.close(&shard, id);
+            drop(slot);
         })
         .detach();
+    }
+}
+
+/// Why a connection was refused at accept (the `reason` label of
+/// `portask_connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    PerShard,
+    PerIp,
+}
+
+thread_local! {
+    /// When this shard last logged a refusal: at most one line a second, so a client
+    /// hammering the port cannot fill the log (the count in `/metrics` stays exact).
+    static LAST_REFUSAL_LOG_MS: Cell<i64> = const { Cell::new(i64::MIN) };
+    static REFUSALS_UNLOGGED: Cell<u64> = const { Cell::new(0) };
+}
+
+fn refuse(protocol: &'static str, why: Refusal, line: impl FnOnce() -> String) {
+    if let Some(p) = crate::metrics::Protocol::from_name(protocol) {
+        crate::metrics::with(|m| {
+            let m = m.protocol(p);
+            match why {
+                Refusal::PerShard => m.refused_per_shard += 1,
+                Refusal::PerIp => m.refused_per_ip += 1,
+            }
+        });
+    }
+    let now = crate::storage::log::now_ms();
+    if now.saturating_sub(LAST_REFUSAL_LOG_MS.with(Cell::get)) >= 1000 {
+        LAST_REFUSAL_LOG_MS.with(|c| c.set(now));
+        let unlogged = REFUSALS_UNLOGGED.with(|c| c.replace(0));
+        if unlogged > 0 {
+            log::warn!(
+                "{} (and {unlogged} more refusals in the last second)",
+                line()
+            );
+        } else {
+            log::warn!("{}", line());
+        }
+    } else {
+        REFUSALS_UNLOGGED.with(|c| c.set(c.get() + 1));
+    }
+}
+
+/// Open connections per client address, for the whole process: every shard accepts on
+/// every port (SO_REUSEPORT), so one client's connections land on several shards and a
+/// per-shard count would let it open `shards ×` the limit. This is the one table shards
+/// share, and it is touched only when a connection is accepted or ends — never while one
+/// is served — so the lock here is not on the data path (the rule of ARCHITECTURE.md §1);
+/// it is held for one hash-map update, and an accept is a system call anyway.
+static OPEN_PER_IP: Mutex<Option<HashMap<IpAddr, usize>>> = Mutex::new(None);
+
+/// One connection counted against its address in `OPEN_PER_IP`; dropping it uncounts it.
+pub struct IpSlot(IpAddr);
+
+impl IpSlot {
+    /// Counts a connection from `ip`, unless `limit` (0: none) are already open from it:
+    /// then `Err` with that count.
+    pub fn take(ip: IpAddr, limit: usize) -> Result<IpSlot, usize> {
+        let ip = canonical(ip);
+        let mut table = OPEN_PER_IP.lock().unwrap_or_else(|e| e.into_inner());
+        let open = table
+            .get_or_insert_with(HashMap::new)
+            .entry(ip)
+            .or_insert(0);
+        if limit > 0 && *open >= limit {
+            return Err(*open);
+        }
+        *open += 1;
+        Ok(IpSlot(ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut table = OPEN_PER_IP.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = table.as_mut() {
+            if let Some(open) = table.get_mut(&self.0) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    table.remove(&self.0);
+                }
+            }
+        }
+    }
+}
+
+/// An IPv4 client reaching a dual-stack socket shows as `::ffff:a.b.c.d`: one address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -182,5 +302,30 @@ impl Clients {
                 user: None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_slots_count_across_holders_and_free_on_drop() {
+        let ip: IpAddr = "192.0.2.77".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.77".parse().unwrap();
+        let a = IpSlot::take(ip, 2).unwrap();
+        let b = IpSlot::take(mapped, 2).unwrap();
+        assert_eq!(IpSlot::take(ip, 2).err(), Some(2));
+        // Another address has its own count; 0 means no limit.
+        let other = IpSlot::take("192.0.2.78".parse().unwrap(), 2).unwrap();
+        assert!(IpSlot::take(ip, 0).is_ok());
+        drop(a);
+        let c = IpSlot::take(ip, 2).unwrap();
+        drop((b, c, other));
+        assert!(OPEN_PER_IP
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|t| !t.contains_key(&ip)));
     }
 }

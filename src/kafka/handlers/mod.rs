@@ -44,7 +44,7 @@ use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
 
-use super::codec::{self, decode_body, CodecError, Frame};
+use super::codec::{self, CodecError, Frame, Request};
 use crate::metrics::Protocol;
 use crate::runtime::shard::Shard;
 
@@ -146,7 +146,8 @@ pub fn count_error(code: i16) {
     }
 }
 
-/// Decodes the request body for `frame.api` and runs its handler.
+/// Decodes the request body for `frame.api` (`codec::decode_request`, the pure decoder the
+/// fuzz tests drive) and runs its handler.
 pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecError> {
     let c = frame.header.correlation_id;
     let client_id = frame
@@ -158,82 +159,35 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
     let v = frame.version;
     let body = frame.body;
     crate::metrics::with(|m| m.request(Protocol::Kafka, api_name(frame.api)));
-    Ok(match frame.api {
-        ApiKey::ApiVersions => api_versions::handle(decode_body("ApiVersions", body, v)?, c, v),
-        ApiKey::Metadata => metadata::handle(conn, decode_body("Metadata", body, v)?, c, v),
-        ApiKey::Produce => produce::handle(conn, decode_body("Produce", body, v)?, c, v).await,
-        ApiKey::Fetch => fetch::handle(conn, decode_body("Fetch", body, v)?, c, v),
-        ApiKey::ListOffsets => {
-            list_offsets::handle(conn, decode_body("ListOffsets", body, v)?, c, v)
-        }
-        ApiKey::CreateTopics => {
-            create_topics::handle(conn, decode_body("CreateTopics", body, v)?, c, v)
-        }
-        ApiKey::DeleteTopics => {
-            delete_topics::handle(conn, decode_body("DeleteTopics", body, v)?, c, v)
-        }
-        ApiKey::FindCoordinator => {
-            find_coordinator::handle(conn, decode_body("FindCoordinator", body, v)?, c, v)
-        }
-        ApiKey::JoinGroup => {
-            join_group::handle(conn, decode_body("JoinGroup", body, v)?, client_id, c, v)
-        }
-        ApiKey::SyncGroup => sync_group::handle(conn, decode_body("SyncGroup", body, v)?, c, v),
-        ApiKey::Heartbeat => heartbeat::handle(conn, decode_body("Heartbeat", body, v)?, c, v),
-        ApiKey::LeaveGroup => leave_group::handle(conn, decode_body("LeaveGroup", body, v)?, c, v),
-        ApiKey::OffsetCommit => {
-            offset_commit::handle(conn, decode_body("OffsetCommit", body, v)?, c, v)
-        }
-        ApiKey::OffsetFetch => {
-            offset_fetch::handle(conn, decode_body("OffsetFetch", body, v)?, c, v)
-        }
-        ApiKey::ListGroups => list_groups::handle(conn, decode_body("ListGroups", body, v)?, c, v),
-        ApiKey::DescribeGroups => {
-            describe_groups::handle(conn, decode_body("DescribeGroups", body, v)?, c, v)
-        }
-        ApiKey::DeleteGroups => {
-            delete_groups::handle(conn, decode_body("DeleteGroups", body, v)?, c, v)
-        }
-        ApiKey::OffsetDelete => {
-            offset_delete::handle(conn, decode_body("OffsetDelete", body, v)?, c, v)
-        }
-        ApiKey::InitProducerId => {
-            init_producer_id::handle(conn, decode_body("InitProducerId", body, v)?, c, v)
-        }
-        ApiKey::DescribeConfigs => {
-            describe_configs::handle(conn, decode_body("DescribeConfigs", body, v)?, c, v)
-        }
-        ApiKey::AlterConfigs => {
-            alter_configs::handle(conn, decode_body("AlterConfigs", body, v)?, c, v)
-        }
-        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(
-            conn,
-            decode_body("IncrementalAlterConfigs", body, v)?,
-            c,
-            v,
-        ),
-        ApiKey::DescribeCluster => {
-            describe_cluster::handle(conn, decode_body("DescribeCluster", body, v)?, c, v)
-        }
-        ApiKey::DescribeLogDirs => {
-            describe_log_dirs::handle(conn, decode_body("DescribeLogDirs", body, v)?, c, v)
-        }
-        ApiKey::DeleteRecords => {
-            delete_records::handle(conn, decode_body("DeleteRecords", body, v)?, c, v)
-        }
-        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(
-            conn,
-            decode_body("OffsetForLeaderEpoch", body, v)?,
-            c,
-            v,
-        ),
-        ApiKey::DescribeProducers => {
-            describe_producers::handle(conn, decode_body("DescribeProducers", body, v)?, c, v)
-        }
-        ApiKey::CreatePartitions => {
-            create_partitions::handle(conn, decode_body("CreatePartitions", body, v)?, c, v)
-        }
-        api => return Err(CodecError::UnsupportedVersion { api, version: v }),
+    Ok(match codec::decode_request(frame.api, body, v)? {
+        Request::ApiVersions(r) => api_versions::handle(r, c, v),
+        Request::Metadata(r) => metadata::handle(conn, r, c, v),
+        Request::Produce(r) => produce::handle(conn, r, c, v).await,
+        Request::Fetch(r) => fetch::handle(conn, r, c, v),
+        Request::ListOffsets(r) => list_offsets::handle(conn, r, c, v),
+        Request::CreateTopics(r) => create_topics::handle(conn, r, c, v),
+        Request::DeleteTopics(r) => delete_topics::handle(conn, r, c, v),
+        Request::FindCoordinator(r) => find_coordinator::handle(conn, r, c, v),
+        Request::JoinGroup(r) => join_group::handle(conn, r, client_id, c, v),
+        Request::SyncGroup(r) => sync_group::handle(conn, r, c, v),
+        Request::Heartbeat(r) => heartbeat::handle(conn, r, c, v),
+        Request::LeaveGroup(r) => leave_group::handle(conn, r, c, v),
+        Request::OffsetCommit(r) => offset_commit::handle(conn, r, c, v),
+        Request::OffsetFetch(r) => offset_fetch::handle(conn, r, c, v),
+        Request::ListGroups(r) => list_groups::handle(conn, r, c, v),
+        Request::DescribeGroups(r) => describe_groups::handle(conn, r, c, v),
+        Request::DeleteGroups(r) => delete_groups::handle(conn, r, c, v),
+        Request::OffsetDelete(r) => offset_delete::handle(conn, r, c, v),
+        Request::InitProducerId(r) => init_producer_id::handle(conn, r, c, v),
+        Request::DescribeConfigs(r) => describe_configs::handle(conn, r, c, v),
+        Request::AlterConfigs(r) => alter_configs::handle(conn, r, c, v),
+        Request::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(conn, r, c, v),
+        Request::DescribeCluster(r) => describe_cluster::handle(conn, r, c, v),
+        Request::DescribeLogDirs(r) => describe_log_dirs::handle(conn, r, c, v),
+        Request::DeleteRecords(r) => delete_records::handle(conn, r, c, v),
+        Request::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(conn, r, c, v),
+        Request::DescribeProducers(r) => describe_producers::handle(conn, r, c, v),
+        Request::CreatePartitions(r) => create_partitions::handle(conn, r, c, v),
     })
 }
 

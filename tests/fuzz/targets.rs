@@ -1,0 +1,124 @@
+//! The entry points of the fuzz targets: one input in, decoded the way the broker decodes
+//! it, nothing out. Shared by the in-process fuzz tests (`tests/fuzz/main.rs`) and the
+//! cargo-fuzz targets (`fuzz/fuzz_targets/*.rs` include this file), so both exercise the
+//! same paths. Any input must return; a panic or an unbounded allocation is a bug.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use portask::amqp::{codec as amqp_codec, message};
+use portask::kafka::codec::{self as kafka_codec, Request};
+
+/// One Kafka request frame, without its size prefix, as `kafka::server` reads it.
+pub fn kafka_request(data: &[u8]) {
+    if data.len() >= 4 {
+        let _ = kafka_codec::frame_len([data[0], data[1], data[2], data[3]], 100 << 20);
+    }
+    let _ = kafka_codec::correlation_id(data);
+    let Ok(frame) = kafka_codec::decode_frame(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let Ok(request) = kafka_codec::decode_request(frame.api, frame.body, frame.version) else {
+        return;
+    };
+    // The owner shard splits and checks each partition's record batches.
+    if let Request::Produce(produce) = request {
+        for topic in &produce.topic_data {
+            for partition in &topic.partition_data {
+                let Some(records) = &partition.records else {
+                    continue;
+                };
+                let _ = portask::storage::batch::BatchHeader::parse(records);
+                let _ = portask::storage::batch::record_count(records);
+                if let Ok(batches) = portask::storage::batch::split(records) {
+                    for (header, batch) in &batches {
+                        let _ = portask::storage::batch::create_time_max(batch, header);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes an AMQP client sends after its protocol header: frames, their methods (with the
+/// nesting check before amq-protocol parses tables), content headers and properties.
+pub fn amqp_frames(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(frame)) = amqp_codec::take_frame(&mut buf, 131_072) {
+        match frame.kind {
+            amqp_codec::FRAME_METHOD => {
+                let (class, method) = amqp_codec::method_ids(&frame.payload);
+                let _ = amqp_codec::method_name(class, method);
+                let _ = amqp_codec::decode_method(&frame.payload);
+            }
+            amqp_codec::FRAME_HEADER => {
+                if let Some(header) = amqp_codec::decode_content_header(&frame.payload) {
+                    if let Some(view) = message::scan_properties(&header.properties) {
+                        if let Some(table) = view.headers {
+                            let _ = message::decode_headers(&table);
+                        }
+                    }
+                    let _ = message::parse_props(&header.properties);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Bytes an HTTP client sends on one connection, read by hyper as the broker configures it,
+/// each request's head taken apart by the router and its body read within the limit.
+pub fn http_requests(data: &[u8]) {
+    let config = portask::config::Config::default();
+    let max_body = config.http.max_body_bytes;
+    let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+        let config = &config;
+        async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = req.into_parts();
+            let _ = portask::http::head(config, &parts, None);
+            let _ = http_body_util::Limited::new(body, max_body).collect().await;
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"{}"),
+            )))
+        }
+    });
+    let conn = portask::http::http1(&config.http).serve_connection(Memory(data), service);
+    let _ = futures::executor::block_on(conn);
+}
+
+/// A connection whose peer sent `data` and then closed; what is written back is dropped.
+struct Memory<'a>(&'a [u8]);
+
+impl hyper::rt::Read for Memory<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = self.0.len().min(buf.remaining());
+        buf.put_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl hyper::rt::Write for Memory<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
