@@ -81,6 +81,11 @@ pub struct KafkaConfig {
     pub max_message_bytes: i64,
     /// `socket.request.max.bytes`: the largest request frame accepted.
     pub max_request_bytes: usize,
+    /// The largest frame of any request other than Produce. Those decode into structures
+    /// of up to ~157x their frame (a Produce request keeps its records as the frame's
+    /// bytes), so they get a smaller limit than `max_request_bytes`; 4 MiB holds a
+    /// Metadata request for ~100 000 topics.
+    pub max_nonproduce_request_bytes: usize,
     /// Requests a connection may have in flight before the broker stops reading it.
     pub max_inflight_requests: usize,
     /// `connections.max.idle.ms`: a connection that sends nothing for this long, with no
@@ -282,6 +287,7 @@ impl Default for KafkaConfig {
             num_partitions: 1,
             max_message_bytes: 1_048_588,
             max_request_bytes: 104_857_600,
+            max_nonproduce_request_bytes: 4 << 20,
             max_inflight_requests: 256,
             connections_max_idle_ms: 600_000,
             request_read_timeout_ms: 30_000,
@@ -617,6 +623,12 @@ impl Config {
         }
         if self.kafka.connections_max_idle_ms == 0 {
             return bad("kafka.connections_max_idle_ms", "must be at least 1");
+        }
+        if self.kafka.max_nonproduce_request_bytes < 1024 {
+            return bad(
+                "kafka.max_nonproduce_request_bytes",
+                "must be at least 1024",
+            );
         }
         if self.kafka.request_read_timeout_ms == 0 {
             return bad("kafka.request_read_timeout_ms", "must be at least 1");

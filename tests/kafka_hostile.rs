@@ -320,3 +320,102 @@ fn a_count_the_frame_can_hold_still_decodes() {
     body.put_u8(b'a');
     assert!(MetadataRequest::decode(&mut body.freeze(), 1).is_err());
 }
+
+/// Metadata v1 for `n` topics named `t0000`, `t0001`…, as a frame with correlation id `c`.
+fn metadata_for(n: usize, c: i32) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_i32(n as i32);
+    for i in 0..n {
+        let name = format!("t{i:04}");
+        body.put_i16(name.len() as i16);
+        body.put_slice(name.as_bytes());
+    }
+    let mut f = frame(ApiKey::Metadata, 1, false, &body);
+    f[8..12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// Reads one answer's correlation id, or `None` when the broker closed the connection.
+fn answer(s: &mut TcpStream) -> Option<i32> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len).max(4) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+}
+
+/// Requests other than Produce decode into up to ~157x their frame, so they have their own
+/// frame limit (`kafka.max_nonproduce_request_bytes`): one over it closes its connection
+/// with a log line naming the key; one under it is answered; a Produce larger than it is
+/// still taken.
+#[test]
+fn requests_other_than_produce_have_their_own_frame_limit() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_KAFKA__MAX_NONPRODUCE_REQUEST_BYTES", "2048")],
+    );
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+    let mut s = connect();
+    s.write_all(&metadata_for(100, 1)).expect("write"); // ~800 bytes
+    assert_eq!(answer(&mut s), Some(1), "a small Metadata is answered");
+    s.write_all(&metadata_for(400, 2)).expect("write"); // ~2.8 KB
+    assert_eq!(
+        answer(&mut s),
+        None,
+        "an oversize Metadata closes the connection"
+    );
+    assert!(
+        broker
+            .log()
+            .contains("over kafka.max_nonproduce_request_bytes (2048)"),
+        "{}",
+        broker.log()
+    );
+
+    // A 6 KB record through librdkafka: its Produce frame is over 2048 bytes.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("compression.type", "none")
+        .create()
+        .expect("producer");
+    let value = vec![b'p'; 6000];
+    producer
+        .send(BaseRecord::<(), _>::to("big-produce").payload(&value))
+        .expect("enqueue");
+    producer.flush(Duration::from_secs(30)).expect("produce");
+    let (_, high) = producer
+        .client()
+        .fetch_watermarks("big-produce", 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(high, 1, "the large Produce was stored");
+}
+
+/// What a decoded request holds is charged to the connection's budget after it is taken,
+/// so pipelined requests whose charges exceed the budget still all get answered, in order
+/// (one at a time), rather than waiting for budget that never comes back.
+#[test]
+fn pipelined_requests_charged_over_the_budget_are_all_answered() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_LIMITS__CONNECTION_INFLIGHT_BYTES", "65536")],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    // ~800-byte frames, each charged ~128 KB: two over the connection's budget.
+    let mut all = Vec::new();
+    for c in 0..20 {
+        all.extend(metadata_for(100, c));
+    }
+    s.write_all(&all).expect("write");
+    for c in 0..20 {
+        assert_eq!(answer(&mut s), Some(c));
+    }
+}

@@ -9,6 +9,14 @@
 //! answer owed), of a stall inside a frame, or of answers the peer does not read, and a
 //! request not received whole within `kafka.request_read_timeout_ms` of its first byte
 //! (a client trickling a frame a byte at a time cannot keep resetting a per-read timer).
+//!
+//! Memory: a request is read only when its frame fits the connection's and the shard's
+//! in-flight budgets (`limits.*_inflight_bytes`; a connection with nothing in flight gets
+//! its next request while its shard is within budget). Once decoded, what the request
+//! holds beyond its frame (`codec::held_beyond_frame`: up to ~157x the frame for APIs
+//! other than Produce, which are limited to `kafka.max_nonproduce_request_bytes`) is
+//! charged too, until its answer is written. So a shard holds at most its budget plus one
+//! request's frame and decoded form.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -172,8 +180,11 @@ fn release(shard: &Shard, inflight: &Cell<usize>, size: usize) {
 /// gets its next request, so one larger than a budget still goes through.
 async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize, writer_gone: &Cell<bool>) {
     let limits = &shard.config.limits;
+    // A connection with nothing in flight gets its next request while the shard is within
+    // its budget, so a request larger than a budget still goes through, and the shard holds
+    // at most its budget plus one request.
     let fits = || {
-        inflight.get() == 0
+        (inflight.get() == 0 && shard.kafka_inflight.get() <= limits.shard_inflight_bytes)
             || (inflight.get() + size <= limits.connection_inflight_bytes
                 && shard.kafka_inflight.get() + size <= limits.shard_inflight_bytes)
     };
@@ -209,6 +220,8 @@ enum ConnectionError {
          (kafka.request_read_timeout_ms): {got} of {len} bytes"
     )]
     SlowRequest { ms: u64, got: usize, len: usize },
+    #[error("{api:?} request of {len} bytes is over kafka.max_nonproduce_request_bytes ({max})")]
+    NonProduceTooLarge { api: ApiKey, len: usize, max: usize },
 }
 
 /// `read` unless the peer stays silent for `idle` while `owed()` is false (a long-polling
@@ -286,6 +299,7 @@ async fn read_requests(
 ) -> Result<(), ConnectionError> {
     let shard = &conn.shard;
     let max = shard.config.kafka.max_request_bytes;
+    let max_nonproduce = shard.config.kafka.max_nonproduce_request_bytes;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let idle = Duration::from_millis(idle_ms);
@@ -352,7 +366,14 @@ async fn read_requests(
             }
         })?;
         let buf = buf.freeze();
-        let pending = match codec::decode_frame(buf.clone()) {
+        let (pending, held) = match codec::decode_frame(buf.clone()) {
+            Ok(frame) if frame.api != ApiKey::Produce && len > max_nonproduce => {
+                return Err(ConnectionError::NonProduceTooLarge {
+                    api: frame.api,
+                    len,
+                    max: max_nonproduce,
+                });
+            }
             Ok(frame) => {
                 log::trace!(
                     "{}: {:?} v{} correlation {}",
@@ -369,12 +390,16 @@ async fn read_requests(
             }) => {
                 // Tell the client which versions we speak (KIP-511), in v0 form.
                 let correlation = codec::correlation_id(&buf).unwrap_or(0);
-                handlers::ready(api_versions::unsupported(correlation))
+                (handlers::ready(api_versions::unsupported(correlation)), 0)
             }
             Err(e) => return Err(e.into()),
         };
+        // What the decoded request holds is charged now, without waiting (the request is
+        // already taken): the next request waits for it to be answered if it went over.
+        inflight.set(inflight.get() + held);
+        shard.kafka_inflight.set(shard.kafka_inflight.get() + held);
         let task = glommio::spawn_local(pending).detach();
-        if out.send((len, task)).await.is_err() {
+        if out.send((len + held, task)).await.is_err() {
             return Ok(());
         }
     }

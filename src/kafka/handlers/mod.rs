@@ -147,8 +147,9 @@ pub fn count_error(code: i16) {
 }
 
 /// Decodes the request body for `frame.api` (`codec::decode_request`, the pure decoder the
-/// fuzz tests drive) and runs its handler.
-pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecError> {
+/// fuzz tests drive) and runs its handler; also gives what the decoded request holds beyond
+/// its frame (`codec::held_beyond_frame`), for the connection's in-flight budgets.
+pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<(Pending, usize), CodecError> {
     let c = frame.header.correlation_id;
     let client_id = frame
         .header
@@ -159,7 +160,10 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
     let v = frame.version;
     let body = frame.body;
     crate::metrics::with(|m| m.request(Protocol::Kafka, api_name(frame.api)));
-    Ok(match codec::decode_request(frame.api, body, v)? {
+    let body_len = body.len();
+    let request = codec::decode_request(frame.api, body, v)?;
+    let held = codec::held_beyond_frame(&request, body_len);
+    let pending = match request {
         Request::ApiVersions(r) => api_versions::handle(r, c, v),
         Request::Metadata(r) => metadata::handle(conn, r, c, v),
         Request::Produce(r) => produce::handle(conn, r, c, v).await,
@@ -188,7 +192,8 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<Pending, CodecErr
         Request::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(conn, r, c, v),
         Request::DescribeProducers(r) => describe_producers::handle(conn, r, c, v),
         Request::CreatePartitions(r) => create_partitions::handle(conn, r, c, v),
-    })
+    };
+    Ok((pending, held))
 }
 
 /// One partition item of a request: (index in the request, topic, partition, payload).
