@@ -37,6 +37,9 @@ pub enum CatalogError {
     DeleteDisabled,
     #[error("catalog storage error: {0}")]
     Storage(String),
+    /// The disk is full (ENOSPC, EDQUOT): the change was not made.
+    #[error("catalog storage error: the disk is full ({0})")]
+    NoSpace(String),
     /// An AMQP topology refusal, with the reply code the client gets.
     #[error("{text}")]
     Amqp { code: u16, text: String },

@@ -199,7 +199,13 @@ impl CatalogStore {
                 written = self.write_records(&buf);
             }
         }
-        written.map_err(storage)?;
+        written.map_err(|e| {
+            if is_no_space(&e) {
+                CatalogError::NoSpace(e.to_string())
+            } else {
+                storage(e)
+            }
+        })?;
         self.records += records.len();
         if self.records >= SNAPSHOT_EVERY {
             if let Err(e) = self.snapshot(state) {

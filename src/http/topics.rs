@@ -53,6 +53,7 @@ pub fn catalog_error(e: CatalogError) -> ApiError {
         | CatalogError::InvalidConfig(..) => ApiError::BadRequest(e.to_string()),
         CatalogError::DeleteDisabled => ApiError::Forbidden(e.to_string()),
         CatalogError::Storage(_) => ApiError::Unavailable(e.to_string()),
+        CatalogError::NoSpace(_) => ApiError::InsufficientStorage(e.to_string()),
         CatalogError::Amqp { code, text } => super::amqp::refusal(code, text),
     }
 }

@@ -25,7 +25,9 @@ pub fn catalog_error_code(e: &CatalogError) -> i16 {
         CatalogError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
         CatalogError::InvalidConfig(..) => ResponseError::InvalidConfig.code(),
         CatalogError::DeleteDisabled => ResponseError::TopicDeletionDisabled.code(),
-        CatalogError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        CatalogError::Storage(_) | CatalogError::NoSpace(_) => {
+            ResponseError::KafkaStorageError.code()
+        }
         CatalogError::Amqp { .. } => ResponseError::UnknownServerError.code(),
     }
 }
