@@ -323,6 +323,17 @@ fn queues() -> Vec<String> {
     out
 }
 
+/// A connection and a channel, or `None` after a short pause when the broker refused.
+async fn connect_or_pause(url: &str) -> Option<(lapin::Connection, lapin::Channel)> {
+    let Ok(conn) = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
+    else {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return None;
+    };
+    let ch = conn.create_channel().await.ok()?;
+    Some((conn, ch))
+}
+
 /// AMQP: a publisher fills the queues; consumers (on whichever shard accepted them, so
 /// half the time the queue's owner is the other one) take a few deliveries and close
 /// their connection mid-delivery; basic.gets are left in flight by closing connections.
@@ -333,13 +344,7 @@ async fn amqp_load(url: String, stop: Arc<AtomicBool>) {
         let (url, names, stop) = (url.clone(), names.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(conn) =
-                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let Ok(ch) = conn.create_channel().await else {
+                let Some((_conn, ch)) = connect_or_pause(&url).await else {
                     continue;
                 };
                 for n in &names {
@@ -380,13 +385,7 @@ async fn amqp_load(url: String, stop: Arc<AtomicBool>) {
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(1000 + worker);
             while !stop.load(Ordering::Relaxed) {
-                let Ok(conn) =
-                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let Ok(ch) = conn.create_channel().await else {
+                let Some((conn, ch)) = connect_or_pause(&url).await else {
                     continue;
                 };
                 let q = names[rng.below(names.len() as u64) as usize].clone();

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{data_dir, Broker};
+use common::{closed_by_broker, data_dir, Broker};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -109,18 +109,6 @@ fn hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// True when the broker closes the socket rather than answering.
-fn closed_by_broker(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 /// ApiVersions v0 on a fresh connection is answered with our correlation id.

@@ -11,7 +11,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{data_dir, Broker};
+use common::{closed_by_broker, data_dir, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -73,19 +73,6 @@ fn fetch_from_start(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
                 .with_partition(0)
                 .with_fetch_offset(0)
                 .with_partition_max_bytes(1 << 20)])])
-}
-
-/// True when the broker closes the socket (EOF or reset) rather than answering; false when
-/// it answers or stays silent until the read timeout.
-fn closed_by_broker(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 /// A librdkafka producer with its defaults.

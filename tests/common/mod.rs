@@ -218,6 +218,19 @@ impl Drop for Broker {
     }
 }
 
+/// True when the broker closes the socket (EOF or reset) rather than answering; false when
+/// it answers or stays silent until the read timeout.
+pub fn closed_by_broker(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 /// A fresh temp dir; the broker's data lives in `<dir>/data`.
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
