@@ -289,6 +289,51 @@ async fn read_counted(
     Ok(())
 }
 
+/// The limits a request frame is read under: its deadline (`kafka.request_read_timeout_ms`
+/// from its first byte, plus the time the broker held the read back) and the longest stall.
+struct FrameClock {
+    deadline: Instant,
+    timeout_ms: u64,
+    idle: Duration,
+}
+
+/// Fills `buf` with more of a request frame of `len` bytes, by the clock's deadline (else
+/// `SlowRequest`) and without a stall of its `idle` (else `Idle`).
+async fn read_within(
+    reader: &mut BufReader<TcpStream>,
+    buf: &mut [u8],
+    got: &Cell<usize>,
+    clock: &FrameClock,
+    len: usize,
+) -> Result<(), ConnectionError> {
+    let (idle, deadline) = (clock.idle, clock.deadline);
+    let read = {
+        let mut part = std::pin::pin!(read_counted(reader, buf, got));
+        within(unless_idle(&mut part, idle, || false), deadline).await
+    };
+    let Some(read) = read else {
+        return Err(ConnectionError::SlowRequest {
+            ms: clock.timeout_ms,
+            got: got.get(),
+            len: len + 4,
+        });
+    };
+    let Some(read) = read else {
+        return Err(ConnectionError::Idle(
+            idle.as_millis() as u64,
+            " inside a request frame",
+        ));
+    };
+    read.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(e.kind(), format!("truncated request: expected {len} bytes"))
+        } else {
+            e
+        }
+    })?;
+    Ok(())
+}
+
 /// Reads frames until the peer closes, the shard stops, or a frame is bad.
 async fn read_requests(
     conn: &Rc<Conn>,
@@ -324,7 +369,7 @@ async fn read_requests(
             Either::Left((None, _)) => return Err(ConnectionError::Idle(idle_ms, "")),
             Either::Right(_) => return Ok(()),
         }
-        let mut deadline = Instant::now() + request_timeout;
+        let deadline = Instant::now() + request_timeout;
         let got = Cell::new(1usize);
         let slow = |len: usize| ConnectionError::SlowRequest {
             ms: request_timeout.as_millis() as u64,
@@ -342,38 +387,34 @@ async fn read_requests(
             Some(Some(r)) => r?,
         }
         let len = codec::frame_len(prefix, max)?;
+        // The API key first: it decides how large the frame may be and what the request
+        // may hold once decoded, which the budgets must have room for before it is read.
+        got.set(4);
+        let mut key = [0u8; 2];
+        let mut clock = FrameClock {
+            deadline,
+            timeout_ms: request_timeout.as_millis() as u64,
+            idle,
+        };
+        read_within(&mut reader, &mut key, &got, &clock, len).await?;
+        let api = i16::from_be_bytes(key);
+        if api != ApiKey::Produce as i16 && len > max_nonproduce {
+            return Err(ConnectionError::NonProduceTooLarge {
+                api: ApiKey::try_from(api).map_err(|_| CodecError::UnknownApi(api))?,
+                len,
+                max: max_nonproduce,
+            });
+        }
+        let charge = codec::admission_charge(api, len);
         // Time the broker holds the read back for its in-flight budgets is not the client's.
         let waiting = Instant::now();
-        acquire(shard, inflight, len, writer_gone).await;
-        deadline += waiting.elapsed();
+        acquire(shard, inflight, charge, writer_gone).await;
+        clock.deadline += waiting.elapsed();
         let mut buf = BytesMut::zeroed(len);
-        got.set(4);
-        let read = {
-            let mut body = std::pin::pin!(read_counted(&mut reader, &mut buf, &got));
-            within(unless_idle(&mut body, idle, || false), deadline).await
-        };
-        let Some(read) = read else {
-            return Err(slow(len + 4));
-        };
-        let Some(read) = read else {
-            return Err(ConnectionError::Idle(idle_ms, " inside a request frame"));
-        };
-        read.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                std::io::Error::new(e.kind(), format!("truncated request: expected {len} bytes"))
-            } else {
-                e
-            }
-        })?;
+        buf[..2].copy_from_slice(&key);
+        read_within(&mut reader, &mut buf[2..], &got, &clock, len).await?;
         let buf = buf.freeze();
         let (pending, held) = match codec::decode_frame(buf.clone()) {
-            Ok(frame) if frame.api != ApiKey::Produce && len > max_nonproduce => {
-                return Err(ConnectionError::NonProduceTooLarge {
-                    api: frame.api,
-                    len,
-                    max: max_nonproduce,
-                });
-            }
             Ok(frame) => {
                 log::trace!(
                     "{}: {:?} v{} correlation {}",
@@ -394,12 +435,18 @@ async fn read_requests(
             }
             Err(e) => return Err(e.into()),
         };
-        // What the decoded request holds is charged now, without waiting (the request is
-        // already taken): the next request waits for it to be answered if it went over.
-        inflight.set(inflight.get() + held);
-        shard.kafka_inflight.set(shard.kafka_inflight.get() + held);
+        // The charge becomes what the decoded request holds with its frame, until answered.
+        let kept = len + held;
+        if kept < charge {
+            release(shard, inflight, charge - kept);
+        } else {
+            inflight.set(inflight.get() + (kept - charge));
+            shard
+                .kafka_inflight
+                .set(shard.kafka_inflight.get() + (kept - charge));
+        }
         let task = glommio::spawn_local(pending).detach();
-        if out.send((len + held, task)).await.is_err() {
+        if out.send((kept, task)).await.is_err() {
             return Ok(());
         }
     }
