@@ -10,13 +10,13 @@
 //! request not received whole within `kafka.request_read_timeout_ms` of its first byte
 //! (a client trickling a frame a byte at a time cannot keep resetting a per-read timer).
 //!
-//! Memory: a request is read only when its frame fits the connection's and the shard's
-//! in-flight budgets (`limits.*_inflight_bytes`; a connection with nothing in flight gets
-//! its next request while its shard is within budget). Once decoded, what the request
-//! holds beyond its frame (`codec::held_beyond_frame`: up to ~157x the frame for APIs
-//! other than Produce, which are limited to `kafka.max_nonproduce_request_bytes`) is
-//! charged too, until its answer is written. So a shard holds at most its budget plus one
-//! request's frame and decoded form.
+//! Memory: a frame is read only when the connection's and the shard's in-flight budgets
+//! (`limits.*_inflight_bytes`) have room for it and for the most it can hold once decoded
+//! (`codec::admission_charge`: ~30x for Produce, whose records stay slices of the frame;
+//! 161x for other APIs, which are also limited to `kafka.max_nonproduce_request_bytes`). A
+//! connection with nothing in flight gets its next request while its shard is within
+//! budget. Once decoded, the charge becomes what the request holds (`held_beyond_frame`)
+//! until its answer is written. So a shard holds at most its budget plus one request.
 
 use std::cell::Cell;
 use std::future::Future;
