@@ -407,3 +407,53 @@ fn pipelined_requests_charged_over_the_budget_are_all_answered() {
         assert_eq!(answer(&mut s), Some(c));
     }
 }
+
+/// A Produce of nothing but empty topic entries decodes to ~33x its frame; its entries are
+/// counted before decoding, and one whose entries alone would outweigh the shard's whole
+/// in-flight budget closes its connection with a log line, while ordinary produces go on.
+#[test]
+fn a_produce_of_empty_entries_wider_than_the_shard_budget_is_refused() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_LIMITS__SHARD_INFLIGHT_BYTES", "1048576")],
+    );
+    // Produce v9: null transactional id, acks -1, timeout 5 s, 20 000 topics with an empty
+    // name and no partitions (3 bytes each on the wire, ~96 bytes decoded).
+    let mut body = vec![0u8, 0xff, 0xff, 0x00, 0x00, 0x13, 0x88];
+    let mut n = 20_001u32;
+    while n >= 0x80 {
+        body.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    body.push(n as u8);
+    for _ in 0..20_000 {
+        body.extend_from_slice(&[1, 1, 0]);
+    }
+    body.push(0);
+    let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&frame(ApiKey::Produce, 9, true, &body))
+        .expect("write");
+    assert!(closed_by_broker(&mut s), "the wide Produce was taken");
+    assert!(
+        broker.log().contains("20000 topic and 0 partition entries"),
+        "{}",
+        broker.log()
+    );
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    producer
+        .send(BaseRecord::<(), _>::to("narrow").payload("ok"))
+        .expect("enqueue");
+    producer.flush(Duration::from_secs(30)).expect("produce");
+    let (_, high) = producer
+        .client()
+        .fetch_watermarks("narrow", 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(high, 1);
+}

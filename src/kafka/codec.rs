@@ -129,13 +129,12 @@ pub const NONPRODUCE_HELD_PER_BYTE: usize = 160;
 /// holds its topic and partition entries; any other request is charged the measured worst
 /// case per byte of its body (`NONPRODUCE_HELD_PER_BYTE`).
 pub fn held_beyond_frame(request: &Request, body_len: usize) -> usize {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     match request {
-        Request::Produce(r) => {
-            let partitions: usize = r.topic_data.iter().map(|t| t.partition_data.len()).sum();
-            r.topic_data.len() * std::mem::size_of::<TopicProduceData>()
-                + partitions * std::mem::size_of::<PartitionProduceData>()
+        Request::Produce(r) => super::produce_scan::Entries {
+            topics: r.topic_data.len(),
+            partitions: r.topic_data.iter().map(|t| t.partition_data.len()).sum(),
         }
+        .held(),
         _ => body_len.saturating_mul(NONPRODUCE_HELD_PER_BYTE),
     }
 }

@@ -10,6 +10,7 @@ pub mod configs;
 pub mod groups;
 pub mod handlers;
 pub mod owner;
+pub mod produce_scan;
 pub mod server;
 
 use kafka_protocol::ResponseError;

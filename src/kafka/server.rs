@@ -16,7 +16,9 @@
 //! 161x for other APIs, which are also limited to `kafka.max_nonproduce_request_bytes`). A
 //! connection with nothing in flight gets its next request while its shard is within
 //! budget. Once decoded, the charge becomes what the request holds (`held_beyond_frame`)
-//! until its answer is written. So a shard holds at most its budget plus one request.
+//! until its answer is written, and a Produce whose entries alone would hold more than the
+//! shard's budget is refused before it is decoded (`produce_scan`). So a shard holds at
+//! most its budget plus one request.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -35,6 +37,7 @@ use kafka_protocol::messages::ApiKey;
 
 use super::codec::{self, CodecError};
 use super::handlers::{self, api_versions, Conn};
+use super::produce_scan;
 use crate::runtime::notify::Listener;
 use crate::runtime::shard::Shard;
 
@@ -222,6 +225,17 @@ enum ConnectionError {
     SlowRequest { ms: u64, got: usize, len: usize },
     #[error("{api:?} request of {len} bytes is over kafka.max_nonproduce_request_bytes ({max})")]
     NonProduceTooLarge { api: ApiKey, len: usize, max: usize },
+    #[error(
+        "Produce request of {len} bytes has {topics} topic and {partitions} partition entries, \
+         {held} bytes decoded: over the shard's limits.shard_inflight_bytes ({max})"
+    )]
+    ProduceTooWide {
+        len: usize,
+        topics: usize,
+        partitions: usize,
+        held: usize,
+        max: usize,
+    },
 }
 
 /// `read` unless the peer stays silent for `idle` while `owed()` is false (a long-polling
@@ -415,6 +429,22 @@ async fn read_requests(
         read_within(&mut reader, &mut buf[2..], &got, &clock, len).await?;
         let buf = buf.freeze();
         let (pending, held) = match codec::decode_frame(buf.clone()) {
+            Ok(frame) if frame.api == ApiKey::Produce => {
+                // Counted before decoding: entries alone must not outweigh the shard.
+                let max = shard.config.limits.shard_inflight_bytes;
+                if let Some(e) = produce_scan::entries(&frame.body, frame.version) {
+                    if e.held() > max {
+                        return Err(ConnectionError::ProduceTooWide {
+                            len,
+                            topics: e.topics,
+                            partitions: e.partitions,
+                            held: e.held(),
+                            max,
+                        });
+                    }
+                }
+                handlers::dispatch(conn, frame).await?
+            }
             Ok(frame) => {
                 log::trace!(
                     "{}: {:?} v{} correlation {}",
