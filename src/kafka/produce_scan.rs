@@ -88,43 +88,40 @@ impl Cursor<'_> {
         None
     }
 
-    /// A (nullable) string: i16 length, or a compact length + 1.
-    fn string(&mut self, flexible: bool) -> Option<()> {
-        let len = if flexible {
-            (self.uvarint()? as usize).saturating_sub(1)
+    /// A length or count: a compact one (stored + 1, 0 for null) in flexible versions,
+    /// else an i16 (`short`) or i32, -1 for null. Null counts as 0; other negatives are
+    /// malformed.
+    fn length(&mut self, flexible: bool, short: bool) -> Option<usize> {
+        if flexible {
+            return Some((self.uvarint()? as usize).saturating_sub(1));
+        }
+        let n = if short {
+            i32::from(i16::from_be_bytes(self.fixed()?))
         } else {
-            match i16::from_be_bytes(self.fixed()?) {
-                -1 => 0,
-                n => usize::try_from(n).ok()?,
-            }
+            i32::from_be_bytes(self.fixed()?)
         };
+        if n == -1 {
+            return Some(0);
+        }
+        usize::try_from(n).ok()
+    }
+
+    /// A (nullable) string, skipped.
+    fn string(&mut self, flexible: bool) -> Option<()> {
+        let len = self.length(flexible, true)?;
         self.skip(len)
     }
 
-    /// Nullable bytes: i32 length, or a compact length + 1.
+    /// Nullable bytes, skipped.
     fn bytes(&mut self, flexible: bool) -> Option<()> {
-        let len = if flexible {
-            (self.uvarint()? as usize).saturating_sub(1)
-        } else {
-            match i32::from_be_bytes(self.fixed()?) {
-                -1 => 0,
-                n => usize::try_from(n).ok()?,
-            }
-        };
+        let len = self.length(flexible, false)?;
         self.skip(len)
     }
 
     /// An array's element count, refused when it is more than the bytes left (each element
     /// takes at least one).
     fn array_len(&mut self, flexible: bool) -> Option<usize> {
-        let n = if flexible {
-            (self.uvarint()? as usize).saturating_sub(1)
-        } else {
-            match i32::from_be_bytes(self.fixed()?) {
-                -1 => 0,
-                n => usize::try_from(n).ok()?,
-            }
-        };
+        let n = self.length(flexible, false)?;
         (n <= self.b.len() - self.at).then_some(n)
     }
 

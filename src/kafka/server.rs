@@ -348,6 +348,27 @@ async fn read_within(
     Ok(())
 }
 
+/// A Produce's topic and partition entries, counted before it is decoded, must not alone
+/// hold more than the shard's whole in-flight budget (`ProduceTooWide` otherwise).
+fn produce_fits_the_shard(
+    shard: &Shard,
+    frame: &codec::Frame,
+    len: usize,
+) -> Result<(), ConnectionError> {
+    let max = shard.config.limits.shard_inflight_bytes;
+    match produce_scan::entries(&frame.body, frame.version) {
+        Some(e) if e.held() > max => Err(ConnectionError::ProduceTooWide {
+            len,
+            topics: e.topics,
+            partitions: e.partitions,
+            held: e.held(),
+            max,
+        }),
+        // Within budget, or malformed: the decoder gives the client its error.
+        _ => Ok(()),
+    }
+}
+
 /// Reads frames until the peer closes, the shard stops, or a frame is bad.
 async fn read_requests(
     conn: &Rc<Conn>,
@@ -429,23 +450,10 @@ async fn read_requests(
         read_within(&mut reader, &mut buf[2..], &got, &clock, len).await?;
         let buf = buf.freeze();
         let (pending, held) = match codec::decode_frame(buf.clone()) {
-            Ok(frame) if frame.api == ApiKey::Produce => {
-                // Counted before decoding: entries alone must not outweigh the shard.
-                let max = shard.config.limits.shard_inflight_bytes;
-                if let Some(e) = produce_scan::entries(&frame.body, frame.version) {
-                    if e.held() > max {
-                        return Err(ConnectionError::ProduceTooWide {
-                            len,
-                            topics: e.topics,
-                            partitions: e.partitions,
-                            held: e.held(),
-                            max,
-                        });
-                    }
-                }
-                handlers::dispatch(conn, frame).await?
-            }
             Ok(frame) => {
+                if frame.api == ApiKey::Produce {
+                    produce_fits_the_shard(shard, &frame, len)?;
+                }
                 log::trace!(
                     "{}: {:?} v{} correlation {}",
                     conn.peer,

@@ -76,7 +76,8 @@ fn shrink(size: usize) {
 
 /// Writes to stderr without allocating (we are inside the allocator).
 fn say(bytes: &[u8]) {
-    // SAFETY: writes from a live slice to the process's stderr descriptor.
+    // SAFETY: write(2) reads `bytes.len()` bytes from the live slice `bytes` and nothing
+    // else; descriptor 2 (stderr) is the process's for its whole life.
     unsafe {
         libc::write(2, bytes.as_ptr().cast(), bytes.len());
     }
@@ -109,7 +110,9 @@ fn too_large(size: usize) -> ! {
     say(b"; input (hex):\n");
     let (ptr, len) = INPUT.with(Cell::get);
     if !ptr.is_null() {
-        // SAFETY: `measure` set this from a slice that outlives the call running now.
+        // SAFETY: `measure` sets this thread-local from its `input` slice before the decode
+        // and clears it before returning; we are inside that decode, on the same thread,
+        // so the slice is still borrowed by `measure` and alive.
         let input = unsafe { std::slice::from_raw_parts(ptr, len) };
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for chunk in input.chunks(256) {
