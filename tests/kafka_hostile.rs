@@ -332,6 +332,25 @@ fn answer(s: &mut TcpStream) -> Option<i32> {
     Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
 }
 
+/// Produces `value` to partition 0 of `topic` through librdkafka (uncompressed, so its frame
+/// is as large as the value) and returns the partition's high watermark afterwards.
+fn produce_one(broker: &Broker, topic: &str, value: &[u8]) -> i64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("compression.type", "none")
+        .create()
+        .expect("producer");
+    producer
+        .send(BaseRecord::<(), _>::to(topic).partition(0).payload(value))
+        .expect("enqueue");
+    producer.flush(Duration::from_secs(30)).expect("produce");
+    let (_, high) = producer
+        .client()
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    high
+}
+
 /// Requests other than Produce decode into up to ~157x their frame, so they have their own
 /// frame limit (`kafka.max_nonproduce_request_bytes`): one over it closes its connection
 /// with a log line naming the key; one under it is answered; a Produce larger than it is
@@ -367,21 +386,11 @@ fn requests_other_than_produce_have_their_own_frame_limit() {
     );
 
     // A 6 KB record through librdkafka: its Produce frame is over 2048 bytes.
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("compression.type", "none")
-        .create()
-        .expect("producer");
-    let value = vec![b'p'; 6000];
-    producer
-        .send(BaseRecord::<(), _>::to("big-produce").payload(&value))
-        .expect("enqueue");
-    producer.flush(Duration::from_secs(30)).expect("produce");
-    let (_, high) = producer
-        .client()
-        .fetch_watermarks("big-produce", 0, Duration::from_secs(10))
-        .expect("watermarks");
-    assert_eq!(high, 1, "the large Produce was stored");
+    assert_eq!(
+        produce_one(&broker, "big-produce", &[b'p'; 6000]),
+        1,
+        "the large Produce was stored"
+    );
 }
 
 /// What a decoded request holds is charged to the connection's budget after it is taken,
@@ -443,17 +452,5 @@ fn a_produce_of_empty_entries_wider_than_the_shard_budget_is_refused() {
         broker.log()
     );
 
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
-    producer
-        .send(BaseRecord::<(), _>::to("narrow").payload("ok"))
-        .expect("enqueue");
-    producer.flush(Duration::from_secs(30)).expect("produce");
-    let (_, high) = producer
-        .client()
-        .fetch_watermarks("narrow", 0, Duration::from_secs(10))
-        .expect("watermarks");
-    assert_eq!(high, 1);
+    assert_eq!(produce_one(&broker, "narrow", b"ok"), 1);
 }
