@@ -211,53 +211,35 @@ fn capture_corpus() {
 }
 
 /// A captured request re-encoded at every other version the broker accepts (clients
-/// negotiate the newest, so the older forms would otherwise go untested).
+/// negotiate the newest, so the older forms would otherwise go untested), for every API of
+/// the broker's list (`codec::decode_request` and `Request::encode` are generated from it).
 fn every_version(frame: &[u8]) -> Vec<(i16, Vec<u8>)> {
     use bytes::{Bytes, BytesMut};
-    use kafka_protocol::messages::*;
-    use kafka_protocol::protocol::{Decodable, Encodable};
+    use kafka_protocol::protocol::Encodable;
     use portask::kafka::codec;
 
     let Ok(f) = codec::decode_frame(Bytes::copy_from_slice(frame)) else {
         return Vec::new();
     };
     let range = codec::versions(f.api);
+    let Ok(req) = codec::decode_request(f.api, f.body, f.version) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    macro_rules! each {
-        ($( $key:ident $ty:ident ),*) => {
-            match f.api {
-                $( ApiKey::$key => {
-                    let Ok(req) = <$ty>::decode(&mut f.body.clone(), f.version) else {
-                        return out;
-                    };
-                    for v in range.min..=range.max {
-                        if v == f.version {
-                            continue;
-                        }
-                        let mut buf = BytesMut::new();
-                        let header = f.header.clone().with_request_api_version(v);
-                        if header.encode(&mut buf, f.api.request_header_version(v)).is_ok()
-                            && req.encode(&mut buf, v).is_ok()
-                        {
-                            out.push((v, buf.to_vec()));
-                        }
-                    }
-                } )*
-                _ => {}
-            }
-        };
+    for v in range.min..=range.max {
+        if v == f.version {
+            continue;
+        }
+        let mut buf = BytesMut::new();
+        let header = f.header.clone().with_request_api_version(v);
+        if header
+            .encode(&mut buf, f.api.request_header_version(v))
+            .is_ok()
+            && req.encode(&mut buf, v).is_ok()
+        {
+            out.push((v, buf.to_vec()));
+        }
     }
-    each!(
-        Produce ProduceRequest, Fetch FetchRequest, ListOffsets ListOffsetsRequest,
-        Metadata MetadataRequest, FindCoordinator FindCoordinatorRequest,
-        JoinGroup JoinGroupRequest, Heartbeat HeartbeatRequest, LeaveGroup LeaveGroupRequest,
-        SyncGroup SyncGroupRequest, OffsetCommit OffsetCommitRequest,
-        OffsetFetch OffsetFetchRequest, ListGroups ListGroupsRequest,
-        DescribeGroups DescribeGroupsRequest, DeleteGroups DeleteGroupsRequest,
-        InitProducerId InitProducerIdRequest, DescribeConfigs DescribeConfigsRequest,
-        ApiVersions ApiVersionsRequest, CreateTopics CreateTopicsRequest,
-        DeleteTopics DeleteTopicsRequest, CreatePartitions CreatePartitionsRequest
-    );
     out
 }
 

@@ -2,7 +2,8 @@
 //! a log line) while a real client keeps working; pipelined requests are answered in order;
 //! an unknown ApiVersions version gets the v0 fallback; old request versions that clients
 //! in the field still send (Sarama 1.22: Produce v3, Fetch v4, ListOffsets v1) keep their
-//! Kafka semantics.
+//! Kafka semantics. ApiVersions lists the served APIs and versions; the APIs of group
+//! members refuse an empty group id.
 
 mod common;
 
@@ -243,6 +244,118 @@ fn unknown_api_versions_version_gets_the_v0_fallback() {
     .expect("write");
     let mut resp = read_frame(&mut s).expect("response");
     assert_eq!(resp.get_i32(), 6);
+}
+
+/// ApiVersions lists every API the broker serves with the versions it accepts, in the same
+/// order and ranges as before the API list became one table (issue 14); clients pick their
+/// request versions from it.
+#[test]
+fn api_versions_lists_the_served_apis_and_versions() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    s.write_all(&request(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &ApiVersionsRequest::default(),
+    ))
+    .expect("write");
+    let mut resp = read_frame(&mut s).expect("response");
+    // ApiVersions responses keep header v0 at every version (KIP-511).
+    assert_eq!(resp.get_i32(), 1);
+    let body = ApiVersionsResponse::decode(&mut resp, 3).expect("v3 body");
+    assert_eq!(body.error_code, 0);
+    let listed: Vec<(i16, i16, i16)> = body
+        .api_keys
+        .iter()
+        .map(|k| (k.api_key, k.min_version, k.max_version))
+        .collect();
+    let expected: Vec<(i16, i16, i16)> = [
+        (ApiKey::Produce, 3, 13),
+        (ApiKey::Fetch, 4, 18),
+        (ApiKey::ListOffsets, 1, 10),
+        (ApiKey::Metadata, 0, 13),
+        (ApiKey::FindCoordinator, 0, 6),
+        (ApiKey::JoinGroup, 0, 9),
+        (ApiKey::Heartbeat, 0, 4),
+        (ApiKey::LeaveGroup, 0, 5),
+        (ApiKey::SyncGroup, 0, 5),
+        (ApiKey::OffsetCommit, 2, 9),
+        (ApiKey::OffsetFetch, 1, 9),
+        (ApiKey::ListGroups, 0, 5),
+        (ApiKey::DescribeGroups, 0, 6),
+        (ApiKey::DeleteGroups, 0, 2),
+        (ApiKey::OffsetDelete, 0, 0),
+        (ApiKey::InitProducerId, 0, 5),
+        (ApiKey::DescribeConfigs, 1, 4),
+        (ApiKey::AlterConfigs, 0, 2),
+        (ApiKey::IncrementalAlterConfigs, 0, 1),
+        (ApiKey::DescribeCluster, 0, 2),
+        (ApiKey::DescribeLogDirs, 1, 4),
+        (ApiKey::DeleteRecords, 0, 2),
+        (ApiKey::OffsetForLeaderEpoch, 2, 4),
+        (ApiKey::DescribeProducers, 0, 0),
+        (ApiKey::ApiVersions, 0, 4),
+        (ApiKey::CreateTopics, 2, 7),
+        (ApiKey::DeleteTopics, 1, 6),
+        (ApiKey::CreatePartitions, 0, 3),
+    ]
+    .into_iter()
+    .map(|(k, min, max)| (k as i16, min, max))
+    .collect();
+    assert_eq!(listed, expected);
+}
+
+/// The APIs of group members refuse an empty group id with INVALID_GROUP_ID, as Kafka
+/// does; the offset APIs accept it (old consumers commit under it).
+#[test]
+fn members_need_a_group_id() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{
+        GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+        OffsetFetchRequest, OffsetFetchResponse,
+    };
+
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(Bytes::from_static(b"\0\0"))]);
+    s.write_all(&request(ApiKey::JoinGroup, 5, 1, &join))
+        .expect("write");
+    let mut resp = read_frame(&mut s).expect("join response");
+    assert_eq!(resp.get_i32(), 1);
+    let body = JoinGroupResponse::decode(&mut resp, 5).expect("v5 body");
+    assert_eq!(body.error_code, 24, "INVALID_GROUP_ID");
+    assert_eq!(body.generation_id, -1);
+
+    let heartbeat = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("")))
+        .with_member_id(StrBytes::from_static_str("m"))
+        .with_generation_id(1);
+    s.write_all(&request(ApiKey::Heartbeat, 3, 2, &heartbeat))
+        .expect("write");
+    let mut resp = read_frame(&mut s).expect("heartbeat response");
+    assert_eq!(resp.get_i32(), 2);
+    let body = HeartbeatResponse::decode(&mut resp, 3).expect("v3 body");
+    assert_eq!(body.error_code, 24, "INVALID_GROUP_ID");
+
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("")))
+        .with_topics(None);
+    s.write_all(&request(ApiKey::OffsetFetch, 5, 3, &fetch))
+        .expect("write");
+    let mut resp = read_frame(&mut s).expect("offset fetch response");
+    assert_eq!(resp.get_i32(), 3);
+    let body = OffsetFetchResponse::decode(&mut resp, 5).expect("v5 body");
+    assert_eq!(body.error_code, 0);
 }
 
 /// Creates `topic` (one partition) through Metadata auto-creation on connection `s`.

@@ -2,13 +2,15 @@
 //! Decodes the header with the version its API key and version call for, and encodes
 //! responses with the matching response header.
 //!
+//! The APIs and versions it knows are the rows of `apis::kafka_apis`.
+//!
 //! Pure functions, used by each connection on its own shard and by the fuzz target. Any
 //! input — truncated, oversize, unknown API, bad version — gives a `CodecError`, never a
 //! panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, VersionRange};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -31,71 +33,20 @@ pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, CodecError> {
     Ok(len as usize)
 }
 
-/// Calls `$m!` once with `(api, request type, response type)` for every API the broker
-/// serves (the types are in `kafka_protocol::messages`).
-macro_rules! served_apis {
-    ($m:ident) => {
-        $m! {
-            (Produce, ProduceRequest, ProduceResponse),
-            (Fetch, FetchRequest, FetchResponse),
-            (ListOffsets, ListOffsetsRequest, ListOffsetsResponse),
-            (Metadata, MetadataRequest, MetadataResponse),
-            (FindCoordinator, FindCoordinatorRequest, FindCoordinatorResponse),
-            (JoinGroup, JoinGroupRequest, JoinGroupResponse),
-            (Heartbeat, HeartbeatRequest, HeartbeatResponse),
-            (LeaveGroup, LeaveGroupRequest, LeaveGroupResponse),
-            (SyncGroup, SyncGroupRequest, SyncGroupResponse),
-            (OffsetCommit, OffsetCommitRequest, OffsetCommitResponse),
-            (OffsetFetch, OffsetFetchRequest, OffsetFetchResponse),
-            (ListGroups, ListGroupsRequest, ListGroupsResponse),
-            (DescribeGroups, DescribeGroupsRequest, DescribeGroupsResponse),
-            (DeleteGroups, DeleteGroupsRequest, DeleteGroupsResponse),
-            (OffsetDelete, OffsetDeleteRequest, OffsetDeleteResponse),
-            (InitProducerId, InitProducerIdRequest, InitProducerIdResponse),
-            (DescribeConfigs, DescribeConfigsRequest, DescribeConfigsResponse),
-            (AlterConfigs, AlterConfigsRequest, AlterConfigsResponse),
-            (IncrementalAlterConfigs, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse),
-            (DescribeCluster, DescribeClusterRequest, DescribeClusterResponse),
-            (DescribeLogDirs, DescribeLogDirsRequest, DescribeLogDirsResponse),
-            (DeleteRecords, DeleteRecordsRequest, DeleteRecordsResponse),
-            (OffsetForLeaderEpoch, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse),
-            (DescribeProducers, DescribeProducersRequest, DescribeProducersResponse),
-            (ApiVersions, ApiVersionsRequest, ApiVersionsResponse),
-            (CreateTopics, CreateTopicsRequest, CreateTopicsResponse),
-            (DeleteTopics, DeleteTopicsRequest, DeleteTopicsResponse),
-            (CreatePartitions, CreatePartitionsRequest, CreatePartitionsResponse),
+use super::apis::kafka_apis;
+
+macro_rules! served {
+    ($( ($key:ident, $req:ident, $resp:ident, $min:literal ..= $max:literal, $module:ident, $call:ident), )*) => {
+        /// The versions of `api` the broker accepts and advertises in ApiVersions: its row
+        /// in `apis::kafka_apis`. APIs the broker does not serve keep kafka-protocol's
+        /// table of the versions a Kafka broker accepts (`decode_request` refuses them).
+        pub fn versions(api: ApiKey) -> VersionRange {
+            match api {
+                $( ApiKey::$key => VersionRange { min: $min, max: $max }, )*
+                api => api.valid_versions(),
+            }
         }
-    };
-}
 
-/// The versions of `api` the broker accepts and advertises in ApiVersions: kafka-protocol's
-/// table of the versions a Kafka broker accepts (`ApiKey::valid_versions`), narrowed to
-/// those its request and response codecs implement. The table runs ahead of the codecs
-/// for a few APIs (in 0.18: OffsetCommit and OffsetFetch v10, InitProducerId v6), and a
-/// client told it may use such a version would have every such request fail to decode.
-/// APIs the broker does not serve keep the table's range (dispatch refuses them).
-pub fn versions(api: ApiKey) -> VersionRange {
-    let table = api.valid_versions();
-    macro_rules! narrow {
-        ($( ($key:ident, $req:ident, $resp:ident), )*) => {
-            $(
-                if api == ApiKey::$key {
-                    use kafka_protocol::messages::{$req, $resp};
-                    let (req, resp) = (<$req as Message>::VERSIONS, <$resp as Message>::VERSIONS);
-                    return VersionRange {
-                        min: table.min.max(req.min).max(resp.min),
-                        max: table.max.min(req.max).min(resp.max),
-                    };
-                }
-            )*
-        };
-    }
-    served_apis!(narrow);
-    table
-}
-
-macro_rules! request_enum {
-    ($( ($key:ident, $req:ident, $resp:ident), )*) => {
         /// The decoded body of a request to any API the broker serves.
         pub enum Request {
             $( $key(kafka_protocol::messages::$req), )*
@@ -114,9 +65,30 @@ macro_rules! request_enum {
                 api => Err(CodecError::UnsupportedVersion { api, version }),
             }
         }
+
+        impl Request {
+            /// The API this request is for.
+            pub fn api(&self) -> ApiKey {
+                match self {
+                    $( Request::$key(_) => ApiKey::$key, )*
+                }
+            }
+
+            /// Encodes the body at `version` (the fuzz corpus capture re-encodes captured
+            /// requests at every version the broker accepts).
+            pub fn encode(&self, buf: &mut BytesMut, version: i16) -> Result<(), CodecError> {
+                match self {
+                    $(
+                        Request::$key(r) => r
+                            .encode(buf, version)
+                            .map_err(|e| CodecError::Malformed(stringify!($key), e.to_string())),
+                    )*
+                }
+            }
+        }
     };
 }
-served_apis!(request_enum);
+kafka_apis!(served);
 
 /// The most a request other than Produce was seen to hold, decoded, per byte of its frame:
 /// the fuzz target's counting allocator measured up to 157 (requests of many tiny
@@ -239,6 +211,7 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::protocol::Message;
 
     #[test]
     fn frame_sizes_are_bounded() {
@@ -248,17 +221,26 @@ mod tests {
         assert!(frame_len(3i32.to_be_bytes(), 100).is_err());
     }
 
-    /// Every version the broker advertises can be decoded (request) and encoded
-    /// (response): kafka-protocol 0.18's table lists OffsetCommit v10 while its codec
-    /// stops at v9, and a client negotiating v10 had each commit close its connection.
+    /// Every version the broker lists can be decoded (request) and encoded (response), and
+    /// lies within kafka-protocol's table of what a Kafka broker accepts: kafka-protocol
+    /// 0.18's table lists OffsetCommit v10 while its codec stops at v9, and a client
+    /// negotiating v10 had each commit close its connection.
     #[test]
-    fn every_advertised_version_has_codecs() {
+    fn every_listed_version_has_codecs() {
         macro_rules! roundtrip {
-            ($( ($key:ident, $req:ident, $resp:ident), )*) => {
+            ($( ($key:ident, $req:ident, $resp:ident, $min:literal ..= $max:literal, $module:ident, $call:ident), )*) => {
                 $(
                     use kafka_protocol::messages::{$req, $resp};
                     let range = versions(ApiKey::$key);
+                    let table = ApiKey::$key.valid_versions();
+                    let codecs = (<$req as Message>::VERSIONS, <$resp as Message>::VERSIONS);
                     assert!(range.min <= range.max, "{:?}: empty range", ApiKey::$key);
+                    assert!(
+                        range.min >= table.min.max(codecs.0.min).max(codecs.1.min)
+                            && range.max <= table.max.min(codecs.0.max).min(codecs.1.max),
+                        "{:?}: {range:?} is outside kafka-protocol's {table:?} or its codecs",
+                        ApiKey::$key
+                    );
                     for v in range.min..=range.max {
                         let mut buf = BytesMut::new();
                         <$req>::default()
@@ -267,7 +249,11 @@ mod tests {
                         <$req>::decode(&mut buf.freeze(), v)
                             .unwrap_or_else(|e| panic!("{:?} v{v} request: {e}", ApiKey::$key));
                         let framed = decode_request(ApiKey::$key, buf_of::<$req>(v), v);
-                        assert!(framed.is_ok(), "{:?} v{v}: decode_request", ApiKey::$key);
+                        assert!(
+                            framed.as_ref().is_ok_and(|r| r.api() == ApiKey::$key),
+                            "{:?} v{v}: decode_request",
+                            ApiKey::$key
+                        );
                         encode_response(1, v, &<$resp>::default())
                             .unwrap_or_else(|e| panic!("{:?} v{v} response: {e}", ApiKey::$key));
                     }
@@ -279,9 +265,29 @@ mod tests {
             let _ = R::default().encode(&mut buf, v);
             buf.freeze()
         }
-        served_apis!(roundtrip);
+        kafka_apis!(roundtrip);
         assert_eq!(versions(ApiKey::OffsetCommit).max, 9);
         assert_eq!(versions(ApiKey::Produce).min, 3);
+    }
+
+    /// `Request::encode` writes what `decode_request` reads back.
+    #[test]
+    fn requests_reencode_at_other_versions() {
+        let metadata =
+            kafka_protocol::messages::MetadataRequest::default().with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_static_str("t"),
+                    ))),
+            ]));
+        let mut buf = BytesMut::new();
+        Request::Metadata(metadata).encode(&mut buf, 4).unwrap();
+        let Ok(Request::Metadata(back)) = decode_request(ApiKey::Metadata, buf.freeze(), 4) else {
+            panic!("not a Metadata request");
+        };
+        let topics = back.topics.unwrap_or_default();
+        assert_eq!(topics.len(), 1);
+        assert_eq!(topics[0].name.as_ref().map(|n| n.0.as_str()), Some("t"));
     }
 
     #[test]

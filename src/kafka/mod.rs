@@ -1,10 +1,11 @@
-//! The Kafka wire protocol: the listener and connections (`server`), request framing
-//! (`codec`), one handler per API (`handlers/`), and the partition work that runs on a
-//! partition's owner shard (`owner`).
+//! The Kafka wire protocol: the listener and connections (`server`), the one list of
+//! served APIs (`apis`), request framing (`codec`), one handler per API (`handlers/`),
+//! and the partition work that runs on a partition's owner shard (`owner`).
 //!
 //! Connections run on the shard that accepted them; partition work crosses to the owner
 //! shard through `Shard::kafka_dispatch` / `Shard::kafka`.
 
+pub mod apis;
 pub mod codec;
 pub mod configs;
 pub mod groups;

@@ -6,11 +6,11 @@
 use std::rc::Rc;
 
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
-use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, DeleteGroupsRequest, DeleteGroupsResponse};
 
+use super::details::coordinator;
 use super::{frame, Conn, Pending};
-use crate::kafka::groups::{Reply, Request};
+use crate::kafka::groups::Request;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -23,14 +23,9 @@ pub fn handle(
         let mut results = Vec::new();
         for g in req.groups_names {
             let group = g.to_string();
-            let code = match conn
-                .shard
-                .group(&group, Request::Delete(group.clone()))
-                .await
-            {
-                Reply::Code(code) => code,
-                _ => ResponseError::CoordinatorNotAvailable.code(),
-            };
+            let request = Request::Delete(group.clone());
+            let code =
+                coordinator::ask_code(&conn.shard, ApiKey::DeleteGroups, &group, request).await;
             results.push(
                 DeletableGroupResult::default()
                     .with_group_id(g)

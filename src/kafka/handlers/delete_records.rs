@@ -13,7 +13,8 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{ask_owners, frame, Conn, Pending};
+use super::details::partitions::ask_owners;
+use super::{frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
 
 pub fn handle(

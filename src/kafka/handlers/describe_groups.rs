@@ -6,9 +6,10 @@
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
-use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::coordinator;
 use super::{frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
@@ -23,18 +24,22 @@ pub fn handle(
         let mut out = Vec::new();
         for g in req.groups {
             let group = g.to_string();
-            let mut d = match conn
-                .shard
-                .group(&group, Request::Describe(group.clone()))
-                .await
-            {
-                Reply::Describe(d) => d,
-                Reply::Code(code) => DescribedGroup::default()
+            let request = Request::Describe(group.clone());
+            let described = coordinator::ask(
+                &conn.shard,
+                ApiKey::DescribeGroups,
+                &group,
+                request,
+                |r| match r {
+                    Reply::Describe(d) => Some(d),
+                    _ => None,
+                },
+            );
+            let mut d = match described.await {
+                Ok(d) => d,
+                Err(code) => DescribedGroup::default()
                     .with_group_id(g)
                     .with_error_code(code),
-                _ => DescribedGroup::default()
-                    .with_group_id(g)
-                    .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
             };
             if version < 6 && d.error_code == ResponseError::GroupIdNotFound.code() {
                 d.error_code = 0;

@@ -11,7 +11,8 @@ use kafka_protocol::messages::describe_producers_response::{
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::{ask_owners, frame, Conn, Pending};
+use super::details::partitions::ask_owners;
+use super::{frame, Conn, Pending};
 use crate::kafka::owner::{PartitionInfo, Reply, Request};
 
 pub fn handle(

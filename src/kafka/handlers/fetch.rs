@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use crate::metrics::Protocol;
 
 use bytes::Bytes;
-use futures::future::{join_all, select_all};
+use futures::future::select_all;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, frame, Conn, Pending};
+use super::details::partitions::{ask_each_owner, by_owner};
+use super::{frame, Conn, Pending};
 use crate::catalog::effective_config;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
 
@@ -193,26 +194,18 @@ async fn fetch_round(
         .enumerate()
         .filter_map(|(i, w)| Some((i, w.topic.clone()?, w.partition, (w.offset, w.max_bytes))))
         .collect();
-    let mut calls = Vec::new();
-    for (owner, group) in by_owner(shard, items) {
-        let (idx, parts): (Vec<usize>, Vec<FetchPart>) = group
+    let request = |parts: Vec<(String, i32, (i64, usize))>| Request::Fetch {
+        parts: parts
             .into_iter()
-            .map(|(i, topic, partition, (offset, max_bytes))| {
-                (
-                    i,
-                    FetchPart {
-                        topic,
-                        partition,
-                        offset,
-                        max_bytes,
-                    },
-                )
+            .map(|(topic, partition, (offset, max_bytes))| FetchPart {
+                topic,
+                partition,
+                offset,
+                max_bytes,
             })
-            .unzip();
-        let shard = shard.clone();
-        calls.push(async move { (idx, shard.kafka(owner, Request::Fetch { parts }).await) });
-    }
-    for (idx, reply) in join_all(calls).await {
+            .collect(),
+    };
+    for (idx, reply) in ask_each_owner(shard, items, request).await {
         match reply {
             Reply::Fetch(rs) => {
                 for (i, r) in idx.into_iter().zip(rs) {

@@ -6,11 +6,11 @@
 
 use std::rc::Rc;
 
-use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, HeartbeatRequest, HeartbeatResponse};
 
+use super::details::coordinator;
 use super::{frame, Conn, Pending};
-use crate::kafka::groups::{Reply, Request};
+use crate::kafka::groups::Request;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -27,10 +27,7 @@ pub fn handle(
             instance_id: req.group_instance_id.map(|i| i.to_string()),
             generation: req.generation_id,
         };
-        let code = match conn.shard.group(&group, request).await {
-            Reply::Code(code) => code,
-            _ => ResponseError::CoordinatorNotAvailable.code(),
-        };
+        let code = coordinator::ask_code(&conn.shard, ApiKey::Heartbeat, &group, request).await;
         frame(
             correlation_id,
             version,

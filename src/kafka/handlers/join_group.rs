@@ -8,9 +8,9 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, JoinGroupRequest, JoinGroupResponse};
 
+use super::details::coordinator;
 use super::{frame, str_bytes, Conn, Pending};
 use crate::kafka::groups::group::JoinRequest;
 use crate::kafka::groups::{Reply, Request};
@@ -46,23 +46,25 @@ pub fn handle(
                 .collect(),
             version,
         };
-        let resp = match conn
-            .shard
-            .group(&group, Request::Join(join, group.clone()))
-            .await
-        {
-            Reply::Join(r) => r,
-            Reply::Code(code) => JoinGroupResponse::default()
+        let request = Request::Join(join, group.clone());
+        let joined = coordinator::ask(
+            &conn.shard,
+            ApiKey::JoinGroup,
+            &group,
+            request,
+            |r| match r {
+                Reply::Join(r) => Some(r),
+                _ => None,
+            },
+        );
+        let resp = match joined.await {
+            Ok(r) => r,
+            Err(code) => JoinGroupResponse::default()
                 .with_error_code(code)
                 .with_generation_id(-1)
                 .with_protocol_name(Some(str_bytes("")))
                 .with_leader(str_bytes(""))
                 .with_member_id(str_bytes("")),
-            _ => JoinGroupResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                .with_generation_id(-1)
-                .with_protocol_name(Some(str_bytes("")))
-                .with_leader(str_bytes("")),
         };
         frame(correlation_id, version, &resp)
     })

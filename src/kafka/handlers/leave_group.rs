@@ -6,9 +6,9 @@
 use std::rc::Rc;
 
 use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, LeaveGroupRequest, LeaveGroupResponse};
 
+use super::details::coordinator;
 use super::{frame, str_bytes, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
@@ -38,8 +38,18 @@ pub fn handle(
             group: group.clone(),
             members: members.clone(),
         };
-        let resp = match conn.shard.group(&group, request).await {
-            Reply::Leave(_, codes) if version >= 3 => LeaveGroupResponse::default().with_members(
+        let left = coordinator::ask(
+            &conn.shard,
+            ApiKey::LeaveGroup,
+            &group,
+            request,
+            |r| match r {
+                Reply::Leave(_, codes) => Some(codes),
+                _ => None,
+            },
+        );
+        let resp = match left.await {
+            Ok(codes) if version >= 3 => LeaveGroupResponse::default().with_members(
                 members
                     .into_iter()
                     .zip(codes)
@@ -51,12 +61,10 @@ pub fn handle(
                     })
                     .collect(),
             ),
-            Reply::Leave(_, codes) => {
+            Ok(codes) => {
                 LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(0))
             }
-            Reply::Code(code) => LeaveGroupResponse::default().with_error_code(code),
-            _ => LeaveGroupResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+            Err(code) => LeaveGroupResponse::default().with_error_code(code),
         };
         frame(correlation_id, version, &resp)
     })

@@ -12,7 +12,8 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{ask_owners, frame, Conn, Pending};
+use super::details::partitions::ask_owners;
+use super::{frame, Conn, Pending};
 use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
 
 pub fn handle(

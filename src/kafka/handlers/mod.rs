@@ -6,7 +6,15 @@
 //! handler does before returning its `Pending` (the appends of a produce) happens in the
 //! order the client sent the requests; the connection then writes the responses in that
 //! same order.
+//!
+//! `SUPPORTED`, the API names of the metric labels and the dispatch match are generated
+//! from the one list of APIs, `apis::kafka_apis`; what several handlers share (the partition fan-out, the
+//! group preamble) is in `details/`.
 
+// One module per row of `apis::kafka_apis` (which also names it in the dispatch match, so a
+// row without its module does not compile; `tests::every_handler_file_has_a_row` checks
+// the converse). Declared here rather than by the table's macro so that rustfmt, which
+// follows only the `mod` items it can see, formats them.
 pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
@@ -36,14 +44,17 @@ pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
+pub mod details;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
-use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
 
+use super::apis::kafka_apis;
 use super::codec::{self, CodecError, Frame, Request};
 use crate::metrics::Protocol;
 use crate::runtime::shard::Shard;
@@ -57,38 +68,6 @@ pub struct Conn {
 }
 
 pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;
-
-/// The APIs this broker serves, with the versions it accepts.
-pub const SUPPORTED: &[ApiKey] = &[
-    ApiKey::Produce,
-    ApiKey::Fetch,
-    ApiKey::ListOffsets,
-    ApiKey::Metadata,
-    ApiKey::FindCoordinator,
-    ApiKey::JoinGroup,
-    ApiKey::Heartbeat,
-    ApiKey::LeaveGroup,
-    ApiKey::SyncGroup,
-    ApiKey::OffsetCommit,
-    ApiKey::OffsetFetch,
-    ApiKey::ListGroups,
-    ApiKey::DescribeGroups,
-    ApiKey::DeleteGroups,
-    ApiKey::OffsetDelete,
-    ApiKey::InitProducerId,
-    ApiKey::DescribeConfigs,
-    ApiKey::AlterConfigs,
-    ApiKey::IncrementalAlterConfigs,
-    ApiKey::DescribeCluster,
-    ApiKey::DescribeLogDirs,
-    ApiKey::DeleteRecords,
-    ApiKey::OffsetForLeaderEpoch,
-    ApiKey::DescribeProducers,
-    ApiKey::ApiVersions,
-    ApiKey::CreateTopics,
-    ApiKey::DeleteTopics,
-    ApiKey::CreatePartitions,
-];
 
 /// Encodes a response frame. An encoding failure is our bug: it is logged and answered
 /// with an empty frame, on which the connection closes (the client reconnects rather
@@ -123,14 +102,71 @@ pub fn uuid(id: &[u8; 16]) -> uuid::Uuid {
     uuid::Uuid::from_bytes(*id)
 }
 
+/// Counts a Kafka error code returned to a client (`portask_errors_total`).
+pub fn count_error(code: i16) {
+    if code != 0 {
+        crate::metrics::with(|m| m.error(Protocol::Kafka, code as i32));
+    }
+}
+
+macro_rules! served {
+    ($( ($key:ident, $req:ident, $resp:ident, $min:literal ..= $max:literal, $module:ident, $call:ident), )*) => {
+        /// The APIs this broker serves, in the order ApiVersions lists them.
+        pub const SUPPORTED: &[ApiKey] = &[ $( ApiKey::$key, )* ];
+
+        /// The API's name for metric labels (`Produce`, `Fetch`, …).
+        fn api_name(api: ApiKey) -> &'static str {
+            match api {
+                $( ApiKey::$key => stringify!($key), )*
+                api => unserved_api_name(api),
+            }
+        }
+
+        /// Runs the handler of a decoded request, as its row's `call` says.
+        async fn run(conn: &Rc<Conn>, header: &RequestHeader, request: Request, c: i32, v: i16) -> Pending {
+            match request {
+                $( Request::$key(r) => call!($call, $module, conn, r, header, c, v), )*
+            }
+        }
+    };
+}
+
+/// One handler call of each `call` form of `apis::kafka_apis`.
+macro_rules! call {
+    (staged, $module:ident, $conn:ident, $r:ident, $header:ident, $c:ident, $v:ident) => {
+        $module::handle($conn, $r, $c, $v).await
+    };
+    (conn, $module:ident, $conn:ident, $r:ident, $header:ident, $c:ident, $v:ident) => {
+        $module::handle($conn, $r, $c, $v)
+    };
+    (bare, $module:ident, $conn:ident, $r:ident, $header:ident, $c:ident, $v:ident) => {
+        $module::handle($r, $c, $v)
+    };
+    (client_id, $module:ident, $conn:ident, $r:ident, $header:ident, $c:ident, $v:ident) => {
+        $module::handle($conn, $r, client_id($header), $c, $v)
+    };
+}
+
+kafka_apis!(served);
+
+/// The request header's client id ("" when null).
+fn client_id(header: &RequestHeader) -> String {
+    header
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default()
+}
+
 thread_local! {
     static API_NAMES: std::cell::RefCell<std::collections::HashMap<i16, &'static str>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// The API's name for metric labels (`Produce`, `Fetch`, …). Each name is made once per
-/// shard and kept for the life of the process (there are fewer than 100 API keys).
-fn api_name(api: ApiKey) -> &'static str {
+/// The name of an API the broker does not serve (its request is counted before it is
+/// refused). Each name is made once per shard and kept for the life of the process (there
+/// are fewer than 100 API keys).
+fn unserved_api_name(api: ApiKey) -> &'static str {
     API_NAMES.with(|names| {
         *names
             .borrow_mut()
@@ -139,103 +175,46 @@ fn api_name(api: ApiKey) -> &'static str {
     })
 }
 
-/// Counts a Kafka error code returned to a client (`portask_errors_total`).
-pub fn count_error(code: i16) {
-    if code != 0 {
-        crate::metrics::with(|m| m.error(Protocol::Kafka, code as i32));
-    }
-}
-
 /// Decodes the request body for `frame.api` (`codec::decode_request`, the pure decoder the
 /// fuzz tests drive) and runs its handler; also gives what the decoded request holds beyond
 /// its frame (`codec::held_beyond_frame`), for the connection's in-flight budgets.
 pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<(Pending, usize), CodecError> {
     let c = frame.header.correlation_id;
-    let client_id = frame
-        .header
-        .client_id
-        .as_ref()
-        .map(|c| c.to_string())
-        .unwrap_or_default();
     let v = frame.version;
-    let body = frame.body;
     crate::metrics::with(|m| m.request(Protocol::Kafka, api_name(frame.api)));
-    let body_len = body.len();
-    let request = codec::decode_request(frame.api, body, v)?;
+    let body_len = frame.body.len();
+    let request = codec::decode_request(frame.api, frame.body, v)?;
     let held = codec::held_beyond_frame(&request, body_len);
-    let pending = match request {
-        Request::ApiVersions(r) => api_versions::handle(r, c, v),
-        Request::Metadata(r) => metadata::handle(conn, r, c, v),
-        Request::Produce(r) => produce::handle(conn, r, c, v).await,
-        Request::Fetch(r) => fetch::handle(conn, r, c, v),
-        Request::ListOffsets(r) => list_offsets::handle(conn, r, c, v),
-        Request::CreateTopics(r) => create_topics::handle(conn, r, c, v),
-        Request::DeleteTopics(r) => delete_topics::handle(conn, r, c, v),
-        Request::FindCoordinator(r) => find_coordinator::handle(conn, r, c, v),
-        Request::JoinGroup(r) => join_group::handle(conn, r, client_id, c, v),
-        Request::SyncGroup(r) => sync_group::handle(conn, r, c, v),
-        Request::Heartbeat(r) => heartbeat::handle(conn, r, c, v),
-        Request::LeaveGroup(r) => leave_group::handle(conn, r, c, v),
-        Request::OffsetCommit(r) => offset_commit::handle(conn, r, c, v),
-        Request::OffsetFetch(r) => offset_fetch::handle(conn, r, c, v),
-        Request::ListGroups(r) => list_groups::handle(conn, r, c, v),
-        Request::DescribeGroups(r) => describe_groups::handle(conn, r, c, v),
-        Request::DeleteGroups(r) => delete_groups::handle(conn, r, c, v),
-        Request::OffsetDelete(r) => offset_delete::handle(conn, r, c, v),
-        Request::InitProducerId(r) => init_producer_id::handle(conn, r, c, v),
-        Request::DescribeConfigs(r) => describe_configs::handle(conn, r, c, v),
-        Request::AlterConfigs(r) => alter_configs::handle(conn, r, c, v),
-        Request::IncrementalAlterConfigs(r) => incremental_alter_configs::handle(conn, r, c, v),
-        Request::DescribeCluster(r) => describe_cluster::handle(conn, r, c, v),
-        Request::DescribeLogDirs(r) => describe_log_dirs::handle(conn, r, c, v),
-        Request::DeleteRecords(r) => delete_records::handle(conn, r, c, v),
-        Request::OffsetForLeaderEpoch(r) => offset_for_leader_epoch::handle(conn, r, c, v),
-        Request::DescribeProducers(r) => describe_producers::handle(conn, r, c, v),
-        Request::CreatePartitions(r) => create_partitions::handle(conn, r, c, v),
-    };
-    Ok((pending, held))
+    Ok((run(conn, &frame.header, request, c, v).await, held))
 }
 
-/// One partition item of a request: (index in the request, topic, partition, payload).
-pub type Item<T> = (usize, String, i32, T);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Groups items by owner shard, keeping each item's index in the request.
-pub fn by_owner<T>(shard: &Shard, items: Vec<Item<T>>) -> Vec<(usize, Vec<Item<T>>)> {
-    let mut groups: Vec<(usize, Vec<Item<T>>)> = Vec::new();
-    for item in items {
-        let owner = shard.owner_of(&item.1, item.2);
-        match groups.iter_mut().find(|(o, _)| *o == owner) {
-            Some((_, g)) => g.push(item),
-            None => groups.push((owner, vec![item])),
+    /// Every handler file is the module of a row of `apis::kafka_apis` (a row without its
+    /// module does not compile).
+    #[test]
+    fn every_handler_file_has_a_row() {
+        macro_rules! modules {
+            ($( ($key:ident, $req:ident, $resp:ident, $min:literal ..= $max:literal, $module:ident, $call:ident), )*) => {
+                [$( stringify!($module), )*]
+            };
         }
+        let rows = kafka_apis!(modules);
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kafka/handlers");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("handlers directory")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let module = name.strip_suffix(".rs")?;
+                (module != "mod").then(|| module.to_owned())
+            })
+            .collect();
+        files.sort();
+        let mut rows: Vec<String> = rows.iter().map(|m| m.to_string()).collect();
+        rows.sort();
+        assert_eq!(files, rows);
+        assert_eq!(SUPPORTED.len(), rows.len());
     }
-    groups
-}
-
-/// Sends every owner shard its share of `items` as one request (`request`), concurrently,
-/// and places each answer (`answers`) at its item's index; items whose owner gave no
-/// usable answer keep `default`.
-pub async fn ask_owners<T, R: Clone>(
-    shard: &Rc<Shard>,
-    items: Vec<Item<T>>,
-    default: R,
-    request: impl Fn(Vec<(String, i32, T)>) -> crate::kafka::owner::Request,
-    answers: impl Fn(crate::kafka::owner::Reply) -> Option<Vec<R>>,
-) -> Vec<R> {
-    let mut out = vec![default; items.len()];
-    let calls = by_owner(shard, items).into_iter().map(|(owner, group)| {
-        let (idx, parts): (Vec<usize>, Vec<(String, i32, T)>) =
-            group.into_iter().map(|(i, t, p, x)| (i, (t, p, x))).unzip();
-        let req = request(parts);
-        let shard = shard.clone();
-        async move { (idx, shard.kafka(owner, req).await) }
-    });
-    for (idx, reply) in futures::future::join_all(calls).await {
-        if let Some(rs) = answers(reply) {
-            for (i, r) in idx.into_iter().zip(rs) {
-                out[i] = r;
-            }
-        }
-    }
-    out
 }

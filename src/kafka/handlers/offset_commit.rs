@@ -11,9 +11,10 @@ use std::rc::Rc;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
-use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::coordinator;
 use super::{frame, Conn, Pending};
 use crate::kafka::groups::{CommitPart, Reply, Request};
 
@@ -61,11 +62,14 @@ pub fn handle(
                 generation: req.generation_id_or_member_epoch,
                 parts,
             };
-            let results = match shard.group(&group, request).await {
-                Reply::Commit(c) => c,
-                Reply::Code(code) => vec![code; slots.len()],
-                _ => vec![ResponseError::CoordinatorNotAvailable.code(); slots.len()],
-            };
+            let committed =
+                coordinator::ask(shard, ApiKey::OffsetCommit, &group, request, |r| match r {
+                    Reply::Commit(c) => Some(c),
+                    _ => None,
+                });
+            let results = committed
+                .await
+                .unwrap_or_else(|code| vec![code; slots.len()]);
             for ((ti, pi), code) in slots.into_iter().zip(results) {
                 codes[ti][pi] = code;
             }

@@ -8,9 +8,9 @@ use std::rc::Rc;
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
-use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, OffsetDeleteRequest, OffsetDeleteResponse};
 
+use super::details::coordinator;
 use super::{frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
@@ -34,21 +34,22 @@ pub fn handle(
             })
             .collect();
         let n = parts.len();
-        let (code, codes) = match conn
-            .shard
-            .group(
-                &group,
-                Request::OffsetDelete {
-                    group: group.clone(),
-                    parts,
-                },
-            )
-            .await
-        {
-            Reply::OffsetDelete(code, codes) => (code, codes),
-            Reply::Code(code) => (code, vec![0; n]),
-            _ => (ResponseError::CoordinatorNotAvailable.code(), vec![0; n]),
+        let request = Request::OffsetDelete {
+            group: group.clone(),
+            parts,
         };
+        let deleted =
+            coordinator::ask(
+                &conn.shard,
+                ApiKey::OffsetDelete,
+                &group,
+                request,
+                |r| match r {
+                    Reply::OffsetDelete(code, codes) => Some((code, codes)),
+                    _ => None,
+                },
+            );
+        let (code, codes) = deleted.await.unwrap_or_else(|code| (code, vec![0; n]));
         let mut codes = codes.into_iter();
         let topics = req
             .topics

@@ -9,9 +9,9 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
-use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, OffsetFetchRequest, OffsetFetchResponse};
 
+use super::details::coordinator;
 use super::{frame, str_bytes, topic_name, Conn, Pending};
 use crate::kafka::groups::{FetchedOffset, Reply, Request};
 use crate::runtime::shard::Shard;
@@ -22,20 +22,15 @@ async fn fetch(
     group: &str,
     parts: Option<Vec<(String, i32)>>,
 ) -> (i16, Vec<(String, Vec<FetchedOffset>)>) {
-    let (code, offsets) = match shard
-        .group(
-            group,
-            Request::Fetch {
-                group: group.to_owned(),
-                parts,
-            },
-        )
-        .await
-    {
-        Reply::Fetch(code, offsets) => (code, offsets),
-        Reply::Code(code) => (code, Vec::new()),
-        _ => (ResponseError::CoordinatorNotAvailable.code(), Vec::new()),
+    let request = Request::Fetch {
+        group: group.to_owned(),
+        parts,
     };
+    let fetched = coordinator::ask(shard, ApiKey::OffsetFetch, group, request, |r| match r {
+        Reply::Fetch(code, offsets) => Some((code, offsets)),
+        _ => None,
+    });
+    let (code, offsets) = fetched.await.unwrap_or_else(|code| (code, Vec::new()));
     let mut topics: Vec<(String, Vec<FetchedOffset>)> = Vec::new();
     for o in offsets {
         match topics.iter_mut().find(|(t, _)| *t == o.topic) {

@@ -13,7 +13,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{ask_owners, frame, Conn, Pending};
+use super::details::partitions::ask_owners;
+use super::{frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
 
 pub fn handle(

@@ -18,7 +18,8 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
-use super::{by_owner, count_error, frame, ready, str_bytes, Conn, Pending};
+use super::details::partitions::by_owner;
+use super::{count_error, frame, ready, str_bytes, Conn, Pending};
 use crate::kafka::owner::{ProducePart, ProduceResult, Reply, Request};
 use crate::metrics::Protocol;
 use crate::storage::batch;

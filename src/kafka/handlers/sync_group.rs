@@ -5,9 +5,9 @@
 
 use std::rc::Rc;
 
-use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
-use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, SyncGroupRequest, SyncGroupResponse};
 
+use super::details::coordinator;
 use super::{frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
@@ -34,11 +34,19 @@ pub fn handle(
                 .collect(),
             version,
         };
-        let resp = match conn.shard.group(&group, request).await {
-            Reply::Sync(r) => r,
-            Reply::Code(code) => SyncGroupResponse::default().with_error_code(code),
-            _ => SyncGroupResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+        let synced = coordinator::ask(
+            &conn.shard,
+            ApiKey::SyncGroup,
+            &group,
+            request,
+            |r| match r {
+                Reply::Sync(r) => Some(r),
+                _ => None,
+            },
+        );
+        let resp = match synced.await {
+            Ok(r) => r,
+            Err(code) => SyncGroupResponse::default().with_error_code(code),
         };
         frame(correlation_id, version, &resp)
     })

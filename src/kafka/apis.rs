@@ -1,0 +1,67 @@
+//! The one list of Kafka APIs this broker serves. Adding an API is a row here and its
+//! handler file, `handlers/<module>.rs` (with its `pub mod` line in `handlers/mod.rs`,
+//! where rustfmt can see it; the build fails without it). Everything else is generated
+//! from the rows:
+//!
+//! - `codec`: the accepted versions (`codec::versions`), the decoded `codec::Request`, its
+//!   decoder (`decode_request`, which the fuzz tests drive) and its encoder;
+//! - `handlers`: `SUPPORTED` (what ApiVersions lists, in the rows' order), the API names
+//!   of the metric labels, and the dispatch match.
+//!
+//! Pure data, no shard: compiled into the codec the fuzz target uses as well.
+
+/// Calls `$m!` with one row per served API, in the order ApiVersions lists them:
+///
+/// `(key, request type, response type, min ..= max, handler module, call)`
+///
+/// - `key`: the `ApiKey` variant; also the API's name in metric labels.
+/// - request and response types: in `kafka_protocol::messages`.
+/// - `min ..= max`: the versions accepted and advertised. They must lie within
+///   kafka-protocol's table of the versions a Kafka broker accepts and within what its
+///   request and response codecs implement (the table runs ahead of the codecs for a few
+///   APIs: OffsetCommit and OffsetFetch v10, InitProducerId v6 in 0.18); the codec's
+///   `every_listed_version_has_codecs` test checks both.
+/// - `call`, how `handlers::dispatch` runs the handler (all return a `Pending`):
+///   - `staged`: `async fn handle(conn, request, correlation_id, version)`, awaited before
+///     the connection reads its next request, so what it does before returning its
+///     `Pending` happens in request order: the in-flight Produce path (its appends);
+///   - `conn`: `fn handle(conn, request, correlation_id, version)`;
+///   - `bare`: `fn handle(request, correlation_id, version)`, for an API that touches
+///     neither connection nor shard;
+///   - `client_id`: `fn handle(conn, request, client_id, correlation_id, version)`, given
+///     the request header's client id as well.
+macro_rules! kafka_apis {
+    ($m:ident) => {
+        $m! {
+            (Produce, ProduceRequest, ProduceResponse, 3..=13, produce, staged),
+            (Fetch, FetchRequest, FetchResponse, 4..=18, fetch, conn),
+            (ListOffsets, ListOffsetsRequest, ListOffsetsResponse, 1..=10, list_offsets, conn),
+            (Metadata, MetadataRequest, MetadataResponse, 0..=13, metadata, conn),
+            (FindCoordinator, FindCoordinatorRequest, FindCoordinatorResponse, 0..=6, find_coordinator, conn),
+            (JoinGroup, JoinGroupRequest, JoinGroupResponse, 0..=9, join_group, client_id),
+            (Heartbeat, HeartbeatRequest, HeartbeatResponse, 0..=4, heartbeat, conn),
+            (LeaveGroup, LeaveGroupRequest, LeaveGroupResponse, 0..=5, leave_group, conn),
+            (SyncGroup, SyncGroupRequest, SyncGroupResponse, 0..=5, sync_group, conn),
+            (OffsetCommit, OffsetCommitRequest, OffsetCommitResponse, 2..=9, offset_commit, conn),
+            (OffsetFetch, OffsetFetchRequest, OffsetFetchResponse, 1..=9, offset_fetch, conn),
+            (ListGroups, ListGroupsRequest, ListGroupsResponse, 0..=5, list_groups, conn),
+            (DescribeGroups, DescribeGroupsRequest, DescribeGroupsResponse, 0..=6, describe_groups, conn),
+            (DeleteGroups, DeleteGroupsRequest, DeleteGroupsResponse, 0..=2, delete_groups, conn),
+            (OffsetDelete, OffsetDeleteRequest, OffsetDeleteResponse, 0..=0, offset_delete, conn),
+            (InitProducerId, InitProducerIdRequest, InitProducerIdResponse, 0..=5, init_producer_id, conn),
+            (DescribeConfigs, DescribeConfigsRequest, DescribeConfigsResponse, 1..=4, describe_configs, conn),
+            (AlterConfigs, AlterConfigsRequest, AlterConfigsResponse, 0..=2, alter_configs, conn),
+            (IncrementalAlterConfigs, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0..=1, incremental_alter_configs, conn),
+            (DescribeCluster, DescribeClusterRequest, DescribeClusterResponse, 0..=2, describe_cluster, conn),
+            (DescribeLogDirs, DescribeLogDirsRequest, DescribeLogDirsResponse, 1..=4, describe_log_dirs, conn),
+            (DeleteRecords, DeleteRecordsRequest, DeleteRecordsResponse, 0..=2, delete_records, conn),
+            (OffsetForLeaderEpoch, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, 2..=4, offset_for_leader_epoch, conn),
+            (DescribeProducers, DescribeProducersRequest, DescribeProducersResponse, 0..=0, describe_producers, conn),
+            (ApiVersions, ApiVersionsRequest, ApiVersionsResponse, 0..=4, api_versions, bare),
+            (CreateTopics, CreateTopicsRequest, CreateTopicsResponse, 2..=7, create_topics, conn),
+            (DeleteTopics, DeleteTopicsRequest, DeleteTopicsResponse, 1..=6, delete_topics, conn),
+            (CreatePartitions, CreatePartitionsRequest, CreatePartitionsResponse, 0..=3, create_partitions, conn),
+        }
+    };
+}
+pub(crate) use kafka_apis;
