@@ -27,9 +27,8 @@ use kafka_protocol::records::{
 };
 
 use portask::amqp::routing::Router;
-use portask::amqp::topology::{
-    Binding, DestKind, Exchange, ExchangeKind, Queue, QueueArgs, VhostTopology,
-};
+use portask::catalog::amqp::arguments::QueueArgs;
+use portask::catalog::amqp::{Binding, DestKind, Exchange, ExchangeKind, Queue, VhostTopology};
 use portask::catalog::{log_settings, CatalogState, Topic};
 use portask::config::Config;
 use portask::kafka::codec::{decode_body, decode_frame, encode_response};

@@ -37,8 +37,13 @@ pub fn parse_plain(response: &[u8]) -> Option<Credentials> {
 pub fn parse_amqplain(response: &[u8]) -> Option<Credentials> {
     let mut framed = (response.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(response);
-    let table = super::topology::decode_table(&framed);
-    let get = |k: &str| table.inner().get(k).and_then(super::topology::str_value);
+    let table = crate::catalog::amqp::tables::decode_table(&framed);
+    let get = |k: &str| {
+        table
+            .inner()
+            .get(k)
+            .and_then(crate::catalog::amqp::tables::str_value)
+    };
     match (get("LOGIN"), get("PASSWORD")) {
         (Some(user), Some(password)) => Some(Credentials { user, password }),
         _ => None,
@@ -220,7 +225,7 @@ mod tests {
         let mut t = amq_protocol::types::FieldTable::default();
         t.insert("LOGIN".into(), AMQPValue::LongString("u".into()));
         t.insert("PASSWORD".into(), AMQPValue::LongString("p".into()));
-        let enc = super::super::topology::encode_table(&t);
+        let enc = crate::catalog::amqp::tables::encode_table(&t);
         assert_eq!(parse_amqplain(&enc[4..]).map(|c| c.user), Some("u".into()));
     }
 

@@ -167,7 +167,7 @@ pub fn method_name(class: u16, method: u16) -> &'static str {
 }
 
 /// Decodes a method frame's arguments (trailing bytes are tolerated, as RabbitMQ does).
-/// Tables nested deeper than `nesting::MAX_DEPTH` do not decode.
+/// Tables nested deeper than `catalog::amqp::tables::MAX_DEPTH` do not decode.
 pub fn decode_method(payload: &[u8]) -> Option<AMQPClass> {
     if !super::nesting::method_ok(payload) {
         return None;

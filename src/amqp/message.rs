@@ -10,7 +10,7 @@ use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProper
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 
-use super::topology::{int_value, str_value};
+use crate::catalog::amqp::tables::{int_value, str_value};
 
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -52,7 +52,7 @@ pub fn parse_props(raw: &Bytes) -> Option<AMQPProperties> {
 }
 
 /// Walks property bytes: `None` when they are malformed (headers nested deeper than
-/// `nesting::MAX_DEPTH` included).
+/// `catalog::amqp::tables::MAX_DEPTH` included).
 pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
     let mut flags: Vec<u16> = Vec::with_capacity(1);
     let mut at = 0usize;
@@ -84,7 +84,7 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
     if bit(2) {
         let len = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
         let table = raw.get(at..at + 4 + len)?;
-        if !super::nesting::table_ok(table) {
+        if !crate::catalog::amqp::tables::table_ok(table) {
             return None;
         }
         v.headers = Some(raw.slice(at..at + 4 + len));
@@ -137,7 +137,7 @@ pub fn parse_expiration(raw: &[u8]) -> Option<u64> {
 }
 
 pub fn decode_headers(encoded: &[u8]) -> FieldTable {
-    super::topology::decode_table(encoded)
+    crate::catalog::amqp::tables::decode_table(encoded)
 }
 
 /// Why a message was dead-lettered, as the `x-death` header names it.

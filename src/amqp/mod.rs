@@ -1,6 +1,6 @@
 //! AMQP 0-9-1: the listener and connections (`server`, `connection`, `channel`), one file
-//! per method family (`methods/`), exchange routing (`routing`), the topology in the
-//! catalog (`topology`), queues on their owner shard (`queue`, `owner`), the message
+//! per method family (`methods/`), exchange routing (`routing`; the topology it
+//! routes by is the catalog's, `catalog::amqp`), queues on their owner shard (`queue`, `owner`), the message
 //! store for persistent messages (`store`), and the ops that cross shards (`mesh`,
 //! `outbox`).
 //!
@@ -25,7 +25,12 @@ pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod store;
-pub mod topology;
+/// Moved to `crate::catalog::amqp` (issue 14). Only the startup code in `runtime/` still
+/// names this path; remove it when the composition root calls
+/// `crate::catalog::amqp::after_restart` directly.
+pub mod topology {
+    pub use crate::catalog::amqp::after_restart;
+}
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -1,74 +1,9 @@
-//! Nesting limits for AMQP field tables and arrays, checked before amq-protocol parses
-//! them: its parser recurses once per level, so a table nested thousands deep (a few
-//! kilobytes of input, even in an unauthenticated `connection.start-ok`) would overflow the
-//! shard thread's stack and abort the process.
-//!
-//! `table_ok` walks an encoded table with an explicit stack, never recursing, and accepts
-//! it when it is well formed and nests at most `MAX_DEPTH` tables and arrays deep.
-//! `method_ok` applies it to the table argument of every method that has one. Runs on
-//! whichever shard reads the bytes.
+//! Nesting limits for the field tables of AMQP methods, checked before amq-protocol parses
+//! them: `method_ok` finds the table argument of every method that has one and applies
+//! `catalog::amqp::tables::table_ok` (the walker and its `MAX_DEPTH`, with the reason) to
+//! it. Runs on whichever shard reads the bytes.
 
-/// Deepest nesting of tables and arrays accepted (the outermost table is level 1). Real
-/// clients use a handful of levels (`x-death` is three).
-pub const MAX_DEPTH: usize = 64;
-
-/// Whether the field table encoded at the start of `b` (length prefix included) is well
-/// formed and nests at most `MAX_DEPTH` deep. Bytes after the table are ignored.
-pub fn table_ok(b: &[u8]) -> bool {
-    walk(b).is_some()
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<usize> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
-}
-
-/// The table's length in bytes, if acceptable.
-fn walk(b: &[u8]) -> Option<usize> {
-    let end = 4usize.checked_add(u32_at(b, 0)?)?;
-    if end > b.len() {
-        return None;
-    }
-    // Open containers: (where each ends, whether it is a table, whose entries have names).
-    let mut open: Vec<(usize, bool)> = vec![(end, true)];
-    let mut at = 4usize;
-    while let Some(&(end, table)) = open.last() {
-        if at == end {
-            open.pop();
-            continue;
-        }
-        if table {
-            let name = *b.get(at)? as usize;
-            at = at.checked_add(1 + name)?;
-        }
-        let kind = *b.get(at)?;
-        at += 1;
-        let size = match kind {
-            b't' | b'b' | b'B' => 1,
-            b's' | b'U' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'D' => 5,
-            b'l' | b'L' | b'd' | b'T' => 8,
-            b'V' => 0,
-            b'S' | b'x' => 4usize.checked_add(u32_at(b, at)?)?,
-            b'A' | b'F' => {
-                let inner_end = at.checked_add(4)?.checked_add(u32_at(b, at)?)?;
-                if inner_end > end || open.len() >= MAX_DEPTH {
-                    return None;
-                }
-                at += 4;
-                open.push((inner_end, kind == b'F'));
-                continue;
-            }
-            _ => return None,
-        };
-        at = at.checked_add(size)?;
-        if at > end {
-            return None;
-        }
-    }
-    Some(end)
-}
+use crate::catalog::amqp::tables::table_ok;
 
 /// Whether a method frame's table argument, if the method has one, passes `table_ok`.
 /// Payloads too short to reach the table are left to the method parser to refuse.
@@ -110,78 +45,7 @@ pub fn method_ok(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
-
-    fn encode(t: &FieldTable) -> Vec<u8> {
-        crate::amqp::topology::encode_table(t)
-    }
-
-    /// A table holding a table holding … `depth` levels in all.
-    fn nested(depth: usize) -> Vec<u8> {
-        let mut inner: Vec<u8> = Vec::new();
-        for _ in 1..depth {
-            let mut level = vec![1, b'k', b'F'];
-            level.extend_from_slice(&(inner.len() as u32).to_be_bytes());
-            level.extend_from_slice(&inner);
-            inner = level;
-        }
-        let mut out = (inner.len() as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(&inner);
-        out
-    }
-
-    #[test]
-    fn every_value_type_is_walked() {
-        let mut inner = FieldTable::default();
-        inner.insert("x".into(), AMQPValue::LongString("v".into()));
-        let mut t = FieldTable::default();
-        t.insert("bool".into(), AMQPValue::Boolean(true));
-        t.insert("i8".into(), AMQPValue::ShortShortInt(-1));
-        t.insert("u8".into(), AMQPValue::ShortShortUInt(1));
-        t.insert("i16".into(), AMQPValue::ShortInt(-2));
-        t.insert("u16".into(), AMQPValue::ShortUInt(2));
-        t.insert("i32".into(), AMQPValue::LongInt(-3));
-        t.insert("u32".into(), AMQPValue::LongUInt(3));
-        t.insert("i64".into(), AMQPValue::LongLongInt(-4));
-        t.insert("f32".into(), AMQPValue::Float(1.5));
-        t.insert("f64".into(), AMQPValue::Double(2.5));
-        t.insert(
-            "dec".into(),
-            AMQPValue::DecimalValue(amq_protocol::types::DecimalValue { scale: 2, value: 5 }),
-        );
-        t.insert("str".into(), AMQPValue::LongString("hello".into()));
-        t.insert("ts".into(), AMQPValue::Timestamp(7));
-        t.insert("bytes".into(), AMQPValue::ByteArray(vec![1, 2, 3].into()));
-        t.insert("void".into(), AMQPValue::Void);
-        t.insert(
-            "array".into(),
-            AMQPValue::FieldArray(FieldArray::from(vec![
-                AMQPValue::FieldTable(inner.clone()),
-                AMQPValue::LongLongInt(1),
-            ])),
-        );
-        t.insert("table".into(), AMQPValue::FieldTable(inner));
-        let bytes = encode(&t);
-        assert_eq!(walk(&bytes), Some(bytes.len()));
-        assert!(table_ok(&encode(&FieldTable::default())));
-    }
-
-    #[test]
-    fn depth_is_limited_and_malformed_input_refused() {
-        assert!(table_ok(&nested(MAX_DEPTH)));
-        assert!(!table_ok(&nested(MAX_DEPTH + 1)));
-        assert!(!table_ok(&nested(10_000)));
-        // Cut anywhere: refused, never a panic.
-        let good = nested(5);
-        for n in 0..good.len() {
-            assert!(!table_ok(&good[..n]), "cut at {n}");
-        }
-        // Lengths pointing past the end, an unknown type, a huge length.
-        assert!(!table_ok(&[0, 0, 0, 9, 1, b'k', b't', 1]));
-        assert!(!table_ok(&[0, 0, 0, 3, 1, b'k', b'?']));
-        assert!(!table_ok(&[0, 0, 0, 7, 1, b'k', b'S', 255, 255, 255, 255]));
-        assert!(!table_ok(&[255, 255, 255, 255]));
-    }
+    use crate::catalog::amqp::tables::tests::nested;
 
     #[test]
     fn method_tables_are_found() {

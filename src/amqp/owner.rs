@@ -10,8 +10,8 @@ use std::rc::Rc;
 use super::mesh::{GetAnswer, Op, Reply, Request, Settle};
 use super::queue::{confirm_to, QueueHandle, QueueState};
 use super::routing::QueueRef;
-use super::topology::TopologyChange;
 use super::{outbox, queue_owner, reply};
+use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
 use crate::runtime::shard::Shard;
 

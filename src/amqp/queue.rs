@@ -22,7 +22,9 @@ use super::outbox;
 use super::reply;
 use super::routing::QueueRef;
 use super::store::Location;
-use super::topology::{decode_table, queue_type, Overflow, Queue, QueueArgs, QueueType};
+use crate::catalog::amqp::arguments::{queue_type, Overflow, QueueArgs, QueueType};
+use crate::catalog::amqp::tables::decode_table;
+use crate::catalog::amqp::Queue;
 use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
 

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::queue_owner;
-use super::topology::{decode_table, DestKind, ExchangeKind, BUILTIN_EXCHANGES};
+use crate::catalog::amqp::tables::decode_table;
+use crate::catalog::amqp::{DestKind, ExchangeKind, BUILTIN_EXCHANGES};
 use crate::catalog::CatalogState;
 
 /// A queue as ops name it: vhost, name, incarnation id and owner shard.
@@ -147,7 +148,7 @@ pub fn topic_match<P: AsRef<str>>(pattern: &[P], key: &[&str]) -> bool {
 /// Comparable form of a header value: integers of any width are one class, as are
 /// floats and strings (RabbitMQ compares type classes).
 fn normalize(v: &AMQPValue) -> AMQPValue {
-    if let Some(i) = super::topology::int_value(v) {
+    if let Some(i) = crate::catalog::amqp::tables::int_value(v) {
         return AMQPValue::LongLongInt(i);
     }
     match v {
@@ -161,7 +162,7 @@ fn headers_pattern(args: &FieldTable) -> HeadersPattern {
     let mode = args
         .inner()
         .get("x-match")
-        .and_then(super::topology::str_value)
+        .and_then(crate::catalog::amqp::tables::str_value)
         .unwrap_or_else(|| "all".into());
     let with_x = mode.ends_with("-with-x");
     let fields = args
@@ -406,9 +407,9 @@ impl Reached {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::amqp::topology::{
-        apply, encode_table, Binding, Exchange, Queue, QueueArgs, TopologyChange,
-    };
+    use crate::catalog::amqp::arguments::QueueArgs;
+    use crate::catalog::amqp::tables::encode_table;
+    use crate::catalog::amqp::{apply, Binding, Exchange, Queue, TopologyChange};
 
     #[test]
     fn topic_edge_cases() {

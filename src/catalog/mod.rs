@@ -1,5 +1,5 @@
 //! The catalog: topics, their partitions and configs, and the AMQP topology (vhosts'
-//! exchanges, queues and bindings; see `crate::amqp::topology`).
+//! exchanges, queues and bindings; see `amqp`).
 //!
 //! Single writer: shard 0 owns the `CatalogWriter`, which validates a change, persists it
 //! (see `store.rs`), builds the next immutable `CatalogState` and broadcasts it to every
@@ -7,6 +7,7 @@
 //! routing and metadata reads never leave the shard. States are whole and versioned, so a
 //! shard that receives them out of order keeps the newest.
 
+pub mod amqp;
 pub mod store;
 pub mod writer;
 
@@ -63,7 +64,7 @@ pub struct CatalogState {
     /// name (`retention.ms`, …); they override the configuration file's defaults.
     pub broker_configs: BTreeMap<String, String>,
     /// AMQP topology by vhost name.
-    pub amqp: BTreeMap<String, crate::amqp::topology::VhostTopology>,
+    pub amqp: BTreeMap<String, amqp::VhostTopology>,
 }
 
 /// One persisted mutation.
@@ -74,8 +75,8 @@ pub enum Change {
     SetPartitions(String, i32),
     SetConfigs(String, BTreeMap<String, String>),
     SetBrokerConfigs(BTreeMap<String, String>),
-    /// An AMQP topology change (`crate::amqp::topology`).
-    Amqp(crate::amqp::topology::TopologyChange),
+    /// An AMQP topology change (`amqp`).
+    Amqp(amqp::TopologyChange),
 }
 
 impl CatalogState {
@@ -101,7 +102,7 @@ impl CatalogState {
             Change::SetBrokerConfigs(configs) => {
                 self.broker_configs = configs.clone();
             }
-            Change::Amqp(c) => crate::amqp::topology::apply(&mut self.amqp, c),
+            Change::Amqp(c) => amqp::apply(&mut self.amqp, c),
         }
         self.version += 1;
     }

@@ -69,14 +69,14 @@ pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(
             configs_ok(configs)
         }
         Change::SetBrokerConfigs(configs) => configs_ok(configs),
-        Change::Amqp(c) => crate::amqp::topology::check(&state.amqp, c),
+        Change::Amqp(c) => super::amqp::check(&state.amqp, c),
     }
 }
 
 /// Whether `change`, accepted by `check`, would leave `state` as it is (apart from the
 /// version): then nothing is persisted, replicated or versioned.
 pub fn changes_nothing(state: &CatalogState, change: &Change) -> bool {
-    use crate::amqp::topology::{same_binding, TopologyChange as T};
+    use super::amqp::{same_binding, TopologyChange as T};
     let Change::Amqp(c) = change else {
         return false;
     };
@@ -106,7 +106,7 @@ pub fn changes_nothing(state: &CatalogState, change: &Change) -> bool {
 
 /// Changes that give space back: they may spend the store's reserve on a full disk.
 fn frees_space(change: &Change) -> bool {
-    use crate::amqp::topology::TopologyChange as T;
+    use super::amqp::TopologyChange as T;
     matches!(
         change,
         Change::DeleteTopic(_)
@@ -146,7 +146,7 @@ impl CatalogWriter {
                 may_use_reserve &= frees_space(&change);
                 // Transient AMQP topology is replicated but never written.
                 let persist = match &change {
-                    Change::Amqp(c) => crate::amqp::topology::persisted(&state.amqp, c),
+                    Change::Amqp(c) => super::amqp::persisted(&state.amqp, c),
                     _ => true,
                 };
                 state.apply(&change);
@@ -203,9 +203,9 @@ impl CatalogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::amqp::topology::{
-        encode_table, Binding, DestKind, Queue, QueueArgs, TopologyChange as T,
-    };
+    use crate::catalog::amqp::arguments::QueueArgs;
+    use crate::catalog::amqp::tables::encode_table;
+    use crate::catalog::amqp::{Binding, DestKind, Queue, TopologyChange as T};
 
     fn queue(name: &str, id: u64) -> Queue {
         Queue {

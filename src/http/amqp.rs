@@ -56,8 +56,9 @@ use crate::amqp::methods::{
     self, apply_binding, basic_get, basic_publish, exchange, queue, Access, Actor,
 };
 use crate::amqp::routing::QueueRef;
-use crate::amqp::topology::{decode_table, encode_table, Binding, DestKind, VhostTopology};
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::catalog::amqp::tables::{decode_table, encode_table};
+use crate::catalog::amqp::{Binding, DestKind, VhostTopology};
 use crate::metrics::{Protocol, QueueStats};
 use crate::runtime::shard::Shard;
 
@@ -713,9 +714,9 @@ async fn exchanges(
     let mut rows = Vec::new();
     for v in names {
         let t = state.amqp.get(v).unwrap_or(&empty);
-        let builtin = crate::amqp::topology::BUILTIN_EXCHANGES
+        let builtin = crate::catalog::amqp::BUILTIN_EXCHANGES
             .iter()
-            .filter_map(|(n, _)| crate::amqp::topology::builtin_exchange(n));
+            .filter_map(|(n, _)| crate::catalog::amqp::builtin_exchange(n));
         for e in builtin.chain(t.exchanges.values().cloned()) {
             if one.is_some_and(|o| o != e.name) {
                 continue;
@@ -873,7 +874,7 @@ async fn bindings(
             DestKind::Queue => (t.is_some_and(|t| t.queues.contains_key(*name)), "queue"),
             DestKind::Exchange => (
                 t.map_or_else(
-                    || crate::amqp::topology::builtin_exchange(name).is_some(),
+                    || crate::catalog::amqp::builtin_exchange(name).is_some(),
                     |t| t.has_exchange(name),
                 ),
                 "exchange",

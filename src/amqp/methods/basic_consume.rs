@@ -17,8 +17,8 @@ use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConsumerSpec, Op};
-use crate::amqp::topology::int_value;
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::catalog::amqp::tables::int_value;
 
 pub async fn consume(
     conn: &Rc<Connection>,

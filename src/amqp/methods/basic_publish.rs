@@ -30,8 +30,8 @@ use crate::amqp::message::{
     decode_headers, parse_expiration, scan_properties, without_header, Message,
 };
 use crate::amqp::routing::{QueueRef, RouteError};
-use crate::amqp::topology::str_value;
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::catalog::amqp::tables::str_value;
 use crate::metrics::Protocol;
 use crate::runtime::shard::Shard;
 use amq_protocol::types::AMQPValue;

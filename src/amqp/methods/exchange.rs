@@ -19,10 +19,9 @@ use amq_protocol::types::FieldTable;
 use super::{allowed, apply_binding, change, known_exchange, Access, Actor};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::topology::{
-    encode_table, str_value, Binding, DestKind, Exchange, ExchangeKind, TopologyChange,
-};
 use crate::amqp::{reply, AmqpError};
+use crate::catalog::amqp::tables::{encode_table, str_value};
+use crate::catalog::amqp::{Binding, DestKind, Exchange, ExchangeKind, TopologyChange};
 use crate::catalog::Change;
 
 fn reply_to(conn: &Connection, ch: &ChannelRef, nowait: bool, m: ex::AMQPMethod) {

@@ -26,8 +26,8 @@ use super::auth::Permissions;
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::routing::QueueRef;
-use super::topology::Queue;
 use super::{reply, AmqpError};
+use crate::catalog::amqp::Queue;
 use crate::catalog::{CatalogError, Change};
 use crate::runtime::shard::Shard;
 
@@ -190,10 +190,10 @@ pub async fn change(shard: &Rc<Shard>, c: Change) -> Result<(), AmqpError> {
 /// exchange.bind/unbind differ only in how they check and build the binding.
 pub async fn apply_binding(
     actor: &Actor<'_>,
-    binding: super::topology::Binding,
+    binding: crate::catalog::amqp::Binding,
     bind: bool,
 ) -> Result<(), AmqpError> {
-    use super::topology::TopologyChange;
+    use crate::catalog::amqp::TopologyChange;
     let vhost = actor.vhost.to_owned();
     let c = if bind {
         TopologyChange::Bind { vhost, binding }
@@ -284,7 +284,7 @@ pub async fn exchange_exists(actor: &Actor<'_>, name: &str) -> bool {
             .amqp
             .get(actor.vhost)
             .map(|t| t.has_exchange(name))
-            .unwrap_or_else(|| super::topology::builtin_exchange(name).is_some())
+            .unwrap_or_else(|| crate::catalog::amqp::builtin_exchange(name).is_some())
     };
     if has() {
         return true;

@@ -25,10 +25,10 @@ use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::Op;
 use crate::amqp::routing::QueueRef;
-use crate::amqp::topology::{
-    encode_table, parse_queue_args, queue_type, Binding, DestKind, Queue, TopologyChange,
-};
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::catalog::amqp::arguments::{parse_queue_args, queue_type};
+use crate::catalog::amqp::tables::encode_table;
+use crate::catalog::amqp::{Binding, DestKind, Queue, TopologyChange};
 use crate::catalog::Change;
 use crate::runtime::shard::Shard;
 

@@ -1,20 +1,29 @@
 //! The AMQP part of the catalog: per-vhost exchanges, queues and bindings, the changes that
-//! mutate them and the checks the catalog writer runs before accepting a change.
+//! mutate them and the checks the catalog writer runs before accepting a change; field
+//! tables as the catalog stores them (`tables`) and the queue arguments it validates
+//! (`arguments`).
 //!
 //! These types live inside `CatalogState` (field `amqp`) and `Change::Amqp`; the single
 //! writer on shard 0 calls `check` and `CatalogState::apply` calls `apply`. Every shard
 //! reads its replica to route and to answer passive declares. Durable exchanges, durable
 //! queues and bindings whose both ends are durable are persisted with the catalog;
 //! everything else is replicated but never written (`persisted`), and `after_restart`
-//! drops whatever transient entities an old snapshot still holds.
+//! (called at startup, before the shards start) drops whatever transient entities an old
+//! snapshot still holds. A refusal is a `CatalogError::Amqp` with the AMQP reply code the
+//! client gets. Pure data and functions: no shard, no I/O, nothing from `crate::amqp`.
+
+pub mod arguments;
+pub mod tables;
 
 use std::collections::BTreeMap;
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::protocol::AMQPSoftError;
+use amq_protocol::types::FieldTable;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::reply;
-use crate::catalog::CatalogError;
+use self::arguments::QueueArgs;
+use self::tables::{decode_table, encode_table};
+use super::CatalogError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
 pub enum ExchangeKind {
@@ -56,43 +65,6 @@ pub struct Exchange {
     pub arguments: Vec<u8>,
     /// `alternate-exchange`, extracted from the arguments.
     pub alternate: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
-pub enum Overflow {
-    DropHead,
-    RejectPublish,
-    RejectPublishDlx,
-}
-
-/// The `x-…` queue arguments Portask acts on, validated at declare.
-#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
-pub struct QueueArgs {
-    pub message_ttl: Option<u64>,
-    pub expires: Option<u64>,
-    pub max_length: Option<u64>,
-    pub max_length_bytes: Option<u64>,
-    pub overflow: Overflow,
-    pub dead_letter_exchange: Option<String>,
-    pub dead_letter_routing_key: Option<String>,
-    pub max_priority: Option<u8>,
-    pub single_active_consumer: bool,
-}
-
-impl Default for QueueArgs {
-    fn default() -> Self {
-        QueueArgs {
-            message_ttl: None,
-            expires: None,
-            max_length: None,
-            max_length_bytes: None,
-            overflow: Overflow::DropHead,
-            dead_letter_exchange: None,
-            dead_letter_routing_key: None,
-            max_priority: None,
-            single_active_consumer: false,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -188,13 +160,18 @@ pub fn builtin_exchange(name: &str) -> Option<Exchange> {
         })
 }
 
-fn err(code: u16, text: String) -> CatalogError {
-    CatalogError::Amqp { code, text }
+/// A refusal with the AMQP reply code the client gets (the channel or connection closes
+/// with it); the codes are amq-protocol's soft errors, the same numbers as `amqp::reply`.
+fn err(code: AMQPSoftError, text: String) -> CatalogError {
+    CatalogError::Amqp {
+        code: code.get_id(),
+        text,
+    }
 }
 
 fn not_found(what: &str, name: &str, vhost: &str) -> CatalogError {
     err(
-        reply::NOT_FOUND,
+        AMQPSoftError::NOTFOUND,
         format!("NOT_FOUND - no {what} '{name}' in vhost '{vhost}'"),
     )
 }
@@ -355,14 +332,14 @@ pub fn check(
             if let Some(current) = t.exchange(&exchange.name) {
                 return same_exchange(&current, exchange).map_err(|e| {
                     err(
-                        reply::PRECONDITION_FAILED,
+                        AMQPSoftError::PRECONDITIONFAILED,
                         format!("PRECONDITION_FAILED - {e} in vhost '{vhost}'"),
                     )
                 });
             }
             if exchange.name.starts_with("amq.") {
                 return Err(err(
-                    reply::ACCESS_REFUSED,
+                    AMQPSoftError::ACCESSREFUSED,
                     format!(
                         "ACCESS_REFUSED - exchange name '{}' contains reserved prefix 'amq.*'",
                         exchange.name
@@ -379,13 +356,13 @@ pub fn check(
             let t = vt(vhost);
             if builtin_exchange(name).is_some() {
                 return Err(err(
-                    reply::ACCESS_REFUSED,
+                    AMQPSoftError::ACCESSREFUSED,
                     format!("ACCESS_REFUSED - operation not permitted on the default or amq.* exchange '{name}'"),
                 ));
             }
             if *if_unused && t.bindings.iter().any(|b| &b.source == name) {
                 return Err(err(
-                    reply::PRECONDITION_FAILED,
+                    AMQPSoftError::PRECONDITIONFAILED,
                     format!("PRECONDITION_FAILED - exchange '{name}' in vhost '{vhost}' in use"),
                 ));
             }
@@ -397,7 +374,7 @@ pub fn check(
                 if let Some(owner) = current.exclusive_owner {
                     if Some(owner) != queue.exclusive_owner {
                         return Err(err(
-                            reply::RESOURCE_LOCKED,
+                            AMQPSoftError::RESOURCELOCKED,
                             format!(
                                 "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'",
                                 queue.name
@@ -407,14 +384,14 @@ pub fn check(
                 }
                 return same_queue(current, queue).map_err(|e| {
                     err(
-                        reply::PRECONDITION_FAILED,
+                        AMQPSoftError::PRECONDITIONFAILED,
                         format!("PRECONDITION_FAILED - {e} in vhost '{vhost}'"),
                     )
                 });
             }
             if queue.name.starts_with("amq.") && !queue.name.starts_with("amq.gen-") {
                 return Err(err(
-                    reply::ACCESS_REFUSED,
+                    AMQPSoftError::ACCESSREFUSED,
                     format!(
                         "ACCESS_REFUSED - queue name '{}' contains reserved prefix 'amq.*'",
                         queue.name
@@ -431,7 +408,7 @@ pub fn check(
             }
             if binding.source.is_empty() {
                 return Err(err(
-                    reply::ACCESS_REFUSED,
+                    AMQPSoftError::ACCESSREFUSED,
                     "ACCESS_REFUSED - operation not permitted on the default exchange".to_owned(),
                 ));
             }
@@ -443,7 +420,7 @@ pub fn check(
                     Err(not_found("exchange", &binding.destination, vhost))
                 }
                 DestKind::Exchange if binding.destination.is_empty() => Err(err(
-                    reply::ACCESS_REFUSED,
+                    AMQPSoftError::ACCESSREFUSED,
                     "ACCESS_REFUSED - operation not permitted on the default exchange".into(),
                 )),
                 _ => Ok(()),
@@ -544,162 +521,6 @@ pub fn after_restart(topology: &mut BTreeMap<String, VhostTopology>) {
     }
 }
 
-/// Encodes a field table the way it travels on the wire (with its length prefix).
-pub fn encode_table(table: &FieldTable) -> Vec<u8> {
-    use amq_protocol::types::generation::gen_field_table;
-    match gen_field_table(table)(Vec::new().into()) {
-        Ok(ctx) => ctx.into_inner().0,
-        Err(_) => vec![0, 0, 0, 0],
-    }
-}
-
-/// Decodes `encode_table`'s output; bytes that do not parse (or nest deeper than
-/// `nesting::MAX_DEPTH`) give an empty table.
-pub fn decode_table(bytes: &[u8]) -> FieldTable {
-    if !super::nesting::table_ok(bytes) {
-        return FieldTable::default();
-    }
-    amq_protocol::types::parsing::parse_field_table(bytes)
-        .map(|(_, t)| t)
-        .unwrap_or_default()
-}
-
-/// An integer argument of any AMQP integer width.
-pub fn int_value(v: &AMQPValue) -> Option<i64> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => *x as i64,
-        AMQPValue::ShortShortUInt(x) => *x as i64,
-        AMQPValue::ShortInt(x) => *x as i64,
-        AMQPValue::ShortUInt(x) => *x as i64,
-        AMQPValue::LongInt(x) => *x as i64,
-        AMQPValue::LongUInt(x) => *x as i64,
-        AMQPValue::LongLongInt(x) => *x,
-        AMQPValue::Timestamp(x) => i64::try_from(*x).ok()?,
-        _ => return None,
-    })
-}
-
-pub fn str_value(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        _ => None,
-    }
-}
-
-/// What `x-queue-type` makes of a queue. Portask keeps every queue on its owner shard
-/// (one node); a `quorum` queue is a durable queue that also keeps RabbitMQ's quorum-queue
-/// rules a client may count on: it must be durable, not exclusive, not auto-delete; every
-/// message is written (whatever its delivery mode); a message requeued more than
-/// `x-delivery-limit` times (20 by default, as RabbitMQ 4; negative = no limit) is
-/// dead-lettered with reason `delivery_limit` (or dropped), and redeliveries carry an
-/// `x-delivery-count` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueueType {
-    pub quorum: bool,
-    pub delivery_limit: Option<u64>,
-}
-
-/// RabbitMQ 4's default `x-delivery-limit` of quorum queues.
-pub const QUORUM_DELIVERY_LIMIT: u64 = 20;
-
-/// The queue type its (validated) arguments give.
-pub fn queue_type(table: &FieldTable) -> QueueType {
-    let args = table.inner();
-    let quorum = args
-        .get("x-queue-type")
-        .and_then(str_value)
-        .map(|t| t == "quorum")
-        .unwrap_or(false);
-    if !quorum {
-        return QueueType::default();
-    }
-    let delivery_limit = match args.get("x-delivery-limit").and_then(int_value) {
-        Some(n) if n < 0 => None,
-        Some(n) => Some(n as u64),
-        None => Some(QUORUM_DELIVERY_LIMIT),
-    };
-    QueueType {
-        quorum,
-        delivery_limit,
-    }
-}
-
-/// Parses and validates the queue arguments; the error is the 406 reply text.
-pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<QueueArgs, String> {
-    let mut a = QueueArgs::default();
-    let bad = |k: &str, why: &str| {
-        format!(
-            "PRECONDITION_FAILED - invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}"
-        )
-    };
-    for (k, v) in table.inner() {
-        let k = k.as_str();
-        let uint = |min: i64| -> Result<u64, String> {
-            match int_value(v) {
-                Some(x) if x >= min => Ok(x as u64),
-                Some(x) => Err(bad(k, &format!("{x} is out of range"))),
-                None => Err(bad(k, "not an integer")),
-            }
-        };
-        match k {
-            "x-message-ttl" => a.message_ttl = Some(uint(0)?),
-            "x-expires" => a.expires = Some(uint(1)?),
-            "x-max-length" => a.max_length = Some(uint(0)?),
-            "x-max-length-bytes" => a.max_length_bytes = Some(uint(0)?),
-            "x-max-priority" => {
-                let p = uint(0)?;
-                if p > 255 {
-                    return Err(bad(k, "must be between 0 and 255"));
-                }
-                a.max_priority = Some(p as u8);
-            }
-            "x-overflow" => {
-                a.overflow = match str_value(v).as_deref() {
-                    Some("drop-head") => Overflow::DropHead,
-                    Some("reject-publish") => Overflow::RejectPublish,
-                    Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                    _ => {
-                        return Err(bad(
-                            k,
-                            "must be drop-head, reject-publish or reject-publish-dlx",
-                        ))
-                    }
-                }
-            }
-            "x-dead-letter-exchange" => {
-                a.dead_letter_exchange = Some(str_value(v).ok_or_else(|| bad(k, "not a string"))?)
-            }
-            "x-dead-letter-routing-key" => {
-                a.dead_letter_routing_key =
-                    Some(str_value(v).ok_or_else(|| bad(k, "not a string"))?)
-            }
-            "x-single-active-consumer" => match v {
-                AMQPValue::Boolean(b) => a.single_active_consumer = *b,
-                _ => return Err(bad(k, "not a boolean")),
-            },
-            "x-queue-type" => match str_value(v).as_deref() {
-                Some("classic") | Some("quorum") => {}
-                Some("stream") => return Err(bad(
-                    k,
-                    "stream queues are not supported (use a Kafka topic, or 'classic' or 'quorum')",
-                )),
-                _ => return Err(bad(k, "must be 'classic' or 'quorum'")),
-            },
-            "x-delivery-limit" => {
-                int_value(v).ok_or_else(|| bad(k, "not an integer"))?;
-            }
-            _ => {}
-        }
-    }
-    if a.dead_letter_routing_key.is_some() && a.dead_letter_exchange.is_none() {
-        return Err(format!(
-            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': x-dead-letter-exchange is not set"
-        ));
-    }
-    Ok(a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,20 +590,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, CatalogError::Amqp { code: 406, .. }), "{e:?}");
-    }
-
-    #[test]
-    fn queue_args_validate() {
-        let mut t = FieldTable::default();
-        t.insert("x-max-length".into(), AMQPValue::LongInt(10));
-        t.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        let a = parse_queue_args("q", "/", &t).unwrap();
-        assert_eq!(a.max_length, Some(10));
-        assert_eq!(a.overflow, Overflow::RejectPublish);
-        t.insert("x-message-ttl".into(), AMQPValue::LongString("soon".into()));
-        assert!(parse_queue_args("q", "/", &t).is_err());
     }
 }
