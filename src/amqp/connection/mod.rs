@@ -1,0 +1,347 @@
+//! One AMQP connection on the shard that accepted it: its state (`Connection`), its life
+//! from accept to clean-up (`run`: consumers cancelled, unacked messages requeued,
+//! exclusive queues deleted), and which part handles a frame in which phase
+//! (`handle_frame`). The parts, each in its file:
+//!
+//! - `io`: the socket — the reader loop (frames in, deadlines, the stop drain), the writer
+//!   task, heartbeats;
+//! - `handshake`: protocol header, start/start-ok with PLAIN or AMQPLAIN, tune/tune-ok,
+//!   open;
+//! - `channel0`: the connection's methods once running (close, blocked, update-secret);
+//! - `channels`: frames for channels 1..=channel_max (open, methods, content, close) and the
+//!   consumer timeout;
+//! - `flow`: flow control — a connection is not read while the shard's outbox is over its
+//!   budget (`connection.blocked`, "back-pressure"), while its own output waits for a slow
+//!   reader, nor, once it has published, while the disk alarm is on (`wait_for_disk`, "low
+//!   on disk").
+//!
+//! A `Connection` is shared by `Rc` between its reader task, its writer task, its
+//! heartbeat task and the shard's op handler (deliveries and confirms arrive through
+//! `ShardAmqp::connection`). Output is one `BytesMut` the writer drains; the reader never
+//! waits on the writer. No `RefCell` borrow is held across an `.await`.
+//!
+//! Counted in the shard's metrics: every method frame received, by `class.method`
+//! (`portask_requests_total{protocol="amqp"}`), and every channel or connection close
+//! the broker starts, by reply code (`portask_errors_total{protocol="amqp"}`).
+
+mod channel0;
+mod channels;
+mod flow;
+mod handshake;
+mod io;
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{connection as conn_m, AMQPClass};
+use bytes::BytesMut;
+use glommio::net::TcpStream;
+
+use super::auth::Permissions;
+use super::channel::ChannelRef;
+use super::codec::{self, Frame};
+use super::mesh::{Delivery, Op};
+use super::methods::Actor;
+use super::routing::QueueRef;
+use super::{outbox, reply, AmqpError};
+use crate::catalog::amqp::TopologyChange;
+use crate::catalog::Change;
+use crate::metrics::Protocol;
+use crate::runtime::notify::Notify;
+use crate::runtime::shard::Shard;
+use crate::storage::log::now_ms;
+
+pub(crate) use flow::{mark_published, wait_for_disk};
+
+/// How long a client has for the whole handshake, and to answer our connection.close.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where a connection is in its life: the handshake's steps, running, or closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    StartOk,
+    TuneOk,
+    Open,
+    Running,
+    /// We sent connection.close and wait for close-ok.
+    Closing,
+}
+
+pub struct Connection {
+    pub id: u64,
+    pub shard: Rc<Shard>,
+    pub peer: SocketAddr,
+    /// Set once by the handshake (start-ok, then open), read freely after.
+    user: OnceCell<String>,
+    vhost: OnceCell<String>,
+    perms: OnceCell<Permissions>,
+    pub frame_max: Cell<u32>,
+    pub channel_max: Cell<u16>,
+    pub heartbeat: Cell<u16>,
+    out: RefCell<BytesMut>,
+    out_ready: Notify,
+    /// Fired after each write to the socket (the reader waits on it while the output
+    /// not yet written is over the connection's budget).
+    out_written: Notify,
+    /// Deliveries encoded into `out` per consumer, returned as credit once written.
+    written: RefCell<HashMap<u64, (QueueRef, u32, u64)>>,
+    pub channels: RefCell<HashMap<u16, ChannelRef>>,
+    /// Exclusive queues this connection declared: (vhost, name, id).
+    pub exclusive: RefCell<Vec<(String, String, u64)>>,
+    /// Set when the reader is done: the writer flushes what is left and stops.
+    finished: Cell<bool>,
+    /// The socket failed or the peer went silent: stop reading.
+    dead: Cell<bool>,
+    kill: Notify,
+    last_recv_ms: Cell<i64>,
+    last_send_ms: Cell<i64>,
+    /// (class, method) of the method being handled, for the close it may cause.
+    pub last_method: Cell<(u16, u16)>,
+    /// The client announced the `connection.blocked` capability.
+    blocked_capable: Cell<bool>,
+    /// The connection has published: the disk alarm blocks it (RabbitMQ blocks only
+    /// publishing connections, so consumers keep acking).
+    published: Cell<bool>,
+    /// `connection.blocked` ("low on disk") was sent and `unblocked` not yet.
+    disk_blocked: Cell<bool>,
+}
+
+impl Connection {
+    fn new(shard: &Rc<Shard>, peer: SocketAddr) -> Connection {
+        let cfg = &shard.config.amqp;
+        Connection {
+            id: shard.amqp.next_id(),
+            shard: shard.clone(),
+            peer,
+            user: OnceCell::new(),
+            vhost: OnceCell::new(),
+            perms: OnceCell::new(),
+            frame_max: Cell::new(cfg.frame_max),
+            channel_max: Cell::new(cfg.channel_max),
+            heartbeat: Cell::new(0),
+            out: RefCell::new(BytesMut::with_capacity(io::FIRST_BUFFER_BYTES)),
+            out_ready: Notify::new(),
+            out_written: Notify::new(),
+            written: RefCell::new(HashMap::new()),
+            channels: RefCell::new(HashMap::new()),
+            exclusive: RefCell::new(Vec::new()),
+            finished: Cell::new(false),
+            dead: Cell::new(false),
+            kill: Notify::new(),
+            last_recv_ms: Cell::new(now_ms()),
+            last_send_ms: Cell::new(now_ms()),
+            last_method: Cell::new((0, 0)),
+            blocked_capable: Cell::new(false),
+            published: Cell::new(false),
+            disk_blocked: Cell::new(false),
+        }
+    }
+
+    /// The vhost opened by connection.open ("" before it).
+    pub fn vhost(&self) -> &str {
+        self.vhost.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The user logged in by start-ok ("" before it).
+    pub fn user(&self) -> &str {
+        self.user.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The connection as the methods' shared code sees it: shard, vhost, user, permissions.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            shard: &self.shard,
+            vhost: self.vhost(),
+            user: self.user(),
+            perms: self.perms.get(),
+            conn: Some(self.id),
+        }
+    }
+
+    /// Appends to the output and wakes the writer.
+    pub fn write(&self, f: impl FnOnce(&mut BytesMut)) {
+        if self.dead.get() {
+            return;
+        }
+        f(&mut self.out.borrow_mut());
+        self.out_ready.notify();
+    }
+
+    pub fn send_method(&self, channel: u16, method: AMQPClass) {
+        self.write(|out| codec::put_method(out, channel, method));
+    }
+
+    /// Counts a delivery written for consumer `cid` (credit goes back after the write).
+    pub fn count_written(&self, cid: u64, queue: &QueueRef, n: u32, bytes: u64) {
+        let mut w = self.written.borrow_mut();
+        let e = w.entry(cid).or_insert_with(|| (queue.clone(), 0, 0));
+        e.1 += n;
+        e.2 += bytes;
+    }
+
+    pub fn channel(&self, id: u16) -> Option<ChannelRef> {
+        self.channels.borrow().get(&id).cloned()
+    }
+
+    /// Deliveries from a queue's owner for consumer `cid` on `channel`.
+    pub fn deliver(self: &Rc<Self>, channel: u16, cid: u64, queue: QueueRef, items: Vec<Delivery>) {
+        let ch = self.channel(channel);
+        let rest = match ch {
+            Some(ch) => ch.borrow_mut().deliver(self, cid, &queue, items),
+            None => Some(items),
+        };
+        if let Some(items) = rest {
+            let ids = items.into_iter().map(|d| d.id).collect();
+            outbox::push(
+                &self.shard,
+                queue.owner,
+                Op::Settle {
+                    queue,
+                    ids,
+                    how: super::mesh::Settle::Return,
+                },
+            );
+        }
+    }
+
+    pub fn confirmed(self: &Rc<Self>, channel: u16, seqs: Vec<u64>, ack: bool) {
+        if let Some(ch) = self.channel(channel) {
+            ch.borrow_mut().confirmed(self, seqs, ack);
+        }
+    }
+
+    pub fn consumer_cancelled(self: &Rc<Self>, channel: u16, cid: u64) {
+        if let Some(ch) = self.channel(channel) {
+            ch.borrow_mut().server_cancel(self, cid);
+        }
+    }
+
+    /// A method frame arrived: remembered for the close it may cause, and counted.
+    fn method_received(&self, payload: &[u8]) {
+        let (class, method) = codec::method_ids(payload);
+        self.last_method.set((class, method));
+        crate::metrics::with(|m| m.request(Protocol::Amqp, codec::method_name(class, method)));
+    }
+
+    /// Sends connection.close with an error code (counted among the AMQP errors).
+    fn close_connection(&self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        crate::metrics::with(|m| m.error(Protocol::Amqp, code as i32));
+        self.send_method(
+            0,
+            AMQPClass::Connection(conn_m::AMQPMethod::Close(conn_m::Close {
+                reply_code: code,
+                reply_text: codec::short(text),
+                class_id,
+                method_id,
+            })),
+        );
+    }
+
+    /// Releases everything the connection holds: each channel's consumers and unacked
+    /// messages, then its exclusive queues.
+    async fn clean_up(self: &Rc<Self>) {
+        let channels: Vec<ChannelRef> =
+            self.channels.borrow_mut().drain().map(|(_, c)| c).collect();
+        for ch in channels {
+            ch.borrow_mut().release(self);
+        }
+        let exclusive = std::mem::take(&mut *self.exclusive.borrow_mut());
+        if !exclusive.is_empty() {
+            let mut by_vhost: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+            for (v, n, id) in exclusive {
+                by_vhost.entry(v).or_default().push((n, id));
+            }
+            let changes = by_vhost
+                .into_iter()
+                .map(|(vhost, queues)| Change::Amqp(TopologyChange::DeleteQueues { vhost, queues }))
+                .collect();
+            self.shard.change_catalog(changes, false).await;
+        }
+    }
+}
+
+/// Runs one accepted connection to its end.
+pub async fn run(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
+    let peer = stream.peer_addr()?;
+    // A second handle on the socket for the writer task.
+    // SAFETY: `stream` is alive, so its descriptor is open; dup only creates a new
+    // descriptor for the same socket (checked for failure below), which we own.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a valid, open socket descriptor that nothing else owns, so the
+    // new `TcpStream` may own it (and close it when dropped). Two glommio streams on one
+    // socket are sound: each owns a distinct descriptor and closes only that one (the
+    // socket lives until both are closed); glommio keeps its I/O state (buffers, pending
+    // io_uring operations, wakers) per stream object, never per socket, so the two share
+    // no state; only `stream` reads and only `writer` writes, so no byte is split between
+    // them; and both stay on this shard's thread, inside this connection's tasks. The
+    // writer's close shuts the socket down for writing, which ends the connection for
+    // both, as intended.
+    let writer = unsafe { TcpStream::from_raw_fd(dup) };
+    let conn = Rc::new(Connection::new(&shard, peer));
+    shard.amqp.register(&conn);
+    let write_task = glommio::spawn_local(io::write_loop(conn.clone(), writer));
+    let result = io::read_loop(&conn, stream).await;
+    if let Err(e) = &result {
+        log::info!("amqp connection from {peer} closed: {e}");
+    }
+    conn.clean_up().await;
+    conn.finished.set(true);
+    conn.out_ready.notify();
+    let _ = glommio::timer::timeout(CLOSE_TIMEOUT, async {
+        write_task.await;
+        Ok(())
+    })
+    .await;
+    conn.dead.set(true);
+    shard.amqp.unregister(conn.id);
+    Ok(())
+}
+
+/// Handles one frame; Ok(false) ends the connection.
+async fn handle_frame(
+    conn: &Rc<Connection>,
+    phase: &mut Phase,
+    frame: Frame,
+) -> Result<bool, AmqpError> {
+    if frame.kind == codec::FRAME_HEARTBEAT {
+        // As RabbitMQ: a heartbeat with a payload is a frame error, one on another
+        // channel than 0 an unexpected frame.
+        if !frame.payload.is_empty() {
+            return Err(AmqpError::connection(
+                reply::FRAME_ERROR,
+                "FRAME_ERROR - heartbeat frame with a payload",
+            ));
+        }
+        if frame.channel != 0 {
+            return Err(AmqpError::connection(
+                reply::UNEXPECTED_FRAME,
+                format!(
+                    "UNEXPECTED_FRAME - heartbeat frame on channel {}",
+                    frame.channel
+                ),
+            ));
+        }
+        return Ok(true);
+    }
+    match *phase {
+        Phase::Closing => Ok(channel0::while_closing(conn, frame)),
+        Phase::StartOk | Phase::TuneOk | Phase::Open => handshake::method(conn, phase, frame),
+        Phase::Running if frame.channel == 0 => channel0::method(conn, frame).await,
+        Phase::Running => channels::frame(conn, frame).await,
+    }
+}
+
+/// The connection behind a background task's weak handle, while it still runs.
+fn still_running(conn: &std::rc::Weak<Connection>) -> Option<Rc<Connection>> {
+    let conn = conn.upgrade()?;
+    (!conn.finished.get() && !conn.dead.get()).then_some(conn)
+}
