@@ -1,0 +1,44 @@
+//! `GET /vhosts[/{vhost}]`: the configured vhosts (`amqp.vhosts`) the caller sees, with
+//! their queues' message counts summed. Vhosts are configuration, not created over HTTP.
+//! Runs on the shard serving the request.
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use super::{caller, queues, vhosts_for};
+use crate::amqp::methods;
+use crate::http::{ok_json, ApiResult, Req};
+use crate::runtime::shard::Shard;
+
+pub(super) async fn list(shard: &Rc<Shard>, req: &Req, one: Option<&str>) -> ApiResult {
+    let user = caller(req)?;
+    let names = vhosts_for(shard, user, one)?;
+    methods::refresh_catalog(shard).await;
+    let state = shard.catalog.current();
+    let figures = queues::figures(shard).await;
+    let rows: Vec<Value> = names
+        .iter()
+        .map(|v| {
+            let queues = state.amqp.get(*v).map(|t| &t.queues);
+            let (mut ready, mut unacked) = (0u64, 0u64);
+            for name in queues.into_iter().flat_map(|q| q.keys()) {
+                if let Some(f) = figures.get(&(v.to_string(), name.clone())) {
+                    ready += f.messages_ready;
+                    unacked += f.messages_unacknowledged;
+                }
+            }
+            json!({
+                "name": v,
+                "tracing": false,
+                "messages": ready + unacked,
+                "messages_ready": ready,
+                "messages_unacknowledged": unacked,
+            })
+        })
+        .collect();
+    match one {
+        Some(_) => ok_json(&rows.first()),
+        None => ok_json(&rows),
+    }
+}
