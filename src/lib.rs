@@ -6,6 +6,7 @@
 //! the Kafka wire protocol; `amqp` is AMQP 0-9-1. See `../shared/ARCHITECTURE.md` for the design.
 
 pub mod amqp;
+pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod http;
@@ -13,3 +14,4 @@ pub mod kafka;
 pub mod metrics;
 pub mod runtime;
 pub mod storage;
+pub mod util;

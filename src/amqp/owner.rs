@@ -12,8 +12,8 @@ use super::queue::{confirm_to, QueueHandle, QueueState};
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
 use super::{outbox, queue_owner, reply};
+use crate::broker::Shard;
 use crate::catalog::Change;
-use crate::runtime::shard::Shard;
 
 /// An envelope from another shard: applied now; the reply (which lets the sender's
 /// outbox send its next envelope) waits while this shard is under memory pressure.
@@ -48,7 +48,7 @@ pub async fn relieve(shard: &Rc<Shard>) {
     let start = std::time::Instant::now();
     while under_pressure(shard) {
         let paging = shard.amqp.store.pending_bytes() > 0;
-        let l = crate::runtime::notify::Listener::new();
+        let l = crate::util::notify::Listener::new();
         l.listen(&shard.amqp.store.round_done);
         let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
             l.await;

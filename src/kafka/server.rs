@@ -38,8 +38,8 @@ use kafka_protocol::messages::ApiKey;
 use super::codec::{self, CodecError};
 use super::handlers::{self, api_versions, Conn};
 use super::produce_scan;
-use crate::runtime::notify::Listener;
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
+use crate::util::notify::Listener;
 
 pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
     TcpListener::bind(shard.config.kafka.addr.as_str()).map_err(std::io::Error::from)
