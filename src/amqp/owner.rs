@@ -1,8 +1,9 @@
 //! Where AMQP envelopes arrive: `serve` applies a batch of `Op`s on this shard — queue
 //! work on the queues it owns, deliveries and confirms for the connections it holds.
 //!
-//! Called synchronously from `Shard::serve` (ops from another shard) and from the outbox's
-//! flush task (ops for this shard), always in the order they were queued. Answers leave
+//! Called synchronously by `Shard::amqp` (`amqp::ask`: on this shard, or on arrival here
+//! from another shard) and from the outbox's flush task (ops for this shard), always in the
+//! order they were queued. Answers leave
 //! through the ops' `ReplyTo`s, which never wait (`runtime::reply`).
 
 use std::rc::Rc;

@@ -8,7 +8,6 @@
 //! finds it. Each protocol writes its own "ask the owner" calls as methods on `Shard` in its
 //! own module (`kafka::owner`, `kafka::groups`, `amqp::ask`); the catalog's are here.
 
-use std::cell::Cell;
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,7 +17,6 @@ use crate::catalog::{self, CatalogError, CatalogState, Change, Replica};
 use crate::kafka::groups::Coordinator;
 use crate::runtime::core::Core;
 use crate::storage::Storage;
-use crate::util::notify::Notify;
 use crate::util::partition_owner;
 
 pub struct Shard {
@@ -29,8 +27,7 @@ pub struct Shard {
     pub catalog: Replica,
     writer: Option<CatalogWriter>,
     /// Kafka request bytes read and not yet answered, over all connections of the shard.
-    pub kafka_inflight: Cell<usize>,
-    pub kafka_released: Notify,
+    pub kafka_budget: crate::kafka::InflightBudget,
     /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
     pub amqp: crate::amqp::ShardAmqp,
 }
@@ -58,8 +55,7 @@ impl Shard {
             groups,
             catalog: Replica::new(state),
             writer,
-            kafka_inflight: Cell::new(0),
-            kafka_released: Notify::new(),
+            kafka_budget: Default::default(),
             amqp,
         }
     }

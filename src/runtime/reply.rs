@@ -17,8 +17,9 @@
 //! `Core::serve` hands the value to the waiting task through a oneshot that lives on that
 //! shard alone. A waiter dropped before its answer (the client left, a timeout) removes its
 //! entry; the late answer is then offered to the hooks protocols registered
-//! (`Replies::on_unclaimed`: a basic.get's message goes back to its queue) and dropped. A `ReplyTo` dropped unanswered answers "nothing" (`None`), so the
-//! asker does not wait forever.
+//! (`Replies::on_unclaimed`: a basic.get's message goes back to its queue) and dropped. A
+//! `ReplyTo` dropped unanswered answers "nothing" (`None`), so the asker does not wait
+//! forever.
 //!
 //! Everything else that wakes a task was audited for the same fault (issue 13); none wakes
 //! a task from another thread:
@@ -228,7 +229,7 @@ mod tests {
     fn an_answer_reaches_its_waiter_once() {
         let replies = Rc::new(Replies::default());
         let (reply, answer) = replies.expect::<u32>(0);
-        std::mem::forget(reply); // answered by hand below, as `Shard::serve` would
+        std::mem::forget(reply); // answered by hand below, as `Core::serve` would
         assert_eq!(replies.waiting(), 1);
         assert!(replies.complete(0, Some(Box::new(7u32))).is_none());
         assert_eq!(block_on(answer), Some(7));
