@@ -148,6 +148,21 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
     }
 }
 
+/// A task that runs `work` every `ms` milliseconds (at least 10) until cancelled.
+fn every_ms<F, Fut>(ms: u64, work: F) -> glommio::Task<()>
+where
+    F: Fn() -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let period = Duration::from_millis(ms.max(10));
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(period).await;
+            work().await;
+        }
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_shard(
     id: usize,
@@ -228,27 +243,20 @@ async fn run_shard(
         let disk = storage.disk.clone();
         glommio::spawn_local(async move { disk.run().await })
     };
-    let retention = {
+    let retention = every_ms(config.kafka.retention_check_interval_ms, {
         let storage = storage.clone();
-        let every = Duration::from_millis(config.kafka.retention_check_interval_ms.max(10));
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(every).await;
-                storage.apply_retention().await;
-            }
-        })
-    };
-
-    let compactor = {
+        move || {
+            let storage = storage.clone();
+            async move { storage.apply_retention().await }
+        }
+    });
+    let compactor = every_ms(config.kafka.compaction_interval_ms, {
         let storage = storage.clone();
-        let every = Duration::from_millis(config.kafka.compaction_interval_ms.max(10));
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(every).await;
-                storage.apply_compaction().await;
-            }
-        })
-    };
+        move || {
+            let storage = storage.clone();
+            async move { storage.apply_compaction().await }
+        }
+    });
 
     let kafka = crate::kafka::server::bind(&shard)
         .map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;

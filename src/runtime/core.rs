@@ -176,10 +176,6 @@ impl Core {
         F: FnOnce(&Rc<T>) -> Fut + Send + 'static,
         Fut: Future<Output = R> + 'static,
     {
-        if to == self.id {
-            let local = self.local::<T>()?;
-            return Some(work(&local).await);
-        }
         self.dispatch_on(to, work).await.await
     }
 
