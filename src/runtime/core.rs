@@ -287,3 +287,137 @@ impl Core {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::channels::channel_mesh::MeshBuilder;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    /// A layer's per-shard state, as a protocol would register it.
+    struct Counter {
+        shard: usize,
+        hits: Cell<u32>,
+    }
+
+    /// Runs `body` on each of two shards joined by a mesh, each with its `Counter`
+    /// registered; returns what each shard's body returned.
+    fn two_shards<R: Send + 'static, Fut: Future<Output = R> + 'static>(
+        body: fn(Rc<Core>, Rc<Counter>) -> Fut,
+    ) -> Vec<R> {
+        let mesh = MeshBuilder::<Message, _>::full(2, 16);
+        let shutdown = Shutdown::new();
+        let handles: Vec<_> = (0..2)
+            .map(|id| {
+                let (mesh, shutdown) = (mesh.clone(), shutdown.clone());
+                LocalExecutorBuilder::new(Placement::Unbound)
+                    .spawn(move || async move {
+                        let (senders, mut receivers) = mesh.join().await.expect("mesh");
+                        let config = Rc::new(Config::default());
+                        let core = Rc::new(Core::new(id, 2, config, senders, shutdown));
+                        super::super::reply::bind(&core);
+                        let counter = Rc::new(Counter {
+                            shard: id,
+                            hits: Cell::new(0),
+                        });
+                        core.provide(&counter);
+                        for (_, rx) in receivers.streams() {
+                            let core = core.clone();
+                            glommio::spawn_local(async move {
+                                while let Some(msg) = rx.recv().await {
+                                    core.serve(msg);
+                                }
+                            })
+                            .detach();
+                        }
+                        let out = body(core.clone(), counter.clone()).await;
+                        // Both shards keep serving until both bodies are done.
+                        core.shutdown.mark_ready();
+                        while !core.shutdown.all_ready(2) {
+                            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                        out
+                    })
+                    .expect("executor")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("shard"))
+            .collect()
+    }
+
+    #[test]
+    fn work_runs_on_the_named_shard_with_its_local_and_answers() {
+        let out = two_shards(|core, _| async move {
+            let other = 1 - core.id;
+            // invoke_on: runs with the other shard's Counter, answer comes back.
+            let seen = core
+                .invoke_on::<Counter, _, _, _>(other, |c: &Rc<Counter>| {
+                    c.hits.set(c.hits.get() + 1);
+                    let shard = c.shard;
+                    async move { shard }
+                })
+                .await;
+            // ask_on: the work answers through its ReplyTo.
+            let asked = core
+                .ask_on::<Counter, usize>(other, |c, reply| reply.send(c.shard * 10))
+                .await;
+            // This shard's own work runs inline.
+            let mine = core
+                .invoke_on::<Counter, _, _, _>(core.id, |c: &Rc<Counter>| {
+                    let s = c.shard;
+                    async move { s }
+                })
+                .await;
+            (seen, asked, mine)
+        });
+        assert_eq!(out[0], (Some(1), Some(10), Some(0)));
+        assert_eq!(out[1], (Some(0), Some(0), Some(1)));
+    }
+
+    #[test]
+    fn work_for_a_missing_local_or_dropped_reply_answers_nothing() {
+        struct Unregistered;
+        let out = two_shards(|core, _| async move {
+            let other = 1 - core.id;
+            let missing = core
+                .ask_on::<Unregistered, u8>(other, |_, reply| reply.send(1))
+                .await;
+            let dropped = core
+                .ask_on::<Counter, u8>(other, |_, reply| drop(reply))
+                .await;
+            let unreachable = core.ask::<u8>(7, |_, reply| reply.send(1)).await;
+            (missing, dropped, unreachable)
+        });
+        assert!(out.iter().all(|o| *o == (None, None, None)));
+    }
+
+    #[test]
+    fn submitted_work_arrives_in_order_and_gather_asks_every_shard() {
+        let out = two_shards(|core, counter| async move {
+            let other = 1 - core.id;
+            for _ in 0..5 {
+                core.submit_to::<Counter>(other, |c| c.hits.set(c.hits.get() + 1))
+                    .await;
+            }
+            // A call sent after the submissions runs after them (one ordered channel).
+            let hits = core
+                .ask_on::<Counter, u32>(other, |c, reply| reply.send(c.hits.get()))
+                .await;
+            let shards = core
+                .gather::<Counter, _, _, _>(|c: &Rc<Counter>| {
+                    let s = c.shard;
+                    async move { s }
+                })
+                .await;
+            let _ = counter;
+            (hits, shards)
+        });
+        for (hits, shards) in out {
+            assert_eq!(hits, Some(5));
+            assert_eq!(shards, vec![0, 1]);
+        }
+    }
+}

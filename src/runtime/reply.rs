@@ -267,4 +267,28 @@ mod tests {
         assert!(replies.complete(0, Some(Box::new("x"))).is_none());
         assert_eq!(block_on(answer), None);
     }
+
+    #[test]
+    fn an_unclaimed_answer_goes_to_the_hook_that_knows_its_kind() {
+        let replies = Rc::new(Replies::default());
+        let taken = Rc::new(Cell::new(0u32));
+        let seen = taken.clone();
+        replies.on_unclaimed(Box::new(move |answer| match answer.downcast::<u32>() {
+            Ok(n) => {
+                seen.set(*n);
+                None
+            }
+            Err(other) => Some(other),
+        }));
+        let (reply, answer) = replies.expect::<u32>(0);
+        std::mem::forget(reply);
+        drop(answer); // the asker left
+        if let Some(late) = replies.complete(0, Some(Box::new(42u32))) {
+            replies.unclaimed(late);
+        }
+        assert_eq!(taken.get(), 42, "the hook took the late answer");
+        // An answer of a kind no hook knows is dropped, and the hook is not called.
+        replies.unclaimed(Box::new("other"));
+        assert_eq!(taken.get(), 42);
+    }
 }
