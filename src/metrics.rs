@@ -12,10 +12,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use crate::runtime::core::Core;
 
 /// The protocols a shard serves; indexes the per-protocol counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -349,11 +346,11 @@ fn count(flows: &mut Names<Flow>, name: &str, f: impl FnOnce(&mut Flow)) {
 
 /// Every second until the shard stops: rates, latency windows and the busy ratio (time
 /// the executor spent running tasks over wall time).
-pub async fn run_ticker(shard: Rc<Core>) {
+pub async fn run_ticker(stopping: impl Fn() -> bool) {
     // The first call resets the executor's counters; the ticker is their only reader.
     let _ = glommio::executor().executor_stats();
     with(|m| m.tick(Instant::now(), Duration::ZERO));
-    while !shard.stopping.get() {
+    while !stopping() {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         let busy = glommio::executor().executor_stats().total_runtime();
         with(|m| m.tick(Instant::now(), busy));

@@ -213,7 +213,10 @@ async fn run_shard(
     let http = crate::http::bind(&shard)
         .map_err(|e| format!("http listener {}: {e}", config.http.addr))?;
     let http_task = glommio::spawn_local(crate::http::accept_loop(shard.clone(), http));
-    let ticker = glommio::spawn_local(crate::metrics::run_ticker(core.clone()));
+    let ticker = {
+        let core = core.clone();
+        glommio::spawn_local(crate::metrics::run_ticker(move || core.stopping.get()))
+    };
 
     // Recovery: every partition directory this shard owns and the catalog knows.
     let started = Instant::now();
