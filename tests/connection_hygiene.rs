@@ -13,11 +13,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{data_dir, Broker};
+use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{FetchRequest, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::Producer;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 
@@ -71,11 +70,7 @@ fn trickle(s: &mut TcpStream, frame: &[u8], gap: Duration) -> Option<Duration> {
 }
 
 fn producer(b: &Broker) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer")
+    kafka::client(b, &[("linger.ms", "0")])
 }
 
 fn produce_one(p: &ThreadedProducer<DefaultProducerContext>, topic: &str) {

@@ -24,8 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{data_dir, Broker};
-use futures::executor::block_on;
+use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
@@ -35,12 +34,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 const GROUP_SETTINGS: &[(&str, &str)] = &[
     ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "50"),
@@ -64,21 +61,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
-    }
-}
-
-fn create_topics(broker: &Broker, names: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin");
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let r = block_on(admin.create_topics(&topics, &AdminOptions::new())).expect("create");
-    for t in r {
-        assert!(t.is_ok(), "{t:?}");
     }
 }
 
@@ -447,11 +429,8 @@ fn assert_serving(broker: &mut Broker) {
         panic!("the broker died under the load: {status}");
     }
     // Kafka: produce to a fresh topic (a partition on each shard) and read it all back.
-    create_topics(broker, &[("after", 2)]);
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
+    kafka::create_topics(broker, &[("after", 2)]);
+    let p: BaseProducer = kafka::client(broker, &[]);
     for i in 0..100 {
         let v = format!("{i}");
         p.send(BaseRecord::to("after").key(&v).payload(&v))
@@ -460,24 +439,8 @@ fn assert_serving(broker: &mut Broker) {
     }
     p.flush(Duration::from_secs(20))
         .expect("records acknowledged");
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "after-check")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..2 {
-        tpl.add_partition_offset("after", part, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut read = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while read < 100 && Instant::now() < deadline {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(200)) {
-            read += 1;
-        }
-    }
+    let c = kafka::assigned(broker, &[], "after", 2, Offset::Beginning);
+    let read = kafka::poll_n(&c, 100, Duration::from_secs(20), |_| {});
     assert_eq!(
         read, 100,
         "every record produced after the load is read back"
@@ -536,7 +499,7 @@ fn cross_shard_requests_abandoned_mid_flight_leave_the_broker_serving() {
         .unwrap_or(25);
     let (_d, data) = data_dir();
     let mut broker = Broker::start(&data, GROUP_SETTINGS);
-    create_topics(&broker, &[("idle", 6), ("busy", 6)]);
+    kafka::create_topics(&broker, &[("idle", 6), ("busy", 6)]);
     let stop = Arc::new(AtomicBool::new(false));
     let fetched = Arc::new(AtomicU64::new(0));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();

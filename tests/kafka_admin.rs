@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::kafka::{self, admin};
 use common::{data_dir, Broker};
 use futures::executor::block_on;
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -18,23 +19,11 @@ use kafka_protocol::messages::{
     ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, RequestHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
-};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-
-fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin")
-}
 
 /// A config's value and the name of its source.
 fn describe(broker: &Broker, spec: ResourceSpecifier<'_>, name: &str) -> (Option<String>, String) {
@@ -106,11 +95,7 @@ fn incremental(
 }
 
 fn produce_rounds(broker: &Broker, topic: &str, rounds: usize) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("linger.ms", "1")
-        .create()
-        .expect("producer");
+    let p: FutureProducer = kafka::client(broker, &[("linger.ms", "1")]);
     for r in 0..rounds {
         let futures: Vec<_> = (0..20)
             .map(|i| {
@@ -121,21 +106,13 @@ fn produce_rounds(broker: &Broker, topic: &str, rounds: usize) {
             })
             .collect();
         for f in futures {
-            block_on(f)
-                .expect("report")
-                .map_err(|(e, _)| e)
-                .expect("delivered");
+            kafka::delivered(f);
         }
     }
 }
 
 fn low_watermark(broker: &Broker, topic: &str) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("consumer");
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("watermarks")
+    kafka::watermarks(broker, topic, 0)
 }
 
 #[test]
@@ -276,15 +253,7 @@ fn delete_records_moves_the_low_watermark_and_survives_restart() {
     broker.restart();
     assert_eq!(low_watermark(&broker, "trim"), (42, 100));
     // A consumer from the beginning starts at the new low watermark.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("trim", 0, Offset::Beginning)
-        .expect("tpl");
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(&broker, &[], "trim", 1, Offset::Beginning);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(Ok(m)) = c.poll(Timeout::After(Duration::from_millis(200))) {
