@@ -149,17 +149,8 @@ async fn confirmed_publish(
     body: &[u8],
     p: BasicProperties,
 ) {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            p,
-        )
-        .await
-        .expect("basic.publish");
-    assert!(confirm.await.expect("confirm").is_ack());
+    let confirm = publish_outcome(ch, exchange, key, body, p).await;
+    assert!(confirm.expect("confirm").is_ack());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 
 pub async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
@@ -57,15 +57,16 @@ pub async fn confirm_select(ch: &Channel) {
         .expect("confirm.select");
 }
 
-/// Publishes on a channel in confirm mode and waits for the broker's answer: `Err` when
-/// the publish or its confirm failed (the channel was closed with a reply code).
+/// Publishes on a channel in confirm mode and waits for the broker's answer (ack or
+/// nack); `Err` when the publish or its confirm failed (the channel was closed with a
+/// reply code).
 pub async fn publish_outcome(
     ch: &Channel,
     exchange: &str,
     key: &str,
     body: &[u8],
     props: BasicProperties,
-) -> Result<(), lapin::Error> {
+) -> Result<Confirmation, lapin::Error> {
     let confirm = ch
         .basic_publish(
             exchange.into(),
@@ -75,7 +76,7 @@ pub async fn publish_outcome(
             props,
         )
         .await?;
-    confirm.await.map(|_| ())
+    confirm.await
 }
 
 /// basic.get with manual ack of a message that must be there, then basic.ack.

@@ -157,13 +157,15 @@ impl Scratch {
     pub fn start(shards: usize, env: &[(&str, &str)]) -> Scratch {
         let dir = tempfile::tempdir().expect("tempdir");
         let launch = Launch::new(&dir.path().join("data"), shards, env);
-        let mut child = launch.spawn();
-        launch.wait_ready(&mut child, 1);
-        Scratch {
+        let child = launch.spawn();
+        // Built before the wait, so a start that times out is still killed on drop.
+        let mut s = Scratch {
             launch,
             child,
             _dir: dir,
-        }
+        };
+        s.launch.wait_ready(&mut s.child, 1);
+        s
     }
 
     pub fn pid(&self) -> u32 {

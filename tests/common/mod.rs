@@ -49,10 +49,10 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let mut child = self.launch.spawn();
         self.starts += 1;
-        self.launch.wait_ready(&mut child, self.starts);
-        self.child = Some(child);
+        // Held by `self` before the wait, so a start that times out is still killed on drop.
+        let child = self.child.insert(self.launch.spawn());
+        self.launch.wait_ready(child, self.starts);
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` for clients.
