@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +28,7 @@ use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, GroupId, JoinGroupRequest, RequestHeader,
-    TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, GroupId, JoinGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use lapin::options::*;
@@ -72,33 +71,14 @@ fn send_request<R: Encodable>(
     corr: i32,
     body: &R,
 ) -> bool {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("stress")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    if header
-        .encode(&mut buf, api.request_header_version(version))
-        .is_err()
-        || body.encode(&mut buf, version).is_err()
-    {
-        return false;
-    }
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).is_ok()
+    s.write_all(&kafka::request_frame(api, version, corr, "stress", body))
+        .is_ok()
 }
 
 /// Reads one response (without its correlation id); `None` when the connection is gone.
 fn read_response(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut resp = vec![0u8; i32::from_be_bytes(len).max(4) as usize];
-    s.read_exact(&mut resp).ok()?;
-    let mut resp = Bytes::from(resp);
-    resp.get_i32();
+    let mut resp = kafka::read_frame(s)?;
+    resp.try_get_i32().ok()?;
     Some(resp)
 }
 

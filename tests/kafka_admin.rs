@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Buf;
 use common::kafka::{self, admin};
 use common::{data_dir, Broker};
 use futures::executor::block_on;
@@ -16,9 +16,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::{
-    ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, RequestHeader,
+    ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -62,31 +62,18 @@ fn incremental(
             ),
     ]);
     let version = 1;
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::IncrementalAlterConfigs as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(9)
-        .with_client_id(Some(StrBytes::from_static_str("admin-test")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(
-            &mut buf,
-            ApiKey::IncrementalAlterConfigs.request_header_version(version),
-        )
-        .expect("header");
-    req.encode(&mut buf, version).expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
     let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    s.write_all(&buf).expect("write");
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("size");
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).expect("body");
-    let mut body = Bytes::from(body);
+    s.write_all(&kafka::request_frame(
+        ApiKey::IncrementalAlterConfigs,
+        version,
+        9,
+        "admin-test",
+        &req,
+    ))
+    .expect("write");
+    let mut body = kafka::read_frame(&mut s).expect("response");
     assert_eq!(body.get_i32(), 9);
     // Flexible response header: an empty tagged-field section.
     assert_eq!(body.get_u8(), 0);

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
-    ApiKey, GroupId, JoinGroupRequest, JoinGroupResponse, RequestHeader, SyncGroupRequest,
-    SyncGroupResponse,
+    ApiKey, GroupId, JoinGroupRequest, JoinGroupResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -343,25 +342,15 @@ fn roundtrip<R: Encodable>(
     corr: i32,
     body: &R,
 ) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("raw-member")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, api.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).expect("write");
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("response size");
-    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut resp).expect("response");
-    let mut resp = Bytes::from(resp);
+    s.write_all(&kafka::request_frame(
+        api,
+        version,
+        corr,
+        "raw-member",
+        body,
+    ))
+    .expect("write");
+    let mut resp = kafka::read_frame(s).expect("response");
     assert_eq!(resp.get_i32(), corr);
     resp
 }

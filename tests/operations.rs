@@ -12,32 +12,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
 use common::{data_dir, kafka, Broker};
 use futures::executor::block_on;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 
 fn api_versions_frame(correlation: i32) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::ApiVersions as i16)
-        .with_request_api_version(2)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("ops-test")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, ApiKey::ApiVersions.request_header_version(2))
-        .expect("header");
-    ApiVersionsRequest::default()
-        .encode(&mut buf, 2)
-        .expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    buf.to_vec()
+    kafka::request_frame(
+        ApiKey::ApiVersions,
+        2,
+        correlation,
+        "ops-test",
+        &ApiVersionsRequest::default(),
+    )
 }
 
 /// Sends ApiVersions and reads the answer; false when the broker closed the socket.

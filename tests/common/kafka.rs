@@ -1,14 +1,20 @@
-//! rdkafka helpers for the Kafka tests: client builders with the settings the tests share,
-//! topic creation that asserts it worked, sends that wait out a full client queue, and
-//! consumers assigned to every partition of a topic.
+//! Kafka helpers for the tests: rdkafka client builders with the settings the tests share,
+//! topic creation that asserts it worked, sends that wait out a full client queue,
+//! consumers assigned to every partition of a topic; and, for tests that speak the wire
+//! protocol themselves, request frames and response reads.
 //!
 //! Every builder takes what to connect to as a [`Bootstrap`]: a [`Broker`] or a
 //! `host:port` string (a test that puts a proxy in front of the broker passes the proxy's).
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::executor::block_on;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig};
@@ -194,4 +200,39 @@ pub fn watermarks(at: &(impl Bootstrap + ?Sized), topic: &str, partition: i32) -
     let c: BaseConsumer = client(at, &[]);
     c.fetch_watermarks(topic, partition, Duration::from_secs(10))
         .expect("watermarks")
+}
+
+/// One request as a client frames it: size, request header (`client_id`, the header version
+/// the API and version call for), body encoded at `version`.
+pub fn request_frame<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+    client_id: &'static str,
+    body: &R,
+) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, api.request_header_version(version))
+        .expect("request header");
+    body.encode(&mut buf, version).expect("request body");
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    buf.to_vec()
+}
+
+/// Reads one response frame and returns what follows its size (the correlation id first);
+/// `None` when the connection is closed or the read times out.
+pub fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut resp = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
+    s.read_exact(&mut resp).ok()?;
+    Some(Bytes::from(resp))
 }
