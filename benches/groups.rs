@@ -4,7 +4,8 @@
 //! - group throughput: `--messages` 1 KiB messages on 6 partitions consumed by three
 //!   members of one group with auto-commit, first poll to last message.
 //!
-//! `cargo bench --bench groups -- --brokers 127.0.0.1:9092 [--messages N] [--rounds N]`
+//! `cargo bench --bench groups -- --brokers 127.0.0.1:9092 [--messages N] [--rounds N]`, or
+//! `--start-broker [--broker-shards N]` instead of `--brokers` for a Portask of its own.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,18 @@ struct Args {
     /// Rebalances measured (the median is printed).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Start a Portask of its own (the binary `cargo bench` built, a temp data dir,
+    /// ephemeral ports, unpinned; the launcher the integration tests use) instead of
+    /// using --brokers.
+    #[arg(long)]
+    start_broker: bool,
+    /// Shards of the broker --start-broker starts.
+    #[arg(long, default_value_t = 2, requires = "start_broker")]
+    broker_shards: usize,
 }
+
+#[path = "../tests/common/launch.rs"]
+mod launch;
 
 fn args() -> Args {
     use clap::Parser;
@@ -191,7 +203,13 @@ fn group_throughput(a: &Args) -> (f64, f64) {
 }
 
 fn main() {
-    let a = args();
+    let mut a = args();
+    // Kept for the whole run; dropping it kills the broker.
+    let _broker = a.start_broker.then(|| {
+        let b = launch::Scratch::start(a.broker_shards, &[]);
+        a.brokers = b.launch.bootstrap();
+        b
+    });
     let mut times: Vec<Duration> = (0..a.rounds).map(|r| rebalance_time(&a, r)).collect();
     times.sort();
     let median = times[times.len() / 2];

@@ -5,7 +5,8 @@
 //!   the catalog; median and p99 time per scrape.
 //!
 //! `cargo bench --bench http -- --url http://127.0.0.1:8080 [--user guest:guest]
-//!  [--requests N] [--batch N] [--clients N] [--partitions N]`
+//!  [--requests N] [--batch N] [--clients N] [--partitions N]`, or `--start-broker
+//!  [--broker-shards N]` instead of `--url` for a Portask of its own.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,18 @@ struct Args {
     /// Partitions in the catalog while scraping.
     #[arg(long, default_value_t = 100)]
     partitions: usize,
+    /// Start a Portask of its own (the binary `cargo bench` built, a temp data dir,
+    /// ephemeral ports, unpinned; the launcher the integration tests use) instead of
+    /// using --url.
+    #[arg(long)]
+    start_broker: bool,
+    /// Shards of the broker --start-broker starts.
+    #[arg(long, default_value_t = 2, requires = "start_broker")]
+    broker_shards: usize,
 }
+
+#[path = "../tests/common/launch.rs"]
+mod launch;
 
 fn args() -> Args {
     use clap::Parser;
@@ -51,7 +63,13 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn main() {
-    let a = args();
+    let mut a = args();
+    // Kept for the whole run; dropping it kills the broker.
+    let _broker = a.start_broker.then(|| {
+        let b = launch::Scratch::start(a.broker_shards, &[]);
+        a.url = b.launch.http_url();
+        b
+    });
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(&a.auth)

@@ -3,8 +3,8 @@
 //! a file, and a wait until every shard has recovered and every port accepts.
 //!
 //! `tests/common/mod.rs` (`Broker`, with restarts, `kill -9` and SIGTERM) and the benches
-//! (`benches/load`'s `--start-broker`, `benches/sizing.rs`) include this file; it depends on
-//! nothing else in `tests/common`. `BROKER_UNDER_TEST` runs another build of the binary
+//! (`benches/sizing.rs`, and `--start-broker` of `load`, `groups` and `http`) include this
+//! file with `#[path]`; it depends on nothing else in `tests/common`. `BROKER_UNDER_TEST` runs another build of the binary
 //! (e.g. an older one, to show a test fails there).
 #![allow(dead_code)]
 
