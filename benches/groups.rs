@@ -33,14 +33,8 @@ struct Args {
     /// Rebalances measured (the median is printed).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Start a Portask of its own (the binary `cargo bench` built, a temp data dir,
-    /// ephemeral ports, unpinned; the launcher the integration tests use) instead of
-    /// using --brokers.
-    #[arg(long)]
-    start_broker: bool,
-    /// Shards of the broker --start-broker starts.
-    #[arg(long, default_value_t = 2, requires = "start_broker")]
-    broker_shards: usize,
+    #[command(flatten)]
+    start: launch::StartFlags,
 }
 
 #[path = "../tests/common/launch.rs"]
@@ -205,11 +199,10 @@ fn group_throughput(a: &Args) -> (f64, f64) {
 fn main() {
     let mut a = args();
     // Kept for the whole run; dropping it kills the broker.
-    let _broker = a.start_broker.then(|| {
-        let b = launch::Scratch::start(a.broker_shards, &[]);
+    let broker = a.start.start();
+    if let Some(b) = &broker {
         a.brokers = b.launch.bootstrap();
-        b
-    });
+    }
     let mut times: Vec<Duration> = (0..a.rounds).map(|r| rebalance_time(&a, r)).collect();
     times.sort();
     let median = times[times.len() / 2];

@@ -36,14 +36,8 @@ struct Args {
     /// Partitions in the catalog while scraping.
     #[arg(long, default_value_t = 100)]
     partitions: usize,
-    /// Start a Portask of its own (the binary `cargo bench` built, a temp data dir,
-    /// ephemeral ports, unpinned; the launcher the integration tests use) instead of
-    /// using --url.
-    #[arg(long)]
-    start_broker: bool,
-    /// Shards of the broker --start-broker starts.
-    #[arg(long, default_value_t = 2, requires = "start_broker")]
-    broker_shards: usize,
+    #[command(flatten)]
+    start: launch::StartFlags,
 }
 
 #[path = "../tests/common/launch.rs"]
@@ -65,11 +59,10 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 fn main() {
     let mut a = args();
     // Kept for the whole run; dropping it kills the broker.
-    let _broker = a.start_broker.then(|| {
-        let b = launch::Scratch::start(a.broker_shards, &[]);
+    let broker = a.start.start();
+    if let Some(b) = &broker {
         a.url = b.launch.http_url();
-        b
-    });
+    }
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(&a.auth)

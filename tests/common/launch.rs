@@ -145,6 +145,28 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `--start-broker [--broker-shards N]` for a bench's command line (flattened into its
+/// clap arguments): run against a Portask of its own instead of a running broker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartFlags {
+    /// Start a Portask of its own (the binary `cargo bench` built, a temp data dir,
+    /// ephemeral ports, unpinned; the launcher the integration tests use) instead of
+    /// using a running broker.
+    #[arg(long)]
+    pub start_broker: bool,
+    /// Shards of the broker --start-broker starts.
+    #[arg(long, default_value_t = 2, requires = "start_broker")]
+    pub broker_shards: usize,
+}
+
+impl StartFlags {
+    /// The broker, when `--start-broker` asked for one; dropping it kills it.
+    pub fn start(&self) -> Option<Scratch> {
+        self.start_broker
+            .then(|| Scratch::start(self.broker_shards, &[]))
+    }
+}
+
 /// A broker started on a temp dir of its own and killed (`kill -9`) on drop: what a bench
 /// needs. Tests use `common::Broker`, which also restarts and stops gracefully.
 pub struct Scratch {
