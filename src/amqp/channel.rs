@@ -26,7 +26,7 @@ use bytes::BytesMut;
 
 use super::codec;
 use super::connection::Connection;
-use super::mesh::{Delivery, Op, Settle};
+use super::mesh::{Delivery, QueueOp, Settle};
 use super::message::Message;
 use super::outbox;
 use super::reply;
@@ -484,7 +484,7 @@ impl Channel {
             outbox::push(
                 &conn.shard,
                 c.queue.owner,
-                Op::Limits {
+                QueueOp::Limits {
                     queue: c.queue.clone(),
                     cid,
                     prefetch_count: limits.0,
@@ -516,7 +516,7 @@ impl Channel {
             outbox::push(
                 &conn.shard,
                 c.queue.owner,
-                Op::Limits {
+                QueueOp::Limits {
                     queue: c.queue.clone(),
                     cid: *cid,
                     prefetch_count: c.sent_limits.0,
@@ -740,7 +740,7 @@ impl Channel {
         for cid in cids {
             if let Some(queue) = self.remove_consumer(conn, cid) {
                 let owner = queue.owner;
-                outbox::push(&conn.shard, owner, Op::Cancel { queue, cid });
+                outbox::push(&conn.shard, owner, QueueOp::Cancel { queue, cid });
             }
         }
         for (queue, ids) in self.take_all_unacked() {
@@ -748,7 +748,7 @@ impl Channel {
             outbox::push(
                 &conn.shard,
                 owner,
-                Op::Settle {
+                QueueOp::Settle {
                     queue,
                     ids,
                     how: Settle::Requeue,
@@ -770,7 +770,7 @@ pub fn give_back(conn: &Rc<Connection>, queue: &QueueRef, items: Vec<Delivery>) 
     outbox::push(
         &conn.shard,
         queue.owner,
-        Op::Settle {
+        QueueOp::Settle {
             queue: queue.clone(),
             ids,
             how: Settle::Return,

@@ -32,7 +32,7 @@ use glommio::net::TcpStream;
 use super::auth::{self, Permissions};
 use super::channel::{Channel, ChannelRef};
 use super::codec::{self, Frame, FrameError};
-use super::mesh::{Delivery, Op};
+use super::mesh::{Delivery, QueueOp};
 use super::methods::Actor;
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
@@ -187,7 +187,7 @@ impl Connection {
             outbox::push(
                 &self.shard,
                 queue.owner,
-                Op::Settle {
+                QueueOp::Settle {
                     queue,
                     ids,
                     how: super::mesh::Settle::Return,
@@ -328,7 +328,7 @@ async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
             outbox::push(
                 &conn.shard,
                 owner,
-                Op::Credit {
+                QueueOp::Credit {
                     queue,
                     cid,
                     n,

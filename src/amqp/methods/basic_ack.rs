@@ -15,7 +15,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::{Op, Settle};
+use crate::amqp::mesh::{QueueOp, Settle};
 use crate::amqp::{outbox, AmqpError};
 
 fn settle(
@@ -39,7 +39,7 @@ fn settle(
     drop(c);
     for (queue, ids) in groups {
         let owner = queue.owner;
-        outbox::push(&conn.shard, owner, Op::Settle { queue, ids, how });
+        outbox::push(&conn.shard, owner, QueueOp::Settle { queue, ids, how });
     }
     Ok(())
 }
@@ -86,7 +86,7 @@ pub fn recover(
         outbox::push(
             &conn.shard,
             owner,
-            Op::Settle {
+            QueueOp::Settle {
                 queue,
                 ids,
                 how: Settle::Requeue,

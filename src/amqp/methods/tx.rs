@@ -15,7 +15,7 @@ use amq_protocol::protocol::{tx as txm, AMQPClass};
 use super::basic_publish::deliver;
 use crate::amqp::channel::{ChannelRef, Tx};
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::Op;
+use crate::amqp::mesh::QueueOp;
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::runtime::notify::Listener;
 
@@ -73,7 +73,7 @@ pub async fn commit(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpEr
     }
     for (queue, ids, how) in work.settles {
         let owner = queue.owner;
-        outbox::push(&conn.shard, owner, Op::Settle { queue, ids, how });
+        outbox::push(&conn.shard, owner, QueueOp::Settle { queue, ids, how });
     }
     ch.borrow_mut().compact();
     if let Some(seq) = last {
