@@ -1,10 +1,13 @@
 //! `Channel`: one AMQP channel's state on its connection's shard — the publish being
-//! assembled from content frames, delivery tags and the unacked messages they name, the
-//! channel's consumers and prefetch settings, publisher-confirm bookkeeping and the
-//! transaction buffer.
+//! assembled from content frames, its consumers and prefetch settings (`consumers`), the
+//! delivery tags and the unacked messages they name with the channel-wide prefetch
+//! (`unacked`), publisher-confirm bookkeeping (`confirms`) and the transaction buffer.
+//! The methods themselves are parsed and applied one family per file in `methods/`.
 //!
 //! Owned by its `Connection` (`Rc<RefCell<Channel>>`); methods are synchronous and never
-//! awaited with a borrow held. Work for queues leaves through the shard's outbox.
+//! awaited with a borrow held. The ledgers are pure and unit-tested; the methods here are
+//! the glue that writes what they decide to the connection and sends work for queues
+//! through the shard's outbox.
 //!
 //! Prefetch is enforced in two places. Each consumer's own limit (basic.qos global=false)
 //! is counted by the queue's owner shard, which stops delivering at it. The channel-wide
@@ -15,8 +18,12 @@
 //! written, so they stay in write order. As in RabbitMQ one busy consumer may use the whole
 //! channel-wide window.
 
+pub mod confirms;
+pub mod consumers;
+pub mod unacked;
+
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,17 +36,17 @@ use super::connection::Connection;
 use super::mesh::{Delivery, QueueOp, Settle};
 use super::message::Message;
 use super::outbox;
-use super::reply;
 use super::routing::QueueRef;
 use super::AmqpError;
 use crate::metrics::Protocol;
 use crate::runtime::notify::Notify;
 use crate::storage::log::now_ms;
+use confirms::Confirms;
+pub use consumers::ConsumerInfo;
+pub use unacked::Taken;
+use unacked::Unacked;
 
 pub type ChannelRef = Rc<RefCell<Channel>>;
-
-/// Deliveries taken by an ack/nack/reject: delivery ids per queue, and their tags.
-pub type Taken = (Vec<(QueueRef, Vec<u64>)>, Vec<u64>);
 
 /// A basic.publish waiting for its content header and body frames.
 pub struct PendingPublish {
@@ -52,39 +59,6 @@ pub struct PendingPublish {
     pub single: Option<bytes::Bytes>,
     /// When basic.publish arrived, on a confirm-mode channel (publish latency).
     pub received: Option<Instant>,
-}
-
-struct Unacked {
-    tag: u64,
-    queue: QueueRef,
-    id: u64,
-    settled: bool,
-    /// Body bytes, when the delivery counts against the channel-wide prefetch (a consumer
-    /// delivery; basic.get is not limited by prefetch).
-    counted: Option<u64>,
-    /// When it was written (ms since the epoch): what the consumer timeout looks at.
-    at_ms: i64,
-}
-
-/// A delivery that arrived while the channel-wide prefetch was full (or flow was off).
-struct Held {
-    cid: u64,
-    queue: QueueRef,
-    delivery: Delivery,
-}
-
-pub struct ConsumerInfo {
-    pub tag: Arc<str>,
-    pub queue: QueueRef,
-    pub no_ack: bool,
-    /// The per-consumer prefetch in force when it was created.
-    pub prefetch_count: u32,
-    pub prefetch_bytes: u64,
-    /// consume-ok sent: deliveries may be written.
-    pub ready: bool,
-    buffered: Vec<Delivery>,
-    /// Limits last sent to the owner.
-    sent_limits: (u32, u64),
 }
 
 /// A message published inside a transaction, routed at commit.
@@ -110,25 +84,13 @@ pub struct Channel {
     pub closing: bool,
     pub flow: bool,
     pub publish: Option<PendingPublish>,
-    next_tag: u64,
-    unacked: VecDeque<Unacked>,
+    unacked: Unacked,
     pub consumers: HashMap<u64, ConsumerInfo>,
+    /// The per-consumer prefetch new consumers get (basic.qos global=false).
     pub prefetch_count: u32,
     pub prefetch_bytes: u64,
-    pub global_count: u32,
-    pub global_bytes: u64,
-    /// Consumer deliveries written and not yet settled, and their body bytes (what the
-    /// channel-wide prefetch counts).
-    global_unacked: u32,
-    global_unacked_bytes: u64,
-    /// Deliveries waiting for room in the channel-wide prefetch (or for flow), in order.
-    held: VecDeque<Held>,
     pub confirm: bool,
-    pub next_seq: u64,
-    /// seq → (queues still to confirm, nacked by one, when the publish arrived).
-    pending_confirms: BTreeMap<u64, (u32, bool, Option<Instant>)>,
-    /// seq → (acked, when the publish arrived): complete, not yet written.
-    done_confirms: BTreeMap<u64, (bool, Option<Instant>)>,
+    confirms: Confirms,
     /// Fired when confirms complete (tx.commit waits on it).
     pub confirm_progress: Rc<Notify>,
     pub tx: Option<Tx>,
@@ -139,27 +101,19 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: u16, conn: &Connection) -> ChannelRef {
-        let prefetch = conn.shard.config.amqp.default_prefetch as u32;
+    /// A new channel whose consumers start with `default_prefetch` (`amqp.default_prefetch`).
+    pub fn new(id: u16, default_prefetch: u32) -> ChannelRef {
         Rc::new(RefCell::new(Channel {
             id,
             closing: false,
             flow: true,
             publish: None,
-            next_tag: 1,
-            unacked: VecDeque::new(),
+            unacked: Unacked::default(),
             consumers: HashMap::new(),
-            prefetch_count: prefetch,
+            prefetch_count: default_prefetch,
             prefetch_bytes: 0,
-            global_count: 0,
-            global_bytes: 0,
-            global_unacked: 0,
-            global_unacked_bytes: 0,
-            held: VecDeque::new(),
             confirm: false,
-            next_seq: 1,
-            pending_confirms: BTreeMap::new(),
-            done_confirms: BTreeMap::new(),
+            confirms: Confirms::default(),
             confirm_progress: Rc::new(Notify::new()),
             tx: None,
             write_allowed: None,
@@ -186,13 +140,8 @@ impl Channel {
             c.buffered.extend(items);
             return None;
         }
-        let limited = self.global_count != 0 || self.global_bytes != 0;
-        if !c.no_ack && (limited || !self.held.is_empty() || !self.flow) {
-            self.held.extend(items.into_iter().map(|delivery| Held {
-                cid,
-                queue: queue.clone(),
-                delivery,
-            }));
+        if !c.no_ack && self.unacked.must_hold(self.flow) {
+            self.unacked.hold(cid, queue, items);
             self.release_held(conn);
         } else {
             self.write_deliveries(conn, cid, queue, items);
@@ -200,46 +149,14 @@ impl Channel {
         None
     }
 
-    /// Whether a delivery of `size` body bytes fits in the channel-wide prefetch (one
-    /// always does when nothing is unacked, as for prefetch-size per consumer).
-    fn fits_global(&self, size: u64) -> bool {
-        (self.global_count == 0 || self.global_unacked < self.global_count)
-            && (self.global_bytes == 0
-                || self.global_unacked_bytes == 0
-                || self.global_unacked_bytes + size <= self.global_bytes)
-    }
-
     /// Writes held deliveries, oldest first, while the channel-wide prefetch has room
     /// and flow is on.
     pub fn release_held(&mut self, conn: &Rc<Connection>) {
         while self.flow && !self.closing {
-            let Some(h) = self.held.front() else {
+            let Some((cid, queue, items)) = self.unacked.next_release() else {
                 break;
             };
-            if !self.fits_global(h.delivery.msg.body.len() as u64) {
-                break;
-            }
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
-            // Consecutive deliveries for the same consumer go out together.
-            let mut items = vec![h.delivery];
-            let mut size = items[0].msg.body.len() as u64;
-            while let Some(next) = self.held.front() {
-                let next_size = next.delivery.msg.body.len() as u64;
-                let room = (self.global_count == 0
-                    || self.global_unacked + (items.len() as u32) < self.global_count)
-                    && (self.global_bytes == 0
-                        || self.global_unacked_bytes + size + next_size <= self.global_bytes);
-                if next.cid != h.cid || !room {
-                    break;
-                }
-                size += next_size;
-                if let Some(n) = self.held.pop_front() {
-                    items.push(n.delivery);
-                }
-            }
-            self.write_deliveries(conn, h.cid, &h.queue, items);
+            self.write_deliveries(conn, cid, &queue, items);
         }
     }
 
@@ -261,26 +178,8 @@ impl Channel {
         let n = items.len() as u32;
         let frame_max = conn.frame_max.get();
         let id = self.id;
-        let mut tags = Vec::with_capacity(items.len());
         let at_ms = if no_ack { 0 } else { now_ms() };
-        for d in &items {
-            let t = self.next_tag;
-            self.next_tag += 1;
-            tags.push(t);
-            if !no_ack {
-                let size = d.msg.body.len() as u64;
-                self.global_unacked += 1;
-                self.global_unacked_bytes += size;
-                self.unacked.push_back(Unacked {
-                    tag: t,
-                    queue: queue.clone(),
-                    id: d.id,
-                    settled: false,
-                    counted: Some(size),
-                    at_ms,
-                });
-            }
-        }
+        let tags = self.unacked.record(queue, &items, no_ack, true, at_ms);
         conn.write(|out| {
             for (d, t) in items.iter().zip(tags) {
                 codec::put_deliver(
@@ -300,23 +199,9 @@ impl Channel {
         crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, n as u64, bytes));
     }
 
-    /// A counted delivery left the unacked set (or came back to it, `back`).
-    fn uncount(&mut self, counted: Option<u64>, back: bool) {
-        if let Some(size) = counted {
-            if back {
-                self.global_unacked += 1;
-                self.global_unacked_bytes += size;
-            } else {
-                self.global_unacked = self.global_unacked.saturating_sub(1);
-                self.global_unacked_bytes = self.global_unacked_bytes.saturating_sub(size);
-            }
-        }
-    }
-
     /// Writes a delivery nobody acknowledges (a direct reply) to consumer `tag`.
     pub fn write_direct_reply(&mut self, conn: &Rc<Connection>, tag: &str, msg: &Message) {
-        let t = self.next_tag;
-        self.next_tag += 1;
+        let t = self.unacked.next_tag();
         let frame_max = conn.frame_max.get();
         let id = self.id;
         conn.write(|out| {
@@ -342,18 +227,9 @@ impl Channel {
         no_ack: bool,
         count: u32,
     ) {
-        let t = self.next_tag;
-        self.next_tag += 1;
-        if !no_ack {
-            self.unacked.push_back(Unacked {
-                tag: t,
-                queue: queue.clone(),
-                id: d.id,
-                settled: false,
-                counted: None,
-                at_ms: now_ms(),
-            });
-        }
+        let t = self
+            .unacked
+            .record(queue, std::slice::from_ref(&d), no_ack, false, now_ms())[0];
         let frame_max = conn.frame_max.get();
         let id = self.id;
         conn.write(|out| {
@@ -373,19 +249,9 @@ impl Channel {
     }
 
     pub fn add_consumer(&mut self, cid: u64, tag: Arc<str>, queue: QueueRef, no_ack: bool) {
-        self.consumers.insert(
-            cid,
-            ConsumerInfo {
-                tag,
-                queue,
-                no_ack,
-                prefetch_count: self.prefetch_count,
-                prefetch_bytes: self.prefetch_bytes,
-                ready: false,
-                buffered: Vec::new(),
-                sent_limits: (0, 0),
-            },
-        );
+        let prefetch = (self.prefetch_count, self.prefetch_bytes);
+        self.consumers
+            .insert(cid, ConsumerInfo::new(tag, queue, no_ack, prefetch));
     }
 
     pub fn has_tag(&self, tag: &str) -> bool {
@@ -413,13 +279,7 @@ impl Channel {
     pub fn remove_consumer(&mut self, conn: &Rc<Connection>, cid: u64) -> Option<QueueRef> {
         let c = self.consumers.remove(&cid)?;
         let mut unsent = c.buffered;
-        if self.held.iter().any(|h| h.cid == cid) {
-            let (mine, rest): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
-                .into_iter()
-                .partition(|h| h.cid == cid);
-            self.held = rest;
-            unsent.extend(mine.into_iter().map(|h| h.delivery));
-        }
+        unsent.extend(self.unacked.unhold(cid));
         if !unsent.is_empty() {
             give_back(conn, &c.queue, unsent);
         }
@@ -452,26 +312,14 @@ impl Channel {
         self.release_held(conn);
     }
 
-    /// The limits a consumer's owner enforces: its own prefetch, capped by the
-    /// channel-wide one (0 = none).
-    fn owner_limits(&self, c: &ConsumerInfo) -> (u32, u64) {
-        let min0 = |a: u64, b: u64| match (a, b) {
-            (0, b) => b,
-            (a, 0) => a,
-            (a, b) => a.min(b),
-        };
-        (
-            min0(c.prefetch_count as u64, self.global_count as u64) as u32,
-            min0(c.prefetch_bytes, self.global_bytes),
-        )
-    }
-
-    /// basic.qos(global) changed: tells owners whose consumers' limits changed, and
-    /// writes held deliveries the new window has room for.
-    pub fn global_qos_changed(&mut self, conn: &Rc<Connection>) {
+    /// basic.qos(global=true): a new channel-wide prefetch. Tells owners whose consumers'
+    /// limits changed, and writes held deliveries the new window has room for.
+    pub fn set_global_qos(&mut self, conn: &Rc<Connection>, count: u32, bytes: u64) {
+        self.unacked.set_global(count, bytes);
+        let global = self.unacked.global();
         let mut changed = Vec::new();
         for (cid, c) in &self.consumers {
-            let limits = self.owner_limits(c);
+            let limits = c.owner_limits(global);
             if !c.no_ack && limits != c.sent_limits {
                 changed.push((*cid, limits));
             }
@@ -498,8 +346,9 @@ impl Channel {
 
     /// The limits a new consumer starts with.
     pub fn initial_limits(&mut self, cid: u64) -> (u32, u64) {
+        let global = self.unacked.global();
         let limits = match self.consumers.get(&cid) {
-            Some(c) => self.owner_limits(c),
+            Some(c) => c.owner_limits(global),
             None => (self.prefetch_count, self.prefetch_bytes),
         };
         if let Some(c) = self.consumers.get_mut(&cid) {
@@ -527,200 +376,74 @@ impl Channel {
         }
     }
 
-    /// Takes the unacked deliveries an ack/nack/reject names: `tag` alone, every tag up to
-    /// it (`multiple`), or all (`multiple` with tag 0). Unknown tags are a 406. Inside a
-    /// transaction (`keep`) the entries stay, marked settled, until commit or rollback;
-    /// the tags taken are returned for that.
+    /// Takes the unacked deliveries an ack/nack/reject names (`unacked::Unacked::take`).
     pub fn take_unacked(
         &mut self,
         tag: u64,
         multiple: bool,
         keep: bool,
     ) -> Result<Taken, AmqpError> {
-        let unknown = || {
-            AmqpError::channel(
-                reply::PRECONDITION_FAILED,
-                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
-            )
-        };
-        let mut taken: Vec<(QueueRef, u64)> = Vec::new();
-        let mut tags = Vec::new();
-        let mut counted = Vec::new();
-        if multiple {
-            if tag != 0 {
-                let found = self
-                    .unacked
-                    .binary_search_by_key(&tag, |u| u.tag)
-                    .ok()
-                    .map(|i| !self.unacked[i].settled)
-                    .unwrap_or(false);
-                if !found {
-                    return Err(unknown());
-                }
-            }
-            for u in self.unacked.iter_mut() {
-                if tag != 0 && u.tag > tag {
-                    break;
-                }
-                if !u.settled {
-                    u.settled = true;
-                    taken.push((u.queue.clone(), u.id));
-                    tags.push(u.tag);
-                    counted.push(u.counted);
-                }
-            }
-        } else {
-            let i = self
-                .unacked
-                .binary_search_by_key(&tag, |u| u.tag)
-                .map_err(|_| unknown())?;
-            let u = &mut self.unacked[i];
-            if u.settled {
-                return Err(unknown());
-            }
-            u.settled = true;
-            taken.push((u.queue.clone(), u.id));
-            tags.push(u.tag);
-            counted.push(u.counted);
-        }
-        for c in counted {
-            self.uncount(c, false);
-        }
-        if !keep {
-            self.compact();
-        }
-        Ok((group(taken), tags))
+        self.unacked.take(tag, multiple, keep)
     }
 
     /// When the oldest delivery still unacknowledged was written (ms since the epoch).
     pub fn oldest_unacked_ms(&self) -> Option<i64> {
-        self.unacked.iter().find(|u| !u.settled).map(|u| u.at_ms)
+        self.unacked.oldest_ms()
     }
 
     /// Drops settled entries from the front of the unacked list.
     pub fn compact(&mut self) {
-        while self.unacked.front().map(|u| u.settled).unwrap_or(false) {
-            self.unacked.pop_front();
-        }
+        self.unacked.compact();
     }
 
     /// tx.rollback: acks, nacks and rejects of the transaction are undone.
     pub fn unsettle(&mut self, tags: &[u64]) {
-        for t in tags {
-            if let Ok(i) = self.unacked.binary_search_by_key(t, |u| u.tag) {
-                if self.unacked[i].settled {
-                    self.unacked[i].settled = false;
-                    let counted = self.unacked[i].counted;
-                    self.uncount(counted, true);
-                }
-            }
-        }
+        self.unacked.unsettle(tags);
     }
 
     /// Every unsettled delivery (recover, channel close).
     pub fn take_all_unacked(&mut self) -> Vec<(QueueRef, Vec<u64>)> {
-        let taken = self
-            .unacked
-            .drain(..)
-            .filter(|u| !u.settled)
-            .map(|u| (u.queue, u.id))
-            .collect();
-        self.global_unacked = 0;
-        self.global_unacked_bytes = 0;
-        group(taken)
+        self.unacked.take_all()
     }
 
     /// Registers a confirm-mode publish routed to `queues` queues, received at
     /// `received`; returns its seq.
     pub fn track_publish(&mut self, queues: u32, received: Option<Instant>) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if queues == 0 {
-            self.done_confirms.insert(seq, (true, received));
-        } else {
-            self.pending_confirms.insert(seq, (queues, false, received));
-        }
-        seq
+        self.confirms.track(queues, received)
     }
 
     /// Confirms from owners; completed publishes are acked or nacked to the client.
     pub fn confirmed(&mut self, conn: &Rc<Connection>, seqs: Vec<u64>, ack: bool) {
-        for seq in seqs {
-            if let Some(p) = self.pending_confirms.get_mut(&seq) {
-                p.0 = p.0.saturating_sub(1);
-                p.1 |= !ack;
-                if p.0 == 0 {
-                    let (nack, received) = (p.1, p.2);
-                    self.pending_confirms.remove(&seq);
-                    self.done_confirms.insert(seq, (!nack, received));
-                }
-            }
-        }
+        self.confirms.confirmed(&seqs, ack);
         self.confirm_progress.notify();
         if self.confirm {
             self.emit_confirms(conn);
         }
     }
 
-    /// Whether every tracked publish up to `seq` has completed; and whether any of them
-    /// was nacked.
+    /// Whether every tracked publish up to `seq` has completed.
     pub fn settled_through(&self, seq: u64) -> bool {
-        self.pending_confirms
-            .first_key_value()
-            .map(|(s, _)| *s > seq)
-            .unwrap_or(true)
+        self.confirms.settled_through(seq)
     }
 
+    /// Forgets completed publishes up to `seq`; whether all were acked.
     pub fn forget_confirms_through(&mut self, seq: u64) -> bool {
-        let mut all_ack = true;
-        let keep = self.done_confirms.split_off(&(seq + 1));
-        for (_, (ack, _)) in std::mem::replace(&mut self.done_confirms, keep) {
-            all_ack &= ack;
-        }
-        all_ack
+        self.confirms.forget_through(seq)
     }
 
-    /// Writes basic.ack/nack for completed publishes: runs below the oldest pending one
-    /// as `multiple`, later ones one by one. Each publish's time to its confirm goes to
-    /// the publish latency histogram.
+    /// Writes basic.ack/nack for completed publishes (`Confirms::take_frames`). Each
+    /// publish's time to its confirm goes to the publish latency histogram.
     pub fn emit_confirms(&mut self, conn: &Rc<Connection>) {
-        if self.done_confirms.is_empty() {
+        let (frames, received) = self.confirms.take_frames();
+        if frames.is_empty() {
             return;
         }
-        let low = self
-            .pending_confirms
-            .first_key_value()
-            .map(|(s, _)| *s)
-            .unwrap_or(u64::MAX);
-        let done = std::mem::take(&mut self.done_confirms);
         let now = Instant::now();
         crate::metrics::with(|m| {
-            for (_, received) in done.values() {
-                if let Some(t) = received {
-                    m.publish_latency(Protocol::Amqp, now.saturating_duration_since(*t));
-                }
+            for t in &received {
+                m.publish_latency(Protocol::Amqp, now.saturating_duration_since(*t));
             }
         });
-        let mut frames: Vec<(u64, bool, bool)> = Vec::new();
-        let mut run: Option<(u64, bool)> = None;
-        for (seq, (ack, _)) in done {
-            if seq < low {
-                match run {
-                    Some((_, a)) if a == ack => run = Some((seq, ack)),
-                    Some((s, a)) => {
-                        frames.push((s, true, a));
-                        run = Some((seq, ack));
-                    }
-                    None => run = Some((seq, ack)),
-                }
-            } else {
-                frames.push((seq, false, ack));
-            }
-        }
-        if let Some((s, a)) = run {
-            frames.insert(0, (s, true, a));
-        }
-        frames.sort_by_key(|f| f.0);
         let id = self.id;
         conn.write(|out| {
             for (seq, multiple, ack) in frames {
@@ -758,8 +481,7 @@ impl Channel {
         self.publish = None;
         self.tx = None;
         self.direct_reply = None;
-        self.pending_confirms.clear();
-        self.done_confirms.clear();
+        self.confirms.clear();
         self.confirm_progress.notify();
     }
 }
@@ -778,13 +500,5 @@ pub fn give_back(conn: &Rc<Connection>, queue: &QueueRef, items: Vec<Delivery>) 
     );
 }
 
-fn group(taken: Vec<(QueueRef, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
-    let mut out: Vec<(QueueRef, Vec<u64>)> = Vec::new();
-    for (q, id) in taken {
-        match out.iter_mut().find(|(x, _)| x.id == q.id) {
-            Some((_, ids)) => ids.push(id),
-            None => out.push((q, vec![id])),
-        }
-    }
-    out
-}
+#[cfg(test)]
+mod tests;
