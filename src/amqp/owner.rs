@@ -385,7 +385,7 @@ fn on_shard<R>(
 ) -> R {
     let mut fx = Effects::default();
     let r = f(q, &env(shard), &mut fx);
-    apply_effects(shard, &q.qref.clone(), fx);
+    apply_effects(shard, &q.qref, fx);
     r
 }
 

@@ -466,18 +466,7 @@ impl Channel {
                 outbox::push(&conn.shard, owner, QueueOp::Cancel { queue, cid });
             }
         }
-        for (queue, ids) in self.take_all_unacked() {
-            let owner = queue.owner;
-            outbox::push(
-                &conn.shard,
-                owner,
-                QueueOp::Settle {
-                    queue,
-                    ids,
-                    how: Settle::Requeue,
-                },
-            );
-        }
+        settle(conn, self.take_all_unacked(), Settle::Requeue);
         self.publish = None;
         self.tx = None;
         self.direct_reply = None;
@@ -489,15 +478,15 @@ impl Channel {
 /// Hands undelivered messages back to their queue unchanged.
 pub fn give_back(conn: &Rc<Connection>, queue: &QueueRef, items: Vec<Delivery>) {
     let ids = items.into_iter().map(|d| d.id).collect();
-    outbox::push(
-        &conn.shard,
-        queue.owner,
-        QueueOp::Settle {
-            queue: queue.clone(),
-            ids,
-            how: Settle::Return,
-        },
-    );
+    settle(conn, vec![(queue.clone(), ids)], Settle::Return);
+}
+
+/// Sends settles of delivery ids, per queue, to each queue's owner.
+pub fn settle(conn: &Rc<Connection>, groups: Vec<(QueueRef, Vec<u64>)>, how: Settle) {
+    for (queue, ids) in groups {
+        let owner = queue.owner;
+        outbox::push(&conn.shard, owner, QueueOp::Settle { queue, ids, how });
+    }
 }
 
 #[cfg(test)]

@@ -11,16 +11,10 @@ use super::super::store::{Location, Store};
 use super::Entry;
 
 pub trait StoreHandle {
-    /// Queues a message for writing: a persistent one (its confirm `confirm` goes out
+    /// Queues a message for writing: a persistent one (its confirm `c` goes out
     /// after fdatasync) or, with `transient`, one paged out of memory. Returns where it
     /// goes.
-    fn append(
-        &self,
-        q: &QueueRef,
-        e: &Entry,
-        confirm: Option<ConfirmTo>,
-        transient: bool,
-    ) -> Location;
+    fn append(&self, q: &QueueRef, e: &Entry, c: Option<ConfirmTo>, transient: bool) -> Location;
     /// Once the message at `loc` is written, its queue drops the body from memory.
     fn page_out_when_written(&self, q: &QueueRef, seq: u64, loc: Location);
     /// A stored message left the queue.
@@ -30,14 +24,8 @@ pub trait StoreHandle {
 }
 
 impl StoreHandle for Store {
-    fn append(
-        &self,
-        q: &QueueRef,
-        e: &Entry,
-        confirm: Option<ConfirmTo>,
-        transient: bool,
-    ) -> Location {
-        Store::append(self, q, e, confirm, transient)
+    fn append(&self, q: &QueueRef, e: &Entry, c: Option<ConfirmTo>, transient: bool) -> Location {
+        Store::append(self, q, e, c, transient)
     }
 
     fn page_out_when_written(&self, q: &QueueRef, seq: u64, loc: Location) {

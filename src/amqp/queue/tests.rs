@@ -239,6 +239,15 @@ fn dead_letters(fx: &Effects) -> Vec<&dead_letter::DeadLetter> {
         .collect()
 }
 
+/// The one dead-lettered message in the effects: its body and its `x-death` reason.
+fn one_dead_letter(fx: &Effects) -> (String, Option<String>) {
+    let dl = dead_letters(fx);
+    assert_eq!(dl.len(), 1, "one dead-lettered message");
+    let m = &dl[0].msg;
+    let body = String::from_utf8_lossy(&m.body).into_owned();
+    (body, text(&first_death(m), "reason"))
+}
+
 fn headers(m: &Message) -> FieldTable {
     scan_properties(&m.properties)
         .and_then(|v| v.headers)
@@ -591,13 +600,7 @@ fn drop_head_drops_the_oldest_and_dead_letters_it_as_maxlen() {
     r.publish(msg("m0"));
     r.publish(msg("m1"));
     let fx = r.publish(msg("m2"));
-    let dl = dead_letters(&fx);
-    assert_eq!(dl.len(), 1);
-    assert_eq!(&dl[0].msg.body[..], b"m0");
-    assert_eq!(
-        text(&first_death(&dl[0].msg), "reason").as_deref(),
-        Some("maxlen")
-    );
+    assert_eq!(one_dead_letter(&fx), ("m0".into(), Some("maxlen".into())));
     assert_eq!(r.q.ready_len(), 2);
     let fx = r.consume(consumer(1, 0));
     assert_eq!(bodies(&fx), ["m1", "m2"]);
@@ -653,13 +656,7 @@ fn reject_publish_dlx_nacks_and_dead_letters_the_new_message() {
     r.publish_confirmed(msg("abcd"), 1);
     let fx = r.publish_confirmed(msg("e"), 2);
     assert_eq!(confirms(&fx), [(2, false)]);
-    let dl = dead_letters(&fx);
-    assert_eq!(dl.len(), 1);
-    assert_eq!(&dl[0].msg.body[..], b"e");
-    assert_eq!(
-        text(&first_death(&dl[0].msg), "reason").as_deref(),
-        Some("maxlen")
-    );
+    assert_eq!(one_dead_letter(&fx), ("e".into(), Some("maxlen".into())));
     assert_eq!(r.q.ready_len(), 1);
 }
 
@@ -729,11 +726,9 @@ fn quorum_queue_counts_returns_and_dead_letters_past_the_delivery_limit() {
     assert_eq!(d.len(), 1);
     let fx = r.settle(vec![d[0].3], Settle::Requeue);
     assert!(deliveries(&fx).is_empty());
-    let dl = dead_letters(&fx);
-    assert_eq!(dl.len(), 1);
     assert_eq!(
-        text(&first_death(&dl[0].msg), "reason").as_deref(),
-        Some("delivery_limit")
+        one_dead_letter(&fx),
+        ("m".into(), Some("delivery_limit".into()))
     );
 }
 
