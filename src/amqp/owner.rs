@@ -8,9 +8,10 @@
 //! routed from the catalog replica, page-in reads, TTL and `x-expires` timers, memory
 //! accounting and metrics. Every background task a queue needs is started here.
 //!
-//! Called synchronously from `Shard::serve` (ops from another shard) and from the outbox's
-//! flush task (ops for this shard), always in the order they were queued. Answers leave
-//! through the ops' `ReplyTo`s, which never wait (`runtime::reply`).
+//! Called synchronously by `Shard::amqp` (`amqp::ask`: on this shard, or on arrival here
+//! from another shard) and from the outbox's flush task (ops for this shard), always in the
+//! order they were queued. Answers leave through the ops' `ReplyTo`s, which never wait
+//! (`runtime::reply`).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -23,9 +24,9 @@ use super::routing::QueueRef;
 use super::store::Location;
 use super::topology::TopologyChange;
 use super::{outbox, queue_owner, reply};
+use crate::broker::Shard;
 use crate::catalog::Change;
-use crate::runtime::shard::Shard;
-use crate::storage::log::now_ms;
+use crate::util::now_ms;
 
 /// An envelope from another shard: applied now; the reply (which lets the sender's
 /// outbox send its next envelope) waits while this shard is under memory pressure.
@@ -60,7 +61,7 @@ pub async fn relieve(shard: &Rc<Shard>) {
     let start = std::time::Instant::now();
     while under_pressure(shard) {
         let paging = shard.amqp.store.pending_bytes() > 0;
-        let l = crate::runtime::notify::Listener::new();
+        let l = crate::util::notify::Listener::new();
         l.listen(&shard.amqp.store.round_done);
         let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
             l.await;

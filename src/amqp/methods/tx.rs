@@ -16,7 +16,7 @@ use super::basic_publish::deliver;
 use crate::amqp::channel::{self, ChannelRef, Tx};
 use crate::amqp::connection::Connection;
 use crate::amqp::{reply, AmqpError};
-use crate::runtime::notify::Listener;
+use crate::util::notify::Listener;
 
 pub fn select(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpError> {
     let id = {
