@@ -10,6 +10,7 @@
 //! (`queue_owner`); deliveries come back to the consumer's shard in batches, acks go to the
 //! owner in batches, both through the shard's `Outbox`.
 
+pub mod ask;
 pub mod auth;
 pub mod channel;
 pub mod codec;
@@ -25,19 +26,14 @@ pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod store;
-/// Moved to `crate::catalog::amqp` (issue 14). Only the startup code in `runtime/` still
-/// names this path; remove it when the composition root calls
-/// `crate::catalog::amqp::after_restart` directly.
-pub mod topology {
-    pub use crate::catalog::amqp::after_restart;
-}
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
+use crate::broker::Shard;
 use crate::config::Config;
-use crate::runtime::shard::{stable_hash, Shard};
+use crate::util::stable_hash;
 use connection::Connection;
 use queue::QueueHandle;
 use routing::Router;
@@ -146,8 +142,7 @@ pub struct ShardAmqp {
     router: RefCell<Option<Rc<Router>>>,
     /// Bytes of messages held in memory by the queues of this shard.
     memory: Cell<isize>,
-    next_id: Cell<u64>,
-    shard_id: usize,
+    ids: crate::util::ShardIds,
     shards: usize,
     pub store: store::Store,
     /// Publishes waiting for their confirms without a channel (the HTTP API).
@@ -166,7 +161,7 @@ struct ConfirmWait {
     left: usize,
     ack: bool,
     /// Stays on this shard: the HTTP request waiting on the receiver runs here, and the
-    /// confirms are completed here too (`Op::Confirm` is applied on the shard its
+    /// confirms are completed here too (`ConnOp::Confirm` is applied on the shard its
     /// `ConfirmTo` names), so no waker crosses a thread.
     done: futures::channel::oneshot::Sender<bool>,
 }
@@ -216,8 +211,7 @@ impl ShardAmqp {
             connections: RefCell::new(HashMap::new()),
             router: RefCell::new(None),
             memory: Cell::new(0),
-            next_id: Cell::new(1),
-            shard_id,
+            ids: crate::util::ShardIds::new(shard_id),
             shards,
             store: store::Store::new(config, shard_id),
             confirm_waits: ConfirmWaits::default(),
@@ -226,9 +220,7 @@ impl ShardAmqp {
 
     /// An id unique in the process: connection ids and consumer ids.
     pub fn next_id(&self) -> u64 {
-        let n = self.next_id.get();
-        self.next_id.set(n + 1);
-        ((self.shard_id as u64) << 48) | n
+        self.ids.next()
     }
 
     pub fn shards(&self) -> usize {

@@ -35,9 +35,9 @@ use super::message::Message;
 use super::queue::{confirm_to, Entry};
 use super::routing::QueueRef;
 use super::{owner, queue_owner};
+use crate::broker::Shard;
 use crate::config::Config;
-use crate::runtime::notify::{Listener, Notify};
-use crate::runtime::shard::Shard;
+use crate::util::notify::{Listener, Notify};
 
 const META: &str = "queue.meta";
 const REC_MESSAGE: u8 = 1;
@@ -234,7 +234,7 @@ pub fn dir_name(name: &str) -> String {
         out.push_str("%00");
     }
     if out.len() > 180 {
-        let h = crate::runtime::shard::stable_hash(name.as_bytes());
+        let h = crate::util::stable_hash(name.as_bytes());
         out.truncate(160);
         while !out.is_char_boundary(out.len()) {
             out.pop();
@@ -683,7 +683,7 @@ impl Store {
 /// Moves queue directories to their owner shard when the shard count changed (ownership
 /// is a hash onto the shard count). Runs before any shard starts.
 pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
-    for (from, dir) in crate::runtime::shard_dirs(data_dir) {
+    for (from, dir) in crate::broker::shard_dirs(data_dir) {
         let root = dir.join("amqp");
         let Ok(vdirs) = std::fs::read_dir(&root) else {
             continue;

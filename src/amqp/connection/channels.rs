@@ -39,7 +39,10 @@ pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, A
             };
             let Some(ch) = ch else {
                 if let AMQPClass::Channel(chan::AMQPMethod::Open(_)) = method {
-                    let ch = Channel::new(frame.channel, conn);
+                    let ch = Channel::new(
+                        frame.channel,
+                        conn.shard.config.amqp.default_prefetch as u32,
+                    );
                     conn.channels.borrow_mut().insert(frame.channel, ch);
                     conn.send_method(
                         frame.channel,

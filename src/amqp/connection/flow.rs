@@ -11,8 +11,8 @@ use std::time::Duration;
 use amq_protocol::protocol::{connection as conn_m, AMQPClass};
 
 use super::{still_running, Connection};
-use crate::runtime::notify::Listener;
 use crate::storage::log::now_ms;
+use crate::util::notify::Listener;
 
 /// Back-pressure from the shard: lets the outbox drain before reading more publishes; a
 /// client that understands it hears connection.blocked if that takes more than 100 ms

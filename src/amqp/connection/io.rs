@@ -18,10 +18,10 @@ use super::{
     HANDSHAKE_TIMEOUT,
 };
 use crate::amqp::codec::{self, FrameError};
-use crate::amqp::mesh::Op;
+use crate::amqp::mesh::QueueOp;
 use crate::amqp::{outbox, reply, AmqpError};
-use crate::runtime::notify::Listener;
 use crate::storage::log::now_ms;
+use crate::util::notify::Listener;
 
 /// On a stop, how long a connection keeps reading what its client had already sent.
 const STOP_DRAIN: Duration = Duration::from_millis(500);
@@ -69,7 +69,7 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
             outbox::push(
                 &conn.shard,
                 owner,
-                Op::Credit {
+                QueueOp::Credit {
                     queue,
                     cid,
                     n,

@@ -44,16 +44,16 @@ use glommio::net::TcpStream;
 use super::auth::Permissions;
 use super::channel::ChannelRef;
 use super::codec::{self, Frame};
-use super::mesh::{Delivery, Op};
+use super::mesh::{Delivery, QueueOp};
 use super::methods::Actor;
 use super::routing::QueueRef;
 use super::{outbox, reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
 use crate::metrics::Protocol;
-use crate::runtime::notify::Notify;
-use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
+use crate::util::notify::Notify;
 
 pub(crate) use flow::{mark_published, wait_for_disk};
 
@@ -200,7 +200,7 @@ impl Connection {
             outbox::push(
                 &self.shard,
                 queue.owner,
-                Op::Settle {
+                QueueOp::Settle {
                     queue,
                     ids,
                     how: super::mesh::Settle::Return,

@@ -11,10 +11,10 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use super::{allowed, lookup_queue, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::{Delivery, GetAnswer, Op};
+use crate::amqp::mesh::{Delivery, GetAnswer, QueueOp};
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 
 /// Takes the next ready message of `queue` on its owner, with the count of ready messages
 /// left; `None` when it is empty. Unless `no_ack` the message waits on the owner, unacked,
@@ -29,7 +29,7 @@ pub async fn take(
     outbox::push(
         shard,
         queue.owner,
-        Op::Get {
+        QueueOp::Get {
             queue: queue.clone(),
             no_ack,
             reply: reply_to,

@@ -25,15 +25,15 @@ use crate::amqp::channel::{ChannelRef, PendingPublish, TxPublish};
 use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
-use crate::amqp::mesh::{ConfirmTo, Op};
+use crate::amqp::mesh::{ConfirmTo, QueueOp};
 use crate::amqp::message::{
     decode_headers, parse_expiration, scan_properties, without_header, Message,
 };
 use crate::amqp::routing::{QueueRef, RouteError};
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::amqp::tables::str_value;
 use crate::metrics::Protocol;
-use crate::runtime::shard::Shard;
 use amq_protocol::types::AMQPValue;
 
 pub fn publish(
@@ -391,7 +391,7 @@ pub fn enqueue(
         outbox::push(
             shard,
             owner,
-            Op::Publish {
+            QueueOp::Publish {
                 queue: q,
                 msg: msg.clone(),
                 confirm,

@@ -27,9 +27,9 @@ use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::routing::QueueRef;
 use super::{reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::amqp::Queue;
 use crate::catalog::{CatalogError, Change};
-use crate::runtime::shard::Shard;
 
 /// Runs the handler of one method.
 pub async fn dispatch(

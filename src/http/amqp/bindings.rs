@@ -13,10 +13,10 @@ use serde_json::{json, Map, Value};
 use super::json::{arguments_json, arguments_table};
 use super::{amqp_error, body, caller, check_name, vhosts_for, InVhost};
 use crate::amqp::methods::{self, apply_binding, exchange, queue, Actor};
+use crate::broker::Shard;
 use crate::catalog::amqp::tables::{decode_table, encode_table};
 use crate::catalog::amqp::{Binding, DestKind};
 use crate::http::{json, no_content, ok_json, ApiError, ApiResult, Req};
-use crate::runtime::shard::Shard;
 
 /// The two ends a binding path names.
 pub(super) struct Pair<'a> {

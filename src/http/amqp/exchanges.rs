@@ -12,9 +12,9 @@ use super::{
     amqp_error, caller, check_name, created_or_not, flag, one_or_all, vhosts_for, yes, InVhost,
 };
 use crate::amqp::methods::{self, exchange};
+use crate::broker::Shard;
 use crate::catalog::amqp::VhostTopology;
 use crate::http::{no_content, ApiError, ApiResult, Req};
-use crate::runtime::shard::Shard;
 
 pub(super) async fn list(
     shard: &Rc<Shard>,

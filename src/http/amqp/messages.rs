@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 
 use super::json::{encode_properties, properties_json, PropertiesIn};
 use super::{amqp_error, check_name, InVhost};
-use crate::amqp::mesh::{Op, Settle};
+use crate::amqp::mesh::{QueueOp, Settle};
 use crate::amqp::methods::{self, basic_get, basic_publish, Access};
 use crate::amqp::outbox;
 use crate::amqp::routing::QueueRef;
+use crate::broker::Shard;
 use crate::http::{ok_json, ApiError, ApiResult, Req};
 use crate::metrics::Protocol;
-use crate::runtime::shard::Shard;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +137,7 @@ impl Taken<'_> {
             outbox::push(
                 self.shard,
                 self.queue.owner,
-                Op::Settle {
+                QueueOp::Settle {
                     queue: self.queue.clone(),
                     ids,
                     how,

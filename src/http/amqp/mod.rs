@@ -59,8 +59,8 @@ use super::{no_content, ok_json, ApiError, ApiResult, Reply, Req};
 use crate::amqp::auth::Permissions;
 use crate::amqp::methods::Actor;
 use crate::amqp::{reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::amqp::DestKind;
-use crate::runtime::shard::Shard;
 
 /// Serves `/api/v1/{rest}` for the AMQP resources; each resource's file holds its
 /// handlers.

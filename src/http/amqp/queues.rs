@@ -14,9 +14,9 @@ use super::{
     InVhost,
 };
 use crate::amqp::methods::{self, queue};
+use crate::broker::Shard;
 use crate::http::{no_content, ApiError, ApiResult, Req};
 use crate::metrics::QueueStats;
-use crate::runtime::shard::Shard;
 
 /// Queue figures by (vhost, name), from every owner shard.
 pub(super) async fn figures(shard: &Rc<Shard>) -> HashMap<(String, String), QueueStats> {

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::{caller, queues, vhosts_for};
 use crate::amqp::methods;
+use crate::broker::Shard;
 use crate::http::{ok_json, ApiResult, Req};
-use crate::runtime::shard::Shard;
 
 pub(super) async fn list(shard: &Rc<Shard>, req: &Req, one: Option<&str>) -> ApiResult {
     let user = caller(req)?;

@@ -10,8 +10,8 @@ use std::rc::Rc;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
 
+use crate::broker::Shard;
 use crate::kafka::groups::{Reply, Request};
-use crate::runtime::shard::Shard;
 
 /// Whether `group` is a group id `api` accepts, as Kafka decides: the offset and admin
 /// APIs (OffsetCommit, OffsetFetch, DescribeGroups, DeleteGroups) accept the empty id (old

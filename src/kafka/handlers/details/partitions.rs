@@ -6,8 +6,8 @@
 
 use std::rc::Rc;
 
+use crate::broker::Shard;
 use crate::kafka::owner::{Reply, Request};
-use crate::runtime::shard::Shard;
 
 /// One partition item of a request: (index in the request, topic, partition, payload).
 pub type Item<T> = (usize, String, i32, T);
