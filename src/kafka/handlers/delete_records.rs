@@ -13,7 +13,7 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use super::details::partitions::ask_owners;
+use super::details::partitions;
 use super::{frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
 
@@ -25,15 +25,13 @@ pub fn handle(
 ) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
-        let shard = conn.shard.clone();
-        let mut items = Vec::new();
-        for t in &req.topics {
-            for p in &t.partitions {
-                items.push((items.len(), t.name.to_string(), p.partition_index, p.offset));
-            }
-        }
-        let results = ask_owners(
-            &shard,
+        let wanted = req.topics.iter().map(|t| {
+            let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
+            (t.name.to_string(), parts)
+        });
+        let items = partitions::items(wanted);
+        let results = partitions::ask_owners(
+            &conn.shard,
             items,
             (-1i64, ResponseError::UnknownTopicOrPartition.code()),
             |parts| Request::DeleteRecords { parts },

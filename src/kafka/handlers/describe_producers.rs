@@ -9,11 +9,9 @@ use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
-use kafka_protocol::ResponseError;
 
-use super::details::partitions::ask_owners;
+use super::details::partitions;
 use super::{frame, Conn, Pending};
-use crate::kafka::owner::{PartitionInfo, Reply, Request};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -23,30 +21,11 @@ pub fn handle(
 ) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
-        let shard = conn.shard.clone();
-        let mut items = Vec::new();
-        for t in &req.topics {
-            for p in &t.partition_indexes {
-                items.push((items.len(), t.name.to_string(), *p, ()));
-            }
-        }
-        let missing = PartitionInfo {
-            error: ResponseError::UnknownTopicOrPartition.code(),
-            ..Default::default()
-        };
-        let infos = ask_owners(
-            &shard,
-            items,
-            missing,
-            |parts| Request::Describe {
-                parts: Some(parts.into_iter().map(|(t, p, _)| (t, p)).collect()),
-            },
-            |reply| match reply {
-                Reply::Describe(rs) => Some(rs),
-                _ => None,
-            },
-        )
-        .await;
+        let wanted = req.topics.iter().map(|t| {
+            let parts = t.partition_indexes.iter().map(|p| (*p, ()));
+            (t.name.to_string(), parts)
+        });
+        let infos = partitions::describe(&conn.shard, partitions::items(wanted)).await;
         let mut infos = infos.into_iter();
         let topics = req
             .topics

@@ -8,8 +8,8 @@
 //! same order.
 //!
 //! `SUPPORTED`, the API names of the metric labels and the dispatch match are generated
-//! from the one list of APIs, `apis::kafka_apis`; what several handlers share (the partition fan-out, the
-//! group preamble) is in `details/`.
+//! from the one list of APIs, `apis::kafka_apis`; what several handlers share (the
+//! partition fan-out, the group preamble) is in `details/`.
 
 // One module per row of `apis::kafka_apis` (which also names it in the dispatch match, so a
 // row without its module does not compile; `tests::every_handler_file_has_a_row` checks

@@ -41,6 +41,13 @@ async fn fetch(
     (code, topics)
 }
 
+/// The (topic, partition) pairs a request asks for, in its order.
+fn named(topics: impl Iterator<Item = (String, Vec<i32>)>) -> Vec<(String, i32)> {
+    topics
+        .flat_map(|(name, partitions)| partitions.into_iter().map(move |p| (name.clone(), p)))
+        .collect()
+}
+
 pub fn handle(
     conn: &Rc<Conn>,
     req: OffsetFetchRequest,
@@ -55,14 +62,10 @@ pub fn handle(
             for g in req.groups {
                 let group = g.group_id.to_string();
                 let parts = g.topics.map(|ts| {
-                    ts.into_iter()
-                        .flat_map(|t| {
-                            let name = t.name.to_string();
-                            t.partition_indexes
-                                .into_iter()
-                                .map(move |p| (name.clone(), p))
-                        })
-                        .collect()
+                    named(
+                        ts.into_iter()
+                            .map(|t| (t.name.to_string(), t.partition_indexes)),
+                    )
                 });
                 let (code, topics) = fetch(shard, &group, parts).await;
                 groups.push(
@@ -97,14 +100,10 @@ pub fn handle(
         } else {
             let group = req.group_id.to_string();
             let parts = req.topics.map(|ts| {
-                ts.into_iter()
-                    .flat_map(|t| {
-                        let name = t.name.to_string();
-                        t.partition_indexes
-                            .into_iter()
-                            .map(move |p| (name.clone(), p))
-                    })
-                    .collect()
+                named(
+                    ts.into_iter()
+                        .map(|t| (t.name.to_string(), t.partition_indexes)),
+                )
             });
             let (code, topics) = fetch(shard, &group, parts).await;
             let mut r = OffsetFetchResponse::default().with_topics(

@@ -13,9 +13,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::details::partitions::ask_owners;
+use super::details::partitions;
 use super::{frame, Conn, Pending};
-use crate::kafka::owner::{Reply, Request};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -25,32 +24,13 @@ pub fn handle(
 ) -> Pending {
     let conn = conn.clone();
     Box::pin(async move {
-        let shard = conn.shard.clone();
-        let mut items = Vec::new();
-        for t in &req.topics {
-            for p in &t.partitions {
-                items.push((items.len(), t.topic.to_string(), p.partition, ()));
-            }
-        }
-        let ends = ask_owners(
-            &shard,
-            items,
-            (-1i64, ResponseError::UnknownTopicOrPartition.code()),
-            |parts| Request::Describe {
-                parts: Some(parts.into_iter().map(|(t, p, _)| (t, p)).collect()),
-            },
-            |reply| match reply {
-                Reply::Describe(infos) => Some(
-                    infos
-                        .into_iter()
-                        .map(|i| (i.log_end_offset, i.error))
-                        .collect(),
-                ),
-                _ => None,
-            },
-        )
-        .await;
-        let mut ends = ends.into_iter();
+        let wanted = req.topics.iter().map(|t| {
+            let parts = t.partitions.iter().map(|p| (p.partition, ()));
+            (t.topic.to_string(), parts)
+        });
+        let infos = partitions::describe(&conn.shard, partitions::items(wanted)).await;
+        // A partition no owner described has an error, so its end offset is never read.
+        let mut ends = infos.into_iter().map(|i| (i.log_end_offset, i.error));
         let topics = req
             .topics
             .into_iter()

@@ -7,7 +7,9 @@
 use std::rc::Rc;
 
 use crate::broker::Shard;
-use crate::kafka::owner::{Reply, Request};
+use kafka_protocol::ResponseError;
+
+use crate::kafka::owner::{PartitionInfo, Reply, Request};
 
 /// One partition item of a request: (index in the request, topic, partition, payload).
 pub type Item<T> = (usize, String, i32, T);
@@ -61,4 +63,40 @@ pub async fn ask_owners<T, R: Clone>(
         }
     }
     out
+}
+
+/// A request's partitions as items numbered in request order: `topics` gives each topic's
+/// name and its partitions, each with its payload.
+pub fn items<T, P: IntoIterator<Item = (i32, T)>>(
+    topics: impl IntoIterator<Item = (String, P)>,
+) -> Vec<Item<T>> {
+    let mut items = Vec::new();
+    for (topic, partitions) in topics {
+        for (partition, payload) in partitions {
+            items.push((items.len(), topic.clone(), partition, payload));
+        }
+    }
+    items
+}
+
+/// What each item's owner knows of its partition (`Request::Describe`), in request order;
+/// UNKNOWN_TOPIC_OR_PARTITION for a partition no owner described.
+pub async fn describe(shard: &Rc<Shard>, items: Vec<Item<()>>) -> Vec<PartitionInfo> {
+    let missing = PartitionInfo {
+        error: ResponseError::UnknownTopicOrPartition.code(),
+        ..Default::default()
+    };
+    ask_owners(
+        shard,
+        items,
+        missing,
+        |parts| Request::Describe {
+            parts: Some(parts.into_iter().map(|(t, p, _)| (t, p)).collect()),
+        },
+        |reply| match reply {
+            Reply::Describe(infos) => Some(infos),
+            _ => None,
+        },
+    )
+    .await
 }
