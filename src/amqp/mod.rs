@@ -145,6 +145,8 @@ pub struct ShardAmqp {
     shard_id: usize,
     shards: usize,
     pub store: store::Store,
+    /// Store writes the queues wait for (confirms after fdatasync, page-outs, failures).
+    pub stored: owner::Stored,
     /// Publishes waiting for their confirms without a channel (the HTTP API).
     pub confirm_waits: ConfirmWaits,
 }
@@ -215,6 +217,7 @@ impl ShardAmqp {
             shard_id,
             shards,
             store: store::Store::new(config, shard_id),
+            stored: owner::Stored::default(),
             confirm_waits: ConfirmWaits::default(),
         }
     }

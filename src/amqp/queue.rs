@@ -6,8 +6,9 @@
 //! Only the owner shard holds a `QueueState` (in `ShardAmqp::queues`); other shards reach
 //! it with `Op`s through the outbox. Methods are synchronous: what they produce for other
 //! shards (deliveries, confirms, dead-lettered publishes) is queued in the outbox, and
-//! persistent messages of durable queues are handed to the shard's message store, whose
-//! flusher confirms them after fdatasync.
+//! persistent messages of durable queues are handed to the shard's message store, and
+//! confirmed once the store's durability future says they are fdatasync'ed
+//! (`owner::await_stored`).
 //!
 //! Counted in the owner shard's metrics per (vhost, queue): messages enqueued (publishes
 //! the queue accepted) and dequeued (deliveries and basic.get, redeliveries included).
@@ -248,15 +249,13 @@ impl QueueState {
             returns: 0,
         };
         if persisted || page {
-            let loc = shard.amqp.store.append(
-                &self.qref,
-                &entry,
-                confirm.filter(|_| persisted),
-                !persisted,
-            );
-            if page {
-                shard.amqp.store.page_out_when_written(&self.qref, seq, loc);
-            }
+            let confirm = confirm.filter(|_| persisted);
+            let (loc, durable) =
+                shard
+                    .amqp
+                    .store
+                    .append(&self.qref, &entry, !persisted, confirm.is_some());
+            super::owner::await_stored(shard, self.qref.id, seq, durable, confirm, page);
             entry.loc = Some(loc);
         }
         if !persisted {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::DmaFile;
 
 use super::batch::{self, BatchHeader, HEADER_LEN};
 
@@ -150,17 +150,7 @@ impl Segment {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        if let Some(dir) = self.stem.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(self.log_path())
-            .await
-            .map_err(std::io::Error::from)?;
-        let file = Rc::new(file);
+        let file = super::dma::open(&self.log_path()).await?;
         self.file = Some(file.clone());
         Ok(file)
     }
