@@ -4,6 +4,10 @@
 //! Called synchronously from `Shard::serve` (ops from another shard) and from the outbox's
 //! flush task (ops for this shard), always in the order they were queued. Answers leave
 //! through the ops' `ReplyTo`s, which never wait (`runtime::reply`).
+//!
+//! Also where the owner follows its queues' store writes (`Stored`): the message store
+//! hands back a durability future per append, and one task per shard awaits them in
+//! order to send confirms, drop paged bodies and take back messages the disk refused.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

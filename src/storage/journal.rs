@@ -497,12 +497,7 @@ async fn write(job: &mut Job) {
         Some(h) => h,
         None => match dma::open(&path).await {
             Ok(h) => {
-                let mut file = job.file.borrow_mut();
-                if let Some(tail) = tail {
-                    file.partial = dma::partial_block(&tail, file.written, h.alignment());
-                    job.before.1 = file.partial.clone();
-                }
-                file.file = Some(h.clone());
+                job.file.borrow_mut().file = Some(h.clone());
                 h
             }
             Err(e) => {
@@ -513,6 +508,12 @@ async fn write(job: &mut Job) {
             }
         },
     };
+    if let Some(tail) = tail {
+        // The first write after recovery: the partial block comes from the file's tail.
+        let mut file = job.file.borrow_mut();
+        file.partial = dma::partial_block(&tail, file.written, handle.alignment());
+        job.before.1 = file.partial.clone();
+    }
     let (position, buf) = {
         let file = job.file.borrow();
         let mut buf = Vec::with_capacity(file.partial.len() + job.bytes.len());
@@ -544,4 +545,82 @@ fn unlink(path: PathBuf) {
         }
     })
     .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    #[test]
+    fn rounds_resolve_futures_and_recovery_reads_back_and_cuts_torn_tails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("q").join("00000000000000000000.log");
+        let root = dir.path().to_owned();
+        run(move || async move {
+            // As on a shard: the thread's first DMA open is of a file with data.
+            crate::storage::probe_dma(&root).await;
+            let disk = DiskGuard::new(root, 0);
+            let j = Journal::new();
+            let f = j.create(path.clone());
+            let (at0, len0, synced) = j.append(&f, b"first", Wait::Synced);
+            let (at1, _, written) = j.append(&f, b"second", Wait::Written);
+            let (_, _, same) = j.append(&f, b"third", Wait::Synced);
+            assert_eq!((at0, len0, at1), (0, 13, 13));
+            assert_eq!(synced.outcome(), Outcome::Pending);
+            assert!(j.pending_bytes() > 0);
+            j.round(&disk, false).await;
+            assert!(synced.wait().await && written.wait().await && same.wait().await);
+            assert_eq!(j.pending_bytes(), 0);
+            assert_eq!(j.read(&f, at1, 14).await.unwrap(), b"second");
+            // A later round rewrites the partial block and appends after it.
+            let (at3, _, more) = j.append(&f, b"fourth", Wait::Written);
+            j.round(&disk, true).await;
+            assert!(more.wait().await);
+            assert_eq!(j.read(&f, at3, 14).await.unwrap(), b"fourth");
+            drop(f);
+
+            // A torn record after the intact ones is cut off; appends resume there.
+            let mut data = std::fs::read(&path).unwrap();
+            let end = frame::records(&data)
+                .map(|(at, p)| at + 8 + p.len())
+                .last()
+                .unwrap();
+            data.truncate(end);
+            data.extend_from_slice(&[0, 0, 0, 40, 1, 2, 3]);
+            std::fs::write(&path, &data).unwrap();
+            let r = j.recover(path.clone()).unwrap();
+            let payloads: Vec<&[u8]> = frame::split(&r.data[..r.valid]).0;
+            assert_eq!(
+                payloads,
+                vec![&b"first"[..], b"second", b"third", b"fourth"]
+            );
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), end as u64);
+            let (at4, _, fifth) = j.append(&r.file, b"fifth", Wait::Synced);
+            assert_eq!(at4, end as u64);
+            j.round(&disk, false).await;
+            assert!(fifth.wait().await);
+            let again = j.recover(path.clone()).unwrap();
+            assert_eq!(frame::split(&again.data[..again.valid]).0.len(), 5);
+
+            // A removed file settles what was pending and leaves the disk.
+            let (_, _, dropped) = j.append(&r.file, b"sixth", Wait::Synced);
+            j.remove(&r.file);
+            assert!(dropped.wait().await);
+            assert_eq!(j.pending_bytes(), 0);
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(!path.exists());
+        });
+    }
 }

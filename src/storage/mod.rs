@@ -1,17 +1,34 @@
-//! Per-shard storage: the Kafka partition logs this shard owns, and the `flusher` task that
-//! writes them to disk and fdatasyncs them with group commit.
+//! Per-shard storage: the one storage engine of the broker. It holds the Kafka partition
+//! logs this shard owns and the record journals of the shard's AMQP queue store, and runs
+//! the `flusher` task that writes both to disk and fdatasyncs them with group commit.
 //!
 //! One `Storage` per shard, created by the runtime and shared by `Rc` with the shard's
-//! tasks. Only the owner shard of a partition calls into it (other shards come through the
-//! mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/<base>.log|.index|
-//! .timeindex`, documented in `shards/README.md`.
+//! tasks. Only the owner shard of a partition or queue calls into it (other shards come
+//! through the mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/
+//! <base>.log|.index|.timeindex` and `<data_dir>/<shard>/amqp/<vhost>/<queue>/<base>.log|
+//! .marks`, documented in `shards/README.md`.
+//!
+//! The engine, bottom up:
+//! - `dma`: the one way to open a data file (O_DIRECT through io_uring) and the one
+//!   block-aligned write (the last partial block is rewritten with the next write).
+//! - `frame`: the one checksummed framing of the broker's own records
+//!   (`len | crc32 | payload`), with torn-tail detection.
+//! - Segments named after their first entry, rolled by size: Kafka's (`segment`, `log`)
+//!   hold record batches verbatim, since a batch carries its own length and CRC-32C and
+//!   fetches send file bytes unchanged; the journal's (`journal`) hold framed records.
+//!   Both recover by scanning each file and truncating a torn tail with a log line.
+//! - Group commit: one flusher round writes every dirty partition and record file, then
+//!   fdatasyncs those someone waits on — one sync per file serves every waiter — and
+//!   resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
+//!   for AMQP confirms). Nothing here calls protocol code.
 //!
 //! A write or sync that fails (a full disk, ENOSPC) is an answer, not a retry: the
 //! partition's appends past what is on disk are undone (`PartitionLog::rewind`), the file
 //! is cut back to its good length, and the acks=all producers waiting on them get an
 //! error (KAFKA_STORAGE_ERROR) at once. Nothing answered as failed is written later; the
 //! next produce tries the disk again, so writes resume by themselves when space returns.
-//! `disk::DiskGuard` refuses new data before that point (`storage.min_free_bytes`).
+//! A record file does the same (`journal`). `disk::DiskGuard` refuses new data before
+//! that point (`storage.min_free_bytes`).
 
 pub mod batch;
 pub mod compaction;
