@@ -1,4 +1,4 @@
-//! The `portask` binary: command line → configuration → runtime.
+//! The `portask` binary: command line → configuration → broker.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         print!("{}", config.render(&provenance));
         return ExitCode::SUCCESS;
     }
-    match portask::runtime::start(config) {
+    match portask::broker::start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

@@ -1,20 +1,18 @@
-//! Per-shard counters and latency histograms, and the `ShardStats` snapshot the HTTP
-//! server gathers from every shard when scraped.
+//! Per-shard counters and latency histograms, and the plain records (`PartitionStats`,
+//! `QueueStats`, `ConnectionStats`) the HTTP side copies into its per-shard snapshot.
 //!
 //! Each shard's executor thread has its own `ShardMetrics` (a thread local: one per shard,
 //! never shared, never locked); the code that does the work records into it with
 //! `metrics::with`. A 1-second ticker on each shard (`run_ticker`) turns the running totals
 //! into per-second rates, rotates the "last second" latency histograms and measures how
-//! busy the shard's executor was. `snapshot` copies all of it, plus the shard's partitions,
-//! queues, groups and connections, into a `ShardStats` that crosses the mesh.
+//! busy the shard's executor was. `http::stats` gathers all of it, with the shard's
+//! partitions, queues, groups and connections, from every shard when scraped. Nothing here
+//! names a protocol's state.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use crate::runtime::shard::Shard;
 
 /// The protocols a shard serves; indexes the per-protocol counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -348,11 +346,11 @@ fn count(flows: &mut Names<Flow>, name: &str, f: impl FnOnce(&mut Flow)) {
 
 /// Every second until the shard stops: rates, latency windows and the busy ratio (time
 /// the executor spent running tasks over wall time).
-pub async fn run_ticker(shard: Rc<Shard>) {
+pub async fn run_ticker(stopping: impl Fn() -> bool) {
     // The first call resets the executor's counters; the ticker is their only reader.
     let _ = glommio::executor().executor_stats();
     with(|m| m.tick(Instant::now(), Duration::ZERO));
-    while !shard.stopping.get() {
+    while !stopping() {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         let busy = glommio::executor().executor_stats().total_runtime();
         with(|m| m.tick(Instant::now(), busy));
@@ -391,71 +389,6 @@ pub struct ConnectionStats {
     pub connected_at_ms: i64,
     /// The authenticated user (AMQP and HTTP), if any.
     pub user: Option<String>,
-}
-
-/// A copy of one shard's metrics and state, sent to the shard that serves a scrape.
-pub struct ShardStats {
-    pub shard: usize,
-    pub protocols: Vec<(Protocol, ProtocolMetrics)>,
-    pub fsync: Latency,
-    pub publish_recent: Latency,
-    pub fetch_recent: Latency,
-    pub rates: Rates,
-    pub flow_rates: HashMap<(Protocol, String), (f64, f64)>,
-    pub queue_rates: HashMap<(String, String), (f64, f64)>,
-    pub busy_ratio: f64,
-    pub partitions: Vec<PartitionStats>,
-    pub queues: Vec<QueueStats>,
-    /// (group, topic, partition, committed offset) of the groups this shard coordinates.
-    pub committed: Vec<(String, String, i32, i64)>,
-    pub groups: Vec<crate::kafka::groups::GroupSummary>,
-    pub connections: Vec<ConnectionStats>,
-    /// Bytes of Kafka batches held in the shard's tail caches.
-    pub tail_cache_bytes: u64,
-    /// Bytes of AMQP messages held in memory by the shard's queues.
-    pub amqp_memory_bytes: u64,
-}
-
-/// Copies this shard's metrics and state.
-pub fn snapshot(shard: &Shard) -> ShardStats {
-    let partitions = shard
-        .storage
-        .partitions()
-        .iter()
-        .map(|l| {
-            let l = l.borrow();
-            PartitionStats {
-                topic: l.topic.clone(),
-                partition: l.partition,
-                log_start_offset: l.log_start_offset,
-                high_watermark: l.high_watermark(),
-                size_bytes: l.size_bytes(),
-            }
-        })
-        .collect();
-    let queues = crate::amqp::queue_stats(shard);
-    let connections = shard.connection_list();
-    with(|m| ShardStats {
-        shard: shard.id,
-        protocols: PROTOCOLS
-            .into_iter()
-            .map(|p| (p, m.protocols[p as usize].clone()))
-            .collect(),
-        fsync: m.fsync.clone(),
-        publish_recent: m.publish_recent.clone(),
-        fetch_recent: m.fetch_recent.clone(),
-        rates: m.rates,
-        flow_rates: m.flow_rates.clone(),
-        queue_rates: m.queue_rates.clone(),
-        busy_ratio: m.busy_ratio,
-        partitions,
-        queues,
-        committed: shard.groups.committed(),
-        groups: shard.groups.summary(),
-        tail_cache_bytes: shard.storage.tail_cache_bytes() as u64,
-        amqp_memory_bytes: shard.amqp.memory() as u64,
-        connections,
-    })
 }
 
 /// What the operating system says of the process and its data directory.

@@ -33,8 +33,8 @@ use super::reply;
 use super::routing::QueueRef;
 use super::AmqpError;
 use crate::metrics::Protocol;
-use crate::runtime::notify::Notify;
 use crate::storage::log::now_ms;
+use crate::util::notify::Notify;
 
 pub type ChannelRef = Rc<RefCell<Channel>>;
 

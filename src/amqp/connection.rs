@@ -37,11 +37,11 @@ use super::methods::Actor;
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
 use super::{methods, outbox, reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::Change;
 use crate::metrics::Protocol;
-use crate::runtime::notify::{Listener, Notify};
-use crate::runtime::shard::Shard;
 use crate::storage::log::now_ms;
+use crate::util::notify::{Listener, Notify};
 
 /// How long a client has for the whole handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,6 +10,7 @@
 //! (`queue_owner`); deliveries come back to the consumer's shard in batches, acks go to the
 //! owner in batches, both through the shard's `Outbox`.
 
+pub mod ask;
 pub mod auth;
 pub mod channel;
 pub mod codec;
@@ -31,8 +32,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
+use crate::broker::Shard;
 use crate::config::Config;
-use crate::runtime::shard::{stable_hash, Shard};
+use crate::util::stable_hash;
 use connection::Connection;
 use queue::QueueHandle;
 use routing::Router;
@@ -141,8 +143,7 @@ pub struct ShardAmqp {
     router: RefCell<Option<Rc<Router>>>,
     /// Bytes of messages held in memory by the queues of this shard.
     memory: Cell<isize>,
-    next_id: Cell<u64>,
-    shard_id: usize,
+    ids: crate::util::ShardIds,
     shards: usize,
     pub store: store::Store,
     /// Store writes the queues wait for (confirms after fdatasync, page-outs, failures).
@@ -213,8 +214,7 @@ impl ShardAmqp {
             connections: RefCell::new(HashMap::new()),
             router: RefCell::new(None),
             memory: Cell::new(0),
-            next_id: Cell::new(1),
-            shard_id,
+            ids: crate::util::ShardIds::new(shard_id),
             shards,
             store: store::Store::new(config, shard_id),
             stored: owner::Stored::default(),
@@ -224,9 +224,7 @@ impl ShardAmqp {
 
     /// An id unique in the process: connection ids and consumer ids.
     pub fn next_id(&self) -> u64 {
-        let n = self.next_id.get();
-        self.next_id.set(n + 1);
-        ((self.shard_id as u64) << 48) | n
+        self.ids.next()
     }
 
     pub fn shards(&self) -> usize {

@@ -12,8 +12,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::mesh::{Op, Request};
-use crate::runtime::notify::Notify;
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
+use crate::util::notify::Notify;
 
 pub struct Outbox {
     queued: RefCell<Vec<Vec<Op>>>,

@@ -1,8 +1,9 @@
 //! Where AMQP envelopes arrive: `serve` applies a batch of `Op`s on this shard — queue
 //! work on the queues it owns, deliveries and confirms for the connections it holds.
 //!
-//! Called synchronously from `Shard::serve` (ops from another shard) and from the outbox's
-//! flush task (ops for this shard), always in the order they were queued. Answers leave
+//! Called synchronously by `Shard::amqp` (`amqp::ask`: on this shard, or on arrival here
+//! from another shard) and from the outbox's flush task (ops for this shard), always in the
+//! order they were queued. Answers leave
 //! through the ops' `ReplyTo`s, which never wait (`runtime::reply`).
 //!
 //! Also where the owner follows its queues' store writes (`Stored`): the message store
@@ -18,8 +19,8 @@ use super::queue::{confirm_to, QueueHandle, QueueState};
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
 use super::{outbox, queue_owner, reply};
+use crate::broker::Shard;
 use crate::catalog::Change;
-use crate::runtime::shard::Shard;
 use crate::storage::journal::{Durable, Outcome};
 
 /// An envelope from another shard: applied now; the reply (which lets the sender's
@@ -55,7 +56,7 @@ pub async fn relieve(shard: &Rc<Shard>) {
     let start = std::time::Instant::now();
     while under_pressure(shard) {
         let paging = shard.amqp.store.pending_bytes() > 0;
-        let l = crate::runtime::notify::Listener::new();
+        let l = crate::util::notify::Listener::new();
         l.listen(shard.amqp.store.round_done());
         let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
             l.await;

@@ -24,7 +24,7 @@ use super::reply;
 use super::routing::QueueRef;
 use super::store::Location;
 use super::topology::{decode_table, queue_type, Overflow, Queue, QueueArgs, QueueType};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 use crate::storage::log::now_ms;
 
 pub struct Entry {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use glommio::net::TcpListener;
 
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 
 pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
     TcpListener::bind(shard.config.amqp.addr.as_str()).map_err(std::io::Error::from)

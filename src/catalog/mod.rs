@@ -17,8 +17,8 @@ use std::sync::Arc;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::runtime::notify::Notify;
 use crate::storage::LogSettings;
+use crate::util::notify::Notify;
 
 /// Why a catalog change was refused; the Kafka layer maps each to an error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

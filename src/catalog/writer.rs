@@ -20,7 +20,12 @@ use glommio::sync::Semaphore;
 use super::store::CatalogStore;
 use super::{validate_config, validate_topic_name, CatalogError, CatalogState, Change};
 use crate::config::Config;
-use crate::runtime::mesh::CatalogReply;
+
+/// The answer of shard 0's catalog writer: one result per change, and the state after.
+pub struct CatalogReply {
+    pub results: Vec<Result<(), CatalogError>>,
+    pub state: Arc<CatalogState>,
+}
 
 pub struct CatalogWriter {
     store: RefCell<Option<CatalogStore>>,

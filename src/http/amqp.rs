@@ -58,8 +58,8 @@ use crate::amqp::methods::{
 use crate::amqp::routing::QueueRef;
 use crate::amqp::topology::{decode_table, encode_table, Binding, DestKind, VhostTopology};
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::broker::Shard;
 use crate::metrics::{Protocol, QueueStats};
-use crate::runtime::shard::Shard;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     let m = &req.method;

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use http::Method;
 
 use super::{no_content, ok_json, ApiError, ApiResult, Req};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match (rest, &req.method) {
@@ -26,7 +26,7 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
             let id: u64 = id
                 .parse()
                 .map_err(|_| ApiError::BadRequest(format!("'{id}' is not a connection id")))?;
-            if shard.close_connection(id).await {
+            if shard.core.close_connection(id).await {
                 no_content()
             } else {
                 Err(ApiError::NotFound(format!("no open connection {id}")))

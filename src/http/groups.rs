@@ -13,8 +13,8 @@ use kafka_protocol::ResponseError;
 use serde::Serialize;
 
 use super::{no_content, ok_json, ApiError, ApiResult, Req};
+use crate::broker::Shard;
 use crate::kafka::groups::{Reply, Request};
-use crate::runtime::shard::Shard;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match (rest, &req.method) {

@@ -12,7 +12,7 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::{json, ApiResult};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 
 #[derive(Serialize)]
 struct ShardHealth {
@@ -32,7 +32,7 @@ pub async fn health(shard: &Rc<Shard>) -> ApiResult {
     let deadline = Duration::from_millis(shard.config.http.health_deadline_ms.max(1));
     let checks = (0..shard.count).map(|to| async move {
         let started = Instant::now();
-        let alive = shard.ping(to, deadline).await;
+        let alive = shard.core.ping(to, deadline).await;
         ShardHealth {
             id: to,
             status: if alive { "ok" } else { "unresponsive" },

@@ -20,6 +20,7 @@ pub mod io;
 pub mod overview;
 pub mod prometheus;
 pub mod records;
+pub mod stats;
 pub mod topics;
 
 use std::collections::HashMap;
@@ -38,9 +39,9 @@ use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 
+use crate::broker::Shard;
 use crate::metrics::Protocol;
-use crate::runtime::notify::Listener;
-use crate::runtime::shard::Shard;
+use crate::util::notify::Listener;
 use auth::User;
 
 pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {

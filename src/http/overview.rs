@@ -14,8 +14,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::{ok_json, ApiResult, Body};
-use crate::metrics::{self, Latency, Protocol, Rates, ShardStats};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
+use crate::http::stats::ShardStats;
+use crate::metrics::{self, Latency, Protocol, Rates};
 
 #[derive(Serialize, Default)]
 pub struct Totals {

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use super::{with_type, ApiResult};
-use crate::metrics::{self, Latency, ShardStats};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
+use crate::http::stats::ShardStats;
+use crate::metrics::{self, Latency};
 
 /// Latency bucket bounds in seconds.
 const BUCKETS: &[f64] = &[

@@ -35,9 +35,9 @@ use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 
 use super::{json, ApiError, ApiResult, Req};
+use crate::broker::Shard;
 use crate::kafka::owner::{FetchPart, ProducePart, Reply, Request};
 use crate::metrics::Protocol;
-use crate::runtime::shard::Shard;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match rest {

@@ -11,8 +11,8 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{json, no_content, ok_json, only, ApiError, ApiResult, Req};
+use crate::broker::Shard;
 use crate::catalog::{self, new_topic_id, CatalogError, Change, Topic};
-use crate::runtime::shard::Shard;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     let m = &req.method;

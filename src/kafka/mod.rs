@@ -13,9 +13,38 @@ pub mod owner;
 pub mod produce_scan;
 pub mod server;
 
+use std::cell::Cell;
+
 use kafka_protocol::ResponseError;
 
 use crate::catalog::CatalogError;
+use crate::util::notify::Notify;
+
+/// Kafka's per-shard state kept outside its handlers: the request bytes read and not yet
+/// answered over all the shard's connections (the shard in-flight budget `server` charges
+/// before reading a frame), and a wake-up for readers waiting for room.
+#[derive(Default)]
+pub struct InflightBudget {
+    bytes: Cell<usize>,
+    pub released: Notify,
+}
+
+impl InflightBudget {
+    /// Bytes charged and not yet released.
+    pub fn used(&self) -> usize {
+        self.bytes.get()
+    }
+
+    pub fn charge(&self, n: usize) {
+        self.bytes.set(self.bytes.get() + n);
+    }
+
+    /// Gives `n` bytes back and wakes readers waiting for room.
+    pub fn release(&self, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_sub(n));
+        self.released.notify();
+    }
+}
 
 /// The Kafka error code a client expects for a catalog refusal.
 pub fn catalog_error_code(e: &CatalogError) -> i16 {

@@ -1,8 +1,9 @@
 //! Kafka partition work that runs on the partition's owner shard: append, read, offset
 //! lookups and long-poll waits.
 //!
-//! Reached only through `Shard::kafka_dispatch` / `Shard::kafka` (directly when the owner is
-//! the caller's shard, else as one mesh envelope per owner per client request). `start`
+//! Reached only through `Shard::kafka_dispatch` / `Shard::kafka`, Kafka's "ask the owner"
+//! calls defined here (directly when the owner is the caller's shard, else as one
+//! cross-shard call per owner per client request, `Core::dispatch_on`). `start`
 //! does the synchronous part at once — appends happen in the order requests arrive — and
 //! returns a future for the rest (waiting for fdatasync, disk reads).
 //!
@@ -17,12 +18,12 @@ use bytes::Bytes;
 use futures::future::{join_all, LocalBoxFuture};
 use kafka_protocol::ResponseError;
 
+use crate::broker::Shard;
 use crate::catalog;
-use crate::runtime::notify::Listener;
-use crate::runtime::shard::Shard;
 use crate::storage::batch::{self, BatchError};
 use crate::storage::log::{self as plog, LogError};
 use crate::storage::LogRef;
+use crate::util::notify::Listener;
 
 pub struct ProducePart {
     pub topic: String,
@@ -151,9 +152,28 @@ fn log_error_code(e: &LogError) -> i16 {
     }
 }
 
-/// Serves a request completely (for callers that need no two-stage split).
-pub async fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
-    start(shard, req).await
+impl Shard {
+    /// Asks partition work of `owner`, locally or on its shard.
+    pub async fn kafka(self: &Rc<Self>, owner: usize, req: Request) -> Reply {
+        self.kafka_dispatch(owner, req).await.await
+    }
+
+    /// Starts partition work on `owner` and returns its completion; the synchronous part
+    /// (e.g. the append of a produce) has happened, in call order, when this resolves.
+    pub async fn kafka_dispatch(
+        self: &Rc<Self>,
+        owner: usize,
+        req: Request,
+    ) -> LocalBoxFuture<'static, Reply> {
+        if owner == self.id {
+            return start(self, req);
+        }
+        let done = self
+            .core
+            .dispatch_on::<Shard, _, _, _>(owner, move |shard: &Rc<Shard>| start(shard, req))
+            .await;
+        Box::pin(async move { done.await.unwrap_or(Reply::Unavailable) })
+    }
 }
 
 /// Runs the synchronous part of `req` now and returns the rest.

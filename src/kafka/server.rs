@@ -38,8 +38,8 @@ use kafka_protocol::messages::ApiKey;
 use super::codec::{self, CodecError};
 use super::handlers::{self, api_versions, Conn};
 use super::produce_scan;
-use crate::runtime::notify::Listener;
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
+use crate::util::notify::Listener;
 
 pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
     TcpListener::bind(shard.config.kafka.addr.as_str()).map_err(std::io::Error::from)
@@ -143,7 +143,7 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
                 }
             }
             gone.set(true);
-            shard.kafka_released.notify();
+            shard.kafka_budget.released.notify();
             if stuck {
                 // Wakes the reader too: its next read ends at once.
                 let _ = writer.shutdown(std::net::Shutdown::Both).await;
@@ -170,10 +170,7 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
 /// Gives back `size` request bytes of a connection's and its shard's in-flight budget.
 fn release(shard: &Shard, inflight: &Cell<usize>, size: usize) {
     inflight.set(inflight.get().saturating_sub(size));
-    shard
-        .kafka_inflight
-        .set(shard.kafka_inflight.get().saturating_sub(size));
-    shard.kafka_released.notify();
+    shard.kafka_budget.release(size);
 }
 
 /// Waits until a request of `size` bytes fits the connection's and the shard's in-flight
@@ -187,15 +184,15 @@ async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize, writer_gone
     // its budget, so a request larger than a budget still goes through, and the shard holds
     // at most its budget plus one request.
     let fits = || {
-        (inflight.get() == 0 && shard.kafka_inflight.get() <= limits.shard_inflight_bytes)
+        (inflight.get() == 0 && shard.kafka_budget.used() <= limits.shard_inflight_bytes)
             || (inflight.get() + size <= limits.connection_inflight_bytes
-                && shard.kafka_inflight.get() + size <= limits.shard_inflight_bytes)
+                && shard.kafka_budget.used() + size <= limits.shard_inflight_bytes)
     };
     if !fits() {
         crate::metrics::with(|m| m.protocol(crate::metrics::Protocol::Kafka).throttled += 1);
         while !fits() && !shard.stopping.get() && !writer_gone.get() {
             let l = Listener::new();
-            l.listen(&shard.kafka_released);
+            l.listen(&shard.kafka_budget.released);
             if fits() {
                 break;
             }
@@ -207,7 +204,7 @@ async fn acquire(shard: &Shard, inflight: &Cell<usize>, size: usize, writer_gone
         }
     }
     inflight.set(inflight.get() + size);
-    shard.kafka_inflight.set(shard.kafka_inflight.get() + size);
+    shard.kafka_budget.charge(size);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -479,9 +476,7 @@ async fn read_requests(
             release(shard, inflight, charge - kept);
         } else {
             inflight.set(inflight.get() + (kept - charge));
-            shard
-                .kafka_inflight
-                .set(shard.kafka_inflight.get() + (kept - charge));
+            shard.kafka_budget.charge(kept - charge);
         }
         let task = glommio::spawn_local(pending).detach();
         if out.send((kept, task)).await.is_err() {

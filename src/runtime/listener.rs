@@ -3,7 +3,7 @@
 //! `limits.max_connections_per_ip` (from one address, across every shard and port of the
 //! process) with a rate-limited log line and a count in `/metrics`
 //! (`portask_connections_refused_total`), and run each accepted connection as a task on
-//! this shard, listed in `Shard::clients`.
+//! this shard, listed in `Core::clients`.
 //!
 //! `Clients` is the shard's list of open connections (what `/api/v1/connections` shows); a
 //! connection is closed from outside by shutting its socket down, which its own task sees
@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -20,17 +21,20 @@ use std::sync::Mutex;
 use futures::future::{select, Either};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::notify::Listener;
-use super::shard::Shard;
+use super::core::Core;
+use crate::util::notify::{Listener, Notify};
+use crate::util::ShardIds;
 
-/// Accepts `protocol` connections on `listener` until the shard stops; `serve` runs one.
-pub async fn accept_loop<F, Fut, E>(
-    shard: Rc<Shard>,
+/// Accepts `protocol` connections on `listener` until the shard stops; `serve` runs one
+/// with the protocol's view of the shard (`S`, anything that leads to its `Core`).
+pub async fn accept_loop<S, F, Fut, E>(
+    shard: Rc<S>,
     listener: TcpListener,
     protocol: &'static str,
     serve: F,
 ) where
-    F: Fn(Rc<Shard>, TcpStream) -> Fut + 'static,
+    S: Deref<Target = Core> + 'static,
+    F: Fn(Rc<S>, TcpStream) -> Fut + 'static,
     Fut: Future<Output = Result<(), E>> + 'static,
     E: std::fmt::Display,
 {
@@ -87,11 +91,11 @@ pub async fn accept_loop<F, Fut, E>(
         let shard = shard.clone();
         let serve = serve.clone();
         glommio::spawn_local(async move {
-            let id = shard.clients.open(&shard, protocol, &stream);
+            let id = shard.clients.open(protocol, &stream);
             if let Err(e) = serve(shard.clone(), stream).await {
                 log::debug!("{protocol} connection ended: {e}");
             }
-            shard.clients.close(&shard, id);
+            shard.clients.close(id);
             drop(slot);
         })
         .detach();
@@ -123,7 +127,7 @@ fn refuse(protocol: &'static str, why: Refusal, line: impl FnOnce() -> String) {
             }
         });
     }
-    let now = crate::storage::log::now_ms();
+    let now = crate::util::now_ms();
     if now.saturating_sub(LAST_REFUSAL_LOG_MS.with(Cell::get)) >= 1000 {
         LAST_REFUSAL_LOG_MS.with(|c| c.set(now));
         let unlogged = REFUSALS_UNLOGGED.with(|c| c.replace(0));
@@ -210,7 +214,9 @@ struct Client {
 pub struct Clients {
     shard: usize,
     map: RefCell<BTreeMap<u64, Client>>,
-    next: Cell<u64>,
+    ids: ShardIds,
+    /// Fires whenever a connection opens or closes (the clean stop waits on it).
+    pub changed: Notify,
 }
 
 impl Clients {
@@ -218,7 +224,8 @@ impl Clients {
         Clients {
             shard,
             map: RefCell::new(BTreeMap::new()),
-            next: Cell::new(1),
+            ids: ShardIds::new(shard),
+            changed: Notify::new(),
         }
     }
 
@@ -230,10 +237,9 @@ impl Clients {
         self.len() == 0
     }
 
-    fn open(&self, shard: &Shard, protocol: &'static str, stream: &TcpStream) -> u64 {
+    fn open(&self, protocol: &'static str, stream: &TcpStream) -> u64 {
         // Shard in the high bits: ids are unique across the process.
-        let id = ((self.shard as u64) << 48) | self.next.get();
-        self.next.set(self.next.get() + 1);
+        let id = self.ids.next();
         let addr =
             |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         self.map.borrow_mut().insert(
@@ -242,7 +248,7 @@ impl Clients {
                 protocol,
                 peer: addr(stream.peer_addr().map_err(Into::into)),
                 local: addr(stream.local_addr().map_err(Into::into)),
-                connected_at_ms: crate::storage::log::now_ms(),
+                connected_at_ms: crate::util::now_ms(),
                 // SAFETY: `stream` is alive for this whole call, so its descriptor is open
                 // while it is borrowed; the borrow ends with this statement, leaving only
                 // the duplicate we own.
@@ -258,11 +264,11 @@ impl Clients {
                 m.connections_total += 1;
             });
         }
-        shard.connections_changed.notify();
+        self.changed.notify();
         id
     }
 
-    fn close(&self, shard: &Shard, id: u64) {
+    fn close(&self, id: u64) {
         if let Some(c) = self.map.borrow_mut().remove(&id) {
             if let Some(p) = crate::metrics::Protocol::from_name(c.protocol) {
                 crate::metrics::with(|m| {
@@ -271,7 +277,7 @@ impl Clients {
                 });
             }
         }
-        shard.connections_changed.notify();
+        self.changed.notify();
     }
 
     /// Shuts a connection's socket down; false when it is not open on this shard.

@@ -14,11 +14,12 @@
 //! shard and an id in that shard's `Replies`; the answering shard sends the value back as
 //! `Message::Reply` over the mesh, whose shared channels keep every waker on the reactor
 //! that registered it (the remote side only writes an eventfd); the asking shard's
-//! `Shard::serve` hands the value to the waiting task through a oneshot that lives on that
+//! `Core::serve` hands the value to the waiting task through a oneshot that lives on that
 //! shard alone. A waiter dropped before its answer (the client left, a timeout) removes its
-//! entry; the late answer is then passed to `unclaimed` (a basic.get's message goes back to
-//! its queue) and dropped. A `ReplyTo` dropped unanswered answers "nothing" (`None`), so the
-//! asker does not wait forever.
+//! entry; the late answer is then offered to the hooks protocols registered
+//! (`Replies::on_unclaimed`: a basic.get's message goes back to its queue) and dropped. A
+//! `ReplyTo` dropped unanswered answers "nothing" (`None`), so the asker does not wait
+//! forever.
 //!
 //! Everything else that wakes a task was audited for the same fault (issue 13); none wakes
 //! a task from another thread:
@@ -33,7 +34,7 @@
 //! - `Notify`, hyper's sleeps (`http::io`, see its SAFETY note), timers and sockets: local
 //!   to the shard by construction (`Rc`, not `Send`).
 //!
-//! Runs on every shard; `bind` ties this thread to its `Shard` once the shard exists, and
+//! Runs on every shard; `bind` ties this thread to its `Core` once the shard exists, and
 //! `ReplyTo::send` never awaits (a full mesh channel hands the answer to a spawned task), so
 //! the mesh receive loop that calls it never blocks on a send.
 
@@ -50,22 +51,22 @@ use std::task::{Context, Poll};
 // both created, completed and dropped on the asking shard's thread.
 use futures::channel::oneshot;
 
-use super::shard::Shard;
+use super::core::Core;
 
 /// An answer in flight: `None` when the request was dropped without one.
 pub type Answer = Option<Box<dyn Any + Send>>;
 
 thread_local! {
     /// The shard this thread runs, for `ReplyTo::send` and `ReplyTo`'s drop.
-    static SHARD: RefCell<Weak<Shard>> = const { RefCell::new(Weak::new()) };
+    static SHARD: RefCell<Weak<Core>> = const { RefCell::new(Weak::new()) };
 }
 
 /// Makes `shard` the one this thread's answers leave from (called once per shard thread).
-pub fn bind(shard: &Rc<Shard>) {
+pub fn bind(shard: &Rc<Core>) {
     SHARD.with(|s| *s.borrow_mut() = Rc::downgrade(shard));
 }
 
-fn this_shard() -> Option<Rc<Shard>> {
+fn this_shard() -> Option<Rc<Core>> {
     SHARD.try_with(|s| s.borrow().upgrade()).ok().flatten()
 }
 
@@ -110,7 +111,7 @@ fn deliver(to: usize, id: u64, answer: Answer) {
     };
     if to == shard.id {
         if let Some(unclaimed) = shard.replies.complete(id, answer) {
-            self::unclaimed(&shard, unclaimed);
+            shard.replies.unclaimed(unclaimed);
         }
     } else {
         // A request dropped unanswered while the shard stops may be dropped by the
@@ -127,7 +128,12 @@ fn deliver(to: usize, id: u64, answer: Answer) {
 pub struct Replies {
     next: Cell<u64>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// What the protocols do with an answer nobody waits for (`on_unclaimed`).
+    unclaimed: RefCell<Vec<UnclaimedHook>>,
 }
+
+/// Takes an unclaimed answer it knows (returning `None`), or hands it back.
+pub type UnclaimedHook = Box<dyn Fn(Box<dyn Any + Send>) -> Option<Box<dyn Any + Send>>>;
 
 impl Replies {
     /// A new waiter on this shard (`me`): the `ReplyTo` to put into the request and the
@@ -169,11 +175,21 @@ impl Replies {
     }
 }
 
-/// An answer nobody waits for any more. Most are dropped as they are; a message taken by
-/// a basic.get whose asker left goes back to its queue.
-pub fn unclaimed(shard: &Rc<Shard>, answer: Box<dyn Any + Send>) {
-    if let Ok(got) = answer.downcast::<crate::amqp::mesh::GetAnswer>() {
-        crate::amqp::owner::unclaimed_get(shard, *got);
+impl Replies {
+    /// Registers what to do with an unclaimed answer of some kind (a protocol's, e.g. a
+    /// message a basic.get took for an asker that left goes back to its queue).
+    pub fn on_unclaimed(&self, hook: UnclaimedHook) {
+        self.unclaimed.borrow_mut().push(hook);
+    }
+
+    /// An answer nobody waits for any more: offered to each hook; dropped when none takes it.
+    pub fn unclaimed(&self, mut answer: Box<dyn Any + Send>) {
+        for hook in self.unclaimed.borrow().iter() {
+            match hook(answer) {
+                Some(back) => answer = back,
+                None => return,
+            }
+        }
     }
 }
 
@@ -213,7 +229,7 @@ mod tests {
     fn an_answer_reaches_its_waiter_once() {
         let replies = Rc::new(Replies::default());
         let (reply, answer) = replies.expect::<u32>(0);
-        std::mem::forget(reply); // answered by hand below, as `Shard::serve` would
+        std::mem::forget(reply); // answered by hand below, as `Core::serve` would
         assert_eq!(replies.waiting(), 1);
         assert!(replies.complete(0, Some(Box::new(7u32))).is_none());
         assert_eq!(block_on(answer), Some(7));
@@ -250,5 +266,29 @@ mod tests {
         std::mem::forget(reply);
         assert!(replies.complete(0, Some(Box::new("x"))).is_none());
         assert_eq!(block_on(answer), None);
+    }
+
+    #[test]
+    fn an_unclaimed_answer_goes_to_the_hook_that_knows_its_kind() {
+        let replies = Rc::new(Replies::default());
+        let taken = Rc::new(Cell::new(0u32));
+        let seen = taken.clone();
+        replies.on_unclaimed(Box::new(move |answer| match answer.downcast::<u32>() {
+            Ok(n) => {
+                seen.set(*n);
+                None
+            }
+            Err(other) => Some(other),
+        }));
+        let (reply, answer) = replies.expect::<u32>(0);
+        std::mem::forget(reply);
+        drop(answer); // the asker left
+        if let Some(late) = replies.complete(0, Some(Box::new(42u32))) {
+            replies.unclaimed(late);
+        }
+        assert_eq!(taken.get(), 42, "the hook took the late answer");
+        // An answer of a kind no hook knows is dropped, and the hook is not called.
+        replies.unclaimed(Box::new("other"));
+        assert_eq!(taken.get(), 42);
     }
 }

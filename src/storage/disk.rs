@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::runtime::notify::Notify;
+use crate::util::notify::Notify;
 
 /// How often the free space is read when nothing failed.
 const INTERVAL: Duration = Duration::from_secs(1);

@@ -28,7 +28,7 @@ use glommio::io::DmaFile;
 
 use super::disk::DiskGuard;
 use super::{dma, frame};
-use crate::runtime::notify::{Listener, Notify};
+use crate::util::notify::{Listener, Notify};
 
 /// What an appender waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::batch::{self, BatchHeader};
 use super::producers::{ProducerStates, Verdict};
 use super::segment::Segment;
 use super::LogSettings;
-use crate::runtime::notify::Notify;
+use crate::util::notify::Notify;
 
 /// Errors of a partition log, mapped by the Kafka layer to client error codes.
 #[derive(Debug, thiserror::Error)]
@@ -116,12 +116,7 @@ pub async fn save_log_start(dir: &Path, offset: i64) -> std::io::Result<()> {
         .await
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::util::now_ms;
 
 impl PartitionLog {
     /// A new, empty partition; its directory is created on the first write.

@@ -52,7 +52,7 @@ use futures::future::join_all;
 
 use self::log::{now_ms, LogError, PartitionLog};
 use crate::config::{Config, FsyncPolicy};
-use crate::runtime::notify::{Listener, Notify};
+use crate::util::notify::{Listener, Notify};
 
 /// The effective settings of one partition's log: broker defaults overlaid with the
 /// topic's configs.

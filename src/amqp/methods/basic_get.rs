@@ -14,7 +14,7 @@ use crate::amqp::connection::Connection;
 use crate::amqp::mesh::{Delivery, GetAnswer, Op};
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 
 /// Takes the next ready message of `queue` on its owner, with the count of ready messages
 /// left; `None` when it is empty. Unless `no_ack` the message waits on the owner, unacked,

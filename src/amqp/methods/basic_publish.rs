@@ -32,8 +32,8 @@ use crate::amqp::message::{
 use crate::amqp::routing::{QueueRef, RouteError};
 use crate::amqp::topology::str_value;
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::broker::Shard;
 use crate::metrics::Protocol;
-use crate::runtime::shard::Shard;
 use amq_protocol::types::AMQPValue;
 
 pub fn publish(

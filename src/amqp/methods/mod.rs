@@ -28,8 +28,8 @@ use super::connection::Connection;
 use super::routing::QueueRef;
 use super::topology::Queue;
 use super::{reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::{CatalogError, Change};
-use crate::runtime::shard::Shard;
 
 /// Runs the handler of one method.
 pub async fn dispatch(

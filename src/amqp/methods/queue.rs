@@ -29,8 +29,8 @@ use crate::amqp::topology::{
     encode_table, parse_queue_args, queue_type, Binding, DestKind, Queue, TopologyChange,
 };
 use crate::amqp::{outbox, reply, AmqpError};
+use crate::broker::Shard;
 use crate::catalog::Change;
-use crate::runtime::shard::Shard;
 
 fn answer(conn: &Connection, ch: &ChannelRef, nowait: bool, m: qm::AMQPMethod) {
     if !nowait {

@@ -17,7 +17,7 @@ use crate::amqp::channel::{ChannelRef, Tx};
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::Op;
 use crate::amqp::{outbox, reply, AmqpError};
-use crate::runtime::notify::Listener;
+use crate::util::notify::Listener;
 
 pub fn select(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpError> {
     let id = {

@@ -39,10 +39,10 @@ use self::record::{encode_marks, encode_message, FLAG_TRANSIENT, REC_ACK, REC_DE
 pub use self::recovery::{migrate, recover};
 use super::queue::Entry;
 use super::routing::QueueRef;
+use crate::broker::Shard;
 use crate::config::Config;
-use crate::runtime::notify::Notify;
-use crate::runtime::shard::Shard;
 use crate::storage::journal::{Durable, FileRef, Journal, Wait};
+use crate::util::notify::Notify;
 
 const META: &str = "queue.meta";
 
@@ -159,7 +159,7 @@ pub fn dir_name(name: &str) -> String {
         out.push_str("%00");
     }
     if out.len() > 180 {
-        let h = crate::runtime::shard::stable_hash(name.as_bytes());
+        let h = crate::util::stable_hash(name.as_bytes());
         out.truncate(160);
         while !out.is_char_boundary(out.len()) {
             out.pop();

@@ -21,7 +21,7 @@ use super::{log_path, marks_path, Location, QueueLog, Segment, META};
 use crate::amqp::message::Message;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{owner, queue_owner};
-use crate::runtime::shard::Shard;
+use crate::broker::Shard;
 use crate::storage::frame;
 
 /// Recovers this shard's durable queues from disk into their owner state; removes the
@@ -232,7 +232,7 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
 /// Moves queue directories to their owner shard when the shard count changed (ownership
 /// is a hash onto the shard count). Runs before any shard starts.
 pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
-    for (from, dir) in crate::runtime::shard_dirs(data_dir) {
+    for (from, dir) in crate::broker::shard_dirs(data_dir) {
         let root = dir.join("amqp");
         let Ok(vdirs) = std::fs::read_dir(&root) else {
             continue;

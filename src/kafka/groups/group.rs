@@ -4,7 +4,7 @@
 //! Lives on the group's coordinator shard only, inside `Coordinator`. Every method is
 //! synchronous; a JoinGroup or SyncGroup that must wait is handed a oneshot receiver that
 //! the state machine answers when the rebalance moves on. Both ends of that oneshot stay on
-//! the coordinator shard: the receiver is awaited by the task `Shard::serve` spawns there
+//! the coordinator shard: the receiver is awaited by the task `Core::invoke_on` spawns there
 //! (or by the connection's own task when the group is local), and the answer to the
 //! connection's shard travels back over the mesh (`runtime::reply`).
 

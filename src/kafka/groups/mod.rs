@@ -3,7 +3,8 @@
 //!
 //! Each group is coordinated by one shard, `group_owner(group id)`; every shard has a
 //! `Coordinator` for the groups that hash to it. Handlers on the connection's shard send
-//! the decoded request to the coordinator shard (`Shard::group`) and encode its answer.
+//! the decoded request to the coordinator shard (`Shard::group`, groups' "ask the owner"
+//! call, defined here) and encode its answer.
 //! A JoinGroup or SyncGroup that must wait for the rebalance holds its reply channel until
 //! the state machine answers it; that channel never leaves the coordinator shard (the
 //! answer crosses back as a mesh message, `runtime::reply`), so no waker crosses a thread.
@@ -27,12 +28,31 @@ use kafka_protocol::ResponseError;
 
 use self::group::{Group, JoinOutcome, JoinRequest, State, SyncOutcome, Timeouts};
 use self::store::{Committed, OffsetRecord, OffsetStore, Offsets};
+use crate::broker::Shard;
 use crate::config::Config;
-use crate::runtime::shard::stable_hash;
+use crate::util::stable_hash;
 
 /// The shard that coordinates `group`.
 pub fn group_owner(group: &str, shards: usize) -> usize {
     (stable_hash(group.as_bytes()) % shards as u64) as usize
+}
+
+impl Shard {
+    /// Asks the coordinator shard of a consumer group, locally or on its shard.
+    pub async fn group(self: &Rc<Self>, group: &str, req: Request) -> Reply {
+        self.group_on(group_owner(group, self.count), req).await
+    }
+
+    /// Asks one shard's group coordinator (ListGroups asks them all).
+    pub async fn group_on(self: &Rc<Self>, owner: usize, req: Request) -> Reply {
+        if owner == self.id {
+            return self.groups.start(req).await;
+        }
+        self.core
+            .invoke_on::<Shard, _, _, _>(owner, move |shard: &Rc<Shard>| shard.groups.start(req))
+            .await
+            .unwrap_or(Reply::Unavailable)
+    }
 }
 
 /// One partition's committed offset as OffsetFetch reports it.
@@ -151,22 +171,23 @@ impl Coordinator {
         }))
     }
 
-    /// Background work: the offset writer and the session/rebalance clock.
-    pub fn spawn_tasks(self: &Rc<Self>) {
+    /// Background work: the offset writer (started by `broker::run_shard`, runs until
+    /// the executor ends).
+    pub fn run_offset_writer(self: &Rc<Self>) -> impl std::future::Future<Output = ()> {
         let me = self.clone();
-        let store = self.store.clone();
-        glommio::spawn_local(store.run_writer(move || me.live_records())).detach();
-        let me = self.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                let now = Instant::now();
-                for g in me.groups.borrow_mut().values_mut() {
-                    g.tick(me.timeouts, now);
-                }
+        self.store.clone().run_writer(move || me.live_records())
+    }
+
+    /// Background work: the session and rebalance clock, every 100 ms (started by
+    /// `broker::run_shard`, runs until the executor ends).
+    pub async fn run_clock(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let now = Instant::now();
+            for g in self.groups.borrow_mut().values_mut() {
+                g.tick(self.timeouts, now);
             }
-        })
-        .detach();
+        }
     }
 
     fn live_records(&self) -> Vec<OffsetRecord> {

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use futures::channel::oneshot;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::runtime::notify::{Listener, Notify};
+use crate::util::notify::{Listener, Notify};
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]

@@ -175,7 +175,7 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
 
 /// Reads every wanted partition once, one envelope per owner shard.
 async fn fetch_round(
-    shard: &Rc<crate::runtime::shard::Shard>,
+    shard: &Rc<crate::broker::Shard>,
     wanted: &[Wanted],
     unknown: i16,
 ) -> Vec<FetchResult> {

@@ -45,8 +45,8 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
 
 use super::codec::{self, CodecError, Frame, Request};
+use crate::broker::Shard;
 use crate::metrics::Protocol;
-use crate::runtime::shard::Shard;
 
 /// What a handler knows of its connection.
 pub struct Conn {

@@ -13,8 +13,8 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
 use kafka_protocol::ResponseError;
 
 use super::{frame, str_bytes, topic_name, Conn, Pending};
+use crate::broker::Shard;
 use crate::kafka::groups::{FetchedOffset, Reply, Request};
-use crate::runtime::shard::Shard;
 
 /// One group's offsets, grouped by topic in first-seen order.
 async fn fetch(

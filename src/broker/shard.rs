@@ -1,0 +1,162 @@
+//! `Shard`: the composition of one executor's state — the protocol-free runtime `Core`
+//! (id, mesh, replies, connections, stop), this shard's storage, its catalog replica (and, on
+//! shard 0, the catalog writer), the consumer groups it coordinates, its Kafka in-flight
+//! budget and its AMQP state.
+//!
+//! Created inside the shard's executor by `broker::run_shard` and registered with its `Core`
+//! as the shard's local, so work sent from another shard (`Core::invoke_on::<Shard, ..>`)
+//! finds it. Each protocol writes its own "ask the owner" calls as methods on `Shard` in its
+//! own module (`kafka::owner`, `kafka::groups`, `amqp::ask`); the catalog's are here.
+
+use std::ops::Deref;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::catalog::writer::{CatalogReply, CatalogWriter};
+use crate::catalog::{self, CatalogError, CatalogState, Change, Replica};
+use crate::kafka::groups::Coordinator;
+use crate::runtime::core::Core;
+use crate::storage::Storage;
+use crate::util::partition_owner;
+
+pub struct Shard {
+    pub core: Rc<Core>,
+    pub storage: Rc<Storage>,
+    /// The consumer groups this shard coordinates.
+    pub groups: Rc<Coordinator>,
+    pub catalog: Replica,
+    writer: Option<CatalogWriter>,
+    /// Kafka request bytes read and not yet answered, over all connections of the shard.
+    pub kafka_budget: crate::kafka::InflightBudget,
+    /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
+    pub amqp: crate::amqp::ShardAmqp,
+}
+
+impl Deref for Shard {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Shard {
+    pub fn new(
+        core: Rc<Core>,
+        storage: Rc<Storage>,
+        groups: Rc<Coordinator>,
+        state: Arc<CatalogState>,
+        writer: Option<CatalogWriter>,
+    ) -> Shard {
+        let amqp = crate::amqp::ShardAmqp::new(&core.config, core.id, core.count);
+        Shard {
+            core,
+            storage,
+            groups,
+            catalog: Replica::new(state),
+            writer,
+            kafka_budget: Default::default(),
+            amqp,
+        }
+    }
+
+    pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        partition_owner(topic, partition, self.count)
+    }
+
+    /// Applies catalog changes through shard 0's writer and installs the resulting state
+    /// here before returning (read-your-writes).
+    pub async fn change_catalog(
+        self: &Rc<Self>,
+        changes: Vec<Change>,
+        validate_only: bool,
+    ) -> Vec<Result<(), CatalogError>> {
+        let n = changes.len();
+        let reply = if self.id == 0 {
+            self.write_catalog(changes, validate_only).await
+        } else {
+            let answer = self
+                .core
+                .invoke_on::<Shard, _, _, _>(0, move |writer: &Rc<Shard>| {
+                    let writer = writer.clone();
+                    async move { writer.write_catalog(changes, validate_only).await }
+                })
+                .await;
+            match answer {
+                Some(reply) => reply,
+                None => {
+                    let e = CatalogError::Storage("catalog writer unreachable".into());
+                    return vec![Err(e); n];
+                }
+            }
+        };
+        self.install_catalog(reply.state);
+        reply.results
+    }
+
+    /// Shard 0 only: runs the writer, installs and broadcasts the new state.
+    async fn write_catalog(
+        self: &Rc<Self>,
+        changes: Vec<Change>,
+        validate_only: bool,
+    ) -> CatalogReply {
+        let Some(writer) = &self.writer else {
+            let e = CatalogError::Storage("not the catalog writer".into());
+            return CatalogReply {
+                results: vec![Err(e); changes.len()],
+                state: self.catalog.current(),
+            };
+        };
+        let me = self.clone();
+        let reply = writer
+            .apply(
+                &self.config,
+                move || me.catalog.current(),
+                changes,
+                validate_only,
+            )
+            .await;
+        if self.install_catalog(reply.state.clone()) {
+            for peer in (0..self.count).filter(|p| *p != self.id) {
+                let state = reply.state.clone();
+                self.core
+                    .submit_to::<Shard>(peer, move |shard| {
+                        shard.install_catalog(state);
+                    })
+                    .await;
+            }
+        }
+        reply
+    }
+
+    /// Installs a newer catalog state and brings local storage in line with it: partitions
+    /// of deleted (or re-created) topics are removed, changed configs applied.
+    pub fn install_catalog(self: &Rc<Self>, state: Arc<CatalogState>) -> bool {
+        let old = self.catalog.current();
+        if !self.catalog.install(state.clone()) {
+            return false;
+        }
+        for (name, topic) in &old.topics {
+            match state.topics.get(name) {
+                Some(t) if t.id == topic.id => {
+                    if t.configs != topic.configs || state.broker_configs != old.broker_configs {
+                        let settings = catalog::log_settings(&self.config, &state, t);
+                        self.storage.update_settings(name, &settings);
+                    }
+                }
+                _ => {
+                    for p in 0..topic.partitions {
+                        if self.owner_of(name, p) == self.id {
+                            let storage = self.storage.clone();
+                            let name = name.clone();
+                            glommio::spawn_local(async move { storage.delete(&name, p).await })
+                                .detach();
+                        }
+                    }
+                }
+            }
+        }
+        crate::amqp::catalog_installed(self);
+        true
+    }
+}

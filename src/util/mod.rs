@@ -1,0 +1,86 @@
+//! Leaf helpers every layer may use and which use nothing of the broker: `Notify` (a
+//! single-shard wake-up), `now_ms`, `stable_hash` and the ownership hashes built on it, and
+//! `ShardIds` (ids unique in the process, minted on one shard).
+//!
+//! Nothing here names a protocol, the runtime or storage; runs on whichever shard calls it.
+
+pub mod notify;
+
+use std::cell::Cell;
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// FNV-1a: a hash that never changes between builds or runs, for ownership.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The owner shard of a topic partition: the topic's hash picks a starting shard and the
+/// partitions of one topic follow round-robin, so a topic spreads evenly.
+pub fn partition_owner(topic: &str, partition: i32, shards: usize) -> usize {
+    let shards = shards.max(1) as u64;
+    ((stable_hash(topic.as_bytes()) % shards + partition.max(0) as u64) % shards) as usize
+}
+
+/// Ids unique in the process, minted on one shard: the shard in the high 16 bits, a
+/// counter below. Which shard minted an id (`ShardIds::shard_of`) is where its owner lives.
+pub struct ShardIds {
+    shard: usize,
+    next: Cell<u64>,
+}
+
+impl ShardIds {
+    pub fn new(shard: usize) -> ShardIds {
+        ShardIds {
+            shard,
+            next: Cell::new(1),
+        }
+    }
+
+    pub fn next(&self) -> u64 {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        ((self.shard as u64) << 48) | n
+    }
+
+    /// The shard that minted `id`.
+    pub fn shard_of(id: u64) -> usize {
+        (id >> 48) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_of_a_topic_spread_over_shards() {
+        let owners: Vec<usize> = (0..6).map(|p| partition_owner("orders", p, 2)).collect();
+        assert_eq!(owners.iter().filter(|o| **o == 0).count(), 3);
+        assert_eq!(
+            partition_owner("orders", 3, 2),
+            partition_owner("orders", 3, 2)
+        );
+        assert!((0..100).all(|p| partition_owner("x", p, 1) == 0));
+    }
+
+    #[test]
+    fn ids_name_the_shard_that_minted_them() {
+        let ids = ShardIds::new(3);
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        assert_eq!(ShardIds::shard_of(a), 3);
+        assert_eq!(ShardIds::shard_of(b), 3);
+    }
+}
