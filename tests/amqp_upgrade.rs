@@ -160,6 +160,12 @@ async fn write_v1_fixture() {
 async fn v1_queue_files_are_migrated_on_first_start() {
     let (_d, data) = data_dir();
     copy_dir(Path::new(FIXTURE), &data);
+    // A torn write at the end of the last segment: cut off (and logged) by recovery, after
+    // the upgrade renamed the file.
+    let last = data.join("0/amqp/%2F/orders/00000000000000000005.msgs");
+    let mut bytes = std::fs::read(&last).expect("fixture segment");
+    bytes.extend_from_slice(&[0, 0, 0, 40, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    std::fs::write(&last, bytes).expect("tear the segment");
     // Two shards where the fixture had one: queue directories move to their owner too.
     let mut broker = Broker::start(&data, &[("PORTASK_AMQP__SEGMENT_BYTES", "4096")]);
     let url = broker.amqp_url();
@@ -196,6 +202,10 @@ async fn v1_queue_files_are_migrated_on_first_start() {
             d.ack(BasicAckOptions::default()).await.expect("ack");
         }
         assert!(next(&mut c, 1).await.is_none(), "nothing else in orders");
+        assert!(
+            broker.log().contains("truncating torn tail"),
+            "the torn tail is logged"
+        );
         let audit = drain(&ch, "audit log").await;
         assert_eq!(
             audit,
