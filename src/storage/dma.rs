@@ -63,8 +63,22 @@ pub async fn write_aligned(file: &DmaFile, position: u64, bytes: &[u8]) -> std::
 }
 
 /// The bytes of the last partial block of a file whose logical length is `len`, taken
-/// from `data`, the bytes just written ending at `len` (or the file's content up to it).
+/// from `data`, the bytes just written ending at `len`.
 pub fn partial_block(data: &[u8], len: u64, align: u64) -> Vec<u8> {
     let keep = (len % align) as usize;
     data[data.len().saturating_sub(keep)..].to_vec()
+}
+
+/// Reads the last partial block of a file whose logical length is `len` back from the
+/// file (after recovery, or after a failed write cut it back).
+pub async fn read_partial_block(file: &DmaFile, len: u64) -> std::io::Result<Vec<u8>> {
+    let start = len - len % file.alignment();
+    if len == start {
+        return Ok(Vec::new());
+    }
+    let r = file
+        .read_at(start, (len - start) as usize)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(r.to_vec())
 }

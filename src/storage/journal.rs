@@ -107,9 +107,9 @@ pub struct RecordFile {
     pending: Vec<u8>,
     /// The last partial block already on disk.
     partial: Vec<u8>,
-    /// After recovery: the file's last bytes, from which `partial` is cut once the
-    /// block size is known (at the first open).
-    tail: Option<Vec<u8>>,
+    /// Recovered and not written since: `partial` is read back from the file before the
+    /// first write.
+    partial_unread: bool,
     unsynced: bool,
     /// Outcomes of the records in `pending`.
     on_written: Option<Durable>,
@@ -132,7 +132,7 @@ impl RecordFile {
             written: 0,
             pending: Vec::new(),
             partial: Vec::new(),
-            tail: None,
+            partial_unread: false,
             unsynced: false,
             on_written: None,
             on_synced: None,
@@ -246,7 +246,7 @@ impl Journal {
         let mut f = RecordFile::new(path);
         f.size = valid as u64;
         f.written = valid as u64;
-        f.tail = Some(data[valid.saturating_sub(1 << 16)..valid].to_vec());
+        f.partial_unread = true;
         Ok(Recovered {
             file: Rc::new(RefCell::new(f)),
             data,
@@ -489,9 +489,9 @@ async fn write(job: &mut Job) {
     if job.bytes.is_empty() {
         return;
     }
-    let (handle, path, tail) = {
-        let mut file = job.file.borrow_mut();
-        (file.file.clone(), file.path.clone(), file.tail.take())
+    let (handle, path) = {
+        let file = job.file.borrow();
+        (file.file.clone(), file.path.clone())
     };
     let handle = match handle {
         Some(h) => h,
@@ -502,17 +502,27 @@ async fn write(job: &mut Job) {
             }
             Err(e) => {
                 log::error!("opening {}: {e}", path.display());
-                job.file.borrow_mut().tail = tail;
                 job.ok = false;
                 return;
             }
         },
     };
-    if let Some(tail) = tail {
-        // The first write after recovery: the partial block comes from the file's tail.
-        let mut file = job.file.borrow_mut();
-        file.partial = dma::partial_block(&tail, file.written, handle.alignment());
-        job.before.1 = file.partial.clone();
+    if job.file.borrow().partial_unread {
+        // The first write after recovery rewrites the file's last partial block.
+        let written = job.file.borrow().written;
+        match dma::read_partial_block(&handle, written).await {
+            Ok(partial) => {
+                let mut file = job.file.borrow_mut();
+                file.partial = partial;
+                file.partial_unread = false;
+                job.before.1 = file.partial.clone();
+            }
+            Err(e) => {
+                log::error!("reading back the last block of {}: {e}", path.display());
+                job.ok = false;
+                return;
+            }
+        }
     }
     let (position, buf) = {
         let file = job.file.borrow();

@@ -741,18 +741,13 @@ async fn reload_partial(log: &LogRef, base: i64) {
     let Some(file) = file else {
         return;
     };
-    let align = file.alignment();
-    let start = written - written % align;
-    let mut partial = Vec::new();
-    if written > start {
-        match file.read_at(start, (written - start) as usize).await {
-            Ok(r) => partial.extend_from_slice(&r[..]),
-            Err(e) => {
-                ::log::error!("reading back segment {base} after a failed sync: {e}");
-                return;
-            }
+    let partial = match dma::read_partial_block(&file, written).await {
+        Ok(p) => p,
+        Err(e) => {
+            ::log::error!("reading back segment {base} after a failed sync: {e}");
+            return;
         }
-    }
+    };
     let mut l = log.borrow_mut();
     if let Some(seg) = l.segment_mut(base) {
         if seg.written == written {
