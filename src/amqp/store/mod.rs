@@ -90,8 +90,10 @@ struct QueueLog {
     /// By base (the sequence number of the segment's first message).
     segments: BTreeMap<u64, Segment>,
     active: u64,
-    /// Marks waiting in `acks_pending`/`delivered_pending` of some segment.
+    /// Listed in `Marks::queued`.
     marked: bool,
+    /// Bases of the segments with marks in `acks_pending`/`delivered_pending`.
+    marked_segments: Vec<u64>,
 }
 
 impl QueueLog {
@@ -124,12 +126,16 @@ impl Marks {
     /// Appends every listed queue's pending marks to the journal, one record per kind
     /// and segment.
     fn flush(&self, journal: &Journal) {
-        self.scheduled.set(false);
         let queued = std::mem::take(&mut *self.queued.borrow_mut());
         for l in queued {
             let mut log = l.borrow_mut();
+            let log = &mut *log;
             log.marked = false;
-            for seg in log.segments.values_mut() {
+            for base in std::mem::take(&mut log.marked_segments) {
+                // Gone meanwhile: all its messages were acked, its marks go with it.
+                let Some(seg) = log.segments.get_mut(&base) else {
+                    continue;
+                };
                 for (kind, seqs) in [
                     (REC_ACK, std::mem::take(&mut seg.acks_pending)),
                     (REC_DELIVERED, std::mem::take(&mut seg.delivered_pending)),
@@ -216,6 +222,7 @@ impl Store {
             segments,
             active: 0,
             marked: false,
+            marked_segments: Vec::new(),
         }));
         self.logs.borrow_mut().insert(q.id, l.clone());
         l
@@ -308,9 +315,13 @@ impl Store {
         let active = log.active;
         let empty = match log.segments.get_mut(&no) {
             Some(seg) => {
+                let first = seg.acks_pending.is_empty() && seg.delivered_pending.is_empty();
                 seg.acks_pending.push(seq);
                 seg.live = seg.live.saturating_sub(1);
-                seg.live == 0 && no != active
+                if first {
+                    log.marked_segments.push(no);
+                }
+                log.segments.get(&no).is_some_and(|s| s.live == 0) && no != active
             }
             None => false,
         };
@@ -331,7 +342,11 @@ impl Store {
         let mut log = l.borrow_mut();
         if let Some(no) = log.segment_of(seq) {
             if let Some(seg) = log.segments.get_mut(&no) {
+                let first = seg.acks_pending.is_empty() && seg.delivered_pending.is_empty();
                 seg.delivered_pending.push(seq);
+                if first {
+                    log.marked_segments.push(no);
+                }
             }
         }
         self.marked(&l, &mut log);
@@ -346,7 +361,10 @@ impl Store {
         }
         if !self.marks.scheduled.replace(true) {
             let (marks, journal) = (self.marks.clone(), self.journal.clone());
-            super::spawn_later(async move { marks.flush(&journal) });
+            super::spawn_later(async move {
+                marks.scheduled.set(false);
+                marks.flush(&journal);
+            });
         }
     }
 

@@ -216,6 +216,7 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
         segments,
         active,
         marked: false,
+        marked_segments: Vec::new(),
     }));
     shard.amqp.store.logs.borrow_mut().insert(qref.id, log);
     let n = restored.len();
