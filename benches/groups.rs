@@ -4,7 +4,8 @@
 //! - group throughput: `--messages` 1 KiB messages on 6 partitions consumed by three
 //!   members of one group with auto-commit, first poll to last message.
 //!
-//! `cargo bench --bench groups -- --brokers 127.0.0.1:9092 [--messages N] [--rounds N]`
+//! `cargo bench --bench groups -- --brokers 127.0.0.1:9092 [--messages N] [--rounds N]`, or
+//! `--start-broker [--broker-shards N]` instead of `--brokers` for a Portask of its own.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,38 +18,32 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+#[derive(clap::Parser)]
+#[command(
+    name = "groups",
+    about = "Consumer-group rebalance time and group throughput"
+)]
 struct Args {
+    /// Bootstrap servers of a running broker.
+    #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
+    /// 1 KiB messages consumed by the group.
+    #[arg(long, default_value_t = 100_000)]
     messages: usize,
+    /// Rebalances measured (the median is printed).
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    #[command(flatten)]
+    start: launch::StartFlags,
 }
 
+#[path = "../tests/common/launch.rs"]
+mod launch;
+
 fn args() -> Args {
-    let mut a = Args {
-        brokers: "127.0.0.1:9092".into(),
-        messages: 100_000,
-        rounds: 3,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).cloned();
-        match (argv[i].as_str(), value) {
-            ("--brokers", Some(v)) => a.brokers = v,
-            ("--messages", Some(v)) => a.messages = v.parse().unwrap_or(a.messages),
-            ("--rounds", Some(v)) => a.rounds = v.parse().unwrap_or(a.rounds),
-            ("--bench", _) => {
-                i += 1;
-                continue;
-            }
-            (other, _) => {
-                eprintln!("unknown argument {other}");
-                std::process::exit(2);
-            }
-        }
-        i += 2;
-    }
-    a
+    use clap::Parser;
+    // `cargo bench` appends `--bench`.
+    Args::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 fn create_topic(brokers: &str, name: &str) {
@@ -202,7 +197,12 @@ fn group_throughput(a: &Args) -> (f64, f64) {
 }
 
 fn main() {
-    let a = args();
+    let mut a = args();
+    // Kept for the whole run; dropping it kills the broker.
+    let broker = a.start.start();
+    if let Some(b) = &broker {
+        a.brokers = b.launch.bootstrap();
+    }
     let mut times: Vec<Duration> = (0..a.rounds).map(|r| rebalance_time(&a, r)).collect();
     times.sort();
     let median = times[times.len() / 2];

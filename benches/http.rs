@@ -5,55 +5,48 @@
 //!   the catalog; median and p99 time per scrape.
 //!
 //! `cargo bench --bench http -- --url http://127.0.0.1:8080 [--user guest:guest]
-//!  [--requests N] [--batch N] [--clients N] [--partitions N]`
+//!  [--requests N] [--batch N] [--clients N] [--partitions N]`, or `--start-broker
+//!  [--broker-shards N]` instead of `--url` for a Portask of its own.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+#[derive(clap::Parser)]
+#[command(
+    name = "http",
+    about = "REST produce rate and scrape times against a running broker"
+)]
 struct Args {
+    /// The broker's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// `user:password` for basic auth.
+    #[arg(long = "user", default_value = "guest:guest")]
     auth: String,
+    /// POSTs in all, split across the clients.
+    #[arg(long, default_value_t = 2000)]
     requests: usize,
+    /// 1 KiB records per POST.
+    #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Client threads, one keep-alive connection each.
+    #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Partitions in the catalog while scraping.
+    #[arg(long, default_value_t = 100)]
     partitions: usize,
+    #[command(flatten)]
+    start: launch::StartFlags,
 }
 
+#[path = "../tests/common/launch.rs"]
+mod launch;
+
 fn args() -> Args {
-    let mut a = Args {
-        url: "http://127.0.0.1:8080".into(),
-        auth: "guest:guest".into(),
-        requests: 2000,
-        batch: 100,
-        clients: 2,
-        partitions: 100,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).cloned();
-        let num =
-            |v: &Option<String>, d: usize| v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(d);
-        match (argv[i].as_str(), &value) {
-            ("--url", Some(v)) => a.url = v.clone(),
-            ("--user", Some(v)) => a.auth = v.clone(),
-            ("--requests", v) => a.requests = num(v, a.requests),
-            ("--batch", v) => a.batch = num(v, a.batch),
-            ("--clients", v) => a.clients = num(v, a.clients),
-            ("--partitions", v) => a.partitions = num(v, a.partitions),
-            ("--bench", _) => {
-                i += 1;
-                continue;
-            }
-            (other, _) => {
-                eprintln!("unknown argument {other}");
-                std::process::exit(2);
-            }
-        }
-        i += 2;
-    }
-    a
+    use clap::Parser;
+    // `cargo bench` appends `--bench`.
+    Args::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -64,7 +57,12 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn main() {
-    let a = args();
+    let mut a = args();
+    // Kept for the whole run; dropping it kills the broker.
+    let broker = a.start.start();
+    if let Some(b) = &broker {
+        a.url = b.launch.http_url();
+    }
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(&a.auth)

@@ -6,7 +6,8 @@
 //! 1. Fixed cost: starts the broker with each of `--shard-counts` shards on an empty data
 //!    directory and reads its resident memory (VmRSS from `/proc/<pid>/status`) once it
 //!    has settled.
-//! 2. Per item: starts one broker (1 shard, unpinned, temp dir, ephemeral ports) and adds,
+//! 2. Per item: starts one broker (1 shard, unpinned, temp dir, ephemeral ports, through
+//!    `tests/common/launch.rs` like the tests) and adds,
 //!    in turn, N partitions (one topic, CreateTopics through the rdkafka admin client), one
 //!    1 KiB record to each of them (which opens its files), N transient and N durable AMQP
 //!    queues (lapin), N idle Kafka connections (each answered one ApiVersions request),
@@ -22,8 +23,7 @@
 //! are an upper bound per item. The bench process itself is not counted.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
@@ -35,65 +35,39 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+#[path = "../tests/common/launch.rs"]
+mod launch;
+
+#[derive(clap::Parser)]
+#[command(
+    name = "sizing",
+    about = "Memory and descriptors per shard, partition, queue and connection"
+)]
 struct Args {
+    /// Partitions, queues and connections added per step.
+    #[arg(long, default_value_t = 1000)]
     items: usize,
+    /// Bytes produced to each partition per tail-cache round.
+    #[arg(long, default_value_t = 512 * 1024)]
     fill_bytes: usize,
+    #[arg(long, default_value_t = 2)]
     fill_rounds: usize,
+    /// Transient 16 B messages left in one queue.
+    #[arg(long, default_value_t = 100_000)]
     queue_messages: usize,
+    /// Shard counts whose fixed cost is measured (`1,2,4`).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4])]
     shard_counts: Vec<usize>,
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        items: 1000,
-        fill_bytes: 512 * 1024,
-        fill_rounds: 2,
-        queue_messages: 100_000,
-        shard_counts: vec![1, 2, 4],
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).cloned();
-        match (argv[i].as_str(), value) {
-            ("--items", Some(v)) => a.items = v.parse().unwrap_or(a.items),
-            ("--fill-bytes", Some(v)) => a.fill_bytes = v.parse().unwrap_or(a.fill_bytes),
-            ("--fill-rounds", Some(v)) => a.fill_rounds = v.parse().unwrap_or(a.fill_rounds),
-            ("--queue-messages", Some(v)) => {
-                a.queue_messages = v.parse().unwrap_or(a.queue_messages)
-            }
-            ("--shard-counts", Some(v)) => {
-                a.shard_counts = v.split(',').filter_map(|s| s.parse().ok()).collect()
-            }
-            ("--bench", _) => {
-                i += 1;
-                continue;
-            }
-            (other, _) => {
-                eprintln!("unknown argument {other}");
-                std::process::exit(2);
-            }
-        }
-        i += 2;
-    }
-    a
+    use clap::Parser;
+    // `cargo bench` appends `--bench`.
+    Args::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
-
-/// The release broker on a temp dir, killed on drop.
-struct Broker {
-    child: Child,
-    kafka: u16,
-    amqp: u16,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
+/// The release broker on a temp dir (started by the harness tests share), killed on drop.
+struct Broker(launch::Scratch);
 
 impl Broker {
     fn start(shards: usize) -> Broker {
@@ -102,64 +76,35 @@ impl Broker {
 
     /// Starts with extra environment variables (`PORTASK_*` configuration keys and others).
     fn start_with(shards: usize, env: &[(&str, String)]) -> Broker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (kafka, amqp, http) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_portask"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--shards", &shards.to_string(), "--placement", "unpinned"])
-            .args(["--kafka-addr", &format!("127.0.0.1:{kafka}")])
-            .args(["--amqp-addr", &format!("127.0.0.1:{amqp}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .env("RUST_LOG", "error")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn portask");
-        let b = Broker {
-            child,
-            kafka,
-            amqp,
-            http,
-            _dir: dir,
-        };
-        b.wait_ready();
-        b
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(&format!("http://127.0.0.1:{}/health/ready", self.http))
-            .call()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "portask did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Broker(launch::Scratch::start(shards, &env))
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
+    }
+
+    fn kafka_port(&self) -> u16 {
+        self.0.launch.kafka_port
     }
 
     fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.kafka)
+        self.0.launch.bootstrap()
     }
 
     fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp)
+        self.0.launch.amqp_url()
     }
 
     /// Resident memory and open descriptors, after the broker has been idle for a moment.
     fn settled(&self) -> (u64, usize) {
         std::thread::sleep(Duration::from_millis(1500));
-        (rss_bytes(self.pid()), open_fds(self.pid()))
+        (launch::rss_bytes(self.pid()), open_fds(self.pid()))
     }
 
     /// A sample of `/metrics`, summed over its label sets that contain `label`.
     fn metric(&self, name: &str, label: &str) -> f64 {
-        let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.http))
+        let text = ureq::get(&format!("{}/metrics", self.0.launch.http_url()))
             .call()
             .ok()
             .and_then(|r| r.into_string().ok())
@@ -169,23 +114,6 @@ impl Broker {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -269,7 +197,7 @@ fn api_versions_request(correlation: i32) -> Vec<u8> {
 fn kafka_connections(b: &Broker, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|i| {
-            let mut s = TcpStream::connect(("127.0.0.1", b.kafka)).expect("kafka connect");
+            let mut s = TcpStream::connect(("127.0.0.1", b.kafka_port())).expect("kafka connect");
             s.write_all(&api_versions_request(i as i32))
                 .expect("send ApiVersions");
             let mut size = [0u8; 4];

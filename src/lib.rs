@@ -1,6 +1,7 @@
 //! Portask: one broker binary that Kafka and AMQP 0-9-1 clients use unchanged, built
 //! thread-per-core on glommio/io_uring. The README says how to run it and test it;
-//! `shards/README.md` documents the files it writes; `tuning/README.md` every setting.
+//! `docs/ARCHITECTURE.md` is the design, `shards/README.md` the files it writes and
+//! `tuning/README.md` every setting.
 //!
 //! Modules, from the bottom up: the first six use only modules listed before them; the
 //! protocols (`kafka`, `amqp`) and `http` reach their shard's state through

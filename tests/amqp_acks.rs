@@ -217,9 +217,7 @@ async fn confirms_and_transactions() {
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
     declare(&ch, "c", FieldTable::default()).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
+    confirm_select(&ch).await;
     let mut pending = Vec::new();
     for i in 0..500u32 {
         let p = ch
@@ -257,15 +255,7 @@ async fn confirms_and_transactions() {
     assert!(drain(&ch, "c").await.is_empty());
     // Acks in a transaction take effect at commit.
     publish(&ch, "", "c", b"four").await;
-    let m = tx
-        .basic_get("c".into(), BasicGetOptions::default())
-        .await
-        .expect("get")
-        .expect("msg");
-    m.delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .expect("ack");
+    get_and_ack(&tx, "c").await;
     tx.tx_commit().await.expect("commit ack");
     assert!(drain(&ch, "c").await.is_empty());
 }
@@ -375,22 +365,8 @@ async fn flow_global_qos_internal_exchanges_and_tx_rollback() {
     )
     .await
     .expect("declare internal");
-    ich.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
-    let r = match ich
-        .basic_publish(
-            "inner".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await
-    {
-        Ok(c) => c.await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    confirm_select(&ich).await;
+    let r = publish_outcome(&ich, "inner", "", b"x", BasicProperties::default()).await;
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(403));
 
     // tx.rollback undoes the transaction's acks: the message is unacked again and goes

@@ -169,23 +169,9 @@ async fn properties_headers_and_big_bodies_arrive_unchanged() {
         assert!(d.data == body);
     }
     // Over the configured maximum: 406 closes the channel.
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
+    confirm_select(&ch).await;
     let too_big = vec![0u8; 3_000_001];
-    let r = match ch
-        .basic_publish(
-            "".into(),
-            "props".into(),
-            BasicPublishOptions::default(),
-            &too_big,
-            BasicProperties::default(),
-        )
-        .await
-    {
-        Ok(confirm) => confirm.await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    let r = publish_outcome(&ch, "", "props", &too_big, BasicProperties::default()).await;
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
 }
 
@@ -282,22 +268,15 @@ async fn direct_reply_to_rpc_across_shards() {
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
     // Asking for a reply without a reply consumer on the channel is 406 too.
     let bad = channel(&conn).await;
-    bad.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
-    let r = match bad
-        .basic_publish(
-            "".into(),
-            "rpc".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
-        )
-        .await
-    {
-        Ok(c) => c.await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    confirm_select(&bad).await;
+    let r = publish_outcome(
+        &bad,
+        "",
+        "rpc",
+        b"x",
+        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+    )
+    .await;
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));
     // A reply to a requester that has gone is dropped; the broker keeps serving.
     let gone = consume(&ch0, "amq.rabbitmq.reply-to", true).await;

@@ -38,15 +38,7 @@ async fn topology(ch: &Channel) {
     )
     .await
     .expect("durable queue");
-    ch.queue_bind(
-        "orders".into(),
-        "orders-x".into(),
-        "new".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind");
+    bind(ch, "orders", "orders-x", "new", FieldTable::default()).await;
     ch.queue_declare(
         "scratch".into(),
         QueueDeclareOptions::default(),
@@ -98,9 +90,7 @@ async fn confirmed_persistent_messages_survive_kill_9() {
         let conn = connect(&url).await;
         let ch = channel(&conn).await;
         topology(&ch).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        confirm_select(&ch).await;
         confirmed = publish_confirmed(&ch, 0, 3000, persistent()).await;
         assert_eq!(confirmed.len(), 3000);
         // Transient messages on the durable queue: confirmed, but lost on a crash.
@@ -112,9 +102,7 @@ async fn confirmed_persistent_messages_survive_kill_9() {
         cch.basic_qos(1050, BasicQosOptions::default())
             .await
             .expect("qos");
-        cch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        confirm_select(&cch).await;
         let mut c = consume(&cch, "orders", false).await;
         let mut a = BTreeSet::new();
         let mut u = BTreeSet::new();
@@ -231,23 +219,13 @@ async fn sigterm_keeps_messages_and_acks() {
         let conn = connect(&url).await;
         let ch = channel(&conn).await;
         topology(&ch).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
+        confirm_select(&ch).await;
         assert_eq!(
             publish_confirmed(&ch, 0, 200, persistent()).await.len(),
             200
         );
         for _ in 0..50 {
-            let m = ch
-                .basic_get("orders".into(), BasicGetOptions::default())
-                .await
-                .expect("get")
-                .expect("msg");
-            m.delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("ack");
+            get_and_ack(&ch, "orders").await;
         }
         assert!(broker.terminate().success());
     }

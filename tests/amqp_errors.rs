@@ -21,22 +21,8 @@ async fn channel_errors_close_only_their_channel() {
 
     // Publish to a missing exchange: 404, channel closed.
     let ch = channel(&conn).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
-    let r = match ch
-        .basic_publish(
-            "nope".into(),
-            "k".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await
-    {
-        Ok(c) => c.await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    confirm_select(&ch).await;
+    let r = publish_outcome(&ch, "nope", "k", b"x", BasicProperties::default()).await;
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(404));
     assert!(!ch.status().connected());
 

@@ -58,9 +58,7 @@ async fn budget_queue(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_transient_queue_pages_to_disk() {
     let (_d, broker, conn, ch) = budget_queue("4194304", "deep").await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    confirm_select(&ch).await;
     const N: u32 = 4000; // 64 MiB of bodies per round
                          // Two rounds: the first shows the broker's working set, the second that another
                          // 64 MiB of backlog goes to disk instead of adding to it.

@@ -218,9 +218,7 @@ async fn max_length_with_each_overflow_mode() {
 
     // reject-publish: the newest are refused (nacked under confirms), not dead-lettered.
     let pch = channel(&conn).await;
-    pch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    confirm_select(&pch).await;
     for (q, mode) in [("rp", "reject-publish"), ("rpd", "reject-publish-dlx")] {
         let mut a = dl();
         a.push(("x-max-length", int(2)));
@@ -468,9 +466,7 @@ async fn quorum_queues_keep_rabbitmq_rules() {
     .await
     .expect("quorum queue");
     // Transient (delivery mode 1) and confirmed: a quorum queue writes it anyway.
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    confirm_select(&ch).await;
     for body in [&b"bounce"[..], b"keep"] {
         ch.basic_publish(
             "".into(),

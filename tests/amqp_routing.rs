@@ -16,18 +16,6 @@ async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable
         .expect("exchange.declare");
 }
 
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        args,
-    )
-    .await
-    .expect("queue.bind");
-}
-
 /// Publishes `key` and returns which of `queues` got it (draining them).
 async fn reached(
     ch: &Channel,
@@ -252,9 +240,7 @@ async fn exchange_to_exchange_alternate_and_mandatory() {
     );
 
     // Mandatory and unroutable: basic.return with 312 NO_ROUTE, and the confirm still acks.
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    confirm_select(&ch).await;
     let confirm = ch
         .basic_publish(
             "mid".into(),

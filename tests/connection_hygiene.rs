@@ -12,12 +12,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use common::{data_dir, Broker};
+use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{FetchRequest, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, StrBytes};
-use rdkafka::config::ClientConfig;
+use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::producer::Producer;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 
@@ -71,11 +69,7 @@ fn trickle(s: &mut TcpStream, frame: &[u8], gap: Duration) -> Option<Duration> {
 }
 
 fn producer(b: &Broker) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer")
+    kafka::client(b, &[("linger.ms", "0")])
 }
 
 fn produce_one(p: &ThreadedProducer<DefaultProducerContext>, topic: &str) {
@@ -86,11 +80,6 @@ fn produce_one(p: &ThreadedProducer<DefaultProducerContext>, topic: &str) {
 }
 
 fn fetch_frame(topic: &str, offset: i64, max_wait_ms: i32) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(1)
-        .with_request_api_version(4)
-        .with_correlation_id(9)
-        .with_client_id(Some(StrBytes::from_static_str("trickle-test")));
     let request = FetchRequest::default()
         .with_replica_id(kafka_protocol::messages::BrokerId(-1))
         .with_max_wait_ms(max_wait_ms)
@@ -102,12 +91,7 @@ fn fetch_frame(topic: &str, offset: i64, max_wait_ms: i32) -> Vec<u8> {
                 .with_partition(0)
                 .with_fetch_offset(offset)
                 .with_partition_max_bytes(1 << 20)])]);
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, 1).expect("header");
-    request.encode(&mut buf, 4).expect("fetch");
-    let mut frame = (buf.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&buf);
-    frame
+    kafka::request_frame(ApiKey::Fetch, 4, 9, "trickle-test", &request)
 }
 
 #[test]

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,23 +24,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{data_dir, Broker};
-use futures::executor::block_on;
+use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, GroupId, JoinGroupRequest, RequestHeader,
-    TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, GroupId, JoinGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 const GROUP_SETTINGS: &[(&str, &str)] = &[
     ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "50"),
@@ -67,21 +63,6 @@ impl Rng {
     }
 }
 
-fn create_topics(broker: &Broker, names: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin");
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let r = block_on(admin.create_topics(&topics, &AdminOptions::new())).expect("create");
-    for t in r {
-        assert!(t.is_ok(), "{t:?}");
-    }
-}
-
 /// Writes one framed request; false when the connection is gone.
 fn send_request<R: Encodable>(
     s: &mut TcpStream,
@@ -90,33 +71,14 @@ fn send_request<R: Encodable>(
     corr: i32,
     body: &R,
 ) -> bool {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("stress")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    if header
-        .encode(&mut buf, api.request_header_version(version))
-        .is_err()
-        || body.encode(&mut buf, version).is_err()
-    {
-        return false;
-    }
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).is_ok()
+    s.write_all(&kafka::request_frame(api, version, corr, "stress", body))
+        .is_ok()
 }
 
 /// Reads one response (without its correlation id); `None` when the connection is gone.
 fn read_response(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut resp = vec![0u8; i32::from_be_bytes(len).max(4) as usize];
-    s.read_exact(&mut resp).ok()?;
-    let mut resp = Bytes::from(resp);
-    resp.get_i32();
+    let mut resp = kafka::read_frame(s)?;
+    resp.try_get_i32().ok()?;
     Some(resp)
 }
 
@@ -447,11 +409,8 @@ fn assert_serving(broker: &mut Broker) {
         panic!("the broker died under the load: {status}");
     }
     // Kafka: produce to a fresh topic (a partition on each shard) and read it all back.
-    create_topics(broker, &[("after", 2)]);
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
+    kafka::create_topics(broker, &[("after", 2)]);
+    let p: BaseProducer = kafka::client(broker, &[]);
     for i in 0..100 {
         let v = format!("{i}");
         p.send(BaseRecord::to("after").key(&v).payload(&v))
@@ -460,24 +419,8 @@ fn assert_serving(broker: &mut Broker) {
     }
     p.flush(Duration::from_secs(20))
         .expect("records acknowledged");
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "after-check")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..2 {
-        tpl.add_partition_offset("after", part, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut read = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while read < 100 && Instant::now() < deadline {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(200)) {
-            read += 1;
-        }
-    }
+    let c = kafka::assigned(broker, &[], "after", 2, Offset::Beginning);
+    let read = kafka::poll_n(&c, 100, Duration::from_secs(20), |_| {});
     assert_eq!(
         read, 100,
         "every record produced after the load is read back"
@@ -536,7 +479,7 @@ fn cross_shard_requests_abandoned_mid_flight_leave_the_broker_serving() {
         .unwrap_or(25);
     let (_d, data) = data_dir();
     let mut broker = Broker::start(&data, GROUP_SETTINGS);
-    create_topics(&broker, &[("idle", 6), ("busy", 6)]);
+    kafka::create_topics(&broker, &[("idle", 6), ("busy", 6)]);
     let stop = Arc::new(AtomicBool::new(false));
     let fetched = Arc::new(AtomicU64::new(0));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();

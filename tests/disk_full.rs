@@ -12,16 +12,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::disk::SmallDisk;
+use common::kafka::{self, admin};
 use common::Broker;
 use futures::executor::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::admin::AdminOptions;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -32,30 +30,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// The watermark off: only the disk itself refuses.
 const NO_WATERMARK: (&str, &str) = ("PORTASK_STORAGE__MIN_FREE_BYTES", "0");
 
-fn admin(b: &Broker) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .create()
-        .expect("admin")
-}
-
-fn create_topic(b: &Broker, name: &str, partitions: i32) {
-    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let r = block_on(admin(b).create_topics(&[t], &AdminOptions::new())).expect("create_topics");
-    assert!(r[0].is_ok(), "{:?}", r[0]);
-}
-
 /// acks=all, no retries (a refused write is reported, not retried until the timeout).
 fn producer(b: &Broker, timeout_ms: u64) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("acks", "all")
-        .set("retries", "0")
-        .set("linger.ms", "0")
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("request.timeout.ms", timeout_ms.to_string())
-        .create()
-        .expect("producer")
+    let timeout = timeout_ms.to_string();
+    kafka::client(
+        b,
+        &[
+            ("acks", "all"),
+            ("retries", "0"),
+            ("linger.ms", "0"),
+            ("message.timeout.ms", &timeout),
+            ("request.timeout.ms", &timeout),
+        ],
+    )
 }
 
 /// Sends one record and waits for its answer: the offset, or the error and how long it took.
@@ -80,30 +67,14 @@ fn send(
 
 /// Every value of partition 0 of `topic`, from the start, until `n` are read.
 fn read_all(b: &Broker, topic: &str, n: usize) -> Vec<(i64, Vec<u8>)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", format!("reader-{}", rand_suffix()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("offset");
-    c.assign(&tpl).expect("assign");
+    let group = format!("reader-{}", rand_suffix());
+    let c = kafka::assigned(b, &[("group.id", &group)], topic, 1, Offset::Beginning);
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while out.len() < n && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-        }
-    }
+    let mut keep =
+        |m: &BorrowedMessage<'_>| out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+    kafka::poll_n(&c, n, Duration::from_secs(20), &mut keep);
     // Anything past `n` would be records that should not exist.
-    let until = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < until {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-        }
-    }
+    kafka::poll_for(&c, Duration::from_millis(500), &mut keep);
     out
 }
 
@@ -140,7 +111,7 @@ fn kafka_produce_on_a_full_disk_is_answered_and_never_written_later() {
         return;
     };
     let mut b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
-    create_topic(&b, "full", 1);
+    kafka::create_topic(&b, "full", 1, &[]);
     let p = producer(&b, 5000);
     for i in 0..5 {
         let (r, _) = send(&p, "full", &value("good", i, 1000));
@@ -202,7 +173,7 @@ fn a_broker_killed_on_a_full_disk_starts_on_it() {
         return;
     };
     let mut b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
-    create_topic(&b, "kept", 1);
+    kafka::create_topic(&b, "kept", 1, &[]);
     let p = producer(&b, 5000);
     // 40 MB in the active segment: all of it is scanned after kill -9.
     for i in 0..200 {
@@ -287,8 +258,8 @@ fn delete_and_redeclare_work_on_a_full_disk() {
         return;
     };
     let b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
-    create_topic(&b, "big", 1);
-    create_topic(&b, "other", 1);
+    kafka::create_topic(&b, "big", 1, &[]);
+    kafka::create_topic(&b, "other", 1, &[]);
     let p = producer(&b, 5000);
     for i in 0..40 {
         let (r, _) = send(&p, "big", &value("big", i, 200_000));
@@ -350,15 +321,7 @@ async fn declare_topology(ch: &lapin::Channel) {
     .expect("exchange.declare");
     durable_queue(ch, "orders-q").await;
     durable_queue(ch, "gone-q").await;
-    ch.queue_bind(
-        "orders-q".into(),
-        "orders-x".into(),
-        "new".into(),
-        lapin::options::QueueBindOptions::default(),
-        lapin::types::FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
+    common::amqp::bind(ch, "orders-q", "orders-x", "new", Default::default()).await;
 }
 
 /// A persistent publish the disk refuses is nacked and is not enqueued: the queue holds
@@ -500,8 +463,8 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
         &disk.data_dir(),
         &[("PORTASK_STORAGE__MIN_FREE_BYTES", "16777216")],
     );
-    create_topic(&b, "w", 1);
-    create_topic(&b, "doomed", 1);
+    kafka::create_topic(&b, "w", 1, &[]);
+    kafka::create_topic(&b, "doomed", 1, &[]);
     let p = producer(&b, 5000);
     for i in 0..3 {
         assert_eq!(send(&p, "w", &value("w", i, 1000)).0, Ok(i as i64));
@@ -629,14 +592,15 @@ fn an_idempotent_producer_rides_out_a_full_disk() {
         return;
     };
     let b = Broker::start(&disk.data_dir(), &[NO_WATERMARK]);
-    create_topic(&b, "idem", 1);
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("producer");
+    kafka::create_topic(&b, "idem", 1, &[]);
+    let p: FutureProducer = kafka::client(
+        &b,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ],
+    );
     for i in 0..3 {
         let r = block_on(p.send(
             FutureRecord::<(), [u8]>::to("idem").payload(&value("idem", i, 1000)),

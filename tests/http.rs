@@ -9,8 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{data_dir, Broker};
-use rdkafka::config::ClientConfig;
+use common::{data_dir, kafka, Broker};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -103,22 +102,18 @@ fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> 
 }
 
 fn producer(b: &Broker) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("linger.ms", "1")
-        .set("compression.type", "zstd")
-        .create()
-        .expect("producer")
+    kafka::client(b, &[("linger.ms", "1"), ("compression.type", "zstd")])
 }
 
 fn consumer(b: &Broker, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer")
+    kafka::client(
+        b,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    )
 }
 
 /// (partition, offset, key, value, headers) of a consumed message.
@@ -126,12 +121,7 @@ type Consumed = (i32, i64, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>);
 
 /// Reads `n` messages from `topic` partitions `0..parts` from the beginning.
 fn read_all(c: &BaseConsumer, topic: &str, parts: i32, n: usize) -> Vec<Consumed> {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
+    kafka::assign(c, topic, parts, Offset::Beginning);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < n {

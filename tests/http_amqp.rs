@@ -149,17 +149,8 @@ async fn confirmed_publish(
     body: &[u8],
     p: BasicProperties,
 ) {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body,
-            p,
-        )
-        .await
-        .expect("basic.publish");
-    assert!(confirm.await.expect("confirm").is_ack());
+    let confirm = publish_outcome(ch, exchange, key, body, p).await;
+    assert!(confirm.expect("confirm").is_ack());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -172,9 +163,7 @@ async fn get_returns_confirmed_messages_and_ack_modes_behave() {
     // Durable, so the persistent messages are confirmed once on disk.
     let a = api.put("/api/v1/queues/%2F/jobs", json!({"durable": true}));
     assert_eq!(a.status, 201, "{}", a.body);
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
+    confirm_select(&ch).await;
     for i in 0..3 {
         let body = format!("{{\"job\":{i}}}");
         confirmed_publish(&ch, "", "jobs", body.as_bytes(), properties()).await;
@@ -427,9 +416,7 @@ async fn topology_declared_over_rest_is_what_amqp_clients_see() {
     passive_exchange(&ch, "shop", ExchangeKind::Direct)
         .await
         .expect("passive exchange.declare");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
+    confirm_select(&ch).await;
     confirmed_publish(&ch, "shop", "new order", b"one", BasicProperties::default()).await;
     assert_eq!(api.ready("orders"), 1);
 
@@ -665,9 +652,7 @@ async fn metrics_follow_amqp_publish_and_consume() {
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
     declare(&ch, "metered", FieldTable::default()).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
+    confirm_select(&ch).await;
     for _ in 0..3 {
         confirmed_publish(&ch, "", "metered", b"12345", BasicProperties::default()).await;
     }

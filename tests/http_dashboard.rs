@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -186,17 +185,14 @@ struct Load {
 
 impl Load {
     fn start(broker: &Broker) -> Load {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("linger.ms", "5")
-            .create()
-            .expect("producer");
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("group.id", "unused-assign-only")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
+        let producer: BaseProducer = kafka::client(broker, &[("linger.ms", "5")]);
+        let consumer: BaseConsumer = kafka::client(
+            broker,
+            &[
+                ("group.id", "unused-assign-only"),
+                ("enable.auto.commit", "false"),
+            ],
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {

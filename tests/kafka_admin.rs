@@ -4,37 +4,26 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Buf;
+use common::kafka::{self, admin};
 use common::{data_dir, Broker};
 use futures::executor::block_on;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::{
-    ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, RequestHeader,
+    ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
-};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-
-fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin")
-}
 
 /// A config's value and the name of its source.
 fn describe(broker: &Broker, spec: ResourceSpecifier<'_>, name: &str) -> (Option<String>, String) {
@@ -73,31 +62,18 @@ fn incremental(
             ),
     ]);
     let version = 1;
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::IncrementalAlterConfigs as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(9)
-        .with_client_id(Some(StrBytes::from_static_str("admin-test")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(
-            &mut buf,
-            ApiKey::IncrementalAlterConfigs.request_header_version(version),
-        )
-        .expect("header");
-    req.encode(&mut buf, version).expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
     let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    s.write_all(&buf).expect("write");
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("size");
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).expect("body");
-    let mut body = Bytes::from(body);
+    s.write_all(&kafka::request_frame(
+        ApiKey::IncrementalAlterConfigs,
+        version,
+        9,
+        "admin-test",
+        &req,
+    ))
+    .expect("write");
+    let mut body = kafka::read_frame(&mut s).expect("response");
     assert_eq!(body.get_i32(), 9);
     // Flexible response header: an empty tagged-field section.
     assert_eq!(body.get_u8(), 0);
@@ -106,11 +82,7 @@ fn incremental(
 }
 
 fn produce_rounds(broker: &Broker, topic: &str, rounds: usize) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("linger.ms", "1")
-        .create()
-        .expect("producer");
+    let p: FutureProducer = kafka::client(broker, &[("linger.ms", "1")]);
     for r in 0..rounds {
         let futures: Vec<_> = (0..20)
             .map(|i| {
@@ -121,21 +93,13 @@ fn produce_rounds(broker: &Broker, topic: &str, rounds: usize) {
             })
             .collect();
         for f in futures {
-            block_on(f)
-                .expect("report")
-                .map_err(|(e, _)| e)
-                .expect("delivered");
+            kafka::delivered(f);
         }
     }
 }
 
 fn low_watermark(broker: &Broker, topic: &str) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("consumer");
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("watermarks")
+    kafka::watermarks(broker, topic, 0)
 }
 
 #[test]
@@ -276,15 +240,7 @@ fn delete_records_moves_the_low_watermark_and_survives_restart() {
     broker.restart();
     assert_eq!(low_watermark(&broker, "trim"), (42, 100));
     // A consumer from the beginning starts at the new low watermark.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("trim", 0, Offset::Beginning)
-        .expect("tpl");
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(&broker, &[], "trim", 1, Offset::Beginning);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(Ok(m)) = c.poll(Timeout::After(Duration::from_millis(200))) {

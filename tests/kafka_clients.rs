@@ -6,111 +6,31 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::kafka::{self, admin, assign, create_topic, delivered, enqueue, poll_n};
 use common::{data_dir, Broker};
 use futures::executor::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::admin::{AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", broker.bootstrap())
-        .set("message.timeout.ms", "30000")
-        .set("linger.ms", "5");
-    for (k, v) in extra {
-        c.set(*k, *v);
-    }
-    c.create().expect("producer")
-}
-
-/// Enqueues a record at once (waiting only while the client's queue is full).
-fn enqueue(
-    p: &FutureProducer,
-    mut record: FutureRecord<'_, str, str>,
-) -> rdkafka::producer::DeliveryFuture {
-    loop {
-        match p.send_result(record) {
-            Ok(f) => return f,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err((e, _)) => panic!("enqueue: {e}"),
-        }
-    }
-}
-
-/// Waits for a delivery report.
-fn delivered(f: rdkafka::producer::DeliveryFuture) -> rdkafka::producer::future_producer::Delivery {
-    block_on(f)
-        .expect("delivery report")
-        .map_err(|(e, _)| e)
-        .expect("delivered")
+    let mut settings = vec![("message.timeout.ms", "30000"), ("linger.ms", "5")];
+    settings.extend_from_slice(extra);
+    kafka::client(broker, &settings)
 }
 
 fn consumer(broker: &Broker, extra: &[(&str, &str)]) -> BaseConsumer {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused-assign-only")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for (k, v) in extra {
-        c.set(*k, *v);
-    }
-    c.create().expect("consumer")
-}
-
-fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin")
-}
-
-fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        t = t.set(k, v);
-    }
-    let r =
-        block_on(admin(broker).create_topics(&[t], &AdminOptions::new())).expect("create_topics");
-    assert!(r[0].is_ok(), "create {name}: {:?}", r[0]);
-}
-
-fn assign_all(c: &BaseConsumer, topic: &str, partitions: i32, offset: Offset) {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, offset).expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-}
-
-/// Polls until `n` messages arrived or `within` passed, handing each to `f`.
-fn consume(
-    c: &BaseConsumer,
-    n: usize,
-    within: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> usize {
-    let deadline = Instant::now() + within;
-    let mut got = 0;
-    while got < n && Instant::now() < deadline {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                f(&m);
-                got += 1;
-            }
-            Some(Err(e)) => panic!("consumer error: {e}"),
-            None => {}
-        }
-    }
-    got
+    let mut settings = vec![
+        ("group.id", "unused-assign-only"),
+        ("enable.auto.commit", "false"),
+        ("enable.partition.eof", "false"),
+    ];
+    settings.extend_from_slice(extra);
+    kafka::client(broker, &settings)
 }
 
 #[test]
@@ -149,10 +69,10 @@ fn keyed_messages_round_trip_in_order_with_headers_and_timestamps() {
     assert_eq!(parts.len(), 6, "keys should spread over all partitions");
 
     let c = consumer(&broker, &[]);
-    assign_all(&c, "orders", 6, Offset::Beginning);
+    assign(&c, "orders", 6, Offset::Beginning);
     let mut seen = vec![false; N];
     let mut last_seq: HashMap<i32, usize> = HashMap::new();
-    let got = consume(&c, N, Duration::from_secs(120), |m| {
+    let got = poll_n(&c, N, Duration::from_secs(120), |m| {
         let seq: usize = m
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "seq"))
@@ -200,9 +120,9 @@ fn every_compression_codec_round_trips_and_is_stored_as_produced() {
             delivered(f);
         }
         let c = consumer(&broker, &[]);
-        assign_all(&c, &topic, 1, Offset::Beginning);
+        assign(&c, &topic, 1, Offset::Beginning);
         let mut i = 0;
-        let got = consume(&c, 500, Duration::from_secs(30), |m| {
+        let got = poll_n(&c, 500, Duration::from_secs(30), |m| {
             let want = format!("{codec} message {i} {}", "abc".repeat(20));
             assert_eq!(m.payload(), Some(want.as_bytes()));
             i += 1;
@@ -262,9 +182,9 @@ fn long_poll_returns_as_soon_as_data_arrives() {
         &broker,
         &[("fetch.wait.max.ms", "20000"), ("fetch.min.bytes", "1")],
     );
-    assign_all(&c, "poll", 2, Offset::End);
+    assign(&c, "poll", 2, Offset::End);
     // Let the consumer reach its long poll on the empty partitions.
-    assert_eq!(consume(&c, 1, Duration::from_secs(2), |_| {}), 0);
+    assert_eq!(poll_n(&c, 1, Duration::from_secs(2), |_| {}), 0);
     let p = producer(&broker, &[("linger.ms", "0")]);
     let sent = Instant::now();
     block_on(
@@ -279,7 +199,7 @@ fn long_poll_returns_as_soon_as_data_arrives() {
     .map_err(|(e, _)| e)
     .expect("delivery");
     let mut payload = Vec::new();
-    let got = consume(&c, 1, Duration::from_secs(15), |m| {
+    let got = poll_n(&c, 1, Duration::from_secs(15), |m| {
         payload = m.payload().unwrap_or_default().to_vec();
     });
     assert_eq!(got, 1);
@@ -357,7 +277,7 @@ fn errors_clients_understand() {
     .map_err(|(e, _)| e)
     .expect("delivery");
     let c = consumer(&broker, &[("auto.offset.reset", "error")]);
-    assign_all(&c, "short", 1, Offset::Offset(1000));
+    assign(&c, "short", 1, Offset::Offset(1000));
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut saw = None;
     while Instant::now() < deadline && saw.is_none() {

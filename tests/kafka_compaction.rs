@@ -7,28 +7,21 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::kafka::{self, delivered};
 use common::{data_dir, Broker};
-use futures::executor::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 /// Everything a consumer from offset 0 reads: (key, value, offset).
 fn read_from_start(broker: &Broker) -> Vec<(String, Option<String>, i64)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("latest", 0, Offset::Beginning)
-        .expect("tpl");
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(
+        broker,
+        &[("enable.partition.eof", "true")],
+        "latest",
+        1,
+        Offset::Beginning,
+    );
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -50,23 +43,19 @@ fn read_from_start(broker: &Broker) -> Vec<(String, Option<String>, i64)> {
 fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, &[("PORTASK_KAFKA__COMPACTION_INTERVAL_MS", "300")]);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin");
-    let topic = NewTopic::new("latest", 1, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "compact")
-        .set("segment.bytes", "2048")
-        .set("segment.ms", "1000")
-        .set("delete.retention.ms", "500");
-    let r = block_on(admin.create_topics(&[topic], &AdminOptions::new())).expect("create");
-    assert!(r[0].is_ok(), "{:?}", r[0]);
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("compression.codec", "lz4")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    kafka::create_topic(
+        &broker,
+        "latest",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "2048"),
+            ("segment.ms", "1000"),
+            ("delete.retention.ms", "500"),
+        ],
+    );
+    let p: FutureProducer =
+        kafka::client(&broker, &[("compression.codec", "lz4"), ("linger.ms", "5")]);
     // Ten versions of twenty keys, one round per version so the log holds many batches.
     let mut latest: HashMap<String, (String, i64)> = HashMap::new();
     for version in 0..10 {
@@ -86,10 +75,7 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
             })
             .collect();
         for (key, value, f) in futures {
-            let d = block_on(f)
-                .expect("report")
-                .map_err(|(e, _)| e)
-                .expect("delivered");
+            let d = delivered(f);
             latest.insert(key, (value, d.offset));
         }
     }
@@ -100,10 +86,7 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
             .send_result(FutureRecord::<str, str>::to("latest").key(key.as_str()))
             .map_err(|(e, _)| e)
             .expect("enqueue");
-        block_on(f)
-            .expect("report")
-            .map_err(|(e, _)| e)
-            .expect("delivered");
+        delivered(f);
         latest.remove(&key);
     }
     // After segment.ms the active segment rolls and the compactor cleans the sealed ones.
@@ -135,9 +118,6 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
         .send_result(FutureRecord::to("latest").key("k19").payload("after"))
         .map_err(|(e, _)| e)
         .expect("enqueue");
-    let d = block_on(f)
-        .expect("report")
-        .map_err(|(e, _)| e)
-        .expect("delivered");
+    let d = delivered(f);
     assert_eq!(d.offset, 205);
 }

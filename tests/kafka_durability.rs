@@ -7,68 +7,39 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::kafka::{self, create_topic, watermarks};
 use common::{data_dir, Broker};
-use futures::executor::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
-
-fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin");
-    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        t = t.set(k, v);
-    }
-    let r = block_on(admin.create_topics(&[t], &AdminOptions::new())).expect("create_topics");
-    assert!(r[0].is_ok(), "{:?}", r[0]);
-}
+use rdkafka::Offset;
 
 fn producer(broker: &Broker, acks: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("acks", acks)
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("producer")
+    kafka::client(
+        broker,
+        &[
+            ("acks", acks),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", "30000"),
+        ],
+    )
 }
 
 /// Sends `n` messages numbered from `start` and returns the acknowledged (partition, offset).
 fn produce(p: &FutureProducer, topic: &str, start: usize, n: usize) -> Vec<(usize, i32, i64)> {
-    let mut pending = Vec::new();
-    for i in start..start + n {
-        let value = format!("m{i}");
-        let key = format!("k{i}");
-        let mut record = FutureRecord::to(topic)
-            .key(key.as_str())
-            .payload(value.as_str());
-        let f = loop {
-            match p.send_result(record) {
-                Ok(f) => break f,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("enqueue: {e}"),
-            }
-        };
-        pending.push((i, f));
-    }
+    let pending: Vec<_> = (start..start + n)
+        .map(|i| {
+            let value = format!("m{i}");
+            let key = format!("k{i}");
+            let record = FutureRecord::to(topic)
+                .key(key.as_str())
+                .payload(value.as_str());
+            (i, kafka::enqueue(p, record))
+        })
+        .collect();
     pending
         .into_iter()
         .map(|(i, f)| {
-            let d = block_on(f)
-                .expect("report")
-                .map_err(|(e, _)| e)
-                .expect("acked");
+            let d = kafka::delivered(f);
             (i, d.partition, d.offset)
         })
         .collect()
@@ -81,49 +52,19 @@ fn read_all(
     partitions: i32,
     expect: usize,
 ) -> Vec<(i32, i64, String)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(broker, &[], topic, partitions, Offset::Beginning);
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut keep = |m: &rdkafka::message::BorrowedMessage<'_>| {
+        out.push((
+            m.partition(),
+            m.offset(),
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+        ))
+    };
     // Read until `expect` arrived, then a little longer to catch extras.
-    let mut quiet_until = None;
-    while Instant::now() < deadline {
-        if out.len() >= expect && quiet_until.is_none() {
-            quiet_until = Some(Instant::now() + Duration::from_millis(1500));
-        }
-        if quiet_until.is_some_and(|q| Instant::now() > q) {
-            break;
-        }
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => out.push((
-                m.partition(),
-                m.offset(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-            )),
-            Some(Err(e)) => panic!("consume: {e}"),
-            None => {}
-        }
-    }
+    kafka::poll_n(&c, expect, Duration::from_secs(60), &mut keep);
+    kafka::poll_for(&c, Duration::from_millis(1500), &mut keep);
     out
-}
-
-fn watermarks(broker: &Broker, topic: &str, partition: i32) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("consumer");
-    c.fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .expect("watermarks")
 }
 
 fn partition_dir(data: &Path, topic: &str, partition: i32) -> PathBuf {

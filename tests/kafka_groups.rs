@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,19 +13,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{data_dir, Broker};
-use futures::executor::block_on;
+use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
-    ApiKey, GroupId, JoinGroupRequest, JoinGroupResponse, RequestHeader, SyncGroupRequest,
-    SyncGroupResponse,
+    ApiKey, GroupId, JoinGroupRequest, JoinGroupResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -35,46 +29,19 @@ const FAST_GROUPS: &[(&str, &str)] = &[
     ("PORTASK_KAFKA__GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
 ];
 
-fn create_topic(broker: &Broker, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin");
-    let r = block_on(admin.create_topics(
-        &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))
-    .expect("create");
-    assert!(r[0].is_ok(), "{:?}", r[0]);
-}
-
 fn produce(broker: &Broker, topic: &str, from: usize, n: usize) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut pending = Vec::new();
-    for i in from..from + n {
-        let v = format!("{i}");
-        let mut record = FutureRecord::to(topic).key(v.as_str()).payload(v.as_str());
-        let f = loop {
-            match p.send_result(record) {
-                Ok(f) => break f,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("enqueue: {e}"),
-            }
-        };
-        pending.push(f);
-    }
+    let p: FutureProducer = kafka::client(broker, &[("linger.ms", "5")]);
+    let pending: Vec<_> = (from..from + n)
+        .map(|i| {
+            let v = format!("{i}");
+            kafka::enqueue(
+                &p,
+                FutureRecord::to(topic).key(v.as_str()).payload(v.as_str()),
+            )
+        })
+        .collect();
     for f in pending {
-        block_on(f)
-            .expect("report")
-            .map_err(|(e, _)| e)
-            .expect("delivered");
+        kafka::delivered(f);
     }
 }
 
@@ -84,18 +51,16 @@ fn group_consumer(
     strategy: &str,
     extra: &[(&str, &str)],
 ) -> BaseConsumer {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", strategy)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500");
-    for (k, v) in extra {
-        c.set(*k, *v);
-    }
-    c.create().expect("consumer")
+    let mut settings = vec![
+        ("group.id", group),
+        ("enable.auto.commit", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", strategy),
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ];
+    settings.extend_from_slice(extra);
+    kafka::client(broker, &settings)
 }
 
 /// What every member of the test group saw.
@@ -167,7 +132,7 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 fn rebalance_scenario(strategy: &str) {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, FAST_GROUPS);
-    create_topic(&broker, "work", 6);
+    kafka::create_topic(&broker, "work", 6, &[]);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let group = format!("workers-{strategy}");
     let mut members: Vec<Member> = (0..3)
@@ -259,7 +224,7 @@ fn group_rebalances_as_members_join_and_leave_cooperative_sticky() {
 fn committed_offsets_survive_kill_9() {
     let (_tmp, data) = data_dir();
     let mut broker = Broker::start(&data, FAST_GROUPS);
-    create_topic(&broker, "ledger", 2);
+    kafka::create_topic(&broker, "ledger", 2, &[]);
     produce(&broker, "ledger", 0, 100);
     // A consumer that assigns its partitions and commits into group "auditors".
     let c = group_consumer(&broker, "auditors", "range", &[]);
@@ -377,25 +342,15 @@ fn roundtrip<R: Encodable>(
     corr: i32,
     body: &R,
 ) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("raw-member")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, api.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).expect("write");
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("response size");
-    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut resp).expect("response");
-    let mut resp = Bytes::from(resp);
+    s.write_all(&kafka::request_frame(
+        api,
+        version,
+        corr,
+        "raw-member",
+        body,
+    ))
+    .expect("write");
+    let mut resp = kafka::read_frame(s).expect("response");
     assert_eq!(resp.get_i32(), corr);
     resp
 }
@@ -404,7 +359,7 @@ fn roundtrip<R: Encodable>(
 fn a_member_that_stops_heartbeating_loses_its_partitions() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, FAST_GROUPS);
-    create_topic(&broker, "beats", 6);
+    kafka::create_topic(&broker, "beats", 6, &[]);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let live = spawn_member(&broker, 0, "beaters", "range", "beats", seen.clone());
     wait_until(

@@ -10,15 +10,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{closed_by_broker, data_dir, Broker};
+use common::{closed_by_broker, data_dir, kafka, Broker};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, TopicPartitionList};
+use rdkafka::Message;
 
 /// The request of the report, byte for byte: Fetch v4 whose topic count is 0x7fffffff.
 const FETCH_V4_HUGE_COUNT: &str =
@@ -163,23 +159,8 @@ fn lying_counts_close_only_their_connection_and_every_shard_keeps_serving() {
     );
 
     // Partitions of both shards still take and give records.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("admin");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let created = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new("after-lies", 4, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .expect("create topics");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("acks", "all")
-        .create()
-        .expect("producer");
+    kafka::create_topics(&broker, &[("after-lies", 4)]);
+    let producer: BaseProducer = kafka::client(&broker, &[("acks", "all")]);
     for p in 0..4 {
         let value = format!("v{p}");
         producer
@@ -191,24 +172,11 @@ fn lying_counts_close_only_their_connection_and_every_shard_keeps_serving() {
             .expect("enqueue");
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "after-lies")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition_offset("after-lies", p, rdkafka::Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = kafka::assigned(&broker, &[], "after-lies", 4, rdkafka::Offset::Beginning);
     let mut seen = std::collections::BTreeSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < 4 && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            seen.insert((m.partition(), m.payload().map(|v| v.to_vec())));
-        }
-    }
+    kafka::poll_n(&consumer, 4, Duration::from_secs(30), |m| {
+        seen.insert((m.partition(), m.payload().map(|v| v.to_vec())));
+    });
     let want: std::collections::BTreeSet<_> = (0..4)
         .map(|p| (p, Some(format!("v{p}").into_bytes())))
         .collect();
@@ -335,11 +303,7 @@ fn answer(s: &mut TcpStream) -> Option<i32> {
 /// Produces `value` to partition 0 of `topic` through librdkafka (uncompressed, so its frame
 /// is as large as the value) and returns the partition's high watermark afterwards.
 fn produce_one(broker: &Broker, topic: &str, value: &[u8]) -> i64 {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("compression.type", "none")
-        .create()
-        .expect("producer");
+    let producer: BaseProducer = kafka::client(broker, &[("compression.type", "none")]);
     producer
         .send(BaseRecord::<(), _>::to(topic).partition(0).payload(value))
         .expect("enqueue");

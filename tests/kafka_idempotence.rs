@@ -11,16 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{data_dir, free_port, Broker};
-use futures::executor::block_on;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use common::{data_dir, free_port, kafka, Broker};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 /// A TCP proxy that can drop a connection after forwarding a request to the broker but
 /// before the broker's answer reaches the client.
@@ -125,26 +119,18 @@ fn idempotent_producer_retries_after_cut_connections_without_duplicates() {
     );
     let proxy = Proxy::start_on(proxy_port, broker.port);
     let bootstrap = format!("127.0.0.1:{}", proxy.port);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin");
-    let r = block_on(admin.create_topics(
-        &[NewTopic::new("exactly", 3, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))
-    .expect("create");
-    assert!(r[0].is_ok(), "{:?}", r[0]);
+    kafka::create_topic(&bootstrap, "exactly", 3, &[]);
 
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "20")
-        .set("retry.backoff.ms", "50")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .expect("producer");
+    let p: FutureProducer = kafka::client(
+        &bootstrap,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "20"),
+            ("retry.backoff.ms", "50"),
+            ("message.timeout.ms", "60000"),
+        ],
+    );
     const N: usize = 6000;
     // Four rounds; in each the proxy cuts the connection carrying a produce request.
     for round in 0..4 {
@@ -153,26 +139,14 @@ fn idempotent_producer_retries_after_cut_connections_without_duplicates() {
         for i in round * 1500..(round + 1) * 1500 {
             let v = format!("{i:06}-{}", "p".repeat(300));
             let key = format!("k{}", i % 3);
-            let mut record = FutureRecord::to("exactly")
+            let record = FutureRecord::to("exactly")
                 .key(key.as_str())
                 .payload(v.as_str());
-            let f = loop {
-                match p.send_result(record) {
-                    Ok(f) => break f,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => panic!("enqueue: {e}"),
-                }
-            };
-            pending.push(f);
+            pending.push(kafka::enqueue(&p, record));
         }
+        // Every record is delivered despite the cuts.
         for f in pending {
-            block_on(f)
-                .expect("report")
-                .map_err(|(e, _)| e)
-                .expect("delivered despite cuts");
+            kafka::delivered(f);
         }
     }
     assert!(
@@ -181,17 +155,7 @@ fn idempotent_producer_retries_after_cut_connections_without_duplicates() {
     );
 
     // Read straight from the broker: each message exactly once, in send order per partition.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..3 {
-        tpl.add_partition_offset("exactly", part, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(&broker, &[], "exactly", 3, Offset::Beginning);
     let mut count: HashMap<usize, usize> = HashMap::new();
     let mut last: HashMap<i32, usize> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -12,34 +12,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use common::{data_dir, Broker};
+use common::{data_dir, kafka, Broker};
 use futures::executor::block_on;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
-use kafka_protocol::protocol::{Encodable, StrBytes};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 fn api_versions_frame(correlation: i32) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::ApiVersions as i16)
-        .with_request_api_version(2)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("ops-test")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, ApiKey::ApiVersions.request_header_version(2))
-        .expect("header");
-    ApiVersionsRequest::default()
-        .encode(&mut buf, 2)
-        .expect("body");
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    buf.to_vec()
+    kafka::request_frame(
+        ApiKey::ApiVersions,
+        2,
+        correlation,
+        "ops-test",
+        &ApiVersionsRequest::default(),
+    )
 }
 
 /// Sends ApiVersions and reads the answer; false when the broker closed the socket.
@@ -103,14 +90,15 @@ fn connections_past_the_limit_are_refused_and_the_others_keep_working() {
 fn sigterm_during_a_produce_load_loses_nothing_acknowledged() {
     let (_tmp, data) = data_dir();
     let mut broker = Broker::start(&data, &[]);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "5000")
-        .set("enable.idempotence", "false")
-        .create()
-        .expect("producer");
+    let producer: FutureProducer = kafka::client(
+        &broker,
+        &[
+            ("acks", "all"),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", "5000"),
+            ("enable.idempotence", "false"),
+        ],
+    );
     let acked: Arc<Mutex<Vec<(i32, i64, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
@@ -152,25 +140,14 @@ fn sigterm_during_a_produce_load_loses_nothing_acknowledged() {
         "the restart needs no recovery scan"
     );
     let acked = acked.lock().expect("lock").clone();
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", "unused")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("load", 0, Offset::Beginning)
-        .expect("tpl");
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(&broker, &[], "load", 1, Offset::Beginning);
     let mut seen = std::collections::HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.len() < acked.len() && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            seen.insert(
-                m.offset(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-            );
-        }
-    }
+    kafka::poll_n(&c, acked.len(), Duration::from_secs(60), |m| {
+        seen.insert(
+            m.offset(),
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+        );
+    });
     for (_, offset, v) in &acked {
         assert_eq!(
             seen.get(offset),
@@ -190,52 +167,28 @@ fn produce_all(
     n: usize,
     value: &[u8],
 ) {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", b.bootstrap())
-        .set("acks", "all")
-        .set("message.timeout.ms", "60000");
-    for (k, v) in extra {
-        config.set(*k, *v);
-    }
-    let p: FutureProducer = config.create().expect("producer");
+    let mut settings = vec![("acks", "all"), ("message.timeout.ms", "60000")];
+    settings.extend_from_slice(extra);
+    let p: FutureProducer = kafka::client(b, &settings);
     let pending: Vec<_> = (0..n)
         .map(|i| {
             let key = i.to_string();
-            loop {
-                let r = FutureRecord::to(topic)
-                    .key(&key)
-                    .payload(value)
-                    .partition(i as i32 % partitions);
-                match p.send_result(r) {
-                    Ok(f) => break f,
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+            let r = FutureRecord::to(topic)
+                .key(&key)
+                .payload(value)
+                .partition(i as i32 % partitions);
+            kafka::enqueue(&p, r)
         })
         .collect();
     for f in pending {
-        block_on(f)
-            .expect("delivery report")
-            .map_err(|(e, _)| e)
-            .expect("delivered");
+        kafka::delivered(f);
     }
 }
 
 /// Reads `topic` from the beginning until `n` distinct keys were seen, each value
 /// `value_len` bytes long.
 fn read_back_keys(b: &Broker, topic: &str, partitions: i32, n: usize, value_len: usize) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", "read-back")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..partitions {
-        tpl.add_partition_offset(topic, part, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
+    let c = kafka::assigned(b, &[], topic, partitions, Offset::Beginning);
     let mut seen = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < n {

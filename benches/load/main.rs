@@ -3,21 +3,27 @@
 //! report, writes `--json`, and exits 1 when an acknowledged message was lost (2 when the
 //! run itself could not be carried out).
 //!
-//! Everything else lives in `harness/`, which `tests/load_harness.rs` also includes.
+//! Everything else lives in `harness/`, which `tests/load_harness.rs` also includes. With
+//! `--start-broker` the run gets a Portask of its own, started by `tests/common/launch.rs`
+//! (the launcher the integration tests use).
 
 // Cargo builds `harness = false` benches with `--cfg test` but never runs their unit
 // tests (tests/load_harness.rs does): those tests and their helpers are dead code here.
 #[cfg_attr(test, allow(dead_code, unused_imports))]
 mod harness;
+#[path = "../../tests/common/launch.rs"]
+mod launch;
 
 use harness::options::{self, Command};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = match options::parse(std::env::args()) {
+    let mut cli = match options::parse(std::env::args()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Kept until the run's report is written; dropping it kills the broker.
+    let _broker = start_broker(&mut cli.command);
     if let Command::Report(args) = &cli.command {
         match harness::summary::run(args) {
             Ok(table) => {
@@ -52,4 +58,25 @@ fn main() {
     if !report.passed {
         std::process::exit(1);
     }
+}
+
+/// With `--start-broker`: starts Portask and points the command at it.
+fn start_broker(command: &mut Command) -> Option<launch::Scratch> {
+    let workload = match command {
+        Command::Kafka(a) => &a.workload,
+        Command::Amqp(a) => &a.workload,
+        Command::Report(_) => return None,
+    };
+    if !workload.start_broker {
+        return None;
+    }
+    let shards = workload.broker_shards;
+    let broker = launch::Scratch::start(usize::from(shards), &[]);
+    match command {
+        Command::Kafka(a) => a.brokers = broker.launch.bootstrap(),
+        Command::Amqp(a) => a.url = broker.launch.amqp_url(),
+        Command::Report(_) => {}
+    }
+    eprintln!("load: started portask with {shards} shards (unpinned, temp data dir)");
+    Some(broker)
 }

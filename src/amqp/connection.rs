@@ -32,7 +32,7 @@ use glommio::net::TcpStream;
 use super::auth::{self, Permissions};
 use super::channel::{Channel, ChannelRef};
 use super::codec::{self, Frame, FrameError};
-use super::mesh::{Delivery, Op};
+use super::mesh::{Delivery, QueueOp};
 use super::methods::Actor;
 use super::routing::QueueRef;
 use super::topology::TopologyChange;
@@ -187,7 +187,7 @@ impl Connection {
             outbox::push(
                 &self.shard,
                 queue.owner,
-                Op::Settle {
+                QueueOp::Settle {
                     queue,
                     ids,
                     how: super::mesh::Settle::Return,
@@ -328,7 +328,7 @@ async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
             outbox::push(
                 &conn.shard,
                 owner,
-                Op::Credit {
+                QueueOp::Credit {
                     queue,
                     cid,
                     n,
@@ -1007,7 +1007,10 @@ async fn running(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError>
             };
             let Some(ch) = ch else {
                 if let AMQPClass::Channel(chan::AMQPMethod::Open(_)) = method {
-                    let ch = Channel::new(frame.channel, conn);
+                    let ch = Channel::new(
+                        frame.channel,
+                        conn.shard.config.amqp.default_prefetch as u32,
+                    );
                     conn.channels.borrow_mut().insert(frame.channel, ch);
                     conn.send_method(
                         frame.channel,

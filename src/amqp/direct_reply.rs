@@ -5,7 +5,7 @@
 //! consumer, without a queue.
 //!
 //! The token names the requester's shard, connection and channel and a random key of the
-//! consumer, so a reply from any shard is one `Op::DirectReply` to the requester's shard,
+//! consumer, so a reply from any shard is one `ConnOp::DirectReply` to the requester's shard,
 //! which writes it if that consumer is still there and drops it otherwise (as RabbitMQ
 //! does when the requester has gone). Runs on the publishing connection's shard (rewrite,
 //! route) and on the requester's shard (deliver).
@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use super::channel::ChannelRef;
 use super::connection::Connection;
-use super::mesh::Op;
+use super::mesh::ConnOp;
 use super::message::{encode_properties, parse_props, Message};
 use super::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
@@ -133,7 +133,7 @@ pub fn route(conn: &Connection, exchange: &str, routing_key: &str, msg: &Message
         return false;
     }
     let msg = msg.clone();
-    outbox::push(&conn.shard, token.shard, Op::DirectReply { token, msg });
+    outbox::push(&conn.shard, token.shard, ConnOp::DirectReply { token, msg });
     true
 }
 

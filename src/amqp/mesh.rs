@@ -1,9 +1,12 @@
 //! What AMQP work looks like when it crosses shards: `Op`s, batched by the `Outbox` into
 //! one `Request::Ops` envelope per destination shard per flush.
 //!
-//! Ops towards a queue's owner shard: publish, consume, cancel, settle (ack / requeue /
-//! reject), credit, limits, get, stats, purge, delete, barrier. Ops towards a connection's
-//! shard: deliver, confirm, cancelled. Each envelope carries the sender's catalog
+//! Two directions, two enums: `QueueOp`, towards a queue's owner shard (publish, consume,
+//! cancel, settle — ack / requeue / reject —, credit, limits, get, stats, purge, delete,
+//! barrier), applied by `owner::apply_queue_op`; and `ConnOp`, towards a connection's shard
+//! (deliver, confirm, cancelled, direct reply), applied by `owner::apply_conn_op`. `Op`
+//! carries either in one envelope, so per (sender, destination) every op keeps its place
+//! in line whatever its direction. Each envelope carries the sender's catalog
 //! version (`Arc<CatalogState>`), which the receiver installs first if it is newer, so an
 //! op never names a queue the receiving shard has not heard of yet.
 //!
@@ -69,6 +72,18 @@ pub struct ConfirmTo {
     pub seq: u64,
 }
 
+impl ConfirmTo {
+    /// The confirm op for this publish.
+    pub fn op(self, ack: bool) -> ConnOp {
+        ConnOp::Confirm {
+            conn: self.conn,
+            channel: self.channel,
+            seqs: vec![self.seq],
+            ack,
+        }
+    }
+}
+
 /// The answer to a basic.get: the message taken (with the count of ready messages left)
 /// from `queue`. If its asker has left when it arrives, the message goes back to the queue
 /// (`owner::unclaimed_get`).
@@ -80,8 +95,8 @@ pub struct GetAnswer {
 /// Statistics for queue.declare-ok: (messages ready, consumers).
 pub type QueueStats = (u32, u32);
 
-pub enum Op {
-    // ---- to the queue's owner shard ----
+/// Work for a queue, sent to the queue's owner shard.
+pub enum QueueOp {
     Publish {
         queue: QueueRef,
         msg: Message,
@@ -139,8 +154,11 @@ pub enum Op {
     Barrier {
         reply: ReplyTo<()>,
     },
+}
 
-    // ---- to a connection's shard ----
+/// Work for a connection, sent to the shard the connection lives on.
+#[derive(Debug)]
+pub enum ConnOp {
     Deliver {
         conn: u64,
         channel: u16,
@@ -155,11 +173,7 @@ pub enum Op {
         ack: bool,
     },
     /// The queue went away: the consumer is cancelled by the server.
-    Cancelled {
-        conn: u64,
-        channel: u16,
-        cid: u64,
-    },
+    Cancelled { conn: u64, channel: u16, cid: u64 },
     /// A reply for a direct reply-to consumer (`amqp::direct_reply`).
     DirectReply {
         token: super::direct_reply::Token,
@@ -167,13 +181,31 @@ pub enum Op {
     },
 }
 
+/// One op of an envelope, in either direction.
+pub enum Op {
+    Queue(QueueOp),
+    Conn(ConnOp),
+}
+
+impl From<QueueOp> for Op {
+    fn from(op: QueueOp) -> Op {
+        Op::Queue(op)
+    }
+}
+
+impl From<ConnOp> for Op {
+    fn from(op: ConnOp) -> Op {
+        Op::Conn(op)
+    }
+}
+
 impl Op {
     /// Payload bytes the op carries (for the outbox's back-pressure).
     pub fn bytes(&self) -> usize {
         match self {
-            Op::Publish { msg, .. } => msg.size(),
-            Op::Deliver { items, .. } => items.iter().map(|d| d.msg.size()).sum(),
-            Op::DirectReply { msg, .. } => msg.size(),
+            Op::Queue(QueueOp::Publish { msg, .. }) => msg.size(),
+            Op::Conn(ConnOp::Deliver { items, .. }) => items.iter().map(|d| d.msg.size()).sum(),
+            Op::Conn(ConnOp::DirectReply { msg, .. }) => msg.size(),
             _ => 0,
         }
     }
@@ -183,37 +215,19 @@ impl Op {
     /// so a burst of per-message work becomes one op.
     pub fn merge(&mut self, next: Op) -> Option<Op> {
         match (self, next) {
+            (Op::Queue(a), Op::Queue(b)) => a.merge(b).map(Op::Queue),
+            (Op::Conn(a), Op::Conn(b)) => a.merge(b).map(Op::Conn),
+            (_, next) => Some(next),
+        }
+    }
+}
+
+impl QueueOp {
+    fn merge(&mut self, next: QueueOp) -> Option<QueueOp> {
+        match (self, next) {
             (
-                Op::Deliver { cid, items, .. },
-                Op::Deliver {
-                    cid: c2,
-                    items: more,
-                    ..
-                },
-            ) if *cid == c2 => {
-                items.extend(more);
-                None
-            }
-            (
-                Op::Confirm {
-                    conn,
-                    channel,
-                    seqs,
-                    ack,
-                },
-                Op::Confirm {
-                    conn: c2,
-                    channel: ch2,
-                    seqs: more,
-                    ack: a2,
-                },
-            ) if *conn == c2 && *channel == ch2 && *ack == a2 => {
-                seqs.extend(more);
-                None
-            }
-            (
-                Op::Settle { queue, ids, how },
-                Op::Settle {
+                QueueOp::Settle { queue, ids, how },
+                QueueOp::Settle {
                     queue: q2,
                     ids: more,
                     how: h2,
@@ -223,13 +237,13 @@ impl Op {
                 None
             }
             (
-                Op::Credit {
+                QueueOp::Credit {
                     queue,
                     cid,
                     n,
                     bytes,
                 },
-                Op::Credit {
+                QueueOp::Credit {
                     queue: q2,
                     cid: c2,
                     n: n2,
@@ -238,6 +252,42 @@ impl Op {
             ) if queue.id == q2.id && *cid == c2 => {
                 *n += n2;
                 *bytes += b2;
+                None
+            }
+            (_, next) => Some(next),
+        }
+    }
+}
+
+impl ConnOp {
+    fn merge(&mut self, next: ConnOp) -> Option<ConnOp> {
+        match (self, next) {
+            (
+                ConnOp::Deliver { cid, items, .. },
+                ConnOp::Deliver {
+                    cid: c2,
+                    items: more,
+                    ..
+                },
+            ) if *cid == c2 => {
+                items.extend(more);
+                None
+            }
+            (
+                ConnOp::Confirm {
+                    conn,
+                    channel,
+                    seqs,
+                    ack,
+                },
+                ConnOp::Confirm {
+                    conn: c2,
+                    channel: ch2,
+                    seqs: more,
+                    ack: a2,
+                },
+            ) if *conn == c2 && *channel == ch2 && *ack == a2 => {
+                seqs.extend(more);
                 None
             }
             (_, next) => Some(next),

@@ -164,7 +164,7 @@ struct ConfirmWait {
     left: usize,
     ack: bool,
     /// Stays on this shard: the HTTP request waiting on the receiver runs here, and the
-    /// confirms are completed here too (`Op::Confirm` is applied on the shard its
+    /// confirms are completed here too (`ConnOp::Confirm` is applied on the shard its
     /// `ConfirmTo` names), so no waker crosses a thread.
     done: futures::channel::oneshot::Sender<bool>,
 }

@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use super::mesh::{Op, Request};
+use super::mesh::{Op, QueueOp, Request};
 use crate::broker::Shard;
 use crate::util::notify::Notify;
 
@@ -40,7 +40,8 @@ impl Outbox {
 }
 
 /// Queues `op` for shard `to` and makes sure a flush is on its way.
-pub fn push(shard: &Rc<Shard>, to: usize, op: Op) {
+pub fn push(shard: &Rc<Shard>, to: usize, op: impl Into<Op>) {
+    let op: Op = op.into();
     let ob = &shard.amqp.outbox;
     ob.bytes.set(ob.bytes.get() + op.bytes());
     {
@@ -92,6 +93,6 @@ async fn flush(shard: Rc<Shard>, to: usize) {
 /// made visible before an answer that depends on them).
 pub async fn barrier(shard: &Rc<Shard>, to: usize) {
     let (reply, answer) = shard.expect::<()>();
-    push(shard, to, Op::Barrier { reply });
+    push(shard, to, QueueOp::Barrier { reply });
     let _ = answer.await;
 }

@@ -1,27 +1,40 @@
-//! Where AMQP envelopes arrive: `serve` applies a batch of `Op`s on this shard — queue
-//! work on the queues it owns, deliveries and confirms for the connections it holds.
+//! Where AMQP envelopes arrive, and the glue between the shard and its queues: `serve`
+//! applies a batch of `Op`s on this shard — `QueueOp`s on the queues it owns
+//! (`apply_queue_op`), `ConnOp`s for the connections it holds (`apply_conn_op`).
+//!
+//! Queues are pure state machines (`queue::QueueState`); `with_queue` calls one with this
+//! shard's `Env` (clock, config limits, memory held, the message store) and then carries out
+//! the `Effects` it returns (`apply_effects`): ops into the outbox, dead-lettered messages
+//! routed from the catalog replica, page-in reads, TTL and `x-expires` timers, memory
+//! accounting and metrics. Every background task a queue needs is started here.
 //!
 //! Called synchronously by `Shard::amqp` (`amqp::ask`: on this shard, or on arrival here
 //! from another shard) and from the outbox's flush task (ops for this shard), always in the
-//! order they were queued. Answers leave
-//! through the ops' `ReplyTo`s, which never wait (`runtime::reply`).
+//! order they were queued. Answers leave through the ops' `ReplyTo`s, which never wait
+//! (`runtime::reply`).
 //!
 //! Also where the owner follows its queues' store writes (`Stored`): the message store
-//! hands back a durability future per append, and one task per shard awaits them in
-//! order to send confirms, drop paged bodies and take back messages the disk refused.
+//! hands back a durability future per append (`Effect::Stored`), and one task per shard
+//! awaits them in order to send confirms, drop paged bodies and take back messages the
+//! disk refused.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::time::Duration;
 
-use super::mesh::{ConfirmTo, GetAnswer, Op, Reply, Request, Settle};
-use super::queue::{confirm_to, QueueHandle, QueueState};
+use super::mesh::{ConfirmTo, ConnOp, GetAnswer, Op, QueueOp, Reply, Request, Settle};
+use super::message::Message;
+use super::queue::dead_letter::DeadLetter;
+use super::queue::{Effect, Effects, Env, Limits, QueueHandle, QueueState};
 use super::routing::QueueRef;
+use super::store::Location;
 use super::topology::TopologyChange;
 use super::{outbox, queue_owner, reply};
 use crate::broker::Shard;
 use crate::catalog::Change;
 use crate::storage::journal::{Durable, Outcome};
+use crate::util::now_ms;
 
 /// An envelope from another shard: applied now; the reply (which lets the sender's
 /// outbox send its next envelope) waits while this shard is under memory pressure.
@@ -77,7 +90,10 @@ pub fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
         Request::Ops { catalog, ops } => {
             shard.install_catalog(catalog);
             for op in ops {
-                apply(shard, op);
+                match op {
+                    Op::Queue(op) => apply_queue_op(shard, op),
+                    Op::Conn(op) => apply_conn_op(shard, op),
+                }
             }
             Reply::Done
         }
@@ -98,9 +114,12 @@ pub fn queue_for(shard: &Rc<Shard>, qref: &QueueRef) -> Option<QueueHandle> {
     let q = Rc::new(std::cell::RefCell::new(QueueState::new(
         qref.clone(),
         def.clone(),
+        now_ms(),
     )));
     shard.amqp.insert_queue(qref.id, q.clone());
-    q.borrow().arm_expires(shard);
+    if def.args.expires.is_some() {
+        watch_expires(shard, qref.id);
+    }
     Some(q)
 }
 
@@ -111,14 +130,15 @@ fn not_found(q: &QueueRef) -> (u16, String) {
     )
 }
 
-fn apply(shard: &Rc<Shard>, op: Op) {
+/// Work for a queue this shard owns.
+fn apply_queue_op(shard: &Rc<Shard>, op: QueueOp) {
     match op {
-        Op::Publish {
+        QueueOp::Publish {
             queue,
             msg,
             confirm,
         } => match queue_for(shard, &queue) {
-            Some(q) => q.borrow_mut().publish(shard, msg, confirm),
+            Some(q) => with_queue(shard, &q, |q, env, fx| q.publish(env, fx, msg, confirm)),
             // The queue went away meanwhile: like an unroutable message, confirmed.
             None => {
                 if let Some(c) = confirm {
@@ -126,20 +146,20 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 }
             }
         },
-        Op::Consume {
+        QueueOp::Consume {
             queue,
             consumer,
             reply,
         } => {
             let r = match queue_for(shard, &queue) {
-                Some(q) => q.borrow_mut().consume(shard, consumer),
+                Some(q) => with_queue(shard, &q, |q, env, fx| q.consume(env, fx, consumer)),
                 None => Err(not_found(&queue)),
             };
             reply.send(r);
         }
-        Op::Cancel { queue, cid } => {
+        QueueOp::Cancel { queue, cid } => {
             if let Some(q) = shard.amqp.queue(queue.id) {
-                let auto_delete = q.borrow_mut().cancel(shard, cid);
+                let auto_delete = with_queue(shard, &q, |q, env, fx| q.cancel(env, fx, cid));
                 if auto_delete {
                     let shard = shard.clone();
                     super::spawn_later(async move {
@@ -148,22 +168,22 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 }
             }
         }
-        Op::Settle { queue, ids, how } => {
+        QueueOp::Settle { queue, ids, how } => {
             if let Some(q) = shard.amqp.queue(queue.id) {
-                q.borrow_mut().settle(shard, ids, how);
+                with_queue(shard, &q, |q, env, fx| q.settle(env, fx, ids, how));
             }
         }
-        Op::Credit {
+        QueueOp::Credit {
             queue,
             cid,
             n,
             bytes,
         } => {
             if let Some(q) = shard.amqp.queue(queue.id) {
-                q.borrow_mut().credit(shard, cid, n, bytes);
+                with_queue(shard, &q, |q, env, fx| q.credit(env, fx, cid, n, bytes));
             }
         }
-        Op::Limits {
+        QueueOp::Limits {
             queue,
             cid,
             prefetch_count,
@@ -171,11 +191,12 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             active,
         } => {
             if let Some(q) = shard.amqp.queue(queue.id) {
-                q.borrow_mut()
-                    .limits(shard, cid, prefetch_count, prefetch_bytes, active);
+                with_queue(shard, &q, |q, env, fx| {
+                    q.set_limits(env, fx, cid, prefetch_count, prefetch_bytes, active)
+                });
             }
         }
-        Op::Get {
+        QueueOp::Get {
             queue,
             no_ack,
             reply,
@@ -185,36 +206,36 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 return;
             };
             if !q.borrow().head_paged() {
-                let r = q.borrow_mut().get(shard, no_ack);
+                let r = with_queue(shard, &q, |q, env, fx| q.get(env, fx, no_ack));
                 reply.send(GetAnswer { queue, got: r });
                 return;
             }
             // The head is on disk: read it back, then answer.
             let shard = shard.clone();
             super::spawn_later(async move {
-                QueueState::page_in_head(&shard, queue.id).await;
+                page_in_head(&shard, queue.id).await;
                 let r = shard
                     .amqp
                     .queue(queue.id)
-                    .and_then(|q| q.borrow_mut().get(&shard, no_ack));
+                    .and_then(|q| with_queue(&shard, &q, |q, env, fx| q.get(env, fx, no_ack)));
                 reply.send(GetAnswer { queue, got: r });
             });
         }
-        Op::Stats { queue, reply } => {
+        QueueOp::Stats { queue, reply } => {
             let r = queue_for(shard, &queue).map(|q| {
                 let mut q = q.borrow_mut();
-                q.touch();
+                q.touch(now_ms());
                 q.stats()
             });
             reply.send(r);
         }
-        Op::Purge { queue, reply } => {
+        QueueOp::Purge { queue, reply } => {
             let n = queue_for(shard, &queue)
-                .map(|q| q.borrow_mut().purge(shard))
+                .map(|q| with_queue(shard, &q, |q, env, fx| q.purge(env, fx)))
                 .unwrap_or(0);
             reply.send(n);
         }
-        Op::Delete {
+        QueueOp::Delete {
             queue,
             if_unused,
             if_empty,
@@ -254,10 +275,16 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 reply.send(Ok((count, state)));
             });
         }
-        Op::Barrier { reply } => {
+        QueueOp::Barrier { reply } => {
             reply.send(());
         }
-        Op::Deliver {
+    }
+}
+
+/// Work for a connection this shard holds.
+fn apply_conn_op(shard: &Rc<Shard>, op: ConnOp) {
+    match op {
+        ConnOp::Deliver {
             conn,
             channel,
             cid,
@@ -270,7 +297,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 outbox::push(
                     shard,
                     queue.owner,
-                    Op::Settle {
+                    QueueOp::Settle {
                         queue,
                         ids,
                         how: Settle::Return,
@@ -278,7 +305,7 @@ fn apply(shard: &Rc<Shard>, op: Op) {
                 );
             }
         },
-        Op::Confirm {
+        ConnOp::Confirm {
             conn,
             channel,
             seqs,
@@ -288,12 +315,12 @@ fn apply(shard: &Rc<Shard>, op: Op) {
             // Not a connection: a publish waiting without a channel (the HTTP API).
             None => shard.amqp.confirm_waits.confirmed(conn, seqs.len(), ack),
         },
-        Op::Cancelled { conn, channel, cid } => {
+        ConnOp::Cancelled { conn, channel, cid } => {
             if let Some(c) = shard.amqp.connection(conn) {
                 c.consumer_cancelled(channel, cid);
             }
         }
-        Op::DirectReply { token, msg } => {
+        ConnOp::DirectReply { token, msg } => {
             if let Some(c) = shard.amqp.connection(token.conn) {
                 super::direct_reply::deliver(&c, token, msg);
             }
@@ -311,7 +338,7 @@ pub fn unclaimed_get(shard: &Rc<Shard>, answer: GetAnswer) {
         outbox::push(
             shard,
             owner,
-            Op::Settle {
+            QueueOp::Settle {
                 queue: answer.queue,
                 ids: vec![d.id],
                 how: Settle::Return,
@@ -425,5 +452,253 @@ async fn settle_stored(shard: Rc<Shard>) {
                 q.borrow_mut().store_failed(&shard, &seqs);
             }
         }
+    }
+}
+
+/// The limits from this shard's config that its queues apply.
+pub fn queue_limits(shard: &Shard) -> Limits {
+    let a = &shard.config.amqp;
+    Limits {
+        consumer_window: a.consumer_window,
+        consumer_window_bytes: a.consumer_window_bytes,
+        memory_budget: a.memory_budget_bytes,
+    }
+}
+
+/// The `Env` a queue call on this shard reads: now, the config limits, the memory its
+/// queues hold, its message store.
+fn env(shard: &Shard) -> Env<'_> {
+    Env {
+        now: now_ms(),
+        limits: queue_limits(shard),
+        memory: shard.amqp.memory(),
+        store: &shard.amqp.store,
+    }
+}
+
+/// Calls `f` on queue state `q` (borrowed by the caller) with this shard's `Env`, then
+/// carries out the effects.
+fn on_shard<R>(
+    shard: &Rc<Shard>,
+    q: &mut QueueState,
+    f: impl FnOnce(&mut QueueState, &Env, &mut Effects) -> R,
+) -> R {
+    let mut fx = Effects::default();
+    let r = f(q, &env(shard), &mut fx);
+    apply_effects(shard, &q.qref, fx);
+    r
+}
+
+/// Calls `f` on queue `q` with this shard's `Env`, then (the queue no longer borrowed)
+/// carries out the effects.
+pub fn with_queue<R>(
+    shard: &Rc<Shard>,
+    q: &QueueHandle,
+    f: impl FnOnce(&mut QueueState, &Env, &mut Effects) -> R,
+) -> R {
+    let mut fx = Effects::default();
+    let (r, qref) = {
+        let mut q = q.borrow_mut();
+        (f(&mut q, &env(shard), &mut fx), q.qref.clone())
+    };
+    apply_effects(shard, &qref, fx);
+    r
+}
+
+/// Carries out what a call on queue `qref` asked for. Never borrows a queue synchronously
+/// (every task it starts runs on a later turn), so it may run while the caller holds one.
+pub fn apply_effects(shard: &Rc<Shard>, qref: &QueueRef, fx: Effects) {
+    shard.amqp.add_memory(fx.memory);
+    if fx.enqueued > 0 {
+        crate::metrics::with(|m| m.enqueued(&qref.vhost, &qref.name, fx.enqueued));
+    }
+    if fx.dequeued > 0 {
+        crate::metrics::with(|m| m.dequeued(&qref.vhost, &qref.name, fx.dequeued));
+    }
+    for e in fx.list {
+        match e {
+            Effect::Send { to, op } => outbox::push(shard, to, op),
+            Effect::DeadLetter(dl) => match dl.paged {
+                None => route_dead_letter(shard, qref, dl),
+                Some((seq, loc)) => dead_letter_paged(shard, qref, dl, seq, loc),
+            },
+            Effect::PageIn(want) => page_in(shard, qref.clone(), want),
+            Effect::WakeAt(at) => wake_at(shard, qref.id, at),
+            Effect::WatchExpires => watch_expires(shard, qref.id),
+            Effect::Stored(s) => await_stored(shard, qref.id, s.seq, s.durable, s.confirm, s.page),
+        }
+    }
+}
+
+/// Sends a confirm back to the publishing channel.
+pub fn confirm_to(shard: &Rc<Shard>, c: ConfirmTo, ack: bool) {
+    outbox::push(shard, c.shard, c.op(ack));
+}
+
+/// Routes a dead-lettered message from this shard's catalog replica and publishes it to
+/// each matched queue's owner; a route that would cycle is dropped.
+fn route_dead_letter(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter) {
+    let router = shard.amqp.router(shard);
+    let rk = String::from_utf8_lossy(&dl.msg.routing_key).into_owned();
+    let headers_src = dl.msg.properties.clone();
+    let mut headers = move || {
+        super::message::scan_properties(&headers_src)
+            .and_then(|v| v.headers)
+            .map(|h| super::message::decode_headers(&h))
+            .unwrap_or_default()
+    };
+    let Ok(targets) = router.route(&qref.vhost, &dl.exchange, &rk, &mut headers) else {
+        log::debug!(
+            "dead-letter exchange '{}' of queue '{}' does not exist: message dropped",
+            dl.exchange,
+            qref.name
+        );
+        return;
+    };
+    for t in targets {
+        if dl.cycles_to(&t.name) {
+            log::debug!("dead-letter cycle to '{}': message dropped", t.name);
+            continue;
+        }
+        outbox::push(
+            shard,
+            t.owner,
+            QueueOp::Publish {
+                queue: t,
+                msg: dl.msg.clone(),
+                confirm: None,
+            },
+        );
+    }
+}
+
+/// Dead-letters a message whose body is on disk only: read back first, then routed, then
+/// acked in the store.
+fn dead_letter_paged(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter, seq: u64, loc: Location) {
+    let (shard, qref) = (shard.clone(), qref.clone());
+    super::spawn_later(async move {
+        match shard.amqp.store.read(&qref, loc).await {
+            Ok(body) => {
+                let mut dl = dl;
+                dl.msg.body = body;
+                route_dead_letter(&shard, &qref, dl);
+            }
+            Err(err) => log::error!("reading a paged message of '{}': {err}", qref.name),
+        }
+        shard.amqp.store.ack(&qref, seq);
+    });
+}
+
+/// Reads paged-out messages back and hands them to their queue.
+fn page_in(shard: &Rc<Shard>, qref: QueueRef, want: Vec<(u64, Location)>) {
+    let shard = shard.clone();
+    super::spawn_later(async move {
+        // The first read opens the segment's read handle; the rest share it.
+        let mut reads = Vec::with_capacity(want.len());
+        if let Some((_, first)) = want.first() {
+            reads.push(shard.amqp.store.read(&qref, *first).await);
+        }
+        let rest = want.iter().skip(1);
+        reads.extend(
+            futures::future::join_all(rest.map(|(_, loc)| shard.amqp.store.read(&qref, *loc)))
+                .await,
+        );
+        let Some(q) = shard.amqp.queue(qref.id) else {
+            return;
+        };
+        let reads = want.into_iter().map(|(seq, _)| seq).zip(reads).collect();
+        with_queue(&shard, &q, |q, env, fx| q.paged_in(env, fx, reads));
+    });
+}
+
+/// Reads the head of queue `qid` back from disk if it is paged out, and waits for it
+/// (basic.get).
+pub async fn page_in_head(shard: &Rc<Shard>, qid: u64) {
+    for _ in 0..100 {
+        let Some(q) = shard.amqp.queue(qid) else {
+            return;
+        };
+        let paged = with_queue(shard, &q, |q, _, fx| {
+            if !q.head_paged() {
+                return false;
+            }
+            q.page_in(fx);
+            true
+        });
+        if !paged {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The TTL timer: wakes queue `qid` at `at`.
+fn wake_at(shard: &Rc<Shard>, qid: u64, at: i64) {
+    let shard = shard.clone();
+    super::spawn_later(async move {
+        let wait = (at - now_ms()).max(0) as u64;
+        glommio::timer::sleep(Duration::from_millis(wait)).await;
+        if let Some(q) = shard.amqp.queue(qid) {
+            with_queue(&shard, &q, |q, env, fx| q.timer_fired(env, fx, at));
+        }
+    });
+}
+
+/// x-expires: deletes queue `qid` once it has had no consumers and no use for that long.
+pub fn watch_expires(shard: &Rc<Shard>, qid: u64) {
+    let shard = shard.clone();
+    super::spawn_later(async move {
+        loop {
+            let due = match shard.amqp.queue(qid).and_then(|q| q.borrow().expires_at()) {
+                Some(due) => due,
+                None => return,
+            };
+            let now = now_ms();
+            if now >= due {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis((due - now) as u64)).await;
+        }
+        let qref = match shard.amqp.queue(qid) {
+            Some(q) => q.borrow().qref.clone(),
+            None => return,
+        };
+        log::debug!("queue '{}' expired (x-expires)", qref.name);
+        delete_queue(&shard, &qref).await;
+    });
+}
+
+/// What the shard's message store and catalog hook call on a queue they hold borrowed
+/// (`amqp::store`, `amqp::catalog_installed`): each runs the pure call with this shard's
+/// `Env` and carries out its effects.
+impl QueueState {
+    /// The store wrote these messages: their bodies leave memory.
+    pub fn drop_bodies(&mut self, shard: &Rc<Shard>, seqs: &[u64]) {
+        on_shard(shard, self, |q, _, fx| q.bodies_written(fx, seqs));
+    }
+
+    /// The store could not write these messages (their publishers were nacked).
+    pub fn store_failed(&mut self, shard: &Rc<Shard>, seqs: &[u64]) {
+        on_shard(shard, self, |q, _, fx| q.refused_by_store(fx, seqs));
+    }
+
+    /// A message recovered from the store.
+    pub fn restore(
+        &mut self,
+        shard: &Rc<Shard>,
+        seq: u64,
+        expires_at: Option<i64>,
+        msg: Message,
+        redelivered: bool,
+        loc: Location,
+    ) {
+        on_shard(shard, self, |q, env, fx| {
+            q.recovered(env, fx, seq, expires_at, msg, redelivered, loc)
+        });
+    }
+
+    /// The queue is gone from the catalog.
+    pub fn drop_all(&mut self, shard: &Rc<Shard>) {
+        on_shard(shard, self, |q, _, fx| q.delete(fx));
     }
 }

@@ -51,7 +51,7 @@ use serde_json::{json, Map, Value};
 use super::auth::User;
 use super::{json, no_content, ok_json, ApiError, ApiResult, Reply, Req};
 use crate::amqp::auth::Permissions;
-use crate::amqp::mesh::{Op, Settle};
+use crate::amqp::mesh::{QueueOp, Settle};
 use crate::amqp::methods::{
     self, apply_binding, basic_get, basic_publish, exchange, queue, Access, Actor,
 };
@@ -1133,7 +1133,7 @@ impl Taken<'_> {
             outbox::push(
                 self.shard,
                 self.queue.owner,
-                Op::Settle {
+                QueueOp::Settle {
                     queue: self.queue.clone(),
                     ids,
                     how,

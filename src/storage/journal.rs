@@ -60,7 +60,20 @@ struct Ticket {
 #[derive(Clone)]
 pub struct Durable(Rc<Ticket>);
 
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Durable({:?})", self.outcome())
+    }
+}
+
 impl Durable {
+    /// An outcome already known (for appends that need no write, and test fakes).
+    pub fn settled(outcome: Outcome) -> Durable {
+        let d = Durable::new();
+        d.resolve(outcome);
+        d
+    }
+
     fn new() -> Durable {
         Durable(Rc::new(Ticket {
             outcome: Cell::new(Outcome::Pending),
@@ -266,9 +279,7 @@ impl Journal {
         let mut file = f.borrow_mut();
         if file.removed {
             // Nothing reads a removed file again: nothing to wait for.
-            let d = Durable::new();
-            d.resolve(Outcome::Stored);
-            return (at, len, d);
+            return (at, len, Durable::settled(Outcome::Stored));
         }
         let slot = match wait {
             Wait::Written => &mut file.on_written,

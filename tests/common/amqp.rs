@@ -1,4 +1,5 @@
-//! lapin helpers for the AMQP tests.
+//! lapin helpers for the AMQP tests: connect, declare, bind, publish (with or without
+//! confirms), consume, get, and the reply code of a refused call.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 
 pub async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
@@ -34,6 +35,62 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     )
     .await
     .expect("basic.publish");
+}
+
+/// queue.bind with `args`.
+pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .expect("queue.bind");
+}
+
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(ch: &Channel) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+}
+
+/// Publishes on a channel in confirm mode and waits for the broker's answer (ack or
+/// nack); `Err` when the publish or its confirm failed (the channel was closed with a
+/// reply code).
+pub async fn publish_outcome(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<Confirmation, lapin::Error> {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await?;
+    confirm.await
+}
+
+/// basic.get with manual ack of a message that must be there, then basic.ack.
+pub async fn get_and_ack(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    let m = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    m.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("basic.ack");
+    m
 }
 
 pub async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {

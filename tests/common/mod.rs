@@ -1,12 +1,17 @@
 //! Test harness: runs the real `portask` binary on ephemeral ports and a temp data dir,
-//! unpinned, with two shards; can SIGTERM or `kill -9` it and restart it on the same dir.
+//! unpinned, with two shards (started by `launch.rs`, which the benches share); can
+//! SIGTERM or `kill -9` it and restart it on the same dir. `kafka.rs` and `amqp.rs` hold
+//! the client helpers, `disk.rs` a small filesystem that fills up.
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use launch::{free_port, Launch};
 
 pub struct Broker {
     child: Option<Child>,
@@ -17,17 +22,8 @@ pub struct Broker {
     /// The HTTP port (kept across restarts).
     pub http_port: u16,
     pub log_path: PathBuf,
-    env: Vec<(String, String)>,
-    shards: usize,
+    launch: Launch,
     starts: usize,
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
 }
 
 impl Broker {
@@ -37,18 +33,15 @@ impl Broker {
     }
 
     pub fn start_with_shards(data: &Path, env: &[(&str, &str)], shards: usize) -> Broker {
+        let launch = Launch::new(data, shards, env);
         let mut b = Broker {
             child: None,
-            data: data.to_owned(),
-            port: free_port(),
-            amqp_port: free_port(),
-            http_port: free_port(),
-            log_path: data.with_extension("log"),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            shards,
+            data: launch.data.clone(),
+            port: launch.kafka_port,
+            amqp_port: launch.amqp_port,
+            http_port: launch.http_port,
+            log_path: launch.log_path.clone(),
+            launch,
             starts: 0,
         };
         b.spawn();
@@ -56,67 +49,10 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("log file");
-        // BROKER_UNDER_TEST runs the tests against another build (e.g. an older one, to
-        // show a test fails there).
-        let bin = std::env::var("BROKER_UNDER_TEST")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_portask").to_owned());
-        let mut cmd = Command::new(bin);
-        cmd.arg("--data-dir")
-            .arg(&self.data)
-            .arg("--shards")
-            .arg(self.shards.to_string())
-            .arg("--placement")
-            .arg("unpinned")
-            .arg("--kafka-addr")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--amqp-addr")
-            .arg(format!("127.0.0.1:{}", self.amqp_port))
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{}", self.http_port))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        self.child = Some(cmd.spawn().expect("spawn portask"));
         self.starts += 1;
-        self.wait_ready();
-    }
-
-    /// Waits until every shard has logged its start line for this run.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let want = self.shards * self.starts;
-        loop {
-            let n = self.log().matches("partitions recovered").count();
-            if n >= want
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok()
-                && TcpStream::connect(("127.0.0.1", self.http_port)).is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("portask exited early with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portask did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Held by `self` before the wait, so a start that times out is still killed on drop.
+        let child = self.child.insert(self.launch.spawn());
+        self.launch.wait_ready(child, self.starts);
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` for clients.
@@ -134,11 +70,7 @@ impl Broker {
     }
 
     pub fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
+        self.launch.log()
     }
 
     /// The broker's process id while it runs.
@@ -155,14 +87,7 @@ impl Broker {
 
     /// Resident memory of the broker process in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
-        let Some(pid) = self.pid() else { return 0 };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
+        self.pid().map(launch::rss_bytes).unwrap_or(0)
     }
 
     /// How the broker process ended, if it has (`None` while it runs).
@@ -240,3 +165,5 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 
 pub mod amqp;
 pub mod disk;
+pub mod kafka;
+pub mod launch;

@@ -297,11 +297,7 @@ async fn consume(
         )
         .await
         .map_err(|e| amqp_err("basic.consume", e))?;
-    let ack_every = if args.prefetch == 0 {
-        100
-    } else {
-        (u64::from(args.prefetch) / 2).max(1)
-    };
+    let ack_every = args.ack_interval();
     let (mut unacked, mut last_tag) = (0u64, 0u64);
     let multiple = BasicAckOptions { multiple: true };
     while !progress.stopped() {
@@ -487,6 +483,7 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     settings.insert("confirm".into(), args.confirm.to_string());
     settings.insert("persistent".into(), args.persistent.to_string());
     settings.insert("prefetch".into(), args.prefetch.to_string());
+    settings.insert("ack_every".into(), args.ack_interval().to_string());
     settings.insert("auto_ack".into(), args.auto_ack.to_string());
     settings.insert("fanout".into(), args.fanout.to_string());
     Ok(Report::build(Outcome {

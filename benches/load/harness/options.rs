@@ -70,6 +70,15 @@ pub struct Workload {
     /// Which broker this is, kept in the JSON (compare.sh: `portask` or `rabbitmq`).
     #[arg(long, default_value = "")]
     pub target: String,
+    /// Start a Portask of its own for the run instead of using --brokers / --url: the
+    /// binary `cargo bench` built, a temp data dir, ephemeral ports, unpinned shards (the
+    /// launcher the integration tests use). Killed when the run ends.
+    #[arg(long)]
+    pub start_broker: bool,
+    /// Shards of the broker --start-broker starts.
+    #[arg(long, default_value_t = 2, requires = "start_broker",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub broker_shards: u16,
     /// Test hook: the first consumer ignores the Nth message it receives (1-based), so the
     /// loss detection can be shown to work against a broker that loses nothing.
     #[arg(long, hide = true)]
@@ -152,9 +161,12 @@ pub struct AmqpArgs {
     #[arg(long)]
     pub persistent: bool,
     /// Consumer prefetch (basic.qos); 0 is unlimited. Consumers ack with `multiple` every
-    /// half prefetch (every 100 messages when unlimited).
+    /// half prefetch (every 100 messages when unlimited) unless --ack-every says otherwise.
     #[arg(long, default_value_t = 200)]
     pub prefetch: u16,
+    /// Consumers ack with `multiple` every this many messages (1: each message on its own).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_every: Option<u64>,
     /// No consumer acks (basic.consume no-ack).
     #[arg(long)]
     pub auto_ack: bool,
@@ -163,6 +175,17 @@ pub struct AmqpArgs {
     /// every queue.
     #[arg(long, default_value_t = 0)]
     pub fanout: u32,
+}
+
+impl AmqpArgs {
+    /// How many deliveries a consumer takes before it acks them with `multiple`.
+    pub fn ack_interval(&self) -> u64 {
+        match (self.ack_every, self.prefetch) {
+            (Some(n), _) => n,
+            (None, 0) => 100,
+            (None, p) => (u64::from(p) / 2).max(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -246,6 +269,34 @@ mod tests {
         assert_eq!(k.acks, Acks::All);
         assert_eq!(k.workload.rate, Some(500.0));
         assert_eq!(k.workload.message_limit(), Some(100_000));
+        let cli = parse(
+            ["load", "amqp", "--prefetch", "1000", "--start-broker"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .unwrap();
+        let Command::Amqp(a) = cli.command else {
+            panic!("not amqp")
+        };
+        assert_eq!(a.ack_interval(), 500);
+        assert!(a.workload.start_broker);
+        assert_eq!(a.workload.broker_shards, 2);
+        let cli = parse(
+            ["load", "amqp", "--prefetch", "1000", "--ack-every", "100"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .unwrap();
+        let Command::Amqp(a) = cli.command else {
+            panic!("not amqp")
+        };
+        assert_eq!(a.ack_interval(), 100);
+        assert!(parse(
+            ["load", "amqp", "--broker-shards", "1"]
+                .map(String::from)
+                .to_vec()
+        )
+        .is_err());
         assert!(parse(
             ["load", "amqp", "--message-size", "8"]
                 .map(String::from)

@@ -13,10 +13,10 @@ use std::rc::Rc;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 
-use crate::amqp::channel::ChannelRef;
+use crate::amqp::channel::{self, ChannelRef};
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::{Op, Settle};
-use crate::amqp::{outbox, AmqpError};
+use crate::amqp::mesh::Settle;
+use crate::amqp::AmqpError;
 
 fn settle(
     conn: &Rc<Connection>,
@@ -37,10 +37,7 @@ fn settle(
         return Ok(());
     }
     drop(c);
-    for (queue, ids) in groups {
-        let owner = queue.owner;
-        outbox::push(&conn.shard, owner, Op::Settle { queue, ids, how });
-    }
+    channel::settle(conn, groups, how);
     Ok(())
 }
 
@@ -80,19 +77,10 @@ pub fn recover(
         c.release_held(conn);
         (groups, c.id)
     };
-    for (queue, ids) in groups {
+    for (queue, ids) in &groups {
         log::debug!("recover: requeue {ids:?} of {}", queue.name);
-        let owner = queue.owner;
-        outbox::push(
-            &conn.shard,
-            owner,
-            Op::Settle {
-                queue,
-                ids,
-                how: Settle::Requeue,
-            },
-        );
     }
+    channel::settle(conn, groups, Settle::Requeue);
     if answer {
         conn.send_method(
             id,

@@ -16,7 +16,7 @@ use super::{allowed, lookup_queue, random_suffix, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
-use crate::amqp::mesh::{ConsumerSpec, Op};
+use crate::amqp::mesh::{ConsumerSpec, QueueOp};
 use crate::amqp::topology::int_value;
 use crate::amqp::{outbox, reply, AmqpError};
 
@@ -93,7 +93,7 @@ pub async fn consume(
     outbox::push(
         &conn.shard,
         owner,
-        Op::Consume {
+        QueueOp::Consume {
             queue: qref.clone(),
             consumer: spec,
             reply,
@@ -103,7 +103,7 @@ pub async fn consume(
         outbox::push(
             &conn.shard,
             owner,
-            Op::Limits {
+            QueueOp::Limits {
                 queue: qref.clone(),
                 cid,
                 prefetch_count: limits.0,
@@ -146,7 +146,7 @@ pub fn cancel(conn: &Rc<Connection>, ch: &ChannelRef, c: basic::Cancel) -> Resul
         if let Some(cid) = chm.cid_of(&tag) {
             if let Some(queue) = chm.remove_consumer(conn, cid) {
                 let owner = queue.owner;
-                outbox::push(&conn.shard, owner, Op::Cancel { queue, cid });
+                outbox::push(&conn.shard, owner, QueueOp::Cancel { queue, cid });
             }
             chm.release_held(conn);
         }

@@ -11,7 +11,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use super::{allowed, lookup_queue, Access};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::{Delivery, GetAnswer, Op};
+use crate::amqp::mesh::{Delivery, GetAnswer, QueueOp};
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::broker::Shard;
@@ -29,7 +29,7 @@ pub async fn take(
     outbox::push(
         shard,
         queue.owner,
-        Op::Get {
+        QueueOp::Get {
             queue: queue.clone(),
             no_ack,
             reply: reply_to,

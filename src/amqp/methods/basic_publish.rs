@@ -25,7 +25,7 @@ use crate::amqp::channel::{ChannelRef, PendingPublish, TxPublish};
 use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
-use crate::amqp::mesh::{ConfirmTo, Op};
+use crate::amqp::mesh::{ConfirmTo, QueueOp};
 use crate::amqp::message::{
     decode_headers, parse_expiration, scan_properties, without_header, Message,
 };
@@ -391,7 +391,7 @@ pub fn enqueue(
         outbox::push(
             shard,
             owner,
-            Op::Publish {
+            QueueOp::Publish {
                 queue: q,
                 msg: msg.clone(),
                 confirm,

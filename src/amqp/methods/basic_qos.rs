@@ -29,9 +29,7 @@ pub fn qos(
     let id = {
         let mut c = ch.borrow_mut();
         if q.global {
-            c.global_count = q.prefetch_count as u32;
-            c.global_bytes = size;
-            c.global_qos_changed(conn);
+            c.set_global_qos(conn, q.prefetch_count as u32, size);
         } else {
             c.prefetch_count = q.prefetch_count as u32;
             c.prefetch_bytes = size;

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::Op;
+use crate::amqp::mesh::QueueOp;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::topology::{
     encode_table, parse_queue_args, queue_type, Binding, DestKind, Queue, TopologyChange,
@@ -174,7 +174,7 @@ fn ok(name: &str, (messages, consumers): (u32, u32)) -> qm::AMQPMethod {
 pub async fn queue_stats(shard: &Rc<Shard>, qref: QueueRef) -> Result<(u32, u32), AmqpError> {
     let (reply, answer) = shard.expect();
     let owner = qref.owner;
-    outbox::push(shard, owner, Op::Stats { queue: qref, reply });
+    outbox::push(shard, owner, QueueOp::Stats { queue: qref, reply });
     match answer.await {
         Some(Some(s)) => Ok(s),
         Some(None) => Ok((0, 0)),
@@ -244,7 +244,7 @@ pub async fn purge_queue(actor: &Actor<'_>, name: &str) -> Result<u32, AmqpError
     let (qref, _) = lookup_queue(actor, name).await?;
     let (reply, answer) = actor.shard.expect();
     let owner = qref.owner;
-    outbox::push(actor.shard, owner, Op::Purge { queue: qref, reply });
+    outbox::push(actor.shard, owner, QueueOp::Purge { queue: qref, reply });
     answer.await.ok_or_else(gone)
 }
 
@@ -275,7 +275,7 @@ pub async fn delete_queue(
     outbox::push(
         actor.shard,
         owner,
-        Op::Delete {
+        QueueOp::Delete {
             queue: qref,
             if_unused,
             if_empty,

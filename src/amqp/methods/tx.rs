@@ -13,10 +13,9 @@ use std::time::Duration;
 use amq_protocol::protocol::{tx as txm, AMQPClass};
 
 use super::basic_publish::deliver;
-use crate::amqp::channel::{ChannelRef, Tx};
+use crate::amqp::channel::{self, ChannelRef, Tx};
 use crate::amqp::connection::Connection;
-use crate::amqp::mesh::Op;
-use crate::amqp::{outbox, reply, AmqpError};
+use crate::amqp::{reply, AmqpError};
 use crate::util::notify::Listener;
 
 pub fn select(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpError> {
@@ -72,8 +71,7 @@ pub async fn commit(conn: &Rc<Connection>, ch: &ChannelRef) -> Result<(), AmqpEr
         }
     }
     for (queue, ids, how) in work.settles {
-        let owner = queue.owner;
-        outbox::push(&conn.shard, owner, Op::Settle { queue, ids, how });
+        channel::settle(conn, vec![(queue, ids)], how);
     }
     ch.borrow_mut().compact();
     if let Some(seq) = last {

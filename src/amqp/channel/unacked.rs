@@ -1,0 +1,306 @@
+//! `Unacked`: one channel's delivery tags and what they name — the unacked deliveries in
+//! tag order (queue, the queue's delivery id, settled or not) — with the channel-wide
+//! prefetch (basic.qos global=true) they count against and the deliveries `held` while that
+//! prefetch is full or flow is off.
+//!
+//! A plain ledger owned by `Channel` on the connection's shard (LavinMQ's unacked store):
+//! no I/O; the channel writes what it hands out. Each consumer's own prefetch is counted by
+//! the queue's owner; the channel-wide one is counted here because it spans queues on any
+//! shard. Tags are given when a delivery is written, so they stay in write order.
+
+use std::collections::VecDeque;
+
+use super::super::mesh::Delivery;
+use super::super::reply;
+use super::super::routing::QueueRef;
+use super::super::AmqpError;
+
+/// Deliveries taken by an ack/nack/reject: delivery ids per queue, and their tags.
+pub type Taken = (Vec<(QueueRef, Vec<u64>)>, Vec<u64>);
+
+struct Tagged {
+    tag: u64,
+    queue: QueueRef,
+    id: u64,
+    settled: bool,
+    /// Body bytes, when the delivery counts against the channel-wide prefetch (a consumer
+    /// delivery; basic.get is not limited by prefetch).
+    counted: Option<u64>,
+    /// When it was written (ms since the epoch): what the consumer timeout looks at.
+    at_ms: i64,
+}
+
+/// A delivery that arrived while the channel-wide prefetch was full (or flow was off).
+struct Held {
+    cid: u64,
+    queue: QueueRef,
+    delivery: Delivery,
+}
+
+pub struct Unacked {
+    next_tag: u64,
+    tagged: VecDeque<Tagged>,
+    /// The channel-wide prefetch: count and body bytes (0 = none).
+    global_count: u32,
+    global_bytes: u64,
+    /// Consumer deliveries written and not yet settled, and their body bytes (what the
+    /// channel-wide prefetch counts).
+    global_unacked: u32,
+    global_unacked_bytes: u64,
+    /// Deliveries waiting for room in the channel-wide prefetch (or for flow), in order.
+    held: VecDeque<Held>,
+}
+
+impl Default for Unacked {
+    fn default() -> Self {
+        Unacked {
+            next_tag: 1,
+            tagged: VecDeque::new(),
+            global_count: 0,
+            global_bytes: 0,
+            global_unacked: 0,
+            global_unacked_bytes: 0,
+            held: VecDeque::new(),
+        }
+    }
+}
+
+impl Unacked {
+    /// The channel-wide prefetch (count, bytes); 0 means none.
+    pub fn global(&self) -> (u32, u64) {
+        (self.global_count, self.global_bytes)
+    }
+
+    pub fn set_global(&mut self, count: u32, bytes: u64) {
+        self.global_count = count;
+        self.global_bytes = bytes;
+    }
+
+    /// Whether consumer deliveries (acked ones) must queue behind `held` rather than be
+    /// written now.
+    pub fn must_hold(&self, flow: bool) -> bool {
+        self.global_count != 0 || self.global_bytes != 0 || !self.held.is_empty() || !flow
+    }
+
+    pub fn hold(&mut self, cid: u64, queue: &QueueRef, items: Vec<Delivery>) {
+        self.held.extend(items.into_iter().map(|delivery| Held {
+            cid,
+            queue: queue.clone(),
+            delivery,
+        }));
+    }
+
+    /// Takes the held deliveries of consumer `cid` (it is going away).
+    pub fn unhold(&mut self, cid: u64) -> Vec<Delivery> {
+        if !self.held.iter().any(|h| h.cid == cid) {
+            return Vec::new();
+        }
+        let (mine, rest): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.cid == cid);
+        self.held = rest;
+        mine.into_iter().map(|h| h.delivery).collect()
+    }
+
+    /// Whether a delivery of `size` body bytes fits in the channel-wide prefetch (one
+    /// always does when nothing is unacked, as for prefetch-size per consumer).
+    fn fits_global(&self, size: u64) -> bool {
+        (self.global_count == 0 || self.global_unacked < self.global_count)
+            && (self.global_bytes == 0
+                || self.global_unacked_bytes == 0
+                || self.global_unacked_bytes + size <= self.global_bytes)
+    }
+
+    /// The next held deliveries the channel-wide prefetch has room for: the oldest, with
+    /// the consecutive ones for the same consumer that also fit. The caller writes them
+    /// (`record`) before asking again.
+    pub fn next_release(&mut self) -> Option<(u64, QueueRef, Vec<Delivery>)> {
+        let h = self.held.front()?;
+        if !self.fits_global(h.delivery.msg.body.len() as u64) {
+            return None;
+        }
+        let h = self.held.pop_front()?;
+        let mut items = vec![h.delivery];
+        let mut size = items[0].msg.body.len() as u64;
+        while let Some(next) = self.held.front() {
+            let next_size = next.delivery.msg.body.len() as u64;
+            let room = (self.global_count == 0
+                || self.global_unacked + (items.len() as u32) < self.global_count)
+                && (self.global_bytes == 0
+                    || self.global_unacked_bytes + size + next_size <= self.global_bytes);
+            if next.cid != h.cid || !room {
+                break;
+            }
+            size += next_size;
+            if let Some(n) = self.held.pop_front() {
+                items.push(n.delivery);
+            }
+        }
+        Some((h.cid, h.queue, items))
+    }
+
+    /// A tag for a delivery nobody acknowledges (no_ack, a direct reply).
+    pub fn next_tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        t
+    }
+
+    /// Gives tags to deliveries from `queue` being written; unless `no_ack`, they are
+    /// recorded as unacked, `counted` against the channel-wide prefetch (consumer
+    /// deliveries) or not (basic.get). Returns the tags, in order.
+    pub fn record(
+        &mut self,
+        queue: &QueueRef,
+        items: &[Delivery],
+        no_ack: bool,
+        counted: bool,
+        at_ms: i64,
+    ) -> Vec<u64> {
+        let mut tags = Vec::with_capacity(items.len());
+        for d in items {
+            let tag = self.next_tag();
+            tags.push(tag);
+            if no_ack {
+                continue;
+            }
+            let size = d.msg.body.len() as u64;
+            if counted {
+                self.global_unacked += 1;
+                self.global_unacked_bytes += size;
+            }
+            self.tagged.push_back(Tagged {
+                tag,
+                queue: queue.clone(),
+                id: d.id,
+                settled: false,
+                counted: counted.then_some(size),
+                at_ms,
+            });
+        }
+        tags
+    }
+
+    /// A counted delivery left the unacked set (or came back to it, `back`).
+    fn uncount(&mut self, counted: Option<u64>, back: bool) {
+        if let Some(size) = counted {
+            if back {
+                self.global_unacked += 1;
+                self.global_unacked_bytes += size;
+            } else {
+                self.global_unacked = self.global_unacked.saturating_sub(1);
+                self.global_unacked_bytes = self.global_unacked_bytes.saturating_sub(size);
+            }
+        }
+    }
+
+    /// Takes the unacked deliveries an ack/nack/reject names: `tag` alone, every tag up to
+    /// it (`multiple`), or all (`multiple` with tag 0). Unknown tags are a 406. Inside a
+    /// transaction (`keep`) the entries stay, marked settled, until commit or rollback;
+    /// the tags taken are returned for that.
+    pub fn take(&mut self, tag: u64, multiple: bool, keep: bool) -> Result<Taken, AmqpError> {
+        let unknown = || {
+            AmqpError::channel(
+                reply::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
+            )
+        };
+        let mut taken: Vec<(QueueRef, u64)> = Vec::new();
+        let mut tags = Vec::new();
+        let mut counted = Vec::new();
+        if multiple {
+            if tag != 0 {
+                let found = self
+                    .tagged
+                    .binary_search_by_key(&tag, |u| u.tag)
+                    .ok()
+                    .map(|i| !self.tagged[i].settled)
+                    .unwrap_or(false);
+                if !found {
+                    return Err(unknown());
+                }
+            }
+            for u in self.tagged.iter_mut() {
+                if tag != 0 && u.tag > tag {
+                    break;
+                }
+                if !u.settled {
+                    u.settled = true;
+                    taken.push((u.queue.clone(), u.id));
+                    tags.push(u.tag);
+                    counted.push(u.counted);
+                }
+            }
+        } else {
+            let i = self
+                .tagged
+                .binary_search_by_key(&tag, |u| u.tag)
+                .map_err(|_| unknown())?;
+            let u = &mut self.tagged[i];
+            if u.settled {
+                return Err(unknown());
+            }
+            u.settled = true;
+            taken.push((u.queue.clone(), u.id));
+            tags.push(u.tag);
+            counted.push(u.counted);
+        }
+        for c in counted {
+            self.uncount(c, false);
+        }
+        if !keep {
+            self.compact();
+        }
+        Ok((group(taken), tags))
+    }
+
+    /// When the oldest delivery still unacknowledged was written (ms since the epoch).
+    pub fn oldest_ms(&self) -> Option<i64> {
+        self.tagged.iter().find(|u| !u.settled).map(|u| u.at_ms)
+    }
+
+    /// Drops settled entries from the front.
+    pub fn compact(&mut self) {
+        while self.tagged.front().map(|u| u.settled).unwrap_or(false) {
+            self.tagged.pop_front();
+        }
+    }
+
+    /// tx.rollback: acks, nacks and rejects of the transaction are undone.
+    pub fn unsettle(&mut self, tags: &[u64]) {
+        for t in tags {
+            if let Ok(i) = self.tagged.binary_search_by_key(t, |u| u.tag) {
+                if self.tagged[i].settled {
+                    self.tagged[i].settled = false;
+                    let counted = self.tagged[i].counted;
+                    self.uncount(counted, true);
+                }
+            }
+        }
+    }
+
+    /// Every unsettled delivery (recover, channel close).
+    pub fn take_all(&mut self) -> Vec<(QueueRef, Vec<u64>)> {
+        let taken = self
+            .tagged
+            .drain(..)
+            .filter(|u| !u.settled)
+            .map(|u| (u.queue, u.id))
+            .collect();
+        self.global_unacked = 0;
+        self.global_unacked_bytes = 0;
+        group(taken)
+    }
+}
+
+/// Delivery ids grouped by queue, queues in first-seen order.
+fn group(taken: Vec<(QueueRef, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
+    let mut out: Vec<(QueueRef, Vec<u64>)> = Vec::new();
+    for (q, id) in taken {
+        match out.iter_mut().find(|(x, _)| x.id == q.id) {
+            Some((_, ids)) => ids.push(id),
+            None => out.push((q, vec![id])),
+        }
+    }
+    out
+}
