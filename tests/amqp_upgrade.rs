@@ -36,6 +36,12 @@ fn order_props(i: u32) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// Publishes on a channel in confirm mode; the broker must ack it.
+async fn stored(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) {
+    let outcome = publish_outcome(ch, "", queue, body, props).await;
+    assert!(outcome.expect("publish").is_ack(), "confirmed");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read fixture") {
@@ -76,47 +82,27 @@ async fn write_v1_fixture() {
     let ch = channel(&conn).await;
     durable(&ch, "orders").await;
     durable(&ch, "audit log").await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    confirm_select(&ch).await;
     for i in 0..30 {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "orders".into(),
-                BasicPublishOptions::default(),
-                &order_body(i),
-                order_props(i),
-            )
-            .await
-            .expect("publish");
-        assert!(c.await.expect("confirm").is_ack());
+        stored(&ch, "orders", &order_body(i), order_props(i)).await;
     }
     for i in 0..2 {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "orders".into(),
-                BasicPublishOptions::default(),
-                format!("transient-{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        assert!(c.await.expect("confirm").is_ack());
+        stored(
+            &ch,
+            "orders",
+            format!("transient-{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     for i in 0..3 {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "audit log".into(),
-                BasicPublishOptions::default(),
-                format!("audit-{i}").as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish");
-        assert!(c.await.expect("confirm").is_ack());
+        stored(
+            &ch,
+            "audit log",
+            format!("audit-{i}").as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
     }
     // Take 12 of "orders": ack 0..=9 and 11, leave 10 delivered and unacked.
     let cch = channel(&conn).await;
@@ -138,17 +124,13 @@ async fn write_v1_fixture() {
     }
     cch.close(200, "bye".into()).await.expect("close");
     // A confirmed publish after the acks: its sync round carries them too.
-    let c = ch
-        .basic_publish(
-            "".into(),
-            "audit log".into(),
-            BasicPublishOptions::default(),
-            b"audit-3",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .expect("publish");
-    assert!(c.await.expect("confirm").is_ack());
+    stored(
+        &ch,
+        "audit log",
+        b"audit-3",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
     drop(conn);
     assert!(broker.terminate().success());
     let out = Path::new(&out);
@@ -217,20 +199,14 @@ async fn v1_queue_files_are_migrated_on_first_start() {
             ]
         );
         // The queue keeps working in the new format.
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm");
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "orders".into(),
-                BasicPublishOptions::default(),
-                b"after-upgrade",
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish");
-        assert!(c.await.expect("confirm").is_ack());
+        confirm_select(&ch).await;
+        stored(
+            &ch,
+            "orders",
+            b"after-upgrade",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
     }
     // The migrated files are the new format: after a kill, only the new message is there.
     broker.kill9();
