@@ -145,6 +145,8 @@ pub struct ShardAmqp {
     ids: crate::util::ShardIds,
     shards: usize,
     pub store: store::Store,
+    /// Store writes the queues wait for (confirms after fdatasync, page-outs, failures).
+    pub stored: owner::Stored,
     /// Publishes waiting for their confirms without a channel (the HTTP API).
     pub confirm_waits: ConfirmWaits,
 }
@@ -214,6 +216,7 @@ impl ShardAmqp {
             ids: crate::util::ShardIds::new(shard_id),
             shards,
             store: store::Store::new(config, shard_id),
+            stored: owner::Stored::default(),
             confirm_waits: ConfirmWaits::default(),
         }
     }

@@ -12,7 +12,14 @@
 //! from another shard) and from the outbox's flush task (ops for this shard), always in the
 //! order they were queued. Answers leave through the ops' `ReplyTo`s, which never wait
 //! (`runtime::reply`).
+//!
+//! Also where the owner follows its queues' store writes (`Stored`): the message store
+//! hands back a durability future per append (`Effect::Stored`), and one task per shard
+//! awaits them in order to send confirms, drop paged bodies and take back messages the
+//! disk refused.
 
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,6 +33,7 @@ use super::{outbox, queue_owner, reply};
 use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
+use crate::storage::journal::{Durable, Outcome};
 use crate::util::now_ms;
 
 /// An envelope from another shard: applied now; the reply (which lets the sender's
@@ -62,7 +70,7 @@ pub async fn relieve(shard: &Rc<Shard>) {
     while under_pressure(shard) {
         let paging = shard.amqp.store.pending_bytes() > 0;
         let l = crate::util::notify::Listener::new();
-        l.listen(&shard.amqp.store.round_done);
+        l.listen(shard.amqp.store.round_done());
         let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
             l.await;
             Ok(())
@@ -356,6 +364,97 @@ pub async fn delete_queue(
     shard.catalog.current()
 }
 
+/// Store writes this shard's queues wait for, in append order. As each one's `Durable`
+/// resolves, its publisher is confirmed (ack; nack when the disk refused the write), a
+/// paged-out body is dropped from memory once on disk, and a message whose write failed
+/// leaves its queue (`QueueState::store_failed`), so nothing nacked is ever delivered
+/// from disk or recovered later. One task drains it while anything waits.
+#[derive(Default)]
+pub struct Stored {
+    waiting: RefCell<VecDeque<StoreWait>>,
+    running: Cell<bool>,
+}
+
+struct StoreWait {
+    qid: u64,
+    seq: u64,
+    confirm: Option<ConfirmTo>,
+    /// The body leaves memory once written.
+    page: bool,
+    durable: Durable,
+}
+
+/// Follows a message the queue `qid` handed to `Store::append`.
+pub fn await_stored(
+    shard: &Rc<Shard>,
+    qid: u64,
+    seq: u64,
+    durable: Durable,
+    confirm: Option<ConfirmTo>,
+    page: bool,
+) {
+    let stored = &shard.amqp.stored;
+    stored.waiting.borrow_mut().push_back(StoreWait {
+        qid,
+        seq,
+        confirm,
+        page,
+        durable,
+    });
+    if !stored.running.replace(true) {
+        glommio::spawn_local(settle_stored(shard.clone())).detach();
+    }
+}
+
+async fn settle_stored(shard: Rc<Shard>) {
+    let stored = &shard.amqp.stored;
+    loop {
+        let front = stored.waiting.borrow().front().map(|w| w.durable.clone());
+        let Some(front) = front else {
+            stored.running.set(false);
+            return;
+        };
+        front.wait().await;
+        let mut done = Vec::new();
+        {
+            let mut waiting = stored.waiting.borrow_mut();
+            while waiting
+                .front()
+                .is_some_and(|w| w.durable.outcome() != Outcome::Pending)
+            {
+                done.extend(waiting.pop_front());
+            }
+        }
+        let mut paged: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut failed: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut confirms = Vec::new();
+        for w in done {
+            let ok = w.durable.outcome() == Outcome::Stored;
+            if !ok {
+                failed.entry(w.qid).or_default().push(w.seq);
+            } else if w.page {
+                paged.entry(w.qid).or_default().push(w.seq);
+            }
+            if let Some(c) = w.confirm {
+                confirms.push((c, ok));
+            }
+        }
+        for (qid, seqs) in paged {
+            if let Some(q) = shard.amqp.queue(qid) {
+                q.borrow_mut().drop_bodies(&shard, &seqs);
+            }
+        }
+        for (c, ok) in confirms {
+            confirm_to(&shard, c, ok);
+        }
+        for (qid, seqs) in failed {
+            if let Some(q) = shard.amqp.queue(qid) {
+                q.borrow_mut().store_failed(&shard, &seqs);
+            }
+        }
+    }
+}
+
 /// The limits from this shard's config that its queues apply.
 pub fn queue_limits(shard: &Shard) -> Limits {
     let a = &shard.config.amqp;
@@ -426,6 +525,7 @@ pub fn apply_effects(shard: &Rc<Shard>, qref: &QueueRef, fx: Effects) {
             Effect::PageIn(want) => page_in(shard, qref.clone(), want),
             Effect::WakeAt(at) => wake_at(shard, qref.id, at),
             Effect::WatchExpires => watch_expires(shard, qref.id),
+            Effect::Stored(s) => await_stored(shard, qref.id, s.seq, s.durable, s.confirm, s.page),
         }
     }
 }

@@ -176,7 +176,7 @@ async fn run_shard(
 ) -> Result<(), String> {
     let config = Rc::new(config);
     // First DMA open of this thread: lets glommio detect iopoll support correctly.
-    crate::amqp::store::probe_dma(&config.data_dir.join(id.to_string())).await;
+    crate::storage::probe_dma(&config.data_dir.join(id.to_string())).await;
     let storage = Rc::new(Storage::new(&config, id));
     let (senders, mut receivers) = mesh
         .join()

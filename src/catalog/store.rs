@@ -1,7 +1,7 @@
 //! Catalog persistence under `<data_dir>/0/catalog/`: `snapshot` (one rkyv `CatalogState`)
 //! and `log` (rkyv `Change` records appended after it). Every record is framed as
-//! `len u32 | crc32 u32 | payload` (crc32fast over the payload), so a torn last record is
-//! detected and dropped on load.
+//! `len u32 | crc32 u32 | payload` (crc32fast over the payload; `storage::frame`, the
+//! broker's one framing), so a torn last record is detected and dropped on load.
 //!
 //! Loaded once in `main` before the shards start; afterwards only shard 0's writer appends,
 //! from a blocking-pool thread (`spawn_blocking`) so the reactor never waits on fsync.
@@ -20,6 +20,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{CatalogError, CatalogState, Change};
+use crate::storage::frame::{framed as frame, split as unframe};
 
 const SNAPSHOT: &str = "snapshot";
 const LOG: &str = "log";
@@ -62,33 +63,6 @@ fn make_reserve(dir: &Path) -> bool {
 
 fn storage(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Storage(e.to_string())
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Splits framed records; stops at the first short or corrupt one and reports where.
-fn unframe(data: &[u8]) -> (Vec<&[u8]>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while data.len() - at >= 8 {
-        let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        let crc = u32::from_be_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
-        let Some(payload) = data.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        out.push(payload);
-        at += 8 + len;
-    }
-    (out, at)
 }
 
 fn decode<T>(payload: &[u8]) -> Result<T, CatalogError>

@@ -240,8 +240,9 @@ fn each_record(records: &[u8], count: i32, mut f: impl FnMut(i64, i64) -> bool) 
     Some(())
 }
 
-/// Reads a zig-zag varint (Kafka's record encoding); `None` on a short buffer.
-fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+/// Reads a zig-zag varint (Kafka's record encoding); `None` on a short buffer. The one
+/// varint reader of the crate (the compactor splits records with it too).
+pub fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
     let mut value: u64 = 0;
     let mut shift = 0;
     loop {

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
-use super::batch::{self, BatchHeader, HEADER_LEN};
+use super::batch::{self, varint, BatchHeader, HEADER_LEN};
 use super::log::{self as plog, now_ms};
 use super::LogRef;
 
@@ -26,24 +26,6 @@ struct RawRecord {
     tombstone: bool,
     /// The whole record, length prefix included.
     bytes: Bytes,
-}
-
-fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
-    let mut value: u64 = 0;
-    let mut shift = 0;
-    loop {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        value |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
-    }
-    Some(((value >> 1) as i64) ^ -((value & 1) as i64))
 }
 
 /// Splits an (uncompressed) record section into records.
@@ -281,10 +263,7 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        let new_file = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(&cleaned)
+        let new_file = super::dma::open_existing(&cleaned)
             .await
             .map_err(|e| e.to_string())?;
         // Swap in without an await between the check and the rename: retention may have
@@ -295,7 +274,7 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
             continue;
         };
         std::fs::rename(&cleaned, seg.log_path()).map_err(|e| e.to_string())?;
-        seg.adopt(Rc::new(new_file), &bytes, interval);
+        seg.adopt(new_file, &bytes, interval);
         let (idx_path, idx, tidx_path, tidx) = seg.index_files();
         let next = seg.next_offset;
         let _ = std::fs::write(idx_path, idx).and_then(|_| std::fs::write(tidx_path, tidx));

@@ -1,22 +1,42 @@
-//! Per-shard storage: the Kafka partition logs this shard owns, and the `flusher` task that
-//! writes them to disk and fdatasyncs them with group commit.
+//! Per-shard storage: the one storage engine of the broker. It holds the Kafka partition
+//! logs this shard owns and the record journals of the shard's AMQP queue store, and runs
+//! the `flusher` task that writes both to disk and fdatasyncs them with group commit.
 //!
 //! One `Storage` per shard, created by the runtime and shared by `Rc` with the shard's
-//! tasks. Only the owner shard of a partition calls into it (other shards come through the
-//! mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/<base>.log|.index|
-//! .timeindex`, documented in `shards/README.md`.
+//! tasks. Only the owner shard of a partition or queue calls into it (other shards come
+//! through the mesh). Layout on disk: `<data_dir>/<shard>/kafka/<topic>-<partition>/
+//! <base>.log|.index|.timeindex` and `<data_dir>/<shard>/amqp/<vhost>/<queue>/<base>.log|
+//! .marks`, documented in `shards/README.md`.
+//!
+//! The engine, bottom up:
+//! - `dma`: the one way to open a data file (O_DIRECT through io_uring) and the one
+//!   block-aligned write (the last partial block is rewritten with the next write).
+//! - `frame`: the one checksummed framing of the broker's own records
+//!   (`len | crc32 | payload`), with torn-tail detection.
+//! - Segments named after their first entry, rolled by size: Kafka's (`segment`, `log`)
+//!   hold record batches verbatim, since a batch carries its own length and CRC-32C and
+//!   fetches send file bytes unchanged; the journal's (`journal`) hold framed records.
+//!   Both recover by scanning each file and truncating a torn tail with a log line.
+//! - Group commit: one flusher round writes every dirty partition and record file, then
+//!   fdatasyncs those someone waits on — one sync per file serves every waiter — and
+//!   resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
+//!   for AMQP confirms). Nothing here calls protocol code.
 //!
 //! A write or sync that fails (a full disk, ENOSPC) is an answer, not a retry: the
 //! partition's appends past what is on disk are undone (`PartitionLog::rewind`), the file
 //! is cut back to its good length, and the acks=all producers waiting on them get an
 //! error (KAFKA_STORAGE_ERROR) at once. Nothing answered as failed is written later; the
 //! next produce tries the disk again, so writes resume by themselves when space returns.
-//! `disk::DiskGuard` refuses new data before that point (`storage.min_free_bytes`).
+//! A record file does the same (`journal`). `disk::DiskGuard` refuses new data before
+//! that point (`storage.min_free_bytes`).
 
 pub mod batch;
 pub mod compaction;
 pub mod disk;
+pub mod dma;
+pub mod frame;
 pub mod inflate;
+pub mod journal;
 pub mod log;
 pub mod producers;
 pub mod segment;
@@ -84,6 +104,9 @@ pub struct Storage {
     pub disk: Rc<disk::DiskGuard>,
     /// When the last failed write was logged (one line a second at most).
     last_failure_log_ms: Cell<i64>,
+    /// Record journals written by this flusher besides the partitions (the AMQP queue
+    /// store's), in the same rounds.
+    journals: RefCell<Vec<Rc<journal::Journal>>>,
 }
 
 impl Storage {
@@ -105,6 +128,20 @@ impl Storage {
                 config.storage.min_free_bytes,
             )),
             last_failure_log_ms: Cell::new(i64::MIN / 2),
+            journals: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Has the flusher write (and group-commit) `journal` in its rounds from now on.
+    pub fn adopt(&self, journal: Rc<journal::Journal>) {
+        if !self
+            .journals
+            .borrow()
+            .iter()
+            .any(|j| Rc::ptr_eq(j, &journal))
+        {
+            self.journals.borrow_mut().push(journal);
+            self.wake.notify();
         }
     }
 
@@ -293,7 +330,13 @@ impl Storage {
         while !self.stopping.get() {
             let listener = Listener::new();
             listener.listen(&self.wake);
-            let idle = self.dirty.borrow().is_empty() && self.waiters.borrow().is_empty();
+            let journals = self.journals.borrow().clone();
+            for j in &journals {
+                listener.listen(&j.wake);
+            }
+            let idle = self.dirty.borrow().is_empty()
+                && self.waiters.borrow().is_empty()
+                && journals.iter().all(|j| j.idle());
             if idle {
                 // Wake at least every 100 ms so flush.ms and segment.ms apply to idle logs.
                 let _ = glommio::timer::timeout(Duration::from_millis(100), async {
@@ -313,8 +356,17 @@ impl Storage {
         self.wake.notify();
     }
 
-    /// One flusher round; with `sync_all`, every partition is synced (shutdown).
+    /// One flusher round; with `sync_all`, every partition and record file is synced
+    /// (shutdown). The partitions and the journals are written side by side.
     pub async fn round(&self, sync_all: bool) {
+        let journals = self.journals.borrow().clone();
+        futures::join!(
+            self.partitions_round(sync_all),
+            join_all(journals.iter().map(|j| j.round(&self.disk, sync_all)))
+        );
+    }
+
+    async fn partitions_round(&self, sync_all: bool) {
         let now = now_ms();
         let mut dirty: Vec<LogRef> = std::mem::take(&mut *self.dirty.borrow_mut());
         dirty.sort_by_key(|l| Rc::as_ptr(l) as usize);
@@ -438,7 +490,7 @@ impl Storage {
                 };
                 let file = match file {
                     Some(f) => f,
-                    None => match open_segment_file(&path).await {
+                    None => match dma::open(&path).await {
                         Ok(f) => {
                             let mut l = log.borrow_mut();
                             if let Some(seg) = l.segment_mut(base) {
@@ -459,23 +511,7 @@ impl Storage {
                     break;
                 };
                 let align = file.alignment();
-                let len = job.bytes.len().div_ceil(align as usize) * align as usize;
-                let mut buf = file.alloc_dma_buffer(len);
-                let bytes = buf.as_bytes_mut();
-                bytes[..job.bytes.len()].copy_from_slice(&job.bytes);
-                bytes[job.bytes.len()..].fill(0);
-                let result = match file.write_at(buf, job.position).await {
-                    Ok(n) if n >= len => Ok(()),
-                    // O_DIRECT on a filling disk can write the blocks it could allocate
-                    // and stop: the rest is as missing as if the write had failed.
-                    Ok(n) => Err(std::io::Error::from_raw_os_error(if n == 0 {
-                        libc::EIO
-                    } else {
-                        libc::ENOSPC
-                    })),
-                    Err(e) => Err(std::io::Error::from(e)),
-                };
-                match result {
+                match dma::write_aligned(&file, job.position, &job.bytes).await {
                     Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);
@@ -692,20 +728,6 @@ fn file_with_data(dir: &Path, depth: usize) -> Option<PathBuf> {
         .find_map(|d| file_with_data(&d, depth - 1))
 }
 
-async fn open_segment_file(path: &Path) -> std::io::Result<Rc<glommio::io::DmaFile>> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let f = glommio::io::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(path)
-        .await
-        .map_err(std::io::Error::from)?;
-    Ok(Rc::new(f))
-}
-
 /// Reads the last partial block of segment `base` back from its file after a rewind cut
 /// the segment below what had been written.
 async fn reload_partial(log: &LogRef, base: i64) {
@@ -719,18 +741,13 @@ async fn reload_partial(log: &LogRef, base: i64) {
     let Some(file) = file else {
         return;
     };
-    let align = file.alignment();
-    let start = written - written % align;
-    let mut partial = Vec::new();
-    if written > start {
-        match file.read_at(start, (written - start) as usize).await {
-            Ok(r) => partial.extend_from_slice(&r[..]),
-            Err(e) => {
-                ::log::error!("reading back segment {base} after a failed sync: {e}");
-                return;
-            }
+    let partial = match dma::read_partial_block(&file, written).await {
+        Ok(p) => p,
+        Err(e) => {
+            ::log::error!("reading back segment {base} after a failed sync: {e}");
+            return;
         }
-    }
+    };
     let mut l = log.borrow_mut();
     if let Some(seg) = l.segment_mut(base) {
         if seg.written == written {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::DmaFile;
 
 use super::batch::{self, BatchHeader, HEADER_LEN};
 
@@ -150,17 +150,7 @@ impl Segment {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        if let Some(dir) = self.stem.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(self.log_path())
-            .await
-            .map_err(std::io::Error::from)?;
-        let file = Rc::new(file);
+        let file = super::dma::open(&self.log_path()).await?;
         self.file = Some(file.clone());
         Ok(file)
     }
@@ -263,16 +253,7 @@ impl Segment {
     /// Reads back the bytes of the last partial block so the next write can rewrite it.
     pub async fn load_partial(&mut self) -> std::io::Result<()> {
         let file = self.open_file().await?;
-        let align = file.alignment();
-        let start = self.written - self.written % align;
-        self.partial.clear();
-        if self.written > start {
-            let r = file
-                .read_at(start, (self.written - start) as usize)
-                .await
-                .map_err(std::io::Error::from)?;
-            self.partial.extend_from_slice(&r[..]);
-        }
+        self.partial = super::dma::read_partial_block(&file, self.written).await?;
         Ok(())
     }
 
@@ -309,10 +290,7 @@ impl Segment {
     pub fn complete_write(&mut self, job: &WriteJob, align: u64) {
         self.written += job.logical;
         self.in_flight = 0;
-        let keep = (self.written % align) as usize;
-        self.partial.clear();
-        self.partial
-            .extend_from_slice(&job.bytes[job.bytes.len() - keep..]);
+        self.partial = super::dma::partial_block(&job.bytes, self.written, align);
     }
 
     /// Undoes the appends past `bytes` (where the file's good data ends), which end at

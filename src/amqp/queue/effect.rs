@@ -8,6 +8,7 @@
 use super::super::mesh::{ConfirmTo, ConnOp};
 use super::super::store::Location;
 use super::dead_letter::DeadLetter;
+use crate::storage::journal::Durable;
 
 #[derive(Debug)]
 pub enum Effect {
@@ -22,6 +23,20 @@ pub enum Effect {
     WakeAt(i64),
     /// Watch `x-expires`: delete the queue once `QueueState::expires_at` has passed.
     WatchExpires,
+    /// A message handed to the store: follow its durability future.
+    Stored(Stored),
+}
+
+/// A message the store is writing, and what waits on it: its publisher's confirm (sent
+/// once fdatasync'ed; a nack if the disk refused it) and, with `page`, its body leaving
+/// memory once written. A refused write takes the message back out of the queue
+/// (`QueueState::refused_by_store`).
+#[derive(Debug)]
+pub struct Stored {
+    pub seq: u64,
+    pub durable: Durable,
+    pub confirm: Option<ConfirmTo>,
+    pub page: bool,
 }
 
 /// The effects of one or more queue calls, in order.

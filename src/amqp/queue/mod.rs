@@ -10,8 +10,9 @@
 //! what must happen elsewhere (deliveries and confirms for other shards, dead-lettered
 //! publishes, page-ins, timers, memory accounting). Only the owner shard holds a
 //! `QueueState` (in `ShardAmqp::queues`); `owner.rs` builds the `Env`, calls in and carries
-//! the effects out. Persistent messages of durable queues are handed to the store, whose
-//! flusher confirms them after fdatasync.
+//! the effects out. Persistent messages of durable queues are handed to the store, which
+//! hands back a durability future; the owner awaits it (`Effect::Stored`) and confirms
+//! them after fdatasync.
 //!
 //! Counted in the owner shard's metrics per (vhost, queue) by the glue, from `Effects`:
 //! messages enqueued (publishes the queue accepted) and dequeued (deliveries and
@@ -41,7 +42,7 @@ use ready::Ready;
 pub use store_handle::StoreHandle;
 use unacked::Unacked;
 
-/// The store calls these (`amqp::store`); they live with the owner's glue.
+/// Confirms go out through the owner's glue.
 pub use super::owner::confirm_to;
 
 pub type QueueHandle = std::rc::Rc<std::cell::RefCell<QueueState>>;
@@ -239,15 +240,17 @@ impl QueueState {
             returns: 0,
         };
         if persisted || page {
-            let loc = env.store.append(
-                &self.qref,
-                &entry,
-                confirm.filter(|_| persisted),
-                !persisted,
-            );
-            if page {
-                env.store.page_out_when_written(&self.qref, seq, loc);
-            }
+            // Confirmed once fdatasync'ed; a paged body leaves memory once written.
+            let confirm = confirm.filter(|_| persisted);
+            let (loc, durable) =
+                env.store
+                    .append(&self.qref, &entry, !persisted, confirm.is_some());
+            fx.push(Effect::Stored(effect::Stored {
+                seq,
+                durable,
+                confirm,
+                page,
+            }));
             entry.loc = Some(loc);
         }
         if !persisted {

@@ -12,6 +12,7 @@ use super::*;
 use crate::amqp::message::{decode_headers, scan_properties};
 use crate::catalog::amqp::arguments::{Overflow, QueueArgs};
 use crate::catalog::amqp::tables::{encode_table, int_value, str_value};
+use crate::storage::journal::{Durable, Outcome};
 
 /// What the queue asked of the store, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +22,6 @@ enum Stored {
         confirm: bool,
         transient: bool,
     },
-    PageOut(u64),
     Ack(u64),
     Delivered(u64),
 }
@@ -36,22 +36,20 @@ impl StoreHandle for FakeStore {
         &self,
         _q: &QueueRef,
         e: &Entry,
-        confirm: Option<ConfirmTo>,
         transient: bool,
-    ) -> Location {
+        synced: bool,
+    ) -> (Location, Durable) {
         self.calls.borrow_mut().push(Stored::Append {
             seq: e.seq,
-            confirm: confirm.is_some(),
+            confirm: synced,
             transient,
         });
-        Location {
+        let loc = Location {
             segment: 0,
             offset: e.seq * 100,
             len: 100,
-        }
-    }
-    fn page_out_when_written(&self, _q: &QueueRef, seq: u64, _loc: Location) {
-        self.calls.borrow_mut().push(Stored::PageOut(seq));
+        };
+        (loc, Durable::settled(Outcome::Pending))
     }
     fn ack(&self, _q: &QueueRef, seq: u64) {
         self.calls.borrow_mut().push(Stored::Ack(seq));
@@ -59,6 +57,17 @@ impl StoreHandle for FakeStore {
     fn delivered(&self, _q: &QueueRef, seq: u64) {
         self.calls.borrow_mut().push(Stored::Delivered(seq));
     }
+}
+
+/// The store writes a call handed over: (seq, confirm seq waiting on it, page out).
+fn store_waits(fx: &Effects) -> Vec<(u64, Option<u64>, bool)> {
+    fx.list
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Stored(s) => Some((s.seq, s.confirm.map(|c| c.seq), s.page)),
+            _ => None,
+        })
+        .collect()
 }
 
 const LIMITS: Limits = Limits {
@@ -667,8 +676,9 @@ fn persistent_messages_on_durable_queues_are_confirmed_by_the_store() {
     let mut p = msg("p");
     p.persistent = true;
     let fx = r.publish_confirmed(p, 1);
-    // No confirm yet: the store sends it after fdatasync.
+    // No confirm yet: it waits on the store's durability future (fdatasync).
     assert!(confirms(&fx).is_empty());
+    assert_eq!(store_waits(&fx), [(0, Some(1), false)]);
     assert_eq!(
         r.stored(),
         [Stored::Append {
@@ -775,15 +785,14 @@ fn past_the_memory_budget_bodies_page_out_and_come_back_before_delivery() {
     assert!(bodies(&fx).is_empty());
     assert_eq!(
         r.stored(),
-        [
-            Stored::Append {
-                seq: 0,
-                confirm: false,
-                transient: true
-            },
-            Stored::PageOut(0)
-        ]
+        [Stored::Append {
+            seq: 0,
+            confirm: false,
+            transient: true
+        }]
     );
+    // Its body leaves memory once the store's future says it is written.
+    assert_eq!(store_waits(&fx), [(0, None, true)]);
     // The store wrote it: the body leaves memory.
     r.call(|q, _, fx| q.bodies_written(fx, &[0]));
     assert!(r.q.head_paged());

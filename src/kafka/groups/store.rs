@@ -1,5 +1,5 @@
 //! Committed offsets on disk: `<data_dir>/<shard>/groups/offsets.log`, an append-only log of
-//! framed rkyv `OffsetRecord`s (`len u32 | crc32 u32 | payload`), compacted by rewriting
+//! framed rkyv `OffsetRecord`s (`len u32 | crc32 u32 | payload`, `storage::frame`), compacted by rewriting
 //! the live offsets when the log grows to several times their number.
 //!
 //! One `OffsetStore` per shard, used only by that shard's group coordinator. Appends are
@@ -81,35 +81,23 @@ pub fn apply(offsets: &mut Offsets, record: &OffsetRecord) {
 
 fn frame(record: &OffsetRecord) -> Result<Vec<u8>, String> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(record).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    Ok(crate::storage::frame::framed(&payload))
 }
 
 /// Reads every intact record; returns them and the length of the intact prefix.
 fn read_records(data: &[u8]) -> (Vec<OffsetRecord>, usize) {
     let mut out = Vec::new();
-    let mut at = 0;
-    while data.len() - at >= 8 {
-        let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        let crc = u32::from_be_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
-        let Some(payload) = data.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    let mut valid = 0;
+    for (at, payload) in crate::storage::frame::records(data) {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
         aligned.extend_from_slice(payload);
         match rkyv::from_bytes::<OffsetRecord, rkyv::rancor::Error>(&aligned) {
             Ok(r) => out.push(r),
             Err(_) => break,
         }
-        at += 8 + len;
+        valid = at + crate::storage::frame::HEADER + payload.len();
     }
-    (out, at)
+    (out, valid)
 }
 
 /// A commit waiting for its fsync. The sender stays on the coordinator shard (the writer

@@ -1,0 +1,84 @@
+//! The DMA file primitives every segment writer shares: one way to open a data file with
+//! O_DIRECT through io_uring, and one block-aligned write.
+//!
+//! Used by Kafka segments (`storage::segment`, the flusher in `storage/mod.rs`, the
+//! compactor) and by the record journal of AMQP queue segments (`storage::journal`), on
+//! the shard that owns the file. Writes are whole blocks: the caller keeps the last
+//! partial block in memory and passes it again, before its new bytes, with the next write
+//! (so `position` is block-aligned and the file may end in zero padding past the logical
+//! end, which the readers treat as the end).
+
+use std::path::Path;
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+/// Opens `path` for reading and writing with O_DIRECT, creating it (and its directory)
+/// when missing.
+pub async fn open(path: &Path) -> std::io::Result<Rc<DmaFile>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(Rc::new(f))
+}
+
+/// Opens an existing file for reading and writing with O_DIRECT (never creates it).
+pub async fn open_existing(path: &Path) -> std::io::Result<Rc<DmaFile>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(Rc::new(f))
+}
+
+/// Writes `bytes` at the block-aligned `position`, zero-padded to whole blocks. A short
+/// write is an error: O_DIRECT on a filling disk writes the blocks it could allocate and
+/// stops, so the rest is as missing as if the write had failed (ENOSPC; EIO when nothing
+/// was written).
+pub async fn write_aligned(file: &DmaFile, position: u64, bytes: &[u8]) -> std::io::Result<()> {
+    let align = file.alignment() as usize;
+    let len = bytes.len().div_ceil(align) * align;
+    let mut buf = file.alloc_dma_buffer(len);
+    let out = buf.as_bytes_mut();
+    out[..bytes.len()].copy_from_slice(bytes);
+    out[bytes.len()..].fill(0);
+    match file.write_at(buf, position).await {
+        Ok(n) if n >= len => Ok(()),
+        Ok(n) => Err(std::io::Error::from_raw_os_error(if n == 0 {
+            libc::EIO
+        } else {
+            libc::ENOSPC
+        })),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+/// The bytes of the last partial block of a file whose logical length is `len`, taken
+/// from `data`, the bytes just written ending at `len`.
+pub fn partial_block(data: &[u8], len: u64, align: u64) -> Vec<u8> {
+    let keep = (len % align) as usize;
+    data[data.len().saturating_sub(keep)..].to_vec()
+}
+
+/// Reads the last partial block of a file whose logical length is `len` back from the
+/// file (after recovery, or after a failed write cut it back).
+pub async fn read_partial_block(file: &DmaFile, len: u64) -> std::io::Result<Vec<u8>> {
+    let start = len - len % file.alignment();
+    if len == start {
+        return Ok(Vec::new());
+    }
+    let r = file
+        .read_at(start, (len - start) as usize)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(r.to_vec())
+}
