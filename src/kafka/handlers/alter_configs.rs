@@ -9,7 +9,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::{frame, str_bytes, Conn, Pending};
+use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::kafka::configs::{self, Edit, ResourceError};
 
 pub fn handle(
@@ -18,8 +18,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = &conn.shard;
         let mut responses = Vec::new();
         for r in req.resources {

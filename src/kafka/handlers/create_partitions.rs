@@ -9,7 +9,7 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{frame, str_bytes, Conn, Pending};
+use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
 
@@ -19,8 +19,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let node = shard.config.node_id;
         let mut early = Vec::new();

@@ -13,7 +13,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{frame, str_bytes, uuid, Conn, Pending};
+use super::{deferred, frame, str_bytes, uuid, Conn, Pending};
 use crate::catalog::{self, new_topic_id, Change, Topic};
 use crate::kafka::catalog_error_code;
 
@@ -23,8 +23,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let node = shard.config.node_id;
         // Refusals found before the catalog is asked: (index, code, message).

@@ -9,7 +9,7 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{ApiKey, DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::details::coordinator;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::Request;
 
 pub fn handle(
@@ -18,8 +18,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let mut results = Vec::new();
         for g in req.groups_names {
             let group = g.to_string();

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
 use super::details::partitions;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
 
 pub fn handle(
@@ -23,8 +23,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let wanted = req.topics.iter().map(|t| {
             let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
             (t.name.to_string(), parts)

@@ -9,7 +9,7 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{frame, str_bytes, topic_name, Conn, Pending};
+use super::{deferred, frame, str_bytes, topic_name, Conn, Pending};
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
 
@@ -19,8 +19,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let state = shard.catalog.current();
         // (name if known, id as asked)

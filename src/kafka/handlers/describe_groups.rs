@@ -10,7 +10,7 @@ use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResp
 use kafka_protocol::ResponseError;
 
 use super::details::coordinator;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
 pub fn handle(
@@ -19,8 +19,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let mut out = Vec::new();
         for g in req.groups {
             let group = g.to_string();

@@ -12,7 +12,7 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
-use super::{frame, str_bytes, topic_name, Conn, Pending};
+use super::{deferred, frame, str_bytes, topic_name, Conn, Pending};
 use crate::kafka::owner::{PartitionInfo, Reply, Request};
 
 /// (total, usable) bytes of the filesystem holding `path`.
@@ -40,8 +40,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let wanted: Option<Vec<(String, i32)>> = req.topics.map(|ts| {
             ts.into_iter()

@@ -11,7 +11,7 @@ use kafka_protocol::messages::describe_producers_response::{
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
 use super::details::partitions;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -19,8 +19,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let wanted = req.topics.iter().map(|t| {
             let parts = t.partition_indexes.iter().map(|p| (*p, ()));
             (t.name.to_string(), parts)

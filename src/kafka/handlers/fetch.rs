@@ -21,7 +21,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::ResponseError;
 
 use super::details::partitions::{ask_each_owner, by_owner};
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::catalog::effective_config;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
 
@@ -37,8 +37,7 @@ struct Wanted {
 }
 
 pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: i16) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let state = shard.catalog.current();
         let mut layout: Vec<(TopicName, uuid::Uuid, usize)> = Vec::new();

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{ApiKey, HeartbeatRequest, HeartbeatResponse};
 
 use super::details::coordinator;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::Request;
 
 pub fn handle(
@@ -18,8 +18,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let group = req.group_id.to_string();
         let request = Request::Heartbeat {
             group: group.clone(),

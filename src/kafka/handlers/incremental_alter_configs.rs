@@ -10,7 +10,7 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use kafka_protocol::ResponseError;
 
-use super::{frame, str_bytes, Conn, Pending};
+use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::kafka::configs::{self, Edit, ResourceError};
 
 pub fn handle(
@@ -19,8 +19,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = &conn.shard;
         let mut responses = Vec::new();
         for r in req.resources {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kafka_protocol::messages::{ApiKey, JoinGroupRequest, JoinGroupResponse};
 
 use super::details::coordinator;
-use super::{frame, str_bytes, Conn, Pending};
+use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::kafka::groups::group::JoinRequest;
 use crate::kafka::groups::{Reply, Request};
 
@@ -22,8 +22,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let group = req.group_id.to_string();
         // v0 has no rebalance timeout: it equals the session timeout.
         let rebalance = if version >= 1 {

@@ -9,7 +9,7 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{ApiKey, LeaveGroupRequest, LeaveGroupResponse};
 
 use super::details::coordinator;
-use super::{frame, str_bytes, Conn, Pending};
+use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
 pub fn handle(
@@ -18,8 +18,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let group = req.group_id.to_string();
         let members: Vec<(String, Option<String>)> = if version >= 3 {
             req.members

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use futures::future::join_all;
 use kafka_protocol::messages::{ListGroupsRequest, ListGroupsResponse};
 
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
 pub fn handle(
@@ -17,8 +17,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let states: Vec<String> = req
             .states_filter

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
 use super::details::partitions::ask_owners;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
 
 pub fn handle(
@@ -22,8 +22,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
         let mut layout = Vec::new();
         let mut items = Vec::new();

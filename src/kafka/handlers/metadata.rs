@@ -13,7 +13,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
 
-use super::{frame, str_bytes, topic_name, uuid, Conn, Pending};
+use super::{deferred, frame, str_bytes, topic_name, uuid, Conn, Pending};
 use crate::catalog::{new_topic_id, validate_topic_name, Change, Topic};
 use crate::kafka::catalog_error_code;
 
@@ -40,8 +40,7 @@ pub fn advertised(conn: &Conn) -> (String, i32) {
 }
 
 pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, version: i16) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = &conn.shard;
         // None: every topic. v0 sends an empty list for "all".
         let wanted: Option<Vec<(Option<String>, [u8; 16])>> = match req.topics {

@@ -86,6 +86,15 @@ pub fn frame<R: Encodable + HeaderVersion>(
     }
 }
 
+/// The usual shape of a handler: `work` gets its own handle on the connection and runs as
+/// the `Pending` the connection awaits, in request order, once `dispatch` has returned.
+pub fn deferred<F>(conn: &Rc<Conn>, work: impl FnOnce(Rc<Conn>) -> F) -> Pending
+where
+    F: std::future::Future<Output = Option<Bytes>> + 'static,
+{
+    Box::pin(work(conn.clone()))
+}
+
 pub fn ready(frame: Option<Bytes>) -> Pending {
     Box::pin(async move { frame })
 }

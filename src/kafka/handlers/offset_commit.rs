@@ -15,7 +15,7 @@ use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse
 use kafka_protocol::ResponseError;
 
 use super::details::coordinator;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{CommitPart, Reply, Request};
 
 pub fn handle(
@@ -24,8 +24,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = &conn.shard;
         let state = shard.catalog.current();
         let group = req.group_id.to_string();

@@ -11,7 +11,7 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::messages::{ApiKey, OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::details::coordinator;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
 pub fn handle(
@@ -20,8 +20,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let group = req.group_id.to_string();
         let parts: Vec<(String, i32)> = req
             .topics

@@ -12,7 +12,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::{ApiKey, OffsetFetchRequest, OffsetFetchResponse};
 
 use super::details::coordinator;
-use super::{frame, str_bytes, topic_name, Conn, Pending};
+use super::{deferred, frame, str_bytes, topic_name, Conn, Pending};
 use crate::broker::Shard;
 use crate::kafka::groups::{FetchedOffset, Reply, Request};
 
@@ -54,8 +54,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let shard = &conn.shard;
         let resp = if version >= 8 {
             let mut groups = Vec::new();

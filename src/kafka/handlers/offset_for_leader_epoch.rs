@@ -14,7 +14,7 @@ use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpoch
 use kafka_protocol::ResponseError;
 
 use super::details::partitions;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -22,8 +22,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let wanted = req.topics.iter().map(|t| {
             let parts = t.partitions.iter().map(|p| (p.partition, ()));
             (t.topic.to_string(), parts)

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{ApiKey, SyncGroupRequest, SyncGroupResponse};
 
 use super::details::coordinator;
-use super::{frame, Conn, Pending};
+use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
 
 pub fn handle(
@@ -17,8 +17,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let conn = conn.clone();
-    Box::pin(async move {
+    deferred(conn, |conn| async move {
         let group = req.group_id.to_string();
         let request = Request::Sync {
             group: group.clone(),
