@@ -13,8 +13,9 @@
 //! - `runtime`: one shard's protocol-free core — its end of the channel mesh, cross-shard
 //!   calls (`Core::invoke_on`/`ask`/`submit_to`) and their answers, per-shard locals, the
 //!   accept loop, the stop signal, the host checks before start. Names no protocol.
-//! - `storage`: each shard's partition logs (segments, index, group commit, recovery,
-//!   retention, compaction, the free-space guard).
+//! - `storage`: each shard's one storage engine — Kafka partition logs and the record
+//!   journal AMQP durable queues are kept in (one framing, one DMA open, one group commit,
+//!   recovery), retention, compaction, the free-space guard.
 //! - `catalog`: topics, configs and AMQP topology; one writer on shard 0, a replica on
 //!   every shard.
 //! - `kafka`: the Kafka wire protocol — connections, one handler per API, partition work on

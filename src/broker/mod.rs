@@ -231,15 +231,7 @@ async fn run_shard(
     let recovered = storage.partitions().len();
 
     // Mesh: one receiving task per peer.
-    for (_, rx) in receivers.streams() {
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                core.serve(msg);
-            }
-        })
-        .detach();
-    }
+    core.serve_mesh(&mut receivers);
     let flusher = glommio::spawn_local(storage.clone().run_flusher());
     // The free-space watermark: read every second, refuses writes below it.
     let disk_guard = {

@@ -21,7 +21,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use futures::future::LocalBoxFuture;
-use glommio::channels::channel_mesh::Senders;
+use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::{GlommioError, ResourceType};
 
 use super::listener::Clients;
@@ -233,6 +233,19 @@ impl Core {
         }
     }
 
+    /// Starts one task per peer that serves what that peer sends, until it stops sending.
+    pub fn serve_mesh(self: &Rc<Self>, receivers: &mut Receivers<Message>) {
+        for (_, rx) in receivers.streams() {
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    core.serve(msg);
+                }
+            })
+            .detach();
+        }
+    }
+
     /// Handles one envelope from another shard (the mesh receive loop's body).
     pub fn serve(self: &Rc<Self>, msg: Message) {
         match msg {
@@ -321,15 +334,7 @@ mod tests {
                             hits: Cell::new(0),
                         });
                         core.provide(&counter);
-                        for (_, rx) in receivers.streams() {
-                            let core = core.clone();
-                            glommio::spawn_local(async move {
-                                while let Some(msg) = rx.recv().await {
-                                    core.serve(msg);
-                                }
-                            })
-                            .detach();
-                        }
+                        core.serve_mesh(&mut receivers);
                         let out = body(core.clone(), counter.clone()).await;
                         // Both shards keep serving until both bodies are done.
                         core.shutdown.mark_ready();

@@ -57,16 +57,16 @@ impl Broker {
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` for clients.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+        self.launch.amqp_url()
     }
 
     /// `http://127.0.0.1:<port>` of the HTTP API.
     pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        self.launch.http_url()
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.launch.bootstrap()
     }
 
     pub fn log(&self) -> String {
