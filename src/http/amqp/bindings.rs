@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::json::{arguments_json, arguments_table};
-use super::{amqp_error, body, caller, check_name, vhosts_for, InVhost};
+use super::{amqp_error, body, caller, check_name, listing, vhosts_for, InVhost};
 use crate::amqp::methods::{self, apply_binding, exchange, queue, Actor};
 use crate::broker::Shard;
 use crate::catalog::amqp::tables::{decode_table, encode_table};
@@ -86,10 +86,7 @@ pub(super) async fn list(
     ends: &[(DestKind, &str)],
     keep: &dyn Fn(&Binding) -> bool,
 ) -> ApiResult {
-    let user = caller(req)?;
-    let names = vhosts_for(shard, user, vhost)?;
-    methods::refresh_catalog(shard).await;
-    let state = shard.catalog.current();
+    let (names, state) = listing(shard, req, vhost).await?;
     for (kind, name) in ends {
         let t = names.first().and_then(|v| state.amqp.get(*v));
         let (found, what) = match kind {

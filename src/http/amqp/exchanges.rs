@@ -8,9 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::json::{arguments_json, arguments_table};
-use super::{
-    amqp_error, caller, check_name, created_or_not, flag, one_or_all, vhosts_for, yes, InVhost,
-};
+use super::{amqp_error, check_name, created_or_not, flag, listing, one_or_all, yes, InVhost};
 use crate::amqp::methods::{self, exchange};
 use crate::broker::Shard;
 use crate::catalog::amqp::VhostTopology;
@@ -22,10 +20,7 @@ pub(super) async fn list(
     vhost: Option<&str>,
     one: Option<&str>,
 ) -> ApiResult {
-    let user = caller(req)?;
-    let names = vhosts_for(shard, user, vhost)?;
-    methods::refresh_catalog(shard).await;
-    let state = shard.catalog.current();
+    let (names, state) = listing(shard, req, vhost).await?;
     let empty = VhostTopology::default();
     let mut rows = Vec::new();
     for v in names {

@@ -50,6 +50,7 @@ mod queues;
 mod vhosts;
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -57,10 +58,11 @@ use serde_json::Value;
 use super::auth::User;
 use super::{no_content, ok_json, ApiError, ApiResult, Reply, Req};
 use crate::amqp::auth::Permissions;
-use crate::amqp::methods::Actor;
+use crate::amqp::methods::{self, Actor};
 use crate::amqp::{reply, AmqpError};
 use crate::broker::Shard;
 use crate::catalog::amqp::DestKind;
+use crate::catalog::CatalogState;
 
 /// Serves `/api/v1/{rest}` for the AMQP resources; each resource's file holds its
 /// handlers.
@@ -203,6 +205,18 @@ fn amqp_error(e: AmqpError) -> ApiError {
             refusal(code, text)
         }
     }
+}
+
+/// The start of every listing: the vhosts the caller may list (`vhost`, or all it sees) and
+/// the catalog as of now (brought up to date from the writer first).
+async fn listing<'a>(
+    shard: &'a Rc<Shard>,
+    req: &Req,
+    vhost: Option<&str>,
+) -> Result<(Vec<&'a str>, Arc<CatalogState>), ApiError> {
+    let names = vhosts_for(shard, caller(req)?, vhost)?;
+    methods::refresh_catalog(shard).await;
+    Ok((names, shard.catalog.current()))
 }
 
 fn caller(req: &Req) -> Result<&User, ApiError> {

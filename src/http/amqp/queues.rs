@@ -10,10 +10,9 @@ use serde_json::{json, Map, Value};
 
 use super::json::{arguments_json, arguments_table};
 use super::{
-    amqp_error, body, caller, check_name, created_or_not, flag, one_or_all, vhosts_for, yes,
-    InVhost,
+    amqp_error, body, check_name, created_or_not, flag, listing, one_or_all, yes, InVhost,
 };
-use crate::amqp::methods::{self, queue};
+use crate::amqp::methods::queue;
 use crate::broker::Shard;
 use crate::http::{no_content, ApiError, ApiResult, Req};
 use crate::metrics::QueueStats;
@@ -35,10 +34,7 @@ pub(super) async fn list(
     vhost: Option<&str>,
     one: Option<&str>,
 ) -> ApiResult {
-    let user = caller(req)?;
-    let names = vhosts_for(shard, user, vhost)?;
-    methods::refresh_catalog(shard).await;
-    let state = shard.catalog.current();
+    let (names, state) = listing(shard, req, vhost).await?;
     let figures = figures(shard).await;
     let mut rows = Vec::new();
     for v in names {

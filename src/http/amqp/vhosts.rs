@@ -6,16 +6,12 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use super::{caller, queues, vhosts_for};
-use crate::amqp::methods;
+use super::{listing, queues};
 use crate::broker::Shard;
 use crate::http::{ok_json, ApiResult, Req};
 
 pub(super) async fn list(shard: &Rc<Shard>, req: &Req, one: Option<&str>) -> ApiResult {
-    let user = caller(req)?;
-    let names = vhosts_for(shard, user, one)?;
-    methods::refresh_catalog(shard).await;
-    let state = shard.catalog.current();
+    let (names, state) = listing(shard, req, one).await?;
     let figures = queues::figures(shard).await;
     let rows: Vec<Value> = names
         .iter()
