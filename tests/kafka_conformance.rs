@@ -414,3 +414,98 @@ fn clean_stop_after_reads_only_logs_no_missing_files() {
     let log = broker.log();
     assert!(!log.contains("No such file"), "{log}");
 }
+
+/// Counts the rebalances (assignments received) a consumer goes through.
+#[derive(Clone, Default)]
+struct Rebalances(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rdkafka::client::ClientContext for Rebalances {}
+
+impl rdkafka::consumer::ConsumerContext for Rebalances {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        r: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(r, rdkafka::consumer::Rebalance::Assign(_)) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Rebalances {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn static_member(broker: &Broker, instance: &str, ctx: Rebalances) -> BaseConsumer<Rebalances> {
+    let c: BaseConsumer<Rebalances> = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "static-group")
+        .set("group.instance.id", instance)
+        .set("session.timeout.ms", "30000")
+        .set("heartbeat.interval.ms", "500")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(ctx)
+        .expect("consumer");
+    c.subscribe(&["static-topic"]).expect("subscribe");
+    c
+}
+
+/// Polls `consumers` until `done` or 30 s.
+fn poll_until(consumers: &[&BaseConsumer<Rebalances>], mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out");
+        for c in consumers {
+            let _ = c.poll(Duration::from_millis(50));
+        }
+    }
+}
+
+fn assigned(c: &BaseConsumer<Rebalances>) -> Vec<i32> {
+    let mut v: Vec<i32> = c
+        .assignment()
+        .expect("assignment")
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    v.sort();
+    v
+}
+
+/// KIP-345/KIP-814: the static member that leads the group restarts (a new member id for
+/// the same `group.instance.id`); the group does not rebalance: the other member keeps its
+/// partitions without a new assignment and the restarted leader gets its own back.
+#[test]
+fn restarted_static_leader_does_not_rebalance_the_group() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    create_topic(&broker, "static-topic", 4, &[]);
+    let (ca, cb) = (Rebalances::default(), Rebalances::default());
+    let a = static_member(&broker, "leader", ca.clone());
+    poll_until(&[&a], || assigned(&a).len() == 4);
+    let b = static_member(&broker, "follower", cb.clone());
+    poll_until(&[&a, &b], || {
+        assigned(&a).len() == 2 && assigned(&b).len() == 2 && cb.count() >= 1
+    });
+    let (a_parts, b_parts) = (assigned(&a), assigned(&b));
+    let b_rebalances = cb.count();
+    // A static member leaves no LeaveGroup behind: the group waits for it.
+    drop(a);
+
+    let ca2 = Rebalances::default();
+    let a2 = static_member(&broker, "leader", ca2.clone());
+    poll_until(&[&a2, &b], || ca2.count() >= 1 && !assigned(&a2).is_empty());
+    assert_eq!(assigned(&a2), a_parts, "the leader's partitions come back");
+    // Give a rebalance, if one were started, time to reach the follower.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let _ = a2.poll(Duration::from_millis(50));
+        let _ = b.poll(Duration::from_millis(50));
+    }
+    assert_eq!(cb.count(), b_rebalances, "the follower saw no rebalance");
+    assert_eq!(assigned(&b), b_parts);
+}
