@@ -258,6 +258,9 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
     }
 }
 
+/// A produce refused: error code, message, and the records at fault (index, why).
+type Refusal = (i16, String, Vec<(i32, String)>);
+
 /// A compacted topic refuses records without a key, as Kafka's LogValidator does: the
 /// partition gets INVALID_RECORD, and every keyless record is named by its index in the
 /// batch (what Produce v8+ returns as `record_errors`).
@@ -266,7 +269,7 @@ fn check_keys(
     topic: &str,
     partition: i32,
     batches: &[(batch::BatchHeader, Bytes)],
-) -> Result<(), (i16, String, Vec<(i32, String)>)> {
+) -> Result<(), Refusal> {
     if !log.borrow().settings.compact_policy {
         return Ok(());
     }
