@@ -126,11 +126,9 @@ pub fn record_count(mut records: &[u8]) -> u64 {
 
 /// The leading whole batches of `records` that fit in `limit` bytes (KIP-74): when none
 /// fits and `first_may_exceed` (nothing has been put in the answer yet), the first batch
-/// alone, so a consumer always progresses past a batch larger than its limits.
+/// alone, so a consumer always progresses past a batch larger than its limits. A partial
+/// batch at the end is left out.
 pub fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
-    if records.len() <= limit {
-        return records;
-    }
     let mut end = 0;
     while let Some(h) = BatchHeader::parse(&records[end..]) {
         if h.size == 0 || end + h.size > records.len() {
@@ -517,5 +515,38 @@ pub(crate) mod tests {
         let parts = split(&all.freeze()).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].1, b);
+    }
+
+    /// KIP-74 trimming: whole batches within the limit; the first batch alone only when
+    /// it may exceed it; a truncated tail is never returned.
+    #[test]
+    fn within_keeps_whole_batches_under_the_limit() {
+        let one = make_batch(0, 3, b"abc");
+        let n = one.len();
+        let mut three = BytesMut::new();
+        for _ in 0..3 {
+            three.extend_from_slice(&one);
+        }
+        let three = three.freeze();
+        assert_eq!(within(three.clone(), 3 * n, false).len(), 3 * n);
+        assert_eq!(within(three.clone(), 2 * n + 1, false).len(), 2 * n);
+        assert_eq!(within(three.clone(), n - 1, true).len(), n);
+        assert!(within(three.clone(), n - 1, false).is_empty());
+        assert_eq!(
+            within(three.slice(..2 * n + 5), 3 * n - 1, false).len(),
+            2 * n
+        );
+    }
+
+    /// make_batch's records have no key: every index is reported; a malformed section is
+    /// an error, not a panic.
+    #[test]
+    fn keyless_records_are_named_by_index() {
+        let b = make_batch(0, 3, b"v");
+        let h = BatchHeader::parse(&b).expect("header");
+        assert_eq!(keyless_records(&b, &h), Ok(vec![0, 1, 2]));
+        let mut lying = h.clone();
+        lying.records = 5;
+        assert!(keyless_records(&b, &lying).is_err());
     }
 }
