@@ -545,7 +545,7 @@ pub(crate) mod tests {
         let b = make_batch(0, 3, b"v");
         let h = BatchHeader::parse(&b).expect("header");
         assert_eq!(keyless_records(&b, &h), Ok(vec![0, 1, 2]));
-        let mut lying = h.clone();
+        let mut lying = h;
         lying.records = 5;
         assert!(keyless_records(&b, &lying).is_err());
     }
