@@ -38,6 +38,8 @@ pub struct ProduceResult {
     pub log_append_time: i64,
     pub log_start_offset: i64,
     pub message: Option<String>,
+    /// Produce v8+: the records refused, by index within the batch, and why.
+    pub record_errors: Vec<(i32, String)>,
 }
 
 pub struct FetchPart {
@@ -256,6 +258,50 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
     }
 }
 
+/// A produce refused: error code, message, and the records at fault (index, why).
+type Refusal = (i16, String, Vec<(i32, String)>);
+
+/// A compacted topic refuses records without a key, as Kafka's LogValidator does: the
+/// partition gets INVALID_RECORD, and every keyless record is named by its index in the
+/// batch (what Produce v8+ returns as `record_errors`).
+fn check_keys(
+    log: &LogRef,
+    topic: &str,
+    partition: i32,
+    batches: &[(batch::BatchHeader, Bytes)],
+) -> Result<(), Refusal> {
+    if !log.borrow().settings.compact_policy {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    for (h, b) in batches {
+        let keyless = batch::keyless_records(b, h)
+            .map_err(|e| (ResponseError::CorruptMessage.code(), e, Vec::new()))?;
+        errors.extend(keyless.into_iter().map(|i| {
+            (
+                i,
+                format!(
+                    "Compacted topic cannot accept message without key in topic partition {topic}-{partition}."
+                ),
+            )
+        }));
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = errors
+        .iter()
+        .take(3)
+        .map(|(i, m)| format!("RecordError(batchIndex={i}, message='{m}')"))
+        .collect();
+    let message = format!(
+        "One or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: [{}]",
+        errors.len(),
+        shown.join(", ")
+    );
+    Err((ResponseError::InvalidRecord.code(), message, errors))
+}
+
 /// Appends every part now; with acks=all the returned future waits for fdatasync.
 fn produce(
     shard: &Rc<Shard>,
@@ -272,6 +318,7 @@ fn produce(
                 log_append_time: -1,
                 log_start_offset: -1,
                 message: None,
+                record_errors: Vec::new(),
             });
             continue;
         };
@@ -302,6 +349,16 @@ fn produce(
                     }
                 }),
         };
+        let mut record_errors = Vec::new();
+        let outcome = outcome.and_then(|batches| {
+            match check_keys(&log, &part.topic, part.partition, &batches) {
+                Ok(()) => Ok(batches),
+                Err((code, message, errors)) => {
+                    record_errors = errors;
+                    Err((code, message))
+                }
+            }
+        });
         let result = match outcome {
             Err((code, message)) => {
                 log::debug!(
@@ -315,6 +372,7 @@ fn produce(
                     log_append_time: -1,
                     log_start_offset: -1,
                     message: Some(message),
+                    record_errors: std::mem::take(&mut record_errors),
                 }
             }
             Ok(_) if shard.storage.disk.refuse("Kafka produce") => ProduceResult {
@@ -327,6 +385,7 @@ fn produce(
                     shard.storage.disk.free(),
                     shard.storage.disk.min_free()
                 )),
+                record_errors: Vec::new(),
             },
             Ok(batches) => {
                 let appended = log.borrow_mut().append(&batches);
@@ -344,6 +403,7 @@ fn produce(
                             log_append_time: a.log_append_time,
                             log_start_offset: log.borrow().log_start_offset,
                             message: None,
+                            record_errors: Vec::new(),
                         }
                     }
                     Err(e) => ProduceResult {
@@ -352,6 +412,7 @@ fn produce(
                         log_append_time: -1,
                         log_start_offset: -1,
                         message: Some(e.to_string()),
+                        record_errors: Vec::new(),
                     },
                 }
             }

@@ -124,6 +124,27 @@ pub fn record_count(mut records: &[u8]) -> u64 {
     n
 }
 
+/// The leading whole batches of `records` that fit in `limit` bytes (KIP-74): when none
+/// fits and `first_may_exceed` (nothing has been put in the answer yet), the first batch
+/// alone, so a consumer always progresses past a batch larger than its limits. A partial
+/// batch at the end is left out.
+pub fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
+    let mut end = 0;
+    while let Some(h) = BatchHeader::parse(&records[end..]) {
+        if h.size == 0 || end + h.size > records.len() {
+            break;
+        }
+        if end + h.size > limit {
+            if end == 0 && first_may_exceed {
+                end = h.size;
+            }
+            break;
+        }
+        end += h.size;
+    }
+    records.slice(..end)
+}
+
 /// Checks magic, length and CRC of the one batch that starts `b` and returns its header.
 pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if b.len() < HEADER_LEN {
@@ -238,6 +259,37 @@ fn each_record(records: &[u8], count: i32, mut f: impl FnMut(i64, i64) -> bool) 
         }
     }
     Some(())
+}
+
+/// The indexes (within the batch) of its records that have no key: what a compacted topic
+/// refuses (Kafka's LogValidator). A control batch has none. `Err` when the records
+/// section cannot be inflated or walked.
+pub fn keyless_records(batch: &Bytes, h: &BatchHeader) -> Result<Vec<i32>, String> {
+    if h.is_control() || h.records <= 0 {
+        return Ok(Vec::new());
+    }
+    let records = inflate(batch, h)?;
+    let mut keyless = Vec::new();
+    let mut at = 0;
+    for i in 0..h.records {
+        let start = at;
+        let malformed = || format!("record {i} of the batch is malformed");
+        let len = varint(&records, &mut at).ok_or_else(malformed)?;
+        let body = at;
+        at += 1; // attributes
+        varint(&records, &mut at).ok_or_else(malformed)?; // timestamp delta
+        varint(&records, &mut at).ok_or_else(malformed)?; // offset delta
+        let key_len = varint(&records, &mut at).ok_or_else(malformed)?;
+        if key_len < 0 {
+            keyless.push(i);
+        }
+        at = usize::try_from(len)
+            .ok()
+            .and_then(|l| body.checked_add(l))
+            .filter(|&end| end > start && end <= records.len())
+            .ok_or_else(malformed)?;
+    }
+    Ok(keyless)
 }
 
 /// Reads a zig-zag varint (Kafka's record encoding); `None` on a short buffer. The one
@@ -463,5 +515,38 @@ pub(crate) mod tests {
         let parts = split(&all.freeze()).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].1, b);
+    }
+
+    /// KIP-74 trimming: whole batches within the limit; the first batch alone only when
+    /// it may exceed it; a truncated tail is never returned.
+    #[test]
+    fn within_keeps_whole_batches_under_the_limit() {
+        let one = make_batch(0, 3, b"abc");
+        let n = one.len();
+        let mut three = BytesMut::new();
+        for _ in 0..3 {
+            three.extend_from_slice(&one);
+        }
+        let three = three.freeze();
+        assert_eq!(within(three.clone(), 3 * n, false).len(), 3 * n);
+        assert_eq!(within(three.clone(), 2 * n + 1, false).len(), 2 * n);
+        assert_eq!(within(three.clone(), n - 1, true).len(), n);
+        assert!(within(three.clone(), n - 1, false).is_empty());
+        assert_eq!(
+            within(three.slice(..2 * n + 5), 3 * n - 1, false).len(),
+            2 * n
+        );
+    }
+
+    /// make_batch's records have no key: every index is reported; a malformed section is
+    /// an error, not a panic.
+    #[test]
+    fn keyless_records_are_named_by_index() {
+        let b = make_batch(0, 3, b"v");
+        let h = BatchHeader::parse(&b).expect("header");
+        assert_eq!(keyless_records(&b, &h), Ok(vec![0, 1, 2]));
+        let mut lying = h;
+        lying.records = 5;
+        assert!(keyless_records(&b, &lying).is_err());
     }
 }

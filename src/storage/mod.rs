@@ -642,15 +642,22 @@ impl Storage {
                 if finalized {
                     continue;
                 }
-                if let Some(f) = file {
-                    if let Err(e) = f.truncate(size).await {
-                        ::log::warn!("truncating segment {base}: {e}");
-                    }
-                    let _ = f.fdatasync().await;
+                // A segment never written has no file (a partition only read, say): it
+                // has nothing to truncate and no index to write.
+                let Some(f) = file else {
+                    continue;
+                };
+                if let Err(e) = f.truncate(size).await {
+                    ::log::warn!("truncating segment {base}: {e}");
                 }
+                let _ = f.fdatasync().await;
                 write_index_files(&log, base);
             }
             let l = log.borrow();
+            if !l.dir().exists() {
+                // Never written: no directory, no producer state to keep.
+                continue;
+            }
             if let Err(e) = l.producers.save(l.dir(), l.next_offset) {
                 ::log::warn!("saving producer state of {}-{}: {e}", l.topic, l.partition);
             }

@@ -227,13 +227,14 @@ impl Group {
                             }
                             self.statics.insert(instance.clone(), new_id.clone());
                             // A known static member rejoining a stable group with the same
-                            // protocols keeps its assignment: no rebalance (KIP-345).
-                            if self.state == State::Stable && unchanged && !was_leader {
+                            // protocols keeps its assignment: no rebalance (KIP-345), even
+                            // when it led the group (KIP-814).
+                            if self.state == State::Stable && unchanged {
                                 m.last_heartbeat = now;
                                 m.session_timeout = req.session_timeout;
                                 m.rebalance_timeout = req.rebalance_timeout;
-                                let resp = self.join_response(&m, req.version, false);
-                                self.members.insert(new_id, m);
+                                self.members.insert(new_id.clone(), m);
+                                let resp = self.static_rejoin_response(&new_id, &old, req.version);
                                 return JoinOutcome::Now(resp);
                             }
                             self.members.insert(new_id.clone(), m);
@@ -446,6 +447,34 @@ impl Group {
                     jm
                 })
                 .collect();
+        }
+        r
+    }
+
+    /// What a static member that rejoined a stable group under `new_id` (its previous
+    /// member id `old_id`) is told, as Kafka does: a follower just its generation. A leader
+    /// on JoinGroup v9+ is told it leads, with the members, and `skip_assignment` (KIP-814):
+    /// it keeps watching metadata but must not reassign. Before v9 a leader is told the old
+    /// leader id, so it does not take itself for the leader and assign again; either way it
+    /// then gets its assignment back from SyncGroup.
+    fn static_rejoin_response(
+        &self,
+        new_id: &str,
+        old_id: &str,
+        version: i16,
+    ) -> JoinGroupResponse {
+        let Some(m) = self.members.get(new_id) else {
+            return self.join_error(err(ResponseError::UnknownMemberId), new_id);
+        };
+        let leads = self.leader.as_deref() == Some(new_id);
+        if leads && version >= 9 {
+            let mut r = self.join_response(m, version, true);
+            r.skip_assignment = true;
+            return r;
+        }
+        let mut r = self.join_response(m, version, false);
+        if leads {
+            r.leader = s(old_id);
         }
         r
     }
@@ -838,5 +867,115 @@ mod tests {
         assert_eq!(parse_subscription(&md), vec!["orders", "x"]);
         assert!(parse_subscription(&[0, 1, 0]).is_empty());
         assert!(parse_subscription(&[0, 1, 0, 0, 0, 9, 0, 50]).is_empty());
+    }
+
+    fn join_static(
+        g: &mut Group,
+        id: &str,
+        instance: &str,
+        version: i16,
+        now: Instant,
+    ) -> JoinOutcome {
+        g.join(
+            JoinRequest {
+                member_id: id.into(),
+                instance_id: Some(instance.into()),
+                client_id: "c".into(),
+                client_host: "h".into(),
+                session_timeout: Duration::from_secs(10),
+                rebalance_timeout: Duration::from_secs(10),
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::new())],
+                version,
+            },
+            t(),
+            now,
+        )
+    }
+
+    /// Two static members, `i-a` leading, synced and stable at generation 2: (a, b).
+    fn stable_static_pair(g: &mut Group, now: Instant) -> (String, String) {
+        let a = now_response(join_static(g, "", "i-a", 5, now))
+            .member_id
+            .to_string();
+        let JoinOutcome::Wait(mut wb) = join_static(g, "", "i-b", 5, now) else {
+            panic!("the second member waits for the rebalance");
+        };
+        let ra = now_response(join_static(g, &a, "i-a", 5, now));
+        let rb = wb.try_recv().ok().flatten().expect("b answered");
+        let b = rb.member_id.to_string();
+        assert_eq!((ra.generation_id, ra.leader.to_string()), (2, a.clone()));
+        let SyncOutcome::Wait(_sb) = g.sync(&b, Some("i-b"), 2, None, None, vec![], 5, now) else {
+            panic!("follower waits");
+        };
+        let assignments = vec![
+            (a.clone(), Bytes::from_static(b"A")),
+            (b.clone(), Bytes::from_static(b"B")),
+        ];
+        let _ = g.sync(&a, Some("i-a"), 2, None, None, assignments, 5, now);
+        assert_eq!(g.state, State::Stable);
+        (a, b)
+    }
+
+    fn synced(o: SyncOutcome) -> SyncGroupResponse {
+        match o {
+            SyncOutcome::Now(r) => r,
+            SyncOutcome::Wait(mut rx) => rx.try_recv().ok().flatten().expect("answered"),
+        }
+    }
+
+    /// KIP-814: a static leader that restarts (JoinGroup v9+) is told it leads but must skip
+    /// the assignment; the group stays stable at its generation and the leader's old
+    /// assignment comes back from SyncGroup.
+    #[test]
+    fn static_leader_rejoin_skips_assignment_without_rebalance() {
+        let mut g = Group::new("g");
+        let now = Instant::now();
+        let (a, b) = stable_static_pair(&mut g, now);
+        let r = now_response(join_static(&mut g, "", "i-a", 9, now));
+        let a2 = r.member_id.to_string();
+        assert_ne!(a2, a);
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.generation_id, 2, "no new generation");
+        assert!(r.skip_assignment);
+        assert_eq!(r.leader.to_string(), a2, "told it leads");
+        assert_eq!(r.members.len(), 2, "the leader sees the members");
+        assert_eq!(g.state, State::Stable);
+        assert_eq!(
+            g.heartbeat(&b, Some("i-b"), 2, now),
+            0,
+            "the follower is untouched"
+        );
+        let sa = synced(g.sync(&a2, Some("i-a"), 2, None, None, vec![], 9, now));
+        assert_eq!((sa.error_code, &sa.assignment[..]), (0, &b"A"[..]));
+        // The old member id is fenced.
+        assert_eq!(
+            g.heartbeat(&a, Some("i-a"), 2, now),
+            err(ResponseError::FencedInstanceId)
+        );
+    }
+
+    /// Before JoinGroup v9 the restarted static leader is given the old leader id, so it
+    /// acts as a follower and assigns nothing; still no rebalance.
+    #[test]
+    fn static_leader_rejoin_before_v9_is_told_the_old_leader() {
+        let mut g = Group::new("g");
+        let now = Instant::now();
+        let (a, b) = stable_static_pair(&mut g, now);
+        let r = now_response(join_static(&mut g, "", "i-a", 5, now));
+        let a2 = r.member_id.to_string();
+        assert_eq!((r.error_code, r.generation_id), (0, 2));
+        assert_eq!(r.leader.to_string(), a, "not its own id");
+        assert!(r.members.is_empty());
+        assert!(!r.skip_assignment);
+        assert_eq!(g.state, State::Stable);
+        assert_eq!(
+            g.leader.as_deref(),
+            Some(a2.as_str()),
+            "it still leads the group"
+        );
+        assert_eq!(g.heartbeat(&b, Some("i-b"), 2, now), 0);
+        let sa = synced(g.sync(&a2, Some("i-a"), 2, None, None, vec![], 5, now));
+        assert_eq!((sa.error_code, &sa.assignment[..]), (0, &b"A"[..]));
     }
 }

@@ -1,5 +1,6 @@
 //! DescribeCluster (key 60), v0–v2: the cluster id, the controller and the brokers — this
-//! one broker, at the address the client reached (or the advertised one).
+//! one broker, at the address the client reached (or the advertised one); when asked,
+//! the cluster's authorized operations (all of them: there are no ACLs).
 //!
 //! Runs on the connection's shard; touches no state.
 
@@ -8,7 +9,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use super::metadata::advertised;
+use super::metadata::{advertised, CLUSTER_OPS};
 use super::{frame, ready, str_bytes, Conn, Pending};
 
 pub fn handle(
@@ -26,7 +27,11 @@ pub fn handle(
             .with_broker_id(node)
             .with_host(str_bytes(host))
             .with_port(port)])
-        .with_cluster_authorized_operations(i32::MIN);
+        .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
+            CLUSTER_OPS
+        } else {
+            i32::MIN
+        });
     if version >= 1 {
         resp.endpoint_type = req.endpoint_type;
     }

@@ -4,8 +4,9 @@
 //! Runs on the connection's shard: each round asks every owner shard for its partitions
 //! (one envelope per owner), and when too little came back, asks the owners to wake it as
 //! soon as any of those partitions grows (`WaitForData`), then reads again. Batches are
-//! returned whole and verbatim; the first batch is returned even if larger than the
-//! limits (KIP-74). Fetch sessions are not kept: the response's session id is 0, which
+//! returned whole and verbatim, the answer within `max_bytes` and each partition within
+//! its `partition_max_bytes`, except that the first batch of the first non-empty
+//! partition is returned even if larger than the limits (KIP-74). Fetch sessions are not kept: the response's session id is 0, which
 //! clients treat as "send full requests". As in Kafka (KIP-110), a Fetch below v10 of a
 //! topic whose `compression.type` is `zstd` gets UNSUPPORTED_COMPRESSION_TYPE for it.
 
@@ -24,6 +25,7 @@ use super::details::partitions::{ask_each_owner, by_owner};
 use super::{deferred, frame, Conn, Pending};
 use crate::catalog::effective_config;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
+use crate::storage::batch::within;
 
 /// One partition of the request as the handler tracks it.
 struct Wanted {
@@ -42,6 +44,11 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
         let state = shard.catalog.current();
         let mut layout: Vec<(TopicName, uuid::Uuid, usize)> = Vec::new();
         let mut wanted = Vec::new();
+        let max_bytes = if req.max_bytes <= 0 {
+            i32::MAX as usize
+        } else {
+            req.max_bytes as usize
+        };
         for t in req.topics {
             let name = if version >= 13 {
                 state
@@ -66,7 +73,8 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                     refused,
                     partition: p.partition,
                     offset: p.fetch_offset,
-                    max_bytes: p.partition_max_bytes.max(0) as usize,
+                    // No partition's read need exceed the whole answer's limit.
+                    max_bytes: (p.partition_max_bytes.max(0) as usize).min(max_bytes),
                 });
             }
         }
@@ -74,11 +82,6 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
             ResponseError::UnknownTopicId.code()
         } else {
             ResponseError::UnknownTopicOrPartition.code()
-        };
-        let max_bytes = if req.max_bytes <= 0 {
-            i32::MAX as usize
-        } else {
-            req.max_bytes as usize
         };
         let min_bytes = req.min_bytes.max(0) as usize;
         let started = Instant::now();
@@ -133,10 +136,8 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                 let partitions = (0..n)
                     .filter_map(|_| {
                         let (w, r) = (wanted.next()?, results.next()?);
-                        let mut records = r.records;
-                        if used > 0 && used + records.len() > max_bytes {
-                            records = Bytes::new();
-                        }
+                        let limit = w.max_bytes.min(max_bytes.saturating_sub(used));
+                        let records = within(r.records, limit, used == 0);
                         used += records.len();
                         super::count_error(r.error);
                         if let (Some(topic), false) = (&w.topic, records.is_empty()) {

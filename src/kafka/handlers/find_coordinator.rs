@@ -1,6 +1,9 @@
 //! FindCoordinator (key 10), v0–v6, single key and the batched form (v4+): this broker is
-//! the coordinator of every group. Transaction coordinators are not offered
-//! (COORDINATOR_NOT_AVAILABLE), since transactions are not supported.
+//! the coordinator of every group. Transaction coordinators are not offered, since
+//! transactions are not supported: a transactional id gets
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED with a message saying so, which clients treat as
+//! fatal (librdkafka's `init_transactions()` fails at once) where COORDINATOR_NOT_AVAILABLE
+//! would be retried for ever. Any other key type is INVALID_REQUEST.
 //!
 //! Runs on the connection's shard; touches no state. (Which shard coordinates a group is
 //! an internal matter of the group layer, not visible to clients.)
@@ -16,6 +19,7 @@ use super::metadata::advertised;
 use super::{frame, ready, str_bytes, Conn, Pending};
 
 const GROUP: i8 = 0;
+const TRANSACTION: i8 = 1;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -26,12 +30,17 @@ pub fn handle(
     let (host, port) = advertised(conn);
     let node = BrokerId(conn.shard.config.node_id);
     let supported = req.key_type == GROUP;
-    let error = if supported {
-        0
-    } else {
-        ResponseError::CoordinatorNotAvailable.code()
+    let (error, message) = match req.key_type {
+        GROUP => (0, None),
+        TRANSACTION => (
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+            Some(str_bytes("transactions are not supported by this broker")),
+        ),
+        _ => (
+            ResponseError::InvalidRequest.code(),
+            Some(str_bytes("unknown coordinator key type")),
+        ),
     };
-    let message = (!supported).then(|| str_bytes("transactions are not supported"));
     let resp = if version >= 4 {
         let coordinators = req
             .coordinator_keys

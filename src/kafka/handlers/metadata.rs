@@ -1,5 +1,6 @@
 //! Metadata (key 3), v0–v13: brokers (just this one), topics and their partitions, with
-//! auto-creation when `auto.create.topics.enable` and the client allows it.
+//! auto-creation when `auto.create.topics.enable` and the client allows it (never of a
+//! `__` name); authorized operations when asked (everything: there are no ACLs).
 //!
 //! Runs on the connection's shard from its catalog replica; only auto-creation goes to
 //! the catalog writer on shard 0.
@@ -22,6 +23,18 @@ const OPS_OMITTED: i32 = i32::MIN;
 /// Every topic operation bit (READ..DESCRIBE_CONFIGS/ALTER_CONFIGS); there is no ACL layer.
 const TOPIC_OPS: i32 =
     (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Every operation Kafka supports on the cluster resource (CREATE, ALTER, DESCRIBE,
+/// CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE); there is no ACL
+/// layer, so all of them are allowed.
+pub const CLUSTER_OPS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+
+/// Whether auto-creation may make `name`: never a `__` name, which Kafka keeps for
+/// internal topics (`__consumer_offsets`, `__transaction_state`): a client probing for one
+/// must not get an ordinary empty topic of that name.
+fn auto_creatable(name: &str) -> bool {
+    !name.starts_with("__") && validate_topic_name(name).is_ok()
+}
 
 /// Host and port clients should use: the configured advertised host and port, else the
 /// address this client reached.
@@ -60,7 +73,7 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
                 let missing: Vec<Change> = w
                     .iter()
                     .filter_map(|(n, _)| n.as_ref())
-                    .filter(|n| state.topic(n).is_none() && validate_topic_name(n).is_ok())
+                    .filter(|n| state.topic(n).is_none() && auto_creatable(n))
                     .map(|n| {
                         Change::CreateTopic(Topic {
                             name: n.clone(),
@@ -141,7 +154,11 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
             .with_cluster_id(Some(str_bytes(shard.config.kafka.cluster_id.clone())))
             .with_controller_id(BrokerId(node))
             .with_topics(topics)
-            .with_cluster_authorized_operations(OPS_OMITTED);
+            .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
+                CLUSTER_OPS
+            } else {
+                OPS_OMITTED
+            });
         frame(correlation_id, version, &resp)
     })
 }

@@ -1,6 +1,7 @@
 //! Produce (key 0), v3–v13: one record batch (magic 2) per partition, acks 0, 1 or -1;
 //! zstd-compressed batches from v7 on. More than one batch for a partition is
-//! INVALID_RECORD, as in Kafka (checked by the owner, with the batches' CRCs).
+//! INVALID_RECORD, as in Kafka (checked by the owner, with the batches' CRCs); so are
+//! records without a key on a compacted topic, each named in `record_errors` (v8+).
 //!
 //! Stage one, awaited in request order on the connection's shard: group the partitions by
 //! owner and hand each owner its share (`Shard::kafka_dispatch` — the line where work
@@ -14,7 +15,9 @@
 use std::rc::Rc;
 
 use futures::future::join_all;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
@@ -30,6 +33,18 @@ fn zstd(records: Option<&bytes::Bytes>) -> bool {
     records
         .and_then(|r| batch::BatchHeader::parse(r))
         .is_some_and(|h| h.compression() == 4)
+}
+
+/// The records refused within a partition's batch, as Produce v8+ reports them.
+fn record_errors(errors: Vec<(i32, String)>) -> Vec<BatchIndexAndErrorMessage> {
+    errors
+        .into_iter()
+        .map(|(i, m)| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(i)
+                .with_batch_index_error_message(Some(str_bytes(m)))
+        })
+        .collect()
 }
 
 /// Records what was appended (and refused) in the shard's metrics.
@@ -90,6 +105,7 @@ pub async fn handle(
                 log_append_time: -1,
                 log_start_offset: -1,
                 message: None,
+                record_errors: Vec::new(),
             };
             match &name {
                 _ if bad_acks => r.error = ResponseError::InvalidRequiredAcks.code(),
@@ -189,7 +205,8 @@ pub async fn handle(
                                 .with_base_offset(r.base_offset)
                                 .with_log_append_time_ms(r.log_append_time)
                                 .with_log_start_offset(r.log_start_offset)
-                                .with_error_message(r.message.map(str_bytes)),
+                                .with_error_message(r.message.map(str_bytes))
+                                .with_record_errors(record_errors(r.record_errors)),
                         )
                     })
                     .collect();
