@@ -10,6 +10,7 @@ pub mod codec;
 pub mod configs;
 pub mod groups;
 pub mod handlers;
+pub mod legacy;
 pub mod owner;
 pub mod produce_scan;
 pub mod server;

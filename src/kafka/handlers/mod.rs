@@ -52,7 +52,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes};
 
 use super::apis::kafka_apis;
 use super::codec::{self, CodecError, Frame, Request};
@@ -72,7 +72,7 @@ pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;
 /// Encodes a response frame. An encoding failure is our bug: it is logged and answered
 /// with an empty frame, on which the connection closes (the client reconnects rather
 /// than waiting for an answer that never comes).
-pub fn frame<R: Encodable + HeaderVersion>(
+pub fn frame<R: Encodable + HeaderVersion + Message + 'static>(
     correlation_id: i32,
     version: i16,
     response: &R,

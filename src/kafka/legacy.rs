@@ -1,0 +1,510 @@
+//! Request and response versions older than kafka-protocol's codecs: the versions Kafka
+//! 0.11–3.x accepted and Kafka 4 removed (KIP-896), which old clients still send (sarama
+//! 1.22's OffsetCommit v1, kafka-go 0.2's CreateTopics v0, Burrow's ListOffsets v0).
+//!
+//! An old request is decoded into the request type of the oldest version kafka-protocol
+//! knows, so handlers serve one shape; the response is encoded from that version's response
+//! type, dropping what the old version does not carry. Where an old version's wire format
+//! equals a newer one's, this only names the newer version (`request_as`, `response_as`).
+//!
+//! Every count and length is checked against the bytes left before anything is allocated;
+//! any input gives a `CodecError`, never a panic. Pure functions, run on the connection's
+//! shard and by the fuzz target, through `codec`.
+
+use std::any::Any;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsResponse,
+    DescribeLogDirsResponse, GroupId, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::codec::CodecError;
+
+/// The oldest version of each API that this module serves: below kafka-protocol's codecs,
+/// down to what Kafka 0.11 accepted (and Metadata v0, which kafka-protocol decodes).
+pub fn oldest(api: ApiKey) -> Option<i16> {
+    match api {
+        ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::ListOffsets
+        | ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::DescribeLogDirs => Some(0),
+        _ => None,
+    }
+}
+
+/// A version whose request has the same wire format as a newer one kafka-protocol decodes.
+pub fn request_as(api: ApiKey, version: i16) -> Option<i16> {
+    match (api, version) {
+        // OffsetFetch v0 read ZooKeeper offsets in old Kafka; its format is v1's, and this
+        // broker has one store.
+        (ApiKey::OffsetFetch, 0) => Some(1),
+        (ApiKey::CreateTopics, 1) => Some(2),
+        (ApiKey::DeleteTopics, 0) => Some(1),
+        (ApiKey::DescribeLogDirs, 0) => Some(1),
+        _ => None,
+    }
+}
+
+/// A version whose response has the same wire format as a newer one kafka-protocol
+/// encodes, for the response type of `response`.
+pub fn response_as(response: &dyn Any, version: i16) -> Option<i16> {
+    let is = |t: bool, upto: i16, newer: i16| (t && version <= upto).then_some(newer);
+    is(response.is::<OffsetCommitResponse>(), 1, 2)
+        .or_else(|| is(response.is::<OffsetFetchResponse>(), 0, 1))
+        .or_else(|| is(response.is::<DescribeLogDirsResponse>(), 0, 1))
+}
+
+/// Decodes an old-version request body that has no newer twin (`request_as`). `None` when
+/// this module does not serve `api` at `version`.
+pub fn decode_request(
+    api: ApiKey,
+    body: Bytes,
+    version: i16,
+) -> Option<Result<OldRequest, CodecError>> {
+    let mut r = Reader {
+        buf: body,
+        what: "request",
+    };
+    let decoded = match (api, version) {
+        (ApiKey::OffsetCommit, 0 | 1) => {
+            offset_commit(&mut r, version).map(OldRequest::OffsetCommit)
+        }
+        (ApiKey::ListOffsets, 0) => list_offsets_v0(&mut r).map(OldRequest::ListOffsets),
+        (ApiKey::CreateTopics, 0) => create_topics_v0(&mut r).map(OldRequest::CreateTopics),
+        _ => return None,
+    };
+    Some(decoded)
+}
+
+/// An old request decoded into its newer type (the codec wraps it in `codec::Request`).
+pub enum OldRequest {
+    OffsetCommit(OffsetCommitRequest),
+    ListOffsets(ListOffsetsRequest),
+    CreateTopics(CreateTopicsRequest),
+}
+
+/// Encodes `response` at an old `version` that has no newer twin (`response_as`). `None`
+/// when this module does not encode that response type at that version.
+pub fn encode_response(
+    response: &dyn Any,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Option<Result<(), CodecError>> {
+    if let Some(r) = response.downcast_ref::<ListOffsetsResponse>() {
+        return (version == 0).then(|| list_offsets_response_v0(r, buf));
+    }
+    if let Some(r) = response.downcast_ref::<CreateTopicsResponse>() {
+        return (version <= 1).then(|| create_topics_response_v0_1(r, version, buf));
+    }
+    if let Some(r) = response.downcast_ref::<DeleteTopicsResponse>() {
+        return (version == 0).then(|| delete_topics_response_v0(r, buf));
+    }
+    None
+}
+
+/// Encodes an old-version request of one of the types `decode_request` produces (tests and
+/// the fuzz corpus capture).
+pub fn encode_request(
+    request: &OldRequest,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    match request {
+        OldRequest::OffsetCommit(r) if version <= 1 => {
+            put_str(buf, &r.group_id.0)?;
+            if version == 1 {
+                buf.put_i32(r.generation_id_or_member_epoch);
+                put_str(buf, &r.member_id)?;
+            }
+            put_len(buf, r.topics.len())?;
+            for t in &r.topics {
+                put_str(buf, &t.name.0)?;
+                put_len(buf, t.partitions.len())?;
+                for p in &t.partitions {
+                    buf.put_i32(p.partition_index);
+                    buf.put_i64(p.committed_offset);
+                    if version == 1 {
+                        buf.put_i64(-1);
+                    }
+                    put_nullable_str(buf, p.committed_metadata.as_deref())?;
+                }
+            }
+            Ok(())
+        }
+        OldRequest::ListOffsets(r) if version == 0 => {
+            buf.put_i32(r.replica_id.0);
+            put_len(buf, r.topics.len())?;
+            for t in &r.topics {
+                put_str(buf, &t.name.0)?;
+                put_len(buf, t.partitions.len())?;
+                for p in &t.partitions {
+                    buf.put_i32(p.partition_index);
+                    buf.put_i64(p.timestamp);
+                    buf.put_i32(1);
+                }
+            }
+            Ok(())
+        }
+        OldRequest::CreateTopics(r) if version == 0 => {
+            put_len(buf, r.topics.len())?;
+            for t in &r.topics {
+                put_str(buf, &t.name.0)?;
+                buf.put_i32(t.num_partitions);
+                buf.put_i16(t.replication_factor);
+                put_len(buf, t.assignments.len())?;
+                for a in &t.assignments {
+                    buf.put_i32(a.partition_index);
+                    put_len(buf, a.broker_ids.len())?;
+                    for b in &a.broker_ids {
+                        buf.put_i32(b.0);
+                    }
+                }
+                put_len(buf, t.configs.len())?;
+                for c in &t.configs {
+                    put_str(buf, &c.name)?;
+                    put_nullable_str(buf, c.value.as_deref())?;
+                }
+            }
+            buf.put_i32(r.timeout_ms);
+            Ok(())
+        }
+        _ => Err(CodecError::Malformed(
+            "legacy request",
+            format!("no encoder at v{version}"),
+        )),
+    }
+}
+
+/// OffsetCommit v0 (group, topics) and v1 (with generation, member and a commit timestamp
+/// per partition). Both commit to the one offset store, as v2 does; v1's timestamp only set
+/// when an offset expired in old Kafka and is read and dropped. Retention is the broker's.
+fn offset_commit(r: &mut Reader, version: i16) -> Result<OffsetCommitRequest, CodecError> {
+    let group_id = GroupId(r.string()?);
+    let (generation, member_id) = if version >= 1 {
+        (r.i32()?, r.string()?)
+    } else {
+        (-1, StrBytes::default())
+    };
+    // Each topic takes at least a name length and a partition count.
+    let topics = r.array(2 + 4, |r| {
+        let name = TopicName(r.string()?);
+        let min = if version >= 1 {
+            4 + 8 + 8 + 2
+        } else {
+            4 + 8 + 2
+        };
+        let partitions = r.array(min, |r| {
+            let partition_index = r.i32()?;
+            let committed_offset = r.i64()?;
+            if version >= 1 {
+                let _commit_timestamp = r.i64()?;
+            }
+            let committed_metadata = r.nullable_string()?;
+            Ok(OffsetCommitRequestPartition::default()
+                .with_partition_index(partition_index)
+                .with_committed_offset(committed_offset)
+                .with_committed_leader_epoch(-1)
+                .with_committed_metadata(committed_metadata))
+        })?;
+        Ok(OffsetCommitRequestTopic::default()
+            .with_name(name)
+            .with_partitions(partitions))
+    })?;
+    Ok(OffsetCommitRequest::default()
+        .with_group_id(group_id)
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(member_id)
+        .with_retention_time_ms(-1)
+        .with_topics(topics))
+}
+
+/// ListOffsets v0: like v1 with `max_num_offsets` per partition, which is read and not
+/// kept: the answer holds at most the one offset v1 would give (see the response).
+fn list_offsets_v0(r: &mut Reader) -> Result<ListOffsetsRequest, CodecError> {
+    let replica_id = BrokerId(r.i32()?);
+    let topics = r.array(2 + 4, |r| {
+        let name = TopicName(r.string()?);
+        let partitions = r.array(4 + 8 + 4, |r| {
+            let partition_index = r.i32()?;
+            let timestamp = r.i64()?;
+            let _max_num_offsets = r.i32()?;
+            Ok(ListOffsetsPartition::default()
+                .with_partition_index(partition_index)
+                .with_current_leader_epoch(-1)
+                .with_timestamp(timestamp))
+        })?;
+        Ok(ListOffsetsTopic::default()
+            .with_name(name)
+            .with_partitions(partitions))
+    })?;
+    Ok(ListOffsetsRequest::default()
+        .with_replica_id(replica_id)
+        .with_topics(topics))
+}
+
+/// ListOffsets v0's answer: `old_style_offsets`, the offset v1 would give as a one-element
+/// array, or none when there is no such offset (-1), as Kafka answers a v0 request with
+/// `max_num_offsets` = 1, the value clients send.
+fn list_offsets_response_v0(r: &ListOffsetsResponse, buf: &mut BytesMut) -> Result<(), CodecError> {
+    put_len(buf, r.topics.len())?;
+    for t in &r.topics {
+        put_str(buf, &t.name.0)?;
+        put_len(buf, t.partitions.len())?;
+        for p in &t.partitions {
+            buf.put_i32(p.partition_index);
+            buf.put_i16(p.error_code);
+            if p.error_code == 0 && p.offset >= 0 {
+                buf.put_i32(1);
+                buf.put_i64(p.offset);
+            } else {
+                buf.put_i32(0);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CreateTopics v0: v1 without `validate_only`.
+fn create_topics_v0(r: &mut Reader) -> Result<CreateTopicsRequest, CodecError> {
+    let topics = r.array(2 + 4 + 2 + 4 + 4, |r| {
+        let name = TopicName(r.string()?);
+        let num_partitions = r.i32()?;
+        let replication_factor = r.i16()?;
+        let assignments = r.array(4 + 4, |r| {
+            let partition_index = r.i32()?;
+            let broker_ids = r.array(4, |r| Ok(BrokerId(r.i32()?)))?;
+            Ok(CreatableReplicaAssignment::default()
+                .with_partition_index(partition_index)
+                .with_broker_ids(broker_ids))
+        })?;
+        let configs = r.array(2 + 2, |r| {
+            let name = r.string()?;
+            let value = r.nullable_string()?;
+            Ok(CreatableTopicConfig::default()
+                .with_name(name)
+                .with_value(value))
+        })?;
+        Ok(CreatableTopic::default()
+            .with_name(name)
+            .with_num_partitions(num_partitions)
+            .with_replication_factor(replication_factor)
+            .with_assignments(assignments)
+            .with_configs(configs))
+    })?;
+    let timeout_ms = r.i32()?;
+    Ok(CreateTopicsRequest::default()
+        .with_topics(topics)
+        .with_timeout_ms(timeout_ms)
+        .with_validate_only(false))
+}
+
+/// CreateTopics v0 (name, error code) and v1 (with the error message); no throttle time.
+fn create_topics_response_v0_1(
+    r: &CreateTopicsResponse,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    put_len(buf, r.topics.len())?;
+    for t in &r.topics {
+        put_str(buf, &t.name.0)?;
+        buf.put_i16(t.error_code);
+        if version >= 1 {
+            put_nullable_str(buf, t.error_message.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
+/// DeleteTopics v0: v1 without the throttle time.
+fn delete_topics_response_v0(
+    r: &DeleteTopicsResponse,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    put_len(buf, r.responses.len())?;
+    for t in &r.responses {
+        put_str(buf, t.name.as_ref().map(|n| n.0.as_str()).unwrap_or(""))?;
+        buf.put_i16(t.error_code);
+    }
+    Ok(())
+}
+
+/// A bounded reader of the classic (non-flexible) encoding.
+pub(crate) struct Reader {
+    pub buf: Bytes,
+    pub what: &'static str,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), CodecError> {
+        if self.buf.remaining() < n {
+            return Err(CodecError::Malformed(
+                self.what,
+                format!("{n} bytes needed, {} left", self.buf.remaining()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn i16(&mut self) -> Result<i16, CodecError> {
+        self.need(2)?;
+        Ok(self.buf.get_i16())
+    }
+
+    pub fn i32(&mut self) -> Result<i32, CodecError> {
+        self.need(4)?;
+        Ok(self.buf.get_i32())
+    }
+
+    pub fn i64(&mut self) -> Result<i64, CodecError> {
+        self.need(8)?;
+        Ok(self.buf.get_i64())
+    }
+
+    /// A string of i16 length; -1 (null) is `None`.
+    pub fn nullable_string(&mut self) -> Result<Option<StrBytes>, CodecError> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = len as usize;
+        self.need(len)?;
+        let raw = self.buf.split_to(len);
+        StrBytes::from_utf8(raw)
+            .map(Some)
+            .map_err(|e| CodecError::Malformed(self.what, format!("string: {e}")))
+    }
+
+    pub fn string(&mut self) -> Result<StrBytes, CodecError> {
+        self.nullable_string()?
+            .ok_or_else(|| CodecError::Malformed(self.what, "null string".into()))
+    }
+
+    /// An array of i32 count whose elements take at least `min` bytes each: a count the
+    /// bytes left cannot hold is refused before anything is allocated. Null is empty.
+    pub fn array<T>(
+        &mut self,
+        min: usize,
+        mut each: impl FnMut(&mut Self) -> Result<T, CodecError>,
+    ) -> Result<Vec<T>, CodecError> {
+        let count = self.i32()?;
+        if count <= 0 {
+            return Ok(Vec::new());
+        }
+        let count = count as usize;
+        if count.saturating_mul(min.max(1)) > self.buf.remaining() {
+            return Err(CodecError::Malformed(
+                self.what,
+                format!("{count} elements in {} bytes", self.buf.remaining()),
+            ));
+        }
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            out.push(each(self)?);
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn put_len(buf: &mut BytesMut, n: usize) -> Result<(), CodecError> {
+    let n = i32::try_from(n)
+        .map_err(|_| CodecError::Malformed("legacy response", "array too long".into()))?;
+    buf.put_i32(n);
+    Ok(())
+}
+
+pub(crate) fn put_str(buf: &mut BytesMut, s: &str) -> Result<(), CodecError> {
+    put_nullable_str(buf, Some(s))
+}
+
+pub(crate) fn put_nullable_str(buf: &mut BytesMut, s: Option<&str>) -> Result<(), CodecError> {
+    match s {
+        None => buf.put_i16(-1),
+        Some(s) => {
+            let n = i16::try_from(s.len())
+                .map_err(|_| CodecError::Malformed("legacy response", "string too long".into()))?;
+            buf.put_i16(n);
+            buf.put_slice(s.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_commit_v1_decodes_with_its_commit_timestamp() {
+        let mut b = BytesMut::new();
+        put_str(&mut b, "g").unwrap();
+        b.put_i32(3);
+        put_str(&mut b, "m").unwrap();
+        b.put_i32(1);
+        put_str(&mut b, "t").unwrap();
+        b.put_i32(1);
+        b.put_i32(0);
+        b.put_i64(42);
+        b.put_i64(1_700_000_000_000);
+        put_nullable_str(&mut b, None).unwrap();
+        let Some(Ok(OldRequest::OffsetCommit(r))) =
+            decode_request(ApiKey::OffsetCommit, b.freeze(), 1)
+        else {
+            panic!("not decoded");
+        };
+        assert_eq!(r.generation_id_or_member_epoch, 3);
+        assert_eq!(r.member_id.as_str(), "m");
+        assert_eq!(r.topics[0].partitions[0].committed_offset, 42);
+    }
+
+    #[test]
+    fn old_requests_reencode() {
+        let req = OldRequest::ListOffsets(
+            ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default().with_timestamp(-1)
+                    ])]),
+        );
+        let mut b = BytesMut::new();
+        encode_request(&req, 0, &mut b).unwrap();
+        let Some(Ok(OldRequest::ListOffsets(back))) =
+            decode_request(ApiKey::ListOffsets, b.freeze(), 0)
+        else {
+            panic!("not decoded");
+        };
+        assert_eq!(back.topics[0].partitions[0].timestamp, -1);
+    }
+
+    #[test]
+    fn huge_counts_and_truncation_are_errors() {
+        let mut b = BytesMut::new();
+        b.put_i32(0x7fff_ffff);
+        assert!(matches!(
+            decode_request(ApiKey::CreateTopics, b.freeze(), 0),
+            Some(Err(_))
+        ));
+        for cut in 0..20 {
+            let mut b = BytesMut::new();
+            put_str(&mut b, "group").unwrap();
+            b.put_i32(1);
+            put_str(&mut b, "topic").unwrap();
+            let b = b.freeze();
+            let cut = cut.min(b.len());
+            let _ = decode_request(ApiKey::OffsetCommit, b.slice(..cut), 0);
+        }
+    }
+}
