@@ -272,8 +272,8 @@ fn api_versions_lists_the_served_apis_and_versions() {
         .map(|k| (k.api_key, k.min_version, k.max_version))
         .collect();
     let expected: Vec<(i16, i16, i16)> = [
-        (ApiKey::Produce, 3, 13),
-        (ApiKey::Fetch, 4, 18),
+        (ApiKey::Produce, 0, 13),
+        (ApiKey::Fetch, 0, 18),
         (ApiKey::ListOffsets, 0, 10),
         (ApiKey::Metadata, 0, 13),
         (ApiKey::FindCoordinator, 0, 6),

@@ -33,8 +33,8 @@
 macro_rules! kafka_apis {
     ($m:ident) => {
         $m! {
-            (Produce, ProduceRequest, ProduceResponse, 3..=13, produce, staged),
-            (Fetch, FetchRequest, FetchResponse, 4..=18, fetch, conn),
+            (Produce, ProduceRequest, ProduceResponse, 0..=13, produce, staged),
+            (Fetch, FetchRequest, FetchResponse, 0..=18, fetch, conn),
             (ListOffsets, ListOffsetsRequest, ListOffsetsResponse, 0..=10, list_offsets, conn),
             (Metadata, MetadataRequest, MetadataResponse, 0..=13, metadata, conn),
             (FindCoordinator, FindCoordinatorRequest, FindCoordinatorResponse, 0..=6, find_coordinator, conn),

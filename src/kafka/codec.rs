@@ -91,6 +91,8 @@ macro_rules! served {
                     Request::OffsetCommit(r) if version < 2 => Some(legacy::OldRequest::OffsetCommit(r.clone())),
                     Request::ListOffsets(r) if version < 1 => Some(legacy::OldRequest::ListOffsets(r.clone())),
                     Request::CreateTopics(r) if version < 1 => Some(legacy::OldRequest::CreateTopics(r.clone())),
+                    Request::Produce(r) if version < 3 => Some(legacy::OldRequest::Produce(r.clone())),
+                    Request::Fetch(r) if version < 4 => Some(legacy::OldRequest::Fetch(r.clone())),
                     _ => None,
                 };
                 if let Some(old) = old {
@@ -115,6 +117,8 @@ impl From<legacy::OldRequest> for Request {
             legacy::OldRequest::OffsetCommit(r) => Request::OffsetCommit(r),
             legacy::OldRequest::ListOffsets(r) => Request::ListOffsets(r),
             legacy::OldRequest::CreateTopics(r) => Request::CreateTopics(r),
+            legacy::OldRequest::Produce(r) => Request::Produce(r),
+            legacy::OldRequest::Fetch(r) => Request::Fetch(r),
         }
     }
 }
@@ -308,7 +312,7 @@ mod tests {
         kafka_apis!(roundtrip);
         assert_eq!(versions(ApiKey::OffsetCommit).max, 9);
         assert_eq!(versions(ApiKey::OffsetCommit).min, 0);
-        assert_eq!(versions(ApiKey::Produce).min, 3);
+        assert_eq!(versions(ApiKey::Produce).min, 0);
     }
 
     /// `Request::encode` writes what `decode_request` reads back.

@@ -28,7 +28,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
+
 use super::codec::CodecError;
+use super::message_set;
+use crate::storage::inflate::MAX_INFLATED_BYTES;
 
 /// The oldest version of each API that this module serves: below kafka-protocol's codecs,
 /// down to what Kafka 0.11 accepted (and Metadata v0, which kafka-protocol decodes).
@@ -39,7 +45,9 @@ pub fn oldest(api: ApiKey) -> Option<i16> {
         | ApiKey::ListOffsets
         | ApiKey::CreateTopics
         | ApiKey::DeleteTopics
-        | ApiKey::DescribeLogDirs => Some(0),
+        | ApiKey::DescribeLogDirs
+        | ApiKey::Produce
+        | ApiKey::Fetch => Some(0),
         _ => None,
     }
 }
@@ -64,6 +72,7 @@ pub fn response_as(response: &dyn Any, version: i16) -> Option<i16> {
     is(response.is::<OffsetCommitResponse>(), 1, 2)
         .or_else(|| is(response.is::<OffsetFetchResponse>(), 0, 1))
         .or_else(|| is(response.is::<DescribeLogDirsResponse>(), 0, 1))
+        .or_else(|| (response.is::<ProduceResponse>() && version == 2).then_some(3))
 }
 
 /// Decodes an old-version request body that has no newer twin (`request_as`). `None` when
@@ -83,6 +92,8 @@ pub fn decode_request(
         }
         (ApiKey::ListOffsets, 0) => list_offsets_v0(&mut r).map(OldRequest::ListOffsets),
         (ApiKey::CreateTopics, 0) => create_topics_v0(&mut r).map(OldRequest::CreateTopics),
+        (ApiKey::Produce, 0..=2) => produce_v0_2(&mut r).map(OldRequest::Produce),
+        (ApiKey::Fetch, 0..=3) => fetch_v0_3(&mut r, version).map(OldRequest::Fetch),
         _ => return None,
     };
     Some(decoded)
@@ -93,6 +104,8 @@ pub enum OldRequest {
     OffsetCommit(OffsetCommitRequest),
     ListOffsets(ListOffsetsRequest),
     CreateTopics(CreateTopicsRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
 }
 
 /// Encodes `response` at an old `version` that has no newer twin (`response_as`). `None`
@@ -110,6 +123,12 @@ pub fn encode_response(
     }
     if let Some(r) = response.downcast_ref::<DeleteTopicsResponse>() {
         return (version == 0).then(|| delete_topics_response_v0(r, buf));
+    }
+    if let Some(r) = response.downcast_ref::<ProduceResponse>() {
+        return (version <= 1).then(|| produce_response_v0_1(r, version, buf));
+    }
+    if let Some(r) = response.downcast_ref::<FetchResponse>() {
+        return (version <= 3).then(|| fetch_response_v0_3(r, version, buf));
     }
     None
 }
@@ -178,6 +197,48 @@ pub fn encode_request(
                 }
             }
             buf.put_i32(r.timeout_ms);
+            Ok(())
+        }
+        OldRequest::Produce(r) if version <= 2 => {
+            let magic = if version == 2 { 1 } else { 0 };
+            let mut budget = MAX_INFLATED_BYTES;
+            buf.put_i16(r.acks);
+            buf.put_i32(r.timeout_ms);
+            put_len(buf, r.topic_data.len())?;
+            for t in &r.topic_data {
+                put_str(buf, &t.name.0)?;
+                put_len(buf, t.partition_data.len())?;
+                for p in &t.partition_data {
+                    buf.put_i32(p.index);
+                    match &p.records {
+                        None => buf.put_i32(-1),
+                        Some(records) => {
+                            let set = message_set::from_batches(records, magic, 0, &mut budget);
+                            put_len(buf, set.len())?;
+                            buf.put_slice(&set);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        OldRequest::Fetch(r) if version <= 3 => {
+            buf.put_i32(r.replica_id.0);
+            buf.put_i32(r.max_wait_ms);
+            buf.put_i32(r.min_bytes);
+            if version == 3 {
+                buf.put_i32(r.max_bytes);
+            }
+            put_len(buf, r.topics.len())?;
+            for t in &r.topics {
+                put_str(buf, &t.topic.0)?;
+                put_len(buf, t.partitions.len())?;
+                for p in &t.partitions {
+                    buf.put_i32(p.partition);
+                    buf.put_i64(p.fetch_offset);
+                    buf.put_i32(p.partition_max_bytes);
+                }
+            }
             Ok(())
         }
         _ => Err(CodecError::Malformed(
@@ -340,6 +401,129 @@ fn delete_topics_response_v0(
     Ok(())
 }
 
+/// Produce v0–2: v3 without the transactional id, each partition's records a message set
+/// of format v0/v1, converted here to one record batch (magic 2), so storage keeps one
+/// format. A set that cannot be converted (bad CRC, truncated, unknown codec) is passed on
+/// as it is, for the produce path to answer CORRUPT_MESSAGE for that partition as Kafka
+/// does. Wrappers inflate to at most `MAX_INFLATED_BYTES` in all, per request.
+fn produce_v0_2(r: &mut Reader) -> Result<ProduceRequest, CodecError> {
+    let acks = r.i16()?;
+    let timeout_ms = r.i32()?;
+    let mut budget = MAX_INFLATED_BYTES;
+    let topic_data = r.array(2 + 4, |r| {
+        let name = TopicName(r.string()?);
+        let partition_data = r.array(4 + 4, |r| {
+            let index = r.i32()?;
+            let records = r.nullable_bytes()?.map(|set| {
+                message_set::to_batch(&set, &mut budget).unwrap_or_else(|e| {
+                    log::debug!("produce v0-2: message set not converted: {e}");
+                    set
+                })
+            });
+            Ok(PartitionProduceData::default()
+                .with_index(index)
+                .with_records(records))
+        })?;
+        Ok(TopicProduceData::default()
+            .with_name(name)
+            .with_partition_data(partition_data))
+    })?;
+    Ok(ProduceRequest::default()
+        .with_transactional_id(None)
+        .with_acks(acks)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(topic_data))
+}
+
+/// Produce v0 (per partition: index, error, base offset) and v1 (with the throttle time
+/// after the topics); v2 is v3's format.
+fn produce_response_v0_1(
+    r: &ProduceResponse,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    put_len(buf, r.responses.len())?;
+    for t in &r.responses {
+        put_str(buf, &t.name.0)?;
+        put_len(buf, t.partition_responses.len())?;
+        for p in &t.partition_responses {
+            buf.put_i32(p.index);
+            buf.put_i16(p.error_code);
+            buf.put_i64(p.base_offset);
+        }
+    }
+    if version >= 1 {
+        buf.put_i32(r.throttle_time_ms);
+    }
+    Ok(())
+}
+
+/// Fetch v0–3: v4 without the isolation level (read uncommitted) and, before v3, without
+/// a response size limit (Kafka takes the largest).
+fn fetch_v0_3(r: &mut Reader, version: i16) -> Result<FetchRequest, CodecError> {
+    let replica_id = BrokerId(r.i32()?);
+    let max_wait_ms = r.i32()?;
+    let min_bytes = r.i32()?;
+    let max_bytes = if version >= 3 { r.i32()? } else { i32::MAX };
+    let topics = r.array(2 + 4, |r| {
+        let topic = TopicName(r.string()?);
+        let partitions = r.array(4 + 8 + 4, |r| {
+            let partition = r.i32()?;
+            let fetch_offset = r.i64()?;
+            let partition_max_bytes = r.i32()?;
+            Ok(FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(fetch_offset)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(partition_max_bytes))
+        })?;
+        Ok(FetchTopic::default()
+            .with_topic(topic)
+            .with_partitions(partitions))
+    })?;
+    Ok(FetchRequest::default()
+        .with_replica_id(replica_id)
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(0)
+        .with_topics(topics))
+}
+
+/// Fetch v0 (per partition: index, error, high watermark, records) and v1–3 (with the
+/// throttle time first). The records are down-converted to the message format the version
+/// reads: v0 for Fetch v0–1, v1 for v2–3 (`message_set::from_batches`).
+fn fetch_response_v0_3(
+    r: &FetchResponse,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let magic = if version >= 2 { 1 } else { 0 };
+    let mut budget = MAX_INFLATED_BYTES;
+    if version >= 1 {
+        buf.put_i32(r.throttle_time_ms);
+    }
+    put_len(buf, r.responses.len())?;
+    for t in &r.responses {
+        put_str(buf, &t.topic.0)?;
+        put_len(buf, t.partitions.len())?;
+        for p in &t.partitions {
+            buf.put_i32(p.partition_index);
+            buf.put_i16(p.error_code);
+            buf.put_i64(p.high_watermark);
+            let set = match &p.records {
+                Some(records) => message_set::from_batches(records, magic, 0, &mut budget),
+                None => Bytes::new(),
+            };
+            put_len(buf, set.len())?;
+            buf.put_slice(&set);
+        }
+    }
+    Ok(())
+}
+
 /// A bounded reader of the classic (non-flexible) encoding.
 pub(crate) struct Reader {
     pub buf: Bytes,
@@ -389,6 +573,17 @@ impl Reader {
     pub fn string(&mut self) -> Result<StrBytes, CodecError> {
         self.nullable_string()?
             .ok_or_else(|| CodecError::Malformed(self.what, "null string".into()))
+    }
+
+    /// Bytes of i32 length; -1 (null) is `None`.
+    pub fn nullable_bytes(&mut self) -> Result<Option<Bytes>, CodecError> {
+        let len = self.i32()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = len as usize;
+        self.need(len)?;
+        Ok(Some(self.buf.split_to(len)))
     }
 
     /// An array of i32 count whose elements take at least `min` bytes each: a count the
