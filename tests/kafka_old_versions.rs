@@ -84,6 +84,8 @@ fn string(b: &mut Bytes) -> String {
 }
 
 const LIST_OFFSETS: i16 = 2;
+const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
+const DESCRIBE_CONFIGS: i16 = 32;
 const OFFSET_COMMIT: i16 = 8;
 const OFFSET_FETCH: i16 = 9;
 const CREATE_TOPICS: i16 = 19;
@@ -256,6 +258,45 @@ fn list_offsets_v0_answers_old_style_offsets() {
     assert_eq!(
         answers,
         vec![(0, 0, vec![5]), (0, 0, vec![0]), (9, 3, vec![])]
+    );
+
+    // OffsetForLeaderEpoch v0 (error, partition, end offset) and v1 (with the epoch), as
+    // replicas and clients of Kafka 0.11–2.0 ask; the broker's one epoch is 0.
+    for version in [0, 1] {
+        let body = W::default().i32(1).str("lag").i32(1).i32(0).i32(0);
+        let mut r = call(&mut s, OFFSET_FOR_LEADER_EPOCH, version, body);
+        assert_eq!(r.get_i32(), 1);
+        assert_eq!(string(&mut r), "lag");
+        assert_eq!(r.get_i32(), 1);
+        assert_eq!((r.get_i16(), r.get_i32()), (0, 0), "v{version}");
+        if version == 1 {
+            assert_eq!(r.get_i32(), 0, "leader epoch");
+        }
+        assert_eq!(r.get_i64(), 5, "end offset");
+        assert!(!r.has_remaining());
+    }
+
+    // DescribeConfigs v0: `is_default` per config instead of the source, no synonyms.
+    let body = W::default().i32(1).i8(2).str("lag").i32(-1);
+    let mut r = call(&mut s, DESCRIBE_CONFIGS, 0, body);
+    r.get_i32(); // throttle time
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!(r.get_i16(), 0);
+    string(&mut r);
+    assert_eq!(r.get_i8(), 2);
+    assert_eq!(string(&mut r), "lag");
+    let n = r.get_i32();
+    let mut configs = Vec::new();
+    for _ in 0..n {
+        let name = string(&mut r);
+        let value = string(&mut r);
+        let (_read_only, is_default, _sensitive) = (r.get_i8(), r.get_i8(), r.get_i8());
+        configs.push((name, value, is_default));
+    }
+    assert!(!r.has_remaining(), "DescribeConfigs v0: trailing bytes");
+    assert!(
+        configs.contains(&("cleanup.policy".to_owned(), "delete".to_owned(), 1)),
+        "{configs:?}"
     );
 }
 

@@ -93,6 +93,8 @@ macro_rules! served {
                     Request::CreateTopics(r) if version < 1 => Some(legacy::OldRequest::CreateTopics(r.clone())),
                     Request::Produce(r) if version < 3 => Some(legacy::OldRequest::Produce(r.clone())),
                     Request::Fetch(r) if version < 4 => Some(legacy::OldRequest::Fetch(r.clone())),
+                    Request::DescribeConfigs(r) if version < 1 => Some(legacy::OldRequest::DescribeConfigs(r.clone())),
+                    Request::OffsetForLeaderEpoch(r) if version < 2 => Some(legacy::OldRequest::OffsetForLeaderEpoch(r.clone())),
                     _ => None,
                 };
                 if let Some(old) = old {
@@ -119,6 +121,8 @@ impl From<legacy::OldRequest> for Request {
             legacy::OldRequest::CreateTopics(r) => Request::CreateTopics(r),
             legacy::OldRequest::Produce(r) => Request::Produce(r),
             legacy::OldRequest::Fetch(r) => Request::Fetch(r),
+            legacy::OldRequest::DescribeConfigs(r) => Request::DescribeConfigs(r),
+            legacy::OldRequest::OffsetForLeaderEpoch(r) => Request::OffsetForLeaderEpoch(r),
         }
     }
 }

@@ -28,9 +28,16 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{
+    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
+};
 
 use super::codec::CodecError;
 use super::message_set;
@@ -47,7 +54,9 @@ pub fn oldest(api: ApiKey) -> Option<i16> {
         | ApiKey::DeleteTopics
         | ApiKey::DescribeLogDirs
         | ApiKey::Produce
-        | ApiKey::Fetch => Some(0),
+        | ApiKey::Fetch
+        | ApiKey::DescribeConfigs
+        | ApiKey::OffsetForLeaderEpoch => Some(0),
         _ => None,
     }
 }
@@ -94,6 +103,12 @@ pub fn decode_request(
         (ApiKey::CreateTopics, 0) => create_topics_v0(&mut r).map(OldRequest::CreateTopics),
         (ApiKey::Produce, 0..=2) => produce_v0_2(&mut r).map(OldRequest::Produce),
         (ApiKey::Fetch, 0..=3) => fetch_v0_3(&mut r, version).map(OldRequest::Fetch),
+        (ApiKey::DescribeConfigs, 0) => {
+            describe_configs_v0(&mut r).map(OldRequest::DescribeConfigs)
+        }
+        (ApiKey::OffsetForLeaderEpoch, 0 | 1) => {
+            offset_for_leader_epoch_v0_1(&mut r).map(OldRequest::OffsetForLeaderEpoch)
+        }
         _ => return None,
     };
     Some(decoded)
@@ -106,6 +121,8 @@ pub enum OldRequest {
     CreateTopics(CreateTopicsRequest),
     Produce(ProduceRequest),
     Fetch(FetchRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
 }
 
 /// Encodes `response` at an old `version` that has no newer twin (`response_as`). `None`
@@ -126,6 +143,12 @@ pub fn encode_response(
     }
     if let Some(r) = response.downcast_ref::<ProduceResponse>() {
         return (version <= 1).then(|| produce_response_v0_1(r, version, buf));
+    }
+    if let Some(r) = response.downcast_ref::<DescribeConfigsResponse>() {
+        return (version == 0).then(|| describe_configs_response_v0(r, buf));
+    }
+    if let Some(r) = response.downcast_ref::<OffsetForLeaderEpochResponse>() {
+        return (version <= 1).then(|| offset_for_leader_epoch_response_v0_1(r, version, buf));
     }
     if let Some(r) = response.downcast_ref::<FetchResponse>() {
         return (version <= 3).then(|| fetch_response_v0_3(r, version, buf));
@@ -237,6 +260,35 @@ pub fn encode_request(
                     buf.put_i32(p.partition);
                     buf.put_i64(p.fetch_offset);
                     buf.put_i32(p.partition_max_bytes);
+                }
+            }
+            Ok(())
+        }
+        OldRequest::DescribeConfigs(r) if version == 0 => {
+            put_len(buf, r.resources.len())?;
+            for res in &r.resources {
+                buf.put_i8(res.resource_type);
+                put_str(buf, &res.resource_name)?;
+                match &res.configuration_keys {
+                    None => buf.put_i32(-1),
+                    Some(keys) => {
+                        put_len(buf, keys.len())?;
+                        for k in keys {
+                            put_str(buf, k)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        OldRequest::OffsetForLeaderEpoch(r) if version <= 1 => {
+            put_len(buf, r.topics.len())?;
+            for t in &r.topics {
+                put_str(buf, &t.topic.0)?;
+                put_len(buf, t.partitions.len())?;
+                for p in &t.partitions {
+                    buf.put_i32(p.partition);
+                    buf.put_i32(p.leader_epoch);
                 }
             }
             Ok(())
@@ -524,6 +576,96 @@ fn fetch_response_v0_3(
     Ok(())
 }
 
+/// DescribeConfigs v0: v1 without `include_synonyms`.
+fn describe_configs_v0(r: &mut Reader) -> Result<DescribeConfigsRequest, CodecError> {
+    let resources = r.array(1 + 2 + 4, |r| {
+        let resource_type = r.i8()?;
+        let resource_name = r.string()?;
+        let count = r.i32()?;
+        let configuration_keys = if count < 0 {
+            None
+        } else {
+            Some(r.counted(count, 2, |r| r.string())?)
+        };
+        Ok(DescribeConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(resource_name)
+            .with_configuration_keys(configuration_keys))
+    })?;
+    Ok(DescribeConfigsRequest::default()
+        .with_resources(resources)
+        .with_include_synonyms(false))
+}
+
+/// DescribeConfigs v0: per config `is_default` where later versions give the source
+/// (default is `DEFAULT_CONFIG`, 5), and no synonyms.
+fn describe_configs_response_v0(
+    r: &DescribeConfigsResponse,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    buf.put_i32(r.throttle_time_ms);
+    put_len(buf, r.results.len())?;
+    for res in &r.results {
+        buf.put_i16(res.error_code);
+        put_nullable_str(buf, res.error_message.as_deref())?;
+        buf.put_i8(res.resource_type);
+        put_str(buf, &res.resource_name)?;
+        put_len(buf, res.configs.len())?;
+        for c in &res.configs {
+            put_str(buf, &c.name)?;
+            put_nullable_str(buf, c.value.as_deref())?;
+            buf.put_i8(c.read_only as i8);
+            buf.put_i8((c.config_source == 5) as i8);
+            buf.put_i8(c.is_sensitive as i8);
+        }
+    }
+    Ok(())
+}
+
+/// OffsetForLeaderEpoch v0 and v1 (same request): v2 without the current leader epoch.
+fn offset_for_leader_epoch_v0_1(r: &mut Reader) -> Result<OffsetForLeaderEpochRequest, CodecError> {
+    let topics = r.array(2 + 4, |r| {
+        let topic = TopicName(r.string()?);
+        let partitions = r.array(4 + 4, |r| {
+            let partition = r.i32()?;
+            let leader_epoch = r.i32()?;
+            Ok(OffsetForLeaderPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_leader_epoch(leader_epoch))
+        })?;
+        Ok(OffsetForLeaderTopic::default()
+            .with_topic(topic)
+            .with_partitions(partitions))
+    })?;
+    Ok(OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-2))
+        .with_topics(topics))
+}
+
+/// OffsetForLeaderEpoch v0 (error, partition, end offset) and v1 (with the leader epoch);
+/// no throttle time before v2.
+fn offset_for_leader_epoch_response_v0_1(
+    r: &OffsetForLeaderEpochResponse,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    put_len(buf, r.topics.len())?;
+    for t in &r.topics {
+        put_str(buf, &t.topic.0)?;
+        put_len(buf, t.partitions.len())?;
+        for p in &t.partitions {
+            buf.put_i16(p.error_code);
+            buf.put_i32(p.partition);
+            if version >= 1 {
+                buf.put_i32(p.leader_epoch);
+            }
+            buf.put_i64(p.end_offset);
+        }
+    }
+    Ok(())
+}
+
 /// A bounded reader of the classic (non-flexible) encoding.
 pub(crate) struct Reader {
     pub buf: Bytes,
@@ -539,6 +681,11 @@ impl Reader {
             ));
         }
         Ok(())
+    }
+
+    pub fn i8(&mut self) -> Result<i8, CodecError> {
+        self.need(1)?;
+        Ok(self.buf.get_i8())
     }
 
     pub fn i16(&mut self) -> Result<i16, CodecError> {
@@ -591,9 +738,19 @@ impl Reader {
     pub fn array<T>(
         &mut self,
         min: usize,
-        mut each: impl FnMut(&mut Self) -> Result<T, CodecError>,
+        each: impl FnMut(&mut Self) -> Result<T, CodecError>,
     ) -> Result<Vec<T>, CodecError> {
         let count = self.i32()?;
+        self.counted(count, min, each)
+    }
+
+    /// The elements of an array whose count was read already (as `array`).
+    pub fn counted<T>(
+        &mut self,
+        count: i32,
+        min: usize,
+        mut each: impl FnMut(&mut Self) -> Result<T, CodecError>,
+    ) -> Result<Vec<T>, CodecError> {
         if count <= 0 {
             return Ok(Vec::new());
         }
