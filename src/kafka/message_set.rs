@@ -70,7 +70,11 @@ pub fn to_batch(set: &Bytes, budget: &mut usize) -> Result<Bytes, MessageSetErro
         };
         let codec =
             Codec::from_id(codec as i16).map_err(|e| MessageSetError::Inflate(e.to_string()))?;
-        let inner = inflate::inflate(raw.value.unwrap_or_default(), codec, *budget)
+        let mut value = raw.value.unwrap_or_default();
+        if raw.magic == 0 && codec == Codec::Lz4 {
+            value = lz4_frame_checksum_fixed(value);
+        }
+        let inner = inflate::inflate(value, codec, *budget)
             .map_err(|e| MessageSetError::Inflate(e.to_string()))?;
         *budget = budget.saturating_sub(inner.len());
         for m in read_set(&inner, true)? {
@@ -121,6 +125,60 @@ pub fn to_batch(set: &Bytes, budget: &mut usize) -> Result<Bytes, MessageSetErro
     )
     .map_err(|e| MessageSetError::Encode(e.to_string()))?;
     Ok(buf.freeze())
+}
+
+/// An LZ4 frame with its header checksum recomputed: Kafka before 0.10 (and clients of
+/// the magic-0 format) computed it over the frame's magic number as well (KAFKA-1493), so
+/// liblz4 refuses their frames. The checksum is the second byte of XXH32 (seed 0) over the
+/// frame descriptor, the bytes from the flags up to the checksum.
+fn lz4_frame_checksum_fixed(frame: Bytes) -> Bytes {
+    let Some(&flags) = frame.get(4) else {
+        return frame;
+    };
+    let mut end = 6; // flags, block descriptor
+    if flags & 0x08 != 0 {
+        end += 8; // content size
+    }
+    if flags & 0x01 != 0 {
+        end += 4; // dictionary id
+    }
+    if frame.len() <= end {
+        return frame;
+    }
+    let checksum = (xxh32_short(&frame[4..end]) >> 8) as u8;
+    let mut fixed = BytesMut::from(&frame[..]);
+    fixed[end] = checksum;
+    fixed.freeze()
+}
+
+/// XXH32 with seed 0 of fewer than 16 bytes (an LZ4 frame descriptor is at most 14).
+fn xxh32_short(data: &[u8]) -> u32 {
+    const P1: u32 = 2_654_435_761;
+    const P2: u32 = 2_246_822_519;
+    const P3: u32 = 3_266_489_917;
+    const P4: u32 = 668_265_263;
+    const P5: u32 = 374_761_393;
+    debug_assert!(data.len() < 16);
+    let mut h = P5.wrapping_add(data.len() as u32);
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        h = h
+            .wrapping_add(v.wrapping_mul(P3))
+            .rotate_left(17)
+            .wrapping_mul(P4);
+    }
+    for &b in words.remainder() {
+        h = h
+            .wrapping_add((b as u32).wrapping_mul(P5))
+            .rotate_left(11)
+            .wrapping_mul(P1);
+    }
+    h ^= h >> 15;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 13;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 16)
 }
 
 /// The messages of a set: `(attributes, message)` each. `whole`: a partial message at the
@@ -371,6 +429,16 @@ mod tests {
         assert_eq!((h.records, h.compression()), (2, 1));
         let back = from_batches(&b, 1, 0, &mut budget);
         assert_eq!(back, set(1, &["x", "y"]));
+    }
+
+    /// XXH32 of known inputs (the reference implementation's), and an LZ4 frame header of
+    /// a plain frame: flags 0x60, block descriptor 0x40, checksum 0x82.
+    #[test]
+    fn lz4_frame_checksums_are_xxh32() {
+        assert_eq!(xxh32_short(b""), 0x02cc_5d05);
+        assert_eq!(xxh32_short(&[0x60, 0x40]) >> 8 & 0xff, 0x82);
+        let broken = Bytes::from_static(&[0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x00, 0, 0, 0, 0]);
+        assert_eq!(lz4_frame_checksum_fixed(broken)[6], 0x82);
     }
 
     #[test]
