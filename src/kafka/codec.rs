@@ -136,14 +136,27 @@ pub const NONPRODUCE_HELD_PER_BYTE: usize = 160;
 /// The memory a decoded request keeps beyond its frame's bytes while it is handled, as the
 /// in-flight budgets count it. A Produce request's records stay slices of the frame, so it
 /// holds its topic and partition entries; any other request is charged the measured worst
-/// case per byte of its body (`NONPRODUCE_HELD_PER_BYTE`).
-pub fn held_beyond_frame(request: &Request, body_len: usize) -> usize {
+/// case per byte of its body (`NONPRODUCE_HELD_PER_BYTE`). The records of a Produce v0–2
+/// were converted to record batches (`legacy`), new memory, and count in full.
+pub fn held_beyond_frame(request: &Request, body_len: usize, version: i16) -> usize {
     match request {
-        Request::Produce(r) => super::produce_scan::Entries {
-            topics: r.topic_data.len(),
-            partitions: r.topic_data.iter().map(|t| t.partition_data.len()).sum(),
+        Request::Produce(r) => {
+            let entries = super::produce_scan::Entries {
+                topics: r.topic_data.len(),
+                partitions: r.topic_data.iter().map(|t| t.partition_data.len()).sum(),
+            }
+            .held();
+            let converted: usize = if version < 3 {
+                r.topic_data
+                    .iter()
+                    .flat_map(|t| &t.partition_data)
+                    .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+                    .sum()
+            } else {
+                0
+            };
+            entries.saturating_add(converted)
         }
-        .held(),
         _ => body_len.saturating_mul(NONPRODUCE_HELD_PER_BYTE),
     }
 }

@@ -457,11 +457,11 @@ fn delete_topics_response_v0(
 /// of format v0/v1, converted here to one record batch (magic 2), so storage keeps one
 /// format. A set that cannot be converted (bad CRC, truncated, unknown codec) is passed on
 /// as it is, for the produce path to answer CORRUPT_MESSAGE for that partition as Kafka
-/// does. Wrappers inflate to at most `MAX_INFLATED_BYTES` in all, per request.
+/// does. Wrappers inflate to at most `converted_budget` in all, per request.
 fn produce_v0_2(r: &mut Reader) -> Result<ProduceRequest, CodecError> {
+    let mut budget = converted_budget(r.buf.len());
     let acks = r.i16()?;
     let timeout_ms = r.i32()?;
-    let mut budget = MAX_INFLATED_BYTES;
     let topic_data = r.array(2 + 4, |r| {
         let name = TopicName(r.string()?);
         let partition_data = r.array(4 + 4, |r| {
@@ -485,6 +485,18 @@ fn produce_v0_2(r: &mut Reader) -> Result<ProduceRequest, CodecError> {
         .with_acks(acks)
         .with_timeout_ms(timeout_ms)
         .with_topic_data(topic_data))
+}
+
+/// What the compressed messages of a Produce v0–2 body of `body_len` bytes may inflate to,
+/// in all: 32 bytes per body byte (about what the in-flight admission charges a Produce
+/// frame, `codec::admission_charge`) plus 1 MiB for small requests, at most
+/// `MAX_INFLATED_BYTES`. Converted batches are new memory, not slices of the frame
+/// (`codec::held_beyond_frame` charges them).
+pub fn converted_budget(body_len: usize) -> usize {
+    body_len
+        .saturating_mul(32)
+        .saturating_add(1 << 20)
+        .min(MAX_INFLATED_BYTES)
 }
 
 /// Produce v0 (per partition: index, error, base offset) and v1 (with the throttle time

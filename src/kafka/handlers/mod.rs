@@ -193,7 +193,7 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<(Pending, usize),
     crate::metrics::with(|m| m.request(Protocol::Kafka, api_name(frame.api)));
     let body_len = frame.body.len();
     let request = codec::decode_request(frame.api, frame.body, v)?;
-    let held = codec::held_beyond_frame(&request, body_len);
+    let held = codec::held_beyond_frame(&request, body_len, v);
     Ok((run(conn, &frame.header, request, c, v).await, held))
 }
 
