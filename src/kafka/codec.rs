@@ -2,7 +2,8 @@
 //! Decodes the header with the version its API key and version call for, and encodes
 //! responses with the matching response header.
 //!
-//! The APIs and versions it knows are the rows of `apis::kafka_apis`.
+//! The APIs and versions it knows are the rows of `apis::kafka_apis`; versions older than
+//! kafka-protocol's codecs (Kafka 0.11–3.x's, removed by Kafka 4) go through `legacy`.
 //!
 //! Pure functions, used by each connection on its own shard and by the fuzz target. Any
 //! input — truncated, oversize, unknown API, bad version — gives a `CodecError`, never a
