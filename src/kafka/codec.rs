@@ -2,7 +2,8 @@
 //! Decodes the header with the version its API key and version call for, and encodes
 //! responses with the matching response header.
 //!
-//! The APIs and versions it knows are the rows of `apis::kafka_apis`.
+//! The APIs and versions it knows are the rows of `apis::kafka_apis`; versions older than
+//! kafka-protocol's codecs (Kafka 0.11–3.x's, removed by Kafka 4) go through `legacy`.
 //!
 //! Pure functions, used by each connection on its own shard and by the fuzz target. Any
 //! input — truncated, oversize, unknown API, bad version — gives a `CodecError`, never a
@@ -10,7 +11,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, VersionRange};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, VersionRange};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -34,6 +35,7 @@ pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, CodecError> {
 }
 
 use super::apis::kafka_apis;
+use super::legacy;
 
 macro_rules! served {
     ($( ($key:ident, $req:ident, $resp:ident, $min:literal ..= $max:literal, $module:ident, $call:ident), )*) => {
@@ -57,6 +59,12 @@ macro_rules! served {
         /// the same path as the network. An API the broker does not serve is
         /// `UnsupportedVersion`, as `decode_frame` already refuses versions out of range.
         pub fn decode_request(api: ApiKey, body: Bytes, version: i16) -> Result<Request, CodecError> {
+            if let Some(newer) = legacy::request_as(api, version) {
+                return decode_request(api, body, newer);
+            }
+            if let Some(old) = legacy::decode_request(api, body.clone(), version) {
+                return old.map(Request::from);
+            }
             match api {
                 $(
                     ApiKey::$key => decode_body(stringify!($key), body, version)
@@ -77,6 +85,22 @@ macro_rules! served {
             /// Encodes the body at `version` (the fuzz corpus capture re-encodes captured
             /// requests at every version the broker accepts).
             pub fn encode(&self, buf: &mut BytesMut, version: i16) -> Result<(), CodecError> {
+                if let Some(newer) = legacy::request_as(self.api(), version) {
+                    return self.encode(buf, newer);
+                }
+                let old = match self {
+                    Request::OffsetCommit(r) if version < 2 => Some(legacy::OldRequest::OffsetCommit(r.clone())),
+                    Request::ListOffsets(r) if version < 1 => Some(legacy::OldRequest::ListOffsets(r.clone())),
+                    Request::CreateTopics(r) if version < 1 => Some(legacy::OldRequest::CreateTopics(r.clone())),
+                    Request::Produce(r) if version < 3 => Some(legacy::OldRequest::Produce(r.clone())),
+                    Request::Fetch(r) if version < 4 => Some(legacy::OldRequest::Fetch(r.clone())),
+                    Request::DescribeConfigs(r) if version < 1 => Some(legacy::OldRequest::DescribeConfigs(r.clone())),
+                    Request::OffsetForLeaderEpoch(r) if version < 2 => Some(legacy::OldRequest::OffsetForLeaderEpoch(r.clone())),
+                    _ => None,
+                };
+                if let Some(old) = old {
+                    return legacy::encode_request(&old, version, buf);
+                }
                 match self {
                     $(
                         Request::$key(r) => r
@@ -90,6 +114,20 @@ macro_rules! served {
 }
 kafka_apis!(served);
 
+impl From<legacy::OldRequest> for Request {
+    fn from(old: legacy::OldRequest) -> Self {
+        match old {
+            legacy::OldRequest::OffsetCommit(r) => Request::OffsetCommit(r),
+            legacy::OldRequest::ListOffsets(r) => Request::ListOffsets(r),
+            legacy::OldRequest::CreateTopics(r) => Request::CreateTopics(r),
+            legacy::OldRequest::Produce(r) => Request::Produce(r),
+            legacy::OldRequest::Fetch(r) => Request::Fetch(r),
+            legacy::OldRequest::DescribeConfigs(r) => Request::DescribeConfigs(r),
+            legacy::OldRequest::OffsetForLeaderEpoch(r) => Request::OffsetForLeaderEpoch(r),
+        }
+    }
+}
+
 /// The most a request other than Produce was seen to hold, decoded, per byte of its frame:
 /// the fuzz target's counting allocator measured up to 157 (requests of many tiny
 /// elements: each one- or two-byte array element becomes a struct of ~120 bytes), and
@@ -99,14 +137,27 @@ pub const NONPRODUCE_HELD_PER_BYTE: usize = 160;
 /// The memory a decoded request keeps beyond its frame's bytes while it is handled, as the
 /// in-flight budgets count it. A Produce request's records stay slices of the frame, so it
 /// holds its topic and partition entries; any other request is charged the measured worst
-/// case per byte of its body (`NONPRODUCE_HELD_PER_BYTE`).
-pub fn held_beyond_frame(request: &Request, body_len: usize) -> usize {
+/// case per byte of its body (`NONPRODUCE_HELD_PER_BYTE`). The records of a Produce v0–2
+/// were converted to record batches (`legacy`), new memory, and count in full.
+pub fn held_beyond_frame(request: &Request, body_len: usize, version: i16) -> usize {
     match request {
-        Request::Produce(r) => super::produce_scan::Entries {
-            topics: r.topic_data.len(),
-            partitions: r.topic_data.iter().map(|t| t.partition_data.len()).sum(),
+        Request::Produce(r) => {
+            let entries = super::produce_scan::Entries {
+                topics: r.topic_data.len(),
+                partitions: r.topic_data.iter().map(|t| t.partition_data.len()).sum(),
+            }
+            .held();
+            let converted: usize = if version < 3 {
+                r.topic_data
+                    .iter()
+                    .flat_map(|t| &t.partition_data)
+                    .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+                    .sum()
+            } else {
+                0
+            };
+            entries.saturating_add(converted)
         }
-        .held(),
         _ => body_len.saturating_mul(NONPRODUCE_HELD_PER_BYTE),
     }
 }
@@ -187,8 +238,9 @@ pub fn decode_body<R: Decodable>(
     Ok(r)
 }
 
-/// Encodes a full response frame: size, response header, body.
-pub fn encode_response<R: Encodable + HeaderVersion>(
+/// Encodes a full response frame: size, response header, body. A version older than
+/// kafka-protocol's codecs is encoded by `legacy`, from the same response type.
+pub fn encode_response<R: Encodable + HeaderVersion + Message + 'static>(
     correlation_id: i32,
     version: i16,
     response: &R,
@@ -200,9 +252,22 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
     header
         .encode(&mut buf, header_version)
         .map_err(|e| CodecError::Malformed("response header", e.to_string()))?;
-    response
-        .encode(&mut buf, version)
-        .map_err(|e| CodecError::Malformed("response", e.to_string()))?;
+    let at = if version < R::VERSIONS.min {
+        legacy::response_as(response, version)
+    } else {
+        Some(version)
+    };
+    match at {
+        Some(at) => response
+            .encode(&mut buf, at)
+            .map_err(|e| CodecError::Malformed("response", e.to_string()))?,
+        None => legacy::encode_response(response, version, &mut buf).unwrap_or_else(|| {
+            Err(CodecError::Malformed(
+                "response",
+                format!("no encoder at v{version}"),
+            ))
+        })?,
+    }
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
@@ -235,20 +300,22 @@ mod tests {
                     let table = ApiKey::$key.valid_versions();
                     let codecs = (<$req as Message>::VERSIONS, <$resp as Message>::VERSIONS);
                     assert!(range.min <= range.max, "{:?}: empty range", ApiKey::$key);
+                    // Below kafka-protocol's codecs, `legacy` serves what Kafka 0.11–3.x
+                    // accepted.
+                    let floor = table.min.max(codecs.0.min).max(codecs.1.min);
+                    let oldest = legacy::oldest(ApiKey::$key).unwrap_or(floor);
                     assert!(
-                        range.min >= table.min.max(codecs.0.min).max(codecs.1.min)
+                        range.min >= oldest.min(floor)
                             && range.max <= table.max.min(codecs.0.max).min(codecs.1.max),
                         "{:?}: {range:?} is outside kafka-protocol's {table:?} or its codecs",
                         ApiKey::$key
                     );
                     for v in range.min..=range.max {
                         let mut buf = BytesMut::new();
-                        <$req>::default()
+                        Request::$key(<$req>::default())
                             .encode(&mut buf, v)
                             .unwrap_or_else(|e| panic!("{:?} v{v} request: {e}", ApiKey::$key));
-                        <$req>::decode(&mut buf.freeze(), v)
-                            .unwrap_or_else(|e| panic!("{:?} v{v} request: {e}", ApiKey::$key));
-                        let framed = decode_request(ApiKey::$key, buf_of::<$req>(v), v);
+                        let framed = decode_request(ApiKey::$key, buf.freeze(), v);
                         assert!(
                             framed.as_ref().is_ok_and(|r| r.api() == ApiKey::$key),
                             "{:?} v{v}: decode_request",
@@ -260,14 +327,10 @@ mod tests {
                 )*
             };
         }
-        fn buf_of<R: Encodable + Default>(v: i16) -> Bytes {
-            let mut buf = BytesMut::new();
-            let _ = R::default().encode(&mut buf, v);
-            buf.freeze()
-        }
         kafka_apis!(roundtrip);
         assert_eq!(versions(ApiKey::OffsetCommit).max, 9);
-        assert_eq!(versions(ApiKey::Produce).min, 3);
+        assert_eq!(versions(ApiKey::OffsetCommit).min, 0);
+        assert_eq!(versions(ApiKey::Produce).min, 0);
     }
 
     /// `Request::encode` writes what `decode_request` reads back.

@@ -10,6 +10,8 @@ pub mod codec;
 pub mod configs;
 pub mod groups;
 pub mod handlers;
+pub mod legacy;
+pub mod message_set;
 pub mod owner;
 pub mod produce_scan;
 pub mod server;

@@ -30,11 +30,13 @@ impl Entries {
 }
 
 /// Counts the entries of a Produce body (the frame after its request header) at `version`
-/// (3..=13; 9 and later are flexible; 13 names topics by id).
+/// (0..=13; 3 adds the transactional id; 9 and later are flexible; 13 names topics by id).
 pub fn entries(body: &[u8], version: i16) -> Option<Entries> {
     let flexible = version >= 9;
     let mut c = Cursor { b: body, at: 0 };
-    c.string(flexible)?; // transactional_id
+    if version >= 3 {
+        c.string(flexible)?; // transactional_id
+    }
     c.skip(2 + 4)?; // acks, timeout_ms
     let mut out = Entries {
         topics: c.array_len(flexible)?,

@@ -52,7 +52,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes};
 
 use super::apis::kafka_apis;
 use super::codec::{self, CodecError, Frame, Request};
@@ -72,7 +72,7 @@ pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;
 /// Encodes a response frame. An encoding failure is our bug: it is logged and answered
 /// with an empty frame, on which the connection closes (the client reconnects rather
 /// than waiting for an answer that never comes).
-pub fn frame<R: Encodable + HeaderVersion>(
+pub fn frame<R: Encodable + HeaderVersion + Message + 'static>(
     correlation_id: i32,
     version: i16,
     response: &R,
@@ -193,7 +193,7 @@ pub async fn dispatch(conn: &Rc<Conn>, frame: Frame) -> Result<(Pending, usize),
     crate::metrics::with(|m| m.request(Protocol::Kafka, api_name(frame.api)));
     let body_len = frame.body.len();
     let request = codec::decode_request(frame.api, frame.body, v)?;
-    let held = codec::held_beyond_frame(&request, body_len);
+    let held = codec::held_beyond_frame(&request, body_len, v);
     Ok((run(conn, &frame.header, request, c, v).await, held))
 }
 
