@@ -537,14 +537,7 @@ fn old_fetch_versions_down_convert_record_batches() {
 /// xxhash`) is not installed.
 #[test]
 fn kafka_python_at_old_protocol_versions() {
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import kafka, lz4, snappy, xxhash"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        println!("kafka-python (with lz4, python-snappy, xxhash) is not installed: skipped");
-        return;
-    }
+    let pythonpath = kafka_python();
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     let script = concat!(
@@ -560,6 +553,7 @@ fn kafka_python_at_old_protocol_versions() {
         ("0.11", "gzip"),
     ] {
         let out = std::process::Command::new("python3")
+            .env("PYTHONPATH", pythonpath)
             .args([script, &broker.bootstrap(), version, codec])
             .output()
             .expect("python3");
@@ -570,4 +564,46 @@ fn kafka_python_at_old_protocol_versions() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Where kafka-python and its codecs (lz4, python-snappy, xxhash) can be imported from.
+/// They are required, not optional: when the machine lacks them they are installed from
+/// PyPI into the target directory (once; later runs find them there), so this test always
+/// runs a real old client.
+fn kafka_python() -> &'static str {
+    const DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/kafka-python");
+    let importable = || {
+        std::process::Command::new("python3")
+            .env("PYTHONPATH", DIR)
+            .args(["-c", "import kafka, lz4, snappy, xxhash"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !importable() {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args([
+                "--target",
+                DIR,
+                "kafka-python==3.0.12",
+                "lz4",
+                "python-snappy",
+            ])
+            .arg("xxhash")
+            .output()
+            .expect("python3 -m pip");
+        assert!(
+            out.status.success(),
+            "installing kafka-python with pip: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(importable(), "kafka-python installed but not importable");
+    }
+    DIR
 }
