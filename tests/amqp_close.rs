@@ -229,6 +229,15 @@ fn declare(ch: u16, queue: &str) -> AMQPFrame {
     )
 }
 
+/// A passive queue.declare.
+fn passive(ch: u16, queue: &str) -> AMQPFrame {
+    let mut f = declare(ch, queue);
+    if let AMQPFrame::Method(_, AMQPClass::Queue(qm::AMQPMethod::Declare(d))) = &mut f {
+        d.passive = true;
+    }
+    f
+}
+
 /// basic.publish with its header and body.
 fn publish(ch: u16, exchange: &str, key: &str, body: &[u8]) -> [AMQPFrame; 3] {
     [
@@ -470,18 +479,7 @@ fn after_the_brokers_channel_close_only_close_ok_counts() {
         c == 1 && matches!(m, AMQPClass::Channel(chan::AMQPMethod::OpenOk(_)))
     });
     // The ignored declare and publish did not happen.
-    raw.send(&[method(
-        1,
-        AMQPClass::Queue(qm::AMQPMethod::Declare(qm::Declare {
-            queue: "ignored-q".into(),
-            passive: true,
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })),
-    )]);
+    raw.send(&[passive(1, "ignored-q")]);
     raw.expect("404 for the never-declared queue", is_channel_close(1, 404));
 }
 
@@ -530,8 +528,8 @@ fn after_the_clients_channel_close_only_close_ok_comes() {
 }
 
 /// After the broker's connection.close, nothing follows it but close-ok (to a crossing
-/// close): deliveries on their way are not written, and the unacked ones go back to the
-/// queue at once.
+/// close): messages published to its consumer's queue afterwards are not delivered to it
+/// (its consumers are cancelled at once) and stay in the queue.
 #[test]
 fn after_the_brokers_connection_close_nothing_else_comes() {
     let (_d, data) = data_dir();
@@ -539,20 +537,27 @@ fn after_the_brokers_connection_close_nothing_else_comes() {
     let (mut raw, _) = Raw::connect(broker.amqp_port, 0);
     raw.send(&[channel_open(1)]);
     declare_ok(&mut raw, 1, "flowing");
-    let body = vec![b'm'; 1024];
-    let mut frames = Vec::new();
-    for _ in 0..500 {
-        frames.extend(publish(1, "", "flowing", &body));
-    }
-    raw.send(&frames);
-    assert_eq!(declare_ok(&mut raw, 1, "flowing"), 500);
-    // A consumer, and at once a connection error (a second channel.open), then a
-    // crossing close from the client.
-    raw.send(&[consume(1, "flowing", false), channel_open(1)]);
+    raw.send(&[consume(1, "flowing", false)]);
+    raw.expect("consume-ok", |c, m| {
+        c == 1 && matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+    });
+    // A connection error (a second channel.open): connection.close 504.
+    raw.send(&[channel_open(1)]);
     raw.expect("connection.close 504", |c, m| {
         c == 0
             && matches!(m, AMQPClass::Connection(c::AMQPMethod::Close(cl)) if cl.reply_code == 504)
     });
+    // Another client publishes to the queue meanwhile.
+    let (mut other, _) = Raw::connect(broker.amqp_port, 0);
+    other.send(&[channel_open(1)]);
+    let body = vec![b'm'; 100];
+    let mut frames = Vec::new();
+    for _ in 0..20 {
+        frames.extend(publish(1, "", "flowing", &body));
+    }
+    other.send(&frames);
+    assert!(declare_ok(&mut other, 1, "flowing") <= 20);
+    // A crossing close from the client: close-ok, and nothing else.
     raw.send(&[connection_close()]);
     let mut after = Vec::new();
     while let Some(f) = raw.frame_within(0.5) {
@@ -570,19 +575,90 @@ fn after_the_brokers_connection_close_nothing_else_comes() {
     );
     raw.send(&[connection_close_ok()]);
     assert!(raw.closed_within(3.0));
-    // The messages delivered before the close were never acked: all are back.
-    let (mut raw, _) = Raw::connect(broker.amqp_port, 0);
-    raw.send(&[channel_open(1)]);
+    // All 20 are in the queue.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let n = declare_ok(&mut raw, 1, "flowing");
-        if n == 500 {
+        let n = declare_ok(&mut other, 1, "flowing");
+        if n == 20 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{n} of 500 messages in the queue"
-        );
+        assert!(Instant::now() < deadline, "{n} of 20 messages in the queue");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// After the broker's channel.close, no publisher confirm follows on that channel: a
+/// persistent publish waiting for its fsync when a channel error closes the channel is
+/// never acked (as on RabbitMQ, whose channel is gone).
+#[test]
+fn no_confirm_follows_the_brokers_channel_close() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let (mut raw, _) = Raw::connect(broker.amqp_port, 0);
+    raw.send(&[channel_open(1)]);
+    raw.send(&[method(
+        1,
+        AMQPClass::Queue(qm::AMQPMethod::Declare(qm::Declare {
+            queue: "durable-q".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    )]);
+    raw.expect("declare-ok", |c, m| {
+        c == 1 && matches!(m, AMQPClass::Queue(qm::AMQPMethod::DeclareOk(_)))
+    });
+    raw.send(&[method(
+        1,
+        AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::Select(
+            amq_protocol::protocol::confirm::Select { nowait: false },
+        )),
+    )]);
+    raw.expect("select-ok", |c, m| {
+        c == 1
+            && matches!(
+                m,
+                AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::SelectOk(_))
+            )
+    });
+    // Persistent publishes (confirmed after their fsync), then one to a missing exchange.
+    let body = vec![b'p'; 4096];
+    let mut frames = Vec::new();
+    for _ in 0..50 {
+        let mut p = publish(1, "", "durable-q", &body);
+        if let AMQPFrame::Header(_, h) = &mut p[1] {
+            h.properties = basic::AMQPProperties::default().with_delivery_mode(2);
+        }
+        frames.extend(p);
+    }
+    frames.extend(publish(1, "no-such-exchange", "k", b"x"));
+    raw.send(&frames);
+    let mut before = Vec::new();
+    loop {
+        match raw.frame_within(5.0) {
+            Some(AMQPFrame::Method(1, AMQPClass::Channel(chan::AMQPMethod::Close(cl)))) => {
+                assert_eq!(cl.reply_code, 404);
+                break;
+            }
+            Some(f) => before.push(f),
+            None => panic!("no channel.close; got {before:?}"),
+        }
+    }
+    let mut after = Vec::new();
+    while let Some(f) = raw.frame_within(0.5) {
+        after.push(f);
+    }
+    assert!(after.is_empty(), "after channel.close: {after:?}");
+    // The connection lives on.
+    raw.send(&[
+        channel_close_ok(1),
+        channel_open(2),
+        passive(2, "durable-q"),
+    ]);
+    raw.expect("declare-ok", |c, m| {
+        c == 2 && matches!(m, AMQPClass::Queue(qm::AMQPMethod::DeclareOk(_)))
+    });
 }
