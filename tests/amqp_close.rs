@@ -158,6 +158,23 @@ impl Raw {
     }
 }
 
+/// Frames in short: channel and method (or frame kind), without bodies.
+fn describe(frames: &[AMQPFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match f {
+            AMQPFrame::Method(ch, m) => {
+                let m = format!("{m:?}");
+                let end = m.find(" {").unwrap_or(m.len());
+                format!("{ch}: {}", &m[..end])
+            }
+            AMQPFrame::Header(ch, _) => format!("{ch}: header"),
+            AMQPFrame::Body(ch, b) => format!("{ch}: body of {}", b.len()),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
 fn encode(f: &AMQPFrame) -> Vec<u8> {
     gen_frame(f)(Vec::new().into())
         .expect("encode")
@@ -473,7 +490,11 @@ fn after_the_brokers_channel_close_only_close_ok_counts() {
     while let Some(f) = raw.frame_within(0.5) {
         after.push(f);
     }
-    assert!(after.is_empty(), "after channel.close: {after:?}");
+    assert!(
+        after.is_empty(),
+        "after channel.close: {:?}",
+        describe(&after)
+    );
     raw.send(&[channel_close_ok(1), channel_open(1)]);
     raw.expect("open-ok again", |c, m| {
         c == 1 && matches!(m, AMQPClass::Channel(chan::AMQPMethod::OpenOk(_)))
@@ -511,7 +532,11 @@ fn after_the_clients_channel_close_only_close_ok_comes() {
             after.push(f);
         }
     }
-    assert!(after.is_empty(), "on channel 2 after close-ok: {after:?}");
+    assert!(
+        after.is_empty(),
+        "on channel 2 after close-ok: {:?}",
+        describe(&after)
+    );
     // Every message is back in the queue (publishes are counted once routed).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -571,7 +596,8 @@ fn after_the_brokers_connection_close_nothing_else_comes() {
                 AMQPClass::Connection(c::AMQPMethod::CloseOk(_))
             )]
         ),
-        "after connection.close: {after:?}"
+        "after connection.close: {:?}",
+        describe(&after)
     );
     raw.send(&[connection_close_ok()]);
     assert!(raw.closed_within(3.0));
@@ -644,14 +670,18 @@ fn no_confirm_follows_the_brokers_channel_close() {
                 break;
             }
             Some(f) => before.push(f),
-            None => panic!("no channel.close; got {before:?}"),
+            None => panic!("no channel.close; got {:?}", describe(&before)),
         }
     }
     let mut after = Vec::new();
     while let Some(f) = raw.frame_within(0.5) {
         after.push(f);
     }
-    assert!(after.is_empty(), "after channel.close: {after:?}");
+    assert!(
+        after.is_empty(),
+        "after channel.close: {:?}",
+        describe(&after)
+    );
     // The connection lives on.
     raw.send(&[
         channel_close_ok(1),
