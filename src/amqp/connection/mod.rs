@@ -192,9 +192,10 @@ impl Connection {
             && !matches!(method, AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)))
             // A channel borrowed right now is the one sending (its own code keeps to the
             // handshake).
-            && self
-                .channel(channel)
-                .is_some_and(|c| c.try_borrow().is_ok_and(|c| c.closing))
+            && self.channels.try_borrow().is_ok_and(|m| {
+                m.get(&channel)
+                    .is_some_and(|c| c.try_borrow().is_ok_and(|c| c.closing))
+            })
         {
             return;
         }
