@@ -182,6 +182,7 @@ pub fn server_properties() -> amq_protocol::types::FieldTable {
         "authentication_failure_close",
         "per_consumer_qos",
         "consumer_priorities",
+        "direct_reply_to",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }

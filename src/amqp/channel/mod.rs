@@ -434,6 +434,10 @@ impl Channel {
     /// Writes basic.ack/nack for completed publishes (`Confirms::take_frames`). Each
     /// publish's time to its confirm goes to the publish latency histogram.
     pub fn emit_confirms(&mut self, conn: &Rc<Connection>) {
+        if self.closing {
+            // Nothing follows our channel.close but close-ok.
+            return;
+        }
         let (frames, received) = self.confirms.take_frames();
         if frames.is_empty() {
             return;

@@ -1,7 +1,7 @@
 //! The connection's own methods on channel 0 once it runs: close (the client's, answered
-//! after the clean-up) and close-ok, blocked/unblocked (ignored), update-secret
-//! (RabbitMQ's credential refresh); and, once we have sent connection.close, the wait for
-//! the client's close-ok.
+//! after the clean-up with close-ok, then the socket is the client's to close) and
+//! close-ok, blocked/unblocked (ignored), update-secret (RabbitMQ's credential refresh);
+//! and, once our close or close-ok has gone out, the rest of the close handshake.
 //!
 //! Runs on the connection's shard, in its reader task.
 
@@ -9,12 +9,16 @@ use std::rc::Rc;
 
 use amq_protocol::protocol::{connection as conn_m, AMQPClass};
 
-use super::Connection;
+use super::{Connection, Phase};
 use crate::amqp::codec::{self, Frame};
-use crate::amqp::{auth, methods, reply, AmqpError};
+use crate::amqp::{methods, reply, AmqpError};
 
 /// A frame on channel 0 after the handshake. Ok(false) ends the connection.
-pub(super) async fn method(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError> {
+pub(super) async fn method(
+    conn: &Rc<Connection>,
+    phase: &mut Phase,
+    frame: Frame,
+) -> Result<bool, AmqpError> {
     if frame.kind != codec::FRAME_METHOD {
         return Err(AmqpError::connection(
             reply::UNEXPECTED_FRAME,
@@ -31,38 +35,25 @@ pub(super) async fn method(conn: &Rc<Connection>, frame: Frame) -> Result<bool, 
                 c.reply_text
             );
             conn.clean_up().await;
-            conn.send_method(
-                0,
-                AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
-            );
-            Ok(false)
+            conn.send_close_ok();
+            // As RabbitMQ: the client closes the socket (a repeated close gets close-ok
+            // again), within `closed_linger`.
+            *phase = Phase::Closed;
+            Ok(true)
         }
         Some(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => Ok(false),
         Some(AMQPClass::Connection(conn_m::AMQPMethod::Blocked(_)))
         | Some(AMQPClass::Connection(conn_m::AMQPMethod::Unblocked(_))) => Ok(true),
         Some(AMQPClass::Connection(conn_m::AMQPMethod::UpdateSecret(u))) => {
-            // RabbitMQ's credential refresh: the new secret must be the user's
-            // password (no token backends here); 530 otherwise.
-            let user = conn.user();
-            let ok = conn
-                .shard
-                .config
-                .amqp
-                .users
-                .iter()
-                .find(|x| x.name == user)
-                .is_some_and(|x| {
-                    auth::check_password(
-                        &x.password_hash,
-                        &String::from_utf8_lossy(u.new_secret.as_bytes()),
-                    )
-                });
-            if !ok {
-                return Err(AmqpError::connection(
-                    reply::NOT_ALLOWED,
-                    format!("NOT_ALLOWED - Secret update was refused for user '{user}'"),
-                ));
-            }
+            // RabbitMQ's credential refresh (OAuth 2 tokens). Its internal users, like
+            // ours, have passwords checked at login only: the refresh re-checks nothing
+            // and is answered update-secret-ok.
+            log::debug!(
+                "amqp connection from {}: secret updated for user '{}' ({})",
+                conn.peer,
+                conn.user(),
+                u.reason
+            );
             conn.send_method(
                 0,
                 AMQPClass::Connection(conn_m::AMQPMethod::UpdateSecretOk(
@@ -79,20 +70,15 @@ pub(super) async fn method(conn: &Rc<Connection>, frame: Frame) -> Result<bool, 
     }
 }
 
-/// A frame while we wait for the client's close-ok: only close-ok (or a crossing close,
-/// answered) matters; false ends the connection.
+/// A frame once the connection's close has gone out (ours, or our close-ok to the
+/// client's): only channel 0's close and close-ok matter. A close (crossing ours, or
+/// repeated) is answered with close-ok and the wait goes on; close-ok ends the connection
+/// (false). Everything else, content included, is ignored.
 pub(super) fn while_closing(conn: &Connection, frame: Frame) -> bool {
-    // Only close-ok (or a crossing close) matters now.
     if frame.kind == codec::FRAME_METHOD && frame.channel == 0 {
         match codec::decode_method(&frame.payload) {
             Some(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => return false,
-            Some(AMQPClass::Connection(conn_m::AMQPMethod::Close(_))) => {
-                conn.send_method(
-                    0,
-                    AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
-                );
-                return false;
-            }
+            Some(AMQPClass::Connection(conn_m::AMQPMethod::Close(_))) => conn.send_close_ok(),
             _ => {}
         }
     }

@@ -60,12 +60,15 @@ pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, A
             };
             let closing = ch.borrow().closing;
             if closing {
+                // We sent channel.close: only close-ok ends it. A crossing close is
+                // answered with close-ok and the channel still waits for the client's
+                // close-ok to ours (so the channel number is not free before it).
+                // Everything else is ignored.
                 match method {
                     AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => {
                         conn.channels.borrow_mut().remove(&frame.channel);
                     }
                     AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
-                        conn.channels.borrow_mut().remove(&frame.channel);
                         conn.send_method(
                             frame.channel,
                             AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
@@ -116,6 +119,11 @@ fn channel_result(
     match r {
         Ok(()) => Ok(()),
         Err(AmqpError::Channel { code, text }) => {
+            if ch.borrow().closing {
+                // Closed meanwhile (the consumer timeout, while the method awaited): one
+                // channel.close only.
+                return Ok(());
+            }
             let (class_id, method_id) = conn.last_method.get();
             log::debug!("amqp channel {} of {}: {text}", ch.borrow().id, conn.peer);
             close_channel(conn, ch, code, &text, (class_id, method_id));

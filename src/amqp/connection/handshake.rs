@@ -78,11 +78,9 @@ pub(super) fn method(
     let cfg = &conn.shard.config.amqp;
     match (*phase, method) {
         (_, AMQPClass::Connection(conn_m::AMQPMethod::Close(_))) => {
-            conn.send_method(
-                0,
-                AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
-            );
-            Ok(false)
+            conn.send_close_ok();
+            *phase = Phase::Closed;
+            Ok(true)
         }
         (Phase::StartOk, AMQPClass::Connection(conn_m::AMQPMethod::StartOk(ok))) => {
             let mech = ok.mechanism.as_str().to_owned();

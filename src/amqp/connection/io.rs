@@ -14,7 +14,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::{
-    flow, handle_frame, handshake, still_running, Connection, Phase, CLOSE_TIMEOUT,
+    closed_linger, flow, handle_frame, handshake, still_running, Connection, Phase, CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
 };
 use crate::amqp::codec::{self, FrameError};
@@ -157,7 +157,7 @@ pub(super) async fn read_loop(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    if phase == Phase::Closing {
+                    if matches!(phase, Phase::Closing | Phase::Closed) {
                         return Ok(());
                     }
                     let code = match e {
@@ -220,7 +220,7 @@ pub(super) async fn read_loop(
                 continue;
             }
         }
-        if conn.shard.stopping.get() && phase != Phase::Closing {
+        if conn.shard.stopping.get() && !matches!(phase, Phase::Closing | Phase::Closed) {
             conn.close_connection(
                 reply::CONNECTION_FORCED,
                 "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
@@ -241,7 +241,10 @@ pub(super) async fn read_loop(
             *since += now_ms() - waiting_since;
         }
         let deadline = match (phase, close_deadline) {
-            (Phase::Closing, Some(t)) => {
+            (Phase::Closing | Phase::Closed, _) => {
+                let t = *close_deadline.get_or_insert_with(|| {
+                    now_ms() + closed_linger(conn.heartbeat.get()).as_millis() as i64
+                });
                 let left = t - now_ms();
                 if left <= 0 {
                     return Ok(());

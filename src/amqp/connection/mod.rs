@@ -37,7 +37,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{connection as conn_m, AMQPClass};
+use amq_protocol::protocol::{channel as chan, connection as conn_m, AMQPClass};
 use bytes::BytesMut;
 use glommio::net::TcpStream;
 
@@ -60,6 +60,10 @@ pub(crate) use flow::{mark_published, wait_for_disk};
 /// How long a client has for the whole handshake, and to answer our connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// After our connection.close-ok, the socket is kept for the client to close (as
+/// RabbitMQ's reader does): at most the negotiated heartbeat interval, and never over
+/// this.
+const CLOSED_LINGER_MAX: Duration = Duration::from_secs(30);
 
 /// Where a connection is in its life: the handshake's steps, running, or closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +74,9 @@ enum Phase {
     Running,
     /// We sent connection.close and wait for close-ok.
     Closing,
+    /// We answered the client's connection.close with close-ok and wait for it to close
+    /// the socket (a repeated close gets close-ok again).
+    Closed,
 }
 
 pub struct Connection {
@@ -97,6 +104,9 @@ pub struct Connection {
     finished: Cell<bool>,
     /// The socket failed or the peer went silent: stop reading.
     dead: Cell<bool>,
+    /// connection.close or close-ok has gone out: nothing else may follow it (the close
+    /// handshake), so `write` drops everything but `write_close`'s frames.
+    quiet: Cell<bool>,
     kill: Notify,
     last_recv_ms: Cell<i64>,
     last_send_ms: Cell<i64>,
@@ -132,6 +142,7 @@ impl Connection {
             exclusive: RefCell::new(Vec::new()),
             finished: Cell::new(false),
             dead: Cell::new(false),
+            quiet: Cell::new(false),
             kill: Notify::new(),
             last_recv_ms: Cell::new(now_ms()),
             last_send_ms: Cell::new(now_ms()),
@@ -163,17 +174,47 @@ impl Connection {
         }
     }
 
-    /// Appends to the output and wakes the writer.
+    /// Appends to the output and wakes the writer (nothing once the connection's close
+    /// has gone out).
     pub fn write(&self, f: impl FnOnce(&mut BytesMut)) {
-        if self.dead.get() {
+        if self.dead.get() || self.quiet.get() {
             return;
         }
         f(&mut self.out.borrow_mut());
         self.out_ready.notify();
     }
 
+    /// Sends a method, unless the close handshake forbids it: on a channel we are closing
+    /// only channel.close-ok (to a crossing close) may follow our channel.close.
     pub fn send_method(&self, channel: u16, method: AMQPClass) {
+        if channel != 0
+            && !matches!(method, AMQPClass::Channel(chan::AMQPMethod::Close(_)))
+            && !matches!(method, AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)))
+            // A channel borrowed right now is the one sending (its own code keeps to the
+            // handshake).
+            && self.channels.try_borrow().is_ok_and(|m| {
+                m.get(&channel)
+                    .is_some_and(|c| c.try_borrow().is_ok_and(|c| c.closing))
+            })
+        {
+            return;
+        }
         self.write(|out| codec::put_method(out, channel, method));
+    }
+
+    /// Sends connection.close or close-ok on channel 0 (even after an earlier one, for a
+    /// crossing or repeated close); after it the connection writes nothing else.
+    fn write_close(&self, method: conn_m::AMQPMethod) {
+        if !self.dead.get() {
+            codec::put_method(&mut self.out.borrow_mut(), 0, AMQPClass::Connection(method));
+            self.out_ready.notify();
+        }
+        self.quiet.set(true);
+    }
+
+    /// Answers a connection.close with close-ok.
+    fn send_close_ok(&self) {
+        self.write_close(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {}));
     }
 
     /// Counts a delivery written for consumer `cid` (credit goes back after the write).
@@ -228,28 +269,33 @@ impl Connection {
         crate::metrics::with(|m| m.request(Protocol::Amqp, codec::method_name(class, method)));
     }
 
-    /// Sends connection.close with an error code (counted among the AMQP errors).
-    fn close_connection(&self, code: u16, text: &str, class_id: u16, method_id: u16) {
+    /// Sends connection.close with an error code (counted among the AMQP errors); the
+    /// channels are released at once (consumers cancelled, unacked messages requeued), as
+    /// nothing may be delivered after the close.
+    fn close_connection(self: &Rc<Self>, code: u16, text: &str, class_id: u16, method_id: u16) {
         crate::metrics::with(|m| m.error(Protocol::Amqp, code as i32));
-        self.send_method(
-            0,
-            AMQPClass::Connection(conn_m::AMQPMethod::Close(conn_m::Close {
-                reply_code: code,
-                reply_text: codec::short(text),
-                class_id,
-                method_id,
-            })),
-        );
+        self.write_close(conn_m::AMQPMethod::Close(conn_m::Close {
+            reply_code: code,
+            reply_text: codec::short(text),
+            class_id,
+            method_id,
+        }));
+        self.release_channels();
     }
 
-    /// Releases everything the connection holds: each channel's consumers and unacked
-    /// messages, then its exclusive queues.
-    async fn clean_up(self: &Rc<Self>) {
+    /// Releases each channel's consumers and unacked messages, and forgets the channels.
+    fn release_channels(self: &Rc<Self>) {
         let channels: Vec<ChannelRef> =
             self.channels.borrow_mut().drain().map(|(_, c)| c).collect();
         for ch in channels {
             ch.borrow_mut().release(self);
         }
+    }
+
+    /// Releases everything the connection holds: each channel's consumers and unacked
+    /// messages, then its exclusive queues.
+    async fn clean_up(self: &Rc<Self>) {
+        self.release_channels();
         let exclusive = std::mem::take(&mut *self.exclusive.borrow_mut());
         if !exclusive.is_empty() {
             let mut by_vhost: HashMap<String, Vec<(String, u64)>> = HashMap::new();
@@ -333,10 +379,21 @@ async fn handle_frame(
         return Ok(true);
     }
     match *phase {
-        Phase::Closing => Ok(channel0::while_closing(conn, frame)),
+        Phase::Closing | Phase::Closed => Ok(channel0::while_closing(conn, frame)),
         Phase::StartOk | Phase::TuneOk | Phase::Open => handshake::method(conn, phase, frame),
-        Phase::Running if frame.channel == 0 => channel0::method(conn, frame).await,
+        Phase::Running if frame.channel == 0 => channel0::method(conn, phase, frame).await,
         Phase::Running => channels::frame(conn, frame).await,
+    }
+}
+
+/// How long the socket is kept after our connection.close-ok: the negotiated heartbeat
+/// interval, at most `CLOSED_LINGER_MAX` (RabbitMQ's rule).
+fn closed_linger(heartbeat_secs: u16) -> Duration {
+    let hb = Duration::from_secs(heartbeat_secs as u64);
+    if heartbeat_secs > 0 && hb < CLOSED_LINGER_MAX {
+        hb
+    } else {
+        CLOSED_LINGER_MAX
     }
 }
 
