@@ -24,13 +24,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, Method, StatusCode};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +36,7 @@ use super::{json, ApiError, ApiResult, Req};
 use crate::broker::Shard;
 use crate::kafka::owner::{FetchPart, ProducePart, Reply, Request};
 use crate::metrics::Protocol;
+use crate::storage::batch;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match rest {
@@ -352,38 +351,14 @@ async fn produce(shard: &Rc<Shard>, req: &Req, topic: &str) -> ApiResult {
 
 /// One v2 record batch (uncompressed, CreateTime) of `records`.
 fn encode_batch<'a>(records: impl Iterator<Item = &'a Outgoing>) -> Result<Bytes, ApiError> {
-    let records: Vec<Record> = records
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder keeps records in one batch while offset - sequence stays the
-            // same and takes the batch's base sequence from the first record: -1, as a
-            // batch of a non-idempotent producer has.
-            sequence: i as i32 - 1,
-            timestamp: r.timestamp,
-            key: r.key.clone(),
-            value: r.value.clone(),
-            headers: r.headers.clone(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| ApiError::BadRequest(format!("these records cannot be encoded: {e}")))?;
-    Ok(buf.freeze())
+    let plain = records.map(|r| batch::PlainRecord {
+        timestamp: r.timestamp,
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers: r.headers.clone(),
+    });
+    batch::encode_plain_batch(plain, Compression::None)
+        .map_err(|e| ApiError::BadRequest(format!("these records cannot be encoded: {e}")))
 }
 
 #[derive(Serialize)]

@@ -13,9 +13,7 @@
 //! Pure functions, run on the connection's shard (by `legacy` through the codec).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 
 use crate::storage::batch::{self, BatchHeader};
 use crate::storage::inflate::{self, Codec};
@@ -93,38 +91,13 @@ pub fn to_batch(set: &Bytes, budget: &mut usize) -> Result<Bytes, MessageSetErro
     if messages.is_empty() {
         return Err(MessageSetError::Empty);
     }
-    let records: Vec<Record> = messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder keeps records in one batch while offset - sequence is constant;
-            // the batch's base sequence is then -1, as a non-idempotent producer's.
-            sequence: i as i32 - 1,
-            timestamp: if m.magic == 0 { -1 } else { m.timestamp },
-            key: m.key,
-            value: m.value,
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .map_err(|e| MessageSetError::Encode(e.to_string()))?;
-    Ok(buf.freeze())
+    let plain = messages.into_iter().map(|m| batch::PlainRecord {
+        timestamp: if m.magic == 0 { -1 } else { m.timestamp },
+        key: m.key,
+        value: m.value,
+        headers: Default::default(),
+    });
+    batch::encode_plain_batch(plain, compression).map_err(MessageSetError::Encode)
 }
 
 /// An LZ4 frame with its header checksum recomputed: Kafka before 0.10 (and clients of

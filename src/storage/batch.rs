@@ -351,6 +351,62 @@ pub fn offset_for_timestamp(
     found.or(whole_batch)
 }
 
+/// The headers of one record, as kafka-protocol keeps them.
+pub type Headers =
+    kafka_protocol::indexmap::IndexMap<kafka_protocol::protocol::StrBytes, Option<Bytes>>;
+
+/// One record as a plain producer sends it: a timestamp (CreateTime; -1 for none), key,
+/// value and headers.
+pub struct PlainRecord {
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Headers,
+}
+
+/// One v2 batch of `records` as a producer without idempotence or transactions writes it
+/// (no producer id, base sequence -1, CreateTime), offsets 0.. in order, compressed with
+/// `compression`. Used where the broker builds batches itself: the REST publish and old
+/// message sets converted on the way in.
+pub fn encode_plain_batch(
+    records: impl Iterator<Item = PlainRecord>,
+    compression: kafka_protocol::records::Compression,
+) -> Result<Bytes, String> {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = records
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder keeps records in one batch while offset - sequence stays the
+            // same and takes the batch's base sequence from the first record: -1, as a
+            // batch of a non-idempotent producer has.
+            sequence: i as i32 - 1,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
