@@ -37,23 +37,10 @@ const TOPIC: &str = "dashboard-load";
 /// How long any one thing may take: a DevTools reply, the page reaching a state.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Installs Debian's chromium when it is missing (root only), once per run.
+/// Installs Debian's chromium when it is missing (root only).
 fn ensure_chromium() {
-    if Path::new(CHROMIUM).exists() {
-        return;
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let install = ["install", "-y", "--no-install-recommends", "chromium"];
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 && !apt(&install) && apt(&["update"]) {
-        apt(&install);
+    if !Path::new(CHROMIUM).exists() {
+        common::apt_install(&["chromium"]);
     }
 }
 

@@ -568,10 +568,19 @@ fn kafka_python_at_old_protocol_versions() {
 
 /// Where kafka-python and its codecs (lz4, python-snappy, xxhash) can be imported from.
 /// They are required, not optional: when the machine lacks them they are installed from
-/// PyPI into the target directory (once; later runs find them there), so this test always
-/// runs a real old client.
+/// PyPI into the target directory (once; later runs find them there), after Debian's
+/// python3 and pip when even those are missing, so this test always runs a real old client.
 fn kafka_python() -> &'static str {
     const DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/kafka-python");
+    let has_pip = || {
+        std::process::Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has_pip() {
+        common::apt_install(&["python3", "python3-pip"]);
+    }
     let importable = || {
         std::process::Command::new("python3")
             .env("PYTHONPATH", DIR)

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Mutex;
 
@@ -100,6 +100,29 @@ pub async fn accept_loop<S, F, Fut, E>(
         })
         .detach();
     }
+}
+
+/// A second handle on an accepted connection's socket for its writer task, so reads and
+/// writes never wait on each other: the reader keeps `stream`, the writer gets this.
+pub fn writer_handle(stream: &TcpStream) -> std::io::Result<TcpStream> {
+    // SAFETY: `stream` is borrowed for this call, so its descriptor is open; dup only
+    // makes a new descriptor for the same socket (its failure is checked below), owned by
+    // nobody until the next statement hands it to the new stream.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a valid, open socket descriptor that nothing else owns, so the
+    // new `TcpStream` may own it (and close it when dropped). Two glommio streams on one
+    // socket are sound: each owns a distinct descriptor and closes only that one (the
+    // socket lives until both are closed); glommio keeps its I/O state (buffers, pending
+    // io_uring operations, wakers) per stream object, never per socket, so the two share
+    // no state. The caller reads only through `stream` and writes only through the
+    // returned handle, so no byte is split between them; both are glommio streams (`!Send`)
+    // and stay on the accepting shard's thread, inside that connection's tasks. The
+    // writer's close shuts the socket down for writing, which ends the connection for
+    // both, as intended.
+    Ok(unsafe { TcpStream::from_raw_fd(dup) })
 }
 
 /// Why a connection was refused at accept (the `reason` label of

@@ -167,3 +167,22 @@ pub mod amqp;
 pub mod disk;
 pub mod kafka;
 pub mod launch;
+
+/// Installs Debian packages the tests need when the machine lacks them (as root, with
+/// apt-get; an `apt-get update` first if the install fails): the README's test command
+/// needs nothing but the Rust toolchain. Returns whether the install succeeded.
+pub fn apt_install(packages: &[&str]) -> bool {
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    // SAFETY: geteuid takes no arguments and only reads this process's credentials.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && (apt(&install) || (apt(&["update"]) && apt(&install)))
+}

@@ -33,7 +33,6 @@ mod io;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -316,22 +315,7 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
     let peer = stream.peer_addr()?;
     // A second handle on the socket for the writer task.
-    // SAFETY: `stream` is alive, so its descriptor is open; dup only creates a new
-    // descriptor for the same socket (checked for failure below), which we own.
-    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a valid, open socket descriptor that nothing else owns, so the
-    // new `TcpStream` may own it (and close it when dropped). Two glommio streams on one
-    // socket are sound: each owns a distinct descriptor and closes only that one (the
-    // socket lives until both are closed); glommio keeps its I/O state (buffers, pending
-    // io_uring operations, wakers) per stream object, never per socket, so the two share
-    // no state; only `stream` reads and only `writer` writes, so no byte is split between
-    // them; and both stay on this shard's thread, inside this connection's tasks. The
-    // writer's close shuts the socket down for writing, which ends the connection for
-    // both, as intended.
-    let writer = unsafe { TcpStream::from_raw_fd(dup) };
+    let writer = crate::runtime::listener::writer_handle(&stream)?;
     let conn = Rc::new(Connection::new(&shard, peer));
     shard.amqp.register(&conn);
     let write_task = glommio::spawn_local(io::write_loop(conn.clone(), writer));
