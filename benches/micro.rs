@@ -10,10 +10,10 @@
 //! the metrics bookkeeping one AMQP message costs on its way through a shard.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use portask::storage::batch::{encode_plain_batch, PlainRecord};
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -22,9 +22,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 
 use portask::amqp::routing::Router;
 use portask::catalog::amqp::arguments::QueueArgs;
@@ -40,42 +38,13 @@ const RECORDS_PER_BATCH: usize = 16;
 
 /// One uncompressed magic-2 batch of `n` records of `size` bytes, as a producer sends it.
 fn record_batch(n: usize, size: usize) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch whenever offset - sequence changes.
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: None,
-            value: Some(Bytes::from(vec![b'x'; size])),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode record batch");
-    let batch = buf.freeze();
-    let header = batch::validate(&batch).expect("a valid batch");
-    assert_eq!(
-        (header.records as usize, header.size),
-        (n, batch.len()),
-        "one batch holding every record"
-    );
-    batch
+    let records = (0..n).map(|i| PlainRecord {
+        timestamp: 1_700_000_000_000 + i as i64,
+        key: None,
+        value: Some(Bytes::from(vec![b'x'; size])),
+        headers: Default::default(),
+    });
+    encode_plain_batch(records, Compression::None).expect("encode record batch")
 }
 
 /// A request frame without its size prefix, as `decode_frame` receives it.

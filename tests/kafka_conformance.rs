@@ -6,11 +6,12 @@
 
 mod common;
 
+use portask::storage::batch::{encode_plain_batch, PlainRecord};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use common::kafka::{client, create_topic, read_frame, request_frame};
 use common::{data_dir, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -21,9 +22,7 @@ use kafka_protocol::messages::{
     MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
@@ -59,34 +58,13 @@ fn name(s: &'static str) -> TopicName {
 
 /// One batch of `n` records of `size`-byte values; `keyed` decides whether they have keys.
 fn batch(n: usize, size: usize, keyed: impl Fn(usize) -> bool) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000,
-            key: keyed(i).then(|| Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(vec![b'v'; size])),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    let records = (0..n).map(|i| PlainRecord {
+        timestamp: 1_700_000_000_000,
+        key: keyed(i).then(|| Bytes::from(format!("k{i}"))),
+        value: Some(Bytes::from(vec![b'v'; size])),
+        headers: Default::default(),
+    });
+    encode_plain_batch(records, Compression::None).expect("encode batch")
 }
 
 fn produce(

@@ -7,6 +7,7 @@
 
 mod common;
 
+use portask::storage::batch::{encode_plain_batch, PlainRecord};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -22,9 +23,7 @@ use kafka_protocol::messages::{
     RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
@@ -374,35 +373,13 @@ fn auto_create(s: &mut TcpStream, topic: &'static str) {
 /// One record batch of `n` records stamped `base_ts`, `base_ts + 10`, …, encoded by
 /// kafka-protocol with `compression`.
 fn record_batch(n: i64, base_ts: i64, compression: Compression) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            // kafka-protocol starts a new batch where offset - sequence changes.
-            sequence: i as i32,
-            timestamp: base_ts + 10 * i,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(format!("value-{i}"))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    let records = (0..n).map(|i| PlainRecord {
+        timestamp: base_ts + 10 * i,
+        key: Some(Bytes::from(format!("key-{i}"))),
+        value: Some(Bytes::from(format!("value-{i}"))),
+        headers: Default::default(),
+    });
+    encode_plain_batch(records, compression).expect("encode batch")
 }
 
 /// The batch with its maxTimestamp field set to -1 and its CRC fixed: what Sarama before
