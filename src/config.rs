@@ -63,6 +63,16 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub network: NetworkConfig,
+    /// The one set of users of all three protocols (`[[users]]`): Kafka SASL, AMQP
+    /// PLAIN/AMQPLAIN and HTTP basic authentication check these. `amqp.users`, the older
+    /// place, is still read and merged in with a warning. With none at all the built-in
+    /// `guest`/`guest` (loopback only, see `amqp.loopback_users`) is the one user.
+    pub users: Vec<User>,
+    /// Certificates of every TLS listener (Kafka `SSL`/`SASL_SSL`, `amqp.tls_addr`,
+    /// `http.tls_addr`); reloaded from the same files on SIGHUP.
+    pub tls: TlsConfig,
+    /// Kafka's authorizer: ACLs (CreateAcls/DescribeAcls/DeleteAcls) and their enforcement.
+    pub acl: AclConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,7 +137,112 @@ pub struct KafkaConfig {
     pub group_min_session_timeout_ms: u64,
     /// `group.max.session.timeout.ms`
     pub group_max_session_timeout_ms: u64,
+    /// `listeners` with `listener.security.protocol.map` and `advertised.listeners`: each
+    /// `[[kafka.listeners]]` has a name, an address, a security protocol (`PLAINTEXT`,
+    /// `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`; the name when left out) and what Metadata
+    /// advertises to clients that connected through it. Empty (the default): one
+    /// `PLAINTEXT` listener on `kafka.addr`, advertising `advertised_host`/`_port`.
+    pub listeners: Vec<KafkaListener>,
+    /// `sasl.enabled.mechanisms` of the `SASL_*` listeners.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long, after which
+    /// the client must authenticate again on the same connection or have it closed; 0
+    /// (Kafka's default) = sessions do not expire.
+    pub connections_max_reauth_ms: u64,
 }
+
+/// One Kafka listener (`[[kafka.listeners]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaListener {
+    /// The listener's name, as in Kafka's `listeners` (`SASL_SSL://…`, `INTERNAL://…`).
+    pub name: String,
+    pub addr: String,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`; empty = the listener's name.
+    #[serde(default)]
+    pub security_protocol: String,
+    /// Host advertised in Metadata to clients of this listener; empty = the address the
+    /// client connected to.
+    #[serde(default)]
+    pub advertised_host: String,
+    /// Port advertised in Metadata; 0 = the port the client connected to.
+    #[serde(default)]
+    pub advertised_port: u16,
+}
+
+/// How a listener authenticates and protects its connections (Kafka's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn parse(name: &str) -> Option<SecurityProtocol> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => SecurityProtocol::Plaintext,
+            "SSL" => SecurityProtocol::Ssl,
+            "SASL_PLAINTEXT" => SecurityProtocol::SaslPlaintext,
+            "SASL_SSL" => SecurityProtocol::SaslSsl,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// Connections are wrapped in TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Clients authenticate with SASL before anything else.
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+impl KafkaListener {
+    /// The listener's security protocol (validated by `Config::validate`).
+    pub fn protocol(&self) -> SecurityProtocol {
+        let name = if self.security_protocol.is_empty() {
+            &self.name
+        } else {
+            &self.security_protocol
+        };
+        SecurityProtocol::parse(name).unwrap_or(SecurityProtocol::Plaintext)
+    }
+}
+
+impl KafkaConfig {
+    /// The listeners in effect: `listeners`, or the one `PLAINTEXT` listener on `addr`.
+    pub fn effective_listeners(&self) -> Vec<KafkaListener> {
+        if !self.listeners.is_empty() {
+            return self.listeners.clone();
+        }
+        vec![KafkaListener {
+            name: "PLAINTEXT".into(),
+            addr: self.addr.clone(),
+            security_protocol: "PLAINTEXT".into(),
+            advertised_host: self.advertised_host.clone(),
+            advertised_port: self.advertised_port,
+        }]
+    }
+}
+
+/// SASL mechanisms the Kafka listeners can offer.
+pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -152,7 +267,8 @@ pub struct AmqpConfig {
     /// a connection between frames is bounded by heartbeats instead. During the handshake
     /// the shorter handshake timeout (10 s) applies.
     pub frame_read_timeout_ms: u64,
-    /// Users: name and RabbitMQ-style salted SHA-256 password hash.
+    /// Users, the older place for them: merged into the top-level `[[users]]` with a
+    /// warning at startup.
     pub users: Vec<AmqpUser>,
     /// Users that may connect only from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
@@ -164,17 +280,121 @@ pub struct AmqpConfig {
     pub memory_budget_bytes: usize,
     /// Size at which a queue's message segment file is rolled.
     pub segment_bytes: u64,
+    /// The `amqps://` listener (5671 by convention); empty = none. Uses `[tls]`.
+    pub tls_addr: String,
+    /// SASL mechanisms offered in connection.start, as RabbitMQ's `auth_mechanisms`.
+    /// `EXTERNAL` (the user named by the client certificate's subject, as RabbitMQ's
+    /// `rabbitmq_auth_mechanism_ssl`) is offered only on TLS connections whose client
+    /// presented a certificate the CA verified.
+    pub auth_mechanisms: Vec<String>,
 }
 
-/// One AMQP user.
+/// One user of every protocol (`[[users]]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AmqpUser {
+pub struct User {
     pub name: String,
-    /// base64(salt(4 bytes) ++ sha256(salt ++ password)), as `rabbitmqctl hash_password`.
+    /// base64(salt(4 bytes) ++ sha256(salt ++ password)), as `rabbitmqctl hash_password`;
+    /// empty = no password login except through SCRAM credentials.
+    #[serde(default)]
     pub password_hash: String,
+    /// SCRAM-SHA-256 credentials as Kafka stores them:
+    /// `salt=<base64>,stored_key=<base64>,server_key=<base64>,iterations=<n>`.
+    #[serde(default)]
+    pub scram_sha_256: String,
+    /// SCRAM-SHA-512 credentials, in the same form.
+    #[serde(default)]
+    pub scram_sha_512: String,
+    /// RabbitMQ management tags (`administrator`, `monitoring`, `management`, …).
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// The older name of `User`, from when only AMQP had users (`amqp.users`).
+pub type AmqpUser = User;
+
+/// Whether TLS listeners ask clients for a certificate (Kafka's `ssl.client.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// A certificate is asked for and verified against `ca_file` when given.
+    Requested,
+    /// A certificate verified against `ca_file` is required.
+    Required,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates client certificates are verified against.
+    pub ca_file: PathBuf,
+    pub client_auth: ClientAuth,
+    /// A TLS handshake must complete within this many ms of the connection, or it is
+    /// closed.
+    pub handshake_timeout_ms: u64,
+}
+
+impl TlsConfig {
+    /// A certificate and key are configured.
+    pub fn configured(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty() && !self.key_file.as_os_str().is_empty()
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            client_auth: ClientAuth::None,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Kafka's authorizer settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AclConfig {
+    /// Enforce ACLs (Kafka's `authorizer.class.name` set). Off (the default), every
+    /// principal may do everything, as in a Kafka without an authorizer; ACLs can still be
+    /// created and listed.
+    pub enabled: bool,
+    /// `super.users`: principals (`User:admin`) allowed everything whatever the ACLs say.
+    pub super_users: Vec<String>,
+    /// `allow.everyone.if.no.acl.found`: a resource no ACL matches is open to everyone.
+    pub allow_everyone_if_no_acl_found: bool,
+}
+
+impl Config {
+    /// Every configured user: `[[users]]`, then `amqp.users` (the older place); with none,
+    /// the built-in `guest`.
+    pub fn all_users(&self) -> Vec<User> {
+        let mut users: Vec<User> = self.users.clone();
+        for u in &self.amqp.users {
+            if !users.iter().any(|x| x.name == u.name) {
+                users.push(u.clone());
+            }
+        }
+        if users.is_empty() {
+            users.push(User {
+                name: "guest".into(),
+                // "guest"
+                password_hash: "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe".into(),
+                scram_sha_256: String::new(),
+                scram_sha_512: String::new(),
+                tags: vec!["administrator".into()],
+            });
+        }
+        users
+    }
 }
 
 /// What one user may do in one vhost (regular expressions over resource names).
@@ -194,6 +414,8 @@ pub struct HttpConfig {
     pub addr: String,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: usize,
+    /// The `https://` listener; empty = none. Uses `[tls]`.
+    pub tls_addr: String,
     /// Read buffer for a request's head (request line and headers); hyper answers 431
     /// above it. At least 8192.
     pub max_header_bytes: usize,
@@ -273,6 +495,9 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             network: NetworkConfig::default(),
+            users: Vec::new(),
+            tls: TlsConfig::default(),
+            acl: AclConfig::default(),
         }
     }
 }
@@ -306,6 +531,9 @@ impl Default for KafkaConfig {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            listeners: Vec::new(),
+            sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),
+            connections_max_reauth_ms: 0,
         }
     }
 }
@@ -323,12 +551,7 @@ impl Default for AmqpConfig {
             consumer_window_bytes: 16 << 20,
             consumer_timeout_ms: 1_800_000,
             frame_read_timeout_ms: 30_000,
-            users: vec![AmqpUser {
-                name: "guest".into(),
-                // "guest"
-                password_hash: "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe".into(),
-                tags: vec!["administrator".into()],
-            }],
+            users: Vec::new(),
             loopback_users: vec!["guest".into()],
             vhosts: vec!["/".into()],
             permissions: vec![AmqpPermission {
@@ -340,6 +563,8 @@ impl Default for AmqpConfig {
             }],
             memory_budget_bytes: 256 << 20,
             segment_bytes: 16 << 20,
+            tls_addr: String::new(),
+            auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into(), "EXTERNAL".into()],
         }
     }
 }
@@ -348,6 +573,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: "0.0.0.0:8080".into(),
+            tls_addr: String::new(),
             max_body_bytes: 16 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             auth_health: false,
@@ -657,6 +883,7 @@ impl Config {
                 return bad(key, "must be an address like 0.0.0.0:9092");
             }
         }
+        self.validate_security()?;
         if self.http.max_header_bytes < 8192 {
             return bad("http.max_header_bytes", "must be at least 8192");
         }
@@ -699,6 +926,112 @@ impl Config {
         }
         if self.storage.max_write_bytes < 4096 {
             return bad("storage.max_write_bytes", "must be at least 4096");
+        }
+        Ok(())
+    }
+
+    /// Listeners, TLS files, users and SASL mechanisms.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let mut names = std::collections::BTreeSet::new();
+        let mut tls_needed = Vec::new();
+        for l in &self.kafka.listeners {
+            if !names.insert(l.name.to_ascii_uppercase()) {
+                return bad(
+                    "kafka.listeners",
+                    format!("listener name '{}' is used twice", l.name),
+                );
+            }
+            if l.addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    "kafka.listeners",
+                    format!(
+                        "listener '{}': addr must be an address like 0.0.0.0:9092",
+                        l.name
+                    ),
+                );
+            }
+            let protocol = if l.security_protocol.is_empty() {
+                &l.name
+            } else {
+                &l.security_protocol
+            };
+            match SecurityProtocol::parse(protocol) {
+                None => {
+                    return bad(
+                        "kafka.listeners",
+                        format!(
+                            "listener '{}': security_protocol '{protocol}' is not one of \
+                             PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
+                            l.name
+                        ),
+                    )
+                }
+                Some(p) if p.tls() => tls_needed.push(format!("kafka listener '{}'", l.name)),
+                Some(_) => {}
+            }
+        }
+        for (key, addr) in [
+            ("amqp.tls_addr", &self.amqp.tls_addr),
+            ("http.tls_addr", &self.http.tls_addr),
+        ] {
+            if addr.is_empty() {
+                continue;
+            }
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(key, "must be an address like 0.0.0.0:5671, or empty".into());
+            }
+            tls_needed.push(key.to_owned());
+        }
+        if let Some(first) = tls_needed.first() {
+            if !self.tls.configured() {
+                return bad(
+                    "tls.cert_file",
+                    format!("{first} uses TLS: set tls.cert_file and tls.key_file"),
+                );
+            }
+        }
+        if self.tls.client_auth == ClientAuth::Required && self.tls.ca_file.as_os_str().is_empty() {
+            return bad(
+                "tls.ca_file",
+                "tls.client_auth = \"required\" needs a CA file".into(),
+            );
+        }
+        if self.tls.handshake_timeout_ms == 0 {
+            return bad("tls.handshake_timeout_ms", "must be at least 1".into());
+        }
+        for m in &self.kafka.sasl_enabled_mechanisms {
+            if !SASL_MECHANISMS.contains(&m.as_str()) {
+                return bad(
+                    "kafka.sasl_enabled_mechanisms",
+                    format!("'{m}' is not one of {}", SASL_MECHANISMS.join(", ")),
+                );
+            }
+        }
+        for m in &self.amqp.auth_mechanisms {
+            if !["PLAIN", "AMQPLAIN", "EXTERNAL"].contains(&m.as_str()) {
+                return bad(
+                    "amqp.auth_mechanisms",
+                    format!("'{m}' is not one of PLAIN, AMQPLAIN, EXTERNAL"),
+                );
+            }
+        }
+        let mut users = std::collections::BTreeSet::new();
+        for u in &self.users {
+            if u.name.is_empty() || !users.insert(u.name.as_str()) {
+                return bad(
+                    "users",
+                    format!("user name '{}' is empty or used twice", u.name),
+                );
+            }
+        }
+        for p in &self.acl.super_users {
+            if !p.contains(':') {
+                return bad(
+                    "acl.super_users",
+                    format!("'{p}' is not a principal like User:admin"),
+                );
+            }
         }
         Ok(())
     }

@@ -36,5 +36,6 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod runtime;
+pub mod security;
 pub mod storage;
 pub mod util;

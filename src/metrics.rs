@@ -151,6 +151,14 @@ pub struct ProtocolMetrics {
     pub errors: HashMap<i32, u64>,
     /// Per topic (Kafka) or exchange / queue (AMQP): messages in and out.
     pub flows: Names<Flow>,
+    /// TLS handshakes completed on this protocol's TLS listeners, and those that failed,
+    /// by reason (`security::audit`).
+    pub tls_handshakes: u64,
+    pub tls_failures: HashMap<&'static str, u64>,
+    /// Failed authentications by mechanism (`PLAIN`, `SCRAM-SHA-512`, `EXTERNAL`, `basic`…).
+    pub auth_failures: HashMap<&'static str, u64>,
+    /// Requests refused by an ACL, by (operation, resource type).
+    pub acl_denials: HashMap<(&'static str, &'static str), u64>,
     /// Request to acknowledgement of produce / publish.
     pub publish: Latency,
     /// Fetch / delivery latency.

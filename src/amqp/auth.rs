@@ -88,6 +88,7 @@ pub enum AuthError {
 
 /// Checks a login; returns the user name.
 pub fn authenticate(
+    users: &[crate::config::User],
     config: &AmqpConfig,
     mechanism: &str,
     response: &[u8],
@@ -99,8 +100,7 @@ pub fn authenticate(
         _ => None,
     }
     .ok_or_else(|| AuthError::Refused(mechanism.to_owned()))?;
-    let user = config
-        .users
+    let user = users
         .iter()
         .find(|u| u.name == creds.user)
         .ok_or_else(|| AuthError::Refused(mechanism.to_owned()))?;
@@ -236,12 +236,31 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let remote: SocketAddr = "10.0.0.1:1".parse().unwrap();
         assert_eq!(
-            authenticate(&c, "PLAIN", b"\0guest\0guest", local),
+            authenticate(
+                &crate::config::Config::default().all_users(),
+                &c,
+                "PLAIN",
+                b"\0guest\0guest",
+                local
+            ),
             Ok("guest".into())
         );
-        assert!(authenticate(&c, "PLAIN", b"\0guest\0nope", local).is_err());
+        assert!(authenticate(
+            &crate::config::Config::default().all_users(),
+            &c,
+            "PLAIN",
+            b"\0guest\0nope",
+            local
+        )
+        .is_err());
         assert_eq!(
-            authenticate(&c, "PLAIN", b"\0guest\0guest", remote),
+            authenticate(
+                &crate::config::Config::default().all_users(),
+                &c,
+                "PLAIN",
+                b"\0guest\0guest",
+                remote
+            ),
             Err(AuthError::LoopbackOnly("guest".into()))
         );
         let p = Permissions::of(&c, "guest", "/").unwrap();

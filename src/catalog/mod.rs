@@ -8,6 +8,7 @@
 //! shard that receives them out of order keeps the newest.
 
 pub mod amqp;
+pub mod security;
 pub mod store;
 pub mod writer;
 
@@ -65,6 +66,11 @@ pub struct CatalogState {
     pub broker_configs: BTreeMap<String, String>,
     /// AMQP topology by vhost name.
     pub amqp: BTreeMap<String, amqp::VhostTopology>,
+    /// ACLs and SCRAM credentials. Not part of this record's archived layout (catalogs
+    /// written before it existed must still load): the snapshot stores it as a record of
+    /// its own after this one (`store.rs`).
+    #[rkyv(with = rkyv::with::Skip)]
+    pub security: security::SecurityState,
 }
 
 /// One persisted mutation.
@@ -77,6 +83,9 @@ pub enum Change {
     SetBrokerConfigs(BTreeMap<String, String>),
     /// An AMQP topology change (`amqp`).
     Amqp(amqp::TopologyChange),
+    /// An ACL or SCRAM credential change (`security`). Boxed, so the archived `Change`
+    /// keeps the size it had before this variant and older log records still decode.
+    Security(Box<security::SecurityChange>),
 }
 
 impl CatalogState {
@@ -103,6 +112,7 @@ impl CatalogState {
                 self.broker_configs = configs.clone();
             }
             Change::Amqp(c) => amqp::apply(&mut self.amqp, c),
+            Change::Security(c) => security::apply(&mut self.security, c),
         }
         self.version += 1;
     }

@@ -75,6 +75,7 @@ pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(
         }
         Change::SetBrokerConfigs(configs) => configs_ok(configs),
         Change::Amqp(c) => super::amqp::check(&state.amqp, c),
+        Change::Security(_) => Ok(()),
     }
 }
 

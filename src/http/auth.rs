@@ -63,6 +63,7 @@ pub fn need(config: &HttpConfig, method: &Method, path: &[String]) -> Need {
 
 /// Checks the request's credentials against `need`.
 pub fn check(
+    users: &[crate::config::User],
     config: &AmqpConfig,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
@@ -72,8 +73,7 @@ pub fn check(
         return Ok(None);
     }
     let (name, password) = basic_credentials(headers).ok_or(ApiError::Unauthorized)?;
-    let user = config
-        .users
+    let user = users
         .iter()
         .find(|u| u.name == name)
         .filter(|u| crate::amqp::auth::check_password(&u.password_hash, &password))

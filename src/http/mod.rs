@@ -116,7 +116,13 @@ pub fn head(
     let path = segments(parts.uri.path());
     let endpoint = endpoint_name(&parts.method, &path);
     let need = auth::need(&config.http, &parts.method, &path);
-    let user = auth::check(&config.amqp, &parts.headers, peer, need);
+    let user = auth::check(
+        &config.all_users(),
+        &config.amqp,
+        &parts.headers,
+        peer,
+        need,
+    );
     Head {
         query: query(parts.uri.query()),
         path,

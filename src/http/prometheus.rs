@@ -123,6 +123,10 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     let mut throttled = BTreeMap::new();
     let mut refused = BTreeMap::new();
     let mut errors = BTreeMap::new();
+    let mut tls_handshakes = BTreeMap::new();
+    let mut tls_failures = BTreeMap::new();
+    let mut auth_failures = BTreeMap::new();
+    let mut acl_denials = BTreeMap::new();
     let mut publish: BTreeMap<&'static str, Latency> = BTreeMap::new();
     let mut fetch: BTreeMap<&'static str, Latency> = BTreeMap::new();
     for s in stats {
@@ -175,6 +179,33 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
             for (code, n) in &m.errors {
                 let l = vec![("protocol", proto.to_owned()), ("code", code.to_string())];
                 add(&mut errors, l, *n as f64);
+            }
+            add(
+                &mut tls_handshakes,
+                vec![("protocol", proto.to_owned())],
+                m.tls_handshakes as f64,
+            );
+            for (reason, n) in &m.tls_failures {
+                let l = vec![
+                    ("protocol", proto.to_owned()),
+                    ("reason", (*reason).to_owned()),
+                ];
+                add(&mut tls_failures, l, *n as f64);
+            }
+            for (mechanism, n) in &m.auth_failures {
+                let l = vec![
+                    ("protocol", proto.to_owned()),
+                    ("mechanism", (*mechanism).to_owned()),
+                ];
+                add(&mut auth_failures, l, *n as f64);
+            }
+            for ((operation, resource), n) in &m.acl_denials {
+                let l = vec![
+                    ("protocol", proto.to_owned()),
+                    ("operation", (*operation).to_owned()),
+                    ("resource_type", (*resource).to_owned()),
+                ];
+                add(&mut acl_denials, l, *n as f64);
             }
             publish.entry(proto).or_default().add(&m.publish);
             fetch.entry(proto).or_default().add(&m.fetch);
@@ -245,6 +276,30 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "counter",
         "Client connections closed at accept: reason per_shard (limits.max_connections_per_shard) or per_ip (limits.max_connections_per_ip).",
         refused,
+    );
+    e.summed(
+        "portask_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the TLS listeners.",
+        tls_handshakes,
+    );
+    e.summed(
+        "portask_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed, by reason (timeout, no_certificate, bad_certificate, protocol, io).",
+        tls_failures,
+    );
+    e.summed(
+        "portask_auth_failures_total",
+        "counter",
+        "Failed authentications by protocol and mechanism (Kafka SASL, AMQP, HTTP basic).",
+        auth_failures,
+    );
+    e.summed(
+        "portask_acl_denials_total",
+        "counter",
+        "Requests refused by an ACL, by operation and resource type.",
+        acl_denials,
     );
     e.summed(
         "portask_backpressure_total",

@@ -87,10 +87,13 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
     // A second handle on the same socket for the writer task, so reads and writes never
     // wait on each other.
     let mut writer = crate::runtime::listener::writer_handle(&stream)?;
+    let listener = shard.config.kafka.effective_listeners().swap_remove(0);
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         local,
         peer,
+        listener: Rc::new(listener),
+        principal: std::cell::RefCell::new(crate::security::Principal::anonymous()),
     });
     let (tx, rx) =
         local_channel::new_bounded::<(usize, Outgoing)>(shard.config.kafka.max_inflight_requests);

@@ -9,7 +9,7 @@
 //! connection is closed from outside by shutting its socket down, which its own task sees
 //! as the peer going away and cleans up as usual.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
@@ -134,10 +134,9 @@ pub enum Refusal {
 }
 
 thread_local! {
-    /// When this shard last logged a refusal: at most one line a second, so a client
-    /// hammering the port cannot fill the log (the count in `/metrics` stays exact).
-    static LAST_REFUSAL_LOG_MS: Cell<i64> = const { Cell::new(i64::MIN) };
-    static REFUSALS_UNLOGGED: Cell<u64> = const { Cell::new(0) };
+    /// Refusals are logged at most once a second per shard, so a client hammering the port
+    /// cannot fill the log (the count in `/metrics` stays exact).
+    static REFUSAL_LOG: crate::util::LogLimit = const { crate::util::LogLimit::new() };
 }
 
 fn refuse(protocol: &'static str, why: Refusal, line: impl FnOnce() -> String) {
@@ -150,21 +149,7 @@ fn refuse(protocol: &'static str, why: Refusal, line: impl FnOnce() -> String) {
             }
         });
     }
-    let now = crate::util::now_ms();
-    if now.saturating_sub(LAST_REFUSAL_LOG_MS.with(Cell::get)) >= 1000 {
-        LAST_REFUSAL_LOG_MS.with(|c| c.set(now));
-        let unlogged = REFUSALS_UNLOGGED.with(|c| c.replace(0));
-        if unlogged > 0 {
-            log::warn!(
-                "{} (and {unlogged} more refusals in the last second)",
-                line()
-            );
-        } else {
-            log::warn!("{}", line());
-        }
-    } else {
-        REFUSALS_UNLOGGED.with(|c| c.set(c.get() + 1));
-    }
+    REFUSAL_LOG.with(|l| l.warn(line));
 }
 
 /// Open connections per client address, for the whole process: every shard accepts on

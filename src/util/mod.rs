@@ -8,6 +8,44 @@ pub mod notify;
 
 use std::cell::Cell;
 
+/// A log line at most once a second, for lines a client can cause at will (refused
+/// connections, failed logins, ACL denials): the lines held back are counted and named in
+/// the next one, so the log cannot be flooded while nothing goes unmentioned. One per kind
+/// of line and shard (keep it in a `thread_local!`).
+pub struct LogLimit {
+    last_ms: Cell<i64>,
+    unlogged: Cell<u64>,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit::new()
+    }
+}
+
+impl LogLimit {
+    pub const fn new() -> LogLimit {
+        LogLimit {
+            last_ms: Cell::new(i64::MIN),
+            unlogged: Cell::new(0),
+        }
+    }
+
+    /// Logs `line()` as a warning, unless one was logged in the last second.
+    pub fn warn(&self, line: impl FnOnce() -> String) {
+        let now = now_ms();
+        if now.saturating_sub(self.last_ms.get()) < 1000 {
+            self.unlogged.set(self.unlogged.get() + 1);
+            return;
+        }
+        self.last_ms.set(now);
+        match self.unlogged.replace(0) {
+            0 => log::warn!("{}", line()),
+            n => log::warn!("{} (and {n} more like it in the last second)", line()),
+        }
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -98,7 +98,13 @@ pub(super) fn method(
                     format!("ACCESS_REFUSED - unsupported authentication mechanism '{mech}'"),
                 ));
             }
-            match auth::authenticate(cfg, &mech, ok.response.as_bytes(), conn.peer) {
+            match auth::authenticate(
+                &conn.shard.config.all_users(),
+                cfg,
+                &mech,
+                ok.response.as_bytes(),
+                conn.peer,
+            ) {
                 Ok(user) => {
                     let _ = conn.user.set(user);
                 }

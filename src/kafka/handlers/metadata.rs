@@ -36,16 +36,16 @@ fn auto_creatable(name: &str) -> bool {
     !name.starts_with("__") && validate_topic_name(name).is_ok()
 }
 
-/// Host and port clients should use: the configured advertised host and port, else the
-/// address this client reached.
+/// Host and port clients should use: the advertised host and port of the listener the
+/// client came through, else the address this client reached.
 pub fn advertised(conn: &Conn) -> (String, i32) {
-    let host = &conn.shard.config.kafka.advertised_host;
+    let host = &conn.listener.advertised_host;
     let host = if host.is_empty() {
         conn.local.ip().to_string()
     } else {
         host.clone()
     };
-    let port = match conn.shard.config.kafka.advertised_port {
+    let port = match conn.listener.advertised_port {
         0 => conn.local.port(),
         p => p,
     };

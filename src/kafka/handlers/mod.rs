@@ -65,6 +65,12 @@ pub struct Conn {
     /// The address the client connected to (advertised back in Metadata by default).
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// The listener the client came through: its security protocol and what Metadata
+    /// advertises to it.
+    pub listener: Rc<crate::config::KafkaListener>,
+    /// Who the client is: `User:ANONYMOUS` until it authenticates (SASL, or a verified
+    /// client certificate on an `SSL` listener). ACLs are checked against it.
+    pub principal: std::cell::RefCell<crate::security::Principal>,
 }
 
 pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;
