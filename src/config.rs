@@ -287,6 +287,10 @@ pub struct AmqpConfig {
     /// `rabbitmq_auth_mechanism_ssl`) is offered only on TLS connections whose client
     /// presented a certificate the CA verified.
     pub auth_mechanisms: Vec<String>,
+    /// Which part of a client certificate names the `EXTERNAL` user, as RabbitMQ's
+    /// `ssl_cert_login_from`: `distinguished_name` (RabbitMQ's default, RFC 4514 form) or
+    /// `common_name`.
+    pub ssl_cert_login_from: String,
 }
 
 /// One user of every protocol (`[[users]]`).
@@ -371,6 +375,54 @@ pub struct AclConfig {
     pub super_users: Vec<String>,
     /// `allow.everyone.if.no.acl.found`: a resource no ACL matches is open to everyone.
     pub allow_everyone_if_no_acl_found: bool,
+    /// ACLs that hold from startup (`[[acl.bindings]]`), beside those created with
+    /// CreateAcls (kept in the catalog). DescribeAcls lists them; DeleteAcls cannot remove
+    /// them (change the file instead).
+    pub bindings: Vec<AclBindingConfig>,
+}
+
+/// One ACL in the configuration file, in the words of `kafka-acls.sh`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclBindingConfig {
+    /// `topic`, `group`, `cluster` or `transactional_id`.
+    pub resource_type: String,
+    /// The resource's name (`kafka-cluster` for the cluster); `*` for every one.
+    #[serde(default)]
+    pub resource_name: String,
+    /// `literal` (the default) or `prefixed`.
+    #[serde(default = "literal")]
+    pub pattern_type: String,
+    /// `User:alice`, or `User:*` for every principal.
+    pub principal: String,
+    /// A client address, or `*` (the default) for any.
+    #[serde(default = "any_host")]
+    pub host: String,
+    /// Kafka's operations: `all`, `read`, `write`, `create`, `delete`, `alter`,
+    /// `describe`, `cluster_action`, `describe_configs`, `alter_configs`,
+    /// `idempotent_write`.
+    pub operations: Vec<String>,
+    /// `allow` (the default) or `deny`.
+    #[serde(default = "allow")]
+    pub permission: String,
+}
+
+/// `Kind:name`, as Kafka writes a principal.
+fn principal_like(text: &str) -> bool {
+    text.split_once(':')
+        .is_some_and(|(kind, _)| !kind.is_empty())
+}
+
+fn literal() -> String {
+    "literal".into()
+}
+
+fn any_host() -> String {
+    "*".into()
+}
+
+fn allow() -> String {
+    "allow".into()
 }
 
 impl Config {
@@ -565,6 +617,7 @@ impl Default for AmqpConfig {
             segment_bytes: 16 << 20,
             tls_addr: String::new(),
             auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into(), "EXTERNAL".into()],
+            ssl_cert_login_from: "distinguished_name".into(),
         }
     }
 }
@@ -1025,8 +1078,48 @@ impl Config {
                 );
             }
         }
+        if !matches!(
+            self.amqp.ssl_cert_login_from.as_str(),
+            "distinguished_name" | "common_name"
+        ) {
+            return bad(
+                "amqp.ssl_cert_login_from",
+                "must be distinguished_name or common_name".into(),
+            );
+        }
+        for b in &self.acl.bindings {
+            let known = |v: &str, of: &[&str]| of.contains(&v.to_ascii_lowercase().as_str());
+            let ok = known(
+                &b.resource_type,
+                &["topic", "group", "cluster", "transactional_id"],
+            ) && known(&b.pattern_type, &["literal", "prefixed"])
+                && known(&b.permission, &["allow", "deny"])
+                && !b.operations.is_empty()
+                && b.operations.iter().all(|o| {
+                    known(
+                        o,
+                        &[
+                            "all",
+                            "read",
+                            "write",
+                            "create",
+                            "delete",
+                            "alter",
+                            "describe",
+                            "cluster_action",
+                            "describe_configs",
+                            "alter_configs",
+                            "idempotent_write",
+                        ],
+                    )
+                })
+                && principal_like(&b.principal);
+            if !ok {
+                return bad("acl.bindings", format!("{b:?} is not a valid ACL"));
+            }
+        }
         for p in &self.acl.super_users {
-            if !p.contains(':') {
+            if !principal_like(p) {
                 return bad(
                     "acl.super_users",
                     format!("'{p}' is not a principal like User:admin"),
