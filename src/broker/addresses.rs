@@ -6,7 +6,8 @@
 use super::StartError;
 use crate::config::Config;
 
-/// Refuses addresses something already listens on. The shards bind with SO_REUSEPORT,
+/// Refuses addresses something already listens on, and two of our own listeners (every
+/// Kafka listener, `amqp.addr`/`tls_addr`, `http.addr`/`tls_addr`) on one port. The shards bind with SO_REUSEPORT,
 /// which would let a second Portask share a port silently (the kernel would split the
 /// connections between the two), so the listening sockets of the host (`/proc/net/tcp`,
 /// `tcp6`) are checked first. Connections a previous run left closing do not count, and
@@ -36,30 +37,65 @@ pub fn check_addresses_free(config: &Config) -> Result<(), StartError> {
 const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 const PORT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The address of each Kafka listener, borrowed from the config.
+fn listener_addrs(config: &Config) -> Vec<&String> {
+    if config.kafka.listeners.is_empty() {
+        vec![&config.kafka.addr]
+    } else {
+        config.kafka.listeners.iter().map(|l| &l.addr).collect()
+    }
+}
+
 fn clashing_address(config: &Config) -> Result<(), StartError> {
     let listening = listening_sockets();
-    for (key, addr) in [
-        ("kafka.addr", &config.kafka.addr),
-        ("amqp.addr", &config.amqp.addr),
-        ("http.addr", &config.http.addr),
-    ] {
+    let mut wanted: Vec<(String, &String)> = config
+        .kafka
+        .effective_listeners()
+        .iter()
+        .zip(listener_addrs(config))
+        .map(|(l, addr)| (format!("kafka listener {}", l.name), addr))
+        .collect();
+    wanted.extend([
+        ("amqp.addr".to_owned(), &config.amqp.addr),
+        ("amqp.tls_addr".to_owned(), &config.amqp.tls_addr),
+        ("http.addr".to_owned(), &config.http.addr),
+        ("http.tls_addr".to_owned(), &config.http.tls_addr),
+    ]);
+    // Two of our own listeners on one port would share it silently too (SO_REUSEPORT).
+    let parsed: Vec<(&String, std::net::SocketAddr)> = wanted
+        .iter()
+        .filter_map(|(key, addr)| Some((key, addr.parse().ok()?)))
+        .filter(|(_, a): &(_, std::net::SocketAddr)| a.port() != 0)
+        .collect();
+    for (i, (key, a)) in parsed.iter().enumerate() {
+        for (other, b) in &parsed[i + 1..] {
+            if overlaps(a, b) {
+                return Err(StartError::SamePort(
+                    (*key).clone(),
+                    (*other).clone(),
+                    a.to_string(),
+                ));
+            }
+        }
+    }
+    for (key, addr) in wanted {
         let Ok(wanted) = addr.parse::<std::net::SocketAddr>() else {
             continue;
         };
         if wanted.port() == 0 {
             continue;
         }
-        let clash = listening.iter().any(|l| {
-            l.port() == wanted.port()
-                && (l.ip().is_unspecified()
-                    || wanted.ip().is_unspecified()
-                    || l.ip() == wanted.ip())
-        });
+        let clash = listening.iter().any(|l| overlaps(l, &wanted));
         if clash {
             return Err(StartError::AddrInUse(key, addr.clone()));
         }
     }
     Ok(())
+}
+
+/// Two addresses take the same connections: one port, and one IP or a wildcard.
+fn overlaps(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip().is_unspecified() || b.ip().is_unspecified() || a.ip() == b.ip())
 }
 
 /// Every TCP socket in LISTEN state in this network namespace.

@@ -46,7 +46,11 @@ pub enum StartError {
     #[error("shard {0}: {1}")]
     Shard(usize, String),
     #[error("{0} {1} is already in use (another Portask, or another program, listens there)")]
-    AddrInUse(&'static str, String),
+    AddrInUse(String, String),
+    #[error("{0} and {1} both listen on {2}")]
+    SamePort(String, String, String),
+    #[error("TLS: {0}")]
+    Tls(crate::security::tls::TlsError),
 }
 
 /// The cores shards run on, and how many shards.
@@ -75,6 +79,9 @@ pub fn start(config: Config) -> Result<(), StartError> {
     if let Err(e) = shutdown.install_signals() {
         log::warn!("cannot install signal handlers: {e}");
     }
+    if let Err(e) = crate::security::tls::reload_on_sighup(&config) {
+        log::warn!("cannot install the SIGHUP handler (TLS certificate reload): {e}");
+    }
     run(config, shutdown)
 }
 
@@ -83,6 +90,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
     let data_dir = config.data_dir.clone();
     let _lock = lock_data_dir(&data_dir)?;
     addresses::check_addresses_free(&config)?;
+    crate::security::tls::install(&config).map_err(StartError::Tls)?;
     let (placement, count) = layout(&config);
     if config.placement == Placement::Pinned && count > placement.iter().flatten().count() {
         log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
@@ -213,6 +221,10 @@ async fn run_shard(
     let http = crate::http::bind(&shard)
         .map_err(|e| format!("http listener {}: {e}", config.http.addr))?;
     let http_task = glommio::spawn_local(crate::http::accept_loop(shard.clone(), http));
+    let https = crate::http::bind_tls(&shard)
+        .map_err(|e| format!("http.tls_addr {}: {e}", config.http.tls_addr))?;
+    let https_task =
+        https.map(|tcp| glommio::spawn_local(crate::http::accept_tls_loop(shard.clone(), tcp)));
     let ticker = {
         let core = core.clone();
         glommio::spawn_local(crate::metrics::run_ticker(move || core.stopping.get()))
@@ -253,13 +265,14 @@ async fn run_shard(
         }
     });
 
-    let kafka = crate::kafka::server::bind(&shard)
-        .map_err(|e| format!("kafka listener {}: {e}", config.kafka.addr))?;
+    let kafka = crate::kafka::server::bind(&shard)?;
     let amqp_queues = crate::amqp::store::recover(&shard)
         .await
         .map_err(|e| format!("amqp recovery: {e}"))?;
     let amqp = crate::amqp::server::bind(&shard)
         .map_err(|e| format!("amqp listener {}: {e}", config.amqp.addr))?;
+    let amqps = crate::amqp::server::bind_tls(&shard)
+        .map_err(|e| format!("amqp.tls_addr {}: {e}", config.amqp.tls_addr))?;
     log::info!(
         "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), http {}, data {}, {recovered} partitions recovered in {:?}{}",
         cpu.map(|c| format!("core {c}"))
@@ -275,17 +288,36 @@ async fn run_shard(
             " (after unclean stop)"
         }
     );
-    let kafka_task = glommio::spawn_local(crate::kafka::server::accept_loop(shard.clone(), kafka));
+    let kafka_tasks: Vec<_> = kafka
+        .into_iter()
+        .map(|(listener, tcp)| {
+            glommio::spawn_local(crate::kafka::server::accept_loop(
+                shard.clone(),
+                listener,
+                tcp,
+            ))
+        })
+        .collect();
     let amqp_task = glommio::spawn_local(crate::amqp::server::accept_loop(shard.clone(), amqp));
+    let amqps_task = amqps
+        .map(|tcp| glommio::spawn_local(crate::amqp::server::accept_tls_loop(shard.clone(), tcp)));
     shutdown.mark_ready();
 
     // Run until asked to stop.
     shutdown.wait_requested().await;
     core.stopping.set(true);
     core.stop.notify();
-    kafka_task.await;
+    for task in kafka_tasks {
+        task.await;
+    }
     amqp_task.await;
+    if let Some(task) = amqps_task {
+        task.await;
+    }
     http_task.await;
+    if let Some(task) = https_task {
+        task.await;
+    }
     // Let in-flight requests finish.
     let deadline = Instant::now() + Duration::from_millis(config.limits.drain_deadline_ms);
     while !core.clients.is_empty() && Instant::now() < deadline {

@@ -1,5 +1,5 @@
-//! What hyper needs of a runtime, given by glommio: `Io` (a glommio `TcpStream` as
-//! hyper's `Read`/`Write`) and `GlommioTimer` (hyper's header-read timeout on glommio
+//! What hyper needs of a runtime, given by glommio: `Io` (an accepted connection, plain or
+//! TLS (`runtime::transport::Transport`), as hyper's `Read`/`Write`) and `GlommioTimer` (hyper's header-read timeout on glommio
 //! timers). hyper-util ships such adapters only for tokio, hence these few lines.
 //!
 //! Both live inside one connection's future on one shard's executor and never leave it.
@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::runtime::transport::Transport;
 use futures::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 
-/// A glommio socket as hyper I/O.
-pub struct Io(pub TcpStream);
+/// A connection as hyper I/O.
+pub struct Io(pub Transport);
 
 impl hyper::rt::Read for Io {
     fn poll_read(
@@ -71,7 +71,7 @@ struct GlommioSleep(glommio::timer::Timer);
 // Ours are made only by `GlommioTimer`, which `http::connection` hands to one HTTP/1
 // `serve_connection` future; hyper keeps the sleep inside that future's state (an HTTP/1
 // server connection spawns no task and is given no executor). That future holds
-// `Io(TcpStream)` and an `Rc<Shard>` (neither `Send` nor `Sync`), so the compiler keeps it,
+// `Io(Transport)` and an `Rc<Shard>` (neither `Send` nor `Sync`), so the compiler keeps it,
 // and the sleeps in it, on the shard's thread where `glommio::spawn_local` runs it: no
 // sleep is ever sent to, shared with or woken from another thread.
 unsafe impl Send for GlommioSleep {}

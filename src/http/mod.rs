@@ -1,8 +1,9 @@
 //! HTTP/1.1 on every shard: health (`health`), Prometheus metrics (`prometheus`), the REST
 //! management and messaging API under `/api/v1/` and the live dashboard at `/`.
 //!
-//! Every shard binds `http.addr` (SO_REUSEPORT, like the Kafka and AMQP ports) and serves
-//! the connections it accepts with hyper, on glommio (`io`). A request runs on the shard
+//! Every shard binds `http.addr`, and `http.tls_addr` (HTTPS, the same service over TLS)
+//! when set (SO_REUSEPORT, like the Kafka and AMQP ports), and serves the connections it
+//! accepts with hyper, on glommio (`io`). A request runs on the shard
 //! that accepted it; whatever it needs of other shards it asks through the mesh
 //! (`Shard::stats_all` for metrics and state, `Shard::kafka` / `Shard::amqp` for work on
 //! an owner, `Shard::change_catalog` for topology), never by reaching into their memory.
@@ -29,18 +30,20 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{select, Either};
 use futures::stream::LocalBoxStream;
 use futures::StreamExt;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 
 use crate::broker::Shard;
 use crate::metrics::Protocol;
+use crate::runtime::transport::{self, Transport};
 use crate::util::notify::Listener;
 use auth::User;
 
@@ -48,18 +51,49 @@ pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
     TcpListener::bind(shard.config.http.addr.as_str()).map_err(std::io::Error::from)
 }
 
+/// The `https://` listener, when `http.tls_addr` is set.
+pub fn bind_tls(shard: &Shard) -> std::io::Result<Option<TcpListener>> {
+    let addr = shard.config.http.tls_addr.as_str();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .map(Some)
+        .map_err(std::io::Error::from)
+}
+
 /// Accepts until the shard stops.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     crate::runtime::listener::accept_loop(shard, listener, "http", |shard, stream| async move {
+        let _ = stream.set_nodelay(true);
+        connection(shard, Transport::Plain(stream)).await
+    })
+    .await
+}
+
+/// Accepts HTTPS connections until the shard stops: the TLS handshake (ALPN `http/1.1`),
+/// then the same service.
+pub async fn accept_tls_loop(shard: Rc<Shard>, listener: TcpListener) {
+    crate::runtime::listener::accept_loop(shard, listener, "http", |shard, stream| async move {
+        let _ = stream.set_nodelay(true);
+        let Some(certs) = crate::security::tls::current() else {
+            return Ok(());
+        };
+        let timeout = Duration::from_millis(shard.config.tls.handshake_timeout_ms.max(1));
+        let Ok(stream) =
+            transport::accept_tls(stream, certs.http.clone(), timeout, Protocol::Http).await
+        else {
+            // Counted and logged by the handshake.
+            return Ok(());
+        };
         connection(shard, stream).await
     })
     .await
 }
 
 /// Serves one connection (keep-alive) until the peer leaves or the shard stops.
-async fn connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), hyper::Error> {
-    let peer = stream.peer_addr().map_err(|_| ()).ok();
-    let _ = stream.set_nodelay(true);
+async fn connection(shard: Rc<Shard>, stream: Transport) -> Result<(), hyper::Error> {
+    let peer = stream.tcp().peer_addr().map_err(|_| ()).ok();
     let config = &shard.config.http;
     let service_shard = shard.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {

@@ -1,7 +1,11 @@
-//! The Kafka listener of one shard and its connections.
+//! The Kafka listeners of one shard and their connections.
 //!
-//! Every shard binds the Kafka port (glommio sets SO_REUSEPORT, so the kernel spreads
-//! connections); a connection lives on the shard that accepted it. Each connection has a
+//! Every shard binds every listener of `kafka.effective_listeners()` (glommio sets
+//! SO_REUSEPORT, so the kernel spreads connections); a connection lives on the shard that
+//! accepted it and knows its listener (`Conn.listener`: security protocol, advertised
+//! address). `SSL` and `SASL_SSL` listeners wrap the socket in TLS first
+//! (`runtime::transport`); on `SSL` a verified client certificate's subject is the
+//! principal (`User:CN=…`). Each connection has a
 //! reader task (frames → `handlers::dispatch`, in order) and a writer task that writes the
 //! responses in request order, so pipelining clients get their answers in sequence.
 //! A malformed or oversize frame, an unknown API or an unsupported version closes that one
@@ -39,16 +43,31 @@ use super::codec::{self, CodecError};
 use super::handlers::{self, api_versions, Conn};
 use super::produce_scan;
 use crate::broker::Shard;
+use crate::config::{KafkaListener, SecurityProtocol};
+use crate::metrics::Protocol;
+use crate::runtime::transport::{self, ReadHalf, Transport, WriteHalf};
+use crate::security::Principal;
 use crate::util::notify::Listener;
 
-pub fn bind(shard: &Shard) -> std::io::Result<TcpListener> {
-    TcpListener::bind(shard.config.kafka.addr.as_str()).map_err(std::io::Error::from)
+/// Binds every listener of `kafka.effective_listeners()` (each shard binds them all).
+pub fn bind(shard: &Shard) -> Result<Vec<(Rc<KafkaListener>, TcpListener)>, String> {
+    shard
+        .config
+        .kafka
+        .effective_listeners()
+        .into_iter()
+        .map(|l| match TcpListener::bind(l.addr.as_str()) {
+            Ok(tcp) => Ok((Rc::new(l), tcp)),
+            Err(e) => Err(format!("kafka listener {} ({}): {e}", l.name, l.addr)),
+        })
+        .collect()
 }
 
-/// Accepts until the shard stops.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    crate::runtime::listener::accept_loop(shard, listener, "kafka", |shard, stream| async move {
-        connection(&shard, stream).await
+/// Accepts on one listener until the shard stops; its connections know `listener`.
+pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<KafkaListener>, tcp: TcpListener) {
+    crate::runtime::listener::accept_loop(shard, tcp, "kafka", move |shard, stream| {
+        let listener = listener.clone();
+        async move { connection(&shard, stream, listener).await }
     })
     .await
 }
@@ -80,20 +99,48 @@ fn apply_socket_options(shard: &Shard, stream: &TcpStream) {
 /// A response on its way: the handler's task, resolving to the frame to write (if any).
 type Outgoing = JoinHandle<Option<Bytes>>;
 
-async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+/// Wraps an accepted socket in TLS when its listener asks for it (`SSL`, `SASL_SSL`).
+async fn transport(
+    shard: &Shard,
+    stream: TcpStream,
+    listener: &KafkaListener,
+) -> std::io::Result<Transport> {
+    if !listener.protocol().tls() {
+        return Ok(Transport::Plain(stream));
+    }
+    let certs = crate::security::tls::current()
+        .ok_or_else(|| std::io::Error::other("no TLS certificate loaded"))?;
+    let timeout = Duration::from_millis(shard.config.tls.handshake_timeout_ms.max(1));
+    transport::accept_tls(stream, certs.plain.clone(), timeout, Protocol::Kafka).await
+}
+
+async fn connection(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    listener: Rc<KafkaListener>,
+) -> std::io::Result<()> {
     apply_socket_options(shard, &stream);
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
-    // A second handle on the same socket for the writer task, so reads and writes never
-    // wait on each other.
-    let mut writer = crate::runtime::listener::writer_handle(&stream)?;
-    let listener = shard.config.kafka.effective_listeners().swap_remove(0);
+    let stream = transport(shard, stream, &listener).await?;
+    // On an `SSL` listener a verified client certificate names the client, as Kafka's
+    // default principal builder does (`User:CN=alice,OU=…`); SASL listeners authenticate
+    // with SASL instead.
+    let principal = match stream.peer_subject() {
+        Some(subject) if listener.protocol() == SecurityProtocol::Ssl => {
+            Principal::user(subject.dn)
+        }
+        _ => Principal::anonymous(),
+    };
+    // The reader keeps one half, the writer task the other: reads and writes never wait on
+    // each other.
+    let (stream, mut writer) = stream.split()?;
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         local,
         peer,
-        listener: Rc::new(listener),
-        principal: std::cell::RefCell::new(crate::security::Principal::anonymous()),
+        listener,
+        principal: std::cell::RefCell::new(principal),
     });
     let (tx, rx) =
         local_channel::new_bounded::<(usize, Outgoing)>(shard.config.kafka.max_inflight_requests);
@@ -134,7 +181,7 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
             shard.kafka_budget.released.notify();
             if stuck {
                 // Wakes the reader too: its next read ends at once.
-                let _ = writer.shutdown(std::net::Shutdown::Both).await;
+                writer.shutdown().await;
             }
             let _ = writer.close().await;
         })
@@ -244,7 +291,7 @@ async fn unless_idle<F: Future + Unpin>(
 /// Writes `frame`, unless the peer takes none of it for `idle` (`None` then): a client that
 /// stopped reading is as idle as one that stopped sending.
 async fn write_unless_stuck(
-    writer: &mut TcpStream,
+    writer: &mut WriteHalf,
     mut frame: &[u8],
     idle: Duration,
 ) -> Option<std::io::Result<()>> {
@@ -256,7 +303,12 @@ async fn write_unless_stuck(
             Err(e) => return Some(Err(e)),
         }
     }
-    Some(Ok(()))
+    // Free on plain sockets; pushes out what a TLS session still holds.
+    let mut flush = writer.flush();
+    match unless_idle(&mut flush, idle, || false).await? {
+        Ok(()) => Some(Ok(())),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// `f`, unless `deadline` passes first (`None` then; what `f` had read is lost, which is
@@ -272,7 +324,7 @@ async fn within<F: Future>(f: F, deadline: Instant) -> Option<F::Output> {
 /// Fills `buf` from `reader`, adding each read's length to `got` (for the log line of a
 /// request that did not arrive in time). EOF before the end is `UnexpectedEof`.
 async fn read_counted(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<ReadHalf>,
     buf: &mut [u8],
     got: &Cell<usize>,
 ) -> std::io::Result<()> {
@@ -299,7 +351,7 @@ struct FrameClock {
 /// Fills `buf` with more of a request frame of `len` bytes, by the clock's deadline (else
 /// `SlowRequest`) and without a stall of its `idle` (else `Idle`).
 async fn read_within(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<ReadHalf>,
     buf: &mut [u8],
     got: &Cell<usize>,
     clock: &FrameClock,
@@ -357,7 +409,7 @@ fn produce_fits_the_shard(
 /// Reads frames until the peer closes, the shard stops, or a frame is bad.
 async fn read_requests(
     conn: &Rc<Conn>,
-    stream: TcpStream,
+    stream: ReadHalf,
     out: &local_channel::LocalSender<(usize, Outgoing)>,
     inflight: &Cell<usize>,
     writer_gone: &Cell<bool>,

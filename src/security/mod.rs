@@ -1,10 +1,12 @@
 //! Who a client is and what it may do, for every protocol: the principal a connection
-//! authenticated as (`Principal`), and the audit trail of refusals (`audit`).
+//! authenticated as (`Principal`), the audit trail of refusals (`audit`), and the TLS
+//! certificates every TLS listener serves (`tls`).
 //!
 //! Protocol-free: the Kafka, AMQP and HTTP layers authenticate their own way and hand the
 //! result here as a `Principal`; runs on whichever shard holds the connection.
 
 pub mod audit;
+pub mod tls;
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
 //! The handshake of a connection: the protocol header (answered with connection.start,
-//! offering PLAIN and AMQPLAIN), start-ok (authentication, the client's capabilities),
+//! offering PLAIN and AMQPLAIN, and EXTERNAL on TLS with a verified client certificate), start-ok (authentication, the client's capabilities),
 //! tune/tune-ok (channel_max, frame_max, heartbeat) and open (vhost and permissions). A
 //! client has `HANDSHAKE_TIMEOUT` for all of it (the reader's deadline).
 //!
@@ -7,9 +7,9 @@
 
 use std::rc::Rc;
 
+use crate::runtime::transport::ReadHalf;
 use amq_protocol::protocol::{connection as conn_m, AMQPClass};
 use bytes::BytesMut;
-use glommio::net::TcpStream;
 
 use super::{channels, io, Connection, Phase, HANDSHAKE_TIMEOUT};
 use crate::amqp::auth::{self, Permissions};
@@ -21,7 +21,7 @@ use crate::amqp::{reply, AmqpError};
 /// answered with ours as the specification asks).
 pub(super) async fn greet(
     conn: &Rc<Connection>,
-    stream: &mut TcpStream,
+    stream: &mut ReadHalf,
     buf: &mut BytesMut,
     chunk: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
@@ -47,11 +47,88 @@ pub(super) async fn greet(
             version_major: 0,
             version_minor: 9,
             server_properties: auth::server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: mechanisms(conn).into(),
             locales: "en_US".into(),
         })),
     );
     Ok(true)
+}
+
+/// The mechanisms connection.start offers: PLAIN and AMQPLAIN, and EXTERNAL on a TLS
+/// connection whose client certificate the CA verified (when `amqp.auth_mechanisms` lists
+/// it).
+fn mechanisms(conn: &Connection) -> String {
+    let mut offered = String::from("PLAIN AMQPLAIN");
+    if offers_external(conn) {
+        offered.push_str(" EXTERNAL");
+    }
+    offered
+}
+
+fn offers_external(conn: &Connection) -> bool {
+    conn.tls
+        && conn.peer_subject.is_some()
+        && conn
+            .shard
+            .config
+            .amqp
+            .auth_mechanisms
+            .iter()
+            .any(|m| m == "EXTERNAL")
+}
+
+/// EXTERNAL, as RabbitMQ's `rabbitmq_auth_mechanism_ssl`: the user is named by the
+/// verified client certificate (its RFC 4514 subject, or its CN with
+/// `amqp.ssl_cert_login_from = "common_name"`); the response is not read and no password
+/// is checked, but the user must exist (and a loopback-only user must come from
+/// loopback). Otherwise ACCESS_REFUSED, counted as an authentication failure.
+fn external_login(conn: &Connection) -> Result<String, AmqpError> {
+    let cfg = &conn.shard.config.amqp;
+    let subject = conn.peer_subject.as_ref();
+    let name = match cfg.ssl_cert_login_from.as_str() {
+        "common_name" => subject.and_then(|s| s.cn.clone()),
+        _ => subject.map(|s| s.dn.clone()),
+    };
+    let refuse = |why: String| {
+        crate::security::audit::auth_failure(crate::metrics::Protocol::Amqp, "EXTERNAL", || {
+            format!("amqp login from {} refused: {why}", conn.peer)
+        });
+        AmqpError::connection(
+            reply::ACCESS_REFUSED,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. \
+             For details see the broker logfile.",
+        )
+    };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err(refuse(format!(
+            "the client certificate has no {}",
+            cfg.ssl_cert_login_from
+        )));
+    };
+    if !conn.shard.config.all_users().iter().any(|u| u.name == name) {
+        return Err(refuse(format!(
+            "EXTERNAL: no user '{name}' (named by the client certificate)"
+        )));
+    }
+    if cfg.loopback_users.contains(&name) && !conn.peer.ip().is_loopback() {
+        return Err(AmqpError::connection(
+            reply::ACCESS_REFUSED,
+            format!("ACCESS_REFUSED - user '{name}' can only connect via localhost"),
+        ));
+    }
+    Ok(name)
+}
+
+fn send_tune(conn: &Connection) {
+    let cfg = &conn.shard.config.amqp;
+    conn.send_method(
+        0,
+        AMQPClass::Connection(conn_m::AMQPMethod::Tune(conn_m::Tune {
+            channel_max: cfg.channel_max,
+            frame_max: cfg.frame_max,
+            heartbeat: cfg.heartbeat_secs,
+        })),
+    );
 }
 
 fn expect_method(conn: &Connection, frame: &Frame) -> Result<AMQPClass, AmqpError> {
@@ -92,6 +169,13 @@ pub(super) fn method(
                     Some(amq_protocol::types::AMQPValue::Boolean(true))
                 ));
             }
+            if mech == "EXTERNAL" && offers_external(conn) {
+                let user = external_login(conn)?;
+                let _ = conn.user.set(user);
+                send_tune(conn);
+                *phase = Phase::TuneOk;
+                return Ok(true);
+            }
             if mech != "PLAIN" && mech != "AMQPLAIN" {
                 return Err(AmqpError::connection(
                     reply::ACCESS_REFUSED,
@@ -114,14 +198,7 @@ pub(super) fn method(
                     return Err(AmqpError::connection(reply::ACCESS_REFUSED, e.to_string()));
                 }
             }
-            conn.send_method(
-                0,
-                AMQPClass::Connection(conn_m::AMQPMethod::Tune(conn_m::Tune {
-                    channel_max: cfg.channel_max,
-                    frame_max: cfg.frame_max,
-                    heartbeat: cfg.heartbeat_secs,
-                })),
-            );
+            send_tune(conn);
             *phase = Phase::TuneOk;
             Ok(true)
         }

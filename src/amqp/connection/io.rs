@@ -8,10 +8,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::runtime::transport::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use futures::future::{select, Either};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::{
     closed_linger, flow, handle_frame, handshake, still_running, Connection, Phase, CLOSE_TIMEOUT,
@@ -34,7 +34,7 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// Writes the connection's output as it comes, then returns credit for the deliveries
 /// written; closes the socket for writing when the connection is finished or dead.
-pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
+pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
     loop {
         let l = Listener::new();
         l.listen(&conn.out_ready);
@@ -47,7 +47,12 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
             l.await;
             continue;
         }
-        if let Err(e) = writer.write_all(&buf).await {
+        // The flush is free on plain sockets and pushes out what a TLS session holds.
+        let sent = match writer.write_all(&buf).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             log::debug!("amqp write to {}: {e}", conn.peer);
             conn.dead.set(true);
             conn.kill.notify();
@@ -85,7 +90,7 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: TcpStream) {
 /// (with `watch_stop`) the shard stopping.
 pub(super) async fn fill(
     conn: &Rc<Connection>,
-    stream: &mut TcpStream,
+    stream: &mut ReadHalf,
     buf: &mut BytesMut,
     chunk: &mut Vec<u8>,
     deadline: Option<Duration>,
@@ -131,7 +136,7 @@ pub(super) async fn fill(
 /// completes, a deadline passes, the shard stops).
 pub(super) async fn read_loop(
     conn: &Rc<Connection>,
-    mut stream: TcpStream,
+    mut stream: ReadHalf,
 ) -> Result<(), std::io::Error> {
     let mut buf = BytesMut::with_capacity(FIRST_BUFFER_BYTES);
     let mut chunk = vec![0u8; FIRST_BUFFER_BYTES];

@@ -1,12 +1,13 @@
-//! One AMQP connection on the shard that accepted it: its state (`Connection`), its life
+//! One AMQP connection on the shard that accepted it, plain (`amqp.addr`) or over TLS
+//! (`amqp.tls_addr`, `runtime::transport`): its state (`Connection`), its life
 //! from accept to clean-up (`run`: consumers cancelled, unacked messages requeued,
 //! exclusive queues deleted), and which part handles a frame in which phase
 //! (`handle_frame`). The parts, each in its file:
 //!
 //! - `io`: the socket — the reader loop (frames in, deadlines, the stop drain), the writer
 //!   task, heartbeats;
-//! - `handshake`: protocol header, start/start-ok with PLAIN or AMQPLAIN, tune/tune-ok,
-//!   open;
+//! - `handshake`: protocol header, start/start-ok with PLAIN or AMQPLAIN (and EXTERNAL on
+//!   TLS connections with a verified client certificate), tune/tune-ok, open;
 //! - `channel0`: the connection's methods once running (close, blocked, update-secret);
 //! - `channels`: frames for channels 1..=channel_max (open, methods, content, close) and the
 //!   consumer timeout;
@@ -51,6 +52,7 @@ use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
 use crate::metrics::Protocol;
+use crate::runtime::transport::{self, Transport};
 use crate::storage::log::now_ms;
 use crate::util::notify::Notify;
 
@@ -118,6 +120,11 @@ pub struct Connection {
     published: Cell<bool>,
     /// `connection.blocked` ("low on disk") was sent and `unblocked` not yet.
     disk_blocked: Cell<bool>,
+    /// The connection came through `amqp.tls_addr`.
+    pub tls: bool,
+    /// The subject of the client certificate the CA verified (TLS only): offers and
+    /// answers the `EXTERNAL` mechanism.
+    pub peer_subject: Option<crate::security::tls::PeerSubject>,
 }
 
 impl Connection {
@@ -149,6 +156,8 @@ impl Connection {
             blocked_capable: Cell::new(false),
             published: Cell::new(false),
             disk_blocked: Cell::new(false),
+            tls: false,
+            peer_subject: None,
         }
     }
 
@@ -310,13 +319,32 @@ impl Connection {
     }
 }
 
-/// Runs one accepted connection to its end.
+/// Runs one connection accepted on `amqp.addr` to its end.
 pub async fn run(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
-    let peer = stream.peer_addr()?;
-    // A second handle on the socket for the writer task.
-    let writer = crate::runtime::listener::writer_handle(&stream)?;
-    let conn = Rc::new(Connection::new(&shard, peer));
+    serve(shard, Transport::Plain(stream)).await
+}
+
+/// Runs one connection accepted on `amqp.tls_addr` (amqps) to its end: the TLS handshake
+/// first, then the same AMQP connection.
+pub async fn run_tls(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
+    let certs = crate::security::tls::current()
+        .ok_or_else(|| std::io::Error::other("no TLS certificate loaded"))?;
+    let timeout = Duration::from_millis(shard.config.tls.handshake_timeout_ms.max(1));
+    let stream =
+        transport::accept_tls(stream, certs.plain.clone(), timeout, Protocol::Amqp).await?;
+    serve(shard, stream).await
+}
+
+async fn serve(shard: Rc<Shard>, stream: Transport) -> std::io::Result<()> {
+    let peer = stream.tcp().peer_addr()?;
+    let mut conn = Connection::new(&shard, peer);
+    conn.tls = stream.is_tls();
+    conn.peer_subject = stream.peer_subject();
+    // The reader keeps one half, the writer task the other.
+    let (stream, writer) = stream.split()?;
+    let conn = Rc::new(conn);
     shard.amqp.register(&conn);
     let write_task = glommio::spawn_local(io::write_loop(conn.clone(), writer));
     let result = io::read_loop(&conn, stream).await;

@@ -1,0 +1,252 @@
+//! An accepted connection as the protocols see it: plain TCP or TLS over TCP (`Transport`),
+//! and its two halves (`ReadHalf`, `WriteHalf`) so a connection's reader and writer tasks
+//! never wait on each other.
+//!
+//! Protocol-free; runs in the connection's own task on the shard that accepted it.
+//!
+//! - Plain: the halves are the accepted socket and a second descriptor of it
+//!   (`listener::writer_handle`), exactly as before TLS existed: no copy, no lock, one
+//!   `match` per read or write.
+//! - TLS: one rustls session cannot be split by descriptor, so the stream is split with
+//!   `futures::io::AsyncReadExt::split` (each read or write takes a `BiLock` for the length
+//!   of one poll, never across a wait).
+//!
+//! `accept_tls` runs the handshake under `tls.handshake_timeout_ms` and counts it in the
+//! audit trail (`security::audit::tls_handshake` / `tls_failure` by reason: `timeout`,
+//! `no_certificate`, `bad_certificate`, `protocol`, `io`).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::io::AsyncReadExt as _;
+use futures::{AsyncRead, AsyncWrite};
+use futures_rustls::server::TlsStream;
+use glommio::net::TcpStream;
+
+use crate::metrics::Protocol;
+use crate::security::audit;
+use crate::security::tls::PeerSubject;
+
+/// One accepted connection, plain or TLS.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The half a connection reads from.
+pub enum ReadHalf {
+    Plain(TcpStream),
+    Tls(futures::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The half a connection writes to.
+pub enum WriteHalf {
+    Plain(TcpStream),
+    /// With the socket's descriptor, for `shutdown` (open while this half lives: the half
+    /// shares ownership of the stream that holds it).
+    Tls(futures::io::WriteHalf<TlsStream<TcpStream>>, RawFd),
+}
+
+/// Why a TLS handshake failed: the `reason` label of
+/// `portask_tls_handshake_failures_total`.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::CertificateExpired
+            | rustls::AlertDescription::CertificateRevoked
+            | rustls::AlertDescription::UnsupportedCertificate,
+        )) => "bad_certificate",
+        Some(_) => "protocol",
+        None => "io",
+    }
+}
+
+/// Runs the TLS handshake on `stream` with `config`, within `timeout`; counted (and a
+/// failure logged, rate-limited) for `protocol`.
+pub async fn accept_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    protocol: Protocol,
+) -> std::io::Result<Transport> {
+    let peer = stream.peer_addr().ok();
+    let accept = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    let timer = glommio::timer::sleep(timeout);
+    let result = match futures::future::select(std::pin::pin!(accept), std::pin::pin!(timer)).await
+    {
+        futures::future::Either::Left((r, _)) => r,
+        futures::future::Either::Right(_) => {
+            audit::tls_failure(protocol, "timeout", || {
+                format!(
+                    "{} TLS handshake from {peer:?} not done within {} ms \
+                     (tls.handshake_timeout_ms)",
+                    protocol.name(),
+                    timeout.as_millis()
+                )
+            });
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+    };
+    match result {
+        Ok(tls) => {
+            audit::tls_handshake(protocol);
+            Ok(Transport::Tls(Box::new(tls)))
+        }
+        Err(e) => {
+            let reason = failure_reason(&e);
+            audit::tls_failure(protocol, reason, || {
+                format!(
+                    "{} TLS handshake from {peer:?} failed ({reason}): {e}",
+                    protocol.name()
+                )
+            });
+            Err(e)
+        }
+    }
+}
+
+impl Transport {
+    /// The subject of the client's certificate, which the CA verified (rustls presents
+    /// one only then); `None` on plain connections and without one.
+    pub fn peer_subject(&self) -> Option<PeerSubject> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => {
+                let certs = tls.get_ref().1.peer_certificates()?;
+                PeerSubject::of(certs.first()?.as_ref())
+            }
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// The socket under the connection.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Splits the connection for a reader and a writer task.
+    pub fn split(self) -> std::io::Result<(ReadHalf, WriteHalf)> {
+        match self {
+            Transport::Plain(stream) => {
+                let writer = super::listener::writer_handle(&stream)?;
+                Ok((ReadHalf::Plain(stream), WriteHalf::Plain(writer)))
+            }
+            Transport::Tls(tls) => {
+                let fd = tls.get_ref().0.as_raw_fd();
+                let (r, w) = (*tls).split();
+                Ok((ReadHalf::Tls(r), WriteHalf::Tls(w, fd)))
+            }
+        }
+    }
+}
+
+impl WriteHalf {
+    /// Shuts the socket down both ways (the reader's next read ends at once).
+    pub async fn shutdown(&mut self) {
+        match self {
+            WriteHalf::Plain(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both).await;
+            }
+            WriteHalf::Tls(_, fd) => {
+                // SAFETY: `fd` is the descriptor of the socket inside the TLS stream this
+                // half shares (see the variant), so it is open while `self` is borrowed;
+                // shutdown neither closes it nor touches memory.
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tls(s, _) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_close(cx),
+            WriteHalf::Tls(s, _) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
