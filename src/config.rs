@@ -781,11 +781,14 @@ impl ConfigBuilder {
             self.provenance.0.insert(key, Source::File);
         }
         merge(&mut self.table, table);
-        // Catch a misspelt key now, naming the file.
-        self.check().map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        // Catch a misspelt key now, naming the file (keys that depend on each other, which
+        // the environment may complete, are checked by `build`).
+        self.parse()
+            .and_then(|c| c.validate_values())
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         Ok(self)
     }
 
@@ -838,14 +841,23 @@ impl ConfigBuilder {
         }
         table.insert(last.to_owned(), value);
         self.provenance.0.insert(key.to_owned(), source);
-        self.check().map_err(|e| e.to_string())?;
+        // The security keys depend on each other (a TLS listener needs `tls.cert_file`),
+        // and the variables of one environment come in no set order: those are checked
+        // once everything is layered (`build`).
+        self.parse()
+            .and_then(|c| c.validate_values())
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
-    fn check(&self) -> Result<Config, ConfigError> {
-        let config: Config = toml::Value::Table(self.table.clone())
+    fn parse(&self) -> Result<Config, ConfigError> {
+        toml::Value::Table(self.table.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))
+    }
+
+    fn check(&self) -> Result<Config, ConfigError> {
+        let config = self.parse()?;
         config.validate()?;
         Ok(config)
     }
@@ -882,8 +894,15 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 }
 
 impl Config {
-    /// Checks values a type cannot: ranges and enumerated strings.
+    /// Checks values a type cannot: ranges and enumerated strings, then the security keys
+    /// that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_values()?;
+        self.validate_security()
+    }
+
+    /// Ranges and enumerated strings, each key on its own.
+    fn validate_values(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
         if self.kafka.num_partitions < 1 {
             return bad("kafka.num_partitions", "must be at least 1");
@@ -936,7 +955,6 @@ impl Config {
                 return bad(key, "must be an address like 0.0.0.0:9092");
             }
         }
-        self.validate_security()?;
         if self.http.max_header_bytes < 8192 {
             return bad("http.max_header_bytes", "must be at least 8192");
         }
@@ -1182,6 +1200,32 @@ mod tests {
             .to_string();
         assert!(err.contains("PORTASK_KAFKA__NOPE"), "{err}");
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_from_the_environment_work_in_any_order() {
+        let vars = [
+            ("PORTASK_AMQP__TLS_ADDR", "\"127.0.0.1:5671\""),
+            ("PORTASK_TLS__CLIENT_AUTH", "\"required\""),
+            ("PORTASK_TLS__CERT_FILE", "/etc/portask/server.crt"),
+            ("PORTASK_TLS__KEY_FILE", "/etc/portask/server.key"),
+            ("PORTASK_TLS__CA_FILE", "/etc/portask/ca.crt"),
+        ];
+        let (config, _) = ConfigBuilder::new()
+            .env(vars.map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.amqp.tls_addr, "127.0.0.1:5671");
+        // Still checked once everything is in.
+        let err = ConfigBuilder::new()
+            .env([vars[0]].map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .unwrap()
+            .build()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("tls.cert_file"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Test harness: runs the real `portask` binary on ephemeral ports and a temp data dir,
 //! unpinned, with two shards (started by `launch.rs`, which the benches share); can
 //! SIGTERM or `kill -9` it and restart it on the same dir. `kafka.rs` and `amqp.rs` hold
-//! the client helpers, `disk.rs` a small filesystem that fills up.
+//! the client helpers, `disk.rs` a small filesystem that fills up, `tls.rs` test
+//! certificates made at run time.
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -167,6 +168,7 @@ pub mod amqp;
 pub mod disk;
 pub mod kafka;
 pub mod launch;
+pub mod tls;
 
 /// Installs Debian packages the tests need when the machine lacks them (as root, with
 /// apt-get; an `apt-get update` first if the install fails): the README's test command
