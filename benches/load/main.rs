@@ -13,6 +13,8 @@
 mod harness;
 #[path = "../../tests/common/launch.rs"]
 mod launch;
+#[path = "../../tests/common/tls.rs"]
+mod tls;
 
 use harness::options::{self, Command};
 
@@ -36,6 +38,7 @@ fn main() {
             }
         }
     }
+    let cpu_before = _broker.as_ref().map(|b| cpu_seconds(b.pid()));
     let report = match harness::run(&cli.command) {
         Ok(r) => r,
         Err(e) => {
@@ -44,6 +47,16 @@ fn main() {
         }
     };
     print!("{}", report.render());
+    // The broker's own CPU (user + system) over the run, per message sent: what TLS or a
+    // setting costs the broker, whatever the client machine spends.
+    if let (Some(b), Some(before)) = (&_broker, cpu_before) {
+        let used = cpu_seconds(b.pid()) - before;
+        let per_msg = used * 1e6 / report.sent.max(1) as f64;
+        println!(
+            "broker CPU: {used:.2} s over {} messages sent = {per_msg:.2} µs/msg",
+            report.sent
+        );
+    }
     let json = match &cli.command {
         Command::Kafka(a) => a.workload.json.as_ref(),
         Command::Amqp(a) => a.workload.json.as_ref(),
@@ -60,7 +73,27 @@ fn main() {
     }
 }
 
-/// With `--start-broker`: starts Portask and points the command at it.
+/// CPU seconds (user + system) process `pid` has used so far; 0 when it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
+/// With `--start-broker`: starts Portask and points the command at it (with `--tls`, at an
+/// `SSL` listener with a certificate made for the run).
 fn start_broker(command: &mut Command) -> Option<launch::Scratch> {
     let workload = match command {
         Command::Kafka(a) => &a.workload,
@@ -71,8 +104,36 @@ fn start_broker(command: &mut Command) -> Option<launch::Scratch> {
         return None;
     }
     let shards = workload.broker_shards;
-    let broker = launch::Scratch::start(usize::from(shards), &[]);
+    let tls = matches!(command, Command::Kafka(a) if a.tls);
+    let ssl_port = launch::free_port();
+    let mut ca_file = None;
+    let broker = launch::Scratch::start_with(usize::from(shards), &[], |l, dir| {
+        if tls {
+            // A CA and a server certificate for this run; an SSL listener beside the
+            // plaintext one the launcher waits on.
+            let ca = tls::Ca::new("load harness CA");
+            let (cert, key) = ca.server("portask").write(dir, "server");
+            ca_file = Some(ca.write(dir));
+            let quoted = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+            l.env.extend([
+                (
+                    "PORTASK_KAFKA__LISTENERS".to_owned(),
+                    format!(
+                        "[{{name = \"PLAINTEXT\", addr = \"127.0.0.1:{}\"}}, \
+                         {{name = \"SSL\", addr = \"127.0.0.1:{ssl_port}\"}}]",
+                        l.kafka_port
+                    ),
+                ),
+                ("PORTASK_TLS__CERT_FILE".to_owned(), quoted(&cert)),
+                ("PORTASK_TLS__KEY_FILE".to_owned(), quoted(&key)),
+            ]);
+        }
+    });
     match command {
+        Command::Kafka(a) if tls => {
+            a.brokers = format!("127.0.0.1:{ssl_port}");
+            a.tls_ca = ca_file;
+        }
         Command::Kafka(a) => a.brokers = broker.launch.bootstrap(),
         Command::Amqp(a) => a.url = broker.launch.amqp_url(),
         Command::Report(_) => {}

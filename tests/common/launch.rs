@@ -177,8 +177,19 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn start(shards: usize, env: &[(&str, &str)]) -> Scratch {
+        Self::start_with(shards, env, |_, _| {})
+    }
+
+    /// As `start`, after `setup` has adjusted the launch (its ports are known by then)
+    /// and written what it needs into the temp dir (certificates, say).
+    pub fn start_with(
+        shards: usize,
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&mut Launch, &Path),
+    ) -> Scratch {
         let dir = tempfile::tempdir().expect("tempdir");
-        let launch = Launch::new(&dir.path().join("data"), shards, env);
+        let mut launch = Launch::new(&dir.path().join("data"), shards, env);
+        setup(&mut launch, dir.path());
         let child = launch.spawn();
         // Built before the wait, so a start that times out is still killed on drop.
         let mut s = Scratch {

@@ -40,6 +40,10 @@ fn kafka_err(context: &str, e: impl std::fmt::Display) -> HarnessError {
 fn base_config(args: &KafkaArgs) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &args.brokers);
+    if let Some(ca) = &args.tls_ca {
+        c.set("security.protocol", "ssl");
+        c.set("ssl.ca.location", ca.display().to_string());
+    }
     c
 }
 
@@ -387,6 +391,12 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
     settings.insert("topic".into(), topic);
     settings.insert("partitions".into(), partitions.to_string());
     settings.insert("acks".into(), args.acks.as_config().into());
+    let security = if args.tls_ca.is_some() {
+        "ssl"
+    } else {
+        "plaintext"
+    };
+    settings.insert("security.protocol".into(), security.into());
     for (prefix, props) in [
         ("X", &args.properties),
         ("P", &args.producer_properties),

@@ -123,6 +123,13 @@ pub struct KafkaArgs {
     /// Bootstrap servers.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    /// Connect over TLS (librdkafka `security.protocol=ssl`) trusting this CA file (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --start-broker: give the broker an `SSL` listener with a certificate made for
+    /// the run (and its CA as --tls-ca), and run over it.
+    #[arg(long, requires = "start_broker")]
+    pub tls: bool,
     /// Topic to use; created with --partitions if absent. Default: a fresh name per run.
     #[arg(long)]
     pub topic: Option<String>,
