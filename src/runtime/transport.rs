@@ -250,3 +250,39 @@ impl AsyncWrite for WriteHalf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_get_the_reason_the_metric_names() {
+        let wrap = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            failure_reason(&wrap(rustls::Error::NoCertificatesPresented)),
+            "no_certificate"
+        );
+        assert_eq!(
+            failure_reason(&wrap(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))),
+            "bad_certificate"
+        );
+        assert_eq!(
+            failure_reason(&wrap(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+            ))),
+            "bad_certificate"
+        );
+        assert_eq!(
+            failure_reason(&wrap(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))),
+            "protocol"
+        );
+        assert_eq!(
+            failure_reason(&std::io::ErrorKind::UnexpectedEof.into()),
+            "io"
+        );
+    }
+}
