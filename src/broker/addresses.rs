@@ -37,24 +37,19 @@ pub fn check_addresses_free(config: &Config) -> Result<(), StartError> {
 const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 const PORT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The address of each Kafka listener, borrowed from the config.
-fn listener_addrs(config: &Config) -> Vec<&String> {
-    if config.kafka.listeners.is_empty() {
-        vec![&config.kafka.addr]
-    } else {
-        config.kafka.listeners.iter().map(|l| &l.addr).collect()
-    }
-}
-
 fn clashing_address(config: &Config) -> Result<(), StartError> {
     let listening = listening_sockets();
-    let mut wanted: Vec<(String, &String)> = config
-        .kafka
-        .effective_listeners()
-        .iter()
-        .zip(listener_addrs(config))
-        .map(|(l, addr)| (format!("kafka listener {}", l.name), addr))
-        .collect();
+    // Without `kafka.listeners`, the one listener is `kafka.addr`.
+    let mut wanted: Vec<(String, &String)> = if config.kafka.listeners.is_empty() {
+        vec![("kafka.addr".to_owned(), &config.kafka.addr)]
+    } else {
+        config
+            .kafka
+            .listeners
+            .iter()
+            .map(|l| (format!("kafka listener '{}'", l.name), &l.addr))
+            .collect()
+    };
     wanted.extend([
         ("amqp.addr".to_owned(), &config.amqp.addr),
         ("amqp.tls_addr".to_owned(), &config.amqp.tls_addr),
@@ -145,6 +140,26 @@ fn parse_proc_addr(s: &str, v6: bool) -> Option<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_of_our_listeners_on_one_port_are_refused() {
+        let mut config = Config::default();
+        config.kafka.listeners = vec![crate::config::KafkaListener {
+            name: "SSL".into(),
+            addr: "127.0.0.1:19094".into(),
+            security_protocol: String::new(),
+            advertised_host: String::new(),
+            advertised_port: 0,
+        }];
+        config.amqp.tls_addr = "0.0.0.0:19094".into();
+        match clashing_address(&config) {
+            Err(StartError::SamePort(a, b, _)) => {
+                assert_eq!(a, "kafka listener 'SSL'");
+                assert_eq!(b, "amqp.tls_addr");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn proc_net_addresses_are_read_in_kernel_byte_order() {
