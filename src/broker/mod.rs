@@ -156,6 +156,15 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
     }
 }
 
+/// `addr`, and `tls_addr` with its scheme when there is one (for the start-up line).
+fn with_tls(addr: &str, tls_addr: &str, scheme: &str) -> String {
+    if tls_addr.is_empty() {
+        addr.to_owned()
+    } else {
+        format!("{addr} + {scheme} {tls_addr}")
+    }
+}
+
 /// A task that runs `work` every `ms` milliseconds (at least 10) until cancelled.
 fn every_ms<F, Fut>(ms: u64, work: F) -> glommio::Task<()>
 where
@@ -277,9 +286,13 @@ async fn run_shard(
         "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), http {}, data {}, {recovered} partitions recovered in {:?}{}",
         cpu.map(|c| format!("core {c}"))
             .unwrap_or_else(|| "any core".into()),
-        config.kafka.addr,
-        config.amqp.addr,
-        config.http.addr,
+        kafka
+            .iter()
+            .map(|(l, _)| format!("{} {}", l.addr, l.protocol().name()))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        with_tls(&config.amqp.addr, &config.amqp.tls_addr, "amqps"),
+        with_tls(&config.http.addr, &config.http.tls_addr, "https"),
         config.data_dir.join(id.to_string()).display(),
         started.elapsed(),
         if clean {
