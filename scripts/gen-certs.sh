@@ -35,7 +35,7 @@ case "${1:-}" in
     usage
     exit 0
     ;;
-"")
+"" | -*)
     usage >&2
     exit 2
     ;;
@@ -112,7 +112,7 @@ EOF
 {
     cat <<EOF
 # Written by scripts/gen-certs.sh: a Portask secured with TLS, SASL and ACLs, for trying
-# it out (see docs/security.md). The keys and passwords are for tests only.
+# it out (see tuning/README.md, "Securing Portask"). The keys and passwords are for tests only.
 
 [kafka]
 addr = "127.0.0.1:9092"
