@@ -802,7 +802,13 @@ fn gen_certs_writes_certificates_and_a_configuration_the_broker_accepts() {
     let out_str = out.to_str().expect("utf-8 temp path");
     let r = run_script("gen-certs.sh", &[out_str], &[]);
     assert_eq!(r.code, Some(0), "gen-certs.sh: {}", r.describe());
-    for file in ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"] {
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
         let text = fs::read_to_string(out.join(file)).expect("read generated file");
         assert!(text.contains("-----BEGIN "), "{file} is not PEM");
     }
@@ -817,7 +823,11 @@ fn gen_certs_writes_certificates_and_a_configuration_the_broker_accepts() {
         .arg(out.join("secure.toml"))
         .arg("--print-config"));
     assert_eq!(r.code, Some(0), "portask --print-config: {}", r.describe());
-    for key in ["tls_addr = \"127.0.0.1:5671\"", "name = \"SASL_SSL\"", "enabled = true"] {
+    for key in [
+        "tls_addr = \"127.0.0.1:5671\"",
+        "name = \"SASL_SSL\"",
+        "enabled = true",
+    ] {
         assert!(r.stdout.contains(key), "{key} missing: {}", r.stdout);
     }
 }
