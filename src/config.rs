@@ -738,8 +738,11 @@ impl Provenance {
     }
 }
 
-/// `PORTASK_*` variables read by the scripts in `scripts/`, not by the broker.
+/// `PORTASK_*` variables that are not configuration keys: the file's path, and those read
+/// by the scripts in `scripts/`.
 const TOOL_VARIABLES: &[&str] = &[
+    // The configuration file itself (`--config`).
+    "PORTASK_CONFIG",
     "PORTASK_BIN",
     "PORTASK_SYS_ROOT",
     "PORTASK_SYSCTL_ROOT",
