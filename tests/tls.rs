@@ -43,6 +43,15 @@ const GUEST_HASH: &str = "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe";
 impl Secure {
     /// `client_auth`: none, requested or required; `extra`: more `PORTASK_*` settings.
     fn start(client_auth: &str, extra: &[(&str, &str)]) -> Secure {
+        Secure::start_with(client_auth, None, extra)
+    }
+
+    /// As `start`, the SSL listener with its own `client_auth` when given.
+    fn start_with(
+        client_auth: &str,
+        listener_auth: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Secure {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::new("Portask Test CA");
         let ca_path = ca.write(dir.path());
@@ -51,8 +60,11 @@ impl Secure {
         let mut launch = Launch::new(&dir.path().join("data"), 2, &[]);
         let listeners = format!(
             "[{{name = \"PLAINTEXT\", addr = \"127.0.0.1:{}\"}}, \
-              {{name = \"SSL\", addr = \"127.0.0.1:{ssl_port}\", advertised_host = \"localhost\"}}]",
-            launch.kafka_port
+              {{name = \"SSL\", addr = \"127.0.0.1:{ssl_port}\", advertised_host = \"localhost\"{}}}]",
+            launch.kafka_port,
+            listener_auth
+                .map(|a| format!(", client_auth = \"{a}\""))
+                .unwrap_or_default()
         );
         let users = format!(
             "[{{name = \"guest\", password_hash = \"{GUEST_HASH}\", tags = [\"administrator\"]}}, \
@@ -148,7 +160,8 @@ fn ssl_settings<'a>(ca: &'a str, identity: Option<(&'a str, &'a str)>) -> Vec<(&
 
 #[test]
 fn ssl_listener_with_required_client_auth_serves_certified_clients_only() {
-    let b = Secure::start("required", &[]);
+    // The listener's own rule (Kafka's listener.name.ssl.ssl.client.auth) over the default.
+    let b = Secure::start_with("none", Some("required"), &[]);
     let ca = b.ca_path.display().to_string();
     let (_, cert, key) = b.client_cert("alice");
     let (cert, key) = (cert.display().to_string(), key.display().to_string());

@@ -150,6 +150,7 @@ mod tests {
             security_protocol: String::new(),
             advertised_host: String::new(),
             advertised_port: 0,
+            client_auth: None,
         }];
         config.amqp.tls_addr = "0.0.0.0:19094".into();
         match clashing_address(&config) {

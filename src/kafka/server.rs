@@ -111,7 +111,8 @@ async fn transport(
     let certs = crate::security::tls::current()
         .ok_or_else(|| std::io::Error::other("no TLS certificate loaded"))?;
     let timeout = Duration::from_millis(shard.config.tls.handshake_timeout_ms.max(1));
-    transport::accept_tls(stream, certs.plain.clone(), timeout, Protocol::Kafka).await
+    let config = certs.server(listener.client_auth);
+    transport::accept_tls(stream, config, timeout, Protocol::Kafka).await
 }
 
 async fn connection(

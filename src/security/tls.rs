@@ -5,9 +5,9 @@
 //!
 //! - Certificate chain and key from PEM files (PKCS#8, PKCS#1 or SEC1 keys); TLS 1.2 and
 //!   1.3 with the `ring` provider.
-//! - `tls.client_auth`: `none` asks no certificate; `requested` asks one and verifies it
-//!   against `ca_file` when presented; `required` refuses a client without a certificate
-//!   the CA verified.
+//! - `tls.client_auth` (or a Kafka listener's own `client_auth`): `none` asks no
+//!   certificate; `requested` asks one and verifies it against `ca_file` when presented;
+//!   `required` refuses a client without a certificate the CA verified.
 //! - ALPN: none for Kafka and AMQP; `http/1.1` for HTTPS.
 //!
 //! `install` runs once on the main thread at start-up (bad files are a start-up error
@@ -35,15 +35,28 @@ pub struct TlsError {
     pub why: String,
 }
 
-/// The server configurations made from one reading of `[tls]`.
+/// The server configurations made from one reading of `[tls]`: one per client-certificate
+/// rule (a Kafka listener may have its own, `kafka.listeners[].client_auth`), and HTTPS.
 pub struct Certs {
-    /// Kafka and AMQP (no ALPN).
-    pub plain: Arc<ServerConfig>,
-    /// HTTPS (ALPN `http/1.1`).
+    /// Kafka and AMQP (no ALPN), by client-certificate rule: none, requested, required.
+    by_auth: [Arc<ServerConfig>; 3],
+    /// `tls.client_auth`: the rule of listeners without their own.
+    default_auth: ClientAuth,
+    /// HTTPS (ALPN `http/1.1`, `tls.client_auth`).
     pub http: Arc<ServerConfig>,
-    /// `tls.client_auth` is `requested` or `required` with a CA: client certificates are
-    /// asked for and verified.
-    pub verifies_clients: bool,
+}
+
+impl Certs {
+    /// The configuration of a listener with client-certificate rule `auth` (`None`: the
+    /// `tls.client_auth` default). Kafka and AMQP.
+    pub fn server(&self, auth: Option<ClientAuth>) -> Arc<ServerConfig> {
+        let i = match auth.unwrap_or(self.default_auth) {
+            ClientAuth::None => 0,
+            ClientAuth::Requested => 1,
+            ClientAuth::Required => 2,
+        };
+        self.by_auth[i].clone()
+    }
 }
 
 /// Which of the configurations a listener serves.
@@ -83,30 +96,36 @@ pub fn load(config: &TlsConfig) -> Result<Certs, TlsError> {
     let key = PrivateKeyDer::from_pem_file(&config.key_file)
         .map_err(|e| error("tls.key_file", &config.key_file, e))?;
     let ca = &config.ca_file;
-    let verifier = match config.client_auth {
-        ClientAuth::None => None,
-        ClientAuth::Requested if ca.as_os_str().is_empty() => None,
-        auth => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_certs("tls.ca_file", ca)? {
-                roots.add(cert).map_err(|e| error("tls.ca_file", ca, e))?;
-            }
-            let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-            let builder = if auth == ClientAuth::Requested {
-                builder.allow_unauthenticated()
-            } else {
-                builder
-            };
-            Some(builder.build().map_err(|e| error("tls.ca_file", ca, e))?)
+    // The CA, read once for every rule that verifies client certificates (none without
+    // `ca_file`: then `requested` asks for nothing, and validation refuses `required`).
+    let roots = if ca.as_os_str().is_empty() {
+        None
+    } else {
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs("tls.ca_file", ca)? {
+            roots.add(cert).map_err(|e| error("tls.ca_file", ca, e))?;
         }
+        Some(Arc::new(roots))
     };
-    let verifies_clients = verifier.is_some();
-    let make = |alpn: Alpn| -> Result<Arc<ServerConfig>, TlsError> {
+    let make = |auth: ClientAuth, alpn: Alpn| -> Result<Arc<ServerConfig>, TlsError> {
+        let verifier = match (auth, &roots) {
+            (ClientAuth::None, _) | (_, None) => None,
+            (auth, Some(roots)) => {
+                let builder =
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+                let builder = if auth == ClientAuth::Requested {
+                    builder.allow_unauthenticated()
+                } else {
+                    builder
+                };
+                Some(builder.build().map_err(|e| error("tls.ca_file", ca, e))?)
+            }
+        };
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| error("tls.cert_file", &config.cert_file, e))?;
-        let builder = match &verifier {
-            Some(v) => builder.with_client_cert_verifier(v.clone()),
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
             None => builder.with_no_client_auth(),
         };
         let mut server = builder
@@ -118,9 +137,13 @@ pub fn load(config: &TlsConfig) -> Result<Certs, TlsError> {
         Ok(Arc::new(server))
     };
     Ok(Certs {
-        plain: make(Alpn::None)?,
-        http: make(Alpn::Http1)?,
-        verifies_clients,
+        by_auth: [
+            make(ClientAuth::None, Alpn::None)?,
+            make(ClientAuth::Requested, Alpn::None)?,
+            make(ClientAuth::Required, Alpn::None)?,
+        ],
+        default_auth: config.client_auth,
+        http: make(config.client_auth, Alpn::Http1)?,
     })
 }
 

@@ -332,8 +332,7 @@ pub async fn run_tls(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
     let certs = crate::security::tls::current()
         .ok_or_else(|| std::io::Error::other("no TLS certificate loaded"))?;
     let timeout = Duration::from_millis(shard.config.tls.handshake_timeout_ms.max(1));
-    let stream =
-        transport::accept_tls(stream, certs.plain.clone(), timeout, Protocol::Amqp).await?;
+    let stream = transport::accept_tls(stream, certs.server(None), timeout, Protocol::Amqp).await?;
     serve(shard, stream).await
 }
 
