@@ -100,7 +100,7 @@ fn apply_socket_options(shard: &Shard, stream: &TcpStream) {
 type Outgoing = JoinHandle<Option<Bytes>>;
 
 /// Wraps an accepted socket in TLS when its listener asks for it (`SSL`, `SASL_SSL`).
-async fn transport(
+async fn wrap_tls(
     shard: &Shard,
     stream: TcpStream,
     listener: &KafkaListener,
@@ -123,7 +123,7 @@ async fn connection(
     apply_socket_options(shard, &stream);
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
-    let stream = transport(shard, stream, &listener).await?;
+    let stream = wrap_tls(shard, stream, &listener).await?;
     // On an `SSL` listener a verified client certificate names the client, as Kafka's
     // default principal builder does (`User:CN=alice,OU=…`); SASL listeners authenticate
     // with SASL instead.
