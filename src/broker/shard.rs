@@ -30,6 +30,9 @@ pub struct Shard {
     pub kafka_budget: crate::kafka::InflightBudget,
     /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
     pub amqp: crate::amqp::ShardAmqp,
+    /// Kafka's authorizer, with the configuration's ACLs parsed once; the catalog's ACLs
+    /// are passed to it on each check.
+    pub acl: crate::security::acl::Authorizer,
 }
 
 impl Deref for Shard {
@@ -49,6 +52,7 @@ impl Shard {
         writer: Option<CatalogWriter>,
     ) -> Shard {
         let amqp = crate::amqp::ShardAmqp::new(&core.config, core.id, core.count);
+        let acl = crate::security::acl::Authorizer::new(&core.config.acl);
         Shard {
             core,
             storage,
@@ -57,6 +61,7 @@ impl Shard {
             writer,
             kafka_budget: Default::default(),
             amqp,
+            acl,
         }
     }
 

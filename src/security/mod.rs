@@ -1,9 +1,11 @@
 //! Who a client is and what it may do, for every protocol: the principal a connection
-//! authenticated as (`Principal`), and the audit trail of refusals (`audit`).
+//! authenticated as (`Principal`), Kafka's authorizer over the ACLs (`acl`) and the audit
+//! trail of refusals (`audit`).
 //!
 //! Protocol-free: the Kafka, AMQP and HTTP layers authenticate their own way and hand the
 //! result here as a `Principal`; runs on whichever shard holds the connection.
 
+pub mod acl;
 pub mod audit;
 
 use std::fmt;
