@@ -403,6 +403,101 @@ impl Authorizer {
     }
 }
 
+/// A binding as CreateAcls may add it, checked as Kafka checks one: a known resource type,
+/// LITERAL or PREFIXED, an operation and a permission (not UNKNOWN or ANY), a non-empty
+/// resource name (`kafka-cluster` for the cluster) and a principal like `User:alice`.
+pub fn validate_new(b: &AclBinding) -> Result<(), String> {
+    if !(2..=7).contains(&b.resource_type) {
+        return Err(format!("Invalid resourceType {}", b.resource_type));
+    }
+    if !matches!(b.pattern_type, pattern::LITERAL | pattern::PREFIXED) {
+        return Err(format!("Invalid patternType {}", b.pattern_type));
+    }
+    if !(2..=14).contains(&b.operation) {
+        return Err(format!("Invalid operation {}", b.operation));
+    }
+    if !matches!(b.permission_type, permission::DENY | permission::ALLOW) {
+        return Err(format!("Invalid permissionType {}", b.permission_type));
+    }
+    if b.resource_name.is_empty() {
+        return Err("Invalid empty resource name".into());
+    }
+    if b.resource_type == ResourceType::Cluster.code() && b.resource_name != CLUSTER_NAME {
+        return Err(format!(
+            "The only valid name for the CLUSTER resource is {CLUSTER_NAME}"
+        ));
+    }
+    if Principal::parse(&b.principal).is_none() {
+        return Err(format!("Could not parse principal from `{}`", b.principal));
+    }
+    if b.host.is_empty() {
+        return Err("Invalid empty host".into());
+    }
+    Ok(())
+}
+
+/// A filter of DescribeAcls and DeleteAcls (Kafka's `AclBindingFilter`): ANY (1) matches
+/// every value of a code field, a null string field every string; the pattern type MATCH
+/// (2) with a name matches the bindings that would apply to that resource (the literal
+/// name, the wildcard `*`, prefixes of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclFilter {
+    pub resource_type: i8,
+    pub resource_name: Option<String>,
+    pub pattern_type: i8,
+    pub principal: Option<String>,
+    pub host: Option<String>,
+    pub operation: i8,
+    pub permission_type: i8,
+}
+
+impl AclFilter {
+    /// Kafka refuses a filter holding UNKNOWN (or unheard-of) codes.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=7).contains(&self.resource_type) {
+            return Err(format!("Invalid resourceType filter {}", self.resource_type));
+        }
+        if !(1..=4).contains(&self.pattern_type) {
+            return Err(format!("Invalid patternType filter {}", self.pattern_type));
+        }
+        if !(1..=14).contains(&self.operation) {
+            return Err(format!("Invalid operation filter {}", self.operation));
+        }
+        if !(1..=3).contains(&self.permission_type) {
+            return Err(format!(
+                "Invalid permissionType filter {}",
+                self.permission_type
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, b: &AclBinding) -> bool {
+        let code = |filter: i8, value: i8| filter == 1 || filter == value;
+        let text = |filter: &Option<String>, value: &str| filter.as_deref().is_none_or(|f| f == value);
+        let pattern_ok = match self.pattern_type {
+            pattern::ANY | pattern::MATCH => true,
+            p => p == b.pattern_type,
+        };
+        let name_ok = match (&self.resource_name, self.pattern_type) {
+            (None, _) => true,
+            (Some(n), pattern::MATCH) => match b.pattern_type {
+                pattern::LITERAL => b.resource_name == *n || b.resource_name == WILDCARD,
+                pattern::PREFIXED => n.starts_with(b.resource_name.as_str()),
+                _ => false,
+            },
+            (Some(n), _) => b.resource_name == *n,
+        };
+        code(self.resource_type, b.resource_type)
+            && pattern_ok
+            && name_ok
+            && text(&self.principal, &b.principal)
+            && text(&self.host, &b.host)
+            && code(self.operation, b.operation)
+            && code(self.permission_type, b.permission_type)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +698,53 @@ mod tests {
         assert_eq!(a.authorized_operations(&acls, &who, Topic, "v"), 0);
         let all = Authorizer::default().authorized_operations(&[], &who, Group, "g");
         assert_eq!(all, (1 << 3) | (1 << 6) | (1 << 8));
+    }
+
+    #[test]
+    fn filters_match_as_kafka_admin_clients_expect() {
+        let lit = allow(Topic, "orders", "User:alice", Read);
+        let star = allow(Topic, "*", "User:bob", Write);
+        let pre = binding(Topic, "ord", pattern::PREFIXED, "User:carol", Read, permission::DENY);
+        let all = [lit.clone(), star.clone(), pre.clone()];
+        let filter = |name: Option<&str>, pattern_type| AclFilter {
+            resource_type: 1,
+            resource_name: name.map(String::from),
+            pattern_type,
+            principal: None,
+            host: None,
+            operation: 1,
+            permission_type: 1,
+        };
+        let hits = |f: &AclFilter| all.iter().filter(|b| f.matches(b)).count();
+        assert_eq!(hits(&filter(None, pattern::ANY)), 3);
+        assert_eq!(hits(&filter(None, pattern::PREFIXED)), 1);
+        assert_eq!(hits(&filter(Some("orders"), pattern::LITERAL)), 1);
+        assert_eq!(hits(&filter(Some("orders"), pattern::ANY)), 1);
+        assert_eq!(hits(&filter(Some("orders"), pattern::MATCH)), 3);
+        assert_eq!(hits(&filter(Some("other"), pattern::MATCH)), 1);
+        let mut f = filter(None, pattern::ANY);
+        f.permission_type = permission::DENY;
+        assert_eq!(hits(&f), 1);
+        f.principal = Some("User:alice".into());
+        assert_eq!(hits(&f), 0);
+        assert!(filter(None, pattern::UNKNOWN).validate().is_err());
+        assert!(AclFilter { operation: 0, ..filter(None, 1) }.validate().is_err());
+        assert!(filter(None, pattern::MATCH).validate().is_ok());
+    }
+
+    #[test]
+    fn new_bindings_are_checked_as_kafka_checks_them() {
+        let ok = allow(Topic, "t", "User:alice", Read);
+        assert!(validate_new(&ok).is_ok());
+        let bad = |b: AclBinding| validate_new(&b).is_err();
+        assert!(bad(AclBinding { resource_type: 1, ..ok.clone() }));
+        assert!(bad(AclBinding { pattern_type: pattern::MATCH, ..ok.clone() }));
+        assert!(bad(AclBinding { operation: 1, ..ok.clone() }));
+        assert!(bad(AclBinding { permission_type: permission::ANY, ..ok.clone() }));
+        assert!(bad(AclBinding { resource_name: String::new(), ..ok.clone() }));
+        assert!(bad(AclBinding { principal: "alice".into(), ..ok.clone() }));
+        assert!(bad(allow(Cluster, "c", "User:a", Alter)));
+        assert!(validate_new(&allow(Cluster, CLUSTER_NAME, "User:a", Alter)).is_ok());
     }
 
     #[test]
