@@ -278,7 +278,8 @@ fn grants(b: &AclBinding, op: Operation) -> bool {
 
 impl Authorizer {
     pub fn new(config: &AclConfig) -> Authorizer {
-        let mut configured: Vec<AclBinding> = config.bindings.iter().flat_map(from_config).collect();
+        let mut configured: Vec<AclBinding> =
+            config.bindings.iter().flat_map(from_config).collect();
         configured.sort();
         configured.dedup();
         Authorizer {
@@ -376,12 +377,14 @@ impl Authorizer {
             .collect();
         // Whether a DENY covers every name the ALLOW `a` grants.
         let denied = |a: &AclBinding| {
-            denies.iter().any(|d| match (d.pattern_type, a.pattern_type) {
-                (pattern::LITERAL, _) if d.resource_name == WILDCARD => true,
-                (pattern::LITERAL, pattern::LITERAL) => d.resource_name == a.resource_name,
-                (pattern::PREFIXED, _) => a.resource_name.starts_with(d.resource_name.as_str()),
-                _ => false,
-            })
+            denies
+                .iter()
+                .any(|d| match (d.pattern_type, a.pattern_type) {
+                    (pattern::LITERAL, _) if d.resource_name == WILDCARD => true,
+                    (pattern::LITERAL, pattern::LITERAL) => d.resource_name == a.resource_name,
+                    (pattern::PREFIXED, _) => a.resource_name.starts_with(d.resource_name.as_str()),
+                    _ => false,
+                })
         };
         mine().any(|a| a.permission_type == permission::ALLOW && !denied(a))
     }
@@ -455,7 +458,10 @@ impl AclFilter {
     /// Kafka refuses a filter holding UNKNOWN (or unheard-of) codes.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=7).contains(&self.resource_type) {
-            return Err(format!("Invalid resourceType filter {}", self.resource_type));
+            return Err(format!(
+                "Invalid resourceType filter {}",
+                self.resource_type
+            ));
         }
         if !(1..=4).contains(&self.pattern_type) {
             return Err(format!("Invalid patternType filter {}", self.pattern_type));
@@ -474,7 +480,8 @@ impl AclFilter {
 
     pub fn matches(&self, b: &AclBinding) -> bool {
         let code = |filter: i8, value: i8| filter == 1 || filter == value;
-        let text = |filter: &Option<String>, value: &str| filter.as_deref().is_none_or(|f| f == value);
+        let text =
+            |filter: &Option<String>, value: &str| filter.as_deref().is_none_or(|f| f == value);
         let pattern_ok = match self.pattern_type {
             pattern::ANY | pattern::MATCH => true,
             p => p == b.pattern_type,
@@ -561,7 +568,14 @@ mod tests {
     #[test]
     fn without_an_authorizer_everything_is_allowed() {
         let a = Authorizer::new(&AclConfig::default());
-        let deny = binding(Topic, "t", pattern::LITERAL, "User:*", All, permission::DENY);
+        let deny = binding(
+            Topic,
+            "t",
+            pattern::LITERAL,
+            "User:*",
+            All,
+            permission::DENY,
+        );
         assert!(may(&a, &[deny], "bob", Write, Topic, "t"));
         assert!(may(&a, &[], "bob", Alter, Cluster, CLUSTER_NAME));
     }
@@ -596,7 +610,14 @@ mod tests {
         let a = enabled();
         let mut acls = vec![
             allow(Topic, "t", "User:*", All),
-            binding(Topic, "t", pattern::LITERAL, "User:bob", Write, permission::DENY),
+            binding(
+                Topic,
+                "t",
+                pattern::LITERAL,
+                "User:bob",
+                Write,
+                permission::DENY,
+            ),
         ];
         assert!(may(&a, &acls, "alice", Write, Topic, "t"));
         assert!(!may(&a, &acls, "bob", Write, Topic, "t"));
@@ -605,12 +626,26 @@ mod tests {
         // A host-bound DENY refuses only that host.
         acls.push(AclBinding {
             host: "10.0.0.2".into(),
-            ..binding(Topic, "t", pattern::LITERAL, "User:alice", All, permission::DENY)
+            ..binding(
+                Topic,
+                "t",
+                pattern::LITERAL,
+                "User:alice",
+                All,
+                permission::DENY,
+            )
         });
         assert!(may(&a, &acls, "alice", Write, Topic, "t"));
         acls.push(AclBinding {
             host: "10.0.0.1".into(),
-            ..binding(Topic, "t", pattern::LITERAL, "User:alice", All, permission::DENY)
+            ..binding(
+                Topic,
+                "t",
+                pattern::LITERAL,
+                "User:alice",
+                All,
+                permission::DENY,
+            )
         });
         assert!(!may(&a, &acls, "alice", Read, Topic, "t"));
     }
@@ -632,7 +667,14 @@ mod tests {
 
     #[test]
     fn super_users_and_no_acl_found() {
-        let deny_all = binding(Topic, "*", pattern::LITERAL, "User:*", All, permission::DENY);
+        let deny_all = binding(
+            Topic,
+            "*",
+            pattern::LITERAL,
+            "User:*",
+            All,
+            permission::DENY,
+        );
         let a = Authorizer::new(&AclConfig {
             enabled: true,
             super_users: vec!["User:admin".into()],
@@ -691,7 +733,14 @@ mod tests {
         assert!(a.authorize_any(&acls, &who, Write, Topic));
         assert!(!a.authorize_any(&acls, &who, Read, Topic));
         let mut denied = acls.clone();
-        denied.push(binding(Topic, "u", pattern::PREFIXED, "User:u", Write, permission::DENY));
+        denied.push(binding(
+            Topic,
+            "u",
+            pattern::PREFIXED,
+            "User:u",
+            Write,
+            permission::DENY,
+        ));
         assert!(!a.authorize_any(&denied, &who, Write, Topic));
         let bits = a.authorized_operations(&acls, &who, Topic, "u.x");
         assert_eq!(bits, (1 << 4) | (1 << 8));
@@ -704,7 +753,14 @@ mod tests {
     fn filters_match_as_kafka_admin_clients_expect() {
         let lit = allow(Topic, "orders", "User:alice", Read);
         let star = allow(Topic, "*", "User:bob", Write);
-        let pre = binding(Topic, "ord", pattern::PREFIXED, "User:carol", Read, permission::DENY);
+        let pre = binding(
+            Topic,
+            "ord",
+            pattern::PREFIXED,
+            "User:carol",
+            Read,
+            permission::DENY,
+        );
         let all = [lit.clone(), star.clone(), pre.clone()];
         let filter = |name: Option<&str>, pattern_type| AclFilter {
             resource_type: 1,
@@ -728,7 +784,12 @@ mod tests {
         f.principal = Some("User:alice".into());
         assert_eq!(hits(&f), 0);
         assert!(filter(None, pattern::UNKNOWN).validate().is_err());
-        assert!(AclFilter { operation: 0, ..filter(None, 1) }.validate().is_err());
+        assert!(AclFilter {
+            operation: 0,
+            ..filter(None, 1)
+        }
+        .validate()
+        .is_err());
         assert!(filter(None, pattern::MATCH).validate().is_ok());
     }
 
@@ -737,12 +798,30 @@ mod tests {
         let ok = allow(Topic, "t", "User:alice", Read);
         assert!(validate_new(&ok).is_ok());
         let bad = |b: AclBinding| validate_new(&b).is_err();
-        assert!(bad(AclBinding { resource_type: 1, ..ok.clone() }));
-        assert!(bad(AclBinding { pattern_type: pattern::MATCH, ..ok.clone() }));
-        assert!(bad(AclBinding { operation: 1, ..ok.clone() }));
-        assert!(bad(AclBinding { permission_type: permission::ANY, ..ok.clone() }));
-        assert!(bad(AclBinding { resource_name: String::new(), ..ok.clone() }));
-        assert!(bad(AclBinding { principal: "alice".into(), ..ok.clone() }));
+        assert!(bad(AclBinding {
+            resource_type: 1,
+            ..ok.clone()
+        }));
+        assert!(bad(AclBinding {
+            pattern_type: pattern::MATCH,
+            ..ok.clone()
+        }));
+        assert!(bad(AclBinding {
+            operation: 1,
+            ..ok.clone()
+        }));
+        assert!(bad(AclBinding {
+            permission_type: permission::ANY,
+            ..ok.clone()
+        }));
+        assert!(bad(AclBinding {
+            resource_name: String::new(),
+            ..ok.clone()
+        }));
+        assert!(bad(AclBinding {
+            principal: "alice".into(),
+            ..ok.clone()
+        }));
         assert!(bad(allow(Cluster, "c", "User:a", Alter)));
         assert!(validate_new(&allow(Cluster, CLUSTER_NAME, "User:a", Alter)).is_ok());
     }

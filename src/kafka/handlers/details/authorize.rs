@@ -75,6 +75,23 @@ impl Conn {
             .authorize_any(&state.security.acls, &who, op, resource)
     }
 
+    /// The check of a config resource (DescribeConfigs, AlterConfigs,
+    /// IncrementalAlterConfigs): `op` on the topic (config resource type 2) or on the
+    /// cluster (a broker, 4, or broker logger, 8); the refusal's error code (other types are
+    /// left to the config layer, which refuses them).
+    pub fn authorize_config(
+        &self,
+        op: Operation,
+        resource_type: i8,
+        name: &str,
+    ) -> Result<(), i16> {
+        match resource_type {
+            2 if !self.authorize(op, ResourceType::Topic, name) => Err(topic_denied()),
+            4 | 8 if !self.authorize_cluster(op) => Err(cluster_denied()),
+            _ => Ok(()),
+        }
+    }
+
     /// Kafka's authorized-operations bit field of a resource for this connection.
     pub fn authorized_operations(&self, resource: ResourceType, name: &str) -> i32 {
         let shard = &self.shard;
