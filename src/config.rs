@@ -367,9 +367,9 @@ impl Default for TlsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AclConfig {
-    /// Enforce ACLs (Kafka's `authorizer.class.name` set). Off (the default), every
-    /// principal may do everything, as in a Kafka without an authorizer; ACLs can still be
-    /// created and listed.
+    /// Enforce ACLs (Kafka's `authorizer.class.name` set), on Kafka and on the HTTP API's
+    /// topics. Off (the default), every principal may do everything and the ACL APIs answer
+    /// SECURITY_DISABLED, as in a Kafka without an authorizer.
     pub enabled: bool,
     /// `super.users`: principals (`User:admin`) allowed everything whatever the ACLs say.
     pub super_users: Vec<String>,

@@ -11,6 +11,7 @@
 //! rest of the body is read and dropped, within bounds, so the client hears it); every
 //! error is JSON `{"error": ..., "reason": ...}` with the status a REST client expects.
 
+pub mod acl;
 pub mod amqp;
 pub mod auth;
 pub mod connections;
@@ -139,6 +140,8 @@ pub struct Req {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub user: Option<User>,
+    /// The client's address (for ACL host matching).
+    pub peer: Option<SocketAddr>,
 }
 
 impl Req {
@@ -360,6 +363,7 @@ async fn handle(
             headers: parts.headers,
             body,
             user,
+            peer,
         };
         route(shard, req).await
     }
