@@ -11,6 +11,7 @@ use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::group_denied;
 use super::details::coordinator;
 use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
@@ -52,7 +53,7 @@ pub fn handle(
                     m.group_instance_id = None;
                 }
             }
-            if req.include_authorized_operations && version >= 3 && d.error_code == 0 {
+            if req.include_authorized_operations && version >= 3 && d.error_code != group_denied() {
                 d.authorized_operations = conn.authorized_operations(ResourceType::Group, &group);
             }
             out.push(d);

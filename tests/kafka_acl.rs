@@ -1,0 +1,584 @@
+//! Kafka ACLs with real clients: librdkafka producers, consumers and admin clients, and
+//! the ACL APIs (CreateAcls, DescribeAcls, DeleteAcls) as raw wire requests (rust-rdkafka's
+//! admin client has no ACL calls). On a PLAINTEXT listener every client is Kafka's
+//! `User:ANONYMOUS`, so each test grants or refuses that principal (from the
+//! configuration's `[[acl.bindings]]`, or with CreateAcls) and checks what a user depends
+//! on: produce, consume, group join, topic creation (CreateTopics and auto-creation),
+//! Metadata hiding, DENY beating ALLOW, prefixed patterns, super users, ACLs surviving a
+//! restart, `/metrics` counting a denial and HTTP reads refused without READ.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use common::kafka::{client, read_frame, request_frame};
+use common::{data_dir, Broker};
+use futures::executor::block_on;
+use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DescribeAclsRequest, DescribeAclsResponse, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+const TOPIC: i8 = 2;
+const GROUP: i8 = 3;
+const CLUSTER: i8 = 4;
+const LITERAL: i8 = 3;
+const PREFIXED: i8 = 4;
+const ANY: i8 = 1;
+const MATCH: i8 = 2;
+const DENY: i8 = 2;
+const ALLOW: i8 = 3;
+const ALL: i8 = 2;
+const READ: i8 = 3;
+const WRITE: i8 = 4;
+const CREATE: i8 = 5;
+const ALTER: i8 = 7;
+
+const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// `PORTASK_ACL__BINDINGS` giving `User:ANONYMOUS` the cluster operations `ops` (so that it
+/// may manage ACLs with the Kafka API).
+fn cluster_grant(ops: &str) -> String {
+    format!(r#"[{{resource_type = "cluster", principal = "{ANONYMOUS}", operations = [{ops}]}}]"#)
+}
+
+/// A broker with ACLs enforced and `bindings` from the configuration.
+fn broker(data: &std::path::Path, bindings: &str, extra: &[(&str, &str)]) -> Broker {
+    let mut env = vec![
+        ("PORTASK_ACL__ENABLED", "true"),
+        ("PORTASK_ACL__BINDINGS", bindings),
+    ];
+    env.extend_from_slice(extra);
+    Broker::start(data, &env)
+}
+
+fn connect(b: &Broker) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", b.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s
+}
+
+/// One request and its decoded response, at `version`.
+fn call<Q: Encodable, R: Decodable>(s: &mut TcpStream, api: ApiKey, version: i16, body: &Q) -> R {
+    s.write_all(&request_frame(api, version, 7, "acl-test", body))
+        .expect("write");
+    let mut resp: Bytes = read_frame(s).expect("response");
+    assert_eq!(resp.get_i32(), 7);
+    if api.response_header_version(version) >= 1 {
+        assert_eq!(resp.get_u8(), 0, "no header tags");
+    }
+    R::decode(&mut resp, version).expect("decode response")
+}
+
+fn s(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_owned())
+}
+
+fn acl(resource_type: i8, name: &str, pattern: i8, op: i8, permission: i8) -> AclCreation {
+    AclCreation::default()
+        .with_resource_type(resource_type)
+        .with_resource_name(s(name))
+        .with_resource_pattern_type(pattern)
+        .with_principal(s(ANONYMOUS))
+        .with_host(s("*"))
+        .with_operation(op)
+        .with_permission_type(permission)
+}
+
+/// CreateAcls v3; the error code of each creation.
+fn create_acls(b: &Broker, creations: Vec<AclCreation>) -> Vec<i16> {
+    let resp: CreateAclsResponse = call(
+        &mut connect(b),
+        ApiKey::CreateAcls,
+        3,
+        &CreateAclsRequest::default().with_creations(creations),
+    );
+    resp.results.iter().map(|r| r.error_code).collect()
+}
+
+/// A DescribeAcls filter matching every ACL (the codec's defaults are empty strings, not
+/// the nulls that match anything).
+fn match_all() -> DescribeAclsRequest {
+    DescribeAclsRequest::default()
+        .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_pattern_type_filter(ANY)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_operation(ANY)
+        .with_permission_type(ANY)
+}
+
+/// Every ACL DescribeAcls v3 lists: (resource type, name, pattern, op, permission).
+fn describe_all(b: &Broker) -> (i16, Vec<(i8, String, i8, i8, i8)>) {
+    let resp: DescribeAclsResponse = call(&mut connect(b), ApiKey::DescribeAcls, 3, &match_all());
+    let mut acls: Vec<(i8, String, i8, i8, i8)> = resp
+        .resources
+        .iter()
+        .flat_map(|r| {
+            r.acls.iter().map(|a| {
+                (
+                    r.resource_type,
+                    r.resource_name.to_string(),
+                    r.pattern_type,
+                    a.operation,
+                    a.permission_type,
+                )
+            })
+        })
+        .collect();
+    acls.sort();
+    (resp.error_code, acls)
+}
+
+fn producer(b: &Broker) -> FutureProducer {
+    client(b, &[("message.timeout.ms", "10000"), ("linger.ms", "0")])
+}
+
+/// Produces one record; the error code librdkafka reports, if any.
+fn produce(p: &FutureProducer, topic: &str) -> Option<RDKafkaErrorCode> {
+    let sent = block_on(p.send(
+        FutureRecord::<str, str>::to(topic).payload("v").key("k"),
+        Duration::from_secs(10),
+    ));
+    match sent {
+        Ok(_) => None,
+        Err((e, _)) => Some(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+    }
+}
+
+fn admin(b: &Broker) -> AdminClient<DefaultClientContext> {
+    client(b, &[])
+}
+
+/// CreateTopics through librdkafka's admin client: Ok or the topic's error code.
+fn create_topic(b: &Broker, name: &str) -> Result<(), RDKafkaErrorCode> {
+    let t = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+    let r = block_on(admin(b).create_topics(&[t], &AdminOptions::new())).expect("create_topics");
+    r[0].clone().map(|_| ()).map_err(|(_, code)| code)
+}
+
+/// Polls `c` until a message or an error arrives (or 20 s pass).
+fn first_event(c: &BaseConsumer) -> Result<Vec<u8>, RDKafkaErrorCode> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => return Ok(m.payload().unwrap_or_default().to_vec()),
+            Some(Err(e)) => {
+                return Err(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail));
+            }
+            None => {}
+        }
+    }
+    panic!("no message and no error within 20 s");
+}
+
+fn group_consumer(b: &Broker, group: &str, topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = client(
+        b,
+        &[
+            ("group.id", group),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "6000"),
+        ],
+    );
+    c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
+/// Metadata v12 of `names` (None: all topics): (name, error code) per topic.
+fn metadata(b: &Broker, names: Option<&[&str]>, auto_create: bool) -> Vec<(String, i16)> {
+    let topics = names.map(|ns| {
+        ns.iter()
+            .map(|n| MetadataRequestTopic::default().with_name(Some(TopicName(s(n)))))
+            .collect()
+    });
+    let resp: MetadataResponse = call(
+        &mut connect(b),
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default()
+            .with_topics(topics)
+            .with_allow_auto_topic_creation(auto_create),
+    );
+    let mut out: Vec<(String, i16)> = resp
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+            (name, t.error_code)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `/metrics`: the sum of `name` over samples with all of `labels`.
+fn metric(b: &Broker, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = ureq::get(&format!("{}/metrics", b.http_url()))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// An HTTP GET as `guest`: status and body.
+fn http_get(b: &Broker, path: &str) -> (u16, String) {
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("guest:guest")
+    );
+    let r = ureq::get(&format!("{}{path}", b.http_url()))
+        .set("Authorization", &auth)
+        .call();
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("http: {e}"),
+    };
+    (resp.status(), resp.into_string().unwrap_or_default())
+}
+
+/// Produce and consume need WRITE and READ on the topic; a consumer group needs READ on
+/// the group (GROUP_AUTHORIZATION_FAILED otherwise); a DENY beats an ALLOW from a prefix;
+/// each refusal is counted in `/metrics`; the HTTP API refuses a read without READ and
+/// serves it once the HTTP user is granted it.
+#[test]
+fn produce_consume_and_groups_follow_the_acls() {
+    let (_tmp, data) = data_dir();
+    let b = broker(
+        &data,
+        &cluster_grant(r#""alter", "describe", "create""#),
+        &[],
+    );
+    for t in ["granted", "refused", "p.open", "p.locked"] {
+        create_topic(&b, t).expect("the cluster CREATE grant creates any topic");
+    }
+    let codes = create_acls(
+        &b,
+        vec![
+            acl(TOPIC, "granted", LITERAL, WRITE, ALLOW),
+            acl(TOPIC, "granted", LITERAL, READ, ALLOW),
+            acl(GROUP, "readers", LITERAL, READ, ALLOW),
+            acl(TOPIC, "p.", PREFIXED, ALL, ALLOW),
+            acl(TOPIC, "p.locked", LITERAL, WRITE, DENY),
+        ],
+    );
+    assert_eq!(codes, vec![0; 5]);
+
+    let p = producer(&b);
+    assert_eq!(produce(&p, "granted"), None);
+    assert_eq!(produce(&p, "p.open"), None, "allowed by the prefixed ACL");
+    assert_eq!(
+        produce(&p, "refused"),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+    assert_eq!(
+        produce(&p, "p.locked"),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed),
+        "the literal DENY beats the prefixed ALLOW"
+    );
+
+    let readers = group_consumer(&b, "readers", "granted");
+    assert_eq!(first_event(&readers), Ok(b"v".to_vec()));
+    drop(readers);
+    let strangers = group_consumer(&b, "strangers", "granted");
+    assert_eq!(
+        first_event(&strangers),
+        Err(RDKafkaErrorCode::GroupAuthorizationFailed)
+    );
+    drop(strangers);
+    let no_topic = group_consumer(&b, "readers", "refused");
+    assert_eq!(
+        first_event(&no_topic),
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+    drop(no_topic);
+
+    // `refused` is refused at Metadata (DESCRIBE), `p.locked` at Produce (WRITE).
+    let denied = |op| {
+        metric(
+            &b,
+            "portask_acl_denials_total",
+            &[
+                ("protocol", "kafka"),
+                ("operation", op),
+                ("resource_type", "topic"),
+            ],
+        )
+    };
+    assert!(denied("write") >= 1.0, "the refused produce is counted");
+    assert!(denied("describe") >= 1.0, "the refused metadata is counted");
+    assert!(
+        metric(
+            &b,
+            "portask_acl_denials_total",
+            &[("resource_type", "group")]
+        ) >= 1.0
+    );
+
+    // HTTP: `guest` is `User:guest`, which no ACL allows anything.
+    let (status, body) = http_get(&b, "/api/v1/topics/granted/partitions/0/records");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("READ"),
+        "the refusal names the operation: {body}"
+    );
+    let (status, body) = http_get(&b, "/api/v1/topics");
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("granted"),
+        "undescribable topics are hidden: {body}"
+    );
+    assert!(
+        metric(&b, "portask_acl_denials_total", &[("protocol", "http")]) >= 1.0,
+        "the HTTP refusal is counted"
+    );
+    let grant = acl(TOPIC, "granted", LITERAL, READ, ALLOW).with_principal(s("User:guest"));
+    assert_eq!(create_acls(&b, vec![grant]), vec![0]);
+    let (status, body) = http_get(&b, "/api/v1/topics/granted/partitions/0/records");
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http_get(&b, "/api/v1/topics");
+    assert!(body.contains("granted"), "{body}");
+}
+
+/// CreateTopics needs CREATE on the cluster or the topic; so does auto-creation through
+/// Metadata (TOPIC_AUTHORIZATION_FAILED and no topic otherwise). Metadata of all topics
+/// leaves out those the principal may not DESCRIBE and answers TOPIC_AUTHORIZATION_FAILED
+/// for such a topic by name.
+#[test]
+fn topic_creation_and_metadata_follow_the_acls() {
+    let (_tmp, data) = data_dir();
+    let b = broker(&data, &cluster_grant(r#""alter", "describe""#), &[]);
+    assert_eq!(
+        create_topic(&b, "t1"),
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+    let codes = create_acls(
+        &b,
+        vec![
+            acl(TOPIC, "made.", PREFIXED, ALL, ALLOW),
+            // CREATE alone: the topic can be made but not described.
+            acl(TOPIC, "hidden", LITERAL, CREATE, ALLOW),
+        ],
+    );
+    assert_eq!(codes, vec![0, 0]);
+    assert_eq!(create_topic(&b, "made.x"), Ok(()));
+    assert_eq!(create_topic(&b, "hidden"), Ok(()));
+    assert_eq!(
+        create_topic(&b, "other"),
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+
+    let all: Vec<String> = metadata(&b, None, false)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        all,
+        vec!["made.x".to_owned()],
+        "only describable topics are listed"
+    );
+    assert_eq!(
+        metadata(&b, Some(&["hidden"]), false),
+        vec![("hidden".to_owned(), 29)],
+        "TOPIC_AUTHORIZATION_FAILED for an undescribable topic by name"
+    );
+
+    // Auto-creation: allowed under the prefix, refused (and not made) elsewhere.
+    assert_eq!(
+        metadata(&b, Some(&["made.auto"]), true),
+        vec![("made.auto".to_owned(), 0)]
+    );
+    assert_eq!(
+        metadata(&b, Some(&["nope.auto"]), true),
+        vec![("nope.auto".to_owned(), 29)]
+    );
+    let grant = acl(TOPIC, "nope.", PREFIXED, READ, ALLOW);
+    assert_eq!(create_acls(&b, vec![grant]), vec![0]);
+    assert_eq!(
+        metadata(&b, Some(&["nope.auto"]), false),
+        vec![("nope.auto".to_owned(), 3)],
+        "the refused auto-creation made nothing (UNKNOWN_TOPIC_OR_PARTITION)"
+    );
+}
+
+/// CreateAcls, DescribeAcls and DeleteAcls round trip with Kafka's validation; ACLs from
+/// the configuration are listed but not deleted; created ACLs survive a restart.
+#[test]
+fn acl_apis_round_trip_and_survive_a_restart() {
+    let (_tmp, data) = data_dir();
+    let mut b = broker(&data, &cluster_grant(r#""alter", "describe""#), &[]);
+    let configured = vec![
+        (CLUSTER, "kafka-cluster".to_owned(), LITERAL, ALTER, ALLOW),
+        (CLUSTER, "kafka-cluster".to_owned(), LITERAL, 8, ALLOW),
+    ];
+    assert_eq!(describe_all(&b), (0, configured.clone()));
+
+    let bad_cluster = acl(CLUSTER, "not-the-cluster", LITERAL, ALTER, ALLOW);
+    let bad_pattern = acl(TOPIC, "t", MATCH, READ, ALLOW);
+    let bad_principal = acl(TOPIC, "t", LITERAL, READ, ALLOW).with_principal(s("alice"));
+    let codes = create_acls(
+        &b,
+        vec![
+            acl(TOPIC, "orders", LITERAL, READ, ALLOW),
+            bad_cluster,
+            acl(TOPIC, "ord", PREFIXED, WRITE, DENY),
+            bad_pattern,
+            bad_principal,
+            acl(GROUP, "*", LITERAL, READ, ALLOW),
+        ],
+    );
+    assert_eq!(
+        codes,
+        vec![0, 42, 0, 42, 42, 0],
+        "INVALID_REQUEST for the bad ones"
+    );
+    let created = vec![
+        (TOPIC, "ord".to_owned(), PREFIXED, WRITE, DENY),
+        (TOPIC, "orders".to_owned(), LITERAL, READ, ALLOW),
+        (GROUP, "*".to_owned(), LITERAL, READ, ALLOW),
+    ];
+    let mut everything = configured.clone();
+    everything.extend(created.clone());
+    everything.sort();
+    assert_eq!(describe_all(&b), (0, everything.clone()));
+
+    // MATCH: every ACL that applies to topic "orders".
+    let resp: DescribeAclsResponse = call(
+        &mut connect(&b),
+        ApiKey::DescribeAcls,
+        3,
+        &match_all()
+            .with_resource_type_filter(TOPIC)
+            .with_resource_name_filter(Some(s("orders")))
+            .with_pattern_type_filter(MATCH),
+    );
+    assert_eq!(resp.resources.len(), 2, "{resp:?}");
+    // A filter with UNKNOWN codes is refused.
+    let resp: DescribeAclsResponse = call(
+        &mut connect(&b),
+        ApiKey::DescribeAcls,
+        3,
+        &match_all().with_resource_type_filter(0),
+    );
+    assert_eq!(resp.error_code, 42);
+
+    b.terminate();
+    b.restart();
+    assert_eq!(describe_all(&b), (0, everything), "ACLs survive a restart");
+
+    // Delete everything: only the created ACLs go, each reported once.
+    let any = DeleteAclsFilter::default()
+        .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_pattern_type_filter(ANY)
+        .with_operation(ANY)
+        .with_permission_type(ANY);
+    let resp: DeleteAclsResponse = call(
+        &mut connect(&b),
+        ApiKey::DeleteAcls,
+        3,
+        &DeleteAclsRequest::default().with_filters(vec![any]),
+    );
+    assert_eq!(resp.filter_results.len(), 1);
+    assert_eq!(resp.filter_results[0].error_code, 0);
+    let mut deleted: Vec<(i8, String, i8, i8, i8)> = resp.filter_results[0]
+        .matching_acls
+        .iter()
+        .map(|m| {
+            (
+                m.resource_type,
+                m.resource_name.to_string(),
+                m.pattern_type,
+                m.operation,
+                m.permission_type,
+            )
+        })
+        .collect();
+    deleted.sort();
+    let mut created = created;
+    created.sort();
+    assert_eq!(deleted, created);
+    assert_eq!(
+        describe_all(&b),
+        (0, configured),
+        "the configuration's ACLs stay"
+    );
+}
+
+/// Without `acl.enabled` the ACL APIs answer SECURITY_DISABLED (54) and nothing is
+/// refused; with it, a principal without ALTER/DESCRIBE on the cluster gets
+/// CLUSTER_AUTHORIZATION_FAILED (31) from them.
+#[test]
+fn acl_apis_need_an_authorizer_and_cluster_rights() {
+    let (_tmp, data) = data_dir();
+    let plain = Broker::start(&data, &[]);
+    assert_eq!(
+        create_acls(&plain, vec![acl(TOPIC, "t", LITERAL, READ, ALLOW)]),
+        vec![54]
+    );
+    assert_eq!(describe_all(&plain).0, 54);
+    assert_eq!(produce(&producer(&plain), "anything"), None);
+    drop(plain);
+
+    let (_tmp2, data2) = data_dir();
+    let closed = broker(&data2, "[]", &[]);
+    assert_eq!(
+        create_acls(&closed, vec![acl(TOPIC, "t", LITERAL, READ, ALLOW)]),
+        vec![31]
+    );
+    assert_eq!(describe_all(&closed).0, 31);
+    assert_eq!(
+        create_topic(&closed, "t"),
+        Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+}
+
+/// A super user may do everything, whatever the ACLs (here a configured DENY of everything
+/// on every topic for everyone).
+#[test]
+fn super_users_override_every_acl() {
+    let (_tmp, data) = data_dir();
+    let deny_all = r#"[{resource_type = "topic", resource_name = "*", principal = "User:*", operations = ["all"], permission = "deny"}]"#;
+    let b = broker(
+        &data,
+        deny_all,
+        &[("PORTASK_ACL__SUPER_USERS", r#"["User:ANONYMOUS"]"#)],
+    );
+    assert_eq!(create_topic(&b, "t"), Ok(()));
+    let p = producer(&b);
+    assert_eq!(produce(&p, "t"), None);
+    let c = group_consumer(&b, "g", "t");
+    assert_eq!(first_event(&c), Ok(b"v".to_vec()));
+    assert_eq!(describe_all(&b).0, 0);
+}
