@@ -49,6 +49,9 @@ const ALTER: i8 = 7;
 
 const ANONYMOUS: &str = "User:ANONYMOUS";
 
+/// An ACL as DescribeAcls lists it: (resource type, name, pattern, operation, permission).
+type Listed = (i8, String, i8, i8, i8);
+
 /// `PORTASK_ACL__BINDINGS` giving `User:ANONYMOUS` the cluster operations `ops` (so that it
 /// may manage ACLs with the Kafka API).
 fn cluster_grant(ops: &str) -> String {
@@ -124,9 +127,9 @@ fn match_all() -> DescribeAclsRequest {
 }
 
 /// Every ACL DescribeAcls v3 lists: (resource type, name, pattern, op, permission).
-fn describe_all(b: &Broker) -> (i16, Vec<(i8, String, i8, i8, i8)>) {
+fn describe_all(b: &Broker) -> (i16, Vec<Listed>) {
     let resp: DescribeAclsResponse = call(&mut connect(b), ApiKey::DescribeAcls, 3, &match_all());
-    let mut acls: Vec<(i8, String, i8, i8, i8)> = resp
+    let mut acls: Vec<Listed> = resp
         .resources
         .iter()
         .flat_map(|r| {
@@ -512,7 +515,7 @@ fn acl_apis_round_trip_and_survive_a_restart() {
     );
     assert_eq!(resp.filter_results.len(), 1);
     assert_eq!(resp.filter_results[0].error_code, 0);
-    let mut deleted: Vec<(i8, String, i8, i8, i8)> = resp.filter_results[0]
+    let mut deleted: Vec<Listed> = resp.filter_results[0]
         .matching_acls
         .iter()
         .map(|m| {

@@ -680,7 +680,14 @@ mod tests {
             super_users: vec!["User:admin".into()],
             ..AclConfig::default()
         });
-        assert!(may(&a, &[deny_all.clone()], "admin", Delete, Topic, "t"));
+        assert!(may(
+            &a,
+            std::slice::from_ref(&deny_all),
+            "admin",
+            Delete,
+            Topic,
+            "t"
+        ));
         assert!(!may(&a, &[], "bob", Read, Topic, "t"));
         let open = Authorizer::new(&AclConfig {
             enabled: true,
@@ -690,7 +697,14 @@ mod tests {
         assert!(may(&open, &[], "bob", Read, Topic, "t"));
         // Any binding on the resource, even for someone else, closes it.
         let other = allow(Topic, "t", "User:alice", Read);
-        assert!(!may(&open, &[other.clone()], "bob", Read, Topic, "t"));
+        assert!(!may(
+            &open,
+            std::slice::from_ref(&other),
+            "bob",
+            Read,
+            Topic,
+            "t"
+        ));
         assert!(may(&open, &[other], "bob", Read, Topic, "u"));
     }
 
