@@ -299,9 +299,9 @@ fn api_versions_lists_the_served_apis_and_versions() {
         (ApiKey::CreateTopics, 0, 7),
         (ApiKey::DeleteTopics, 0, 6),
         (ApiKey::CreatePartitions, 0, 3),
-        (ApiKey::DescribeAcls, 0, 3),
-        (ApiKey::CreateAcls, 0, 3),
-        (ApiKey::DeleteAcls, 0, 3),
+        (ApiKey::DescribeAcls, 1, 3),
+        (ApiKey::CreateAcls, 1, 3),
+        (ApiKey::DeleteAcls, 1, 3),
     ]
     .into_iter()
     .map(|(k, min, max)| (k as i16, min, max))

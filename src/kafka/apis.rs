@@ -61,9 +61,9 @@ macro_rules! kafka_apis {
             (CreateTopics, CreateTopicsRequest, CreateTopicsResponse, 0..=7, create_topics, conn),
             (DeleteTopics, DeleteTopicsRequest, DeleteTopicsResponse, 0..=6, delete_topics, conn),
             (CreatePartitions, CreatePartitionsRequest, CreatePartitionsResponse, 0..=3, create_partitions, conn),
-            (DescribeAcls, DescribeAclsRequest, DescribeAclsResponse, 0..=3, describe_acls, conn),
-            (CreateAcls, CreateAclsRequest, CreateAclsResponse, 0..=3, create_acls, conn),
-            (DeleteAcls, DeleteAclsRequest, DeleteAclsResponse, 0..=3, delete_acls, conn),
+            (DescribeAcls, DescribeAclsRequest, DescribeAclsResponse, 1..=3, describe_acls, conn),
+            (CreateAcls, CreateAclsRequest, CreateAclsResponse, 1..=3, create_acls, conn),
+            (DeleteAcls, DeleteAclsRequest, DeleteAclsResponse, 1..=3, delete_acls, conn),
         }
     };
 }

@@ -1,5 +1,5 @@
-//! CreateAcls (key 30), v0–v3: add ACL bindings (v0 knows only LITERAL patterns). Needs
-//! ALTER on the cluster (CLUSTER_AUTHORIZATION_FAILED); without an authorizer
+//! CreateAcls (key 30), v1–v3 (v0, gone from Kafka 4, has no codec): add ACL bindings.
+//! Needs ALTER on the cluster (CLUSTER_AUTHORIZATION_FAILED); without an authorizer
 //! (`acl.enabled = false`) every creation gets SECURITY_DISABLED, as Kafka answers. Each
 //! creation is checked as Kafka checks it (`security::acl::validate_new`, INVALID_REQUEST
 //! with the reason); the valid ones are stored together.
