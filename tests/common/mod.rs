@@ -33,7 +33,12 @@ impl Broker {
     }
 
     pub fn start_with_shards(data: &Path, env: &[(&str, &str)], shards: usize) -> Broker {
-        let launch = Launch::new(data, shards, env);
+        Self::start_launch(Launch::new(data, shards, env))
+    }
+
+    /// Starts a broker as `launch` says (a test that must know its ports before it writes
+    /// a configuration file makes the `Launch` first).
+    pub fn start_launch(launch: Launch) -> Broker {
         let mut b = Broker {
             child: None,
             data: launch.data.clone(),
