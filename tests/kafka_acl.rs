@@ -585,3 +585,174 @@ fn super_users_override_every_acl() {
     assert_eq!(first_event(&c), Ok(b"v".to_vec()));
     assert_eq!(describe_all(&b).0, 0);
 }
+
+/// librdkafka's own ACL admin calls (`rd_kafka_CreateAcls`, `rd_kafka_DescribeAcls`, which
+/// rust-rdkafka does not wrap), through its C API: what `kafka-acls`-style tools built on
+/// librdkafka see.
+mod librdkafka_admin {
+    use std::ffi::{CStr, CString};
+    use std::os::raw::c_char;
+    use std::ptr;
+
+    use rdkafka::admin::AdminClient;
+    use rdkafka::bindings as rd;
+    use rdkafka::client::DefaultClientContext;
+
+    /// One admin request's result event, waited for on a queue of its own.
+    struct Event {
+        queue: *mut rd::rd_kafka_queue_t,
+        event: *mut rd::rd_kafka_event_t,
+    }
+
+    impl Drop for Event {
+        fn drop(&mut self) {
+            // SAFETY: both were returned by librdkafka for this request and are destroyed
+            // once, here (a null event is allowed by rd_kafka_event_destroy).
+            unsafe {
+                rd::rd_kafka_event_destroy(self.event);
+                rd::rd_kafka_queue_destroy(self.queue);
+            }
+        }
+    }
+
+    fn wait(queue: *mut rd::rd_kafka_queue_t) -> Event {
+        // SAFETY: `queue` is a live queue this module created; polling it is thread-safe.
+        let event = unsafe { rd::rd_kafka_queue_poll(queue, 15_000) };
+        assert!(!event.is_null(), "no admin result within 15 s");
+        Event { queue, event }
+    }
+
+    fn c(text: &str) -> CString {
+        CString::new(text).expect("no NUL")
+    }
+
+    /// Creates one ALLOW READ ACL for `principal` on the literal topic `topic`; the error
+    /// code of its result.
+    pub fn create_read_acl(
+        admin: &AdminClient<DefaultClientContext>,
+        topic: &str,
+        principal: &str,
+    ) -> i32 {
+        let rk = admin.inner().native_ptr();
+        let (name, principal, host) = (c(topic), c(principal), c("*"));
+        let mut errstr = [0 as c_char; 512];
+        // SAFETY: every pointer is valid for the call (the CStrings and `errstr` outlive
+        // it); librdkafka copies the strings into the binding, which is destroyed below
+        // after CreateAcls has copied it in turn. The result accessors read the live event.
+        unsafe {
+            let binding = rd::rd_kafka_AclBinding_new(
+                rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
+                name.as_ptr(),
+                rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_LITERAL,
+                principal.as_ptr(),
+                host.as_ptr(),
+                rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_READ,
+                rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
+                errstr.as_mut_ptr(),
+                errstr.len(),
+            );
+            assert!(!binding.is_null(), "{:?}", CStr::from_ptr(errstr.as_ptr()));
+            let queue = rd::rd_kafka_queue_new(rk);
+            let mut bindings = [binding];
+            rd::rd_kafka_CreateAcls(rk, bindings.as_mut_ptr(), 1, ptr::null(), queue);
+            rd::rd_kafka_AclBinding_destroy(binding);
+            let done = wait(queue);
+            let request_error = rd::rd_kafka_event_error(done.event) as i32;
+            if request_error != 0 {
+                return request_error;
+            }
+            let result = rd::rd_kafka_event_CreateAcls_result(done.event);
+            let mut n = 0usize;
+            let results = rd::rd_kafka_CreateAcls_result_acls(result, &mut n);
+            assert_eq!(n, 1);
+            let error = rd::rd_kafka_acl_result_error(*results);
+            if error.is_null() {
+                0
+            } else {
+                rd::rd_kafka_error_code(error) as i32
+            }
+        }
+    }
+
+    /// The resource names of every topic ACL DescribeAcls lists (or its error code).
+    pub fn described_topics(admin: &AdminClient<DefaultClientContext>) -> Result<Vec<String>, i32> {
+        let rk = admin.inner().native_ptr();
+        let mut errstr = [0 as c_char; 512];
+        // SAFETY: as in `create_read_acl`: null strings in the filter mean "any"; the
+        // names read from the result are copied before the event is destroyed.
+        unsafe {
+            let filter = rd::rd_kafka_AclBindingFilter_new(
+                rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
+                ptr::null(),
+                rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_ANY,
+                ptr::null(),
+                ptr::null(),
+                rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_ANY,
+                rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ANY,
+                errstr.as_mut_ptr(),
+                errstr.len(),
+            );
+            assert!(!filter.is_null(), "{:?}", CStr::from_ptr(errstr.as_ptr()));
+            let queue = rd::rd_kafka_queue_new(rk);
+            rd::rd_kafka_DescribeAcls(rk, filter, ptr::null(), queue);
+            rd::rd_kafka_AclBinding_destroy(filter);
+            let done = wait(queue);
+            let error = rd::rd_kafka_event_error(done.event) as i32;
+            if error != 0 {
+                return Err(error);
+            }
+            let result = rd::rd_kafka_event_DescribeAcls_result(done.event);
+            let mut n = 0usize;
+            let acls = rd::rd_kafka_DescribeAcls_result_acls(result, &mut n);
+            let mut names: Vec<String> = (0..n)
+                .map(|i| {
+                    let name = rd::rd_kafka_AclBinding_name(*acls.add(i));
+                    CStr::from_ptr(name).to_string_lossy().into_owned()
+                })
+                .collect();
+            names.sort();
+            Ok(names)
+        }
+    }
+}
+
+/// librdkafka's admin API creates and lists ACLs (as a kafka-acls-like tool would);
+/// without ALTER on the cluster it is refused with CLUSTER_AUTHORIZATION_FAILED.
+#[test]
+fn librdkafka_admin_creates_and_describes_acls() {
+    let (_tmp, data) = data_dir();
+    let b = broker(&data, &cluster_grant(r#""alter", "describe""#), &[]);
+    let a = admin(&b);
+    assert_eq!(
+        librdkafka_admin::create_read_acl(&a, "orders", "User:alice"),
+        0
+    );
+    assert_eq!(
+        librdkafka_admin::create_read_acl(&a, "payments", "User:*"),
+        0
+    );
+    assert_eq!(
+        librdkafka_admin::described_topics(&a),
+        Ok(vec!["orders".to_owned(), "payments".to_owned()])
+    );
+    // The ACLs it made are enforced: READ for everyone on "payments" lets
+    // User:ANONYMOUS describe it; "orders" is alice's only.
+    let creates = vec![
+        acl(TOPIC, "orders", LITERAL, CREATE, ALLOW),
+        acl(TOPIC, "payments", LITERAL, CREATE, ALLOW),
+    ];
+    assert_eq!(create_acls(&b, creates), vec![0, 0]);
+    assert_eq!(create_topic(&b, "orders"), Ok(()));
+    assert_eq!(create_topic(&b, "payments"), Ok(()));
+    assert_eq!(
+        metadata(&b, Some(&["orders", "payments"]), false),
+        vec![("orders".to_owned(), 29), ("payments".to_owned(), 0)]
+    );
+
+    let (_tmp2, data2) = data_dir();
+    let closed = broker(&data2, "[]", &[]);
+    assert_eq!(
+        librdkafka_admin::create_read_acl(&admin(&closed), "t", "User:alice"),
+        RDKafkaErrorCode::ClusterAuthorizationFailed as i32
+    );
+}
