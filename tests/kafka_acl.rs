@@ -1,11 +1,12 @@
 //! Kafka ACLs with real clients: librdkafka producers, consumers and admin clients, and
-//! the ACL APIs (CreateAcls, DescribeAcls, DeleteAcls) as raw wire requests (rust-rdkafka's
-//! admin client has no ACL calls). On a PLAINTEXT listener every client is Kafka's
-//! `User:ANONYMOUS`, so each test grants or refuses that principal (from the
-//! configuration's `[[acl.bindings]]`, or with CreateAcls) and checks what a user depends
-//! on: produce, consume, group join, topic creation (CreateTopics and auto-creation),
-//! Metadata hiding, DENY beating ALLOW, prefixed patterns, super users, ACLs surviving a
-//! restart, `/metrics` counting a denial and HTTP reads refused without READ.
+//! the ACL APIs (CreateAcls, DescribeAcls, DeleteAcls) as raw wire requests and through
+//! librdkafka's C admin API (rust-rdkafka's admin client has no ACL calls). On a
+//! PLAINTEXT listener every client is Kafka's `User:ANONYMOUS`, so each test grants or
+//! refuses that principal (from the configuration's `[[acl.bindings]]`, or with
+//! CreateAcls) and checks what a user depends on: produce, consume, group join, topic
+//! creation (CreateTopics and auto-creation), Metadata hiding, DENY beating ALLOW,
+//! prefixed patterns, super users, ACLs surviving a restart, `/metrics` counting a denial
+//! and HTTP reads refused without READ.
 
 mod common;
 
@@ -360,6 +361,23 @@ fn produce_consume_and_groups_follow_the_acls() {
         !body.contains("granted"),
         "undescribable topics are hidden: {body}"
     );
+    let overview_topics = |b: &Broker| {
+        let (status, body) = http_get(b, "/api/v1/overview");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let mut names: Vec<String> = v["topics"]
+            .as_array()
+            .expect("topics")
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(
+        overview_topics(&b).is_empty(),
+        "the dashboard hides them too"
+    );
     assert!(
         metric(&b, "portask_acl_denials_total", &[("protocol", "http")]) >= 1.0,
         "the HTTP refusal is counted"
@@ -370,6 +388,7 @@ fn produce_consume_and_groups_follow_the_acls() {
     assert_eq!(status, 200, "{body}");
     let (_, body) = http_get(&b, "/api/v1/topics");
     assert!(body.contains("granted"), "{body}");
+    assert_eq!(overview_topics(&b), vec!["granted".to_owned()]);
 }
 
 /// CreateTopics needs CREATE on the cluster or the topic; so does auto-creation through

@@ -21,24 +21,47 @@ fn principal(req: &Req) -> Principal {
     }
 }
 
-fn check(shard: &Shard, req: &Req, op: Operation, resource: ResourceType, name: &str) -> bool {
-    if !shard.acl.enabled() {
-        return true;
-    }
-    let state = shard.catalog.current();
-    let principal = principal(req);
-    let host = req.peer.map(|p| host_of(p.ip())).unwrap_or_default();
-    let who = Requester {
-        principal: &principal,
-        host: &host,
-    };
-    shard
-        .acl
-        .authorize(&state.security.acls, &who, op, resource, name)
+/// Who makes a request, as the ACLs see it; owned, so a stream that outlives the request
+/// (the overview's events) keeps checking for the same caller.
+pub struct Caller {
+    principal: Principal,
+    host: String,
 }
 
-/// Whether the request's user may perform `op` on the topic, without auditing a refusal
-/// (for lists, which leave out what the user may not see).
+impl Caller {
+    pub fn of(req: &Req) -> Caller {
+        Caller {
+            principal: principal(req),
+            host: req.peer.map(|p| host_of(p.ip())).unwrap_or_default(),
+        }
+    }
+
+    fn allowed(&self, shard: &Shard, op: Operation, resource: ResourceType, name: &str) -> bool {
+        if !shard.acl.enabled() {
+            return true;
+        }
+        let state = shard.catalog.current();
+        let who = Requester {
+            principal: &self.principal,
+            host: &self.host,
+        };
+        shard
+            .acl
+            .authorize(&state.security.acls, &who, op, resource, name)
+    }
+
+    /// Whether the caller may perform `op` on the topic, without auditing a refusal (for
+    /// lists, which leave out what the caller may not see).
+    pub fn may(&self, shard: &Shard, op: Operation, topic: &str) -> bool {
+        self.allowed(shard, op, ResourceType::Topic, topic)
+    }
+}
+
+fn check(shard: &Shard, req: &Req, op: Operation, resource: ResourceType, name: &str) -> bool {
+    Caller::of(req).allowed(shard, op, resource, name)
+}
+
+/// Whether the request's user may perform `op` on the topic, without auditing a refusal.
 pub fn may(shard: &Shard, req: &Req, op: Operation, topic: &str) -> bool {
     check(shard, req, op, ResourceType::Topic, topic)
 }

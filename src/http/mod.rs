@@ -566,11 +566,11 @@ async fn api(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match rest {
         ["overview"] => {
             only(m, &[Method::GET])?;
-            overview::overview(shard).await
+            overview::overview(shard, acl::Caller::of(req)).await
         }
         ["stream"] => {
             only(m, &[Method::GET])?;
-            overview::stream(shard)
+            overview::stream(shard, acl::Caller::of(req))
         }
         ["shards"] => {
             only(m, &[Method::GET])?;
