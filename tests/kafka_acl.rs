@@ -587,7 +587,7 @@ fn acl_apis_need_an_authorizer_and_cluster_rights() {
 }
 
 /// A super user may do everything, whatever the ACLs (here a configured DENY of everything
-/// on every topic for everyone).
+/// on every topic for everyone, and a created DENY naming it).
 #[test]
 fn super_users_override_every_acl() {
     let (_tmp, data) = data_dir();
@@ -598,6 +598,9 @@ fn super_users_override_every_acl() {
         &[("PORTASK_ACL__SUPER_USERS", r#"["User:ANONYMOUS"]"#)],
     );
     assert_eq!(create_topic(&b, "t"), Ok(()));
+    // A catalog DENY naming the super user itself changes nothing either.
+    let deny = acl(TOPIC, "t", LITERAL, ALL, DENY);
+    assert_eq!(create_acls(&b, vec![deny]), vec![0]);
     let p = producer(&b);
     assert_eq!(produce(&p, "t"), None);
     let c = group_consumer(&b, "g", "t");
