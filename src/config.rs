@@ -1130,7 +1130,14 @@ impl Config {
                     )
                 })
                 && principal_like(&b.principal);
-            if !ok {
+            // As CreateAcls: a named resource (an empty prefix would match every one), and
+            // the cluster only as `kafka-cluster`.
+            let name_ok = if b.resource_type.eq_ignore_ascii_case("cluster") {
+                matches!(b.resource_name.as_str(), "" | "kafka-cluster")
+            } else {
+                !b.resource_name.is_empty()
+            };
+            if !ok || !name_ok {
                 return bad("acl.bindings", format!("{b:?} is not a valid ACL"));
             }
         }
@@ -1241,6 +1248,28 @@ mod tests {
             err.contains("limits.max_connections_per_ip_overrides"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn acl_bindings_name_their_resource() {
+        let binding = |resource_type: &str, resource_name: &str| {
+            format!(
+                "[{{resource_type = \"{resource_type}\", resource_name = \"{resource_name}\", \
+                 principal = \"User:a\", operations = [\"read\"]}}]"
+            )
+        };
+        let build = |bindings: String| {
+            ConfigBuilder::new()
+                .env([("PORTASK_ACL__BINDINGS".to_owned(), bindings)])
+                .and_then(|b| b.build())
+        };
+        assert!(build(binding("topic", "orders")).is_ok());
+        assert!(build(binding("cluster", "")).is_ok());
+        assert!(build(binding("cluster", "kafka-cluster")).is_ok());
+        for (t, n) in [("topic", ""), ("group", ""), ("cluster", "other")] {
+            let err = build(binding(t, n)).unwrap_err().to_string();
+            assert!(err.contains("acl.bindings"), "{t} '{n}': {err}");
+        }
     }
 
     #[test]
