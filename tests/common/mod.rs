@@ -33,7 +33,21 @@ impl Broker {
     }
 
     pub fn start_with_shards(data: &Path, env: &[(&str, &str)], shards: usize) -> Broker {
-        let launch = Launch::new(data, shards, env);
+        Self::start_launch(Launch::new(data, shards, env))
+    }
+
+    /// Starts a broker with two shards on `data`, with settings made from its ports (a
+    /// Kafka listener on the Kafka port, say).
+    pub fn start_with_ports(
+        data: &Path,
+        env: impl FnOnce(&Launch) -> Vec<(String, String)>,
+    ) -> Broker {
+        let mut launch = Launch::new(data, 2, &[]);
+        launch.env = env(&launch);
+        Self::start_launch(launch)
+    }
+
+    fn start_launch(launch: Launch) -> Broker {
         let mut b = Broker {
             child: None,
             data: launch.data.clone(),
