@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use common::kafka::{client, read_frame, request_frame};
 use common::{Broker, Launch};
 use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
@@ -512,6 +512,7 @@ fn sasl_handshake_on_a_plaintext_listener_is_answered_with_an_error() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let _ = consumer.fetch_metadata(None, Duration::from_millis(500));
+            let _ = consumer.poll(Duration::from_millis(100));
             let got = errors
                 .0
                 .lock()
@@ -522,10 +523,17 @@ fn sasl_handshake_on_a_plaintext_listener_is_answered_with_an_error() {
             if let Some(r) = got {
                 break r;
             }
-            assert!(Instant::now() < deadline, "librdkafka reported nothing");
+            assert!(
+                Instant::now() < deadline,
+                "librdkafka reported no SASL error: {:?}",
+                errors.0.lock().expect("errors")
+            );
         }
     };
-    assert!(reason.contains("llegal"), "{reason}");
+    assert!(
+        reason.contains("handshake failed: Broker: Request not valid in current SASL state"),
+        "{reason}"
+    );
 }
 
 /// A bare SASL token frame (after a v0 handshake).
@@ -684,13 +692,12 @@ fn reauthentication_keeps_a_producer_going_and_closes_a_silent_client() {
     assert!(sent > 40, "{sent}");
     let reported = errors.0.lock().expect("errors").clone();
     assert!(reported.is_empty(), "{reported:?}");
-    assert!(
-        !broker
-            .log()
-            .lines()
-            .any(|l| l.contains("expired without re-authentication") && l.contains("Produce")),
-        "a producing connection expired"
-    );
+    // Only the silent raw client was closed for an expired session.
+    let expired = broker
+        .log()
+        .matches("expired without re-authentication")
+        .count();
+    assert_eq!(expired, 1, "{}", broker.log());
 }
 
 #[test]
