@@ -43,14 +43,18 @@ enum Command {
     /// Read a password from stdin and print the credential keys of a `[[users]]` entry for
     /// it: a RabbitMQ password_hash and SCRAM-SHA-256/512 credentials (never the password).
     HashPassword {
+        /// The user's name in the printed entry.
+        #[arg(long, default_value = "CHANGE-ME")]
+        name: String,
         /// PBKDF2 iterations of the SCRAM credentials (4096..=16384).
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
 }
 
-/// `portask hash-password`: the password is the first line of stdin.
-fn hash_password(iterations: u32) -> ExitCode {
+/// `portask hash-password`: the password is the first line of stdin; the `[[users]]` entry
+/// goes to stdout.
+fn hash_password(name: &str, iterations: u32) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
         eprintln!("portask: reading the password from stdin: {e}");
@@ -61,7 +65,7 @@ fn hash_password(iterations: u32) -> ExitCode {
         eprintln!("portask: no password on stdin");
         return ExitCode::from(2);
     }
-    match portask::security::users::credentials_block(password, iterations) {
+    match portask::security::users::credentials_block(name, password, iterations) {
         Ok(block) => {
             print!("{block}");
             ExitCode::SUCCESS
@@ -106,8 +110,8 @@ fn build(
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if let Some(Command::HashPassword { iterations }) = cli.command {
-        return hash_password(iterations);
+    if let Some(Command::HashPassword { name, iterations }) = &cli.command {
+        return hash_password(name, *iterations);
     }
     let (config, provenance) = match build(&cli) {
         Ok(c) => c,

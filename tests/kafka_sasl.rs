@@ -33,9 +33,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
 /// A `[[users]]` entry's credential keys for `password`, from `portask hash-password`.
-fn hash_password(password: &str) -> toml::Table {
+fn hash_password(name: &str, password: &str) -> toml::Table {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portask"))
-        .arg("hash-password")
+        .args(["hash-password", "--name", name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -54,6 +54,7 @@ fn hash_password(password: &str) -> toml::Table {
     let toml::Value::Table(t) = user else {
         panic!("{text}")
     };
+    assert_eq!(t.get("name").and_then(|n| n.as_str()), Some(name), "{text}");
     for key in ["password_hash", "scram_sha_256", "scram_sha_512"] {
         assert!(t.contains_key(key), "{text}");
     }
@@ -66,15 +67,13 @@ fn users_toml() -> String {
     static USERS: OnceLock<String> = OnceLock::new();
     USERS
         .get_or_init(|| {
-            let mut alice = hash_password("alice-secret");
-            alice.insert("name".into(), "alice".into());
+            let mut alice = hash_password("alice", "alice-secret");
             alice.insert(
                 "tags".into(),
                 toml::Value::Array(vec!["administrator".into()]),
             );
-            let mut carol = hash_password("carol-secret");
+            let mut carol = hash_password("carol", "carol-secret");
             carol.remove("password_hash");
-            carol.insert("name".into(), "carol".into());
             carol.insert("tags".into(), toml::Value::Array(vec!["management".into()]));
             let inline = |t: toml::Table| {
                 let pairs: Vec<String> = t.iter().map(|(k, v)| format!("{k} = {v}")).collect();

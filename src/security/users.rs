@@ -119,9 +119,9 @@ impl UserStore {
     }
 }
 
-/// What `portask hash-password` prints: the credential keys of a `[[users]]` entry for
-/// `password` (a RabbitMQ hash and SCRAM-SHA-256/512 credentials with fresh salts).
-pub fn credentials_block(password: &str, iterations: u32) -> Result<String, String> {
+/// What `portask hash-password` prints: a `[[users]]` entry for `name` with `password`'s
+/// credential keys (a RabbitMQ hash and SCRAM-SHA-256/512 credentials with fresh salts).
+pub fn credentials_block(name: &str, password: &str, iterations: u32) -> Result<String, String> {
     if !(scram::MIN_ITERATIONS..=scram::MAX_ITERATIONS).contains(&iterations) {
         return Err(format!(
             "--iterations must be {}..={}",
@@ -137,7 +137,8 @@ pub fn credentials_block(password: &str, iterations: u32) -> Result<String, Stri
         rabbit_salt[2],
         rabbit_salt[3],
     ];
-    let mut out = String::from("[[users]]\nname = \"CHANGE-ME\"\n");
+    let name = toml::Value::String(name.to_owned());
+    let mut out = format!("[[users]]\nname = {name}\n");
     out.push_str(&format!(
         "password_hash = \"{}\"\n",
         crate::amqp::auth::hash_password(salt, password)
@@ -223,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_hash_password_block_verifies() {
-        let block = credentials_block("pw", 4096).unwrap();
+        let block = credentials_block("a \"quoted\" name", "pw", 4096).unwrap();
         let parsed: toml::Value = toml::from_str(&block).unwrap();
         let u: User = parsed["users"][0].clone().try_into().unwrap();
         let config = Config {
@@ -232,7 +233,7 @@ mod tests {
         };
         assert!(config_credentials(&u).unwrap().len() == 2);
         let store = UserStore::build(&config, &SecurityState::default());
-        assert!(store.verify_password("CHANGE-ME", "pw"));
-        assert!(credentials_block("pw", 10).is_err());
+        assert!(store.verify_password("a \"quoted\" name", "pw"));
+        assert!(credentials_block("u", "pw", 10).is_err());
     }
 }
