@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::kafka::{client, read_frame, request_frame};
 use common::{Broker, Launch};
-use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+use kafka_protocol::messages::alter_user_scram_credentials_request::{
+    ScramCredentialDeletion, ScramCredentialUpsertion,
+};
 use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey,
@@ -423,6 +425,45 @@ fn altered_scram_credentials_log_in_are_described_and_survive_a_restart() {
     assert_eq!(plain_login(&mut s, "dave", "dave-secret", 2).error_code, 0);
     check_described(&mut s);
     produce_and_consume(&broker, &dave, "dave-topic-2", 1);
+
+    // Deletions: a credential named twice, one that does not exist, then dave's.
+    let delete = |name: &str, mechanism: i8| {
+        ScramCredentialDeletion::default()
+            .with_name(StrBytes::from_string(name.into()))
+            .with_mechanism(mechanism)
+    };
+    let resp: AlterUserScramCredentialsResponse = call(
+        &mut s,
+        ApiKey::AlterUserScramCredentials,
+        0,
+        11,
+        &AlterUserScramCredentialsRequest::default()
+            .with_deletions(vec![delete("dave", 2), delete("nobody", 1)])
+            .with_upsertions(vec![upsert("dave", 2, 4096)]),
+    )
+    .expect("alter answer");
+    let codes: Vec<(String, i16)> = resp
+        .results
+        .iter()
+        .map(|r| (r.user.to_string(), r.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        [("dave".into(), 92), ("nobody".into(), 91)],
+        "DUPLICATE_RESOURCE, RESOURCE_NOT_FOUND"
+    );
+    let resp: AlterUserScramCredentialsResponse = call(
+        &mut s,
+        ApiKey::AlterUserScramCredentials,
+        0,
+        12,
+        &AlterUserScramCredentialsRequest::default().with_deletions(vec![delete("dave", 2)]),
+    )
+    .expect("alter answer");
+    assert_eq!(resp.results[0].error_code, 0);
+    assert_eq!(describe(&mut s, Some(&["dave"])).results[0].error_code, 91);
+    let reason = authentication_error(&broker, &dave);
+    assert!(reason.contains("Invalid user credentials"), "{reason}");
 }
 
 #[test]

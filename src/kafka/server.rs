@@ -414,7 +414,12 @@ async fn read_requests(
             Some(Some(r)) => r?,
         }
         if conn.sasl.borrow().raw() {
-            sasl_token(conn, &mut reader, prefix, deadline, idle, out).await?;
+            let clock = FrameClock {
+                deadline,
+                timeout_ms: request_timeout.as_millis() as u64,
+                idle,
+            };
+            sasl_token(conn, &mut reader, prefix, &clock, out).await?;
             continue;
         }
         let len = codec::frame_len(prefix, max)?;
@@ -499,8 +504,7 @@ async fn sasl_token(
     conn: &Rc<Conn>,
     reader: &mut BufReader<TcpStream>,
     prefix: [u8; 4],
-    deadline: Instant,
-    idle: Duration,
+    clock: &FrameClock,
     out: &local_channel::LocalSender<(usize, Outgoing)>,
 ) -> Result<(), ConnectionError> {
     let len = i32::from_be_bytes(prefix);
@@ -508,13 +512,8 @@ async fn sasl_token(
         .ok()
         .filter(|l| *l <= MAX_SASL_TOKEN)
         .ok_or_else(|| ConnectionError::Sasl(format!("SASL token of {len} bytes")))?;
-    let clock = FrameClock {
-        deadline,
-        timeout_ms: 0,
-        idle,
-    };
     let mut token = vec![0u8; len];
-    read_within(reader, &mut token, &Cell::new(4), &clock, len).await?;
+    read_within(reader, &mut token, &Cell::new(4), clock, len).await?;
     let Some(reply) = handlers::sasl_authenticate::raw_token(conn, &token) else {
         let why = conn.sasl.borrow().closing().unwrap_or("failed").to_owned();
         return Err(ConnectionError::Sasl(why));

@@ -105,6 +105,11 @@ impl UserStore {
             .find(|c| c.mechanism == mechanism.code())
     }
 
+    /// `name`'s SCRAM credentials (none for an unknown user).
+    pub fn scram_credentials(&self, name: &str) -> &[ScramCredential] {
+        self.users.get(name).map_or(&[], |e| e.scram.as_slice())
+    }
+
     /// Every user with SCRAM credentials, and them (DescribeUserScramCredentials).
     pub fn scram_users(&self) -> impl Iterator<Item = (&str, &[ScramCredential])> {
         self.users

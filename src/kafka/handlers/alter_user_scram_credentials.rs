@@ -10,6 +10,7 @@
 //! for deleting a credential the catalog does not hold. A user with any error has none of
 //! its alterations applied. Runs on the connection's shard.
 
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
@@ -118,60 +119,60 @@ pub fn handle(
             });
         }
         // A user and mechanism named twice: every alteration of that user is refused.
-        for i in 0..alterations.len() {
-            let (user, mechanism) = (&alterations[i].user, alterations[i].mechanism);
-            let twice = alterations
-                .iter()
-                .filter(|a| a.user == *user && a.mechanism == mechanism)
-                .count()
-                > 1;
-            if twice {
-                let user = user.clone();
-                for a in alterations.iter_mut().filter(|a| a.user == user) {
-                    a.change = refuse(
-                        ResponseError::DuplicateResource,
-                        "A user credential cannot be altered twice in the same request",
-                    );
-                }
-            }
+        let mut named: HashMap<(&str, i8), usize> = HashMap::new();
+        for a in &alterations {
+            *named.entry((a.user.as_str(), a.mechanism)).or_default() += 1;
+        }
+        let doubled: HashSet<String> = named
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|((user, _), _)| user.to_owned())
+            .collect();
+        for a in alterations.iter_mut().filter(|a| doubled.contains(&a.user)) {
+            a.change = refuse(
+                ResponseError::DuplicateResource,
+                "A user credential cannot be altered twice in the same request",
+            );
         }
         // Users in order of first appearance, each with its first error if any.
-        let mut users: Vec<(String, Option<(i16, String)>)> = Vec::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut errors: HashMap<String, Option<(i16, String)>> = HashMap::new();
         for a in &alterations {
             let error = a.change.as_ref().err().cloned();
-            match users.iter_mut().find(|(u, _)| *u == a.user) {
-                Some((_, e)) => {
-                    if e.is_none() {
-                        *e = error;
+            match errors.get_mut(&a.user) {
+                Some(first) => {
+                    if first.is_none() {
+                        *first = error;
                     }
                 }
-                None => users.push((a.user.clone(), error)),
+                None => {
+                    order.push(a.user.clone());
+                    errors.insert(a.user.clone(), error);
+                }
             }
         }
-        let changes: Vec<(String, Change)> = alterations
-            .into_iter()
-            .filter(|a| users.iter().any(|(u, e)| *u == a.user && e.is_none()))
-            .filter_map(|a| {
-                let c = a.change.ok()?;
-                Some((a.user, Change::Security(Box::new(c))))
-            })
-            .collect();
-        let (owners, changes): (Vec<String>, Vec<Change>) = changes.into_iter().unzip();
+        let (mut owners, mut changes) = (Vec::new(), Vec::new());
+        for a in alterations {
+            let user_ok = errors.get(&a.user).is_some_and(|e| e.is_none());
+            if let (true, Ok(change)) = (user_ok, a.change) {
+                owners.push(a.user);
+                changes.push(Change::Security(Box::new(change)));
+            }
+        }
         let outcomes = if changes.is_empty() {
             Vec::new()
         } else {
             conn.shard.change_catalog(changes, false).await
         };
         for (owner, outcome) in owners.iter().zip(outcomes) {
-            if let Err(e) = outcome {
-                if let Some((_, err)) = users.iter_mut().find(|(u, _)| u == owner) {
-                    err.get_or_insert((catalog_error_code(&e), e.to_string()));
-                }
+            if let (Err(e), Some(first)) = (outcome, errors.get_mut(owner)) {
+                first.get_or_insert((catalog_error_code(&e), e.to_string()));
             }
         }
-        let results = users
+        let results = order
             .into_iter()
-            .map(|(user, error)| {
+            .map(|user| {
+                let error = errors.remove(&user).flatten();
                 let r = AlterUserScramCredentialsResult::default().with_user(str_bytes(user));
                 match error {
                     None => r,

@@ -6,6 +6,7 @@
 //! Errors per user, as Kafka's: RESOURCE_NOT_FOUND for a user without credentials,
 //! DUPLICATE_RESOURCE for a user named twice. Runs on the connection's shard.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_user_scram_credentials_response::{
@@ -50,17 +51,17 @@ pub fn handle(
             .collect(),
         Some(wanted) => {
             let names: Vec<String> = wanted.iter().map(|u| u.name.to_string()).collect();
+            let mut named: HashMap<&str, usize> = HashMap::new();
+            for n in &names {
+                *named.entry(n.as_str()).or_default() += 1;
+            }
             names
                 .iter()
                 .map(|name| {
                     let r =
                         DescribeUserScramCredentialsResult::default().with_user(str_bytes(name));
-                    let creds: Vec<ScramCredential> = users
-                        .scram_users()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, c)| c.to_vec())
-                        .unwrap_or_default();
-                    if names.iter().filter(|n| *n == name).count() > 1 {
+                    let creds = users.scram_credentials(name);
+                    if named.get(name.as_str()).is_some_and(|n| *n > 1) {
                         r.with_error_code(ResponseError::DuplicateResource.code())
                             .with_error_message(Some(str_bytes(
                                 "Cannot describe SCRAM credentials for the same user twice in \
@@ -72,7 +73,7 @@ pub fn handle(
                                 "Attempt to describe a user credential that does not exist",
                             )))
                     } else {
-                        r.with_credential_infos(infos(&creds))
+                        r.with_credential_infos(infos(creds))
                     }
                 })
                 .collect()
