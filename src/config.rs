@@ -168,6 +168,11 @@ pub struct KafkaListener {
     /// Port advertised in Metadata; 0 = the port the client connected to.
     #[serde(default)]
     pub advertised_port: u16,
+    /// `listener.name.<name>.ssl.client.auth`: this TLS listener's own client-certificate
+    /// rule (an `SSL` listener for mutual TLS beside a `SASL_SSL` one); unset =
+    /// `tls.client_auth`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// How a listener authenticates and protects its connections (Kafka's names).
@@ -237,6 +242,7 @@ impl KafkaConfig {
             security_protocol: "PLAINTEXT".into(),
             advertised_host: self.advertised_host.clone(),
             advertised_port: self.advertised_port,
+            client_auth: None,
         }]
     }
 }
@@ -732,8 +738,11 @@ impl Provenance {
     }
 }
 
-/// `PORTASK_*` variables read by the scripts in `scripts/`, not by the broker.
+/// `PORTASK_*` variables that are not configuration keys: the file's path, and those read
+/// by the scripts in `scripts/`.
 const TOOL_VARIABLES: &[&str] = &[
+    // The configuration file itself (`--config`).
+    "PORTASK_CONFIG",
     "PORTASK_BIN",
     "PORTASK_SYS_ROOT",
     "PORTASK_SYSCTL_ROOT",
@@ -1044,10 +1053,17 @@ impl Config {
                 );
             }
         }
-        if self.tls.client_auth == ClientAuth::Required && self.tls.ca_file.as_os_str().is_empty() {
+        let required = self.tls.client_auth == ClientAuth::Required
+            || self
+                .kafka
+                .listeners
+                .iter()
+                .any(|l| l.client_auth.is_some_and(|c| c != ClientAuth::None));
+        if required && self.tls.ca_file.as_os_str().is_empty() {
             return bad(
                 "tls.ca_file",
-                "tls.client_auth = \"required\" needs a CA file".into(),
+                "client certificates (tls.client_auth or a listener's client_auth) need a CA file"
+                    .into(),
             );
         }
         if self.tls.handshake_timeout_ms == 0 {

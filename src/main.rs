@@ -11,7 +11,7 @@ use portask::config::ConfigBuilder;
 #[command(name = "portask", version)]
 struct Cli {
     /// TOML configuration file (see tuning/ for profiles).
-    #[arg(long)]
+    #[arg(long, env = "PORTASK_CONFIG")]
     config: Option<PathBuf>,
     /// Root of the data directory (default ./shards).
     #[arg(long)]

@@ -92,20 +92,19 @@ fn sasl_broker(data: &std::path::Path, extra: &[(&str, &str)]) -> Broker {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Broker::start_with_ports(data, move |l: &Launch| {
-        let mut env = vec![
-            (
-                "PORTASK_KAFKA__LISTENERS".to_owned(),
-                format!(
-                    "[{{name = \"SASL_PLAINTEXT\", addr = \"127.0.0.1:{}\"}}]",
-                    l.kafka_port
-                ),
+    let mut launch = Launch::new(data, 2, &[]);
+    launch.env = vec![
+        (
+            "PORTASK_KAFKA__LISTENERS".to_owned(),
+            format!(
+                "[{{name = \"SASL_PLAINTEXT\", addr = \"127.0.0.1:{}\"}}]",
+                launch.kafka_port
             ),
-            ("PORTASK_USERS".to_owned(), users_toml()),
-        ];
-        env.extend(extra);
-        env
-    })
+        ),
+        ("PORTASK_USERS".to_owned(), users_toml()),
+    ];
+    launch.env.extend(extra);
+    Broker::start_launch(launch)
 }
 
 fn sasl_settings<'a>(

@@ -17,7 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Tooling variables that must not leak from the developer's shell into a test.
 const TOOL_VARS: [&str; 3] = ["PORTASK_SYSCTL_ROOT", "PORTASK_SYS_ROOT", "PORTASK_BIN"];
 
-const SCRIPTS: [&str; 9] = [
+const SCRIPTS: [&str; 10] = [
+    "gen-certs.sh",
     "sysctl.sh",
     "limits.sh",
     "pin.sh",
@@ -789,4 +790,44 @@ fn tuning_profiles_use_only_config_keys() {
         }
     }
     assert!(profiles >= 4, "found only {} profiles in tuning/", profiles);
+}
+
+// ---------------------------------------------------------------------------------------
+// gen-certs.sh
+
+#[test]
+fn gen_certs_writes_certificates_and_a_configuration_the_broker_accepts() {
+    let dir = TempDir::new("gen-certs");
+    let out = dir.path().join("secure");
+    let out_str = out.to_str().expect("utf-8 temp path");
+    let r = run_script("gen-certs.sh", &[out_str], &[]);
+    assert_eq!(r.code, Some(0), "gen-certs.sh: {}", r.describe());
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        let text = fs::read_to_string(out.join(file)).expect("read generated file");
+        assert!(text.contains("-----BEGIN "), "{file} is not PEM");
+    }
+    let config = fs::read_to_string(out.join("secure.toml")).expect("read secure.toml");
+    // Salted credentials only: the passwords themselves are never written.
+    assert!(!config.contains("alice-secret"), "{config}");
+    assert!(!config.contains("admin-secret"), "{config}");
+    assert!(config.contains("scram_sha_512 = \"salt="), "{config}");
+    // The broker accepts the configuration as written (every key known, every file found).
+    let r = run(Command::new(env!("CARGO_BIN_EXE_portask"))
+        .arg("--config")
+        .arg(out.join("secure.toml"))
+        .arg("--print-config"));
+    assert_eq!(r.code, Some(0), "portask --print-config: {}", r.describe());
+    for key in [
+        "tls_addr = \"127.0.0.1:5671\"",
+        "name = \"SASL_SSL\"",
+        "enabled = true",
+    ] {
+        assert!(r.stdout.contains(key), "{key} missing: {}", r.stdout);
+    }
 }

@@ -36,18 +36,9 @@ impl Broker {
         Self::start_launch(Launch::new(data, shards, env))
     }
 
-    /// Starts a broker with two shards on `data`, with settings made from its ports (a
-    /// Kafka listener on the Kafka port, say).
-    pub fn start_with_ports(
-        data: &Path,
-        env: impl FnOnce(&Launch) -> Vec<(String, String)>,
-    ) -> Broker {
-        let mut launch = Launch::new(data, 2, &[]);
-        launch.env = env(&launch);
-        Self::start_launch(launch)
-    }
-
-    fn start_launch(launch: Launch) -> Broker {
+    /// Starts a broker as `launch` says (a test that must know its ports before it writes
+    /// a configuration file makes the `Launch` first).
+    pub fn start_launch(launch: Launch) -> Broker {
         let mut b = Broker {
             child: None,
             data: launch.data.clone(),
