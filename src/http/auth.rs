@@ -1,7 +1,8 @@
 //! HTTP basic authentication against the shard's user store (`security::users`: the
 //! `[[users]]` of every protocol and the stored SCRAM credentials), with RabbitMQ's
-//! management tags deciding what a user may do. Failures are counted and logged
-//! (`security::audit`). Runs on the shard serving the request.
+//! management tags deciding what a user may do. Pure (the fuzz tests drive it); the
+//! router counts and logs refused logins (`refused_login`, `security::audit`). Runs on the
+//! shard serving the request.
 //!
 //! - `/health`, `/health/ready` and `/metrics` are open unless `http.auth_health` /
 //!   `http.auth_metrics` say otherwise;
@@ -78,13 +79,7 @@ pub fn check(
     let (name, password) = basic_credentials(headers).ok_or(ApiError::Unauthorized)?;
     let tags = match users.tags(&name) {
         Some(tags) if users.verify_password(&name, &password) => tags,
-        _ => {
-            crate::security::audit::auth_failure(crate::metrics::Protocol::Http, "basic", || {
-                let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
-                format!("http basic login as '{name}' from {from} refused")
-            });
-            return Err(ApiError::Unauthorized);
-        }
+        _ => return Err(ApiError::Unauthorized),
     };
     let user = User {
         name,
@@ -114,6 +109,18 @@ pub fn check(
         )));
     }
     Ok(Some(user))
+}
+
+/// The user name of a request whose basic credentials `check` refused (for the audit
+/// trail); `None` when it sent none.
+pub fn refused_login(
+    headers: &HeaderMap,
+    checked: &Result<Option<User>, ApiError>,
+) -> Option<String> {
+    match checked {
+        Err(ApiError::Unauthorized) => basic_credentials(headers).map(|(name, _)| name),
+        _ => None,
+    }
 }
 
 /// `Authorization: Basic base64(user:password)`.

@@ -344,6 +344,12 @@ async fn handle(
         endpoint,
         user,
     } = head(&shard.config, &shard.users(), &parts, peer);
+    if let Some(name) = auth::refused_login(&parts.headers, &user) {
+        crate::security::audit::auth_failure(Protocol::Http, "basic", || {
+            let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+            format!("http basic login as '{name}' from {from} refused")
+        });
+    }
     let result = async {
         let limits = (shard.config.http.max_body_bytes, read_timeout(shard));
         let body = read_body(body, &parts.headers, limits).await?;
