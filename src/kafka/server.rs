@@ -146,7 +146,13 @@ async fn connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()>
     };
     let result = read_requests(&conn, stream, &tx, &inflight, &writer_gone).await;
     match &result {
-        Err(e @ (ConnectionError::Idle(..) | ConnectionError::SlowRequest { .. })) => {
+        // A client causes these at will (failed logins are counted and logged, rate
+        // limited, by `security::audit`): info, not warnings.
+        Err(
+            e @ (ConnectionError::Idle(..)
+            | ConnectionError::SlowRequest { .. }
+            | ConnectionError::Sasl(_)),
+        ) => {
             log::info!("kafka connection from {peer} closed: {e}")
         }
         Err(e) => log::warn!("kafka connection from {peer} closed: {e}"),
@@ -435,7 +441,8 @@ async fn read_requests(
         read_within(&mut reader, &mut key, &got, &clock, len).await?;
         let api = i16::from_be_bytes(key);
         let sasl = conn.listener.protocol().sasl();
-        (conn.sasl.borrow().admit(sasl, api, Instant::now())).map_err(ConnectionError::Sasl)?;
+        let admitted = conn.sasl.borrow().admit(sasl, api, Instant::now());
+        admitted.map_err(ConnectionError::Sasl)?;
         if api != ApiKey::Produce as i16 && len > max_nonproduce {
             return Err(ConnectionError::NonProduceTooLarge {
                 api: ApiKey::try_from(api).map_err(|_| CodecError::UnknownApi(api))?,
