@@ -1141,6 +1141,10 @@ impl Config {
                 return bad("acl.bindings", format!("{b:?} is not a valid ACL"));
             }
         }
+        for u in self.all_users() {
+            crate::security::users::config_credentials(&u)
+                .map_err(|why| ConfigError::Invalid(format!("users: {why}")))?;
+        }
         for p in &self.acl.super_users {
             if !principal_like(p) {
                 return bad(

@@ -302,6 +302,10 @@ fn api_versions_lists_the_served_apis_and_versions() {
         (ApiKey::DescribeAcls, 1, 3),
         (ApiKey::CreateAcls, 1, 3),
         (ApiKey::DeleteAcls, 1, 3),
+        (ApiKey::SaslHandshake, 0, 1),
+        (ApiKey::SaslAuthenticate, 0, 2),
+        (ApiKey::DescribeUserScramCredentials, 0, 0),
+        (ApiKey::AlterUserScramCredentials, 0, 0),
     ]
     .into_iter()
     .map(|(k, min, max)| (k as i16, min, max))

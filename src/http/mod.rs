@@ -111,19 +111,14 @@ pub struct Head {
 
 pub fn head(
     config: &crate::config::Config,
+    users: &crate::security::users::UserStore,
     parts: &http::request::Parts,
     peer: Option<SocketAddr>,
 ) -> Head {
     let path = segments(parts.uri.path());
     let endpoint = endpoint_name(&parts.method, &path);
     let need = auth::need(&config.http, &parts.method, &path);
-    let user = auth::check(
-        &config.all_users(),
-        &config.amqp,
-        &parts.headers,
-        peer,
-        need,
-    );
+    let user = auth::check(users, &config.amqp, &parts.headers, peer, need);
     Head {
         query: query(parts.uri.query()),
         path,
@@ -351,7 +346,13 @@ async fn handle(
         query,
         endpoint,
         user,
-    } = head(&shard.config, &parts, peer);
+    } = head(&shard.config, &shard.users(), &parts, peer);
+    if let Some(name) = auth::refused_login(&parts.headers, &user) {
+        crate::security::audit::auth_failure(Protocol::Http, "basic", || {
+            let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+            format!("http basic login as '{name}' from {from} refused")
+        });
+    }
     let result = async {
         let limits = (shard.config.http.max_body_bytes, read_timeout(shard));
         let body = read_body(body, &parts.headers, limits).await?;

@@ -64,6 +64,10 @@ macro_rules! kafka_apis {
             (DescribeAcls, DescribeAclsRequest, DescribeAclsResponse, 1..=3, describe_acls, conn),
             (CreateAcls, CreateAclsRequest, CreateAclsResponse, 1..=3, create_acls, conn),
             (DeleteAcls, DeleteAclsRequest, DeleteAclsResponse, 1..=3, delete_acls, conn),
+            (SaslHandshake, SaslHandshakeRequest, SaslHandshakeResponse, 0..=1, sasl_handshake, conn),
+            (SaslAuthenticate, SaslAuthenticateRequest, SaslAuthenticateResponse, 0..=2, sasl_authenticate, conn),
+            (DescribeUserScramCredentials, DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse, 0..=0, describe_user_scram_credentials, conn),
+            (AlterUserScramCredentials, AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, 0..=0, alter_user_scram_credentials, conn),
         }
     };
 }
