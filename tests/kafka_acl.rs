@@ -18,12 +18,15 @@ use bytes::{Buf, Bytes};
 use common::kafka::{client, read_frame, request_frame};
 use common::{data_dir, Broker};
 use futures::executor::block_on;
+use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialDeletion;
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
-    DescribeAclsRequest, DescribeAclsResponse, MetadataRequest, MetadataResponse, TopicName,
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey, CreateAclsRequest,
+    CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
+    DescribeAclsResponse, DescribeUserScramCredentialsRequest,
+    DescribeUserScramCredentialsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -560,7 +563,7 @@ fn acl_apis_round_trip_and_survive_a_restart() {
 
 /// Without `acl.enabled` the ACL APIs answer SECURITY_DISABLED (54) and nothing is
 /// refused; with it, a principal without ALTER/DESCRIBE on the cluster gets
-/// CLUSTER_AUTHORIZATION_FAILED (31) from them.
+/// CLUSTER_AUTHORIZATION_FAILED (31) from them and from the SCRAM credential APIs.
 #[test]
 fn acl_apis_need_an_authorizer_and_cluster_rights() {
     let (_tmp, data) = data_dir();
@@ -584,6 +587,25 @@ fn acl_apis_need_an_authorizer_and_cluster_rights() {
         create_topic(&closed, "t"),
         Err(RDKafkaErrorCode::TopicAuthorizationFailed)
     );
+    // So are SCRAM credentials: DESCRIBE / ALTER on the cluster.
+    let described: DescribeUserScramCredentialsResponse = call(
+        &mut connect(&closed),
+        ApiKey::DescribeUserScramCredentials,
+        0,
+        &DescribeUserScramCredentialsRequest::default().with_users(None),
+    );
+    assert_eq!(described.error_code, 31);
+    let deletion = ScramCredentialDeletion::default()
+        .with_name(s("alice"))
+        .with_mechanism(2);
+    let altered: AlterUserScramCredentialsResponse = call(
+        &mut connect(&closed),
+        ApiKey::AlterUserScramCredentials,
+        0,
+        &AlterUserScramCredentialsRequest::default().with_deletions(vec![deletion]),
+    );
+    let codes: Vec<i16> = altered.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, vec![31]);
 }
 
 /// A super user may do everything, whatever the ACLs (here a configured DENY of everything
@@ -776,5 +798,141 @@ fn librdkafka_admin_creates_and_describes_acls() {
     assert_eq!(
         librdkafka_admin::create_read_acl(&admin(&closed), "t", "User:alice"),
         RDKafkaErrorCode::ClusterAuthorizationFailed as i32
+    );
+}
+
+/// `[[users]]` entries (for `PORTASK_USERS`) for `(name, password)`, hashed by `portask
+/// hash-password`, as an operator makes them.
+fn users_toml(users: &[(&str, &str)]) -> String {
+    let entries: Vec<String> = users
+        .iter()
+        .map(|(name, password)| {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portask"))
+                .args(["hash-password", "--name", name])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("portask hash-password");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(format!("{password}\n").as_bytes())
+                .expect("password");
+            let out = child.wait_with_output().expect("hash-password");
+            assert!(out.status.success(), "{out:?}");
+            let text = String::from_utf8(out.stdout).expect("utf-8");
+            let parsed: toml::Table = text.parse().expect("TOML");
+            let Some(toml::Value::Table(user)) =
+                parsed["users"].as_array().and_then(|a| a.first()).cloned()
+            else {
+                panic!("{text}")
+            };
+            let pairs: Vec<String> = user.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{{}}}", pairs.join(", "))
+        })
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+/// Two SASL PLAIN users on a `SASL_PLAINTEXT` listener: alice, allowed on topics and
+/// groups prefixed `alice.`, produces, consumes and auto-creates there; bob, with no ACL,
+/// is refused on the same topic and group, and alice elsewhere; only a principal with
+/// ALTER/DESCRIBE on the cluster may manage SCRAM credentials.
+#[test]
+fn sasl_users_get_their_own_acls() {
+    let (_tmp, data) = data_dir();
+    let mut launch = common::Launch::new(&data, 2, &[]);
+    let alice_acls = r#"[
+        {resource_type = "topic", resource_name = "alice.", pattern_type = "prefixed", principal = "User:alice", operations = ["read", "write", "create", "describe"]},
+        {resource_type = "group", resource_name = "alice.", pattern_type = "prefixed", principal = "User:alice", operations = ["read"]},
+    ]"#;
+    launch.env = vec![
+        (
+            "PORTASK_KAFKA__LISTENERS".to_owned(),
+            format!(
+                "[{{name = \"SASL_PLAINTEXT\", addr = \"127.0.0.1:{}\"}}]",
+                launch.kafka_port
+            ),
+        ),
+        (
+            "PORTASK_USERS".to_owned(),
+            users_toml(&[("alice", "alice-secret"), ("bob", "bob-secret")]),
+        ),
+        ("PORTASK_ACL__ENABLED".to_owned(), "true".to_owned()),
+        ("PORTASK_ACL__BINDINGS".to_owned(), alice_acls.to_owned()),
+    ];
+    let b = Broker::start_launch(launch);
+    let login = |user: &'static str, password: &'static str| {
+        vec![
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", user),
+            ("sasl.password", password),
+        ]
+    };
+    let as_user = |user, password, extra: &[(&'static str, &'static str)]| {
+        let mut settings = login(user, password);
+        settings.extend_from_slice(extra);
+        settings
+    };
+    let alice_producer: FutureProducer = client(
+        &b,
+        &as_user("alice", "alice-secret", &[("message.timeout.ms", "10000")]),
+    );
+    let bob_producer: FutureProducer = client(
+        &b,
+        &as_user("bob", "bob-secret", &[("message.timeout.ms", "10000")]),
+    );
+    assert_eq!(
+        produce(&alice_producer, "alice.orders"),
+        None,
+        "auto-created and written by alice"
+    );
+    assert_eq!(
+        produce(&bob_producer, "alice.orders"),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+    assert_eq!(
+        produce(&alice_producer, "bob.orders"),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+    );
+
+    let consumer = |user, password| {
+        let c: BaseConsumer = client(
+            &b,
+            &as_user(
+                user,
+                password,
+                &[
+                    ("group.id", "alice.readers"),
+                    ("auto.offset.reset", "earliest"),
+                    ("session.timeout.ms", "6000"),
+                ],
+            ),
+        );
+        c.subscribe(&["alice.orders"]).expect("subscribe");
+        c
+    };
+    let alice = consumer("alice", "alice-secret");
+    assert_eq!(first_event(&alice), Ok(b"v".to_vec()));
+    drop(alice);
+    let bob = consumer("bob", "bob-secret");
+    assert!(
+        matches!(
+            first_event(&bob),
+            Err(RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed)
+        ),
+        "bob may neither join alice's group nor read her topic"
+    );
+    drop(bob);
+
+    // ACLs are the cluster's: bob (no cluster ACL) may not change them.
+    let bob_admin: AdminClient<DefaultClientContext> = client(&b, &login("bob", "bob-secret"));
+    assert_eq!(
+        librdkafka_admin::create_read_acl(&bob_admin, "alice.orders", "User:bob"),
+        RDKafkaErrorCode::ClusterAuthorizationFailed as i32,
+        "nor grant himself access"
     );
 }

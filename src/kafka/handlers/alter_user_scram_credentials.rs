@@ -8,7 +8,8 @@
 //! iteration count outside 4096..=16384, UNSUPPORTED_SASL_MECHANISM for an unknown
 //! mechanism, DUPLICATE_RESOURCE for a user and mechanism named twice, RESOURCE_NOT_FOUND
 //! for deleting a credential the catalog does not hold. A user with any error has none of
-//! its alterations applied. Runs on the connection's shard.
+//! its alterations applied; without ALTER on the cluster (ACLs) every user gets
+//! CLUSTER_AUTHORIZATION_FAILED. Runs on the connection's shard.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -19,10 +20,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::cluster_denied;
 use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::catalog::security::SecurityChange;
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
+use crate::security::acl::Operation;
 use crate::security::scram::{Mechanism, MAX_ITERATIONS, MIN_ITERATIONS};
 
 /// One alteration of the request, in order: its user, mechanism code and the change.
@@ -46,6 +49,29 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
+        // ALTER on the cluster, else CLUSTER_AUTHORIZATION_FAILED for every user named.
+        if !conn.authorize_cluster(Operation::Alter) {
+            let mut users: Vec<String> = Vec::new();
+            let named = req.deletions.iter().map(|d| d.name.to_string());
+            for user in named.chain(req.upsertions.iter().map(|u| u.name.to_string())) {
+                if !users.contains(&user) {
+                    users.push(user);
+                }
+            }
+            let results = users
+                .into_iter()
+                .map(|user| {
+                    AlterUserScramCredentialsResult::default()
+                        .with_user(str_bytes(user))
+                        .with_error_code(cluster_denied())
+                        .with_error_message(Some(str_bytes(
+                            "AlterUserScramCredentials needs ALTER on the cluster",
+                        )))
+                })
+                .collect();
+            let resp = AlterUserScramCredentialsResponse::default().with_results(results);
+            return frame(correlation_id, version, &resp);
+        }
         let stored = conn.shard.catalog.current();
         let mut alterations = Vec::new();
         for d in &req.deletions {

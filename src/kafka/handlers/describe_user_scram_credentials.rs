@@ -4,7 +4,8 @@
 //! describes every user that has one.
 //!
 //! Errors per user, as Kafka's: RESOURCE_NOT_FOUND for a user without credentials,
-//! DUPLICATE_RESOURCE for a user named twice. Runs on the connection's shard.
+//! DUPLICATE_RESOURCE for a user named twice; CLUSTER_AUTHORIZATION_FAILED for the whole
+//! request without DESCRIBE on the cluster (ACLs). Runs on the connection's shard.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -17,8 +18,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::cluster_denied;
 use super::{frame, ready, str_bytes, Conn, Pending};
 use crate::catalog::security::ScramCredential;
+use crate::security::acl::Operation;
 
 fn infos(creds: &[ScramCredential]) -> Vec<CredentialInfo> {
     let mut infos: Vec<CredentialInfo> = creds
@@ -39,6 +42,15 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
+    // DESCRIBE on the cluster, else CLUSTER_AUTHORIZATION_FAILED for the request (as Kafka).
+    if !conn.authorize_cluster(Operation::Describe) {
+        let resp = DescribeUserScramCredentialsResponse::default()
+            .with_error_code(cluster_denied())
+            .with_error_message(Some(str_bytes(
+                "DescribeUserScramCredentials needs DESCRIBE on the cluster",
+            )));
+        return ready(frame(correlation_id, version, &resp));
+    }
     let users = conn.shard.users();
     let results = match req.users {
         None => users
