@@ -276,7 +276,7 @@ fn http_get(b: &Broker, path: &str) -> (u16, String) {
 /// Produce and consume need WRITE and READ on the topic; a consumer group needs READ on
 /// the group (GROUP_AUTHORIZATION_FAILED otherwise); a DENY beats an ALLOW from a prefix;
 /// each refusal is counted in `/metrics`; the HTTP API refuses a read without READ and
-/// serves it once the HTTP user is granted it.
+/// serves it once the HTTP user is granted it, and hides topics and groups the same way.
 #[test]
 fn produce_consume_and_groups_follow_the_acls() {
     let (_tmp, data) = data_dir();
@@ -392,6 +392,19 @@ fn produce_consume_and_groups_follow_the_acls() {
     let (_, body) = http_get(&b, "/api/v1/topics");
     assert!(body.contains("granted"), "{body}");
     assert_eq!(overview_topics(&b), vec!["granted".to_owned()]);
+
+    // Consumer groups over HTTP follow the group ACLs: hidden and 403 until granted.
+    let (status, body) = http_get(&b, "/api/v1/consumer-groups");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("readers"), "{body}");
+    let (status, body) = http_get(&b, "/api/v1/consumer-groups/readers");
+    assert_eq!(status, 403, "{body}");
+    let grant = acl(GROUP, "readers", LITERAL, 8, ALLOW).with_principal(s("User:guest"));
+    assert_eq!(create_acls(&b, vec![grant]), vec![0]);
+    let (_, body) = http_get(&b, "/api/v1/consumer-groups");
+    assert!(body.contains("readers"), "{body}");
+    let (status, body) = http_get(&b, "/api/v1/consumer-groups/readers");
+    assert_eq!(status, 200, "{body}");
 }
 
 /// CreateTopics needs CREATE on the cluster or the topic; so does auto-creation through

@@ -3,8 +3,11 @@
 //! and the operation the one the Kafka API doing the same thing needs (reading records
 //! READ, producing WRITE, listing and describing DESCRIBE, creating CREATE on the cluster
 //! or the topic, deleting DELETE, configs DESCRIBE_CONFIGS / ALTER_CONFIGS, partitions
-//! ALTER). A refusal is 403 naming what was refused, counted and logged as a Kafka one is
-//! (`security::audit::acl_denied`, protocol `http`). Only with `acl.enabled`.
+//! ALTER). The consumer groups view follows the group ACLs as ListGroups, DescribeGroups
+//! and DeleteGroups do (DESCRIBE, DELETE; the list shows every group with DESCRIBE on the
+//! cluster, else those the caller may describe). A refusal is 403 naming what was
+//! refused, counted and logged as a Kafka one is (`security::audit::acl_denied`, protocol
+//! `http`). Only with `acl.enabled`.
 //!
 //! Runs on the shard serving the request, from its catalog replica.
 
@@ -55,6 +58,11 @@ impl Caller {
     pub fn may(&self, shard: &Shard, op: Operation, topic: &str) -> bool {
         self.allowed(shard, op, ResourceType::Topic, topic)
     }
+
+    /// `may` for any resource.
+    pub fn may_on(&self, shard: &Shard, op: Operation, resource: ResourceType, name: &str) -> bool {
+        self.allowed(shard, op, resource, name)
+    }
 }
 
 fn check(shard: &Shard, req: &Req, op: Operation, resource: ResourceType, name: &str) -> bool {
@@ -68,20 +76,34 @@ pub fn may(shard: &Shard, req: &Req, op: Operation, topic: &str) -> bool {
 
 /// `op` on the topic, or 403.
 pub fn authorize(shard: &Shard, req: &Req, op: Operation, topic: &str) -> Result<(), ApiError> {
-    if check(shard, req, op, ResourceType::Topic, topic) {
+    authorize_on(shard, req, op, ResourceType::Topic, topic)
+}
+
+/// `op` on the resource, or 403 naming what was refused (counted and logged).
+pub fn authorize_on(
+    shard: &Shard,
+    req: &Req,
+    op: Operation,
+    resource: ResourceType,
+    name: &str,
+) -> Result<(), ApiError> {
+    if check(shard, req, op, resource, name) {
         return Ok(());
     }
     let who = principal(req);
-    crate::security::audit::acl_denied(Protocol::Http, op.name(), "topic", || {
+    crate::security::audit::acl_denied(Protocol::Http, op.name(), resource.name(), || {
         format!(
-            "HTTP: principal {who} denied {} on topic '{topic}'",
-            op.name()
+            "HTTP: principal {who} denied {} on {} '{name}'",
+            op.name(),
+            resource.name()
         )
     });
     Err(ApiError::Forbidden(format!(
-        "{who} may not {} topic '{topic}' (Kafka ACLs: {} on the topic is not allowed)",
+        "{who} may not {} {} '{name}' (Kafka ACLs: {} on the {} is not allowed)",
         op.name().replace('_', " "),
-        op.name().to_ascii_uppercase()
+        resource.name().replace('_', " "),
+        op.name().to_ascii_uppercase(),
+        resource.name().replace('_', " "),
     )))
 }
 
