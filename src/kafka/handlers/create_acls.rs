@@ -1,4 +1,5 @@
-//! CreateAcls (key 30), v1–v3 (v0, gone from Kafka 4, has no codec): add ACL bindings.
+//! CreateAcls (key 30), v0–v3 (v0, gone from Kafka 4, decoded by `legacy`): add ACL
+//! bindings.
 //! Needs ALTER on the cluster (CLUSTER_AUTHORIZATION_FAILED); without an authorizer
 //! (`acl.enabled = false`) every creation gets SECURITY_DISABLED, as Kafka answers. Each
 //! creation is checked as Kafka checks it (`security::acl::validate_new`, INVALID_REQUEST

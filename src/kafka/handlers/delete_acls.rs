@@ -1,4 +1,5 @@
-//! DeleteAcls (key 31), v1–v3: remove the ACL bindings each filter matches
+//! DeleteAcls (key 31), v0–v3 (v0 through `legacy`, literal patterns only): remove the
+//! ACL bindings each filter matches
 //! (`security::acl::AclFilter`) and return them per filter. Only bindings created with
 //! CreateAcls (the catalog's) are removed; those of the configuration stay (change the
 //! file instead). Needs ALTER on the cluster (CLUSTER_AUTHORIZATION_FAILED); every filter

@@ -1,4 +1,5 @@
-//! DescribeAcls (key 29), v1–v3: the ACL bindings a filter matches (`security::acl::
+//! DescribeAcls (key 29), v0–v3 (v0 through `legacy`, literal patterns only): the ACL
+//! bindings a filter matches (`security::acl::
 //! AclFilter`: ANY, MATCH, literal and prefixed patterns), grouped by resource pattern;
 //! those of the configuration (`[[acl.bindings]]`) with the catalog's. Needs DESCRIBE on
 //! the cluster (CLUSTER_AUTHORIZATION_FAILED); SECURITY_DISABLED without an authorizer;
