@@ -627,9 +627,12 @@ fn any_topic_acl_filter(w: W) -> W {
     w.i8(2).null().null().null().i8(1).i8(1)
 }
 
-/// DescribeAcls v0: (resource type, name, [(principal, host, operation, permission)]) per
-/// resource; v0 has no pattern type after the name.
-fn describe_acls_v0(s: &mut TcpStream) -> Vec<(i8, String, Vec<(String, String, i8, i8)>)> {
+/// One resource DescribeAcls v0 lists: (resource type, name, [(principal, host, operation,
+/// permission)]).
+type ListedAcls = (i8, String, Vec<(String, String, i8, i8)>);
+
+/// DescribeAcls v0, per resource; v0 has no pattern type after the name.
+fn describe_acls_v0(s: &mut TcpStream) -> Vec<ListedAcls> {
     let mut r = call(s, DESCRIBE_ACLS, 0, any_topic_acl_filter(W::default()));
     let _throttle = r.get_i32();
     assert_eq!(r.get_i16(), 0, "DescribeAcls v0 error code");
