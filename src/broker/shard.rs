@@ -133,14 +133,24 @@ impl Shard {
             )
             .await;
         if self.install_catalog(reply.state.clone()) {
+            // Every shard has the new state before the change is answered, so whatever a
+            // client does next, on any connection and any shard, sees it (a binding made
+            // over REST routes the next publish of an AMQP connection on another shard, as
+            // in RabbitMQ, where bind-ok means the binding is in place). Handed to the peers
+            // in order, then awaited together.
+            let mut installed = Vec::new();
             for peer in (0..self.count).filter(|p| *p != self.id) {
                 let state = reply.state.clone();
-                self.core
-                    .submit_to::<Shard>(peer, move |shard| {
-                        shard.install_catalog(state);
-                    })
-                    .await;
+                installed.push(
+                    self.core
+                        .dispatch_on::<Shard, _, _, _>(peer, move |shard: &Rc<Shard>| {
+                            shard.install_catalog(state);
+                            async {}
+                        })
+                        .await,
+                );
             }
+            futures::future::join_all(installed).await;
         }
         reply
     }
