@@ -373,9 +373,9 @@ impl Default for TlsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AclConfig {
-    /// Enforce ACLs (Kafka's `authorizer.class.name` set). Off (the default), every
-    /// principal may do everything, as in a Kafka without an authorizer; ACLs can still be
-    /// created and listed.
+    /// Enforce ACLs (Kafka's `authorizer.class.name` set), on Kafka and on the HTTP API's
+    /// topics. Off (the default), every principal may do everything and the ACL APIs answer
+    /// SECURITY_DISABLED, as in a Kafka without an authorizer.
     pub enabled: bool,
     /// `super.users`: principals (`User:admin`) allowed everything whatever the ACLs say.
     pub super_users: Vec<String>,
@@ -1148,9 +1148,20 @@ impl Config {
                     )
                 })
                 && principal_like(&b.principal);
-            if !ok {
+            // As CreateAcls: a named resource (an empty prefix would match every one), and
+            // the cluster only as `kafka-cluster`.
+            let name_ok = if b.resource_type.eq_ignore_ascii_case("cluster") {
+                matches!(b.resource_name.as_str(), "" | "kafka-cluster")
+            } else {
+                !b.resource_name.is_empty()
+            };
+            if !ok || !name_ok {
                 return bad("acl.bindings", format!("{b:?} is not a valid ACL"));
             }
+        }
+        for u in self.all_users() {
+            crate::security::users::config_credentials(&u)
+                .map_err(|why| ConfigError::Invalid(format!("users: {why}")))?;
         }
         for p in &self.acl.super_users {
             if !principal_like(p) {
@@ -1285,6 +1296,28 @@ mod tests {
             err.contains("limits.max_connections_per_ip_overrides"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn acl_bindings_name_their_resource() {
+        let binding = |resource_type: &str, resource_name: &str| {
+            format!(
+                "[{{resource_type = \"{resource_type}\", resource_name = \"{resource_name}\", \
+                 principal = \"User:a\", operations = [\"read\"]}}]"
+            )
+        };
+        let build = |bindings: String| {
+            ConfigBuilder::new()
+                .env([("PORTASK_ACL__BINDINGS".to_owned(), bindings)])
+                .and_then(|b| b.build())
+        };
+        assert!(build(binding("topic", "orders")).is_ok());
+        assert!(build(binding("cluster", "")).is_ok());
+        assert!(build(binding("cluster", "kafka-cluster")).is_ok());
+        for (t, n) in [("topic", ""), ("group", ""), ("cluster", "other")] {
+            let err = build(binding(t, n)).unwrap_err().to_string();
+            assert!(err.contains("acl.bindings"), "{t} '{n}': {err}");
+        }
     }
 
     #[test]

@@ -34,6 +34,47 @@ struct Cli {
     /// Print the effective configuration, with where each value came from, and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Read a password from stdin and print the credential keys of a `[[users]]` entry for
+    /// it: a RabbitMQ password_hash and SCRAM-SHA-256/512 credentials (never the password).
+    HashPassword {
+        /// The user's name in the printed entry.
+        #[arg(long, default_value = "CHANGE-ME")]
+        name: String,
+        /// PBKDF2 iterations of the SCRAM credentials (4096..=16384).
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+}
+
+/// `portask hash-password`: the password is the first line of stdin; the `[[users]]` entry
+/// goes to stdout.
+fn hash_password(name: &str, iterations: u32) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("portask: reading the password from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("portask: no password on stdin");
+        return ExitCode::from(2);
+    }
+    match portask::security::users::credentials_block(name, password, iterations) {
+        Ok(block) => {
+            print!("{block}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portask: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn build(
@@ -69,6 +110,9 @@ fn build(
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::HashPassword { name, iterations }) = &cli.command {
+        return hash_password(name, *iterations);
+    }
     let (config, provenance) = match build(&cli) {
         Ok(c) => c,
         Err(e) => {

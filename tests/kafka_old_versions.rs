@@ -616,3 +616,104 @@ fn kafka_python() -> &'static str {
     }
     DIR
 }
+
+const DESCRIBE_ACLS: i16 = 29;
+const CREATE_ACLS: i16 = 30;
+const DELETE_ACLS: i16 = 31;
+
+/// The ACL filter of DescribeAcls v0 / a DeleteAcls v0 filter: topics, any name, any
+/// principal and host, any operation and permission (no pattern type: v0 has none).
+fn any_topic_acl_filter(w: W) -> W {
+    w.i8(2).null().null().null().i8(1).i8(1)
+}
+
+/// One resource DescribeAcls v0 lists: (resource type, name, [(principal, host, operation,
+/// permission)]).
+type ListedAcls = (i8, String, Vec<(String, String, i8, i8)>);
+
+/// DescribeAcls v0, per resource; v0 has no pattern type after the name.
+fn describe_acls_v0(s: &mut TcpStream) -> Vec<ListedAcls> {
+    let mut r = call(s, DESCRIBE_ACLS, 0, any_topic_acl_filter(W::default()));
+    let _throttle = r.get_i32();
+    assert_eq!(r.get_i16(), 0, "DescribeAcls v0 error code");
+    let _message = string(&mut r);
+    let resources = (0..r.get_i32())
+        .map(|_| {
+            let resource_type = r.get_i8();
+            let name = string(&mut r);
+            let acls = (0..r.get_i32())
+                .map(|_| {
+                    let principal = string(&mut r);
+                    let host = string(&mut r);
+                    (principal, host, r.get_i8(), r.get_i8())
+                })
+                .collect();
+            (resource_type, name, acls)
+        })
+        .collect();
+    assert!(!r.has_remaining(), "DescribeAcls v0 has nothing more");
+    resources
+}
+
+#[test]
+fn acl_apis_at_v0_create_describe_and_delete_literal_acls() {
+    // Kafka 0.11–1.x clients (and kafka-acls.sh of that time) manage ACLs at v0, before
+    // pattern types existed: every v0 ACL is a literal one.
+    let (_dir, data) = data_dir();
+    let grant = r#"[{resource_type = "cluster", resource_name = "kafka-cluster", principal = "User:ANONYMOUS", operations = ["alter", "describe"]}]"#;
+    let broker = Broker::start(
+        &data,
+        &[
+            ("PORTASK_ACL__ENABLED", "true"),
+            ("PORTASK_ACL__BINDINGS", grant),
+        ],
+    );
+    let mut s = connect(&broker);
+    // CreateAcls v0: READ on topic "orders" for User:bob from any host (allow = 3).
+    let body = W::default()
+        .i32(1)
+        .i8(2)
+        .str("orders")
+        .str("User:bob")
+        .str("*")
+        .i8(3)
+        .i8(3);
+    let mut r = call(&mut s, CREATE_ACLS, 0, body);
+    let _throttle = r.get_i32();
+    assert_eq!(r.get_i32(), 1, "one creation result");
+    assert_eq!(r.get_i16(), 0, "created");
+    let _message = string(&mut r);
+    assert!(!r.has_remaining());
+
+    let listed = describe_acls_v0(&mut s);
+    assert_eq!(
+        listed,
+        vec![(
+            2,
+            "orders".to_owned(),
+            vec![("User:bob".to_owned(), "*".to_owned(), 3, 3)]
+        )]
+    );
+
+    // DeleteAcls v0 removes it and returns it without a pattern type.
+    let mut r = call(
+        &mut s,
+        DELETE_ACLS,
+        0,
+        any_topic_acl_filter(W::default().i32(1)),
+    );
+    let _throttle = r.get_i32();
+    assert_eq!(r.get_i32(), 1, "one filter result");
+    assert_eq!(r.get_i16(), 0);
+    let _message = string(&mut r);
+    assert_eq!(r.get_i32(), 1, "one matching ACL");
+    assert_eq!(r.get_i16(), 0);
+    let _message = string(&mut r);
+    assert_eq!(r.get_i8(), 2);
+    assert_eq!(string(&mut r), "orders");
+    assert_eq!(string(&mut r), "User:bob");
+    assert_eq!(string(&mut r), "*");
+    assert_eq!((r.get_i8(), r.get_i8()), (3, 3));
+    assert!(!r.has_remaining(), "DeleteAcls v0 has no pattern type");
+    assert!(describe_acls_v0(&mut s).is_empty());
+}

@@ -299,6 +299,13 @@ fn api_versions_lists_the_served_apis_and_versions() {
         (ApiKey::CreateTopics, 0, 7),
         (ApiKey::DeleteTopics, 0, 6),
         (ApiKey::CreatePartitions, 0, 3),
+        (ApiKey::DescribeAcls, 0, 3),
+        (ApiKey::CreateAcls, 0, 3),
+        (ApiKey::DeleteAcls, 0, 3),
+        (ApiKey::SaslHandshake, 0, 1),
+        (ApiKey::SaslAuthenticate, 0, 2),
+        (ApiKey::DescribeUserScramCredentials, 0, 0),
+        (ApiKey::AlterUserScramCredentials, 0, 0),
     ]
     .into_iter()
     .map(|(k, min, max)| (k as i16, min, max))

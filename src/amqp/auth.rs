@@ -2,8 +2,9 @@
 //! salted SHA-256 password hashes, the loopback-only rule for `guest`, and per-vhost
 //! configure/write/read permissions (regular expressions, as in RabbitMQ).
 //!
-//! Users, vhosts and permissions come from `[amqp]` in the configuration; a connection
-//! compiles its user's permissions for its vhost once, at connection.open.
+//! Users come from the shard's user store (`security::users`: `[[users]]` and the SCRAM
+//! credentials in the catalog); vhosts and permissions from `[amqp]`. A connection compiles
+//! its user's permissions for its vhost once, at connection.open.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 
 use crate::config::AmqpConfig;
+use crate::security::users::UserStore;
 
 /// Credentials out of a start-ok response.
 #[derive(Debug, PartialEq, Eq)]
@@ -86,9 +88,10 @@ pub enum AuthError {
     LoopbackOnly(String),
 }
 
-/// Checks a login; returns the user name.
+/// Checks a PLAIN or AMQPLAIN login against the user store (a user with only SCRAM
+/// credentials logs in too); returns the user name.
 pub fn authenticate(
-    users: &[crate::config::User],
+    users: &UserStore,
     config: &AmqpConfig,
     mechanism: &str,
     response: &[u8],
@@ -100,17 +103,13 @@ pub fn authenticate(
         _ => None,
     }
     .ok_or_else(|| AuthError::Refused(mechanism.to_owned()))?;
-    let user = users
-        .iter()
-        .find(|u| u.name == creds.user)
-        .ok_or_else(|| AuthError::Refused(mechanism.to_owned()))?;
-    if !check_password(&user.password_hash, &creds.password) {
+    if !users.verify_password(&creds.user, &creds.password) {
         return Err(AuthError::Refused(mechanism.to_owned()));
     }
-    if config.loopback_users.contains(&user.name) && !peer.ip().is_loopback() {
-        return Err(AuthError::LoopbackOnly(user.name.clone()));
+    if config.loopback_users.contains(&creds.user) && !peer.ip().is_loopback() {
+        return Err(AuthError::LoopbackOnly(creds.user));
     }
-    Ok(user.name.clone())
+    Ok(creds.user)
 }
 
 /// A user's compiled permissions on one vhost.
@@ -233,34 +232,19 @@ mod tests {
     #[test]
     fn defaults_allow_guest_on_loopback_only() {
         let c = AmqpConfig::default();
+        let users = UserStore::build(
+            &crate::config::Config::default(),
+            &crate::catalog::security::SecurityState::default(),
+        );
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let remote: SocketAddr = "10.0.0.1:1".parse().unwrap();
         assert_eq!(
-            authenticate(
-                &crate::config::Config::default().all_users(),
-                &c,
-                "PLAIN",
-                b"\0guest\0guest",
-                local
-            ),
+            authenticate(&users, &c, "PLAIN", b"\0guest\0guest", local),
             Ok("guest".into())
         );
-        assert!(authenticate(
-            &crate::config::Config::default().all_users(),
-            &c,
-            "PLAIN",
-            b"\0guest\0nope",
-            local
-        )
-        .is_err());
+        assert!(authenticate(&users, &c, "PLAIN", b"\0guest\0nope", local).is_err());
         assert_eq!(
-            authenticate(
-                &crate::config::Config::default().all_users(),
-                &c,
-                "PLAIN",
-                b"\0guest\0guest",
-                remote
-            ),
+            authenticate(&users, &c, "PLAIN", b"\0guest\0guest", remote),
             Err(AuthError::LoopbackOnly("guest".into()))
         );
         let p = Permissions::of(&c, "guest", "/").unwrap();

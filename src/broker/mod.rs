@@ -92,6 +92,12 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), StartError> {
     addresses::check_addresses_free(&config)?;
     crate::security::tls::install(&config).map_err(StartError::Tls)?;
     let (placement, count) = layout(&config);
+    if !config.amqp.users.is_empty() {
+        log::warn!(
+            "amqp.users has moved to [[users]] (one set of users for Kafka, AMQP and HTTP); \
+             its entries are still read"
+        );
+    }
     if config.placement == Placement::Pinned && count > placement.iter().flatten().count() {
         log::warn!("{count} shards but fewer cores in the affinity mask: shards will share cores");
     }

@@ -1,7 +1,7 @@
 //! `Shard`: the composition of one executor's state — the protocol-free runtime `Core`
 //! (id, mesh, replies, connections, stop), this shard's storage, its catalog replica (and, on
 //! shard 0, the catalog writer), the consumer groups it coordinates, its Kafka in-flight
-//! budget and its AMQP state.
+//! budget, its AMQP state and its copy of the user store.
 //!
 //! Created inside the shard's executor by `broker::run_shard` and registered with its `Core`
 //! as the shard's local, so work sent from another shard (`Core::invoke_on::<Shard, ..>`)
@@ -16,6 +16,7 @@ use crate::catalog::writer::{CatalogReply, CatalogWriter};
 use crate::catalog::{self, CatalogError, CatalogState, Change, Replica};
 use crate::kafka::groups::Coordinator;
 use crate::runtime::core::Core;
+use crate::security::users::UserStore;
 use crate::storage::Storage;
 use crate::util::partition_owner;
 
@@ -30,6 +31,12 @@ pub struct Shard {
     pub kafka_budget: crate::kafka::InflightBudget,
     /// AMQP state of this shard: owned queues, connections, outbox (`crate::amqp`).
     pub amqp: crate::amqp::ShardAmqp,
+    /// Kafka's authorizer, with the configuration's ACLs parsed once; the catalog's ACLs
+    /// are passed to it on each check.
+    pub acl: crate::security::acl::Authorizer,
+    /// The users every protocol logs in against, rebuilt when an installed catalog
+    /// changes the stored SCRAM credentials (`users`).
+    users: std::cell::RefCell<Rc<UserStore>>,
 }
 
 impl Deref for Shard {
@@ -49,7 +56,10 @@ impl Shard {
         writer: Option<CatalogWriter>,
     ) -> Shard {
         let amqp = crate::amqp::ShardAmqp::new(&core.config, core.id, core.count);
+        let acl = crate::security::acl::Authorizer::new(&core.config.acl);
+        let users = Rc::new(UserStore::build(&core.config, &state.security));
         Shard {
+            users: std::cell::RefCell::new(users),
             core,
             storage,
             groups,
@@ -57,7 +67,13 @@ impl Shard {
             writer,
             kafka_budget: Default::default(),
             amqp,
+            acl,
         }
+    }
+
+    /// This shard's user store (cheap: shared until the next credential change).
+    pub fn users(&self) -> Rc<UserStore> {
+        self.users.borrow().clone()
     }
 
     pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
@@ -117,14 +133,24 @@ impl Shard {
             )
             .await;
         if self.install_catalog(reply.state.clone()) {
+            // Every shard has the new state before the change is answered, so whatever a
+            // client does next, on any connection and any shard, sees it (a binding made
+            // over REST routes the next publish of an AMQP connection on another shard, as
+            // in RabbitMQ, where bind-ok means the binding is in place). Handed to the peers
+            // in order, then awaited together.
+            let mut installed = Vec::new();
             for peer in (0..self.count).filter(|p| *p != self.id) {
                 let state = reply.state.clone();
-                self.core
-                    .submit_to::<Shard>(peer, move |shard| {
-                        shard.install_catalog(state);
-                    })
-                    .await;
+                installed.push(
+                    self.core
+                        .dispatch_on::<Shard, _, _, _>(peer, move |shard: &Rc<Shard>| {
+                            shard.install_catalog(state);
+                            async {}
+                        })
+                        .await,
+                );
             }
+            futures::future::join_all(installed).await;
         }
         reply
     }
@@ -135,6 +161,9 @@ impl Shard {
         let old = self.catalog.current();
         if !self.catalog.install(state.clone()) {
             return false;
+        }
+        if state.security.scram != old.security.scram {
+            *self.users.borrow_mut() = Rc::new(UserStore::build(&self.config, &state.security));
         }
         for (name, topic) in &old.topics {
             match state.topics.get(name) {

@@ -1,5 +1,8 @@
-//! HTTP basic authentication against the AMQP users (`amqp.users`), with RabbitMQ's
-//! management tags deciding what a user may do. Runs on the shard serving the request.
+//! HTTP basic authentication against the shard's user store (`security::users`: the
+//! `[[users]]` of every protocol and the stored SCRAM credentials), with RabbitMQ's
+//! management tags deciding what a user may do. Pure (the fuzz tests drive it); the
+//! router counts and logs refused logins (`refused_login`, `security::audit`). Runs on the
+//! shard serving the request.
 //!
 //! - `/health`, `/health/ready` and `/metrics` are open unless `http.auth_health` /
 //!   `http.auth_metrics` say otherwise;
@@ -20,6 +23,7 @@ use http::{header, HeaderMap, Method};
 
 use super::ApiError;
 use crate::config::{AmqpConfig, HttpConfig};
+use crate::security::users::UserStore;
 
 /// What an endpoint asks of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +67,7 @@ pub fn need(config: &HttpConfig, method: &Method, path: &[String]) -> Need {
 
 /// Checks the request's credentials against `need`.
 pub fn check(
-    users: &[crate::config::User],
+    users: &UserStore,
     config: &AmqpConfig,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
@@ -73,11 +77,14 @@ pub fn check(
         return Ok(None);
     }
     let (name, password) = basic_credentials(headers).ok_or(ApiError::Unauthorized)?;
-    let user = users
-        .iter()
-        .find(|u| u.name == name)
-        .filter(|u| crate::amqp::auth::check_password(&u.password_hash, &password))
-        .ok_or(ApiError::Unauthorized)?;
+    let tags = match users.tags(&name) {
+        Some(tags) if users.verify_password(&name, &password) => tags,
+        _ => return Err(ApiError::Unauthorized),
+    };
+    let user = User {
+        name,
+        tags: tags.to_vec(),
+    };
     if config.loopback_users.contains(&user.name) && !peer.is_some_and(|p| p.ip().is_loopback()) {
         return Err(ApiError::Forbidden(format!(
             "user '{}' can only connect via localhost",
@@ -101,10 +108,19 @@ pub fn check(
             user.name
         )));
     }
-    Ok(Some(User {
-        name: user.name.clone(),
-        tags: user.tags.clone(),
-    }))
+    Ok(Some(user))
+}
+
+/// The user name of a request whose basic credentials `check` refused (for the audit
+/// trail); `None` when it sent none.
+pub fn refused_login(
+    headers: &HeaderMap,
+    checked: &Result<Option<User>, ApiError>,
+) -> Option<String> {
+    match checked {
+        Err(ApiError::Unauthorized) => basic_credentials(headers).map(|(name, _)| name),
+        _ => None,
+    }
 }
 
 /// `Authorization: Basic base64(user:password)`.

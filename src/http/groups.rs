@@ -1,7 +1,8 @@
 //! `/api/v1/consumer-groups`: list (state, members, lag), describe one (members with their
 //! assigned partitions, committed offsets with lag), delete an empty one. Runs on the
 //! shard serving the request; each group's coordinator shard answers through the mesh
-//! (`Shard::group`), partition high watermarks come from their owners.
+//! (`Shard::group`), partition high watermarks come from their owners. With Kafka ACLs on,
+//! the group ACLs apply as over Kafka (`http::acl`).
 
 use std::rc::Rc;
 
@@ -12,26 +13,44 @@ use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 use serde::Serialize;
 
+use super::acl::{self, Caller};
 use super::{no_content, ok_json, ApiError, ApiResult, Req};
 use crate::broker::Shard;
 use crate::kafka::groups::{Reply, Request};
+use crate::security::acl::{Operation, ResourceType, CLUSTER_NAME};
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
+    let caller = Caller::of(req);
     match (rest, &req.method) {
-        ([], &Method::GET) => list(shard).await,
-        ([group], &Method::GET) => describe(shard, group).await,
-        ([group], &Method::DELETE) => delete(shard, group).await,
+        ([], &Method::GET) => list(shard, &caller).await,
+        ([group], &Method::GET) => {
+            acl::authorize_on(shard, req, Operation::Describe, ResourceType::Group, group)?;
+            describe(shard, &caller, group).await
+        }
+        ([group], &Method::DELETE) => {
+            acl::authorize_on(shard, req, Operation::Delete, ResourceType::Group, group)?;
+            delete(shard, group).await
+        }
         ([] | [_], _) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound("no such endpoint".into())),
     }
 }
 
-async fn list(shard: &Rc<Shard>) -> ApiResult {
+async fn list(shard: &Rc<Shard>, caller: &Caller) -> ApiResult {
     let stats = shard.stats_all().await;
     let lag = super::overview::group_lag(&stats);
+    let every = caller.may_on(
+        shard,
+        Operation::Describe,
+        ResourceType::Cluster,
+        CLUSTER_NAME,
+    );
     let rows: Vec<serde_json::Value> = stats
         .iter()
         .flat_map(|s| &s.groups)
+        .filter(|g| {
+            every || caller.may_on(shard, Operation::Describe, ResourceType::Group, &g.group)
+        })
         .map(|g| {
             serde_json::json!({
                 "group": g.group,
@@ -91,7 +110,7 @@ fn decode_assignment(bytes: &Bytes) -> Vec<Assigned> {
     }
 }
 
-async fn describe(shard: &Rc<Shard>, group: &str) -> ApiResult {
+async fn describe(shard: &Rc<Shard>, caller: &Caller, group: &str) -> ApiResult {
     let described = match shard
         .group(group, Request::Describe(group.to_owned()))
         .await
@@ -141,9 +160,10 @@ async fn describe(shard: &Rc<Shard>, group: &str) -> ApiResult {
             assignment: decode_assignment(&m.member_assignment),
         })
         .collect();
+    // Offsets of topics the caller may not describe are left out, as OffsetFetch does.
     let offsets: Vec<OffsetRow> = offsets
         .into_iter()
-        .filter(|o| o.offset >= 0)
+        .filter(|o| o.offset >= 0 && caller.may(shard, Operation::Describe, &o.topic))
         .map(|o| {
             let hw = high(&o.topic, o.partition);
             OffsetRow {

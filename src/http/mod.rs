@@ -12,6 +12,7 @@
 //! rest of the body is read and dropped, within bounds, so the client hears it); every
 //! error is JSON `{"error": ..., "reason": ...}` with the status a REST client expects.
 
+pub mod acl;
 pub mod amqp;
 pub mod auth;
 pub mod connections;
@@ -144,19 +145,14 @@ pub struct Head {
 
 pub fn head(
     config: &crate::config::Config,
+    users: &crate::security::users::UserStore,
     parts: &http::request::Parts,
     peer: Option<SocketAddr>,
 ) -> Head {
     let path = segments(parts.uri.path());
     let endpoint = endpoint_name(&parts.method, &path);
     let need = auth::need(&config.http, &parts.method, &path);
-    let user = auth::check(
-        &config.all_users(),
-        &config.amqp,
-        &parts.headers,
-        peer,
-        need,
-    );
+    let user = auth::check(users, &config.amqp, &parts.headers, peer, need);
     Head {
         query: query(parts.uri.query()),
         path,
@@ -173,6 +169,8 @@ pub struct Req {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub user: Option<User>,
+    /// The client's address (for ACL host matching).
+    pub peer: Option<SocketAddr>,
 }
 
 impl Req {
@@ -382,7 +380,13 @@ async fn handle(
         query,
         endpoint,
         user,
-    } = head(&shard.config, &parts, peer);
+    } = head(&shard.config, &shard.users(), &parts, peer);
+    if let Some(name) = auth::refused_login(&parts.headers, &user) {
+        crate::security::audit::auth_failure(Protocol::Http, "basic", || {
+            let from = peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+            format!("http basic login as '{name}' from {from} refused")
+        });
+    }
     let result = async {
         let limits = (shard.config.http.max_body_bytes, read_timeout(shard));
         let body = read_body(body, &parts.headers, limits).await?;
@@ -394,6 +398,7 @@ async fn handle(
             headers: parts.headers,
             body,
             user,
+            peer,
         };
         route(shard, req).await
     }
@@ -596,11 +601,11 @@ async fn api(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match rest {
         ["overview"] => {
             only(m, &[Method::GET])?;
-            overview::overview(shard).await
+            overview::overview(shard, acl::Caller::of(req)).await
         }
         ["stream"] => {
             only(m, &[Method::GET])?;
-            overview::stream(shard)
+            overview::stream(shard, acl::Caller::of(req))
         }
         ["shards"] => {
             only(m, &[Method::GET])?;

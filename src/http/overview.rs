@@ -2,7 +2,7 @@
 //! percentiles, connections, memory and CPU, per-shard load, topics, queues, groups),
 //! `GET /api/v1/stream` (the same as server-sent events, one a second) and
 //! `GET /api/v1/shards`. Gathered from every shard through the mesh by the shard serving
-//! the request.
+//! the request. With Kafka ACLs on, topics the caller may not DESCRIBE are left out.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -13,10 +13,12 @@ use glommio::channels::local_channel;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
+use super::acl::Caller;
 use super::{ok_json, ApiResult, Body};
 use crate::broker::Shard;
 use crate::http::stats::ShardStats;
 use crate::metrics::{self, Latency, Protocol, Rates};
+use crate::security::acl::Operation;
 
 #[derive(Serialize, Default)]
 pub struct Totals {
@@ -281,9 +283,17 @@ pub fn build(shard: &Shard, stats: &[ShardStats]) -> Overview {
     }
 }
 
-pub async fn overview(shard: &Rc<Shard>) -> ApiResult {
+/// The overview as `caller` may see it: topics it may not DESCRIBE (Kafka ACLs, when
+/// enabled) are left out.
+fn visible(shard: &Shard, caller: &Caller, mut o: Overview) -> Overview {
+    o.topics
+        .retain(|t| caller.may(shard, Operation::Describe, &t.name));
+    o
+}
+
+pub async fn overview(shard: &Rc<Shard>, caller: Caller) -> ApiResult {
     let stats = shard.stats_all().await;
-    ok_json(&build(shard, &stats))
+    ok_json(&visible(shard, &caller, build(shard, &stats)))
 }
 
 pub async fn shards(shard: &Rc<Shard>) -> ApiResult {
@@ -293,13 +303,14 @@ pub async fn shards(shard: &Rc<Shard>) -> ApiResult {
 
 /// Server-sent events: an `overview` event now and then every second, until the client
 /// goes away or the shard stops.
-pub fn stream(shard: &Rc<Shard>) -> ApiResult {
+pub fn stream(shard: &Rc<Shard>, caller: Caller) -> ApiResult {
     let (tx, rx) = local_channel::new_bounded::<Bytes>(2);
     let shard = shard.clone();
     glommio::spawn_local(async move {
         while !shard.stopping.get() {
             let stats = shard.stats_all().await;
-            let body = match serde_json::to_string(&build(&shard, &stats)) {
+            let overview = visible(&shard, &caller, build(&shard, &stats));
+            let body = match serde_json::to_string(&overview) {
                 Ok(b) => b,
                 Err(e) => {
                     log::error!("encoding the overview: {e}");

@@ -17,6 +17,8 @@
 //!
 //! Runs on the shard serving the request; the records are one batch per partition, handed
 //! to the partition's owner through the mesh (`Shard::kafka`), exactly as a Produce is.
+//! With `acl.enabled`, producing needs WRITE and reading READ on the topic, as over Kafka
+//! (`http::acl`; 403 otherwise).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -36,12 +38,14 @@ use super::{json, ApiError, ApiResult, Req};
 use crate::broker::Shard;
 use crate::kafka::owner::{FetchPart, ProducePart, Reply, Request};
 use crate::metrics::Protocol;
+use crate::security::acl::Operation;
 use crate::storage::batch;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     match rest {
         ["topics", topic, "records"] => {
             super::only(&req.method, &[Method::POST])?;
+            super::acl::authorize(shard, req, Operation::Write, topic)?;
             produce(shard, req, topic).await
         }
         ["topics", topic, "partitions", p, "records"] => {
@@ -49,6 +53,7 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
             let p: i32 = p
                 .parse()
                 .map_err(|_| ApiError::BadRequest(format!("'{p}' is not a partition number")))?;
+            super::acl::authorize(shard, req, Operation::Read, topic)?;
             read(shard, req, topic, p).await
         }
         _ => Err(ApiError::NotFound("no such endpoint".into())),

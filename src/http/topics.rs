@@ -2,7 +2,9 @@
 //! configs), create, delete, alter config and add partitions. Runs on the shard serving the
 //! request; topic changes go to shard 0's catalog writer (`Shard::change_catalog`), the
 //! same path as Kafka's CreateTopics / DeleteTopics / IncrementalAlterConfigs, and
-//! partition figures come from their owners through the mesh.
+//! partition figures come from their owners through the mesh. With `acl.enabled`, Kafka's
+//! topic ACLs apply to the HTTP user (`http::acl`): the list leaves out topics it may not
+//! describe, everything else answers 403 when refused.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -10,30 +12,40 @@ use std::rc::Rc;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{json, no_content, ok_json, only, ApiError, ApiResult, Req};
+use super::{acl, json, no_content, ok_json, only, ApiError, ApiResult, Req};
 use crate::broker::Shard;
 use crate::catalog::{self, new_topic_id, CatalogError, Change, Topic};
+use crate::security::acl::Operation;
 
 pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     let m = &req.method;
     match rest {
-        [] if m == Method::GET => list(shard).await,
+        [] if m == Method::GET => list(shard, req).await,
         [] if m == Method::POST => create(shard, req).await,
         [] => Err(ApiError::MethodNotAllowed),
-        [name] if m == Method::GET => describe(shard, name).await,
-        [name] if m == Method::DELETE => delete(shard, name).await,
+        [name] if m == Method::GET => {
+            acl::authorize(shard, req, Operation::Describe, name)?;
+            describe(shard, name).await
+        }
+        [name] if m == Method::DELETE => {
+            acl::authorize(shard, req, Operation::Delete, name)?;
+            delete(shard, name).await
+        }
         [_] => Err(ApiError::MethodNotAllowed),
         [name, "config"] if m == Method::GET => {
+            acl::authorize(shard, req, Operation::DescribeConfigs, name)?;
             let state = shard.catalog.current();
             let topic = known(&state, name)?;
             ok_json(&effective(shard, &state, topic))
         }
         [name, "config"] => {
             only(m, &[Method::PUT, Method::PATCH])?;
+            acl::authorize(shard, req, Operation::AlterConfigs, name)?;
             alter(shard, req, name).await
         }
         [name, "partitions"] => {
             only(m, &[Method::POST])?;
+            acl::authorize(shard, req, Operation::Alter, name)?;
             add_partitions(shard, req, name).await
         }
         _ => Err(ApiError::NotFound(format!(
@@ -128,12 +140,13 @@ async fn partition_rows(shard: &Rc<Shard>) -> Vec<crate::metrics::PartitionStats
         .collect()
 }
 
-async fn list(shard: &Rc<Shard>) -> ApiResult {
+async fn list(shard: &Rc<Shard>, req: &Req) -> ApiResult {
     let state = shard.catalog.current();
     let parts = partition_rows(shard).await;
     let rows: Vec<TopicSummary> = state
         .topics
         .values()
+        .filter(|t| acl::may(shard, req, Operation::Describe, &t.name))
         .map(|t| {
             let mine = parts.iter().filter(|p| p.topic == t.name);
             let (messages, size_bytes) = mine.fold((0i64, 0u64), |(m, b), p| {
@@ -191,6 +204,7 @@ struct NewTopic {
 
 async fn create(shard: &Rc<Shard>, req: &Req) -> ApiResult {
     let new: NewTopic = req.json()?;
+    acl::authorize_create(shard, req, &new.name)?;
     let partitions = new.partitions.unwrap_or(shard.config.kafka.num_partitions);
     let topic = Topic {
         id: new_topic_id(&new.name),

@@ -61,6 +61,13 @@ macro_rules! kafka_apis {
             (CreateTopics, CreateTopicsRequest, CreateTopicsResponse, 0..=7, create_topics, conn),
             (DeleteTopics, DeleteTopicsRequest, DeleteTopicsResponse, 0..=6, delete_topics, conn),
             (CreatePartitions, CreatePartitionsRequest, CreatePartitionsResponse, 0..=3, create_partitions, conn),
+            (DescribeAcls, DescribeAclsRequest, DescribeAclsResponse, 0..=3, describe_acls, conn),
+            (CreateAcls, CreateAclsRequest, CreateAclsResponse, 0..=3, create_acls, conn),
+            (DeleteAcls, DeleteAclsRequest, DeleteAclsResponse, 0..=3, delete_acls, conn),
+            (SaslHandshake, SaslHandshakeRequest, SaslHandshakeResponse, 0..=1, sasl_handshake, conn),
+            (SaslAuthenticate, SaslAuthenticateRequest, SaslAuthenticateResponse, 0..=2, sasl_authenticate, conn),
+            (DescribeUserScramCredentials, DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse, 0..=0, describe_user_scram_credentials, conn),
+            (AlterUserScramCredentials, AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, 0..=0, alter_user_scram_credentials, conn),
         }
     };
 }

@@ -96,6 +96,9 @@ macro_rules! served {
                     Request::Fetch(r) if version < 4 => Some(legacy::OldRequest::Fetch(r.clone())),
                     Request::DescribeConfigs(r) if version < 1 => Some(legacy::OldRequest::DescribeConfigs(r.clone())),
                     Request::OffsetForLeaderEpoch(r) if version < 2 => Some(legacy::OldRequest::OffsetForLeaderEpoch(r.clone())),
+                    Request::CreateAcls(r) if version < 1 => Some(legacy::OldRequest::CreateAcls(r.clone())),
+                    Request::DescribeAcls(r) if version < 1 => Some(legacy::OldRequest::DescribeAcls(r.clone())),
+                    Request::DeleteAcls(r) if version < 1 => Some(legacy::OldRequest::DeleteAcls(r.clone())),
                     _ => None,
                 };
                 if let Some(old) = old {
@@ -124,6 +127,9 @@ impl From<legacy::OldRequest> for Request {
             legacy::OldRequest::Fetch(r) => Request::Fetch(r),
             legacy::OldRequest::DescribeConfigs(r) => Request::DescribeConfigs(r),
             legacy::OldRequest::OffsetForLeaderEpoch(r) => Request::OffsetForLeaderEpoch(r),
+            legacy::OldRequest::CreateAcls(r) => Request::CreateAcls(r),
+            legacy::OldRequest::DescribeAcls(r) => Request::DescribeAcls(r),
+            legacy::OldRequest::DeleteAcls(r) => Request::DeleteAcls(r),
         }
     }
 }

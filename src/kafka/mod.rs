@@ -1,6 +1,7 @@
 //! The Kafka wire protocol: the listener and connections (`server`), the one list of
 //! served APIs (`apis`), request framing (`codec`), one handler per API (`handlers/`),
-//! and the partition work that runs on a partition's owner shard (`owner`).
+//! the partition work that runs on a partition's owner shard (`owner`), and each
+//! connection's SASL session (`sasl`).
 //!
 //! Connections run on the shard that accepted them; partition work crosses to the owner
 //! shard through `Shard::kafka_dispatch` / `Shard::kafka`.
@@ -14,6 +15,7 @@ pub mod legacy;
 pub mod message_set;
 pub mod owner;
 pub mod produce_scan;
+pub mod sasl;
 pub mod server;
 
 use std::cell::Cell;

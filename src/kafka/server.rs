@@ -13,6 +13,10 @@
 //! answer owed), of a stall inside a frame, or of answers the peer does not read, and a
 //! request not received whole within `kafka.request_read_timeout_ms` of its first byte
 //! (a client trickling a frame a byte at a time cannot keep resetting a per-read timer).
+//! On a `SASL_*` listener the connection's SASL session (`kafka::sasl`) admits each request
+//! by its API key before the frame is read, and a failed authentication closes the
+//! connection once its answer is written; after a v0 SaslHandshake the SASL tokens come as
+//! bare frames (`sasl_token`).
 //!
 //! Memory: a frame is read only when the connection's and the shard's in-flight budgets
 //! (`limits.*_inflight_bytes`) have room for it and for the most it can hold once decoded
@@ -142,6 +146,7 @@ async fn connection(
         peer,
         listener,
         principal: std::cell::RefCell::new(principal),
+        sasl: Default::default(),
     });
     let (tx, rx) =
         local_channel::new_bounded::<(usize, Outgoing)>(shard.config.kafka.max_inflight_requests);
@@ -189,7 +194,13 @@ async fn connection(
     };
     let result = read_requests(&conn, stream, &tx, &inflight, &writer_gone).await;
     match &result {
-        Err(e @ (ConnectionError::Idle(..) | ConnectionError::SlowRequest { .. })) => {
+        // A client causes these at will (failed logins are counted and logged, rate
+        // limited, by `security::audit`): info, not warnings.
+        Err(
+            e @ (ConnectionError::Idle(..)
+            | ConnectionError::SlowRequest { .. }
+            | ConnectionError::Sasl(_)),
+        ) => {
             log::info!("kafka connection from {peer} closed: {e}")
         }
         Err(e) => log::warn!("kafka connection from {peer} closed: {e}"),
@@ -256,6 +267,8 @@ enum ConnectionError {
          (kafka.request_read_timeout_ms): {got} of {len} bytes"
     )]
     SlowRequest { ms: u64, got: usize, len: usize },
+    #[error("SASL: {0}")]
+    Sasl(String),
     #[error("{api:?} request of {len} bytes is over kafka.max_nonproduce_request_bytes ({max})")]
     NonProduceTooLarge { api: ApiKey, len: usize, max: usize },
     #[error(
@@ -459,6 +472,15 @@ async fn read_requests(
             Some(Some(Err(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Some(Some(r)) => r?,
         }
+        if conn.sasl.borrow().raw() {
+            let clock = FrameClock {
+                deadline,
+                timeout_ms: request_timeout.as_millis() as u64,
+                idle,
+            };
+            sasl_token(conn, &mut reader, prefix, &clock, out).await?;
+            continue;
+        }
         let len = codec::frame_len(prefix, max)?;
         // The API key first: it decides how large the frame may be and what the request
         // may hold once decoded, which the budgets must have room for before it is read.
@@ -471,6 +493,9 @@ async fn read_requests(
         };
         read_within(&mut reader, &mut key, &got, &clock, len).await?;
         let api = i16::from_be_bytes(key);
+        let sasl = conn.listener.protocol().sasl();
+        let admitted = conn.sasl.borrow().admit(sasl, api, Instant::now());
+        admitted.map_err(ConnectionError::Sasl)?;
         if api != ApiKey::Produce as i16 && len > max_nonproduce {
             return Err(ConnectionError::NonProduceTooLarge {
                 api: ApiKey::try_from(api).map_err(|_| CodecError::UnknownApi(api))?,
@@ -523,5 +548,37 @@ async fn read_requests(
         if out.send((kept, task)).await.is_err() {
             return Ok(());
         }
+        if let Some(why) = conn.sasl.borrow().closing() {
+            return Err(ConnectionError::Sasl(why.to_owned()));
+        }
     }
+}
+
+/// Largest bare SASL token (Kafka's `sasl.server.max.receive.size`).
+const MAX_SASL_TOKEN: usize = 512 * 1024;
+
+/// After a v0 SaslHandshake, a SASL token comes as a bare frame (`prefix` is its length; no
+/// Kafka header) and its answer goes back the same way; a failed exchange closes the
+/// connection.
+async fn sasl_token(
+    conn: &Rc<Conn>,
+    reader: &mut BufReader<ReadHalf>,
+    prefix: [u8; 4],
+    clock: &FrameClock,
+    out: &local_channel::LocalSender<(usize, Outgoing)>,
+) -> Result<(), ConnectionError> {
+    let len = i32::from_be_bytes(prefix);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l <= MAX_SASL_TOKEN)
+        .ok_or_else(|| ConnectionError::Sasl(format!("SASL token of {len} bytes")))?;
+    let mut token = vec![0u8; len];
+    read_within(reader, &mut token, &Cell::new(4), clock, len).await?;
+    let Some(reply) = handlers::sasl_authenticate::raw_token(conn, &token) else {
+        let why = conn.sasl.borrow().closing().unwrap_or("failed").to_owned();
+        return Err(ConnectionError::Sasl(why));
+    };
+    let task = glommio::spawn_local(async move { Some(reply) }).detach();
+    let _ = out.send((0, task)).await;
+    Ok(())
 }

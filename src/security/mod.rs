@@ -1,12 +1,16 @@
 //! Who a client is and what it may do, for every protocol: the principal a connection
-//! authenticated as (`Principal`), the audit trail of refusals (`audit`), and the TLS
-//! certificates every TLS listener serves (`tls`).
+//! authenticated as (`Principal`), the users it can log in as (`users`, with SCRAM in
+//! `scram`), Kafka's authorizer over the ACLs (`acl`), the audit trail of refusals
+//! (`audit`), and the TLS certificates every TLS listener serves (`tls`).
 //!
 //! Protocol-free: the Kafka, AMQP and HTTP layers authenticate their own way and hand the
 //! result here as a `Principal`; runs on whichever shard holds the connection.
 
+pub mod acl;
 pub mod audit;
+pub mod scram;
 pub mod tls;
+pub mod users;
 
 use std::fmt;
 

@@ -73,12 +73,13 @@ pub fn amqp_frames(data: &[u8]) {
 pub fn http_requests(data: &[u8]) {
     let config = portask::config::Config::default();
     let max_body = config.http.max_body_bytes;
+    let users = portask::security::users::UserStore::build(&config, &Default::default());
     let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
-        let config = &config;
+        let (config, users) = (&config, &users);
         async move {
             use http_body_util::BodyExt;
             let (parts, body) = req.into_parts();
-            let _ = portask::http::head(config, &parts, None);
+            let _ = portask::http::head(config, users, &parts, None);
             let _ = http_body_util::Limited::new(body, max_body).collect().await;
             Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
                 Bytes::from_static(b"{}"),

@@ -183,7 +183,7 @@ pub(super) fn method(
                 ));
             }
             match auth::authenticate(
-                &conn.shard.config.all_users(),
+                &conn.shard.users(),
                 cfg,
                 &mech,
                 ok.response.as_bytes(),
@@ -193,7 +193,12 @@ pub(super) fn method(
                     let _ = conn.user.set(user);
                 }
                 Err(e) => {
-                    log::warn!("amqp login from {} refused: {e}", conn.peer);
+                    let mechanism = if mech == "PLAIN" { "PLAIN" } else { "AMQPLAIN" };
+                    crate::security::audit::auth_failure(
+                        crate::metrics::Protocol::Amqp,
+                        mechanism,
+                        || format!("amqp login from {} refused: {e}", conn.peer),
+                    );
                     // authentication_failure_close: a connection.close with 403.
                     return Err(AmqpError::connection(reply::ACCESS_REFUSED, e.to_string()));
                 }

@@ -1,6 +1,7 @@
 //! AlterConfigs (key 33), v0–v2: replace all overrides of a topic or the broker's run-time
 //! defaults with the given set (or only check them). Takes effect live on every shard and
-//! survives restart (it is a catalog change).
+//! survives restart (it is a catalog change). ACLs: ALTER_CONFIGS on the topic
+//! (TOPIC_AUTHORIZATION_FAILED) or the cluster, for a broker (CLUSTER_AUTHORIZATION_FAILED).
 //!
 //! Runs on the connection's shard; the change goes to shard 0's catalog writer.
 
@@ -11,6 +12,7 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::kafka::configs::{self, Edit, ResourceError};
+use crate::security::acl::Operation;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -36,20 +38,31 @@ pub fn handle(
                 .collect();
             let state = shard.catalog.current();
             let outcome =
-                match configs::change(&state, &shard.config, r.resource_type, &name, edits, true) {
-                    Ok(change) => shard
-                        .change_catalog(vec![change], req.validate_only)
-                        .await
-                        .pop()
-                        .unwrap_or(Ok(()))
-                        .map_err(ResourceError::Catalog),
-                    Err(e) => Err(e),
+                match conn.authorize_config(Operation::AlterConfigs, r.resource_type, &name) {
+                    Err(code) => Err((code, "ALTER_CONFIGS refused by the ACLs".to_owned())),
+                    Ok(()) => {
+                        match configs::change(
+                            &state,
+                            &shard.config,
+                            r.resource_type,
+                            &name,
+                            edits,
+                            true,
+                        ) {
+                            Ok(change) => shard
+                                .change_catalog(vec![change], req.validate_only)
+                                .await
+                                .pop()
+                                .unwrap_or(Ok(()))
+                                .map_err(|e| configs::error(&ResourceError::Catalog(e))),
+                            Err(e) => Err(configs::error(&e)),
+                        }
+                    }
                 };
             let mut resp = AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name);
-            if let Err(e) = outcome {
-                let (code, msg) = configs::error(&e);
+            if let Err((code, msg)) = outcome {
                 resp = resp
                     .with_error_code(code)
                     .with_error_message(Some(str_bytes(msg)));

@@ -1,5 +1,6 @@
 //! CreatePartitions (key 37), v0–v3: raise a topic's partition count (never lower it).
-//! New partitions start empty on their owner shards.
+//! New partitions start empty on their owner shards. ACLs: ALTER on the topic, else
+//! TOPIC_AUTHORIZATION_FAILED.
 //!
 //! Runs on the connection's shard; the change goes to shard 0's writer.
 
@@ -9,9 +10,11 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -29,7 +32,9 @@ pub fn handle(
                 .assignments
                 .as_ref()
                 .is_some_and(|a| a.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node)));
-            if bad_assignment {
+            if !conn.authorize(Operation::Alter, ResourceType::Topic, &t.name) {
+                early.push(Some(topic_denied()));
+            } else if bad_assignment {
                 early.push(Some(ResponseError::InvalidReplicaAssignment.code()));
             } else {
                 early.push(None);

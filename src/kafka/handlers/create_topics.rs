@@ -1,5 +1,6 @@
 //! CreateTopics (key 19), v2–v7: new topics with partition counts and configs, or only a
-//! check of them (`validate_only`).
+//! check of them (`validate_only`). ACLs: CREATE on the cluster or on the topic, else
+//! TOPIC_AUTHORIZATION_FAILED; the configs are answered to who may DESCRIBE_CONFIGS it.
 //!
 //! Runs on the connection's shard; the catalog change goes to shard 0's writer and the
 //! response is sent once this shard has installed the new catalog version.
@@ -13,9 +14,11 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::{deferred, frame, str_bytes, uuid, Conn, Pending};
 use crate::catalog::{self, new_topic_id, Change, Topic};
 use crate::kafka::catalog_error_code;
+use crate::security::acl::{Operation, ResourceType, CLUSTER_NAME};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -31,9 +34,17 @@ pub fn handle(
         let mut changes = Vec::new();
         let mut change_index = Vec::new();
         let names: Vec<String> = req.topics.iter().map(|t| t.name.to_string()).collect();
+        let may_create_any = conn.may(Operation::Create, ResourceType::Cluster, CLUSTER_NAME);
         for (i, t) in req.topics.iter().enumerate() {
             let name = names[i].clone();
-            let refuse = if names.iter().filter(|n| **n == name).count() > 1 {
+            let refuse = if !may_create_any
+                && !conn.authorize(Operation::Create, ResourceType::Topic, &name)
+            {
+                Some((
+                    topic_denied(),
+                    "creating this topic needs CREATE on the cluster or on the topic".into(),
+                ))
+            } else if names.iter().filter(|n| **n == name).count() > 1 {
                 Some((
                     ResponseError::InvalidRequest.code(),
                     "topic named twice in one request".into(),
@@ -125,7 +136,12 @@ pub fn handle(
                                 .with_config_source(source)
                         })
                         .collect();
-                    r.configs = Some(configs);
+                    // The configs are told only to who may DESCRIBE_CONFIGS the topic.
+                    if conn.may(Operation::DescribeConfigs, ResourceType::Topic, &topic.name) {
+                        r.configs = Some(configs);
+                    } else if version >= 5 {
+                        r.topic_config_error_code = topic_denied();
+                    }
                 }
                 Err(e) => {
                     r.error_code = catalog_error_code(&e);

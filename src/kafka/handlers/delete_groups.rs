@@ -23,8 +23,7 @@ pub fn handle(
         for g in req.groups_names {
             let group = g.to_string();
             let request = Request::Delete(group.clone());
-            let code =
-                coordinator::ask_code(&conn.shard, ApiKey::DeleteGroups, &group, request).await;
+            let code = coordinator::ask_code(&conn, ApiKey::DeleteGroups, &group, request).await;
             results.push(
                 DeletableGroupResult::default()
                     .with_group_id(g)

@@ -13,9 +13,11 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::details::partitions;
 use super::{deferred, frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -24,10 +26,21 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
-        let wanted = req.topics.iter().map(|t| {
-            let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
-            (t.name.to_string(), parts)
-        });
+        // DELETE on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
+        let allowed: Vec<bool> = req
+            .topics
+            .iter()
+            .map(|t| conn.authorize(Operation::Delete, ResourceType::Topic, &t.name))
+            .collect();
+        let wanted = req
+            .topics
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, a)| **a)
+            .map(|(t, _)| {
+                let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
+                (t.name.to_string(), parts)
+            });
         let items = partitions::items(wanted);
         let results = partitions::ask_owners(
             &conn.shard,
@@ -44,12 +57,17 @@ pub fn handle(
         let topics = req
             .topics
             .into_iter()
-            .map(|t| {
+            .zip(allowed)
+            .map(|(t, allowed)| {
                 let partitions = t
                     .partitions
                     .iter()
                     .map(|p| {
-                        let (low, code) = results.next().unwrap_or((-1, 0));
+                        let (low, code) = if allowed {
+                            results.next().unwrap_or((-1, 0))
+                        } else {
+                            (-1, topic_denied())
+                        };
                         DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
                             .with_low_watermark(low)

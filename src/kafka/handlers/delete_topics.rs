@@ -1,5 +1,6 @@
 //! DeleteTopics (key 20), v1–v6: remove topics by name (or by id from v6). Each owner
 //! shard removes the partitions' files when it installs the catalog version without them.
+//! ACLs: DELETE on each topic, else TOPIC_AUTHORIZATION_FAILED.
 //!
 //! Runs on the connection's shard; the change goes to shard 0's writer.
 
@@ -9,9 +10,11 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::{deferred, frame, str_bytes, topic_name, Conn, Pending};
 use crate::catalog::Change;
 use crate::kafka::catalog_error_code;
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -42,14 +45,25 @@ pub fn handle(
                 .map(|n| (Some(n.to_string()), uuid::Uuid::nil()))
                 .collect()
         };
+        // DELETE on each topic, else TOPIC_AUTHORIZATION_FAILED (and it stays).
+        let allowed: Vec<bool> = asked
+            .iter()
+            .map(|(n, _)| {
+                n.as_ref()
+                    .is_none_or(|n| conn.authorize(Operation::Delete, ResourceType::Topic, n))
+            })
+            .collect();
         let changes: Vec<Change> = asked
             .iter()
-            .filter_map(|(n, _)| n.clone().map(Change::DeleteTopic))
+            .zip(&allowed)
+            .filter(|(_, a)| **a)
+            .filter_map(|((n, _), _)| n.clone().map(Change::DeleteTopic))
             .collect();
         let mut outcomes = shard.change_catalog(changes, false).await.into_iter();
         let results = asked
             .into_iter()
-            .map(|(name, id)| {
+            .zip(allowed)
+            .map(|((name, id), allowed)| {
                 let r = DeletableTopicResult::default()
                     .with_name(name.as_deref().map(topic_name))
                     .with_topic_id(match &name {
@@ -61,6 +75,7 @@ pub fn handle(
                     });
                 match name {
                     None => r.with_error_code(ResponseError::UnknownTopicId.code()),
+                    Some(_) if !allowed => r.with_error_code(topic_denied()),
                     Some(_) => match outcomes.next() {
                         Some(Ok(())) => r,
                         Some(Err(e)) => r

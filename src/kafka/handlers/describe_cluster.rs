@@ -1,6 +1,7 @@
 //! DescribeCluster (key 60), v0–v2: the cluster id, the controller and the brokers — this
 //! one broker, at the address the client reached (or the advertised one); when asked,
-//! the cluster's authorized operations (all of them: there are no ACLs).
+//! the cluster's authorized operations: those of the principal when it may DESCRIBE the
+//! cluster, else none (Kafka refuses nothing else here: clients call it to find brokers).
 //!
 //! Runs on the connection's shard; touches no state.
 
@@ -9,7 +10,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use super::metadata::{advertised, CLUSTER_OPS};
+use super::metadata::{advertised, cluster_operations};
 use super::{frame, ready, str_bytes, Conn, Pending};
 
 pub fn handle(
@@ -28,7 +29,7 @@ pub fn handle(
             .with_host(str_bytes(host))
             .with_port(port)])
         .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
-            CLUSTER_OPS
+            cluster_operations(conn)
         } else {
             i32::MIN
         });

@@ -1,5 +1,7 @@
 //! DescribeConfigs (key 32), v1–v4: the effective configs of topics and of the broker, with
 //! their sources (topic override, run-time broker default, file default) and types.
+//! ACLs: DESCRIBE_CONFIGS on the topic (TOPIC_AUTHORIZATION_FAILED) or the cluster, for a
+//! broker (CLUSTER_AUTHORIZATION_FAILED).
 //!
 //! Runs on the connection's shard from its catalog replica.
 
@@ -12,6 +14,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::{frame, ready, str_bytes, Conn, Pending};
 use crate::kafka::configs;
+use crate::security::acl::Operation;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -31,6 +34,13 @@ pub fn handle(
             let base = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name);
+            if let Err(code) =
+                conn.authorize_config(Operation::DescribeConfigs, r.resource_type, &name)
+            {
+                return base
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes("DESCRIBE_CONFIGS refused by the ACLs")));
+            }
             match configs::describe(
                 &conn.shard.config,
                 &state,

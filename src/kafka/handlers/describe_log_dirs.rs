@@ -1,5 +1,6 @@
 //! DescribeLogDirs (key 35), v1–v4: the data directory and the size of every partition in
-//! it (or of those asked), with the disk's total and usable bytes (v4).
+//! it (or of those asked), with the disk's total and usable bytes (v4). ACLs: DESCRIBE on
+//! the cluster.
 //!
 //! Runs on the connection's shard and asks every shard for its partitions (one envelope
 //! each).
@@ -12,8 +13,10 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
+use super::details::authorize::cluster_denied;
 use super::{deferred, frame, str_bytes, topic_name, Conn, Pending};
 use crate::kafka::owner::{PartitionInfo, Reply, Request};
+use crate::security::acl::Operation;
 
 /// (total, usable) bytes of the filesystem holding `path`.
 fn disk_space(path: &std::path::Path) -> (i64, i64) {
@@ -41,6 +44,15 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
+        // DESCRIBE on the cluster, else no directories (and, v3+,
+        // CLUSTER_AUTHORIZATION_FAILED), as Kafka.
+        if !conn.authorize_cluster(Operation::Describe) {
+            let mut resp = DescribeLogDirsResponse::default();
+            if version >= 3 {
+                resp.error_code = cluster_denied();
+            }
+            return frame(correlation_id, version, &resp);
+        }
         let shard = conn.shard.clone();
         let wanted: Option<Vec<(String, i32)>> = req.topics.map(|ts| {
             ts.into_iter()

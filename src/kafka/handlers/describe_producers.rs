@@ -10,8 +10,10 @@ use kafka_protocol::messages::describe_producers_response::{
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
+use super::details::authorize::topic_denied;
 use super::details::partitions;
 use super::{deferred, frame, Conn, Pending};
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -20,20 +22,37 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
-        let wanted = req.topics.iter().map(|t| {
-            let parts = t.partition_indexes.iter().map(|p| (*p, ()));
-            (t.name.to_string(), parts)
-        });
+        // READ on each topic (as Kafka), else TOPIC_AUTHORIZATION_FAILED for its partitions.
+        let allowed: Vec<bool> = req
+            .topics
+            .iter()
+            .map(|t| conn.authorize(Operation::Read, ResourceType::Topic, &t.name))
+            .collect();
+        let wanted = req
+            .topics
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, a)| **a)
+            .map(|(t, _)| {
+                let parts = t.partition_indexes.iter().map(|p| (*p, ()));
+                (t.name.to_string(), parts)
+            });
         let infos = partitions::describe(&conn.shard, partitions::items(wanted)).await;
         let mut infos = infos.into_iter();
         let topics = req
             .topics
             .into_iter()
-            .map(|t| {
+            .zip(allowed)
+            .map(|(t, allowed)| {
                 let partitions = t
                     .partition_indexes
                     .iter()
                     .map(|p| {
+                        if !allowed {
+                            return PartitionResponse::default()
+                                .with_partition_index(*p)
+                                .with_error_code(topic_denied());
+                        }
                         let info = infos.next().unwrap_or_default();
                         PartitionResponse::default()
                             .with_partition_index(*p)

@@ -9,6 +9,7 @@
 //! partition is returned even if larger than the limits (KIP-74). Fetch sessions are not kept: the response's session id is 0, which
 //! clients treat as "send full requests". As in Kafka (KIP-110), a Fetch below v10 of a
 //! topic whose `compression.type` is `zstd` gets UNSUPPORTED_COMPRESSION_TYPE for it.
+//! ACLs: READ on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -21,10 +22,12 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::details::partitions::{ask_each_owner, by_owner};
 use super::{deferred, frame, Conn, Pending};
 use crate::catalog::effective_config;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::batch::within;
 
 /// One partition of the request as the handler tracks it.
@@ -66,10 +69,22 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                         effective_config(&shard.config, &state, topic, "compression.type")
                     })
                     .is_some_and(|(v, _)| v == "zstd");
-            let refused = zstd_only.then(|| ResponseError::UnsupportedCompressionType.code());
+            // READ on the topic (TOPIC_AUTHORIZATION_FAILED, before existence is told).
+            let denied = name
+                .as_deref()
+                .is_some_and(|n| !conn.authorize(Operation::Read, ResourceType::Topic, n));
+            let refused = if denied {
+                Some(topic_denied())
+            } else {
+                zstd_only.then(|| ResponseError::UnsupportedCompressionType.code())
+            };
             for p in t.partitions {
                 wanted.push(Wanted {
-                    topic: if zstd_only { None } else { name.clone() },
+                    topic: if refused.is_some() {
+                        None
+                    } else {
+                        name.clone()
+                    },
                     refused,
                     partition: p.partition,
                     offset: p.fetch_offset,

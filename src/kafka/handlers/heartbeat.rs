@@ -26,7 +26,7 @@ pub fn handle(
             instance_id: req.group_instance_id.map(|i| i.to_string()),
             generation: req.generation_id,
         };
-        let code = coordinator::ask_code(&conn.shard, ApiKey::Heartbeat, &group, request).await;
+        let code = coordinator::ask_code(&conn, ApiKey::Heartbeat, &group, request).await;
         frame(
             correlation_id,
             version,

@@ -1,6 +1,7 @@
 //! IncrementalAlterConfigs (key 44), v0–v1: set, delete, append to or subtract from single
 //! configs of a topic or the broker's run-time defaults. Takes effect live on every shard
-//! and survives restart (it is a catalog change).
+//! and survives restart (it is a catalog change). ACLs: ALTER_CONFIGS on the topic
+//! (TOPIC_AUTHORIZATION_FAILED) or the cluster, for a broker (CLUSTER_AUTHORIZATION_FAILED).
 //!
 //! Runs on the connection's shard; the change goes to shard 0's catalog writer.
 
@@ -12,6 +13,7 @@ use kafka_protocol::ResponseError;
 
 use super::{deferred, frame, str_bytes, Conn, Pending};
 use crate::kafka::configs::{self, Edit, ResourceError};
+use crate::security::acl::Operation;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -40,12 +42,14 @@ pub fn handle(
                 };
                 edits.push((c.name.to_string(), edit));
             }
-            let outcome = match bad_op {
-                Some(op) => Err((
+            let allowed = conn.authorize_config(Operation::AlterConfigs, r.resource_type, &name);
+            let outcome = match (allowed, bad_op) {
+                (Err(code), _) => Err((code, "ALTER_CONFIGS refused by the ACLs".to_owned())),
+                (Ok(()), Some(op)) => Err((
                     ResponseError::InvalidRequest.code(),
                     format!("unknown config operation {op}"),
                 )),
-                None => {
+                (Ok(()), None) => {
                     let state = shard.catalog.current();
                     match configs::change(
                         &state,

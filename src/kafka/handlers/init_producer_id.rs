@@ -1,6 +1,8 @@
 //! InitProducerId (key 22), v0–v5: a producer id and epoch for an idempotent producer.
 //! Re-initialising a known id (KIP-360, v3+) bumps its epoch. Transactional ids are refused
-//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED): transactions are not supported.
+//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED): transactions are not supported. ACLs:
+//! IDEMPOTENT_WRITE on the cluster or WRITE on some topic, else
+//! CLUSTER_AUTHORIZATION_FAILED.
 //!
 //! Runs on the connection's shard. Ids are unique without coordination: the allocating
 //! shard's clock in milliseconds, its id and a counter, never reused across restarts as
@@ -12,7 +14,9 @@ use std::rc::Rc;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::cluster_denied;
 use super::{frame, ready, Conn, Pending};
+use crate::security::acl::{Operation, ResourceType, CLUSTER_NAME};
 
 thread_local! {
     /// (last millisecond used, ids handed out in it) on this shard's thread.
@@ -38,6 +42,17 @@ fn allocate(shard: usize) -> i64 {
     })
 }
 
+/// An idempotent producer needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic
+/// (Kafka since KIP-679); a refusal is audited as IDEMPOTENT_WRITE on the cluster.
+fn idempotent_allowed(conn: &Conn) -> bool {
+    conn.may(
+        Operation::IdempotentWrite,
+        ResourceType::Cluster,
+        CLUSTER_NAME,
+    ) || conn.may_any(Operation::Write, ResourceType::Topic)
+        || conn.authorize_cluster(Operation::IdempotentWrite)
+}
+
 pub fn handle(
     conn: &Rc<Conn>,
     req: InitProducerIdRequest,
@@ -51,6 +66,11 @@ pub fn handle(
         );
         InitProducerIdResponse::default()
             .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    } else if !idempotent_allowed(conn) {
+        InitProducerIdResponse::default()
+            .with_error_code(cluster_denied())
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     } else if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {

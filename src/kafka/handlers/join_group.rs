@@ -46,16 +46,10 @@ pub fn handle(
             version,
         };
         let request = Request::Join(join, group.clone());
-        let joined = coordinator::ask(
-            &conn.shard,
-            ApiKey::JoinGroup,
-            &group,
-            request,
-            |r| match r {
-                Reply::Join(r) => Some(r),
-                _ => None,
-            },
-        );
+        let joined = coordinator::ask(&conn, ApiKey::JoinGroup, &group, request, |r| match r {
+            Reply::Join(r) => Some(r),
+            _ => None,
+        });
         let resp = match joined.await {
             Ok(r) => r,
             Err(code) => JoinGroupResponse::default()

@@ -37,16 +37,10 @@ pub fn handle(
             group: group.clone(),
             members: members.clone(),
         };
-        let left = coordinator::ask(
-            &conn.shard,
-            ApiKey::LeaveGroup,
-            &group,
-            request,
-            |r| match r {
-                Reply::Leave(_, codes) => Some(codes),
-                _ => None,
-            },
-        );
+        let left = coordinator::ask(&conn, ApiKey::LeaveGroup, &group, request, |r| match r {
+            Reply::Leave(_, codes) => Some(codes),
+            _ => None,
+        });
         let resp = match left.await {
             Ok(codes) if version >= 3 => LeaveGroupResponse::default().with_members(
                 members

@@ -1,5 +1,6 @@
 //! ListGroups (key 16), v0–v5: every group any shard coordinates, with state (v4+ filter
-//! by state, v5+ by type: all groups here are "classic").
+//! by state, v5+ by type: all groups here are "classic"). ACLs: all of them with DESCRIBE
+//! on the cluster, else those the principal may DESCRIBE.
 //!
 //! Runs on the connection's shard and asks every shard's coordinator (one envelope each).
 
@@ -10,6 +11,7 @@ use kafka_protocol::messages::{ListGroupsRequest, ListGroupsResponse};
 
 use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{Reply, Request};
+use crate::security::acl::{Operation, ResourceType, CLUSTER_NAME};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -40,6 +42,11 @@ pub fn handle(
                             || types.contains(&g.group_type.to_string().to_lowercase()))
                 }));
             }
+        }
+        // DESCRIBE on the cluster lists every group; otherwise only the groups the
+        // principal may describe, silently (as Kafka).
+        if !conn.may(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME) {
+            groups.retain(|g| conn.may(Operation::Describe, ResourceType::Group, &g.group_id));
         }
         if version < 4 {
             for g in &mut groups {

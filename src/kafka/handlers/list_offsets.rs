@@ -1,5 +1,6 @@
 //! ListOffsets (key 2), v1–v10: earliest (-2), latest (-1), max timestamp (-3), or the
-//! first offset at or after a timestamp.
+//! first offset at or after a timestamp. ACLs: DESCRIBE on each topic, else
+//! TOPIC_AUTHORIZATION_FAILED.
 //!
 //! Runs on the connection's shard; each owner shard answers for its partitions (one
 //! envelope per owner).
@@ -12,9 +13,11 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::details::partitions::ask_owners;
 use super::{deferred, frame, Conn, Pending};
 use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -27,12 +30,21 @@ pub fn handle(
         let mut layout = Vec::new();
         let mut items = Vec::new();
         let mut n = 0;
+        // Per partition of the request: its item, or None when the ACLs refuse its topic
+        // (DESCRIBE).
+        let mut order: Vec<Option<usize>> = Vec::new();
         for t in req.topics {
             let mut parts = Vec::new();
+            let allowed = conn.authorize(Operation::Describe, ResourceType::Topic, &t.name);
             for p in t.partitions {
-                items.push((n, t.name.to_string(), p.partition_index, p.timestamp));
+                if allowed {
+                    order.push(Some(n));
+                    items.push((n, t.name.to_string(), p.partition_index, p.timestamp));
+                    n += 1;
+                } else {
+                    order.push(None);
+                }
                 parts.push(p.partition_index);
-                n += 1;
             }
             layout.push((t.name, parts));
         }
@@ -61,6 +73,17 @@ pub fn handle(
             },
         )
         .await;
+        let answers: Vec<OffsetAnswer> = order
+            .into_iter()
+            .map(|item| match item.and_then(|i| answers.get(i)) {
+                Some(a) => a.clone(),
+                None => OffsetAnswer {
+                    error: topic_denied(),
+                    offset: -1,
+                    timestamp: -1,
+                },
+            })
+            .collect();
         let mut answers = answers.into_iter();
         let topics = layout
             .into_iter()

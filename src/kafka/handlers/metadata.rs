@@ -1,11 +1,14 @@
 //! Metadata (key 3), v0–v13: brokers (just this one), topics and their partitions, with
 //! auto-creation when `auto.create.topics.enable` and the client allows it (never of a
-//! `__` name); authorized operations when asked (everything: there are no ACLs).
+//! `__` name); authorized operations when asked. ACLs: topics the principal may not
+//! DESCRIBE are left out of "all topics" and answered TOPIC_AUTHORIZATION_FAILED when
+//! named; auto-creation needs CREATE on the cluster or the topic (else
+//! TOPIC_AUTHORIZATION_FAILED, nothing created).
 //!
 //! Runs on the connection's shard from its catalog replica; only auto-creation goes to
 //! the catalog writer on shard 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
 use kafka_protocol::messages::metadata_response::{
@@ -14,20 +17,24 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::{deferred, frame, str_bytes, topic_name, uuid, Conn, Pending};
 use crate::catalog::{new_topic_id, validate_topic_name, Change, Topic};
 use crate::kafka::catalog_error_code;
+use crate::security::acl::{Operation, ResourceType, CLUSTER_NAME};
 
 /// Kafka's "authorized operations not requested" marker.
 const OPS_OMITTED: i32 = i32::MIN;
-/// Every topic operation bit (READ..DESCRIBE_CONFIGS/ALTER_CONFIGS); there is no ACL layer.
-const TOPIC_OPS: i32 =
-    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
-/// Every operation Kafka supports on the cluster resource (CREATE, ALTER, DESCRIBE,
-/// CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE); there is no ACL
-/// layer, so all of them are allowed.
-pub const CLUSTER_OPS: i32 =
-    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+/// The cluster's authorized operations as Kafka answers them (Metadata v8–v10,
+/// DescribeCluster): the operations of the principal if it may DESCRIBE the cluster, else
+/// none.
+pub fn cluster_operations(conn: &Conn) -> i32 {
+    if conn.may(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME) {
+        conn.authorized_operations(ResourceType::Cluster, CLUSTER_NAME)
+    } else {
+        0
+    }
+}
 
 /// Whether auto-creation may make `name`: never a `__` name, which Kafka keeps for
 /// internal topics (`__consumer_offsets`, `__transaction_state`): a client probing for one
@@ -67,29 +74,47 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
         };
         let auto =
             shard.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
-        if auto {
-            if let Some(w) = &wanted {
-                let state = shard.catalog.current();
-                let missing: Vec<Change> = w
-                    .iter()
-                    .filter_map(|(n, _)| n.as_ref())
-                    .filter(|n| state.topic(n).is_none() && auto_creatable(n))
-                    .map(|n| {
-                        Change::CreateTopic(Topic {
-                            name: n.clone(),
-                            id: new_topic_id(n),
-                            partitions: shard.config.kafka.num_partitions,
-                            configs: BTreeMap::new(),
-                        })
-                    })
-                    .collect();
-                if !missing.is_empty() {
-                    for r in shard.change_catalog(missing, false).await {
-                        if let Err(e) = r {
-                            if catalog_error_code(&e) != ResponseError::TopicAlreadyExists.code() {
-                                log::warn!("auto-creating topic: {e}");
-                            }
-                        }
+        // Named topics refused by the ACLs: without DESCRIBE, or without CREATE (on the
+        // cluster or the topic) where auto-creation would make them. Kafka tells neither
+        // whether they exist.
+        let mut refused: HashSet<String> = HashSet::new();
+        let mut missing: Vec<Change> = Vec::new();
+        if let Some(w) = &wanted {
+            let state = shard.catalog.current();
+            let may_create_any = conn.may(Operation::Create, ResourceType::Cluster, CLUSTER_NAME);
+            for (n, id) in w {
+                let name = match n {
+                    Some(n) => n.clone(),
+                    None => match state.topic_by_id(id) {
+                        Some(t) => t.name.clone(),
+                        None => continue,
+                    },
+                };
+                if !conn.authorize(Operation::Describe, ResourceType::Topic, &name) {
+                    refused.insert(name);
+                    continue;
+                }
+                if !auto || n.is_none() || state.topic(&name).is_some() || !auto_creatable(&name) {
+                    continue;
+                }
+                if !may_create_any && !conn.authorize(Operation::Create, ResourceType::Topic, &name)
+                {
+                    refused.insert(name);
+                    continue;
+                }
+                missing.push(Change::CreateTopic(Topic {
+                    id: new_topic_id(&name),
+                    name,
+                    partitions: shard.config.kafka.num_partitions,
+                    configs: BTreeMap::new(),
+                }));
+            }
+        }
+        if !missing.is_empty() {
+            for r in shard.change_catalog(missing, false).await {
+                if let Err(e) = r {
+                    if catalog_error_code(&e) != ResponseError::TopicAlreadyExists.code() {
+                        log::warn!("auto-creating topic: {e}");
                     }
                 }
             }
@@ -112,13 +137,19 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
                 .with_topic_id(uuid(&t.id))
                 .with_partitions(partitions)
                 .with_topic_authorized_operations(if req.include_topic_authorized_operations {
-                    TOPIC_OPS
+                    conn.authorized_operations(ResourceType::Topic, &t.name)
                 } else {
                     OPS_OMITTED
                 })
         };
         let topics: Vec<MetadataResponseTopic> = match wanted {
-            None => state.topics.values().map(describe).collect(),
+            // All topics: those the principal may not describe are left out, silently.
+            None => state
+                .topics
+                .values()
+                .filter(|t| conn.may(Operation::Describe, ResourceType::Topic, &t.name))
+                .map(describe)
+                .collect(),
             Some(w) => w
                 .into_iter()
                 .map(|(name, id)| {
@@ -126,6 +157,13 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
                         Some(n) => state.topic(n),
                         None => state.topic_by_id(&id),
                     };
+                    let known = found.map(|t| t.name.as_str()).or(name.as_deref());
+                    if let Some(n) = known.filter(|n| refused.contains(*n)) {
+                        return MetadataResponseTopic::default()
+                            .with_error_code(topic_denied())
+                            .with_name(name.is_some().then(|| topic_name(n)))
+                            .with_topic_id(uuid::Uuid::from_bytes(id));
+                    }
                     match (found, name) {
                         (Some(t), _) => describe(t),
                         (None, Some(n)) => {
@@ -155,7 +193,7 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
             .with_controller_id(BrokerId(node))
             .with_topics(topics)
             .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
-                CLUSTER_OPS
+                cluster_operations(&conn)
             } else {
                 OPS_OMITTED
             });

@@ -16,17 +16,22 @@
 // the converse). Declared here rather than by the table's macro so that rustfmt, which
 // follows only the `mod` items it can see, formats them.
 pub mod alter_configs;
+pub mod alter_user_scram_credentials;
 pub mod api_versions;
+pub mod create_acls;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_acls;
 pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_acls;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
+pub mod describe_user_scram_credentials;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -42,6 +47,8 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sasl_authenticate;
+pub mod sasl_handshake;
 pub mod sync_group;
 
 pub mod details;
@@ -71,6 +78,9 @@ pub struct Conn {
     /// Who the client is: `User:ANONYMOUS` until it authenticates (SASL, or a verified
     /// client certificate on an `SSL` listener). ACLs are checked against it.
     pub principal: std::cell::RefCell<crate::security::Principal>,
+    /// The SASL session on a `SASL_*` listener (`kafka::sasl`): what the next token is
+    /// for, and when the authentication expires.
+    pub sasl: std::cell::RefCell<super::sasl::Session>,
 }
 
 pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;

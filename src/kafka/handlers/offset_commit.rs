@@ -2,7 +2,8 @@
 //! group's generation and member (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
 //! REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID); a commit with generation -1 and no member id
 //! is accepted for a group without members (simple consumers, admin tools). Answered once
-//! the offsets are fsynced on the coordinator shard.
+//! the offsets are fsynced on the coordinator shard. ACLs: READ on the group
+//! (GROUP_AUTHORIZATION_FAILED) and on each topic (TOPIC_AUTHORIZATION_FAILED).
 //!
 //! Runs on the connection's shard, which checks topics against its catalog replica.
 
@@ -14,9 +15,11 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::{group_denied, topic_denied};
 use super::details::coordinator;
 use super::{deferred, frame, Conn, Pending};
 use crate::kafka::groups::{CommitPart, Reply, Request};
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -31,14 +34,22 @@ pub fn handle(
         let mut codes: Vec<Vec<i16>> = Vec::new();
         let mut parts = Vec::new();
         let mut slots = Vec::new();
+        // READ on the group (else every partition gets GROUP_AUTHORIZATION_FAILED) and on
+        // each topic (TOPIC_AUTHORIZATION_FAILED), as Kafka.
+        let group_ok = conn.authorize(Operation::Read, ResourceType::Group, &group);
         for (ti, t) in req.topics.iter().enumerate() {
             let topic = t.name.to_string();
             let known = state.topic(&topic);
+            let topic_ok = group_ok && conn.authorize(Operation::Read, ResourceType::Topic, &topic);
             codes.push(Vec::new());
             for (pi, p) in t.partitions.iter().enumerate() {
                 let exists = known
                     .is_some_and(|k| p.partition_index >= 0 && p.partition_index < k.partitions);
-                if exists {
+                if !group_ok {
+                    codes[ti].push(group_denied());
+                } else if !topic_ok {
+                    codes[ti].push(topic_denied());
+                } else if exists {
                     codes[ti].push(0);
                     slots.push((ti, pi));
                     parts.push(CommitPart {
@@ -62,7 +73,7 @@ pub fn handle(
                 parts,
             };
             let committed =
-                coordinator::ask(shard, ApiKey::OffsetCommit, &group, request, |r| match r {
+                coordinator::ask(&conn, ApiKey::OffsetCommit, &group, request, |r| match r {
                     Reply::Commit(c) => Some(c),
                     _ => None,
                 });

@@ -11,28 +11,55 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{ApiKey, OffsetFetchRequest, OffsetFetchResponse};
 
+use super::details::authorize::topic_denied;
 use super::details::coordinator;
 use super::{deferred, frame, str_bytes, topic_name, Conn, Pending};
-use crate::broker::Shard;
 use crate::kafka::groups::{FetchedOffset, Reply, Request};
+use crate::security::acl::{Operation, ResourceType};
 
-/// One group's offsets, grouped by topic in first-seen order.
+/// One group's offsets, grouped by topic in first-seen order. ACLs, as Kafka: DESCRIBE on
+/// the group (GROUP_AUTHORIZATION_FAILED, in the coordinator preamble) and on each topic:
+/// a named topic the principal may not describe gets TOPIC_AUTHORIZATION_FAILED for its
+/// partitions; when all topics are asked for, such topics are left out.
 async fn fetch(
-    shard: &Rc<Shard>,
+    conn: &Conn,
     group: &str,
     parts: Option<Vec<(String, i32)>>,
 ) -> (i16, Vec<(String, Vec<FetchedOffset>)>) {
+    let named = parts.is_some();
     let request = Request::Fetch {
         group: group.to_owned(),
         parts,
     };
-    let fetched = coordinator::ask(shard, ApiKey::OffsetFetch, group, request, |r| match r {
+    let fetched = coordinator::ask(conn, ApiKey::OffsetFetch, group, request, |r| match r {
         Reply::Fetch(code, offsets) => Some((code, offsets)),
         _ => None,
     });
     let (code, offsets) = fetched.await.unwrap_or_else(|code| (code, Vec::new()));
     let mut topics: Vec<(String, Vec<FetchedOffset>)> = Vec::new();
-    for o in offsets {
+    let mut allowed: Vec<(String, bool)> = Vec::new();
+    for mut o in offsets {
+        let ok = match allowed.iter().find(|(t, _)| *t == o.topic) {
+            Some((_, ok)) => *ok,
+            None => {
+                let ok = if named {
+                    conn.authorize(Operation::Describe, ResourceType::Topic, &o.topic)
+                } else {
+                    conn.may(Operation::Describe, ResourceType::Topic, &o.topic)
+                };
+                allowed.push((o.topic.clone(), ok));
+                ok
+            }
+        };
+        if !ok {
+            if !named {
+                continue;
+            }
+            o.offset = -1;
+            o.leader_epoch = -1;
+            o.metadata = None;
+            o.error = topic_denied();
+        }
         match topics.iter_mut().find(|(t, _)| *t == o.topic) {
             Some((_, v)) => v.push(o),
             None => topics.push((o.topic.clone(), vec![o])),
@@ -55,7 +82,6 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
-        let shard = &conn.shard;
         let resp = if version >= 8 {
             let mut groups = Vec::new();
             for g in req.groups {
@@ -66,7 +92,7 @@ pub fn handle(
                             .map(|t| (t.name.to_string(), t.partition_indexes)),
                     )
                 });
-                let (code, topics) = fetch(shard, &group, parts).await;
+                let (code, topics) = fetch(&conn, &group, parts).await;
                 groups.push(
                     OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
@@ -104,7 +130,7 @@ pub fn handle(
                         .map(|t| (t.name.to_string(), t.partition_indexes)),
                 )
             });
-            let (code, topics) = fetch(shard, &group, parts).await;
+            let (code, topics) = fetch(&conn, &group, parts).await;
             let mut r = OffsetFetchResponse::default().with_topics(
                 topics
                     .into_iter()

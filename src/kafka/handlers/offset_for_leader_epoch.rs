@@ -13,8 +13,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::topic_denied;
 use super::details::partitions;
 use super::{deferred, frame, Conn, Pending};
+use crate::security::acl::{Operation, ResourceType};
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -23,23 +25,41 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
-        let wanted = req.topics.iter().map(|t| {
-            let parts = t.partitions.iter().map(|p| (p.partition, ()));
-            (t.topic.to_string(), parts)
-        });
+        // DESCRIBE on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
+        let allowed: Vec<bool> = req
+            .topics
+            .iter()
+            .map(|t| conn.authorize(Operation::Describe, ResourceType::Topic, &t.topic))
+            .collect();
+        let wanted = req
+            .topics
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, a)| **a)
+            .map(|(t, _)| {
+                let parts = t.partitions.iter().map(|p| (p.partition, ()));
+                (t.topic.to_string(), parts)
+            });
         let infos = partitions::describe(&conn.shard, partitions::items(wanted)).await;
         // A partition no owner described has an error, so its end offset is never read.
         let mut ends = infos.into_iter().map(|i| (i.log_end_offset, i.error));
         let topics = req
             .topics
             .into_iter()
-            .map(|t| {
+            .zip(allowed)
+            .map(|(t, allowed)| {
                 let partitions = t
                     .partitions
                     .iter()
                     .map(|p| {
-                        let (end, code) = ends.next().unwrap_or((-1, 0));
                         let r = EpochEndOffset::default().with_partition(p.partition);
+                        if !allowed {
+                            return r
+                                .with_error_code(topic_denied())
+                                .with_leader_epoch(-1)
+                                .with_end_offset(-1);
+                        }
+                        let (end, code) = ends.next().unwrap_or((-1, 0));
                         if code != 0 {
                             r.with_error_code(code)
                                 .with_leader_epoch(-1)

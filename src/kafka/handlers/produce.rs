@@ -11,6 +11,9 @@
 //! answered within its `timeout_ms`: a partition whose owner has not answered by then gets
 //! REQUEST_TIMED_OUT (as Kafka does when replication is late; its records may still be
 //! written). A disk that refuses the write answers KAFKA_STORAGE_ERROR long before that.
+//! ACLs: WRITE on each topic (TOPIC_AUTHORIZATION_FAILED) and, for a transactional
+//! producer, on its transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), as Kafka
+//! since KIP-679 (an idempotent producer needs nothing more here: InitProducerId checks).
 
 use std::rc::Rc;
 
@@ -21,10 +24,12 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
+use super::details::authorize::{topic_denied, transactional_id_denied};
 use super::details::partitions::by_owner;
 use super::{count_error, frame, ready, str_bytes, Conn, Pending};
 use crate::kafka::owner::{ProducePart, ProduceResult, Reply, Request};
 use crate::metrics::Protocol;
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::batch;
 
 /// Zstd compression (codec 4) needs Produce v7 (KIP-110): like Kafka, an older request
@@ -86,6 +91,12 @@ pub async fn handle(
     // (result index, topic, records, bytes) for the metrics once the answers are in.
     let mut counts = Vec::new();
     let bad_acks = !(-1..=1).contains(&acks);
+    // As Kafka: a transactional producer needs WRITE on its transactional id, and every
+    // producer WRITE on each topic (TOPIC_AUTHORIZATION_FAILED, before existence is told).
+    let txn_denied = req
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !conn.authorize(Operation::Write, ResourceType::TransactionalId, t));
     for topic in req.topic_data {
         // v13 names topics by id.
         let name = if version >= 13 {
@@ -95,6 +106,9 @@ pub async fn handle(
         } else {
             Some(topic.name.to_string())
         };
+        let denied = name.as_ref().is_some_and(|n| {
+            !txn_denied && !conn.authorize(Operation::Write, ResourceType::Topic, n)
+        });
         let mut parts = Vec::new();
         for p in topic.partition_data {
             let i = results.len();
@@ -108,7 +122,9 @@ pub async fn handle(
                 record_errors: Vec::new(),
             };
             match &name {
+                _ if txn_denied => r.error = transactional_id_denied(),
                 _ if bad_acks => r.error = ResponseError::InvalidRequiredAcks.code(),
+                Some(_) if denied => r.error = topic_denied(),
                 None => r.error = ResponseError::UnknownTopicId.code(),
                 Some(_) if version < 7 && zstd(p.records.as_ref()) => {
                     r.error = ResponseError::UnsupportedCompressionType.code();

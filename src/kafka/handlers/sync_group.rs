@@ -33,16 +33,10 @@ pub fn handle(
                 .collect(),
             version,
         };
-        let synced = coordinator::ask(
-            &conn.shard,
-            ApiKey::SyncGroup,
-            &group,
-            request,
-            |r| match r {
-                Reply::Sync(r) => Some(r),
-                _ => None,
-            },
-        );
+        let synced = coordinator::ask(&conn, ApiKey::SyncGroup, &group, request, |r| match r {
+            Reply::Sync(r) => Some(r),
+            _ => None,
+        });
         let resp = match synced.await {
             Ok(r) => r,
             Err(code) => SyncGroupResponse::default().with_error_code(code),

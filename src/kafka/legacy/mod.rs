@@ -11,6 +11,8 @@
 //! any input gives a `CodecError`, never a panic. Pure functions, run on the connection's
 //! shard and by the fuzz target, through `codec`.
 
+mod acls;
+
 use std::any::Any;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -35,6 +37,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
+    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DescribeAclsRequest, DescribeAclsResponse,
+};
+use kafka_protocol::messages::{
     DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
 };
@@ -56,7 +62,10 @@ pub fn oldest(api: ApiKey) -> Option<i16> {
         | ApiKey::Produce
         | ApiKey::Fetch
         | ApiKey::DescribeConfigs
-        | ApiKey::OffsetForLeaderEpoch => Some(0),
+        | ApiKey::OffsetForLeaderEpoch
+        | ApiKey::CreateAcls
+        | ApiKey::DescribeAcls
+        | ApiKey::DeleteAcls => Some(0),
         _ => None,
     }
 }
@@ -81,6 +90,7 @@ pub fn response_as(response: &dyn Any, version: i16) -> Option<i16> {
     is(response.is::<OffsetCommitResponse>(), 1, 2)
         .or_else(|| is(response.is::<OffsetFetchResponse>(), 0, 1))
         .or_else(|| is(response.is::<DescribeLogDirsResponse>(), 0, 1))
+        .or_else(|| is(response.is::<CreateAclsResponse>(), 0, 1))
         .or_else(|| (response.is::<ProduceResponse>() && version == 2).then_some(3))
 }
 
@@ -109,6 +119,9 @@ pub fn decode_request(
         (ApiKey::OffsetForLeaderEpoch, 0 | 1) => {
             offset_for_leader_epoch_v0_1(&mut r).map(OldRequest::OffsetForLeaderEpoch)
         }
+        (ApiKey::CreateAcls, 0) => acls::create_acls_v0(&mut r).map(OldRequest::CreateAcls),
+        (ApiKey::DescribeAcls, 0) => acls::describe_acls_v0(&mut r).map(OldRequest::DescribeAcls),
+        (ApiKey::DeleteAcls, 0) => acls::delete_acls_v0(&mut r).map(OldRequest::DeleteAcls),
         _ => return None,
     };
     Some(decoded)
@@ -123,6 +136,9 @@ pub enum OldRequest {
     Fetch(FetchRequest),
     DescribeConfigs(DescribeConfigsRequest),
     OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
+    CreateAcls(CreateAclsRequest),
+    DescribeAcls(DescribeAclsRequest),
+    DeleteAcls(DeleteAclsRequest),
 }
 
 /// Encodes `response` at an old `version` that has no newer twin (`response_as`). `None`
@@ -152,6 +168,12 @@ pub fn encode_response(
     }
     if let Some(r) = response.downcast_ref::<FetchResponse>() {
         return (version <= 3).then(|| fetch_response_v0_3(r, version, buf));
+    }
+    if let Some(r) = response.downcast_ref::<DescribeAclsResponse>() {
+        return (version == 0).then(|| acls::describe_acls_response_v0(r, buf));
+    }
+    if let Some(r) = response.downcast_ref::<DeleteAclsResponse>() {
+        return (version == 0).then(|| acls::delete_acls_response_v0(r, buf));
     }
     None
 }
@@ -293,6 +315,9 @@ pub fn encode_request(
             }
             Ok(())
         }
+        OldRequest::CreateAcls(r) if version == 0 => acls::encode_create_acls_v0(r, buf),
+        OldRequest::DescribeAcls(r) if version == 0 => acls::encode_describe_acls_v0(r, buf),
+        OldRequest::DeleteAcls(r) if version == 0 => acls::encode_delete_acls_v0(r, buf),
         _ => Err(CodecError::Malformed(
             "legacy request",
             format!("no encoder at v{version}"),
