@@ -27,6 +27,7 @@ struct Secure {
     ca: Ca,
     ca_path: PathBuf,
     ssl_port: u16,
+    sasl_ssl_port: u16,
     amqps_port: u16,
     https_port: u16,
 }
@@ -57,10 +58,12 @@ impl Secure {
         let ca_path = ca.write(dir.path());
         let (cert, key) = ca.server("portask-a").write(dir.path(), "server");
         let (ssl_port, amqps_port, https_port) = (free_port(), free_port(), free_port());
+        let sasl_ssl_port = free_port();
         let mut launch = Launch::new(&dir.path().join("data"), 2, &[]);
         let listeners = format!(
             "[{{name = \"PLAINTEXT\", addr = \"127.0.0.1:{}\"}}, \
-              {{name = \"SSL\", addr = \"127.0.0.1:{ssl_port}\", advertised_host = \"localhost\"{}}}]",
+              {{name = \"SSL\", addr = \"127.0.0.1:{ssl_port}\", advertised_host = \"localhost\"{}}}, \
+              {{name = \"SASL_SSL\", addr = \"127.0.0.1:{sasl_ssl_port}\"}}]",
             launch.kafka_port,
             listener_auth
                 .map(|a| format!(", client_auth = \"{a}\""))
@@ -68,7 +71,8 @@ impl Secure {
         );
         let users = format!(
             "[{{name = \"guest\", password_hash = \"{GUEST_HASH}\", tags = [\"administrator\"]}}, \
-              {{name = \"CN=alice,O=Portask Tests\"}}]"
+              {{name = \"CN=alice,O=Portask Tests\"}}, {}]",
+            scram_user("alice", "alice-secret")
         );
         let permissions = "[{user = \"guest\", vhost = \"/\", configure = \".*\", write = \".*\", read = \".*\"}, \
               {user = \"CN=alice,O=Portask Tests\", vhost = \"/\", configure = \".*\", write = \".*\", read = \".*\"}]";
@@ -104,6 +108,7 @@ impl Secure {
             ca,
             ca_path,
             ssl_port,
+            sasl_ssl_port,
             amqps_port,
             https_port,
         }
@@ -127,6 +132,30 @@ impl Secure {
             .into_string()
             .expect("metrics text")
     }
+}
+
+/// A `[[users]]` entry (inline TOML) for `name` with `password`, made by `portask
+/// hash-password` as an operator would.
+fn scram_user(name: &str, password: &str) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portask"))
+        .args(["hash-password", "--name", name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("portask hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(out.status.success(), "{out:?}");
+    let parsed: toml::Table = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .parse()
+        .expect("hash-password prints TOML");
+    parsed["users"].as_array().expect("[[users]]")[0].to_string()
 }
 
 /// The value of the sample of `name` whose labels include every one of `labels` (0 when
@@ -223,6 +252,53 @@ fn ssl_listener_with_required_client_auth_serves_certified_clients_only() {
             "portask_tls_handshakes_total",
             &[("protocol", "kafka")]
         ) >= 2.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn sasl_ssl_with_scram_sha_512_serves_the_right_password_only() {
+    let b = Secure::start("none", &[]);
+    let ca = b.ca_path.display().to_string();
+    let bootstrap = format!("127.0.0.1:{}", b.sasl_ssl_port);
+    let scram = |password: &'static str| {
+        vec![
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "alice"),
+            ("sasl.password", password),
+            ("ssl.ca.location", ca.as_str()),
+            ("message.timeout.ms", "10000"),
+        ]
+    };
+    create_topic(&b.launch.bootstrap(), "scram-over-tls", 1, &[]);
+    let producer: FutureProducer = client(&bootstrap, &scram("alice-secret"));
+    delivered(enqueue(
+        &producer,
+        FutureRecord::<(), _>::to("scram-over-tls").payload(&b"secret"[..]),
+    ));
+    let consumer = assigned(
+        &bootstrap,
+        &scram("alice-secret"),
+        "scram-over-tls",
+        1,
+        Offset::Beginning,
+    );
+    let mut got = Vec::new();
+    poll_n(&consumer, 1, Duration::from_secs(20), |m| {
+        got.push(rdkafka::Message::payload(m).unwrap_or_default().to_vec())
+    });
+    assert_eq!(got, vec![b"secret".to_vec()]);
+
+    let wrong: BaseConsumer = client(&bootstrap, &scram("not-the-password"));
+    assert!(wrong.fetch_metadata(None, Duration::from_secs(5)).is_err());
+    let text = b.metrics();
+    assert!(
+        metric(
+            &text,
+            "portask_tls_handshakes_total",
+            &[("protocol", "kafka")]
+        ) >= 3.0,
         "{text}"
     );
 }
