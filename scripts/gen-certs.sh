@@ -136,7 +136,7 @@ tls_addr = "127.0.0.1:5671"
 ssl_cert_login_from = "common_name"
 permissions = [
   { user = "admin", vhost = "/", configure = ".*", write = ".*", read = ".*" },
-  { user = "alice", vhost = "/", configure = "^alice\\\\..*", write = "^alice\\\\..*", read = "^alice\\\\..*" },
+  { user = "alice", vhost = "/", configure = "^alice\\\\..*", write = "^(alice\\\\..*|amq\\\\.default)$", read = "^alice\\\\..*" },
 ]
 
 [http]
