@@ -231,6 +231,10 @@ fn the_client_certificate_is_alice_on_the_mutual_tls_listener() {
     let with = s.mtls_settings(true);
     create_topic(&s.mtls, &with, "alice.mtls").expect("User:CN=alice creates alice.mtls");
     produce(&s.mtls, &with, "alice.mtls", "by certificate").expect("produce by certificate");
+    // The principal is the certificate's (User:CN=alice), not the anonymous one that the
+    // example allows everything from loopback: a topic outside "alice." is refused.
+    let refused = create_topic(&s.mtls, &with, "payroll").expect_err("payroll refused");
+    assert!(refused.contains("Authorization"), "{refused}");
     // Without a certificate the handshake is refused (client_auth = "required").
     let without = s.mtls_settings(false);
     let c: BaseConsumer = client(&s.mtls, &settings(&without, &[]));
