@@ -155,34 +155,26 @@ super_users = ["User:admin"]
 
 # alice, by SASL or by her certificate (principal User:CN=alice), owns "alice." topics
 # and groups.
+EOF
+    for principal in "User:alice" "User:CN=alice"; do
+        cat <<EOF
 [[acl.bindings]]
 resource_type = "topic"
 resource_name = "alice."
 pattern_type = "prefixed"
-principal = "User:alice"
+principal = "$principal"
 operations = ["read", "write", "create", "describe", "describe_configs"]
 
 [[acl.bindings]]
 resource_type = "group"
 resource_name = "alice."
 pattern_type = "prefixed"
-principal = "User:alice"
+principal = "$principal"
 operations = ["read", "describe"]
 
-[[acl.bindings]]
-resource_type = "topic"
-resource_name = "alice."
-pattern_type = "prefixed"
-principal = "User:CN=alice"
-operations = ["read", "write", "create", "describe", "describe_configs"]
-
-[[acl.bindings]]
-resource_type = "group"
-resource_name = "alice."
-pattern_type = "prefixed"
-principal = "User:CN=alice"
-operations = ["read", "describe"]
-
+EOF
+    done
+    cat <<EOF
 # Local tools on the loopback-only PLAINTEXT listener (principal User:ANONYMOUS).
 [[acl.bindings]]
 resource_type = "topic"

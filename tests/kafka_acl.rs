@@ -819,31 +819,7 @@ fn librdkafka_admin_creates_and_describes_acls() {
 fn users_toml(users: &[(&str, &str)]) -> String {
     let entries: Vec<String> = users
         .iter()
-        .map(|(name, password)| {
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portask"))
-                .args(["hash-password", "--name", name])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("portask hash-password");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(format!("{password}\n").as_bytes())
-                .expect("password");
-            let out = child.wait_with_output().expect("hash-password");
-            assert!(out.status.success(), "{out:?}");
-            let text = String::from_utf8(out.stdout).expect("utf-8");
-            let parsed: toml::Table = text.parse().expect("TOML");
-            let Some(toml::Value::Table(user)) =
-                parsed["users"].as_array().and_then(|a| a.first()).cloned()
-            else {
-                panic!("{text}")
-            };
-            let pairs: Vec<String> = user.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-            format!("{{{}}}", pairs.join(", "))
-        })
+        .map(|(name, password)| toml::Value::Table(common::hashed_user(name, password)).to_string())
         .collect();
     format!("[{}]", entries.join(", "))
 }

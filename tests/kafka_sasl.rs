@@ -10,7 +10,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,47 +33,18 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
-/// A `[[users]]` entry's credential keys for `password`, from `portask hash-password`.
-fn hash_password(name: &str, password: &str) -> toml::Table {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portask"))
-        .args(["hash-password", "--name", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("portask hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let out = child.wait_with_output().expect("hash-password output");
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let parsed: toml::Table = text.parse().expect("hash-password prints TOML");
-    let user = parsed["users"].as_array().expect("[[users]]")[0].clone();
-    let toml::Value::Table(t) = user else {
-        panic!("{text}")
-    };
-    assert_eq!(t.get("name").and_then(|n| n.as_str()), Some(name), "{text}");
-    for key in ["password_hash", "scram_sha_256", "scram_sha_512"] {
-        assert!(t.contains_key(key), "{text}");
-    }
-    t
-}
-
 /// `[[users]]` as one inline TOML array (for `PORTASK_USERS`): alice (every credential,
 /// administrator), carol (SCRAM credentials only, management).
 fn users_toml() -> String {
     static USERS: OnceLock<String> = OnceLock::new();
     USERS
         .get_or_init(|| {
-            let mut alice = hash_password("alice", "alice-secret");
+            let mut alice = common::hashed_user("alice", "alice-secret");
             alice.insert(
                 "tags".into(),
                 toml::Value::Array(vec!["administrator".into()]),
             );
-            let mut carol = hash_password("carol", "carol-secret");
+            let mut carol = common::hashed_user("carol", "carol-secret");
             carol.remove("password_hash");
             carol.insert("tags".into(), toml::Value::Array(vec!["management".into()]));
             let inline = |t: toml::Table| {

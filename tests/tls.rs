@@ -137,25 +137,7 @@ impl Secure {
 /// A `[[users]]` entry (inline TOML) for `name` with `password`, made by `portask
 /// hash-password` as an operator would.
 fn scram_user(name: &str, password: &str) -> String {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portask"))
-        .args(["hash-password", "--name", name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("portask hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let out = child.wait_with_output().expect("hash-password output");
-    assert!(out.status.success(), "{out:?}");
-    let parsed: toml::Table = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .parse()
-        .expect("hash-password prints TOML");
-    parsed["users"].as_array().expect("[[users]]")[0].to_string()
+    toml::Value::Table(common::hashed_user(name, password)).to_string()
 }
 
 /// The value of the sample of `name` whose labels include every one of `labels` (0 when

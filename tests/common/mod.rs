@@ -193,3 +193,43 @@ pub fn apt_install(packages: &[&str]) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     root && (apt(&install) || (apt(&["update"]) && apt(&install)))
 }
+
+/// A `[[users]]` entry for `name` with `password`, made by `portask hash-password` as an
+/// operator makes one (RabbitMQ hash and both SCRAM credentials, never the password).
+pub fn hashed_user(name: &str, password: &str) -> toml::Table {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portask"))
+        .args(["hash-password", "--name", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("portask hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let parsed: toml::Table = text.parse().expect("hash-password prints TOML");
+    let Some(toml::Value::Table(user)) = parsed
+        .get("users")
+        .and_then(|u| u.as_array())
+        .and_then(|a| a.first())
+        .cloned()
+    else {
+        panic!("hash-password printed no [[users]] entry: {text}")
+    };
+    assert_eq!(
+        user.get("name").and_then(|n| n.as_str()),
+        Some(name),
+        "{text}"
+    );
+    for key in ["password_hash", "scram_sha_256", "scram_sha_512"] {
+        assert!(user.contains_key(key), "{key} missing: {text}");
+    }
+    user
+}

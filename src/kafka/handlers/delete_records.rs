@@ -13,11 +13,11 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use super::details::authorize::topic_denied;
+use super::details::authorize::{only_allowed, topic_denied};
 use super::details::partitions;
 use super::{deferred, frame, Conn, Pending};
 use crate::kafka::owner::{Reply, Request};
-use crate::security::acl::{Operation, ResourceType};
+use crate::security::acl::Operation;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -27,20 +27,14 @@ pub fn handle(
 ) -> Pending {
     deferred(conn, |conn| async move {
         // DELETE on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
-        let allowed: Vec<bool> = req
-            .topics
-            .iter()
-            .map(|t| conn.authorize(Operation::Delete, ResourceType::Topic, &t.name))
-            .collect();
-        let wanted = req
-            .topics
-            .iter()
-            .zip(&allowed)
-            .filter(|(_, a)| **a)
-            .map(|(t, _)| {
-                let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
-                (t.name.to_string(), parts)
-            });
+        let allowed = conn.authorize_topics(
+            Operation::Delete,
+            req.topics.iter().map(|t| t.name.as_str()),
+        );
+        let wanted = only_allowed(&req.topics, &allowed, |t| {
+            let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
+            (t.name.to_string(), parts)
+        });
         let items = partitions::items(wanted);
         let results = partitions::ask_owners(
             &conn.shard,

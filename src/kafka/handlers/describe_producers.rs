@@ -10,10 +10,10 @@ use kafka_protocol::messages::describe_producers_response::{
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
-use super::details::authorize::topic_denied;
+use super::details::authorize::{only_allowed, topic_denied};
 use super::details::partitions;
 use super::{deferred, frame, Conn, Pending};
-use crate::security::acl::{Operation, ResourceType};
+use crate::security::acl::Operation;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -23,20 +23,12 @@ pub fn handle(
 ) -> Pending {
     deferred(conn, |conn| async move {
         // READ on each topic (as Kafka), else TOPIC_AUTHORIZATION_FAILED for its partitions.
-        let allowed: Vec<bool> = req
-            .topics
-            .iter()
-            .map(|t| conn.authorize(Operation::Read, ResourceType::Topic, &t.name))
-            .collect();
-        let wanted = req
-            .topics
-            .iter()
-            .zip(&allowed)
-            .filter(|(_, a)| **a)
-            .map(|(t, _)| {
-                let parts = t.partition_indexes.iter().map(|p| (*p, ()));
-                (t.name.to_string(), parts)
-            });
+        let allowed =
+            conn.authorize_topics(Operation::Read, req.topics.iter().map(|t| t.name.as_str()));
+        let wanted = only_allowed(&req.topics, &allowed, |t| {
+            let parts = t.partition_indexes.iter().map(|p| (*p, ()));
+            (t.name.to_string(), parts)
+        });
         let infos = partitions::describe(&conn.shard, partitions::items(wanted)).await;
         let mut infos = infos.into_iter();
         let topics = req

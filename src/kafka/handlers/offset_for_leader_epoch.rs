@@ -13,10 +13,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::details::authorize::topic_denied;
+use super::details::authorize::{only_allowed, topic_denied};
 use super::details::partitions;
 use super::{deferred, frame, Conn, Pending};
-use crate::security::acl::{Operation, ResourceType};
+use crate::security::acl::Operation;
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -26,20 +26,14 @@ pub fn handle(
 ) -> Pending {
     deferred(conn, |conn| async move {
         // DESCRIBE on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
-        let allowed: Vec<bool> = req
-            .topics
-            .iter()
-            .map(|t| conn.authorize(Operation::Describe, ResourceType::Topic, &t.topic))
-            .collect();
-        let wanted = req
-            .topics
-            .iter()
-            .zip(&allowed)
-            .filter(|(_, a)| **a)
-            .map(|(t, _)| {
-                let parts = t.partitions.iter().map(|p| (p.partition, ()));
-                (t.topic.to_string(), parts)
-            });
+        let allowed = conn.authorize_topics(
+            Operation::Describe,
+            req.topics.iter().map(|t| t.topic.as_str()),
+        );
+        let wanted = only_allowed(&req.topics, &allowed, |t| {
+            let parts = t.partitions.iter().map(|p| (p.partition, ()));
+            (t.topic.to_string(), parts)
+        });
         let infos = partitions::describe(&conn.shard, partitions::items(wanted)).await;
         // A partition no owner described has an error, so its end offset is never read.
         let mut ends = infos.into_iter().map(|i| (i.log_end_offset, i.error));

@@ -42,15 +42,17 @@ pub(super) fn create_acls_v0(r: &mut Reader) -> Result<CreateAclsRequest, CodecE
     Ok(CreateAclsRequest::default().with_creations(creations))
 }
 
-/// DescribeAcls v0: the filter without `pattern_type_filter`.
-pub(super) fn describe_acls_v0(r: &mut Reader) -> Result<DescribeAclsRequest, CodecError> {
+/// An ACL filter at v0 (DescribeAcls' request, each of DeleteAcls' filters): v1's without
+/// `pattern_type_filter`, which v0 means as LITERAL. Decoded into DeleteAcls' filter type,
+/// which has DescribeAcls' fields.
+fn filter_v0(r: &mut Reader) -> Result<DeleteAclsFilter, CodecError> {
     let resource_type_filter = r.i8()?;
     let resource_name_filter = r.nullable_string()?;
     let principal_filter = r.nullable_string()?;
     let host_filter = r.nullable_string()?;
     let operation = r.i8()?;
     let permission_type = r.i8()?;
-    Ok(DescribeAclsRequest::default()
+    Ok(DeleteAclsFilter::default()
         .with_resource_type_filter(resource_type_filter)
         .with_resource_name_filter(resource_name_filter)
         .with_pattern_type_filter(LITERAL)
@@ -60,24 +62,22 @@ pub(super) fn describe_acls_v0(r: &mut Reader) -> Result<DescribeAclsRequest, Co
         .with_permission_type(permission_type))
 }
 
-/// DeleteAcls v0: each filter without `pattern_type_filter`.
+/// DescribeAcls v0: one filter.
+pub(super) fn describe_acls_v0(r: &mut Reader) -> Result<DescribeAclsRequest, CodecError> {
+    let f = filter_v0(r)?;
+    Ok(DescribeAclsRequest::default()
+        .with_resource_type_filter(f.resource_type_filter)
+        .with_resource_name_filter(f.resource_name_filter)
+        .with_pattern_type_filter(f.pattern_type_filter)
+        .with_principal_filter(f.principal_filter)
+        .with_host_filter(f.host_filter)
+        .with_operation(f.operation)
+        .with_permission_type(f.permission_type))
+}
+
+/// DeleteAcls v0: filters.
 pub(super) fn delete_acls_v0(r: &mut Reader) -> Result<DeleteAclsRequest, CodecError> {
-    let filters = r.array(1 + 2 + 2 + 2 + 1 + 1, |r| {
-        let resource_type_filter = r.i8()?;
-        let resource_name_filter = r.nullable_string()?;
-        let principal_filter = r.nullable_string()?;
-        let host_filter = r.nullable_string()?;
-        let operation = r.i8()?;
-        let permission_type = r.i8()?;
-        Ok(DeleteAclsFilter::default()
-            .with_resource_type_filter(resource_type_filter)
-            .with_resource_name_filter(resource_name_filter)
-            .with_pattern_type_filter(LITERAL)
-            .with_principal_filter(principal_filter)
-            .with_host_filter(host_filter)
-            .with_operation(operation)
-            .with_permission_type(permission_type))
-    })?;
+    let filters = r.array(1 + 2 + 2 + 2 + 1 + 1, filter_v0)?;
     Ok(DeleteAclsRequest::default().with_filters(filters))
 }
 
@@ -151,18 +151,34 @@ pub(super) fn encode_create_acls_v0(
     Ok(())
 }
 
+/// An ACL filter at v0 (the fields of `filter_v0`).
+fn put_filter_v0(
+    buf: &mut BytesMut,
+    (resource_type, name, principal, host): (i8, Option<&str>, Option<&str>, Option<&str>),
+    operation: i8,
+    permission_type: i8,
+) -> Result<(), CodecError> {
+    buf.put_i8(resource_type);
+    put_nullable_str(buf, name)?;
+    put_nullable_str(buf, principal)?;
+    put_nullable_str(buf, host)?;
+    buf.put_i8(operation);
+    buf.put_i8(permission_type);
+    Ok(())
+}
+
 /// DescribeAcls v0 request.
 pub(super) fn encode_describe_acls_v0(
     r: &DescribeAclsRequest,
     buf: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    buf.put_i8(r.resource_type_filter);
-    put_nullable_str(buf, r.resource_name_filter.as_deref())?;
-    put_nullable_str(buf, r.principal_filter.as_deref())?;
-    put_nullable_str(buf, r.host_filter.as_deref())?;
-    buf.put_i8(r.operation);
-    buf.put_i8(r.permission_type);
-    Ok(())
+    let resource = (
+        r.resource_type_filter,
+        r.resource_name_filter.as_deref(),
+        r.principal_filter.as_deref(),
+        r.host_filter.as_deref(),
+    );
+    put_filter_v0(buf, resource, r.operation, r.permission_type)
 }
 
 /// DeleteAcls v0 request.
@@ -172,12 +188,13 @@ pub(super) fn encode_delete_acls_v0(
 ) -> Result<(), CodecError> {
     put_len(buf, r.filters.len())?;
     for f in &r.filters {
-        buf.put_i8(f.resource_type_filter);
-        put_nullable_str(buf, f.resource_name_filter.as_deref())?;
-        put_nullable_str(buf, f.principal_filter.as_deref())?;
-        put_nullable_str(buf, f.host_filter.as_deref())?;
-        buf.put_i8(f.operation);
-        buf.put_i8(f.permission_type);
+        let resource = (
+            f.resource_type_filter,
+            f.resource_name_filter.as_deref(),
+            f.principal_filter.as_deref(),
+            f.host_filter.as_deref(),
+        );
+        put_filter_v0(buf, resource, f.operation, f.permission_type)?;
     }
     Ok(())
 }

@@ -7,36 +7,51 @@
 //!
 //! Runs on the connection's shard; reads only its catalog replica.
 
+use crate::catalog::security::AclBinding;
 use crate::kafka::handlers::Conn;
 use crate::metrics::Protocol;
 use crate::security::acl::{host_of, Operation, Requester, ResourceType, CLUSTER_NAME};
 
 impl Conn {
-    fn check(&self, op: Operation, resource: ResourceType, name: &str, audit: bool) -> bool {
-        let shard = &self.shard;
-        if !shard.acl.enabled() {
-            return true;
-        }
-        let state = shard.catalog.current();
+    /// Runs `f` with this connection as the authorizer sees it (principal and client
+    /// host), the shard's authorizer and its catalog replica.
+    fn as_requester<R>(
+        &self,
+        f: impl FnOnce(&crate::security::acl::Authorizer, &[AclBinding], &Requester) -> R,
+    ) -> R {
+        let state = self.shard.catalog.current();
         let principal = self.principal.borrow();
         let host = host_of(self.peer.ip());
         let who = Requester {
             principal: &principal,
             host: &host,
         };
-        let allowed = shard
-            .acl
-            .authorize(&state.security.acls, &who, op, resource, name);
-        if !allowed && audit {
-            crate::security::audit::acl_denied(Protocol::Kafka, op.name(), resource.name(), || {
-                format!(
-                    "Kafka: principal {} from {host} denied {} on {} '{name}'",
-                    *principal,
-                    op.name(),
-                    resource.name()
-                )
-            });
+        f(&self.shard.acl, &state.security.acls, &who)
+    }
+
+    fn check(&self, op: Operation, resource: ResourceType, name: &str, audit: bool) -> bool {
+        if !self.shard.acl.enabled() {
+            return true;
         }
+        let allowed = self.as_requester(|acl, acls, who| {
+            let allowed = acl.authorize(acls, who, op, resource, name);
+            if !allowed && audit {
+                let (principal, host) = (who.principal, who.host);
+                crate::security::audit::acl_denied(
+                    Protocol::Kafka,
+                    op.name(),
+                    resource.name(),
+                    || {
+                        format!(
+                            "Kafka: principal {principal} from {host} denied {} on {} '{name}'",
+                            op.name(),
+                            resource.name()
+                        )
+                    },
+                );
+            }
+            allowed
+        });
         allowed
     }
 
@@ -59,20 +74,10 @@ impl Conn {
     /// Whether this connection may perform `op` on some resource of the type (Kafka's
     /// `authorizeByResourceType`); not audited, as Kafka does not log it either.
     pub fn may_any(&self, op: Operation, resource: ResourceType) -> bool {
-        let shard = &self.shard;
-        if !shard.acl.enabled() {
+        if !self.shard.acl.enabled() {
             return true;
         }
-        let state = shard.catalog.current();
-        let principal = self.principal.borrow();
-        let host = host_of(self.peer.ip());
-        let who = Requester {
-            principal: &principal,
-            host: &host,
-        };
-        shard
-            .acl
-            .authorize_any(&state.security.acls, &who, op, resource)
+        self.as_requester(|acl, acls, who| acl.authorize_any(acls, who, op, resource))
     }
 
     /// The check of a config resource (DescribeConfigs, AlterConfigs,
@@ -94,18 +99,35 @@ impl Conn {
 
     /// Kafka's authorized-operations bit field of a resource for this connection.
     pub fn authorized_operations(&self, resource: ResourceType, name: &str) -> i32 {
-        let shard = &self.shard;
-        let state = shard.catalog.current();
-        let principal = self.principal.borrow();
-        let host = host_of(self.peer.ip());
-        let who = Requester {
-            principal: &principal,
-            host: &host,
-        };
-        shard
-            .acl
-            .authorized_operations(&state.security.acls, &who, resource, name)
+        self.as_requester(|acl, acls, who| acl.authorized_operations(acls, who, resource, name))
     }
+
+    /// `authorize(op, Topic, name)` for each of a request's topics, in order.
+    pub fn authorize_topics<'a>(
+        &self,
+        op: Operation,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<bool> {
+        names
+            .into_iter()
+            .map(|name| self.authorize(op, ResourceType::Topic, name))
+            .collect()
+    }
+}
+
+/// What `f` makes of each of `items` that `allowed` (from `Conn::authorize_topics`, in the
+/// same order) lets through: the topics a handler asks their owners about.
+pub fn only_allowed<'a, T, W>(
+    items: &'a [T],
+    allowed: &'a [bool],
+    f: impl FnMut(&'a T) -> W + 'a,
+) -> impl Iterator<Item = W> + 'a {
+    items
+        .iter()
+        .zip(allowed)
+        .filter(|(_, a)| **a)
+        .map(|(t, _)| t)
+        .map(f)
 }
 
 /// TOPIC_AUTHORIZATION_FAILED (29).
