@@ -220,6 +220,28 @@ pub fn change(
 }
 
 /// The client-visible code and message of a resource error.
+/// Makes one resource's config change (`change`) and has the catalog apply it (or only
+/// check it, with `validate_only`): AlterConfigs' and IncrementalAlterConfigs' shared step,
+/// answered as the error code and message of the resource's result.
+pub async fn apply(
+    shard: &std::rc::Rc<crate::broker::Shard>,
+    state: &CatalogState,
+    resource_type: i8,
+    name: &str,
+    edits: Vec<(String, Edit)>,
+    replace: bool,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    let change =
+        change(state, &shard.config, resource_type, name, edits, replace).map_err(|e| error(&e))?;
+    shard
+        .change_catalog(vec![change], validate_only)
+        .await
+        .pop()
+        .unwrap_or(Ok(()))
+        .map_err(|e| error(&ResourceError::Catalog(e)))
+}
+
 pub fn error(e: &ResourceError) -> (i16, String) {
     use kafka_protocol::ResponseError as E;
     match e {

@@ -11,7 +11,7 @@ use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceRespon
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::{deferred, frame, str_bytes, Conn, Pending};
-use crate::kafka::configs::{self, Edit, ResourceError};
+use crate::kafka::configs::{self, Edit};
 use crate::security::acl::Operation;
 
 pub fn handle(
@@ -41,22 +41,17 @@ pub fn handle(
                 match conn.authorize_config(Operation::AlterConfigs, r.resource_type, &name) {
                     Err(code) => Err((code, "ALTER_CONFIGS refused by the ACLs".to_owned())),
                     Ok(()) => {
-                        match configs::change(
+                        let validate_only = req.validate_only;
+                        configs::apply(
+                            shard,
                             &state,
-                            &shard.config,
                             r.resource_type,
                             &name,
                             edits,
                             true,
-                        ) {
-                            Ok(change) => shard
-                                .change_catalog(vec![change], req.validate_only)
-                                .await
-                                .pop()
-                                .unwrap_or(Ok(()))
-                                .map_err(|e| configs::error(&ResourceError::Catalog(e))),
-                            Err(e) => Err(configs::error(&e)),
-                        }
+                            validate_only,
+                        )
+                        .await
                     }
                 };
             let mut resp = AlterConfigsResourceResponse::default()

@@ -12,7 +12,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 use kafka_protocol::ResponseError;
 
 use super::{deferred, frame, str_bytes, Conn, Pending};
-use crate::kafka::configs::{self, Edit, ResourceError};
+use crate::kafka::configs::{self, Edit};
 use crate::security::acl::Operation;
 
 pub fn handle(
@@ -51,22 +51,17 @@ pub fn handle(
                 )),
                 (Ok(()), None) => {
                     let state = shard.catalog.current();
-                    match configs::change(
+                    let validate_only = req.validate_only;
+                    configs::apply(
+                        shard,
                         &state,
-                        &shard.config,
                         r.resource_type,
                         &name,
                         edits,
                         false,
-                    ) {
-                        Ok(change) => shard
-                            .change_catalog(vec![change], req.validate_only)
-                            .await
-                            .pop()
-                            .unwrap_or(Ok(()))
-                            .map_err(|e| configs::error(&ResourceError::Catalog(e))),
-                        Err(e) => Err(configs::error(&e)),
-                    }
+                        validate_only,
+                    )
+                    .await
                 }
             };
             let mut resp = AlterConfigsResourceResponse::default()
