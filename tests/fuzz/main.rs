@@ -1,8 +1,9 @@
-//! In-process fuzzing of the three network edges, on stable Rust: Kafka request decoding
+//! In-process fuzzing of the network edges, on stable Rust: Kafka request decoding
 //! (`codec::decode_frame`, then `codec::decode_request`, the decoder `handlers::dispatch`
 //! uses, then the record batches of a produce as the owner shard splits them), AMQP frames,
 //! methods, field tables and content-header properties, and HTTP requests through hyper's
-//! parser with the broker's settings into the router's `http::head`.
+//! parser with the broker's settings into the router's `http::head`, and the SASL
+//! exchanges (SCRAM, PLAIN, AMQPLAIN) a client drives before it has authenticated.
 //!
 //! Each target mutates the seeds under `fuzz/corpus/<target>/` (captured from rdkafka,
 //! lapin and ureq by `tests/fuzz_capture.rs`) for `PORTASK_FUZZ_SECS` seconds (default 5;
@@ -15,7 +16,7 @@ mod alloc;
 mod engine;
 mod targets;
 
-use targets::{amqp_frames, http_requests, kafka_request};
+use targets::{amqp_frames, http_requests, kafka_request, sasl_tokens};
 
 #[global_allocator]
 static COUNTING: alloc::Counting = alloc::Counting;
@@ -58,6 +59,11 @@ fn kafka_request_decoding() {
 #[test]
 fn amqp_frame_decoding() {
     engine::run("amqp_frame", MAX_INPUT, bound, amqp_frames);
+}
+
+#[test]
+fn sasl_token_exchanges() {
+    engine::run("sasl_tokens", MAX_INPUT, bound, sasl_tokens);
 }
 
 #[test]

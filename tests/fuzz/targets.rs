@@ -123,3 +123,44 @@ impl hyper::rt::Write for Memory<'_> {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The SASL exchanges a client drives before it has authenticated, on every SASL listener
+/// and AMQP connection: the first byte picks one, the second splits the rest into two
+/// client messages. SCRAM (RFC 5802: client-first, then client-final against a fixed
+/// credential; both SHA-256 and SHA-512), PLAIN (`authzid \0 user \0 password`) and
+/// AMQPLAIN (a field table).
+pub fn sasl_tokens(data: &[u8]) {
+    use portask::security::scram::{Mechanism, ServerExchange};
+    let [selector, split, rest @ ..] = data else {
+        return;
+    };
+    let cut = (*split as usize).min(rest.len());
+    let (first, last) = rest.split_at(cut);
+    match selector % 4 {
+        0 | 1 => {
+            let mechanism = if selector % 4 == 0 {
+                Mechanism::Sha256
+            } else {
+                Mechanism::Sha512
+            };
+            // PBKDF2 once per mechanism, not per input: the credential is fixed.
+            thread_local! {
+                static CREDENTIALS: [portask::catalog::security::ScramCredential; 2] = [
+                    Mechanism::Sha256.credential("pencil", b"fuzz-salt", 4096),
+                    Mechanism::Sha512.credential("pencil", b"fuzz-salt", 4096),
+                ];
+            }
+            let credential = CREDENTIALS.with(|c| c[usize::from(selector % 4)].clone());
+            let started = ServerExchange::start(mechanism, first, |_| Some(credential), "srv");
+            if let Ok((exchange, _server_first)) = started {
+                let _ = exchange.finish(last);
+            }
+        }
+        2 => {
+            let _ = portask::amqp::auth::parse_plain(rest);
+        }
+        _ => {
+            let _ = portask::amqp::auth::parse_amqplain(rest);
+        }
+    }
+}
