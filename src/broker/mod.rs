@@ -283,6 +283,7 @@ async fn run_shard(
     );
     let kafka_task = glommio::spawn_local(crate::kafka::server::accept_loop(shard.clone(), kafka));
     let amqp_task = glommio::spawn_local(crate::amqp::server::accept_loop(shard.clone(), amqp));
+    crate::kafka::offsets_topic::start(&shard).await;
     shutdown.mark_ready();
 
     // Run until asked to stop.

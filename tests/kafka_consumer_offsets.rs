@@ -1,0 +1,250 @@
+//! `__consumer_offsets` as Kafka lays it out: an rdkafka group commits, another rdkafka
+//! consumer reads the internal topic from the beginning and decodes the records with the
+//! reader below (written from Kafka's `OffsetCommitKey`/`OffsetCommitValue` and
+//! `GroupMetadataKey` schemas, not with the broker's encoder); the records survive a
+//! restart; clients cannot produce to the topic, delete it or add partitions to it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use common::{data_dir, kafka, Broker};
+use futures::executor::block_on;
+use rdkafka::admin::{AdminOptions, NewPartitions};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::Offset;
+
+const ENV: &[(&str, &str)] = &[
+    ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100"),
+    ("PORTASK_KAFKA__GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
+];
+const PARTITIONS: i32 = 50;
+
+/// Kafka's `partitionFor`: Java's `String.hashCode`, sign bit masked, modulo partitions.
+fn partition_for(group: &str) -> i32 {
+    let mut h: i32 = 0;
+    for c in group.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(c as i32);
+    }
+    (h & 0x7fff_ffff) % PARTITIONS
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Entry {
+    /// (group, topic, partition, offset; None for a tombstone)
+    Offset(String, String, i32, Option<i64>),
+    /// (group, protocol type, generation, member count; None for a tombstone)
+    Group(String, Option<(String, i32, i32)>),
+}
+
+fn string(b: &mut Bytes) -> Option<String> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let n = b.get_i16();
+    if n < 0 {
+        return Some(String::new());
+    }
+    let n = n as usize;
+    if b.remaining() < n {
+        return None;
+    }
+    String::from_utf8(b.split_to(n).to_vec()).ok()
+}
+
+/// Decodes one `__consumer_offsets` record.
+fn decode(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
+    let mut k = Bytes::copy_from_slice(key);
+    let version = k.get_i16();
+    match version {
+        0 | 1 => {
+            let group = string(&mut k)?;
+            let topic = string(&mut k)?;
+            let partition = k.get_i32();
+            let offset = value.map(|v| {
+                let mut v = Bytes::copy_from_slice(v);
+                let _value_version = v.get_i16();
+                v.get_i64()
+            });
+            Some(Entry::Offset(group, topic, partition, offset))
+        }
+        2 => {
+            let group = string(&mut k)?;
+            let value = match value {
+                None => None,
+                Some(v) => {
+                    let mut v = Bytes::copy_from_slice(v);
+                    let value_version = v.get_i16();
+                    assert_eq!(value_version, 3, "GroupMetadataValue version");
+                    let protocol_type = string(&mut v)?;
+                    let generation = v.get_i32();
+                    let _protocol = string(&mut v)?;
+                    let _leader = string(&mut v)?;
+                    let _state_ts = v.get_i64();
+                    let members = v.get_i32();
+                    Some((protocol_type, generation, members))
+                }
+            };
+            Some(Entry::Group(group, value))
+        }
+        _ => None,
+    }
+}
+
+/// Reads `__consumer_offsets` partition `partition` from the beginning until `done` holds
+/// for what was read (or 20 s pass); returns what was read.
+fn read_topic(broker: &Broker, partition: i32, done: impl Fn(&[Entry]) -> bool) -> Vec<Entry> {
+    let c: BaseConsumer = kafka::client(
+        broker,
+        &[
+            ("group.id", "offsets-reader"),
+            ("enable.auto.commit", "false"),
+        ],
+    );
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("__consumer_offsets", partition, Offset::Beginning)
+        .expect("tpl");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !done(&out) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            if let Some(e) = m.key().and_then(|k| decode(k, m.payload())) {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// The latest committed offset per (group, topic, partition) in what was read.
+fn latest(entries: &[Entry]) -> HashMap<(String, String, i32), Option<i64>> {
+    let mut m = HashMap::new();
+    for e in entries {
+        if let Entry::Offset(g, t, p, o) = e {
+            m.insert((g.clone(), t.clone(), *p), *o);
+        }
+    }
+    m
+}
+
+#[test]
+fn committed_offsets_and_group_metadata_are_readable_and_survive_a_restart() {
+    let (_dir, data) = data_dir();
+    let mut broker = Broker::start_with_shards(&data, ENV, 2);
+    kafka::create_topic(&broker, "orders", 2, &[]);
+    let p: rdkafka::producer::FutureProducer = kafka::client(&broker, &[]);
+    for i in 0..10 {
+        let k = format!("k{i}");
+        let f = kafka::enqueue(
+            &p,
+            FutureRecord::to("orders")
+                .key(k.as_str())
+                .payload("v")
+                .partition(i % 2),
+        );
+        kafka::delivered(f);
+    }
+
+    let group = "lag-group";
+    let c: BaseConsumer = kafka::client(
+        &broker,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "6000"),
+        ],
+    );
+    c.subscribe(&["orders"]).expect("subscribe");
+    assert_eq!(kafka::poll_n(&c, 10, Duration::from_secs(30), |_| {}), 10);
+    c.commit_consumer_state(CommitMode::Sync).expect("commit");
+
+    let want = |entries: &[Entry]| {
+        let l = latest(entries);
+        l.get(&(group.into(), "orders".into(), 0)) == Some(&Some(5))
+            && l.get(&(group.into(), "orders".into(), 1)) == Some(&Some(5))
+            && entries.iter().any(|e| {
+                matches!(e, Entry::Group(g, Some((pt, gen, members)))
+                    if g == group && pt == "consumer" && *gen >= 1 && *members == 1)
+            })
+    };
+    let at = partition_for(group);
+    let before = read_topic(&broker, at, want);
+    assert!(want(&before), "read from __consumer_offsets-{at}: {before:?}");
+    drop(c);
+
+    // Producing to the internal topic is refused, as Kafka refuses a client.
+    let p: rdkafka::producer::FutureProducer =
+        kafka::client(&broker, &[("message.timeout.ms", "5000")]);
+    let r = block_on(p.send(
+        FutureRecord::to("__consumer_offsets")
+            .key("x")
+            .payload("y")
+            .partition(0),
+        Duration::from_secs(5),
+    ));
+    match r {
+        Err((KafkaError::MessageProduction(code), _)) => {
+            assert_eq!(code, RDKafkaErrorCode::InvalidTopic)
+        }
+        other => panic!("produce to __consumer_offsets: {other:?}"),
+    }
+    // Nor deleted, nor repartitioned.
+    let admin = kafka::admin(&broker);
+    let del = block_on(admin.delete_topics(&["__consumer_offsets"], &AdminOptions::new()))
+        .expect("delete_topics");
+    assert!(del[0].is_err(), "{del:?}");
+    let grow = block_on(admin.create_partitions(
+        &[NewPartitions::new("__consumer_offsets", 60)],
+        &AdminOptions::new(),
+    ))
+    .expect("create_partitions");
+    assert!(grow[0].is_err(), "{grow:?}");
+
+    // Restart: the records are still there (a real partition log).
+    broker.terminate();
+    broker.restart();
+    let after = read_topic(&broker, at, want);
+    assert!(want(&after), "after restart: {after:?}");
+}
+
+#[test]
+fn deleted_offsets_become_tombstones() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start_with_shards(&data, ENV, 2);
+    kafka::create_topic(&broker, "events", 1, &[]);
+    // A simple consumer (assign only) commits; then the group is deleted.
+    let group = "simple-group";
+    let c: BaseConsumer = kafka::client(
+        &broker,
+        &[("group.id", group), ("enable.auto.commit", "false")],
+    );
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("events", 0, Offset::Offset(3))
+        .expect("tpl");
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+    drop(c);
+    let admin = kafka::admin(&broker);
+    let r = block_on(admin.delete_groups(&[group], &AdminOptions::new())).expect("delete");
+    assert!(r[0].is_ok(), "{r:?}");
+
+    let at = partition_for(group);
+    let key = (group.to_owned(), "events".to_owned(), 0);
+    let entries = read_topic(&broker, at, |e| {
+        e.contains(&Entry::Offset(key.0.clone(), key.1.clone(), 0, Some(3)))
+            && latest(e).get(&key) == Some(&None)
+            && e.contains(&Entry::Group(group.to_owned(), None))
+    });
+    assert!(
+        entries.contains(&Entry::Offset(key.0.clone(), key.1.clone(), 0, Some(3))),
+        "{entries:?}"
+    );
+    assert_eq!(latest(&entries).get(&key), Some(&None), "{entries:?}");
+    assert!(entries.contains(&Entry::Group(group.to_owned(), None)), "{entries:?}");
+}
