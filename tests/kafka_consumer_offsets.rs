@@ -2,11 +2,15 @@
 //! consumer reads the internal topic from the beginning and decodes the records with the
 //! reader below (written from Kafka's `OffsetCommitKey`/`OffsetCommitValue` and
 //! `GroupMetadataKey` schemas, not with the broker's encoder); the records survive a
-//! restart; clients cannot produce to the topic, delete it or add partitions to it.
+//! restart; clients cannot produce to the topic, delete it or add partitions to it; a data
+//! dir whose offsets predate the topic gets them written once; and Debian's Burrow (the lag
+//! monitor, which reads the topic) reports the lag Portask's HTTP API reports.
 
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -18,6 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Offset;
+use serde_json::Value;
 
 const ENV: &[(&str, &str)] = &[
     ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100"),
@@ -176,19 +181,24 @@ fn committed_offsets_and_group_metadata_are_readable_and_survive_a_restart() {
     };
     let at = partition_for(group);
     let before = read_topic(&broker, at, want);
-    assert!(want(&before), "read from __consumer_offsets-{at}: {before:?}");
+    assert!(
+        want(&before),
+        "read from __consumer_offsets-{at}: {before:?}"
+    );
     drop(c);
 
     // Producing to the internal topic is refused, as Kafka refuses a client.
     let p: rdkafka::producer::FutureProducer =
         kafka::client(&broker, &[("message.timeout.ms", "5000")]);
-    let r = block_on(p.send(
-        FutureRecord::to("__consumer_offsets")
-            .key("x")
-            .payload("y")
-            .partition(0),
-        Duration::from_secs(5),
-    ));
+    let r = block_on(
+        p.send(
+            FutureRecord::to("__consumer_offsets")
+                .key("x")
+                .payload("y")
+                .partition(0),
+            Duration::from_secs(5),
+        ),
+    );
     match r {
         Err((KafkaError::MessageProduction(code), _)) => {
             assert_eq!(code, RDKafkaErrorCode::InvalidTopic)
@@ -246,5 +256,282 @@ fn deleted_offsets_become_tombstones() {
         "{entries:?}"
     );
     assert_eq!(latest(&entries).get(&key), Some(&None), "{entries:?}");
-    assert!(entries.contains(&Entry::Group(group.to_owned(), None)), "{entries:?}");
+    assert!(
+        entries.contains(&Entry::Group(group.to_owned(), None)),
+        "{entries:?}"
+    );
+}
+
+/// One group that consumed part of `orders` (2 partitions, 10 records, then 5 more to
+/// partition 0) and committed 3 and 4: lag 7 on partition 0 and 1 on partition 1.
+fn lagging_group(broker: &Broker, group: &str) {
+    kafka::create_topic(broker, "orders", 2, &[]);
+    let p: rdkafka::producer::FutureProducer = kafka::client(broker, &[]);
+    for i in 0..15 {
+        let f = kafka::enqueue(
+            &p,
+            FutureRecord::to("orders")
+                .key("k")
+                .payload("v")
+                .partition(if i < 10 { i % 2 } else { 0 }),
+        );
+        kafka::delivered(f);
+    }
+    let c: BaseConsumer = kafka::client(
+        broker,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("session.timeout.ms", "6000"),
+        ],
+    );
+    c.subscribe(&["orders"]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.assignment().map(|a| a.count()).unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "no assignment");
+        let _ = c.poll(Duration::from_millis(200));
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("orders", 0, Offset::Offset(3))
+        .expect("tpl");
+    tpl.add_partition_offset("orders", 1, Offset::Offset(4))
+        .expect("tpl");
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+    c.unsubscribe();
+}
+
+#[test]
+fn offsets_committed_before_the_topic_existed_are_written_once() {
+    let (_dir, data) = data_dir();
+    let mut broker = Broker::start_with_shards(&data, ENV, 2);
+    let group = "old-group";
+    lagging_group(&broker, group);
+    broker.terminate();
+    // What a data dir from before `__consumer_offsets` looks like to the view: committed
+    // offsets in the group store, nothing in the topic and no "written" marker.
+    for shard in ["0", "1"] {
+        let dir = data.join(shard);
+        let _ = std::fs::remove_file(dir.join("groups/offsets-topic.written"));
+        for e in std::fs::read_dir(dir.join("kafka"))
+            .expect("kafka dir")
+            .flatten()
+        {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with("__consumer_offsets-")
+            {
+                std::fs::remove_dir_all(e.path()).expect("remove partition");
+            }
+        }
+    }
+    broker.restart();
+    let at = partition_for(group);
+    let want = |e: &[Entry]| {
+        let l = latest(e);
+        l.get(&(group.into(), "orders".into(), 0)) == Some(&Some(3))
+            && l.get(&(group.into(), "orders".into(), 1)) == Some(&Some(4))
+    };
+    let entries = read_topic(&broker, at, want);
+    assert!(want(&entries), "{entries:?}");
+    // Once: a second restart does not write them again.
+    broker.terminate();
+    broker.restart();
+    let again = read_topic(&broker, at, |e| e.len() > entries.len());
+    assert_eq!(again.len(), entries.len(), "{again:?}");
+}
+
+fn burrow_installed() -> bool {
+    let ok = || Path::new("/usr/bin/Burrow").exists() && Path::new(ZOOKEEPER_JAR).exists();
+    ok() || (common::apt_install(&["burrow", "zookeeper"]) && ok())
+}
+
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+/// A child process killed when the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_json(url: &str, auth: Option<(&str, &str)>) -> Option<Value> {
+    let mut req = ureq::get(url).timeout(Duration::from_secs(5));
+    if let Some((user, password)) = auth {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        req = req.set("Authorization", &format!("Basic {token}"));
+    }
+    let text = req.call().ok()?.into_string().ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Debian's Burrow (1.2.1, sarama underneath) with its consumer module reading
+/// `__consumer_offsets` reports the group's partitions and lag as Portask's
+/// `/api/v1/consumer-groups/<group>` does. Burrow 1.2 needs a ZooKeeper for its own
+/// coordination; Debian's `zookeeper` package provides one, run standalone here.
+#[test]
+fn burrow_reports_the_lag_portask_reports() {
+    assert!(
+        burrow_installed(),
+        "Burrow or ZooKeeper not found and could not be installed: this test drives Debian's \
+         burrow. Install them with `apt-get install -y --no-install-recommends burrow zookeeper`."
+    );
+    let (dir, data) = data_dir();
+    let broker = Broker::start_with_shards(&data, ENV, 2);
+    let group = "lag-group";
+    lagging_group(&broker, group);
+
+    let zk_port = common::launch::free_port();
+    let zk_dir = dir.path().join("zk");
+    std::fs::create_dir_all(&zk_dir).expect("zk dir");
+    let _zk = Running(
+        Command::new("java")
+            .args([
+                "-cp",
+                ZOOKEEPER_JAR,
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+            ])
+            .arg(zk_port.to_string())
+            .arg(&zk_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start zookeeper"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", zk_port)).is_err() {
+        assert!(Instant::now() < deadline, "ZooKeeper did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let http_port = common::launch::free_port();
+    let conf = dir.path().join("burrow");
+    std::fs::create_dir_all(&conf).expect("burrow dir");
+    let bootstrap = broker.bootstrap();
+    std::fs::write(
+        conf.join("burrow.toml"),
+        format!(
+            r#"[general]
+pidfile="{pid}"
+[logging]
+level="info"
+[zookeeper]
+servers=["127.0.0.1:{zk_port}"]
+timeout=6
+root-path="/burrow"
+[client-profile.portask]
+client-id="burrow"
+kafka-version="0.10.2"
+[cluster.local]
+class-name="kafka"
+servers=["{bootstrap}"]
+client-profile="portask"
+topic-refresh=5
+offset-refresh=2
+[consumer.local]
+class-name="kafka"
+cluster="local"
+servers=["{bootstrap}"]
+client-profile="portask"
+start-latest=false
+[httpserver.default]
+address="127.0.0.1:{http_port}"
+[storage.default]
+class-name="inmemory"
+workers=2
+intervals=10
+expire-group=604800
+min-distance=1
+"#,
+            pid = conf.join("burrow.pid").display(),
+        ),
+    )
+    .expect("burrow.toml");
+    let spawn_burrow = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(conf.join("burrow.log"))
+            .expect("log");
+        Running(
+            Command::new("/usr/bin/Burrow")
+                .arg("-config-dir")
+                .arg(&conf)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start Burrow"),
+        )
+    };
+    let mut burrow = spawn_burrow();
+
+    let portask = http_json(
+        &format!("{}/api/v1/consumer-groups/{group}", broker.http_url()),
+        Some(("guest", "guest")),
+    )
+    .expect("portask group");
+    let mut want: Vec<(String, i64, i64)> = portask["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| {
+            (
+                o["topic"].as_str().unwrap_or_default().to_owned(),
+                o["partition"].as_i64().unwrap_or(-1),
+                o["lag"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(
+        want,
+        vec![("orders".to_owned(), 0, 7), ("orders".to_owned(), 1, 1)],
+        "{portask}"
+    );
+
+    // Burrow reads __consumer_offsets and the high watermarks (ListOffsets) on its own
+    // schedule; wait until it reports the group.
+    let url = format!("http://127.0.0.1:{http_port}/v3/kafka/local/consumer/{group}/lag");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Value::Null;
+    loop {
+        if let Some(v) = http_json(&url, None) {
+            let mut got: Vec<(String, i64, i64)> = v["status"]["partitions"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            (
+                                p["topic"].as_str().unwrap_or_default().to_owned(),
+                                p["partition"].as_i64().unwrap_or(-1),
+                                p["current_lag"].as_i64().unwrap_or(-1),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            got.sort();
+            if got == want {
+                assert_eq!(
+                    v["status"]["totallag"].as_i64(),
+                    portask["lag"].as_i64(),
+                    "{v}"
+                );
+                return;
+            }
+            last = v;
+        }
+        // Burrow exits when ZooKeeper, just started, refuses its first session: again.
+        if burrow.0.try_wait().ok().flatten().is_some() {
+            burrow = spawn_burrow();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Burrow did not report {want:?}; last answer {last}; log:\n{}",
+            std::fs::read_to_string(conf.join("burrow.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
