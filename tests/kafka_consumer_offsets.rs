@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use common::{data_dir, kafka, Broker};
 use futures::executor::block_on;
-use rdkafka::admin::{AdminOptions, NewPartitions};
+use rdkafka::admin::{AdminOptions, NewPartitions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -216,6 +216,16 @@ fn committed_offsets_and_group_metadata_are_readable_and_survive_a_restart() {
     ))
     .expect("create_partitions");
     assert!(grow[0].is_err(), "{grow:?}");
+
+    // DescribeConfigs shows the internal topic's configs.
+    let configs = block_on(admin.describe_configs(
+        &[ResourceSpecifier::Topic("__consumer_offsets")],
+        &AdminOptions::new(),
+    ))
+    .expect("describe_configs");
+    let resource = configs[0].as_ref().expect("configs");
+    let policy = resource.get("cleanup.policy").and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
 
     // Restart: the records are still there (a real partition log).
     broker.terminate();
