@@ -11,8 +11,10 @@
 //! through the owner shard of each `__consumer_offsets` partition (`Shard::kafka_dispatch`,
 //! the one line where the work crosses shards), as a real partition log of the storage
 //! engine: Fetch, ListOffsets, compaction (`cleanup.policy=compact`) and restarts work as
-//! for any topic. A crash between the answer and the append loses that view record only;
-//! the next commit of the partition writes it again.
+//! for any topic. The append is acks=1 (no fdatasync wait). A crash between the answer and
+//! the append, or an append the owner refuses (disk full: logged), loses that view record
+//! only; the next commit of the partition writes it again. Until the topic exists in the
+//! catalog (shard 0 creates it at startup) the records wait in the queue.
 //!
 //! Layout (Kafka's `GroupMetadataManager`): a group's records go to partition
 //! `partition_for(group, partitions)`. Keys and values start with an int16 schema version;
