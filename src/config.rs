@@ -87,6 +87,9 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// `num.partitions`: partitions of an auto-created topic.
     pub num_partitions: i32,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is
+    /// created (first start); later changes do not repartition it, as in Kafka.
+    pub offsets_topic_num_partitions: i32,
     /// `message.max.bytes`: default `max.message.bytes` of a topic (one record batch).
     pub max_message_bytes: i64,
     /// `socket.request.max.bytes`: the largest request frame accepted.
@@ -568,6 +571,7 @@ impl Default for KafkaConfig {
             advertised_port: 0,
             auto_create_topics: true,
             num_partitions: 1,
+            offsets_topic_num_partitions: 50,
             max_message_bytes: 1_048_588,
             max_request_bytes: 104_857_600,
             max_nonproduce_request_bytes: 4 << 20,
@@ -915,6 +919,9 @@ impl Config {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
         if self.kafka.num_partitions < 1 {
             return bad("kafka.num_partitions", "must be at least 1");
+        }
+        if self.kafka.offsets_topic_num_partitions < 1 {
+            return bad("kafka.offsets_topic_num_partitions", "must be at least 1");
         }
         if self.kafka.segment_bytes < 1024 {
             return bad("kafka.segment_bytes", "must be at least 1024");

@@ -252,25 +252,31 @@ fn cluster_authorized_operations_are_reported_when_asked() {
     }
 }
 
-/// Auto-creation never makes an internal-looking (`__`) topic: probing for
-/// `__consumer_offsets` gets UNKNOWN_TOPIC_OR_PARTITION and creates nothing.
+/// Auto-creation never makes an internal-looking (`__`) topic: probing for `__anything`
+/// gets UNKNOWN_TOPIC_OR_PARTITION and creates nothing. `__consumer_offsets` is the broker's
+/// own internal topic (Kafka's layout, 50 partitions), listed with `is_internal`.
 #[test]
 fn auto_creation_skips_double_underscore_topics() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     let mut s = connect(&broker);
-    for topic in ["__consumer_offsets", "__anything"] {
+    let probe = |s: &mut TcpStream, topic: &'static str| {
         let req = MetadataRequest::default()
             .with_topics(Some(vec![MetadataRequestTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_static_str(topic))))]))
             .with_allow_auto_topic_creation(true);
-        let mut resp = call(&mut s, ApiKey::Metadata, 9, &req);
-        let body = MetadataResponse::decode(&mut resp, 9).expect("metadata");
-        assert_eq!(
-            body.topics[0].error_code, 3,
-            "{topic}: UNKNOWN_TOPIC_OR_PARTITION"
-        );
-    }
+        let mut resp = call(s, ApiKey::Metadata, 9, &req);
+        MetadataResponse::decode(&mut resp, 9).expect("metadata")
+    };
+    let body = probe(&mut s, "__anything");
+    assert_eq!(
+        body.topics[0].error_code, 3,
+        "__anything: UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    let body = probe(&mut s, "__consumer_offsets");
+    assert_eq!(body.topics[0].error_code, 0);
+    assert!(body.topics[0].is_internal);
+    assert_eq!(body.topics[0].partitions.len(), 50);
     let mut resp = call(
         &mut s,
         ApiKey::Metadata,
@@ -278,7 +284,12 @@ fn auto_creation_skips_double_underscore_topics() {
         &MetadataRequest::default().with_topics(None),
     );
     let body = MetadataResponse::decode(&mut resp, 9).expect("metadata");
-    assert!(body.topics.is_empty(), "{:?}", body.topics);
+    let names: Vec<String> = body
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+        .collect();
+    assert_eq!(names, vec!["__consumer_offsets".to_owned()]);
     // An ordinary name is still auto-created.
     let req = MetadataRequest::default()
         .with_topics(Some(vec![MetadataRequestTopic::default()

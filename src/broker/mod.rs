@@ -320,6 +320,7 @@ async fn run_shard(
     let amqp_task = glommio::spawn_local(crate::amqp::server::accept_loop(shard.clone(), amqp));
     let amqps_task = amqps
         .map(|tcp| glommio::spawn_local(crate::amqp::server::accept_tls_loop(shard.clone(), tcp)));
+    crate::kafka::offsets_topic::start(&shard).await;
     shutdown.mark_ready();
 
     // Run until asked to stop.

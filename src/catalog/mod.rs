@@ -126,6 +126,15 @@ impl CatalogState {
     }
 }
 
+/// Kafka's group coordinator topic (`kafka::offsets_topic` writes it).
+pub const CONSUMER_OFFSETS: &str = "__consumer_offsets";
+
+/// Whether `name` is an internal topic: written only by the broker, never deleted or
+/// repartitioned by a client (Kafka's `Topic.isInternal`).
+pub fn is_internal_topic(name: &str) -> bool {
+    name == CONSUMER_OFFSETS
+}
+
 /// Kafka's rules for topic names.
 pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
     let bad = |why| Err(CatalogError::InvalidTopic(name.to_owned(), why));

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use glommio::sync::Semaphore;
 
 use super::store::CatalogStore;
-use super::{validate_config, validate_topic_name, CatalogError, CatalogState, Change};
+use super::{
+    is_internal_topic, validate_config, validate_topic_name, CatalogError, CatalogState, Change,
+};
 use crate::config::Config;
 
 /// The answer of shard 0's catalog writer: one result per change, and the state after.
@@ -48,6 +50,13 @@ pub fn check(config: &Config, state: &CatalogState, change: &Change) -> Result<(
             }
             configs_ok(&t.configs)
         }
+        Change::DeleteTopic(name) if is_internal_topic(name) => Err(CatalogError::InvalidTopic(
+            name.clone(),
+            "an internal topic cannot be deleted",
+        )),
+        Change::SetPartitions(name, _) if is_internal_topic(name) => Err(
+            CatalogError::InvalidTopic(name.clone(), "an internal topic cannot be repartitioned"),
+        ),
         Change::DeleteTopic(name) => {
             if !config.kafka.delete_topic_enable {
                 return Err(CatalogError::DeleteDisabled);

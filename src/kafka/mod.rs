@@ -13,6 +13,7 @@ pub mod groups;
 pub mod handlers;
 pub mod legacy;
 pub mod message_set;
+pub mod offsets_topic;
 pub mod owner;
 pub mod produce_scan;
 pub mod sasl;

@@ -8,6 +8,8 @@
 //! A JoinGroup or SyncGroup that must wait for the rebalance holds its reply channel until
 //! the state machine answers it; that channel never leaves the coordinator shard (the
 //! answer crosses back as a mesh message, `runtime::reply`), so no waker crosses a thread.
+//! Every change applied here is also queued, after it is durable and answered, for the
+//! `__consumer_offsets` view (`kafka::offsets_topic`).
 
 pub mod group;
 pub mod store;
@@ -30,6 +32,8 @@ use self::group::{Group, JoinOutcome, JoinRequest, State, SyncOutcome, Timeouts}
 use self::store::{Committed, OffsetRecord, OffsetStore, Offsets};
 use crate::broker::Shard;
 use crate::config::Config;
+use crate::kafka::offsets_topic::{GroupSnapshot, TopicRecord};
+use crate::util::notify::{Listener, Notify};
 use crate::util::stable_hash;
 
 /// The shard that coordinates `group`.
@@ -147,6 +151,40 @@ pub struct Coordinator {
     store: Rc<OffsetStore>,
     timeouts: Timeouts,
     loaded: Cell<bool>,
+    /// Changes applied (durable and answered) and not yet appended to
+    /// `__consumer_offsets`, in the order they were applied (`kafka::offsets_topic`).
+    topic_records: RefCell<Vec<TopicRecord>>,
+    topic_wake: Notify,
+    /// The generation of each group whose metadata was last queued for the topic.
+    recorded_generation: RefCell<HashMap<String, i32>>,
+}
+
+/// How a stored offset change appears in `__consumer_offsets` (a deletion: a tombstone).
+fn view_of(r: OffsetRecord) -> Option<TopicRecord> {
+    match r {
+        OffsetRecord::Commit {
+            group,
+            topic,
+            partition,
+            value,
+        } => Some(TopicRecord::Offset {
+            group,
+            topic,
+            partition,
+            value: Some(value),
+        }),
+        OffsetRecord::Delete {
+            group,
+            topic,
+            partition,
+        } => Some(TopicRecord::Offset {
+            group,
+            topic,
+            partition,
+            value: None,
+        }),
+        OffsetRecord::DeleteGroup { .. } => None,
+    }
 }
 
 fn s(v: &str) -> StrBytes {
@@ -168,7 +206,70 @@ impl Coordinator {
                 max_session: Duration::from_millis(k.group_max_session_timeout_ms),
             },
             loaded: Cell::new(true),
+            topic_records: RefCell::new(Vec::new()),
+            topic_wake: Notify::new(),
+            recorded_generation: RefCell::new(HashMap::new()),
         }))
+    }
+
+    /// Waits for, and takes, the changes not yet appended to `__consumer_offsets` (the
+    /// shard's offsets-topic writer calls this).
+    pub async fn take_topic_records(&self) -> Vec<TopicRecord> {
+        loop {
+            let listener = Listener::new();
+            listener.listen(&self.topic_wake);
+            let taken = std::mem::take(&mut *self.topic_records.borrow_mut());
+            if !taken.is_empty() {
+                return taken;
+            }
+            listener.await;
+        }
+    }
+
+    /// Puts back records the writer could not append yet, ahead of newer ones.
+    pub fn requeue_topic_records(&self, mut records: Vec<TopicRecord>) {
+        let mut queue = self.topic_records.borrow_mut();
+        records.append(&mut queue);
+        *queue = records;
+    }
+
+    /// Queues every committed offset (first start with `__consumer_offsets`).
+    pub fn queue_backfill(&self) {
+        let records: Vec<TopicRecord> = self
+            .live_records()
+            .into_iter()
+            .filter_map(view_of)
+            .collect();
+        self.queue_topic(records);
+    }
+
+    fn queue_topic(&self, records: Vec<TopicRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        self.topic_records.borrow_mut().extend(records);
+        self.topic_wake.notify();
+    }
+
+    /// Queues the metadata of `group` when a rebalance has completed since it was last
+    /// queued: the group is Stable in a new generation, or became Empty.
+    fn note_group(&self, group: &str) {
+        let snapshot = {
+            let groups = self.groups.borrow();
+            let Some(g) = groups.get(group) else { return };
+            let done = matches!(g.state, State::Stable | State::Empty) && g.generation > 0;
+            if !done || self.recorded_generation.borrow().get(group) == Some(&g.generation) {
+                return;
+            }
+            GroupSnapshot::of(g, crate::storage::log::now_ms())
+        };
+        self.recorded_generation
+            .borrow_mut()
+            .insert(group.to_owned(), snapshot.generation);
+        self.queue_topic(vec![TopicRecord::Group {
+            group: group.to_owned(),
+            value: Some(snapshot),
+        }]);
     }
 
     /// Background work: the offset writer (started by `broker::run_shard`, runs until
@@ -184,8 +285,15 @@ impl Coordinator {
         loop {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             let now = Instant::now();
-            for g in self.groups.borrow_mut().values_mut() {
-                g.tick(self.timeouts, now);
+            let ids: Vec<String> = {
+                let mut groups = self.groups.borrow_mut();
+                for g in groups.values_mut() {
+                    g.tick(self.timeouts, now);
+                }
+                groups.keys().cloned().collect()
+            };
+            for id in ids {
+                self.note_group(&id);
             }
         }
     }
@@ -267,6 +375,7 @@ impl Coordinator {
                         now,
                     )
                 });
+                self.note_group(&group);
                 match outcome {
                     SyncOutcome::Now(r) => Box::pin(async move { Reply::Sync(r) }),
                     SyncOutcome::Wait(rx) => Box::pin(async move {
@@ -295,6 +404,7 @@ impl Coordinator {
                         .map(|(m, i)| g.leave(m, i.as_deref(), t, now))
                         .collect()
                 });
+                self.note_group(&group);
                 Box::pin(async move { Reply::Leave(0, codes) })
             }
             Request::Commit {
@@ -400,6 +510,8 @@ impl Coordinator {
                     for r in &records {
                         store::apply(&mut offsets, r);
                     }
+                    drop(offsets);
+                    me.queue_topic(records.into_iter().filter_map(view_of).collect());
                     Reply::Commit(codes)
                 }
                 Err(e) => {
@@ -468,8 +580,30 @@ impl Coordinator {
             };
             match me.store.append(std::slice::from_ref(&record)).await {
                 Ok(()) => {
+                    let mut view: Vec<TopicRecord> = me
+                        .offsets
+                        .borrow()
+                        .get(&group)
+                        .map(|parts| {
+                            parts
+                                .keys()
+                                .map(|(topic, partition)| TopicRecord::Offset {
+                                    group: group.clone(),
+                                    topic: topic.clone(),
+                                    partition: *partition,
+                                    value: None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    view.push(TopicRecord::Group {
+                        group: group.clone(),
+                        value: None,
+                    });
                     store::apply(&mut me.offsets.borrow_mut(), &record);
                     me.groups.borrow_mut().remove(&group);
+                    me.recorded_generation.borrow_mut().remove(&group);
+                    me.queue_topic(view);
                     Reply::Code(0)
                 }
                 Err(_) => Reply::Code(ResponseError::CoordinatorNotAvailable.code()),
@@ -518,6 +652,8 @@ impl Coordinator {
                     for r in &records {
                         store::apply(&mut offsets, r);
                     }
+                    drop(offsets);
+                    me.queue_topic(records.into_iter().filter_map(view_of).collect());
                     Reply::OffsetDelete(0, codes)
                 }
                 Err(_) => Reply::OffsetDelete(ResponseError::CoordinatorNotAvailable.code(), codes),

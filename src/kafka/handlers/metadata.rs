@@ -135,6 +135,7 @@ pub fn handle(conn: &Rc<Conn>, req: MetadataRequest, correlation_id: i32, versio
             MetadataResponseTopic::default()
                 .with_name(Some(topic_name(&t.name)))
                 .with_topic_id(uuid(&t.id))
+                .with_is_internal(crate::kafka::offsets_topic::is_internal(&t.name))
                 .with_partitions(partitions)
                 .with_topic_authorized_operations(if req.include_topic_authorized_operations {
                     conn.authorized_operations(ResourceType::Topic, &t.name)

@@ -14,6 +14,8 @@
 //! ACLs: WRITE on each topic (TOPIC_AUTHORIZATION_FAILED) and, for a transactional
 //! producer, on its transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), as Kafka
 //! since KIP-679 (an idempotent producer needs nothing more here: InitProducerId checks).
+//! An internal topic (`__consumer_offsets`) gets INVALID_TOPIC_EXCEPTION once WRITE is
+//! allowed, as Kafka answers a client.
 
 use std::rc::Rc;
 
@@ -126,6 +128,11 @@ pub async fn handle(
                 _ if bad_acks => r.error = ResponseError::InvalidRequiredAcks.code(),
                 Some(_) if denied => r.error = topic_denied(),
                 None => r.error = ResponseError::UnknownTopicId.code(),
+                // Kafka's ReplicaManager: "Cannot append to internal topic".
+                Some(n) if crate::kafka::offsets_topic::is_internal(n) => {
+                    r.error = ResponseError::InvalidTopicException.code();
+                    r.message = Some(format!("Cannot append to internal topic {n}"));
+                }
                 Some(_) if version < 7 && zstd(p.records.as_ref()) => {
                     r.error = ResponseError::UnsupportedCompressionType.code();
                     r.message = Some(format!(
