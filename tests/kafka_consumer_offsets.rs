@@ -216,6 +216,22 @@ fn committed_offsets_and_group_metadata_are_readable_and_survive_a_restart() {
     ))
     .expect("create_partitions");
     assert!(grow[0].is_err(), "{grow:?}");
+    // Nor are its records deleted: INVALID_TOPIC_EXCEPTION, as Kafka answers a client.
+    let mut cut = rdkafka::TopicPartitionList::new();
+    cut.add_partition_offset("__consumer_offsets", 0, rdkafka::Offset::Offset(1))
+        .expect("partition offset");
+    let deleted =
+        block_on(admin.delete_records(&cut, &AdminOptions::new())).expect("delete_records");
+    let part = deleted
+        .find_partition("__consumer_offsets", 0)
+        .expect("partition 0 in the answer");
+    assert_eq!(
+        part.error().err(),
+        Some(rdkafka::error::KafkaError::OffsetFetch(
+            rdkafka::types::RDKafkaErrorCode::InvalidTopic
+        )),
+        "{deleted:?}"
+    );
 
     // DescribeConfigs shows the internal topic's configs.
     let configs = block_on(admin.describe_configs(

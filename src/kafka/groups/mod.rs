@@ -159,6 +159,9 @@ pub struct Coordinator {
     recorded_generation: RefCell<HashMap<String, i32>>,
 }
 
+/// Records that wait for `__consumer_offsets` at most (see `requeue_topic_records`).
+const MAX_WAITING_TOPIC_RECORDS: usize = 100_000;
+
 /// How a stored offset change appears in `__consumer_offsets` (a deletion: a tombstone).
 fn view_of(r: OffsetRecord) -> Option<TopicRecord> {
     match r {
@@ -226,10 +229,21 @@ impl Coordinator {
         }
     }
 
-    /// Puts back records the writer could not append yet, ahead of newer ones.
+    /// Puts back records the writer could not append yet, ahead of newer ones. While the
+    /// topic cannot take them (not created: the catalog refused it, a full disk) at most
+    /// `MAX_WAITING_TOPIC_RECORDS` wait; older ones are dropped with a log line (the view
+    /// only: the next commit of each partition writes its offset again).
     pub fn requeue_topic_records(&self, mut records: Vec<TopicRecord>) {
         let mut queue = self.topic_records.borrow_mut();
         records.append(&mut queue);
+        if records.len() > MAX_WAITING_TOPIC_RECORDS {
+            let dropped = records.len() - MAX_WAITING_TOPIC_RECORDS;
+            records.drain(..dropped);
+            log::warn!(
+                "__consumer_offsets cannot be appended to: dropped its {dropped} oldest waiting \
+                 records (the group store keeps every offset; later commits are written again)"
+            );
+        }
         *queue = records;
     }
 

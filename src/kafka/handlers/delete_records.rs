@@ -26,11 +26,26 @@ pub fn handle(
     version: i16,
 ) -> Pending {
     deferred(conn, |conn| async move {
-        // DELETE on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
-        let allowed = conn.authorize_topics(
+        // DELETE on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions; an
+        // internal topic's records are never deleted by a client (Kafka's ReplicaManager:
+        // INVALID_TOPIC_EXCEPTION).
+        let authorized = conn.authorize_topics(
             Operation::Delete,
             req.topics.iter().map(|t| t.name.as_str()),
         );
+        let refusals: Vec<Option<i16>> = req
+            .topics
+            .iter()
+            .zip(authorized)
+            .map(|(t, authorized)| match authorized {
+                false => Some(topic_denied()),
+                true if crate::kafka::offsets_topic::is_internal(&t.name) => {
+                    Some(ResponseError::InvalidTopicException.code())
+                }
+                true => None,
+            })
+            .collect();
+        let allowed: Vec<bool> = refusals.iter().map(Option::is_none).collect();
         let wanted = only_allowed(&req.topics, &allowed, |t| {
             let parts = t.partitions.iter().map(|p| (p.partition_index, p.offset));
             (t.name.to_string(), parts)
@@ -51,16 +66,15 @@ pub fn handle(
         let topics = req
             .topics
             .into_iter()
-            .zip(allowed)
-            .map(|(t, allowed)| {
+            .zip(refusals)
+            .map(|(t, refusal)| {
                 let partitions = t
                     .partitions
                     .iter()
                     .map(|p| {
-                        let (low, code) = if allowed {
-                            results.next().unwrap_or((-1, 0))
-                        } else {
-                            (-1, topic_denied())
+                        let (low, code) = match refusal {
+                            None => results.next().unwrap_or((-1, 0)),
+                            Some(code) => (-1, code),
                         };
                         DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
