@@ -468,7 +468,9 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones() {
     // Replace the files with certificate B and ask for a reload.
     let next: Issued = b.ca.server("portask-b");
     next.write(b.dir.path(), "server");
-    // SAFETY: signalling our own child process by its id.
+    // SAFETY: kill touches no memory of ours. The pid is our own child's, which has not
+    // been waited for (`b.child` still owns it), so it cannot have been reused by another
+    // process.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -162,9 +162,12 @@ impl WriteHalf {
                 let _ = s.shutdown(std::net::Shutdown::Both).await;
             }
             WriteHalf::Tls(_, fd) => {
-                // SAFETY: `fd` is the descriptor of the socket inside the TLS stream this
-                // half shares (see the variant), so it is open while `self` is borrowed;
-                // shutdown neither closes it nor touches memory.
+                // SAFETY: `fd` is the descriptor of the `TcpStream` inside the TLS stream
+                // whose write half this variant holds; that half keeps the stream (and so
+                // the descriptor, owned by the stream and closed only when it drops) alive
+                // while `self` is borrowed. Both halves live in this connection's tasks on
+                // this shard's thread. shutdown neither closes the descriptor nor touches
+                // memory; it ends the socket for the read half too, as intended.
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
             }
         }

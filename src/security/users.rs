@@ -118,6 +118,12 @@ impl UserStore {
             .map(|(n, e)| (n.as_str(), e.scram.as_slice()))
     }
 
+    /// Whether `name` is a user (configured, or given credentials by
+    /// AlterUserScramCredentials): what AMQP's EXTERNAL asks of a certificate's name.
+    pub fn exists(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     /// `name`'s management tags; `None` for an unknown user.
     pub fn tags(&self, name: &str) -> Option<&[String]> {
         self.users.get(name).map(|e| e.tags.as_slice())

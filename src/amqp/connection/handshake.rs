@@ -105,7 +105,7 @@ fn external_login(conn: &Connection) -> Result<String, AmqpError> {
             cfg.ssl_cert_login_from
         )));
     };
-    if !conn.shard.config.all_users().iter().any(|u| u.name == name) {
+    if !conn.shard.users().exists(&name) {
         return Err(refuse(format!(
             "EXTERNAL: no user '{name}' (named by the client certificate)"
         )));
