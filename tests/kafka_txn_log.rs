@@ -74,7 +74,11 @@ fn batch(label: &str, n: usize, producer: Option<(i64, i16, i32)>) -> Bytes {
             offset: i as i64,
             // The encoder keeps records in one batch while offset - sequence is constant;
             // a plain batch's base sequence is -1.
-            sequence: if seq < 0 { i as i32 - 1 } else { seq + i as i32 },
+            sequence: if seq < 0 {
+                i as i32 - 1
+            } else {
+                seq + i as i32
+            },
             timestamp: 1_700_000_000_000,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(format!("{label}-{i}"))),
