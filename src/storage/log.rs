@@ -1,5 +1,7 @@
 //! `PartitionLog`: one Kafka partition's segmented log on its owner shard — append, read,
-//! offsets, the tail cache, roll and retention, recovery.
+//! offsets, the tail cache, roll and retention, recovery, and the partition's side of
+//! transactions: markers (`append_marker`), the last stable offset, the aborted
+//! transactions a read_committed fetch needs (`aborted_txns`, from each segment's index).
 //!
 //! Only the owner shard holds a `PartitionLog` (`Rc<RefCell<…>>`); other shards reach it
 //! through the mesh. No method keeps a borrow across an `.await`: async reads clone the

@@ -21,6 +21,10 @@
 //!   fdatasyncs those someone waits on — one sync per file serves every waiter — and
 //!   resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
 //!   for AMQP confirms). Nothing here calls protocol code.
+//! - Transactions: a partition's producer state (`producers`) tracks open transactions;
+//!   markers are control batches; each segment keeps the transactions aborted in it
+//!   (`txn_index`, `<base>.txnindex`). The producer state is saved when a segment is
+//!   finalized, so recovery reads only the segments after it.
 //!
 //! A write or sync that fails (a full disk, ENOSPC) is an answer, not a retry: the
 //! partition's appends past what is on disk are undone (`PartitionLog::rewind`), the file
