@@ -295,6 +295,7 @@ fn api_versions_lists_the_served_apis_and_versions() {
         (ApiKey::DeleteRecords, 0, 2),
         (ApiKey::OffsetForLeaderEpoch, 0, 4),
         (ApiKey::DescribeProducers, 0, 0),
+        (ApiKey::WriteTxnMarkers, 1, 1),
         (ApiKey::ApiVersions, 0, 4),
         (ApiKey::CreateTopics, 0, 7),
         (ApiKey::DeleteTopics, 0, 6),
