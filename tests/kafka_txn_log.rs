@@ -3,7 +3,7 @@
 //! `kafka-transactions.sh abort` send); a read_committed Fetch stops at the last stable
 //! offset and lists aborted transactions so librdkafka drops their records; ListOffsets
 //! READ_COMMITTED; DescribeProducers' transaction start; a read_committed long poll woken
-//! by a marker; the LSO and aborted index back after kill -9.
+//! by a marker; the LSO and aborted index back after kill -9; WriteTxnMarkers' ACL.
 
 mod common;
 
@@ -355,4 +355,35 @@ fn the_last_stable_offset_and_aborted_index_survive_kill_9() {
     let end = fetch(&mut s, 0, true, 0);
     assert_eq!(end.last_stable_offset, end.high_watermark);
     assert_eq!(end.aborted, vec![(1, 0)]);
+}
+
+/// WriteTxnMarkers needs CLUSTER_ACTION on the cluster, as in Kafka: without it every
+/// partition gets CLUSTER_AUTHORIZATION_FAILED and nothing is written.
+#[test]
+fn write_txn_markers_needs_cluster_action() {
+    let topic_rights = r#"{resource_type = "topic", resource_name = "txl", principal = "User:ANONYMOUS", operations = ["all"]}"#;
+    for (ops, expected) in [("\"create\"", 31), ("\"create\", \"cluster_action\"", 0)] {
+        let (_tmp, data) = data_dir();
+        let cluster = format!(
+            r#"{{resource_type = "cluster", principal = "User:ANONYMOUS", operations = [{ops}]}}"#
+        );
+        let bindings = format!("[{topic_rights}, {cluster}]");
+        let broker = Broker::start(
+            &data,
+            &[
+                ("PORTASK_ACL__ENABLED", "true"),
+                ("PORTASK_ACL__BINDINGS", &bindings),
+            ],
+        );
+        create_topic(&broker, TOPIC, 1, &[]);
+        let mut s = connect(&broker);
+        assert_eq!(
+            produce(&mut s, batch("x", 1, Some((3, 0, 0))), false),
+            (0, 0)
+        );
+        assert_eq!(marker(&mut s, 3, 0, false), expected, "with {ops}");
+        let stable = fetch(&mut s, 0, true, 0);
+        let lso = if expected == 0 { 2 } else { 0 };
+        assert_eq!(stable.last_stable_offset, lso, "with {ops}");
+    }
 }
