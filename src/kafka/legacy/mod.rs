@@ -582,15 +582,13 @@ fn fetch_v0_3(r: &mut Reader, version: i16) -> Result<FetchRequest, CodecError> 
 }
 
 /// Fetch v0 (per partition: index, error, high watermark, records) and v1–3 (with the
-/// throttle time first). The records are down-converted to the message format the version
-/// reads: v0 for Fetch v0–1, v1 for v2–3 (`message_set::from_batches`).
+/// throttle time first). The records are already in the message format the version reads
+/// (the Fetch handler down-converts them from the fetch offset on, which only it knows).
 fn fetch_response_v0_3(
     r: &FetchResponse,
     version: i16,
     buf: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let magic = if version >= 2 { 1 } else { 0 };
-    let mut budget = MAX_INFLATED_BYTES;
     if version >= 1 {
         buf.put_i32(r.throttle_time_ms);
     }
@@ -602,12 +600,9 @@ fn fetch_response_v0_3(
             buf.put_i32(p.partition_index);
             buf.put_i16(p.error_code);
             buf.put_i64(p.high_watermark);
-            let set = match &p.records {
-                Some(records) => message_set::from_batches(records, magic, 0, &mut budget),
-                None => Bytes::new(),
-            };
+            let set = p.records.as_deref().unwrap_or_default();
             put_len(buf, set.len())?;
-            buf.put_slice(&set);
+            buf.put_slice(set);
         }
     }
     Ok(())
