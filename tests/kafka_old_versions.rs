@@ -428,6 +428,45 @@ fn old_produce_versions_convert_messages_to_record_batches() {
     assert_eq!(got, expect);
 }
 
+/// Messages of format v0 carry no timestamp, so retention by time judges their segments by
+/// when the files were last written, as Kafka does (`largestTimestamp` falls back to the
+/// segment's modification time): old segments of magic-0 data go once `retention.ms` has
+/// passed, instead of being kept for ever.
+#[test]
+fn time_retention_removes_segments_of_messages_without_timestamps() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_KAFKA__RETENTION_CHECK_INTERVAL_MS", "200")],
+    );
+    kafka::create_topic(
+        &broker,
+        "old-ret",
+        1,
+        &[("segment.bytes", "2048"), ("retention.ms", "1500")],
+    );
+    let mut s = connect(&broker);
+    let value = [b'x'; 200];
+    for i in 0..40 {
+        let m = message(0, 0, 0, 0, None, &value);
+        let r = call(&mut s, PRODUCE, 0, produce_body("old-ret", 0, &m));
+        assert_eq!(produce_answer(r, 0), (0, 0, i));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (low, high) = kafka::watermarks(&broker, "old-ret", 0);
+        assert_eq!(high, 40);
+        if low > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments of magic-0 messages were never removed by retention.ms"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A fetched message: offset, magic, timestamp, key, value.
 type Fetched = (i64, i8, i64, Option<Vec<u8>>, Vec<u8>);
 

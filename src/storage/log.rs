@@ -508,10 +508,10 @@ impl PartitionLog {
             if !seg.finalized {
                 break;
             }
-            let by_time = self.settings.delete_policy
-                && self.settings.retention_ms >= 0
-                && seg.max_timestamp >= 0
-                && now - seg.max_timestamp > self.settings.retention_ms;
+            let by_time = self.settings.delete_policy && self.settings.retention_ms >= 0 && {
+                let newest = seg.retention_timestamp();
+                newest >= 0 && now - newest > self.settings.retention_ms
+            };
             let by_size = self.settings.delete_policy
                 && self.settings.retention_bytes >= 0
                 && total - seg.size as i64 >= self.settings.retention_bytes;
