@@ -136,7 +136,14 @@ fn sarama_at_old_protocol_versions_produces_commits_and_resumes() {
         let group = format!("sarama-group-{version}-{codec}");
         let summary = run(
             &client,
-            &[&broker.bootstrap(), &topic, &group, version, codec, MESSAGES],
+            &[
+                &broker.bootstrap(),
+                &topic,
+                &group,
+                version,
+                codec,
+                MESSAGES,
+            ],
         );
         assert_eq!(summary, every_message_once(), "Kafka {version}, {codec}");
     }
