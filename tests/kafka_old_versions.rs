@@ -428,6 +428,60 @@ fn old_produce_versions_convert_messages_to_record_batches() {
     assert_eq!(got, expect);
 }
 
+/// The old-style offsets of one partition (ListOffsets v0 for `timestamp`, `max` offsets).
+fn old_style_offsets(s: &mut TcpStream, topic: &str, timestamp: i64, max: i32) -> Vec<i64> {
+    let body = W::default()
+        .i32(-1)
+        .i32(1)
+        .str(topic)
+        .i32(1)
+        .i32(0)
+        .i64(timestamp)
+        .i32(max);
+    let mut r = call(s, LIST_OFFSETS, 0, body);
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!(string(&mut r), topic);
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!((r.get_i32(), r.get_i16()), (0, 0));
+    let n = r.get_i32();
+    let offsets = (0..n).map(|_| r.get_i64()).collect();
+    assert!(!r.has_remaining());
+    offsets
+}
+
+/// ListOffsets v0 with `max_num_offsets` above 1 lists segment boundaries, as Kafka before
+/// 0.10.1 answered "offsets before a time": the high watermark, then the base offset of
+/// each segment going back, highest first, at most `max_num_offsets` of them; earliest is
+/// the log start; a time lists from the last segment written by then, and a time before
+/// every segment lists nothing.
+#[test]
+fn list_offsets_v0_lists_segment_boundaries() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    kafka::create_topic(&broker, "segs", 1, &[("segment.bytes", "2048")]);
+    let mut s = connect(&broker);
+    let value = [b'x'; 200];
+    for i in 0..40 {
+        let m = message(0, 0, 0, 0, None, &value);
+        let r = call(&mut s, PRODUCE, 0, produce_body("segs", 0, &m));
+        assert_eq!(produce_answer(r, 0), (0, 0, i));
+    }
+    let all = old_style_offsets(&mut s, "segs", -1, 100);
+    assert!(all.len() > 3, "several segments rolled: {all:?}");
+    assert_eq!((all[0], all[all.len() - 1]), (40, 0), "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "descending: {all:?}");
+    assert_eq!(old_style_offsets(&mut s, "segs", -1, 2), all[..2].to_vec());
+    assert_eq!(old_style_offsets(&mut s, "segs", -1, 1), vec![40]);
+    assert_eq!(old_style_offsets(&mut s, "segs", -2, 5), vec![0]);
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 3_600_000;
+    assert_eq!(old_style_offsets(&mut s, "segs", later, 100), all);
+    assert_eq!(old_style_offsets(&mut s, "segs", 1, 100), Vec::<i64>::new());
+}
+
 /// Messages of format v0 carry no timestamp, so retention by time judges their segments by
 /// when the files were last written, as Kafka does (`largestTimestamp` falls back to the
 /// segment's modification time): old segments of magic-0 data go once `retention.ms` has

@@ -115,6 +115,12 @@ impl Segment {
         if self.max_timestamp >= 0 {
             return self.max_timestamp;
         }
+        self.last_modified_ms()
+    }
+
+    /// When the segment's `.log` file was last written, in ms since the epoch; -1 when the
+    /// file system cannot say.
+    pub fn last_modified_ms(&self) -> i64 {
         std::fs::metadata(self.log_path())
             .and_then(|m| m.modified())
             .ok()
