@@ -18,6 +18,7 @@ pub mod owner;
 pub mod produce_scan;
 pub mod sasl;
 pub mod server;
+pub mod txn;
 
 use std::cell::Cell;
 
