@@ -7,6 +7,11 @@
 //! does the synchronous part at once — appends happen in the order requests arrive — and
 //! returns a future for the rest (waiting for fdatasync, disk reads).
 //!
+//! Transaction markers (`Shard::write_txn_markers`, called by the transaction
+//! coordinator) are control batches appended here like produced batches, and answered
+//! once fdatasync'ed. They pass the free-space watermark: a marker is a few dozen bytes
+//! and it is what lets read_committed consumers move on.
+//!
 //! Produce below the free-space watermark (`storage.min_free_bytes`) is refused with
 //! KAFKA_STORAGE_ERROR before anything is appended; a write the disk refuses later fails
 //! its acks=all producers with the same code (see `storage`'s flusher).
@@ -20,7 +25,8 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Shard;
 use crate::catalog;
-use crate::storage::batch::{self, BatchError};
+use crate::kafka::handlers::details::partitions::ask_owners;
+use crate::storage::batch::{self, BatchError, MarkerRecord};
 use crate::storage::log::{self as plog, LogError};
 use crate::storage::LogRef;
 use crate::util::notify::Listener;
@@ -57,6 +63,17 @@ pub struct FetchResult {
     pub records: Bytes,
 }
 
+/// An end-transaction marker the transaction coordinator writes to every partition of a
+/// transaction (Kafka's WriteTxnMarkers entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// COMMIT rather than ABORT.
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
 pub struct OffsetQuery {
     pub topic: String,
     pub partition: i32,
@@ -90,6 +107,11 @@ pub enum Request {
     Describe {
         parts: Option<Vec<(String, i32)>>,
     },
+    /// Appends `marker` to each partition and answers once each is durable.
+    WriteTxnMarkers {
+        marker: TxnMarker,
+        parts: Vec<(String, i32)>,
+    },
     /// Resolves when any partition has data at or past its offset, or after `max_wait`.
     WaitForData {
         parts: Vec<(String, i32, i64)>,
@@ -105,6 +127,8 @@ pub enum Reply {
     /// (low watermark, error) per partition.
     DeleteRecords(Vec<(i64, i16)>),
     Describe(Vec<PartitionInfo>),
+    /// The error code of each marker's partition, in request order.
+    TxnMarkers(Vec<i16>),
     /// The owner shard could not be reached (stopping).
     Unavailable,
 }
@@ -150,6 +174,7 @@ fn log_error_code(e: &LogError) -> i16 {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
         LogError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch.code(),
+        LogError::CoordinatorFenced(_) => ResponseError::TransactionCoordinatorFenced.code(),
         LogError::Io(_) => ResponseError::KafkaStorageError.code(),
     }
 }
@@ -175,6 +200,40 @@ impl Shard {
             .dispatch_on::<Shard, _, _, _>(owner, move |shard: &Rc<Shard>| start(shard, req))
             .await;
         Box::pin(async move { done.await.unwrap_or(Reply::Unavailable) })
+    }
+
+    /// Appends `marker` as a control batch to each partition through its owner shard (one
+    /// cross-shard call per owner, as `kafka_dispatch` does) and waits until each is
+    /// durable (fdatasync). Returns, in `parts` order, each partition's error code: 0,
+    /// UNKNOWN_TOPIC_OR_PARTITION for a partition that no longer exists (the coordinator
+    /// treats that as done), KAFKA_STORAGE_ERROR when the disk refuses,
+    /// INVALID_PRODUCER_EPOCH / TRANSACTION_COORDINATOR_FENCED for a marker older than
+    /// the partition's producer state, NOT_LEADER_OR_FOLLOWER when the owner shard is
+    /// stopping (retriable).
+    pub async fn write_txn_markers(
+        self: &Rc<Self>,
+        marker: TxnMarker,
+        parts: Vec<(String, i32)>,
+    ) -> Vec<i16> {
+        let items = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (topic, partition))| (i, topic, partition, ()))
+            .collect();
+        ask_owners(
+            self,
+            items,
+            ResponseError::NotLeaderOrFollower.code(),
+            |parts| Request::WriteTxnMarkers {
+                marker,
+                parts: parts.into_iter().map(|(t, p, ())| (t, p)).collect(),
+            },
+            |reply| match reply {
+                Reply::TxnMarkers(codes) => Some(codes),
+                _ => None,
+            },
+        )
+        .await
     }
 }
 
@@ -233,6 +292,7 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
                 .collect();
             Box::pin(async move { Reply::Describe(infos) })
         }
+        Request::WriteTxnMarkers { marker, parts } => write_markers(shard, marker, parts),
         Request::WaitForData { parts, max_wait } => {
             let listener = Listener::new();
             let mut ready = false;
@@ -431,6 +491,53 @@ fn produce(
             }
         }
         Reply::Produce(results)
+    })
+}
+
+/// Appends the marker to every part now; the returned future waits for fdatasync.
+fn write_markers(
+    shard: &Rc<Shard>,
+    marker: TxnMarker,
+    parts: Vec<(String, i32)>,
+) -> LocalBoxFuture<'static, Reply> {
+    let record = MarkerRecord {
+        commit: marker.commit,
+        coordinator_epoch: marker.coordinator_epoch,
+    };
+    let mut codes = Vec::with_capacity(parts.len());
+    let mut durable = Vec::new();
+    for (i, (topic, partition)) in parts.into_iter().enumerate() {
+        let Some(log) = log_for(shard, &topic, partition) else {
+            codes.push(unknown());
+            continue;
+        };
+        let appended =
+            log.borrow_mut()
+                .append_marker(marker.producer_id, marker.producer_epoch, record);
+        match appended {
+            Ok(a) => {
+                shard.storage.mark_dirty(&log);
+                durable.push((i, shard.storage.wait_durable(&log, a.last_offset + 1)));
+                codes.push(0);
+            }
+            Err(e) => {
+                log::debug!(
+                    "marker for producer {} on {topic}-{partition} refused: {e}",
+                    marker.producer_id
+                );
+                codes.push(log_error_code(&e));
+            }
+        }
+    }
+    Box::pin(async move {
+        let (idx, waits): (Vec<usize>, Vec<_>) = durable.into_iter().unzip();
+        for (i, r) in idx.into_iter().zip(join_all(waits).await) {
+            if let Err(e) = r {
+                log::warn!("transaction marker not written: {e}");
+                codes[i] = ResponseError::KafkaStorageError.code();
+            }
+        }
+        Reply::TxnMarkers(codes)
     })
 }
 

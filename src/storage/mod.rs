@@ -40,6 +40,7 @@ pub mod journal;
 pub mod log;
 pub mod producers;
 pub mod segment;
+pub mod txn_index;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

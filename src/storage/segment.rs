@@ -16,6 +16,7 @@ use bytes::Bytes;
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchHeader, HEADER_LEN};
+use super::txn_index::AbortedTxn;
 
 /// A sparse index point: the batch with base `offset` starts at `position`; `max_timestamp`
 /// is the largest batch timestamp in the segment up to and including that batch.
@@ -53,6 +54,8 @@ pub struct Segment {
     pub sealed: bool,
     /// Sealed, written, synced, truncated and its index files written.
     pub finalized: bool,
+    /// The transactions aborted by markers in this segment, in marker order.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 pub fn stem(dir: &Path, base_offset: i64) -> PathBuf {
@@ -101,6 +104,7 @@ impl Segment {
             next_offset: base_offset,
             sealed: false,
             finalized: false,
+            aborted: Vec::new(),
         }
     }
 
@@ -308,6 +312,7 @@ impl Segment {
         self.next_offset = next_offset;
         self.sealed = false;
         self.finalized = false;
+        self.aborted.retain(|a| a.last_offset < next_offset);
     }
 
     /// Index files in Kafka's layout: `.index` = (relative offset u32, position u32),
