@@ -25,7 +25,6 @@
 //! changes of it are answered CONCURRENT_TRANSACTIONS (clients retry), as Kafka does.
 
 pub mod log;
-mod marker_shim;
 pub mod producer_id;
 pub mod state;
 
@@ -38,7 +37,7 @@ use std::time::Duration;
 use futures::future::LocalBoxFuture;
 
 use self::log::RecordLog;
-use self::marker_shim::TxnMarker;
+use crate::kafka::owner::TxnMarker;
 use self::state::{EndOutcome, InitOutcome, TxnError, TxnMeta, TxnState};
 use crate::broker::Shard;
 use crate::config::Config;
