@@ -59,8 +59,12 @@ pub struct FetchPart {
 pub struct FetchResult {
     pub error: i16,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: Bytes,
+    /// read_committed: (producer id, first offset) of every aborted transaction that
+    /// overlaps `records`.
+    pub aborted: Vec<(i64, i64)>,
 }
 
 /// An end-transaction marker the transaction coordinator writes to every partition of a
@@ -92,11 +96,17 @@ pub enum Request {
         acks: i16,
         parts: Vec<ProducePart>,
     },
+    /// Reads each part; `read_committed` (READ_COMMITTED isolation) reads only below the
+    /// last stable offset and lists the aborted transactions the records overlap.
     Fetch {
         parts: Vec<FetchPart>,
+        read_committed: bool,
     },
+    /// `read_committed`: LATEST is the last stable offset and lookups find nothing at or
+    /// past it.
     ListOffsets {
         parts: Vec<OffsetQuery>,
+        read_committed: bool,
     },
     /// Moves log start offsets forward (DeleteRecords); offset -1 means the high watermark.
     DeleteRecords {
@@ -112,10 +122,13 @@ pub enum Request {
         marker: TxnMarker,
         parts: Vec<(String, i32)>,
     },
-    /// Resolves when any partition has data at or past its offset, or after `max_wait`.
+    /// Resolves when any partition has data at or past its offset (`read_committed`: below
+    /// its last stable offset, so a marker that moves it wakes the wait), or after
+    /// `max_wait`.
     WaitForData {
         parts: Vec<(String, i32, i64)>,
         max_wait: Duration,
+        read_committed: bool,
     },
 }
 
@@ -143,6 +156,9 @@ pub struct PartitionInfo {
     pub log_end_offset: i64,
     /// (producer id, epoch, last sequence, last timestamp)
     pub producers: Vec<(i64, i16, i32, i64)>,
+    /// For each of `producers`: the coordinator epoch of its last marker (-1: none) and
+    /// the offset its ongoing transaction began at (-1: none).
+    pub producer_txns: Vec<(i32, i64)>,
 }
 
 /// Special ListOffsets timestamps.
@@ -241,13 +257,21 @@ impl Shard {
 pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> {
     match req {
         Request::Produce { acks, parts } => produce(shard, acks, parts),
-        Request::Fetch { parts } => {
+        Request::Fetch {
+            parts,
+            read_committed,
+        } => {
             let shard = shard.clone();
-            Box::pin(async move { Reply::Fetch(fetch(&shard, parts).await) })
+            Box::pin(async move { Reply::Fetch(fetch(&shard, parts, read_committed).await) })
         }
-        Request::ListOffsets { parts } => {
+        Request::ListOffsets {
+            parts,
+            read_committed,
+        } => {
             let shard = shard.clone();
-            Box::pin(async move { Reply::ListOffsets(list_offsets(&shard, parts).await) })
+            Box::pin(async move {
+                Reply::ListOffsets(list_offsets(&shard, parts, read_committed).await)
+            })
         }
         Request::DeleteRecords { parts } => {
             let shard = shard.clone();
@@ -271,13 +295,24 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
                     |(topic, partition)| match log_for(shard, &topic, partition) {
                         Some(log) => {
                             let l = log.borrow();
+                            let producers = l.producers.describe();
+                            let producer_txns = producers
+                                .iter()
+                                .map(|(id, ..)| {
+                                    (
+                                        l.producers.coordinator_epoch(*id),
+                                        l.producers.ongoing_txn(*id).unwrap_or(-1),
+                                    )
+                                })
+                                .collect();
                             PartitionInfo {
                                 topic,
                                 partition,
                                 error: 0,
                                 size: l.size_bytes(),
                                 log_end_offset: l.next_offset,
-                                producers: l.producers.describe(),
+                                producers,
+                                producer_txns,
                             }
                         }
                         None => PartitionInfo {
@@ -293,13 +328,22 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
             Box::pin(async move { Reply::Describe(infos) })
         }
         Request::WriteTxnMarkers { marker, parts } => write_markers(shard, marker, parts),
-        Request::WaitForData { parts, max_wait } => {
+        Request::WaitForData {
+            parts,
+            max_wait,
+            read_committed,
+        } => {
             let listener = Listener::new();
             let mut ready = false;
             for (topic, partition, offset) in &parts {
                 if let Some(log) = log_for(shard, topic, *partition) {
                     let l = log.borrow();
-                    ready |= l.next_offset > *offset || *offset < l.log_start_offset;
+                    let end = if read_committed {
+                        l.last_stable_offset()
+                    } else {
+                        l.next_offset
+                    };
+                    ready |= end > *offset || *offset < l.log_start_offset;
                     listener.listen(&l.appended);
                 }
             }
@@ -541,39 +585,51 @@ fn write_markers(
     })
 }
 
-async fn fetch(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchResult> {
+async fn fetch(shard: &Rc<Shard>, parts: Vec<FetchPart>, read_committed: bool) -> Vec<FetchResult> {
     let mut out = Vec::with_capacity(parts.len());
     for part in parts {
         let Some(log) = log_for(shard, &part.topic, part.partition) else {
             out.push(FetchResult {
                 error: unknown(),
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start_offset: -1,
-                records: Bytes::new(),
+                ..Default::default()
             });
             continue;
         };
         let read = plog::read(&log, part.offset, part.max_bytes).await;
         let l = log.borrow();
-        out.push(match read {
-            Ok(records) => FetchResult {
-                error: 0,
-                high_watermark: l.high_watermark(),
-                log_start_offset: l.log_start_offset,
-                records,
-            },
-            Err(e) => FetchResult {
-                error: log_error_code(&e),
-                high_watermark: l.high_watermark(),
-                log_start_offset: l.log_start_offset,
-                records: Bytes::new(),
-            },
-        });
+        let lso = l.last_stable_offset();
+        let mut result = FetchResult {
+            error: 0,
+            high_watermark: l.high_watermark(),
+            last_stable_offset: lso,
+            log_start_offset: l.log_start_offset,
+            ..Default::default()
+        };
+        match read {
+            Ok(records) if read_committed => {
+                // Only what is stable; the batches read may reach past the LSO.
+                let (records, end) = batch::before(records, lso);
+                if end > part.offset {
+                    result.aborted = l.aborted_txns(part.offset, end);
+                }
+                result.records = records;
+            }
+            Ok(records) => result.records = records,
+            Err(e) => result.error = log_error_code(&e),
+        }
+        out.push(result);
     }
     out
 }
 
-async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    parts: Vec<OffsetQuery>,
+    read_committed: bool,
+) -> Vec<OffsetAnswer> {
     let mut out = Vec::with_capacity(parts.len());
     for q in parts {
         let Some(log) = log_for(shard, &q.topic, q.partition) else {
@@ -584,17 +640,30 @@ async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetA
             });
             continue;
         };
+        // As Kafka: a read_committed client sees offsets below the LSO only.
         let (start, end) = {
             let l = log.borrow();
-            (l.log_start_offset, l.high_watermark())
+            let end = if read_committed {
+                l.last_stable_offset()
+            } else {
+                l.high_watermark()
+            };
+            (l.log_start_offset, end)
+        };
+        let visible = |(offset, ts): (i64, i64)| {
+            if offset < end {
+                (offset, ts)
+            } else {
+                (-1, -1)
+            }
         };
         let answer = match q.timestamp {
             LATEST => Ok((end, -1)),
             EARLIEST => Ok((start, -1)),
-            MAX_TIMESTAMP => plog::max_timestamp_offset(&log).await,
+            MAX_TIMESTAMP => plog::max_timestamp_offset(&log).await.map(visible),
             ts => plog::offset_for_timestamp(&log, ts)
                 .await
-                .map(|found| found.unwrap_or((-1, -1))),
+                .map(|found| visible(found.unwrap_or((-1, -1)))),
         };
         out.push(match answer {
             Ok((offset, timestamp)) => OffsetAnswer {

@@ -245,6 +245,22 @@ pub fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
     records.slice(..end)
 }
 
+/// The leading whole batches of `records` that end below offset `end` (a read_committed
+/// read stops at the last stable offset), and the offset after the last one kept (the
+/// first batch's base when none is kept, 0 when there is none).
+pub fn before(records: Bytes, end: i64) -> (Bytes, i64) {
+    let mut at = 0;
+    let mut next = BatchHeader::parse(&records).map_or(0, |h| h.base_offset);
+    while let Some(h) = BatchHeader::parse(&records[at..]) {
+        if h.size == 0 || at + h.size > records.len() || h.last_offset() >= end {
+            break;
+        }
+        at += h.size;
+        next = h.last_offset() + 1;
+    }
+    (records.slice(..at), next)
+}
+
 /// Checks magic, length and CRC of the one batch that starts `b` and returns its header.
 pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if b.len() < HEADER_LEN {

@@ -186,21 +186,56 @@ impl PartitionLog {
         log.segments.clear();
         let now = now_ms();
         let interval = log.settings.index_interval_bytes as u64;
-        // Producer state: the snapshot of the last clean stop, then every batch after it.
+        // Producer and transaction state: the last snapshot (saved when a segment is
+        // sealed and at a clean stop), then every batch after it, markers included.
         let (covered, producers) =
             ProducerStates::load(&dir).unwrap_or((0, ProducerStates::default()));
         log.producers = producers;
         for (i, base) in bases.iter().enumerate() {
             let mut seg = Segment::load(&dir, *base, now).await?;
             let had_index = seg.load_index_files();
+            if !seg.load_txn_index() {
+                log::warn!("{topic}-{partition}: damaged aborted-transaction index of segment {base}: rebuilding it");
+                seg.aborted.clear();
+                seg.index.clear();
+            }
+            // A segment that may hold batches past the snapshot is read from there on.
+            let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+            let from = (next_base > covered).then_some(covered);
             let states = &mut log.producers;
+            let mut aborted = Vec::new();
             let scan = seg
-                .scan(interval, &mut |h| {
-                    if h.base_offset >= covered {
-                        states.record(h);
+                .scan(interval, from, &mut |h, bytes| {
+                    if h.base_offset < covered {
+                        return;
+                    }
+                    states.record(h);
+                    let Some(m) = batch::marker_of(bytes, h) else {
+                        return;
+                    };
+                    let at = h.base_offset;
+                    let ended =
+                        states.end_txn(h.producer_id, h.producer_epoch, m.coordinator_epoch, at);
+                    if let (Some(first), false) = (ended, m.commit) {
+                        aborted.push(AbortedTxn {
+                            producer_id: h.producer_id,
+                            first_offset: first,
+                            last_offset: at,
+                            last_stable_offset: states
+                                .first_unstable_offset()
+                                .map_or(at + 1, |f| f.min(at + 1)),
+                        });
                     }
                 })
                 .await?;
+            // Markers below the snapshot are in the index file already; torn ones go.
+            seg.aborted.retain(|a| a.last_offset < scan.next_offset);
+            for a in aborted {
+                if !seg.aborted.iter().any(|e| e.last_offset == a.last_offset) {
+                    seg.aborted.push(a);
+                }
+            }
+            seg.aborted.sort_by_key(|a| a.last_offset);
             if scan.torn_bytes > 0 {
                 let is_last = i + 1 == bases.len();
                 // Zero padding after the last block-aligned write is not damage.
@@ -220,6 +255,10 @@ impl PartitionLog {
                             let _ = std::fs::remove_file(seg.paths()[1].clone());
                             let _ = std::fs::remove_file(seg.paths()[2].clone());
                         }
+                        // The file must not name markers the cut removed.
+                        if let Err(e) = seg.write_txn_index() {
+                            log::warn!("{topic}-{partition}: rewriting the aborted-transaction index of segment {base}: {e}");
+                        }
                     }
                     file.truncate(scan.valid_size)
                         .await
@@ -238,6 +277,10 @@ impl PartitionLog {
             .min(log.next_offset);
         log.written_offset = log.next_offset;
         log.durable_offset = log.next_offset;
+        // A snapshot may describe appends the disk never got (a kill -9 before they were
+        // written): what lies past the log's end is forgotten.
+        log.producers.forget_from(log.next_offset);
+        log.producers.prune_ended(log.next_offset);
         Ok(log)
     }
 
@@ -270,7 +313,11 @@ impl PartitionLog {
         let full = active.size > 0 && active.size + incoming as u64 > segment_bytes;
         let old = active.size > 0 && segment_ms > 0 && now - active.created_ms >= segment_ms;
         if full || old {
+            // The producer state as of the segment's end, saved once it is on disk.
+            let snapshot = self.producers.clone();
+            let active = self.active();
             active.sealed = true;
+            active.roll_snapshot = Some(snapshot);
             let seg = Segment::new(&self.dir, next, now);
             self.segments.insert(next, seg);
         }

@@ -1,6 +1,7 @@
 //! ListOffsets (key 2), v1–v10: earliest (-2), latest (-1), max timestamp (-3), or the
 //! first offset at or after a timestamp. ACLs: DESCRIBE on each topic, else
-//! TOPIC_AUTHORIZATION_FAILED.
+//! TOPIC_AUTHORIZATION_FAILED. With `isolation_level` 1 (READ_COMMITTED, v2+) LATEST is
+//! the last stable offset and nothing at or past it is found, as Kafka answers.
 //!
 //! Runs on the connection's shard; each owner shard answers for its partitions (one
 //! envelope per owner).
@@ -27,6 +28,7 @@ pub fn handle(
 ) -> Pending {
     deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
+        let read_committed = version >= 2 && req.isolation_level == 1;
         let mut layout = Vec::new();
         let mut items = Vec::new();
         let mut n = 0;
@@ -66,6 +68,7 @@ pub fn handle(
                         timestamp,
                     })
                     .collect(),
+                read_committed,
             },
             |reply| match reply {
                 Reply::ListOffsets(rs) => Some(rs),
