@@ -140,6 +140,9 @@ pub struct KafkaConfig {
     pub group_min_session_timeout_ms: u64,
     /// `group.max.session.timeout.ms`
     pub group_max_session_timeout_ms: u64,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a transactional
+    /// producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it).
+    pub transaction_max_timeout_ms: u64,
     /// `listeners` with `listener.security.protocol.map` and `advertised.listeners`: each
     /// `[[kafka.listeners]]` has a name, an address, a security protocol (`PLAINTEXT`,
     /// `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`; the name when left out) and what Metadata
@@ -593,6 +596,7 @@ impl Default for KafkaConfig {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            transaction_max_timeout_ms: 900_000,
             listeners: Vec::new(),
             sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),
             connections_max_reauth_ms: 0,

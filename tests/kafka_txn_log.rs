@@ -1,6 +1,7 @@
 //! Transactions at the partition (issue 18): transactional batches produced raw over a
-//! socket, markers written with WriteTxnMarkers (what a coordinator and
-//! `kafka-transactions.sh abort` send); a read_committed Fetch stops at the last stable
+//! socket (after InitProducerId and AddPartitionsToTxn, which the coordinator checks),
+//! markers written with WriteTxnMarkers (what `kafka-transactions.sh abort` sends to end
+//! a hanging transaction on a partition); a read_committed Fetch stops at the last stable
 //! offset and lists aborted transactions so librdkafka drops their records; ListOffsets
 //! READ_COMMITTED; DescribeProducers' transaction start; a read_committed long poll woken
 //! by a marker; the LSO and aborted index back after kill -9; WriteTxnMarkers' ACL.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use common::kafka::{assigned, create_topic, poll_for, poll_n, read_frame, request_frame};
 use common::{data_dir, Broker};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -22,9 +24,11 @@ use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, DescribeProducersRequest, DescribeProducersResponse, FetchRequest,
-    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse,
-    ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, BrokerId,
+    DescribeProducersRequest, DescribeProducersResponse, FetchRequest, FetchResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ProduceRequest, ProduceResponse, ProducerId, TopicName, TransactionalId,
+    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
@@ -98,10 +102,38 @@ fn batch(label: &str, n: usize, producer: Option<(i64, i16, i32)>) -> Bytes {
     buf.freeze()
 }
 
-/// Produces `records` to partition 0 (v8, acks=all); (error, base offset).
-fn produce(s: &mut TcpStream, records: Bytes, transactional: bool) -> (i16, i64) {
+/// A transactional producer as a client drives it: InitProducerId for `id`, then
+/// AddPartitionsToTxn of partition 0 (the coordinator checks a transactional produce
+/// against it, KIP-890); (producer id, epoch).
+fn begin(s: &mut TcpStream, id: &'static str) -> (i64, i16) {
+    let tid = || TransactionalId(StrBytes::from_static_str(id));
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(Some(tid()))
+        .with_transaction_timeout_ms(120_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let mut resp = call(s, ApiKey::InitProducerId, 4, &req);
+    let init = InitProducerIdResponse::decode(&mut resp, 4).expect("init response");
+    assert_eq!(init.error_code, 0, "InitProducerId");
+    let req = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(tid())
+        .with_v3_and_below_producer_id(init.producer_id)
+        .with_v3_and_below_producer_epoch(init.producer_epoch)
+        .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+            .with_name(topic())
+            .with_partitions(vec![0])]);
+    let mut resp = call(s, ApiKey::AddPartitionsToTxn, 3, &req);
+    let added = AddPartitionsToTxnResponse::decode(&mut resp, 3).expect("add response");
+    let code = added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code;
+    assert_eq!(code, 0, "AddPartitionsToTxn");
+    (init.producer_id.0, init.producer_epoch)
+}
+
+/// Produces `records` to partition 0 (v8, acks=all), as the transactional producer `id`
+/// when given; (error, base offset).
+fn produce(s: &mut TcpStream, records: Bytes, id: Option<&'static str>) -> (i16, i64) {
     let req = ProduceRequest::default()
-        .with_transactional_id(transactional.then(|| StrBytes::from_static_str("tx-raw").into()))
+        .with_transactional_id(id.map(|id| TransactionalId(StrBytes::from_static_str(id))))
         .with_acks(-1)
         .with_timeout_ms(10_000)
         .with_topic_data(vec![TopicProduceData::default()
@@ -228,14 +260,15 @@ fn read_committed_stops_at_the_open_transaction_and_drops_aborted_ones() {
     create_topic(&broker, TOPIC, 1, &[]);
     let mut s = connect(&broker);
 
-    assert_eq!(produce(&mut s, batch("a", 3, None), false), (0, 0));
+    let (a, a_epoch) = begin(&mut s, "tx-a");
+    assert_eq!(produce(&mut s, batch("a", 3, None), None), (0, 0));
     assert_eq!(
-        produce(&mut s, batch("x", 2, Some((5000, 0, 0))), true),
+        produce(&mut s, batch("x", 2, Some((a, a_epoch, 0))), Some("tx-a")),
         (0, 3)
     );
-    assert_eq!(produce(&mut s, batch("b", 2, None), false), (0, 5));
+    assert_eq!(produce(&mut s, batch("b", 2, None), None), (0, 5));
 
-    // Transaction of 5000 open at 3: the LSO.
+    // The transaction of producer a is open at 3: the LSO.
     let all = fetch(&mut s, 0, false, 0);
     assert_eq!((all.records, all.high_watermark), (7, 7));
     assert_eq!(all.last_stable_offset, 3);
@@ -243,26 +276,27 @@ fn read_committed_stops_at_the_open_transaction_and_drops_aborted_ones() {
     assert_eq!((stable.records, stable.last_stable_offset), (3, 3));
     assert!(stable.aborted.is_empty());
     assert_eq!((latest(&mut s, true), latest(&mut s, false)), (3, 7));
-    assert_eq!(producers(&mut s), vec![(5000, 3)]);
+    assert_eq!(producers(&mut s), vec![(a, 3)]);
     assert_eq!(consume(&broker, "read_committed", 3), ["a-0", "a-1", "a-2"]);
 
-    // Abort it: everything is stable, and the aborted transaction is listed.
-    assert_eq!(marker(&mut s, 5000, 0, false), 0);
+    // Abort it on the partition: everything is stable, the aborted transaction listed.
+    assert_eq!(marker(&mut s, a, a_epoch, false), 0);
     let stable = fetch(&mut s, 0, true, 0);
     assert_eq!((stable.high_watermark, stable.last_stable_offset), (8, 8));
     assert_eq!(stable.records, 8, "the marker is a record of the log");
-    assert_eq!(stable.aborted, vec![(5000, 3)]);
-    assert_eq!(producers(&mut s), vec![(5000, -1)]);
+    assert_eq!(stable.aborted, vec![(a, 3)]);
+    assert_eq!(producers(&mut s), vec![(a, -1)]);
     // From past the marker nothing aborted overlaps.
     assert_eq!(fetch(&mut s, 8, true, 0).aborted, vec![]);
 
     // A committed transaction of another producer.
+    let (b, b_epoch) = begin(&mut s, "tx-b");
     assert_eq!(
-        produce(&mut s, batch("y", 2, Some((5001, 0, 0))), true),
+        produce(&mut s, batch("y", 2, Some((b, b_epoch, 0))), Some("tx-b")),
         (0, 8)
     );
     assert_eq!(latest(&mut s, true), 8);
-    assert_eq!(marker(&mut s, 5001, 0, true), 0);
+    assert_eq!(marker(&mut s, b, b_epoch, true), 0);
     assert_eq!(latest(&mut s, true), 11);
 
     let committed = consume(&broker, "read_committed", 7);
@@ -277,12 +311,12 @@ fn read_committed_stops_at_the_open_transaction_and_drops_aborted_ones() {
         ["a-0", "a-1", "a-2", "x-0", "x-1", "b-0", "b-1", "y-0", "y-1"]
     );
 
-    // A marker with a newer epoch fences the producer's old instance.
-    assert_eq!(marker(&mut s, 5001, 1, false), 0);
-    let (error, _) = produce(&mut s, batch("z", 1, Some((5001, 0, 2))), true);
+    // A marker with a newer epoch fences the producer's old instance on the partition.
+    assert_eq!(marker(&mut s, b, b_epoch + 1, false), 0);
+    let (error, _) = produce(&mut s, batch("z", 1, Some((b, b_epoch, 2))), Some("tx-b"));
     assert_eq!(error, 47, "INVALID_PRODUCER_EPOCH");
     assert_eq!(
-        marker(&mut s, 5001, 0, false),
+        marker(&mut s, b, b_epoch, false),
         47,
         "an older marker is refused"
     );
@@ -296,15 +330,16 @@ fn a_read_committed_long_poll_wakes_when_the_transaction_ends() {
     let broker = Broker::start(&data, &[]);
     create_topic(&broker, TOPIC, 1, &[]);
     let mut s = connect(&broker);
+    let (p, epoch) = begin(&mut s, "tx-poll");
     assert_eq!(
-        produce(&mut s, batch("x", 2, Some((7000, 0, 0))), true),
+        produce(&mut s, batch("x", 2, Some((p, epoch, 0))), Some("tx-poll")),
         (0, 0)
     );
     let mut poller = connect(&broker);
     let started = Instant::now();
     let waiting = std::thread::spawn(move || fetch(&mut poller, 0, true, 15_000));
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(marker(&mut s, 7000, 0, true), 0);
+    assert_eq!(marker(&mut s, p, epoch, true), 0);
     let got = waiting.join().expect("poller");
     let took = started.elapsed();
     assert_eq!((got.records, got.last_stable_offset), (3, 3));
@@ -320,19 +355,33 @@ fn the_last_stable_offset_and_aborted_index_survive_kill_9() {
     // Small segments: the transactions span several.
     create_topic(&broker, TOPIC, 1, &[("segment.bytes", "1024")]);
     let mut s = connect(&broker);
-    produce(&mut s, batch("x", 2, Some((1, 0, 0))), true);
-    produce(&mut s, batch("o", 1, Some((2, 0, 0))), true);
+    let (one, one_epoch) = begin(&mut s, "tx-1");
+    let (two, two_epoch) = begin(&mut s, "tx-2");
+    produce(
+        &mut s,
+        batch("x", 2, Some((one, one_epoch, 0))),
+        Some("tx-1"),
+    );
+    produce(
+        &mut s,
+        batch("o", 1, Some((two, two_epoch, 0))),
+        Some("tx-2"),
+    );
     for i in 0..12 {
-        produce(&mut s, batch(&format!("p{i}"), 1, None), false);
+        produce(&mut s, batch(&format!("p{i}"), 1, None), None);
     }
-    produce(&mut s, batch("x", 1, Some((1, 0, 2))), true);
-    assert_eq!(marker(&mut s, 1, 0, false), 0);
+    produce(
+        &mut s,
+        batch("x", 1, Some((one, one_epoch, 2))),
+        Some("tx-1"),
+    );
+    assert_eq!(marker(&mut s, one, one_epoch, false), 0);
     for i in 12..24 {
-        produce(&mut s, batch(&format!("p{i}"), 1, None), false);
+        produce(&mut s, batch(&format!("p{i}"), 1, None), None);
     }
     let before = fetch(&mut s, 0, true, 0);
     assert_eq!(before.last_stable_offset, 2);
-    assert_eq!(before.aborted, vec![(1, 0)]);
+    assert_eq!(before.aborted, vec![(one, 0)]);
     let all = fetch(&mut s, 3, true, 0);
     assert_eq!(all.records, 0, "nothing stable past the open transaction");
     drop(s);
@@ -349,12 +398,14 @@ fn the_last_stable_offset_and_aborted_index_survive_kill_9() {
         ),
         (before.high_watermark, 2, 2)
     );
-    assert_eq!(after.aborted, vec![(1, 0)]);
-    assert_eq!(producers(&mut s), vec![(1, -1), (2, 2)]);
-    assert_eq!(marker(&mut s, 2, 0, true), 0);
+    assert_eq!(after.aborted, vec![(one, 0)]);
+    let mut expected = vec![(one, -1), (two, 2)];
+    expected.sort_unstable();
+    assert_eq!(producers(&mut s), expected);
+    assert_eq!(marker(&mut s, two, two_epoch, true), 0);
     let end = fetch(&mut s, 0, true, 0);
     assert_eq!(end.last_stable_offset, end.high_watermark);
-    assert_eq!(end.aborted, vec![(1, 0)]);
+    assert_eq!(end.aborted, vec![(one, 0)]);
 }
 
 /// WriteTxnMarkers needs CLUSTER_ACTION on the cluster, as in Kafka: without it every
@@ -377,13 +428,10 @@ fn write_txn_markers_needs_cluster_action() {
         );
         create_topic(&broker, TOPIC, 1, &[]);
         let mut s = connect(&broker);
-        assert_eq!(
-            produce(&mut s, batch("x", 1, Some((3, 0, 0))), false),
-            (0, 0)
-        );
+        assert_eq!(produce(&mut s, batch("a", 1, None), None), (0, 0));
         assert_eq!(marker(&mut s, 3, 0, false), expected, "with {ops}");
-        let stable = fetch(&mut s, 0, true, 0);
-        let lso = if expected == 0 { 2 } else { 0 };
-        assert_eq!(stable.last_stable_offset, lso, "with {ops}");
+        // Written, the marker takes offset 1.
+        let end = fetch(&mut s, 0, false, 0).high_watermark;
+        assert_eq!(end, if expected == 0 { 2 } else { 1 }, "with {ops}");
     }
 }
