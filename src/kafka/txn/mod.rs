@@ -23,6 +23,11 @@
 //!
 //! One state change per id at a time: while a change of an id is being made durable, other
 //! changes of it are answered CONCURRENT_TRANSACTIONS (clients retry), as Kafka does.
+//! A request that finds its id completing (markers being written after EndTxn) waits up to
+//! `SETTLE_WAIT` for the completion before it is refused the same way: the producer's next
+//! transaction usually starts right after its commit, and librdkafka retries a refusal
+//! only after `retry.backoff.ms` (100 ms), which would cap a producer at about ten
+//! transactions a second.
 
 pub mod log;
 pub mod producer_id;
@@ -32,7 +37,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
 
@@ -42,6 +47,7 @@ use crate::broker::Shard;
 use crate::config::Config;
 use crate::kafka::owner::TxnMarker;
 use crate::storage::log::now_ms;
+use crate::util::notify::{Listener, Notify};
 
 /// The shard that coordinates transactional id `id`.
 pub fn txn_owner(id: &str, shards: usize) -> usize {
@@ -132,9 +138,14 @@ pub struct Coordinator {
     log: Rc<RecordLog>,
     max_timeout_ms: u64,
     shard_id: usize,
+    /// Fired whenever a transaction reaches CompleteCommit/CompleteAbort.
+    completed: Notify,
 }
 
 const LOG: &str = "transactions.log";
+
+/// How long a request waits for its id's Prepare state to complete (see the module doc).
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 fn encode(meta: &TxnMeta) -> Result<Vec<u8>, TxnError> {
     rkyv::to_bytes::<rkyv::rancor::Error>(meta)
@@ -189,6 +200,7 @@ impl Coordinator {
             log: Rc::new(log),
             max_timeout_ms: config.kafka.transaction_max_timeout_ms,
             shard_id,
+            completed: Notify::new(),
         }))
     }
 
@@ -207,6 +219,29 @@ impl Coordinator {
 
     fn get(&self, id: &str) -> Option<TxnMeta> {
         self.txns.borrow().get(id).cloned()
+    }
+
+    /// Waits (at most `SETTLE_WAIT`) while `id` is completing a transaction.
+    async fn settled(&self, id: &str) {
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            let listener = Listener::new();
+            listener.listen(&self.completed);
+            let preparing = self
+                .txns
+                .borrow()
+                .get(id)
+                .is_some_and(|m| m.state.preparing());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !preparing || left.is_zero() {
+                return;
+            }
+            let _ = glommio::timer::timeout(left, async {
+                listener.await;
+                Ok(())
+            })
+            .await;
+        }
     }
 
     fn claim(self: &Rc<Self>, id: &str) -> Result<Claim, TxnError> {
@@ -350,6 +385,7 @@ impl Coordinator {
         id: &str,
         f: impl FnOnce(&TxnMeta) -> Result<Option<TxnMeta>, TxnError>,
     ) -> Result<(), TxnError> {
+        self.settled(id).await;
         let Some(current) = self.get(id) else {
             return Err(TxnError::InvalidProducerIdMapping);
         };
@@ -370,27 +406,37 @@ impl Coordinator {
         if timeout_ms <= 0 || timeout_ms as u64 > self.max_timeout_ms {
             return Err(TxnError::InvalidTransactionTimeout);
         }
-        let claim = self.claim(&id)?;
-        let now = now_ms();
-        let outcome = match self.get(&id) {
-            None => InitOutcome::Ready(TxnMeta::new(&id, self.new_producer_id(), timeout_ms, now)),
-            Some(m) => m.init(timeout_ms, expected, now, || self.new_producer_id())?,
-        };
-        match outcome {
-            InitOutcome::Ready(next) => {
-                let answer = (next.producer_id, next.producer_epoch);
-                if self.get(&id).as_ref() != Some(&next) {
-                    self.persist(next).await?;
+        // Twice at most: an ongoing transaction of the old instance is aborted first, and
+        // the answer given once its markers are written (within `SETTLE_WAIT`).
+        for attempt in 0..2 {
+            self.settled(&id).await;
+            let claim = self.claim(&id)?;
+            let now = now_ms();
+            let outcome = match self.get(&id) {
+                None => {
+                    InitOutcome::Ready(TxnMeta::new(&id, self.new_producer_id(), timeout_ms, now))
                 }
-                Ok(answer)
-            }
-            InitOutcome::AbortFirst(next) => {
-                self.persist(next.clone()).await?;
-                drop(claim);
-                spawn_completion(shard, next);
-                Err(TxnError::ConcurrentTransactions)
+                Some(m) => m.init(timeout_ms, expected, now, || self.new_producer_id())?,
+            };
+            match outcome {
+                InitOutcome::Ready(next) => {
+                    let answer = (next.producer_id, next.producer_epoch);
+                    if self.get(&id).as_ref() != Some(&next) {
+                        self.persist(next).await?;
+                    }
+                    return Ok(answer);
+                }
+                InitOutcome::AbortFirst(next) => {
+                    if attempt > 0 {
+                        break;
+                    }
+                    self.persist(next.clone()).await?;
+                    drop(claim);
+                    spawn_completion(shard, next);
+                }
             }
         }
+        Err(TxnError::ConcurrentTransactions)
     }
 
     async fn end(
@@ -537,4 +583,5 @@ async fn complete(shard: Rc<Shard>, meta: TxnMeta) {
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+    coordinator.completed.notify();
 }
