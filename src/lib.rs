@@ -38,4 +38,5 @@ pub mod metrics;
 pub mod runtime;
 pub mod security;
 pub mod storage;
+pub mod stream;
 pub mod util;
