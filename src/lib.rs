@@ -22,6 +22,8 @@
 //!   the owner shard, consumer groups.
 //! - `amqp`: AMQP 0-9-1 — connections, channels, exchanges and routing, queues on their
 //!   owner shard, the durable queue store.
+//! - `stream`: stream queues — AMQP queues that are Kafka topics, and the mapping between
+//!   an AMQP message and a Kafka record.
 //! - `http`: metrics, health, the REST API and the dashboard, and the per-shard stats
 //!   snapshot they gather.
 //! - `broker`: the composition root — process start-up (data-dir lock, ownership

@@ -172,15 +172,31 @@ async fn amqp_publish_with_confirms_is_read_by_kafka_and_replayed_identically() 
             m.offset(),
             String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
             m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            m.headers().map(|h| h.count()).unwrap_or(0),
+            m.headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                            (h.key.to_owned(), v)
+                        })
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+                .unwrap_or_default(),
         ));
     });
     assert_eq!(got, n as usize);
-    for (i, (offset, value, key, nheaders)) in values.iter().enumerate() {
+    for (i, (offset, value, key, hs)) in values.iter().enumerate() {
         assert_eq!(*offset, i as i64);
         assert_eq!(value, &format!("order {i}"));
         assert_eq!(key.as_deref(), Some("new"), "routing key is the record key");
-        assert!(*nheaders > 0, "AMQP properties travel as Kafka headers");
+        // The documented headers a Kafka consumer reads (docs/streams.md).
+        let h = |k: &str| hs.get(k).cloned().flatten();
+        assert!(hs.contains_key("amqp-properties"), "{hs:?}");
+        assert_eq!(h("amqp-exchange").as_deref(), Some("shop"));
+        assert_eq!(h("content-type").as_deref(), Some("application/json"));
+        assert_eq!(h("message-id"), Some(format!("id-{i}")));
+        assert_eq!(h("amqp-header-text").as_deref(), Some("héllo"));
+        assert_eq!(h("amqp-header-int").as_deref(), Some("-7"));
     }
 
     // An AMQP consumer from `first` gets byte-identical properties back.
@@ -265,6 +281,17 @@ async fn kafka_records_are_consumed_over_amqp_from_every_offset_spec() {
     assert_eq!(offsets(&ds), (0..13).collect::<Vec<i64>>());
     assert_eq!(ds[3].data, b"event 3");
     assert_eq!(ds[3].routing_key.as_str(), "k3");
+    let h = ds[3].properties.headers().clone().expect("headers");
+    assert_eq!(
+        h.inner().get("source"),
+        Some(&s("kafka")),
+        "Kafka headers as AMQP headers"
+    );
+    let ts = ds[3].properties.timestamp().expect("timestamp property");
+    assert!(
+        ts >= before && ts <= before + 60,
+        "record timestamp {ts} in seconds"
+    );
 
     let ch = channel(&conn).await;
     let mut c = stream_consumer(&ch, "events", 4, Some(AMQPValue::LongLongInt(5)))

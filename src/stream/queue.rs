@@ -27,15 +27,14 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use amq_protocol::types::AMQPValue;
 use futures::future::select;
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
 
 use super::offset::StartAt;
-use super::stub as record;
+use super::record::{self, KeyFrom, RecordError};
 use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, Delivery, GetAnswer, QueueOp};
-use crate::amqp::message::{with_header, Message};
+use crate::amqp::message::Message;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply};
 use crate::broker::Shard;
@@ -45,6 +44,8 @@ use crate::util::notify::{Listener, Notify};
 
 /// The most a reader fetches at once.
 const FETCH_BYTES: usize = 1 << 20;
+/// The most record bytes a reader inflates per fetch (at least one batch always).
+const DECODE_BYTES: usize = 4 << 20;
 /// How long one wait-for-data call lasts before the reader asks again (it also wakes at
 /// once on credit, cancel or new data).
 const WAIT: Duration = Duration::from_secs(10);
@@ -349,7 +350,9 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
         let confirms: Vec<ConfirmTo> = batch.iter().filter_map(|(_, c)| *c).collect();
         let n = batch.len() as u64;
         let encoded = crate::storage::batch::encode_plain_batch(
-            batch.iter().map(|(m, _)| record::record_of(m, now)),
+            batch
+                .iter()
+                .map(|(m, _)| record::record_of(m, KeyFrom::default(), now)),
             Compression::None,
         );
         let records = match encoded {
@@ -489,11 +492,14 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>) {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let (records, next) = match record::records_of(got.records.clone(), offset) {
-            Ok(x) => x,
-            Err(e) => {
-                log::error!("stream '{}' at offset {offset}: {e}", r.queue.name);
-                return;
+        let mut budget = DECODE_BYTES;
+        let (records, next) = match record::records_of(&got.records, offset, &mut budget) {
+            Ok(d) => (d.records, d.next_offset),
+            Err(e @ RecordError::Malformed { next_offset, .. }) => {
+                // Skipped (logged), as a Kafka consumer cannot read it either.
+                log::error!("stream '{}': {e}", r.queue.name);
+                offset = next_offset.max(offset + 1);
+                continue;
             }
         };
         if records.is_empty() {
@@ -526,11 +532,16 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>) {
                 .borrow_mut()
                 .insert(id, r.spec.cid);
             r.unacked.set(r.unacked.get() + 1);
-            let msg = with_header(
-                &record::delivery_of(rec),
-                "x-stream-offset",
-                AMQPValue::LongLongInt(rec.offset),
-            );
+            let d = record::stream_delivery_of(rec);
+            let msg = Message {
+                exchange: d.exchange,
+                routing_key: d.routing_key,
+                properties: d.properties,
+                body: d.body,
+                persistent: true,
+                priority: 0,
+                expiration: None,
+            };
             items.push(Delivery {
                 id,
                 msg,

@@ -1,0 +1,1189 @@
+//! The lossless mapping between an AMQP message and a Kafka record, both ways: what a
+//! stream queue appends to its log for an AMQP publish (`record_of`), how the log's
+//! stored batches decode into records (`records_of`), and how a record becomes the parts
+//! of an AMQP delivery (`delivery_of`, `stream_delivery_of`).
+//!
+//! Pure functions, run on whichever shard publishes (the record) or delivers (the
+//! decoding). `records_of` and `delivery_of` take bytes from disk or the wire and never
+//! panic on them. `docs/streams.md` is the mapping table with examples; `shards/README.md`
+//! the record layout.
+//!
+//! AMQP → record: the body is the value, the routing key the key (`KeyFrom`), the publish
+//! time the timestamp. The publisher's property bytes travel verbatim in the
+//! `amqp-properties` header and the exchange in `amqp-exchange`, so a delivery returns
+//! byte-identical properties; readable copies of each property (`content-type`,
+//! `message-id`, …) and of each `headers` table entry (`amqp-header-NAME`) are written
+//! for Kafka consumers and never read back.
+//!
+//! Record → AMQP for records Kafka producers wrote (no valid `amqp-properties` header):
+//! value → body, key → routing key, Kafka headers → the `headers` table (long strings,
+//! null as void), the timestamp → the `timestamp` property in seconds.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::protocol::StrBytes;
+
+use amq_protocol::types::AMQPValue;
+
+use crate::amqp::message::{scan_properties, Message};
+use crate::storage::batch::{self, BatchHeader, PlainRecord, HEADER_LEN};
+use crate::storage::inflate::{self, Codec, InflateError, MAX_INFLATED_BYTES};
+
+/// The record header holding the publisher's property bytes (flags and list) verbatim.
+pub const PROPERTIES_HEADER: &str = "amqp-properties";
+/// The record header holding the exchange the message was published to.
+pub const EXCHANGE_HEADER: &str = "amqp-exchange";
+/// The record header holding the routing key when the key is not the routing key
+/// (`KeyFrom::None`).
+pub const ROUTING_KEY_HEADER: &str = "amqp-routing-key";
+/// The prefix of the readable copy of each entry of the `headers` property.
+pub const HEADER_PREFIX: &str = "amqp-header-";
+/// The AMQP header holding a Kafka key too long for a routing key (over 255 bytes).
+pub const KAFKA_KEY_HEADER: &str = "x-kafka-key";
+/// The AMQP header every stream delivery carries: the record's offset (a long long int).
+pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
+
+/// Which part of an AMQP message becomes the Kafka record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyFrom {
+    /// The routing key (the default): a Kafka consumer sees it as the key, and the
+    /// murmur2 partitioner places it as a Kafka producer with that key would.
+    #[default]
+    RoutingKey,
+    /// No key (null); the routing key goes in the `amqp-routing-key` header instead.
+    None,
+}
+
+impl KeyFrom {
+    /// Parses a setting's value: `routing-key` or `none`.
+    pub fn parse(s: &str) -> Option<KeyFrom> {
+        match s {
+            "routing-key" | "routing_key" => Some(KeyFrom::RoutingKey),
+            "none" => Some(KeyFrom::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyFrom::RoutingKey => "routing-key",
+            KeyFrom::None => "none",
+        }
+    }
+}
+
+/// One record of a stored batch, decoded. Header keys are kept as bytes and in order,
+/// duplicates included (Kafka allows them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: i64,
+    /// Milliseconds since the epoch (CreateTime, or the batch's LogAppendTime); -1 for none.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+impl StoredRecord {
+    /// The last header named `name` (Kafka's `Headers.lastHeader`).
+    pub fn header(&self, name: &str) -> Option<&Option<Bytes>> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_ref() == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+}
+
+/// What `records_of` decoded from a run of batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// The records at or after `from`, in offset order (control records never).
+    pub records: Vec<StoredRecord>,
+    /// Where the next read starts: one past the last batch (or record) consumed, at least
+    /// `from`. Moves past control batches and skipped records even when `records` is empty.
+    pub next_offset: i64,
+}
+
+/// Why `records_of` could decode nothing from the first batch at or after `from`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The batch's records section does not inflate or walk; `next_offset` is one past it.
+    #[error("stored batch at offset {base_offset} is unreadable: {reason}")]
+    Malformed {
+        base_offset: i64,
+        next_offset: i64,
+        reason: String,
+    },
+}
+
+/// The parts of an AMQP delivery: exchange, routing key, the property bytes (flags and
+/// list, ready for a content header frame) and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+/// An AMQP message as one Kafka record: the body as value, the key per `key_from`, the
+/// publish time `now_ms` as timestamp, and as headers the property bytes verbatim
+/// (`amqp-properties`), the exchange (`amqp-exchange`), the routing key when it is not the
+/// key (`amqp-routing-key`), then a readable copy of each property and header entry.
+pub fn record_of(msg: &Message, key_from: KeyFrom, now_ms: i64) -> PlainRecord {
+    let mut headers = batch::Headers::with_capacity(8);
+    headers.insert(
+        StrBytes::from_static_str(PROPERTIES_HEADER),
+        Some(msg.properties.clone()),
+    );
+    headers.insert(
+        StrBytes::from_static_str(EXCHANGE_HEADER),
+        Some(msg.exchange.clone()),
+    );
+    let key = match key_from {
+        KeyFrom::RoutingKey => Some(msg.routing_key.clone()),
+        KeyFrom::None => {
+            headers.insert(
+                StrBytes::from_static_str(ROUTING_KEY_HEADER),
+                Some(msg.routing_key.clone()),
+            );
+            None
+        }
+    };
+    readable_properties(&msg.properties, &mut headers);
+    PlainRecord {
+        timestamp: now_ms,
+        key,
+        value: Some(msg.body.clone()),
+        headers,
+    }
+}
+
+/// The Kafka header names of the basic properties, in property-flag order (bit 15 down).
+pub const PROPERTY_HEADERS: [&str; 14] = [
+    "content-type",
+    "content-encoding",
+    "headers",
+    "delivery-mode",
+    "priority",
+    "correlation-id",
+    "reply-to",
+    "expiration",
+    "message-id",
+    "timestamp",
+    "type",
+    "user-id",
+    "app-id",
+    "cluster-id",
+];
+
+/// One property's raw bytes as found in the list.
+enum Raw<'a> {
+    /// A short string's bytes (without its length).
+    Short(&'a [u8]),
+    /// The encoded headers table, with its length prefix.
+    Table(&'a [u8]),
+    Octet(u8),
+    Timestamp(u64),
+}
+
+/// Walks property bytes, calling `f(index, value)` for each property present (index as in
+/// `PROPERTY_HEADERS`). `None` when the bytes are malformed.
+fn each_property<'a>(raw: &'a [u8], mut f: impl FnMut(usize, Raw<'a>)) -> Option<()> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    let mut at = 2usize;
+    // Continuation flag words (bit 0 set) carry no property this version knows.
+    let mut last = flags;
+    while last & 1 != 0 {
+        last = u16::from_be_bytes([*raw.get(at)?, *raw.get(at + 1)?]);
+        at += 2;
+    }
+    for (i, _) in PROPERTY_HEADERS.iter().enumerate() {
+        if flags & (1 << (15 - i)) == 0 {
+            continue;
+        }
+        let value = match i {
+            2 => {
+                let len = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
+                let end = at.checked_add(4)?.checked_add(len)?;
+                let t = raw.get(at..end)?;
+                at = end;
+                Raw::Table(t)
+            }
+            3 | 4 => {
+                let o = *raw.get(at)?;
+                at += 1;
+                Raw::Octet(o)
+            }
+            9 => {
+                let t = u64::from_be_bytes(raw.get(at..at + 8)?.try_into().ok()?);
+                at += 8;
+                Raw::Timestamp(t)
+            }
+            _ => {
+                let n = *raw.get(at)? as usize;
+                let s = raw.get(at + 1..at + 1 + n)?;
+                at += 1 + n;
+                Raw::Short(s)
+            }
+        };
+        f(i, value);
+    }
+    Some(())
+}
+
+/// Adds the readable copies of the properties in `raw` to `headers`. Malformed bytes
+/// (which the publish path refuses before) add nothing.
+fn readable_properties(raw: &Bytes, headers: &mut batch::Headers) {
+    if scan_properties(raw).is_none() {
+        return;
+    }
+    let mut out: Vec<(StrBytes, Option<Bytes>)> = Vec::new();
+    let _ = each_property(raw, |i, v| match v {
+        Raw::Short(s) => out.push((
+            StrBytes::from_static_str(PROPERTY_HEADERS[i]),
+            Some(raw.slice_ref(s)),
+        )),
+        Raw::Octet(o) => out.push((
+            StrBytes::from_static_str(PROPERTY_HEADERS[i]),
+            Some(Bytes::from(o.to_string())),
+        )),
+        Raw::Timestamp(t) => out.push((
+            StrBytes::from_static_str(PROPERTY_HEADERS[i]),
+            Some(Bytes::from(t.to_string())),
+        )),
+        Raw::Table(t) => {
+            let table = crate::catalog::amqp::tables::decode_table(t);
+            for (k, v) in table.inner() {
+                out.push((
+                    StrBytes::from_string(format!("{HEADER_PREFIX}{}", k.as_str())),
+                    header_text(v),
+                ));
+            }
+        }
+    });
+    for (k, v) in out {
+        headers.insert(k, v);
+    }
+}
+
+/// An AMQP field value as the bytes of its readable Kafka header: strings and byte arrays
+/// as they are, booleans `true`/`false`, numbers and timestamps (seconds) in decimal,
+/// decimals as `value` scaled (`12.34`), tables and arrays as JSON, void as a null value.
+pub fn header_text(v: &AMQPValue) -> Option<Bytes> {
+    Some(match v {
+        AMQPValue::Void => return None,
+        AMQPValue::LongString(s) => Bytes::copy_from_slice(s.as_bytes()),
+        AMQPValue::ShortString(s) => Bytes::copy_from_slice(s.as_str().as_bytes()),
+        AMQPValue::ByteArray(b) => Bytes::copy_from_slice(b.as_slice()),
+        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => Bytes::from(json_of(v).to_string()),
+        other => Bytes::from(scalar_text(other)),
+    })
+}
+
+fn decimal_text(scale: u8, value: u32) -> String {
+    let digits = value.to_string();
+    let scale = scale as usize;
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{int}.{frac}")
+}
+
+fn scalar_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(x) => x.to_string(),
+        AMQPValue::ShortShortUInt(x) => x.to_string(),
+        AMQPValue::ShortInt(x) => x.to_string(),
+        AMQPValue::ShortUInt(x) => x.to_string(),
+        AMQPValue::LongInt(x) => x.to_string(),
+        AMQPValue::LongUInt(x) => x.to_string(),
+        AMQPValue::LongLongInt(x) => x.to_string(),
+        AMQPValue::Float(x) => x.to_string(),
+        AMQPValue::Double(x) => x.to_string(),
+        AMQPValue::DecimalValue(d) => decimal_text(d.scale, d.value),
+        AMQPValue::Timestamp(t) => t.to_string(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        AMQPValue::Void => String::new(),
+        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => json_of(v).to_string(),
+    }
+}
+
+/// A nested value as JSON: tables as objects, arrays as arrays, booleans and numbers as
+/// themselves (decimals as numbers, non-finite floats as null), void as null, strings and
+/// byte arrays as strings (bytes that are not UTF-8 replaced).
+fn json_of(v: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        AMQPValue::FieldTable(t) => J::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), json_of(v)))
+                .collect(),
+        ),
+        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(json_of).collect()),
+        AMQPValue::Boolean(b) => J::Bool(*b),
+        AMQPValue::Void => J::Null,
+        AMQPValue::Float(x) => serde_json::Number::from_f64(*x as f64).map_or(J::Null, J::Number),
+        AMQPValue::Double(x) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
+        AMQPValue::DecimalValue(d) => {
+            let text = decimal_text(d.scale, d.value);
+            serde_json::from_str::<serde_json::Number>(&text).map_or(J::String(text), J::Number)
+        }
+        AMQPValue::ShortShortInt(_)
+        | AMQPValue::ShortShortUInt(_)
+        | AMQPValue::ShortInt(_)
+        | AMQPValue::ShortUInt(_)
+        | AMQPValue::LongInt(_)
+        | AMQPValue::LongUInt(_)
+        | AMQPValue::LongLongInt(_)
+        | AMQPValue::Timestamp(_) => {
+            let text = scalar_text(v);
+            serde_json::from_str::<serde_json::Number>(&text).map_or(J::String(text), J::Number)
+        }
+        other => J::String(scalar_text(other)),
+    }
+}
+
+/// Decodes the record batches in `batches` (a Fetch answer's records, or a log read):
+/// every record at or after `from`, inflated whatever the codec, control batches
+/// skipped. A batch cut short at the end (as Fetch answers end) ends the run. `budget`
+/// bounds the bytes of records sections decoded: each batch's section is counted against
+/// it and the run stops once it is spent, but the first batch yielding records may use up
+/// to `inflate::MAX_INFLATED_BYTES` so a read always moves on. A malformed batch after
+/// some records ends the run there; as the first one it is an error naming the offset
+/// after it. Never panics on any bytes.
+pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Decoded, RecordError> {
+    let mut out = Decoded {
+        records: Vec::new(),
+        next_offset: from,
+    };
+    let mut at = 0usize;
+    while at < batches.len() {
+        let rest = &batches[at..];
+        let Some(h) = BatchHeader::parse(rest) else {
+            break;
+        };
+        if h.size > rest.len() {
+            break;
+        }
+        let one = batches.slice(at..at + h.size);
+        at += h.size;
+        let last = h.last_offset();
+        if h.is_control() || last < from || h.records <= 0 {
+            out.next_offset = out.next_offset.max(last.saturating_add(1));
+            continue;
+        }
+        if *budget == 0 && !out.records.is_empty() {
+            break;
+        }
+        let limit = if out.records.is_empty() {
+            MAX_INFLATED_BYTES
+        } else {
+            (*budget).min(MAX_INFLATED_BYTES)
+        };
+        let decoded = section(&one, &h, limit).and_then(|s| {
+            *budget = budget.saturating_sub(s.len());
+            walk(&s, &h, from)
+        });
+        match decoded {
+            Ok(records) => {
+                out.records.extend(records);
+                out.next_offset = out.next_offset.max(last.saturating_add(1));
+            }
+            Err(Stop::Budget) if !out.records.is_empty() => break,
+            Err(_) if !out.records.is_empty() => break,
+            Err(e) => {
+                return Err(RecordError::Malformed {
+                    base_offset: h.base_offset,
+                    next_offset: last.saturating_add(1).max(from),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Why one batch was not decoded.
+#[derive(Debug)]
+enum Stop {
+    Budget,
+    Bad(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Budget => f.write_str("records inflate past the read's budget"),
+            Stop::Bad(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The records section of a batch, inflated to at most `limit` bytes.
+fn section(one: &Bytes, h: &BatchHeader, limit: usize) -> Result<Bytes, Stop> {
+    let codec = Codec::from_id(h.compression()).map_err(|e| Stop::Bad(e.to_string()))?;
+    let section = one.slice(HEADER_LEN.min(one.len())..);
+    match inflate::inflate(section, codec, limit) {
+        Ok(s) => Ok(s),
+        Err(InflateError::TooLarge(_)) => Err(Stop::Budget),
+        Err(e) => Err(Stop::Bad(e.to_string())),
+    }
+}
+
+/// The records of an inflated section at or after `from`; keys, values and header
+/// values are slices of `s` (no copy).
+fn walk(s: &Bytes, h: &BatchHeader, from: i64) -> Result<Vec<StoredRecord>, Stop> {
+    let log_append = h.attributes & 0x08 != 0;
+    let mut out = Vec::with_capacity((h.records as usize).min(s.len() / 7 + 1));
+    let mut at = 0usize;
+    for i in 0..h.records {
+        let bad = |what: &str| Stop::Bad(format!("record {i} of the batch: {what}"));
+        let len = batch::varint(s, &mut at).ok_or_else(|| bad("length"))?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|&e| e <= s.len())
+            .ok_or_else(|| bad("length past the section"))?;
+        let body = s.slice(at..end);
+        let r = record(&body, h, log_append).ok_or_else(|| bad("malformed"))?;
+        at = end;
+        if r.offset >= from {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// One record's body (after its length): attributes, deltas, key, value, headers.
+fn record(b: &Bytes, h: &BatchHeader, log_append: bool) -> Option<StoredRecord> {
+    let mut at = 1usize; // attributes
+    if b.is_empty() {
+        return None;
+    }
+    let ts_delta = batch::varint(b, &mut at)?;
+    let offset_delta = batch::varint(b, &mut at)?;
+    let key = bytes_field(b, &mut at)?;
+    let value = bytes_field(b, &mut at)?;
+    let count = batch::varint(b, &mut at)?;
+    if count < 0 || count as usize > b.len() {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let k = bytes_field(b, &mut at)??;
+        let v = bytes_field(b, &mut at)?;
+        headers.push((k, v));
+    }
+    Some(StoredRecord {
+        offset: h.base_offset.checked_add(offset_delta)?,
+        timestamp: if log_append {
+            h.max_timestamp
+        } else {
+            h.base_timestamp.saturating_add(ts_delta)
+        },
+        key,
+        value,
+        headers,
+    })
+}
+
+/// A varint-length byte field: `Some(None)` for length -1 (null).
+fn bytes_field(b: &Bytes, at: &mut usize) -> Option<Option<Bytes>> {
+    let len = batch::varint(b, at)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let end = at.checked_add(usize::try_from(len).ok()?)?;
+    if end > b.len() {
+        return None;
+    }
+    let v = b.slice(*at..end);
+    *at = end;
+    Some(Some(v))
+}
+
+/// A record as the parts of an AMQP delivery. A record an AMQP publisher wrote (its
+/// `amqp-properties` header holds well-formed property bytes) gives back the published
+/// exchange, routing key, properties (byte-identical) and body. Any other record is one a
+/// Kafka producer wrote: value → body, key → routing key (empty when null), exchange
+/// empty, and properties holding the Kafka headers as the `headers` table (long strings,
+/// null as void; the last of duplicate names; names over 255 bytes left out) and the
+/// timestamp in seconds as `timestamp` (left out when the record has none).
+pub fn delivery_of(r: &StoredRecord) -> Delivery {
+    let body = r.value.clone().unwrap_or_default();
+    if let Some(Some(props)) = r.header(PROPERTIES_HEADER) {
+        let exchange = r.header(EXCHANGE_HEADER).cloned().flatten();
+        let routing_key = match r.header(ROUTING_KEY_HEADER) {
+            Some(rk) => rk.clone(),
+            None => r.key.clone(),
+        };
+        let exchange = exchange.unwrap_or_default();
+        let routing_key = routing_key.unwrap_or_default();
+        if exchange.len() <= 255 && routing_key.len() <= 255 && scan_properties(props).is_some() {
+            return Delivery {
+                exchange,
+                routing_key,
+                properties: props.clone(),
+                body,
+            };
+        }
+    }
+    let key = r.key.clone().unwrap_or_default();
+    let long_key = key.len() > 255;
+    Delivery {
+        exchange: Bytes::new(),
+        routing_key: if long_key { Bytes::new() } else { key },
+        properties: kafka_properties(r, long_key),
+        body,
+    }
+}
+
+/// `delivery_of` with the `x-stream-offset` header (the record's offset) added to the
+/// properties' `headers` table, as every stream delivery carries it.
+pub fn stream_delivery_of(r: &StoredRecord) -> Delivery {
+    let mut d = delivery_of(r);
+    d.properties = with_stream_offset(&d.properties, r.offset);
+    d
+}
+
+/// The property bytes of a record a Kafka producer wrote; with `long_key` (a key over the
+/// 255 bytes a routing key can hold) the key goes in the table as `x-kafka-key`.
+fn kafka_properties(r: &StoredRecord, long_key: bool) -> Bytes {
+    let mut flags = 0u16;
+    let mut list = BytesMut::new();
+    // The last header of each name, in first-seen order.
+    let key_entry = (
+        Bytes::from_static(KAFKA_KEY_HEADER.as_bytes()),
+        r.key.clone(),
+    );
+    let mut kept: Vec<&(Bytes, Option<Bytes>)> = Vec::with_capacity(r.headers.len() + 1);
+    if long_key {
+        kept.push(&key_entry);
+    }
+    for h in r.headers.iter().rev() {
+        if h.0.len() <= 255 && !kept.iter().any(|k| k.0 == h.0) {
+            kept.push(h);
+        }
+    }
+    kept.reverse();
+    if !kept.is_empty() {
+        flags |= 1 << 13;
+        let mut table = BytesMut::new();
+        for (k, v) in kept {
+            table.put_u8(k.len() as u8);
+            table.put_slice(k);
+            match v {
+                Some(v) => {
+                    table.put_u8(b'S');
+                    table.put_u32(v.len() as u32);
+                    table.put_slice(v);
+                }
+                None => table.put_u8(b'V'),
+            }
+        }
+        list.put_u32(table.len() as u32);
+        list.put_slice(&table);
+    }
+    if r.timestamp >= 0 {
+        flags |= 1 << 6;
+        list.put_u64((r.timestamp / 1000) as u64);
+    }
+    let mut out = BytesMut::with_capacity(2 + list.len());
+    out.put_u16(flags);
+    out.put_slice(&list);
+    out.freeze()
+}
+
+/// `properties` with `x-stream-offset` = `offset` (a long long int) in the `headers`
+/// table, every other byte kept: the entry is appended to the table (created when there
+/// is none). A table that already names `x-stream-offset` has that entry replaced (the
+/// one case that re-encodes the table). Malformed bytes come back unchanged.
+pub fn with_stream_offset(properties: &Bytes, offset: i64) -> Bytes {
+    let Some(view) = scan_properties(properties) else {
+        return properties.clone();
+    };
+    let mut entry = BytesMut::with_capacity(1 + STREAM_OFFSET_HEADER.len() + 9);
+    entry.put_u8(STREAM_OFFSET_HEADER.len() as u8);
+    entry.put_slice(STREAM_OFFSET_HEADER.as_bytes());
+    entry.put_u8(b'l');
+    entry.put_i64(offset);
+    // Where the headers table starts (or would): after the flag words, content-type and
+    // content-encoding.
+    let mut table_at = None;
+    let _ = each_property(properties, |i, v| {
+        if let (2, Raw::Table(t)) = (i, v) {
+            table_at = Some(t.as_ptr() as usize - properties.as_ptr() as usize);
+        }
+    });
+    match (view.headers, table_at) {
+        (Some(table), Some(at)) => {
+            let decoded = crate::catalog::amqp::tables::decode_table(&table);
+            let new_table = if decoded
+                .inner()
+                .keys()
+                .any(|k| k.as_str() == STREAM_OFFSET_HEADER)
+            {
+                let mut t = decoded;
+                t.insert(STREAM_OFFSET_HEADER.into(), AMQPValue::LongLongInt(offset));
+                Bytes::from(crate::catalog::amqp::tables::encode_table(&t))
+            } else {
+                let mut t = BytesMut::with_capacity(table.len() + entry.len());
+                t.put_u32((table.len() - 4 + entry.len()) as u32);
+                t.put_slice(&table[4..]);
+                t.put_slice(&entry);
+                t.freeze()
+            };
+            let mut out = BytesMut::with_capacity(properties.len() + entry.len());
+            out.put_slice(&properties[..at]);
+            out.put_slice(&new_table);
+            out.put_slice(&properties[at + table.len()..]);
+            out.freeze()
+        }
+        _ => {
+            // No table: set the headers flag and insert one after content-encoding.
+            let mut at = 2usize;
+            while properties.get(at - 1).is_some_and(|b| b & 1 != 0) {
+                at += 2;
+            }
+            let flags = u16::from_be_bytes([properties[0], properties[1]]);
+            for bit in [15u32, 14] {
+                if flags & (1 << bit) != 0 {
+                    at += 1 + properties.get(at).copied().unwrap_or(0) as usize;
+                }
+            }
+            let Some(head) = properties.get(..at) else {
+                return properties.clone();
+            };
+            let mut out = BytesMut::with_capacity(properties.len() + 4 + entry.len());
+            out.put_slice(head);
+            out[0..2].copy_from_slice(&(flags | 1 << 13).to_be_bytes());
+            out.put_u32(entry.len() as u32);
+            out.put_slice(&entry);
+            out.put_slice(&properties[at..]);
+            out.freeze()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amqp::message::{encode_properties, parse_props};
+    use amq_protocol::protocol::basic::AMQPProperties;
+    use amq_protocol::types::{ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
+    use kafka_protocol::records::Compression;
+
+    const CODECS: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// Every basic property set, and a headers table holding every field type, nested.
+    fn every_property() -> Bytes {
+        let mut inner = FieldTable::default();
+        inner.insert("depth".into(), AMQPValue::LongInt(2));
+        inner.insert(
+            "list".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                AMQPValue::Boolean(true),
+                AMQPValue::LongString(LongString::from("x")),
+                AMQPValue::Void,
+            ])),
+        );
+        let mut h = FieldTable::default();
+        h.insert("bool".into(), AMQPValue::Boolean(false));
+        h.insert("i8".into(), AMQPValue::ShortShortInt(-8));
+        h.insert("u8".into(), AMQPValue::ShortShortUInt(8));
+        h.insert("i16".into(), AMQPValue::ShortInt(-16));
+        h.insert("u16".into(), AMQPValue::ShortUInt(16));
+        h.insert("i32".into(), AMQPValue::LongInt(-32));
+        h.insert("u32".into(), AMQPValue::LongUInt(32));
+        h.insert("i64".into(), AMQPValue::LongLongInt(-64));
+        h.insert("f32".into(), AMQPValue::Float(1.5));
+        h.insert("f64".into(), AMQPValue::Double(-2.25));
+        h.insert(
+            "dec".into(),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 1234,
+            }),
+        );
+        h.insert(
+            "str".into(),
+            AMQPValue::LongString(LongString::from(&b"caf\xc3\xa9"[..])),
+        );
+        h.insert(
+            "bin".into(),
+            AMQPValue::ByteArray(ByteArray::from(&b"\x00\xff"[..])),
+        );
+        h.insert("ts".into(), AMQPValue::Timestamp(1_700_000_000));
+        h.insert("void".into(), AMQPValue::Void);
+        h.insert("table".into(), AMQPValue::FieldTable(inner));
+        let p = AMQPProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("gzip".into())
+            .with_headers(h)
+            .with_delivery_mode(2)
+            .with_priority(7)
+            .with_correlation_id("corr-1".into())
+            .with_reply_to("replies".into())
+            .with_expiration("60000".into())
+            .with_message_id("msg-1".into())
+            .with_timestamp(1_600_000_000)
+            .with_type("order.created".into())
+            .with_user_id("guest".into())
+            .with_app_id("shop".into())
+            .with_cluster_id("c1".into());
+        encode_properties(&p).expect("encodes")
+    }
+
+    fn message(properties: Bytes) -> Message {
+        Message {
+            exchange: Bytes::from_static(b"orders-x"),
+            routing_key: Bytes::from_static(b"eu.order"),
+            properties,
+            body: Bytes::from_static(b"{\"id\":1}"),
+            persistent: true,
+            priority: 7,
+            expiration: Some(60_000),
+        }
+    }
+
+    /// `records` as one batch at `base`, compressed with `codec`.
+    fn batch_at(records: Vec<PlainRecord>, codec: Compression, base: i64) -> Bytes {
+        let b = batch::encode_plain_batch(records.into_iter(), codec).expect("encodes");
+        batch::assign(&b, base, None, None)
+    }
+
+    fn decode(batches: &Bytes, from: i64) -> Decoded {
+        let mut budget = usize::MAX;
+        records_of(batches, from, &mut budget).expect("decodes")
+    }
+
+    fn kafka_header<'a>(r: &'a PlainRecord, name: &str) -> Option<&'a [u8]> {
+        r.headers
+            .get(name.as_bytes())
+            .and_then(|v| v.as_ref())
+            .map(|v| v.as_ref())
+    }
+
+    #[test]
+    fn amqp_to_log_to_amqp_is_byte_identical() {
+        for props in [every_property(), Bytes::from_static(&[0, 0])] {
+            for key_from in [KeyFrom::RoutingKey, KeyFrom::None] {
+                for codec in CODECS {
+                    let msg = message(props.clone());
+                    let b = batch_at(vec![record_of(&msg, key_from, 1_234_567)], codec, 40);
+                    let d = decode(&b, 0);
+                    assert_eq!(d.next_offset, 41);
+                    assert_eq!(d.records.len(), 1);
+                    let r = &d.records[0];
+                    assert_eq!((r.offset, r.timestamp), (40, 1_234_567));
+                    let key = match key_from {
+                        KeyFrom::RoutingKey => Some(msg.routing_key.clone()),
+                        KeyFrom::None => None,
+                    };
+                    assert_eq!(r.key, key, "{key_from:?}");
+                    let out = delivery_of(r);
+                    assert_eq!(
+                        out,
+                        Delivery {
+                            exchange: msg.exchange.clone(),
+                            routing_key: msg.routing_key.clone(),
+                            properties: msg.properties.clone(),
+                            body: msg.body.clone(),
+                        },
+                        "{codec:?} {key_from:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kafka_consumers_see_documented_header_names() {
+        let msg = message(every_property());
+        let r = record_of(&msg, KeyFrom::RoutingKey, 5);
+        let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(&names[..2], &["amqp-properties", "amqp-exchange"]);
+        let expect: [(&str, &[u8]); 13] = [
+            ("amqp-exchange", b"orders-x"),
+            ("content-type", b"application/json"),
+            ("content-encoding", b"gzip"),
+            ("delivery-mode", b"2"),
+            ("priority", b"7"),
+            ("correlation-id", b"corr-1"),
+            ("reply-to", b"replies"),
+            ("expiration", b"60000"),
+            ("message-id", b"msg-1"),
+            ("timestamp", b"1600000000"),
+            ("type", b"order.created"),
+            ("user-id", b"guest"),
+            ("app-id", b"shop"),
+        ];
+        for (name, value) in expect {
+            assert_eq!(kafka_header(&r, name), Some(value), "{name}");
+        }
+        assert_eq!(kafka_header(&r, "cluster-id"), Some(&b"c1"[..]));
+        assert_eq!(
+            kafka_header(&r, "amqp-properties"),
+            Some(&msg.properties[..])
+        );
+        assert!(!r.headers.contains_key(&b"amqp-routing-key"[..]));
+        assert!(!r.headers.contains_key(&b"headers"[..]));
+        let entries: [(&str, &[u8]); 15] = [
+            ("bool", b"false"),
+            ("i8", b"-8"),
+            ("u8", b"8"),
+            ("i16", b"-16"),
+            ("u16", b"16"),
+            ("i32", b"-32"),
+            ("u32", b"32"),
+            ("i64", b"-64"),
+            ("f32", b"1.5"),
+            ("f64", b"-2.25"),
+            ("dec", b"12.34"),
+            ("str", "café".as_bytes()),
+            ("bin", b"\x00\xff"),
+            ("ts", b"1700000000"),
+            ("table", br#"{"depth":2,"list":[true,"x",null]}"#),
+        ];
+        for (name, value) in entries {
+            let key = format!("amqp-header-{name}");
+            assert_eq!(kafka_header(&r, &key), Some(value), "{key}");
+        }
+        assert_eq!(r.headers.get(&b"amqp-header-void"[..]), Some(&None));
+        assert_eq!(r.value.as_deref(), Some(&b"{\"id\":1}"[..]));
+        assert_eq!(r.timestamp, 5);
+
+        let r = record_of(&msg, KeyFrom::None, 5);
+        assert_eq!(r.key, None);
+        assert_eq!(kafka_header(&r, "amqp-routing-key"), Some(&b"eu.order"[..]));
+    }
+
+    #[test]
+    fn decimal_text_places_the_point() {
+        assert_eq!(decimal_text(0, 5), "5");
+        assert_eq!(decimal_text(2, 5), "0.05");
+        assert_eq!(decimal_text(3, 1234), "1.234");
+        assert_eq!(decimal_text(1, 0), "0.0");
+    }
+
+    fn kafka_record(
+        key: Option<&str>,
+        value: Option<&str>,
+        headers: &[(&str, Option<&str>)],
+    ) -> PlainRecord {
+        PlainRecord {
+            timestamp: 1_700_000_123_456,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        StrBytes::from_string((*k).to_owned()),
+                        v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn kafka_written_records_become_amqp_deliveries() {
+        for codec in CODECS {
+            let b = batch_at(
+                vec![
+                    kafka_record(
+                        Some("user-7"),
+                        Some("hello"),
+                        &[("trace", Some("t-1")), ("flag", None)],
+                    ),
+                    kafka_record(None, None, &[]),
+                ],
+                codec,
+                100,
+            );
+            let d = decode(&b, 0);
+            assert_eq!(d.next_offset, 102, "{codec:?}");
+            assert_eq!(d.records.len(), 2);
+
+            let first = delivery_of(&d.records[0]);
+            assert_eq!(first.exchange, "");
+            assert_eq!(first.routing_key, "user-7");
+            assert_eq!(first.body, "hello");
+            let p = parse_props(&first.properties).expect("well-formed properties");
+            assert_eq!(*p.timestamp(), Some(1_700_000_123));
+            let h = p.headers().clone().expect("headers");
+            assert_eq!(
+                h.inner().get("trace"),
+                Some(&AMQPValue::LongString(LongString::from("t-1")))
+            );
+            assert_eq!(h.inner().get("flag"), Some(&AMQPValue::Void));
+            assert_eq!(h.inner().len(), 2);
+            assert_eq!(p.content_type(), &None);
+
+            let second = delivery_of(&d.records[1]);
+            assert_eq!((second.routing_key.len(), second.body.len()), (0, 0));
+            let p = parse_props(&second.properties).expect("well-formed properties");
+            assert_eq!(p.headers(), &None);
+            assert_eq!(*p.timestamp(), Some(1_700_000_123));
+        }
+    }
+
+    #[test]
+    fn duplicate_kafka_headers_keep_the_last_and_long_keys_move_to_a_header() {
+        let long = "k".repeat(300);
+        let b = batch_at(
+            vec![kafka_record(
+                Some(&long),
+                Some("v"),
+                &[("a", Some("1")), ("b", Some("2")), ("a", Some("3"))],
+            )],
+            Compression::None,
+            0,
+        );
+        let d = delivery_of(&decode(&b, 0).records[0]);
+        assert_eq!(d.routing_key, "");
+        let p = parse_props(&d.properties).expect("well-formed");
+        let h = p.headers().clone().expect("headers");
+        assert_eq!(
+            h.inner().get("a"),
+            Some(&AMQPValue::LongString(LongString::from("3")))
+        );
+        assert_eq!(
+            h.inner().get("b"),
+            Some(&AMQPValue::LongString(LongString::from("2")))
+        );
+        assert_eq!(
+            h.inner().get("x-kafka-key"),
+            Some(&AMQPValue::LongString(LongString::from(long.as_str())))
+        );
+    }
+
+    /// A Kafka producer's `amqp-properties` header that is no property list is not passed
+    /// to AMQP clients: the record maps as any Kafka record.
+    #[test]
+    fn forged_property_header_is_not_trusted() {
+        let b = batch_at(
+            vec![kafka_record(
+                Some("k"),
+                Some("v"),
+                &[("amqp-properties", Some("\u{1}"))],
+            )],
+            Compression::None,
+            0,
+        );
+        let d = delivery_of(&decode(&b, 0).records[0]);
+        assert_eq!(d.routing_key, "k");
+        let p = parse_props(&d.properties).expect("well-formed");
+        assert!(p.headers().is_some());
+    }
+
+    #[test]
+    fn control_batches_and_records_before_from_are_skipped() {
+        let three = |base| {
+            batch_at(
+                (0..3)
+                    .map(|i| kafka_record(Some(&format!("k{i}")), Some("v"), &[]))
+                    .collect(),
+                Compression::Gzip,
+                base,
+            )
+        };
+        let marker = batch::MarkerRecord {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        let control = batch::assign(
+            &batch::control_batch(9, 0, marker, 1).expect("control"),
+            3,
+            None,
+            None,
+        );
+        let mut all = BytesMut::new();
+        all.put_slice(&three(0));
+        all.put_slice(&control);
+        all.put_slice(&three(4));
+        let all = all.freeze();
+        let d = decode(&all, 1);
+        let offsets: Vec<i64> = d.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![1, 2, 4, 5, 6]);
+        assert_eq!(d.next_offset, 7);
+        let d = decode(&all, 5);
+        assert_eq!(
+            d.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+        // Only a control batch: nothing, but the next read starts past it.
+        let d = decode(&control, 3);
+        assert!(d.records.is_empty());
+        assert_eq!(d.next_offset, 4);
+        // A batch cut short (as a Fetch answer ends) ends the run.
+        let cut = all.slice(..all.len() - 5);
+        let d = decode(&cut, 0);
+        assert_eq!(d.records.len(), 3);
+        assert_eq!(d.next_offset, 4);
+    }
+
+    #[test]
+    fn the_budget_stops_a_run_but_never_the_first_batch() {
+        let big = "x".repeat(10_000);
+        let one = |base| {
+            batch_at(
+                vec![kafka_record(None, Some(&big), &[])],
+                Compression::Zstd,
+                base,
+            )
+        };
+        let mut all = BytesMut::new();
+        for base in 0..4 {
+            all.put_slice(&one(base));
+        }
+        let all = all.freeze();
+        // Two sections fit 25 000 bytes; the third would go past what is left.
+        let mut budget = 25_000;
+        let d = records_of(&all, 0, &mut budget).expect("decodes");
+        assert_eq!(d.records.len(), 2);
+        assert_eq!(d.next_offset, 2);
+        assert!(budget < 10_000);
+        let mut budget = 0;
+        let d = records_of(&all, 0, &mut budget).expect("decodes");
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(d.next_offset, 1);
+    }
+
+    #[test]
+    fn an_unreadable_first_batch_names_the_offset_after_it() {
+        let good = batch_at(
+            vec![kafka_record(None, Some("v"), &[])],
+            Compression::Gzip,
+            10,
+        );
+        let mut bad = BytesMut::from(&good[..]);
+        let n = bad.len();
+        bad[HEADER_LEN..n].fill(0xAA);
+        let bad = bad.freeze();
+        let mut budget = usize::MAX;
+        assert!(matches!(
+            records_of(&bad, 0, &mut budget),
+            Err(RecordError::Malformed {
+                base_offset: 10,
+                next_offset: 11,
+                ..
+            })
+        ));
+        // After a good batch, a bad one ends the run without an error.
+        let mut both = BytesMut::from(
+            &batch_at(
+                vec![kafka_record(None, Some("v"), &[])],
+                Compression::None,
+                9,
+            )[..],
+        );
+        both.put_slice(&bad);
+        let d = records_of(&both.freeze(), 0, &mut budget).expect("the first batch decodes");
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(d.next_offset, 10);
+    }
+
+    #[test]
+    fn stream_offset_header_is_appended_and_nothing_else_changes() {
+        let every = every_property();
+        let none = Bytes::from_static(&[0, 0]);
+        let only_type = encode_properties(
+            &AMQPProperties::default()
+                .with_content_type("text/plain".into())
+                .with_content_encoding("utf-8".into())
+                .with_priority(3),
+        )
+        .expect("encodes");
+        for props in [every, none, only_type] {
+            let out = with_stream_offset(&props, 42);
+            let before = parse_props(&props).expect("parses");
+            let after = parse_props(&out).expect("parses");
+            let mut headers = before.headers().clone().unwrap_or_default();
+            headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
+            assert_eq!(after.headers(), &Some(headers.clone()));
+            let expected = before.clone().with_headers(headers);
+            assert_eq!(format!("{after:?}"), format!("{expected:?}"));
+            // Again: the entry is replaced, not repeated.
+            let twice = with_stream_offset(&out, 43);
+            let again = parse_props(&twice).expect("parses");
+            assert_eq!(
+                again
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-stream-offset")),
+                Some(&AMQPValue::LongLongInt(43))
+            );
+        }
+        assert_eq!(
+            with_stream_offset(&Bytes::from_static(&[1]), 1),
+            Bytes::from_static(&[1])
+        );
+    }
+
+    #[test]
+    fn stream_delivery_carries_the_offset() {
+        let msg = message(every_property());
+        let b = batch_at(
+            vec![record_of(&msg, KeyFrom::RoutingKey, 1)],
+            Compression::None,
+            77,
+        );
+        let r = &decode(&b, 0).records[0];
+        let p = parse_props(&stream_delivery_of(r).properties).expect("parses");
+        assert_eq!(
+            p.headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-stream-offset")),
+            Some(&AMQPValue::LongLongInt(77))
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let msg = message(every_property());
+        let good = batch_at(
+            vec![record_of(&msg, KeyFrom::RoutingKey, 1)],
+            Compression::None,
+            0,
+        );
+        for cut in 0..good.len() {
+            for flip in [0usize, 1, 7, 63, 64, 90, 120] {
+                let mut b = BytesMut::from(&good[..]);
+                if let Some(x) = b.get_mut(flip) {
+                    *x ^= 0x5a;
+                }
+                let b = b.freeze().slice(..cut);
+                let mut budget = 1 << 20;
+                if let Ok(d) = records_of(&b, 0, &mut budget) {
+                    for r in &d.records {
+                        let d = stream_delivery_of(r);
+                        scan_properties(&d.properties).expect("deliveries carry valid properties");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn key_from_parses_its_names() {
+        for k in [KeyFrom::RoutingKey, KeyFrom::None] {
+            assert_eq!(KeyFrom::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(KeyFrom::parse("body"), None);
+    }
+}
