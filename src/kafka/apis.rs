@@ -63,6 +63,7 @@ macro_rules! kafka_apis {
             (DeleteRecords, DeleteRecordsRequest, DeleteRecordsResponse, 0..=2, delete_records, conn),
             (OffsetForLeaderEpoch, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, 0..=4, offset_for_leader_epoch, conn),
             (DescribeProducers, DescribeProducersRequest, DescribeProducersResponse, 0..=0, describe_producers, conn),
+            (WriteTxnMarkers, WriteTxnMarkersRequest, WriteTxnMarkersResponse, 1..=1, write_txn_markers, conn),
             (ApiVersions, ApiVersionsRequest, ApiVersionsResponse, 0..=4, api_versions, bare),
             (CreateTopics, CreateTopicsRequest, CreateTopicsResponse, 0..=7, create_topics, conn),
             (DeleteTopics, DeleteTopicsRequest, DeleteTopicsResponse, 0..=6, delete_topics, conn),

@@ -1,5 +1,7 @@
 //! `PartitionLog`: one Kafka partition's segmented log on its owner shard — append, read,
-//! offsets, the tail cache, roll and retention, recovery.
+//! offsets, the tail cache, roll and retention, recovery, and the partition's side of
+//! transactions: markers (`append_marker`), the last stable offset, the aborted
+//! transactions a read_committed fetch needs (`aborted_txns`, from each segment's index).
 //!
 //! Only the owner shard holds a `PartitionLog` (`Rc<RefCell<…>>`); other shards reach it
 //! through the mesh. No method keeps a borrow across an `.await`: async reads clone the
@@ -443,13 +445,14 @@ impl PartitionLog {
         Ok(appended)
     }
 
-    /// The last stable offset: the first offset of the oldest ongoing transaction, else the
-    /// high watermark. read_committed consumers read below it.
+    /// The last stable offset: the first offset of the oldest ongoing transaction (not
+    /// below the log start, as Kafka keeps it when DeleteRecords or retention pass it),
+    /// else the high watermark. read_committed consumers read below it.
     pub fn last_stable_offset(&self) -> i64 {
         let hw = self.high_watermark();
         self.producers
             .first_unstable_offset()
-            .map_or(hw, |first| first.min(hw))
+            .map_or(hw, |first| first.max(self.log_start_offset).min(hw))
     }
 
     /// (producer id, first offset) of every aborted transaction that overlaps the offsets
@@ -1026,6 +1029,13 @@ mod tests {
         let again = log.append_marker(8, 0, marker(true, 1)).unwrap();
         assert_eq!(again.base_offset, 10);
         assert_eq!(log.last_stable_offset(), 11);
+
+        // DeleteRecords past an open transaction's start: the LSO is not below the log start.
+        log.append(&txn(9, 0, 0, 2)).unwrap();
+        log.append(&batches(1)).unwrap();
+        assert_eq!(log.last_stable_offset(), 11);
+        log.delete_records_before(12).unwrap();
+        assert_eq!(log.last_stable_offset(), 12);
     }
 
     /// A marker with a newer epoch fences the producer's older instance; markers older

@@ -21,6 +21,10 @@
 //!   fdatasyncs those someone waits on — one sync per file serves every waiter — and
 //!   resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
 //!   for AMQP confirms). Nothing here calls protocol code.
+//! - Transactions: a partition's producer state (`producers`) tracks open transactions;
+//!   markers are control batches; each segment keeps the transactions aborted in it
+//!   (`txn_index`, `<base>.txnindex`). The producer state is saved when a segment is
+//!   finalized, so recovery reads only the segments after it.
 //!
 //! A write or sync that fails (a full disk, ENOSPC) is an answer, not a retry: the
 //! partition's appends past what is on disk are undone (`PartitionLog::rewind`), the file
@@ -989,6 +993,98 @@ mod tests {
                 })
                 .count();
             assert!(txn_files <= 1, "{txn_files} .txnindex files left");
+            storage.shutdown().await;
+        });
+    }
+
+    /// A keyed plain batch (CreateTime) of `(key, value)` records.
+    fn keyed(log: &LogRef, records: &[(&str, &str)]) -> i64 {
+        let b = batch::encode_plain_batch(
+            records.iter().map(|(k, v)| batch::PlainRecord {
+                timestamp: 1_000,
+                key: Some(bytes::Bytes::from(k.to_string())),
+                value: Some(bytes::Bytes::from(v.to_string())),
+                headers: Default::default(),
+            }),
+            kafka_protocol::records::Compression::None,
+        )
+        .unwrap();
+        let b = batch::split(&b).unwrap();
+        log.borrow_mut().append(&b).unwrap().base_offset
+    }
+
+    /// (offset, value) of every data record of the log, and the offsets of its markers.
+    async fn contents(log: &LogRef) -> (Vec<(i64, String)>, Vec<i64>) {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let mut records = Vec::new();
+        let mut markers = Vec::new();
+        let mut at = log.borrow().log_start_offset;
+        while at < log.borrow().next_offset {
+            let data = log::read(log, at, 1 << 20).await.unwrap();
+            if data.is_empty() {
+                break;
+            }
+            let mut pos = 0;
+            while let Some(h) = batch::BatchHeader::parse(&data[pos..]) {
+                let mut one = data.slice(pos..pos + h.size);
+                pos += h.size;
+                at = h.last_offset() + 1;
+                if h.is_control() {
+                    markers.push(h.base_offset);
+                    continue;
+                }
+                for r in RecordBatchDecoder::decode(&mut one).unwrap().records {
+                    let v = String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned();
+                    records.push((r.offset, v));
+                }
+                if pos >= data.len() {
+                    break;
+                }
+            }
+        }
+        (records, markers)
+    }
+
+    /// Compaction keeps transactions right: an aborted record never supersedes a committed
+    /// one (and is dropped), a record of an open transaction neither, the marker stays.
+    #[test]
+    fn compaction_never_lets_aborted_or_open_transactions_supersede_committed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        run(move || async move {
+            let (storage, log) = open(&config).await;
+            log.borrow_mut().settings.compact_policy = true;
+            assert_eq!(keyed(&log, &[("k0", "committed-0")]), 0);
+            // txn_batch writes keys k0, k1 with value "v".
+            assert_eq!(txn(&log, 9, 0, 2), 1);
+            assert_eq!(end(&log, 9, false), 3);
+            assert_eq!(keyed(&log, &[("k1", "committed-1")]), 4);
+            for i in 0..6 {
+                keyed(&log, &[("filler", &format!("f{i}"))]);
+            }
+            // Open transaction writing k1 again: above the LSO.
+            let open_at = txn(&log, 10, 0, 2);
+            for i in 6..12 {
+                keyed(&log, &[("filler", &format!("f{i}"))]);
+            }
+            storage.mark_dirty(&log);
+            storage.round(false).await;
+            storage.round(false).await;
+            let pass = compaction::compact(&log).await.unwrap();
+            assert!(pass.records_removed > 0);
+            let (records, markers) = contents(&log).await;
+            assert!(records.contains(&(0, "committed-0".into())), "{records:?}");
+            assert!(records.contains(&(4, "committed-1".into())), "{records:?}");
+            assert!(
+                !records.iter().any(|(o, _)| *o == 1 || *o == 2),
+                "aborted records are dropped: {records:?}"
+            );
+            assert!(records.contains(&(open_at + 1, "v".into())), "{records:?}");
+            assert_eq!(markers, vec![3]);
+            assert_eq!(log.borrow().aborted_txns(0, 20), vec![(9, 1)]);
             storage.shutdown().await;
         });
     }

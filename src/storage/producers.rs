@@ -140,11 +140,14 @@ impl ProducerStates {
         }
         self.producers
             .retain(|_, e| !e.batches.is_empty() || e.coordinator_epoch >= 0);
+        self.ongoing.retain(|_, first| *first < offset);
+        // Oldest first: a producer's transaction whose marker is undone is open again.
         for t in self.ended.iter().filter(|t| t.marker_offset >= offset) {
-            self.ongoing.entry(t.producer_id).or_insert(t.first_offset);
+            if t.first_offset < offset {
+                self.ongoing.entry(t.producer_id).or_insert(t.first_offset);
+            }
         }
         self.ended.retain(|t| t.marker_offset < offset);
-        self.ongoing.retain(|_, first| *first < offset);
     }
 
     /// Forgets ended transactions whose marker lies below `durable` (it cannot be undone).
@@ -366,5 +369,33 @@ mod tests {
         assert_eq!(s.check(&h(7, 0, 0, 3, 0)), Verdict::Duplicate(10));
         // Producer 8 had nothing below the cut: it is forgotten entirely.
         assert_eq!(s.check(&h(8, 0, 0, 1, 0)), Verdict::Append);
+    }
+
+    /// Undoing appends undoes transactions begun in them and markers among them: a
+    /// producer whose marker is undone is in its old transaction again, not in the one it
+    /// began after the marker.
+    #[test]
+    fn forgetting_a_marker_reopens_its_transaction() {
+        let txn = |pid, seq, base| {
+            let mut b = h(pid, 0, seq, 1, base);
+            b.attributes = super::super::batch::TRANSACTIONAL_BIT;
+            b
+        };
+        let mut s = ProducerStates::default();
+        s.record(&txn(7, 0, 10));
+        assert_eq!(s.end_txn(7, 0, 0, 12), Some(10));
+        s.record(&txn(7, 1, 14));
+        s.record(&txn(8, 0, 15));
+        assert_eq!(s.ongoing_txns(), vec![(7, 14), (8, 15)]);
+        s.forget_from(11);
+        assert_eq!(s.ongoing_txns(), vec![(7, 10)]);
+        assert_eq!(s.first_unstable_offset(), Some(10));
+        // The marker again (the coordinator's retry) ends it once more.
+        assert_eq!(s.end_txn(7, 0, 0, 11), Some(10));
+        assert_eq!(s.first_unstable_offset(), None);
+        // Once durable, an ended transaction cannot come back.
+        s.prune_ended(12);
+        s.forget_from(11);
+        assert_eq!(s.first_unstable_offset(), None);
     }
 }
