@@ -1,5 +1,9 @@
 //! OffsetFetch (key 9), v1–v9: a group's committed offsets (-1 where none), for the
 //! partitions asked or (v2+, topics null) all of them; v8+ asks several groups at once.
+//! With `require_stable` (v7+, KIP-447; librdkafka sets it for `read_committed`), a
+//! partition with offsets pending in an open transaction (`groups::txn_offsets`) gets
+//! UNSTABLE_OFFSET_COMMIT and offset -1, as Kafka answers, so the consumer retries instead
+//! of starting from an offset the transaction is about to replace.
 //!
 //! Runs on the connection's shard; each group's coordinator shard answers for it.
 
@@ -25,6 +29,7 @@ async fn fetch(
     conn: &Conn,
     group: &str,
     parts: Option<Vec<(String, i32)>>,
+    require_stable: bool,
 ) -> (i16, Vec<(String, Vec<FetchedOffset>)>) {
     let named = parts.is_some();
     let request = Request::Fetch {
@@ -35,7 +40,18 @@ async fn fetch(
         Reply::Fetch(code, offsets) => Some((code, offsets)),
         _ => None,
     });
-    let (code, offsets) = fetched.await.unwrap_or_else(|code| (code, Vec::new()));
+    let (code, mut offsets) = fetched.await.unwrap_or_else(|code| (code, Vec::new()));
+    if require_stable && code == 0 && !offsets.is_empty() {
+        let pending = conn.shard.txn_offsets_pending(group).await;
+        for o in offsets
+            .iter_mut()
+            .filter(|o| pending.contains(&(o.topic.clone(), o.partition)))
+        {
+            o.offset = -1;
+            o.leader_epoch = -1;
+            o.error = kafka_protocol::ResponseError::UnstableOffsetCommit.code();
+        }
+    }
     let mut topics: Vec<(String, Vec<FetchedOffset>)> = Vec::new();
     let mut allowed: Vec<(String, bool)> = Vec::new();
     for mut o in offsets {
@@ -92,7 +108,7 @@ pub fn handle(
                             .map(|t| (t.name.to_string(), t.partition_indexes)),
                     )
                 });
-                let (code, topics) = fetch(&conn, &group, parts).await;
+                let (code, topics) = fetch(&conn, &group, parts, req.require_stable).await;
                 groups.push(
                     OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
@@ -130,7 +146,8 @@ pub fn handle(
                         .map(|t| (t.name.to_string(), t.partition_indexes)),
                 )
             });
-            let (code, topics) = fetch(&conn, &group, parts).await;
+            let stable = version >= 7 && req.require_stable;
+            let (code, topics) = fetch(&conn, &group, parts, stable).await;
             let mut r = OffsetFetchResponse::default().with_topics(
                 topics
                     .into_iter()
