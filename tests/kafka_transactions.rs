@@ -631,3 +631,59 @@ fn pending_transactional_offsets_are_unstable_until_committed() {
     wait_state(&b, "stable-tx", "CompleteCommit");
     assert_eq!(fetch(true), (0, 42));
 }
+
+/// A crash between EndTxn's durable PrepareCommit and its markers: the transaction log is
+/// left with PrepareCommit as the last state of the id (written here into the stopped
+/// broker's log, which is what a `kill -9` at that moment leaves), and the restarted
+/// coordinator completes the commit in every partition on its own.
+#[test]
+fn a_prepared_commit_is_completed_after_restart() {
+    use portask::kafka::txn::state::{TxnMeta, TxnState};
+    let (_tmp, data) = data_dir();
+    let mut b = Broker::start(&data, &[]);
+    create_topics(&b, &[("tx-prep", 4)]);
+    let p = txn_producer(&b, "tx-prep", &[]);
+    p.begin_transaction().expect("begin");
+    for (i, v) in values("prep", 40).iter().enumerate() {
+        send(&p, "tx-prep", (i % 4) as i32, v);
+    }
+    p.flush(T).expect("flush");
+    assert_eq!(describe(&b, "tx-prep").1, "Ongoing");
+    b.kill9();
+    drop(p);
+
+    let shard = portask::kafka::txn::txn_owner("tx-prep", 2);
+    let path = data
+        .join(shard.to_string())
+        .join("transactions")
+        .join("transactions.log");
+    let bytes = std::fs::read(&path).expect("transaction log");
+    let mut last: Option<TxnMeta> = None;
+    for payload in portask::storage::frame::split(&bytes).0 {
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(payload);
+        let m = rkyv::from_bytes::<TxnMeta, rkyv::rancor::Error>(&aligned).expect("record");
+        if m.id == "tx-prep" {
+            last = Some(m);
+        }
+    }
+    let mut prepared = last.expect("the id's state");
+    assert_eq!(prepared.state, TxnState::Ongoing);
+    assert_eq!(prepared.partitions.len(), 4);
+    prepared.state = TxnState::PrepareCommit;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&prepared).expect("encode");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open log");
+    f.write_all(&portask::storage::frame::framed(&payload))
+        .expect("append");
+    drop(f);
+
+    b.restart();
+    wait_state(&b, "tx-prep", "CompleteCommit");
+    assert_eq!(
+        read_all(&b, "tx-prep", 4, "read_committed"),
+        values("prep", 40)
+    );
+}
