@@ -48,6 +48,8 @@ macro_rules! kafka_apis {
             (DescribeGroups, DescribeGroupsRequest, DescribeGroupsResponse, 0..=6, describe_groups, conn),
             (DeleteGroups, DeleteGroupsRequest, DeleteGroupsResponse, 0..=2, delete_groups, conn),
             (OffsetDelete, OffsetDeleteRequest, OffsetDeleteResponse, 0..=0, offset_delete, conn),
+            (ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, 0..=1, consumer_group_heartbeat, client_id),
+            (ConsumerGroupDescribe, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, 0..=1, consumer_group_describe, conn),
             (InitProducerId, InitProducerIdRequest, InitProducerIdResponse, 0..=5, init_producer_id, conn),
             (DescribeConfigs, DescribeConfigsRequest, DescribeConfigsResponse, 0..=4, describe_configs, conn),
             (AlterConfigs, AlterConfigsRequest, AlterConfigsResponse, 0..=2, alter_configs, conn),
