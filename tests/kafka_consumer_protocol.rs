@@ -19,11 +19,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{data_dir, kafka, Broker};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeRequest,
     ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
     DescribeGroupsRequest, DescribeGroupsResponse, GroupId, JoinGroupRequest, JoinGroupResponse,
-    ListGroupsRequest, ListGroupsResponse, ResponseHeader, TopicName,
+    ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -591,10 +596,100 @@ fn heartbeat_errors_are_kafkas() {
         &join_request("", "m3"),
     );
     assert_eq!(r.error_code, 42, "INVALID_REQUEST");
+    // OffsetCommit and OffsetFetch v9 check the member's epoch (STALE_MEMBER_EPOCH).
+    let commit = |epoch: i32| {
+        OffsetCommitRequest::default()
+            .with_group_id(gid("kip848-raw"))
+            .with_member_id(StrBytes::from_static_str("m1"))
+            .with_generation_id_or_member_epoch(epoch)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("raw")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(5)])])
+    };
+    let r: OffsetCommitResponse = roundtrip(&mut s, ApiKey::OffsetCommit, 9, &commit(0));
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 113,
+        "STALE_MEMBER_EPOCH"
+    );
+    let r: OffsetCommitResponse = roundtrip(&mut s, ApiKey::OffsetCommit, 9, &commit(1));
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let fetch = |epoch: i32| {
+        OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(gid("kip848-raw"))
+            .with_member_id(Some(StrBytes::from_static_str("m1")))
+            .with_member_epoch(epoch)
+            .with_topics(None)])
+    };
+    let r: OffsetFetchResponse = roundtrip(&mut s, ApiKey::OffsetFetch, 9, &fetch(0));
+    assert_eq!(r.groups[0].error_code, 113, "STALE_MEMBER_EPOCH");
+    let r: OffsetFetchResponse = roundtrip(&mut s, ApiKey::OffsetFetch, 9, &fetch(1));
+    assert_eq!(r.groups[0].error_code, 0);
+    assert_eq!(r.groups[0].topics[0].partitions[0].committed_offset, 5);
     // Leaving: epoch -1 back.
     let r: ConsumerGroupHeartbeatResponse =
         roundtrip(&mut s, ApiKey::ConsumerGroupHeartbeat, 1, &beat("m1", -1));
     assert_eq!((r.error_code, r.member_epoch), (0, -1));
+}
+
+#[test]
+fn heartbeats_and_describes_follow_the_acls() {
+    let (_tmp, data) = data_dir();
+    let anyone = "User:ANONYMOUS";
+    let bindings = format!(
+        r#"[{{resource_type = "cluster", principal = "{anyone}", operations = ["create"]}},
+            {{resource_type = "group", resource_name = "kip848-ok", principal = "{anyone}", operations = ["read", "describe"]}},
+            {{resource_type = "topic", resource_name = "raw", principal = "{anyone}", operations = ["describe", "read"]}}]"#
+    );
+    let mut env = vec![
+        ("PORTASK_ACL__ENABLED", "true"),
+        ("PORTASK_ACL__BINDINGS", bindings.as_str()),
+    ];
+    env.extend_from_slice(FAST);
+    let broker = Broker::start(&data, &env);
+    kafka::create_topics(&broker, &[("raw", 1), ("hidden", 1)]);
+    let mut s = connect(&broker);
+    // READ on the group.
+    let r: ConsumerGroupHeartbeatResponse = roundtrip(
+        &mut s,
+        ApiKey::ConsumerGroupHeartbeat,
+        1,
+        &join_request("kip848-no", "m1"),
+    );
+    assert_eq!(r.error_code, 30, "GROUP_AUTHORIZATION_FAILED");
+    // DESCRIBE on every subscribed topic.
+    let mut hidden = join_request("kip848-ok", "m1");
+    hidden.subscribed_topic_names = Some(vec![
+        TopicName(StrBytes::from_static_str("raw")),
+        TopicName(StrBytes::from_static_str("hidden")),
+    ]);
+    let r: ConsumerGroupHeartbeatResponse =
+        roundtrip(&mut s, ApiKey::ConsumerGroupHeartbeat, 1, &hidden);
+    assert_eq!(r.error_code, 29, "TOPIC_AUTHORIZATION_FAILED");
+    let r: ConsumerGroupHeartbeatResponse = roundtrip(
+        &mut s,
+        ApiKey::ConsumerGroupHeartbeat,
+        1,
+        &join_request("kip848-ok", "m1"),
+    );
+    assert_eq!((r.error_code, r.member_epoch), (0, 1));
+    // DESCRIBE on the group for ConsumerGroupDescribe.
+    let d: ConsumerGroupDescribeResponse = roundtrip(
+        &mut s,
+        ApiKey::ConsumerGroupDescribe,
+        1,
+        &ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![gid("kip848-ok"), gid("kip848-no")]),
+    );
+    assert_eq!(d.groups[0].error_code, 0);
+    assert_eq!(
+        d.groups[0].members[0].assignment.topic_partitions[0]
+            .topic_name
+            .as_str(),
+        "raw"
+    );
+    assert_eq!(d.groups[1].error_code, 30, "GROUP_AUTHORIZATION_FAILED");
 }
 
 fn gid(id: &str) -> GroupId {

@@ -603,11 +603,11 @@ impl ConsumerGroup {
             return;
         }
         match m.state {
-            MemberState::UnrevokedPartitions => {
-                // Done once it reports owning none of what it must revoke.
-                if owned.is_none_or(|o| overlaps(o, &m.pending_revocation)) {
-                    return;
-                }
+            // Done once it reports owning none of what it must revoke.
+            MemberState::UnrevokedPartitions
+                if owned.is_none_or(|o| overlaps(o, &m.pending_revocation)) =>
+            {
+                return
             }
             MemberState::Stable if m.epoch == self.assignment_epoch => return,
             _ => {}
@@ -696,16 +696,13 @@ impl ConsumerGroup {
         }
     }
 
-    /// Whether an OffsetCommit (or OffsetFetch) by this member at this epoch may go ahead:
-    /// UNKNOWN_MEMBER_ID for a stranger, STALE_MEMBER_EPOCH for another epoch. A commit with
-    /// no member id and epoch -1 (an admin tool) is taken only while the group is empty.
+    /// Whether an OffsetCommit or OffsetFetch (v9+) by this member at this epoch may go
+    /// ahead, as Kafka: epoch -1 (an admin tool, a consumer without group management) while
+    /// the group is empty; otherwise UNKNOWN_MEMBER_ID for a stranger and
+    /// STALE_MEMBER_EPOCH for another epoch than the member's.
     pub fn check_commit(&self, member_id: &str, epoch: i32) -> Result<(), i16> {
-        if member_id.is_empty() && epoch < 0 {
-            return if self.members.is_empty() {
-                Ok(())
-            } else {
-                Err(ResponseError::UnknownMemberId.code())
-            };
+        if epoch < 0 && self.members.is_empty() {
+            return Ok(());
         }
         let Some(m) = self.members.get(member_id) else {
             return Err(ResponseError::UnknownMemberId.code());

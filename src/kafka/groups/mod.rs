@@ -133,6 +133,13 @@ pub enum Request {
         catalog: std::sync::Arc<crate::catalog::CatalogState>,
     },
     ConsumerDescribe(String),
+    /// OffsetFetch v9+ of a member: its id and epoch checked against a consumer group
+    /// (`Reply::Code`; 0 as well for a group of the classic protocol or none).
+    ConsumerCheck {
+        group: String,
+        member_id: String,
+        epoch: i32,
+    },
 }
 
 pub enum Reply {
@@ -524,6 +531,17 @@ impl Coordinator {
             } => {
                 let reply = self.consumer_heartbeat(&group, heartbeat, catalog, now);
                 Box::pin(async move { reply })
+            }
+            Request::ConsumerCheck {
+                group,
+                member_id,
+                epoch,
+            } => {
+                let code = match self.consumer_check_commit(&group, &member_id, epoch) {
+                    Some(Err(code)) => code,
+                    _ => 0,
+                };
+                Box::pin(async move { Reply::Code(code) })
             }
             Request::ConsumerDescribe(group) => {
                 let d = self.consumer_describe(&group);
