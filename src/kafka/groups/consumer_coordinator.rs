@@ -28,6 +28,7 @@ use super::assignor::Assignment;
 use super::consumer::{self, ConsumerGroup, Refusal};
 use super::{Coordinator, GroupSummary, Reply};
 use crate::catalog::CatalogState;
+use crate::kafka::offsets_topic::TopicRecord;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
@@ -62,8 +63,20 @@ impl Coordinator {
             };
             return Reply::ConsumerHeartbeat(Err(refusal), interval);
         }
-        // An empty classic group (or only its offsets) becomes a consumer group.
-        self.groups.borrow_mut().remove(group);
+        // An empty classic group (or only its offsets) becomes a consumer group; its
+        // metadata leaves `__consumer_offsets` (a tombstone), as Kafka's conversion does.
+        if self.groups.borrow_mut().remove(group).is_some()
+            && self
+                .recorded_generation
+                .borrow_mut()
+                .remove(group)
+                .is_some()
+        {
+            self.queue_topic(vec![TopicRecord::Group {
+                group: group.to_owned(),
+                value: None,
+            }]);
+        }
         let mut groups = self.consumer_groups.borrow_mut();
         let g = groups
             .entry(group.to_owned())
