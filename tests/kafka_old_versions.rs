@@ -428,6 +428,99 @@ fn old_produce_versions_convert_messages_to_record_batches() {
     assert_eq!(got, expect);
 }
 
+/// The old-style offsets of one partition (ListOffsets v0 for `timestamp`, `max` offsets).
+fn old_style_offsets(s: &mut TcpStream, topic: &str, timestamp: i64, max: i32) -> Vec<i64> {
+    let body = W::default()
+        .i32(-1)
+        .i32(1)
+        .str(topic)
+        .i32(1)
+        .i32(0)
+        .i64(timestamp)
+        .i32(max);
+    let mut r = call(s, LIST_OFFSETS, 0, body);
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!(string(&mut r), topic);
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!((r.get_i32(), r.get_i16()), (0, 0));
+    let n = r.get_i32();
+    let offsets = (0..n).map(|_| r.get_i64()).collect();
+    assert!(!r.has_remaining());
+    offsets
+}
+
+/// ListOffsets v0 with `max_num_offsets` above 1 lists segment boundaries, as Kafka before
+/// 0.10.1 answered "offsets before a time": the high watermark, then the base offset of
+/// each segment going back, highest first, at most `max_num_offsets` of them; earliest is
+/// the log start; a time lists from the last segment written by then, and a time before
+/// every segment lists nothing.
+#[test]
+fn list_offsets_v0_lists_segment_boundaries() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    kafka::create_topic(&broker, "segs", 1, &[("segment.bytes", "2048")]);
+    let mut s = connect(&broker);
+    let value = [b'x'; 200];
+    for i in 0..40 {
+        let m = message(0, 0, 0, 0, None, &value);
+        let r = call(&mut s, PRODUCE, 0, produce_body("segs", 0, &m));
+        assert_eq!(produce_answer(r, 0), (0, 0, i));
+    }
+    let all = old_style_offsets(&mut s, "segs", -1, 100);
+    assert!(all.len() > 3, "several segments rolled: {all:?}");
+    assert_eq!((all[0], all[all.len() - 1]), (40, 0), "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "descending: {all:?}");
+    assert_eq!(old_style_offsets(&mut s, "segs", -1, 2), all[..2].to_vec());
+    assert_eq!(old_style_offsets(&mut s, "segs", -1, 1), vec![40]);
+    assert_eq!(old_style_offsets(&mut s, "segs", -2, 5), vec![0]);
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 3_600_000;
+    assert_eq!(old_style_offsets(&mut s, "segs", later, 100), all);
+    assert_eq!(old_style_offsets(&mut s, "segs", 1, 100), Vec::<i64>::new());
+}
+
+/// Messages of format v0 carry no timestamp, so retention by time judges their segments by
+/// when the files were last written, as Kafka does (`largestTimestamp` falls back to the
+/// segment's modification time): old segments of magic-0 data go once `retention.ms` has
+/// passed, instead of being kept for ever.
+#[test]
+fn time_retention_removes_segments_of_messages_without_timestamps() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_KAFKA__RETENTION_CHECK_INTERVAL_MS", "200")],
+    );
+    kafka::create_topic(
+        &broker,
+        "old-ret",
+        1,
+        &[("segment.bytes", "2048"), ("retention.ms", "1500")],
+    );
+    let mut s = connect(&broker);
+    let value = [b'x'; 200];
+    for i in 0..40 {
+        let m = message(0, 0, 0, 0, None, &value);
+        let r = call(&mut s, PRODUCE, 0, produce_body("old-ret", 0, &m));
+        assert_eq!(produce_answer(r, 0), (0, 0, i));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (low, high) = kafka::watermarks(&broker, "old-ret", 0);
+        assert_eq!(high, 40);
+        if low > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments of magic-0 messages were never removed by retention.ms"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A fetched message: offset, magic, timestamp, key, value.
 type Fetched = (i64, i8, i64, Option<Vec<u8>>, Vec<u8>);
 
@@ -478,7 +571,7 @@ fn fetch_body(version: i16, topic: &str, offset: i64) -> W {
 
 /// Records a current client produced (lz4-compressed batches) are fetched with Fetch v0–3
 /// down-converted: magic 0 for v0–1, magic 1 with the record timestamps for v2–3, one
-/// uncompressed message per record at its own offset.
+/// uncompressed message per record at its own offset, from the fetch offset on.
 #[test]
 fn old_fetch_versions_down_convert_record_batches() {
     let (_tmp, data) = data_dir();
@@ -504,10 +597,9 @@ fn old_fetch_versions_down_convert_record_batches() {
     }
     for version in 0..=3 {
         let r = call(&mut s, FETCH, version, fetch_body(version, "oldf", 1));
-        let (error, hw, mut messages) = fetched(r, version);
-        // A batch is converted whole, so messages before the fetch offset may lead, as
-        // Kafka answers from compressed batches; old clients skip them.
-        messages.retain(|m| m.0 >= 1);
+        // The messages start at the fetch offset: the converted (uncompressed) messages
+        // before it are left out, as Kafka's down-conversion leaves them out.
+        let (error, hw, messages) = fetched(r, version);
         assert_eq!((error, hw), (0, 4), "Fetch v{version}");
         let magic = if version >= 2 { 1 } else { 0 };
         let expect: Vec<_> = (1..4)

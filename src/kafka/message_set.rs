@@ -270,6 +270,16 @@ fn put_message(
     out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
 }
 
+/// The message format a Fetch of `version` reads: magic 0 for v0–1, 1 for v2–3 (v4 and
+/// later read record batches).
+pub fn fetch_magic(version: i16) -> i8 {
+    if version >= 2 {
+        1
+    } else {
+        0
+    }
+}
+
 /// Down-converts stored record batches to messages of `magic` (0 for Fetch v0–1, 1 for
 /// v2–3), uncompressed, one message per record with its absolute offset. Control batches
 /// (transaction markers) and record headers have no v0/v1 form and are left out; a partial

@@ -61,6 +61,8 @@ pub struct OffsetQuery {
     pub topic: String,
     pub partition: i32,
     pub timestamp: i64,
+    /// ListOffsets v0: how many offsets to list (`OffsetAnswer::old_style`).
+    pub max_num_offsets: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -68,6 +70,8 @@ pub struct OffsetAnswer {
     pub error: i16,
     pub offset: i64,
     pub timestamp: i64,
+    /// ListOffsets v0's `old_style_offsets` (`Log::old_style_offsets`).
+    pub old_style: Vec<i64>,
 }
 
 pub enum Request {
@@ -474,9 +478,22 @@ async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetA
                 error: unknown(),
                 offset: -1,
                 timestamp: -1,
+                old_style: Vec::new(),
             });
             continue;
         };
+        if let Some(max) = q.max_num_offsets {
+            let old_style = log
+                .borrow()
+                .old_style_offsets(q.timestamp, max, crate::util::now_ms());
+            out.push(OffsetAnswer {
+                error: 0,
+                offset: old_style.first().copied().unwrap_or(-1),
+                timestamp: -1,
+                old_style,
+            });
+            continue;
+        }
         let (start, end) = {
             let l = log.borrow();
             (l.log_start_offset, l.high_watermark())
@@ -494,11 +511,13 @@ async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetA
                 error: 0,
                 offset,
                 timestamp,
+                old_style: Vec::new(),
             },
             Err(e) => OffsetAnswer {
                 error: log_error_code(&e),
                 offset: -1,
                 timestamp: -1,
+                old_style: Vec::new(),
             },
         });
     }

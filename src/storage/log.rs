@@ -508,10 +508,10 @@ impl PartitionLog {
             if !seg.finalized {
                 break;
             }
-            let by_time = self.settings.delete_policy
-                && self.settings.retention_ms >= 0
-                && seg.max_timestamp >= 0
-                && now - seg.max_timestamp > self.settings.retention_ms;
+            let by_time = self.settings.delete_policy && self.settings.retention_ms >= 0 && {
+                let newest = seg.retention_timestamp();
+                newest >= 0 && now - newest > self.settings.retention_ms
+            };
             let by_size = self.settings.delete_policy
                 && self.settings.retention_bytes >= 0
                 && total - seg.size as i64 >= self.settings.retention_bytes;
@@ -540,6 +540,44 @@ impl PartitionLog {
 
     /// DeleteRecords: makes `offset` (-1: the high watermark) the new log start; returns it.
     /// Whole segments below it go at the next retention pass.
+    /// ListOffsets v0's answer (Kafka's offsets "before" a time, from before 0.10.1): the
+    /// points are each segment's base offset (at least the log start) with the time its file
+    /// was last written, plus, when the active segment holds data, the high watermark at
+    /// `now`. Latest (-1) starts from the last point, earliest (-2) from the first, a time
+    /// from the last point written at or before it; then up to `max` offsets going back,
+    /// highest first. Empty when no point qualifies.
+    pub fn old_style_offsets(&self, timestamp: i64, max: i32, now: i64) -> Vec<i64> {
+        let start = self.log_start_offset;
+        let mut points: Vec<(i64, i64)> = self
+            .segments
+            .values()
+            .map(|s| (s.base_offset.max(start), s.last_modified_ms()))
+            .collect();
+        if self
+            .segments
+            .values()
+            .next_back()
+            .is_some_and(|s| s.size > 0)
+        {
+            points.push((self.high_watermark(), now));
+        }
+        let from = match timestamp {
+            -1 => points.len().checked_sub(1),
+            -2 => (!points.is_empty()).then_some(0),
+            t => points.iter().rposition(|&(_, modified)| modified <= t),
+        };
+        let Some(from) = from else {
+            return Vec::new();
+        };
+        let take = usize::try_from(max).unwrap_or(0);
+        points[..=from]
+            .iter()
+            .rev()
+            .take(take)
+            .map(|p| p.0)
+            .collect()
+    }
+
     pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
         let target = if offset == -1 {
             self.next_offset

@@ -108,6 +108,26 @@ impl Segment {
         with_ext(&self.stem, "log")
     }
 
+    /// The time retention judges the segment by, as Kafka's `largestTimestamp`: its largest
+    /// batch timestamp, or, when no batch carries one (messages of format v0 have none),
+    /// the time its file was last written; -1 when neither is known.
+    pub fn retention_timestamp(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            return self.max_timestamp;
+        }
+        self.last_modified_ms()
+    }
+
+    /// When the segment's `.log` file was last written, in ms since the epoch; -1 when the
+    /// file system cannot say.
+    pub fn last_modified_ms(&self) -> i64 {
+        std::fs::metadata(self.log_path())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
     /// Records one appended batch (already carrying its final offsets).
     pub fn push(&mut self, header: &BatchHeader, bytes: Bytes, index_interval: u64) {
         let position = self.size;

@@ -1,5 +1,6 @@
-//! Fetch (key 1), v4–v18: read record batches from partitions, long-polling up to
-//! `max_wait_ms` until `min_bytes` have arrived.
+//! Fetch (key 1), v0–v18: read record batches from partitions, long-polling up to
+//! `max_wait_ms` until `min_bytes` have arrived. v0–3 (decoded by `legacy`) get the old
+//! message format, converted here from the fetch offset on (`message_set::from_batches`).
 //!
 //! Runs on the connection's shard: each round asks every owner shard for its partitions
 //! (one envelope per owner), and when too little came back, asks the owners to wake it as
@@ -26,9 +27,11 @@ use super::details::authorize::topic_denied;
 use super::details::partitions::{ask_each_owner, by_owner};
 use super::{deferred, frame, Conn, Pending};
 use crate::catalog::effective_config;
+use crate::kafka::message_set;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
 use crate::security::acl::{Operation, ResourceType};
 use crate::storage::batch::within;
+use crate::storage::inflate::MAX_INFLATED_BYTES;
 
 /// One partition of the request as the handler tracks it.
 struct Wanted {
@@ -143,6 +146,7 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
 
         // Assemble in request order, within the response's max_bytes.
         let mut used = 0usize;
+        let mut budget = MAX_INFLATED_BYTES;
         let mut results = results.into_iter();
         let mut wanted = wanted.into_iter();
         let responses = layout
@@ -161,6 +165,18 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                                 m.consumed(Protocol::Kafka, topic, n, records.len() as u64)
                             });
                         }
+                        // Fetch v0–3 reads the message format of before 0.11: converted
+                        // here, where the fetch offset is known, leaving out the records
+                        // before it as Kafka's down-conversion does.
+                        let records = match version {
+                            0..=3 => message_set::from_batches(
+                                &records,
+                                message_set::fetch_magic(version),
+                                w.offset,
+                                &mut budget,
+                            ),
+                            _ => records,
+                        };
                         Some(
                             PartitionData::default()
                                 .with_partition_index(w.partition)

@@ -1,6 +1,7 @@
 //! ListOffsets (key 2), v1–v10: earliest (-2), latest (-1), max timestamp (-3), or the
-//! first offset at or after a timestamp. ACLs: DESCRIBE on each topic, else
-//! TOPIC_AUTHORIZATION_FAILED.
+//! first offset at or after a timestamp; v0 (decoded by `legacy`): up to `max_num_offsets`
+//! segment-granular offsets, as Kafka before 0.10.1 answered (`Log::old_style_offsets`).
+//! ACLs: DESCRIBE on each topic, else TOPIC_AUTHORIZATION_FAILED.
 //!
 //! Runs on the connection's shard; each owner shard answers for its partitions (one
 //! envelope per owner).
@@ -16,6 +17,7 @@ use kafka_protocol::ResponseError;
 use super::details::authorize::topic_denied;
 use super::details::partitions::ask_owners;
 use super::{deferred, frame, Conn, Pending};
+use crate::kafka::legacy;
 use crate::kafka::owner::{OffsetAnswer, OffsetQuery, Reply, Request};
 use crate::security::acl::{Operation, ResourceType};
 
@@ -39,7 +41,8 @@ pub fn handle(
             for p in t.partitions {
                 if allowed {
                     order.push(Some(n));
-                    items.push((n, t.name.to_string(), p.partition_index, p.timestamp));
+                    let max = legacy::max_num_offsets(&p);
+                    items.push((n, t.name.to_string(), p.partition_index, (p.timestamp, max)));
                     n += 1;
                 } else {
                     order.push(None);
@@ -52,6 +55,7 @@ pub fn handle(
             error: ResponseError::UnknownTopicOrPartition.code(),
             offset: -1,
             timestamp: -1,
+            old_style: Vec::new(),
         };
         let answers = ask_owners(
             &shard,
@@ -60,11 +64,14 @@ pub fn handle(
             |parts| Request::ListOffsets {
                 parts: parts
                     .into_iter()
-                    .map(|(topic, partition, timestamp)| OffsetQuery {
-                        topic,
-                        partition,
-                        timestamp,
-                    })
+                    .map(
+                        |(topic, partition, (timestamp, max_num_offsets))| OffsetQuery {
+                            topic,
+                            partition,
+                            timestamp,
+                            max_num_offsets,
+                        },
+                    )
                     .collect(),
             },
             |reply| match reply {
@@ -81,6 +88,7 @@ pub fn handle(
                     error: topic_denied(),
                     offset: -1,
                     timestamp: -1,
+                    old_style: Vec::new(),
                 },
             })
             .collect();
@@ -100,6 +108,9 @@ pub fn handle(
                         // The leader epoch exists from v4 on.
                         if version >= 4 {
                             r.leader_epoch = 0;
+                        }
+                        if version == 0 && a.error == 0 {
+                            r = legacy::with_old_style_offsets(r, &a.old_style);
                         }
                         Some(r)
                     })

@@ -20,6 +20,7 @@ use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -216,7 +217,7 @@ pub fn encode_request(
                 for p in &t.partitions {
                     buf.put_i32(p.partition_index);
                     buf.put_i64(p.timestamp);
-                    buf.put_i32(1);
+                    buf.put_i32(max_num_offsets(p).unwrap_or(1));
                 }
             }
             Ok(())
@@ -368,8 +369,35 @@ fn offset_commit(r: &mut Reader, version: i16) -> Result<OffsetCommitRequest, Co
         .with_topics(topics))
 }
 
-/// ListOffsets v0: like v1 with `max_num_offsets` per partition, which is read and not
-/// kept: the answer holds at most the one offset v1 would give (see the response).
+/// ListOffsets v0's fields that the newer request and response types lack ride in their
+/// unknown tagged fields, under tags no Kafka version defines (these types are never
+/// written in a flexible version on their way between this module and the handler):
+/// a request partition's `max_num_offsets` (i32) and an answer's `old_style_offsets`
+/// (i64s).
+const MAX_NUM_OFFSETS_TAG: i32 = 0x7fff_0000;
+const OLD_STYLE_OFFSETS_TAG: i32 = 0x7fff_0001;
+
+/// A ListOffsets v0 partition's `max_num_offsets`; `None` for newer versions.
+pub fn max_num_offsets(p: &ListOffsetsPartition) -> Option<i32> {
+    let b = p.unknown_tagged_fields.get(&MAX_NUM_OFFSETS_TAG)?;
+    Some(i32::from_be_bytes(b.as_ref().try_into().ok()?))
+}
+
+/// A ListOffsets answer carrying v0's `old_style_offsets`.
+pub fn with_old_style_offsets(
+    r: ListOffsetsPartitionResponse,
+    offsets: &[i64],
+) -> ListOffsetsPartitionResponse {
+    let mut b = BytesMut::with_capacity(offsets.len() * 8);
+    offsets.iter().for_each(|o| b.put_i64(*o));
+    let mut r = r;
+    r.unknown_tagged_fields
+        .insert(OLD_STYLE_OFFSETS_TAG, b.freeze());
+    r
+}
+
+/// ListOffsets v0: like v1 with `max_num_offsets` per partition (kept for the handler,
+/// `max_num_offsets`).
 fn list_offsets_v0(r: &mut Reader) -> Result<ListOffsetsRequest, CodecError> {
     let replica_id = BrokerId(r.i32()?);
     let topics = r.array(2 + 4, |r| {
@@ -377,11 +405,16 @@ fn list_offsets_v0(r: &mut Reader) -> Result<ListOffsetsRequest, CodecError> {
         let partitions = r.array(4 + 8 + 4, |r| {
             let partition_index = r.i32()?;
             let timestamp = r.i64()?;
-            let _max_num_offsets = r.i32()?;
-            Ok(ListOffsetsPartition::default()
+            let max_num_offsets = r.i32()?;
+            let mut p = ListOffsetsPartition::default()
                 .with_partition_index(partition_index)
                 .with_current_leader_epoch(-1)
-                .with_timestamp(timestamp))
+                .with_timestamp(timestamp);
+            p.unknown_tagged_fields.insert(
+                MAX_NUM_OFFSETS_TAG,
+                Bytes::copy_from_slice(&max_num_offsets.to_be_bytes()),
+            );
+            Ok(p)
         })?;
         Ok(ListOffsetsTopic::default()
             .with_name(name)
@@ -392,9 +425,9 @@ fn list_offsets_v0(r: &mut Reader) -> Result<ListOffsetsRequest, CodecError> {
         .with_topics(topics))
 }
 
-/// ListOffsets v0's answer: `old_style_offsets`, the offset v1 would give as a one-element
-/// array, or none when there is no such offset (-1), as Kafka answers a v0 request with
-/// `max_num_offsets` = 1, the value clients send.
+/// ListOffsets v0's answer: `old_style_offsets` as the handler listed them
+/// (`with_old_style_offsets`), else the one offset v1 would give, or none when there is
+/// none (-1).
 fn list_offsets_response_v0(r: &ListOffsetsResponse, buf: &mut BytesMut) -> Result<(), CodecError> {
     put_len(buf, r.topics.len())?;
     for t in &r.topics {
@@ -403,11 +436,16 @@ fn list_offsets_response_v0(r: &ListOffsetsResponse, buf: &mut BytesMut) -> Resu
         for p in &t.partitions {
             buf.put_i32(p.partition_index);
             buf.put_i16(p.error_code);
-            if p.error_code == 0 && p.offset >= 0 {
-                buf.put_i32(1);
-                buf.put_i64(p.offset);
-            } else {
-                buf.put_i32(0);
+            match p.unknown_tagged_fields.get(&OLD_STYLE_OFFSETS_TAG) {
+                Some(offsets) => {
+                    put_len(buf, offsets.len() / 8)?;
+                    buf.put_slice(&offsets[..offsets.len() / 8 * 8]);
+                }
+                None if p.error_code == 0 && p.offset >= 0 => {
+                    buf.put_i32(1);
+                    buf.put_i64(p.offset);
+                }
+                None => buf.put_i32(0),
             }
         }
     }
@@ -582,15 +620,13 @@ fn fetch_v0_3(r: &mut Reader, version: i16) -> Result<FetchRequest, CodecError> 
 }
 
 /// Fetch v0 (per partition: index, error, high watermark, records) and v1–3 (with the
-/// throttle time first). The records are down-converted to the message format the version
-/// reads: v0 for Fetch v0–1, v1 for v2–3 (`message_set::from_batches`).
+/// throttle time first). The records are already in the message format the version reads
+/// (the Fetch handler down-converts them from the fetch offset on, which only it knows).
 fn fetch_response_v0_3(
     r: &FetchResponse,
     version: i16,
     buf: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let magic = if version >= 2 { 1 } else { 0 };
-    let mut budget = MAX_INFLATED_BYTES;
     if version >= 1 {
         buf.put_i32(r.throttle_time_ms);
     }
@@ -602,12 +638,9 @@ fn fetch_response_v0_3(
             buf.put_i32(p.partition_index);
             buf.put_i16(p.error_code);
             buf.put_i64(p.high_watermark);
-            let set = match &p.records {
-                Some(records) => message_set::from_batches(records, magic, 0, &mut budget),
-                None => Bytes::new(),
-            };
+            let set = p.records.as_deref().unwrap_or_default();
             put_len(buf, set.len())?;
-            buf.put_slice(&set);
+            buf.put_slice(set);
         }
     }
     Ok(())
