@@ -220,6 +220,15 @@ fn a_member_joins_consumes_commits_and_leaves() {
         .unwrap_or_else(|| panic!("group listed: {groups:?}"));
     assert_eq!(g["group_type"], "consumer");
     assert_eq!(g["members"], 1);
+    // Described with its member's partitions and its lag.
+    let one = http_get(&broker, "/api/v1/consumer-groups/kip848-solo");
+    assert_eq!(one["group_type"], "consumer", "{one}");
+    assert_eq!(one["state"], "Stable", "{one}");
+    let parts = one["members"][0]["assignment"][0]["partitions"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(parts, Some(4), "{one}");
+    assert_eq!(one["lag"], 0, "{one}");
     c.unsubscribe();
     drop(c);
     wait_until("the member to leave", Duration::from_secs(10), || {
@@ -229,6 +238,22 @@ fn a_member_joins_consumes_commits_and_leaves() {
     });
     // Its committed offsets stay: a new member starts after them.
     produce(&broker, "orders", 200, 10);
+    // /metrics counts the group's lag from those offsets.
+    wait_until("the lag of 10 in /metrics", Duration::from_secs(10), || {
+        let text = ureq::get(&format!("{}/metrics", broker.http_url()))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .unwrap_or_default();
+        let lag: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("portask_consumer_group_lag{") && l.contains("group=\"kip848-solo\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        lag == 10.0
+    });
     let c = member(&broker, "kip848-solo", &[]);
     c.subscribe(&["orders"]).expect("subscribe");
     let mut rest = consume(&c, 10, Duration::from_secs(60));
@@ -236,17 +261,23 @@ fn a_member_joins_consumes_commits_and_leaves() {
     assert_eq!(rest, (200..210).collect::<Vec<_>>());
 }
 
-fn http_groups(broker: &Broker) -> Vec<serde_json::Value> {
-    let url = format!("{}/api/v1/consumer-groups", broker.http_url());
+fn http_get(broker: &Broker, path: &str) -> serde_json::Value {
+    let url = format!("{}{path}", broker.http_url());
     // guest:guest, the default management user.
     let body = ureq::get(&url)
         .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
         .call()
-        .expect("GET consumer-groups")
+        .expect("GET")
         .into_string()
         .expect("body");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    v.as_array().cloned().unwrap_or_default()
+    serde_json::from_str(&body).expect("json")
+}
+
+fn http_groups(broker: &Broker) -> Vec<serde_json::Value> {
+    http_get(broker, "/api/v1/consumer-groups")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
