@@ -558,6 +558,64 @@ fn after_kill_9_the_group_resumes_from_committed_offsets() {
 }
 
 #[test]
+fn a_regex_subscription_follows_topics_created_and_partitions_added() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, FAST);
+    kafka::create_topics(&broker, &[("grow-a", 1), ("other", 1)]);
+    produce(&broker, "grow-a", 0, 10);
+    produce(&broker, "other", 1000, 10);
+    let c = member(&broker, "kip848-regex", &[]);
+    c.subscribe(&["^grow-.*"]).expect("subscribe");
+    let mut got = consume(&c, 10, Duration::from_secs(60));
+    assert_eq!(got.len(), 10, "grow-a read");
+    // A new matching topic is assigned and read.
+    kafka::create_topic(&broker, "grow-b", 2, &[]);
+    produce(&broker, "grow-b", 100, 10);
+    got.extend(consume(&c, 10, Duration::from_secs(60)));
+    // Partitions added to a subscribed topic are assigned too.
+    let admin = kafka::admin(&broker);
+    let r = futures::executor::block_on(admin.create_partitions(
+        &[rdkafka::admin::NewPartitions::new("grow-a", 3)],
+        &rdkafka::admin::AdminOptions::new(),
+    ))
+    .expect("create partitions");
+    assert!(r[0].is_ok(), "{r:?}");
+    poll_until(
+        "grow-a's new partitions",
+        Duration::from_secs(60),
+        &[&c],
+        |o| o[0].iter().filter(|(t, _)| t == "grow-a").count() == 3,
+    );
+    let p: FutureProducer = kafka::client(&broker, &[]);
+    for partition in 1..3 {
+        let v = format!("{}", 200 + partition);
+        kafka::delivered(kafka::enqueue(
+            &p,
+            FutureRecord::to("grow-a")
+                .partition(partition)
+                .key(v.as_str())
+                .payload(v.as_str()),
+        ));
+    }
+    got.extend(consume(&c, 2, Duration::from_secs(60)));
+    // The broker resolved the regex (ConsumerGroupHeartbeat v1's subscribed_topic_regex).
+    let mut s = connect(&broker);
+    let d: ConsumerGroupDescribeResponse = roundtrip(
+        &mut s,
+        ApiKey::ConsumerGroupDescribe,
+        1,
+        &ConsumerGroupDescribeRequest::default().with_group_ids(vec![gid("kip848-regex")]),
+    );
+    let m = &d.groups[0].members[0];
+    let regex = m.subscribed_topic_regex.as_ref().map(|r| r.to_string());
+    assert!(regex.is_some_and(|r| r.contains("^grow-.*")), "{m:?}");
+    assert_eq!(m.assignment.topic_partitions.len(), 2, "grow-a and grow-b");
+    got.sort();
+    let expected: Vec<usize> = (0..10).chain(100..110).chain(201..203).collect();
+    assert_eq!(got, expected, "every matching record once, none of `other`");
+}
+
+#[test]
 fn heartbeat_errors_are_kafkas() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, FAST);
