@@ -68,6 +68,11 @@ pub struct ConsumerMember {
     pub subscribed_names: Vec<String>,
     pub subscribed_regex: Option<String>,
     regex: Option<regex::Regex>,
+    /// Its subscribed topic names (names and regex matches) as of catalog version
+    /// `resolved_at` (`None`: to be resolved), so a regex is matched against the catalog's
+    /// topics once per catalog version, not on every heartbeat.
+    resolved: BTreeSet<String>,
+    resolved_at: Option<u64>,
     pub server_assignor: Option<String>,
     pub rebalance_timeout: Duration,
     /// The partitions it owns now.
@@ -79,9 +84,12 @@ pub struct ConsumerMember {
 }
 
 impl ConsumerMember {
-    /// Every topic name this member subscribes to: its names and the regex's matches among
-    /// the catalog's (non-internal) topics.
-    fn topics(&self, catalog: &CatalogState) -> BTreeSet<String> {
+    /// Resolves the topic names this member subscribes to against `catalog`: its names and
+    /// the regex's matches among the catalog's (non-internal) topics.
+    fn resolve(&mut self, catalog: &CatalogState) {
+        if self.resolved_at == Some(catalog.version) {
+            return;
+        }
         let mut out: BTreeSet<String> = self.subscribed_names.iter().cloned().collect();
         if let Some(re) = &self.regex {
             out.extend(
@@ -92,7 +100,13 @@ impl ConsumerMember {
                     .cloned(),
             );
         }
-        out
+        self.resolved = out;
+        self.resolved_at = Some(catalog.version);
+    }
+
+    /// The topic names it subscribes to, as last resolved.
+    fn topics(&self) -> &BTreeSet<String> {
+        &self.resolved
     }
 }
 
@@ -217,7 +231,7 @@ impl ConsumerGroup {
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
         self.members
             .values()
-            .flat_map(|m| m.topics(&self.catalog))
+            .flat_map(|m| m.topics().iter().cloned())
             .collect()
     }
 
@@ -249,7 +263,10 @@ impl ConsumerGroup {
             && hb.owned.is_some();
         let regex = match &hb.subscribed_topic_regex {
             Some(r) if !r.is_empty() => {
-                Some(regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| {
+                // Checked alone first: wrapped, an unbalanced `)` could still compile.
+                let compiled =
+                    regex::Regex::new(r).and_then(|_| regex::Regex::new(&format!("^(?:{r})$")));
+                Some(compiled.map_err(|e| {
                     refuse(
                         ResponseError::InvalidRegularExpression,
                         format!(
@@ -285,6 +302,7 @@ impl ConsumerGroup {
             names.dedup();
             if names != m.subscribed_names {
                 m.subscribed_names = names;
+                m.resolved_at = None;
                 changed = true;
             }
         }
@@ -293,6 +311,7 @@ impl ConsumerGroup {
             if r != m.subscribed_regex {
                 m.subscribed_regex = r;
                 m.regex = regex;
+                m.resolved_at = None;
                 changed = true;
             }
         }
@@ -374,6 +393,8 @@ impl ConsumerGroup {
             subscribed_names: Vec::new(),
             subscribed_regex: None,
             regex: None,
+            resolved: BTreeSet::new(),
+            resolved_at: None,
             server_assignor: None,
             rebalance_timeout: Duration::from_millis(hb.rebalance_timeout_ms.max(0) as u64),
             assigned: Assignment::new(),
@@ -522,6 +543,9 @@ impl ConsumerGroup {
     /// Moves the group epoch when the subscribed topics changed in the catalog, and
     /// computes the target assignment when the group epoch moved past it.
     fn refresh(&mut self, _now: Instant) {
+        for m in self.members.values_mut() {
+            m.resolve(&self.catalog);
+        }
         let names: BTreeSet<String> = self.subscribed_topics();
         let metadata: BTreeMap<String, TopicInfo> = names
             .into_iter()
@@ -553,7 +577,7 @@ impl ConsumerGroup {
         let subscriptions: Vec<(String, BTreeSet<String>)> = self
             .members
             .values()
-            .map(|m| (m.id.clone(), m.topics(&self.catalog)))
+            .map(|m| (m.id.clone(), m.topics().clone()))
             .collect();
         let specs: Vec<MemberSpec<'_>> = subscriptions
             .iter()
@@ -990,6 +1014,25 @@ mod tests {
             .unwrap();
         assert_eq!(a2.epoch, 2);
         assert_eq!(parts(&a2.assignment.unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn a_regex_must_compile_on_its_own() {
+        let mut g = ConsumerGroup::new("g");
+        for bad in ["(t", "t)|(x"] {
+            let mut j = join("a");
+            j.subscribed_topic_names = None;
+            j.subscribed_topic_regex = Some(bad.into());
+            let e = g
+                .heartbeat(j, catalog(1), settings(), Instant::now())
+                .unwrap_err();
+            assert_eq!(
+                e.code,
+                ResponseError::InvalidRegularExpression.code(),
+                "{bad}"
+            );
+        }
+        assert!(g.members.is_empty());
     }
 
     #[test]
