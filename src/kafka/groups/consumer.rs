@@ -344,18 +344,25 @@ impl ConsumerGroup {
         if let Some(instance) = &hb.instance_id {
             if let Some(old_id) = self.statics.get(instance).cloned() {
                 if old_id != hb.member_id {
-                    let old_epoch = self.members.get(&old_id).map(|m| m.epoch);
-                    if old_epoch != Some(STATIC_LEAVE_EPOCH) && old_epoch.is_some() {
-                        return Err(refuse(
-                            ResponseError::UnreleasedInstanceId,
-                            format!(
-                                "Static member {old_id} with instance id {instance} is still \
-                                 in the group"
-                            ),
-                        ));
+                    match self.members.get(&old_id).map(|m| m.epoch) {
+                        Some(STATIC_LEAVE_EPOCH) => {
+                            self.replace_static(&old_id, hb, now);
+                            return Ok(false);
+                        }
+                        Some(_) => {
+                            return Err(refuse(
+                                ResponseError::UnreleasedInstanceId,
+                                format!(
+                                    "Static member {old_id} with instance id {instance} is \
+                                     still in the group"
+                                ),
+                            ))
+                        }
+                        // Not a member any more: the instance id is free.
+                        None => {
+                            self.statics.remove(instance);
+                        }
                     }
-                    self.replace_static(&old_id, hb, now);
-                    return Ok(false);
                 }
             }
         }
@@ -1014,6 +1021,34 @@ mod tests {
             .unwrap();
         assert_eq!(a2.epoch, 2);
         assert_eq!(parts(&a2.assignment.unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn a_member_that_does_not_revoke_in_its_rebalance_timeout_is_removed() {
+        let mut g = ConsumerGroup::new("g");
+        let now = Instant::now();
+        let c = catalog(2);
+        let a = g.heartbeat(join("a"), c.clone(), settings(), now).unwrap();
+        let mine = parts(&a.assignment.unwrap());
+        g.heartbeat(join("b"), c.clone(), settings(), now).unwrap();
+        g.heartbeat(beat("a", 1, Some(owned(&mine))), c.clone(), settings(), now)
+            .unwrap();
+        assert_eq!(g.members["a"].state, MemberState::UnrevokedPartitions);
+        // Still heartbeating, never revoking: out after the rebalance timeout (30 s).
+        let later = now + Duration::from_secs(31);
+        g.heartbeat(
+            beat("a", 1, Some(owned(&mine))),
+            c.clone(),
+            settings(),
+            later,
+        )
+        .unwrap();
+        g.tick(settings(), later);
+        assert!(!g.members.contains_key("a"));
+        let b = g
+            .heartbeat(beat("b", 2, Some(Assignment::new())), c, settings(), later)
+            .unwrap();
+        assert_eq!(parts(&b.assignment.unwrap()).len(), 2);
     }
 
     #[test]
