@@ -390,16 +390,16 @@ impl Coordinator {
         let now = Instant::now();
         let t = self.timeouts;
         match req {
+            // A classic member cannot join a consumer-protocol group with members
+            // (`consumer_coordinator.rs`).
             Request::Join(join, group) if self.consumer_group_active(&group) => {
-                let _ = join;
-                let code = ResponseError::InconsistentGroupProtocol.code();
-                Box::pin(async move {
-                    Reply::Join(
-                        JoinGroupResponse::default()
-                            .with_error_code(code)
-                            .with_generation_id(-1),
-                    )
-                })
+                let refused = JoinGroupResponse::default()
+                    .with_error_code(ResponseError::InconsistentGroupProtocol.code())
+                    .with_generation_id(-1)
+                    .with_protocol_name(Some(s("")))
+                    .with_leader(s(""))
+                    .with_member_id(s(&join.member_id));
+                Box::pin(async move { Reply::Join(refused) })
             }
             Request::Join(join, group) => match self.with_group(&group, |g| {
                 self.consumer_groups.borrow_mut().remove(&group);
