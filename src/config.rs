@@ -149,6 +149,9 @@ pub struct KafkaConfig {
     /// `group.consumer.max.size`: the most members a consumer-protocol group takes
     /// (GROUP_MAX_SIZE_REACHED beyond).
     pub group_consumer_max_size: u32,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a transactional
+    /// producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it).
+    pub transaction_max_timeout_ms: u64,
     /// `listeners` with `listener.security.protocol.map` and `advertised.listeners`: each
     /// `[[kafka.listeners]]` has a name, an address, a security protocol (`PLAINTEXT`,
     /// `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`; the name when left out) and what Metadata
@@ -605,6 +608,7 @@ impl Default for KafkaConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             group_consumer_max_size: i32::MAX as u32,
+            transaction_max_timeout_ms: 900_000,
             listeners: Vec::new(),
             sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),
             connections_max_reauth_ms: 0,

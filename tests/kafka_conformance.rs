@@ -300,24 +300,6 @@ fn auto_creation_skips_double_underscore_topics() {
     assert_eq!(body.topics[0].error_code, 0);
 }
 
-/// Until transactions exist, `init_transactions()` fails at once with a clear error
-/// instead of retrying a coordinator that never comes.
-#[test]
-fn transactional_producer_fails_fast() {
-    let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &[]);
-    let p: BaseProducer = client(&broker, &[("transactional.id", "tx-1")]);
-    let started = Instant::now();
-    let r = p.init_transactions(Duration::from_secs(30));
-    let took = started.elapsed();
-    let e = r.expect_err("transactions are not supported");
-    assert!(took < Duration::from_secs(5), "took {took:?}: {e}");
-    assert!(
-        e.to_string().to_lowercase().contains("transaction"),
-        "a clear error: {e}"
-    );
-}
-
 /// Kafka accepts the empty group id in OffsetCommit, OffsetFetch, DescribeGroups and
 /// DeleteGroups (old consumers commit under it); the member APIs refuse it.
 #[test]

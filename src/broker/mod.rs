@@ -213,6 +213,14 @@ async fn run_shard(
     .map_err(|e| format!("loading committed offsets: {e}"))?;
     glommio::spawn_local(groups.run_offset_writer()).detach();
     glommio::spawn_local(groups.clone().run_clock()).detach();
+    glommio::spawn_local(groups.run_txn_offsets_writer()).detach();
+    let txn = crate::kafka::txn::Coordinator::open(
+        &config.data_dir.join(id.to_string()).join("transactions"),
+        &config,
+        id,
+    )
+    .map_err(|e| format!("loading the transaction log: {e}"))?;
+    glommio::spawn_local(txn.run_log_writer()).detach();
     let core = Rc::new(Core::new(
         id,
         count,
@@ -224,6 +232,7 @@ async fn run_shard(
         core.clone(),
         storage.clone(),
         groups,
+        txn,
         state.clone(),
         writer,
     ));
@@ -321,6 +330,7 @@ async fn run_shard(
     let amqps_task = amqps
         .map(|tcp| glommio::spawn_local(crate::amqp::server::accept_tls_loop(shard.clone(), tcp)));
     crate::kafka::offsets_topic::start(&shard).await;
+    crate::kafka::txn::start(&shard);
     shutdown.mark_ready();
 
     // Run until asked to stop.

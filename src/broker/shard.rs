@@ -1,7 +1,7 @@
 //! `Shard`: the composition of one executor's state — the protocol-free runtime `Core`
 //! (id, mesh, replies, connections, stop), this shard's storage, its catalog replica (and, on
-//! shard 0, the catalog writer), the consumer groups it coordinates, its Kafka in-flight
-//! budget, its AMQP state and its copy of the user store.
+//! shard 0, the catalog writer), the consumer groups and transactional ids it coordinates,
+//! its Kafka in-flight budget, its AMQP state and its copy of the user store.
 //!
 //! Created inside the shard's executor by `broker::run_shard` and registered with its `Core`
 //! as the shard's local, so work sent from another shard (`Core::invoke_on::<Shard, ..>`)
@@ -25,6 +25,8 @@ pub struct Shard {
     pub storage: Rc<Storage>,
     /// The consumer groups this shard coordinates.
     pub groups: Rc<Coordinator>,
+    /// The transactional ids this shard coordinates.
+    pub txn: Rc<crate::kafka::txn::Coordinator>,
     pub catalog: Replica,
     writer: Option<CatalogWriter>,
     /// Kafka request bytes read and not yet answered, over all connections of the shard.
@@ -52,6 +54,7 @@ impl Shard {
         core: Rc<Core>,
         storage: Rc<Storage>,
         groups: Rc<Coordinator>,
+        txn: Rc<crate::kafka::txn::Coordinator>,
         state: Arc<CatalogState>,
         writer: Option<CatalogWriter>,
     ) -> Shard {
@@ -63,6 +66,7 @@ impl Shard {
             core,
             storage,
             groups,
+            txn,
             catalog: Replica::new(state),
             writer,
             kafka_budget: Default::default(),

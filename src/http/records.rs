@@ -432,6 +432,7 @@ async fn read(shard: &Rc<Shard>, req: &Req, topic: &str, partition: i32) -> ApiR
                     offset,
                     max_bytes,
                 }],
+                read_committed: false,
             },
         )
     };

@@ -1,7 +1,8 @@
 //! The Kafka wire protocol: the listener and connections (`server`), the one list of
 //! served APIs (`apis`), request framing (`codec`), one handler per API (`handlers/`),
-//! the partition work that runs on a partition's owner shard (`owner`), and each
-//! connection's SASL session (`sasl`).
+//! the partition work that runs on a partition's owner shard (`owner`), the consumer-group
+//! and transaction coordinators (`groups`, `txn`), and each connection's SASL session
+//! (`sasl`).
 //!
 //! Connections run on the shard that accepted them; partition work crosses to the owner
 //! shard through `Shard::kafka_dispatch` / `Shard::kafka`.
@@ -18,6 +19,7 @@ pub mod owner;
 pub mod produce_scan;
 pub mod sasl;
 pub mod server;
+pub mod txn;
 
 use std::cell::Cell;
 

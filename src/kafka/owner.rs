@@ -7,6 +7,11 @@
 //! does the synchronous part at once — appends happen in the order requests arrive — and
 //! returns a future for the rest (waiting for fdatasync, disk reads).
 //!
+//! Transaction markers (`Shard::write_txn_markers`, called by the transaction
+//! coordinator) are control batches appended here like produced batches, and answered
+//! once fdatasync'ed. They pass the free-space watermark: a marker is a few dozen bytes
+//! and it is what lets read_committed consumers move on.
+//!
 //! Produce below the free-space watermark (`storage.min_free_bytes`) is refused with
 //! KAFKA_STORAGE_ERROR before anything is appended; a write the disk refuses later fails
 //! its acks=all producers with the same code (see `storage`'s flusher).
@@ -20,7 +25,8 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Shard;
 use crate::catalog;
-use crate::storage::batch::{self, BatchError};
+use crate::kafka::handlers::details::partitions::ask_owners;
+use crate::storage::batch::{self, BatchError, MarkerRecord};
 use crate::storage::log::{self as plog, LogError};
 use crate::storage::LogRef;
 use crate::util::notify::Listener;
@@ -53,8 +59,23 @@ pub struct FetchPart {
 pub struct FetchResult {
     pub error: i16,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: Bytes,
+    /// read_committed: (producer id, first offset) of every aborted transaction that
+    /// overlaps `records`.
+    pub aborted: Vec<(i64, i64)>,
+}
+
+/// An end-transaction marker the transaction coordinator writes to every partition of a
+/// transaction (Kafka's WriteTxnMarkers entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// COMMIT rather than ABORT.
+    pub commit: bool,
+    pub coordinator_epoch: i32,
 }
 
 pub struct OffsetQuery {
@@ -79,11 +100,17 @@ pub enum Request {
         acks: i16,
         parts: Vec<ProducePart>,
     },
+    /// Reads each part; `read_committed` (READ_COMMITTED isolation) reads only below the
+    /// last stable offset and lists the aborted transactions the records overlap.
     Fetch {
         parts: Vec<FetchPart>,
+        read_committed: bool,
     },
+    /// `read_committed`: LATEST is the last stable offset and lookups find nothing at or
+    /// past it.
     ListOffsets {
         parts: Vec<OffsetQuery>,
+        read_committed: bool,
     },
     /// Moves log start offsets forward (DeleteRecords); offset -1 means the high watermark.
     DeleteRecords {
@@ -94,10 +121,18 @@ pub enum Request {
     Describe {
         parts: Option<Vec<(String, i32)>>,
     },
-    /// Resolves when any partition has data at or past its offset, or after `max_wait`.
+    /// Appends `marker` to each partition and answers once each is durable.
+    WriteTxnMarkers {
+        marker: TxnMarker,
+        parts: Vec<(String, i32)>,
+    },
+    /// Resolves when any partition has data at or past its offset (`read_committed`: below
+    /// its last stable offset, so a marker that moves it wakes the wait), or after
+    /// `max_wait`.
     WaitForData {
         parts: Vec<(String, i32, i64)>,
         max_wait: Duration,
+        read_committed: bool,
     },
 }
 
@@ -109,6 +144,8 @@ pub enum Reply {
     /// (low watermark, error) per partition.
     DeleteRecords(Vec<(i64, i16)>),
     Describe(Vec<PartitionInfo>),
+    /// The error code of each marker's partition, in request order.
+    TxnMarkers(Vec<i16>),
     /// The owner shard could not be reached (stopping).
     Unavailable,
 }
@@ -123,6 +160,9 @@ pub struct PartitionInfo {
     pub log_end_offset: i64,
     /// (producer id, epoch, last sequence, last timestamp)
     pub producers: Vec<(i64, i16, i32, i64)>,
+    /// For each of `producers`: the coordinator epoch of its last marker (-1: none) and
+    /// the offset its ongoing transaction began at (-1: none).
+    pub producer_txns: Vec<(i32, i64)>,
 }
 
 /// Special ListOffsets timestamps.
@@ -154,6 +194,7 @@ fn log_error_code(e: &LogError) -> i16 {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
         LogError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch.code(),
+        LogError::CoordinatorFenced(_) => ResponseError::TransactionCoordinatorFenced.code(),
         LogError::Io(_) => ResponseError::KafkaStorageError.code(),
     }
 }
@@ -180,19 +221,61 @@ impl Shard {
             .await;
         Box::pin(async move { done.await.unwrap_or(Reply::Unavailable) })
     }
+
+    /// Appends `marker` as a control batch to each partition through its owner shard (one
+    /// cross-shard call per owner, as `kafka_dispatch` does) and waits until each is
+    /// durable (fdatasync). Returns, in `parts` order, each partition's error code: 0,
+    /// UNKNOWN_TOPIC_OR_PARTITION for a partition that no longer exists (the coordinator
+    /// treats that as done), KAFKA_STORAGE_ERROR when the disk refuses,
+    /// INVALID_PRODUCER_EPOCH / TRANSACTION_COORDINATOR_FENCED for a marker older than
+    /// the partition's producer state, NOT_LEADER_OR_FOLLOWER when the owner shard is
+    /// stopping (retriable).
+    pub async fn write_txn_markers(
+        self: &Rc<Self>,
+        marker: TxnMarker,
+        parts: Vec<(String, i32)>,
+    ) -> Vec<i16> {
+        let items = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (topic, partition))| (i, topic, partition, ()))
+            .collect();
+        ask_owners(
+            self,
+            items,
+            ResponseError::NotLeaderOrFollower.code(),
+            |parts| Request::WriteTxnMarkers {
+                marker,
+                parts: parts.into_iter().map(|(t, p, ())| (t, p)).collect(),
+            },
+            |reply| match reply {
+                Reply::TxnMarkers(codes) => Some(codes),
+                _ => None,
+            },
+        )
+        .await
+    }
 }
 
 /// Runs the synchronous part of `req` now and returns the rest.
 pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> {
     match req {
         Request::Produce { acks, parts } => produce(shard, acks, parts),
-        Request::Fetch { parts } => {
+        Request::Fetch {
+            parts,
+            read_committed,
+        } => {
             let shard = shard.clone();
-            Box::pin(async move { Reply::Fetch(fetch(&shard, parts).await) })
+            Box::pin(async move { Reply::Fetch(fetch(&shard, parts, read_committed).await) })
         }
-        Request::ListOffsets { parts } => {
+        Request::ListOffsets {
+            parts,
+            read_committed,
+        } => {
             let shard = shard.clone();
-            Box::pin(async move { Reply::ListOffsets(list_offsets(&shard, parts).await) })
+            Box::pin(async move {
+                Reply::ListOffsets(list_offsets(&shard, parts, read_committed).await)
+            })
         }
         Request::DeleteRecords { parts } => {
             let shard = shard.clone();
@@ -216,13 +299,24 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
                     |(topic, partition)| match log_for(shard, &topic, partition) {
                         Some(log) => {
                             let l = log.borrow();
+                            let producers = l.producers.describe();
+                            let producer_txns = producers
+                                .iter()
+                                .map(|(id, ..)| {
+                                    (
+                                        l.producers.coordinator_epoch(*id),
+                                        l.producers.ongoing_txn(*id).unwrap_or(-1),
+                                    )
+                                })
+                                .collect();
                             PartitionInfo {
                                 topic,
                                 partition,
                                 error: 0,
                                 size: l.size_bytes(),
                                 log_end_offset: l.next_offset,
-                                producers: l.producers.describe(),
+                                producers,
+                                producer_txns,
                             }
                         }
                         None => PartitionInfo {
@@ -237,13 +331,23 @@ pub fn start(shard: &Rc<Shard>, req: Request) -> LocalBoxFuture<'static, Reply> 
                 .collect();
             Box::pin(async move { Reply::Describe(infos) })
         }
-        Request::WaitForData { parts, max_wait } => {
+        Request::WriteTxnMarkers { marker, parts } => write_markers(shard, marker, parts),
+        Request::WaitForData {
+            parts,
+            max_wait,
+            read_committed,
+        } => {
             let listener = Listener::new();
             let mut ready = false;
             for (topic, partition, offset) in &parts {
                 if let Some(log) = log_for(shard, topic, *partition) {
                     let l = log.borrow();
-                    ready |= l.next_offset > *offset || *offset < l.log_start_offset;
+                    let end = if read_committed {
+                        l.last_stable_offset()
+                    } else {
+                        l.next_offset
+                    };
+                    ready |= end > *offset || *offset < l.log_start_offset;
                     listener.listen(&l.appended);
                 }
             }
@@ -438,39 +542,98 @@ fn produce(
     })
 }
 
-async fn fetch(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchResult> {
+/// Appends the marker to every part now; the returned future waits for fdatasync.
+fn write_markers(
+    shard: &Rc<Shard>,
+    marker: TxnMarker,
+    parts: Vec<(String, i32)>,
+) -> LocalBoxFuture<'static, Reply> {
+    let record = MarkerRecord {
+        commit: marker.commit,
+        coordinator_epoch: marker.coordinator_epoch,
+    };
+    let mut codes = Vec::with_capacity(parts.len());
+    let mut durable = Vec::new();
+    for (i, (topic, partition)) in parts.into_iter().enumerate() {
+        let Some(log) = log_for(shard, &topic, partition) else {
+            codes.push(unknown());
+            continue;
+        };
+        let appended =
+            log.borrow_mut()
+                .append_marker(marker.producer_id, marker.producer_epoch, record);
+        match appended {
+            Ok(a) => {
+                shard.storage.mark_dirty(&log);
+                durable.push((i, shard.storage.wait_durable(&log, a.last_offset + 1)));
+                codes.push(0);
+            }
+            Err(e) => {
+                log::debug!(
+                    "marker for producer {} on {topic}-{partition} refused: {e}",
+                    marker.producer_id
+                );
+                codes.push(log_error_code(&e));
+            }
+        }
+    }
+    Box::pin(async move {
+        let (idx, waits): (Vec<usize>, Vec<_>) = durable.into_iter().unzip();
+        for (i, r) in idx.into_iter().zip(join_all(waits).await) {
+            if let Err(e) = r {
+                log::warn!("transaction marker not written: {e}");
+                codes[i] = ResponseError::KafkaStorageError.code();
+            }
+        }
+        Reply::TxnMarkers(codes)
+    })
+}
+
+async fn fetch(shard: &Rc<Shard>, parts: Vec<FetchPart>, read_committed: bool) -> Vec<FetchResult> {
     let mut out = Vec::with_capacity(parts.len());
     for part in parts {
         let Some(log) = log_for(shard, &part.topic, part.partition) else {
             out.push(FetchResult {
                 error: unknown(),
                 high_watermark: -1,
+                last_stable_offset: -1,
                 log_start_offset: -1,
-                records: Bytes::new(),
+                ..Default::default()
             });
             continue;
         };
         let read = plog::read(&log, part.offset, part.max_bytes).await;
         let l = log.borrow();
-        out.push(match read {
-            Ok(records) => FetchResult {
-                error: 0,
-                high_watermark: l.high_watermark(),
-                log_start_offset: l.log_start_offset,
-                records,
-            },
-            Err(e) => FetchResult {
-                error: log_error_code(&e),
-                high_watermark: l.high_watermark(),
-                log_start_offset: l.log_start_offset,
-                records: Bytes::new(),
-            },
-        });
+        let lso = l.last_stable_offset();
+        let mut result = FetchResult {
+            error: 0,
+            high_watermark: l.high_watermark(),
+            last_stable_offset: lso,
+            log_start_offset: l.log_start_offset,
+            ..Default::default()
+        };
+        match read {
+            Ok(records) if read_committed => {
+                // Only what is stable; the batches read may reach past the LSO.
+                let (records, end) = batch::before(records, lso);
+                if end > part.offset {
+                    result.aborted = l.aborted_txns(part.offset, end);
+                }
+                result.records = records;
+            }
+            Ok(records) => result.records = records,
+            Err(e) => result.error = log_error_code(&e),
+        }
+        out.push(result);
     }
     out
 }
 
-async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    parts: Vec<OffsetQuery>,
+    read_committed: bool,
+) -> Vec<OffsetAnswer> {
     let mut out = Vec::with_capacity(parts.len());
     for q in parts {
         let Some(log) = log_for(shard, &q.topic, q.partition) else {
@@ -494,17 +657,30 @@ async fn list_offsets(shard: &Rc<Shard>, parts: Vec<OffsetQuery>) -> Vec<OffsetA
             });
             continue;
         }
+        // As Kafka: a read_committed client sees offsets below the LSO only.
         let (start, end) = {
             let l = log.borrow();
-            (l.log_start_offset, l.high_watermark())
+            let end = if read_committed {
+                l.last_stable_offset()
+            } else {
+                l.high_watermark()
+            };
+            (l.log_start_offset, end)
+        };
+        let visible = |(offset, ts): (i64, i64)| {
+            if offset < end {
+                (offset, ts)
+            } else {
+                (-1, -1)
+            }
         };
         let answer = match q.timestamp {
             LATEST => Ok((end, -1)),
             EARLIEST => Ok((start, -1)),
-            MAX_TIMESTAMP => plog::max_timestamp_offset(&log).await,
+            MAX_TIMESTAMP => plog::max_timestamp_offset(&log).await.map(visible),
             ts => plog::offset_for_timestamp(&log, ts)
                 .await
-                .map(|found| found.unwrap_or((-1, -1))),
+                .map(|found| visible(found.unwrap_or((-1, -1)))),
         };
         out.push(match answer {
             Ok((offset, timestamp)) => OffsetAnswer {

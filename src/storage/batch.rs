@@ -28,6 +28,10 @@ const BASE_SEQUENCE_OFFSET: usize = 53;
 const RECORDS_COUNT_OFFSET: usize = 57;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 const COMPRESSION_MASK: i16 = 0x07;
+/// Attributes bit 4: the batch belongs to a transaction.
+pub const TRANSACTIONAL_BIT: i16 = 0x10;
+/// Attributes bit 5: the batch holds a control record (a transaction marker).
+pub const CONTROL_BIT: i16 = 0x20;
 
 /// Why a produced batch was refused; mapped to CORRUPT_MESSAGE or INVALID_RECORD.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,8 +111,104 @@ impl BatchHeader {
     }
 
     pub fn is_control(&self) -> bool {
-        self.attributes & 0x20 != 0
+        self.attributes & CONTROL_BIT != 0
     }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_BIT != 0
+    }
+}
+
+/// What a transaction marker (the one control record of a control batch) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerRecord {
+    /// COMMIT (type 1) rather than ABORT (type 0).
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// A control batch as Kafka writes an end-transaction marker: magic 2, the transactional
+/// and control attribute bits, no compression, CreateTime `timestamp`, the producer's id
+/// and epoch, base sequence -1, and one record whose key is (version i16 0, type i16: 0
+/// abort, 1 commit) and whose value is (version i16 0, coordinator epoch i32). Offset 0;
+/// the log assigns the real one.
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: MarkerRecord,
+    timestamp: i64,
+) -> Result<Bytes, String> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let mut key = BytesMut::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&i16::from(marker.commit).to_be_bytes());
+    let mut value = BytesMut::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        std::iter::once(&record),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
+/// The marker a control batch carries; `None` when `h` is not a control batch or its
+/// record is not an end-transaction marker Kafka knows (or is malformed).
+pub fn marker_of(batch: &Bytes, h: &BatchHeader) -> Option<MarkerRecord> {
+    if !h.is_control() || h.records < 1 {
+        return None;
+    }
+    let records = inflate(batch, h).ok()?;
+    let mut at = 0;
+    varint(&records, &mut at)?; // record length
+    at += 1; // attributes
+    varint(&records, &mut at)?; // timestamp delta
+    varint(&records, &mut at)?; // offset delta
+    let key_len = usize::try_from(varint(&records, &mut at)?).ok()?;
+    let key = records.get(at..at.checked_add(key_len)?)?;
+    at += key_len;
+    if key.len() < 4 {
+        return None;
+    }
+    let commit = match i16_at(key, 2) {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let value_len = usize::try_from(varint(&records, &mut at)?).ok()?;
+    let value = records.get(at..at.checked_add(value_len)?)?;
+    let coordinator_epoch = if value.len() >= 6 {
+        i32_at(value, 2)
+    } else {
+        -1
+    };
+    Some(MarkerRecord {
+        commit,
+        coordinator_epoch,
+    })
 }
 
 /// Records in the complete batches of `records` (a produce's or a fetch's record set).
@@ -143,6 +243,22 @@ pub fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
         end += h.size;
     }
     records.slice(..end)
+}
+
+/// The leading whole batches of `records` that end below offset `end` (a read_committed
+/// read stops at the last stable offset), and the offset after the last one kept (the
+/// first batch's base when none is kept, 0 when there is none).
+pub fn before(records: Bytes, end: i64) -> (Bytes, i64) {
+    let mut at = 0;
+    let mut next = BatchHeader::parse(&records).map_or(0, |h| h.base_offset);
+    while let Some(h) = BatchHeader::parse(&records[at..]) {
+        if h.size == 0 || at + h.size > records.len() || h.last_offset() >= end {
+            break;
+        }
+        at += h.size;
+        next = h.last_offset() + 1;
+    }
+    (records.slice(..at), next)
 }
 
 /// Checks magic, length and CRC of the one batch that starts `b` and returns its header.
@@ -444,6 +560,72 @@ pub(crate) mod tests {
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         Bytes::from(b)
+    }
+
+    /// A batch of `n` records (keys `k<i>`) of a transactional (idempotent) producer.
+    pub fn txn_batch(producer_id: i64, epoch: i16, base_sequence: i32, n: i32) -> Bytes {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: true,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id,
+                producer_epoch: epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: base_sequence + i,
+                timestamp: 1_000 + i as i64,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from_static(b"v")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    /// The control batch is what Kafka writes, and reads back as the marker it carries.
+    #[test]
+    fn control_batches_carry_their_marker() {
+        for commit in [false, true] {
+            let marker = MarkerRecord {
+                commit,
+                coordinator_epoch: 7,
+            };
+            let b = control_batch(42, 3, marker, 5_000).unwrap();
+            let h = validate(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(h.compression(), 0);
+            assert_eq!((h.producer_id, h.producer_epoch), (42, 3));
+            assert_eq!(
+                (h.base_sequence, h.records, h.last_offset_delta),
+                (-1, 1, 0)
+            );
+            assert_eq!((h.base_timestamp, h.max_timestamp), (5_000, 5_000));
+            assert_eq!(marker_of(&b, &h), Some(marker));
+            // Key (version 0, type) and value (version 0, coordinator epoch), as Kafka.
+            let section = &b[HEADER_LEN..];
+            let key = [0, 0, 0, u8::from(commit)];
+            assert!(section.windows(4).any(|w| w == key));
+            assert!(section.windows(6).any(|w| w == [0, 0, 0, 0, 0, 7]));
+        }
+        let data = txn_batch(42, 3, 0, 2);
+        let h = validate(&data).unwrap();
+        assert!(h.is_transactional() && !h.is_control());
+        assert_eq!(marker_of(&data, &h), None);
     }
 
     fn put_varint(out: &mut Vec<u8>, v: i64) {

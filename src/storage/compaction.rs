@@ -8,6 +8,11 @@
 //! new file. Batches keep their base offset, last offset delta and base timestamp, so each
 //! kept record's bytes are copied unchanged; a compressed batch is inflated and re-compressed
 //! with its own codec.
+//!
+//! Transactions stay correct: only what lies below the last stable offset is compacted
+//! (an ongoing transaction may still abort), records of aborted transactions are dropped
+//! and never supersede a committed value, and markers are always kept (the aborted-
+//! transaction index keeps covering what remains).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -152,13 +157,45 @@ pub struct Pass {
     pub records_removed: usize,
 }
 
+/// The aborted transactions of a log: for each producer, the offset ranges
+/// (first, marker) of its aborted transactions.
+struct Aborted(HashMap<i64, Vec<(i64, i64)>>);
+
+impl Aborted {
+    fn of(log: &LogRef) -> Aborted {
+        let mut map: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for seg in log.borrow().segments() {
+            for a in &seg.aborted {
+                map.entry(a.producer_id)
+                    .or_default()
+                    .push((a.first_offset, a.last_offset));
+            }
+        }
+        Aborted(map)
+    }
+
+    /// Whether the (data) batch belongs to an aborted transaction.
+    fn holds(&self, h: &BatchHeader) -> bool {
+        h.is_transactional()
+            && !h.is_control()
+            && self.0.get(&h.producer_id).is_some_and(|ranges| {
+                ranges
+                    .iter()
+                    .any(|(first, last)| *first <= h.base_offset && h.base_offset <= *last)
+            })
+    }
+}
+
 /// One compaction pass over a partition's sealed segments.
 pub async fn compact(log: &LogRef) -> Result<Pass, String> {
-    // 1. The latest offset of every key in the whole log.
+    let stable = log.borrow().last_stable_offset();
+    let aborted = Aborted::of(log);
+    // 1. The latest offset of every key below the last stable offset, aborted records
+    // left out.
     let mut latest: HashMap<Bytes, i64> = HashMap::new();
     let mut bad = None;
     each_batch(log, |batch, h| {
-        if h.is_control() {
+        if h.is_control() || h.last_offset() >= stable || aborted.holds(h) {
             return;
         }
         match records_of(batch, h) {
@@ -181,7 +218,7 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
         let l = log.borrow();
         let segs: Vec<(i64, u64, Option<Rc<glommio::io::DmaFile>>)> = l
             .segments()
-            .filter(|s| s.finalized)
+            .filter(|s| s.finalized && s.next_offset <= stable)
             .map(|s| (s.base_offset, s.size, s.file.clone()))
             .collect();
         (
@@ -213,6 +250,10 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
             at += h.size;
             if h.is_control() {
                 out.extend_from_slice(&batch);
+                continue;
+            }
+            if aborted.holds(&h) {
+                removed += h.records.max(0) as usize;
                 continue;
             }
             let records = records_of(&batch, &h)?;

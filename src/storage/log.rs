@@ -1,5 +1,7 @@
 //! `PartitionLog`: one Kafka partition's segmented log on its owner shard — append, read,
-//! offsets, the tail cache, roll and retention, recovery.
+//! offsets, the tail cache, roll and retention, recovery, and the partition's side of
+//! transactions: markers (`append_marker`), the last stable offset, the aborted
+//! transactions a read_committed fetch needs (`aborted_txns`, from each segment's index).
 //!
 //! Only the owner shard holds a `PartitionLog` (`Rc<RefCell<…>>`); other shards reach it
 //! through the mesh. No method keeps a borrow across an `.await`: async reads clone the
@@ -12,9 +14,10 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::{self, BatchHeader};
-use super::producers::{ProducerStates, Verdict};
+use super::batch::{self, BatchHeader, MarkerRecord};
+use super::producers::{MarkerRefusal, ProducerStates, Verdict};
 use super::segment::Segment;
+use super::txn_index::AbortedTxn;
 use super::LogSettings;
 use crate::util::notify::Notify;
 
@@ -29,6 +32,8 @@ pub enum LogError {
     OutOfOrderSequence { got: i32 },
     #[error("producer epoch {0} is older than the current one")]
     InvalidProducerEpoch(i16),
+    #[error("coordinator epoch {0} is older than that of the last marker")]
+    CoordinatorFenced(i32),
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -183,21 +188,56 @@ impl PartitionLog {
         log.segments.clear();
         let now = now_ms();
         let interval = log.settings.index_interval_bytes as u64;
-        // Producer state: the snapshot of the last clean stop, then every batch after it.
+        // Producer and transaction state: the last snapshot (saved when a segment is
+        // sealed and at a clean stop), then every batch after it, markers included.
         let (covered, producers) =
             ProducerStates::load(&dir).unwrap_or((0, ProducerStates::default()));
         log.producers = producers;
         for (i, base) in bases.iter().enumerate() {
             let mut seg = Segment::load(&dir, *base, now).await?;
             let had_index = seg.load_index_files();
+            if !seg.load_txn_index() {
+                log::warn!("{topic}-{partition}: damaged aborted-transaction index of segment {base}: rebuilding it");
+                seg.aborted.clear();
+                seg.index.clear();
+            }
+            // A segment that may hold batches past the snapshot is read from there on.
+            let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+            let from = (next_base > covered).then_some(covered);
             let states = &mut log.producers;
+            let mut aborted = Vec::new();
             let scan = seg
-                .scan(interval, &mut |h| {
-                    if h.base_offset >= covered {
-                        states.record(h);
+                .scan(interval, from, &mut |h, bytes| {
+                    if h.base_offset < covered {
+                        return;
+                    }
+                    states.record(h);
+                    let Some(m) = batch::marker_of(bytes, h) else {
+                        return;
+                    };
+                    let at = h.base_offset;
+                    let ended =
+                        states.end_txn(h.producer_id, h.producer_epoch, m.coordinator_epoch, at);
+                    if let (Some(first), false) = (ended, m.commit) {
+                        aborted.push(AbortedTxn {
+                            producer_id: h.producer_id,
+                            first_offset: first,
+                            last_offset: at,
+                            last_stable_offset: states
+                                .first_unstable_offset()
+                                .map_or(at + 1, |f| f.min(at + 1)),
+                        });
                     }
                 })
                 .await?;
+            // Markers below the snapshot are in the index file already; torn ones go.
+            seg.aborted.retain(|a| a.last_offset < scan.next_offset);
+            for a in aborted {
+                if !seg.aborted.iter().any(|e| e.last_offset == a.last_offset) {
+                    seg.aborted.push(a);
+                }
+            }
+            seg.aborted.sort_by_key(|a| a.last_offset);
             if scan.torn_bytes > 0 {
                 let is_last = i + 1 == bases.len();
                 // Zero padding after the last block-aligned write is not damage.
@@ -217,6 +257,10 @@ impl PartitionLog {
                             let _ = std::fs::remove_file(seg.paths()[1].clone());
                             let _ = std::fs::remove_file(seg.paths()[2].clone());
                         }
+                        // The file must not name markers the cut removed.
+                        if let Err(e) = seg.write_txn_index() {
+                            log::warn!("{topic}-{partition}: rewriting the aborted-transaction index of segment {base}: {e}");
+                        }
                     }
                     file.truncate(scan.valid_size)
                         .await
@@ -235,6 +279,10 @@ impl PartitionLog {
             .min(log.next_offset);
         log.written_offset = log.next_offset;
         log.durable_offset = log.next_offset;
+        // A snapshot may describe appends the disk never got (a kill -9 before they were
+        // written): what lies past the log's end is forgotten.
+        log.producers.forget_from(log.next_offset);
+        log.producers.prune_ended(log.next_offset);
         Ok(log)
     }
 
@@ -267,7 +315,11 @@ impl PartitionLog {
         let full = active.size > 0 && active.size + incoming as u64 > segment_bytes;
         let old = active.size > 0 && segment_ms > 0 && now - active.created_ms >= segment_ms;
         if full || old {
+            // The producer state as of the segment's end, saved once it is on disk.
+            let snapshot = self.producers.clone();
+            let active = self.active();
             active.sealed = true;
+            active.roll_snapshot = Some(snapshot);
             let seg = Segment::new(&self.dir, next, now);
             self.segments.insert(next, seg);
         }
@@ -346,6 +398,78 @@ impl PartitionLog {
             log_append_time: lat.unwrap_or(-1),
             duplicate: false,
         })
+    }
+
+    /// Appends a transaction marker of `producer_id` as a control batch: it ends the
+    /// producer's ongoing transaction (an abort enters the aborted-transaction index of
+    /// the segment it lands in) and raises the producer's epoch to `epoch`. No sequence
+    /// check; a marker for a producer without an ongoing transaction is appended all the
+    /// same (a coordinator retrying after a restart). Refused when `epoch` is older than
+    /// the producer's (INVALID_PRODUCER_EPOCH) or the coordinator epoch older than the
+    /// last marker's (TRANSACTION_COORDINATOR_FENCED), as Kafka refuses them.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        marker: MarkerRecord,
+    ) -> Result<Appended, LogError> {
+        self.producers
+            .check_marker(producer_id, epoch, marker.coordinator_epoch)
+            .map_err(|r| match r {
+                MarkerRefusal::StaleEpoch => LogError::InvalidProducerEpoch(epoch),
+                MarkerRefusal::CoordinatorFenced => {
+                    LogError::CoordinatorFenced(marker.coordinator_epoch)
+                }
+            })?;
+        let bytes = batch::control_batch(producer_id, epoch, marker, now_ms())
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))?;
+        let header = batch::validate(&bytes)
+            .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))?;
+        let appended = self.append(&[(header, bytes)])?;
+        self.producers.prune_ended(self.durable_offset);
+        let at = appended.base_offset;
+        let ended = self
+            .producers
+            .end_txn(producer_id, epoch, marker.coordinator_epoch, at);
+        if let (Some(first), false) = (ended, marker.commit) {
+            let entry = AbortedTxn {
+                producer_id,
+                first_offset: first,
+                last_offset: at,
+                last_stable_offset: self.last_stable_offset(),
+            };
+            if let Some((_, seg)) = self.segments.range_mut(..=at).next_back() {
+                seg.aborted.push(entry);
+            }
+        }
+        Ok(appended)
+    }
+
+    /// The last stable offset: the first offset of the oldest ongoing transaction (not
+    /// below the log start, as Kafka keeps it when DeleteRecords or retention pass it),
+    /// else the high watermark. read_committed consumers read below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.producers
+            .first_unstable_offset()
+            .map_or(hw, |first| first.max(self.log_start_offset).min(hw))
+    }
+
+    /// (producer id, first offset) of every aborted transaction that overlaps the offsets
+    /// `[from, upto)`: its abort marker is at or after `from` and it began before `upto`
+    /// (what a read_committed Fetch returns beside the records it reads).
+    pub fn aborted_txns(&self, from: i64, upto: i64) -> Vec<(i64, i64)> {
+        let start = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(b, _)| *b);
+        self.segments
+            .range(start..)
+            .flat_map(|(_, s)| s.aborted.iter())
+            .filter(|a| a.last_offset >= from && a.first_offset < upto)
+            .map(|a| (a.producer_id, a.first_offset))
+            .collect()
     }
 
     /// Undoes every append past what is on disk (`to_durable`: past what is fdatasync'ed)
@@ -804,7 +928,7 @@ pub async fn max_timestamp_offset(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::batch::tests::make_batch;
+    use crate::storage::batch::tests::{make_batch, txn_batch};
 
     fn settings() -> LogSettings {
         LogSettings {
@@ -856,5 +980,110 @@ mod tests {
         let a = log.append(&batches(1)).unwrap();
         assert_eq!((a.base_offset, a.last_offset), (3, 3));
         assert_eq!(log.active().size, written + batches(1)[0].1.len() as u64);
+    }
+
+    fn txn(pid: i64, epoch: i16, seq: i32, n: i32) -> Vec<(BatchHeader, Bytes)> {
+        batch::split(&txn_batch(pid, epoch, seq, n)).unwrap()
+    }
+
+    fn marker(commit: bool, coordinator_epoch: i32) -> MarkerRecord {
+        MarkerRecord {
+            commit,
+            coordinator_epoch,
+        }
+    }
+
+    /// Two producers' transactions interleaved with plain records: the LSO stays at the
+    /// oldest ongoing transaction's first offset; an abort enters the index, a commit not.
+    #[test]
+    fn markers_end_transactions_and_move_the_last_stable_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path().join("t-0"), "t", 0, settings(), 1 << 20);
+        log.append(&batches(3)).unwrap();
+        assert_eq!(log.last_stable_offset(), 3);
+        assert_eq!(log.append(&txn(7, 0, 0, 2)).unwrap().base_offset, 3);
+        assert_eq!(log.append(&txn(8, 0, 0, 1)).unwrap().base_offset, 5);
+        log.append(&txn(7, 0, 2, 1)).unwrap();
+        log.append(&batches(1)).unwrap();
+        assert_eq!((log.last_stable_offset(), log.high_watermark()), (3, 8));
+        assert_eq!(log.producers.ongoing_txns(), vec![(7, 3), (8, 5)]);
+
+        let abort = log.append_marker(7, 0, marker(false, 1)).unwrap();
+        assert_eq!(abort.base_offset, 8);
+        assert_eq!(log.last_stable_offset(), 5);
+        assert_eq!(log.aborted_txns(0, 9), vec![(7, 3)]);
+        // The marker is a control batch in the log, read like any other.
+        let seg = log.segments().next().unwrap();
+        assert_eq!(seg.aborted[0].last_stable_offset, 5);
+
+        log.append_marker(8, 0, marker(true, 1)).unwrap();
+        assert_eq!((log.last_stable_offset(), log.high_watermark()), (10, 10));
+        assert!(log.producers.ongoing_txns().is_empty());
+        // Overlap: the abort's marker (8) is at or after the fetch offset and the
+        // transaction began before the end of the range.
+        assert_eq!(log.aborted_txns(8, 10), vec![(7, 3)]);
+        assert_eq!(log.aborted_txns(9, 10), vec![]);
+        assert_eq!(log.aborted_txns(0, 3), vec![]);
+
+        // A marker with no ongoing transaction is still appended (a coordinator's retry).
+        let again = log.append_marker(8, 0, marker(true, 1)).unwrap();
+        assert_eq!(again.base_offset, 10);
+        assert_eq!(log.last_stable_offset(), 11);
+
+        // DeleteRecords past an open transaction's start: the LSO is not below the log start.
+        log.append(&txn(9, 0, 0, 2)).unwrap();
+        log.append(&batches(1)).unwrap();
+        assert_eq!(log.last_stable_offset(), 11);
+        log.delete_records_before(12).unwrap();
+        assert_eq!(log.last_stable_offset(), 12);
+    }
+
+    /// A marker with a newer epoch fences the producer's older instance; markers older
+    /// than the producer's epoch or coordinator epoch are refused as Kafka refuses them.
+    #[test]
+    fn markers_fence_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path().join("t-0"), "t", 0, settings(), 1 << 20);
+        log.append(&txn(7, 0, 0, 2)).unwrap();
+        log.append_marker(7, 1, marker(false, 3)).unwrap();
+        assert_eq!(log.aborted_txns(0, 3), vec![(7, 0)]);
+        assert!(matches!(
+            log.append(&txn(7, 0, 2, 1)),
+            Err(LogError::InvalidProducerEpoch(0))
+        ));
+        assert!(matches!(
+            log.append_marker(7, 0, marker(true, 3)),
+            Err(LogError::InvalidProducerEpoch(0))
+        ));
+        assert!(matches!(
+            log.append_marker(7, 1, marker(true, 2)),
+            Err(LogError::CoordinatorFenced(2))
+        ));
+        // The new instance starts its sequences at 0 in a new transaction.
+        assert_eq!(log.append(&txn(7, 1, 0, 1)).unwrap().base_offset, 3);
+        assert_eq!(log.last_stable_offset(), 3);
+        // A producer the partition never saw: its marker is appended, nothing is aborted.
+        log.append_marker(99, 0, marker(false, 3)).unwrap();
+        assert_eq!(log.aborted_txns(0, 10), vec![(7, 0)]);
+    }
+
+    /// A marker the disk refused is undone: its transaction is ongoing again, so the
+    /// coordinator's retry ends it.
+    #[test]
+    fn a_rewound_marker_leaves_its_transaction_ongoing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path().join("t-0"), "t", 0, settings(), 1 << 20);
+        log.append(&txn(7, 0, 0, 2)).unwrap();
+        let job = log.active().take_write(1 << 20).unwrap();
+        log.active().complete_write(&job, 512);
+        log.written_offset = job.upto;
+        log.append_marker(7, 0, marker(false, 0)).unwrap();
+        assert_eq!(log.last_stable_offset(), 3);
+        log.rewind(false);
+        assert_eq!((log.last_stable_offset(), log.high_watermark()), (0, 2));
+        assert!(log.aborted_txns(0, 3).is_empty());
+        log.append_marker(7, 0, marker(false, 0)).unwrap();
+        assert_eq!(log.aborted_txns(0, 3), vec![(7, 0)]);
+        assert_eq!(log.last_stable_offset(), 3);
     }
 }

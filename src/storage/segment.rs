@@ -8,6 +8,9 @@
 //! partial block is kept in memory and rewritten with the next write, so writes are always
 //! block-aligned and the file may carry zero padding past the logical end (recovery stops at
 //! the first zero length or bad CRC).
+//!
+//! `<base>.txnindex` (`txn_index`) lists the transactions aborted by markers in the
+//! segment; it is written with the other index files and goes with the segment.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -16,6 +19,8 @@ use bytes::Bytes;
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchHeader, HEADER_LEN};
+use super::producers::ProducerStates;
+use super::txn_index::{self, AbortedTxn};
 
 /// A sparse index point: the batch with base `offset` starts at `position`; `max_timestamp`
 /// is the largest batch timestamp in the segment up to and including that batch.
@@ -53,6 +58,12 @@ pub struct Segment {
     pub sealed: bool,
     /// Sealed, written, synced, truncated and its index files written.
     pub finalized: bool,
+    /// The transactions aborted by markers in this segment, in marker order.
+    pub aborted: Vec<AbortedTxn>,
+    /// The partition's producer state as of this segment's end, taken when it was sealed
+    /// and saved (`producers.snapshot`) once the segment is finalized, so a recovery
+    /// scans only the segments after it.
+    pub roll_snapshot: Option<ProducerStates>,
 }
 
 pub fn stem(dir: &Path, base_offset: i64) -> PathBuf {
@@ -101,6 +112,8 @@ impl Segment {
             next_offset: base_offset,
             sealed: false,
             finalized: false,
+            aborted: Vec::new(),
+            roll_snapshot: None,
         }
     }
 
@@ -189,19 +202,24 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Scans the whole file, validating every batch, rebuilding the index; stops at the
-    /// first batch that is torn (short, zero length, bad CRC, or out of sequence).
+    /// Scans the file from its last index entry (index files from a seal or a clean
+    /// shutdown; at or before offset `from` when given, else from the start), validating
+    /// every batch, rebuilding the index past that point; stops at the first batch that is
+    /// torn (short, zero length, bad CRC, or out of sequence). `on_batch` sees each batch
+    /// read, with its bytes.
     pub async fn scan(
         &mut self,
         index_interval: u64,
-        on_batch: &mut dyn FnMut(&BatchHeader),
+        from: Option<i64>,
+        on_batch: &mut dyn FnMut(&BatchHeader, &Bytes),
     ) -> std::io::Result<Scan> {
         let file = self.open_file().await?;
         let file_size = file.file_size().await.map_err(std::io::Error::from)?;
         const CHUNK: usize = 1 << 20;
-        // Resume from the last index entry inside the file (index files from a seal or a
-        // clean shutdown), else from the start.
-        let resume = self.index.iter().rposition(|e| e.position < file_size);
+        let resume = self
+            .index
+            .iter()
+            .rposition(|e| e.position < file_size && from.is_none_or(|o| e.offset <= o));
         let (mut pos, mut expected) = match resume {
             Some(i) => {
                 let e = self.index[i];
@@ -244,7 +262,7 @@ impl Segment {
                 match batch::validate(&bytes) {
                     Ok(v) if v.base_offset >= expected => {
                         expected = v.last_offset() + 1;
-                        on_batch(&v);
+                        on_batch(&v, &bytes);
                         self.push(&v, bytes, index_interval);
                         at += v.size;
                     }
@@ -328,6 +346,8 @@ impl Segment {
         self.next_offset = next_offset;
         self.sealed = false;
         self.finalized = false;
+        self.aborted.retain(|a| a.last_offset < next_offset);
+        self.roll_snapshot = None;
     }
 
     /// Index files in Kafka's layout: `.index` = (relative offset u32, position u32),
@@ -418,11 +438,45 @@ impl Segment {
         with_ext(&self.stem, "log.cleaned")
     }
 
-    pub fn paths(&self) -> [PathBuf; 3] {
+    pub fn txn_index_path(&self) -> PathBuf {
+        with_ext(&self.stem, "txnindex")
+    }
+
+    /// Writes `<base>.txnindex` with the segment's aborted transactions (removes it when
+    /// there are none).
+    pub fn write_txn_index(&self) -> std::io::Result<()> {
+        let path = self.txn_index_path();
+        if self.aborted.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        std::fs::write(path, txn_index::encode(&self.aborted))
+    }
+
+    /// Loads `<base>.txnindex` if there is one; false when it is damaged (the caller then
+    /// rescans the segment to rebuild it).
+    pub fn load_txn_index(&mut self) -> bool {
+        match std::fs::read(self.txn_index_path()) {
+            Ok(data) => match txn_index::decode(&data) {
+                Some(entries) => {
+                    self.aborted = entries;
+                    true
+                }
+                None => false,
+            },
+            Err(_) => true,
+        }
+    }
+
+    /// Every file of the segment.
+    pub fn paths(&self) -> [PathBuf; 4] {
         [
             with_ext(&self.stem, "log"),
             with_ext(&self.stem, "index"),
             with_ext(&self.stem, "timeindex"),
+            self.txn_index_path(),
         ]
     }
 }

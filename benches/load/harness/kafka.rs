@@ -5,8 +5,8 @@
 //! delivery reports arrive on that thread) and one per consumer (a `BaseConsumer`).
 //! Consumers start at each partition's high watermark read before the first send, so a
 //! reused topic works and nothing produced by this run can be missed. No consumer group,
-//! no commits, no idempotence: the harness needs none of them and not every broker has
-//! them.
+//! no commits, no idempotence unless asked (`-P enable.idempotence=true`, or
+//! `--transactional N`: a transaction committed every N records per producer).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -184,6 +184,11 @@ fn produce(
             c.set("acks", args.acks.as_config())
                 .set("enable.idempotence", "false")
                 .set("message.timeout.ms", "60000");
+            if args.transactional.is_some() {
+                c.set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    .set("transactional.id", format!("load-{topic}-{k}"));
+            }
             c
         },
         args,
@@ -192,6 +197,13 @@ fn produce(
     let producer: BaseProducer<Deliveries> = config
         .create_with_context(context)
         .map_err(|e| kafka_err("producer", e))?;
+    let txn_timeout = Duration::from_secs(60);
+    if args.transactional.is_some() {
+        producer
+            .init_transactions(txn_timeout)
+            .and_then(|()| producer.begin_transaction())
+            .map_err(|e| kafka_err("init_transactions", e))?;
+    }
     let clock = progress.clock;
     let mut body = payload::body(args.workload.message_size as usize);
     let mut sent = 0u64;
@@ -236,8 +248,22 @@ fn produce(
         if sent.is_multiple_of(64) {
             producer.poll(Duration::ZERO);
         }
+        if let Some(n) = args.transactional.filter(|n| sent.is_multiple_of(*n)) {
+            // commit_transaction flushes first: the transaction's records are acked.
+            if let Err(e) = producer
+                .commit_transaction(txn_timeout)
+                .and_then(|()| producer.begin_transaction())
+            {
+                progress.error(format!("transaction of {n} records: {e}"));
+                break;
+            }
+        }
     }
-    if let Err(e) = producer.flush(Duration::from_secs(90)) {
+    if args.transactional.is_some() {
+        if let Err(e) = producer.commit_transaction(txn_timeout) {
+            progress.error(format!("last transaction: {e}"));
+        }
+    } else if let Err(e) = producer.flush(Duration::from_secs(90)) {
         progress.error(format!("flush: {e}"));
     }
     producer.poll(Duration::ZERO);

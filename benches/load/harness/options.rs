@@ -137,6 +137,12 @@ pub struct KafkaArgs {
     pub partitions: i32,
     #[arg(long, value_enum, default_value = "1")]
     pub acks: Acks,
+    /// Transactional producers: each has its own `transactional.id` and commits a
+    /// transaction every N records (and the rest at the end); implies idempotence and
+    /// acks=all. Consumers read with librdkafka's default `read_committed`, so a record
+    /// arrives once its transaction is committed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub transactional: Option<u64>,
     /// Extra librdkafka property for producers and consumers (`-X socket.nagle.disable=true`).
     #[arg(short = 'X', long = "property", value_parser = parse_key_value)]
     pub properties: Vec<(String, String)>,

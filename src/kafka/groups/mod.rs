@@ -18,6 +18,7 @@ pub mod consumer;
 mod consumer_coordinator;
 pub mod group;
 pub mod store;
+pub mod txn_offsets;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -185,6 +186,8 @@ pub struct Coordinator {
     topic_wake: Notify,
     /// The generation of each group whose metadata was last queued for the topic.
     recorded_generation: RefCell<HashMap<String, i32>>,
+    /// Offsets of ongoing transactions (TxnOffsetCommit), until the transaction ends.
+    pub txn_offsets: txn_offsets::TxnOffsets,
 }
 
 /// Records that wait for `__consumer_offsets` at most (see `requeue_topic_records`).
@@ -226,6 +229,7 @@ impl Coordinator {
     /// Loads the committed offsets of this shard's groups.
     pub fn open(dir: &Path, config: &Config) -> std::io::Result<Rc<Coordinator>> {
         let (store, offsets) = OffsetStore::open(dir)?;
+        let txn_offsets = txn_offsets::TxnOffsets::open(dir)?;
         let k = &config.kafka;
         Ok(Rc::new(Coordinator {
             groups: RefCell::new(HashMap::new()),
@@ -246,6 +250,7 @@ impl Coordinator {
             topic_records: RefCell::new(Vec::new()),
             topic_wake: Notify::new(),
             recorded_generation: RefCell::new(HashMap::new()),
+            txn_offsets,
         }))
     }
 

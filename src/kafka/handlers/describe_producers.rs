@@ -1,5 +1,6 @@
 //! DescribeProducers (key 61), v0: the idempotent producers each partition remembers (id,
-//! epoch, last sequence, last timestamp).
+//! epoch, last sequence, last timestamp), with the coordinator epoch of each one's last
+//! transaction marker and the offset its ongoing transaction began at (-1: none).
 //!
 //! Runs on the connection's shard; owner shards answer for their partitions.
 
@@ -46,20 +47,25 @@ pub fn handle(
                                 .with_error_code(topic_denied());
                         }
                         let info = infos.next().unwrap_or_default();
+                        let txns = info
+                            .producer_txns
+                            .into_iter()
+                            .chain(std::iter::repeat((-1, -1)));
                         PartitionResponse::default()
                             .with_partition_index(*p)
                             .with_error_code(info.error)
                             .with_active_producers(
                                 info.producers
                                     .into_iter()
-                                    .map(|(id, epoch, seq, ts)| {
+                                    .zip(txns)
+                                    .map(|((id, epoch, seq, ts), (coordinator_epoch, start))| {
                                         ProducerState::default()
                                             .with_producer_id(ProducerId(id))
                                             .with_producer_epoch(epoch as i32)
                                             .with_last_sequence(seq)
                                             .with_last_timestamp(ts)
-                                            .with_coordinator_epoch(-1)
-                                            .with_current_txn_start_offset(-1)
+                                            .with_coordinator_epoch(coordinator_epoch)
+                                            .with_current_txn_start_offset(start)
                                     })
                                     .collect(),
                             )

@@ -11,6 +11,11 @@
 //! clients treat as "send full requests". As in Kafka (KIP-110), a Fetch below v10 of a
 //! topic whose `compression.type` is `zstd` gets UNSUPPORTED_COMPRESSION_TYPE for it.
 //! ACLs: READ on each topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
+//!
+//! Every partition answers its last stable offset. With `isolation_level` 1
+//! (READ_COMMITTED) the owners return only batches below it, with the aborted
+//! transactions those batches overlap (producer id, first offset: what clients use to drop
+//! aborted records), and a long poll wakes when the LSO moves past the fetch offset.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -19,8 +24,10 @@ use crate::metrics::Protocol;
 
 use bytes::Bytes;
 use futures::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
 
 use super::details::authorize::topic_denied;
@@ -101,12 +108,13 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
         } else {
             ResponseError::UnknownTopicOrPartition.code()
         };
+        let read_committed = version >= 4 && req.isolation_level == 1;
         let min_bytes = req.min_bytes.max(0) as usize;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(req.max_wait_ms.max(0) as u64);
 
         let results = loop {
-            let results = fetch_round(&shard, &wanted, unknown).await;
+            let results = fetch_round(&shard, &wanted, unknown, read_committed).await;
             let total: usize = results.iter().map(|r| r.records.len()).sum();
             let errors = results.iter().any(|r| r.error != 0);
             let now = Instant::now();
@@ -126,7 +134,14 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                 let max_wait = deadline - now;
                 waits.push(Box::pin(async move {
                     shard
-                        .kafka(owner, Request::WaitForData { parts, max_wait })
+                        .kafka(
+                            owner,
+                            Request::WaitForData {
+                                parts,
+                                max_wait,
+                                read_committed,
+                            },
+                        )
                         .await
                 }));
             }
@@ -140,7 +155,7 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
             .await;
             if Instant::now() >= deadline {
                 // One last read so data that arrived at the deadline is not missed.
-                break fetch_round(&shard, &wanted, unknown).await;
+                break fetch_round(&shard, &wanted, unknown, read_committed).await;
             }
         };
 
@@ -182,9 +197,18 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                                 .with_partition_index(w.partition)
                                 .with_error_code(r.error)
                                 .with_high_watermark(r.high_watermark)
-                                .with_last_stable_offset(r.high_watermark)
+                                .with_last_stable_offset(r.last_stable_offset)
                                 .with_log_start_offset(r.log_start_offset)
-                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_aborted_transactions(Some(
+                                    r.aborted
+                                        .iter()
+                                        .map(|(producer, first)| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(*producer))
+                                                .with_first_offset(*first)
+                                        })
+                                        .collect(),
+                                ))
                                 .with_preferred_read_replica(BrokerId(-1))
                                 .with_records(Some(records)),
                         )
@@ -210,14 +234,17 @@ async fn fetch_round(
     shard: &Rc<crate::broker::Shard>,
     wanted: &[Wanted],
     unknown: i16,
+    read_committed: bool,
 ) -> Vec<FetchResult> {
     let mut results: Vec<FetchResult> = wanted
         .iter()
         .map(|w| FetchResult {
             error: w.refused.unwrap_or(unknown),
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
             records: Bytes::new(),
+            aborted: Vec::new(),
         })
         .collect();
     let items = wanted
@@ -235,6 +262,7 @@ async fn fetch_round(
                 max_bytes,
             })
             .collect(),
+        read_committed,
     };
     for (idx, reply) in ask_each_owner(shard, items, request).await {
         match reply {

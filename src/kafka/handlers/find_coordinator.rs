@@ -1,13 +1,11 @@
 //! FindCoordinator (key 10), v0–v6, single key and the batched form (v4+): this broker is
-//! the coordinator of every group. Transaction coordinators are not offered, since
-//! transactions are not supported: a transactional id gets
-//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED with a message saying so, which clients treat as
-//! fatal (librdkafka's `init_transactions()` fails at once) where COORDINATOR_NOT_AVAILABLE
-//! would be retried for ever. Any other key type is INVALID_REQUEST. ACLs: DESCRIBE on the
-//! group, else GROUP_AUTHORIZATION_FAILED.
+//! the coordinator of every group (key type 0) and every transactional id (key type 1).
+//! Which shard coordinates a key (`groups::group_owner`, `txn::txn_owner`) is an internal
+//! matter, not visible to clients. Any other key type is INVALID_REQUEST. ACLs: DESCRIBE
+//! on the group (GROUP_AUTHORIZATION_FAILED) or on the transactional id
+//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), per key.
 //!
-//! Runs on the connection's shard; touches no state. (Which shard coordinates a group is
-//! an internal matter of the group layer, not visible to clients.)
+//! Runs on the connection's shard; touches no state.
 
 use std::rc::Rc;
 
@@ -16,13 +14,33 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use super::details::authorize::group_denied;
+use super::details::authorize::{group_denied, transactional_id_denied};
 use super::metadata::advertised;
 use super::{frame, ready, str_bytes, Conn, Pending};
 use crate::security::acl::{Operation, ResourceType};
 
 const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;
+
+/// The refusal of one key: its error code and message (None: this broker coordinates it).
+fn refusal(conn: &Conn, key_type: i8, key: &str) -> Option<(i16, &'static str)> {
+    match key_type {
+        GROUP if !conn.authorize(Operation::Describe, ResourceType::Group, key) => {
+            Some((group_denied(), "DESCRIBE on the group refused by the ACLs"))
+        }
+        TRANSACTION if !conn.authorize(Operation::Describe, ResourceType::TransactionalId, key) => {
+            Some((
+                transactional_id_denied(),
+                "DESCRIBE on the transactional id refused by the ACLs",
+            ))
+        }
+        GROUP | TRANSACTION => None,
+        _ => Some((
+            ResponseError::InvalidRequest.code(),
+            "unknown coordinator key type",
+        )),
+    }
+}
 
 pub fn handle(
     conn: &Rc<Conn>,
@@ -32,69 +50,39 @@ pub fn handle(
 ) -> Pending {
     let (host, port) = advertised(conn);
     let node = BrokerId(conn.shard.config.node_id);
-    let supported = req.key_type == GROUP;
-    let (error, message) = match req.key_type {
-        GROUP => (0, None),
-        TRANSACTION => (
-            ResponseError::TransactionalIdAuthorizationFailed.code(),
-            Some(str_bytes("transactions are not supported by this broker")),
-        ),
-        _ => (
-            ResponseError::InvalidRequest.code(),
-            Some(str_bytes("unknown coordinator key type")),
-        ),
-    };
-    // DESCRIBE on the group, else GROUP_AUTHORIZATION_FAILED for that key (as Kafka).
-    let denied = |key: &str| {
-        (req.key_type == GROUP && !conn.authorize(Operation::Describe, ResourceType::Group, key))
-            .then(|| Some(str_bytes("DESCRIBE on the group refused by the ACLs")))
-    };
     let resp = if version >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
-            .map(|key: StrBytes| {
-                if let Some(message) = denied(&key) {
-                    return Coordinator::default()
-                        .with_key(key)
-                        .with_node_id(BrokerId(-1))
-                        .with_host(str_bytes(""))
-                        .with_port(-1)
-                        .with_error_code(group_denied())
-                        .with_error_message(message);
-                }
-                Coordinator::default()
+            .map(|key: StrBytes| match refusal(conn, req.key_type, &key) {
+                Some((code, message)) => Coordinator::default()
                     .with_key(key)
-                    .with_node_id(if supported { node } else { BrokerId(-1) })
-                    .with_host(if supported {
-                        str_bytes(host.clone())
-                    } else {
-                        str_bytes("")
-                    })
-                    .with_port(if supported { port } else { -1 })
-                    .with_error_code(error)
-                    .with_error_message(message.clone())
+                    .with_node_id(BrokerId(-1))
+                    .with_host(str_bytes(""))
+                    .with_port(-1)
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(message))),
+                None => Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(node)
+                    .with_host(str_bytes(host.clone()))
+                    .with_port(port),
             })
             .collect();
         FindCoordinatorResponse::default().with_coordinators(coordinators)
-    } else if let Some(message) = denied(&req.key) {
-        FindCoordinatorResponse::default()
-            .with_error_code(group_denied())
-            .with_error_message(message)
-            .with_node_id(BrokerId(-1))
-            .with_host(str_bytes(""))
-            .with_port(-1)
     } else {
-        FindCoordinatorResponse::default()
-            .with_error_code(error)
-            .with_error_message(message)
-            .with_node_id(if supported { node } else { BrokerId(-1) })
-            .with_host(if supported {
-                str_bytes(host)
-            } else {
-                str_bytes("")
-            })
-            .with_port(if supported { port } else { -1 })
+        match refusal(conn, req.key_type, &req.key) {
+            Some((code, message)) => FindCoordinatorResponse::default()
+                .with_error_code(code)
+                .with_error_message(Some(str_bytes(message)))
+                .with_node_id(BrokerId(-1))
+                .with_host(str_bytes(""))
+                .with_port(-1),
+            None => FindCoordinatorResponse::default()
+                .with_node_id(node)
+                .with_host(str_bytes(host))
+                .with_port(port),
+        }
     };
     ready(frame(correlation_id, version, &resp))
 }

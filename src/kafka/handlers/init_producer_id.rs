@@ -1,44 +1,72 @@
-//! InitProducerId (key 22), v0–v5: a producer id and epoch for an idempotent producer.
-//! Re-initialising a known id (KIP-360, v3+) bumps its epoch. Transactional ids are refused
-//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED): transactions are not supported. ACLs:
+//! InitProducerId (key 22), v0–v5: a producer id and epoch for an idempotent or a
+//! transactional producer.
+//!
+//! Idempotent (no transactional id): answered on the connection's shard with a new id
+//! (`txn::producer_id`); re-initialising a known id (KIP-360, v3+) bumps its epoch. ACLs:
 //! IDEMPOTENT_WRITE on the cluster or WRITE on some topic, else
 //! CLUSTER_AUTHORIZATION_FAILED.
 //!
-//! Runs on the connection's shard. Ids are unique without coordination: the allocating
-//! shard's clock in milliseconds, its id and a counter, never reused across restarts as
-//! long as the clock does not go back.
+//! Transactional: sent to the id's transaction coordinator (`Shard::txn`): a new producer
+//! id, or the next epoch of the known one, which fences older instances; an ongoing
+//! transaction of the old epoch is aborted first (CONCURRENT_TRANSACTIONS meanwhile, which
+//! clients retry). `transaction_timeout_ms` above `kafka.transaction_max_timeout_ms` (or
+//! not positive) is INVALID_TRANSACTION_TIMEOUT; an empty transactional id
+//! INVALID_REQUEST; a stale producer id and epoch (v3+) PRODUCER_FENCED (v4+) or
+//! INVALID_PRODUCER_EPOCH (older). ACLs: WRITE on the transactional id, else
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
 
-use std::cell::Cell;
 use std::rc::Rc;
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::details::authorize::cluster_denied;
-use super::{frame, ready, Conn, Pending};
+use super::details::authorize::{cluster_denied, transactional_id_denied};
+use super::{count_error, deferred, frame, ready, Conn, Pending};
+use crate::kafka::txn::producer_id::allocate;
+use crate::kafka::txn::{Reply, Request};
 use crate::security::acl::{Operation, ResourceType, CLUSTER_NAME};
 
-thread_local! {
-    /// (last millisecond used, ids handed out in it) on this shard's thread.
-    static CLOCK: Cell<(i64, i64)> = const { Cell::new((0, 0)) };
+/// PRODUCER_FENCED since this version (KIP-588); INVALID_PRODUCER_EPOCH before.
+const FENCED_SINCE: i16 = 4;
+
+fn refused(code: i16) -> InitProducerIdResponse {
+    count_error(code);
+    InitProducerIdResponse::default()
+        .with_error_code(code)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1)
 }
 
-const PER_MS: i64 = 64;
-const SHARDS: i64 = 64;
-
-fn allocate(shard: usize) -> i64 {
-    CLOCK.with(|c| {
-        let (last, n) = c.get();
-        let now = crate::storage::log::now_ms().max(last);
-        let (ms, n) = if now > last {
-            (now, 0)
-        } else if n + 1 < PER_MS {
-            (last, n + 1)
+/// The transactional form, on the id's coordinator shard.
+fn transactional(
+    conn: &Rc<Conn>,
+    id: String,
+    req: InitProducerIdRequest,
+    correlation_id: i32,
+    version: i16,
+) -> Pending {
+    deferred(conn, move |conn| async move {
+        let resp = if id.is_empty() {
+            refused(ResponseError::InvalidRequest.code())
+        } else if !conn.authorize(Operation::Write, ResourceType::TransactionalId, &id) {
+            refused(transactional_id_denied())
         } else {
-            (last + 1, 0)
+            let expected = (version >= 3 && req.producer_id.0 >= 0)
+                .then_some((req.producer_id.0, req.producer_epoch));
+            let request = Request::Init {
+                id: id.clone(),
+                timeout_ms: req.transaction_timeout_ms,
+                expected,
+            };
+            match conn.shard.txn(&id, request).await {
+                Reply::Init(Ok((pid, epoch))) => InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch),
+                Reply::Init(Err(e)) => refused(e.code(version, FENCED_SINCE)),
+                _ => refused(ResponseError::CoordinatorNotAvailable.code()),
+            }
         };
-        c.set((ms, n));
-        (ms * SHARDS + shard as i64 % SHARDS) * PER_MS + n
+        frame(correlation_id, version, &resp)
     })
 }
 
@@ -59,16 +87,10 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
 ) -> Pending {
-    let resp = if req.transactional_id.is_some() {
-        log::warn!(
-            "{}: InitProducerId with a transactional id refused: transactions are not supported",
-            conn.peer
-        );
-        InitProducerIdResponse::default()
-            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1)
-    } else if !idempotent_allowed(conn) {
+    if let Some(id) = req.transactional_id.as_ref().map(|t| t.to_string()) {
+        return transactional(conn, id, req, correlation_id, version);
+    }
+    let resp = if !idempotent_allowed(conn) {
         InitProducerIdResponse::default()
             .with_error_code(cluster_denied())
             .with_producer_id(ProducerId(-1))
@@ -90,16 +112,4 @@ pub fn handle(
             .with_producer_epoch(0)
     };
     ready(frame(correlation_id, version, &resp))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_unique_and_increasing() {
-        let ids: Vec<i64> = (0..1000).map(|_| allocate(1)).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        assert_ne!(allocate(0) % (SHARDS * PER_MS) / PER_MS, 1);
-    }
 }

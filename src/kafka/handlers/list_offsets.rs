@@ -1,7 +1,9 @@
 //! ListOffsets (key 2), v1–v10: earliest (-2), latest (-1), max timestamp (-3), or the
 //! first offset at or after a timestamp; v0 (decoded by `legacy`): up to `max_num_offsets`
 //! segment-granular offsets, as Kafka before 0.10.1 answered (`Log::old_style_offsets`).
-//! ACLs: DESCRIBE on each topic, else TOPIC_AUTHORIZATION_FAILED.
+//! ACLs: DESCRIBE on each topic, else TOPIC_AUTHORIZATION_FAILED. With `isolation_level`
+//! 1 (READ_COMMITTED, v2+) LATEST is the last stable offset and nothing at or past it is
+//! found, as Kafka answers.
 //!
 //! Runs on the connection's shard; each owner shard answers for its partitions (one
 //! envelope per owner).
@@ -29,6 +31,7 @@ pub fn handle(
 ) -> Pending {
     deferred(conn, |conn| async move {
         let shard = conn.shard.clone();
+        let read_committed = version >= 2 && req.isolation_level == 1;
         let mut layout = Vec::new();
         let mut items = Vec::new();
         let mut n = 0;
@@ -73,6 +76,7 @@ pub fn handle(
                         },
                     )
                     .collect(),
+                read_committed,
             },
             |reply| match reply {
                 Reply::ListOffsets(rs) => Some(rs),

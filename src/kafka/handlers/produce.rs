@@ -16,6 +16,13 @@
 //! since KIP-679 (an idempotent producer needs nothing more here: InitProducerId checks).
 //! An internal topic (`__consumer_offsets`) gets INVALID_TOPIC_EXCEPTION once WRITE is
 //! allowed, as Kafka answers a client.
+//!
+//! Transactional produce (KIP-890 part 1): before anything is appended, the transaction
+//! coordinator is asked (`verify_transaction`, one `Shard::txn` per request) whether each
+//! partition is in the producer's ongoing transaction; one that is not gets
+//! INVALID_TXN_STATE ("Partition was not added to the transaction"), an older epoch
+//! INVALID_PRODUCER_EPOCH, and a transaction still completing NOT_ENOUGH_REPLICAS (which
+//! clients retry), as Kafka answers.
 
 use std::rc::Rc;
 
@@ -70,6 +77,64 @@ fn count_produced(
             }
         }
         m.publish_latency(Protocol::Kafka, started.elapsed());
+    });
+}
+
+/// A produced partition: (result index, topic, partition, records).
+type Work = (usize, String, i32, Option<bytes::Bytes>);
+
+/// KIP-890 verification: keeps in `work` only the partitions of the producer's ongoing
+/// transaction (the batch names the producer id and epoch); the others get their error in
+/// `results`.
+async fn verify_transaction(
+    conn: &Rc<Conn>,
+    id: &str,
+    work: &mut Vec<Work>,
+    results: &mut [ProduceResult],
+) {
+    let Some(h) = work
+        .iter()
+        .find_map(|(_, _, _, r)| r.as_ref().and_then(|r| batch::BatchHeader::parse(r)))
+    else {
+        return;
+    };
+    let parts = work.iter().map(|(_, t, p, _)| (t.clone(), *p)).collect();
+    let request = crate::kafka::txn::Request::Verify {
+        id: id.to_owned(),
+        producer_id: h.producer_id,
+        epoch: h.producer_epoch,
+        parts,
+    };
+    let retry = ResponseError::NotEnoughReplicas.code();
+    let verdicts: Vec<Result<(), i16>> = match conn.shard.txn(id, request).await {
+        crate::kafka::txn::Reply::Verified(Ok(inside)) => inside
+            .into_iter()
+            .map(|i| i.then_some(()).ok_or(ResponseError::InvalidTxnState.code()))
+            .collect(),
+        crate::kafka::txn::Reply::Verified(Err(e)) => {
+            use crate::kafka::txn::state::TxnError;
+            let code = match e {
+                TxnError::ProducerFenced => ResponseError::InvalidProducerEpoch.code(),
+                TxnError::InvalidProducerIdMapping => {
+                    ResponseError::InvalidProducerIdMapping.code()
+                }
+                TxnError::InvalidTxnState => ResponseError::InvalidTxnState.code(),
+                _ => retry,
+            };
+            vec![Err(code); work.len()]
+        }
+        _ => vec![Err(retry); work.len()],
+    };
+    let mut verdicts = verdicts.into_iter();
+    work.retain(|(i, _, _, _)| match verdicts.next().unwrap_or(Err(retry)) {
+        Ok(()) => true,
+        Err(code) => {
+            results[*i].error = code;
+            if code == ResponseError::InvalidTxnState.code() {
+                results[*i].message = Some("Partition was not added to the transaction".into());
+            }
+            false
+        }
     });
 }
 
@@ -151,6 +216,9 @@ pub async fn handle(
             results.push(r);
         }
         layout.push((topic.name, topic.topic_id, parts));
+    }
+    if let (Some(id), false) = (req.transactional_id.as_deref(), txn_denied) {
+        verify_transaction(conn, id, &mut work, &mut results).await;
     }
     // Stage one: one envelope per owner shard, sent in request order.
     let mut pending = Vec::new();
