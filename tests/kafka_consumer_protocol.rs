@@ -33,7 +33,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// Heartbeats every 300 ms, so reconciliation takes a few of them, not seconds each.
 const FAST: &[(&str, &str)] = &[
@@ -613,6 +613,55 @@ fn a_regex_subscription_follows_topics_created_and_partitions_added() {
     got.sort();
     let expected: Vec<usize> = (0..10).chain(100..110).chain(201..203).collect();
     assert_eq!(got, expected, "every matching record once, none of `other`");
+}
+
+/// Consume-transform-produce from a consumer-protocol member: the transaction's offsets
+/// (TxnOffsetCommit with the member id and epoch) are checked against the member's epoch,
+/// not a classic generation, and committed with the transaction.
+#[test]
+fn a_member_commits_its_offsets_in_a_transaction() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, FAST);
+    kafka::create_topics(&broker, &[("txn-in", 1), ("txn-out", 1)]);
+    produce(&broker, "txn-in", 0, 10);
+    let c = member(
+        &broker,
+        "kip848-txn",
+        &[("isolation.level", "read_committed")],
+    );
+    c.subscribe(&["txn-in"]).expect("subscribe");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < 10 && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            got.push(value(&m));
+        }
+    }
+    assert_eq!(got.len(), 10);
+    let p: rdkafka::producer::BaseProducer =
+        kafka::client(&broker, &[("transactional.id", "kip848-tx")]);
+    let t = Duration::from_secs(30);
+    p.init_transactions(t).expect("init transactions");
+    p.begin_transaction().expect("begin");
+    for v in &got {
+        let v = v.to_string();
+        p.send(rdkafka::producer::BaseRecord::<(), _>::to("txn-out").payload(v.as_str()))
+            .expect("send");
+    }
+    let positions = c.position().expect("position");
+    p.send_offsets_to_transaction(&positions, &c.group_metadata().expect("group"), t)
+        .expect("the member's offsets join the transaction");
+    p.commit_transaction(t).expect("commit");
+    // The transaction's offsets are committed once its markers are written.
+    wait_until(
+        "the offsets of the transaction",
+        Duration::from_secs(20),
+        || {
+            let committed = c.committed(Duration::from_secs(10)).expect("committed");
+            let offset = committed.elements().first().map(|e| e.offset());
+            offset == Some(rdkafka::Offset::Offset(10))
+        },
+    );
 }
 
 #[test]
