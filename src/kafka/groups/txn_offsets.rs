@@ -230,9 +230,13 @@ impl Coordinator {
         // v3+ (KIP-447) checks the member and generation as OffsetCommit does; older
         // clients send neither (generation -1, no member id) and are not checked.
         if c.generation >= 0 || !c.member_id.is_empty() {
-            let check = self.with_group(&c.group, |g| {
-                g.check_commit(&c.member_id, c.instance_id.as_deref(), c.generation)
-            });
+            // A consumer-protocol group (KIP-848) checks the member epoch instead.
+            let check = match self.consumer_check_commit(&c.group, &c.member_id, c.generation) {
+                Some(check) => check,
+                None => self.with_group(&c.group, |g| {
+                    g.check_commit(&c.member_id, c.instance_id.as_deref(), c.generation)
+                }),
+            };
             if let Err(code) = check {
                 return vec![code; n];
             }

@@ -1,5 +1,7 @@
 //! OffsetFetch (key 9), v1–v9: a group's committed offsets (-1 where none), for the
-//! partitions asked or (v2+, topics null) all of them; v8+ asks several groups at once.
+//! partitions asked or (v2+, topics null) all of them; v8+ asks several groups at once;
+//! v9+ from a member of a consumer-protocol group (KIP-848) is checked against its member
+//! id and epoch (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH).
 //! With `require_stable` (v7+, KIP-447; librdkafka sets it for `read_committed`), a
 //! partition with offsets pending in an open transaction (`groups::txn_offsets`) gets
 //! UNSTABLE_OFFSET_COMMIT and offset -1, as Kafka answers, so the consumer retries instead
@@ -108,6 +110,25 @@ pub fn handle(
                             .map(|t| (t.name.to_string(), t.partition_indexes)),
                     )
                 });
+                // v9+: a consumer-protocol member gives its id and epoch (KIP-848).
+                let member = g.member_id.as_ref().map(|m| m.to_string());
+                if version >= 9 && (member.is_some() || g.member_epoch >= 0) {
+                    let request = Request::ConsumerCheck {
+                        group: group.clone(),
+                        member_id: member.unwrap_or_default(),
+                        epoch: g.member_epoch,
+                    };
+                    let code =
+                        coordinator::ask_code(&conn, ApiKey::OffsetFetch, &group, request).await;
+                    if code != 0 {
+                        groups.push(
+                            OffsetFetchResponseGroup::default()
+                                .with_group_id(g.group_id)
+                                .with_error_code(code),
+                        );
+                        continue;
+                    }
+                }
                 let (code, topics) = fetch(&conn, &group, parts, req.require_stable).await;
                 groups.push(
                     OffsetFetchResponseGroup::default()
