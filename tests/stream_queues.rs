@@ -385,6 +385,25 @@ async fn consumers_read_independently_and_acks_only_return_credit() {
     let q = passive_queue(&ch, "log").await.unwrap();
     assert_eq!(q.message_count(), 10);
     assert_eq!(q.consumer_count(), 2);
+    // The management API lists it as a stream with the log's offsets.
+    let url = format!("{}/api/v1/queues/%2f/log", broker.http_url());
+    let row: serde_json::Value = tokio::task::spawn_blocking(move || {
+        let token = "Z3Vlc3Q6Z3Vlc3Q="; // guest:guest
+        let text = ureq::get(&url)
+            .set("Authorization", &format!("Basic {token}"))
+            .call()
+            .expect("GET queue")
+            .into_string()
+            .expect("body");
+        serde_json::from_str(&text).expect("json")
+    })
+    .await
+    .unwrap();
+    assert_eq!(row["type"], "stream", "{row}");
+    assert_eq!(row["messages"], 10, "{row}");
+    assert_eq!(row["first_offset"], 0, "{row}");
+    assert_eq!(row["last_offset"], 9, "{row}");
+    assert_eq!(row["consumers"], 2, "{row}");
     // Cancel stops deliveries; queue.purge removes nothing.
     cha.basic_cancel(a.tag().as_str().into(), BasicCancelOptions::default())
         .await

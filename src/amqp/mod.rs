@@ -312,6 +312,19 @@ pub fn queue_stats(shard: &Shard) -> Vec<crate::metrics::QueueStats> {
             }
         })
         .collect();
+    // Stream queues: their consumers and unacked deliveries (the records are the log's).
+    out.extend(
+        crate::stream::queue::figures(shard)
+            .into_iter()
+            .map(|(q, consumers, unacked)| crate::metrics::QueueStats {
+                vhost: q.vhost.to_string(),
+                name: q.name.to_string(),
+                messages_ready: 0,
+                messages_unacknowledged: unacked,
+                consumers,
+                durable: true,
+            }),
+    );
     out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
     out
 }

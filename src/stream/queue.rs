@@ -294,8 +294,28 @@ pub fn catalog_installed(shard: &Rc<Shard>) {
 
 /// (log start, high watermark) of the stream's partition.
 async fn bounds(shard: &Rc<Shard>, queue: &QueueRef) -> Option<(i64, i64)> {
-    let r = fetch(shard, queue, i64::MAX).await?;
+    topic_bounds(shard, &topic_of(queue)).await
+}
+
+/// (log start, high watermark) of partition 0 of `topic`, from its owner shard (the
+/// management API's figures for a stream queue).
+pub async fn topic_bounds(shard: &Rc<Shard>, topic: &str) -> Option<(i64, i64)> {
+    let r = fetch_topic(shard, topic.to_owned(), i64::MAX).await?;
     Some((r.log_start_offset, r.high_watermark))
+}
+
+/// Per stream queue this shard owns: (qref, consumers, unacked deliveries).
+pub fn figures(shard: &Shard) -> Vec<(QueueRef, u64, u64)> {
+    let streams = &shard.amqp.streams;
+    let mut out: HashMap<u64, (QueueRef, u64, u64)> = HashMap::new();
+    for r in streams.readers.borrow().values() {
+        let e = out
+            .entry(r.queue.id)
+            .or_insert_with(|| (r.queue.clone(), 0, 0));
+        e.1 += 1;
+        e.2 += r.unacked.get() as u64;
+    }
+    out.into_values().collect()
 }
 
 async fn fetch(
@@ -303,7 +323,14 @@ async fn fetch(
     queue: &QueueRef,
     offset: i64,
 ) -> Option<crate::kafka::owner::FetchResult> {
-    let topic = topic_of(queue);
+    fetch_topic(shard, topic_of(queue), offset).await
+}
+
+async fn fetch_topic(
+    shard: &Rc<Shard>,
+    topic: String,
+    offset: i64,
+) -> Option<crate::kafka::owner::FetchResult> {
     let owner = shard.owner_of(&topic, 0);
     let req = Request::Fetch {
         parts: vec![FetchPart {
