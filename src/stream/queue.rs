@@ -57,6 +57,8 @@ pub struct Streams {
     /// Delivery id → consumer id, until settled.
     delivered: RefCell<HashMap<u64, u64>>,
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
+    /// Ids of the stream queues this shard has seen ops for.
+    known: RefCell<std::collections::HashSet<u64>>,
 }
 
 impl Streams {
@@ -130,16 +132,12 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
         | QueueOp::Delete { queue, .. } => queue,
         QueueOp::Barrier { .. } => return Some(op),
     };
-    let known = shard.amqp.streams.appenders.borrow().contains_key(&qref.id)
-        || shard
-            .amqp
-            .streams
-            .readers
-            .borrow()
-            .values()
-            .any(|r| r.queue.id == qref.id);
-    if !known && (shard.amqp.queue(qref.id).is_some() || !is_stream(shard, qref)) {
-        return Some(op);
+    let known = shard.amqp.streams.known.borrow().contains(&qref.id);
+    if !known {
+        if shard.amqp.queue(qref.id).is_some() || !is_stream(shard, qref) {
+            return Some(op);
+        }
+        shard.amqp.streams.known.borrow_mut().insert(qref.id);
     }
     let streams = &shard.amqp.streams;
     match op {
@@ -164,8 +162,24 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 spec: consumer,
             });
             streams.readers.borrow_mut().insert(r.spec.cid, r.clone());
-            reply.send(Ok(()));
-            crate::amqp::spawn_later(read(shard.clone(), r));
+            streams.known.borrow_mut().insert(r.queue.id);
+            // consume-ok once the start is fixed, so `next` misses nothing published after.
+            let shard = shard.clone();
+            crate::amqp::spawn_later(async move {
+                let Some(offset) = resolve(&shard, &r).await else {
+                    shard.amqp.streams.readers.borrow_mut().remove(&r.spec.cid);
+                    reply.send(Err((
+                        reply::INTERNAL_ERROR,
+                        format!(
+                            "INTERNAL_ERROR - the log of stream '{}' did not answer",
+                            r.queue.name
+                        ),
+                    )));
+                    return;
+                };
+                reply.send(Ok(()));
+                read(shard, r, offset).await;
+            });
         }
         QueueOp::Cancel { cid, .. } => {
             if let Some(r) = streams.readers.borrow_mut().remove(&cid) {
@@ -246,7 +260,15 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                     .change_catalog(vec![Change::DeleteTopic(topic_of(&queue))], false)
                     .await;
                 if let Some(Err(e)) = r.first() {
-                    log::warn!("deleting stream '{}': {e}", queue.name);
+                    // e.g. `delete.topic.enable` off: the queue stays, and says why.
+                    reply.send(Err((
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - cannot delete stream '{}' (its Kafka topic): {e}",
+                            queue.name
+                        ),
+                    )));
+                    return;
                 }
                 reply.send(Ok((records, shard.catalog.current())));
             });
@@ -282,14 +304,26 @@ pub fn catalog_installed(shard: &Rc<Shard>) {
             },
         );
     }
+    let streams = &shard.amqp.streams;
+    if streams.known.borrow().is_empty() && streams.appenders.borrow().is_empty() {
+        return;
+    }
     let state = shard.catalog.current();
-    shard.amqp.streams.appenders.borrow_mut().retain(|qid, a| {
-        a.running.get()
-            || state
-                .amqp
+    let vhost = state.amqp.get(VHOST);
+    let ids: std::collections::HashSet<u64> = vhost
+        .map(|t| {
+            t.queues
                 .values()
-                .any(|t| t.queues.values().any(|q| q.id == *qid))
-    });
+                .filter(|q| q.is_stream())
+                .map(|q| q.id)
+                .collect()
+        })
+        .unwrap_or_default();
+    streams.known.borrow_mut().retain(|qid| ids.contains(qid));
+    streams
+        .appenders
+        .borrow_mut()
+        .retain(|qid, a| a.running.get() || ids.contains(qid));
 }
 
 /// (log start, high watermark) of the stream's partition.
@@ -479,11 +513,7 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
 }
 
 /// One consumer's reading loop (see the module comment).
-async fn read(shard: Rc<Shard>, r: Rc<Reader>) {
-    let Some(mut offset) = resolve(&shard, &r).await else {
-        log::warn!("stream '{}': its partition did not answer", r.queue.name);
-        return;
-    };
+async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
     let topic = topic_of(&r.queue);
     let owner = shard.owner_of(&topic, 0);
     while !r.cancelled.get() {
