@@ -80,6 +80,13 @@ fn read_records(s: &mut TcpStream, topic: &str, from: i64, end: i64) -> Vec<Stor
     out
 }
 
+/// A produced record: key, value, headers.
+type Expected = (
+    Option<String>,
+    Option<String>,
+    Vec<(String, Option<String>)>,
+);
+
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -89,11 +96,7 @@ fn kafka_producers_batches_map_to_amqp_deliveries() {
     let (_dir, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     create_topic(&broker, "mapped", 1, &[]);
-    let mut expected: Vec<(
-        Option<String>,
-        Option<String>,
-        Vec<(String, Option<String>)>,
-    )> = Vec::new();
+    let mut expected: Vec<Expected> = Vec::new();
     for codec in ["gzip", "snappy", "lz4", "zstd", "none"] {
         let p: FutureProducer = client(
             &broker,
@@ -285,12 +288,10 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
 
     // A Kafka consumer sees the AMQP properties under their documented names.
     let c = assigned(&broker, &[], "from-amqp", 1, Offset::Beginning);
-    let m = loop {
-        match c.poll(T) {
-            Some(Ok(m)) => break m.detach(),
-            Some(Err(e)) => panic!("consume: {e}"),
-            None => panic!("no record within {T:?}"),
-        }
+    let m = match c.poll(T) {
+        Some(Ok(m)) => m.detach(),
+        Some(Err(e)) => panic!("consume: {e}"),
+        None => panic!("no record within {T:?}"),
     };
     assert_eq!(m.key(), Some(&b"orders.eu"[..]));
     assert_eq!(m.payload(), Some(&b"hello from AMQP"[..]));
