@@ -91,15 +91,15 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-#[test]
-fn kafka_producers_batches_map_to_amqp_deliveries() {
-    let (_dir, data) = data_dir();
-    let broker = Broker::start(&data, &[]);
-    create_topic(&broker, "mapped", 1, &[]);
+/// Produces to partition 0 of `mapped` five records with headers (one with a null key,
+/// one with a null value) under each codec with rdkafka, then a committed transaction of
+/// two; returns what each record holds, in offset order.
+fn kafka_workload(broker: &Broker) -> Vec<Expected> {
+    create_topic(broker, "mapped", 1, &[]);
     let mut expected: Vec<Expected> = Vec::new();
     for codec in ["gzip", "snappy", "lz4", "zstd", "none"] {
         let p: FutureProducer = client(
-            &broker,
+            broker,
             &[
                 ("compression.type", codec),
                 ("linger.ms", "50"),
@@ -146,7 +146,7 @@ fn kafka_producers_batches_map_to_amqp_deliveries() {
     }
     // A committed transaction: two records, then a control batch (the commit marker).
     let tp: BaseProducer = client(
-        &broker,
+        broker,
         &[
             ("transactional.id", "stream-records"),
             ("compression.type", "lz4"),
@@ -166,6 +166,14 @@ fn kafka_producers_batches_map_to_amqp_deliveries() {
         expected.push((Some("t".into()), Some(v), vec![]));
     }
     tp.commit_transaction(T).expect("commit");
+    expected
+}
+
+#[test]
+fn kafka_producers_batches_map_to_amqp_deliveries() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let expected = kafka_workload(&broker);
     let (_, end) = common::kafka::watermarks(&broker, "mapped", 0);
     assert_eq!(end, 28, "25 records, 2 in a transaction and its marker");
 
@@ -232,6 +240,37 @@ fn kafka_producers_batches_map_to_amqp_deliveries() {
     assert_eq!(d.next_offset, 28);
 }
 
+/// Produces `msg` as `record_of` maps it (key from the routing key), in one gzip batch,
+/// to partition 0 of `topic` with a raw Produce v9.
+fn produce_amqp(s: &mut TcpStream, topic: &str, msg: &Message) {
+    let batch = encode_plain_batch(
+        std::iter::once(record_of(msg, KeyFrom::RoutingKey, 1_700_000_000_000)),
+        kafka_protocol::records::Compression::Gzip,
+    )
+    .expect("batch");
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        9,
+        3,
+        "stream-records",
+        &req,
+    ))
+    .expect("write");
+    let mut resp = read_frame(s).expect("produce response");
+    assert_eq!(resp.get_i32(), 3);
+    assert_eq!(resp.get_u8(), 0, "no header tags");
+    let resp = ProduceResponse::decode(&mut resp, 9).expect("produce response");
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+}
+
 #[test]
 fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
     let (_dir, data) = data_dir();
@@ -258,33 +297,8 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
         priority: 0,
         expiration: None,
     };
-    let batch = encode_plain_batch(
-        std::iter::once(record_of(&msg, KeyFrom::RoutingKey, 1_700_000_000_000)),
-        kafka_protocol::records::Compression::Gzip,
-    )
-    .expect("batch");
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("from-amqp")))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch))])]);
     let mut s = connect(&broker);
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        9,
-        3,
-        "stream-records",
-        &req,
-    ))
-    .expect("write");
-    let mut resp = read_frame(&mut s).expect("produce response");
-    assert_eq!(resp.get_i32(), 3);
-    assert_eq!(resp.get_u8(), 0, "no header tags");
-    let resp = ProduceResponse::decode(&mut resp, 9).expect("produce response");
-    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    produce_amqp(&mut s, "from-amqp", &msg);
 
     // A Kafka consumer sees the AMQP properties under their documented names.
     let c = assigned(&broker, &[], "from-amqp", 1, Offset::Beginning);
@@ -318,4 +332,78 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
     assert_eq!(d.routing_key, "orders.eu");
     assert_eq!(d.properties, props);
     assert_eq!(d.body, "hello from AMQP");
+}
+
+/// Writes the seeds of the `stream_records` fuzz target (`fuzz/corpus/stream_records/`):
+/// the batches of `kafka_workload` and of an AMQP-mapped message with every property, as
+/// Fetch answers hold them, each behind the one-byte read offset the target takes first.
+/// Ignored in the normal run (it rewrites files in the repository); run by hand:
+/// `cargo test --test stream_records -- --ignored capture_seeds`.
+#[test]
+#[ignore = "rewrites fuzz/corpus/stream_records/ in the repository; run by hand"]
+fn capture_seeds() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    kafka_workload(&broker);
+    create_topic(&broker, "from-amqp", 1, &[]);
+    let mut s = connect(&broker);
+    let mut table = FieldTable::default();
+    table.insert("n".into(), AMQPValue::LongLongInt(-1));
+    table.insert("on".into(), AMQPValue::Boolean(true));
+    table.insert("s".into(), long_string("text"));
+    let props = encode_properties(
+        &AMQPProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(table)
+            .with_delivery_mode(2)
+            .with_priority(5)
+            .with_correlation_id("c".into())
+            .with_reply_to("r".into())
+            .with_expiration("1000".into())
+            .with_message_id("m".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("t".into())
+            .with_user_id("guest".into())
+            .with_app_id("a".into())
+            .with_cluster_id("c1".into()),
+    )
+    .expect("encodes");
+    produce_amqp(
+        &mut s,
+        "from-amqp",
+        &Message {
+            exchange: Bytes::from_static(b"x"),
+            routing_key: Bytes::from_static(b"rk"),
+            properties: props,
+            body: Bytes::from_static(b"{}"),
+            persistent: true,
+            priority: 5,
+            expiration: Some(1000),
+        },
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stream_records");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    let mut n = 0;
+    for (topic, from) in [
+        ("mapped", 0),
+        ("mapped", 7),
+        ("mapped", 27),
+        ("from-amqp", 0),
+    ] {
+        let batches = fetch_raw(&mut s, topic, from);
+        let mut seed = vec![from as u8];
+        seed.extend_from_slice(&batches);
+        std::fs::write(dir.join(format!("fetch-{topic}-{from}.bin")), &seed).expect("write");
+        // And each batch alone.
+        let mut rest = &batches[..];
+        while let Some(h) = BatchHeader::parse(rest).filter(|h| h.size <= rest.len()) {
+            let mut seed = vec![0u8];
+            seed.extend_from_slice(&rest[..h.size]);
+            std::fs::write(dir.join(format!("batch-{n}.bin")), &seed).expect("write");
+            n += 1;
+            rest = &rest[h.size..];
+        }
+    }
 }

@@ -359,6 +359,17 @@ fn json_of(v: &AMQPValue) -> serde_json::Value {
 /// some records ends the run there; as the first one it is an error naming the offset
 /// after it. Never panics on any bytes.
 pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Decoded, RecordError> {
+    records_within(batches, from, budget, MAX_INFLATED_BYTES)
+}
+
+/// `records_of` with the first batch yielding records inflated to at most `first_limit`
+/// bytes instead of `inflate::MAX_INFLATED_BYTES` (the fuzz target bounds its memory so).
+pub fn records_within(
+    batches: &Bytes,
+    from: i64,
+    budget: &mut usize,
+    first_limit: usize,
+) -> Result<Decoded, RecordError> {
     let mut out = Decoded {
         records: Vec::new(),
         next_offset: from,
@@ -374,7 +385,9 @@ pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Deco
         }
         let one = batches.slice(at..at + h.size);
         at += h.size;
-        let last = h.last_offset();
+        // Saturating: the header comes from disk or the wire (`last_offset` assumes a
+        // validated batch).
+        let last = h.base_offset.saturating_add(i64::from(h.last_offset_delta));
         if h.is_control() || last < from || h.records <= 0 {
             out.next_offset = out.next_offset.max(last.saturating_add(1));
             continue;
@@ -383,7 +396,7 @@ pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Deco
             break;
         }
         let limit = if out.records.is_empty() {
-            MAX_INFLATED_BYTES
+            first_limit
         } else {
             (*budget).min(MAX_INFLATED_BYTES)
         };
@@ -475,7 +488,8 @@ fn record(b: &Bytes, h: &BatchHeader, log_append: bool) -> Option<StoredRecord> 
     if count < 0 || count as usize > b.len() {
         return None;
     }
-    let mut headers = Vec::with_capacity(count as usize);
+    // Each header takes at least two bytes (two lengths).
+    let mut headers = Vec::with_capacity((count as usize).min(b.len() / 2));
     for _ in 0..count {
         let k = bytes_field(b, &mut at)??;
         let v = bytes_field(b, &mut at)?;
@@ -1176,6 +1190,25 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Found by the fuzz target: a batch whose base offset is near `i64::MAX` overflowed
+    /// the last offset's sum.
+    #[test]
+    fn offsets_near_the_end_of_i64_do_not_overflow() {
+        let good = batch_at(
+            vec![kafka_record(None, Some("v"), &[])],
+            Compression::None,
+            0,
+        );
+        for delta in [0i32, 1, i32::MAX] {
+            let mut b = BytesMut::from(&good[..]);
+            b[0..8].copy_from_slice(&i64::MAX.to_be_bytes());
+            b[23..27].copy_from_slice(&delta.to_be_bytes());
+            let mut budget = usize::MAX;
+            let d = records_of(&b.freeze(), 0, &mut budget).expect("decodes");
+            assert_eq!(d.next_offset, i64::MAX);
         }
     }
 
