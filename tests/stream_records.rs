@@ -383,8 +383,14 @@ fn capture_seeds() {
         },
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stream_records");
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("corpus dir");
+    // Replaces the captured seeds; hand-added ones (`regression-*`) stay.
+    for e in std::fs::read_dir(&dir).expect("corpus dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("fetch-") || name.starts_with("batch-") {
+            std::fs::remove_file(e.path()).expect("remove seed");
+        }
+    }
     let mut n = 0;
     for (topic, from) in [
         ("mapped", 0),
