@@ -140,6 +140,15 @@ pub struct KafkaConfig {
     pub group_min_session_timeout_ms: u64,
     /// `group.max.session.timeout.ms`
     pub group_max_session_timeout_ms: u64,
+    /// `group.consumer.session.timeout.ms`: a consumer-protocol member (KIP-848) that sends
+    /// no heartbeat for this long is removed from its group.
+    pub group_consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms`: how often consumer-protocol members are told
+    /// to heartbeat.
+    pub group_consumer_heartbeat_interval_ms: u64,
+    /// `group.consumer.max.size`: the most members a consumer-protocol group takes
+    /// (GROUP_MAX_SIZE_REACHED beyond).
+    pub group_consumer_max_size: u32,
     /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a transactional
     /// producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it).
     pub transaction_max_timeout_ms: u64,
@@ -596,6 +605,9 @@ impl Default for KafkaConfig {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
+            group_consumer_max_size: i32::MAX as u32,
             transaction_max_timeout_ms: 900_000,
             listeners: Vec::new(),
             sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),

@@ -429,7 +429,8 @@ fn list_and_describe_transactions() {
 }
 
 /// KIP-890: a transactional Produce to a partition that was not added to the producer's
-/// transaction is refused before anything is written.
+/// transaction is refused before anything is written; transactional records in a request
+/// without a transactional id are refused as Kafka refuses them.
 #[test]
 fn produce_outside_the_transaction_is_refused() {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -491,6 +492,18 @@ fn produce_outside_the_transaction_is_refused() {
     assert_eq!(
         r.responses[0].partition_responses[0].error_code, 48,
         "INVALID_TXN_STATE"
+    );
+    // The same transactional batch in a request without a transactional id: Kafka's
+    // TRANSACTIONAL_ID_AUTHORIZATION_FAILED, nothing written.
+    let r: ProduceResponse = call(
+        &mut s,
+        ApiKey::Produce,
+        9,
+        &produce.with_transactional_id(None),
+    );
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 53,
+        "TRANSACTIONAL_ID_AUTHORIZATION_FAILED"
     );
     assert_eq!(common::kafka::watermarks(&b, "tx-verify", 0), (0, 0));
 }
@@ -577,4 +590,113 @@ fn transaction_timeout_above_the_maximum_is_refused() {
             .with_producer_epoch(-1),
     );
     assert_eq!(r.error_code, 50, "INVALID_TRANSACTION_TIMEOUT");
+}
+
+/// KIP-447: while a transaction holds offsets for a group, OffsetFetch with
+/// `require_stable` answers UNSTABLE_OFFSET_COMMIT for those partitions (a read_committed
+/// consumer retries); once committed, the transaction's offset is the group's.
+#[test]
+fn pending_transactional_offsets_are_unstable_until_committed() {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
+    let (_tmp, data) = data_dir();
+    let b = Broker::start(&data, &[]);
+    create_topics(&b, &[("stable-in", 1), ("stable-out", 1)]);
+    let consumer = assigned(
+        &b,
+        &[("group.id", "stable-g")],
+        "stable-in",
+        1,
+        Offset::Beginning,
+    );
+    let p = txn_producer(&b, "stable-tx", &[]);
+    p.begin_transaction().expect("begin");
+    send(&p, "stable-out", 0, "v");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("stable-in", 0, Offset::Offset(42))
+        .expect("tpl");
+    p.send_offsets_to_transaction(&offsets, &consumer.group_metadata().expect("group"), T)
+        .expect("send offsets");
+    let fetch = |stable: bool| -> (i16, i64) {
+        let mut s = connect(&b);
+        let r: OffsetFetchResponse = call(
+            &mut s,
+            ApiKey::OffsetFetch,
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("stable-g")))
+                .with_require_stable(stable)
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("stable-in")))
+                    .with_partition_indexes(vec![0])])),
+        );
+        let part = &r.topics[0].partitions[0];
+        (part.error_code, part.committed_offset)
+    };
+    assert_eq!(
+        fetch(true),
+        (88, -1),
+        "UNSTABLE_OFFSET_COMMIT while pending"
+    );
+    assert_eq!(fetch(false), (0, -1), "nothing committed yet");
+    p.commit_transaction(T).expect("commit");
+    wait_state(&b, "stable-tx", "CompleteCommit");
+    assert_eq!(fetch(true), (0, 42));
+}
+
+/// A crash between EndTxn's durable PrepareCommit and its markers: the transaction log is
+/// left with PrepareCommit as the last state of the id (written here into the stopped
+/// broker's log, which is what a `kill -9` at that moment leaves), and the restarted
+/// coordinator completes the commit in every partition on its own.
+#[test]
+fn a_prepared_commit_is_completed_after_restart() {
+    use portask::kafka::txn::state::{TxnMeta, TxnState};
+    let (_tmp, data) = data_dir();
+    let mut b = Broker::start(&data, &[]);
+    create_topics(&b, &[("tx-prep", 4)]);
+    let p = txn_producer(&b, "tx-prep", &[]);
+    p.begin_transaction().expect("begin");
+    for (i, v) in values("prep", 40).iter().enumerate() {
+        send(&p, "tx-prep", (i % 4) as i32, v);
+    }
+    p.flush(T).expect("flush");
+    assert_eq!(describe(&b, "tx-prep").1, "Ongoing");
+    b.kill9();
+    drop(p);
+
+    let shard = portask::kafka::txn::txn_owner("tx-prep", 2);
+    let path = data
+        .join(shard.to_string())
+        .join("transactions")
+        .join("transactions.log");
+    let bytes = std::fs::read(&path).expect("transaction log");
+    let mut last: Option<TxnMeta> = None;
+    for payload in portask::storage::frame::split(&bytes).0 {
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(payload);
+        let m = rkyv::from_bytes::<TxnMeta, rkyv::rancor::Error>(&aligned).expect("record");
+        if m.id == "tx-prep" {
+            last = Some(m);
+        }
+    }
+    let mut prepared = last.expect("the id's state");
+    assert_eq!(prepared.state, TxnState::Ongoing);
+    assert_eq!(prepared.partitions.len(), 4);
+    prepared.state = TxnState::PrepareCommit;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&prepared).expect("encode");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open log");
+    f.write_all(&portask::storage::frame::framed(&payload))
+        .expect("append");
+    drop(f);
+
+    b.restart();
+    wait_state(&b, "tx-prep", "CompleteCommit");
+    assert_eq!(
+        read_all(&b, "tx-prep", 4, "read_committed"),
+        values("prep", 40)
+    );
 }

@@ -286,6 +286,8 @@ fn api_versions_lists_the_served_apis_and_versions() {
         (ApiKey::DescribeGroups, 0, 6),
         (ApiKey::DeleteGroups, 0, 2),
         (ApiKey::OffsetDelete, 0, 0),
+        (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+        (ApiKey::ConsumerGroupDescribe, 0, 1),
         (ApiKey::InitProducerId, 0, 5),
         (ApiKey::AddPartitionsToTxn, 0, 5),
         (ApiKey::AddOffsetsToTxn, 0, 4),

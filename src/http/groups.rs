@@ -1,5 +1,7 @@
-//! `/api/v1/consumer-groups`: list (state, members, lag), describe one (members with their
-//! assigned partitions, committed offsets with lag), delete an empty one. Runs on the
+//! `/api/v1/consumer-groups`: list (state, type — `classic` or `consumer`, KIP-848 —,
+//! members, lag), describe one (members with their assigned partitions, committed offsets
+//! with lag; a consumer-protocol group through ConsumerGroupDescribe's view of it), delete
+//! an empty one. Runs on the
 //! shard serving the request; each group's coordinator shard answers through the mesh
 //! (`Shard::group`), partition high watermarks come from their owners. With Kafka ACLs on,
 //! the group ACLs apply as over Kafka (`http::acl`).
@@ -56,6 +58,7 @@ async fn list(shard: &Rc<Shard>, caller: &Caller) -> ApiResult {
                 "group": g.group,
                 "state": g.state,
                 "protocol_type": g.protocol_type,
+                "group_type": g.group_type,
                 "members": g.members,
                 "lag": lag.get(&g.group).copied().unwrap_or(0),
             })
@@ -135,7 +138,52 @@ async fn describe(shard: &Rc<Shard>, caller: &Caller, group: &str) -> ApiResult 
         Reply::Fetch(_, offsets) => offsets,
         _ => Vec::new(),
     };
-    let dead = described.group_state.as_str() == "Dead";
+    let mut dead = described.group_state.as_str() == "Dead";
+    // A group of the consumer protocol (KIP-848): DescribeGroups does not describe it.
+    let mut group_type = "classic";
+    let mut state = described.group_state.to_string();
+    let mut members: Vec<MemberRow> = described
+        .members
+        .iter()
+        .map(|m| MemberRow {
+            member_id: m.member_id.to_string(),
+            group_instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()),
+            client_id: m.client_id.to_string(),
+            client_host: m.client_host.to_string(),
+            assignment: decode_assignment(&m.member_assignment),
+        })
+        .collect();
+    if dead {
+        if let Reply::ConsumerDescribe(d) = shard
+            .group(group, Request::ConsumerDescribe(group.to_owned()))
+            .await
+        {
+            if d.error_code == 0 {
+                dead = false;
+                group_type = "consumer";
+                state = d.group_state.to_string();
+                members = d
+                    .members
+                    .iter()
+                    .map(|m| MemberRow {
+                        member_id: m.member_id.to_string(),
+                        group_instance_id: m.instance_id.as_ref().map(|s| s.to_string()),
+                        client_id: m.client_id.to_string(),
+                        client_host: m.client_host.to_string(),
+                        assignment: m
+                            .assignment
+                            .topic_partitions
+                            .iter()
+                            .map(|tp| Assigned {
+                                topic: tp.topic_name.to_string(),
+                                partitions: tp.partitions.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+            }
+        }
+    }
     if dead && offsets.is_empty() {
         return Err(ApiError::NotFound(format!(
             "consumer group '{group}' does not exist"
@@ -149,17 +197,6 @@ async fn describe(shard: &Rc<Shard>, caller: &Caller, group: &str) -> ApiResult 
             .find(|x| x.topic == topic && x.partition == p)
             .map(|x| x.high_watermark)
     };
-    let members: Vec<MemberRow> = described
-        .members
-        .iter()
-        .map(|m| MemberRow {
-            member_id: m.member_id.to_string(),
-            group_instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()),
-            client_id: m.client_id.to_string(),
-            client_host: m.client_host.to_string(),
-            assignment: decode_assignment(&m.member_assignment),
-        })
-        .collect();
     // Offsets of topics the caller may not describe are left out, as OffsetFetch does.
     let offsets: Vec<OffsetRow> = offsets
         .into_iter()
@@ -179,8 +216,13 @@ async fn describe(shard: &Rc<Shard>, caller: &Caller, group: &str) -> ApiResult 
     let lag: i64 = offsets.iter().filter_map(|o| o.lag).sum();
     ok_json(&serde_json::json!({
         "group": group,
-        "state": if dead { "Empty" } else { described.group_state.as_str() },
-        "protocol_type": described.protocol_type.to_string(),
+        "state": if dead { "Empty" } else { state.as_str() },
+        "group_type": group_type,
+        "protocol_type": if group_type == "consumer" {
+            "consumer".to_owned()
+        } else {
+            described.protocol_type.to_string()
+        },
         "protocol": described.protocol_data.to_string(),
         "members": members,
         "offsets": offsets,

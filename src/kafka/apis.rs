@@ -48,6 +48,8 @@ macro_rules! kafka_apis {
             (DescribeGroups, DescribeGroupsRequest, DescribeGroupsResponse, 0..=6, describe_groups, conn),
             (DeleteGroups, DeleteGroupsRequest, DeleteGroupsResponse, 0..=2, delete_groups, conn),
             (OffsetDelete, OffsetDeleteRequest, OffsetDeleteResponse, 0..=0, offset_delete, conn),
+            (ConsumerGroupHeartbeat, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, 0..=1, consumer_group_heartbeat, client_id),
+            (ConsumerGroupDescribe, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, 0..=1, consumer_group_describe, conn),
             (InitProducerId, InitProducerIdRequest, InitProducerIdResponse, 0..=5, init_producer_id, conn),
             (AddPartitionsToTxn, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, 0..=5, add_partitions_to_txn, conn),
             (AddOffsetsToTxn, AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, 0..=4, add_offsets_to_txn, conn),

@@ -1,5 +1,7 @@
-//! Consumer-group coordination: membership and rebalances (`group.rs`) and committed
-//! offsets (`store.rs`).
+//! Consumer-group coordination: membership and rebalances of classic groups (`group.rs`)
+//! and of consumer-protocol groups (KIP-848: `consumer.rs`, its assignors `assignor.rs`,
+//! and the coordinator's side of them, `consumer_coordinator.rs`), and committed offsets,
+//! which both kinds share (`store.rs`).
 //!
 //! Each group is coordinated by one shard, `group_owner(group id)`; every shard has a
 //! `Coordinator` for the groups that hash to it. Handlers on the connection's shard send
@@ -11,6 +13,9 @@
 //! Every change applied here is also queued, after it is durable and answered, for the
 //! `__consumer_offsets` view (`kafka::offsets_topic`).
 
+pub mod assignor;
+pub mod consumer;
+mod consumer_coordinator;
 pub mod group;
 pub mod store;
 pub mod txn_offsets;
@@ -122,6 +127,20 @@ pub enum Request {
         parts: Vec<(String, i32)>,
     },
     List,
+    /// ConsumerGroupHeartbeat, with the catalog replica of the connection's shard.
+    ConsumerHeartbeat {
+        group: String,
+        heartbeat: consumer::Heartbeat,
+        catalog: std::sync::Arc<crate::catalog::CatalogState>,
+    },
+    ConsumerDescribe(String),
+    /// OffsetFetch v9+ of a member: its id and epoch checked against a consumer group
+    /// (`Reply::Code`; 0 as well for a group of the classic protocol or none).
+    ConsumerCheck {
+        group: String,
+        member_id: String,
+        epoch: i32,
+    },
 }
 
 pub enum Reply {
@@ -134,6 +153,9 @@ pub enum Reply {
     Describe(DescribedGroup),
     OffsetDelete(i16, Vec<i16>),
     List(Vec<ListedGroup>),
+    /// The heartbeat's answer and the heartbeat interval (ms) to tell the member.
+    ConsumerHeartbeat(Result<consumer::Answer, consumer::Refusal>, i32),
+    ConsumerDescribe(kafka_protocol::messages::consumer_group_describe_response::DescribedGroup),
     Unavailable,
 }
 
@@ -144,10 +166,16 @@ pub struct GroupSummary {
     pub state: &'static str,
     pub protocol_type: String,
     pub members: usize,
+    /// `classic` or `consumer` (the KIP-848 protocol), as ListGroups v5 names them.
+    pub group_type: &'static str,
 }
 
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
+    /// Groups of the consumer protocol (KIP-848); an id is in `groups` or here, never both
+    /// with members (`consumer_coordinator.rs`).
+    consumer_groups: RefCell<HashMap<String, consumer::ConsumerGroup>>,
+    consumer_settings: consumer::Settings,
     offsets: RefCell<Offsets>,
     store: Rc<OffsetStore>,
     timeouts: Timeouts,
@@ -205,6 +233,12 @@ impl Coordinator {
         let k = &config.kafka;
         Ok(Rc::new(Coordinator {
             groups: RefCell::new(HashMap::new()),
+            consumer_groups: RefCell::new(HashMap::new()),
+            consumer_settings: consumer::Settings {
+                session_timeout: Duration::from_millis(k.group_consumer_session_timeout_ms),
+                heartbeat_interval: Duration::from_millis(k.group_consumer_heartbeat_interval_ms),
+                max_size: k.group_consumer_max_size as usize,
+            },
             offsets: RefCell::new(offsets),
             store: Rc::new(store),
             timeouts: Timeouts {
@@ -311,6 +345,7 @@ impl Coordinator {
                 }
                 groups.keys().cloned().collect()
             };
+            self.tick_consumer_groups(now);
             for id in ids {
                 self.note_group(&id);
             }
@@ -348,6 +383,7 @@ impl Coordinator {
             .get(id)
             .is_some_and(|g| !g.members.is_empty())
             || self.offsets.borrow().contains_key(id)
+            || self.consumer_group_active(id)
     }
 
     /// Starts a request; waiting (for a rebalance or an fsync) happens in the future.
@@ -359,7 +395,21 @@ impl Coordinator {
         let now = Instant::now();
         let t = self.timeouts;
         match req {
-            Request::Join(join, group) => match self.with_group(&group, |g| g.join(join, t, now)) {
+            // A classic member cannot join a consumer-protocol group with members
+            // (`consumer_coordinator.rs`).
+            Request::Join(join, group) if self.consumer_group_active(&group) => {
+                let refused = JoinGroupResponse::default()
+                    .with_error_code(ResponseError::InconsistentGroupProtocol.code())
+                    .with_generation_id(-1)
+                    .with_protocol_name(Some(s("")))
+                    .with_leader(s(""))
+                    .with_member_id(s(&join.member_id));
+                Box::pin(async move { Reply::Join(refused) })
+            }
+            Request::Join(join, group) => match self.with_group(&group, |g| {
+                self.consumer_groups.borrow_mut().remove(&group);
+                g.join(join, t, now)
+            }) {
                 JoinOutcome::Now(r) => Box::pin(async move { Reply::Join(r) }),
                 JoinOutcome::Wait(rx) => Box::pin(async move {
                     match rx.await {
@@ -474,10 +524,33 @@ impl Coordinator {
                             .with_group_id(GroupId(s(&g.group)))
                             .with_protocol_type(s(&g.protocol_type))
                             .with_group_state(s(g.state))
-                            .with_group_type(s("classic"))
+                            .with_group_type(s(g.group_type))
                     })
                     .collect();
                 Box::pin(async move { Reply::List(list) })
+            }
+            Request::ConsumerHeartbeat {
+                group,
+                heartbeat,
+                catalog,
+            } => {
+                let reply = self.consumer_heartbeat(&group, heartbeat, catalog, now);
+                Box::pin(async move { reply })
+            }
+            Request::ConsumerCheck {
+                group,
+                member_id,
+                epoch,
+            } => {
+                let code = match self.consumer_check_commit(&group, &member_id, epoch) {
+                    Some(Err(code)) => code,
+                    _ => 0,
+                };
+                Box::pin(async move { Reply::Code(code) })
+            }
+            Request::ConsumerDescribe(group) => {
+                let d = self.consumer_describe(&group);
+                Box::pin(async move { Reply::ConsumerDescribe(d) })
             }
         }
     }
@@ -490,9 +563,12 @@ impl Coordinator {
         generation: i32,
         parts: Vec<CommitPart>,
     ) -> LocalBoxFuture<'static, Reply> {
-        let check = self.with_group(&group, |g| {
-            g.check_commit(&member_id, instance_id.as_deref(), generation)
-        });
+        let check = match self.consumer_check_commit(&group, &member_id, generation) {
+            Some(check) => check,
+            None => self.with_group(&group, |g| {
+                g.check_commit(&member_id, instance_id.as_deref(), generation)
+            }),
+        };
         if let Err(code) = check {
             let codes = vec![code; parts.len()];
             return Box::pin(async move { Reply::Commit(codes) });
@@ -548,6 +624,14 @@ impl Coordinator {
     }
 
     fn describe(&self, id: &str) -> DescribedGroup {
+        if self.consumer_groups.borrow().contains_key(id) {
+            // As Kafka 4: DescribeGroups describes classic groups only.
+            return DescribedGroup::default()
+                .with_group_id(GroupId(s(id)))
+                .with_group_state(s("Dead"))
+                .with_error_code(ResponseError::GroupIdNotFound.code())
+                .with_error_message(Some(s(&format!("Group {id} is not a classic group."))));
+        }
         let groups = self.groups.borrow();
         let base = DescribedGroup::default().with_group_id(GroupId(s(id)));
         match groups.get(id) {
@@ -588,6 +672,7 @@ impl Coordinator {
             .borrow()
             .get(&group)
             .is_some_and(|g| !g.members.is_empty())
+            || self.consumer_group_active(&group)
         {
             let code = ResponseError::NonEmptyGroup.code();
             return Box::pin(async move { Reply::Code(code) });
@@ -621,6 +706,7 @@ impl Coordinator {
                     });
                     store::apply(&mut me.offsets.borrow_mut(), &record);
                     me.groups.borrow_mut().remove(&group);
+                    me.consumer_groups.borrow_mut().remove(&group);
                     me.recorded_generation.borrow_mut().remove(&group);
                     me.queue_topic(view);
                     Reply::Code(0)
@@ -645,7 +731,10 @@ impl Coordinator {
             .get(&group)
             .filter(|g| !g.members.is_empty() && g.state != State::Empty)
             .map(|g| g.subscribed_topics())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .chain(self.consumer_subscribed_topics(&group))
+            .collect::<Vec<String>>();
         let mut codes = Vec::with_capacity(parts.len());
         let mut records = Vec::new();
         for (topic, partition) in parts {
@@ -684,16 +773,19 @@ impl Coordinator {
     pub fn summary(&self) -> Vec<GroupSummary> {
         let mut ids: Vec<String> = self.groups.borrow().keys().cloned().collect();
         ids.extend(self.offsets.borrow().keys().cloned());
+        ids.extend(self.consumer_groups.borrow().keys().cloned());
         ids.sort();
         ids.dedup();
         let groups = self.groups.borrow();
         ids.into_iter()
-            .filter(|id| self.group_exists(id))
+            .filter(|id| self.group_exists(id) || self.consumer_groups.borrow().contains_key(id))
             .map(|id| match groups.get(&id) {
+                _ if self.consumer_groups.borrow().contains_key(&id) => self.consumer_summary(&id),
                 Some(g) if !g.members.is_empty() => GroupSummary {
                     state: g.state.name(),
                     protocol_type: g.protocol_type.clone().unwrap_or_default(),
                     members: g.members.len(),
+                    group_type: "classic",
                     group: id,
                 },
                 _ => GroupSummary {
@@ -701,6 +793,7 @@ impl Coordinator {
                     state: "Empty",
                     protocol_type: "consumer".to_owned(),
                     members: 0,
+                    group_type: "classic",
                 },
             })
             .collect()

@@ -13,7 +13,7 @@
 //! had not recorded complete), which commits the same offsets once more: harmless.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -122,9 +122,18 @@ impl TxnOffsets {
             .collect()
     }
 
-    /// Whether `group` has offsets waiting for a transaction.
-    pub fn has_pending(&self, group: &str) -> bool {
-        self.pending.borrow().contains_key(group)
+    /// The partitions of `group` with offsets waiting for a transaction.
+    pub fn pending_parts(&self, group: &str) -> HashSet<(String, i32)> {
+        self.pending
+            .borrow()
+            .get(group)
+            .map(|by_producer| {
+                by_producer
+                    .values()
+                    .flat_map(|p| p.keys().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -184,6 +193,25 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// The partitions of `group` with offsets pending in an open transaction (OffsetFetch
+    /// with `require_stable`), from the group's coordinator shard.
+    pub async fn txn_offsets_pending(self: &Rc<Self>, group: &str) -> HashSet<(String, i32)> {
+        let owner = group_owner(group, self.count);
+        let group = group.to_owned();
+        if owner == self.id {
+            return self.groups.txn_offsets.pending_parts(&group);
+        }
+        self.core
+            .invoke_on::<Shard, _, _, _>(owner, move |shard: &Rc<Shard>| {
+                let parts = shard.groups.txn_offsets.pending_parts(&group);
+                async move { parts }
+            })
+            .await
+            .unwrap_or_default()
+    }
+}
+
 impl Coordinator {
     /// Background work: the pending-offsets log writer (started by `broker::run_shard`).
     pub fn run_txn_offsets_writer(self: &Rc<Self>) -> impl std::future::Future<Output = ()> {
@@ -202,9 +230,13 @@ impl Coordinator {
         // v3+ (KIP-447) checks the member and generation as OffsetCommit does; older
         // clients send neither (generation -1, no member id) and are not checked.
         if c.generation >= 0 || !c.member_id.is_empty() {
-            let check = self.with_group(&c.group, |g| {
-                g.check_commit(&c.member_id, c.instance_id.as_deref(), c.generation)
-            });
+            // A consumer-protocol group (KIP-848) checks the member epoch instead.
+            let check = match self.consumer_check_commit(&c.group, &c.member_id, c.generation) {
+                Some(check) => check,
+                None => self.with_group(&c.group, |g| {
+                    g.check_commit(&c.member_id, c.instance_id.as_deref(), c.generation)
+                }),
+            };
             if let Err(code) = check {
                 return vec![code; n];
             }

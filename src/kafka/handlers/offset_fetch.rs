@@ -1,5 +1,11 @@
 //! OffsetFetch (key 9), v1–v9: a group's committed offsets (-1 where none), for the
-//! partitions asked or (v2+, topics null) all of them; v8+ asks several groups at once.
+//! partitions asked or (v2+, topics null) all of them; v8+ asks several groups at once;
+//! v9+ from a member of a consumer-protocol group (KIP-848) is checked against its member
+//! id and epoch (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH).
+//! With `require_stable` (v7+, KIP-447; librdkafka sets it for `read_committed`), a
+//! partition with offsets pending in an open transaction (`groups::txn_offsets`) gets
+//! UNSTABLE_OFFSET_COMMIT and offset -1, as Kafka answers, so the consumer retries instead
+//! of starting from an offset the transaction is about to replace.
 //!
 //! Runs on the connection's shard; each group's coordinator shard answers for it.
 
@@ -25,6 +31,7 @@ async fn fetch(
     conn: &Conn,
     group: &str,
     parts: Option<Vec<(String, i32)>>,
+    require_stable: bool,
 ) -> (i16, Vec<(String, Vec<FetchedOffset>)>) {
     let named = parts.is_some();
     let request = Request::Fetch {
@@ -35,7 +42,18 @@ async fn fetch(
         Reply::Fetch(code, offsets) => Some((code, offsets)),
         _ => None,
     });
-    let (code, offsets) = fetched.await.unwrap_or_else(|code| (code, Vec::new()));
+    let (code, mut offsets) = fetched.await.unwrap_or_else(|code| (code, Vec::new()));
+    if require_stable && code == 0 && !offsets.is_empty() {
+        let pending = conn.shard.txn_offsets_pending(group).await;
+        for o in offsets
+            .iter_mut()
+            .filter(|o| pending.contains(&(o.topic.clone(), o.partition)))
+        {
+            o.offset = -1;
+            o.leader_epoch = -1;
+            o.error = kafka_protocol::ResponseError::UnstableOffsetCommit.code();
+        }
+    }
     let mut topics: Vec<(String, Vec<FetchedOffset>)> = Vec::new();
     let mut allowed: Vec<(String, bool)> = Vec::new();
     for mut o in offsets {
@@ -92,7 +110,26 @@ pub fn handle(
                             .map(|t| (t.name.to_string(), t.partition_indexes)),
                     )
                 });
-                let (code, topics) = fetch(&conn, &group, parts).await;
+                // v9+: a consumer-protocol member gives its id and epoch (KIP-848).
+                let member = g.member_id.as_ref().map(|m| m.to_string());
+                if version >= 9 && (member.is_some() || g.member_epoch >= 0) {
+                    let request = Request::ConsumerCheck {
+                        group: group.clone(),
+                        member_id: member.unwrap_or_default(),
+                        epoch: g.member_epoch,
+                    };
+                    let code =
+                        coordinator::ask_code(&conn, ApiKey::OffsetFetch, &group, request).await;
+                    if code != 0 {
+                        groups.push(
+                            OffsetFetchResponseGroup::default()
+                                .with_group_id(g.group_id)
+                                .with_error_code(code),
+                        );
+                        continue;
+                    }
+                }
+                let (code, topics) = fetch(&conn, &group, parts, req.require_stable).await;
                 groups.push(
                     OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
@@ -130,7 +167,8 @@ pub fn handle(
                         .map(|t| (t.name.to_string(), t.partition_indexes)),
                 )
             });
-            let (code, topics) = fetch(&conn, &group, parts).await;
+            let stable = version >= 7 && req.require_stable;
+            let (code, topics) = fetch(&conn, &group, parts, stable).await;
             let mut r = OffsetFetchResponse::default().with_topics(
                 topics
                     .into_iter()

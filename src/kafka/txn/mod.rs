@@ -24,10 +24,9 @@
 //! One state change per id at a time: while a change of an id is being made durable, other
 //! changes of it are answered CONCURRENT_TRANSACTIONS (clients retry), as Kafka does.
 //! A request that finds its id completing (markers being written after EndTxn) waits up to
-//! `SETTLE_WAIT` for the completion before it is refused the same way: the producer's next
-//! transaction usually starts right after its commit, and librdkafka retries a refusal
-//! only after `retry.backoff.ms` (100 ms), which would cap a producer at about ten
-//! transactions a second.
+//! `SETTLE_WAIT` for the completion before it is refused the same way, so a producer that
+//! starts its next transaction right after a commit is answered when the markers are in
+//! rather than told to retry after its backoff.
 
 pub mod log;
 pub mod producer_id;

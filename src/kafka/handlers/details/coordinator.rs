@@ -30,11 +30,13 @@ pub fn valid_id(api: ApiKey, group: &str) -> bool {
 }
 
 /// The operation on the group the ACLs must allow for `api`, as Kafka: members' APIs and
-/// OffsetCommit READ, OffsetFetch and DescribeGroups DESCRIBE, DeleteGroups and
+/// OffsetCommit READ, OffsetFetch, DescribeGroups and ConsumerGroupDescribe DESCRIBE, DeleteGroups and
 /// OffsetDelete DELETE.
 pub fn operation(api: ApiKey) -> Operation {
     match api {
-        ApiKey::OffsetFetch | ApiKey::DescribeGroups => Operation::Describe,
+        ApiKey::OffsetFetch | ApiKey::DescribeGroups | ApiKey::ConsumerGroupDescribe => {
+            Operation::Describe
+        }
         ApiKey::DeleteGroups | ApiKey::OffsetDelete => Operation::Delete,
         _ => Operation::Read,
     }

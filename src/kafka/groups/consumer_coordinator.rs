@@ -1,0 +1,198 @@
+//! The coordinator's side of consumer-protocol groups (KIP-848): heartbeats and
+//! descriptions, the offset checks of their members, their place in listings, and how they
+//! coexist with classic groups, as Kafka 4 lets them (without its online migration):
+//!
+//! - one group id is a classic group or a consumer group; committed offsets belong to the
+//!   id, whichever kind it is, and survive a change of kind;
+//! - a consumer member joining an id whose classic group is empty (or that has only
+//!   committed offsets) makes it a consumer group; one joining a classic group with members
+//!   gets GROUP_ID_NOT_FOUND ("Group … is not a consumer group.");
+//! - a classic JoinGroup for a consumer group with members gets INCONSISTENT_GROUP_PROTOCOL;
+//!   for an empty one it makes the id a classic group again;
+//! - DescribeGroups answers a consumer group with GROUP_ID_NOT_FOUND ("Group … is not a
+//!   classic group.", state Dead), as Kafka 4; ConsumerGroupDescribe describes it.
+//!
+//! Runs on the group's coordinator shard, inside `Coordinator` (`mod.rs`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kafka_protocol::messages::consumer_group_describe_response::{
+    Assignment as DescribedAssignment, DescribedGroup, Member, TopicPartitions,
+};
+use kafka_protocol::messages::{GroupId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::assignor::Assignment;
+use super::consumer::{self, ConsumerGroup, Refusal};
+use super::{Coordinator, GroupSummary, Reply};
+use crate::catalog::CatalogState;
+use crate::kafka::offsets_topic::TopicRecord;
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_owned())
+}
+
+impl Coordinator {
+    /// Whether `id` is a consumer-protocol group with members.
+    pub(super) fn consumer_group_active(&self, id: &str) -> bool {
+        self.consumer_groups
+            .borrow()
+            .get(id)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
+    pub(super) fn consumer_heartbeat(
+        &self,
+        group: &str,
+        heartbeat: consumer::Heartbeat,
+        catalog: Arc<CatalogState>,
+        now: Instant,
+    ) -> Reply {
+        let interval = self.consumer_settings.heartbeat_interval.as_millis() as i32;
+        if self
+            .groups
+            .borrow()
+            .get(group)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            let refusal = Refusal {
+                code: ResponseError::GroupIdNotFound.code(),
+                message: Some(format!("Group {group} is not a consumer group.")),
+            };
+            return Reply::ConsumerHeartbeat(Err(refusal), interval);
+        }
+        // An empty classic group (or only its offsets) becomes a consumer group; its
+        // metadata leaves `__consumer_offsets` (a tombstone), as Kafka's conversion does.
+        if self.groups.borrow_mut().remove(group).is_some()
+            && self
+                .recorded_generation
+                .borrow_mut()
+                .remove(group)
+                .is_some()
+        {
+            self.queue_topic(vec![TopicRecord::Group {
+                group: group.to_owned(),
+                value: None,
+            }]);
+        }
+        let mut groups = self.consumer_groups.borrow_mut();
+        let g = groups
+            .entry(group.to_owned())
+            .or_insert_with(|| ConsumerGroup::new(group));
+        let answer = g.heartbeat(heartbeat, catalog, self.consumer_settings, now);
+        if g.members.is_empty() && g.group_epoch == 0 {
+            // A refused first join leaves no group behind.
+            groups.remove(group);
+        }
+        Reply::ConsumerHeartbeat(answer, interval)
+    }
+
+    /// Expires members of consumer groups; forgets empty ones without offsets.
+    pub(super) fn tick_consumer_groups(&self, now: Instant) {
+        let mut groups = self.consumer_groups.borrow_mut();
+        for g in groups.values_mut() {
+            g.tick(self.consumer_settings, now);
+        }
+        let offsets = self.offsets.borrow();
+        groups.retain(|id, g| !g.members.is_empty() || offsets.contains_key(id));
+    }
+
+    /// The check of an OffsetCommit against a consumer group (`None`: `group` is not one).
+    pub(super) fn consumer_check_commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        epoch: i32,
+    ) -> Option<Result<(), i16>> {
+        self.consumer_groups
+            .borrow()
+            .get(group)
+            .map(|g| g.check_commit(member_id, epoch))
+    }
+
+    /// Topics the members of consumer group `group` subscribe to.
+    pub(super) fn consumer_subscribed_topics(&self, group: &str) -> Vec<String> {
+        self.consumer_groups
+            .borrow()
+            .get(group)
+            .map(|g| g.subscribed_topics().into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn consumer_summary(&self, id: &str) -> GroupSummary {
+        let groups = self.consumer_groups.borrow();
+        let g = groups.get(id);
+        GroupSummary {
+            group: id.to_owned(),
+            state: g.map(ConsumerGroup::state_name).unwrap_or("Empty"),
+            protocol_type: "consumer".to_owned(),
+            members: g.map(|g| g.members.len()).unwrap_or(0),
+            group_type: "consumer",
+        }
+    }
+
+    /// ConsumerGroupDescribe of one group: GROUP_ID_NOT_FOUND for an id that is not a
+    /// consumer group (as Kafka: "Group … not found." or "… is not a consumer group.").
+    pub(super) fn consumer_describe(&self, id: &str) -> DescribedGroup {
+        let base = DescribedGroup::default().with_group_id(GroupId(s(id)));
+        let groups = self.consumer_groups.borrow();
+        let Some(g) = groups.get(id) else {
+            let classic = self
+                .groups
+                .borrow()
+                .get(id)
+                .is_some_and(|g| !g.members.is_empty())
+                || self.offsets.borrow().contains_key(id);
+            let message = if classic {
+                format!("Group {id} is not a consumer group.")
+            } else {
+                format!("Group {id} not found.")
+            };
+            return base
+                .with_group_state(s("Dead"))
+                .with_error_code(ResponseError::GroupIdNotFound.code())
+                .with_error_message(Some(s(&message)));
+        };
+        let described = |a: &Assignment| {
+            DescribedAssignment::default().with_topic_partitions(
+                g.named(a)
+                    .into_iter()
+                    .map(|(id, name, parts)| {
+                        TopicPartitions::default()
+                            .with_topic_id(uuid::Uuid::from_bytes(id))
+                            .with_topic_name(TopicName(s(&name)))
+                            .with_partitions(parts)
+                    })
+                    .collect(),
+            )
+        };
+        let empty = Assignment::new();
+        let members = g
+            .members
+            .values()
+            .map(|m| {
+                Member::default()
+                    .with_member_id(s(&m.id))
+                    .with_instance_id(m.instance_id.as_deref().map(s))
+                    .with_rack_id(m.rack_id.as_deref().map(s))
+                    .with_member_epoch(m.epoch)
+                    .with_client_id(s(&m.client_id))
+                    .with_client_host(s(&m.client_host))
+                    .with_subscribed_topic_names(
+                        m.subscribed_names.iter().map(|n| TopicName(s(n))).collect(),
+                    )
+                    .with_subscribed_topic_regex(m.subscribed_regex.as_deref().map(s))
+                    .with_assignment(described(&m.assigned))
+                    .with_target_assignment(described(g.target.get(&m.id).unwrap_or(&empty)))
+                    .with_member_type(1)
+            })
+            .collect();
+        base.with_group_state(s(g.state_name()))
+            .with_group_epoch(g.group_epoch)
+            .with_assignment_epoch(g.assignment_epoch)
+            .with_assignor_name(s(g.assignor.name()))
+            .with_members(members)
+    }
+}
