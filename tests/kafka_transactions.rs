@@ -429,7 +429,8 @@ fn list_and_describe_transactions() {
 }
 
 /// KIP-890: a transactional Produce to a partition that was not added to the producer's
-/// transaction is refused before anything is written.
+/// transaction is refused before anything is written; transactional records in a request
+/// without a transactional id are refused as Kafka refuses them.
 #[test]
 fn produce_outside_the_transaction_is_refused() {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -491,6 +492,18 @@ fn produce_outside_the_transaction_is_refused() {
     assert_eq!(
         r.responses[0].partition_responses[0].error_code, 48,
         "INVALID_TXN_STATE"
+    );
+    // The same transactional batch in a request without a transactional id: Kafka's
+    // TRANSACTIONAL_ID_AUTHORIZATION_FAILED, nothing written.
+    let r: ProduceResponse = call(
+        &mut s,
+        ApiKey::Produce,
+        9,
+        &produce.with_transactional_id(None),
+    );
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 53,
+        "TRANSACTIONAL_ID_AUTHORIZATION_FAILED"
     );
     assert_eq!(common::kafka::watermarks(&b, "tx-verify", 0), (0, 0));
 }

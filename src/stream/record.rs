@@ -358,7 +358,22 @@ fn json_of(v: &AMQPValue) -> serde_json::Value {
 /// to `inflate::MAX_INFLATED_BYTES` so a read always moves on. A malformed batch after
 /// some records ends the run there; as the first one it is an error naming the offset
 /// after it. Never panics on any bytes.
+///
+/// CRCs are not checked (the log checked them on append and checks them on recovery).
+/// Records of open or aborted transactions are returned like any other, as a
+/// `read_uncommitted` Kafka consumer sees them.
 pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Decoded, RecordError> {
+    records_within(batches, from, budget, MAX_INFLATED_BYTES)
+}
+
+/// `records_of` with the first batch yielding records inflated to at most `first_limit`
+/// bytes instead of `inflate::MAX_INFLATED_BYTES` (the fuzz target bounds its memory so).
+pub fn records_within(
+    batches: &Bytes,
+    from: i64,
+    budget: &mut usize,
+    first_limit: usize,
+) -> Result<Decoded, RecordError> {
     let mut out = Decoded {
         records: Vec::new(),
         next_offset: from,
@@ -374,8 +389,11 @@ pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Deco
         }
         let one = batches.slice(at..at + h.size);
         at += h.size;
-        let last = h.last_offset();
-        if h.is_control() || last < from || h.records <= 0 {
+        // Saturating: the header comes from disk or the wire (`last_offset` assumes a
+        // validated batch).
+        let last = h.base_offset.saturating_add(i64::from(h.last_offset_delta));
+        let magic = rest.get(MAGIC_AT).copied().unwrap_or(0);
+        if magic == 2 && (h.is_control() || last < from || h.records <= 0) {
             out.next_offset = out.next_offset.max(last.saturating_add(1));
             continue;
         }
@@ -383,20 +401,24 @@ pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Deco
             break;
         }
         let limit = if out.records.is_empty() {
-            MAX_INFLATED_BYTES
+            first_limit
         } else {
             (*budget).min(MAX_INFLATED_BYTES)
         };
-        let decoded = section(&one, &h, limit).and_then(|s| {
-            *budget = budget.saturating_sub(s.len());
-            walk(&s, &h, from)
-        });
+        let decoded = if magic == 2 {
+            section(&one, &h, limit).and_then(|s| {
+                *budget = budget.saturating_sub(s.len());
+                walk(&s, &h, from)
+            })
+        } else {
+            Err(Stop::Bad(format!("record batch magic {magic}, not 2")))
+        };
         match decoded {
             Ok(records) => {
                 out.records.extend(records);
                 out.next_offset = out.next_offset.max(last.saturating_add(1));
             }
-            Err(Stop::Budget) if !out.records.is_empty() => break,
+            // Past the budget, or unreadable: what was decoded so far is the answer.
             Err(_) if !out.records.is_empty() => break,
             Err(e) => {
                 return Err(RecordError::Malformed {
@@ -409,6 +431,9 @@ pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Deco
     }
     Ok(out)
 }
+
+/// Where a batch header holds its magic byte (the format version, 2 for record batches).
+const MAGIC_AT: usize = 16;
 
 /// Why one batch was not decoded.
 #[derive(Debug)]
@@ -475,7 +500,8 @@ fn record(b: &Bytes, h: &BatchHeader, log_append: bool) -> Option<StoredRecord> 
     if count < 0 || count as usize > b.len() {
         return None;
     }
-    let mut headers = Vec::with_capacity(count as usize);
+    // Each header takes at least two bytes (two lengths).
+    let mut headers = Vec::with_capacity((count as usize).min(b.len() / 2));
     for _ in 0..count {
         let k = bytes_field(b, &mut at)??;
         let v = bytes_field(b, &mut at)?;
@@ -512,10 +538,13 @@ fn bytes_field(b: &Bytes, at: &mut usize) -> Option<Option<Bytes>> {
 /// A record as the parts of an AMQP delivery. A record an AMQP publisher wrote (its
 /// `amqp-properties` header holds well-formed property bytes) gives back the published
 /// exchange, routing key, properties (byte-identical) and body. Any other record is one a
-/// Kafka producer wrote: value → body, key → routing key (empty when null), exchange
-/// empty, and properties holding the Kafka headers as the `headers` table (long strings,
-/// null as void; the last of duplicate names; names over 255 bytes left out) and the
-/// timestamp in seconds as `timestamp` (left out when the record has none).
+/// Kafka producer wrote: value → body, key → routing key (empty when null; a key that no
+/// routing key can be — over 255 bytes, or not UTF-8, which AMQP clients require of short
+/// strings — goes in the `x-kafka-key` header instead), exchange empty, and properties
+/// holding the Kafka headers as the `headers` table (long strings, null as void; the last
+/// of duplicate names; names not UTF-8 with U+FFFD for the bad bytes; names over 255 bytes
+/// left out) and the timestamp in seconds as `timestamp` (left out when the record has
+/// none).
 pub fn delivery_of(r: &StoredRecord) -> Delivery {
     let body = r.value.clone().unwrap_or_default();
     if let Some(Some(props)) = r.header(PROPERTIES_HEADER) {
@@ -526,7 +555,10 @@ pub fn delivery_of(r: &StoredRecord) -> Delivery {
         };
         let exchange = exchange.unwrap_or_default();
         let routing_key = routing_key.unwrap_or_default();
-        if exchange.len() <= 255 && routing_key.len() <= 255 && scan_properties(props).is_some() {
+        if short_string_ok(&exchange)
+            && short_string_ok(&routing_key)
+            && scan_properties(props).is_some()
+        {
             return Delivery {
                 exchange,
                 routing_key,
@@ -536,13 +568,19 @@ pub fn delivery_of(r: &StoredRecord) -> Delivery {
         }
     }
     let key = r.key.clone().unwrap_or_default();
-    let long_key = key.len() > 255;
+    let key_fits = short_string_ok(&key);
     Delivery {
         exchange: Bytes::new(),
-        routing_key: if long_key { Bytes::new() } else { key },
-        properties: kafka_properties(r, long_key),
+        routing_key: if key_fits { key } else { Bytes::new() },
+        properties: kafka_properties(r, !key_fits),
         body,
     }
+}
+
+/// Whether `b` can travel as an AMQP short string that clients decode: at most 255
+/// bytes, and UTF-8.
+fn short_string_ok(b: &[u8]) -> bool {
+    b.len() <= 255 && std::str::from_utf8(b).is_ok()
 }
 
 /// `delivery_of` with the `x-stream-offset` header (the record's offset) added to the
@@ -553,23 +591,27 @@ pub fn stream_delivery_of(r: &StoredRecord) -> Delivery {
     d
 }
 
-/// The property bytes of a record a Kafka producer wrote; with `long_key` (a key over the
-/// 255 bytes a routing key can hold) the key goes in the table as `x-kafka-key`.
-fn kafka_properties(r: &StoredRecord, long_key: bool) -> Bytes {
+/// The property bytes of a record a Kafka producer wrote; with `key_in_table` the key
+/// goes in the table as `x-kafka-key` (it wins over a header of that name).
+fn kafka_properties(r: &StoredRecord, key_in_table: bool) -> Bytes {
     let mut flags = 0u16;
     let mut list = BytesMut::new();
-    // The last header of each name, in first-seen order.
-    let key_entry = (
-        Bytes::from_static(KAFKA_KEY_HEADER.as_bytes()),
-        r.key.clone(),
-    );
-    let mut kept: Vec<&(Bytes, Option<Bytes>)> = Vec::with_capacity(r.headers.len() + 1);
-    if long_key {
-        kept.push(&key_entry);
-    }
-    for h in r.headers.iter().rev() {
-        if h.0.len() <= 255 && !kept.iter().any(|k| k.0 == h.0) {
-            kept.push(h);
+    // The last header of each name: walk from the end, keep a name's first sighting.
+    let key_entry = key_in_table.then(|| {
+        (
+            Bytes::from_static(KAFKA_KEY_HEADER.as_bytes()),
+            r.key.clone(),
+        )
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<(Bytes, Option<&Bytes>)> = Vec::with_capacity(r.headers.len() + 1);
+    for (k, v) in key_entry.iter().chain(r.headers.iter().rev()) {
+        let name = match String::from_utf8_lossy(k) {
+            std::borrow::Cow::Borrowed(_) => k.clone(),
+            std::borrow::Cow::Owned(fixed) => Bytes::from(fixed),
+        };
+        if name.len() <= 255 && seen.insert(name.clone()) {
+            kept.push((name, v.as_ref()));
         }
     }
     kept.reverse();
@@ -578,7 +620,7 @@ fn kafka_properties(r: &StoredRecord, long_key: bool) -> Bytes {
         let mut table = BytesMut::new();
         for (k, v) in kept {
             table.put_u8(k.len() as u8);
-            table.put_slice(k);
+            table.put_slice(&k);
             match v {
                 Some(v) => {
                     table.put_u8(b'S');
@@ -972,6 +1014,59 @@ mod tests {
         );
     }
 
+    /// Kafka keys are often binary (Avro, integers): one that is not UTF-8 cannot be a
+    /// routing key AMQP clients decode, so it travels in `x-kafka-key`; header names that
+    /// are not UTF-8 are repaired.
+    #[test]
+    fn binary_keys_and_names_stay_decodable() {
+        let mut rec = kafka_record(None, Some("v"), &[("x-kafka-key", Some("shadowed"))]);
+        rec.key = Some(Bytes::from_static(b"\x00\xff\x10"));
+        rec.headers.insert(
+            StrBytes::from_utf8(Bytes::from_static(b"bad")).expect("utf8"),
+            Some(Bytes::from_static(b"1")),
+        );
+        let b = batch_at(vec![rec], Compression::Lz4, 0);
+        // Kafka's encoder takes names as strings: make `bad` not UTF-8 after decoding.
+        let mut d = decode(&b, 0);
+        let r = &mut d.records[0];
+        for (k, _) in r.headers.iter_mut() {
+            if k.as_ref() == b"bad" {
+                *k = Bytes::from_static(b"b\xffd");
+            }
+        }
+        let out = delivery_of(r);
+        assert_eq!(out.routing_key, "");
+        let p = parse_props(&out.properties).expect("a client can parse the properties");
+        let h = p.headers().clone().expect("headers");
+        assert_eq!(
+            h.inner().get("x-kafka-key"),
+            Some(&AMQPValue::LongString(LongString::from(
+                &b"\x00\xff\x10"[..]
+            )))
+        );
+        assert_eq!(
+            h.inner().get("b\u{fffd}d"),
+            Some(&AMQPValue::LongString(LongString::from("1")))
+        );
+    }
+
+    /// A batch of the old message format (magic 0 or 1) is no record batch.
+    #[test]
+    fn other_magic_is_refused() {
+        let good = batch_at(
+            vec![kafka_record(None, Some("v"), &[])],
+            Compression::None,
+            0,
+        );
+        let mut b = BytesMut::from(&good[..]);
+        b[16] = 1;
+        let mut budget = usize::MAX;
+        assert!(matches!(
+            records_of(&b.freeze(), 0, &mut budget),
+            Err(RecordError::Malformed { next_offset: 1, .. })
+        ));
+    }
+
     /// A Kafka producer's `amqp-properties` header that is no property list is not passed
     /// to AMQP clients: the record maps as any Kafka record.
     #[test]
@@ -1176,6 +1271,25 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Found by the fuzz target: a batch whose base offset is near `i64::MAX` overflowed
+    /// the last offset's sum.
+    #[test]
+    fn offsets_near_the_end_of_i64_do_not_overflow() {
+        let good = batch_at(
+            vec![kafka_record(None, Some("v"), &[])],
+            Compression::None,
+            0,
+        );
+        for delta in [0i32, 1, i32::MAX] {
+            let mut b = BytesMut::from(&good[..]);
+            b[0..8].copy_from_slice(&i64::MAX.to_be_bytes());
+            b[23..27].copy_from_slice(&delta.to_be_bytes());
+            let mut budget = usize::MAX;
+            let d = records_of(&b.freeze(), 0, &mut budget).expect("decodes");
+            assert_eq!(d.next_offset, i64::MAX);
         }
     }
 

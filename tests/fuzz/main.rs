@@ -3,7 +3,8 @@
 //! uses, then the record batches of a produce as the owner shard splits them), AMQP frames,
 //! methods, field tables and content-header properties, and HTTP requests through hyper's
 //! parser with the broker's settings into the router's `http::head`, and the SASL
-//! exchanges (SCRAM, PLAIN, AMQPLAIN) a client drives before it has authenticated.
+//! exchanges (SCRAM, PLAIN, AMQPLAIN) a client drives before it has authenticated, and a
+//! stream queue's decoding of stored record batches into AMQP deliveries.
 //!
 //! Each target mutates the seeds under `fuzz/corpus/<target>/` (captured from rdkafka,
 //! lapin and ureq by `tests/fuzz_capture.rs`) for `PORTASK_FUZZ_SECS` seconds (default 5;
@@ -16,7 +17,7 @@ mod alloc;
 mod engine;
 mod targets;
 
-use targets::{amqp_frames, http_requests, kafka_request, sasl_tokens};
+use targets::{amqp_frames, http_requests, kafka_request, sasl_tokens, stream_records};
 
 #[global_allocator]
 static COUNTING: alloc::Counting = alloc::Counting;
@@ -64,6 +65,18 @@ fn amqp_frame_decoding() {
 #[test]
 fn sasl_token_exchanges() {
     engine::run("sasl_tokens", MAX_INPUT, bound, sasl_tokens);
+}
+
+/// What decoding one run of stored batches may hold: the inflated records section (at
+/// most 1 MiB, `targets::stream_records`' limit, in a buffer that may have doubled to get
+/// there) and the decoded records and deliveries: 64 bytes per input byte plus 4 MiB.
+fn stream_bound(len: usize) -> usize {
+    64 * len + (4 << 20)
+}
+
+#[test]
+fn stream_record_decoding() {
+    engine::run("stream_records", MAX_INPUT, stream_bound, stream_records);
 }
 
 #[test]

@@ -164,3 +164,39 @@ pub fn sasl_tokens(data: &[u8]) {
         }
     }
 }
+
+/// A stream queue's read of its log: the first byte is the offset to read from, the rest
+/// record batches as a Fetch answer or a log read holds them, decoded by
+/// `stream::record::records_within` (every codec, inflation bounded at 1 MiB), each record
+/// mapped to an AMQP delivery (with and without `x-stream-offset`), and a record's value
+/// taken as an AMQP message's property bytes and mapped to a Kafka record.
+pub fn stream_records(data: &[u8]) {
+    use portask::stream::record;
+    let [from, rest @ ..] = data else {
+        return;
+    };
+    let batches = Bytes::copy_from_slice(rest);
+    let mut budget = 1 << 20;
+    let Ok(decoded) = record::records_within(&batches, i64::from(*from), &mut budget, 1 << 20)
+    else {
+        return;
+    };
+    for r in &decoded.records {
+        let d = record::stream_delivery_of(r);
+        assert!(
+            message::scan_properties(&d.properties).is_some(),
+            "a delivery's properties must be well formed"
+        );
+        assert!(d.exchange.len() <= 255 && d.routing_key.len() <= 255);
+        let msg = message::Message {
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            properties: r.value.clone().unwrap_or_default(),
+            body: d.body,
+            persistent: false,
+            priority: 0,
+            expiration: None,
+        };
+        let _ = record::record_of(&msg, record::KeyFrom::RoutingKey, r.timestamp);
+    }
+}

@@ -12,8 +12,8 @@
 //! REQUEST_TIMED_OUT (as Kafka does when replication is late; its records may still be
 //! written). A disk that refuses the write answers KAFKA_STORAGE_ERROR long before that.
 //! ACLs: WRITE on each topic (TOPIC_AUTHORIZATION_FAILED) and, for a transactional
-//! producer, on its transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), as Kafka
-//! since KIP-679 (an idempotent producer needs nothing more here: InitProducerId checks).
+//! producer, on its transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED; transactional
+//! batches in a request without a transactional id get it too), as Kafka since KIP-679 (an idempotent producer needs nothing more here: InitProducerId checks).
 //! An internal topic (`__consumer_offsets`) gets INVALID_TOPIC_EXCEPTION once WRITE is
 //! allowed, as Kafka answers a client.
 //!
@@ -47,6 +47,13 @@ fn zstd(records: Option<&bytes::Bytes>) -> bool {
     records
         .and_then(|r| batch::BatchHeader::parse(r))
         .is_some_and(|h| h.compression() == 4)
+}
+
+/// Whether a partition's records are a transactional batch.
+fn transactional(records: Option<&bytes::Bytes>) -> bool {
+    records
+        .and_then(|r| batch::BatchHeader::parse(r))
+        .is_some_and(|h| h.is_transactional())
 }
 
 /// The records refused within a partition's batch, as Produce v8+ reports them.
@@ -158,12 +165,17 @@ pub async fn handle(
     // (result index, topic, records, bytes) for the metrics once the answers are in.
     let mut counts = Vec::new();
     let bad_acks = !(-1..=1).contains(&acks);
-    // As Kafka: a transactional producer needs WRITE on its transactional id, and every
-    // producer WRITE on each topic (TOPIC_AUTHORIZATION_FAILED, before existence is told).
-    let txn_denied = req
-        .transactional_id
-        .as_ref()
-        .is_some_and(|t| !conn.authorize(Operation::Write, ResourceType::TransactionalId, t));
+    // As Kafka: a transactional producer needs WRITE on its transactional id (and
+    // transactional records without one are refused the same way), and every producer
+    // WRITE on each topic (TOPIC_AUTHORIZATION_FAILED, before existence is told).
+    let txn_denied = match req.transactional_id.as_ref() {
+        Some(t) => !conn.authorize(Operation::Write, ResourceType::TransactionalId, t),
+        None => req
+            .topic_data
+            .iter()
+            .flat_map(|t| &t.partition_data)
+            .any(|p| transactional(p.records.as_ref())),
+    };
     for topic in req.topic_data {
         // v13 names topics by id.
         let name = if version >= 13 {
