@@ -418,6 +418,12 @@ async fn consumers_read_independently_and_acks_only_return_credit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_kill9() {
+    const N: u32 = 1500;
+    let body = |i: u32| {
+        let mut b = i.to_be_bytes().to_vec();
+        b.resize(1024, b'x');
+        b
+    };
     let (_dir, data) = data_dir();
     let mut broker = Broker::start(&data, &[]);
     {
@@ -425,14 +431,16 @@ async fn confirmed_messages_survive_kill9() {
         let ch = channel(&conn).await;
         declare_stream(&ch, "durable-log", &[]).await;
         confirm_select(&ch).await;
+        // A burst of 1.5 MB in 1 KiB messages: more than one batch may hold under the
+        // topic's max.message.bytes, so the appender must split it (else all are nacked).
         let mut pending = Vec::new();
-        for i in 0..300u32 {
+        for i in 0..N {
             pending.push(
                 ch.basic_publish(
                     "".into(),
                     "durable-log".into(),
                     BasicPublishOptions::default(),
-                    &i.to_be_bytes(),
+                    &body(i),
                     BasicProperties::default(),
                 )
                 .await
@@ -447,17 +455,17 @@ async fn confirmed_messages_survive_kill9() {
     broker.restart();
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    let mut c = stream_consumer(&ch, "durable-log", 50, Some(s("first")))
+    let mut c = stream_consumer(&ch, "durable-log", 200, Some(s("first")))
         .await
         .unwrap();
-    let ds = take(&mut c, 300).await;
+    let ds = take(&mut c, N as usize).await;
     assert_eq!(
         ds.len(),
-        300,
+        N as usize,
         "every confirmed message is there after kill -9"
     );
     for (i, d) in ds.iter().enumerate() {
-        assert_eq!(d.data, (i as u32).to_be_bytes());
+        assert_eq!(d.data, body(i as u32));
     }
 }
 

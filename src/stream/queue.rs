@@ -44,6 +44,10 @@ use crate::util::notify::{Listener, Notify};
 
 /// The most a reader fetches at once.
 const FETCH_BYTES: usize = 1 << 20;
+/// The most message bytes the appender puts in one record batch (Kafka's default
+/// `max.message.bytes` is 1 MiB; a larger single message goes alone and is refused by the
+/// topic like a Kafka producer's, i.e. nacked).
+const BATCH_BYTES: usize = 512 * 1024;
 /// The most record bytes a reader inflates per fetch (at least one batch always).
 const DECODE_BYTES: usize = 4 << 20;
 /// How long one wait-for-data call lasts before the reader asks again (it also wakes at
@@ -402,7 +406,21 @@ fn publish(shard: &Rc<Shard>, queue: QueueRef, msg: Message, confirm: Option<Con
 async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
     let topic = topic_of(&queue);
     loop {
-        let batch = std::mem::take(&mut *appender.waiting.borrow_mut());
+        let batch = {
+            // At most BATCH_BYTES of messages per batch (one message always), so a burst
+            // stays under the topic's `max.message.bytes`.
+            let mut waiting = appender.waiting.borrow_mut();
+            let mut bytes = 0;
+            let n = waiting
+                .iter()
+                .take_while(|(m, _)| {
+                    let first = bytes == 0;
+                    bytes += m.size().max(1);
+                    first || bytes <= BATCH_BYTES
+                })
+                .count();
+            waiting.drain(..n).collect::<Vec<_>>()
+        };
         if batch.is_empty() {
             appender.running.set(false);
             return;
