@@ -1,14 +1,23 @@
 //! The coordinator's side of consumer-protocol groups (KIP-848): heartbeats and
 //! descriptions, the offset checks of their members, their place in listings, and how they
-//! coexist with classic groups, as Kafka 4 lets them (without its online migration):
+//! coexist with classic groups, as Kafka 4 with `group.consumer.migration.policy`
+//! (`group_consumer_migration_policy`; the translation itself is `migration.rs`):
 //!
 //! - one group id is a classic group or a consumer group; committed offsets belong to the
 //!   id, whichever kind it is, and survive a change of kind;
 //! - a consumer member joining an id whose classic group is empty (or that has only
 //!   committed offsets) makes it a consumer group; one joining a classic group with members
-//!   gets GROUP_ID_NOT_FOUND ("Group … is not a consumer group.");
-//! - a classic JoinGroup for a consumer group with members gets INCONSISTENT_GROUP_PROTOCOL;
-//!   for an empty one it makes the id a classic group again;
+//!   converts it (online upgrade, policy `bidirectional` or `upgrade`), or gets
+//!   GROUP_ID_NOT_FOUND ("Group … is not a consumer group.") when the policy or Kafka's
+//!   checks refuse (another protocol type, the group full, an assignment that does not
+//!   decode);
+//! - a classic JoinGroup, SyncGroup, Heartbeat or LeaveGroup for a consumer group with
+//!   members is served by it as a classic member's (INCONSISTENT_GROUP_PROTOCOL for the
+//!   JoinGroup when the policy is `disabled`); for an empty one a JoinGroup makes the id a
+//!   classic group again;
+//! - a consumer group whose last consumer-protocol member left, with classic members
+//!   still in it, becomes a classic group (online downgrade, `bidirectional` or
+//!   `downgrade`);
 //! - DescribeGroups answers a consumer group with GROUP_ID_NOT_FOUND ("Group … is not a
 //!   classic group.", state Dead), as Kafka 4; ConsumerGroupDescribe describes it.
 //!
@@ -59,7 +68,7 @@ impl Coordinator {
             match groups.get(group) {
                 Some(g) if !g.members.is_empty() => {
                     // Online upgrade: Kafka's checks (policy, room for one more member,
-                    // every member a decodable consumer of a stable group).
+                    // every member a consumer whose assignment decodes).
                     let converted = (settings.upgrade
                         && heartbeat.epoch == 0
                         && g.members.len() < settings.max_size)
@@ -78,6 +87,9 @@ impl Coordinator {
             }
         };
         if let Some(converted) = upgraded {
+            if let Some(g) = self.groups.borrow_mut().get_mut(group) {
+                g.abort_waiting();
+            }
             log::info!(
                 "group {group}: upgraded from the classic protocol ({} classic members)",
                 converted.members.len()
@@ -360,7 +372,8 @@ impl Coordinator {
                     .with_subscribed_topic_regex(m.subscribed_regex.as_deref().map(s))
                     .with_assignment(described(&m.assigned))
                     .with_target_assignment(described(g.target.get(&m.id).unwrap_or(&empty)))
-                    .with_member_type(1)
+                    // KIP-1099: 0 a classic member (online migration), 1 a consumer one.
+                    .with_member_type(if m.classic.is_some() { 0 } else { 1 })
             })
             .collect();
         base.with_group_state(s(g.state_name()))

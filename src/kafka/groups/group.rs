@@ -743,6 +743,29 @@ pub struct HandedOver {
 }
 
 impl Group {
+    /// Answers every waiting JoinGroup and SyncGroup with REBALANCE_IN_PROGRESS: the group
+    /// becomes a consumer group (online upgrade) and they retry there.
+    pub fn abort_waiting(&mut self) {
+        for m in self.members.values_mut() {
+            if let Some((tx, _)) = m.joining.take() {
+                let _ = tx.send(
+                    JoinGroupResponse::default()
+                        .with_error_code(err(ResponseError::RebalanceInProgress))
+                        .with_generation_id(-1)
+                        .with_protocol_name(Some(s("")))
+                        .with_leader(s(""))
+                        .with_member_id(s(&m.id)),
+                );
+            }
+            if let Some((tx, _)) = m.syncing.take() {
+                let _ = tx.send(
+                    SyncGroupResponse::default()
+                        .with_error_code(err(ResponseError::RebalanceInProgress)),
+                );
+            }
+        }
+    }
+
     /// The classic group a consumer group becomes when only classic members are left
     /// (online downgrade): its generation is the consumer group's epoch, the members keep
     /// what they own and are made to rejoin (PreparingRebalance: their heartbeats answer

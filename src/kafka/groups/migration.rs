@@ -35,7 +35,7 @@ use super::assignor::Assignment;
 use super::consumer::{
     new_member_id, normalized, ClassicMember, ConsumerGroup, ConsumerMember, MemberState,
 };
-use super::group::{parse_subscription, Group, HandedOver, JoinRequest, State, Timeouts};
+use super::group::{parse_subscription, Group, HandedOver, JoinRequest, Timeouts};
 use crate::catalog::CatalogState;
 
 /// The protocol type of Kafka consumers; the only one a consumer group takes.
@@ -108,17 +108,16 @@ impl ConsumerGroup {
         !self.members.is_empty() && self.members.values().all(|m| m.classic.is_some())
     }
 
-    /// A Stable classic group as a consumer group (online upgrade); `None` when it cannot
-    /// be converted: another protocol type than `consumer`, a rebalance in progress, or an
-    /// assignment that does not decode.
+    /// A classic group as a consumer group (online upgrade); `None` when it cannot be
+    /// converted: another protocol type than `consumer`, or an assignment that does not
+    /// decode. Each member owns what its last SyncGroup gave it (in a rebalance too: the
+    /// caller answers its waiting JoinGroup and SyncGroup with REBALANCE_IN_PROGRESS).
     pub fn from_classic(
         classic: &Group,
         catalog: Arc<CatalogState>,
         now: Instant,
     ) -> Option<ConsumerGroup> {
-        if classic.state != State::Stable
-            || classic.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE)
-        {
+        if classic.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
             return None;
         }
         let mut g = ConsumerGroup::new(&classic.id);
@@ -385,6 +384,7 @@ mod tests {
     use super::*;
     use crate::catalog::Topic;
     use crate::kafka::groups::consumer::{Heartbeat, Settings, LEAVE_EPOCH};
+    use crate::kafka::groups::group::State;
 
     const T: [u8; 16] = [7; 16];
 
@@ -528,11 +528,12 @@ mod tests {
     }
 
     #[test]
-    fn a_group_that_cannot_be_upgraded_is_left_alone() {
+    fn only_a_group_of_decodable_consumers_is_upgraded() {
         let now = Instant::now();
+        // A rebalance in progress does not stop it (the members' last assignments hold).
         let mut rebalancing = stable_classic();
         rebalancing.state = State::PreparingRebalance;
-        assert!(ConsumerGroup::from_classic(&rebalancing, catalog(), now).is_none());
+        assert!(ConsumerGroup::from_classic(&rebalancing, catalog(), now).is_some());
         let mut other = handed("x", &[]);
         other.protocol_type = "connect".into();
         let mut g = Group::handed_over("g", 1, vec![other], timeouts(), now);
