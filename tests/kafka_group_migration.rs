@@ -30,7 +30,10 @@ const PARTITIONS: i32 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Protocol {
+    /// `group.protocol=classic` with librdkafka's default (eager) assignors.
     Classic,
+    /// `group.protocol=classic` with the cooperative-sticky assignor.
+    Cooperative,
     Consumer,
 }
 
@@ -42,7 +45,10 @@ fn consumer(broker: &Broker, group: &str, protocol: Protocol) -> BaseConsumer {
     ];
     match protocol {
         Protocol::Consumer => settings.push(("group.protocol", "consumer")),
-        Protocol::Classic => {
+        Protocol::Classic | Protocol::Cooperative => {
+            if protocol == Protocol::Cooperative {
+                settings.push(("partition.assignment.strategy", "cooperative-sticky"));
+            }
             settings.push(("group.protocol", "classic"));
             settings.push(("session.timeout.ms", "6000"));
             settings.push(("heartbeat.interval.ms", "300"));
@@ -204,7 +210,7 @@ fn group_type(broker: &Broker, group: &str) -> String {
 
 fn type_name(p: Protocol) -> &'static str {
     match p {
-        Protocol::Classic => "classic",
+        Protocol::Classic | Protocol::Cooperative => "classic",
         Protocol::Consumer => "consumer",
     }
 }
@@ -302,4 +308,13 @@ fn a_rolling_upgrade_from_classic_to_consumer_loses_nothing() {
 #[test]
 fn a_rolling_downgrade_from_consumer_to_classic_loses_nothing() {
     rolling("downgrade", Protocol::Consumer, Protocol::Classic);
+}
+
+#[test]
+fn a_rolling_upgrade_of_cooperative_sticky_consumers_loses_nothing() {
+    rolling(
+        "upgrade-cooperative",
+        Protocol::Cooperative,
+        Protocol::Consumer,
+    );
 }

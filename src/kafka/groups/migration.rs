@@ -27,7 +27,9 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
-use kafka_protocol::messages::{ConsumerProtocolAssignment, TopicName};
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
@@ -88,6 +90,26 @@ pub fn encode_assignment(parts: &[(String, Vec<i32>)]) -> Bytes {
         return Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
     buf.freeze()
+}
+
+/// The partitions a ConsumerProtocolSubscription v1+ says its member still owns (the
+/// cooperative protocol's `owned_partitions`); `None` for v0 or one that does not decode.
+pub fn owned_in_subscription(md: &Bytes) -> Option<Vec<(String, Vec<i32>)>> {
+    let mut b = md.clone();
+    if b.remaining() < 2 {
+        return None;
+    }
+    let version = b.get_i16();
+    if version < 1 {
+        return None;
+    }
+    let sub = ConsumerProtocolSubscription::decode(&mut b, version.min(3)).ok()?;
+    Some(
+        sub.owned_partitions
+            .into_iter()
+            .map(|tp| (tp.topic.to_string(), tp.partitions))
+            .collect(),
+    )
 }
 
 /// The subscription a classic member offers: the topics of its first protocol's
@@ -238,36 +260,74 @@ impl ConsumerGroup {
             self.group_epoch += 1;
         }
         self.refresh(now);
-        // Rejoining, it gives up what its target no longer holds.
+        // Rejoining, it gives up what its target no longer holds: at once when it says it
+        // owns none of that (an eager member revoked everything before rejoining), else
+        // once it rejoins without it (a cooperative one, revoking after this SyncGroup).
         let target = self.target.get(&id).cloned().unwrap_or_default();
+        let reported = self
+            .members
+            .get(&id)
+            .and_then(|m| m.classic.as_ref())
+            .and_then(|c| c.protocols.first())
+            .and_then(|(_, md)| owned_in_subscription(md));
+        let reported: Option<Assignment> = reported.map(|parts| {
+            let mut a = Assignment::new();
+            for (topic, ps) in parts {
+                if let Some(t) = self.catalog.topic(&topic) {
+                    a.entry(t.id).or_default().extend(ps);
+                }
+            }
+            normalized(a)
+        });
         let Some(m) = self.members.get_mut(&id) else {
             return Err(ResponseError::UnknownMemberId.code());
         };
-        let kept: Assignment = normalized(
-            m.assigned
-                .iter()
-                .map(|(t, parts)| {
-                    let mine: BTreeSet<i32> = target
-                        .get(t)
-                        .map(|tp| parts.intersection(tp).copied().collect())
-                        .unwrap_or_default();
-                    (*t, mine)
-                })
-                .collect(),
-        );
-        m.assigned = kept.clone();
-        m.pending_revocation = Assignment::new();
-        m.revoke_deadline = None;
-        if m.state == MemberState::UnrevokedPartitions {
-            m.state = MemberState::UnreleasedPartitions;
+        let in_target = |a: &Assignment, keep: bool| -> Assignment {
+            normalized(
+                a.iter()
+                    .map(|(t, parts)| {
+                        let tp = target.get(t);
+                        let mine: BTreeSet<i32> = parts
+                            .iter()
+                            .copied()
+                            .filter(|p| tp.is_some_and(|tp| tp.contains(p)) == keep)
+                            .collect();
+                        (*t, mine)
+                    })
+                    .collect(),
+            )
+        };
+        let mut held = m.assigned.clone();
+        for (t, parts) in &m.pending_revocation {
+            held.entry(*t).or_default().extend(parts.iter().copied());
         }
-        self.owners.retain(|_, owner| *owner != id);
-        for (t, parts) in &kept {
-            for p in parts {
-                self.owners.insert((*t, *p), id.clone());
+        let to_revoke = in_target(&held, false);
+        let still_owns_revoked = reported.as_ref().is_some_and(|r| {
+            r.iter().any(|(t, parts)| {
+                to_revoke
+                    .get(t)
+                    .is_some_and(|mine| !mine.is_disjoint(parts))
+            })
+        });
+        if still_owns_revoked {
+            let owned = reported.unwrap_or_default();
+            self.reconcile(&id, Some(&owned), now);
+        } else {
+            let kept = in_target(&m.assigned, true);
+            m.assigned = kept.clone();
+            m.pending_revocation = Assignment::new();
+            m.revoke_deadline = None;
+            if m.state == MemberState::UnrevokedPartitions {
+                m.state = MemberState::UnreleasedPartitions;
             }
+            self.owners.retain(|_, owner| *owner != id);
+            for (t, parts) in &kept {
+                for p in parts {
+                    self.owners.insert((*t, *p), id.clone());
+                }
+            }
+            self.reconcile(&id, Some(&kept), now);
         }
-        self.reconcile(&id, Some(&kept), now);
         let generation = self.members.get(&id).map_or(-1, |m| m.epoch);
         Ok(ClassicJoined {
             member_id: id,
@@ -612,6 +672,70 @@ mod tests {
             "every partition owned"
         );
         assert_eq!(g.state_name(), "Stable");
+    }
+
+    /// A ConsumerProtocolSubscription v1 of `t` that says it owns `owned` (cooperative).
+    fn cooperative(id: &str, owned: &BTreeSet<i32>) -> JoinRequest {
+        use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as Owned;
+        let sub = ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("t")])
+            .with_owned_partitions(vec![Owned::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(owned.iter().copied().collect())]);
+        let mut b = BytesMut::new();
+        b.put_i16(1);
+        sub.encode(&mut b, 1).expect("encodes");
+        let mut j = classic_join(id);
+        j.protocols = vec![("cooperative-sticky".into(), b.freeze())];
+        j
+    }
+
+    #[test]
+    fn a_cooperative_classic_member_keeps_what_it_revokes_until_it_rejoins_without_it() {
+        let now = Instant::now();
+        let c = catalog();
+        let mut g = ConsumerGroup::from_classic(&stable_classic(), c.clone(), now).unwrap();
+        g.heartbeat(consumer_join("c"), c.clone(), settings(), now)
+            .unwrap();
+        // The classic member whose target lost a partition to the new member.
+        let (id, before) = [("a", BTreeSet::from([0, 1])), ("b", BTreeSet::from([2, 3]))]
+            .into_iter()
+            .find(|(id, before)| g.target[*id].get(&T).map_or(0, |p| p.len()) < before.len())
+            .expect("one of them gives a partition up");
+        let j = g
+            .classic_join(cooperative(id, &before), c.clone(), 10, now)
+            .unwrap();
+        assert_eq!(j.generation, 3, "its epoch waits for the revocation");
+        let kept = parts_of(&g.classic_sync(id, 3, now).unwrap());
+        assert!(kept.len() < before.len() && kept.is_subset(&before));
+        let revoked: BTreeSet<i32> = before.difference(&kept).copied().collect();
+        // Nobody gets the revoked partition while it may still be consumed.
+        let c_epoch = g.members["c"].epoch;
+        let mut beat = consumer_join("c");
+        beat.epoch = c_epoch;
+        beat.rebalance_timeout_ms = -1;
+        beat.subscribed_topic_names = None;
+        g.heartbeat(beat.clone(), c.clone(), settings(), now)
+            .unwrap();
+        assert!(owned(&g, "c").is_disjoint(&revoked));
+        assert_eq!(
+            g.classic_heartbeat(id, 3, now),
+            ResponseError::RebalanceInProgress.code()
+        );
+        // Rejoining without it, it moves to the new epoch and the partition is released.
+        let j = g
+            .classic_join(cooperative(id, &kept), c.clone(), 10, now)
+            .unwrap();
+        assert_eq!(j.generation, 4);
+        let other = if id == "a" { "b" } else { "a" };
+        let other_before = owned(&g, other);
+        g.classic_join(cooperative(other, &other_before), c.clone(), 10, now)
+            .unwrap();
+        beat.epoch = g.members["c"].epoch;
+        g.heartbeat(beat, c, settings(), now).unwrap();
+        assert!(!owned(&g, "c").is_empty());
+        let all: usize = ["a", "b", "c"].iter().map(|m| owned(&g, m).len()).sum();
+        assert_eq!(all, 4);
     }
 
     #[test]
