@@ -211,8 +211,26 @@ impl ConsumerGroup {
             self.catalog = catalog;
         }
         let mut changed = false;
-        let id = if req.member_id.is_empty() {
+        let returning = req
+            .instance_id
+            .as_ref()
+            .and_then(|i| self.statics.get(i))
+            .filter(|old| self.members.contains_key(*old))
+            .cloned();
+        let id = if let (true, Some(old)) = (req.member_id.is_empty(), returning) {
+            // A static member restarting: the new member id takes the old one's place and
+            // partitions, without a rebalance (KIP-345).
+            if self.members.get(&old).is_none_or(|m| m.classic.is_none()) {
+                return Err(ResponseError::UnreleasedInstanceId.code());
+            }
             let id = new_member_id(&self.id);
+            self.rename_member(&old, &id);
+            id
+        } else if req.member_id.is_empty() {
+            let id = new_member_id(&self.id);
+            if let Some(instance) = &req.instance_id {
+                self.statics.insert(instance.clone(), id.clone());
+            }
             if self.members.len() >= max_size {
                 return Err(ResponseError::GroupMaxSizeReached.code());
             }
@@ -334,6 +352,26 @@ impl ConsumerGroup {
             generation,
             protocol,
         })
+    }
+
+    /// Moves a member to a new id: its partitions, target and instance id go with it.
+    fn rename_member(&mut self, old: &str, new: &str) {
+        let Some(mut m) = self.members.remove(old) else {
+            return;
+        };
+        m.id = new.to_owned();
+        if let Some(t) = self.target.remove(old) {
+            self.target.insert(new.to_owned(), t);
+        }
+        for owner in self.owners.values_mut() {
+            if owner == old {
+                *owner = new.to_owned();
+            }
+        }
+        if let Some(instance) = &m.instance_id {
+            self.statics.insert(instance.clone(), new.to_owned());
+        }
+        self.members.insert(new.to_owned(), m);
     }
 
     /// The classic member `member_id` at `generation`, or the code that refuses it.
@@ -736,6 +774,34 @@ mod tests {
         assert!(!owned(&g, "c").is_empty());
         let all: usize = ["a", "b", "c"].iter().map(|m| owned(&g, m).len()).sum();
         assert_eq!(all, 4);
+    }
+
+    #[test]
+    fn a_static_classic_member_restarting_keeps_its_place_without_a_rebalance() {
+        let now = Instant::now();
+        let c = catalog();
+        let mut a = handed("a", &[0, 1]);
+        a.instance_id = Some("i".into());
+        let mut classic =
+            Group::handed_over("g", 3, vec![a, handed("b", &[2, 3])], timeouts(), now);
+        classic.state = State::Stable;
+        let mut g = ConsumerGroup::from_classic(&classic, c.clone(), now).unwrap();
+        let epoch = g.group_epoch;
+        let mut back = classic_join("");
+        back.instance_id = Some("i".into());
+        let j = g.classic_join(back, c.clone(), 10, now).unwrap();
+        assert_ne!(j.member_id, "a");
+        assert!(!g.members.contains_key("a"));
+        assert_eq!(j.generation, 3);
+        assert_eq!(g.group_epoch, epoch, "no rebalance");
+        let mine = parts_of(&g.classic_sync(&j.member_id, 3, now).unwrap());
+        assert_eq!(mine, BTreeSet::from([0, 1]));
+        // The old member id is gone.
+        assert_eq!(
+            g.classic_heartbeat("a", 3, now),
+            ResponseError::UnknownMemberId.code()
+        );
+        assert_eq!(g.classic_heartbeat(&j.member_id, 3, now), 0);
     }
 
     #[test]
