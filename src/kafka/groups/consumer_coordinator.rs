@@ -176,6 +176,10 @@ impl Coordinator {
         if !settings.upgrade && !settings.downgrade {
             return Self::refused_join(ResponseError::InconsistentGroupProtocol.code(), &member_id);
         }
+        let t = self.timeouts;
+        if join.session_timeout < t.min_session || join.session_timeout > t.max_session {
+            return Self::refused_join(ResponseError::InvalidSessionTimeout.code(), &member_id);
+        }
         let mut groups = self.consumer_groups.borrow_mut();
         let Some(g) = groups.get_mut(group) else {
             return Self::refused_join(ResponseError::UnknownMemberId.code(), &member_id);

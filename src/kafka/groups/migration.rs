@@ -411,7 +411,7 @@ impl ConsumerGroup {
     }
 
     /// Heartbeat of a classic member: REBALANCE_IN_PROGRESS while it is not at its target
-    /// (it rejoins to move on), else 0.
+    /// (it rejoins to move on, within its rebalance timeout), else 0.
     pub fn classic_heartbeat(&mut self, member_id: &str, generation: i32, now: Instant) -> i16 {
         let assignment_epoch = self.assignment_epoch;
         let settled = self.group_epoch == assignment_epoch;
@@ -427,6 +427,11 @@ impl ConsumerGroup {
                 if at_target {
                     0
                 } else {
+                    // It must rejoin within its rebalance timeout, or it is removed
+                    // (`tick`) and its partitions go to the others.
+                    if m.revoke_deadline.is_none() {
+                        m.revoke_deadline = Some(now + m.rebalance_timeout);
+                    }
                     ResponseError::RebalanceInProgress.code()
                 }
             }
@@ -802,6 +807,27 @@ mod tests {
             ResponseError::UnknownMemberId.code()
         );
         assert_eq!(g.classic_heartbeat(&j.member_id, 3, now), 0);
+    }
+
+    #[test]
+    fn a_classic_member_that_does_not_rejoin_in_its_rebalance_timeout_is_removed() {
+        let now = Instant::now();
+        let c = catalog();
+        let mut g = ConsumerGroup::from_classic(&stable_classic(), c.clone(), now).unwrap();
+        g.heartbeat(consumer_join("c"), c.clone(), settings(), now)
+            .unwrap();
+        assert_eq!(
+            g.classic_heartbeat("a", 3, now),
+            ResponseError::RebalanceInProgress.code()
+        );
+        // b rejoins in time; both keep heartbeating, a never rejoins (30 s timeout).
+        let b = g.classic_join(classic_join("b"), c, 10, now).unwrap();
+        let later = now + Duration::from_secs(31);
+        g.classic_heartbeat("a", 3, later);
+        g.classic_heartbeat("b", b.generation, later);
+        g.tick(settings(), later);
+        assert!(!g.members.contains_key("a"));
+        assert!(g.members.contains_key("b"));
     }
 
     #[test]
