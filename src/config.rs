@@ -149,6 +149,10 @@ pub struct KafkaConfig {
     /// `group.consumer.max.size`: the most members a consumer-protocol group takes
     /// (GROUP_MAX_SIZE_REACHED beyond).
     pub group_consumer_max_size: u32,
+    /// `group.consumer.migration.policy`: online migration between classic and
+    /// consumer-protocol groups with members: `bidirectional` (both ways), `upgrade`
+    /// (classic → consumer only), `downgrade` (consumer → classic only) or `disabled`.
+    pub group_consumer_migration_policy: String,
     /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a transactional
     /// producer may ask for (InitProducerId answers INVALID_TRANSACTION_TIMEOUT above it).
     pub transaction_max_timeout_ms: u64,
@@ -608,6 +612,7 @@ impl Default for KafkaConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             group_consumer_max_size: i32::MAX as u32,
+            group_consumer_migration_policy: "bidirectional".into(),
             transaction_max_timeout_ms: 900_000,
             listeners: Vec::new(),
             sasl_enabled_mechanisms: SASL_MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),
@@ -976,6 +981,15 @@ impl Config {
             return bad(
                 "kafka.message_timestamp_type",
                 "must be CreateTime or LogAppendTime",
+            );
+        }
+        if !matches!(
+            self.kafka.group_consumer_migration_policy.as_str(),
+            "bidirectional" | "upgrade" | "downgrade" | "disabled"
+        ) {
+            return bad(
+                "kafka.group_consumer_migration_policy",
+                "must be bidirectional, upgrade, downgrade or disabled",
             );
         }
         for (key, addr) in [

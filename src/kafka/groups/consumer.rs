@@ -43,6 +43,21 @@ pub struct Settings {
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub max_size: usize,
+    /// `group.consumer.migration.policy` allows a classic group with members to become a
+    /// consumer group (and classic members to join one).
+    pub upgrade: bool,
+    /// … and a consumer group left with classic members only to become classic again.
+    pub downgrade: bool,
+}
+
+/// What a classic member of a consumer group (online migration) keeps from its JoinGroup:
+/// it speaks JoinGroup/SyncGroup/Heartbeat, its generation is its member epoch.
+#[derive(Debug, Clone)]
+pub struct ClassicMember {
+    pub session_timeout: Duration,
+    pub protocol_type: String,
+    /// (protocol name, ConsumerProtocolSubscription) as it offered them.
+    pub protocols: Vec<(String, bytes::Bytes)>,
 }
 
 /// Where a member is on its way to its target assignment.
@@ -63,30 +78,58 @@ pub struct ConsumerMember {
     pub client_id: String,
     pub client_host: String,
     pub epoch: i32,
-    previous_epoch: i32,
+    pub(super) previous_epoch: i32,
     pub state: MemberState,
     pub subscribed_names: Vec<String>,
     pub subscribed_regex: Option<String>,
-    regex: Option<regex::Regex>,
+    pub(super) regex: Option<regex::Regex>,
     /// Its subscribed topic names (names and regex matches) as of catalog version
     /// `resolved_at` (`None`: to be resolved), so a regex is matched against the catalog's
     /// topics once per catalog version, not on every heartbeat.
-    resolved: BTreeSet<String>,
-    resolved_at: Option<u64>,
+    pub(super) resolved: BTreeSet<String>,
+    pub(super) resolved_at: Option<u64>,
     pub server_assignor: Option<String>,
     pub rebalance_timeout: Duration,
     /// The partitions it owns now.
     pub assigned: Assignment,
     /// Partitions it must revoke (still its own until it reports them gone).
     pub pending_revocation: Assignment,
-    last_heartbeat: Instant,
-    revoke_deadline: Option<Instant>,
+    pub(super) last_heartbeat: Instant,
+    pub(super) revoke_deadline: Option<Instant>,
+    /// Set for a member of the classic protocol (`classic_*` methods).
+    pub classic: Option<ClassicMember>,
 }
 
 impl ConsumerMember {
+    /// A classic member (online migration, `migration.rs`), with no partitions yet.
+    pub(super) fn classic(id: &str, classic: ClassicMember, now: Instant) -> ConsumerMember {
+        ConsumerMember {
+            id: id.to_owned(),
+            instance_id: None,
+            rack_id: None,
+            client_id: String::new(),
+            client_host: String::new(),
+            epoch: 0,
+            previous_epoch: -1,
+            state: MemberState::Stable,
+            subscribed_names: Vec::new(),
+            subscribed_regex: None,
+            regex: None,
+            resolved: BTreeSet::new(),
+            resolved_at: None,
+            server_assignor: None,
+            rebalance_timeout: Duration::ZERO,
+            assigned: Assignment::new(),
+            pending_revocation: Assignment::new(),
+            last_heartbeat: now,
+            revoke_deadline: None,
+            classic: Some(classic),
+        }
+    }
+
     /// Resolves the topic names this member subscribes to against `catalog`: its names and
     /// the regex's matches among the catalog's (non-internal) topics.
-    fn resolve(&mut self, catalog: &CatalogState) {
+    pub(super) fn resolve(&mut self, catalog: &CatalogState) {
         if self.resolved_at == Some(catalog.version) {
             return;
         }
@@ -151,7 +194,7 @@ fn refuse(e: ResponseError, message: impl Into<String>) -> Refusal {
 }
 
 /// A member id for a v0 request that came without one (v1+ clients make their own).
-fn new_member_id(group: &str) -> String {
+pub(super) fn new_member_id(group: &str) -> String {
     let id = crate::catalog::new_topic_id(group);
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     hex
@@ -170,7 +213,7 @@ fn subset(a: &Assignment, b: &Assignment) -> bool {
     })
 }
 
-fn normalized(mut a: Assignment) -> Assignment {
+pub(super) fn normalized(mut a: Assignment) -> Assignment {
     a.retain(|_, parts| !parts.is_empty());
     a
 }
@@ -181,15 +224,15 @@ pub struct ConsumerGroup {
     pub assignment_epoch: i32,
     pub members: BTreeMap<String, ConsumerMember>,
     /// instance id → member id.
-    statics: HashMap<String, String>,
+    pub(super) statics: HashMap<String, String>,
     /// Target assignment of the assignment epoch, by member id.
     pub target: BTreeMap<String, Assignment>,
     /// Who holds each partition now (assigned or pending revocation).
-    owners: HashMap<(TopicId, i32), String>,
+    pub(super) owners: HashMap<(TopicId, i32), String>,
     /// The subscribed topics as of the last group epoch.
-    metadata: BTreeMap<String, TopicInfo>,
+    pub(super) metadata: BTreeMap<String, TopicInfo>,
     /// The newest catalog a heartbeat brought (replicas on other shards may lag behind it).
-    catalog: Arc<CatalogState>,
+    pub(super) catalog: Arc<CatalogState>,
     pub assignor: Assignor,
 }
 
@@ -408,6 +451,7 @@ impl ConsumerGroup {
             pending_revocation: Assignment::new(),
             last_heartbeat: now,
             revoke_deadline: None,
+            classic: None,
         };
         if let Some(instance) = &hb.instance_id {
             self.statics.insert(instance.clone(), hb.member_id.clone());
@@ -549,24 +593,11 @@ impl ConsumerGroup {
 
     /// Moves the group epoch when the subscribed topics changed in the catalog, and
     /// computes the target assignment when the group epoch moved past it.
-    fn refresh(&mut self, _now: Instant) {
+    pub(super) fn refresh(&mut self, _now: Instant) {
         for m in self.members.values_mut() {
             m.resolve(&self.catalog);
         }
-        let names: BTreeSet<String> = self.subscribed_topics();
-        let metadata: BTreeMap<String, TopicInfo> = names
-            .into_iter()
-            .filter_map(|n| {
-                let t = self.catalog.topic(&n)?;
-                Some((
-                    n,
-                    TopicInfo {
-                        id: t.id,
-                        partitions: t.partitions,
-                    },
-                ))
-            })
-            .collect();
+        let metadata = self.topic_metadata();
         if metadata != self.metadata {
             self.metadata = metadata;
             // One new epoch covers this and any other change it comes with.
@@ -602,6 +633,23 @@ impl ConsumerGroup {
         self.assignment_epoch = self.group_epoch;
     }
 
+    /// The subscribed topics as the group's catalog has them.
+    pub(super) fn topic_metadata(&self) -> BTreeMap<String, TopicInfo> {
+        self.subscribed_topics()
+            .into_iter()
+            .filter_map(|n| {
+                let t = self.catalog.topic(&n)?;
+                Some((
+                    n,
+                    TopicInfo {
+                        id: t.id,
+                        partitions: t.partitions,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The assignor most members name (`uniform` when none does; ties to the first name).
     fn chosen_assignor(&self) -> Assignor {
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
@@ -626,7 +674,7 @@ impl ConsumerGroup {
     }
 
     /// One step of the member towards its target (Kafka's current assignment builder).
-    fn reconcile(&mut self, id: &str, owned: Option<&Assignment>, now: Instant) {
+    pub(super) fn reconcile(&mut self, id: &str, owned: Option<&Assignment>, now: Instant) {
         let Some(m) = self.members.get(id) else {
             return;
         };
@@ -712,7 +760,11 @@ impl ConsumerGroup {
             .members
             .values()
             .filter_map(|m| {
-                if now.duration_since(m.last_heartbeat) > settings.session_timeout {
+                let session = m
+                    .classic
+                    .as_ref()
+                    .map_or(settings.session_timeout, |c| c.session_timeout);
+                if now.duration_since(m.last_heartbeat) > session {
                     Some((m.id.clone(), "no heartbeat within the session timeout"))
                 } else if m.revoke_deadline.is_some_and(|d| now >= d) {
                     Some((m.id.clone(), "did not revoke within its rebalance timeout"))
@@ -739,7 +791,12 @@ impl ConsumerGroup {
             return Err(ResponseError::UnknownMemberId.code());
         };
         if epoch != m.epoch {
-            return Err(ResponseError::StaleMemberEpoch.code());
+            // A classic member's epoch is its generation.
+            return Err(if m.classic.is_some() {
+                ResponseError::IllegalGeneration.code()
+            } else {
+                ResponseError::StaleMemberEpoch.code()
+            });
         }
         Ok(())
     }
@@ -839,6 +896,8 @@ mod tests {
             session_timeout: Duration::from_secs(45),
             heartbeat_interval: Duration::from_secs(5),
             max_size: 10,
+            upgrade: true,
+            downgrade: true,
         }
     }
 

@@ -727,6 +727,92 @@ impl Group {
     }
 }
 
+/// A classic member of a consumer group handed back to a classic group (online
+/// downgrade, `migration.rs`).
+pub struct HandedOver {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// What it owns, as a ConsumerProtocolAssignment.
+    pub assignment: Bytes,
+}
+
+impl Group {
+    /// Answers every waiting JoinGroup and SyncGroup with REBALANCE_IN_PROGRESS: the group
+    /// becomes a consumer group (online upgrade) and they retry there.
+    pub fn abort_waiting(&mut self) {
+        for m in self.members.values_mut() {
+            if let Some((tx, _)) = m.joining.take() {
+                let _ = tx.send(
+                    JoinGroupResponse::default()
+                        .with_error_code(err(ResponseError::RebalanceInProgress))
+                        .with_generation_id(-1)
+                        .with_protocol_name(Some(s("")))
+                        .with_leader(s(""))
+                        .with_member_id(s(&m.id)),
+                );
+            }
+            if let Some((tx, _)) = m.syncing.take() {
+                let _ = tx.send(
+                    SyncGroupResponse::default()
+                        .with_error_code(err(ResponseError::RebalanceInProgress)),
+                );
+            }
+        }
+    }
+
+    /// The classic group a consumer group becomes when only classic members are left
+    /// (online downgrade): its generation is the consumer group's epoch, the members keep
+    /// what they own and are made to rejoin (PreparingRebalance: their heartbeats answer
+    /// REBALANCE_IN_PROGRESS), so the classic protocol assigns anew.
+    pub fn handed_over(
+        id: &str,
+        generation: i32,
+        members: Vec<HandedOver>,
+        t: Timeouts,
+        now: Instant,
+    ) -> Group {
+        let mut g = Group::new(id);
+        g.generation = generation;
+        g.state = State::Stable;
+        g.protocol_type = Some("consumer".to_owned());
+        for h in members {
+            if let Some(instance) = &h.instance_id {
+                g.statics.insert(instance.clone(), h.id.clone());
+            }
+            let seniority = g.next_seniority;
+            g.next_seniority += 1;
+            g.members.insert(
+                h.id.clone(),
+                Member {
+                    id: h.id,
+                    instance_id: h.instance_id,
+                    client_id: h.client_id,
+                    client_host: h.client_host,
+                    session_timeout: h.session_timeout,
+                    rebalance_timeout: h.rebalance_timeout,
+                    protocol_type: h.protocol_type,
+                    protocols: h.protocols,
+                    assignment: h.assignment,
+                    joining: None,
+                    syncing: None,
+                    last_heartbeat: now,
+                    seniority,
+                },
+            );
+        }
+        g.protocol = g.select_protocol();
+        g.leader = g.members.keys().next().cloned();
+        g.prepare_rebalance(t, now);
+        g
+    }
+}
+
 /// Topic names of a ConsumerProtocolSubscription; empty when it cannot be read.
 pub fn parse_subscription(md: &[u8]) -> Vec<String> {
     let mut out = Vec::new();

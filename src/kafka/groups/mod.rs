@@ -17,6 +17,7 @@ pub mod assignor;
 pub mod consumer;
 mod consumer_coordinator;
 pub mod group;
+pub mod migration;
 pub mod store;
 pub mod txn_offsets;
 
@@ -86,7 +87,13 @@ pub struct CommitPart {
 }
 
 pub enum Request {
-    Join(JoinRequest, String),
+    /// JoinGroup, with the group id and the catalog replica of the connection's shard (a
+    /// classic member of a consumer group resolves its subscription with it).
+    Join(
+        JoinRequest,
+        String,
+        std::sync::Arc<crate::catalog::CatalogState>,
+    ),
     Sync {
         group: String,
         member_id: String,
@@ -238,6 +245,14 @@ impl Coordinator {
                 session_timeout: Duration::from_millis(k.group_consumer_session_timeout_ms),
                 heartbeat_interval: Duration::from_millis(k.group_consumer_heartbeat_interval_ms),
                 max_size: k.group_consumer_max_size as usize,
+                upgrade: matches!(
+                    k.group_consumer_migration_policy.as_str(),
+                    "bidirectional" | "upgrade"
+                ),
+                downgrade: matches!(
+                    k.group_consumer_migration_policy.as_str(),
+                    "bidirectional" | "downgrade"
+                ),
             },
             offsets: RefCell::new(offsets),
             store: Rc::new(store),
@@ -395,18 +410,36 @@ impl Coordinator {
         let now = Instant::now();
         let t = self.timeouts;
         match req {
-            // A classic member cannot join a consumer-protocol group with members
-            // (`consumer_coordinator.rs`).
-            Request::Join(join, group) if self.consumer_group_active(&group) => {
-                let refused = JoinGroupResponse::default()
-                    .with_error_code(ResponseError::InconsistentGroupProtocol.code())
-                    .with_generation_id(-1)
-                    .with_protocol_name(Some(s("")))
-                    .with_leader(s(""))
-                    .with_member_id(s(&join.member_id));
-                Box::pin(async move { Reply::Join(refused) })
+            // A classic member of a consumer-protocol group with members: translated, or
+            // refused when the migration policy is `disabled` (`consumer_coordinator.rs`).
+            Request::Join(join, group, catalog) if self.consumer_group_active(&group) => {
+                let reply = self.classic_join_consumer_group(&group, join, catalog, now);
+                Box::pin(async move { reply })
             }
-            Request::Join(join, group) => match self.with_group(&group, |g| {
+            Request::Sync {
+                group,
+                member_id,
+                generation,
+                ..
+            } if self.consumer_group_active(&group) => {
+                let reply = self.classic_sync_consumer_group(&group, &member_id, generation, now);
+                Box::pin(async move { reply })
+            }
+            Request::Heartbeat {
+                group,
+                member_id,
+                generation,
+                ..
+            } if self.consumer_group_active(&group) => {
+                let code =
+                    self.classic_heartbeat_consumer_group(&group, &member_id, generation, now);
+                Box::pin(async move { Reply::Code(code) })
+            }
+            Request::Leave { group, members } if self.consumer_group_active(&group) => {
+                let codes = self.classic_leave_consumer_group(&group, &members, now);
+                Box::pin(async move { Reply::Leave(0, codes) })
+            }
+            Request::Join(join, group, _) => match self.with_group(&group, |g| {
                 self.consumer_groups.borrow_mut().remove(&group);
                 g.join(join, t, now)
             }) {

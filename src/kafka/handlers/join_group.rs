@@ -45,7 +45,7 @@ pub fn handle(
                 .collect(),
             version,
         };
-        let request = Request::Join(join, group.clone());
+        let request = Request::Join(join, group.clone(), conn.shard.catalog.current());
         let joined = coordinator::ask(&conn, ApiKey::JoinGroup, &group, request, |r| match r {
             Reply::Join(r) => Some(r),
             _ => None,
