@@ -432,6 +432,7 @@ async fn quorum_queues_keep_rabbitmq_rules() {
         assert_eq!(reply_code(&e), Some(406), "{what}: {e}");
         assert!(e.to_string().contains(what), "{what}: {e}");
     }
+    // An unknown queue type is 406 (streams are tests/stream_queues.rs').
     let ch = channel(&conn).await;
     let r = ch
         .queue_declare(
@@ -440,7 +441,7 @@ async fn quorum_queues_keep_rabbitmq_rules() {
                 durable: true,
                 ..Default::default()
             },
-            args(&[("x-queue-type", s("stream"))]),
+            args(&[("x-queue-type", s("lazy"))]),
         )
         .await;
     assert_eq!(r.err().as_ref().and_then(reply_code), Some(406));

@@ -39,6 +39,8 @@ pub struct ConsumerSpec {
     pub prefetch_bytes: u64,
     pub priority: i32,
     pub exclusive: bool,
+    /// A stream queue's consumer: where it starts reading (`x-stream-offset`).
+    pub stream_offset: Option<crate::stream::offset::StartAt>,
 }
 
 /// One message handed to a consumer (or a basic.get): `id` is the queue's delivery id,

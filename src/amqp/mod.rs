@@ -149,6 +149,8 @@ pub struct ShardAmqp {
     pub stored: owner::Stored,
     /// Publishes waiting for their confirms without a channel (the HTTP API).
     pub confirm_waits: ConfirmWaits,
+    /// The stream queues this shard owns: their readers and appenders.
+    pub streams: crate::stream::queue::Streams,
 }
 
 /// Publishes waiting for their queues' confirms outside any channel: the HTTP API's
@@ -218,6 +220,7 @@ impl ShardAmqp {
             store: store::Store::new(config, shard_id),
             stored: owner::Stored::default(),
             confirm_waits: ConfirmWaits::default(),
+            streams: Default::default(),
         }
     }
 
@@ -309,6 +312,19 @@ pub fn queue_stats(shard: &Shard) -> Vec<crate::metrics::QueueStats> {
             }
         })
         .collect();
+    // Stream queues: their consumers and unacked deliveries (the records are the log's).
+    out.extend(
+        crate::stream::queue::figures(shard)
+            .into_iter()
+            .map(|(q, consumers, unacked)| crate::metrics::QueueStats {
+                vhost: q.vhost.to_string(),
+                name: q.name.to_string(),
+                messages_ready: 0,
+                messages_unacknowledged: unacked,
+                consumers,
+                durable: true,
+            }),
+    );
     out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
     out
 }
@@ -317,6 +333,7 @@ pub fn queue_stats(shard: &Shard) -> Vec<crate::metrics::QueueStats> {
 /// shard owns that the catalog no longer has are dropped (consumers get basic.cancel,
 /// stored messages are deleted).
 pub fn catalog_installed(shard: &Rc<Shard>) {
+    crate::stream::queue::catalog_installed(shard);
     let state = shard.catalog.current();
     let gone: Vec<QueueHandle> = shard
         .amqp

@@ -132,6 +132,10 @@ fn not_found(q: &QueueRef) -> (u16, String) {
 
 /// Work for a queue this shard owns.
 fn apply_queue_op(shard: &Rc<Shard>, op: QueueOp) {
+    // A stream queue's ops go to its log instead.
+    let Some(op) = crate::stream::queue::apply(shard, op) else {
+        return;
+    };
     match op {
         QueueOp::Publish {
             queue,

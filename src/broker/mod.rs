@@ -297,25 +297,7 @@ async fn run_shard(
         .map_err(|e| format!("amqp listener {}: {e}", config.amqp.addr))?;
     let amqps = crate::amqp::server::bind_tls(&shard)
         .map_err(|e| format!("amqp.tls_addr {}: {e}", config.amqp.tls_addr))?;
-    log::info!(
-        "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), http {}, data {}, {recovered} partitions recovered in {:?}{}",
-        cpu.map(|c| format!("core {c}"))
-            .unwrap_or_else(|| "any core".into()),
-        kafka
-            .iter()
-            .map(|(l, _)| format!("{} {}", l.addr, l.protocol().name()))
-            .collect::<Vec<_>>()
-            .join(" + "),
-        with_tls(&config.amqp.addr, &config.amqp.tls_addr, "amqps"),
-        with_tls(&config.http.addr, &config.http.tls_addr, "https"),
-        config.data_dir.join(id.to_string()).display(),
-        started.elapsed(),
-        if clean {
-            " (clean start)"
-        } else {
-            " (after unclean stop)"
-        }
-    );
+    let kafka_addrs: Vec<_> = kafka.iter().map(|(l, _)| l.clone()).collect();
     let kafka_tasks: Vec<_> = kafka
         .into_iter()
         .map(|(listener, tcp)| {
@@ -332,6 +314,27 @@ async fn run_shard(
     crate::kafka::offsets_topic::start(&shard).await;
     crate::kafka::txn::start(&shard);
     shutdown.mark_ready();
+    // Logged once this shard is ready: seeing every shard's line, a client (or a test)
+    // knows the HTTP API no longer answers 503 "starting".
+    log::info!(
+        "shard {id}/{count} on {}: kafka {}, amqp {} ({amqp_queues} queues), http {}, data {}, {recovered} partitions recovered in {:?}{}",
+        cpu.map(|c| format!("core {c}"))
+            .unwrap_or_else(|| "any core".into()),
+        kafka_addrs
+            .iter()
+            .map(|l| format!("{} {}", l.addr, l.protocol().name()))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        with_tls(&config.amqp.addr, &config.amqp.tls_addr, "amqps"),
+        with_tls(&config.http.addr, &config.http.tls_addr, "https"),
+        config.data_dir.join(id.to_string()).display(),
+        started.elapsed(),
+        if clean {
+            " (clean start)"
+        } else {
+            " (after unclean stop)"
+        }
+    );
 
     // Run until asked to stop.
     shutdown.wait_requested().await;

@@ -97,6 +97,22 @@ impl CatalogState {
             }
             Change::DeleteTopic(name) => {
                 self.topics.remove(name);
+                // The stream queue that is this topic goes with it (`crate::stream`).
+                let stream = self
+                    .amqp
+                    .get(crate::stream::queue::VHOST)
+                    .and_then(|t| t.queues.get(name))
+                    .filter(|q| q.is_stream())
+                    .map(|q| q.id);
+                if let Some(id) = stream {
+                    amqp::apply(
+                        &mut self.amqp,
+                        &amqp::TopologyChange::DeleteQueues {
+                            vhost: crate::stream::queue::VHOST.to_owned(),
+                            queues: vec![(name.clone(), id)],
+                        },
+                    );
+                }
             }
             Change::SetPartitions(name, n) => {
                 if let Some(t) = self.topics.get_mut(name) {

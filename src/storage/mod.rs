@@ -43,6 +43,7 @@ pub mod inflate;
 pub mod journal;
 pub mod log;
 pub mod producers;
+pub mod record_log;
 pub mod segment;
 pub mod txn_index;
 

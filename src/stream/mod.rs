@@ -1,7 +1,17 @@
 //! Stream queues: AMQP 0-9-1 queues that are Kafka topics, one log read and written over
-//! both protocols (issue 17).
+//! both protocols (issue 17; `docs/streams.md`).
 //!
 //! - `record`: the lossless mapping between an AMQP message and a Kafka record (pure
 //!   functions, run on whichever shard publishes or delivers).
+//! - `args`: a stream's declare arguments and the topic configs they become (pure).
+//! - `declare`: declaring a stream (its topic made or found) and finding a Kafka topic as
+//!   a stream queue (connection's shard).
+//! - `offset`: the `x-stream-offset` consumer argument (pure).
+//! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
+//!   delivering to consumers.
 
+pub mod args;
+pub mod declare;
+pub mod offset;
+pub mod queue;
 pub mod record;

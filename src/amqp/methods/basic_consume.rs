@@ -32,8 +32,43 @@ pub async fn consume(
         None
     } else {
         allowed(&actor, Access::Read, "queue", &queue_name)?;
-        Some(lookup_queue(&actor, &queue_name).await?.0)
+        Some(lookup_queue(&actor, &queue_name).await?)
     };
+    // A stream consumer (RabbitMQ's rules): a prefetch and manual acks, and where to
+    // start; `x-stream-offset` on any other queue is ignored.
+    let stream_offset = match &qref {
+        Some((q, def)) if def.is_stream() => {
+            let refuse = |what: &str| {
+                AmqpError::channel(
+                    reply::PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - {what} for stream queue '{}' in vhost '{}'",
+                        q.name, q.vhost
+                    ),
+                )
+            };
+            if c.no_ack {
+                return Err(refuse(
+                    "consumer no-ack (automatic acknowledgement) is not supported",
+                ));
+            }
+            let prefetch = {
+                let chm = ch.borrow();
+                (chm.prefetch_count, chm.global_prefetch_count())
+            };
+            if prefetch == (0, 0) {
+                return Err(refuse("consumer prefetch count is not set"));
+            }
+            let at = crate::stream::offset::parse(
+                c.arguments.inner().get("x-stream-offset"),
+                crate::util::now_ms(),
+            )
+            .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+            Some(at)
+        }
+        _ => None,
+    };
+    let qref = qref.map(|(q, _)| q);
     let mut tag = c.consumer_tag.as_str().to_owned();
     if tag.is_empty() {
         // The shard is in the tag so an operator (and the tests) can see where a
@@ -87,6 +122,7 @@ pub async fn consume(
         prefetch_bytes: limits.1,
         priority,
         exclusive: c.exclusive,
+        stream_offset,
     };
     let (reply, answer) = conn.shard.expect();
     let owner = qref.owner;

@@ -47,7 +47,17 @@ pub async fn take(
 pub async fn get(conn: &Rc<Connection>, ch: &ChannelRef, g: basic::Get) -> Result<(), AmqpError> {
     let actor = conn.actor();
     allowed(&actor, Access::Read, "queue", g.queue.as_str())?;
-    let (qref, _) = lookup_queue(&actor, g.queue.as_str()).await?;
+    let (qref, def) = lookup_queue(&actor, g.queue.as_str()).await?;
+    if def.is_stream() {
+        // As RabbitMQ: a stream is read with basic.consume only.
+        return Err(AmqpError::connection(
+            reply::NOT_IMPLEMENTED,
+            format!(
+                "NOT_IMPLEMENTED - basic.get not supported by stream queues queue '{}' in vhost '{}'",
+                qref.name, qref.vhost
+            ),
+        ));
+    }
     let got = take(&conn.shard, &qref, g.no_ack).await?;
     let mut c = ch.borrow_mut();
     match got {

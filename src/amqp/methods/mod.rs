@@ -186,6 +186,20 @@ pub async fn change(shard: &Rc<Shard>, c: Change) -> Result<(), AmqpError> {
     }
 }
 
+/// Applies several catalog changes through the writer in one call; the first refusal is
+/// the answer.
+pub async fn changes(shard: &Rc<Shard>, cs: Vec<Change>) -> Result<(), AmqpError> {
+    let n = cs.len();
+    let r = shard.change_catalog(cs, false).await;
+    if r.len() < n {
+        return Err(AmqpError::connection(
+            reply::INTERNAL_ERROR,
+            "INTERNAL_ERROR - no answer from the catalog writer",
+        ));
+    }
+    r.into_iter().try_for_each(|r| r.map_err(catalog_error))
+}
+
 /// Adds (`bind`) or removes a binding through the catalog writer: queue.bind/unbind and
 /// exchange.bind/unbind differ only in how they check and build the binding.
 pub async fn apply_binding(
@@ -266,6 +280,21 @@ pub async fn lookup_queue(actor: &Actor<'_>, name: &str) -> Result<(QueueRef, Qu
         }
         if attempt == 0 {
             refresh_catalog(actor.shard).await;
+        }
+    }
+    // A Kafka topic nobody declared over AMQP yet is a stream queue (`stream::declare`).
+    let state = actor.shard.catalog.current();
+    if let Some(queue) = crate::stream::declare::adoptable(&state, vhost, name)? {
+        let declare = crate::catalog::amqp::TopologyChange::DeclareQueue {
+            vhost: vhost.to_owned(),
+            queue,
+        };
+        change(actor.shard, Change::Amqp(declare)).await?;
+        let state = actor.shard.catalog.current();
+        let def = state.amqp.get(vhost).and_then(|t| t.queues.get(name));
+        let router = actor.shard.amqp.router(actor.shard);
+        if let (Some(def), Some(q)) = (def, router.queue(vhost, name)) {
+            return Ok((q.clone(), def.clone()));
         }
     }
     Err(AmqpError::channel(

@@ -19,7 +19,8 @@ use amq_protocol::protocol::{queue as qm, AMQPClass};
 use amq_protocol::types::FieldTable;
 
 use super::{
-    allowed, apply_binding, change, known_exchange, lookup_queue, random_suffix, Access, Actor,
+    allowed, apply_binding, change, changes, known_exchange, lookup_queue, random_suffix, Access,
+    Actor,
 };
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
@@ -76,8 +77,9 @@ pub async fn declare_queue(
     allowed(actor, Access::Configure, "queue", &name)?;
     let args = parse_queue_args(&name, vhost, arguments)
         .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
-    if queue_type(arguments).quorum {
-        // RabbitMQ's rules for quorum queues, with its words.
+    let kind = queue_type(arguments);
+    if kind.quorum || kind.stream {
+        // RabbitMQ's rules for quorum and stream queues, with its words.
         let bad = [
             (!durable, "non-durable"),
             (exclusive, "exclusive-owner"),
@@ -97,6 +99,17 @@ pub async fn declare_queue(
             .try_into()
             .unwrap_or([1; 8]),
     );
+    // A stream is a Kafka topic: made (or found) in the same catalog call.
+    let topic = if kind.stream {
+        crate::stream::declare::topic_change(
+            &actor.shard.catalog.current(),
+            vhost,
+            &name,
+            arguments,
+        )?
+    } else {
+        None
+    };
     let queue = Queue {
         name: name.clone(),
         id,
@@ -106,14 +119,14 @@ pub async fn declare_queue(
         arguments: encode_table(arguments),
         args,
     };
-    change(
-        actor.shard,
-        Change::Amqp(TopologyChange::DeclareQueue {
-            vhost: vhost.to_owned(),
-            queue,
-        }),
-    )
-    .await?;
+    let declare = Change::Amqp(TopologyChange::DeclareQueue {
+        vhost: vhost.to_owned(),
+        queue,
+    });
+    match topic {
+        Some(topic) => changes(actor.shard, vec![topic, declare]).await?,
+        None => change(actor.shard, declare).await?,
+    }
     let (queue, def) = lookup_queue(actor, &name).await?;
     Ok(Declared {
         created: def.id == id,

@@ -195,6 +195,7 @@ fn consumer(cid: u64, prefetch_count: u32) -> ConsumerSpec {
         prefetch_bytes: 0,
         priority: 0,
         exclusive: false,
+        stream_offset: None,
     }
 }
 

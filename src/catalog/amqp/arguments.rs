@@ -57,6 +57,8 @@ impl Default for QueueArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueType {
     pub quorum: bool,
+    /// A stream queue (`crate::stream`): its arguments are checked by `stream::args`.
+    pub stream: bool,
     pub delivery_limit: Option<u64>,
 }
 
@@ -66,13 +68,13 @@ pub const QUORUM_DELIVERY_LIMIT: u64 = 20;
 /// The queue type its (validated) arguments give.
 pub fn queue_type(table: &FieldTable) -> QueueType {
     let args = table.inner();
-    let quorum = args
-        .get("x-queue-type")
-        .and_then(str_value)
-        .map(|t| t == "quorum")
-        .unwrap_or(false);
+    let kind = args.get("x-queue-type").and_then(str_value);
+    let quorum = kind.as_deref() == Some("quorum");
     if !quorum {
-        return QueueType::default();
+        return QueueType {
+            stream: kind.as_deref() == Some("stream"),
+            ..QueueType::default()
+        };
     }
     let delivery_limit = match args.get("x-delivery-limit").and_then(int_value) {
         Some(n) if n < 0 => None,
@@ -81,6 +83,7 @@ pub fn queue_type(table: &FieldTable) -> QueueType {
     };
     QueueType {
         quorum,
+        stream: false,
         delivery_limit,
     }
 }
@@ -139,12 +142,8 @@ pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<
                 _ => return Err(bad(k, "not a boolean")),
             },
             "x-queue-type" => match str_value(v).as_deref() {
-                Some("classic") | Some("quorum") => {}
-                Some("stream") => return Err(bad(
-                    k,
-                    "stream queues are not supported (use a Kafka topic, or 'classic' or 'quorum')",
-                )),
-                _ => return Err(bad(k, "must be 'classic' or 'quorum'")),
+                Some("classic") | Some("quorum") | Some("stream") => {}
+                _ => return Err(bad(k, "must be 'classic', 'quorum' or 'stream'")),
             },
             "x-delivery-limit" => {
                 int_value(v).ok_or_else(|| bad(k, "not an integer"))?;

@@ -81,6 +81,14 @@ pub struct Queue {
     pub args: QueueArgs,
 }
 
+impl Queue {
+    /// Declared `x-queue-type: stream`: the queue is the Kafka topic of its name
+    /// (`crate::stream`).
+    pub fn is_stream(&self) -> bool {
+        arguments::queue_type(&tables::decode_table(&self.arguments)).stream
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum DestKind {
     Queue,

@@ -14,6 +14,8 @@ use super::{
 };
 use crate::amqp::methods::queue;
 use crate::broker::Shard;
+use crate::catalog::amqp::arguments::queue_type;
+use crate::catalog::amqp::tables::decode_table;
 use crate::http::{no_content, ApiError, ApiResult, Req};
 use crate::metrics::QueueStats;
 
@@ -46,9 +48,18 @@ pub(super) async fn list(
                 continue;
             }
             let f = figures.get(&(v.to_owned(), name.clone()));
-            let ready = f.map_or(0, |f| f.messages_ready);
+            let mut ready = f.map_or(0, |f| f.messages_ready);
             let unacked = f.map_or(0, |f| f.messages_unacknowledged);
-            rows.push(json!({
+            let kind = queue_type(&decode_table(&q.arguments));
+            // A stream queue's messages are its topic's records; its offsets are Kafka's.
+            let mut offsets = None;
+            if kind.stream {
+                if let Some((first, end)) = crate::stream::queue::topic_bounds(shard, name).await {
+                    ready = (end - first).max(0) as u64;
+                    offsets = Some((first, end));
+                }
+            }
+            let mut row = json!({
                 "name": name,
                 "vhost": v,
                 "durable": q.durable,
@@ -60,9 +71,16 @@ pub(super) async fn list(
                 "messages_unacknowledged": unacked,
                 "consumers": f.map_or(0, |f| f.consumers),
                 "state": "running",
-                "type": "classic",
+                "type": if kind.stream { "stream" } else if kind.quorum { "quorum" } else { "classic" },
                 "owner_shard": crate::amqp::queue_owner(v, name, shard.count),
-            }));
+            });
+            if let (Some((first, end)), Some(o)) = (offsets, row.as_object_mut()) {
+                o.insert("messages".into(), json!(ready));
+                o.insert("first_offset".into(), json!(first));
+                o.insert("last_offset".into(), json!(end - 1));
+                o.insert("next_offset".into(), json!(end));
+            }
+            rows.push(row);
         }
     }
     one_or_all(rows, "queue", vhost, one)

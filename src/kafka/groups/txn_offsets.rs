@@ -6,7 +6,7 @@
 //! Part of the group coordinator of the group's shard (`groups::group_owner`), like the
 //! committed offsets; `Shard::txn_offsets_commit` and `Shard::txn_offsets_end` are where
 //! the work crosses to it. Pending offsets are durable before TxnOffsetCommit is answered:
-//! `<data_dir>/<shard>/groups/txn-offsets.log` (`txn::log::RecordLog`, rkyv
+//! `<data_dir>/<shard>/groups/txn-offsets.log` (`storage::record_log::RecordLog`, rkyv
 //! `PendingRecord`s). Settling a transaction makes the committed offsets durable in the
 //! offset store first and records the settlement after, so a crash in between settles it
 //! again after restart (the transaction coordinator re-completes every transaction it
@@ -23,7 +23,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use super::store::{self, Committed, OffsetRecord};
 use super::{group_owner, view_of, CommitPart, Coordinator};
 use crate::broker::Shard;
-use crate::kafka::txn::log::RecordLog;
+use crate::storage::record_log::{self, RecordLog};
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
 pub enum PendingRecord {
@@ -75,9 +75,7 @@ fn encode(r: &PendingRecord) -> Result<Vec<u8>, String> {
 }
 
 fn decode(payload: &[u8]) -> Option<PendingRecord> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<PendingRecord, rkyv::rancor::Error>(&aligned).ok()
+    record_log::decode(payload)
 }
 
 /// The pending transactional offsets of one shard's groups.

@@ -9,11 +9,10 @@
 use std::rc::Rc;
 
 use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
-use kafka_protocol::ResponseError;
 
 use super::details::authorize::{group_denied, transactional_id_denied};
 use super::{count_error, deferred, frame, Conn, Pending};
-use crate::kafka::txn::{Reply, Request};
+use crate::kafka::txn::Request;
 use crate::security::acl::{Operation, ResourceType};
 
 /// PRODUCER_FENCED since this version (KIP-588); INVALID_PRODUCER_EPOCH before.
@@ -39,11 +38,9 @@ pub fn handle(
                 epoch: req.producer_epoch,
                 group,
             };
-            match conn.shard.txn(&id, request).await {
-                Reply::Done(Ok(())) => 0,
-                Reply::Done(Err(e)) => e.code(version, FENCED_SINCE),
-                _ => ResponseError::CoordinatorNotAvailable.code(),
-            }
+            conn.shard
+                .txn_code(&id, request, version, FENCED_SINCE)
+                .await
         };
         count_error(code);
         frame(

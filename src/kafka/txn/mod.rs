@@ -8,7 +8,7 @@
 //! request there with `Shard::txn` (the one line where the work crosses shards).
 //!
 //! Durability: every state a client is told about is in the shard's transaction log
-//! first (`<data_dir>/<shard>/transactions/transactions.log`, `log::RecordLog`: one rkyv
+//! first (`<data_dir>/<shard>/transactions/transactions.log`, `storage::record_log::RecordLog`: one rkyv
 //! `TxnMeta` per change, fdatasync'ed, group-committed; the last record of an id wins).
 //! EndTxn is answered once PrepareCommit/PrepareAbort is durable; the markers are then
 //! written to every partition of the transaction through their owners
@@ -28,7 +28,6 @@
 //! starts its next transaction right after a commit is answered when the markers are in
 //! rather than told to retry after its backoff.
 
-pub mod log;
 pub mod producer_id;
 pub mod state;
 
@@ -40,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
 
-use self::log::RecordLog;
 use self::state::{EndOutcome, InitOutcome, TxnError, TxnMeta, TxnState};
 use crate::broker::Shard;
 use crate::config::Config;
 use crate::kafka::owner::TxnMarker;
 use crate::storage::log::now_ms;
+use crate::storage::record_log::{self, RecordLog};
 use crate::util::notify::{Listener, Notify};
 
 /// The shard that coordinates transactional id `id`.
@@ -113,6 +112,23 @@ impl Shard {
         self.txn_on(txn_owner(id, self.count), req).await
     }
 
+    /// Asks the coordinator of `id` for a change that answers `Reply::Done`, as the error
+    /// code a request of `version` gets (PRODUCER_FENCED from `fenced_since` on);
+    /// COORDINATOR_NOT_AVAILABLE when the coordinator could not answer.
+    pub async fn txn_code(
+        self: &Rc<Self>,
+        id: &str,
+        req: Request,
+        version: i16,
+        fenced_since: i16,
+    ) -> i16 {
+        match self.txn(id, req).await {
+            Reply::Done(Ok(())) => 0,
+            Reply::Done(Err(e)) => e.code(version, fenced_since),
+            _ => kafka_protocol::ResponseError::CoordinatorNotAvailable.code(),
+        }
+    }
+
     /// Asks one shard's transaction coordinator (ListTransactions asks them all).
     pub async fn txn_on(self: &Rc<Self>, owner: usize, req: Request) -> Reply {
         if owner == self.id {
@@ -153,9 +169,7 @@ fn encode(meta: &TxnMeta) -> Result<Vec<u8>, TxnError> {
 }
 
 fn decode(payload: &[u8]) -> Option<TxnMeta> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<TxnMeta, rkyv::rancor::Error>(&aligned).ok()
+    record_log::decode(payload)
 }
 
 /// Releases an id's claim when the change is done (or its future dropped).

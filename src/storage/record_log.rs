@@ -3,11 +3,12 @@
 //! fdatasync'ed before any append resolves, folded into the live records (temp file, fsync,
 //! rename) when it grows to several times their number.
 //!
-//! The payloads are opaque here: the transaction coordinator (`txn::Coordinator`,
-//! `transactions.log`) and the pending transactional offsets of the group coordinator
-//! (`groups::txn_offsets`, `txn-offsets.log`) encode their own rkyv records. One log per
-//! user per shard, used only on that shard; the blocking-pool thread that writes the file
-//! never sees a waiter.
+//! The payloads are opaque here; each user encodes its own rkyv records (`decode` reads
+//! one back): the groups' committed offsets (`groups::store`, `groups/offsets.log`), the
+//! transaction coordinator (`txn::Coordinator`, `transactions/transactions.log`) and the
+//! pending transactional offsets (`groups::txn_offsets`, `groups/txn-offsets.log`). One log
+//! per user per shard, used only on that shard; the blocking-pool thread that writes the
+//! file never sees a waiter.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
@@ -20,6 +21,19 @@ use futures::channel::oneshot;
 use crate::util::notify::{Listener, Notify};
 
 type Waiter = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
+/// One rkyv record read back from a payload (copied to an aligned buffer first); `None`
+/// when it does not decode.
+pub fn decode<T>(payload: &[u8]) -> Option<T>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).ok()
+}
 
 pub struct RecordLog {
     dir: PathBuf,

@@ -1,0 +1,109 @@
+//! Declaring a stream queue, and finding a Kafka topic as one.
+//!
+//! A stream queue `orders` (vhost `/` only: a topic has no vhost) is the Kafka topic
+//! `orders` with one partition. Declaring it creates the topic through the catalog with
+//! the arguments as topic configs (`stream::args`), or binds to the topic Kafka already
+//! made; a passive declare, a consume or any other queue method naming a topic that has
+//! no queue yet finds it as a stream queue (`adopt`). A topic of more than one partition
+//! is refused (406): super streams are not done yet.
+//!
+//! Runs on the connection's shard; catalog changes go through shard 0's writer.
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use super::queue::VHOST;
+use crate::amqp::{reply, AmqpError};
+use crate::catalog::amqp::tables::encode_table;
+use crate::catalog::amqp::{arguments::QueueArgs, Queue};
+use crate::catalog::{CatalogState, Change, Topic};
+
+fn refused(text: String) -> AmqpError {
+    AmqpError::channel(reply::PRECONDITION_FAILED, text)
+}
+
+fn partitions_refused(name: &str, partitions: i32) -> AmqpError {
+    refused(format!(
+        "PRECONDITION_FAILED - Kafka topic '{name}' has {partitions} partitions: a stream queue is a topic of one partition (super streams are not supported yet)"
+    ))
+}
+
+/// The change that creates the topic of stream `name` (None when the topic exists), or
+/// the 406 a stream declare gets.
+pub fn topic_change(
+    state: &CatalogState,
+    vhost: &str,
+    name: &str,
+    arguments: &FieldTable,
+) -> Result<Option<Change>, AmqpError> {
+    if vhost != VHOST {
+        return Err(refused(format!(
+            "PRECONDITION_FAILED - stream queues live in vhost '{VHOST}' only (a stream queue is the Kafka topic of its name): cannot declare stream '{name}' in vhost '{vhost}'"
+        )));
+    }
+    let configs = super::args::topic_configs(name, vhost, arguments).map_err(refused)?;
+    if let Some(t) = state.topic(name) {
+        if t.partitions != 1 {
+            return Err(partitions_refused(name, t.partitions));
+        }
+        return Ok(None);
+    }
+    // A classic or quorum queue of that name: the declare itself is refused (406).
+    let existing = state.amqp.get(vhost).and_then(|t| t.queues.get(name));
+    if existing.is_some_and(|q| !q.is_stream()) {
+        return Ok(None);
+    }
+    if crate::catalog::is_internal_topic(name) {
+        return Err(refused(format!(
+            "PRECONDITION_FAILED - '{name}' is an internal Kafka topic"
+        )));
+    }
+    crate::catalog::validate_topic_name(name).map_err(|e| {
+        refused(format!(
+            "PRECONDITION_FAILED - stream '{name}' cannot be a Kafka topic: {e}"
+        ))
+    })?;
+    Ok(Some(Change::CreateTopic(Topic {
+        name: name.to_owned(),
+        id: crate::catalog::new_topic_id(name),
+        partitions: 1,
+        configs,
+    })))
+}
+
+/// The queue a Kafka topic `name` becomes when AMQP names it first: durable, with
+/// `x-queue-type: stream`. `None` when there is no such topic (or not in vhost `/`); 406
+/// for a topic of several partitions.
+pub fn adoptable(
+    state: &CatalogState,
+    vhost: &str,
+    name: &str,
+) -> Result<Option<Queue>, AmqpError> {
+    if vhost != VHOST || crate::catalog::is_internal_topic(name) {
+        return Ok(None);
+    }
+    let Some(t) = state.topic(name) else {
+        return Ok(None);
+    };
+    if t.partitions != 1 {
+        return Err(partitions_refused(name, t.partitions));
+    }
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    let id = u64::from_be_bytes(
+        crate::catalog::new_topic_id(name)[..8]
+            .try_into()
+            .unwrap_or([1; 8]),
+    );
+    Ok(Some(Queue {
+        name: name.to_owned(),
+        id,
+        durable: true,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: encode_table(&args),
+        args: QueueArgs::default(),
+    }))
+}

@@ -1,0 +1,646 @@
+//! A stream queue on its AMQP owner shard: the queue ops (`amqp::mesh::QueueOp`) for a
+//! queue declared `x-queue-type: stream`, carried out on the Kafka topic of the same name
+//! (partition 0) instead of an AMQP ready list.
+//!
+//! - Publish: messages wait in the stream's `Appender` and leave as one record batch per
+//!   turn (`record::record_of`, `storage::batch::encode_plain_batch`), appended on the
+//!   partition's owner shard with acks=all; each publisher is confirmed once the batch is
+//!   durable (fdatasync), nacked when the disk refuses it (below `storage.min_free_bytes`
+//!   the produce is refused at once: never a hang).
+//! - Consume: each consumer gets a `Reader` task that resolves its `x-stream-offset`,
+//!   fetches from the partition's owner (`Shard::kafka`, the Fetch path), decodes the
+//!   batches (`record::records_of`, any compression, control batches skipped) and hands
+//!   deliveries to the consumer's connection shard as a queue does (`ConnOp::Deliver`),
+//!   never more unacked than the consumer's prefetch. Each delivery carries the
+//!   `x-stream-offset` header. When caught up it waits on the owner's wait-for-data
+//!   notification (`Request::WaitForData`), not on a timer.
+//! - Settle (ack, nack, reject, with or without requeue) only returns credit: nothing is
+//!   removed from the log. Stats: records in the log and consumers. Purge removes
+//!   nothing (0). Delete deletes the topic, and the catalog drops the queue with it.
+//!
+//! Runs on the queue's AMQP owner shard (`amqp::queue_owner`), called from
+//! `amqp::owner::apply_queue_op` before the classic-queue path; the one line where work
+//! crosses to the partition's owner is each `Shard::kafka`/`kafka_dispatch` call.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::select;
+use kafka_protocol::records::Compression;
+use kafka_protocol::ResponseError;
+
+use super::offset::StartAt;
+use super::record::{self, KeyFrom, RecordError};
+use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, Delivery, GetAnswer, QueueOp};
+use crate::amqp::message::Message;
+use crate::amqp::routing::QueueRef;
+use crate::amqp::{outbox, reply};
+use crate::broker::Shard;
+use crate::catalog::Change;
+use crate::kafka::owner::{FetchPart, OffsetQuery, ProducePart, Reply, Request};
+use crate::util::notify::{Listener, Notify};
+
+/// The most a reader fetches at once.
+const FETCH_BYTES: usize = 1 << 20;
+/// The most message bytes the appender puts in one record batch (Kafka's default
+/// `max.message.bytes` is 1 MiB; a larger single message goes alone and is refused by the
+/// topic like a Kafka producer's, i.e. nacked).
+const BATCH_BYTES: usize = 512 * 1024;
+/// The most record bytes a reader inflates per fetch (at least one batch always).
+const DECODE_BYTES: usize = 4 << 20;
+/// How long one wait-for-data call lasts before the reader asks again (it also wakes at
+/// once on credit, cancel or new data).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The stream queues' state on one shard (in `ShardAmqp::streams`).
+#[derive(Default)]
+pub struct Streams {
+    readers: RefCell<HashMap<u64, Rc<Reader>>>,
+    /// Delivery id → consumer id, until settled.
+    delivered: RefCell<HashMap<u64, u64>>,
+    appenders: RefCell<HashMap<u64, Rc<Appender>>>,
+    /// Ids of the stream queues this shard has seen ops for.
+    known: RefCell<std::collections::HashSet<u64>>,
+}
+
+impl Streams {
+    /// Consumers of queue `qid` on this shard.
+    pub fn consumers(&self, qid: u64) -> usize {
+        self.readers
+            .borrow()
+            .values()
+            .filter(|r| r.queue.id == qid)
+            .count()
+    }
+}
+
+/// One stream consumer.
+struct Reader {
+    queue: QueueRef,
+    spec: ConsumerSpec,
+    start: StartAt,
+    unacked: Cell<u32>,
+    prefetch: Cell<u32>,
+    active: Cell<bool>,
+    cancelled: Cell<bool>,
+    wake: Notify,
+}
+
+impl Reader {
+    fn has_credit(&self) -> bool {
+        let p = self.prefetch.get();
+        self.active.get() && (p == 0 || self.unacked.get() < p)
+    }
+}
+
+/// Messages published to one stream, waiting for the next batch.
+#[derive(Default)]
+struct Appender {
+    waiting: RefCell<Vec<(Message, Option<ConfirmTo>)>>,
+    running: Cell<bool>,
+}
+
+/// The one vhost stream queues live in: a stream queue is the Kafka topic of its name,
+/// and Kafka topics have no vhost. Declaring a stream elsewhere is refused (406).
+pub const VHOST: &str = "/";
+
+/// Whether `qref` names a stream queue (in this shard's catalog replica).
+pub fn is_stream(shard: &Shard, qref: &QueueRef) -> bool {
+    let state = shard.catalog.current();
+    state
+        .amqp
+        .get(&*qref.vhost)
+        .and_then(|t| t.queues.get(&*qref.name))
+        .is_some_and(|d| d.id == qref.id && d.is_stream())
+}
+
+/// The Kafka topic of a stream queue.
+pub fn topic_of(qref: &QueueRef) -> String {
+    qref.name.to_string()
+}
+
+/// Carries out `op` if it is for a stream queue; otherwise hands it back.
+pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
+    let qref = match &op {
+        QueueOp::Publish { queue, .. }
+        | QueueOp::Consume { queue, .. }
+        | QueueOp::Cancel { queue, .. }
+        | QueueOp::Settle { queue, .. }
+        | QueueOp::Credit { queue, .. }
+        | QueueOp::Limits { queue, .. }
+        | QueueOp::Get { queue, .. }
+        | QueueOp::Stats { queue, .. }
+        | QueueOp::Purge { queue, .. }
+        | QueueOp::Delete { queue, .. } => queue,
+        QueueOp::Barrier { .. } => return Some(op),
+    };
+    let known = shard.amqp.streams.known.borrow().contains(&qref.id);
+    if !known {
+        if shard.amqp.queue(qref.id).is_some() || !is_stream(shard, qref) {
+            return Some(op);
+        }
+        shard.amqp.streams.known.borrow_mut().insert(qref.id);
+    }
+    let streams = &shard.amqp.streams;
+    match op {
+        QueueOp::Publish {
+            queue,
+            msg,
+            confirm,
+        } => publish(shard, queue, msg, confirm),
+        QueueOp::Consume {
+            queue,
+            consumer,
+            reply,
+        } => {
+            let r = Rc::new(Reader {
+                start: consumer.stream_offset.unwrap_or(StartAt::Next),
+                prefetch: Cell::new(consumer.prefetch_count),
+                active: Cell::new(true),
+                cancelled: Cell::new(false),
+                unacked: Cell::new(0),
+                wake: Notify::new(),
+                queue,
+                spec: consumer,
+            });
+            streams.readers.borrow_mut().insert(r.spec.cid, r.clone());
+            streams.known.borrow_mut().insert(r.queue.id);
+            // consume-ok once the start is fixed, so `next` misses nothing published after.
+            let shard = shard.clone();
+            crate::amqp::spawn_later(async move {
+                let Some(offset) = resolve(&shard, &r).await else {
+                    shard.amqp.streams.readers.borrow_mut().remove(&r.spec.cid);
+                    reply.send(Err((
+                        reply::INTERNAL_ERROR,
+                        format!(
+                            "INTERNAL_ERROR - the log of stream '{}' did not answer",
+                            r.queue.name
+                        ),
+                    )));
+                    return;
+                };
+                reply.send(Ok(()));
+                read(shard, r, offset).await;
+            });
+        }
+        QueueOp::Cancel { cid, .. } => {
+            if let Some(r) = streams.readers.borrow_mut().remove(&cid) {
+                r.cancelled.set(true);
+                r.wake.notify();
+            }
+        }
+        QueueOp::Settle { ids, .. } => {
+            let mut delivered = streams.delivered.borrow_mut();
+            let readers = streams.readers.borrow();
+            for id in ids {
+                if let Some(r) = delivered.remove(&id).and_then(|cid| readers.get(&cid)) {
+                    r.unacked.set(r.unacked.get().saturating_sub(1));
+                    r.wake.notify();
+                }
+            }
+        }
+        QueueOp::Credit { .. } => {}
+        QueueOp::Limits {
+            cid,
+            prefetch_count,
+            active,
+            ..
+        } => {
+            if let Some(r) = streams.readers.borrow().get(&cid) {
+                r.prefetch.set(prefetch_count);
+                r.active.set(active);
+                r.wake.notify();
+            }
+        }
+        // basic.get is refused on the connection's shard; nothing to take here.
+        QueueOp::Get { queue, reply, .. } => reply.send(GetAnswer { queue, got: None }),
+        QueueOp::Stats { queue, reply } => {
+            let shard = shard.clone();
+            crate::amqp::spawn_later(async move {
+                let consumers = shard.amqp.streams.consumers(queue.id) as u32;
+                let records = bounds(&shard, &queue).await.map_or(0, |(start, end)| {
+                    (end - start).clamp(0, u32::MAX as i64) as u32
+                });
+                reply.send(Some((records, consumers)));
+            });
+        }
+        // A stream keeps its records: purge removes nothing.
+        QueueOp::Purge { reply, .. } => reply.send(0),
+        QueueOp::Delete {
+            queue,
+            if_unused,
+            if_empty,
+            reply,
+        } => {
+            let shard = shard.clone();
+            crate::amqp::spawn_later(async move {
+                let records = bounds(&shard, &queue).await.map_or(0, |(start, end)| {
+                    (end - start).clamp(0, u32::MAX as i64) as u32
+                });
+                if if_unused && shard.amqp.streams.consumers(queue.id) > 0 {
+                    reply.send(Err((
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - queue '{}' in vhost '{}' in use",
+                            queue.name, queue.vhost
+                        ),
+                    )));
+                    return;
+                }
+                if if_empty && records > 0 {
+                    reply.send(Err((
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - queue '{}' in vhost '{}' is not empty",
+                            queue.name, queue.vhost
+                        ),
+                    )));
+                    return;
+                }
+                // Deleting the topic deletes the queue with it (`CatalogState::apply`).
+                let r = shard
+                    .change_catalog(vec![Change::DeleteTopic(topic_of(&queue))], false)
+                    .await;
+                if let Some(Err(e)) = r.first() {
+                    // e.g. `delete.topic.enable` off: the queue stays, and says why.
+                    reply.send(Err((
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - cannot delete stream '{}' (its Kafka topic): {e}",
+                            queue.name
+                        ),
+                    )));
+                    return;
+                }
+                reply.send(Ok((records, shard.catalog.current())));
+            });
+        }
+        QueueOp::Barrier { .. } => {}
+    }
+    None
+}
+
+/// Called when a newer catalog is installed: readers of streams that are gone are told
+/// their consumer was cancelled, and stop.
+pub fn catalog_installed(shard: &Rc<Shard>) {
+    let gone: Vec<Rc<Reader>> = shard
+        .amqp
+        .streams
+        .readers
+        .borrow()
+        .values()
+        .filter(|r| !is_stream(shard, &r.queue))
+        .cloned()
+        .collect();
+    for r in gone {
+        shard.amqp.streams.readers.borrow_mut().remove(&r.spec.cid);
+        r.cancelled.set(true);
+        r.wake.notify();
+        outbox::push(
+            shard,
+            r.spec.shard,
+            ConnOp::Cancelled {
+                conn: r.spec.conn,
+                channel: r.spec.channel,
+                cid: r.spec.cid,
+            },
+        );
+    }
+    let streams = &shard.amqp.streams;
+    if streams.known.borrow().is_empty() && streams.appenders.borrow().is_empty() {
+        return;
+    }
+    let state = shard.catalog.current();
+    let vhost = state.amqp.get(VHOST);
+    let ids: std::collections::HashSet<u64> = vhost
+        .map(|t| {
+            t.queues
+                .values()
+                .filter(|q| q.is_stream())
+                .map(|q| q.id)
+                .collect()
+        })
+        .unwrap_or_default();
+    streams.known.borrow_mut().retain(|qid| ids.contains(qid));
+    streams
+        .appenders
+        .borrow_mut()
+        .retain(|qid, a| a.running.get() || ids.contains(qid));
+}
+
+/// (log start, high watermark) of the stream's partition.
+async fn bounds(shard: &Rc<Shard>, queue: &QueueRef) -> Option<(i64, i64)> {
+    topic_bounds(shard, &topic_of(queue)).await
+}
+
+/// (log start, high watermark) of partition 0 of `topic`, from its owner shard (the
+/// management API's figures for a stream queue).
+pub async fn topic_bounds(shard: &Rc<Shard>, topic: &str) -> Option<(i64, i64)> {
+    let r = fetch_topic(shard, topic.to_owned(), i64::MAX).await?;
+    Some((r.log_start_offset, r.high_watermark))
+}
+
+/// Per stream queue this shard owns: (qref, consumers, unacked deliveries).
+pub fn figures(shard: &Shard) -> Vec<(QueueRef, u64, u64)> {
+    let streams = &shard.amqp.streams;
+    let mut out: HashMap<u64, (QueueRef, u64, u64)> = HashMap::new();
+    for r in streams.readers.borrow().values() {
+        let e = out
+            .entry(r.queue.id)
+            .or_insert_with(|| (r.queue.clone(), 0, 0));
+        e.1 += 1;
+        e.2 += r.unacked.get() as u64;
+    }
+    out.into_values().collect()
+}
+
+async fn fetch(
+    shard: &Rc<Shard>,
+    queue: &QueueRef,
+    offset: i64,
+) -> Option<crate::kafka::owner::FetchResult> {
+    fetch_topic(shard, topic_of(queue), offset).await
+}
+
+async fn fetch_topic(
+    shard: &Rc<Shard>,
+    topic: String,
+    offset: i64,
+) -> Option<crate::kafka::owner::FetchResult> {
+    let owner = shard.owner_of(&topic, 0);
+    let req = Request::Fetch {
+        parts: vec![FetchPart {
+            topic,
+            partition: 0,
+            offset,
+            max_bytes: FETCH_BYTES,
+        }],
+        read_committed: false,
+    };
+    match shard.kafka(owner, req).await {
+        Reply::Fetch(mut rs) if !rs.is_empty() => Some(rs.remove(0)),
+        _ => None,
+    }
+}
+
+fn publish(shard: &Rc<Shard>, queue: QueueRef, msg: Message, confirm: Option<ConfirmTo>) {
+    let appender = shard
+        .amqp
+        .streams
+        .appenders
+        .borrow_mut()
+        .entry(queue.id)
+        .or_default()
+        .clone();
+    appender.waiting.borrow_mut().push((msg, confirm));
+    if !appender.running.replace(true) {
+        crate::amqp::spawn_later(append(shard.clone(), queue, appender));
+    }
+}
+
+/// Drains one stream's waiting messages, a batch per turn, in publish order: each batch
+/// is appended (the dispatch returns once it is in the log, so the next batch follows it)
+/// and its publishers are confirmed once it is durable.
+async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
+    let topic = topic_of(&queue);
+    loop {
+        let batch = {
+            // At most BATCH_BYTES of messages per batch (one message always), so a burst
+            // stays under the topic's `max.message.bytes`.
+            let mut waiting = appender.waiting.borrow_mut();
+            let mut bytes = 0;
+            let n = waiting
+                .iter()
+                .take_while(|(m, _)| {
+                    let first = bytes == 0;
+                    bytes += m.size().max(1);
+                    first || bytes <= BATCH_BYTES
+                })
+                .count();
+            waiting.drain(..n).collect::<Vec<_>>()
+        };
+        if batch.is_empty() {
+            appender.running.set(false);
+            return;
+        }
+        let now = crate::util::now_ms();
+        let confirms: Vec<ConfirmTo> = batch.iter().filter_map(|(_, c)| *c).collect();
+        let n = batch.len() as u64;
+        let encoded = crate::storage::batch::encode_plain_batch(
+            batch
+                .iter()
+                .map(|(m, _)| record::record_of(m, KeyFrom::default(), now)),
+            Compression::None,
+        );
+        let records = match encoded {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("encoding a batch for stream '{}': {e}", queue.name);
+                for c in confirms {
+                    crate::amqp::owner::confirm_to(&shard, c, false);
+                }
+                continue;
+            }
+        };
+        let bytes = records.len() as u64;
+        let owner = shard.owner_of(&topic, 0);
+        let done = shard
+            .kafka_dispatch(
+                owner,
+                Request::Produce {
+                    acks: -1,
+                    parts: vec![ProducePart {
+                        topic: topic.clone(),
+                        partition: 0,
+                        records: Some(records),
+                    }],
+                },
+            )
+            .await;
+        let shard2 = shard.clone();
+        let name = queue.name.clone();
+        glommio::spawn_local(async move {
+            let ok = match done.await {
+                Reply::Produce(rs) => rs.first().is_some_and(|r| r.error == 0),
+                _ => false,
+            };
+            if ok {
+                crate::metrics::with(|m| {
+                    m.produced(crate::metrics::Protocol::Amqp, &name, n, bytes)
+                });
+            } else {
+                log::warn!("appending to stream '{name}' failed: publishers nacked");
+            }
+            for c in confirms {
+                crate::amqp::owner::confirm_to(&shard2, c, ok);
+            }
+        })
+        .detach();
+    }
+}
+
+/// The first offset `start` names in the log.
+async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
+    let ask = |timestamp: i64| {
+        let topic = topic_of(&r.queue);
+        let owner = shard.owner_of(&topic, 0);
+        shard.kafka(
+            owner,
+            Request::ListOffsets {
+                parts: vec![OffsetQuery {
+                    topic,
+                    partition: 0,
+                    timestamp,
+                    max_num_offsets: None,
+                }],
+                read_committed: false,
+            },
+        )
+    };
+    let answer = |reply: Reply| match reply {
+        Reply::ListOffsets(mut a) if !a.is_empty() => Some(a.remove(0)),
+        _ => None,
+    };
+    let (start, end) = bounds(shard, &r.queue).await?;
+    Some(match r.start {
+        StartAt::First => start,
+        StartAt::Next => end,
+        StartAt::Offset(n) => n.clamp(start, end),
+        StartAt::Last => {
+            if end <= start {
+                end
+            } else {
+                // The fetch answers from the start of the batch holding the last record.
+                let got = fetch(shard, &r.queue, end - 1).await?;
+                crate::storage::batch::BatchHeader::parse(&got.records)
+                    .map(|h| h.base_offset.max(start))
+                    .unwrap_or(end - 1)
+            }
+        }
+        StartAt::Timestamp(ms) => {
+            let a = answer(ask(ms).await)?;
+            if a.error == 0 && a.offset >= 0 {
+                a.offset
+            } else {
+                end
+            }
+        }
+    })
+}
+
+/// One consumer's reading loop (see the module comment).
+async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
+    let topic = topic_of(&r.queue);
+    let owner = shard.owner_of(&topic, 0);
+    while !r.cancelled.get() {
+        let credit = Listener::new();
+        credit.listen(&r.wake);
+        if !r.has_credit() {
+            credit.await;
+            continue;
+        }
+        let Some(got) = fetch(&shard, &r.queue, offset).await else {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if got.error == ResponseError::OffsetOutOfRange.code() {
+            offset = if offset < got.log_start_offset {
+                got.log_start_offset
+            } else {
+                got.high_watermark
+            };
+            continue;
+        }
+        if got.error == ResponseError::UnknownTopicOrPartition.code() {
+            // The topic went away: the catalog hook cancels the consumer.
+            credit.await;
+            continue;
+        }
+        if got.error != 0 {
+            log::warn!(
+                "reading stream '{}': Kafka error {}",
+                r.queue.name,
+                got.error
+            );
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let mut budget = DECODE_BYTES;
+        let (records, next) = match record::records_of(&got.records, offset, &mut budget) {
+            Ok(d) => (d.records, d.next_offset),
+            Err(e @ RecordError::Malformed { next_offset, .. }) => {
+                // Skipped (logged), as a Kafka consumer cannot read it either.
+                log::error!("stream '{}': {e}", r.queue.name);
+                offset = next_offset.max(offset + 1);
+                continue;
+            }
+        };
+        if records.is_empty() {
+            if next > offset {
+                offset = next;
+                continue;
+            }
+            // Caught up: wait for the owner's new-data notification (or credit/cancel).
+            let wait = shard.kafka(
+                owner,
+                Request::WaitForData {
+                    parts: vec![(topic.clone(), 0, offset)],
+                    max_wait: WAIT,
+                    read_committed: false,
+                },
+            );
+            let _ = select(Box::pin(wait), credit).await;
+            continue;
+        }
+        let mut items = Vec::new();
+        for rec in &records {
+            if r.cancelled.get() || !r.has_credit() {
+                break;
+            }
+            let id = shard.amqp.next_id();
+            shard
+                .amqp
+                .streams
+                .delivered
+                .borrow_mut()
+                .insert(id, r.spec.cid);
+            r.unacked.set(r.unacked.get() + 1);
+            let d = record::stream_delivery_of(rec);
+            let msg = Message {
+                exchange: d.exchange,
+                routing_key: d.routing_key,
+                properties: d.properties,
+                body: d.body,
+                persistent: true,
+                priority: 0,
+                expiration: None,
+            };
+            items.push(Delivery {
+                id,
+                msg,
+                redelivered: false,
+            });
+            offset = rec.offset + 1;
+        }
+        if items.len() == records.len() {
+            offset = offset.max(next);
+        }
+        if !items.is_empty() {
+            outbox::push(
+                &shard,
+                r.spec.shard,
+                ConnOp::Deliver {
+                    conn: r.spec.conn,
+                    channel: r.spec.channel,
+                    cid: r.spec.cid,
+                    queue: r.queue.clone(),
+                    items,
+                },
+            );
+        }
+        // Let other tasks (acks, publishers) run between batches.
+        glommio::yield_if_needed().await;
+    }
+}
