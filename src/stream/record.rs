@@ -37,7 +37,8 @@ pub const EXCHANGE_HEADER: &str = "amqp-exchange";
 pub const ROUTING_KEY_HEADER: &str = "amqp-routing-key";
 /// The prefix of the readable copy of each entry of the `headers` property.
 pub const HEADER_PREFIX: &str = "amqp-header-";
-/// The AMQP header holding a Kafka key too long for a routing key (over 255 bytes).
+/// The AMQP header holding a Kafka key no routing key can be (over 255 bytes, or not
+/// UTF-8).
 pub const KAFKA_KEY_HEADER: &str = "x-kafka-key";
 /// The AMQP header every stream delivery carries: the record's offset (a long long int).
 pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
@@ -160,6 +161,7 @@ pub fn record_of(msg: &Message, key_from: KeyFrom, now_ms: i64) -> PlainRecord {
 }
 
 /// The Kafka header names of the basic properties, in property-flag order (bit 15 down).
+/// `headers` is never a header itself: its entries become `amqp-header-NAME` headers.
 pub const PROPERTY_HEADERS: [&str; 14] = [
     "content-type",
     "content-encoding",
