@@ -597,6 +597,33 @@ async fn deleting_the_queue_deletes_the_topic_and_the_reverse() {
             .unwrap_or(false)
     };
     assert!(meta("short-lived"), "declaring made the topic");
+    // if-empty and if-unused refuse as for any queue (406), and keep the stream.
+    confirm_select(&ch).await;
+    let c = publish_outcome(&ch, "", "short-lived", b"m", Default::default()).await;
+    assert!(c.expect("confirm").is_ack());
+    let if_empty = QueueDeleteOptions {
+        if_empty: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused_code(ch.queue_delete("short-lived".into(), if_empty).await).await,
+        406
+    );
+    let cc = channel(&conn).await;
+    let _reader = stream_consumer(&cc, "short-lived", 5, Some(s("first")))
+        .await
+        .expect("consume");
+    let ch = channel(&conn).await;
+    let if_unused = QueueDeleteOptions {
+        if_unused: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused_code(ch.queue_delete("short-lived".into(), if_unused).await).await,
+        406
+    );
+    assert!(meta("short-lived"), "a refused delete keeps the topic");
+    let ch = channel(&conn).await;
     ch.queue_delete("short-lived".into(), QueueDeleteOptions::default())
         .await
         .unwrap();

@@ -130,6 +130,26 @@ fn not_found(q: &QueueRef) -> (u16, String) {
     )
 }
 
+/// queue.delete's refusal as RabbitMQ words it (406), for a queue of any type: `in_use`
+/// when `if-unused` was asked and it has consumers, `not_empty` when `if-empty` was asked
+/// and it holds messages.
+pub fn delete_refused(queue: &QueueRef, in_use: bool, not_empty: bool) -> Option<(u16, String)> {
+    let why = if in_use {
+        "in use"
+    } else if not_empty {
+        "is not empty"
+    } else {
+        return None;
+    };
+    Some((
+        reply::PRECONDITION_FAILED,
+        format!(
+            "PRECONDITION_FAILED - queue '{}' in vhost '{}' {why}",
+            queue.name, queue.vhost
+        ),
+    ))
+}
+
 /// Work for a queue this shard owns.
 fn apply_queue_op(shard: &Rc<Shard>, op: QueueOp) {
     // A stream queue's ops go to its log instead.
@@ -253,24 +273,10 @@ fn apply_queue_op(shard: &Rc<Shard>, op: QueueOp) {
                 let q = q.borrow();
                 (q.ready_len() as u32, q.has_consumers())
             };
-            if if_unused && consumers {
-                reply.send(Err((
-                    reply::PRECONDITION_FAILED,
-                    format!(
-                        "PRECONDITION_FAILED - queue '{}' in vhost '{}' in use",
-                        queue.name, queue.vhost
-                    ),
-                )));
-                return;
-            }
-            if if_empty && count > 0 {
-                reply.send(Err((
-                    reply::PRECONDITION_FAILED,
-                    format!(
-                        "PRECONDITION_FAILED - queue '{}' in vhost '{}' is not empty",
-                        queue.name, queue.vhost
-                    ),
-                )));
+            if let Some(refused) =
+                delete_refused(&queue, if_unused && consumers, if_empty && count > 0)
+            {
+                reply.send(Err(refused));
                 return;
             }
             let shard = shard.clone();

@@ -35,6 +35,7 @@ use super::offset::StartAt;
 use super::record::{self, KeyFrom, RecordError};
 use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, Delivery, GetAnswer, QueueOp};
 use crate::amqp::message::Message;
+use crate::amqp::owner::delete_refused;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply};
 use crate::broker::Shard;
@@ -239,24 +240,9 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 let records = bounds(&shard, &queue).await.map_or(0, |(start, end)| {
                     (end - start).clamp(0, u32::MAX as i64) as u32
                 });
-                if if_unused && shard.amqp.streams.consumers(queue.id) > 0 {
-                    reply.send(Err((
-                        reply::PRECONDITION_FAILED,
-                        format!(
-                            "PRECONDITION_FAILED - queue '{}' in vhost '{}' in use",
-                            queue.name, queue.vhost
-                        ),
-                    )));
-                    return;
-                }
-                if if_empty && records > 0 {
-                    reply.send(Err((
-                        reply::PRECONDITION_FAILED,
-                        format!(
-                            "PRECONDITION_FAILED - queue '{}' in vhost '{}' is not empty",
-                            queue.name, queue.vhost
-                        ),
-                    )));
+                let in_use = if_unused && shard.amqp.streams.consumers(queue.id) > 0;
+                if let Some(refused) = delete_refused(&queue, in_use, if_empty && records > 0) {
+                    reply.send(Err(refused));
                     return;
                 }
                 // Deleting the topic deletes the queue with it (`CatalogState::apply`).
