@@ -869,14 +869,16 @@ pub fn partitions(a: &Assignment) -> usize {
     assignor::count(a)
 }
 
+/// Also the fixtures of `migration`'s tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::catalog::Topic;
 
-    const T: TopicId = [7; 16];
+    pub(crate) const T: TopicId = [7; 16];
 
-    fn catalog(partitions: i32) -> Arc<CatalogState> {
+    /// A catalog with topic `t` of `partitions`.
+    pub(crate) fn catalog(partitions: i32) -> Arc<CatalogState> {
         let mut c = CatalogState::default();
         c.topics.insert(
             "t".into(),
@@ -891,7 +893,7 @@ mod tests {
         Arc::new(c)
     }
 
-    fn settings() -> Settings {
+    pub(crate) fn settings() -> Settings {
         Settings {
             session_timeout: Duration::from_secs(45),
             heartbeat_interval: Duration::from_secs(5),
@@ -901,7 +903,8 @@ mod tests {
         }
     }
 
-    fn join(id: &str) -> Heartbeat {
+    /// A new member subscribing to `t`.
+    pub(crate) fn join(id: &str) -> Heartbeat {
         Heartbeat {
             member_id: id.into(),
             epoch: 0,

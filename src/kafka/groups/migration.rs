@@ -485,35 +485,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::catalog::Topic;
-    use crate::kafka::groups::consumer::{Heartbeat, Settings, LEAVE_EPOCH};
+    use crate::kafka::groups::consumer::{Heartbeat, LEAVE_EPOCH};
     use crate::kafka::groups::group::State;
 
-    const T: [u8; 16] = [7; 16];
+    use crate::kafka::groups::consumer::tests::{join as consumer_join, settings, T};
 
     fn catalog() -> Arc<CatalogState> {
-        let mut c = CatalogState::default();
-        c.topics.insert(
-            "t".into(),
-            Topic {
-                name: "t".into(),
-                id: T,
-                partitions: 4,
-                configs: Default::default(),
-            },
-        );
-        c.version = 1;
-        Arc::new(c)
-    }
-
-    fn settings() -> Settings {
-        Settings {
-            session_timeout: Duration::from_secs(45),
-            heartbeat_interval: Duration::from_secs(5),
-            max_size: 10,
-            upgrade: true,
-            downgrade: true,
-        }
+        crate::kafka::groups::consumer::tests::catalog(4)
     }
 
     fn timeouts() -> Timeouts {
@@ -576,18 +554,6 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: vec![("range".into(), subscription_of(&["t"]))],
             version: 5,
-        }
-    }
-
-    fn consumer_join(id: &str) -> Heartbeat {
-        Heartbeat {
-            member_id: id.into(),
-            epoch: 0,
-            rebalance_timeout_ms: 30_000,
-            subscribed_topic_names: Some(vec!["t".into()]),
-            owned: Some(Assignment::new()),
-            version: 1,
-            ..Heartbeat::default()
         }
     }
 
