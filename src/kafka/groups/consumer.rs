@@ -101,8 +101,8 @@ pub struct ConsumerMember {
 }
 
 impl ConsumerMember {
-    /// A classic member (online migration, `migration.rs`), with no partitions yet.
-    pub(super) fn classic(id: &str, classic: ClassicMember, now: Instant) -> ConsumerMember {
+    /// A member that has just joined: epoch 0, nothing subscribed or assigned yet.
+    fn fresh(id: &str, rebalance_timeout: Duration, now: Instant) -> ConsumerMember {
         ConsumerMember {
             id: id.to_owned(),
             instance_id: None,
@@ -118,12 +118,20 @@ impl ConsumerMember {
             resolved: BTreeSet::new(),
             resolved_at: None,
             server_assignor: None,
-            rebalance_timeout: Duration::ZERO,
+            rebalance_timeout,
             assigned: Assignment::new(),
             pending_revocation: Assignment::new(),
             last_heartbeat: now,
             revoke_deadline: None,
+            classic: None,
+        }
+    }
+
+    /// A classic member (online migration, `migration.rs`), with no partitions yet.
+    pub(super) fn classic(id: &str, classic: ClassicMember, now: Instant) -> ConsumerMember {
+        ConsumerMember {
             classic: Some(classic),
+            ..ConsumerMember::fresh(id, Duration::ZERO, now)
         }
     }
 
@@ -431,27 +439,13 @@ impl ConsumerGroup {
                 "RebalanceTimeoutMs must be provided when joining",
             ));
         }
+        let rebalance_timeout = Duration::from_millis(hb.rebalance_timeout_ms.max(0) as u64);
         let member = ConsumerMember {
-            id: hb.member_id.clone(),
             instance_id: hb.instance_id.clone(),
             rack_id: hb.rack_id.clone(),
             client_id: hb.client_id.clone(),
             client_host: hb.client_host.clone(),
-            epoch: 0,
-            previous_epoch: -1,
-            state: MemberState::Stable,
-            subscribed_names: Vec::new(),
-            subscribed_regex: None,
-            regex: None,
-            resolved: BTreeSet::new(),
-            resolved_at: None,
-            server_assignor: None,
-            rebalance_timeout: Duration::from_millis(hb.rebalance_timeout_ms.max(0) as u64),
-            assigned: Assignment::new(),
-            pending_revocation: Assignment::new(),
-            last_heartbeat: now,
-            revoke_deadline: None,
-            classic: None,
+            ..ConsumerMember::fresh(&hb.member_id, rebalance_timeout, now)
         };
         if let Some(instance) = &hb.instance_id {
             self.statics.insert(instance.clone(), hb.member_id.clone());
