@@ -8,10 +8,8 @@
 
 use std::rc::Rc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::Method;
-use kafka_protocol::messages::ConsumerProtocolAssignment;
-use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 use serde::Serialize;
 
@@ -92,25 +90,14 @@ struct OffsetRow {
     metadata: Option<String>,
 }
 
-/// A consumer-protocol assignment (version prefix, then the v0–v3 body); other protocols'
-/// assignments are opaque and shown as none.
+/// A consumer-protocol assignment's partitions (`groups::migration::decode_assignment`);
+/// other protocols' assignments are opaque and shown as none.
 fn decode_assignment(bytes: &Bytes) -> Vec<Assigned> {
-    let mut b = bytes.clone();
-    if b.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = b.get_i16().clamp(0, 3);
-    match ConsumerProtocolAssignment::decode(&mut b, version) {
-        Ok(a) => a
-            .assigned_partitions
-            .into_iter()
-            .map(|tp| Assigned {
-                topic: tp.topic.to_string(),
-                partitions: tp.partitions,
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    crate::kafka::groups::migration::decode_assignment(bytes)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(topic, partitions)| Assigned { topic, partitions })
+        .collect()
 }
 
 async fn describe(shard: &Rc<Shard>, caller: &Caller, group: &str) -> ApiResult {
