@@ -432,7 +432,7 @@ async fn quorum_queues_keep_rabbitmq_rules() {
         assert_eq!(reply_code(&e), Some(406), "{what}: {e}");
         assert!(e.to_string().contains(what), "{what}: {e}");
     }
-    // An unknown queue type is 406 (streams are tests/stream_queues.rs').
+    // An unknown queue type is 406 (streams are tests/streams/queues.rs').
     let ch = channel(&conn).await;
     let r = ch
         .queue_declare(

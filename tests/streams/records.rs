@@ -6,19 +6,17 @@
 //! the documented header names and through the mapping with byte-identical properties.
 //! Needs no stream queue: it checks the decoding of what real producers send.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::common::kafka::{
+    assigned, client, create_topic, delivered, enqueue, read_frame, request_frame,
+};
+use crate::common::{data_dir, Broker};
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Buf, Bytes};
-use common::kafka::{
-    assigned, client, create_topic, delivered, enqueue, read_frame, request_frame,
-};
-use common::{data_dir, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -156,7 +154,7 @@ fn kafka_workload(broker: &Broker) -> Vec<Expected> {
     tp.begin_transaction().expect("begin");
     for i in 0..2 {
         let v = format!("txn {i}");
-        common::kafka::send_base(
+        crate::common::kafka::send_base(
             &tp,
             BaseRecord::<str, str>::to("mapped")
                 .partition(0)
@@ -174,7 +172,7 @@ fn kafka_producers_batches_map_to_amqp_deliveries() {
     let (_dir, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     let expected = kafka_workload(&broker);
-    let (_, end) = common::kafka::watermarks(&broker, "mapped", 0);
+    let (_, end) = crate::common::kafka::watermarks(&broker, "mapped", 0);
     assert_eq!(end, 28, "25 records, 2 in a transaction and its marker");
 
     let mut s = connect(&broker);
@@ -338,7 +336,7 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
 /// the batches of `kafka_workload` and of an AMQP-mapped message with every property, as
 /// Fetch answers hold them, each behind the one-byte read offset the target takes first.
 /// Ignored in the normal run (it rewrites files in the repository); run by hand:
-/// `cargo test --test stream_records -- --ignored capture_seeds`.
+/// `cargo test --test streams -- --ignored capture_seeds`.
 #[test]
 #[ignore = "rewrites fuzz/corpus/stream_records/ in the repository; run by hand"]
 fn capture_seeds() {

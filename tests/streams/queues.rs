@@ -3,13 +3,11 @@
 //! start at every `x-stream-offset` form, acks only return credit, confirmed messages
 //! survive kill -9, and the refusals are RabbitMQ's.
 
-mod common;
-
 use std::time::Duration;
 
-use common::amqp::*;
-use common::kafka::{self, admin, assigned, create_topic, poll_n};
-use common::{data_dir, Broker};
+use crate::common::amqp::*;
+use crate::common::kafka::{self, admin, assigned, create_topic, poll_n};
+use crate::common::{data_dir, Broker};
 use futures::executor::block_on;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
