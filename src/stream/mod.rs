@@ -3,14 +3,20 @@
 //!
 //! - `record`: the lossless mapping between an AMQP message and a Kafka record (pure
 //!   functions, run on whichever shard publishes or delivers).
+//! - `acl`: Kafka's topic ACLs applied to AMQP readers and writers of a stream
+//!   (connection's shard).
 //! - `args`: a stream's declare arguments and the topic configs they become (pure).
+//! - `committed`: read-committed for AMQP readers: the batches of aborted transactions
+//!   dropped from a fetch (pure).
 //! - `declare`: declaring a stream (its topic made or found) and finding a Kafka topic as
 //!   a stream queue (connection's shard).
 //! - `offset`: the `x-stream-offset` consumer argument (pure).
 //! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
 //!   delivering to consumers.
 
+pub mod acl;
 pub mod args;
+pub mod committed;
 pub mod declare;
 pub mod offset;
 pub mod queue;

@@ -3,7 +3,8 @@
 //! (partition 0) instead of an AMQP ready list.
 //!
 //! - Publish: messages wait in the stream's `Appender` and leave as one record batch per
-//!   turn (`record::record_of`, `storage::batch::encode_plain_batch`), appended on the
+//!   turn (their bytes count in the shard's memory pressure until they are in the log, so
+//!   a flood is held back as for classic queues: `amqp::owner::relieve`) (`record::record_of`, `storage::batch::encode_plain_batch`), appended on the
 //!   partition's owner shard with acks=all; each publisher is confirmed once the batch is
 //!   durable (fdatasync), nacked when the disk refuses it (below `storage.min_free_bytes`
 //!   the produce is refused at once: never a hang).
@@ -64,9 +65,24 @@ pub struct Streams {
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
     /// Ids of the stream queues this shard has seen ops for.
     known: RefCell<std::collections::HashSet<u64>>,
+    /// Bytes of published messages not yet in a log (waiting in an appender or being
+    /// appended): counted in the shard's memory pressure (`amqp::owner::under_pressure`).
+    waiting_bytes: Cell<usize>,
+    /// Notified each time an appender's batch is in the log (its bytes freed).
+    pub appended: Notify,
 }
 
 impl Streams {
+    /// Bytes of published messages not yet in a stream's log.
+    pub fn waiting_bytes(&self) -> usize {
+        self.waiting_bytes.get()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.waiting_bytes
+            .set(self.waiting_bytes.get().saturating_sub(bytes));
+        self.appended.notify();
+    }
     /// Consumers of queue `qid` on this shard.
     pub fn consumers(&self, qid: u64) -> usize {
         self.readers
@@ -101,6 +117,8 @@ impl Reader {
 struct Appender {
     waiting: RefCell<Vec<(Message, Option<ConfirmTo>)>>,
     running: Cell<bool>,
+    /// What becomes the record key (the queue's `x-stream-key`).
+    key_from: Cell<KeyFrom>,
 }
 
 /// The one vhost stream queues live in: a stream queue is the Kafka topic of its name,
@@ -342,6 +360,8 @@ pub fn figures(shard: &Shard) -> Vec<(QueueRef, u64, u64)> {
     out.into_values().collect()
 }
 
+/// A read-committed fetch (READ_COMMITTED isolation: only below the last stable offset,
+/// with the aborted transactions it overlaps) of the stream's partition at `offset`.
 async fn fetch(
     shard: &Rc<Shard>,
     queue: &QueueRef,
@@ -363,7 +383,7 @@ async fn fetch_topic(
             offset,
             max_bytes: FETCH_BYTES,
         }],
-        read_committed: false,
+        read_committed: true,
     };
     match shard.kafka(owner, req).await {
         Reply::Fetch(mut rs) if !rs.is_empty() => Some(rs.remove(0)),
@@ -378,12 +398,35 @@ fn publish(shard: &Rc<Shard>, queue: QueueRef, msg: Message, confirm: Option<Con
         .appenders
         .borrow_mut()
         .entry(queue.id)
-        .or_default()
+        .or_insert_with(|| {
+            let a = Appender::default();
+            a.key_from.set(key_from(shard, &queue));
+            Rc::new(a)
+        })
         .clone();
+    let streams = &shard.amqp.streams;
+    streams
+        .waiting_bytes
+        .set(streams.waiting_bytes.get() + msg.size());
     appender.waiting.borrow_mut().push((msg, confirm));
     if !appender.running.replace(true) {
         crate::amqp::spawn_later(append(shard.clone(), queue, appender));
     }
+}
+
+/// The queue's `x-stream-key` (the default for a topic found as a stream, or when the
+/// catalog no longer has the queue).
+fn key_from(shard: &Shard, queue: &QueueRef) -> KeyFrom {
+    let state = shard.catalog.current();
+    state
+        .amqp
+        .get(&*queue.vhost)
+        .and_then(|t| t.queues.get(&*queue.name))
+        .filter(|d| d.id == queue.id)
+        .and_then(|d| {
+            super::args::key_from(&crate::catalog::amqp::tables::decode_table(&d.arguments)).ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Drains one stream's waiting messages, a batch per turn, in publish order: each batch
@@ -411,19 +454,21 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             appender.running.set(false);
             return;
         }
+        let waiting: usize = batch.iter().map(|(m, _)| m.size()).sum();
         let now = crate::util::now_ms();
         let confirms: Vec<ConfirmTo> = batch.iter().filter_map(|(_, c)| *c).collect();
         let n = batch.len() as u64;
         let encoded = crate::storage::batch::encode_plain_batch(
             batch
                 .iter()
-                .map(|(m, _)| record::record_of(m, KeyFrom::default(), now)),
+                .map(|(m, _)| record::record_of(m, appender.key_from.get(), now)),
             Compression::None,
         );
         let records = match encoded {
             Ok(b) => b,
             Err(e) => {
                 log::error!("encoding a batch for stream '{}': {e}", queue.name);
+                shard.amqp.streams.release(waiting);
                 for c in confirms {
                     crate::amqp::owner::confirm_to(&shard, c, false);
                 }
@@ -445,6 +490,8 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
                 },
             )
             .await;
+        // In the log (or refused): the batch's bytes no longer wait in memory.
+        shard.amqp.streams.release(waiting);
         let shard2 = shard.clone();
         let name = queue.name.clone();
         glommio::spawn_local(async move {
@@ -489,10 +536,13 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
         Reply::ListOffsets(mut a) if !a.is_empty() => Some(a.remove(0)),
         _ => None,
     };
-    let (start, end) = bounds(shard, &r.queue).await?;
+    let ends = fetch(shard, &r.queue, i64::MAX).await?;
+    let (start, end) = (ends.log_start_offset, ends.high_watermark);
     Some(match r.start {
         StartAt::First => start,
-        StartAt::Next => end,
+        // As a read_committed Kafka consumer's "latest": the last stable offset, so the
+        // records of a transaction open now arrive once it commits.
+        StartAt::Next => ends.last_stable_offset.clamp(start, end),
         StartAt::Offset(n) => n.clamp(start, end),
         StartAt::Last => {
             if end <= start {
@@ -553,8 +603,11 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         }
+        // Read committed: the records of aborted transactions are dropped here, those of
+        // open ones were not fetched (the fetch stops at the last stable offset).
+        let fetched = super::committed::committed(got.records, &got.aborted);
         let mut budget = DECODE_BYTES;
-        let (records, next) = match record::records_of(&got.records, offset, &mut budget) {
+        let (records, next) = match record::records_of(&fetched.batches, offset, &mut budget) {
             Ok(d) => (d.records, d.next_offset),
             Err(e @ RecordError::Malformed { next_offset, .. }) => {
                 // Skipped (logged), as a Kafka consumer cannot read it either.
@@ -564,6 +617,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             }
         };
         if records.is_empty() {
+            let next = next.max(fetched.skipped_to);
             if next > offset {
                 offset = next;
                 continue;
@@ -574,7 +628,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
                 Request::WaitForData {
                     parts: vec![(topic.clone(), 0, offset)],
                     max_wait: WAIT,
-                    read_committed: false,
+                    read_committed: true,
                 },
             );
             let _ = select(Box::pin(wait), credit).await;

@@ -59,6 +59,14 @@ pub async fn consume(
             if prefetch == (0, 0) {
                 return Err(refuse("consumer prefetch count is not set"));
             }
+            // The queue is a Kafka topic: its READ ACL holds for AMQP readers too.
+            crate::stream::acl::check(
+                &conn.shard,
+                conn.user(),
+                conn.peer.ip(),
+                crate::security::acl::Operation::Read,
+                &crate::stream::queue::topic_of(q),
+            )?;
             let at = crate::stream::offset::parse(
                 c.arguments.inner().get("x-stream-offset"),
                 crate::util::now_ms(),

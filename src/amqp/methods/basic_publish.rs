@@ -161,7 +161,8 @@ async fn finish(
     let msg = direct_reply::rewrite(conn, ch, msg)?;
     if ch.borrow().tx.is_some() {
         // Routing happens at commit; the exchange must exist now.
-        route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
+        let targets = route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
+        crate::stream::acl::check_targets(&conn.shard, conn.user(), conn.peer.ip(), &targets)?;
         if let Some(tx) = ch.borrow_mut().tx.as_mut() {
             tx.publishes.push(TxPublish {
                 exchange: p.exchange,
@@ -202,6 +203,8 @@ pub async fn deliver(
         return Ok(send(conn, ch, Vec::new(), msg, false, true, received));
     }
     let targets = route(&conn.actor(), exchange, routing_key, &msg).await?;
+    // Stream queues are Kafka topics: their WRITE ACL holds for AMQP publishers too.
+    crate::stream::acl::check_targets(&conn.shard, conn.user(), conn.peer.ip(), &targets)?;
     Ok(send(
         conn,
         ch,
