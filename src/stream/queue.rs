@@ -3,14 +3,17 @@
 //! (partition 0) instead of an AMQP ready list.
 //!
 //! - Publish: messages wait in the stream's `Appender` and leave as one record batch per
-//!   turn (their bytes count in the shard's memory pressure until they are in the log, so
-//!   a flood is held back as for classic queues: `amqp::owner::relieve`) (`record::record_of`, `storage::batch::encode_plain_batch`), appended on the
-//!   partition's owner shard with acks=all; each publisher is confirmed once the batch is
-//!   durable (fdatasync), nacked when the disk refuses it (below `storage.min_free_bytes`
-//!   the produce is refused at once: never a hang).
+//!   turn (`record::record_of`, `storage::batch::encode_plain_batch`, the key as the
+//!   queue's `x-stream-key` says), appended on the partition's owner shard with
+//!   acks=all; each publisher is confirmed once the batch is durable (fdatasync), nacked
+//!   when the disk refuses it (below `storage.min_free_bytes` the produce is refused at
+//!   once: never a hang). Their bytes count in the shard's memory pressure until durable,
+//!   so a flood is held back as for classic queues (`amqp::owner::relieve`).
 //! - Consume: each consumer gets a `Reader` task that resolves its `x-stream-offset`,
-//!   fetches from the partition's owner (`Shard::kafka`, the Fetch path), decodes the
-//!   batches (`record::records_of`, any compression, control batches skipped) and hands
+//!   fetches from the partition's owner (`Shard::kafka`, the Fetch path) read-committed
+//!   (below the last stable offset; the batches of aborted transactions dropped by
+//!   `committed`), decodes the batches (`record::records_of`, any compression, control
+//!   batches skipped) and hands
 //!   deliveries to the consumer's connection shard as a queue does (`ConnOp::Deliver`),
 //!   never more unacked than the consumer's prefetch. Each delivery carries the
 //!   `x-stream-offset` header. When caught up it waits on the owner's wait-for-data
@@ -65,15 +68,15 @@ pub struct Streams {
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
     /// Ids of the stream queues this shard has seen ops for.
     known: RefCell<std::collections::HashSet<u64>>,
-    /// Bytes of published messages not yet in a log (waiting in an appender or being
-    /// appended): counted in the shard's memory pressure (`amqp::owner::under_pressure`).
+    /// Bytes of published messages not yet durable in a log (waiting in an appender, or
+    /// appended and waiting for their write and fdatasync): counted in the shard's memory pressure (`amqp::owner::under_pressure`).
     waiting_bytes: Cell<usize>,
-    /// Notified each time an appender's batch is in the log (its bytes freed).
+    /// Notified each time an appender's batch is durable or refused (its bytes freed).
     pub appended: Notify,
 }
 
 impl Streams {
-    /// Bytes of published messages not yet in a stream's log.
+    /// Bytes of published messages not yet durable in a stream's log.
     pub fn waiting_bytes(&self) -> usize {
         self.waiting_bytes.get()
     }
@@ -490,8 +493,6 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
                 },
             )
             .await;
-        // In the log (or refused): the batch's bytes no longer wait in memory.
-        shard.amqp.streams.release(waiting);
         let shard2 = shard.clone();
         let name = queue.name.clone();
         glommio::spawn_local(async move {
@@ -499,6 +500,9 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
                 Reply::Produce(rs) => rs.first().is_some_and(|r| r.error == 0),
                 _ => false,
             };
+            // Durable (or refused): the batch's bytes, held until its write is done, no
+            // longer count.
+            shard2.amqp.streams.release(waiting);
             if ok {
                 crate::metrics::with(|m| {
                     m.produced(crate::metrics::Protocol::Amqp, &name, n, bytes)
