@@ -182,7 +182,7 @@ async fn kafka_topic_acls_hold_for_amqp_readers_and_writers() {
 
     // Reading `secret` is refused: 403, as the topic's READ ACL says.
     let rch = channel(&conn).await;
-    let e = from_first(&rch, "secret").await.err().expect("refused");
+    let e = from_first(&rch, "secret").await.expect_err("refused");
     assert_eq!(reply_code(&e), Some(403), "{e:?}");
 
     // Writing it too: the publish closes the channel with 403 and nothing is written.
@@ -206,8 +206,7 @@ async fn kafka_topic_acls_hold_for_amqp_readers_and_writers() {
         Ok(_) => wch
             .basic_qos(1, BasicQosOptions::default())
             .await
-            .err()
-            .expect("channel closed"),
+            .expect_err("channel closed"),
     };
     assert_eq!(reply_code(&e), Some(403), "{e:?}");
     assert_eq!(
@@ -225,8 +224,7 @@ async fn x_stream_key_none_leaves_the_record_key_null() {
     let ch = channel(&conn).await;
     let e = try_declare_stream(&ch, "bad-key", &[("x-stream-key", s("body"))])
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(reply_code(&e), Some(406), "{e:?}");
     let ch = channel(&conn).await;
     declare_stream(&ch, "keyless", &[("x-stream-key", s("none"))]).await;
