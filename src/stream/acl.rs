@@ -76,7 +76,7 @@ pub fn check_targets(
                 user,
                 peer,
                 Operation::Write,
-                &super::queue::topic_of(q),
+                &super::queue::topic_of(shard, q).0,
             )?;
         }
     }

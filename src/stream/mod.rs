@@ -13,6 +13,8 @@
 //! - `offset`: the `x-stream-offset` consumer argument (pure).
 //! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
 //!   delivering to consumers.
+//! - `superstream`: a topic of N partitions as a super stream (exchange, partition
+//!   queues, murmur2 routing).
 
 pub mod acl;
 pub mod args;
@@ -21,3 +23,4 @@ pub mod declare;
 pub mod offset;
 pub mod queue;
 pub mod record;
+pub mod superstream;

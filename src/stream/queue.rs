@@ -1,6 +1,7 @@
 //! A stream queue on its AMQP owner shard: the queue ops (`amqp::mesh::QueueOp`) for a
 //! queue declared `x-queue-type: stream`, carried out on the Kafka topic of the same name
-//! (partition 0) instead of an AMQP ready list.
+//! (partition 0; partition `k` of topic `NAME` for a super stream's partition queue
+//! `NAME-k`, `superstream::locate`) instead of an AMQP ready list.
 //!
 //! - Publish: messages wait in the stream's `Appender` and leave as one record batch per
 //!   turn (`record::record_of`, `storage::batch::encode_plain_batch`, the key as the
@@ -99,6 +100,8 @@ impl Streams {
 /// One stream consumer.
 struct Reader {
     queue: QueueRef,
+    /// The Kafka topic and partition it reads.
+    part: (String, i32),
     spec: ConsumerSpec,
     start: StartAt,
     unacked: Cell<u32>,
@@ -138,9 +141,11 @@ pub fn is_stream(shard: &Shard, qref: &QueueRef) -> bool {
         .is_some_and(|d| d.id == qref.id && d.is_stream())
 }
 
-/// The Kafka topic of a stream queue.
-pub fn topic_of(qref: &QueueRef) -> String {
-    qref.name.to_string()
+/// The Kafka topic and partition of a stream queue: partition 0 of the topic of its
+/// name, or partition `k` of the super stream a partition queue belongs to
+/// (`superstream::locate`).
+pub fn topic_of(shard: &Shard, qref: &QueueRef) -> (String, i32) {
+    super::superstream::locate(&shard.catalog.current(), &qref.vhost, &qref.name)
 }
 
 /// Carries out `op` if it is for a stream queue; otherwise hands it back.
@@ -178,6 +183,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             reply,
         } => {
             let r = Rc::new(Reader {
+                part: topic_of(shard, &queue),
                 start: consumer.stream_offset.unwrap_or(StartAt::Next),
                 prefetch: Cell::new(consumer.prefetch_count),
                 active: Cell::new(true),
@@ -266,9 +272,21 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                     reply.send(Err(refused));
                     return;
                 }
+                let (topic, partition) = topic_of(&shard, &queue);
+                if topic != *queue.name {
+                    // One partition of a super stream: Kafka cannot delete a partition.
+                    reply.send(Err((
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - queue '{}' is partition {partition} of super stream '{topic}': delete the super stream (exchange.delete '{topic}', or the Kafka topic)",
+                            queue.name
+                        ),
+                    )));
+                    return;
+                }
                 // Deleting the topic deletes the queue with it (`CatalogState::apply`).
                 let r = shard
-                    .change_catalog(vec![Change::DeleteTopic(topic_of(&queue))], false)
+                    .change_catalog(vec![Change::DeleteTopic(topic)], false)
                     .await;
                 if let Some(Err(e)) = r.first() {
                     // e.g. `delete.topic.enable` off: the queue stays, and says why.
@@ -339,13 +357,23 @@ pub fn catalog_installed(shard: &Rc<Shard>) {
 
 /// (log start, high watermark) of the stream's partition.
 async fn bounds(shard: &Rc<Shard>, queue: &QueueRef) -> Option<(i64, i64)> {
-    topic_bounds(shard, &topic_of(queue)).await
+    let (topic, partition) = topic_of(shard, queue);
+    partition_bounds(shard, &topic, partition).await
 }
 
 /// (log start, high watermark) of partition 0 of `topic`, from its owner shard (the
 /// management API's figures for a stream queue).
 pub async fn topic_bounds(shard: &Rc<Shard>, topic: &str) -> Option<(i64, i64)> {
-    let r = fetch_topic(shard, topic.to_owned(), i64::MAX).await?;
+    partition_bounds(shard, topic, 0).await
+}
+
+/// (log start, high watermark) of one partition, from its owner shard.
+pub async fn partition_bounds(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let r = fetch_topic(shard, topic.to_owned(), partition, i64::MAX).await?;
     Some((r.log_start_offset, r.high_watermark))
 }
 
@@ -367,22 +395,23 @@ pub fn figures(shard: &Shard) -> Vec<(QueueRef, u64, u64)> {
 /// with the aborted transactions it overlaps) of the stream's partition at `offset`.
 async fn fetch(
     shard: &Rc<Shard>,
-    queue: &QueueRef,
+    r: &Reader,
     offset: i64,
 ) -> Option<crate::kafka::owner::FetchResult> {
-    fetch_topic(shard, topic_of(queue), offset).await
+    fetch_topic(shard, r.part.0.clone(), r.part.1, offset).await
 }
 
 async fn fetch_topic(
     shard: &Rc<Shard>,
     topic: String,
+    partition: i32,
     offset: i64,
 ) -> Option<crate::kafka::owner::FetchResult> {
-    let owner = shard.owner_of(&topic, 0);
+    let owner = shard.owner_of(&topic, partition);
     let req = Request::Fetch {
         parts: vec![FetchPart {
             topic,
-            partition: 0,
+            partition,
             offset,
             max_bytes: FETCH_BYTES,
         }],
@@ -436,7 +465,7 @@ fn key_from(shard: &Shard, queue: &QueueRef) -> KeyFrom {
 /// is appended (the dispatch returns once it is in the log, so the next batch follows it)
 /// and its publishers are confirmed once it is durable.
 async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
-    let topic = topic_of(&queue);
+    let (topic, partition) = topic_of(&shard, &queue);
     loop {
         let batch = {
             // At most BATCH_BYTES of messages per batch (one message always), so a burst
@@ -479,7 +508,7 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             }
         };
         let bytes = records.len() as u64;
-        let owner = shard.owner_of(&topic, 0);
+        let owner = shard.owner_of(&topic, partition);
         let done = shard
             .kafka_dispatch(
                 owner,
@@ -487,7 +516,7 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
                     acks: -1,
                     parts: vec![ProducePart {
                         topic: topic.clone(),
-                        partition: 0,
+                        partition,
                         records: Some(records),
                     }],
                 },
@@ -521,14 +550,14 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
 /// The first offset `start` names in the log.
 async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
     let ask = |timestamp: i64| {
-        let topic = topic_of(&r.queue);
-        let owner = shard.owner_of(&topic, 0);
+        let (topic, partition) = r.part.clone();
+        let owner = shard.owner_of(&topic, partition);
         shard.kafka(
             owner,
             Request::ListOffsets {
                 parts: vec![OffsetQuery {
                     topic,
-                    partition: 0,
+                    partition,
                     timestamp,
                     max_num_offsets: None,
                 }],
@@ -540,7 +569,7 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
         Reply::ListOffsets(mut a) if !a.is_empty() => Some(a.remove(0)),
         _ => None,
     };
-    let ends = fetch(shard, &r.queue, i64::MAX).await?;
+    let ends = fetch(shard, r, i64::MAX).await?;
     let (start, end) = (ends.log_start_offset, ends.high_watermark);
     Some(match r.start {
         StartAt::First => start,
@@ -553,7 +582,7 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
                 end
             } else {
                 // The fetch answers from the start of the batch holding the last record.
-                let got = fetch(shard, &r.queue, end - 1).await?;
+                let got = fetch(shard, r, end - 1).await?;
                 crate::storage::batch::BatchHeader::parse(&got.records)
                     .map(|h| h.base_offset.max(start))
                     .unwrap_or(end - 1)
@@ -572,8 +601,8 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
 
 /// One consumer's reading loop (see the module comment).
 async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
-    let topic = topic_of(&r.queue);
-    let owner = shard.owner_of(&topic, 0);
+    let (topic, partition) = r.part.clone();
+    let owner = shard.owner_of(&topic, partition);
     while !r.cancelled.get() {
         let credit = Listener::new();
         credit.listen(&r.wake);
@@ -581,7 +610,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             credit.await;
             continue;
         }
-        let Some(got) = fetch(&shard, &r.queue, offset).await else {
+        let Some(got) = fetch(&shard, &r, offset).await else {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -630,7 +659,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             let wait = shard.kafka(
                 owner,
                 Request::WaitForData {
-                    parts: vec![(topic.clone(), 0, offset)],
+                    parts: vec![(topic.clone(), partition, offset)],
                     max_wait: WAIT,
                     read_committed: true,
                 },

@@ -65,7 +65,7 @@ pub async fn consume(
                 conn.user(),
                 conn.peer.ip(),
                 crate::security::acl::Operation::Read,
-                &crate::stream::queue::topic_of(q),
+                &crate::stream::queue::topic_of(&conn.shard, q).0,
             )?;
             let at = crate::stream::offset::parse(
                 c.arguments.inner().get("x-stream-offset"),
