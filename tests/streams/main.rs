@@ -2,10 +2,12 @@
 //! declared `x-queue-type: stream` is the Kafka topic of its name, read and written over
 //! both protocols with real clients (lapin, rdkafka). Each module is one aspect:
 //! - `queues`: declare, publish, consume from every `x-stream-offset`, refusals, kill -9;
-//! - `records`: the AMQP ⇄ Kafka record mapping on batches real producers wrote.
+//! - `records`: the AMQP ⇄ Kafka record mapping on batches real producers wrote;
+//! - `groups`: `x-consumer-group` offsets the server keeps, lag, single active consumer.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod groups;
 mod queues;
 mod records;
