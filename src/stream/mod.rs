@@ -11,6 +11,8 @@
 //! - `declare`: declaring a stream (its topic made or found) and finding a Kafka topic as
 //!   a stream queue (connection's shard).
 //! - `offset`: the `x-stream-offset` consumer argument (pure).
+//! - `group`: `x-consumer-group` (acks commit a Kafka group's offset, resume from it) and
+//!   single active consumer on streams (the stream's AMQP owner shard).
 //! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
 //!   delivering to consumers.
 //! - `superstream`: a topic of N partitions as a super stream (exchange, partition
@@ -20,6 +22,7 @@ pub mod acl;
 pub mod args;
 pub mod committed;
 pub mod declare;
+pub mod group;
 pub mod offset;
 pub mod queue;
 pub mod record;

@@ -36,6 +36,7 @@ use futures::future::select;
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
 
+use super::group::{self, Seat};
 use super::offset::StartAt;
 use super::record::{self, KeyFrom, RecordError};
 use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, Delivery, GetAnswer, QueueOp};
@@ -64,16 +65,19 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Streams {
     readers: RefCell<HashMap<u64, Rc<Reader>>>,
-    /// Delivery id → consumer id, until settled.
-    delivered: RefCell<HashMap<u64, u64>>,
+    /// Delivery id → (consumer id, record offset), until settled.
+    delivered: RefCell<HashMap<u64, (u64, i64)>>,
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
     /// Ids of the stream queues this shard has seen ops for.
     known: RefCell<std::collections::HashSet<u64>>,
     /// Bytes of published messages not yet durable in a log (waiting in an appender, or
-    /// appended and waiting for their write and fdatasync): counted in the shard's memory pressure (`amqp::owner::under_pressure`).
+    /// appended and waiting for their write and fdatasync): counted in the shard's
+    /// memory pressure (`amqp::owner::under_pressure`).
     waiting_bytes: Cell<usize>,
     /// Notified each time an appender's batch is durable or refused (its bytes freed).
     pub appended: Notify,
+    /// `x-consumer-group` cursors and single-active-consumer lines.
+    pub(super) groups: group::Groups,
 }
 
 impl Streams {
@@ -109,6 +113,8 @@ struct Reader {
     active: Cell<bool>,
     cancelled: Cell<bool>,
     wake: Notify,
+    /// Its acked prefix and its turn (`stream::group`).
+    seat: Rc<Seat>,
 }
 
 impl Reader {
@@ -190,16 +196,61 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 cancelled: Cell::new(false),
                 unacked: Cell::new(0),
                 wake: Notify::new(),
+                seat: Rc::new(Seat::default()),
                 queue,
                 spec: consumer,
             });
             streams.readers.borrow_mut().insert(r.spec.cid, r.clone());
             streams.known.borrow_mut().insert(r.queue.id);
-            // consume-ok once the start is fixed, so `next` misses nothing published after.
+            if single_active(shard, &r.queue) {
+                group::enlist(
+                    shard,
+                    r.queue.id,
+                    r.spec.stream_group.as_ref(),
+                    r.spec.cid,
+                    &r.seat,
+                );
+            }
+            // consume-ok once the start is fixed, so `next` misses nothing published after
+            // (a waiting single active consumer: at once, its start is fixed on its turn).
             let shard = shard.clone();
             crate::amqp::spawn_later(async move {
-                let Some(offset) = resolve(&shard, &r).await else {
-                    shard.amqp.streams.readers.borrow_mut().remove(&r.spec.cid);
+                let mut committed = None;
+                if let Some(g) = &r.spec.stream_group {
+                    match group::attach(&shard, r.queue.id, &topic_of(&r.queue), &g.group).await {
+                        Ok(c) => committed = c.filter(|_| g.resume),
+                        Err(refusal) => {
+                            drop_reader(&shard, &r, false);
+                            reply.send(Err(refusal));
+                            return;
+                        }
+                    }
+                }
+                if r.seat.standby.get() {
+                    reply.send(Ok(()));
+                    while r.seat.standby.get() && !r.cancelled.get() {
+                        let turn = Listener::new();
+                        turn.listen(&r.seat.turn);
+                        turn.listen(&r.wake);
+                        if r.seat.standby.get() && !r.cancelled.get() {
+                            turn.await;
+                        }
+                    }
+                    if r.cancelled.get() {
+                        return;
+                    }
+                    let at = r.seat.takeover.get().or(committed);
+                    if let Some(offset) = resolve(&shard, &r, at).await {
+                        read(shard, r, offset).await;
+                    } else {
+                        log::warn!("stream '{}': the log did not answer", r.queue.name);
+                        drop_reader(&shard, &r, true);
+                    }
+                    return;
+                }
+                let at = r.seat.takeover.get().or(committed);
+                let Some(offset) = resolve(&shard, &r, at).await else {
+                    drop_reader(&shard, &r, false);
                     reply.send(Err((
                         reply::INTERNAL_ERROR,
                         format!(
@@ -214,19 +265,43 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             });
         }
         QueueOp::Cancel { cid, .. } => {
-            if let Some(r) = streams.readers.borrow_mut().remove(&cid) {
-                r.cancelled.set(true);
-                r.wake.notify();
+            let r = streams.readers.borrow().get(&cid).cloned();
+            if let Some(r) = r {
+                drop_reader(shard, &r, true);
             }
         }
-        QueueOp::Settle { ids, .. } => {
-            let mut delivered = streams.delivered.borrow_mut();
-            let readers = streams.readers.borrow();
-            for id in ids {
-                if let Some(r) = delivered.remove(&id).and_then(|cid| readers.get(&cid)) {
-                    r.unacked.set(r.unacked.get().saturating_sub(1));
-                    r.wake.notify();
+        QueueOp::Settle { ids, how, .. } => {
+            // A delivery that never reached the client (`Return`) stays unsettled: the
+            // group's offset stops before it.
+            let reached = how != crate::amqp::mesh::Settle::Return;
+            let mut moved: Vec<Rc<Reader>> = Vec::new();
+            {
+                let mut delivered = streams.delivered.borrow_mut();
+                let readers = streams.readers.borrow();
+                for id in ids {
+                    let Some((cid, offset)) = delivered.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(r) = readers.get(&cid) {
+                        r.unacked.set(r.unacked.get().saturating_sub(1));
+                        r.wake.notify();
+                        if reached {
+                            r.seat.ledger.borrow_mut().settled(offset);
+                            if r.spec.stream_group.is_some()
+                                && !moved.iter().any(|m| m.spec.cid == cid)
+                            {
+                                moved.push(r.clone());
+                            }
+                        }
+                    }
                 }
+            }
+            for r in moved {
+                let (Some(g), Some(at)) = (&r.spec.stream_group, r.seat.ledger.borrow().prefix())
+                else {
+                    continue;
+                };
+                group::want(shard, r.queue.id, &topic_of(&r.queue), &g.group, at, false);
             }
         }
         QueueOp::Credit { .. } => {}
@@ -320,9 +395,8 @@ pub fn catalog_installed(shard: &Rc<Shard>) {
         .cloned()
         .collect();
     for r in gone {
-        shard.amqp.streams.readers.borrow_mut().remove(&r.spec.cid);
-        r.cancelled.set(true);
-        r.wake.notify();
+        // The topic is gone: nothing to commit.
+        drop_reader(shard, &r, false);
         outbox::push(
             shard,
             r.spec.shard,
@@ -355,6 +429,69 @@ pub fn catalog_installed(shard: &Rc<Shard>) {
         .retain(|qid, a| a.running.get() || ids.contains(qid));
 }
 
+/// Whether stream `qref` was declared `x-single-active-consumer: true`.
+fn single_active(shard: &Shard, qref: &QueueRef) -> bool {
+    let state = shard.catalog.current();
+    state
+        .amqp
+        .get(&*qref.vhost)
+        .and_then(|t| t.queues.get(&*qref.name))
+        .is_some_and(|d| d.id == qref.id && d.args.single_active_consumer)
+}
+
+/// A consumer leaves (cancel, channel or connection close, refused, stream gone): its
+/// reader stops; with `commit`, its group's offset is committed at its acked prefix, and
+/// the next consumer in its single-active line takes over (`group::leave`).
+fn drop_reader(shard: &Rc<Shard>, r: &Rc<Reader>, commit: bool) {
+    let streams = &shard.amqp.streams;
+    if streams.readers.borrow_mut().remove(&r.spec.cid).is_none() {
+        return;
+    }
+    r.cancelled.set(true);
+    r.wake.notify();
+    group::leave(
+        shard,
+        r.queue.id,
+        &topic_of(&r.queue),
+        r.spec.stream_group.as_ref(),
+        commit,
+        r.spec.cid,
+        &r.seat,
+    );
+}
+
+/// The consumers of `group` on stream `qid` are cancelled by the broker (basic.cancel to
+/// the client): the group has Kafka members now, so their acks can no longer commit.
+pub fn cancel_group(shard: &Rc<Shard>, qid: u64, group: &str) {
+    let readers: Vec<Rc<Reader>> = shard
+        .amqp
+        .streams
+        .readers
+        .borrow()
+        .values()
+        .filter(|r| {
+            r.queue.id == qid
+                && r.spec
+                    .stream_group
+                    .as_ref()
+                    .is_some_and(|g| g.group == group)
+        })
+        .cloned()
+        .collect();
+    for r in readers {
+        drop_reader(shard, &r, false);
+        outbox::push(
+            shard,
+            r.spec.shard,
+            ConnOp::Cancelled {
+                conn: r.spec.conn,
+                channel: r.spec.channel,
+                cid: r.spec.cid,
+            },
+        );
+    }
+}
+
 /// (log start, high watermark) of the stream's partition.
 async fn bounds(shard: &Rc<Shard>, queue: &QueueRef) -> Option<(i64, i64)> {
     let (topic, partition) = topic_of(shard, queue);
@@ -375,6 +512,81 @@ pub async fn partition_bounds(
 ) -> Option<(i64, i64)> {
     let r = fetch_topic(shard, topic.to_owned(), partition, i64::MAX).await?;
     Some((r.log_start_offset, r.high_watermark))
+}
+
+/// One consumer of a stream as the management API shows it (RabbitMQ's
+/// `consumer_details`, with `active` and `activity_status`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConsumerRow {
+    pub consumer_tag: String,
+    pub channel: u16,
+    /// The shard of the consumer's connection.
+    pub connection_shard: usize,
+    pub prefetch_count: u32,
+    pub unacked: u32,
+    /// Gets deliveries: false while it waits its turn (single active consumer).
+    pub active: bool,
+    /// `up`, or under single active consumer `single_active` / `waiting`, as RabbitMQ.
+    pub activity_status: &'static str,
+    /// Its `x-consumer-group`.
+    pub consumer_group: Option<String>,
+    /// The offset its group would commit now: its first unsettled delivery.
+    pub offset: Option<i64>,
+}
+
+/// The consumers of stream `name` (vhost `/`), asked of the queue's AMQP owner shard.
+pub async fn consumer_rows(shard: &Rc<Shard>, name: &str) -> Vec<ConsumerRow> {
+    let owner = crate::amqp::queue_owner(VHOST, name, shard.count);
+    let name = name.to_owned();
+    // The one hop to the queue's owner.
+    shard
+        .core
+        .invoke_on::<Shard, _, _, _>(owner, move |s: &Rc<Shard>| {
+            let rows = rows_here(s, &name);
+            async move { rows }
+        })
+        .await
+        .unwrap_or_default()
+}
+
+fn rows_here(shard: &Shard, name: &str) -> Vec<ConsumerRow> {
+    let sac = shard
+        .catalog
+        .current()
+        .amqp
+        .get(VHOST)
+        .and_then(|t| t.queues.get(name))
+        .is_some_and(|d| d.args.single_active_consumer);
+    let mut rows: Vec<(u64, ConsumerRow)> = shard
+        .amqp
+        .streams
+        .readers
+        .borrow()
+        .values()
+        .filter(|r| &*r.queue.name == name)
+        .map(|r| {
+            let active = !r.seat.standby.get();
+            let status = match (sac, active) {
+                (false, _) => "up",
+                (true, true) => "single_active",
+                (true, false) => "waiting",
+            };
+            let row = ConsumerRow {
+                consumer_tag: r.spec.tag.to_string(),
+                channel: r.spec.channel,
+                connection_shard: r.spec.shard,
+                prefetch_count: r.prefetch.get(),
+                unacked: r.unacked.get(),
+                active,
+                activity_status: status,
+                consumer_group: r.spec.stream_group.as_ref().map(|g| g.group.clone()),
+                offset: r.seat.ledger.borrow().prefix(),
+            };
+            (r.spec.cid, row)
+        })
+        .collect();
+    rows.sort_by_key(|(cid, _)| *cid);
+    rows.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Per stream queue this shard owns: (qref, consumers, unacked deliveries).
@@ -547,8 +759,9 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
     }
 }
 
-/// The first offset `start` names in the log.
-async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
+/// The first offset the consumer reads: `at` (where its group or the consumer before it
+/// stopped), clamped into the log, else what its `x-stream-offset` names.
+async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> {
     let ask = |timestamp: i64| {
         let (topic, partition) = r.part.clone();
         let owner = shard.owner_of(&topic, partition);
@@ -571,6 +784,9 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
     };
     let ends = fetch(shard, r, i64::MAX).await?;
     let (start, end) = (ends.log_start_offset, ends.high_watermark);
+    if let Some(at) = at {
+        return Some(at.clamp(start, end));
+    }
     Some(match r.start {
         StartAt::First => start,
         // As a read_committed Kafka consumer's "latest": the last stable offset, so the
@@ -604,6 +820,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
     let (topic, partition) = r.part.clone();
     let owner = shard.owner_of(&topic, partition);
     while !r.cancelled.get() {
+        r.seat.ledger.borrow_mut().read_from(offset);
         let credit = Listener::new();
         credit.listen(&r.wake);
         if !r.has_credit() {
@@ -678,8 +895,9 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
                 .streams
                 .delivered
                 .borrow_mut()
-                .insert(id, r.spec.cid);
+                .insert(id, (r.spec.cid, rec.offset));
             r.unacked.set(r.unacked.get() + 1);
+            r.seat.ledger.borrow_mut().delivered(rec.offset);
             let d = record::stream_delivery_of(rec);
             let msg = Message {
                 exchange: d.exchange,
@@ -700,6 +918,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
         if items.len() == records.len() {
             offset = offset.max(next);
         }
+        r.seat.ledger.borrow_mut().read_from(offset);
         if !items.is_empty() {
             outbox::push(
                 &shard,

@@ -35,8 +35,9 @@ pub async fn consume(
         Some(lookup_queue(&actor, &queue_name).await?)
     };
     // A stream consumer (RabbitMQ's rules): a prefetch and manual acks, and where to
-    // start; `x-stream-offset` on any other queue is ignored.
-    let stream_offset = match &qref {
+    // start, and the Kafka group its acks commit; `x-stream-offset` and `x-consumer-group`
+    // on any other queue are ignored.
+    let (stream_offset, stream_group) = match &qref {
         Some((q, def)) if def.is_stream() => {
             let refuse = |what: &str| {
                 AmqpError::channel(
@@ -72,9 +73,14 @@ pub async fn consume(
                 crate::util::now_ms(),
             )
             .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
-            Some(at)
+            let group = crate::stream::group::parse(
+                c.arguments.inner().get("x-consumer-group"),
+                c.arguments.inner().contains_key("x-stream-offset"),
+            )
+            .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+            (Some(at), group)
         }
-        _ => None,
+        _ => (None, None),
     };
     let qref = qref.map(|(q, _)| q);
     let mut tag = c.consumer_tag.as_str().to_owned();
@@ -131,6 +137,7 @@ pub async fn consume(
         priority,
         exclusive: c.exclusive,
         stream_offset,
+        stream_group,
     };
     let (reply, answer) = conn.shard.expect();
     let owner = qref.owner;

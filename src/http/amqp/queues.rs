@@ -76,6 +76,12 @@ pub(super) async fn list(
                 "type": if kind.stream { "stream" } else if kind.quorum { "quorum" } else { "classic" },
                 "owner_shard": crate::amqp::queue_owner(v, name, shard.count),
             });
+            if kind.stream {
+                let consumers = crate::stream::queue::consumer_rows(shard, name).await;
+                if let Some(o) = row.as_object_mut() {
+                    o.insert("consumer_details".into(), json!(consumers));
+                }
+            }
             if let (Some((first, end)), Some(o)) = (offsets, row.as_object_mut()) {
                 o.insert("messages".into(), json!(ready));
                 o.insert("first_offset".into(), json!(first));
