@@ -11,6 +11,8 @@
 //!   single active consumer on streams (the stream's AMQP owner shard).
 //! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
 //!   delivering to consumers.
+//! - `superstream`: a topic of N partitions as a super stream (exchange, partition
+//!   queues, murmur2 routing).
 
 pub mod args;
 pub mod declare;
@@ -18,3 +20,4 @@ pub mod group;
 pub mod offset;
 pub mod queue;
 pub mod record;
+pub mod superstream;

@@ -1,6 +1,7 @@
 //! A stream queue on its AMQP owner shard: the queue ops (`amqp::mesh::QueueOp`) for a
 //! queue declared `x-queue-type: stream`, carried out on the Kafka topic of the same name
-//! (partition 0) instead of an AMQP ready list.
+//! (partition 0; partition `k` of topic `NAME` for a super stream's partition queue
+//! `NAME-k`, `superstream::locate`) instead of an AMQP ready list.
 //!
 //! - Publish: messages wait in the stream's `Appender` and leave as one record batch per
 //!   turn (`record::record_of`, `storage::batch::encode_plain_batch`), appended on the
@@ -83,6 +84,8 @@ impl Streams {
 /// One stream consumer.
 struct Reader {
     queue: QueueRef,
+    /// The Kafka topic and partition it reads.
+    part: (String, i32),
     spec: ConsumerSpec,
     start: StartAt,
     unacked: Cell<u32>,
@@ -122,9 +125,11 @@ pub fn is_stream(shard: &Shard, qref: &QueueRef) -> bool {
         .is_some_and(|d| d.id == qref.id && d.is_stream())
 }
 
-/// The Kafka topic of a stream queue.
-pub fn topic_of(qref: &QueueRef) -> String {
-    qref.name.to_string()
+/// The Kafka topic and partition of a stream queue: partition 0 of the topic of its
+/// name, or partition `k` of the super stream a partition queue belongs to
+/// (`superstream::locate`).
+pub fn topic_of(shard: &Shard, qref: &QueueRef) -> (String, i32) {
+    super::superstream::locate(&shard.catalog.current(), &qref.vhost, &qref.name)
 }
 
 /// Carries out `op` if it is for a stream queue; otherwise hands it back.
@@ -162,6 +167,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             reply,
         } => {
             let r = Rc::new(Reader {
+                part: topic_of(shard, &queue),
                 start: consumer.stream_offset.unwrap_or(StartAt::Next),
                 prefetch: Cell::new(consumer.prefetch_count),
                 active: Cell::new(true),
@@ -189,7 +195,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             crate::amqp::spawn_later(async move {
                 let mut committed = None;
                 if let Some(g) = &r.spec.stream_group {
-                    match group::attach(&shard, r.queue.id, &topic_of(&r.queue), &g.group).await {
+                    match group::attach(&shard, r.queue.id, &r.part, &g.group).await {
                         Ok(c) => committed = c.filter(|_| g.resume),
                         Err(refusal) => {
                             drop_reader(&shard, &r, false);
@@ -273,7 +279,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 else {
                     continue;
                 };
-                group::want(shard, r.queue.id, &topic_of(&r.queue), &g.group, at, false);
+                group::want(shard, r.queue.id, &r.part, &g.group, at, false);
             }
         }
         QueueOp::Credit { .. } => {}
@@ -319,9 +325,21 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                     reply.send(Err(refused));
                     return;
                 }
+                let (topic, partition) = topic_of(&shard, &queue);
+                if topic != *queue.name {
+                    // One partition of a super stream: Kafka cannot delete a partition.
+                    reply.send(Err((
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "PRECONDITION_FAILED - queue '{}' is partition {partition} of super stream '{topic}': delete the super stream (exchange.delete '{topic}', or the Kafka topic)",
+                            queue.name
+                        ),
+                    )));
+                    return;
+                }
                 // Deleting the topic deletes the queue with it (`CatalogState::apply`).
                 let r = shard
-                    .change_catalog(vec![Change::DeleteTopic(topic_of(&queue))], false)
+                    .change_catalog(vec![Change::DeleteTopic(topic)], false)
                     .await;
                 if let Some(Err(e)) = r.first() {
                     // e.g. `delete.topic.enable` off: the queue stays, and says why.
@@ -412,7 +430,7 @@ fn drop_reader(shard: &Rc<Shard>, r: &Rc<Reader>, commit: bool) {
     group::leave(
         shard,
         r.queue.id,
-        &topic_of(&r.queue),
+        &r.part,
         r.spec.stream_group.as_ref(),
         commit,
         r.spec.cid,
@@ -454,13 +472,23 @@ pub fn cancel_group(shard: &Rc<Shard>, qid: u64, group: &str) {
 
 /// (log start, high watermark) of the stream's partition.
 async fn bounds(shard: &Rc<Shard>, queue: &QueueRef) -> Option<(i64, i64)> {
-    topic_bounds(shard, &topic_of(queue)).await
+    let (topic, partition) = topic_of(shard, queue);
+    partition_bounds(shard, &topic, partition).await
 }
 
 /// (log start, high watermark) of partition 0 of `topic`, from its owner shard (the
 /// management API's figures for a stream queue).
 pub async fn topic_bounds(shard: &Rc<Shard>, topic: &str) -> Option<(i64, i64)> {
-    let r = fetch_topic(shard, topic.to_owned(), i64::MAX).await?;
+    partition_bounds(shard, topic, 0).await
+}
+
+/// (log start, high watermark) of one partition, from its owner shard.
+pub async fn partition_bounds(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let r = fetch_topic(shard, topic.to_owned(), partition, i64::MAX).await?;
     Some((r.log_start_offset, r.high_watermark))
 }
 
@@ -555,22 +583,23 @@ pub fn figures(shard: &Shard) -> Vec<(QueueRef, u64, u64)> {
 
 async fn fetch(
     shard: &Rc<Shard>,
-    queue: &QueueRef,
+    r: &Reader,
     offset: i64,
 ) -> Option<crate::kafka::owner::FetchResult> {
-    fetch_topic(shard, topic_of(queue), offset).await
+    fetch_topic(shard, r.part.0.clone(), r.part.1, offset).await
 }
 
 async fn fetch_topic(
     shard: &Rc<Shard>,
     topic: String,
+    partition: i32,
     offset: i64,
 ) -> Option<crate::kafka::owner::FetchResult> {
-    let owner = shard.owner_of(&topic, 0);
+    let owner = shard.owner_of(&topic, partition);
     let req = Request::Fetch {
         parts: vec![FetchPart {
             topic,
-            partition: 0,
+            partition,
             offset,
             max_bytes: FETCH_BYTES,
         }],
@@ -601,7 +630,7 @@ fn publish(shard: &Rc<Shard>, queue: QueueRef, msg: Message, confirm: Option<Con
 /// is appended (the dispatch returns once it is in the log, so the next batch follows it)
 /// and its publishers are confirmed once it is durable.
 async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
-    let topic = topic_of(&queue);
+    let (topic, partition) = topic_of(&shard, &queue);
     loop {
         let batch = {
             // At most BATCH_BYTES of messages per batch (one message always), so a burst
@@ -642,7 +671,7 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             }
         };
         let bytes = records.len() as u64;
-        let owner = shard.owner_of(&topic, 0);
+        let owner = shard.owner_of(&topic, partition);
         let done = shard
             .kafka_dispatch(
                 owner,
@@ -650,7 +679,7 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
                     acks: -1,
                     parts: vec![ProducePart {
                         topic: topic.clone(),
-                        partition: 0,
+                        partition,
                         records: Some(records),
                     }],
                 },
@@ -682,14 +711,14 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
 /// stopped), clamped into the log, else what its `x-stream-offset` names.
 async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> {
     let ask = |timestamp: i64| {
-        let topic = topic_of(&r.queue);
-        let owner = shard.owner_of(&topic, 0);
+        let (topic, partition) = r.part.clone();
+        let owner = shard.owner_of(&topic, partition);
         shard.kafka(
             owner,
             Request::ListOffsets {
                 parts: vec![OffsetQuery {
                     topic,
-                    partition: 0,
+                    partition,
                     timestamp,
                     max_num_offsets: None,
                 }],
@@ -701,7 +730,7 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> 
         Reply::ListOffsets(mut a) if !a.is_empty() => Some(a.remove(0)),
         _ => None,
     };
-    let (start, end) = bounds(shard, &r.queue).await?;
+    let (start, end) = partition_bounds(shard, &r.part.0, r.part.1).await?;
     if let Some(at) = at {
         return Some(at.clamp(start, end));
     }
@@ -714,7 +743,7 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> 
                 end
             } else {
                 // The fetch answers from the start of the batch holding the last record.
-                let got = fetch(shard, &r.queue, end - 1).await?;
+                let got = fetch(shard, r, end - 1).await?;
                 crate::storage::batch::BatchHeader::parse(&got.records)
                     .map(|h| h.base_offset.max(start))
                     .unwrap_or(end - 1)
@@ -733,8 +762,8 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> 
 
 /// One consumer's reading loop (see the module comment).
 async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
-    let topic = topic_of(&r.queue);
-    let owner = shard.owner_of(&topic, 0);
+    let (topic, partition) = r.part.clone();
+    let owner = shard.owner_of(&topic, partition);
     while !r.cancelled.get() {
         r.seat.ledger.borrow_mut().read_from(offset);
         let credit = Listener::new();
@@ -743,7 +772,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             credit.await;
             continue;
         }
-        let Some(got) = fetch(&shard, &r.queue, offset).await else {
+        let Some(got) = fetch(&shard, &r, offset).await else {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -788,7 +817,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             let wait = shard.kafka(
                 owner,
                 Request::WaitForData {
-                    parts: vec![(topic.clone(), 0, offset)],
+                    parts: vec![(topic.clone(), partition, offset)],
                     max_wait: WAIT,
                     read_committed: false,
                 },

@@ -20,7 +20,7 @@ use std::time::Instant;
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
 
-use super::{allowed, no_exchange, refresh_catalog, Access, Actor};
+use super::{adopt_super_stream, allowed, no_exchange, refresh_catalog, Access, Actor};
 use crate::amqp::channel::{ChannelRef, PendingPublish, TxPublish};
 use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
@@ -363,7 +363,11 @@ async fn route_key(
                     format!("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
                 ))
             }
-            Err(RouteError::NoExchange) if attempt == 0 => refresh_catalog(actor.shard).await,
+            Err(RouteError::NoExchange) if attempt == 0 => {
+                refresh_catalog(actor.shard).await;
+                // A Kafka topic of several partitions: its super stream's exchange.
+                adopt_super_stream(actor, exchange).await?;
+            }
             Err(RouteError::NoExchange) => {}
         }
     }

@@ -54,7 +54,9 @@ pub(super) async fn list(
             // A stream queue's messages are its topic's records; its offsets are Kafka's.
             let mut offsets = None;
             if kind.stream {
-                if let Some((first, end)) = crate::stream::queue::topic_bounds(shard, name).await {
+                let (topic, partition) = crate::stream::superstream::locate(&state, v, name);
+                let bounds = crate::stream::queue::partition_bounds(shard, &topic, partition);
+                if let Some((first, end)) = bounds.await {
                     ready = (end - first).max(0) as u64;
                     offsets = Some((first, end));
                 }
