@@ -2,7 +2,8 @@
 //! (issue 17; `docs/streams.md`, "Offsets the server keeps", "Single active consumer").
 //!
 //! - `x-consumer-group: G` on a stream consumer (`GroupArg`): its acks commit G's offset
-//!   for the stream's topic (partition 0) in the Kafka group store (`kafka::groups`), as a
+//!   for the stream's topic and partition (a super stream's partition queue: its
+//!   partition) in the Kafka group store (`kafka::groups`), as a
 //!   commit from outside the group's membership (generation -1, no member id). The offset
 //!   is Kafka's meaning: the next to read, i.e. the consumer's first unsettled delivery
 //!   (`Ledger::prefix`). Commits are batched per (stream, group) by a `Cursor`: at most one
@@ -127,6 +128,7 @@ pub struct Seat {
 struct Cursor {
     group: String,
     topic: String,
+    partition: i32,
     /// The offset to commit next (None: nothing new).
     wanted: Cell<Option<i64>>,
     last: Cell<Option<i64>>,
@@ -166,7 +168,7 @@ pub fn enlist(shard: &Shard, qid: u64, group: Option<&GroupArg>, cid: u64, seat:
 pub fn leave(
     shard: &Rc<Shard>,
     qid: u64,
-    topic: &str,
+    part: &(String, i32),
     group: Option<&GroupArg>,
     commit: bool,
     cid: u64,
@@ -174,7 +176,7 @@ pub fn leave(
 ) {
     let prefix = seat.ledger.borrow().prefix();
     if let (Some(g), Some(at), true) = (group, prefix, commit) {
-        want(shard, qid, topic, &g.group, at, true);
+        want(shard, qid, part, &g.group, at, true);
     }
     let groups = &shard.amqp.streams.groups;
     let key = (qid, group.map(|g| g.group.clone()));
@@ -198,7 +200,14 @@ pub fn leave(
 }
 
 /// The consumer's acked prefix moved: commit it soon (at once when `urgent`).
-pub fn want(shard: &Rc<Shard>, qid: u64, topic: &str, group: &str, offset: i64, urgent: bool) {
+pub fn want(
+    shard: &Rc<Shard>,
+    qid: u64,
+    part: &(String, i32),
+    group: &str,
+    offset: i64,
+    urgent: bool,
+) {
     let cursor = shard
         .amqp
         .streams
@@ -209,7 +218,8 @@ pub fn want(shard: &Rc<Shard>, qid: u64, topic: &str, group: &str, offset: i64, 
         .or_insert_with(|| {
             Rc::new(Cursor {
                 group: group.to_owned(),
-                topic: topic.to_owned(),
+                topic: part.0.clone(),
+                partition: part.1,
                 wanted: Cell::new(None),
                 last: Cell::new(None),
                 urgent: Cell::new(false),
@@ -259,7 +269,7 @@ async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
             generation: -1,
             parts: vec![CommitPart {
                 topic: cursor.topic.clone(),
-                partition: 0,
+                partition: cursor.partition,
                 offset,
                 leader_epoch: -1,
                 metadata: None,
@@ -300,13 +310,13 @@ async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
     }
 }
 
-/// A consumer of `group` attaches to stream `topic` (queue `qid`): once this shard's
+/// A consumer of `group` attaches to stream `qid` (partition `part`): once this shard's
 /// pending commits of the group for the stream are done, the group's coordinator says
 /// whether it has Kafka members (405) and gives the committed offset (None: none).
 pub async fn attach(
     shard: &Rc<Shard>,
     qid: u64,
-    topic: &str,
+    part: &(String, i32),
     group: &str,
 ) -> Result<Option<i64>, Refusal> {
     loop {
@@ -331,8 +341,8 @@ pub async fn attach(
     }
     let req = Request::Position {
         group: group.to_owned(),
-        topic: topic.to_owned(),
-        partition: 0,
+        topic: part.0.clone(),
+        partition: part.1,
     };
     match shard.group(group, req).await {
         Reply::Fetch(0, offsets) => Ok(offsets

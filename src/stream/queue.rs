@@ -217,7 +217,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             crate::amqp::spawn_later(async move {
                 let mut committed = None;
                 if let Some(g) = &r.spec.stream_group {
-                    match group::attach(&shard, r.queue.id, &topic_of(&r.queue), &g.group).await {
+                    match group::attach(&shard, r.queue.id, &r.part, &g.group).await {
                         Ok(c) => committed = c.filter(|_| g.resume),
                         Err(refusal) => {
                             drop_reader(&shard, &r, false);
@@ -301,7 +301,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 else {
                     continue;
                 };
-                group::want(shard, r.queue.id, &topic_of(&r.queue), &g.group, at, false);
+                group::want(shard, r.queue.id, &r.part, &g.group, at, false);
             }
         }
         QueueOp::Credit { .. } => {}
@@ -452,7 +452,7 @@ fn drop_reader(shard: &Rc<Shard>, r: &Rc<Reader>, commit: bool) {
     group::leave(
         shard,
         r.queue.id,
-        &topic_of(&r.queue),
+        &r.part,
         r.spec.stream_group.as_ref(),
         commit,
         r.spec.cid,

@@ -374,15 +374,46 @@ async fn consumer_group_refusals() {
     // Once they leave, the group is Empty and the AMQP consumer may commit.
     drop(kc);
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let (ch, mut c) = loop {
         let ch = channel(&conn).await;
-        match group_consumer(&ch, "kafka-side", s("shared"), None).await {
-            Ok(_) => break,
+        match group_consumer(&ch, "kafka-side", s("shared"), Some(s("first"))).await {
+            Ok(c) => break (ch, c),
             Err(e) => {
                 assert_eq!(reply_code(&e), Some(405), "{e:?}");
                 assert!(Instant::now() < deadline, "the Kafka member left");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    };
+    publish_n(&channel(&conn).await, "kafka-side", 2).await;
+    let ds = receive(&mut c, 2).await;
+    ds[0].ack(BasicAckOptions::default()).await.expect("ack");
+    await_committed(&broker, "shared", "kafka-side", 1);
+    // A Kafka member joins again: the AMQP consumer's next commit is refused, and the
+    // broker cancels it (its acks can no longer keep the group's place).
+    let kc: BaseConsumer = kafka::client(
+        &broker,
+        &[("group.id", "shared"), ("enable.auto.commit", "false")],
+    );
+    kc.subscribe(&["kafka-side"]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kc.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the Kafka consumer joined");
+        let _ = kc.poll(Duration::from_millis(100));
     }
+    ds[1].ack(BasicAckOptions::default()).await.expect("ack");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = json(&broker, "/api/v1/queues/%2f/kafka-side");
+        if q["consumers"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the AMQP consumer was cancelled: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(committed(&broker, "shared", "kafka-side"), Some(1));
+    drop(ch);
 }
