@@ -7,6 +7,7 @@
 //! - `declare`: declaring a stream (its topic made or found) and finding a Kafka topic as
 //!   a stream queue (connection's shard).
 //! - `offset`: the `x-stream-offset` consumer argument (pure).
+//! - `filter`: the `x-stream-filter` consumer arguments and matching records (pure).
 //! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
 //!   delivering to consumers.
 //! - `superstream`: a topic of N partitions as a super stream (exchange, partition
@@ -14,6 +15,7 @@
 
 pub mod args;
 pub mod declare;
+pub mod filter;
 pub mod offset;
 pub mod queue;
 pub mod record;

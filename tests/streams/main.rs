@@ -2,10 +2,13 @@
 //! declared `x-queue-type: stream` is the Kafka topic of its name, read and written over
 //! both protocols with real clients (lapin, rdkafka). Each module is one aspect:
 //! - `queues`: declare, publish, consume from every `x-stream-offset`, refusals, kill -9;
-//! - `records`: the AMQP ⇄ Kafka record mapping on batches real producers wrote.
+//! - `records`: the AMQP ⇄ Kafka record mapping on batches real producers wrote;
+//! - `superstream`: topics of N partitions as super streams (murmur2 routing, partition
+//!   queues), and `x-stream-filter` consumers.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod queues;
 mod records;
+mod superstream;

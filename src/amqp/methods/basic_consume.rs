@@ -36,7 +36,7 @@ pub async fn consume(
     };
     // A stream consumer (RabbitMQ's rules): a prefetch and manual acks, and where to
     // start; `x-stream-offset` on any other queue is ignored.
-    let stream_offset = match &qref {
+    let (stream_offset, stream_filter) = match &qref {
         Some((q, def)) if def.is_stream() => {
             let refuse = |what: &str| {
                 AmqpError::channel(
@@ -64,9 +64,11 @@ pub async fn consume(
                 crate::util::now_ms(),
             )
             .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
-            Some(at)
+            let filter = crate::stream::filter::parse(&c.arguments)
+                .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+            (Some(at), filter)
         }
-        _ => None,
+        _ => (None, None),
     };
     let qref = qref.map(|(q, _)| q);
     let mut tag = c.consumer_tag.as_str().to_owned();
@@ -123,6 +125,7 @@ pub async fn consume(
         priority,
         exclusive: c.exclusive,
         stream_offset,
+        stream_filter,
     };
     let (reply, answer) = conn.shard.expect();
     let owner = qref.owner;
