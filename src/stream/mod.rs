@@ -13,6 +13,7 @@
 //! - `offset`: the `x-stream-offset` consumer argument (pure).
 //! - `group`: `x-consumer-group` (acks commit a Kafka group's offset, resume from it) and
 //!   single active consumer on streams (the stream's AMQP owner shard).
+//! - `filter`: the `x-stream-filter` consumer arguments and matching records (pure).
 //! - `queue`: a stream queue's ops on its AMQP owner shard: appending publishes, readers
 //!   delivering to consumers.
 //! - `superstream`: a topic of N partitions as a super stream (exchange, partition
@@ -23,6 +24,7 @@ pub mod args;
 pub mod committed;
 pub mod declare;
 pub mod group;
+pub mod filter;
 pub mod offset;
 pub mod queue;
 pub mod record;

@@ -885,9 +885,18 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             continue;
         }
         let mut items = Vec::new();
+        let mut all = true;
         for rec in &records {
             if r.cancelled.get() || !r.has_credit() {
+                all = false;
                 break;
+            }
+            // `x-stream-filter`: records it does not want cost no delivery or credit.
+            if let Some(f) = &r.spec.stream_filter {
+                if !f.matches(rec) {
+                    offset = rec.offset + 1;
+                    continue;
+                }
             }
             let id = shard.amqp.next_id();
             shard
@@ -915,7 +924,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             });
             offset = rec.offset + 1;
         }
-        if items.len() == records.len() {
+        if all {
             offset = offset.max(next);
         }
         r.seat.ledger.borrow_mut().read_from(offset);

@@ -105,8 +105,12 @@ pub fn locate(state: &CatalogState, vhost: &str, name: &str) -> (String, i32) {
 }
 
 /// The super stream (topic, partition) a queue name `base-k` would be, by its name alone:
-/// topic `base` has more than one partition and more than `k`.
+/// topic `base` has more than one partition and more than `k`, and no topic is named
+/// `name` (a topic of that name wins).
 pub fn member_by_name(state: &CatalogState, name: &str) -> Option<(String, i32)> {
+    if state.topic(name).is_some() {
+        return None;
+    }
     let (base, k) = name.rsplit_once('-')?;
     if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) || (k.len() > 1 && k.starts_with('0'))
     {
@@ -509,5 +513,6 @@ mod tests {
         let e = adopt(&s, "/", "clash").unwrap_err();
         assert!(e.contains("'clash-1'"), "{e}");
         assert_eq!(locate(&s, "/", "clash-1"), ("clash-1".into(), 0));
+        assert_eq!(member_by_name(&s, "clash-1"), None);
     }
 }

@@ -6,6 +6,8 @@
 //! - `groups`: `x-consumer-group` offsets the server keeps, lag, single active consumer;
 //! - `safety`: read-committed, Kafka ACLs, memory back-pressure, full disk, retention,
 //!   the key setting.
+//! - `superstream`: topics of N partitions as super streams (murmur2 routing, partition
+//!   queues), and `x-stream-filter` consumers.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -14,3 +16,4 @@ mod groups;
 mod queues;
 mod records;
 mod safety;
+mod superstream;

@@ -35,9 +35,10 @@ pub async fn consume(
         Some(lookup_queue(&actor, &queue_name).await?)
     };
     // A stream consumer (RabbitMQ's rules): a prefetch and manual acks, and where to
-    // start, and the Kafka group its acks commit; `x-stream-offset` and `x-consumer-group`
-    // on any other queue are ignored.
-    let (stream_offset, stream_group) = match &qref {
+    // start, the Kafka group its acks commit and the filter values it wants;
+    // `x-stream-offset`, `x-consumer-group` and `x-stream-filter` on any other queue are
+    // ignored.
+    let (stream_offset, stream_group, stream_filter) = match &qref {
         Some((q, def)) if def.is_stream() => {
             let refuse = |what: &str| {
                 AmqpError::channel(
@@ -78,9 +79,11 @@ pub async fn consume(
                 c.arguments.inner().contains_key("x-stream-offset"),
             )
             .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
-            (Some(at), group)
+            let filter = crate::stream::filter::parse(&c.arguments)
+                .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+            (Some(at), group, filter)
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let qref = qref.map(|(q, _)| q);
     let mut tag = c.consumer_tag.as_str().to_owned();
@@ -138,6 +141,7 @@ pub async fn consume(
         exclusive: c.exclusive,
         stream_offset,
         stream_group,
+        stream_filter,
     };
     let (reply, answer) = conn.shard.expect();
     let owner = qref.owner;

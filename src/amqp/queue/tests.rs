@@ -197,6 +197,7 @@ fn consumer(cid: u64, prefetch_count: u32) -> ConsumerSpec {
         exclusive: false,
         stream_offset: None,
         stream_group: None,
+        stream_filter: None,
     }
 }
 
