@@ -42,6 +42,10 @@ use crate::util::notify::{Listener, Notify};
 /// interval while acks arrive).
 pub const COMMIT_EVERY: Duration = Duration::from_millis(5);
 
+/// How many times in a row a refused commit (not for Kafka members) is tried again,
+/// 100 ms apart.
+const COMMIT_TRIES: u32 = 50;
+
 /// A parsed `x-consumer-group` consumer argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupArg {
@@ -252,6 +256,7 @@ pub fn want(
 
 /// The cursor's commit loop: one commit in flight, the latest wanted offset each time.
 async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
+    let mut failures = 0;
     loop {
         if !cursor.urgent.replace(false) {
             glommio::timer::sleep(COMMIT_EVERY).await;
@@ -282,6 +287,7 @@ async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
         };
         if code == 0 {
             cursor.last.set(Some(offset));
+            failures = 0;
             continue;
         }
         let locked = code == ResponseError::UnknownMemberId.code()
@@ -297,12 +303,17 @@ async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
             cursor.wanted.set(None);
             return;
         }
-        // The store could not take it (disk): try again with the newest offset.
+        // The store could not take it (disk, coordinator away): try again with the newest
+        // offset, for a while (the next settle or leave starts again).
+        failures += 1;
         log::warn!(
             "committing offset {offset} of group '{}' for stream '{}': Kafka error {code}",
             cursor.group,
             cursor.topic
         );
+        if failures >= COMMIT_TRIES {
+            return;
+        }
         if cursor.wanted.get().is_none() {
             cursor.wanted.set(Some(offset));
         }
