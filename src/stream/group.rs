@@ -40,7 +40,11 @@ use crate::util::notify::{Listener, Notify};
 
 /// How long settles gather before a commit is sent (one commit per group and stream per
 /// interval while acks arrive).
-pub const COMMIT_EVERY: Duration = Duration::from_millis(5);
+pub const COMMIT_EVERY: Duration = Duration::from_millis(20);
+
+/// How many times in a row a refused commit (not for Kafka members) is tried again,
+/// 100 ms apart.
+const COMMIT_TRIES: u32 = 50;
 
 /// A parsed `x-consumer-group` consumer argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +151,8 @@ struct Line {
 /// This shard's group cursors and single-active-consumer lines (in `stream::queue::Streams`).
 #[derive(Default)]
 pub struct Groups {
-    cursors: RefCell<HashMap<(u64, String), Rc<Cursor>>>,
+    /// Queue id → group → its cursor, while it has a commit to make.
+    cursors: RefCell<HashMap<u64, HashMap<String, Rc<Cursor>>>>,
     lines: RefCell<HashMap<(u64, Option<String>), Line>>,
 }
 
@@ -208,26 +213,30 @@ pub fn want(
     offset: i64,
     urgent: bool,
 ) {
-    let cursor = shard
-        .amqp
-        .streams
-        .groups
-        .cursors
-        .borrow_mut()
-        .entry((qid, group.to_owned()))
-        .or_insert_with(|| {
-            Rc::new(Cursor {
-                group: group.to_owned(),
-                topic: part.0.clone(),
-                partition: part.1,
-                wanted: Cell::new(None),
-                last: Cell::new(None),
-                urgent: Cell::new(false),
-                running: Cell::new(false),
-                idle: Notify::new(),
-            })
-        })
-        .clone();
+    let cursors = &shard.amqp.streams.groups.cursors;
+    let found = cursors
+        .borrow()
+        .get(&qid)
+        .and_then(|m| m.get(group))
+        .cloned();
+    let cursor = found.unwrap_or_else(|| {
+        let c = Rc::new(Cursor {
+            group: group.to_owned(),
+            topic: part.0.clone(),
+            partition: part.1,
+            wanted: Cell::new(None),
+            last: Cell::new(None),
+            urgent: Cell::new(false),
+            running: Cell::new(false),
+            idle: Notify::new(),
+        });
+        cursors
+            .borrow_mut()
+            .entry(qid)
+            .or_default()
+            .insert(group.to_owned(), c.clone());
+        c
+    });
     if cursor.last.get() == Some(offset) && cursor.wanted.get().is_none() {
         return;
     }
@@ -242,9 +251,13 @@ pub fn want(
         cursor.running.set(false);
         cursor.idle.notify();
         let mut cursors = shard.amqp.streams.groups.cursors.borrow_mut();
-        let key = (qid, cursor.group.clone());
-        if cursors.get(&key).is_some_and(|c| Rc::ptr_eq(c, &cursor)) && !cursor.running.get() {
-            cursors.remove(&key);
+        if let Some(m) = cursors.get_mut(&qid) {
+            if m.get(&cursor.group).is_some_and(|c| Rc::ptr_eq(c, &cursor)) {
+                m.remove(&cursor.group);
+            }
+            if m.is_empty() {
+                cursors.remove(&qid);
+            }
         }
     })
     .detach();
@@ -252,6 +265,7 @@ pub fn want(
 
 /// The cursor's commit loop: one commit in flight, the latest wanted offset each time.
 async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
+    let mut failures = 0;
     loop {
         if !cursor.urgent.replace(false) {
             glommio::timer::sleep(COMMIT_EVERY).await;
@@ -282,6 +296,7 @@ async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
         };
         if code == 0 {
             cursor.last.set(Some(offset));
+            failures = 0;
             continue;
         }
         let locked = code == ResponseError::UnknownMemberId.code()
@@ -297,12 +312,17 @@ async fn commit(shard: &Rc<Shard>, qid: u64, cursor: &Cursor) {
             cursor.wanted.set(None);
             return;
         }
-        // The store could not take it (disk): try again with the newest offset.
+        // The store could not take it (disk, coordinator away): try again with the newest
+        // offset, for a while (the next settle or leave starts again).
+        failures += 1;
         log::warn!(
             "committing offset {offset} of group '{}' for stream '{}': Kafka error {code}",
             cursor.group,
             cursor.topic
         );
+        if failures >= COMMIT_TRIES {
+            return;
+        }
         if cursor.wanted.get().is_none() {
             cursor.wanted.set(Some(offset));
         }
@@ -326,7 +346,8 @@ pub async fn attach(
             .groups
             .cursors
             .borrow()
-            .get(&(qid, group.to_owned()))
+            .get(&qid)
+            .and_then(|m| m.get(group))
             .cloned();
         match cursor {
             Some(c) if c.running.get() => {
