@@ -355,7 +355,7 @@ impl Router {
             match ex.kind {
                 ExchangeKind::Direct if !ex.partitions.is_empty() => {
                     let n = ex.partitions.len() as i32;
-                    let p = crate::stream::superstream::partition_for(routing_key.as_bytes(), n);
+                    let p = crate::kafka::partitioner::partition_for(routing_key.as_bytes(), n);
                     if let Some(Some(d)) = ex.partitions.get(p as usize) {
                         dests.push(d);
                     }

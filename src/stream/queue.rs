@@ -385,28 +385,8 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
 /// Called when a newer catalog is installed: readers of streams that are gone are told
 /// their consumer was cancelled, and stop.
 pub fn catalog_installed(shard: &Rc<Shard>) {
-    let gone: Vec<Rc<Reader>> = shard
-        .amqp
-        .streams
-        .readers
-        .borrow()
-        .values()
-        .filter(|r| !is_stream(shard, &r.queue))
-        .cloned()
-        .collect();
-    for r in gone {
-        // The topic is gone: nothing to commit.
-        drop_reader(shard, &r, false);
-        outbox::push(
-            shard,
-            r.spec.shard,
-            ConnOp::Cancelled {
-                conn: r.spec.conn,
-                channel: r.spec.channel,
-                cid: r.spec.cid,
-            },
-        );
-    }
+    // The topic is gone: nothing to commit.
+    cancel_readers(shard, |r| !is_stream(shard, &r.queue));
     let streams = &shard.amqp.streams;
     if streams.known.borrow().is_empty() && streams.appenders.borrow().is_empty() {
         return;
@@ -463,19 +443,25 @@ fn drop_reader(shard: &Rc<Shard>, r: &Rc<Reader>, commit: bool) {
 /// The consumers of `group` on stream `qid` are cancelled by the broker (basic.cancel to
 /// the client): the group has Kafka members now, so their acks can no longer commit.
 pub fn cancel_group(shard: &Rc<Shard>, qid: u64, group: &str) {
+    cancel_readers(shard, |r| {
+        r.queue.id == qid
+            && r.spec
+                .stream_group
+                .as_ref()
+                .is_some_and(|g| g.group == group)
+    });
+}
+
+/// The readers `which` picks stop without committing, and their consumers get
+/// basic.cancel.
+fn cancel_readers(shard: &Rc<Shard>, which: impl Fn(&Reader) -> bool) {
     let readers: Vec<Rc<Reader>> = shard
         .amqp
         .streams
         .readers
         .borrow()
         .values()
-        .filter(|r| {
-            r.queue.id == qid
-                && r.spec
-                    .stream_group
-                    .as_ref()
-                    .is_some_and(|g| g.group == group)
-        })
+        .filter(|r| which(r))
         .cloned()
         .collect();
     for r in readers {

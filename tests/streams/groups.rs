@@ -10,50 +10,17 @@ use std::time::{Duration, Instant};
 use crate::common::amqp::*;
 use crate::common::kafka::{self, create_topic};
 use crate::common::{data_dir, Broker};
+use crate::kit::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::types::AMQPValue;
+use lapin::{Channel, Consumer};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
-}
-
-async fn declare_stream(ch: &Channel, name: &str, sac: bool) {
-    let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), s("stream"));
-    if sac {
-        t.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    }
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        t,
-    )
-    .await
-    .expect("declare stream");
-}
 
 async fn publish_n(ch: &Channel, queue: &str, n: u32) {
     confirm_select(ch).await;
     for i in 0..n {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(c.is_ack());
+        publish_acked(ch, queue, format!("m{i}").as_bytes()).await;
     }
 }
 
@@ -64,22 +31,9 @@ async fn group_consumer(
     group: AMQPValue,
     offset: Option<AMQPValue>,
 ) -> Result<Consumer, lapin::Error> {
-    ch.basic_qos(20, BasicQosOptions::default()).await?;
-    let mut a = FieldTable::default();
-    a.insert("x-consumer-group".into(), group);
-    if let Some(o) = offset {
-        a.insert("x-stream-offset".into(), o);
-    }
-    ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), a)
-        .await
-}
-
-fn offset_of(d: &lapin::message::Delivery) -> i64 {
-    let h = d.properties.headers().clone().expect("headers");
-    match h.inner().get("x-stream-offset") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        other => panic!("x-stream-offset header {other:?}"),
-    }
+    let mut args = vec![("x-consumer-group", group)];
+    args.extend(offset.map(|o| ("x-stream-offset", o)));
+    stream_consumer(ch, queue, 20, &args).await
 }
 
 /// Receives `n` deliveries (not acked); fewer if they stop coming for 5 s.
@@ -153,7 +107,7 @@ async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
     {
         let conn = connect(&broker.amqp_url()).await;
         let ch = channel(&conn).await;
-        declare_stream(&ch, "ledger", false).await;
+        declare_stream(&ch, "ledger", &[]).await;
         publish_n(&ch, "ledger", 10).await;
         let ch = channel(&conn).await;
         let mut c = group_consumer(&ch, "ledger", s("billing"), Some(s("first")))
@@ -161,7 +115,7 @@ async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
             .expect("consume");
         let ds = receive(&mut c, 10).await;
         assert_eq!(
-            ds.iter().map(offset_of).collect::<Vec<_>>(),
+            ds.iter().map(stream_offset).collect::<Vec<_>>(),
             (0..10).collect::<Vec<_>>()
         );
         // 0..=3 acked, and 6 (past a gap): the committed offset is the first unacked, 4.
@@ -210,7 +164,7 @@ async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
         .expect("consume");
     let ds = receive(&mut c, 6).await;
     assert_eq!(
-        ds.iter().map(offset_of).collect::<Vec<_>>(),
+        ds.iter().map(stream_offset).collect::<Vec<_>>(),
         (4..10).collect::<Vec<_>>()
     );
     assert!(
@@ -235,7 +189,7 @@ async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
         receive(&mut c, 1)
             .await
             .iter()
-            .map(offset_of)
+            .map(stream_offset)
             .collect::<Vec<_>>(),
         vec![2]
     );
@@ -247,7 +201,12 @@ async fn single_active_consumer_hands_unacked_deliveries_to_the_next_in_order() 
     let broker = Broker::start(&data, &[]);
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    declare_stream(&ch, "jobs", true).await;
+    declare_stream(
+        &ch,
+        "jobs",
+        &[("x-single-active-consumer", AMQPValue::Boolean(true))],
+    )
+    .await;
     publish_n(&ch, "jobs", 6).await;
     let (conn_a, conn_b) = (
         connect(&broker.amqp_url()).await,
@@ -262,7 +221,7 @@ async fn single_active_consumer_hands_unacked_deliveries_to_the_next_in_order() 
         .expect("consume b: consume-ok, then waits");
     let got = receive(&mut a, 6).await;
     assert_eq!(
-        got.iter().map(offset_of).collect::<Vec<_>>(),
+        got.iter().map(stream_offset).collect::<Vec<_>>(),
         (0..6).collect::<Vec<_>>()
     );
     assert!(next(&mut b, 1).await.is_none(), "the second consumer waits");
@@ -299,7 +258,7 @@ async fn single_active_consumer_hands_unacked_deliveries_to_the_next_in_order() 
         .expect("cancel a");
     let next_ds = receive(&mut b, 4).await;
     assert_eq!(
-        next_ds.iter().map(offset_of).collect::<Vec<_>>(),
+        next_ds.iter().map(stream_offset).collect::<Vec<_>>(),
         (2..6).collect::<Vec<_>>()
     );
     assert!(next(&mut b, 1).await.is_none());
@@ -318,7 +277,10 @@ async fn single_active_consumer_hands_unacked_deliveries_to_the_next_in_order() 
     assert!(next(&mut c, 1).await.is_none(), "b is still active");
     publish_n(&channel(&conn).await, "jobs", 2).await;
     let b_more = receive(&mut b, 2).await;
-    assert_eq!(b_more.iter().map(offset_of).collect::<Vec<_>>(), vec![6, 7]);
+    assert_eq!(
+        b_more.iter().map(stream_offset).collect::<Vec<_>>(),
+        vec![6, 7]
+    );
     b_more[0]
         .ack(BasicAckOptions::default())
         .await
@@ -326,7 +288,7 @@ async fn single_active_consumer_hands_unacked_deliveries_to_the_next_in_order() 
     conn_b.close(200, "bye".into()).await.expect("close b");
     let c_ds = receive(&mut c, 1).await;
     assert_eq!(
-        c_ds.iter().map(offset_of).collect::<Vec<_>>(),
+        c_ds.iter().map(stream_offset).collect::<Vec<_>>(),
         vec![7],
         "from b's first unacked"
     );
@@ -341,7 +303,7 @@ async fn consumer_group_refusals() {
     );
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    declare_stream(&ch, "audit", false).await;
+    declare_stream(&ch, "audit", &[]).await;
     // Not a string: 406.
     let e = group_consumer(&ch, "audit", AMQPValue::LongInt(7), None)
         .await

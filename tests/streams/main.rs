@@ -13,6 +13,7 @@
 mod common;
 
 mod groups;
+mod kit;
 mod queues;
 mod records;
 mod safety;

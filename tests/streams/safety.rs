@@ -9,77 +9,16 @@ use std::time::Duration;
 use crate::common::amqp::*;
 use crate::common::kafka::{self, send_base};
 use crate::common::{data_dir, Broker};
+use crate::kit::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Channel};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::Offset;
 
 const T: Duration = Duration::from_secs(20);
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
-}
-
-async fn declare_stream(ch: &Channel, name: &str, more: &[(&str, AMQPValue)]) {
-    try_declare_stream(ch, name, more)
-        .await
-        .expect("declare stream");
-}
-
-async fn try_declare_stream(
-    ch: &Channel,
-    name: &str,
-    more: &[(&str, AMQPValue)],
-) -> Result<lapin::Queue, lapin::Error> {
-    let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), s("stream"));
-    for (k, v) in more {
-        t.insert((*k).into(), v.clone());
-    }
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        t,
-    )
-    .await
-}
-
-/// A stream consumer (manual ack, prefetch 100) from `first`.
-async fn from_first(ch: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
-    ch.basic_qos(100, BasicQosOptions::default()).await?;
-    let mut a = FieldTable::default();
-    a.insert("x-stream-offset".into(), s("first"));
-    ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), a)
-        .await
-}
-
-fn stream_offset(d: &lapin::message::Delivery) -> i64 {
-    let h = d.properties.headers().clone().expect("headers");
-    match h.inner().get("x-stream-offset") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        other => panic!("x-stream-offset header {other:?}"),
-    }
-}
-
-/// (offset, body) of up to `n` deliveries (acked); fewer if none comes for `secs`.
-async fn take(c: &mut Consumer, n: usize, secs: u64) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let Some(d) = next(c, secs).await else { break };
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-        out.push((
-            stream_offset(&d),
-            String::from_utf8_lossy(&d.data).into_owned(),
-        ));
-    }
-    out
-}
 
 fn send_txn(p: &BaseProducer, topic: &str, values: &[&str]) {
     for v in values {
@@ -108,8 +47,10 @@ async fn amqp_consumers_read_only_committed_transactions() {
     p.abort_transaction(T).expect("abort");
 
     let cch = channel(&conn).await;
-    let mut c = from_first(&cch, "ledger").await.expect("consume");
-    let got = take(&mut c, 2, 5).await;
+    let mut c = stream_consumer(&cch, "ledger", 100, &[("x-stream-offset", s("first"))])
+        .await
+        .expect("consume");
+    let got = offsets_and_bodies(&take(&mut c, 2, 5).await);
     assert_eq!(
         got,
         vec![(0, "c0".to_owned()), (1, "c1".to_owned())],
@@ -129,13 +70,19 @@ async fn amqp_consumers_read_only_committed_transactions() {
     );
     // ...until it commits: then they arrive at once.
     p.commit_transaction(T).expect("commit");
-    let got = take(&mut c, 2, 5).await;
+    let got = offsets_and_bodies(&take(&mut c, 2, 5).await);
     assert_eq!(got, vec![(6, "o0".to_owned()), (7, "o1".to_owned())]);
 
     // A consumer from `first` now sees both transactions that committed, not the other.
     let c2ch = channel(&conn).await;
-    let mut c2 = from_first(&c2ch, "ledger").await.expect("consume");
-    let all: Vec<i64> = take(&mut c2, 5, 2).await.iter().map(|(o, _)| *o).collect();
+    let mut c2 = stream_consumer(&c2ch, "ledger", 100, &[("x-stream-offset", s("first"))])
+        .await
+        .expect("consume");
+    let all: Vec<i64> = take(&mut c2, 5, 2)
+        .await
+        .iter()
+        .map(stream_offset)
+        .collect();
     assert_eq!(all, vec![0, 1, 6, 7]);
 }
 
@@ -163,26 +110,21 @@ async fn kafka_topic_acls_hold_for_amqp_readers_and_writers() {
 
     // Allowed: publish and consume as usual.
     confirm_select(&ch).await;
-    let c = ch
-        .basic_publish(
-            "".into(),
-            "open".into(),
-            BasicPublishOptions::default(),
-            b"hello",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(c.is_ack());
+    publish_acked(&ch, "open", b"hello").await;
     let och = channel(&conn).await;
-    let mut oc = from_first(&och, "open").await.expect("consume open");
-    assert_eq!(take(&mut oc, 1, 5).await, vec![(0, "hello".to_owned())]);
+    let mut oc = stream_consumer(&och, "open", 100, &[("x-stream-offset", s("first"))])
+        .await
+        .expect("consume open");
+    assert_eq!(
+        offsets_and_bodies(&take(&mut oc, 1, 5).await),
+        vec![(0, "hello".to_owned())]
+    );
 
     // Reading `secret` is refused: 403, as the topic's READ ACL says.
     let rch = channel(&conn).await;
-    let e = from_first(&rch, "secret").await.expect_err("refused");
+    let e = stream_consumer(&rch, "secret", 100, &[("x-stream-offset", s("first"))])
+        .await
+        .expect_err("refused");
     assert_eq!(reply_code(&e), Some(403), "{e:?}");
 
     // Writing it too: the publish closes the channel with 403 and nothing is written.
@@ -229,19 +171,7 @@ async fn x_stream_key_none_leaves_the_record_key_null() {
     let ch = channel(&conn).await;
     declare_stream(&ch, "keyless", &[("x-stream-key", s("none"))]).await;
     confirm_select(&ch).await;
-    let c = ch
-        .basic_publish(
-            "".into(),
-            "keyless".into(),
-            BasicPublishOptions::default(),
-            b"v",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(c.is_ack());
+    publish_acked(&ch, "keyless", b"v").await;
 
     let kc: BaseConsumer = kafka::client(&broker, &[("group.id", "keyless")]);
     kafka::assign(&kc, "keyless", 1, Offset::Beginning);
@@ -266,7 +196,9 @@ async fn x_stream_key_none_leaves_the_record_key_null() {
 
     // Over AMQP the routing key comes back from the header.
     let cch = channel(&conn).await;
-    let mut c = from_first(&cch, "keyless").await.expect("consume");
+    let mut c = stream_consumer(&cch, "keyless", 100, &[("x-stream-offset", s("first"))])
+        .await
+        .expect("consume");
     let d = next(&mut c, 5).await.expect("delivery");
     assert_eq!(d.routing_key.as_str(), "keyless");
 }
@@ -327,7 +259,9 @@ async fn a_flood_without_confirms_stays_within_the_memory_budget() {
     );
     // Every message, in order, readable over AMQP.
     let cch = channel(&conn).await;
-    let mut c = from_first(&cch, "flood").await.expect("consume");
+    let mut c = stream_consumer(&cch, "flood", 100, &[("x-stream-offset", s("first"))])
+        .await
+        .expect("consume");
     let mut n = 0;
     while n < N as i64 {
         let d = next(&mut c, 10).await.expect("delivery");
@@ -341,20 +275,8 @@ async fn a_flood_without_confirms_stays_within_the_memory_budget() {
 /// Publishes `n` messages of `size` bytes to `queue`, each confirmed before the next (one
 /// record batch each).
 async fn publish_confirmed(ch: &Channel, queue: &str, n: usize, size: usize) {
-    for i in 0..n {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &vec![b'r'; size],
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(c.is_ack(), "message {i}");
+    for _ in 0..n {
+        publish_acked(ch, queue, &vec![b'r'; size]).await;
     }
 }
 

@@ -10,64 +10,15 @@ use std::time::Duration;
 use crate::common::amqp::*;
 use crate::common::kafka::{self, admin, assigned, create_topics, poll_n};
 use crate::common::{data_dir, Broker};
+use crate::kit::*;
 use futures::executor::block_on;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, ExchangeKind};
 use rdkafka::admin::{AdminOptions, NewPartitions};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::Offset;
-
-fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
-}
-
-async fn refused_code<T>(r: Result<T, lapin::Error>) -> u16 {
-    match r {
-        Ok(_) => panic!("not refused"),
-        Err(e) => reply_code(&e).unwrap_or_else(|| panic!("no reply code: {e:?}")),
-    }
-}
-
-fn stream_offset(d: &lapin::message::Delivery) -> i64 {
-    let h = d.properties.headers().clone().expect("headers");
-    match h.inner().get("x-stream-offset") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        other => panic!("x-stream-offset header {other:?}"),
-    }
-}
-
-/// A stream consumer (manual ack, prefetch 50) with consumer arguments `args`.
-async fn consumer(ch: &Channel, queue: &str, args: FieldTable) -> Result<Consumer, lapin::Error> {
-    ch.basic_qos(50, BasicQosOptions::default()).await?;
-    ch.basic_consume(
-        queue.into(),
-        "".into(),
-        BasicConsumeOptions::default(),
-        args,
-    )
-    .await
-}
-
-/// Receives (and acks) deliveries until none comes for `quiet` seconds or `max` arrived.
-async fn take_all(c: &mut Consumer, max: usize, quiet: u64) -> Vec<lapin::message::Delivery> {
-    let mut out = Vec::new();
-    while out.len() < max {
-        let Some(d) = next(c, quiet).await else { break };
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-        out.push(d);
-    }
-    out
-}
 
 fn get_json(url: String) -> serde_json::Value {
     let token = "Z3Vlc3Q6Z3Vlc3Q="; // guest:guest
@@ -154,10 +105,10 @@ async fn super_stream_routes_as_the_kafka_partitioner_and_keeps_offsets() {
         .expect("partition queue");
     assert_eq!(q.message_count() as usize, p1.len());
     let ch2 = channel(&conn).await;
-    let mut c1 = consumer(&ch2, "orders-1", table(&[("x-stream-offset", s("first"))]))
+    let mut c1 = stream_consumer(&ch2, "orders-1", 50, &[("x-stream-offset", s("first"))])
         .await
         .expect("consume orders-1");
-    let ds = take_all(&mut c1, p1.len() + 1, 2).await;
+    let ds = take(&mut c1, p1.len() + 1, 2).await;
     let amqp: Vec<(i64, String)> = ds
         .iter()
         .map(|d| (stream_offset(d), d.routing_key.to_string()))
@@ -166,14 +117,15 @@ async fn super_stream_routes_as_the_kafka_partitioner_and_keeps_offsets() {
     // A numeric offset is partition 1's offset.
     let ch3 = channel(&conn).await;
     let from = p1[p1.len() / 2].0;
-    let mut c2 = consumer(
+    let mut c2 = stream_consumer(
         &ch3,
         "orders-1",
-        table(&[("x-stream-offset", AMQPValue::LongLongInt(from))]),
+        50,
+        &[("x-stream-offset", AMQPValue::LongLongInt(from))],
     )
     .await
     .expect("consume from an offset");
-    let ds = take_all(&mut c2, p1.len(), 2).await;
+    let ds = take(&mut c2, p1.len(), 2).await;
     assert_eq!(ds.first().map(stream_offset), Some(from));
 
     // The management API shows the exchange, its partition queues and bindings.
@@ -359,12 +311,14 @@ async fn super_stream_filter_is_exact_for_records_from_both_protocols() {
         let conn = &conn;
         async move {
             let ch = channel(conn).await;
-            let mut a = table(&[("x-stream-offset", s("first")), ("x-stream-filter", filter)]);
+            let mut a = vec![("x-stream-offset", s("first")), ("x-stream-filter", filter)];
             if let Some(u) = unfiltered {
-                a.insert("x-stream-match-unfiltered".into(), AMQPValue::Boolean(u));
+                a.push(("x-stream-match-unfiltered", AMQPValue::Boolean(u)));
             }
-            let mut c = consumer(&ch, "filtered", a).await.expect("consume");
-            let ds = take_all(&mut c, 20, 2).await;
+            let mut c = stream_consumer(&ch, "filtered", 50, &a)
+                .await
+                .expect("consume");
+            let ds = take(&mut c, 20, 2).await;
             ds.iter()
                 .map(|d| String::from_utf8_lossy(&d.data).into_owned())
                 .collect::<Vec<_>>()
@@ -383,10 +337,11 @@ async fn super_stream_filter_is_exact_for_records_from_both_protocols() {
     );
     // Not a string or an array of strings: 406.
     let ch = channel(&conn).await;
-    let r = consumer(
+    let r = stream_consumer(
         &ch,
         "filtered",
-        table(&[("x-stream-filter", AMQPValue::LongInt(1))]),
+        50,
+        &[("x-stream-filter", AMQPValue::LongInt(1))],
     )
     .await;
     assert_eq!(refused_code(r).await, 406);
