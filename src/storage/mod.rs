@@ -104,6 +104,9 @@ pub struct Storage {
     waiters: RefCell<Vec<SyncWaiter>>,
     wake: Notify,
     stopping: Cell<bool>,
+    /// Some partition holds writes not yet fdatasync'ed after the last round (its flush
+    /// policy is not due yet), so an idle flusher must look again soon.
+    unsynced_left: Cell<bool>,
     /// Fired each time the flusher finishes a round.
     pub round_done: Notify,
     /// The free-space watermark of this shard's data directory.
@@ -128,6 +131,7 @@ impl Storage {
             waiters: RefCell::new(Vec::new()),
             wake: Notify::new(),
             stopping: Cell::new(false),
+            unsynced_left: Cell::new(false),
             round_done: Notify::new(),
             disk: Rc::new(disk::DiskGuard::new(
                 config.data_dir.clone(),
@@ -344,8 +348,15 @@ impl Storage {
                 && self.waiters.borrow().is_empty()
                 && journals.iter().all(|j| j.idle());
             if idle {
-                // Wake at least every 100 ms so flush.ms and segment.ms apply to idle logs.
-                let _ = glommio::timer::timeout(Duration::from_millis(100), async {
+                // Wake at least every 100 ms while some log has unsynced writes, so flush.ms
+                // applies to idle logs, and every second otherwise (segment.ms, tail
+                // caches): an idle broker is not woken ten times a second per shard.
+                let period = if self.unsynced_left.get() {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(1)
+                };
+                let _ = glommio::timer::timeout(period, async {
                     listener.await;
                     Ok(())
                 })
@@ -436,9 +447,11 @@ impl Storage {
 
         let partitions = self.partitions();
         let mut cached = 0usize;
+        let mut unsynced_left = false;
         for log in &partitions {
             let rolled = {
                 let mut l = log.borrow_mut();
+                unsynced_left |= l.durable_offset < l.written_offset;
                 l.trim_tail_cache();
                 cached += l.tail_cache_bytes();
                 l.roll_if_old(now)
@@ -449,6 +462,7 @@ impl Storage {
             }
         }
         self.fit_tail_caches(&partitions, cached);
+        self.unsynced_left.set(unsynced_left);
     }
 
     /// Keeps the shard's tail caches together within `storage.shard_tail_cache_bytes`:

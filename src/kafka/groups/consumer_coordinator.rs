@@ -123,6 +123,8 @@ impl Coordinator {
             groups.remove(group);
         }
         drop(groups);
+        // The clock sleeps while no group has members (cheap when it is awake).
+        self.clock_wake.notify();
         if leaving {
             self.maybe_downgrade(group, now);
         }
@@ -184,7 +186,9 @@ impl Coordinator {
         let Some(g) = groups.get_mut(group) else {
             return Self::refused_join(ResponseError::UnknownMemberId.code(), &member_id);
         };
-        match g.classic_join(join, catalog, settings.max_size, now) {
+        let joined = g.classic_join(join, catalog, settings.max_size, now);
+        self.clock_wake.notify();
+        match joined {
             Ok(joined) => Reply::Join(
                 JoinGroupResponse::default()
                     .with_generation_id(joined.generation)

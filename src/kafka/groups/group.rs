@@ -657,6 +657,12 @@ impl Group {
 
     /// Expires members whose session lapsed and pending ids never used; completes a
     /// rebalance whose time has come. Called periodically.
+    /// Whether the group has members or members waiting to join: only such a group has
+    /// timeouts for the coordinator's clock to watch.
+    pub fn has_members(&self) -> bool {
+        !self.members.is_empty() || !self.pending.is_empty()
+    }
+
     pub fn tick(&mut self, t: Timeouts, now: Instant) {
         self.pending
             .retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));

@@ -199,6 +199,8 @@ pub struct Coordinator {
     /// `__consumer_offsets`, in the order they were applied (`kafka::offsets_topic`).
     topic_records: RefCell<Vec<TopicRecord>>,
     topic_wake: Notify,
+    /// Wakes the clock (`run_clock`) when a group gets its first member.
+    clock_wake: Notify,
     /// The generation of each group whose metadata was last queued for the topic.
     recorded_generation: RefCell<HashMap<String, i32>>,
     /// Offsets of ongoing transactions (TxnOffsetCommit), until the transaction ends.
@@ -272,6 +274,7 @@ impl Coordinator {
             loaded: Cell::new(true),
             topic_records: RefCell::new(Vec::new()),
             topic_wake: Notify::new(),
+            clock_wake: Notify::new(),
             recorded_generation: RefCell::new(HashMap::new()),
             txn_offsets,
         }))
@@ -359,7 +362,15 @@ impl Coordinator {
     /// `broker::run_shard`, runs until the executor ends).
     pub async fn run_clock(self: Rc<Self>) {
         loop {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            if self.has_members() {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            } else {
+                // No session or rebalance timeout can run out: sleep until a group gets a
+                // member, so an idle broker is not woken ten times a second.
+                let listener = Listener::new();
+                listener.listen(&self.clock_wake);
+                listener.await;
+            }
             let now = Instant::now();
             let ids: Vec<String> = {
                 let mut groups = self.groups.borrow_mut();
@@ -397,7 +408,22 @@ impl Coordinator {
         let g = groups
             .entry(id.to_owned())
             .or_insert_with(|| Group::new(id));
-        f(g)
+        let idle = !g.has_members();
+        let r = f(g);
+        if idle && g.has_members() {
+            self.clock_wake.notify();
+        }
+        r
+    }
+
+    /// Whether any group has members (or members joining): the clock ticks only then.
+    fn has_members(&self) -> bool {
+        self.groups.borrow().values().any(Group::has_members)
+            || self
+                .consumer_groups
+                .borrow()
+                .values()
+                .any(|g| !g.members.is_empty())
     }
 
     fn group_exists(&self, id: &str) -> bool {

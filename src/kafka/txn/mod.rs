@@ -18,7 +18,7 @@
 //! (`start`; startup does not wait), so a transaction is visible everywhere or nowhere.
 //!
 //! Timeouts: an index of ongoing transactions by deadline (`deadlines`) is read by a
-//! 100 ms clock per shard (`run_clock`); an expired transaction is aborted with an epoch
+//! 100 ms clock per shard (`run_clock`, asleep while no transaction is open); an expired transaction is aborted with an epoch
 //! bump, so its producer is fenced. A request never scans the transactions.
 //!
 //! One state change per id at a time: while a change of an id is being made durable, other
@@ -148,6 +148,8 @@ pub struct Coordinator {
     txns: RefCell<HashMap<String, TxnMeta>>,
     /// Ongoing transactions by (deadline ms, id): the clock pops the expired ones.
     deadlines: RefCell<BTreeSet<(i64, String)>>,
+    /// Wakes the clock, which sleeps while `deadlines` is empty.
+    deadline_added: Notify,
     /// Ids with a state change being made durable.
     busy: RefCell<HashSet<String>>,
     log: Rc<RecordLog>,
@@ -209,6 +211,7 @@ impl Coordinator {
         Ok(Rc::new(Coordinator {
             txns: RefCell::new(txns),
             deadlines: RefCell::new(deadlines),
+            deadline_added: Notify::new(),
             busy: RefCell::new(HashSet::new()),
             log: Rc::new(log),
             max_timeout_ms: config.kafka.transaction_max_timeout_ms,
@@ -285,6 +288,7 @@ impl Coordinator {
         }
         if let Some(d) = meta.deadline_ms() {
             deadlines.insert((d, meta.id.clone()));
+            self.deadline_added.notify();
         }
         drop(deadlines);
         self.txns.borrow_mut().insert(meta.id.clone(), meta);
@@ -504,10 +508,17 @@ impl Coordinator {
         }
     }
 
-    /// Background work: the timeout clock, every 100 ms (started by `start`).
+    /// Background work: the timeout clock, every 100 ms while a transaction is open, asleep
+    /// while none is (started by `start`).
     async fn run_clock(shard: Rc<Shard>) {
         loop {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            if shard.txn.deadlines.borrow().is_empty() {
+                let listener = Listener::new();
+                listener.listen(&shard.txn.deadline_added);
+                listener.await;
+            } else {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
             shard.txn.expire_due(&shard).await;
         }
     }
