@@ -147,17 +147,18 @@ async fn connection(
         principal: std::cell::RefCell::new(principal),
         sasl: Default::default(),
     });
+    let inflight = Rc::new(Cell::new(0usize));
+    // Set when the writer stops (the peer left, or stopped reading): the reader then no
+    // longer waits for budget or answers it will never see released or written.
+    let writer_gone = Rc::new(Cell::new(false));
     let (tx, rx) = local_channel::new_unbounded::<(usize, Outgoing)>();
     let room = Rc::new(Room::default());
     let tx = Answers {
         tx,
         room: room.clone(),
         max: shard.config.kafka.max_inflight_requests.max(1),
+        writer_gone: writer_gone.clone(),
     };
-    let inflight = Rc::new(Cell::new(0usize));
-    // Set when the writer stops (the peer left, or stopped reading): the reader then no
-    // longer waits for budget or answers it will never see released or written.
-    let writer_gone = Rc::new(Cell::new(false));
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let write_task = {
         let (shard, inflight, gone) = (shard.clone(), inflight.clone(), writer_gone.clone());
@@ -243,11 +244,13 @@ struct Answers {
     tx: local_channel::LocalSender<(usize, Outgoing)>,
     room: Rc<Room>,
     max: usize,
+    writer_gone: Rc<Cell<bool>>,
 }
 
 impl Answers {
     /// Queues an answer holding `size` bytes of budget; false once the writer is gone.
-    async fn send(&self, size: usize, task: Outgoing, writer_gone: &Cell<bool>) -> bool {
+    async fn send(&self, size: usize, task: Outgoing) -> bool {
+        let writer_gone = &self.writer_gone;
         while self.room.queued.get() >= self.max && !writer_gone.get() {
             let l = Listener::new();
             l.listen(&self.room.freed);
@@ -595,7 +598,7 @@ async fn read_requests(
             shard.kafka_budget.charge(kept - charge);
         }
         let task = glommio::spawn_local(pending).detach();
-        if !out.send(kept, task, writer_gone).await {
+        if !out.send(kept, task).await {
             return Ok(());
         }
         if let Some(why) = conn.sasl.borrow().closing() {
@@ -629,6 +632,6 @@ async fn sasl_token(
         return Err(ConnectionError::Sasl(why));
     };
     let task = glommio::spawn_local(async move { Some(reply) }).detach();
-    let _ = out.send(0, task, &Cell::new(false)).await;
+    let _ = out.send(0, task).await;
     Ok(())
 }
