@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{select, Either};
-use futures::io::BufReader;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpListener;
@@ -48,9 +47,10 @@ use super::produce_scan;
 use crate::broker::Shard;
 use crate::config::{KafkaListener, SecurityProtocol};
 use crate::metrics::Protocol;
+use crate::runtime::transport::pool::Reader;
 use crate::runtime::transport::{self, ReadHalf, Socket, Transport, WriteHalf};
 use crate::security::Principal;
-use crate::util::notify::Listener;
+use crate::util::notify::{Listener, Notify};
 
 /// Binds every listener of `kafka.effective_listeners()` (each shard binds them all).
 pub fn bind(shard: &Shard) -> Result<Vec<(Rc<KafkaListener>, TcpListener)>, String> {
@@ -147,18 +147,25 @@ async fn connection(
         principal: std::cell::RefCell::new(principal),
         sasl: Default::default(),
     });
-    let (tx, rx) =
-        local_channel::new_bounded::<(usize, Outgoing)>(shard.config.kafka.max_inflight_requests);
     let inflight = Rc::new(Cell::new(0usize));
     // Set when the writer stops (the peer left, or stopped reading): the reader then no
     // longer waits for budget or answers it will never see released or written.
     let writer_gone = Rc::new(Cell::new(false));
+    let (tx, rx) = local_channel::new_unbounded::<(usize, Outgoing)>();
+    let room = Rc::new(Room::default());
+    let tx = Answers {
+        tx,
+        room: room.clone(),
+        max: shard.config.kafka.max_inflight_requests.max(1),
+        writer_gone: writer_gone.clone(),
+    };
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let write_task = {
         let (shard, inflight, gone) = (shard.clone(), inflight.clone(), writer_gone.clone());
         glommio::spawn_local(async move {
             let mut stuck = false;
             while let Some((size, task)) = rx.recv().await {
+                room.taken();
                 let frame = task.await;
                 release(&shard, &inflight, size);
                 let Some(Some(frame)) = frame else {
@@ -184,6 +191,7 @@ async fn connection(
             }
             gone.set(true);
             shard.kafka_budget.released.notify();
+            room.freed.notify();
             if stuck {
                 // Wakes the reader too: its next read ends at once.
                 writer.shutdown().await;
@@ -211,6 +219,52 @@ async fn connection(
     let left = inflight.get();
     release(shard, &inflight, left);
     result.map(|_| ()).or(Ok(()))
+}
+
+/// How many answers wait in a connection's queue to its writer.
+#[derive(Default)]
+struct Room {
+    queued: Cell<usize>,
+    /// Fired when the writer takes one (or stops).
+    freed: Notify,
+}
+
+impl Room {
+    fn taken(&self) {
+        self.queued.set(self.queued.get().saturating_sub(1));
+        self.freed.notify();
+    }
+}
+
+/// The answers a connection owes, from its reader to its writer in request order, at most
+/// `kafka.max_inflight_requests` queued (the reader waits for room). glommio's bounded
+/// channel allocates its whole capacity up front for every connection (4 KiB at the default
+/// 256); this unbounded one with a count grows only as far as a client pipelines.
+struct Answers {
+    tx: local_channel::LocalSender<(usize, Outgoing)>,
+    room: Rc<Room>,
+    max: usize,
+    writer_gone: Rc<Cell<bool>>,
+}
+
+impl Answers {
+    /// Queues an answer holding `size` bytes of budget; false once the writer is gone.
+    async fn send(&self, size: usize, task: Outgoing) -> bool {
+        let writer_gone = &self.writer_gone;
+        while self.room.queued.get() >= self.max && !writer_gone.get() {
+            let l = Listener::new();
+            l.listen(&self.room.freed);
+            if self.room.queued.get() < self.max || writer_gone.get() {
+                break;
+            }
+            l.await;
+        }
+        if writer_gone.get() {
+            return false;
+        }
+        self.room.queued.set(self.room.queued.get() + 1);
+        self.tx.send((size, task)).await.is_ok()
+    }
 }
 
 /// Gives back `size` request bytes of a connection's and its shard's in-flight budget.
@@ -337,7 +391,7 @@ async fn within<F: Future>(f: F, deadline: Instant) -> Option<F::Output> {
 /// Fills `buf` from `reader`, adding each read's length to `got` (for the log line of a
 /// request that did not arrive in time). EOF before the end is `UnexpectedEof`.
 async fn read_counted(
-    reader: &mut BufReader<ReadHalf>,
+    reader: &mut Reader<ReadHalf>,
     buf: &mut [u8],
     got: &Cell<usize>,
 ) -> std::io::Result<()> {
@@ -364,7 +418,7 @@ struct FrameClock {
 /// Fills `buf` with more of a request frame of `len` bytes, by the clock's deadline (else
 /// `SlowRequest`) and without a stall of its `idle` (else `Idle`).
 async fn read_within(
-    reader: &mut BufReader<ReadHalf>,
+    reader: &mut Reader<ReadHalf>,
     buf: &mut [u8],
     got: &Cell<usize>,
     clock: &FrameClock,
@@ -423,14 +477,14 @@ fn produce_fits_the_shard(
 async fn read_requests(
     conn: &Rc<Conn>,
     stream: ReadHalf,
-    out: &local_channel::LocalSender<(usize, Outgoing)>,
+    out: &Answers,
     inflight: &Cell<usize>,
     writer_gone: &Cell<bool>,
 ) -> Result<(), ConnectionError> {
     let shard = &conn.shard;
     let max = shard.config.kafka.max_request_bytes;
     let max_nonproduce = shard.config.kafka.max_nonproduce_request_bytes;
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut reader = Reader::new(stream);
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let idle = Duration::from_millis(idle_ms);
     let request_timeout = Duration::from_millis(shard.config.kafka.request_read_timeout_ms.max(1));
@@ -544,7 +598,7 @@ async fn read_requests(
             shard.kafka_budget.charge(kept - charge);
         }
         let task = glommio::spawn_local(pending).detach();
-        if out.send((kept, task)).await.is_err() {
+        if !out.send(kept, task).await {
             return Ok(());
         }
         if let Some(why) = conn.sasl.borrow().closing() {
@@ -561,10 +615,10 @@ const MAX_SASL_TOKEN: usize = 512 * 1024;
 /// connection.
 async fn sasl_token(
     conn: &Rc<Conn>,
-    reader: &mut BufReader<ReadHalf>,
+    reader: &mut Reader<ReadHalf>,
     prefix: [u8; 4],
     clock: &FrameClock,
-    out: &local_channel::LocalSender<(usize, Outgoing)>,
+    out: &Answers,
 ) -> Result<(), ConnectionError> {
     let len = i32::from_be_bytes(prefix);
     let len = usize::try_from(len)
@@ -578,6 +632,6 @@ async fn sasl_token(
         return Err(ConnectionError::Sasl(why));
     };
     let task = glommio::spawn_local(async move { Some(reply) }).detach();
-    let _ = out.send((0, task)).await;
+    let _ = out.send(0, task).await;
     Ok(())
 }

@@ -16,6 +16,9 @@
 //!   `futures::io::AsyncReadExt::split` (each read or write takes a `BiLock` for the length
 //!   of one poll, never across a wait).
 //!
+//! - `pool`: the shard's read and output buffers, lent to a connection only while a frame
+//!   is in flight (an idle connection holds none).
+//!
 //! `accept_tls` runs the handshake under `tls.handshake_timeout_ms` and counts it in the
 //! audit trail (`security::audit::tls_handshake` / `tls_failure` by reason: `timeout`,
 //! `no_certificate`, `bad_certificate`, `protocol`, `io`).
@@ -36,6 +39,8 @@ use glommio::net::TcpStream;
 
 use crate::metrics::Protocol;
 use crate::security::audit;
+
+pub mod pool;
 use crate::security::tls::PeerSubject;
 
 /// An accepted socket: one descriptor, shared by the connection's reader and writer (and

@@ -2,7 +2,7 @@
 //! unpinned, with two shards (started by `launch.rs`, which the benches share); can
 //! SIGTERM or `kill -9` it and restart it on the same dir. `kafka.rs` and `amqp.rs` hold
 //! the client helpers, `disk.rs` a small filesystem that fills up, `tls.rs` test
-//! certificates made at run time.
+//! certificates made at run time, `idle.rs` idle connections by the thousand.
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -171,6 +171,7 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 
 pub mod amqp;
 pub mod disk;
+pub mod idle;
 pub mod kafka;
 pub mod launch;
 pub mod tls;

@@ -7,6 +7,7 @@
 
 use std::rc::Rc;
 
+use crate::runtime::transport::pool::Reader;
 use crate::runtime::transport::ReadHalf;
 use amq_protocol::protocol::{connection as conn_m, AMQPClass};
 use bytes::BytesMut;
@@ -21,13 +22,12 @@ use crate::amqp::{reply, AmqpError};
 /// answered with ours as the specification asks).
 pub(super) async fn greet(
     conn: &Rc<Connection>,
-    stream: &mut ReadHalf,
+    stream: &mut Reader<ReadHalf>,
     buf: &mut BytesMut,
-    chunk: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
     // Protocol header.
     while buf.len() < 8 {
-        if !io::fill(conn, stream, buf, chunk, Some(HANDSHAKE_TIMEOUT), true).await? {
+        if !io::fill(conn, stream, buf, Some(HANDSHAKE_TIMEOUT), true).await? {
             return Ok(false);
         }
     }
@@ -245,7 +245,7 @@ pub(super) fn method(
                 ));
             }
             let user = conn.user();
-            let Some(perms) = Permissions::of(cfg, user, &vhost) else {
+            let Some(perms) = Permissions::shared(cfg, user, &vhost) else {
                 return Err(AmqpError::connection(
                     reply::NOT_ALLOWED,
                     format!("NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}'"),

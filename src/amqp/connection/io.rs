@@ -3,15 +3,22 @@
 //! writer task that drains the connection's output, and heartbeats (sent when we have
 //! been silent, a silent peer closed).
 //!
+//! Memory: an idle connection holds no buffer. Reads borrow the shard's pooled read buffer
+//! for one poll and append what arrived to the frame buffer, which is freed whenever it is
+//! empty and the socket has nothing more (it holds a frame only while one is in flight);
+//! the output buffer comes from the pool with the first write and goes back once the
+//! writer has drained it and waits (`runtime::transport::pool`).
+//!
 //! Runs on the connection's shard, in its reader, writer and heartbeat tasks.
 
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::runtime::transport::pool::{self, Reader};
 use crate::runtime::transport::{ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use futures::future::{select, Either};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 
 use super::{
     closed_linger, flow, handle_frame, handshake, still_running, Connection, Phase, CLOSE_TIMEOUT,
@@ -26,12 +33,6 @@ use crate::util::notify::Listener;
 /// On a stop, how long a connection keeps reading what its client had already sent.
 const STOP_DRAIN: Duration = Duration::from_millis(500);
 
-/// A connection's read chunk, read buffer and output buffer start this small, so an idle
-/// connection costs little; reads that fill the chunk double it up to `MAX_READ_CHUNK`
-/// (the other two grow as their frames need).
-pub(super) const FIRST_BUFFER_BYTES: usize = 4 * 1024;
-const MAX_READ_CHUNK: usize = 64 * 1024;
-
 /// Writes the connection's output as it comes, then returns credit for the deliveries
 /// written; closes the socket for writing when the connection is finished or dead.
 pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
@@ -41,6 +42,8 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
         let buf = std::mem::take(&mut *conn.out.borrow_mut());
         let written = std::mem::take(&mut *conn.written.borrow_mut());
         if buf.is_empty() {
+            // Idle: the buffer goes back to the shard's pool (`write` takes one again).
+            pool::give_output(buf);
             if conn.finished.get() || conn.dead.get() {
                 break;
             }
@@ -60,13 +63,16 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
         }
         conn.last_send_ms.set(now_ms());
         conn.out_written.notify();
-        // Reuse the buffer's allocation when nothing new arrived meanwhile.
+        // Reuse the buffer's allocation when nothing new arrived meanwhile (it goes back to
+        // the pool when the next turn finds nothing to write).
         {
             let mut out = conn.out.borrow_mut();
             if out.is_empty() && buf.capacity() > out.capacity() {
                 let mut buf = buf;
                 buf.clear();
-                *out = buf;
+                pool::give_output(std::mem::replace(&mut *out, buf));
+            } else {
+                pool::give_output(buf);
             }
         }
         for (cid, (queue, n, bytes)) in written {
@@ -90,9 +96,8 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
 /// (with `watch_stop`) the shard stopping.
 pub(super) async fn fill(
     conn: &Rc<Connection>,
-    stream: &mut ReadHalf,
+    stream: &mut Reader<ReadHalf>,
     buf: &mut BytesMut,
-    chunk: &mut Vec<u8>,
     deadline: Option<Duration>,
     watch_stop: bool,
 ) -> Result<bool, std::io::Error> {
@@ -104,10 +109,10 @@ pub(super) async fn fill(
     if (watch_stop && conn.shard.stopping.get()) || conn.dead.get() {
         return Ok(false);
     }
-    let read = Box::pin(stream.read(chunk.as_mut_slice()));
+    let read = std::pin::pin!(stream.append(buf));
     let r = match deadline {
         Some(d) => {
-            let timed = Box::pin(glommio::timer::sleep(d));
+            let timed = std::pin::pin!(glommio::timer::sleep(d));
             match select(read, select(stop, timed)).await {
                 Either::Left((r, _)) => r,
                 Either::Right(_) => return Ok(false),
@@ -122,12 +127,6 @@ pub(super) async fn fill(
     if n == 0 {
         return Ok(false);
     }
-    buf.extend_from_slice(&chunk[..n]);
-    // A read that filled the chunk: the peer sends faster than we read, so read more
-    // at a time (idle and light connections keep the small chunk).
-    if n == chunk.len() && chunk.len() < MAX_READ_CHUNK {
-        chunk.resize(chunk.len() * 2, 0);
-    }
     conn.last_recv_ms.set(now_ms());
     Ok(true)
 }
@@ -136,11 +135,11 @@ pub(super) async fn fill(
 /// completes, a deadline passes, the shard stops).
 pub(super) async fn read_loop(
     conn: &Rc<Connection>,
-    mut stream: ReadHalf,
+    stream: ReadHalf,
 ) -> Result<(), std::io::Error> {
-    let mut buf = BytesMut::with_capacity(FIRST_BUFFER_BYTES);
-    let mut chunk = vec![0u8; FIRST_BUFFER_BYTES];
-    if !handshake::greet(conn, &mut stream, &mut buf, &mut chunk).await? {
+    let mut stream = Reader::new(stream);
+    let mut buf = BytesMut::new();
+    if !handshake::greet(conn, &mut stream, &mut buf).await? {
         return Ok(());
     }
     let mut phase = Phase::StartOk;
@@ -216,7 +215,6 @@ pub(super) async fn read_loop(
                     conn,
                     &mut stream,
                     &mut buf,
-                    &mut chunk,
                     Some(Duration::from_millis(10)),
                     false,
                 )
@@ -277,7 +275,7 @@ pub(super) async fn read_loop(
             }
         };
         let stopping_before = conn.shard.stopping.get();
-        if !fill(conn, &mut stream, &mut buf, &mut chunk, deadline, true).await? {
+        if !fill(conn, &mut stream, &mut buf, deadline, true).await? {
             if conn.shard.stopping.get() && !stopping_before && phase == Phase::Running {
                 // The shard began stopping while we waited: tell the client (next turn).
                 continue;

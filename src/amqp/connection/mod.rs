@@ -51,7 +51,7 @@ use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
 use crate::metrics::Protocol;
-use crate::runtime::transport::{self, Socket, Transport};
+use crate::runtime::transport::{self, pool, Socket, Transport};
 use crate::storage::log::now_ms;
 use crate::util::notify::Notify;
 
@@ -86,7 +86,7 @@ pub struct Connection {
     /// Set once by the handshake (start-ok, then open), read freely after.
     user: OnceCell<String>,
     vhost: OnceCell<String>,
-    perms: OnceCell<Permissions>,
+    perms: OnceCell<Rc<Permissions>>,
     pub frame_max: Cell<u32>,
     pub channel_max: Cell<u16>,
     pub heartbeat: Cell<u16>,
@@ -139,7 +139,7 @@ impl Connection {
             frame_max: Cell::new(cfg.frame_max),
             channel_max: Cell::new(cfg.channel_max),
             heartbeat: Cell::new(0),
-            out: RefCell::new(BytesMut::with_capacity(io::FIRST_BUFFER_BYTES)),
+            out: RefCell::new(BytesMut::new()),
             out_ready: Notify::new(),
             out_written: Notify::new(),
             written: RefCell::new(HashMap::new()),
@@ -176,7 +176,7 @@ impl Connection {
             shard: &self.shard,
             vhost: self.vhost(),
             user: self.user(),
-            perms: self.perms.get(),
+            perms: self.perms.get().map(|p| &**p),
             conn: Some(self.id),
         }
     }
@@ -187,8 +187,18 @@ impl Connection {
         if self.dead.get() || self.quiet.get() {
             return;
         }
-        f(&mut self.out.borrow_mut());
+        f(&mut self.output());
         self.out_ready.notify();
+    }
+
+    /// The output buffer, taken from the shard's pool if the connection holds none (it
+    /// gives it back when idle, `io::write_loop`).
+    fn output(&self) -> std::cell::RefMut<'_, BytesMut> {
+        let mut out = self.out.borrow_mut();
+        if out.capacity() == 0 {
+            *out = pool::take_output();
+        }
+        out
     }
 
     /// Sends a method, unless the close handshake forbids it: on a channel we are closing
@@ -213,7 +223,7 @@ impl Connection {
     /// crossing or repeated close); after it the connection writes nothing else.
     fn write_close(&self, method: conn_m::AMQPMethod) {
         if !self.dead.get() {
-            codec::put_method(&mut self.out.borrow_mut(), 0, AMQPClass::Connection(method));
+            codec::put_method(&mut self.output(), 0, AMQPClass::Connection(method));
             self.out_ready.notify();
         }
         self.quiet.set(true);

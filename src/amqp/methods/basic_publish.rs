@@ -367,9 +367,11 @@ async fn route_key(
                 ))
             }
             Err(RouteError::NoExchange) if attempt == 0 => {
-                refresh_catalog(actor.shard).await;
+                // Rare, and boxed: inline, these two futures would make every publish's
+                // future (hence every AMQP connection's task) 1.5 KiB larger.
+                Box::pin(refresh_catalog(actor.shard)).await;
                 // A Kafka topic of several partitions: its super stream's exchange.
-                adopt_super_stream(actor, exchange).await?;
+                Box::pin(adopt_super_stream(actor, exchange)).await?;
             }
             Err(RouteError::NoExchange) => {}
         }

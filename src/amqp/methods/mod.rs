@@ -31,7 +31,9 @@ use crate::broker::Shard;
 use crate::catalog::amqp::Queue;
 use crate::catalog::{CatalogError, Change};
 
-/// Runs the handler of one method.
+/// Runs the handler of one method. The methods that wait (topology changes, consume, get,
+/// tx.commit) run boxed: their futures (up to 2.8 KiB) would otherwise sit inline in every
+/// AMQP connection's task for its whole life, idle or not; publish and ack do not wait.
 pub async fn dispatch(
     conn: &Rc<Connection>,
     ch: &ChannelRef,
@@ -51,26 +53,26 @@ pub async fn dispatch(
             _ => Err(invalid()),
         },
         AMQPClass::Exchange(m) => match m {
-            ex::AMQPMethod::Declare(d) => exchange::declare(conn, ch, d).await,
-            ex::AMQPMethod::Delete(d) => exchange::delete(conn, ch, d).await,
-            ex::AMQPMethod::Bind(b) => exchange::bind(conn, ch, b).await,
-            ex::AMQPMethod::Unbind(u) => exchange::unbind(conn, ch, u).await,
+            ex::AMQPMethod::Declare(d) => Box::pin(exchange::declare(conn, ch, d)).await,
+            ex::AMQPMethod::Delete(d) => Box::pin(exchange::delete(conn, ch, d)).await,
+            ex::AMQPMethod::Bind(b) => Box::pin(exchange::bind(conn, ch, b)).await,
+            ex::AMQPMethod::Unbind(u) => Box::pin(exchange::unbind(conn, ch, u)).await,
             _ => Err(invalid()),
         },
         AMQPClass::Queue(m) => match m {
-            qm::AMQPMethod::Declare(d) => queue::declare(conn, ch, d).await,
-            qm::AMQPMethod::Bind(b) => queue::bind(conn, ch, b).await,
-            qm::AMQPMethod::Unbind(u) => queue::unbind(conn, ch, u).await,
-            qm::AMQPMethod::Purge(p) => queue::purge(conn, ch, p).await,
-            qm::AMQPMethod::Delete(d) => queue::delete(conn, ch, d).await,
+            qm::AMQPMethod::Declare(d) => Box::pin(queue::declare(conn, ch, d)).await,
+            qm::AMQPMethod::Bind(b) => Box::pin(queue::bind(conn, ch, b)).await,
+            qm::AMQPMethod::Unbind(u) => Box::pin(queue::unbind(conn, ch, u)).await,
+            qm::AMQPMethod::Purge(p) => Box::pin(queue::purge(conn, ch, p)).await,
+            qm::AMQPMethod::Delete(d) => Box::pin(queue::delete(conn, ch, d)).await,
             _ => Err(invalid()),
         },
         AMQPClass::Basic(m) => match m {
             basic::AMQPMethod::Qos(q) => basic_qos::qos(conn, ch, q, payload),
-            basic::AMQPMethod::Consume(c) => basic_consume::consume(conn, ch, c).await,
+            basic::AMQPMethod::Consume(c) => Box::pin(basic_consume::consume(conn, ch, c)).await,
             basic::AMQPMethod::Cancel(c) => basic_consume::cancel(conn, ch, c),
             basic::AMQPMethod::Publish(p) => basic_publish::publish(conn, ch, p),
-            basic::AMQPMethod::Get(g) => basic_get::get(conn, ch, g).await,
+            basic::AMQPMethod::Get(g) => Box::pin(basic_get::get(conn, ch, g)).await,
             basic::AMQPMethod::Ack(a) => basic_ack::ack(conn, ch, a),
             basic::AMQPMethod::Nack(n) => basic_ack::nack(conn, ch, n),
             basic::AMQPMethod::Reject(r) => basic_ack::reject(conn, ch, r),
@@ -81,7 +83,7 @@ pub async fn dispatch(
         AMQPClass::Confirm(conf::AMQPMethod::Select(s)) => confirm::select(conn, ch, s),
         AMQPClass::Tx(m) => match m {
             txm::AMQPMethod::Select(_) => tx::select(conn, ch),
-            txm::AMQPMethod::Commit(_) => tx::commit(conn, ch).await,
+            txm::AMQPMethod::Commit(_) => Box::pin(tx::commit(conn, ch)).await,
             txm::AMQPMethod::Rollback(_) => tx::rollback(conn, ch),
             _ => Err(invalid()),
         },
