@@ -23,7 +23,7 @@
 //! crosses to the partition's owner is each `Shard::kafka`/`kafka_dispatch` call.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -516,15 +516,26 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader) -> Option<i64> {
     })
 }
 
-/// One consumer's reading loop (see the module comment).
+/// One consumer's reading loop (see the module comment). Records decoded from a fetch
+/// wait in `pending` until credit lets them go, so a fetch is decoded once however small
+/// the prefetch (re-fetching from the first undelivered record re-read and re-decoded
+/// the whole fetch each time credit came back); `offset` is where the next fetch starts,
+/// past everything pending.
 async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
     let topic = topic_of(&r.queue);
     let owner = shard.owner_of(&topic, 0);
+    let mut pending: VecDeque<record::StoredRecord> = VecDeque::new();
     while !r.cancelled.get() {
         let credit = Listener::new();
         credit.listen(&r.wake);
         if !r.has_credit() {
             credit.await;
+            continue;
+        }
+        if !pending.is_empty() {
+            deliver(&shard, &r, &mut pending);
+            // Let other tasks (acks, publishers) run between batches.
+            glommio::yield_if_needed().await;
             continue;
         }
         let Some(got) = fetch(&shard, &r.queue, offset).await else {
@@ -580,53 +591,57 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             let _ = select(Box::pin(wait), credit).await;
             continue;
         }
-        let mut items = Vec::new();
-        for rec in &records {
-            if r.cancelled.get() || !r.has_credit() {
-                break;
-            }
-            let id = shard.amqp.next_id();
-            shard
-                .amqp
-                .streams
-                .delivered
-                .borrow_mut()
-                .insert(id, r.spec.cid);
-            r.unacked.set(r.unacked.get() + 1);
-            let d = record::stream_delivery_of(rec);
-            let msg = Message {
-                exchange: d.exchange,
-                routing_key: d.routing_key,
-                properties: d.properties,
-                body: d.body,
-                persistent: true,
-                priority: 0,
-                expiration: None,
-            };
-            items.push(Delivery {
-                id,
-                msg,
-                redelivered: false,
-            });
-            offset = rec.offset + 1;
-        }
-        if items.len() == records.len() {
-            offset = offset.max(next);
-        }
-        if !items.is_empty() {
-            outbox::push(
-                &shard,
-                r.spec.shard,
-                ConnOp::Deliver {
-                    conn: r.spec.conn,
-                    channel: r.spec.channel,
-                    cid: r.spec.cid,
-                    queue: r.queue.clone(),
-                    items,
-                },
-            );
-        }
+        offset = offset.max(next);
+        pending.extend(records);
+        deliver(&shard, &r, &mut pending);
         // Let other tasks (acks, publishers) run between batches.
         glommio::yield_if_needed().await;
+    }
+}
+
+/// Hands the consumer's connection shard as many of `pending` as its credit allows, in
+/// offset order, in one `ConnOp::Deliver` (one cross-shard hop for the lot).
+fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>) {
+    let mut items = Vec::new();
+    while !r.cancelled.get() && r.has_credit() {
+        let Some(rec) = pending.pop_front() else {
+            break;
+        };
+        let id = shard.amqp.next_id();
+        shard
+            .amqp
+            .streams
+            .delivered
+            .borrow_mut()
+            .insert(id, r.spec.cid);
+        r.unacked.set(r.unacked.get() + 1);
+        let d = record::stream_delivery_of(&rec);
+        let msg = Message {
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            properties: d.properties,
+            body: d.body,
+            persistent: true,
+            priority: 0,
+            expiration: None,
+        };
+        items.push(Delivery {
+            id,
+            msg,
+            redelivered: false,
+        });
+    }
+    if !items.is_empty() {
+        outbox::push(
+            shard,
+            r.spec.shard,
+            ConnOp::Deliver {
+                conn: r.spec.conn,
+                channel: r.spec.channel,
+                cid: r.spec.cid,
+                queue: r.queue.clone(),
+                items,
+            },
+        );
     }
 }
