@@ -771,7 +771,7 @@ const TOOL_VARIABLES: &[&str] = &[
     "PORTASK_BIN",
     "PORTASK_SYS_ROOT",
     "PORTASK_SYSCTL_ROOT",
-    // The fuzz tests' duration, seed and case (tests/fuzz/engine.rs).
+    // The fuzz tests' duration, seed and case (fuzz-tests/tests/fuzz/engine.rs).
     "PORTASK_FUZZ_SECS",
     "PORTASK_FUZZ_SEED",
     "PORTASK_FUZZ_CASE",

@@ -4,7 +4,9 @@
 //! while normal clients (rdkafka, lapin, a long-polling Fetch, HTTP requests) keep
 //! working; and `limits.max_connections_per_ip` (here through its override for 127.0.0.1)
 //! refuses the connection past the limit on the Kafka, AMQP and HTTP ports alike, counts it
-//! in `/metrics`, and accepts again once one closes.
+//! in `/metrics`, and accepts again once one closes; and each connection holds one
+//! descriptor on the broker's side, given back when it closes (also when closed from
+//! outside through the HTTP API).
 
 mod common;
 
@@ -345,4 +347,104 @@ fn connections_past_the_per_ip_limit_are_refused_on_every_port_and_counted() {
             .sum();
         assert!(refused >= 1.0, "{protocol}: refused {refused}\n{metrics}");
     }
+}
+
+/// Descriptors the broker process has open.
+fn open_descriptors(b: &Broker) -> usize {
+    let pid = b.pid().expect("broker running");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .count()
+}
+
+/// Waits until the broker holds `want` descriptors (connections open and close in the
+/// shards' own time); returns what it holds last.
+fn settle_descriptors(b: &Broker, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = open_descriptors(b);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn each_connection_holds_one_descriptor_and_closing_from_outside_still_works() {
+    let (_d, data) = data_dir();
+    let b = Broker::start(&data, &[]);
+    // What the broker holds once startup's own connections (the launcher's readiness
+    // checks) have closed: the same count for a whole second.
+    let mut before = open_descriptors(&b);
+    let mut steady = Instant::now();
+    while steady.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+        let n = open_descriptors(&b);
+        if n != before {
+            (before, steady) = (n, Instant::now());
+        }
+    }
+    // Each Kafka and AMQP connection opens one socket on the broker's side; its reader,
+    // its writer and the shard's connection list share it (there were three each).
+    let mut amqp = (0..30)
+        .map(|_| amqp_handshake(b.amqp_port).expect("AMQP handshake"))
+        .collect::<Vec<_>>();
+    let kafka = (0..30)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", b.port)).expect("connect");
+            assert!(answered(&mut s, &API_VERSIONS), "ApiVersions answered");
+            s
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(settle_descriptors(&b, before + 60), before + 60);
+
+    // Closing a connection from outside still shuts its socket down: the client sees the
+    // end, and the descriptor is given back.
+    let http = ureq::AgentBuilder::new().build();
+    // guest:guest, the default user.
+    let auth = "Basic Z3Vlc3Q6Z3Vlc3Q=";
+    let conns: serde_json::Value = serde_json::from_str(
+        &http
+            .get(&format!("{}/api/v1/connections", b.http_url()))
+            .set("Authorization", auth)
+            .call()
+            .expect("GET connections")
+            .into_string()
+            .expect("body"),
+    )
+    .expect("json");
+    let ids: Vec<u64> = conns
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|c| c["protocol"] == "amqp")
+        .filter_map(|c| c["id"].as_u64())
+        .collect();
+    assert_eq!(ids.len(), 30, "{conns}");
+    for id in &ids {
+        let r = http
+            .delete(&format!("{}/api/v1/connections/{id}", b.http_url()))
+            .set("Authorization", auth)
+            .call();
+        assert!(r.is_ok(), "DELETE connection {id}: {r:?}");
+    }
+    drop(http);
+    for s in &mut amqp {
+        let mut buf = [0u8; 512];
+        // Whatever the broker still sends (a connection.close), then the end.
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            ended,
+            "the broker ended the connection it was told to close"
+        );
+    }
+    drop(kafka);
+    assert_eq!(settle_descriptors(&b, before), before);
 }

@@ -41,6 +41,11 @@ pub struct ConsumerSpec {
     pub exclusive: bool,
     /// A stream queue's consumer: where it starts reading (`x-stream-offset`).
     pub stream_offset: Option<crate::stream::offset::StartAt>,
+    /// A stream queue's consumer: the Kafka consumer group its acks commit
+    /// (`x-consumer-group`, `stream::group`).
+    pub stream_group: Option<crate::stream::group::GroupArg>,
+    /// A stream queue's consumer: the `x-stream-filter` values it wants.
+    pub stream_filter: Option<crate::stream::filter::Filter>,
 }
 
 /// One message handed to a consumer (or a basic.get): `id` is the queue's delivery id,

@@ -51,10 +51,10 @@ pub fn serve_remote(shard: &Rc<Shard>, req: Request, reply: crate::runtime::repl
     });
 }
 
-/// Queued message bodies, with the records waiting to be written, are over twice the
-/// shard's memory budget.
+/// Queued message bodies, with the records waiting to be written (a classic queue's or a
+/// stream's), are over twice the shard's memory budget.
 pub fn under_pressure(shard: &Shard) -> bool {
-    shard.amqp.memory() + shard.amqp.store.pending_bytes()
+    shard.amqp.memory() + shard.amqp.store.pending_bytes() + shard.amqp.streams.waiting_bytes()
         > shard.config.amqp.memory_budget_bytes.saturating_mul(2)
 }
 
@@ -68,9 +68,11 @@ pub fn under_pressure(shard: &Shard) -> bool {
 pub async fn relieve(shard: &Rc<Shard>) {
     let start = std::time::Instant::now();
     while under_pressure(shard) {
-        let paging = shard.amqp.store.pending_bytes() > 0;
+        let streams = &shard.amqp.streams;
+        let paging = shard.amqp.store.pending_bytes() > 0 || streams.waiting_bytes() > 0;
         let l = crate::util::notify::Listener::new();
         l.listen(shard.amqp.store.round_done());
+        l.listen(&streams.appended);
         let _ = glommio::timer::timeout(std::time::Duration::from_millis(200), async {
             l.await;
             Ok(())

@@ -49,6 +49,10 @@ struct ExchangeRoutes {
     topic: Vec<Dest>,
     topic_trie: TopicTrie,
     headers: Vec<(HeadersPattern, Dest)>,
+    /// A super stream's partition queues by partition (`stream::superstream`): a direct
+    /// exchange that routes by the murmur2 partition of the routing key, not by binding
+    /// key. Empty for every other exchange.
+    partitions: Vec<Option<Dest>>,
 }
 
 /// Topic binding patterns as a trie over words, with `*` and `#` as their own edges, so
@@ -225,6 +229,7 @@ impl Router {
                         topic: Vec::new(),
                         topic_trie: TopicTrie::default(),
                         headers: Vec::new(),
+                        partitions: Vec::new(),
                     },
                 );
             };
@@ -233,6 +238,24 @@ impl Router {
             }
             for (name, e) in &t.exchanges {
                 add_exchange(name, e.kind, e.internal, e.alternate.as_ref());
+            }
+            for (name, q) in &t.queues {
+                let Some((topic, k)) = crate::stream::superstream::partition_of_queue(q) else {
+                    continue;
+                };
+                let n = state.topic(&topic).map_or(0, |t| t.partitions);
+                let (Some(ex), Some(qref)) = (v.exchanges.get_mut(&topic), v.queues.get(name))
+                else {
+                    continue;
+                };
+                let super_stream = t
+                    .exchanges
+                    .get(&topic)
+                    .is_some_and(|e| crate::stream::superstream::is_super_exchange(&e.arguments));
+                if super_stream && k < n {
+                    ex.partitions.resize(n as usize, None);
+                    ex.partitions[k as usize] = Some(Dest::Queue(qref.clone()));
+                }
             }
             for b in &t.bindings {
                 let dest = match b.dest_kind {
@@ -330,6 +353,13 @@ impl Router {
                 continue;
             }
             match ex.kind {
+                ExchangeKind::Direct if !ex.partitions.is_empty() => {
+                    let n = ex.partitions.len() as i32;
+                    let p = crate::kafka::partitioner::partition_for(routing_key.as_bytes(), n);
+                    if let Some(Some(d)) = ex.partitions.get(p as usize) {
+                        dests.push(d);
+                    }
+                }
                 ExchangeKind::Direct => {
                     if let Some(ds) = ex.direct.get(routing_key) {
                         dests.extend(ds.iter());

@@ -113,10 +113,18 @@ impl CatalogState {
                         },
                     );
                 }
+                // And a super stream's partition queues and exchange (`stream::superstream`).
+                for c in crate::stream::superstream::deleted(self, name) {
+                    amqp::apply(&mut self.amqp, &c);
+                }
             }
             Change::SetPartitions(name, n) => {
                 if let Some(t) = self.topics.get_mut(name) {
                     t.partitions = *n;
+                }
+                // A super stream AMQP shows gets its new partition queues at once.
+                for c in crate::stream::superstream::grow(self, name) {
+                    amqp::apply(&mut self.amqp, &c);
                 }
             }
             Change::SetConfigs(name, configs) => {

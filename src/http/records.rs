@@ -60,43 +60,6 @@ pub async fn route(shard: &Rc<Shard>, req: &Req, rest: &[&str]) -> ApiResult {
     }
 }
 
-/// Kafka's murmur2 (the Java client's `Utils.murmur2`), for key → partition.
-pub fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h: u32 = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= (tail[2] as u32) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= (tail[1] as u32) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= tail[0] as u32;
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
-/// The partition the Java client's default partitioner picks for `key`.
-pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
-}
-
 thread_local! {
     static NEXT_PARTITION: Cell<u32> = const { Cell::new(0) };
 }
@@ -243,7 +206,7 @@ async fn produce(shard: &Rc<Shard>, req: &Req, topic: &str) -> ApiResult {
     for (partition, key, value, headers, timestamp) in records {
         let partition = match (partition, &key) {
             (Some(p), _) => p,
-            (None, Some(k)) => partition_for_key(k, partitions),
+            (None, Some(k)) => crate::kafka::partitioner::partition_for(k, partitions),
             (None, None) => NEXT_PARTITION.with(|n| {
                 let p = n.get();
                 n.set(p.wrapping_add(1));
@@ -557,19 +520,5 @@ mod tests {
         assert_eq!(h.size, batch.len());
         assert_eq!(h.records, 3);
         assert_eq!(h.base_sequence, -1);
-    }
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Values from Kafka's own UtilsTest.testMurmur2.
-        assert_eq!(murmur2(b"21"), -973932308);
-        assert_eq!(murmur2(b"foobar"), -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc"), 479470107);
     }
 }

@@ -1,6 +1,7 @@
 //! The Kafka wire protocol: the listener and connections (`server`), the one list of
 //! served APIs (`apis`), request framing (`codec`), one handler per API (`handlers/`),
-//! the partition work that runs on a partition's owner shard (`owner`), the consumer-group
+//! the partition work that runs on a partition's owner shard (`owner`), the default
+//! partitioner for keyed records (`partitioner`), the consumer-group
 //! and transaction coordinators (`groups`, `txn`), and each connection's SASL session
 //! (`sasl`).
 //!
@@ -16,6 +17,7 @@ pub mod legacy;
 pub mod message_set;
 pub mod offsets_topic;
 pub mod owner;
+pub mod partitioner;
 pub mod produce_scan;
 pub mod sasl;
 pub mod server;

@@ -30,7 +30,6 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,7 @@ use futures::future::{select, Either};
 use futures::io::BufReader;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::task::JoinHandle;
 use kafka_protocol::messages::ApiKey;
 
@@ -49,7 +48,7 @@ use super::produce_scan;
 use crate::broker::Shard;
 use crate::config::{KafkaListener, SecurityProtocol};
 use crate::metrics::Protocol;
-use crate::runtime::transport::{self, ReadHalf, Transport, WriteHalf};
+use crate::runtime::transport::{self, ReadHalf, Socket, Transport, WriteHalf};
 use crate::security::Principal;
 use crate::util::notify::Listener;
 
@@ -76,7 +75,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<KafkaListener>, tcp: Tcp
     .await
 }
 
-fn apply_socket_options(shard: &Shard, stream: &TcpStream) {
+fn apply_socket_options(shard: &Shard, stream: &Socket) {
     let net = &shard.config.network;
     let _ = stream.set_nodelay(net.tcp_nodelay);
     let fd = stream.as_raw_fd();
@@ -106,7 +105,7 @@ type Outgoing = JoinHandle<Option<Bytes>>;
 /// Wraps an accepted socket in TLS when its listener asks for it (`SSL`, `SASL_SSL`).
 async fn wrap_tls(
     shard: &Shard,
-    stream: TcpStream,
+    stream: Socket,
     listener: &KafkaListener,
 ) -> std::io::Result<Transport> {
     if !listener.protocol().tls() {
@@ -121,7 +120,7 @@ async fn wrap_tls(
 
 async fn connection(
     shard: &Rc<Shard>,
-    stream: TcpStream,
+    stream: Socket,
     listener: Rc<KafkaListener>,
 ) -> std::io::Result<()> {
     apply_socket_options(shard, &stream);
@@ -139,7 +138,7 @@ async fn connection(
     };
     // The reader keeps one half, the writer task the other: reads and writes never wait on
     // each other.
-    let (stream, mut writer) = stream.split()?;
+    let (stream, mut writer) = stream.split();
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         local,

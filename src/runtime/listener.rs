@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Mutex;
 
 use futures::future::{select, Either};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::core::Core;
+use super::transport::{Socket, WeakSocket};
 use crate::util::notify::{Listener, Notify};
 use crate::util::ShardIds;
 
@@ -34,7 +34,7 @@ pub async fn accept_loop<S, F, Fut, E>(
     serve: F,
 ) where
     S: Deref<Target = Core> + 'static,
-    F: Fn(Rc<S>, TcpStream) -> Fut + 'static,
+    F: Fn(Rc<S>, Socket) -> Fut + 'static,
     Fut: Future<Output = Result<(), E>> + 'static,
     E: std::fmt::Display,
 {
@@ -91,6 +91,7 @@ pub async fn accept_loop<S, F, Fut, E>(
         let shard = shard.clone();
         let serve = serve.clone();
         glommio::spawn_local(async move {
+            let stream = Socket::new(stream);
             let id = shard.clients.open(protocol, &stream);
             if let Err(e) = serve(shard.clone(), stream).await {
                 log::debug!("{protocol} connection ended: {e}");
@@ -100,29 +101,6 @@ pub async fn accept_loop<S, F, Fut, E>(
         })
         .detach();
     }
-}
-
-/// A second handle on an accepted connection's socket for its writer task, so reads and
-/// writes never wait on each other: the reader keeps `stream`, the writer gets this.
-pub fn writer_handle(stream: &TcpStream) -> std::io::Result<TcpStream> {
-    // SAFETY: `stream` is borrowed for this call, so its descriptor is open; dup only
-    // makes a new descriptor for the same socket (its failure is checked below), owned by
-    // nobody until the next statement hands it to the new stream.
-    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a valid, open socket descriptor that nothing else owns, so the
-    // new `TcpStream` may own it (and close it when dropped). Two glommio streams on one
-    // socket are sound: each owns a distinct descriptor and closes only that one (the
-    // socket lives until both are closed); glommio keeps its I/O state (buffers, pending
-    // io_uring operations, wakers) per stream object, never per socket, so the two share
-    // no state. The caller reads only through `stream` and writes only through the
-    // returned handle, so no byte is split between them; both are glommio streams (`!Send`)
-    // and stay on the accepting shard's thread, inside that connection's tasks. The
-    // writer's close shuts the socket down for writing, which ends the connection for
-    // both, as intended.
-    Ok(unsafe { TcpStream::from_raw_fd(dup) })
 }
 
 /// Why a connection was refused at accept (the `reason` label of
@@ -209,13 +187,10 @@ struct Client {
     peer: String,
     local: String,
     connected_at_ms: i64,
-    /// A descriptor of the connection's socket that this entry owns (a duplicate), for
-    /// shutting the connection down from outside. The connection's own descriptors may
-    /// close before the entry leaves the map (its reader stream is dropped when reading
-    /// ends, while its writer still drains), after which their numbers can name another
-    /// file; this one stays open exactly as long as the entry, so it always names this
-    /// connection's socket. `None` when it could not be duplicated (no descriptors left).
-    fd: Option<OwnedFd>,
+    /// The connection's socket, for shutting it down from outside: weak, so the entry
+    /// holds no descriptor of its own; once the connection has dropped its socket, there
+    /// is nothing left to shut down (and no stale descriptor number to hit).
+    socket: WeakSocket,
 }
 
 /// The open connections of one shard.
@@ -245,7 +220,7 @@ impl Clients {
         self.len() == 0
     }
 
-    fn open(&self, protocol: &'static str, stream: &TcpStream) -> u64 {
+    fn open(&self, protocol: &'static str, stream: &Socket) -> u64 {
         // Shard in the high bits: ids are unique across the process.
         let id = self.ids.next();
         let addr =
@@ -254,15 +229,10 @@ impl Clients {
             id,
             Client {
                 protocol,
-                peer: addr(stream.peer_addr().map_err(Into::into)),
-                local: addr(stream.local_addr().map_err(Into::into)),
+                peer: addr(stream.peer_addr()),
+                local: addr(stream.local_addr()),
                 connected_at_ms: crate::util::now_ms(),
-                // SAFETY: `stream` is alive for this whole call, so its descriptor is open
-                // while it is borrowed; the borrow ends with this statement, leaving only
-                // the duplicate we own.
-                fd: unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
-                    .try_clone_to_owned()
-                    .ok(),
+                socket: stream.downgrade(),
             },
         );
         if let Some(p) = crate::metrics::Protocol::from_name(protocol) {
@@ -291,14 +261,12 @@ impl Clients {
     /// Shuts a connection's socket down; false when it is not open on this shard.
     pub fn shutdown(&self, id: u64) -> bool {
         let map = self.map.borrow();
-        let Some(fd) = map.get(&id).and_then(|c| c.fd.as_ref()) else {
+        let Some(client) = map.get(&id) else {
             return false;
         };
-        // SAFETY: `fd` is the entry's own duplicate of the connection's socket, open while
-        // the entry (borrowed here) exists; shutdown neither closes it nor touches memory.
-        // Shutting down one descriptor of a socket ends it for all of them, so the
-        // connection's tasks see the peer go away and clean up as usual.
-        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // The connection's tasks see the peer go away and clean up as usual; a socket
+        // already dropped belongs to a connection already ending.
+        client.socket.shutdown();
         true
     }
 

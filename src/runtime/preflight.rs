@@ -43,16 +43,16 @@ pub fn memlock_warning(soft: u64) -> Option<String> {
     })
 }
 
-/// Descriptors one connection holds: its reader's, its writer's (a `dup`, see
-/// `kafka::server`) and the connection list's own duplicate (`runtime::listener`).
-pub const DESCRIPTORS_PER_CONNECTION: u64 = 3;
+/// Descriptors one connection holds: its socket, shared by its reader, its writer and the
+/// connection list (`runtime::transport::Socket`).
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 1;
 
 pub fn nofile_warning(soft: u64, shards: usize, max_connections: usize) -> Option<String> {
     let need = (shards * max_connections) as u64 * DESCRIPTORS_PER_CONNECTION + 1024;
     (soft != libc::RLIM_INFINITY && soft < need).then(|| {
         format!(
             "open-file limit is {soft}, below the {need} that {shards} shards × {max_connections} connections \
-             ({DESCRIPTORS_PER_CONNECTION} descriptors each) need: \
+             (a descriptor each) need: \
              run scripts/limits.sh --apply (or LimitNOFILE=1048576 in the systemd unit)"
         )
     })

@@ -4,9 +4,14 @@
 //!
 //! Protocol-free; runs in the connection's own task on the shard that accepted it.
 //!
-//! - Plain: the halves are the accepted socket and a second descriptor of it
-//!   (`listener::writer_handle`), exactly as before TLS existed: no copy, no lock, one
-//!   `match` per read or write.
+//! - `Socket` is the accepted socket, one descriptor shared (`Rc`) by the connection's
+//!   reader, its writer and the shard's connection list (`listener::Clients`, which holds a
+//!   `Weak` to shut it down from outside). The descriptor closes when the last of them
+//!   drops, so a number the list holds always names this connection's socket.
+//! - Plain: both halves are the `Socket`: no copy, no lock, no second descriptor; each
+//!   read or write borrows the stream for the length of one poll, never across a wait
+//!   (glommio keeps a socket's receive and send state apart, so a pending read and a
+//!   pending write coexist).
 //! - TLS: one rustls session cannot be split by descriptor, so the stream is split with
 //!   `futures::io::AsyncReadExt::split` (each read or write takes a `BiLock` for the length
 //!   of one poll, never across a wait).
@@ -15,8 +20,11 @@
 //! audit trail (`security::audit::tls_handshake` / `tls_failure` by reason: `timeout`,
 //! `no_certificate`, `bad_certificate`, `protocol`, `io`).
 
+use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,24 +38,109 @@ use crate::metrics::Protocol;
 use crate::security::audit;
 use crate::security::tls::PeerSubject;
 
+/// An accepted socket: one descriptor, shared by the connection's reader and writer (and
+/// weakly by the shard's connection list). Stays on the accepting shard's thread.
+#[derive(Clone)]
+pub struct Socket(Rc<RefCell<TcpStream>>);
+
+/// The connection list's handle on a `Socket`: shuts it down while it is open.
+pub struct WeakSocket(Weak<RefCell<TcpStream>>);
+
+impl Socket {
+    pub fn new(stream: TcpStream) -> Socket {
+        Socket(Rc::new(RefCell::new(stream)))
+    }
+
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.borrow().peer_addr().map_err(Into::into)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.borrow().local_addr().map_err(Into::into)
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        self.0.borrow().set_nodelay(on).map_err(Into::into)
+    }
+
+    /// The descriptor, open while `self` (or any clone) lives.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.0.borrow().as_raw_fd()
+    }
+
+    pub fn downgrade(&self) -> WeakSocket {
+        WeakSocket(Rc::downgrade(&self.0))
+    }
+
+    /// Shuts the socket down both ways: every reader and writer of it sees the end.
+    pub fn shutdown(&self) {
+        // SAFETY: the descriptor belongs to the stream `self` keeps alive (it is closed
+        // only when the last `Socket` drops), so it is open and names this socket for the
+        // whole call; shutdown neither closes it nor touches memory.
+        unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+impl WeakSocket {
+    /// Shuts the socket down; false when the connection has already dropped it.
+    pub fn shutdown(&self) -> bool {
+        match self.0.upgrade() {
+            Some(s) => {
+                Socket(s).shutdown();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    /// Shuts the socket down for writing (glommio's close); the descriptor stays open for
+    /// the reader until the last `Socket` drops.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
 /// One accepted connection, plain or TLS.
 pub enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Socket),
+    Tls(Box<TlsStream<Socket>>),
 }
 
 /// The half a connection reads from.
 pub enum ReadHalf {
-    Plain(TcpStream),
-    Tls(futures::io::ReadHalf<TlsStream<TcpStream>>),
+    Plain(Socket),
+    Tls(futures::io::ReadHalf<TlsStream<Socket>>),
 }
 
 /// The half a connection writes to.
 pub enum WriteHalf {
-    Plain(TcpStream),
-    /// With the socket's descriptor, for `shutdown` (open while this half lives: the half
-    /// shares ownership of the stream that holds it).
-    Tls(futures::io::WriteHalf<TlsStream<TcpStream>>, RawFd),
+    Plain(Socket),
+    /// With the socket, for `shutdown`.
+    Tls(futures::io::WriteHalf<TlsStream<Socket>>, Socket),
 }
 
 /// Why a TLS handshake failed: the `reason` label of
@@ -72,7 +165,7 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
 /// Runs the TLS handshake on `stream` with `config`, within `timeout`; counted (and a
 /// failure logged, rate-limited) for `protocol`.
 pub async fn accept_tls(
-    stream: TcpStream,
+    stream: Socket,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
     protocol: Protocol,
@@ -131,24 +224,21 @@ impl Transport {
     }
 
     /// The socket under the connection.
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> &Socket {
         match self {
             Transport::Plain(s) => s,
             Transport::Tls(tls) => tls.get_ref().0,
         }
     }
 
-    /// Splits the connection for a reader and a writer task.
-    pub fn split(self) -> std::io::Result<(ReadHalf, WriteHalf)> {
+    /// Splits the connection for a reader and a writer task (no new descriptor).
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
-            Transport::Plain(stream) => {
-                let writer = super::listener::writer_handle(&stream)?;
-                Ok((ReadHalf::Plain(stream), WriteHalf::Plain(writer)))
-            }
+            Transport::Plain(socket) => (ReadHalf::Plain(socket.clone()), WriteHalf::Plain(socket)),
             Transport::Tls(tls) => {
-                let fd = tls.get_ref().0.as_raw_fd();
+                let socket = tls.get_ref().0.clone();
                 let (r, w) = (*tls).split();
-                Ok((ReadHalf::Tls(r), WriteHalf::Tls(w, fd)))
+                (ReadHalf::Tls(r), WriteHalf::Tls(w, socket))
             }
         }
     }
@@ -158,18 +248,7 @@ impl WriteHalf {
     /// Shuts the socket down both ways (the reader's next read ends at once).
     pub async fn shutdown(&mut self) {
         match self {
-            WriteHalf::Plain(s) => {
-                let _ = s.shutdown(std::net::Shutdown::Both).await;
-            }
-            WriteHalf::Tls(_, fd) => {
-                // SAFETY: `fd` is the descriptor of the `TcpStream` inside the TLS stream
-                // whose write half this variant holds; that half keeps the stream (and so
-                // the descriptor, owned by the stream and closed only when it drops) alive
-                // while `self` is borrowed. Both halves live in this connection's tasks on
-                // this shard's thread. shutdown neither closes the descriptor nor touches
-                // memory; it ends the socket for the read half too, as intended.
-                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-            }
+            WriteHalf::Plain(socket) | WriteHalf::Tls(_, socket) => socket.shutdown(),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! (`x-max-length-bytes`, `x-max-age`, `x-stream-max-segment-size-bytes`), which RabbitMQ
 //! accepts for streams but mean nothing on one node (accepted and ignored), which streams
 //! refuse (406, with RabbitMQ's text), and the Kafka topic configs the kept ones become
-//! (`retention.bytes`, `retention.ms`, `segment.bytes`).
+//! (`retention.bytes`, `retention.ms`, `segment.bytes`); and Portask's own `x-stream-key`
+//! (`routing-key` or `none`: what becomes the record key, `record::KeyFrom`).
 //!
 //! Pure; called on the declaring connection's shard.
 
@@ -10,7 +11,28 @@ use std::collections::BTreeMap;
 
 use amq_protocol::types::FieldTable;
 
+use super::record::KeyFrom;
 use crate::catalog::amqp::tables::{int_value, str_value};
+
+/// Portask's queue argument choosing the record key (`routing-key`, the default, or
+/// `none`: a null key, the routing key in the `amqp-routing-key` header).
+pub const KEY_ARG: &str = "x-stream-key";
+
+/// The record key a stream's publishes get, from its declare arguments, or the 406 text's
+/// reason when `x-stream-key` is not `routing-key` or `none`.
+pub fn key_from(table: &FieldTable) -> Result<KeyFrom, String> {
+    match table.inner().get(KEY_ARG) {
+        None => Ok(KeyFrom::default()),
+        Some(v) => str_value(v)
+            .as_deref()
+            .and_then(|s| match s {
+                "routing-key" => Some(KeyFrom::RoutingKey),
+                "none" => Some(KeyFrom::None),
+                _ => None,
+            })
+            .ok_or_else(|| "must be 'routing-key' or 'none'".to_owned()),
+    }
+}
 
 /// Arguments a stream refuses, as RabbitMQ's stream queue type does.
 const REFUSED: &[&str] = &[
@@ -78,6 +100,9 @@ pub fn topic_configs(
             "x-stream-max-segment-size-bytes" => {
                 configs.insert("segment.bytes".to_owned(), positive()?.to_string());
             }
+            KEY_ARG => {
+                key_from(table).map_err(|why| bad(k, &why))?;
+            }
             "x-max-age" => {
                 let ms = str_value(v)
                     .as_deref()
@@ -141,5 +166,21 @@ mod tests {
         t.insert("x-max-length".into(), AMQPValue::LongInt(10));
         let e = topic_configs("s", "/", &t).unwrap_err();
         assert!(e.contains("rabbit_stream_queue"), "{e}");
+    }
+
+    #[test]
+    fn the_key_argument_takes_routing_key_or_none() {
+        let mut t = FieldTable::default();
+        assert_eq!(key_from(&t), Ok(KeyFrom::RoutingKey));
+        t.insert(KEY_ARG.into(), AMQPValue::LongString("none".into()));
+        assert_eq!(key_from(&t), Ok(KeyFrom::None));
+        assert!(topic_configs("s", "/", &t).unwrap().is_empty());
+        t.insert(KEY_ARG.into(), AMQPValue::LongString("routing-key".into()));
+        assert_eq!(key_from(&t), Ok(KeyFrom::RoutingKey));
+        t.insert(KEY_ARG.into(), AMQPValue::LongString("body".into()));
+        let e = topic_configs("s", "/", &t).unwrap_err();
+        assert!(e.contains("invalid arg 'x-stream-key'"), "{e}");
+        t.insert(KEY_ARG.into(), AMQPValue::LongInt(1));
+        assert!(key_from(&t).is_err());
     }
 }

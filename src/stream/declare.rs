@@ -5,7 +5,8 @@
 //! the arguments as topic configs (`stream::args`), or binds to the topic Kafka already
 //! made; a passive declare, a consume or any other queue method naming a topic that has
 //! no queue yet finds it as a stream queue (`adopt`). A topic of more than one partition
-//! is refused (406): super streams are not done yet.
+//! is a super stream (`superstream`): the queue of its name is refused (406), its
+//! partition queues `NAME-k` are found instead.
 //!
 //! Runs on the connection's shard; catalog changes go through shard 0's writer.
 
@@ -23,7 +24,8 @@ fn refused(text: String) -> AmqpError {
 
 fn partitions_refused(name: &str, partitions: i32) -> AmqpError {
     refused(format!(
-        "PRECONDITION_FAILED - Kafka topic '{name}' has {partitions} partitions: a stream queue is a topic of one partition (super streams are not supported yet)"
+        "PRECONDITION_FAILED - Kafka topic '{name}' has {partitions} partitions: it is super stream '{name}' (exchange '{name}', partition queues '{name}-0' to '{name}-{}')",
+        partitions - 1
     ))
 }
 

@@ -3,11 +3,20 @@
 //! both protocols with real clients (lapin, rdkafka). Each module is one aspect:
 //! - `queues`: declare, publish, consume from every `x-stream-offset`, refusals, kill -9;
 //! - `records`: the AMQP ⇄ Kafka record mapping on batches real producers wrote;
+//! - `groups`: `x-consumer-group` offsets the server keeps, lag, single active consumer;
+//! - `safety`: read-committed, Kafka ACLs, memory back-pressure, full disk, retention,
+//!   the key setting.
+//! - `superstream`: topics of N partitions as super streams (murmur2 routing, partition
+//!   queues), and `x-stream-filter` consumers;
 //! - `streamperf`: deliveries from large batches with a small prefetch, once each, in order.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod groups;
+mod kit;
 mod queues;
 mod records;
+mod safety;
 mod streamperf;
+mod superstream;

@@ -8,97 +8,31 @@ use std::time::Duration;
 use crate::common::amqp::*;
 use crate::common::kafka::{self, admin, assigned, create_topic, poll_n};
 use crate::common::{data_dir, Broker};
+use crate::kit::*;
 use futures::executor::block_on;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::BasicProperties;
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::Offset;
 
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
-}
-
 fn stream_args(more: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = args(more);
+    let mut t = table(more);
     t.insert("x-queue-type".into(), s("stream"));
     t
 }
 
-async fn declare_stream(ch: &Channel, name: &str, more: &[(&str, AMQPValue)]) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        stream_args(more),
-    )
-    .await
-    .expect("declare stream");
-}
-
-/// A stream consumer (manual ack) with prefetch `prefetch` starting at `offset`.
-async fn stream_consumer(
-    ch: &Channel,
-    queue: &str,
-    prefetch: u16,
-    offset: Option<AMQPValue>,
-) -> Result<Consumer, lapin::Error> {
-    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let mut a = FieldTable::default();
-    if let Some(o) = offset {
-        a.insert("x-stream-offset".into(), o);
-    }
-    ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), a)
-        .await
-}
-
-fn stream_offset(d: &lapin::message::Delivery) -> i64 {
-    let h = d.properties.headers().clone().expect("headers");
-    match h.inner().get("x-stream-offset") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        other => panic!("x-stream-offset header {other:?}"),
-    }
-}
-
-/// Receives (and acks) `n` deliveries; fewer if they stop coming for 5 s.
-async fn take(c: &mut Consumer, n: usize) -> Vec<lapin::message::Delivery> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let Some(d) = next(c, 5).await else { break };
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-        out.push(d);
-    }
-    out
-}
-
-async fn refused_code<T>(r: Result<T, lapin::Error>) -> u16 {
-    match r {
-        Ok(_) => panic!("not refused"),
-        Err(e) => reply_code(&e).unwrap_or_else(|| panic!("no reply code: {e:?}")),
-    }
-}
-
 fn headers() -> FieldTable {
-    args(&[
+    table(&[
         ("text", s("héllo")),
         ("int", AMQPValue::LongInt(-7)),
         ("long", AMQPValue::LongLongInt(1 << 40)),
         ("flag", AMQPValue::Boolean(true)),
         ("when", AMQPValue::Timestamp(1_700_000_000)),
-        ("nested", AMQPValue::FieldTable(args(&[("x", s("y"))]))),
+        ("nested", AMQPValue::FieldTable(table(&[("x", s("y"))]))),
     ])
 }
 
@@ -199,10 +133,10 @@ async fn amqp_publish_with_confirms_is_read_by_kafka_and_replayed_identically() 
 
     // An AMQP consumer from `first` gets byte-identical properties back.
     let ch2 = channel(&conn).await;
-    let mut c = stream_consumer(&ch2, "orders", 5, Some(s("first")))
+    let mut c = stream_consumer(&ch2, "orders", 5, &[("x-stream-offset", s("first"))])
         .await
         .expect("consume");
-    let ds = take(&mut c, n as usize).await;
+    let ds = take(&mut c, n as usize, 5).await;
     assert_eq!(ds.len(), n as usize);
     for (i, d) in ds.iter().enumerate() {
         assert_eq!(d.data, format!("order {i}").as_bytes());
@@ -272,10 +206,10 @@ async fn kafka_records_are_consumed_over_amqp_from_every_offset_spec() {
     let offsets =
         |ds: &[lapin::message::Delivery]| ds.iter().map(stream_offset).collect::<Vec<_>>();
     let ch = channel(&conn).await;
-    let mut c = stream_consumer(&ch, "events", 4, Some(s("first")))
+    let mut c = stream_consumer(&ch, "events", 4, &[("x-stream-offset", s("first"))])
         .await
         .unwrap();
-    let ds = take(&mut c, 13).await;
+    let ds = take(&mut c, 13, 5).await;
     assert_eq!(offsets(&ds), (0..13).collect::<Vec<i64>>());
     assert_eq!(ds[3].data, b"event 3");
     assert_eq!(ds[3].routing_key.as_str(), "k3");
@@ -292,45 +226,55 @@ async fn kafka_records_are_consumed_over_amqp_from_every_offset_spec() {
     );
 
     let ch = channel(&conn).await;
-    let mut c = stream_consumer(&ch, "events", 4, Some(AMQPValue::LongLongInt(5)))
-        .await
-        .unwrap();
+    let mut c = stream_consumer(
+        &ch,
+        "events",
+        4,
+        &[("x-stream-offset", AMQPValue::LongLongInt(5))],
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        offsets(&take(&mut c, 8).await),
+        offsets(&take(&mut c, 8, 5).await),
         (5..13).collect::<Vec<i64>>()
     );
 
     let ch = channel(&conn).await;
-    let mut c = stream_consumer(&ch, "events", 4, Some(AMQPValue::Timestamp(before)))
-        .await
-        .unwrap();
+    let mut c = stream_consumer(
+        &ch,
+        "events",
+        4,
+        &[("x-stream-offset", AMQPValue::Timestamp(before))],
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        offsets(&take(&mut c, 13).await),
+        offsets(&take(&mut c, 13, 5).await),
         (0..13).collect::<Vec<i64>>()
     );
 
     let ch = channel(&conn).await;
-    let mut last = stream_consumer(&ch, "events", 4, Some(s("last")))
+    let mut last = stream_consumer(&ch, "events", 4, &[("x-stream-offset", s("last"))])
         .await
         .unwrap();
     let ch = channel(&conn).await;
-    let mut next_c = stream_consumer(&ch, "events", 4, Some(s("next")))
+    let mut next_c = stream_consumer(&ch, "events", 4, &[("x-stream-offset", s("next"))])
         .await
         .unwrap();
     let ch = channel(&conn).await;
-    let mut dflt = stream_consumer(&ch, "events", 4, None).await.unwrap();
-    assert_eq!(offsets(&take(&mut last, 3).await), vec![10, 11, 12]);
+    let mut dflt = stream_consumer(&ch, "events", 4, &[]).await.unwrap();
+    assert_eq!(offsets(&take(&mut last, 3, 5).await), vec![10, 11, 12]);
     // `next` (and no argument) see only what comes after they attached, promptly.
     tokio::time::sleep(Duration::from_millis(300)).await;
     produce(13, 15);
     let started = std::time::Instant::now();
-    assert_eq!(offsets(&take(&mut next_c, 2).await), vec![13, 14]);
+    assert_eq!(offsets(&take(&mut next_c, 2, 5).await), vec![13, 14]);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "woken by new data"
     );
-    assert_eq!(offsets(&take(&mut dflt, 2).await), vec![13, 14]);
-    assert_eq!(offsets(&take(&mut last, 2).await), vec![13, 14]);
+    assert_eq!(offsets(&take(&mut dflt, 2, 5).await), vec![13, 14]);
+    assert_eq!(offsets(&take(&mut last, 2, 5).await), vec![13, 14]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +291,7 @@ async fn consumers_read_independently_and_acks_only_return_credit() {
         assert!(c.expect("confirm").is_ack());
     }
     let cha = channel(&conn).await;
-    let mut a = stream_consumer(&cha, "log", 3, Some(s("first")))
+    let mut a = stream_consumer(&cha, "log", 3, &[("x-stream-offset", s("first"))])
         .await
         .unwrap();
     // Prefetch 3 and no acks: exactly 3 arrive.
@@ -358,10 +302,10 @@ async fn consumers_read_independently_and_acks_only_return_credit() {
     assert_eq!(held.len(), 3, "prefetch bounds the unacked deliveries");
     // Another consumer reads everything, whatever the first holds.
     let chb = channel(&conn).await;
-    let mut b = stream_consumer(&chb, "log", 4, Some(s("first")))
+    let mut b = stream_consumer(&chb, "log", 4, &[("x-stream-offset", s("first"))])
         .await
         .unwrap();
-    assert_eq!(take(&mut b, 10).await.len(), 10);
+    assert_eq!(take(&mut b, 10, 5).await.len(), 10);
     // Nack with requeue and reject only return credit too; nothing is removed.
     held[0]
         .nack(BasicNackOptions {
@@ -375,7 +319,7 @@ async fn consumers_read_independently_and_acks_only_return_credit() {
         .await
         .unwrap();
     held[2].ack(BasicAckOptions::default()).await.unwrap();
-    let rest = take(&mut a, 7).await;
+    let rest = take(&mut a, 7, 5).await;
     assert_eq!(
         rest.iter().map(stream_offset).collect::<Vec<_>>(),
         (3..10).collect::<Vec<i64>>()
@@ -453,10 +397,10 @@ async fn confirmed_messages_survive_kill9() {
     broker.restart();
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    let mut c = stream_consumer(&ch, "durable-log", 200, Some(s("first")))
+    let mut c = stream_consumer(&ch, "durable-log", 200, &[("x-stream-offset", s("first"))])
         .await
         .unwrap();
-    let ds = take(&mut c, N as usize).await;
+    let ds = take(&mut c, N as usize, 5).await;
     assert_eq!(
         ds.len(),
         N as usize,
@@ -561,12 +505,12 @@ async fn refusals_are_rabbitmqs_and_arguments_are_topic_configs() {
         .await;
     assert_eq!(refused_code(no_ack).await, 406);
     let ch = channel(&conn).await;
-    let bad = stream_consumer(&ch, "s", 10, Some(s("middle"))).await;
+    let bad = stream_consumer(&ch, "s", 10, &[("x-stream-offset", s("middle"))]).await;
     assert_eq!(refused_code(bad).await, 406);
     // x-stream-offset on a classic queue is ignored.
     let ch = channel(&conn).await;
     declare(&ch, "classic", FieldTable::default()).await;
-    stream_consumer(&ch, "classic", 10, Some(s("middle")))
+    stream_consumer(&ch, "classic", 10, &[("x-stream-offset", s("middle"))])
         .await
         .expect("ignored on a classic queue");
     // basic.get: not implemented for streams (connection error 540, as RabbitMQ).
@@ -608,7 +552,7 @@ async fn deleting_the_queue_deletes_the_topic_and_the_reverse() {
         406
     );
     let cc = channel(&conn).await;
-    let _reader = stream_consumer(&cc, "short-lived", 5, Some(s("first")))
+    let _reader = stream_consumer(&cc, "short-lived", 5, &[("x-stream-offset", s("first"))])
         .await
         .expect("consume");
     let ch = channel(&conn).await;

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{channel as chan, connection as conn_m, AMQPClass};
 use bytes::BytesMut;
-use glommio::net::TcpStream;
 
 use super::auth::Permissions;
 use super::channel::ChannelRef;
@@ -52,7 +51,7 @@ use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
 use crate::metrics::Protocol;
-use crate::runtime::transport::{self, Transport};
+use crate::runtime::transport::{self, Socket, Transport};
 use crate::storage::log::now_ms;
 use crate::util::notify::Notify;
 
@@ -320,14 +319,14 @@ impl Connection {
 }
 
 /// Runs one connection accepted on `amqp.addr` to its end.
-pub async fn run(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+pub async fn run(shard: Rc<Shard>, stream: Socket) -> std::io::Result<()> {
     let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
     serve(shard, Transport::Plain(stream)).await
 }
 
 /// Runs one connection accepted on `amqp.tls_addr` (amqps) to its end: the TLS handshake
 /// first, then the same AMQP connection.
-pub async fn run_tls(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+pub async fn run_tls(shard: Rc<Shard>, stream: Socket) -> std::io::Result<()> {
     let _ = stream.set_nodelay(shard.config.network.tcp_nodelay);
     let certs = crate::security::tls::current()
         .ok_or_else(|| std::io::Error::other("no TLS certificate loaded"))?;
@@ -342,7 +341,7 @@ async fn serve(shard: Rc<Shard>, stream: Transport) -> std::io::Result<()> {
     conn.tls = stream.is_tls();
     conn.peer_subject = stream.peer_subject();
     // The reader keeps one half, the writer task the other.
-    let (stream, writer) = stream.split()?;
+    let (stream, writer) = stream.split();
     let conn = Rc::new(conn);
     shard.amqp.register(&conn);
     let write_task = glommio::spawn_local(io::write_loop(conn.clone(), writer));

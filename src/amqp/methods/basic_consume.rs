@@ -35,8 +35,10 @@ pub async fn consume(
         Some(lookup_queue(&actor, &queue_name).await?)
     };
     // A stream consumer (RabbitMQ's rules): a prefetch and manual acks, and where to
-    // start; `x-stream-offset` on any other queue is ignored.
-    let stream_offset = match &qref {
+    // start, the Kafka group its acks commit and the filter values it wants;
+    // `x-stream-offset`, `x-consumer-group` and `x-stream-filter` on any other queue are
+    // ignored.
+    let (stream_offset, stream_group, stream_filter) = match &qref {
         Some((q, def)) if def.is_stream() => {
             let refuse = |what: &str| {
                 AmqpError::channel(
@@ -59,14 +61,29 @@ pub async fn consume(
             if prefetch == (0, 0) {
                 return Err(refuse("consumer prefetch count is not set"));
             }
+            // The queue is a Kafka topic: its READ ACL holds for AMQP readers too.
+            crate::stream::acl::check(
+                &conn.shard,
+                conn.user(),
+                conn.peer.ip(),
+                crate::security::acl::Operation::Read,
+                &crate::stream::queue::topic_of(&conn.shard, q).0,
+            )?;
             let at = crate::stream::offset::parse(
                 c.arguments.inner().get("x-stream-offset"),
                 crate::util::now_ms(),
             )
             .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
-            Some(at)
+            let group = crate::stream::group::parse(
+                c.arguments.inner().get("x-consumer-group"),
+                c.arguments.inner().contains_key("x-stream-offset"),
+            )
+            .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+            let filter = crate::stream::filter::parse(&c.arguments)
+                .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+            (Some(at), group, filter)
         }
-        _ => None,
+        _ => (None, None, None),
     };
     let qref = qref.map(|(q, _)| q);
     let mut tag = c.consumer_tag.as_str().to_owned();
@@ -123,6 +140,8 @@ pub async fn consume(
         priority,
         exclusive: c.exclusive,
         stream_offset,
+        stream_group,
+        stream_filter,
     };
     let (reply, answer) = conn.shard.expect();
     let owner = qref.owner;

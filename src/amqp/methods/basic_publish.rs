@@ -20,7 +20,7 @@ use std::time::Instant;
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::{Bytes, BytesMut};
 
-use super::{allowed, no_exchange, refresh_catalog, Access, Actor};
+use super::{adopt_super_stream, allowed, no_exchange, refresh_catalog, Access, Actor};
 use crate::amqp::channel::{ChannelRef, PendingPublish, TxPublish};
 use crate::amqp::codec::{self, Frame};
 use crate::amqp::connection::Connection;
@@ -161,7 +161,8 @@ async fn finish(
     let msg = direct_reply::rewrite(conn, ch, msg)?;
     if ch.borrow().tx.is_some() {
         // Routing happens at commit; the exchange must exist now.
-        route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
+        let targets = route(&conn.actor(), &p.exchange, &p.routing_key, &msg).await?;
+        crate::stream::acl::check_targets(&conn.shard, conn.user(), conn.peer.ip(), &targets)?;
         if let Some(tx) = ch.borrow_mut().tx.as_mut() {
             tx.publishes.push(TxPublish {
                 exchange: p.exchange,
@@ -202,6 +203,8 @@ pub async fn deliver(
         return Ok(send(conn, ch, Vec::new(), msg, false, true, received));
     }
     let targets = route(&conn.actor(), exchange, routing_key, &msg).await?;
+    // Stream queues are Kafka topics: their WRITE ACL holds for AMQP publishers too.
+    crate::stream::acl::check_targets(&conn.shard, conn.user(), conn.peer.ip(), &targets)?;
     Ok(send(
         conn,
         ch,
@@ -363,7 +366,11 @@ async fn route_key(
                     format!("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
                 ))
             }
-            Err(RouteError::NoExchange) if attempt == 0 => refresh_catalog(actor.shard).await,
+            Err(RouteError::NoExchange) if attempt == 0 => {
+                refresh_catalog(actor.shard).await;
+                // A Kafka topic of several partitions: its super stream's exchange.
+                adopt_super_stream(actor, exchange).await?;
+            }
             Err(RouteError::NoExchange) => {}
         }
     }

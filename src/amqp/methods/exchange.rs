@@ -10,13 +10,15 @@
 //!
 //! The checks and changes behind them (`new_exchange`, `declare_exchange`,
 //! `delete_exchange`, `exchange_binding`) take an `Actor`, and serve the HTTP API too.
+//! A declare with `x-super-stream: true` makes a super stream (`stream::superstream`),
+//! and deleting a super stream's exchange deletes its Kafka topic.
 
 use std::rc::Rc;
 
 use amq_protocol::protocol::{exchange as ex, AMQPClass};
 use amq_protocol::types::FieldTable;
 
-use super::{allowed, apply_binding, change, known_exchange, Access, Actor};
+use super::{allowed, apply_binding, change, changes, known_exchange, Access, Actor};
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::{reply, AmqpError};
@@ -71,6 +73,16 @@ pub fn new_exchange(
 /// redeclare with other properties).
 pub async fn declare_exchange(actor: &Actor<'_>, exchange: Exchange) -> Result<(), AmqpError> {
     allowed(actor, Access::Configure, "exchange", &exchange.name)?;
+    // `x-super-stream: true`: a Kafka topic of N partitions and its partition queues.
+    let state = actor.shard.catalog.current();
+    if let Some(cs) = crate::stream::superstream::declare(&state, actor.vhost, &exchange) {
+        let cs = cs.map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+        return if cs.is_empty() {
+            Ok(())
+        } else {
+            changes(actor.shard, cs).await
+        };
+    }
     change(
         actor.shard,
         Change::Amqp(TopologyChange::DeclareExchange {
@@ -89,6 +101,29 @@ pub async fn delete_exchange(
     if_unused: bool,
 ) -> Result<(), AmqpError> {
     allowed(actor, Access::Configure, "exchange", name)?;
+    // A super stream's exchange (unless if-unused refuses it): deleting the super stream
+    // deletes its Kafka topic, and the partition queues go with it.
+    let state = actor.shard.catalog.current();
+    let super_stream = state
+        .amqp
+        .get(actor.vhost)
+        .and_then(|t| t.exchanges.get(name))
+        .is_some_and(|e| crate::stream::superstream::is_super_exchange(&e.arguments));
+    if super_stream && !if_unused && state.topic(name).is_some() {
+        let r = actor
+            .shard
+            .change_catalog(vec![Change::DeleteTopic(name.to_owned())], false)
+            .await;
+        return match r.into_iter().next() {
+            Some(Err(e)) => Err(AmqpError::channel(
+                reply::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - cannot delete super stream '{name}' (its Kafka topic): {e}"
+                ),
+            )),
+            _ => Ok(()),
+        };
+    }
     change(
         actor.shard,
         Change::Amqp(TopologyChange::DeleteExchange {

@@ -282,6 +282,18 @@ pub async fn lookup_queue(actor: &Actor<'_>, name: &str) -> Result<(QueueRef, Qu
             refresh_catalog(actor.shard).await;
         }
     }
+    // A partition of a Kafka topic of N partitions: its super stream is shown at once.
+    let member = crate::stream::superstream::member_by_name(&actor.shard.catalog.current(), name);
+    if let Some((topic, _)) = member {
+        if vhost == crate::stream::queue::VHOST && adopt_super_stream(actor, &topic).await? {
+            let router = actor.shard.amqp.router(actor.shard);
+            let state = actor.shard.catalog.current();
+            let def = state.amqp.get(vhost).and_then(|t| t.queues.get(name));
+            if let (Some(def), Some(q)) = (def, router.queue(vhost, name)) {
+                return Ok((q.clone(), def.clone()));
+            }
+        }
+    }
     // A Kafka topic nobody declared over AMQP yet is a stream queue (`stream::declare`).
     let state = actor.shard.catalog.current();
     if let Some(queue) = crate::stream::declare::adoptable(&state, vhost, name)? {
@@ -322,13 +334,33 @@ pub async fn exchange_exists(actor: &Actor<'_>, name: &str) -> bool {
     has()
 }
 
-/// NOT_FOUND unless the exchange exists (refreshing the replica once before saying so).
+/// NOT_FOUND unless the exchange exists (refreshing the replica once before saying so);
+/// a Kafka topic of several partitions is found as its super stream's exchange.
 pub async fn known_exchange(actor: &Actor<'_>, name: &str) -> Result<(), AmqpError> {
-    if exchange_exists(actor, name).await {
+    if exchange_exists(actor, name).await || adopt_super_stream(actor, name).await? {
         Ok(())
     } else {
         Err(no_exchange(actor, name))
     }
+}
+
+/// Shows Kafka topic `topic` of several partitions as a super stream in the actor's
+/// vhost (`stream::superstream::adopt`): true when it is one now; 406 on a name clash.
+pub async fn adopt_super_stream(actor: &Actor<'_>, topic: &str) -> Result<bool, AmqpError> {
+    let state = actor.shard.catalog.current();
+    let cs = crate::stream::superstream::adopt(&state, actor.vhost, topic)
+        .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
+    if !cs.is_empty() {
+        changes(actor.shard, cs).await?;
+    }
+    Ok(actor
+        .shard
+        .catalog
+        .current()
+        .amqp
+        .get(actor.vhost)
+        .and_then(|t| t.exchanges.get(topic))
+        .is_some_and(|e| crate::stream::superstream::is_super_exchange(&e.arguments)))
 }
 
 pub fn no_exchange(actor: &Actor<'_>, name: &str) -> AmqpError {

@@ -196,6 +196,8 @@ fn consumer(cid: u64, prefetch_count: u32) -> ConsumerSpec {
         priority: 0,
         exclusive: false,
         stream_offset: None,
+        stream_group: None,
+        stream_filter: None,
     }
 }
 

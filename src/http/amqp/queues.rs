@@ -54,7 +54,9 @@ pub(super) async fn list(
             // A stream queue's messages are its topic's records; its offsets are Kafka's.
             let mut offsets = None;
             if kind.stream {
-                if let Some((first, end)) = crate::stream::queue::topic_bounds(shard, name).await {
+                let (topic, partition) = crate::stream::superstream::locate(&state, v, name);
+                let bounds = crate::stream::queue::partition_bounds(shard, &topic, partition);
+                if let Some((first, end)) = bounds.await {
                     ready = (end - first).max(0) as u64;
                     offsets = Some((first, end));
                 }
@@ -74,6 +76,12 @@ pub(super) async fn list(
                 "type": if kind.stream { "stream" } else if kind.quorum { "quorum" } else { "classic" },
                 "owner_shard": crate::amqp::queue_owner(v, name, shard.count),
             });
+            if kind.stream {
+                let consumers = crate::stream::queue::consumer_rows(shard, name).await;
+                if let Some(o) = row.as_object_mut() {
+                    o.insert("consumer_details".into(), json!(consumers));
+                }
+            }
             if let (Some((first, end)), Some(o)) = (offsets, row.as_object_mut()) {
                 o.insert("messages".into(), json!(ready));
                 o.insert("first_offset".into(), json!(first));

@@ -122,6 +122,14 @@ pub enum Request {
         generation: i32,
         parts: Vec<CommitPart>,
     },
+    /// A reader outside the group's membership (an AMQP stream consumer, `stream::group`):
+    /// the committed offset of one partition, and whether a commit with no member may
+    /// land (`Reply::Fetch` with UNKNOWN_MEMBER_ID while the group has Kafka members).
+    Position {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
     /// `None`: every committed offset of the group.
     Fetch {
         group: String,
@@ -516,6 +524,41 @@ impl Coordinator {
                 generation,
                 parts,
             } => self.commit(group, member_id, instance_id, generation, parts),
+            Request::Position {
+                group,
+                topic,
+                partition,
+            } => {
+                // As a commit with generation -1 and no member id would be checked.
+                let check = self
+                    .consumer_check_commit(&group, "", -1)
+                    .or_else(|| {
+                        let groups = self.groups.borrow();
+                        groups.get(&group).map(|g| g.check_commit("", None, -1))
+                    })
+                    .unwrap_or(Ok(()));
+                let committed = self
+                    .offsets
+                    .borrow()
+                    .get(&group)
+                    .and_then(|g| g.get(&(topic.clone(), partition)))
+                    .map_or(-1, |c| c.offset);
+                let reply = match check {
+                    Ok(()) => Reply::Fetch(
+                        0,
+                        vec![FetchedOffset {
+                            topic,
+                            partition,
+                            offset: committed,
+                            leader_epoch: -1,
+                            metadata: None,
+                            error: 0,
+                        }],
+                    ),
+                    Err(code) => Reply::Fetch(code, Vec::new()),
+                };
+                Box::pin(async move { reply })
+            }
             Request::Fetch { group, parts } => {
                 let offsets = self.offsets.borrow();
                 let committed = offsets.get(&group);

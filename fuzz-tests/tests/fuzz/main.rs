@@ -7,7 +7,7 @@
 //! stream queue's decoding of stored record batches into AMQP deliveries.
 //!
 //! Each target mutates the seeds under `fuzz/corpus/<target>/` (captured from rdkafka,
-//! lapin and ureq by `tests/fuzz_capture.rs`) for `PORTASK_FUZZ_SECS` seconds (default 5;
+//! lapin and ureq by the broker's `tests/fuzz_capture.rs`) for `PORTASK_FUZZ_SECS` seconds (default 5;
 //! `.ci/run` runs this binary in the `fuzz` profile for 60) and fails on a panic or an
 //! allocation over the target's bound; see `engine.rs` for the knobs and how to replay a
 //! failure.

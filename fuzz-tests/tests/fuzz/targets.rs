@@ -1,5 +1,5 @@
 //! The entry points of the fuzz targets: one input in, decoded the way the broker decodes
-//! it, nothing out. Shared by the in-process fuzz tests (`tests/fuzz/main.rs`) and the
+//! it, nothing out. Shared by the in-process fuzz tests (`fuzz-tests/tests/fuzz/main.rs`) and the
 //! cargo-fuzz targets (`fuzz/fuzz_targets/*.rs` include this file), so both exercise the
 //! same paths. Any input must return; a panic or an unbounded allocation is a bug.
 

@@ -200,7 +200,7 @@ pub fn corpus(target: &str) -> Vec<Vec<u8>> {
 }
 
 pub fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .join("fuzz/corpus")
         .join(target)
 }
