@@ -51,6 +51,9 @@ Where Portask does not answer AMQP on its port, its AMQP cells read
   --keep           keep the brokers' data and log directories
   -h, --help       this help
 
+Environment: LOAD_BIN and PORTASK_BIN together name a load harness and a Portask binary
+to use as they are, skipping both builds.
+
 The Kafka scenarios write about 4 GB per repetition to a temporary data directory
 (removed at the end); the AMQP ones a few hundred MB to RabbitMQ's.
 
@@ -204,12 +207,20 @@ trap 'exit 130' INT TERM
 
 cd "$ROOT"
 export CARGO_TARGET_DIR=$TARGET_DIR
-log "building release Portask and the load harness"
-cargo build --release --bin portask
-LOAD=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
-    grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+# LOAD_BIN and PORTASK_BIN, when set, are used as they are (no build): e.g. a harness
+# built earlier while a release build would not finish in time.
+if [[ -n ${LOAD_BIN:-} && -n ${PORTASK_BIN:-} ]]; then
+    LOAD=$LOAD_BIN
+    log "using $LOAD and $PORTASK_BIN as built (LOAD_BIN, PORTASK_BIN)"
+else
+    log "building release Portask and the load harness"
+    cargo build --release --bin portask
+    LOAD=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
+        grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    PORTASK_BIN=$TARGET_DIR/release/portask
+fi
 [[ -x $LOAD ]] || die "could not find the load harness binary (cargo bench --bench load --no-run)"
-PORTASK_BIN=$TARGET_DIR/release/portask
+[[ -x $PORTASK_BIN ]] || die "no Portask binary at $PORTASK_BIN"
 
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
