@@ -10,7 +10,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 usage() {
     cat <<EOF
 Usage: $PROG [--out DIR] [--shards N] [--placement pinned|unpinned] [--repeat N]
-             [--kafka-only | --amqp-only] [--matrix] [--quick] [--no-install] [--keep]
+             [--kafka-only | --amqp-only] [--matrix | --streams] [--quick] [--no-install]
+             [--keep]
 
 Builds a release Portask and the load harness (cargo bench --bench load), installs
 RabbitMQ from Debian packages when it is absent (root only), starts both brokers on
@@ -26,6 +27,13 @@ Scenarios (1 KiB messages unless stated; 1 producer and 1 consumer):
 With --matrix, instead (the baseline grid of tuning/README.md; 1 partition, 1 queue):
   AMQP   16 B and 1 KiB, each transient and persistent with publisher confirms
   Kafka  16 B and 1 KiB, each acks=1 and acks=all
+Stream read-back (in the default set; alone with --streams): a stream is pre-filled with
+publisher confirms, then one consumer reads it from the first message (prefetch 1000,
+multiple acks every 500), 16 B and 1 KiB: a Portask stream queue and a RabbitMQ stream
+queue (x-queue-type stream, x-stream-offset first) over AMQP 0-9-1, and one Kafka
+consumer (rdkafka) reading a Portask topic pre-filled with acks=all. The consume rate and
+the broker's CPU µs per message cover the read alone. Every run reports the broker's
+CPU (user + system, /proc/PID/stat) per message.
 Where Portask does not answer AMQP on its port, its AMQP cells read
 "n/a (Portask AMQP not available)".
 
@@ -37,10 +45,14 @@ Where Portask does not answer AMQP on its port, its AMQP cells read
   --kafka-only     skip the AMQP scenarios and RabbitMQ
   --amqp-only      skip the Kafka scenarios
   --matrix         run the size x durability grid above instead of the default scenarios
+  --streams        run only the stream read-back scenarios
   --quick          about a tenth of the messages and 5 s runs (a smoke test)
   --no-install     never apt-get install RabbitMQ (its column reads n/a if absent)
   --keep           keep the brokers' data and log directories
   -h, --help       this help
+
+Environment: LOAD_BIN and PORTASK_BIN together name a load harness and a Portask binary
+to use as they are, skipping both builds.
 
 The Kafka scenarios write about 4 GB per repetition to a temporary data directory
 (removed at the end); the AMQP ones a few hundred MB to RabbitMQ's.
@@ -65,6 +77,7 @@ INSTALL=1
 KEEP=0
 REPEAT=1
 MATRIX=0
+STREAMS=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --out) OUT=${2:?--out needs a directory}; shift 2 ;;
@@ -74,6 +87,7 @@ while [[ $# -gt 0 ]]; do
     --kafka-only) AMQP=0; shift ;;
     --amqp-only) KAFKA=0; shift ;;
     --matrix) MATRIX=1; shift ;;
+    --streams) STREAMS=1; shift ;;
     --quick) QUICK=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
@@ -85,11 +99,14 @@ done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a number from 1"
 [[ $PLACEMENT == pinned || $PLACEMENT == unpinned ]] || die "--placement must be pinned or unpinned"
 [[ $KAFKA == 1 || $AMQP == 1 ]] || die "--kafka-only and --amqp-only together leave nothing to run"
+[[ $MATRIX == 0 || $STREAMS == 0 ]] || die "--matrix and --streams are different sets: pick one"
 
 if [[ $QUICK == 1 ]]; then
     AMQP_MESSAGES=20000 KAFKA_MESSAGES=50000 DURATION=5s LATENCY_DURATION=5s
+    STREAM_MESSAGES=20000
 else
     AMQP_MESSAGES=200000 KAFKA_MESSAGES=1000000 DURATION=20s LATENCY_DURATION=15s
+    STREAM_MESSAGES=200000
 fi
 
 OUT=${OUT:-$TARGET_DIR/compare/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -190,12 +207,20 @@ trap 'exit 130' INT TERM
 
 cd "$ROOT"
 export CARGO_TARGET_DIR=$TARGET_DIR
-log "building release Portask and the load harness"
-cargo build --release --bin portask
-LOAD=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
-    grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+# LOAD_BIN and PORTASK_BIN, when set, are used as they are (no build): e.g. a harness
+# built earlier while a release build would not finish in time.
+if [[ -n ${LOAD_BIN:-} && -n ${PORTASK_BIN:-} ]]; then
+    LOAD=$LOAD_BIN
+    log "using $LOAD and $PORTASK_BIN as built (LOAD_BIN, PORTASK_BIN)"
+else
+    log "building release Portask and the load harness"
+    cargo build --release --bin portask
+    LOAD=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
+        grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    PORTASK_BIN=$TARGET_DIR/release/portask
+fi
 [[ -x $LOAD ]] || die "could not find the load harness binary (cargo bench --bench load --no-run)"
-PORTASK_BIN=$TARGET_DIR/release/portask
+[[ -x $PORTASK_BIN ]] || die "no Portask binary at $PORTASK_BIN"
 
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -288,7 +313,7 @@ stub() {
 
 # one SCENARIO TARGET PROTOCOL HARNESS-ARGS...: --repeat runs of the harness.
 one() {
-    local scenario=$1 target=$2 protocol=$3 file rc run label
+    local scenario=$1 target=$2 protocol=$3 file rc run label pid
     shift 3
     for ((run = 1; run <= REPEAT; run++)); do
         rc=0
@@ -296,8 +321,13 @@ one() {
         label=""
         [[ $REPEAT == 1 ]] || label=" (run $run of $REPEAT)"
         log "$scenario — $target$label"
-        "$LOAD" "$protocol" "$@" --scenario "$scenario" --target "$target" --json "$file" \
-            >"${file%.json}.log" 2>&1 || rc=$?
+        pid=()
+        case $target in
+        portask) pid=(--broker-pid "$PORTASK_PID") ;;
+        rabbitmq) if [[ -s $RABBIT_PIDFILE ]]; then pid=(--broker-pid "$(cat "$RABBIT_PIDFILE")"); fi ;;
+        esac
+        "$LOAD" "$protocol" "$@" "${pid[@]}" --scenario "$scenario" --target "$target" \
+            --json "$file" >"${file%.json}.log" 2>&1 || rc=$?
         sed 's/^/    /' "${file%.json}.log"
         if [[ $rc != 0 ]]; then
             FAILED=1
@@ -363,7 +393,7 @@ if [[ $MATRIX == 1 ]]; then
         done
     fi
 fi
-if [[ $MATRIX == 0 && $AMQP == 1 ]]; then
+if [[ $MATRIX == 0 && $STREAMS == 0 && $AMQP == 1 ]]; then
     amqp "AMQP 1 KiB transient, 1→1" "${AMQP_RUN[@]}" --message-size 1024
     amqp "AMQP 16 B transient, 1→1" "${AMQP_RUN[@]}" --message-size 16
     amqp "AMQP 1 KiB persistent + confirms, 1→1" "${AMQP_RUN[@]}" --message-size 1024 \
@@ -372,13 +402,27 @@ if [[ $MATRIX == 0 && $AMQP == 1 ]]; then
     amqp "AMQP 1 KiB latency at 1000 msg/s" --rate 1000 --duration "$LATENCY_DURATION" \
         --message-size 1024
 fi
-if [[ $MATRIX == 0 && $KAFKA == 1 ]]; then
+if [[ $MATRIX == 0 && $STREAMS == 0 && $KAFKA == 1 ]]; then
     kafka "Kafka 1 KiB acks=1, 1 partition" "${KAFKA_RUN[@]}" --acks 1 --partitions 1
     kafka "Kafka 1 KiB acks=all, 1 partition" "${KAFKA_RUN[@]}" --acks all --partitions 1
     kafka "Kafka 1 KiB acks=1, 6 partitions" "${KAFKA_RUN[@]}" --acks 1 --partitions 6
     kafka "Kafka 1 KiB acks=all, 6 partitions" "${KAFKA_RUN[@]}" --acks all --partitions 6
     kafka "Kafka 1 KiB latency at 1000 msg/s, acks=1, linger.ms=0" --rate 1000 \
         --duration "$LATENCY_DURATION" --acks 1 -P linger.ms=0
+fi
+if [[ $MATRIX == 0 ]]; then
+    STREAM_RUN=(--messages "$STREAM_MESSAGES" --prefill --drain-timeout 30s)
+    for size in 16 1024; do
+        label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
+        if [[ $AMQP == 1 ]]; then
+            amqp "Stream read-back $label, AMQP consumer" "${STREAM_RUN[@]}" \
+                --message-size "$size" --stream --confirm --prefetch 1000
+        fi
+        if [[ $KAFKA == 1 ]]; then
+            kafka "Stream read-back $label, Kafka consumer" "${STREAM_RUN[@]}" \
+                --message-size "$size" --acks all --partitions 1
+        fi
+    done
 fi
 
 # ---------------------------------------------------------------------------------------

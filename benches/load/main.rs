@@ -38,7 +38,6 @@ fn main() {
             }
         }
     }
-    let cpu_before = _broker.as_ref().map(|b| cpu_seconds(b.pid()));
     let report = match harness::run(&cli.command) {
         Ok(r) => r,
         Err(e) => {
@@ -47,16 +46,6 @@ fn main() {
         }
     };
     print!("{}", report.render());
-    // The broker's own CPU (user + system) over the run, per message sent: what TLS or a
-    // setting costs the broker, whatever the client machine spends.
-    if let (Some(b), Some(before)) = (&_broker, cpu_before) {
-        let used = cpu_seconds(b.pid()) - before;
-        let per_msg = used * 1e6 / report.sent.max(1) as f64;
-        println!(
-            "broker CPU: {used:.2} s over {} messages sent = {per_msg:.2} µs/msg",
-            report.sent
-        );
-    }
     let json = match &cli.command {
         Command::Kafka(a) => a.workload.json.as_ref(),
         Command::Amqp(a) => a.workload.json.as_ref(),
@@ -71,25 +60,6 @@ fn main() {
     if !report.passed {
         std::process::exit(1);
     }
-}
-
-/// CPU seconds (user + system) process `pid` has used so far; 0 when it is gone.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // After the command name in parentheses: state is field 3, utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz.max(1.0)
 }
 
 /// With `--start-broker`: starts Portask and points the command at it (with `--tls`, at an
@@ -136,6 +106,12 @@ fn start_broker(command: &mut Command) -> Option<launch::Scratch> {
         }
         Command::Kafka(a) => a.brokers = broker.launch.bootstrap(),
         Command::Amqp(a) => a.url = broker.launch.amqp_url(),
+        Command::Report(_) => {}
+    }
+    // Its CPU per message is in the report (`broker_cpu_us_per_msg`).
+    match command {
+        Command::Kafka(a) => a.workload.broker_pid = Some(broker.pid()),
+        Command::Amqp(a) => a.workload.broker_pid = Some(broker.pid()),
         Command::Report(_) => {}
     }
     eprintln!("load: started portask with {shards} shards (unpinned, temp data dir)");

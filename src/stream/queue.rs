@@ -28,7 +28,7 @@
 //! crosses to the partition's owner is each `Shard::kafka`/`kafka_dispatch` call.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -801,16 +801,29 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> 
     })
 }
 
-/// One consumer's reading loop (see the module comment).
+/// One consumer's reading loop (see the module comment). Records decoded from a fetch
+/// wait in `pending` until credit lets them go, so a fetch is decoded once however small
+/// the prefetch (re-fetching from the first undelivered record re-read and re-decoded
+/// the whole fetch each time credit came back); `offset` is where the next fetch starts,
+/// past everything pending.
 async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
     let (topic, partition) = r.part.clone();
     let owner = shard.owner_of(&topic, partition);
+    let mut pending: VecDeque<record::StoredRecord> = VecDeque::new();
     while !r.cancelled.get() {
-        r.seat.ledger.borrow_mut().read_from(offset);
+        // The consumer's position: its first record not yet handed over.
+        let position = pending.front().map_or(offset, |p| p.offset);
+        r.seat.ledger.borrow_mut().read_from(position);
         let credit = Listener::new();
         credit.listen(&r.wake);
         if !r.has_credit() {
             credit.await;
+            continue;
+        }
+        if !pending.is_empty() {
+            deliver(&shard, &r, &mut pending, offset);
+            // Let other tasks (acks, publishers) run between batches.
+            glommio::yield_if_needed().await;
             continue;
         }
         let Some(got) = fetch(&shard, &r, offset).await else {
@@ -870,64 +883,68 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             let _ = select(Box::pin(wait), credit).await;
             continue;
         }
-        let mut items = Vec::new();
-        let mut all = true;
-        for rec in &records {
-            if r.cancelled.get() || !r.has_credit() {
-                all = false;
-                break;
-            }
-            // `x-stream-filter`: records it does not want cost no delivery or credit.
-            if let Some(f) = &r.spec.stream_filter {
-                if !f.matches(rec) {
-                    offset = rec.offset + 1;
-                    continue;
-                }
-            }
-            let id = shard.amqp.next_id();
-            shard
-                .amqp
-                .streams
-                .delivered
-                .borrow_mut()
-                .insert(id, (r.spec.cid, rec.offset));
-            r.unacked.set(r.unacked.get() + 1);
-            r.seat.ledger.borrow_mut().delivered(rec.offset);
-            let d = record::stream_delivery_of(rec);
-            let msg = Message {
-                exchange: d.exchange,
-                routing_key: d.routing_key,
-                properties: d.properties,
-                body: d.body,
-                persistent: true,
-                priority: 0,
-                expiration: None,
-            };
-            items.push(Delivery {
-                id,
-                msg,
-                redelivered: false,
-            });
-            offset = rec.offset + 1;
-        }
-        if all {
-            offset = offset.max(next);
-        }
-        r.seat.ledger.borrow_mut().read_from(offset);
-        if !items.is_empty() {
-            outbox::push(
-                &shard,
-                r.spec.shard,
-                ConnOp::Deliver {
-                    conn: r.spec.conn,
-                    channel: r.spec.channel,
-                    cid: r.spec.cid,
-                    queue: r.queue.clone(),
-                    items,
-                },
-            );
-        }
+        offset = offset.max(next);
+        pending.extend(records);
+        deliver(&shard, &r, &mut pending, offset);
         // Let other tasks (acks, publishers) run between batches.
         glommio::yield_if_needed().await;
+    }
+}
+
+/// Hands the consumer's connection shard as many of `pending` as its credit allows, in
+/// offset order, in one `ConnOp::Deliver` (one cross-shard hop for the lot); records an
+/// `x-stream-filter` does not want are dropped without costing credit. `next` is where
+/// the reader's next fetch starts: the consumer's position once nothing is pending.
+fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
+    let mut items = Vec::new();
+    while !r.cancelled.get() && r.has_credit() {
+        let Some(rec) = pending.pop_front() else {
+            break;
+        };
+        // `x-stream-filter`: records it does not want cost no delivery or credit.
+        if let Some(f) = &r.spec.stream_filter {
+            if !f.matches(&rec) {
+                continue;
+            }
+        }
+        let id = shard.amqp.next_id();
+        shard
+            .amqp
+            .streams
+            .delivered
+            .borrow_mut()
+            .insert(id, (r.spec.cid, rec.offset));
+        r.unacked.set(r.unacked.get() + 1);
+        r.seat.ledger.borrow_mut().delivered(rec.offset);
+        let d = record::stream_delivery_of(&rec);
+        let msg = Message {
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            properties: d.properties,
+            body: d.body,
+            persistent: true,
+            priority: 0,
+            expiration: None,
+        };
+        items.push(Delivery {
+            id,
+            msg,
+            redelivered: false,
+        });
+    }
+    let position = pending.front().map_or(next, |p| p.offset);
+    r.seat.ledger.borrow_mut().read_from(position);
+    if !items.is_empty() {
+        outbox::push(
+            shard,
+            r.spec.shard,
+            ConnOp::Deliver {
+                conn: r.spec.conn,
+                channel: r.spec.channel,
+                cid: r.spec.cid,
+                queue: r.queue.clone(),
+                items,
+            },
+        );
     }
 }

@@ -1302,4 +1302,42 @@ mod tests {
         }
         assert_eq!(KeyFrom::parse("body"), None);
     }
+
+    /// An uncompressed batch is read without a copy per message: each delivery's body is
+    /// a slice of the fetched bytes, and so are the stored property bytes.
+    #[test]
+    fn uncompressed_deliveries_slice_the_fetched_batch() {
+        let msgs: Vec<Message> = (0..3)
+            .map(|i| Message {
+                exchange: Bytes::from_static(b"ex"),
+                routing_key: Bytes::from(format!("rk{i}")),
+                properties: Bytes::from_static(&[0, 0]),
+                body: Bytes::from(vec![b'a' + i as u8; 100]),
+                persistent: true,
+                priority: 0,
+                expiration: None,
+            })
+            .collect();
+        let fetched = batch::encode_plain_batch(
+            msgs.iter().map(|m| record_of(m, KeyFrom::default(), 1)),
+            Compression::None,
+        )
+        .unwrap();
+        let range = fetched.as_ptr_range();
+        let within = |b: &Bytes| b.is_empty() || range.contains(&b.as_ptr());
+        let mut budget = DECODE_TEST_BUDGET;
+        let got = records_of(&fetched, 0, &mut budget).unwrap();
+        assert_eq!(got.records.len(), 3);
+        for (r, m) in got.records.iter().zip(&msgs) {
+            let d = delivery_of(r);
+            assert_eq!(d.body, m.body);
+            assert!(within(&d.body), "the body is a slice of the batch");
+            assert!(
+                within(&d.properties),
+                "the property bytes are a slice of the batch"
+            );
+        }
+    }
+
+    const DECODE_TEST_BUDGET: usize = 1 << 20;
 }

@@ -7,7 +7,8 @@
 //! - `safety`: read-committed, Kafka ACLs, memory back-pressure, full disk, retention,
 //!   the key setting.
 //! - `superstream`: topics of N partitions as super streams (murmur2 routing, partition
-//!   queues), and `x-stream-filter` consumers.
+//!   queues), and `x-stream-filter` consumers;
+//! - `streamperf`: deliveries from large batches with a small prefetch, once each, in order.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -17,4 +18,5 @@ mod kit;
 mod queues;
 mod records;
 mod safety;
+mod streamperf;
 mod superstream;

@@ -19,7 +19,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
 
@@ -29,7 +29,7 @@ use super::payload::{self, Clock, Stamp};
 use super::report::{Outcome, Report};
 use super::schedule::{sleep_until, Next, Schedule};
 use super::stats::Latency;
-use super::{HarnessError, Produced, Progress, Sink};
+use super::{BrokerCpu, HarnessError, Produced, Progress, Sink};
 
 /// Publishes a producer keeps in flight without confirms (they only wait for the socket).
 const PUBLISH_WINDOW: usize = 64;
@@ -65,11 +65,19 @@ async fn connect(url: &str) -> Result<Connection, HarnessError> {
 
 async fn declare(ch: &Channel, args: &AmqpArgs, base: &str) -> Result<Topology, HarnessError> {
     let queue_opts = QueueDeclareOptions {
-        durable: args.persistent,
+        // Streams are durable by nature (RabbitMQ refuses a transient one).
+        durable: args.persistent || args.stream,
         ..QueueDeclareOptions::default()
     };
     if args.fanout == 0 {
-        ch.queue_declare(base.into(), queue_opts, FieldTable::default())
+        let mut queue_args = FieldTable::default();
+        if args.stream {
+            queue_args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("stream".into()),
+            );
+        }
+        ch.queue_declare(base.into(), queue_opts, queue_args)
             .await
             .map_err(|e| amqp_err("queue.declare", e))?;
         return Ok(Topology {
@@ -285,6 +293,13 @@ async fn consume(
     ch.basic_qos(args.prefetch, BasicQosOptions::default())
         .await
         .map_err(|e| amqp_err("basic.qos", e))?;
+    let mut consume_args = FieldTable::default();
+    if args.stream {
+        consume_args.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+    }
     let mut consumer = ch
         .basic_consume(
             queue.as_str().into(),
@@ -293,7 +308,7 @@ async fn consume(
                 no_ack: args.auto_ack,
                 ..BasicConsumeOptions::default()
             },
-            FieldTable::default(),
+            consume_args,
         )
         .await
         .map_err(|e| amqp_err("basic.consume", e))?;
@@ -356,28 +371,13 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     let clock = Clock::new();
     let progress = Progress::new(clock);
     let mut consumers = Vec::new();
-    for (copy, queue) in topology.queues.iter().enumerate() {
-        for c in 0..w.consumers {
-            let conn = connect(&args.url).await?;
-            let ignore = if copy == 0 && c == 0 {
-                w.test_ignore_receipt
-            } else {
-                None
-            };
-            let sink = Sink::new(copy, progress.clone(), ignore);
-            consumers.push(tokio::spawn(consume(
-                conn,
-                queue.clone(),
-                format!("load-{copy}-{c}"),
-                args.clone(),
-                sink,
-                progress.clone(),
-            )));
-        }
+    if !w.prefill {
+        consumers = start_consumers(args, &topology, &progress).await?;
+        // Give consumers a moment to register before the first publish (a message
+        // published before basic.consume is still delivered; this only keeps the start
+        // even).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Give consumers a moment to register before the first publish (a message published
-    // before basic.consume is still delivered; this only keeps the start even).
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut properties = BasicProperties::default();
     if args.persistent {
@@ -415,6 +415,7 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     }
 
     let start_ns = clock.now_ns();
+    let mut cpu = BrokerCpu::start(w.broker_pid);
     let limit = w.message_limit();
     let mut producer_tasks = Vec::new();
     let mut pacers = Vec::new();
@@ -445,6 +446,14 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     for p in pacers {
         let _ = p.join();
     }
+    if w.prefill && failure.is_none() {
+        // The read: consumers start now, from the first message.
+        progress
+            .read_start_ns
+            .store(clock.now_ns(), Ordering::Relaxed);
+        cpu = BrokerCpu::start(w.broker_pid);
+        consumers = start_consumers(args, &topology, &progress).await?;
+    }
     let copies = topology.queues.len();
     let expected = progress.acked.load(Ordering::Relaxed) * copies as u64;
     if failure.is_none() {
@@ -454,6 +463,7 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
             .map_err(|e| HarnessError::Setup(format!("drain: {e}")))?;
         progress.complete.store(complete, Ordering::Relaxed);
     }
+    let cpu_used = cpu.map(|c| c.used());
     progress.stop.store(true, Ordering::Relaxed);
     let mut receipts = Receipts::default();
     let mut latency = Latency::new();
@@ -486,7 +496,10 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     settings.insert("ack_every".into(), args.ack_interval().to_string());
     settings.insert("auto_ack".into(), args.auto_ack.to_string());
     settings.insert("fanout".into(), args.fanout.to_string());
-    Ok(Report::build(Outcome {
+    if args.stream {
+        settings.insert("stream".into(), "true (x-stream-offset first)".into());
+    }
+    let mut report = Report::build(Outcome {
         protocol: "amqp",
         broker: redact(&args.url),
         workload: w,
@@ -497,8 +510,44 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
         receipts,
         latency,
         progress: &progress,
-    }))
+    });
+    if let Some(used) = cpu_used {
+        report.set_broker_cpu(used, w.prefill);
+    }
+    Ok(report)
 }
+
+/// One consumer connection per (queue, consumer), each on its own task.
+async fn start_consumers(
+    args: &AmqpArgs,
+    topology: &Topology,
+    progress: &Arc<Progress>,
+) -> Result<Vec<ConsumerTask>, HarnessError> {
+    let w = &args.workload;
+    let mut consumers = Vec::new();
+    for (copy, queue) in topology.queues.iter().enumerate() {
+        for c in 0..w.consumers {
+            let conn = connect(&args.url).await?;
+            let ignore = if copy == 0 && c == 0 {
+                w.test_ignore_receipt
+            } else {
+                None
+            };
+            let sink = Sink::new(copy, progress.clone(), ignore);
+            consumers.push(tokio::spawn(consume(
+                conn,
+                queue.clone(),
+                format!("load-{copy}-{c}"),
+                args.clone(),
+                sink,
+                progress.clone(),
+            )));
+        }
+    }
+    Ok(consumers)
+}
+
+type ConsumerTask = tokio::task::JoinHandle<Result<(Receipts, Latency), HarnessError>>;
 
 #[cfg(test)]
 mod tests {

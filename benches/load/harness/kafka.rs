@@ -29,7 +29,7 @@ use super::payload::{self, Clock, Stamp};
 use super::report::{Outcome, Report};
 use super::schedule::{sleep_until, Next, Schedule};
 use super::stats::Latency;
-use super::{HarnessError, Produced, Progress, Sink};
+use super::{BrokerCpu, HarnessError, Produced, Progress, Sink};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -340,40 +340,13 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
         );
     }
     let mut consumer_threads = Vec::new();
-    for c in 0..consumers {
-        let mut tpl = TopicPartitionList::new();
-        let mut assigned = Vec::new();
-        for p in (0..partitions).filter(|p| *p as u32 % consumers == c) {
-            let start = starts[p as usize];
-            tpl.add_partition_offset(&topic, p, Offset::Offset(start))
-                .map_err(|e| kafka_err("assignment", e))?;
-            assigned.push((topic.clone(), p, start));
-        }
-        let consumer: BaseConsumer = with_properties(
-            {
-                let mut cc = base_config(args);
-                cc.set("group.id", "portask-load")
-                    .set("enable.auto.commit", "false")
-                    .set("enable.auto.offset.store", "false")
-                    .set("enable.partition.eof", "false");
-                cc
-            },
-            args,
-            &args.consumer_properties,
-        )
-        .create()
-        .map_err(|e| kafka_err("consumer", e))?;
-        consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))?;
-        let progress = progress.clone();
-        let ignore = if c == 0 { w.test_ignore_receipt } else { None };
-        consumer_threads.push(
-            std::thread::Builder::new()
-                .name(format!("consumer-{c}"))
-                .spawn(move || consume(consumer, assigned, progress, ignore))?,
-        );
+    if !w.prefill {
+        consumer_threads =
+            start_consumers(args, &topic, partitions, consumers, &starts, &progress)?;
     }
 
     let start_ns = clock.now_ns();
+    let mut cpu = BrokerCpu::start(w.broker_pid);
     let limit = w.message_limit();
     let mut producer_threads = Vec::new();
     for k in 0..w.producers {
@@ -394,10 +367,20 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
             Err(_) => failure = Some(HarnessError::Setup("a producer thread panicked".into())),
         }
     }
+    if w.prefill && failure.is_none() {
+        // The read: consumers start now, at the offsets read before the first send.
+        progress
+            .read_start_ns
+            .store(clock.now_ns(), Ordering::Relaxed);
+        cpu = BrokerCpu::start(w.broker_pid);
+        consumer_threads =
+            start_consumers(args, &topic, partitions, consumers, &starts, &progress)?;
+    }
     let expected = progress.acked.load(Ordering::Relaxed);
     if failure.is_none() && progress.drain(expected, w.drain_timeout) {
         progress.complete.store(true, Ordering::Relaxed);
     }
+    let cpu_used = cpu.map(|c| c.used());
     progress.stop.store(true, Ordering::Relaxed);
     let mut receipts = Receipts::default();
     let mut latency = Latency::new();
@@ -432,7 +415,7 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
             settings.insert(format!("{prefix}:{k}"), v.clone());
         }
     }
-    Ok(Report::build(Outcome {
+    let mut report = Report::build(Outcome {
         protocol: "kafka",
         broker: args.brokers.clone(),
         workload: w,
@@ -443,5 +426,59 @@ pub fn run(args: &KafkaArgs) -> Result<Report, HarnessError> {
         receipts,
         latency,
         progress: &progress,
-    }))
+    });
+    if let Some(used) = cpu_used {
+        report.set_broker_cpu(used, w.prefill);
+    }
+    Ok(report)
 }
+
+/// One consumer thread per `consumers`, each assigned its share of the partitions at
+/// `starts`.
+fn start_consumers(
+    args: &KafkaArgs,
+    topic: &str,
+    partitions: i32,
+    consumers: u32,
+    starts: &[i64],
+    progress: &Arc<Progress>,
+) -> Result<Vec<ConsumerThread>, HarnessError> {
+    let w = &args.workload;
+    let mut consumer_threads = Vec::new();
+    for c in 0..consumers {
+        let mut tpl = TopicPartitionList::new();
+        let mut assigned = Vec::new();
+        for p in (0..partitions).filter(|p| *p as u32 % consumers == c) {
+            let start = starts[p as usize];
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
+                .map_err(|e| kafka_err("assignment", e))?;
+            assigned.push((topic.to_owned(), p, start));
+        }
+        let consumer: BaseConsumer = with_properties(
+            {
+                let mut cc = base_config(args);
+                cc.set("group.id", "portask-load")
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "false");
+                cc
+            },
+            args,
+            &args.consumer_properties,
+        )
+        .create()
+        .map_err(|e| kafka_err("consumer", e))?;
+        consumer.assign(&tpl).map_err(|e| kafka_err("assign", e))?;
+        let progress = progress.clone();
+        let ignore = if c == 0 { w.test_ignore_receipt } else { None };
+        consumer_threads.push(
+            std::thread::Builder::new()
+                .name(format!("consumer-{c}"))
+                .spawn(move || consume(consumer, assigned, progress, ignore))?,
+        );
+    }
+
+    Ok(consumer_threads)
+}
+
+type ConsumerThread = std::thread::JoinHandle<(Receipts, Latency)>;

@@ -54,6 +54,8 @@ pub struct Progress {
     pub received: AtomicU64,
     pub last_ack_ns: AtomicU64,
     pub last_receive_ns: AtomicU64,
+    /// With --prefill: when consumers started (the read's start); 0 otherwise.
+    pub read_start_ns: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -67,6 +69,7 @@ impl Progress {
             received: AtomicU64::new(0),
             last_ack_ns: AtomicU64::new(0),
             last_receive_ns: AtomicU64::new(0),
+            read_start_ns: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
         })
     }
@@ -183,6 +186,45 @@ pub fn run(command: &options::Command) -> Result<report::Report, HarnessError> {
             "`report` summarises results; it does not run a load".into(),
         )),
     }
+}
+
+/// The broker's CPU time from a starting point (`--broker-pid`).
+pub struct BrokerCpu {
+    pid: u32,
+    from: f64,
+}
+
+impl BrokerCpu {
+    pub fn start(pid: Option<u32>) -> Option<BrokerCpu> {
+        pid.map(|pid| BrokerCpu {
+            pid,
+            from: cpu_seconds(pid),
+        })
+    }
+
+    /// CPU seconds (user + system) the broker used since `start`.
+    pub fn used(&self) -> f64 {
+        (cpu_seconds(self.pid) - self.from).max(0.0)
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far; 0 when it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
 }
 
 /// A fresh resource name for a run: `portask-load-<pid>-<millis>`.

@@ -75,6 +75,15 @@ pub struct Workload {
     /// launcher the integration tests use). Killed when the run ends.
     #[arg(long)]
     pub start_broker: bool,
+    /// Read-back: producers publish everything first and consumers start only then, from
+    /// the start of what was published (a stream or topic read from its log). The consume
+    /// throughput and the broker CPU cover the read alone; latency then includes the wait.
+    #[arg(long)]
+    pub prefill: bool,
+    /// The broker's process id: its CPU time (user + system, from /proc/PID/stat) over the
+    /// run (with --prefill, over the read) is reported per message. --start-broker sets it.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
     /// Shards of the broker --start-broker starts.
     #[arg(long, default_value_t = 2, requires = "start_broker",
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -183,6 +192,10 @@ pub struct AmqpArgs {
     /// No consumer acks (basic.consume no-ack).
     #[arg(long)]
     pub auto_ack: bool,
+    /// Declare the queue as a stream (`x-queue-type: stream`, durable) and consume it from
+    /// `x-stream-offset: first` (needs a prefetch, as RabbitMQ's streams do).
+    #[arg(long, conflicts_with = "fanout")]
+    pub stream: bool,
     /// Publish to a fanout exchange bound to this many queues instead of straight to one
     /// queue; every queue gets --consumers consumers and every message must arrive at
     /// every queue.

@@ -36,8 +36,17 @@ pub struct Report {
     pub message_size: u32,
     /// Acknowledged by the broker, from the first send to the last acknowledgement.
     pub produce: Throughput,
-    /// Distinct messages received, from the first send to the last receipt.
+    /// Distinct messages received, from the first send (with --prefill, from the start of
+    /// the read) to the last receipt.
     pub consume: Throughput,
+    /// The broker's CPU seconds (user + system) over the run (with --prefill, over the
+    /// read), when its pid was known (`--broker-pid`, `--start-broker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_s: Option<f64>,
+    /// `broker_cpu_s` per message: per message received with --prefill, else per message
+    /// sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_us_per_msg: Option<f64>,
     /// Sends the client or broker reported as failed.
     pub send_failures: u64,
     /// Messages handed to the client.
@@ -84,11 +93,12 @@ impl Report {
             .last_ack_ns
             .load(Relaxed)
             .saturating_sub(o.start_ns);
+        let read_start = o.progress.read_start_ns.load(Relaxed).max(o.start_ns);
         let consume_ns = o
             .progress
             .last_receive_ns
             .load(Relaxed)
-            .saturating_sub(o.start_ns);
+            .saturating_sub(read_start);
         let mut settings = o.settings;
         settings.insert("producers".into(), o.workload.producers.to_string());
         settings.insert("consumers".into(), o.workload.consumers.to_string());
@@ -98,6 +108,9 @@ impl Report {
         }
         if let Some(r) = o.workload.rate {
             settings.insert("rate".into(), r.to_string());
+        }
+        if o.workload.prefill {
+            settings.insert("prefill".into(), "true".into());
         }
         if let Some(d) = o.workload.duration {
             settings.insert("duration_s".into(), d.as_secs_f64().to_string());
@@ -122,6 +135,8 @@ impl Report {
                 msg_per_s: per_second(verdict.received, consume_ns),
                 mb_per_s: megabytes_per_second(verdict.received, size, consume_ns),
             },
+            broker_cpu_s: None,
+            broker_cpu_us_per_msg: None,
             send_failures: o.produced.iter().map(|p| p.failed).sum(),
             sent: o.produced.iter().map(|p| p.sent).sum(),
             latency: o.latency.summary(),
@@ -130,6 +145,17 @@ impl Report {
             unavailable: None,
             passed,
         }
+    }
+
+    /// Records the broker's CPU seconds over the measured part of the run.
+    pub fn set_broker_cpu(&mut self, seconds: f64, prefill: bool) {
+        let per = if prefill {
+            self.consume.messages
+        } else {
+            self.sent
+        };
+        self.broker_cpu_s = Some(seconds);
+        self.broker_cpu_us_per_msg = Some(seconds * 1e6 / per.max(1) as f64);
     }
 
     /// A human-readable summary.
@@ -178,6 +204,14 @@ impl Report {
                 "  lost (copy/producer/seq): {}\n",
                 v.lost_examples.join(", ")
             );
+        }
+        if let (Some(s_), Some(per)) = (self.broker_cpu_s, self.broker_cpu_us_per_msg) {
+            let what = if self.settings.contains_key("prefill") {
+                "received (the read)"
+            } else {
+                "sent"
+            };
+            s += &format!("  broker CPU  {s_:.2} s = {per:.2} µs per message {what}\n");
         }
         for (e, n) in &self.errors {
             s += &format!("  error ×{n}: {e}\n");

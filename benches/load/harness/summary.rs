@@ -54,6 +54,10 @@ fn combine(runs: &[Report]) -> Report {
     r.latency.p99_us = m(&|x| x.latency.p99_us);
     r.latency.p999_us = m(&|x| x.latency.p999_us);
     r.latency.max_us = m(&|x| x.latency.max_us);
+    if runs.iter().all(|x| x.broker_cpu_us_per_msg.is_some()) {
+        r.broker_cpu_us_per_msg = Some(m(&|x| x.broker_cpu_us_per_msg.unwrap_or(0.0)));
+        r.broker_cpu_s = Some(m(&|x| x.broker_cpu_s.unwrap_or(0.0)));
+    }
     r.verdict.lost = runs.iter().map(|x| x.verdict.lost).sum();
     r.send_failures = runs.iter().map(|x| x.send_failures).sum();
     r.passed = runs.iter().all(|x| x.passed);
@@ -136,9 +140,12 @@ impl Table {
                     Some(r) => match &r.unavailable {
                         Some(why) => format!("n/a ({why})"),
                         None => format!(
-                            "{} / {}{}",
+                            "{} / {}{}{}",
                             fmt_rate(r.produce.msg_per_s),
                             fmt_rate(r.consume.msg_per_s),
+                            r.broker_cpu_us_per_msg
+                                .map(|c| format!(" (CPU {c:.2} µs/msg)"))
+                                .unwrap_or_default(),
                             flag(r)
                         ),
                     },
@@ -459,6 +466,21 @@ mod tests {
         assert_eq!(r.verdict.lost, 2);
         assert!(!r.passed);
         assert_eq!(t.repeats(), 3);
+        let cpu = |c: f64| {
+            let mut r = report("s", "portask", 1.0, 1.0);
+            r.broker_cpu_us_per_msg = Some(c);
+            r
+        };
+        let t = Table::new(vec![cpu(3.0), cpu(1.0), cpu(2.0)]);
+        assert_eq!(
+            t.get("s", "portask").unwrap().broker_cpu_us_per_msg,
+            Some(2.0)
+        );
+        assert!(
+            t.markdown().contains("(CPU 2.00 µs/msg)"),
+            "{}",
+            t.markdown()
+        );
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 
