@@ -6,35 +6,20 @@
 
 use futures::future::join_all;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::{Channel, Consumer};
 
 use crate::common::amqp::*;
 use crate::common::{data_dir, Broker};
+use crate::kit::*;
 
 const N: i64 = 2000;
 
-async fn stream_consumer(ch: &Channel, prefetch: u16, offset: AMQPValue) -> Consumer {
-    ch.basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut a = FieldTable::default();
-    a.insert("x-stream-offset".into(), offset);
-    ch.basic_consume("perf".into(), "".into(), BasicConsumeOptions::default(), a)
+/// A consumer of stream `perf` with `prefetch`, from `offset`.
+async fn perf_consumer(ch: &Channel, prefetch: u16, offset: AMQPValue) -> Consumer {
+    stream_consumer(ch, "perf", prefetch, &[("x-stream-offset", offset)])
         .await
         .expect("consume")
-}
-
-fn offset_of(d: &lapin::message::Delivery) -> i64 {
-    match d
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-stream-offset").cloned())
-    {
-        Some(AMQPValue::LongLongInt(n)) => n,
-        other => panic!("x-stream-offset header {other:?}"),
-    }
 }
 
 /// Receives `n` deliveries (fewer if they stop for 5 s), acking with `multiple` every
@@ -44,7 +29,7 @@ async fn read(c: &mut Consumer, n: i64, every: usize) -> Vec<(i64, Vec<u8>)> {
     let mut since_ack = 0;
     while (out.len() as i64) < n {
         let Some(d) = next(c, 5).await else { break };
-        out.push((offset_of(&d), d.data.clone()));
+        out.push((stream_offset(&d), d.data.clone()));
         since_ack += 1;
         if since_ack == every {
             d.ack(BasicAckOptions { multiple: true })
@@ -66,21 +51,7 @@ async fn small_prefetch_reads_large_batches_once_each_in_order() {
     let broker = Broker::start(&data, &[]);
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("stream".into()),
-    );
-    ch.queue_declare(
-        "perf".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .expect("declare stream");
+    declare_stream(&ch, "perf", &[]).await;
     confirm_select(&ch).await;
     // Published back to back, confirms awaited after, so the appender writes a few
     // large batches.
@@ -103,7 +74,7 @@ async fn small_prefetch_reads_large_batches_once_each_in_order() {
 
     // Prefetch 7, acks every 3: many credit returns per fetched batch.
     let cha = channel(&conn).await;
-    let mut a = stream_consumer(&cha, 7, AMQPValue::LongString("first".into())).await;
+    let mut a = perf_consumer(&cha, 7, s("first")).await;
     let got = read(&mut a, N, 3).await;
     let want: Vec<(i64, Vec<u8>)> = (0..N).map(|i| (i, body(i))).collect();
     assert_eq!(got.len(), want.len(), "every message once");
@@ -112,14 +83,14 @@ async fn small_prefetch_reads_large_batches_once_each_in_order() {
     // Cancelled part-way (deliveries in flight dropped), then started again at the next
     // offset: the rest arrives, nothing skipped.
     let chb = channel(&conn).await;
-    let mut b = stream_consumer(&chb, 50, AMQPValue::LongString("first".into())).await;
+    let mut b = perf_consumer(&chb, 50, s("first")).await;
     let first = read(&mut b, 700, 10).await;
     assert_eq!(first.last().map(|x| x.0), Some(699));
     chb.basic_cancel(b.tag().as_str().into(), BasicCancelOptions::default())
         .await
         .expect("cancel");
     let chc = channel(&conn).await;
-    let mut c = stream_consumer(&chc, 50, AMQPValue::LongLongInt(700)).await;
+    let mut c = perf_consumer(&chc, 50, AMQPValue::LongLongInt(700)).await;
     let rest = read(&mut c, N - 700, 10).await;
     assert_eq!(
         rest.iter().map(|x| x.0).collect::<Vec<_>>(),
@@ -128,7 +99,7 @@ async fn small_prefetch_reads_large_batches_once_each_in_order() {
 
     // No acks: exactly the prefetch arrives, whatever is pending behind it.
     let chd = channel(&conn).await;
-    let mut d = stream_consumer(&chd, 5, AMQPValue::LongString("first".into())).await;
+    let mut d = perf_consumer(&chd, 5, s("first")).await;
     let mut held = 0;
     while next(&mut d, 1).await.is_some() {
         held += 1;
