@@ -8,11 +8,13 @@
 //!   the key setting.
 //! - `superstream`: topics of N partitions as super streams (murmur2 routing, partition
 //!   queues), and `x-stream-filter` consumers.
+//! - `http`: streams in the management API, the overview the dashboard renders, `/metrics`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod groups;
+mod http;
 mod queues;
 mod records;
 mod safety;
