@@ -301,3 +301,32 @@ async fn a_super_stream_shows_its_partitions_in_rest_and_overview() {
     }
     assert_eq!(total, 12, "every message is in one partition");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_a_stream_only_to_whom_may_describe_its_topic() {
+    let (_dir, data) = data_dir();
+    // guest may do everything on topic `open`, nothing on `secret` (no ACL found: denied).
+    let bindings = r#"[
+        {resource_type = "topic", resource_name = "open", principal = "User:guest", operations = ["all"]},
+    ]"#;
+    let broker = Broker::start(
+        &data,
+        &[
+            ("PORTASK_ACL__ENABLED", "true"),
+            ("PORTASK_ACL__BINDINGS", bindings),
+        ],
+    );
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare_stream(&ch, "open", &[]).await;
+    declare_stream(&ch, "secret", &[]).await;
+    let o = json(&broker, "/api/v1/overview");
+    let names: Vec<&str> = o["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert!(names.contains(&"open"), "{names:?}");
+    assert!(!names.contains(&"secret"), "{names:?}");
+}
