@@ -1,11 +1,12 @@
 //! HTTP figures against a running broker:
 //! - REST produce: `--requests` POSTs of `--batch` 1 KiB records each (acks=all) on one
 //!   keep-alive connection per `--clients` thread; records per second and request p50/p99;
-//! - scrape: `GET /metrics` and `GET /api/v1/overview` with `--partitions` partitions in
-//!   the catalog; median and p99 time per scrape.
+//! - scrape: `GET /metrics`, `GET /api/v1/overview` and `GET /api/v1/queues` with
+//!   `--partitions` partitions and `--streams` stream queues (one record each) in the
+//!   catalog; median and p99 time per scrape.
 //!
 //! `cargo bench --bench http -- --url http://127.0.0.1:8080 [--user guest:guest]
-//!  [--requests N] [--batch N] [--clients N] [--partitions N]`, or `--start-broker
+//!  [--requests N] [--batch N] [--clients N] [--partitions N] [--streams N]`, or `--start-broker
 //!  [--broker-shards N]` instead of `--url` for a Portask of its own.
 
 use std::time::{Duration, Instant};
@@ -36,6 +37,10 @@ struct Args {
     /// Partitions in the catalog while scraping.
     #[arg(long, default_value_t = 100)]
     partitions: usize,
+    /// Stream queues (`x-queue-type: stream`, one record each) in the catalog while
+    /// scraping: each is a row with its offsets in the overview and the queue list.
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
     #[command(flatten)]
     start: launch::StartFlags,
 }
@@ -131,8 +136,28 @@ fn main() {
         percentile(&times, 0.99).as_secs_f64() * 1e3,
     );
 
+    // Stream queues, declared and given a record each over REST.
+    for i in 0..a.streams {
+        let name = format!("http-bench-stream-{i}");
+        let r = agent
+            .put(&format!("{}/api/v1/queues/%2F/{name}", a.url))
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"durable":true,"arguments":{"x-queue-type":"stream"}}"#);
+        if let Err(e) = r {
+            eprintln!("declare stream {name}: {e}");
+            std::process::exit(1);
+        }
+        post(
+            "/api/v1/exchanges/%2F/amq.default/publish",
+            &format!(
+                r#"{{"routing_key":"{name}","payload":"x","payload_encoding":"string","properties":{{}}}}"#
+            ),
+        );
+    }
+
     // Scrapes.
-    for path in ["/metrics", "/api/v1/overview"] {
+    for path in ["/metrics", "/api/v1/overview", "/api/v1/queues"] {
         let mut times = Vec::new();
         let mut bytes = 0;
         for _ in 0..50 {
@@ -156,8 +181,9 @@ fn main() {
         }
         times.sort();
         println!(
-            "GET {path} with {} partitions: {bytes} bytes, median {:.2} ms, p99 {:.2} ms",
+            "GET {path} with {} partitions, {} streams: {bytes} bytes, median {:.2} ms, p99 {:.2} ms",
             a.partitions + 2,
+            a.streams,
             percentile(&times, 0.5).as_secs_f64() * 1e3,
             percentile(&times, 0.99).as_secs_f64() * 1e3,
         );

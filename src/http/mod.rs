@@ -23,6 +23,7 @@ pub mod overview;
 pub mod prometheus;
 pub mod records;
 pub mod stats;
+pub mod streams;
 pub mod topics;
 
 use std::collections::HashMap;

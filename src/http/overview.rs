@@ -2,7 +2,9 @@
 //! percentiles, connections, memory and CPU, per-shard load, topics, queues, groups),
 //! `GET /api/v1/stream` (the same as server-sent events, one a second) and
 //! `GET /api/v1/shards`. Gathered from every shard through the mesh by the shard serving
-//! the request. With Kafka ACLs on, topics the caller may not DESCRIBE are left out.
+//! the request. With Kafka ACLs on, topics the caller may not DESCRIBE are left out (and
+//! the stream queues that are those topics). Stream queues carry their offsets, retention,
+//! consumers and groups (`streams::StreamView`), with consumers or without.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -16,7 +18,10 @@ use serde::Serialize;
 use super::acl::Caller;
 use super::{ok_json, ApiResult, Body};
 use crate::broker::Shard;
+use crate::catalog::amqp::arguments::queue_type;
+use crate::catalog::amqp::tables::decode_table;
 use crate::http::stats::ShardStats;
+use crate::http::streams::{Index, StreamView};
 use crate::metrics::{self, Latency, Protocol, Rates};
 use crate::security::acl::Operation;
 
@@ -92,6 +97,13 @@ pub struct QueueRow {
     pub consumers: u64,
     pub publish_per_second: f64,
     pub deliver_per_second: f64,
+    /// `classic`, `quorum` or `stream`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A stream queue's topic, offsets, retention, consumers and groups (`streams`); for
+    /// a stream `messages_ready` is the records in its log.
+    #[serde(flatten)]
+    pub stream: Option<StreamView>,
 }
 
 #[derive(Serialize)]
@@ -224,24 +236,82 @@ pub fn build(shard: &Shard, stats: &[ShardStats]) -> Overview {
             .then(b.messages.cmp(&a.messages))
             .then(a.name.cmp(&b.name))
     });
+    let mut queue_rates: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    for s in stats {
+        for ((v, name), (i, o)) in &s.queue_rates {
+            let r = queue_rates.entry((v, name)).or_default();
+            r.0 += i;
+            r.1 += o;
+        }
+    }
+    let rates_of = |v: &str, name: &str| queue_rates.get(&(v, name)).copied().unwrap_or_default();
     let mut queues: Vec<QueueRow> = stats
         .iter()
-        .flat_map(|s| {
-            s.queues.iter().map(move |q| {
-                let key = (q.vhost.clone(), q.name.clone());
-                let (i, o) = s.queue_rates.get(&key).copied().unwrap_or_default();
-                QueueRow {
-                    vhost: q.vhost.clone(),
-                    name: q.name.clone(),
-                    messages_ready: q.messages_ready,
-                    messages_unacknowledged: q.messages_unacknowledged,
-                    consumers: q.consumers,
-                    publish_per_second: i,
-                    deliver_per_second: o,
-                }
-            })
+        .flat_map(|s| &s.queues)
+        .map(|q| {
+            let (i, o) = rates_of(&q.vhost, &q.name);
+            QueueRow {
+                vhost: q.vhost.clone(),
+                name: q.name.clone(),
+                messages_ready: q.messages_ready,
+                messages_unacknowledged: q.messages_unacknowledged,
+                consumers: q.consumers,
+                publish_per_second: i,
+                deliver_per_second: o,
+                kind: "classic",
+                stream: None,
+            }
         })
         .collect();
+    // Each queue's type from the catalog; every stream queue gets a row with its offsets,
+    // with consumers or without (its records are in the log, not on an AMQP owner).
+    let streams = Index::new(stats);
+    let mut row_of: BTreeMap<(String, String), usize> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| ((q.vhost.clone(), q.name.clone()), i))
+        .collect();
+    for (v, t) in &catalog.amqp {
+        for (name, def) in &t.queues {
+            let kind = queue_type(&decode_table(&def.arguments));
+            let at = row_of.get(&(v.clone(), name.clone())).copied();
+            let view = (kind.stream && v == crate::stream::queue::VHOST)
+                .then(|| streams.view(&shard.config, &catalog, def))
+                .flatten();
+            let at = match (at, &view) {
+                (Some(at), _) => at,
+                (None, Some(view)) => {
+                    let (i, o) = rates_of(v, name);
+                    queues.push(QueueRow {
+                        vhost: v.clone(),
+                        name: name.clone(),
+                        messages_ready: 0,
+                        messages_unacknowledged: 0,
+                        consumers: view.consumer_details.len() as u64,
+                        publish_per_second: i,
+                        deliver_per_second: o,
+                        kind: "stream",
+                        stream: None,
+                    });
+                    row_of.insert((v.clone(), name.clone()), queues.len() - 1);
+                    queues.len() - 1
+                }
+                (None, None) => continue,
+            };
+            let row = &mut queues[at];
+            row.kind = if kind.stream {
+                "stream"
+            } else if kind.quorum {
+                "quorum"
+            } else {
+                "classic"
+            };
+            if let Some(view) = view {
+                row.messages_ready = view.messages.max(0) as u64;
+                row.stream = Some(view);
+            }
+        }
+    }
     queues.sort_by(|a, b| {
         (b.messages_ready + b.messages_unacknowledged)
             .cmp(&(a.messages_ready + a.messages_unacknowledged))
@@ -288,6 +358,12 @@ pub fn build(shard: &Shard, stats: &[ShardStats]) -> Overview {
 fn visible(shard: &Shard, caller: &Caller, mut o: Overview) -> Overview {
     o.topics
         .retain(|t| caller.may(shard, Operation::Describe, &t.name));
+    // A stream queue is its topic: shown only to whom may describe the topic.
+    o.queues.retain(|q| {
+        q.stream
+            .as_ref()
+            .is_none_or(|s| caller.may(shard, Operation::Describe, &s.topic))
+    });
     o
 }
 

@@ -386,7 +386,9 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         size,
     );
 
+    // Kafka groups and AMQP `x-consumer-group` groups alike (they commit to one store).
     let mut lag = BTreeMap::new();
+    let mut offset = BTreeMap::new();
     for s in stats {
         for (group, topic, partition, committed) in &s.committed {
             let Some(end) = high.get(&(topic.clone(), *partition)) else {
@@ -400,6 +402,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
                 ("topic", topic.clone()),
                 ("partition", partition.to_string()),
             ];
+            add(&mut offset, l.clone(), *committed as f64);
             add(&mut lag, l, (end - committed).max(0) as f64);
         }
     }
@@ -408,6 +411,12 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "gauge",
         "High watermark minus the group's committed offset.",
         lag,
+    );
+    e.summed(
+        "portask_consumer_group_committed_offset",
+        "gauge",
+        "A group's committed offset of a partition (the next offset it reads).",
+        offset,
     );
 
     e.family(

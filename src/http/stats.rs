@@ -51,6 +51,8 @@ pub struct ShardStats {
     pub tail_cache_bytes: u64,
     /// Bytes of AMQP messages held in memory by the shard's queues.
     pub amqp_memory_bytes: u64,
+    /// The consumers of the stream queues this shard owns, by queue name (vhost `/`).
+    pub stream_consumers: Vec<(String, Vec<crate::stream::queue::ConsumerRow>)>,
 }
 
 /// Copies this shard's metrics and state.
@@ -72,6 +74,7 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         .collect();
     let queues = crate::amqp::queue_stats(shard);
     let connections = shard.clients.list();
+    let stream_consumers = crate::stream::queue::consumers_here(shard);
     with(|m| ShardStats {
         shard: shard.id,
         protocols: PROTOCOLS
@@ -92,5 +95,6 @@ pub fn snapshot(shard: &Shard) -> ShardStats {
         tail_cache_bytes: shard.storage.tail_cache_bytes() as u64,
         amqp_memory_bytes: shard.amqp.memory() as u64,
         connections,
+        stream_consumers,
     })
 }

@@ -535,6 +535,24 @@ pub async fn consumer_rows(shard: &Rc<Shard>, name: &str) -> Vec<ConsumerRow> {
         .unwrap_or_default()
 }
 
+/// Every stream consumer on this shard (the AMQP owner of their queues), by queue name
+/// (vhost `/`), in `consumer_rows`' form: the overview and management API gather them
+/// with the shard's other figures (`http::stats::snapshot`).
+pub fn consumers_here(shard: &Shard) -> Vec<(String, Vec<ConsumerRow>)> {
+    let mut names: Vec<String> = (shard.amqp.streams.readers.borrow().values())
+        .map(|r| r.queue.name.to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let rows = rows_here(shard, &n);
+            (n, rows)
+        })
+        .collect()
+}
+
 fn rows_here(shard: &Shard, name: &str) -> Vec<ConsumerRow> {
     let sac = shard
         .catalog

@@ -8,12 +8,15 @@
 //!   the key setting.
 //! - `superstream`: topics of N partitions as super streams (murmur2 routing, partition
 //!   queues), and `x-stream-filter` consumers;
-//! - `streamperf`: deliveries from large batches with a small prefetch, once each, in order.
+//! - `streamperf`: deliveries from large batches with a small prefetch, once each, in order;
+//! - `http`: streams in the management API, the overview the dashboard renders, `/metrics`;
+//! - `kit`: what the modules share.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod groups;
+mod http;
 mod kit;
 mod queues;
 mod records;

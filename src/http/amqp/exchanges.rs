@@ -32,7 +32,7 @@ pub(super) async fn list(
             if one.is_some_and(|o| o != e.name) {
                 continue;
             }
-            rows.push(json!({
+            let mut row = json!({
                 "name": e.name,
                 "vhost": v,
                 "type": e.kind.as_str(),
@@ -40,7 +40,18 @@ pub(super) async fn list(
                 "auto_delete": e.auto_delete,
                 "internal": e.internal,
                 "arguments": arguments_json(&e.arguments),
-            }));
+            });
+            // A super stream: its topic's partitions, one partition queue each.
+            let partitions = crate::stream::superstream::is_super_exchange(&e.arguments)
+                .then(|| state.topic(&e.name).map(|t| t.partitions))
+                .flatten();
+            if let (Some(n), Some(o)) = (partitions, row.as_object_mut()) {
+                o.insert(
+                    "super_stream".into(),
+                    json!({"topic": e.name, "partitions": n}),
+                );
+            }
+            rows.push(row);
         }
     }
     one_or_all(rows, "exchange", vhost, one)

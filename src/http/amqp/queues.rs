@@ -16,16 +16,15 @@ use crate::amqp::methods::queue;
 use crate::broker::Shard;
 use crate::catalog::amqp::arguments::queue_type;
 use crate::catalog::amqp::tables::decode_table;
+use crate::http::stats::ShardStats;
 use crate::http::{no_content, ApiError, ApiResult, Req};
 use crate::metrics::QueueStats;
 
-/// Queue figures by (vhost, name), from every owner shard.
-pub(super) async fn figures(shard: &Rc<Shard>) -> HashMap<(String, String), QueueStats> {
-    shard
-        .stats_all()
-        .await
-        .into_iter()
-        .flat_map(|s| s.queues)
+/// Queue figures by (vhost, name), from every owner shard's stats.
+pub(super) fn figures(stats: &[ShardStats]) -> HashMap<(String, String), &QueueStats> {
+    stats
+        .iter()
+        .flat_map(|s| &s.queues)
         .map(|q| ((q.vhost.clone(), q.name.clone()), q))
         .collect()
 }
@@ -37,7 +36,9 @@ pub(super) async fn list(
     one: Option<&str>,
 ) -> ApiResult {
     let (names, state) = listing(shard, req, vhost).await?;
-    let figures = figures(shard).await;
+    let stats = shard.stats_all().await;
+    let figures = figures(&stats);
+    let streams = crate::http::streams::Index::new(&stats);
     let mut rows = Vec::new();
     for v in names {
         let Some(t) = state.amqp.get(v) else {
@@ -48,19 +49,9 @@ pub(super) async fn list(
                 continue;
             }
             let f = figures.get(&(v.to_owned(), name.clone()));
-            let mut ready = f.map_or(0, |f| f.messages_ready);
+            let ready = f.map_or(0, |f| f.messages_ready);
             let unacked = f.map_or(0, |f| f.messages_unacknowledged);
             let kind = queue_type(&decode_table(&q.arguments));
-            // A stream queue's messages are its topic's records; its offsets are Kafka's.
-            let mut offsets = None;
-            if kind.stream {
-                let (topic, partition) = crate::stream::superstream::locate(&state, v, name);
-                let bounds = crate::stream::queue::partition_bounds(shard, &topic, partition);
-                if let Some((first, end)) = bounds.await {
-                    ready = (end - first).max(0) as u64;
-                    offsets = Some((first, end));
-                }
-            }
             let mut row = json!({
                 "name": name,
                 "vhost": v,
@@ -76,17 +67,15 @@ pub(super) async fn list(
                 "type": if kind.stream { "stream" } else if kind.quorum { "quorum" } else { "classic" },
                 "owner_shard": crate::amqp::queue_owner(v, name, shard.count),
             });
-            if kind.stream {
-                let consumers = crate::stream::queue::consumer_rows(shard, name).await;
-                if let Some(o) = row.as_object_mut() {
-                    o.insert("consumer_details".into(), json!(consumers));
+            // A stream queue's messages are its topic's records; its offsets are Kafka's.
+            let view = (kind.stream && v == crate::stream::queue::VHOST)
+                .then(|| streams.view(&shard.config, &state, q))
+                .flatten();
+            if let (Some(view), Some(o)) = (view, row.as_object_mut()) {
+                o.insert("messages_ready".into(), json!(view.messages));
+                if let Ok(Value::Object(fields)) = serde_json::to_value(view) {
+                    o.extend(fields);
                 }
-            }
-            if let (Some((first, end)), Some(o)) = (offsets, row.as_object_mut()) {
-                o.insert("messages".into(), json!(ready));
-                o.insert("first_offset".into(), json!(first));
-                o.insert("last_offset".into(), json!(end - 1));
-                o.insert("next_offset".into(), json!(end));
             }
             rows.push(row);
         }

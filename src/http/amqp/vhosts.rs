@@ -12,7 +12,8 @@ use crate::http::{ok_json, ApiResult, Req};
 
 pub(super) async fn list(shard: &Rc<Shard>, req: &Req, one: Option<&str>) -> ApiResult {
     let (names, state) = listing(shard, req, one).await?;
-    let figures = queues::figures(shard).await;
+    let stats = shard.stats_all().await;
+    let figures = queues::figures(&stats);
     let rows: Vec<Value> = names
         .iter()
         .map(|v| {
