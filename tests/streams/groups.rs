@@ -74,32 +74,6 @@ fn await_committed(b: &Broker, group: &str, topic: &str, want: i64) {
     }
 }
 
-fn http(b: &Broker, path: &str) -> String {
-    ureq::get(&format!("{}{path}", b.http_url()))
-        .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=") // guest:guest
-        .call()
-        .expect("GET")
-        .into_string()
-        .expect("body")
-}
-
-fn json(b: &Broker, path: &str) -> serde_json::Value {
-    serde_json::from_str(&http(b, path)).expect("json")
-}
-
-/// The sample of `name` whose labels include every pair of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
     let (_dir, data) = data_dir();
@@ -125,9 +99,9 @@ async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
         await_committed(&broker, "billing", "ledger", 4);
 
         // The lag (high watermark 10 minus 4) everywhere a Kafka group's shows.
-        let g = json(&broker, "/api/v1/consumer-groups/billing");
+        let g = http_json(&broker, "/api/v1/consumer-groups/billing");
         assert_eq!(g["lag"], 6, "{g}");
-        let text = http(&broker, "/metrics");
+        let text = http_get(&broker, "/metrics");
         let labels = [
             ("group", "billing"),
             ("topic", "ledger"),
@@ -179,7 +153,7 @@ async fn acks_commit_the_acked_prefix_lag_shows_and_resume_survives_kill9() {
         .await
         .expect("cancel");
     await_committed(&broker, "billing", "ledger", 10);
-    let g = json(&broker, "/api/v1/consumer-groups/billing");
+    let g = http_json(&broker, "/api/v1/consumer-groups/billing");
     assert_eq!(g["lag"], 0, "{g}");
     // An explicit x-stream-offset wins over the group's.
     let mut c = group_consumer(&ch, "ledger", s("billing"), Some(AMQPValue::LongLongInt(2)))
@@ -227,7 +201,7 @@ async fn single_active_consumer_hands_unacked_deliveries_to_the_next_in_order() 
     assert!(next(&mut b, 1).await.is_none(), "the second consumer waits");
 
     // The management API shows which one is active.
-    let q = json(&broker, "/api/v1/queues/%2f/jobs");
+    let q = http_json(&broker, "/api/v1/queues/%2f/jobs");
     let details = q["consumer_details"]
         .as_array()
         .expect("consumer_details")
@@ -366,7 +340,7 @@ async fn consumer_group_refusals() {
     ds[1].ack(BasicAckOptions::default()).await.expect("ack");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let q = json(&broker, "/api/v1/queues/%2f/kafka-side");
+        let q = http_json(&broker, "/api/v1/queues/%2f/kafka-side");
         if q["consumers"] == 0 {
             break;
         }

@@ -12,29 +12,11 @@ use std::time::{Duration, Instant};
 
 use crate::common::amqp::*;
 use crate::common::{data_dir, Broker};
+use crate::kit::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde_json::Value;
-
-const GUEST: &str = "Basic Z3Vlc3Q6Z3Vlc3Q="; // guest:guest
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
-}
-
-fn get(b: &Broker, path: &str) -> String {
-    ureq::get(&format!("{}{path}", b.http_url()))
-        .set("Authorization", GUEST)
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-        .into_string()
-        .expect("body")
-}
-
-fn json(b: &Broker, path: &str) -> Value {
-    serde_json::from_str(&get(b, path)).expect("json")
-}
 
 /// The first `overview` event of `/api/v1/stream` (what the dashboard renders).
 fn first_event(b: &Broker) -> Value {
@@ -57,56 +39,26 @@ fn first_event(b: &Broker) -> Value {
     panic!("the event stream ended before an overview event");
 }
 
-/// The sample of `name` whose labels include every pair of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn row<'a>(rows: &'a Value, name: &str) -> &'a Value {
     rows.as_array()
         .and_then(|a| a.iter().find(|q| q["name"] == name))
         .unwrap_or_else(|| panic!("no row '{name}' in {rows}"))
 }
 
-async fn declare_stream(ch: &Channel, name: &str, args: &[(&str, AMQPValue)]) {
-    let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), s("stream"));
-    for (k, v) in args {
-        t.insert((*k).into(), v.clone());
-    }
-    let opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(name.into(), opts, t)
-        .await
-        .expect("declare stream");
-}
-
 /// Publishes `n` messages through `exchange` (with the routing key `key(i)`), each
 /// confirmed.
 async fn publish_n(ch: &Channel, exchange: &str, n: u32, key: impl Fn(u32) -> String) {
     for i in 0..n {
-        let c = ch
-            .basic_publish(
-                exchange.into(),
-                key(i).as_str().into(),
-                BasicPublishOptions::default(),
-                format!("message {i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let body = format!("message {i}");
+        let c = publish_outcome(
+            ch,
+            exchange,
+            &key(i),
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish and confirm");
         assert!(c.is_ack());
     }
 }
@@ -115,7 +67,7 @@ async fn publish_n(ch: &Channel, exchange: &str, n: u32, key: impl Fn(u32) -> St
 fn await_json(b: &Broker, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = json(b, path);
+        let v = http_json(b, path);
         if ready(&v) {
             return v;
         }
@@ -200,7 +152,7 @@ async fn stream_offsets_consumers_and_group_lag_show_in_rest_overview_and_metric
     );
 
     // The overview, polled and as the dashboard's first event: the same rows.
-    let polled = json(&broker, "/api/v1/overview");
+    let polled = http_json(&broker, "/api/v1/overview");
     let event = first_event(&broker);
     for o in [&polled, &event] {
         let audit = row(&o["queues"], "audit");
@@ -229,7 +181,7 @@ async fn stream_offsets_consumers_and_group_lag_show_in_rest_overview_and_metric
     }
 
     // /metrics: the series Kafka groups have.
-    let text = get(&broker, "/metrics");
+    let text = http_get(&broker, "/metrics");
     let labels = [
         ("group", "auditors"),
         ("topic", "audit"),
@@ -243,7 +195,7 @@ async fn stream_offsets_consumers_and_group_lag_show_in_rest_overview_and_metric
         metric(&text, "portask_consumer_group_committed_offset", &labels),
         Some(6.0)
     );
-    let groups = json(&broker, "/api/v1/consumer-groups");
+    let groups = http_json(&broker, "/api/v1/consumer-groups");
     let listed = row_by(&groups, "group", "auditors");
     assert_eq!(listed["lag"], 4, "{groups}");
 }
@@ -277,13 +229,13 @@ async fn a_super_stream_shows_its_partitions_in_rest_and_overview() {
     .expect("declare the super stream");
     publish_n(&ch, "invoices", 12, |i| format!("customer-{i}")).await;
 
-    let ex = json(&broker, "/api/v1/exchanges/%2f/invoices");
+    let ex = http_json(&broker, "/api/v1/exchanges/%2f/invoices");
     assert_eq!(
         ex["super_stream"],
         serde_json::json!({"topic": "invoices", "partitions": 3}),
         "{ex}"
     );
-    let o = json(&broker, "/api/v1/overview");
+    let o = http_json(&broker, "/api/v1/overview");
     let mut total = 0;
     for k in 0..3 {
         let name = format!("invoices-{k}");
@@ -295,7 +247,7 @@ async fn a_super_stream_shows_its_partitions_in_rest_and_overview() {
         assert_eq!(p["first_offset"], 0, "{p}");
         assert_eq!(p["next_offset"], p["messages_ready"], "{p}");
         total += p["messages_ready"].as_i64().expect("messages");
-        let q = json(&broker, &format!("/api/v1/queues/%2f/{name}"));
+        let q = http_json(&broker, &format!("/api/v1/queues/%2f/{name}"));
         assert_eq!(q["super_stream"], "invoices", "{q}");
         assert_eq!(q["next_offset"], p["next_offset"], "{q}");
     }
@@ -320,7 +272,7 @@ async fn the_overview_shows_a_stream_only_to_whom_may_describe_its_topic() {
     let ch = channel(&conn).await;
     declare_stream(&ch, "open", &[]).await;
     declare_stream(&ch, "secret", &[]).await;
-    let o = json(&broker, "/api/v1/overview");
+    let o = http_json(&broker, "/api/v1/overview");
     let names: Vec<&str> = o["queues"]
         .as_array()
         .expect("queues")

@@ -1,12 +1,13 @@
 //! What the stream test modules share: declaring a stream queue, a stream consumer with
 //! its arguments, a confirmed publish, the `x-stream-offset` header of a delivery, taking deliveries, and the
-//! reply code of a refusal.
+//! reply code of a refusal; reading the HTTP API and `/metrics` as guest.
 
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 
 use crate::common::amqp::{next, publish_outcome, reply_code};
+use crate::common::Broker;
 
 /// An AMQP long string.
 pub fn s(v: &str) -> AMQPValue {
@@ -114,4 +115,45 @@ pub async fn refused_code<T>(r: Result<T, lapin::Error>) -> u16 {
         Ok(_) => panic!("not refused"),
         Err(e) => reply_code(&e).unwrap_or_else(|| panic!("no reply code: {e:?}")),
     }
+}
+
+/// `Authorization` for guest:guest.
+pub const GUEST: &str = "Basic Z3Vlc3Q6Z3Vlc3Q=";
+
+/// The body of GET `url`, as guest.
+pub fn get_as_guest(url: &str) -> String {
+    ureq::get(url)
+        .set("Authorization", GUEST)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .into_string()
+        .expect("body")
+}
+
+/// The JSON of GET `url`, as guest.
+pub fn json_at(url: &str) -> serde_json::Value {
+    serde_json::from_str(&get_as_guest(url)).expect("json")
+}
+
+/// The body of GET `path` of the broker's HTTP API, as guest.
+pub fn http_get(b: &Broker, path: &str) -> String {
+    get_as_guest(&format!("{}{path}", b.http_url()))
+}
+
+/// The JSON of GET `path` of the broker's HTTP API, as guest.
+pub fn http_json(b: &Broker, path: &str) -> serde_json::Value {
+    json_at(&format!("{}{path}", b.http_url()))
+}
+
+/// The sample of Prometheus metric `name` whose labels include every pair of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

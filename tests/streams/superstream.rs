@@ -20,17 +20,6 @@ use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::Offset;
 
-fn get_json(url: String) -> serde_json::Value {
-    let token = "Z3Vlc3Q6Z3Vlc3Q="; // guest:guest
-    let text = ureq::get(&url)
-        .set("Authorization", &format!("Basic {token}"))
-        .call()
-        .expect("GET")
-        .into_string()
-        .expect("body");
-    serde_json::from_str(&text).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn super_stream_routes_as_the_kafka_partitioner_and_keeps_offsets() {
     let (_dir, data) = data_dir();
@@ -132,11 +121,11 @@ async fn super_stream_routes_as_the_kafka_partitioner_and_keeps_offsets() {
     let http = broker.http_url();
     let (ex, bindings, queue) = tokio::task::spawn_blocking(move || {
         (
-            get_json(format!("{http}/api/v1/exchanges/%2f/orders")),
-            get_json(format!(
+            json_at(&format!("{http}/api/v1/exchanges/%2f/orders")),
+            json_at(&format!(
                 "{http}/api/v1/exchanges/%2f/orders/bindings/source"
             )),
-            get_json(format!("{http}/api/v1/queues/%2f/orders-2")),
+            json_at(&format!("{http}/api/v1/queues/%2f/orders-2")),
         )
     })
     .await
