@@ -180,8 +180,13 @@ pub mod tls;
 /// apt-get; an `apt-get update` first if the install fails): the README's test command
 /// needs nothing but the Rust toolchain. Returns whether the install succeeded.
 pub fn apt_install(packages: &[&str]) -> bool {
+    // Tests of one binary run in parallel and may install at once: one at a time here, and
+    // apt-get waits for the dpkg lock another process holds instead of failing.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let apt = |args: &[&str]| {
         std::process::Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=300"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
