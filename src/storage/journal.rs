@@ -535,18 +535,16 @@ async fn write(job: &mut Job) {
             }
         }
     }
-    let (position, buf) = {
+    let (position, partial) = {
         let file = job.file.borrow();
-        let mut buf = Vec::with_capacity(file.partial.len() + job.bytes.len());
-        buf.extend_from_slice(&file.partial);
-        buf.extend_from_slice(&job.bytes);
-        (file.written - file.partial.len() as u64, buf)
+        (file.written - file.partial.len() as u64, file.partial.clone())
     };
-    match dma::write_aligned(&handle, position, &buf).await {
+    let parts = [&partial[..], &job.bytes[..]];
+    match dma::write_aligned(&handle, position, &parts).await {
         Ok(()) => {
             let mut file = job.file.borrow_mut();
             file.written += job.bytes.len() as u64;
-            file.partial = dma::partial_block(&buf, file.written, handle.alignment());
+            file.partial = dma::partial_block(&parts, file.written, handle.alignment());
             file.unsynced = true;
         }
         Err(e) => {

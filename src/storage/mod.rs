@@ -531,7 +531,7 @@ impl Storage {
                     break;
                 };
                 let align = file.alignment();
-                match dma::write_aligned(&file, job.position, &job.bytes).await {
+                match dma::write_aligned(&file, job.position, &job.parts()).await {
                     Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);

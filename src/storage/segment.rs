@@ -80,10 +80,23 @@ fn with_ext(stem: &Path, ext: &str) -> PathBuf {
 /// One block-aligned write the flusher submits: `bytes` (the previous partial block, then
 /// new batches) go at `position`; `logical` new bytes covering offsets below `upto`.
 pub struct WriteJob {
+    /// Where the write starts: the block the last partial block began.
     pub position: u64,
-    pub bytes: Vec<u8>,
+    /// The segment's last partial block, written again before the batches.
+    pub partial: Vec<u8>,
+    pub batches: Vec<Bytes>,
+    /// Bytes of the batches (the file grows by this much).
     pub logical: u64,
     pub upto: i64,
+}
+
+impl WriteJob {
+    /// What the write puts on disk from `position`, in order.
+    pub fn parts(&self) -> Vec<&[u8]> {
+        std::iter::once(&self.partial[..])
+            .chain(self.batches.iter().map(|b| &b[..]))
+            .collect()
+    }
 }
 
 /// What a recovery scan found in a segment file.
@@ -295,30 +308,29 @@ impl Segment {
         Ok(())
     }
 
-    /// Takes up to `max` bytes of pending batches for one write.
+    /// Takes up to `max` bytes of pending batches for one write (the batches themselves,
+    /// not a copy: the write copies them once, into its DMA buffer).
     pub fn take_write(&mut self, max: usize) -> Option<WriteJob> {
         if self.pending.is_empty() {
             return None;
         }
-        let mut buf = Vec::with_capacity(self.partial.len() + max.min(self.size as usize));
-        buf.extend_from_slice(&self.partial);
+        let mut batches = Vec::new();
         let mut taken = 0usize;
-        let mut n = 0;
         let mut upto = self.base_offset;
         for (b, next) in &self.pending {
             if taken > 0 && taken + b.len() > max {
                 break;
             }
-            buf.extend_from_slice(b);
+            batches.push(b.clone());
             taken += b.len();
             upto = *next;
-            n += 1;
         }
-        self.pending.drain(..n);
+        self.pending.drain(..batches.len());
         self.in_flight = taken as u64;
         Some(WriteJob {
             position: self.written - self.partial.len() as u64,
-            bytes: buf,
+            partial: self.partial.clone(),
+            batches,
             logical: taken as u64,
             upto,
         })
@@ -328,7 +340,7 @@ impl Segment {
     pub fn complete_write(&mut self, job: &WriteJob, align: u64) {
         self.written += job.logical;
         self.in_flight = 0;
-        self.partial = super::dma::partial_block(&job.bytes, self.written, align);
+        self.partial = super::dma::partial_block(&job.parts(), self.written, align);
     }
 
     /// Undoes the appends past `bytes` (where the file's good data ends), which end at
