@@ -253,16 +253,19 @@ pub fn encode_response<R: Encodable + HeaderVersion + Message + 'static>(
 ) -> Result<Bytes, CodecError> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = R::header_version(version);
-    let mut buf = BytesMut::with_capacity(64);
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, header_version)
-        .map_err(|e| CodecError::Malformed("response header", e.to_string()))?;
     let at = if version < R::VERSIONS.min {
         legacy::response_as(response, version)
     } else {
         Some(version)
     };
+    // Sized once up front: a fetch response grew by doubling, copying its record batches
+    // again at each step.
+    let body = at.and_then(|at| response.compute_size(at).ok()).unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(64 + body);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| CodecError::Malformed("response header", e.to_string()))?;
     match at {
         Some(at) => response
             .encode(&mut buf, at)
