@@ -244,6 +244,43 @@ pub fn decode_body<R: Decodable>(
     Ok(r)
 }
 
+/// A response frame as the connection writes it, in order: one buffer, or (a fetch
+/// response) the encoded fields around its large record sections and those sections
+/// themselves, passed through from the log without a copy (`encode_passing`).
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub chunks: smallvec::SmallVec<[Bytes; 1]>,
+}
+
+impl Answer {
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Bytes::is_empty)
+    }
+}
+
+impl From<Bytes> for Answer {
+    fn from(b: Bytes) -> Answer {
+        Answer {
+            chunks: smallvec::smallvec![b],
+        }
+    }
+}
+
+/// The version `response` is encoded at on the wire for a client that asked for `version`:
+/// itself, a newer twin of the same layout (`legacy::response_as`), or `None` when only
+/// `legacy` has its encoder.
+fn wire_version<R: Message + 'static>(response: &R, version: i16) -> Option<i16> {
+    if version < R::VERSIONS.min {
+        legacy::response_as(response, version)
+    } else {
+        Some(version)
+    }
+}
+
 /// Encodes a full response frame: size, response header, body. A version older than
 /// kafka-protocol's codecs is encoded by `legacy`, from the same response type.
 pub fn encode_response<R: Encodable + HeaderVersion + Message + 'static>(
@@ -253,14 +290,12 @@ pub fn encode_response<R: Encodable + HeaderVersion + Message + 'static>(
 ) -> Result<Bytes, CodecError> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = R::header_version(version);
-    let at = if version < R::VERSIONS.min {
-        legacy::response_as(response, version)
-    } else {
-        Some(version)
-    };
+    let at = wire_version(response, version);
     // Sized once up front: a fetch response grew by doubling, copying its record batches
     // again at each step.
-    let body = at.and_then(|at| response.compute_size(at).ok()).unwrap_or(0);
+    let body = at
+        .and_then(|at| response.compute_size(at).ok())
+        .unwrap_or(0);
     let mut buf = BytesMut::with_capacity(64 + body);
     buf.put_i32(0);
     header
@@ -280,6 +315,131 @@ pub fn encode_response<R: Encodable + HeaderVersion + Message + 'static>(
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
+}
+
+/// `encode_response`, except that each byte field of `response` that is exactly one of
+/// `pass` (the same memory, as a fetch response's records are the log's batches) becomes a
+/// chunk of its own instead of being copied into the frame. The bytes on the wire are the
+/// same.
+pub fn encode_passing<R: Encodable + HeaderVersion + Message + 'static>(
+    correlation_id: i32,
+    version: i16,
+    response: &R,
+    pass: &[Bytes],
+) -> Result<Answer, CodecError> {
+    let at = wire_version(response, version);
+    let Some(at) = at.filter(|_| !pass.is_empty()) else {
+        return encode_response(correlation_id, version, response).map(Answer::from);
+    };
+    let malformed = |what, e: anyhow::Error| CodecError::Malformed(what, e.to_string());
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = R::header_version(version);
+    // The size goes first, so it is computed rather than patched in afterwards.
+    let size = header
+        .compute_size(header_version)
+        .map_err(|e| malformed("response header", e))?
+        + response
+            .compute_size(at)
+            .map_err(|e| malformed("response", e))?;
+    let prefix = i32::try_from(size)
+        .map_err(|_| CodecError::Malformed("response", format!("{size} bytes")))?;
+    let passed: usize = pass.iter().map(Bytes::len).sum();
+    let mut out = Passing {
+        current: BytesMut::with_capacity((4 + size).saturating_sub(passed)),
+        answer: Answer::default(),
+        done: 0,
+        pass,
+    };
+    out.put_i32(prefix);
+    header
+        .encode(&mut out, header_version)
+        .map_err(|e| malformed("response header", e))?;
+    response
+        .encode(&mut out, at)
+        .map_err(|e| malformed("response", e))?;
+    Ok(out.finish())
+}
+
+/// The output of `encode_passing`: what is encoded goes into `current`, except a
+/// `put_slice` of one of `pass`, which closes `current` and appends that `Bytes` itself.
+struct Passing<'a> {
+    current: BytesMut,
+    answer: Answer,
+    /// Bytes in `answer`'s chunks.
+    done: usize,
+    pass: &'a [Bytes],
+}
+
+impl Passing<'_> {
+    fn close(&mut self) {
+        if !self.current.is_empty() {
+            let c = self.current.split().freeze();
+            self.done += c.len();
+            self.answer.chunks.push(c);
+        }
+    }
+
+    fn finish(mut self) -> Answer {
+        self.close();
+        self.answer
+    }
+}
+
+// SAFETY: `remaining_mut`, `advance_mut` and `chunk_mut` all forward to `current`, a
+// `BytesMut`, whose own implementation upholds `BufMut`'s contract (the three describe one
+// buffer, and `advance_mut` is called only by a caller that initialised those bytes of
+// `chunk_mut`, as that contract requires of our caller too). `put_slice` writes through
+// `BytesMut`'s safe methods or moves whole `Bytes` into `answer`, past `current`'s data.
+unsafe impl BufMut for Passing<'_> {
+    fn remaining_mut(&self) -> usize {
+        self.current.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: our caller guarantees, as `BufMut` requires, that the next `cnt` bytes
+        // of `chunk_mut()` (which is `current`'s) are initialised.
+        unsafe { self.current.advance_mut(cnt) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.current.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        let passed = self
+            .pass
+            .iter()
+            .find(|b| !b.is_empty() && b.as_ptr() == src.as_ptr() && b.len() == src.len());
+        match passed {
+            Some(b) => {
+                let b = b.clone();
+                self.close();
+                self.done += b.len();
+                self.answer.chunks.push(b);
+            }
+            None => self.current.extend_from_slice(src),
+        }
+    }
+}
+
+// Only record-batch building seeks back into what it wrote (to fill in lengths and CRCs);
+// a response's encoder writes front to back. Seeks into `current` work; nothing before it
+// is reachable once it has been passed on.
+impl kafka_protocol::protocol::buf::ByteBufMut for Passing<'_> {
+    fn offset(&self) -> usize {
+        self.done + self.current.len()
+    }
+
+    fn seek(&mut self, offset: usize) {
+        let within = offset.saturating_sub(self.done);
+        self.current.resize(within, 0);
+    }
+
+    fn range(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
+        let end = r.end.saturating_sub(self.done).min(self.current.len());
+        let start = r.start.saturating_sub(self.done).min(end);
+        &mut self.current[start..end]
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +535,57 @@ mod tests {
             decode_frame(Bytes::from_static(b"\x7f\x7f\0\0\0\0\0\0")).err(),
             Some(CodecError::UnknownApi(0x7f7f))
         );
+    }
+
+    /// A fetch response whose large record sections pass through is, chunk after chunk,
+    /// the very bytes `encode_response` gives, at every Fetch version; the sections passed
+    /// are the log's own memory, not copies.
+    #[test]
+    fn passed_records_give_the_same_frame_at_every_version() {
+        use kafka_protocol::messages::fetch_response::{
+            FetchResponse, FetchableTopicResponse, PartitionData,
+        };
+        use kafka_protocol::messages::TopicName;
+        let large = |fill: u8, n: usize| Bytes::from(vec![fill; n]);
+        let records = [
+            large(1, 70_000),
+            Bytes::from_static(b"small"),
+            large(2, 40_000),
+            Bytes::new(),
+        ];
+        let partitions = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                PartitionData::default()
+                    .with_partition_index(i as i32)
+                    .with_high_watermark(100 + i as i64)
+                    .with_records(Some(r.clone()))
+            })
+            .collect();
+        let topic = FetchableTopicResponse::default()
+            .with_topic(TopicName(
+                kafka_protocol::protocol::StrBytes::from_static_str("t"),
+            ))
+            .with_partitions(partitions);
+        let response = FetchResponse::default().with_responses(vec![topic]);
+        let pass = [records[0].clone(), records[2].clone()];
+        let range = versions(ApiKey::Fetch);
+        for version in range.min..=range.max {
+            let plain = encode_response(7, version, &response).unwrap();
+            let passed = encode_passing(7, version, &response, &pass).unwrap();
+            let joined: Vec<u8> = passed.chunks.iter().flat_map(|c| c.to_vec()).collect();
+            assert_eq!(joined, plain.to_vec(), "v{version}");
+            assert_eq!(passed.len(), plain.len());
+            if wire_version(&response, version).is_some() {
+                for p in &pass {
+                    assert!(
+                        passed.chunks.iter().any(|c| c.as_ptr() == p.as_ptr()),
+                        "v{version}: a large section was copied"
+                    );
+                }
+            }
+        }
     }
 }
 #[cfg(test)]

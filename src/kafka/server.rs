@@ -100,7 +100,7 @@ fn apply_socket_options(shard: &Shard, stream: &Socket) {
 }
 
 /// A response on its way: the handler's task, resolving to the frame to write (if any).
-type Outgoing = JoinHandle<Option<Bytes>>;
+type Outgoing = JoinHandle<Option<handlers::Answer>>;
 
 /// Wraps an accepted socket in TLS when its listener asks for it (`SSL`, `SASL_SSL`).
 async fn wrap_tls(
@@ -175,7 +175,8 @@ async fn connection(
                     log::warn!("kafka connection closed: a response could not be encoded");
                     break;
                 }
-                match write_unless_stuck(&mut writer, &frame, Duration::from_millis(idle_ms)).await
+                match write_unless_stuck(&mut writer, &frame.chunks, Duration::from_millis(idle_ms))
+                    .await
                 {
                     Some(Ok(())) => {}
                     Some(Err(_)) => break,
@@ -355,19 +356,22 @@ async fn unless_idle<F: Future + Unpin>(
     }
 }
 
-/// Writes `frame`, unless the peer takes none of it for `idle` (`None` then): a client that
-/// stopped reading is as idle as one that stopped sending.
+/// Writes a frame's chunks, unless the peer takes none of it for `idle` (`None` then): a
+/// client that stopped reading is as idle as one that stopped sending.
 async fn write_unless_stuck(
     writer: &mut WriteHalf,
-    mut frame: &[u8],
+    chunks: &[Bytes],
     idle: Duration,
 ) -> Option<std::io::Result<()>> {
-    while !frame.is_empty() {
-        let mut write = writer.write(frame);
-        match unless_idle(&mut write, idle, || false).await? {
-            Ok(0) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
-            Ok(n) => frame = &frame[n..],
-            Err(e) => return Some(Err(e)),
+    for chunk in chunks {
+        let mut chunk = &chunk[..];
+        while !chunk.is_empty() {
+            let mut write = writer.write(chunk);
+            match unless_idle(&mut write, idle, || false).await? {
+                Ok(0) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => chunk = &chunk[n..],
+                Err(e) => return Some(Err(e)),
+            }
         }
     }
     // Free on plain sockets; pushes out what a TLS session still holds.
@@ -631,7 +635,7 @@ async fn sasl_token(
         let why = conn.sasl.borrow().closing().unwrap_or("failed").to_owned();
         return Err(ConnectionError::Sasl(why));
     };
-    let task = glommio::spawn_local(async move { Some(reply) }).detach();
+    let task = glommio::spawn_local(async move { Some(reply.into()) }).detach();
     let _ = out.send(0, task).await;
     Ok(())
 }

@@ -46,11 +46,7 @@ pub async fn open_existing(path: &Path) -> std::io::Result<Rc<DmaFile>> {
 /// an error: O_DIRECT on a filling disk writes the blocks it could allocate and stops, so
 /// the rest is as missing as if the write had failed (ENOSPC; EIO when nothing was
 /// written).
-pub async fn write_aligned(
-    file: &DmaFile,
-    position: u64,
-    parts: &[&[u8]],
-) -> std::io::Result<()> {
+pub async fn write_aligned(file: &DmaFile, position: u64, parts: &[&[u8]]) -> std::io::Result<()> {
     let align = file.alignment() as usize;
     let logical: usize = parts.iter().map(|p| p.len()).sum();
     let len = logical.div_ceil(align) * align;

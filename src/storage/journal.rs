@@ -537,7 +537,10 @@ async fn write(job: &mut Job) {
     }
     let (position, partial) = {
         let file = job.file.borrow();
-        (file.written - file.partial.len() as u64, file.partial.clone())
+        (
+            file.written - file.partial.len() as u64,
+            file.partial.clone(),
+        )
     };
     let parts = [&partial[..], &job.bytes[..]];
     match dma::write_aligned(&handle, position, &parts).await {

@@ -4,7 +4,6 @@
 //! our ranges, so it can retry with one we do (see `unsupported`). Runs on the
 //! connection's shard; touches no state.
 
-use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 use kafka_protocol::ResponseError;
@@ -30,7 +29,7 @@ pub fn handle(_req: ApiVersionsRequest, correlation_id: i32, version: i16) -> Pe
 }
 
 /// The v0 answer to an ApiVersions request of a version we do not support.
-pub fn unsupported(correlation_id: i32) -> Option<Bytes> {
+pub fn unsupported(correlation_id: i32) -> Option<super::Answer> {
     let resp = ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
         .with_api_keys(versions());

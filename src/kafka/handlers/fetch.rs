@@ -32,7 +32,7 @@ use kafka_protocol::ResponseError;
 
 use super::details::authorize::topic_denied;
 use super::details::partitions::{ask_each_owner, by_owner};
-use super::{deferred, frame, Conn, Pending};
+use super::{deferred, frame_passing, Conn, Pending};
 use crate::catalog::effective_config;
 use crate::kafka::message_set;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
@@ -221,12 +221,26 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
             })
             .collect();
         crate::metrics::with(|m| m.fetch_latency(Protocol::Kafka, started.elapsed()));
-        frame(
-            correlation_id,
-            version,
-            &FetchResponse::default().with_responses(responses),
-        )
+        let response = FetchResponse::default().with_responses(responses);
+        let pass = large_records(&response);
+        frame_passing(correlation_id, version, &response, &pass)
     })
+}
+
+/// Record sections at least this large go to the socket as they are (a write of their
+/// own) rather than copied into the response frame: past it, the copy costs more than the
+/// extra write.
+const PASS_MIN_BYTES: usize = 32 * 1024;
+
+/// The record sections of `response` worth passing through uncopied.
+fn large_records(response: &FetchResponse) -> Vec<Bytes> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter_map(|p| p.records.clone())
+        .filter(|r| r.len() >= PASS_MIN_BYTES)
+        .collect()
 }
 
 /// Reads every wanted partition once, one envelope per owner shard.

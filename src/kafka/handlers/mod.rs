@@ -92,7 +92,9 @@ pub struct Conn {
     pub sasl: std::cell::RefCell<super::sasl::Session>,
 }
 
-pub type Pending = LocalBoxFuture<'static, Option<Bytes>>;
+pub type Pending = LocalBoxFuture<'static, Option<Answer>>;
+
+pub use super::codec::Answer;
 
 /// Encodes a response frame. An encoding failure is our bug: it is logged and answered
 /// with an empty frame, on which the connection closes (the client reconnects rather
@@ -101,12 +103,38 @@ pub fn frame<R: Encodable + HeaderVersion + Message + 'static>(
     correlation_id: i32,
     version: i16,
     response: &R,
-) -> Option<Bytes> {
-    match codec::encode_response(correlation_id, version, response) {
-        Ok(b) => Some(b),
+) -> Option<Answer> {
+    framed(
+        correlation_id,
+        version,
+        codec::encode_response(correlation_id, version, response).map(Answer::from),
+    )
+}
+
+/// `frame`, with the record sections in `pass` written as chunks of their own.
+pub fn frame_passing<R: Encodable + HeaderVersion + Message + 'static>(
+    correlation_id: i32,
+    version: i16,
+    response: &R,
+    pass: &[Bytes],
+) -> Option<Answer> {
+    framed(
+        correlation_id,
+        version,
+        codec::encode_passing(correlation_id, version, response, pass),
+    )
+}
+
+fn framed(
+    correlation_id: i32,
+    version: i16,
+    encoded: Result<Answer, codec::CodecError>,
+) -> Option<Answer> {
+    match encoded {
+        Ok(a) => Some(a),
         Err(e) => {
             log::error!("encoding response (correlation {correlation_id}, v{version}): {e}");
-            Some(Bytes::new())
+            Some(Answer::default())
         }
     }
 }
@@ -115,12 +143,12 @@ pub fn frame<R: Encodable + HeaderVersion + Message + 'static>(
 /// the `Pending` the connection awaits, in request order, once `dispatch` has returned.
 pub fn deferred<F>(conn: &Rc<Conn>, work: impl FnOnce(Rc<Conn>) -> F) -> Pending
 where
-    F: std::future::Future<Output = Option<Bytes>> + 'static,
+    F: std::future::Future<Output = Option<Answer>> + 'static,
 {
     Box::pin(work(conn.clone()))
 }
 
-pub fn ready(frame: Option<Bytes>) -> Pending {
+pub fn ready(frame: Option<Answer>) -> Pending {
     Box::pin(async move { frame })
 }
 
