@@ -55,6 +55,14 @@ fn kafka_run_counts_every_message() {
     assert_eq!(r.verdict.duplicates, 0);
     assert_eq!(r.latency.count, 3001);
     assert!(r.latency.p50_us > 0.0 && r.latency.p50_us <= r.latency.p99_us);
+    // acks=all: one ack latency per delivery report, each from its send call.
+    let ack = r
+        .ack_latency
+        .as_ref()
+        .expect("acks=all reports its ack latency");
+    assert_eq!(ack.count, r.produce.messages);
+    assert!(ack.p50_us > 0.0 && ack.p50_us <= ack.p99_us, "{ack:?}");
+    assert!(r.render().contains("\n  ack      p50 "), "{}", r.render());
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 }
 
@@ -154,7 +162,47 @@ fn json_round_trip_and_report_table() {
     assert!(table.contains("| tiny |"), "{table}");
 }
 
-/// The AMQP side needs an AMQP broker; Portask has none on this branch yet. Set
+#[test]
+fn amqp_confirms_are_timed_and_plain_publishes_are_not() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let url = broker.amqp_url();
+    let r = run(&[
+        "load",
+        "amqp",
+        "--url",
+        &url,
+        "--messages",
+        "2000",
+        "--message-size",
+        "256",
+        "--persistent",
+        "--confirm",
+        "--rate",
+        "4000",
+    ]);
+    print!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.produce.messages, 2000);
+    // One ack latency per confirm, from the basic.publish call.
+    let ack = r
+        .ack_latency
+        .as_ref()
+        .expect("confirms report their ack latency");
+    assert_eq!(ack.count, r.produce.messages);
+    assert!(ack.p50_us > 0.0 && ack.p50_us <= ack.p99_us, "{ack:?}");
+    assert!(r.render().contains("\n  ack      p50 "), "{}", r.render());
+
+    // Without confirms nothing acknowledges a publish: no ack line, no ack figures.
+    let r = run(&["load", "amqp", "--url", &url, "--messages", "1000"]);
+    print!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.produce.messages, 1000);
+    assert!(r.ack_latency.is_none(), "{:?}", r.ack_latency);
+    assert!(!r.render().contains("  ack "), "{}", r.render());
+}
+
+/// These run the AMQP side against any AMQP broker (e.g. RabbitMQ): set
 /// `LOAD_TEST_AMQP_URL` (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` for a local RabbitMQ)
 /// to run these; without it they pass after saying they were skipped.
 fn amqp_url() -> Option<String> {
