@@ -1,5 +1,5 @@
-//! The result of one run: throughput, latency, the loss verdict and errors, printed for
-//! a person and written as JSON for `compare.sh` and `load report`.
+//! The result of one run: throughput, end-to-end and ack latency, the loss verdict and
+//! errors, printed for a person and written as JSON for `compare.sh` and `load report`.
 //!
 //! Built on the main thread once producers and consumers have handed back their results.
 
