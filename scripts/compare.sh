@@ -10,8 +10,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 usage() {
     cat <<EOF
 Usage: $PROG [--out DIR] [--shards N] [--placement pinned|unpinned] [--repeat N]
-             [--kafka-only | --amqp-only] [--matrix | --streams] [--quick] [--no-install]
-             [--keep]
+             [--kafka-only | --amqp-only] [--matrix | --streams | --fixed-rate] [--quick]
+             [--no-install] [--keep] [--dry-run]
 
 Builds a release Portask and the load harness (cargo bench --bench load), installs
 RabbitMQ from Debian packages when it is absent (root only), starts both brokers on
@@ -24,6 +24,13 @@ Scenarios (1 KiB messages unless stated; 1 producer and 1 consumer):
          fanout 1 -> 4 queues; latency at a fixed 1000 msg/s
   Kafka  acks=1 and acks=all on 1 and 6 partitions; latency at 1000 msg/s
          (Portask only until a Kafka-compatible peer runs here)
+Fixed rate (in the default set; alone with --fixed-rate): the latency targets of issue 19,
+open loop at a fixed rate for the latency duration (15 s, 5 s with --quick):
+  AMQP   1 KiB transient at 5000 msg/s; 1 KiB persistent + publisher confirms at 5000 msg/s
+  Kafka  1 KiB acks=all at 10000 msg/s, 1 partition, -P linger.ms=0 (Portask only)
+Each row reports msg/s, end-to-end latency p50/p99/p99.9, the ack latency p50/p99 where
+the broker acknowledges (send call to Kafka delivery report or AMQP confirm) and the
+broker's CPU µs per message.
 With --matrix, instead (the baseline grid of tuning/README.md; 1 partition, 1 queue):
   AMQP   16 B and 1 KiB, each transient and persistent with publisher confirms
   Kafka  16 B and 1 KiB, each acks=1 and acks=all
@@ -46,9 +53,13 @@ Where Portask does not answer AMQP on its port, its AMQP cells read
   --amqp-only      skip the Kafka scenarios
   --matrix         run the size x durability grid above instead of the default scenarios
   --streams        run only the stream read-back scenarios
+  --fixed-rate     run only the fixed-rate scenarios
   --quick          about a tenth of the messages and 5 s runs (a smoke test)
   --no-install     never apt-get install RabbitMQ (its column reads n/a if absent)
   --keep           keep the brokers' data and log directories
+  --dry-run        print the harness command lines the options select (brokers' URLs
+                   stand as placeholders, without --broker-pid) and exit: no build, no
+                   brokers
   -h, --help       this help
 
 Environment: LOAD_BIN and PORTASK_BIN together name a load harness and a Portask binary
@@ -76,8 +87,14 @@ QUICK=0
 INSTALL=1
 KEEP=0
 REPEAT=1
-MATRIX=0
-STREAMS=0
+SET=default
+DRY_RUN=0
+# pick SET: the scenario set; two different ones on one command line are an error.
+pick() {
+    [[ $SET == default || $SET == "$1" ]] ||
+        die "--$SET and --$1 are different sets: pick one"
+    SET=$1
+}
 while [[ $# -gt 0 ]]; do
     case $1 in
     --out) OUT=${2:?--out needs a directory}; shift 2 ;;
@@ -86,8 +103,10 @@ while [[ $# -gt 0 ]]; do
     --repeat) REPEAT=${2:?--repeat needs a number}; shift 2 ;;
     --kafka-only) AMQP=0; shift ;;
     --amqp-only) KAFKA=0; shift ;;
-    --matrix) MATRIX=1; shift ;;
-    --streams) STREAMS=1; shift ;;
+    --matrix) pick matrix; shift ;;
+    --streams) pick streams; shift ;;
+    --fixed-rate) pick fixed-rate; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
     --quick) QUICK=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
@@ -99,7 +118,6 @@ done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a number from 1"
 [[ $PLACEMENT == pinned || $PLACEMENT == unpinned ]] || die "--placement must be pinned or unpinned"
 [[ $KAFKA == 1 || $AMQP == 1 ]] || die "--kafka-only and --amqp-only together leave nothing to run"
-[[ $MATRIX == 0 || $STREAMS == 0 ]] || die "--matrix and --streams are different sets: pick one"
 
 if [[ $QUICK == 1 ]]; then
     AMQP_MESSAGES=20000 KAFKA_MESSAGES=50000 DURATION=5s LATENCY_DURATION=5s
@@ -107,6 +125,173 @@ if [[ $QUICK == 1 ]]; then
 else
     AMQP_MESSAGES=200000 KAFKA_MESSAGES=1000000 DURATION=20s LATENCY_DURATION=15s
     STREAM_MESSAGES=200000
+fi
+
+# ---------------------------------------------------------------------------------------
+# Scenarios (run after the brokers start; with --dry-run, printed instead)
+
+FAILED=0
+SEQ=0
+FILES=()
+
+# stub FILE SCENARIO TARGET PROTOCOL WHY: a result that says why there is no figure.
+stub() {
+    if [[ $DRY_RUN == 1 ]]; then
+        printf '%s — %s: n/a (%s)\n' "$2" "$3" "$5"
+        return
+    fi
+    printf '{"scenario": "%s", "target": "%s", "protocol": "%s", "unavailable": "%s"}\n' \
+        "$2" "$3" "$4" "$5" >"$1"
+    FILES+=("$1")
+}
+
+# one SCENARIO TARGET PROTOCOL HARNESS-ARGS...: --repeat runs of the harness.
+one() {
+    local scenario=$1 target=$2 protocol=$3 file rc run label broker_pid
+    shift 3
+    for ((run = 1; run <= REPEAT; run++)); do
+        rc=0
+        file=$(printf '%s/%02d-%s-r%d.json' "$OUT" "$SEQ" "$target" "$run")
+        if [[ $DRY_RUN == 1 ]]; then
+            printf '%s — %s: load' "$scenario" "$target"
+            printf ' %q' "$protocol" "$@" --scenario "$scenario" --target "$target" \
+                --json "$file"
+            printf '\n'
+            continue
+        fi
+        label=""
+        [[ $REPEAT == 1 ]] || label=" (run $run of $REPEAT)"
+        log "$scenario — $target$label"
+        broker_pid=()
+        case $target in
+        portask) broker_pid=(--broker-pid "$PORTASK_PID") ;;
+        rabbitmq) if [[ -s $RABBIT_PIDFILE ]]; then broker_pid=(--broker-pid "$(cat "$RABBIT_PIDFILE")"); fi ;;
+        esac
+        "$LOAD" "$protocol" "$@" "${broker_pid[@]}" --scenario "$scenario" --target "$target" \
+            --json "$file" >"${file%.json}.log" 2>&1 || rc=$?
+        sed 's/^/    /' "${file%.json}.log"
+        if [[ $rc != 0 ]]; then
+            FAILED=1
+            if [[ ! -s $file ]]; then
+                stub "$file" "$scenario" "$target" "$protocol" \
+                    "run failed (exit $rc, see ${file%.json}.log)"
+                continue
+            fi
+        fi
+        FILES+=("$file")
+    done
+}
+
+# amqp SCENARIO HARNESS-ARGS...: against RabbitMQ and Portask.
+amqp() {
+    local scenario=$1
+    shift
+    SEQ=$((SEQ + 1))
+    if [[ -n $PORTASK_AMQP ]]; then
+        one "$scenario" portask amqp --url "$PORTASK_AMQP" "$@"
+    else
+        stub "$(printf '%s/%02d-portask.json' "$OUT" "$SEQ")" "$scenario" portask amqp \
+            "Portask AMQP not available"
+    fi
+    if [[ -n $RABBIT_URL ]]; then
+        one "$scenario" rabbitmq amqp --url "$RABBIT_URL" "$@"
+    else
+        stub "$(printf '%s/%02d-rabbitmq.json' "$OUT" "$SEQ")" "$scenario" rabbitmq amqp \
+            "$RABBIT_MISSING"
+    fi
+}
+
+# kafka SCENARIO HARNESS-ARGS...: against Portask only.
+kafka() {
+    local scenario=$1
+    shift
+    SEQ=$((SEQ + 1))
+    one "$scenario" portask kafka --brokers "127.0.0.1:$PK" "$@"
+    if [[ $AMQP == 1 ]]; then
+        stub "$(printf '%s/%02d-rabbitmq.json' "$OUT" "$SEQ")" "$scenario" rabbitmq kafka \
+            "no Kafka protocol"
+    fi
+}
+
+# Every scenario the options select, in order.
+scenarios() {
+    local size label acks
+    local AMQP_RUN=(--messages "$AMQP_MESSAGES" --duration "$DURATION")
+    local KAFKA_RUN=(--messages "$KAFKA_MESSAGES" --duration "$DURATION")
+    if [[ $SET == matrix ]]; then
+        if [[ $AMQP == 1 ]]; then
+            for size in 16 1024; do
+                label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
+                amqp "AMQP $label transient, 1→1" "${AMQP_RUN[@]}" --message-size "$size"
+                amqp "AMQP $label persistent + confirms, 1→1" "${AMQP_RUN[@]}" \
+                    --message-size "$size" --persistent --confirm
+            done
+        fi
+        if [[ $KAFKA == 1 ]]; then
+            for size in 16 1024; do
+                label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
+                for acks in 1 all; do
+                    kafka "Kafka $label acks=$acks, 1 partition" "${KAFKA_RUN[@]}" \
+                        --message-size "$size" --acks "$acks" --partitions 1
+                done
+            done
+        fi
+    fi
+    if [[ $SET == default && $AMQP == 1 ]]; then
+        amqp "AMQP 1 KiB transient, 1→1" "${AMQP_RUN[@]}" --message-size 1024
+        amqp "AMQP 16 B transient, 1→1" "${AMQP_RUN[@]}" --message-size 16
+        amqp "AMQP 1 KiB persistent + confirms, 1→1" "${AMQP_RUN[@]}" --message-size 1024 \
+            --persistent --confirm
+        amqp "AMQP 1 KiB fanout 1→4 queues" "${AMQP_RUN[@]}" --message-size 1024 --fanout 4
+        amqp "AMQP 1 KiB latency at 1000 msg/s" --rate 1000 --duration "$LATENCY_DURATION" \
+            --message-size 1024
+    fi
+    if [[ $SET == default && $KAFKA == 1 ]]; then
+        kafka "Kafka 1 KiB acks=1, 1 partition" "${KAFKA_RUN[@]}" --acks 1 --partitions 1
+        kafka "Kafka 1 KiB acks=all, 1 partition" "${KAFKA_RUN[@]}" --acks all --partitions 1
+        kafka "Kafka 1 KiB acks=1, 6 partitions" "${KAFKA_RUN[@]}" --acks 1 --partitions 6
+        kafka "Kafka 1 KiB acks=all, 6 partitions" "${KAFKA_RUN[@]}" --acks all --partitions 6
+        kafka "Kafka 1 KiB latency at 1000 msg/s, acks=1, linger.ms=0" --rate 1000 \
+            --duration "$LATENCY_DURATION" --acks 1 -P linger.ms=0
+    fi
+    if [[ $SET == default || $SET == fixed-rate ]]; then
+        # Issue 19's latency targets: open loop at a fixed rate, 1 KiB, 1 producer.
+        if [[ $AMQP == 1 ]]; then
+            amqp "AMQP 1 KiB transient at 5000 msg/s" --rate 5000 \
+                --duration "$LATENCY_DURATION" --message-size 1024
+            amqp "AMQP 1 KiB persistent + confirms at 5000 msg/s" --rate 5000 \
+                --duration "$LATENCY_DURATION" --message-size 1024 --persistent --confirm
+        fi
+        if [[ $KAFKA == 1 ]]; then
+            kafka "Kafka 1 KiB acks=all at 10000 msg/s, linger.ms=0" --rate 10000 \
+                --duration "$LATENCY_DURATION" --message-size 1024 --acks all \
+                --partitions 1 -P linger.ms=0
+        fi
+    fi
+    if [[ $SET == default || $SET == streams ]]; then
+        local STREAM_RUN=(--messages "$STREAM_MESSAGES" --prefill --drain-timeout 30s)
+        for size in 16 1024; do
+            label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
+            if [[ $AMQP == 1 ]]; then
+                amqp "Stream read-back $label, AMQP consumer" "${STREAM_RUN[@]}" \
+                    --message-size "$size" --stream --confirm --prefetch 1000
+            fi
+            if [[ $KAFKA == 1 ]]; then
+                kafka "Stream read-back $label, Kafka consumer" "${STREAM_RUN[@]}" \
+                    --message-size "$size" --acks all --partitions 1
+            fi
+        done
+    fi
+}
+
+if [[ $DRY_RUN == 1 ]]; then
+    # Placeholders for what the brokers would be: the harness accepts them as they are.
+    OUT=${OUT:-OUT}
+    PK=KAFKA_PORT
+    PORTASK_AMQP="amqp://guest:guest@127.0.0.1:PORTASK_AMQP_PORT/%2f"
+    RABBIT_URL="amqp://guest:guest@127.0.0.1:RABBITMQ_PORT/%2f"
+    scenarios
+    exit 0
 fi
 
 OUT=${OUT:-$TARGET_DIR/compare/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -297,133 +482,7 @@ if [[ $AMQP == 1 ]]; then
     fi
 fi
 
-# ---------------------------------------------------------------------------------------
-# Scenarios
-
-FAILED=0
-SEQ=0
-FILES=()
-
-# stub FILE SCENARIO TARGET PROTOCOL WHY: a result that says why there is no figure.
-stub() {
-    printf '{"scenario": "%s", "target": "%s", "protocol": "%s", "unavailable": "%s"}\n' \
-        "$2" "$3" "$4" "$5" >"$1"
-    FILES+=("$1")
-}
-
-# one SCENARIO TARGET PROTOCOL HARNESS-ARGS...: --repeat runs of the harness.
-one() {
-    local scenario=$1 target=$2 protocol=$3 file rc run label pid
-    shift 3
-    for ((run = 1; run <= REPEAT; run++)); do
-        rc=0
-        file=$(printf '%s/%02d-%s-r%d.json' "$OUT" "$SEQ" "$target" "$run")
-        label=""
-        [[ $REPEAT == 1 ]] || label=" (run $run of $REPEAT)"
-        log "$scenario — $target$label"
-        pid=()
-        case $target in
-        portask) pid=(--broker-pid "$PORTASK_PID") ;;
-        rabbitmq) if [[ -s $RABBIT_PIDFILE ]]; then pid=(--broker-pid "$(cat "$RABBIT_PIDFILE")"); fi ;;
-        esac
-        "$LOAD" "$protocol" "$@" "${pid[@]}" --scenario "$scenario" --target "$target" \
-            --json "$file" >"${file%.json}.log" 2>&1 || rc=$?
-        sed 's/^/    /' "${file%.json}.log"
-        if [[ $rc != 0 ]]; then
-            FAILED=1
-            if [[ ! -s $file ]]; then
-                stub "$file" "$scenario" "$target" "$protocol" \
-                    "run failed (exit $rc, see ${file%.json}.log)"
-                continue
-            fi
-        fi
-        FILES+=("$file")
-    done
-}
-
-# amqp SCENARIO HARNESS-ARGS...: against RabbitMQ and Portask.
-amqp() {
-    local scenario=$1
-    shift
-    SEQ=$((SEQ + 1))
-    if [[ -n $PORTASK_AMQP ]]; then
-        one "$scenario" portask amqp --url "$PORTASK_AMQP" "$@"
-    else
-        stub "$(printf '%s/%02d-portask.json' "$OUT" "$SEQ")" "$scenario" portask amqp \
-            "Portask AMQP not available"
-    fi
-    if [[ -n $RABBIT_URL ]]; then
-        one "$scenario" rabbitmq amqp --url "$RABBIT_URL" "$@"
-    else
-        stub "$(printf '%s/%02d-rabbitmq.json' "$OUT" "$SEQ")" "$scenario" rabbitmq amqp \
-            "$RABBIT_MISSING"
-    fi
-}
-
-# kafka SCENARIO HARNESS-ARGS...: against Portask only.
-kafka() {
-    local scenario=$1
-    shift
-    SEQ=$((SEQ + 1))
-    one "$scenario" portask kafka --brokers "127.0.0.1:$PK" "$@"
-    if [[ $AMQP == 1 ]]; then
-        stub "$(printf '%s/%02d-rabbitmq.json' "$OUT" "$SEQ")" "$scenario" rabbitmq kafka \
-            "no Kafka protocol"
-    fi
-}
-
-AMQP_RUN=(--messages "$AMQP_MESSAGES" --duration "$DURATION")
-KAFKA_RUN=(--messages "$KAFKA_MESSAGES" --duration "$DURATION")
-if [[ $MATRIX == 1 ]]; then
-    if [[ $AMQP == 1 ]]; then
-        for size in 16 1024; do
-            label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
-            amqp "AMQP $label transient, 1→1" "${AMQP_RUN[@]}" --message-size "$size"
-            amqp "AMQP $label persistent + confirms, 1→1" "${AMQP_RUN[@]}" \
-                --message-size "$size" --persistent --confirm
-        done
-    fi
-    if [[ $KAFKA == 1 ]]; then
-        for size in 16 1024; do
-            label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
-            for acks in 1 all; do
-                kafka "Kafka $label acks=$acks, 1 partition" "${KAFKA_RUN[@]}" \
-                    --message-size "$size" --acks "$acks" --partitions 1
-            done
-        done
-    fi
-fi
-if [[ $MATRIX == 0 && $STREAMS == 0 && $AMQP == 1 ]]; then
-    amqp "AMQP 1 KiB transient, 1→1" "${AMQP_RUN[@]}" --message-size 1024
-    amqp "AMQP 16 B transient, 1→1" "${AMQP_RUN[@]}" --message-size 16
-    amqp "AMQP 1 KiB persistent + confirms, 1→1" "${AMQP_RUN[@]}" --message-size 1024 \
-        --persistent --confirm
-    amqp "AMQP 1 KiB fanout 1→4 queues" "${AMQP_RUN[@]}" --message-size 1024 --fanout 4
-    amqp "AMQP 1 KiB latency at 1000 msg/s" --rate 1000 --duration "$LATENCY_DURATION" \
-        --message-size 1024
-fi
-if [[ $MATRIX == 0 && $STREAMS == 0 && $KAFKA == 1 ]]; then
-    kafka "Kafka 1 KiB acks=1, 1 partition" "${KAFKA_RUN[@]}" --acks 1 --partitions 1
-    kafka "Kafka 1 KiB acks=all, 1 partition" "${KAFKA_RUN[@]}" --acks all --partitions 1
-    kafka "Kafka 1 KiB acks=1, 6 partitions" "${KAFKA_RUN[@]}" --acks 1 --partitions 6
-    kafka "Kafka 1 KiB acks=all, 6 partitions" "${KAFKA_RUN[@]}" --acks all --partitions 6
-    kafka "Kafka 1 KiB latency at 1000 msg/s, acks=1, linger.ms=0" --rate 1000 \
-        --duration "$LATENCY_DURATION" --acks 1 -P linger.ms=0
-fi
-if [[ $MATRIX == 0 ]]; then
-    STREAM_RUN=(--messages "$STREAM_MESSAGES" --prefill --drain-timeout 30s)
-    for size in 16 1024; do
-        label=$([[ $size == 16 ]] && echo "16 B" || echo "1 KiB")
-        if [[ $AMQP == 1 ]]; then
-            amqp "Stream read-back $label, AMQP consumer" "${STREAM_RUN[@]}" \
-                --message-size "$size" --stream --confirm --prefetch 1000
-        fi
-        if [[ $KAFKA == 1 ]]; then
-            kafka "Stream read-back $label, Kafka consumer" "${STREAM_RUN[@]}" \
-                --message-size "$size" --acks all --partitions 1
-        fi
-    done
-fi
+scenarios
 
 # ---------------------------------------------------------------------------------------
 # Report

@@ -55,6 +55,14 @@ fn kafka_run_counts_every_message() {
     assert_eq!(r.verdict.duplicates, 0);
     assert_eq!(r.latency.count, 3001);
     assert!(r.latency.p50_us > 0.0 && r.latency.p50_us <= r.latency.p99_us);
+    // acks=all: one ack latency per delivery report, each from its send call.
+    let ack = r
+        .ack_latency
+        .as_ref()
+        .expect("acks=all reports its ack latency");
+    assert_eq!(ack.count, r.produce.messages);
+    assert!(ack.p50_us > 0.0 && ack.p50_us <= ack.p99_us, "{ack:?}");
+    assert!(r.render().contains("\n  ack      p50 "), "{}", r.render());
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 }
 
@@ -154,7 +162,47 @@ fn json_round_trip_and_report_table() {
     assert!(table.contains("| tiny |"), "{table}");
 }
 
-/// The AMQP side needs an AMQP broker; Portask has none on this branch yet. Set
+#[test]
+fn amqp_confirms_are_timed_and_plain_publishes_are_not() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let url = broker.amqp_url();
+    let r = run(&[
+        "load",
+        "amqp",
+        "--url",
+        &url,
+        "--messages",
+        "2000",
+        "--message-size",
+        "256",
+        "--persistent",
+        "--confirm",
+        "--rate",
+        "4000",
+    ]);
+    print!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.produce.messages, 2000);
+    // One ack latency per confirm, from the basic.publish call.
+    let ack = r
+        .ack_latency
+        .as_ref()
+        .expect("confirms report their ack latency");
+    assert_eq!(ack.count, r.produce.messages);
+    assert!(ack.p50_us > 0.0 && ack.p50_us <= ack.p99_us, "{ack:?}");
+    assert!(r.render().contains("\n  ack      p50 "), "{}", r.render());
+
+    // Without confirms nothing acknowledges a publish: no ack line, no ack figures.
+    let r = run(&["load", "amqp", "--url", &url, "--messages", "1000"]);
+    print!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.produce.messages, 1000);
+    assert!(r.ack_latency.is_none(), "{:?}", r.ack_latency);
+    assert!(!r.render().contains("  ack "), "{}", r.render());
+}
+
+/// These run the AMQP side against any AMQP broker (e.g. RabbitMQ): set
 /// `LOAD_TEST_AMQP_URL` (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` for a local RabbitMQ)
 /// to run these; without it they pass after saying they were skipped.
 fn amqp_url() -> Option<String> {
@@ -223,4 +271,104 @@ fn amqp_runs_count_every_copy_and_report_a_dropped_one() {
     print!("{}", r.render());
     assert!(!r.passed);
     assert_eq!((r.verdict.lost, r.verdict.received), (1, 999));
+}
+
+/// `scripts/compare.sh … --dry-run`: its exit code and stdout (no build, no brokers).
+fn compare_dry_run(args: &[&str]) -> (Option<i32>, String, String) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env_remove("LOAD_BIN")
+        .env_remove("PORTASK_BIN")
+        .output()
+        .expect("run compare.sh");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.code(), text(out.stdout), text(out.stderr))
+}
+
+/// Splits a command line `printf %q` wrote (backslash escapes, no quotes) into arguments.
+fn unquote(line: &str) -> Vec<String> {
+    assert!(!line.contains('\'') && !line.contains("$'"), "{line}");
+    let (mut args, mut arg, mut chars) = (Vec::new(), String::new(), line.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => arg.extend(chars.next()),
+            ' ' if !arg.is_empty() => args.push(std::mem::take(&mut arg)),
+            ' ' => {}
+            c => arg.push(c),
+        }
+    }
+    if !arg.is_empty() {
+        args.push(arg);
+    }
+    args
+}
+
+#[test]
+fn compare_fixed_rate_rows_are_harness_command_lines() {
+    let (code, out, err) = compare_dry_run(&["--fixed-rate", "--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Every row the script would run, parsed by the harness's own command line.
+    let mut runs = Vec::new();
+    for line in out.lines() {
+        if let Some((row, cmd)) = line.split_once(": load ") {
+            let args = unquote(&format!("load {cmd}"));
+            let cli = options::parse(args.iter().cloned())
+                .unwrap_or_else(|e| panic!("{row}: {e}\n{line}"));
+            runs.push((row.to_owned(), cli.command));
+        }
+    }
+    let rows: Vec<&str> = runs.iter().map(|(row, _)| row.as_str()).collect();
+    assert_eq!(
+        rows,
+        [
+            "AMQP 1 KiB transient at 5000 msg/s — portask",
+            "AMQP 1 KiB transient at 5000 msg/s — rabbitmq",
+            "AMQP 1 KiB persistent + confirms at 5000 msg/s — portask",
+            "AMQP 1 KiB persistent + confirms at 5000 msg/s — rabbitmq",
+            "Kafka 1 KiB acks=all at 10000 msg/s, linger.ms=0 — portask",
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("Kafka 1 KiB acks=all at 10000 msg/s, linger.ms=0 — rabbitmq: n/a"),
+        "{out}"
+    );
+    for (row, command) in &runs {
+        match command {
+            Command::Amqp(a) => {
+                let w = &a.workload;
+                assert_eq!((w.rate, w.message_size), (Some(5000.0), 1024), "{row}");
+                let durable = row.contains("persistent + confirms");
+                assert_eq!((a.persistent, a.confirm), (durable, durable), "{row}");
+                assert!(w.scenario.starts_with("AMQP 1 KiB") && !w.target.is_empty());
+            }
+            Command::Kafka(k) => {
+                let w = &k.workload;
+                assert_eq!((w.rate, w.message_size), (Some(10_000.0), 1024), "{row}");
+                assert_eq!(k.acks, options::Acks::All);
+                assert_eq!(k.partitions, 1);
+                assert!(k
+                    .producer_properties
+                    .contains(&("linger.ms".to_owned(), "0".to_owned())));
+            }
+            Command::Report(_) => panic!("{row}: not a run"),
+        }
+    }
+
+    // The default set includes them; --kafka-only keeps only the Kafka row.
+    let (code, all, _) = compare_dry_run(&["--dry-run", "--quick"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("AMQP 1 KiB persistent + confirms at 5000 msg/s — portask: load "));
+    let (_, kafka, _) = compare_dry_run(&["--dry-run", "--fixed-rate", "--kafka-only"]);
+    assert_eq!(kafka.lines().count(), 1, "{kafka}");
+    assert!(
+        kafka.starts_with("Kafka 1 KiB acks=all at 10000 msg/s"),
+        "{kafka}"
+    );
+    // Two sets at once are refused before anything runs.
+    let (code, out, err) = compare_dry_run(&["--fixed-rate", "--streams", "--dry-run"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("different sets"), "{err}");
 }

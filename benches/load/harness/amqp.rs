@@ -23,13 +23,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
 
-use super::ledger::{Receipts, Sequences};
+use super::ledger::Receipts;
 use super::options::AmqpArgs;
 use super::payload::{self, Clock, Stamp};
 use super::report::{Outcome, Report};
 use super::schedule::{sleep_until, Next, Schedule};
 use super::stats::Latency;
-use super::{BrokerCpu, HarnessError, Produced, Progress, Sink};
+use super::{Acknowledged, BrokerCpu, HarnessError, Produced, Progress, Sink};
 
 /// Publishes a producer keeps in flight without confirms (they only wait for the socket).
 const PUBLISH_WINDOW: usize = 64;
@@ -162,12 +162,15 @@ struct Publisher {
     routing_key: String,
     properties: BasicProperties,
     window: usize,
+    /// Publisher confirms are on: a publish is acknowledged by its confirm, and timed.
+    confirms: bool,
     body: Vec<u8>,
     progress: Arc<Progress>,
 }
 
-/// Outcome of one publish: its sequence, and whether the broker took it.
-type Published = (u32, Result<(), String>);
+/// Outcome of one publish: its sequence, and whether the broker took it (with the time
+/// from the basic.publish call to its confirm, or to the socket without confirms).
+type Published = (u32, Result<u64, String>);
 
 impl Publisher {
     fn publish(
@@ -190,7 +193,9 @@ impl Publisher {
             self.properties.clone(),
         );
         let (exchange, key) = (self.exchange.clone(), self.routing_key.clone());
+        let clock = self.progress.clock;
         Some(async move {
+            let handed_ns = clock.now_ns();
             let confirm = match ch
                 .basic_publish(
                     exchange.as_str().into(),
@@ -206,21 +211,20 @@ impl Publisher {
             };
             match confirm.await {
                 Ok(c) if c.is_nack() => (sequence, Err("publish: nacked by the broker".into())),
-                Ok(_) => (sequence, Ok(())),
+                Ok(_) => (sequence, Ok(clock.now_ns().saturating_sub(handed_ns))),
                 Err(e) => (sequence, Err(format!("confirm: {e}"))),
             }
         })
     }
 
-    fn settle(&self, acked: &mut Sequences, failed: &mut u64, (seq, result): Published) {
+    fn settle(&self, out: &mut Produced, (seq, result): Published) {
         match result {
-            Ok(()) => {
-                if acked.insert(seq) {
-                    self.progress.acked();
-                }
+            Ok(waited_ns) => {
+                let timed = self.confirms.then_some(waited_ns);
+                out.acked.record(seq, timed, &self.progress);
             }
             Err(e) => {
-                *failed += 1;
+                out.failed += 1;
                 self.progress.error(e);
             }
         }
@@ -233,17 +237,21 @@ impl Publisher {
     ) -> Produced {
         let clock = self.progress.clock;
         let mut inflight = FuturesUnordered::new();
-        let mut acked = Sequences::default();
-        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut out = Produced {
+            producer: self.k,
+            acked: Acknowledged::default(),
+            sent: 0,
+            failed: 0,
+        };
         loop {
             // Room in the window first: a full window waits for the oldest to settle.
             while inflight.len() >= self.window {
                 if let Some(done) = inflight.next().await {
-                    self.settle(&mut acked, &mut failed, done);
+                    self.settle(&mut out, done);
                 }
             }
             let next = match ticks.as_mut() {
-                None => match schedule.next(sent, clock.now_ns()) {
+                None => match schedule.next(out.sent, clock.now_ns()) {
                     Next::Send { index, stamp_ns } => Some((index, stamp_ns)),
                     // Closed loop: never waits; only the limits end it.
                     Next::Wait { .. } | Next::Done => None,
@@ -253,7 +261,7 @@ impl Publisher {
                     tokio::select! {
                         biased;
                         Some(done) = inflight.next(), if !inflight.is_empty() => {
-                            self.settle(&mut acked, &mut failed, done);
+                            self.settle(&mut out, done);
                         }
                         tick = rx.recv() => break tick,
                     }
@@ -264,17 +272,12 @@ impl Publisher {
                 break;
             };
             inflight.push(fut);
-            sent += 1;
+            out.sent += 1;
         }
         while let Some(done) = inflight.next().await {
-            self.settle(&mut acked, &mut failed, done);
+            self.settle(&mut out, done);
         }
-        Produced {
-            producer: self.k,
-            acked,
-            sent,
-            failed,
-        }
+        out
     }
 }
 
@@ -404,6 +407,7 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
             exchange: topology.exchange.clone(),
             routing_key: topology.routing_key.clone(),
             properties: properties.clone(),
+            confirms: args.confirm,
             window: if args.confirm {
                 args.max_unconfirmed as usize
             } else {

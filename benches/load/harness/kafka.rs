@@ -1,15 +1,17 @@
 //! The Kafka side of the harness, with librdkafka (rdkafka): topic set-up, producer
 //! threads on the rate schedule, consumer threads on `assign()`ed partitions.
 //!
-//! Runs on plain OS threads: one per producer (a `BaseProducer` it polls itself, so its
-//! delivery reports arrive on that thread) and one per consumer (a `BaseConsumer`).
+//! Runs on plain OS threads: one per producer (a `ThreadedProducer`, whose own polling
+//! thread serves delivery reports as librdkafka gets them, so an ack is timed when it
+//! arrives rather than when the paced sender next looks) and one per consumer (a
+//! `BaseConsumer`).
 //! Consumers start at each partition's high watermark read before the first send, so a
 //! reused topic works and nothing produced by this run can be missed. No consumer group,
 //! no commits, no idempotence unless asked (`-P enable.idempotence=true`, or
 //! `--transactional N`: a transaction committed every N records per producer).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,16 +22,16 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::ledger::{Receipts, Sequences};
-use super::options::KafkaArgs;
+use super::ledger::Receipts;
+use super::options::{Acks, KafkaArgs};
 use super::payload::{self, Clock, Stamp};
 use super::report::{Outcome, Report};
 use super::schedule::{sleep_until, Next, Schedule};
 use super::stats::Latency;
-use super::{BrokerCpu, HarnessError, Produced, Progress, Sink};
+use super::{Acknowledged, BrokerCpu, HarnessError, Produced, Progress, Sink};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -128,20 +130,26 @@ fn start_offsets(args: &KafkaArgs, topic: &str, partitions: i32) -> Result<Vec<i
         .collect()
 }
 
-/// Delivery reports of one producer: which sequences the broker acknowledged.
+/// Delivery reports of one producer: which sequences the broker acknowledged, and when.
+/// Each record's delivery opaque is the harness clock at its send call (ns), so the ack
+/// latency costs one clock read per message and no lookup.
 struct Deliveries {
     producer: u16,
-    acked: Mutex<Sequences>,
-    failed: std::sync::atomic::AtomicU64,
+    /// Shared with the sender, which reads it once the polling thread has stopped.
+    acked: Arc<Mutex<Acknowledged>>,
+    /// Whether delivery reports are acknowledgements to time (not with acks=0, where
+    /// librdkafka reports a message delivered once it is written).
+    timed: bool,
+    failed: Arc<AtomicU64>,
     progress: Arc<Progress>,
 }
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_ns: usize) {
         match result {
             Ok(m) => {
                 let Some(stamp) = m.payload().and_then(payload::read) else {
@@ -150,10 +158,11 @@ impl ProducerContext for Deliveries {
                 if stamp.producer != self.producer {
                     return;
                 }
+                let waited = self
+                    .timed
+                    .then(|| self.progress.clock.now_ns().saturating_sub(sent_ns as u64));
                 if let Ok(mut acked) = self.acked.lock() {
-                    if acked.insert(stamp.sequence) {
-                        self.progress.acked();
-                    }
+                    acked.record(stamp.sequence, waited, &self.progress);
                 }
             }
             Err((e, _)) => {
@@ -161,6 +170,21 @@ impl ProducerContext for Deliveries {
                 self.progress.error(format!("produce: {e}"));
             }
         }
+    }
+}
+
+/// Whether the producers' delivery reports are broker acknowledgements: not with acks=0
+/// (from --acks, or a `-X`/`-P acks=` that overrides it).
+fn acks_timed(args: &KafkaArgs) -> bool {
+    let overridden = args
+        .properties
+        .iter()
+        .chain(&args.producer_properties)
+        .rfind(|(k, _)| k == "acks" || k == "request.required.acks")
+        .map(|(_, v)| v.as_str());
+    match overridden {
+        Some(v) => v != "0",
+        None => args.acks != Acks::None || args.transactional.is_some(),
     }
 }
 
@@ -172,10 +196,13 @@ fn produce(
     progress: Arc<Progress>,
 ) -> Result<Produced, HarnessError> {
     let producer_id = k as u16;
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let failed = Arc::new(AtomicU64::new(0));
     let context = Deliveries {
         producer: producer_id,
-        acked: Mutex::new(Sequences::default()),
-        failed: 0.into(),
+        acked: acked.clone(),
+        timed: acks_timed(args),
+        failed: failed.clone(),
         progress: progress.clone(),
     };
     let config = with_properties(
@@ -194,7 +221,7 @@ fn produce(
         args,
         &args.producer_properties,
     );
-    let producer: BaseProducer<Deliveries> = config
+    let producer: ThreadedProducer<Deliveries> = config
         .create_with_context(context)
         .map_err(|e| kafka_err("producer", e))?;
     let txn_timeout = Duration::from_secs(60);
@@ -212,7 +239,6 @@ fn produce(
         let (index, stamp_ns) = match schedule.next(sent, clock.now_ns()) {
             Next::Done => break,
             Next::Wait { until_ns } => {
-                producer.poll(Duration::ZERO);
                 sleep_until(until_ns, || clock.now_ns());
                 continue;
             }
@@ -229,8 +255,10 @@ fn produce(
                 sent_ns: stamp_ns,
             },
         );
-        let mut record = BaseRecord::<(), [u8]>::to(topic).payload(&body);
+        let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0).payload(&body);
         loop {
+            // The ack latency starts at the send call that the client accepts.
+            record.delivery_opaque = clock.now_ns() as usize;
             match producer.send(record) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -245,9 +273,6 @@ fn produce(
             }
         }
         sent += 1;
-        if sent.is_multiple_of(64) {
-            producer.poll(Duration::ZERO);
-        }
         if let Some(n) = args.transactional.filter(|n| sent.is_multiple_of(*n)) {
             // commit_transaction flushes first: the transaction's records are acked.
             if let Err(e) = producer
@@ -266,14 +291,17 @@ fn produce(
     } else if let Err(e) = producer.flush(Duration::from_secs(90)) {
         progress.error(format!("flush: {e}"));
     }
-    producer.poll(Duration::ZERO);
-    let context = producer.context();
-    let acked = context.acked.lock().map(|a| a.clone()).unwrap_or_default();
+    // Stops and joins the polling thread: no delivery report comes after this.
+    drop(producer);
+    let acked = acked
+        .lock()
+        .map(|mut a| std::mem::take(&mut *a))
+        .unwrap_or_default();
     Ok(Produced {
         producer: producer_id,
         acked,
         sent,
-        failed: rejected + context.failed.load(Ordering::Relaxed),
+        failed: rejected + failed.load(Ordering::Relaxed),
     })
 }
 

@@ -118,11 +118,37 @@ impl Progress {
     }
 }
 
+/// What one producer learnt from the broker's acknowledgements (Kafka delivery reports,
+/// AMQP confirms, or without confirms the publish written to the socket).
+#[derive(Default)]
+pub struct Acknowledged {
+    /// Sequences the broker acknowledged.
+    pub sequences: Sequences,
+    /// Ack latency: from the send call (rdkafka `send`, lapin `basic_publish`) to the
+    /// acknowledgement, once per acknowledged sequence. Empty when nothing is timed
+    /// (Kafka acks=0, AMQP without confirms: there the "ack" is only the client's).
+    pub latency: Latency,
+}
+
+impl Acknowledged {
+    /// Records the acknowledgement of `seq`, `waited_ns` after its send call (`None`: not
+    /// timed). Counts it in `progress` once; false (and nothing recorded) for a repeat.
+    pub fn record(&mut self, seq: u32, waited_ns: Option<u64>, progress: &Progress) -> bool {
+        if !self.sequences.insert(seq) {
+            return false;
+        }
+        if let Some(ns) = waited_ns {
+            self.latency.record(ns);
+        }
+        progress.acked();
+        true
+    }
+}
+
 /// What one producer hands back.
 pub struct Produced {
     pub producer: u16,
-    /// Sequences the broker acknowledged.
-    pub acked: Sequences,
+    pub acked: Acknowledged,
     /// Messages handed to the client (acknowledged or not).
     pub sent: u64,
     /// Sends the client or broker reported as failed.

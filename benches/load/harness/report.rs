@@ -1,5 +1,5 @@
-//! The result of one run: throughput, latency, the loss verdict and errors, printed for
-//! a person and written as JSON for `compare.sh` and `load report`.
+//! The result of one run: throughput, end-to-end and ack latency, the loss verdict and
+//! errors, printed for a person and written as JSON for `compare.sh` and `load report`.
 //!
 //! Built on the main thread once producers and consumers have handed back their results.
 
@@ -51,7 +51,13 @@ pub struct Report {
     pub send_failures: u64,
     /// Messages handed to the client.
     pub sent: u64,
+    /// End to end: from the send time a message carries to its receipt.
     pub latency: LatencySummary,
+    /// Ack latency: from the send call to the broker's acknowledgement (Kafka delivery
+    /// report, AMQP publisher confirm); absent when nothing was acknowledged by the broker
+    /// (AMQP without confirms, Kafka acks=0) and in results written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_latency: Option<LatencySummary>,
     pub verdict: Verdict,
     /// Error messages and how often each occurred.
     pub errors: BTreeMap<String, u64>,
@@ -80,10 +86,12 @@ impl Report {
     pub fn build(o: Outcome<'_>) -> Report {
         use std::sync::atomic::Ordering::Relaxed;
         let mut acked = vec![ledger::Sequences::default(); o.produced.len()];
+        let mut ack_latency = Latency::new();
         for p in &o.produced {
             if let Some(slot) = acked.get_mut(p.producer as usize) {
-                *slot = p.acked.clone();
+                *slot = p.acked.sequences.clone();
             }
+            ack_latency.merge(&p.acked.latency);
         }
         let verdict = ledger::verify(&acked, o.copies, &o.receipts);
         let size = o.workload.message_size;
@@ -140,6 +148,7 @@ impl Report {
             send_failures: o.produced.iter().map(|p| p.failed).sum(),
             sent: o.produced.iter().map(|p| p.sent).sum(),
             latency: o.latency.summary(),
+            ack_latency: (ack_latency.count() > 0).then(|| ack_latency.summary()),
             verdict,
             errors: o.progress.errors(),
             unavailable: None,
@@ -161,7 +170,6 @@ impl Report {
     /// A human-readable summary.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let l = &self.latency;
         let v = &self.verdict;
         let label = if self.scenario.is_empty() {
             String::new()
@@ -186,15 +194,10 @@ impl Report {
             self.consume.msg_per_s,
             self.consume.mb_per_s
         );
-        s += &format!(
-            "  latency  p50 {} | p95 {} | p99 {} | p99.9 {} | max {}  ({} samples)\n",
-            fmt_us(l.p50_us),
-            fmt_us(l.p95_us),
-            fmt_us(l.p99_us),
-            fmt_us(l.p999_us),
-            fmt_us(l.max_us),
-            l.count
-        );
+        s += &format!("  latency  {}\n", percentiles(&self.latency));
+        if let Some(ack) = &self.ack_latency {
+            s += &format!("  ack      {}\n", percentiles(ack));
+        }
         s += &format!(
             "  verdict  expected {}  received {}  lost {}  duplicates {}  unacknowledged-received {}  foreign {}  send failures {}\n",
             v.expected, v.received, v.lost, v.duplicates, v.unacknowledged_received, v.foreign, self.send_failures
@@ -236,6 +239,19 @@ impl Report {
     }
 }
 
+/// One latency line's figures: `p50 … | p95 … | p99 … | p99.9 … | max …  (N samples)`.
+fn percentiles(l: &LatencySummary) -> String {
+    format!(
+        "p50 {} | p95 {} | p99 {} | p99.9 {} | max {}  ({} samples)",
+        fmt_us(l.p50_us),
+        fmt_us(l.p95_us),
+        fmt_us(l.p99_us),
+        fmt_us(l.p999_us),
+        fmt_us(l.max_us),
+        l.count
+    )
+}
+
 /// Microseconds shown with a unit that keeps 3–4 significant digits.
 pub fn fmt_us(us: f64) -> String {
     if us >= 1_000_000.0 {
@@ -250,6 +266,43 @@ pub fn fmt_us(us: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ack_line_is_there_only_with_acks() {
+        let mut r = Report {
+            protocol: "amqp".into(),
+            ..Report::default()
+        };
+        assert!(!r.render().contains("  ack "), "{}", r.render());
+        r.ack_latency = Some(LatencySummary {
+            count: 7,
+            p50_us: 420.0,
+            p99_us: 1_500.0,
+            ..LatencySummary::default()
+        });
+        let text = r.render();
+        let latency = text.find("  latency  p50").expect("latency line");
+        let ack = text.find(
+            "  ack      p50 420 µs | p95 0 µs | p99 1.50 ms | p99.9 0 µs | max 0 µs  (7 samples)\n",
+        );
+        assert!(ack.is_some_and(|a| a > latency), "{text}");
+    }
+
+    #[test]
+    fn results_from_before_ack_latency_still_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.json");
+        std::fs::write(
+            &path,
+            r#"{"scenario": "s", "latency": {"count": 3, "mean_us": 1.0, "p50_us": 1.0,
+                "p95_us": 1.0, "p99_us": 1.0, "p999_us": 1.0, "max_us": 1.0}, "passed": true}"#,
+        )
+        .expect("write");
+        let r = Report::read_json(&path).expect("an old result reads");
+        assert_eq!((r.latency.count, &r.ack_latency), (3, &None));
+        let back = serde_json::to_string(&r).expect("json");
+        assert!(!back.contains("ack_latency"), "{back}");
+    }
 
     #[test]
     fn latency_units() {

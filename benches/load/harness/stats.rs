@@ -1,8 +1,9 @@
-//! The numbers a run reports: end-to-end latency percentiles from an HDR histogram and
-//! throughput from counts over elapsed time.
+//! The numbers a run reports: latency percentiles from an HDR histogram (end to end, and
+//! send call to acknowledgement) and throughput from counts over elapsed time.
 //!
-//! Each consumer thread records into its own `Latency`; the main thread merges them once
-//! the run is over, so nothing is shared while messages flow.
+//! Each consumer records end-to-end latencies into its own `Latency`, each producer its
+//! ack latencies into another; the main thread merges them once the run is over, so
+//! nothing is shared between threads while messages flow.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Highest latency kept exactly: one hour. Longer ones are clamped (and still counted).
 const MAX_NS: u64 = 3_600 * 1_000_000_000;
 
-/// End-to-end latencies in nanoseconds, 3 significant digits.
+/// Latencies in nanoseconds, 3 significant digits.
 pub struct Latency {
     histogram: Histogram<u64>,
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::options::ReportArgs;
 use super::report::{fmt_us, Report};
+use super::stats::LatencySummary;
 use super::HarnessError;
 
 /// Results grouped by scenario, scenarios and targets in the order first seen. Several
@@ -34,6 +35,20 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// Each percentile (and the mean) the median over `runs`; the sample count of the first.
+fn median_latency(runs: Vec<&LatencySummary>) -> LatencySummary {
+    let m = |f: fn(&LatencySummary) -> f64| median(runs.iter().map(|l| f(l)).collect());
+    LatencySummary {
+        count: runs.first().map_or(0, |l| l.count),
+        mean_us: m(|l| l.mean_us),
+        p50_us: m(|l| l.p50_us),
+        p95_us: m(|l| l.p95_us),
+        p99_us: m(|l| l.p99_us),
+        p999_us: m(|l| l.p999_us),
+        max_us: m(|l| l.max_us),
+    }
+}
+
 /// One report standing for several runs: each figure is the median of the runs' figures
 /// (taken separately), losses and failures are summed, so no run's loss is hidden.
 fn combine(runs: &[Report]) -> Report {
@@ -48,12 +63,10 @@ fn combine(runs: &[Report]) -> Report {
     r.consume.msg_per_s = m(&|x| x.consume.msg_per_s);
     r.consume.mb_per_s = m(&|x| x.consume.mb_per_s);
     r.consume.seconds = m(&|x| x.consume.seconds);
-    r.latency.mean_us = m(&|x| x.latency.mean_us);
-    r.latency.p50_us = m(&|x| x.latency.p50_us);
-    r.latency.p95_us = m(&|x| x.latency.p95_us);
-    r.latency.p99_us = m(&|x| x.latency.p99_us);
-    r.latency.p999_us = m(&|x| x.latency.p999_us);
-    r.latency.max_us = m(&|x| x.latency.max_us);
+    r.latency = median_latency(runs.iter().map(|x| &x.latency).collect());
+    let acks: Vec<&LatencySummary> = runs.iter().filter_map(|x| x.ack_latency.as_ref()).collect();
+    // A median of what only some runs had would stand for none of them.
+    r.ack_latency = (acks.len() == runs.len()).then(|| median_latency(acks));
     if runs.iter().all(|x| x.broker_cpu_us_per_msg.is_some()) {
         r.broker_cpu_us_per_msg = Some(m(&|x| x.broker_cpu_us_per_msg.unwrap_or(0.0)));
         r.broker_cpu_s = Some(m(&|x| x.broker_cpu_s.unwrap_or(0.0)));
@@ -129,6 +142,13 @@ impl Table {
         if let Some((a, b)) = pair {
             head.push(format!("{} ÷ {} p99", display(a), display(b)));
         }
+        // Ack latency only when some run was acknowledged by its broker.
+        let acks = self.results.values().any(|r| r.ack_latency.is_some());
+        if acks {
+            for t in &self.targets {
+                head.push(format!("{} ack p50 / p99", display(t)));
+            }
+        }
         let mut out = String::new();
         let _ = writeln!(out, "| {} |", head.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
@@ -169,17 +189,25 @@ impl Table {
             if let Some((a, b)) = pair {
                 row.push(self.ratio(s, a, b, |r| r.latency.p99_us));
             }
+            if acks {
+                for t in &self.targets {
+                    row.push(match self.get(s, t).and_then(|r| r.ack_latency.as_ref()) {
+                        Some(a) => format!("{} / {}", fmt_us(a.p50_us), fmt_us(a.p99_us)),
+                        None => "—".into(),
+                    });
+                }
+            }
             let _ = writeln!(out, "| {} |", row.join(" | "));
         }
         out
     }
 
     /// One row per run with every figure: produce msg/s and MB/s, consume msg/s,
-    /// latency p50 … max, loss.
+    /// latency p50 … max, ack latency p50 and p99, broker CPU per message, loss.
     pub fn detail(&self) -> String {
         let mut out = String::from(
-            "| Scenario | Broker | Produce msg/s | Produce MB/s | Consume msg/s | p50 | p95 | p99 | p99.9 | max | Lost | Runs |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| Scenario | Broker | Produce msg/s | Produce MB/s | Consume msg/s | p50 | p95 | p99 | p99.9 | max | ack p50 | ack p99 | CPU µs/msg | Lost | Runs |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for s in &self.scenarios {
             for t in &self.targets {
@@ -188,9 +216,14 @@ impl Table {
                     continue;
                 }
                 let l = &r.latency;
+                let ack = |f: fn(&LatencySummary) -> f64| {
+                    r.ack_latency
+                        .as_ref()
+                        .map_or_else(|| "—".into(), |a| fmt_us(f(a)))
+                };
                 let _ = writeln!(
                     out,
-                    "| {s} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {s} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     display(t),
                     r.produce.msg_per_s,
                     r.produce.mb_per_s,
@@ -200,6 +233,10 @@ impl Table {
                     fmt_us(l.p99_us),
                     fmt_us(l.p999_us),
                     fmt_us(l.max_us),
+                    ack(|a| a.p50_us),
+                    ack(|a| a.p99_us),
+                    r.broker_cpu_us_per_msg
+                        .map_or_else(|| "—".into(), |c| format!("{c:.2}")),
                     r.verdict.lost,
                     self.runs.get(&(s.clone(), t.clone())).map_or(0, Vec::len)
                 );
@@ -482,6 +519,54 @@ mod tests {
             t.markdown()
         );
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn ack_latency_columns_and_medians() {
+        let acked = |p50: f64, p99: f64| {
+            let mut r = report("k", "portask", 10_000.0, 900.0);
+            r.ack_latency = Some(LatencySummary {
+                count: 10,
+                p50_us: p50,
+                p99_us: p99,
+                ..LatencySummary::default()
+            });
+            r
+        };
+        let t = Table::new(vec![
+            acked(300.0, 2_000.0),
+            acked(100.0, 1_000.0),
+            acked(200.0, 3_000.0),
+            report("a", "rabbitmq", 5_000.0, 700.0),
+        ]);
+        let a = t.get("k", "portask").and_then(|r| r.ack_latency.clone());
+        assert_eq!(a.map(|a| (a.p50_us, a.p99_us)), Some((200.0, 2_000.0)));
+        let md = t.markdown();
+        assert!(
+            md.lines()
+                .next()
+                .is_some_and(|h| h.contains("| Portask ack p50 / p99 | RabbitMQ ack p50 / p99 |")),
+            "{md}"
+        );
+        let k = md.lines().find(|l| l.starts_with("| k |")).expect("row k");
+        assert!(k.ends_with("| 200 µs / 2.00 ms | — |"), "{k}");
+        let detail = t.detail();
+        assert!(
+            detail.contains("| 200 µs | 2.00 ms | — | 0 | 3 |"),
+            "{detail}"
+        );
+        assert!(detail.contains("| — | — | — | 0 | 1 |"), "{detail}");
+        // A run without acks among repeats: no median of what only some runs had.
+        let mut plain = acked(1.0, 1.0);
+        plain.ack_latency = None;
+        let t = Table::new(vec![acked(5.0, 6.0), plain]);
+        assert_eq!(
+            t.get("k", "portask").map(|r| r.ack_latency.is_none()),
+            Some(true)
+        );
+        // Without any acks the table keeps its old columns.
+        let t = Table::new(vec![report("a", "rabbitmq", 5_000.0, 700.0)]);
+        assert!(!t.markdown().contains("ack"), "{}", t.markdown());
     }
 
     #[test]
