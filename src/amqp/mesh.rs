@@ -310,9 +310,3 @@ pub enum Request {
     },
 }
 
-pub enum Reply {
-    /// The ops were applied (answered ops are answered through their own `ReplyTo`).
-    Done,
-    /// The shard could not be reached (stopping).
-    Unavailable,
-}

@@ -4,16 +4,27 @@
 //! Everything one shard's AMQP code sends anywhere goes through here, in order, so per
 //! (sender, destination) the ops arrive in the order they were made: a channel's publish is
 //! applied before its later basic.get, a delivery before the cancel that follows it. Ops
-//! queued while an envelope is in flight wait for its reply and leave together with the
-//! next one, so under load batches grow by themselves (one envelope in flight per
-//! destination), and when idle an op leaves on the next scheduler turn.
+//! queued in one scheduler turn leave together; under load batches grow by themselves.
+//!
+//! Envelopes to another shard are not answered one by one: each wake-up of the other
+//! shard's thread costs far more than the ops (an answer per envelope doubled the
+//! cross-shard wake-ups of every message at moderate rates). Instead a sender may have
+//! `WINDOW` envelopes unanswered per destination, and the destination gives them back as
+//! credit, `CREDIT_EVERY` at a time (`owner::serve_credited`); a destination over its
+//! memory budget holds the credit back until relieved, which stops the senders' flushes
+//! (their outboxes then fill, and publishers are blocked) as an unanswered envelope did.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::mesh::{Op, QueueOp, Request};
 use crate::broker::Shard;
-use crate::util::notify::Notify;
+use crate::util::notify::{Listener, Notify};
+
+/// Envelopes a shard may have unanswered per destination.
+pub const WINDOW: usize = 16;
+/// A destination gives credit back after this many envelopes from one sender.
+pub const CREDIT_EVERY: usize = WINDOW / 2;
 
 pub struct Outbox {
     queued: RefCell<Vec<Vec<Op>>>,
@@ -21,6 +32,12 @@ pub struct Outbox {
     bytes: Cell<usize>,
     /// Fired whenever queued bytes go down.
     pub drained: Notify,
+    /// Envelopes sent to each shard and not yet credited back.
+    unanswered: RefCell<Vec<usize>>,
+    /// Fired when credit comes back.
+    credited: Notify,
+    /// Envelopes received from each shard and not yet credited back to it.
+    owed: RefCell<Vec<usize>>,
 }
 
 impl Outbox {
@@ -30,6 +47,9 @@ impl Outbox {
             flushing: RefCell::new(vec![false; shards]),
             bytes: Cell::new(0),
             drained: Notify::new(),
+            unanswered: RefCell::new(vec![0; shards]),
+            credited: Notify::new(),
+            owed: RefCell::new(vec![0; shards]),
         }
     }
 
@@ -71,6 +91,11 @@ pub fn push(shard: &Rc<Shard>, to: usize, op: impl Into<Op>) {
 async fn flush(shard: Rc<Shard>, to: usize) {
     let ob = &shard.amqp.outbox;
     loop {
+        if to != shard.id && !window_open(&shard, to).await {
+            // Stopping: what is queued goes nowhere.
+            ob.flushing.borrow_mut()[to] = false;
+            return;
+        }
         let ops = std::mem::take(&mut ob.queued.borrow_mut()[to]);
         if ops.is_empty() {
             ob.flushing.borrow_mut()[to] = false;
@@ -84,9 +109,61 @@ async fn flush(shard: Rc<Shard>, to: usize) {
             catalog: shard.catalog.current(),
             ops,
         };
-        let _ = shard.amqp(to, req).await;
+        if to == shard.id {
+            super::owner::serve(&shard, req);
+            super::owner::relieve(&shard).await;
+        } else {
+            ob.unanswered.borrow_mut()[to] += 1;
+            let from = shard.id;
+            let sent = shard
+                .core
+                .tell_on::<Shard>(to, move |dest| super::owner::serve_credited(dest, from, req))
+                .await;
+            if sent.is_err() {
+                // Never arrives, so never credited.
+                ob.unanswered.borrow_mut()[to] -= 1;
+            }
+        }
         glommio::yield_if_needed().await;
     }
+}
+
+/// Waits while `WINDOW` envelopes to `to` are unanswered; false once the shard stops.
+async fn window_open(shard: &Rc<Shard>, to: usize) -> bool {
+    let ob = &shard.amqp.outbox;
+    loop {
+        if ob.unanswered.borrow()[to] < WINDOW {
+            return true;
+        }
+        if shard.stopping.get() {
+            return false;
+        }
+        let l = Listener::new();
+        l.listen(&ob.credited);
+        l.listen(&shard.stop);
+        if ob.unanswered.borrow()[to] < WINDOW || shard.stopping.get() {
+            continue;
+        }
+        l.await;
+    }
+}
+
+/// On the destination, after applying an envelope from `from`: counts it, and says how
+/// much credit is due back now (every `CREDIT_EVERY` envelopes).
+pub fn received(shard: &Shard, from: usize) -> Option<usize> {
+    let mut owed = shard.amqp.outbox.owed.borrow_mut();
+    let n = owed.get_mut(from)?;
+    *n += 1;
+    (*n >= CREDIT_EVERY).then(|| std::mem::take(n))
+}
+
+/// On the sender: `n` envelopes to `from` were applied there.
+pub fn credit(shard: &Shard, from: usize, n: usize) {
+    let ob = &shard.amqp.outbox;
+    if let Some(u) = ob.unanswered.borrow_mut().get_mut(from) {
+        *u = u.saturating_sub(n);
+    }
+    ob.credited.notify();
 }
 
 /// Waits until every op queued so far for shard `to` has been applied there (settles

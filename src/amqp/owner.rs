@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::mesh::{ConfirmTo, ConnOp, GetAnswer, Op, QueueOp, Reply, Request, Settle};
+use super::mesh::{ConfirmTo, ConnOp, GetAnswer, Op, QueueOp, Request, Settle};
 use super::message::Message;
 use super::queue::dead_letter::DeadLetter;
 use super::queue::{Effect, Effects, Env, Limits, QueueHandle, QueueState};
@@ -36,18 +36,21 @@ use crate::catalog::Change;
 use crate::storage::journal::{Durable, Outcome};
 use crate::util::now_ms;
 
-/// An envelope from another shard: applied now; the reply (which lets the sender's
-/// outbox send its next envelope) waits while this shard is under memory pressure.
-pub fn serve_remote(shard: &Rc<Shard>, req: Request, reply: crate::runtime::reply::ReplyTo<Reply>) {
-    let r = serve(shard, req);
-    if !under_pressure(shard) {
-        reply.send(r);
+/// Applies an envelope from shard `from`'s outbox and, every `outbox::CREDIT_EVERY`
+/// envelopes, gives that much credit back (once relieved, while over the memory budget:
+/// the sender's flushes then stop at `outbox::WINDOW`, holding its publishers back).
+pub fn serve_credited(shard: &Rc<Shard>, from: usize, req: Request) {
+    serve(shard, req);
+    let Some(n) = outbox::received(shard, from) else {
         return;
-    }
-    let shard = shard.clone();
+    };
+    let (shard, me) = (shard.clone(), shard.id);
     super::spawn_later(async move {
         relieve(&shard).await;
-        reply.send(r);
+        let _ = shard
+            .core
+            .tell_on::<Shard>(from, move |sender| outbox::credit(sender, me, n))
+            .await;
     });
 }
 
@@ -87,7 +90,7 @@ pub async fn relieve(shard: &Rc<Shard>) {
 /// The longest one envelope's reply is held for memory pressure.
 const RELIEVE_MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
+pub fn serve(shard: &Rc<Shard>, req: Request) {
     match req {
         Request::Ops { catalog, ops } => {
             shard.install_catalog(catalog);
@@ -97,7 +100,6 @@ pub fn serve(shard: &Rc<Shard>, req: Request) -> Reply {
                     Op::Conn(op) => apply_conn_op(shard, op),
                 }
             }
-            Reply::Done
         }
     }
 }

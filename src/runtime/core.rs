@@ -233,6 +233,20 @@ impl Core {
         }
     }
 
+    /// `submit_to` for another shard, saying whether the envelope was handed over.
+    pub async fn tell_on<T: 'static>(
+        self: &Rc<Self>,
+        to: usize,
+        work: impl FnOnce(&Rc<T>) + Send + 'static,
+    ) -> Result<(), Unreachable> {
+        let work: Work = Box::new(move |core: &Rc<Core>| {
+            if let Some(local) = core.local::<T>() {
+                work(&local);
+            }
+        });
+        self.send(to, Message::Run(work)).await
+    }
+
     /// Starts one task per peer that serves what that peer sends, until it stops sending.
     pub fn serve_mesh(self: &Rc<Self>, receivers: &mut Receivers<Message>) {
         for (_, rx) in receivers.streams() {
