@@ -309,4 +309,3 @@ pub enum Request {
         ops: Vec<Op>,
     },
 }
-

@@ -117,7 +117,9 @@ async fn flush(shard: Rc<Shard>, to: usize) {
             let from = shard.id;
             let sent = shard
                 .core
-                .tell_on::<Shard>(to, move |dest| super::owner::serve_credited(dest, from, req))
+                .tell_on::<Shard>(to, move |dest| {
+                    super::owner::serve_credited(dest, from, req)
+                })
                 .await;
             if sent.is_err() {
                 // Never arrives, so never credited.
