@@ -10,9 +10,11 @@
 //! shard's thread costs far more than the ops (an answer per envelope doubled the
 //! cross-shard wake-ups of every message at moderate rates). Instead a sender may have
 //! `WINDOW` envelopes unanswered per destination, and the destination gives them back as
-//! credit, `CREDIT_EVERY` at a time (`owner::serve_credited`); a destination over its
-//! memory budget holds the credit back until relieved, which stops the senders' flushes
-//! (their outboxes then fill, and publishers are blocked) as an unanswered envelope did.
+//! credit, every `CREDIT_EVERY` envelopes or `credit_bytes` of ops (`owner::serve_credited`).
+//! An envelope's bytes count in the sender's outbox until credited, so the outbox budget
+//! (`limits.connection_inflight_bytes`, which blocks publishers) bounds what is queued and
+//! in flight together; a destination over its memory budget holds the credit back until
+//! relieved, which keeps the senders' publishers blocked, as an unanswered envelope did.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -36,8 +38,9 @@ pub struct Outbox {
     unanswered: RefCell<Vec<usize>>,
     /// Fired when credit comes back.
     credited: Notify,
-    /// Envelopes received from each shard and not yet credited back to it.
-    owed: RefCell<Vec<usize>>,
+    /// Envelopes (and their ops' bytes) received from each shard and not yet credited
+    /// back to it.
+    owed: RefCell<Vec<(usize, usize)>>,
 }
 
 impl Outbox {
@@ -49,11 +52,11 @@ impl Outbox {
             drained: Notify::new(),
             unanswered: RefCell::new(vec![0; shards]),
             credited: Notify::new(),
-            owed: RefCell::new(vec![0; shards]),
+            owed: RefCell::new(vec![(0, 0); shards]),
         }
     }
 
-    /// Payload bytes queued and not yet handed over.
+    /// Payload bytes queued, or sent to another shard and not yet credited back.
     pub fn bytes(&self) -> usize {
         self.bytes.get()
     }
@@ -102,14 +105,13 @@ async fn flush(shard: Rc<Shard>, to: usize) {
             return;
         }
         let bytes: usize = ops.iter().map(Op::bytes).sum();
-        ob.bytes.set(ob.bytes.get().saturating_sub(bytes));
-        ob.drained.notify();
         // The one place AMQP work crosses to another shard (a local call for this one).
         let req = Request::Ops {
             catalog: shard.catalog.current(),
             ops,
         };
         if to == shard.id {
+            handed_over(ob, bytes);
             super::owner::serve(&shard, req);
             super::owner::relieve(&shard).await;
         } else {
@@ -118,12 +120,13 @@ async fn flush(shard: Rc<Shard>, to: usize) {
             let sent = shard
                 .core
                 .tell_on::<Shard>(to, move |dest| {
-                    super::owner::serve_credited(dest, from, req)
+                    super::owner::serve_credited(dest, from, bytes, req)
                 })
                 .await;
             if sent.is_err() {
                 // Never arrives, so never credited.
                 ob.unanswered.borrow_mut()[to] -= 1;
+                handed_over(ob, bytes);
             }
         }
         glommio::yield_if_needed().await;
@@ -150,21 +153,38 @@ async fn window_open(shard: &Rc<Shard>, to: usize) -> bool {
     }
 }
 
-/// On the destination, after applying an envelope from `from`: counts it, and says how
-/// much credit is due back now (every `CREDIT_EVERY` envelopes).
-pub fn received(shard: &Shard, from: usize) -> Option<usize> {
-    let mut owed = shard.amqp.outbox.owed.borrow_mut();
-    let n = owed.get_mut(from)?;
-    *n += 1;
-    (*n >= CREDIT_EVERY).then(|| std::mem::take(n))
+/// `bytes` of ops left this shard's hands (applied here, or credited back).
+fn handed_over(ob: &Outbox, bytes: usize) {
+    ob.bytes.set(ob.bytes.get().saturating_sub(bytes));
+    ob.drained.notify();
 }
 
-/// On the sender: `n` envelopes to `from` were applied there.
-pub fn credit(shard: &Shard, from: usize, n: usize) {
+/// Owed bytes past which a destination gives credit back at once. What all destinations
+/// may owe one sender together stays under a quarter of its outbox budget, so bytes
+/// awaiting credit alone never block its publishers (which would send nothing more, and
+/// so never earn the credit).
+pub fn credit_bytes(shard: &Shard) -> usize {
+    (shard.config.limits.connection_inflight_bytes / (4 * shard.count.max(1))).max(1)
+}
+
+/// On the destination, after applying an envelope of `bytes` from `from`: counts it, and
+/// says what credit (envelopes, bytes) is due back now.
+pub fn received(shard: &Shard, from: usize, bytes: usize) -> Option<(usize, usize)> {
+    let credit_bytes = credit_bytes(shard);
+    let mut owed = shard.amqp.outbox.owed.borrow_mut();
+    let o = owed.get_mut(from)?;
+    o.0 += 1;
+    o.1 += bytes;
+    (o.0 >= CREDIT_EVERY || o.1 >= credit_bytes).then(|| std::mem::take(o))
+}
+
+/// On the sender: `n` envelopes of `bytes` to `from` were applied there.
+pub fn credit(shard: &Shard, from: usize, n: usize, bytes: usize) {
     let ob = &shard.amqp.outbox;
     if let Some(u) = ob.unanswered.borrow_mut().get_mut(from) {
         *u = u.saturating_sub(n);
     }
+    handed_over(ob, bytes);
     ob.credited.notify();
 }
 

@@ -36,12 +36,12 @@ use crate::catalog::Change;
 use crate::storage::journal::{Durable, Outcome};
 use crate::util::now_ms;
 
-/// Applies an envelope from shard `from`'s outbox and, every `outbox::CREDIT_EVERY`
-/// envelopes, gives that much credit back (once relieved, while over the memory budget:
-/// the sender's flushes then stop at `outbox::WINDOW`, holding its publishers back).
-pub fn serve_credited(shard: &Rc<Shard>, from: usize, req: Request) {
+/// Applies an envelope (of `bytes` of ops) from shard `from`'s outbox and gives credit
+/// back when due (`outbox::received`): once relieved, while over the memory budget, so the
+/// sender's publishers stay blocked meanwhile (its outbox counts the bytes until credited).
+pub fn serve_credited(shard: &Rc<Shard>, from: usize, bytes: usize, req: Request) {
     serve(shard, req);
-    let Some(n) = outbox::received(shard, from) else {
+    let Some((n, bytes)) = outbox::received(shard, from, bytes) else {
         return;
     };
     let (shard, me) = (shard.clone(), shard.id);
@@ -49,7 +49,7 @@ pub fn serve_credited(shard: &Rc<Shard>, from: usize, req: Request) {
         relieve(&shard).await;
         let _ = shard
             .core
-            .tell_on::<Shard>(from, move |sender| outbox::credit(sender, me, n))
+            .tell_on::<Shard>(from, move |sender| outbox::credit(sender, me, n, bytes))
             .await;
     });
 }
