@@ -17,7 +17,9 @@
 //!   batches skipped) and hands
 //!   deliveries to the consumer's connection shard as a queue does (`ConnOp::Deliver`),
 //!   never more unacked than the consumer's prefetch. Each delivery carries the
-//!   `x-stream-offset` header. When caught up it waits on the owner's wait-for-data
+//!   `x-stream-offset` header, which the consumer's connection writes into the content
+//!   header (`Delivery::put_properties`): a delivery is the record's stored bytes (slices
+//!   of an uncompressed fetch, no copy) until its frames are written. When caught up it waits on the owner's wait-for-data
 //!   notification (`Request::WaitForData`), not on a timer.
 //! - Settle (ack, nack, reject, with or without requeue) only returns credit: nothing is
 //!   removed from the log. Stats: records in the log and consumers. Purge removes
@@ -36,6 +38,7 @@ use futures::future::select;
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
 
+use super::delivered::{self, Delivered};
 use super::group::{self, Seat};
 use super::offset::StartAt;
 use super::record::{self, KeyFrom, RecordError};
@@ -66,7 +69,7 @@ const WAIT: Duration = Duration::from_secs(10);
 pub struct Streams {
     readers: RefCell<HashMap<u64, Rc<Reader>>>,
     /// Delivery id → (consumer id, record offset), until settled.
-    delivered: RefCell<HashMap<u64, (u64, i64)>>,
+    delivered: RefCell<Delivered>,
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
     /// Ids of the stream queues this shard has seen ops for.
     known: RefCell<std::collections::HashSet<u64>>,
@@ -279,7 +282,7 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 let mut delivered = streams.delivered.borrow_mut();
                 let readers = streams.readers.borrow();
                 for id in ids {
-                    let Some((cid, offset)) = delivered.remove(&id) else {
+                    let Some((cid, offset)) = delivered.take(id) else {
                         continue;
                     };
                     if let Some(r) = readers.get(&cid) {
@@ -740,6 +743,7 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             .await;
         let shard2 = shard.clone();
         let name = queue.name.clone();
+        let vhost = queue.vhost.clone();
         glommio::spawn_local(async move {
             let ok = match done.await {
                 Reply::Produce(rs) => rs.first().is_some_and(|r| r.error == 0),
@@ -750,7 +754,8 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             shard2.amqp.streams.release(waiting);
             if ok {
                 crate::metrics::with(|m| {
-                    m.produced(crate::metrics::Protocol::Amqp, &name, n, bytes)
+                    m.produced(crate::metrics::Protocol::Amqp, &name, n, bytes);
+                    m.enqueued(&vhost, &name, n);
                 });
             } else {
                 log::warn!("appending to stream '{name}' failed: publishers nacked");
@@ -902,7 +907,13 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             continue;
         }
         offset = offset.max(next);
-        pending.extend(records);
+        // Nothing is pending here (a fetch follows only an empty `pending`): the decoded
+        // records become it without a move each.
+        if pending.is_empty() {
+            pending = records.into();
+        } else {
+            pending.extend(records);
+        }
         deliver(&shard, &r, &mut pending, offset);
         // Let other tasks (acks, publishers) run between batches.
         glommio::yield_if_needed().await;
@@ -915,44 +926,54 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
 /// the reader's next fetch starts: the consumer's position once nothing is pending.
 fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
     let mut items = Vec::new();
-    while !r.cancelled.get() && r.has_credit() {
-        let Some(rec) = pending.pop_front() else {
-            break;
-        };
-        // `x-stream-filter`: records it does not want cost no delivery or credit.
-        if let Some(f) = &r.spec.stream_filter {
-            if !f.matches(&rec) {
-                continue;
+    let streams = &shard.amqp.streams;
+    let mut batch = delivered::Batch::new(r.spec.cid);
+    {
+        let mut ledger = r.seat.ledger.borrow_mut();
+        while !r.cancelled.get() && r.has_credit() {
+            let Some(rec) = pending.pop_front() else {
+                break;
+            };
+            // `x-stream-filter`: records it does not want cost no delivery or credit.
+            if let Some(f) = &r.spec.stream_filter {
+                if !f.matches(&rec) {
+                    continue;
+                }
             }
+            let id = shard.amqp.next_id();
+            let offset = rec.offset;
+            if !batch.push(id, offset) {
+                let full = std::mem::replace(&mut batch, delivered::Batch::new(r.spec.cid));
+                streams.delivered.borrow_mut().add(full);
+                batch.push(id, offset);
+            }
+            r.unacked.set(r.unacked.get() + 1);
+            ledger.delivered(offset);
+            // The properties as stored; the connection adds `x-stream-offset` as it
+            // writes the content header (`Delivery::put_properties`).
+            let d = record::into_delivery(rec);
+            items.push(Delivery {
+                id,
+                msg: Message {
+                    exchange: d.exchange,
+                    routing_key: d.routing_key,
+                    properties: d.properties,
+                    body: d.body,
+                    persistent: true,
+                    priority: 0,
+                    expiration: None,
+                },
+                redelivered: false,
+                stream_offset: Some(offset),
+            });
         }
-        let id = shard.amqp.next_id();
-        shard
-            .amqp
-            .streams
-            .delivered
-            .borrow_mut()
-            .insert(id, (r.spec.cid, rec.offset));
-        r.unacked.set(r.unacked.get() + 1);
-        r.seat.ledger.borrow_mut().delivered(rec.offset);
-        let d = record::stream_delivery_of(&rec);
-        let msg = Message {
-            exchange: d.exchange,
-            routing_key: d.routing_key,
-            properties: d.properties,
-            body: d.body,
-            persistent: true,
-            priority: 0,
-            expiration: None,
-        };
-        items.push(Delivery {
-            id,
-            msg,
-            redelivered: false,
-        });
     }
+    streams.delivered.borrow_mut().add(batch);
     let position = pending.front().map_or(next, |p| p.offset);
     r.seat.ledger.borrow_mut().read_from(position);
     if !items.is_empty() {
+        let n = items.len() as u64;
+        crate::metrics::with(|m| m.dequeued(&r.queue.vhost, &r.queue.name, n));
         outbox::push(
             shard,
             r.spec.shard,
