@@ -277,28 +277,40 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             // A delivery that never reached the client (`Return`) stays unsettled: the
             // group's offset stops before it.
             let reached = how != crate::amqp::mesh::Settle::Return;
-            let mut moved: Vec<Rc<Reader>> = Vec::new();
+            // The readers whose deliveries were settled, in first-settled order: an ack
+            // names one consumer's deliveries, so each id looks its reader up only when
+            // the consumer changes, and each reader is woken once.
+            let mut touched: Vec<Rc<Reader>> = Vec::new();
             {
                 let mut delivered = streams.delivered.borrow_mut();
                 let readers = streams.readers.borrow();
+                let mut current: Option<(u64, Option<&Rc<Reader>>)> = None;
                 for id in ids {
                     let Some((cid, offset)) = delivered.take(id) else {
                         continue;
                     };
-                    if let Some(r) = readers.get(&cid) {
-                        r.unacked.set(r.unacked.get().saturating_sub(1));
-                        r.wake.notify();
-                        if reached {
-                            r.seat.ledger.borrow_mut().settled(offset);
-                            if r.spec.stream_group.is_some()
-                                && !moved.iter().any(|m| m.spec.cid == cid)
-                            {
-                                moved.push(r.clone());
-                            }
+                    if current.is_none_or(|(c, _)| c != cid) {
+                        let r = readers.get(&cid);
+                        if let Some(r) = r.filter(|_| !touched.iter().any(|t| t.spec.cid == cid)) {
+                            touched.push(r.clone());
                         }
+                        current = Some((cid, r));
+                    }
+                    let Some((_, Some(r))) = current else {
+                        continue;
+                    };
+                    r.unacked.set(r.unacked.get().saturating_sub(1));
+                    if reached {
+                        r.seat.ledger.borrow_mut().settled(offset);
                     }
                 }
             }
+            for r in &touched {
+                r.wake.notify();
+            }
+            let moved = touched
+                .into_iter()
+                .filter(|r| reached && r.spec.stream_group.is_some());
             for r in moved {
                 let (Some(g), Some(at)) = (&r.spec.stream_group, r.seat.ledger.borrow().prefix())
                 else {
@@ -307,6 +319,8 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 group::want(shard, r.queue.id, &r.part, &g.group, at, false);
             }
         }
+        // Connections send stream consumers no written-credit (`Channel::write_deliveries`);
+        // only acks return credit.
         QueueOp::Credit { .. } => {}
         QueueOp::Limits {
             cid,

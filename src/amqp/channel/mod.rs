@@ -203,7 +203,12 @@ impl Channel {
             }
         });
         let bytes = items.iter().map(|d| d.msg.body.len() as u64).sum();
-        conn.count_written(cid, queue, n, bytes);
+        // A stream's reader is held back by unacked deliveries alone (its prefetch): it
+        // is sent no written-credit, a hop across shards per write that it would ignore.
+        let stream = items.first().is_some_and(|d| d.stream_offset.is_some());
+        if !stream {
+            conn.count_written(cid, queue, n, bytes);
+        }
         crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, n as u64, bytes));
     }
 
