@@ -19,8 +19,9 @@
 //!   never more unacked than the consumer's prefetch. Each delivery carries the
 //!   `x-stream-offset` header, which the consumer's connection writes into the content
 //!   header (`Delivery::put_properties`): a delivery is the record's stored bytes (slices
-//!   of an uncompressed fetch, no copy) until its frames are written. When caught up it waits on the owner's wait-for-data
-//!   notification (`Request::WaitForData`), not on a timer.
+//!   of an uncompressed fetch, no copy) until its frames are written. When caught up it
+//!   waits on the owner's wait-for-data notification (`Request::WaitForData`), not on a
+//!   timer.
 //! - Settle (ack, nack, reject, with or without requeue) only returns credit: nothing is
 //!   removed from the log. Stats: records in the log and consumers. Purge removes
 //!   nothing (0). Delete deletes the topic, and the catalog drops the queue with it.
@@ -68,7 +69,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Streams {
     readers: RefCell<HashMap<u64, Rc<Reader>>>,
-    /// Delivery id → (consumer id, record offset), until settled.
+    /// Delivery id → (consumer id, record offset), until settled (`stream::delivered`).
     delivered: RefCell<Delivered>,
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
     /// Ids of the stream queues this shard has seen ops for.
