@@ -55,6 +55,31 @@ pub struct Delivery {
     pub id: u64,
     pub msg: Message,
     pub redelivered: bool,
+    /// A stream queue's delivery: the record's offset, which the content header carries as
+    /// the `x-stream-offset` header, added as the frame is written (`put_properties`).
+    pub stream_offset: Option<i64>,
+}
+
+impl Delivery {
+    /// The bytes `put_properties` writes (but when a stream delivery's table already names
+    /// `x-stream-offset`, re-encoded).
+    pub fn properties_len(&self) -> usize {
+        let extra = match self.stream_offset {
+            Some(_) => crate::stream::record::STREAM_OFFSET_EXTRA,
+            None => 0,
+        };
+        self.msg.properties.len() + extra
+    }
+
+    /// Writes the delivery's property bytes (flags and list) for its content header.
+    pub fn put_properties(&self, out: &mut bytes::BytesMut) {
+        match self.stream_offset {
+            Some(offset) => {
+                crate::stream::record::put_stream_properties(out, &self.msg.properties, offset)
+            }
+            None => out.extend_from_slice(&self.msg.properties),
+        }
+    }
 }
 
 /// What to do with delivered messages.

@@ -54,25 +54,22 @@ pub fn parse_props(raw: &Bytes) -> Option<AMQPProperties> {
 /// Walks property bytes: `None` when they are malformed (headers nested deeper than
 /// `catalog::amqp::tables::MAX_DEPTH` included).
 pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
-    let mut flags: Vec<u16> = Vec::with_capacity(1);
-    let mut at = 0usize;
-    loop {
-        let f = u16::from_be_bytes([*raw.get(at)?, *raw.get(at + 1)?]);
+    let f = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    let mut at = 2usize;
+    // Continuation flag words (bit 0 set) carry no property this version knows.
+    let mut last = f;
+    while last & 1 != 0 {
+        last = u16::from_be_bytes([*raw.get(at)?, *raw.get(at + 1)?]);
         at += 2;
-        flags.push(f);
-        if f & 1 == 0 {
-            break;
-        }
     }
-    let f = flags[0];
     let mut v = PropsView::default();
-    let short = |at: &mut usize| -> Option<Bytes> {
+    // A short string's range, past it.
+    let short = |at: &mut usize| -> Option<std::ops::Range<usize>> {
         let n = *raw.get(*at)? as usize;
-        let s = raw.get(*at + 1..*at + 1 + n)?;
-        let _ = s;
-        let b = raw.slice(*at + 1..*at + 1 + n);
+        let r = *at + 1..*at + 1 + n;
+        raw.get(r.clone())?;
         *at += 1 + n;
-        Some(b)
+        Some(r)
     };
     let bit = |i: u32| f & (1 << (15 - i)) != 0;
     if bit(0) {
@@ -105,7 +102,7 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
         short(&mut at)?;
     }
     if bit(7) {
-        v.expiration = Some(short(&mut at)?);
+        v.expiration = Some(raw.slice(short(&mut at)?));
     }
     if bit(8) {
         short(&mut at)?;
@@ -118,7 +115,7 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
         short(&mut at)?;
     }
     if bit(11) {
-        v.user_id = Some(short(&mut at)?);
+        v.user_id = Some(raw.slice(short(&mut at)?));
     }
     if bit(12) {
         short(&mut at)?;

@@ -408,6 +408,19 @@ pub fn keyless_records(batch: &Bytes, h: &BatchHeader) -> Result<Vec<i32>, Strin
     Ok(keyless)
 }
 
+/// Appends `v` as a zig-zag varint (Kafka's record encoding).
+pub fn put_varint(out: &mut impl bytes::BufMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.put_u8(z as u8);
+            break;
+        }
+        out.put_u8((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
 /// Reads a zig-zag varint (Kafka's record encoding); `None` on a short buffer. The one
 /// varint reader of the crate (the compactor splits records with it too).
 pub fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
@@ -626,18 +639,6 @@ pub(crate) mod tests {
         let h = validate(&data).unwrap();
         assert!(h.is_transactional() && !h.is_control());
         assert_eq!(marker_of(&data, &h), None);
-    }
-
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                break;
-            }
-            out.push((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
     }
 
     #[test]

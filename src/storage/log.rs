@@ -781,7 +781,13 @@ pub async fn read(
     let Some((file, mut pos, end)) = location else {
         return Ok(Bytes::new());
     };
-    let mut out = BytesMut::new();
+    // Sized once (growing by doubling copied what was read at each step), as the tail
+    // cache's reads are.
+    let mut out = BytesMut::with_capacity(
+        max_bytes
+            .min(usize::try_from(end.saturating_sub(pos)).unwrap_or(usize::MAX))
+            .min(4 << 20),
+    );
     while pos < end {
         let want = (max_bytes.max(batch::HEADER_LEN) as u64)
             .min(end - pos)

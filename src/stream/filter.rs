@@ -14,7 +14,7 @@
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 
-use super::record::{StoredRecord, HEADER_PREFIX};
+use super::record::StoredRecord;
 
 /// The message header (and Kafka header) holding a record's filter value.
 pub const VALUE: &str = "x-stream-filter-value";
@@ -70,12 +70,13 @@ pub fn parse(args: &FieldTable) -> Result<Option<Filter>, String> {
     }))
 }
 
+/// The Kafka header an AMQP publisher's filter value is kept in (`record::HEADER_PREFIX`
+/// and `VALUE`).
+const AMQP_VALUE: &str = "amqp-header-x-stream-filter-value";
+
 /// A record's filter value, whichever protocol wrote it.
 pub fn value_of(r: &StoredRecord) -> Option<&[u8]> {
-    let amqp = format!("{HEADER_PREFIX}{VALUE}");
-    r.header(&amqp)
-        .or_else(|| r.header(VALUE))
-        .and_then(|v| v.as_deref())
+    r.header(AMQP_VALUE).or_else(|| r.header(VALUE)).flatten()
 }
 
 impl Filter {
@@ -91,25 +92,20 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::record::HEADER_PREFIX;
     use amq_protocol::types::FieldArray;
-    use bytes::Bytes;
 
     fn rec(headers: &[(&str, &str)]) -> StoredRecord {
-        StoredRecord {
-            offset: 0,
-            timestamp: -1,
-            key: None,
-            value: None,
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        Bytes::copy_from_slice(k.as_bytes()),
-                        Some(Bytes::copy_from_slice(v.as_bytes())),
-                    )
-                })
-                .collect(),
-        }
+        let headers: Vec<(&[u8], Option<&[u8]>)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes())))
+            .collect();
+        StoredRecord::new(0, -1, None, None, &headers)
+    }
+
+    #[test]
+    fn the_amqp_header_name_is_the_prefix_and_the_value_name() {
+        assert_eq!(AMQP_VALUE, format!("{HEADER_PREFIX}{VALUE}"));
     }
 
     fn args(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {

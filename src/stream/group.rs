@@ -100,7 +100,10 @@ impl Ledger {
     /// The delivery of `offset` was acked (or nacked, rejected: a stream never gives it
     /// again to this consumer).
     pub fn settled(&mut self, offset: i64) {
-        if let Ok(i) = self.out.binary_search_by_key(&offset, |(o, _)| *o) {
+        // Acks come mostly in delivery order: the first delivered is the one settled.
+        if let Some(front) = self.out.front_mut().filter(|(o, _)| *o == offset) {
+            front.1 = true;
+        } else if let Ok(i) = self.out.binary_search_by_key(&offset, |(o, _)| *o) {
             self.out[i].1 = true;
         }
         while self.out.front().is_some_and(|(_, done)| *done) {

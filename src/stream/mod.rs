@@ -23,6 +23,7 @@ pub mod acl;
 pub mod args;
 pub mod committed;
 pub mod declare;
+pub mod delivered;
 pub mod filter;
 pub mod group;
 pub mod offset;

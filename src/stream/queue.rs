@@ -17,8 +17,11 @@
 //!   batches skipped) and hands
 //!   deliveries to the consumer's connection shard as a queue does (`ConnOp::Deliver`),
 //!   never more unacked than the consumer's prefetch. Each delivery carries the
-//!   `x-stream-offset` header. When caught up it waits on the owner's wait-for-data
-//!   notification (`Request::WaitForData`), not on a timer.
+//!   `x-stream-offset` header, which the consumer's connection writes into the content
+//!   header (`Delivery::put_properties`): a delivery is the record's stored bytes (slices
+//!   of an uncompressed fetch, no copy) until its frames are written. When caught up it
+//!   waits on the owner's wait-for-data notification (`Request::WaitForData`), not on a
+//!   timer.
 //! - Settle (ack, nack, reject, with or without requeue) only returns credit: nothing is
 //!   removed from the log. Stats: records in the log and consumers. Purge removes
 //!   nothing (0). Delete deletes the topic, and the catalog drops the queue with it.
@@ -36,6 +39,7 @@ use futures::future::select;
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
 
+use super::delivered::{self, Delivered};
 use super::group::{self, Seat};
 use super::offset::StartAt;
 use super::record::{self, KeyFrom, RecordError};
@@ -65,8 +69,8 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Streams {
     readers: RefCell<HashMap<u64, Rc<Reader>>>,
-    /// Delivery id → (consumer id, record offset), until settled.
-    delivered: RefCell<HashMap<u64, (u64, i64)>>,
+    /// Delivery id → (consumer id, record offset), until settled (`stream::delivered`).
+    delivered: RefCell<Delivered>,
     appenders: RefCell<HashMap<u64, Rc<Appender>>>,
     /// Ids of the stream queues this shard has seen ops for.
     known: RefCell<std::collections::HashSet<u64>>,
@@ -274,28 +278,40 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
             // A delivery that never reached the client (`Return`) stays unsettled: the
             // group's offset stops before it.
             let reached = how != crate::amqp::mesh::Settle::Return;
-            let mut moved: Vec<Rc<Reader>> = Vec::new();
+            // The readers whose deliveries were settled, in first-settled order: an ack
+            // names one consumer's deliveries, so each id looks its reader up only when
+            // the consumer changes, and each reader is woken once.
+            let mut touched: Vec<Rc<Reader>> = Vec::new();
             {
                 let mut delivered = streams.delivered.borrow_mut();
                 let readers = streams.readers.borrow();
+                let mut current: Option<(u64, Option<&Rc<Reader>>)> = None;
                 for id in ids {
-                    let Some((cid, offset)) = delivered.remove(&id) else {
+                    let Some((cid, offset)) = delivered.take(id) else {
                         continue;
                     };
-                    if let Some(r) = readers.get(&cid) {
-                        r.unacked.set(r.unacked.get().saturating_sub(1));
-                        r.wake.notify();
-                        if reached {
-                            r.seat.ledger.borrow_mut().settled(offset);
-                            if r.spec.stream_group.is_some()
-                                && !moved.iter().any(|m| m.spec.cid == cid)
-                            {
-                                moved.push(r.clone());
-                            }
+                    if current.is_none_or(|(c, _)| c != cid) {
+                        let r = readers.get(&cid);
+                        if let Some(r) = r.filter(|_| !touched.iter().any(|t| t.spec.cid == cid)) {
+                            touched.push(r.clone());
                         }
+                        current = Some((cid, r));
+                    }
+                    let Some((_, Some(r))) = current else {
+                        continue;
+                    };
+                    r.unacked.set(r.unacked.get().saturating_sub(1));
+                    if reached {
+                        r.seat.ledger.borrow_mut().settled(offset);
                     }
                 }
             }
+            for r in &touched {
+                r.wake.notify();
+            }
+            let moved = touched
+                .into_iter()
+                .filter(|r| reached && r.spec.stream_group.is_some());
             for r in moved {
                 let (Some(g), Some(at)) = (&r.spec.stream_group, r.seat.ledger.borrow().prefix())
                 else {
@@ -304,6 +320,8 @@ pub fn apply(shard: &Rc<Shard>, op: QueueOp) -> Option<QueueOp> {
                 group::want(shard, r.queue.id, &r.part, &g.group, at, false);
             }
         }
+        // Connections send stream consumers no written-credit (`Channel::write_deliveries`);
+        // only acks return credit.
         QueueOp::Credit { .. } => {}
         QueueOp::Limits {
             cid,
@@ -740,6 +758,7 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             .await;
         let shard2 = shard.clone();
         let name = queue.name.clone();
+        let vhost = queue.vhost.clone();
         glommio::spawn_local(async move {
             let ok = match done.await {
                 Reply::Produce(rs) => rs.first().is_some_and(|r| r.error == 0),
@@ -750,7 +769,8 @@ async fn append(shard: Rc<Shard>, queue: QueueRef, appender: Rc<Appender>) {
             shard2.amqp.streams.release(waiting);
             if ok {
                 crate::metrics::with(|m| {
-                    m.produced(crate::metrics::Protocol::Amqp, &name, n, bytes)
+                    m.produced(crate::metrics::Protocol::Amqp, &name, n, bytes);
+                    m.enqueued(&vhost, &name, n);
                 });
             } else {
                 log::warn!("appending to stream '{name}' failed: publishers nacked");
@@ -902,7 +922,13 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             continue;
         }
         offset = offset.max(next);
-        pending.extend(records);
+        // Nothing is pending here (a fetch follows only an empty `pending`): the decoded
+        // records become it without a move each.
+        if pending.is_empty() {
+            pending = records.into();
+        } else {
+            pending.extend(records);
+        }
         deliver(&shard, &r, &mut pending, offset);
         // Let other tasks (acks, publishers) run between batches.
         glommio::yield_if_needed().await;
@@ -915,44 +941,54 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
 /// the reader's next fetch starts: the consumer's position once nothing is pending.
 fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
     let mut items = Vec::new();
-    while !r.cancelled.get() && r.has_credit() {
-        let Some(rec) = pending.pop_front() else {
-            break;
-        };
-        // `x-stream-filter`: records it does not want cost no delivery or credit.
-        if let Some(f) = &r.spec.stream_filter {
-            if !f.matches(&rec) {
-                continue;
+    let streams = &shard.amqp.streams;
+    let mut batch = delivered::Batch::new(r.spec.cid);
+    {
+        let mut ledger = r.seat.ledger.borrow_mut();
+        while !r.cancelled.get() && r.has_credit() {
+            let Some(rec) = pending.pop_front() else {
+                break;
+            };
+            // `x-stream-filter`: records it does not want cost no delivery or credit.
+            if let Some(f) = &r.spec.stream_filter {
+                if !f.matches(&rec) {
+                    continue;
+                }
             }
+            let id = shard.amqp.next_id();
+            let offset = rec.offset;
+            if !batch.push(id, offset) {
+                let full = std::mem::replace(&mut batch, delivered::Batch::new(r.spec.cid));
+                streams.delivered.borrow_mut().add(full);
+                batch.push(id, offset);
+            }
+            r.unacked.set(r.unacked.get() + 1);
+            ledger.delivered(offset);
+            // The properties as stored; the connection adds `x-stream-offset` as it
+            // writes the content header (`Delivery::put_properties`).
+            let d = record::into_delivery(rec);
+            items.push(Delivery {
+                id,
+                msg: Message {
+                    exchange: d.exchange,
+                    routing_key: d.routing_key,
+                    properties: d.properties,
+                    body: d.body,
+                    persistent: true,
+                    priority: 0,
+                    expiration: None,
+                },
+                redelivered: false,
+                stream_offset: Some(offset),
+            });
         }
-        let id = shard.amqp.next_id();
-        shard
-            .amqp
-            .streams
-            .delivered
-            .borrow_mut()
-            .insert(id, (r.spec.cid, rec.offset));
-        r.unacked.set(r.unacked.get() + 1);
-        r.seat.ledger.borrow_mut().delivered(rec.offset);
-        let d = record::stream_delivery_of(&rec);
-        let msg = Message {
-            exchange: d.exchange,
-            routing_key: d.routing_key,
-            properties: d.properties,
-            body: d.body,
-            persistent: true,
-            priority: 0,
-            expiration: None,
-        };
-        items.push(Delivery {
-            id,
-            msg,
-            redelivered: false,
-        });
     }
+    streams.delivered.borrow_mut().add(batch);
     let position = pending.front().map_or(next, |p| p.offset);
     r.seat.ledger.borrow_mut().read_from(position);
     if !items.is_empty() {
+        let n = items.len() as u64;
+        crate::metrics::with(|m| m.dequeued(&r.queue.vhost, &r.queue.name, n));
         outbox::push(
             shard,
             r.spec.shard,

@@ -282,3 +282,37 @@ async fn the_overview_shows_a_stream_only_to_whom_may_describe_its_topic() {
     assert!(names.contains(&"open"), "{names:?}");
     assert!(!names.contains(&"secret"), "{names:?}");
 }
+
+/// A stream queue's row in the overview (what the dashboard, the REST API and the
+/// Publish/s and Deliver/s columns read) counts its publishes and deliveries as a classic
+/// queue's does: rates over the last second, nonzero while messages flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_counts_its_publishes_and_deliveries_in_the_queue_rates() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    confirm_select(&ch).await;
+    declare_stream(&ch, "rated", &[]).await;
+    let rate = |o: &Value, key: &str| {
+        o["queues"]
+            .as_array()
+            .and_then(|a| a.iter().find(|q| q["name"] == "rated"))
+            .and_then(|q| q[key].as_f64())
+            .unwrap_or(0.0)
+    };
+    publish_n(&ch, "", 20, |_| "rated".to_owned()).await;
+    await_json(&broker, "/api/v1/overview", |o| {
+        rate(o, "publish_per_second") > 0.0
+    });
+
+    let cch = channel(&conn).await;
+    let mut c = stream_consumer(&cch, "rated", 50, &[("x-stream-offset", s("first"))])
+        .await
+        .expect("consume");
+    assert_eq!(take(&mut c, 20, 5).await.len(), 20);
+    let o = await_json(&broker, "/api/v1/overview", |o| {
+        rate(o, "deliver_per_second") > 0.0
+    });
+    assert_eq!(row(&o["queues"], "rated")["type"], "stream");
+}

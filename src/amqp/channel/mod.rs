@@ -181,6 +181,12 @@ impl Channel {
         let at_ms = if no_ack { 0 } else { now_ms() };
         let tags = self.unacked.record(queue, &items, no_ack, true, at_ms);
         conn.write(|out| {
+            let need = items.iter().map(|d| {
+                let m = &d.msg;
+                let (ex, rk, body) = (m.exchange.len(), m.routing_key.len(), m.body.len());
+                codec::delivery_len(tag.len(), ex, rk, d.properties_len(), body, frame_max)
+            });
+            out.reserve(need.sum());
             for (d, t) in items.iter().zip(tags) {
                 codec::put_deliver(
                     out,
@@ -191,11 +197,18 @@ impl Channel {
                     &d.msg.exchange,
                     &d.msg.routing_key,
                 );
-                codec::put_content(out, id, &d.msg.properties, &d.msg.body, frame_max);
+                codec::put_content_with(out, id, &d.msg.body, frame_max, |out| {
+                    d.put_properties(out)
+                });
             }
         });
         let bytes = items.iter().map(|d| d.msg.body.len() as u64).sum();
-        conn.count_written(cid, queue, n, bytes);
+        // A stream's reader is held back by unacked deliveries alone (its prefetch): it
+        // is sent no written-credit, a hop across shards per write that it would ignore.
+        let stream = items.first().is_some_and(|d| d.stream_offset.is_some());
+        if !stream {
+            conn.count_written(cid, queue, n, bytes);
+        }
         crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, n as u64, bytes));
     }
 
@@ -242,7 +255,7 @@ impl Channel {
                 &d.msg.routing_key,
                 count,
             );
-            codec::put_content(out, id, &d.msg.properties, &d.msg.body, frame_max);
+            codec::put_content_with(out, id, &d.msg.body, frame_max, |out| d.put_properties(out));
         });
         let bytes = d.msg.body.len() as u64;
         crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, 1, bytes));

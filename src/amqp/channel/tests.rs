@@ -37,6 +37,7 @@ fn delivery(id: u64, body: &str) -> Delivery {
             expiration: None,
         },
         redelivered: false,
+        stream_offset: None,
     }
 }
 

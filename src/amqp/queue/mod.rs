@@ -353,6 +353,7 @@ impl QueueState {
                 id,
                 msg: e.msg.clone(),
                 redelivered: e.redelivered,
+                stream_offset: None,
             };
             if e.persisted && !e.redelivered && !c.spec.no_ack {
                 // After a restart it comes back marked redelivered.
@@ -565,6 +566,7 @@ impl QueueState {
             id,
             msg: e.msg.clone(),
             redelivered: e.redelivered,
+            stream_offset: None,
         };
         if no_ack {
             self.forget(env, &e);

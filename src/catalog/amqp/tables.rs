@@ -61,7 +61,18 @@ pub const MAX_DEPTH: usize = 64;
 /// Whether the field table encoded at the start of `b` (length prefix included) is well
 /// formed and nests at most `MAX_DEPTH` deep. Bytes after the table are ignored.
 pub fn table_ok(b: &[u8]) -> bool {
-    walk(b).is_some()
+    walk(b, |_| false).is_some()
+}
+
+/// Whether the encoded table `b` (with its length prefix; accepted by `table_ok`) has an
+/// entry named `key` at its top level, found without decoding it.
+pub fn has_key(b: &[u8], key: &str) -> bool {
+    let mut found = false;
+    let _ = walk(b, |name| {
+        found = name == key.as_bytes();
+        found
+    });
+    found
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<usize> {
@@ -69,23 +80,31 @@ fn u32_at(b: &[u8], at: usize) -> Option<usize> {
     Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
 }
 
-/// The table's length in bytes, if acceptable.
-fn walk(b: &[u8]) -> Option<usize> {
+/// The table's length in bytes, if acceptable. `name` sees each top-level entry's name;
+/// the walk stops early (`None`) when it returns true.
+fn walk(b: &[u8], mut name: impl FnMut(&[u8]) -> bool) -> Option<usize> {
     let end = 4usize.checked_add(u32_at(b, 0)?)?;
     if end > b.len() {
         return None;
     }
     // Open containers: (where each ends, whether it is a table, whose entries have names).
-    let mut open: Vec<(usize, bool)> = vec![(end, true)];
+    let mut open = [(0usize, false); MAX_DEPTH + 1];
+    open[0] = (end, true);
+    let mut depth = 1usize;
     let mut at = 4usize;
-    while let Some(&(end, table)) = open.last() {
+    while depth > 0 {
+        let (end, table) = open[depth - 1];
         if at == end {
-            open.pop();
+            depth -= 1;
             continue;
         }
         if table {
-            let name = *b.get(at)? as usize;
-            at = at.checked_add(1 + name)?;
+            let n = *b.get(at)? as usize;
+            let next = at.checked_add(1 + n)?;
+            if depth == 1 && name(b.get(at + 1..next)?) {
+                return None;
+            }
+            at = next;
         }
         let kind = *b.get(at)?;
         at += 1;
@@ -99,11 +118,12 @@ fn walk(b: &[u8]) -> Option<usize> {
             b'S' | b'x' => 4usize.checked_add(u32_at(b, at)?)?,
             b'A' | b'F' => {
                 let inner_end = at.checked_add(4)?.checked_add(u32_at(b, at)?)?;
-                if inner_end > end || open.len() >= MAX_DEPTH {
+                if inner_end > end || depth >= MAX_DEPTH {
                     return None;
                 }
                 at += 4;
-                open.push((inner_end, kind == b'F'));
+                open[depth] = (inner_end, kind == b'F');
+                depth += 1;
                 continue;
             }
             _ => return None,
@@ -171,7 +191,7 @@ pub(crate) mod tests {
         );
         t.insert("table".into(), AMQPValue::FieldTable(inner));
         let bytes = encode(&t);
-        assert_eq!(walk(&bytes), Some(bytes.len()));
+        assert_eq!(walk(&bytes, |_| false), Some(bytes.len()));
         assert!(table_ok(&encode(&FieldTable::default())));
     }
 
