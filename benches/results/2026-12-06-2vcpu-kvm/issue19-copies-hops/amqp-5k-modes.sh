@@ -19,6 +19,6 @@ sleep 3
 t0=$(awk '{print $14+$15}' /proc/$P/stat); c0=$(cs)
 sleep 3
 t1=$(awk '{print $14+$15}' /proc/$P/stat); c1=$(cs)
-busy=$(for t in /proc/$P/task/*; do echo "$(cat $t/comm)=$(awk '{print $14+$15}' $t/stat)"; done | grep shard | tr '\n' ' ')
+busy=$(for t in /proc/"$P"/task/*; do echo "$(cat "$t"/comm)=$(awk '{print $14+$15}' "$t"/stat)"; done | grep shard | tr '\n' ' ')
 wait $L; kill $P; wait $P; rm -rf "$d"
-echo "threads(ticks) $busy| switches/msg $(awk -v a=$c0 -v b=$c1 'BEGIN {printf "%.2f", (b-a)/15000}') | ticks 3-6 s: $((t1-t0)) | $(grep -E 'latency|broker CPU' /tmp/am.txt | sed 's/(60000 samples)//' | tr -s ' ' | tr '\n' ' ')"
+echo "threads(ticks) $busy| switches/msg $(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", (b-a)/15000}') | ticks 3-6 s: $((t1-t0)) | $(grep -E 'latency|broker CPU' /tmp/am.txt | sed 's/(60000 samples)//' | tr -s ' ' | tr '\n' ' ')"
