@@ -43,7 +43,7 @@ use super::delivered::{self, Delivered};
 use super::group::{self, Seat};
 use super::offset::StartAt;
 use super::record::{self, KeyFrom, RecordError};
-use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, Delivery, GetAnswer, QueueOp};
+use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, GetAnswer, QueueOp};
 use crate::amqp::message::Message;
 use crate::amqp::owner::delete_refused;
 use crate::amqp::routing::QueueRef;
@@ -964,23 +964,7 @@ fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredR
             }
             r.unacked.set(r.unacked.get() + 1);
             ledger.delivered(offset);
-            // The properties as stored; the connection adds `x-stream-offset` as it
-            // writes the content header (`Delivery::put_properties`).
-            let d = record::into_delivery(rec);
-            items.push(Delivery {
-                id,
-                msg: Message {
-                    exchange: d.exchange,
-                    routing_key: d.routing_key,
-                    properties: d.properties,
-                    body: d.body,
-                    persistent: true,
-                    priority: 0,
-                    expiration: None,
-                },
-                redelivered: false,
-                stream_offset: Some(offset),
-            });
+            items.push(record::stream_delivery(rec, id));
         }
     }
     streams.delivered.borrow_mut().add(batch);

@@ -678,6 +678,28 @@ pub fn delivery_of(r: &StoredRecord) -> Delivery {
     into_delivery(r.clone())
 }
 
+/// The AMQP delivery `id` of a stream record at its offset: the record's stored properties
+/// (the connection adds `x-stream-offset` as it writes the content header,
+/// `Delivery::put_properties`), its key and value moved in.
+pub fn stream_delivery(r: StoredRecord, id: u64) -> crate::amqp::mesh::Delivery {
+    let offset = r.offset;
+    let d = into_delivery(r);
+    crate::amqp::mesh::Delivery {
+        id,
+        msg: Message {
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            properties: d.properties,
+            body: d.body,
+            persistent: true,
+            priority: 0,
+            expiration: None,
+        },
+        redelivered: false,
+        stream_offset: Some(offset),
+    }
+}
+
 /// `delivery_of` taking the record: its key and value move into the delivery.
 pub fn into_delivery(r: StoredRecord) -> Delivery {
     if let Some(Some(props)) = r.mapped(r.mapped.properties) {
@@ -1669,21 +1691,7 @@ mod tests {
         use crate::amqp::codec;
         let mut out = BytesMut::new();
         if fast {
-            let d = delivery_of(r);
-            let m = crate::amqp::mesh::Delivery {
-                id: 1,
-                msg: Message {
-                    exchange: d.exchange,
-                    routing_key: d.routing_key,
-                    properties: d.properties,
-                    body: d.body,
-                    persistent: true,
-                    priority: 0,
-                    expiration: None,
-                },
-                redelivered: false,
-                stream_offset: Some(r.offset),
-            };
+            let m = stream_delivery(r.clone(), 1);
             codec::put_deliver(
                 &mut out,
                 1,
