@@ -385,19 +385,24 @@ impl Passing<'_> {
     }
 }
 
-// SAFETY: `remaining_mut`, `advance_mut` and `chunk_mut` all forward to `current`, a
-// `BytesMut`, whose own implementation upholds `BufMut`'s contract (the three describe one
-// buffer, and `advance_mut` is called only by a caller that initialised those bytes of
-// `chunk_mut`, as that contract requires of our caller too). `put_slice` writes through
-// `BytesMut`'s safe methods or moves whole `Bytes` into `answer`, past `current`'s data.
+// SAFETY: `Passing` owns `current` (a `BytesMut`) outright; it lives only inside one
+// `encode_passing` call on the connection's shard thread and never crosses threads.
+// `remaining_mut`, `advance_mut` and `chunk_mut` all forward to that one `BytesMut`, whose
+// own implementation upholds `BufMut`'s contract: the three describe the same buffer, and
+// nothing else touches it between a `chunk_mut` and the `advance_mut` that follows.
+// `put_slice` writes only through `BytesMut`'s safe methods or moves whole `Bytes` (shared,
+// immutable) into `answer`, never into `current`'s uninitialised tail.
 unsafe impl BufMut for Passing<'_> {
     fn remaining_mut(&self) -> usize {
         self.current.remaining_mut()
     }
 
+    // SAFETY (of the signature): the trait's own; callers must have initialised the `cnt`
+    // bytes of `chunk_mut()` they advance over, which is what `current` requires.
     unsafe fn advance_mut(&mut self, cnt: usize) {
         // SAFETY: our caller guarantees, as `BufMut` requires, that the next `cnt` bytes
-        // of `chunk_mut()` (which is `current`'s) are initialised.
+        // of `chunk_mut()` (which is `current`'s, owned by this `Passing` on this thread)
+        // are initialised, so forwarding the same count to `current` is sound.
         unsafe { self.current.advance_mut(cnt) }
     }
 
