@@ -386,9 +386,6 @@ impl Storage {
     async fn partitions_round(&self, sync_all: bool) {
         let now = now_ms();
         let mut dirty: Vec<LogRef> = std::mem::take(&mut *self.dirty.borrow_mut());
-        dirty.sort_by_key(|l| Rc::as_ptr(l) as usize);
-        dirty.dedup_by_key(|l| Rc::as_ptr(l) as usize);
-        join_all(dirty.iter().map(|l| self.write_partition(l))).await;
 
         // Which partitions need an fdatasync this round.
         let waiting: Vec<LogRef> = self
@@ -404,7 +401,8 @@ impl Storage {
                 .into_iter()
                 .filter(|l| {
                     let l = l.borrow();
-                    let unsynced = l.durable_offset < l.written_offset;
+                    // Appended but not synced (the writes below come first).
+                    let unsynced = l.durable_offset < l.next_offset;
                     unsynced
                         && (self.fsync == FsyncPolicy::Always
                             || l.unsynced_messages >= l.settings.flush_messages
@@ -416,8 +414,28 @@ impl Storage {
         to_sync.extend(waiting);
         to_sync.sort_by_key(|l| Rc::as_ptr(l) as usize);
         to_sync.dedup_by_key(|l| Rc::as_ptr(l) as usize);
-        // Write what waiters need even if their partition was not marked dirty this round.
-        join_all(to_sync.iter().map(|l| self.write_partition(l))).await;
+        // Write what was appended before the round began, once: what arrives while the
+        // writes are in flight waits for the next round, which starts as soon as this one
+        // ends. (A round that chased new appends would write again and again, a batch or
+        // two each time, before its sync, and every waiter would wait for all of it.)
+        // A partition to sync whose earlier writes are all synced is written with
+        // RWF_DSYNC: the write is its sync (see `write_partition`).
+        let syncing: std::collections::HashSet<usize> =
+            to_sync.iter().map(|l| Rc::as_ptr(l) as usize).collect();
+        dirty.extend(to_sync.iter().cloned());
+        dirty.sort_by_key(|l| Rc::as_ptr(l) as usize);
+        dirty.dedup_by_key(|l| Rc::as_ptr(l) as usize);
+        let targets: Vec<i64> = dirty.iter().map(|l| l.borrow().next_offset).collect();
+        join_all(dirty.iter().zip(targets).map(|(l, upto)| {
+            let sync = syncing.contains(&(Rc::as_ptr(l) as usize));
+            self.write_partition(l, upto, sync)
+        }))
+        .await;
+        // What the writes left unsynced gets an fdatasync.
+        to_sync.retain(|l| {
+            let l = l.borrow();
+            l.durable_offset < l.written_offset
+        });
         let synced = join_all(to_sync.iter().map(sync_partition)).await;
         for (log, r) in to_sync.iter().zip(synced) {
             if let Err(e) = r {
@@ -486,9 +504,12 @@ impl Storage {
             .sum()
     }
 
-    /// Writes all pending bytes of one partition, segment by segment, and finalizes
-    /// sealed segments (sync, truncate to size, index files).
-    async fn write_partition(&self, log: &LogRef) {
+    /// Writes the pending bytes of one partition below offset `upto` (and whatever else is
+    /// pending when a write is taken), segment by segment, and finalizes sealed segments
+    /// (sync, truncate to size, index files). With `sync`, a write made while everything
+    /// written before it is durable carries RWF_DSYNC and moves the durable offset itself;
+    /// what is left unsynced is the caller's to fdatasync.
+    async fn write_partition(&self, log: &LogRef, upto: i64, sync: bool) {
         let bases: Vec<i64> = log
             .borrow()
             .segments()
@@ -531,12 +552,33 @@ impl Storage {
                     break;
                 };
                 let align = file.alignment();
-                match dma::write_aligned(&file, job.position, &job.parts()).await {
+                let dsync = sync && {
+                    let l = log.borrow();
+                    l.durable_offset >= l.written_offset
+                };
+                let started = std::time::Instant::now();
+                match dma::write_aligned(&file, job.position, &job.parts(), dsync).await {
                     Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);
-                        if let Some(seg) = l.segment_mut(base) {
-                            seg.complete_write(&job, align);
+                        if dsync {
+                            crate::metrics::with(|m| m.fsync.record(started.elapsed()));
+                            l.durable_offset = l.written_offset;
+                            l.unsynced_messages = 0;
+                            l.last_sync_ms = now_ms();
+                        }
+                        let Some(seg) = l.segment_mut(base) else {
+                            break;
+                        };
+                        seg.complete_write(&job, align);
+                        if dsync {
+                            seg.synced = seg.written;
+                        }
+                        // The active segment takes appends while its write is in flight:
+                        // they are the next round's. A sealed one takes none, and goes on
+                        // to its finalizing.
+                        if !seg.sealed && job.upto >= upto {
+                            break;
                         }
                     }
                     Err(e) => {
