@@ -357,12 +357,12 @@ impl Channel {
         self.release_held(conn);
     }
 
-    /// The limits a new consumer starts with.
     /// The channel-wide prefetch count (basic.qos global=true; 0 = none).
     pub fn global_prefetch_count(&self) -> u32 {
         self.unacked.global().0
     }
 
+    /// The limits a new consumer starts with.
     pub fn initial_limits(&mut self, cid: u64) -> (u32, u64) {
         let global = self.unacked.global();
         let limits = match self.consumers.get(&cid) {
