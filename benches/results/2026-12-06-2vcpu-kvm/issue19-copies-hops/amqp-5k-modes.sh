@@ -3,7 +3,8 @@
 # 5 000 msg/s for 12 s (one publisher, one consumer, one queue; the harness's arguments
 # follow, e.g. --ack-every 1) on a fresh broker (2 pinned shards). Prints which
 # shards worked (ticks per thread), the context switches of all the broker's threads per
-# message and its CPU ticks over seconds 3-6, then the harness's latency and CPU per message.
+# message and its CPU ticks over seconds 3-6, then the harness's latency (and confirm
+# latency with --confirm) and CPU per message.
 # Where the kernel puts the two connections (SO_REUSEPORT) and where the queue's owner is
 # decides whether a message crosses shards: one run may keep it on one shard, the next not.
 set -u
@@ -22,4 +23,4 @@ sleep 3
 t1=$(awk '{print $14+$15}' /proc/$P/stat); c1=$(cs)
 busy=$(for t in /proc/"$P"/task/*; do echo "$(cat "$t"/comm)=$(awk '{print $14+$15}' "$t"/stat)"; done | grep shard | tr '\n' ' ')
 wait $L; kill $P; wait $P; rm -rf "$d"
-echo "threads(ticks) $busy| switches/msg $(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", (b-a)/15000}') | ticks 3-6 s: $((t1-t0)) | $(grep -E 'latency|broker CPU' /tmp/am.txt | sed 's/(60000 samples)//' | tr -s ' ' | tr '\n' ' ')"
+echo "threads(ticks) $busy| switches/msg $(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", (b-a)/15000}') | ticks 3-6 s: $((t1-t0)) | $(grep -E 'latency|^ *ack|broker CPU' /tmp/am.txt | sed 's/(60000 samples)//' | tr -s ' ' | tr '\n' ' ')"
