@@ -17,9 +17,10 @@
 //!   hold record batches verbatim, since a batch carries its own length and CRC-32C and
 //!   fetches send file bytes unchanged; the journal's (`journal`) hold framed records.
 //!   Both recover by scanning each file and truncating a torn tail with a log line.
-//! - Group commit: one flusher round writes every dirty partition and record file, then
-//!   fdatasyncs those someone waits on — one sync per file serves every waiter — and
-//!   resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
+//! - Group commit: one flusher round writes what every dirty partition and record file
+//!   held when it began, then fdatasyncs those someone waits on — one sync per file
+//!   serves every waiter; a partition whose earlier writes are synced is written with
+//!   RWF_DSYNC instead, the write being its sync — and resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
 //!   for AMQP confirms). Nothing here calls protocol code.
 //! - Transactions: a partition's producer state (`producers`) tracks open transactions;
 //!   markers are control batches; each segment keeps the transactions aborted in it
