@@ -453,7 +453,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     e.family(
         "portask_storage_fsync_duration_seconds",
         "histogram",
-        "fdatasync of partition logs (or an RWF_DSYNC write, which is one).",
+        "fdatasync of partition logs.",
     );
     for s in stats {
         e.histogram(

@@ -46,17 +46,7 @@ pub async fn open_existing(path: &Path) -> std::io::Result<Rc<DmaFile>> {
 /// an error: O_DIRECT on a filling disk writes the blocks it could allocate and stops, so
 /// the rest is as missing as if the write had failed (ENOSPC; EIO when nothing was
 /// written).
-///
-/// With `dsync` the write carries `RWF_DSYNC`: it returns once its bytes are as durable as
-/// an fdatasync after it would make them, in one io_uring operation instead of two. It says
-/// nothing about earlier writes (a device with FUA may persist only this range), so a
-/// caller uses it only when everything written to the file before is synced already.
-pub async fn write_aligned(
-    file: &DmaFile,
-    position: u64,
-    parts: &[&[u8]],
-    dsync: bool,
-) -> std::io::Result<()> {
+pub async fn write_aligned(file: &DmaFile, position: u64, parts: &[&[u8]]) -> std::io::Result<()> {
     let align = file.alignment() as usize;
     let logical: usize = parts.iter().map(|p| p.len()).sum();
     let len = logical.div_ceil(align) * align;
@@ -68,8 +58,7 @@ pub async fn write_aligned(
         at += part.len();
     }
     out[logical..].fill(0);
-    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-    match file.write_at_with_flags(buf, position, flags).await {
+    match file.write_at(buf, position).await {
         Ok(n) if n >= len => Ok(()),
         Ok(n) => Err(std::io::Error::from_raw_os_error(if n == 0 {
             libc::EIO

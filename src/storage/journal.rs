@@ -543,7 +543,7 @@ async fn write(job: &mut Job) {
         )
     };
     let parts = [&partial[..], &job.bytes[..]];
-    match dma::write_aligned(&handle, position, &parts, false).await {
+    match dma::write_aligned(&handle, position, &parts).await {
         Ok(()) => {
             let mut file = job.file.borrow_mut();
             file.written += job.bytes.len() as u64;

@@ -19,8 +19,7 @@
 //!   Both recover by scanning each file and truncating a torn tail with a log line.
 //! - Group commit: one flusher round writes what every dirty partition and record file
 //!   held when it began, then fdatasyncs those someone waits on — one sync per file
-//!   serves every waiter; a partition whose earlier writes are synced is written with
-//!   RWF_DSYNC instead, the write being its sync — and resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
+//!   serves every waiter — and resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
 //!   for AMQP confirms). Nothing here calls protocol code.
 //! - Transactions: a partition's producer state (`producers`) tracks open transactions;
 //!   markers are control batches; each segment keeps the transactions aborted in it
@@ -419,24 +418,17 @@ impl Storage {
         // writes are in flight waits for the next round, which starts as soon as this one
         // ends. (A round that chased new appends would write again and again, a batch or
         // two each time, before its sync, and every waiter would wait for all of it.)
-        // A partition to sync whose earlier writes are all synced is written with
-        // RWF_DSYNC: the write is its sync (see `write_partition`).
-        let syncing: std::collections::HashSet<usize> =
-            to_sync.iter().map(|l| Rc::as_ptr(l) as usize).collect();
         dirty.extend(to_sync.iter().cloned());
         dirty.sort_by_key(|l| Rc::as_ptr(l) as usize);
         dirty.dedup_by_key(|l| Rc::as_ptr(l) as usize);
         let targets: Vec<i64> = dirty.iter().map(|l| l.borrow().next_offset).collect();
-        join_all(dirty.iter().zip(targets).map(|(l, upto)| {
-            let sync = syncing.contains(&(Rc::as_ptr(l) as usize));
-            self.write_partition(l, upto, sync)
-        }))
+        join_all(
+            dirty
+                .iter()
+                .zip(targets)
+                .map(|(l, upto)| self.write_partition(l, upto)),
+        )
         .await;
-        // What the writes left unsynced gets an fdatasync.
-        to_sync.retain(|l| {
-            let l = l.borrow();
-            l.durable_offset < l.written_offset
-        });
         let synced = join_all(to_sync.iter().map(sync_partition)).await;
         for (log, r) in to_sync.iter().zip(synced) {
             if let Err(e) = r {
@@ -507,10 +499,8 @@ impl Storage {
 
     /// Writes the pending bytes of one partition below offset `upto` (and whatever else is
     /// pending when a write is taken), segment by segment, and finalizes sealed segments
-    /// (sync, truncate to size, index files). With `sync`, a write made while everything
-    /// written before it is durable carries RWF_DSYNC and moves the durable offset itself;
-    /// what is left unsynced is the caller's to fdatasync.
-    async fn write_partition(&self, log: &LogRef, upto: i64, sync: bool) {
+    /// (sync, truncate to size, index files).
+    async fn write_partition(&self, log: &LogRef, upto: i64) {
         let bases: Vec<i64> = log
             .borrow()
             .segments()
@@ -553,28 +543,14 @@ impl Storage {
                     break;
                 };
                 let align = file.alignment();
-                let dsync = sync && {
-                    let l = log.borrow();
-                    l.durable_offset >= l.written_offset
-                };
-                let started = std::time::Instant::now();
-                match dma::write_aligned(&file, job.position, &job.parts(), dsync).await {
+                match dma::write_aligned(&file, job.position, &job.parts()).await {
                     Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);
-                        if dsync {
-                            crate::metrics::with(|m| m.fsync.record(started.elapsed()));
-                            l.durable_offset = l.written_offset;
-                            l.unsynced_messages = 0;
-                            l.last_sync_ms = now_ms();
-                        }
                         let Some(seg) = l.segment_mut(base) else {
                             break;
                         };
                         seg.complete_write(&job, align);
-                        if dsync {
-                            seg.synced = seg.written;
-                        }
                         // The active segment takes appends while its write is in flight:
                         // they are the next round's. A sealed one takes none, and goes on
                         // to its finalizing.
