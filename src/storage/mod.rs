@@ -19,8 +19,8 @@
 //!   Both recover by scanning each file and truncating a torn tail with a log line.
 //! - Group commit: one flusher round writes what every dirty partition and record file
 //!   held when it began, then fdatasyncs those someone waits on — one sync per file
-//!   serves every waiter — and resolves their futures (`wait_durable` for acks=all producers, `journal::Durable`
-//!   for AMQP confirms). Nothing here calls protocol code.
+//!   serves every waiter — and resolves their futures (`wait_durable` for acks=all
+//!   producers, `journal::Durable` for AMQP confirms). Nothing here calls protocol code.
 //! - Transactions: a partition's producer state (`producers`) tracks open transactions;
 //!   markers are control batches; each segment keeps the transactions aborted in it
 //!   (`txn_index`, `<base>.txnindex`). The producer state is saved when a segment is
