@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::amqp::*;
 use common::{data_dir, Broker};
@@ -86,23 +87,46 @@ async fn work_queue_three_consumers_share_30000_acked_messages() {
     }
 }
 
+/// The shard that owns queue `name` of vhost `/`, as the HTTP API reports it.
+fn owner_shard(broker: &Broker, name: &str) -> u64 {
+    let url = format!("{}/api/v1/queues/%2f/{name}", broker.http_url());
+    let text = ureq::get(&url)
+        .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+        .timeout(Duration::from_secs(10))
+        .call()
+        .expect("GET the queue")
+        .into_string()
+        .expect("body");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    answer["owner_shard"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no owner_shard in {answer}"))
+}
+
+fn locator(value: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString(value.into()),
+    );
+    args
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publisher_and_consumer_on_different_shards() {
     let (_d, data) = data_dir();
     let broker = Broker::start(&data, &[]);
-    let [(_c0, ch0), (_c1, ch1)] = one_on_each_shard(&broker.amqp_url()).await;
-    // A queue on each shard; publish from one shard, consume on the other, both ways.
-    let names: Vec<String> = (0..2)
-        .map(|shard| {
-            (0..)
-                .map(|i| format!("q{i}"))
-                .find(|n| portask::amqp::queue_owner("/", n, 2) == shard)
-                .unwrap()
-        })
-        .collect();
-    for (publisher, consumer_ch) in [(&ch0, &ch1), (&ch1, &ch0)] {
-        for q in &names {
-            declare(publisher, q, FieldTable::default()).await;
+    let chans = one_on_each_shard(&broker.amqp_url()).await;
+    let [(_c0, ch0), (_c1, ch1)] = &chans;
+    // A queue on each shard (declared client-local by a connection on it); publish from
+    // one shard, consume on the other, both ways.
+    let names = ["q0", "q1"];
+    for (shard, (_, ch)) in chans.iter().enumerate() {
+        declare(ch, names[shard], locator("client-local")).await;
+        assert_eq!(owner_shard(&broker, names[shard]), shard as u64);
+    }
+    for (publisher, consumer_ch) in [(ch0, ch1), (ch1, ch0)] {
+        for q in names {
             let mut c = consume(consumer_ch, q, false).await;
             for i in 0..100u32 {
                 publish(publisher, "", q, &i.to_be_bytes()).await;
@@ -118,6 +142,61 @@ async fn publisher_and_consumer_on_different_shards() {
                 .expect("cancel");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_is_placed_on_the_shard_of_the_connection_that_declares_it() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let chans = one_on_each_shard(&broker.amqp_url()).await;
+    for (shard, (_, ch)) in chans.iter().enumerate() {
+        // Without arguments (RabbitMQ's default, client-local) and server-named exclusive.
+        let name = format!("local-{shard}");
+        declare(ch, &name, FieldTable::default()).await;
+        assert_eq!(owner_shard(&broker, &name), shard as u64, "{name}");
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("server-named exclusive queue");
+        assert_eq!(owner_shard(&broker, q.name().as_str()), shard as u64);
+        // The queue works from its connection: publish, consume, ack.
+        let mut c = consume(ch, &name, false).await;
+        publish(ch, "", &name, b"here").await;
+        let d = next(&mut c, 10).await.expect("delivery");
+        assert_eq!(d.data, b"here");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    // `balanced` goes to the shard owning fewest queues: each shard owns two now, the
+    // exclusive queues included, so two balanced declares from shard 0 land one on each.
+    let (_, ch0) = &chans[0];
+    declare(ch0, "balanced-a", locator("balanced")).await;
+    declare(ch0, "balanced-b", locator("balanced")).await;
+    let mut owners = [
+        owner_shard(&broker, "balanced-a"),
+        owner_shard(&broker, "balanced-b"),
+    ];
+    owners.sort_unstable();
+    assert_eq!(owners, [0, 1]);
+    // A locator RabbitMQ does not know is refused with 406, and the channel closes.
+    let err = ch0
+        .queue_declare(
+            "bad-locator".into(),
+            QueueDeclareOptions::default(),
+            locator("nearest"),
+        )
+        .await
+        .expect_err("an unknown locator is refused");
+    assert!(
+        format!("{err:?}").contains("PRECONDITION_FAILED"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

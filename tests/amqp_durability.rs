@@ -239,3 +239,67 @@ async fn sigterm_keeps_messages_and_acks() {
         .collect();
     assert_eq!(nums, (50..200).collect::<Vec<_>>());
 }
+
+/// Every message of queue `name`, in order, by basic.get (the queue must hold them now).
+async fn bodies(ch: &Channel, name: &str) -> Vec<String> {
+    drain(ch, name)
+        .await
+        .into_iter()
+        .map(|b| String::from_utf8(b).expect("utf-8 body"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_placed_on_each_shard_survive_kill_9_and_a_shard_count_change() {
+    let (_d, data) = data_dir();
+    let mut broker = Broker::start(&data, &[]);
+    let names = ["placed-0", "placed-1"];
+    let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    {
+        // Each queue is declared by a connection on its shard, so it is owned there.
+        let chans = one_on_each_shard(&broker.amqp_url()).await;
+        for (name, (_, ch)) in names.iter().zip(chans.iter()) {
+            ch.queue_declare(
+                (*name).into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("durable queue");
+            confirm_select(ch).await;
+            for body in &expected {
+                let c = publish_outcome(ch, "", name, body.as_bytes(), persistent())
+                    .await
+                    .expect("publish");
+                assert!(c.is_ack(), "confirmed");
+            }
+        }
+    }
+    broker.kill9();
+    broker.restart();
+    {
+        let conn = connect(&broker.amqp_url()).await;
+        let ch = channel(&conn).await;
+        for name in names {
+            let q = passive_queue(&ch, name).await.expect("still declared");
+            assert_eq!(q.message_count(), 200, "{name} after kill -9");
+        }
+    }
+    broker.kill9();
+    drop(broker);
+    // One shard owns every queue now: the queue shard 1 owned moves to shard 0.
+    let one = Broker::start_with_shards(&data, &[], 1);
+    assert!(
+        one.log().contains("moving queue 'placed-1' from shard 1 to shard 0"),
+        "{}",
+        one.log()
+    );
+    let conn = connect(&one.amqp_url()).await;
+    let ch = channel(&conn).await;
+    for name in names {
+        assert_eq!(bodies(&ch, name).await, expected, "{name} after the move");
+    }
+}

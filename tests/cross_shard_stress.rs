@@ -271,18 +271,21 @@ fn scraper(http: String, stop: Arc<AtomicBool>) {
     }
 }
 
-/// The queue names of the AMQP part: two owned by each shard.
+/// The queue names of the AMQP part: four, declared `balanced` (`declare_args`) into an
+/// empty broker, so two are owned by each shard.
 fn queues() -> Vec<String> {
-    let mut out = Vec::new();
-    for shard in 0..2 {
-        out.extend(
-            (0..)
-                .map(|i| format!("stress-q{i}"))
-                .filter(|n| portask::amqp::queue_owner("/", n, 2) == shard)
-                .take(2),
-        );
-    }
-    out
+    (0..4).map(|i| format!("stress-q{i}")).collect()
+}
+
+/// The arguments the AMQP part declares its queues with: RabbitMQ's `balanced` locator
+/// spreads them over the shards whichever shard the declaring connection is on.
+fn declare_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-leader-locator".into(),
+        lapin::types::AMQPValue::LongString("balanced".into()),
+    );
+    args
 }
 
 /// A connection and a channel, or `None` after a short pause when the broker refused.
@@ -314,7 +317,7 @@ async fn amqp_load(url: String, stop: Arc<AtomicBool>) {
                         .queue_declare(
                             n.as_str().into(),
                             QueueDeclareOptions::default(),
-                            FieldTable::default(),
+                            declare_args(),
                         )
                         .await;
                 }

@@ -1,8 +1,8 @@
 //! AMQP 0-9-1: the listener and connections (`server`, `connection`, `channel`), one file
-//! per method family (`methods/`), exchange routing (`routing`; the topology it
-//! routes by is the catalog's, `catalog::amqp`), queues on their owner shard (`queue`, `owner`), the message
-//! store for persistent messages (`store`), and the ops that cross shards (`mesh`,
-//! `outbox`).
+//! per method family (`methods/`), exchange routing (`routing`; the topology it routes by
+//! is the catalog's, `catalog::amqp`), queues on their owner shard (`queue`, `owner`;
+//! which shard that is, `placement`), the message store for persistent messages
+//! (`store`), and the ops that cross shards (`mesh`, `outbox`).
 //!
 //! A connection lives on the shard that accepted it. Routing happens there, from the
 //! shard's catalog replica; the message then goes once to each owner shard of the matched
@@ -22,10 +22,13 @@ pub mod methods;
 pub mod nesting;
 pub mod outbox;
 pub mod owner;
+pub mod placement;
 pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod store;
+
+pub use placement::queue_owner;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -33,7 +36,6 @@ use std::rc::{Rc, Weak};
 
 use crate::broker::Shard;
 use crate::config::Config;
-use crate::util::stable_hash;
 use connection::Connection;
 use queue::QueueHandle;
 use routing::Router;
@@ -122,15 +124,6 @@ pub fn spawn_later(work: impl std::future::Future<Output = ()> + 'static) {
         work.await;
     })
     .detach();
-}
-
-/// The owner shard of a queue: a stable hash of (vhost, name) onto the shard count.
-pub fn queue_owner(vhost: &str, queue: &str, shards: usize) -> usize {
-    let mut key = Vec::with_capacity(vhost.len() + queue.len() + 1);
-    key.extend_from_slice(vhost.as_bytes());
-    key.push(0);
-    key.extend_from_slice(queue.as_bytes());
-    (stable_hash(&key) % shards.max(1) as u64) as usize
 }
 
 /// One shard's AMQP state: its outbox, the queues it owns, its open connections, its

@@ -112,7 +112,7 @@ pub fn queue_for(shard: &Rc<Shard>, qref: &QueueRef) -> Option<QueueHandle> {
     }
     let state = shard.catalog.current();
     let def = state.amqp.get(&*qref.vhost)?.queues.get(&*qref.name)?;
-    if def.id != qref.id || queue_owner(&qref.vhost, &qref.name, shard.count) != shard.id {
+    if def.id != qref.id || queue_owner(def.id, shard.count) != shard.id {
         return None;
     }
     let q = Rc::new(std::cell::RefCell::new(QueueState::new(

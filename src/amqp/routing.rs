@@ -122,6 +122,8 @@ pub enum RouteError {
 pub struct Router {
     pub version: u64,
     vhosts: HashMap<String, VhostRoutes>,
+    /// How many queues each shard owns (`placement::choose` weighs them).
+    owned: Vec<usize>,
 }
 
 /// Splits a topic routing key or binding key into words ("" has none, as in RabbitMQ).
@@ -203,17 +205,22 @@ fn headers_match(p: &HeadersPattern, headers: &FieldTable) -> bool {
 impl Router {
     pub fn build(state: &CatalogState, shards: usize) -> Router {
         let mut vhosts = HashMap::new();
+        let mut owned = vec![0; shards.max(1)];
         for (vhost, t) in &state.amqp {
             let vh: Arc<str> = Arc::from(vhost.as_str());
             let mut v = VhostRoutes::default();
             for (name, q) in &t.queues {
+                let owner = queue_owner(q.id, shards);
+                if let Some(n) = owned.get_mut(owner) {
+                    *n += 1;
+                }
                 v.queues.insert(
                     name.clone(),
                     QueueRef {
                         vhost: vh.clone(),
                         name: Arc::from(name.as_str()),
                         id: q.id,
-                        owner: queue_owner(vhost, name, shards),
+                        owner,
                     },
                 );
             }
@@ -293,7 +300,13 @@ impl Router {
         Router {
             version: state.version,
             vhosts,
+            owned,
         }
+    }
+
+    /// How many queues each shard owns, by shard.
+    pub fn owned(&self) -> &[usize] {
+        &self.owned
     }
 
     /// The queue `name` of `vhost`, if declared.

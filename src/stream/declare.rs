@@ -74,11 +74,13 @@ pub fn topic_change(
 
 /// The queue a Kafka topic `name` becomes when AMQP names it first: durable, with
 /// `x-queue-type: stream`. `None` when there is no such topic (or not in vhost `/`); 406
-/// for a topic of several partitions.
+/// for a topic of several partitions. `id` is the queue's incarnation id (its placement,
+/// `amqp::placement`).
 pub fn adoptable(
     state: &CatalogState,
     vhost: &str,
     name: &str,
+    id: u64,
 ) -> Result<Option<Queue>, AmqpError> {
     if vhost != VHOST || crate::catalog::is_internal_topic(name) {
         return Ok(None);
@@ -93,11 +95,6 @@ pub fn adoptable(
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
-    );
-    let id = u64::from_be_bytes(
-        crate::catalog::new_topic_id(name)[..8]
-            .try_into()
-            .unwrap_or([1; 8]),
     );
     Ok(Some(Queue {
         name: name.to_owned(),

@@ -540,7 +540,17 @@ pub struct ConsumerRow {
 
 /// The consumers of stream `name` (vhost `/`), asked of the queue's AMQP owner shard.
 pub async fn consumer_rows(shard: &Rc<Shard>, name: &str) -> Vec<ConsumerRow> {
-    let owner = crate::amqp::queue_owner(VHOST, name, shard.count);
+    let id = shard
+        .catalog
+        .current()
+        .amqp
+        .get(VHOST)
+        .and_then(|v| v.queues.get(name))
+        .map(|q| q.id);
+    let Some(id) = id else {
+        return Vec::new();
+    };
+    let owner = crate::amqp::queue_owner(id, shard.count);
     let name = name.to_owned();
     // The one hop to the queue's owner.
     shard

@@ -23,6 +23,7 @@ use amq_protocol::protocol::{
 use bytes::Bytes;
 
 use super::auth::Permissions;
+use super::placement::{self, Locator};
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::routing::QueueRef;
@@ -298,7 +299,8 @@ pub async fn lookup_queue(actor: &Actor<'_>, name: &str) -> Result<(QueueRef, Qu
     }
     // A Kafka topic nobody declared over AMQP yet is a stream queue (`stream::declare`).
     let state = actor.shard.catalog.current();
-    if let Some(queue) = crate::stream::declare::adoptable(&state, vhost, name)? {
+    let id = new_queue_id(actor.shard, Locator::Default, name);
+    if let Some(queue) = crate::stream::declare::adoptable(&state, vhost, name, id)? {
         let declare = crate::catalog::amqp::TopologyChange::DeclareQueue {
             vhost: vhost.to_owned(),
             queue,
@@ -373,6 +375,17 @@ pub fn no_exchange(actor: &Actor<'_>, name: &str) -> AmqpError {
             actor.vhost
         ),
     )
+}
+
+
+/// The incarnation id of a queue this shard is about to declare: owned by the shard
+/// `locator` picks from this one and the queues each shard owns (`amqp::placement`).
+pub fn new_queue_id(shard: &Rc<Shard>, locator: Locator, name: &str) -> u64 {
+    let seed = crate::catalog::new_topic_id(name);
+    let router = shard.amqp.router(shard);
+    let random = u64::from_be_bytes(seed[8..].try_into().unwrap_or([0; 8]));
+    let owner = placement::choose(locator, shard.id, router.owned(), random);
+    placement::queue_id(owner, shard.count, seed)
 }
 
 /// A random-looking name suffix for server-named queues and consumer tags.

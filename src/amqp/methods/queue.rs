@@ -19,12 +19,13 @@ use amq_protocol::protocol::{queue as qm, AMQPClass};
 use amq_protocol::types::FieldTable;
 
 use super::{
-    allowed, apply_binding, change, changes, known_exchange, lookup_queue, random_suffix, Access,
-    Actor,
+    allowed, apply_binding, change, changes, known_exchange, lookup_queue, new_queue_id,
+    random_suffix, Access, Actor,
 };
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::QueueOp;
+use crate::amqp::placement::{self, Locator};
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::broker::Shard;
@@ -94,11 +95,13 @@ pub async fn declare_queue(
             ));
         }
     }
-    let id = u64::from_be_bytes(
-        crate::catalog::new_topic_id(&name)[..8]
-            .try_into()
-            .unwrap_or([1; 8]),
-    );
+    // Only its declaring connection consumes from an exclusive queue: it goes there.
+    let locator = if exclusive {
+        Locator::ClientLocal
+    } else {
+        placement::locator(arguments)
+    };
+    let id = new_queue_id(actor.shard, locator, &name);
     // A stream is a Kafka topic: made (or found) in the same catalog call.
     let topic = if kind.stream {
         crate::stream::declare::topic_change(

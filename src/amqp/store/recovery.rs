@@ -52,7 +52,7 @@ pub async fn recover(shard: &Rc<Shard>) -> std::io::Result<usize> {
                     d.id == id
                         && d.durable
                         && d.exclusive_owner.is_none()
-                        && queue_owner(&vhost, &name, shard.count) == shard.id
+                        && queue_owner(id, shard.count) == shard.id
                 }
                 _ => false,
             };
@@ -230,8 +230,9 @@ fn load_queue(shard: &Rc<Shard>, qref: &QueueRef, dir: &Path) -> std::io::Result
     Ok(n)
 }
 
-/// Moves queue directories to their owner shard when the shard count changed (ownership
-/// is a hash onto the shard count). Runs before any shard starts.
+/// Moves queue directories to their owner shard (`placement::queue_owner`: the queue's
+/// id onto the shard count) when the shard count changed, or when they were placed by an
+/// older rule (a hash of the name). Runs before any shard starts.
 pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
     for (from, dir) in crate::broker::shard_dirs(data_dir) {
         let root = dir.join("amqp");
@@ -244,11 +245,12 @@ pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
             };
             for qdir in qdirs.filter_map(|e| e.ok()) {
                 let meta = std::fs::read_to_string(qdir.path().join(META)).unwrap_or_default();
-                let mut lines = meta.lines().skip(1);
-                let (Some(vhost), Some(name)) = (lines.next(), lines.next()) else {
+                let mut lines = meta.lines();
+                let id = lines.next().and_then(|l| l.parse::<u64>().ok());
+                let (Some(id), Some(name)) = (id, lines.nth(1)) else {
                     continue;
                 };
-                let to = queue_owner(vhost, name, shards);
+                let to = queue_owner(id, shards);
                 if to != from {
                     let dest = data_dir
                         .join(to.to_string())

@@ -148,6 +148,11 @@ pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<
             "x-delivery-limit" => {
                 int_value(v).ok_or_else(|| bad(k, "not an integer"))?;
             }
+            "x-queue-leader-locator" | "x-queue-master-locator" => {
+                if let Some(why) = crate::amqp::placement::check_locator(k, v) {
+                    return Err(bad(k, why));
+                }
+            }
             _ => {}
         }
     }

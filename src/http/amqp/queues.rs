@@ -65,7 +65,7 @@ pub(super) async fn list(
                 "consumers": f.map_or(0, |f| f.consumers),
                 "state": "running",
                 "type": if kind.stream { "stream" } else if kind.quorum { "quorum" } else { "classic" },
-                "owner_shard": crate::amqp::queue_owner(v, name, shard.count),
+                "owner_shard": crate::amqp::queue_owner(q.id, shard.count),
             });
             // A stream queue's messages are its topic's records; its offsets are Kafka's.
             let view = (kind.stream && v == crate::stream::queue::VHOST)

@@ -1,0 +1,169 @@
+//! Which shard owns a queue, and where a new queue goes.
+//!
+//! A queue's owner is its incarnation id modulo the shard count (`queue_owner`), so the
+//! catalog needs no owner field: placing a queue is choosing its id (`queue_id`). Every
+//! shard computes the same owner from its catalog replica; after a restart with another
+//! shard count the queue directories move to their new owners (`store::migrate`).
+//!
+//! A new queue goes where RabbitMQ's `client-local` locator puts it, onto the shard of
+//! the connection that declares it, so the common application (one connection declares
+//! a queue and consumes from it) pays no cross-shard hop for deliveries and acks. Left
+//! unchecked that would put every queue one busy connection declares on one core, so by
+//! default the declaring shard is left for the shard owning the fewest queues once it owns
+//! `SLACK` more than that one. The queue arguments RabbitMQ documents choose otherwise:
+//! `x-queue-leader-locator` (`client-local`, `balanced`) and the older
+//! `x-queue-master-locator` (`client-local`, `min-masters`, `random`); any other value is
+//! refused at declare (406, `catalog::amqp::arguments`). An exclusive queue is always
+//! local: only its declaring connection may consume from it.
+//!
+//! Pure functions, called by the declaring connection's shard (`methods::queue`) and by
+//! every shard that routes to or recovers a queue.
+
+use amq_protocol::types::FieldTable;
+
+use crate::catalog::amqp::tables::str_value;
+
+/// How many more queues than the least loaded shard the declaring shard may own before a
+/// default (`client-local`-like) declare goes to the least loaded shard instead.
+pub const SLACK: usize = 32;
+
+/// The owner shard of the queue whose incarnation id is `id`.
+pub fn queue_owner(id: u64, shards: usize) -> usize {
+    (id % shards.max(1) as u64) as usize
+}
+
+/// An incarnation id owned by shard `owner` of `shards`, random in its other bits (from
+/// `seed`, e.g. `catalog::new_topic_id(name)`).
+pub fn queue_id(owner: usize, shards: usize, seed: [u8; 16]) -> u64 {
+    let shards = shards.max(1) as u64;
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&seed[..8]);
+    // Halved so that rounding down to a multiple of `shards` and adding the owner cannot
+    // overflow.
+    let r = u64::from_be_bytes(first) >> 1;
+    r - r % shards + (owner as u64 % shards)
+}
+
+/// Where a queue declare asks its queue to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locator {
+    /// No locator argument: the declaring shard unless it owns `SLACK` more queues than
+    /// the least loaded shard.
+    Default,
+    /// `client-local`: the declaring connection's shard.
+    ClientLocal,
+    /// `balanced` (`min-masters`): the shard owning the fewest queues.
+    Balanced,
+    /// `random` (`x-queue-master-locator` only).
+    Random,
+}
+
+/// The error text for a locator argument RabbitMQ would refuse, or `None` when it is one
+/// of the accepted values (or absent).
+pub fn check_locator(key: &str, value: &amq_protocol::types::AMQPValue) -> Option<&'static str> {
+    let v = str_value(value);
+    match (key, v.as_deref()) {
+        ("x-queue-leader-locator", Some("client-local" | "balanced")) => None,
+        ("x-queue-leader-locator", _) => Some("must be 'client-local' or 'balanced'"),
+        ("x-queue-master-locator", Some("client-local" | "min-masters" | "random")) => None,
+        ("x-queue-master-locator", _) => {
+            Some("must be 'client-local', 'min-masters' or 'random'")
+        }
+        _ => None,
+    }
+}
+
+/// The locator a declare's arguments ask for (`x-queue-leader-locator` before
+/// `x-queue-master-locator`, as RabbitMQ; values checked by `check_locator`).
+pub fn locator(arguments: &FieldTable) -> Locator {
+    let get = |k: &str| arguments.inner().get(k).and_then(str_value);
+    match get("x-queue-leader-locator")
+        .or_else(|| get("x-queue-master-locator"))
+        .as_deref()
+    {
+        Some("client-local") => Locator::ClientLocal,
+        Some("balanced" | "min-masters") => Locator::Balanced,
+        Some("random") => Locator::Random,
+        _ => Locator::Default,
+    }
+}
+
+/// The shard a new queue goes to: `local` is the declaring connection's shard, `owned[s]`
+/// the queues shard `s` owns now, `random` any number (used by `Locator::Random`).
+pub fn choose(locator: Locator, local: usize, owned: &[usize], random: u64) -> usize {
+    let shards = owned.len().max(1);
+    let local = local.min(shards - 1);
+    let count = |s: usize| owned.get(s).copied().unwrap_or(0);
+    // The least loaded shard, the local one when it ties.
+    let least = (0..shards)
+        .min_by_key(|&s| (count(s), s != local))
+        .unwrap_or(local);
+    match locator {
+        Locator::ClientLocal => local,
+        Locator::Balanced => least,
+        Locator::Random => (random % shards as u64) as usize,
+        Locator::Default if count(local) > count(least).saturating_add(SLACK) => least,
+        Locator::Default => local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::AMQPValue;
+
+    #[test]
+    fn an_id_chosen_for_a_shard_is_owned_by_it() {
+        for shards in [1, 2, 3, 7, 64] {
+            for owner in 0..shards {
+                for seed in [[0u8; 16], [0xff; 16], [0x5a; 16]] {
+                    let id = queue_id(owner, shards, seed);
+                    assert_eq!(queue_owner(id, shards), owner, "{shards} {owner} {seed:?}");
+                }
+            }
+        }
+        // Different seeds give different ids on the same owner.
+        assert_ne!(queue_id(1, 2, [1; 16]), queue_id(1, 2, [2; 16]));
+    }
+
+    #[test]
+    fn default_stays_local_until_the_local_shard_is_slack_ahead() {
+        assert_eq!(choose(Locator::Default, 1, &[0, 0], 0), 1);
+        assert_eq!(choose(Locator::Default, 1, &[0, SLACK], 0), 1);
+        assert_eq!(choose(Locator::Default, 1, &[0, SLACK + 1], 0), 0);
+        assert_eq!(choose(Locator::Default, 0, &[SLACK + 5, 3, 2], 0), 2);
+        // One connection declaring many queues spreads them over the shards.
+        let mut owned = vec![0usize; 2];
+        for _ in 0..1000 {
+            let s = choose(Locator::Default, 0, &owned, 0);
+            owned[s] += 1;
+        }
+        assert!(owned[0] - owned[1] <= SLACK + 1, "{owned:?}");
+    }
+
+    #[test]
+    fn explicit_locators() {
+        assert_eq!(choose(Locator::ClientLocal, 1, &[0, 500], 0), 1);
+        assert_eq!(choose(Locator::Balanced, 1, &[4, 5], 0), 0);
+        assert_eq!(choose(Locator::Balanced, 1, &[4, 4], 0), 1);
+        assert_eq!(choose(Locator::Random, 0, &[0, 0, 0], 5), 2);
+        // A local shard beyond the count (a stale actor) is clamped.
+        assert_eq!(choose(Locator::ClientLocal, 9, &[0, 0], 0), 1);
+    }
+
+    #[test]
+    fn locator_arguments_as_rabbitmq() {
+        let s = |v: &str| AMQPValue::LongString(v.into());
+        let mut t = FieldTable::default();
+        assert_eq!(locator(&t), Locator::Default);
+        t.insert("x-queue-master-locator".into(), s("min-masters"));
+        assert_eq!(locator(&t), Locator::Balanced);
+        t.insert("x-queue-leader-locator".into(), s("client-local"));
+        assert_eq!(locator(&t), Locator::ClientLocal);
+        assert_eq!(check_locator("x-queue-leader-locator", &s("balanced")), None);
+        assert!(check_locator("x-queue-leader-locator", &s("min-masters")).is_some());
+        assert!(check_locator("x-queue-master-locator", &s("balanced")).is_some());
+        assert!(check_locator("x-queue-master-locator", &AMQPValue::LongInt(1)).is_some());
+        assert_eq!(check_locator("x-message-ttl", &AMQPValue::LongInt(1)), None);
+    }
+}
