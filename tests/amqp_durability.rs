@@ -293,7 +293,8 @@ async fn queues_placed_on_each_shard_survive_kill_9_and_a_shard_count_change() {
     // One shard owns every queue now: the queue shard 1 owned moves to shard 0.
     let one = Broker::start_with_shards(&data, &[], 1);
     assert!(
-        one.log().contains("moving queue 'placed-1' from shard 1 to shard 0"),
+        one.log()
+            .contains("moving queue 'placed-1' from shard 1 to shard 0"),
         "{}",
         one.log()
     );

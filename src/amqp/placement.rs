@@ -66,9 +66,7 @@ pub fn check_locator(key: &str, value: &amq_protocol::types::AMQPValue) -> Optio
         ("x-queue-leader-locator", Some("client-local" | "balanced")) => None,
         ("x-queue-leader-locator", _) => Some("must be 'client-local' or 'balanced'"),
         ("x-queue-master-locator", Some("client-local" | "min-masters" | "random")) => None,
-        ("x-queue-master-locator", _) => {
-            Some("must be 'client-local', 'min-masters' or 'random'")
-        }
+        ("x-queue-master-locator", _) => Some("must be 'client-local', 'min-masters' or 'random'"),
         _ => None,
     }
 }
@@ -160,7 +158,10 @@ mod tests {
         assert_eq!(locator(&t), Locator::Balanced);
         t.insert("x-queue-leader-locator".into(), s("client-local"));
         assert_eq!(locator(&t), Locator::ClientLocal);
-        assert_eq!(check_locator("x-queue-leader-locator", &s("balanced")), None);
+        assert_eq!(
+            check_locator("x-queue-leader-locator", &s("balanced")),
+            None
+        );
         assert!(check_locator("x-queue-leader-locator", &s("min-masters")).is_some());
         assert!(check_locator("x-queue-master-locator", &s("balanced")).is_some());
         assert!(check_locator("x-queue-master-locator", &AMQPValue::LongInt(1)).is_some());

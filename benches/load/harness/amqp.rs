@@ -364,18 +364,36 @@ pub fn run(args: &AmqpArgs) -> Result<Report, HarnessError> {
 async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     let w = &args.workload;
     let base = args.queue.clone().unwrap_or_else(super::fresh_name);
+    // The first consumer's connection declares the topology, as an application that
+    // declares the queue it consumes from does (a broker may place the queue with it);
+    // with --prefill (or no consumer) the admin connection does.
+    let mut first_consumer = None;
+    if !w.prefill && w.consumers > 0 {
+        first_consumer = Some(connect(&args.url).await?);
+    }
     let admin = connect(&args.url).await?;
     let admin_ch = admin
         .create_channel()
         .await
         .map_err(|e| amqp_err("channel", e))?;
-    let topology = declare(&admin_ch, args, &base).await?;
+    let topology = match &first_consumer {
+        Some(conn) => {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| amqp_err("channel", e))?;
+            let topology = declare(&ch, args, &base).await?;
+            let _ = ch.close(200, "declared".into()).await;
+            topology
+        }
+        None => declare(&admin_ch, args, &base).await?,
+    };
 
     let clock = Clock::new();
     let progress = Progress::new(clock);
     let mut consumers = Vec::new();
     if !w.prefill {
-        consumers = start_consumers(args, &topology, &progress).await?;
+        consumers = start_consumers(args, &topology, &progress, first_consumer).await?;
         // Give consumers a moment to register before the first publish (a message
         // published before basic.consume is still delivered; this only keeps the start
         // even).
@@ -456,7 +474,7 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
             .read_start_ns
             .store(clock.now_ns(), Ordering::Relaxed);
         cpu = BrokerCpu::start(w.broker_pid);
-        consumers = start_consumers(args, &topology, &progress).await?;
+        consumers = start_consumers(args, &topology, &progress, None).await?;
     }
     let copies = topology.queues.len();
     let expected = progress.acked.load(Ordering::Relaxed) * copies as u64;
@@ -521,17 +539,23 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     Ok(report)
 }
 
-/// One consumer connection per (queue, consumer), each on its own task.
+/// One consumer connection per (queue, consumer), each on its own task; `declared_with`,
+/// when given, is the first one.
 async fn start_consumers(
     args: &AmqpArgs,
     topology: &Topology,
     progress: &Arc<Progress>,
+    mut declared_with: Option<Connection>,
 ) -> Result<Vec<ConsumerTask>, HarnessError> {
     let w = &args.workload;
     let mut consumers = Vec::new();
     for (copy, queue) in topology.queues.iter().enumerate() {
         for c in 0..w.consumers {
-            let conn = connect(&args.url).await?;
+            // The first consumer uses the connection that declared the topology.
+            let conn = match declared_with.take() {
+                Some(conn) => conn,
+                None => connect(&args.url).await?,
+            };
             let ignore = if copy == 0 && c == 0 {
                 w.test_ignore_receipt
             } else {

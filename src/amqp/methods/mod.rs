@@ -23,9 +23,9 @@ use amq_protocol::protocol::{
 use bytes::Bytes;
 
 use super::auth::Permissions;
-use super::placement::{self, Locator};
 use super::channel::ChannelRef;
 use super::connection::Connection;
+use super::placement::{self, Locator};
 use super::routing::QueueRef;
 use super::{reply, AmqpError};
 use crate::broker::Shard;
@@ -376,7 +376,6 @@ pub fn no_exchange(actor: &Actor<'_>, name: &str) -> AmqpError {
         ),
     )
 }
-
 
 /// The incarnation id of a queue this shard is about to declare: owned by the shard
 /// `locator` picks from this one and the queues each shard owns (`amqp::placement`).
