@@ -145,45 +145,48 @@ async fn publisher_and_consumer_on_different_shards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_queue_is_placed_on_the_shard_of_the_connection_that_declares_it() {
+async fn a_queue_goes_to_the_least_loaded_shard_preferring_the_declaring_connections() {
     let (_d, data) = data_dir();
     let broker = Broker::start(&data, &[]);
     let chans = one_on_each_shard(&broker.amqp_url()).await;
-    for (shard, (_, ch)) in chans.iter().enumerate() {
-        // Without arguments (RabbitMQ's default, client-local) and server-named exclusive.
-        let name = format!("local-{shard}");
-        declare(ch, &name, FieldTable::default()).await;
-        assert_eq!(owner_shard(&broker, &name), shard as u64, "{name}");
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("server-named exclusive queue");
-        assert_eq!(owner_shard(&broker, q.name().as_str()), shard as u64);
-        // The queue works from its connection: publish, consume, ack.
-        let mut c = consume(ch, &name, false).await;
-        publish(ch, "", &name, b"here").await;
+    let (ch0, ch1) = (&chans[0].1, &chans[1].1);
+    // (declaring channel, queue, arguments, owner expected, queues per shard after it).
+    // By default: the least loaded shard, the declaring connection's on a tie.
+    declare(ch0, "a", FieldTable::default()).await; // [1, 0]
+    assert_eq!(owner_shard(&broker, "a"), 0);
+    declare(ch0, "b", FieldTable::default()).await; // [1, 1]
+    assert_eq!(owner_shard(&broker, "b"), 1);
+    // client-local: the declaring connection's shard, however loaded.
+    declare(ch0, "c", locator("client-local")).await; // [2, 1]
+    assert_eq!(owner_shard(&broker, "c"), 0);
+    // An exclusive queue stays with its connection (server-named here).
+    let q = ch0
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("server-named exclusive queue"); // [3, 1]
+    assert_eq!(owner_shard(&broker, q.name().as_str()), 0);
+    declare(ch1, "d", FieldTable::default()).await; // [3, 2]
+    declare(ch1, "e", locator("balanced")).await; // [3, 3]
+    declare(ch1, "f", FieldTable::default()).await; // [3, 4]: a tie goes local
+    declare(ch0, "g", FieldTable::default()).await; // [4, 4]
+    for (name, owner) in [("d", 1), ("e", 1), ("f", 1), ("g", 0)] {
+        assert_eq!(owner_shard(&broker, name), owner, "{name}");
+    }
+    // Each works from a connection on either shard: publish on one, consume on the other.
+    for (name, publisher, consumer_ch) in [("a", ch1, ch0), ("b", ch0, ch1), ("c", ch1, ch1)] {
+        let mut c = consume(consumer_ch, name, false).await;
+        publish(publisher, "", name, b"here").await;
         let d = next(&mut c, 10).await.expect("delivery");
         assert_eq!(d.data, b"here");
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
-    // `balanced` goes to the shard owning fewest queues: each shard owns two now, the
-    // exclusive queues included, so two balanced declares from shard 0 land one on each.
-    let (_, ch0) = &chans[0];
-    declare(ch0, "balanced-a", locator("balanced")).await;
-    declare(ch0, "balanced-b", locator("balanced")).await;
-    let mut owners = [
-        owner_shard(&broker, "balanced-a"),
-        owner_shard(&broker, "balanced-b"),
-    ];
-    owners.sort_unstable();
-    assert_eq!(owners, [0, 1]);
     // A locator RabbitMQ does not know is refused with 406, and the channel closes.
     let err = ch0
         .queue_declare(

@@ -299,7 +299,7 @@ pub async fn lookup_queue(actor: &Actor<'_>, name: &str) -> Result<(QueueRef, Qu
     }
     // A Kafka topic nobody declared over AMQP yet is a stream queue (`stream::declare`).
     let state = actor.shard.catalog.current();
-    let id = new_queue_id(actor.shard, Locator::Default, name);
+    let id = new_queue_id(actor.shard, Locator::Balanced, name);
     if let Some(queue) = crate::stream::declare::adoptable(&state, vhost, name, id)? {
         let declare = crate::catalog::amqp::TopologyChange::DeclareQueue {
             vhost: vhost.to_owned(),
