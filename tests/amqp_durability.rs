@@ -28,16 +28,7 @@ async fn topology(ch: &Channel) {
     )
     .await
     .expect("exchange");
-    ch.queue_declare(
-        "orders".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("durable queue");
+    declare_durable(ch, "orders").await;
     bind(ch, "orders", "orders-x", "new", FieldTable::default()).await;
     ch.queue_declare(
         "scratch".into(),
@@ -259,16 +250,7 @@ async fn queues_placed_on_each_shard_survive_kill_9_and_a_shard_count_change() {
         // Each queue is declared by a connection on its shard, so it is owned there.
         let chans = one_on_each_shard(&broker.amqp_url()).await;
         for (name, (_, ch)) in names.iter().zip(chans.iter()) {
-            ch.queue_declare(
-                (*name).into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("durable queue");
+            declare_durable(ch, name).await;
             confirm_select(ch).await;
             for body in &expected {
                 let c = publish_outcome(ch, "", name, body.as_bytes(), persistent())

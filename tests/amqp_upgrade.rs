@@ -55,19 +55,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-async fn durable(ch: &Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("durable queue");
-}
-
 /// Writes the fixture; run it against the pre-merge binary:
 /// `BROKER_UNDER_TEST=/work/engine-old-portask FIXTURE_OUT=tests/fixtures/amqp-v1
 ///  cargo test --test amqp_upgrade write_v1_fixture -- --ignored`.
@@ -80,8 +67,8 @@ async fn write_v1_fixture() {
         Broker::start_with_shards(&data, &[("PORTASK_AMQP__SEGMENT_BYTES", "4096")], 1);
     let conn = connect(&broker.amqp_url()).await;
     let ch = channel(&conn).await;
-    durable(&ch, "orders").await;
-    durable(&ch, "audit log").await;
+    declare_durable(&ch, "orders").await;
+    declare_durable(&ch, "audit log").await;
     confirm_select(&ch).await;
     for i in 0..30 {
         stored(&ch, "orders", &order_body(i), order_props(i)).await;

@@ -49,6 +49,7 @@ use crate::amqp::owner::delete_refused;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply};
 use crate::broker::Shard;
+use crate::catalog::amqp::Queue;
 use crate::catalog::Change;
 use crate::kafka::owner::{FetchPart, OffsetQuery, ProducePart, Reply, Request};
 use crate::util::notify::{Listener, Notify};
@@ -538,16 +539,19 @@ pub struct ConsumerRow {
     pub offset: Option<i64>,
 }
 
-/// The consumers of stream `name` (vhost `/`), asked of the queue's AMQP owner shard.
-pub async fn consumer_rows(shard: &Rc<Shard>, name: &str) -> Vec<ConsumerRow> {
-    let id = shard
-        .catalog
-        .current()
+/// `f` of the catalog's definition of queue `name` (vhost `/`), if there is one.
+fn with_def<R>(shard: &Shard, name: &str, f: impl FnOnce(&Queue) -> R) -> Option<R> {
+    let state = shard.catalog.current();
+    state
         .amqp
         .get(VHOST)
-        .and_then(|v| v.queues.get(name))
-        .map(|q| q.id);
-    let Some(id) = id else {
+        .and_then(|t| t.queues.get(name))
+        .map(f)
+}
+
+/// The consumers of stream `name` (vhost `/`), asked of the queue's AMQP owner shard.
+pub async fn consumer_rows(shard: &Rc<Shard>, name: &str) -> Vec<ConsumerRow> {
+    let Some(id) = with_def(shard, name, |d| d.id) else {
         return Vec::new();
     };
     let owner = crate::amqp::queue_owner(id, shard.count);
@@ -582,13 +586,7 @@ pub fn consumers_here(shard: &Shard) -> Vec<(String, Vec<ConsumerRow>)> {
 }
 
 fn rows_here(shard: &Shard, name: &str) -> Vec<ConsumerRow> {
-    let sac = shard
-        .catalog
-        .current()
-        .amqp
-        .get(VHOST)
-        .and_then(|t| t.queues.get(name))
-        .is_some_and(|d| d.args.single_active_consumer);
+    let sac = with_def(shard, name, |d| d.args.single_active_consumer).unwrap_or(false);
     let mut rows: Vec<(u64, ConsumerRow)> = shard
         .amqp
         .streams

@@ -25,6 +25,20 @@ pub async fn declare(ch: &Channel, name: &str, args: FieldTable) {
         .expect("queue.declare");
 }
 
+/// queue.declare of a durable queue, default arguments.
+pub async fn declare_durable(ch: &Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("durable queue");
+}
+
 pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     ch.basic_publish(
         exchange.into(),
