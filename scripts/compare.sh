@@ -26,7 +26,8 @@ Scenarios (1 KiB messages unless stated; 1 producer and 1 consumer):
          (Portask only until a Kafka-compatible peer runs here)
 Fixed rate (in the default set; alone with --fixed-rate): the latency targets of issue 19,
 open loop at a fixed rate for the latency duration (15 s, 5 s with --quick):
-  AMQP   1 KiB transient at 5000 msg/s; 1 KiB persistent + publisher confirms at 5000 msg/s
+  AMQP   1 KiB transient at 5000 msg/s; 1 KiB persistent + publisher confirms at 5000 msg/s;
+         1 KiB transient at 5000 msg/s over one connection (publisher and consumer share it)
   Kafka  1 KiB acks=all at 10000 msg/s, 1 partition, -P linger.ms=0 (Portask only)
 Each row reports msg/s, end-to-end latency p50/p99/p99.9, the ack latency p50/p99 where
 the broker acknowledges (send call to Kafka delivery report or AMQP confirm) and the
@@ -261,6 +262,8 @@ scenarios() {
                 --duration "$LATENCY_DURATION" --message-size 1024
             amqp "AMQP 1 KiB persistent + confirms at 5000 msg/s" --rate 5000 \
                 --duration "$LATENCY_DURATION" --message-size 1024 --persistent --confirm
+            amqp "AMQP 1 KiB transient at 5000 msg/s, one connection" --rate 5000 \
+                --duration "$LATENCY_DURATION" --message-size 1024 --one-connection
         fi
         if [[ $KAFKA == 1 ]]; then
             kafka "Kafka 1 KiB acks=all at 10000 msg/s, linger.ms=0" --rate 10000 \

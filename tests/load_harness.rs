@@ -327,6 +327,8 @@ fn compare_fixed_rate_rows_are_harness_command_lines() {
             "AMQP 1 KiB transient at 5000 msg/s — rabbitmq",
             "AMQP 1 KiB persistent + confirms at 5000 msg/s — portask",
             "AMQP 1 KiB persistent + confirms at 5000 msg/s — rabbitmq",
+            "AMQP 1 KiB transient at 5000 msg/s, one connection — portask",
+            "AMQP 1 KiB transient at 5000 msg/s, one connection — rabbitmq",
             "Kafka 1 KiB acks=all at 10000 msg/s, linger.ms=0 — portask",
         ],
         "{out}"
@@ -342,6 +344,7 @@ fn compare_fixed_rate_rows_are_harness_command_lines() {
                 assert_eq!((w.rate, w.message_size), (Some(5000.0), 1024), "{row}");
                 let durable = row.contains("persistent + confirms");
                 assert_eq!((a.persistent, a.confirm), (durable, durable), "{row}");
+                assert_eq!(a.one_connection, row.contains("one connection"), "{row}");
                 assert!(w.scenario.starts_with("AMQP 1 KiB") && !w.target.is_empty());
             }
             Command::Kafka(k) => {

@@ -376,6 +376,18 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
         .create_channel()
         .await
         .map_err(|e| amqp_err("channel", e))?;
+    // With --one-connection, the publishers' channels are opened on that connection now,
+    // before it goes to its consumer task.
+    let mut shared_channels = Vec::new();
+    if let (true, Some(conn)) = (args.one_connection, &first_consumer) {
+        for _ in 0..w.producers {
+            shared_channels.push(
+                conn.create_channel()
+                    .await
+                    .map_err(|e| amqp_err("channel", e))?,
+            );
+        }
+    }
     let topology = match &first_consumer {
         Some(conn) => {
             let ch = conn
@@ -406,19 +418,26 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     }
     let mut connections = Vec::new();
     let mut publishers = Vec::new();
+    let mut shared_channels = shared_channels.into_iter();
     for k in 0..w.producers {
-        let conn = connect(&args.url).await?;
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| amqp_err("channel", e))?;
+        let channel = match shared_channels.next() {
+            Some(channel) => channel,
+            None => {
+                let conn = connect(&args.url).await?;
+                let channel = conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| amqp_err("channel", e))?;
+                connections.push(conn);
+                channel
+            }
+        };
         if args.confirm {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|e| amqp_err("confirm.select", e))?;
         }
-        connections.push(conn);
         publishers.push(Publisher {
             k: k as u16,
             channel,

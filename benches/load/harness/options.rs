@@ -192,6 +192,11 @@ pub struct AmqpArgs {
     /// No consumer acks (basic.consume no-ack).
     #[arg(long)]
     pub auto_ack: bool,
+    /// Publishers open their channels on the first consumer's connection instead of
+    /// connections of their own: one connection for both, as an application with one
+    /// shared connection (Spring AMQP's default connection factory) has it.
+    #[arg(long, conflicts_with = "prefill")]
+    pub one_connection: bool,
     /// Declare the queue as a stream (`x-queue-type: stream`, durable) and consume it from
     /// `x-stream-offset: first` (needs a prefetch, as RabbitMQ's streams do).
     #[arg(long, conflicts_with = "fanout")]
@@ -325,6 +330,23 @@ mod tests {
         .is_err());
         assert!(parse(
             ["load", "amqp", "--message-size", "8"]
+                .map(String::from)
+                .to_vec()
+        )
+        .is_err());
+        let cli = parse(
+            ["load", "amqp", "--one-connection"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .unwrap();
+        let Command::Amqp(a) = cli.command else {
+            panic!("not amqp")
+        };
+        assert!(a.one_connection);
+        // A pre-filled read has no consumer connection while publishing.
+        assert!(parse(
+            ["load", "amqp", "--one-connection", "--prefill"]
                 .map(String::from)
                 .to_vec()
         )
