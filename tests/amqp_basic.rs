@@ -150,8 +150,8 @@ async fn a_queue_goes_to_the_least_loaded_shard_preferring_the_declaring_connect
     let broker = Broker::start(&data, &[]);
     let chans = one_on_each_shard(&broker.amqp_url()).await;
     let (ch0, ch1) = (&chans[0].1, &chans[1].1);
-    // (declaring channel, queue, arguments, owner expected, queues per shard after it).
-    // By default: the least loaded shard, the declaring connection's on a tie.
+    // The comments give the queues each shard owns after each declare. By default a
+    // queue goes to the least loaded shard, the declaring connection's on a tie.
     declare(ch0, "a", FieldTable::default()).await; // [1, 0]
     assert_eq!(owner_shard(&broker, "a"), 0);
     declare(ch0, "b", FieldTable::default()).await; // [1, 1]
