@@ -6,20 +6,17 @@
 # and CPU per message.
 set -u
 bin=$1; load=$2
-d=$(mktemp -d /tmp/kf.XXXX)
-"$bin" --data-dir "$d" --kafka-addr 127.0.0.1:29092 --amqp-addr 127.0.0.1:25672 \
-    --http-addr 127.0.0.1:28080 > /tmp/kf-broker.log 2>&1 & P=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:28080/health/ready >/dev/null && break; sleep 0.1; done
+. "$(dirname "$0")/../broker.sh"
+start_broker "$bin" /tmp/kf-broker.log
 "$load" kafka --brokers 127.0.0.1:29092 --rate 10000 --duration 12s --message-size 1024 \
     --acks all --partitions 1 -P linger.ms=0 --broker-pid $P > /tmp/kf.txt 2>&1 &
 L=$!
-cs() { cat /proc/$P/task/*/status | awk '/voluntary_ctxt_switches/ {s+=$2} END {print s}'; }
 sleep 3
-c0=$(cs)
+c0=$(switches)
 sleep 3
-c1=$(cs)
-busy=$(for t in /proc/"$P"/task/*; do echo "$(cat "$t"/comm)=$(awk '{print $14+$15}' "$t"/stat)"; done | grep shard | tr '\n' ' ')
+c1=$(switches)
+busy=$(shard_ticks)
 wait $L
 fsync=$(curl -s http://127.0.0.1:28080/metrics | awk '/^portask_storage_fsync_duration_seconds_count/ {c+=$2} /^portask_storage_fsync_duration_seconds_sum/ {s+=$2} END {if (c > 0) printf "%d syncs, mean %.0f us", c, s/c*1e6}')
-kill $P; wait $P; rm -rf "$d"
+stop_broker
 echo "threads(ticks) $busy| switches/msg $(awk -v a="$c0" -v b="$c1" 'BEGIN {printf "%.2f", (b-a)/30000}') | $fsync | $(grep -E '^ *(ack|latency|broker CPU)' /tmp/kf.txt | tr -s ' ' | tr '\n' ' ')"
