@@ -13,16 +13,15 @@
 //! one core would make that core the broker's limit: a fanout to four queues declared by
 //! one connection ran at a third of the rate so). The queue arguments RabbitMQ documents
 //! choose otherwise: `x-queue-leader-locator` (`client-local`, `balanced`) and the older
-//! `x-queue-master-locator` (`client-local`, `min-masters`, `random`); any other value is
-//! refused at declare (406, `catalog::amqp::arguments`). An exclusive queue is always on
-//! its connection's shard: only that connection may consume from it.
+//! `x-queue-master-locator` (`client-local`, `min-masters`, `random`), parsed and checked
+//! (406 on any other value) with the other arguments (`catalog::amqp::arguments::Locator`).
+//! An exclusive queue is always on its connection's shard: only that connection may
+//! consume from it.
 //!
 //! Pure functions, called by the declaring connection's shard (`methods::queue`) and by
 //! every shard that routes to or recovers a queue.
 
-use amq_protocol::types::FieldTable;
-
-use crate::catalog::amqp::tables::str_value;
+pub use crate::catalog::amqp::arguments::Locator;
 
 /// The owner shard of the queue whose incarnation id is `id`.
 pub fn queue_owner(id: u64, shards: usize) -> usize {
@@ -39,45 +38,6 @@ pub fn queue_id(owner: usize, shards: usize, seed: [u8; 16]) -> u64 {
     // overflow.
     let r = u64::from_be_bytes(first) >> 1;
     r - r % shards + (owner as u64 % shards)
-}
-
-/// Where a queue declare asks its queue to go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Locator {
-    /// `client-local`: the declaring connection's shard.
-    ClientLocal,
-    /// `balanced` (`min-masters`), and no locator argument: the shard owning the fewest
-    /// queues, the declaring connection's when it is one of them.
-    Balanced,
-    /// `random` (`x-queue-master-locator` only).
-    Random,
-}
-
-/// The error text for a locator argument RabbitMQ would refuse, or `None` when it is one
-/// of the accepted values (or absent).
-pub fn check_locator(key: &str, value: &amq_protocol::types::AMQPValue) -> Option<&'static str> {
-    let v = str_value(value);
-    match (key, v.as_deref()) {
-        ("x-queue-leader-locator", Some("client-local" | "balanced")) => None,
-        ("x-queue-leader-locator", _) => Some("must be 'client-local' or 'balanced'"),
-        ("x-queue-master-locator", Some("client-local" | "min-masters" | "random")) => None,
-        ("x-queue-master-locator", _) => Some("must be 'client-local', 'min-masters' or 'random'"),
-        _ => None,
-    }
-}
-
-/// The locator a declare's arguments ask for (`x-queue-leader-locator` before
-/// `x-queue-master-locator`, as RabbitMQ; values checked by `check_locator`).
-pub fn locator(arguments: &FieldTable) -> Locator {
-    let get = |k: &str| arguments.inner().get(k).and_then(str_value);
-    match get("x-queue-leader-locator")
-        .or_else(|| get("x-queue-master-locator"))
-        .as_deref()
-    {
-        Some("client-local") => Locator::ClientLocal,
-        Some("random") => Locator::Random,
-        _ => Locator::Balanced,
-    }
 }
 
 /// The shard a new queue goes to: `local` is the declaring connection's shard, `owned[s]`
@@ -100,7 +60,6 @@ pub fn choose(locator: Locator, local: usize, owned: &[usize], random: u64) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amq_protocol::types::AMQPValue;
 
     #[test]
     fn an_id_chosen_for_a_shard_is_owned_by_it() {
@@ -139,26 +98,5 @@ mod tests {
         assert_eq!(choose(Locator::Random, 0, &[0, 0, 0], 5), 2);
         // A local shard beyond the count (a stale actor) is clamped.
         assert_eq!(choose(Locator::ClientLocal, 9, &[0, 0], 0), 1);
-    }
-
-    #[test]
-    fn locator_arguments_as_rabbitmq() {
-        let s = |v: &str| AMQPValue::LongString(v.into());
-        let mut t = FieldTable::default();
-        assert_eq!(locator(&t), Locator::Balanced);
-        t.insert("x-queue-master-locator".into(), s("random"));
-        assert_eq!(locator(&t), Locator::Random);
-        t.insert("x-queue-master-locator".into(), s("min-masters"));
-        assert_eq!(locator(&t), Locator::Balanced);
-        t.insert("x-queue-leader-locator".into(), s("client-local"));
-        assert_eq!(locator(&t), Locator::ClientLocal);
-        assert_eq!(
-            check_locator("x-queue-leader-locator", &s("balanced")),
-            None
-        );
-        assert!(check_locator("x-queue-leader-locator", &s("min-masters")).is_some());
-        assert!(check_locator("x-queue-master-locator", &s("balanced")).is_some());
-        assert!(check_locator("x-queue-master-locator", &AMQPValue::LongInt(1)).is_some());
-        assert_eq!(check_locator("x-message-ttl", &AMQPValue::LongInt(1)), None);
     }
 }

@@ -25,7 +25,7 @@ use super::{
 use crate::amqp::channel::ChannelRef;
 use crate::amqp::connection::Connection;
 use crate::amqp::mesh::QueueOp;
-use crate::amqp::placement::{self, Locator};
+use crate::amqp::placement::Locator;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::broker::Shard;
@@ -99,7 +99,7 @@ pub async fn declare_queue(
     let locator = if exclusive {
         Locator::ClientLocal
     } else {
-        placement::locator(arguments)
+        crate::catalog::amqp::arguments::locator(arguments)
     };
     let id = new_queue_id(actor.shard, locator, &name);
     // A stream is a Kafka topic: made (or found) in the same catalog call.

@@ -88,6 +88,41 @@ pub fn queue_type(table: &FieldTable) -> QueueType {
     }
 }
 
+/// Where a queue declare asks its queue to go: RabbitMQ's `x-queue-leader-locator`
+/// (`client-local`, `balanced`) and the older `x-queue-master-locator` (`client-local`,
+/// `min-masters`, `random`). `amqp::placement` turns it into a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locator {
+    /// `client-local`: the declaring connection's shard.
+    ClientLocal,
+    /// `balanced` (`min-masters`), and no locator argument: the shard owning the fewest
+    /// queues, the declaring connection's when it is one of them.
+    Balanced,
+    /// `random` (`x-queue-master-locator` only).
+    Random,
+}
+
+/// The locator one of the two locator arguments names, or why RabbitMQ would refuse it.
+fn parse_locator(key: &str, value: &AMQPValue) -> Result<Locator, &'static str> {
+    let leader = key == "x-queue-leader-locator";
+    match (leader, str_value(value).as_deref()) {
+        (_, Some("client-local")) => Ok(Locator::ClientLocal),
+        (true, Some("balanced")) | (false, Some("min-masters")) => Ok(Locator::Balanced),
+        (false, Some("random")) => Ok(Locator::Random),
+        (true, _) => Err("must be 'client-local' or 'balanced'"),
+        (false, _) => Err("must be 'client-local', 'min-masters' or 'random'"),
+    }
+}
+
+/// The locator of a declare's (validated) arguments: `x-queue-leader-locator` before
+/// `x-queue-master-locator`, as RabbitMQ; `Balanced` without either.
+pub fn locator(table: &FieldTable) -> Locator {
+    ["x-queue-leader-locator", "x-queue-master-locator"]
+        .iter()
+        .find_map(|k| parse_locator(k, table.inner().get(*k)?).ok())
+        .unwrap_or(Locator::Balanced)
+}
+
 /// Parses and validates the queue arguments; the error is the 406 reply text.
 pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<QueueArgs, String> {
     let mut a = QueueArgs::default();
@@ -149,9 +184,7 @@ pub fn parse_queue_args(queue: &str, vhost: &str, table: &FieldTable) -> Result<
                 int_value(v).ok_or_else(|| bad(k, "not an integer"))?;
             }
             "x-queue-leader-locator" | "x-queue-master-locator" => {
-                if let Some(why) = crate::amqp::placement::check_locator(k, v) {
-                    return Err(bad(k, why));
-                }
+                parse_locator(k, v).map_err(|why| bad(k, why))?;
             }
             _ => {}
         }
@@ -181,5 +214,34 @@ mod tests {
         assert_eq!(a.overflow, Overflow::RejectPublish);
         t.insert("x-message-ttl".into(), AMQPValue::LongString("soon".into()));
         assert!(parse_queue_args("q", "/", &t).is_err());
+    }
+
+    #[test]
+    fn locator_arguments_as_rabbitmq() {
+        let s = |v: &str| AMQPValue::LongString(v.into());
+        let mut t = FieldTable::default();
+        assert_eq!(locator(&t), Locator::Balanced);
+        t.insert("x-queue-master-locator".into(), s("random"));
+        assert_eq!(locator(&t), Locator::Random);
+        t.insert("x-queue-master-locator".into(), s("min-masters"));
+        assert_eq!(locator(&t), Locator::Balanced);
+        t.insert("x-queue-leader-locator".into(), s("client-local"));
+        assert_eq!(locator(&t), Locator::ClientLocal);
+        assert!(parse_queue_args("q", "/", &t).is_ok());
+        // Each argument takes its own values only, as RabbitMQ checks them.
+        for (k, v) in [
+            ("x-queue-leader-locator", s("min-masters")),
+            ("x-queue-leader-locator", s("nearest")),
+            ("x-queue-master-locator", s("balanced")),
+            ("x-queue-master-locator", AMQPValue::LongInt(1)),
+        ] {
+            let mut t = FieldTable::default();
+            t.insert(k.into(), v);
+            let err = parse_queue_args("q", "/", &t).expect_err(k);
+            assert!(
+                err.starts_with("PRECONDITION_FAILED - invalid arg"),
+                "{err}"
+            );
+        }
     }
 }
