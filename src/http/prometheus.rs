@@ -453,7 +453,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     e.family(
         "portask_storage_fsync_duration_seconds",
         "histogram",
-        "fdatasync of partition logs.",
+        "fdatasync of partition logs, or the O_DSYNC write that stands in for one.",
     );
     for s in stats {
         e.histogram(

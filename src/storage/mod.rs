@@ -19,7 +19,8 @@
 //!   Both recover by scanning each file and truncating a torn tail with a log line.
 //! - Group commit: one flusher round writes what every dirty partition and record file
 //!   held when it began, then fdatasyncs those someone waits on — one sync per file
-//!   serves every waiter — and resolves their futures (`wait_durable` for acks=all
+//!   serves every waiter; a partition whose round is one write makes it O_DSYNC instead
+//!   of syncing after it — and resolves their futures (`wait_durable` for acks=all
 //!   producers, `journal::Durable` for AMQP confirms). Nothing here calls protocol code.
 //! - Transactions: a partition's producer state (`producers`) tracks open transactions;
 //!   markers are control batches; each segment keeps the transactions aborted in it
@@ -55,6 +56,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::join_all;
+use glommio::io::DmaFile;
 
 use self::log::{now_ms, LogError, PartitionLog};
 use crate::config::{Config, FsyncPolicy};
@@ -421,12 +423,18 @@ impl Storage {
         dirty.extend(to_sync.iter().cloned());
         dirty.sort_by_key(|l| Rc::as_ptr(l) as usize);
         dirty.dedup_by_key(|l| Rc::as_ptr(l) as usize);
-        let targets: Vec<i64> = dirty.iter().map(|l| l.borrow().next_offset).collect();
+        let targets: Vec<(i64, bool)> = dirty
+            .iter()
+            .map(|l| {
+                let durable = to_sync.iter().any(|s| Rc::ptr_eq(s, l));
+                (l.borrow().next_offset, durable)
+            })
+            .collect();
         join_all(
             dirty
                 .iter()
                 .zip(targets)
-                .map(|(l, upto)| self.write_partition(l, upto)),
+                .map(|(l, (upto, durable))| self.write_partition(l, upto, durable)),
         )
         .await;
         let synced = join_all(to_sync.iter().map(sync_partition)).await;
@@ -500,7 +508,15 @@ impl Storage {
     /// Writes the pending bytes of one partition below offset `upto` (and whatever else is
     /// pending when a write is taken), segment by segment, and finalizes sealed segments
     /// (sync, truncate to size, index files).
-    async fn write_partition(&self, log: &LogRef, upto: i64) {
+    ///
+    /// With `durable` (the round syncs this partition), a write that takes the partition
+    /// to `upto` while everything before it is already durable goes through the segment's
+    /// O_DSYNC handle: it is durable when it completes, and the round's fdatasync of the
+    /// partition has nothing left to do (`sync_partition`). At a moderate rate that is the
+    /// whole round, so an acks=all producer waits for one disk request, not two. A round
+    /// that takes several writes (a roll, more than `storage.max_write_bytes`) writes them
+    /// as before and syncs once after.
+    async fn write_partition(&self, log: &LogRef, upto: i64, durable: bool) {
         let bases: Vec<i64> = log
             .borrow()
             .segments()
@@ -543,14 +559,41 @@ impl Storage {
                     break;
                 };
                 let align = file.alignment();
-                match dma::write_aligned(&file, job.position, &job.parts()).await {
+                let dsync = durable && job.upto >= upto && {
+                    let l = log.borrow();
+                    l.durable_offset >= l.written_offset
+                };
+                let (file, dsync) = if dsync {
+                    match self.dsync_handle(log, base, &path).await {
+                        Some(f) => (f, true),
+                        None => (file, false),
+                    }
+                } else {
+                    (file, false)
+                };
+                let started = std::time::Instant::now();
+                let written = dma::write_aligned(&file, job.position, &job.parts()).await;
+                if dsync {
+                    // The disk's time to make the partition durable, as an fdatasync's is.
+                    let took = started.elapsed();
+                    crate::metrics::with(|m| m.fsync.record(took));
+                }
+                match written {
                     Ok(()) => {
                         let mut l = log.borrow_mut();
                         l.written_offset = l.written_offset.max(job.upto);
+                        if dsync {
+                            l.durable_offset = l.durable_offset.max(job.upto);
+                            l.unsynced_messages = 0;
+                            l.last_sync_ms = now_ms();
+                        }
                         let Some(seg) = l.segment_mut(base) else {
                             break;
                         };
                         seg.complete_write(&job, align);
+                        if dsync {
+                            seg.synced = seg.written;
+                        }
                         // The active segment takes appends while its write is in flight:
                         // they are the next round's. A sealed one takes none, and goes on
                         // to its finalizing.
@@ -564,6 +607,31 @@ impl Storage {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// The O_DSYNC handle on segment `base` of `log` (whose file exists), opened on first
+    /// use; `None` when it cannot be opened, and the write goes through the plain handle
+    /// and the round's fdatasync as before.
+    async fn dsync_handle(&self, log: &LogRef, base: i64, path: &Path) -> Option<Rc<DmaFile>> {
+        let open = log
+            .borrow()
+            .segment(base)
+            .and_then(|s| s.dsync_file.clone());
+        if open.is_some() {
+            return open;
+        }
+        match dma::open_dsync(path).await {
+            Ok(f) => {
+                let mut l = log.borrow_mut();
+                let seg = l.segment_mut(base)?;
+                seg.dsync_file = Some(f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                ::log::warn!("opening {} with O_DSYNC: {e}", path.display());
+                None
             }
         }
     }
@@ -672,7 +740,7 @@ impl Storage {
     pub async fn shutdown(&self) {
         self.round(true).await;
         for log in self.partitions() {
-            let segs: Vec<(i64, Option<Rc<glommio::io::DmaFile>>, u64, bool)> = log
+            let segs: Vec<(i64, Option<Rc<DmaFile>>, u64, bool)> = log
                 .borrow()
                 .segments()
                 .map(|s| (s.base_offset, s.file.clone(), s.size, s.finalized))
@@ -807,6 +875,10 @@ async fn reload_partial(log: &LogRef, base: i64) {
 async fn sync_partition(log: &LogRef) -> std::io::Result<()> {
     let (files, upto, sizes) = {
         let l = log.borrow();
+        if l.durable_offset >= l.written_offset {
+            // Everything written is durable already (its write was O_DSYNC).
+            return Ok(());
+        }
         let files: Vec<_> = l
             .segments()
             .filter(|s| !s.finalized)
@@ -834,7 +906,7 @@ async fn sync_partition(log: &LogRef) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFile>) {
+async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<DmaFile>) {
     let size = {
         let l = log.borrow();
         match l.segment(base) {
@@ -855,6 +927,7 @@ async fn finalize_segment(log: &LogRef, base: i64, file: &Rc<glommio::io::DmaFil
     // that finds this snapshot finds the segment's aborted transactions in its index.
     let snapshot = l.segment_mut(base).and_then(|s| {
         s.finalized = true;
+        s.dsync_file = None;
         let end = s.next_offset;
         s.roll_snapshot.take().map(|p| (end, p))
     });

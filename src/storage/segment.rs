@@ -35,6 +35,9 @@ pub struct Segment {
     pub base_offset: i64,
     stem: PathBuf,
     pub file: Option<Rc<DmaFile>>,
+    /// A second handle on the file, opened O_DSYNC when a write must be durable by itself
+    /// (`Storage::write_partition`); dropped once the segment is finalized.
+    pub dsync_file: Option<Rc<DmaFile>>,
     /// Logical bytes appended.
     pub size: u64,
     /// Logical bytes on disk (written, not necessarily synced).
@@ -112,6 +115,7 @@ impl Segment {
             base_offset,
             stem: stem(dir, base_offset),
             file: None,
+            dsync_file: None,
             size: 0,
             written: 0,
             synced: 0,
@@ -418,6 +422,7 @@ impl Segment {
     pub fn adopt(&mut self, file: Rc<DmaFile>, data: &[u8], index_interval: u64) {
         let next = self.next_offset;
         self.file = Some(file);
+        self.dsync_file = None;
         self.index.clear();
         self.bytes_since_index = u64::MAX;
         self.max_timestamp = -1;
