@@ -111,6 +111,10 @@ pub struct KafkaConfig {
     /// broker itself holds the read back (in-flight budgets) does not count; a connection
     /// between requests (a long-poll Fetch included) is not timed by it.
     pub request_read_timeout_ms: u64,
+    /// A connection whose Produce and Fetch requests all go to the partitions of one other
+    /// shard moves to that shard, when it is not busy (`kafka::placement`); false: every
+    /// connection stays on the shard that accepted it.
+    pub connections_follow_partitions: bool,
     /// `log.segment.bytes`
     pub segment_bytes: i64,
     /// `log.roll.ms`
@@ -594,6 +598,7 @@ impl Default for KafkaConfig {
             max_inflight_requests: 256,
             connections_max_idle_ms: 600_000,
             request_read_timeout_ms: 30_000,
+            connections_follow_partitions: true,
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
             retention_ms: 7 * 24 * 3600 * 1000,

@@ -140,6 +140,9 @@ pub struct ProtocolMetrics {
     pub bytes_out: u64,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Connections this shard took over from another shard (Kafka: to be with the
+    /// partitions they use), counted here and not in `connections_total`.
+    pub connections_moved: u64,
     /// Connections refused at accept: `limits.max_connections_per_shard` reached on the
     /// shard, `limits.max_connections_per_ip` reached for the client's address.
     pub refused_per_shard: u64,

@@ -683,3 +683,178 @@ fn a_client_that_stops_reading_its_answers_is_closed_as_idle() {
     );
     client_still_works(&broker);
 }
+
+/// The shard `/api/v1/connections` lists the connection from `local` (our side) on.
+fn shard_of(broker: &Broker, local: std::net::SocketAddr) -> Option<u64> {
+    let body = ureq::get(&format!("{}/api/v1/connections", broker.http_url()))
+        .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=") // guest:guest
+        .call()
+        .expect("GET connections")
+        .into_string()
+        .expect("body");
+    let conns: serde_json::Value = serde_json::from_str(&body).expect("json");
+    conns
+        .as_array()?
+        .iter()
+        .find(|c| c["peer"] == local.to_string().as_str())
+        .and_then(|c| c["shard"].as_u64())
+}
+
+/// A connection whose Produce or Fetch requests all go to the partitions of the other shard
+/// moves there between two requests (`kafka::placement`), with pipelined requests waiting in
+/// its socket; its client sees nothing of it. Connections opened until two sit on each
+/// shard: on the partition's shard one producer, on the other shard a producer and a
+/// reader, each sending requests four at a time. Every answer comes, in order, every record
+/// gets its own offset, the reader reads each record at its offset, and afterwards all
+/// three connections are on the partition's shard (the two that moved counted in
+/// `portask_connections_moved_total`).
+#[test]
+fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_order() {
+    const TOPIC: &str = "follow-me";
+    const ROUNDS: i32 = 20;
+    const PIPELINED: i32 = 4;
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let owner = portask::util::partition_owner(TOPIC, 0, 2) as u64;
+    let mut here = Vec::new();
+    let mut there = Vec::new();
+    for _ in 0..64 {
+        if here.len() >= 2 && there.len() >= 2 {
+            break;
+        }
+        let mut s = connect(&broker);
+        auto_create(&mut s, TOPIC);
+        let local = s.local_addr().expect("local address");
+        match shard_of(&broker, local) {
+            Some(shard) if shard == owner && here.len() < 2 => here.push(s),
+            Some(shard) if shard != owner && there.len() < 2 => there.push(s),
+            _ => {}
+        }
+    }
+    assert!(
+        here.len() == 2 && there.len() == 2,
+        "the kernel spread 64 connections over both shards"
+    );
+    let reader = there.pop().expect("a reader on the other shard");
+    let producers: Vec<TcpStream> = there.into_iter().chain(here.into_iter().take(1)).collect();
+
+    // Four Produce requests at a time on each producer, answered in order.
+    let produce_request = |p: usize, i: i32| {
+        let batch = encode_plain_batch(
+            [PlainRecord {
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(Bytes::from(format!("producer-{p}-record-{i}"))),
+                headers: Default::default(),
+            }]
+            .into_iter(),
+            Compression::None,
+        )
+        .expect("batch");
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch))])]);
+        request(ApiKey::Produce, 7, i, &req)
+    };
+    let mut producers = producers;
+    let mut at_offset = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        for (p, s) in producers.iter_mut().enumerate() {
+            let first = round * PIPELINED;
+            let frames: Vec<u8> = (first..first + PIPELINED)
+                .flat_map(|i| produce_request(p, i))
+                .collect();
+            s.write_all(&frames).expect("write");
+            for i in first..first + PIPELINED {
+                let mut resp = read_frame(s).expect("produce answered");
+                assert_eq!(resp.get_i32(), i, "answers come in request order");
+                let body = ProduceResponse::decode(&mut resp, 7).expect("produce body");
+                let part = &body.responses[0].partition_responses[0];
+                assert_eq!(part.error_code, 0, "producer {p} request {i}");
+                let value = format!("producer-{p}-record-{i}");
+                assert!(
+                    at_offset.insert(part.base_offset, value).is_none(),
+                    "offset {} given twice",
+                    part.base_offset
+                );
+            }
+        }
+    }
+    let total = ROUNDS * PIPELINED * producers.len() as i32;
+    assert_eq!(at_offset.len(), total as usize);
+    assert_eq!(
+        at_offset.keys().copied().collect::<Vec<_>>(),
+        (0..total as i64).collect::<Vec<_>>()
+    );
+
+    // The reader fetches one record per request (1-byte partition limit: one whole batch),
+    // four requests at a time.
+    let mut reader = reader;
+    let fetch_at = |offset: i64| {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1)])]);
+        request(ApiKey::Fetch, 4, offset as i32, &req)
+    };
+    for first in (0..total as i64).step_by(PIPELINED as usize) {
+        let frames: Vec<u8> = (first..first + PIPELINED as i64)
+            .flat_map(fetch_at)
+            .collect();
+        reader.write_all(&frames).expect("write");
+        for offset in first..first + PIPELINED as i64 {
+            let mut resp = read_frame(&mut reader).expect("fetch answered");
+            assert_eq!(
+                resp.get_i32() as i64,
+                offset,
+                "answers come in request order"
+            );
+            let body = FetchResponse::decode(&mut resp, 4).expect("fetch body");
+            let part = &body.responses[0].partitions[0];
+            assert_eq!(part.error_code, 0);
+            let records = part.records.clone().expect("records");
+            assert!(records.len() > 8, "a batch at offset {offset}");
+            assert_eq!(i64::from_be_bytes(records[..8].try_into().unwrap()), offset);
+            let value = at_offset[&offset].as_bytes();
+            assert!(
+                records.windows(value.len()).any(|w| w == value),
+                "offset {offset} holds {}",
+                at_offset[&offset]
+            );
+        }
+    }
+
+    for s in producers.iter().chain(std::iter::once(&reader)) {
+        let local = s.local_addr().expect("local address");
+        assert_eq!(
+            shard_of(&broker, local),
+            Some(owner),
+            "the connection from {local} is served by the partition's shard"
+        );
+    }
+    let metrics = ureq::get(&format!("{}/metrics", broker.http_url()))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    let moved: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("portask_connections_moved_total{") && l.contains("kafka"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        moved, 2.0,
+        "the producer and the reader from the other shard moved"
+    );
+}

@@ -119,6 +119,7 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
     let mut bytes_out = BTreeMap::new();
     let mut active = BTreeMap::new();
     let mut total = BTreeMap::new();
+    let mut moved = BTreeMap::new();
     let mut requests = BTreeMap::new();
     let mut throttled = BTreeMap::new();
     let mut refused = BTreeMap::new();
@@ -156,7 +157,8 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
                 ("shard", s.shard.to_string()),
             ];
             add(&mut active, ps.clone(), m.connections_active as f64);
-            add(&mut total, ps, m.connections_total as f64);
+            add(&mut total, ps.clone(), m.connections_total as f64);
+            add(&mut moved, ps, m.connections_moved as f64);
             add(
                 &mut throttled,
                 vec![("protocol", proto.to_owned())],
@@ -270,6 +272,12 @@ pub fn render(stats: &[ShardStats], process: &metrics::Process) -> String {
         "counter",
         "Client connections accepted.",
         total,
+    );
+    e.summed(
+        "portask_connections_moved_total",
+        "counter",
+        "Client connections this shard took over from another shard (Kafka: to be with the partitions they use).",
+        moved,
     );
     e.summed(
         "portask_connections_refused_total",

@@ -5,7 +5,8 @@
 //! and transaction coordinators (`groups`, `txn`), and each connection's SASL session
 //! (`sasl`).
 //!
-//! Connections run on the shard that accepted them; partition work crosses to the owner
+//! A connection starts on the shard that accepted it and moves to the shard of its
+//! partitions when they are all on one (`placement`); partition work crosses to the owner
 //! shard through `Shard::kafka_dispatch` / `Shard::kafka`.
 
 pub mod apis;
@@ -18,6 +19,7 @@ pub mod message_set;
 pub mod offsets_topic;
 pub mod owner;
 pub mod partitioner;
+pub mod placement;
 pub mod produce_scan;
 pub mod sasl;
 pub mod server;

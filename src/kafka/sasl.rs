@@ -156,6 +156,23 @@ impl Session {
         )
     }
 
+    /// No exchange in progress and nothing failed: the session can go on on another shard
+    /// (`kafka::placement`).
+    pub fn settled(&self) -> bool {
+        matches!(self.exchange, Exchange::Idle) && self.closing.is_none()
+    }
+
+    /// This settled session (`settled`) for the shard its connection moves to: the same
+    /// user and expiry.
+    pub fn carried(&self) -> Session {
+        Session {
+            exchange: Exchange::Idle,
+            user: self.user.clone(),
+            expires: self.expires,
+            closing: None,
+        }
+    }
+
     /// Why the connection must close after its answers, if it must.
     pub fn closing(&self) -> Option<&str> {
         self.closing.as_deref()

@@ -43,10 +43,12 @@ use kafka_protocol::messages::ApiKey;
 
 use super::codec::{self, CodecError};
 use super::handlers::{self, api_versions, Conn};
+use super::placement::{self, Follow};
 use super::produce_scan;
 use crate::broker::Shard;
 use crate::config::{KafkaListener, SecurityProtocol};
 use crate::metrics::Protocol;
+use crate::runtime::listener;
 use crate::runtime::transport::pool::Reader;
 use crate::runtime::transport::{self, ReadHalf, Socket, Transport, WriteHalf};
 use crate::security::Principal;
@@ -136,9 +138,6 @@ async fn connection(
         }
         _ => Principal::anonymous(),
     };
-    // The reader keeps one half, the writer task the other: reads and writes never wait on
-    // each other.
-    let (stream, mut writer) = stream.split();
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         local,
@@ -146,11 +145,58 @@ async fn connection(
         listener,
         principal: std::cell::RefCell::new(principal),
         sasl: Default::default(),
+        follow: Follow::new(shard.id),
     });
+    serve(conn, stream, &[]).await
+}
+
+/// What a connection takes along when it moves to another shard (`move_to`).
+struct Moving {
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    listener: KafkaListener,
+    principal: Principal,
+    sasl: crate::kafka::sasl::Session,
+    /// Bytes read from the socket and not yet consumed: the start of the next request.
+    unread: Vec<u8>,
+}
+
+/// Goes on with a connection another shard handed over (`move_to`), on this shard.
+async fn adopted(shard: Rc<Shard>, socket: Socket, moving: Moving) -> std::io::Result<()> {
+    log::debug!(
+        "kafka connection from {} moved to shard {}",
+        moving.peer,
+        shard.id
+    );
+    let conn = Rc::new(Conn {
+        shard: shard.clone(),
+        local: moving.local,
+        peer: moving.peer,
+        listener: Rc::new(moving.listener),
+        principal: std::cell::RefCell::new(moving.principal),
+        sasl: std::cell::RefCell::new(moving.sasl),
+        follow: Follow::new(shard.id),
+    });
+    serve(conn, Transport::Plain(socket), &moving.unread).await
+}
+
+/// Serves a connection until it ends or moves to another shard; `unread`: bytes of it
+/// already read elsewhere (a moved connection's), consumed first.
+async fn serve(conn: Rc<Conn>, stream: Transport, unread: &[u8]) -> std::io::Result<()> {
+    let shard = &conn.shard;
+    let peer = conn.peer;
+    // A plain connection can move to another shard (TLS keeps its session here).
+    let socket = (!stream.is_tls()).then(|| stream.tcp().clone());
+    // The reader keeps one half, the writer task the other: reads and writes never wait on
+    // each other.
+    let (stream, mut writer) = stream.split();
     let inflight = Rc::new(Cell::new(0usize));
     // Set when the writer stops (the peer left, or stopped reading): the reader then no
     // longer waits for budget or answers it will never see released or written.
     let writer_gone = Rc::new(Cell::new(false));
+    // Set when the connection moved to another shard: the writer then leaves the socket
+    // open.
+    let moved = Rc::new(Cell::new(false));
     let (tx, rx) = local_channel::new_unbounded::<(usize, Outgoing)>();
     let room = Rc::new(Room::default());
     let tx = Answers {
@@ -162,23 +208,26 @@ async fn connection(
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let write_task = {
         let (shard, inflight, gone) = (shard.clone(), inflight.clone(), writer_gone.clone());
+        let moved = moved.clone();
         glommio::spawn_local(async move {
             let mut stuck = false;
             while let Some((size, task)) = rx.recv().await {
                 room.taken();
                 let frame = task.await;
                 release(&shard, &inflight, size);
-                let Some(Some(frame)) = frame else {
-                    continue;
+                let written = match frame {
+                    Some(Some(frame)) if frame.is_empty() => {
+                        log::warn!("kafka connection closed: a response could not be encoded");
+                        break;
+                    }
+                    Some(Some(frame)) => {
+                        let idle = Duration::from_millis(idle_ms);
+                        write_unless_stuck(&mut writer, &frame.chunks, idle).await
+                    }
+                    _ => Some(Ok(())),
                 };
-                if frame.is_empty() {
-                    log::warn!("kafka connection closed: a response could not be encoded");
-                    break;
-                }
-                match write_unless_stuck(&mut writer, &frame.chunks, Duration::from_millis(idle_ms))
-                    .await
-                {
-                    Some(Ok(())) => {}
+                match written {
+                    Some(Ok(())) => room.answered(),
                     Some(Err(_)) => break,
                     None => {
                         log::info!(
@@ -193,6 +242,10 @@ async fn connection(
             gone.set(true);
             shard.kafka_budget.released.notify();
             room.freed.notify();
+            if moved.get() {
+                // Another shard serves the socket now: leave it open.
+                return;
+            }
             if stuck {
                 // Wakes the reader too: its next read ends at once.
                 writer.shutdown().await;
@@ -200,7 +253,21 @@ async fn connection(
             let _ = writer.close().await;
         })
     };
-    let result = read_requests(&conn, stream, &tx, &inflight, &writer_gone).await;
+    let mut reader = Reader::with_unread(stream, unread);
+    let movable = socket.is_some() && shard.config.kafka.connections_follow_partitions;
+    let result = loop {
+        let read = read_requests(&conn, &mut reader, &tx, &inflight, &writer_gone, movable);
+        match (read.await, &socket) {
+            (Ok(Some(to)), Some(socket)) => {
+                if move_to(&conn, to, socket, &mut reader, &tx).await {
+                    moved.set(true);
+                    break Ok(());
+                }
+                // Not moved: go on here (`placement::RETRY_AFTER` before another try).
+            }
+            (read, _) => break read.map(|_| ()),
+        }
+    };
     match &result {
         // A client causes these at will (failed logins are counted and logged, rate
         // limited, by `security::audit`): info, not warnings.
@@ -219,20 +286,67 @@ async fn connection(
     // Requests whose answers were never written (the peer left) hold no budget.
     let left = inflight.get();
     release(shard, &inflight, left);
-    result.map(|_| ()).or(Ok(()))
+    Ok(())
+}
+
+/// Moves the connection to shard `to` (`kafka::placement`), if that shard takes it: waits
+/// until every answer owed is written (reading nothing meanwhile), then hands the socket
+/// over with the bytes read of the next request. False when `to` refused or could not be
+/// reached: the connection goes on here, where nothing was lost.
+async fn move_to(
+    conn: &Rc<Conn>,
+    to: usize,
+    socket: &Socket,
+    reader: &mut Reader<ReadHalf>,
+    out: &Answers,
+) -> bool {
+    let shard = &conn.shard;
+    if !placement::offer(shard, to).await {
+        conn.follow.refused(Instant::now());
+        return false;
+    }
+    if !out.drained().await {
+        // The writer stopped: the connection is ending anyway.
+        conn.follow.refused(Instant::now());
+        return false;
+    }
+    let unread = reader.take_unread();
+    let moving = Moving {
+        local: conn.local,
+        peer: conn.peer,
+        listener: (*conn.listener).clone(),
+        principal: conn.principal.borrow().clone(),
+        sasl: conn.sasl.borrow().carried(),
+        unread: unread.clone(),
+    };
+    let serve = move |shard: Rc<Shard>, socket: Socket| adopted(shard, socket, moving);
+    if listener::hand_over(&shard.core, to, "kafka", socket, serve).await {
+        return true;
+    }
+    // Not handed over: the connection goes on here, with what it had read.
+    reader.put_back(&unread);
+    conn.follow.refused(Instant::now());
+    false
 }
 
 /// How many answers wait in a connection's queue to its writer.
 #[derive(Default)]
 struct Room {
     queued: Cell<usize>,
-    /// Fired when the writer takes one (or stops).
+    /// Answers queued and not yet written (or skipped).
+    owed: Cell<usize>,
+    /// Fired when the writer takes one, has written one, or stops.
     freed: Notify,
 }
 
 impl Room {
     fn taken(&self) {
         self.queued.set(self.queued.get().saturating_sub(1));
+        self.freed.notify();
+    }
+
+    fn answered(&self) {
+        self.owed.set(self.owed.get().saturating_sub(1));
         self.freed.notify();
     }
 }
@@ -264,7 +378,26 @@ impl Answers {
             return false;
         }
         self.room.queued.set(self.room.queued.get() + 1);
+        self.room.owed.set(self.room.owed.get() + 1);
         self.tx.send((size, task)).await.is_ok()
+    }
+
+    /// Waits until every answer queued is written; false when the writer stopped first.
+    async fn drained(&self) -> bool {
+        loop {
+            if self.writer_gone.get() {
+                return false;
+            }
+            if self.room.owed.get() == 0 {
+                return true;
+            }
+            let l = Listener::new();
+            l.listen(&self.room.freed);
+            if self.room.owed.get() == 0 || self.writer_gone.get() {
+                continue;
+            }
+            l.await;
+        }
     }
 }
 
@@ -477,18 +610,21 @@ fn produce_fits_the_shard(
     }
 }
 
-/// Reads frames until the peer closes, the shard stops, or a frame is bad.
+/// Reads frames until the peer closes, the shard stops, or a frame is bad (`Ok(None)` or
+/// the error), or, when `movable`, until the connection should move to the shard of its
+/// partitions (`Ok(Some(shard))`, between two requests: nothing of the next one consumed
+/// but what `reader` holds).
 async fn read_requests(
     conn: &Rc<Conn>,
-    stream: ReadHalf,
+    reader: &mut Reader<ReadHalf>,
     out: &Answers,
     inflight: &Cell<usize>,
     writer_gone: &Cell<bool>,
-) -> Result<(), ConnectionError> {
+    movable: bool,
+) -> Result<Option<usize>, ConnectionError> {
     let shard = &conn.shard;
     let max = shard.config.kafka.max_request_bytes;
     let max_nonproduce = shard.config.kafka.max_nonproduce_request_bytes;
-    let mut reader = Reader::new(stream);
     let idle_ms = shard.config.kafka.connections_max_idle_ms.max(1);
     let idle = Duration::from_millis(idle_ms);
     let request_timeout = Duration::from_millis(shard.config.kafka.request_read_timeout_ms.max(1));
@@ -496,7 +632,12 @@ async fn read_requests(
         let stop = Listener::new();
         stop.listen(&shard.stop);
         if shard.stopping.get() {
-            return Ok(());
+            return Ok(None);
+        }
+        if movable && conn.sasl.borrow().settled() {
+            if let Some(to) = conn.follow.wanted(shard.id, Instant::now()) {
+                return Ok(Some(to));
+            }
         }
         // Waiting for a request's first byte is idleness (`connections_max_idle_ms`); from
         // that byte on, the whole frame is due within `request_read_timeout_ms`.
@@ -506,11 +647,11 @@ async fn read_requests(
         match select(std::pin::pin!(read), stop).await {
             Either::Left((Some(Ok(())), _)) => {}
             Either::Left((Some(Err(e)), _)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Ok(())
+                return Ok(None)
             }
             Either::Left((Some(Err(e)), _)) => return Err(e.into()),
             Either::Left((None, _)) => return Err(ConnectionError::Idle(idle_ms, "")),
-            Either::Right(_) => return Ok(()),
+            Either::Right(_) => return Ok(None),
         }
         let deadline = Instant::now() + request_timeout;
         let got = Cell::new(1usize);
@@ -520,13 +661,13 @@ async fn read_requests(
             len,
         };
         let read = {
-            let mut rest = std::pin::pin!(read_counted(&mut reader, &mut prefix[1..], &got));
+            let mut rest = std::pin::pin!(read_counted(reader, &mut prefix[1..], &got));
             within(unless_idle(&mut rest, idle, || false), deadline).await
         };
         match read {
             None => return Err(slow(4)),
             Some(None) => return Err(ConnectionError::Idle(idle_ms, " inside a request frame")),
-            Some(Some(Err(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Some(Some(Err(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Some(Some(r)) => r?,
         }
         if conn.sasl.borrow().raw() {
@@ -535,7 +676,7 @@ async fn read_requests(
                 timeout_ms: request_timeout.as_millis() as u64,
                 idle,
             };
-            sasl_token(conn, &mut reader, prefix, &clock, out).await?;
+            sasl_token(conn, reader, prefix, &clock, out).await?;
             continue;
         }
         let len = codec::frame_len(prefix, max)?;
@@ -548,7 +689,7 @@ async fn read_requests(
             timeout_ms: request_timeout.as_millis() as u64,
             idle,
         };
-        read_within(&mut reader, &mut key, &got, &clock, len).await?;
+        read_within(reader, &mut key, &got, &clock, len).await?;
         let api = i16::from_be_bytes(key);
         let sasl = conn.listener.protocol().sasl();
         let admitted = conn.sasl.borrow().admit(sasl, api, Instant::now());
@@ -567,7 +708,7 @@ async fn read_requests(
         clock.deadline += waiting.elapsed();
         let mut buf = BytesMut::zeroed(len);
         buf[..2].copy_from_slice(&key);
-        read_within(&mut reader, &mut buf[2..], &got, &clock, len).await?;
+        read_within(reader, &mut buf[2..], &got, &clock, len).await?;
         let buf = buf.freeze();
         let (pending, held) = match codec::decode_frame(buf.clone()) {
             Ok(frame) => {
@@ -603,7 +744,7 @@ async fn read_requests(
         }
         let task = glommio::spawn_local(pending).detach();
         if !out.send(kept, task).await {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(why) = conn.sasl.borrow().closing() {
             return Err(ConnectionError::Sasl(why.to_owned()));

@@ -88,19 +88,86 @@ pub async fn accept_loop<S, F, Fut, E>(
             Some(Ok(slot)) => Some(slot),
             None => None,
         };
-        let shard = shard.clone();
         let serve = serve.clone();
-        glommio::spawn_local(async move {
-            let stream = Socket::new(stream);
-            let id = shard.clients.open(protocol, &stream);
-            if let Err(e) = serve(shard.clone(), stream).await {
-                log::debug!("{protocol} connection ended: {e}");
-            }
-            shard.clients.close(id);
-            drop(slot);
-        })
-        .detach();
+        let counted = Counted { slot, new: true };
+        run(
+            shard.clone(),
+            protocol,
+            Socket::new(stream),
+            counted,
+            move |shard, socket| serve(shard, socket),
+        );
     }
+}
+
+/// How an open connection is counted: against its address (`None` when the peer's address
+/// was unknown), and as a new connection or one moved from another shard.
+struct Counted {
+    slot: Option<IpSlot>,
+    new: bool,
+}
+
+/// Runs one connection as a task on this shard, listed in its `Clients` while it runs.
+fn run<S, F, Fut, E>(
+    shard: Rc<S>,
+    protocol: &'static str,
+    socket: Socket,
+    counted: Counted,
+    serve: F,
+) where
+    S: Deref<Target = Core> + 'static,
+    F: FnOnce(Rc<S>, Socket) -> Fut + 'static,
+    Fut: Future<Output = Result<(), E>> + 'static,
+    E: std::fmt::Display,
+{
+    glommio::spawn_local(async move {
+        let id = shard.clients.open(protocol, &socket, counted.new);
+        if let Err(e) = serve(shard.clone(), socket).await {
+            log::debug!("{protocol} connection ended: {e}");
+        }
+        shard.clients.close(id);
+        drop(counted.slot);
+    })
+    .detach();
+}
+
+/// Moves an open connection to shard `to`, where `serve` goes on with it as one of that
+/// shard's connections (listed in its `Clients`, counted against its address, not counted
+/// again as a new connection). The caller must have stopped using `socket` but not shut it
+/// down: once this returns true, it drops its `Socket` and the connection is `to`'s (the
+/// socket stays open through the descriptor `to` got). False, with nothing sent, when the
+/// socket cannot be duplicated or `to` cannot be reached: the connection stays here.
+pub async fn hand_over<S, F, Fut, E>(
+    core: &Rc<Core>,
+    to: usize,
+    protocol: &'static str,
+    socket: &Socket,
+    serve: F,
+) -> bool
+where
+    S: Deref<Target = Core> + 'static,
+    F: FnOnce(Rc<S>, Socket) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + 'static,
+    E: std::fmt::Display,
+{
+    let fd = match socket.duplicate() {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("{protocol} connection stays on shard {}: {e}", core.id);
+            return false;
+        }
+    };
+    // Counted against its address from here, so the count never dips while it moves.
+    let slot = socket
+        .peer_addr()
+        .ok()
+        .and_then(|p| IpSlot::take(p.ip(), 0).ok());
+    core.tell_on::<S>(to, move |shard: &Rc<S>| {
+        let counted = Counted { slot, new: false };
+        run(shard.clone(), protocol, Socket::adopt(fd), counted, serve);
+    })
+    .await
+    .is_ok()
 }
 
 /// Why a connection was refused at accept (the `reason` label of
@@ -220,7 +287,9 @@ impl Clients {
         self.len() == 0
     }
 
-    fn open(&self, protocol: &'static str, stream: &Socket) -> u64 {
+    /// Lists a connection; `new`: counted in `connections_total` (one moved from another
+    /// shard was counted there).
+    fn open(&self, protocol: &'static str, stream: &Socket, new: bool) -> u64 {
         // Shard in the high bits: ids are unique across the process.
         let id = self.ids.next();
         let addr =
@@ -239,7 +308,11 @@ impl Clients {
             crate::metrics::with(|m| {
                 let m = m.protocol(p);
                 m.connections_active += 1;
-                m.connections_total += 1;
+                if new {
+                    m.connections_total += 1;
+                } else {
+                    m.connections_moved += 1;
+                }
             });
         }
         self.changed.notify();

@@ -90,6 +90,9 @@ pub struct Conn {
     /// The SASL session on a `SASL_*` listener (`kafka::sasl`): what the next token is
     /// for, and when the authentication expires.
     pub sasl: std::cell::RefCell<super::sasl::Session>,
+    /// Which shard's partitions its Produce and Fetch requests go to: it moves there
+    /// (`kafka::placement`).
+    pub follow: super::placement::Follow,
 }
 
 pub type Pending = LocalBoxFuture<'static, Option<Answer>>;

@@ -234,7 +234,9 @@ pub async fn handle(
     }
     // Stage one: one envelope per owner shard, sent in request order.
     let mut pending = Vec::new();
-    for (owner, group) in by_owner(shard, work) {
+    let groups = by_owner(shard, work);
+    conn.follow.saw(groups.iter().map(|(owner, _)| *owner));
+    for (owner, group) in groups {
         let (idx, parts): (Vec<usize>, Vec<ProducePart>) = group
             .into_iter()
             .map(|(i, topic, partition, records)| {

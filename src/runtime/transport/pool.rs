@@ -94,6 +94,45 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// A reader that first gives `unread` (bytes another reader took from the same socket
+    /// and did not consume: a connection moved to this shard), then reads `inner`.
+    pub fn with_unread(inner: R, unread: &[u8]) -> Reader<R> {
+        let mut reader = Reader::new(inner);
+        reader.put_back(unread);
+        reader
+    }
+
+    /// Takes the bytes read and not yet consumed (the reader then holds none).
+    pub fn take_unread(&mut self) -> Vec<u8> {
+        let Some(u) = self.unread.take() else {
+            return Vec::new();
+        };
+        let bytes = u.buf[u.start..u.end].to_vec();
+        give_read(u.buf);
+        bytes
+    }
+
+    /// Puts back bytes `take_unread` took (or `with_unread`'s): they are read first.
+    pub fn put_back(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.unread.is_some() {
+            let rest = self.take_unread();
+            return self.put_back(&[bytes, &rest[..]].concat());
+        }
+        let mut buf = take_read();
+        if buf.len() < bytes.len() {
+            buf = bytes.to_vec().into_boxed_slice();
+        }
+        buf[..bytes.len()].copy_from_slice(bytes);
+        self.unread = Some(Unread {
+            buf,
+            start: 0,
+            end: bytes.len(),
+        });
+    }
+
     /// Bytes read and not yet consumed (0 between frames of an idle connection).
     pub fn buffered(&self) -> usize {
         self.unread.as_ref().map_or(0, |u| u.end - u.start)
@@ -199,6 +238,23 @@ mod tests {
 
     fn free_read() -> usize {
         FREE.with(|f| f.borrow().read.len())
+    }
+
+    #[test]
+    fn unread_bytes_taken_from_one_reader_come_first_from_another() {
+        let data: Vec<u8> = (0..10u8).collect();
+        let mut r = Reader::new(&data[..]);
+        let mut two = [0u8; 2];
+        block_on(r.read_exact(&mut two)).unwrap();
+        let unread = r.take_unread();
+        assert_eq!(unread, (2..10u8).collect::<Vec<_>>());
+        assert_eq!(r.buffered(), 0);
+        // The socket goes on with what comes after (here: a second source).
+        let more = [10u8, 11];
+        let mut moved = Reader::with_unread(&more[..], &unread);
+        let mut all = Vec::new();
+        block_on(moved.read_to_end(&mut all)).unwrap();
+        assert_eq!(all, (2..12u8).collect::<Vec<_>>());
     }
 
     #[test]

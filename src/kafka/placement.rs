@@ -1,0 +1,156 @@
+//! Where a Kafka connection is served: with the partitions it uses.
+//!
+//! A connection starts on the shard whose socket accepted it (SO_REUSEPORT: the kernel's
+//! choice). When its last `FOLLOW_AFTER` Produce and Fetch requests all went to partitions
+//! of one other shard, each of them crossed shards twice (there and back), a wake-up of
+//! each shard per request at moderate rates; the connection then moves to that shard
+//! (`server::move_to`), where those requests cost no hop at all. A connection whose
+//! partitions lie on several shards stays where it is, as does one on a TLS listener (its
+//! session cannot be handed over) or in the middle of a SASL exchange.
+//!
+//! The shard asked takes the connection only while it is not busy (`BUSY_LIMIT` of its
+//! time running tasks over the last second): at full load, a connection's decoding and
+//! framing on one shard and its partitions' appends on the other use both cores, and a
+//! refused move is not asked again for `RETRY_AFTER`. `kafka.connections_follow_partitions
+//! = false` keeps every connection where it was accepted.
+//!
+//! `Follow` is one connection's record, kept on the connection's shard and touched only
+//! there (`Conn.follow`); the offer is one round trip to the other shard (`offer`).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::broker::Shard;
+
+/// Consecutive Produce/Fetch requests to one other shard's partitions before a move.
+pub const FOLLOW_AFTER: u32 = 32;
+/// A shard takes a connection only while it spent less than this share of the last second
+/// running tasks.
+pub const BUSY_LIMIT: f64 = 0.5;
+/// After a refused or failed move, the connection stays put this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Which shard one connection's recent Produce and Fetch requests went to.
+#[derive(Debug)]
+pub struct Follow {
+    /// The shard all of the last `run` requests went to.
+    shard: Cell<usize>,
+    run: Cell<u32>,
+    /// No move before this (a refused offer, a failed move).
+    not_before: Cell<Option<Instant>>,
+}
+
+impl Follow {
+    pub fn new(here: usize) -> Follow {
+        Follow {
+            shard: Cell::new(here),
+            run: Cell::new(0),
+            not_before: Cell::new(None),
+        }
+    }
+
+    /// Notes the owner shards of one Produce or Fetch request's partitions (repeats
+    /// allowed): one shard continues or starts a run, several end it.
+    pub fn saw(&self, mut owners: impl Iterator<Item = usize>) {
+        let Some(first) = owners.next() else {
+            return;
+        };
+        if owners.any(|o| o != first) {
+            self.run.set(0);
+        } else if first == self.shard.get() {
+            self.run.set(self.run.get().saturating_add(1));
+        } else {
+            self.shard.set(first);
+            self.run.set(1);
+        }
+    }
+
+    /// The shard to move to: the one the last `FOLLOW_AFTER` requests all went to, when it
+    /// is not `here` and no refusal holds the connection back.
+    pub fn wanted(&self, here: usize, now: Instant) -> Option<usize> {
+        let to = self.shard.get();
+        let ready = self.not_before.get().is_none_or(|t| now >= t);
+        (to != here && self.run.get() >= FOLLOW_AFTER && ready).then_some(to)
+    }
+
+    /// A move was refused or failed: not again for `RETRY_AFTER`, and only after a new run.
+    pub fn refused(&self, now: Instant) {
+        self.not_before.set(Some(now + RETRY_AFTER));
+        self.run.set(0);
+    }
+}
+
+/// Asks shard `to` whether it takes a connection now: it is not busy (`BUSY_LIMIT`) and
+/// has room under `limits.max_connections_per_shard`. False when it cannot be reached.
+pub async fn offer(shard: &Rc<Shard>, to: usize) -> bool {
+    let taken = shard
+        .core
+        .ask_on::<Shard, bool>(to, |there, reply| {
+            let busy = crate::metrics::with(|m| m.busy_ratio);
+            let room = there.clients.len() < there.config.limits.max_connections_per_shard;
+            reply.send(busy < BUSY_LIMIT && room && !there.stopping.get());
+        })
+        .await;
+    taken.unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_requests_to_one_other_shard_asks_for_a_move() {
+        let f = Follow::new(0);
+        let now = Instant::now();
+        for _ in 0..FOLLOW_AFTER - 1 {
+            f.saw([1, 1].into_iter());
+        }
+        assert_eq!(f.wanted(0, now), None, "one request short of a run");
+        f.saw([1].into_iter());
+        assert_eq!(f.wanted(0, now), Some(1));
+        // Already there: nothing to do.
+        assert_eq!(f.wanted(1, now), None);
+    }
+
+    #[test]
+    fn partitions_on_several_shards_or_a_change_of_shard_restart_the_run() {
+        let f = Follow::new(0);
+        let now = Instant::now();
+        for _ in 0..FOLLOW_AFTER {
+            f.saw([1].into_iter());
+        }
+        f.saw([1, 0].into_iter());
+        assert_eq!(
+            f.wanted(0, now),
+            None,
+            "a request to two shards ends the run"
+        );
+        for _ in 0..FOLLOW_AFTER - 1 {
+            f.saw([1].into_iter());
+        }
+        f.saw([2].into_iter());
+        assert_eq!(f.wanted(0, now), None, "a new shard starts a new run");
+        // A request with no partition (all unknown topics) changes nothing.
+        f.saw(std::iter::empty());
+        for _ in 0..FOLLOW_AFTER - 1 {
+            f.saw([2].into_iter());
+        }
+        assert_eq!(f.wanted(0, now), Some(2));
+    }
+
+    #[test]
+    fn a_refusal_holds_the_connection_back_then_needs_a_new_run() {
+        let f = Follow::new(0);
+        let now = Instant::now();
+        for _ in 0..FOLLOW_AFTER {
+            f.saw([1].into_iter());
+        }
+        f.refused(now);
+        for _ in 0..FOLLOW_AFTER {
+            f.saw([1].into_iter());
+        }
+        assert_eq!(f.wanted(0, now + RETRY_AFTER / 2), None);
+        assert_eq!(f.wanted(0, now + RETRY_AFTER), Some(1));
+    }
+}
