@@ -291,6 +291,10 @@ pub struct AmqpConfig {
     /// A delivery not acknowledged for this long closes its channel with 406 and goes
     /// back to its queue (RabbitMQ's `consumer_timeout`, 30 minutes); 0 = never.
     pub consumer_timeout_ms: u64,
+    /// A connection at rest whose publishes all go to the queues of one other shard moves
+    /// to that shard, when it is not busy (`amqp::connection::moving`); false: every
+    /// connection stays on the shard that accepted it.
+    pub connections_follow_queues: bool,
     /// A frame must arrive whole within this many ms of its first byte, or the connection
     /// is closed (a client trickling a frame cannot hold a connection and its buffer);
     /// a connection between frames is bounded by heartbeats instead. During the handshake
@@ -638,6 +642,7 @@ impl Default for AmqpConfig {
             consumer_window: 2000,
             consumer_window_bytes: 16 << 20,
             consumer_timeout_ms: 1_800_000,
+            connections_follow_queues: true,
             frame_read_timeout_ms: 30_000,
             users: Vec::new(),
             loopback_users: vec!["guest".into()],

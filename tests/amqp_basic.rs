@@ -1,6 +1,6 @@
 //! AMQP basics with lapin against the real broker: a work queue shared by three consumers,
-//! publisher and consumer on different shards, properties and bodies delivered unchanged,
-//! direct reply-to.
+//! publisher and consumer on different shards, a publisher moving to its queue's shard,
+//! properties and bodies delivered unchanged, direct reply-to.
 
 mod common;
 
@@ -115,7 +115,12 @@ fn locator(value: &str) -> FieldTable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publisher_and_consumer_on_different_shards() {
     let (_d, data) = data_dir();
-    let broker = Broker::start(&data, &[]);
+    // Publishers stay on their shard here (they would move to their queue's otherwise,
+    // `a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confirms`).
+    let broker = Broker::start(
+        &data,
+        &[("PORTASK_AMQP__CONNECTIONS_FOLLOW_QUEUES", "false")],
+    );
     let chans = one_on_each_shard(&broker.amqp_url()).await;
     let [(_c0, ch0), (_c1, ch1)] = &chans;
     // A queue on each shard (declared client-local by a connection on it); publish from
@@ -377,4 +382,97 @@ async fn direct_reply_to_rpc_across_shards() {
         next(&mut server, 10).await.expect("served").data,
         b"still here"
     );
+}
+
+/// A connection that publishes to a queue of the other shard moves to that shard between
+/// two frames (`amqp::connection::moving`), and its client sees nothing of it. The
+/// publisher pipelines 400 messages on two channels, one in confirm mode and one not, while
+/// it moves: every confirm is an ack, the queue holds each channel's messages in the order
+/// they were published, none lost or doubled, and the channels go on after the move (a
+/// confirm, a consume) on the queue's shard, counted in `portask_connections_moved_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confirms() {
+    const N: u32 = 400;
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let [(_c0, ch0), (c1, plain)] = one_on_each_shard(&broker.amqp_url()).await;
+    declare(&ch0, "moving", locator("client-local")).await;
+    assert_eq!(owner_shard(&broker, "moving"), 0);
+    let confirming = channel(&c1).await;
+    confirm_select(&confirming).await;
+    let mut confirms = Vec::new();
+    for i in 0..N {
+        let (ch, which) = if i % 2 == 0 {
+            (&confirming, b'c')
+        } else {
+            (&plain, b'p')
+        };
+        let mut body = vec![which];
+        body.extend_from_slice(&i.to_be_bytes());
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "moving".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic.publish");
+        if which == b'c' {
+            confirms.push(confirm);
+        }
+    }
+    for (i, confirm) in confirms.into_iter().enumerate() {
+        let outcome = confirm.await.expect("confirm");
+        assert!(
+            outcome.is_ack(),
+            "publish {i} on the confirming channel acked"
+        );
+    }
+    let mut c = consume(&ch0, "moving", false).await;
+    let mut last = [None::<u32>, None];
+    for _ in 0..N {
+        let d = next(&mut c, 10).await.expect("every message delivered");
+        let n = u32::from_be_bytes(d.data[1..5].try_into().unwrap());
+        let slot = usize::from(d.data[0] == b'p');
+        assert!(
+            last[slot].is_none_or(|prev| n == prev + 2),
+            "channel {} gave {n} after {:?}: published order kept",
+            d.data[0] as char,
+            last[slot]
+        );
+        last[slot] = Some(n);
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    assert_eq!(
+        last,
+        [Some(N - 2), Some(N - 1)],
+        "the last of each channel came"
+    );
+    assert!(next(&mut c, 1).await.is_none(), "nothing doubled");
+    // The publisher's channels go on, on the queue's shard.
+    let outcome = publish_outcome(&confirming, "", "moving", b"after", Default::default())
+        .await
+        .expect("publish after the move");
+    assert!(outcome.is_ack());
+    assert_eq!(next(&mut c, 10).await.expect("delivered").data, b"after");
+    declare(&plain, "probe-after", FieldTable::default()).await;
+    let probe = consume(&plain, "probe-after", true).await;
+    assert_eq!(
+        shard_of(&probe),
+        0,
+        "the publisher's connection is on the queue's shard"
+    );
+    let metrics = ureq::get(&format!("{}/metrics", broker.http_url()))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    let moved: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("portask_connections_moved_total{") && l.contains("amqp"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(moved, 1.0, "the publisher moved once");
 }

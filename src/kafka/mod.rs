@@ -6,8 +6,8 @@
 //! (`sasl`).
 //!
 //! A connection starts on the shard that accepted it and moves to the shard of its
-//! partitions when they are all on one (`placement`); partition work crosses to the owner
-//! shard through `Shard::kafka_dispatch` / `Shard::kafka`.
+//! partitions when they are all on one (`server`, `runtime::placement`); partition work
+//! crosses to the owner shard through `Shard::kafka_dispatch` / `Shard::kafka`.
 
 pub mod apis;
 pub mod codec;
@@ -19,7 +19,6 @@ pub mod message_set;
 pub mod offsets_topic;
 pub mod owner;
 pub mod partitioner;
-pub mod placement;
 pub mod produce_scan;
 pub mod sasl;
 pub mod server;

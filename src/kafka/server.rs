@@ -1,7 +1,7 @@
 //! The Kafka listeners of one shard and their connections.
 //!
 //! Every shard binds every listener of `kafka.effective_listeners()` (glommio sets
-//! SO_REUSEPORT, so the kernel spreads connections); a connection lives on the shard that
+//! SO_REUSEPORT, so the kernel spreads connections); a connection starts on the shard that
 //! accepted it and knows its listener (`Conn.listener`: security protocol, advertised
 //! address). `SSL` and `SASL_SSL` listeners wrap the socket in TLS first
 //! (`runtime::transport`); on `SSL` a verified client certificate's subject is the
@@ -17,6 +17,14 @@
 //! by its API key before the frame is read, and a failed authentication closes the
 //! connection once its answer is written; after a v0 SaslHandshake the SASL tokens come as
 //! bare frames (`sasl_token`).
+//!
+//! A connection whose last Produce and Fetch requests all went to the partitions of one
+//! other shard moves there between two requests (`runtime::placement`, `move_to`): its
+//! answers owed are written first, then the socket goes over with the bytes of the next
+//! request already read, its principal and SASL session. A TLS connection (its session
+//! cannot be handed over) and one in the middle of a SASL exchange stay;
+//! `kafka.connections_follow_partitions = false` keeps every connection where it was
+//! accepted.
 //!
 //! Memory: a frame is read only when the connection's and the shard's in-flight budgets
 //! (`limits.*_inflight_bytes`) have room for it and for the most it can hold once decoded
@@ -43,12 +51,12 @@ use kafka_protocol::messages::ApiKey;
 
 use super::codec::{self, CodecError};
 use super::handlers::{self, api_versions, Conn};
-use super::placement::{self, Follow};
 use super::produce_scan;
 use crate::broker::Shard;
 use crate::config::{KafkaListener, SecurityProtocol};
 use crate::metrics::Protocol;
 use crate::runtime::listener;
+use crate::runtime::placement::{self, Follow};
 use crate::runtime::transport::pool::Reader;
 use crate::runtime::transport::{self, ReadHalf, Socket, Transport, WriteHalf};
 use crate::security::Principal;
@@ -289,7 +297,7 @@ async fn serve(conn: Rc<Conn>, stream: Transport, unread: &[u8]) -> std::io::Res
     Ok(())
 }
 
-/// Moves the connection to shard `to` (`kafka::placement`), if that shard takes it: waits
+/// Moves the connection to shard `to` (`runtime::placement`), if that shard takes it: waits
 /// until every answer owed is written (reading nothing meanwhile), then hands the socket
 /// over with the bytes read of the next request. False when `to` refused or could not be
 /// reached: the connection goes on here, where nothing was lost.
@@ -301,7 +309,7 @@ async fn move_to(
     out: &Answers,
 ) -> bool {
     let shard = &conn.shard;
-    if !placement::offer(shard, to).await {
+    if !placement::offer(&shard.core, to).await {
         conn.follow.refused(Instant::now());
         return false;
     }

@@ -31,6 +31,26 @@ impl Default for Confirms {
 }
 
 impl Confirms {
+    /// A ledger whose first publish gets `next_seq` (a channel that moved to another shard
+    /// with its connection goes on numbering where it was).
+    pub fn starting_at(next_seq: u64) -> Confirms {
+        Confirms {
+            next_seq: next_seq.max(1),
+            ..Confirms::default()
+        }
+    }
+
+    /// The sequence number the next publish gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Every publish tracked is confirmed to the client: none waits for a queue, none for
+    /// its frame to be written.
+    pub fn settled(&self) -> bool {
+        self.pending.is_empty() && self.done.is_empty()
+    }
+
     /// Registers a publish routed to `queues` queues, received at `received`; returns its
     /// seq. One routed nowhere is complete (acked) at once.
     pub fn track(&mut self, queues: u32, received: Option<Instant>) -> u64 {

@@ -100,7 +100,70 @@ pub struct Channel {
     pub direct_reply: Option<(Arc<str>, u64)>,
 }
 
+/// What a channel at rest takes along when its connection moves to another shard
+/// (`connection::moving`): its settings and where its numbering stands.
+#[derive(Debug, Clone)]
+pub struct Carried {
+    pub id: u16,
+    flow: bool,
+    prefetch_count: u32,
+    prefetch_bytes: u64,
+    global: (u32, u64),
+    next_tag: u64,
+    confirm: bool,
+    next_seq: u64,
+    /// In transaction mode (tx.select), with nothing in the transaction.
+    tx: bool,
+}
+
 impl Channel {
+    /// Nothing in flight on the channel: no consumer, no delivery unacked or held, no
+    /// publish being assembled, no publish waiting for its confirm, an empty transaction if
+    /// any, no direct reply-to consumer; not closing. Such a channel is its settings and
+    /// counters alone (`carried`).
+    pub fn at_rest(&self) -> bool {
+        !self.closing
+            && self.consumers.is_empty()
+            && self.unacked.is_empty()
+            && self.publish.is_none()
+            && self.confirms.settled()
+            && self.direct_reply.is_none()
+            && self
+                .tx
+                .as_ref()
+                .is_none_or(|t| t.publishes.is_empty() && t.settles.is_empty() && t.tags.is_empty())
+    }
+
+    /// The channel's settings and counters (meaningful for a channel `at_rest`).
+    pub fn carried(&self) -> Carried {
+        Carried {
+            id: self.id,
+            flow: self.flow,
+            prefetch_count: self.prefetch_count,
+            prefetch_bytes: self.prefetch_bytes,
+            global: self.unacked.global(),
+            next_tag: self.unacked.peek_tag(),
+            confirm: self.confirm,
+            next_seq: self.confirms.next_seq(),
+            tx: self.tx.is_some(),
+        }
+    }
+
+    /// The channel `carried` describes, on the shard its connection moved to.
+    pub fn resumed(c: Carried) -> ChannelRef {
+        let ch = Channel::new(c.id, c.prefetch_count);
+        {
+            let mut m = ch.borrow_mut();
+            m.flow = c.flow;
+            m.prefetch_bytes = c.prefetch_bytes;
+            m.unacked = Unacked::resumed(c.next_tag, c.global);
+            m.confirm = c.confirm;
+            m.confirms = Confirms::starting_at(c.next_seq);
+            m.tx = c.tx.then(Tx::default);
+        }
+        ch
+    }
+
     /// A new channel whose consumers start with `default_prefetch` (`amqp.default_prefetch`).
     pub fn new(id: u16, default_prefetch: u32) -> ChannelRef {
         Rc::new(RefCell::new(Channel {

@@ -66,6 +66,27 @@ impl Default for Unacked {
 }
 
 impl Unacked {
+    /// A ledger with nothing unacked or held whose next delivery tag is `next_tag` and whose
+    /// channel-wide prefetch is `global` (a channel that moved to another shard).
+    pub fn resumed(next_tag: u64, global: (u32, u64)) -> Unacked {
+        Unacked {
+            next_tag: next_tag.max(1),
+            global_count: global.0,
+            global_bytes: global.1,
+            ..Unacked::default()
+        }
+    }
+
+    /// No delivery unacked or held back.
+    pub fn is_empty(&self) -> bool {
+        self.tagged.is_empty() && self.held.is_empty()
+    }
+
+    /// The tag the next delivery gets (`next_tag` takes it).
+    pub fn peek_tag(&self) -> u64 {
+        self.next_tag
+    }
+
     /// The channel-wide prefetch (count, bytes); 0 means none.
     pub fn global(&self) -> (u32, u64) {
         (self.global_count, self.global_bytes)

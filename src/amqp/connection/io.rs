@@ -21,7 +21,7 @@ use futures::future::{select, Either};
 use futures::AsyncWriteExt;
 
 use super::{
-    closed_linger, flow, handle_frame, handshake, still_running, Connection, Phase, CLOSE_TIMEOUT,
+    closed_linger, flow, handle_frame, still_running, Connection, Phase, CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
 };
 use crate::amqp::codec::{self, FrameError};
@@ -34,7 +34,8 @@ use crate::util::notify::Listener;
 const STOP_DRAIN: Duration = Duration::from_millis(500);
 
 /// Writes the connection's output as it comes, then returns credit for the deliveries
-/// written; closes the socket for writing when the connection is finished or dead.
+/// written; closes the socket for writing when the connection is finished or dead (not
+/// when it moved to another shard).
 pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
     loop {
         let l = Listener::new();
@@ -51,10 +52,12 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
             continue;
         }
         // The flush is free on plain sockets and pushes out what a TLS session holds.
+        conn.writing.set(true);
         let sent = match writer.write_all(&buf).await {
             Ok(()) => writer.flush().await,
             Err(e) => Err(e),
         };
+        conn.writing.set(false);
         if let Err(e) = sent {
             log::debug!("amqp write to {}: {e}", conn.peer);
             conn.dead.set(true);
@@ -88,6 +91,10 @@ pub(super) async fn write_loop(conn: Rc<Connection>, mut writer: WriteHalf) {
                 },
             );
         }
+    }
+    if conn.moved.get() {
+        // Another shard serves the socket now: leave it open.
+        return;
     }
     let _ = writer.close().await;
 }
@@ -131,18 +138,17 @@ pub(super) async fn fill(
     Ok(true)
 }
 
-/// Reads and handles frames until the connection ends (the peer closes, a close
-/// completes, a deadline passes, the shard stops).
+/// Reads and handles frames, from `phase` on, until the connection ends (`Ok(None)`: the
+/// peer closes, a close completes, a deadline passes, the shard stops) or, when `movable`,
+/// until it should move to the shard its publishes go to (`Ok(Some(shard))`, between two
+/// frames: `buf` holds at most the start of the next one; `connection::moving`).
 pub(super) async fn read_loop(
     conn: &Rc<Connection>,
-    stream: ReadHalf,
-) -> Result<(), std::io::Error> {
-    let mut stream = Reader::new(stream);
-    let mut buf = BytesMut::new();
-    if !handshake::greet(conn, &mut stream, &mut buf).await? {
-        return Ok(());
-    }
-    let mut phase = Phase::StartOk;
+    stream: &mut Reader<ReadHalf>,
+    buf: &mut BytesMut,
+    mut phase: Phase,
+    movable: bool,
+) -> Result<Option<usize>, std::io::Error> {
     let started = now_ms();
     let mut close_deadline: Option<i64> = None;
     let mut stop_drain_until: Option<i64> = None;
@@ -154,7 +160,7 @@ pub(super) async fn read_loop(
         // Every complete frame in the buffer.
         let mut took_frame = false;
         loop {
-            let frame = match codec::take_frame(&mut buf, conn.frame_max.get()) {
+            let frame = match codec::take_frame(buf, conn.frame_max.get()) {
                 Ok(Some(f)) => {
                     took_frame = true;
                     f
@@ -162,7 +168,7 @@ pub(super) async fn read_loop(
                 Ok(None) => break,
                 Err(e) => {
                     if matches!(phase, Phase::Closing | Phase::Closed) {
-                        return Ok(());
+                        return Ok(None);
                     }
                     let code = match e {
                         FrameError::BadType(_)
@@ -183,7 +189,7 @@ pub(super) async fn read_loop(
             }
             match handle_frame(conn, &mut phase, frame).await {
                 Ok(true) => {}
-                Ok(false) => return Ok(()),
+                Ok(false) => return Ok(None),
                 Err(AmqpError::Connection { code, text }) => {
                     log::info!("amqp connection from {}: {text}", conn.peer);
                     let (c, m) = conn.last_method.get();
@@ -211,14 +217,7 @@ pub(super) async fn read_loop(
             // handled: read whatever is already on its way, briefly, then close.
             let until = *stop_drain_until.get_or_insert(now_ms() + STOP_DRAIN.as_millis() as i64);
             if now_ms() < until
-                && fill(
-                    conn,
-                    &mut stream,
-                    &mut buf,
-                    Some(Duration::from_millis(10)),
-                    false,
-                )
-                .await?
+                && fill(conn, stream, buf, Some(Duration::from_millis(10)), false).await?
             {
                 continue;
             }
@@ -232,6 +231,11 @@ pub(super) async fn read_loop(
             );
             phase = Phase::Closing;
             close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
+        }
+        if movable && phase == Phase::Running && !conn.shard.stopping.get() {
+            if let Some(to) = conn.follow.wanted(conn.shard.id, std::time::Instant::now()) {
+                return Ok(Some(to));
+            }
         }
         // Flow control: the shard's outbox first, then (for a publisher) the disk alarm.
         let waiting_since = now_ms();
@@ -250,7 +254,7 @@ pub(super) async fn read_loop(
                 });
                 let left = t - now_ms();
                 if left <= 0 {
-                    return Ok(());
+                    return Ok(None);
                 }
                 Some(Duration::from_millis(left as u64))
             }
@@ -260,7 +264,7 @@ pub(super) async fn read_loop(
                     let left = since + frame_timeout - now_ms();
                     if left <= 0 {
                         log_slow_frame(conn, frame_timeout, buf.len());
-                        return Ok(());
+                        return Ok(None);
                     }
                     Some(Duration::from_millis(left as u64))
                 }
@@ -269,13 +273,13 @@ pub(super) async fn read_loop(
                 let left = started + HANDSHAKE_TIMEOUT.as_millis() as i64 - now_ms();
                 if left <= 0 {
                     log::info!("amqp connection from {}: handshake timed out", conn.peer);
-                    return Ok(());
+                    return Ok(None);
                 }
                 Some(Duration::from_millis(left as u64))
             }
         };
         let stopping_before = conn.shard.stopping.get();
-        if !fill(conn, &mut stream, &mut buf, deadline, true).await? {
+        if !fill(conn, stream, buf, deadline, true).await? {
             if conn.shard.stopping.get() && !stopping_before && phase == Phase::Running {
                 // The shard began stopping while we waited: tell the client (next turn).
                 continue;
@@ -288,7 +292,7 @@ pub(super) async fn read_loop(
             {
                 log_slow_frame(conn, frame_timeout, buf.len());
             }
-            return Ok(());
+            return Ok(None);
         }
     }
 }

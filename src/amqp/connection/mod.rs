@@ -30,6 +30,7 @@ mod channels;
 mod flow;
 mod handshake;
 mod io;
+mod moving;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
 use crate::metrics::Protocol;
+use crate::runtime::placement::Follow;
+use crate::runtime::transport::pool::Reader;
 use crate::runtime::transport::{self, pool, Socket, Transport};
 use crate::storage::log::now_ms;
 use crate::util::notify::Notify;
@@ -124,6 +127,13 @@ pub struct Connection {
     /// The subject of the client certificate the CA verified (TLS only): offers and
     /// answers the `EXTERNAL` mechanism.
     pub peer_subject: Option<crate::security::tls::PeerSubject>,
+    /// Which shard its publishes' queues are on: it moves there (`moving`).
+    pub follow: Follow,
+    /// The writer is writing output it took (`out` is empty meanwhile).
+    writing: Cell<bool>,
+    /// The connection moved to another shard: nothing more is written here, and the
+    /// socket is left open.
+    moved: Cell<bool>,
 }
 
 impl Connection {
@@ -157,6 +167,9 @@ impl Connection {
             disk_blocked: Cell::new(false),
             tls: false,
             peer_subject: None,
+            follow: Follow::new(shard.id),
+            writing: Cell::new(false),
+            moved: Cell::new(false),
         }
     }
 
@@ -184,7 +197,7 @@ impl Connection {
     /// Appends to the output and wakes the writer (nothing once the connection's close
     /// has gone out).
     pub fn write(&self, f: impl FnOnce(&mut BytesMut)) {
-        if self.dead.get() || self.quiet.get() {
+        if self.dead.get() || self.quiet.get() || self.moved.get() {
             return;
         }
         f(&mut self.output());
@@ -222,7 +235,7 @@ impl Connection {
     /// Sends connection.close or close-ok on channel 0 (even after an earlier one, for a
     /// crossing or repeated close); after it the connection writes nothing else.
     fn write_close(&self, method: conn_m::AMQPMethod) {
-        if !self.dead.get() {
+        if !self.dead.get() && !self.moved.get() {
             codec::put_method(&mut self.output(), 0, AMQPClass::Connection(method));
             self.out_ready.notify();
         }
@@ -350,12 +363,53 @@ async fn serve(shard: Rc<Shard>, stream: Transport) -> std::io::Result<()> {
     let mut conn = Connection::new(&shard, peer);
     conn.tls = stream.is_tls();
     conn.peer_subject = stream.peer_subject();
+    // A plain connection can move to another shard (TLS keeps its session here).
+    let socket = (!stream.is_tls()).then(|| stream.tcp().clone());
+    let conn = Rc::new(conn);
+    run_connection(conn, stream, Phase::StartOk, socket, &[]).await
+}
+
+/// Runs a connection, from the protocol header (`Phase::StartOk`) or, for one moved here
+/// from another shard (`moving`), from `Phase::Running` with `unread` (the start of its
+/// next frame), to its end or its move to another shard.
+async fn run_connection(
+    conn: Rc<Connection>,
+    stream: Transport,
+    mut phase: Phase,
+    socket: Option<Socket>,
+    unread: &[u8],
+) -> std::io::Result<()> {
+    let shard = conn.shard.clone();
+    let peer = conn.peer;
     // The reader keeps one half, the writer task the other.
     let (stream, writer) = stream.split();
-    let conn = Rc::new(conn);
     shard.amqp.register(&conn);
     let write_task = glommio::spawn_local(io::write_loop(conn.clone(), writer));
-    let result = io::read_loop(&conn, stream).await;
+    let mut reader = Reader::new(stream);
+    let mut buf = BytesMut::from(unread);
+    let movable = socket.is_some() && shard.config.amqp.connections_follow_queues;
+    let result = if phase == Phase::StartOk {
+        handshake::greet(&conn, &mut reader, &mut buf).await
+    } else {
+        Ok(true)
+    };
+    let result = match result {
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+        Ok(true) => loop {
+            let read = io::read_loop(&conn, &mut reader, &mut buf, phase, movable).await;
+            match (read, &socket) {
+                (Ok(Some(to)), Some(socket)) => {
+                    if moving::move_to(&conn, to, socket, &mut buf).await {
+                        break Ok(());
+                    }
+                    // Not moved: go on here (`placement::RETRY_AFTER` before another try).
+                    phase = Phase::Running;
+                }
+                (read, _) => break read.map(|_| ()),
+            }
+        },
+    };
     if let Err(e) = &result {
         log::info!("amqp connection from {peer} closed: {e}");
     }

@@ -483,6 +483,8 @@ pub fn send(
             c.id,
         )
     };
+    // Where its publishes go is where the connection would rather be (`connection::moving`).
+    conn.follow.saw(targets.iter().map(|q| q.owner));
     let confirm = seq.map(|seq| ConfirmTo {
         shard: conn.shard.id,
         conn: conn.id,

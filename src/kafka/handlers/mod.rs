@@ -91,8 +91,8 @@ pub struct Conn {
     /// for, and when the authentication expires.
     pub sasl: std::cell::RefCell<super::sasl::Session>,
     /// Which shard's partitions its Produce and Fetch requests go to: it moves there
-    /// (`kafka::placement`).
-    pub follow: super::placement::Follow,
+    /// (`runtime::placement`, `server::move_to`).
+    pub follow: crate::runtime::placement::Follow,
 }
 
 pub type Pending = LocalBoxFuture<'static, Option<Answer>>;

@@ -1,29 +1,30 @@
-//! Where a Kafka connection is served: with the partitions it uses.
+//! Where a connection is served: with the state it uses (a Kafka connection with its
+//! partitions, an AMQP publisher with its queues). Protocol-free: each protocol says which
+//! shards a request's work went to (`Follow::saw`) and moves its connection between two
+//! requests (`runtime::listener::hand_over`).
 //!
 //! A connection starts on the shard whose socket accepted it (SO_REUSEPORT: the kernel's
-//! choice). When its last `FOLLOW_AFTER` Produce and Fetch requests all went to partitions
-//! of one other shard, each of them crossed shards twice (there and back), a wake-up of
-//! each shard per request at moderate rates; the connection then moves to that shard
-//! (`server::move_to`), where those requests cost no hop at all. A connection whose
-//! partitions lie on several shards stays where it is, as does one on a TLS listener (its
-//! session cannot be handed over) or in the middle of a SASL exchange.
+//! choice). When its last `FOLLOW_AFTER` requests all went to one other shard, each of
+//! them crossed shards (there, and back with its answer), a wake-up of each shard per
+//! request at moderate rates; the connection then moves to that shard, where those
+//! requests cost no hop at all. A connection whose work lies on several shards stays where
+//! it is.
 //!
 //! The shard asked takes the connection only while it is not busy (`BUSY_LIMIT` of its
-//! time running tasks over the last second): at full load, a connection's decoding and
-//! framing on one shard and its partitions' appends on the other use both cores, and a
-//! refused move is not asked again for `RETRY_AFTER`. `kafka.connections_follow_partitions
-//! = false` keeps every connection where it was accepted.
+//! time running tasks over the last second, `offer`): at full load, a connection's
+//! decoding and framing on one shard and its partitions' or queues' work on the other use
+//! both cores. A refused or failed move is not tried again for `RETRY_AFTER`.
 //!
 //! `Follow` is one connection's record, kept on the connection's shard and touched only
-//! there (`Conn.follow`); the offer is one round trip to the other shard (`offer`).
+//! there; the offer is one round trip to the other shard.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::broker::Shard;
+use super::core::Core;
 
-/// Consecutive Produce/Fetch requests to one other shard's partitions before a move.
+/// Consecutive requests whose work all went to one other shard before a move.
 pub const FOLLOW_AFTER: u32 = 32;
 /// A shard takes a connection only while it spent less than this share of the last second
 /// running tasks.
@@ -31,7 +32,7 @@ pub const BUSY_LIMIT: f64 = 0.5;
 /// After a refused or failed move, the connection stays put this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// Which shard one connection's recent Produce and Fetch requests went to.
+/// Which shard one connection's recent requests sent their work to.
 #[derive(Debug)]
 pub struct Follow {
     /// The shard all of the last `run` requests went to.
@@ -50,8 +51,8 @@ impl Follow {
         }
     }
 
-    /// Notes the owner shards of one Produce or Fetch request's partitions (repeats
-    /// allowed): one shard continues or starts a run, several end it.
+    /// Notes the shards one request's work went to (repeats allowed): one shard continues
+    /// or starts a run, several end it, none changes nothing.
     pub fn saw(&self, mut owners: impl Iterator<Item = usize>) {
         let Some(first) = owners.next() else {
             return;
@@ -83,10 +84,9 @@ impl Follow {
 
 /// Asks shard `to` whether it takes a connection now: it is not busy (`BUSY_LIMIT`) and
 /// has room under `limits.max_connections_per_shard`. False when it cannot be reached.
-pub async fn offer(shard: &Rc<Shard>, to: usize) -> bool {
-    let taken = shard
-        .core
-        .ask_on::<Shard, bool>(to, |there, reply| {
+pub async fn offer(core: &Rc<Core>, to: usize) -> bool {
+    let taken = core
+        .ask(to, |there: &Rc<Core>, reply| {
             let busy = crate::metrics::with(|m| m.busy_ratio);
             let room = there.clients.len() < there.config.limits.max_connections_per_shard;
             reply.send(busy < BUSY_LIMIT && room && !there.stopping.get());

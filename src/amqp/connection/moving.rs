@@ -1,0 +1,176 @@
+//! A publishing connection moves to the shard of the queues it publishes to
+//! (`runtime::placement`): when its last publishes all went to queues of one other shard,
+//! each of them crossed shards (and its confirm crossed back), a wake-up of both shards per
+//! message at moderate rates. Moved, the publishes are enqueued where they arrive.
+//!
+//! Only a connection at rest moves, between two frames: running, on a plain socket, no
+//! exclusive queue, and every channel at rest (`Channel::at_rest`: no consumer, nothing
+//! unacked, no publish half-assembled or waiting for its confirm, an empty transaction).
+//! Consumers stay where they are: their queues deliver to them by connection. The move
+//! (`move_to`) reads nothing meanwhile: it waits (at most `SETTLE`) for the confirms owed
+//! to be written, then for every op this shard queued for the other one to be applied
+//! there (`outbox::barrier`), so what the connection published before the move is in its
+//! queues before anything it publishes after; then the socket goes over with the start of
+//! the next frame already read, the user, vhost, negotiated limits and each channel's
+//! settings and counters (`Carried`: prefetch, delivery tag and confirm sequence go on
+//! where they were). The client sees nothing of it. `amqp.connections_follow_queues =
+//! false` keeps every connection where it was accepted.
+//!
+//! Runs on the connection's shard (`move_to`), then on the other one (`adopted`).
+
+use std::cell::OnceCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::{io, run_connection, Connection, Phase};
+use crate::amqp::auth::Permissions;
+use crate::amqp::channel::{Carried, Channel};
+use crate::amqp::{channel::ChannelRef, outbox};
+use crate::broker::Shard;
+use crate::runtime::transport::{Socket, Transport};
+use crate::runtime::{listener, placement};
+
+/// How long a move waits for the connection's confirms to be written.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// What a connection takes along to the shard it moves to.
+struct Moving {
+    peer: SocketAddr,
+    user: String,
+    vhost: String,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    blocked_capable: bool,
+    published: bool,
+    channels: Vec<Carried>,
+    /// The start of the next frame, already read from the socket.
+    unread: Vec<u8>,
+}
+
+/// Nothing in flight on the connection: it can be described by its settings alone.
+fn at_rest(conn: &Connection) -> bool {
+    let channels: Vec<ChannelRef> = conn.channels.borrow().values().cloned().collect();
+    !conn.dead.get()
+        && !conn.quiet.get()
+        && !conn.disk_blocked.get()
+        && conn.exclusive.borrow().is_empty()
+        && conn.written.borrow().is_empty()
+        && conn.out.borrow().is_empty()
+        && !conn.writing.get()
+        && channels
+            .iter()
+            .all(|c| c.try_borrow().is_ok_and(|c| c.at_rest()))
+}
+
+/// Waits until the connection is at rest, at most `SETTLE`; false if it is not by then.
+async fn settled(conn: &Connection) -> bool {
+    let until = Instant::now() + SETTLE;
+    loop {
+        if at_rest(conn) {
+            return true;
+        }
+        if Instant::now() >= until || conn.dead.get() || conn.shard.stopping.get() {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Moves the connection to shard `to`, if that shard takes it and the connection comes to
+/// rest; `buf` holds the start of the next frame. True once another shard serves it (this
+/// one then writes nothing more to it); false when it goes on here, nothing lost.
+pub(super) async fn move_to(
+    conn: &Rc<Connection>,
+    to: usize,
+    socket: &Socket,
+    buf: &mut BytesMut,
+) -> bool {
+    let shard = &conn.shard;
+    let moved = placement::offer(&shard.core, to).await
+        && settled(conn).await
+        && {
+            // What this connection published is applied at `to` before the move arrives.
+            outbox::barrier(shard, to).await;
+            at_rest(conn)
+        }
+        && {
+            let moving = Moving {
+                peer: conn.peer,
+                user: conn.user().to_owned(),
+                vhost: conn.vhost().to_owned(),
+                frame_max: conn.frame_max.get(),
+                channel_max: conn.channel_max.get(),
+                heartbeat: conn.heartbeat.get(),
+                blocked_capable: conn.blocked_capable.get(),
+                published: conn.published.get(),
+                channels: conn
+                    .channels
+                    .borrow()
+                    .values()
+                    .map(|c| c.borrow().carried())
+                    .collect(),
+                unread: buf.to_vec(),
+            };
+            let serve = move |shard: Rc<Shard>, socket: Socket| adopted(shard, socket, moving);
+            listener::hand_over(&shard.core, to, "amqp", socket, serve).await
+        };
+    if moved {
+        conn.moved.set(true);
+        log::debug!("amqp connection from {} moved to shard {to}", conn.peer);
+    } else {
+        conn.follow.refused(Instant::now());
+    }
+    moved
+}
+
+/// Goes on with a connection another shard handed over (`move_to`), on this shard.
+async fn adopted(shard: Rc<Shard>, socket: Socket, moving: Moving) -> std::io::Result<()> {
+    let cfg = &shard.config.amqp;
+    let Some(perms) = Permissions::shared(cfg, &moving.user, &moving.vhost) else {
+        // The same configuration on every shard: not expected. The client reconnects.
+        log::warn!(
+            "amqp connection from {} dropped moving to shard {}: no permissions for {} on {}",
+            moving.peer,
+            shard.id,
+            moving.user,
+            moving.vhost
+        );
+        return Ok(());
+    };
+    let conn = Connection::new(&shard, moving.peer);
+    let set = |cell: &OnceCell<String>, v: String| {
+        let _ = cell.set(v);
+    };
+    set(&conn.user, moving.user);
+    set(&conn.vhost, moving.vhost);
+    let _ = conn.perms.set(perms);
+    conn.frame_max.set(moving.frame_max);
+    conn.channel_max.set(moving.channel_max);
+    conn.heartbeat.set(moving.heartbeat);
+    conn.blocked_capable.set(moving.blocked_capable);
+    {
+        let mut channels = conn.channels.borrow_mut();
+        for c in moving.channels {
+            channels.insert(c.id, Channel::resumed(c));
+        }
+    }
+    let conn = Rc::new(conn);
+    if moving.heartbeat > 0 {
+        let hb = io::heartbeat_loop(Rc::downgrade(&conn), moving.heartbeat);
+        glommio::spawn_local(hb).detach();
+    }
+    if cfg.consumer_timeout_ms > 0 {
+        let weak = Rc::downgrade(&conn);
+        let timeouts = super::channels::consumer_timeout_loop(weak, cfg.consumer_timeout_ms);
+        glommio::spawn_local(timeouts).detach();
+    }
+    if moving.published {
+        super::mark_published(&conn);
+    }
+    let plain = Transport::Plain(socket.clone());
+    run_connection(conn, plain, Phase::Running, Some(socket), &moving.unread).await
+}
