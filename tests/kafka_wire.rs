@@ -701,8 +701,8 @@ fn shard_of(broker: &Broker, local: std::net::SocketAddr) -> Option<u64> {
 }
 
 /// A connection whose Produce or Fetch requests all go to the partitions of the other shard
-/// moves there between two requests (`kafka::placement`), with pipelined requests waiting in
-/// its socket; its client sees nothing of it. Connections opened until two sit on each
+/// moves there between two requests (`runtime::placement`), with pipelined requests waiting
+/// in its socket; its client sees nothing of it. Connections opened until two sit on each
 /// shard: on the partition's shard one producer, on the other shard a producer and a
 /// reader, each sending requests four at a time. Every answer comes, in order, every record
 /// gets its own offset, the reader reads each record at its offset, and afterwards all
@@ -763,7 +763,11 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
     };
     let mut producers = producers;
     let mut at_offset = std::collections::BTreeMap::new();
+    // A connection moves after a run of requests lasting a second (`placement::FOLLOW_FOR`):
+    // the requests are spread over a little more.
+    let pause = Duration::from_millis(75);
     for round in 0..ROUNDS {
+        std::thread::sleep(pause);
         for (p, s) in producers.iter_mut().enumerate() {
             let first = round * PIPELINED;
             let frames: Vec<u8> = (first..first + PIPELINED)
@@ -809,6 +813,7 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
         request(ApiKey::Fetch, 4, offset as i32, &req)
     };
     for first in (0..total as i64).step_by(PIPELINED as usize) {
+        std::thread::sleep(pause / 3);
         let frames: Vec<u8> = (first..first + PIPELINED as i64)
             .flat_map(fetch_at)
             .collect();

@@ -4,14 +4,15 @@
 //! requests (`runtime::listener::hand_over`).
 //!
 //! A connection starts on the shard whose socket accepted it (SO_REUSEPORT: the kernel's
-//! choice). When its last `FOLLOW_AFTER` requests all went to one other shard, each of
-//! them crossed shards (there, and back with its answer), a wake-up of each shard per
+//! choice). When its last `FOLLOW_AFTER` requests, over at least `FOLLOW_FOR`, all went to
+//! one other shard, each of them crossed shards (there, and back with its answer), a wake-up of each shard per
 //! request at moderate rates; the connection then moves to that shard, where those
 //! requests cost no hop at all. A connection whose work lies on several shards stays where
 //! it is.
 //!
 //! The shard asked takes the connection only while it is not busy (`BUSY_LIMIT` of its
-//! time running tasks over the last second, `offer`): at full load, a connection's
+//! time running tasks over the last second, `offer`; the run lasting `FOLLOW_FOR` lets
+//! that second include the connection's own traffic): at full load, a connection's
 //! decoding and framing on one shard and its partitions' or queues' work on the other use
 //! both cores. A refused or failed move is not tried again for `RETRY_AFTER`.
 //!
@@ -26,6 +27,8 @@ use super::core::Core;
 
 /// Consecutive requests whose work all went to one other shard before a move.
 pub const FOLLOW_AFTER: u32 = 32;
+/// ...over at least this long.
+pub const FOLLOW_FOR: Duration = Duration::from_secs(1);
 /// A shard takes a connection only while it spent less than this share of the last second
 /// running tasks.
 pub const BUSY_LIMIT: f64 = 0.5;
@@ -35,9 +38,10 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Which shard one connection's recent requests sent their work to.
 #[derive(Debug)]
 pub struct Follow {
-    /// The shard all of the last `run` requests went to.
+    /// The shard all of the last `run` requests went to, since `since`.
     shard: Cell<usize>,
     run: Cell<u32>,
+    since: Cell<Instant>,
     /// No move before this (a refused offer, a failed move).
     not_before: Cell<Option<Instant>>,
 }
@@ -47,6 +51,7 @@ impl Follow {
         Follow {
             shard: Cell::new(here),
             run: Cell::new(0),
+            since: Cell::new(Instant::now()),
             not_before: Cell::new(None),
         }
     }
@@ -59,20 +64,23 @@ impl Follow {
         };
         if owners.any(|o| o != first) {
             self.run.set(0);
-        } else if first == self.shard.get() {
+        } else if first == self.shard.get() && self.run.get() > 0 {
             self.run.set(self.run.get().saturating_add(1));
         } else {
             self.shard.set(first);
             self.run.set(1);
+            self.since.set(Instant::now());
         }
     }
 
-    /// The shard to move to: the one the last `FOLLOW_AFTER` requests all went to, when it
-    /// is not `here` and no refusal holds the connection back.
+    /// The shard to move to: the one the last `FOLLOW_AFTER` requests, over `FOLLOW_FOR`
+    /// at least, all went to, when it is not `here` and no refusal holds the connection
+    /// back.
     pub fn wanted(&self, here: usize, now: Instant) -> Option<usize> {
         let to = self.shard.get();
         let ready = self.not_before.get().is_none_or(|t| now >= t);
-        (to != here && self.run.get() >= FOLLOW_AFTER && ready).then_some(to)
+        let long = now.saturating_duration_since(self.since.get()) >= FOLLOW_FOR;
+        (to != here && self.run.get() >= FOLLOW_AFTER && long && ready).then_some(to)
     }
 
     /// A move was refused or failed: not again for `RETRY_AFTER`, and only after a new run.
@@ -99,16 +107,26 @@ pub async fn offer(core: &Rc<Core>, to: usize) -> bool {
 mod tests {
     use super::*;
 
+    /// A moment at least `FOLLOW_FOR` after every run started so far.
+    fn later() -> Instant {
+        Instant::now() + FOLLOW_FOR
+    }
+
     #[test]
     fn a_run_of_requests_to_one_other_shard_asks_for_a_move() {
         let f = Follow::new(0);
-        let now = Instant::now();
         for _ in 0..FOLLOW_AFTER - 1 {
             f.saw([1, 1].into_iter());
         }
+        let now = later();
         assert_eq!(f.wanted(0, now), None, "one request short of a run");
         f.saw([1].into_iter());
         assert_eq!(f.wanted(0, now), Some(1));
+        assert_eq!(
+            f.wanted(0, now - FOLLOW_FOR / 2),
+            None,
+            "a run shorter than FOLLOW_FOR"
+        );
         // Already there: nothing to do.
         assert_eq!(f.wanted(1, now), None);
     }
@@ -116,13 +134,12 @@ mod tests {
     #[test]
     fn partitions_on_several_shards_or_a_change_of_shard_restart_the_run() {
         let f = Follow::new(0);
-        let now = Instant::now();
         for _ in 0..FOLLOW_AFTER {
             f.saw([1].into_iter());
         }
         f.saw([1, 0].into_iter());
         assert_eq!(
-            f.wanted(0, now),
+            f.wanted(0, later()),
             None,
             "a request to two shards ends the run"
         );
@@ -130,22 +147,22 @@ mod tests {
             f.saw([1].into_iter());
         }
         f.saw([2].into_iter());
-        assert_eq!(f.wanted(0, now), None, "a new shard starts a new run");
+        assert_eq!(f.wanted(0, later()), None, "a new shard starts a new run");
         // A request with no partition (all unknown topics) changes nothing.
         f.saw(std::iter::empty());
         for _ in 0..FOLLOW_AFTER - 1 {
             f.saw([2].into_iter());
         }
-        assert_eq!(f.wanted(0, now), Some(2));
+        assert_eq!(f.wanted(0, later()), Some(2));
     }
 
     #[test]
     fn a_refusal_holds_the_connection_back_then_needs_a_new_run() {
         let f = Follow::new(0);
-        let now = Instant::now();
         for _ in 0..FOLLOW_AFTER {
             f.saw([1].into_iter());
         }
+        let now = later();
         f.refused(now);
         for _ in 0..FOLLOW_AFTER {
             f.saw([1].into_iter());

@@ -232,8 +232,10 @@ pub(super) async fn read_loop(
             phase = Phase::Closing;
             close_deadline = Some(now_ms() + CLOSE_TIMEOUT.as_millis() as i64);
         }
+        // A move waits for a publish boundary: a publish half-read goes on being read.
         if movable && phase == Phase::Running && !conn.shard.stopping.get() {
-            if let Some(to) = conn.follow.wanted(conn.shard.id, std::time::Instant::now()) {
+            let wanted = conn.follow.wanted(conn.shard.id, std::time::Instant::now());
+            if let (Some(to), false) = (wanted, super::moving::assembling(conn)) {
                 return Ok(Some(to));
             }
         }

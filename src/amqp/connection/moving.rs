@@ -3,9 +3,9 @@
 //! each of them crossed shards (and its confirm crossed back), a wake-up of both shards per
 //! message at moderate rates. Moved, the publishes are enqueued where they arrive.
 //!
-//! Only a connection at rest moves, between two frames: running, on a plain socket, no
+//! Only a connection at rest moves, between two publishes: running, on a plain socket, no
 //! exclusive queue, and every channel at rest (`Channel::at_rest`: no consumer, nothing
-//! unacked, no publish half-assembled or waiting for its confirm, an empty transaction).
+//! unacked, no publish half-read or waiting for its confirm, an empty transaction).
 //! Consumers stay where they are: their queues deliver to them by connection. The move
 //! (`move_to`) reads nothing meanwhile: it waits (at most `SETTLE`) for the confirms owed
 //! to be written, then for every op this shard queued for the other one to be applied
@@ -33,8 +33,9 @@ use crate::broker::Shard;
 use crate::runtime::transport::{Socket, Transport};
 use crate::runtime::{listener, placement};
 
-/// How long a move waits for the connection's confirms to be written.
-const SETTLE: Duration = Duration::from_secs(2);
+/// How long a move waits for the connection's confirms to be written (the client's
+/// frames are not read meanwhile).
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// What a connection takes along to the shard it moves to.
 struct Moving {
@@ -49,6 +50,15 @@ struct Moving {
     channels: Vec<Carried>,
     /// The start of the next frame, already read from the socket.
     unread: Vec<u8>,
+}
+
+/// A channel has a publish whose content frames are still to come: the move waits for it
+/// to be read whole (the reader reads on until no publish is half-read).
+pub(super) fn assembling(conn: &Connection) -> bool {
+    conn.channels
+        .borrow()
+        .values()
+        .any(|c| c.try_borrow().map_or(true, |c| c.publish.is_some()))
 }
 
 /// Nothing in flight on the connection: it can be described by its settings alone.
