@@ -5,16 +5,18 @@
 //!
 //! A connection starts on the shard whose socket accepted it (SO_REUSEPORT: the kernel's
 //! choice). When its last `FOLLOW_AFTER` requests, over at least `FOLLOW_FOR`, all went to
-//! one other shard, each of them crossed shards (there, and back with its answer), a wake-up of each shard per
-//! request at moderate rates; the connection then moves to that shard, where those
-//! requests cost no hop at all. A connection whose work lies on several shards stays where
-//! it is.
+//! one other shard, each of them crossed shards (there, and back with its answer): at
+//! moderate rates a wake-up of each shard per request. The connection then moves to that
+//! shard, where those requests cost no hop at all. A connection whose work lies on several
+//! shards stays where it is.
 //!
-//! The shard asked takes the connection only while it is not busy (`BUSY_LIMIT` of its
-//! time running tasks over the last second, `offer`; the run lasting `FOLLOW_FOR` lets
-//! that second include the connection's own traffic): at full load, a connection's
-//! decoding and framing on one shard and its partitions' or queues' work on the other use
-//! both cores. A refused or failed move is not tried again for `RETRY_AFTER`.
+//! Two things keep a connection at full load where it is, where a request's work on one
+//! shard and its partitions' or queues' work on the other use both cores and the hops are
+//! shared by many records: large requests (`SMALL_REQUEST` on average over the run: a
+//! producer batching its records), and a busy shard, which refuses it (`BUSY_LIMIT` of its
+//! time running tasks over the last second, `offer`; the run lasting `FOLLOW_FOR` lets that
+//! second include the connection's own traffic). A refused or failed move is not tried
+//! again for `RETRY_AFTER`.
 //!
 //! `Follow` is one connection's record, kept on the connection's shard and touched only
 //! there; the offer is one round trip to the other shard.
@@ -29,6 +31,8 @@ use super::core::Core;
 pub const FOLLOW_AFTER: u32 = 32;
 /// ...over at least this long.
 pub const FOLLOW_FOR: Duration = Duration::from_secs(1);
+/// ...whose payloads average less than this (bytes per request).
+pub const SMALL_REQUEST: u64 = 64 * 1024;
 /// A shard takes a connection only while it spent less than this share of the last second
 /// running tasks.
 pub const BUSY_LIMIT: f64 = 0.5;
@@ -42,6 +46,8 @@ pub struct Follow {
     shard: Cell<usize>,
     run: Cell<u32>,
     since: Cell<Instant>,
+    /// The payload bytes of the run's requests.
+    bytes: Cell<u64>,
     /// No move before this (a refused offer, a failed move).
     not_before: Cell<Option<Instant>>,
 }
@@ -52,13 +58,14 @@ impl Follow {
             shard: Cell::new(here),
             run: Cell::new(0),
             since: Cell::new(Instant::now()),
+            bytes: Cell::new(0),
             not_before: Cell::new(None),
         }
     }
 
-    /// Notes the shards one request's work went to (repeats allowed): one shard continues
-    /// or starts a run, several end it, none changes nothing.
-    pub fn saw(&self, mut owners: impl Iterator<Item = usize>) {
+    /// Notes the shards one request's work went to (repeats allowed) and its payload's
+    /// size: one shard continues or starts a run, several end it, none changes nothing.
+    pub fn saw(&self, mut owners: impl Iterator<Item = usize>, bytes: usize) {
         let Some(first) = owners.next() else {
             return;
         };
@@ -66,21 +73,25 @@ impl Follow {
             self.run.set(0);
         } else if first == self.shard.get() && self.run.get() > 0 {
             self.run.set(self.run.get().saturating_add(1));
+            self.bytes
+                .set(self.bytes.get().saturating_add(bytes as u64));
         } else {
             self.shard.set(first);
             self.run.set(1);
             self.since.set(Instant::now());
+            self.bytes.set(bytes as u64);
         }
     }
 
     /// The shard to move to: the one the last `FOLLOW_AFTER` requests, over `FOLLOW_FOR`
-    /// at least, all went to, when it is not `here` and no refusal holds the connection
-    /// back.
+    /// at least and `SMALL_REQUEST` at most on average, all went to, when it is not `here`
+    /// and no refusal holds the connection back.
     pub fn wanted(&self, here: usize, now: Instant) -> Option<usize> {
-        let to = self.shard.get();
+        let (to, run) = (self.shard.get(), self.run.get());
         let ready = self.not_before.get().is_none_or(|t| now >= t);
         let long = now.saturating_duration_since(self.since.get()) >= FOLLOW_FOR;
-        (to != here && self.run.get() >= FOLLOW_AFTER && long && ready).then_some(to)
+        let small = self.bytes.get() / u64::from(run.max(1)) < SMALL_REQUEST;
+        (to != here && run >= FOLLOW_AFTER && long && small && ready).then_some(to)
     }
 
     /// A move was refused or failed: not again for `RETRY_AFTER`, and only after a new run.
@@ -116,11 +127,11 @@ mod tests {
     fn a_run_of_requests_to_one_other_shard_asks_for_a_move() {
         let f = Follow::new(0);
         for _ in 0..FOLLOW_AFTER - 1 {
-            f.saw([1, 1].into_iter());
+            f.saw([1, 1].into_iter(), 100);
         }
         let now = later();
         assert_eq!(f.wanted(0, now), None, "one request short of a run");
-        f.saw([1].into_iter());
+        f.saw([1].into_iter(), 100);
         assert_eq!(f.wanted(0, now), Some(1));
         assert_eq!(
             f.wanted(0, now - FOLLOW_FOR / 2),
@@ -135,37 +146,50 @@ mod tests {
     fn partitions_on_several_shards_or_a_change_of_shard_restart_the_run() {
         let f = Follow::new(0);
         for _ in 0..FOLLOW_AFTER {
-            f.saw([1].into_iter());
+            f.saw([1].into_iter(), 100);
         }
-        f.saw([1, 0].into_iter());
+        f.saw([1, 0].into_iter(), 100);
         assert_eq!(
             f.wanted(0, later()),
             None,
             "a request to two shards ends the run"
         );
         for _ in 0..FOLLOW_AFTER - 1 {
-            f.saw([1].into_iter());
+            f.saw([1].into_iter(), 100);
         }
-        f.saw([2].into_iter());
+        f.saw([2].into_iter(), 100);
         assert_eq!(f.wanted(0, later()), None, "a new shard starts a new run");
         // A request with no partition (all unknown topics) changes nothing.
-        f.saw(std::iter::empty());
+        f.saw(std::iter::empty(), 100);
         for _ in 0..FOLLOW_AFTER - 1 {
-            f.saw([2].into_iter());
+            f.saw([2].into_iter(), 100);
         }
         assert_eq!(f.wanted(0, later()), Some(2));
+    }
+
+    #[test]
+    fn large_requests_keep_a_connection_where_it_is() {
+        let f = Follow::new(0);
+        for _ in 0..FOLLOW_AFTER {
+            f.saw([1].into_iter(), SMALL_REQUEST as usize);
+        }
+        assert_eq!(f.wanted(0, later()), None, "batches of 64 KiB on average");
+        for _ in 0..FOLLOW_AFTER * 3 {
+            f.saw([1].into_iter(), 0);
+        }
+        assert_eq!(f.wanted(0, later()), Some(1), "small on average, now");
     }
 
     #[test]
     fn a_refusal_holds_the_connection_back_then_needs_a_new_run() {
         let f = Follow::new(0);
         for _ in 0..FOLLOW_AFTER {
-            f.saw([1].into_iter());
+            f.saw([1].into_iter(), 100);
         }
         let now = later();
         f.refused(now);
         for _ in 0..FOLLOW_AFTER {
-            f.saw([1].into_iter());
+            f.saw([1].into_iter(), 100);
         }
         assert_eq!(f.wanted(0, now + RETRY_AFTER / 2), None);
         assert_eq!(f.wanted(0, now + RETRY_AFTER), Some(1));

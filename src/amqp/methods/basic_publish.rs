@@ -484,7 +484,8 @@ pub fn send(
         )
     };
     // Where its publishes go is where the connection would rather be (`connection::moving`).
-    conn.follow.saw(targets.iter().map(|q| q.owner));
+    conn.follow
+        .saw(targets.iter().map(|q| q.owner), msg.body.len());
     let confirm = seq.map(|seq| ConfirmTo {
         shard: conn.shard.id,
         conn: conn.id,

@@ -106,7 +106,10 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
         let owners = wanted
             .iter()
             .filter_map(|w| Some((w.topic.as_deref()?, w.partition)));
-        conn.follow.saw(owners.map(|(t, p)| shard.owner_of(t, p)));
+        // A fetch request carries no payload: a consumer follows its partitions whatever
+        // it reads.
+        conn.follow
+            .saw(owners.map(|(t, p)| shard.owner_of(t, p)), 0);
         let unknown = if version >= 13 {
             ResponseError::UnknownTopicId.code()
         } else {

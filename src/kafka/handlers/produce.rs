@@ -235,7 +235,12 @@ pub async fn handle(
     // Stage one: one envelope per owner shard, sent in request order.
     let mut pending = Vec::new();
     let groups = by_owner(shard, work);
-    conn.follow.saw(groups.iter().map(|(owner, _)| *owner));
+    let records = groups.iter().flat_map(|(_, g)| g);
+    let bytes = records
+        .map(|(_, _, _, r)| r.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    conn.follow
+        .saw(groups.iter().map(|(owner, _)| *owner), bytes);
     for (owner, group) in groups {
         let (idx, parts): (Vec<usize>, Vec<ProducePart>) = group
             .into_iter()
