@@ -469,15 +469,6 @@ async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confi
         0,
         "the publisher's connection is on the queue's shard"
     );
-    let metrics = ureq::get(&format!("{}/metrics", broker.http_url()))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
-    let moved: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("portask_connections_moved_total{") && l.contains("amqp"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "amqp")]);
     assert_eq!(moved, 1.0, "the publisher moved once");
 }

@@ -620,31 +620,6 @@ async fn permissions_and_bad_requests_get_the_status_a_user_expects() {
     assert_eq!(admin.get("/api/v1/queues/%2F/inbox").status, 200);
 }
 
-/// The value of the first sample of `metric` whose labels include `labels`.
-fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
-fn scrape(broker: &Broker) -> prometheus_parse::Scrape {
-    let text = ureq::get(&format!("{}/metrics", broker.http_url()))
-        .call()
-        .expect("GET /metrics")
-        .into_string()
-        .expect("metrics text");
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("exposition")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_follow_amqp_publish_and_consume() {
     let (_d, data) = data_dir();
@@ -657,18 +632,18 @@ async fn metrics_follow_amqp_publish_and_consume() {
         confirmed_publish(&ch, "", "metered", b"12345", BasicProperties::default()).await;
     }
     let ready = [("vhost", "/"), ("queue", "metered"), ("state", "ready")];
-    let s = scrape(&broker);
+    let s = broker.scrape();
     assert_eq!(
-        sample(
+        common::sample(
             &s,
             "portask_messages_produced_total",
             &[("protocol", "amqp"), ("topic", "amq.default")]
         ),
         3.0
     );
-    assert_eq!(sample(&s, "portask_queue_messages", &ready), 3.0);
+    assert_eq!(common::sample(&s, "portask_queue_messages", &ready), 3.0);
     assert_eq!(
-        sample(
+        common::sample(
             &s,
             "portask_requests_total",
             &[("protocol", "amqp"), ("api", "basic.publish")]
@@ -676,7 +651,7 @@ async fn metrics_follow_amqp_publish_and_consume() {
         3.0
     );
     assert_eq!(
-        sample(
+        common::sample(
             &s,
             "portask_publish_duration_seconds_count",
             &[("protocol", "amqp")]
@@ -690,17 +665,17 @@ async fn metrics_follow_amqp_publish_and_consume() {
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
     eventually(10, "the queue to drain in /metrics", || {
-        let s = scrape(&broker);
-        sample(&s, "portask_queue_messages", &ready) == 0.0
-            && sample(
+        let s = broker.scrape();
+        common::sample(&s, "portask_queue_messages", &ready) == 0.0
+            && common::sample(
                 &s,
                 "portask_queue_messages",
                 &[("vhost", "/"), ("queue", "metered"), ("state", "unacked")],
             ) == 0.0
     });
-    let s = scrape(&broker);
+    let s = broker.scrape();
     assert_eq!(
-        sample(
+        common::sample(
             &s,
             "portask_messages_consumed_total",
             &[("protocol", "amqp"), ("topic", "metered")]
@@ -708,7 +683,7 @@ async fn metrics_follow_amqp_publish_and_consume() {
         3.0
     );
     assert_eq!(
-        sample(&s, "portask_bytes_out_total", &[("protocol", "amqp")]),
+        common::sample(&s, "portask_bytes_out_total", &[("protocol", "amqp")]),
         15.0
     );
 
@@ -718,9 +693,9 @@ async fn metrics_follow_amqp_publish_and_consume() {
         .await
         .expect_err("no such queue");
     assert_eq!(reply_code(&e), Some(404));
-    let s = scrape(&broker);
+    let s = broker.scrape();
     assert_eq!(
-        sample(
+        common::sample(
             &s,
             "portask_errors_total",
             &[("protocol", "amqp"), ("code", "404")]

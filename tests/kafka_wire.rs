@@ -408,9 +408,8 @@ fn without_max_timestamp(batch: &Bytes) -> Bytes {
     b.freeze()
 }
 
-/// Sends one Produce of `records` to partition 0 of `topic` at `version` (acks=-1) and
-/// returns the partition's (error code, base offset).
-fn produce(s: &mut TcpStream, version: i16, topic: &'static str, records: Bytes) -> (i16, i64) {
+/// A Produce of `records` to partition 0 of `topic` at `version` (acks=-1), framed.
+fn produce_frame(version: i16, correlation: i32, topic: &'static str, records: Bytes) -> Vec<u8> {
     let req = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(10_000)
@@ -419,7 +418,13 @@ fn produce(s: &mut TcpStream, version: i16, topic: &'static str, records: Bytes)
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
                 .with_records(Some(records))])]);
-    s.write_all(&request(ApiKey::Produce, version, 1, &req))
+    request(ApiKey::Produce, version, correlation, &req)
+}
+
+/// Sends one Produce of `records` to partition 0 of `topic` at `version` (acks=-1) and
+/// returns the partition's (error code, base offset).
+fn produce(s: &mut TcpStream, version: i16, topic: &'static str, records: Bytes) -> (i16, i64) {
+    s.write_all(&produce_frame(version, 1, topic, records))
         .expect("write");
     let mut resp = read_frame(s).expect("produce response");
     resp.get_i32();
@@ -751,15 +756,7 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
             Compression::None,
         )
         .expect("batch");
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch))])]);
-        request(ApiKey::Produce, 7, i, &req)
+        produce_frame(7, i, TOPIC, batch)
     };
     let mut producers = producers;
     let mut at_offset = std::collections::BTreeMap::new();
@@ -848,16 +845,7 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
             "the connection from {local} is served by the partition's shard"
         );
     }
-    let metrics = ureq::get(&format!("{}/metrics", broker.http_url()))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
-    let moved: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("portask_connections_moved_total{") && l.contains("kafka"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "kafka")]);
     assert_eq!(
         moved, 2.0,
         "the producer and the reader from the other shard moved"

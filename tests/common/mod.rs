@@ -14,6 +14,22 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use launch::{free_port, Launch};
 
+/// The sum of the counter or gauge samples of `metric` whose labels include `labels`.
+pub fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 pub struct Broker {
     child: Option<Child>,
     pub data: PathBuf,
@@ -73,6 +89,22 @@ impl Broker {
 
     pub fn bootstrap(&self) -> String {
         self.launch.bootstrap()
+    }
+
+    /// `/metrics`, parsed.
+    pub fn scrape(&self) -> prometheus_parse::Scrape {
+        let text = ureq::get(&format!("{}/metrics", self.http_url()))
+            .call()
+            .expect("GET /metrics")
+            .into_string()
+            .expect("metrics text");
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("exposition")
+    }
+
+    /// The sum over shards of counter or gauge `name` in `/metrics`, over the samples whose
+    /// labels include all of `labels`.
+    pub fn metric_total(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sample(&self.scrape(), name, labels)
     }
 
     pub fn log(&self) -> String {

@@ -126,10 +126,14 @@ pub(super) async fn move_to(
                 unread: buf.to_vec(),
             };
             let serve = move |shard: Rc<Shard>, socket: Socket| adopted(shard, socket, moving);
-            listener::hand_over(&shard.core, to, "amqp", socket, serve).await
+            // From here this shard writes nothing (a heartbeat due meanwhile is dropped):
+            // the other one may be writing as soon as the socket is there.
+            conn.moved.set(true);
+            let handed = listener::hand_over(&shard.core, to, "amqp", socket, serve).await;
+            conn.moved.set(handed);
+            handed
         };
     if moved {
-        conn.moved.set(true);
         log::debug!("amqp connection from {} moved to shard {to}", conn.peer);
     } else {
         conn.follow.refused(Instant::now());
