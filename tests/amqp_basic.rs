@@ -472,3 +472,33 @@ async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confi
     let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "amqp")]);
     assert_eq!(moved, 1.0, "the publisher moved once");
 }
+
+/// A connection with a consumer stays on its shard however its publishes go (its queue
+/// delivers to it there), and its consumer and publishes keep working: a second of
+/// publishes to a queue of the other shard moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_with_a_consumer_stays_where_it_is() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let [(_c0, ch0), (c1, ch1)] = one_on_each_shard(&broker.amqp_url()).await;
+    declare(&ch0, "elsewhere", locator("client-local")).await;
+    declare(&ch1, "at-home", locator("client-local")).await;
+    let mut home = consume(&ch1, "at-home", false).await;
+    let publisher = channel(&c1).await;
+    for i in 0..200u32 {
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        publish(&publisher, "", "elsewhere", &i.to_be_bytes()).await;
+    }
+    publish(&publisher, "", "at-home", b"still here").await;
+    let d = next(&mut home, 10)
+        .await
+        .expect("the consumer still gets its messages");
+    assert_eq!(d.data, b"still here");
+    d.ack(BasicAckOptions::default()).await.expect("ack");
+    let elsewhere = drain(&ch0, "elsewhere").await;
+    assert_eq!(elsewhere.len(), 200, "every publish arrived");
+    let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "amqp")]);
+    assert_eq!(moved, 0.0, "a connection with a consumer does not move");
+}

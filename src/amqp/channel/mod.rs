@@ -117,21 +117,24 @@ pub struct Carried {
 }
 
 impl Channel {
-    /// Nothing in flight on the channel: no consumer, no delivery unacked or held, no
-    /// publish being assembled, no publish waiting for its confirm, an empty transaction if
-    /// any, no direct reply-to consumer; not closing. Such a channel is its settings and
-    /// counters alone (`carried`).
+    /// The channel holds state that ties it to its shard for as long as it lasts: a
+    /// consumer, a delivery unacked or held, a transaction with content, a direct reply-to
+    /// consumer; or it is closing.
+    pub fn bound(&self) -> bool {
+        self.closing
+            || !self.consumers.is_empty()
+            || !self.unacked.is_empty()
+            || self.direct_reply.is_some()
+            || self.tx.as_ref().is_some_and(|t| {
+                !t.publishes.is_empty() || !t.settles.is_empty() || !t.tags.is_empty()
+            })
+    }
+
+    /// Nothing in flight on the channel: not `bound`, no publish being assembled, none
+    /// waiting for its confirm. Such a channel is its settings and counters alone
+    /// (`carried`).
     pub fn at_rest(&self) -> bool {
-        !self.closing
-            && self.consumers.is_empty()
-            && self.unacked.is_empty()
-            && self.publish.is_none()
-            && self.confirms.settled()
-            && self.direct_reply.is_none()
-            && self
-                .tx
-                .as_ref()
-                .is_none_or(|t| t.publishes.is_empty() && t.settles.is_empty() && t.tags.is_empty())
+        !self.bound() && self.publish.is_none() && self.confirms.settled()
     }
 
     /// The channel's settings and counters (meaningful for a channel `at_rest`).

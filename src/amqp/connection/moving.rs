@@ -61,13 +61,25 @@ pub(super) fn assembling(conn: &Connection) -> bool {
         .any(|c| c.try_borrow().map_or(true, |c| c.publish.is_some()))
 }
 
-/// Nothing in flight on the connection: it can be described by its settings alone.
+/// The connection holds state that keeps it here however long it waits (a consumer, an
+/// exclusive queue, a delivery unacked…): it is not offered to another shard at all.
+fn bound(conn: &Connection) -> bool {
+    conn.dead.get()
+        || conn.quiet.get()
+        || conn.disk_blocked.get()
+        || !conn.exclusive.borrow().is_empty()
+        || conn
+            .channels
+            .borrow()
+            .values()
+            .any(|c| c.try_borrow().map_or(true, |c| c.bound()))
+}
+
+/// Nothing in flight on the connection (not `bound`, every channel at rest, its output
+/// written): it can be described by its settings alone.
 fn at_rest(conn: &Connection) -> bool {
     let channels: Vec<ChannelRef> = conn.channels.borrow().values().cloned().collect();
-    !conn.dead.get()
-        && !conn.quiet.get()
-        && !conn.disk_blocked.get()
-        && conn.exclusive.borrow().is_empty()
+    !bound(conn)
         && conn.written.borrow().is_empty()
         && conn.out.borrow().is_empty()
         && !conn.writing.get()
@@ -100,7 +112,8 @@ pub(super) async fn move_to(
     buf: &mut BytesMut,
 ) -> bool {
     let shard = &conn.shard;
-    let moved = placement::offer(&shard.core, to).await
+    let moved = !bound(conn)
+        && placement::offer(&shard.core, to).await
         && settled(conn).await
         && {
             // What this connection published is applied at `to` before the move arrives.
