@@ -20,8 +20,9 @@
 //!
 //! A connection whose last Produce and Fetch requests all went to the partitions of one
 //! other shard moves there between two requests (`runtime::placement`, `move_to`): its
-//! answers owed are written first, then the socket goes over with the bytes of the next
-//! request already read, its principal and SASL session. A TLS connection (its session
+//! answers owed are written first (if that takes over a second, the move is given up and
+//! tried later), then the socket goes over with the bytes of the next request already read,
+//! its principal and SASL session. A TLS connection (its session
 //! cannot be handed over) and one in the middle of a SASL exchange stay;
 //! `kafka.connections_follow_partitions = false` keeps every connection where it was
 //! accepted.
@@ -297,9 +298,12 @@ async fn serve(conn: Rc<Conn>, stream: Transport, unread: &[u8]) -> std::io::Res
     Ok(())
 }
 
+/// How long a move waits for the answers owed to be written before it gives up.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(1);
+
 /// Moves the connection to shard `to` (`runtime::placement`), if that shard takes it: waits
-/// until every answer owed is written (reading nothing meanwhile), then hands the socket
-/// over with the bytes read of the next request. False when `to` refused or could not be
+/// until every answer owed is written (reading nothing meanwhile, `DRAIN_AT_MOST`), then
+/// hands the socket over with the bytes read of the next request. False when `to` refused or could not be
 /// reached: the connection goes on here, where nothing was lost.
 async fn move_to(
     conn: &Rc<Conn>,
@@ -313,8 +317,11 @@ async fn move_to(
         conn.follow.refused(Instant::now());
         return false;
     }
-    if !out.drained().await {
-        // The writer stopped: the connection is ending anyway.
+    // An answer may wait long (a JoinGroup for its rebalance, a Fetch for its max_wait_ms):
+    // the client's next requests are not left unread for more than `DRAIN_AT_MOST`.
+    let drained = glommio::timer::timeout(DRAIN_AT_MOST, async { Ok(out.drained().await) });
+    if !matches!(drained.await, Ok(true)) {
+        // Not in time (the move is tried again later), or the writer stopped.
         conn.follow.refused(Instant::now());
         return false;
     }
