@@ -63,6 +63,17 @@ fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
 
 /// A Fetch of partition 0 of `topic` from offset 0, waiting up to `max_wait_ms` for a byte.
 fn fetch_from_start(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
+    fetch_at(topic, 0, 1 << 20, max_wait_ms)
+}
+
+/// A Fetch of partition 0 of `topic` from `offset`, at most `partition_max_bytes` of it (at
+/// least one whole batch all the same), waiting up to `max_wait_ms` for a byte.
+fn fetch_at(
+    topic: &'static str,
+    offset: i64,
+    partition_max_bytes: i32,
+    max_wait_ms: i32,
+) -> FetchRequest {
     FetchRequest::default()
         .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(1)
@@ -71,8 +82,8 @@ fn fetch_from_start(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
             .with_topic(TopicName(StrBytes::from_static_str(topic)))
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])])
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(partition_max_bytes)])])
 }
 
 /// A librdkafka producer with its defaults.
@@ -796,23 +807,18 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
     // The reader fetches one record per request (1-byte partition limit: one whole batch),
     // four requests at a time.
     let mut reader = reader;
-    let fetch_at = |offset: i64| {
-        let req = FetchRequest::default()
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1)])]);
-        request(ApiKey::Fetch, 4, offset as i32, &req)
+    let one_batch_at = |offset: i64| {
+        request(
+            ApiKey::Fetch,
+            4,
+            offset as i32,
+            &fetch_at(TOPIC, offset, 1, 500),
+        )
     };
     for first in (0..total as i64).step_by(PIPELINED as usize) {
         std::thread::sleep(pause / 3);
         let frames: Vec<u8> = (first..first + PIPELINED as i64)
-            .flat_map(fetch_at)
+            .flat_map(one_batch_at)
             .collect();
         reader.write_all(&frames).expect("write");
         for offset in first..first + PIPELINED as i64 {

@@ -649,8 +649,8 @@ async fn read_requests(
         if shard.stopping.get() {
             return Ok(None);
         }
-        if movable && conn.sasl.borrow().settled() {
-            if let Some(to) = conn.follow.wanted(shard.id, Instant::now()) {
+        if let Some(to) = conn.follow.wanted(shard.id).filter(|_| movable) {
+            if conn.sasl.borrow().settled() {
                 return Ok(Some(to));
             }
         }

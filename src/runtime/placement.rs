@@ -85,13 +85,25 @@ impl Follow {
 
     /// The shard to move to: the one the last `FOLLOW_AFTER` requests, over `FOLLOW_FOR`
     /// at least and `SMALL_REQUEST` at most on average, all went to, when it is not `here`
-    /// and no refusal holds the connection back.
-    pub fn wanted(&self, here: usize, now: Instant) -> Option<usize> {
+    /// and no refusal holds the connection back. Asked before every request: the clock is
+    /// read only once a run is long enough.
+    pub fn wanted(&self, here: usize) -> Option<usize> {
+        self.candidate(here)
+            .filter(|_| self.wanted_at(Instant::now()))
+    }
+
+    /// The run's shard, when it is not `here` and the run has `FOLLOW_AFTER` requests of
+    /// `SMALL_REQUEST` on average (what needs no clock).
+    fn candidate(&self, here: usize) -> Option<usize> {
         let (to, run) = (self.shard.get(), self.run.get());
-        let ready = self.not_before.get().is_none_or(|t| now >= t);
-        let long = now.saturating_duration_since(self.since.get()) >= FOLLOW_FOR;
         let small = self.bytes.get() / u64::from(run.max(1)) < SMALL_REQUEST;
-        (to != here && run >= FOLLOW_AFTER && long && small && ready).then_some(to)
+        (to != here && run >= FOLLOW_AFTER && small).then_some(to)
+    }
+
+    /// The run has lasted `FOLLOW_FOR` at `now`, and no refusal holds the connection back.
+    fn wanted_at(&self, now: Instant) -> bool {
+        let ready = self.not_before.get().is_none_or(|t| now >= t);
+        ready && now.saturating_duration_since(self.since.get()) >= FOLLOW_FOR
     }
 
     /// A move was refused or failed: not again for `RETRY_AFTER`, and only after a new run.
@@ -118,6 +130,11 @@ pub async fn offer(core: &Rc<Core>, to: usize) -> bool {
 mod tests {
     use super::*;
 
+    /// `Follow::wanted` as it would answer at `now`.
+    fn wanted(f: &Follow, here: usize, now: Instant) -> Option<usize> {
+        f.candidate(here).filter(|_| f.wanted_at(now))
+    }
+
     /// A moment at least `FOLLOW_FOR` after every run started so far.
     fn later() -> Instant {
         Instant::now() + FOLLOW_FOR
@@ -130,16 +147,16 @@ mod tests {
             f.saw([1, 1].into_iter(), 100);
         }
         let now = later();
-        assert_eq!(f.wanted(0, now), None, "one request short of a run");
+        assert_eq!(wanted(&f, 0, now), None, "one request short of a run");
         f.saw([1].into_iter(), 100);
-        assert_eq!(f.wanted(0, now), Some(1));
+        assert_eq!(wanted(&f, 0, now), Some(1));
         assert_eq!(
-            f.wanted(0, now - FOLLOW_FOR / 2),
+            wanted(&f, 0, now - FOLLOW_FOR / 2),
             None,
             "a run shorter than FOLLOW_FOR"
         );
         // Already there: nothing to do.
-        assert_eq!(f.wanted(1, now), None);
+        assert_eq!(wanted(&f, 1, now), None);
     }
 
     #[test]
@@ -150,7 +167,7 @@ mod tests {
         }
         f.saw([1, 0].into_iter(), 100);
         assert_eq!(
-            f.wanted(0, later()),
+            wanted(&f, 0, later()),
             None,
             "a request to two shards ends the run"
         );
@@ -158,13 +175,13 @@ mod tests {
             f.saw([1].into_iter(), 100);
         }
         f.saw([2].into_iter(), 100);
-        assert_eq!(f.wanted(0, later()), None, "a new shard starts a new run");
+        assert_eq!(wanted(&f, 0, later()), None, "a new shard starts a new run");
         // A request with no partition (all unknown topics) changes nothing.
         f.saw(std::iter::empty(), 100);
         for _ in 0..FOLLOW_AFTER - 1 {
             f.saw([2].into_iter(), 100);
         }
-        assert_eq!(f.wanted(0, later()), Some(2));
+        assert_eq!(wanted(&f, 0, later()), Some(2));
     }
 
     #[test]
@@ -173,11 +190,11 @@ mod tests {
         for _ in 0..FOLLOW_AFTER {
             f.saw([1].into_iter(), SMALL_REQUEST as usize);
         }
-        assert_eq!(f.wanted(0, later()), None, "batches of 64 KiB on average");
+        assert_eq!(wanted(&f, 0, later()), None, "batches of 64 KiB on average");
         for _ in 0..FOLLOW_AFTER * 3 {
             f.saw([1].into_iter(), 0);
         }
-        assert_eq!(f.wanted(0, later()), Some(1), "small on average, now");
+        assert_eq!(wanted(&f, 0, later()), Some(1), "small on average, now");
     }
 
     #[test]
@@ -191,7 +208,7 @@ mod tests {
         for _ in 0..FOLLOW_AFTER {
             f.saw([1].into_iter(), 100);
         }
-        assert_eq!(f.wanted(0, now + RETRY_AFTER / 2), None);
-        assert_eq!(f.wanted(0, now + RETRY_AFTER), Some(1));
+        assert_eq!(wanted(&f, 0, now + RETRY_AFTER / 2), None);
+        assert_eq!(wanted(&f, 0, now + RETRY_AFTER), Some(1));
     }
 }

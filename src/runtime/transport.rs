@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -48,9 +48,10 @@ use crate::security::tls::PeerSubject;
 #[derive(Clone)]
 pub struct Socket(Rc<RefCell<TcpStream>>);
 
-/// A descriptor of an accepted socket (`Socket::duplicate`), owned, on its way to the shard
-/// that will serve the connection (`Socket::adopt`). Dropping it closes that descriptor.
-pub struct SocketFd(OwnedFd);
+/// A second descriptor of an accepted socket (`Socket::duplicate`), owned, on its way to the
+/// shard that will serve the connection (`Socket::adopt`). Plain data: it holds no `Rc` and
+/// no waker of the shard it leaves. Dropping it closes that descriptor.
+pub struct SocketFd(socket2_glommio::Socket);
 
 /// The connection list's handle on a `Socket`: shuts it down while it is open.
 pub struct WeakSocket(Weak<RefCell<TcpStream>>);
@@ -81,22 +82,19 @@ impl Socket {
         WeakSocket(Rc::downgrade(&self.0))
     }
 
-    /// A second descriptor of this socket, for another shard to serve the connection with
-    /// (`listener::hand_over`). The socket stays open, here and there, until both close.
+    /// A second descriptor of this socket (a `dup`), for another shard to serve the
+    /// connection with (`listener::hand_over`). The socket stays open, here and there,
+    /// until both descriptors close.
     pub fn duplicate(&self) -> std::io::Result<SocketFd> {
-        // SAFETY: the descriptor belongs to the stream `self` keeps alive (closed only when
-        // the last `Socket` drops), so it is open for the whole borrow, which ends inside
-        // this call; `try_clone_to_owned` only dups it.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.as_raw_fd()) };
-        fd.try_clone_to_owned().map(SocketFd)
+        let stream = self.0.borrow();
+        socket2_glommio::SockRef::from(&*stream)
+            .try_clone()
+            .map(SocketFd)
     }
 
     /// The connection a `SocketFd` names, served by this thread's executor from now on.
     pub fn adopt(fd: SocketFd) -> Socket {
-        // SAFETY: a `SocketFd` is only made by `duplicate`, so it owns an open descriptor of
-        // a connected TCP socket (non-blocking, as glommio made it); `into_raw_fd` gives that
-        // ownership up, and the `TcpStream` becomes the descriptor's one owner and closer.
-        Socket::new(unsafe { TcpStream::from_raw_fd(fd.0.into_raw_fd()) })
+        Socket::new(TcpStream::from(fd.0))
     }
 
     /// Shuts the socket down both ways: every reader and writer of it sees the end.

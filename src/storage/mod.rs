@@ -1025,6 +1025,17 @@ mod tests {
         )
     }
 
+    /// The default configuration with its data directory in a new temp dir (removed when
+    /// the `TempDir` drops).
+    fn temp_config() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        (dir, config)
+    }
+
     async fn open(config: &Config) -> (Storage, LogRef) {
         let storage = Storage::new(config, 0);
         storage.recover(|_, _| Some(settings())).await.unwrap();
@@ -1042,11 +1053,7 @@ mod tests {
     /// waiter is answered, and all of it is there after a kill -9.
     #[test]
     fn a_round_of_one_write_is_durable_through_the_dsync_handle() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
+        let (_dir, config) = temp_config();
         run(move || async move {
             let (storage, log) = open(&config).await;
             let big = |log: &LogRef| log.borrow_mut().settings.segment_bytes = 1 << 20;
@@ -1110,11 +1117,7 @@ mod tests {
     /// with their segments.
     #[test]
     fn transactions_survive_a_crash_and_retention_takes_their_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
+        let (_dir, config) = temp_config();
         run(move || async move {
             let (storage, log) = open(&config).await;
             assert_eq!(txn(&log, 1, 0, 2), 0);
@@ -1231,11 +1234,7 @@ mod tests {
     /// one (and is dropped), a record of an open transaction neither, the marker stays.
     #[test]
     fn compaction_never_lets_aborted_or_open_transactions_supersede_committed_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
+        let (_dir, config) = temp_config();
         run(move || async move {
             let (storage, log) = open(&config).await;
             log.borrow_mut().settings.compact_policy = true;

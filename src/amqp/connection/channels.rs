@@ -160,11 +160,19 @@ fn close_channel(
     );
 }
 
+/// Starts `consumer_timeout_loop` when `amqp.consumer_timeout_ms` is set (not 0).
+pub(super) fn start_consumer_timeouts(conn: &Rc<Connection>) {
+    let timeout = conn.shard.config.amqp.consumer_timeout_ms;
+    if timeout > 0 {
+        glommio::spawn_local(consumer_timeout_loop(Rc::downgrade(conn), timeout)).detach();
+    }
+}
+
 /// RabbitMQ's consumer timeout: a channel whose oldest unacknowledged delivery is older
 /// than `amqp.consumer_timeout_ms` is closed with 406 (its messages go back to their
 /// queues). Checked once a minute, or at a quarter of a shorter timeout. Holds the
 /// connection weakly, so a closed connection is freed at once.
-pub(super) async fn consumer_timeout_loop(conn: std::rc::Weak<Connection>, timeout: u64) {
+async fn consumer_timeout_loop(conn: std::rc::Weak<Connection>, timeout: u64) {
     let tick = Duration::from_millis((timeout / 4).clamp(50, 60_000));
     loop {
         glommio::timer::sleep(tick).await;

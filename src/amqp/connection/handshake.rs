@@ -225,9 +225,7 @@ pub(super) fn method(
             conn.channel_max.set(channel_max);
             conn.frame_max.set(frame_max);
             conn.heartbeat.set(t.heartbeat);
-            if t.heartbeat > 0 {
-                glommio::spawn_local(io::heartbeat_loop(Rc::downgrade(conn), t.heartbeat)).detach();
-            }
+            io::start_heartbeats(conn);
             *phase = Phase::Open;
             Ok(true)
         }
@@ -258,14 +256,7 @@ pub(super) fn method(
                 AMQPClass::Connection(conn_m::AMQPMethod::OpenOk(conn_m::OpenOk {})),
             );
             *phase = Phase::Running;
-            if cfg.consumer_timeout_ms > 0 {
-                let weak = Rc::downgrade(conn);
-                glommio::spawn_local(channels::consumer_timeout_loop(
-                    weak,
-                    cfg.consumer_timeout_ms,
-                ))
-                .detach();
-            }
+            channels::start_consumer_timeouts(conn);
             Ok(true)
         }
         _ => Err(AmqpError::connection(

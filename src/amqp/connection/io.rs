@@ -234,7 +234,7 @@ pub(super) async fn read_loop(
         }
         // A move waits for a publish boundary: a publish half-read goes on being read.
         if movable && phase == Phase::Running && !conn.shard.stopping.get() {
-            let wanted = conn.follow.wanted(conn.shard.id, std::time::Instant::now());
+            let wanted = conn.follow.wanted(conn.shard.id);
             if let (Some(to), false) = (wanted, super::moving::assembling(conn)) {
                 return Ok(Some(to));
             }
@@ -307,9 +307,17 @@ fn log_slow_frame(conn: &Connection, timeout_ms: i64, got: usize) {
     );
 }
 
+/// Starts `heartbeat_loop` for the negotiated interval (none when it is 0).
+pub(super) fn start_heartbeats(conn: &Rc<Connection>) {
+    let secs = conn.heartbeat.get();
+    if secs > 0 {
+        glommio::spawn_local(heartbeat_loop(Rc::downgrade(conn), secs)).detach();
+    }
+}
+
 /// Sends heartbeats and closes a silent peer. Holds the connection weakly, so a closed
 /// connection is freed at once rather than at the next tick.
-pub(super) async fn heartbeat_loop(conn: std::rc::Weak<Connection>, heartbeat_secs: u16) {
+async fn heartbeat_loop(conn: std::rc::Weak<Connection>, heartbeat_secs: u16) {
     let hb = heartbeat_secs as i64 * 1000;
     let tick = Duration::from_millis((hb / 2).max(500) as u64);
     loop {

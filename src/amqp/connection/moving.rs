@@ -28,7 +28,7 @@ use bytes::BytesMut;
 use super::{io, run_connection, Connection, Phase};
 use crate::amqp::auth::Permissions;
 use crate::amqp::channel::{Carried, Channel};
-use crate::amqp::{channel::ChannelRef, outbox};
+use crate::amqp::outbox;
 use crate::broker::Shard;
 use crate::runtime::transport::{Socket, Transport};
 use crate::runtime::{listener, placement};
@@ -78,13 +78,14 @@ fn bound(conn: &Connection) -> bool {
 /// Nothing in flight on the connection (not `bound`, every channel at rest, its output
 /// written): it can be described by its settings alone.
 fn at_rest(conn: &Connection) -> bool {
-    let channels: Vec<ChannelRef> = conn.channels.borrow().values().cloned().collect();
     !bound(conn)
         && conn.written.borrow().is_empty()
         && conn.out.borrow().is_empty()
         && !conn.writing.get()
-        && channels
-            .iter()
+        && conn
+            .channels
+            .borrow()
+            .values()
             .all(|c| c.try_borrow().is_ok_and(|c| c.at_rest()))
 }
 
@@ -186,15 +187,8 @@ async fn adopted(shard: Rc<Shard>, socket: Socket, moving: Moving) -> std::io::R
         }
     }
     let conn = Rc::new(conn);
-    if moving.heartbeat > 0 {
-        let hb = io::heartbeat_loop(Rc::downgrade(&conn), moving.heartbeat);
-        glommio::spawn_local(hb).detach();
-    }
-    if cfg.consumer_timeout_ms > 0 {
-        let weak = Rc::downgrade(&conn);
-        let timeouts = super::channels::consumer_timeout_loop(weak, cfg.consumer_timeout_ms);
-        glommio::spawn_local(timeouts).detach();
-    }
+    io::start_heartbeats(&conn);
+    super::channels::start_consumer_timeouts(&conn);
     if moving.published {
         super::mark_published(&conn);
     }
