@@ -20,7 +20,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, ProduceRequest, ProduceResponse,
-    RequestHeader, TopicName,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
@@ -856,4 +856,93 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
         moved, 2.0,
         "the producer and the reader from the other shard moved"
     );
+}
+
+/// A Fetch answered from the tail cache writes the cached batches as they are, large ones
+/// passed to the socket in the same write as the frame around them: the records section is
+/// byte for byte the batches produced (with their offsets) at every Fetch version that
+/// names topics, within `partition_max_bytes` by whole batches, from any batch's offset.
+#[test]
+fn a_fetch_of_cached_batches_large_and_small_gives_them_byte_for_byte() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let mut s = connect(&broker);
+    auto_create(&mut s, "pieces");
+    let batch = |value_bytes: usize, n: i64| {
+        let records = (0..n).map(|i| PlainRecord {
+            timestamp: 1_000_000 + i,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(vec![b'a' + i as u8; value_bytes])),
+            headers: Default::default(),
+        });
+        encode_plain_batch(records, Compression::None).expect("encode batch")
+    };
+    // Two batches past the 32 KiB a piece needs to be passed uncopied, three under it.
+    let sent = [
+        batch(40_000, 1),
+        batch(10, 3),
+        batch(35_000, 2),
+        batch(100, 1),
+        batch(7, 2),
+    ];
+    let mut stored = Vec::new();
+    let mut next = 0;
+    for b in &sent {
+        let (code, base) = produce(&mut s, 8, "pieces", b.clone());
+        assert_eq!((code, base), (0, next));
+        let mut with_offset = b.to_vec();
+        with_offset[..8].copy_from_slice(&base.to_be_bytes());
+        next = base + i64::from(i32::from_be_bytes(b[23..27].try_into().unwrap())) + 1;
+        stored.push((base, with_offset));
+    }
+    let fetch = |s: &mut TcpStream, version: i16, offset: i64, max: i32| {
+        let req = fetch_at("pieces", offset, max, 0);
+        s.write_all(&request(ApiKey::Fetch, version, 9, &req))
+            .expect("write");
+        let mut resp = read_frame(s).expect("fetch response");
+        let header = ApiKey::Fetch.response_header_version(version);
+        ResponseHeader::decode(&mut resp, header).expect("response header");
+        let body = FetchResponse::decode(&mut resp, version).expect("fetch body");
+        assert!(
+            !resp.has_remaining(),
+            "v{version}: the frame has bytes past the response"
+        );
+        let p = &body.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        p.records.clone().unwrap_or_default().to_vec()
+    };
+    let from = |i: usize, n: usize| -> Vec<u8> {
+        stored[i..i + n]
+            .iter()
+            .flat_map(|(_, b)| b.clone())
+            .collect()
+    };
+    for version in [4, 7, 11, 12] {
+        assert_eq!(
+            fetch(&mut s, version, 0, 1 << 20),
+            from(0, 5),
+            "v{version}: all"
+        );
+        // Whole batches within the partition's limit: the first two and a byte of room.
+        let two = (stored[0].1.len() + stored[1].1.len() + 1) as i32;
+        assert_eq!(
+            fetch(&mut s, version, 0, two),
+            from(0, 2),
+            "v{version}: limit"
+        );
+        // From an offset inside the third batch: that batch and the rest.
+        let third = stored[2].0 + 1;
+        assert_eq!(
+            fetch(&mut s, version, third, 1 << 20),
+            from(2, 3),
+            "v{version}: middle"
+        );
+        // A limit smaller than the first batch still gives that batch alone (KIP-74).
+        assert_eq!(
+            fetch(&mut s, version, 0, 100),
+            from(0, 1),
+            "v{version}: first alone"
+        );
+    }
+    client_still_works(&broker);
 }

@@ -426,7 +426,7 @@ async fn read(shard: &Rc<Shard>, req: &Req, topic: &str, partition: i32) -> ApiR
         )));
     }
     let mut records = Vec::new();
-    let mut buf = result.records.clone();
+    let mut buf = result.records.joined();
     let mut next = offset;
     let mut bytes_out = 0u64;
     'batches: while buf.len() >= crate::storage::batch::HEADER_LEN {

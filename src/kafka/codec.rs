@@ -317,18 +317,69 @@ pub fn encode_response<R: Encodable + HeaderVersion + Message + 'static>(
     Ok(buf.freeze())
 }
 
-/// `encode_response`, except that each byte field of `response` that is exactly one of
-/// `pass` (the same memory, as a fetch response's records are the log's batches) becomes a
-/// chunk of its own instead of being copied into the frame. The bytes on the wire are the
-/// same.
+/// Record sections at least this large go to the socket as they are (a write of their
+/// own) rather than copied into the response frame: past it, the copy costs more than the
+/// extra write.
+pub const PASS_MIN_BYTES: usize = 32 * 1024;
+
+/// Zeros standing in, inside a response, for a record section given in pieces (`Section`):
+/// the encoder sizes and places the field by it, and `Passing` writes the pieces where the
+/// encoder would copy it. Never read (a `static` of zeros takes no memory until touched).
+static STAND_IN: [u8; STAND_IN_BYTES] = [0; STAND_IN_BYTES];
+/// The largest section given in pieces; a larger one is joined into one buffer first.
+pub const STAND_IN_BYTES: usize = 16 << 20;
+
+/// A record section of a response and the pieces it is written as. `field` is what the
+/// response itself holds: the one piece, or for several a stand-in of the same length.
+#[derive(Debug, Clone)]
+pub struct Section {
+    field: Bytes,
+    pieces: smallvec::SmallVec<[Bytes; 4]>,
+}
+
+impl Section {
+    /// The section of `pieces` (whole batches, in order), or `None` when it is better
+    /// copied as one buffer: one piece under `PASS_MIN_BYTES`, or more than a stand-in
+    /// covers.
+    pub fn of(pieces: &[Bytes]) -> Option<Section> {
+        let len: usize = pieces.iter().map(Bytes::len).sum();
+        let field = match pieces {
+            [one] if one.len() >= PASS_MIN_BYTES => one.clone(),
+            [_, _, ..] if len <= STAND_IN_BYTES => Bytes::from_static(&STAND_IN[..len]),
+            _ => return None,
+        };
+        Some(Section {
+            field,
+            pieces: pieces.iter().cloned().collect(),
+        })
+    }
+
+    /// What the response holds in place of the section.
+    pub fn field(&self) -> Bytes {
+        self.field.clone()
+    }
+}
+
+/// `encode_response`, except that each byte field of `response` that is the next of
+/// `sections`' fields (the same memory, taken in the order the encoder writes them) is
+/// written as that section's pieces: a piece of at least `PASS_MIN_BYTES` becomes a chunk
+/// of its own (the log's batches, passed through without a copy), smaller ones are copied
+/// into the frame. The bytes on the wire are those of the joined section.
 pub fn encode_passing<R: Encodable + HeaderVersion + Message + 'static>(
     correlation_id: i32,
     version: i16,
     response: &R,
-    pass: &[Bytes],
+    sections: &[Section],
 ) -> Result<Answer, CodecError> {
     let at = wire_version(response, version);
-    let Some(at) = at.filter(|_| !pass.is_empty()) else {
+    let Some(at) = at.filter(|_| !sections.is_empty()) else {
+        if sections.iter().any(|s| s.pieces.len() > 1) {
+            // The legacy encoder would write a stand-in as it is.
+            return Err(CodecError::Malformed(
+                "response",
+                format!("record sections in pieces at v{version}"),
+            ));
+        }
         return encode_response(correlation_id, version, response).map(Answer::from);
     };
     let malformed = |what, e: anyhow::Error| CodecError::Malformed(what, e.to_string());
@@ -343,12 +394,18 @@ pub fn encode_passing<R: Encodable + HeaderVersion + Message + 'static>(
             .map_err(|e| malformed("response", e))?;
     let prefix = i32::try_from(size)
         .map_err(|_| CodecError::Malformed("response", format!("{size} bytes")))?;
-    let passed: usize = pass.iter().map(Bytes::len).sum();
+    let passed: usize = sections
+        .iter()
+        .flat_map(|s| &s.pieces)
+        .map(Bytes::len)
+        .filter(|n| *n >= PASS_MIN_BYTES)
+        .sum();
     let mut out = Passing {
         current: BytesMut::with_capacity((4 + size).saturating_sub(passed)),
         answer: Answer::default(),
         done: 0,
-        pass,
+        sections,
+        next: 0,
     };
     out.put_i32(prefix);
     header
@@ -357,17 +414,26 @@ pub fn encode_passing<R: Encodable + HeaderVersion + Message + 'static>(
     response
         .encode(&mut out, at)
         .map_err(|e| malformed("response", e))?;
+    if out.next < sections.len() {
+        // A stand-in was not met where it was expected: it must not go out as zeros.
+        return Err(CodecError::Malformed(
+            "response",
+            format!("{} record sections not met", sections.len() - out.next),
+        ));
+    }
     Ok(out.finish())
 }
 
 /// The output of `encode_passing`: what is encoded goes into `current`, except a
-/// `put_slice` of one of `pass`, which closes `current` and appends that `Bytes` itself.
+/// `put_slice` of the next section's field, which writes that section's pieces.
 struct Passing<'a> {
     current: BytesMut,
     answer: Answer,
     /// Bytes in `answer`'s chunks.
     done: usize,
-    pass: &'a [Bytes],
+    sections: &'a [Section],
+    /// The next section to meet.
+    next: usize,
 }
 
 impl Passing<'_> {
@@ -411,18 +477,21 @@ unsafe impl BufMut for Passing<'_> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
-        let passed = self
-            .pass
-            .iter()
-            .find(|b| !b.is_empty() && b.as_ptr() == src.as_ptr() && b.len() == src.len());
-        match passed {
-            Some(b) => {
-                let b = b.clone();
+        let section = self.sections.get(self.next).filter(|s| {
+            !s.field.is_empty() && s.field.as_ptr() == src.as_ptr() && s.field.len() == src.len()
+        });
+        let Some(section) = section else {
+            return self.current.extend_from_slice(src);
+        };
+        self.next += 1;
+        for piece in &section.pieces {
+            if piece.len() >= PASS_MIN_BYTES {
                 self.close();
-                self.done += b.len();
-                self.answer.chunks.push(b);
+                self.done += piece.len();
+                self.answer.chunks.push(piece.clone());
+            } else {
+                self.current.extend_from_slice(piece);
             }
-            None => self.current.extend_from_slice(src),
         }
     }
 }
@@ -542,53 +611,86 @@ mod tests {
         );
     }
 
-    /// A fetch response whose large record sections pass through is, chunk after chunk,
-    /// the very bytes `encode_response` gives, at every Fetch version; the sections passed
-    /// are the log's own memory, not copies.
+    /// A fetch response written with its record sections in pieces (`Section`) is exactly
+    /// the frame `encode_response` gives for the same sections joined, at every Fetch
+    /// version the sections' encoder serves; the large pieces are the log's own memory, not
+    /// copies, and a section in pieces is refused where only the legacy encoder serves.
     #[test]
-    fn passed_records_give_the_same_frame_at_every_version() {
+    fn sections_give_the_same_frame_as_joined_records_at_every_version() {
         use kafka_protocol::messages::fetch_response::{
             FetchResponse, FetchableTopicResponse, PartitionData,
         };
         use kafka_protocol::messages::TopicName;
         let large = |fill: u8, n: usize| Bytes::from(vec![fill; n]);
-        let records = [
-            large(1, 70_000),
-            Bytes::from_static(b"small"),
-            large(2, 40_000),
-            Bytes::new(),
+        // Per partition, the pieces its records come in.
+        let records: Vec<Vec<Bytes>> = vec![
+            vec![large(1, 70_000)],
+            vec![Bytes::from_static(b"small")],
+            vec![
+                large(2, 40_000),
+                Bytes::from_static(b"between"),
+                large(3, 33_000),
+            ],
+            vec![],
+            vec![
+                Bytes::from_static(b"two "),
+                Bytes::from_static(b"small pieces"),
+            ],
         ];
-        let partitions = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                PartitionData::default()
-                    .with_partition_index(i as i32)
-                    .with_high_watermark(100 + i as i64)
-                    .with_records(Some(r.clone()))
-            })
-            .collect();
-        let topic = FetchableTopicResponse::default()
-            .with_topic(TopicName(
-                kafka_protocol::protocol::StrBytes::from_static_str("t"),
-            ))
-            .with_partitions(partitions);
-        let response = FetchResponse::default().with_responses(vec![topic]);
-        let pass = [records[0].clone(), records[2].clone()];
+        let response = |with: &dyn Fn(&[Bytes]) -> Bytes| {
+            let partitions = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    PartitionData::default()
+                        .with_partition_index(i as i32)
+                        .with_high_watermark(100 + i as i64)
+                        .with_records(Some(with(r)))
+                })
+                .collect();
+            let topic = FetchableTopicResponse::default()
+                .with_topic(TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("t"),
+                ))
+                .with_partitions(partitions);
+            FetchResponse::default().with_responses(vec![topic])
+        };
+        let joined = response(&|r: &[Bytes]| Bytes::from(r.concat()));
+        let sections = std::cell::RefCell::new(Vec::new());
+        let in_pieces = response(&|r: &[Bytes]| match Section::of(r) {
+            Some(s) => {
+                let field = s.field();
+                sections.borrow_mut().push(s);
+                field
+            }
+            None => Bytes::from(r.concat()),
+        });
+        let sections = sections.into_inner();
+        assert_eq!(
+            sections.len(),
+            3,
+            "the large piece and the two sections in pieces"
+        );
         let range = versions(ApiKey::Fetch);
         for version in range.min..=range.max {
-            let plain = encode_response(7, version, &response).unwrap();
-            let passed = encode_passing(7, version, &response, &pass).unwrap();
-            let joined: Vec<u8> = passed.chunks.iter().flat_map(|c| c.to_vec()).collect();
-            assert_eq!(joined, plain.to_vec(), "v{version}");
+            let plain = encode_response(7, version, &joined).unwrap();
+            if wire_version(&in_pieces, version).is_none() {
+                assert!(encode_passing(7, version, &in_pieces, &sections).is_err());
+                continue;
+            }
+            let passed = encode_passing(7, version, &in_pieces, &sections).unwrap();
+            let wire: Vec<u8> = passed.chunks.iter().flat_map(|c| c.to_vec()).collect();
+            assert_eq!(wire, plain.to_vec(), "v{version}");
             assert_eq!(passed.len(), plain.len());
-            if wire_version(&response, version).is_some() {
-                for p in &pass {
-                    assert!(
-                        passed.chunks.iter().any(|c| c.as_ptr() == p.as_ptr()),
-                        "v{version}: a large section was copied"
-                    );
-                }
+            for piece in records
+                .iter()
+                .flatten()
+                .filter(|p| p.len() >= PASS_MIN_BYTES)
+            {
+                assert!(
+                    passed.chunks.iter().any(|c| c.as_ptr() == piece.as_ptr()),
+                    "v{version}: a large piece was copied"
+                );
             }
         }
     }

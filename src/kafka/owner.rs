@@ -61,7 +61,7 @@ pub struct FetchResult {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    pub records: batch::Batches,
     /// read_committed: (producer id, first offset) of every aborted transaction that
     /// overlaps `records`.
     pub aborted: Vec<(i64, i64)>,
@@ -615,7 +615,7 @@ async fn fetch(shard: &Rc<Shard>, parts: Vec<FetchPart>, read_committed: bool) -
         match read {
             Ok(records) if read_committed => {
                 // Only what is stable; the batches read may reach past the LSO.
-                let (records, end) = batch::before(records, lso);
+                let (records, end) = records.before(lso);
                 if end > part.offset {
                     result.aborted = l.aborted_txns(part.offset, end);
                 }

@@ -42,7 +42,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::{select, Either};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
@@ -58,7 +58,7 @@ use crate::config::{KafkaListener, SecurityProtocol};
 use crate::metrics::Protocol;
 use crate::runtime::listener;
 use crate::runtime::placement::{self, Follow};
-use crate::runtime::transport::pool::Reader;
+use crate::runtime::transport::pool::{self, Reader};
 use crate::runtime::transport::{self, ReadHalf, Socket, Transport, WriteHalf};
 use crate::security::Principal;
 use crate::util::notify::{Listener, Notify};
@@ -511,16 +511,26 @@ async fn write_unless_stuck(
     chunks: &[Bytes],
     idle: Duration,
 ) -> Option<std::io::Result<()>> {
-    for chunk in chunks {
-        let mut chunk = &chunk[..];
-        while !chunk.is_empty() {
-            let mut write = writer.write(chunk);
-            match unless_idle(&mut write, idle, || false).await? {
-                Ok(0) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => chunk = &chunk[n..],
-                Err(e) => return Some(Err(e)),
+    // All the chunks left in one vectored write (one `sendmsg` on a plain socket), from
+    // `done` bytes into chunk `at`.
+    let (mut at, mut done) = (0, 0);
+    while at < chunks.len() {
+        let mut slices: smallvec::SmallVec<[std::io::IoSlice<'_>; 8]> = smallvec::SmallVec::new();
+        slices.push(std::io::IoSlice::new(&chunks[at][done..]));
+        slices.extend(chunks[at + 1..].iter().map(|c| std::io::IoSlice::new(c)));
+        let mut write = writer.write_vectored(&slices);
+        let mut n = match unless_idle(&mut write, idle, || false).await? {
+            Ok(0) if chunks[at..].iter().any(|c| !c.is_empty()) => {
+                return Some(Err(std::io::ErrorKind::WriteZero.into()))
             }
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        while at < chunks.len() && done + n >= chunks[at].len() {
+            n -= chunks[at].len() - done;
+            (at, done) = (at + 1, 0);
         }
+        done += n;
     }
     // Free on plain sockets; pushes out what a TLS session still holds.
     let mut flush = writer.flush();
@@ -721,10 +731,11 @@ async fn read_requests(
         let waiting = Instant::now();
         acquire(shard, inflight, charge, writer_gone).await;
         clock.deadline += waiting.elapsed();
-        let mut buf = BytesMut::zeroed(len);
+        let mut frame = pool::Frame::new(len);
+        let buf = frame.bytes_mut();
         buf[..2].copy_from_slice(&key);
         read_within(reader, &mut buf[2..], &got, &clock, len).await?;
-        let buf = buf.freeze();
+        let buf = frame.freeze();
         let (pending, held) = match codec::decode_frame(buf.clone()) {
             Ok(frame) => {
                 if frame.api == ApiKey::Produce {

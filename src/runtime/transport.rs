@@ -138,6 +138,37 @@ impl AsyncWrite for Socket {
         Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
     }
 
+    /// One `sendmsg` for all of `bufs` (a response and the log's batches it carries go out
+    /// in one call, none copied into another buffer first). glommio has no vectored send;
+    /// its `poll_write` keeps no bytes in flight (it sends at once, or waits for the socket
+    /// to take more), so a send of ours between two of its writes cannot reorder anything.
+    /// When the socket is full, glommio's write of the first buffer waits for room.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let sent = {
+            let stream = self.0.borrow();
+            socket2_glommio::SockRef::from(&*stream)
+                .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, first)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
     }
@@ -340,6 +371,19 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
             WriteHalf::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    /// Plain: one `sendmsg` (`Socket::poll_write_vectored`); TLS: the first buffer, as the
+    /// session encrypts record by record anyway.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteHalf::Tls(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 

@@ -261,6 +261,127 @@ pub fn before(records: Bytes, end: i64) -> (Bytes, i64) {
     (records.slice(..at), next)
 }
 
+/// Whole record batches read from a log, in offset order, in one or more pieces: each piece
+/// is one or more whole batches as the log holds them (a read from the tail cache gives a
+/// piece per batch, never joined; a read from disk gives one). Sent to the reader's shard
+/// as it is, and written to a socket piece by piece (`kafka::codec::Section`).
+#[derive(Debug, Clone, Default)]
+pub struct Batches {
+    pieces: smallvec::SmallVec<[Bytes; 4]>,
+}
+
+impl Batches {
+    /// Bytes in all the pieces.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.iter().all(Bytes::is_empty)
+    }
+
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// Adds a piece of whole batches after the others.
+    pub fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.pieces.push(piece);
+        }
+    }
+
+    /// The batches as one buffer: the piece itself when there is one, else a copy.
+    pub fn joined(&self) -> Bytes {
+        match &self.pieces[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for piece in many {
+                    out.extend_from_slice(piece);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// Each whole batch with its header, in order (a partial batch ends its piece).
+    pub fn each(&self) -> impl Iterator<Item = (BatchHeader, Bytes)> + '_ {
+        self.pieces.iter().flat_map(|piece| {
+            let mut at = 0;
+            std::iter::from_fn(move || {
+                let h = BatchHeader::parse(&piece[at..]).filter(|h| h.size > 0)?;
+                let one = piece
+                    .get(at..at + h.size)
+                    .map(|_| piece.slice(at..at + h.size))?;
+                at += h.size;
+                Some((h, one))
+            })
+        })
+    }
+
+    /// Records in the complete batches.
+    pub fn record_count(&self) -> u64 {
+        self.pieces.iter().map(|p| record_count(p)).sum()
+    }
+
+    /// `within` over the pieces: the leading whole batches that fit in `limit` bytes (the
+    /// first alone when none fits and `first_may_exceed`).
+    pub fn within(self, limit: usize, first_may_exceed: bool) -> Batches {
+        let mut out = Batches::default();
+        let mut used = 0;
+        for piece in self.pieces {
+            let whole = piece.len();
+            let kept = within(
+                piece,
+                limit - used.min(limit),
+                first_may_exceed && used == 0,
+            );
+            used += kept.len();
+            let cut = kept.len() < whole;
+            out.push(kept);
+            if cut {
+                break;
+            }
+        }
+        out
+    }
+
+    /// `before` over the pieces: the leading whole batches that end below offset `end`,
+    /// and the offset after the last one kept (the first batch's base when none is kept, 0
+    /// when there is none).
+    pub fn before(self, end: i64) -> (Batches, i64) {
+        let mut out = Batches::default();
+        let mut next = self
+            .pieces
+            .first()
+            .and_then(|p| BatchHeader::parse(p))
+            .map_or(0, |h| h.base_offset);
+        for piece in self.pieces {
+            let whole = piece.len();
+            let (kept, after) = before(piece, end);
+            let cut = kept.len() < whole;
+            if !kept.is_empty() {
+                next = after;
+            }
+            out.push(kept);
+            if cut {
+                break;
+            }
+        }
+        (out, next)
+    }
+}
+
+impl From<Bytes> for Batches {
+    fn from(piece: Bytes) -> Batches {
+        let mut out = Batches::default();
+        out.push(piece);
+        out
+    }
+}
+
 /// Checks magic, length and CRC of the one batch that starts `b` and returns its header.
 pub fn validate(b: &[u8]) -> Result<BatchHeader, BatchError> {
     if b.len() < HEADER_LEN {
@@ -775,6 +896,43 @@ pub(crate) mod tests {
             within(three.slice(..2 * n + 5), 3 * n - 1, false).len(),
             2 * n
         );
+    }
+
+    /// Batches in pieces (as the tail cache gives them, a piece per batch, and as a disk read
+    /// does, several in one) answer `within`, `before`, `each` and `record_count` exactly as
+    /// the same batches joined in one buffer do.
+    #[test]
+    fn batches_in_pieces_read_as_the_joined_bytes() {
+        let at = |base: i64, n: i32| assign(&make_batch(0, n, b"abc"), base, None, None);
+        let (b0, b1, b2, b3) = (at(0, 2), at(2, 3), at(5, 1), at(6, 4));
+        let mut batches = Batches::default();
+        batches.push(b0.clone());
+        batches.push(Bytes::new());
+        batches.push(Bytes::from([&b1[..], &b2[..]].concat()));
+        batches.push(b3.clone());
+        let joined = Bytes::from([&b0[..], &b1[..], &b2[..], &b3[..]].concat());
+        assert_eq!(batches.pieces().len(), 3, "an empty piece is not kept");
+        assert_eq!(batches.joined(), joined);
+        assert_eq!(batches.len(), joined.len());
+        assert_eq!(batches.record_count(), 10);
+        let bases: Vec<i64> = batches.each().map(|(h, _)| h.base_offset).collect();
+        assert_eq!(bases, [0, 2, 5, 6]);
+        for limit in 0..=joined.len() + 1 {
+            for first in [false, true] {
+                let pieces = batches.clone().within(limit, first);
+                assert_eq!(
+                    pieces.joined(),
+                    within(joined.clone(), limit, first),
+                    "{limit}"
+                );
+            }
+        }
+        for end in 0..12 {
+            let (pieces, next) = batches.clone().before(end);
+            let (plain, plain_next) = before(joined.clone(), end);
+            assert_eq!((pieces.joined(), next), (plain, plain_next), "{end}");
+        }
+        assert!(Batches::default().before(3).0.is_empty());
     }
 
     /// make_batch's records have no key: every index is reported; a malformed section is

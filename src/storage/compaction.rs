@@ -132,15 +132,10 @@ async fn each_batch(log: &LogRef, mut f: impl FnMut(&Bytes, &BatchHeader)) -> Re
         if data.is_empty() {
             break;
         }
-        let mut pos = 0;
         let mut next = at;
-        while let Some(h) = BatchHeader::parse(&data[pos..]) {
-            if pos + h.size > data.len() {
-                break;
-            }
-            f(&data.slice(pos..pos + h.size), &h);
+        for (h, one) in data.each() {
+            f(&one, &h);
             next = next.max(h.last_offset() + 1);
-            pos += h.size;
         }
         if next <= at {
             break;

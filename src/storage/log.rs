@@ -564,35 +564,22 @@ impl PartitionLog {
 
     /// Whole batches from the tail cache starting at `offset`, if the cache reaches back
     /// that far. At least one batch is returned even when larger than `max_bytes`.
-    fn read_cached(&self, offset: i64, max_bytes: usize) -> Option<Bytes> {
+    fn read_cached(&self, offset: i64, max_bytes: usize) -> Option<batch::Batches> {
         let front = self.tail.front()?;
         if front.base_offset > offset {
             return None;
         }
         let start = self.tail.partition_point(|b| b.last_offset < offset);
-        let mut out: Option<BytesMut> = None;
-        let mut first: Option<Bytes> = None;
+        let mut out = batch::Batches::default();
+        let mut len = 0;
         for b in self.tail.iter().skip(start) {
-            let len = out.as_ref().map(|o| o.len()).unwrap_or(0)
-                + first.as_ref().map(|f| f.len()).unwrap_or(0);
             if len > 0 && len + b.bytes.len() > max_bytes {
                 break;
             }
-            match (&mut out, &first) {
-                (None, None) => first = Some(b.bytes.clone()),
-                (None, Some(f)) => {
-                    let mut m = BytesMut::with_capacity(max_bytes.min(4 << 20));
-                    m.extend_from_slice(f);
-                    m.extend_from_slice(&b.bytes);
-                    out = Some(m);
-                }
-                (Some(m), _) => m.extend_from_slice(&b.bytes),
-            }
+            len += b.bytes.len();
+            out.push(b.bytes.clone());
         }
-        Some(match out {
-            Some(m) => m.freeze(),
-            None => first.unwrap_or_default(),
-        })
+        Some(out)
     }
 
     /// Where on disk to read for `offset`: file, start position, and the segment's written
@@ -766,12 +753,12 @@ pub async fn read(
     log: &Rc<std::cell::RefCell<PartitionLog>>,
     offset: i64,
     max_bytes: usize,
-) -> Result<Bytes, LogError> {
+) -> Result<batch::Batches, LogError> {
     let location = {
         let l = log.borrow();
         l.check_offset(offset)?;
         if offset == l.next_offset {
-            return Ok(Bytes::new());
+            return Ok(batch::Batches::default());
         }
         if let Some(b) = l.read_cached(offset, max_bytes) {
             return Ok(b);
@@ -779,7 +766,7 @@ pub async fn read(
         l.disk_location(offset)
     };
     let Some((file, mut pos, end)) = location else {
-        return Ok(Bytes::new());
+        return Ok(batch::Batches::default());
     };
     // Sized once (growing by doubling copied what was read at each step), as the tail
     // cache's reads are.
@@ -808,7 +795,7 @@ pub async fn read(
                 continue;
             }
             if !out.is_empty() && out.len() + h.size > max_bytes {
-                return Ok(out.freeze());
+                return Ok(out.freeze().into());
             }
             if at + h.size <= chunk.len() {
                 out.extend_from_slice(&chunk[at..at + h.size]);
@@ -820,7 +807,7 @@ pub async fn read(
                     .map_err(std::io::Error::from)?;
                 out.extend_from_slice(&whole[..]);
             } else {
-                return Ok(out.freeze());
+                return Ok(out.freeze().into());
             }
             at += h.size;
             progressed = true;
@@ -849,7 +836,7 @@ pub async fn read(
             }
         }
     }
-    Ok(out.freeze())
+    Ok(out.freeze().into())
 }
 
 /// The first record whose timestamp is at or after `ts` (its offset and timestamp), or
@@ -888,23 +875,14 @@ pub async fn offset_for_timestamp(
             if data.is_empty() {
                 break;
             }
-            let mut pos = 0;
             let mut last = at;
-            while let Some(h) = BatchHeader::parse(&data[pos..]) {
-                if h.size > data.len() - pos {
-                    break;
-                }
-                let one = data.slice(pos..pos + h.size);
+            for (h, one) in data.each() {
                 if let Some((o, found)) = batch::offset_for_timestamp(&one, &h, ts) {
                     if o >= at || h.last_offset() >= at {
                         return Ok(Some((o.max(at), found)));
                     }
                 }
                 last = h.last_offset() + 1;
-                pos += h.size;
-                if pos >= data.len() {
-                    break;
-                }
             }
             if last <= at {
                 break;

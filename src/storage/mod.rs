@@ -1099,8 +1099,8 @@ mod tests {
             // Every batch is there, in order, none missing.
             let mut at = 0;
             while at < end {
-                let bytes = log::read(&log, at, 1 << 20).await.unwrap();
-                let batches = batch::split(&bytes).unwrap();
+                let read = log::read(&log, at, 1 << 20).await.unwrap();
+                let batches = batch::split(&read.joined()).unwrap();
                 assert!(!batches.is_empty(), "nothing at {at}");
                 for (h, _) in batches {
                     assert_eq!(h.base_offset, at);
@@ -1209,10 +1209,7 @@ mod tests {
             if data.is_empty() {
                 break;
             }
-            let mut pos = 0;
-            while let Some(h) = batch::BatchHeader::parse(&data[pos..]) {
-                let mut one = data.slice(pos..pos + h.size);
-                pos += h.size;
+            for (h, mut one) in data.each() {
                 at = h.last_offset() + 1;
                 if h.is_control() {
                     markers.push(h.base_offset);
@@ -1221,9 +1218,6 @@ mod tests {
                 for r in RecordBatchDecoder::decode(&mut one).unwrap().records {
                     let v = String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned();
                     records.push((r.offset, v));
-                }
-                if pos >= data.len() {
-                    break;
                 }
             }
         }

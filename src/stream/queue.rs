@@ -831,9 +831,8 @@ async fn resolve(shard: &Rc<Shard>, r: &Reader, at: Option<i64>) -> Option<i64> 
             } else {
                 // The fetch answers from the start of the batch holding the last record.
                 let got = fetch(shard, r, end - 1).await?;
-                crate::storage::batch::BatchHeader::parse(&got.records)
-                    .map(|h| h.base_offset.max(start))
-                    .unwrap_or(end - 1)
+                let first = got.records.each().next().map(|(h, _)| h.base_offset);
+                first.map_or(end - 1, |base| base.max(start))
             }
         }
         StartAt::Timestamp(ms) => {
@@ -900,7 +899,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
         }
         // Read committed: the records of aborted transactions are dropped here, those of
         // open ones were not fetched (the fetch stops at the last stable offset).
-        let fetched = super::committed::committed(got.records, &got.aborted);
+        let fetched = super::committed::committed(got.records.joined(), &got.aborted);
         let mut budget = DECODE_BYTES;
         let (records, next) = match record::records_of(&fetched.batches, offset, &mut budget) {
             Ok(d) => (d.records, d.next_offset),

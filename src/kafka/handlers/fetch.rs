@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::Protocol;
 
-use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
@@ -34,10 +33,10 @@ use super::details::authorize::topic_denied;
 use super::details::partitions::{ask_each_owner, by_owner};
 use super::{deferred, frame_passing, Conn, Pending};
 use crate::catalog::effective_config;
+use crate::kafka::codec::Section;
 use crate::kafka::message_set;
 use crate::kafka::owner::{FetchPart, FetchResult, Reply, Request};
 use crate::security::acl::{Operation, ResourceType};
-use crate::storage::batch::within;
 use crate::storage::inflate::MAX_INFLATED_BYTES;
 
 /// One partition of the request as the handler tracks it.
@@ -169,6 +168,7 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
         // Assemble in request order, within the response's max_bytes.
         let mut used = 0usize;
         let mut budget = MAX_INFLATED_BYTES;
+        let mut sections = Vec::new();
         let mut results = results.into_iter();
         let mut wanted = wanted.into_iter();
         let responses = layout
@@ -178,11 +178,11 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                     .filter_map(|_| {
                         let (w, r) = (wanted.next()?, results.next()?);
                         let limit = w.max_bytes.min(max_bytes.saturating_sub(used));
-                        let records = within(r.records, limit, used == 0);
+                        let records = r.records.within(limit, used == 0);
                         used += records.len();
                         super::count_error(r.error);
                         if let (Some(topic), false) = (&w.topic, records.is_empty()) {
-                            let n = crate::storage::batch::record_count(&records);
+                            let n = records.record_count();
                             crate::metrics::with(|m| {
                                 m.consumed(Protocol::Kafka, topic, n, records.len() as u64)
                             });
@@ -192,12 +192,20 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
                         // before it as Kafka's down-conversion does.
                         let records = match version {
                             0..=3 => message_set::from_batches(
-                                &records,
+                                &records.joined(),
                                 message_set::fetch_magic(version),
                                 w.offset,
                                 &mut budget,
                             ),
-                            _ => records,
+                            // Written as the log holds them (`Section`), or copied once.
+                            _ => match Section::of(records.pieces()) {
+                                Some(section) => {
+                                    let field = section.field();
+                                    sections.push(section);
+                                    field
+                                }
+                                None => records.joined(),
+                            },
                         };
                         Some(
                             PartitionData::default()
@@ -229,25 +237,8 @@ pub fn handle(conn: &Rc<Conn>, req: FetchRequest, correlation_id: i32, version: 
             .collect();
         crate::metrics::with(|m| m.fetch_latency(Protocol::Kafka, started.elapsed()));
         let response = FetchResponse::default().with_responses(responses);
-        let pass = large_records(&response);
-        frame_passing(correlation_id, version, &response, &pass)
+        frame_passing(correlation_id, version, &response, &sections)
     })
-}
-
-/// Record sections at least this large go to the socket as they are (a write of their
-/// own) rather than copied into the response frame: past it, the copy costs more than the
-/// extra write.
-const PASS_MIN_BYTES: usize = 32 * 1024;
-
-/// The record sections of `response` worth passing through uncopied.
-fn large_records(response: &FetchResponse) -> Vec<Bytes> {
-    response
-        .responses
-        .iter()
-        .flat_map(|t| &t.partitions)
-        .filter_map(|p| p.records.clone())
-        .filter(|r| r.len() >= PASS_MIN_BYTES)
-        .collect()
 }
 
 /// Reads every wanted partition once, one envelope per owner shard.
@@ -264,7 +255,7 @@ async fn fetch_round(
             high_watermark: -1,
             last_stable_offset: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: Default::default(),
             aborted: Vec::new(),
         })
         .collect();

@@ -65,7 +65,6 @@ pub mod details;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes};
@@ -114,17 +113,17 @@ pub fn frame<R: Encodable + HeaderVersion + Message + 'static>(
     )
 }
 
-/// `frame`, with the record sections in `pass` written as chunks of their own.
+/// `frame`, with the record sections in `sections` written as their pieces.
 pub fn frame_passing<R: Encodable + HeaderVersion + Message + 'static>(
     correlation_id: i32,
     version: i16,
     response: &R,
-    pass: &[Bytes],
+    sections: &[codec::Section],
 ) -> Option<Answer> {
     framed(
         correlation_id,
         version,
-        codec::encode_passing(correlation_id, version, response, pass),
+        codec::encode_passing(correlation_id, version, response, sections),
     )
 }
 

@@ -9,6 +9,10 @@
 //! free; more are freed, so the pool is bounded whatever the connection count. Busy
 //! connections reuse the same buffer while frames keep coming: a read that finds data
 //! ready returns it at once, and a writer that finds more output keeps its buffer.
+//!
+//! Large request frames (`Frame`) are read into buffers this pool lends too, and given
+//! back when the last `Bytes` of the request is dropped, on whichever shard that is: a
+//! buffer already written once is not zeroed again, nor allocated, for the next frame.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -28,10 +32,19 @@ const KEPT_OUTPUT_MAX_BYTES: usize = 64 * 1024;
 /// Free output buffers a shard keeps (at most 4 MiB).
 const KEPT_OUTPUT: usize = 64;
 
+/// Frames at least this large are read into a lent buffer (smaller ones are cheap to zero).
+pub const FRAME_POOL_MIN_BYTES: usize = 64 * 1024;
+/// Frame buffers larger than this are freed rather than kept.
+const KEPT_FRAME_MAX_BYTES: usize = 8 << 20;
+/// Bytes of free frame buffers a shard keeps.
+const KEPT_FRAME_BYTES: usize = 16 << 20;
+
 #[derive(Default)]
 struct Free {
     read: Vec<Box<[u8]>>,
     output: Vec<BytesMut>,
+    frames: Vec<Vec<u8>>,
+    frame_bytes: usize,
 }
 
 thread_local! {
@@ -70,6 +83,69 @@ pub fn give_output(mut buf: BytesMut) {
             f.output.push(buf);
         }
     });
+}
+
+/// A buffer for one request frame of `len` bytes: lent by the pool when one large enough
+/// is free (its old contents are overwritten by the read), else newly zeroed.
+pub struct Frame {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Frame {
+    pub fn new(len: usize) -> Frame {
+        if len < FRAME_POOL_MIN_BYTES {
+            return Frame {
+                buf: vec![0; len],
+                len,
+            };
+        }
+        let lent = FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            let i = f.frames.iter().position(|b| b.len() >= len)?;
+            let buf = f.frames.swap_remove(i);
+            f.frame_bytes -= buf.len();
+            Some(buf)
+        });
+        Frame {
+            buf: lent.unwrap_or_else(|| vec![0; len]),
+            len,
+        }
+    }
+
+    /// The frame's bytes, for the read to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+
+    /// The filled frame as `Bytes`; its buffer goes back to the pool of the shard that
+    /// drops the last of them.
+    pub fn freeze(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() < FRAME_POOL_MIN_BYTES || buf.len() > KEPT_FRAME_MAX_BYTES {
+            return;
+        }
+        // `try_with`: a frame may be dropped while its thread is being torn down.
+        let _ = FREE.try_with(|f| {
+            let mut f = f.borrow_mut();
+            if f.frame_bytes + buf.len() <= KEPT_FRAME_BYTES {
+                f.frame_bytes += buf.len();
+                f.frames.push(buf);
+            }
+        });
+    }
 }
 
 /// Bytes read from the socket and not yet consumed, in a buffer lent by the pool.
@@ -287,6 +363,42 @@ mod tests {
         assert_eq!(block_on(r.append(&mut dst)).unwrap(), 10);
         assert_eq!(&dst[..], &[7u8; 10]);
         assert_eq!(block_on(r.append(&mut dst)).unwrap(), 0);
+    }
+
+    /// A large frame's buffer comes back to the pool when its last `Bytes` is dropped and
+    /// serves the next frame that fits, holding the new frame's bytes only; the pool keeps
+    /// a bounded number of bytes.
+    #[test]
+    fn frame_buffers_come_back_when_the_request_is_dropped() {
+        let frames = || FREE.with(|f| f.borrow().frames.len());
+        let before = frames();
+        let mut one = Frame::new(FRAME_POOL_MIN_BYTES * 2);
+        one.bytes_mut().fill(9);
+        let bytes = one.freeze();
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(frames(), before, "a slice still holds it");
+        assert_eq!(&slice[..], &[9u8; 10]);
+        drop(slice);
+        assert_eq!(frames(), before + 1);
+        let mut two = Frame::new(FRAME_POOL_MIN_BYTES + 1);
+        assert_eq!(frames(), before, "lent again");
+        two.bytes_mut().fill(3);
+        let two = two.freeze();
+        assert_eq!(two.len(), FRAME_POOL_MIN_BYTES + 1);
+        assert!(two.iter().all(|b| *b == 3));
+        drop(two);
+        for _ in 0..KEPT_FRAME_BYTES / KEPT_FRAME_MAX_BYTES + 3 {
+            drop(Frame::new(KEPT_FRAME_MAX_BYTES));
+        }
+        assert!(FREE.with(|f| f.borrow().frame_bytes) <= KEPT_FRAME_BYTES);
+        // Small frames are not pooled.
+        drop(Frame::new(10).freeze());
+        assert!(FREE.with(|f| f
+            .borrow()
+            .frames
+            .iter()
+            .all(|b| b.len() >= FRAME_POOL_MIN_BYTES)));
     }
 
     #[test]
