@@ -102,7 +102,10 @@ impl Frame {
         }
         let lent = FREE.with(|f| {
             let mut f = f.borrow_mut();
-            let i = f.frames.iter().position(|b| b.len() >= len)?;
+            // The smallest that fits: a large buffer stays for a large frame.
+            let (i, _) = (f.frames.iter().enumerate())
+                .filter(|(_, b)| b.len() >= len)
+                .min_by_key(|(_, b)| b.len())?;
             let buf = f.frames.swap_remove(i);
             f.frame_bytes -= buf.len();
             Some(buf)
