@@ -944,5 +944,35 @@ fn a_fetch_of_cached_batches_large_and_small_gives_them_byte_for_byte() {
             "v{version}: first alone"
         );
     }
+    // A 1.5 MB answer the client reads only after half a second: what the socket does not
+    // take at once follows from where the last write stopped.
+    let mut big = Vec::new();
+    for _ in 0..5 {
+        let b = batch(300_000, 1);
+        let (code, base) = produce(&mut s, 8, "pieces", b.clone());
+        assert_eq!(code, 0);
+        big.extend_from_slice(&base.to_be_bytes());
+        big.extend_from_slice(&b[8..]);
+    }
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(4 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("pieces")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(next)
+                .with_partition_max_bytes(4 << 20)])]);
+    s.write_all(&request(ApiKey::Fetch, 11, 10, &req))
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut resp = read_frame(&mut s).expect("large fetch response");
+    resp.get_i32();
+    let body = FetchResponse::decode(&mut resp, 11).expect("fetch body");
+    let records = body.responses[0].partitions[0].records.clone();
+    assert!(
+        records.unwrap_or_default()[..] == big[..],
+        "the late-read answer differs"
+    );
     client_still_works(&broker);
 }

@@ -238,6 +238,45 @@ fn ssl_listener_with_required_client_auth_serves_certified_clients_only() {
     );
 }
 
+/// A fetch answered from the tail cache with several batches, large ones written as chunks
+/// of their own, comes whole over TLS too (the session writes a frame's chunks one after
+/// the other): every record, byte for byte, in order.
+#[test]
+fn large_and_small_cached_batches_come_whole_over_tls() {
+    let b = Secure::start("none", &[]);
+    let ca = b.ca_path.display().to_string();
+    let settings = ssl_settings(&ca, None);
+    create_topic(&b.launch.bootstrap(), "large-over-tls", 1, &[]);
+    let producer: FutureProducer = client(&b.ssl_bootstrap(), &settings);
+    // One batch per record (each waits for its delivery): 40 KiB ones, past the 32 KiB a
+    // batch needs to be written uncopied, between small ones.
+    let body = |i: usize| -> Vec<u8> {
+        let len = if i.is_multiple_of(2) { 40_000 + i } else { 10 + i };
+        (0..len).map(|j| (i * 7 + j) as u8).collect()
+    };
+    for i in 0..12 {
+        delivered(enqueue(
+            &producer,
+            FutureRecord::<(), _>::to("large-over-tls").payload(&body(i)),
+        ));
+    }
+    let consumer = assigned(
+        &b.ssl_bootstrap(),
+        &settings,
+        "large-over-tls",
+        1,
+        Offset::Beginning,
+    );
+    let mut got = Vec::new();
+    poll_n(&consumer, 12, Duration::from_secs(20), |m| {
+        got.push(rdkafka::Message::payload(m).unwrap_or_default().to_vec())
+    });
+    assert_eq!(got.len(), 12);
+    for (i, g) in got.iter().enumerate() {
+        assert!(*g == body(i), "record {i}: {} bytes, not its own", g.len());
+    }
+}
+
 #[test]
 fn sasl_ssl_with_scram_sha_512_serves_the_right_password_only() {
     let b = Secure::start("none", &[]);
