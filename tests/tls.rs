@@ -251,7 +251,11 @@ fn large_and_small_cached_batches_come_whole_over_tls() {
     // One batch per record (each waits for its delivery): 40 KiB ones, past the 32 KiB a
     // batch needs to be written uncopied, between small ones.
     let body = |i: usize| -> Vec<u8> {
-        let len = if i.is_multiple_of(2) { 40_000 + i } else { 10 + i };
+        let len = if i.is_multiple_of(2) {
+            40_000 + i
+        } else {
+            10 + i
+        };
         (0..len).map(|j| (i * 7 + j) as u8).collect()
     };
     for i in 0..12 {

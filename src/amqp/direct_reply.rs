@@ -15,7 +15,7 @@ use std::rc::Rc;
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::mesh::ConnOp;
-use super::message::{encode_properties, parse_props, Message};
+use super::message::{encode_properties, has_reply_to, parse_props, Message};
 use super::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
 
@@ -96,6 +96,10 @@ pub fn consume(
 /// A publish on this channel naming the pseudo queue in `reply-to` gets the channel's
 /// token there instead; 406 when the channel has no reply consumer.
 pub fn rewrite(conn: &Connection, ch: &ChannelRef, msg: Message) -> Result<Message, AmqpError> {
+    // Most publishes carry no reply-to: the flag says so without decoding the properties.
+    if !has_reply_to(&msg.properties) {
+        return Ok(msg);
+    }
     let Some(mut props) = parse_props(&msg.properties) else {
         return Ok(msg);
     };

@@ -51,6 +51,15 @@ pub fn parse_props(raw: &Bytes) -> Option<AMQPProperties> {
     parse_properties(&raw[..]).ok().map(|(_, p)| p)
 }
 
+/// The `reply-to` bit of the first property-flags word (AMQP 0-9-1 basic properties: bit 9).
+const REPLY_TO_FLAG: u16 = 1 << 9;
+
+/// Whether the property flags say a `reply-to` follows (without decoding anything).
+pub fn has_reply_to(raw: &[u8]) -> bool {
+    raw.get(..2)
+        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & REPLY_TO_FLAG != 0)
+}
+
 /// Walks property bytes: `None` when they are malformed (headers nested deeper than
 /// `catalog::amqp::tables::MAX_DEPTH` included).
 pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
@@ -381,6 +390,34 @@ mod tests {
 
     fn props(p: &AMQPProperties) -> Bytes {
         Bytes::from(gen_properties(p)(Vec::new().into()).unwrap().into_inner().0)
+    }
+
+    /// The flag test agrees with a full decode, whatever else the properties carry.
+    #[test]
+    fn the_reply_to_flag_is_read_without_decoding() {
+        let mut h = FieldTable::default();
+        h.insert("a".into(), AMQPValue::LongInt(1));
+        let without = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(h)
+            .with_correlation_id("c".into())
+            .with_expiration("60000".into())
+            .with_app_id("app".into());
+        let with = without
+            .clone()
+            .with_reply_to("amq.rabbitmq.reply-to".into());
+        for (p, expected) in [
+            (&without, false),
+            (&with, true),
+            (&AMQPProperties::default(), false),
+        ] {
+            let raw = props(p);
+            assert_eq!(has_reply_to(&raw), expected);
+            let decoded = parse_props(&raw).expect("decodes");
+            assert_eq!(decoded.reply_to().is_some(), expected);
+        }
+        assert!(!has_reply_to(&[]));
+        assert!(!has_reply_to(&[0x02]));
     }
 
     #[test]
