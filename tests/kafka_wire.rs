@@ -896,20 +896,12 @@ fn a_fetch_of_cached_batches_large_and_small_gives_them_byte_for_byte() {
         stored.push((base, with_offset));
     }
     let fetch = |s: &mut TcpStream, version: i16, offset: i64, max: i32| {
-        let req = fetch_at("pieces", offset, max, 0);
-        s.write_all(&request(ApiKey::Fetch, version, 9, &req))
-            .expect("write");
-        let mut resp = read_frame(s).expect("fetch response");
-        let header = ApiKey::Fetch.response_header_version(version);
-        ResponseHeader::decode(&mut resp, header).expect("response header");
-        let body = FetchResponse::decode(&mut resp, version).expect("fetch body");
-        assert!(
-            !resp.has_remaining(),
-            "v{version}: the frame has bytes past the response"
-        );
-        let p = &body.responses[0].partitions[0];
-        assert_eq!(p.error_code, 0);
-        p.records.clone().unwrap_or_default().to_vec()
+        records_of_fetch(
+            s,
+            version,
+            &fetch_at("pieces", offset, max, 0),
+            Duration::ZERO,
+        )
     };
     let from = |i: usize, n: usize| -> Vec<u8> {
         stored[i..i + n]
@@ -954,25 +946,33 @@ fn a_fetch_of_cached_batches_large_and_small_gives_them_byte_for_byte() {
         big.extend_from_slice(&base.to_be_bytes());
         big.extend_from_slice(&b[8..]);
     }
-    let req = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(4 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str("pieces")))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(next)
-                .with_partition_max_bytes(4 << 20)])]);
-    s.write_all(&request(ApiKey::Fetch, 11, 10, &req))
-        .expect("write");
-    std::thread::sleep(Duration::from_millis(500));
-    let mut resp = read_frame(&mut s).expect("large fetch response");
-    resp.get_i32();
-    let body = FetchResponse::decode(&mut resp, 11).expect("fetch body");
-    let records = body.responses[0].partitions[0].records.clone();
-    assert!(
-        records.unwrap_or_default()[..] == big[..],
-        "the late-read answer differs"
-    );
+    let req = fetch_at("pieces", next, 4 << 20, 0).with_max_bytes(4 << 20);
+    let late = records_of_fetch(&mut s, 11, &req, Duration::from_millis(500));
+    assert!(late == big, "the late-read answer differs");
     client_still_works(&broker);
+}
+
+/// Sends `req` at `version`, waits `read_after` before reading the answer, and returns the
+/// records of its one partition (which must have no error; the frame must hold nothing past
+/// the response).
+fn records_of_fetch(
+    s: &mut TcpStream,
+    version: i16,
+    req: &FetchRequest,
+    read_after: Duration,
+) -> Vec<u8> {
+    s.write_all(&request(ApiKey::Fetch, version, 9, req))
+        .expect("write");
+    std::thread::sleep(read_after);
+    let mut resp = read_frame(s).expect("fetch response");
+    let header = ApiKey::Fetch.response_header_version(version);
+    ResponseHeader::decode(&mut resp, header).expect("response header");
+    let body = FetchResponse::decode(&mut resp, version).expect("fetch body");
+    assert!(
+        !resp.has_remaining(),
+        "v{version}: the frame has bytes past the response"
+    );
+    let p = &body.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.records.clone().unwrap_or_default().to_vec()
 }
