@@ -936,11 +936,12 @@ fn a_fetch_of_cached_batches_large_and_small_gives_them_byte_for_byte() {
             "v{version}: first alone"
         );
     }
-    // A 1.5 MB answer the client reads only after half a second: what the socket does not
-    // take at once follows from where the last write stopped.
+    // A 2.3 MB answer of 70 large batches (more than one write takes) that the client
+    // reads only after half a second: what the socket does not take at once follows from
+    // where the last write stopped.
     let mut big = Vec::new();
-    for _ in 0..5 {
-        let b = batch(300_000, 1);
+    for _ in 0..70 {
+        let b = batch(33_000, 1);
         let (code, base) = produce(&mut s, 8, "pieces", b.clone());
         assert_eq!(code, 0);
         big.extend_from_slice(&base.to_be_bytes());

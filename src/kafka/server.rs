@@ -504,6 +504,10 @@ async fn unless_idle<F: Future + Unpin>(
     }
 }
 
+/// The most chunks one write takes (the kernel's limit, `UIO_MAXIOV`, is 1 024; a fetch of
+/// many large sections can have more).
+const WRITE_SLICES: usize = 64;
+
 /// Writes a frame's chunks, unless the peer takes none of it for `idle` (`None` then): a
 /// client that stopped reading is as idle as one that stopped sending.
 async fn write_unless_stuck(
@@ -511,13 +515,14 @@ async fn write_unless_stuck(
     chunks: &[Bytes],
     idle: Duration,
 ) -> Option<std::io::Result<()>> {
-    // All the chunks left in one vectored write (one `sendmsg` on a plain socket), from
-    // `done` bytes into chunk `at`.
+    // The chunks left (up to `WRITE_SLICES` of them) in one vectored write (one `sendmsg`
+    // on a plain socket), from `done` bytes into chunk `at`.
     let (mut at, mut done) = (0, 0);
     while at < chunks.len() {
         let mut slices: smallvec::SmallVec<[std::io::IoSlice<'_>; 8]> = smallvec::SmallVec::new();
         slices.push(std::io::IoSlice::new(&chunks[at][done..]));
-        slices.extend(chunks[at + 1..].iter().map(|c| std::io::IoSlice::new(c)));
+        let more = chunks[at + 1..].iter().take(WRITE_SLICES - 1);
+        slices.extend(more.map(|c| std::io::IoSlice::new(c)));
         let mut write = writer.write_vectored(&slices);
         let mut n = match unless_idle(&mut write, idle, || false).await? {
             Ok(0) if chunks[at..].iter().any(|c| !c.is_empty()) => {
