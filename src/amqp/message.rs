@@ -51,13 +51,24 @@ pub fn parse_props(raw: &Bytes) -> Option<AMQPProperties> {
     parse_properties(&raw[..]).ok().map(|(_, p)| p)
 }
 
-/// The `reply-to` bit of the first property-flags word (AMQP 0-9-1 basic properties: bit 9).
+/// Bits of the first property-flags word (AMQP 0-9-1 basic properties, highest first:
+/// content-type is bit 15).
+const HEADERS_FLAG: u16 = 1 << 13;
 const REPLY_TO_FLAG: u16 = 1 << 9;
+
+fn flagged(raw: &[u8], flag: u16) -> bool {
+    raw.get(..2)
+        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & flag != 0)
+}
 
 /// Whether the property flags say a `reply-to` follows (without decoding anything).
 pub fn has_reply_to(raw: &[u8]) -> bool {
-    raw.get(..2)
-        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & REPLY_TO_FLAG != 0)
+    flagged(raw, REPLY_TO_FLAG)
+}
+
+/// Whether the property flags say a `headers` table follows (without decoding anything).
+pub fn has_headers(raw: &[u8]) -> bool {
+    flagged(raw, HEADERS_FLAG)
 }
 
 /// Walks property bytes: `None` when they are malformed (headers nested deeper than
@@ -392,9 +403,9 @@ mod tests {
         Bytes::from(gen_properties(p)(Vec::new().into()).unwrap().into_inner().0)
     }
 
-    /// The flag test agrees with a full decode, whatever else the properties carry.
+    /// The flag tests agree with a full decode, whatever else the properties carry.
     #[test]
-    fn the_reply_to_flag_is_read_without_decoding() {
+    fn the_reply_to_and_headers_flags_are_read_without_decoding() {
         let mut h = FieldTable::default();
         h.insert("a".into(), AMQPValue::LongInt(1));
         let without = AMQPProperties::default()
@@ -416,8 +427,14 @@ mod tests {
             let decoded = parse_props(&raw).expect("decodes");
             assert_eq!(decoded.reply_to().is_some(), expected);
         }
-        assert!(!has_reply_to(&[]));
-        assert!(!has_reply_to(&[0x02]));
+        let no_headers = AMQPProperties::default().with_reply_to("r".into());
+        for (p, expected) in [(&without, true), (&with, true), (&no_headers, false)] {
+            let raw = props(p);
+            assert_eq!(has_headers(&raw), expected);
+            assert_eq!(scan_properties(&raw).unwrap().headers.is_some(), expected);
+        }
+        assert!(!has_reply_to(&[]) && !has_headers(&[]));
+        assert!(!has_reply_to(&[0x02]) && !has_headers(&[0x20]));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConfirmTo, QueueOp};
 use crate::amqp::message::{
-    decode_headers, parse_expiration, scan_properties, without_header, Message,
+    decode_headers, has_headers, parse_expiration, scan_properties, without_header, Message,
 };
 use crate::amqp::routing::{QueueRef, RouteError};
 use crate::amqp::{outbox, reply, AmqpError};
@@ -314,6 +314,9 @@ pub async fn route(
 /// The routing keys of the `CC` and `BCC` headers; none unless the raw header table
 /// names one of them (so other messages are not decoded).
 fn sender_selected(msg: &Message) -> Vec<String> {
+    if !has_headers(&msg.properties) {
+        return Vec::new();
+    }
     let Some(raw) = scan_properties(&msg.properties).and_then(|v| v.headers) else {
         return Vec::new();
     };
@@ -333,6 +336,9 @@ fn sender_selected(msg: &Message) -> Vec<String> {
 
 /// The message without its `BCC` header (RabbitMQ removes it before delivery).
 pub fn without_bcc(msg: Message) -> Message {
+    if !has_headers(&msg.properties) {
+        return msg;
+    }
     let Some(raw) = scan_properties(&msg.properties).and_then(|v| v.headers) else {
         return msg;
     };
