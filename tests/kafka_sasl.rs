@@ -2,7 +2,8 @@
 //! `SASL_PLAINTEXT` listener, a wrong password reported as an authentication error and
 //! counted in `/metrics`, AlterUserScramCredentials and DescribeUserScramCredentials over
 //! the wire (kept across a restart), the gate before authentication, SaslHandshake v0 with
-//! bare tokens, re-authentication (KIP-368), and the same users over AMQP and HTTP.
+//! bare tokens, re-authentication (KIP-368), a logged-in connection moving to its
+//! partition's shard with its session, and the same users over AMQP and HTTP.
 //!
 //! Users are made with `portask hash-password`, as an operator would.
 
@@ -796,4 +797,107 @@ fn amqp_users_still_work_with_a_warning() {
             .expect("amqp.users user logs in");
         conn.create_channel().await.expect("channel");
     });
+}
+
+/// A connection authenticated with SASL moves to the shard of the partition its Produce
+/// requests all go to (`runtime::placement`) with its session: after the move it is still
+/// logged in (a request before authentication would close it), answers keep their order,
+/// and no request is refused.
+#[test]
+fn an_authenticated_connection_moves_to_its_partitions_shard_still_logged_in() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{MetadataResponse, ProduceRequest, ProduceResponse, TopicName};
+    use portask::storage::batch::{encode_plain_batch, PlainRecord};
+    const TOPIC: &str = "sasl-follow";
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = sasl_broker(&dir.path().join("d"), &[]);
+    let owner = portask::util::partition_owner(TOPIC, 0, 2) as u64;
+    let shard = |s: &TcpStream| {
+        let local = s.local_addr().expect("local address");
+        broker.connection_shard(local, "alice", "alice-secret")
+    };
+    let metadata = |s: &mut TcpStream, correlation: i32| -> MetadataResponse {
+        let topic = MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))));
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![topic]))
+            .with_allow_auto_topic_creation(true);
+        call(s, ApiKey::Metadata, 9, correlation, &req).expect("metadata answered")
+    };
+    // Logged-in connections until one sits on the shard that does not own the partition.
+    let mut away = None;
+    for _ in 0..64 {
+        let mut s = connect(&broker);
+        assert_eq!(
+            plain_login(&mut s, "alice", "alice-secret", 1).error_code,
+            0
+        );
+        let md = metadata(&mut s, 3);
+        assert_eq!(md.topics[0].error_code, 0, "the topic exists");
+        if shard(&s).is_some_and(|sh| sh != owner) {
+            away = Some(s);
+            break;
+        }
+    }
+    let mut s = away.expect("the kernel put one of 64 connections on the other shard");
+    let produce = |correlation: i32| {
+        let batch = encode_plain_batch(
+            [PlainRecord {
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(Bytes::from(format!("record-{correlation}"))),
+                headers: Default::default(),
+            }]
+            .into_iter(),
+            kafka_protocol::records::Compression::None,
+        )
+        .expect("batch");
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch))])]);
+        request_frame(ApiKey::Produce, 7, correlation, "sasl-test", &req)
+    };
+    // Two requests at a time for a little more than the second a run must last before
+    // the connection moves (`placement::FOLLOW_FOR`), and 32 requests at least.
+    let mut next_offset = 0;
+    for round in 0..25 {
+        std::thread::sleep(Duration::from_millis(60));
+        let first = 100 + 2 * round;
+        let frames: Vec<u8> = (first..first + 2).flat_map(produce).collect();
+        s.write_all(&frames).expect("write");
+        for correlation in first..first + 2 {
+            let mut resp = read_frame(&mut s).expect("produce answered, still logged in");
+            let header = ResponseHeader::decode(&mut resp, 0).expect("header");
+            assert_eq!(
+                header.correlation_id, correlation,
+                "answers in request order"
+            );
+            let body = ProduceResponse::decode(&mut resp, 7).expect("produce body");
+            let part = &body.responses[0].partition_responses[0];
+            assert_eq!((part.error_code, part.base_offset), (0, next_offset));
+            next_offset += 1;
+        }
+    }
+    assert_eq!(
+        shard(&s),
+        Some(owner),
+        "served by the partition's shard now"
+    );
+    assert_eq!(
+        broker.metric_total("portask_connections_moved_total", &[("protocol", "kafka")]),
+        1.0
+    );
+    // Still logged in on its new shard: requests are served, not refused or closed.
+    assert_eq!(metadata(&mut s, 500).topics[0].error_code, 0);
+    s.write_all(&produce(501)).expect("write");
+    let mut resp = read_frame(&mut s).expect("a produce after the move is answered");
+    ResponseHeader::decode(&mut resp, 0).expect("header");
+    let body = ProduceResponse::decode(&mut resp, 7).expect("produce body");
+    assert_eq!(body.responses[0].partition_responses[0].error_code, 0);
 }

@@ -702,18 +702,7 @@ fn a_client_that_stops_reading_its_answers_is_closed_as_idle() {
 
 /// The shard `/api/v1/connections` lists the connection from `local` (our side) on.
 fn shard_of(broker: &Broker, local: std::net::SocketAddr) -> Option<u64> {
-    let body = ureq::get(&format!("{}/api/v1/connections", broker.http_url()))
-        .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=") // guest:guest
-        .call()
-        .expect("GET connections")
-        .into_string()
-        .expect("body");
-    let conns: serde_json::Value = serde_json::from_str(&body).expect("json");
-    conns
-        .as_array()?
-        .iter()
-        .find(|c| c["peer"] == local.to_string().as_str())
-        .and_then(|c| c["shard"].as_u64())
+    broker.connection_shard(local, "guest", "guest")
 }
 
 /// A connection whose Produce or Fetch requests all go to the partitions of the other shard

@@ -107,6 +107,30 @@ impl Broker {
         sample(&self.scrape(), name, labels)
     }
 
+    /// The shard `/api/v1/connections` (read as `user`) lists the connection whose peer is
+    /// `local` (the test's side of it) on.
+    pub fn connection_shard(
+        &self,
+        local: std::net::SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Option<u64> {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let body = ureq::get(&format!("{}/api/v1/connections", self.http_url()))
+            .set("Authorization", &format!("Basic {token}"))
+            .call()
+            .expect("GET connections")
+            .into_string()
+            .expect("body");
+        let conns: serde_json::Value = serde_json::from_str(&body).expect("json");
+        conns
+            .as_array()?
+            .iter()
+            .find(|c| c["peer"] == local.to_string().as_str())
+            .and_then(|c| c["shard"].as_u64())
+    }
+
     pub fn log(&self) -> String {
         self.launch.log()
     }
