@@ -805,10 +805,9 @@ fn amqp_users_still_work_with_a_warning() {
 /// and no request is refused.
 #[test]
 fn an_authenticated_connection_moves_to_its_partitions_shard_still_logged_in() {
+    use common::kafka::{produce_answer, produce_one_frame};
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{MetadataResponse, ProduceRequest, ProduceResponse, TopicName};
-    use portask::storage::batch::{encode_plain_batch, PlainRecord};
+    use kafka_protocol::messages::{MetadataResponse, TopicName};
     const TOPIC: &str = "sasl-follow";
     let dir = tempfile::tempdir().expect("tmp");
     let broker = sasl_broker(&dir.path().join("d"), &[]);
@@ -842,26 +841,11 @@ fn an_authenticated_connection_moves_to_its_partitions_shard_still_logged_in() {
     }
     let mut s = away.expect("the kernel put one of 64 connections on the other shard");
     let produce = |correlation: i32| {
-        let batch = encode_plain_batch(
-            [PlainRecord {
-                timestamp: 1_700_000_000_000,
-                key: None,
-                value: Some(Bytes::from(format!("record-{correlation}"))),
-                headers: Default::default(),
-            }]
-            .into_iter(),
-            kafka_protocol::records::Compression::None,
+        produce_one_frame(
+            TOPIC,
+            correlation,
+            format!("record-{correlation}").as_bytes(),
         )
-        .expect("batch");
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(batch))])]);
-        request_frame(ApiKey::Produce, 7, correlation, "sasl-test", &req)
     };
     // Two requests at a time for a little more than the second a run must last before
     // the connection moves (`placement::FOLLOW_FOR`), and 32 requests at least.
@@ -872,15 +856,12 @@ fn an_authenticated_connection_moves_to_its_partitions_shard_still_logged_in() {
         let frames: Vec<u8> = (first..first + 2).flat_map(produce).collect();
         s.write_all(&frames).expect("write");
         for correlation in first..first + 2 {
-            let mut resp = read_frame(&mut s).expect("produce answered, still logged in");
-            let header = ResponseHeader::decode(&mut resp, 0).expect("header");
+            let answer = produce_answer(&mut s).expect("produce answered, still logged in");
             assert_eq!(
-                header.correlation_id, correlation,
+                answer,
+                (correlation, 0, next_offset),
                 "answers in request order"
             );
-            let body = ProduceResponse::decode(&mut resp, 7).expect("produce body");
-            let part = &body.responses[0].partition_responses[0];
-            assert_eq!((part.error_code, part.base_offset), (0, next_offset));
             next_offset += 1;
         }
     }
@@ -896,8 +877,6 @@ fn an_authenticated_connection_moves_to_its_partitions_shard_still_logged_in() {
     // Still logged in on its new shard: requests are served, not refused or closed.
     assert_eq!(metadata(&mut s, 500).topics[0].error_code, 0);
     s.write_all(&produce(501)).expect("write");
-    let mut resp = read_frame(&mut s).expect("a produce after the move is answered");
-    ResponseHeader::decode(&mut resp, 0).expect("header");
-    let body = ProduceResponse::decode(&mut resp, 7).expect("produce body");
-    assert_eq!(body.responses[0].partition_responses[0].error_code, 0);
+    let answer = produce_answer(&mut s).expect("a produce after the move is answered");
+    assert_eq!(answer, (501, 0, next_offset));
 }

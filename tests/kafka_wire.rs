@@ -13,14 +13,14 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::kafka::{produce_frame, produce_one_frame};
 use common::{closed_by_broker, data_dir, Broker};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
@@ -419,19 +419,6 @@ fn without_max_timestamp(batch: &Bytes) -> Bytes {
     b.freeze()
 }
 
-/// A Produce of `records` to partition 0 of `topic` at `version` (acks=-1), framed.
-fn produce_frame(version: i16, correlation: i32, topic: &'static str, records: Bytes) -> Vec<u8> {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(topic)))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])]);
-    request(ApiKey::Produce, version, correlation, &req)
-}
-
 /// Sends one Produce of `records` to partition 0 of `topic` at `version` (acks=-1) and
 /// returns the partition's (error code, base offset).
 fn produce(s: &mut TcpStream, version: i16, topic: &'static str, records: Bytes) -> (i16, i64) {
@@ -745,18 +732,7 @@ fn connections_move_to_the_shard_of_their_partition_and_every_answer_comes_in_or
 
     // Four Produce requests at a time on each producer, answered in order.
     let produce_request = |p: usize, i: i32| {
-        let batch = encode_plain_batch(
-            [PlainRecord {
-                timestamp: 1_700_000_000_000,
-                key: None,
-                value: Some(Bytes::from(format!("producer-{p}-record-{i}"))),
-                headers: Default::default(),
-            }]
-            .into_iter(),
-            Compression::None,
-        )
-        .expect("batch");
-        produce_frame(7, i, TOPIC, batch)
+        produce_one_frame(TOPIC, i, format!("producer-{p}-record-{i}").as_bytes())
     };
     let mut producers = producers;
     let mut at_offset = std::collections::BTreeMap::new();

@@ -281,6 +281,49 @@ fn large_and_small_cached_batches_come_whole_over_tls() {
     }
 }
 
+/// A TLS connection stays on the shard that accepted it even when all its requests go to
+/// the other shard's partition (its rustls session cannot be handed over): more than a
+/// second of Produce requests from the other shard are all answered there, and nothing
+/// moved.
+#[test]
+fn a_tls_connection_stays_on_the_shard_that_accepted_it() {
+    use common::kafka::{produce_answer, produce_one_frame};
+    const TOPIC: &str = "tls-stays";
+    let b = Secure::start("none", &[]);
+    create_topic(&b.launch.bootstrap(), TOPIC, 1, &[]);
+    let owner = portask::util::partition_owner(TOPIC, 0, 2) as u64;
+    let shard = |s: &std::net::TcpStream| {
+        let local = s.local_addr().expect("local address");
+        common::connection_shard(&b.launch.http_url(), local, "guest", "guest")
+    };
+    let config = b.ca.client_config(&[]);
+    let mut away = None;
+    for _ in 0..64 {
+        let s = common::tls::connect(b.ssl_port, config.clone()).expect("tls connect");
+        if shard(&s.sock).is_some_and(|sh| sh != owner) {
+            away = Some(s);
+            break;
+        }
+    }
+    let mut s = away.expect("the kernel put one of 64 connections on the other shard");
+    let stays_on = shard(&s.sock);
+    // Past the run after which a plain connection moves (32 requests over a second).
+    for i in 0..50 {
+        std::thread::sleep(Duration::from_millis(30));
+        s.write_all(&produce_one_frame(TOPIC, i, b"over tls"))
+            .expect("write");
+        assert_eq!(produce_answer(&mut s), Some((i, 0, i as i64)));
+    }
+    assert_eq!(shard(&s.sock), stays_on, "the TLS connection stayed");
+    let text = b.metrics();
+    let moved = metric(
+        &text,
+        "portask_connections_moved_total",
+        &[("protocol", "kafka")],
+    );
+    assert_eq!(moved, 0.0, "{text}");
+}
+
 #[test]
 fn sasl_ssl_with_scram_sha_512_serves_the_right_password_only() {
     let b = Secure::start("none", &[]);

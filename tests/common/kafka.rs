@@ -8,7 +8,6 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -229,10 +228,60 @@ pub fn request_frame<R: Encodable>(
 
 /// Reads one response frame and returns what follows its size (the correlation id first);
 /// `None` when the connection is closed or the read times out.
-pub fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
+pub fn read_frame(s: &mut impl Read) -> Option<Bytes> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).ok()?;
     let mut resp = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
     s.read_exact(&mut resp).ok()?;
     Some(Bytes::from(resp))
+}
+
+/// A Produce request at `version` (acks=all) of `records` to partition 0 of `topic`, framed.
+pub fn produce_frame(
+    version: i16,
+    correlation: i32,
+    topic: &'static str,
+    records: Bytes,
+) -> Vec<u8> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])]);
+    request_frame(ApiKey::Produce, version, correlation, "test", &req)
+}
+
+/// A Produce v7 request (acks=all) of one record, `value`, to partition 0 of `topic`,
+/// framed; its answer decodes with `produce_answer`.
+pub fn produce_one_frame(topic: &'static str, correlation: i32, value: &[u8]) -> Vec<u8> {
+    use portask::storage::batch::{encode_plain_batch, PlainRecord};
+    let record = PlainRecord {
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: Default::default(),
+    };
+    let batch = encode_plain_batch(
+        [record].into_iter(),
+        kafka_protocol::records::Compression::None,
+    )
+    .expect("batch");
+    produce_frame(7, correlation, topic, batch)
+}
+
+/// Reads the answer to a `produce_one_frame`: its correlation id, error code and base offset;
+/// `None` when the connection closed.
+pub fn produce_answer(s: &mut impl Read) -> Option<(i32, i16, i64)> {
+    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let mut resp = read_frame(s)?;
+    let header = ResponseHeader::decode(&mut resp, 0).expect("response header");
+    let body = ProduceResponse::decode(&mut resp, 7).expect("produce body");
+    let part = &body.responses[0].partition_responses[0];
+    Some((header.correlation_id, part.error_code, part.base_offset))
 }

@@ -115,20 +115,7 @@ impl Broker {
         user: &str,
         password: &str,
     ) -> Option<u64> {
-        use base64::Engine;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let body = ureq::get(&format!("{}/api/v1/connections", self.http_url()))
-            .set("Authorization", &format!("Basic {token}"))
-            .call()
-            .expect("GET connections")
-            .into_string()
-            .expect("body");
-        let conns: serde_json::Value = serde_json::from_str(&body).expect("json");
-        conns
-            .as_array()?
-            .iter()
-            .find(|c| c["peer"] == local.to_string().as_str())
-            .and_then(|c| c["shard"].as_u64())
+        connection_shard(&self.http_url(), local, user, password)
     }
 
     pub fn log(&self) -> String {
@@ -203,6 +190,30 @@ impl Drop for Broker {
             }
         }
     }
+}
+
+/// The shard the broker at `http_url` lists (in `/api/v1/connections`, read as `user`) the
+/// connection whose peer is `local` (the test's side of it) on.
+pub fn connection_shard(
+    http_url: &str,
+    local: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> Option<u64> {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let body = ureq::get(&format!("{http_url}/api/v1/connections"))
+        .set("Authorization", &format!("Basic {token}"))
+        .call()
+        .expect("GET connections")
+        .into_string()
+        .expect("body");
+    let conns: serde_json::Value = serde_json::from_str(&body).expect("json");
+    conns
+        .as_array()?
+        .iter()
+        .find(|c| c["peer"] == local.to_string().as_str())
+        .and_then(|c| c["shard"].as_u64())
 }
 
 /// True when the broker closes the socket (EOF or reset) rather than answering; false when
