@@ -901,19 +901,28 @@ fn a_fetch_of_cached_batches_large_and_small_gives_them_byte_for_byte() {
             "v{version}: first alone"
         );
     }
-    // A 2.3 MB answer of 70 large batches (more than one write takes) that the client
-    // reads only after half a second: what the socket does not take at once follows from
-    // where the last write stopped.
+    // A 6.6 MB answer of 200 large batches (more than one write takes) to a client with a
+    // 4 KiB receive buffer that reads only after half a second: more than the socket's
+    // 4 MiB send buffer, so the broker's writes find it full (checked once: five times in
+    // this run), and what it did not take follows from where the last write stopped.
     let mut big = Vec::new();
-    for _ in 0..70 {
+    for _ in 0..200 {
         let b = batch(33_000, 1);
         let (code, base) = produce(&mut s, 8, "pieces", b.clone());
         assert_eq!(code, 0);
         big.extend_from_slice(&base.to_be_bytes());
         big.extend_from_slice(&b[8..]);
     }
-    let req = fetch_at("pieces", next, 4 << 20, 0).with_max_bytes(4 << 20);
-    let late = records_of_fetch(&mut s, 11, &req, Duration::from_millis(500));
+    let small =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    small.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], broker.port).into();
+    small.connect(&addr.into()).expect("connect");
+    let mut slow: TcpStream = small.into();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = fetch_at("pieces", next, 8 << 20, 0).with_max_bytes(8 << 20);
+    let late = records_of_fetch(&mut slow, 11, &req, Duration::from_millis(500));
     assert!(late == big, "the late-read answer differs");
     client_still_works(&broker);
 }

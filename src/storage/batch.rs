@@ -228,7 +228,7 @@ pub fn record_count(mut records: &[u8]) -> u64 {
 /// fits and `first_may_exceed` (nothing has been put in the answer yet), the first batch
 /// alone, so a consumer always progresses past a batch larger than its limits. A partial
 /// batch at the end is left out.
-pub fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
+fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
     let mut end = 0;
     while let Some(h) = BatchHeader::parse(&records[end..]) {
         if h.size == 0 || end + h.size > records.len() {
@@ -248,7 +248,7 @@ pub fn within(records: Bytes, limit: usize, first_may_exceed: bool) -> Bytes {
 /// The leading whole batches of `records` that end below offset `end` (a read_committed
 /// read stops at the last stable offset), and the offset after the last one kept (the
 /// first batch's base when none is kept, 0 when there is none).
-pub fn before(records: Bytes, end: i64) -> (Bytes, i64) {
+fn before(records: Bytes, end: i64) -> (Bytes, i64) {
     let mut at = 0;
     let mut next = BatchHeader::parse(&records).map_or(0, |h| h.base_offset);
     while let Some(h) = BatchHeader::parse(&records[at..]) {
@@ -312,10 +312,9 @@ impl Batches {
             let mut at = 0;
             std::iter::from_fn(move || {
                 let h = BatchHeader::parse(&piece[at..]).filter(|h| h.size > 0)?;
-                let one = piece
-                    .get(at..at + h.size)
-                    .map(|_| piece.slice(at..at + h.size))?;
-                at += h.size;
+                let end = Some(at + h.size).filter(|end| *end <= piece.len())?;
+                let one = piece.slice(at..end);
+                at = end;
                 Some((h, one))
             })
         })

@@ -64,10 +64,7 @@ pub(super) fn assembling(conn: &Connection) -> bool {
 /// The connection holds state that keeps it here however long it waits (a consumer, an
 /// exclusive queue, a delivery unacked…): it is not offered to another shard at all.
 fn bound(conn: &Connection) -> bool {
-    conn.dead.get()
-        || conn.quiet.get()
-        || conn.disk_blocked.get()
-        || !conn.exclusive.borrow().is_empty()
+    bound_itself(conn)
         || conn
             .channels
             .borrow()
@@ -75,10 +72,19 @@ fn bound(conn: &Connection) -> bool {
             .any(|c| c.try_borrow().map_or(true, |c| c.bound()))
 }
 
+/// `bound` by the connection's own state, whatever its channels hold.
+fn bound_itself(conn: &Connection) -> bool {
+    conn.dead.get()
+        || conn.quiet.get()
+        || conn.disk_blocked.get()
+        || !conn.exclusive.borrow().is_empty()
+}
+
 /// Nothing in flight on the connection (not `bound`, every channel at rest, its output
 /// written): it can be described by its settings alone.
 fn at_rest(conn: &Connection) -> bool {
-    !bound(conn)
+    // A channel at rest is not bound: its own check covers that.
+    !bound_itself(conn)
         && conn.written.borrow().is_empty()
         && conn.out.borrow().is_empty()
         && !conn.writing.get()
