@@ -1,7 +1,10 @@
 //! AMQP 0-9-1 framing: splitting the byte stream into frames and writing frames.
 //!
 //! Method arguments are decoded and encoded by the amq-protocol crate (`parse_class`,
-//! `gen_frame`). Content frames on the hot path are written here by hand: a content header
+//! `gen_frame`), but for the methods sent once per message: basic.publish
+//! (`decode_publish`, names as slices of the frame) and basic.ack, nack and reject are read
+//! here, as amq-protocol reads them (a unit test compares the two on every prefix) and
+//! without its per-call allocations. Content frames on the hot path are written here by hand: a content header
 //! carries the publisher's property bytes verbatim (so all 14 properties and the header
 //! table reach consumers exactly as sent, without a decode/encode round trip — which would
 //! also reorder header-table keys) and body frames are slices of the message's `Bytes`;
@@ -168,13 +171,85 @@ pub fn method_name(class: u16, method: u16) -> &'static str {
 
 /// Decodes a method frame's arguments (trailing bytes are tolerated, as RabbitMQ does).
 /// Tables nested deeper than `catalog::amqp::tables::MAX_DEPTH` do not decode.
+///
+/// basic.ack, basic.nack and basic.reject (a consumer sends one per message or batch)
+/// are read here: amq-protocol's parser builds a table of named flags, three allocations
+/// per call. Everything else goes through amq-protocol.
 pub fn decode_method(payload: &[u8]) -> Option<AMQPClass> {
-    if !super::nesting::method_ok(payload) {
+    use amq_protocol::protocol::basic;
+    let settle = |bits: usize| -> Option<(u64, u8)> {
+        let tag = payload.get(4..12)?;
+        let flags = *payload.get(12)?;
+        let mut t = [0u8; 8];
+        t.copy_from_slice(tag);
+        // Bits past the method's own are ignored, as amq-protocol does.
+        Some((u64::from_be_bytes(t), flags & ((1u8 << bits) - 1)))
+    };
+    let fast = match method_ids(payload) {
+        (60, 80) => settle(1).map(|(delivery_tag, f)| {
+            basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple: f & 1 != 0,
+            })
+        }),
+        (60, 120) => settle(2).map(|(delivery_tag, f)| {
+            basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag,
+                multiple: f & 1 != 0,
+                requeue: f & 2 != 0,
+            })
+        }),
+        (60, 90) => settle(1).map(|(delivery_tag, f)| {
+            basic::AMQPMethod::Reject(basic::Reject {
+                delivery_tag,
+                requeue: f & 1 != 0,
+            })
+        }),
+        _ => {
+            if !super::nesting::method_ok(payload) {
+                return None;
+            }
+            return amq_protocol::protocol::parse_class(payload)
+                .ok()
+                .map(|(_, c)| c);
+        }
+    };
+    fast.map(AMQPClass::Basic)
+}
+
+/// basic.publish's arguments, read in place from the method frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PublishArgs<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub mandatory: bool,
+    pub immediate: bool,
+}
+
+/// Decodes basic.publish (class 60, method 40) without allocating, as amq-protocol
+/// would: a reserved short, the exchange and the routing key (short strings, UTF-8), one
+/// octet of bits (mandatory, immediate); trailing bytes are tolerated. `None` for any
+/// other method or a malformed one.
+pub fn decode_publish(payload: &[u8]) -> Option<PublishArgs<'_>> {
+    if method_ids(payload) != (60, 40) {
         return None;
     }
-    amq_protocol::protocol::parse_class(payload)
-        .ok()
-        .map(|(_, c)| c)
+    let mut at = 6; // class, method, reserved-1
+    let mut short_str = || -> Option<&str> {
+        let n = *payload.get(at)? as usize;
+        let s = payload.get(at + 1..at + 1 + n)?;
+        at += 1 + n;
+        std::str::from_utf8(s).ok()
+    };
+    let exchange = short_str()?;
+    let routing_key = short_str()?;
+    let bits = *payload.get(at)?;
+    Some(PublishArgs {
+        exchange,
+        routing_key,
+        mandatory: bits & 1 != 0,
+        immediate: bits & 2 != 0,
+    })
 }
 
 /// A parsed content header: body size and the raw property bytes (flags + list).
@@ -391,6 +466,99 @@ mod tests {
             body.extend_from_slice(&f.payload);
         }
         assert_eq!(body, b"hello world");
+    }
+
+    /// The payload amq-protocol encodes for a method (class and method ids first).
+    fn method_payload(m: AMQPClass) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_method(&mut out, 1, m);
+        out[7..out.len() - 1].to_vec()
+    }
+
+    /// What amq-protocol's own parser makes of a payload.
+    fn by_amq_protocol(payload: &[u8]) -> Option<AMQPClass> {
+        amq_protocol::protocol::parse_class(payload)
+            .ok()
+            .map(|(_, c)| c)
+    }
+
+    #[test]
+    fn the_hand_read_methods_read_as_amq_protocol_reads_them() {
+        let mut payloads = Vec::new();
+        for (mandatory, immediate) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (exchange, key) in [("", "q"), ("amq.topic", "a.b.ü"), ("x", "")] {
+                payloads.push(method_payload(AMQPClass::Basic(
+                    basic::AMQPMethod::Publish(basic::Publish {
+                        exchange: exchange.into(),
+                        routing_key: key.into(),
+                        mandatory,
+                        immediate,
+                    }),
+                )));
+            }
+        }
+        for (tag, a, b) in [(0, false, false), (u64::MAX, true, true), (7, true, false)] {
+            payloads.push(method_payload(AMQPClass::Basic(basic::AMQPMethod::Ack(
+                basic::Ack {
+                    delivery_tag: tag,
+                    multiple: a,
+                },
+            ))));
+            payloads.push(method_payload(AMQPClass::Basic(basic::AMQPMethod::Nack(
+                basic::Nack {
+                    delivery_tag: tag,
+                    multiple: a,
+                    requeue: b,
+                },
+            ))));
+            payloads.push(method_payload(AMQPClass::Basic(basic::AMQPMethod::Reject(
+                basic::Reject {
+                    delivery_tag: tag,
+                    requeue: b,
+                },
+            ))));
+        }
+        // Bits past a method's own, trailing bytes, and a routing key that is not UTF-8.
+        let mut odd = Vec::new();
+        for p in &payloads {
+            let mut q = p.clone();
+            let last = q.len() - 1;
+            q[last] |= 0xf8;
+            odd.push(q.clone());
+            q.extend_from_slice(b"trailing");
+            odd.push(q);
+        }
+        let mut bad_utf8 = payloads[0].clone();
+        let key_at = 4 + 2 + 1 + 1; // ids, reserved, empty exchange, key length
+        bad_utf8[key_at] = 0xff;
+        odd.push(bad_utf8);
+        payloads.extend(odd);
+        for p in payloads {
+            // Every prefix too: a truncated method is refused by both.
+            for end in 0..=p.len() {
+                let p = &p[..end];
+                let theirs = by_amq_protocol(p);
+                assert_eq!(
+                    format!("{:?}", decode_method(p)),
+                    format!("{theirs:?}"),
+                    "{p:?}"
+                );
+                let publish = decode_publish(p).map(|a| {
+                    AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                        exchange: a.exchange.into(),
+                        routing_key: a.routing_key.into(),
+                        mandatory: a.mandatory,
+                        immediate: a.immediate,
+                    }))
+                });
+                match theirs {
+                    Some(AMQPClass::Basic(basic::AMQPMethod::Publish(_))) | None => {
+                        assert_eq!(format!("{publish:?}"), format!("{theirs:?}"), "{p:?}")
+                    }
+                    Some(_) => assert!(publish.is_none(), "{p:?}"),
+                }
+            }
+        }
     }
 
     #[test]

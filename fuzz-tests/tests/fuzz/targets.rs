@@ -52,6 +52,7 @@ pub fn amqp_frames(data: &[u8]) {
                 let (class, method) = amqp_codec::method_ids(&frame.payload);
                 let _ = amqp_codec::method_name(class, method);
                 let _ = amqp_codec::decode_method(&frame.payload);
+                let _ = amqp_codec::decode_publish(&frame.payload);
             }
             amqp_codec::FRAME_HEADER => {
                 if let Some(header) = amqp_codec::decode_content_header(&frame.payload) {

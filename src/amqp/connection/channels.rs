@@ -18,6 +18,13 @@ use crate::amqp::{methods, reply, AmqpError};
 use crate::metrics::Protocol;
 use crate::storage::log::now_ms;
 
+/// A decoded method: basic.publish (once per message) read in place, the rest by
+/// amq-protocol.
+enum Method<'a> {
+    Publish(codec::PublishArgs<'a>),
+    Other(AMQPClass),
+}
+
 /// A frame on a channel other than 0, after the handshake. Ok(false) ends the connection.
 pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, AmqpError> {
     if frame.channel > conn.channel_max.get() {
@@ -34,11 +41,16 @@ pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, A
     match frame.kind {
         codec::FRAME_METHOD => {
             conn.method_received(&frame.payload);
-            let Some(method) = codec::decode_method(&frame.payload) else {
-                return Err(methods::undecodable(&frame.payload));
+            // basic.publish, once per message, is read in place; the rest by amq-protocol.
+            let method = match codec::decode_publish(&frame.payload) {
+                Some(p) => Method::Publish(p),
+                None => match codec::decode_method(&frame.payload) {
+                    Some(m) => Method::Other(m),
+                    None => return Err(methods::undecodable(&frame.payload)),
+                },
             };
             let Some(ch) = ch else {
-                if let AMQPClass::Channel(chan::AMQPMethod::Open(_)) = method {
+                if let Method::Other(AMQPClass::Channel(chan::AMQPMethod::Open(_))) = method {
                     let ch = Channel::new(
                         frame.channel,
                         conn.shard.config.amqp.default_prefetch as u32,
@@ -65,10 +77,10 @@ pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, A
                 // close-ok to ours (so the channel number is not free before it).
                 // Everything else is ignored.
                 match method {
-                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => {
+                    Method::Other(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => {
                         conn.channels.borrow_mut().remove(&frame.channel);
                     }
-                    AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                    Method::Other(AMQPClass::Channel(chan::AMQPMethod::Close(_))) => {
                         conn.send_method(
                             frame.channel,
                             AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
@@ -84,7 +96,10 @@ pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, A
                     "UNEXPECTED_FRAME - expected content header or body, got a method",
                 ));
             }
-            let r = methods::dispatch(conn, &ch, method, &frame.payload).await;
+            let r = match method {
+                Method::Publish(p) => methods::basic_publish::publish(conn, &ch, p),
+                Method::Other(m) => methods::dispatch(conn, &ch, m, &frame.payload).await,
+            };
             channel_result(conn, &ch, r)?;
             Ok(true)
         }

@@ -27,7 +27,8 @@ use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConfirmTo, QueueOp};
 use crate::amqp::message::{
-    decode_headers, has_headers, parse_expiration, scan_properties, without_header, Message,
+    decode_headers, has_headers, parse_expiration, parts, scan_properties, without_header, Body,
+    Message,
 };
 use crate::amqp::routing::{QueueRef, RouteError};
 use crate::amqp::{outbox, reply, AmqpError};
@@ -39,7 +40,7 @@ use amq_protocol::types::AMQPValue;
 pub fn publish(
     _conn: &Rc<Connection>,
     ch: &ChannelRef,
-    p: basic::Publish,
+    p: codec::PublishArgs<'_>,
 ) -> Result<(), AmqpError> {
     if p.immediate {
         // RabbitMQ dropped `immediate` in 3.0 and closes the connection, so do we.
@@ -52,8 +53,8 @@ pub fn publish(
     // The clock is read only where a confirm will be timed.
     let received = c.confirm.then(Instant::now);
     c.publish = Some(PendingPublish {
-        exchange: p.exchange.as_str().to_owned(),
-        routing_key: p.routing_key.as_str().to_owned(),
+        exchange: p.exchange.to_owned(),
+        routing_key: p.routing_key.to_owned(),
         mandatory: p.mandatory,
         header: None,
         body: BytesMut::new(),
@@ -144,15 +145,16 @@ async fn finish(
     p: PendingPublish,
 ) -> Result<(), AmqpError> {
     let (_, properties) = p.header.unwrap_or((0, Bytes::from_static(&[0, 0])));
-    // Copies: a slice would keep the socket read buffer it came from (64 KiB or more,
-    // shared with the frames around it) alive as long as the message lives, so queued
-    // messages would cost up to several times what the memory budget counts.
-    let properties = Bytes::copy_from_slice(&properties);
-    let body = match p.single {
-        Some(b) => Bytes::copy_from_slice(&b),
-        None => p.body.freeze(),
+    // Copies (into one buffer with the names): a slice would keep the socket read buffer
+    // it came from (64 KiB or more, shared with the frames around it) alive as long as the
+    // message lives, so queued messages would cost up to several times what the memory
+    // budget counts.
+    let single = p.single;
+    let body = match &single {
+        Some(b) => Body::Copy(b),
+        None => Body::Own(p.body.freeze()),
     };
-    let msg = message(&p.exchange, &p.routing_key, properties, body, conn.user())?;
+    let msg = message(&p.exchange, &p.routing_key, &properties, body, conn.user())?;
     write_allowed(conn, ch, &p.exchange)?;
     // From now on the disk alarm blocks this connection; a publish completed while it is on
     // waits here, not routed, until free space returns (`connection::wait_for_disk`).
@@ -221,10 +223,16 @@ pub async fn deliver(
 pub fn message(
     exchange: &str,
     routing_key: &str,
-    properties: Bytes,
-    body: Bytes,
+    properties: &[u8],
+    body: Body<'_>,
     user: &str,
 ) -> Result<Message, AmqpError> {
+    let [exchange, routing_key, properties, body] = parts(
+        exchange.as_bytes(),
+        routing_key.as_bytes(),
+        properties,
+        body,
+    );
     let Some(view) = scan_properties(&properties) else {
         return Err(AmqpError::connection(
             reply::FRAME_ERROR,
@@ -255,8 +263,8 @@ pub fn message(
         None => None,
     };
     Ok(Message {
-        exchange: Bytes::copy_from_slice(exchange.as_bytes()),
-        routing_key: Bytes::copy_from_slice(routing_key.as_bytes()),
+        exchange,
+        routing_key,
         persistent: view.delivery_mode == Some(2),
         priority: view.priority.unwrap_or(0),
         expiration,
@@ -401,18 +409,26 @@ pub fn enqueue(
     msg: Message,
     confirm: Option<ConfirmTo>,
 ) {
-    for q in targets {
-        let owner = q.owner;
+    let push = |queue: QueueRef, msg: Message| {
         outbox::push(
             shard,
-            owner,
+            queue.owner,
             QueueOp::Publish {
-                queue: q,
-                msg: msg.clone(),
+                queue,
+                msg,
                 confirm,
             },
-        );
+        )
+    };
+    // The last queue takes the message itself, the others a clone.
+    let mut targets = targets;
+    let Some(last) = targets.pop() else {
+        return;
+    };
+    for q in targets {
+        push(q, msg.clone());
     }
+    push(last, msg);
 }
 
 /// Publishes without a channel (the HTTP API): write permission on the exchange, the

@@ -72,7 +72,16 @@ pub async fn dispatch(
             basic::AMQPMethod::Qos(q) => basic_qos::qos(conn, ch, q, payload),
             basic::AMQPMethod::Consume(c) => Box::pin(basic_consume::consume(conn, ch, c)).await,
             basic::AMQPMethod::Cancel(c) => basic_consume::cancel(conn, ch, c),
-            basic::AMQPMethod::Publish(p) => basic_publish::publish(conn, ch, p),
+            basic::AMQPMethod::Publish(p) => basic_publish::publish(
+                conn,
+                ch,
+                crate::amqp::codec::PublishArgs {
+                    exchange: p.exchange.as_str(),
+                    routing_key: p.routing_key.as_str(),
+                    mandatory: p.mandatory,
+                    immediate: p.immediate,
+                },
+            ),
             basic::AMQPMethod::Get(g) => Box::pin(basic_get::get(conn, ch, g)).await,
             basic::AMQPMethod::Ack(a) => basic_ack::ack(conn, ch, a),
             basic::AMQPMethod::Nack(n) => basic_ack::nack(conn, ch, n),

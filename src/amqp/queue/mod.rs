@@ -349,6 +349,8 @@ impl QueueState {
             let c = self.consumers.at_mut(ci);
             c.window -= 1;
             c.window_bytes = c.window_bytes.saturating_sub(size);
+            // How many more deliveries this consumer could take in this call.
+            let more = (c.window as usize).min(self.ready.len()).min(1024);
             let d = Delivery {
                 id,
                 msg: e.msg.clone(),
@@ -370,7 +372,13 @@ impl QueueState {
             }
             match batches.iter_mut().find(|(i, _)| *i == ci) {
                 Some((_, b)) => b.push(d),
-                None => batches.push((ci, vec![d])),
+                None => {
+                    // Reserved at once: a delivery is a few hundred bytes, and a batch
+                    // grown by doubling moves them each time.
+                    let mut b = Vec::with_capacity(1 + more);
+                    b.push(d);
+                    batches.push((ci, b));
+                }
             }
             self.expire_heads(env, fx);
         }
@@ -620,7 +628,7 @@ impl QueueState {
             if let Some(e) = self.ready.entry_mut(*seq) {
                 if !e.paged && e.loc.is_some() {
                     fx.memory -= e.msg.body.len() as isize;
-                    e.msg.body = Bytes::new();
+                    e.msg.drop_body();
                     e.paged = true;
                 }
             }

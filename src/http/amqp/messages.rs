@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::json::{encode_properties, properties_json, PropertiesIn};
 use super::{amqp_error, check_name, InVhost};
 use crate::amqp::mesh::{QueueOp, Settle};
+use crate::amqp::message::Body;
 use crate::amqp::methods::{self, basic_get, basic_publish, Access};
 use crate::amqp::outbox;
 use crate::amqp::routing::QueueRef;
@@ -73,8 +74,14 @@ pub(super) async fn publish(
     }
     let properties = encode_properties(p.properties.unwrap_or_default())?;
     let bytes = payload.len() as u64;
-    let msg = basic_publish::message(exchange, &p.routing_key, properties, payload, &who.user)
-        .map_err(amqp_error)?;
+    let msg = basic_publish::message(
+        exchange,
+        &p.routing_key,
+        &properties,
+        Body::Own(payload),
+        &who.user,
+    )
+    .map_err(amqp_error)?;
     let (reached, acked) =
         basic_publish::publish_confirmed(&who.actor(shard), exchange, &p.routing_key, msg)
             .await
