@@ -15,7 +15,7 @@ use std::rc::Rc;
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::mesh::ConnOp;
-use super::message::{encode_properties, has_reply_to, parse_props, Message};
+use super::message::{encode_properties, has_reply_to, parse_props, Message, MessageData};
 use super::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
 
@@ -121,7 +121,10 @@ pub fn rewrite(conn: &Connection, ch: &ChannelRef, msg: Message) -> Result<Messa
     };
     props = props.with_reply_to(token.routing_key().into());
     let properties = encode_properties(&props).unwrap_or_else(|| msg.properties.clone());
-    Ok(Message { properties, ..msg })
+    Ok(Message::new(MessageData {
+        properties,
+        ..msg.into_data()
+    }))
 }
 
 /// A publish to the default exchange with a reply token as routing key is sent to the

@@ -2,20 +2,53 @@
 //! exchange, routing key, the publisher's raw property bytes, the body — plus the few
 //! properties the broker acts on, read once at publish.
 //!
-//! Everything is `Bytes`, so a message routed to several queues, or crossing the mesh,
-//! is never copied. Dead-lettering is the one place properties are re-encoded (the
-//! `x-death` header changes). A published message's parts are slices of one buffer
-//! (`Parts::one_buffer`): one allocation per publish, and a clone or drop of the message
-//! touches one reference count four times rather than four counts in four places.
+//! A message routed to several queues, or crossing the mesh, is never copied: `Message`
+//! is shared (`Arc`), so a delivery's clone or a move into a queue, its unacked ledger or
+//! an op between shards is one pointer and one reference count, and its parts are `Bytes`
+//! (frames slice them). A published message's parts are slices of one buffer (`parts`):
+//! one allocation for the names, properties and body. Dead-lettering is the one place
+//! properties are re-encoded (the `x-death` header changes).
 
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::catalog::amqp::tables::{int_value, str_value};
 
+/// A message, shared: a clone (a delivery, a copy per queue reached) or a move (into a
+/// queue, its unacked ledger, an op between shards) is one pointer and one reference
+/// count. `Deref` reads the parts; `edit` changes them (copying first if shared).
 #[derive(Debug, Clone)]
-pub struct Message {
+pub struct Message(Arc<MessageData>);
+
+impl Message {
+    pub fn new(data: MessageData) -> Message {
+        Message(Arc::new(data))
+    }
+
+    /// The parts to change, copied first if another holder shares them.
+    pub fn edit(&mut self) -> &mut MessageData {
+        Arc::make_mut(&mut self.0)
+    }
+
+    /// The parts, taken without a copy unless another holder shares them.
+    pub fn into_data(self) -> MessageData {
+        Arc::try_unwrap(self.0).unwrap_or_else(|shared| MessageData::clone(&shared))
+    }
+}
+
+impl std::ops::Deref for Message {
+    type Target = MessageData;
+
+    fn deref(&self) -> &MessageData {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageData {
     pub exchange: Bytes,
     pub routing_key: Bytes,
     /// Property flags and list exactly as the publisher sent them.
@@ -39,10 +72,11 @@ impl Message {
     pub fn drop_body(&mut self) {
         let [exchange, routing_key, properties] =
             one_buffer([&self.exchange, &self.routing_key, &self.properties]);
-        self.exchange = exchange;
-        self.routing_key = routing_key;
-        self.properties = properties;
-        self.body = Bytes::new();
+        let m = self.edit();
+        m.exchange = exchange;
+        m.routing_key = routing_key;
+        m.properties = properties;
+        m.body = Bytes::new();
     }
 }
 
@@ -322,7 +356,7 @@ pub fn dead_lettered(
     );
     let rebuilt = rebuild(&props, headers);
     let properties = encode_properties(&rebuilt).unwrap_or_else(|| msg.properties.clone());
-    Message {
+    Message::new(MessageData {
         exchange: Bytes::copy_from_slice(dl_exchange.as_bytes()),
         routing_key: match dl_routing_key {
             Some(k) => Bytes::copy_from_slice(k.as_bytes()),
@@ -333,7 +367,7 @@ pub fn dead_lettered(
         persistent: msg.persistent,
         priority: msg.priority,
         expiration: None,
-    }
+    })
 }
 
 /// The message with header `key` set to `value` (every other property unchanged).
@@ -359,10 +393,10 @@ fn edit_headers(msg: &Message, edit: impl FnOnce(&mut FieldTable)) -> Message {
     let mut headers = props.headers().clone().unwrap_or_default();
     edit(&mut headers);
     match encode_properties(&props.with_headers(headers)) {
-        Some(properties) => Message {
+        Some(properties) => Message::new(MessageData {
             properties,
-            ..msg.clone()
-        },
+            ..MessageData::clone(msg)
+        }),
         None => msg.clone(),
     }
 }
@@ -469,7 +503,7 @@ mod tests {
             assert_eq!(routing_key.as_ptr() as usize, head + 2);
             assert_eq!(properties.as_ptr() as usize, head + 5);
             assert_eq!(body.as_ptr() as usize == head + 7, !own);
-            let mut msg = Message {
+            let mut msg = Message::new(MessageData {
                 exchange,
                 routing_key,
                 properties,
@@ -477,7 +511,7 @@ mod tests {
                 persistent: false,
                 priority: 0,
                 expiration: None,
-            };
+            });
             // Held here, so the new buffer cannot be given the old one's address.
             let old = (msg.exchange.clone(), msg.body.clone());
             msg.drop_body();
@@ -557,7 +591,7 @@ mod tests {
     #[test]
     fn x_death_counts_and_detects_cycles() {
         let p = AMQPProperties::default().with_expiration("10".into());
-        let m = Message {
+        let m = Message::new(MessageData {
             exchange: Bytes::from_static(b"ex"),
             routing_key: Bytes::from_static(b"rk"),
             properties: props(&p),
@@ -565,7 +599,7 @@ mod tests {
             persistent: false,
             priority: 0,
             expiration: Some(10),
-        };
+        });
         let d1 = dead_lettered(&m, DeathReason::Expired, "q", "dlx", None, 5);
         assert!(dead_letter_cycle(&d1, "q"));
         let d2 = dead_lettered(&d1, DeathReason::Expired, "q", "dlx", Some("k2"), 6);

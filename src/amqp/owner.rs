@@ -594,7 +594,7 @@ fn dead_letter_paged(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter, seq: u6
         match shard.amqp.store.read(&qref, loc).await {
             Ok(body) => {
                 let mut dl = dl;
-                dl.msg.body = body;
+                dl.msg.edit().body = body;
                 route_dead_letter(&shard, &qref, dl);
             }
             Err(err) => log::error!("reading a paged message of '{}': {err}", qref.name),

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use amq_protocol::types::AMQPValue;
 
-use crate::amqp::message::{scan_properties, Message};
+use crate::amqp::message::{scan_properties, Message, MessageData};
 use crate::storage::batch::{self, BatchHeader, PlainRecord, HEADER_LEN};
 use crate::storage::inflate::{self, Codec, InflateError, MAX_INFLATED_BYTES};
 
@@ -686,7 +686,7 @@ pub fn stream_delivery(r: StoredRecord, id: u64) -> crate::amqp::mesh::Delivery 
     let d = into_delivery(r);
     crate::amqp::mesh::Delivery {
         id,
-        msg: Message {
+        msg: Message::new(MessageData {
             exchange: d.exchange,
             routing_key: d.routing_key,
             properties: d.properties,
@@ -694,7 +694,7 @@ pub fn stream_delivery(r: StoredRecord, id: u64) -> crate::amqp::mesh::Delivery 
             persistent: true,
             priority: 0,
             expiration: None,
-        },
+        }),
         redelivered: false,
         stream_offset: Some(offset),
     }
@@ -962,7 +962,7 @@ mod tests {
     }
 
     fn message(properties: Bytes) -> Message {
-        Message {
+        Message::new(MessageData {
             exchange: Bytes::from_static(b"orders-x"),
             routing_key: Bytes::from_static(b"eu.order"),
             properties,
@@ -970,7 +970,7 @@ mod tests {
             persistent: true,
             priority: 7,
             expiration: Some(60_000),
-        }
+        })
     }
 
     /// `records` as one batch at `base`, compressed with `codec`.
@@ -1484,14 +1484,16 @@ mod tests {
     #[test]
     fn uncompressed_deliveries_slice_the_fetched_batch() {
         let msgs: Vec<Message> = (0..3)
-            .map(|i| Message {
-                exchange: Bytes::from_static(b"ex"),
-                routing_key: Bytes::from(format!("rk{i}")),
-                properties: Bytes::from_static(&[0, 0]),
-                body: Bytes::from(vec![b'a' + i as u8; 100]),
-                persistent: true,
-                priority: 0,
-                expiration: None,
+            .map(|i| {
+                Message::new(MessageData {
+                    exchange: Bytes::from_static(b"ex"),
+                    routing_key: Bytes::from(format!("rk{i}")),
+                    properties: Bytes::from_static(&[0, 0]),
+                    body: Bytes::from(vec![b'a' + i as u8; 100]),
+                    persistent: true,
+                    priority: 0,
+                    expiration: None,
+                })
             })
             .collect();
         let fetched = batch::encode_plain_batch(
@@ -1800,7 +1802,7 @@ mod tests {
         };
         let value = (g.below(6) != 0).then(|| Bytes::from(g.bytes(300)));
         if g.below(2) == 0 {
-            let msg = Message {
+            let msg = Message::new(MessageData {
                 exchange: Bytes::from(*g.pick(&["", "orders", "amq.topic"])),
                 routing_key: Bytes::from(*g.pick(&["", "eu.order", "k"])),
                 properties: random_properties(g),
@@ -1808,7 +1810,7 @@ mod tests {
                 persistent: true,
                 priority: 0,
                 expiration: None,
-            };
+            });
             let key_from = *g.pick(&[KeyFrom::RoutingKey, KeyFrom::None]);
             let mut plain = record_of(&msg, key_from, timestamp);
             if g.below(6) == 0 {

@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use portask::amqp::message::{encode_properties, parse_props, Message};
+use portask::amqp::message::{encode_properties, parse_props, Message, MessageData};
 use portask::storage::batch::{encode_plain_batch, BatchHeader};
 use portask::stream::record::{delivery_of, record_of, records_of, KeyFrom, StoredRecord};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
@@ -286,7 +286,7 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
             .with_headers(headers),
     )
     .expect("encodes");
-    let msg = Message {
+    let msg = Message::new(MessageData {
         exchange: Bytes::from_static(b"amq.topic"),
         routing_key: Bytes::from_static(b"orders.eu"),
         properties: props.clone(),
@@ -294,7 +294,7 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
         persistent: true,
         priority: 0,
         expiration: None,
-    };
+    });
     let mut s = connect(&broker);
     produce_amqp(&mut s, "from-amqp", &msg);
 
@@ -370,7 +370,7 @@ fn capture_seeds() {
     produce_amqp(
         &mut s,
         "from-amqp",
-        &Message {
+        &Message::new(MessageData {
             exchange: Bytes::from_static(b"x"),
             routing_key: Bytes::from_static(b"rk"),
             properties: props,
@@ -378,7 +378,7 @@ fn capture_seeds() {
             persistent: true,
             priority: 5,
             expiration: Some(1000),
-        },
+        }),
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stream_records");
     std::fs::create_dir_all(&dir).expect("corpus dir");

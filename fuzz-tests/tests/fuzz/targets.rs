@@ -189,7 +189,7 @@ pub fn stream_records(data: &[u8]) {
             "a delivery's properties must be well formed"
         );
         assert!(d.exchange.len() <= 255 && d.routing_key.len() <= 255);
-        let msg = message::Message {
+        let msg = message::Message::new(message::MessageData {
             exchange: d.exchange,
             routing_key: d.routing_key,
             properties: r.value.clone().unwrap_or_default(),
@@ -197,7 +197,7 @@ pub fn stream_records(data: &[u8]) {
             persistent: false,
             priority: 0,
             expiration: None,
-        };
+        });
         let _ = record::record_of(&msg, record::KeyFrom::RoutingKey, r.timestamp);
     }
 }

@@ -10,7 +10,7 @@ use super::confirms::Confirms;
 use super::consumers::ConsumerInfo;
 use super::unacked::Unacked;
 use crate::amqp::mesh::Delivery;
-use crate::amqp::message::Message;
+use crate::amqp::message::{Message, MessageData};
 use crate::amqp::reply;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::AmqpError;
@@ -27,7 +27,7 @@ fn queue(name: &str, id: u64) -> QueueRef {
 fn delivery(id: u64, body: &str) -> Delivery {
     Delivery {
         id,
-        msg: Message {
+        msg: Message::new(MessageData {
             exchange: Bytes::new(),
             routing_key: Bytes::new(),
             properties: Bytes::new(),
@@ -35,7 +35,7 @@ fn delivery(id: u64, body: &str) -> Delivery {
             persistent: false,
             priority: 0,
             expiration: None,
-        },
+        }),
         redelivered: false,
         stream_offset: None,
     }

@@ -28,7 +28,7 @@ use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConfirmTo, QueueOp};
 use crate::amqp::message::{
     decode_headers, has_headers, parse_expiration, parts, scan_properties, without_header, Body,
-    Message,
+    Message, MessageData,
 };
 use crate::amqp::routing::{QueueRef, RouteError};
 use crate::amqp::{outbox, reply, AmqpError};
@@ -262,7 +262,7 @@ pub fn message(
         })?),
         None => None,
     };
-    Ok(Message {
+    Ok(Message::new(MessageData {
         exchange,
         routing_key,
         persistent: view.delivery_mode == Some(2),
@@ -270,7 +270,7 @@ pub fn message(
         expiration,
         properties,
         body,
-    })
+    }))
 }
 
 /// Write permission on the exchange, cached per channel for the last exchange used.

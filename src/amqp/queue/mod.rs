@@ -682,7 +682,7 @@ impl QueueState {
                     if let Some(e) = self.ready.entry_mut(seq) {
                         if e.paged {
                             fx.memory += body.len() as isize;
-                            e.msg.body = body;
+                            e.msg.edit().body = body;
                             e.paged = false;
                         }
                     }
@@ -751,7 +751,7 @@ impl QueueState {
         // Past the memory budget, recovered bodies stay on disk until delivered.
         let paged = env.over_budget(fx, msg.size());
         if paged {
-            msg.body = Bytes::new();
+            msg.edit().body = Bytes::new();
         }
         let entry = Entry {
             seq,

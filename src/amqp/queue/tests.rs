@@ -9,7 +9,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 
 use super::*;
-use crate::amqp::message::{decode_headers, scan_properties};
+use crate::amqp::message::{decode_headers, scan_properties, MessageData};
 use crate::catalog::amqp::arguments::{Overflow, QueueArgs};
 use crate::catalog::amqp::tables::{encode_table, int_value, str_value};
 use crate::storage::journal::{Durable, Outcome};
@@ -163,7 +163,7 @@ impl Rig {
 }
 
 fn msg(body: &str) -> Message {
-    Message {
+    Message::new(MessageData {
         exchange: Bytes::from_static(b"ex"),
         routing_key: Bytes::from_static(b"rk"),
         properties: Bytes::from(
@@ -175,11 +175,11 @@ fn msg(body: &str) -> Message {
         persistent: false,
         priority: 0,
         expiration: None,
-    }
+    })
 }
 
 fn with_priority(mut m: Message, p: u8) -> Message {
-    m.priority = p;
+    m.edit().priority = p;
     m
 }
 
@@ -555,7 +555,7 @@ fn per_message_expiration_and_queue_ttl_take_the_smaller() {
         ..dlx_args()
     });
     let mut m = msg("short");
-    m.expiration = Some(10);
+    m.edit().expiration = Some(10);
     let fx = r.publish(m);
     assert!(fx.list.iter().any(|e| matches!(e, Effect::WakeAt(1_010))));
     r.now = 1_010;
@@ -573,9 +573,9 @@ fn ttl_expires_only_at_the_head() {
     // long-lived one waits for it.
     let mut r = Rig::new(dlx_args());
     let mut long = msg("long");
-    long.expiration = Some(10_000);
+    long.edit().expiration = Some(10_000);
     let mut short = msg("short");
-    short.expiration = Some(10);
+    short.edit().expiration = Some(10);
     r.publish(long);
     r.publish(short);
     r.now = 2_000;
@@ -595,7 +595,7 @@ fn expiry_without_a_dead_letter_exchange_drops_and_acks_the_stored_copy() {
         Vec::new(),
     );
     let mut m = msg("p");
-    m.persistent = true;
+    m.edit().persistent = true;
     r.publish(m);
     r.now = 2_000;
     let (_, fx) = r.call(|q, env, fx| q.run(env, fx));
@@ -677,7 +677,7 @@ fn reject_publish_dlx_nacks_and_dead_letters_the_new_message() {
 fn persistent_messages_on_durable_queues_are_confirmed_by_the_store() {
     let mut r = Rig::with(QueueArgs::default(), true, Vec::new());
     let mut p = msg("p");
-    p.persistent = true;
+    p.edit().persistent = true;
     let fx = r.publish_confirmed(p, 1);
     // No confirm yet: it waits on the store's durability future (fdatasync).
     assert!(confirms(&fx).is_empty());
@@ -705,7 +705,7 @@ fn persistent_messages_on_durable_queues_are_confirmed_by_the_store() {
 fn a_transient_queue_confirms_persistent_messages_at_once() {
     let mut r = Rig::new(QueueArgs::default());
     let mut p = msg("p");
-    p.persistent = true;
+    p.edit().persistent = true;
     let fx = r.publish_confirmed(p, 5);
     assert_eq!(confirms(&fx), [(5, true)]);
     assert!(r.stored().is_empty());
@@ -715,7 +715,7 @@ fn a_transient_queue_confirms_persistent_messages_at_once() {
 fn messages_the_disk_refused_leave_the_queue() {
     let mut r = Rig::with(QueueArgs::default(), true, Vec::new());
     let mut p = msg("p");
-    p.persistent = true;
+    p.edit().persistent = true;
     r.publish_confirmed(p, 1);
     r.publish(msg("t"));
     let (_, _) = r.call(|q, _, fx| q.refused_by_store(fx, &[0]));

@@ -4,7 +4,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::amqp::message::Message;
+use crate::amqp::message::{Message, MessageData};
 
 pub const REC_MESSAGE: u8 = 1;
 pub const REC_ACK: u8 = 2;
@@ -92,7 +92,7 @@ pub fn decode_message(mut p: &[u8]) -> Option<MessageRecord> {
         flags,
         seq,
         expires_at: (expires_at >= 0).then_some(expires_at),
-        msg: Message {
+        msg: Message::new(MessageData {
             exchange,
             routing_key,
             properties,
@@ -100,7 +100,7 @@ pub fn decode_message(mut p: &[u8]) -> Option<MessageRecord> {
             persistent: true,
             priority,
             expiration: (expiration >= 0).then_some(expiration as u64),
-        },
+        }),
     })
 }
 
@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let m = Message {
+        let m = Message::new(MessageData {
             exchange: Bytes::from_static(b"ex"),
             routing_key: Bytes::from_static(b"rk"),
             properties: Bytes::from_static(&[0, 0]),
@@ -141,7 +141,7 @@ mod tests {
             persistent: true,
             priority: 3,
             expiration: Some(5),
-        };
+        });
         let mut file = Vec::new();
         frame::put(&encode_message(7, Some(99), &m, 0), &mut file);
         frame::put(&encode_message(8, None, &m, FLAG_TRANSIENT), &mut file);

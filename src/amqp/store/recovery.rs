@@ -271,11 +271,12 @@ pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::message::MessageData;
     use crate::storage::frame;
     use bytes::Bytes;
 
     fn message(seq: u64) -> Vec<u8> {
-        let m = Message {
+        let m = Message::new(MessageData {
             exchange: Bytes::new(),
             routing_key: Bytes::from_static(b"q"),
             properties: Bytes::from_static(&[0, 0]),
@@ -283,7 +284,7 @@ mod tests {
             persistent: true,
             priority: 0,
             expiration: None,
-        };
+        });
         frame::framed(&record::encode_message(seq, None, &m, 0))
     }
 
