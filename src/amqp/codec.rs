@@ -15,7 +15,7 @@
 
 use amq_protocol::frame::{gen_frame, AMQPFrame};
 use amq_protocol::protocol::AMQPClass;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const FRAME_METHOD: u8 = 1;
 pub const FRAME_HEADER: u8 = 2;
@@ -75,8 +75,12 @@ pub fn take_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, F
     if end != FRAME_END {
         return Err(FrameError::BadEnd(end));
     }
-    let mut frame = buf.split_to(total).freeze();
-    let payload = frame.split_off(7).slice(..size as usize);
+    // Cut to the payload before freezing: `BytesMut` moves its own ends without touching
+    // the shared reference count, where slicing the frozen `Bytes` costs two clones.
+    let mut payload = buf.split_to(total);
+    payload.advance(7);
+    payload.truncate(size as usize);
+    let payload = payload.freeze();
     Ok(Some(Frame {
         kind,
         channel,

@@ -333,15 +333,17 @@ impl Router {
                 Err(RouteError::NoExchange)
             };
         };
+        if exchange.is_empty() {
+            // The default exchange (the common case; every vhost has it, and it is never
+            // internal): the queue named by the key. Tested before the map lookup, which
+            // would compare "" with "" (see `util::same_name`).
+            return Ok(v.queues.get(routing_key).cloned().into_iter().collect());
+        }
         let Some(first) = v.exchanges.get(exchange) else {
             return Err(RouteError::NoExchange);
         };
         if first.internal {
             return Err(RouteError::Internal);
-        }
-        if exchange.is_empty() {
-            // The default exchange (the common case): the queue named by the key.
-            return Ok(v.queues.get(routing_key).cloned().into_iter().collect());
         }
         let mut out = Reached::default();
         let mut visited: Vec<&str> = Vec::new();

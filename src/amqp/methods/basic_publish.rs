@@ -276,7 +276,7 @@ pub fn message(
 /// Write permission on the exchange, cached per channel for the last exchange used.
 fn write_allowed(conn: &Rc<Connection>, ch: &ChannelRef, exchange: &str) -> Result<(), AmqpError> {
     let cached = match &ch.borrow().write_allowed {
-        Some((e, ok)) if e == exchange => Some(*ok),
+        Some((e, ok)) if crate::util::same_name(e, exchange) => Some(*ok),
         _ => None,
     };
     let ok = match cached {

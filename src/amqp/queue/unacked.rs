@@ -5,9 +5,8 @@
 //! A plain ledger owned by `QueueState` on the owner shard. The channel keeps its own
 //! ledger of delivery tags (`channel::unacked`); this one is what settles apply to.
 
-use std::collections::HashMap;
-
 use super::Entry;
+use crate::util::IdMap;
 
 pub struct Delivered {
     pub entry: Entry,
@@ -17,7 +16,7 @@ pub struct Delivered {
 
 #[derive(Default)]
 pub struct Unacked {
-    by_id: HashMap<u64, Delivered>,
+    by_id: IdMap<u64, Delivered>,
 }
 
 impl Unacked {
