@@ -99,7 +99,13 @@ async fn flush(shard: Rc<Shard>, to: usize) {
             ob.flushing.borrow_mut()[to] = false;
             return;
         }
-        let ops = std::mem::take(&mut ob.queued.borrow_mut()[to]);
+        // The next batch starts with room for as many ops as this one: grown from
+        // nothing, its pushes would reallocate and copy it several times.
+        let ops = {
+            let mut q = ob.queued.borrow_mut();
+            let n = q[to].len();
+            std::mem::replace(&mut q[to], Vec::with_capacity(n))
+        };
         if ops.is_empty() {
             ob.flushing.borrow_mut()[to] = false;
             return;

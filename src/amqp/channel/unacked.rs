@@ -226,28 +226,24 @@ impl Unacked {
                 format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
             )
         };
-        let mut taken: Vec<(QueueRef, u64)> = Vec::new();
+        let mut taken: Vec<(QueueRef, Vec<u64>)> = Vec::new();
         let mut tags = Vec::new();
         let mut counted = Vec::new();
         if multiple {
-            if tag != 0 {
-                let found = self
-                    .tagged
-                    .binary_search_by_key(&tag, |u| u.tag)
-                    .ok()
-                    .map(|i| !self.tagged[i].settled)
-                    .unwrap_or(false);
-                if !found {
-                    return Err(unknown());
-                }
-            }
-            for u in self.tagged.iter_mut() {
-                if tag != 0 && u.tag > tag {
-                    break;
-                }
+            // How many entries the ack reaches (settled ones among them).
+            let reach = match tag {
+                0 => self.tagged.len(),
+                _ => match self.tagged.binary_search_by_key(&tag, |u| u.tag) {
+                    Ok(i) if !self.tagged[i].settled => i + 1,
+                    _ => return Err(unknown()),
+                },
+            };
+            tags.reserve(reach);
+            counted.reserve(reach);
+            for u in self.tagged.iter_mut().take(reach) {
                 if !u.settled {
                     u.settled = true;
-                    taken.push((u.queue.clone(), u.id));
+                    add(&mut taken, &u.queue, u.id);
                     tags.push(u.tag);
                     counted.push(u.counted);
                 }
@@ -262,7 +258,7 @@ impl Unacked {
                 return Err(unknown());
             }
             u.settled = true;
-            taken.push((u.queue.clone(), u.id));
+            add(&mut taken, &u.queue, u.id);
             tags.push(u.tag);
             counted.push(u.counted);
         }
@@ -272,7 +268,7 @@ impl Unacked {
         if !keep {
             self.compact();
         }
-        Ok((group(taken), tags))
+        Ok((taken, tags))
     }
 
     /// When the oldest delivery still unacknowledged was written (ms since the epoch).
@@ -318,10 +314,15 @@ impl Unacked {
 fn group(taken: Vec<(QueueRef, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
     let mut out: Vec<(QueueRef, Vec<u64>)> = Vec::new();
     for (q, id) in taken {
-        match out.iter_mut().find(|(x, _)| x.id == q.id) {
-            Some((_, ids)) => ids.push(id),
-            None => out.push((q, vec![id])),
-        }
+        add(&mut out, &q, id);
     }
     out
+}
+
+/// Adds a delivery id to its queue's group (the queue is cloned only for a new group).
+fn add(groups: &mut Vec<(QueueRef, Vec<u64>)>, queue: &QueueRef, id: u64) {
+    match groups.iter_mut().find(|(q, _)| q.id == queue.id) {
+        Some((_, ids)) => ids.push(id),
+        None => groups.push((queue.clone(), vec![id])),
+    }
 }

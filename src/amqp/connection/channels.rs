@@ -1,5 +1,5 @@
 //! Frames for channels 1..=channel_max: channel.open, methods (to `methods::dispatch`),
-//! content (to `basic_publish::content`), the close handshake of a channel; a channel
+//! content (to `basic_publish::content`, then `finish`), the close handshake of a channel; a channel
 //! error closes only that channel (`close_channel`: consumers cancelled, unacked messages
 //! requeued). Also RabbitMQ's consumer timeout, which closes a channel that holds a
 //! delivery unacknowledged too long.
@@ -116,7 +116,11 @@ pub(super) async fn frame(conn: &Rc<Connection>, frame: Frame) -> Result<bool, A
             if ch.borrow().closing {
                 return Ok(true);
             }
-            let r = methods::basic_publish::content(conn, &ch, frame).await;
+            let r = match methods::basic_publish::content(conn, &ch, frame) {
+                Ok(Some(p)) => methods::basic_publish::finish(conn, &ch, p).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
             channel_result(conn, &ch, r)?;
             Ok(true)
         }

@@ -71,12 +71,14 @@ fn unexpected(what: &str) -> AmqpError {
     )
 }
 
-/// A content header or body frame for the channel's pending publish.
-pub async fn content(
+/// A content header or body frame for the channel's pending publish: the publish, once
+/// its last frame is in (to `finish`). Not async, so the frames before the last (the
+/// header, at least) do not build `finish`'s future.
+pub fn content(
     conn: &Rc<Connection>,
     ch: &ChannelRef,
     frame: Frame,
-) -> Result<(), AmqpError> {
+) -> Result<Option<PendingPublish>, AmqpError> {
     let complete = {
         let mut c = ch.borrow_mut();
         let Some(p) = c.publish.as_mut() else {
@@ -130,16 +132,13 @@ pub async fn content(
         }
     };
     if !complete {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(p) = ch.borrow_mut().publish.take() else {
-        return Ok(());
-    };
-    finish(conn, ch, p).await
+    Ok(ch.borrow_mut().publish.take())
 }
 
 /// Builds the message of a complete publish and routes it (or buffers it in a tx).
-async fn finish(
+pub async fn finish(
     conn: &Rc<Connection>,
     ch: &ChannelRef,
     p: PendingPublish,
