@@ -323,12 +323,12 @@ impl Router {
         exchange: &str,
         routing_key: &str,
         headers: &mut dyn FnMut() -> FieldTable,
-    ) -> Result<Vec<QueueRef>, RouteError> {
+    ) -> Result<Targets, RouteError> {
         let Some(v) = self.vhosts.get(vhost) else {
             // A vhost with nothing declared yet: only the builtin exchanges exist, and
             // they have no bindings.
             return if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == exchange) {
-                Ok(Vec::new())
+                Ok(Targets::new())
             } else {
                 Err(RouteError::NoExchange)
             };
@@ -418,11 +418,15 @@ impl Router {
     }
 }
 
+/// The queues a publish reached. Inline while one (the common case: no allocation per
+/// publish).
+pub type Targets = smallvec::SmallVec<[QueueRef; 1]>;
+
 /// The queues a route reached, each once: a scan while few, a set past that (fanouts to
 /// many queues).
 #[derive(Default)]
 struct Reached {
-    queues: Vec<QueueRef>,
+    queues: Targets,
     seen: Option<HashSet<u64>>,
 }
 
@@ -601,7 +605,7 @@ mod tests {
             apply(&mut s.amqp, &c);
         }
         let r = Router::build(&s, 2);
-        let names = |res: Result<Vec<QueueRef>, RouteError>| -> Vec<String> {
+        let names = |res: Result<Targets, RouteError>| -> Vec<String> {
             res.unwrap()
                 .into_iter()
                 .map(|q| q.name.to_string())

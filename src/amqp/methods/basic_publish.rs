@@ -30,7 +30,7 @@ use crate::amqp::message::{
     decode_headers, has_headers, parse_expiration, parts, scan_properties, without_header, Body,
     Message, MessageData,
 };
-use crate::amqp::routing::{QueueRef, RouteError};
+use crate::amqp::routing::{QueueRef, RouteError, Targets};
 use crate::amqp::{outbox, reply, AmqpError};
 use crate::broker::Shard;
 use crate::catalog::amqp::tables::str_value;
@@ -201,7 +201,7 @@ pub async fn deliver(
 ) -> Result<Option<u64>, AmqpError> {
     if direct_reply::route(conn, exchange, routing_key, &msg) {
         // Confirmed at once, as an unroutable publish is.
-        return Ok(send(conn, ch, Vec::new(), msg, false, true, received));
+        return Ok(send(conn, ch, Targets::new(), msg, false, true, received));
     }
     let targets = route(&conn.actor(), exchange, routing_key, &msg).await?;
     // Stream queues are Kafka topics: their WRITE ACL holds for AMQP publishers too.
@@ -306,7 +306,7 @@ pub async fn route(
     exchange: &str,
     routing_key: &str,
     msg: &Message,
-) -> Result<Vec<QueueRef>, AmqpError> {
+) -> Result<Targets, AmqpError> {
     let mut targets = route_key(actor, exchange, routing_key, msg).await?;
     for key in sender_selected(msg) {
         for q in route_key(actor, exchange, &key, msg).await? {
@@ -360,7 +360,7 @@ async fn route_key(
     exchange: &str,
     routing_key: &str,
     msg: &Message,
-) -> Result<Vec<QueueRef>, AmqpError> {
+) -> Result<Targets, AmqpError> {
     let vhost = actor.vhost;
     let props = msg.properties.clone();
     let mut headers = move || {
@@ -402,12 +402,7 @@ pub fn exchange_label(exchange: &[u8]) -> &str {
 
 /// Hands a routed message to each of its queues' owners (one op each, through the
 /// outbox), with the confirm each owner sends once the queue has it.
-pub fn enqueue(
-    shard: &Rc<Shard>,
-    targets: Vec<QueueRef>,
-    msg: Message,
-    confirm: Option<ConfirmTo>,
-) {
+pub fn enqueue(shard: &Rc<Shard>, targets: Targets, msg: Message, confirm: Option<ConfirmTo>) {
     let push = |queue: QueueRef, msg: Message| {
         outbox::push(
             shard,
@@ -468,7 +463,7 @@ pub async fn publish_confirmed(
 pub fn send(
     conn: &Rc<Connection>,
     ch: &ChannelRef,
-    targets: Vec<QueueRef>,
+    targets: Targets,
     msg: Message,
     mandatory: bool,
     confirmable: bool,
