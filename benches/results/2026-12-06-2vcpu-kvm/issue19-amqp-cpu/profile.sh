@@ -9,7 +9,7 @@ bin=$1; load=$2; label=$3; size=$4
 . "$(dirname "$0")/../broker.sh"
 start_broker "$bin" "/tmp/ap-$label.log"
 "$load" amqp --url "amqp://guest:guest@127.0.0.1:25672/%2f" --messages "${MSGS:-3000000}" \
-    --duration 12s --message-size "$size" --broker-pid $P --prefetch 1000 > "/tmp/ap-$label.txt" 2>&1 &
+    --duration 12s --message-size "$size" --broker-pid $P --prefetch 1000 ${EXTRA:-} > "/tmp/ap-$label.txt" 2>&1 &
 L=$!
 sleep "${WAIT:-3}"
 perf record -F ${FREQ:-499} --call-graph dwarf,16384 -p $P -o "/tmp/ap-$label.data" -- sleep "${SECS:-4}" > /dev/null 2>&1
