@@ -4,8 +4,8 @@
 //! `gen_frame`), but for the methods sent once per message: basic.publish
 //! (`decode_publish`, names as slices of the frame) and basic.ack, nack and reject are read
 //! here, as amq-protocol reads them (a unit test compares the two on every prefix) and
-//! without its per-call allocations. Content frames on the hot path are written here by hand: a content header
-//! carries the publisher's property bytes verbatim (so all 14 properties and the header
+//! without its per-call allocations. Content frames on the hot path are written here by
+//! hand: a content header carries the publisher's property bytes verbatim (so all 14 properties and the header
 //! table reach consumers exactly as sent, without a decode/encode round trip — which would
 //! also reorder header-table keys) and body frames are slices of the message's `Bytes`;
 //! basic.deliver and the confirm acks are encoded without allocating. Measured with

@@ -529,6 +529,31 @@ mod tests {
         }
     }
 
+    /// A message shared by two holders (a fanout's queues) is changed for one only: the
+    /// queue that pages its copy out lets go of the body, the other still delivers it.
+    #[test]
+    fn a_shared_message_is_changed_for_one_holder_only() {
+        let [exchange, routing_key, properties, body] =
+            parts(b"ex", b"key", &[0, 0], Body::Copy(b"the body"));
+        let mut paged = Message::new(MessageData {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            persistent: false,
+            priority: 0,
+            expiration: None,
+        });
+        let kept = paged.clone();
+        paged.drop_body();
+        assert!(paged.body.is_empty());
+        assert_eq!(&kept.body[..], b"the body");
+        paged.edit().body = Bytes::from_static(b"read back");
+        assert_eq!(&kept.body[..], b"the body");
+        assert_eq!(&paged.body[..], b"read back");
+        assert_eq!(&paged.routing_key[..], b"key");
+    }
+
     /// The flag tests agree with a full decode, whatever else the properties carry.
     #[test]
     fn the_reply_to_and_headers_flags_are_read_without_decoding() {

@@ -54,7 +54,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// FNV-1a: a hash that never changes between builds or runs, for ownership.
 /// The hash of a map keyed by ids the broker hands out itself (delivery ids): one
 /// multiplication. Not for keys a client picks; those keep std's seeded SipHash.
 #[derive(Default, Clone, Copy)]
@@ -62,8 +61,9 @@ pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
+        // Ids are integers (`write_u64`); anything else is folded in a byte at a time.
         for b in bytes {
-            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            self.write_u64(*b as u64);
         }
     }
 
@@ -92,6 +92,7 @@ pub fn same_name(a: &str, b: &str) -> bool {
     a.len() == b.len() && (a.is_empty() || a == b)
 }
 
+/// FNV-1a: a hash that never changes between builds or runs, for ownership.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {

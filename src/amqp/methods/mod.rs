@@ -72,6 +72,8 @@ pub async fn dispatch(
             basic::AMQPMethod::Qos(q) => basic_qos::qos(conn, ch, q, payload),
             basic::AMQPMethod::Consume(c) => Box::pin(basic_consume::consume(conn, ch, c)).await,
             basic::AMQPMethod::Cancel(c) => basic_consume::cancel(conn, ch, c),
+            // `channels::frame` reads basic.publish itself (`codec::decode_publish`) and
+            // never gets here with one; this arm keeps dispatch whole for any method.
             basic::AMQPMethod::Publish(p) => basic_publish::publish(
                 conn,
                 ch,
