@@ -485,6 +485,19 @@ mod tests {
         Bytes::from(gen_properties(p)(Vec::new().into()).unwrap().into_inner().0)
     }
 
+    /// A transient message of priority 0 from its four parts.
+    fn transient([exchange, routing_key, properties, body]: [Bytes; 4]) -> Message {
+        Message::new(MessageData {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            persistent: false,
+            priority: 0,
+            expiration: None,
+        })
+    }
+
     /// A message's parts share one buffer, and a paged-out message keeps none of it.
     #[test]
     fn the_parts_share_one_buffer_until_the_body_is_dropped() {
@@ -503,15 +516,7 @@ mod tests {
             assert_eq!(routing_key.as_ptr() as usize, head + 2);
             assert_eq!(properties.as_ptr() as usize, head + 5);
             assert_eq!(body.as_ptr() as usize == head + 7, !own);
-            let mut msg = Message::new(MessageData {
-                exchange,
-                routing_key,
-                properties,
-                body,
-                persistent: false,
-                priority: 0,
-                expiration: None,
-            });
+            let mut msg = transient([exchange, routing_key, properties, body]);
             // Held here, so the new buffer cannot be given the old one's address.
             let old = (msg.exchange.clone(), msg.body.clone());
             msg.drop_body();
@@ -533,17 +538,7 @@ mod tests {
     /// queue that pages its copy out lets go of the body, the other still delivers it.
     #[test]
     fn a_shared_message_is_changed_for_one_holder_only() {
-        let [exchange, routing_key, properties, body] =
-            parts(b"ex", b"key", &[0, 0], Body::Copy(b"the body"));
-        let mut paged = Message::new(MessageData {
-            exchange,
-            routing_key,
-            properties,
-            body,
-            persistent: false,
-            priority: 0,
-            expiration: None,
-        });
+        let mut paged = transient(parts(b"ex", b"key", &[0, 0], Body::Copy(b"the body")));
         let kept = paged.clone();
         paged.drop_body();
         assert!(paged.body.is_empty());
