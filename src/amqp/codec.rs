@@ -375,7 +375,7 @@ pub fn put_content(
     out: &mut BytesMut,
     channel: u16,
     properties: &[u8],
-    body: &Bytes,
+    body: &[u8],
     frame_max: u32,
 ) {
     put_content_with(out, channel, body, frame_max, |out| {
@@ -407,7 +407,7 @@ pub fn delivery_len(
 pub fn put_content_with(
     out: &mut BytesMut,
     channel: u16,
-    body: &Bytes,
+    body: &[u8],
     frame_max: u32,
     properties: impl FnOnce(&mut BytesMut),
 ) {

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use super::channel::ChannelRef;
 use super::connection::Connection;
 use super::mesh::ConnOp;
-use super::message::{encode_properties, has_reply_to, parse_props, Message, MessageData};
+use super::message::{encode_properties, has_reply_to, parse_props, Message};
 use super::{outbox, reply, AmqpError};
 use crate::metrics::Protocol;
 
@@ -97,10 +97,10 @@ pub fn consume(
 /// token there instead; 406 when the channel has no reply consumer.
 pub fn rewrite(conn: &Connection, ch: &ChannelRef, msg: Message) -> Result<Message, AmqpError> {
     // Most publishes carry no reply-to: the flag says so without decoding the properties.
-    if !has_reply_to(&msg.properties) {
+    if !has_reply_to(msg.properties()) {
         return Ok(msg);
     }
-    let Some(mut props) = parse_props(&msg.properties) else {
+    let Some(mut props) = parse_props(msg.properties()) else {
         return Ok(msg);
     };
     if props.reply_to().as_ref().map(|r| r.as_str()) != Some(PSEUDO_QUEUE) {
@@ -120,11 +120,10 @@ pub fn rewrite(conn: &Connection, ch: &ChannelRef, msg: Message) -> Result<Messa
         key,
     };
     props = props.with_reply_to(token.routing_key().into());
-    let properties = encode_properties(&props).unwrap_or_else(|| msg.properties.clone());
-    Ok(Message::new(MessageData {
-        properties,
-        ..msg.into_data()
-    }))
+    let properties = encode_properties(&props).unwrap_or_else(|| msg.properties_bytes());
+    let mut data = msg.into_data();
+    data.set_properties(properties);
+    Ok(Message::new(data))
 }
 
 /// A publish to the default exchange with a reply token as routing key is sent to the
@@ -157,7 +156,7 @@ pub fn deliver(conn: &Rc<Connection>, token: Token, msg: Message) {
         return;
     }
     c.write_direct_reply(conn, &tag, &msg);
-    crate::metrics::with(|m| m.consumed(Protocol::Amqp, PSEUDO_QUEUE, 1, msg.body.len() as u64));
+    crate::metrics::with(|m| m.consumed(Protocol::Amqp, PSEUDO_QUEUE, 1, msg.body().len() as u64));
 }
 
 #[cfg(test)]

@@ -68,16 +68,16 @@ impl Delivery {
             Some(_) => crate::stream::record::STREAM_OFFSET_EXTRA,
             None => 0,
         };
-        self.msg.properties.len() + extra
+        self.msg.properties().len() + extra
     }
 
     /// Writes the delivery's property bytes (flags and list) for its content header.
     pub fn put_properties(&self, out: &mut bytes::BytesMut) {
         match self.stream_offset {
             Some(offset) => {
-                crate::stream::record::put_stream_properties(out, &self.msg.properties, offset)
+                crate::stream::record::put_stream_properties(out, self.msg.properties(), offset)
             }
-            None => out.extend_from_slice(&self.msg.properties),
+            None => out.extend_from_slice(self.msg.properties()),
         }
     }
 }

@@ -4,9 +4,11 @@
 //!
 //! A message routed to several queues, or crossing the mesh, is never copied: `Message`
 //! is shared (`Arc`), so a delivery's clone or a move into a queue, its unacked ledger or
-//! an op between shards is one pointer and one reference count, and its parts are `Bytes`
-//! (frames slice them). A published message's parts are slices of one buffer (`parts`):
-//! one allocation for the names, properties and body. Dead-lettering is the one place
+//! an op between shards is one pointer and one reference count. A published message's
+//! parts lie one after the other in one buffer (`Parts::Joined`): one allocation, read
+//! through the accessors as slices, with no reference count of its own while nothing asks
+//! for a part as `Bytes`. Messages read back from disk or a log keep their parts as the
+//! `Bytes` they were read into (`Parts::Apart`). Dead-lettering is the one place
 //! properties are re-encoded (the `x-death` header changes).
 
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
@@ -49,11 +51,7 @@ impl std::ops::Deref for Message {
 
 #[derive(Debug, Clone)]
 pub struct MessageData {
-    pub exchange: Bytes,
-    pub routing_key: Bytes,
-    /// Property flags and list exactly as the publisher sent them.
-    pub properties: Bytes,
-    pub body: Bytes,
+    pub parts: Parts,
     /// delivery-mode 2.
     pub persistent: bool,
     pub priority: u8,
@@ -61,22 +59,162 @@ pub struct MessageData {
     pub expiration: Option<u64>,
 }
 
+/// A message's exchange, routing key, properties (flags and list exactly as the publisher
+/// sent them) and body, read through `MessageData`'s accessors.
+#[derive(Debug, Clone)]
+pub enum Parts {
+    /// The four one after the other in one buffer (a publish whose body came in one
+    /// frame), with the ends of the first three. The buffer is one `Bytes` that is never
+    /// sliced while the message lives: no shared reference count is made for it, and the
+    /// message's bytes are one allocation, freed in one go.
+    Joined { buf: Bytes, ends: [u32; 3] },
+    /// Each part its own `Bytes` (slices of buffers they may share).
+    Apart([Bytes; 4]),
+}
+
+const EXCHANGE: usize = 0;
+const ROUTING_KEY: usize = 1;
+const PROPERTIES: usize = 2;
+const BODY: usize = 3;
+
+impl Parts {
+    /// Parts that are `Bytes` already (read back from disk or a log, built by the broker).
+    pub fn apart(exchange: Bytes, routing_key: Bytes, properties: Bytes, body: Bytes) -> Parts {
+        Parts::Apart([exchange, routing_key, properties, body])
+    }
+
+    /// A published message's parts: copied into one buffer with a `Body::Copy`; with a
+    /// body of its own, the names and properties share a buffer beside it.
+    pub fn published(
+        exchange: &[u8],
+        routing_key: &[u8],
+        properties: &[u8],
+        body: Body<'_>,
+    ) -> Parts {
+        match body {
+            Body::Copy(b) => {
+                let mut buf = Vec::with_capacity(
+                    exchange.len() + routing_key.len() + properties.len() + b.len(),
+                );
+                let mut ends = [0u32; 3];
+                for (end, part) in ends.iter_mut().zip([exchange, routing_key, properties]) {
+                    buf.extend_from_slice(part);
+                    *end = buf.len() as u32;
+                }
+                buf.extend_from_slice(b);
+                Parts::Joined {
+                    buf: Bytes::from(buf),
+                    ends,
+                }
+            }
+            Body::Own(b) => {
+                let [e, r, p] = one_buffer([exchange, routing_key, properties]);
+                Parts::apart(e, r, p, b)
+            }
+        }
+    }
+
+    /// Part `i`'s range in a joined buffer of `len` bytes.
+    fn range(ends: &[u32; 3], len: usize, i: usize) -> std::ops::Range<usize> {
+        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+        let end = ends.get(i).map_or(len, |&e| e as usize);
+        start..end
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        match self {
+            Parts::Joined { buf, ends } => &buf[Parts::range(ends, buf.len(), i)],
+            Parts::Apart(parts) => &parts[i],
+        }
+    }
+
+    /// Part `i` as `Bytes` (a slice of the joined buffer: the first one makes its shared
+    /// count).
+    fn bytes(&self, i: usize) -> Bytes {
+        match self {
+            Parts::Joined { buf, ends } => buf.slice(Parts::range(ends, buf.len(), i)),
+            Parts::Apart(parts) => parts[i].clone(),
+        }
+    }
+
+    /// Replaces part `i`, the others kept (as slices of the joined buffer, if they were).
+    fn set(&mut self, i: usize, part: Bytes) {
+        if let Parts::Joined { .. } = self {
+            let parts = std::array::from_fn(|j| self.bytes(j));
+            *self = Parts::Apart(parts);
+        }
+        if let Parts::Apart(parts) = self {
+            parts[i] = part;
+        }
+    }
+}
+
+impl MessageData {
+    pub fn exchange(&self) -> &[u8] {
+        self.parts.get(EXCHANGE)
+    }
+
+    pub fn routing_key(&self) -> &[u8] {
+        self.parts.get(ROUTING_KEY)
+    }
+
+    /// Property flags and list exactly as the publisher sent them.
+    pub fn properties(&self) -> &[u8] {
+        self.parts.get(PROPERTIES)
+    }
+
+    pub fn body(&self) -> &[u8] {
+        self.parts.get(BODY)
+    }
+
+    pub fn exchange_bytes(&self) -> Bytes {
+        self.parts.bytes(EXCHANGE)
+    }
+
+    pub fn routing_key_bytes(&self) -> Bytes {
+        self.parts.bytes(ROUTING_KEY)
+    }
+
+    pub fn properties_bytes(&self) -> Bytes {
+        self.parts.bytes(PROPERTIES)
+    }
+
+    pub fn body_bytes(&self) -> Bytes {
+        self.parts.bytes(BODY)
+    }
+
+    pub fn set_exchange(&mut self, exchange: Bytes) {
+        self.parts.set(EXCHANGE, exchange);
+    }
+
+    pub fn set_routing_key(&mut self, routing_key: Bytes) {
+        self.parts.set(ROUTING_KEY, routing_key);
+    }
+
+    pub fn set_properties(&mut self, properties: Bytes) {
+        self.parts.set(PROPERTIES, properties);
+    }
+
+    pub fn set_body(&mut self, body: Bytes) {
+        self.parts.set(BODY, body);
+    }
+}
+
 impl Message {
     /// Bytes this message holds in memory.
     pub fn size(&self) -> usize {
-        self.body.len() + self.properties.len() + self.routing_key.len() + self.exchange.len()
+        match &self.parts {
+            Parts::Joined { buf, .. } => buf.len(),
+            Parts::Apart(parts) => parts.iter().map(Bytes::len).sum(),
+        }
     }
 
     /// Lets go of the body (it was paged out to disk). The other parts move to a buffer
-    /// of their own: they may be slices of the body's, which would stay alive with them.
+    /// of their own: they may share the body's, which would stay alive with them.
     pub fn drop_body(&mut self) {
         let [exchange, routing_key, properties] =
-            one_buffer([&self.exchange, &self.routing_key, &self.properties]);
-        let m = self.edit();
-        m.exchange = exchange;
-        m.routing_key = routing_key;
-        m.properties = properties;
-        m.body = Bytes::new();
+            one_buffer([self.exchange(), self.routing_key(), self.properties()]);
+        self.edit().parts = Parts::apart(exchange, routing_key, properties, Bytes::new());
     }
 }
 
@@ -86,18 +224,6 @@ impl Message {
 pub enum Body<'a> {
     Copy(&'a [u8]),
     Own(Bytes),
-}
-
-/// A message's exchange, routing key, properties and body, the first three (and a
-/// `Body::Copy`) copied into one buffer.
-pub fn parts(exchange: &[u8], routing_key: &[u8], properties: &[u8], body: Body<'_>) -> [Bytes; 4] {
-    match body {
-        Body::Copy(b) => one_buffer([exchange, routing_key, properties, b]),
-        Body::Own(b) => {
-            let [e, r, p] = one_buffer([exchange, routing_key, properties]);
-            [e, r, p, b]
-        }
-    }
 }
 
 /// `parts` copied one after the other into a new buffer, each given back as its slice.
@@ -117,20 +243,20 @@ fn one_buffer<const N: usize>(parts: [&[u8]; N]) -> [Bytes; N] {
 
 /// The properties the broker looks at, found by walking the raw bytes without allocating.
 #[derive(Debug, Default, Clone)]
-pub struct PropsView {
+pub struct PropsView<'a> {
     pub delivery_mode: Option<u8>,
     pub priority: Option<u8>,
-    pub expiration: Option<Bytes>,
-    pub user_id: Option<Bytes>,
+    pub expiration: Option<&'a [u8]>,
+    pub user_id: Option<&'a [u8]>,
     /// The encoded header table (with its length prefix), if present.
-    pub headers: Option<Bytes>,
+    pub headers: Option<&'a [u8]>,
 }
 
 /// Decodes properties with amq-protocol once `scan_properties` accepted them (which
 /// bounds the nesting of the headers table).
-pub fn parse_props(raw: &Bytes) -> Option<AMQPProperties> {
+pub fn parse_props(raw: &[u8]) -> Option<AMQPProperties> {
     scan_properties(raw)?;
-    parse_properties(&raw[..]).ok().map(|(_, p)| p)
+    parse_properties(raw).ok().map(|(_, p)| p)
 }
 
 /// Bits of the first property-flags word (AMQP 0-9-1 basic properties, highest first:
@@ -155,7 +281,7 @@ pub fn has_headers(raw: &[u8]) -> bool {
 
 /// Walks property bytes: `None` when they are malformed (headers nested deeper than
 /// `catalog::amqp::tables::MAX_DEPTH` included).
-pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
+pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
     let f = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
     let mut at = 2usize;
     // Continuation flag words (bit 0 set) carry no property this version knows.
@@ -186,7 +312,7 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
         if !crate::catalog::amqp::tables::table_ok(table) {
             return None;
         }
-        v.headers = Some(raw.slice(at..at + 4 + len));
+        v.headers = Some(table);
         at += 4 + len;
     }
     if bit(3) {
@@ -204,7 +330,7 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
         short(&mut at)?;
     }
     if bit(7) {
-        v.expiration = Some(raw.slice(short(&mut at)?));
+        v.expiration = Some(&raw[short(&mut at)?]);
     }
     if bit(8) {
         short(&mut at)?;
@@ -217,7 +343,7 @@ pub fn scan_properties(raw: &Bytes) -> Option<PropsView> {
         short(&mut at)?;
     }
     if bit(11) {
-        v.user_id = Some(raw.slice(short(&mut at)?));
+        v.user_id = Some(&raw[short(&mut at)?]);
     }
     if bit(12) {
         short(&mut at)?;
@@ -276,10 +402,10 @@ pub fn dead_lettered(
     dl_routing_key: Option<&str>,
     now_secs: u64,
 ) -> Message {
-    let props: AMQPProperties = parse_props(&msg.properties).unwrap_or_default();
+    let props: AMQPProperties = parse_props(msg.properties()).unwrap_or_default();
     let mut headers = props.headers().clone().unwrap_or_default();
-    let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
-    let routing_key = String::from_utf8_lossy(&msg.routing_key).into_owned();
+    let exchange = String::from_utf8_lossy(msg.exchange()).into_owned();
+    let routing_key = String::from_utf8_lossy(msg.routing_key()).into_owned();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
         _ => Vec::new(),
@@ -355,15 +481,18 @@ pub fn dead_lettered(
         AMQPValue::LongString(exchange.into()),
     );
     let rebuilt = rebuild(&props, headers);
-    let properties = encode_properties(&rebuilt).unwrap_or_else(|| msg.properties.clone());
+    let properties = encode_properties(&rebuilt).unwrap_or_else(|| msg.properties_bytes());
+    let routing_key = match dl_routing_key {
+        Some(k) => Bytes::copy_from_slice(k.as_bytes()),
+        None => msg.routing_key_bytes(),
+    };
     Message::new(MessageData {
-        exchange: Bytes::copy_from_slice(dl_exchange.as_bytes()),
-        routing_key: match dl_routing_key {
-            Some(k) => Bytes::copy_from_slice(k.as_bytes()),
-            None => msg.routing_key.clone(),
-        },
-        properties,
-        body: msg.body.clone(),
+        parts: Parts::apart(
+            Bytes::copy_from_slice(dl_exchange.as_bytes()),
+            routing_key,
+            properties,
+            msg.body_bytes(),
+        ),
         persistent: msg.persistent,
         priority: msg.priority,
         expiration: None,
@@ -387,16 +516,17 @@ pub fn without_header(msg: &Message, key: &str) -> Message {
 }
 
 fn edit_headers(msg: &Message, edit: impl FnOnce(&mut FieldTable)) -> Message {
-    let Some(props) = parse_props(&msg.properties) else {
+    let Some(props) = parse_props(msg.properties()) else {
         return msg.clone();
     };
     let mut headers = props.headers().clone().unwrap_or_default();
     edit(&mut headers);
     match encode_properties(&props.with_headers(headers)) {
-        Some(properties) => Message::new(MessageData {
-            properties,
-            ..MessageData::clone(msg)
-        }),
+        Some(properties) => {
+            let mut data = MessageData::clone(msg);
+            data.set_properties(properties);
+            Message::new(data)
+        }
         None => msg.clone(),
     }
 }
@@ -453,13 +583,13 @@ fn rebuild(p: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
 /// Whether the dead-letter path would loop: the message already died in `queue` and
 /// every death on record was automatic (no client rejected it), RabbitMQ's cycle rule.
 pub fn dead_letter_cycle(msg: &Message, queue: &str) -> bool {
-    let Some(view) = scan_properties(&msg.properties) else {
+    let Some(view) = scan_properties(msg.properties()) else {
         return false;
     };
     let Some(h) = view.headers else {
         return false;
     };
-    let headers = decode_headers(&h);
+    let headers = decode_headers(h);
     let Some(AMQPValue::FieldArray(a)) = headers.inner().get("x-death") else {
         return false;
     };
@@ -485,20 +615,24 @@ mod tests {
         Bytes::from(gen_properties(p)(Vec::new().into()).unwrap().into_inner().0)
     }
 
-    /// A transient message of priority 0 from its four parts.
-    fn transient([exchange, routing_key, properties, body]: [Bytes; 4]) -> Message {
+    /// A transient message of priority 0.
+    fn transient(parts: Parts) -> Message {
         Message::new(MessageData {
-            exchange,
-            routing_key,
-            properties,
-            body,
+            parts,
             persistent: false,
             priority: 0,
             expiration: None,
         })
     }
 
-    /// A message's parts share one buffer, and a paged-out message keeps none of it.
+    fn all_parts(m: &MessageData) -> [&[u8]; 4] {
+        [m.exchange(), m.routing_key(), m.properties(), m.body()]
+    }
+
+    const PARTS: [&[u8]; 4] = [b"ex", b"key", &[0, 0], b"the body"];
+
+    /// A published message's parts lie in one buffer (the body too, unless it has one of
+    /// its own), and a paged-out message keeps none of it.
     #[test]
     fn the_parts_share_one_buffer_until_the_body_is_dropped() {
         for body in [
@@ -506,27 +640,31 @@ mod tests {
             Body::Own(Bytes::from_static(b"the body")),
         ] {
             let own = matches!(body, Body::Own(_));
-            let [exchange, routing_key, properties, body] = parts(b"ex", b"key", &[0, 0], body);
-            assert_eq!(
-                (&exchange[..], &routing_key[..], &properties[..], &body[..]),
-                (&b"ex"[..], &b"key"[..], &[0u8, 0][..], &b"the body"[..])
-            );
+            let mut msg = transient(Parts::published(b"ex", b"key", &[0, 0], body));
+            assert_eq!(all_parts(&msg), PARTS);
+            assert_eq!(msg.size(), 15);
+            assert_eq!(matches!(msg.parts, Parts::Joined { .. }), !own);
             // One after the other in one allocation (a body of its own stays apart).
-            let head = exchange.as_ptr() as usize;
-            assert_eq!(routing_key.as_ptr() as usize, head + 2);
-            assert_eq!(properties.as_ptr() as usize, head + 5);
-            assert_eq!(body.as_ptr() as usize == head + 7, !own);
-            let mut msg = transient([exchange, routing_key, properties, body]);
-            // Held here, so the new buffer cannot be given the old one's address.
-            let old = (msg.exchange.clone(), msg.body.clone());
+            let head = msg.exchange().as_ptr() as usize;
+            assert_eq!(msg.routing_key().as_ptr() as usize, head + 2);
+            assert_eq!(msg.properties().as_ptr() as usize, head + 5);
+            assert_eq!(msg.body().as_ptr() as usize == head + 7, !own);
+            // As `Bytes`, the same bytes in the same place.
+            let old = [
+                msg.exchange_bytes(),
+                msg.routing_key_bytes(),
+                msg.properties_bytes(),
+                msg.body_bytes(),
+            ];
+            assert_eq!(old.each_ref().map(|b| &b[..]), PARTS);
+            assert_eq!(old[0].as_ptr() as usize, head);
+            // `old` is held here, so the new buffer cannot be given the old one's address.
             msg.drop_body();
-            assert!(msg.body.is_empty());
-            assert_eq!(
-                (&msg.exchange[..], &msg.routing_key[..], &msg.properties[..]),
-                (&b"ex"[..], &b"key"[..], &[0u8, 0][..])
-            );
+            assert!(msg.body().is_empty());
+            assert_eq!(all_parts(&msg)[..3], PARTS[..3]);
+            assert_eq!(msg.size(), 7);
             // The names and properties no longer point into the old buffer.
-            for part in [&msg.exchange, &msg.routing_key, &msg.properties] {
+            for part in &all_parts(&msg)[..3] {
                 let at = part.as_ptr() as usize;
                 assert!(!(head..head + 15).contains(&at), "{part:?}");
             }
@@ -534,19 +672,48 @@ mod tests {
         }
     }
 
+    /// Replacing one part of a joined message keeps the other three as they were.
+    #[test]
+    fn a_part_set_leaves_the_others() {
+        let setters: [fn(&mut MessageData, Bytes); 4] = [
+            MessageData::set_exchange,
+            MessageData::set_routing_key,
+            MessageData::set_properties,
+            MessageData::set_body,
+        ];
+        for (i, set) in setters.into_iter().enumerate() {
+            let mut msg = transient(Parts::published(
+                b"ex",
+                b"key",
+                &[0, 0],
+                Body::Copy(b"the body"),
+            ));
+            set(msg.edit(), Bytes::from_static(b"new"));
+            let mut want = PARTS;
+            want[i] = b"new";
+            assert_eq!(all_parts(&msg), want, "part {i}");
+            assert_eq!(msg.size(), 15 - PARTS[i].len() + 3);
+        }
+    }
+
     /// A message shared by two holders (a fanout's queues) is changed for one only: the
     /// queue that pages its copy out lets go of the body, the other still delivers it.
     #[test]
     fn a_shared_message_is_changed_for_one_holder_only() {
-        let mut paged = transient(parts(b"ex", b"key", &[0, 0], Body::Copy(b"the body")));
+        let mut paged = transient(Parts::published(
+            b"ex",
+            b"key",
+            &[0, 0],
+            Body::Copy(b"the body"),
+        ));
         let kept = paged.clone();
         paged.drop_body();
-        assert!(paged.body.is_empty());
-        assert_eq!(&kept.body[..], b"the body");
-        paged.edit().body = Bytes::from_static(b"read back");
-        assert_eq!(&kept.body[..], b"the body");
-        assert_eq!(&paged.body[..], b"read back");
-        assert_eq!(&paged.routing_key[..], b"key");
+        assert!(paged.body().is_empty());
+        assert_eq!(kept.body(), b"the body");
+        paged.edit().set_body(Bytes::from_static(b"read back"));
+        assert_eq!(all_parts(&kept), PARTS);
+        assert_eq!(paged.body(), b"read back");
+        assert_eq!(paged.routing_key(), b"key");
     }
 
     /// The flag tests agree with a full decode, whatever else the properties carry.
@@ -596,13 +763,14 @@ mod tests {
             .with_timestamp(99)
             .with_user_id("guest".into())
             .with_cluster_id("c".into());
-        let v = scan_properties(&props(&p)).unwrap();
+        let raw = props(&p);
+        let v = scan_properties(&raw).unwrap();
         assert_eq!(v.delivery_mode, Some(2));
         assert_eq!(v.priority, Some(7));
-        assert_eq!(parse_expiration(&v.expiration.unwrap()), Some(1500));
-        assert_eq!(&v.user_id.unwrap()[..], b"guest");
+        assert_eq!(parse_expiration(v.expiration.unwrap()), Some(1500));
+        assert_eq!(v.user_id.unwrap(), b"guest");
         assert_eq!(
-            decode_headers(&v.headers.unwrap()).inner().get("a"),
+            decode_headers(v.headers.unwrap()).inner().get("a"),
             Some(&AMQPValue::LongInt(1))
         );
         assert!(scan_properties(&Bytes::from_static(&[0x80])).is_none());
@@ -612,10 +780,12 @@ mod tests {
     fn x_death_counts_and_detects_cycles() {
         let p = AMQPProperties::default().with_expiration("10".into());
         let m = Message::new(MessageData {
-            exchange: Bytes::from_static(b"ex"),
-            routing_key: Bytes::from_static(b"rk"),
-            properties: props(&p),
-            body: Bytes::from_static(b"x"),
+            parts: Parts::apart(
+                Bytes::from_static(b"ex"),
+                Bytes::from_static(b"rk"),
+                props(&p),
+                Bytes::from_static(b"x"),
+            ),
             persistent: false,
             priority: 0,
             expiration: Some(10),
@@ -623,10 +793,10 @@ mod tests {
         let d1 = dead_lettered(&m, DeathReason::Expired, "q", "dlx", None, 5);
         assert!(dead_letter_cycle(&d1, "q"));
         let d2 = dead_lettered(&d1, DeathReason::Expired, "q", "dlx", Some("k2"), 6);
-        assert_eq!(&d2.routing_key[..], b"k2");
-        let v = scan_properties(&d2.properties).unwrap();
+        assert_eq!(d2.routing_key(), b"k2");
+        let v = scan_properties(d2.properties()).unwrap();
         assert!(v.expiration.is_none());
-        let h = decode_headers(&v.headers.unwrap());
+        let h = decode_headers(v.headers.unwrap());
         let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
             panic!()
         };

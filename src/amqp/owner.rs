@@ -553,12 +553,11 @@ pub fn confirm_to(shard: &Rc<Shard>, c: ConfirmTo, ack: bool) {
 /// each matched queue's owner; a route that would cycle is dropped.
 fn route_dead_letter(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter) {
     let router = shard.amqp.router(shard);
-    let rk = String::from_utf8_lossy(&dl.msg.routing_key).into_owned();
-    let headers_src = dl.msg.properties.clone();
-    let mut headers = move || {
-        super::message::scan_properties(&headers_src)
+    let rk = String::from_utf8_lossy(dl.msg.routing_key()).into_owned();
+    let mut headers = || {
+        super::message::scan_properties(dl.msg.properties())
             .and_then(|v| v.headers)
-            .map(|h| super::message::decode_headers(&h))
+            .map(super::message::decode_headers)
             .unwrap_or_default()
     };
     let Ok(targets) = router.route(&qref.vhost, &dl.exchange, &rk, &mut headers) else {
@@ -594,7 +593,7 @@ fn dead_letter_paged(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter, seq: u6
         match shard.amqp.store.read(&qref, loc).await {
             Ok(body) => {
                 let mut dl = dl;
-                dl.msg.edit().body = body;
+                dl.msg.edit().set_body(body);
                 route_dead_letter(&shard, &qref, dl);
             }
             Err(err) => log::error!("reading a paged message of '{}': {err}", qref.name),

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use amq_protocol::types::AMQPValue;
 
-use crate::amqp::message::{scan_properties, Message, MessageData};
+use crate::amqp::message::{scan_properties, Message, MessageData, Parts};
 use crate::storage::batch::{self, BatchHeader, PlainRecord, HEADER_LEN};
 use crate::storage::inflate::{self, Codec, InflateError, MAX_INFLATED_BYTES};
 
@@ -276,27 +276,27 @@ pub fn record_of(msg: &Message, key_from: KeyFrom, now_ms: i64) -> PlainRecord {
     let mut headers = batch::Headers::with_capacity(8);
     headers.insert(
         StrBytes::from_static_str(PROPERTIES_HEADER),
-        Some(msg.properties.clone()),
+        Some(msg.properties_bytes()),
     );
     headers.insert(
         StrBytes::from_static_str(EXCHANGE_HEADER),
-        Some(msg.exchange.clone()),
+        Some(msg.exchange_bytes()),
     );
     let key = match key_from {
-        KeyFrom::RoutingKey => Some(msg.routing_key.clone()),
+        KeyFrom::RoutingKey => Some(msg.routing_key_bytes()),
         KeyFrom::None => {
             headers.insert(
                 StrBytes::from_static_str(ROUTING_KEY_HEADER),
-                Some(msg.routing_key.clone()),
+                Some(msg.routing_key_bytes()),
             );
             None
         }
     };
-    readable_properties(&msg.properties, &mut headers);
+    readable_properties(&msg.properties_bytes(), &mut headers);
     PlainRecord {
         timestamp: now_ms,
         key,
-        value: Some(msg.body.clone()),
+        value: Some(msg.body_bytes()),
         headers,
     }
 }
@@ -687,10 +687,7 @@ pub fn stream_delivery(r: StoredRecord, id: u64) -> crate::amqp::mesh::Delivery 
     crate::amqp::mesh::Delivery {
         id,
         msg: Message::new(MessageData {
-            exchange: d.exchange,
-            routing_key: d.routing_key,
-            properties: d.properties,
-            body: d.body,
+            parts: Parts::apart(d.exchange, d.routing_key, d.properties, d.body),
             persistent: true,
             priority: 0,
             expiration: None,
@@ -837,7 +834,7 @@ pub fn with_stream_offset(properties: &Bytes, offset: i64) -> Bytes {
 /// `x-stream-offset` has that entry replaced (the one case that decodes and re-encodes
 /// the table). Malformed bytes are written unchanged. How a stream delivery's content
 /// header is written: straight into the connection's output, no bytes built between.
-pub fn put_stream_properties(out: &mut BytesMut, properties: &Bytes, offset: i64) {
+pub fn put_stream_properties(out: &mut BytesMut, properties: &[u8], offset: i64) {
     let Some(view) = scan_properties(properties) else {
         out.put_slice(properties);
         return;
@@ -848,8 +845,8 @@ pub fn put_stream_properties(out: &mut BytesMut, properties: &Bytes, offset: i64
             let at = table.as_ptr() as usize - properties.as_ptr() as usize;
             let rest = &properties[at + table.len()..];
             out.put_slice(&properties[..at]);
-            let decoded = crate::catalog::amqp::tables::has_key(&table, STREAM_OFFSET_HEADER)
-                .then(|| crate::catalog::amqp::tables::decode_table(&table))
+            let decoded = crate::catalog::amqp::tables::has_key(table, STREAM_OFFSET_HEADER)
+                .then(|| crate::catalog::amqp::tables::decode_table(table))
                 .filter(|t| t.inner().contains_key(STREAM_OFFSET_HEADER));
             if let Some(mut t) = decoded {
                 t.insert(STREAM_OFFSET_HEADER.into(), AMQPValue::LongLongInt(offset));
@@ -963,10 +960,12 @@ mod tests {
 
     fn message(properties: Bytes) -> Message {
         Message::new(MessageData {
-            exchange: Bytes::from_static(b"orders-x"),
-            routing_key: Bytes::from_static(b"eu.order"),
-            properties,
-            body: Bytes::from_static(b"{\"id\":1}"),
+            parts: Parts::apart(
+                Bytes::from_static(b"orders-x"),
+                Bytes::from_static(b"eu.order"),
+                properties,
+                Bytes::from_static(b"{\"id\":1}"),
+            ),
             persistent: true,
             priority: 7,
             expiration: Some(60_000),
@@ -1004,7 +1003,7 @@ mod tests {
                     let r = &d.records[0];
                     assert_eq!((r.offset, r.timestamp), (40, 1_234_567));
                     let key = match key_from {
-                        KeyFrom::RoutingKey => Some(msg.routing_key.clone()),
+                        KeyFrom::RoutingKey => Some(msg.routing_key_bytes()),
                         KeyFrom::None => None,
                     };
                     assert_eq!(r.key, key, "{key_from:?}");
@@ -1012,10 +1011,10 @@ mod tests {
                     assert_eq!(
                         out,
                         Delivery {
-                            exchange: msg.exchange.clone(),
-                            routing_key: msg.routing_key.clone(),
-                            properties: msg.properties.clone(),
-                            body: msg.body.clone(),
+                            exchange: msg.exchange_bytes(),
+                            routing_key: msg.routing_key_bytes(),
+                            properties: msg.properties_bytes(),
+                            body: msg.body_bytes(),
                         },
                         "{codec:?} {key_from:?}"
                     );
@@ -1049,10 +1048,7 @@ mod tests {
             assert_eq!(kafka_header(&r, name), Some(value), "{name}");
         }
         assert_eq!(kafka_header(&r, "cluster-id"), Some(&b"c1"[..]));
-        assert_eq!(
-            kafka_header(&r, "amqp-properties"),
-            Some(&msg.properties[..])
-        );
+        assert_eq!(kafka_header(&r, "amqp-properties"), Some(msg.properties()));
         assert!(!r.headers.contains_key(&b"amqp-routing-key"[..]));
         assert!(!r.headers.contains_key(&b"headers"[..]));
         let entries: [(&str, &[u8]); 15] = [
@@ -1486,10 +1482,12 @@ mod tests {
         let msgs: Vec<Message> = (0..3)
             .map(|i| {
                 Message::new(MessageData {
-                    exchange: Bytes::from_static(b"ex"),
-                    routing_key: Bytes::from(format!("rk{i}")),
-                    properties: Bytes::from_static(&[0, 0]),
-                    body: Bytes::from(vec![b'a' + i as u8; 100]),
+                    parts: Parts::apart(
+                        Bytes::from_static(b"ex"),
+                        Bytes::from(format!("rk{i}")),
+                        Bytes::from_static(&[0, 0]),
+                        Bytes::from(vec![b'a' + i as u8; 100]),
+                    ),
                     persistent: true,
                     priority: 0,
                     expiration: None,
@@ -1508,7 +1506,7 @@ mod tests {
         assert_eq!(got.records.len(), 3);
         for (r, m) in got.records.iter().zip(&msgs) {
             let d = delivery_of(r);
-            assert_eq!(d.body, m.body);
+            assert_eq!(d.body, m.body());
             assert!(within(&d.body), "the body is a slice of the batch");
             assert!(
                 within(&d.properties),
@@ -1700,10 +1698,10 @@ mod tests {
                 b"c",
                 9,
                 false,
-                &m.msg.exchange,
-                &m.msg.routing_key,
+                m.msg.exchange(),
+                m.msg.routing_key(),
             );
-            codec::put_content_with(&mut out, 1, &m.msg.body, 4096, |out| m.put_properties(out));
+            codec::put_content_with(&mut out, 1, m.msg.body(), 4096, |out| m.put_properties(out));
         } else {
             let d = old_stream_delivery(r);
             codec::put_deliver(&mut out, 1, b"c", 9, false, &d.exchange, &d.routing_key);
@@ -1803,10 +1801,12 @@ mod tests {
         let value = (g.below(6) != 0).then(|| Bytes::from(g.bytes(300)));
         if g.below(2) == 0 {
             let msg = Message::new(MessageData {
-                exchange: Bytes::from(*g.pick(&["", "orders", "amq.topic"])),
-                routing_key: Bytes::from(*g.pick(&["", "eu.order", "k"])),
-                properties: random_properties(g),
-                body: value.clone().unwrap_or_default(),
+                parts: Parts::apart(
+                    Bytes::from(*g.pick(&["", "orders", "amq.topic"])),
+                    Bytes::from(*g.pick(&["", "eu.order", "k"])),
+                    random_properties(g),
+                    value.clone().unwrap_or_default(),
+                ),
                 persistent: true,
                 priority: 0,
                 expiration: None,

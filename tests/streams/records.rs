@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use portask::amqp::message::{encode_properties, parse_props, Message, MessageData};
+use portask::amqp::message::{encode_properties, parse_props, Message, MessageData, Parts};
 use portask::storage::batch::{encode_plain_batch, BatchHeader};
 use portask::stream::record::{delivery_of, record_of, records_of, KeyFrom, StoredRecord};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
@@ -287,10 +287,12 @@ fn amqp_mapped_records_read_back_over_kafka_and_amqp() {
     )
     .expect("encodes");
     let msg = Message::new(MessageData {
-        exchange: Bytes::from_static(b"amq.topic"),
-        routing_key: Bytes::from_static(b"orders.eu"),
-        properties: props.clone(),
-        body: Bytes::from_static(b"hello from AMQP"),
+        parts: Parts::apart(
+            Bytes::from_static(b"amq.topic"),
+            Bytes::from_static(b"orders.eu"),
+            props.clone(),
+            Bytes::from_static(b"hello from AMQP"),
+        ),
         persistent: true,
         priority: 0,
         expiration: None,
@@ -371,10 +373,12 @@ fn capture_seeds() {
         &mut s,
         "from-amqp",
         &Message::new(MessageData {
-            exchange: Bytes::from_static(b"x"),
-            routing_key: Bytes::from_static(b"rk"),
-            properties: props,
-            body: Bytes::from_static(b"{}"),
+            parts: Parts::apart(
+                Bytes::from_static(b"x"),
+                Bytes::from_static(b"rk"),
+                props,
+                Bytes::from_static(b"{}"),
+            ),
             persistent: true,
             priority: 5,
             expiration: Some(1000),

@@ -58,7 +58,7 @@ pub fn amqp_frames(data: &[u8]) {
                 if let Some(header) = amqp_codec::decode_content_header(&frame.payload) {
                     if let Some(view) = message::scan_properties(&header.properties) {
                         if let Some(table) = view.headers {
-                            let _ = message::decode_headers(&table);
+                            let _ = message::decode_headers(table);
                         }
                     }
                     let _ = message::parse_props(&header.properties);
@@ -190,10 +190,12 @@ pub fn stream_records(data: &[u8]) {
         );
         assert!(d.exchange.len() <= 255 && d.routing_key.len() <= 255);
         let msg = message::Message::new(message::MessageData {
-            exchange: d.exchange,
-            routing_key: d.routing_key,
-            properties: r.value.clone().unwrap_or_default(),
-            body: d.body,
+            parts: message::Parts::apart(
+                d.exchange,
+                d.routing_key,
+                r.value.clone().unwrap_or_default(),
+                d.body,
+            ),
             persistent: false,
             priority: 0,
             expiration: None,

@@ -249,7 +249,7 @@ impl Channel {
         conn.write(|out| {
             let need = items.iter().map(|d| {
                 let m = &d.msg;
-                let (ex, rk, body) = (m.exchange.len(), m.routing_key.len(), m.body.len());
+                let (ex, rk, body) = (m.exchange().len(), m.routing_key().len(), m.body().len());
                 codec::delivery_len(tag.len(), ex, rk, d.properties_len(), body, frame_max)
             });
             out.reserve(need.sum());
@@ -260,15 +260,15 @@ impl Channel {
                     tag.as_bytes(),
                     t,
                     d.redelivered,
-                    &d.msg.exchange,
-                    &d.msg.routing_key,
+                    d.msg.exchange(),
+                    d.msg.routing_key(),
                 );
-                codec::put_content_with(out, id, &d.msg.body, frame_max, |out| {
+                codec::put_content_with(out, id, d.msg.body(), frame_max, |out| {
                     d.put_properties(out)
                 });
             }
         });
-        let bytes = items.iter().map(|d| d.msg.body.len() as u64).sum();
+        let bytes = items.iter().map(|d| d.msg.body().len() as u64).sum();
         // A stream's reader is held back by unacked deliveries alone (its prefetch): it
         // is sent no written-credit, a hop across shards per write that it would ignore.
         let stream = items.first().is_some_and(|d| d.stream_offset.is_some());
@@ -290,10 +290,10 @@ impl Channel {
                 tag.as_bytes(),
                 t,
                 false,
-                &msg.exchange,
-                &msg.routing_key,
+                msg.exchange(),
+                msg.routing_key(),
             );
-            codec::put_content(out, id, &msg.properties, &msg.body, frame_max);
+            codec::put_content(out, id, msg.properties(), msg.body(), frame_max);
         });
     }
 
@@ -317,13 +317,15 @@ impl Channel {
                 id,
                 t,
                 d.redelivered,
-                &d.msg.exchange,
-                &d.msg.routing_key,
+                d.msg.exchange(),
+                d.msg.routing_key(),
                 count,
             );
-            codec::put_content_with(out, id, &d.msg.body, frame_max, |out| d.put_properties(out));
+            codec::put_content_with(out, id, d.msg.body(), frame_max, |out| {
+                d.put_properties(out)
+            });
         });
-        let bytes = d.msg.body.len() as u64;
+        let bytes = d.msg.body().len() as u64;
         crate::metrics::with(|m| m.consumed(Protocol::Amqp, &queue.name, 1, bytes));
     }
 

@@ -10,7 +10,7 @@ use super::confirms::Confirms;
 use super::consumers::ConsumerInfo;
 use super::unacked::Unacked;
 use crate::amqp::mesh::Delivery;
-use crate::amqp::message::{Message, MessageData};
+use crate::amqp::message::{Message, MessageData, Parts};
 use crate::amqp::reply;
 use crate::amqp::routing::QueueRef;
 use crate::amqp::AmqpError;
@@ -28,10 +28,12 @@ fn delivery(id: u64, body: &str) -> Delivery {
     Delivery {
         id,
         msg: Message::new(MessageData {
-            exchange: Bytes::new(),
-            routing_key: Bytes::new(),
-            properties: Bytes::new(),
-            body: Bytes::copy_from_slice(body.as_bytes()),
+            parts: Parts::apart(
+                Bytes::new(),
+                Bytes::new(),
+                Bytes::new(),
+                Bytes::copy_from_slice(body.as_bytes()),
+            ),
             persistent: false,
             priority: 0,
             expiration: None,

@@ -137,14 +137,14 @@ impl Unacked {
     /// (`record`) before asking again.
     pub fn next_release(&mut self) -> Option<(u64, QueueRef, Vec<Delivery>)> {
         let h = self.held.front()?;
-        if !self.fits_global(h.delivery.msg.body.len() as u64) {
+        if !self.fits_global(h.delivery.msg.body().len() as u64) {
             return None;
         }
         let h = self.held.pop_front()?;
         let mut items = vec![h.delivery];
-        let mut size = items[0].msg.body.len() as u64;
+        let mut size = items[0].msg.body().len() as u64;
         while let Some(next) = self.held.front() {
-            let next_size = next.delivery.msg.body.len() as u64;
+            let next_size = next.delivery.msg.body().len() as u64;
             let room = (self.global_count == 0
                 || self.global_unacked + (items.len() as u32) < self.global_count)
                 && (self.global_bytes == 0
@@ -185,7 +185,7 @@ impl Unacked {
             if no_ack {
                 continue;
             }
-            let size = d.msg.body.len() as u64;
+            let size = d.msg.body().len() as u64;
             if counted {
                 self.global_unacked += 1;
                 self.global_unacked_bytes += size;

@@ -27,8 +27,8 @@ use crate::amqp::connection::Connection;
 use crate::amqp::direct_reply;
 use crate::amqp::mesh::{ConfirmTo, QueueOp};
 use crate::amqp::message::{
-    decode_headers, has_headers, parse_expiration, parts, scan_properties, without_header, Body,
-    Message, MessageData,
+    decode_headers, has_headers, parse_expiration, scan_properties, without_header, Body, Message,
+    MessageData, Parts,
 };
 use crate::amqp::routing::{QueueRef, RouteError, Targets};
 use crate::amqp::{outbox, reply, AmqpError};
@@ -226,13 +226,7 @@ pub fn message(
     body: Body<'_>,
     user: &str,
 ) -> Result<Message, AmqpError> {
-    let [exchange, routing_key, properties, body] = parts(
-        exchange.as_bytes(),
-        routing_key.as_bytes(),
-        properties,
-        body,
-    );
-    let Some(view) = scan_properties(&properties) else {
+    let Some(view) = scan_properties(properties) else {
         return Err(AmqpError::connection(
             reply::FRAME_ERROR,
             "FRAME_ERROR - malformed content properties",
@@ -262,13 +256,15 @@ pub fn message(
         None => None,
     };
     Ok(Message::new(MessageData {
-        exchange,
-        routing_key,
+        parts: Parts::published(
+            exchange.as_bytes(),
+            routing_key.as_bytes(),
+            properties,
+            body,
+        ),
         persistent: view.delivery_mode == Some(2),
         priority: view.priority.unwrap_or(0),
         expiration,
-        properties,
-        body,
     }))
 }
 
@@ -321,17 +317,17 @@ pub async fn route(
 /// The routing keys of the `CC` and `BCC` headers; none unless the raw header table
 /// names one of them (so other messages are not decoded).
 fn sender_selected(msg: &Message) -> Vec<String> {
-    if !has_headers(&msg.properties) {
+    if !has_headers(msg.properties()) {
         return Vec::new();
     }
-    let Some(raw) = scan_properties(&msg.properties).and_then(|v| v.headers) else {
+    let Some(raw) = scan_properties(msg.properties()).and_then(|v| v.headers) else {
         return Vec::new();
     };
     let names = |n: &[u8]| raw.windows(n.len()).any(|w| w == n);
     if !names(b"\x02CC") && !names(b"\x03BCC") {
         return Vec::new();
     }
-    let headers = decode_headers(&raw);
+    let headers = decode_headers(raw);
     let mut keys = Vec::new();
     for name in ["CC", "BCC"] {
         if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(name) {
@@ -343,10 +339,10 @@ fn sender_selected(msg: &Message) -> Vec<String> {
 
 /// The message without its `BCC` header (RabbitMQ removes it before delivery).
 pub fn without_bcc(msg: Message) -> Message {
-    if !has_headers(&msg.properties) {
+    if !has_headers(msg.properties()) {
         return msg;
     }
-    let Some(raw) = scan_properties(&msg.properties).and_then(|v| v.headers) else {
+    let Some(raw) = scan_properties(msg.properties()).and_then(|v| v.headers) else {
         return msg;
     };
     if !raw.windows(4).any(|w| w == b"\x03BCC") {
@@ -362,11 +358,10 @@ async fn route_key(
     msg: &Message,
 ) -> Result<Targets, AmqpError> {
     let vhost = actor.vhost;
-    let props = msg.properties.clone();
-    let mut headers = move || {
-        scan_properties(&props)
+    let mut headers = || {
+        scan_properties(msg.properties())
             .and_then(|v| v.headers)
-            .map(|h| decode_headers(&h))
+            .map(decode_headers)
             .unwrap_or_default()
     };
     for attempt in 0..2 {
@@ -472,9 +467,9 @@ pub fn send(
     crate::metrics::with(|m| {
         m.produced(
             Protocol::Amqp,
-            exchange_label(&msg.exchange),
+            exchange_label(msg.exchange()),
             1,
-            msg.body.len() as u64,
+            msg.body().len() as u64,
         )
     });
     if targets.is_empty() && mandatory {
@@ -485,11 +480,11 @@ pub fn send(
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: reply::NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),
-                exchange: codec::short(&String::from_utf8_lossy(&msg.exchange)),
-                routing_key: codec::short(&String::from_utf8_lossy(&msg.routing_key)),
+                exchange: codec::short(&String::from_utf8_lossy(msg.exchange())),
+                routing_key: codec::short(&String::from_utf8_lossy(msg.routing_key())),
             })),
         );
-        conn.write(|out| codec::put_content(out, id, &msg.properties, &msg.body, frame_max));
+        conn.write(|out| codec::put_content(out, id, msg.properties(), msg.body(), frame_max));
     }
     let (seq, id) = {
         let mut c = ch.borrow_mut();
@@ -501,7 +496,7 @@ pub fn send(
     };
     // Where its publishes go is where the connection would rather be (`connection::moving`).
     conn.follow
-        .saw(targets.iter().map(|q| q.owner), msg.body.len());
+        .saw(targets.iter().map(|q| q.owner), msg.body().len());
     let confirm = seq.map(|seq| ConfirmTo {
         shard: conn.shard.id,
         conn: conn.id,

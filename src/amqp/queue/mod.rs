@@ -212,7 +212,7 @@ impl QueueState {
         confirm: Option<ConfirmTo>,
     ) {
         let args = &self.def.args;
-        let size = msg.body.len() as u64;
+        let size = msg.body().len() as u64;
         if limits::rejects(args, self.ready.len(), self.ready.body_bytes(), size) {
             if limits::rejected_dead_letters(args) {
                 self.dead_letter(env, fx, &msg, DeathReason::Maxlen);
@@ -231,7 +231,7 @@ impl QueueState {
         let mut entry = Entry {
             seq,
             expires_at: self.expiry_for(&msg, env.now),
-            body_len: msg.body.len() as u64,
+            body_len: msg.body().len() as u64,
             msg,
             redelivered: false,
             persisted,
@@ -627,7 +627,7 @@ impl QueueState {
         for seq in seqs {
             if let Some(e) = self.ready.entry_mut(*seq) {
                 if !e.paged && e.loc.is_some() {
-                    fx.memory -= e.msg.body.len() as isize;
+                    fx.memory -= e.msg.body().len() as isize;
                     e.msg.drop_body();
                     e.paged = true;
                 }
@@ -682,7 +682,7 @@ impl QueueState {
                     if let Some(e) = self.ready.entry_mut(seq) {
                         if e.paged {
                             fx.memory += body.len() as isize;
-                            e.msg.edit().body = body;
+                            e.msg.edit().set_body(body);
                             e.paged = false;
                         }
                     }
@@ -747,11 +747,11 @@ impl QueueState {
         loc: Location,
     ) {
         self.next_seq = self.next_seq.max(seq + 1);
-        let body_len = msg.body.len() as u64;
+        let body_len = msg.body().len() as u64;
         // Past the memory budget, recovered bodies stay on disk until delivered.
         let paged = env.over_budget(fx, msg.size());
         if paged {
-            msg.edit().body = Bytes::new();
+            msg.edit().set_body(Bytes::new());
         }
         let entry = Entry {
             seq,

@@ -9,7 +9,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 
 use super::*;
-use crate::amqp::message::{decode_headers, scan_properties, MessageData};
+use crate::amqp::message::{decode_headers, scan_properties, MessageData, Parts};
 use crate::catalog::amqp::arguments::{Overflow, QueueArgs};
 use crate::catalog::amqp::tables::{encode_table, int_value, str_value};
 use crate::storage::journal::{Durable, Outcome};
@@ -164,14 +164,16 @@ impl Rig {
 
 fn msg(body: &str) -> Message {
     Message::new(MessageData {
-        exchange: Bytes::from_static(b"ex"),
-        routing_key: Bytes::from_static(b"rk"),
-        properties: Bytes::from(
-            gen_properties(&AMQPProperties::default())(Vec::new().into())
-                .map(|c| c.into_inner().0)
-                .unwrap_or_default(),
+        parts: Parts::apart(
+            Bytes::from_static(b"ex"),
+            Bytes::from_static(b"rk"),
+            Bytes::from(
+                gen_properties(&AMQPProperties::default())(Vec::new().into())
+                    .map(|c| c.into_inner().0)
+                    .unwrap_or_default(),
+            ),
+            Bytes::copy_from_slice(body.as_bytes()),
         ),
-        body: Bytes::copy_from_slice(body.as_bytes()),
         persistent: false,
         priority: 0,
         expiration: None,
@@ -213,7 +215,7 @@ fn deliveries(fx: &Effects) -> Vec<(u64, String, bool, u64)> {
             for d in items {
                 out.push((
                     *cid,
-                    String::from_utf8_lossy(&d.msg.body).into_owned(),
+                    String::from_utf8_lossy(d.msg.body()).into_owned(),
                     d.redelivered,
                     d.id,
                 ));
@@ -257,14 +259,14 @@ fn one_dead_letter(fx: &Effects) -> (String, Option<String>) {
     let dl = dead_letters(fx);
     assert_eq!(dl.len(), 1, "one dead-lettered message");
     let m = &dl[0].msg;
-    let body = String::from_utf8_lossy(&m.body).into_owned();
+    let body = String::from_utf8_lossy(m.body()).into_owned();
     (body, text(&first_death(m), "reason"))
 }
 
 fn headers(m: &Message) -> FieldTable {
-    scan_properties(&m.properties)
+    scan_properties(m.properties())
         .and_then(|v| v.headers)
-        .map(|h| decode_headers(&h))
+        .map(decode_headers)
         .unwrap_or_default()
 }
 
@@ -478,8 +480,8 @@ fn reject_without_requeue_dead_letters_as_rejected() {
     let dl = dead_letters(&fx);
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].exchange, "dlx");
-    assert_eq!(&dl[0].msg.routing_key[..], b"dead");
-    assert_eq!(&dl[0].msg.exchange[..], b"dlx");
+    assert_eq!(dl[0].msg.routing_key(), b"dead");
+    assert_eq!(dl[0].msg.exchange(), b"dlx");
     assert_eq!(
         text(&first_death(&dl[0].msg), "reason").as_deref(),
         Some("rejected")
@@ -514,8 +516,8 @@ fn message_ttl_expires_the_head_and_dead_letters_it_with_x_death() {
     let dl = dead_letters(&fx);
     assert_eq!(dl.len(), 2);
     let m = &dl[0].msg;
-    assert_eq!(&m.body[..], b"old");
-    assert_eq!(&m.routing_key[..], b"dead");
+    assert_eq!(m.body(), b"old");
+    assert_eq!(m.routing_key(), b"dead");
     let death = first_death(m);
     // As RabbitMQ writes it: queue, reason, count, exchange, routing-keys, time.
     assert_eq!(text(&death, "queue").as_deref(), Some("q"));
@@ -754,14 +756,14 @@ fn basic_get_takes_the_head_and_counts_what_is_left() {
     r.publish(msg("b"));
     let (got, fx) = r.call(|q, env, fx| q.get(env, fx, false));
     let (d, left) = got.unwrap_or_else(|| panic!("no message"));
-    assert_eq!((&d.msg.body[..], left), (&b"a"[..], 1));
+    assert_eq!((d.msg.body(), left), (&b"a"[..], 1));
     assert_eq!(fx.dequeued, 1);
     assert_eq!(r.q.unacked_len(), 1);
     // Requeued, it is the head again.
     r.settle(vec![d.id], Settle::Requeue);
     let (got, _) = r.call(|q, env, fx| q.get(env, fx, true));
     let (d, _) = got.unwrap_or_else(|| panic!("no message"));
-    assert_eq!((&d.msg.body[..], d.redelivered), (&b"a"[..], true));
+    assert_eq!((d.msg.body(), d.redelivered), (&b"a"[..], true));
     assert_eq!(r.q.unacked_len(), 0);
 }
 

@@ -300,7 +300,7 @@ impl Store {
         let payload = self.journal.read(&file, loc.offset, loc.len).await?;
         let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt message record");
         let r = record::decode_message(&payload).ok_or_else(bad)?;
-        Ok(r.msg.into_data().body)
+        Ok(r.msg.body_bytes())
     }
 
     /// A persistent message left the queue.

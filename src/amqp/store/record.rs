@@ -4,7 +4,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::amqp::message::{Message, MessageData};
+use crate::amqp::message::{Message, MessageData, Parts};
 
 pub const REC_MESSAGE: u8 = 1;
 pub const REC_ACK: u8 = 2;
@@ -29,14 +29,14 @@ pub fn encode_message(seq: u64, expires_at: Option<i64>, m: &Message, flags: u8)
     p.put_u8(m.priority);
     p.put_i64(expires_at.unwrap_or(-1));
     p.put_i64(m.expiration.map(|e| e as i64).unwrap_or(-1));
-    p.put_u16(m.exchange.len() as u16);
-    p.extend_from_slice(&m.exchange);
-    p.put_u16(m.routing_key.len() as u16);
-    p.extend_from_slice(&m.routing_key);
-    p.put_u32(m.properties.len() as u32);
-    p.extend_from_slice(&m.properties);
-    p.put_u32(m.body.len() as u32);
-    p.extend_from_slice(&m.body);
+    p.put_u16(m.exchange().len() as u16);
+    p.extend_from_slice(m.exchange());
+    p.put_u16(m.routing_key().len() as u16);
+    p.extend_from_slice(m.routing_key());
+    p.put_u32(m.properties().len() as u32);
+    p.extend_from_slice(m.properties());
+    p.put_u32(m.body().len() as u32);
+    p.extend_from_slice(m.body());
     p
 }
 
@@ -93,10 +93,7 @@ pub fn decode_message(mut p: &[u8]) -> Option<MessageRecord> {
         seq,
         expires_at: (expires_at >= 0).then_some(expires_at),
         msg: Message::new(MessageData {
-            exchange,
-            routing_key,
-            properties,
-            body,
+            parts: Parts::apart(exchange, routing_key, properties, body),
             persistent: true,
             priority,
             expiration: (expiration >= 0).then_some(expiration as u64),
@@ -134,10 +131,12 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let m = Message::new(MessageData {
-            exchange: Bytes::from_static(b"ex"),
-            routing_key: Bytes::from_static(b"rk"),
-            properties: Bytes::from_static(&[0, 0]),
-            body: Bytes::from_static(b"hello"),
+            parts: Parts::apart(
+                Bytes::from_static(b"ex"),
+                Bytes::from_static(b"rk"),
+                Bytes::from_static(&[0, 0]),
+                Bytes::from_static(b"hello"),
+            ),
             persistent: true,
             priority: 3,
             expiration: Some(5),
@@ -148,7 +147,7 @@ mod tests {
         let (records, _) = frame::split(&file);
         let r = decode_message(records[0]).unwrap();
         assert_eq!((r.flags, r.seq, r.expires_at), (0, 7, Some(99)));
-        assert_eq!(r.msg.body, m.body);
+        assert_eq!(r.msg.body(), m.body());
         assert_eq!(r.msg.priority, 3);
         assert_eq!(r.msg.expiration, Some(5));
         assert_eq!(message_seq(records[0]), Some(7));

@@ -271,16 +271,18 @@ pub fn migrate(data_dir: &Path, shards: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::amqp::message::MessageData;
+    use crate::amqp::message::{MessageData, Parts};
     use crate::storage::frame;
     use bytes::Bytes;
 
     fn message(seq: u64) -> Vec<u8> {
         let m = Message::new(MessageData {
-            exchange: Bytes::new(),
-            routing_key: Bytes::from_static(b"q"),
-            properties: Bytes::from_static(&[0, 0]),
-            body: Bytes::from(format!("m{seq}")),
+            parts: Parts::apart(
+                Bytes::new(),
+                Bytes::from_static(b"q"),
+                Bytes::from_static(&[0, 0]),
+                Bytes::from(format!("m{seq}")),
+            ),
             persistent: true,
             priority: 0,
             expiration: None,

@@ -203,7 +203,7 @@ pub(super) async fn get(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -
         {
             Some((d, left)) => {
                 taken.ids.push(d.id);
-                bytes += d.msg.body.len();
+                bytes += d.msg.body().len();
                 got.push((d, left));
             }
             None => break,
@@ -223,7 +223,7 @@ pub(super) async fn get(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -
     let rows: Vec<Value> = got
         .iter()
         .map(|(d, left)| {
-            let body = &d.msg.body[..];
+            let body = d.msg.body();
             let shown = &body[..g.truncate.unwrap_or(usize::MAX).min(body.len())];
             let text = if base64_only {
                 None
@@ -240,10 +240,10 @@ pub(super) async fn get(shard: &Rc<Shard>, req: &Req, vhost: &str, name: &str) -
             json!({
                 "payload_bytes": body.len(),
                 "redelivered": d.redelivered,
-                "exchange": String::from_utf8_lossy(&d.msg.exchange),
-                "routing_key": String::from_utf8_lossy(&d.msg.routing_key),
+                "exchange": String::from_utf8_lossy(d.msg.exchange()),
+                "routing_key": String::from_utf8_lossy(d.msg.routing_key()),
                 "message_count": left,
-                "properties": properties_json(&d.msg.properties),
+                "properties": properties_json(d.msg.properties()),
                 "payload": payload,
                 "payload_encoding": encoding,
             })
