@@ -94,14 +94,58 @@ pub fn serve(shard: &Rc<Shard>, req: Request) {
     match req {
         Request::Ops { catalog, ops } => {
             shard.install_catalog(catalog);
-            for op in ops {
+            let mut ops = ops.into_iter().peekable();
+            while let Some(op) = ops.next() {
                 match op {
+                    Op::Queue(QueueOp::Publish {
+                        queue,
+                        msg,
+                        confirm,
+                    }) => match takes_together(shard, &queue) {
+                        // This publish and the next ones to the same queue, taken in one
+                        // call: the consumers are served once, after the last.
+                        Some(q) => {
+                            let more = std::iter::from_fn(|| {
+                                match ops.next_if(|op| same_queue_publish(op, queue.id))? {
+                                    Op::Queue(QueueOp::Publish { msg, confirm, .. }) => {
+                                        Some((msg, confirm))
+                                    }
+                                    _ => None,
+                                }
+                            });
+                            let msgs = std::iter::once((msg, confirm)).chain(more);
+                            with_queue(shard, &q, |q, env, fx| q.publish_all(env, fx, msgs));
+                        }
+                        None => apply_queue_op(
+                            shard,
+                            QueueOp::Publish {
+                                queue,
+                                msg,
+                                confirm,
+                            },
+                        ),
+                    },
                     Op::Queue(op) => apply_queue_op(shard, op),
                     Op::Conn(op) => apply_conn_op(shard, op),
                 }
             }
         }
     }
+}
+
+/// The classic queue `queue`, when it is here and takes the publishes of a run together
+/// (`QueueState::takes_publishes_together`).
+fn takes_together(shard: &Rc<Shard>, queue: &QueueRef) -> Option<QueueHandle> {
+    let q = shard.amqp.queue(queue.id)?;
+    let ok = {
+        let state = q.borrow();
+        !state.deleted && state.takes_publishes_together()
+    };
+    ok.then_some(q)
+}
+
+fn same_queue_publish(op: &Op, id: u64) -> bool {
+    matches!(op, Op::Queue(QueueOp::Publish { queue, .. }) if queue.id == id)
 }
 
 /// The queue's state on its owner, created on first use when the catalog has it.
@@ -503,20 +547,14 @@ fn on_shard<R>(
     r
 }
 
-/// Calls `f` on queue `q` with this shard's `Env`, then (the queue no longer borrowed)
-/// carries out the effects.
+/// Calls `f` on queue `q` with this shard's `Env`, then carries out the effects (with the
+/// queue still borrowed, which `apply_effects` allows: no clone of its name per op).
 pub fn with_queue<R>(
     shard: &Rc<Shard>,
     q: &QueueHandle,
     f: impl FnOnce(&mut QueueState, &Env, &mut Effects) -> R,
 ) -> R {
-    let mut fx = Effects::default();
-    let (r, qref) = {
-        let mut q = q.borrow_mut();
-        (f(&mut q, &env(shard), &mut fx), q.qref.clone())
-    };
-    apply_effects(shard, &qref, fx);
-    r
+    on_shard(shard, &mut q.borrow_mut(), f)
 }
 
 /// Carries out what a call on queue `qref` asked for. Never borrows a queue synchronously

@@ -29,6 +29,11 @@ pub fn rejected_dead_letters(args: &QueueArgs) -> bool {
     args.overflow == Overflow::RejectPublishDlx
 }
 
+/// Whether the queue has a length limit (in messages or bytes) at all.
+pub fn limited(args: &QueueArgs) -> bool {
+    args.max_length.is_some() || args.max_length_bytes.is_some()
+}
+
 /// Whether a drop-head queue holds more than its limits and must drop its oldest message.
 pub fn over_drop_head(args: &QueueArgs, ready_len: usize, ready_bytes: u64) -> bool {
     args.overflow == Overflow::DropHead

@@ -211,6 +211,37 @@ impl QueueState {
         msg: Message,
         confirm: Option<ConfirmTo>,
     ) {
+        self.accept(env, fx, msg, confirm);
+        self.run(env, fx);
+        self.enforce_max_length(env, fx);
+    }
+
+    /// Whether messages that arrive together may all be taken before the consumers are
+    /// served (`publish_all`): nothing about taking one depends on the deliveries before
+    /// it. A length limit does (a consumer's delivery makes room), and so do priorities
+    /// (a message delivered at once is not overtaken by a higher one arriving with it).
+    pub fn takes_publishes_together(&self) -> bool {
+        !limits::limited(&self.def.args) && self.def.args.max_priority.is_none()
+    }
+
+    /// Messages that arrived together (one envelope's run of publishes to this queue,
+    /// `takes_publishes_together`), each taken as `publish` takes it, the consumers served
+    /// once after the last: one batch of deliveries instead of one per message.
+    pub fn publish_all(
+        &mut self,
+        env: &Env,
+        fx: &mut Effects,
+        msgs: impl IntoIterator<Item = (Message, Option<ConfirmTo>)>,
+    ) {
+        for (msg, confirm) in msgs {
+            self.accept(env, fx, msg, confirm);
+        }
+        self.run(env, fx);
+    }
+
+    /// A message taken into the queue (or refused at its limit), the consumers not served
+    /// yet.
+    fn accept(&mut self, env: &Env, fx: &mut Effects, msg: Message, confirm: Option<ConfirmTo>) {
         let args = &self.def.args;
         let size = msg.body().len() as u64;
         if limits::rejects(args, self.ready.len(), self.ready.body_bytes(), size) {
@@ -260,8 +291,6 @@ impl QueueState {
         }
         self.insert_ready(fx, entry);
         fx.enqueued += 1;
-        self.run(env, fx);
-        self.enforce_max_length(env, fx);
     }
 
     /// Drop-head: the oldest ready messages go (dead-lettered `maxlen`) until the queue

@@ -398,6 +398,97 @@ fn equal_consumers_take_turns_and_a_higher_priority_one_goes_first() {
     assert_ne!(deliveries(&fx)[0].0, 3);
 }
 
+/// Publishes taken together (one envelope's run to this queue) give the consumers what
+/// the same publishes one by one give them: the same bodies, to the same consumers in
+/// turn, with the same delivery ids, and every confirm.
+#[test]
+fn publishes_taken_together_are_delivered_as_one_by_one() {
+    let confirm = |seq| ConfirmTo {
+        shard: 1,
+        conn: 9,
+        channel: 1,
+        seq,
+    };
+    let rigs = || {
+        let mut r = Rig::new(QueueArgs::default());
+        r.consume(consumer(1, 2));
+        r.consume(consumer(2, 3));
+        r
+    };
+    let mut apart = rigs();
+    let mut one_by_one = Vec::new();
+    let mut confirmed = Vec::new();
+    for i in 0..8u64 {
+        let fx = apart
+            .call(|q, env, fx| q.publish(env, fx, msg(&format!("m{i}")), Some(confirm(i))))
+            .1;
+        one_by_one.extend(deliveries(&fx));
+        confirmed.extend(confirms(&fx));
+    }
+    let mut together = rigs();
+    assert!(together.q.takes_publishes_together());
+    let msgs = (0..8u64).map(|i| (msg(&format!("m{i}")), Some(confirm(i))));
+    let fx = together.call(|q, env, fx| q.publish_all(env, fx, msgs)).1;
+    // Five fit the two consumers' prefetch; three stay ready.
+    assert_eq!(one_by_one.len(), 5);
+    // Grouped by consumer (a batch each), the same deliveries by id.
+    let mut got = deliveries(&fx);
+    got.sort_by_key(|d| d.3);
+    assert_eq!(got, one_by_one);
+    assert_eq!(confirms(&fx), confirmed);
+    assert_eq!(fx.enqueued, 8);
+    assert_eq!(together.memory, apart.memory);
+    // One batch of deliveries per consumer, not one per message.
+    let sends = fx
+        .list
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Send {
+                    op: ConnOp::Deliver { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(sends, 2);
+    // The rest follow as acks make room, the same in both.
+    let a = apart.settle(vec![1, 2, 3, 4, 5], Settle::Ack);
+    let t = together.settle(vec![1, 2, 3, 4, 5], Settle::Ack);
+    let mut rest = bodies(&t);
+    rest.sort();
+    assert_eq!(rest, ["m5", "m6", "m7"]);
+    assert_eq!(deliveries(&t), deliveries(&a));
+    assert_eq!(together.memory, apart.memory);
+}
+
+/// A queue whose taking of a message depends on the deliveries before it takes each
+/// publish on its own: a length limit (a delivery makes room) or priorities.
+#[test]
+fn limited_and_priority_queues_take_publishes_one_by_one() {
+    assert!(Rig::new(QueueArgs::default()).q.takes_publishes_together());
+    for args in [
+        QueueArgs {
+            max_length: Some(10),
+            ..QueueArgs::default()
+        },
+        QueueArgs {
+            max_length_bytes: Some(1 << 20),
+            ..QueueArgs::default()
+        },
+        QueueArgs {
+            max_priority: Some(5),
+            ..QueueArgs::default()
+        },
+    ] {
+        assert!(
+            !Rig::new(args.clone()).q.takes_publishes_together(),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn single_active_consumer_gets_everything_while_it_has_room() {
     let mut r = Rig::new(QueueArgs {
