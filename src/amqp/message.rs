@@ -15,7 +15,7 @@ use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProper
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::catalog::amqp::tables::{int_value, str_value};
 
@@ -93,18 +93,10 @@ impl Parts {
     ) -> Parts {
         match body {
             Body::Copy(b) => {
-                let mut buf = Vec::with_capacity(
-                    exchange.len() + routing_key.len() + properties.len() + b.len(),
-                );
-                let mut ends = [0u32; 3];
-                for (end, part) in ends.iter_mut().zip([exchange, routing_key, properties]) {
-                    buf.extend_from_slice(part);
-                    *end = buf.len() as u32;
-                }
-                buf.extend_from_slice(b);
+                let (buf, [e, r, p, _]) = concat([exchange, routing_key, properties, b]);
                 Parts::Joined {
-                    buf: Bytes::from(buf),
-                    ends,
+                    buf,
+                    ends: [e, r, p].map(|end| end as u32),
                 }
             }
             Body::Own(b) => {
@@ -226,17 +218,23 @@ pub enum Body<'a> {
     Own(Bytes),
 }
 
-/// `parts` copied one after the other into a new buffer, each given back as its slice.
-fn one_buffer<const N: usize>(parts: [&[u8]; N]) -> [Bytes; N] {
-    let mut buf = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
+/// `parts` copied one after the other into one new buffer, with where each ends.
+fn concat<const N: usize>(parts: [&[u8]; N]) -> (Bytes, [usize; N]) {
+    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    let ends = parts.map(|p| {
         buf.extend_from_slice(p);
-    }
-    let all = buf.freeze();
-    let mut at = 0;
-    parts.map(|p| {
-        let s = all.slice(at..at + p.len());
-        at += p.len();
+        buf.len()
+    });
+    (Bytes::from(buf), ends)
+}
+
+/// `parts` copied one after the other into one new buffer, each given back as its slice.
+fn one_buffer<const N: usize>(parts: [&[u8]; N]) -> [Bytes; N] {
+    let (all, ends) = concat(parts);
+    let mut start = 0;
+    ends.map(|end| {
+        let s = all.slice(start..end);
+        start = end;
         s
     })
 }

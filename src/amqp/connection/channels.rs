@@ -1,8 +1,8 @@
 //! Frames for channels 1..=channel_max: channel.open, methods (basic.publish read in place,
 //! the rest to `methods::dispatch`), content (to `basic_publish::content`, then `finish`),
-//! the close handshake of a channel; a channel error closes only that channel (`close_channel`: consumers cancelled, unacked messages
-//! requeued). Also RabbitMQ's consumer timeout, which closes a channel that holds a
-//! delivery unacknowledged too long.
+//! the close handshake of a channel; a channel error closes only that channel
+//! (`close_channel`: consumers cancelled, unacked messages requeued). Also RabbitMQ's
+//! consumer timeout, which closes a channel that holds a delivery unacknowledged too long.
 //!
 //! Runs on the connection's shard, in its reader task (and a consumer-timeout task).
 
