@@ -195,6 +195,9 @@ pub struct ShardMetrics {
     /// Per (vhost, queue): messages enqueued and delivered per second.
     pub queue_rates: HashMap<(String, String), (f64, f64)>,
     pub busy_ratio: f64,
+    /// Time the executor ran tasks since the last tick, read early by `busy_lately` (the
+    /// executor's counters reset when read); the tick adds it to its own reading.
+    busy_since_tick: Duration,
     last: Option<(Instant, Totals)>,
 }
 
@@ -358,14 +361,48 @@ fn count(flows: &mut Names<Flow>, name: &str, f: impl FnOnce(&mut Flow)) {
 /// Every second until the shard stops: rates, latency windows and the busy ratio (time
 /// the executor spent running tasks over wall time).
 pub async fn run_ticker(stopping: impl Fn() -> bool) {
-    // The first call resets the executor's counters; the ticker is their only reader.
+    // The first call resets the executor's counters; they are read only here and by
+    // `busy_lately`, which keeps what it read for the tick.
     let _ = glommio::executor().executor_stats();
-    with(|m| m.tick(Instant::now(), Duration::ZERO));
+    with(|m| {
+        m.busy_since_tick = Duration::ZERO;
+        m.tick(Instant::now(), Duration::ZERO)
+    });
     while !stopping() {
         glommio::timer::sleep(Duration::from_secs(1)).await;
-        let busy = glommio::executor().executor_stats().total_runtime();
-        with(|m| m.tick(Instant::now(), busy));
+        tick_now();
     }
+}
+
+/// One tick, with the time the executor ran tasks since the last one.
+fn tick_now() {
+    let ran = glommio::executor().executor_stats().total_runtime();
+    with(|m| {
+        let busy = ran + std::mem::take(&mut m.busy_since_tick);
+        m.tick(Instant::now(), busy)
+    });
+}
+
+/// The time since the last tick after which `busy_lately` counts it.
+const LATELY: Duration = Duration::from_millis(100);
+
+/// How busy this shard is now, for deciding whether it takes more work
+/// (`runtime::placement::offer`): the busy ratio of the last whole tick, or that of the
+/// time since it when that is at least `LATELY` long and busier, so a load that began
+/// after the tick counts at once. Called on the shard it measures.
+pub fn busy_lately() -> f64 {
+    let ran = glommio::executor().executor_stats().total_runtime();
+    with(|m| {
+        m.busy_since_tick += ran;
+        let since = m.last.as_ref().map(|(at, _)| at.elapsed());
+        match since {
+            Some(since) if since >= LATELY => {
+                let recent = m.busy_since_tick.as_secs_f64() / since.as_secs_f64();
+                m.busy_ratio.max(recent.clamp(0.0, 1.0))
+            }
+            _ => m.busy_ratio,
+        }
+    })
 }
 
 /// One partition as the metrics see it.
@@ -462,6 +499,42 @@ pub fn process(data_dir: &std::path::Path) -> Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shard that got busy after its last tick says so at once, and the tick after
+    /// still counts the time read early.
+    #[test]
+    fn a_load_since_the_last_tick_counts_at_once_and_in_the_next_tick() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let _ = glommio::executor().executor_stats();
+                with(|m| m.tick(Instant::now(), Duration::ZERO));
+                glommio::timer::sleep(Duration::from_millis(150)).await;
+                let idle = busy_lately();
+                assert!(idle < 0.2, "idle since the tick: {idle}");
+                // A task that runs 150 ms without yielding, then a pause that ends the
+                // task queue's run (its time is counted when the run ends).
+                glommio::spawn_local(async {
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_millis(150) {
+                        std::hint::spin_loop();
+                    }
+                })
+                .await;
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                let busy = busy_lately();
+                assert!(busy > 0.3, "busy half the time since the tick: {busy}");
+                assert_eq!(with(|m| m.busy_ratio), 0.0, "the last whole tick was idle");
+                tick_now();
+                let ticked = with(|m| m.busy_ratio);
+                assert!(
+                    ticked > 0.3,
+                    "the tick counts what was read early: {ticked}"
+                );
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
 
     #[test]
     fn ticks_turn_totals_into_rates() {

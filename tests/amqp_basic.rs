@@ -403,8 +403,8 @@ async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confi
     let mut confirms = Vec::new();
     for i in 0..N {
         if i % 8 == 0 {
-            // A connection moves after a run of publishes lasting a second
-            // (`runtime::placement::FOLLOW_FOR`): they are spread over a little more.
+            // A connection moves after a run of publishes lasting
+            // `runtime::placement::FOLLOW_FOR`: they are spread over more than that.
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         let (ch, which) = if i % 2 == 0 {

@@ -14,9 +14,14 @@
 //! shard and its partitions' or queues' work on the other use both cores and the hops are
 //! shared by many records: large requests (`SMALL_REQUEST` on average over the run: a
 //! producer batching its records), and a busy shard, which refuses it (`BUSY_LIMIT` of its
-//! time running tasks over the last second, `offer`; the run lasting `FOLLOW_FOR` lets that
-//! second include the connection's own traffic). A refused or failed move is not tried
-//! again for `RETRY_AFTER`.
+//! time running tasks, `offer`: over the last second, or since it when busier, so the
+//! connection's own traffic of the last `FOLLOW_FOR` counts; `metrics::busy_lately`). A
+//! refused or failed move is not tried again for `RETRY_AFTER`.
+//!
+//! `FOLLOW_FOR` is short beside a connection's life: a publisher of a few hundred thousand
+//! messages that the kernel put apart from its queue crossed shards with each of them
+//! while the run was a second long, about a third more broker CPU per message at full
+//! load (`benches/results/2026-12-07-2vcpu-kvm/issue19-follow-sooner/`).
 //!
 //! `Follow` is one connection's record, kept on the connection's shard and touched only
 //! there; the offer is one round trip to the other shard.
@@ -30,11 +35,11 @@ use super::core::Core;
 /// Consecutive requests whose work all went to one other shard before a move.
 pub const FOLLOW_AFTER: u32 = 32;
 /// ...over at least this long.
-pub const FOLLOW_FOR: Duration = Duration::from_secs(1);
+pub const FOLLOW_FOR: Duration = Duration::from_millis(200);
 /// ...whose payloads average less than this (bytes per request).
 pub const SMALL_REQUEST: u64 = 64 * 1024;
-/// A shard takes a connection only while it spent less than this share of the last second
-/// running tasks.
+/// A shard takes a connection only while it spent less than this share of its recent time
+/// running tasks (`metrics::busy_lately`).
 pub const BUSY_LIMIT: f64 = 0.5;
 /// After a refused or failed move, the connection stays put this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -118,7 +123,7 @@ impl Follow {
 pub async fn offer(core: &Rc<Core>, to: usize) -> bool {
     let taken = core
         .ask(to, |there: &Rc<Core>, reply| {
-            let busy = crate::metrics::with(|m| m.busy_ratio);
+            let busy = crate::metrics::busy_lately();
             let room = there.clients.len() < there.config.limits.max_connections_per_shard;
             reply.send(busy < BUSY_LIMIT && room && !there.stopping.get());
         })
