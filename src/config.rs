@@ -308,8 +308,8 @@ pub struct AmqpConfig {
     pub vhosts: Vec<String>,
     /// Per-user, per-vhost configure/write/read regular expressions.
     pub permissions: Vec<AmqpPermission>,
-    /// Bytes of messages the queues of one shard keep in memory; past it, transient
-    /// messages are paged to the queue's files.
+    /// Bytes of messages the queues of one shard keep in memory (a body several of them
+    /// share counts once); past it, transient messages are paged to the queue's files.
     pub memory_budget_bytes: usize,
     /// Size at which a queue's message segment file is rolled.
     pub segment_bytes: u64,

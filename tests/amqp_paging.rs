@@ -168,3 +168,86 @@ async fn a_flood_without_confirms_stays_near_the_budget() {
         assert!(d.data == body, "message {i} differs");
     }
 }
+
+/// A message a fanout routes to two queues of one shard is one body in memory, and the
+/// shard's budget counts it once: 2.4 MiB published to both queues of a shard with a
+/// 4 MiB budget stays in memory, counted as 2.4 MiB (`portask_shard_memory_bytes`, kind
+/// `amqp_queues`; each queue counting it would make 4.8 MiB and page out), and every
+/// message comes back from each queue; acked, nothing is counted any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_two_queues_of_a_shard_share_counts_once_against_the_budget() {
+    const N: u32 = 150; // 150 × 16 KiB = 2.4 MiB
+    let (_d, data) = data_dir();
+    let broker = with_budget(&data, "4194304");
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    ch.exchange_declare(
+        "fan".into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+    // Both on this connection's shard.
+    let mut local = FieldTable::default();
+    local.insert(
+        "x-queue-leader-locator".into(),
+        lapin::types::AMQPValue::LongString("client-local".into()),
+    );
+    for q in ["fan-a", "fan-b"] {
+        declare(&ch, q, local.clone()).await;
+        bind(&ch, q, "fan", "", FieldTable::default()).await;
+    }
+    confirm_select(&ch).await;
+    for i in 0..N {
+        let confirm = ch
+            .basic_publish(
+                "fan".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        assert!(confirm.await.expect("confirm").is_ack());
+    }
+    let counted = broker.metric_total("portask_shard_memory_bytes", &[("kind", "amqp_queues")]);
+    let bodies = f64::from(N) * 16.0 * 1024.0;
+    assert!(
+        counted >= bodies && counted < bodies * 1.1,
+        "{counted} bytes counted for {bodies} bytes of bodies two queues share"
+    );
+    for q in ["fan-a", "fan-b"] {
+        let cch = channel(&conn).await;
+        cch.basic_qos(50, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut c = consume(&cch, q, false).await;
+        for i in 0..N {
+            let d = next(&mut c, 20)
+                .await
+                .unwrap_or_else(|| panic!("{q}: message {i} missing"));
+            assert!(d.data == body(i), "{q}: message {i} differs");
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        assert_eq!(
+            passive_queue(&ch, q)
+                .await
+                .expect("passive")
+                .message_count(),
+            0
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut left = f64::MAX;
+    while left > 0.0 && std::time::Instant::now() < deadline {
+        left = broker.metric_total("portask_shard_memory_bytes", &[("kind", "amqp_queues")]);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left, 0.0,
+        "bytes still counted once both queues acked everything"
+    );
+}

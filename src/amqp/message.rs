@@ -13,6 +13,7 @@
 
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,21 +24,71 @@ use crate::catalog::amqp::tables::{int_value, str_value};
 /// queue, its unacked ledger, an op between shards) is one pointer and one reference
 /// count. `Deref` reads the parts; `edit` changes them (copying first if shared).
 #[derive(Debug, Clone)]
-pub struct Message(Arc<MessageData>);
+pub struct Message(Arc<Shared>);
+
+/// What a `Message` shares: its data, and for a message routed to several queues, each
+/// shard's tally of its queues holding it.
+#[derive(Debug)]
+struct Shared {
+    data: MessageData,
+    /// Several queues took this allocation: a shard counts it once against its memory
+    /// budget however many of its queues hold it (`queue::held`).
+    many: bool,
+    /// Per shard (the first `HELD_SLOTS`), written only by that shard: how many of its
+    /// queues hold this message (`queue::held`).
+    held: [AtomicU32; HELD_SLOTS],
+}
+
+/// Shards with a tally in a shared message; queues of later shards count it in full.
+pub const HELD_SLOTS: usize = 8;
+
+impl Shared {
+    fn new(data: MessageData) -> Shared {
+        Shared {
+            data,
+            many: false,
+            held: Default::default(),
+        }
+    }
+}
+
+impl Clone for Shared {
+    /// A copy (`edit` of a message others hold) is one holder's own.
+    fn clone(&self) -> Shared {
+        Shared::new(self.data.clone())
+    }
+}
 
 impl Message {
     pub fn new(data: MessageData) -> Message {
-        Message(Arc::new(data))
+        Message(Arc::new(Shared::new(data)))
     }
 
     /// The parts to change, copied first if another holder shares them.
     pub fn edit(&mut self) -> &mut MessageData {
-        Arc::make_mut(&mut self.0)
+        &mut Arc::make_mut(&mut self.0).data
     }
 
     /// The parts, taken without a copy unless another holder shares them.
     pub fn into_data(self) -> MessageData {
-        Arc::try_unwrap(self.0).unwrap_or_else(|shared| MessageData::clone(&shared))
+        Arc::try_unwrap(self.0)
+            .map(|s| s.data)
+            .unwrap_or_else(|shared| shared.data.clone())
+    }
+
+    /// Marks a message about to be handed to several queues (before the clones are made;
+    /// a message another holder already shares stays unmarked, counted in full by each
+    /// queue).
+    pub fn routed_to_many(&mut self) {
+        if let Some(shared) = Arc::get_mut(&mut self.0) {
+            shared.many = true;
+        }
+    }
+
+    /// For a message routed to several queues, shard `slot`'s tally of its queues holding
+    /// it (`None` for a message one queue took, or a shard past `HELD_SLOTS`).
+    pub fn held_tally(&self, slot: usize) -> Option<&AtomicU32> {
+        self.0.many.then(|| self.0.held.get(slot)).flatten()
     }
 }
 
@@ -45,7 +96,7 @@ impl std::ops::Deref for Message {
     type Target = MessageData;
 
     fn deref(&self) -> &MessageData {
-        &self.0
+        &self.0.data
     }
 }
 

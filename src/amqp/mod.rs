@@ -202,6 +202,7 @@ impl ConfirmWaits {
 
 impl ShardAmqp {
     pub fn new(config: &Config, shard_id: usize, shards: usize) -> ShardAmqp {
+        queue::held::set_shard(shard_id);
         ShardAmqp {
             outbox: outbox::Outbox::new(shards),
             queues: RefCell::new(HashMap::new()),

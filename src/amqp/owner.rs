@@ -589,7 +589,7 @@ pub fn confirm_to(shard: &Rc<Shard>, c: ConfirmTo, ack: bool) {
 
 /// Routes a dead-lettered message from this shard's catalog replica and publishes it to
 /// each matched queue's owner; a route that would cycle is dropped.
-fn route_dead_letter(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter) {
+fn route_dead_letter(shard: &Rc<Shard>, qref: &QueueRef, mut dl: DeadLetter) {
     let router = shard.amqp.router(shard);
     let rk = String::from_utf8_lossy(dl.msg.routing_key()).into_owned();
     let mut headers = || {
@@ -606,6 +606,9 @@ fn route_dead_letter(shard: &Rc<Shard>, qref: &QueueRef, dl: DeadLetter) {
         );
         return;
     };
+    if targets.len() > 1 {
+        dl.msg.routed_to_many();
+    }
     for t in targets {
         if dl.cycles_to(&t.name) {
             log::debug!("dead-letter cycle to '{}': message dropped", t.name);

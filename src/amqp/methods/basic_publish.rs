@@ -409,8 +409,12 @@ pub fn enqueue(shard: &Rc<Shard>, targets: Targets, msg: Message, confirm: Optio
             },
         )
     };
-    // The last queue takes the message itself, the others a clone.
-    let mut targets = targets;
+    // The last queue takes the message itself, the others a clone: one allocation, which
+    // a shard counts once however many of its queues hold it (`queue::held`).
+    let (mut targets, mut msg) = (targets, msg);
+    if targets.len() > 1 {
+        msg.routed_to_many();
+    }
     let Some(last) = targets.pop() else {
         return;
     };

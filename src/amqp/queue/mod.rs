@@ -21,6 +21,7 @@
 pub mod consumers;
 pub mod dead_letter;
 pub mod effect;
+pub mod held;
 pub mod limits;
 pub mod ready;
 pub mod store_handle;
@@ -187,15 +188,15 @@ impl QueueState {
         ttl.map(|t| now.saturating_add(t.min(i64::MAX as u64 / 2) as i64))
     }
 
-    /// Adds the message to the ready list at its place.
+    /// Adds a message coming back (requeued, recovered) to the ready list at its place.
     fn insert_ready(&mut self, fx: &mut Effects, entry: Entry) {
-        fx.memory += entry.msg.size() as isize;
+        fx.memory += held::hold(&entry.msg);
         self.ready.insert(entry);
     }
 
-    /// A message left the ready list (its memory with it).
+    /// A message left the queue from the ready list (its memory with it).
     fn left_ready(fx: &mut Effects, e: &Entry) {
-        fx.memory -= e.msg.size() as isize;
+        fx.memory -= held::let_go(&e.msg);
     }
 
     /// Whether the next message to deliver has its body on disk only.
@@ -258,7 +259,7 @@ impl QueueState {
         let persisted = (msg.persistent || self.kind.quorum) && self.durable_store();
         // Past the shard's memory budget the body goes to disk (written first, dropped
         // from memory once the write is done).
-        let page = env.over_budget(fx, msg.size());
+        let (adds, page) = held::take(&msg, |bytes| env.over_budget(fx, bytes));
         let mut entry = Entry {
             seq,
             expires_at: self.expiry_for(&msg, env.now),
@@ -289,7 +290,8 @@ impl QueueState {
                 fx.confirm(c, true);
             }
         }
-        self.insert_ready(fx, entry);
+        fx.memory += adds;
+        self.ready.insert(entry);
         fx.enqueued += 1;
     }
 
@@ -368,8 +370,8 @@ impl QueueState {
             let Some(e) = self.ready.pop() else {
                 break;
             };
-            Self::left_ready(fx, &e);
             if e.expires_at.map(|t| t <= now).unwrap_or(false) {
+                Self::left_ready(fx, &e);
                 self.dead_letter_entry(env, fx, e, DeathReason::Expired);
                 continue;
             }
@@ -391,12 +393,13 @@ impl QueueState {
                 env.store.delivered(&self.qref, e.seq);
             }
             if c.spec.no_ack {
+                Self::left_ready(fx, &e);
                 self.forget(env, &e);
             } else {
+                // Held on in the unacked ledger: its memory stays counted.
                 c.unacked += 1;
                 c.unacked_bytes += size;
                 let cid = c.spec.cid;
-                fx.memory += e.msg.size() as isize;
                 self.unacked.insert(id, e, Some(cid));
             }
             match batches.iter_mut().find(|(i, _)| *i == ci) {
@@ -530,7 +533,7 @@ impl QueueState {
                 continue;
             };
             let size = u.entry.body_len;
-            fx.memory -= u.entry.msg.size() as isize;
+            fx.memory -= held::let_go(&u.entry.msg);
             if let Some(cid) = u.cid {
                 if let Some(c) = self.consumers.get_mut(cid) {
                     c.unacked = c.unacked.saturating_sub(1);
@@ -595,7 +598,6 @@ impl QueueState {
             return None;
         }
         let e = self.ready.pop()?;
-        Self::left_ready(fx, &e);
         fx.dequeued += 1;
         let id = self.next_delivery;
         self.next_delivery += 1;
@@ -606,12 +608,13 @@ impl QueueState {
             stream_offset: None,
         };
         if no_ack {
+            Self::left_ready(fx, &e);
             self.forget(env, &e);
         } else {
             if e.persisted && !e.redelivered {
                 env.store.delivered(&self.qref, e.seq);
             }
-            fx.memory += e.msg.size() as isize;
+            // Held on in the unacked ledger: its memory stays counted.
             self.unacked.insert(id, e, None);
         }
         self.arm_expiry_timer(fx);
@@ -656,8 +659,10 @@ impl QueueState {
         for seq in seqs {
             if let Some(e) = self.ready.entry_mut(*seq) {
                 if !e.paged && e.loc.is_some() {
-                    fx.memory -= e.msg.body().len() as isize;
+                    // Its memory goes when no other queue of the shard holds the body.
+                    fx.memory -= held::let_go(&e.msg);
                     e.msg.drop_body();
+                    fx.memory += held::hold(&e.msg);
                     e.paged = true;
                 }
             }
@@ -710,8 +715,9 @@ impl QueueState {
                 Ok(body) => {
                     if let Some(e) = self.ready.entry_mut(seq) {
                         if e.paged {
-                            fx.memory += body.len() as isize;
+                            fx.memory -= held::let_go(&e.msg);
                             e.msg.edit().set_body(body);
+                            fx.memory += held::hold(&e.msg);
                             e.paged = false;
                         }
                     }
@@ -758,7 +764,7 @@ impl QueueState {
             Self::left_ready(fx, &e);
         }
         for e in self.unacked.drain() {
-            fx.memory -= e.msg.size() as isize;
+            fx.memory -= held::let_go(&e.msg);
         }
     }
 

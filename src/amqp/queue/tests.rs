@@ -873,6 +873,66 @@ fn memory_is_accounted_while_messages_are_held() {
     assert_eq!(r.memory, 0);
 }
 
+/// A message two queues of a shard take (a fanout) counts once against the shard's
+/// memory, until the last lets go; past the budget the first queue's choice to page it
+/// out holds for the second (its memory leaves only when both have), though the second
+/// alone is under the budget.
+#[test]
+fn a_message_two_queues_share_counts_once_and_both_page_it_or_neither() {
+    let mut a = Rig::new(QueueArgs::default());
+    let mut b = Rig::new(QueueArgs::default());
+    let mut m = msg("abc");
+    m.routed_to_many();
+    let size = m.size() as isize;
+    a.publish(m.clone());
+    b.publish(m);
+    assert_eq!(
+        (a.memory, b.memory),
+        (size, 0),
+        "counted once, by the first"
+    );
+    let fx = a.consume(consumer(1, 0));
+    a.settle(vec![deliveries(&fx)[0].3], Settle::Ack);
+    assert_eq!(a.memory + b.memory, size, "the other queue holds it still");
+    b.call(|q, _, fx| q.delete(fx));
+    assert_eq!(a.memory + b.memory, 0);
+
+    // Two queues with no consumer, the first past the budget.
+    let (mut a, mut b) = (
+        Rig::new(QueueArgs::default()),
+        Rig::new(QueueArgs::default()),
+    );
+    let mut m = msg("0123456789abcdef");
+    m.routed_to_many();
+    let size = m.size() as isize;
+    a.limits.memory_budget = 10;
+    let (fa, fb) = (a.publish(m.clone()), b.publish(m));
+    assert_eq!(store_waits(&fa), [(0, None, true)]);
+    assert_eq!(
+        store_waits(&fb),
+        [(0, None, true)],
+        "pages as the first chose"
+    );
+    let before = a.memory + b.memory;
+    a.call(|q, _, fx| q.bodies_written(fx, &[0]));
+    let bodiless = msg("").size() as isize;
+    assert_eq!(
+        a.memory + b.memory,
+        before + bodiless,
+        "the body stays while the other queue holds it (plus the paged copy's names)"
+    );
+    b.call(|q, _, fx| q.bodies_written(fx, &[0]));
+    assert_eq!(
+        a.memory + b.memory,
+        2 * bodiless,
+        "both paged: the body is gone"
+    );
+    assert_eq!(before, size);
+    a.call(|q, _, fx| q.delete(fx));
+    b.call(|q, _, fx| q.delete(fx));
+    assert_eq!(a.memory + b.memory, 0);
+}
+
 #[test]
 fn past_the_memory_budget_bodies_page_out_and_come_back_before_delivery() {
     let mut r = Rig::new(QueueArgs::default());
