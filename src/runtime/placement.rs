@@ -18,10 +18,10 @@
 //! connection's own traffic of the last `FOLLOW_FOR` counts; `metrics::busy_lately`). A
 //! refused or failed move is not tried again for `RETRY_AFTER`.
 //!
-//! `FOLLOW_FOR` is short beside a connection's life: a publisher of a few hundred thousand
-//! messages that the kernel put apart from its queue crossed shards with each of them
-//! while the run was a second long, about a third more broker CPU per message at full
-//! load (`benches/results/2026-12-07-2vcpu-kvm/issue19-follow-sooner/`).
+//! `FOLLOW_FOR` is kept short: at a second, a publisher the kernel put apart from its queue
+//! crossed shards for all of its first second (all of a 200 000-message run at full load),
+//! at about a third more broker CPU per message
+//! (`benches/results/2026-12-07-2vcpu-kvm/issue19-follow-sooner/`).
 //!
 //! `Follow` is one connection's record, kept on the connection's shard and touched only
 //! there; the offer is one round trip to the other shard.
