@@ -397,7 +397,12 @@ pub fn exchange_label(exchange: &[u8]) -> &str {
 
 /// Hands a routed message to each of its queues' owners (one op each, through the
 /// outbox), with the confirm each owner sends once the queue has it.
-pub fn enqueue(shard: &Rc<Shard>, targets: Targets, msg: Message, confirm: Option<ConfirmTo>) {
+pub fn enqueue(
+    shard: &Rc<Shard>,
+    mut targets: Targets,
+    mut msg: Message,
+    confirm: Option<ConfirmTo>,
+) {
     let push = |queue: QueueRef, msg: Message| {
         outbox::push(
             shard,
@@ -411,7 +416,6 @@ pub fn enqueue(shard: &Rc<Shard>, targets: Targets, msg: Message, confirm: Optio
     };
     // The last queue takes the message itself, the others a clone: one allocation, which
     // a shard counts once however many of its queues hold it (`queue::held`).
-    let (mut targets, mut msg) = (targets, msg);
     if targets.len() > 1 {
         msg.routed_to_many();
     }
