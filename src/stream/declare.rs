@@ -8,6 +8,12 @@
 //! is a super stream (`superstream`): the queue of its name is refused (406), its
 //! partition queues `NAME-k` are found instead.
 //!
+//! A stream queue is owned by the shard that owns its partition (`id`), whatever the
+//! declare's `x-queue-leader-locator` says: its readers fetch from the partition's log,
+//! and a reader on another shard paid a cross-shard round trip (a wake-up of both
+//! shards) per fetch. A queue declared before this rule, or a broker restarted with
+//! another shard count, keeps its id and so its owner: its readers then fetch across.
+//!
 //! Runs on the connection's shard; catalog changes go through shard 0's writer.
 
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -17,6 +23,13 @@ use crate::amqp::{reply, AmqpError};
 use crate::catalog::amqp::tables::encode_table;
 use crate::catalog::amqp::{arguments::QueueArgs, Queue};
 use crate::catalog::{CatalogState, Change, Topic};
+
+/// The incarnation id of the stream queue `name` reading partition `partition` of topic
+/// `topic`: owned (`amqp::placement::queue_owner`) by the partition's owner shard.
+pub fn id(name: &str, topic: &str, partition: i32, shards: usize) -> u64 {
+    let owner = crate::util::partition_owner(topic, partition, shards);
+    crate::amqp::placement::queue_id(owner, shards, crate::catalog::new_topic_id(name))
+}
 
 fn refused(text: String) -> AmqpError {
     AmqpError::channel(reply::PRECONDITION_FAILED, text)
@@ -105,4 +118,20 @@ pub fn adoptable(
         arguments: encode_table(&args),
         args: QueueArgs::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stream_queue_is_owned_by_its_partitions_shard() {
+        for shards in [1, 2, 3, 7] {
+            for (name, topic, k) in [("orders", "orders", 0), ("events-3", "events", 3)] {
+                let id = super::id(name, topic, k, shards);
+                let owner = crate::amqp::placement::queue_owner(id, shards);
+                assert_eq!(owner, crate::util::partition_owner(topic, k, shards));
+                // A new incarnation each time, as any queue's.
+                assert_ne!(id, super::id(name, topic, k, shards));
+            }
+        }
+    }
 }

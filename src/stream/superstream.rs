@@ -104,7 +104,14 @@ fn clash(state: &CatalogState, vhost: &str, topic: &str, partitions: i32) -> Opt
 /// The catalog changes that show topic `topic` as a super stream in `vhost`: the
 /// exchange if missing, then each missing partition queue and its binding. Empty when
 /// there is nothing to add (or the topic has one partition); Err(406 text) on a clash.
-pub fn adopt(state: &CatalogState, vhost: &str, topic: &str) -> Result<Vec<Change>, String> {
+/// Each partition queue is owned by its partition's shard of `shards` (`declare::id`);
+/// with `None` (the catalog's own apply, which knows no shard count) by any shard.
+pub fn adopt(
+    state: &CatalogState,
+    vhost: &str,
+    topic: &str,
+    shards: Option<usize>,
+) -> Result<Vec<Change>, String> {
     if vhost != super::queue::VHOST || crate::catalog::is_internal_topic(topic) {
         return Ok(Vec::new());
     }
@@ -157,11 +164,14 @@ pub fn adopt(state: &CatalogState, vhost: &str, topic: &str) -> Result<Vec<Chang
         );
         args.insert(PARTITION_OF.into(), AMQPValue::LongString(topic.into()));
         args.insert(PARTITION_ORDER.into(), AMQPValue::LongInt(k));
-        let id = u64::from_be_bytes(
-            crate::catalog::new_topic_id(&name)[..8]
-                .try_into()
-                .unwrap_or([1; 8]),
-        );
+        let id = match shards {
+            Some(shards) => super::declare::id(&name, topic, k, shards),
+            None => u64::from_be_bytes(
+                crate::catalog::new_topic_id(&name)[..8]
+                    .try_into()
+                    .unwrap_or([1; 8]),
+            ),
+        };
         out.push(amqp(TopologyChange::DeclareQueue {
             vhost: vhost.to_owned(),
             queue: Queue {
@@ -203,6 +213,7 @@ pub fn declare(
     state: &CatalogState,
     vhost: &str,
     exchange: &Exchange,
+    shards: usize,
 ) -> Option<Result<Vec<Change>, String>> {
     if !is_super_exchange(&exchange.arguments) {
         return None;
@@ -227,7 +238,7 @@ pub fn declare(
                     "Kafka topic of this name has one partition (it is a stream queue)",
                 ));
             }
-            return adopt(state, vhost, name);
+            return adopt(state, vhost, name, Some(shards));
         }
         let table = decode_table(&exchange.arguments);
         let partitions = match table.inner().get(PARTITIONS).map(int_value) {
@@ -264,7 +275,7 @@ pub fn declare(
         let mut after = state.clone();
         after.apply(&create);
         let mut out = vec![create];
-        out.extend(adopt(&after, vhost, name)?);
+        out.extend(adopt(&after, vhost, name, Some(shards))?);
         Ok(out)
     })())
 }
@@ -282,7 +293,7 @@ pub fn grow(state: &CatalogState, topic: &str) -> Vec<TopologyChange> {
     if !shown {
         return Vec::new();
     }
-    adopt(state, vhost, topic)
+    adopt(state, vhost, topic, None)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|c| match c {
@@ -346,14 +357,14 @@ mod tests {
     #[test]
     fn adopt_grow_delete() {
         let mut s = state_with(&[("orders", 3), ("one", 1)]);
-        assert!(adopt(&s, "/", "one").unwrap().is_empty());
-        assert!(adopt(&s, "v", "orders").unwrap().is_empty());
-        let cs = adopt(&s, "/", "orders").unwrap();
+        assert!(adopt(&s, "/", "one", Some(2)).unwrap().is_empty());
+        assert!(adopt(&s, "v", "orders", Some(2)).unwrap().is_empty());
+        let cs = adopt(&s, "/", "orders", Some(2)).unwrap();
         assert_eq!(cs.len(), 7);
         for c in &cs {
             s.apply(c);
         }
-        assert!(adopt(&s, "/", "orders").unwrap().is_empty());
+        assert!(adopt(&s, "/", "orders", Some(2)).unwrap().is_empty());
         assert_eq!(locate(&s, "/", "orders-2"), ("orders".into(), 2));
         assert_eq!(locate(&s, "/", "one"), ("one".into(), 0));
         assert_eq!(member_by_name(&s, "orders-2"), Some(("orders".into(), 2)));
@@ -374,9 +385,9 @@ mod tests {
             arguments: s.amqp["/"].exchanges["orders"].arguments.clone(),
             alternate: None,
         };
-        assert!(declare(&s, "/", &d).unwrap().unwrap().is_empty());
+        assert!(declare(&s, "/", &d, 2).unwrap().unwrap().is_empty());
         d.name = "new".into();
-        assert!(declare(&s, "/", &d)
+        assert!(declare(&s, "/", &d, 2)
             .unwrap()
             .unwrap_err()
             .contains(PARTITIONS));
@@ -384,20 +395,37 @@ mod tests {
         args.insert(SUPER_STREAM.into(), AMQPValue::Boolean(true));
         args.insert(PARTITIONS.into(), AMQPValue::LongInt(2));
         d.arguments = encode_table(&args);
-        let cs = declare(&s, "/", &d).unwrap().unwrap();
+        let cs = declare(&s, "/", &d, 2).unwrap().unwrap();
         assert!(matches!(&cs[0], Change::CreateTopic(t) if t.partitions == 2));
         assert_eq!(cs.len(), 6);
         d.arguments = encode_table(&FieldTable::default());
-        assert!(declare(&s, "/", &d).is_none());
+        assert!(declare(&s, "/", &d, 2).is_none());
         s.apply(&Change::DeleteTopic("orders".into()));
         let v = &s.amqp["/"];
         assert!(v.queues.is_empty() && v.bindings.is_empty() && v.exchanges.is_empty());
     }
 
     #[test]
+    fn each_partition_queue_is_owned_by_its_partitions_shard() {
+        let s = state_with(&[("orders", 5)]);
+        for shards in [1, 2, 3, 8] {
+            let mut owners = Vec::new();
+            for c in adopt(&s, "/", "orders", Some(shards)).unwrap() {
+                if let Change::Amqp(TopologyChange::DeclareQueue { queue, .. }) = c {
+                    let (topic, k) = partition_of_queue(&queue).unwrap();
+                    let owner = crate::amqp::placement::queue_owner(queue.id, shards);
+                    assert_eq!(owner, crate::util::partition_owner(&topic, k, shards));
+                    owners.push(owner);
+                }
+            }
+            assert_eq!(owners.len(), 5);
+        }
+    }
+
+    #[test]
     fn a_topic_named_like_a_partition_wins() {
         let s = state_with(&[("clash", 2), ("clash-1", 1)]);
-        let e = adopt(&s, "/", "clash").unwrap_err();
+        let e = adopt(&s, "/", "clash", Some(2)).unwrap_err();
         assert!(e.contains("'clash-1'"), "{e}");
         assert_eq!(locate(&s, "/", "clash-1"), ("clash-1".into(), 0));
         assert_eq!(member_by_name(&s, "clash-1"), None);

@@ -75,7 +75,9 @@ pub async fn declare_exchange(actor: &Actor<'_>, exchange: Exchange) -> Result<(
     allowed(actor, Access::Configure, "exchange", &exchange.name)?;
     // `x-super-stream: true`: a Kafka topic of N partitions and its partition queues.
     let state = actor.shard.catalog.current();
-    if let Some(cs) = crate::stream::superstream::declare(&state, actor.vhost, &exchange) {
+    if let Some(cs) =
+        crate::stream::superstream::declare(&state, actor.vhost, &exchange, actor.shard.count)
+    {
         let cs = cs.map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
         return if cs.is_empty() {
             Ok(())

@@ -310,7 +310,7 @@ pub async fn lookup_queue(actor: &Actor<'_>, name: &str) -> Result<(QueueRef, Qu
     }
     // A Kafka topic nobody declared over AMQP yet is a stream queue (`stream::declare`).
     let state = actor.shard.catalog.current();
-    let id = new_queue_id(actor.shard, Locator::Balanced, name);
+    let id = crate::stream::declare::id(name, name, 0, actor.shard.count);
     if let Some(queue) = crate::stream::declare::adoptable(&state, vhost, name, id)? {
         let declare = crate::catalog::amqp::TopologyChange::DeclareQueue {
             vhost: vhost.to_owned(),
@@ -363,7 +363,7 @@ pub async fn known_exchange(actor: &Actor<'_>, name: &str) -> Result<(), AmqpErr
 /// vhost (`stream::superstream::adopt`): true when it is one now; 406 on a name clash.
 pub async fn adopt_super_stream(actor: &Actor<'_>, topic: &str) -> Result<bool, AmqpError> {
     let state = actor.shard.catalog.current();
-    let cs = crate::stream::superstream::adopt(&state, actor.vhost, topic)
+    let cs = crate::stream::superstream::adopt(&state, actor.vhost, topic, Some(actor.shard.count))
         .map_err(|text| AmqpError::channel(reply::PRECONDITION_FAILED, text))?;
     if !cs.is_empty() {
         changes(actor.shard, cs).await?;

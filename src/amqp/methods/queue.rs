@@ -101,7 +101,11 @@ pub async fn declare_queue(
     } else {
         crate::catalog::amqp::arguments::locator(arguments)
     };
-    let id = new_queue_id(actor.shard, locator, &name);
+    let id = if kind.stream {
+        crate::stream::declare::id(&name, &name, 0, actor.shard.count)
+    } else {
+        new_queue_id(actor.shard, locator, &name)
+    };
     // A stream is a Kafka topic: made (or found) in the same catalog call.
     let topic = if kind.stream {
         crate::stream::declare::topic_change(
