@@ -462,7 +462,8 @@ async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confi
         .expect("publish after the move");
     assert!(outcome.is_ack());
     assert_eq!(next(&mut c, 10).await.expect("delivered").data, b"after");
-    declare(&plain, "probe-after", FieldTable::default()).await;
+    // A probe on the connection's own shard (a queue on the other would draw it there).
+    declare(&plain, "probe-after", locator("client-local")).await;
     let probe = consume(&plain, "probe-after", true).await;
     assert_eq!(
         shard_of(&probe),
@@ -471,6 +472,69 @@ async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confi
     );
     let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "amqp")]);
     assert_eq!(moved, 1.0, "the publisher moved once");
+}
+
+/// A connection with no consumer yet moves, before its first `basic.consume`, to the shard
+/// of the queue it names (`amqp::connection::moving::consume_elsewhere`): the consume is
+/// answered there, and the client sees nothing of it. Messages published before and after
+/// the move arrive once each and in order, its acks settle them (nothing comes back when it
+/// closes), a prefetch set before the move holds after it, and its other channel goes on
+/// on the queue's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_moves_to_its_queues_shard_before_its_first_consume() {
+    const N: u32 = 100;
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let [(_c0, ch0), (c1, ch1)] = one_on_each_shard(&broker.amqp_url()).await;
+    declare(&ch0, "far", locator("client-local")).await;
+    assert_eq!(owner_shard(&broker, "far"), 0);
+    for i in 0..N / 2 {
+        publish(&ch0, "", "far", &i.to_be_bytes()).await;
+    }
+    let other = channel(&c1).await;
+    ch1.basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("basic.qos");
+    let mut c = consume(&ch1, "far", false).await;
+    assert_eq!(
+        shard_of(&c),
+        0,
+        "the consume was answered on the queue's shard"
+    );
+    for i in N / 2..N {
+        publish(&ch0, "", "far", &i.to_be_bytes()).await;
+    }
+    let mut held = Vec::new();
+    for i in 0..N {
+        let d = next(&mut c, 10).await.expect("every message delivered");
+        assert_eq!(d.data, i.to_be_bytes(), "in order");
+        held.push(d);
+        if held.len() == 10 {
+            // The prefetch of 10 holds: nothing more until these are acked.
+            assert!(
+                next(&mut c, 1).await.is_none() || i + 1 == N,
+                "prefetch kept"
+            );
+            for d in held.drain(..) {
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+        }
+    }
+    assert!(next(&mut c, 1).await.is_none(), "nothing doubled");
+    declare(&other, "probe-after", locator("client-local")).await;
+    let probe = consume(&other, "probe-after", true).await;
+    assert_eq!(
+        shard_of(&probe),
+        0,
+        "the connection is on the queue's shard"
+    );
+    let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "amqp")]);
+    assert_eq!(moved, 1.0, "the consumer's connection moved once");
+    c1.close(200, "done".into()).await.expect("close");
+    assert!(
+        get_within(&ch0, "far", 1).await.is_none(),
+        "every ack settled its message"
+    );
 }
 
 /// A connection with a consumer stays on its shard however its publishes go (its queue

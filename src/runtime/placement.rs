@@ -23,6 +23,11 @@
 //! at about a third more broker CPU per message
 //! (`benches/results/2026-12-07-2vcpu-kvm/issue19-follow-sooner/`).
 //!
+//! A protocol may also ask for a move on its own grounds, before the request that would
+//! start the crossing (an AMQP `basic.consume` on another shard's queue,
+//! `amqp::connection::moving`); a refusal holds that back for `RETRY_AFTER` too
+//! (`Follow::may_move`).
+//!
 //! `Follow` is one connection's record, kept on the connection's shard and touched only
 //! there; the offer is one round trip to the other shard.
 
@@ -107,8 +112,13 @@ impl Follow {
 
     /// The run has lasted `FOLLOW_FOR` at `now`, and no refusal holds the connection back.
     fn wanted_at(&self, now: Instant) -> bool {
-        let ready = self.not_before.get().is_none_or(|t| now >= t);
-        ready && now.saturating_duration_since(self.since.get()) >= FOLLOW_FOR
+        self.may_move(now) && now.saturating_duration_since(self.since.get()) >= FOLLOW_FOR
+    }
+
+    /// No refusal holds the connection back at `now` (for a move a protocol asks for on
+    /// its own grounds, e.g. an AMQP consumer joining its queue's shard).
+    pub fn may_move(&self, now: Instant) -> bool {
+        self.not_before.get().is_none_or(|t| now >= t)
     }
 
     /// A move was refused or failed: not again for `RETRY_AFTER`, and only after a new run.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 
 pub async fn connect(url: &str) -> Connection {
@@ -138,7 +138,13 @@ pub async fn one_on_each_shard(url: &str) -> [(Connection, Channel); 2] {
         let conn = connect(url).await;
         let ch = channel(&conn).await;
         let probe = format!("probe-{i}");
-        declare(&ch, &probe, FieldTable::default()).await;
+        // On the connection's own shard: a consume on the other's would draw it there.
+        let mut here = FieldTable::default();
+        here.insert(
+            "x-queue-leader-locator".into(),
+            AMQPValue::LongString("client-local".into()),
+        );
+        declare(&ch, &probe, here).await;
         let c = consume(&ch, &probe, true).await;
         let s = shard_of(&c);
         ch.queue_delete(probe.as_str().into(), QueueDeleteOptions::default())

@@ -141,7 +141,9 @@ pub(super) async fn fill(
 /// Reads and handles frames, from `phase` on, until the connection ends (`Ok(None)`: the
 /// peer closes, a close completes, a deadline passes, the shard stops) or, when `movable`,
 /// until it should move to the shard its publishes go to (`Ok(Some(shard))`, between two
-/// frames: `buf` holds at most the start of the next one; `connection::moving`).
+/// frames: `buf` holds at most the start of the next one; `connection::moving`) or the
+/// shard of the queue of the `basic.consume` at the start of `buf` (the consume and what
+/// follows it unread).
 pub(super) async fn read_loop(
     conn: &Rc<Connection>,
     stream: &mut Reader<ReadHalf>,
@@ -160,6 +162,12 @@ pub(super) async fn read_loop(
         // Every complete frame in the buffer.
         let mut took_frame = false;
         loop {
+            // A first consume on another shard's queue is handled there (`moving`).
+            if movable && phase == Phase::Running && !conn.shard.stopping.get() {
+                if let Some(to) = super::moving::consume_elsewhere(conn, buf) {
+                    return Ok(Some(to));
+                }
+            }
             let frame = match codec::take_frame(buf, conn.frame_max.get()) {
                 Ok(Some(f)) => {
                     took_frame = true;

@@ -6,7 +6,9 @@
 //! Only a connection at rest moves, between two publishes: running, on a plain socket, no
 //! exclusive queue, and every channel at rest (`Channel::at_rest`: no consumer, nothing
 //! unacked, no publish half-read or waiting for its confirm, an empty transaction).
-//! Consumers stay where they are: their queues deliver to them by connection. The move
+//! Consumers stay where they are: their queues deliver to them by connection. A
+//! connection with no consumer yet moves, before its first `basic.consume`, to the shard
+//! of the queue it names (`consume_elsewhere`): the consume is handled there. The move
 //! (`move_to`) reads nothing meanwhile: it waits (at most `SETTLE`) for the confirms owed
 //! to be written, then for every op this shard queued for the other one to be applied
 //! there (`outbox::barrier`), so what the connection published before the move is in its
@@ -28,6 +30,7 @@ use bytes::BytesMut;
 use super::{io, run_connection, Connection, Phase};
 use crate::amqp::auth::Permissions;
 use crate::amqp::channel::{Carried, Channel};
+use crate::amqp::codec;
 use crate::amqp::outbox;
 use crate::broker::Shard;
 use crate::runtime::transport::{Socket, Transport};
@@ -48,7 +51,8 @@ struct Moving {
     blocked_capable: bool,
     published: bool,
     channels: Vec<Carried>,
-    /// The start of the next frame, already read from the socket.
+    /// What was read from the socket and not handled: the start of the next frame, or a
+    /// `basic.consume` and whatever followed it (`consume_elsewhere`).
     unread: Vec<u8>,
 }
 
@@ -59,6 +63,35 @@ pub(super) fn assembling(conn: &Connection) -> bool {
         .borrow()
         .values()
         .any(|c| c.try_borrow().map_or(true, |c| c.publish.is_some()))
+}
+
+/// The shard to move to before handling the frame at the start of `buf`: a
+/// `basic.consume` on a queue another shard owns, by a connection that holds nothing
+/// binding it here (no consumer yet) and that no refused move holds back. Its queue then
+/// delivers to it, and takes its acks, with no cross-shard hop: at moderate rates a
+/// wake-up of both shards per delivery and per ack. Read from the frame's bytes without
+/// taking it: the frame goes along with the move (`Moving::unread`) and is handled there,
+/// or here when the move does not happen. An empty queue name (the channel's last
+/// declared queue) or a queue this shard does not know keeps the connection here.
+pub(super) fn consume_elsewhere(conn: &Connection, buf: &[u8]) -> Option<usize> {
+    // A method frame: type, channel (2), size (4), then class 60 (basic), method 20
+    // (consume), reserved-1 (2), the queue name as a short string.
+    const HEAD: usize = 7;
+    if buf.first() != Some(&codec::FRAME_METHOD) || buf.len() < HEAD + 7 {
+        return None;
+    }
+    let payload = &buf[HEAD..];
+    if payload[..4] != [0, 60, 0, 20] {
+        return None;
+    }
+    let len = usize::from(payload[6]);
+    let name = std::str::from_utf8(payload.get(7..7 + len)?).ok()?;
+    if name.is_empty() || !conn.follow.may_move(Instant::now()) || bound(conn) {
+        return None;
+    }
+    let shard = &conn.shard;
+    let owner = shard.amqp.router(shard).queue(conn.vhost(), name)?.owner;
+    (owner != shard.id).then_some(owner)
 }
 
 /// The connection holds state that keeps it here however long it waits (a consumer, an
@@ -110,8 +143,9 @@ async fn settled(conn: &Connection) -> bool {
 }
 
 /// Moves the connection to shard `to`, if that shard takes it and the connection comes to
-/// rest; `buf` holds the start of the next frame. True once another shard serves it (this
-/// one then writes nothing more to it); false when it goes on here, nothing lost.
+/// rest; `buf` holds what was read and not handled (`Moving::unread`). True once another
+/// shard serves it (this one then writes nothing more to it); false when it goes on here,
+/// nothing lost.
 pub(super) async fn move_to(
     conn: &Rc<Connection>,
     to: usize,
