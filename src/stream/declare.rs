@@ -31,6 +31,26 @@ pub fn id(name: &str, topic: &str, partition: i32, shards: usize) -> u64 {
     crate::amqp::placement::queue_id(owner, shards, crate::catalog::new_topic_id(name))
 }
 
+/// The shard that will own the stream queue `name` once AMQP finds it (`adoptable`, or a
+/// super stream's partition queue, `superstream::member_by_name`): its partition's owner of
+/// `shards`. None when `name` is no Kafka topic (or partition of one) AMQP shows in `vhost`.
+pub fn adopted_owner(
+    state: &CatalogState,
+    vhost: &str,
+    name: &str,
+    shards: usize,
+) -> Option<usize> {
+    if vhost != VHOST || crate::catalog::is_internal_topic(name) {
+        return None;
+    }
+    let (topic, k) = match state.topic(name) {
+        Some(t) if t.partitions == 1 => (name.to_owned(), 0),
+        Some(_) => return None,
+        None => super::superstream::member_by_name(state, name)?,
+    };
+    Some(crate::util::partition_owner(&topic, k, shards))
+}
+
 fn refused(text: String) -> AmqpError {
     AmqpError::channel(reply::PRECONDITION_FAILED, text)
 }
@@ -122,6 +142,8 @@ pub fn adoptable(
 
 #[cfg(test)]
 mod tests {
+    use crate::catalog::{CatalogState, Change, Topic};
+
     #[test]
     fn a_stream_queue_is_owned_by_its_partitions_shard() {
         for shards in [1, 2, 3, 7] {
@@ -132,6 +154,37 @@ mod tests {
                 // A new incarnation each time, as any queue's.
                 assert_ne!(id, super::id(name, topic, k, shards));
             }
+        }
+    }
+
+    #[test]
+    fn a_topic_not_yet_shown_over_amqp_names_its_future_owner() {
+        let mut s = CatalogState::default();
+        for (name, partitions) in [("events", 1), ("orders", 3)] {
+            s.apply(&Change::CreateTopic(Topic {
+                name: name.into(),
+                id: crate::catalog::new_topic_id(name),
+                partitions,
+                configs: Default::default(),
+            }));
+        }
+        let owner = |vhost, name| super::adopted_owner(&s, vhost, name, 2);
+        assert_eq!(
+            owner("/", "events"),
+            Some(crate::util::partition_owner("events", 0, 2))
+        );
+        assert_eq!(
+            owner("/", "orders-2"),
+            Some(crate::util::partition_owner("orders", 2, 2))
+        );
+        // A super stream's own name, a partition past its count, another vhost, no topic.
+        for (vhost, name) in [
+            ("/", "orders"),
+            ("/", "orders-3"),
+            ("v", "events"),
+            ("/", "x"),
+        ] {
+            assert_eq!(owner(vhost, name), None, "{vhost} {name}");
         }
     }
 }

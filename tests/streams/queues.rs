@@ -583,3 +583,65 @@ async fn deleting_the_queue_deletes_the_topic_and_the_reverse() {
         404
     );
 }
+
+/// A stream read runs on one shard: the stream queue is owned by its partition's shard,
+/// and a consumer's connection moves there before its first `basic.consume`, whether the
+/// stream was declared over AMQP or is a Kafka topic AMQP finds at that consume. From a
+/// connection on each shard, each consumer is served by the queue's owner shard, reads
+/// every record from `first` in order, and its acks return credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_is_read_on_its_partitions_shard_from_either_shard() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    create_topic(&broker, "from-kafka", 1, &[]);
+    let producer: FutureProducer = kafka::client(&broker, &[]);
+    for i in 0..5 {
+        let value = format!("k{i}");
+        block_on(
+            producer
+                .send_result(FutureRecord::<(), _>::to("from-kafka").payload(&value))
+                .expect("enqueue"),
+        )
+        .expect("delivered")
+        .expect("produced");
+    }
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare_stream(&ch, "from-amqp", &[]).await;
+    confirm_select(&ch).await;
+    for i in 0..5 {
+        publish_acked(&ch, "from-amqp", format!("a{i}").as_bytes()).await;
+    }
+    for (queue, prefix) in [("from-kafka", "k"), ("from-amqp", "a")] {
+        // The partition's shard; the connection on the other one consumes first (for
+        // `from-kafka`, before AMQP shows the topic as a queue at all).
+        let owner = portask::util::partition_owner(queue, 0, 2);
+        // Fresh connections: one that already consumes stays where it is.
+        let mut pair = one_on_each_shard(&broker.amqp_url()).await;
+        pair.swap(0, 1 - owner);
+        for (_, ch) in &pair {
+            let mut c = stream_consumer(ch, queue, 2, &[("x-stream-offset", s("first"))])
+                .await
+                .expect("basic.consume");
+            let shown = http_json(&broker, &format!("/api/v1/queues/%2f/{queue}"))["owner_shard"]
+                .as_u64()
+                .expect("owner_shard");
+            assert_eq!(
+                shown, owner as u64,
+                "{queue}: owned by its partition's shard"
+            );
+            assert_eq!(
+                shard_of(&c),
+                owner,
+                "{queue}: the consumer is served on the queue's shard"
+            );
+            for i in 0..5 {
+                let d = next(&mut c, 10).await.expect("a record");
+                assert_eq!(d.data, format!("{prefix}{i}").as_bytes(), "{queue}");
+                assert_eq!(stream_offset(&d), i);
+                // A prefetch of 2: the rest comes only as these acks return credit.
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+        }
+    }
+}

@@ -71,8 +71,10 @@ pub(super) fn assembling(conn: &Connection) -> bool {
 /// delivers to it, and takes its acks, with no cross-shard hop: at moderate rates a
 /// wake-up of both shards per delivery and per ack. Read from the frame's bytes without
 /// taking it: the frame goes along with the move (`Moving::unread`) and is handled there,
-/// or here when the move does not happen. An empty queue name (the channel's last
-/// declared queue) or a queue this shard does not know keeps the connection here.
+/// or here when the move does not happen. A Kafka topic AMQP does not show yet counts as
+/// the stream queue the consume will find, on its partition's shard
+/// (`stream::declare::adopted_owner`). An empty queue name (the channel's last declared
+/// queue) or any other name this shard does not know keeps the connection here.
 pub(super) fn consume_elsewhere(conn: &Connection, buf: &[u8]) -> Option<usize> {
     // A method frame: type, channel (2), size (4), then class 60 (basic), method 20
     // (consume), reserved-1 (2), the queue name as a short string.
@@ -90,7 +92,13 @@ pub(super) fn consume_elsewhere(conn: &Connection, buf: &[u8]) -> Option<usize> 
         return None;
     }
     let shard = &conn.shard;
-    let owner = shard.amqp.router(shard).queue(conn.vhost(), name)?.owner;
+    let owner = match shard.amqp.router(shard).queue(conn.vhost(), name) {
+        Some(q) => q.owner,
+        None => {
+            let state = shard.catalog.current();
+            crate::stream::declare::adopted_owner(&state, conn.vhost(), name, shard.count)?
+        }
+    };
     (owner != shard.id).then_some(owner)
 }
 
