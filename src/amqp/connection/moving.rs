@@ -88,7 +88,9 @@ pub(super) fn consume_elsewhere(conn: &Connection, buf: &[u8]) -> Option<usize> 
     }
     let len = usize::from(payload[6]);
     let name = std::str::from_utf8(payload.get(7..7 + len)?).ok()?;
-    if name.is_empty() || !conn.follow.may_move(Instant::now()) || bound(conn) {
+    // A publish half-read on another channel would hold the move back (`settled`) until
+    // frames this shard no longer reads: that connection stays.
+    if name.is_empty() || !conn.follow.may_move(Instant::now()) || bound(conn) || assembling(conn) {
         return None;
     }
     let shard = &conn.shard;
