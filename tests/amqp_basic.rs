@@ -103,15 +103,6 @@ fn owner_shard(broker: &Broker, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no owner_shard in {answer}"))
 }
 
-fn locator(value: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-leader-locator".into(),
-        AMQPValue::LongString(value.into()),
-    );
-    args
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publisher_and_consumer_on_different_shards() {
     let (_d, data) = data_dir();
@@ -462,11 +453,8 @@ async fn a_publisher_moves_to_its_queues_shard_with_its_channels_order_and_confi
         .expect("publish after the move");
     assert!(outcome.is_ack());
     assert_eq!(next(&mut c, 10).await.expect("delivered").data, b"after");
-    // A probe on the connection's own shard (a queue on the other would draw it there).
-    declare(&plain, "probe-after", locator("client-local")).await;
-    let probe = consume(&plain, "probe-after", true).await;
     assert_eq!(
-        shard_of(&probe),
+        connection_shard(&plain, "probe-after").await,
         0,
         "the publisher's connection is on the queue's shard"
     );
@@ -521,10 +509,8 @@ async fn a_consumer_moves_to_its_queues_shard_before_its_first_consume() {
         }
     }
     assert!(next(&mut c, 1).await.is_none(), "nothing doubled");
-    declare(&other, "probe-after", locator("client-local")).await;
-    let probe = consume(&other, "probe-after", true).await;
     assert_eq!(
-        shard_of(&probe),
+        connection_shard(&other, "probe-after").await,
         0,
         "the connection is on the queue's shard"
     );

@@ -190,13 +190,8 @@ async fn a_body_two_queues_of_a_shard_share_counts_once_against_the_budget() {
     .await
     .expect("exchange.declare");
     // Both on this connection's shard.
-    let mut local = FieldTable::default();
-    local.insert(
-        "x-queue-leader-locator".into(),
-        lapin::types::AMQPValue::LongString("client-local".into()),
-    );
     for q in ["fan-a", "fan-b"] {
-        declare(&ch, q, local.clone()).await;
+        declare(&ch, q, locator("client-local")).await;
         bind(&ch, q, "fan", "", FieldTable::default()).await;
     }
     confirm_select(&ch).await;

@@ -280,12 +280,7 @@ fn queues() -> Vec<String> {
 /// The arguments the AMQP part declares its queues with: RabbitMQ's `balanced` locator
 /// spreads them over the shards whichever shard the declaring connection is on.
 fn declare_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-leader-locator".into(),
-        lapin::types::AMQPValue::LongString("balanced".into()),
-    );
-    args
+    common::amqp::locator("balanced")
 }
 
 /// A connection and a channel, or `None` after a short pause when the broker refused.

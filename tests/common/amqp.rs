@@ -130,6 +130,29 @@ pub fn shard_of(consumer: &Consumer) -> usize {
         .unwrap_or_else(|| panic!("unexpected consumer tag {tag}"))
 }
 
+/// Queue arguments choosing where a new queue goes (`x-queue-leader-locator`: `client-local`,
+/// `balanced`).
+pub fn locator(value: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString(value.into()),
+    );
+    args
+}
+
+/// The shard serving `ch`'s connection now: a consumer's tag names the shard that answered
+/// the consume, here on probe queue `probe`, declared on the connection's own shard (a queue
+/// on another would draw a connection with no consumer there). The probe is deleted.
+pub async fn connection_shard(ch: &Channel, probe: &str) -> usize {
+    declare(ch, probe, locator("client-local")).await;
+    let s = shard_of(&consume(ch, probe, true).await);
+    ch.queue_delete(probe.into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete");
+    s
+}
+
 /// A connection (and a channel on it) on each of a two-shard broker's shards: connections
 /// are opened until one lands on each.
 pub async fn one_on_each_shard(url: &str) -> [(Connection, Channel); 2] {
@@ -137,19 +160,7 @@ pub async fn one_on_each_shard(url: &str) -> [(Connection, Channel); 2] {
     for i in 0..64 {
         let conn = connect(url).await;
         let ch = channel(&conn).await;
-        let probe = format!("probe-{i}");
-        // On the connection's own shard: a consume on the other's would draw it there.
-        let mut here = FieldTable::default();
-        here.insert(
-            "x-queue-leader-locator".into(),
-            AMQPValue::LongString("client-local".into()),
-        );
-        declare(&ch, &probe, here).await;
-        let c = consume(&ch, &probe, true).await;
-        let s = shard_of(&c);
-        ch.queue_delete(probe.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .expect("delete");
+        let s = connection_shard(&ch, &format!("probe-{i}")).await;
         if by_shard[s].is_none() {
             by_shard[s] = Some((conn, ch));
         }
