@@ -901,8 +901,13 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
         // open ones were not fetched (the fetch stops at the last stable offset).
         let fetched = super::committed::committed(got.records.joined(), &got.aborted);
         let mut budget = DECODE_BYTES;
-        let (records, next) = match record::records_of(&fetched.batches, offset, &mut budget) {
-            Ok(d) => (d.records, d.next_offset),
+        // Nothing is pending here (a fetch follows only an empty `pending`): the records
+        // are decoded into its buffer, whose capacity serves fetch after fetch.
+        let mut records: Vec<_> = std::mem::take(&mut pending).into();
+        let decoded = record::records_into(&fetched.batches, offset, &mut budget, &mut records);
+        pending = records.into();
+        let next = match decoded {
+            Ok(next) => next,
             Err(e @ RecordError::Malformed { next_offset, .. }) => {
                 // Skipped (logged), as a Kafka consumer cannot read it either.
                 log::error!("stream '{}': {e}", r.queue.name);
@@ -910,13 +915,15 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
                 continue;
             }
         };
-        if records.is_empty() {
+        if pending.is_empty() {
             let next = next.max(fetched.skipped_to);
             if next > offset {
                 offset = next;
                 continue;
             }
-            // Caught up: wait for the owner's new-data notification (or credit/cancel).
+            // Caught up: the buffer is given back while the reader waits for the owner's
+            // new-data notification (or credit/cancel).
+            pending = VecDeque::new();
             let wait = shard.kafka(
                 owner,
                 Request::WaitForData {
@@ -929,13 +936,6 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
             continue;
         }
         offset = offset.max(next);
-        // Nothing is pending here (a fetch follows only an empty `pending`): the decoded
-        // records become it without a move each.
-        if pending.is_empty() {
-            pending = records.into();
-        } else {
-            pending.extend(records);
-        }
         deliver(&shard, &r, &mut pending, offset);
         // Let other tasks (acks, publishers) run between batches.
         glommio::yield_if_needed().await;

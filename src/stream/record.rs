@@ -517,10 +517,37 @@ pub fn records_within(
     budget: &mut usize,
     first_limit: usize,
 ) -> Result<Decoded, RecordError> {
-    let mut out = Decoded {
-        records: Vec::new(),
-        next_offset: from,
-    };
+    let mut records = Vec::new();
+    let next_offset = decode(batches, from, budget, first_limit, &mut records)?;
+    Ok(Decoded {
+        records,
+        next_offset,
+    })
+}
+
+/// `records_of` into `records`, its contents replaced (a reader's buffer, its capacity
+/// reused from one fetch to the next: a fetch of small records decodes to megabytes, which
+/// a new buffer each time would take fresh from the kernel); returns
+/// `Decoded::next_offset`.
+pub fn records_into(
+    batches: &Bytes,
+    from: i64,
+    budget: &mut usize,
+    records: &mut Vec<StoredRecord>,
+) -> Result<i64, RecordError> {
+    decode(batches, from, budget, MAX_INFLATED_BYTES, records)
+}
+
+/// `records_within` into `records`, its contents replaced; returns `Decoded::next_offset`.
+fn decode(
+    batches: &Bytes,
+    from: i64,
+    budget: &mut usize,
+    first_limit: usize,
+    records: &mut Vec<StoredRecord>,
+) -> Result<i64, RecordError> {
+    records.clear();
+    let mut next = from;
     let mut at = 0usize;
     while at < batches.len() {
         let rest = &batches[at..];
@@ -537,32 +564,35 @@ pub fn records_within(
         let last = h.base_offset.saturating_add(i64::from(h.last_offset_delta));
         let magic = rest.get(MAGIC_AT).copied().unwrap_or(0);
         if magic == 2 && (h.is_control() || last < from || h.records <= 0) {
-            out.next_offset = out.next_offset.max(last.saturating_add(1));
+            next = next.max(last.saturating_add(1));
             continue;
         }
-        if *budget == 0 && !out.records.is_empty() {
+        if *budget == 0 && !records.is_empty() {
             break;
         }
-        let limit = if out.records.is_empty() {
+        let limit = if records.is_empty() {
             first_limit
         } else {
             (*budget).min(MAX_INFLATED_BYTES)
         };
+        // A batch's records go straight into the answer (gathering them per batch first
+        // moved every record twice more), and come out again if the batch fails.
+        let before = records.len();
         let decoded = if magic == 2 {
             section(&one, &h, limit).and_then(|s| {
                 *budget = budget.saturating_sub(s.len());
-                walk(&s, &h, from)
+                walk(&s, &h, from, records)
             })
         } else {
             Err(Stop::Bad(format!("record batch magic {magic}, not 2")))
         };
+        if decoded.is_err() {
+            records.truncate(before);
+        }
         match decoded {
-            Ok(records) => {
-                out.records.extend(records);
-                out.next_offset = out.next_offset.max(last.saturating_add(1));
-            }
+            Ok(()) => next = next.max(last.saturating_add(1)),
             // Past the budget, or unreadable: what was decoded so far is the answer.
-            Err(_) if !out.records.is_empty() => break,
+            Err(_) if before > 0 => break,
             Err(e) => {
                 return Err(RecordError::Malformed {
                     base_offset: h.base_offset,
@@ -572,7 +602,7 @@ pub fn records_within(
             }
         }
     }
-    Ok(out)
+    Ok(next)
 }
 
 /// Where a batch header holds its magic byte (the format version, 2 for record batches).
@@ -605,11 +635,12 @@ fn section(one: &Bytes, h: &BatchHeader, limit: usize) -> Result<Bytes, Stop> {
     }
 }
 
-/// The records of an inflated section at or after `from`; keys, values and header
-/// values are slices of `s` (no copy).
-fn walk(s: &Bytes, h: &BatchHeader, from: i64) -> Result<Vec<StoredRecord>, Stop> {
+/// Appends to `out` the records of an inflated section at or after `from`; keys, values
+/// and header values are slices of `s` (no copy). On an error some may have been appended.
+fn walk(s: &Bytes, h: &BatchHeader, from: i64, out: &mut Vec<StoredRecord>) -> Result<(), Stop> {
     let log_append = h.attributes & 0x08 != 0;
-    let mut out = Vec::with_capacity((h.records as usize).min(s.len() / 7 + 1));
+    // A record takes at least 7 bytes: the count is believed only that far.
+    out.reserve((h.records.max(0) as usize).min(s.len() / 7 + 1));
     let mut at = 0usize;
     for i in 0..h.records {
         let bad = |what: &str| Stop::Bad(format!("record {i} of the batch: {what}"));
@@ -625,7 +656,7 @@ fn walk(s: &Bytes, h: &BatchHeader, from: i64) -> Result<Vec<StoredRecord>, Stop
             out.push(r);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One record's body (after its length), `body` in the section `s`: attributes, deltas,
