@@ -73,16 +73,17 @@ fn ack_single_multiple_and_all() {
     u.record(&a, &[delivery(10, "x"), delivery(11, "x")], false, true, 0);
     u.record(&b, &[delivery(20, "x")], false, true, 0);
     u.record(&a, &[delivery(12, "x")], false, true, 0);
-    // Tag 2 alone.
-    let (taken, tags) = u.take(2, false, false).unwrap_or_default();
+    // Tag 2 alone (inside a transaction: the tags taken come back).
+    let (taken, tags) = u.take(2, false, true).unwrap_or_default();
     assert_eq!((ids(&taken), tags), (vec![(1, vec![11])], vec![2]));
-    // Multiple up to 3: tags 1 and 3, grouped per queue.
-    let (taken, tags) = u.take(3, true, false).unwrap_or_default();
+    // Multiple up to 3: tags 1 and 3 (2 is settled already), grouped per queue.
+    let (taken, tags) = u.take(3, true, true).unwrap_or_default();
     assert_eq!(ids(&taken), [(1, vec![10]), (2, vec![20])]);
     assert_eq!(tags, [1, 3]);
-    // Multiple with tag 0: everything left.
-    let (taken, _) = u.take(0, true, false).unwrap_or_default();
+    // Multiple with tag 0: everything left; outside a transaction no tags come back.
+    let (taken, tags) = u.take(0, true, false).unwrap_or_default();
     assert_eq!(ids(&taken), [(1, vec![12])]);
+    assert!(tags.is_empty());
     assert_eq!(u.oldest_ms(), None);
 }
 

@@ -202,23 +202,10 @@ impl Unacked {
         tags
     }
 
-    /// A counted delivery left the unacked set (or came back to it, `back`).
-    fn uncount(&mut self, counted: Option<u64>, back: bool) {
-        if let Some(size) = counted {
-            if back {
-                self.global_unacked += 1;
-                self.global_unacked_bytes += size;
-            } else {
-                self.global_unacked = self.global_unacked.saturating_sub(1);
-                self.global_unacked_bytes = self.global_unacked_bytes.saturating_sub(size);
-            }
-        }
-    }
-
     /// Takes the unacked deliveries an ack/nack/reject names: `tag` alone, every tag up to
     /// it (`multiple`), or all (`multiple` with tag 0). Unknown tags are a 406. Inside a
     /// transaction (`keep`) the entries stay, marked settled, until commit or rollback;
-    /// the tags taken are returned for that.
+    /// the tags taken are returned for that (none otherwise).
     pub fn take(&mut self, tag: u64, multiple: bool, keep: bool) -> Result<Taken, AmqpError> {
         let unknown = || {
             AmqpError::channel(
@@ -226,45 +213,34 @@ impl Unacked {
                 format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
             )
         };
+        // The entries the ack reaches (settled ones among them when `multiple`).
+        let reach = match (multiple, tag) {
+            (true, 0) => 0..self.tagged.len(),
+            _ => match self.tagged.binary_search_by_key(&tag, |u| u.tag) {
+                Ok(i) if !self.tagged[i].settled => (if multiple { 0 } else { i })..i + 1,
+                _ => return Err(unknown()),
+            },
+        };
         let mut taken: Vec<(QueueRef, Vec<u64>)> = Vec::new();
-        let mut tags = Vec::new();
-        let mut counted = Vec::new();
-        if multiple {
-            // How many entries the ack reaches (settled ones among them).
-            let reach = match tag {
-                0 => self.tagged.len(),
-                _ => match self.tagged.binary_search_by_key(&tag, |u| u.tag) {
-                    Ok(i) if !self.tagged[i].settled => i + 1,
-                    _ => return Err(unknown()),
-                },
-            };
-            tags.reserve(reach);
-            counted.reserve(reach);
-            for u in self.tagged.iter_mut().take(reach) {
-                if !u.settled {
-                    u.settled = true;
-                    add(&mut taken, &u.queue, u.id);
-                    tags.push(u.tag);
-                    counted.push(u.counted);
-                }
-            }
-        } else {
-            let i = self
-                .tagged
-                .binary_search_by_key(&tag, |u| u.tag)
-                .map_err(|_| unknown())?;
-            let u = &mut self.tagged[i];
+        let mut tags = Vec::with_capacity(if keep { reach.len() } else { 0 });
+        let (mut count, mut bytes) = (0u32, 0u64);
+        let left = reach.len();
+        for (n, u) in self.tagged.range_mut(reach).enumerate() {
             if u.settled {
-                return Err(unknown());
+                continue;
             }
             u.settled = true;
-            add(&mut taken, &u.queue, u.id);
-            tags.push(u.tag);
-            counted.push(u.counted);
+            add(&mut taken, &u.queue, u.id, left - n);
+            if keep {
+                tags.push(u.tag);
+            }
+            if let Some(size) = u.counted {
+                count += 1;
+                bytes += size;
+            }
         }
-        for c in counted {
-            self.uncount(c, false);
-        }
+        self.global_unacked = self.global_unacked.saturating_sub(count);
+        self.global_unacked_bytes = self.global_unacked_bytes.saturating_sub(bytes);
         if !keep {
             self.compact();
         }
@@ -287,10 +263,14 @@ impl Unacked {
     pub fn unsettle(&mut self, tags: &[u64]) {
         for t in tags {
             if let Ok(i) = self.tagged.binary_search_by_key(t, |u| u.tag) {
-                if self.tagged[i].settled {
-                    self.tagged[i].settled = false;
-                    let counted = self.tagged[i].counted;
-                    self.uncount(counted, true);
+                let u = &mut self.tagged[i];
+                if u.settled {
+                    u.settled = false;
+                    // A counted delivery is back in the channel-wide prefetch.
+                    if let Some(size) = u.counted {
+                        self.global_unacked += 1;
+                        self.global_unacked_bytes += size;
+                    }
                 }
             }
         }
@@ -313,16 +293,24 @@ impl Unacked {
 /// Delivery ids grouped by queue, queues in first-seen order.
 fn group(taken: Vec<(QueueRef, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
     let mut out: Vec<(QueueRef, Vec<u64>)> = Vec::new();
+    let mut left = taken.len();
     for (q, id) in taken {
-        add(&mut out, &q, id);
+        add(&mut out, &q, id, left);
+        left -= 1;
     }
     out
 }
 
-/// Adds a delivery id to its queue's group (the queue is cloned only for a new group).
-fn add(groups: &mut Vec<(QueueRef, Vec<u64>)>, queue: &QueueRef, id: u64) {
+/// Adds a delivery id to its queue's group (the queue is cloned only for a new group,
+/// made with room for the `left` ids that may still come: a multiple ack of one queue's
+/// deliveries fills one group, which growing id by id reallocated at every doubling).
+fn add(groups: &mut Vec<(QueueRef, Vec<u64>)>, queue: &QueueRef, id: u64, left: usize) {
     match groups.iter_mut().find(|(q, _)| q.id == queue.id) {
         Some((_, ids)) => ids.push(id),
-        None => groups.push((queue.clone(), vec![id])),
+        None => {
+            let mut ids = Vec::with_capacity(left.max(1));
+            ids.push(id);
+            groups.push((queue.clone(), ids));
+        }
     }
 }
