@@ -2,7 +2,9 @@
 //! RabbitMQ 3.10 has them: crossing channel and connection closes, nothing sent after our
 //! close but close-ok, the socket kept after close-ok until the client closes it (a repeated
 //! close answered again), and the connection's other RabbitMQ behaviours clients' own suites
-//! check (update-secret answered, `direct_reply_to` announced).
+//! check (update-secret answered, `direct_reply_to` announced). Also, because only a raw
+//! socket can leave a publish half-sent: a consume arriving behind one does not move the
+//! connection to its queue's shard.
 
 mod common;
 
@@ -251,6 +253,18 @@ fn passive(ch: u16, queue: &str) -> AMQPFrame {
     let mut f = declare(ch, queue);
     if let AMQPFrame::Method(_, AMQPClass::Queue(qm::AMQPMethod::Declare(d))) = &mut f {
         d.passive = true;
+    }
+    f
+}
+
+/// queue.declare of a queue on the declaring connection's shard (`client-local`).
+fn declare_local(ch: u16, queue: &str) -> AMQPFrame {
+    let mut f = declare(ch, queue);
+    if let AMQPFrame::Method(_, AMQPClass::Queue(qm::AMQPMethod::Declare(d))) = &mut f {
+        d.arguments.insert(
+            "x-queue-leader-locator".into(),
+            AMQPValue::LongString("client-local".into()),
+        );
     }
     f
 }
@@ -691,4 +705,115 @@ fn no_confirm_follows_the_brokers_channel_close() {
     raw.expect("declare-ok", |c, m| {
         c == 2 && matches!(m, AMQPClass::Queue(qm::AMQPMethod::DeclareOk(_)))
     });
+}
+
+/// A no-ack consume of `queue` on channel `ch`: its tag, and the shard the tag names (the
+/// shard that answered: `amq.ctag-s<shard>-…`).
+fn consume_ok(raw: &mut Raw, ch: u16, queue: &str) -> (String, usize) {
+    raw.send(&[consume(ch, queue, true)]);
+    let AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)) = raw.expect("consume-ok", |c, m| {
+        c == ch && matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+    }) else {
+        unreachable!()
+    };
+    let tag = ok.consumer_tag.to_string();
+    let shard = tag
+        .strip_prefix("amq.ctag-s")
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected consumer tag {tag}"));
+    (tag, shard)
+}
+
+fn cancel_ok(raw: &mut Raw, ch: u16, tag: &str) {
+    raw.send(&[method(
+        ch,
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: tag.into(),
+            nowait: false,
+        })),
+    )]);
+    raw.expect("cancel-ok", |c, m| {
+        c == ch && matches!(m, AMQPClass::Basic(basic::AMQPMethod::CancelOk(_)))
+    });
+}
+
+/// The shard serving `raw`'s connection: a consume of a probe queue on its own shard,
+/// cancelled at once (a queue elsewhere would draw a connection with no consumer there).
+fn shard_of_raw(raw: &mut Raw, ch: u16, probe: &str) -> usize {
+    raw.send(&[declare_local(ch, probe)]);
+    raw.expect("declare-ok", |c, m| {
+        c == ch && matches!(m, AMQPClass::Queue(qm::AMQPMethod::DeclareOk(_)))
+    });
+    let (tag, shard) = consume_ok(raw, ch, probe);
+    cancel_ok(raw, ch, &tag);
+    shard
+}
+
+/// A connection with no consumer moves to its queue's shard before its first basic.consume,
+/// but not while a publish is half-read on another of its channels: the move would wait for
+/// content frames the read loop no longer reads, be refused, and hold the connection's
+/// moves back for 10 s. The consume is answered where the connection is, the publish
+/// completes and is delivered, and once the publish is whole the connection's next consume
+/// moves it.
+#[test]
+fn a_consume_behind_a_half_read_publish_stays_and_leaves_moves_free() {
+    let (_d, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let (mut raw, _) = Raw::connect(broker.amqp_port, 0);
+    raw.send(&[channel_open(1), channel_open(2), channel_open(3)]);
+    for ch in 1..=3 {
+        raw.expect("open-ok", |c, m| {
+            c == ch && matches!(m, AMQPClass::Channel(chan::AMQPMethod::OpenOk(_)))
+        });
+    }
+    let here = shard_of_raw(&mut raw, 3, "probe");
+    // A connection on the other shard declares the queue there.
+    for i in 0..64 {
+        let (mut other, _) = Raw::connect(broker.amqp_port, 0);
+        other.send(&[channel_open(1)]);
+        if shard_of_raw(&mut other, 1, &format!("probe-{i}")) != here {
+            other.send(&[declare_local(1, "far")]);
+            other.expect("declare-ok far", |c, m| {
+                c == 1 && matches!(m, AMQPClass::Queue(qm::AMQPMethod::DeclareOk(_)))
+            });
+            break;
+        }
+        assert!(i < 63, "no connection landed on the other shard");
+    }
+    // Channel 1: a publish to `far` whose body has not been sent; then, on channel 2, a
+    // consume of `far`.
+    let [publish_method, header, body] = publish(1, "", "far", b"late");
+    raw.send(&[publish_method, header]);
+    let (tag, answered) = consume_ok(&mut raw, 2, "far");
+    assert_eq!(
+        answered, here,
+        "the consume was answered where the connection is"
+    );
+    raw.send(&[body]);
+    match raw.frame_within(5.0) {
+        Some(AMQPFrame::Method(2, AMQPClass::Basic(basic::AMQPMethod::Deliver(_)))) => {}
+        other => panic!("expected the publish's delivery, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match raw.frame_within(5.0) {
+            Some(AMQPFrame::Header(2, _)) => {}
+            Some(AMQPFrame::Body(2, b)) => got.extend(b),
+            other => panic!("expected the delivery's content, got {other:?}"),
+        }
+    }
+    assert_eq!(got, b"late", "the half-read publish completed");
+    cancel_ok(&mut raw, 2, &tag);
+    // No refused move holds the connection back: its next consume moves it.
+    let (_, answered) = consume_ok(&mut raw, 3, "far");
+    assert_ne!(
+        answered, here,
+        "the next consume was answered on the queue's shard"
+    );
+    let moved = broker.metric_total("portask_connections_moved_total", &[("protocol", "amqp")]);
+    assert_eq!(
+        moved, 1.0,
+        "the connection moved once, at its second consume"
+    );
 }
