@@ -111,9 +111,14 @@ mod tests {
 
     fn offsets(c: &Committed) -> Vec<i64> {
         let mut budget = usize::MAX;
-        record::records_of(&c.batches, 0, &mut budget)
-            .map(|d| d.records.iter().map(|r| r.offset).collect())
-            .unwrap_or_default()
+        record::records_within(
+            &c.batches,
+            0,
+            &mut budget,
+            crate::storage::inflate::MAX_INFLATED_BYTES,
+        )
+        .map(|d| d.records.iter().map(|r| r.offset).collect())
+        .unwrap_or_default()
     }
 
     #[test]

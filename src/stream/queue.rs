@@ -904,7 +904,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
         // Nothing is pending here (a fetch follows only an empty `pending`): the records
         // are decoded into its buffer, whose capacity serves fetch after fetch.
         let mut records: Vec<_> = std::mem::take(&mut pending).into();
-        let decoded = record::records_into(&fetched.batches, offset, &mut budget, &mut records);
+        let decoded = record::records_of(&fetched.batches, offset, &mut budget, &mut records);
         pending = records.into();
         let next = match decoded {
             Ok(next) => next,

@@ -236,7 +236,7 @@ impl StoredRecord {
     }
 }
 
-/// What `records_of` decoded from a run of batches.
+/// What `records_within` decoded from a run of batches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decoded {
     /// The records at or after `from`, in offset order (control records never).
@@ -493,7 +493,10 @@ fn json_of(v: &AMQPValue) -> serde_json::Value {
     }
 }
 
-/// Decodes the record batches in `batches` (a Fetch answer's records, or a log read):
+/// Decodes the record batches in `batches` (a Fetch answer's records, or a log read) into
+/// `records`, its contents replaced (a reader keeps one buffer from fetch to fetch: a fetch
+/// of small records decodes to megabytes, which a new buffer each time would take fresh
+/// from the kernel), and returns where the next read starts (`Decoded::next_offset`):
 /// every record at or after `from`, inflated whatever the codec, control batches
 /// skipped. A batch cut short at the end (as Fetch answers end) ends the run. `budget`
 /// bounds the bytes of records sections decoded: each batch's section is counted against
@@ -505,12 +508,18 @@ fn json_of(v: &AMQPValue) -> serde_json::Value {
 /// CRCs are not checked (the log checked them on append and checks them on recovery).
 /// Records of open or aborted transactions are returned like any other, as a
 /// `read_uncommitted` Kafka consumer sees them.
-pub fn records_of(batches: &Bytes, from: i64, budget: &mut usize) -> Result<Decoded, RecordError> {
-    records_within(batches, from, budget, MAX_INFLATED_BYTES)
+pub fn records_of(
+    batches: &Bytes,
+    from: i64,
+    budget: &mut usize,
+    records: &mut Vec<StoredRecord>,
+) -> Result<i64, RecordError> {
+    decode(batches, from, budget, MAX_INFLATED_BYTES, records)
 }
 
-/// `records_of` with the first batch yielding records inflated to at most `first_limit`
-/// bytes instead of `inflate::MAX_INFLATED_BYTES` (the fuzz target bounds its memory so).
+/// `records_of` into a new `Decoded`, with the first batch yielding records inflated to at
+/// most `first_limit` bytes instead of `inflate::MAX_INFLATED_BYTES` (the fuzz target
+/// bounds its memory so).
 pub fn records_within(
     batches: &Bytes,
     from: i64,
@@ -525,20 +534,7 @@ pub fn records_within(
     })
 }
 
-/// `records_of` into `records`, its contents replaced (a reader's buffer, its capacity
-/// reused from one fetch to the next: a fetch of small records decodes to megabytes, which
-/// a new buffer each time would take fresh from the kernel); returns
-/// `Decoded::next_offset`.
-pub fn records_into(
-    batches: &Bytes,
-    from: i64,
-    budget: &mut usize,
-    records: &mut Vec<StoredRecord>,
-) -> Result<i64, RecordError> {
-    decode(batches, from, budget, MAX_INFLATED_BYTES, records)
-}
-
-/// `records_within` into `records`, its contents replaced; returns `Decoded::next_offset`.
+/// `records_of` with the first batch's inflation bounded by `first_limit`.
 fn decode(
     batches: &Bytes,
     from: i64,
@@ -1011,7 +1007,7 @@ mod tests {
 
     fn decode(batches: &Bytes, from: i64) -> Decoded {
         let mut budget = usize::MAX;
-        records_of(batches, from, &mut budget).expect("decodes")
+        records_within(batches, from, &mut budget, MAX_INFLATED_BYTES).expect("decodes")
     }
 
     fn kafka_header<'a>(r: &'a PlainRecord, name: &str) -> Option<&'a [u8]> {
@@ -1267,7 +1263,7 @@ mod tests {
         b[16] = 1;
         let mut budget = usize::MAX;
         assert!(matches!(
-            records_of(&b.freeze(), 0, &mut budget),
+            records_within(&b.freeze(), 0, &mut budget, MAX_INFLATED_BYTES),
             Err(RecordError::Malformed { next_offset: 1, .. })
         ));
     }
@@ -1354,12 +1350,12 @@ mod tests {
         let all = all.freeze();
         // Two sections fit 25 000 bytes; the third would go past what is left.
         let mut budget = 25_000;
-        let d = records_of(&all, 0, &mut budget).expect("decodes");
+        let d = records_within(&all, 0, &mut budget, MAX_INFLATED_BYTES).expect("decodes");
         assert_eq!(d.records.len(), 2);
         assert_eq!(d.next_offset, 2);
         assert!(budget < 10_000);
         let mut budget = 0;
-        let d = records_of(&all, 0, &mut budget).expect("decodes");
+        let d = records_within(&all, 0, &mut budget, MAX_INFLATED_BYTES).expect("decodes");
         assert_eq!(d.records.len(), 1);
         assert_eq!(d.next_offset, 1);
     }
@@ -1377,7 +1373,7 @@ mod tests {
         let bad = bad.freeze();
         let mut budget = usize::MAX;
         assert!(matches!(
-            records_of(&bad, 0, &mut budget),
+            records_within(&bad, 0, &mut budget, MAX_INFLATED_BYTES),
             Err(RecordError::Malformed {
                 base_offset: 10,
                 next_offset: 11,
@@ -1393,7 +1389,8 @@ mod tests {
             )[..],
         );
         both.put_slice(&bad);
-        let d = records_of(&both.freeze(), 0, &mut budget).expect("the first batch decodes");
+        let d = records_within(&both.freeze(), 0, &mut budget, MAX_INFLATED_BYTES)
+            .expect("the first batch decodes");
         assert_eq!(d.records.len(), 1);
         assert_eq!(d.next_offset, 10);
     }
@@ -1469,7 +1466,7 @@ mod tests {
                 }
                 let b = b.freeze().slice(..cut);
                 let mut budget = 1 << 20;
-                if let Ok(d) = records_of(&b, 0, &mut budget) {
+                if let Ok(d) = records_within(&b, 0, &mut budget, MAX_INFLATED_BYTES) {
                     for r in &d.records {
                         let d = stream_delivery_of(r);
                         scan_properties(&d.properties).expect("deliveries carry valid properties");
@@ -1493,7 +1490,8 @@ mod tests {
             b[0..8].copy_from_slice(&i64::MAX.to_be_bytes());
             b[23..27].copy_from_slice(&delta.to_be_bytes());
             let mut budget = usize::MAX;
-            let d = records_of(&b.freeze(), 0, &mut budget).expect("decodes");
+            let d =
+                records_within(&b.freeze(), 0, &mut budget, MAX_INFLATED_BYTES).expect("decodes");
             assert_eq!(d.next_offset, i64::MAX);
         }
     }
@@ -1533,7 +1531,7 @@ mod tests {
         let range = fetched.as_ptr_range();
         let within = |b: &Bytes| b.is_empty() || range.contains(&b.as_ptr());
         let mut budget = DECODE_TEST_BUDGET;
-        let got = records_of(&fetched, 0, &mut budget).unwrap();
+        let got = records_within(&fetched, 0, &mut budget, MAX_INFLATED_BYTES).unwrap();
         assert_eq!(got.records.len(), 3);
         for (r, m) in got.records.iter().zip(&msgs) {
             let d = delivery_of(r);

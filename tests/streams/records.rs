@@ -66,14 +66,16 @@ fn fetch_raw(s: &mut TcpStream, topic: &str, offset: i64) -> Bytes {
 /// the way a stream queue's reader does (following `next_offset`).
 fn read_records(s: &mut TcpStream, topic: &str, from: i64, end: i64) -> Vec<StoredRecord> {
     let mut out = Vec::new();
+    let mut records = Vec::new();
     let mut at = from;
     while at < end {
         let batches = fetch_raw(s, topic, at);
         let mut budget = 1 << 20;
-        let d = records_of(&batches, at, &mut budget).expect("stored batches decode");
-        assert!(d.next_offset > at, "the read moves on from {at}");
-        at = d.next_offset;
-        out.extend(d.records);
+        let next =
+            records_of(&batches, at, &mut budget, &mut records).expect("stored batches decode");
+        assert!(next > at, "the read moves on from {at}");
+        at = next;
+        out.append(&mut records);
     }
     out
 }
@@ -229,13 +231,15 @@ fn kafka_producers_batches_map_to_amqp_deliveries() {
     // the offset are left out.
     let batches = fetch_raw(&mut s, "mapped", 7);
     let mut budget = 1 << 20;
-    let d = records_of(&batches, 7, &mut budget).expect("decodes");
-    assert_eq!(d.records.first().map(|r| r.offset), Some(7));
-    // From the commit marker: nothing to deliver, and the next read starts past it.
+    let mut records = Vec::new();
+    records_of(&batches, 7, &mut budget, &mut records).expect("decodes");
+    assert_eq!(records.first().map(|r| r.offset), Some(7));
+    // From the commit marker: nothing to deliver (what the buffer held is replaced), and
+    // the next read starts past it.
     let batches = fetch_raw(&mut s, "mapped", 27);
-    let d = records_of(&batches, 27, &mut budget).expect("decodes");
-    assert!(d.records.is_empty());
-    assert_eq!(d.next_offset, 28);
+    let next = records_of(&batches, 27, &mut budget, &mut records).expect("decodes");
+    assert!(records.is_empty());
+    assert_eq!(next, 28);
 }
 
 /// Produces `msg` as `record_of` maps it (key from the routing key), in one gzip batch,
