@@ -717,11 +717,7 @@ fn consume_ok(raw: &mut Raw, ch: u16, queue: &str) -> (String, usize) {
         unreachable!()
     };
     let tag = ok.consumer_tag.to_string();
-    let shard = tag
-        .strip_prefix("amq.ctag-s")
-        .and_then(|r| r.split('-').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected consumer tag {tag}"));
+    let shard = common::amqp::shard_of_tag(&tag);
     (tag, shard)
 }
 

@@ -123,7 +123,11 @@ pub async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
 
 /// The shard a consumer's connection lives on (server tags are `amq.ctag-s<shard>-…`).
 pub fn shard_of(consumer: &Consumer) -> usize {
-    let tag = consumer.tag().to_string();
+    shard_of_tag(consumer.tag().as_str())
+}
+
+/// The shard a server-made consumer tag names: the shard that answered the consume.
+pub fn shard_of_tag(tag: &str) -> usize {
     tag.strip_prefix("amq.ctag-s")
         .and_then(|r| r.split('-').next())
         .and_then(|s| s.parse().ok())
