@@ -82,6 +82,21 @@ impl Delivery {
     }
 }
 
+/// A stream record handed to a consumer, `id` as a `Delivery`'s: the connection frames
+/// it from the record's own bytes (`StoredRecord::parts`), no message built for it.
+#[derive(Debug)]
+pub struct RecordDelivery {
+    pub id: u64,
+    pub record: crate::stream::record::StoredRecord,
+}
+
+impl RecordDelivery {
+    /// As a message delivery (`stream_delivery`), for the paths that hold deliveries back.
+    pub fn into_delivery(self) -> Delivery {
+        crate::stream::record::stream_delivery(self.record, self.id)
+    }
+}
+
 /// What to do with delivered messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
@@ -198,6 +213,14 @@ pub enum ConnOp {
         queue: QueueRef,
         items: Vec<Delivery>,
     },
+    /// A stream consumer's records (in offset order).
+    DeliverRecords {
+        conn: u64,
+        channel: u16,
+        cid: u64,
+        queue: QueueRef,
+        records: Vec<RecordDelivery>,
+    },
     Confirm {
         conn: u64,
         channel: u16,
@@ -237,6 +260,9 @@ impl Op {
         match self {
             Op::Queue(QueueOp::Publish { msg, .. }) => msg.size(),
             Op::Conn(ConnOp::Deliver { items, .. }) => items.iter().map(|d| d.msg.size()).sum(),
+            Op::Conn(ConnOp::DeliverRecords { records, .. }) => {
+                records.iter().map(|d| d.record.size()).sum()
+            }
             Op::Conn(ConnOp::DirectReply { msg, .. }) => msg.size(),
             _ => 0,
         }
@@ -303,6 +329,17 @@ impl ConnOp {
                 },
             ) if *cid == c2 => {
                 items.extend(more);
+                None
+            }
+            (
+                ConnOp::DeliverRecords { cid, records, .. },
+                ConnOp::DeliverRecords {
+                    cid: c2,
+                    records: more,
+                    ..
+                },
+            ) if *cid == c2 => {
+                records.extend(more);
                 None
             }
             (

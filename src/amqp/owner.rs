@@ -339,6 +339,13 @@ fn apply_queue_op(shard: &Rc<Shard>, op: QueueOp) {
     }
 }
 
+/// Deliveries that never reached the client (their consumer or connection was gone) go
+/// back to their queue as they were.
+pub fn give_back(shard: &Rc<Shard>, queue: QueueRef, ids: Vec<u64>) {
+    let how = Settle::Return;
+    outbox::push(shard, queue.owner, QueueOp::Settle { queue, ids, how });
+}
+
 /// Work for a connection this shard holds.
 fn apply_conn_op(shard: &Rc<Shard>, op: ConnOp) {
     match op {
@@ -350,18 +357,17 @@ fn apply_conn_op(shard: &Rc<Shard>, op: ConnOp) {
             items,
         } => match shard.amqp.connection(conn) {
             Some(c) => c.deliver(channel, cid, queue, items),
-            None => {
-                let ids = items.into_iter().map(|d| d.id).collect();
-                outbox::push(
-                    shard,
-                    queue.owner,
-                    QueueOp::Settle {
-                        queue,
-                        ids,
-                        how: Settle::Return,
-                    },
-                );
-            }
+            None => give_back(shard, queue, items.into_iter().map(|d| d.id).collect()),
+        },
+        ConnOp::DeliverRecords {
+            conn,
+            channel,
+            cid,
+            queue,
+            records,
+        } => match shard.amqp.connection(conn) {
+            Some(c) => c.deliver_records(channel, cid, queue, records),
+            None => give_back(shard, queue, records.into_iter().map(|d| d.id).collect()),
         },
         ConnOp::Confirm {
             conn,

@@ -43,7 +43,7 @@ use super::delivered::{self, Delivered};
 use super::group::{self, Seat};
 use super::offset::StartAt;
 use super::record::{self, KeyFrom, RecordError};
-use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, GetAnswer, QueueOp};
+use crate::amqp::mesh::{ConfirmTo, ConnOp, ConsumerSpec, GetAnswer, QueueOp, RecordDelivery};
 use crate::amqp::message::Message;
 use crate::amqp::owner::delete_refused;
 use crate::amqp::routing::QueueRef;
@@ -943,7 +943,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
 }
 
 /// Hands the consumer's connection shard as many of `pending` as its credit allows, in
-/// offset order, in one `ConnOp::Deliver` (one cross-shard hop for the lot); records an
+/// offset order, in one `ConnOp::DeliverRecords` (one cross-shard hop for the lot); records an
 /// `x-stream-filter` does not want are dropped without costing credit. `next` is where
 /// the reader's next fetch starts: the consumer's position once nothing is pending.
 fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
@@ -971,7 +971,7 @@ fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredR
             }
             r.unacked.set(r.unacked.get() + 1);
             ledger.delivered(offset);
-            items.push(record::stream_delivery(rec, id));
+            items.push(RecordDelivery { id, record: rec });
         }
     }
     streams.delivered.borrow_mut().add(batch);
@@ -983,12 +983,12 @@ fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredR
         outbox::push(
             shard,
             r.spec.shard,
-            ConnOp::Deliver {
+            ConnOp::DeliverRecords {
                 conn: r.spec.conn,
                 channel: r.spec.channel,
                 cid: r.spec.cid,
                 queue: r.queue.clone(),
-                items,
+                records: items,
             },
         );
     }

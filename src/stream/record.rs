@@ -206,6 +206,13 @@ impl StoredRecord {
         }
     }
 
+    /// The bytes it holds: key, value and headers.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self.headers.len()
+    }
+
     /// The record's headers, in order, duplicates included.
     pub fn headers(&self) -> Headers<'_> {
         Headers {
@@ -224,16 +231,67 @@ impl StoredRecord {
 
     /// A mapping header's value, a slice of the record's bytes.
     fn mapped(&self, span: Span) -> Option<Option<Bytes>> {
+        self.mapped_slice(span)
+            .map(|v| v.map(|v| self.headers.slice_ref(v)))
+    }
+
+    /// A mapping header's value, borrowed: `None` absent, `Some(None)` null.
+    fn mapped_slice(&self, span: Span) -> Option<Option<&[u8]>> {
         match span {
             Span::Absent => None,
             Span::Null => Some(None),
-            Span::At(start, end) => Some(
-                self.headers
-                    .get(start as usize..end as usize)
-                    .map(|v| self.headers.slice_ref(v)),
-            ),
+            Span::At(start, end) => Some(self.headers.get(start as usize..end as usize)),
         }
     }
+
+    /// The spans of a record an AMQP publisher wrote — (exchange, routing key, properties);
+    /// a routing key of `None` is the record's key — when its mapping headers are well
+    /// formed (`delivery_of`'s test); `None` for any other record.
+    fn amqp_origin(&self) -> Option<(Span, Option<Span>, Span)> {
+        let m = self.mapped;
+        let props = self.mapped_slice(m.properties)??;
+        let exchange = self.mapped_slice(m.exchange).flatten().unwrap_or_default();
+        let routing_key = self.mapped_slice(m.routing_key);
+        let key_ok = match routing_key {
+            Some(rk) => short_string_ok(rk.unwrap_or_default()),
+            None => short_string_ok(self.key.as_deref().unwrap_or_default()),
+        };
+        let ok = short_string_ok(exchange) && key_ok && scan_properties(props).is_some();
+        ok.then_some((m.exchange, routing_key.map(|_| m.routing_key), m.properties))
+    }
+
+    /// The record as the parts of its AMQP delivery, borrowed where the record holds
+    /// them (`delivery_of`'s mapping, with nothing copied but a Kafka record's properties,
+    /// which are built): what a stream consumer's connection frames.
+    pub fn parts(&self) -> RecordParts<'_> {
+        let body = self.value.as_deref().unwrap_or_default();
+        let key = self.key.as_deref().unwrap_or_default();
+        if let Some((exchange, routing_key, properties)) = self.amqp_origin() {
+            let slice = |span| self.mapped_slice(span).flatten().unwrap_or_default();
+            return RecordParts {
+                exchange: slice(exchange),
+                routing_key: routing_key.map_or(key, slice),
+                properties: std::borrow::Cow::Borrowed(slice(properties)),
+                body,
+            };
+        }
+        let key_fits = short_string_ok(key);
+        RecordParts {
+            exchange: &[],
+            routing_key: if key_fits { key } else { &[] },
+            properties: std::borrow::Cow::Owned(kafka_properties(self, !key_fits)),
+            body,
+        }
+    }
+}
+
+/// A stream record as the parts of an AMQP delivery (`StoredRecord::parts`).
+pub struct RecordParts<'a> {
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
+    /// Flags and list, without `x-stream-offset` (`put_stream_properties` adds it).
+    pub properties: std::borrow::Cow<'a, [u8]>,
+    pub body: &'a [u8],
 }
 
 /// What `records_within` decoded from a run of batches.
@@ -726,24 +784,17 @@ pub fn stream_delivery(r: StoredRecord, id: u64) -> crate::amqp::mesh::Delivery 
 
 /// `delivery_of` taking the record: its key and value move into the delivery.
 pub fn into_delivery(r: StoredRecord) -> Delivery {
-    if let Some(Some(props)) = r.mapped(r.mapped.properties) {
-        let exchange = r.mapped(r.mapped.exchange).flatten().unwrap_or_default();
-        let routing_key = r.mapped(r.mapped.routing_key);
-        let key_ok = match &routing_key {
-            Some(rk) => short_string_ok(rk.as_deref().unwrap_or_default()),
-            None => short_string_ok(r.key.as_deref().unwrap_or_default()),
+    if let Some((exchange, routing_key, properties)) = r.amqp_origin() {
+        let bytes = |span| r.mapped(span).flatten().unwrap_or_default();
+        return Delivery {
+            exchange: bytes(exchange),
+            routing_key: routing_key.map_or_else(|| r.key.clone().unwrap_or_default(), bytes),
+            properties: bytes(properties),
+            body: r.value.unwrap_or_default(),
         };
-        if short_string_ok(&exchange) && key_ok && scan_properties(&props).is_some() {
-            return Delivery {
-                exchange,
-                routing_key: routing_key.unwrap_or(r.key).unwrap_or_default(),
-                properties: props,
-                body: r.value.unwrap_or_default(),
-            };
-        }
     }
     let key_fits = short_string_ok(r.key.as_deref().unwrap_or_default());
-    let properties = kafka_properties(&r, !key_fits);
+    let properties = kafka_properties(&r, !key_fits).into();
     Delivery {
         exchange: Bytes::new(),
         routing_key: r.key.filter(|_| key_fits).unwrap_or_default(),
@@ -775,7 +826,7 @@ const FEW_HEADERS: usize = 16;
 
 /// The property bytes of a record a Kafka producer wrote; with `key_in_table` the key
 /// goes in the table as `x-kafka-key` (it wins over a header of that name).
-fn kafka_properties(r: &StoredRecord, key_in_table: bool) -> Bytes {
+fn kafka_properties(r: &StoredRecord, key_in_table: bool) -> Vec<u8> {
     use std::borrow::Cow;
     let key_entry = key_in_table.then(|| (KAFKA_KEY_HEADER.as_bytes(), r.key.as_deref()));
     let headers: Vec<(&[u8], Option<&[u8]>)> = r.headers().collect();
@@ -811,7 +862,7 @@ fn kafka_properties(r: &StoredRecord, key_in_table: bool) -> Bytes {
     if r.timestamp >= 0 {
         flags |= 1 << 6;
     }
-    let mut out = BytesMut::with_capacity(2 + 4 + table + 8);
+    let mut out = Vec::with_capacity(2 + 4 + table + 8);
     out.put_u16(flags);
     if !kept.is_empty() {
         out.put_u32(table as u32);
@@ -831,7 +882,7 @@ fn kafka_properties(r: &StoredRecord, key_in_table: bool) -> Bytes {
     if r.timestamp >= 0 {
         out.put_u64((r.timestamp / 1000) as u64);
     }
-    out.freeze()
+    out
 }
 
 /// The bytes of the `x-stream-offset` entry of a headers table: name, `l`, the offset.
@@ -1714,29 +1765,54 @@ mod tests {
         }
     }
 
+    /// How `frames` writes a record.
+    #[derive(Debug, Clone, Copy)]
+    enum Path {
+        /// From the record's borrowed parts, as the channel writes a reader's records.
+        Parts,
+        /// Through a message delivery (`stream_delivery`), as the channel writes records
+        /// it held back.
+        Message,
+        /// As before the fast paths.
+        Old,
+    }
+
     /// basic.deliver, content header and body frames of `r` as a stream consumer gets
-    /// them: `fast` as the reader and the channel write them now, else as before.
-    fn frames(r: &StoredRecord, fast: bool) -> BytesMut {
+    /// them by `path`.
+    fn frames(r: &StoredRecord, path: Path) -> BytesMut {
         use crate::amqp::codec;
         let mut out = BytesMut::new();
-        if fast {
-            let m = stream_delivery(r.clone(), 1);
-            codec::put_deliver(
-                &mut out,
-                1,
-                b"c",
-                9,
-                false,
-                m.msg.exchange(),
-                m.msg.routing_key(),
-            );
-            codec::put_content_with(&mut out, 1, m.msg.body(), 4096, |out| m.put_properties(out));
-        } else {
-            let d = old_stream_delivery(r);
-            codec::put_deliver(&mut out, 1, b"c", 9, false, &d.exchange, &d.routing_key);
-            codec::put_content(&mut out, 1, &d.properties, &d.body, 4096);
+        match path {
+            Path::Parts => {
+                let p = r.parts();
+                codec::put_deliver(&mut out, 1, b"c", 9, false, p.exchange, p.routing_key);
+                codec::put_content_with(&mut out, 1, p.body, 4096, |out| {
+                    put_stream_properties(out, &p.properties, r.offset)
+                });
+            }
+            Path::Message => {
+                let m = stream_delivery(r.clone(), 1);
+                let (ex, rk) = (m.msg.exchange(), m.msg.routing_key());
+                codec::put_deliver(&mut out, 1, b"c", 9, false, ex, rk);
+                codec::put_content_with(&mut out, 1, m.msg.body(), 4096, |out| {
+                    m.put_properties(out)
+                });
+            }
+            Path::Old => {
+                let d = old_stream_delivery(r);
+                codec::put_deliver(&mut out, 1, b"c", 9, false, &d.exchange, &d.routing_key);
+                codec::put_content(&mut out, 1, &d.properties, &d.body, 4096);
+            }
         }
         out
+    }
+
+    /// `r` framed by the reader's paths, each checked against the old one.
+    fn assert_paths_frame_alike(r: &StoredRecord, context: &str) {
+        let old = frames(r, Path::Old);
+        for path in [Path::Parts, Path::Message] {
+            assert_eq!(frames(r, path), old, "{path:?} {context} {r:?}");
+        }
     }
 
     /// A small deterministic generator (xorshift64*).
@@ -1930,9 +2006,10 @@ mod tests {
         StoredRecord::new(offset, timestamp, key, value, &h)
     }
 
-    /// The fast path (the properties as stored, `x-stream-offset` written into the frame;
+    /// The fast paths (the properties as stored, `x-stream-offset` written into the frame;
     /// the mapping headers found in the decoding pass; the Kafka properties built in one
-    /// buffer) writes exactly the frames the old path wrote, for records built directly and
+    /// buffer; the parts borrowed from the record) write exactly the frames the old path
+    /// wrote, for records built directly and
     /// for the same records read back from batches of every codec.
     #[test]
     fn fast_framing_writes_the_bytes_of_the_old_path() {
@@ -1942,7 +2019,7 @@ mod tests {
             for i in 0..1 + g.below(6) {
                 let offset = round * 10 + i as i64;
                 let (r, plain) = random_record(&mut g, offset);
-                assert_eq!(frames(&r, true), frames(&r, false), "record {r:?}");
+                assert_paths_frame_alike(&r, "built");
                 plains.extend(plain);
             }
             if plains.is_empty() {
@@ -1954,7 +2031,7 @@ mod tests {
             let d = decode(&b, 0);
             assert_eq!(d.records.len(), n);
             for r in &d.records {
-                assert_eq!(frames(r, true), frames(r, false), "{codec:?} {r:?}");
+                assert_paths_frame_alike(r, &format!("{codec:?}"));
                 let p = parse_props(&stream_delivery_of(r).properties).expect("parses");
                 assert_eq!(
                     p.headers()

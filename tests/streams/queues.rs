@@ -358,6 +358,64 @@ async fn consumers_read_independently_and_acks_only_return_credit() {
     assert_eq!(passive_queue(&ch, "log").await.unwrap().message_count(), 10);
 }
 
+/// A channel-wide prefetch (basic.qos global) holds a stream consumer's deliveries back
+/// on the connection until acks make room; the held ones reach the client as the ones
+/// written at once do: in order, with their properties and `x-stream-offset`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_wide_prefetch_holds_stream_deliveries_back() {
+    let (_dir, data) = data_dir();
+    let broker = Broker::start(&data, &[]);
+    let conn = connect(&broker.amqp_url()).await;
+    let ch = channel(&conn).await;
+    declare_stream(&ch, "held", &[]).await;
+    confirm_select(&ch).await;
+    let n = 12u32;
+    for i in 0..n {
+        let body = format!("m{i}");
+        let c = publish_outcome(&ch, "", "held", body.as_bytes(), properties(i)).await;
+        assert!(c.expect("confirm").is_ack());
+    }
+    let cc = channel(&conn).await;
+    cc.basic_qos(4, BasicQosOptions { global: true })
+        .await
+        .expect("qos");
+    let mut c = cc
+        .basic_consume(
+            "held".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            table(&[("x-stream-offset", s("first"))]),
+        )
+        .await
+        .expect("consume with a channel-wide prefetch only");
+    let mut first = Vec::new();
+    while let Some(d) = next(&mut c, 1).await {
+        first.push(d);
+    }
+    assert_eq!(
+        first.len(),
+        4,
+        "the channel-wide prefetch bounds what is written"
+    );
+    for d in &first {
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let rest = take(&mut c, n as usize - 4, 5).await;
+    let all: Vec<_> = first.iter().chain(&rest).collect();
+    assert_eq!(all.len(), n as usize);
+    for (i, d) in all.iter().enumerate() {
+        assert_eq!(d.data, format!("m{i}").as_bytes());
+        let mut h = headers();
+        h.insert("x-stream-offset".into(), AMQPValue::LongLongInt(i as i64));
+        assert_eq!(
+            d.properties,
+            properties(i as u32).with_headers(h),
+            "message {i}"
+        );
+        assert_eq!(d.routing_key.as_str(), "held");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_kill9() {
     const N: u32 = 1500;

@@ -33,7 +33,7 @@ use bytes::BytesMut;
 
 use super::codec;
 use super::connection::Connection;
-use super::mesh::{Delivery, QueueOp, Settle};
+use super::mesh::{Delivery, QueueOp, RecordDelivery, Settle};
 use super::message::Message;
 use super::outbox;
 use super::routing::QueueRef;
@@ -226,6 +226,36 @@ impl Channel {
         }
     }
 
+    /// A stream reader's records for consumer `cid`: framed from the records' bytes when
+    /// they can be written now; a consumer not ready yet, or a channel-wide prefetch or
+    /// flow holding deliveries back, takes them as message deliveries (`deliver`).
+    /// Returns the ids of those nobody can take, for the caller to give back.
+    pub fn deliver_records(
+        &mut self,
+        conn: &Rc<Connection>,
+        cid: u64,
+        queue: &QueueRef,
+        records: Vec<RecordDelivery>,
+    ) -> Option<Vec<u64>> {
+        let now = !self.closing
+            && (self.consumers.get(&cid))
+                .is_some_and(|c| c.ready && (c.no_ack || !self.unacked.must_hold(self.flow)));
+        if !now {
+            let items = records.into_iter().map(RecordDelivery::into_delivery);
+            let rest = self.deliver(conn, cid, queue, items.collect())?;
+            return Some(rest.into_iter().map(|d| d.id).collect());
+        }
+        let framed: Vec<FramedRecord<'_>> = (records.iter())
+            .map(|d| FramedRecord {
+                id: d.id,
+                offset: d.record.offset,
+                parts: d.record.parts(),
+            })
+            .collect();
+        self.write_framed(conn, cid, queue, &framed);
+        None
+    }
+
     /// Gives delivery tags to `items` for consumer `cid`, records the unacked ones and
     /// writes basic.deliver with content.
     fn write_deliveries(
@@ -235,8 +265,23 @@ impl Channel {
         queue: &QueueRef,
         items: Vec<Delivery>,
     ) {
-        let Some(c) = self.consumers.get(&cid) else {
+        if self.consumers.contains_key(&cid) {
+            self.write_framed(conn, cid, queue, &items);
+        } else {
             give_back(conn, queue, items);
+        }
+    }
+
+    /// `write_deliveries` for any kind of delivery; the caller checked that `cid` is one
+    /// of the channel's consumers.
+    fn write_framed<D: Outgoing>(
+        &mut self,
+        conn: &Rc<Connection>,
+        cid: u64,
+        queue: &QueueRef,
+        items: &[D],
+    ) {
+        let Some(c) = self.consumers.get(&cid) else {
             return;
         };
         let tag = c.tag.clone();
@@ -245,11 +290,11 @@ impl Channel {
         let frame_max = conn.frame_max.get();
         let id = self.id;
         let at_ms = if no_ack { 0 } else { now_ms() };
-        let tags = self.unacked.record(queue, &items, no_ack, true, at_ms);
+        let sizes = items.iter().map(|d| (d.id(), d.body().len() as u64));
+        let tags = self.unacked.record(queue, sizes, no_ack, true, at_ms);
         conn.write(|out| {
             let need = items.iter().map(|d| {
-                let m = &d.msg;
-                let (ex, rk, body) = (m.exchange().len(), m.routing_key().len(), m.body().len());
+                let (ex, rk, body) = (d.exchange().len(), d.routing_key().len(), d.body().len());
                 codec::delivery_len(tag.len(), ex, rk, d.properties_len(), body, frame_max)
             });
             out.reserve(need.sum());
@@ -259,19 +304,17 @@ impl Channel {
                     id,
                     tag.as_bytes(),
                     t,
-                    d.redelivered,
-                    d.msg.exchange(),
-                    d.msg.routing_key(),
+                    d.redelivered(),
+                    d.exchange(),
+                    d.routing_key(),
                 );
-                codec::put_content_with(out, id, d.msg.body(), frame_max, |out| {
-                    d.put_properties(out)
-                });
+                codec::put_content_with(out, id, d.body(), frame_max, |out| d.put_properties(out));
             }
         });
-        let bytes = items.iter().map(|d| d.msg.body().len() as u64).sum();
+        let bytes = items.iter().map(|d| d.body().len() as u64).sum();
         // A stream's reader is held back by unacked deliveries alone (its prefetch): it
         // is sent no written-credit, a hop across shards per write that it would ignore.
-        let stream = items.first().is_some_and(|d| d.stream_offset.is_some());
+        let stream = items.first().is_some_and(|d| d.stream_offset().is_some());
         if !stream {
             conn.count_written(cid, queue, n, bytes);
         }
@@ -306,9 +349,8 @@ impl Channel {
         no_ack: bool,
         count: u32,
     ) {
-        let t = self
-            .unacked
-            .record(queue, std::slice::from_ref(&d), no_ack, false, now_ms())[0];
+        let size = (d.id, d.msg.body().len() as u64);
+        let t = (self.unacked).record(queue, std::iter::once(size), no_ack, false, now_ms())[0];
         let frame_max = conn.frame_max.get();
         let id = self.id;
         conn.write(|out| {
@@ -565,10 +607,86 @@ impl Channel {
     }
 }
 
+/// One delivery as `write_framed` writes it: basic.deliver and its content.
+trait Outgoing {
+    fn id(&self) -> u64;
+    fn redelivered(&self) -> bool;
+    fn exchange(&self) -> &[u8];
+    fn routing_key(&self) -> &[u8];
+    fn body(&self) -> &[u8];
+    /// A stream delivery's offset (its `x-stream-offset` header).
+    fn stream_offset(&self) -> Option<i64>;
+    /// The bytes `put_properties` writes.
+    fn properties_len(&self) -> usize;
+    /// Writes the property bytes (flags and list) of the content header.
+    fn put_properties(&self, out: &mut BytesMut);
+}
+
+impl Outgoing for Delivery {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+    fn exchange(&self) -> &[u8] {
+        self.msg.exchange()
+    }
+    fn routing_key(&self) -> &[u8] {
+        self.msg.routing_key()
+    }
+    fn body(&self) -> &[u8] {
+        self.msg.body()
+    }
+    fn stream_offset(&self) -> Option<i64> {
+        self.stream_offset
+    }
+    fn properties_len(&self) -> usize {
+        Delivery::properties_len(self)
+    }
+    fn put_properties(&self, out: &mut BytesMut) {
+        Delivery::put_properties(self, out)
+    }
+}
+
+/// A stream record as it is framed: its parts borrowed from the record.
+struct FramedRecord<'a> {
+    id: u64,
+    offset: i64,
+    parts: crate::stream::record::RecordParts<'a>,
+}
+
+impl Outgoing for FramedRecord<'_> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn redelivered(&self) -> bool {
+        false
+    }
+    fn exchange(&self) -> &[u8] {
+        self.parts.exchange
+    }
+    fn routing_key(&self) -> &[u8] {
+        self.parts.routing_key
+    }
+    fn body(&self) -> &[u8] {
+        self.parts.body
+    }
+    fn stream_offset(&self) -> Option<i64> {
+        Some(self.offset)
+    }
+    fn properties_len(&self) -> usize {
+        self.parts.properties.len() + crate::stream::record::STREAM_OFFSET_EXTRA
+    }
+    fn put_properties(&self, out: &mut BytesMut) {
+        crate::stream::record::put_stream_properties(out, &self.parts.properties, self.offset)
+    }
+}
+
 /// Hands undelivered messages back to their queue unchanged.
 pub fn give_back(conn: &Rc<Connection>, queue: &QueueRef, items: Vec<Delivery>) {
     let ids = items.into_iter().map(|d| d.id).collect();
-    settle(conn, vec![(queue.clone(), ids)], Settle::Return);
+    super::owner::give_back(&conn.shard, queue.clone(), ids);
 }
 
 /// Sends settles of delivery ids, per queue, to each queue's owner.

@@ -24,6 +24,11 @@ fn queue(name: &str, id: u64) -> QueueRef {
     }
 }
 
+/// What `Unacked::record` is given for these deliveries: (id, body bytes).
+fn sizes(items: &[Delivery]) -> impl ExactSizeIterator<Item = (u64, u64)> + '_ {
+    items.iter().map(|d| (d.id, d.msg.body().len() as u64))
+}
+
 fn delivery(id: u64, body: &str) -> Delivery {
     Delivery {
         id,
@@ -58,11 +63,23 @@ fn delivery_tags_count_up_from_one_across_deliveries_and_gets() {
     let mut u = Unacked::default();
     let q = queue("q", 1);
     assert_eq!(
-        u.record(&q, &[delivery(10, "a"), delivery(11, "b")], false, true, 0),
+        u.record(
+            &q,
+            sizes(&[delivery(10, "a"), delivery(11, "b")]),
+            false,
+            true,
+            0
+        ),
         [1, 2]
     );
-    assert_eq!(u.record(&q, &[delivery(12, "c")], true, true, 0), [3]);
-    assert_eq!(u.record(&q, &[delivery(13, "d")], false, false, 0), [4]);
+    assert_eq!(
+        u.record(&q, sizes(&[delivery(12, "c")]), true, true, 0),
+        [3]
+    );
+    assert_eq!(
+        u.record(&q, sizes(&[delivery(13, "d")]), false, false, 0),
+        [4]
+    );
     assert_eq!(u.next_tag(), 5);
 }
 
@@ -70,9 +87,15 @@ fn delivery_tags_count_up_from_one_across_deliveries_and_gets() {
 fn ack_single_multiple_and_all() {
     let mut u = Unacked::default();
     let (a, b) = (queue("a", 1), queue("b", 2));
-    u.record(&a, &[delivery(10, "x"), delivery(11, "x")], false, true, 0);
-    u.record(&b, &[delivery(20, "x")], false, true, 0);
-    u.record(&a, &[delivery(12, "x")], false, true, 0);
+    u.record(
+        &a,
+        sizes(&[delivery(10, "x"), delivery(11, "x")]),
+        false,
+        true,
+        0,
+    );
+    u.record(&b, sizes(&[delivery(20, "x")]), false, true, 0);
+    u.record(&a, sizes(&[delivery(12, "x")]), false, true, 0);
     // Tag 2 alone (inside a transaction: the tags taken come back).
     let (taken, tags) = u.take(2, false, true).unwrap_or_default();
     assert_eq!((ids(&taken), tags), (vec![(1, vec![11])], vec![2]));
@@ -91,7 +114,13 @@ fn ack_single_multiple_and_all() {
 fn unknown_or_twice_acked_tags_are_precondition_failed() {
     let mut u = Unacked::default();
     let q = queue("q", 1);
-    u.record(&q, &[delivery(10, "x"), delivery(11, "x")], false, true, 0);
+    u.record(
+        &q,
+        sizes(&[delivery(10, "x"), delivery(11, "x")]),
+        false,
+        true,
+        0,
+    );
     assert_eq!(
         u.take(9, false, false).map_err(code).err(),
         Some(reply::PRECONDITION_FAILED)
@@ -106,7 +135,7 @@ fn unknown_or_twice_acked_tags_are_precondition_failed() {
         Some(reply::PRECONDITION_FAILED)
     );
     // A no_ack delivery has a tag but nothing to ack.
-    let t = u.record(&q, &[delivery(12, "x")], true, true, 0);
+    let t = u.record(&q, sizes(&[delivery(12, "x")]), true, true, 0);
     assert_eq!(
         u.take(t[0], false, false).map_err(code).err(),
         Some(reply::PRECONDITION_FAILED)
@@ -117,7 +146,13 @@ fn unknown_or_twice_acked_tags_are_precondition_failed() {
 fn a_transaction_keeps_settled_tags_until_rollback_restores_them() {
     let mut u = Unacked::default();
     let q = queue("q", 1);
-    u.record(&q, &[delivery(10, "x"), delivery(11, "x")], false, true, 5);
+    u.record(
+        &q,
+        sizes(&[delivery(10, "x"), delivery(11, "x")]),
+        false,
+        true,
+        5,
+    );
     let (_, tags) = u.take(2, true, true).unwrap_or_default();
     assert_eq!(tags, [1, 2]);
     assert_eq!(u.oldest_ms(), None);
@@ -141,7 +176,7 @@ fn global_prefetch_holds_deliveries_until_acks_make_room_in_arrival_order() {
         panic!("nothing released")
     };
     assert_eq!((cid, q.id, items.len()), (100, 1, 2));
-    u.record(&q, &items, false, true, 0);
+    u.record(&q, sizes(&items), false, true, 0);
     assert!(
         u.next_release().is_none(),
         "the channel-wide window is full"
@@ -152,7 +187,7 @@ fn global_prefetch_holds_deliveries_until_acks_make_room_in_arrival_order() {
         panic!("nothing released")
     };
     assert_eq!((cid, items.len()), (200, 1));
-    u.record(&q, &items, false, true, 0);
+    u.record(&q, sizes(&items), false, true, 0);
     assert!(u.next_release().is_none());
     u.take(0, true, false).unwrap_or_default();
     let released = u.next_release().map(|(cid, _, items)| (cid, items.len()));
@@ -173,7 +208,7 @@ fn global_prefetch_by_bytes_always_lets_one_through() {
         1,
         "a delivery bigger than the window goes alone"
     );
-    u.record(&q, &items, false, true, 0);
+    u.record(&q, sizes(&items), false, true, 0);
     assert!(u.next_release().is_none());
 }
 
@@ -182,7 +217,7 @@ fn basic_get_is_not_counted_against_global_prefetch() {
     let mut u = Unacked::default();
     let q = queue("q", 1);
     u.set_global(1, 0);
-    u.record(&q, &[delivery(1, "got")], false, false, 0);
+    u.record(&q, sizes(&[delivery(1, "got")]), false, false, 0);
     u.hold(7, &q, vec![delivery(2, "x")]);
     assert!(u.next_release().is_some());
 }

@@ -167,25 +167,25 @@ impl Unacked {
         t
     }
 
-    /// Gives tags to deliveries from `queue` being written; unless `no_ack`, they are
-    /// recorded as unacked, `counted` against the channel-wide prefetch (consumer
-    /// deliveries) or not (basic.get). Returns the tags, in order.
+    /// Gives tags to deliveries from `queue` being written, given as (delivery id, body
+    /// bytes); unless `no_ack`, they are recorded as unacked, `counted` against the
+    /// channel-wide prefetch (consumer deliveries) or not (basic.get). Returns the tags,
+    /// in order.
     pub fn record(
         &mut self,
         queue: &QueueRef,
-        items: &[Delivery],
+        items: impl ExactSizeIterator<Item = (u64, u64)>,
         no_ack: bool,
         counted: bool,
         at_ms: i64,
     ) -> Vec<u64> {
         let mut tags = Vec::with_capacity(items.len());
-        for d in items {
+        for (id, size) in items {
             let tag = self.next_tag();
             tags.push(tag);
             if no_ack {
                 continue;
             }
-            let size = d.msg.body().len() as u64;
             if counted {
                 self.global_unacked += 1;
                 self.global_unacked_bytes += size;
@@ -193,7 +193,7 @@ impl Unacked {
             self.tagged.push_back(Tagged {
                 tag,
                 queue: queue.clone(),
-                id: d.id,
+                id,
                 settled: false,
                 counted: counted.then_some(size),
                 at_ms,

@@ -44,10 +44,10 @@ use bytes::BytesMut;
 use super::auth::Permissions;
 use super::channel::ChannelRef;
 use super::codec::{self, Frame};
-use super::mesh::{Delivery, QueueOp};
+use super::mesh::{Delivery, RecordDelivery};
 use super::methods::Actor;
 use super::routing::QueueRef;
-use super::{outbox, reply, AmqpError};
+use super::{reply, AmqpError};
 use crate::broker::Shard;
 use crate::catalog::amqp::TopologyChange;
 use crate::catalog::Change;
@@ -261,22 +261,30 @@ impl Connection {
 
     /// Deliveries from a queue's owner for consumer `cid` on `channel`.
     pub fn deliver(self: &Rc<Self>, channel: u16, cid: u64, queue: QueueRef, items: Vec<Delivery>) {
-        let ch = self.channel(channel);
-        let rest = match ch {
+        let rest = match self.channel(channel) {
             Some(ch) => ch.borrow_mut().deliver(self, cid, &queue, items),
             None => Some(items),
         };
         if let Some(items) = rest {
             let ids = items.into_iter().map(|d| d.id).collect();
-            outbox::push(
-                &self.shard,
-                queue.owner,
-                QueueOp::Settle {
-                    queue,
-                    ids,
-                    how: super::mesh::Settle::Return,
-                },
-            );
+            super::owner::give_back(&self.shard, queue, ids);
+        }
+    }
+
+    /// A stream reader's records for consumer `cid` on `channel`.
+    pub fn deliver_records(
+        self: &Rc<Self>,
+        channel: u16,
+        cid: u64,
+        queue: QueueRef,
+        records: Vec<RecordDelivery>,
+    ) {
+        let rest = match self.channel(channel) {
+            Some(ch) => ch.borrow_mut().deliver_records(self, cid, &queue, records),
+            None => Some(records.into_iter().map(|d| d.id).collect()),
+        };
+        if let Some(ids) = rest {
+            super::owner::give_back(&self.shard, queue, ids);
         }
     }
 
