@@ -9,6 +9,7 @@
 //! shard. Tags are given when a delivery is written, so they stay in write order.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use super::super::mesh::Delivery;
 use super::super::reply;
@@ -20,7 +21,8 @@ pub type Taken = (Vec<(QueueRef, Vec<u64>)>, Vec<u64>);
 
 struct Tagged {
     tag: u64,
-    queue: QueueRef,
+    /// Shared by the entries of one queue (`Unacked::queue`): one count, not atomic.
+    queue: Rc<QueueRef>,
     id: u64,
     settled: bool,
     /// Body bytes, when the delivery counts against the channel-wide prefetch (a consumer
@@ -49,6 +51,8 @@ pub struct Unacked {
     global_unacked_bytes: u64,
     /// Deliveries waiting for room in the channel-wide prefetch (or for flow), in order.
     held: VecDeque<Held>,
+    /// The queue of the last deliveries recorded, shared by their entries.
+    last_queue: Option<Rc<QueueRef>>,
 }
 
 impl Default for Unacked {
@@ -61,6 +65,7 @@ impl Default for Unacked {
             global_unacked: 0,
             global_unacked_bytes: 0,
             held: VecDeque::new(),
+            last_queue: None,
         }
     }
 }
@@ -180,6 +185,7 @@ impl Unacked {
         at_ms: i64,
     ) -> Vec<u64> {
         let mut tags = Vec::with_capacity(items.len());
+        let queue = self.queue(queue);
         for (id, size) in items {
             let tag = self.next_tag();
             tags.push(tag);
@@ -192,7 +198,7 @@ impl Unacked {
             }
             self.tagged.push_back(Tagged {
                 tag,
-                queue: queue.clone(),
+                queue: Rc::clone(&queue),
                 id,
                 settled: false,
                 counted: counted.then_some(size),
@@ -200,6 +206,14 @@ impl Unacked {
             });
         }
         tags
+    }
+
+    /// `queue` as the entries share it: the last one recorded when it is the same.
+    fn queue(&mut self, queue: &QueueRef) -> Rc<QueueRef> {
+        match &self.last_queue {
+            Some(q) if **q == *queue => Rc::clone(q),
+            _ => Rc::clone(self.last_queue.insert(Rc::new(queue.clone()))),
+        }
     }
 
     /// Takes the unacked deliveries an ack/nack/reject names: `tag` alone, every tag up to
@@ -291,7 +305,7 @@ impl Unacked {
 }
 
 /// Delivery ids grouped by queue, queues in first-seen order.
-fn group(taken: Vec<(QueueRef, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
+fn group(taken: Vec<(Rc<QueueRef>, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
     let mut out: Vec<(QueueRef, Vec<u64>)> = Vec::new();
     let mut left = taken.len();
     for (q, id) in taken {
