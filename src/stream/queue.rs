@@ -127,6 +127,14 @@ impl Reader {
         let p = self.prefetch.get();
         self.active.get() && (p == 0 || self.unacked.get() < p)
     }
+
+    /// How many more deliveries its prefetch allows (`usize::MAX`: no limit).
+    fn room(&self) -> usize {
+        match self.prefetch.get() {
+            0 => usize::MAX,
+            p => p.saturating_sub(self.unacked.get()) as usize,
+        }
+    }
 }
 
 /// Messages published to one stream, waiting for the next batch.
@@ -947,7 +955,7 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
 /// `x-stream-filter` does not want are dropped without costing credit. `next` is where
 /// the reader's next fetch starts: the consumer's position once nothing is pending.
 fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
-    let mut items = Vec::new();
+    let mut items = Vec::with_capacity(pending.len().min(r.room()));
     let streams = &shard.amqp.streams;
     let mut batch = delivered::Batch::new(r.spec.cid);
     {

@@ -77,18 +77,54 @@ impl KeyFrom {
 /// on demand (`headers`, `header`): in order, duplicates included (Kafka allows them).
 /// The mapping headers an AMQP publisher's record carries (`amqp-properties`,
 /// `amqp-exchange`, `amqp-routing-key`) were found in the same pass that checked them,
-/// so mapping a record to a delivery compares no header name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// so mapping a record to a delivery compares no header name. Key, value and headers are
+/// spans of one slice of the batch (`bytes`): a record shares its batch with one count.
+#[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub offset: i64,
     /// Milliseconds since the epoch (CreateTime, or the batch's LogAppendTime); -1 for none.
     pub timestamp: i64,
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
+    bytes: Bytes,
+    key: Option<Field>,
+    value: Option<Field>,
     /// The headers section after its count: (name, value) pairs, varint-length framed.
-    headers: Bytes,
+    headers: Field,
     mapped: Mapped,
 }
+
+/// Where a part of a record lies in its `bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Field {
+    start: u32,
+    end: u32,
+}
+
+impl Field {
+    /// `r` as a field, when it fits (a record's bytes are a batch's, far below 4 GiB).
+    fn of(r: std::ops::Range<usize>) -> Option<Field> {
+        Some(Field {
+            start: u32::try_from(r.start).ok()?,
+            end: u32::try_from(r.end).ok()?,
+        })
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// Records are equal when their offsets, timestamps, keys, values and headers are (however
+/// their bytes are laid out).
+impl PartialEq for StoredRecord {
+    fn eq(&self, other: &StoredRecord) -> bool {
+        (self.offset, self.timestamp) == (other.offset, other.timestamp)
+            && self.key() == other.key()
+            && self.value() == other.value()
+            && self.headers_bytes() == other.headers_bytes()
+    }
+}
+
+impl Eq for StoredRecord {}
 
 /// Where the value of a mapping header lies in a record's `headers` bytes (the last
 /// header of its name).
@@ -125,8 +161,8 @@ fn field_range(b: &[u8], at: &mut usize) -> Option<Option<std::ops::Range<usize>
 
 /// Checks `count` headers from `at` in `s` (before `end`) and finds the mapping headers
 /// among them (a first-byte test, then one compare for names starting with `a`): the
-/// headers bytes and their mapping. `None` when they are malformed.
-fn scan_headers(s: &Bytes, end: usize, at: &mut usize, count: usize) -> Option<(Bytes, Mapped)> {
+/// headers' field in `s` and their mapping. `None` when they are malformed.
+fn scan_headers(s: &[u8], end: usize, at: &mut usize, count: usize) -> Option<(Field, Mapped)> {
     let b = s.get(..end)?;
     let start = *at;
     let mut mapped = Mapped::default();
@@ -151,7 +187,7 @@ fn scan_headers(s: &Bytes, end: usize, at: &mut usize, count: usize) -> Option<(
             ),
         };
     }
-    Some((s.slice(start..*at), mapped))
+    Some((Field::of(start..*at)?, mapped))
 }
 
 /// The headers of a record, in order: (name, value).
@@ -182,6 +218,13 @@ impl StoredRecord {
         headers: &[(&[u8], Option<&[u8]>)],
     ) -> StoredRecord {
         let mut raw = BytesMut::new();
+        let mut put = |b: Option<&Bytes>| {
+            let start = raw.len();
+            raw.put_slice(b?);
+            Field::of(start..raw.len())
+        };
+        let (key, value) = (put(key.as_ref()), put(value.as_ref()));
+        let start = raw.len();
         for (k, v) in headers {
             batch::put_varint(&mut raw, k.len() as i64);
             raw.put_slice(k);
@@ -193,12 +236,13 @@ impl StoredRecord {
                 None => batch::put_varint(&mut raw, -1),
             }
         }
-        let raw = raw.freeze();
-        let (headers, mapped) = scan_headers(&raw, raw.len(), &mut 0, headers.len())
-            .unwrap_or((Bytes::new(), Mapped::default()));
+        let bytes = raw.freeze();
+        let (headers, mapped) =
+            scan_headers(&bytes, bytes.len(), &mut { start }, headers.len()).unwrap_or_default();
         StoredRecord {
             offset,
             timestamp,
+            bytes,
             key,
             value,
             headers,
@@ -208,15 +252,38 @@ impl StoredRecord {
 
     /// The bytes it holds: key, value and headers.
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.len()
+        self.bytes.len()
+    }
+
+    /// The record's key (`None`: null).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.and_then(|f| self.bytes.get(f.range()))
+    }
+
+    /// The record's value (`None`: null).
+    pub fn value(&self) -> Option<&[u8]> {
+        self.value.and_then(|f| self.bytes.get(f.range()))
+    }
+
+    /// The key as a slice of the batch.
+    pub fn key_bytes(&self) -> Option<Bytes> {
+        self.key().map(|k| self.bytes.slice_ref(k))
+    }
+
+    /// The value as a slice of the batch.
+    pub fn value_bytes(&self) -> Option<Bytes> {
+        self.value().map(|v| self.bytes.slice_ref(v))
+    }
+
+    /// The headers section after its count.
+    fn headers_bytes(&self) -> &[u8] {
+        self.bytes.get(self.headers.range()).unwrap_or_default()
     }
 
     /// The record's headers, in order, duplicates included.
     pub fn headers(&self) -> Headers<'_> {
         Headers {
-            b: &self.headers,
+            b: self.headers_bytes(),
             at: 0,
         }
     }
@@ -232,7 +299,7 @@ impl StoredRecord {
     /// A mapping header's value, a slice of the record's bytes.
     fn mapped(&self, span: Span) -> Option<Option<Bytes>> {
         self.mapped_slice(span)
-            .map(|v| v.map(|v| self.headers.slice_ref(v)))
+            .map(|v| v.map(|v| self.bytes.slice_ref(v)))
     }
 
     /// A mapping header's value, borrowed: `None` absent, `Some(None)` null.
@@ -240,7 +307,7 @@ impl StoredRecord {
         match span {
             Span::Absent => None,
             Span::Null => Some(None),
-            Span::At(start, end) => Some(self.headers.get(start as usize..end as usize)),
+            Span::At(start, end) => Some(self.headers_bytes().get(start as usize..end as usize)),
         }
     }
 
@@ -254,7 +321,7 @@ impl StoredRecord {
         let routing_key = self.mapped_slice(m.routing_key);
         let key_ok = match routing_key {
             Some(rk) => short_string_ok(rk.unwrap_or_default()),
-            None => short_string_ok(self.key.as_deref().unwrap_or_default()),
+            None => short_string_ok(self.key().unwrap_or_default()),
         };
         let ok = short_string_ok(exchange) && key_ok && scan_properties(props).is_some();
         ok.then_some((m.exchange, routing_key.map(|_| m.routing_key), m.properties))
@@ -264,8 +331,8 @@ impl StoredRecord {
     /// them (`delivery_of`'s mapping, with nothing copied but a Kafka record's properties,
     /// which are built): what a stream consumer's connection frames.
     pub fn parts(&self) -> RecordParts<'_> {
-        let body = self.value.as_deref().unwrap_or_default();
-        let key = self.key.as_deref().unwrap_or_default();
+        let body = self.value().unwrap_or_default();
+        let key = self.key().unwrap_or_default();
         if let Some((exchange, routing_key, properties)) = self.amqp_origin() {
             let slice = |span| self.mapped_slice(span).flatten().unwrap_or_default();
             return RecordParts {
@@ -714,7 +781,7 @@ fn walk(s: &Bytes, h: &BatchHeader, from: i64, out: &mut Vec<StoredRecord>) -> R
 }
 
 /// One record's body (after its length), `body` in the section `s`: attributes, deltas,
-/// key, value, headers. Its parts are slices of `s`.
+/// key, value, headers. It holds a slice of `s`, from its key on.
 fn record(
     s: &Bytes,
     body: std::ops::Range<usize>,
@@ -724,17 +791,26 @@ fn record(
     if body.is_empty() {
         return None;
     }
-    let b = s.get(..body.end)?;
-    let mut at = body.start + 1; // attributes
+    let b = s.get(body.clone())?;
+    let mut at = 1; // attributes
     let ts_delta = batch::varint(b, &mut at)?;
     let offset_delta = batch::varint(b, &mut at)?;
-    let key = field_range(b, &mut at)?.map(|r| s.slice(r));
-    let value = field_range(b, &mut at)?.map(|r| s.slice(r));
+    // The record's bytes start at its key: the spans below count from there.
+    let from = at;
+    let mut field = || -> Option<Option<Field>> {
+        Some(match field_range(b, &mut at)? {
+            Some(r) => Some(Field::of(r.start - from..r.end - from)?),
+            None => None,
+        })
+    };
+    let (key, value) = (field()?, field()?);
     let count = batch::varint(b, &mut at)?;
     if count < 0 || count as usize > body.len() {
         return None;
     }
-    let (headers, mapped) = scan_headers(s, body.end, &mut at, count as usize)?;
+    let b = b.get(from..)?;
+    let mut in_record = at - from;
+    let (headers, mapped) = scan_headers(b, b.len(), &mut in_record, count as usize)?;
     Some(StoredRecord {
         offset: h.base_offset.checked_add(offset_delta)?,
         timestamp: if log_append {
@@ -742,6 +818,7 @@ fn record(
         } else {
             h.base_timestamp.saturating_add(ts_delta)
         },
+        bytes: s.slice(body.start + from..body.start + from + in_record),
         key,
         value,
         headers,
@@ -788,18 +865,18 @@ pub fn into_delivery(r: StoredRecord) -> Delivery {
         let bytes = |span| r.mapped(span).flatten().unwrap_or_default();
         return Delivery {
             exchange: bytes(exchange),
-            routing_key: routing_key.map_or_else(|| r.key.clone().unwrap_or_default(), bytes),
+            routing_key: routing_key.map_or_else(|| r.key_bytes().unwrap_or_default(), bytes),
             properties: bytes(properties),
-            body: r.value.unwrap_or_default(),
+            body: r.value_bytes().unwrap_or_default(),
         };
     }
-    let key_fits = short_string_ok(r.key.as_deref().unwrap_or_default());
+    let key_fits = short_string_ok(r.key().unwrap_or_default());
     let properties = kafka_properties(&r, !key_fits).into();
     Delivery {
         exchange: Bytes::new(),
-        routing_key: r.key.filter(|_| key_fits).unwrap_or_default(),
+        routing_key: r.key_bytes().filter(|_| key_fits).unwrap_or_default(),
         properties,
-        body: r.value.unwrap_or_default(),
+        body: r.value_bytes().unwrap_or_default(),
     }
 }
 
@@ -828,7 +905,7 @@ const FEW_HEADERS: usize = 16;
 /// goes in the table as `x-kafka-key` (it wins over a header of that name).
 fn kafka_properties(r: &StoredRecord, key_in_table: bool) -> Vec<u8> {
     use std::borrow::Cow;
-    let key_entry = key_in_table.then(|| (KAFKA_KEY_HEADER.as_bytes(), r.key.as_deref()));
+    let key_entry = key_in_table.then(|| (KAFKA_KEY_HEADER.as_bytes(), r.key()));
     let headers: Vec<(&[u8], Option<&[u8]>)> = r.headers().collect();
     let many = headers.len() > FEW_HEADERS;
     let mut seen = std::collections::HashSet::new();
@@ -1084,7 +1161,7 @@ mod tests {
                         KeyFrom::RoutingKey => Some(msg.routing_key_bytes()),
                         KeyFrom::None => None,
                     };
-                    assert_eq!(r.key, key, "{key_from:?}");
+                    assert_eq!(r.key_bytes(), key, "{key_from:?}");
                     let out = delivery_of(r);
                     assert_eq!(
                         out,
@@ -1282,8 +1359,8 @@ mod tests {
         let r = StoredRecord::new(
             r.offset,
             r.timestamp,
-            r.key.clone(),
-            r.value.clone(),
+            r.key_bytes(),
+            r.value_bytes(),
             &headers,
         );
         let out = delivery_of(&r);
@@ -1689,7 +1766,7 @@ mod tests {
         let key_entry = key_in_table.then(|| {
             (
                 Bytes::from_static(KAFKA_KEY_HEADER.as_bytes()),
-                r.key.clone(),
+                r.key_bytes(),
             )
         });
         let mut seen = std::collections::HashSet::new();
@@ -1734,12 +1811,12 @@ mod tests {
 
     /// The old `stream_delivery_of`.
     fn old_stream_delivery(r: &StoredRecord) -> Delivery {
-        let body = r.value.clone().unwrap_or_default();
+        let body = r.value_bytes().unwrap_or_default();
         if let Some(Some(props)) = old_header(r, PROPERTIES_HEADER) {
             let exchange = old_header(r, EXCHANGE_HEADER).flatten().unwrap_or_default();
             let routing_key = match old_header(r, ROUTING_KEY_HEADER) {
                 Some(rk) => rk,
-                None => r.key.clone(),
+                None => r.key_bytes(),
             }
             .unwrap_or_default();
             if short_string_ok(&exchange)
@@ -1754,7 +1831,7 @@ mod tests {
                 };
             }
         }
-        let key = r.key.clone().unwrap_or_default();
+        let key = r.key_bytes().unwrap_or_default();
         let key_fits = short_string_ok(&key);
         let props = old_kafka_properties(r, !key_fits);
         Delivery {

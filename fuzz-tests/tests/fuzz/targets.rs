@@ -189,11 +189,18 @@ pub fn stream_records(data: &[u8]) {
             "a delivery's properties must be well formed"
         );
         assert!(d.exchange.len() <= 255 && d.routing_key.len() <= 255);
+        // The parts a reader's records are framed from are the delivery's.
+        let p = r.parts();
+        assert_eq!(
+            (p.exchange, p.routing_key),
+            (&d.exchange[..], &d.routing_key[..])
+        );
+        assert_eq!(p.body, &d.body[..]);
         let msg = message::Message::new(message::MessageData {
             parts: message::Parts::apart(
                 d.exchange,
                 d.routing_key,
-                r.value.clone().unwrap_or_default(),
+                r.value_bytes().unwrap_or_default(),
                 d.body,
             ),
             persistent: false,
