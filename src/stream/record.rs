@@ -296,14 +296,8 @@ impl StoredRecord {
             .map(|(_, v)| v)
     }
 
-    /// A mapping header's value, a slice of the record's bytes.
-    fn mapped(&self, span: Span) -> Option<Option<Bytes>> {
-        self.mapped_slice(span)
-            .map(|v| v.map(|v| self.bytes.slice_ref(v)))
-    }
-
-    /// A mapping header's value, borrowed: `None` absent, `Some(None)` null.
-    fn mapped_slice(&self, span: Span) -> Option<Option<&[u8]>> {
+    /// A mapping header's value: `None` absent, `Some(None)` null.
+    fn mapped(&self, span: Span) -> Option<Option<&[u8]>> {
         match span {
             Span::Absent => None,
             Span::Null => Some(None),
@@ -311,20 +305,20 @@ impl StoredRecord {
         }
     }
 
-    /// The spans of a record an AMQP publisher wrote — (exchange, routing key, properties);
-    /// a routing key of `None` is the record's key — when its mapping headers are well
-    /// formed (`delivery_of`'s test); `None` for any other record.
-    fn amqp_origin(&self) -> Option<(Span, Option<Span>, Span)> {
+    /// The (exchange, routing key, properties) of a record an AMQP publisher wrote, when
+    /// its mapping headers are well formed (`delivery_of`'s test; without an
+    /// `amqp-routing-key` header the routing key is the record's key); `None` for any other
+    /// record.
+    fn amqp_origin(&self) -> Option<(&[u8], &[u8], &[u8])> {
         let m = self.mapped;
-        let props = self.mapped_slice(m.properties)??;
-        let exchange = self.mapped_slice(m.exchange).flatten().unwrap_or_default();
-        let routing_key = self.mapped_slice(m.routing_key);
-        let key_ok = match routing_key {
-            Some(rk) => short_string_ok(rk.unwrap_or_default()),
-            None => short_string_ok(self.key().unwrap_or_default()),
+        let props = self.mapped(m.properties)??;
+        let exchange = self.mapped(m.exchange).flatten().unwrap_or_default();
+        let routing_key = match self.mapped(m.routing_key) {
+            Some(rk) => rk.unwrap_or_default(),
+            None => self.key().unwrap_or_default(),
         };
-        let ok = short_string_ok(exchange) && key_ok && scan_properties(props).is_some();
-        ok.then_some((m.exchange, routing_key.map(|_| m.routing_key), m.properties))
+        let ok = short_string_ok(exchange) && short_string_ok(routing_key);
+        (ok && scan_properties(props).is_some()).then_some((exchange, routing_key, props))
     }
 
     /// The record as the parts of its AMQP delivery, borrowed where the record holds
@@ -332,16 +326,15 @@ impl StoredRecord {
     /// which are built): what a stream consumer's connection frames.
     pub fn parts(&self) -> RecordParts<'_> {
         let body = self.value().unwrap_or_default();
-        let key = self.key().unwrap_or_default();
         if let Some((exchange, routing_key, properties)) = self.amqp_origin() {
-            let slice = |span| self.mapped_slice(span).flatten().unwrap_or_default();
             return RecordParts {
-                exchange: slice(exchange),
-                routing_key: routing_key.map_or(key, slice),
-                properties: std::borrow::Cow::Borrowed(slice(properties)),
+                exchange,
+                routing_key,
+                properties: std::borrow::Cow::Borrowed(properties),
                 body,
             };
         }
+        let key = self.key().unwrap_or_default();
         let key_fits = short_string_ok(key);
         RecordParts {
             exchange: &[],
@@ -859,24 +852,20 @@ pub fn stream_delivery(r: StoredRecord, id: u64) -> crate::amqp::mesh::Delivery 
     }
 }
 
-/// `delivery_of` taking the record: its key and value move into the delivery.
+/// `delivery_of` taking the record: its parts are slices of the record's bytes (but a
+/// Kafka record's properties, built).
 pub fn into_delivery(r: StoredRecord) -> Delivery {
-    if let Some((exchange, routing_key, properties)) = r.amqp_origin() {
-        let bytes = |span| r.mapped(span).flatten().unwrap_or_default();
-        return Delivery {
-            exchange: bytes(exchange),
-            routing_key: routing_key.map_or_else(|| r.key_bytes().unwrap_or_default(), bytes),
-            properties: bytes(properties),
-            body: r.value_bytes().unwrap_or_default(),
-        };
-    }
-    let key_fits = short_string_ok(r.key().unwrap_or_default());
-    let properties = kafka_properties(&r, !key_fits).into();
+    let p = r.parts();
+    // Every part `parts` borrows is in the record's bytes (an empty one is no slice).
+    let bytes = |s: &[u8]| r.bytes.slice_ref(s);
     Delivery {
-        exchange: Bytes::new(),
-        routing_key: r.key_bytes().filter(|_| key_fits).unwrap_or_default(),
-        properties,
-        body: r.value_bytes().unwrap_or_default(),
+        exchange: bytes(p.exchange),
+        routing_key: bytes(p.routing_key),
+        properties: match p.properties {
+            std::borrow::Cow::Borrowed(s) => bytes(s),
+            std::borrow::Cow::Owned(v) => v.into(),
+        },
+        body: bytes(p.body),
     }
 }
 
