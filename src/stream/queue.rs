@@ -15,11 +15,11 @@
 //!   (below the last stable offset; the batches of aborted transactions dropped by
 //!   `committed`), decodes the batches (`record::records_of`, any compression, control
 //!   batches skipped) and hands
-//!   deliveries to the consumer's connection shard as a queue does (`ConnOp::Deliver`),
-//!   never more unacked than the consumer's prefetch. Each delivery carries the
-//!   `x-stream-offset` header, which the consumer's connection writes into the content
-//!   header (`Delivery::put_properties`): a delivery is the record's stored bytes (slices
-//!   of an uncompressed fetch, no copy) until its frames are written. When caught up it
+//!   the records to the consumer's connection shard (`ConnOp::DeliverRecords`), never
+//!   more unacked than the consumer's prefetch. The connection frames each record from
+//!   its stored bytes (`StoredRecord::parts`: a slice of an uncompressed fetch, no copy,
+//!   no message built) and writes the `x-stream-offset` header every delivery carries
+//!   into the content header (`record::put_stream_properties`). When caught up it
 //!   waits on the owner's wait-for-data notification (`Request::WaitForData`), not on a
 //!   timer.
 //! - Settle (ack, nack, reject, with or without requeue) only returns credit: nothing is
