@@ -305,11 +305,11 @@ impl StoredRecord {
         }
     }
 
-    /// The (exchange, routing key, properties) of a record an AMQP publisher wrote, when
-    /// its mapping headers are well formed (`delivery_of`'s test; without an
-    /// `amqp-routing-key` header the routing key is the record's key); `None` for any other
-    /// record.
-    fn amqp_origin(&self) -> Option<(&[u8], &[u8], &[u8])> {
+    /// The (exchange, routing key, properties, the properties' headers table) of a record
+    /// an AMQP publisher wrote, when its mapping headers are well formed (`delivery_of`'s
+    /// test; without an `amqp-routing-key` header the routing key is the record's key);
+    /// `None` for any other record.
+    fn amqp_origin(&self) -> Option<AmqpOrigin<'_>> {
         let m = self.mapped;
         let props = self.mapped(m.properties)??;
         let exchange = self.mapped(m.exchange).flatten().unwrap_or_default();
@@ -317,8 +317,11 @@ impl StoredRecord {
             Some(rk) => rk.unwrap_or_default(),
             None => self.key().unwrap_or_default(),
         };
-        let ok = short_string_ok(exchange) && short_string_ok(routing_key);
-        (ok && scan_properties(props).is_some()).then_some((exchange, routing_key, props))
+        if !(short_string_ok(exchange) && short_string_ok(routing_key)) {
+            return None;
+        }
+        let table = scan_properties(props)?.headers;
+        Some((exchange, routing_key, props, table))
     }
 
     /// The record as the parts of its AMQP delivery, borrowed where the record holds
@@ -326,11 +329,12 @@ impl StoredRecord {
     /// which are built): what a stream consumer's connection frames.
     pub fn parts(&self) -> RecordParts<'_> {
         let body = self.value().unwrap_or_default();
-        if let Some((exchange, routing_key, properties)) = self.amqp_origin() {
+        if let Some((exchange, routing_key, properties, table)) = self.amqp_origin() {
             return RecordParts {
                 exchange,
                 routing_key,
                 properties: std::borrow::Cow::Borrowed(properties),
+                scanned: Some(table),
                 body,
             };
         }
@@ -340,6 +344,7 @@ impl StoredRecord {
             exchange: &[],
             routing_key: if key_fits { key } else { &[] },
             properties: std::borrow::Cow::Owned(kafka_properties(self, !key_fits)),
+            scanned: None,
             body,
         }
     }
@@ -349,10 +354,27 @@ impl StoredRecord {
 pub struct RecordParts<'a> {
     pub exchange: &'a [u8],
     pub routing_key: &'a [u8],
-    /// Flags and list, without `x-stream-offset` (`put_stream_properties` adds it).
+    /// Flags and list, without `x-stream-offset` (`put_parts_properties` adds it).
     pub properties: std::borrow::Cow<'a, [u8]>,
+    /// Whether the stored properties were scanned well formed already, and their headers
+    /// table if so (a slice of them); `None` for properties built from Kafka headers.
+    scanned: Option<Option<&'a [u8]>>,
     pub body: &'a [u8],
 }
+
+impl RecordParts<'_> {
+    /// Writes the properties with `x-stream-offset` = `offset` (`put_stream_properties`),
+    /// without scanning them again when `parts` did.
+    pub fn put_properties(&self, out: &mut BytesMut, offset: i64) {
+        match self.scanned {
+            Some(table) => put_scanned_stream_properties(out, &self.properties, table, offset),
+            None => put_stream_properties(out, &self.properties, offset),
+        }
+    }
+}
+
+/// The parts of a record an AMQP publisher wrote (`StoredRecord::amqp_origin`).
+type AmqpOrigin<'a> = (&'a [u8], &'a [u8], &'a [u8], Option<&'a [u8]>);
 
 /// What `records_within` decoded from a run of batches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -979,11 +1001,21 @@ pub fn with_stream_offset(properties: &Bytes, offset: i64) -> Bytes {
 /// the table). Malformed bytes are written unchanged. How a stream delivery's content
 /// header is written: straight into the connection's output, no bytes built between.
 pub fn put_stream_properties(out: &mut BytesMut, properties: &[u8], offset: i64) {
-    let Some(view) = scan_properties(properties) else {
-        out.put_slice(properties);
-        return;
-    };
-    match view.headers {
+    match scan_properties(properties) {
+        Some(view) => put_scanned_stream_properties(out, properties, view.headers, offset),
+        None => out.put_slice(properties),
+    }
+}
+
+/// `put_stream_properties` for properties `scan_properties` found well formed, with the
+/// headers `table` it found in them (a slice of `properties`).
+fn put_scanned_stream_properties(
+    out: &mut BytesMut,
+    properties: &[u8],
+    table: Option<&[u8]>,
+    offset: i64,
+) {
+    match table {
         Some(table) => {
             // A slice of `properties`: where the table starts in them.
             let at = table.as_ptr() as usize - properties.as_ptr() as usize;
@@ -1853,7 +1885,7 @@ mod tests {
                 let p = r.parts();
                 codec::put_deliver(&mut out, 1, b"c", 9, false, p.exchange, p.routing_key);
                 codec::put_content_with(&mut out, 1, p.body, 4096, |out| {
-                    put_stream_properties(out, &p.properties, r.offset)
+                    p.put_properties(out, r.offset)
                 });
             }
             Path::Message => {

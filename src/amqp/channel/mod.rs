@@ -679,7 +679,7 @@ impl Outgoing for FramedRecord<'_> {
         self.parts.properties.len() + crate::stream::record::STREAM_OFFSET_EXTRA
     }
     fn put_properties(&self, out: &mut BytesMut) {
-        crate::stream::record::put_stream_properties(out, &self.parts.properties, self.offset)
+        self.parts.put_properties(out, self.offset)
     }
 }
 
