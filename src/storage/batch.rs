@@ -742,7 +742,6 @@ pub(crate) mod tests {
         buf.freeze()
     }
 
-    /// The control batch is what Kafka writes, and reads back as the marker it carries.
     /// Every value reads back as written, one-byte varints (-64..=63) and longer ones
     /// alike, with the position past it; a short buffer or an over-long varint is `None`.
     #[test]
@@ -762,6 +761,8 @@ pub(crate) mod tests {
         assert_eq!(varint(&[0x80; 11], &mut 0), None, "more than ten bytes");
         assert_eq!(varint(&[], &mut 0), None);
     }
+
+    /// The control batch is what Kafka writes, and reads back as the marker it carries.
     #[test]
     fn control_batches_carry_their_marker() {
         for commit in [false, true] {

@@ -124,8 +124,7 @@ struct Reader {
 
 impl Reader {
     fn has_credit(&self) -> bool {
-        let p = self.prefetch.get();
-        self.active.get() && (p == 0 || self.unacked.get() < p)
+        self.active.get() && self.room() > 0
     }
 
     /// How many more deliveries its prefetch allows (`usize::MAX`: no limit).
@@ -951,8 +950,8 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
 }
 
 /// Hands the consumer's connection shard as many of `pending` as its credit allows, in
-/// offset order, in one `ConnOp::DeliverRecords` (one cross-shard hop for the lot); records an
-/// `x-stream-filter` does not want are dropped without costing credit. `next` is where
+/// offset order, in one `ConnOp::DeliverRecords` (one cross-shard hop for the lot);
+/// records an `x-stream-filter` does not want are dropped without costing credit. `next` is where
 /// the reader's next fetch starts: the consumer's position once nothing is pending.
 fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
     let mut items = Vec::with_capacity(pending.len().min(r.room()));

@@ -354,7 +354,7 @@ impl StoredRecord {
 pub struct RecordParts<'a> {
     pub exchange: &'a [u8],
     pub routing_key: &'a [u8],
-    /// Flags and list, without `x-stream-offset` (`put_parts_properties` adds it).
+    /// Flags and list, without `x-stream-offset` (`RecordParts::put_properties` adds it).
     pub properties: std::borrow::Cow<'a, [u8]>,
     /// Whether the stored properties were scanned well formed already, and their headers
     /// table if so (a slice of them); `None` for properties built from Kafka headers.
@@ -2107,8 +2107,8 @@ mod tests {
     /// The fast paths (the properties as stored, `x-stream-offset` written into the frame;
     /// the mapping headers found in the decoding pass; the Kafka properties built in one
     /// buffer; the parts borrowed from the record) write exactly the frames the old path
-    /// wrote, for records built directly and
-    /// for the same records read back from batches of every codec.
+    /// wrote, for records built directly and for the same records read back from batches
+    /// of every codec.
     #[test]
     fn fast_framing_writes_the_bytes_of_the_old_path() {
         let mut g = Gen(0x9e37_79b9_7f4a_7c15);

@@ -315,14 +315,17 @@ fn group(taken: Vec<(Rc<QueueRef>, u64)>) -> Vec<(QueueRef, Vec<u64>)> {
     out
 }
 
-/// Adds a delivery id to its queue's group (the queue is cloned only for a new group,
-/// made with room for the `left` ids that may still come: a multiple ack of one queue's
-/// deliveries fills one group, which growing id by id reallocated at every doubling).
+/// Adds a delivery id to its queue's group (the queue is cloned only for a new group).
+/// The first group is made with room for the `left` ids that may still come: a multiple
+/// ack of one queue's deliveries fills one group, which growing id by id reallocated at
+/// every doubling. Later groups grow as they fill (room for all of `left` in each would
+/// hold queues × ids for an ack across many queues).
 fn add(groups: &mut Vec<(QueueRef, Vec<u64>)>, queue: &QueueRef, id: u64, left: usize) {
     match groups.iter_mut().find(|(q, _)| q.id == queue.id) {
         Some((_, ids)) => ids.push(id),
         None => {
-            let mut ids = Vec::with_capacity(left.max(1));
+            let room = if groups.is_empty() { left.max(1) } else { 1 };
+            let mut ids = Vec::with_capacity(room);
             ids.push(id);
             groups.push((queue.clone(), ids));
         }
