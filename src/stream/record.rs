@@ -1166,6 +1166,20 @@ mod tests {
             .map(|v| v.as_ref())
     }
 
+    /// A name travels as a short string when it is at most 255 bytes of UTF-8: ASCII and
+    /// multi-byte characters alike; bytes that are not UTF-8, or one byte too many, do not.
+    #[test]
+    fn short_strings_are_at_most_255_bytes_of_utf8() {
+        assert!(short_string_ok(b""));
+        assert!(short_string_ok(b"orders.eu"));
+        assert!(short_string_ok("commandes.été".as_bytes()));
+        assert!(short_string_ok(&[b'k'; 255]));
+        assert!(!short_string_ok(&[b'k'; 256]));
+        assert!(!short_string_ok(&"é".repeat(128).into_bytes()));
+        assert!(!short_string_ok(b"key\xff"));
+        assert!(!short_string_ok(&[b'a', 0xc3]));
+    }
+
     #[test]
     fn amqp_to_log_to_amqp_is_byte_identical() {
         for props in [every_property(), Bytes::from_static(&[0, 0])] {
