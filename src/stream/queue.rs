@@ -951,8 +951,9 @@ async fn read(shard: Rc<Shard>, r: Rc<Reader>, mut offset: i64) {
 
 /// Hands the consumer's connection shard as many of `pending` as its credit allows, in
 /// offset order, in one `ConnOp::DeliverRecords` (one cross-shard hop for the lot);
-/// records an `x-stream-filter` does not want are dropped without costing credit. `next` is where
-/// the reader's next fetch starts: the consumer's position once nothing is pending.
+/// records an `x-stream-filter` does not want are dropped without costing credit. `next`
+/// is where the reader's next fetch starts: the consumer's position once nothing is
+/// pending.
 fn deliver(shard: &Rc<Shard>, r: &Reader, pending: &mut VecDeque<record::StoredRecord>, next: i64) {
     let mut items = Vec::with_capacity(pending.len().min(r.room()));
     let streams = &shard.amqp.streams;

@@ -13,6 +13,8 @@
 set -u
 kind=${1:-c}; rate=${2:-5000}; size=${3:-1024}; every=${4:-100}
 here=$(cd "$(dirname "$0")" && pwd)
+# cpu_ticks and switches of the process $P
+. "$here/../../2026-12-06-2vcpu-kvm/broker.sh"
 relay=${RELAY_BIN:-$here/relay}
 port=$((39000 + RANDOM % 900))
 if [ "$kind" = c ]; then "$relay" relay $port & R=$!; else "${GRELAY:?}" $port & R=$!; fi
@@ -20,10 +22,10 @@ sleep 0.3
 "$relay" sub $port "$size" "$every" > /tmp/floor-sub.txt & S=$!
 sleep 0.1
 "$relay" pub $port "$rate" 10 "$size" & PB=$!
+P=$R
 sleep 3
-ctx() { cat /proc/$R/task/*/status | awk '/ctxt/ {s+=$2} END {print s}'; }
-t0=$(awk '{print $14+$15}' /proc/$R/stat); c0=$(ctx)
+t0=$(cpu_ticks); c0=$(switches)
 sleep 5
-t1=$(awk '{print $14+$15}' /proc/$R/stat); c1=$(ctx)
+t1=$(cpu_ticks); c1=$(switches)
 wait $PB; wait $S; kill $R 2>/dev/null; wait $R 2>/dev/null
 echo "$kind rate $rate size $size ack-every $every: $((t1-t0)) ticks in 5 s = $(awk -v t=$((t1-t0)) -v r="$rate" 'BEGIN {printf "%.1f", t*1e4/(r*5)}') µs/msg, switches/msg $(awk -v a="$c0" -v b="$c1" -v r="$rate" 'BEGIN {printf "%.2f", (b-a)/(r*5)}') | $(cat /tmp/floor-sub.txt)"
