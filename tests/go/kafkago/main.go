@@ -41,13 +41,16 @@ func codec(name string) kafka.CompressionCodec {
 // read takes up to n messages of the group, committing each, and records their keys.
 func read(broker, topic, group string, n int, seen map[string]int) int {
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        []string{broker},
-		GroupID:        group,
-		Topic:          topic,
-		MinBytes:       1,
-		MaxBytes:       1 << 20,
-		MaxWait:        200 * time.Millisecond,
-		SessionTimeout: 10 * time.Second,
+		Brokers:  []string{broker},
+		GroupID:  group,
+		Topic:    topic,
+		MinBytes: 1,
+		MaxBytes: 1 << 20,
+		MaxWait:  200 * time.Millisecond,
+		// kafka-go 0.2 closes a reader without LeaveGroup: the next reader's join waits,
+		// as it would on Kafka, until this member's session expires.
+		SessionTimeout:    2 * time.Second,
+		HeartbeatInterval: 500 * time.Millisecond,
 	})
 	defer r.Close()
 	got := 0
