@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use common::{data_dir, kafka, Broker};
+use common::{data_dir, kafka, Broker, FAST_GROUPS};
 use futures::executor::block_on;
 use rdkafka::admin::{AdminOptions, NewPartitions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -24,10 +24,6 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::Offset;
 use serde_json::Value;
 
-const ENV: &[(&str, &str)] = &[
-    ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100"),
-    ("PORTASK_KAFKA__GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
-];
 const PARTITIONS: i32 = 50;
 
 /// Kafka's `partitionFor`: Java's `String.hashCode`, sign bit masked, modulo partitions.
@@ -141,7 +137,7 @@ fn latest(entries: &[Entry]) -> HashMap<(String, String, i32), Option<i64>> {
 #[test]
 fn committed_offsets_and_group_metadata_are_readable_and_survive_a_restart() {
     let (_dir, data) = data_dir();
-    let mut broker = Broker::start_with_shards(&data, ENV, 2);
+    let mut broker = Broker::start_with_shards(&data, FAST_GROUPS, 2);
     kafka::create_topic(&broker, "orders", 2, &[]);
     let p: rdkafka::producer::FutureProducer = kafka::client(&broker, &[]);
     for i in 0..10 {
@@ -253,7 +249,7 @@ fn committed_offsets_and_group_metadata_are_readable_and_survive_a_restart() {
 #[test]
 fn deleted_offsets_become_tombstones() {
     let (_dir, data) = data_dir();
-    let broker = Broker::start_with_shards(&data, ENV, 2);
+    let broker = Broker::start_with_shards(&data, FAST_GROUPS, 2);
     kafka::create_topic(&broker, "events", 1, &[]);
     // A simple consumer (assign only) commits; then the group is deleted.
     let group = "simple-group";
@@ -329,7 +325,7 @@ fn lagging_group(broker: &Broker, group: &str) {
 #[test]
 fn offsets_committed_before_the_topic_existed_are_written_once() {
     let (_dir, data) = data_dir();
-    let mut broker = Broker::start_with_shards(&data, ENV, 2);
+    let mut broker = Broker::start_with_shards(&data, FAST_GROUPS, 2);
     let group = "old-group";
     lagging_group(&broker, group);
     broker.terminate();
@@ -406,7 +402,7 @@ fn burrow_reports_the_lag_portask_reports() {
          burrow. Install them with `apt-get install -y --no-install-recommends burrow zookeeper`."
     );
     let (dir, data) = data_dir();
-    let broker = Broker::start_with_shards(&data, ENV, 2);
+    let broker = Broker::start_with_shards(&data, FAST_GROUPS, 2);
     let group = "lag-group";
     lagging_group(&broker, group);
 

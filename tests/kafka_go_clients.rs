@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{data_dir, Broker};
+use common::{data_dir, Broker, FAST_GROUPS};
 
 const GOPATH: &str = "/usr/share/gocode";
 const PACKAGES: &[&str] = &[
@@ -24,14 +24,6 @@ const PACKAGES: &[&str] = &[
     "golang-github-shopify-sarama-dev",
 ];
 const MESSAGES: &str = "300";
-
-/// Each client joins its group twice per run. A join into an empty group waits the
-/// broker's initial rebalance delay (3 s, as Kafka's), and kafka-go's second join waits for
-/// its first reader's session to expire (it leaves no group): short ones keep the test quick.
-const QUICK_GROUPS: &[(&str, &str)] = &[
-    ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100"),
-    ("PORTASK_KAFKA__GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
-];
 
 fn go_installed() -> bool {
     let ok = || {
@@ -117,7 +109,9 @@ fn no_connection_closed_by_error(broker: &Broker) {
 fn kafka_go_creates_produces_compressed_and_resumes_a_group_from_its_commits() {
     let (dir, data) = data_dir();
     let client = build("kafkago", dir.path());
-    let broker = Broker::start_with_shards(&data, QUICK_GROUPS, 2);
+    // Each run joins its group twice, each time into an empty group, and the second join
+    // waits for the first reader's session to expire (kafka-go leaves no group).
+    let broker = Broker::start_with_shards(&data, FAST_GROUPS, 2);
     for codec in ["none", "snappy", "lz4", "gzip"] {
         let topic = format!("kafka-go-{codec}");
         let group = format!("kafka-go-group-{codec}");
@@ -134,7 +128,7 @@ fn kafka_go_creates_produces_compressed_and_resumes_a_group_from_its_commits() {
 fn sarama_at_old_protocol_versions_produces_commits_and_resumes() {
     let (dir, data) = data_dir();
     let client = build("sarama", dir.path());
-    let broker = Broker::start_with_shards(&data, QUICK_GROUPS, 2);
+    let broker = Broker::start_with_shards(&data, FAST_GROUPS, 2);
     // sarama refuses lz4 below Kafka 0.10.
     let runs = [
         ("0.8.2.0", "none"),

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{data_dir, kafka, Broker};
+use common::{data_dir, kafka, Broker, FAST_GROUPS};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
     ApiKey, GroupId, JoinGroupRequest, JoinGroupResponse, SyncGroupRequest, SyncGroupResponse,
@@ -23,11 +23,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-
-const FAST_GROUPS: &[(&str, &str)] = &[
-    ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100"),
-    ("PORTASK_KAFKA__GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
-];
 
 fn produce(broker: &Broker, topic: &str, from: usize, n: usize) {
     let p: FutureProducer = kafka::client(broker, &[("linger.ms", "5")]);

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::{data_dir, kafka, Broker};
+use common::{data_dir, kafka, Broker, FAST_GROUPS};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn connect(broker: &Broker) -> TcpStream {
@@ -633,10 +633,7 @@ fn kafka_python_at_old_protocol_versions() {
     let (_tmp, data) = data_dir();
     // Two group joins per run, each into an empty group: without this, the broker's
     // initial rebalance delay (3 s, as Kafka's) is most of the test's time.
-    let broker = Broker::start(
-        &data,
-        &[("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100")],
-    );
+    let broker = Broker::start(&data, FAST_GROUPS);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/kafka_python_old.py"

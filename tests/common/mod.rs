@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use launch::{free_port, Launch};
 
+/// Broker settings for tests whose clients join consumer groups: a join into an empty group
+/// waits 100 ms instead of Kafka's 3 s initial rebalance delay, and clients may ask for
+/// sessions down to 1 s, so a member that left without LeaveGroup expires quickly.
+pub const FAST_GROUPS: &[(&str, &str)] = &[
+    ("PORTASK_KAFKA__GROUP_INITIAL_REBALANCE_DELAY_MS", "100"),
+    ("PORTASK_KAFKA__GROUP_MIN_SESSION_TIMEOUT_MS", "1000"),
+];
+
 /// The sum of the counter or gauge samples of `metric` whose labels include `labels`.
 pub fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
