@@ -19,7 +19,6 @@ use rdkafka::admin::AdminOptions;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -65,16 +64,15 @@ fn send(
     (r, took)
 }
 
-/// Every value of partition 0 of `topic`, from the start, until `n` are read.
-fn read_all(b: &Broker, topic: &str, n: usize) -> Vec<(i64, Vec<u8>)> {
+/// Every record of partition 0 of `topic`: (offset, value).
+fn read_all(b: &Broker, topic: &str) -> Vec<(i64, Vec<u8>)> {
     let group = format!("reader-{}", rand_suffix());
-    let c = kafka::assigned(b, &[("group.id", &group)], topic, 1, Offset::Beginning);
+    let c = kafka::assigned_to_end(b, &[("group.id", &group)], topic, 1);
     let mut out = Vec::new();
     let mut keep =
         |m: &BorrowedMessage<'_>| out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-    kafka::poll_n(&c, n, Duration::from_secs(20), &mut keep);
-    // Anything past `n` would be records that should not exist.
-    kafka::poll_for(&c, Duration::from_millis(500), &mut keep);
+    // To the partition's end: anything past `n` would be records that should not exist.
+    kafka::read_to_end(&c, 1, Duration::from_secs(20), &mut keep);
     out
 }
 
@@ -146,7 +144,7 @@ fn kafka_produce_on_a_full_disk_is_answered_and_never_written_later() {
         assert_eq!(r, Ok(i as i64), "writes resume after space returns");
     }
     let check = |b: &Broker| {
-        let got = read_all(b, "full", 10);
+        let got = read_all(b, "full");
         let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
         assert_eq!(offsets, (0..10).collect::<Vec<i64>>());
         for (o, v) in &got {
@@ -202,7 +200,7 @@ fn a_broker_killed_on_a_full_disk_starts_on_it() {
         "MEASURED restart after kill -9 on a full disk (40 MB in one partition's active segment, 10 queued messages): ready in {:?}",
         started.elapsed()
     );
-    let got = read_all(&b, "kept", 200);
+    let got = read_all(&b, "kept");
     assert_eq!(got.len(), 200);
     let depth = amqp(async {
         let conn = common::amqp::connect(&b.amqp_url()).await;
@@ -538,7 +536,7 @@ fn the_free_space_watermark_blocks_writers_and_lets_readers_free_space() {
     });
     assert_eq!(depth, 3, "a publish during the alarm was enqueued");
     // Readers go on: Kafka fetch, AMQP consume and ack on another connection.
-    assert_eq!(read_all(&b, "w", 4).len(), 4);
+    assert_eq!(read_all(&b, "w").len(), 4);
     rt.block_on(async {
         let conn = common::amqp::connect(&url).await;
         let ch = common::amqp::channel(&conn).await;
@@ -630,7 +628,7 @@ fn an_idempotent_producer_rides_out_a_full_disk() {
             r.err().map(|(e, _)| e)
         );
     }
-    let got = read_all(&b, "idem", 23);
+    let got = read_all(&b, "idem");
     let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (0..23).collect::<Vec<i64>>());
     for (o, v) in &got {

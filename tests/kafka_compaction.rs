@@ -13,8 +13,13 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 
-/// Everything a consumer from offset 0 reads: (key, value, offset).
-fn read_from_start(broker: &Broker) -> Vec<(String, Option<String>, i64)> {
+/// Everything a consumer from offset 0 reads: (key, value, offset), up to the partition's
+/// end, or until a second passes with nothing more once offset `last` has been read.
+///
+/// Once the tombstones at the end of the log are compacted away, no record is left at the
+/// high watermark's last offsets, so the consumer never reaches it and reports no EOF;
+/// records after `last` would still come in the same fetch as `last`.
+fn read_from_start(broker: &Broker, last: i64) -> Vec<(String, Option<String>, i64)> {
     let c = kafka::assigned(
         broker,
         &[("enable.partition.eof", "true")],
@@ -22,18 +27,27 @@ fn read_from_start(broker: &Broker) -> Vec<(String, Option<String>, i64)> {
         1,
         Offset::Beginning,
     );
-    let mut out = Vec::new();
+    let mut out: Vec<(String, Option<String>, i64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
-                m.offset(),
-            )),
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+                    m.offset(),
+                ))
+            }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => panic!("consume: {e}"),
-            None => {}
+            None => {
+                let past_last = out.last().is_some_and(|r| r.2 >= last);
+                if past_last && quiet_since.elapsed() >= Duration::from_secs(1) {
+                    break;
+                }
+            }
         }
     }
     out
@@ -93,7 +107,12 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
     let deadline = Instant::now() + Duration::from_secs(40);
     let seen = loop {
         std::thread::sleep(Duration::from_millis(500));
-        let seen = read_from_start(&broker);
+        let last = latest
+            .values()
+            .map(|(_, offset)| *offset)
+            .max()
+            .unwrap_or(0);
+        let seen = read_from_start(&broker, last);
         let tombstones_gone = !seen.iter().any(|(k, _, _)| k.as_str() < "k05");
         if seen.len() == latest.len() && tombstones_gone {
             break seen;

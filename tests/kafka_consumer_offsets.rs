@@ -100,6 +100,15 @@ fn decode(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
 /// Reads `__consumer_offsets` partition `partition` from the beginning until `done` holds
 /// for what was read (or 20 s pass); returns what was read.
 fn read_topic(broker: &Broker, partition: i32, done: impl Fn(&[Entry]) -> bool) -> Vec<Entry> {
+    read_topic_until(broker, partition, |e, _| done(e))
+}
+
+/// `read_topic` with a `done` that is also told how long nothing new has been read.
+fn read_topic_until(
+    broker: &Broker,
+    partition: i32,
+    done: impl Fn(&[Entry], Duration) -> bool,
+) -> Vec<Entry> {
     let c: BaseConsumer = kafka::client(
         broker,
         &[
@@ -113,10 +122,12 @@ fn read_topic(broker: &Broker, partition: i32, done: impl Fn(&[Entry]) -> bool) 
     c.assign(&tpl).expect("assign");
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !done(&out) {
+    let mut last_read = Instant::now();
+    while Instant::now() < deadline && !done(&out, last_read.elapsed()) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             if let Some(e) = m.key().and_then(|k| decode(k, m.payload())) {
                 out.push(e);
+                last_read = Instant::now();
             }
         }
     }
@@ -358,7 +369,11 @@ fn offsets_committed_before_the_topic_existed_are_written_once() {
     // Once: a second restart does not write them again.
     broker.terminate();
     broker.restart();
-    let again = read_topic(&broker, at, |e| e.len() > entries.len());
+    // The backfill is the first thing a shard writes after it starts, so a second one would
+    // follow the first one's records within seconds (this waited all of the 20 s deadline).
+    let again = read_topic_until(&broker, at, |e, quiet| {
+        e.len() > entries.len() || (e.len() == entries.len() && quiet >= Duration::from_secs(3))
+    });
     assert_eq!(again.len(), entries.len(), "{again:?}");
 }
 

@@ -11,7 +11,6 @@ use common::kafka::{self, create_topic, watermarks};
 use common::{data_dir, Broker};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
 
 fn producer(broker: &Broker, acks: &str) -> FutureProducer {
     kafka::client(
@@ -46,13 +45,8 @@ fn produce(p: &FutureProducer, topic: &str, start: usize, n: usize) -> Vec<(usiz
 }
 
 /// Reads every message of `topic` from the beginning: (partition, offset, value).
-fn read_all(
-    broker: &Broker,
-    topic: &str,
-    partitions: i32,
-    expect: usize,
-) -> Vec<(i32, i64, String)> {
-    let c = kafka::assigned(broker, &[], topic, partitions, Offset::Beginning);
+fn read_all(broker: &Broker, topic: &str, partitions: i32) -> Vec<(i32, i64, String)> {
+    let c = kafka::assigned_to_end(broker, &[], topic, partitions);
     let mut out = Vec::new();
     let mut keep = |m: &rdkafka::message::BorrowedMessage<'_>| {
         out.push((
@@ -61,9 +55,8 @@ fn read_all(
             String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
         ))
     };
-    // Read until `expect` arrived, then a little longer to catch extras.
-    kafka::poll_n(&c, expect, Duration::from_secs(60), &mut keep);
-    kafka::poll_for(&c, Duration::from_millis(1500), &mut keep);
+    // Everything up to each partition's end, extras included.
+    kafka::read_to_end(&c, partitions, Duration::from_secs(60), &mut keep);
     out
 }
 
@@ -107,7 +100,7 @@ fn acks_all_survives_kill_9_and_a_torn_tail_is_dropped() {
     broker.kill9();
     broker.restart();
     assert!(broker.log().contains("after unclean stop"));
-    let got = read_all(&broker, "durable", 3, acked.len());
+    let got = read_all(&broker, "durable", 3);
     let mut values: Vec<&str> = got.iter().map(|(_, _, v)| v.as_str()).collect();
     values.sort();
     values.dedup();
@@ -199,7 +192,7 @@ fn sigterm_stops_cleanly_and_the_restart_needs_no_scan() {
     assert!(dir.join("00000000000000000000.index").exists());
     broker.restart();
     assert!(broker.log().contains("(clean start)"));
-    let got = read_all(&broker, "clean", 2, acked.len());
+    let got = read_all(&broker, "clean", 2);
     assert_eq!(got.len(), acked.len());
 }
 
@@ -251,7 +244,7 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Reading from the new start works; reading below it is out of range.
-    let got = read_all(&broker, "short-lived", 1, 1);
+    let got = read_all(&broker, "short-lived", 1);
     assert!(!got.is_empty());
     assert!(got[0].1 >= watermarks(&broker, "short-lived", 0).0);
 }
@@ -273,7 +266,7 @@ fn changing_the_shard_count_moves_partitions_to_their_new_owners() {
         "{}",
         one.log()
     );
-    let got = read_all(&one, "moving", 6, acked.len());
+    let got = read_all(&one, "moving", 6);
     assert_eq!(
         got.len(),
         acked.len(),

@@ -74,6 +74,12 @@ fn sasl_broker(data: &std::path::Path, extra: &[(&str, &str)]) -> Broker {
         ),
         ("PORTASK_USERS".to_owned(), users_toml()),
     ];
+    // `produce_and_consume` joins a group each time: without its 3 s initial delay.
+    launch.env.extend(
+        common::FAST_GROUPS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     launch.env.extend(extra);
     Broker::start_launch(launch)
 }

@@ -16,7 +16,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use common::kafka::{assigned, client, create_topics, poll_for, read_frame, request_frame};
+use common::kafka::{
+    assigned, assigned_to_end, client, create_topics, read_frame, read_to_end, request_frame,
+};
 use common::{data_dir, Broker};
 use kafka_protocol::messages::{
     ApiKey, DescribeTransactionsRequest, DescribeTransactionsResponse, InitProducerIdRequest,
@@ -50,17 +52,11 @@ fn send(p: &BaseProducer, topic: &str, partition: i32, value: &str) {
 }
 
 /// Every value in `topic` (partitions `0..partitions`) a consumer with `isolation` reads
-/// from the start within a few seconds.
+/// from the start to the end of each partition.
 fn read_all(b: &Broker, topic: &str, partitions: i32, isolation: &str) -> Vec<String> {
-    let c = assigned(
-        b,
-        &[("isolation.level", isolation)],
-        topic,
-        partitions,
-        Offset::Beginning,
-    );
+    let c = assigned_to_end(b, &[("isolation.level", isolation)], topic, partitions);
     let mut out = Vec::new();
-    poll_for(&c, Duration::from_secs(4), |m| {
+    read_to_end(&c, partitions, T, |m| {
         out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
     });
     out.sort();

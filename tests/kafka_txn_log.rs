@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use common::kafka::{assigned, create_topic, poll_for, poll_n, read_frame, request_frame};
+use common::kafka::{assigned_to_end, create_topic, read_frame, read_to_end, request_frame};
 use common::{data_dir, Broker};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
@@ -36,7 +36,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use portask::storage::batch::record_count;
-use rdkafka::{Message, Offset};
+use rdkafka::Message;
 
 const TOPIC: &str = "txl";
 
@@ -277,22 +277,14 @@ fn old_fetch_offsets(s: &mut TcpStream) -> Vec<i64> {
     offsets
 }
 
-/// The values a consumer at `isolation` reads from partition 0 (all it gets within a few
-/// seconds once `expected` arrived).
-fn consume(broker: &Broker, isolation: &str, expected: usize) -> Vec<String> {
-    let c = assigned(
-        broker,
-        &[("isolation.level", isolation)],
-        TOPIC,
-        1,
-        Offset::Beginning,
-    );
+/// The values a consumer at `isolation` reads from partition 0, to its end.
+fn consume(broker: &Broker, isolation: &str) -> Vec<String> {
+    let c = assigned_to_end(broker, &[("isolation.level", isolation)], TOPIC, 1);
     let mut values = Vec::new();
     let mut keep = |m: &rdkafka::message::BorrowedMessage<'_>| {
         values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
     };
-    poll_n(&c, expected, Duration::from_secs(20), &mut keep);
-    poll_for(&c, Duration::from_millis(1500), &mut keep);
+    read_to_end(&c, 1, Duration::from_secs(20), &mut keep);
     values
 }
 
@@ -323,7 +315,7 @@ fn read_committed_stops_at_the_open_transaction_and_drops_aborted_ones() {
     assert!(stable.aborted.is_empty());
     assert_eq!((latest(&mut s, true), latest(&mut s, false)), (3, 7));
     assert_eq!(producers(&mut s), vec![(a, 3)]);
-    assert_eq!(consume(&broker, "read_committed", 3), ["a-0", "a-1", "a-2"]);
+    assert_eq!(consume(&broker, "read_committed"), ["a-0", "a-1", "a-2"]);
 
     // Abort it on the partition: everything is stable, the aborted transaction listed.
     assert_eq!(marker(&mut s, a, a_epoch, false), 0);
@@ -345,13 +337,13 @@ fn read_committed_stops_at_the_open_transaction_and_drops_aborted_ones() {
     assert_eq!(marker(&mut s, b, b_epoch, true), 0);
     assert_eq!(latest(&mut s, true), 11);
 
-    let committed = consume(&broker, "read_committed", 7);
+    let committed = consume(&broker, "read_committed");
     assert_eq!(
         committed,
         ["a-0", "a-1", "a-2", "b-0", "b-1", "y-0", "y-1"],
         "aborted records dropped, markers never shown"
     );
-    let everything = consume(&broker, "read_uncommitted", 9);
+    let everything = consume(&broker, "read_uncommitted");
     assert_eq!(
         everything,
         ["a-0", "a-1", "a-2", "x-0", "x-1", "b-0", "b-1", "y-0", "y-1"]

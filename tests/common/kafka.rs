@@ -19,7 +19,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, ToBytes};
+use rdkafka::message::{BorrowedMessage, Message, ToBytes};
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -139,15 +139,41 @@ pub fn poll_n(
     got
 }
 
-/// Polls for `window` more and hands every message that still arrives to `f` (what a test
-/// reads after the expected ones to catch extras).
-pub fn poll_for(c: &BaseConsumer, window: Duration, mut f: impl FnMut(&BorrowedMessage<'_>)) {
-    let until = Instant::now() + window;
-    while Instant::now() < until {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            f(&m);
+/// Hands `f` every message up to the end of each of the consumer's `partitions` (the high
+/// watermark, or the last stable offset for `read_committed`), so records past the
+/// expected ones are caught too; stops at `within` if some partition never reaches its
+/// end. The consumer must have `enable.partition.eof=true` (see `assigned_to_end`).
+pub fn read_to_end(
+    c: &BaseConsumer,
+    partitions: i32,
+    within: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) {
+    let deadline = Instant::now() + within;
+    let mut at_end = std::collections::BTreeSet::new();
+    while (at_end.len() as i32) < partitions && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                f(&m);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            _ => {}
         }
     }
+}
+
+/// `assigned` from the beginning, with end-of-partition events on, for `read_to_end`.
+pub fn assigned_to_end(
+    at: &(impl Bootstrap + ?Sized),
+    settings: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+) -> BaseConsumer {
+    let all = [&[("enable.partition.eof", "true")], settings].concat();
+    assigned(at, &all, topic, partitions, Offset::Beginning)
 }
 
 /// Enqueues `record`, waiting only while the client's queue is full.
