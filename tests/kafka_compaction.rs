@@ -13,13 +13,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 
-/// Everything a consumer from offset 0 reads: (key, value, offset), up to the partition's
-/// end, or until a second passes with nothing more once offset `last` has been read.
-///
-/// Once the tombstones at the end of the log are compacted away, no record is left at the
-/// high watermark's last offsets, so the consumer never reaches it and reports no EOF;
-/// records after `last` would still come in the same fetch as `last`.
-fn read_from_start(broker: &Broker, last: i64) -> Vec<(String, Option<String>, i64)> {
+/// Everything a consumer from offset 0 reads: (key, value, offset), and whether it got to
+/// the partition's end (EOF) within 20 s.
+fn read_from_start(broker: &Broker) -> (Vec<(String, Option<String>, i64)>, bool) {
     let c = kafka::assigned(
         broker,
         &[("enable.partition.eof", "true")],
@@ -27,30 +23,21 @@ fn read_from_start(broker: &Broker, last: i64) -> Vec<(String, Option<String>, i
         1,
         Offset::Beginning,
     );
-    let mut out: Vec<(String, Option<String>, i64)> = Vec::new();
+    let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                quiet_since = Instant::now();
-                out.push((
-                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
-                    m.offset(),
-                ))
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Ok(m)) => out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+                m.offset(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return (out, true),
             Some(Err(e)) => panic!("consume: {e}"),
-            None => {
-                let past_last = out.last().is_some_and(|r| r.2 >= last);
-                if past_last && quiet_since.elapsed() >= Duration::from_secs(1) {
-                    break;
-                }
-            }
+            None => {}
         }
     }
-    out
+    (out, false)
 }
 
 #[test]
@@ -103,25 +90,29 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
         delivered(f);
         latest.remove(&key);
     }
+    // The log's final batch is never cleaned (as Kafka never cleans its active segment), so
+    // the tombstones above go only once a record follows them.
+    let f = p
+        .send_result(FutureRecord::to("latest").key("last").payload("end"))
+        .map_err(|(e, _)| e)
+        .expect("enqueue");
+    let d = delivered(f);
+    latest.insert("last".into(), ("end".into(), d.offset));
     // After segment.ms the active segment rolls and the compactor cleans the sealed ones.
     let deadline = Instant::now() + Duration::from_secs(40);
     let seen = loop {
         std::thread::sleep(Duration::from_millis(500));
-        let last = latest
-            .values()
-            .map(|(_, offset)| *offset)
-            .max()
-            .unwrap_or(0);
-        let seen = read_from_start(&broker, last);
+        let (seen, reached_end) = read_from_start(&broker);
         let tombstones_gone = !seen.iter().any(|(k, _, _)| k.as_str() < "k05");
-        if seen.len() == latest.len() && tombstones_gone {
+        if seen.len() == latest.len() && tombstones_gone && reached_end {
             break seen;
         }
         assert!(
             Instant::now() < deadline,
-            "not compacted: {} records, tombstoned keys present: {}",
+            "not compacted: {} records, tombstoned keys present: {}, end reached: {}",
             seen.len(),
-            !tombstones_gone
+            !tombstones_gone,
+            reached_end
         );
     };
     for (key, value, offset) in seen {
@@ -138,5 +129,51 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
         .map_err(|(e, _)| e)
         .expect("enqueue");
     let d = delivered(f);
-    assert_eq!(d.offset, 205);
+    assert_eq!(d.offset, 206);
+}
+
+/// A log that ends in tombstones, compacted once they are past `delete.retention.ms` and
+/// its segment has rolled: a consumer from the start still reaches the end of the
+/// partition (what a Kafka Streams restore or Connect's config reader waits for), and the
+/// final batch keeps its tombstone; the other records, superseded, are gone.
+#[test]
+fn a_consumer_reaches_the_end_of_a_log_whose_tail_was_compacted() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_KAFKA__COMPACTION_INTERVAL_MS", "300")]);
+    kafka::create_topic(
+        &broker,
+        "latest",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "1000"),
+            ("delete.retention.ms", "0"),
+        ],
+    );
+    let p: FutureProducer = kafka::client(&broker, &[("linger.ms", "0")]);
+    let send = |key: &str, value: Option<&str>| {
+        let mut r = FutureRecord::<str, str>::to("latest").key(key);
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        delivered(p.send_result(r).map_err(|(e, _)| e).expect("enqueue")).offset
+    };
+    let kept = send("a", Some("a-1"));
+    send("b", Some("b-1"));
+    send("b", None);
+    let last = send("c", None);
+    // Compacted once the active segment rolled (segment.ms) and a pass ran.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !broker.log().contains("compacted latest-0") {
+        assert!(Instant::now() < deadline, "never compacted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (seen, reached_end) = read_from_start(&broker);
+    assert!(
+        reached_end,
+        "the consumer never got to the end: read {seen:?}"
+    );
+    let offsets: Vec<i64> = seen.iter().map(|r| r.2).collect();
+    assert_eq!(offsets, vec![kept, last], "{seen:?}");
+    assert_eq!(seen[1].1, None, "the final batch keeps its tombstone");
 }

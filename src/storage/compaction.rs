@@ -9,6 +9,12 @@
 //! kept record's bytes are copied unchanged; a compressed batch is inflated and re-compressed
 //! with its own codec.
 //!
+//! The log's final batch is kept as it is, tombstones and all, like the active segment Kafka
+//! never cleans: a segment here is rolled on `segment.ms` even while no one writes, and
+//! without that batch nothing would be left at the end of an idle log, so a consumer (a
+//! Kafka Streams restore, Connect reading its config topic to the end) could never reach
+//! the high watermark: fetches at its position would answer nothing, for ever.
+//!
 //! Transactions stay correct: only what lies below the last stable offset is compacted
 //! (an ongoing transaction may still abort), records of aborted transactions are dropped
 //! and never supersede a committed value, and markers are always kept (the aborted-
@@ -209,7 +215,7 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
         return Err(e);
     }
     // 2. Rewrite each sealed, finalized segment that holds superseded records.
-    let (segments, interval, delete_retention) = {
+    let (segments, interval, delete_retention, log_end) = {
         let l = log.borrow();
         let segs: Vec<(i64, u64, Option<Rc<glommio::io::DmaFile>>)> = l
             .segments()
@@ -220,6 +226,7 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
             segs,
             l.settings.index_interval_bytes as u64,
             l.settings.delete_retention_ms,
+            l.next_offset,
         )
     };
     let now = now_ms();
@@ -243,7 +250,8 @@ pub async fn compact(log: &LogRef) -> Result<Pass, String> {
             }
             let batch = data.slice(at..at + h.size);
             at += h.size;
-            if h.is_control() {
+            // Markers stay; so does the log's final batch (the module's comment says why).
+            if h.is_control() || h.last_offset() + 1 >= log_end {
                 out.extend_from_slice(&batch);
                 continue;
             }
