@@ -40,21 +40,24 @@ fn read_from_start(broker: &Broker) -> (Vec<(String, Option<String>, i64)>, bool
     (out, false)
 }
 
+/// A broker compacting every 300 ms, with topic `latest` (one partition, compacted, its
+/// active segment rolled after a second) and the topic configs `extra`.
+fn compacted_topic(extra: &[(&str, &str)]) -> (tempfile::TempDir, Broker) {
+    let (tmp, data) = data_dir();
+    let broker = Broker::start(&data, &[("PORTASK_KAFKA__COMPACTION_INTERVAL_MS", "300")]);
+    let configs = [
+        &[("cleanup.policy", "compact"), ("segment.ms", "1000")],
+        extra,
+    ]
+    .concat();
+    kafka::create_topic(&broker, "latest", 1, &configs);
+    (tmp, broker)
+}
+
 #[test]
 fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
-    let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &[("PORTASK_KAFKA__COMPACTION_INTERVAL_MS", "300")]);
-    kafka::create_topic(
-        &broker,
-        "latest",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.bytes", "2048"),
-            ("segment.ms", "1000"),
-            ("delete.retention.ms", "500"),
-        ],
-    );
+    let (_tmp, broker) =
+        compacted_topic(&[("segment.bytes", "2048"), ("delete.retention.ms", "500")]);
     let p: FutureProducer =
         kafka::client(&broker, &[("compression.codec", "lz4"), ("linger.ms", "5")]);
     // Ten versions of twenty keys, one round per version so the log holds many batches.
@@ -138,18 +141,7 @@ fn compaction_keeps_the_latest_value_per_key_and_drops_tombstones() {
 /// final batch keeps its tombstone; the other records, superseded, are gone.
 #[test]
 fn a_consumer_reaches_the_end_of_a_log_whose_tail_was_compacted() {
-    let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &[("PORTASK_KAFKA__COMPACTION_INTERVAL_MS", "300")]);
-    kafka::create_topic(
-        &broker,
-        "latest",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.ms", "1000"),
-            ("delete.retention.ms", "0"),
-        ],
-    );
+    let (_tmp, broker) = compacted_topic(&[("delete.retention.ms", "0")]);
     let p: FutureProducer = kafka::client(&broker, &[("linger.ms", "0")]);
     let send = |key: &str, value: Option<&str>| {
         let mut r = FutureRecord::<str, str>::to("latest").key(key);
