@@ -59,28 +59,16 @@ fn users_toml() -> String {
 
 /// A broker whose Kafka port is a `SASL_PLAINTEXT` listener, with the test users.
 fn sasl_broker(data: &std::path::Path, extra: &[(&str, &str)]) -> Broker {
-    let extra: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut launch = Launch::new(data, 2, &[]);
-    launch.env = vec![
-        (
-            "PORTASK_KAFKA__LISTENERS".to_owned(),
-            format!(
-                "[{{name = \"SASL_PLAINTEXT\", addr = \"127.0.0.1:{}\"}}]",
-                launch.kafka_port
-            ),
-        ),
-        ("PORTASK_USERS".to_owned(), users_toml()),
-    ];
-    // `produce_and_consume` joins a group each time: without its 3 s initial delay.
-    launch.env.extend(
-        common::FAST_GROUPS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
+    // `produce_and_consume` joins a group each time: without Kafka's 3 s initial delay.
+    let mut launch = Launch::new(data, 2, &[common::FAST_GROUPS, extra].concat());
+    let listeners = format!(
+        "[{{name = \"SASL_PLAINTEXT\", addr = \"127.0.0.1:{}\"}}]",
+        launch.kafka_port
     );
-    launch.env.extend(extra);
+    launch
+        .env
+        .push(("PORTASK_KAFKA__LISTENERS".to_owned(), listeners));
+    launch.env.push(("PORTASK_USERS".to_owned(), users_toml()));
     Broker::start_launch(launch)
 }
 
