@@ -355,10 +355,37 @@ async fn consume(
 
 /// One AMQP run: topology, consumers, producers, drain, clean-up, report.
 pub fn run(args: &AmqpArgs) -> Result<Report, HarnessError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = match client_runtime(args) {
+        ClientRuntime::OneThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        ClientRuntime::Workers => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     rt.block_on(run_async(args))
+}
+
+/// Which tokio runtime the client tasks run on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ClientRuntime {
+    /// A worker per core: closed-loop runs, where the client's throughput is the limit.
+    Workers,
+    /// The calling thread alone: paced runs (`--rate`). Their producers wait for ticks and
+    /// their consumers for deliveries, so workers would only hand each message's wake-ups
+    /// from one thread to another; on the broker's cores that cost a quarter more client
+    /// CPU and showed up in the latency tail (`benches/results/2026-12-07-2vcpu-epyc/
+    /// issue19-client-runtime/`). lapin's I/O threads and the pacer threads are the same
+    /// either way.
+    OneThread,
+}
+
+fn client_runtime(args: &AmqpArgs) -> ClientRuntime {
+    if args.workload.rate.is_some() {
+        ClientRuntime::OneThread
+    } else {
+        ClientRuntime::Workers
+    }
 }
 
 async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
@@ -537,6 +564,11 @@ async fn run_async(args: &AmqpArgs) -> Result<Report, HarnessError> {
     settings.insert("ack_every".into(), args.ack_interval().to_string());
     settings.insert("auto_ack".into(), args.auto_ack.to_string());
     settings.insert("fanout".into(), args.fanout.to_string());
+    let runtime = match client_runtime(args) {
+        ClientRuntime::OneThread => "tokio current-thread",
+        ClientRuntime::Workers => "tokio multi-thread",
+    };
+    settings.insert("client_runtime".into(), runtime.into());
     if args.stream {
         settings.insert("stream".into(), "true (x-stream-offset first)".into());
     }
