@@ -202,20 +202,24 @@ fn amqp_confirms_are_timed_and_plain_publishes_are_not() {
     assert!(!r.render().contains("  ack "), "{}", r.render());
 }
 
-/// These run the AMQP side against any AMQP broker (e.g. RabbitMQ): set
-/// `LOAD_TEST_AMQP_URL` (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` for a local RabbitMQ)
-/// to run these; without it they pass after saying they were skipped.
-fn amqp_url() -> Option<String> {
-    let url = std::env::var("LOAD_TEST_AMQP_URL").ok();
-    if url.is_none() {
-        println!("LOAD_TEST_AMQP_URL is not set: skipped");
+/// The AMQP broker a run drives: the one `LOAD_TEST_AMQP_URL` names (any AMQP broker, e.g.
+/// `amqp://guest:guest@127.0.0.1:5672/%2f` for a local RabbitMQ), else a Portask started on
+/// `data` (the returned broker keeps it running).
+fn amqp_broker(data: &std::path::Path) -> (Option<Broker>, String) {
+    match std::env::var("LOAD_TEST_AMQP_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let broker = Broker::start(data, &[]);
+            let url = broker.amqp_url();
+            (Some(broker), url)
+        }
     }
-    url
 }
 
 #[test]
 fn amqp_runs_count_every_copy_and_report_a_dropped_one() {
-    let Some(url) = amqp_url() else { return };
+    let (_dir, data) = data_dir();
+    let (_broker, url) = amqp_broker(&data);
     let r = run(&[
         "load",
         "amqp",
