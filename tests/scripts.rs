@@ -1,6 +1,6 @@
 //! Tests of the operator tooling in `scripts/` and the profiles in `tuning/`.
 //!
-//! Std only: each test runs a script as a child process (against fake `/proc/sys` and `/sys`
+//! Each test runs a script as a child process (against fake `/proc/sys` and `/sys`
 //! trees where the real ones would make the result machine-dependent) and checks its exit
 //! status and output.
 
@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+mod common;
 
 /// Tooling variables that must not leak from the developer's shell into a test.
 const TOOL_VARS: [&str; 3] = ["PORTASK_SYSCTL_ROOT", "PORTASK_SYS_ROOT", "PORTASK_BIN"];
@@ -168,15 +170,16 @@ fn scripts_exist_are_executable_and_have_help() {
 
 #[test]
 fn shellcheck_is_clean() {
-    let available = Command::new("shellcheck")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !available {
-        println!("shellcheck not found on PATH: skipped the shellcheck test");
-        return;
-    }
+    let available = || {
+        Command::new("shellcheck")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        available() || (common::apt_install(&["shellcheck"]) && available()),
+        "shellcheck is missing and could not be installed: `apt-get install -y shellcheck`"
+    );
     let mut checked = 0;
     for entry in fs::read_dir(repo().join("scripts")).expect("read scripts/") {
         let path = entry.expect("dir entry").path();
