@@ -13,10 +13,10 @@ for _ in $(seq 1 "$n"); do
         for h in old new; do
             load=$old
             [[ $h == new ]] && load=$new
-            r=$("$here"/threads.sh "$bin" "$load" "${extra[@]}")
-            ticks=$(echo "$r" | grep -v -E '^shard|latency|broker CPU' \
+            r=$("$here"/threads.sh "$bin" "$load" amqp "${extra[@]}")
+            ticks=$(echo "$r" | grep -v -E '^shard|^iou-wrk|produce|latency|^ *ack|broker CPU' \
                 | awk '{split($2, a, "="); t += a[2]} END {print t}')
-            echo "$h $mode harness-ticks=$ticks $(echo "$r" | grep -E 'latency|broker CPU' | tr '\n' ' ')"
+            echo "$h $mode harness-ticks=$ticks $(echo "$r" | grep -E "latency|broker CPU" | tr '\n' ' ')"
         done
     done
 done
