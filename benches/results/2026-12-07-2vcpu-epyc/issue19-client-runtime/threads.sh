@@ -13,16 +13,16 @@ start_broker "$bin" /tmp/threads-broker.log
 if [[ $proto == kafka ]]; then
     rate=10000
     "$load" kafka --brokers 127.0.0.1:29092 --rate $rate --duration 12s --message-size 1024 \
-        --acks all --partitions 1 -P linger.ms=0 --broker-pid $P "$@" > "$out" 2>&1 &
+        --acks all --partitions 1 -P linger.ms=0 --broker-pid "$P" "$@" > "$out" 2>&1 &
 else
     rate=5000
     "$load" amqp --url "amqp://guest:guest@127.0.0.1:25672/%2f" --rate $rate --duration 12s \
-        --message-size 1024 --broker-pid $P "$@" > "$out" 2>&1 &
+        --message-size 1024 --broker-pid "$P" "$@" > "$out" 2>&1 &
 fi
 L=$!
 snap() {
     for pid in $P $L; do
-        for t in /proc/$pid/task/*; do
+        for t in "/proc/$pid/task/"*; do
             echo "$(tr ' ' _ < "$t"/comm):$(basename "$t") $(awk '{print $14+$15}' "$t"/stat)" \
                 "$(awk '/_ctxt_switches/ {s+=$2} END {print s}' "$t"/status)"
         done
