@@ -40,7 +40,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// Installs Debian's chromium when it is missing (root only).
 fn ensure_chromium() {
     if !Path::new(CHROMIUM).exists() {
-        common::apt_install(&["chromium"]);
+        common::apt::apt_install(&["chromium"]);
     }
 }
 

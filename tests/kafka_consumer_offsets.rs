@@ -379,7 +379,7 @@ fn offsets_committed_before_the_topic_existed_are_written_once() {
 
 fn burrow_installed() -> bool {
     let ok = || Path::new("/usr/bin/Burrow").exists() && Path::new(ZOOKEEPER_JAR).exists();
-    ok() || (common::apt_install(&["burrow", "zookeeper"]) && ok())
+    ok() || (common::apt::apt_install(&["burrow", "zookeeper"]) && ok())
 }
 
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";

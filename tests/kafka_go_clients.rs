@@ -35,7 +35,7 @@ fn go_installed() -> bool {
                 .join("src/github.com/Shopify/sarama")
                 .exists()
     };
-    ok() || (common::apt_install(PACKAGES) && ok())
+    ok() || (common::apt::apt_install(PACKAGES) && ok())
 }
 
 /// Builds `tests/go/<name>/main.go` into `out`, in GOPATH mode against Debian's packages.

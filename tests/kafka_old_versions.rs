@@ -673,7 +673,7 @@ fn kafka_python() -> &'static str {
             .is_ok_and(|o| o.status.success())
     };
     if !has_pip() {
-        common::apt_install(&["python3", "python3-pip"]);
+        common::apt::apt_install(&["python3", "python3-pip"]);
     }
     let importable = || {
         std::process::Command::new("python3")

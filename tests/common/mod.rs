@@ -245,35 +245,12 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 }
 
 pub mod amqp;
+pub mod apt;
 pub mod disk;
 pub mod idle;
 pub mod kafka;
 pub mod launch;
 pub mod tls;
-
-/// Installs Debian packages the tests need when the machine lacks them (as root, with
-/// apt-get; an `apt-get update` first if the install fails): the README's test command
-/// needs nothing but the Rust toolchain. Returns whether the install succeeded.
-pub fn apt_install(packages: &[&str]) -> bool {
-    // Tests of one binary run in parallel and may install at once: one at a time here, and
-    // apt-get waits for the dpkg lock another process holds instead of failing.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let apt = |args: &[&str]| {
-        std::process::Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=300"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend_from_slice(packages);
-    // SAFETY: geteuid takes no arguments and only reads this process's credentials.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && (apt(&install) || (apt(&["update"]) && apt(&install)))
-}
 
 /// A `[[users]]` entry for `name` with `password`, made by `portask hash-password` as an
 /// operator makes one (RabbitMQ hash and both SCRAM credentials, never the password).

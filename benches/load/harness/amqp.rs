@@ -367,14 +367,14 @@ pub fn run(args: &AmqpArgs) -> Result<Report, HarnessError> {
 }
 
 /// Which tokio runtime the client tasks run on.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
 enum ClientRuntime {
     /// A worker per core: closed-loop runs, where the client's throughput is the limit.
     Workers,
     /// The calling thread alone: paced runs (`--rate`). Their producers wait for ticks and
     /// their consumers for deliveries, so workers would only hand each message's wake-ups
-    /// from one thread to another; on the broker's cores that cost a quarter more client
-    /// CPU and showed up in the latency tail (`benches/results/2026-12-07-2vcpu-epyc/
+    /// from one thread to another: on the broker's cores that cost over a quarter more
+    /// client CPU and a higher median latency (`benches/results/2026-12-07-2vcpu-epyc/
     /// issue19-client-runtime/`). lapin's I/O threads and the pacer threads are the same
     /// either way.
     OneThread,
