@@ -11,33 +11,20 @@ use common::kafka::{self, delivered};
 use common::{data_dir, Broker};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
 
 /// Everything a consumer from offset 0 reads: (key, value, offset), and whether it got to
 /// the partition's end (EOF) within 20 s.
 fn read_from_start(broker: &Broker) -> (Vec<(String, Option<String>, i64)>, bool) {
-    let c = kafka::assigned(
-        broker,
-        &[("enable.partition.eof", "true")],
-        "latest",
-        1,
-        Offset::Beginning,
-    );
+    let c = kafka::assigned_to_end(broker, &[], "latest", 1);
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
-                m.offset(),
-            )),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return (out, true),
-            Some(Err(e)) => panic!("consume: {e}"),
-            None => {}
-        }
-    }
-    (out, false)
+    let reached_end = kafka::read_to_end(&c, 1, Duration::from_secs(20), |m| {
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+            m.offset(),
+        ))
+    });
+    (out, reached_end)
 }
 
 /// A broker compacting every 300 ms, with topic `latest` (one partition, compacted, its

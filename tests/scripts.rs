@@ -1,6 +1,6 @@
 //! Tests of the operator tooling in `scripts/` and the profiles in `tuning/`.
 //!
-//! Each test runs a script as a child process (against fake `/proc/sys` and `/sys`
+//! Std only: each test runs a script as a child process (against fake `/proc/sys` and `/sys`
 //! trees where the real ones would make the result machine-dependent) and checks its exit
 //! status and output.
 

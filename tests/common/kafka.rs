@@ -143,12 +143,13 @@ pub fn poll_n(
 /// watermark, or the last stable offset for `read_committed`), so records past the
 /// expected ones are caught too; stops at `within` if some partition never reaches its
 /// end. The consumer must have `enable.partition.eof=true` (see `assigned_to_end`).
+/// Returns whether every partition reached its end.
 pub fn read_to_end(
     c: &BaseConsumer,
     partitions: i32,
     within: Duration,
     mut f: impl FnMut(&BorrowedMessage<'_>),
-) {
+) -> bool {
     let deadline = Instant::now() + within;
     let mut at_end = std::collections::BTreeSet::new();
     while (at_end.len() as i32) < partitions && Instant::now() < deadline {
@@ -163,6 +164,7 @@ pub fn read_to_end(
             _ => {}
         }
     }
+    at_end.len() as i32 == partitions
 }
 
 /// `assigned` from the beginning, with end-of-partition events on, for `read_to_end`.
